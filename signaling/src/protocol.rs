@@ -1,0 +1,394 @@
+//! The signaling wire protocol, defined once.
+//!
+//! Every frame on the signaling WebSocket is a JSON object with a `type` field
+//! naming one variant of [`ClientMessage`] (client to server) or
+//! [`ServerMessage`] (server to client). `docs/PROTOCOL.md` documents each with
+//! an example; the tests at the bottom of this file keep the two in step.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+
+/// The protocol version this crate speaks. A client names it in `join`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest text frame the server reads, in bytes. SDP with many tracks
+/// stays well under this.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Opaque participant id, unique per meeting attendance (`p_...`).
+pub type ParticipantId = String;
+/// Opaque meeting id (`m_...`).
+pub type MeetingId = String;
+/// Opaque track id, unique per published track (`t_...`).
+pub type TrackId = String;
+
+/// Whether a participant is a member of staff or an external guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipantKind {
+    Staff,
+    Guest,
+}
+
+/// What everyone in a call learns about another participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub participant_id: ParticipantId,
+    pub display_name: String,
+    pub kind: ParticipantKind,
+    /// True for the meeting's organiser.
+    #[serde(default)]
+    pub organizer: bool,
+}
+
+/// One guest (or staff member) waiting in the lobby, as staff see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LobbyEntry {
+    pub participant_id: ParticipantId,
+    pub display_name: String,
+    pub kind: ParticipantKind,
+    /// Whether the person holds a private invitation (guests) or is on the invite list (staff).
+    pub invited: bool,
+    /// When they started waiting, Unix milliseconds (server clock).
+    pub waiting_since_ms: u64,
+}
+
+/// Why a participant waits in the lobby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LobbyStatus {
+    /// Staff are in the meeting and can let the participant in.
+    WaitingForAdmission,
+    /// No staff member is in the meeting yet.
+    WaitingForHost,
+}
+
+/// Why a participant left the call or the lobby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The participant chose to leave.
+    Left,
+    /// The connection dropped.
+    Disconnected,
+    /// Staff denied entry from the lobby.
+    Denied,
+    /// The lobby timeout passed before anyone admitted them.
+    LobbyTimeout,
+    /// Staff removed them from the call.
+    Removed,
+    /// The meeting ended for everyone.
+    MeetingEnded,
+    /// The same identity joined again from another connection.
+    Replaced,
+}
+
+/// Where media comes from; staff UIs lay out `screen` differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Microphone,
+    Camera,
+    Screen,
+}
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+impl TrackSource {
+    /// The kind of media a source produces.
+    pub fn kind(self) -> TrackKind {
+        match self {
+            TrackSource::Microphone => TrackKind::Audio,
+            TrackSource::Camera | TrackSource::Screen => TrackKind::Video,
+        }
+    }
+}
+
+/// A published track, as its subscribers learn of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub track_id: TrackId,
+    pub participant_id: ParticipantId,
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    pub muted: bool,
+}
+
+/// Which of a participant's two peer connections a message is about.
+///
+/// The client offers on `publisher` (its outgoing media); the server offers on
+/// `subscriber` (everyone else's media). One offerer per connection means no glare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRole {
+    Publisher,
+    Subscriber,
+}
+
+/// An ICE candidate, in the shape of the browser's `RTCIceCandidateInit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, rename = "sdpMid", skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, rename = "sdpMLineIndex", skip_serializing_if = "Option::is_none")]
+    pub sdp_mline_index: Option<u16>,
+}
+
+/// A STUN or TURN server, in the shape of the browser's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// A track the client announces with its publisher offer: which `mid` in the
+/// offer carries which source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTrack {
+    pub mid: String,
+    pub source: TrackSource,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+/// What the meeting looks like to someone joining it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingSummary {
+    pub meeting_id: MeetingId,
+    pub title: String,
+    pub chat_enabled: bool,
+    pub guests_may_present: bool,
+}
+
+/// A chat message as delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Per-meeting sequence number, increasing.
+    pub seq: u64,
+    pub participant_id: ParticipantId,
+    pub display_name: String,
+    pub text: String,
+    /// Server receive time, Unix milliseconds.
+    pub sent_at_ms: u64,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Must be the first frame. Guests' tokens name their meeting; staff name it here.
+    Join {
+        protocol: u32,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        meeting_id: Option<MeetingId>,
+    },
+    /// Leave the lobby or the call. The server answers `left` and closes.
+    Leave,
+    /// Staff: let one lobby participant in.
+    Admit { participant_id: ParticipantId },
+    /// Staff: let everyone in the lobby in.
+    AdmitAll,
+    /// Staff: turn a lobby participant away, with a reason they will see.
+    Deny {
+        participant_id: ParticipantId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Staff: remove a participant from the call.
+    Remove {
+        participant_id: ParticipantId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Staff: end the meeting for everyone.
+    EndMeeting,
+    /// Send a chat message to everyone in the call.
+    Chat { text: String },
+    /// Keep-alive; answered with `pong`.
+    Ping {
+        #[serde(default)]
+        nonce: u64,
+    },
+    /// Offer for the publisher connection, with the source of each sending `mid`.
+    PublishOffer { sdp: String, tracks: Vec<PublishedTrack> },
+    /// Answer to the server's `subscribe_offer`.
+    SubscribeAnswer { sdp: String },
+    /// A trickled ICE candidate for one of the two connections.
+    IceCandidate { target: PeerRole, candidate: IceCandidate },
+    /// Mute or unmute one of the client's own published tracks.
+    MuteTrack { track_id: TrackId, muted: bool },
+    /// Stop or resume receiving a track this client does not need.
+    SetSubscription { track_id: TrackId, paused: bool },
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `join`: who you are and where you are (lobby or call).
+    Joined {
+        protocol: u32,
+        you: ParticipantInfo,
+        meeting: MeetingSummary,
+    },
+    /// You are (still) in the lobby.
+    Lobby {
+        status: LobbyStatus,
+        /// How long you may wait before the lobby gives up, in seconds.
+        timeout_secs: u64,
+    },
+    /// You are in the call: who else is there, their tracks, and the ICE servers to use.
+    Admitted {
+        participants: Vec<ParticipantInfo>,
+        tracks: Vec<TrackInfo>,
+        ice_servers: Vec<IceServer>,
+    },
+    /// Staff only: the whole lobby, sent on every change.
+    LobbyUpdate { entries: Vec<LobbyEntry> },
+    /// Someone entered the call.
+    ParticipantJoined { participant: ParticipantInfo },
+    /// Someone left the call.
+    ParticipantLeft { participant_id: ParticipantId, reason: LeaveReason },
+    /// A chat message from someone in the call (your own included).
+    Chat { message: ChatMessage },
+    /// You are out of the meeting; the server closes the socket after this.
+    Left {
+        reason: LeaveReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// Answer to `ping`.
+    Pong { nonce: u64 },
+    /// Answer to `publish_offer`.
+    PublishAnswer { sdp: String },
+    /// The server's offer for the subscriber connection (initial or renegotiation).
+    SubscribeOffer { sdp: String },
+    /// A trickled server ICE candidate.
+    IceCandidate { target: PeerRole, candidate: IceCandidate },
+    /// A track is available to subscribe to (its media arrives on the subscriber connection).
+    TrackPublished { track: TrackInfo },
+    /// A track is gone.
+    TrackUnpublished { track_id: TrackId, participant_id: ParticipantId },
+    /// A track was muted or unmuted by its owner.
+    TrackMuted { track_id: TrackId, participant_id: ParticipantId, muted: bool },
+    /// Something the client sent was refused. The connection goes on unless a `left` follows.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error { code, message: message.into() }
+    }
+}
+
+/// Why a text frame could not become a [`ClientMessage`].
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, crate::Error> {
+    use crate::Error;
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(Error::new(ErrorCode::FrameTooLarge, format!("frames are limited to {MAX_FRAME_BYTES} bytes")));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::new(ErrorCode::MalformedJson, format!("not JSON: {e}")))?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+        return Err(Error::new(ErrorCode::MalformedJson, "a frame must be an object with a string `type`"));
+    };
+    if !CLIENT_TYPES.contains(&kind) {
+        return Err(Error::new(ErrorCode::UnknownType, format!("unknown message type `{kind}`")));
+    }
+    let kind = kind.to_owned();
+    serde_json::from_value(value)
+        .map_err(|e| Error::new(ErrorCode::MalformedJson, format!("invalid `{kind}` message: {e}")))
+}
+
+/// Every `type` a client may send.
+pub const CLIENT_TYPES: &[&str] = &[
+    "join",
+    "leave",
+    "admit",
+    "admit_all",
+    "deny",
+    "remove",
+    "end_meeting",
+    "chat",
+    "ping",
+    "publish_offer",
+    "subscribe_answer",
+    "ice_candidate",
+    "mute_track",
+    "set_subscription",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_round_trip_with_snake_case_tags() {
+        let msg = ClientMessage::Deny { participant_id: "p_1".into(), reason: Some("wrong room".into()) };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(json, r#"{"type":"deny","participant_id":"p_1","reason":"wrong room"}"#);
+        assert_eq!(parse_client_message(&json).unwrap(), msg);
+        assert_eq!(parse_client_message(r#"{"type":"admit_all"}"#).unwrap(), ClientMessage::AdmitAll);
+    }
+
+    #[test]
+    fn every_listed_type_parses_and_every_variant_is_listed() {
+        let samples = [
+            r#"{"type":"join","protocol":1,"token":"t"}"#,
+            r#"{"type":"leave"}"#,
+            r#"{"type":"admit","participant_id":"p"}"#,
+            r#"{"type":"admit_all"}"#,
+            r#"{"type":"deny","participant_id":"p"}"#,
+            r#"{"type":"remove","participant_id":"p"}"#,
+            r#"{"type":"end_meeting"}"#,
+            r#"{"type":"chat","text":"hi"}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"publish_offer","sdp":"v=0","tracks":[{"mid":"0","source":"camera"}]}"#,
+            r#"{"type":"subscribe_answer","sdp":"v=0"}"#,
+            r#"{"type":"ice_candidate","target":"publisher","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}}"#,
+            r#"{"type":"mute_track","track_id":"t","muted":true}"#,
+            r#"{"type":"set_subscription","track_id":"t","paused":true}"#,
+        ];
+        assert_eq!(samples.len(), CLIENT_TYPES.len());
+        for sample in samples {
+            let msg = parse_client_message(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
+            let again = serde_json::to_string(&msg).unwrap();
+            assert_eq!(parse_client_message(&again).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn bad_frames_get_typed_errors() {
+        assert_eq!(parse_client_message("{nope").unwrap_err().code, ErrorCode::MalformedJson);
+        assert_eq!(parse_client_message("[1,2]").unwrap_err().code, ErrorCode::MalformedJson);
+        assert_eq!(parse_client_message(r#"{"type":"fly"}"#).unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(parse_client_message(r#"{"type":"chat"}"#).unwrap_err().code, ErrorCode::MalformedJson);
+        assert_eq!(
+            parse_client_message(r#"{"type":"chat","text":"x","admin":true}"#).unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+        let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
+        assert_eq!(parse_client_message(&huge).unwrap_err().code, ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn server_errors_carry_code() {
+        let json = serde_json::to_string(&ServerMessage::error(ErrorCode::NotInCall, "join the call first")).unwrap();
+        assert_eq!(json, r#"{"type":"error","code":"not_in_call","message":"join the call first"}"#);
+    }
+}
