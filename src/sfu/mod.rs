@@ -75,12 +75,7 @@ impl Sfu {
 
     /// A media message from a participant in the call: `publish_offer`,
     /// `subscribe_answer`, `ice_candidate`, `mute_track`, `set_subscription`.
-    pub async fn handle(
-        &self,
-        _meeting_id: &str,
-        _participant_id: &str,
-        _message: ClientMessage,
-    ) -> Result<(), Error> {
+    pub async fn handle(&self, _meeting_id: &str, _participant_id: &str, _message: ClientMessage) -> Result<(), Error> {
         Err(Error::new(ErrorCode::MediaStateError, "media is not available yet"))
     }
 

@@ -1,0 +1,602 @@
+//! A live meeting: who is in the call, who waits in the lobby, and what
+//! every action does to them.
+//!
+//! [`Room`] is a pure state machine. Each method takes `now` (Unix ms) and an
+//! input and returns [`Effect`]s for the shell to carry out: frames to send,
+//! sockets to close, media to start or stop, events to persist. The room never
+//! trusts the client: every capability is checked here from the identity the
+//! token gave and the room's own state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::admission::{Attendee, may_bypass_lobby};
+use crate::chat::{chat_bucket, clean_chat_text};
+use crate::error::{Error, ErrorCode};
+use crate::lobby::{ConnId, Lobby, Waiting};
+use crate::meeting::Meeting;
+use crate::protocol::{
+    ChatMessage, ClientMessage, LeaveReason, LobbyStatus, MeetingSummary, PROTOCOL_VERSION, ParticipantId,
+    ParticipantInfo, ParticipantKind, ServerMessage,
+};
+use crate::ratelimit::TokenBucket;
+
+/// Longest reason staff may give when denying or removing someone.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a frame on a connection.
+    Send { conn: ConnId, msg: ServerMessage },
+    /// Close a connection (after the frames queued before this).
+    Close { conn: ConnId },
+    /// The participant entered the call: start its media and send it
+    /// `admitted` with these participants (the shell adds tracks and ICE servers).
+    EnterCall {
+        conn: ConnId,
+        participant: ParticipantInfo,
+        others: Vec<ParticipantInfo>,
+        may_present: bool,
+    },
+    /// The participant left the call: stop its media.
+    LeaveCall { participant_id: ParticipantId },
+    /// Persist a participation event.
+    Record(ParticipationEvent),
+    /// Persist that the meeting has ended.
+    MeetingEnded,
+}
+
+/// What happened to a participant, for appointment analytics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipationEvent {
+    pub meeting_id: String,
+    pub participant_id: ParticipantId,
+    pub display_name: String,
+    pub kind: ParticipantKind,
+    pub at_ms: u64,
+    pub event: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    LinkRedeemed { link_id: String },
+    EnteredLobby,
+    Admitted { wait_ms: u64, by: Option<ParticipantId> },
+    Denied { wait_ms: u64, reason: Option<String> },
+    LobbyTimeout { wait_ms: u64 },
+    LeftLobby { wait_ms: u64 },
+    Joined,
+    Left { reason: LeaveReason, in_call_ms: u64 },
+}
+
+/// Someone in the call.
+#[derive(Debug, Clone)]
+struct Member {
+    conn: ConnId,
+    info: ParticipantInfo,
+    joined_at_ms: u64,
+    chat: TokenBucket,
+}
+
+/// A join request, already authenticated by the shell.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub conn: ConnId,
+    pub participant_id: ParticipantId,
+    pub display_name: String,
+    pub attendee: Attendee,
+}
+
+/// The live state of one meeting.
+#[derive(Debug)]
+pub struct Room {
+    meeting: Meeting,
+    members: Vec<Member>,
+    lobby: Lobby,
+    chat_seq: u64,
+}
+
+impl Room {
+    pub fn new(meeting: Meeting) -> Self {
+        Self {
+            meeting,
+            members: Vec::new(),
+            lobby: Lobby::default(),
+            chat_seq: 0,
+        }
+    }
+
+    pub fn meeting(&self) -> &Meeting {
+        &self.meeting
+    }
+
+    /// Takes new settings (e.g. after a REST update); people already waiting keep waiting.
+    pub fn update_meeting(&mut self, meeting: Meeting) {
+        self.meeting = meeting;
+    }
+
+    /// Nobody in the call or the lobby: the shell may drop the room.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.lobby.is_empty()
+    }
+
+    pub fn in_call(&self, participant_id: &str) -> bool {
+        self.member(participant_id).is_some()
+    }
+
+    /// The participant id a connection speaks for, if it is still current.
+    pub fn participant_of(&self, conn: ConnId) -> Option<&str> {
+        self.members
+            .iter()
+            .map(|m| (m.conn, &m.info.participant_id))
+            .chain(self.lobby.iter().map(|w| (w.conn, &w.info.participant_id)))
+            .find(|(c, _)| *c == conn)
+            .map(|(_, id)| id.as_str())
+    }
+
+    pub fn participants(&self) -> Vec<ParticipantInfo> {
+        self.members.iter().map(|m| m.info.clone()).collect()
+    }
+
+    pub fn lobby_len(&self) -> usize {
+        self.lobby.len()
+    }
+
+    /// When the shell should call [`Room::tick`] next.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.lobby.next_deadline()
+    }
+
+    fn member(&self, participant_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.info.participant_id == participant_id)
+    }
+
+    fn staff_present(&self) -> bool {
+        self.members.iter().any(|m| m.info.kind == ParticipantKind::Staff)
+    }
+
+    fn lobby_status(&self) -> LobbyStatus {
+        if self.staff_present() {
+            LobbyStatus::WaitingForAdmission
+        } else {
+            LobbyStatus::WaitingForHost
+        }
+    }
+
+    fn summary(&self) -> MeetingSummary {
+        MeetingSummary {
+            meeting_id: self.meeting.meeting_id.clone(),
+            title: self.meeting.settings.title.clone(),
+            chat_enabled: self.meeting.settings.chat_enabled,
+            guests_may_present: self.meeting.settings.guests_may_present,
+        }
+    }
+
+    fn record(&self, out: &mut Vec<Effect>, info: &ParticipantInfo, now: u64, event: EventKind) {
+        out.push(Effect::Record(ParticipationEvent {
+            meeting_id: self.meeting.meeting_id.clone(),
+            participant_id: info.participant_id.clone(),
+            display_name: info.display_name.clone(),
+            kind: info.kind,
+            at_ms: now,
+            event,
+        }));
+    }
+
+    fn broadcast(&self, out: &mut Vec<Effect>, msg: &ServerMessage, except: Option<&str>) {
+        for m in &self.members {
+            if Some(m.info.participant_id.as_str()) != except {
+                out.push(Effect::Send {
+                    conn: m.conn,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    /// Tells every staff member in the call what the lobby looks like now.
+    fn lobby_changed(&self, out: &mut Vec<Effect>) {
+        let msg = ServerMessage::LobbyUpdate {
+            entries: self.lobby.entries(),
+        };
+        for m in self.members.iter().filter(|m| m.info.kind == ParticipantKind::Staff) {
+            out.push(Effect::Send {
+                conn: m.conn,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    fn say_left(out: &mut Vec<Effect>, conn: ConnId, reason: LeaveReason, message: Option<String>) {
+        out.push(Effect::Send {
+            conn,
+            msg: ServerMessage::Left { reason, message },
+        });
+        out.push(Effect::Close { conn });
+    }
+
+    /// An authenticated participant joins on a new connection.
+    pub fn join(&mut self, now: u64, req: JoinRequest) -> Result<Vec<Effect>, Error> {
+        if self.meeting.is_ended() {
+            return Err(Error::new(ErrorCode::MeetingEnded, "this meeting has ended"));
+        }
+        let mut out = Vec::new();
+        // The same identity on a new connection replaces the old one (a reload, a second tab).
+        if self.in_call(&req.participant_id) || self.lobby.get(&req.participant_id).is_some() {
+            self.depart(now, &req.participant_id, LeaveReason::Replaced, None, &mut out);
+        }
+        let occupancy = self.members.len() + self.lobby.len();
+        if occupancy >= self.meeting.settings.max_participants as usize {
+            return Err(Error::new(ErrorCode::MeetingFull, "this meeting is full"));
+        }
+        let kind = match req.attendee {
+            Attendee::Staff { .. } => ParticipantKind::Staff,
+            Attendee::Guest { .. } => ParticipantKind::Guest,
+        };
+        let organizer = req.attendee.is_organizer(&self.meeting);
+        let info = ParticipantInfo {
+            participant_id: req.participant_id.clone(),
+            display_name: req.display_name.clone(),
+            kind,
+            organizer,
+        };
+        out.push(Effect::Send {
+            conn: req.conn,
+            msg: ServerMessage::Joined {
+                protocol: PROTOCOL_VERSION,
+                you: info.clone(),
+                meeting: self.summary(),
+            },
+        });
+        let may_bypass = may_bypass_lobby(&self.meeting, &req.attendee);
+        // Guests wait for a host even when the rule would let them in; staff are hosts.
+        let enters = organizer || (may_bypass && (kind == ParticipantKind::Staff || self.staff_present()));
+        if enters {
+            self.record(&mut out, &info, now, EventKind::Joined);
+            self.enter_call(now, req.conn, info, &mut out);
+        } else {
+            let status = self.lobby_status();
+            let timeout_secs = self.meeting.settings.lobby_timeout_secs;
+            self.lobby.push(Waiting {
+                conn: req.conn,
+                invited: req.attendee.is_invited(&self.meeting),
+                attendee: req.attendee,
+                info: info.clone(),
+                may_bypass,
+                since_ms: now,
+                deadline_ms: now + timeout_secs * 1000,
+            });
+            out.push(Effect::Send {
+                conn: req.conn,
+                msg: ServerMessage::Lobby { status, timeout_secs },
+            });
+            self.record(&mut out, &info, now, EventKind::EnteredLobby);
+            self.lobby_changed(&mut out);
+        }
+        Ok(out)
+    }
+
+    fn enter_call(&mut self, now: u64, conn: ConnId, info: ParticipantInfo, out: &mut Vec<Effect>) {
+        let first_host = info.kind == ParticipantKind::Staff && !self.staff_present();
+        let others = self.participants();
+        let may_present = info.kind == ParticipantKind::Staff || self.meeting.settings.guests_may_present;
+        out.push(Effect::EnterCall {
+            conn,
+            participant: info.clone(),
+            others,
+            may_present,
+        });
+        self.broadcast(
+            out,
+            &ServerMessage::ParticipantJoined {
+                participant: info.clone(),
+            },
+            None,
+        );
+        let is_staff = info.kind == ParticipantKind::Staff;
+        self.members.push(Member {
+            conn,
+            info,
+            joined_at_ms: now,
+            chat: chat_bucket(now),
+        });
+        if is_staff {
+            out.push(Effect::Send {
+                conn,
+                msg: ServerMessage::LobbyUpdate {
+                    entries: self.lobby.entries(),
+                },
+            });
+        }
+        if first_host {
+            // The host has arrived: those the rule lets in go in, the rest now wait for admission.
+            for w in self.lobby.drain_where(|w| w.may_bypass) {
+                self.admit_waiting(now, w, None, out);
+            }
+            let timeout_secs = self.meeting.settings.lobby_timeout_secs;
+            for w in self.lobby.iter() {
+                let msg = ServerMessage::Lobby {
+                    status: LobbyStatus::WaitingForAdmission,
+                    timeout_secs,
+                };
+                out.push(Effect::Send { conn: w.conn, msg });
+            }
+            self.lobby_changed(out);
+        }
+    }
+
+    fn admit_waiting(&mut self, now: u64, w: Waiting, by: Option<ParticipantId>, out: &mut Vec<Effect>) {
+        let wait_ms = now.saturating_sub(w.since_ms);
+        self.record(out, &w.info, now, EventKind::Admitted { wait_ms, by });
+        self.record(out, &w.info, now, EventKind::Joined);
+        self.enter_call(now, w.conn, w.info, out);
+    }
+
+    /// Removes a participant from the call or the lobby, telling everyone who should know.
+    /// `notify` says whether the departing connection is still there to be told.
+    fn depart(
+        &mut self,
+        now: u64,
+        participant_id: &str,
+        reason: LeaveReason,
+        message: Option<String>,
+        out: &mut Vec<Effect>,
+    ) {
+        let notify = reason != LeaveReason::Disconnected;
+        if let Some(i) = self
+            .members
+            .iter()
+            .position(|m| m.info.participant_id == participant_id)
+        {
+            let m = self.members.remove(i);
+            let was_host = m.info.kind == ParticipantKind::Staff;
+            if notify {
+                Self::say_left(out, m.conn, reason, message);
+            }
+            out.push(Effect::LeaveCall {
+                participant_id: m.info.participant_id.clone(),
+            });
+            let in_call_ms = now.saturating_sub(m.joined_at_ms);
+            self.record(out, &m.info, now, EventKind::Left { reason, in_call_ms });
+            let left = ServerMessage::ParticipantLeft {
+                participant_id: m.info.participant_id.clone(),
+                reason,
+            };
+            self.broadcast(out, &left, None);
+            if was_host && !self.staff_present() {
+                // No host any more: whoever waits now waits for the host again.
+                let timeout_secs = self.meeting.settings.lobby_timeout_secs;
+                for w in self.lobby.iter() {
+                    let msg = ServerMessage::Lobby {
+                        status: LobbyStatus::WaitingForHost,
+                        timeout_secs,
+                    };
+                    out.push(Effect::Send { conn: w.conn, msg });
+                }
+            }
+        } else if let Some(w) = self.lobby.remove(participant_id) {
+            if notify {
+                Self::say_left(out, w.conn, reason, message.clone());
+            }
+            let wait_ms = now.saturating_sub(w.since_ms);
+            let event = match reason {
+                LeaveReason::Denied => EventKind::Denied {
+                    wait_ms,
+                    reason: message,
+                },
+                LeaveReason::LobbyTimeout => EventKind::LobbyTimeout { wait_ms },
+                _ => EventKind::LeftLobby { wait_ms },
+            };
+            self.record(out, &w.info, now, event);
+            self.lobby_changed(out);
+        }
+    }
+
+    /// The connection dropped. Ignored if that connection was already replaced.
+    pub fn disconnected(&mut self, now: u64, conn: ConnId) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if let Some(id) = self.participant_of(conn).map(str::to_owned) {
+            self.depart(now, &id, LeaveReason::Disconnected, None, &mut out);
+        }
+        out
+    }
+
+    /// Lobby timeouts.
+    pub fn tick(&mut self, now: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let expired: Vec<_> = self
+            .lobby
+            .iter()
+            .filter(|w| w.deadline_ms <= now)
+            .map(|w| w.info.participant_id.clone())
+            .collect();
+        let minutes = self.meeting.settings.lobby_timeout_secs.div_ceil(60);
+        for id in expired {
+            let message =
+                format!("Nobody let you in within {minutes} minute(s). You can open the link again to retry.");
+            self.depart(now, &id, LeaveReason::LobbyTimeout, Some(message), &mut out);
+        }
+        out
+    }
+
+    /// A frame from a joined connection. Media frames are not the room's
+    /// business: the shell routes them after checking [`Room::in_call`].
+    pub fn handle(&mut self, now: u64, conn: ConnId, msg: ClientMessage) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let Some(me) = self.participant_of(conn).map(str::to_owned) else {
+            out.push(Effect::Send {
+                conn,
+                msg: ServerMessage::error(ErrorCode::NotInCall, "you are no longer in this meeting"),
+            });
+            return out;
+        };
+        if let Err(e) = self.apply(now, conn, &me, msg, &mut out) {
+            out.push(Effect::Send {
+                conn,
+                msg: ServerMessage::error(e.code, e.message),
+            });
+        }
+        out
+    }
+
+    fn require_staff_in_call(&self, me: &str) -> Result<(), Error> {
+        match self.member(me) {
+            Some(m) if m.info.kind == ParticipantKind::Staff => Ok(()),
+            Some(_) => Err(Error::new(ErrorCode::Forbidden, "only staff may do this")),
+            None if self
+                .lobby
+                .get(me)
+                .is_some_and(|w| w.info.kind == ParticipantKind::Staff) =>
+            {
+                Err(Error::new(ErrorCode::NotInCall, "enter the call before managing it"))
+            }
+            None => Err(Error::new(ErrorCode::Forbidden, "only staff may do this")),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        me: &str,
+        msg: ClientMessage,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), Error> {
+        match msg {
+            ClientMessage::Join { .. } => Err(Error::new(
+                ErrorCode::AlreadyJoined,
+                "this connection has already joined",
+            )),
+            ClientMessage::Leave => {
+                self.depart(now, me, LeaveReason::Left, None, out);
+                Ok(())
+            }
+            ClientMessage::Ping { nonce } => {
+                out.push(Effect::Send {
+                    conn,
+                    msg: ServerMessage::Pong { nonce },
+                });
+                Ok(())
+            }
+            ClientMessage::Admit { participant_id } => {
+                self.require_staff_in_call(me)?;
+                let w = self
+                    .lobby
+                    .remove(&participant_id)
+                    .ok_or_else(|| Error::new(ErrorCode::NotFound, "nobody with that id is waiting in the lobby"))?;
+                self.admit_waiting(now, w, Some(me.to_owned()), out);
+                self.lobby_changed(out);
+                Ok(())
+            }
+            ClientMessage::AdmitAll => {
+                self.require_staff_in_call(me)?;
+                for w in self.lobby.drain_where(|_| true) {
+                    self.admit_waiting(now, w, Some(me.to_owned()), out);
+                }
+                self.lobby_changed(out);
+                Ok(())
+            }
+            ClientMessage::Deny { participant_id, reason } => {
+                self.require_staff_in_call(me)?;
+                let reason = clean_reason(reason)?;
+                if self.lobby.get(&participant_id).is_none() {
+                    return Err(Error::new(
+                        ErrorCode::NotFound,
+                        "nobody with that id is waiting in the lobby",
+                    ));
+                }
+                self.depart(now, &participant_id, LeaveReason::Denied, reason, out);
+                Ok(())
+            }
+            ClientMessage::Remove { participant_id, reason } => {
+                self.require_staff_in_call(me)?;
+                let reason = clean_reason(reason)?;
+                if participant_id == me {
+                    return Err(Error::new(ErrorCode::BadRequest, "use `leave` to leave"));
+                }
+                let target = self
+                    .member(&participant_id)
+                    .ok_or_else(|| Error::new(ErrorCode::NotFound, "nobody with that id is in the call"))?;
+                if target.info.organizer {
+                    return Err(Error::new(ErrorCode::Forbidden, "the organiser cannot be removed"));
+                }
+                self.depart(now, &participant_id, LeaveReason::Removed, reason, out);
+                Ok(())
+            }
+            ClientMessage::EndMeeting => {
+                self.require_staff_in_call(me)?;
+                self.end(now, out);
+                Ok(())
+            }
+            ClientMessage::Chat { text } => {
+                let sender = self
+                    .members
+                    .iter_mut()
+                    .find(|m| m.info.participant_id == me)
+                    .ok_or_else(|| Error::new(ErrorCode::NotInCall, "chat is only available in the call"))?;
+                if !self.meeting.settings.chat_enabled {
+                    return Err(Error::new(
+                        ErrorCode::ChatDisabled,
+                        "chat is turned off for this meeting",
+                    ));
+                }
+                let text = clean_chat_text(&text)?;
+                if !sender.chat.try_take(now) {
+                    return Err(Error::new(ErrorCode::RateLimited, "you are sending messages too fast"));
+                }
+                let info = sender.info.clone();
+                self.chat_seq += 1;
+                let message = ChatMessage {
+                    seq: self.chat_seq,
+                    participant_id: info.participant_id,
+                    display_name: info.display_name,
+                    text,
+                    sent_at_ms: now,
+                };
+                self.broadcast(out, &ServerMessage::Chat { message }, None);
+                Ok(())
+            }
+            ClientMessage::PublishOffer { .. }
+            | ClientMessage::SubscribeAnswer { .. }
+            | ClientMessage::IceCandidate { .. }
+            | ClientMessage::MuteTrack { .. }
+            | ClientMessage::SetSubscription { .. } => {
+                Err(Error::new(ErrorCode::NotInCall, "media is only available in the call"))
+            }
+        }
+    }
+
+    /// Ends the meeting for everyone in the call and the lobby.
+    pub fn end(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let ids: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| m.info.participant_id.clone())
+            .chain(self.lobby.iter().map(|w| w.info.participant_id.clone()))
+            .collect();
+        for id in ids {
+            self.depart(now, &id, LeaveReason::MeetingEnded, None, out);
+        }
+        self.meeting.ended_at_ms = Some(now);
+        out.push(Effect::MeetingEnded);
+    }
+}
+
+fn clean_reason(reason: Option<String>) -> Result<Option<String>, Error> {
+    let Some(r) = reason else { return Ok(None) };
+    let r = r.trim();
+    if r.is_empty() {
+        return Ok(None);
+    }
+    if r.chars().count() > MAX_REASON_CHARS || r.chars().any(char::is_control) {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            "a reason is at most 200 characters, without control characters",
+        ));
+    }
+    Ok(Some(r.to_owned()))
+}
+
+#[cfg(test)]
+mod tests;

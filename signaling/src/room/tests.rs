@@ -1,0 +1,502 @@
+//! The room state machine, driven by hand: no IO, time passed in.
+
+use super::*;
+use crate::meeting::{LobbyBypass, MeetingSettings};
+
+fn meeting(rule: LobbyBypass) -> Meeting {
+    Meeting {
+        meeting_id: "m_1".into(),
+        organization: "acme".into(),
+        organizer: "olga".into(),
+        settings: MeetingSettings {
+            title: "Clinic".into(),
+            lobby_bypass: rule,
+            invited_staff: vec!["ivan".into()],
+            lobby_timeout_secs: 60,
+            ..Default::default()
+        },
+        created_at_ms: 0,
+        ended_at_ms: None,
+    }
+}
+
+fn staff(conn: ConnId, subject: &str) -> JoinRequest {
+    JoinRequest {
+        conn,
+        participant_id: format!("p_{subject}"),
+        display_name: subject.to_uppercase(),
+        attendee: Attendee::Staff {
+            subject: subject.into(),
+            organization: "acme".into(),
+        },
+    }
+}
+
+fn guest(conn: ConnId, id: &str, invited: bool) -> JoinRequest {
+    JoinRequest {
+        conn,
+        participant_id: id.into(),
+        display_name: format!("Guest {id}"),
+        attendee: Attendee::Guest { invited },
+    }
+}
+
+/// Frames sent to `conn`, in order.
+fn sent(effects: &[Effect], conn: ConnId) -> Vec<ServerMessage> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { conn: c, msg } if *c == conn => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn entered(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::EnterCall { participant, .. } => Some(participant.participant_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_code(effects: &[Effect], conn: ConnId) -> Option<ErrorCode> {
+    sent(effects, conn).into_iter().find_map(|m| match m {
+        ServerMessage::Error { code, .. } => Some(code),
+        _ => None,
+    })
+}
+
+fn events(effects: &[Effect]) -> Vec<EventKind> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(ev) => Some(ev.event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn organiser_enters_and_guest_waits_then_is_admitted() {
+    let mut room = Room::new(meeting(LobbyBypass::Invited));
+    let fx = room.join(0, staff(1, "olga")).unwrap();
+    assert_eq!(entered(&fx), ["p_olga"]);
+    assert!(matches!(&sent(&fx, 1)[0], ServerMessage::Joined { you, .. } if you.organizer));
+
+    let fx = room.join(1000, guest(2, "p_g", false)).unwrap();
+    assert!(entered(&fx).is_empty());
+    assert!(sent(&fx, 2).contains(&ServerMessage::Lobby {
+        status: LobbyStatus::WaitingForAdmission,
+        timeout_secs: 60
+    }));
+    let to_staff = sent(&fx, 1);
+    assert!(
+        matches!(&to_staff[..], [ServerMessage::LobbyUpdate { entries }] if entries.len() == 1 && entries[0].waiting_since_ms == 1000 && !entries[0].invited)
+    );
+
+    let fx = room.handle(
+        4000,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_g".into(),
+        },
+    );
+    assert_eq!(entered(&fx), ["p_g"]);
+    assert!(events(&fx).contains(&EventKind::Admitted {
+        wait_ms: 3000,
+        by: Some("p_olga".into())
+    }));
+    assert!(
+        sent(&fx, 1).iter().any(
+            |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.participant_id == "p_g")
+        )
+    );
+    assert!(sent(&fx, 1).contains(&ServerMessage::LobbyUpdate { entries: vec![] }));
+    assert!(room.in_call("p_g"));
+}
+
+#[test]
+fn guests_wait_for_the_host_then_bypass_when_the_host_arrives() {
+    let mut room = Room::new(meeting(LobbyBypass::Everyone));
+    let fx = room.join(0, guest(2, "p_a", false)).unwrap();
+    assert!(sent(&fx, 2).contains(&ServerMessage::Lobby {
+        status: LobbyStatus::WaitingForHost,
+        timeout_secs: 60
+    }));
+    room.join(0, guest(3, "p_b", true)).unwrap();
+    let fx = room.join(500, staff(1, "sam")).unwrap();
+    assert_eq!(entered(&fx), ["p_sam", "p_a", "p_b"]);
+    assert_eq!(room.lobby_len(), 0);
+}
+
+#[test]
+fn host_arrival_switches_waiters_to_admission_and_departure_back() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, guest(2, "p_a", true)).unwrap();
+    let fx = room.join(0, staff(1, "olga")).unwrap();
+    assert!(entered(&fx) == ["p_olga"]);
+    assert!(sent(&fx, 2).contains(&ServerMessage::Lobby {
+        status: LobbyStatus::WaitingForAdmission,
+        timeout_secs: 60
+    }));
+    let fx = room.handle(10, 1, ClientMessage::Leave);
+    assert!(sent(&fx, 2).contains(&ServerMessage::Lobby {
+        status: LobbyStatus::WaitingForHost,
+        timeout_secs: 60
+    }));
+    assert!(sent(&fx, 1).contains(&ServerMessage::Left {
+        reason: LeaveReason::Left,
+        message: None
+    }));
+    assert!(fx.contains(&Effect::Close { conn: 1 }));
+}
+
+#[test]
+fn staff_who_may_not_bypass_wait_too_and_cannot_manage_from_the_lobby() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(3, "p_g", false)).unwrap();
+    let fx = room.join(0, staff(2, "sam")).unwrap();
+    assert!(entered(&fx).is_empty());
+    let fx = room.handle(
+        1,
+        2,
+        ClientMessage::Admit {
+            participant_id: "p_g".into(),
+        },
+    );
+    assert_eq!(error_code(&fx, 2), Some(ErrorCode::NotInCall));
+    let fx = room.handle(
+        1,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_sam".into(),
+        },
+    );
+    assert_eq!(entered(&fx), ["p_sam"]);
+    // Now in the call, sam sees the lobby and may admit.
+    assert!(
+        sent(&fx, 2)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::LobbyUpdate { entries } if entries.len() == 1))
+    );
+}
+
+#[test]
+fn admission_matrix_through_the_room() {
+    use LobbyBypass::*;
+    // (rule, who, enters directly with the organiser present)
+    let cases = [
+        (OrganizerOnly, [false, false, false, false]),
+        (Invited, [true, false, true, false]),
+        (Organization, [true, true, false, false]),
+        (Everyone, [true, true, true, true]),
+    ];
+    for (rule, expected) in cases {
+        let mut room = Room::new(meeting(rule));
+        assert_eq!(
+            entered(&room.join(0, staff(1, "olga")).unwrap()),
+            ["p_olga"],
+            "{rule:?}: organiser"
+        );
+        let who = [
+            staff(2, "ivan"),
+            staff(3, "sam"),
+            guest(4, "p_inv", true),
+            guest(5, "p_anon", false),
+        ];
+        for (req, want) in who.into_iter().zip(expected) {
+            let id = req.participant_id.clone();
+            let fx = room.join(0, req).unwrap();
+            assert_eq!(!entered(&fx).is_empty(), want, "{rule:?}: {id}");
+        }
+    }
+}
+
+#[test]
+fn only_staff_in_call_manage_and_guests_cannot() {
+    let mut room = Room::new(meeting(LobbyBypass::Everyone));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_a", false)).unwrap();
+    room.join(0, guest(3, "p_b", false)).unwrap();
+    for msg in [
+        ClientMessage::Admit {
+            participant_id: "p_b".into(),
+        },
+        ClientMessage::AdmitAll,
+        ClientMessage::Deny {
+            participant_id: "p_b".into(),
+            reason: None,
+        },
+        ClientMessage::Remove {
+            participant_id: "p_b".into(),
+            reason: None,
+        },
+        ClientMessage::EndMeeting,
+    ] {
+        let fx = room.handle(0, 2, msg.clone());
+        assert_eq!(error_code(&fx, 2), Some(ErrorCode::Forbidden), "{msg:?}");
+    }
+    let fx = room.handle(
+        0,
+        1,
+        ClientMessage::Remove {
+            participant_id: "p_olga".into(),
+            reason: None,
+        },
+    );
+    assert_eq!(error_code(&fx, 1), Some(ErrorCode::BadRequest));
+    let fx = room.handle(
+        0,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_nobody".into(),
+        },
+    );
+    assert_eq!(error_code(&fx, 1), Some(ErrorCode::NotFound));
+}
+
+#[test]
+fn deny_with_reason_reaches_the_guest_and_is_recorded() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(100, guest(2, "p_g", false)).unwrap();
+    let fx = room.handle(
+        600,
+        1,
+        ClientMessage::Deny {
+            participant_id: "p_g".into(),
+            reason: Some(" Wrong clinic ".into()),
+        },
+    );
+    assert_eq!(
+        sent(&fx, 2),
+        [ServerMessage::Left {
+            reason: LeaveReason::Denied,
+            message: Some("Wrong clinic".into())
+        }]
+    );
+    assert!(fx.contains(&Effect::Close { conn: 2 }));
+    assert!(events(&fx).contains(&EventKind::Denied {
+        wait_ms: 500,
+        reason: Some("Wrong clinic".into())
+    }));
+    assert_eq!(sent(&fx, 1), [ServerMessage::LobbyUpdate { entries: vec![] }]);
+    let fx = room.handle(
+        700,
+        1,
+        ClientMessage::Deny {
+            participant_id: "p_x".into(),
+            reason: Some("x".repeat(201)),
+        },
+    );
+    assert_eq!(error_code(&fx, 1), Some(ErrorCode::BadRequest));
+}
+
+#[test]
+fn lobby_timeout_removes_and_explains() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    assert_eq!(room.next_deadline(), Some(60_000));
+    assert!(room.tick(59_999).is_empty());
+    let fx = room.tick(60_000);
+    assert!(
+        matches!(&sent(&fx, 2)[..], [ServerMessage::Left { reason: LeaveReason::LobbyTimeout, message: Some(m) }] if m.contains("1 minute"))
+    );
+    assert!(events(&fx).contains(&EventKind::LobbyTimeout { wait_ms: 60_000 }));
+    assert!(room.is_empty());
+    assert_eq!(room.next_deadline(), None);
+}
+
+#[test]
+fn chat_only_in_call_with_sender_and_server_time() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    let fx = room.handle(5, 2, ClientMessage::Chat { text: "hello?".into() });
+    assert_eq!(error_code(&fx, 2), Some(ErrorCode::NotInCall));
+    assert!(sent(&fx, 1).is_empty(), "staff never see lobby chat");
+    room.handle(
+        6,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_g".into(),
+        },
+    );
+    let fx = room.handle(7, 2, ClientMessage::Chat { text: " hi ".into() });
+    for conn in [1, 2] {
+        assert!(matches!(&sent(&fx, conn)[..], [ServerMessage::Chat { message }]
+            if message.text == "hi" && message.participant_id == "p_g" && message.display_name == "Guest p_g" && message.sent_at_ms == 7 && message.seq == 1));
+    }
+    let fx = room.handle(8, 2, ClientMessage::Leave);
+    assert!(sent(&fx, 1).iter().any(|m| matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Left } if participant_id == "p_g")));
+    let fx = room.handle(
+        9,
+        2,
+        ClientMessage::Chat {
+            text: "still here?".into(),
+        },
+    );
+    assert_eq!(error_code(&fx, 2), Some(ErrorCode::NotInCall));
+    assert!(sent(&fx, 1).is_empty(), "messages after leaving go nowhere");
+}
+
+#[test]
+fn chat_rate_size_and_switch() {
+    let mut room = Room::new(meeting(LobbyBypass::Everyone));
+    room.join(0, staff(1, "olga")).unwrap();
+    for _ in 0..crate::chat::CHAT_BURST {
+        assert_eq!(
+            error_code(&room.handle(0, 1, ClientMessage::Chat { text: "x".into() }), 1),
+            None
+        );
+    }
+    assert_eq!(
+        error_code(&room.handle(0, 1, ClientMessage::Chat { text: "x".into() }), 1),
+        Some(ErrorCode::RateLimited)
+    );
+    assert_eq!(
+        error_code(&room.handle(5000, 1, ClientMessage::Chat { text: "x".repeat(5000) }), 1),
+        Some(ErrorCode::MessageTooLong)
+    );
+    let mut m = room.meeting().clone();
+    m.settings.chat_enabled = false;
+    room.update_meeting(m);
+    assert_eq!(
+        error_code(&room.handle(9000, 1, ClientMessage::Chat { text: "x".into() }), 1),
+        Some(ErrorCode::ChatDisabled)
+    );
+}
+
+#[test]
+fn disconnect_cleans_up_call_and_lobby() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    let fx = room.disconnected(10, 2);
+    assert!(sent(&fx, 2).is_empty(), "a dropped socket is not written to");
+    assert_eq!(sent(&fx, 1), [ServerMessage::LobbyUpdate { entries: vec![] }]);
+    assert!(events(&fx).contains(&EventKind::LeftLobby { wait_ms: 10 }));
+    let fx = room.disconnected(20, 1);
+    assert!(fx.contains(&Effect::LeaveCall {
+        participant_id: "p_olga".into()
+    }));
+    assert!(room.is_empty());
+    assert!(room.disconnected(30, 1).is_empty(), "a second disconnect is a no-op");
+}
+
+#[test]
+fn rejoin_replaces_the_old_connection() {
+    let mut room = Room::new(meeting(LobbyBypass::Everyone));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    let fx = room.join(5, guest(3, "p_g", false)).unwrap();
+    assert!(sent(&fx, 2).contains(&ServerMessage::Left {
+        reason: LeaveReason::Replaced,
+        message: None
+    }));
+    assert!(fx.contains(&Effect::Close { conn: 2 }));
+    assert_eq!(entered(&fx), ["p_g"]);
+    // The stale connection's late disconnect does not remove the new one.
+    assert!(room.disconnected(6, 2).is_empty());
+    assert!(room.in_call("p_g"));
+}
+
+#[test]
+fn remove_and_end_meeting() {
+    let mut room = Room::new(meeting(LobbyBypass::Everyone));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, staff(2, "sam")).unwrap();
+    room.join(0, guest(3, "p_g", false)).unwrap();
+    let fx = room.handle(
+        1,
+        2,
+        ClientMessage::Remove {
+            participant_id: "p_olga".into(),
+            reason: None,
+        },
+    );
+    assert_eq!(
+        error_code(&fx, 2),
+        Some(ErrorCode::Forbidden),
+        "organiser cannot be removed"
+    );
+    let fx = room.handle(
+        1,
+        1,
+        ClientMessage::Remove {
+            participant_id: "p_g".into(),
+            reason: Some("bye".into()),
+        },
+    );
+    assert_eq!(
+        sent(&fx, 3)[0],
+        ServerMessage::Left {
+            reason: LeaveReason::Removed,
+            message: Some("bye".into())
+        }
+    );
+    assert!(fx.contains(&Effect::LeaveCall {
+        participant_id: "p_g".into()
+    }));
+    room.join(2, guest(4, "p_h", false)).unwrap();
+    let mut m = room.meeting().clone();
+    m.settings.lobby_bypass = LobbyBypass::OrganizerOnly;
+    room.update_meeting(m);
+    room.join(2, guest(5, "p_lobby", false)).unwrap();
+    let fx = room.handle(3, 2, ClientMessage::EndMeeting);
+    for conn in [1, 2, 4, 5] {
+        assert!(
+            sent(&fx, conn).contains(&ServerMessage::Left {
+                reason: LeaveReason::MeetingEnded,
+                message: None
+            }),
+            "conn {conn}"
+        );
+        assert!(fx.contains(&Effect::Close { conn }));
+    }
+    assert!(fx.contains(&Effect::MeetingEnded));
+    assert!(room.is_empty());
+    assert_eq!(
+        room.join(4, guest(6, "p_late", false)).unwrap_err().code,
+        ErrorCode::MeetingEnded
+    );
+}
+
+#[test]
+fn capacity_counts_call_and_lobby() {
+    let mut m = meeting(LobbyBypass::OrganizerOnly);
+    m.settings.max_participants = 2;
+    let mut room = Room::new(m);
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_a", false)).unwrap();
+    assert_eq!(
+        room.join(0, guest(3, "p_b", false)).unwrap_err().code,
+        ErrorCode::MeetingFull
+    );
+}
+
+#[test]
+fn media_and_repeated_join_frames_are_refused_outside_the_call() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    let fx = room.handle(0, 2, ClientMessage::SubscribeAnswer { sdp: "v=0".into() });
+    assert_eq!(error_code(&fx, 2), Some(ErrorCode::NotInCall));
+    let fx = room.handle(
+        0,
+        2,
+        ClientMessage::Join {
+            protocol: 1,
+            token: "t".into(),
+            meeting_id: None,
+        },
+    );
+    assert_eq!(error_code(&fx, 2), Some(ErrorCode::AlreadyJoined));
+    let fx = room.handle(0, 99, ClientMessage::Ping { nonce: 1 });
+    assert_eq!(error_code(&fx, 99), Some(ErrorCode::NotInCall), "unknown connection");
+    let fx = room.handle(0, 2, ClientMessage::Ping { nonce: 7 });
+    assert_eq!(sent(&fx, 2), [ServerMessage::Pong { nonce: 7 }]);
+}
