@@ -1,1 +1,155 @@
-fn main() {}
+//! The `gatehouse` command: run the gateway, mint staff tokens.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatehouse::config::{Config, DEFAULT_DATA_DIR, ServeArgs};
+use gatehouse_signaling::token::StaffRole;
+
+/// Gatehouse: a self-hosted meeting gateway for staff and external guests.
+///
+/// Guests open a link in a browser, wait in the lobby until staff admit them,
+/// then talk by audio, video, screen share and chat. Staff use the web console
+/// or the Rust SDK.
+///
+/// Start here:
+///   gatehouse serve                                  # https://localhost:8443, data in ./gatehouse-data
+///   gatehouse token --name "Alice" --sub alice       # a staff token for the console, curl or the SDK
+#[derive(Parser)]
+#[command(name = "gatehouse", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: HTTPS + WebSocket signaling on one port, media on one UDP port.
+    ///
+    /// With no flags it listens on 0.0.0.0:8443, keeps its database, signing key and a
+    /// generated development certificate in ./gatehouse-data, and takes media on UDP 7882.
+    /// Every flag can also be set as an environment variable or in a TOML file (--config).
+    #[command(verbatim_doc_comment)]
+    Serve(Box<ServeArgs>),
+    /// Mint a staff token signed with this gateway's key (for scripts, the console and the SDK).
+    ///
+    /// Example:
+    ///   TOKEN=$(gatehouse token --sub alice@clinic.example --name "Dr Alice" --role staff)
+    ///   curl --cacert gatehouse-data/tls/ca.pem -H "Authorization: Bearer $TOKEN" https://localhost:8443/api/v1/meetings
+    #[command(verbatim_doc_comment)]
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Display name others see.
+    #[arg(long)]
+    name: String,
+    /// Stable staff identifier [default: the name, lower-cased].
+    #[arg(long)]
+    sub: Option<String>,
+    /// `staff` manages meetings they organise or are invited to; `admin` manages all of the organisation's.
+    #[arg(long, default_value = "staff", value_parser = parse_role)]
+    role: StaffRole,
+    /// Organisation the staff member belongs to.
+    #[arg(long, default_value = "default")]
+    org: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 12 * 3600)]
+    ttl: u64,
+    /// The gateway's data directory (where its signing key lives).
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+fn parse_role(s: &str) -> Result<StaffRole, String> {
+    match s {
+        "staff" => Ok(StaffRole::Staff),
+        "admin" => Ok(StaffRole::Admin),
+        _ => Err("role must be `staff` or `admin`".into()),
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::resolve(*args)?;
+            init_logs(config.json_logs);
+            serve(config).await
+        }
+        Command::Token(args) => {
+            let keys = gatehouse::server::load_or_create_signing_key(&args.data_dir)?;
+            let sub = args.sub.unwrap_or_else(|| args.name.to_lowercase().replace(' ', "."));
+            let now = gatehouse::ids::now_ms() / 1000;
+            let token = keys.mint_staff(&sub, &args.name, &args.org, args.role, now, args.ttl)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let mut running = gatehouse::server::start(config.clone()).await?;
+    let ca = running
+        .ca_file
+        .as_ref()
+        .map(|p| format!(" --cacert {}", p.display()))
+        .unwrap_or_default();
+    eprintln!(
+        "\nGatehouse is listening on https://{} (public URL {}), media on udp {}\n\
+         Staff console:   {}/console\n\
+         First staff token:\n  gatehouse token --data-dir {} --name \"Your Name\" --role admin\n\
+         Try the API:\n  curl{} -H \"Authorization: Bearer $TOKEN\" {}/api/v1/meetings\n",
+        running.addr,
+        config.public_url,
+        running.media_addr,
+        config.public_url,
+        data_dir.display(),
+        ca,
+        config.public_url,
+    );
+    tokio::select! {
+        result = running.wait() => return result.context("the server stopped"),
+        () = shutdown_signal() => {}
+    }
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -81,8 +81,8 @@ impl MeetingSettings {
         if !(2..=MAX_PARTICIPANTS_LIMIT).contains(&self.max_participants) {
             return bad("max_participants must be between 2 and 1000");
         }
-        if !(10..=24 * 3600).contains(&self.lobby_timeout_secs) {
-            return bad("lobby_timeout_secs must be between 10 and 86400");
+        if !(5..=24 * 3600).contains(&self.lobby_timeout_secs) {
+            return bad("lobby_timeout_secs must be between 5 and 86400");
         }
         if let (Some(start), Some(end)) = (self.scheduled_start_ms, self.scheduled_end_ms)
             && end <= start

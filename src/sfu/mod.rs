@@ -82,6 +82,14 @@ impl Sfu {
     /// The participant left the call: close its connections, unpublish its tracks.
     pub async fn remove_participant(&self, _meeting_id: &str, _participant_id: &str) {}
 
+    /// A debug snapshot of a meeting's media: participants, tracks, counters.
+    pub async fn debug_meeting(&self, _meeting_id: &str) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Closes every connection and stops the shards.
+    pub async fn shutdown(&self) {}
+
     /// Live peer connections across all shards (tests check it returns to zero).
     pub fn live_connections(&self) -> usize {
         0

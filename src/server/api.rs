@@ -1,0 +1,405 @@
+//! The REST API: meetings and links for staff, link lookup and redemption for guests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use gatehouse_signaling::ErrorCode;
+use gatehouse_signaling::link::{DEFAULT_INVITE_TTL_SECS, Link, LinkKind, check_redeemable, clean_display_name};
+use gatehouse_signaling::meeting::{Meeting, MeetingPatch, MeetingSettings};
+use gatehouse_signaling::protocol::ParticipantKind;
+use gatehouse_signaling::room::{EventKind, ParticipationEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::AppState;
+use super::auth::{Staff, can_manage};
+use super::error::{ApiError, JsonBody};
+use super::live::Command;
+use crate::ids::{link_code, new_id, now_ms};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/meetings", post(create_meeting).get(list_meetings))
+        .route("/api/v1/meetings/{id}", get(get_meeting).patch(update_meeting))
+        .route("/api/v1/meetings/{id}/end", post(end_meeting))
+        .route("/api/v1/meetings/{id}/links", post(create_link).get(list_links))
+        .route("/api/v1/meetings/{id}/links/{link_id}", delete(revoke_link))
+        .route("/api/v1/meetings/{id}/events", get(meeting_events))
+        .route("/api/v1/meetings/{id}/live", get(meeting_live))
+        .route("/api/v1/links/{code}", get(link_info))
+        .route("/api/v1/links/{code}/redeem", post(redeem_link))
+}
+
+/// Where a meeting stands, as the staff console shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetingState {
+    /// Nobody is in it.
+    Idle,
+    /// People are in the call or lobby.
+    Live,
+    Ended,
+}
+
+/// A meeting as the API returns it.
+#[derive(Debug, Serialize)]
+pub struct MeetingView {
+    #[serde(flatten)]
+    pub meeting: Meeting,
+    pub state: MeetingState,
+    /// The public link, when there is one that works.
+    pub public_link: Option<LinkView>,
+}
+
+/// A link as the API returns it.
+#[derive(Debug, Serialize)]
+pub struct LinkView {
+    #[serde(flatten)]
+    pub link: Link,
+    /// What a guest opens in the browser.
+    pub url: String,
+}
+
+fn link_view(state: &AppState, link: Link) -> LinkView {
+    LinkView {
+        url: format!("{}/j/{}", state.config.public_url, link.code),
+        link,
+    }
+}
+
+fn meeting_view(state: &AppState, meeting: Meeting) -> ApiResult<MeetingView> {
+    let public_link = if meeting.settings.public_link_enabled {
+        state
+            .store
+            .public_link(&meeting.meeting_id)?
+            .map(|l| link_view(state, l))
+    } else {
+        None
+    };
+    let state = if meeting.is_ended() {
+        MeetingState::Ended
+    } else if state.live.is_live(&meeting.meeting_id) {
+        MeetingState::Live
+    } else {
+        MeetingState::Idle
+    };
+    Ok(MeetingView {
+        meeting,
+        state,
+        public_link,
+    })
+}
+
+/// Loads a meeting the caller may manage.
+fn managed_meeting(state: &AppState, staff: &Staff, id: &str) -> ApiResult<Meeting> {
+    let meeting = state
+        .store
+        .meeting(id)?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such meeting"))?;
+    // Outsiders learn nothing, not even that the meeting exists.
+    if staff.0.org != meeting.organization {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such meeting"));
+    }
+    can_manage(&staff.0, &meeting)?;
+    Ok(meeting)
+}
+
+async fn create_meeting(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    JsonBody(settings): JsonBody<MeetingSettings>,
+) -> ApiResult<(StatusCode, Json<MeetingView>)> {
+    let settings = settings.validate()?;
+    let now = now_ms();
+    let meeting = Meeting {
+        meeting_id: new_id("m"),
+        organization: staff.0.org.clone(),
+        organizer: staff.0.sub.clone(),
+        settings,
+        created_at_ms: now,
+        ended_at_ms: None,
+    };
+    state.store.insert_meeting(&meeting)?;
+    let public = Link {
+        link_id: new_id("l"),
+        meeting_id: meeting.meeting_id.clone(),
+        code: link_code(),
+        kind: LinkKind::Public,
+        invitee: None,
+        created_at_ms: now,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+        redemptions: 0,
+    };
+    state.store.insert_link(&public)?;
+    tracing::info!(meeting_id = %meeting.meeting_id, organizer = %meeting.organizer, "meeting created");
+    Ok((StatusCode::CREATED, Json(meeting_view(&state, meeting)?)))
+}
+
+async fn list_meetings(State(state): State<Arc<AppState>>, staff: Staff) -> ApiResult<Json<Vec<MeetingView>>> {
+    let meetings = state.store.meetings(&staff.0.org, 200)?;
+    let views = meetings
+        .into_iter()
+        .filter(|m| can_manage(&staff.0, m).is_ok())
+        .map(|m| meeting_view(&state, m))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(views))
+}
+
+async fn get_meeting(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MeetingView>> {
+    let meeting = managed_meeting(&state, &staff, &id)?;
+    Ok(Json(meeting_view(&state, meeting)?))
+}
+
+async fn update_meeting(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<MeetingPatch>,
+) -> ApiResult<Json<MeetingView>> {
+    let mut meeting = managed_meeting(&state, &staff, &id)?;
+    if meeting.is_ended() {
+        return Err(ApiError::new(
+            ErrorCode::MeetingEnded,
+            "an ended meeting cannot be changed",
+        ));
+    }
+    meeting.settings = patch.apply(meeting.settings)?;
+    state.store.update_meeting(&meeting)?;
+    state
+        .live
+        .send_if_live(&id, Command::MeetingUpdated(Box::new(meeting.clone())));
+    Ok(Json(meeting_view(&state, meeting)?))
+}
+
+async fn end_meeting(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MeetingView>> {
+    let meeting = managed_meeting(&state, &staff, &id)?;
+    if !meeting.is_ended() {
+        let (reply, done) = oneshot::channel();
+        if state.live.send_if_live(&id, Command::End { reply }) {
+            // The meeting task tells everyone and stores the end.
+            let _ = done.await;
+        } else {
+            let mut ended = meeting.clone();
+            ended.ended_at_ms = Some(now_ms());
+            state.store.update_meeting(&ended)?;
+        }
+    }
+    let meeting = managed_meeting(&state, &staff, &id)?;
+    Ok(Json(meeting_view(&state, meeting)?))
+}
+
+/// Body of `POST /meetings/{id}/links`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLink {
+    kind: LinkKind,
+    #[serde(default)]
+    invitee: Option<String>,
+    /// Defaults to 90 days for invitations; single-use links may also expire.
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+async fn create_link(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NewLink>,
+) -> ApiResult<(StatusCode, Json<LinkView>)> {
+    let meeting = managed_meeting(&state, &staff, &id)?;
+    if meeting.is_ended() {
+        return Err(ApiError::new(ErrorCode::MeetingEnded, "this meeting has ended"));
+    }
+    if body.kind == LinkKind::Public {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "a meeting has one public link, made with the meeting",
+        ));
+    }
+    let invitee = body.invitee.map(|n| clean_display_name(&n)).transpose()?;
+    let now = now_ms();
+    let ttl = match (body.kind, body.expires_in_secs) {
+        (_, Some(0)) => return Err(ApiError::new(ErrorCode::BadRequest, "expires_in_secs must be positive")),
+        (_, Some(secs)) => Some(secs.min(10 * 365 * 24 * 3600)),
+        (LinkKind::Invite, None) => Some(DEFAULT_INVITE_TTL_SECS),
+        _ => None,
+    };
+    let link = Link {
+        link_id: new_id("l"),
+        meeting_id: meeting.meeting_id,
+        code: link_code(),
+        kind: body.kind,
+        invitee,
+        created_at_ms: now,
+        expires_at_ms: ttl.map(|s| now + s * 1000),
+        revoked_at_ms: None,
+        redemptions: 0,
+    };
+    state.store.insert_link(&link)?;
+    Ok((StatusCode::CREATED, Json(link_view(&state, link))))
+}
+
+async fn list_links(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<LinkView>>> {
+    managed_meeting(&state, &staff, &id)?;
+    let links = state.store.links_of(&id)?;
+    Ok(Json(links.into_iter().map(|l| link_view(&state, l)).collect()))
+}
+
+async fn revoke_link(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path((id, link_id)): Path<(String, String)>,
+) -> ApiResult<Json<LinkView>> {
+    managed_meeting(&state, &staff, &id)?;
+    let link = state.store.link(&link_id)?.filter(|l| l.meeting_id == id);
+    if link.is_none() {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such link"));
+    }
+    state.store.revoke_link(&link_id, now_ms())?;
+    let link = state
+        .store
+        .link(&link_id)?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such link"))?;
+    Ok(Json(link_view(&state, link)))
+}
+
+async fn meeting_events(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<ParticipationEvent>>> {
+    managed_meeting(&state, &staff, &id)?;
+    Ok(Json(state.store.events_of(&id)?))
+}
+
+/// Debug view: participants, lobby size and the SFU's tracks of a live meeting.
+async fn meeting_live(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    managed_meeting(&state, &staff, &id)?;
+    let (reply, answer) = oneshot::channel();
+    if !state.live.send_if_live(&id, Command::Snapshot { reply }) {
+        return Ok(Json(
+            serde_json::json!({ "meeting_id": id, "participants": [], "lobby": 0, "media": null }),
+        ));
+    }
+    Ok(Json(answer.await.unwrap_or_default()))
+}
+
+/// What a guest's join page learns about a link before redeeming it.
+#[derive(Debug, Serialize)]
+struct LinkInfo {
+    meeting_title: String,
+    kind: LinkKind,
+    invitee: Option<String>,
+    allow_anonymous: bool,
+}
+
+fn redeemable_link(state: &AppState, code: &str) -> ApiResult<(Link, Meeting)> {
+    let not_found = || ApiError::new(ErrorCode::NotFound, "this link does not exist");
+    if code.len() > 64 {
+        return Err(not_found());
+    }
+    let link = state.store.link_by_code(code)?.ok_or_else(not_found)?;
+    let meeting = state.store.meeting(&link.meeting_id)?.ok_or_else(not_found)?;
+    check_redeemable(&link, &meeting, now_ms())?;
+    Ok((link, meeting))
+}
+
+async fn link_info(State(state): State<Arc<AppState>>, Path(code): Path<String>) -> ApiResult<Json<LinkInfo>> {
+    let (link, meeting) = redeemable_link(&state, &code)?;
+    Ok(Json(LinkInfo {
+        meeting_title: meeting.settings.title,
+        kind: link.kind,
+        invitee: link.invitee,
+        allow_anonymous: meeting.settings.allow_anonymous,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Redeem {
+    display_name: String,
+}
+
+/// What redeeming a link gives a guest.
+#[derive(Debug, Serialize)]
+struct Redeemed {
+    token: String,
+    meeting_id: String,
+    participant_id: String,
+    display_name: String,
+    expires_at_ms: u64,
+}
+
+async fn redeem_link(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(code): Path<String>,
+    JsonBody(body): JsonBody<Redeem>,
+) -> ApiResult<Json<Redeemed>> {
+    let now = now_ms();
+    if !state.allow_redemption(peer.ip(), now) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many attempts from your address; wait a minute",
+        ));
+    }
+    let display_name = clean_display_name(&body.display_name)?;
+    let (link, meeting) = redeemable_link(&state, &code)?;
+    // The store's conditional update is the real single-use guard.
+    state.store.count_redemption(&link.link_id)?;
+    let participant_id = new_id("p");
+    let ttl = state.config.guest_token_ttl_secs;
+    let token = state.keys.mint_guest(
+        &participant_id,
+        &meeting.meeting_id,
+        &display_name,
+        link.grants_invited(),
+        now / 1000,
+        ttl,
+    )?;
+    let event = ParticipationEvent {
+        meeting_id: meeting.meeting_id.clone(),
+        participant_id: participant_id.clone(),
+        display_name: display_name.clone(),
+        kind: ParticipantKind::Guest,
+        at_ms: now,
+        event: EventKind::LinkRedeemed {
+            link_id: link.link_id.clone(),
+        },
+    };
+    if let Err(e) = state.store.record(&event) {
+        tracing::error!(error = %e, "could not record redemption");
+    }
+    tracing::info!(meeting_id = %meeting.meeting_id, %participant_id, link_id = %link.link_id, "link redeemed");
+    Ok(Json(Redeemed {
+        token,
+        meeting_id: meeting.meeting_id,
+        participant_id,
+        display_name,
+        expires_at_ms: (now / 1000 + ttl) * 1000,
+    }))
+}

@@ -1,0 +1,258 @@
+//! Live meetings: one task per meeting owns its [`Room`] state machine and
+//! carries out its effects (frames, media, store writes).
+//!
+//! A meeting's task exists only while someone is in its call or lobby. It is
+//! created on the first join and removes itself when the room empties, under
+//! the registry lock, so a join can never reach a task that is going away.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gatehouse_signaling::lobby::ConnId;
+use gatehouse_signaling::meeting::Meeting;
+use gatehouse_signaling::protocol::{ClientMessage, ServerMessage};
+use gatehouse_signaling::room::{Effect, JoinRequest, Room};
+use gatehouse_signaling::{Error, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::ids::now_ms;
+use crate::sfu::{MediaParticipant, Sfu};
+use crate::store::Store;
+
+/// Frames to one connection's writer.
+pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+
+/// What a connection or the REST API asks of a live meeting.
+pub enum Command {
+    Join {
+        req: JoinRequest,
+        outbox: Outbox,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Frame {
+        conn: ConnId,
+        msg: ClientMessage,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
+    MeetingUpdated(Box<Meeting>),
+    End {
+        reply: oneshot::Sender<()>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+}
+
+/// The registry of live meetings.
+#[derive(Default)]
+pub struct LiveMeetings {
+    tasks: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+}
+
+/// What a meeting task needs from the rest of the server.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<Store>,
+    pub sfu: Sfu,
+    pub live: Arc<LiveMeetings>,
+}
+
+impl LiveMeetings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Command>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of meetings with someone in them.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether someone is in the meeting's call or lobby.
+    pub fn is_live(&self, meeting_id: &str) -> bool {
+        self.lock().contains_key(meeting_id)
+    }
+
+    /// Sends to a live meeting; `false` if nobody is in it.
+    pub fn send_if_live(&self, meeting_id: &str, cmd: Command) -> bool {
+        self.lock().get(meeting_id).is_some_and(|tx| tx.send(cmd).is_ok())
+    }
+
+    /// Sends to a meeting, starting its task if needed.
+    pub fn send(&self, services: &Services, meeting: &Meeting, cmd: Command) {
+        let mut tasks = self.lock();
+        let tx = tasks.entry(meeting.meeting_id.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let span = tracing::info_span!("meeting", meeting_id = %meeting.meeting_id);
+            tokio::spawn(run(Room::new(meeting.clone()), rx, services.clone()).instrument(span));
+            tx
+        });
+        // The task only exits under this lock with an empty channel, so this send lands.
+        let _ = tx.send(cmd);
+    }
+}
+
+async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services: Services) {
+    tracing::info!("meeting live");
+    let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
+    loop {
+        let deadline = room.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep(std::time::Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                handle(&mut room, &mut outboxes, &services, cmd).await;
+            }
+            () = sleep => {
+                let effects = room.tick(now_ms());
+                apply(&room, &mut outboxes, &services, effects).await;
+            }
+        }
+        if room.is_empty() {
+            let mut tasks = services.live.lock();
+            if rx.is_empty() {
+                tasks.remove(&room.meeting().meeting_id);
+                break;
+            }
+        }
+    }
+    tracing::info!("meeting idle; task ends");
+}
+
+async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &Services, cmd: Command) {
+    let now = now_ms();
+    match cmd {
+        Command::Join { req, outbox, reply } => {
+            let conn = req.conn;
+            match room.join(now, req) {
+                Ok(effects) => {
+                    outboxes.insert(conn, outbox);
+                    let _ = reply.send(Ok(()));
+                    apply(room, outboxes, services, effects).await;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        Command::Frame { conn, msg } => {
+            if is_media(&msg) {
+                media(room, outboxes, services, conn, msg).await;
+            } else {
+                let effects = room.handle(now, conn, msg);
+                apply(room, outboxes, services, effects).await;
+            }
+        }
+        Command::Disconnected { conn } => {
+            let effects = room.disconnected(now, conn);
+            outboxes.remove(&conn);
+            apply(room, outboxes, services, effects).await;
+        }
+        Command::MeetingUpdated(meeting) => room.update_meeting(*meeting),
+        Command::End { reply } => {
+            let mut effects = Vec::new();
+            room.end(now, &mut effects);
+            apply(room, outboxes, services, effects).await;
+            let _ = reply.send(());
+        }
+        Command::Snapshot { reply } => {
+            let media = services.sfu.debug_meeting(&room.meeting().meeting_id).await;
+            let _ = reply.send(serde_json::json!({
+                "meeting_id": room.meeting().meeting_id,
+                "participants": room.participants(),
+                "lobby": room.lobby_len(),
+                "media": media,
+            }));
+        }
+    }
+}
+
+fn is_media(msg: &ClientMessage) -> bool {
+    matches!(
+        msg,
+        ClientMessage::PublishOffer { .. }
+            | ClientMessage::SubscribeAnswer { .. }
+            | ClientMessage::IceCandidate { .. }
+            | ClientMessage::MuteTrack { .. }
+            | ClientMessage::SetSubscription { .. }
+    )
+}
+
+/// Media frames go to the SFU, but only from participants in the call.
+async fn media(room: &Room, outboxes: &HashMap<ConnId, Outbox>, services: &Services, conn: ConnId, msg: ClientMessage) {
+    let Some(outbox) = outboxes.get(&conn) else { return };
+    let participant = room.participant_of(conn).map(str::to_owned);
+    let result = match participant {
+        Some(id) if room.in_call(&id) => services.sfu.handle(&room.meeting().meeting_id, &id, msg).await,
+        _ => Err(Error::new(ErrorCode::NotInCall, "media is only available in the call")),
+    };
+    if let Err(e) = result {
+        let _ = outbox.send(ServerMessage::error(e.code, e.message));
+    }
+}
+
+async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &Services, effects: Vec<Effect>) {
+    let meeting_id = room.meeting().meeting_id.clone();
+    for effect in effects {
+        match effect {
+            Effect::Send { conn, msg } => {
+                if let Some(outbox) = outboxes.get(&conn) {
+                    let _ = outbox.send(msg);
+                }
+            }
+            // The writer closes the socket itself right after the `left` frame it precedes.
+            Effect::Close { conn } => {
+                outboxes.remove(&conn);
+            }
+            Effect::EnterCall {
+                conn,
+                participant,
+                others,
+                may_present,
+            } => {
+                let Some(outbox) = outboxes.get(&conn).cloned() else {
+                    continue;
+                };
+                let tracks = services.sfu.tracks(&meeting_id).await;
+                let _ = outbox.send(ServerMessage::Admitted {
+                    participants: others,
+                    tracks,
+                    ice_servers: services.sfu.ice_servers(),
+                });
+                let media = MediaParticipant {
+                    meeting_id: meeting_id.clone(),
+                    participant_id: participant.participant_id.clone(),
+                    kind: participant.kind,
+                    may_present,
+                };
+                if let Err(e) = services.sfu.add_participant(media, outbox.clone()).await {
+                    tracing::warn!(participant_id = %participant.participant_id, error = %e, "media could not start");
+                    let _ = outbox.send(ServerMessage::error(e.code, e.message));
+                }
+            }
+            Effect::LeaveCall { participant_id } => services.sfu.remove_participant(&meeting_id, &participant_id).await,
+            Effect::Record(event) => {
+                tracing::info!(participant_id = %event.participant_id, event = ?event.event, "participation");
+                if let Err(e) = services.store.record(&event) {
+                    tracing::error!(error = %e, "could not record participation event");
+                }
+            }
+            Effect::MeetingEnded => {
+                if let Err(e) = services.store.update_meeting(room.meeting()) {
+                    tracing::error!(error = %e, "could not store the meeting's end");
+                }
+            }
+        }
+    }
+}

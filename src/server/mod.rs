@@ -1,0 +1,201 @@
+//! The gateway's HTTP side: REST API, signaling WebSocket and the web client,
+//! over one rustls port, with graceful shutdown.
+
+pub mod api;
+pub mod assets;
+pub mod auth;
+pub mod error;
+pub mod live;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use gatehouse_signaling::ratelimit::TokenBucket;
+use gatehouse_signaling::token::TokenKeys;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::sfu::{Sfu, SfuConfig};
+use crate::store::Store;
+use live::{LiveMeetings, Services};
+
+/// Process-wide counters of the control plane.
+#[derive(Default)]
+pub struct Metrics {
+    /// Open signaling sockets.
+    pub connections: AtomicUsize,
+}
+
+/// Everything a request handler may need.
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub keys: TokenKeys,
+    pub sfu: Sfu,
+    pub live: Arc<LiveMeetings>,
+    pub metrics: Metrics,
+    /// Source of connection ids.
+    pub next_conn: AtomicU64,
+    /// Flips to `true` once when the server begins to shut down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Per-address pace of link redemptions.
+    redeem_limits: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl AppState {
+    pub fn services(&self) -> Services {
+        Services {
+            store: self.store.clone(),
+            sfu: self.sfu.clone(),
+            live: self.live.clone(),
+        }
+    }
+
+    /// Takes one redemption from this address's allowance.
+    pub fn allow_redemption(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let per_minute = self.config.redeem_per_minute;
+        let mut limits = self.redeem_limits.lock().unwrap_or_else(|p| p.into_inner());
+        if limits.len() > 10_000 {
+            limits.retain(|_, b| !b.is_idle(now_ms));
+        }
+        limits
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(per_minute, per_minute as f64 / 60.0, now_ms))
+            .try_take(now_ms)
+    }
+}
+
+/// Reads the signing key from the data directory, making one on first run.
+pub fn load_or_create_signing_key(data_dir: &std::path::Path) -> anyhow::Result<TokenKeys> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("signing.key");
+    let secret = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; 32];
+            rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
+            crate::tls::write_private(&path, &secret)?;
+            tracing::info!(path = %path.display(), "generated a new token signing key");
+            secret
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(TokenKeys::new(&secret, "gatehouse")?)
+}
+
+/// A running gateway.
+pub struct Running {
+    /// The bound HTTPS address.
+    pub addr: SocketAddr,
+    /// The bound media address.
+    pub media_addr: SocketAddr,
+    /// CA file clients can trust when the certificate was generated.
+    pub ca_file: Option<PathBuf>,
+    pub state: Arc<AppState>,
+    handle: axum_server::Handle<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, tells every socket, and waits (up to 10 s) for them to finish.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown_tx.send(true);
+        self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        let _ = self.task.await;
+        self.state.sfu.shutdown().await;
+    }
+
+    /// Waits for the server to stop on its own (it does not, short of an error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+/// Starts the gateway: store, keys, TLS, media plane, and the HTTPS listener.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    crate::tls::install_crypto_provider();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let keys = load_or_create_signing_key(&config.data_dir)?;
+    let store = Arc::new(Store::open(&config.data_dir.join("gatehouse.db"))?);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        },
+        _ => {
+            let host = url::Url::parse(&config.public_url)?.host_str().map(str::to_owned);
+            crate::tls::ensure_dev_certificate(&config.data_dir.join("tls"), &host.into_iter().collect::<Vec<_>>())?
+        }
+    };
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .with_context(|| format!("loading TLS certificate {}", tls.cert.display()))?;
+
+    let ice_servers = config
+        .ice_servers
+        .iter()
+        .map(|url| gatehouse_signaling::protocol::IceServer {
+            urls: vec![url.clone()],
+            username: None,
+            credential: None,
+        })
+        .collect();
+    let sfu = Sfu::start(SfuConfig {
+        bind: config.media_bind,
+        public_ip: config.public_ip,
+        ice_servers,
+        shards: config.media_shards,
+    })
+    .context("starting the media plane")?;
+    let media_addr = sfu.local_addr();
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store,
+        keys,
+        sfu,
+        live: Arc::new(LiveMeetings::default()),
+        metrics: Metrics::default(),
+        next_conn: AtomicU64::new(1),
+        shutdown: shutdown_rx,
+        redeem_limits: Mutex::new(HashMap::new()),
+    });
+
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/ws", get(ws::upgrade))
+        .merge(api::router())
+        .merge(assets::router(&config))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state.clone());
+
+    let handle = axum_server::Handle::new();
+    let server = axum_server::bind_rustls(config.listen, rustls_config)
+        .handle(handle.clone())
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+    let task = tokio::spawn(server);
+    let addr = handle.listening().await.context("the HTTPS listener did not start")?;
+    tracing::info!(%addr, %media_addr, public_url = %config.public_url, "gateway listening");
+    Ok(Running {
+        addr,
+        media_addr,
+        ca_file: tls.ca,
+        state,
+        handle,
+        shutdown_tx,
+        task,
+    })
+}

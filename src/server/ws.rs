@@ -1,0 +1,302 @@
+//! The signaling WebSocket: one per participant, authenticated by its first
+//! frame (`join`), then a reader feeding the meeting task and a writer
+//! draining the participant's outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use gatehouse_signaling::admission::Attendee;
+use gatehouse_signaling::lobby::ConnId;
+use gatehouse_signaling::protocol::{
+    ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, ServerMessage, parse_client_message,
+};
+use gatehouse_signaling::ratelimit::TokenBucket;
+use gatehouse_signaling::room::JoinRequest;
+use gatehouse_signaling::token::Identity;
+use gatehouse_signaling::{Error, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::AppState;
+use super::live::Command;
+use crate::ids::{new_id, now_ms};
+
+/// How long a new socket may take to send `join`.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames larger than this end the connection outright (those between
+/// [`MAX_FRAME_BYTES`] and this get an error frame and the socket goes on).
+const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// Per-connection frame pace: a burst, then a sustained rate.
+const FRAME_BURST: u32 = 100;
+const FRAMES_PER_SEC: f64 = 50.0;
+/// Refused frames tolerated before a flooding connection is cut off.
+const MAX_REFUSED: u32 = 50;
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Response {
+    let conn = state.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ws.max_message_size(HARD_FRAME_LIMIT).max_frame_size(HARD_FRAME_LIMIT).on_upgrade(move |socket| {
+        let span = tracing::info_span!("conn", conn, %peer, meeting_id = tracing::field::Empty, participant_id = tracing::field::Empty);
+        serve(socket, state, conn).instrument(span)
+    })
+}
+
+fn frame(msg: &ServerMessage) -> Message {
+    // Serialising our own types cannot fail.
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(msg).expect("server messages serialise"),
+    ))
+}
+
+async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
+    state
+        .metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (mut sink, mut stream) = socket.split();
+    let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let mut shutdown = state.shutdown.clone();
+
+    // Writer: drains the outbox; closes the socket after a `left` frame or on shutdown.
+    let mut writer = tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    msg = outbox_rx.recv() => {
+                        let Some(msg) = msg else { break };
+                        let last = matches!(msg, ServerMessage::Left { .. });
+                        if sink.send(frame(&msg)).await.is_err() {
+                            break;
+                        }
+                        if last {
+                            break;
+                        }
+                    }
+                    _ = shutdown.changed() => {
+                        let close = CloseFrame { code: 1001, reason: Utf8Bytes::from_static("server shutting down") };
+                        let _ = sink.send(Message::Close(Some(close))).await;
+                        break;
+                    }
+                }
+            }
+            let _ = sink.close().await;
+        }
+        .in_current_span(),
+    );
+
+    let joined = match tokio::time::timeout(JOIN_TIMEOUT, read_join(&mut stream)).await {
+        Ok(Ok(join)) => join_meeting(&state, conn, join, &outbox).await,
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::new(
+            ErrorCode::NotJoined,
+            "send `join` within 10 seconds of connecting",
+        )),
+    };
+    let meeting_id = match joined {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(code = ?e.code, "join refused");
+            let _ = outbox.send(ServerMessage::error(e.code, e.message));
+            drop(outbox);
+            let _ = writer.await;
+            state
+                .metrics
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    };
+
+    // Reading stops when the client goes, or when the writer has closed the socket
+    // (after `left`): a client that never answers the close must not pin the connection.
+    let writer_done = tokio::select! {
+        () = read_frames(&state, conn, &meeting_id, &mut stream, &outbox) => false,
+        _ = &mut writer => true,
+    };
+    state.live.send_if_live(&meeting_id, Command::Disconnected { conn });
+    drop(outbox);
+    // Let the writer flush what is queued (it ends once the meeting drops its outbox too).
+    if !writer_done && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
+    state
+        .metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!("connection closed");
+}
+
+/// The `join` frame: protocol version, token, and (for staff) the meeting.
+struct Join {
+    token: String,
+    meeting_id: Option<String>,
+}
+
+async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<Join, Error> {
+    while let Some(Ok(msg)) = stream.next().await {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => break,
+            Message::Binary(_) => return Err(Error::new(ErrorCode::MalformedJson, "frames must be JSON text")),
+            _ => continue,
+        };
+        return match parse_client_message(&text)? {
+            ClientMessage::Join {
+                protocol,
+                token,
+                meeting_id,
+            } => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(Error::new(
+                        ErrorCode::UnsupportedProtocol,
+                        format!("this server speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                    ));
+                }
+                Ok(Join { token, meeting_id })
+            }
+            _ => Err(Error::new(ErrorCode::NotJoined, "the first frame must be `join`")),
+        };
+    }
+    Err(Error::new(ErrorCode::NotJoined, "the connection closed before `join`"))
+}
+
+/// Verifies the token, loads the meeting and asks its task to let us in.
+async fn join_meeting(
+    state: &Arc<AppState>,
+    conn: ConnId,
+    join: Join,
+    outbox: &super::live::Outbox,
+) -> Result<String, Error> {
+    let now_secs = now_ms() / 1000;
+    let identity = state.keys.verify(&join.token, now_secs)?;
+    let meeting_id = match (&identity, join.meeting_id) {
+        (Identity::Guest(g), Some(m)) if m != g.mtg => {
+            return Err(Error::new(
+                ErrorCode::WrongMeeting,
+                "this guest token is for another meeting",
+            ));
+        }
+        (Identity::Guest(g), _) => g.mtg.clone(),
+        (Identity::Staff(_), Some(m)) => m,
+        (Identity::Staff(_), None) => {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "staff must name the meeting in `join`",
+            ));
+        }
+    };
+    let meeting = state
+        .store
+        .meeting(&meeting_id)?
+        .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such meeting"))?;
+    let req = match identity {
+        Identity::Guest(g) => JoinRequest {
+            conn,
+            participant_id: g.sub,
+            display_name: g.name,
+            attendee: Attendee::Guest { invited: g.invited },
+        },
+        Identity::Staff(s) => {
+            if s.org != meeting.organization {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    "this meeting belongs to another organisation",
+                ));
+            }
+            JoinRequest {
+                conn,
+                participant_id: new_id("p"),
+                display_name: s.name,
+                attendee: Attendee::Staff {
+                    subject: s.sub,
+                    organization: s.org,
+                },
+            }
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("meeting_id", meeting_id.as_str());
+    span.record("participant_id", req.participant_id.as_str());
+    let (reply, answer) = oneshot::channel();
+    state.live.send(
+        &state.services(),
+        &meeting,
+        Command::Join {
+            req,
+            outbox: outbox.clone(),
+            reply,
+        },
+    );
+    answer
+        .await
+        .map_err(|_| Error::new(ErrorCode::Internal, "the meeting stopped"))??;
+    Ok(meeting_id)
+}
+
+async fn read_frames(
+    state: &Arc<AppState>,
+    conn: ConnId,
+    meeting_id: &str,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    outbox: &super::live::Outbox,
+) {
+    let mut pace = TokenBucket::new(FRAME_BURST, FRAMES_PER_SEC, now_ms());
+    let mut refused = 0u32;
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = shutdown.changed() => return,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                let _ = outbox.send(ServerMessage::error(
+                    ErrorCode::MalformedJson,
+                    "frames must be JSON text",
+                ));
+                refused += 1;
+                continue;
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(_)) => continue,
+        };
+        if !pace.try_take(now_ms()) {
+            refused += 1;
+            if refused > MAX_REFUSED {
+                tracing::warn!("frame flood; cutting the connection off");
+                let _ = outbox.send(ServerMessage::error(
+                    ErrorCode::RateLimited,
+                    "too many frames; disconnecting",
+                ));
+                return;
+            }
+            let _ = outbox.send(ServerMessage::error(
+                ErrorCode::RateLimited,
+                "too many frames; slow down",
+            ));
+            continue;
+        }
+        match parse_client_message(&text) {
+            Ok(msg) => {
+                if !state.live.send_if_live(meeting_id, Command::Frame { conn, msg }) {
+                    return;
+                }
+            }
+            Err(e) => {
+                debug_assert!(text.len() <= HARD_FRAME_LIMIT || e.code == ErrorCode::FrameTooLarge);
+                let _ = outbox.send(ServerMessage::error(e.code, e.message));
+            }
+        }
+    }
+}
+
+#[allow(dead_code)]
+const _: () = assert!(MAX_FRAME_BYTES < HARD_FRAME_LIMIT);

@@ -1,0 +1,447 @@
+//! The embedded store (SQLite): meetings, links and participation events,
+//! everything that must survive a restart.
+//!
+//! One connection behind a mutex: SQLite serialises writers anyway, and every
+//! statement here is a short indexed read or write. Single-use redemption is
+//! one conditional `UPDATE`, so it stays single-use under concurrency.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use gatehouse_signaling::link::{Link, LinkKind};
+use gatehouse_signaling::meeting::{Meeting, MeetingSettings};
+use gatehouse_signaling::room::ParticipationEvent;
+use gatehouse_signaling::{Error, ErrorCode};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Handle to the database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    tracing::error!(error = %e, "store error");
+    Error::new(ErrorCode::Internal, "storage error")
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    tracing::error!(error = %e, "stored JSON unreadable");
+    Error::new(ErrorCode::Internal, "storage error")
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meetings (
+    meeting_id   TEXT PRIMARY KEY,
+    organization TEXT NOT NULL,
+    organizer    TEXT NOT NULL,
+    settings     TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    ended_at     INTEGER
+);
+CREATE TABLE IF NOT EXISTS links (
+    link_id     TEXT PRIMARY KEY,
+    meeting_id  TEXT NOT NULL REFERENCES meetings(meeting_id),
+    code        TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    invitee     TEXT,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    revoked_at  INTEGER,
+    redemptions INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS links_by_meeting ON links(meeting_id);
+CREATE TABLE IF NOT EXISTS participation_events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    event          TEXT NOT NULL,
+    detail         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_meeting ON participation_events(meeting_id, id);
+"#;
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent; keep serving.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert_meeting(&self, m: &Meeting) -> Result<(), Error> {
+        let settings = serde_json::to_string(&m.settings).map_err(json_err)?;
+        self.conn()
+            .execute(
+                "INSERT INTO meetings (meeting_id, organization, organizer, settings, created_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![m.meeting_id, m.organization, m.organizer, settings, m.created_at_ms as i64, m.ended_at_ms.map(|v| v as i64)],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn update_meeting(&self, m: &Meeting) -> Result<(), Error> {
+        let settings = serde_json::to_string(&m.settings).map_err(json_err)?;
+        self.conn()
+            .execute(
+                "UPDATE meetings SET settings = ?2, ended_at = ?3 WHERE meeting_id = ?1",
+                params![m.meeting_id, settings, m.ended_at_ms.map(|v| v as i64)],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn meeting_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Meeting, String)> {
+        let settings: String = row.get(3)?;
+        Ok((
+            Meeting {
+                meeting_id: row.get(0)?,
+                organization: row.get(1)?,
+                organizer: row.get(2)?,
+                settings: MeetingSettings::default(),
+                created_at_ms: row.get::<_, i64>(4)? as u64,
+                ended_at_ms: row.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            },
+            settings,
+        ))
+    }
+
+    fn finish_meeting((mut m, settings): (Meeting, String)) -> Result<Meeting, Error> {
+        m.settings = serde_json::from_str(&settings).map_err(json_err)?;
+        Ok(m)
+    }
+
+    pub fn meeting(&self, meeting_id: &str) -> Result<Option<Meeting>, Error> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT meeting_id, organization, organizer, settings, created_at, ended_at FROM meetings WHERE meeting_id = ?1",
+                [meeting_id],
+                Self::meeting_from_row,
+            )
+            .optional()
+            .map_err(db_err)?;
+        row.map(Self::finish_meeting).transpose()
+    }
+
+    /// Meetings of an organisation, newest first.
+    pub fn meetings(&self, organization: &str, limit: u32) -> Result<Vec<Meeting>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT meeting_id, organization, organizer, settings, created_at, ended_at FROM meetings WHERE organization = ?1 ORDER BY created_at DESC LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![organization, limit], Self::meeting_from_row)
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        rows.into_iter().map(Self::finish_meeting).collect()
+    }
+
+    pub fn insert_link(&self, l: &Link) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "INSERT INTO links (link_id, meeting_id, code, kind, invitee, created_at, expires_at, revoked_at, redemptions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    l.link_id,
+                    l.meeting_id,
+                    l.code,
+                    kind_name(l.kind),
+                    l.invitee,
+                    l.created_at_ms as i64,
+                    l.expires_at_ms.map(|v| v as i64),
+                    l.revoked_at_ms.map(|v| v as i64),
+                    l.redemptions
+                ],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn link_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Link> {
+        let kind: String = row.get(3)?;
+        Ok(Link {
+            link_id: row.get(0)?,
+            meeting_id: row.get(1)?,
+            code: row.get(2)?,
+            kind: match kind.as_str() {
+                "public" => LinkKind::Public,
+                "invite" => LinkKind::Invite,
+                _ => LinkKind::SingleUse,
+            },
+            invitee: row.get(4)?,
+            created_at_ms: row.get::<_, i64>(5)? as u64,
+            expires_at_ms: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+            revoked_at_ms: row.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            redemptions: row.get(8)?,
+        })
+    }
+
+    const LINK_COLUMNS: &'static str =
+        "link_id, meeting_id, code, kind, invitee, created_at, expires_at, revoked_at, redemptions";
+
+    pub fn link_by_code(&self, code: &str) -> Result<Option<Link>, Error> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {} FROM links WHERE code = ?1", Self::LINK_COLUMNS),
+                [code],
+                Self::link_from_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    pub fn link(&self, link_id: &str) -> Result<Option<Link>, Error> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {} FROM links WHERE link_id = ?1", Self::LINK_COLUMNS),
+                [link_id],
+                Self::link_from_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    pub fn links_of(&self, meeting_id: &str) -> Result<Vec<Link>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {} FROM links WHERE meeting_id = ?1 ORDER BY created_at",
+                Self::LINK_COLUMNS
+            ))
+            .map_err(db_err)?;
+        stmt.query_map([meeting_id], Self::link_from_row)
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)
+    }
+
+    /// The meeting's public link.
+    pub fn public_link(&self, meeting_id: &str) -> Result<Option<Link>, Error> {
+        self.conn()
+            .query_row(
+                &format!(
+                    "SELECT {} FROM links WHERE meeting_id = ?1 AND kind = 'public' AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1",
+                    Self::LINK_COLUMNS
+                ),
+                [meeting_id],
+                Self::link_from_row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// Counts one redemption. For a single-use link only the first call
+    /// succeeds, however many race: the condition is part of the `UPDATE`.
+    pub fn count_redemption(&self, link_id: &str) -> Result<(), Error> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE links SET redemptions = redemptions + 1 WHERE link_id = ?1 AND revoked_at IS NULL AND (kind != 'single_use' OR redemptions = 0)",
+                [link_id],
+            )
+            .map_err(db_err)?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::LinkUsed,
+                "this single-use link has already been used",
+            ))
+        }
+    }
+
+    /// Revokes a link; revoking twice keeps the first time.
+    pub fn revoke_link(&self, link_id: &str, now_ms: u64) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "UPDATE links SET revoked_at = COALESCE(revoked_at, ?2) WHERE link_id = ?1",
+                params![link_id, now_ms as i64],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn record(&self, e: &ParticipationEvent) -> Result<(), Error> {
+        let detail = serde_json::to_value(&e.event).map_err(json_err)?;
+        let name = detail
+            .get("event")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_owned();
+        let kind = serde_json::to_value(e.kind).map_err(json_err)?;
+        self.conn()
+            .execute(
+                "INSERT INTO participation_events (meeting_id, participant_id, display_name, kind, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    e.meeting_id,
+                    e.participant_id,
+                    e.display_name,
+                    kind.as_str().unwrap_or("guest"),
+                    e.at_ms as i64,
+                    name,
+                    detail.to_string()
+                ],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// A meeting's participation log, oldest first.
+    pub fn events_of(&self, meeting_id: &str) -> Result<Vec<ParticipationEvent>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT meeting_id, participant_id, display_name, kind, at_ms, detail FROM participation_events WHERE meeting_id = ?1 ORDER BY id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([meeting_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(meeting_id, participant_id, display_name, kind, at_ms, detail)| {
+                Ok(ParticipationEvent {
+                    meeting_id,
+                    participant_id,
+                    display_name,
+                    kind: serde_json::from_value(serde_json::Value::String(kind)).map_err(json_err)?,
+                    at_ms: at_ms as u64,
+                    event: serde_json::from_str(&detail).map_err(json_err)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn kind_name(kind: LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Public => "public",
+        LinkKind::Invite => "invite",
+        LinkKind::SingleUse => "single_use",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_signaling::room::EventKind;
+
+    fn temp_store() -> (tempdir::Dir, Store) {
+        let dir = tempdir::Dir::new();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        (dir, store)
+    }
+
+    mod tempdir {
+        /// A directory removed on drop (keeps the dependency list short).
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!("gatehouse-store-{}", crate::ids::random_code(12)));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn meeting() -> Meeting {
+        Meeting {
+            meeting_id: "m_1".into(),
+            organization: "acme".into(),
+            organizer: "olga".into(),
+            settings: MeetingSettings {
+                title: "Clinic".into(),
+                ..Default::default()
+            },
+            created_at_ms: 1,
+            ended_at_ms: None,
+        }
+    }
+
+    fn link(id: &str, kind: LinkKind) -> Link {
+        Link {
+            link_id: id.into(),
+            meeting_id: "m_1".into(),
+            code: format!("code-{id}"),
+            kind,
+            invitee: None,
+            created_at_ms: 2,
+            expires_at_ms: Some(99),
+            revoked_at_ms: None,
+            redemptions: 0,
+        }
+    }
+
+    #[test]
+    fn meetings_links_and_events_round_trip() {
+        let (_d, s) = temp_store();
+        let mut m = meeting();
+        s.insert_meeting(&m).unwrap();
+        m.settings.chat_enabled = false;
+        m.ended_at_ms = Some(5);
+        s.update_meeting(&m).unwrap();
+        assert_eq!(s.meeting("m_1").unwrap().unwrap(), m);
+        assert_eq!(s.meetings("acme", 10).unwrap().len(), 1);
+        assert!(s.meeting("nope").unwrap().is_none());
+
+        let l = link("l_1", LinkKind::SingleUse);
+        s.insert_link(&l).unwrap();
+        assert_eq!(s.link_by_code("code-l_1").unwrap().unwrap(), l);
+        s.count_redemption("l_1").unwrap();
+        assert_eq!(s.count_redemption("l_1").unwrap_err().code, ErrorCode::LinkUsed);
+        s.insert_link(&link("l_2", LinkKind::Invite)).unwrap();
+        s.count_redemption("l_2").unwrap();
+        s.count_redemption("l_2").unwrap();
+        s.revoke_link("l_2", 7).unwrap();
+        s.revoke_link("l_2", 8).unwrap();
+        let l2 = s.link("l_2").unwrap().unwrap();
+        assert_eq!((l2.redemptions, l2.revoked_at_ms), (2, Some(7)));
+        assert_eq!(s.links_of("m_1").unwrap().len(), 2);
+
+        let ev = ParticipationEvent {
+            meeting_id: "m_1".into(),
+            participant_id: "p_1".into(),
+            display_name: "Ann".into(),
+            kind: gatehouse_signaling::protocol::ParticipantKind::Guest,
+            at_ms: 9,
+            event: EventKind::Admitted {
+                wait_ms: 1200,
+                by: Some("p_o".into()),
+            },
+        };
+        s.record(&ev).unwrap();
+        assert_eq!(s.events_of("m_1").unwrap(), vec![ev]);
+    }
+}

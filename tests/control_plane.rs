@@ -1,0 +1,792 @@
+//! The control plane against a real gateway: real TLS, real WebSockets, real store.
+
+mod support;
+
+use gatehouse_signaling::ErrorCode;
+use gatehouse_signaling::protocol::{ClientMessage, LeaveReason, LobbyStatus, ParticipantKind, ServerMessage};
+use gatehouse_signaling::token::StaffRole;
+use serde_json::json;
+use support::{TestServer, Ws};
+
+fn is_admitted(m: &ServerMessage) -> bool {
+    matches!(m, ServerMessage::Admitted { .. })
+}
+
+/// Reads `joined` and then the next placement frame: `admitted` or `lobby`.
+async fn placement(ws: &mut Ws) -> ServerMessage {
+    ws.expect("joined", |m| matches!(m, ServerMessage::Joined { .. })).await;
+    ws.expect("admitted or lobby", |m| {
+        matches!(m, ServerMessage::Admitted { .. } | ServerMessage::Lobby { .. })
+    })
+    .await
+}
+
+fn public_code(meeting: &serde_json::Value) -> String {
+    meeting["public_link"]["code"].as_str().expect("public link").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_guest_journey() {
+    let mut srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Dermatology follow-up" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    assert_eq!(meeting["state"], "idle");
+
+    // The guest checks the link, redeems it and waits for the host.
+    let code = public_code(&meeting);
+    let (status, info) = srv.call("GET", &format!("/api/v1/links/{code}"), None, None).await;
+    assert_eq!(
+        (status, info["meeting_title"].as_str()),
+        (200, Some("Dermatology follow-up"))
+    );
+    let guest_token = srv.redeem(&code, "  Grace  Hopper ").await;
+    let mut guest = srv.join(&guest_token, None).await;
+    let joined = guest
+        .expect("joined", |m| matches!(m, ServerMessage::Joined { .. }))
+        .await;
+    let ServerMessage::Joined {
+        you, meeting: summary, ..
+    } = joined
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (you.display_name.as_str(), you.kind),
+        ("Grace Hopper", ParticipantKind::Guest)
+    );
+    assert_eq!(summary.title, "Dermatology follow-up");
+    let lobby = guest
+        .expect("lobby", |m| matches!(m, ServerMessage::Lobby { .. }))
+        .await;
+    assert!(matches!(
+        lobby,
+        ServerMessage::Lobby {
+            status: LobbyStatus::WaitingForHost,
+            ..
+        }
+    ));
+    let (_, live) = srv
+        .call("GET", &format!("/api/v1/meetings/{mid}"), Some(&olga), None)
+        .await;
+    assert_eq!(live["state"], "live");
+
+    // The organiser arrives and sees the lobby live.
+    let mut staff = srv.join(&olga, Some(&mid)).await;
+    assert!(is_admitted(&placement(&mut staff).await));
+    let update = staff
+        .expect(
+            "lobby update",
+            |m| matches!(m, ServerMessage::LobbyUpdate { entries } if !entries.is_empty()),
+        )
+        .await;
+    let ServerMessage::LobbyUpdate { entries } = update else {
+        unreachable!()
+    };
+    assert_eq!(entries[0].display_name, "Grace Hopper");
+    assert!(!entries[0].invited);
+    assert!(entries[0].waiting_since_ms > 0);
+    guest
+        .expect("waiting for admission", |m| {
+            matches!(
+                m,
+                ServerMessage::Lobby {
+                    status: LobbyStatus::WaitingForAdmission,
+                    ..
+                }
+            )
+        })
+        .await;
+
+    // Admit: both are in the call and know of each other.
+    staff
+        .send(&ClientMessage::Admit {
+            participant_id: entries[0].participant_id.clone(),
+        })
+        .await;
+    let admitted = guest.expect("admitted", is_admitted).await;
+    let ServerMessage::Admitted { participants, .. } = admitted else {
+        unreachable!()
+    };
+    assert!(
+        participants
+            .iter()
+            .any(|p| p.display_name == "OLGA" && p.kind == ParticipantKind::Staff && p.organizer)
+    );
+    staff
+        .expect("guest joined", |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.display_name == "Grace Hopper"))
+        .await;
+
+    // Chat both ways, with sender and server time.
+    guest
+        .send(&ClientMessage::Chat {
+            text: "Hello doctor".into(),
+        })
+        .await;
+    let got = staff.expect("chat", |m| matches!(m, ServerMessage::Chat { .. })).await;
+    let ServerMessage::Chat { message } = got else {
+        unreachable!()
+    };
+    assert_eq!(
+        (message.text.as_str(), message.display_name.as_str()),
+        ("Hello doctor", "Grace Hopper")
+    );
+    assert!(message.sent_at_ms > 0);
+    staff
+        .send(&ClientMessage::Chat {
+            text: "Hello Grace".into(),
+        })
+        .await;
+    guest
+        .expect(
+            "staff chat",
+            |m| matches!(m, ServerMessage::Chat { message } if message.text == "Hello Grace"),
+        )
+        .await;
+
+    // The guest leaves; staff are told; the socket closes.
+    guest.send(&ClientMessage::Leave).await;
+    let rest = guest.until_closed().await;
+    assert!(rest.iter().any(|m| matches!(
+        m,
+        ServerMessage::Left {
+            reason: LeaveReason::Left,
+            ..
+        }
+    )));
+    staff
+        .expect("guest left", |m| {
+            matches!(
+                m,
+                ServerMessage::ParticipantLeft {
+                    reason: LeaveReason::Left,
+                    ..
+                }
+            )
+        })
+        .await;
+    staff.send(&ClientMessage::Leave).await;
+    staff.until_closed().await;
+    srv.wait_until("the meeting task is gone", |s| s.state().live.is_empty())
+        .await;
+
+    // The participation log has the whole story.
+    let (status, events) = srv
+        .call("GET", &format!("/api/v1/meetings/{mid}/events"), Some(&olga), None)
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["event"].as_str().unwrap())
+        .collect();
+    for want in ["link_redeemed", "entered_lobby", "admitted", "joined", "left"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_matrix() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let rules = [
+        ("organizer_only", [false, false, false, false]),
+        ("invited", [true, false, true, false]),
+        ("organization", [true, true, false, false]),
+        ("everyone", [true, true, true, true]),
+    ];
+    for (rule, expected) in rules {
+        let meeting = srv
+            .create_meeting(
+                &olga,
+                json!({ "title": format!("rule {rule}"), "lobby_bypass": rule, "invited_staff": ["ivan"] }),
+            )
+            .await;
+        let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+        let mut organiser = srv.join(&olga, Some(&mid)).await;
+        assert!(
+            is_admitted(&placement(&mut organiser).await),
+            "{rule}: organiser always enters"
+        );
+
+        let invite = srv
+            .create_link(&olga, &mid, json!({ "kind": "invite", "invitee": "Ina" }))
+            .await;
+        let invited_guest = srv.redeem(invite["code"].as_str().unwrap(), "Ina").await;
+        let anonymous_guest = srv.redeem(&public_code(&meeting), "Anon").await;
+        let people = [
+            (
+                "invited staff",
+                srv.staff_token("ivan", StaffRole::Staff),
+                Some(mid.clone()),
+            ),
+            (
+                "other staff",
+                srv.staff_token("sam", StaffRole::Staff),
+                Some(mid.clone()),
+            ),
+            ("invited guest", invited_guest, None),
+            ("anonymous guest", anonymous_guest, None),
+        ];
+        let mut sockets = Vec::new();
+        for ((who, token, meeting_id), want) in people.into_iter().zip(expected) {
+            let mut ws = srv.join(&token, meeting_id.as_deref()).await;
+            let placed = placement(&mut ws).await;
+            assert_eq!(is_admitted(&placed), want, "{rule}: {who} got {placed:?}");
+            sockets.push(ws);
+        }
+        organiser.send(&ClientMessage::EndMeeting).await;
+        for ws in &mut sockets {
+            ws.expect("meeting ended", |m| {
+                matches!(
+                    m,
+                    ServerMessage::Left {
+                        reason: LeaveReason::MeetingEnded,
+                        ..
+                    }
+                )
+            })
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_use_link_under_concurrency_and_dead_links() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv.create_meeting(&olga, json!({ "title": "Interview" })).await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let link = srv
+        .create_link(&olga, &mid, json!({ "kind": "single_use", "invitee": "Candidate" }))
+        .await;
+    let code = link["code"].as_str().unwrap().to_owned();
+
+    let attempts = (0..20).map(|i| {
+        let srv = &srv;
+        let code = code.clone();
+        async move {
+            srv.call(
+                "POST",
+                &format!("/api/v1/links/{code}/redeem"),
+                None,
+                Some(json!({ "display_name": format!("G{i}") })),
+            )
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let used = results
+        .iter()
+        .filter(|(s, b)| *s == 410 && b["code"] == "link_used")
+        .count();
+    assert_eq!((ok, used), (1, 19), "{results:?}");
+
+    // Revoked.
+    let invite = srv.create_link(&olga, &mid, json!({ "kind": "invite" })).await;
+    let link_id = invite["link_id"].as_str().unwrap();
+    let (status, revoked) = srv
+        .call(
+            "DELETE",
+            &format!("/api/v1/meetings/{mid}/links/{link_id}"),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(revoked["revoked_at_ms"].as_u64().is_some());
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/links/{}/redeem", invite["code"].as_str().unwrap()),
+            None,
+            Some(json!({ "display_name": "X" })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (410, Some("link_revoked")));
+
+    // Expired: a link whose expiry has passed, stored as the gateway stores it.
+    let expired = gatehouse_signaling::link::Link {
+        link_id: "l_expired".into(),
+        meeting_id: mid.clone(),
+        code: "expiredcode".into(),
+        kind: gatehouse_signaling::link::LinkKind::Invite,
+        invitee: None,
+        created_at_ms: 1,
+        expires_at_ms: Some(gatehouse::ids::now_ms() - 1),
+        revoked_at_ms: None,
+        redemptions: 0,
+    };
+    srv.state().store.insert_link(&expired).unwrap();
+    let (status, body) = srv.call("GET", "/api/v1/links/expiredcode", None, None).await;
+    assert_eq!((status, body["code"].as_str()), (410, Some("link_expired")));
+    let (status, body) = srv
+        .call(
+            "POST",
+            "/api/v1/links/expiredcode/redeem",
+            None,
+            Some(json!({ "display_name": "X" })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (410, Some("link_expired")));
+
+    // Unknown, public link turned off, and a bad display name.
+    let (status, body) = srv
+        .call(
+            "POST",
+            "/api/v1/links/nope/redeem",
+            None,
+            Some(json!({ "display_name": "X" })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/links/{}/redeem", public_code(&meeting)),
+            None,
+            Some(json!({ "display_name": "\u{0007}" })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_display_name")));
+    let (status, _) = srv
+        .call(
+            "PATCH",
+            &format!("/api/v1/meetings/{mid}"),
+            Some(&olga),
+            Some(json!({ "public_link_enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/links/{}/redeem", public_code(&meeting)),
+            None,
+            Some(json!({ "display_name": "X" })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (410, Some("link_disabled")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redemption_is_rate_limited_per_address() {
+    let dir = support::temp_dir("rate");
+    let mut config = support::test_config(&dir);
+    config.redeem_per_minute = 3;
+    let srv = TestServer::start_with(config).await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv.create_meeting(&olga, json!({ "title": "Busy" })).await;
+    let path = format!("/api/v1/links/{}/redeem", public_code(&meeting));
+    for _ in 0..3 {
+        assert_eq!(
+            srv.call("POST", &path, None, Some(json!({ "display_name": "G" })))
+                .await
+                .0,
+            200
+        );
+    }
+    let (status, body) = srv
+        .call("POST", &path, None, Some(json!({ "display_name": "G" })))
+        .await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_attacks_are_refused() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let m1 = srv.create_meeting(&olga, json!({ "title": "One" })).await;
+    let m2 = srv.create_meeting(&olga, json!({ "title": "Two" })).await;
+    let m1_id = m1["meeting_id"].as_str().unwrap();
+    let m2_id = m2["meeting_id"].as_str().unwrap();
+
+    // Tampered signature: flip a character of the signature.
+    let mut tampered = olga.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // `alg: none` with the same claims.
+    let claims = olga.split('.').nth(1).unwrap();
+    let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");
+    // Expired an hour ago.
+    let now = gatehouse::ids::now_ms() / 1000;
+    let expired = srv
+        .state()
+        .keys
+        .mint_staff("olga", "Olga", "default", StaffRole::Staff, now - 7200, 3600)
+        .unwrap();
+    for (what, token, code) in [
+        ("tampered", tampered.as_str(), "unauthorized"),
+        ("alg none", none.as_str(), "unauthorized"),
+        ("expired", expired.as_str(), "token_expired"),
+        ("garbage", "not-a-token", "unauthorized"),
+    ] {
+        let (status, body) = srv.call("GET", "/api/v1/meetings", Some(token), None).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some(code)), "{what}");
+        let mut ws = srv.join(token, Some(m1_id)).await;
+        assert_eq!(ws.expect_error().await, code_of(code), "{what} over ws");
+        assert!(ws.until_closed().await.is_empty(), "{what}: nothing after the error");
+    }
+    let (status, body) = srv.call("GET", "/api/v1/meetings", None, None).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+
+    // A guest token: wrong meeting over the socket, forbidden on staff endpoints.
+    let guest = srv.redeem(&public_code(&m1), "Guest").await;
+    let mut ws = srv.join(&guest, Some(m2_id)).await;
+    assert_eq!(ws.expect_error().await, ErrorCode::WrongMeeting);
+    for (method, path) in [
+        ("GET", "/api/v1/meetings".to_owned()),
+        ("POST", format!("/api/v1/meetings/{m1_id}/end")),
+        ("GET", format!("/api/v1/meetings/{m1_id}/links")),
+    ] {
+        let (status, body) = srv.call(method, &path, Some(&guest), None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("forbidden")),
+            "{method} {path}"
+        );
+    }
+    // Staff of another organisation see nothing of this one.
+    let outsider = srv.staff_token_in("eve", "other-org", StaffRole::Admin);
+    let (status, _) = srv
+        .call("GET", &format!("/api/v1/meetings/{m1_id}"), Some(&outsider), None)
+        .await;
+    assert_eq!(status, 404);
+    let mut ws = srv.join(&outsider, Some(m1_id)).await;
+    assert_eq!(ws.expect_error().await, ErrorCode::Forbidden);
+}
+
+/// The `ErrorCode` for a wire name.
+fn code_of(name: &str) -> ErrorCode {
+    serde_json::from_value(json!(name)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_lobby_timeout_deny_and_disconnect_cleanup() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(
+            &olga,
+            json!({ "title": "Clinic", "lobby_bypass": "organizer_only", "lobby_timeout_secs": 5 }),
+        )
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let code = public_code(&meeting);
+    let mut staff = srv.join(&olga, Some(&mid)).await;
+    assert!(is_admitted(&placement(&mut staff).await));
+
+    // Chat from the lobby is refused and never reaches staff.
+    let mut waiting = srv.join(&srv.redeem(&code, "Waiting Wendy").await, None).await;
+    assert!(matches!(placement(&mut waiting).await, ServerMessage::Lobby { .. }));
+    waiting
+        .send(&ClientMessage::Chat {
+            text: "let me in".into(),
+        })
+        .await;
+    assert_eq!(waiting.expect_error().await, ErrorCode::NotInCall);
+
+    // Deny with a reason.
+    let mut denied = srv.join(&srv.redeem(&code, "Denied Dan").await, None).await;
+    assert!(matches!(placement(&mut denied).await, ServerMessage::Lobby { .. }));
+    let update = staff
+        .expect("Dan in lobby", |m| matches!(m, ServerMessage::LobbyUpdate { entries } if entries.iter().any(|e| e.display_name == "Denied Dan")))
+        .await;
+    let ServerMessage::LobbyUpdate { entries } = update else {
+        unreachable!()
+    };
+    let dan = entries
+        .iter()
+        .find(|e| e.display_name == "Denied Dan")
+        .unwrap()
+        .participant_id
+        .clone();
+    staff
+        .send(&ClientMessage::Deny {
+            participant_id: dan,
+            reason: Some("Please use your invitation".into()),
+        })
+        .await;
+    let frames = denied.until_closed().await;
+    assert!(
+        frames.iter().any(|m| matches!(m, ServerMessage::Left { reason: LeaveReason::Denied, message: Some(r) } if r == "Please use your invitation")),
+        "{frames:?}"
+    );
+
+    // Disconnect cleanup: a guest who drops out of the lobby disappears from it.
+    let mut dropper = srv.join(&srv.redeem(&code, "Dropping Dora").await, None).await;
+    assert!(matches!(placement(&mut dropper).await, ServerMessage::Lobby { .. }));
+    staff
+        .expect("Dora in lobby", |m| matches!(m, ServerMessage::LobbyUpdate { entries } if entries.iter().any(|e| e.display_name == "Dropping Dora")))
+        .await;
+    dropper.drop_connection().await;
+    staff
+        .expect("Dora gone", |m| matches!(m, ServerMessage::LobbyUpdate { entries } if !entries.iter().any(|e| e.display_name == "Dropping Dora")))
+        .await;
+
+    // Lobby timeout: Wendy, still waiting, is turned away and told why.
+    let frames = waiting.until_closed().await;
+    assert!(
+        frames.iter().any(|m| matches!(m, ServerMessage::Left { reason: LeaveReason::LobbyTimeout, message: Some(t) } if t.contains("minute"))),
+        "{frames:?}"
+    );
+
+    // A guest who was in the call and left gets not_in_call when back in the lobby.
+    let token = srv.redeem(&code, "Returning Ray").await;
+    let mut ray = srv.join(&token, None).await;
+    placement(&mut ray).await;
+    staff.send(&ClientMessage::AdmitAll).await;
+    ray.expect("admitted", is_admitted).await;
+    ray.send(&ClientMessage::Chat { text: "hi".into() }).await;
+    staff
+        .expect(
+            "ray's chat",
+            |m| matches!(m, ServerMessage::Chat { message } if message.text == "hi"),
+        )
+        .await;
+    ray.send(&ClientMessage::Leave).await;
+    ray.until_closed().await;
+    let mut ray = srv.join(&token, None).await;
+    assert!(matches!(placement(&mut ray).await, ServerMessage::Lobby { .. }));
+    ray.send(&ClientMessage::Chat {
+        text: "after leaving".into(),
+    })
+    .await;
+    assert_eq!(ray.expect_error().await, ErrorCode::NotInCall);
+    ray.drop_connection().await;
+
+    // When everyone is gone the meeting task and its sockets are gone too.
+    staff.drop_connection().await;
+    srv.wait_until("no live meeting", |s| s.state().live.is_empty()).await;
+    srv.wait_until("no open socket", |s| {
+        s.state().metrics.connections.load(std::sync::atomic::Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_participant_and_end_meeting() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Panel", "lobby_bypass": "everyone" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut staff = srv.join(&olga, Some(&mid)).await;
+    placement(&mut staff).await;
+    let mut g1 = srv.join(&srv.redeem(&public_code(&meeting), "One").await, None).await;
+    assert!(is_admitted(&placement(&mut g1).await));
+    let mut g2 = srv.join(&srv.redeem(&public_code(&meeting), "Two").await, None).await;
+    assert!(is_admitted(&placement(&mut g2).await));
+    let joined = staff
+        .expect(
+            "One joined",
+            |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.display_name == "One"),
+        )
+        .await;
+    let ServerMessage::ParticipantJoined { participant: one } = joined else {
+        unreachable!()
+    };
+
+    // A guest may not remove anyone.
+    g2.send(&ClientMessage::Remove {
+        participant_id: one.participant_id.clone(),
+        reason: None,
+    })
+    .await;
+    assert_eq!(g2.expect_error().await, ErrorCode::Forbidden);
+
+    staff
+        .send(&ClientMessage::Remove {
+            participant_id: one.participant_id.clone(),
+            reason: Some("Disruptive".into()),
+        })
+        .await;
+    let frames = g1.until_closed().await;
+    assert!(frames.iter().any(|m| matches!(
+        m,
+        ServerMessage::Left {
+            reason: LeaveReason::Removed,
+            ..
+        }
+    )));
+    g2.expect("One removed", |m| {
+        matches!(
+            m,
+            ServerMessage::ParticipantLeft {
+                reason: LeaveReason::Removed,
+                ..
+            }
+        )
+    })
+    .await;
+
+    // Ending over REST reaches everyone in the call.
+    let (status, body) = srv
+        .call("POST", &format!("/api/v1/meetings/{mid}/end"), Some(&olga), None)
+        .await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("ended")));
+    for ws in [&mut staff, &mut g2] {
+        let frames = ws.until_closed().await;
+        assert!(frames.iter().any(|m| matches!(
+            m,
+            ServerMessage::Left {
+                reason: LeaveReason::MeetingEnded,
+                ..
+            }
+        )));
+    }
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/links/{}/redeem", public_code(&meeting)),
+            None,
+            Some(json!({ "display_name": "Late" })),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (410, Some("meeting_ended")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_typed_errors_and_floods_are_cut() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv.create_meeting(&olga, json!({ "title": "Robustness" })).await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+
+    // The first frame must be join.
+    let mut ws = srv.ws().await;
+    ws.send(&ClientMessage::Chat { text: "hi".into() }).await;
+    assert_eq!(ws.expect_error().await, ErrorCode::NotJoined);
+    assert!(ws.until_closed().await.is_empty());
+    // Wrong protocol version.
+    let mut ws = srv.ws().await;
+    ws.send(&ClientMessage::Join {
+        protocol: 99,
+        token: olga.clone(),
+        meeting_id: Some(mid.clone()),
+    })
+    .await;
+    assert_eq!(ws.expect_error().await, ErrorCode::UnsupportedProtocol);
+
+    let mut ws = srv.join(&olga, Some(&mid)).await;
+    placement(&mut ws).await;
+    for (frame, code) in [
+        ("{not json".to_owned(), ErrorCode::MalformedJson),
+        (r#"{"type":"teleport"}"#.to_owned(), ErrorCode::UnknownType),
+        (r#"{"type":"admit"}"#.to_owned(), ErrorCode::MalformedJson),
+        (
+            format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(70_000)),
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            r#"{"type":"join","protocol":1,"token":"x"}"#.to_owned(),
+            ErrorCode::AlreadyJoined,
+        ),
+        (
+            r#"{"type":"subscribe_answer","sdp":"v=0"}"#.to_owned(),
+            ErrorCode::MediaStateError,
+        ),
+    ] {
+        ws.send_raw(&frame).await;
+        let got = ws.expect_error().await;
+        assert!(
+            got == code || (code == ErrorCode::MediaStateError && got == ErrorCode::InvalidSdp),
+            "{frame:.40}: {got:?}"
+        );
+    }
+    // The connection goes on.
+    ws.send(&ClientMessage::Ping { nonce: 42 }).await;
+    ws.expect("pong", |m| matches!(m, ServerMessage::Pong { nonce: 42 }))
+        .await;
+
+    // A flood is cut off.
+    for _ in 0..400 {
+        ws.send_raw(r#"{"type":"ping"}"#).await;
+    }
+    let frames = ws.until_closed().await;
+    assert!(frames.iter().any(|m| matches!(
+        m,
+        ServerMessage::Error {
+            code: ErrorCode::RateLimited,
+            ..
+        }
+    )));
+    srv.wait_until("the flooder is gone", |s| s.state().live.is_empty())
+        .await;
+
+    // HTTP bodies get typed errors too.
+    let resp = srv
+        .http
+        .post(format!("{}/api/v1/meetings", srv.base))
+        .bearer_auth(&olga)
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "malformed_json");
+    let (status, body) = srv
+        .call("POST", "/api/v1/meetings", Some(&olga), Some(json!({ "title": "" })))
+        .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_meetings_links_and_keys() {
+    let dir = support::temp_dir("restart");
+    let mut srv = TestServer::start_with(support::test_config(&dir)).await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Survives", "chat_enabled": false }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let single = srv.create_link(&olga, &mid, json!({ "kind": "single_use" })).await;
+    let invite = srv
+        .create_link(&olga, &mid, json!({ "kind": "invite", "invitee": "Ina" }))
+        .await;
+    srv.redeem(single["code"].as_str().unwrap(), "First").await;
+    srv.stop().await;
+    // Keep the data directory: the next server owns it.
+    let data_dir = std::mem::replace(&mut srv.data_dir, support::temp_dir("unused"));
+    drop(srv);
+
+    let srv = TestServer::start_with(support::test_config(&data_dir)).await;
+    let (status, again) = srv
+        .call("GET", &format!("/api/v1/meetings/{mid}"), Some(&olga), None)
+        .await;
+    assert_eq!(status, 200, "the old staff token still verifies: the key survived");
+    assert_eq!(
+        (
+            again["settings"]["title"].as_str(),
+            again["settings"]["chat_enabled"].as_bool()
+        ),
+        (Some("Survives"), Some(false))
+    );
+    assert_eq!(again["public_link"]["code"], meeting["public_link"]["code"]);
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/links/{}/redeem", single["code"].as_str().unwrap()),
+            None,
+            Some(json!({ "display_name": "Second" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (410, Some("link_used")),
+        "single-use state survived"
+    );
+    srv.redeem(invite["code"].as_str().unwrap(), "Ina").await;
+    let (_, events) = srv
+        .call("GET", &format!("/api/v1/meetings/{mid}/events"), Some(&olga), None)
+        .await;
+    assert_eq!(events.as_array().unwrap().len(), 2, "both redemptions logged: {events}");
+}

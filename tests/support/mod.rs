@@ -1,0 +1,253 @@
+//! Test support: a real gateway on loopback with real TLS, and thin clients.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gatehouse::config::{Config, ServeArgs};
+use gatehouse::server::Running;
+use gatehouse_signaling::protocol::{ClientMessage, ServerMessage};
+use gatehouse_signaling::token::StaffRole;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any single expected event may take.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub data_dir: std::path::PathBuf,
+    pub base: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub http: reqwest::Client,
+}
+
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gatehouse-test-{tag}-{}", gatehouse::ids::random_code(10)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut c = Config::resolve(ServeArgs::default()).unwrap();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.media_bind = "127.0.0.1:0".parse().unwrap();
+    c.media_shards = 1;
+    c.data_dir = data_dir.to_owned();
+    c.redeem_per_minute = 10_000;
+    c
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = temp_dir("srv");
+        Self::start_with(test_config(&dir)).await
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let data_dir = config.data_dir.clone();
+        let running = gatehouse::server::start(config).await.expect("server starts");
+        let ca = std::fs::read(running.ca_file.as_ref().expect("dev CA")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
+            .build()
+            .unwrap();
+        let base = format!("https://localhost:{}", running.addr.port());
+        TestServer {
+            running: Some(running),
+            data_dir,
+            base,
+            tls,
+            http,
+        }
+    }
+
+    pub fn state(&self) -> &gatehouse::server::AppState {
+        &self.running.as_ref().unwrap().state
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn staff_token(&self, sub: &str, role: StaffRole) -> String {
+        self.staff_token_in(sub, "default", role)
+    }
+
+    pub fn staff_token_in(&self, sub: &str, org: &str, role: StaffRole) -> String {
+        let now = gatehouse::ids::now_ms() / 1000;
+        self.state()
+            .keys
+            .mint_staff(sub, &sub.to_uppercase(), org, role, now, 3600)
+            .unwrap()
+    }
+
+    /// A request with an optional bearer token and JSON body; returns (status, JSON).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Creates a meeting as `token`'s staff member; returns its JSON.
+    pub async fn create_meeting(&self, token: &str, settings: Value) -> Value {
+        let (status, body) = self.call("POST", "/api/v1/meetings", Some(token), Some(settings)).await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    pub async fn create_link(&self, token: &str, meeting_id: &str, body: Value) -> Value {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/api/v1/meetings/{meeting_id}/links"),
+                Some(token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// Redeems a link; returns the guest token.
+    pub async fn redeem(&self, code: &str, name: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/api/v1/links/{code}/redeem"),
+                None,
+                Some(json!({ "display_name": name })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn ws(&self) -> Ws {
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        let (stream, _) = tokio_tungstenite::connect_async_tls_with_config(
+            format!("wss://localhost:{}/ws", self.base.rsplit(':').next().unwrap()),
+            None,
+            false,
+            Some(connector),
+        )
+        .await
+        .expect("websocket connects");
+        Ws { stream }
+    }
+
+    /// Connects and sends `join`; returns the socket and the `joined` frame.
+    pub async fn join(&self, token: &str, meeting_id: Option<&str>) -> Ws {
+        let mut ws = self.ws().await;
+        ws.send(&ClientMessage::Join {
+            protocol: 1,
+            token: token.into(),
+            meeting_id: meeting_id.map(Into::into),
+        })
+        .await;
+        ws
+    }
+
+    /// Waits until `cond` holds, checking every 20 ms, for at most `EVENT_TIMEOUT`.
+    pub async fn wait_until(&self, what: &str, cond: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        while !cond(self) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl Ws {
+    pub async fn send(&mut self, msg: &ClientMessage) {
+        self.send_raw(&serde_json::to_string(msg).unwrap()).await;
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.expect("frame sent");
+    }
+
+    /// The next server frame, or `None` when the server closed the socket.
+    pub async fn next(&mut self) -> Option<ServerMessage> {
+        loop {
+            let msg = tokio::time::timeout(EVENT_TIMEOUT, self.stream.next())
+                .await
+                .expect("a frame or close in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are protocol messages"));
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one matches; panics on close or timeout.
+    pub async fn expect(&mut self, what: &str, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
+        loop {
+            match self.next().await {
+                Some(m) if pred(&m) => return m,
+                Some(_) => continue,
+                None => panic!("socket closed while waiting for {what}"),
+            }
+        }
+    }
+
+    /// The next `error` frame's code (skipping other frames).
+    pub async fn expect_error(&mut self) -> gatehouse_signaling::ErrorCode {
+        match self
+            .expect("an error frame", |m| matches!(m, ServerMessage::Error { .. }))
+            .await
+        {
+            ServerMessage::Error { code, .. } => code,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Reads until the server closes the socket; returns every frame seen.
+    pub async fn until_closed(&mut self) -> Vec<ServerMessage> {
+        let mut seen = Vec::new();
+        while let Some(m) = self.next().await {
+            seen.push(m);
+        }
+        seen
+    }
+
+    /// Closes from the client side, abruptly (no `leave`).
+    pub async fn drop_connection(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
