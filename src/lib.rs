@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod ids;
+pub mod metrics;
 pub mod server;
 pub mod sfu;
 pub mod store;

@@ -119,6 +119,20 @@ async fn full_guest_journey() {
         .expect("guest joined", |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.display_name == "Grace Hopper"))
         .await;
 
+    // The metrics endpoint sees the same call.
+    let (status, metrics) = srv.call("GET", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert_eq!(status, 200);
+    for line in [
+        "gatehouse_participants_in_call 2",
+        "gatehouse_participants_in_lobby 0",
+        "gatehouse_meetings_live 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing:\n{metrics}");
+    }
+    assert!(metrics.contains("gatehouse_lobby_wait_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains("process_resident_memory_bytes"), "{metrics}");
+
     // Chat both ways, with sender and server time.
     guest
         .send(&ClientMessage::Chat {
@@ -563,10 +577,8 @@ async fn chat_lobby_timeout_deny_and_disconnect_cleanup() {
     // When everyone is gone the meeting task and its sockets are gone too.
     staff.drop_connection().await;
     srv.wait_until("no live meeting", |s| s.state().live.is_empty()).await;
-    srv.wait_until("no open socket", |s| {
-        s.state().metrics.connections.load(std::sync::atomic::Ordering::Relaxed) == 0
-    })
-    .await;
+    srv.wait_until("no open socket", |s| s.state().metrics.signaling_connections.get() == 0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,11 @@ impl Room {
         self.members.iter().map(|m| m.info.clone()).collect()
     }
 
+    /// How many are in the call.
+    pub fn call_len(&self) -> usize {
+        self.members.len()
+    }
+
     pub fn lobby_len(&self) -> usize {
         self.lobby.len()
     }

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use gatehouse_signaling::lobby::ConnId;
 use gatehouse_signaling::meeting::Meeting;
 use gatehouse_signaling::protocol::{ClientMessage, ServerMessage};
-use gatehouse_signaling::room::{Effect, JoinRequest, Room};
+use gatehouse_signaling::room::{Effect, EventKind, JoinRequest, Room};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::ids::now_ms;
+use crate::metrics::GatewayMetrics;
 use crate::sfu::{MediaParticipant, Sfu};
 use crate::store::Store;
 
@@ -58,6 +59,7 @@ pub struct Services {
     pub store: Arc<Store>,
     pub sfu: Sfu,
     pub live: Arc<LiveMeetings>,
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 impl LiveMeetings {
@@ -100,7 +102,10 @@ impl LiveMeetings {
 
 async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services: Services) {
     tracing::info!("meeting live");
+    services.metrics.meetings_live.inc();
     let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
+    // What this room last added to the process-wide gauges.
+    let mut counted = (0i64, 0i64);
     loop {
         let deadline = room.next_deadline();
         let sleep = async {
@@ -119,6 +124,10 @@ async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services:
                 apply(&room, &mut outboxes, &services, effects).await;
             }
         }
+        let now_counted = (room.call_len() as i64, room.lobby_len() as i64);
+        services.metrics.participants_in_call.add(now_counted.0 - counted.0);
+        services.metrics.participants_in_lobby.add(now_counted.1 - counted.1);
+        counted = now_counted;
         if room.is_empty() {
             let mut tasks = services.live.lock();
             if rx.is_empty() {
@@ -127,6 +136,9 @@ async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services:
             }
         }
     }
+    services.metrics.participants_in_call.sub(counted.0);
+    services.metrics.participants_in_lobby.sub(counted.1);
+    services.metrics.meetings_live.dec();
     tracing::info!("meeting idle; task ends");
 }
 
@@ -243,6 +255,13 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
             }
             Effect::LeaveCall { participant_id } => services.sfu.remove_participant(&meeting_id, &participant_id).await,
             Effect::Record(event) => {
+                if let EventKind::Admitted { wait_ms, .. }
+                | EventKind::Denied { wait_ms, .. }
+                | EventKind::LobbyTimeout { wait_ms }
+                | EventKind::LeftLobby { wait_ms } = &event.event
+                {
+                    services.metrics.lobby_wait_seconds.observe(*wait_ms as f64 / 1000.0);
+                }
                 tracing::info!(participant_id = %event.participant_id, event = ?event.event, "participation");
                 if let Err(e) = services.store.record(&event) {
                     tracing::error!(error = %e, "could not record participation event");

@@ -11,28 +11,23 @@ pub mod ws;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::State;
 use axum::routing::get;
 use gatehouse_signaling::ratelimit::TokenBucket;
 use gatehouse_signaling::token::TokenKeys;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::metrics::GatewayMetrics;
 use crate::sfu::{Sfu, SfuConfig};
 use crate::store::Store;
 use live::{LiveMeetings, Services};
-
-/// Process-wide counters of the control plane.
-#[derive(Default)]
-pub struct Metrics {
-    /// Open signaling sockets.
-    pub connections: AtomicUsize,
-}
 
 /// Everything a request handler may need.
 pub struct AppState {
@@ -41,7 +36,7 @@ pub struct AppState {
     pub keys: TokenKeys,
     pub sfu: Sfu,
     pub live: Arc<LiveMeetings>,
-    pub metrics: Metrics,
+    pub metrics: Arc<GatewayMetrics>,
     /// Source of connection ids.
     pub next_conn: AtomicU64,
     /// Flips to `true` once when the server begins to shut down.
@@ -56,6 +51,7 @@ impl AppState {
             store: self.store.clone(),
             sfu: self.sfu.clone(),
             live: self.live.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -168,7 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         keys,
         sfu,
         live: Arc::new(LiveMeetings::default()),
-        metrics: Metrics::default(),
+        metrics: Arc::new(GatewayMetrics::new()),
         next_conn: AtomicU64::new(1),
         shutdown: shutdown_rx,
         redeem_limits: Mutex::new(HashMap::new()),
@@ -176,6 +172,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|State(state): State<Arc<AppState>>| async move { state.metrics.render() }),
+        )
         .route("/ws", get(ws::upgrade))
         .merge(api::router())
         .merge(assets::router(&config))

@@ -56,10 +56,7 @@ fn frame(msg: &ServerMessage) -> Message {
 }
 
 async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
-    state
-        .metrics
-        .connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.metrics.signaling_connections.inc();
     let (mut sink, mut stream) = socket.split();
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<ServerMessage>();
     let mut shutdown = state.shutdown.clone();
@@ -106,10 +103,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
             let _ = outbox.send(ServerMessage::error(e.code, e.message));
             drop(outbox);
             let _ = writer.await;
-            state
-                .metrics
-                .connections
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.signaling_connections.dec();
             return;
         }
     };
@@ -126,10 +120,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     if !writer_done && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
         writer.abort();
     }
-    state
-        .metrics
-        .connections
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state.metrics.signaling_connections.dec();
     tracing::info!("connection closed");
 }
 
