@@ -79,7 +79,11 @@ impl ErrorCode {
             BadRequest | MalformedJson | UnknownType | InvalidDisplayName | MessageTooLong
             | InvalidSdp | InvalidCandidate | UnsupportedProtocol => 400,
             Unauthorized | TokenExpired => 401,
-            WrongMeeting | Forbidden | AnonymousJoinDisabled | PresentingNotAllowed | NotInCall
+            WrongMeeting
+            | Forbidden
+            | AnonymousJoinDisabled
+            | PresentingNotAllowed
+            | NotInCall
             | ChatDisabled => 403,
             NotFound => 404,
             NotJoined | AlreadyJoined | MediaStateError => 409,
@@ -104,7 +108,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -114,13 +121,24 @@ mod tests {
 
     #[test]
     fn codes_are_snake_case_on_the_wire() {
-        assert_eq!(serde_json::to_string(&ErrorCode::NotInCall).unwrap(), "\"not_in_call\"");
-        assert_eq!(serde_json::to_string(&ErrorCode::LinkUsed).unwrap(), "\"link_used\"");
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::NotInCall).unwrap(),
+            "\"not_in_call\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::LinkUsed).unwrap(),
+            "\"link_used\""
+        );
     }
 
     #[test]
     fn statuses_are_client_or_server_errors() {
-        for code in [ErrorCode::BadRequest, ErrorCode::Unauthorized, ErrorCode::RateLimited, ErrorCode::Internal] {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::RateLimited,
+            ErrorCode::Internal,
+        ] {
             assert!((400..600).contains(&code.http_status()));
         }
         assert_eq!(ErrorCode::LinkUsed.http_status(), 410);

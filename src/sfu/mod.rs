@@ -81,7 +81,10 @@ impl Sfu {
         _participant_id: &str,
         _message: ClientMessage,
     ) -> Result<(), Error> {
-        Err(Error::new(ErrorCode::MediaStateError, "media is not available yet"))
+        Err(Error::new(
+            ErrorCode::MediaStateError,
+            "media is not available yet",
+        ))
     }
 
     /// The participant left the call: close its connections, unpublish its tracks.
