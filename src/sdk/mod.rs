@@ -1,0 +1,2 @@
+//! The Rust client SDK for Gatehouse.
+pub mod synthetic;
