@@ -330,8 +330,10 @@ pub struct Publisher {
     pc: Arc<dyn PeerConnection>,
     outbox: Arc<Outbox>,
     options: MediaOptions,
-    /// Held for a whole negotiation (one offer in flight at a time); lists our tracks.
-    tracks: Mutex<Vec<LocalTrack>>,
+    /// Held for a whole negotiation: one offer in flight at a time.
+    negotiating: Mutex<()>,
+    /// Our published tracks (never held across an await: the reader task reads it).
+    tracks: StdMutex<Vec<LocalTrack>>,
     pending_answer: StdMutex<Option<oneshot::Sender<String>>>,
     remote: Mutex<RemoteCandidates>,
     state: watch::Receiver<RTCPeerConnectionState>,
@@ -359,7 +361,8 @@ impl Publisher {
             pc,
             outbox,
             options,
-            tracks: Mutex::new(Vec::new()),
+            negotiating: Mutex::new(()),
+            tracks: StdMutex::new(Vec::new()),
             pending_answer: StdMutex::new(None),
             remote: Mutex::new(RemoteCandidates::default()),
             state,
@@ -369,7 +372,7 @@ impl Publisher {
     /// Adds a track for `source`, negotiates it, and returns it ready to write
     /// once the connection is up (see [`LocalTrack::wait_connected`]).
     pub async fn publish(&self, source: TrackSource) -> Result<LocalTrack> {
-        let mut tracks = self.tracks.lock().await;
+        let _negotiating = self.negotiating.lock().await;
         let (codec, kind) = match source.kind() {
             TrackKind::Audio => (opus(), RtpCodecKind::Audio),
             TrackKind::Video => (video(self.options.video_codec), RtpCodecKind::Video),
@@ -411,9 +414,10 @@ impl Publisher {
                 state: self.state.clone(),
             }),
         };
-        tracks.push(local.clone());
-        if let Err(e) = self.negotiate(&tracks).await {
-            tracks.pop();
+        self.tracks_mut().push(local.clone());
+        if let Err(e) = self.negotiate(&self.tracks()).await {
+            self.tracks_mut()
+                .retain(|t| !Arc::ptr_eq(&t.inner, &local.inner));
             let _ = self.pc.remove_track(&local.inner.sender).await;
             return Err(e);
         }
@@ -422,15 +426,22 @@ impl Publisher {
 
     /// Stops sending a track and renegotiates without it.
     pub async fn unpublish(&self, track: &LocalTrack) -> Result<()> {
-        let mut tracks = self.tracks.lock().await;
-        tracks.retain(|t| !Arc::ptr_eq(&t.inner, &track.inner));
+        let _negotiating = self.negotiating.lock().await;
+        self.tracks_mut()
+            .retain(|t| !Arc::ptr_eq(&t.inner, &track.inner));
         self.pc.remove_track(&track.inner.sender).await?;
-        self.negotiate(&tracks).await
+        self.negotiate(&self.tracks()).await
     }
 
     /// The tracks published on this connection.
-    pub async fn tracks(&self) -> Vec<LocalTrack> {
-        self.tracks.lock().await.clone()
+    pub fn tracks(&self) -> Vec<LocalTrack> {
+        self.tracks_mut().clone()
+    }
+
+    fn tracks_mut(&self) -> std::sync::MutexGuard<'_, Vec<LocalTrack>> {
+        self.tracks
+            .lock()
+            .expect("track list lock is never poisoned: no panics inside")
     }
 
     async fn negotiate(&self, tracks: &[LocalTrack]) -> Result<()> {
@@ -1030,6 +1041,10 @@ impl RemoteTrack {
             info,
             track,
         }
+    }
+
+    pub(crate) fn set_info(&mut self, info: Option<TrackInfo>) {
+        self.info = info;
     }
 
     /// The publishing participant (the `msid` stream id).
