@@ -350,11 +350,14 @@ impl Client {
         let span = info_span!("sdk", meeting_id = %meeting.meeting_id, participant_id = %you.participant_id);
         let (sink, stream) = socket.split();
         tokio::spawn(write_frames(sink, out_rx, shutdown_rx).instrument(span.clone()));
-        tokio::spawn(
+        let forwarder = tokio::spawn(
             forward_remote_tracks(inner.clone(), remote_tracks, events_tx.clone())
                 .instrument(span.clone()),
         );
-        tokio::spawn(read_frames(inner.clone(), stream, events_tx).instrument(span));
+        tokio::spawn(
+            read_frames(inner.clone(), stream, events_tx, forwarder.abort_handle())
+                .instrument(span),
+        );
 
         Ok((
             Client {
@@ -566,6 +569,7 @@ async fn read_frames(
     inner: Arc<Inner>,
     mut stream: futures_util::stream::SplitStream<Socket>,
     events: mpsc::UnboundedSender<Event>,
+    forwarder: tokio::task::AbortHandle,
 ) {
     let mut end_error = None;
     while let Some(frame) = stream.next().await {
@@ -596,6 +600,8 @@ async fn read_frames(
     }
     inner.shutdown.send_replace(true);
     inner.close_media().await;
+    // The forwarder holds an event sender too; the stream must end with us.
+    forwarder.abort();
     if !inner.state().left {
         let _ = events.send(Event::Disconnected { error: end_error });
     }
