@@ -1,9 +1,10 @@
 //! The Gatehouse gateway: the runtime around the pure `gatehouse-signaling`
-//! crate (HTTP, WebSocket, store) and the SFU media plane.
+//! crate (HTTP, WebSocket, store), the SFU media plane, and the Rust SDK.
 
 pub mod config;
 pub mod ids;
 pub mod metrics;
+pub mod sdk;
 pub mod server;
 pub mod sfu;
 pub mod store;

@@ -1,0 +1,1113 @@
+//! Media over two peer connections, LiveKit style.
+//!
+//! The [`Publisher`] connection carries our own tracks: we offer, the server
+//! answers. The [`Subscriber`] connection carries everyone else's: the server
+//! offers, we answer. Both speak only [`ClientMessage`]s into a channel and take
+//! the server's answers, offers and candidates through plain method calls, so the
+//! same code runs against the gateway or against another peer in a test.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_signaling::protocol::{
+    ClientMessage, IceCandidate, IceServer, ParticipantId, PeerRole, PublishedTrack, TrackId, TrackInfo, TrackKind,
+    TrackSource,
+};
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder, register_default_interceptors,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use super::error::{Result, SdkError};
+use super::now_us;
+use super::synthetic::{StreamSummary, SyntheticCodec, SyntheticConfig, SyntheticSource};
+
+/// An RTP packet as webrtc-rs models it (header and payload).
+pub use rtc::rtp::Packet as RtpPacket;
+
+/// Payload type the publisher offers for Opus.
+const PT_OPUS: u8 = 111;
+/// Payload type the publisher offers for VP8.
+const PT_VP8: u8 = 96;
+/// Payload type the publisher offers for H.264 (constrained baseline, packetization mode 1).
+const PT_H264: u8 = 102;
+
+/// Which codec the publisher offers for video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VideoCodec {
+    /// VP8: what synthetic video uses, and what every SFU and browser handles.
+    #[default]
+    Vp8,
+    /// H.264 constrained baseline; only for [`LocalTrack::write_sample`] with real H.264.
+    H264,
+}
+
+/// How peer connections are built.
+#[derive(Debug, Clone)]
+pub struct MediaOptions {
+    /// Local UDP addresses to gather host candidates on. `0.0.0.0:0` binds every
+    /// non-loopback interface; loopback must be listed explicitly (`127.0.0.1:0`),
+    /// which is what a gateway on the same machine needs. Default: both.
+    pub udp_addrs: Vec<String>,
+    /// STUN/TURN servers. The client fills these from `admitted`.
+    pub ice_servers: Vec<IceServer>,
+    /// The codec offered for camera and screen tracks.
+    pub video_codec: VideoCodec,
+    /// How long to wait for the server's answer to a publisher offer.
+    pub negotiation_timeout: Duration,
+    /// Stream id (first half of `msid`) our published tracks carry; the client sets
+    /// our participant id. The server is free to rewrite it for subscribers.
+    pub stream_id: String,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        MediaOptions {
+            udp_addrs: vec!["0.0.0.0:0".to_owned(), "127.0.0.1:0".to_owned()],
+            ice_servers: Vec::new(),
+            video_codec: VideoCodec::Vp8,
+            negotiation_timeout: Duration::from_secs(10),
+            stream_id: "gatehouse-sdk".to_owned(),
+        }
+    }
+}
+
+/// Where a connection's outgoing signaling goes. Local ICE candidates are held
+/// back until the offer or answer they belong to has been sent, so the server
+/// never sees a candidate for a description it does not have yet.
+struct Outbox {
+    tx: mpsc::UnboundedSender<ClientMessage>,
+    /// `None` once the first description went out; until then, held candidates.
+    held: StdMutex<Option<Vec<IceCandidate>>>,
+}
+
+impl Outbox {
+    fn new(tx: mpsc::UnboundedSender<ClientMessage>) -> Self {
+        Outbox {
+            tx,
+            held: StdMutex::new(Some(Vec::new())),
+        }
+    }
+
+    fn candidate(&self, target: PeerRole, candidate: IceCandidate) {
+        let mut held = self
+            .held
+            .lock()
+            .expect("outbox lock is never poisoned: no panics inside");
+        match held.as_mut() {
+            Some(list) => list.push(candidate),
+            None => {
+                let _ = self.tx.send(ClientMessage::IceCandidate { target, candidate });
+            }
+        }
+    }
+
+    /// Sends a description, then any candidates that waited for it.
+    fn send_description(&self, target: PeerRole, message: ClientMessage) -> Result<()> {
+        let mut held = self
+            .held
+            .lock()
+            .expect("outbox lock is never poisoned: no panics inside");
+        self.tx.send(message).map_err(|_| SdkError::Closed)?;
+        for candidate in held.take().unwrap_or_default() {
+            self.tx
+                .send(ClientMessage::IceCandidate { target, candidate })
+                .map_err(|_| SdkError::Closed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Remote candidates that arrived before the remote description; webrtc-rs
+/// rejects those, so they wait here.
+#[derive(Default)]
+struct RemoteCandidates {
+    ready: bool,
+    pending: Vec<IceCandidate>,
+}
+
+fn to_init(candidate: IceCandidate) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate: candidate.candidate,
+        sdp_mid: candidate.sdp_mid,
+        sdp_mline_index: candidate.sdp_mline_index,
+        ..Default::default()
+    }
+}
+
+impl RemoteCandidates {
+    async fn add(&mut self, pc: Option<&Arc<dyn PeerConnection>>, candidate: IceCandidate) -> Result<()> {
+        match pc {
+            Some(pc) if self.ready => Ok(pc.add_ice_candidate(to_init(candidate)).await?),
+            _ => {
+                self.pending.push(candidate);
+                Ok(())
+            }
+        }
+    }
+
+    async fn ready(&mut self, pc: &Arc<dyn PeerConnection>) {
+        self.ready = true;
+        for candidate in std::mem::take(&mut self.pending) {
+            if let Err(e) = pc.add_ice_candidate(to_init(candidate)).await {
+                warn!(error = %e, "dropping a remote ICE candidate webrtc-rs refused");
+            }
+        }
+    }
+}
+
+/// The event handler both connections use: callbacks run on the connection's
+/// driver task, so each one only hands its event on.
+struct Handler {
+    role: PeerRole,
+    outbox: Arc<Outbox>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => self.outbox.candidate(
+                self.role,
+                IceCandidate {
+                    candidate: init.candidate,
+                    // webrtc-rs says mid "" and index 0; with BUNDLE the index alone is right.
+                    sdp_mid: init.sdp_mid.filter(|m| !m.is_empty()),
+                    sdp_mline_index: init.sdp_mline_index,
+                },
+            ),
+            Err(e) => warn!(error = %e, "cannot serialise a local ICE candidate"),
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        debug!(role = ?self.role, %state, "peer connection state");
+        self.state.send_replace(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if let Some(tx) = &self.tracks {
+            let _ = tx.send(track);
+        }
+    }
+}
+
+fn opus() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: "audio/opus".to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: PT_OPUS,
+    }
+}
+
+fn video(codec: VideoCodec) -> RTCRtpCodecParameters {
+    let feedback = [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
+        .into_iter()
+        .map(|(typ, parameter)| RTCPFeedback {
+            typ: typ.to_owned(),
+            parameter: parameter.to_owned(),
+        })
+        .collect();
+    let (mime, fmtp, payload_type) = match codec {
+        VideoCodec::Vp8 => ("video/VP8", "", PT_VP8),
+        VideoCodec::H264 => (
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            PT_H264,
+        ),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: feedback,
+        },
+        payload_type,
+    }
+}
+
+async fn build_connection(
+    options: &MediaOptions,
+    mut media_engine: MediaEngine,
+    handler: Handler,
+) -> Result<Arc<dyn PeerConnection>> {
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    let ice_servers = options
+        .ice_servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        })
+        .collect();
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .with_handler(Arc::new(handler))
+        .with_udp_addrs(options.udp_addrs.clone())
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// Maps each `msid` track id to its `mid`, reading an SDP's media sections.
+fn mids_by_msid_track(sdp: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut mid = None;
+    let mut track = None;
+    let mut flush = |mid: &mut Option<String>, track: &mut Option<String>| {
+        if let (Some(m), Some(t)) = (mid.take(), track.take()) {
+            out.insert(t, m);
+        }
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            flush(&mut mid, &mut track);
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_owned());
+        } else if let Some(msid) = line.strip_prefix("a=msid:") {
+            track = msid.split_whitespace().nth(1).map(str::to_owned);
+        }
+    }
+    flush(&mut mid, &mut track);
+    out
+}
+
+/// Our side of the publisher connection: we offer, the server answers.
+pub struct Publisher {
+    pc: Arc<dyn PeerConnection>,
+    outbox: Arc<Outbox>,
+    options: MediaOptions,
+    /// Held for a whole negotiation: one offer in flight at a time.
+    negotiating: Mutex<()>,
+    /// Our published tracks (never held across an await: the reader task reads it).
+    tracks: StdMutex<Vec<LocalTrack>>,
+    pending_answer: StdMutex<Option<oneshot::Sender<String>>>,
+    remote: Mutex<RemoteCandidates>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+impl Publisher {
+    /// Builds the connection (no offer yet). Outgoing frames go to `out`.
+    pub async fn new(options: MediaOptions, out: mpsc::UnboundedSender<ClientMessage>) -> Result<Arc<Publisher>> {
+        let outbox = Arc::new(Outbox::new(out));
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_codec(opus(), RtpCodecKind::Audio)?;
+        media_engine.register_codec(video(options.video_codec), RtpCodecKind::Video)?;
+        let handler = Handler {
+            role: PeerRole::Publisher,
+            outbox: outbox.clone(),
+            state: state_tx,
+            tracks: None,
+        };
+        let pc = build_connection(&options, media_engine, handler).await?;
+        Ok(Arc::new(Publisher {
+            pc,
+            outbox,
+            options,
+            negotiating: Mutex::new(()),
+            tracks: StdMutex::new(Vec::new()),
+            pending_answer: StdMutex::new(None),
+            remote: Mutex::new(RemoteCandidates::default()),
+            state,
+        }))
+    }
+
+    /// Adds a track for `source`, negotiates it, and returns it ready to write
+    /// once the connection is up (see [`LocalTrack::wait_connected`]).
+    pub async fn publish(&self, source: TrackSource) -> Result<LocalTrack> {
+        let _negotiating = self.negotiating.lock().await;
+        let (codec, kind) = match source.kind() {
+            TrackKind::Audio => (opus(), RtpCodecKind::Audio),
+            TrackKind::Video => (video(self.options.video_codec), RtpCodecKind::Video),
+        };
+        let ssrc = rand::random::<u32>();
+        let local_id = format!("{}-{:08x}", source_name(source), rand::random::<u32>());
+        let media_track = MediaStreamTrack::new(
+            self.options.stream_id.clone(),
+            local_id.clone(),
+            local_id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), media_track)?);
+        let sender = self.pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+        let local = LocalTrack {
+            inner: Arc::new(LocalTrackInner {
+                source,
+                mime_type: codec.rtp_codec.mime_type.clone(),
+                clock_rate: codec.rtp_codec.clock_rate,
+                local_id,
+                ssrc,
+                track,
+                sender,
+                mid: StdMutex::new(None),
+                payload_type: AtomicU16::new(NOT_NEGOTIATED),
+                next_seq: AtomicU16::new(rand::random()),
+                server_track_id: watch::channel(None).0,
+                state: self.state.clone(),
+            }),
+        };
+        self.tracks_mut().push(local.clone());
+        if let Err(e) = self.negotiate(&self.tracks()).await {
+            self.tracks_mut().retain(|t| !Arc::ptr_eq(&t.inner, &local.inner));
+            let _ = self.pc.remove_track(&local.inner.sender).await;
+            return Err(e);
+        }
+        Ok(local)
+    }
+
+    /// Stops sending a track and renegotiates without it.
+    pub async fn unpublish(&self, track: &LocalTrack) -> Result<()> {
+        let _negotiating = self.negotiating.lock().await;
+        self.tracks_mut().retain(|t| !Arc::ptr_eq(&t.inner, &track.inner));
+        self.pc.remove_track(&track.inner.sender).await?;
+        self.negotiate(&self.tracks()).await
+    }
+
+    /// The tracks published on this connection.
+    pub fn tracks(&self) -> Vec<LocalTrack> {
+        self.tracks_mut().clone()
+    }
+
+    fn tracks_mut(&self) -> std::sync::MutexGuard<'_, Vec<LocalTrack>> {
+        self.tracks
+            .lock()
+            .expect("track list lock is never poisoned: no panics inside")
+    }
+
+    async fn negotiate(&self, tracks: &[LocalTrack]) -> Result<()> {
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        let sdp = self
+            .pc
+            .local_description()
+            .await
+            .ok_or(SdkError::Protocol("no local description".into()))?
+            .sdp;
+        let mids = mids_by_msid_track(&sdp);
+        let mut announced = Vec::new();
+        for track in tracks {
+            let mid = mids.get(&track.inner.local_id).cloned().ok_or_else(|| {
+                SdkError::Protocol(format!("offer has no m-section for track {}", track.inner.local_id))
+            })?;
+            *track.inner.mid.lock().expect("mid lock is never poisoned") = Some(mid.clone());
+            announced.push(PublishedTrack {
+                mid,
+                source: track.inner.source,
+                muted: false,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        *self.pending_answer.lock().expect("answer slot lock is never poisoned") = Some(tx);
+        self.outbox.send_description(
+            PeerRole::Publisher,
+            ClientMessage::PublishOffer { sdp, tracks: announced },
+        )?;
+        let answer = tokio::time::timeout(self.options.negotiation_timeout, rx)
+            .await
+            .map_err(|_| SdkError::Timeout("publish_answer"))?
+            .map_err(|_| SdkError::Closed)?;
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        self.remote.lock().await.ready(&self.pc).await;
+        for track in tracks {
+            let parameters = track.inner.sender.get_parameters().await?;
+            let negotiated = parameters
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&track.inner.mime_type))
+                .map(|c| c.payload_type)
+                .ok_or_else(|| {
+                    SdkError::Protocol(format!(
+                        "the answer did not accept {} for {:?}",
+                        track.inner.mime_type,
+                        track.source()
+                    ))
+                })?;
+            track.inner.payload_type.store(u16::from(negotiated), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Feeds the server's `publish_answer`. Returns false if no offer was waiting.
+    pub fn on_answer(&self, sdp: String) -> bool {
+        match self
+            .pending_answer
+            .lock()
+            .expect("answer slot lock is never poisoned")
+            .take()
+        {
+            Some(tx) => tx.send(sdp).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Feeds a server ICE candidate for this connection.
+    pub async fn add_remote_candidate(&self, candidate: IceCandidate) -> Result<()> {
+        self.remote.lock().await.add(Some(&self.pc), candidate).await
+    }
+
+    /// The connection's state as webrtc-rs reports it.
+    pub fn state(&self) -> RTCPeerConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Closes the connection (always do this: webrtc-rs leaks sockets otherwise).
+    pub async fn close(&self) {
+        if let Err(e) = self.pc.close().await {
+            debug!(error = %e, "closing publisher connection");
+        }
+    }
+}
+
+fn source_name(source: TrackSource) -> &'static str {
+    match source {
+        TrackSource::Microphone => "microphone",
+        TrackSource::Camera => "camera",
+        TrackSource::Screen => "screen",
+    }
+}
+
+const NOT_NEGOTIATED: u16 = u16::MAX;
+
+struct LocalTrackInner {
+    source: TrackSource,
+    mime_type: String,
+    clock_rate: u32,
+    /// Our own `msid` track id; the server names the track with its own `t_...` id.
+    local_id: String,
+    ssrc: u32,
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn RtpSender>,
+    mid: StdMutex<Option<String>>,
+    /// The payload type the answer accepted (`NOT_NEGOTIATED` until then).
+    payload_type: AtomicU16,
+    next_seq: AtomicU16,
+    server_track_id: watch::Sender<Option<TrackId>>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+/// One of our published tracks. Cheap to clone; all clones are the same track.
+///
+/// Send either encoded frames ([`write_sample`](Self::write_sample), which
+/// packetizes) or ready payloads/RTP ([`write_payload`](Self::write_payload),
+/// [`write_rtp`](Self::write_rtp)), not both: they keep separate sequence numbers.
+#[derive(Clone)]
+pub struct LocalTrack {
+    inner: Arc<LocalTrackInner>,
+}
+
+impl std::fmt::Debug for LocalTrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTrack")
+            .field("source", &self.inner.source)
+            .field("mime_type", &self.inner.mime_type)
+            .field("ssrc", &self.inner.ssrc)
+            .field("mid", &self.mid())
+            .field("server_track_id", &self.server_track_id())
+            .finish()
+    }
+}
+
+impl LocalTrack {
+    /// Microphone, camera or screen.
+    pub fn source(&self) -> TrackSource {
+        self.inner.source
+    }
+
+    /// Audio or video.
+    pub fn kind(&self) -> TrackKind {
+        self.inner.source.kind()
+    }
+
+    /// The codec's MIME type (`audio/opus`, `video/VP8`, `video/H264`).
+    pub fn mime_type(&self) -> &str {
+        &self.inner.mime_type
+    }
+
+    /// The RTP clock rate of the codec.
+    pub fn clock_rate(&self) -> u32 {
+        self.inner.clock_rate
+    }
+
+    /// The SSRC every packet of this track carries.
+    pub fn ssrc(&self) -> u32 {
+        self.inner.ssrc
+    }
+
+    /// The `mid` of this track's m-section in the publisher offer.
+    pub fn mid(&self) -> Option<String> {
+        self.inner.mid.lock().expect("mid lock is never poisoned").clone()
+    }
+
+    /// The id we gave the track in our offer's `msid`.
+    pub fn local_id(&self) -> &str {
+        &self.inner.local_id
+    }
+
+    /// The server's id for this track (`t_...`), once a `track_published` about it arrived.
+    pub fn server_track_id(&self) -> Option<TrackId> {
+        self.inner.server_track_id.borrow().clone()
+    }
+
+    /// Records the server's id for this track (the client does it on `track_published`).
+    pub fn set_server_track_id(&self, track_id: TrackId) {
+        self.inner.server_track_id.send_replace(Some(track_id));
+    }
+
+    /// The payload type negotiated for this track, once the answer arrived.
+    pub fn payload_type(&self) -> Option<u8> {
+        u8::try_from(self.inner.payload_type.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Waits until the publisher connection is connected (DTLS up); writing
+    /// earlier only produces warnings in webrtc-rs and loses the packets.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        let mut state = self.inner.state.clone();
+        let wait = state.wait_for(|s| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+            )
+        });
+        let reached = *tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| SdkError::Timeout("publisher connection"))?
+            .map_err(|_| SdkError::Closed)?;
+        match reached {
+            RTCPeerConnectionState::Connected => Ok(()),
+            _ => Err(SdkError::Closed),
+        }
+    }
+
+    /// Sends one RTP packet. Its SSRC and payload type are overwritten with the
+    /// track's (webrtc-rs rejects anything else); sequence number, timestamp and
+    /// marker are yours. Header extensions must be negotiated ones.
+    pub async fn write_rtp(&self, mut packet: RtpPacket) -> Result<()> {
+        let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
+        packet.header.ssrc = self.inner.ssrc;
+        packet.header.payload_type = pt;
+        Ok(self.inner.track.write_rtp(packet).await?)
+    }
+
+    /// Sends one payload as an RTP packet with the next sequence number of this track.
+    pub async fn write_payload(&self, payload: Bytes, timestamp: u32, marker: bool) -> Result<()> {
+        let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
+        let mut packet = RtpPacket {
+            payload,
+            ..Default::default()
+        };
+        packet.header.version = 2;
+        packet.header.marker = marker;
+        packet.header.payload_type = pt;
+        packet.header.sequence_number = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        packet.header.timestamp = timestamp;
+        packet.header.ssrc = self.inner.ssrc;
+        Ok(self.inner.track.write_rtp(packet).await?)
+    }
+
+    /// Sends one encoded frame (an Opus packet, a VP8 or H.264 access unit),
+    /// packetized for the codec, lasting `duration`.
+    pub async fn write_sample(&self, data: Bytes, duration: Duration) -> Result<()> {
+        let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
+        let sample = Sample {
+            data,
+            duration,
+            ..Sample::new(Instant::now())
+        };
+        Ok(self
+            .inner
+            .track
+            .sample_writer(self.inner.ssrc, pt)
+            .write_sample(&sample)
+            .await?)
+    }
+
+    /// Waits for the next RTCP feedback about this track (PLI, FIR, NACK, REMB...).
+    /// `None` once the track is no longer bound to a connection.
+    pub async fn next_rtcp(&self) -> Option<Vec<Box<dyn rtc::rtcp::Packet>>> {
+        loop {
+            match self.inner.track.poll().await? {
+                TrackLocalEvent::OnRtcpPacket(packets) => return Some(packets),
+                #[allow(unreachable_patterns)]
+                _ => continue,
+            }
+        }
+    }
+
+    /// Starts a task that sends synthetic media on this track (see
+    /// [`synthetic`](super::synthetic)); it waits for the connection first, and
+    /// answers PLI/FIR with a keyframe.
+    pub fn start_synthetic(&self, config: SyntheticConfig) -> Result<SyntheticSender> {
+        let codec = SyntheticCodec::from_mime(&self.inner.mime_type)
+            .ok_or_else(|| SdkError::Protocol(format!("no synthetic format for {}", self.inner.mime_type)))?;
+        if codec != config.codec {
+            return Err(SdkError::Protocol(format!(
+                "track is {} but the config says {:?}",
+                self.inner.mime_type, config.codec
+            )));
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let counters = Arc::new(SentCounters::default());
+        let task = tokio::spawn(run_synthetic(self.clone(), config, stop_rx, counters.clone()));
+        Ok(SyntheticSender {
+            stop: Some(stop_tx),
+            task,
+            counters,
+        })
+    }
+}
+
+/// What a synthetic sender has sent so far.
+#[derive(Debug, Default)]
+struct SentCounters {
+    frames: AtomicU64,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Totals of a synthetic sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyntheticSent {
+    /// Frames produced.
+    pub frames: u64,
+    /// RTP packets handed to webrtc-rs.
+    pub packets: u64,
+    /// Payload bytes of those packets.
+    pub bytes: u64,
+}
+
+/// A running synthetic media task; stop it with [`stop`](Self::stop).
+pub struct SyntheticSender {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+    counters: Arc<SentCounters>,
+}
+
+impl SyntheticSender {
+    /// What has been sent so far.
+    pub fn sent(&self) -> SyntheticSent {
+        SyntheticSent {
+            frames: self.counters.frames.load(Ordering::Relaxed),
+            packets: self.counters.packets.load(Ordering::Relaxed),
+            bytes: self.counters.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops sending and returns the totals, or the error that ended the task early.
+    pub async fn stop(mut self) -> Result<SyntheticSent> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result.map(|()| self.sent()),
+            Err(e) => Err(SdkError::Protocol(format!("synthetic sender task failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for SyntheticSender {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run_synthetic(
+    track: LocalTrack,
+    config: SyntheticConfig,
+    mut stop: oneshot::Receiver<()>,
+    counters: Arc<SentCounters>,
+) -> Result<()> {
+    tokio::select! {
+        connected = track.wait_connected(Duration::from_secs(30)) => connected?,
+        _ = &mut stop => return Ok(()),
+    }
+    let keyframe_wanted = Arc::new(AtomicBool::new(false));
+    let feedback = {
+        let (track, wanted) = (track.clone(), keyframe_wanted.clone());
+        tokio::spawn(async move {
+            while let Some(packets) = track.next_rtcp().await {
+                let asks_keyframe = packets
+                    .iter()
+                    .any(|p| p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>());
+                if asks_keyframe {
+                    wanted.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut source = SyntheticSource::new(config);
+    let base_timestamp: u32 = rand::random();
+    let mut ticks = tokio::time::interval(Duration::from_micros(source.config().frame_interval_us()));
+    let result = loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = &mut stop => break Ok(()),
+        }
+        if keyframe_wanted.swap(false, Ordering::Relaxed) {
+            source.request_keyframe();
+        }
+        let frame = source.next_frame(now_us());
+        let last = frame.payloads.len().saturating_sub(1);
+        let mut failed = None;
+        for (i, payload) in frame.payloads.into_iter().enumerate() {
+            let len = payload.len() as u64;
+            if let Err(e) = track
+                .write_payload(
+                    Bytes::from(payload),
+                    base_timestamp.wrapping_add(frame.rtp_timestamp),
+                    i == last,
+                )
+                .await
+            {
+                failed = Some(e);
+                break;
+            }
+            counters.packets.fetch_add(1, Ordering::Relaxed);
+            counters.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+        counters.frames.fetch_add(1, Ordering::Relaxed);
+    };
+    feedback.abort();
+    result
+}
+
+/// Our side of the subscriber connection: the server offers, we answer. The
+/// connection itself is made on the first offer.
+pub struct Subscriber {
+    options: StdMutex<MediaOptions>,
+    outbox: Arc<Outbox>,
+    pc: Mutex<Option<Arc<dyn PeerConnection>>>,
+    remote: Mutex<RemoteCandidates>,
+    tracks_tx: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+    state_tx: watch::Sender<RTCPeerConnectionState>,
+}
+
+impl Subscriber {
+    /// A subscriber that will answer offers through `out`; remote tracks arrive on the returned receiver.
+    pub fn new(options: MediaOptions, out: mpsc::UnboundedSender<ClientMessage>) -> (Arc<Subscriber>, RemoteTracks) {
+        let (tracks_tx, rx) = mpsc::unbounded_channel();
+        let subscriber = Arc::new(Subscriber {
+            options: StdMutex::new(options),
+            outbox: Arc::new(Outbox::new(out)),
+            pc: Mutex::new(None),
+            remote: Mutex::new(RemoteCandidates::default()),
+            tracks_tx,
+            state_tx: watch::channel(RTCPeerConnectionState::New).0,
+        });
+        (subscriber, RemoteTracks { rx })
+    }
+
+    /// Replaces the ICE servers used when the connection gets built (the client sets them on `admitted`).
+    pub fn set_ice_servers(&self, ice_servers: Vec<IceServer>) {
+        self.options.lock().expect("options lock is never poisoned").ice_servers = ice_servers;
+    }
+
+    /// Applies an offer (initial or renegotiation) and sends the answer.
+    pub async fn on_offer(&self, sdp: String) -> Result<()> {
+        let mut slot = self.pc.lock().await;
+        let pc = match slot.as_ref() {
+            Some(pc) => pc.clone(),
+            None => {
+                let options = self.options.lock().expect("options lock is never poisoned").clone();
+                let mut media_engine = MediaEngine::default();
+                // Receive whatever other participants (browsers) publish.
+                media_engine.register_default_codecs()?;
+                let handler = Handler {
+                    role: PeerRole::Subscriber,
+                    outbox: self.outbox.clone(),
+                    state: self.state_tx.clone(),
+                    tracks: Some(self.tracks_tx.clone()),
+                };
+                let pc = build_connection(&options, media_engine, handler).await?;
+                *slot = Some(pc.clone());
+                pc
+            }
+        };
+        pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
+        let answer = pc.create_answer(None).await?;
+        pc.set_local_description(answer).await?;
+        let sdp = pc
+            .local_description()
+            .await
+            .ok_or(SdkError::Protocol("no local description".into()))?
+            .sdp;
+        self.outbox
+            .send_description(PeerRole::Subscriber, ClientMessage::SubscribeAnswer { sdp })?;
+        self.remote.lock().await.ready(&pc).await;
+        Ok(())
+    }
+
+    /// Feeds a server ICE candidate for this connection (held until the first offer).
+    pub async fn add_remote_candidate(&self, candidate: IceCandidate) -> Result<()> {
+        let pc = self.pc.lock().await.clone();
+        self.remote.lock().await.add(pc.as_ref(), candidate).await
+    }
+
+    /// The connection's state (`New` until the first offer).
+    pub fn state(&self) -> RTCPeerConnectionState {
+        *self.state_tx.borrow()
+    }
+
+    /// Closes the connection if there is one.
+    pub async fn close(&self) {
+        if let Some(pc) = self.pc.lock().await.take()
+            && let Err(e) = pc.close().await
+        {
+            debug!(error = %e, "closing subscriber connection");
+        }
+    }
+}
+
+/// Remote tracks as the subscriber connection opens them.
+pub struct RemoteTracks {
+    rx: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
+}
+
+impl RemoteTracks {
+    /// The next remote track, without announcement info (see [`RemoteTrack::info`]).
+    /// `None` once the subscriber is gone.
+    pub async fn recv(&mut self) -> Option<RemoteTrack> {
+        let track = self.rx.recv().await?;
+        Some(RemoteTrack::new(track, None).await)
+    }
+}
+
+/// A track someone else publishes, as received on the subscriber connection.
+///
+/// Its `msid` is `<participant_id> <track_id>`, which is how it is matched
+/// with the `track_published` announcement.
+pub struct RemoteTrack {
+    participant_id: ParticipantId,
+    track_id: TrackId,
+    kind: TrackKind,
+    mime_type: String,
+    ssrc: u32,
+    info: Option<TrackInfo>,
+    track: Arc<dyn TrackRemote>,
+}
+
+impl std::fmt::Debug for RemoteTrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteTrack")
+            .field("participant_id", &self.participant_id)
+            .field("track_id", &self.track_id)
+            .field("kind", &self.kind)
+            .field("mime_type", &self.mime_type)
+            .field("ssrc", &self.ssrc)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl RemoteTrack {
+    pub(crate) async fn new(track: Arc<dyn TrackRemote>, info: Option<TrackInfo>) -> RemoteTrack {
+        let ssrc = track.ssrcs().await.first().copied().unwrap_or_default();
+        let mime_type = track.codec(ssrc).await.map(|c| c.mime_type).unwrap_or_default();
+        let kind = match track.kind().await {
+            RtpCodecKind::Audio => TrackKind::Audio,
+            _ => TrackKind::Video,
+        };
+        RemoteTrack {
+            participant_id: track.stream_id().await.to_string(),
+            track_id: track.track_id().await.to_string(),
+            kind,
+            mime_type,
+            ssrc,
+            info,
+            track,
+        }
+    }
+
+    pub(crate) fn set_info(&mut self, info: Option<TrackInfo>) {
+        self.info = info;
+    }
+
+    /// The publishing participant (the `msid` stream id).
+    pub fn participant_id(&self) -> &str {
+        &self.participant_id
+    }
+
+    /// The track id (the `msid` track id), as in `track_published`.
+    pub fn track_id(&self) -> &str {
+        &self.track_id
+    }
+
+    /// Audio or video.
+    pub fn kind(&self) -> TrackKind {
+        self.kind
+    }
+
+    /// The negotiated codec's MIME type (`audio/opus`, `video/VP8`...).
+    pub fn mime_type(&self) -> &str {
+        &self.mime_type
+    }
+
+    /// The SSRC of the first packet.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// The announcement (`track_published` or `admitted`) for this track, if it came first.
+    pub fn info(&self) -> Option<&TrackInfo> {
+        self.info.as_ref()
+    }
+
+    /// The synthetic payload format this track would carry, judged by its codec.
+    pub fn synthetic_codec(&self) -> Option<SyntheticCodec> {
+        SyntheticCodec::from_mime(&self.mime_type)
+    }
+
+    /// The next RTP packet; `None` when the track has ended.
+    pub async fn recv_rtp(&self) -> Option<RtpPacket> {
+        loop {
+            match self.track.poll().await? {
+                TrackRemoteEvent::OnRtpPacket(packet) => return Some(packet),
+                TrackRemoteEvent::OnEnded => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Asks the sender for a keyframe (RTCP PLI).
+    pub async fn request_keyframe(&self) -> Result<()> {
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: self.ssrc,
+        };
+        Ok(self.track.write_rtcp(vec![Box::new(pli)]).await?)
+    }
+
+    /// Receives synthetic packets into fresh [`ReceiverStats`](super::synthetic::ReceiverStats)
+    /// until `until` resolves or the track ends, then returns the summary.
+    /// `started_at_us` is the reference for time to first packet.
+    pub async fn measure_synthetic(
+        &self,
+        started_at_us: u64,
+        until: impl std::future::Future<Output = ()>,
+    ) -> Result<StreamSummary> {
+        let codec = self
+            .synthetic_codec()
+            .ok_or_else(|| SdkError::Protocol(format!("no synthetic format for {}", self.mime_type)))?;
+        let mut stats = super::synthetic::ReceiverStats::new(codec, started_at_us);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                packet = self.recv_rtp() => match packet {
+                    Some(packet) => {
+                        let _ = stats.on_payload(now_us(), &packet.payload);
+                    }
+                    None => break,
+                },
+                _ = &mut until => break,
+            }
+        }
+        Ok(stats.summary())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mids_follow_msid_track_ids() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:p_1 microphone-1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=msid:p_1 camera-2\r\na=mid:1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
+        let mids = mids_by_msid_track(sdp);
+        assert_eq!(mids.len(), 2);
+        assert_eq!(mids["microphone-1"], "0");
+        assert_eq!(mids["camera-2"], "1");
+    }
+
+    #[test]
+    fn outbox_holds_candidates_until_the_description_is_sent() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let outbox = Outbox::new(tx);
+        let candidate = |n: u16| IceCandidate {
+            candidate: format!("c{n}"),
+            sdp_mid: None,
+            sdp_mline_index: Some(n),
+        };
+        outbox.candidate(PeerRole::Publisher, candidate(1));
+        assert!(rx.try_recv().is_err());
+        outbox
+            .send_description(
+                PeerRole::Publisher,
+                ClientMessage::PublishOffer {
+                    sdp: "o".into(),
+                    tracks: vec![],
+                },
+            )
+            .unwrap();
+        outbox.candidate(PeerRole::Publisher, candidate(2));
+        let got: Vec<ClientMessage> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            vec![
+                ClientMessage::PublishOffer {
+                    sdp: "o".into(),
+                    tracks: vec![]
+                },
+                ClientMessage::IceCandidate {
+                    target: PeerRole::Publisher,
+                    candidate: candidate(1)
+                },
+                ClientMessage::IceCandidate {
+                    target: PeerRole::Publisher,
+                    candidate: candidate(2)
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! The Rust client SDK for Gatehouse: join a meeting, handle the lobby, chat,
+//! and send and receive media, from tests, the load tester, or staff bots.
+//!
+//! - [`Client::connect`] opens the signaling WebSocket and joins; the returned
+//!   [`Events`] stream carries every server frame as a typed [`Event`].
+//! - [`Client::publish`] sends our media on the publisher connection;
+//!   [`Event::RemoteTrack`] hands over everyone else's, from the subscriber connection.
+//! - [`RestClient`] calls the REST API (meetings, links, redemption).
+//! - [`synthetic`] is the pure payload format and statistics for synthetic media.
+//!
+//! A dropped socket is a departure for the server: the SDK reports
+//! [`Event::Disconnected`] and does not reconnect by itself; connect again to
+//! come back (as a guest, possibly through the lobby).
+//!
+//! ```no_run
+//! use gatehouse::sdk::{Client, ConnectOptions, Event};
+//! # async fn run() -> gatehouse::sdk::Result<()> {
+//! let options = ConnectOptions::new("https://127.0.0.1:8443", "staff-token").meeting("m_123");
+//! let (client, mut events) = Client::connect(options).await?;
+//! while let Some(event) = events.recv().await {
+//!     if let Event::LobbyChanged { entries } = event {
+//!         for entry in entries.iter().filter(|e| e.invited) {
+//!             client.admit(entry.participant_id.clone())?;
+//!         }
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod error;
+pub mod media;
+pub mod rest;
+pub mod synthetic;
+pub mod tls;
+
+pub use client::{Client, ConnectOptions, Event, Events, websocket_url};
+pub use error::{Result, SdkError};
+pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, SyntheticSender, SyntheticSent, VideoCodec};
+pub use rest::{Link, LinkKind, LobbyBypass, Meeting, NewLink, NewMeeting, PublicLink, Redeemed, RestClient};
+pub use tls::TlsOptions;
+
+/// The wall clock in microseconds since the UNIX epoch (what synthetic send times use).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
