@@ -1,0 +1,495 @@
+#!/usr/bin/env node
+// Browser scenarios for the Gatehouse web client.
+//
+//   node tests/browser/scenarios.mjs <scenario>[,<scenario>...|all] [<json> | @config.json]
+//   GATEHOUSE_BROWSER_CONFIG='<json>' node tests/browser/scenarios.mjs <scenario>
+//
+// Drives Debian's Chromium (never a downloaded browser) through playwright-core
+// with fake camera, microphone and screen. Prints ONE JSON line per scenario on
+// stdout: {"scenario", "ok", "error", "facts", "screenshots", "durationMs"}.
+// Everything else goes to stderr. Exit code 0 when every scenario is ok.
+// The config keys are documented in docs/WEB-CLIENT.md ("Browser scenarios").
+
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const SCENARIOS = {
+  'guest-lobby-admit-chat': guestLobbyAdmitChat,
+  'screen-share': screenShare,
+  'deny-with-reason': denyWithReason,
+  'expired-link': expiredLink,
+  'guest-leaves': guestLeaves,
+  reconnect: reconnect,
+};
+
+const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--headless=new',
+  '--use-fake-ui-for-media-stream',
+  '--use-fake-device-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--autoplay-policy=no-user-gesture-required',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--ignore-certificate-errors',
+  // getDisplayMedia without a picker: the fake UI flag accepts, this names what to share.
+  '--auto-select-desktop-capture-source=Entire screen',
+];
+
+// ------------------------------------------------------------------- config
+
+function readConfig(arg) {
+  let raw = arg ?? process.env.GATEHOUSE_BROWSER_CONFIG ?? '{}';
+  if (raw.startsWith('@')) raw = readFileSync(raw.slice(1), 'utf8');
+  const cfg = JSON.parse(raw);
+  const base = (cfg.baseUrl || 'https://localhost:8443').replace(/\/$/, '');
+  return {
+    baseUrl: base,
+    staffToken: cfg.staffToken || null,
+    meetingId: cfg.meetingId || null,
+    linkCode: cfg.linkCode || null,
+    expiredLinkCode: cfg.expiredLinkCode || null,
+    screenshotDir: cfg.screenshotDir || null,
+    requireMedia: Boolean(cfg.requireMedia),
+    timeoutMs: cfg.timeoutMs || 15000,
+    mediaTimeoutMs: cfg.mediaTimeoutMs || (cfg.requireMedia ? 20000 : 5000),
+    chromiumPath: cfg.chromiumPath || process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    guestName: cfg.guestName || 'Maria Jansen',
+    denyReason: cfg.denyReason || 'Please use the link for your own appointment time.',
+    headed: Boolean(cfg.headed),
+  };
+}
+
+// ------------------------------------------------------------- REST helpers
+
+async function rest(cfg, method, p, body) {
+  const res = await fetch(cfg.baseUrl + p, {
+    method,
+    headers: {
+      ...(cfg.staffToken ? { Authorization: `Bearer ${cfg.staffToken}` } : {}),
+      ...(body ? { 'Content-Type': 'application/json' } : {}),
+    },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text}`);
+  return data;
+}
+
+/** The meeting and guest link a scenario uses: from the config, or made now. */
+async function meetingFor(cfg, facts, settings = {}) {
+  if (cfg.meetingId && cfg.linkCode) return { meetingId: cfg.meetingId, linkCode: cfg.linkCode };
+  if (!cfg.staffToken) throw new Error('config needs meetingId + linkCode, or staffToken to create them');
+  const m = await rest(cfg, 'POST', '/api/v1/meetings', {
+    title: settings.title || 'Physiotherapy follow-up',
+    lobby_bypass: 'organizer_only',
+    ...settings,
+  });
+  facts.createdMeetingId = m.meeting_id;
+  return { meetingId: m.meeting_id, linkCode: m.public_link.code };
+}
+
+// ------------------------------------------------------------ page helpers
+
+class Run {
+  constructor(cfg, name) {
+    this.cfg = cfg;
+    this.name = name;
+    this.facts = {};
+    this.screenshots = [];
+    this.pageErrors = [];
+    this.contexts = [];
+  }
+
+  async context(label) {
+    const ctx = await this.browser.newContext({
+      ignoreHTTPSErrors: true,
+      viewport: { width: 1280, height: 800 },
+      permissions: ['camera', 'microphone'],
+    });
+    ctx.setDefaultTimeout(this.cfg.timeoutMs);
+    const page = await ctx.newPage();
+    page.on('pageerror', (e) => this.pageErrors.push(`${label}: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') process.stderr.write(`[${this.name}/${label} console] ${m.text()}\n`);
+    });
+    this.contexts.push(ctx);
+    return page;
+  }
+
+  async shot(page, file) {
+    if (!this.cfg.screenshotDir) return;
+    mkdirSync(this.cfg.screenshotDir, { recursive: true });
+    const p = path.join(this.cfg.screenshotDir, file);
+    await page.screenshot({ path: p, fullPage: false });
+    this.screenshots.push(p);
+  }
+
+  async close() {
+    for (const ctx of this.contexts) await ctx.close().catch(() => {});
+  }
+}
+
+const visible = (page, testid) => page.locator(`[data-testid="${testid}"]:visible`);
+
+/** Guest: open the link, wait for the join form, type the name, join. */
+async function guestJoins(run, page, linkCode, name, { shot = null } = {}) {
+  await page.goto(`${run.cfg.baseUrl}/j/${linkCode}`);
+  await visible(page, 'name-input').waitFor();
+  run.facts.meetingTitleShown = await page.getByTestId('meeting-title').textContent();
+  // The preview is part of the join page: wait for it to play before any screenshot.
+  await page
+    .waitForFunction(() => document.querySelector('[data-testid="preview-video"]').readyState >= 2, null, { timeout: 5000 })
+    .then(() => (run.facts.previewPlaying = true))
+    .catch(() => (run.facts.previewPlaying = false));
+  if (shot) await run.shot(page, shot);
+  await page.getByTestId('name-input').fill(name);
+  await page.getByTestId('join-button').click();
+  await page.waitForFunction(() => ['lobby', 'call', 'left'].includes(window.gatehouse.view));
+  return page.evaluate(() => window.gatehouse.client.you.participant_id);
+}
+
+/** Staff: sign in with the token, find the meeting, join it. */
+async function staffJoins(run, page, meetingId) {
+  await page.goto(`${run.cfg.baseUrl}/console`);
+  await page.getByTestId('token-input').fill(run.cfg.staffToken);
+  await page.getByTestId('sign-in-button').click();
+  const join = page.locator(`[data-testid="meeting-row"][data-meeting-id="${meetingId}"] [data-testid="join-meeting-button"]`);
+  await join.click();
+  await visible(page, 'call-view').waitFor();
+  return page.evaluate(() => window.gatehouse.client.you.participant_id);
+}
+
+function lobbyEntry(page, participantId) {
+  return page.locator(`[data-testid="lobby-entry"][data-participant-id="${participantId}"]`);
+}
+
+function remoteTile(page, participantId, source = 'camera') {
+  return page.locator(`[data-testid="remote-tile"][data-participant-id="${participantId}"][data-source="${source}"]`);
+}
+
+/** Sends a chat line from one page and waits for it on the other. */
+async function chatExchange(from, to, text) {
+  await from.getByTestId('chat-input').fill(text);
+  await from.getByTestId('chat-send').click();
+  const got = to.locator('[data-testid="chat-message"] [data-testid="chat-text"]', { hasText: text });
+  await got.waitFor();
+  const echoed = from.locator('[data-testid="chat-message"] [data-testid="chat-text"]', { hasText: text });
+  await echoed.waitFor();
+  return true;
+}
+
+/** Two samples of window.gatehouse.stats(): does media flow, and which? */
+async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true, source = 'camera' }) {
+  const first = await page.evaluate(() => window.gatehouse.stats());
+  const rising = await page
+    .waitForFunction(
+      async ({ first, wantVideo, wantAudio, source }) => {
+        const now = await window.gatehouse.stats();
+        const sum = (s, pred, key) => s.inbound.filter(pred).reduce((a, x) => a + (x[key] || 0), 0);
+        const video = (x) => x.kind === 'video' && (x.source === source || x.source === null);
+        const audio = (x) => x.kind === 'audio';
+        const videoOk = !wantVideo || sum(now, video, 'framesDecoded') > sum(first, video, 'framesDecoded');
+        const audioOk = !wantAudio || sum(now, audio, 'packetsReceived') > sum(first, audio, 'packetsReceived');
+        return videoOk && audioOk;
+      },
+      { first, wantVideo, wantAudio, source },
+      { timeout: timeoutMs, polling: 500 },
+    )
+    .then(() => true)
+    .catch(() => false);
+  const second = await page.evaluate(() => window.gatehouse.stats());
+  const brief = (s) => ({
+    publisher: s?.publisher ?? null,
+    subscriber: s?.subscriber ?? null,
+    inbound: (s?.inbound || []).map((x) => ({
+      kind: x.kind,
+      source: x.source,
+      participantId: x.participantId,
+      framesDecoded: x.framesDecoded,
+      packetsReceived: x.packetsReceived,
+    })),
+    outbound: (s?.outbound || []).map((x) => ({ kind: x.kind, source: x.source, packetsSent: x.packetsSent })),
+  });
+  return { flowing: rising, before: brief(first), after: brief(second) };
+}
+
+/** Media is reported always; it fails the scenario only with requireMedia. */
+function judgeMedia(run, key, facts) {
+  run.facts[key] = facts;
+  if (run.cfg.requireMedia && !facts.flowing) throw new Error(`${key}: media did not flow`);
+}
+
+// ---------------------------------------------------------------- scenarios
+
+async function guestLobbyAdmitChat(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts);
+  const guest = await run.context('guest');
+  const staff = await run.context('staff');
+
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName, { shot: 'join-page.png' });
+  run.facts.guestParticipantId = guestId;
+  await visible(guest, 'lobby-status').waitFor();
+  run.facts.lobbyTextBeforeHost = await guest.getByTestId('lobby-status').textContent();
+  run.facts.lobbyTimeoutText = await guest.getByTestId('lobby-timeout').textContent();
+
+  const staffId = await staffJoins(run, staff, meetingId);
+  run.facts.staffParticipantId = staffId;
+  await guest.waitForFunction(
+    () => document.querySelector('[data-testid="lobby-status"]').dataset.status === 'waiting_for_admission',
+  );
+  run.facts.lobbyTextWithHost = await guest.getByTestId('lobby-status').textContent();
+  await run.shot(guest, 'lobby.png');
+
+  const entry = lobbyEntry(staff, guestId);
+  await entry.waitFor();
+  run.facts.lobbyEntryName = await entry.getByTestId('lobby-entry-name').textContent();
+  run.facts.lobbyEntryInvited = await entry.getAttribute('data-invited');
+  const firstWait = await entry.getByTestId('lobby-wait').textContent();
+  await staff.waitForFunction(
+    ([id, before]) =>
+      document.querySelector(`[data-testid="lobby-entry"][data-participant-id="${id}"] [data-testid="lobby-wait"]`)
+        ?.textContent !== before,
+    [guestId, firstWait],
+    { timeout: 4000 },
+  );
+  run.facts.lobbyWaitTicked = [firstWait, await entry.getByTestId('lobby-wait').textContent()];
+  await run.shot(staff, 'staff-lobby-queue.png');
+  await entry.getByTestId('admit-button').click();
+
+  await visible(guest, 'call-view').waitFor();
+  await remoteTile(staff, guestId).waitFor();
+  await remoteTile(guest, staffId).waitFor();
+  await entry.waitFor({ state: 'detached' });
+  run.facts.admitted = true;
+  run.facts.staffParticipantList = await staff.getByTestId('participant-list').locator('[data-testid="participant-entry"]').count();
+  run.facts.guestParticipantList = await guest.getByTestId('participant-list').locator('[data-testid="participant-entry"]').count();
+  run.facts.guestSeesStaffBadge = await guest
+    .locator(`[data-testid="participant-entry"][data-participant-id="${staffId}"] [data-testid="participant-kind"]`)
+    .textContent();
+
+  run.facts.chatGuestToStaff = await chatExchange(guest, staff, 'Hello, I can see the waiting room worked.');
+  run.facts.chatStaffToGuest = await chatExchange(staff, guest, 'Welcome! I can read you.');
+
+  const [guestMedia, staffMedia] = await Promise.all([
+    mediaFacts(guest, { timeoutMs: run.cfg.mediaTimeoutMs }),
+    mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs }),
+  ]);
+  judgeMedia(run, 'guestMedia', guestMedia);
+  judgeMedia(run, 'staffMedia', staffMedia);
+  run.facts.mediaNotice = await guest.getByTestId('media-notice').first().textContent().catch(() => null);
+
+  await run.shot(staff, 'call-staff.png');
+  await run.shot(guest, 'call-guest.png');
+  await visible(guest, 'leave-button').click();
+  await visible(guest, 'left-view').waitFor();
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+}
+
+async function screenShare(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { guests_may_present: true, title: 'Screen share check' });
+  const guest = await run.context('guest');
+  const staff = await run.context('staff');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  await staffJoins(run, staff, meetingId);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+
+  const toggle = guest.getByTestId('screen-toggle');
+  run.facts.screenToggleOffered = (await toggle.count()) === 1;
+  await toggle.click();
+  await guest.waitForFunction(() => document.querySelector('[data-testid="screen-toggle"]').dataset.state === 'on');
+  run.facts.guestSharing = true;
+  run.facts.guestLocalScreenTrack = await guest.evaluate(() => {
+    const s = window.gatehouse.client.local.get('screen');
+    return s ? { readyState: s.track.readyState, label: s.track.label } : null;
+  });
+
+  // The screen tile appears when the server announces the track (track_published): that needs the SFU.
+  const tile = remoteTile(staff, guestId, 'screen');
+  const sawTile = await tile
+    .waitFor({ timeout: run.cfg.mediaTimeoutMs })
+    .then(() => true)
+    .catch(() => false);
+  const media = sawTile
+    ? await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs, wantAudio: false, source: 'screen' })
+    : { flowing: false };
+  run.facts.staffSawScreenTile = sawTile;
+  judgeMedia(run, 'staffScreenMedia', media);
+  if (sawTile) await run.shot(staff, 'screen-share-staff.png');
+
+  await toggle.click();
+  await guest.waitForFunction(() => document.querySelector('[data-testid="screen-toggle"]').dataset.state === 'off');
+  run.facts.guestStoppedSharing = true;
+  if (sawTile) {
+    await tile.waitFor({ state: 'detached' });
+    run.facts.screenTileRemoved = true;
+  }
+}
+
+async function denyWithReason(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts);
+  const guest = await run.context('guest');
+  const staff = await run.context('staff');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  await staffJoins(run, staff, meetingId);
+  const entry = lobbyEntry(staff, guestId);
+  await entry.getByTestId('deny-button').click();
+  await entry.getByTestId('deny-reason-input').fill(run.cfg.denyReason);
+  await entry.getByTestId('deny-confirm-button').click();
+  await visible(guest, 'left-view').waitFor();
+  run.facts.leftReasonCode = await guest.getByTestId('left-view').getAttribute('data-reason');
+  run.facts.leftTitle = await guest.getByTestId('left-title').textContent();
+  run.facts.leftReason = await guest.getByTestId('left-reason').textContent();
+  run.facts.reasonShown = run.facts.leftReason.includes(run.cfg.denyReason);
+  run.facts.rejoinOffered = await guest.getByTestId('rejoin-button').isVisible();
+  await entry.waitFor({ state: 'detached' });
+  run.facts.staffLobbyEmptied = true;
+  await run.shot(guest, 'denied.png');
+  if (!run.facts.reasonShown) throw new Error('the denial reason is not on the guest page');
+  await visible(staff, 'leave-button').click();
+}
+
+async function expiredLink(run) {
+  let code = run.cfg.expiredLinkCode;
+  if (!code) {
+    // Make one: a single-use link that expires in a second, then wait until the API says so.
+    const { meetingId } = await meetingFor(run.cfg, run.facts);
+    const link = await rest(run.cfg, 'POST', `/api/v1/meetings/${meetingId}/links`, { kind: 'single_use', expires_in_secs: 1 });
+    code = link.code;
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      const res = await fetch(`${run.cfg.baseUrl}/api/v1/links/${code}`);
+      if (res.status === 410) break;
+      if (Date.now() > deadline) throw new Error('the link did not expire');
+      await new Promise((r) => setTimeout(r, 250)); // polling an external clock, not synchronising the page
+    }
+  }
+  const page = await run.context('guest');
+  await page.goto(`${run.cfg.baseUrl}/j/${code}`);
+  const banner = visible(page, 'error-banner');
+  await banner.waitFor();
+  run.facts.errorText = await banner.textContent();
+  run.facts.errorCode = await page.evaluate(() => document.body.dataset.errorCode);
+  run.facts.joinFormShown = await page.getByTestId('name-input').isVisible();
+  await run.shot(page, 'expired-link.png');
+  if (run.facts.errorCode !== 'link_expired') throw new Error(`expected link_expired, got ${run.facts.errorCode}`);
+  if (run.facts.joinFormShown) throw new Error('the join form is shown for an expired link');
+}
+
+async function guestLeaves(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts);
+  const guest = await run.context('guest');
+  const staff = await run.context('staff');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  await staffJoins(run, staff, meetingId);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  const tile = remoteTile(staff, guestId);
+  const listed = staff.locator(`[data-testid="participant-list"] [data-participant-id="${guestId}"]`);
+  await tile.waitFor();
+  await listed.waitFor();
+  run.facts.staffSawGuest = true;
+  await visible(guest, 'leave-button').click();
+  await visible(guest, 'left-view').waitFor();
+  run.facts.guestLeftTitle = await guest.getByTestId('left-title').textContent();
+  await tile.waitFor({ state: 'detached' });
+  await listed.waitFor({ state: 'detached' });
+  run.facts.tileRemoved = true;
+  run.facts.listEntryRemoved = true;
+  run.facts.guestCameraStopped = await guest.evaluate(() => window.gatehouse.client.local.size === 0 ||
+    [...window.gatehouse.client.local.values()].every((e) => e.track.readyState === 'ended'));
+  await visible(staff, 'leave-button').click();
+}
+
+async function reconnect(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts);
+  const guest = await run.context('guest');
+  const staff = await run.context('staff');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  await staffJoins(run, staff, meetingId);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  await guest.evaluate(() => window.gatehouse.client.simulateDrop());
+  await visible(guest, 'connection-banner').waitFor();
+  run.facts.bannerText = await guest.getByTestId('connection-banner').textContent();
+  // The server treats the drop as leaving: the guest rejoins into the lobby and must be let in again.
+  await visible(guest, 'lobby-status').waitFor();
+  run.facts.lobbyNote = await guest.getByTestId('lobby-note').textContent();
+  const entry = lobbyEntry(staff, guestId);
+  await entry.waitFor();
+  run.facts.staffSawGuestWaitingAgain = true;
+  await entry.getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  await remoteTile(staff, guestId).waitFor();
+  run.facts.backInCall = true;
+  await visible(guest, 'leave-button').click();
+  await visible(staff, 'leave-button').click();
+}
+
+// --------------------------------------------------------------------- main
+
+async function main() {
+  const [which, arg] = process.argv.slice(2);
+  if (!which || which === '--help') {
+    process.stderr.write(`usage: node scenarios.mjs <${Object.keys(SCENARIOS).join('|')}|all>[,...] [json|@file]\n`);
+    process.exit(2);
+  }
+  const cfg = readConfig(arg);
+  const names = which === 'all' ? Object.keys(SCENARIOS) : which.split(',');
+  const unknown = names.filter((n) => !SCENARIOS[n]);
+  if (unknown.length) {
+    process.stderr.write(`unknown scenario(s): ${unknown.join(', ')}\n`);
+    process.exit(2);
+  }
+  process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0'; // the gateway's dev certificate, for the REST helpers
+  const userDataDir = mkdtempSync(path.join(tmpdir(), 'gatehouse-chromium-'));
+  let allOk = true;
+  for (const name of names) {
+    const run = new Run(cfg, name);
+    const started = Date.now();
+    let error = null;
+    try {
+      // A fresh browser per scenario; playwright gives each launch its own fresh profile directory.
+      run.browser = await chromium.launch({
+        executablePath: cfg.chromiumPath,
+        headless: !cfg.headed,
+        args: CHROMIUM_ARGS,
+        env: { ...process.env, HOME: userDataDir },
+      });
+      await SCENARIOS[name](run);
+      if (run.pageErrors.length) throw new Error(`uncaught page errors: ${run.pageErrors.join(' | ')}`);
+    } catch (e) {
+      error = String(e?.message || e).split('\n')[0];
+    } finally {
+      await run.close();
+      await run.browser?.close().catch(() => {});
+    }
+    const ok = error === null;
+    allOk &&= ok;
+    const line = {
+      scenario: name,
+      ok,
+      error,
+      requireMedia: cfg.requireMedia,
+      facts: run.facts,
+      screenshots: run.screenshots,
+      pageErrors: run.pageErrors,
+      durationMs: Date.now() - started,
+    };
+    process.stdout.write(`${JSON.stringify(line)}\n`);
+  }
+  rmSync(userDataDir, { recursive: true, force: true });
+  process.exit(allOk ? 0 : 1);
+}
+
+main().catch((e) => {
+  process.stderr.write(`${e?.stack || e}\n`);
+  process.exit(2);
+});

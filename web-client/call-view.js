@@ -1,0 +1,446 @@
+/**
+ * call-view.js: the in-call screen both pages share: the video grid (screen
+ * shares large), the controls, the participant list and the chat panel.
+ *
+ * A CallView exists only while its client is in the call; `destroy()` removes
+ * it (and with it the chat) when the participant leaves, is removed, or drops
+ * back to the lobby. Staff get extra controls (remove, end meeting) and a slot
+ * (`sideTop`) where the console puts its live lobby queue.
+ */
+
+import { h, initials, kindLabel } from './dom.js';
+import { describeError } from './api.js';
+
+export class CallView {
+  /**
+   * @param {HTMLElement} mount   where the view goes
+   * @param {import('./gatehouse-client.js').GatehouseClient} client
+   * @param {object} options
+   * @param {() => void} options.onLeave         called when the person clicks Leave
+   * @param {boolean} [options.staff]            staff controls
+   */
+  constructor(mount, client, { onLeave, staff = false }) {
+    this.client = client;
+    this.staff = staff;
+    this.onLeave = onLeave;
+    /** participant_id -> { tile, video, audio, avatar, caption } for camera tiles */
+    this.tiles = new Map();
+    /** track_id -> tile element, for screen shares */
+    this.screenTiles = new Map();
+    this.listeners = [];
+    this.build(mount);
+    this.listen();
+    this.renderAll();
+  }
+
+  build(mount) {
+    const c = this.client;
+    this.grid = h('div', { class: 'grid', dataset: { testid: 'video-grid' }, role: 'region', 'aria-label': 'Video' });
+    this.localVideo = h('video', { autoplay: true, playsInline: true, muted: true, 'aria-hidden': 'true' });
+    this.localScreenVideo = h('video', { autoplay: true, playsInline: true, muted: true, 'aria-hidden': 'true' });
+    this.localTile = h(
+      'figure',
+      { class: 'tile local', dataset: { testid: 'local-tile', participantId: c.you.participant_id, source: 'camera' } },
+      this.localVideo,
+      h('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(c.you.display_name)),
+      h('figcaption', {}, h('span', { class: 'name' }, `${c.you.display_name} (you)`), badge(c.you)),
+    );
+    this.localScreenTile = h(
+      'figure',
+      { class: 'tile local-screen', hidden: true, dataset: { testid: 'local-screen-tile' } },
+      this.localScreenVideo,
+      h('figcaption', {}, h('span', { class: 'name' }, 'You are presenting')),
+    );
+    this.grid.append(this.localTile, this.localScreenTile);
+
+    this.micButton = h('button', { type: 'button', class: 'control', dataset: { testid: 'mic-toggle' }, onclick: () => this.toggle('microphone') });
+    this.camButton = h('button', { type: 'button', class: 'control', dataset: { testid: 'camera-toggle' }, onclick: () => this.toggle('camera') });
+    const mayPresent = this.staff || c.meeting.guests_may_present;
+    this.screenButton = mayPresent
+      ? h('button', { type: 'button', class: 'control', dataset: { testid: 'screen-toggle' }, onclick: () => this.toggleScreen() })
+      : null;
+    this.leaveButton = h(
+      'button',
+      { type: 'button', class: 'control danger', dataset: { testid: 'leave-button' }, 'aria-label': 'Leave the meeting', onclick: () => this.onLeave() },
+      'Leave',
+    );
+    this.endButton = this.staff ? this.buildEndButton() : null;
+    this.notice = h('p', { class: 'notice', role: 'status', hidden: true, dataset: { testid: 'media-notice' } });
+    const controls = h(
+      'div',
+      { class: 'controls', role: 'toolbar', 'aria-label': 'Call controls' },
+      this.micButton,
+      this.camButton,
+      this.screenButton,
+      h('span', { class: 'spacer' }),
+      this.endButton,
+      this.leaveButton,
+    );
+
+    this.peopleCount = h('span', { class: 'count' });
+    this.peopleList = h('ul', { class: 'people', dataset: { testid: 'participant-list' }, 'aria-label': 'People in the call' });
+    const people = h('section', { class: 'panel', 'aria-labelledby': 'people-heading' },
+      h('h2', { id: 'people-heading' }, 'In the call ', this.peopleCount),
+      this.peopleList,
+    );
+
+    this.sideTop = h('div', { class: 'side-top' });
+    this.chatPanel = this.buildChat();
+    this.root = h(
+      'section',
+      { class: 'call', dataset: { testid: 'call-view' }, 'aria-label': `Call: ${c.meeting.title}` },
+      h('div', { class: 'call-main' }, this.notice, this.grid, controls),
+      h('aside', { class: 'side' }, this.sideTop, people, this.chatPanel),
+    );
+    mount.append(this.root);
+  }
+
+  buildEndButton() {
+    const end = h('button', {
+      type: 'button',
+      class: 'control danger-outline',
+      dataset: { testid: 'end-meeting-button' },
+      'aria-label': 'End the meeting for everyone',
+    }, 'End meeting');
+    end.addEventListener('click', () => {
+      if (end.dataset.confirm === 'yes') {
+        this.client.endMeeting();
+        return;
+      }
+      end.dataset.confirm = 'yes';
+      end.textContent = 'Click again to end for everyone';
+      setTimeout(() => {
+        end.dataset.confirm = '';
+        end.textContent = 'End meeting';
+      }, 5000);
+    });
+    return end;
+  }
+
+  buildChat() {
+    const c = this.client;
+    this.chatList = h('ol', { class: 'chat-messages', dataset: { testid: 'chat-messages' }, 'aria-live': 'polite', 'aria-label': 'Chat messages' });
+    const panel = h('section', { class: 'panel chat', dataset: { testid: 'chat-panel' }, 'aria-labelledby': 'chat-heading' },
+      h('h2', { id: 'chat-heading' }, 'Chat'),
+      this.chatList,
+    );
+    if (!c.meeting.chat_enabled) {
+      panel.append(h('p', { class: 'muted', dataset: { testid: 'chat-disabled' } }, 'Chat is turned off for this meeting.'));
+      return panel;
+    }
+    this.chatInput = h('input', {
+      type: 'text',
+      maxLength: 2000,
+      autocomplete: 'off',
+      placeholder: 'Write a message',
+      'aria-label': 'Chat message',
+      dataset: { testid: 'chat-input' },
+    });
+    const form = h('form', { class: 'chat-form' },
+      this.chatInput,
+      h('button', { type: 'submit', dataset: { testid: 'chat-send' } }, 'Send'),
+    );
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const text = this.chatInput.value.trim();
+      if (!text) return;
+      try {
+        c.sendChat(text);
+        this.chatInput.value = '';
+      } catch (e) {
+        this.showNotice(describeError(e));
+      }
+    });
+    panel.append(form);
+    return panel;
+  }
+
+  listen() {
+    const on = (type, fn) => {
+      const handler = (ev) => fn(ev.detail);
+      this.client.addEventListener(type, handler);
+      this.listeners.push([type, handler]);
+    };
+    on('participant_joined', () => this.renderPeople());
+    on('participant_left', ({ participantId }) => {
+      this.tiles.get(participantId)?.tile.remove();
+      this.tiles.delete(participantId);
+      this.renderPeople();
+    });
+    on('track_published', ({ track }) => {
+      if (track.source === 'screen') this.screenTile(track);
+      this.renderPeople();
+    });
+    on('track_unpublished', ({ trackId, participantId, source }) => {
+      if (source === 'screen') {
+        this.screenTiles.get(trackId)?.remove();
+        this.screenTiles.delete(trackId);
+        this.updateLayout();
+      } else {
+        const t = this.tiles.get(participantId);
+        if (t && source === 'camera') this.setVideo(t, null);
+      }
+      this.renderPeople();
+    });
+    on('track_muted', () => {
+      this.renderPeople();
+      for (const id of this.tiles.keys()) this.renderTileState(id);
+    });
+    on('remote_track', (d) => this.attachRemote(d));
+    on('chat', ({ message }) => this.addChat(message));
+    on('media_error', (d) => this.showNotice(`Audio and video are not working right now (${d.message}). Chat still works.`));
+    on('error', (d) => this.showNotice(describeError(d)));
+  }
+
+  renderAll() {
+    for (const p of this.client.participants.values()) this.ensureTile(p.participant_id);
+    for (const t of this.client.tracks.values()) if (t.source === 'screen') this.screenTile(t);
+    for (const [trackId, track] of this.client.remoteMedia) {
+      const info = this.client.tracks.get(trackId);
+      if (info) this.attachRemote({ trackId, participantId: info.participant_id, source: info.source, kind: info.kind, track });
+    }
+    for (const m of this.client.chat) this.addChat(m);
+    this.refreshLocal();
+    this.renderPeople();
+  }
+
+  // --------------------------------------------------------------- tiles
+
+  ensureTile(participantId) {
+    let t = this.tiles.get(participantId);
+    if (t) return t;
+    const info = this.client.participants.get(participantId);
+    if (!info) return null;
+    const video = h('video', { autoplay: true, playsInline: true, muted: true });
+    const audio = h('audio', { autoplay: true, dataset: { testid: 'remote-audio' } });
+    const avatar = h('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(info.display_name));
+    const micState = h('span', { class: 'mic-state', dataset: { testid: 'remote-mic-state' } });
+    const tile = h(
+      'figure',
+      { class: 'tile', dataset: { testid: 'remote-tile', participantId, source: 'camera' } },
+      video,
+      audio,
+      avatar,
+      h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState),
+    );
+    this.grid.append(tile);
+    t = { tile, video, audio, avatar, micState };
+    this.tiles.set(participantId, t);
+    this.renderTileState(participantId);
+    return t;
+  }
+
+  screenTile(track) {
+    if (this.screenTiles.has(track.track_id)) return this.screenTiles.get(track.track_id);
+    const owner = this.client.participants.get(track.participant_id);
+    const name = owner ? owner.display_name : 'Someone';
+    const tile = h(
+      'figure',
+      {
+        class: 'tile screen',
+        dataset: { testid: 'remote-tile', participantId: track.participant_id, source: 'screen', trackId: track.track_id },
+      },
+      h('video', { autoplay: true, playsInline: true, muted: true }),
+      h('figcaption', {}, h('span', { class: 'name' }, `${name} is presenting`)),
+    );
+    this.grid.prepend(tile);
+    this.screenTiles.set(track.track_id, tile);
+    const media = this.client.remoteMedia.get(track.track_id);
+    if (media) attach(tile.querySelector('video'), media);
+    this.updateLayout();
+    return tile;
+  }
+
+  attachRemote({ trackId, participantId, source, kind, track }) {
+    if (source === 'screen') {
+      const info = this.client.tracks.get(trackId);
+      const tile = info ? this.screenTile(info) : null;
+      if (tile) attach(tile.querySelector('video'), track);
+      return;
+    }
+    const t = this.ensureTile(participantId);
+    if (!t) return;
+    if (kind === 'audio') attach(t.audio, track);
+    else this.setVideo(t, track);
+    this.renderTileState(participantId);
+  }
+
+  setVideo(t, track) {
+    attach(t.video, track);
+    t.tile.classList.toggle('has-video', Boolean(track));
+  }
+
+  renderTileState(participantId) {
+    const t = this.tiles.get(participantId);
+    if (!t) return;
+    const tracks = [...this.client.tracks.values()].filter((x) => x.participant_id === participantId);
+    const mic = tracks.find((x) => x.source === 'microphone');
+    const cam = tracks.find((x) => x.source === 'camera');
+    const micOff = !mic || mic.muted;
+    t.micState.textContent = micOff ? 'mic off' : '';
+    t.micState.hidden = !micOff;
+    t.tile.classList.toggle('cam-off', !cam || cam.muted);
+  }
+
+  updateLayout() {
+    this.grid.classList.toggle('presenting', this.screenTiles.size > 0 || !this.localScreenTile.hidden);
+  }
+
+  // ----------------------------------------------------------- controls
+
+  refreshLocal() {
+    const c = this.client;
+    const mic = c.local.get('microphone');
+    const cam = c.local.get('camera');
+    const screen = c.local.get('screen');
+    setToggle(this.micButton, mic, 'microphone', 'Mic');
+    setToggle(this.camButton, cam, 'camera', 'Camera');
+    attach(this.localVideo, cam ? cam.track : null);
+    this.localTile.classList.toggle('has-video', Boolean(cam));
+    this.localTile.classList.toggle('cam-off', !cam || cam.muted);
+    if (this.screenButton) {
+      this.screenButton.dataset.state = screen ? 'on' : 'off';
+      this.screenButton.setAttribute('aria-pressed', screen ? 'true' : 'false');
+      this.screenButton.textContent = screen ? 'Stop sharing' : 'Share screen';
+      this.screenButton.setAttribute('aria-label', 'Share your screen');
+    }
+    this.localScreenTile.hidden = !screen;
+    attach(this.localScreenVideo, screen ? screen.track : null);
+    this.updateLayout();
+  }
+
+  toggle(source) {
+    const entry = this.client.local.get(source);
+    if (!entry) return;
+    this.client.setMuted(source, !entry.muted);
+    this.refreshLocal();
+  }
+
+  async toggleScreen() {
+    const c = this.client;
+    if (c.local.get('screen')) {
+      const { track } = c.local.get('screen');
+      track.stop();
+      await this.stopScreen(track);
+      return;
+    }
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    } catch (e) {
+      if (e.name !== 'NotAllowedError') this.showNotice(`Screen sharing could not start (${e.message}).`);
+      return;
+    }
+    const [track] = stream.getVideoTracks();
+    track.contentHint = 'detail';
+    // The browser's own "Stop sharing" bar ends the track.
+    track.addEventListener('ended', () => this.stopScreen(track));
+    const started = c.setLocalTrack('screen', track);
+    this.refreshLocal();
+    await started.catch(() => {});
+  }
+
+  async stopScreen(track) {
+    const c = this.client;
+    if (c.local.get('screen')?.track !== track) return;
+    const done = c.setLocalTrack('screen', null);
+    this.refreshLocal();
+    await done.catch(() => {});
+  }
+
+  showNotice(text) {
+    this.notice.textContent = text;
+    this.notice.hidden = !text;
+  }
+
+  // --------------------------------------------------------- people, chat
+
+  renderPeople() {
+    const c = this.client;
+    const people = [c.you, ...c.participants.values()];
+    this.peopleCount.textContent = `(${people.length})`;
+    const items = people.map((p) => {
+      const self = p.participant_id === c.you.participant_id;
+      const tracks = [...c.tracks.values()].filter((t) => t.participant_id === p.participant_id);
+      const presenting = self ? c.local.has('screen') : tracks.some((t) => t.source === 'screen');
+      const li = h(
+        'li',
+        { dataset: { testid: 'participant-entry', participantId: p.participant_id, kind: p.kind } },
+        h('span', { class: 'avatar small', 'aria-hidden': 'true' }, initials(p.display_name)),
+        h('span', { class: 'name' }, self ? `${p.display_name} (you)` : p.display_name),
+        badge(p),
+        presenting ? h('span', { class: 'pill' }, 'presenting') : null,
+      );
+      if (this.staff && !self && !p.organizer) li.append(this.removeButton(p));
+      return li;
+    });
+    this.peopleList.replaceChildren(...items);
+  }
+
+  removeButton(p) {
+    const button = h('button', {
+      type: 'button',
+      class: 'small danger-outline',
+      dataset: { testid: 'remove-button', participantId: p.participant_id },
+      'aria-label': `Remove ${p.display_name} from the call`,
+    }, 'Remove');
+    button.addEventListener('click', () => {
+      if (button.dataset.confirm === 'yes') {
+        this.client.remove(p.participant_id);
+        button.disabled = true;
+        return;
+      }
+      button.dataset.confirm = 'yes';
+      button.textContent = 'Confirm remove';
+    });
+    return button;
+  }
+
+  addChat(message) {
+    const mine = message.participant_id === this.client.you.participant_id;
+    const time = new Date(message.sent_at_ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    const li = h(
+      'li',
+      { class: mine ? 'mine' : '', dataset: { testid: 'chat-message', seq: message.seq, participantId: message.participant_id } },
+      h('div', { class: 'meta' }, h('span', { class: 'author', dataset: { testid: 'chat-author' } }, mine ? 'You' : message.display_name), ' ', h('time', {}, time)),
+      h('div', { class: 'text', dataset: { testid: 'chat-text' } }, message.text),
+    );
+    this.chatList.append(li);
+    li.scrollIntoView({ block: 'nearest' });
+  }
+
+  destroy() {
+    for (const [type, handler] of this.listeners) this.client.removeEventListener(type, handler);
+    this.listeners = [];
+    this.root.remove();
+  }
+}
+
+function badge(info) {
+  return h('span', { class: `badge ${info.organizer ? 'host' : info.kind}`, dataset: { testid: 'participant-kind' } }, kindLabel(info));
+}
+
+function attach(el, track) {
+  const current = el.srcObject?.getTracks?.()[0] ?? null;
+  if (current === track) return;
+  el.srcObject = track ? new MediaStream([track]) : null;
+  if (track) el.play?.().catch(() => {});
+}
+
+function setToggle(button, entry, what, label) {
+  if (!entry) {
+    button.disabled = true;
+    button.dataset.state = 'unavailable';
+    button.textContent = `${label} unavailable`;
+    button.setAttribute('aria-label', `No ${what} available`);
+    button.removeAttribute('aria-pressed');
+    return;
+  }
+  button.disabled = false;
+  const on = !entry.muted;
+  button.dataset.state = on ? 'on' : 'off';
+  button.setAttribute('aria-pressed', on ? 'true' : 'false');
+  button.textContent = on ? `${label} on` : `${label} off`;
+  // A stable name with a pressed state: "Microphone, toggle button, pressed".
+  button.setAttribute('aria-label', what[0].toUpperCase() + what.slice(1));
+}

@@ -1,0 +1,783 @@
+/**
+ * gatehouse-client.js: the browser side of the Gatehouse signaling protocol.
+ *
+ * One `GatehouseClient` is one participant: a signaling WebSocket (JSON frames
+ * with a `type` tag, see docs/PROTOCOL.md) and, once in the call, two
+ * RTCPeerConnections. On the *publisher* connection the browser offers its own
+ * tracks (microphone, camera, screen); on the *subscriber* connection the
+ * server offers everyone else's. Each connection has exactly one offerer, so
+ * there is no glare; negotiations on one connection run one after the other.
+ *
+ * The client is an EventTarget. Every event is a CustomEvent whose `detail`
+ * is listed in docs/WEB-CLIENT.md ("The client module"). Nothing here touches
+ * the DOM, so both pages (and tests) use it the same way.
+ *
+ *   const client = new GatehouseClient({ token, meetingId });
+ *   client.addEventListener('admitted', (e) => ...);
+ *   await client.connect();              // resolves on `joined`
+ *   client.setLocalTrack('camera', track);
+ *   client.sendChat('hello');
+ */
+
+export const PROTOCOL_VERSION = 1;
+
+/** How long we wait for the server's answer to a publisher offer. */
+const NEGOTIATION_TIMEOUT_MS = 15000;
+/** Keep-alive period; a socket silent for three periods is treated as dropped. */
+const PING_INTERVAL_MS = 15000;
+/** Back-off between reconnect attempts after an unexpected drop (then gives up). */
+const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
+/** Server error codes that are about media rather than the meeting. */
+const MEDIA_ERROR_CODES = new Set([
+  'media_state_error',
+  'invalid_sdp',
+  'invalid_candidate',
+  'presenting_not_allowed',
+]);
+
+/** The default signaling address: the page's own host. */
+export function defaultSocketUrl(loc = window.location) {
+  return `${loc.protocol === 'http:' ? 'ws' : 'wss'}://${loc.host}/ws`;
+}
+
+/** A settled-or-not promise with its resolve/reject handles. */
+function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/** An error as the server sends it: a stable `code` and a human `message`. */
+export class GatehouseError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = 'GatehouseError';
+    this.code = code;
+  }
+}
+
+/**
+ * Runs async jobs one at a time, in order. A failed job does not stop the
+ * next one; its caller sees the failure.
+ */
+class SerialQueue {
+  constructor() {
+    this.tail = Promise.resolve();
+  }
+  run(job) {
+    const result = this.tail.then(job);
+    this.tail = result.catch(() => {});
+    return result;
+  }
+}
+
+export class GatehouseClient extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} options.token       guest token from link redemption, or a staff token
+   * @param {string} [options.meetingId] required for staff, optional for guests
+   * @param {string} [options.url]       signaling URL, defaults to wss://<this host>/ws
+   * @param {boolean} [options.reconnect] rejoin after an unexpected drop (default true)
+   */
+  constructor({ token, meetingId = null, url = defaultSocketUrl(), reconnect = true }) {
+    super();
+    this.token = token;
+    this.meetingId = meetingId;
+    this.url = url;
+    this.reconnectEnabled = reconnect;
+
+    /** 'idle' | 'connecting' | 'lobby' | 'call' | 'reconnecting' | 'left' */
+    this.state = 'idle';
+    /** Our ParticipantInfo, from `joined`. */
+    this.you = null;
+    /** MeetingSummary, from `joined`. */
+    this.meeting = null;
+    /** The last `lobby` frame: { status, timeout_secs }. */
+    this.lobby = null;
+    /** Staff: the lobby entries from the last `lobby_update`. */
+    this.lobbyEntries = [];
+    /** Everyone else in the call: participant_id -> ParticipantInfo. */
+    this.participants = new Map();
+    /** Everyone else's published tracks: track_id -> TrackInfo. */
+    this.tracks = new Map();
+    /** Remote media that arrived and is bound to a TrackInfo: track_id -> MediaStreamTrack. */
+    this.remoteMedia = new Map();
+    /** Chat messages received in this call. */
+    this.chat = [];
+    /** Why we left, once `left` arrived or reconnecting gave up: { reason, message }. */
+    this.leftWith = null;
+    this.iceServers = [];
+
+    /** Our own tracks: source -> { track, muted, transceiver, serverTrackId }. */
+    this.local = new Map();
+    this.publisher = null;
+    this.subscriber = null;
+    this.publisherQueue = new SerialQueue();
+    this.subscriberQueue = new SerialQueue();
+    /** The publisher offer waiting for `publish_answer`. */
+    this.pendingPublish = null;
+
+    this.ws = null;
+    this.intentionalClose = false;
+    this.everJoined = false;
+    this.reconnectAttempt = 0;
+    this.reconnectTimer = null;
+    this.pingTimer = null;
+    this.lastFrameAt = 0;
+    this.resetMediaState();
+  }
+
+  // ---------------------------------------------------------------- events
+
+  emit(type, detail = {}) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', { state });
+  }
+
+  // ------------------------------------------------------------ connection
+
+  /**
+   * Opens the socket and joins. Resolves with { you, meeting } on `joined`;
+   * rejects with a GatehouseError if the server refuses (expired token,
+   * meeting ended, meeting full, ...) or the socket cannot open.
+   */
+  connect() {
+    this.intentionalClose = false;
+    this.setState('connecting');
+    return this.openSocket();
+  }
+
+  openSocket() {
+    const joined = deferred();
+    this.joinWaiter = joined;
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (e) {
+      joined.reject(new GatehouseError('connection_failed', String(e)));
+      return joined.promise;
+    }
+    this.ws = ws;
+    ws.addEventListener('open', () => {
+      const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this.token };
+      if (this.meetingId) join.meeting_id = this.meetingId;
+      this.sendRaw(join);
+      this.lastFrameAt = Date.now();
+      this.startPing();
+    });
+    ws.addEventListener('message', (ev) => {
+      if (ws !== this.ws) return;
+      this.lastFrameAt = Date.now();
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      this.handle(msg);
+    });
+    ws.addEventListener('close', (ev) => {
+      if (ws === this.ws) this.onSocketClosed(ev);
+    });
+    return joined.promise;
+  }
+
+  onSocketClosed(ev) {
+    this.stopPing();
+    this.ws = null;
+    const waiter = this.joinWaiter;
+    this.joinWaiter = null;
+    if (this.intentionalClose || this.state === 'left') {
+      waiter?.reject(new GatehouseError('closed', 'the connection was closed'));
+      return;
+    }
+    this.teardownMedia();
+    if (!this.everJoined) {
+      // Never got in: nothing to resume. The caller shows the error.
+      this.setState('idle');
+      waiter?.reject(
+        this.refusal || new GatehouseError('connection_failed', `could not reach the server (code ${ev.code})`),
+      );
+      return;
+    }
+    if (this.refusal) {
+      // The server refused a rejoin (token expired, meeting ended, ...): that is final.
+      waiter?.reject(this.refusal);
+      this.finish(refusalReason(this.refusal.code), this.refusal.message);
+      return;
+    }
+    waiter?.reject(new GatehouseError('connection_lost', 'the connection dropped'));
+    if (!this.reconnectEnabled || this.reconnectAttempt >= RECONNECT_DELAYS_MS.length) {
+      this.finish('disconnected', 'The connection to the meeting was lost.');
+      return;
+    }
+    const delay = RECONNECT_DELAYS_MS[this.reconnectAttempt];
+    this.reconnectAttempt += 1;
+    this.setState('reconnecting');
+    this.emit('connection', { state: 'reconnecting', attempt: this.reconnectAttempt, delayMs: delay });
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.openSocket().then(
+        () => {
+          this.reconnectAttempt = 0;
+          this.emit('connection', { state: 'restored' });
+        },
+        () => {}, // the close handler schedules the next attempt
+      );
+    }, delay);
+  }
+
+  startPing() {
+    this.stopPing();
+    this.pingTimer = setInterval(() => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+      if (Date.now() - this.lastFrameAt > PING_INTERVAL_MS * 3) {
+        // Half-open socket: nothing has come back for a long time.
+        this.ws.close();
+        return;
+      }
+      this.sendRaw({ type: 'ping', nonce: Date.now() });
+    }, PING_INTERVAL_MS);
+  }
+
+  stopPing() {
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.pingTimer = null;
+  }
+
+  sendRaw(msg) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  /** Sends a frame; throws when there is no open socket. */
+  send(msg) {
+    if (!this.sendRaw(msg)) throw new GatehouseError('not_connected', 'not connected to the meeting');
+  }
+
+  /** Test hook: drop the socket as a network failure would (no `leave`). */
+  simulateDrop() {
+    this.ws?.close(4000, 'simulated drop');
+  }
+
+  /** Leaves the lobby or the call. The server answers `left` and closes. */
+  leave() {
+    if (this.state === 'left') return;
+    this.intentionalClose = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    if (!this.sendRaw({ type: 'leave' })) {
+      this.finish('left', null);
+      return;
+    }
+    // If the server's `left` does not come quickly, close anyway.
+    setTimeout(() => {
+      if (this.state !== 'left') {
+        this.ws?.close();
+        this.finish('left', null);
+      }
+    }, 1500);
+  }
+
+  /** We are out for good: close everything and tell listeners once. */
+  finish(reason, message) {
+    if (this.state === 'left') return;
+    this.leftWith = { reason, message: message ?? null };
+    this.intentionalClose = true;
+    this.stopPing();
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.teardownMedia();
+    this.ws?.close();
+    this.ws = null;
+    this.setState('left');
+    this.emit('left', this.leftWith);
+  }
+
+  // ----------------------------------------------------------- staff actions
+
+  admit(participantId) {
+    this.send({ type: 'admit', participant_id: participantId });
+  }
+  admitAll() {
+    this.send({ type: 'admit_all' });
+  }
+  deny(participantId, reason) {
+    const msg = { type: 'deny', participant_id: participantId };
+    if (reason && reason.trim()) msg.reason = reason.trim();
+    this.send(msg);
+  }
+  remove(participantId, reason) {
+    const msg = { type: 'remove', participant_id: participantId };
+    if (reason && reason.trim()) msg.reason = reason.trim();
+    this.send(msg);
+  }
+  endMeeting() {
+    this.send({ type: 'end_meeting' });
+  }
+  sendChat(text) {
+    this.send({ type: 'chat', text });
+  }
+
+  // -------------------------------------------------------- incoming frames
+
+  handle(msg) {
+    switch (msg.type) {
+      case 'joined': {
+        this.refusal = null;
+        this.everJoined = true;
+        this.you = msg.you;
+        this.meeting = msg.meeting;
+        const waiter = this.joinWaiter;
+        this.joinWaiter = null;
+        this.emit('joined', { you: msg.you, meeting: msg.meeting });
+        waiter?.resolve({ you: msg.you, meeting: msg.meeting });
+        break;
+      }
+      case 'lobby':
+        this.lobby = { status: msg.status, timeout_secs: msg.timeout_secs };
+        this.setState('lobby');
+        this.emit('lobby', { status: msg.status, timeoutSecs: msg.timeout_secs });
+        break;
+      case 'admitted':
+        this.participants = new Map(msg.participants.map((p) => [p.participant_id, p]));
+        this.tracks = new Map(msg.tracks.map((t) => [t.track_id, t]));
+        this.iceServers = msg.ice_servers || [];
+        this.chat = [];
+        this.setState('call');
+        this.emit('admitted', { participants: msg.participants, tracks: msg.tracks });
+        if (this.local.size > 0) this.negotiatePublisher().catch(() => {});
+        break;
+      case 'lobby_update':
+        this.lobbyEntries = msg.entries;
+        this.emit('lobby_update', { entries: msg.entries });
+        break;
+      case 'participant_joined':
+        if (msg.participant.participant_id === this.you?.participant_id) break;
+        this.participants.set(msg.participant.participant_id, msg.participant);
+        this.emit('participant_joined', { participant: msg.participant });
+        break;
+      case 'participant_left': {
+        this.participants.delete(msg.participant_id);
+        for (const [id, t] of this.tracks) {
+          if (t.participant_id === msg.participant_id) this.dropRemoteTrack(id);
+        }
+        this.emit('participant_left', { participantId: msg.participant_id, reason: msg.reason });
+        break;
+      }
+      case 'chat':
+        this.chat.push(msg.message);
+        this.emit('chat', { message: msg.message });
+        break;
+      case 'left':
+        this.finish(msg.reason, msg.message);
+        break;
+      case 'pong':
+        break;
+      case 'publish_answer':
+        if (this.pendingPublish) this.pendingPublish.resolve(msg.sdp);
+        break;
+      case 'subscribe_offer':
+        this.subscriberQueue
+          .run(() => this.answerSubscriber(msg.sdp))
+          .catch((e) => this.mediaError('subscriber', e));
+        break;
+      case 'ice_candidate':
+        this.addRemoteCandidate(msg.target, msg.candidate);
+        break;
+      case 'track_published':
+        this.onTrackPublished(msg.track);
+        break;
+      case 'track_unpublished':
+        if (msg.participant_id === this.you?.participant_id) {
+          for (const entry of this.local.values()) {
+            if (entry.serverTrackId === msg.track_id) entry.serverTrackId = null;
+          }
+          break;
+        }
+        this.dropRemoteTrack(msg.track_id);
+        break;
+      case 'track_muted': {
+        const t = this.tracks.get(msg.track_id);
+        if (t) t.muted = msg.muted;
+        this.emit('track_muted', { trackId: msg.track_id, participantId: msg.participant_id, muted: msg.muted });
+        break;
+      }
+      case 'error':
+        this.onServerError(msg.code, msg.message);
+        break;
+      default:
+        break;
+    }
+  }
+
+  onServerError(code, message) {
+    const err = new GatehouseError(code, message);
+    if (this.joinWaiter) {
+      // A refused join: the server closes the socket right after this frame.
+      this.refusal = err;
+      return;
+    }
+    if (MEDIA_ERROR_CODES.has(code)) {
+      if (this.pendingPublish) {
+        this.pendingPublish.reject(err);
+      } else {
+        this.emit('media_error', { role: null, code, message });
+      }
+      return;
+    }
+    this.emit('error', { code, message });
+  }
+
+  // ------------------------------------------------------------ local media
+
+  /**
+   * Publishes, replaces or (with `track = null`) unpublishes our track for a
+   * source: 'microphone' | 'camera' | 'screen'. Before the call the track is
+   * kept and published on admission. Replacing a track of the same source
+   * needs no renegotiation. Resolves once the server has answered.
+   */
+  async setLocalTrack(source, track, { muted = false } = {}) {
+    const entry = this.local.get(source);
+    if (track && entry) {
+      entry.track = track;
+      track.enabled = !entry.muted;
+      if (entry.transceiver) await entry.transceiver.sender.replaceTrack(track);
+      return;
+    }
+    if (track) {
+      track.enabled = !muted;
+      this.local.set(source, { track, muted, transceiver: null, serverTrackId: null });
+      if (this.state === 'call') await this.negotiatePublisher();
+      return;
+    }
+    if (!entry) return;
+    this.local.delete(source);
+    if (entry.transceiver && this.publisher) {
+      try {
+        this.publisher.removeTrack(entry.transceiver.sender);
+      } catch {
+        // the connection is already closed
+      }
+      if (this.state === 'call') await this.negotiatePublisher();
+    }
+  }
+
+  /** Mutes or unmutes our track of a source: disables it and tells the server. */
+  setMuted(source, muted) {
+    const entry = this.local.get(source);
+    if (!entry) return;
+    entry.muted = muted;
+    entry.track.enabled = !muted;
+    if (entry.serverTrackId) this.sendRaw({ type: 'mute_track', track_id: entry.serverTrackId, muted });
+  }
+
+  isMuted(source) {
+    return this.local.get(source)?.muted ?? true;
+  }
+
+  ensurePublisher() {
+    if (this.publisher) return this.publisher;
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+    this.publisher = pc;
+    pc.addEventListener('icecandidate', (ev) => {
+      if (ev.candidate) this.sendLocalCandidate('publisher', ev.candidate);
+    });
+    pc.addEventListener('connectionstatechange', () => {
+      this.emit('media_state', { role: 'publisher', state: pc.connectionState });
+    });
+    return pc;
+  }
+
+  /** Offers our current set of tracks on the publisher connection. Serialized. */
+  negotiatePublisher() {
+    return this.publisherQueue.run(async () => {
+      if (this.state !== 'call') return;
+      const live = [...this.local.entries()];
+      if (live.length === 0 && !this.publisher) return;
+      const pc = this.ensurePublisher();
+      for (const [, entry] of live) {
+        if (!entry.transceiver) {
+          entry.transceiver = pc.addTransceiver(entry.track, {
+            direction: 'sendonly',
+            streams: [this.localStream()],
+          });
+        }
+      }
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      const tracks = live
+        .filter(([, e]) => e.transceiver.mid !== null)
+        .map(([source, e]) => ({ mid: e.transceiver.mid, source, muted: e.muted }));
+      const answer = deferred();
+      this.pendingPublish = answer;
+      const timer = setTimeout(
+        () => answer.reject(new GatehouseError('timeout', 'the server did not answer the publish offer')),
+        NEGOTIATION_TIMEOUT_MS,
+      );
+      try {
+        this.send({ type: 'publish_offer', sdp: pc.localDescription.sdp, tracks });
+        this.flushLocalCandidates('publisher');
+        const sdp = await answer.promise;
+        if (this.publisher !== pc) return;
+        await pc.setRemoteDescription({ type: 'answer', sdp });
+        await this.flushRemoteCandidates('publisher');
+      } catch (e) {
+        if (this.publisher === pc && pc.signalingState === 'have-local-offer') {
+          await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+        }
+        this.mediaError('publisher', e);
+        throw e;
+      } finally {
+        clearTimeout(timer);
+        if (this.pendingPublish === answer) this.pendingPublish = null;
+      }
+    });
+  }
+
+  localStream() {
+    if (!this.localMediaStream) this.localMediaStream = new MediaStream();
+    return this.localMediaStream;
+  }
+
+  // ----------------------------------------------------------- remote media
+
+  ensureSubscriber() {
+    if (this.subscriber) return this.subscriber;
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+    this.subscriber = pc;
+    pc.addEventListener('icecandidate', (ev) => {
+      if (ev.candidate) this.sendLocalCandidate('subscriber', ev.candidate);
+    });
+    pc.addEventListener('track', (ev) => this.onRemoteTrack(ev));
+    pc.addEventListener('connectionstatechange', () => {
+      this.emit('media_state', { role: 'subscriber', state: pc.connectionState });
+    });
+    return pc;
+  }
+
+  async answerSubscriber(sdp) {
+    if (this.state !== 'call') return;
+    const pc = this.ensureSubscriber();
+    const c = this.candidates.subscriber;
+    c.sent = false;
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    await this.flushRemoteCandidates('subscriber');
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    this.send({ type: 'subscribe_answer', sdp: pc.localDescription.sdp });
+    this.flushLocalCandidates('subscriber');
+  }
+
+  onRemoteTrack(ev) {
+    const track = ev.track;
+    const participantId = ev.streams[0]?.id ?? null;
+    const pending = { track, participantId };
+    track.addEventListener('ended', () => {
+      this.pendingRemote = this.pendingRemote.filter((p) => p !== pending);
+    });
+    if (!this.bindRemote(pending)) this.pendingRemote.push(pending);
+  }
+
+  /** Finds the TrackInfo a received track belongs to; binds and announces it. */
+  bindRemote({ track, participantId }) {
+    let info = this.tracks.get(track.id);
+    if (!info && participantId) {
+      // The msid track id did not match: fall back to the participant's unbound track of that kind.
+      const unbound = [...this.tracks.values()].filter(
+        (t) => t.participant_id === participantId && t.kind === track.kind && !this.remoteMedia.has(t.track_id),
+      );
+      info = unbound.find((t) => t.source === 'camera' || t.source === 'microphone') || unbound[0];
+    }
+    if (!info) return false;
+    this.remoteMedia.set(info.track_id, track);
+    this.emit('remote_track', {
+      trackId: info.track_id,
+      participantId: info.participant_id,
+      source: info.source,
+      kind: info.kind,
+      muted: info.muted,
+      track,
+    });
+    return true;
+  }
+
+  onTrackPublished(info) {
+    if (info.participant_id === this.you?.participant_id) {
+      // One of ours: remember the server's id so mute_track can name it.
+      const entry = this.local.get(info.source);
+      if (entry && !entry.serverTrackId) {
+        entry.serverTrackId = info.track_id;
+        if (entry.muted !== info.muted) this.setMuted(info.source, entry.muted);
+      }
+      this.emit('local_track_published', { track: info });
+      return;
+    }
+    this.tracks.set(info.track_id, info);
+    this.emit('track_published', { track: info });
+    for (const p of [...this.pendingRemote]) {
+      if (this.bindRemote(p)) this.pendingRemote = this.pendingRemote.filter((q) => q !== p);
+    }
+  }
+
+  dropRemoteTrack(trackId) {
+    const info = this.tracks.get(trackId);
+    this.tracks.delete(trackId);
+    this.remoteMedia.delete(trackId);
+    if (info) {
+      this.emit('track_unpublished', {
+        trackId,
+        participantId: info.participant_id,
+        source: info.source,
+        kind: info.kind,
+      });
+    }
+  }
+
+  // ----------------------------------------------------------------- ICE
+
+  sendLocalCandidate(target, candidate) {
+    const c = this.candidates[target];
+    const init = {
+      candidate: candidate.candidate,
+      sdpMid: candidate.sdpMid,
+      sdpMLineIndex: candidate.sdpMLineIndex,
+    };
+    if (c.sent) this.sendRaw({ type: 'ice_candidate', target, candidate: init });
+    else c.outgoing.push(init);
+  }
+
+  /** Candidates wait until our offer (publisher) or answer (subscriber) has gone out. */
+  flushLocalCandidates(target) {
+    const c = this.candidates[target];
+    c.sent = true;
+    for (const candidate of c.outgoing.splice(0)) this.sendRaw({ type: 'ice_candidate', target, candidate });
+  }
+
+  addRemoteCandidate(target, candidate) {
+    const pc = target === 'publisher' ? this.publisher : this.subscriber;
+    if (pc && pc.remoteDescription) {
+      pc.addIceCandidate(candidate).catch((e) => this.mediaError(target, e));
+    } else {
+      this.candidates[target].incoming.push(candidate);
+    }
+  }
+
+  async flushRemoteCandidates(target) {
+    const pc = target === 'publisher' ? this.publisher : this.subscriber;
+    for (const candidate of this.candidates[target].incoming.splice(0)) {
+      await pc.addIceCandidate(candidate).catch((e) => this.mediaError(target, e));
+    }
+  }
+
+  mediaError(role, e) {
+    this.emit('media_error', { role, code: e?.code || 'media_failed', message: e?.message || String(e) });
+  }
+
+  resetMediaState() {
+    this.candidates = {
+      publisher: { outgoing: [], sent: false, incoming: [] },
+      subscriber: { outgoing: [], sent: false, incoming: [] },
+    };
+    this.pendingRemote = [];
+  }
+
+  /** Closes both connections; local tracks are kept for the next admission. */
+  teardownMedia() {
+    this.pendingPublish?.reject(new GatehouseError('closed', 'the call ended'));
+    this.pendingPublish = null;
+    this.publisher?.close();
+    this.subscriber?.close();
+    this.publisher = null;
+    this.subscriber = null;
+    this.publisherQueue = new SerialQueue();
+    this.subscriberQueue = new SerialQueue();
+    for (const entry of this.local.values()) {
+      entry.transceiver = null;
+      entry.serverTrackId = null;
+    }
+    for (const trackId of [...this.tracks.keys()]) this.dropRemoteTrack(trackId);
+    this.participants.clear();
+    this.lobbyEntries = [];
+    this.resetMediaState();
+  }
+
+  // ----------------------------------------------------------------- stats
+
+  /**
+   * A summary of getStats() on both connections:
+   * { state, publisher, subscriber, inbound: [...], outbound: [...] } where each
+   * inbound entry names its participant and source, and carries packetsReceived,
+   * bytesReceived, framesDecoded (video), packetsLost; each outbound entry its
+   * source, packetsSent, bytesSent, framesEncoded (video).
+   */
+  async stats() {
+    const summary = {
+      state: this.state,
+      publisher: this.publisher?.connectionState ?? null,
+      subscriber: this.subscriber?.connectionState ?? null,
+      inbound: [],
+      outbound: [],
+    };
+    if (this.subscriber) {
+      const byMedia = new Map([...this.remoteMedia].map(([id, t]) => [t, id]));
+      for (const receiver of this.subscriber.getReceivers()) {
+        const trackId = byMedia.get(receiver.track);
+        const info = trackId ? this.tracks.get(trackId) : null;
+        const report = await receiver.getStats();
+        report.forEach((s) => {
+          if (s.type !== 'inbound-rtp') return;
+          summary.inbound.push({
+            kind: s.kind,
+            trackId: trackId ?? null,
+            participantId: info?.participant_id ?? null,
+            source: info?.source ?? null,
+            packetsReceived: s.packetsReceived ?? 0,
+            bytesReceived: s.bytesReceived ?? 0,
+            packetsLost: s.packetsLost ?? 0,
+            framesDecoded: s.framesDecoded ?? null,
+            frameWidth: s.frameWidth ?? null,
+            frameHeight: s.frameHeight ?? null,
+          });
+        });
+      }
+    }
+    if (this.publisher) {
+      for (const [source, entry] of this.local) {
+        if (!entry.transceiver) continue;
+        const report = await entry.transceiver.sender.getStats();
+        report.forEach((s) => {
+          if (s.type !== 'outbound-rtp') return;
+          summary.outbound.push({
+            kind: s.kind,
+            source,
+            trackId: entry.serverTrackId,
+            packetsSent: s.packetsSent ?? 0,
+            bytesSent: s.bytesSent ?? 0,
+            framesEncoded: s.framesEncoded ?? null,
+          });
+        });
+      }
+    }
+    return summary;
+  }
+}
+
+/** A `left` reason for a join the server refused on reconnect. */
+function refusalReason(code) {
+  switch (code) {
+    case 'meeting_ended':
+      return 'meeting_ended';
+    default:
+      return 'disconnected';
+  }
+}

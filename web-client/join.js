@@ -1,0 +1,263 @@
+/**
+ * join.js: the guest page at /j/{code}. Checks the link, shows a camera and
+ * microphone preview, redeems the link for a guest token, then follows the
+ * client through the lobby, the call and out again.
+ *
+ * The redeemed token is kept in sessionStorage per link code, so a reload
+ * (or a single-use link opened again in the same tab) rejoins with it
+ * instead of redeeming the link a second time.
+ */
+
+import { GatehouseClient } from './gatehouse-client.js';
+import { api, describeError, describeLeft, formatDuration, formatSpan } from './api.js';
+import { LocalMedia, fillDeviceSelect } from './media.js';
+import { CallView } from './call-view.js';
+import { byTestId, showError } from './dom.js';
+
+const $ = (id) => byTestId(document, id);
+const code = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
+const storageKey = `gatehouse.guest.${code}`;
+
+const page = {
+  view: 'loading',
+  client: null,
+  callView: null,
+  media: new LocalMedia(),
+  micOn: true,
+  camOn: true,
+  link: null,
+  lobbySince: 0,
+  lobbyTimer: null,
+  wasInCall: false,
+};
+
+window.gatehouse = {
+  page: 'join',
+  get client() {
+    return page.client;
+  },
+  get view() {
+    return page.view;
+  },
+  stats: async () => (page.client ? page.client.stats() : null),
+};
+
+function show(view) {
+  page.view = view;
+  $('page-loading').hidden = view !== 'loading';
+  $('prejoin-view').hidden = view !== 'prejoin';
+  $('lobby-view').hidden = view !== 'lobby';
+  $('left-view').hidden = view !== 'left';
+  $('call-mount').hidden = view !== 'call';
+  document.body.dataset.view = view;
+  if (view !== 'call' && page.callView) {
+    page.callView.destroy();
+    page.callView = null;
+  }
+  if (view !== 'lobby' && page.lobbyTimer) {
+    clearInterval(page.lobbyTimer);
+    page.lobbyTimer = null;
+  }
+}
+
+function savedToken() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(storageKey) || 'null');
+    if (saved && saved.expires_at_ms > Date.now() + 60_000) return saved;
+  } catch {
+    // unreadable: redeem again
+  }
+  return null;
+}
+
+// ------------------------------------------------------------------ prejoin
+
+async function start() {
+  if (!code) {
+    showError($('error-banner'), describeError({ code: 'not_found' }));
+    show('error');
+    return;
+  }
+  const saved = savedToken();
+  try {
+    page.link = await api('GET', `/api/v1/links/${encodeURIComponent(code)}`);
+  } catch (e) {
+    // A single-use link we redeemed ourselves in this tab still gets us in.
+    if (!(saved && e.code === 'link_used')) {
+      showError($('error-banner'), describeError(e));
+      document.body.dataset.errorCode = e.code;
+      show('error');
+      return;
+    }
+  }
+  const title = page.link?.meeting_title || 'Your meeting';
+  $('meeting-title').textContent = title;
+  $('lobby-title').textContent = title;
+  $('topbar-title').textContent = title;
+  document.title = `${title} · Gatehouse`;
+  if (page.link?.invitee) {
+    $('invitee').textContent = `Invitation for ${page.link.invitee}`;
+    $('invitee').hidden = false;
+  }
+  $('name-input').value = saved?.display_name || page.link?.invitee || '';
+  show('prejoin');
+  $('name-input').focus();
+  await startPreview();
+}
+
+async function startPreview(choice = {}) {
+  await page.media.start(choice);
+  const notice = $('media-notice');
+  notice.textContent = page.media.problem || '';
+  notice.hidden = !page.media.problem;
+  const { cameras, microphones } = await page.media.devices();
+  fillDeviceSelect($('camera-select'), cameras, page.media.videoTrack?.getSettings().deviceId, 'Camera');
+  fillDeviceSelect($('mic-select'), microphones, page.media.audioTrack?.getSettings().deviceId, 'Microphone');
+  renderPreview();
+}
+
+function renderPreview() {
+  const { audioTrack, videoTrack } = page.media;
+  for (const id of ['preview-video', 'lobby-video']) {
+    const video = $(id);
+    video.srcObject = videoTrack ? new MediaStream([videoTrack]) : null;
+  }
+  if (videoTrack) videoTrack.enabled = page.camOn;
+  if (audioTrack) audioTrack.enabled = page.micOn;
+  for (const el of [$('preview-tile'), document.querySelector('.lobby-preview')]) {
+    el.classList.toggle('has-video', Boolean(videoTrack));
+    el.classList.toggle('cam-off', !videoTrack || !page.camOn);
+  }
+  toggleButton($('prejoin-mic-toggle'), audioTrack, page.micOn, 'Mic');
+  toggleButton($('prejoin-camera-toggle'), videoTrack, page.camOn, 'Camera');
+}
+
+function toggleButton(button, track, on, label) {
+  button.disabled = !track;
+  button.dataset.state = !track ? 'unavailable' : on ? 'on' : 'off';
+  button.setAttribute('aria-pressed', track && on ? 'true' : 'false');
+  button.textContent = !track ? `No ${label.toLowerCase()}` : on ? `${label} on` : `${label} off`;
+}
+
+$('prejoin-mic-toggle').addEventListener('click', () => {
+  page.micOn = !page.micOn;
+  renderPreview();
+});
+$('prejoin-camera-toggle').addEventListener('click', () => {
+  page.camOn = !page.camOn;
+  renderPreview();
+});
+$('camera-select').addEventListener('change', (e) =>
+  startPreview({ videoDeviceId: e.target.value, audioDeviceId: $('mic-select').value || null }),
+);
+$('mic-select').addEventListener('change', (e) =>
+  startPreview({ audioDeviceId: e.target.value, videoDeviceId: $('camera-select').value || null }),
+);
+
+$('join-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const name = $('name-input').value.trim().replace(/\s+/g, ' ');
+  const nameError = $('name-error');
+  if (!name || name.length > 64) {
+    nameError.textContent = 'Please enter your name (up to 64 characters).';
+    nameError.hidden = false;
+    $('name-input').setAttribute('aria-invalid', 'true');
+    $('name-input').focus();
+    return;
+  }
+  nameError.hidden = true;
+  $('name-input').removeAttribute('aria-invalid');
+  const button = $('join-button');
+  button.disabled = true;
+  button.textContent = 'Joining…';
+  showError($('error-banner'), null);
+  try {
+    let saved = savedToken();
+    if (!saved || (saved.display_name !== name && page.link)) {
+      saved = await api('POST', `/api/v1/links/${encodeURIComponent(code)}/redeem`, { body: { display_name: name } });
+      sessionStorage.setItem(storageKey, JSON.stringify(saved));
+    }
+    await joinWith(saved.token);
+  } catch (e) {
+    showError($('error-banner'), describeError(e));
+    document.body.dataset.errorCode = e.code || '';
+    button.disabled = false;
+    button.textContent = 'Join';
+  }
+});
+
+// -------------------------------------------------------------- the meeting
+
+async function joinWith(token) {
+  const client = new GatehouseClient({ token });
+  page.client = client;
+  const { audioTrack, videoTrack } = page.media;
+  if (audioTrack) client.setLocalTrack('microphone', audioTrack, { muted: !page.micOn });
+  if (videoTrack) client.setLocalTrack('camera', videoTrack, { muted: !page.camOn });
+
+  client.addEventListener('lobby', ({ detail }) => showLobby(detail));
+  client.addEventListener('admitted', () => showCall());
+  client.addEventListener('left', ({ detail }) => showLeft(detail));
+  client.addEventListener('connection', ({ detail }) => {
+    const banner = $('connection-banner');
+    if (detail.state === 'reconnecting') {
+      banner.textContent = 'Connection lost. Reconnecting…';
+      banner.hidden = false;
+      if (page.view === 'call') page.wasInCall = true;
+    } else if (detail.state === 'restored') {
+      banner.hidden = true;
+    }
+  });
+  await client.connect();
+}
+
+function showLobby({ status, timeoutSecs }) {
+  const firstFrame = page.view !== 'lobby';
+  show('lobby');
+  if (firstFrame) page.lobbySince = Date.now();
+  $('lobby-status').textContent =
+    status === 'waiting_for_host' ? 'Waiting for the host to join' : 'Waiting for someone to let you in';
+  $('lobby-status').dataset.status = status;
+  const note = $('lobby-note');
+  if (page.wasInCall) {
+    note.textContent =
+      'Your connection dropped for a moment, so you were taken out of the call. Someone needs to let you in again.';
+    note.hidden = false;
+  } else {
+    note.hidden = true;
+  }
+  $('lobby-timeout').textContent =
+    `If nobody lets you in within ${formatSpan(timeoutSecs)}, the waiting room will close and you can open the link again.`;
+  $('lobby-timeout').dataset.timeoutSecs = String(timeoutSecs);
+  const tick = () => {
+    $('lobby-waited').textContent = `You have been waiting ${formatDuration(Date.now() - page.lobbySince)}.`;
+  };
+  tick();
+  if (!page.lobbyTimer) page.lobbyTimer = setInterval(tick, 1000);
+  $('leave-button').focus({ preventScroll: true });
+}
+
+function showCall() {
+  page.wasInCall = false;
+  show('call');
+  page.callView = new CallView($('call-mount'), page.client, {
+    onLeave: () => page.client.leave(),
+  });
+}
+
+function showLeft({ reason, message }) {
+  show('left');
+  page.media.stop();
+  const text = describeLeft(reason, message);
+  $('left-title').textContent = text.title;
+  $('left-reason').textContent = text.detail;
+  $('left-view').dataset.reason = reason;
+  $('connection-banner').hidden = true;
+  const rejoin = $('rejoin-button');
+  rejoin.hidden = !['left', 'lobby_timeout', 'disconnected', 'replaced'].includes(reason);
+}
+
+$('leave-button').addEventListener('click', () => page.client?.leave());
+$('rejoin-button').addEventListener('click', () => location.reload());
+
+start();
