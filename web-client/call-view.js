@@ -161,7 +161,10 @@ export class CallView {
       this.client.addEventListener(type, handler);
       this.listeners.push([type, handler]);
     };
-    on('participant_joined', () => this.renderPeople());
+    on('participant_joined', ({ participant }) => {
+      this.ensureTile(participant.participant_id);
+      this.renderPeople();
+    });
     on('participant_left', ({ participantId }) => {
       this.tiles.get(participantId)?.tile.remove();
       this.tiles.delete(participantId);
@@ -169,6 +172,7 @@ export class CallView {
     });
     on('track_published', ({ track }) => {
       if (track.source === 'screen') this.screenTile(track);
+      this.renderTileState(track.participant_id);
       this.renderPeople();
     });
     on('track_unpublished', ({ trackId, participantId, source }) => {
@@ -179,6 +183,7 @@ export class CallView {
       } else {
         const t = this.tiles.get(participantId);
         if (t && source === 'camera') this.setVideo(t, null);
+        this.renderTileState(participantId);
       }
       this.renderPeople();
     });
@@ -276,14 +281,16 @@ export class CallView {
     const tracks = [...this.client.tracks.values()].filter((x) => x.participant_id === participantId);
     const mic = tracks.find((x) => x.source === 'microphone');
     const cam = tracks.find((x) => x.source === 'camera');
-    const micOff = !mic || mic.muted;
+    // Only say "mic off" when we know: a published microphone that its owner muted.
+    const micOff = Boolean(mic && mic.muted);
     t.micState.textContent = micOff ? 'mic off' : '';
     t.micState.hidden = !micOff;
     t.tile.classList.toggle('cam-off', !cam || cam.muted);
   }
 
   updateLayout() {
-    this.grid.classList.toggle('presenting', this.screenTiles.size > 0 || !this.localScreenTile.hidden);
+    // Someone else's screen takes the stage; our own share stays a small tile (no mirror hall).
+    this.grid.classList.toggle('presenting', this.screenTiles.size > 0);
   }
 
   // ----------------------------------------------------------- controls
@@ -307,6 +314,7 @@ export class CallView {
     this.localScreenTile.hidden = !screen;
     attach(this.localScreenVideo, screen ? screen.track : null);
     this.updateLayout();
+    this.renderPeople();
   }
 
   toggle(source) {

@@ -51,6 +51,6 @@ export function initials(name) {
 
 /** Badge text for a participant. */
 export function kindLabel(info) {
-  if (info.organizer) return 'Host';
-  return info.kind === 'staff' ? 'Staff' : 'Guest';
+  if (info.kind !== 'staff') return 'Guest';
+  return info.organizer ? 'Staff · host' : 'Staff';
 }

@@ -111,6 +111,8 @@ export class GatehouseClient extends EventTarget {
     /** Why we left, once `left` arrived or reconnecting gave up: { reason, message }. */
     this.leftWith = null;
     this.iceServers = [];
+    /** The last few media failures ({ role, code, message }), for stats() and support. */
+    this.mediaErrors = [];
 
     /** Our own tracks: source -> { track, muted, transceiver, serverTrackId }. */
     this.local = new Map();
@@ -431,7 +433,7 @@ export class GatehouseClient extends EventTarget {
       if (this.pendingPublish) {
         this.pendingPublish.reject(err);
       } else {
-        this.emit('media_error', { role: null, code, message });
+        this.mediaError(null, err);
       }
       return;
     }
@@ -680,7 +682,9 @@ export class GatehouseClient extends EventTarget {
   }
 
   mediaError(role, e) {
-    this.emit('media_error', { role, code: e?.code || 'media_failed', message: e?.message || String(e) });
+    const detail = { role, code: e?.code || 'media_failed', message: e?.message || String(e) };
+    this.mediaErrors = [...this.mediaErrors.slice(-9), detail];
+    this.emit('media_error', detail);
   }
 
   resetMediaState() {
@@ -727,6 +731,7 @@ export class GatehouseClient extends EventTarget {
       subscriber: this.subscriber?.connectionState ?? null,
       inbound: [],
       outbound: [],
+      mediaErrors: this.mediaErrors,
     };
     if (this.subscriber) {
       const byMedia = new Map([...this.remoteMedia].map(([id, t]) => [t, id]));

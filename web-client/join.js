@@ -45,6 +45,7 @@ window.gatehouse = {
 function show(view) {
   page.view = view;
   $('page-loading').hidden = view !== 'loading';
+  $('link-problem-view').hidden = view !== 'error';
   $('prejoin-view').hidden = view !== 'prejoin';
   $('lobby-view').hidden = view !== 'lobby';
   $('left-view').hidden = view !== 'left';
@@ -107,7 +108,7 @@ async function start() {
 
 async function startPreview(choice = {}) {
   await page.media.start(choice);
-  const notice = $('media-notice');
+  const notice = $('preview-notice');
   notice.textContent = page.media.problem || '';
   notice.hidden = !page.media.problem;
   const { cameras, microphones } = await page.media.devices();
@@ -229,8 +230,12 @@ function showLobby({ status, timeoutSecs }) {
   $('lobby-timeout').textContent =
     `If nobody lets you in within ${formatSpan(timeoutSecs)}, the waiting room will close and you can open the link again.`;
   $('lobby-timeout').dataset.timeoutSecs = String(timeoutSecs);
+  // The deadline is fixed when we entered the lobby; later frames repeat the full timeout.
+  if (firstFrame) page.lobbyDeadline = page.lobbySince + timeoutSecs * 1000;
   const tick = () => {
-    $('lobby-waited').textContent = `You have been waiting ${formatDuration(Date.now() - page.lobbySince)}.`;
+    const now = Date.now();
+    const left = formatDuration(page.lobbyDeadline - now);
+    $('lobby-waited').textContent = `You have been waiting ${formatDuration(now - page.lobbySince)} (${left} left).`;
   };
   tick();
   if (!page.lobbyTimer) page.lobbyTimer = setInterval(tick, 1000);
@@ -239,6 +244,9 @@ function showLobby({ status, timeoutSecs }) {
 
 function showCall() {
   page.wasInCall = false;
+  // A rejoin straight into the call (after a drop) gets a fresh view.
+  page.callView?.destroy();
+  page.callView = null;
   show('call');
   page.callView = new CallView($('call-mount'), page.client, {
     onLeave: () => page.client.leave(),

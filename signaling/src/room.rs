@@ -232,7 +232,8 @@ impl Room {
             self.depart(now, &req.participant_id, LeaveReason::Replaced, None, &mut out);
         }
         let occupancy = self.members.len() + self.lobby.len();
-        if occupancy >= self.meeting.settings.max_participants as usize {
+        // The organiser is never locked out of their own meeting by people waiting.
+        if occupancy >= self.meeting.settings.max_participants as usize && !req.attendee.is_organizer(&self.meeting) {
             return Err(Error::new(ErrorCode::MeetingFull, "this meeting is full"));
         }
         let kind = match req.attendee {
@@ -574,11 +575,12 @@ impl Room {
 
     /// Ends the meeting for everyone in the call and the lobby.
     pub fn end(&mut self, now: u64, out: &mut Vec<Effect>) {
+        // The lobby first, so nobody waiting is told "waiting for host" as the hosts leave.
         let ids: Vec<_> = self
-            .members
+            .lobby
             .iter()
-            .map(|m| m.info.participant_id.clone())
-            .chain(self.lobby.iter().map(|w| w.info.participant_id.clone()))
+            .map(|w| w.info.participant_id.clone())
+            .chain(self.members.iter().map(|m| m.info.participant_id.clone()))
             .collect();
         for id in ids {
             self.depart(now, &id, LeaveReason::MeetingEnded, None, out);

@@ -105,6 +105,12 @@ class Run {
     this.screenshots = [];
     this.pageErrors = [];
     this.contexts = [];
+    this.at = null;
+  }
+
+  /** Names what the scenario waits for next, so a timeout says where it stopped. */
+  step(what) {
+    this.at = what;
   }
 
   async context(label) {
@@ -188,10 +194,21 @@ async function chatExchange(from, to, text) {
 /** Two samples of window.gatehouse.stats(): does media flow, and which? */
 async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true, source = 'camera' }) {
   const first = await page.evaluate(() => window.gatehouse.stats());
+  // waitForFunction needs a synchronous predicate: it starts one stats() call at a
+  // time and judges the last one that finished.
   const rising = await page
     .waitForFunction(
-      async ({ first, wantVideo, wantAudio, source }) => {
-        const now = await window.gatehouse.stats();
+      ({ first, wantVideo, wantAudio, source }) => {
+        const probe = (window.__gatehouseProbe ||= { busy: false, last: null });
+        if (!probe.busy) {
+          probe.busy = true;
+          window.gatehouse.stats().then(
+            (s) => Object.assign(probe, { busy: false, last: s }),
+            () => (probe.busy = false),
+          );
+        }
+        const now = probe.last;
+        if (!now) return false;
         const sum = (s, pred, key) => s.inbound.filter(pred).reduce((a, x) => a + (x[key] || 0), 0);
         const video = (x) => x.kind === 'video' && (x.source === source || x.source === null);
         const audio = (x) => x.kind === 'audio';
@@ -216,8 +233,9 @@ async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true,
       packetsReceived: x.packetsReceived,
     })),
     outbound: (s?.outbound || []).map((x) => ({ kind: x.kind, source: x.source, packetsSent: x.packetsSent })),
+    mediaErrors: s?.mediaErrors || [],
   });
-  return { flowing: rising, before: brief(first), after: brief(second) };
+  return { flowing: rising, before: { ...brief(first), mediaErrors: undefined }, after: brief(second) };
 }
 
 /** Media is reported always; it fails the scenario only with requireMedia. */
@@ -263,9 +281,13 @@ async function guestLobbyAdmitChat(run) {
   await run.shot(staff, 'staff-lobby-queue.png');
   await entry.getByTestId('admit-button').click();
 
+  run.step('guest enters the call');
   await visible(guest, 'call-view').waitFor();
+  run.step('staff sees the guest tile');
   await remoteTile(staff, guestId).waitFor();
+  run.step('guest sees the staff tile');
   await remoteTile(guest, staffId).waitFor();
+  run.step('lobby entry goes');
   await entry.waitFor({ state: 'detached' });
   run.facts.admitted = true;
   run.facts.staffParticipantList = await staff.getByTestId('participant-list').locator('[data-testid="participant-entry"]').count();
@@ -274,17 +296,20 @@ async function guestLobbyAdmitChat(run) {
     .locator(`[data-testid="participant-entry"][data-participant-id="${staffId}"] [data-testid="participant-kind"]`)
     .textContent();
 
+  run.step('chat both ways');
   run.facts.chatGuestToStaff = await chatExchange(guest, staff, 'Hello, I can see the waiting room worked.');
   run.facts.chatStaffToGuest = await chatExchange(staff, guest, 'Welcome! I can read you.');
 
+  run.step('media flows both ways');
   const [guestMedia, staffMedia] = await Promise.all([
     mediaFacts(guest, { timeoutMs: run.cfg.mediaTimeoutMs }),
     mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs }),
   ]);
   judgeMedia(run, 'guestMedia', guestMedia);
   judgeMedia(run, 'staffMedia', staffMedia);
-  run.facts.mediaNotice = await guest.getByTestId('media-notice').first().textContent().catch(() => null);
+  run.facts.mediaNotice = await visible(guest, 'media-notice').textContent({ timeout: 1000 }).catch(() => null);
 
+  run.step('both leave');
   await run.shot(staff, 'call-staff.png');
   await run.shot(guest, 'call-guest.png');
   await visible(guest, 'leave-button').click();
@@ -307,6 +332,7 @@ async function screenShare(run) {
   await toggle.click();
   await guest.waitForFunction(() => document.querySelector('[data-testid="screen-toggle"]').dataset.state === 'on');
   run.facts.guestSharing = true;
+  await run.shot(guest, 'screen-share-guest.png');
   run.facts.guestLocalScreenTrack = await guest.evaluate(() => {
     const s = window.gatehouse.client.local.get('screen');
     return s ? { readyState: s.track.readyState, label: s.track.label } : null;
@@ -392,7 +418,7 @@ async function guestLeaves(run) {
   await staffJoins(run, staff, meetingId);
   await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
   const tile = remoteTile(staff, guestId);
-  const listed = staff.locator(`[data-testid="participant-list"] [data-participant-id="${guestId}"]`);
+  const listed = staff.locator(`[data-testid="participant-entry"][data-participant-id="${guestId}"]`);
   await tile.waitFor();
   await listed.waitFor();
   run.facts.staffSawGuest = true;
@@ -466,7 +492,7 @@ async function main() {
       await SCENARIOS[name](run);
       if (run.pageErrors.length) throw new Error(`uncaught page errors: ${run.pageErrors.join(' | ')}`);
     } catch (e) {
-      error = String(e?.message || e).split('\n')[0];
+      error = `${run.at ? `${run.at}: ` : ''}${String(e?.message || e).split('\n')[0]}`;
     } finally {
       await run.close();
       await run.browser?.close().catch(() => {});

@@ -500,3 +500,28 @@ fn media_and_repeated_join_frames_are_refused_outside_the_call() {
     let fx = room.handle(0, 2, ClientMessage::Ping { nonce: 7 });
     assert_eq!(sent(&fx, 2), [ServerMessage::Pong { nonce: 7 }]);
 }
+
+#[test]
+fn the_organiser_is_never_locked_out_by_a_full_lobby() {
+    let mut m = meeting(LobbyBypass::OrganizerOnly);
+    m.settings.max_participants = 2;
+    let mut room = Room::new(m);
+    room.join(0, guest(2, "p_a", false)).unwrap();
+    room.join(0, guest(3, "p_b", false)).unwrap();
+    assert_eq!(entered(&room.join(0, staff(1, "olga")).unwrap()), ["p_olga"]);
+}
+
+#[test]
+fn ending_tells_the_lobby_only_that_the_meeting_ended() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    let fx = room.handle(1, 1, ClientMessage::EndMeeting);
+    assert_eq!(
+        sent(&fx, 2),
+        [ServerMessage::Left {
+            reason: LeaveReason::MeetingEnded,
+            message: None
+        }]
+    );
+}
