@@ -76,11 +76,10 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            BadRequest | MalformedJson | UnknownType | InvalidDisplayName | MessageTooLong
-            | InvalidSdp | InvalidCandidate | UnsupportedProtocol => 400,
+            BadRequest | MalformedJson | UnknownType | InvalidDisplayName | MessageTooLong | InvalidSdp
+            | InvalidCandidate | UnsupportedProtocol => 400,
             Unauthorized | TokenExpired => 401,
-            WrongMeeting | Forbidden | AnonymousJoinDisabled | PresentingNotAllowed | NotInCall
-            | ChatDisabled => 403,
+            WrongMeeting | Forbidden | AnonymousJoinDisabled | PresentingNotAllowed | NotInCall | ChatDisabled => 403,
             NotFound => 404,
             NotJoined | AlreadyJoined | MediaStateError => 409,
             LinkExpired | LinkRevoked | LinkUsed | LinkDisabled | MeetingEnded => 410,
@@ -104,7 +103,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -120,7 +122,12 @@ mod tests {
 
     #[test]
     fn statuses_are_client_or_server_errors() {
-        for code in [ErrorCode::BadRequest, ErrorCode::Unauthorized, ErrorCode::RateLimited, ErrorCode::Internal] {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::RateLimited,
+            ErrorCode::Internal,
+        ] {
             assert!((400..600).contains(&code.http_status()));
         }
         assert_eq!(ErrorCode::LinkUsed.http_status(), 410);

@@ -260,7 +260,10 @@ pub enum ServerMessage {
     /// Someone entered the call.
     ParticipantJoined { participant: ParticipantInfo },
     /// Someone left the call.
-    ParticipantLeft { participant_id: ParticipantId, reason: LeaveReason },
+    ParticipantLeft {
+        participant_id: ParticipantId,
+        reason: LeaveReason,
+    },
     /// A chat message from someone in the call (your own included).
     Chat { message: ChatMessage },
     /// You are out of the meeting; the server closes the socket after this.
@@ -280,19 +283,26 @@ pub enum ServerMessage {
     /// A track is available to subscribe to (its media arrives on the subscriber connection).
     TrackPublished { track: TrackInfo },
     /// A track is gone.
-    TrackUnpublished { track_id: TrackId, participant_id: ParticipantId },
-    /// A track was muted or unmuted by its owner.
-    TrackMuted { track_id: TrackId, participant_id: ParticipantId, muted: bool },
-    /// Something the client sent was refused. The connection goes on unless a `left` follows.
-    Error {
-        code: ErrorCode,
-        message: String,
+    TrackUnpublished {
+        track_id: TrackId,
+        participant_id: ParticipantId,
     },
+    /// A track was muted or unmuted by its owner.
+    TrackMuted {
+        track_id: TrackId,
+        participant_id: ParticipantId,
+        muted: bool,
+    },
+    /// Something the client sent was refused. The connection goes on unless a `left` follows.
+    Error { code: ErrorCode, message: String },
 }
 
 impl ServerMessage {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerMessage::Error { code, message: message.into() }
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -300,15 +310,24 @@ impl ServerMessage {
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, crate::Error> {
     use crate::Error;
     if text.len() > MAX_FRAME_BYTES {
-        return Err(Error::new(ErrorCode::FrameTooLarge, format!("frames are limited to {MAX_FRAME_BYTES} bytes")));
+        return Err(Error::new(
+            ErrorCode::FrameTooLarge,
+            format!("frames are limited to {MAX_FRAME_BYTES} bytes"),
+        ));
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Error::new(ErrorCode::MalformedJson, format!("not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::new(ErrorCode::MalformedJson, format!("not JSON: {e}")))?;
     let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
-        return Err(Error::new(ErrorCode::MalformedJson, "a frame must be an object with a string `type`"));
+        return Err(Error::new(
+            ErrorCode::MalformedJson,
+            "a frame must be an object with a string `type`",
+        ));
     };
     if !CLIENT_TYPES.contains(&kind) {
-        return Err(Error::new(ErrorCode::UnknownType, format!("unknown message type `{kind}`")));
+        return Err(Error::new(
+            ErrorCode::UnknownType,
+            format!("unknown message type `{kind}`"),
+        ));
     }
     let kind = kind.to_owned();
     serde_json::from_value(value)
@@ -339,11 +358,17 @@ mod tests {
 
     #[test]
     fn client_messages_round_trip_with_snake_case_tags() {
-        let msg = ClientMessage::Deny { participant_id: "p_1".into(), reason: Some("wrong room".into()) };
+        let msg = ClientMessage::Deny {
+            participant_id: "p_1".into(),
+            reason: Some("wrong room".into()),
+        };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(json, r#"{"type":"deny","participant_id":"p_1","reason":"wrong room"}"#);
         assert_eq!(parse_client_message(&json).unwrap(), msg);
-        assert_eq!(parse_client_message(r#"{"type":"admit_all"}"#).unwrap(), ClientMessage::AdmitAll);
+        assert_eq!(
+            parse_client_message(r#"{"type":"admit_all"}"#).unwrap(),
+            ClientMessage::AdmitAll
+        );
     }
 
     #[test]
@@ -374,12 +399,26 @@ mod tests {
 
     #[test]
     fn bad_frames_get_typed_errors() {
-        assert_eq!(parse_client_message("{nope").unwrap_err().code, ErrorCode::MalformedJson);
-        assert_eq!(parse_client_message("[1,2]").unwrap_err().code, ErrorCode::MalformedJson);
-        assert_eq!(parse_client_message(r#"{"type":"fly"}"#).unwrap_err().code, ErrorCode::UnknownType);
-        assert_eq!(parse_client_message(r#"{"type":"chat"}"#).unwrap_err().code, ErrorCode::MalformedJson);
         assert_eq!(
-            parse_client_message(r#"{"type":"chat","text":"x","admin":true}"#).unwrap_err().code,
+            parse_client_message("{nope").unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+        assert_eq!(
+            parse_client_message("[1,2]").unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"fly"}"#).unwrap_err().code,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"chat"}"#).unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"chat","text":"x","admin":true}"#)
+                .unwrap_err()
+                .code,
             ErrorCode::MalformedJson
         );
         let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
@@ -389,6 +428,9 @@ mod tests {
     #[test]
     fn server_errors_carry_code() {
         let json = serde_json::to_string(&ServerMessage::error(ErrorCode::NotInCall, "join the call first")).unwrap();
-        assert_eq!(json, r#"{"type":"error","code":"not_in_call","message":"join the call first"}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"error","code":"not_in_call","message":"join the call first"}"#
+        );
     }
 }
