@@ -106,6 +106,27 @@ struct Inner {
     ice_servers: Vec<IceServer>,
 }
 
+/// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max` /
+/// `wmem_max`): a burst of joins or a stalled turn must not overflow the
+/// default ~200 KB, which is a few hundred datagrams.
+const MEDIA_SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_media_socket(bind: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(MEDIA_SOCKET_BUFFER) {
+        tracing::warn!(%bind, "cannot enlarge the media receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER) {
+        tracing::warn!(%bind, "cannot enlarge the media send buffer: {e}");
+    }
+    socket
+        .bind(&bind.into())
+        .map_err(|e| anyhow::anyhow!("binding the media socket {bind}: {e}"))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 fn shard_gone() -> Error {
     Error::new(ErrorCode::Internal, "the media plane has stopped")
 }
@@ -136,9 +157,7 @@ impl Sfu {
                     .ok_or_else(|| anyhow::anyhow!("media port range overflows at shard {index}"))?;
                 bind.set_port(port);
             }
-            let std_socket =
-                std::net::UdpSocket::bind(bind).map_err(|e| anyhow::anyhow!("binding the media socket {bind}: {e}"))?;
-            std_socket.set_nonblocking(true)?;
+            let std_socket = bind_media_socket(bind)?;
             let bound = std_socket.local_addr()?;
             let media_addr = SocketAddr::new(config.public_ip.unwrap_or(bound.ip()), bound.port());
             let (tx, rx) = mpsc::unbounded_channel();

@@ -332,6 +332,9 @@ impl Shard {
         conn.has_remote = true;
         let connected = conn.connected;
         p.negotiation.answered();
+        if p.negotiation.wanted {
+            self.negotiation_pending = true;
+        }
 
         // Fill the rewrite tables of every leg this answer negotiated.
         let mut fresh = Vec::new();
@@ -691,6 +694,7 @@ impl Shard {
             negotiated: false,
         });
         p.negotiation.want();
+        self.negotiation_pending = true;
     }
 
     /// Removes a published track: every subscriber loses its sender (one
@@ -718,6 +722,7 @@ impl Shard {
                     tracing::debug!(participant = %p.id, "remove_track: {e}");
                 }
                 p.negotiation.want();
+                self.negotiation_pending = true;
             }
             p.send(msg.clone());
         }
@@ -725,6 +730,7 @@ impl Shard {
 
     /// Sends a subscriber offer to everyone who needs one and has none outstanding.
     pub(super) fn run_negotiations(&mut self, now: Instant) {
+        self.negotiation_pending = false;
         let mut offers: Vec<(RoomId, String, ConnId)> = Vec::new();
         for (&room_id, room) in self.rooms.iter_mut() {
             for p in room.participants.iter_mut() {

@@ -92,6 +92,8 @@ pub struct Shard {
     pub(super) dice: DropDice,
     /// Connections whose events must be drained before the turn ends.
     dirty: Vec<ConnId>,
+    /// Some subscriber connection wants a (re)offer: checked once per turn.
+    pub(super) negotiation_pending: bool,
 }
 
 impl Shard {
@@ -120,6 +122,7 @@ impl Shard {
             live,
             dice,
             dirty: Vec::new(),
+            negotiation_pending: false,
         }
     }
 
@@ -160,6 +163,10 @@ impl Shard {
             }
             self.fire_timers(Instant::now());
             self.drain_dirty(Instant::now());
+            if self.negotiation_pending {
+                self.run_negotiations(Instant::now());
+                self.drain_dirty(Instant::now());
+            }
         }
         self.shutdown();
     }
