@@ -399,3 +399,203 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
     b.leave().await;
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
+
+/// Two clients in one meeting, each publishing microphone and camera, media flowing both ways.
+async fn pair(sfu: &Sfu, meeting: &str) -> (std::sync::Arc<Client>, std::sync::Arc<Client>) {
+    let a = Client::join(sfu, meeting, "p_a", true).await;
+    let b = Client::join(sfu, meeting, "p_b", true).await;
+    for c in [&a, &b] {
+        c.add_track(TrackSource::Microphone).await;
+        c.add_track(TrackSource::Camera).await;
+        c.publish().await.expect("publish");
+        c.start_media();
+    }
+    let flowing = eventually(SECS(10), || {
+        [(&a, "p_b"), (&b, "p_a")].iter().all(|(c, from)| {
+            let r = c.received_from(from);
+            r.len() == 2 && r.iter().all(|(_, r)| r.packets > 20)
+        })
+    })
+    .await;
+    assert!(flowing, "media flows both ways");
+    (a, b)
+}
+
+fn track_of(c: &Client, owner: &str, source: TrackSource) -> TrackInfo {
+    published(c)
+        .into_iter()
+        .find(|t| t.participant_id == owner && t.source == source)
+        .expect("published track")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mute_pause_resume_and_subscriber_keyframe_requests() {
+    let sfu = start();
+    let (a, b) = pair(&sfu, "m_ctl").await;
+    let a_cam = track_of(&b, "p_a", TrackSource::Camera);
+    let a_mic = track_of(&b, "p_a", TrackSource::Microphone);
+
+    // mute_track: the others hear it, TrackInfo follows.
+    a.send(ClientMessage::MuteTrack {
+        track_id: a_mic.track_id.clone(),
+        muted: true,
+    })
+    .await
+    .expect("mute");
+    let muted = |c: &Client| {
+        c.messages(|m| match m {
+            ServerMessage::TrackMuted {
+                track_id,
+                participant_id,
+                muted,
+            } => Some((track_id.clone(), participant_id.clone(), *muted)),
+            _ => None,
+        })
+    };
+    assert!(
+        eventually(SECS(2), || muted(&b)
+            == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
+        .await
+    );
+    assert!(muted(&a).is_empty(), "the owner is not told");
+    assert!(
+        sfu.tracks("m_ctl")
+            .await
+            .iter()
+            .any(|t| t.track_id == a_mic.track_id && t.muted)
+    );
+    let e = b
+        .send(ClientMessage::MuteTrack {
+            track_id: a_mic.track_id.clone(),
+            muted: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound, "only the owner mutes a track");
+
+    // set_subscription: pause stops the flow, resume restarts it with contiguous RTP
+    // sequence numbers and a keyframe request.
+    let packets = |c: &Client, t: &str| c.received(t).map(|r| r.packets).unwrap_or(0);
+    b.send(ClientMessage::SetSubscription {
+        track_id: a_cam.track_id.clone(),
+        paused: true,
+    })
+    .await
+    .expect("pause");
+    let paused_at = packets(&b, &a_cam.track_id);
+    // Stable: nothing arrives for a while (the microphone keeps flowing meanwhile).
+    let mic_then = packets(&b, &a_mic.track_id);
+    assert!(eventually(SECS(5), || packets(&b, &a_mic.track_id) > mic_then + 25).await);
+    let after_pause = packets(&b, &a_cam.track_id);
+    assert!(after_pause <= paused_at + 5, "paused: {paused_at} -> {after_pause}");
+    let requests = a.feedback.keyframe_requests.load(Ordering::SeqCst);
+    b.send(ClientMessage::SetSubscription {
+        track_id: a_cam.track_id.clone(),
+        paused: false,
+    })
+    .await
+    .expect("resume");
+    assert!(
+        eventually(SECS(5), || packets(&b, &a_cam.track_id) > after_pause + 50).await,
+        "resumed"
+    );
+    assert!(
+        eventually(SECS(2), || a.feedback.keyframe_requests.load(Ordering::SeqCst)
+            > requests)
+        .await,
+        "resume asks the publisher for a keyframe"
+    );
+    let cam = b.received(&a_cam.track_id).expect("camera");
+    assert_eq!(
+        cam.rtp_seq_jumps, 0,
+        "the leg's sequence numbers stay contiguous over the pause: {cam:?}"
+    );
+    assert!(cam.missing > 0, "the payload counter shows the paused stretch: {cam:?}");
+    let e = b
+        .send(ClientMessage::SetSubscription {
+            track_id: "t_nope".into(),
+            paused: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+
+    // A subscriber's own PLI is relayed to the publisher (after the throttle interval).
+    let requests = a.feedback.keyframe_requests.load(Ordering::SeqCst);
+    let received_before = sfu.meeting_stats("m_ctl").expect("stats").keyframe_requests_received;
+    let relayed = eventually(SECS(3), || {
+        let b = b.clone();
+        let t = a_cam.track_id.clone();
+        tokio::spawn(async move { b.request_keyframe(&t).await });
+        a.feedback.keyframe_requests.load(Ordering::SeqCst) > requests
+    })
+    .await;
+    assert!(relayed, "subscriber PLI relayed upstream");
+    assert!(sfu.meeting_stats("m_ctl").expect("stats").keyframe_requests_received > received_before);
+
+    a.leave().await;
+    b.leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_hook_drops_a_known_share_of_forwarded_packets() {
+    let sfu = start();
+    let (a, b) = pair(&sfu, "m_drop").await;
+    let before = sfu.stats();
+    sfu.set_drop_probability(0.2);
+    let a_cam = track_of(&b, "p_a", TrackSource::Camera);
+    let start_packets = b.received(&a_cam.track_id).map(|r| r.packets).unwrap_or(0);
+    assert!(
+        eventually(SECS(10), || b
+            .received(&a_cam.track_id)
+            .is_some_and(|r| r.packets > start_packets + 300))
+        .await
+    );
+    sfu.set_drop_probability(0.0);
+    let after = sfu.stats();
+    let (fwd, dropped) = (
+        after.forwarded_packets - before.forwarded_packets,
+        after.dropped_packets - before.dropped_packets,
+    );
+    let share = dropped as f64 / (fwd + dropped) as f64;
+    assert!(
+        (0.12..0.28).contains(&share),
+        "dropped {dropped} of {}: {share}",
+        fwd + dropped
+    );
+    let cam = b.received(&a_cam.track_id).expect("camera");
+    assert!(cam.missing > 0, "the receiver sees the loss: {cam:?}");
+    assert!(
+        eventually(SECS(3), || sfu.stats().nacks > before.nacks).await,
+        "the subscriber NACKs what it missed: {:?}",
+        sfu.stats()
+    );
+    a.leave().await;
+    b.leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meetings_spread_over_shards_each_on_its_own_port() {
+    let sfu = Sfu::start(SfuConfig {
+        shards: 2,
+        ..SfuConfig::loopback()
+    })
+    .expect("sfu starts");
+    let addrs = sfu.local_addrs();
+    assert_eq!(addrs.len(), 2);
+    assert_ne!(addrs[0].port(), addrs[1].port());
+    let (a1, b1) = pair(&sfu, "m_one").await;
+    let (a2, b2) = pair(&sfu, "m_two").await;
+    let shard = |s: &serde_json::Value| s["shard"].as_u64().expect("shard");
+    let one = sfu.debug_snapshot("m_one").await.expect("m_one");
+    let two = sfu.debug_snapshot("m_two").await.expect("m_two");
+    assert_ne!(shard(&one), shard(&two), "the second meeting goes to the idle shard");
+    assert_ne!(one["media_addr"], two["media_addr"]);
+    assert_eq!(sfu.live_connections(), 8);
+    for c in [&a1, &b1, &a2, &b2] {
+        c.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}

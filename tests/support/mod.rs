@@ -168,6 +168,7 @@ struct Handler {
     gathered: Arc<(AtomicBool, Notify)>,
     connected: Arc<AtomicBool>,
     received: Arc<Mutex<HashMap<String, Received>>>,
+    remotes: Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>,
 }
 
 #[async_trait::async_trait]
@@ -199,10 +200,12 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let received = self.received.clone();
+        let remotes = self.remotes.clone();
         tokio::spawn(async move {
             let owner = track.stream_id().await;
             let track_id = track.track_id().await;
             let kind = track.kind().await;
+            remotes.lock().unwrap().insert(track_id.clone(), track.clone());
             {
                 let mut r = received.lock().unwrap();
                 let e = r.entry(track_id.clone()).or_default();
@@ -244,6 +247,8 @@ pub struct Client {
     pub log: Arc<Mutex<Vec<ServerMessage>>>,
     /// Per subscribed track id.
     pub received: Arc<Mutex<HashMap<String, Received>>>,
+    /// The subscribed tracks themselves, to send feedback on.
+    remotes: Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>,
     /// Keyframe requests (and NACKs) that reached this client's publisher connection.
     pub feedback: Arc<TapCounters>,
     pub publisher_connected: Arc<AtomicBool>,
@@ -261,6 +266,7 @@ async fn peer(
     gathered: Arc<(AtomicBool, Notify)>,
     connected: Arc<AtomicBool>,
     received: Arc<Mutex<HashMap<String, Received>>>,
+    remotes: Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>,
     feedback: Arc<TapCounters>,
 ) -> Arc<dyn PeerConnection> {
     let mut media_engine = MediaEngine::default();
@@ -277,6 +283,7 @@ async fn peer(
         gathered,
         connected,
         received,
+        remotes,
     });
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(media_engine)
@@ -309,6 +316,7 @@ impl Client {
     pub async fn join(sfu: &Sfu, meeting_id: &str, id: &str, may_present: bool) -> Arc<Client> {
         let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
         let received = Arc::new(Mutex::new(HashMap::new()));
+        let remotes = Arc::new(Mutex::new(HashMap::new()));
         let feedback = Arc::new(TapCounters::default());
         let publisher_gathered = Arc::new((AtomicBool::new(false), Notify::new()));
         let subscriber_gathered = Arc::new((AtomicBool::new(false), Notify::new()));
@@ -320,6 +328,7 @@ impl Client {
             publisher_gathered.clone(),
             publisher_connected.clone(),
             received.clone(),
+            remotes.clone(),
             feedback.clone(),
         )
         .await;
@@ -329,6 +338,7 @@ impl Client {
             subscriber_gathered.clone(),
             subscriber_connected.clone(),
             received.clone(),
+            remotes.clone(),
             Arc::new(TapCounters::default()),
         )
         .await;
@@ -357,6 +367,7 @@ impl Client {
             subscriber,
             log: Arc::default(),
             received,
+            remotes,
             feedback,
             publisher_connected,
             subscriber_connected,
@@ -600,6 +611,32 @@ impl Client {
                 }
             });
         }
+    }
+
+    /// Sends a PLI for a subscribed track, as a browser does when it needs a keyframe.
+    pub async fn request_keyframe(&self, track_id: &str) {
+        let track = self
+            .remotes
+            .lock()
+            .unwrap()
+            .get(track_id)
+            .cloned()
+            .expect("subscribed track");
+        let ssrc = track.ssrcs().await[0];
+        track
+            .write_rtcp(vec![Box::new(
+                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: ssrc,
+                },
+            )])
+            .await
+            .expect("write PLI");
+    }
+
+    /// A media message from this client.
+    pub async fn send(&self, message: ClientMessage) -> Result<(), gatehouse_signaling::Error> {
+        self.sfu.handle(&self.meeting_id, &self.id, message).await
     }
 
     /// Messages received so far matching `f`.
