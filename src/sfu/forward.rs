@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use rtc::rtp::Packet;
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE, Header};
 
 /// Header extensions that describe one leg's transport and must never cross to another.
@@ -64,6 +65,14 @@ impl ExtMap {
             }
         }
         map
+    }
+
+    /// Whether any of the header's extensions survives onto the other leg.
+    pub fn keeps_any(&self, header: &Header) -> bool {
+        header.extension
+            && (header.extension_profile == EXTENSION_PROFILE_ONE_BYTE
+                || header.extension_profile == EXTENSION_PROFILE_TWO_BYTE)
+            && header.extensions.iter().any(|e| self.to[e.id as usize] != 0)
     }
 
     /// Rewrites the header's extensions in place: remap kept ids, drop the rest.
@@ -267,6 +276,37 @@ impl DownLeg {
             return Err(Skip::UnmappedPayloadType);
         }
         Ok(())
+    }
+
+    /// The packet as this leg sends it: a copy with the header rewritten. The
+    /// payload is shared (reference-counted); the extension list is only cloned
+    /// when something in it survives, so the usual copy allocates nothing of ours.
+    /// Call only after [`accepts`](Self::accepts).
+    pub fn copy(&mut self, packet: &Packet) -> Packet {
+        let h = &packet.header;
+        let mut header = Header {
+            version: h.version,
+            padding: h.padding,
+            extension: h.extension,
+            marker: h.marker,
+            payload_type: h.payload_type,
+            sequence_number: h.sequence_number,
+            timestamp: h.timestamp,
+            ssrc: h.ssrc,
+            csrc: h.csrc.clone(),
+            extension_profile: h.extension_profile,
+            extensions: if self.ext_map.keeps_any(h) {
+                h.extensions.clone()
+            } else {
+                Vec::new()
+            },
+            extensions_padding: h.extensions_padding,
+        };
+        self.rewrite(&mut header);
+        Packet {
+            header,
+            payload: packet.payload.clone(),
+        }
     }
 
     /// Rewrites a copy of an accepted packet's header for this leg: SSRC,
@@ -512,6 +552,35 @@ mod tests {
         assert_eq!(leg.accepts(&header_with(&[])), Err(Skip::Paused));
         assert!(leg.set_paused(false), "resume reports itself");
         assert!(!leg.set_paused(false));
+    }
+
+    #[test]
+    fn copy_shares_the_payload_and_keeps_only_mapped_extensions() {
+        let mut leg = DownLeg::new(9);
+        leg.pt_map = PtMap::by_codec([key(96, "video/VP8", "")], [key(98, "video/VP8", "")]);
+        let mut header = header_with(&[(3, b"\x00\x01")]);
+        header.payload_type = 96;
+        let packet = Packet {
+            header,
+            payload: Bytes::from_static(b"frame"),
+        };
+        let copy = leg.copy(&packet);
+        assert_eq!((copy.header.ssrc, copy.header.payload_type), (9, 98));
+        assert!(
+            !copy.header.extension && copy.header.extensions.capacity() == 0,
+            "no extension list allocated"
+        );
+        assert_eq!(
+            copy.payload.as_ptr(),
+            packet.payload.as_ptr(),
+            "payload shared, not copied"
+        );
+        assert_eq!(packet.header.ssrc, 1, "the original is untouched");
+
+        leg.ext_map = ExtMap::by_uri([(AUDIO_LEVEL, 3)], [(AUDIO_LEVEL, 5)]);
+        let copy = leg.copy(&packet);
+        assert_eq!(copy.header.extensions.len(), 1);
+        assert_eq!(copy.header.extensions[0].id, 5);
     }
 
     #[test]

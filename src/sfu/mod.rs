@@ -13,7 +13,7 @@
 //! candidates it is given. No `SO_REUSEPORT`: the kernel's 4-tuple hashing
 //! would spread one meeting's clients across shards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,10 +91,11 @@ struct ShardHandle {
     bound: SocketAddr,
 }
 
-/// Where a meeting lives and how many of its participants are in the call.
+/// Where a meeting lives and who of it is in the call (a set, so a participant
+/// added twice, a reconnect, is counted once).
 struct Placement {
     shard: usize,
-    participants: usize,
+    participants: HashSet<String>,
     counters: Arc<Counters>,
 }
 
@@ -258,17 +259,17 @@ impl Sfu {
                     // The least busy shard by participants in the call.
                     let mut load = vec![0usize; self.inner.shards.len()];
                     for p in placements.values() {
-                        load[p.shard] += p.participants;
+                        load[p.shard] += p.participants.len();
                     }
                     let shard = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
                     placements.entry(participant.meeting_id.clone()).or_insert(Placement {
                         shard,
-                        participants: 0,
+                        participants: HashSet::new(),
                         counters: Arc::default(),
                     })
                 }
             };
-            placement.participants += 1;
+            placement.participants.insert(participant.participant_id.clone());
             (placement.shard, placement.counters.clone())
         };
         let result = self
@@ -281,21 +282,21 @@ impl Sfu {
             .await
             .unwrap_or_else(|| Err(shard_gone()));
         if result.is_err() {
-            self.release(&participant.meeting_id);
+            self.release(&participant.meeting_id, &participant.participant_id);
         }
         result
     }
 
     /// One participant fewer in a meeting; forgets the meeting at zero.
-    fn release(&self, meeting_id: &str) {
+    fn release(&self, meeting_id: &str, participant_id: &str) {
         let mut placements = self
             .inner
             .placements
             .lock()
             .expect("placement lock is never poisoned: no panics inside");
         if let Some(p) = placements.get_mut(meeting_id) {
-            p.participants = p.participants.saturating_sub(1);
-            if p.participants == 0 {
+            p.participants.remove(participant_id);
+            if p.participants.is_empty() {
                 placements.remove(meeting_id);
             }
         }
@@ -349,7 +350,7 @@ impl Sfu {
             .await
             .is_some()
         {
-            self.release(meeting_id);
+            self.release(meeting_id, participant_id);
         }
     }
 

@@ -264,20 +264,60 @@ impl Shard {
         // The declaration is the full set: announced mids that vanished are unpublished,
         // mute flags follow it for the rest.
         p.announced = tracks;
-        let gone: Vec<String> = room
+        let announced = p.announced.clone();
+        let mut gone = Vec::new();
+        let mut mute_changes = Vec::new();
+        for t in room
             .tracks
-            .iter()
+            .iter_mut()
             .filter(|t| t.info.participant_id == participant_id)
-            .filter(|t| {
-                !room
-                    .participants
-                    .iter()
-                    .any(|p| p.id == participant_id && p.announced.iter().any(|a| a.mid == t.mid))
-            })
-            .map(|t| t.info.track_id.clone())
-            .collect();
+        {
+            match announced.iter().find(|a| a.mid == t.mid) {
+                None => gone.push(t.info.track_id.clone()),
+                Some(a) if a.muted != t.info.muted => {
+                    t.info.muted = a.muted;
+                    mute_changes.push((t.info.track_id.clone(), a.muted));
+                }
+                Some(_) => {}
+            }
+        }
+        for (track_id, muted) in mute_changes {
+            room.broadcast(
+                participant_id,
+                &ServerMessage::TrackMuted {
+                    track_id,
+                    participant_id: participant_id.to_owned(),
+                    muted,
+                },
+            );
+        }
         for track_id in gone {
             self.unpublish(room_id, &track_id, now);
+        }
+        // Streams that started before their mid was announced are published now.
+        let waiting: Vec<(RTCRtpReceiverId, u32)> = match self.conns.get_mut(&id) {
+            Some(conn) => {
+                let transceivers: Vec<_> = conn.pc.get_transceivers().collect();
+                transceivers
+                    .into_iter()
+                    .filter_map(|t| {
+                        let transceiver = conn.pc.rtp_transceiver(t)?;
+                        let mid = transceiver.mid().clone()?;
+                        let receiver = transceiver.receiver()?;
+                        announced.iter().any(|a| a.mid == mid).then_some(receiver)
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .filter_map(|receiver| {
+                        let ssrc = conn.pc.rtp_receiver(receiver)?.track().ssrcs().next()?;
+                        Some((receiver, ssrc))
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (receiver, ssrc) in waiting {
+            self.try_publish(id, receiver, ssrc, now);
         }
         self.drive(id, now);
         Ok(())
@@ -549,6 +589,12 @@ impl Shard {
 
     /// The first RTP packet of a stream arrived on a publisher connection.
     pub(super) fn on_track_open(&mut self, id: ConnId, init: RTCTrackEventInit, now: Instant) {
+        self.try_publish(id, init.receiver_id, init.ssrc, now);
+    }
+
+    /// Publishes the stream `ssrc` of a publisher connection's receiver, if its
+    /// mid is announced and nothing is published on that mid yet.
+    fn try_publish(&mut self, id: ConnId, receiver_id: RTCRtpReceiverId, ssrc: u32, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -556,14 +602,14 @@ impl Shard {
             return;
         }
         let (room_id, participant_id) = (conn.room, conn.participant.clone());
-        let transceiver: rtc::rtp_transceiver::RTCRtpTransceiverId = init.receiver_id.into();
+        let transceiver: rtc::rtp_transceiver::RTCRtpTransceiverId = receiver_id.into();
         let Some(mid) = conn.pc.rtp_transceiver(transceiver).and_then(|t| t.mid().clone()) else {
             return;
         };
-        let Some(mut receiver) = conn.pc.rtp_receiver(init.receiver_id) else {
+        let Some(mut receiver) = conn.pc.rtp_receiver(receiver_id) else {
             return;
         };
-        let Some(codec) = receiver.track().codec(init.ssrc).cloned() else {
+        let Some(codec) = receiver.track().codec(ssrc).cloned() else {
             return;
         };
         let params = receiver.get_parameters().rtp_parameters.clone();
@@ -597,9 +643,9 @@ impl Shard {
         room.tracks.push(PubTrack {
             info: info.clone(),
             conn: id,
-            receiver: init.receiver_id,
+            receiver: receiver_id,
             mid,
-            ssrc: init.ssrc,
+            ssrc,
             codec,
             codecs: params
                 .codecs

@@ -272,7 +272,7 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(&id) {
             flush(&self.socket, &self.process, conn);
             rearm(&mut self.timers, id, conn);
-            self.dirty.push(id);
+            mark_dirty(&mut self.dirty, id);
         }
     }
 
@@ -354,8 +354,7 @@ impl Shard {
                 stats.add(|c| &c.dropped_packets, 1);
                 continue;
             }
-            let mut copy = packet.clone();
-            down.leg.rewrite(&mut copy.header);
+            let copy = down.leg.copy(&packet);
             let written = conn.pc.rtp_sender(down.sender).map(|mut s| s.write_rtp(now, copy));
             match written {
                 Some(Ok(())) => {
@@ -370,7 +369,7 @@ impl Shard {
             }
             flush(&self.socket, &self.process, conn);
             rearm(&mut self.timers, sub, conn);
-            self.dirty.push(sub);
+            mark_dirty(&mut self.dirty, sub);
         }
         if pli_due {
             self.send_pli(room_id, t, now);
@@ -523,6 +522,13 @@ fn flush(socket: &UdpSocket, process: &Counters, conn: &mut Conn) {
             Counters::add(&process.dropped_packets, 1);
             tracing::trace!("send_to {}: {e}", out.transport.peer_addr);
         }
+    }
+}
+
+/// Remembers a connection for the end-of-turn drain, once.
+fn mark_dirty(dirty: &mut Vec<ConnId>, id: ConnId) {
+    if !dirty.contains(&id) {
+        dirty.push(id);
     }
 }
 
