@@ -599,3 +599,60 @@ async fn meetings_spread_over_shards_each_on_its_own_port() {
     }
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
+
+/// Each publisher uses another codec; one subscriber connection carries all of them.
+/// (One video codec per publisher connection: `rtc` 0.21.1 negotiates codecs per
+/// connection from the first video m-line, see docs/ARCHITECTURE.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_vp9_and_av1_pass_through() {
+    let sfu = start();
+    let viewer = Client::join(&sfu, "m_codecs", "p_viewer", true).await;
+    let codecs = [
+        (
+            "p_h264",
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        ),
+        ("p_vp9", "video/VP9", "profile-id=0"),
+        ("p_av1", "video/AV1", ""),
+    ];
+    let mut publishers = Vec::new();
+    for (id, mime, fmtp) in codecs {
+        let p = Client::join(&sfu, "m_codecs", id, true).await;
+        p.add_track_with(TrackSource::Camera, support::video_codec(mime, fmtp))
+            .await;
+        p.publish().await.expect("publish");
+        p.start_media();
+        publishers.push(p);
+    }
+    let ok = eventually(SECS(10), || {
+        codecs.iter().all(|(id, _, _)| {
+            let r = viewer.received_from(id);
+            r.len() == 1 && r[0].1.packets > 100
+        })
+    })
+    .await;
+    let snapshot = sfu.debug_snapshot("m_codecs").await.expect("snapshot");
+    let received = viewer.received.lock().unwrap().clone();
+    assert!(ok, "{received:#?}\n{snapshot:#?}");
+    let mut seen: Vec<String> = snapshot["tracks"]
+        .as_array()
+        .expect("tracks")
+        .iter()
+        .map(|t| t["codec"].as_str().unwrap_or("").to_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["video/AV1", "video/H264", "video/VP9"]);
+    for (_, r) in viewer.received.lock().unwrap().iter() {
+        assert_eq!(
+            (r.corrupt, r.out_of_order, r.missing, r.rtp_seq_jumps),
+            (0, 0, 0, 0),
+            "{r:?}"
+        );
+    }
+    viewer.leave().await;
+    for p in &publishers {
+        p.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}

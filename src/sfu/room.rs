@@ -408,6 +408,9 @@ impl Shard {
                     .iter()
                     .map(|h| (h.uri.as_str(), h.id)),
             );
+            if down.leg.pt_map.is_empty() {
+                tracing::debug!(participant = %participant_id, track = %down.track_id, "no common codec: not forwarded");
+            }
             if !down.negotiated {
                 down.negotiated = true;
                 fresh.push(down.track_id.clone());
@@ -687,7 +690,7 @@ impl Shard {
         if track.info.participant_id == subscriber {
             return;
         }
-        let (info, codec) = (track.info.clone(), track.codec.clone());
+        let info = track.info.clone();
         let Some(p) = room.participants.iter().find(|p| p.id == subscriber) else {
             return;
         };
@@ -706,6 +709,11 @@ impl Shard {
             TrackKind::Audio => RtpCodecKind::Audio,
             TrackKind::Video => RtpCodecKind::Video,
         };
+        // No codec on the encoding, on purpose: `rtc` turns a codec there into the
+        // transceiver's codec preferences, the m-line then offers only that codec, and
+        // since 0.21.1 negotiates codecs once per connection (first m-line of a kind), a
+        // later track with another codec could not be added to this connection at all.
+        // Offering the full list keeps every codec the client accepts available.
         let local = MediaStreamTrack::new(
             info.participant_id.clone(),
             info.track_id.clone(),
@@ -716,7 +724,6 @@ impl Shard {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec,
                 ..Default::default()
             }],
         );

@@ -50,6 +50,17 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// A video codec from the default set, by mime type and fmtp line.
+pub fn video_codec(mime: &str, fmtp: &str) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: mime.into(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: fmtp.into(),
+        rtcp_feedback: vec![],
+    }
+}
+
 /// Polls a condition until it holds or the timeout passes. Returns whether it held.
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -233,7 +244,9 @@ pub struct LocalTrack {
     pub source: TrackSource,
     pub local: Arc<TrackLocalStaticRTP>,
     pub sender: Arc<dyn RtpSender>,
+    pub codec: RTCRtpCodec,
     pub sent: Arc<AtomicU64>,
+    started: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -439,27 +452,25 @@ impl Client {
 
     /// Adds a synthetic track (not yet negotiated; call [`publish`](Self::publish)).
     pub async fn add_track(&self, source: TrackSource) -> Arc<TrackLocalStaticRTP> {
-        let (kind, codec) = match source {
-            TrackSource::Microphone => (
-                RtpCodecKind::Audio,
-                RTCRtpCodec {
-                    mime_type: "audio/opus".into(),
-                    clock_rate: 48000,
-                    channels: 2,
-                    sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-                    rtcp_feedback: vec![],
-                },
-            ),
-            _ => (
-                RtpCodecKind::Video,
-                RTCRtpCodec {
-                    mime_type: "video/VP8".into(),
-                    clock_rate: 90000,
-                    channels: 0,
-                    sdp_fmtp_line: String::new(),
-                    rtcp_feedback: vec![],
-                },
-            ),
+        let codec = match source {
+            TrackSource::Microphone => RTCRtpCodec {
+                mime_type: "audio/opus".into(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                rtcp_feedback: vec![],
+            },
+            _ => video_codec("video/VP8", ""),
+        };
+        self.add_track_with(source, codec).await
+    }
+
+    /// Adds a synthetic track sent with a given codec (from the default set).
+    pub async fn add_track_with(&self, source: TrackSource, codec: RTCRtpCodec) -> Arc<TrackLocalStaticRTP> {
+        let kind = if source == TrackSource::Microphone {
+            RtpCodecKind::Audio
+        } else {
+            RtpCodecKind::Video
         };
         let ssrc = rand::random::<u32>();
         let label = format!("{source:?}").to_lowercase();
@@ -474,7 +485,7 @@ impl Client {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec,
+                codec: codec.clone(),
                 ..Default::default()
             }],
         )));
@@ -489,7 +500,9 @@ impl Client {
             source,
             local: local.clone(),
             sender,
+            codec,
             sent: Arc::default(),
+            started: Arc::default(),
             stop: Arc::default(),
         });
         local
@@ -570,19 +583,41 @@ impl Client {
     /// keyframe request are keyframes).
     pub fn start_media(&self) {
         for t in self.tracks.lock().unwrap().iter() {
-            if t.sent.load(Ordering::SeqCst) > 0 || t.stop.load(Ordering::SeqCst) {
+            if t.started.swap(true, Ordering::SeqCst) || t.stop.load(Ordering::SeqCst) {
                 continue;
             }
             let (local, sent, stop, feedback) =
                 (t.local.clone(), t.sent.clone(), t.stop.clone(), self.feedback.clone());
+            let (sender, codec) = (t.sender.clone(), t.codec.clone());
             let audio = t.source == TrackSource::Microphone;
             tokio::spawn(async move {
                 let ssrc = local.ssrcs().await[0];
-                let (pt, step, ts_step, len) = if audio {
-                    (OPUS_PT, 20, 960, 80)
-                } else {
-                    (VP8_PT, 10, 900, 600)
+                // The payload type this leg negotiated for our codec.
+                let params = sender.get_parameters().await.expect("sender parameters");
+                let same = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
                 };
+                let pt = params
+                    .rtp_parameters
+                    .codecs
+                    .iter()
+                    .filter(same)
+                    .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
+                    .or_else(|| params.rtp_parameters.codecs.iter().find(same))
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "codec {} not negotiated: {:?}",
+                            codec.mime_type,
+                            params
+                                .rtp_parameters
+                                .codecs
+                                .iter()
+                                .map(|c| (&c.rtp_codec.mime_type, c.payload_type))
+                                .collect::<Vec<_>>()
+                        )
+                    })
+                    .payload_type;
+                let (step, ts_step, len) = if audio { (20, 960, 80) } else { (10, 900, 600) };
                 let mut ticker = tokio::time::interval(Duration::from_millis(step));
                 let mut seen_requests = 0;
                 let mut seq: u32 = 0;
