@@ -8,7 +8,7 @@
 //! send anything to it.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gatehouse_signaling::protocol::PeerRole;
 use rand::Rng;
@@ -50,6 +50,11 @@ pub struct Conn {
     pub has_remote: bool,
     /// The last connection state reported (for the debug snapshot).
     pub state: RTCPeerConnectionState,
+    /// Where the client last nominated (USE-CANDIDATE) from: its chosen path.
+    /// DTLS and SRTP go there, whatever pair `rtc`'s agent selected (see [`build`]).
+    pub nominated: Option<SocketAddr>,
+    /// When a datagram last arrived from the client: our consent freshness.
+    pub last_seen: Instant,
 }
 
 /// Random ICE credentials: a ufrag of 16 and a password of 32 alphanumerics
@@ -78,8 +83,16 @@ pub fn build(
     media_engine.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
         .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(TapSink::Stats(stats)));
+    // ICE-lite in `rtc` 0.21.1 keeps the first nominated pair for good and ignores
+    // later nominations, while Chrome moves to another pair (and sends consent
+    // checks only there) when it has several candidates: the agent then reports
+    // Disconnected after 5 s and Failed after 30 s, and Failed drops the selected
+    // pair. So its timers are off (zero disables them) and the shard does both
+    // jobs itself: it sends media to the latest nominated address and judges
+    // liveness by what arrives (`Conn::last_seen`).
     let setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
+        .with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .build();

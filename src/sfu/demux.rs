@@ -39,15 +39,30 @@ const STUN_HEADER_LEN: usize = 20;
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_BINDING_REQUEST: u16 = 0x0001;
 const STUN_ATTR_USERNAME: u16 = 0x0006;
+const STUN_ATTR_USE_CANDIDATE: u16 = 0x0025;
 /// RFC 8489 §14.3: USERNAME is at most 513 bytes.
 const STUN_MAX_USERNAME: usize = 513;
 
+/// What the demultiplexer reads from a STUN binding request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingRequest<'a> {
+    /// The USERNAME attribute (`<our ufrag>:<their ufrag>`).
+    pub username: &'a [u8],
+    /// USE-CANDIDATE is present: the (controlling) client nominates this path.
+    pub use_candidate: bool,
+}
+
 /// The USERNAME of a well-formed STUN binding request, or `None` for anything
 /// else (other STUN methods, truncated or inconsistent lengths, no USERNAME).
+pub fn stun_binding_username(buf: &[u8]) -> Option<&[u8]> {
+    binding_request(buf).map(|r| r.username)
+}
+
+/// Parses a well-formed STUN binding request's USERNAME and USE-CANDIDATE.
 ///
 /// Only the framing is checked: MESSAGE-INTEGRITY is the connection's job once
 /// the datagram has been routed to it.
-pub fn stun_binding_username(buf: &[u8]) -> Option<&[u8]> {
+pub fn binding_request(buf: &[u8]) -> Option<BindingRequest<'_>> {
     if buf.len() < STUN_HEADER_LEN || classify(buf) != Class::Stun {
         return None;
     }
@@ -60,6 +75,8 @@ pub fn stun_binding_username(buf: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let mut attrs = &buf[STUN_HEADER_LEN..STUN_HEADER_LEN + body_len];
+    let mut username = None;
+    let mut use_candidate = false;
     while attrs.len() >= 4 {
         let attr_type = u16::from_be_bytes([attrs[0], attrs[1]]);
         let attr_len = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
@@ -67,15 +84,22 @@ pub fn stun_binding_username(buf: &[u8]) -> Option<&[u8]> {
         if 4 + padded > attrs.len() {
             return None;
         }
-        if attr_type == STUN_ATTR_USERNAME {
-            if attr_len == 0 || attr_len > STUN_MAX_USERNAME {
-                return None;
+        match attr_type {
+            STUN_ATTR_USERNAME if username.is_none() => {
+                if attr_len == 0 || attr_len > STUN_MAX_USERNAME {
+                    return None;
+                }
+                username = Some(&attrs[4..4 + attr_len]);
             }
-            return Some(&attrs[4..4 + attr_len]);
+            STUN_ATTR_USE_CANDIDATE => use_candidate = true,
+            _ => {}
         }
         attrs = &attrs[4 + padded..];
     }
-    None
+    username.map(|username| BindingRequest {
+        username,
+        use_candidate,
+    })
 }
 
 /// Our half of a STUN USERNAME (`<ours>:<theirs>`), if it is valid UTF-8 and non-empty.
@@ -97,10 +121,13 @@ pub enum DropReason {
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<K> {
-    /// To this connection. `learned` is true when this datagram taught us its address.
+    /// To this connection. `learned` is true when this datagram taught us its
+    /// address; `nominated` when it is a binding request with USE-CANDIDATE (the
+    /// client's chosen path: media to this connection should go there).
     Conn {
         key: K,
         learned: bool,
+        nominated: bool,
     },
     Drop(DropReason),
 }
@@ -155,15 +182,22 @@ impl<K: Copy + Eq + Hash> Router<K> {
             return Route::Drop(DropReason::NotWebRtc);
         }
         if class == Class::Stun
-            && let Some(key) = stun_binding_username(buf)
-                .and_then(local_ufrag)
-                .and_then(|ufrag| self.by_ufrag.get(ufrag).copied())
+            && let Some(request) = binding_request(buf)
+            && let Some(key) = local_ufrag(request.username).and_then(|ufrag| self.by_ufrag.get(ufrag).copied())
         {
             let learned = self.by_addr.insert(from, key) != Some(key);
-            return Route::Conn { key, learned };
+            return Route::Conn {
+                key,
+                learned,
+                nominated: request.use_candidate,
+            };
         }
         match self.by_addr.get(&from) {
-            Some(&key) => Route::Conn { key, learned: false },
+            Some(&key) => Route::Conn {
+                key,
+                learned: false,
+                nominated: false,
+            },
             None => Route::Drop(DropReason::UnknownSource),
         }
     }
@@ -297,26 +331,66 @@ mod tests {
         );
 
         let req = stun(0x0001, &[(0x0006, b"srv1:cli")]);
-        assert_eq!(r.route(addr(5000), &req), Route::Conn { key: 1, learned: true });
-        assert_eq!(r.route(addr(5000), &req), Route::Conn { key: 1, learned: false });
+        assert_eq!(
+            r.route(addr(5000), &req),
+            Route::Conn {
+                key: 1,
+                learned: true,
+                nominated: false
+            }
+        );
+        assert_eq!(
+            r.route(addr(5000), &req),
+            Route::Conn {
+                key: 1,
+                learned: false,
+                nominated: false
+            }
+        );
         assert_eq!(
             r.route(addr(5000), &[22, 254, 253]),
-            Route::Conn { key: 1, learned: false }
+            Route::Conn {
+                key: 1,
+                learned: false,
+                nominated: false
+            }
         );
         assert_eq!(
             r.route(addr(5000), &[0x80, 96, 0, 1]),
-            Route::Conn { key: 1, learned: false }
+            Route::Conn {
+                key: 1,
+                learned: false,
+                nominated: false
+            }
         );
         // a STUN response from a known address routes by address
         assert_eq!(
             r.route(addr(5000), &stun(0x0101, &[])),
-            Route::Conn { key: 1, learned: false }
+            Route::Conn {
+                key: 1,
+                learned: false,
+                nominated: false
+            }
         );
 
         // other address, other connection
         let req2 = stun(0x0001, &[(0x0006, b"srv2:cli")]);
-        assert_eq!(r.route(addr(6000), &req2), Route::Conn { key: 2, learned: true });
-        assert_eq!(r.route(addr(6000), &[0x80]), Route::Conn { key: 2, learned: false });
+        assert_eq!(
+            r.route(addr(6000), &req2),
+            Route::Conn {
+                key: 2,
+                learned: true,
+                nominated: false
+            }
+        );
+        assert_eq!(
+            r.route(addr(6000), &[0x80]),
+            Route::Conn {
+                key: 2,
+                learned: false,
+                nominated: false
+            }
+        );
         assert_eq!(r.addresses(), 2);
     }
 
@@ -343,9 +417,56 @@ mod tests {
         r.route(addr(9), &stun(0x0001, &[(0x0006, b"a:x")]));
         assert_eq!(
             r.route(addr(9), &stun(0x0001, &[(0x0006, b"b:x")])),
-            Route::Conn { key: 2, learned: true }
+            Route::Conn {
+                key: 2,
+                learned: true,
+                nominated: false
+            }
         );
-        assert_eq!(r.route(addr(9), &[0x80]), Route::Conn { key: 2, learned: false });
+        assert_eq!(
+            r.route(addr(9), &[0x80]),
+            Route::Conn {
+                key: 2,
+                learned: false,
+                nominated: false
+            }
+        );
+    }
+
+    #[test]
+    fn use_candidate_marks_the_nominated_path() {
+        let mut r = Router::new();
+        r.register("a", 1u8);
+        let plain = stun(0x0001, &[(0x0006, b"a:x"), (0x8029, &[0; 8])]);
+        let nominating = stun(0x0001, &[(0x0006, b"a:x"), (0x0025, b""), (0x8029, &[0; 8])]);
+        assert_eq!(
+            r.route(addr(1), &plain),
+            Route::Conn {
+                key: 1,
+                learned: true,
+                nominated: false
+            }
+        );
+        assert_eq!(
+            r.route(addr(2), &nominating),
+            Route::Conn {
+                key: 1,
+                learned: true,
+                nominated: true
+            }
+        );
+        assert_eq!(
+            binding_request(&nominating),
+            Some(BindingRequest {
+                username: b"a:x",
+                use_candidate: true
+            })
+        );
+        // USE-CANDIDATE before USERNAME counts too
+        let early = stun(0x0001, &[(0x0025, b""), (0x0006, b"a:x")]);
+        assert_eq!(binding_request(&early).map(|b| b.use_candidate), Some(true));
+        // without a USERNAME it is nothing
+        assert_eq!(binding_request(&stun(0x0001, &[(0x0025, b"")])), None);
     }
 
     #[test]
@@ -359,7 +480,14 @@ mod tests {
         r.remove(1);
         assert_eq!(r.route(addr(1), &[0x80]), Route::Drop(DropReason::UnknownSource));
         assert_eq!(r.route(addr(2), &[0x80]), Route::Drop(DropReason::UnknownSource));
-        assert_eq!(r.route(addr(3), &[0x80]), Route::Conn { key: 2, learned: false });
+        assert_eq!(
+            r.route(addr(3), &[0x80]),
+            Route::Conn {
+                key: 2,
+                learned: false,
+                nominated: false
+            }
+        );
         assert_eq!((r.connections(), r.addresses()), (1, 1));
         assert!(r.register("a", 4), "a removed ufrag can be reused");
     }

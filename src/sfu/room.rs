@@ -196,6 +196,8 @@ impl Shard {
             connected: false,
             has_remote: false,
             state: Default::default(),
+            nominated: None,
+            last_seen: now,
         });
         let room = self.rooms.get_mut(&room_id).expect("checked above");
         if let Some(p) = room.participant_mut(participant_id) {
@@ -379,6 +381,15 @@ impl Shard {
         // Fill the rewrite tables of every leg this answer negotiated.
         let mut fresh = Vec::new();
         for down in p.down.iter_mut() {
+            // A sender added after the offer went out is not in this answer: it waits for the re-offer.
+            let transceiver: rtc::rtp_transceiver::RTCRtpTransceiverId = down.sender.into();
+            if !conn
+                .pc
+                .rtp_transceiver(transceiver)
+                .is_some_and(|t| t.current_direction().has_send())
+            {
+                continue;
+            }
             let Some(mut sender) = conn.pc.rtp_sender(down.sender) else {
                 continue;
             };

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::MediaParticipant;
 use super::connection::{Conn, ConnId, RoomId};
-use super::demux::{Route, Router};
+use super::demux::{self, Route, Router};
 use super::forward::DropDice;
 use super::room::Room;
 use super::stats::{Counters, StatsPair};
@@ -40,6 +40,9 @@ use super::stats::{Counters, StatsPair};
 const RECV_BUF: usize = 2048;
 /// Datagrams drained per wake-up before commands and timers get a turn.
 const RECV_BATCH: usize = 64;
+/// A subscriber we have heard nothing from (not even a consent check, which
+/// browsers send every few seconds) for this long gets no media.
+const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keyframe requests per published track are at most this frequent.
 pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -212,7 +215,15 @@ impl Shard {
 
     fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let id = match self.router.route(from, data) {
-            Route::Conn { key, .. } => key,
+            Route::Conn { key, nominated, .. } => {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.last_seen = now;
+                    if nominated {
+                        conn.nominated = Some(from);
+                    }
+                }
+                key
+            }
             Route::Drop(reason) => {
                 Counters::add(&self.process.garbage_datagrams, 1);
                 Counters::add(&self.process.dropped_packets, 1);
@@ -347,7 +358,7 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(&sub) else {
                 continue;
             };
-            if !conn.connected {
+            if !conn.connected || now.saturating_duration_since(conn.last_seen) > CONSENT_TIMEOUT {
                 continue;
             }
             if self.dice.roll() {
@@ -480,6 +491,8 @@ impl Shard {
                     "conn": id,
                     "connected": c.connected,
                     "state": c.state.to_string(),
+                    "nominated": c.nominated.map(|a| a.to_string()),
+                    "idle_ms": c.last_seen.elapsed().as_millis() as u64,
                 })
             })
         };
@@ -516,11 +529,18 @@ impl Shard {
 
 /// Sends everything a connection has queued. Non-blocking: a full socket
 /// buffer drops the datagram (counted) rather than stalling every other peer.
+///
+/// STUN goes where `rtc` addressed it (responses answer their request's
+/// source); everything else follows the client's latest nomination.
 fn flush(socket: &UdpSocket, process: &Counters, conn: &mut Conn) {
     while let Some(out) = conn.pc.poll_write() {
-        if let Err(e) = socket.try_send_to(&out.message, out.transport.peer_addr) {
+        let to = match conn.nominated {
+            Some(nominated) if demux::classify(&out.message) != demux::Class::Stun => nominated,
+            _ => out.transport.peer_addr,
+        };
+        if let Err(e) = socket.try_send_to(&out.message, to) {
             Counters::add(&process.dropped_packets, 1);
-            tracing::trace!("send_to {}: {e}", out.transport.peer_addr);
+            tracing::trace!("send_to {to}: {e}");
         }
     }
 }
