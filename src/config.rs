@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Directory of the web client to serve instead of the built-in one (for development).
     #[arg(long, env = "GATEHOUSE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
+    /// Test hook: share of forwarded media packets to drop on purpose, 0 to 1.
+    #[arg(long, env = "GATEHOUSE_MEDIA_DROP_RATE", hide = true)]
+    pub media_drop_rate: Option<f64>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -72,6 +75,7 @@ struct FileConfig {
     redeem_per_minute: Option<u32>,
     log_format: Option<String>,
     web_dir: Option<PathBuf>,
+    media_drop_rate: Option<f64>,
 }
 
 /// Resolved configuration.
@@ -90,6 +94,8 @@ pub struct Config {
     pub redeem_per_minute: u32,
     pub json_logs: bool,
     pub web_dir: Option<PathBuf>,
+    /// Share of forwarded packets the SFU drops on purpose (a loss-measurement test hook; 0 in production).
+    pub media_drop_rate: f64,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "gatehouse-data";
@@ -162,6 +168,11 @@ impl Config {
             redeem_per_minute: args.redeem_per_minute.or(file.redeem_per_minute).unwrap_or(20).max(1),
             json_logs,
             web_dir: args.web_dir.or(file.web_dir),
+            media_drop_rate: {
+                let rate = args.media_drop_rate.or(file.media_drop_rate).unwrap_or(0.0);
+                anyhow::ensure!((0.0..=1.0).contains(&rate), "media_drop_rate must be between 0 and 1");
+                rate
+            },
         })
     }
 }

@@ -179,7 +179,7 @@ async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, service
             let _ = reply.send(());
         }
         Command::Snapshot { reply } => {
-            let media = services.sfu.debug_meeting(&room.meeting().meeting_id).await;
+            let media = services.sfu.debug_snapshot(&room.meeting().meeting_id).await;
             let _ = reply.send(serde_json::json!({
                 "meeting_id": room.meeting().meeting_id,
                 "participants": room.participants(),

@@ -87,6 +87,32 @@ pub fn load_or_create_signing_key(data_dir: &std::path::Path) -> anyhow::Result<
     Ok(TokenKeys::new(&secret, "gatehouse")?)
 }
 
+/// The address to advertise for media bound to a wildcard with no public IP
+/// configured: the source address of the default route (no packet is sent),
+/// else loopback.
+fn advertised_media_ip(bind: SocketAddr) -> Option<IpAddr> {
+    if !bind.ip().is_unspecified() {
+        return None;
+    }
+    let probe = |local: &str, remote: &str| {
+        let socket = std::net::UdpSocket::bind(local).ok()?;
+        socket.connect(remote).ok()?;
+        socket.local_addr().ok().map(|a| a.ip())
+    };
+    let ip = if bind.is_ipv4() {
+        probe("0.0.0.0:0", "192.0.2.1:9")
+    } else {
+        probe("[::]:0", "[2001:db8::1]:9")
+    };
+    let ip = ip.unwrap_or(if bind.is_ipv4() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+    });
+    tracing::info!(%ip, "media bound to a wildcard; advertising this address (set public_ip to override)");
+    Some(ip)
+}
+
 /// A running gateway.
 pub struct Running {
     /// The bound HTTPS address.
@@ -108,7 +134,12 @@ impl Running {
         let _ = self.shutdown_tx.send(true);
         self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
         let _ = self.task.await;
-        self.state.sfu.shutdown().await;
+        // Each closed socket made its meeting release its media; wait for the rooms to empty.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.state.live.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(media_connections = self.state.sfu.live_connections(), "stopped");
     }
 
     /// Waits for the server to stop on its own (it does not, short of an error).
@@ -150,9 +181,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
     let sfu = Sfu::start(SfuConfig {
         bind: config.media_bind,
-        public_ip: config.public_ip,
+        public_ip: config.public_ip.or_else(|| advertised_media_ip(config.media_bind)),
         ice_servers,
         shards: config.media_shards,
+        drop_probability: config.media_drop_rate,
     })
     .context("starting the media plane")?;
     let media_addr = sfu.local_addr();

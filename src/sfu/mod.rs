@@ -1,16 +1,41 @@
 //! The media plane: an SFU that drives webrtc-rs's sans-IO core (`rtc`) from
-//! one UDP port we own (see docs/ARCHITECTURE.md and the shared media-plane notes).
+//! UDP sockets we own (see docs/ARCHITECTURE.md, "Media plane").
 //!
-//! INTERFACE STUB: the signatures below are the contract the signaling socket
-//! (`server::ws`) is written against. The implementation fills them in.
+//! [`Sfu`] is the async handle the signaling socket (`server::ws`) talks to. It
+//! places each meeting on one shard ([`shard`]: a thread with its own socket,
+//! timers and connections) and sends it commands; media never leaves the
+//! shard. Each participant has a publisher connection (client offers) and a
+//! subscriber connection (server offers), see [`room`].
+//!
+//! Shards each bind their own port: shard `i` binds `bind.port() + i` (or an
+//! ephemeral port each when the port is 0). A meeting lives on one shard, so a
+//! client only ever talks to that shard's port, which is the one in the
+//! candidates it is given. No `SO_REUSEPORT`: the kernel's 4-tuple hashing
+//! would spread one meeting's clients across shards.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use gatehouse_signaling::protocol::{
     ClientMessage, IceServer, ParticipantId, ParticipantKind, ServerMessage, TrackInfo,
 };
 use gatehouse_signaling::{Error, ErrorCode};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+mod connection;
+pub mod demux;
+pub mod forward;
+mod participant;
+mod room;
+pub mod rtcp;
+mod shard;
+pub mod stats;
+
+pub use stats::{Counters, CountersSnapshot};
+
+use shard::{Command, Shard};
 
 /// How the media plane binds and what it tells clients.
 #[derive(Debug, Clone)]
@@ -23,6 +48,22 @@ pub struct SfuConfig {
     pub ice_servers: Vec<IceServer>,
     /// Number of single-threaded shards (0 = one per core).
     pub shards: usize,
+    /// Share of forwarded packets to drop on purpose, in [0, 1]. A test hook for
+    /// loss measurements (the load tester); 0 in production.
+    pub drop_probability: f64,
+}
+
+impl SfuConfig {
+    /// Loopback, ephemeral port, one shard: what tests want.
+    pub fn loopback() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_ip: None,
+            ice_servers: Vec::new(),
+            shards: 1,
+            drop_probability: 0.0,
+        }
+    }
 }
 
 /// What the SFU needs to know about a participant entering the call.
@@ -35,26 +76,167 @@ pub struct MediaParticipant {
     pub may_present: bool,
 }
 
-/// Handle to the running media plane. Cheap to clone.
+/// Handle to the running media plane. Cheap to clone. The shards stop when
+/// the last clone is dropped (each closes all its connections first).
 #[derive(Clone)]
 pub struct Sfu {
-    _private: (),
+    inner: Arc<Inner>,
+}
+
+struct ShardHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    /// The address clients send media to (the advertised one).
+    media_addr: SocketAddr,
+    /// The address actually bound.
+    bound: SocketAddr,
+}
+
+/// Where a meeting lives and who of it is in the call (a set, so a participant
+/// added twice, a reconnect, is counted once).
+struct Placement {
+    shard: usize,
+    participants: HashSet<String>,
+    counters: Arc<Counters>,
+}
+
+struct Inner {
+    shards: Vec<ShardHandle>,
+    placements: Mutex<HashMap<String, Placement>>,
+    process: Arc<Counters>,
+    live: Arc<AtomicUsize>,
+    ice_servers: Vec<IceServer>,
+}
+
+/// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max` /
+/// `wmem_max`): a burst of joins or a stalled turn must not overflow the
+/// default ~200 KB, which is a few hundred datagrams.
+const MEDIA_SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_media_socket(bind: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(MEDIA_SOCKET_BUFFER) {
+        tracing::warn!(%bind, "cannot enlarge the media receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER) {
+        tracing::warn!(%bind, "cannot enlarge the media send buffer: {e}");
+    }
+    socket
+        .bind(&bind.into())
+        .map_err(|e| anyhow::anyhow!("binding the media socket {bind}: {e}"))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn shard_gone() -> Error {
+    Error::new(ErrorCode::Internal, "the media plane has stopped")
 }
 
 impl Sfu {
     /// Binds the media socket(s) and starts the shard threads.
-    pub fn start(_config: SfuConfig) -> anyhow::Result<Sfu> {
-        Ok(Sfu { _private: () })
+    pub fn start(config: SfuConfig) -> anyhow::Result<Sfu> {
+        let shards = if config.shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            config.shards
+        };
+        if config.bind.ip().is_unspecified() && config.public_ip.is_none() {
+            tracing::warn!(
+                bind = %config.bind,
+                "media bound to a wildcard address without a public_ip: clients are given an unusable candidate"
+            );
+        }
+        let process = Arc::new(Counters::default());
+        let live = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::with_capacity(shards);
+        for index in 0..shards {
+            let mut bind = config.bind;
+            if bind.port() != 0 {
+                let port = bind
+                    .port()
+                    .checked_add(u16::try_from(index)?)
+                    .ok_or_else(|| anyhow::anyhow!("media port range overflows at shard {index}"))?;
+                bind.set_port(port);
+            }
+            let std_socket = bind_media_socket(bind)?;
+            let bound = std_socket.local_addr()?;
+            let media_addr = SocketAddr::new(config.public_ip.unwrap_or(bound.ip()), bound.port());
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (process, live, drop_probability) = (process.clone(), live.clone(), config.drop_probability);
+            std::thread::Builder::new()
+                .name(format!("sfu-shard-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            tracing::error!(shard = index, "cannot start the shard runtime: {e}");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let socket = match tokio::net::UdpSocket::from_std(std_socket) {
+                            Ok(socket) => socket,
+                            Err(e) => {
+                                tracing::error!(shard = index, "cannot register the media socket: {e}");
+                                return;
+                            }
+                        };
+                        Shard::new(index, socket, media_addr, process, live, drop_probability)
+                            .run(rx)
+                            .await;
+                    });
+                })?;
+            tracing::info!(shard = index, %bound, advertised = %media_addr, "media shard started");
+            handles.push(ShardHandle {
+                commands: tx,
+                media_addr,
+                bound,
+            });
+        }
+        Ok(Sfu {
+            inner: Arc::new(Inner {
+                shards: handles,
+                placements: Mutex::new(HashMap::new()),
+                process,
+                live,
+                ice_servers: config.ice_servers,
+            }),
+        })
     }
 
-    /// The bound media address (after resolving port 0).
+    /// The bound media address of the first shard (after resolving port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 0))
+        self.inner.shards[0].bound
+    }
+
+    /// Every shard's bound media address, in shard order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.shards.iter().map(|s| s.bound).collect()
+    }
+
+    /// The addresses clients are told to send media to (public IP when configured).
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.shards.iter().map(|s| s.media_addr).collect()
     }
 
     /// ICE servers to hand to clients in `admitted`.
     pub fn ice_servers(&self) -> Vec<IceServer> {
-        Vec::new()
+        self.inner.ice_servers.clone()
+    }
+
+    fn placement(&self, meeting_id: &str) -> Option<usize> {
+        let placements = self
+            .inner
+            .placements
+            .lock()
+            .expect("placement lock is never poisoned: no panics inside");
+        placements.get(meeting_id).map(|p| p.shard)
+    }
+
+    async fn ask<T>(&self, shard: usize, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.shards[shard].commands.send(make(tx)).ok()?;
+        rx.await.ok()
     }
 
     /// A participant entered the call. From now on the SFU sends it media
@@ -62,36 +244,151 @@ impl Sfu {
     /// `track_published`, ...) through `outbox`.
     pub async fn add_participant(
         &self,
-        _participant: MediaParticipant,
-        _outbox: mpsc::UnboundedSender<ServerMessage>,
+        participant: MediaParticipant,
+        outbox: mpsc::UnboundedSender<ServerMessage>,
     ) -> Result<(), Error> {
-        Ok(())
+        let (shard, counters) = {
+            let mut placements = self
+                .inner
+                .placements
+                .lock()
+                .expect("placement lock is never poisoned: no panics inside");
+            let placement = match placements.get_mut(&participant.meeting_id) {
+                Some(p) => p,
+                None => {
+                    // The least busy shard by participants in the call.
+                    let mut load = vec![0usize; self.inner.shards.len()];
+                    for p in placements.values() {
+                        load[p.shard] += p.participants.len();
+                    }
+                    let shard = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+                    placements.entry(participant.meeting_id.clone()).or_insert(Placement {
+                        shard,
+                        participants: HashSet::new(),
+                        counters: Arc::default(),
+                    })
+                }
+            };
+            placement.participants.insert(participant.participant_id.clone());
+            (placement.shard, placement.counters.clone())
+        };
+        let result = self
+            .ask(shard, |reply| Command::Add {
+                participant: participant.clone(),
+                outbox,
+                meeting_stats: counters,
+                reply,
+            })
+            .await
+            .unwrap_or_else(|| Err(shard_gone()));
+        if result.is_err() {
+            self.release(&participant.meeting_id, &participant.participant_id);
+        }
+        result
+    }
+
+    /// One participant fewer in a meeting; forgets the meeting at zero.
+    fn release(&self, meeting_id: &str, participant_id: &str) {
+        let mut placements = self
+            .inner
+            .placements
+            .lock()
+            .expect("placement lock is never poisoned: no panics inside");
+        if let Some(p) = placements.get_mut(meeting_id) {
+            p.participants.remove(participant_id);
+            if p.participants.is_empty() {
+                placements.remove(meeting_id);
+            }
+        }
     }
 
     /// The tracks currently published in a meeting (for `admitted`).
-    pub async fn tracks(&self, _meeting_id: &str) -> Vec<TrackInfo> {
-        Vec::new()
+    pub async fn tracks(&self, meeting_id: &str) -> Vec<TrackInfo> {
+        let Some(shard) = self.placement(meeting_id) else {
+            return Vec::new();
+        };
+        let meeting_id = meeting_id.to_owned();
+        self.ask(shard, |reply| Command::Tracks { meeting_id, reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// A media message from a participant in the call: `publish_offer`,
     /// `subscribe_answer`, `ice_candidate`, `mute_track`, `set_subscription`.
-    pub async fn handle(&self, _meeting_id: &str, _participant_id: &str, _message: ClientMessage) -> Result<(), Error> {
-        Err(Error::new(ErrorCode::MediaStateError, "media is not available yet"))
+    ///
+    /// Errors: `not_in_call` (unknown meeting or participant), `invalid_sdp`,
+    /// `invalid_candidate`, `presenting_not_allowed`, `media_state_error` (an
+    /// answer with no offer outstanding), `not_found` (unknown track),
+    /// `bad_request` (not a media message).
+    pub async fn handle(&self, meeting_id: &str, participant_id: &str, message: ClientMessage) -> Result<(), Error> {
+        let Some(shard) = self.placement(meeting_id) else {
+            return Err(Error::new(ErrorCode::NotInCall, "not in the call"));
+        };
+        let (meeting_id, participant_id) = (meeting_id.to_owned(), participant_id.to_owned());
+        self.ask(shard, |reply| Command::Handle {
+            meeting_id,
+            participant_id,
+            message,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(shard_gone()))
     }
 
     /// The participant left the call: close its connections, unpublish its tracks.
-    pub async fn remove_participant(&self, _meeting_id: &str, _participant_id: &str) {}
-
-    /// A debug snapshot of a meeting's media: participants, tracks, counters.
-    pub async fn debug_meeting(&self, _meeting_id: &str) -> serde_json::Value {
-        serde_json::Value::Null
+    pub async fn remove_participant(&self, meeting_id: &str, participant_id: &str) {
+        let Some(shard) = self.placement(meeting_id) else {
+            return;
+        };
+        let (m, p) = (meeting_id.to_owned(), participant_id.to_owned());
+        if self
+            .ask(shard, |reply| Command::Remove {
+                meeting_id: m,
+                participant_id: p,
+                reply,
+            })
+            .await
+            .is_some()
+        {
+            self.release(meeting_id, participant_id);
+        }
     }
-
-    /// Closes every connection and stops the shards.
-    pub async fn shutdown(&self) {}
 
     /// Live peer connections across all shards (tests check it returns to zero).
     pub fn live_connections(&self) -> usize {
-        0
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Process-wide counters.
+    pub fn stats(&self) -> CountersSnapshot {
+        self.inner.process.snapshot()
+    }
+
+    /// A meeting's counters, while it has participants in the call.
+    pub fn meeting_stats(&self, meeting_id: &str) -> Option<CountersSnapshot> {
+        let placements = self
+            .inner
+            .placements
+            .lock()
+            .expect("placement lock is never poisoned: no panics inside");
+        placements.get(meeting_id).map(|p| p.counters.snapshot())
+    }
+
+    /// A JSON picture of a meeting's participants, connections and tracks, for
+    /// a debug endpoint. `None` if the meeting has nobody in the call.
+    pub async fn debug_snapshot(&self, meeting_id: &str) -> Option<serde_json::Value> {
+        let shard = self.placement(meeting_id)?;
+        let meeting_id = meeting_id.to_owned();
+        self.ask(shard, |reply| Command::Debug { meeting_id, reply })
+            .await
+            .flatten()
+    }
+
+    /// Test hook: drop this share of forwarded packets from now on, on every
+    /// shard (clamped to [0, 1]; 0 turns it off). Dropped packets are counted.
+    pub fn set_drop_probability(&self, probability: f64) {
+        for shard in &self.inner.shards {
+            let _ = shard.commands.send(Command::SetDropProbability(probability));
+        }
     }
 }

@@ -1,0 +1,635 @@
+//! Per-packet forwarding decisions, pure: what a subscriber leg must change in
+//! a publisher's RTP header before `write_rtp` accepts it, whether a paused leg
+//! gets the packet at all, and when a keyframe may be asked for again.
+//!
+//! `rtc`'s `write_rtp` rejects rather than rewrites: the SSRC must be the leg's
+//! own, the payload type one negotiated on that leg, and every header-extension
+//! id negotiated there too. A [`DownLeg`] holds the tables for one subscriber
+//! leg (built once per negotiation) and applies them in place, allocation-free.
+
+use std::time::{Duration, Instant};
+
+use rtc::rtp::Packet;
+use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE, Header};
+
+/// Header extensions that describe one leg's transport and must never cross to another.
+const PER_LEG_EXTENSIONS: &[&str] = &[
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+];
+
+/// Which extensions survive from one leg to another, and under which ids.
+#[derive(Clone)]
+pub struct ExtMap {
+    /// Indexed by the publisher's id; 0 means "strip".
+    to: [u8; 256],
+}
+
+impl std::fmt::Debug for ExtMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<(usize, u8)> = self
+            .to
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t != 0)
+            .map(|(i, t)| (i, *t))
+            .collect();
+        f.debug_struct("ExtMap").field("to", &pairs).finish()
+    }
+}
+
+impl Default for ExtMap {
+    fn default() -> Self {
+        Self { to: [0; 256] }
+    }
+}
+
+impl ExtMap {
+    /// Matches extensions by URI: `from` is the publisher leg's (uri, id) list,
+    /// `to` the subscriber leg's. Per-leg extensions (TWCC, MID, RID) are never carried.
+    pub fn by_uri<'a>(
+        from: impl IntoIterator<Item = (&'a str, u16)>,
+        to: impl IntoIterator<Item = (&'a str, u16)> + Clone,
+    ) -> Self {
+        let mut map = Self::default();
+        for (uri, from_id) in from {
+            if PER_LEG_EXTENSIONS.contains(&uri) || !(1..=255).contains(&from_id) {
+                continue;
+            }
+            if let Some((_, to_id)) = to.clone().into_iter().find(|(u, _)| *u == uri)
+                && (1..=255).contains(&to_id)
+            {
+                map.to[from_id as usize] = to_id as u8;
+            }
+        }
+        map
+    }
+
+    /// Whether any of the header's extensions survives onto the other leg.
+    pub fn keeps_any(&self, header: &Header) -> bool {
+        header.extension
+            && (header.extension_profile == EXTENSION_PROFILE_ONE_BYTE
+                || header.extension_profile == EXTENSION_PROFILE_TWO_BYTE)
+            && header.extensions.iter().any(|e| self.to[e.id as usize] != 0)
+    }
+
+    /// Rewrites the header's extensions in place: remap kept ids, drop the rest.
+    ///
+    /// When everything is dropped all four extension fields are reset (a stale
+    /// `extensions_padding` makes SRTP fail later with a size mismatch; see the notes).
+    pub fn apply(&self, header: &mut Header) {
+        if !header.extension {
+            return;
+        }
+        let profile = header.extension_profile;
+        if profile != EXTENSION_PROFILE_ONE_BYTE && profile != EXTENSION_PROFILE_TWO_BYTE {
+            header.extensions.clear();
+        } else {
+            header.extensions.retain_mut(|ext| {
+                let to = self.to[ext.id as usize];
+                // one-byte form carries ids 1..=14 and payloads of 1..=16 bytes only
+                if to == 0 || (profile == EXTENSION_PROFILE_ONE_BYTE && to > 14) {
+                    return false;
+                }
+                ext.id = to;
+                true
+            });
+        }
+        // Padding is recomputed by the marshaller from the payload length.
+        header.extensions_padding = 0;
+        if header.extensions.is_empty() {
+            header.extension = false;
+            header.extension_profile = 0;
+        }
+    }
+}
+
+/// Publisher payload type -> subscriber payload type, `NONE` for "not negotiated".
+#[derive(Clone)]
+pub struct PtMap {
+    to: [u8; 128],
+}
+
+impl std::fmt::Debug for PtMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<(usize, u8)> = self
+            .to
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t != PtMap::NONE)
+            .map(|(i, t)| (i, *t))
+            .collect();
+        f.debug_struct("PtMap").field("to", &pairs).finish()
+    }
+}
+
+impl Default for PtMap {
+    fn default() -> Self {
+        Self { to: [Self::NONE; 128] }
+    }
+}
+
+/// A codec as both legs describe it, for matching.
+#[derive(Debug, Clone, Copy)]
+pub struct CodecKey<'a> {
+    pub payload_type: u8,
+    pub mime_type: &'a str,
+    pub clock_rate: u32,
+    pub fmtp: &'a str,
+}
+
+impl PtMap {
+    const NONE: u8 = 0xFF;
+
+    /// Matches each publisher codec to the subscriber leg's: same mime type and
+    /// clock rate, preferring an identical fmtp line (H.264 profiles differ there).
+    pub fn by_codec<'a>(
+        from: impl IntoIterator<Item = CodecKey<'a>>,
+        to: impl IntoIterator<Item = CodecKey<'a>> + Clone,
+    ) -> Self {
+        let mut map = Self::default();
+        for f in from {
+            if f.payload_type >= 128 {
+                continue;
+            }
+            let same = |t: &CodecKey<'_>| t.mime_type.eq_ignore_ascii_case(f.mime_type) && t.clock_rate == f.clock_rate;
+            let exact = to.clone().into_iter().find(|t| same(t) && t.fmtp == f.fmtp);
+            let loose = || to.clone().into_iter().find(|t| same(t));
+            if let Some(t) = exact.or_else(loose)
+                && t.payload_type < 128
+            {
+                map.to[f.payload_type as usize] = t.payload_type;
+            }
+        }
+        map
+    }
+
+    pub fn get(&self, pt: u8) -> Option<u8> {
+        let to = *self.to.get(pt as usize)?;
+        (to != Self::NONE).then_some(to)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.to.iter().all(|t| *t == Self::NONE)
+    }
+}
+
+/// Keeps a leg's sequence numbers contiguous across pauses, so a subscriber
+/// never sees (and NACKs) the packets it was deliberately not sent.
+#[derive(Debug, Clone, Default)]
+pub struct SeqRewriter {
+    /// in - out.
+    offset: u16,
+    /// The last sequence number this leg emitted.
+    last_out: Option<u16>,
+    /// The next packet starts a new run (first packet, or after a resume).
+    resync: bool,
+}
+
+impl SeqRewriter {
+    pub fn new() -> Self {
+        Self {
+            offset: 0,
+            last_out: None,
+            resync: true,
+        }
+    }
+
+    /// The next packet to pass starts a new run right after the last one sent.
+    pub fn resync(&mut self) {
+        self.resync = true;
+    }
+
+    pub fn rewrite(&mut self, seq: u16) -> u16 {
+        if self.resync {
+            self.resync = false;
+            self.offset = match self.last_out {
+                Some(last) => seq.wrapping_sub(last.wrapping_add(1)),
+                None => 0,
+            };
+        }
+        let out = seq.wrapping_sub(self.offset);
+        // Track the highest (in RTP modular order) sequence emitted.
+        match self.last_out {
+            Some(last) if (out.wrapping_sub(last) as i16) <= 0 => {}
+            _ => self.last_out = Some(out),
+        }
+        out
+    }
+}
+
+/// Why a leg skipped a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The subscriber paused this track.
+    Paused,
+    /// The packet's payload type has no counterpart on this leg (e.g. RTX, RED).
+    UnmappedPayloadType,
+}
+
+/// One subscriber's leg of one published track.
+#[derive(Debug, Clone)]
+pub struct DownLeg {
+    /// The SSRC of the subscriber-side local track.
+    pub ssrc: u32,
+    pub pt_map: PtMap,
+    pub ext_map: ExtMap,
+    paused: bool,
+    seq: SeqRewriter,
+}
+
+impl DownLeg {
+    pub fn new(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            pt_map: PtMap::default(),
+            ext_map: ExtMap::default(),
+            paused: false,
+            seq: SeqRewriter::new(),
+        }
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Pauses or resumes. Returns true when this resumed a paused leg (time to
+    /// ask for a keyframe).
+    pub fn set_paused(&mut self, paused: bool) -> bool {
+        let resumed = self.paused && !paused;
+        if resumed {
+            self.seq.resync();
+        }
+        self.paused = paused;
+        resumed
+    }
+
+    /// Decides whether the packet goes out on this leg, checking without
+    /// touching the header first so a skipped packet costs no copy.
+    pub fn accepts(&self, header: &Header) -> Result<(), Skip> {
+        if self.paused {
+            return Err(Skip::Paused);
+        }
+        if self.pt_map.get(header.payload_type).is_none() {
+            return Err(Skip::UnmappedPayloadType);
+        }
+        Ok(())
+    }
+
+    /// The packet as this leg sends it: a copy with the header rewritten. The
+    /// payload is shared (reference-counted); the extension list is only cloned
+    /// when something in it survives, so the usual copy allocates nothing of ours.
+    /// Call only after [`accepts`](Self::accepts).
+    pub fn copy(&mut self, packet: &Packet) -> Packet {
+        let h = &packet.header;
+        let mut header = Header {
+            version: h.version,
+            padding: h.padding,
+            extension: h.extension,
+            marker: h.marker,
+            payload_type: h.payload_type,
+            sequence_number: h.sequence_number,
+            timestamp: h.timestamp,
+            ssrc: h.ssrc,
+            csrc: h.csrc.clone(),
+            extension_profile: h.extension_profile,
+            extensions: if self.ext_map.keeps_any(h) {
+                h.extensions.clone()
+            } else {
+                Vec::new()
+            },
+            extensions_padding: h.extensions_padding,
+        };
+        self.rewrite(&mut header);
+        Packet {
+            header,
+            payload: packet.payload.clone(),
+        }
+    }
+
+    /// Rewrites a copy of an accepted packet's header for this leg: SSRC,
+    /// payload type, sequence number, extensions. Call only after [`accepts`](Self::accepts).
+    pub fn rewrite(&mut self, header: &mut Header) {
+        header.ssrc = self.ssrc;
+        if let Some(pt) = self.pt_map.get(header.payload_type) {
+            header.payload_type = pt;
+        }
+        header.sequence_number = self.seq.rewrite(header.sequence_number);
+        self.ext_map.apply(header);
+    }
+}
+
+/// Rate-limits keyframe requests for one published track: at most one per
+/// `interval`; a request inside the interval is remembered and released when
+/// the interval has passed, so a late subscriber is never left without one.
+#[derive(Debug, Clone)]
+pub struct KeyframeThrottle {
+    interval: Duration,
+    last: Option<Instant>,
+    pending: bool,
+}
+
+impl KeyframeThrottle {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            pending: false,
+        }
+    }
+
+    /// Somebody wants a keyframe. True if one should be requested now.
+    pub fn request(&mut self, now: Instant) -> bool {
+        self.pending = true;
+        self.poll(now)
+    }
+
+    /// True when a deferred request is due now.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        if !self.pending {
+            return false;
+        }
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.interval)
+        {
+            return false;
+        }
+        self.pending = false;
+        self.last = Some(now);
+        true
+    }
+
+    /// When a deferred request will be due, if one is waiting.
+    pub fn deadline(&self) -> Option<Instant> {
+        if !self.pending {
+            return None;
+        }
+        Some(self.last.map_or_else(Instant::now, |last| last + self.interval))
+    }
+}
+
+/// Drops a configured share of forwarded packets, for loss tests. A tiny
+/// xorshift generator: deterministic per seed, no allocation, no locking.
+#[derive(Debug, Clone)]
+pub struct DropDice {
+    state: u64,
+    /// Drop when the next draw is below this (0 = never).
+    threshold: u64,
+}
+
+impl DropDice {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed | 1,
+            threshold: 0,
+        }
+    }
+
+    /// Sets the share of packets to drop, clamped to [0, 1].
+    pub fn set_probability(&mut self, p: f64) {
+        let p = if p.is_finite() { p.clamp(0.0, 1.0) } else { 0.0 };
+        self.threshold = if p >= 1.0 {
+            u64::MAX
+        } else {
+            (p * u64::MAX as f64) as u64
+        };
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.threshold != 0
+    }
+
+    /// True if this packet should be dropped.
+    pub fn roll(&mut self) -> bool {
+        if self.threshold == 0 {
+            return false;
+        }
+        let mut x = self.state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state = x;
+        self.threshold == u64::MAX || x < self.threshold
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rtc::rtp::header::Extension;
+
+    const TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+    const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+    const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+    const ORIENT: &str = "urn:3gpp:video-orientation";
+
+    fn header_with(exts: &[(u8, &'static [u8])]) -> Header {
+        Header {
+            version: 2,
+            extension: true,
+            extension_profile: EXTENSION_PROFILE_ONE_BYTE,
+            extensions: exts
+                .iter()
+                .map(|(id, p)| Extension {
+                    id: *id,
+                    payload: Bytes::from_static(p),
+                })
+                .collect(),
+            extensions_padding: 3,
+            payload_type: 111,
+            sequence_number: 100,
+            ssrc: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ext_map_remaps_by_uri_and_strips_per_leg_extensions() {
+        let map = ExtMap::by_uri(
+            [(AUDIO_LEVEL, 1), (TWCC, 3), (MID, 4), (ORIENT, 5)],
+            [(AUDIO_LEVEL, 7), (TWCC, 2), (MID, 1)],
+        );
+        let mut h = header_with(&[(1, b"\x80"), (3, b"\x00\x01"), (4, b"0"), (5, b"\x01")]);
+        map.apply(&mut h);
+        assert_eq!(h.extensions.len(), 1);
+        assert_eq!(h.extensions[0].id, 7);
+        assert!(h.extension);
+        assert_eq!(h.extensions_padding, 0);
+    }
+
+    #[test]
+    fn stripping_everything_resets_all_four_fields() {
+        let map = ExtMap::by_uri([(TWCC, 3)], [(TWCC, 3)]);
+        let mut h = header_with(&[(3, b"\x00\x01")]);
+        map.apply(&mut h);
+        assert!(!h.extension);
+        assert!(h.extensions.is_empty());
+        assert_eq!(h.extensions_padding, 0);
+        assert_eq!(h.extension_profile, 0);
+    }
+
+    #[test]
+    fn one_byte_form_cannot_carry_ids_above_14() {
+        let map = ExtMap::by_uri([(AUDIO_LEVEL, 1)], [(AUDIO_LEVEL, 20)]);
+        let mut h = header_with(&[(1, b"\x80")]);
+        map.apply(&mut h);
+        assert!(!h.extension);
+    }
+
+    #[test]
+    fn unknown_extension_profile_is_stripped() {
+        let map = ExtMap::by_uri([(AUDIO_LEVEL, 1)], [(AUDIO_LEVEL, 1)]);
+        let mut h = header_with(&[(0, b"\x00\x00\x00\x00")]);
+        h.extension_profile = 0x1234;
+        map.apply(&mut h);
+        assert!(!h.extension && h.extensions.is_empty() && h.extension_profile == 0);
+    }
+
+    #[test]
+    fn stripped_header_marshals_to_the_size_it_claims() {
+        use rtc::shared::marshal::{Marshal, MarshalSize};
+        let map = ExtMap::by_uri([(AUDIO_LEVEL, 1)], [(AUDIO_LEVEL, 2)]);
+        let mut h = header_with(&[(1, b"\x80"), (3, b"\x00\x01\x02")]);
+        map.apply(&mut h);
+        let mut buf = vec![0u8; h.marshal_size()];
+        let n = h.marshal_to(&mut buf).expect("marshal");
+        assert_eq!(n, h.marshal_size());
+    }
+
+    fn key(pt: u8, mime: &'static str, fmtp: &'static str) -> CodecKey<'static> {
+        CodecKey {
+            payload_type: pt,
+            mime_type: mime,
+            clock_rate: if mime.starts_with("audio") { 48000 } else { 90000 },
+            fmtp,
+        }
+    }
+
+    #[test]
+    fn pt_map_prefers_identical_fmtp_then_mime() {
+        let map = PtMap::by_codec(
+            [
+                key(111, "audio/opus", "minptime=10;useinbandfec=1"),
+                key(96, "video/VP8", ""),
+                key(102, "video/H264", "profile-level-id=42e01f;packetization-mode=1"),
+                key(35, "video/AV1", ""),
+            ],
+            [
+                key(109, "audio/OPUS", "x"),
+                key(120, "video/vp8", ""),
+                key(125, "video/H264", "profile-level-id=42001f;packetization-mode=1"),
+                key(127, "video/H264", "profile-level-id=42e01f;packetization-mode=1"),
+            ],
+        );
+        assert_eq!(map.get(111), Some(109));
+        assert_eq!(map.get(96), Some(120));
+        assert_eq!(map.get(102), Some(127));
+        assert_eq!(map.get(35), None, "AV1 not negotiated on this leg");
+        assert_eq!(map.get(200), None);
+        assert!(!map.is_empty());
+        assert!(PtMap::default().is_empty());
+    }
+
+    #[test]
+    fn leg_rewrites_ssrc_pt_seq_and_skips_unmapped_or_paused() {
+        let mut leg = DownLeg::new(0xABCD);
+        leg.pt_map = PtMap::by_codec([key(111, "audio/opus", "")], [key(100, "audio/opus", "")]);
+        let mut h = header_with(&[(1, b"\x80")]);
+        assert_eq!(leg.accepts(&h), Ok(()));
+        leg.rewrite(&mut h);
+        assert_eq!((h.ssrc, h.payload_type, h.sequence_number), (0xABCD, 100, 100));
+        assert!(!h.extension, "no extension negotiated on the leg");
+
+        let mut rtx = header_with(&[]);
+        rtx.payload_type = 97;
+        assert_eq!(leg.accepts(&rtx), Err(Skip::UnmappedPayloadType));
+
+        assert!(!leg.set_paused(true));
+        assert_eq!(leg.accepts(&header_with(&[])), Err(Skip::Paused));
+        assert!(leg.set_paused(false), "resume reports itself");
+        assert!(!leg.set_paused(false));
+    }
+
+    #[test]
+    fn copy_shares_the_payload_and_keeps_only_mapped_extensions() {
+        let mut leg = DownLeg::new(9);
+        leg.pt_map = PtMap::by_codec([key(96, "video/VP8", "")], [key(98, "video/VP8", "")]);
+        let mut header = header_with(&[(3, b"\x00\x01")]);
+        header.payload_type = 96;
+        let packet = Packet {
+            header,
+            payload: Bytes::from_static(b"frame"),
+        };
+        let copy = leg.copy(&packet);
+        assert_eq!((copy.header.ssrc, copy.header.payload_type), (9, 98));
+        assert!(
+            !copy.header.extension && copy.header.extensions.capacity() == 0,
+            "no extension list allocated"
+        );
+        assert_eq!(
+            copy.payload.as_ptr(),
+            packet.payload.as_ptr(),
+            "payload shared, not copied"
+        );
+        assert_eq!(packet.header.ssrc, 1, "the original is untouched");
+
+        leg.ext_map = ExtMap::by_uri([(AUDIO_LEVEL, 3)], [(AUDIO_LEVEL, 5)]);
+        let copy = leg.copy(&packet);
+        assert_eq!(copy.header.extensions.len(), 1);
+        assert_eq!(copy.header.extensions[0].id, 5);
+    }
+
+    #[test]
+    fn seq_is_contiguous_across_a_pause_and_wraps() {
+        let mut s = SeqRewriter::new();
+        assert_eq!(s.rewrite(65534), 65534);
+        assert_eq!(s.rewrite(65535), 65535);
+        assert_eq!(s.rewrite(0), 0);
+        // paused for 1000 packets
+        s.resync();
+        assert_eq!(s.rewrite(1001), 1);
+        assert_eq!(s.rewrite(1002), 2);
+        // a late (reordered) packet from before stays before
+        assert_eq!(s.rewrite(1000), 0);
+        assert_eq!(s.rewrite(1003), 3);
+        // resume again after a reorder: continue from the highest emitted
+        s.resync();
+        assert_eq!(s.rewrite(5000), 4);
+    }
+
+    #[test]
+    fn throttle_allows_one_per_interval_and_releases_deferred_requests() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut k = KeyframeThrottle::new(ms(300));
+        assert!(!k.poll(t0), "nothing pending");
+        assert!(k.request(t0));
+        assert!(!k.request(t0 + ms(100)), "throttled");
+        assert_eq!(k.deadline(), Some(t0 + ms(300)));
+        assert!(!k.poll(t0 + ms(299)));
+        assert!(k.poll(t0 + ms(300)), "deferred request released");
+        assert!(!k.poll(t0 + ms(900)), "released once");
+        assert_eq!(k.deadline(), None);
+        assert!(k.request(t0 + ms(900)));
+    }
+
+    #[test]
+    fn drop_dice_hits_roughly_the_configured_share() {
+        let mut d = DropDice::new(42);
+        assert!(!d.is_active());
+        assert!((0..1000).all(|_| !d.roll()));
+        d.set_probability(0.1);
+        let dropped = (0..100_000).filter(|_| d.roll()).count();
+        assert!((9_000..11_000).contains(&dropped), "{dropped}");
+        d.set_probability(1.0);
+        assert!((0..1000).all(|_| d.roll()));
+        d.set_probability(f64::NAN);
+        assert!(!d.is_active());
+        d.set_probability(-3.0);
+        assert!(!d.is_active());
+    }
+}

@@ -1,0 +1,205 @@
+//! RTCP on the media plane: an interceptor that counts feedback and lets
+//! keyframe requests through to the application, plus builders for the
+//! feedback we send.
+//!
+//! Inbound RTCP stops at the end of `rtc`'s interceptor chain unless something
+//! marks it `DeliverToApplication`. [`RtcpTap`] marks only PLI and FIR (what an
+//! SFU relays upstream) and counts NACK/PLI/FIR as they pass, so receiver
+//! reports and NACKs stay with the interceptors that act on them
+//! (ReceiverReport, NackResponder) and never cost the application a copy.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
+
+use super::stats::StatsPair;
+
+/// Where the tap reports what it saw.
+#[derive(Debug, Clone, Default)]
+pub enum TapSink {
+    /// The SFU's meeting and process counters.
+    Stats(StatsPair),
+    /// Bare counters (test peers use this to see keyframe requests arrive).
+    Counters(Arc<TapCounters>),
+    #[default]
+    None,
+}
+
+/// Counters for a tap that is not attached to the SFU's stats.
+#[derive(Debug, Default)]
+pub struct TapCounters {
+    pub nacks: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+/// Whether an RTCP packet asks for a keyframe.
+pub fn is_keyframe_request(p: &dyn rtcp::Packet) -> bool {
+    let any = p.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// The media SSRC a keyframe request names (PLI: media_ssrc; FIR: each entry).
+pub fn keyframe_request_ssrcs(p: &dyn rtcp::Packet, mut each: impl FnMut(u32)) {
+    let any = p.as_any();
+    if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+        each(pli.media_ssrc);
+    } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+        if fir.fir.is_empty() {
+            each(fir.media_ssrc);
+        }
+        for entry in &fir.fir {
+            each(entry.ssrc);
+        }
+    }
+}
+
+/// A PLI for `media_ssrc`, ready for `RTCRtpReceiver::write_rtcp`.
+pub fn pli(media_ssrc: u32) -> Vec<Box<dyn rtcp::Packet>> {
+    vec![Box::new(PictureLossIndication {
+        sender_ssrc: 0,
+        media_ssrc,
+    })]
+}
+
+/// Counts inbound feedback and passes keyframe requests to the application.
+/// Sits application-side of the default interceptors (slot 14 000).
+#[derive(Default)]
+pub struct RtcpTap {
+    sink: TapSink,
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+/// The slot the tap occupies: after the JitterBuffer (13 000), the last of `rtc`'s named slots.
+pub const RTCP_TAP_SLOT: usize = 14_000;
+
+impl RtcpTap {
+    pub fn new(sink: TapSink) -> Self {
+        Self {
+            sink,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
+    }
+
+    fn count(&self, nacks: u64, keyframe_requests: u64) {
+        match &self.sink {
+            TapSink::Stats(stats) => {
+                if nacks > 0 {
+                    stats.add(|c| &c.nacks, nacks);
+                }
+                if keyframe_requests > 0 {
+                    stats.add(|c| &c.keyframe_requests_received, keyframe_requests);
+                }
+            }
+            TapSink::Counters(c) => {
+                c.nacks.fetch_add(nacks, Ordering::Relaxed);
+                c.keyframe_requests.fetch_add(keyframe_requests, Ordering::Relaxed);
+            }
+            TapSink::None => {}
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let (mut nacks, mut kf) = (0, 0);
+            for p in packets {
+                if p.as_any().is::<TransportLayerNack>() {
+                    nacks += 1;
+                } else if is_keyframe_request(p.as_ref()) {
+                    kf += 1;
+                }
+            }
+            if nacks + kf > 0 {
+                self.count(nacks, kf);
+            }
+            if kf > 0 {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for RtcpTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::payload_feedbacks::full_intra_request::FirEntry;
+
+    #[test]
+    fn keyframe_requests_are_recognised_with_their_ssrcs() {
+        let pli = PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc: 7,
+        };
+        let fir = FullIntraRequest {
+            sender_ssrc: 1,
+            media_ssrc: 0,
+            fir: vec![
+                FirEntry {
+                    ssrc: 8,
+                    sequence_number: 1,
+                },
+                FirEntry {
+                    ssrc: 9,
+                    sequence_number: 1,
+                },
+            ],
+        };
+        let nack = TransportLayerNack::default();
+        assert!(is_keyframe_request(&pli));
+        assert!(is_keyframe_request(&fir));
+        assert!(!is_keyframe_request(&nack));
+        let mut seen = Vec::new();
+        keyframe_request_ssrcs(&pli, |s| seen.push(s));
+        keyframe_request_ssrcs(&fir, |s| seen.push(s));
+        keyframe_request_ssrcs(&nack, |s| seen.push(s));
+        assert_eq!(seen, [7, 8, 9]);
+    }
+}

@@ -1,0 +1,114 @@
+//! Media-plane counters: plain atomics, written by the shard threads on the hot
+//! path and read by anyone (metrics, the debug endpoint, tests) without a lock.
+//!
+//! There is one [`Counters`] for the process and one per meeting; the shard bumps
+//! both for every event so a meeting's numbers and the process totals agree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// A set of monotonic counters plus the `tracks` gauge.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Published tracks currently live (gauge).
+    pub tracks: AtomicU64,
+    /// RTP packets written to a subscriber leg.
+    pub forwarded_packets: AtomicU64,
+    /// RTP payload plus header bytes written to subscriber legs.
+    pub forwarded_bytes: AtomicU64,
+    /// Packets we chose not to forward or could not deliver: garbage datagrams,
+    /// rejected writes, send-queue overflows, the test drop hook.
+    pub dropped_packets: AtomicU64,
+    /// Datagrams on the media port that named no connection (a subset of `dropped_packets`).
+    pub garbage_datagrams: AtomicU64,
+    /// RTCP NACK packets received from subscribers.
+    pub nacks: AtomicU64,
+    /// Keyframe requests (PLI or FIR) received from subscribers.
+    pub keyframe_requests_received: AtomicU64,
+    /// PLIs sent to publishers (after throttling).
+    pub plis_sent: AtomicU64,
+}
+
+/// A point-in-time copy of [`Counters`], for JSON and assertions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CountersSnapshot {
+    pub tracks: u64,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub dropped_packets: u64,
+    pub garbage_datagrams: u64,
+    pub nacks: u64,
+    pub keyframe_requests_received: u64,
+    pub plis_sent: u64,
+}
+
+impl Counters {
+    /// Adds `n` to a counter. Relaxed: these are statistics, nothing synchronises on them.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Decrements the `tracks` gauge without wrapping below zero.
+    pub fn track_removed(&self) {
+        let _ = self
+            .tracks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            tracks: get(&self.tracks),
+            forwarded_packets: get(&self.forwarded_packets),
+            forwarded_bytes: get(&self.forwarded_bytes),
+            dropped_packets: get(&self.dropped_packets),
+            garbage_datagrams: get(&self.garbage_datagrams),
+            nacks: get(&self.nacks),
+            keyframe_requests_received: get(&self.keyframe_requests_received),
+            plis_sent: get(&self.plis_sent),
+        }
+    }
+}
+
+/// Bumps the same counter in the meeting's and the process's [`Counters`].
+#[derive(Debug, Clone)]
+pub struct StatsPair {
+    pub meeting: std::sync::Arc<Counters>,
+    pub process: std::sync::Arc<Counters>,
+}
+
+impl StatsPair {
+    #[inline]
+    pub fn add(&self, pick: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        Counters::add(pick(&self.meeting), n);
+        Counters::add(pick(&self.process), n);
+    }
+
+    pub fn track_removed(&self) {
+        self.meeting.track_removed();
+        self.process.track_removed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn pair_bumps_both_and_gauge_does_not_wrap() {
+        let pair = StatsPair {
+            meeting: Arc::default(),
+            process: Arc::default(),
+        };
+        pair.add(|c| &c.forwarded_packets, 3);
+        pair.add(|c| &c.tracks, 1);
+        pair.track_removed();
+        pair.track_removed();
+        assert_eq!(pair.meeting.snapshot().forwarded_packets, 3);
+        assert_eq!(pair.process.snapshot().forwarded_packets, 3);
+        assert_eq!(pair.process.snapshot().tracks, 0);
+    }
+}

@@ -1,0 +1,659 @@
+//! The media plane end to end: real `webrtc` client peers on 127.0.0.1 talking
+//! to an in-process `Sfu` over real UDP, signaling through the `Sfu` API.
+//! Every wait is on a condition with a timeout, never a bare sleep.
+
+#[path = "sfu_support/mod.rs"]
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use gatehouse::sfu::{Sfu, SfuConfig};
+use gatehouse_signaling::ErrorCode;
+use gatehouse_signaling::protocol::{ClientMessage, IceCandidate, PeerRole, ServerMessage, TrackInfo, TrackSource};
+use support::{Client, OPUS_PT, VP8_PT, eventually};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn start() -> Sfu {
+    support::init_logging();
+    Sfu::start(SfuConfig::loopback()).expect("sfu starts")
+}
+
+fn published(c: &Client) -> Vec<TrackInfo> {
+    c.messages(|m| match m {
+        ServerMessage::TrackPublished { track } => Some(track.clone()),
+        _ => None,
+    })
+}
+
+fn unpublished(c: &Client) -> Vec<String> {
+    c.messages(|m| match m {
+        ServerMessage::TrackUnpublished { track_id, .. } => Some(track_id.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_participants_exchange_audio_and_video_intact() {
+    let sfu = start();
+    let mut clients = Vec::new();
+    for id in ["p_a", "p_b", "p_c"] {
+        let c = Client::join(&sfu, "m_three", id, true).await;
+        c.add_track(TrackSource::Microphone).await;
+        c.add_track(TrackSource::Camera).await;
+        c.publish().await.expect("publish accepted");
+        c.start_media();
+        clients.push(c);
+    }
+    // ~3 s of audio (50 packets/s) from each of the two others, on every client.
+    let enough = eventually(SECS(20), || {
+        clients.iter().all(|c| {
+            let r = c.received.lock().unwrap();
+            r.len() == 4 && r.values().all(|t| t.packets >= 150)
+        })
+    })
+    .await;
+    let snapshot = if enough {
+        None
+    } else {
+        sfu.debug_snapshot("m_three").await
+    };
+    for c in &clients {
+        let r = c.received.lock().unwrap().clone();
+        assert!(enough, "{}: {r:#?}\n{snapshot:#?}", c.id);
+        let infos = published(c);
+        assert_eq!(infos.len(), 4, "{}: two tracks from each other participant", c.id);
+        for info in &infos {
+            assert_ne!(info.participant_id, c.id, "no track_published for one's own tracks");
+            let got = r
+                .get(&info.track_id)
+                .unwrap_or_else(|| panic!("{} got no media for {info:?}", c.id));
+            assert_eq!(got.owner, info.participant_id, "msid stream id is the owner");
+            assert_eq!(
+                (got.corrupt, got.out_of_order, got.missing),
+                (0, 0, 0),
+                "{}: {got:?}",
+                c.id
+            );
+            assert_eq!(got.rtp_seq_jumps, 0, "RTP sequence numbers contiguous: {got:?}");
+            let pt = if info.source == TrackSource::Microphone {
+                OPUS_PT
+            } else {
+                VP8_PT
+            };
+            assert_eq!(got.payload_types, [pt]);
+            assert!(got.max_latency_us < 1_000_000, "latency {} us", got.max_latency_us);
+        }
+    }
+    let stats = sfu.meeting_stats("m_three").expect("meeting stats");
+    assert_eq!(stats.tracks, 6);
+    assert!(stats.forwarded_packets >= 6 * 150, "{stats:?}");
+    for c in &clients {
+        c.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+    assert!(sfu.meeting_stats("m_three").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_subscriber_gets_a_keyframe_request_to_the_publisher() {
+    let sfu = start();
+    let a = Client::join(&sfu, "m_late", "p_a", true).await;
+    a.add_track(TrackSource::Camera).await;
+    a.publish().await.expect("publish accepted");
+    a.start_media();
+    let sfu2 = sfu.clone();
+    // The track is published once its first packet arrives.
+    let mut published = false;
+    for _ in 0..500 {
+        if !sfu2.tracks("m_late").await.is_empty() {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(published, "camera track published");
+    let requests_before = a.feedback.keyframe_requests.load(Ordering::SeqCst);
+    assert_eq!(requests_before, 0, "nobody asked for a keyframe while alone");
+
+    let b = Client::join(&sfu, "m_late", "p_b", true).await;
+    assert!(
+        eventually(SECS(10), || b.subscriber_connected.load(Ordering::SeqCst)).await,
+        "subscriber connects"
+    );
+    let connected_at = Instant::now();
+    let pli_seen = eventually(SECS(1), || a.feedback.keyframe_requests.load(Ordering::SeqCst) > 0).await;
+    assert!(
+        pli_seen,
+        "PLI reached the publisher within 1 s of the subscriber connecting"
+    );
+    let pli_after = connected_at.elapsed();
+    // ... and the keyframe it provoked reaches the late subscriber.
+    let keyframe = eventually(SECS(2), || b.received_from("p_a").iter().any(|(_, r)| r.keyframes > 0)).await;
+    assert!(
+        keyframe,
+        "keyframe-marked payload arrives: {:?}",
+        b.received_from("p_a")
+    );
+    let stats = sfu.meeting_stats("m_late").expect("stats");
+    assert!(stats.plis_sent >= 1, "{stats:?}");
+    eprintln!("PLI at the publisher {pli_after:?} after the late subscriber connected; {stats:?}");
+    a.leave().await;
+    b.leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screen_share_starts_and_stops_and_guests_may_not_present() {
+    let sfu = start();
+    let host = Client::join(&sfu, "m_screen", "p_host", true).await;
+    let guest = Client::join(&sfu, "m_screen", "p_guest", false).await;
+    let staff = Client::join(&sfu, "m_screen", "p_staff", true).await;
+    host.add_track(TrackSource::Microphone).await;
+    host.publish().await.expect("publish mic");
+    host.start_media();
+
+    // Screen share starts: a renegotiation of the publisher connection.
+    host.add_track(TrackSource::Screen).await;
+    host.publish().await.expect("publish screen");
+    host.start_media();
+    let screen_info = |c: &Client| published(c).into_iter().find(|t| t.source == TrackSource::Screen);
+    assert!(
+        eventually(SECS(10), || screen_info(&guest).is_some()
+            && screen_info(&staff).is_some())
+        .await,
+        "track_published(screen) at every subscriber"
+    );
+    let screen = screen_info(&guest).expect("screen track");
+    assert_eq!(screen.participant_id, "p_host");
+    assert!(screen_info(&host).is_none(), "not announced to its owner");
+    for c in [&guest, &staff] {
+        assert!(
+            eventually(SECS(10), || c
+                .received(&screen.track_id)
+                .is_some_and(|r| r.packets >= 20))
+            .await,
+            "{} receives the screen",
+            c.id
+        );
+    }
+
+    // Screen share stops.
+    host.remove_track(TrackSource::Screen).await;
+    host.publish().await.expect("publish without screen");
+    for c in [&guest, &staff] {
+        assert!(
+            eventually(SECS(5), || unpublished(c).contains(&screen.track_id)).await,
+            "{} hears track_unpublished",
+            c.id
+        );
+    }
+    let left: Vec<TrackInfo> = sfu.tracks("m_screen").await;
+    assert_eq!(left.len(), 1, "only the microphone is left: {left:?}");
+    assert_eq!(left[0].source, TrackSource::Microphone);
+
+    // A guest without may_present is refused.
+    guest.add_track(TrackSource::Screen).await;
+    let refused = guest.publish().await.expect_err("guests may not present");
+    assert_eq!(refused.code, ErrorCode::PresentingNotAllowed);
+
+    for c in [&host, &guest, &staff] {
+        c.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_participant_is_unpublished_everywhere_and_the_meeting_is_freed() {
+    let sfu = start();
+    let mut clients = Vec::new();
+    for id in ["p_a", "p_b", "p_c"] {
+        let c = Client::join(&sfu, "m_leave", id, true).await;
+        c.add_track(TrackSource::Microphone).await;
+        c.add_track(TrackSource::Camera).await;
+        c.publish().await.expect("publish");
+        c.start_media();
+        clients.push(c);
+    }
+    assert!(
+        eventually(SECS(10), || clients.iter().all(|c| published(c).len() == 4)).await,
+        "everyone hears of everyone else's tracks"
+    );
+    assert_eq!(sfu.live_connections(), 6);
+    let a_tracks: Vec<String> = published(&clients[1])
+        .into_iter()
+        .filter(|t| t.participant_id == "p_a")
+        .map(|t| t.track_id)
+        .collect();
+    assert_eq!(a_tracks.len(), 2);
+
+    clients[0].leave().await;
+    for c in &clients[1..] {
+        assert!(
+            eventually(SECS(5), || a_tracks.iter().all(|t| unpublished(c).contains(t))).await,
+            "{} hears both of p_a's tracks unpublished",
+            c.id
+        );
+    }
+    assert_eq!(sfu.live_connections(), 4, "p_a's two connections are closed");
+    assert_eq!(sfu.tracks("m_leave").await.len(), 4);
+    // The others still exchange media after the renegotiation.
+    let before = clients[1]
+        .received_from("p_c")
+        .iter()
+        .map(|(_, r)| r.packets)
+        .sum::<u64>();
+    assert!(
+        eventually(SECS(5), || clients[1]
+            .received_from("p_c")
+            .iter()
+            .map(|(_, r)| r.packets)
+            .sum::<u64>()
+            > before + 50)
+        .await
+    );
+    let snapshot = sfu.debug_snapshot("m_leave").await.expect("debug snapshot");
+    assert_eq!(
+        snapshot["participants"].as_array().map(Vec::len),
+        Some(2),
+        "{snapshot:#}"
+    );
+
+    for c in &clients[1..] {
+        c.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+    assert!(sfu.tracks("m_leave").await.is_empty());
+    assert!(sfu.debug_snapshot("m_leave").await.is_none(), "the meeting is freed");
+    assert_eq!(sfu.stats().tracks, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_call() {
+    let sfu = start();
+    let a = Client::join(&sfu, "m_bad", "p_a", true).await;
+    let b = Client::join(&sfu, "m_bad", "p_b", true).await;
+
+    let handle = |msg: ClientMessage| {
+        let sfu = sfu.clone();
+        async move { sfu.handle("m_bad", "p_a", msg).await }
+    };
+    let e = handle(ClientMessage::PublishOffer {
+        sdp: "not sdp at all".into(),
+        tracks: vec![],
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidSdp, "{e}");
+    let e = handle(ClientMessage::PublishOffer {
+        sdp: "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n".into(),
+        tracks: vec![],
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidSdp, "{e}");
+    let e = handle(ClientMessage::SubscribeAnswer { sdp: "v=0".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::MediaStateError, "an answer with no offer: {e}");
+    for bad in [
+        "candidate:garbage",
+        "candidate:1 1 udp notanumber 127.0.0.1 9 typ host",
+        "candidate:1 1 udp 1 127.0.0.1",
+    ] {
+        let e = handle(ClientMessage::IceCandidate {
+            target: PeerRole::Publisher,
+            candidate: IceCandidate {
+                candidate: bad.into(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+            },
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidCandidate, "{bad}: {e}");
+    }
+    let e = handle(ClientMessage::MuteTrack {
+        track_id: "t_nope".into(),
+        muted: true,
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    let e = handle(ClientMessage::Chat { text: "hi".into() }).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = sfu.handle("m_bad", "p_nobody", ClientMessage::Leave).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotInCall);
+    let e = sfu.handle("m_none", "p_a", ClientMessage::Leave).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotInCall);
+
+    // A live call between a and b.
+    for c in [&a, &b] {
+        c.add_track(TrackSource::Microphone).await;
+        c.add_track(TrackSource::Camera).await;
+        c.publish().await.expect("a valid offer still works after the bad ones");
+        c.start_media();
+    }
+    let total = |c: &Client, from: &str| c.received_from(from).iter().map(|(_, r)| r.packets).sum::<u64>();
+    assert!(
+        eventually(SECS(10), || total(&a, "p_b") > 100 && total(&b, "p_a") > 100).await,
+        "media flows"
+    );
+
+    // Garbage at the media port, from a stranger: random bytes, things that look
+    // like STUN/DTLS/RTP, and a binding request for a ufrag nobody has.
+    let garbage_before = sfu.stats().garbage_datagrams;
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut x: u64 = 0xDEAD_BEEF;
+    let mut sent = 0u64;
+    for i in 0..600usize {
+        let mut buf = vec![0u8; 1 + (i * 7) % 300];
+        for byte in &mut buf {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        match i % 4 {
+            0 => buf[0] = 0x00,
+            1 => buf[0] = 0x16,
+            2 => buf[0] = 0x80,
+            _ => {}
+        }
+        stranger.send_to(&buf, sfu.local_addr()).await.expect("send garbage");
+        sent += 1;
+        // Pace the bursts on the counter, so the kernel's socket buffer is never what drops them.
+        if sent.is_multiple_of(50) {
+            let target = garbage_before + sent;
+            assert!(
+                eventually(SECS(5), || sfu.stats().garbage_datagrams >= target).await,
+                "garbage counted"
+            );
+        }
+    }
+    let stun = [
+        0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x00, 0x06, 0x00, 0x08,
+        b'n', b'o', b'b', b'o', b'd', b'y', b':', b'x',
+    ];
+    stranger.send_to(&stun, sfu.local_addr()).await.expect("send");
+    sent += 1;
+    assert!(
+        eventually(SECS(5), || sfu.stats().garbage_datagrams == garbage_before + sent).await,
+        "garbage is counted: {:?} after sending {sent}",
+        sfu.stats()
+    );
+    // The call goes on, intact.
+    let (a_before, b_before) = (total(&a, "p_b"), total(&b, "p_a"));
+    assert!(
+        eventually(SECS(5), || total(&a, "p_b") > a_before + 100
+            && total(&b, "p_a") > b_before + 100)
+        .await,
+        "media keeps flowing after the garbage"
+    );
+    for c in [&a, &b] {
+        for (_, r) in c.received.lock().unwrap().iter() {
+            assert_eq!((r.corrupt, r.out_of_order, r.missing), (0, 0, 0), "{}: {r:?}", c.id);
+        }
+    }
+    a.leave().await;
+    b.leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+/// Two clients in one meeting, each publishing microphone and camera, media flowing both ways.
+async fn pair(sfu: &Sfu, meeting: &str) -> (std::sync::Arc<Client>, std::sync::Arc<Client>) {
+    let a = Client::join(sfu, meeting, "p_a", true).await;
+    let b = Client::join(sfu, meeting, "p_b", true).await;
+    for c in [&a, &b] {
+        c.add_track(TrackSource::Microphone).await;
+        c.add_track(TrackSource::Camera).await;
+        c.publish().await.expect("publish");
+        c.start_media();
+    }
+    let flowing = eventually(SECS(10), || {
+        [(&a, "p_b"), (&b, "p_a")].iter().all(|(c, from)| {
+            let r = c.received_from(from);
+            r.len() == 2 && r.iter().all(|(_, r)| r.packets > 20)
+        })
+    })
+    .await;
+    assert!(flowing, "media flows both ways");
+    (a, b)
+}
+
+fn track_of(c: &Client, owner: &str, source: TrackSource) -> TrackInfo {
+    published(c)
+        .into_iter()
+        .find(|t| t.participant_id == owner && t.source == source)
+        .expect("published track")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mute_pause_resume_and_subscriber_keyframe_requests() {
+    let sfu = start();
+    let (a, b) = pair(&sfu, "m_ctl").await;
+    let a_cam = track_of(&b, "p_a", TrackSource::Camera);
+    let a_mic = track_of(&b, "p_a", TrackSource::Microphone);
+
+    // mute_track: the others hear it, TrackInfo follows.
+    a.send(ClientMessage::MuteTrack {
+        track_id: a_mic.track_id.clone(),
+        muted: true,
+    })
+    .await
+    .expect("mute");
+    let muted = |c: &Client| {
+        c.messages(|m| match m {
+            ServerMessage::TrackMuted {
+                track_id,
+                participant_id,
+                muted,
+            } => Some((track_id.clone(), participant_id.clone(), *muted)),
+            _ => None,
+        })
+    };
+    assert!(
+        eventually(SECS(2), || muted(&b)
+            == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
+        .await
+    );
+    assert!(muted(&a).is_empty(), "the owner is not told");
+    assert!(
+        sfu.tracks("m_ctl")
+            .await
+            .iter()
+            .any(|t| t.track_id == a_mic.track_id && t.muted)
+    );
+    let e = b
+        .send(ClientMessage::MuteTrack {
+            track_id: a_mic.track_id.clone(),
+            muted: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound, "only the owner mutes a track");
+
+    // set_subscription: pause stops the flow, resume restarts it with contiguous RTP
+    // sequence numbers and a keyframe request.
+    let packets = |c: &Client, t: &str| c.received(t).map(|r| r.packets).unwrap_or(0);
+    b.send(ClientMessage::SetSubscription {
+        track_id: a_cam.track_id.clone(),
+        paused: true,
+    })
+    .await
+    .expect("pause");
+    let paused_at = packets(&b, &a_cam.track_id);
+    // Stable: nothing arrives for a while (the microphone keeps flowing meanwhile).
+    let mic_then = packets(&b, &a_mic.track_id);
+    assert!(eventually(SECS(5), || packets(&b, &a_mic.track_id) > mic_then + 25).await);
+    let after_pause = packets(&b, &a_cam.track_id);
+    assert!(after_pause <= paused_at + 5, "paused: {paused_at} -> {after_pause}");
+    let requests = a.feedback.keyframe_requests.load(Ordering::SeqCst);
+    b.send(ClientMessage::SetSubscription {
+        track_id: a_cam.track_id.clone(),
+        paused: false,
+    })
+    .await
+    .expect("resume");
+    assert!(
+        eventually(SECS(5), || packets(&b, &a_cam.track_id) > after_pause + 50).await,
+        "resumed"
+    );
+    assert!(
+        eventually(SECS(2), || a.feedback.keyframe_requests.load(Ordering::SeqCst)
+            > requests)
+        .await,
+        "resume asks the publisher for a keyframe"
+    );
+    let cam = b.received(&a_cam.track_id).expect("camera");
+    assert_eq!(
+        cam.rtp_seq_jumps, 0,
+        "the leg's sequence numbers stay contiguous over the pause: {cam:?}"
+    );
+    assert!(cam.missing > 0, "the payload counter shows the paused stretch: {cam:?}");
+    let e = b
+        .send(ClientMessage::SetSubscription {
+            track_id: "t_nope".into(),
+            paused: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+
+    // A subscriber's own PLI is relayed to the publisher (after the throttle interval).
+    let requests = a.feedback.keyframe_requests.load(Ordering::SeqCst);
+    let received_before = sfu.meeting_stats("m_ctl").expect("stats").keyframe_requests_received;
+    let relayed = eventually(SECS(3), || {
+        let b = b.clone();
+        let t = a_cam.track_id.clone();
+        tokio::spawn(async move { b.request_keyframe(&t).await });
+        a.feedback.keyframe_requests.load(Ordering::SeqCst) > requests
+    })
+    .await;
+    assert!(relayed, "subscriber PLI relayed upstream");
+    assert!(sfu.meeting_stats("m_ctl").expect("stats").keyframe_requests_received > received_before);
+
+    a.leave().await;
+    b.leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_hook_drops_a_known_share_of_forwarded_packets() {
+    let sfu = start();
+    let (a, b) = pair(&sfu, "m_drop").await;
+    let before = sfu.stats();
+    sfu.set_drop_probability(0.2);
+    let a_cam = track_of(&b, "p_a", TrackSource::Camera);
+    let start_packets = b.received(&a_cam.track_id).map(|r| r.packets).unwrap_or(0);
+    assert!(
+        eventually(SECS(10), || b
+            .received(&a_cam.track_id)
+            .is_some_and(|r| r.packets > start_packets + 300))
+        .await
+    );
+    sfu.set_drop_probability(0.0);
+    let after = sfu.stats();
+    let (fwd, dropped) = (
+        after.forwarded_packets - before.forwarded_packets,
+        after.dropped_packets - before.dropped_packets,
+    );
+    let share = dropped as f64 / (fwd + dropped) as f64;
+    assert!(
+        (0.12..0.28).contains(&share),
+        "dropped {dropped} of {}: {share}",
+        fwd + dropped
+    );
+    let cam = b.received(&a_cam.track_id).expect("camera");
+    assert!(cam.missing > 0, "the receiver sees the loss: {cam:?}");
+    assert!(
+        eventually(SECS(3), || sfu.stats().nacks > before.nacks).await,
+        "the subscriber NACKs what it missed: {:?}",
+        sfu.stats()
+    );
+    a.leave().await;
+    b.leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meetings_spread_over_shards_each_on_its_own_port() {
+    let sfu = Sfu::start(SfuConfig {
+        shards: 2,
+        ..SfuConfig::loopback()
+    })
+    .expect("sfu starts");
+    let addrs = sfu.local_addrs();
+    assert_eq!(addrs.len(), 2);
+    assert_ne!(addrs[0].port(), addrs[1].port());
+    let (a1, b1) = pair(&sfu, "m_one").await;
+    let (a2, b2) = pair(&sfu, "m_two").await;
+    let shard = |s: &serde_json::Value| s["shard"].as_u64().expect("shard");
+    let one = sfu.debug_snapshot("m_one").await.expect("m_one");
+    let two = sfu.debug_snapshot("m_two").await.expect("m_two");
+    assert_ne!(shard(&one), shard(&two), "the second meeting goes to the idle shard");
+    assert_ne!(one["media_addr"], two["media_addr"]);
+    assert_eq!(sfu.live_connections(), 8);
+    for c in [&a1, &b1, &a2, &b2] {
+        c.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+/// Each publisher uses another codec; one subscriber connection carries all of them.
+/// (One video codec per publisher connection: `rtc` 0.21.1 negotiates codecs per
+/// connection from the first video m-line, see docs/ARCHITECTURE.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_vp9_and_av1_pass_through() {
+    let sfu = start();
+    let viewer = Client::join(&sfu, "m_codecs", "p_viewer", true).await;
+    let codecs = [
+        (
+            "p_h264",
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        ),
+        ("p_vp9", "video/VP9", "profile-id=0"),
+        ("p_av1", "video/AV1", ""),
+    ];
+    let mut publishers = Vec::new();
+    for (id, mime, fmtp) in codecs {
+        let p = Client::join(&sfu, "m_codecs", id, true).await;
+        p.add_track_with(TrackSource::Camera, support::video_codec(mime, fmtp))
+            .await;
+        p.publish().await.expect("publish");
+        p.start_media();
+        publishers.push(p);
+    }
+    let ok = eventually(SECS(10), || {
+        codecs.iter().all(|(id, _, _)| {
+            let r = viewer.received_from(id);
+            r.len() == 1 && r[0].1.packets > 100
+        })
+    })
+    .await;
+    let snapshot = sfu.debug_snapshot("m_codecs").await.expect("snapshot");
+    let received = viewer.received.lock().unwrap().clone();
+    assert!(ok, "{received:#?}\n{snapshot:#?}");
+    let mut seen: Vec<String> = snapshot["tracks"]
+        .as_array()
+        .expect("tracks")
+        .iter()
+        .map(|t| t["codec"].as_str().unwrap_or("").to_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["video/AV1", "video/H264", "video/VP9"]);
+    for (_, r) in viewer.received.lock().unwrap().iter() {
+        assert_eq!(
+            (r.corrupt, r.out_of_order, r.missing, r.rtp_seq_jumps),
+            (0, 0, 0, 0),
+            "{r:?}"
+        );
+    }
+    viewer.leave().await;
+    for p in &publishers {
+        p.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
