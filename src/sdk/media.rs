@@ -259,7 +259,12 @@ async fn build_connection(
     mut media_engine: MediaEngine,
     handler: Handler,
 ) -> Result<Arc<dyn PeerConnection>> {
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    // Keyframe requests must reach the application (the synthetic sender answers them);
+    // by default inbound RTCP ends inside the interceptor chain.
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+        rtc::interceptor::Slot::from(crate::sfu::rtcp::RTCP_TAP_SLOT),
+        crate::sfu::rtcp::RtcpTap::new(crate::sfu::rtcp::TapSink::None),
+    );
     let ice_servers = options
         .ice_servers
         .iter()

@@ -1,0 +1,228 @@
+//! Media through the whole gateway: SDK clients over the signaling WebSocket,
+//! the SFU on its UDP port, synthetic RTP checked end to end.
+
+mod support;
+
+use std::time::Duration;
+
+use gatehouse::sdk::synthetic::{StreamSummary, SyntheticConfig};
+use gatehouse::sdk::{Client, ConnectOptions, Event, Events, MediaOptions, RemoteTrack, now_us};
+use gatehouse_signaling::protocol::{LobbyStatus, TrackSource};
+use gatehouse_signaling::token::StaffRole;
+use serde_json::json;
+use support::TestServer;
+
+const T: Duration = Duration::from_secs(20);
+
+fn options(srv: &TestServer, token: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new(srv.base.clone(), token);
+    o.ca_pem = Some(std::fs::read_to_string(srv.running.as_ref().unwrap().ca_file.as_ref().unwrap()).unwrap());
+    o.media = MediaOptions {
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        ..MediaOptions::default()
+    };
+    o
+}
+
+async fn admitted(events: &mut Events) {
+    events
+        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
+        .await
+        .expect("admitted");
+}
+
+async fn next_remote_track(events: &mut Events) -> RemoteTrack {
+    events
+        .wait_for(T, |e| match e {
+            Event::RemoteTrack(t) => Some(t),
+            _ => None,
+        })
+        .await
+        .expect("a remote track")
+}
+
+/// Measures a remote track until `stop` flips.
+fn measure(
+    track: RemoteTrack,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(String, String, StreamSummary)> {
+    tokio::spawn(async move {
+        let mut stop = stop;
+        let summary = track
+            .measure_synthetic(now_us(), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .expect("synthetic media");
+        (track.participant_id().to_owned(), track.mime_type().to_owned(), summary)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sdk_participants_exchange_audio_and_video() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Case review", "lobby_bypass": "organization" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+
+    let mut people = Vec::new();
+    for sub in ["olga", "ivan", "sam"] {
+        let token = srv.staff_token(sub, StaffRole::Staff);
+        let (client, mut events) = Client::connect(options(&srv, &token).meeting(mid.clone()))
+            .await
+            .unwrap();
+        admitted(&mut events).await;
+        people.push((client, events));
+    }
+    let mut senders = Vec::new();
+    for (client, _) in &people {
+        let mic = client
+            .publish(TrackSource::Microphone)
+            .await
+            .expect("publish microphone");
+        let cam = client.publish(TrackSource::Camera).await.expect("publish camera");
+        senders.push(mic.start_synthetic(SyntheticConfig::audio()).unwrap());
+        senders.push(cam.start_synthetic(SyntheticConfig::video()).unwrap());
+    }
+
+    // Everyone receives the other two's audio and video.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut measurements = Vec::new();
+    for (client, events) in &mut people {
+        let me = client.me().participant_id.clone();
+        for _ in 0..4 {
+            let track = next_remote_track(events).await;
+            assert_ne!(track.participant_id(), me, "nobody receives their own media");
+            measurements.push((me.clone(), measure(track, stop_rx.clone())));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // the measured interval, not synchronisation
+    stop_tx.send(true).unwrap();
+    let mut per_receiver: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (receiver, handle) in measurements {
+        let (from, mime, s) = handle.await.unwrap();
+        assert!(
+            s.received >= 40,
+            "{receiver} <- {from} {mime}: only {} packets",
+            s.received
+        );
+        assert_eq!(
+            (s.lost, s.reordered, s.duplicates, s.corrupt),
+            (0, 0, 0, 0),
+            "{receiver} <- {from} {mime}: {s:?}"
+        );
+        assert!(
+            s.latency_p99_us.unwrap() < 200_000,
+            "{receiver} <- {from} {mime}: p99 {:?} us",
+            s.latency_p99_us
+        );
+        per_receiver.entry(receiver).or_default().push(format!("{from}/{mime}"));
+    }
+    for (receiver, got) in &per_receiver {
+        let mut senders_seen: Vec<_> = got.iter().map(|g| g.split('/').next().unwrap().to_owned()).collect();
+        senders_seen.sort();
+        senders_seen.dedup();
+        assert_eq!(senders_seen.len(), 2, "{receiver} got {got:?}");
+    }
+    for s in senders {
+        s.stop().await.expect("sender ran cleanly");
+    }
+    for (client, _) in &people {
+        client.close().await;
+    }
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
+    srv.wait_until("the meeting is gone", |s| s.state().live.is_empty())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(
+            &olga,
+            json!({ "title": "Consultation", "lobby_bypass": "organizer_only" }),
+        )
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let (staff, mut staff_events) = Client::connect(options(&srv, &olga).meeting(mid.clone()))
+        .await
+        .unwrap();
+    admitted(&mut staff_events).await;
+    let cam = staff.publish(TrackSource::Camera).await.unwrap();
+    let sender = cam.start_synthetic(SyntheticConfig::video()).unwrap();
+    srv.wait_until("the staff camera is published", |s| s.state().sfu.stats().tracks >= 1)
+        .await;
+    let connections_before = srv.state().sfu.live_connections();
+
+    let guest_token = srv
+        .redeem(meeting["public_link"]["code"].as_str().unwrap(), "Patient Pat")
+        .await;
+    let (guest, mut guest_events) = Client::connect(options(&srv, &guest_token)).await.unwrap();
+    guest_events
+        .wait_for(T, |e| {
+            matches!(
+                e,
+                Event::Lobby {
+                    status: LobbyStatus::WaitingForAdmission,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await
+        .unwrap();
+    let waiting = staff_events
+        .wait_for(T, |e| match e {
+            Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    // In the lobby: no peer connection exists for the guest, and media requests are refused.
+    assert_eq!(
+        srv.state().sfu.live_connections(),
+        connections_before,
+        "a lobby guest has no peer connection"
+    );
+    assert!(!guest.is_admitted());
+    let err = guest
+        .publish(TrackSource::Camera)
+        .await
+        .err()
+        .expect("no publishing from the lobby");
+    assert!(err.to_string().to_lowercase().contains("call"), "{err}");
+
+    staff.admit(waiting[0].participant_id.clone()).unwrap();
+    admitted(&mut guest_events).await;
+    let track = next_remote_track(&mut guest_events).await;
+    assert_eq!(track.participant_id(), staff.me().participant_id);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let handle = measure(track, stop_rx);
+    srv.wait_until("the guest's subscriber connection exists", |s| {
+        s.state().sfu.live_connections() > connections_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the measured interval
+    stop_tx.send(true).unwrap();
+    let (_, _, s) = handle.await.unwrap();
+    assert!(s.received > 10 && s.keyframes >= 1, "{s:?}");
+    let first = s.time_to_first_keyframe_us.expect("a keyframe");
+    assert!(
+        first < 1_000_000,
+        "decodable video within a second of subscribing: {first} us"
+    );
+    sender.stop().await.unwrap();
+    guest.close().await;
+    staff.close().await;
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
+}
