@@ -195,8 +195,7 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
     let err = guest
         .publish(TrackSource::Camera)
         .await
-        .err()
-        .expect("no publishing from the lobby");
+        .expect_err("no publishing from the lobby");
     assert!(err.to_string().to_lowercase().contains("call"), "{err}");
 
     staff.admit(waiting[0].participant_id.clone()).unwrap();

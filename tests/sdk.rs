@@ -128,8 +128,7 @@ async fn sdk_reports_server_errors_with_codes() {
     let olga = srv.staff_token("olga", StaffRole::Staff);
     let err = Client::connect(options(&srv, &olga).meeting("m_nope"))
         .await
-        .err()
-        .expect("unknown meeting refused");
+        .expect_err("unknown meeting refused");
     assert_eq!(err.code(), Some(gatehouse_signaling::ErrorCode::NotFound), "{err}");
     let opts = options(&srv, "garbage");
     let err = RestClient::new(&srv.base, &opts.tls())

@@ -225,6 +225,18 @@ impl Events {
     }
 }
 
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").field("queued", &self.rx.len()).finish()
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("me", self.me()).field("meeting", self.meeting()).finish_non_exhaustive()
+    }
+}
+
 impl Stream for Events {
     type Item = Event;
 
