@@ -233,7 +233,10 @@ impl std::fmt::Debug for Events {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("me", self.me()).field("meeting", self.meeting()).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("me", self.me())
+            .field("meeting", self.meeting())
+            .finish_non_exhaustive()
     }
 }
 

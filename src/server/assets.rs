@@ -21,5 +21,10 @@ pub fn router(config: &Config) -> Router<Arc<AppState>> {
         .route_service("/j/{code}", ServeFile::new(dir.join("join.html")))
         .route_service("/console", ServeFile::new(dir.join("console.html")))
         .route_service("/", ServeFile::new(dir.join("index.html")))
+        // No icon yet; answer without a 404 in every page's console.
+        .route(
+            "/favicon.ico",
+            axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .nest_service("/static", ServeDir::new(dir))
 }

@@ -1,0 +1,133 @@
+//! The web client in real headless Chromium (fake camera, microphone and screen)
+//! against a real gateway: the scenarios in tests/browser/scenarios.mjs drive the
+//! pages through playwright-core, and this test checks the facts they measured.
+
+mod support;
+
+use gatehouse_signaling::token::StaffRole;
+use serde_json::Value;
+use support::TestServer;
+
+/// Runs scenarios in one Node process; returns each scenario's JSON line.
+async fn run_scenarios(srv: &TestServer, scenarios: &str, shots: &std::path::Path) -> Vec<Value> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(
+        std::path::Path::new(root)
+            .join("tests/browser/node_modules/playwright-core")
+            .exists(),
+        "run `npm ci` in tests/browser first (scripts/test.sh does)"
+    );
+    let token = srv.staff_token("olga", StaffRole::Admin);
+    let config = serde_json::json!({
+        "baseUrl": srv.base,
+        "staffToken": token,
+        "screenshotDir": shots,
+        "requireMedia": true,
+    });
+    let ca = srv.running.as_ref().unwrap().ca_file.clone().unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(format!("{root}/tests/browser/scenarios.mjs"))
+        .arg(scenarios)
+        .arg(config.to_string())
+        .env("NODE_EXTRA_CA_CERTS", ca)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let results: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(
+        !results.is_empty(),
+        "no results; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for r in &results {
+        assert_eq!(
+            r["ok"],
+            true,
+            "scenario failed: {r:#}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(r["pageErrors"].as_array().map(Vec::len), Some(0), "page errors: {r:#}");
+    }
+    results
+}
+
+fn facts<'a>(results: &'a [Value], scenario: &str) -> &'a Value {
+    &results
+        .iter()
+        .find(|r| r["scenario"] == scenario)
+        .unwrap_or_else(|| panic!("{scenario} did not run"))["facts"]
+}
+
+/// Largest counter of an inbound stream of `kind` (and `source`) in a stats summary.
+fn inbound(stats: &Value, kind: &str, source: &str, field: &str) -> u64 {
+    stats["inbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == kind && s["source"] == source)
+        .filter_map(|s| s[field].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_client_in_chromium() {
+    let srv = TestServer::start().await;
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let scenarios = "guest-lobby-admit-chat,screen-share,deny-with-reason,expired-link,guest-leaves";
+    let results = run_scenarios(&srv, scenarios, &shots).await;
+
+    // Guest journey: lobby, admission with a click, chat, and media both ways.
+    let f = facts(&results, "guest-lobby-admit-chat");
+    assert_eq!(f["lobbyTextBeforeHost"], "Waiting for the host to join");
+    assert_eq!(f["lobbyTextWithHost"], "Waiting for someone to let you in");
+    assert_eq!(
+        (
+            f["admitted"].as_bool(),
+            f["chatGuestToStaff"].as_bool(),
+            f["chatStaffToGuest"].as_bool()
+        ),
+        (Some(true), Some(true), Some(true))
+    );
+    for side in ["guestMedia", "staffMedia"] {
+        let (before, after) = (&f[side]["before"], &f[side]["after"]);
+        assert!(
+            inbound(after, "video", "camera", "framesDecoded") > inbound(before, "video", "camera", "framesDecoded"),
+            "{side}: video frames decoded must rise: {:#}",
+            f[side]
+        );
+        assert!(
+            inbound(after, "audio", "microphone", "packetsReceived")
+                > inbound(before, "audio", "microphone", "packetsReceived"),
+            "{side}: audio packets received must rise: {:#}",
+            f[side]
+        );
+    }
+
+    // Screen share: a `screen` track decoded at the staff side, gone when stopped.
+    let f = facts(&results, "screen-share");
+    assert_eq!(f["staffSawScreenTile"], true);
+    assert!(
+        inbound(&f["staffScreenMedia"]["after"], "video", "screen", "framesDecoded") > 0,
+        "{f:#}"
+    );
+    assert_eq!(f["screenTileRemoved"], true);
+
+    let f = facts(&results, "deny-with-reason");
+    assert_eq!(f["reasonShown"], true);
+    let f = facts(&results, "expired-link");
+    assert_eq!(f["errorCode"], "link_expired");
+    let f = facts(&results, "guest-leaves");
+    assert_eq!(
+        (f["tileRemoved"].as_bool(), f["listEntryRemoved"].as_bool()),
+        (Some(true), Some(true))
+    );
+
+    for name in ["join-page.png", "lobby.png", "call-staff.png"] {
+        let meta = std::fs::metadata(shots.join(name)).unwrap_or_else(|_| panic!("screenshot {name} saved"));
+        assert!(meta.len() > 10_000, "{name} is a real picture");
+    }
+}
