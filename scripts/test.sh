@@ -12,5 +12,5 @@ if [ -f tests/browser/package.json ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 
-cargo test --workspace --all-targets -- --test-threads=2
+cargo test --workspace --all-targets
 cargo test --workspace --doc

@@ -199,6 +199,11 @@ impl Ws {
         self.stream.send(Message::text(text)).await.expect("frame sent");
     }
 
+    /// Sends a frame; `false` if the server has already closed the connection.
+    pub async fn try_send_raw(&mut self, text: &str) -> bool {
+        self.stream.send(Message::text(text)).await.is_ok()
+    }
+
     /// The next server frame, or `None` when the server closed the socket.
     pub async fn next(&mut self) -> Option<ServerMessage> {
         loop {
