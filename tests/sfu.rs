@@ -58,6 +58,19 @@ async fn three_participants_exchange_audio_and_video_intact() {
     } else {
         sfu.debug_snapshot("m_three").await
     };
+    // Audio levels are carried across, under each leg's own extension id.
+    let mut level_ids = Vec::new();
+    for c in &clients {
+        let sent = c
+            .publisher_extension_id(support::AUDIO_LEVEL_URI)
+            .await
+            .expect("audio-level on the publisher leg");
+        let received = c
+            .subscriber_extension_id(support::AUDIO_LEVEL_URI)
+            .await
+            .expect("audio-level on the subscriber leg");
+        level_ids.push((sent, received));
+    }
     for c in &clients {
         let r = c.received.lock().unwrap().clone();
         assert!(enough, "{}: {r:#?}\n{snapshot:#?}", c.id);
@@ -83,8 +96,26 @@ async fn three_participants_exchange_audio_and_video_intact() {
             };
             assert_eq!(got.payload_types, [pt]);
             assert!(got.max_latency_us < 1_000_000, "latency {} us", got.max_latency_us);
+            if info.source == TrackSource::Microphone {
+                let (_, received) = level_ids[clients.iter().position(|x| x.id == c.id).expect("client")];
+                assert_eq!(
+                    got.extension_ids,
+                    [received],
+                    "audio-level remapped to the leg's id: {got:?}"
+                );
+                assert_eq!(got.bad_levels, 0, "audio-level values intact");
+            } else {
+                assert!(
+                    got.extension_ids.is_empty(),
+                    "nothing to carry on synthetic video: {got:?}"
+                );
+            }
         }
     }
+    assert!(
+        level_ids.iter().all(|(sent, received)| sent != received),
+        "the ids differ, so remapping was exercised: {level_ids:?}"
+    );
     let stats = sfu.meeting_stats("m_three").expect("meeting stats");
     assert_eq!(stats.tracks, 6);
     assert!(stats.forwarded_packets >= 6 * 150, "{stats:?}");

@@ -22,6 +22,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap, TapSink};
 use super::stats::StatsPair;
@@ -81,8 +82,17 @@ pub fn build(
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-        .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(TapSink::Stats(stats)));
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    // Extensions worth carrying from publisher to subscribers (remapped per leg by
+    // `forward::ExtMap`): audio levels (active speaker, `getSynchronizationSources`)
+    // and camera rotation from phones.
+    for (uri, kind) in [
+        (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+        (rtc::sdp::extmap::VIDEO_ORIENTATION_URI, RtpCodecKind::Video),
+    ] {
+        media_engine.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }, kind, None)?;
+    }
+    let registry = registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(TapSink::Stats(stats)));
     // ICE-lite in `rtc` 0.21.1 keeps the first nominated pair for good and ignores
     // later nominations, while Chrome moves to another pair (and sends consent
     // checks only there) when it has several candidates: the agent then reports
