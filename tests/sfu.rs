@@ -2,6 +2,7 @@
 //! to an in-process `Sfu` over real UDP, signaling through the `Sfu` API.
 //! Every wait is on a condition with a timeout, never a bare sleep.
 
+#[path = "sfu_support/mod.rs"]
 mod support;
 
 use std::sync::atomic::Ordering;

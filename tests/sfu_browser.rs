@@ -8,6 +8,7 @@
 //! Ignored by default because it launches Chromium (set `CHROMIUM` to its path
 //! if it is not `chromium`): `cargo test --test sfu_browser -- --ignored`.
 
+#[path = "sfu_support/mod.rs"]
 mod support;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
