@@ -422,6 +422,51 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
         .await,
         "media keeps flowing after the garbage"
     );
+
+    // Someone who saw b's subscriber ufrag (it travels in clear in STUN) sends a
+    // nominating binding request without the password, then junk from that address
+    // (which the demultiplexer now routes to b's connection): b's media stays on
+    // b's own path and the junk changes nothing.
+    let offer = b
+        .messages(|m| match m {
+            ServerMessage::SubscribeOffer { sdp } => Some(sdp.clone()),
+            _ => None,
+        })
+        .pop()
+        .expect("b got a subscribe_offer");
+    let ufrag = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("ufrag")
+        .trim()
+        .to_owned();
+    stranger
+        .send_to(&spoofed_nomination(&ufrag), sfu.local_addr())
+        .await
+        .expect("send");
+    for i in 0..100u8 {
+        let first = if i % 2 == 0 { 0x16 } else { 0x80 };
+        stranger
+            .send_to(
+                &[first, 0xfe, 0xfd, i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3],
+                sfu.local_addr(),
+            )
+            .await
+            .expect("send");
+    }
+    // (`rtc` drops such records silently: they are not in our counters.)
+    let b_before = total(&b, "p_a");
+    assert!(
+        eventually(SECS(5), || total(&b, "p_a") > b_before + 100).await,
+        "b still receives: the spoofed nomination did not move its media"
+    );
+    let snapshot = sfu.debug_snapshot("m_bad").await.expect("snapshot");
+    let stranger_addr = stranger.local_addr().expect("addr").to_string();
+    for p in snapshot["participants"].as_array().expect("participants") {
+        for role in ["publisher", "subscriber"] {
+            assert_ne!(p[role]["nominated"], stranger_addr.as_str(), "{snapshot:#}");
+        }
+    }
     for c in [&a, &b] {
         for (_, r) in c.received.lock().unwrap().iter() {
             assert_eq!((r.corrupt, r.out_of_order, r.missing), (0, 0, 0), "{}: {r:?}", c.id);
@@ -430,6 +475,31 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
     a.leave().await;
     b.leave().await;
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+/// A STUN binding request for `ufrag` with USE-CANDIDATE and a MESSAGE-INTEGRITY
+/// that cannot be right (the sender does not know the password).
+fn spoofed_nomination(ufrag: &str) -> Vec<u8> {
+    let username = format!("{ufrag}:evil");
+    let mut attrs = Vec::new();
+    let mut put = |t: u16, v: &[u8]| {
+        attrs.extend_from_slice(&t.to_be_bytes());
+        attrs.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(v);
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+    };
+    put(0x0006, username.as_bytes());
+    put(0x0025, &[]);
+    put(0x0024, &[0x6e, 0x7f, 0x1e, 0xff]);
+    put(0x0008, &[0xab; 20]);
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    m.extend_from_slice(&[9; 12]);
+    m.extend_from_slice(&attrs);
+    m
 }
 
 /// Two clients in one meeting, each publishing microphone and camera, media flowing both ways.

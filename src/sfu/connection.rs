@@ -54,6 +54,14 @@ pub struct Conn {
     /// Where the client last nominated (USE-CANDIDATE) from: its chosen path.
     /// DTLS and SRTP go there, whatever pair `rtc`'s agent selected (see [`build`]).
     pub nominated: Option<SocketAddr>,
+    /// A nomination seen but not yet proven: it becomes `nominated` when the
+    /// connection answers that address with a binding success (its request passed
+    /// MESSAGE-INTEGRITY). Without this, anyone who saw a ufrag on the wire could
+    /// redirect the media with one spoofed request.
+    pub pending_nomination: Option<SocketAddr>,
+    /// `rtc` panicked inside this connection: it is no longer fed or polled, and
+    /// is only closed when its participant leaves.
+    pub broken: bool,
     /// When a datagram last arrived from the client: our consent freshness.
     pub last_seen: Instant,
 }

@@ -151,8 +151,22 @@ impl Shard {
         let room_id = self
             .room_of(meeting_id)
             .ok_or_else(|| err(ErrorCode::NotInCall, "not in the call"))?;
-        if !self.rooms[&room_id].participants.iter().any(|p| p.id == participant_id) {
+        let Some(p) = self.rooms[&room_id]
+            .participants
+            .iter()
+            .find(|p| p.id == participant_id)
+        else {
             return Err(err(ErrorCode::NotInCall, "not in the call"));
+        };
+        if [p.publisher, p.subscriber]
+            .into_iter()
+            .flatten()
+            .any(|id| self.conns.get(&id).is_some_and(|c| c.broken))
+        {
+            return Err(err(
+                ErrorCode::MediaStateError,
+                "a media connection failed; leave and rejoin the call",
+            ));
         }
         match message {
             ClientMessage::PublishOffer { sdp, tracks } => {
@@ -197,6 +211,8 @@ impl Shard {
             has_remote: false,
             state: Default::default(),
             nominated: None,
+            pending_nomination: None,
+            broken: false,
             last_seen: now,
         });
         let room = self.rooms.get_mut(&room_id).expect("checked above");
@@ -738,7 +754,7 @@ impl Shard {
                 ..Default::default()
             }],
         );
-        let Some(conn) = self.conns.get_mut(&sub) else {
+        let Some(conn) = self.conns.get_mut(&sub).filter(|c| !c.broken) else {
             return;
         };
         let sender = match conn.pc.add_track(local) {
@@ -780,7 +796,10 @@ impl Shard {
         for p in room.participants.iter_mut().filter(|p| p.id != owner) {
             if let Some(i) = p.down.iter().position(|d| d.track_id == track_id) {
                 let down = p.down.remove(i);
-                if let Some(conn) = p.subscriber.and_then(|id| self.conns.get_mut(&id))
+                if let Some(conn) = p
+                    .subscriber
+                    .and_then(|id| self.conns.get_mut(&id))
+                    .filter(|c| !c.broken)
                     && let Err(e) = conn.pc.remove_track(down.sender)
                 {
                     tracing::debug!(participant = %p.id, "remove_track: {e}");
@@ -806,7 +825,7 @@ impl Shard {
             }
         }
         for (room_id, participant_id, id) in offers {
-            let Some(conn) = self.conns.get_mut(&id) else {
+            let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
                 continue;
             };
             let offer = conn
@@ -891,7 +910,7 @@ impl Shard {
         };
         let (conn_id, receiver, ssrc) = (track.conn, track.receiver, track.ssrc);
         let stats = room.stats.clone();
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.conns.get_mut(&conn_id).filter(|c| !c.broken) else {
             return;
         };
         let Some(mut rx) = conn.pc.rtp_receiver(receiver) else {
