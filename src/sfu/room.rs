@@ -335,7 +335,7 @@ impl Shard {
             None => Vec::new(),
         };
         for (receiver, ssrc) in waiting {
-            self.try_publish(id, receiver, ssrc, now);
+            self.try_publish(id, receiver, ssrc, false, now);
         }
         self.drive(id, now);
         Ok(())
@@ -619,12 +619,14 @@ impl Shard {
 
     /// The first RTP packet of a stream arrived on a publisher connection.
     pub(super) fn on_track_open(&mut self, id: ConnId, init: RTCTrackEventInit, now: Instant) {
-        self.try_publish(id, init.receiver_id, init.ssrc, now);
+        self.try_publish(id, init.receiver_id, init.ssrc, init.rid.is_none(), now);
     }
 
     /// Publishes the stream `ssrc` of a publisher connection's receiver, if its
-    /// mid is announced and nothing is published on that mid yet.
-    fn try_publish(&mut self, id: ConnId, receiver_id: RTCRtpReceiverId, ssrc: u32, now: Instant) {
+    /// mid is announced and nothing is published on that mid yet. With `replace`
+    /// (a new stream without a rid on an already published mid: the client
+    /// restarted its sender) the published track follows the new SSRC instead.
+    fn try_publish(&mut self, id: ConnId, receiver_id: RTCRtpReceiverId, ssrc: u32, replace: bool, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -653,8 +655,24 @@ impl Shard {
             tracing::debug!(participant = %participant_id, %mid, "media on an unannounced mid is not forwarded");
             return;
         };
-        if room.tracks.iter().any(|t| t.conn == id && t.mid == mid) {
-            // A second SSRC on one mid (simulcast layer): only the first is forwarded.
+        if let Some(track) = room.tracks.iter_mut().find(|t| t.conn == id && t.mid == mid) {
+            // A second SSRC on one mid. A simulcast layer (it has a rid): only the first
+            // layer is forwarded. Otherwise the sender restarted: follow it, keeping each
+            // leg's sequence numbers contiguous, and ask for a keyframe.
+            if !replace || track.ssrc == ssrc {
+                return;
+            }
+            tracing::debug!(participant = %participant_id, %mid, old = track.ssrc, new = ssrc, "published track changes SSRC");
+            track.ssrc = ssrc;
+            track.receiver = receiver_id;
+            track.codec = codec;
+            let track_id = track.info.track_id.clone();
+            for p in room.participants.iter_mut() {
+                if let Some(down) = p.down_mut(&track_id) {
+                    down.leg.restart();
+                }
+            }
+            self.request_keyframe(room_id, &track_id, now);
             return;
         }
         let kind = kind_of(&codec);
