@@ -758,3 +758,36 @@ async fn h264_vp9_and_av1_pass_through() {
     }
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_everything() {
+    let sfu = start();
+    let (a, b) = pair(&sfu, "m_shutdown").await;
+    assert_eq!(sfu.live_connections(), 4);
+    sfu.shutdown().await;
+    assert_eq!(sfu.live_connections(), 0, "closed before shutdown returns");
+    assert!(sfu.meeting_stats("m_shutdown").is_none());
+    let e = a
+        .send(ClientMessage::MuteTrack {
+            track_id: "t".into(),
+            muted: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotInCall, "the meeting is gone");
+    let e = sfu
+        .add_participant(
+            gatehouse::sfu::MediaParticipant {
+                meeting_id: "m_after".into(),
+                participant_id: "p_late".into(),
+                kind: gatehouse_signaling::protocol::ParticipantKind::Guest,
+                may_present: false,
+            },
+            tokio::sync::mpsc::unbounded_channel().0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal, "the media plane has stopped");
+    let _ = (a.publisher.close().await, b.publisher.close().await);
+    let _ = (a.subscriber.close().await, b.subscriber.close().await);
+}

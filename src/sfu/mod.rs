@@ -384,6 +384,21 @@ impl Sfu {
             .flatten()
     }
 
+    /// Closes every connection on every shard (each is `close()`d), frees all
+    /// meetings and stops the shard threads. Afterwards every call fails with
+    /// `internal` and `live_connections()` is 0. Dropping the last `Sfu` clone
+    /// does the same without waiting.
+    pub async fn shutdown(&self) {
+        for shard in 0..self.inner.shards.len() {
+            let _ = self.ask(shard, |reply| Command::Shutdown { reply }).await;
+        }
+        self.inner
+            .placements
+            .lock()
+            .expect("placement lock is never poisoned: no panics inside")
+            .clear();
+    }
+
     /// Test hook: drop this share of forwarded packets from now on, on every
     /// shard (clamped to [0, 1]; 0 turns it off). Dropped packets are counted.
     pub fn set_drop_probability(&self, probability: f64) {

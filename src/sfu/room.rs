@@ -46,6 +46,8 @@ pub struct PubTrack {
     /// The publisher leg's negotiated header extensions: (uri, id).
     pub extensions: Vec<(String, u16)>,
     pub throttle: KeyframeThrottle,
+    /// RTP packets received on it (for the debug snapshot).
+    pub packets: u64,
 }
 
 pub struct Room {
@@ -709,6 +711,7 @@ impl Shard {
                 .collect(),
             extensions: params.header_extensions.iter().map(|h| (h.uri.clone(), h.id)).collect(),
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
+            packets: 0,
         });
         room.stats.add(|c| &c.tracks, 1);
         room.broadcast(&participant_id, &ServerMessage::TrackPublished { track: info });
@@ -790,6 +793,7 @@ impl Shard {
             sender,
             leg: DownLeg::new(ssrc),
             negotiated: false,
+            forwarded: 0,
         });
         p.negotiation.want();
         self.negotiation_pending = true;

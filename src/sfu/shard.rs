@@ -75,6 +75,10 @@ pub enum Command {
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
     SetDropProbability(f64),
+    /// Close every connection, free every meeting and stop the shard.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Everything one shard thread owns.
@@ -159,6 +163,11 @@ impl Shard {
                 }
                 command = commands.recv() => {
                     match command {
+                        Some(Command::Shutdown { reply }) => {
+                            self.shutdown();
+                            let _ = reply.send(());
+                            return;
+                        }
                         Some(command) => self.on_command(command),
                         None => break,
                     }
@@ -349,6 +358,7 @@ impl Shard {
             // Not (yet) a published track: an unannounced mid, RTX, or a track being removed.
             return;
         };
+        room.tracks[t].packets += 1;
         let pli_due = room.tracks[t].throttle.poll(now);
         let track = &room.tracks[t];
         let owner = track.info.participant_id.as_str();
@@ -380,6 +390,7 @@ impl Shard {
             let written = conn.pc.rtp_sender(down.sender).map(|mut s| s.write_rtp(now, copy));
             match written {
                 Some(Ok(())) => {
+                    down.forwarded += 1;
                     stats.add(|c| &c.forwarded_packets, 1);
                     stats.add(|c| &c.forwarded_bytes, size);
                 }
@@ -514,6 +525,11 @@ impl Shard {
                 let _ = reply.send(snapshot);
             }
             Command::SetDropProbability(p) => self.dice.set_probability(p),
+            Command::Shutdown { reply } => {
+                // Handled by the loop; kept exhaustive here.
+                self.shutdown();
+                let _ = reply.send(());
+            }
         }
         self.run_negotiations(now);
     }
@@ -552,6 +568,7 @@ impl Shard {
                     "ssrc": d.leg.ssrc,
                     "negotiated": d.negotiated,
                     "paused": d.leg.paused(),
+                    "forwarded": d.forwarded,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "tracks": room.tracks.iter().map(|t| serde_json::json!({
@@ -559,6 +576,7 @@ impl Shard {
                 "mid": t.mid,
                 "ssrc": t.ssrc,
                 "codec": t.codec.mime_type,
+                "packets": t.packets,
             })).collect::<Vec<_>>(),
         })
     }
