@@ -76,9 +76,22 @@ async fn three_participants_exchange_audio_and_video_intact() {
         let r = c.received.lock().unwrap().clone();
         assert!(enough, "{}: {r:#?}\n{snapshot:#?}", c.id);
         let infos = published(c);
-        assert_eq!(infos.len(), 4, "{}: two tracks from each other participant", c.id);
-        for info in &infos {
-            assert_ne!(info.participant_id, c.id, "no track_published for one's own tracks");
+        assert_eq!(
+            infos.len(),
+            6,
+            "{}: two tracks of each participant, its own included",
+            c.id
+        );
+        let own: Vec<&TrackInfo> = infos.iter().filter(|t| t.participant_id == c.id).collect();
+        let mut own_sources: Vec<String> = own.iter().map(|t| format!("{:?}", t.source)).collect();
+        own_sources.sort();
+        assert_eq!(
+            own_sources,
+            ["Camera", "Microphone"],
+            "{}: its own tracks are announced to it",
+            c.id
+        );
+        for info in infos.iter().filter(|t| t.participant_id != c.id) {
             let got = r
                 .get(&info.track_id)
                 .unwrap_or_else(|| panic!("{} got no media for {info:?}", c.id));
@@ -198,7 +211,7 @@ async fn screen_share_starts_and_stops_and_guests_may_not_present() {
     );
     let screen = screen_info(&guest).expect("screen track");
     assert_eq!(screen.participant_id, "p_host");
-    assert!(screen_info(&host).is_none(), "not announced to its owner");
+    assert_eq!(screen_info(&host), Some(screen.clone()), "announced to its owner too");
     for c in [&guest, &staff] {
         assert!(
             eventually(SECS(10), || c
@@ -213,7 +226,7 @@ async fn screen_share_starts_and_stops_and_guests_may_not_present() {
     // Screen share stops.
     host.remove_track(TrackSource::Screen).await;
     host.publish().await.expect("publish without screen");
-    for c in [&guest, &staff] {
+    for c in [&guest, &staff, &host] {
         assert!(
             eventually(SECS(5), || unpublished(c).contains(&screen.track_id)).await,
             "{} hears track_unpublished",
@@ -248,8 +261,8 @@ async fn a_leaving_participant_is_unpublished_everywhere_and_the_meeting_is_free
         clients.push(c);
     }
     assert!(
-        eventually(SECS(10), || clients.iter().all(|c| published(c).len() == 4)).await,
-        "everyone hears of everyone else's tracks"
+        eventually(SECS(10), || clients.iter().all(|c| published(c).len() == 6)).await,
+        "everyone hears of everyone's tracks"
     );
     assert_eq!(sfu.live_connections(), 6);
     let a_tracks: Vec<String> = published(&clients[1])
@@ -559,7 +572,12 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
             == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
         .await
     );
-    assert!(muted(&a).is_empty(), "the owner is not told");
+    assert!(
+        eventually(SECS(2), || muted(&a)
+            == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
+        .await,
+        "the owner hears it too"
+    );
     assert!(
         sfu.tracks("m_ctl")
             .await

@@ -6,7 +6,9 @@
 //! the client offers, and a subscriber connection the server offers. A track is
 //! published when its first RTP packet arrives on a mid the client announced;
 //! every other participant then gets a sender for it on their subscriber
-//! connection (msid `<participant_id> <track_id>`) and a `track_published`.
+//! connection (msid `<participant_id> <track_id>`). `track_published`,
+//! `track_unpublished` and `track_muted` go to everyone in the call, the owner
+//! included: that is how a client learns the server's id of its own tracks.
 
 use std::time::Instant;
 
@@ -62,9 +64,11 @@ impl Room {
         self.participants.iter_mut().find(|p| p.id == id)
     }
 
-    /// Sends a message to everyone in the call except `except`.
-    fn broadcast(&self, except: &str, msg: &ServerMessage) {
-        for p in self.participants.iter().filter(|p| p.id != except) {
+    /// Sends a message to everyone in the call. Track announcements go to the
+    /// owner too: that is how a client learns the server's id of its own tracks
+    /// (which `mute_track` names), see docs/PROTOCOL.md §11.1.
+    fn broadcast(&self, msg: &ServerMessage) {
+        for p in &self.participants {
             p.send(msg.clone());
         }
     }
@@ -302,14 +306,11 @@ impl Shard {
             }
         }
         for (track_id, muted) in mute_changes {
-            room.broadcast(
-                participant_id,
-                &ServerMessage::TrackMuted {
-                    track_id,
-                    participant_id: participant_id.to_owned(),
-                    muted,
-                },
-            );
+            room.broadcast(&ServerMessage::TrackMuted {
+                track_id,
+                participant_id: participant_id.to_owned(),
+                muted,
+            });
         }
         for track_id in gone {
             self.unpublish(room_id, &track_id, now);
@@ -531,14 +532,11 @@ impl Shard {
         {
             a.muted = muted;
         }
-        room.broadcast(
-            participant_id,
-            &ServerMessage::TrackMuted {
-                track_id: track_id.to_owned(),
-                participant_id: participant_id.to_owned(),
-                muted,
-            },
-        );
+        room.broadcast(&ServerMessage::TrackMuted {
+            track_id: track_id.to_owned(),
+            participant_id: participant_id.to_owned(),
+            muted,
+        });
         Ok(())
     }
 
@@ -714,7 +712,7 @@ impl Shard {
             packets: 0,
         });
         room.stats.add(|c| &c.tracks, 1);
-        room.broadcast(&participant_id, &ServerMessage::TrackPublished { track: info });
+        room.broadcast(&ServerMessage::TrackPublished { track: info });
         let t = room.tracks.len() - 1;
         let others: Vec<String> = room
             .participants
@@ -815,7 +813,7 @@ impl Shard {
             track_id: track_id.to_owned(),
             participant_id: owner.clone(),
         };
-        for p in room.participants.iter_mut().filter(|p| p.id != owner) {
+        for p in room.participants.iter_mut() {
             if let Some(i) = p.down.iter().position(|d| d.track_id == track_id) {
                 let down = p.down.remove(i);
                 if let Some(conn) = p
