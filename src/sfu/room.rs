@@ -21,8 +21,8 @@ use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp;
-use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -783,6 +783,13 @@ impl Shard {
                 return;
             }
         };
+        // `add_track` makes (or recycles) a sendrecv transceiver; the subscriber
+        // connection only ever sends, and an unpublished track's m-line then goes
+        // inactive rather than recvonly.
+        let transceiver: rtc::rtp_transceiver::RTCRtpTransceiverId = sender.into();
+        if let Some(mut t) = conn.pc.rtp_transceiver(transceiver) {
+            t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+        }
         let room = self.rooms.get_mut(&room_id).expect("exists");
         let p = room.participant_mut(subscriber).expect("exists");
         p.down.push(DownTrack {
