@@ -40,9 +40,11 @@ use shard::{Command, Shard};
 /// How the media plane binds and what it tells clients.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// The one UDP address media uses, e.g. `0.0.0.0:3478` (tests: `127.0.0.1:0`).
+    /// The UDP address media uses, e.g. `0.0.0.0:3478` (tests: `127.0.0.1:0`).
+    /// Shard `i` binds port `bind.port() + i`; with port 0 each shard gets an ephemeral port.
     pub bind: SocketAddr,
-    /// The address advertised in our host candidate when behind 1:1 NAT.
+    /// The address advertised in our host candidate when behind 1:1 NAT. Needed
+    /// whenever `bind` is a wildcard address (its IP is no use to a client).
     pub public_ip: Option<IpAddr>,
     /// Extra STUN/TURN servers handed to clients on admission.
     pub ice_servers: Vec<IceServer>,
