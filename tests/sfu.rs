@@ -59,13 +59,39 @@ async fn three_participants_exchange_audio_and_video_intact() {
     } else {
         sfu.debug_snapshot("m_three").await
     };
+    // Audio levels are carried across, under each leg's own extension id.
+    let mut level_ids = Vec::new();
+    for c in &clients {
+        let sent = c
+            .publisher_extension_id(support::AUDIO_LEVEL_URI)
+            .await
+            .expect("audio-level on the publisher leg");
+        let received = c
+            .subscriber_extension_id(support::AUDIO_LEVEL_URI)
+            .await
+            .expect("audio-level on the subscriber leg");
+        level_ids.push((sent, received));
+    }
     for c in &clients {
         let r = c.received.lock().unwrap().clone();
         assert!(enough, "{}: {r:#?}\n{snapshot:#?}", c.id);
         let infos = published(c);
-        assert_eq!(infos.len(), 4, "{}: two tracks from each other participant", c.id);
-        for info in &infos {
-            assert_ne!(info.participant_id, c.id, "no track_published for one's own tracks");
+        assert_eq!(
+            infos.len(),
+            6,
+            "{}: two tracks of each participant, its own included",
+            c.id
+        );
+        let own: Vec<&TrackInfo> = infos.iter().filter(|t| t.participant_id == c.id).collect();
+        let mut own_sources: Vec<String> = own.iter().map(|t| format!("{:?}", t.source)).collect();
+        own_sources.sort();
+        assert_eq!(
+            own_sources,
+            ["Camera", "Microphone"],
+            "{}: its own tracks are announced to it",
+            c.id
+        );
+        for info in infos.iter().filter(|t| t.participant_id != c.id) {
             let got = r
                 .get(&info.track_id)
                 .unwrap_or_else(|| panic!("{} got no media for {info:?}", c.id));
@@ -84,8 +110,26 @@ async fn three_participants_exchange_audio_and_video_intact() {
             };
             assert_eq!(got.payload_types, [pt]);
             assert!(got.max_latency_us < 1_000_000, "latency {} us", got.max_latency_us);
+            if info.source == TrackSource::Microphone {
+                let (_, received) = level_ids[clients.iter().position(|x| x.id == c.id).expect("client")];
+                assert_eq!(
+                    got.extension_ids,
+                    [received],
+                    "audio-level remapped to the leg's id: {got:?}"
+                );
+                assert_eq!(got.bad_levels, 0, "audio-level values intact");
+            } else {
+                assert!(
+                    got.extension_ids.is_empty(),
+                    "nothing to carry on synthetic video: {got:?}"
+                );
+            }
         }
     }
+    assert!(
+        level_ids.iter().all(|(sent, received)| sent != received),
+        "the ids differ, so remapping was exercised: {level_ids:?}"
+    );
     let stats = sfu.meeting_stats("m_three").expect("meeting stats");
     assert_eq!(stats.tracks, 6);
     assert!(stats.forwarded_packets >= 6 * 150, "{stats:?}");
@@ -167,7 +211,7 @@ async fn screen_share_starts_and_stops_and_guests_may_not_present() {
     );
     let screen = screen_info(&guest).expect("screen track");
     assert_eq!(screen.participant_id, "p_host");
-    assert!(screen_info(&host).is_none(), "not announced to its owner");
+    assert_eq!(screen_info(&host), Some(screen.clone()), "announced to its owner too");
     for c in [&guest, &staff] {
         assert!(
             eventually(SECS(10), || c
@@ -182,7 +226,7 @@ async fn screen_share_starts_and_stops_and_guests_may_not_present() {
     // Screen share stops.
     host.remove_track(TrackSource::Screen).await;
     host.publish().await.expect("publish without screen");
-    for c in [&guest, &staff] {
+    for c in [&guest, &staff, &host] {
         assert!(
             eventually(SECS(5), || unpublished(c).contains(&screen.track_id)).await,
             "{} hears track_unpublished",
@@ -217,8 +261,8 @@ async fn a_leaving_participant_is_unpublished_everywhere_and_the_meeting_is_free
         clients.push(c);
     }
     assert!(
-        eventually(SECS(10), || clients.iter().all(|c| published(c).len() == 4)).await,
-        "everyone hears of everyone else's tracks"
+        eventually(SECS(10), || clients.iter().all(|c| published(c).len() == 6)).await,
+        "everyone hears of everyone's tracks"
     );
     assert_eq!(sfu.live_connections(), 6);
     let a_tracks: Vec<String> = published(&clients[1])
@@ -391,6 +435,51 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
         .await,
         "media keeps flowing after the garbage"
     );
+
+    // Someone who saw b's subscriber ufrag (it travels in clear in STUN) sends a
+    // nominating binding request without the password, then junk from that address
+    // (which the demultiplexer now routes to b's connection): b's media stays on
+    // b's own path and the junk changes nothing.
+    let offer = b
+        .messages(|m| match m {
+            ServerMessage::SubscribeOffer { sdp } => Some(sdp.clone()),
+            _ => None,
+        })
+        .pop()
+        .expect("b got a subscribe_offer");
+    let ufrag = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("ufrag")
+        .trim()
+        .to_owned();
+    stranger
+        .send_to(&spoofed_nomination(&ufrag), sfu.local_addr())
+        .await
+        .expect("send");
+    for i in 0..100u8 {
+        let first = if i % 2 == 0 { 0x16 } else { 0x80 };
+        stranger
+            .send_to(
+                &[first, 0xfe, 0xfd, i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3],
+                sfu.local_addr(),
+            )
+            .await
+            .expect("send");
+    }
+    // (`rtc` drops such records silently: they are not in our counters.)
+    let b_before = total(&b, "p_a");
+    assert!(
+        eventually(SECS(5), || total(&b, "p_a") > b_before + 100).await,
+        "b still receives: the spoofed nomination did not move its media"
+    );
+    let snapshot = sfu.debug_snapshot("m_bad").await.expect("snapshot");
+    let stranger_addr = stranger.local_addr().expect("addr").to_string();
+    for p in snapshot["participants"].as_array().expect("participants") {
+        for role in ["publisher", "subscriber"] {
+            assert_ne!(p[role]["nominated"], stranger_addr.as_str(), "{snapshot:#}");
+        }
+    }
     for c in [&a, &b] {
         for (_, r) in c.received.lock().unwrap().iter() {
             assert_eq!((r.corrupt, r.out_of_order, r.missing), (0, 0, 0), "{}: {r:?}", c.id);
@@ -399,6 +488,31 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
     a.leave().await;
     b.leave().await;
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+/// A STUN binding request for `ufrag` with USE-CANDIDATE and a MESSAGE-INTEGRITY
+/// that cannot be right (the sender does not know the password).
+fn spoofed_nomination(ufrag: &str) -> Vec<u8> {
+    let username = format!("{ufrag}:evil");
+    let mut attrs = Vec::new();
+    let mut put = |t: u16, v: &[u8]| {
+        attrs.extend_from_slice(&t.to_be_bytes());
+        attrs.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(v);
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+    };
+    put(0x0006, username.as_bytes());
+    put(0x0025, &[]);
+    put(0x0024, &[0x6e, 0x7f, 0x1e, 0xff]);
+    put(0x0008, &[0xab; 20]);
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    m.extend_from_slice(&[9; 12]);
+    m.extend_from_slice(&attrs);
+    m
 }
 
 /// Two clients in one meeting, each publishing microphone and camera, media flowing both ways.
@@ -458,7 +572,12 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
             == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
         .await
     );
-    assert!(muted(&a).is_empty(), "the owner is not told");
+    assert!(
+        eventually(SECS(2), || muted(&a)
+            == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
+        .await,
+        "the owner hears it too"
+    );
     assert!(
         sfu.tracks("m_ctl")
             .await
@@ -656,4 +775,37 @@ async fn h264_vp9_and_av1_pass_through() {
         p.leave().await;
     }
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_everything() {
+    let sfu = start();
+    let (a, b) = pair(&sfu, "m_shutdown").await;
+    assert_eq!(sfu.live_connections(), 4);
+    sfu.shutdown().await;
+    assert_eq!(sfu.live_connections(), 0, "closed before shutdown returns");
+    assert!(sfu.meeting_stats("m_shutdown").is_none());
+    let e = a
+        .send(ClientMessage::MuteTrack {
+            track_id: "t".into(),
+            muted: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotInCall, "the meeting is gone");
+    let e = sfu
+        .add_participant(
+            gatehouse::sfu::MediaParticipant {
+                meeting_id: "m_after".into(),
+                participant_id: "p_late".into(),
+                kind: gatehouse_signaling::protocol::ParticipantKind::Guest,
+                may_present: false,
+            },
+            tokio::sync::mpsc::unbounded_channel().0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal, "the media plane has stopped");
+    let _ = (a.publisher.close().await, b.publisher.close().await);
+    let _ = (a.subscriber.close().await, b.subscriber.close().await);
 }

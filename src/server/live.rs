@@ -236,10 +236,11 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                 let Some(outbox) = outboxes.get(&conn).cloned() else {
                     continue;
                 };
+                // `admitted` first, so the client knows it is in the call before any media message.
                 let tracks = services.sfu.tracks(&meeting_id).await;
                 let _ = outbox.send(ServerMessage::Admitted {
                     participants: others,
-                    tracks,
+                    tracks: tracks.clone(),
                     ice_servers: services.sfu.ice_servers(),
                 });
                 let media = MediaParticipant {
@@ -251,6 +252,14 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                 if let Err(e) = services.sfu.add_participant(media, outbox.clone()).await {
                     tracing::warn!(participant_id = %participant.participant_id, error = %e, "media could not start");
                     let _ = outbox.send(ServerMessage::error(e.code, e.message));
+                    continue;
+                }
+                // A track published between the snapshot and joining the SFU's room was
+                // announced to everyone but us: announce it now.
+                for track in services.sfu.tracks(&meeting_id).await {
+                    if !tracks.iter().any(|t| t.track_id == track.track_id) {
+                        let _ = outbox.send(ServerMessage::TrackPublished { track });
+                    }
                 }
             }
             Effect::LeaveCall { participant_id } => services.sfu.remove_participant(&meeting_id, &participant_id).await,

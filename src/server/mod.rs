@@ -139,7 +139,8 @@ impl Running {
         while !self.state.live.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::info!(media_connections = self.state.sfu.live_connections(), "stopped");
+        self.state.sfu.shutdown().await;
+        tracing::info!("stopped");
     }
 
     /// Waits for the server to stop on its own (it does not, short of an error).

@@ -22,6 +22,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap, TapSink};
 use super::stats::StatsPair;
@@ -53,6 +54,14 @@ pub struct Conn {
     /// Where the client last nominated (USE-CANDIDATE) from: its chosen path.
     /// DTLS and SRTP go there, whatever pair `rtc`'s agent selected (see [`build`]).
     pub nominated: Option<SocketAddr>,
+    /// A nomination seen but not yet proven: it becomes `nominated` when the
+    /// connection answers that address with a binding success (its request passed
+    /// MESSAGE-INTEGRITY). Without this, anyone who saw a ufrag on the wire could
+    /// redirect the media with one spoofed request.
+    pub pending_nomination: Option<SocketAddr>,
+    /// `rtc` panicked inside this connection: it is no longer fed or polled, and
+    /// is only closed when its participant leaves.
+    pub broken: bool,
     /// When a datagram last arrived from the client: our consent freshness.
     pub last_seen: Instant,
 }
@@ -81,8 +90,17 @@ pub fn build(
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-        .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(TapSink::Stats(stats)));
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    // Extensions worth carrying from publisher to subscribers (remapped per leg by
+    // `forward::ExtMap`): audio levels (active speaker, `getSynchronizationSources`)
+    // and camera rotation from phones.
+    for (uri, kind) in [
+        (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+        (rtc::sdp::extmap::VIDEO_ORIENTATION_URI, RtpCodecKind::Video),
+    ] {
+        media_engine.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }, kind, None)?;
+    }
+    let registry = registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(TapSink::Stats(stats)));
     // ICE-lite in `rtc` 0.21.1 keeps the first nominated pair for good and ignores
     // later nominations, while Chrome moves to another pair (and sends consent
     // checks only there) when it has several candidates: the agent then reports

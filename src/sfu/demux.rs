@@ -102,6 +102,13 @@ pub fn binding_request(buf: &[u8]) -> Option<BindingRequest<'_>> {
     })
 }
 
+/// Whether a datagram is a STUN binding success response. The connection only
+/// sends one to an address whose request passed MESSAGE-INTEGRITY, which makes it
+/// the proof that a nomination from that address was genuine.
+pub fn is_binding_success(buf: &[u8]) -> bool {
+    buf.len() >= STUN_HEADER_LEN && buf[0] == 0x01 && buf[1] == 0x01 && buf[4..8] == STUN_MAGIC_COOKIE
+}
+
 /// Our half of a STUN USERNAME (`<ours>:<theirs>`), if it is valid UTF-8 and non-empty.
 pub fn local_ufrag(username: &[u8]) -> Option<&str> {
     let colon = username.iter().position(|&b| b == b':')?;
@@ -467,6 +474,17 @@ mod tests {
         assert_eq!(binding_request(&early).map(|b| b.use_candidate), Some(true));
         // without a USERNAME it is nothing
         assert_eq!(binding_request(&stun(0x0001, &[(0x0025, b"")])), None);
+    }
+
+    #[test]
+    fn binding_success_is_recognised() {
+        assert!(is_binding_success(&stun(0x0101, &[(0x0020, &[0; 8])])));
+        assert!(!is_binding_success(&stun(0x0001, &[(0x0006, b"a:b")])));
+        assert!(!is_binding_success(&stun(0x0111, &[])));
+        assert!(!is_binding_success(&[0x01, 0x01, 0, 0]));
+        let mut bad_cookie = stun(0x0101, &[]);
+        bad_cookie[5] = 0;
+        assert!(!is_binding_success(&bad_cookie));
     }
 
     #[test]

@@ -266,6 +266,12 @@ impl DownLeg {
         resumed
     }
 
+    /// The publisher's stream restarted (new SSRC, new sequence space): the
+    /// next packet continues this leg's sequence numbers.
+    pub fn restart(&mut self) {
+        self.seq.resync();
+    }
+
     /// Decides whether the packet goes out on this leg, checking without
     /// touching the header first so a skipped packet costs no copy.
     pub fn accepts(&self, header: &Header) -> Result<(), Skip> {
@@ -581,6 +587,28 @@ mod tests {
         let copy = leg.copy(&packet);
         assert_eq!(copy.header.extensions.len(), 1);
         assert_eq!(copy.header.extensions[0].id, 5);
+    }
+
+    #[test]
+    fn a_restarted_stream_continues_the_legs_sequence() {
+        let mut leg = DownLeg::new(5);
+        leg.pt_map = PtMap::by_codec([key(96, "video/VP8", "")], [key(96, "video/VP8", "")]);
+        let mut h = header_with(&[]);
+        h.payload_type = 96;
+        h.sequence_number = 1000;
+        let mut a = h.clone();
+        leg.rewrite(&mut a);
+        h.sequence_number = 1001;
+        let mut b = h.clone();
+        leg.rewrite(&mut b);
+        leg.restart();
+        h.sequence_number = 7;
+        let mut c = h.clone();
+        leg.rewrite(&mut c);
+        assert_eq!(
+            (a.sequence_number, b.sequence_number, c.sequence_number),
+            (1000, 1001, 1002)
+        );
     }
 
     #[test]

@@ -40,9 +40,11 @@ use shard::{Command, Shard};
 /// How the media plane binds and what it tells clients.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// The one UDP address media uses, e.g. `0.0.0.0:3478` (tests: `127.0.0.1:0`).
+    /// The UDP address media uses, e.g. `0.0.0.0:3478` (tests: `127.0.0.1:0`).
+    /// Shard `i` binds port `bind.port() + i`; with port 0 each shard gets an ephemeral port.
     pub bind: SocketAddr,
-    /// The address advertised in our host candidate when behind 1:1 NAT.
+    /// The address advertised in our host candidate when behind 1:1 NAT. Needed
+    /// whenever `bind` is a wildcard address (its IP is no use to a client).
     pub public_ip: Option<IpAddr>,
     /// Extra STUN/TURN servers handed to clients on admission.
     pub ice_servers: Vec<IceServer>,
@@ -382,6 +384,21 @@ impl Sfu {
         self.ask(shard, |reply| Command::Debug { meeting_id, reply })
             .await
             .flatten()
+    }
+
+    /// Closes every connection on every shard (each is `close()`d), frees all
+    /// meetings and stops the shard threads. Afterwards every call fails with
+    /// `internal` and `live_connections()` is 0. Dropping the last `Sfu` clone
+    /// does the same without waiting.
+    pub async fn shutdown(&self) {
+        for shard in 0..self.inner.shards.len() {
+            let _ = self.ask(shard, |reply| Command::Shutdown { reply }).await;
+        }
+        self.inner
+            .placements
+            .lock()
+            .expect("placement lock is never poisoned: no panics inside")
+            .clear();
     }
 
     /// Test hook: drop this share of forwarded packets from now on, on every

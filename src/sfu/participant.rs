@@ -56,6 +56,8 @@ pub struct DownTrack {
     pub leg: DownLeg,
     /// The client has answered an offer containing this track (its tables are valid).
     pub negotiated: bool,
+    /// Packets written to this leg (for the debug snapshot).
+    pub forwarded: u64,
 }
 
 pub struct Participant {

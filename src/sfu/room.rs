@@ -6,7 +6,9 @@
 //! the client offers, and a subscriber connection the server offers. A track is
 //! published when its first RTP packet arrives on a mid the client announced;
 //! every other participant then gets a sender for it on their subscriber
-//! connection (msid `<participant_id> <track_id>`) and a `track_published`.
+//! connection (msid `<participant_id> <track_id>`). `track_published`,
+//! `track_unpublished` and `track_muted` go to everyone in the call, the owner
+//! included: that is how a client learns the server's id of its own tracks.
 
 use std::time::Instant;
 
@@ -19,8 +21,8 @@ use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp;
-use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -46,6 +48,8 @@ pub struct PubTrack {
     /// The publisher leg's negotiated header extensions: (uri, id).
     pub extensions: Vec<(String, u16)>,
     pub throttle: KeyframeThrottle,
+    /// RTP packets received on it (for the debug snapshot).
+    pub packets: u64,
 }
 
 pub struct Room {
@@ -60,9 +64,11 @@ impl Room {
         self.participants.iter_mut().find(|p| p.id == id)
     }
 
-    /// Sends a message to everyone in the call except `except`.
-    fn broadcast(&self, except: &str, msg: &ServerMessage) {
-        for p in self.participants.iter().filter(|p| p.id != except) {
+    /// Sends a message to everyone in the call. Track announcements go to the
+    /// owner too: that is how a client learns the server's id of its own tracks
+    /// (which `mute_track` names), see docs/PROTOCOL.md §11.1.
+    fn broadcast(&self, msg: &ServerMessage) {
+        for p in &self.participants {
             p.send(msg.clone());
         }
     }
@@ -151,8 +157,22 @@ impl Shard {
         let room_id = self
             .room_of(meeting_id)
             .ok_or_else(|| err(ErrorCode::NotInCall, "not in the call"))?;
-        if !self.rooms[&room_id].participants.iter().any(|p| p.id == participant_id) {
+        let Some(p) = self.rooms[&room_id]
+            .participants
+            .iter()
+            .find(|p| p.id == participant_id)
+        else {
             return Err(err(ErrorCode::NotInCall, "not in the call"));
+        };
+        if [p.publisher, p.subscriber]
+            .into_iter()
+            .flatten()
+            .any(|id| self.conns.get(&id).is_some_and(|c| c.broken))
+        {
+            return Err(err(
+                ErrorCode::MediaStateError,
+                "a media connection failed; leave and rejoin the call",
+            ));
         }
         match message {
             ClientMessage::PublishOffer { sdp, tracks } => {
@@ -197,6 +217,8 @@ impl Shard {
             has_remote: false,
             state: Default::default(),
             nominated: None,
+            pending_nomination: None,
+            broken: false,
             last_seen: now,
         });
         let room = self.rooms.get_mut(&room_id).expect("checked above");
@@ -284,14 +306,11 @@ impl Shard {
             }
         }
         for (track_id, muted) in mute_changes {
-            room.broadcast(
-                participant_id,
-                &ServerMessage::TrackMuted {
-                    track_id,
-                    participant_id: participant_id.to_owned(),
-                    muted,
-                },
-            );
+            room.broadcast(&ServerMessage::TrackMuted {
+                track_id,
+                participant_id: participant_id.to_owned(),
+                muted,
+            });
         }
         for track_id in gone {
             self.unpublish(room_id, &track_id, now);
@@ -319,7 +338,7 @@ impl Shard {
             None => Vec::new(),
         };
         for (receiver, ssrc) in waiting {
-            self.try_publish(id, receiver, ssrc, now);
+            self.try_publish(id, receiver, ssrc, false, now);
         }
         self.drive(id, now);
         Ok(())
@@ -513,14 +532,11 @@ impl Shard {
         {
             a.muted = muted;
         }
-        room.broadcast(
-            participant_id,
-            &ServerMessage::TrackMuted {
-                track_id: track_id.to_owned(),
-                participant_id: participant_id.to_owned(),
-                muted,
-            },
-        );
+        room.broadcast(&ServerMessage::TrackMuted {
+            track_id: track_id.to_owned(),
+            participant_id: participant_id.to_owned(),
+            muted,
+        });
         Ok(())
     }
 
@@ -603,12 +619,14 @@ impl Shard {
 
     /// The first RTP packet of a stream arrived on a publisher connection.
     pub(super) fn on_track_open(&mut self, id: ConnId, init: RTCTrackEventInit, now: Instant) {
-        self.try_publish(id, init.receiver_id, init.ssrc, now);
+        self.try_publish(id, init.receiver_id, init.ssrc, init.rid.is_none(), now);
     }
 
     /// Publishes the stream `ssrc` of a publisher connection's receiver, if its
-    /// mid is announced and nothing is published on that mid yet.
-    fn try_publish(&mut self, id: ConnId, receiver_id: RTCRtpReceiverId, ssrc: u32, now: Instant) {
+    /// mid is announced and nothing is published on that mid yet. With `replace`
+    /// (a new stream without a rid on an already published mid: the client
+    /// restarted its sender) the published track follows the new SSRC instead.
+    fn try_publish(&mut self, id: ConnId, receiver_id: RTCRtpReceiverId, ssrc: u32, replace: bool, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -637,8 +655,24 @@ impl Shard {
             tracing::debug!(participant = %participant_id, %mid, "media on an unannounced mid is not forwarded");
             return;
         };
-        if room.tracks.iter().any(|t| t.conn == id && t.mid == mid) {
-            // A second SSRC on one mid (simulcast layer): only the first is forwarded.
+        if let Some(track) = room.tracks.iter_mut().find(|t| t.conn == id && t.mid == mid) {
+            // A second SSRC on one mid. A simulcast layer (it has a rid): only the first
+            // layer is forwarded. Otherwise the sender restarted: follow it, keeping each
+            // leg's sequence numbers contiguous, and ask for a keyframe.
+            if !replace || track.ssrc == ssrc {
+                return;
+            }
+            tracing::debug!(participant = %participant_id, %mid, old = track.ssrc, new = ssrc, "published track changes SSRC");
+            track.ssrc = ssrc;
+            track.receiver = receiver_id;
+            track.codec = codec;
+            let track_id = track.info.track_id.clone();
+            for p in room.participants.iter_mut() {
+                if let Some(down) = p.down_mut(&track_id) {
+                    down.leg.restart();
+                }
+            }
+            self.request_keyframe(room_id, &track_id, now);
             return;
         }
         let kind = kind_of(&codec);
@@ -675,9 +709,10 @@ impl Shard {
                 .collect(),
             extensions: params.header_extensions.iter().map(|h| (h.uri.clone(), h.id)).collect(),
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
+            packets: 0,
         });
         room.stats.add(|c| &c.tracks, 1);
-        room.broadcast(&participant_id, &ServerMessage::TrackPublished { track: info });
+        room.broadcast(&ServerMessage::TrackPublished { track: info });
         let t = room.tracks.len() - 1;
         let others: Vec<String> = room
             .participants
@@ -738,7 +773,7 @@ impl Shard {
                 ..Default::default()
             }],
         );
-        let Some(conn) = self.conns.get_mut(&sub) else {
+        let Some(conn) = self.conns.get_mut(&sub).filter(|c| !c.broken) else {
             return;
         };
         let sender = match conn.pc.add_track(local) {
@@ -748,6 +783,13 @@ impl Shard {
                 return;
             }
         };
+        // `add_track` makes (or recycles) a sendrecv transceiver; the subscriber
+        // connection only ever sends, and an unpublished track's m-line then goes
+        // inactive rather than recvonly.
+        let transceiver: rtc::rtp_transceiver::RTCRtpTransceiverId = sender.into();
+        if let Some(mut t) = conn.pc.rtp_transceiver(transceiver) {
+            t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+        }
         let room = self.rooms.get_mut(&room_id).expect("exists");
         let p = room.participant_mut(subscriber).expect("exists");
         p.down.push(DownTrack {
@@ -756,6 +798,7 @@ impl Shard {
             sender,
             leg: DownLeg::new(ssrc),
             negotiated: false,
+            forwarded: 0,
         });
         p.negotiation.want();
         self.negotiation_pending = true;
@@ -777,10 +820,13 @@ impl Shard {
             track_id: track_id.to_owned(),
             participant_id: owner.clone(),
         };
-        for p in room.participants.iter_mut().filter(|p| p.id != owner) {
+        for p in room.participants.iter_mut() {
             if let Some(i) = p.down.iter().position(|d| d.track_id == track_id) {
                 let down = p.down.remove(i);
-                if let Some(conn) = p.subscriber.and_then(|id| self.conns.get_mut(&id))
+                if let Some(conn) = p
+                    .subscriber
+                    .and_then(|id| self.conns.get_mut(&id))
+                    .filter(|c| !c.broken)
                     && let Err(e) = conn.pc.remove_track(down.sender)
                 {
                     tracing::debug!(participant = %p.id, "remove_track: {e}");
@@ -806,7 +852,7 @@ impl Shard {
             }
         }
         for (room_id, participant_id, id) in offers {
-            let Some(conn) = self.conns.get_mut(&id) else {
+            let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
                 continue;
             };
             let offer = conn
@@ -891,7 +937,7 @@ impl Shard {
         };
         let (conn_id, receiver, ssrc) = (track.conn, track.receiver, track.ssrc);
         let stats = room.stats.clone();
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        let Some(conn) = self.conns.get_mut(&conn_id).filter(|c| !c.broken) else {
             return;
         };
         let Some(mut rx) = conn.pc.rtp_receiver(receiver) else {

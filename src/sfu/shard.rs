@@ -14,6 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -74,6 +75,10 @@ pub enum Command {
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
     SetDropProbability(f64),
+    /// Close every connection, free every meeting and stop the shard.
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Everything one shard thread owns.
@@ -158,6 +163,11 @@ impl Shard {
                 }
                 command = commands.recv() => {
                     match command {
+                        Some(Command::Shutdown { reply }) => {
+                            self.shutdown();
+                            let _ = reply.send(());
+                            return;
+                        }
                         Some(command) => self.on_command(command),
                         None => break,
                     }
@@ -196,12 +206,17 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(&id) else {
                 continue;
             };
-            if conn.deadline != Some(at) {
+            if conn.deadline != Some(at) || conn.broken {
                 continue;
             }
             conn.deadline = None;
-            if let Err(e) = conn.pc.handle_timeout(now) {
-                tracing::debug!(shard = self.index, conn = id, "handle_timeout: {e}");
+            match std::panic::catch_unwind(AssertUnwindSafe(|| conn.pc.handle_timeout(now))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(shard = self.index, conn = id, "handle_timeout: {e}"),
+                Err(_) => {
+                    self.break_conn(id);
+                    continue;
+                }
             }
             self.drive(id, now);
         }
@@ -218,8 +233,8 @@ impl Shard {
             Route::Conn { key, nominated, .. } => {
                 if let Some(conn) = self.conns.get_mut(&key) {
                     conn.last_seen = now;
-                    if nominated {
-                        conn.nominated = Some(from);
+                    if nominated && conn.nominated != Some(from) {
+                        conn.pending_nomination = Some(from);
                     }
                 }
                 key
@@ -231,7 +246,8 @@ impl Shard {
                 return;
             }
         };
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
+            Counters::add(&self.process.dropped_packets, 1);
             return;
         };
         let msg = TaggedBytesMut {
@@ -244,10 +260,14 @@ impl Shard {
             },
             message: BytesMut::from(data),
         };
-        if let Err(e) = conn.pc.handle_read(msg) {
-            // A datagram the connection refused (bad DTLS record, SRTP auth failure, ...).
-            Counters::add(&self.process.dropped_packets, 1);
-            tracing::debug!(shard = self.index, conn = id, "handle_read: {e}");
+        match std::panic::catch_unwind(AssertUnwindSafe(|| conn.pc.handle_read(msg))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // A datagram the connection refused (bad DTLS record, SRTP auth failure, ...).
+                Counters::add(&self.process.dropped_packets, 1);
+                tracing::debug!(shard = self.index, conn = id, "handle_read: {e}");
+            }
+            Err(_) => return self.break_conn(id),
         }
         self.drive(id, now);
     }
@@ -256,7 +276,7 @@ impl Shard {
     /// application messages (forwarding RTP), re-arms its timer.
     pub(super) fn drive(&mut self, id: ConnId, now: Instant) {
         loop {
-            let Some(conn) = self.conns.get_mut(&id) else {
+            let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
                 return;
             };
             flush(&self.socket, &self.process, conn);
@@ -338,6 +358,7 @@ impl Shard {
             // Not (yet) a published track: an unannounced mid, RTX, or a track being removed.
             return;
         };
+        room.tracks[t].packets += 1;
         let pli_due = room.tracks[t].throttle.poll(now);
         let track = &room.tracks[t];
         let owner = track.info.participant_id.as_str();
@@ -369,6 +390,7 @@ impl Shard {
             let written = conn.pc.rtp_sender(down.sender).map(|mut s| s.write_rtp(now, copy));
             match written {
                 Some(Ok(())) => {
+                    down.forwarded += 1;
                     stats.add(|c| &c.forwarded_packets, 1);
                     stats.add(|c| &c.forwarded_bytes, size);
                 }
@@ -412,12 +434,38 @@ impl Shard {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
-        if let Err(e) = conn.pc.close() {
-            tracing::debug!(shard = self.index, conn = id, "close: {e}");
+        if !conn.broken {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| conn.pc.close())) {
+                Ok(Ok(())) => flush(&self.socket, &self.process, &mut conn),
+                Ok(Err(e)) => tracing::debug!(shard = self.index, conn = id, "close: {e}"),
+                Err(_) => tracing::error!(shard = self.index, conn = id, "rtc panicked while closing"),
+            }
         }
-        flush(&self.socket, &self.process, &mut conn);
         self.router.remove(id);
         self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// `rtc` panicked inside a connection. Its state cannot be trusted: stop
+    /// feeding and polling it (the rest of the shard goes on) and tell its owner,
+    /// whose client has to rejoin for media on it.
+    fn break_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.broken = true;
+        conn.connected = false;
+        tracing::error!(shard = self.index, conn = id, participant = %conn.participant, role = ?conn.role, "rtc panicked: connection abandoned");
+        let (room, participant) = (conn.room, conn.participant.clone());
+        if let Some(p) = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.participants.iter().find(|p| p.id == participant))
+        {
+            p.send(ServerMessage::error(
+                gatehouse_signaling::ErrorCode::Internal,
+                "a media connection failed; leave and rejoin the call",
+            ));
+        }
     }
 
     pub(super) fn ufrag_in_use(&self, ufrag: &str) -> bool {
@@ -477,6 +525,11 @@ impl Shard {
                 let _ = reply.send(snapshot);
             }
             Command::SetDropProbability(p) => self.dice.set_probability(p),
+            Command::Shutdown { reply } => {
+                // Handled by the loop; kept exhaustive here.
+                self.shutdown();
+                let _ = reply.send(());
+            }
         }
         self.run_negotiations(now);
     }
@@ -515,6 +568,7 @@ impl Shard {
                     "ssrc": d.leg.ssrc,
                     "negotiated": d.negotiated,
                     "paused": d.leg.paused(),
+                    "forwarded": d.forwarded,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "tracks": room.tracks.iter().map(|t| serde_json::json!({
@@ -522,6 +576,7 @@ impl Shard {
                 "mid": t.mid,
                 "ssrc": t.ssrc,
                 "codec": t.codec.mime_type,
+                "packets": t.packets,
             })).collect::<Vec<_>>(),
         })
     }
@@ -534,6 +589,9 @@ impl Shard {
 /// source); everything else follows the client's latest nomination.
 fn flush(socket: &UdpSocket, process: &Counters, conn: &mut Conn) {
     while let Some(out) = conn.pc.poll_write() {
+        if conn.pending_nomination == Some(out.transport.peer_addr) && demux::is_binding_success(&out.message) {
+            conn.nominated = conn.pending_nomination.take();
+        }
         let to = match conn.nominated {
             Some(nominated) if demux::classify(&out.message) != demux::Class::Stun => nominated,
             _ => out.transport.peer_addr,

@@ -24,7 +24,9 @@ use gatehouse_signaling::protocol::{
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 use tokio::sync::{Notify, mpsc};
 use webrtc::media_stream::Track;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -38,6 +40,8 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::RtpSender;
 
 pub const OPUS_PT: u8 = 111;
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const VIDEO_ORIENTATION_URI: &str = "urn:3gpp:video-orientation";
 pub const VP8_PT: u8 = 96;
 const MAGIC: &[u8; 4] = b"GHT1";
 const HEADER: usize = 17;
@@ -96,6 +100,11 @@ pub fn payload(seq: u32, keyframe: bool, len: usize) -> Bytes {
     Bytes::from(p)
 }
 
+/// The audio level (RFC 6464, -dBov) a synthetic audio packet carries: derived from its sequence number.
+pub fn audio_level(seq: u32) -> u8 {
+    (seq % 127) as u8
+}
+
 /// What a payload says about itself, or `None` if it is corrupt.
 pub struct Parsed {
     pub seq: u32,
@@ -138,6 +147,10 @@ pub struct Received {
     pub rtp_seq_jumps: u64,
     last_rtp_seq: Option<u16>,
     pub payload_types: Vec<u8>,
+    /// Header extension ids seen.
+    pub extension_ids: Vec<u8>,
+    /// Audio-level values that did not match the level the sender derived from its sequence number.
+    pub bad_levels: u64,
 }
 
 impl Received {
@@ -152,10 +165,20 @@ impl Received {
             self.rtp_seq_jumps += 1;
         }
         self.last_rtp_seq = Some(pkt.header.sequence_number);
+        for ext in &pkt.header.extensions {
+            if !self.extension_ids.contains(&ext.id) {
+                self.extension_ids.push(ext.id);
+            }
+        }
         let Some(p) = parse(&pkt.payload) else {
             self.corrupt += 1;
             return;
         };
+        if let Some(ext) = pkt.header.extensions.first()
+            && ext.payload.first().map(|b| b & 0x7f) != Some(audio_level(p.seq))
+        {
+            self.bad_levels += 1;
+        }
         if p.keyframe {
             self.keyframes += 1;
         }
@@ -284,6 +307,16 @@ async fn peer(
 ) -> Arc<dyn PeerConnection> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs().expect("default codecs");
+    // Registered before the interceptors' own extensions, so the ids differ from the
+    // server's and the SFU has to remap them.
+    for (uri, kind) in [
+        (AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+        (VIDEO_ORIENTATION_URI, RtpCodecKind::Video),
+    ] {
+        media_engine
+            .register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }, kind, None)
+            .expect("header extension");
+    }
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)
         .expect("default interceptors")
         .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(TapSink::Counters(feedback)));
@@ -618,6 +651,12 @@ impl Client {
                     })
                     .payload_type;
                 let (step, ts_step, len) = if audio { (20, 960, 80) } else { (10, 900, 600) };
+                let level_id = params
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|h| audio && h.uri == AUDIO_LEVEL_URI)
+                    .map(|h| h.id as u8);
                 let mut ticker = tokio::time::interval(Duration::from_millis(step));
                 let mut seen_requests = 0;
                 let mut seq: u32 = 0;
@@ -626,16 +665,25 @@ impl Client {
                     let requests = feedback.keyframe_requests.load(Ordering::SeqCst);
                     let keyframe = !audio && (seq == 0 || requests != seen_requests);
                     seen_requests = requests;
+                    let mut header = rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        payload_type: pt,
+                        sequence_number: seq as u16,
+                        timestamp: seq.wrapping_mul(ts_step),
+                        ssrc,
+                        ..Default::default()
+                    };
+                    if let Some(id) = level_id {
+                        header.extension = true;
+                        header.extension_profile = rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+                        header.extensions.push(rtp::header::Extension {
+                            id,
+                            payload: Bytes::copy_from_slice(&[0x80 | audio_level(seq)]),
+                        });
+                    }
                     let pkt = rtp::Packet {
-                        header: rtp::header::Header {
-                            version: 2,
-                            marker: true,
-                            payload_type: pt,
-                            sequence_number: seq as u16,
-                            timestamp: seq.wrapping_mul(ts_step),
-                            ssrc,
-                            ..Default::default()
-                        },
+                        header,
                         payload: payload(seq, keyframe, len),
                     };
                     if local.write_rtp(pkt).await.is_err() {
@@ -667,6 +715,30 @@ impl Client {
             )])
             .await
             .expect("write PLI");
+    }
+
+    /// The header-extension id this client's subscriber connection negotiated for `uri`.
+    pub async fn subscriber_extension_id(&self, uri: &str) -> Option<u8> {
+        for r in self.subscriber.get_receivers().await {
+            if let Ok(params) = r.get_parameters().await
+                && let Some(h) = params.rtp_parameters.header_extensions.iter().find(|h| h.uri == uri)
+            {
+                return Some(h.id as u8);
+            }
+        }
+        None
+    }
+
+    /// The header-extension id this client's publisher connection negotiated for `uri`.
+    pub async fn publisher_extension_id(&self, uri: &str) -> Option<u8> {
+        for s in self.publisher.get_senders().await {
+            if let Ok(params) = s.get_parameters().await
+                && let Some(h) = params.rtp_parameters.header_extensions.iter().find(|h| h.uri == uri)
+            {
+                return Some(h.id as u8);
+            }
+        }
+        None
     }
 
     /// A media message from this client.
