@@ -93,6 +93,11 @@ async fn run_creates_meetings_joins_everyone_and_reads_the_gateway() {
     {
         assert!(gateway.rss_peak_bytes.expect("RSS from /metrics") > 1e6, "{gateway:?}");
         assert!(gateway.cpu_percent.expect("CPU over the steady phase") >= 0.0);
+        assert_eq!(
+            gateway.cpu_metric.as_deref(),
+            Some("gatehouse_process_cpu_seconds_total"),
+            "the clock-tick counter, not the whole-second one"
+        );
     }
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["participants"]["joined"], 3);

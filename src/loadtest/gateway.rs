@@ -13,7 +13,10 @@ use serde::Serialize;
 
 use crate::sdk::tls::{TlsOptions, client_config, install_crypto_provider};
 
-/// The process CPU counter the gateway exports (seconds, user + system).
+/// The gateway's CPU counter at clock-tick resolution (seconds, user + system).
+pub const CPU_SECONDS_FINE: &str = "gatehouse_process_cpu_seconds_total";
+/// The standard process CPU counter (whole seconds only): the fallback for
+/// gateways that do not export [`CPU_SECONDS_FINE`].
 pub const CPU_SECONDS: &str = "process_cpu_seconds_total";
 /// The process resident memory gauge the gateway exports (bytes).
 pub const RSS_BYTES: &str = "process_resident_memory_bytes";
@@ -131,6 +134,9 @@ pub struct GatewayFigures {
     pub scrape_errors: usize,
     /// Process CPU over the steady phase, percent of one core (200 = two cores busy).
     pub cpu_percent: Option<f64>,
+    /// The counter it came from (`process_cpu_seconds_total` counts whole
+    /// seconds: only long steady phases give a meaningful figure from it).
+    pub cpu_metric: Option<String>,
     /// Highest resident memory seen during the run, bytes.
     pub rss_peak_bytes: Option<f64>,
     /// Forwarded packets per second over the steady phase, if the media plane exports it.
@@ -168,7 +174,13 @@ pub fn figures(snapshots: &[Snapshot], scrape_errors: usize, steady: Option<(Dur
     let Some((from, to)) = steady else {
         return out;
     };
-    out.cpu_percent = rate(snapshots, CPU_SECONDS, from, to).map(|r| r * 100.0);
+    for name in [CPU_SECONDS_FINE, CPU_SECONDS] {
+        if let Some(r) = rate(snapshots, name, from, to) {
+            out.cpu_percent = Some(r * 100.0);
+            out.cpu_metric = Some(name.to_owned());
+            break;
+        }
+    }
     let sfu_names: std::collections::BTreeSet<&str> = snapshots
         .iter()
         .flat_map(|s| s.values.keys())
@@ -321,6 +333,7 @@ up +Inf
         let f = figures(&s, 2, steady);
         assert_eq!((f.scrapes, f.scrape_errors), (5, 2));
         assert!((f.cpu_percent.unwrap() - 75.0).abs() < 1e-9, "{f:?}");
+        assert_eq!(f.cpu_metric.as_deref(), Some(CPU_SECONDS));
         assert_eq!(f.rss_peak_bytes, Some(50e6));
         assert_eq!(f.forwarded_per_sec, Some(2000.0));
         assert_eq!(f.sfu_rates["gatehouse_sfu_forwarded_packets_total"], 2000.0);
@@ -335,6 +348,16 @@ up +Inf
         assert_eq!(f.forwarded_per_sec, None);
         assert!(f.rss_peak_bytes.is_none() && f.sfu_rates.is_empty());
         assert!((f.cpu_percent.unwrap() - 10.0).abs() < 1e-9);
+        // The fine-grained counter wins when the gateway has it.
+        let both = [
+            snap(0, &[(CPU_SECONDS, 1.0), (CPU_SECONDS_FINE, 1.25)]),
+            snap(1_000, &[(CPU_SECONDS, 1.0), (CPU_SECONDS_FINE, 1.5)]),
+        ];
+        let f = figures(&both, 0, Some((Duration::ZERO, Duration::from_secs(1))));
+        assert_eq!(
+            (f.cpu_percent, f.cpu_metric.as_deref()),
+            (Some(25.0), Some(CPU_SECONDS_FINE))
+        );
     }
 
     #[test]

@@ -511,7 +511,15 @@ impl Report {
         row(
             &mut out,
             "CPU (steady phase)",
-            g.cpu_percent.map_or_else(na, |c| format!("{c:.1} % of one core")),
+            g.cpu_percent.map_or_else(na, |c| {
+                let coarse = g.cpu_metric.as_deref() == Some(super::gateway::CPU_SECONDS);
+                let note = if coarse {
+                    " (from a whole-second counter: rough unless the phase is long)"
+                } else {
+                    ""
+                };
+                format!("{c:.1} % of one core{note}")
+            }),
         );
         row(
             &mut out,
