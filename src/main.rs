@@ -131,7 +131,13 @@ async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
             std::process::exit(gatehouse::loadtest::report::EXIT_INTERRUPTED);
         });
     };
-    let report = gatehouse::loadtest::run_until(options, cancel).await?;
+    let report = match gatehouse::loadtest::run_until(options, cancel).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(gatehouse::loadtest::report::EXIT_FAILED);
+        }
+    };
     if json {
         println!("{}", report.to_json());
     } else {
