@@ -222,6 +222,20 @@ mod tests {
             "typos are errors"
         );
         let _ = std::fs::remove_file(path);
+        assert_eq!(c.media_drop_rate, 0.0, "the drop hook is off unless asked for");
+        let c = Config::resolve(ServeArgs {
+            media_drop_rate: Some(0.1),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.media_drop_rate, 0.1);
+        assert!(
+            Config::resolve(ServeArgs {
+                media_drop_rate: Some(1.5),
+                ..Default::default()
+            })
+            .is_err()
+        );
         assert!(
             Config::resolve(ServeArgs {
                 ice_servers: vec!["http://x".into()],

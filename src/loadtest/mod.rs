@@ -320,15 +320,16 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
 
     let _ = stop_tx.send(true);
     let mut participants = Vec::with_capacity(running.len());
+    // They all close at once; one deadline bounds the whole teardown.
+    let deadline = tokio::time::Instant::now() + participant::CLOSE_TIMEOUT + Duration::from_secs(5);
     for (probe, mut task) in running {
-        let (sent_packets, sent_bytes) =
-            match tokio::time::timeout(participant::CLOSE_TIMEOUT + Duration::from_secs(5), &mut task).await {
-                Ok(Ok(sent)) => sent,
-                _ => {
-                    task.abort();
-                    (0, 0)
-                }
-            };
+        let (sent_packets, sent_bytes) = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(sent)) => sent,
+            _ => {
+                task.abort();
+                (0, 0)
+            }
+        };
         participants.push(probe.outcome(sent_packets, sent_bytes));
     }
     let _ = scrape_task.await;
