@@ -53,7 +53,8 @@ pub struct ServeArgs {
     /// Directory of the web client to serve instead of the built-in one (for development).
     #[arg(long, env = "GATEHOUSE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
-    /// Test hook: share of forwarded media packets to drop on purpose, 0 to 1.
+    /// Test hook, hidden from --help: share of forwarded media packets the SFU drops
+    /// on purpose (0 to 1), so the load tester's loss figures can be checked.
     #[arg(long, env = "GATEHOUSE_MEDIA_DROP_RATE", hide = true)]
     pub media_drop_rate: Option<f64>,
 }
@@ -94,7 +95,8 @@ pub struct Config {
     pub redeem_per_minute: u32,
     pub json_logs: bool,
     pub web_dir: Option<PathBuf>,
-    /// Share of forwarded packets the SFU drops on purpose (a loss-measurement test hook; 0 in production).
+    /// Share of forwarded media packets the SFU drops on purpose, in [0, 1]: a test
+    /// hook for loss measurements (the load tester's tests); 0 in production.
     pub media_drop_rate: f64,
 }
 
@@ -148,6 +150,11 @@ impl Config {
             (60..=7 * 24 * 3600).contains(&guest_token_ttl_secs),
             "guest token TTL must be 60 s to 7 days"
         );
+        let media_drop_rate = args.media_drop_rate.or(file.media_drop_rate).unwrap_or(0.0);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&media_drop_rate),
+            "media drop rate must be between 0 and 1"
+        );
         Ok(Config {
             listen,
             data_dir: args
@@ -168,11 +175,7 @@ impl Config {
             redeem_per_minute: args.redeem_per_minute.or(file.redeem_per_minute).unwrap_or(20).max(1),
             json_logs,
             web_dir: args.web_dir.or(file.web_dir),
-            media_drop_rate: {
-                let rate = args.media_drop_rate.or(file.media_drop_rate).unwrap_or(0.0);
-                anyhow::ensure!((0.0..=1.0).contains(&rate), "media_drop_rate must be between 0 and 1");
-                rate
-            },
+            media_drop_rate,
         })
     }
 }
@@ -220,6 +223,20 @@ mod tests {
             "typos are errors"
         );
         let _ = std::fs::remove_file(path);
+        assert_eq!(c.media_drop_rate, 0.0, "the drop hook is off unless asked for");
+        let c = Config::resolve(ServeArgs {
+            media_drop_rate: Some(0.1),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.media_drop_rate, 0.1);
+        assert!(
+            Config::resolve(ServeArgs {
+                media_drop_rate: Some(1.5),
+                ..Default::default()
+            })
+            .is_err()
+        );
         assert!(
             Config::resolve(ServeArgs {
                 ice_servers: vec!["http://x".into()],

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod ids;
+pub mod loadtest;
 pub mod metrics;
 pub mod sdk;
 pub mod server;

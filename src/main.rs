@@ -1,10 +1,11 @@
-//! The `gatehouse` command: run the gateway, mint staff tokens.
+//! The `gatehouse` command: run the gateway, mint staff tokens, load-test a gateway.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse::config::{Config, DEFAULT_DATA_DIR, ServeArgs};
+use gatehouse::loadtest::LoadtestArgs;
 use gatehouse_signaling::token::StaffRole;
 
 /// Gatehouse: a self-hosted meeting gateway for staff and external guests.
@@ -16,6 +17,7 @@ use gatehouse_signaling::token::StaffRole;
 /// Start here:
 ///   gatehouse serve                                  # https://localhost:8443, data in ./gatehouse-data
 ///   gatehouse token --name "Alice" --sub alice       # a staff token for the console, curl or the SDK
+///   gatehouse loadtest --meetings 5 --publishers 2   # real WebRTC peers against a running gateway
 #[derive(Parser)]
 #[command(name = "gatehouse", version, verbatim_doc_comment)]
 struct Cli {
@@ -39,6 +41,8 @@ enum Command {
     ///   curl --cacert gatehouse-data/tls/ca.pem -H "Authorization: Bearer $TOKEN" https://localhost:8443/api/v1/meetings
     #[command(verbatim_doc_comment)]
     Token(TokenArgs),
+    // No doc comment here: `LoadtestArgs` carries the help, example and exit codes.
+    Loadtest(Box<LoadtestArgs>),
 }
 
 #[derive(clap::Args)]
@@ -71,9 +75,9 @@ fn parse_role(s: &str) -> Result<StaffRole, String> {
     }
 }
 
-fn init_logs(json: bool) {
+fn init_logs(json: bool, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -90,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args)?;
-            init_logs(config.json_logs);
+            init_logs(config.json_logs, "info,webrtc=warn,rtc=warn");
             serve(config).await
         }
         Command::Token(args) => {
@@ -101,7 +105,47 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Loadtest(args) => {
+            // Quiet by default: the progress line and the report are the output.
+            init_logs(false, "error,gatehouse=warn");
+            loadtest(*args).await
+        }
     }
+}
+
+/// Runs `gatehouse loadtest`; exits with the report's code (see its --help).
+async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let options = match args.into_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(gatehouse::loadtest::report::EXIT_USAGE);
+        }
+    };
+    let cancel = async {
+        shutdown_signal().await;
+        eprintln!("\nstopping: closing every peer and printing the partial report (Ctrl-C again to quit at once)");
+        tokio::spawn(async {
+            shutdown_signal().await;
+            std::process::exit(gatehouse::loadtest::report::EXIT_INTERRUPTED);
+        });
+    };
+    let report = match gatehouse::loadtest::run_until(options, cancel).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(gatehouse::loadtest::report::EXIT_FAILED);
+        }
+    };
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::process::exit(report.exit_code());
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! the media plane's counters (read from its atomics at scrape time), and the
 //! process's CPU and memory.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntGauge, Registry, TextEncoder};
+use prometheus::{Counter, Encoder, Histogram, HistogramOpts, IntGauge, Registry, TextEncoder};
 
 /// The gateway's metrics registry and the handles the server updates.
 pub struct GatewayMetrics {
@@ -17,6 +17,9 @@ pub struct GatewayMetrics {
     pub signaling_connections: IntGauge,
     /// How long people waited in the lobby, whatever the outcome.
     pub lobby_wait_seconds: Histogram,
+    /// Our CPU time at clock-tick resolution: `process_cpu_seconds_total` counts
+    /// whole seconds only, too coarse for the load tester's CPU % over a short run.
+    process_cpu_seconds: Counter,
 }
 
 impl GatewayMetrics {
@@ -51,6 +54,14 @@ impl GatewayMetrics {
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registered once");
+        let process_cpu_seconds = Counter::new(
+            "gatehouse_process_cpu_seconds_total",
+            "User and system CPU time of the gateway process, seconds, at clock-tick resolution",
+        )
+        .expect("static metric names are valid");
+        registry
+            .register(Box::new(process_cpu_seconds.clone()))
+            .expect("registered once");
         Self {
             registry,
             meetings_live,
@@ -58,6 +69,7 @@ impl GatewayMetrics {
             participants_in_lobby,
             signaling_connections,
             lobby_wait_seconds,
+            process_cpu_seconds,
         }
     }
 
@@ -68,6 +80,12 @@ impl GatewayMetrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(now) = process_cpu_seconds() {
+            let past = self.process_cpu_seconds.get();
+            if now > past {
+                self.process_cpu_seconds.inc_by(now - past);
+            }
+        }
         let mut buf = Vec::new();
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
@@ -81,6 +99,36 @@ impl Default for GatewayMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// User plus system CPU time of this process in seconds, from `/proc/self/stat`.
+#[cfg(target_os = "linux")]
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_cpu_seconds() -> Option<f64> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command
+/// name in parentheses may hold spaces and parentheses, so count from the last `)`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 #[cfg(test)]
@@ -100,5 +148,119 @@ mod tests {
         );
         #[cfg(target_os = "linux")]
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
+        assert!(text.contains("gatehouse_process_cpu_seconds_total"), "{text}");
+    }
+
+    #[test]
+    fn cpu_ticks_come_from_after_the_command_name() {
+        let stat = "4242 (gate (house) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0 1234 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cpu_time_is_finer_than_whole_seconds() {
+        let start = process_cpu_seconds().expect("readable on Linux");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut spins = 0u64;
+        while process_cpu_seconds().expect("readable") - start < 0.05 {
+            assert!(std::time::Instant::now() < deadline, "no CPU time seen in 5 s");
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+        // Well under a second of burning was visible: tick resolution, not whole seconds.
+        assert!(process_cpu_seconds().expect("readable") - start < 1.0);
+    }
+}
+
+/// The media plane's counters, read from its atomics at scrape time.
+pub struct SfuCollector {
+    sfu: crate::sfu::Sfu,
+    counters: Vec<(prometheus::IntCounter, fn(&crate::sfu::stats::CountersSnapshot) -> u64)>,
+    tracks: IntGauge,
+    connections: IntGauge,
+}
+
+impl SfuCollector {
+    pub fn new(sfu: crate::sfu::Sfu) -> Self {
+        use crate::sfu::stats::CountersSnapshot as S;
+        let counter = |name: &str, help: &str| prometheus::IntCounter::new(name, help).expect("static metric name");
+        let counters: Vec<(prometheus::IntCounter, fn(&S) -> u64)> = vec![
+            (
+                counter(
+                    "gatehouse_sfu_forwarded_packets_total",
+                    "RTP packets written to subscribers",
+                ),
+                |s| s.forwarded_packets,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_forwarded_bytes_total",
+                    "RTP bytes written to subscribers",
+                ),
+                |s| s.forwarded_bytes,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_dropped_packets_total",
+                    "Packets dropped (garbage, rejected writes, full socket buffer, test hook)",
+                ),
+                |s| s.dropped_packets,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_garbage_datagrams_total",
+                    "Datagrams on the media port from no known connection",
+                ),
+                |s| s.garbage_datagrams,
+            ),
+            (
+                counter("gatehouse_sfu_nacks_total", "NACKs received from subscribers"),
+                |s| s.nacks,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_keyframe_requests_total",
+                    "PLI/FIR received from subscribers",
+                ),
+                |s| s.keyframe_requests_received,
+            ),
+            (
+                counter("gatehouse_sfu_plis_sent_total", "PLIs sent to publishers"),
+                |s| s.plis_sent,
+            ),
+        ];
+        Self {
+            sfu,
+            counters,
+            tracks: IntGauge::new("gatehouse_sfu_tracks", "Published tracks").expect("static metric name"),
+            connections: IntGauge::new("gatehouse_sfu_peer_connections", "Live peer connections")
+                .expect("static metric name"),
+        }
+    }
+}
+
+impl prometheus::core::Collector for SfuCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs: Vec<_> = self.counters.iter().flat_map(|(c, _)| c.desc()).collect();
+        descs.extend(self.tracks.desc());
+        descs.extend(self.connections.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let snapshot = self.sfu.stats();
+        let mut families = Vec::new();
+        for (counter, read) in &self.counters {
+            // The SFU's counters only grow; catch the Prometheus counter up to them.
+            counter.inc_by(read(&snapshot).saturating_sub(counter.get()));
+            families.extend(counter.collect());
+        }
+        self.tracks.set(snapshot.tracks as i64);
+        self.connections.set(self.sfu.live_connections() as i64);
+        families.extend(self.tracks.collect());
+        families.extend(self.connections.collect());
+        families
     }
 }

@@ -126,6 +126,19 @@ async fn three_sdk_participants_exchange_audio_and_video() {
         senders_seen.dedup();
         assert_eq!(senders_seen.len(), 2, "{receiver} got {got:?}");
     }
+    // The media plane's counters are on /metrics.
+    let (_, metrics) = srv.call("GET", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    let forwarded: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_sfu_forwarded_packets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no forwarded-packets counter:\n{metrics}"));
+    assert!(forwarded > 500, "forwarded {forwarded}");
+    assert!(
+        metrics.lines().any(|l| l == "gatehouse_sfu_peer_connections 6"),
+        "{metrics}"
+    );
     for s in senders {
         s.stop().await.expect("sender ran cleanly");
     }

@@ -190,6 +190,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .context("starting the media plane")?;
     let media_addr = sfu.local_addr();
 
+    let metrics = Arc::new(GatewayMetrics::new());
+    metrics
+        .register(Box::new(crate::metrics::SfuCollector::new(sfu.clone())))
+        .context("registering the media metrics")?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         config: config.clone(),
@@ -197,7 +201,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         keys,
         sfu,
         live: Arc::new(LiveMeetings::default()),
-        metrics: Arc::new(GatewayMetrics::new()),
+        metrics,
         next_conn: AtomicU64::new(1),
         shutdown: shutdown_rx,
         redeem_limits: Mutex::new(HashMap::new()),

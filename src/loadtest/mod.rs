@@ -1,0 +1,648 @@
+//! `gatehouse loadtest`: drives a running gateway with real WebRTC peers from
+//! the SDK and reports what they received, next to what the gateway's own
+//! `/metrics` said about its CPU and memory meanwhile.
+//!
+//! [`scenario`] holds the shape and the timeline, [`report`] the figures and the
+//! verdict, [`gateway`] the metrics scraping; all three are pure but for the
+//! scraper's HTTP call. This module is the shell: it creates the meetings,
+//! starts participants on the ramp schedule, shows progress, stops and closes
+//! everyone, and hands the results to [`Report::from_run`].
+
+pub mod gateway;
+mod participant;
+pub mod report;
+pub mod scenario;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use gatehouse_signaling::token::StaffRole;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::DEFAULT_DATA_DIR;
+use crate::sdk::synthetic::SyntheticCodec;
+use crate::sdk::{ConnectOptions, LobbyBypass, MediaOptions, NewMeeting, RestClient, TlsOptions};
+use gateway::{Scraper, Snapshot};
+use participant::{Probe, Setup};
+pub use report::{Report, Thresholds};
+use scenario::{Phase, Role, Shape, StreamShape};
+
+/// How the load tester proves it may create meetings and join them.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A staff token (e.g. from `gatehouse token`).
+    Token(String),
+    /// The gateway's data directory: a staff token is minted with its signing key.
+    DataDir(PathBuf),
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The gateway, `https://host:port`.
+    pub url: String,
+    /// Who we are.
+    pub auth: Auth,
+    /// Which certificates to trust.
+    pub tls: TlsOptions,
+    /// The load.
+    pub shape: Shape,
+    /// What makes the run fail.
+    pub thresholds: Thresholds,
+    /// Draw the live progress line on stderr.
+    pub progress: bool,
+    /// How often `/metrics` is scraped.
+    pub scrape_interval: Duration,
+}
+
+/// Drive a running gateway with real WebRTC peers and measure what they receive.
+///
+/// Each participant is a staff member of the token's organisation, in a meeting
+/// created for the run (lobby bypass `organization`, so it enters at once), with
+/// a publisher and a subscriber connection. Publishers send synthetic audio and
+/// video whose packets carry a sequence number, a send time and a checksum;
+/// every participant receives every other publisher's tracks and measures loss,
+/// jitter, one-way latency (sender and receiver share this machine's clock) and
+/// bitrate. Join time runs from holding the token to the first media packet.
+/// Meanwhile the gateway's /metrics is read every second for its CPU and memory.
+///
+/// Phases: ramp (participants start at --ramp per second, until each is in with
+/// all its streams flowing, or 15 s after the last start), then the steady phase
+/// of --duration seconds, then everyone is closed and the meetings are ended.
+///
+/// Example, against `gatehouse serve` on this machine (its data directory gives
+/// the signing key and the development CA):
+///   gatehouse loadtest --meetings 5 --publishers 2 --subscribers 4 --duration 60 \
+///       --max-loss 1 --max-p99-ms 150
+///
+/// Against another host, machine-readable:
+///   gatehouse loadtest --url https://meet.example.org --token "$TOKEN" \
+///       --meetings 20 --publishers 3 --ramp 5 --duration 300 --json > run.json
+///
+/// Exit codes:
+///   0    finished within the thresholds
+///   1    could not run (gateway unreachable, token refused...) or nobody could join
+///   2    bad arguments
+///   3    a threshold was breached (--max-loss, --max-p99-ms)
+///   130  interrupted with Ctrl-C (every peer is closed, the partial report printed)
+#[derive(Debug, Clone, Args)]
+#[command(verbatim_doc_comment)]
+pub struct LoadtestArgs {
+    /// The gateway to load.
+    #[arg(long, env = "GATEHOUSE_URL", default_value = "https://localhost:8443")]
+    pub url: String,
+    /// A staff token (from `gatehouse token`); without it one is minted from --data-dir.
+    #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The gateway's data directory, to mint a staff token with its signing key
+    /// (and trust its development CA when --ca is not given).
+    #[arg(long, default_value = DEFAULT_DATA_DIR, conflicts_with = "token")]
+    pub data_dir: PathBuf,
+    /// PEM file of the CA that signed the gateway's certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate (development only).
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
+    /// Meetings to create.
+    #[arg(long, default_value_t = 1)]
+    pub meetings: u32,
+    /// Publishers per meeting (they also receive).
+    #[arg(long, default_value_t = 2)]
+    pub publishers: u32,
+    /// Receive-only participants per meeting.
+    #[arg(long, default_value_t = 0)]
+    pub subscribers: u32,
+    /// Video bitrate per publisher, kbit/s.
+    #[arg(long, default_value_t = 500)]
+    pub video_kbps: u32,
+    /// Video frames per second (packets per frame follow from the bitrate: 1100-byte payloads).
+    #[arg(long, default_value_t = 30)]
+    pub video_fps: u32,
+    /// Audio bitrate per publisher, kbit/s.
+    #[arg(long, default_value_t = 32)]
+    pub audio_kbps: u32,
+    /// Audio packets per second (one per frame; 50 = 20 ms frames).
+    #[arg(long, default_value_t = 50)]
+    pub audio_pps: u32,
+    /// Publish no audio.
+    #[arg(long)]
+    pub no_audio: bool,
+    /// Publish no video.
+    #[arg(long)]
+    pub no_video: bool,
+    /// Participants started per second, across all meetings.
+    #[arg(long, default_value_t = 10.0)]
+    pub ramp: f64,
+    /// Length of the steady phase, seconds (1 to 86400).
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Print one JSON object with every figure instead of the table (no progress line).
+    #[arg(long)]
+    pub json: bool,
+    /// Fail (exit 3) when packet loss is over this percent; streams that never arrive count as loss.
+    #[arg(long, value_name = "PERCENT")]
+    pub max_loss: Option<f64>,
+    /// Fail (exit 3) when the 99th percentile one-way latency is over this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub max_p99_ms: Option<f64>,
+}
+
+impl LoadtestArgs {
+    /// The run these arguments describe; `Err` is a sentence about a bad argument.
+    pub fn into_options(self) -> Result<Options, String> {
+        let shape = Shape {
+            meetings: self.meetings,
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            audio: (!self.no_audio).then_some(StreamShape {
+                kbps: self.audio_kbps,
+                fps: self.audio_pps,
+            }),
+            video: (!self.no_video).then_some(StreamShape {
+                kbps: self.video_kbps,
+                fps: self.video_fps,
+            }),
+            ramp_per_sec: self.ramp,
+            duration: Duration::from_secs(self.duration),
+        };
+        shape.validate().map_err(|e| e.0)?;
+        for (flag, value) in [("--max-loss", self.max_loss), ("--max-p99-ms", self.max_p99_ms)] {
+            if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                return Err(format!("{flag} must be a number of at least 0"));
+            }
+        }
+        let auth = match self.token {
+            Some(token) => Auth::Token(token),
+            None => Auth::DataDir(self.data_dir.clone()),
+        };
+        // With a local data directory and no --ca, trust the gateway's development CA.
+        let ca = self.ca.clone().or_else(|| {
+            let dev_ca = self.data_dir.join("tls").join("ca.pem");
+            (matches!(auth, Auth::DataDir(_)) && !self.insecure && dev_ca.exists()).then_some(dev_ca)
+        });
+        let ca_pem = match ca {
+            Some(path) => {
+                Some(std::fs::read_to_string(&path).map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        Ok(Options {
+            url: self.url,
+            auth,
+            tls: TlsOptions {
+                ca_pem,
+                danger_accept_invalid_certs: self.insecure,
+            },
+            shape,
+            thresholds: Thresholds {
+                max_loss_percent: self.max_loss,
+                max_p99_ms: self.max_p99_ms,
+            },
+            progress: !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            scrape_interval: Duration::from_secs(1),
+        })
+    }
+}
+
+/// A started participant: what it shows, and its task (which returns the packets
+/// and bytes it sent).
+type Running = (Arc<Probe>, JoinHandle<(u64, u64)>);
+
+/// Runs a load test to the end and returns its report.
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    run_until(options, std::future::pending()).await
+}
+
+/// Runs a load test until it ends or `cancel` resolves (Ctrl-C); either way every
+/// peer is closed and the report covers what was measured (`interrupted` says which).
+pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> anyhow::Result<Report> {
+    options.shape.validate()?;
+    let token = staff_token(&options.auth)?;
+    let shape = options.shape.clone();
+    let rest = RestClient::new(&options.url, &options.tls)?.with_token(token.clone());
+    let scraper = Scraper::new(&options.url, &options.tls)?;
+
+    let meetings = create_meetings(&rest, &shape).await?;
+    let run_start = Instant::now();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let scrapes = Arc::new(Mutex::new(Scrapes::default()));
+    let scrape_task = tokio::spawn(scrape_loop(
+        scraper.clone(),
+        scrapes.clone(),
+        run_start,
+        options.scrape_interval,
+        stop_rx.clone(),
+    ));
+
+    let mut connect = ConnectOptions::new(options.url.clone(), token);
+    connect.ca_pem = options.tls.ca_pem.clone();
+    connect.danger_accept_invalid_certs = options.tls.danger_accept_invalid_certs;
+    connect.join_timeout = Duration::from_secs(15);
+    connect.media = MediaOptions {
+        udp_addrs: vec![local_udp_addr(&options.url).to_owned()],
+        ..MediaOptions::default()
+    };
+    let setup = Arc::new(Setup {
+        connect,
+        audio: shape.audio.map(|a| a.synthetic(SyntheticCodec::Opus)),
+        video: shape.video.map(|v| v.synthetic(SyntheticCodec::Vp8)),
+    });
+
+    let plan = shape.plan();
+    let timeline = shape.timeline();
+    let progress = Progress::new(options.progress);
+    let mut running: Vec<Running> = Vec::with_capacity(plan.len());
+    let mut all_settled_at = None;
+    let mut steady: Option<(Duration, Duration)> = None;
+    let mut interrupted = false;
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_sample = (Instant::now(), Totals::default());
+    tokio::pin!(cancel);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut cancel => {
+                interrupted = true;
+                break;
+            }
+        }
+        let elapsed = run_start.elapsed();
+        for seat in plan.iter().take(timeline.due(elapsed)).skip(running.len()) {
+            let others = shape.publishers - u32::from(seat.role == Role::Publisher);
+            let probe = Arc::new(Probe::new(seat.role, (others * shape.tracks_per_publisher()) as usize));
+            let task = tokio::spawn(participant::run(
+                setup.clone(),
+                *seat,
+                meetings[seat.meeting as usize].clone(),
+                probe.clone(),
+                stop_rx.clone(),
+            ));
+            running.push((probe, task));
+        }
+        if all_settled_at.is_none() && running.len() == plan.len() && all_settled(&plan, &running, &shape) {
+            all_settled_at = Some(elapsed);
+        }
+        let phase = timeline.phase(elapsed, all_settled_at);
+        if let Phase::Steady { started_at, .. } = phase
+            && steady.is_none()
+        {
+            steady = Some((started_at, started_at));
+            scrape_now(&scraper, &scrapes, run_start).await;
+        }
+        if last_sample.0.elapsed() >= Duration::from_secs(1) {
+            let totals = Totals::of(&running);
+            progress.show(phase, elapsed, &totals, &last_sample, plan.len());
+            last_sample = (Instant::now(), totals);
+        }
+        if phase == Phase::Done {
+            break;
+        }
+    }
+    let stopped_at = run_start.elapsed();
+    if let Some((from, _)) = steady {
+        steady = Some((from, stopped_at));
+        // The last scrape before teardown closes the steady window.
+        scrape_now(&scraper, &scrapes, run_start).await;
+    }
+    progress.finish(if interrupted {
+        "interrupted: closing every peer"
+    } else {
+        "closing every peer"
+    });
+
+    let _ = stop_tx.send(true);
+    let mut participants = Vec::with_capacity(running.len());
+    // They all close at once; one deadline bounds the whole teardown.
+    let deadline = tokio::time::Instant::now() + participant::CLOSE_TIMEOUT + Duration::from_secs(5);
+    for (probe, mut task) in running {
+        let (sent_packets, sent_bytes) = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(sent)) => sent,
+            _ => {
+                task.abort();
+                (0, 0)
+            }
+        };
+        participants.push(probe.outcome(sent_packets, sent_bytes));
+    }
+    let _ = scrape_task.await;
+    end_meetings(&rest, &meetings).await;
+
+    let scrapes = std::mem::take(&mut *scrapes.lock().unwrap_or_else(|p| p.into_inner()));
+    let data = report::RunData {
+        shape,
+        thresholds: options.thresholds,
+        meetings_created: meetings.len(),
+        participants,
+        gateway: gateway::figures(&scrapes.snapshots, scrapes.errors, steady),
+        elapsed: stopped_at,
+        steady,
+        interrupted,
+    };
+    Ok(Report::from_run(&data))
+}
+
+/// Whether every participant is done joining. Streams of publishers that
+/// failed are not waited for: they will not come.
+fn all_settled(plan: &[scenario::Seat], running: &[Running], shape: &Shape) -> bool {
+    let mut failed_publishers = vec![0usize; shape.meetings as usize];
+    for (seat, (probe, _)) in plan.iter().zip(running) {
+        if seat.role == Role::Publisher && probe.failed() {
+            failed_publishers[seat.meeting as usize] += 1;
+        }
+    }
+    let tracks = shape.tracks_per_publisher() as usize;
+    plan.iter()
+        .zip(running)
+        .all(|(seat, (probe, _))| probe.settled(failed_publishers[seat.meeting as usize] * tracks))
+}
+
+/// The staff token to use: given, or minted with the gateway's signing key.
+fn staff_token(auth: &Auth) -> anyhow::Result<String> {
+    match auth {
+        Auth::Token(token) => Ok(token.clone()),
+        Auth::DataDir(dir) => {
+            // Never make a key here: a fresh one would sign tokens no gateway accepts.
+            anyhow::ensure!(
+                dir.join("signing.key").exists(),
+                "no signing key in {}: pass --token, or --data-dir of the gateway to load",
+                dir.display()
+            );
+            let keys = crate::server::load_or_create_signing_key(dir)?;
+            let now = crate::ids::now_ms() / 1000;
+            let ttl = 24 * 3600 + 3600;
+            Ok(keys.mint_staff("loadtest", "Load tester", "default", StaffRole::Staff, now, ttl)?)
+        }
+    }
+}
+
+/// Creates the run's meetings; on failure ends those already made.
+async fn create_meetings(rest: &RestClient, shape: &Shape) -> anyhow::Result<Vec<String>> {
+    let tag = crate::ids::random_code(6);
+    let mut ids = Vec::with_capacity(shape.meetings as usize);
+    for n in 0..shape.meetings {
+        let meeting = NewMeeting {
+            title: format!("Load test {tag} #{}", n + 1),
+            lobby_bypass: Some(LobbyBypass::Organization),
+            max_participants: Some(shape.per_meeting().max(2)),
+            ..NewMeeting::default()
+        };
+        match rest.create_meeting(&meeting).await {
+            Ok(m) => ids.push(m.meeting_id),
+            Err(e) => {
+                end_meetings(rest, &ids).await;
+                return Err(e).context("creating the load test's meetings");
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Ends the run's meetings (best effort: the gateway cleans up empty ones anyway).
+async fn end_meetings(rest: &RestClient, ids: &[String]) {
+    for id in ids {
+        let path = format!("/api/v1/meetings/{id}/end");
+        match tokio::time::timeout(Duration::from_secs(5), rest.request(reqwest::Method::POST, &path, None)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(meeting_id = %id, error = %e, "ending a load test meeting"),
+            Err(_) => tracing::debug!(meeting_id = %id, "ending a load test meeting timed out"),
+        }
+    }
+}
+
+/// Loopback gateways get loopback candidates only; others every interface.
+fn local_udp_addr(url: &str) -> &'static str {
+    let loopback = url::Url::parse(url).ok().is_some_and(|u| match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    });
+    if loopback { "127.0.0.1:0" } else { "0.0.0.0:0" }
+}
+
+#[derive(Default)]
+struct Scrapes {
+    snapshots: Vec<Snapshot>,
+    errors: usize,
+}
+
+async fn scrape_now(scraper: &Scraper, scrapes: &Mutex<Scrapes>, run_start: Instant) {
+    let result = scraper.scrape(run_start.elapsed()).await;
+    let mut scrapes = scrapes.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(snapshot) => scrapes.snapshots.push(snapshot),
+        Err(e) => {
+            if scrapes.errors == 0 {
+                tracing::warn!(error = %e, "cannot read the gateway's /metrics; its figures will be n/a");
+            }
+            scrapes.errors += 1;
+        }
+    }
+}
+
+async fn scrape_loop(
+    scraper: Scraper,
+    scrapes: Arc<Mutex<Scrapes>>,
+    run_start: Instant,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => scrape_now(&scraper, &scrapes, run_start).await,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        }
+    }
+}
+
+/// Counts across all participants at one moment, for the live display.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    joined: usize,
+    received: u64,
+    expected: u64,
+    lost: u64,
+}
+
+impl Totals {
+    fn of(running: &[Running]) -> Totals {
+        let mut t = Totals::default();
+        for (probe, _) in running {
+            t.joined += usize::from(probe.joined());
+            for stream in probe.streams() {
+                let s = stream.summary();
+                t.received += s.received;
+                t.expected += s.expected;
+                t.lost += s.lost;
+            }
+        }
+        t
+    }
+}
+
+/// The live progress line (a no-op when hidden).
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn new(visible: bool) -> Progress {
+        let bar = if visible {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("the template is a valid literal"));
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar.set_message("creating meetings, starting participants");
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress { bar }
+    }
+
+    fn show(&self, phase: Phase, elapsed: Duration, now: &Totals, before: &(Instant, Totals), planned: usize) {
+        if self.bar.is_hidden() {
+            return;
+        }
+        let dt = before.0.elapsed().as_secs_f64().max(1e-3);
+        let pps = now.received.saturating_sub(before.1.received) as f64 / dt;
+        // Loss over the last interval (what changed), not since the start.
+        let d_expected = now.expected.saturating_sub(before.1.expected);
+        let d_lost = now.lost.saturating_sub(before.1.lost);
+        let loss = if d_expected == 0 {
+            0.0
+        } else {
+            d_lost as f64 * 100.0 / d_expected as f64
+        };
+        let when = match phase {
+            Phase::Ramp => format!("ramp    {:>5.0} s", elapsed.as_secs_f64()),
+            Phase::Steady { ends_at, .. } => format!(
+                "steady  {:>5.0} s, {:.0} s left",
+                elapsed.as_secs_f64(),
+                ends_at.saturating_sub(elapsed).as_secs_f64()
+            ),
+            Phase::Done => "done".to_owned(),
+        };
+        self.bar.set_message(format!(
+            "{when} | {}/{planned} connected | {pps:>7.0} packets/s received | loss {loss:.2} %",
+            now.joined
+        ));
+    }
+
+    fn finish(&self, message: &'static str) {
+        if !self.bar.is_hidden() {
+            self.bar.finish_with_message(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadtestArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("loadtest").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        cli.args.into_options()
+    }
+
+    #[test]
+    fn defaults_make_a_small_valid_run() {
+        let o = parse(&["--data-dir", "/nonexistent", "--json"]).unwrap();
+        assert_eq!(o.url, "https://localhost:8443");
+        assert!(matches!(o.auth, Auth::DataDir(ref d) if d == std::path::Path::new("/nonexistent")));
+        assert_eq!((o.shape.meetings, o.shape.publishers, o.shape.subscribers), (1, 2, 0));
+        assert_eq!(o.shape.audio, Some(StreamShape { kbps: 32, fps: 50 }));
+        assert_eq!(o.shape.video, Some(StreamShape { kbps: 500, fps: 30 }));
+        assert_eq!(o.shape.duration, Duration::from_secs(30));
+        assert!(!o.progress, "no progress line with --json");
+        assert_eq!(o.tls.ca_pem, None);
+        assert_eq!(o.thresholds, Thresholds::default());
+    }
+
+    #[test]
+    fn flags_set_the_shape_and_thresholds() {
+        let o = parse(&[
+            "--token",
+            "t",
+            "--meetings",
+            "3",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "4",
+            "--no-video",
+            "--audio-kbps",
+            "48",
+            "--ramp",
+            "2.5",
+            "--duration",
+            "90",
+            "--max-loss",
+            "0.5",
+            "--max-p99-ms",
+            "150",
+            "--insecure",
+        ])
+        .unwrap();
+        assert!(matches!(o.auth, Auth::Token(ref t) if t == "t"));
+        assert_eq!(o.shape.video, None);
+        assert_eq!(o.shape.audio.unwrap().kbps, 48);
+        assert_eq!(o.shape.ramp_per_sec, 2.5);
+        assert_eq!(o.shape.total_participants(), 15);
+        assert_eq!(o.thresholds.max_loss_percent, Some(0.5));
+        assert_eq!(o.thresholds.max_p99_ms, Some(150.0));
+        assert!(o.tls.danger_accept_invalid_certs);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (args, needle) in [
+            (&["--duration", "0"][..], "--duration"),
+            (&["--duration", "100000"][..], "--duration"),
+            (&["--meetings", "0"][..], "--meetings"),
+            (&["--no-audio", "--no-video"][..], "nothing to send"),
+            (&["--max-loss=-1"][..], "--max-loss"),
+            (&["--max-p99-ms", "NaN"][..], "--max-p99-ms"),
+            (&["--ramp", "0"][..], "--ramp"),
+            (&["--token", "t", "--data-dir", "x"][..], "cannot be used with"),
+            (&["--ca", "x.pem", "--insecure"][..], "cannot be used with"),
+            (&["--ca", "/nonexistent/ca.pem"][..], "cannot read --ca"),
+        ] {
+            let err = parse(args).expect_err(needle);
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn help_teaches_with_an_example_and_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for needle in ["gatehouse loadtest --meetings 5", "Exit codes:", "130", "--max-p99-ms"] {
+            assert!(help.contains(needle), "missing {needle:?} in\n{help}");
+        }
+    }
+
+    #[test]
+    fn loopback_gateways_get_loopback_candidates() {
+        assert_eq!(local_udp_addr("https://localhost:8443"), "127.0.0.1:0");
+        assert_eq!(local_udp_addr("https://127.0.0.1:8443"), "127.0.0.1:0");
+        assert_eq!(local_udp_addr("https://[::1]:8443"), "127.0.0.1:0");
+        assert_eq!(local_udp_addr("https://meet.example.org"), "0.0.0.0:0");
+    }
+}

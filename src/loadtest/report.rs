@@ -1,0 +1,842 @@
+//! The outcome of a load test: per-participant results in, one [`Report`] out,
+//! with the verdict against the operator's thresholds and its two renderings
+//! (a table for people, one JSON object for machines). Pure: the runner hands
+//! over plain values, and the tests here use hand-made ones.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use gatehouse_signaling::protocol::TrackKind;
+use serde::Serialize;
+
+use super::gateway::GatewayFigures;
+use super::scenario::{Role, Shape};
+use crate::sdk::synthetic::{LatencyHistogram, StreamSummary};
+
+/// Exit code of a run that finished within its thresholds.
+pub const EXIT_OK: i32 = 0;
+/// Exit code of a run that could not be made (or in which nobody could join).
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code for bad arguments (as clap uses).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code of a run that breached `--max-loss` or `--max-p99-ms`.
+pub const EXIT_THRESHOLD: i32 = 3;
+/// Exit code of a run stopped with Ctrl-C (the partial report is still printed).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Limits that make a run fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Thresholds {
+    /// Highest acceptable packet loss, percent. Streams that never arrived breach it too.
+    pub max_loss_percent: Option<f64>,
+    /// Highest acceptable 99th percentile one-way latency, milliseconds.
+    pub max_p99_ms: Option<f64>,
+}
+
+/// One received stream at the end of the run.
+#[derive(Debug, Clone)]
+pub struct StreamOutcome {
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// What the receiver counted (time to first packet is measured from the
+    /// receiving participant's start, i.e. from holding its token).
+    pub summary: StreamSummary,
+    /// Its latency histogram, merged into the run's.
+    pub latency: LatencyHistogram,
+}
+
+/// One participant at the end of the run.
+#[derive(Debug, Clone)]
+pub struct ParticipantOutcome {
+    /// Publisher or subscriber.
+    pub role: Role,
+    /// From holding the token to being in the call (`admitted`), if it got there.
+    pub admitted_after: Option<Duration>,
+    /// What went wrong for it, if anything (join refused, media failed...).
+    pub error: Option<String>,
+    /// RTP packets its synthetic senders sent.
+    pub sent_packets: u64,
+    /// Payload bytes of those packets.
+    pub sent_bytes: u64,
+    /// The streams it received.
+    pub streams: Vec<StreamOutcome>,
+}
+
+impl ParticipantOutcome {
+    /// From holding the token to its first media packet from anyone.
+    pub fn first_media_after(&self) -> Option<Duration> {
+        self.streams
+            .iter()
+            .filter_map(|s| s.summary.time_to_first_packet_us)
+            .min()
+            .map(Duration::from_micros)
+    }
+}
+
+/// Everything a run produced, as the runner hands it over.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// What was asked for.
+    pub shape: Shape,
+    /// What makes it fail.
+    pub thresholds: Thresholds,
+    /// Meetings actually created.
+    pub meetings_created: usize,
+    /// Every participant that was started (not-yet-started ones of an
+    /// interrupted run are absent).
+    pub participants: Vec<ParticipantOutcome>,
+    /// The gateway's own figures.
+    pub gateway: GatewayFigures,
+    /// From the start of the run to the stop.
+    pub elapsed: Duration,
+    /// The steady phase (start, end) since the run started, if it began.
+    pub steady: Option<(Duration, Duration)>,
+    /// Stopped with Ctrl-C.
+    pub interrupted: bool,
+}
+
+/// Pass or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Within every threshold given.
+    Pass,
+    /// At least one threshold was breached (see `breaches`).
+    ThresholdBreached,
+    /// Nobody could join: there was nothing to measure.
+    Failed,
+}
+
+/// How many participants got in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Participants {
+    /// The shape's total.
+    pub planned: usize,
+    /// Started before the run stopped.
+    pub started: usize,
+    /// Admitted into their meeting.
+    pub joined: usize,
+    /// Ended with an error (see `errors`).
+    pub failed: usize,
+}
+
+/// Streams: what the shape implies, what arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Streams {
+    /// Every participant receiving every track of every other publisher in its meeting.
+    pub expected: u64,
+    /// Streams with at least one packet.
+    pub received: u64,
+}
+
+/// Packet counts over all streams.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Packets {
+    /// Sent by all publishers.
+    pub sent: u64,
+    /// Distinct valid packets received, all receivers.
+    pub received: u64,
+    /// What the receivers should have got between each stream's first and last packet.
+    pub expected: u64,
+    /// `expected - received`.
+    pub lost: u64,
+    /// `lost / expected`, percent (0 when nothing was expected).
+    pub loss_percent: f64,
+    /// Extra copies.
+    pub duplicates: u64,
+    /// Arrived after a later packet.
+    pub reordered: u64,
+    /// Failed their checksum: changed in transit.
+    pub corrupt: u64,
+}
+
+/// Percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// How many values.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Jitter across streams, milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Jitter {
+    /// Mean of the streams' RFC 3550 jitter.
+    pub mean: f64,
+    /// The worst stream's.
+    pub max: f64,
+}
+
+/// Received bitrates, kbit/s.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bitrate {
+    /// All streams together.
+    pub total_kbps: f64,
+    /// Mean per audio stream.
+    pub audio_stream_kbps: Option<f64>,
+    /// Mean per video stream.
+    pub video_stream_kbps: Option<f64>,
+}
+
+/// An error and how many participants hit it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorCount {
+    /// What happened.
+    pub message: String,
+    /// How often.
+    pub count: usize,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Pass, breach, or nothing measured.
+    pub verdict: Verdict,
+    /// Why the thresholds were breached, one sentence each.
+    pub breaches: Vec<String>,
+    /// Stopped with Ctrl-C: the figures are partial.
+    pub interrupted: bool,
+    /// What was asked for.
+    pub shape: Shape,
+    /// What makes it fail.
+    pub thresholds: Thresholds,
+    /// Wall time of the whole run, seconds.
+    pub elapsed_secs: f64,
+    /// Length of the steady phase, seconds (absent if it never began).
+    pub steady_secs: Option<f64>,
+    /// Meetings created.
+    pub meetings: usize,
+    /// Who got in.
+    pub participants: Participants,
+    /// Which streams arrived.
+    pub streams: Streams,
+    /// Packet counts and loss.
+    pub packets: Packets,
+    /// One-way latency, sender's clock to receiver's clock, ms (all streams merged).
+    pub latency_ms: Option<Percentiles>,
+    /// Interarrival jitter, ms.
+    pub jitter_ms: Option<Jitter>,
+    /// Received bitrate.
+    pub bitrate: Bitrate,
+    /// From holding the token to being admitted, ms.
+    pub admitted_ms: Option<Percentiles>,
+    /// From holding the token to the first media packet, ms (participants that got media).
+    pub join_to_media_ms: Option<Percentiles>,
+    /// What the gateway's `/metrics` said.
+    pub gateway: GatewayFigures,
+    /// Errors, most frequent first.
+    pub errors: Vec<ErrorCount>,
+}
+
+/// Nearest-rank percentiles of durations, in ms.
+fn duration_percentiles(mut values: Vec<Duration>) -> Option<Percentiles> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort();
+    let at = |q: f64| {
+        let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        values[rank - 1].as_secs_f64() * 1e3
+    };
+    Some(Percentiles {
+        count: values.len() as u64,
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    })
+}
+
+fn histogram_percentiles(h: &LatencyHistogram) -> Option<Percentiles> {
+    let ms = |us: u64| us as f64 / 1e3;
+    Some(Percentiles {
+        count: h.count(),
+        p50: ms(h.percentile(0.50)?),
+        p95: ms(h.percentile(0.95)?),
+        p99: ms(h.percentile(0.99)?),
+        max: ms(h.max()?),
+    })
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+impl Report {
+    /// Adds everything up and judges it.
+    pub fn from_run(data: &RunData) -> Report {
+        let participants = &data.participants;
+        let streams: Vec<&StreamOutcome> = participants.iter().flat_map(|p| &p.streams).collect();
+        let received_streams: Vec<&StreamOutcome> =
+            streams.iter().copied().filter(|s| s.summary.received > 0).collect();
+
+        let sum = |f: fn(&StreamSummary) -> u64| streams.iter().map(|s| f(&s.summary)).sum::<u64>();
+        let expected = sum(|s| s.expected);
+        let lost = sum(|s| s.lost);
+        let packets = Packets {
+            sent: participants.iter().map(|p| p.sent_packets).sum(),
+            received: sum(|s| s.received),
+            expected,
+            lost,
+            loss_percent: if expected == 0 {
+                0.0
+            } else {
+                lost as f64 * 100.0 / expected as f64
+            },
+            duplicates: sum(|s| s.duplicates),
+            reordered: sum(|s| s.reordered),
+            corrupt: sum(|s| s.corrupt),
+        };
+
+        let mut latency = LatencyHistogram::default();
+        for s in &streams {
+            latency.merge(&s.latency);
+        }
+        let jitters: Vec<f64> = received_streams.iter().map(|s| s.summary.jitter_us / 1e3).collect();
+        let jitter_ms = mean(&jitters).map(|mean| Jitter {
+            mean,
+            max: jitters.iter().copied().fold(0.0, f64::max),
+        });
+        let kbps_of = |kind: TrackKind| {
+            let rates: Vec<f64> = received_streams
+                .iter()
+                .filter(|s| s.kind == kind)
+                .map(|s| s.summary.bitrate_bps / 1e3)
+                .collect();
+            mean(&rates)
+        };
+        let bitrate = Bitrate {
+            total_kbps: received_streams
+                .iter()
+                .fold(0.0, |total, s| total + s.summary.bitrate_bps / 1e3),
+            audio_stream_kbps: kbps_of(TrackKind::Audio),
+            video_stream_kbps: kbps_of(TrackKind::Video),
+        };
+
+        let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in participants.iter().filter_map(|p| p.error.as_deref()) {
+            *errors.entry(e).or_default() += 1;
+        }
+        let mut errors: Vec<ErrorCount> = errors
+            .into_iter()
+            .map(|(message, count)| ErrorCount {
+                message: message.to_owned(),
+                count,
+            })
+            .collect();
+        errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.message.cmp(&b.message)));
+
+        let joined = participants.iter().filter(|p| p.admitted_after.is_some()).count();
+        let mut report = Report {
+            verdict: Verdict::Pass,
+            breaches: Vec::new(),
+            interrupted: data.interrupted,
+            shape: data.shape.clone(),
+            thresholds: data.thresholds,
+            elapsed_secs: data.elapsed.as_secs_f64(),
+            steady_secs: data.steady.map(|(from, to)| to.saturating_sub(from).as_secs_f64()),
+            meetings: data.meetings_created,
+            participants: Participants {
+                planned: data.shape.total_participants(),
+                started: participants.len(),
+                joined,
+                failed: participants.iter().filter(|p| p.error.is_some()).count(),
+            },
+            streams: Streams {
+                expected: data.shape.expected_streams(),
+                received: received_streams.len() as u64,
+            },
+            packets,
+            latency_ms: histogram_percentiles(&latency),
+            jitter_ms,
+            bitrate,
+            admitted_ms: duration_percentiles(participants.iter().filter_map(|p| p.admitted_after).collect()),
+            join_to_media_ms: duration_percentiles(participants.iter().filter_map(|p| p.first_media_after()).collect()),
+            gateway: data.gateway.clone(),
+            errors,
+        };
+        report.judge();
+        report
+    }
+
+    fn judge(&mut self) {
+        let mut breaches = Vec::new();
+        if let Some(max) = self.thresholds.max_loss_percent {
+            if self.packets.loss_percent > max {
+                breaches.push(format!(
+                    "loss {:.2} % is over --max-loss {max} % ({} of {} packets)",
+                    self.packets.loss_percent, self.packets.lost, self.packets.expected
+                ));
+            }
+            if self.streams.received < self.streams.expected {
+                breaches.push(format!(
+                    "{} of {} expected streams never arrived (counts against --max-loss)",
+                    self.streams.expected - self.streams.received,
+                    self.streams.expected
+                ));
+            }
+        }
+        if let Some(max) = self.thresholds.max_p99_ms {
+            match self.latency_ms {
+                Some(l) if l.p99 > max => {
+                    breaches.push(format!("latency p99 {:.1} ms is over --max-p99-ms {max} ms", l.p99));
+                }
+                Some(_) => {}
+                None => breaches.push("no latency was measured (no media arrived), so --max-p99-ms cannot hold".into()),
+            }
+        }
+        self.verdict = if self.participants.joined == 0 {
+            Verdict::Failed
+        } else if breaches.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::ThresholdBreached
+        };
+        self.breaches = breaches;
+    }
+
+    /// The process exit code this report stands for (see the `EXIT_*` constants).
+    pub fn exit_code(&self) -> i32 {
+        if self.interrupted {
+            return EXIT_INTERRUPTED;
+        }
+        match self.verdict {
+            Verdict::Pass => EXIT_OK,
+            Verdict::ThresholdBreached => EXIT_THRESHOLD,
+            Verdict::Failed => EXIT_FAILED,
+        }
+    }
+
+    /// One JSON object with every figure.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report is plain data and always serialises")
+    }
+
+    /// The summary table for a terminal.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let s = &self.shape;
+        let stream = |name: &str, shape: Option<super::scenario::StreamShape>| match shape {
+            Some(x) => format!("{name} {} kbit/s at {}/s", x.kbps, x.fps),
+            None => format!("no {name}"),
+        };
+        let _ = writeln!(
+            out,
+            "Gatehouse load test: {} meeting{} x ({} publisher{} + {} subscriber{}), {}, {}",
+            s.meetings,
+            plural(s.meetings as usize),
+            s.publishers,
+            plural(s.publishers as usize),
+            s.subscribers,
+            plural(s.subscribers as usize),
+            stream("audio", s.audio),
+            stream("video", s.video),
+        );
+        let steady = self
+            .steady_secs
+            .map_or_else(|| "never reached".to_owned(), |x| format!("{x:.1} s"));
+        let _ = writeln!(
+            out,
+            "ran {:.1} s, steady phase {steady}{}",
+            self.elapsed_secs,
+            if self.interrupted {
+                " (INTERRUPTED: partial figures)"
+            } else {
+                ""
+            }
+        );
+        let row = |out: &mut String, label: &str, value: String| {
+            let _ = writeln!(out, "  {label:<22} {value}");
+        };
+        let _ = writeln!(out, "\nClient");
+        row(&mut out, "meetings created", self.meetings.to_string());
+        let p = &self.participants;
+        row(
+            &mut out,
+            "participants joined",
+            format!("{} of {} ({} failed)", p.joined, p.planned, p.failed),
+        );
+        row(
+            &mut out,
+            "streams received",
+            format!("{} of {}", self.streams.received, self.streams.expected),
+        );
+        let k = &self.packets;
+        row(&mut out, "packets sent", k.sent.to_string());
+        row(&mut out, "packets received", k.received.to_string());
+        row(
+            &mut out,
+            "loss",
+            format!(
+                "{:.2} % ({} of {}; {} duplicate, {} reordered, {} corrupt)",
+                k.loss_percent, k.lost, k.expected, k.duplicates, k.reordered, k.corrupt
+            ),
+        );
+        row(
+            &mut out,
+            "jitter",
+            self.jitter_ms
+                .map_or_else(na, |j| format!("{:.2} ms mean, {:.2} ms worst stream", j.mean, j.max)),
+        );
+        row(&mut out, "latency (one-way)", percentiles(self.latency_ms));
+        let b = &self.bitrate;
+        let per = |x: Option<f64>| x.map_or_else(na, |v| format!("{v:.0} kbit/s"));
+        row(
+            &mut out,
+            "bitrate received",
+            format!(
+                "{:.0} kbit/s total; per stream: audio {}, video {}",
+                b.total_kbps,
+                per(b.audio_stream_kbps),
+                per(b.video_stream_kbps)
+            ),
+        );
+        row(&mut out, "token to admitted", percentiles(self.admitted_ms));
+        row(&mut out, "token to first media", percentiles(self.join_to_media_ms));
+
+        let g = &self.gateway;
+        let _ = writeln!(
+            out,
+            "\nGateway ({} scrapes of /metrics, {} failed)",
+            g.scrapes, g.scrape_errors
+        );
+        row(
+            &mut out,
+            "CPU (steady phase)",
+            g.cpu_percent.map_or_else(na, |c| {
+                let coarse = g.cpu_metric.as_deref() == Some(super::gateway::CPU_SECONDS);
+                let note = if coarse {
+                    " (from a whole-second counter: rough unless the phase is long)"
+                } else {
+                    ""
+                };
+                format!("{c:.1} % of one core{note}")
+            }),
+        );
+        row(
+            &mut out,
+            "memory (RSS peak)",
+            g.rss_peak_bytes
+                .map_or_else(na, |b| format!("{:.1} MiB", b / (1024.0 * 1024.0))),
+        );
+        row(
+            &mut out,
+            "forwarded packets/s",
+            g.forwarded_per_sec.map_or_else(na, |f| {
+                format!("{f:.0} (full strength would be {:.0})", s.expected_forwarded_per_sec())
+            }),
+        );
+
+        if !self.errors.is_empty() {
+            let _ = writeln!(out, "\nErrors");
+            for e in &self.errors {
+                let _ = writeln!(out, "  {:>5} x {}", e.count, e.message);
+            }
+        }
+        let _ = writeln!(out);
+        if self.streams.received < self.streams.expected && self.thresholds.max_loss_percent.is_none() {
+            let _ = writeln!(
+                out,
+                "Note: {} of {} expected streams never arrived (with --max-loss that fails the run).",
+                self.streams.expected - self.streams.received,
+                self.streams.expected
+            );
+        }
+        match self.verdict {
+            Verdict::Pass => {
+                let _ = writeln!(out, "Verdict: PASS");
+            }
+            Verdict::Failed => {
+                let _ = writeln!(out, "Verdict: FAILED: no participant could join");
+            }
+            Verdict::ThresholdBreached => {
+                let _ = writeln!(out, "Verdict: THRESHOLD BREACHED");
+                for b in &self.breaches {
+                    let _ = writeln!(out, "  - {b}");
+                }
+            }
+        }
+        out
+    }
+}
+
+fn na() -> String {
+    "n/a".to_owned()
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn percentiles(p: Option<Percentiles>) -> String {
+    p.map_or_else(na, |p| {
+        format!(
+            "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
+            p.p50, p.p95, p.p99, p.max, p.count
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadtest::scenario::StreamShape;
+
+    fn shape() -> Shape {
+        Shape {
+            meetings: 1,
+            publishers: 2,
+            subscribers: 0,
+            audio: Some(StreamShape { kbps: 32, fps: 50 }),
+            video: None,
+            ramp_per_sec: 10.0,
+            duration: Duration::from_secs(3),
+        }
+    }
+
+    /// A stream that received `received` of `expected` packets, `latency_ms` each.
+    fn stream(kind: TrackKind, expected: u64, received: u64, latency_ms: u64, first_after_ms: u64) -> StreamOutcome {
+        let mut latency = LatencyHistogram::default();
+        for _ in 0..received {
+            latency.record(latency_ms * 1000);
+        }
+        StreamOutcome {
+            kind,
+            summary: StreamSummary {
+                received,
+                expected,
+                lost: expected - received,
+                duplicates: 0,
+                reordered: 1,
+                too_old: 0,
+                corrupt: 0,
+                bytes: received * 80,
+                keyframes: 0,
+                first_seq: (received > 0).then_some(0),
+                last_seq: (received > 0).then_some(expected as u32 - 1),
+                time_to_first_packet_us: (received > 0).then_some(first_after_ms * 1000),
+                time_to_first_keyframe_us: None,
+                bitrate_bps: if received > 0 { 32_000.0 } else { 0.0 },
+                jitter_us: 500.0,
+                latency_p50_us: None,
+                latency_p95_us: None,
+                latency_p99_us: None,
+                latency_max_us: None,
+            },
+            latency,
+        }
+    }
+
+    fn participant(streams: Vec<StreamOutcome>) -> ParticipantOutcome {
+        ParticipantOutcome {
+            role: Role::Publisher,
+            admitted_after: Some(Duration::from_millis(100)),
+            error: None,
+            sent_packets: 150,
+            sent_bytes: 150 * 80,
+            streams,
+        }
+    }
+
+    fn run(participants: Vec<ParticipantOutcome>, thresholds: Thresholds) -> RunData {
+        RunData {
+            shape: shape(),
+            thresholds,
+            meetings_created: 1,
+            participants,
+            gateway: GatewayFigures {
+                scrapes: 4,
+                rss_peak_bytes: Some(50.0 * 1024.0 * 1024.0),
+                cpu_percent: Some(12.5),
+                ..GatewayFigures::default()
+            },
+            elapsed: Duration::from_secs(4),
+            steady: Some((Duration::from_secs(1), Duration::from_secs(4))),
+            interrupted: false,
+        }
+    }
+
+    #[test]
+    fn aggregates_loss_latency_bitrate_and_join_times() {
+        // Two publishers, each receiving the other's audio: one clean (1 ms),
+        // one with 10 % loss and slower (99 packets at 1 ms, then a tail).
+        let mut slow = stream(TrackKind::Audio, 100, 90, 1, 400);
+        for _ in 0..10 {
+            slow.latency.record(80_000);
+        }
+        let data = run(
+            vec![
+                participant(vec![stream(TrackKind::Audio, 100, 100, 1, 300)]),
+                participant(vec![slow]),
+            ],
+            Thresholds::default(),
+        );
+        let r = Report::from_run(&data);
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert_eq!(r.exit_code(), EXIT_OK);
+        assert_eq!(
+            r.participants,
+            Participants {
+                planned: 2,
+                started: 2,
+                joined: 2,
+                failed: 0
+            }
+        );
+        assert_eq!(
+            r.streams,
+            Streams {
+                expected: 2,
+                received: 2
+            }
+        );
+        assert_eq!(
+            (r.packets.sent, r.packets.received, r.packets.expected, r.packets.lost),
+            (300, 190, 200, 10)
+        );
+        assert!((r.packets.loss_percent - 5.0).abs() < 1e-9);
+        assert_eq!(r.packets.reordered, 2);
+        // Histograms merged: 190 at 1 ms and 10 at 80 ms -> p50 1 ms, p99 ~80 ms.
+        let l = r.latency_ms.unwrap();
+        assert_eq!(l.count, 200);
+        assert!((l.p50 - 1.0).abs() < 0.05, "{l:?}");
+        assert!((l.p99 - 80.0).abs() < 80.0 * 0.04, "{l:?}");
+        assert_eq!(l.max, 80.0);
+        let j = r.join_to_media_ms.unwrap();
+        assert_eq!((j.count, j.p50, j.max), (2, 300.0, 400.0));
+        assert_eq!(r.admitted_ms.unwrap().p95, 100.0);
+        assert_eq!(r.jitter_ms.unwrap().mean, 0.5);
+        assert_eq!(r.bitrate.total_kbps, 64.0);
+        assert_eq!(r.bitrate.audio_stream_kbps, Some(32.0));
+        assert_eq!(r.bitrate.video_stream_kbps, None);
+        assert_eq!(r.steady_secs, Some(3.0));
+    }
+
+    #[test]
+    fn thresholds_turn_figures_into_a_verdict() {
+        let lossy = || {
+            vec![
+                participant(vec![stream(TrackKind::Audio, 100, 90, 30, 300)]),
+                participant(vec![stream(TrackKind::Audio, 100, 90, 30, 300)]),
+            ]
+        };
+        let strict = Thresholds {
+            max_loss_percent: Some(1.0),
+            max_p99_ms: Some(20.0),
+        };
+        let r = Report::from_run(&run(lossy(), strict));
+        assert_eq!(r.verdict, Verdict::ThresholdBreached);
+        assert_eq!(r.exit_code(), EXIT_THRESHOLD);
+        assert_eq!(r.breaches.len(), 2, "{:?}", r.breaches);
+        assert!(r.breaches[0].contains("loss 10.00 %"), "{:?}", r.breaches);
+        assert!(r.breaches[1].contains("p99 30.0 ms"), "{:?}", r.breaches);
+
+        let lenient = Thresholds {
+            max_loss_percent: Some(15.0),
+            max_p99_ms: Some(50.0),
+        };
+        assert_eq!(Report::from_run(&run(lossy(), lenient)).verdict, Verdict::Pass);
+
+        // A stream that never arrived is loss too, and no media at all fails a latency bound.
+        let missing = vec![
+            participant(vec![stream(TrackKind::Audio, 100, 100, 1, 300)]),
+            participant(vec![]),
+        ];
+        let r = Report::from_run(&run(missing, lenient));
+        assert_eq!(r.verdict, Verdict::ThresholdBreached);
+        assert!(
+            r.breaches[0].contains("1 of 2 expected streams never arrived"),
+            "{:?}",
+            r.breaches
+        );
+        let r = Report::from_run(&run(vec![participant(vec![]), participant(vec![])], lenient));
+        assert!(r.breaches.iter().any(|b| b.contains("no latency")), "{:?}", r.breaches);
+        // Without thresholds, missing media is reported but does not fail the run.
+        let r = Report::from_run(&run(
+            vec![participant(vec![]), participant(vec![])],
+            Thresholds::default(),
+        ));
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert_eq!(r.latency_ms, None);
+        assert_eq!(r.packets.loss_percent, 0.0);
+        assert_eq!(r.bitrate.total_kbps.to_string(), "0", "not -0");
+        assert!(r.to_table().contains("Note: 2 of 2 expected streams never arrived"));
+    }
+
+    #[test]
+    fn nobody_joined_fails_and_interruption_wins_the_exit_code() {
+        let refused = |msg: &str| ParticipantOutcome {
+            admitted_after: None,
+            error: Some(msg.to_owned()),
+            sent_packets: 0,
+            sent_bytes: 0,
+            ..participant(vec![])
+        };
+        let mut data = run(
+            vec![refused("join refused: forbidden"), refused("join refused: forbidden")],
+            Thresholds::default(),
+        );
+        let r = Report::from_run(&data);
+        assert_eq!(r.verdict, Verdict::Failed);
+        assert_eq!(r.exit_code(), EXIT_FAILED);
+        assert_eq!(
+            r.errors,
+            vec![ErrorCount {
+                message: "join refused: forbidden".into(),
+                count: 2
+            }]
+        );
+        assert!(r.to_table().contains("FAILED"));
+        data.interrupted = true;
+        data.participants = vec![participant(vec![stream(TrackKind::Audio, 10, 10, 1, 300)])];
+        let r = Report::from_run(&data);
+        assert_eq!(r.exit_code(), EXIT_INTERRUPTED);
+        assert_eq!(r.participants.started, 1);
+        assert!(r.to_table().contains("INTERRUPTED"));
+    }
+
+    #[test]
+    fn renders_a_table_and_one_json_object() {
+        let data = run(
+            vec![
+                participant(vec![stream(TrackKind::Audio, 100, 100, 1, 300)]),
+                participant(vec![stream(TrackKind::Video, 100, 100, 2, 350)]),
+            ],
+            Thresholds {
+                max_loss_percent: Some(1.0),
+                max_p99_ms: None,
+            },
+        );
+        let r = Report::from_run(&data);
+        let table = r.to_table();
+        for needle in [
+            "1 meeting x (2 publishers + 0 subscribers), audio 32 kbit/s at 50/s, no video",
+            "participants joined    2 of 2 (0 failed)",
+            "streams received       2 of 2",
+            "loss                   0.00 %",
+            "CPU (steady phase)     12.5 % of one core",
+            "memory (RSS peak)      50.0 MiB",
+            "forwarded packets/s    n/a",
+            "Verdict: PASS",
+        ] {
+            assert!(table.contains(needle), "missing {needle:?} in\n{table}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["verdict"], "pass");
+        assert_eq!(json["participants"]["joined"], 2);
+        assert_eq!(json["packets"]["loss_percent"], 0.0);
+        assert_eq!(json["shape"]["duration"], 3.0);
+        assert_eq!(json["thresholds"]["max_loss_percent"], 1.0);
+        assert_eq!(json["gateway"]["forwarded_per_sec"], serde_json::Value::Null);
+        assert_eq!(json["gateway"]["rss_peak_bytes"], 50.0 * 1024.0 * 1024.0);
+        assert!(json["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -1,0 +1,565 @@
+//! The shape of a load test and its timeline, as pure values.
+//!
+//! A [`Shape`] says how many meetings, publishers and subscribers, what each
+//! publisher sends, how fast participants join and how long the steady phase
+//! lasts; [`Shape::validate`] refuses what cannot be meant. The [`Timeline`]
+//! turns elapsed time into a [`Phase`] and the ramp into start offsets, so the
+//! runner never decides timing on its own and the schedule is testable without
+//! a clock.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::sdk::synthetic::{SyntheticCodec, SyntheticConfig};
+
+/// Most meetings one run may create.
+pub const MAX_MEETINGS: u32 = 1_000;
+/// Most participants in one meeting (the gateway's own limit).
+pub const MAX_PER_MEETING: u32 = 1_000;
+/// Most participants in one run: each is two peer connections on this machine.
+pub const MAX_PARTICIPANTS: u32 = 5_000;
+/// Longest steady phase: a day. Longer runs are soak tests, not load tests.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Fastest ramp, participants per second.
+pub const MAX_RAMP: f64 = 1_000.0;
+/// How long the ramp waits past the last scheduled join for every participant to
+/// settle (joined and media flowing, or failed) before the steady phase starts anyway.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a participant does in its meeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Publishes synthetic audio and/or video, and receives everyone else's.
+    Publisher,
+    /// Only receives.
+    Subscriber,
+}
+
+/// One synthetic stream every publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StreamShape {
+    /// Payload bitrate, kbit/s.
+    pub kbps: u32,
+    /// Frames per second (audio: one packet per frame).
+    pub fps: u32,
+}
+
+impl StreamShape {
+    /// The SDK's synthetic sender configuration for this stream.
+    pub fn synthetic(&self, codec: SyntheticCodec) -> SyntheticConfig {
+        let base = match codec {
+            SyntheticCodec::Opus => SyntheticConfig::audio(),
+            SyntheticCodec::Vp8 => SyntheticConfig::video(),
+        };
+        SyntheticConfig {
+            bitrate_bps: self.kbps.saturating_mul(1000),
+            frame_rate: self.fps,
+            // A keyframe every two seconds, whatever the frame rate.
+            keyframe_interval: if codec == SyntheticCodec::Vp8 { 2 * self.fps } else { 0 },
+            ..base
+        }
+    }
+
+    /// RTP packets per second this stream sends.
+    pub fn packets_per_sec(&self, codec: SyntheticCodec) -> f64 {
+        let config = self.synthetic(codec);
+        config.packets_per_frame() as f64 * f64::from(config.frame_rate)
+    }
+}
+
+/// Everything that decides the load, checked by [`Shape::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Shape {
+    /// Meetings to create.
+    pub meetings: u32,
+    /// Publishers per meeting.
+    pub publishers: u32,
+    /// Receive-only participants per meeting.
+    pub subscribers: u32,
+    /// The audio stream each publisher sends, if any.
+    pub audio: Option<StreamShape>,
+    /// The video stream each publisher sends, if any.
+    pub video: Option<StreamShape>,
+    /// Participants started per second, across all meetings.
+    pub ramp_per_sec: f64,
+    /// Length of the steady phase (after everyone joined).
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Why a shape was refused: a sentence for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShapeError(pub String);
+
+impl Shape {
+    /// Refuses shapes that measure nothing or that no single machine should try.
+    pub fn validate(&self) -> Result<(), ShapeError> {
+        let bad = |s: String| Err(ShapeError(s));
+        if !(1..=MAX_MEETINGS).contains(&self.meetings) {
+            return bad(format!("--meetings must be 1 to {MAX_MEETINGS}, not {}", self.meetings));
+        }
+        if self.publishers == 0 {
+            return bad("--publishers must be at least 1: without a publisher there is no media to measure".into());
+        }
+        let per_meeting = self.publishers.saturating_add(self.subscribers);
+        if per_meeting < 2 {
+            return bad("each meeting needs at least 2 participants (e.g. --publishers 2, or --subscribers 1) so someone receives".into());
+        }
+        if per_meeting > MAX_PER_MEETING {
+            return bad(format!(
+                "{per_meeting} participants per meeting is over the gateway's limit of {MAX_PER_MEETING}"
+            ));
+        }
+        let total = u64::from(self.meetings) * u64::from(per_meeting);
+        if total > u64::from(MAX_PARTICIPANTS) {
+            return bad(format!(
+                "{total} participants in all is more than one load tester should run (at most {MAX_PARTICIPANTS}); \
+                 split the load over several machines"
+            ));
+        }
+        if self.audio.is_none() && self.video.is_none() {
+            return bad("--no-audio and --no-video together leave nothing to send".into());
+        }
+        if let Some(audio) = self.audio {
+            if !(6..=510).contains(&audio.kbps) {
+                return bad(format!("--audio-kbps must be 6 to 510, not {}", audio.kbps));
+            }
+            if !(1..=200).contains(&audio.fps) {
+                return bad(format!("--audio-pps must be 1 to 200, not {}", audio.fps));
+            }
+            if audio.kbps * 1000 / 8 / audio.fps > 1_100 {
+                return bad(format!(
+                    "{} kbit/s of audio at {} packets/s makes packets over 1100 bytes; raise --audio-pps",
+                    audio.kbps, audio.fps
+                ));
+            }
+        }
+        if let Some(video) = self.video {
+            if !(30..=50_000).contains(&video.kbps) {
+                return bad(format!("--video-kbps must be 30 to 50000, not {}", video.kbps));
+            }
+            if !(1..=120).contains(&video.fps) {
+                return bad(format!("--video-fps must be 1 to 120, not {}", video.fps));
+            }
+        }
+        if !(self.ramp_per_sec.is_finite() && self.ramp_per_sec > 0.0 && self.ramp_per_sec <= MAX_RAMP) {
+            return bad(format!(
+                "--ramp must be more than 0 and at most {MAX_RAMP} participants per second, not {}",
+                self.ramp_per_sec
+            ));
+        }
+        if self.duration.is_zero() || self.duration > MAX_DURATION {
+            return bad(format!(
+                "--duration must be 1 s to {} s, not {} s",
+                MAX_DURATION.as_secs(),
+                self.duration.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Participants per meeting.
+    pub fn per_meeting(&self) -> u32 {
+        self.publishers + self.subscribers
+    }
+
+    /// Participants in the whole run.
+    pub fn total_participants(&self) -> usize {
+        self.meetings as usize * self.per_meeting() as usize
+    }
+
+    /// Tracks each publisher sends.
+    pub fn tracks_per_publisher(&self) -> u32 {
+        u32::from(self.audio.is_some()) + u32::from(self.video.is_some())
+    }
+
+    /// Streams the run should receive: in each meeting, every participant gets
+    /// every track of every other publisher.
+    pub fn expected_streams(&self) -> u64 {
+        let receivers_per_publisher = u64::from(self.per_meeting() - 1);
+        u64::from(self.meetings)
+            * u64::from(self.publishers)
+            * receivers_per_publisher
+            * u64::from(self.tracks_per_publisher())
+    }
+
+    /// RTP packets per second one publisher sends, all tracks.
+    pub fn publisher_packets_per_sec(&self) -> f64 {
+        self.audio.map_or(0.0, |a| a.packets_per_sec(SyntheticCodec::Opus))
+            + self.video.map_or(0.0, |v| v.packets_per_sec(SyntheticCodec::Vp8))
+    }
+
+    /// Packets per second the gateway should forward at full strength.
+    pub fn expected_forwarded_per_sec(&self) -> f64 {
+        f64::from(self.meetings)
+            * f64::from(self.publishers)
+            * f64::from(self.per_meeting() - 1)
+            * self.publisher_packets_per_sec()
+    }
+
+    /// Who joins, in joining order: publishers of every meeting first (so media
+    /// flows as early as possible), meetings interleaved so each fills evenly.
+    pub fn plan(&self) -> Vec<Seat> {
+        let mut seats = Vec::with_capacity(self.total_participants());
+        for slot in 0..self.per_meeting() {
+            for meeting in 0..self.meetings {
+                let role = if slot < self.publishers {
+                    Role::Publisher
+                } else {
+                    Role::Subscriber
+                };
+                seats.push(Seat { meeting, slot, role });
+            }
+        }
+        seats
+    }
+
+    /// The run's timeline for this shape.
+    pub fn timeline(&self) -> Timeline {
+        Timeline {
+            participants: self.total_participants(),
+            ramp_per_sec: self.ramp_per_sec,
+            duration: self.duration,
+            settle_timeout: SETTLE_TIMEOUT,
+        }
+    }
+}
+
+/// One participant in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    /// Index of its meeting, from 0.
+    pub meeting: u32,
+    /// Its place in the meeting, from 0 (publishers first).
+    pub slot: u32,
+    /// Publisher or subscriber.
+    pub role: Role,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Phase {
+    /// Participants are joining; the steady phase has not started.
+    Ramp,
+    /// Everyone has settled; measuring until `ends_at` (elapsed time since the start).
+    Steady {
+        /// When the steady phase began.
+        started_at: Duration,
+        /// When it ends.
+        ends_at: Duration,
+    },
+    /// The steady phase is over: stop.
+    Done,
+}
+
+/// The run's timing as a pure function of elapsed time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeline {
+    /// Participants to start.
+    pub participants: usize,
+    /// Starts per second.
+    pub ramp_per_sec: f64,
+    /// Steady phase length.
+    pub duration: Duration,
+    /// Grace after the last scheduled start for everyone to settle.
+    pub settle_timeout: Duration,
+}
+
+impl Timeline {
+    /// When participant `index` (in plan order) starts: the first at once, then
+    /// one every `1 / ramp_per_sec`.
+    pub fn start_offset(&self, index: usize) -> Duration {
+        Duration::from_secs_f64(index as f64 / self.ramp_per_sec)
+    }
+
+    /// How many participants should have been started by `elapsed`.
+    pub fn due(&self, elapsed: Duration) -> usize {
+        let started = (elapsed.as_secs_f64() * self.ramp_per_sec).floor() as usize + 1;
+        started.min(self.participants)
+    }
+
+    /// When the last participant is scheduled to start.
+    pub fn ramp_end(&self) -> Duration {
+        self.start_offset(self.participants.saturating_sub(1))
+    }
+
+    /// When the steady phase starts: once everyone settled (at `all_settled_at`)
+    /// but not before the last start, and at the latest `settle_timeout` after it.
+    /// `None` while that is not yet known at `elapsed`.
+    pub fn steady_start(&self, elapsed: Duration, all_settled_at: Option<Duration>) -> Option<Duration> {
+        let latest = self.ramp_end() + self.settle_timeout;
+        let start = match all_settled_at {
+            Some(at) => at.max(self.ramp_end()).min(latest),
+            None => latest,
+        };
+        (elapsed >= start).then_some(start)
+    }
+
+    /// The phase at `elapsed`, given when (if yet) every participant settled.
+    pub fn phase(&self, elapsed: Duration, all_settled_at: Option<Duration>) -> Phase {
+        match self.steady_start(elapsed, all_settled_at) {
+            None => Phase::Ramp,
+            Some(started_at) => {
+                let ends_at = started_at + self.duration;
+                if elapsed >= ends_at {
+                    Phase::Done
+                } else {
+                    Phase::Steady { started_at, ends_at }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> Shape {
+        Shape {
+            meetings: 2,
+            publishers: 2,
+            subscribers: 1,
+            audio: Some(StreamShape { kbps: 32, fps: 50 }),
+            video: Some(StreamShape { kbps: 500, fps: 30 }),
+            ramp_per_sec: 4.0,
+            duration: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_sensible_shape_passes_and_counts() {
+        let s = shape();
+        s.validate().unwrap();
+        assert_eq!(s.total_participants(), 6);
+        assert_eq!(s.tracks_per_publisher(), 2);
+        // Per meeting: 2 publishers x 2 receivers each x 2 tracks.
+        assert_eq!(s.expected_streams(), 2 * 2 * 2 * 2);
+        // Audio 50 pkt/s; video 500 kbit/s at 30 fps = 2083 B/frame = 2 packets -> 60 pkt/s.
+        assert_eq!(s.publisher_packets_per_sec(), 110.0);
+        assert_eq!(s.expected_forwarded_per_sec(), 2.0 * 2.0 * 2.0 * 110.0);
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused_with_a_reason() {
+        let cases: Vec<(Shape, &str)> = vec![
+            (Shape { meetings: 0, ..shape() }, "--meetings"),
+            (
+                Shape {
+                    meetings: 5_000,
+                    ..shape()
+                },
+                "--meetings",
+            ),
+            (
+                Shape {
+                    publishers: 0,
+                    ..shape()
+                },
+                "--publishers",
+            ),
+            (
+                Shape {
+                    publishers: 1,
+                    subscribers: 0,
+                    ..shape()
+                },
+                "at least 2",
+            ),
+            (
+                Shape {
+                    publishers: 900,
+                    subscribers: 200,
+                    ..shape()
+                },
+                "limit of 1000",
+            ),
+            (
+                Shape {
+                    meetings: 100,
+                    publishers: 40,
+                    subscribers: 20,
+                    ..shape()
+                },
+                "split the load",
+            ),
+            (
+                Shape {
+                    audio: None,
+                    video: None,
+                    ..shape()
+                },
+                "nothing to send",
+            ),
+            (
+                Shape {
+                    audio: Some(StreamShape { kbps: 1, fps: 50 }),
+                    ..shape()
+                },
+                "--audio-kbps",
+            ),
+            (
+                Shape {
+                    audio: Some(StreamShape { kbps: 500, fps: 10 }),
+                    ..shape()
+                },
+                "raise --audio-pps",
+            ),
+            (
+                Shape {
+                    video: Some(StreamShape { kbps: 500, fps: 0 }),
+                    ..shape()
+                },
+                "--video-fps",
+            ),
+            (
+                Shape {
+                    video: Some(StreamShape { kbps: 900_000, fps: 30 }),
+                    ..shape()
+                },
+                "--video-kbps",
+            ),
+            (
+                Shape {
+                    ramp_per_sec: 0.0,
+                    ..shape()
+                },
+                "--ramp",
+            ),
+            (
+                Shape {
+                    ramp_per_sec: f64::NAN,
+                    ..shape()
+                },
+                "--ramp",
+            ),
+            (
+                Shape {
+                    duration: Duration::ZERO,
+                    ..shape()
+                },
+                "--duration",
+            ),
+            (
+                Shape {
+                    duration: Duration::from_secs(100_000),
+                    ..shape()
+                },
+                "--duration",
+            ),
+        ];
+        for (s, needle) in cases {
+            let err = s.validate().expect_err(needle).0;
+            assert!(err.contains(needle), "{err:?} should mention {needle}");
+        }
+        // One publisher and one subscriber is the smallest useful meeting.
+        Shape {
+            publishers: 1,
+            subscribers: 1,
+            ..shape()
+        }
+        .validate()
+        .unwrap();
+        Shape { video: None, ..shape() }.validate().unwrap();
+    }
+
+    #[test]
+    fn plan_puts_publishers_first_and_interleaves_meetings() {
+        let plan = shape().plan();
+        let seats: Vec<(u32, u32, Role)> = plan.iter().map(|s| (s.meeting, s.slot, s.role)).collect();
+        use Role::*;
+        assert_eq!(
+            seats,
+            [
+                (0, 0, Publisher),
+                (1, 0, Publisher),
+                (0, 1, Publisher),
+                (1, 1, Publisher),
+                (0, 2, Subscriber),
+                (1, 2, Subscriber)
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_shapes_become_synthetic_configs() {
+        let video = StreamShape { kbps: 800, fps: 25 }.synthetic(SyntheticCodec::Vp8);
+        assert_eq!(
+            (video.bitrate_bps, video.frame_rate, video.keyframe_interval),
+            (800_000, 25, 50)
+        );
+        assert_eq!(video.codec, SyntheticCodec::Vp8);
+        let audio = StreamShape { kbps: 24, fps: 50 }.synthetic(SyntheticCodec::Opus);
+        assert_eq!((audio.bitrate_bps, audio.keyframe_interval), (24_000, 0));
+        assert_eq!(
+            StreamShape { kbps: 24, fps: 50 }.packets_per_sec(SyntheticCodec::Opus),
+            50.0
+        );
+    }
+
+    #[test]
+    fn ramp_starts_one_at_once_then_paces() {
+        let t = Timeline {
+            participants: 5,
+            ramp_per_sec: 2.0,
+            duration: Duration::from_secs(10),
+            settle_timeout: Duration::from_secs(15),
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(t.due(ms(0)), 1);
+        assert_eq!(t.due(ms(499)), 1);
+        assert_eq!(t.due(ms(500)), 2);
+        assert_eq!(t.due(ms(1999)), 4);
+        assert_eq!(t.due(ms(60_000)), 5, "never more than planned");
+        assert_eq!(t.start_offset(0), ms(0));
+        assert_eq!(t.start_offset(3), ms(1500));
+        assert_eq!(t.ramp_end(), ms(2000));
+        // Schedule and count agree: participant i is due exactly from its offset on.
+        for i in 0..5 {
+            assert_eq!(t.due(t.start_offset(i)), i + 1);
+        }
+    }
+
+    #[test]
+    fn phases_follow_settling_with_a_deadline() {
+        let t = Timeline {
+            participants: 5,
+            ramp_per_sec: 2.0,
+            duration: Duration::from_secs(10),
+            settle_timeout: Duration::from_secs(15),
+        };
+        let s = Duration::from_secs;
+        // Nobody settled yet: ramp until the deadline (ramp end 2 s + 15 s).
+        assert_eq!(t.phase(s(5), None), Phase::Ramp);
+        assert_eq!(
+            t.phase(s(17), None),
+            Phase::Steady {
+                started_at: s(17),
+                ends_at: s(27)
+            }
+        );
+        assert_eq!(t.phase(s(27), None), Phase::Done);
+        // Everyone settled at 3 s: steady from 3 s to 13 s.
+        assert_eq!(t.phase(s(2), Some(s(3))), Phase::Ramp);
+        assert_eq!(
+            t.phase(s(3), Some(s(3))),
+            Phase::Steady {
+                started_at: s(3),
+                ends_at: s(13)
+            }
+        );
+        assert_eq!(t.phase(s(13), Some(s(3))), Phase::Done);
+        // Settled before the last start is even due (cannot really happen, but the
+        // schedule still waits for the ramp to finish).
+        assert_eq!(t.steady_start(s(2), Some(s(1))), Some(s(2)));
+        // Settled after the deadline: the deadline wins.
+        assert_eq!(t.steady_start(s(30), Some(s(25))), Some(s(17)));
+    }
+}

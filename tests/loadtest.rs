@@ -1,0 +1,210 @@
+//! `gatehouse::loadtest::run` against a real gateway on loopback, in-process.
+//!
+//! Media runs through the real SFU; the drop-rate hook checks that reported loss is real.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use gatehouse::loadtest::report::{EXIT_OK, EXIT_THRESHOLD, Verdict};
+use gatehouse::loadtest::scenario::{Shape, StreamShape};
+use gatehouse::loadtest::{Auth, Options, Report, Thresholds, run};
+use gatehouse::sdk::TlsOptions;
+use gatehouse_signaling::token::StaffRole;
+use support::{TestServer, temp_dir, test_config};
+
+fn shape(publishers: u32, secs: u64) -> Shape {
+    Shape {
+        meetings: 1,
+        publishers,
+        subscribers: 0,
+        audio: Some(StreamShape { kbps: 32, fps: 50 }),
+        video: Some(StreamShape { kbps: 300, fps: 30 }),
+        ramp_per_sec: 20.0,
+        duration: Duration::from_secs(secs),
+    }
+}
+
+fn options(srv: &TestServer, auth: Auth, shape: Shape, thresholds: Thresholds) -> Options {
+    let ca = srv.running.as_ref().unwrap().ca_file.as_ref().unwrap();
+    Options {
+        url: srv.base.clone(),
+        auth,
+        tls: TlsOptions {
+            ca_pem: Some(std::fs::read_to_string(ca).unwrap()),
+            danger_accept_invalid_certs: false,
+        },
+        shape,
+        thresholds,
+        progress: false,
+        scrape_interval: Duration::from_millis(500),
+    }
+}
+
+/// Runs with a hard bound so a hang fails the test instead of the suite.
+async fn bounded_run(options: Options) -> Report {
+    let started = Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(60), run(options))
+        .await
+        .expect("the run ends on its own")
+        .expect("the run completes");
+    eprintln!("{}\n(in {:.1} s)", report.to_table(), started.elapsed().as_secs_f64());
+    report
+}
+
+/// Control plane and gateway figures: meetings created over REST with a token
+/// minted from the gateway's data directory, every participant admitted
+/// directly (lobby bypass `organization`), /metrics read, everything closed
+/// and the meeting ended afterwards. Holds with or without media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_creates_meetings_joins_everyone_and_reads_the_gateway() {
+    let srv = TestServer::start().await;
+    let report = bounded_run(options(
+        &srv,
+        Auth::DataDir(srv.data_dir.clone()),
+        Shape {
+            subscribers: 1,
+            ..shape(2, 2)
+        },
+        Thresholds::default(),
+    ))
+    .await;
+    assert_eq!(report.meetings, 1);
+    assert_eq!(report.participants.planned, 3);
+    assert_eq!(report.participants.started, 3);
+    assert_eq!(report.participants.joined, 3, "{:?}", report.errors);
+    assert_eq!(report.admitted_ms.expect("join times").count, 3);
+    assert_eq!(
+        report.streams.expected,
+        2 * 2 * 2,
+        "2 publishers x 2 receivers x 2 tracks"
+    );
+    assert_ne!(report.verdict, Verdict::Failed);
+    assert!(
+        report.steady_secs.expect("a steady phase") >= 1.9,
+        "{:?}",
+        report.steady_secs
+    );
+    let gateway = &report.gateway;
+    assert!(gateway.scrapes >= 2, "{gateway:?}");
+    assert_eq!(gateway.scrape_errors, 0);
+    #[cfg(target_os = "linux")]
+    {
+        assert!(gateway.rss_peak_bytes.expect("RSS from /metrics") > 1e6, "{gateway:?}");
+        assert!(gateway.cpu_percent.expect("CPU over the steady phase") >= 0.0);
+        assert_eq!(
+            gateway.cpu_metric.as_deref(),
+            Some("gatehouse_process_cpu_seconds_total"),
+            "the clock-tick counter, not the whole-second one"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["participants"]["joined"], 3);
+
+    // Every peer closed, the meeting ended.
+    srv.wait_until("every participant is gone", |s| s.state().live.is_empty())
+        .await;
+    let admin = srv.staff_token("olga", StaffRole::Admin);
+    let (_, meetings) = srv.call("GET", "/api/v1/meetings", Some(&admin), None).await;
+    let ours: Vec<_> = meetings
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|m| {
+            m["settings"]["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Load test"))
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "{meetings}");
+    assert_eq!(ours[0]["state"], "ended", "{meetings}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_an_error_before_anything_starts() {
+    let srv = TestServer::start().await;
+    let err = run(options(
+        &srv,
+        Auth::Token("not-a-token".into()),
+        shape(2, 1),
+        Thresholds::default(),
+    ))
+    .await
+    .expect_err("refused");
+    assert!(format!("{err:#}").contains("unauthorized"), "{err:#}");
+    let empty = temp_dir("no-key");
+    let err = run(options(&srv, Auth::DataDir(empty), shape(2, 1), Thresholds::default()))
+        .await
+        .expect_err("no signing key");
+    assert!(err.to_string().contains("no signing key"), "{err}");
+}
+
+/// (a) Two publishers for ~3 s: everyone gets the other's audio and video,
+/// nothing is lost, latency and join times are measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_publishers_receive_each_other_without_loss() {
+    let srv = TestServer::start().await;
+    let token = srv.staff_token("loadtester", StaffRole::Staff);
+    let report = bounded_run(options(
+        &srv,
+        Auth::Token(token),
+        shape(2, 3),
+        Thresholds {
+            max_loss_percent: Some(1.0),
+            max_p99_ms: Some(500.0),
+        },
+    ))
+    .await;
+    assert_eq!(report.participants.joined, 2, "{:?}", report.errors);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.streams.received, 4, "2 publishers x 1 other x 2 tracks");
+    assert!(report.packets.received > 100, "{:?}", report.packets);
+    assert!(
+        report.packets.sent >= report.packets.received / 2,
+        "{:?}",
+        report.packets
+    );
+    assert_eq!(report.packets.lost, 0, "{:?}", report.packets);
+    assert_eq!(report.packets.loss_percent, 0.0);
+    assert_eq!(report.packets.corrupt, 0);
+    assert!(report.latency_ms.expect("latency").p99 < 500.0);
+    assert_eq!(report.join_to_media_ms.expect("join times").count, 2);
+    assert!(
+        report.bitrate.video_stream_kbps.expect("video") > 100.0,
+        "{:?}",
+        report.bitrate
+    );
+    assert!(report.gateway.rss_peak_bytes.expect("RSS") > 0.0);
+    assert_eq!(report.verdict, Verdict::Pass, "{:?}", report.breaches);
+    assert_eq!(report.exit_code(), EXIT_OK);
+}
+
+/// (b) and (c): with the SFU dropping 10 % of forwarded packets, the reported
+/// loss is about 10 %, and `--max-loss 1` turns that into the breach verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_packets_show_as_loss_and_breach_max_loss() {
+    let mut config = test_config(&temp_dir("drop"));
+    config.media_drop_rate = 0.10;
+    let srv = TestServer::start_with(config).await;
+    let report = bounded_run(options(
+        &srv,
+        Auth::DataDir(srv.data_dir.clone()),
+        shape(2, 4),
+        Thresholds {
+            max_loss_percent: Some(1.0),
+            max_p99_ms: None,
+        },
+    ))
+    .await;
+    assert_eq!(report.participants.joined, 2, "{:?}", report.errors);
+    assert_eq!(report.streams.received, 4);
+    let loss = report.packets.loss_percent;
+    assert!(
+        (5.0..=15.0).contains(&loss),
+        "loss {loss} % with a 10 % drop: {:?}",
+        report.packets
+    );
+    assert_eq!(report.verdict, Verdict::ThresholdBreached);
+    assert!(report.breaches[0].contains("--max-loss"), "{:?}", report.breaches);
+    assert_eq!(report.exit_code(), EXIT_THRESHOLD);
+}
