@@ -131,62 +131,21 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_gauges_histograms_and_process() {
-        let m = GatewayMetrics::new();
-        m.participants_in_call.set(3);
-        m.lobby_wait_seconds.observe(12.0);
-        let text = m.render();
-        assert!(text.contains("gatehouse_participants_in_call 3"), "{text}");
-        assert!(
-            text.contains("gatehouse_lobby_wait_seconds_bucket{le=\"15\"} 1"),
-            "{text}"
-        );
-        #[cfg(target_os = "linux")]
-        assert!(text.contains("process_resident_memory_bytes"), "{text}");
-        assert!(text.contains("gatehouse_process_cpu_seconds_total"), "{text}");
-    }
-
-    #[test]
-    fn cpu_ticks_come_from_after_the_command_name() {
-        let stat = "4242 (gate (house) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0 1234 0 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(325));
-        assert_eq!(parse_cpu_ticks("garbage"), None);
-        assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn cpu_time_is_finer_than_whole_seconds() {
-        let start = process_cpu_seconds().expect("readable on Linux");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut spins = 0u64;
-        while process_cpu_seconds().expect("readable") - start < 0.05 {
-            assert!(std::time::Instant::now() < deadline, "no CPU time seen in 5 s");
-            spins = std::hint::black_box(spins.wrapping_add(1));
-        }
-        // Well under a second of burning was visible: tick resolution, not whole seconds.
-        assert!(process_cpu_seconds().expect("readable") - start < 1.0);
-    }
-}
+/// A Prometheus counter and the SFU counter it mirrors.
+type MirroredCounter = (prometheus::IntCounter, fn(&crate::sfu::stats::CountersSnapshot) -> u64);
 
 /// The media plane's counters, read from its atomics at scrape time.
 pub struct SfuCollector {
     sfu: crate::sfu::Sfu,
-    counters: Vec<(prometheus::IntCounter, fn(&crate::sfu::stats::CountersSnapshot) -> u64)>,
+    counters: Vec<MirroredCounter>,
     tracks: IntGauge,
     connections: IntGauge,
 }
 
 impl SfuCollector {
     pub fn new(sfu: crate::sfu::Sfu) -> Self {
-        use crate::sfu::stats::CountersSnapshot as S;
         let counter = |name: &str, help: &str| prometheus::IntCounter::new(name, help).expect("static metric name");
-        let counters: Vec<(prometheus::IntCounter, fn(&S) -> u64)> = vec![
+        let counters: Vec<MirroredCounter> = vec![
             (
                 counter(
                     "gatehouse_sfu_forwarded_packets_total",
@@ -262,5 +221,48 @@ impl prometheus::core::Collector for SfuCollector {
         families.extend(self.tracks.collect());
         families.extend(self.connections.collect());
         families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_gauges_histograms_and_process() {
+        let m = GatewayMetrics::new();
+        m.participants_in_call.set(3);
+        m.lobby_wait_seconds.observe(12.0);
+        let text = m.render();
+        assert!(text.contains("gatehouse_participants_in_call 3"), "{text}");
+        assert!(
+            text.contains("gatehouse_lobby_wait_seconds_bucket{le=\"15\"} 1"),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes"), "{text}");
+        assert!(text.contains("gatehouse_process_cpu_seconds_total"), "{text}");
+    }
+
+    #[test]
+    fn cpu_ticks_come_from_after_the_command_name() {
+        let stat = "4242 (gate (house) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0 1234 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cpu_time_is_finer_than_whole_seconds() {
+        let start = process_cpu_seconds().expect("readable on Linux");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut spins = 0u64;
+        while process_cpu_seconds().expect("readable") - start < 0.05 {
+            assert!(std::time::Instant::now() < deadline, "no CPU time seen in 5 s");
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+        // Well under a second of burning was visible: tick resolution, not whole seconds.
+        assert!(process_cpu_seconds().expect("readable") - start < 1.0);
     }
 }
