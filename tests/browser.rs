@@ -4,12 +4,17 @@
 
 mod support;
 
+use std::time::Duration;
+
+use gatehouse::sdk::synthetic::SyntheticConfig;
+use gatehouse::sdk::{Client, ConnectOptions, Event, MediaOptions};
+use gatehouse_signaling::protocol::{TrackKind, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::Value;
 use support::TestServer;
 
 /// Runs scenarios in one Node process; returns each scenario's JSON line.
-async fn run_scenarios(srv: &TestServer, scenarios: &str, shots: &std::path::Path) -> Vec<Value> {
+async fn run_scenarios(srv: &TestServer, scenarios: &str, shots: &std::path::Path, extra: Value) -> Vec<Value> {
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(
         std::path::Path::new(root)
@@ -18,12 +23,15 @@ async fn run_scenarios(srv: &TestServer, scenarios: &str, shots: &std::path::Pat
         "run `npm ci` in tests/browser first (scripts/test.sh does)"
     );
     let token = srv.staff_token("olga", StaffRole::Admin);
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "baseUrl": srv.base,
         "staffToken": token,
         "screenshotDir": shots,
         "requireMedia": true,
     });
+    if let (Value::Object(c), Value::Object(e)) = (&mut config, extra) {
+        c.extend(e);
+    }
     let ca = srv.running.as_ref().unwrap().ca_file.clone().unwrap();
     let out = tokio::process::Command::new("node")
         .arg(format!("{root}/tests/browser/scenarios.mjs"))
@@ -78,7 +86,7 @@ async fn web_client_in_chromium() {
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let scenarios = "guest-lobby-admit-chat,screen-share,deny-with-reason,expired-link,guest-leaves";
-    let results = run_scenarios(&srv, scenarios, &shots).await;
+    let results = run_scenarios(&srv, scenarios, &shots, Value::Null).await;
 
     // Guest journey: lobby, admission with a click, chat, and media both ways.
     let f = facts(&results, "guest-lobby-admit-chat");
@@ -130,4 +138,112 @@ async fn web_client_in_chromium() {
         let meta = std::fs::metadata(shots.join(name)).unwrap_or_else(|_| panic!("screenshot {name} saved"));
         assert!(meta.len() > 10_000, "{name} is a real picture");
     }
+}
+
+/// Chromium (a guest on the web client, fake camera and microphone) and a staff
+/// member on the Rust SDK exchange media both ways through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_guest_and_sdk_staff_exchange_media() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(
+            &olga,
+            serde_json::json!({ "title": "Video visit", "lobby_bypass": "organizer_only" }),
+        )
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let code = meeting["public_link"]["code"].as_str().unwrap().to_owned();
+
+    let mut opts = ConnectOptions::new(srv.base.clone(), &olga).meeting(mid);
+    opts.ca_pem = Some(std::fs::read_to_string(srv.running.as_ref().unwrap().ca_file.as_ref().unwrap()).unwrap());
+    opts.media = MediaOptions {
+        udp_addrs: vec!["127.0.0.1:0".into()],
+        ..MediaOptions::default()
+    };
+    let (staff, mut events) = Client::connect(opts).await.unwrap();
+    let t = Duration::from_secs(30);
+    events
+        .wait_for(t, |e| matches!(e, Event::Admitted { .. }).then_some(()))
+        .await
+        .unwrap();
+    let mic = staff.publish(TrackSource::Microphone).await.unwrap();
+    let cam = staff.publish(TrackSource::Camera).await.unwrap();
+    let audio = mic.start_synthetic(SyntheticConfig::audio()).unwrap();
+    let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
+
+    // The browser guest runs alongside; the SDK side admits it and measures its media.
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
+    let extra = serde_json::json!({ "linkCode": code, "guestName": "Browser Bea", "mediaTimeoutMs": 25000 });
+    let browser = run_scenarios(&srv, "guest-meets-sdk", &shots, extra);
+    let sdk_side = async {
+        let waiting = events
+            .wait_for(t, |e| match e {
+                Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(waiting[0].display_name, "Browser Bea");
+        staff.admit(waiting[0].participant_id.clone()).unwrap();
+        // Count the browser's RTP per kind until both have a steady flow.
+        let mut counts = std::collections::HashMap::new();
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let track = events
+                .wait_for(t, |e| match e {
+                    Event::RemoteTrack(track) => Some(track),
+                    _ => None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(track.participant_id(), waiting[0].participant_id);
+            tasks.push(tokio::spawn(async move {
+                let mut packets = 0u64;
+                while packets < 100 {
+                    match tokio::time::timeout(Duration::from_secs(20), track.recv_rtp()).await {
+                        Ok(Some(_)) => packets += 1,
+                        _ => break,
+                    }
+                }
+                (track.kind(), packets)
+            }));
+        }
+        for task in tasks {
+            let (kind, packets) = task.await.unwrap();
+            counts.insert(kind, packets);
+        }
+        staff.chat("measured").unwrap();
+        counts
+    };
+    let (results, counts) = tokio::join!(browser, sdk_side);
+    assert_eq!(
+        counts.get(&TrackKind::Audio),
+        Some(&100),
+        "SDK got the browser's audio: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&TrackKind::Video),
+        Some(&100),
+        "SDK got the browser's video: {counts:?}"
+    );
+    let f = facts(&results, "guest-meets-sdk");
+    let (before, after) = (&f["guestMedia"]["before"], &f["guestMedia"]["after"]);
+    assert!(
+        inbound(after, "video", "camera", "packetsReceived") > inbound(before, "video", "camera", "packetsReceived"),
+        "browser receives the SDK's video: {f:#}"
+    );
+    assert!(
+        inbound(after, "audio", "microphone", "packetsReceived")
+            > inbound(before, "audio", "microphone", "packetsReceived"),
+        "browser receives the SDK's audio: {f:#}"
+    );
+    assert_eq!(f["left"], true);
+    audio.stop().await.unwrap();
+    video.stop().await.unwrap();
+    staff.close().await;
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
 }

@@ -22,6 +22,7 @@ const SCENARIOS = {
   'expired-link': expiredLink,
   'guest-leaves': guestLeaves,
   reconnect: reconnect,
+  'guest-meets-sdk': guestMeetsSdk,
 };
 
 const CHROMIUM_ARGS = [
@@ -192,13 +193,13 @@ async function chatExchange(from, to, text) {
 }
 
 /** Two samples of window.gatehouse.stats(): does media flow, and which? */
-async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true, source = 'camera' }) {
+async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true, source = 'camera', videoKey = 'framesDecoded' }) {
   const first = await page.evaluate(() => window.gatehouse.stats());
   // waitForFunction needs a synchronous predicate: it starts one stats() call at a
   // time and judges the last one that finished.
   const rising = await page
     .waitForFunction(
-      ({ first, wantVideo, wantAudio, source }) => {
+      ({ first, wantVideo, wantAudio, source, videoKey }) => {
         const probe = (window.__gatehouseProbe ||= { busy: false, last: null });
         if (!probe.busy) {
           probe.busy = true;
@@ -212,11 +213,11 @@ async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true,
         const sum = (s, pred, key) => s.inbound.filter(pred).reduce((a, x) => a + (x[key] || 0), 0);
         const video = (x) => x.kind === 'video' && (x.source === source || x.source === null);
         const audio = (x) => x.kind === 'audio';
-        const videoOk = !wantVideo || sum(now, video, 'framesDecoded') > sum(first, video, 'framesDecoded');
+        const videoOk = !wantVideo || sum(now, video, videoKey) > sum(first, video, videoKey);
         const audioOk = !wantAudio || sum(now, audio, 'packetsReceived') > sum(first, audio, 'packetsReceived');
         return videoOk && audioOk;
       },
-      { first, wantVideo, wantAudio, source },
+      { first, wantVideo, wantAudio, source, videoKey },
       { timeout: timeoutMs, polling: 500 },
     )
     .then(() => true)
@@ -245,6 +246,32 @@ function judgeMedia(run, key, facts) {
 }
 
 // ---------------------------------------------------------------- scenarios
+
+/**
+ * A guest in Chromium meets a staff member on the Rust SDK (driven by the calling
+ * test, which admits the guest and publishes synthetic media). The SDK's synthetic
+ * VP8 is not decodable picture data, so video is judged by packets received.
+ */
+async function guestMeetsSdk(run) {
+  if (!run.cfg.linkCode) throw new Error('guest-meets-sdk needs linkCode (the SDK side owns the meeting)');
+  const guest = await run.context('guest');
+  run.facts.guestParticipantId = await guestJoins(run, guest, run.cfg.linkCode, run.cfg.guestName);
+  run.step('the SDK admits the guest');
+  await visible(guest, 'call-view').waitFor({ timeout: run.cfg.mediaTimeoutMs });
+  run.step('media from the SDK reaches the browser');
+  const media = await mediaFacts(guest, { timeoutMs: run.cfg.mediaTimeoutMs, videoKey: 'packetsReceived' });
+  judgeMedia(run, 'guestMedia', media);
+  run.step('the guest keeps publishing until the SDK has measured');
+  await guest.waitForFunction(
+    () => document.querySelector('[data-testid="chat-messages"]')?.textContent.includes('measured'),
+    null,
+    { timeout: run.cfg.mediaTimeoutMs },
+  );
+  run.facts.sdkSaidMeasured = true;
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  run.facts.left = true;
+}
 
 async function guestLobbyAdmitChat(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts);
@@ -468,7 +495,8 @@ async function main() {
     process.exit(2);
   }
   const cfg = readConfig(arg);
-  const names = which === 'all' ? Object.keys(SCENARIOS) : which.split(',');
+  // `all` is every self-contained scenario; guest-meets-sdk needs an SDK peer on the other side.
+  const names = which === 'all' ? Object.keys(SCENARIOS).filter((n) => n !== 'guest-meets-sdk') : which.split(',');
   const unknown = names.filter((n) => !SCENARIOS[n]);
   if (unknown.length) {
     process.stderr.write(`unknown scenario(s): ${unknown.join(', ')}\n`);
