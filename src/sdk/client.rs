@@ -211,6 +211,21 @@ impl Events {
 
     /// The next event for which `pick` returns `Some`, skipping others, within `timeout`.
     /// Handy in tests: `events.wait_for(t, |e| matches!(e, Event::Admitted { .. }).then_some(e))`.
+    ///
+    /// ```no_run
+    /// # async fn run(mut events: gatehouse::sdk::Events) -> gatehouse::sdk::Result<()> {
+    /// use gatehouse::sdk::Event;
+    /// use std::time::Duration;
+    /// let chat = events
+    ///     .wait_for(Duration::from_secs(30), |e| match e {
+    ///         Event::Chat(message) => Some(message),
+    ///         _ => None,
+    ///     })
+    ///     .await?;
+    /// println!("{}: {}", chat.display_name, chat.text);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn wait_for<T>(&mut self, timeout: Duration, mut pick: impl FnMut(Event) -> Option<T>) -> Result<T> {
         tokio::time::timeout(timeout, async {
             while let Some(event) = self.rx.recv().await {
@@ -306,6 +321,20 @@ impl Client {
     ///
     /// Fails with [`SdkError::Server`] (e.g. `unauthorized`, `meeting_full`) or
     /// [`SdkError::Left`] if the server turns the join down.
+    ///
+    /// ```no_run
+    /// # async fn run() -> gatehouse::sdk::Result<()> {
+    /// use gatehouse::sdk::{Client, ConnectOptions, Event};
+    /// let mut options = ConnectOptions::new("https://gatehouse.example.org", "guest-token");
+    /// options.ca_pem = Some(std::fs::read_to_string("gatehouse-data/tls/ca.pem").expect("the dev CA"));
+    /// let (client, mut events) = Client::connect(options).await?;
+    /// println!("joined as {}", client.me().display_name);
+    /// if let Some(Event::Lobby { status, .. }) = events.recv().await {
+    ///     println!("waiting: {status:?}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(options: ConnectOptions) -> Result<(Client, Events)> {
         install_crypto_provider();
         let ws_url = websocket_url(&options.url)?;
@@ -458,6 +487,19 @@ impl Client {
 
     /// Publishes a track for `source` on the publisher connection (made on first
     /// use) and returns once the server has answered. Needs the call.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gatehouse::sdk::Client) -> gatehouse::sdk::Result<()> {
+    /// use gatehouse::sdk::synthetic::SyntheticConfig;
+    /// use gatehouse_signaling::protocol::TrackSource;
+    /// let camera = client.publish(TrackSource::Camera).await?;
+    /// let sender = camera.start_synthetic(SyntheticConfig::video())?;
+    /// // ... later
+    /// let sent = sender.stop().await?;
+    /// println!("sent {} packets", sent.packets);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish(&self, source: TrackSource) -> Result<LocalTrack> {
         if !self.is_admitted() {
             return Err(SdkError::NotInCall);

@@ -131,6 +131,21 @@ pub struct RestClient {
 
 impl RestClient {
     /// A client for the server at `base_url` (`https://host:port`), without a token.
+    ///
+    /// ```no_run
+    /// # async fn run() -> gatehouse::sdk::Result<()> {
+    /// use gatehouse::sdk::{LinkKind, NewLink, NewMeeting, RestClient, TlsOptions};
+    /// let tls = TlsOptions { ca_pem: None, danger_accept_invalid_certs: true };
+    /// let staff = RestClient::new("https://localhost:8443", &tls)?.with_token("staff-token");
+    /// let meeting = staff.create_meeting(&NewMeeting { title: "Follow-up".into(), ..Default::default() }).await?;
+    /// let link = staff
+    ///     .create_link(&meeting.meeting_id, &NewLink { kind: LinkKind::SingleUse, invitee: Some("Ann".into()), expires_in_secs: None })
+    ///     .await?;
+    /// let guest = RestClient::new("https://localhost:8443", &tls)?.redeem_link(&link.code, "Ann").await?;
+    /// println!("guest token for {}", guest.participant_id);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(base_url: &str, tls: &TlsOptions) -> Result<RestClient> {
         install_crypto_provider();
         let base = url::Url::parse(base_url).map_err(|e| SdkError::InvalidUrl {

@@ -148,6 +148,16 @@ fn fnv1a(parts: &[&[u8]]) -> u32 {
 /// Builds one payload. `payload_len` is the whole RTP payload size; it is raised
 /// to the minimum the headers need.
 #[allow(clippy::too_many_arguments)]
+///
+/// ```
+/// use gatehouse::sdk::synthetic::{SyntheticCodec, build_payload, parse_payload};
+/// let payload = build_payload(SyntheticCodec::Vp8, 7, 3, 1_000_000, true, true, true, 300);
+/// let parsed = parse_payload(SyntheticCodec::Vp8, &payload).expect("intact");
+/// assert_eq!((parsed.seq, parsed.frame, parsed.keyframe), (7, 3, true));
+/// let mut corrupted = payload.clone();
+/// *corrupted.last_mut().unwrap() ^= 1;
+/// assert!(parse_payload(SyntheticCodec::Vp8, &corrupted).is_err());
+/// ```
 pub fn build_payload(
     codec: SyntheticCodec,
     seq: u32,
@@ -624,6 +634,17 @@ pub struct ReceiverStats {
 impl ReceiverStats {
     /// Statistics for a stream the receiver started waiting for at `started_at_us`
     /// (for time to first packet).
+    ///
+    /// ```
+    /// use gatehouse::sdk::synthetic::{ReceiverStats, SyntheticCodec, build_payload};
+    /// let mut stats = ReceiverStats::new(SyntheticCodec::Opus, 0);
+    /// for seq in [0u32, 1, 3] {
+    ///     let payload = build_payload(SyntheticCodec::Opus, seq, seq, 1_000, false, true, true, 80);
+    ///     stats.on_payload(3_000, &payload).unwrap();
+    /// }
+    /// let summary = stats.summary();
+    /// assert_eq!((summary.received, summary.lost), (3, 1));
+    /// ```
     pub fn new(codec: SyntheticCodec, started_at_us: u64) -> Self {
         ReceiverStats {
             codec,
