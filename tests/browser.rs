@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use gatehouse::sdk::synthetic::SyntheticConfig;
-use gatehouse::sdk::{Client, ConnectOptions, Event, MediaOptions};
+use gatehouse::sdk::{Client, Event};
 use gatehouse_signaling::protocol::{TrackKind, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::Value;
@@ -155,13 +155,7 @@ async fn chromium_guest_and_sdk_staff_exchange_media() {
     let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
     let code = meeting["public_link"]["code"].as_str().unwrap().to_owned();
 
-    let mut opts = ConnectOptions::new(srv.base.clone(), &olga).meeting(mid);
-    opts.ca_pem = Some(std::fs::read_to_string(srv.running.as_ref().unwrap().ca_file.as_ref().unwrap()).unwrap());
-    opts.media = MediaOptions {
-        udp_addrs: vec!["127.0.0.1:0".into()],
-        ..MediaOptions::default()
-    };
-    let (staff, mut events) = Client::connect(opts).await.unwrap();
+    let (staff, mut events) = Client::connect(srv.sdk_options(&olga).meeting(mid)).await.unwrap();
     let t = Duration::from_secs(30);
     events
         .wait_for(t, |e| matches!(e, Event::Admitted { .. }).then_some(()))

@@ -6,23 +6,13 @@ mod support;
 use std::time::Duration;
 
 use gatehouse::sdk::synthetic::{StreamSummary, SyntheticConfig};
-use gatehouse::sdk::{Client, ConnectOptions, Event, Events, MediaOptions, RemoteTrack, now_us};
+use gatehouse::sdk::{Client, Event, Events, RemoteTrack, now_us};
 use gatehouse_signaling::protocol::{LobbyStatus, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::json;
 use support::TestServer;
 
 const T: Duration = Duration::from_secs(20);
-
-fn options(srv: &TestServer, token: &str) -> ConnectOptions {
-    let mut o = ConnectOptions::new(srv.base.clone(), token);
-    o.ca_pem = Some(std::fs::read_to_string(srv.running.as_ref().unwrap().ca_file.as_ref().unwrap()).unwrap());
-    o.media = MediaOptions {
-        udp_addrs: vec!["127.0.0.1:0".into()],
-        ..MediaOptions::default()
-    };
-    o
-}
 
 async fn admitted(events: &mut Events) {
     events
@@ -70,7 +60,7 @@ async fn three_sdk_participants_exchange_audio_and_video() {
     let mut people = Vec::new();
     for sub in ["olga", "ivan", "sam"] {
         let token = srv.staff_token(sub, StaffRole::Staff);
-        let (client, mut events) = Client::connect(options(&srv, &token).meeting(mid.clone()))
+        let (client, mut events) = Client::connect(srv.sdk_options(&token).meeting(mid.clone()))
             .await
             .unwrap();
         admitted(&mut events).await;
@@ -164,7 +154,7 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
         )
         .await;
     let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
-    let (staff, mut staff_events) = Client::connect(options(&srv, &olga).meeting(mid.clone()))
+    let (staff, mut staff_events) = Client::connect(srv.sdk_options(&olga).meeting(mid.clone()))
         .await
         .unwrap();
     admitted(&mut staff_events).await;
@@ -177,7 +167,7 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
     let guest_token = srv
         .redeem(meeting["public_link"]["code"].as_str().unwrap(), "Patient Pat")
         .await;
-    let (guest, mut guest_events) = Client::connect(options(&srv, &guest_token)).await.unwrap();
+    let (guest, mut guest_events) = Client::connect(srv.sdk_options(&guest_token)).await.unwrap();
     guest_events
         .wait_for(T, |e| {
             matches!(

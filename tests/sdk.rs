@@ -4,24 +4,18 @@ mod support;
 
 use std::time::Duration;
 
-use gatehouse::sdk::{Client, ConnectOptions, Event, LobbyBypass, NewMeeting, RestClient};
+use gatehouse::sdk::{Client, Event, LobbyBypass, NewMeeting, RestClient};
 use gatehouse_signaling::protocol::{LeaveReason, LobbyStatus};
 use gatehouse_signaling::token::StaffRole;
 use support::TestServer;
 
 const T: Duration = Duration::from_secs(10);
 
-fn options(srv: &TestServer, token: &str) -> ConnectOptions {
-    let mut o = ConnectOptions::new(srv.base.clone(), token);
-    o.ca_pem = Some(std::fs::read_to_string(srv.running.as_ref().unwrap().ca_file.as_ref().unwrap()).unwrap());
-    o
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_lobby_admit_chat_and_leave() {
     let srv = TestServer::start().await;
     let olga = srv.staff_token("olga", StaffRole::Staff);
-    let opts = options(&srv, &olga);
+    let opts = srv.sdk_options(&olga);
 
     // REST through the SDK: a meeting and an invitation, redeemed as a guest would.
     let rest = RestClient::new(&srv.base, &opts.tls())
@@ -48,7 +42,7 @@ async fn sdk_lobby_admit_chat_and_leave() {
         .unwrap();
     assert!(staff.me().organizer);
 
-    let (wanda, mut wanda_events) = Client::connect(options(&srv, &redeemed.token)).await.unwrap();
+    let (wanda, mut wanda_events) = Client::connect(srv.sdk_options(&redeemed.token)).await.unwrap();
     wanda_events
         .wait_for(T, |e| {
             matches!(
@@ -126,11 +120,11 @@ async fn sdk_lobby_admit_chat_and_leave() {
 async fn sdk_reports_server_errors_with_codes() {
     let srv = TestServer::start().await;
     let olga = srv.staff_token("olga", StaffRole::Staff);
-    let err = Client::connect(options(&srv, &olga).meeting("m_nope"))
+    let err = Client::connect(srv.sdk_options(&olga).meeting("m_nope"))
         .await
         .expect_err("unknown meeting refused");
     assert_eq!(err.code(), Some(gatehouse_signaling::ErrorCode::NotFound), "{err}");
-    let opts = options(&srv, "garbage");
+    let opts = srv.sdk_options("garbage");
     let err = RestClient::new(&srv.base, &opts.tls())
         .unwrap()
         .with_token("garbage")

@@ -83,6 +83,17 @@ impl TestServer {
         }
     }
 
+    /// SDK options for this server: its dev CA trusted, media on loopback.
+    pub fn sdk_options(&self, token: &str) -> gatehouse::sdk::ConnectOptions {
+        let mut o = gatehouse::sdk::ConnectOptions::new(self.base.clone(), token);
+        o.ca_pem = Some(std::fs::read_to_string(self.running.as_ref().unwrap().ca_file.as_ref().unwrap()).unwrap());
+        o.media = gatehouse::sdk::MediaOptions {
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            ..Default::default()
+        };
+        o
+    }
+
     pub fn staff_token(&self, sub: &str, role: StaffRole) -> String {
         self.staff_token_in(sub, "default", role)
     }
