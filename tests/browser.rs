@@ -85,7 +85,7 @@ async fn web_client_in_chromium() {
     let srv = TestServer::start().await;
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let scenarios = "guest-lobby-admit-chat,screen-share,deny-with-reason,expired-link,guest-leaves";
+    let scenarios = "guest-lobby-admit-chat,screen-share,deny-with-reason,expired-link,guest-leaves,reconnect";
     let results = run_scenarios(&srv, scenarios, &shots, Value::Null).await;
 
     // Guest journey: lobby, admission with a click, chat, and media both ways.
@@ -133,6 +133,15 @@ async fn web_client_in_chromium() {
         (f["tileRemoved"].as_bool(), f["listEntryRemoved"].as_bool()),
         (Some(true), Some(true))
     );
+
+    // A dropped connection: back in the call without a second admission, media again.
+    let f = facts(&results, "reconnect");
+    assert_eq!(
+        (f["backInCall"].as_bool(), f["staffLobbyCount"].as_u64()),
+        (Some(true), Some(0)),
+        "{f:#}"
+    );
+    assert_eq!(f["mediaAfterReconnect"]["flowing"], true, "{f:#}");
 
     for name in ["join-page.png", "lobby.png", "call-staff.png"] {
         let meta = std::fs::metadata(shots.join(name)).unwrap_or_else(|_| panic!("screenshot {name} saved"));

@@ -20,6 +20,9 @@ use crate::protocol::{
 };
 use crate::ratelimit::TokenBucket;
 
+/// How long an admitted participant whose connection dropped keeps their seat.
+pub const REJOIN_GRACE_MS: u64 = 60_000;
+
 /// Longest reason staff may give when denying or removing someone.
 pub const MAX_REASON_CHARS: usize = 200;
 
@@ -95,6 +98,9 @@ pub struct Room {
     members: Vec<Member>,
     lobby: Lobby,
     chat_seq: u64,
+    /// Seats kept for admitted participants whose connection dropped: participant id
+    /// to the time the seat is given up. A rejoin before then skips the lobby.
+    held_seats: std::collections::HashMap<ParticipantId, u64>,
 }
 
 impl Room {
@@ -104,6 +110,7 @@ impl Room {
             members: Vec::new(),
             lobby: Lobby::default(),
             chat_seq: 0,
+            held_seats: std::collections::HashMap::new(),
         }
     }
 
@@ -227,6 +234,13 @@ impl Room {
             return Err(Error::new(ErrorCode::MeetingEnded, "this meeting has ended"));
         }
         let mut out = Vec::new();
+        // Someone already admitted (still connected, or dropped within the grace period)
+        // comes back to the call, not to the lobby: a reload or a network blip costs no re-admission.
+        let seat_held = self.in_call(&req.participant_id)
+            || self
+                .held_seats
+                .remove(&req.participant_id)
+                .is_some_and(|until| until > now);
         // The same identity on a new connection replaces the old one (a reload, a second tab).
         if self.in_call(&req.participant_id) || self.lobby.get(&req.participant_id).is_some() {
             self.depart(now, &req.participant_id, LeaveReason::Replaced, None, &mut out);
@@ -257,7 +271,7 @@ impl Room {
         });
         let may_bypass = may_bypass_lobby(&self.meeting, &req.attendee);
         // Guests wait for a host even when the rule would let them in; staff are hosts.
-        let enters = organizer || (may_bypass && (kind == ParticipantKind::Staff || self.staff_present()));
+        let enters = organizer || seat_held || (may_bypass && (kind == ParticipantKind::Staff || self.staff_present()));
         if enters {
             self.record(&mut out, &info, now, EventKind::Joined);
             self.enter_call(now, req.conn, info, &mut out);
@@ -357,6 +371,11 @@ impl Room {
         {
             let m = self.members.remove(i);
             let was_host = m.info.kind == ParticipantKind::Staff;
+            if reason == LeaveReason::Disconnected {
+                self.held_seats.retain(|_, until| *until > now);
+                self.held_seats
+                    .insert(m.info.participant_id.clone(), now + REJOIN_GRACE_MS);
+            }
             if notify {
                 Self::say_left(out, m.conn, reason, message);
             }

@@ -189,7 +189,7 @@ pub enum Event {
     },
     /// The socket closed without a `left` (network, server restart). Last event.
     /// The server treats this as leaving: to come back, connect again (guests
-    /// may go through the lobby again).
+    /// who were in the call get their seat back within 60 s of the drop).
     Disconnected {
         /// What ended the socket, if known.
         error: Option<String>,

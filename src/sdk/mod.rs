@@ -10,7 +10,7 @@
 //!
 //! A dropped socket is a departure for the server: the SDK reports
 //! [`Event::Disconnected`] and does not reconnect by itself; connect again to
-//! come back (as a guest, possibly through the lobby).
+//! come back (a guest who was in the call keeps the seat for 60 s after a drop).
 //!
 //! ```no_run
 //! use gatehouse::sdk::{Client, ConnectOptions, Event};

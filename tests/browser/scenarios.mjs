@@ -472,16 +472,16 @@ async function reconnect(run) {
   await guest.evaluate(() => window.gatehouse.client.simulateDrop());
   await visible(guest, 'connection-banner').waitFor();
   run.facts.bannerText = await guest.getByTestId('connection-banner').textContent();
-  // The server treats the drop as leaving: the guest rejoins into the lobby and must be let in again.
-  await visible(guest, 'lobby-status').waitFor();
-  run.facts.lobbyNote = await guest.getByTestId('lobby-note').textContent();
-  const entry = lobbyEntry(staff, guestId);
-  await entry.waitFor();
-  run.facts.staffSawGuestWaitingAgain = true;
-  await entry.getByTestId('admit-button').click();
+  // The server keeps an admitted guest's seat for a grace period: the rejoin goes
+  // straight back into the call, with no second admission.
+  run.step('the guest is back in the call without the lobby');
+  await guest.waitForFunction(() => window.gatehouse.view === 'call');
   await visible(guest, 'call-view').waitFor();
   await remoteTile(staff, guestId).waitFor();
+  run.facts.staffLobbyCount = await staff.locator('[data-testid="lobby-entry"]').count();
   run.facts.backInCall = true;
+  run.step('media flows again after the reconnect');
+  judgeMedia(run, 'mediaAfterReconnect', await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs }));
   await visible(guest, 'leave-button').click();
   await visible(staff, 'leave-button').click();
 }

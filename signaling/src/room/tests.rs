@@ -525,3 +525,63 @@ fn ending_tells_the_lobby_only_that_the_meeting_ended() {
         }]
     );
 }
+
+#[test]
+fn a_dropped_guest_keeps_the_seat_for_the_grace_period() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    room.handle(
+        10,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_g".into(),
+        },
+    );
+    room.disconnected(20, 2);
+    assert!(!room.in_call("p_g"));
+    // Back within the grace period: straight into the call.
+    let fx = room.join(20 + REJOIN_GRACE_MS - 1, guest(3, "p_g", false)).unwrap();
+    assert_eq!(entered(&fx), ["p_g"]);
+    // Dropped again, back too late: the lobby, like anyone else.
+    room.disconnected(100_000, 3);
+    let fx = room.join(100_000 + REJOIN_GRACE_MS, guest(4, "p_g", false)).unwrap();
+    assert!(entered(&fx).is_empty());
+    assert!(sent(&fx, 4).iter().any(|m| matches!(m, ServerMessage::Lobby { .. })));
+}
+
+#[test]
+fn only_a_dropped_connection_keeps_a_seat() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_left", false)).unwrap();
+    room.join(0, guest(3, "p_removed", false)).unwrap();
+    room.handle(1, 1, ClientMessage::AdmitAll);
+    room.handle(2, 2, ClientMessage::Leave);
+    room.handle(
+        2,
+        1,
+        ClientMessage::Remove {
+            participant_id: "p_removed".into(),
+            reason: None,
+        },
+    );
+    assert!(
+        entered(&room.join(3, guest(4, "p_left", false)).unwrap()).is_empty(),
+        "left on purpose"
+    );
+    assert!(
+        entered(&room.join(3, guest(5, "p_removed", false)).unwrap()).is_empty(),
+        "removed by staff"
+    );
+    // A second tab while still in the call keeps the seat too.
+    room.join(4, guest(6, "p_tab", false)).unwrap();
+    room.handle(
+        5,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_tab".into(),
+        },
+    );
+    assert_eq!(entered(&room.join(6, guest(7, "p_tab", false)).unwrap()), ["p_tab"]);
+}
