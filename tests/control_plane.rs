@@ -809,3 +809,113 @@ async fn restart_keeps_meetings_links_and_keys() {
         .await;
     assert_eq!(events.as_array().unwrap().len(), 2, "both redemptions logged: {events}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_work_the_queue_without_joining() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(
+            &olga,
+            json!({ "title": "Walk-in clinic", "lobby_bypass": "organizer_only" }),
+        )
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let (status, empty) = srv.call("GET", "/api/v1/queue", Some(&olga), None).await;
+    assert_eq!(
+        (status, empty["meetings"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "nobody live yet"
+    );
+
+    let mut ann = srv.join(&srv.redeem(&public_code(&meeting), "Ann").await, None).await;
+    assert!(matches!(placement(&mut ann).await, ServerMessage::Lobby { .. }));
+    let mut bob = srv.join(&srv.redeem(&public_code(&meeting), "Bob").await, None).await;
+    assert!(matches!(placement(&mut bob).await, ServerMessage::Lobby { .. }));
+
+    let (status, queue) = srv.call("GET", "/api/v1/queue", Some(&olga), None).await;
+    assert_eq!(status, 200);
+    let m = &queue["meetings"][0];
+    assert_eq!(
+        (m["meeting_id"].as_str(), m["title"].as_str(), m["in_call"].as_u64()),
+        (Some(mid.as_str()), Some("Walk-in clinic"), Some(0))
+    );
+    let names: Vec<_> = m["lobby"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["display_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Ann", "Bob"], "oldest first");
+    assert!(queue["now_ms"].as_u64().unwrap() >= m["lobby"][0]["waiting_since_ms"].as_u64().unwrap());
+    let ann_id = m["lobby"][0]["participant_id"].as_str().unwrap().to_owned();
+    let bob_id = m["lobby"][1]["participant_id"].as_str().unwrap().to_owned();
+
+    // Other organisations and guests see nothing and can do nothing.
+    let outsider = srv.staff_token_in("eve", "other-org", StaffRole::Admin);
+    let (_, theirs) = srv.call("GET", "/api/v1/queue", Some(&outsider), None).await;
+    assert_eq!(theirs["meetings"].as_array().map(Vec::len), Some(0));
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/meetings/{mid}/lobby/{ann_id}/admit"),
+            Some(&outsider),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Admit Ann and deny Bob from the queue.
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/meetings/{mid}/lobby/{ann_id}/admit"),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    ann.expect("admitted from the queue", |m| {
+        matches!(m, ServerMessage::Admitted { .. })
+    })
+    .await;
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/meetings/{mid}/lobby/{bob_id}/deny"),
+            Some(&olga),
+            Some(json!({ "reason": "Please book a slot" })),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let frames = bob.until_closed().await;
+    assert!(frames.iter().any(|m| matches!(m, ServerMessage::Left { reason: LeaveReason::Denied, message: Some(r) } if r == "Please book a slot")));
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/meetings/{mid}/lobby/{bob_id}/admit"),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "Bob is gone");
+
+    let (_, queue) = srv.call("GET", "/api/v1/queue", Some(&olga), None).await;
+    assert_eq!(
+        (
+            queue["meetings"][0]["in_call"].as_u64(),
+            queue["meetings"][0]["lobby"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+    let (_, events) = srv
+        .call("GET", &format!("/api/v1/meetings/{mid}/events"), Some(&olga), None)
+        .await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"]["event"] == "admitted" && e["event"]["by"] == "staff:olga")
+    );
+}

@@ -82,6 +82,15 @@ struct Member {
     chat: TokenBucket,
 }
 
+/// What staff may do to someone waiting in the lobby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LobbyAction {
+    Admit(ParticipantId),
+    AdmitAll,
+    /// Turn away, with an optional reason the person sees.
+    Deny(ParticipantId, Option<String>),
+}
+
 /// A join request, already authenticated by the shell.
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
@@ -465,6 +474,45 @@ impl Room {
         out
     }
 
+    /// Staff act on the lobby from outside the call (the console's queue). The
+    /// shell has already checked that `by` may manage this meeting. A guest admitted
+    /// this way enters the call even if no staff member is in it yet.
+    pub fn lobby_action_from_queue(&mut self, now: u64, by: &str, action: LobbyAction) -> Result<Vec<Effect>, Error> {
+        let mut out = Vec::new();
+        self.lobby_action(now, by, action, &mut out)?;
+        Ok(out)
+    }
+
+    fn lobby_action(&mut self, now: u64, by: &str, action: LobbyAction, out: &mut Vec<Effect>) -> Result<(), Error> {
+        let nobody = || Error::new(ErrorCode::NotFound, "nobody with that id is waiting in the lobby");
+        match action {
+            LobbyAction::Admit(participant_id) => {
+                let w = self.lobby.remove(&participant_id).ok_or_else(nobody)?;
+                self.admit_waiting(now, w, Some(by.to_owned()), out);
+                self.lobby_changed(out);
+            }
+            LobbyAction::AdmitAll => {
+                for w in self.lobby.drain_where(|_| true) {
+                    self.admit_waiting(now, w, Some(by.to_owned()), out);
+                }
+                self.lobby_changed(out);
+            }
+            LobbyAction::Deny(participant_id, reason) => {
+                let reason = clean_reason(reason)?;
+                if self.lobby.get(&participant_id).is_none() {
+                    return Err(nobody());
+                }
+                self.depart(now, &participant_id, LeaveReason::Denied, reason, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the queue shows of this meeting: the lobby, oldest first.
+    pub fn lobby_entries(&self) -> Vec<crate::protocol::LobbyEntry> {
+        self.lobby.entries()
+    }
+
     fn require_staff_in_call(&self, me: &str) -> Result<(), Error> {
         match self.member(me) {
             Some(m) if m.info.kind == ParticipantKind::Staff => Ok(()),
@@ -506,33 +554,15 @@ impl Room {
             }
             ClientMessage::Admit { participant_id } => {
                 self.require_staff_in_call(me)?;
-                let w = self
-                    .lobby
-                    .remove(&participant_id)
-                    .ok_or_else(|| Error::new(ErrorCode::NotFound, "nobody with that id is waiting in the lobby"))?;
-                self.admit_waiting(now, w, Some(me.to_owned()), out);
-                self.lobby_changed(out);
-                Ok(())
+                self.lobby_action(now, me, LobbyAction::Admit(participant_id), out)
             }
             ClientMessage::AdmitAll => {
                 self.require_staff_in_call(me)?;
-                for w in self.lobby.drain_where(|_| true) {
-                    self.admit_waiting(now, w, Some(me.to_owned()), out);
-                }
-                self.lobby_changed(out);
-                Ok(())
+                self.lobby_action(now, me, LobbyAction::AdmitAll, out)
             }
             ClientMessage::Deny { participant_id, reason } => {
                 self.require_staff_in_call(me)?;
-                let reason = clean_reason(reason)?;
-                if self.lobby.get(&participant_id).is_none() {
-                    return Err(Error::new(
-                        ErrorCode::NotFound,
-                        "nobody with that id is waiting in the lobby",
-                    ));
-                }
-                self.depart(now, &participant_id, LeaveReason::Denied, reason, out);
-                Ok(())
+                self.lobby_action(now, me, LobbyAction::Deny(participant_id, reason), out)
             }
             ClientMessage::Remove { participant_id, reason } => {
                 self.require_staff_in_call(me)?;

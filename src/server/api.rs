@@ -33,6 +33,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/meetings/{id}/links/{link_id}", delete(revoke_link))
         .route("/api/v1/meetings/{id}/events", get(meeting_events))
         .route("/api/v1/meetings/{id}/live", get(meeting_live))
+        .route("/api/v1/queue", get(queue))
+        .route("/api/v1/meetings/{id}/lobby/admit-all", post(queue_admit_all))
+        .route("/api/v1/meetings/{id}/lobby/{participant_id}/admit", post(queue_admit))
+        .route("/api/v1/meetings/{id}/lobby/{participant_id}/deny", post(queue_deny))
         .route("/api/v1/links/{code}", get(link_info))
         .route("/api/v1/links/{code}/redeem", post(redeem_link))
 }
@@ -402,4 +406,129 @@ async fn redeem_link(
         display_name,
         expires_at_ms: (now / 1000 + ttl) * 1000,
     }))
+}
+
+/// One live meeting in the staff queue.
+#[derive(Debug, Serialize)]
+struct QueueMeeting {
+    meeting_id: String,
+    title: String,
+    /// Participants in the call now.
+    in_call: usize,
+    /// Who waits, oldest first.
+    lobby: Vec<gatehouse_signaling::protocol::LobbyEntry>,
+}
+
+/// The staff queue: every live meeting this staff member may manage, with its lobby.
+#[derive(Debug, Serialize)]
+struct Queue {
+    /// The server's clock, so waiting times can be shown without clock skew.
+    now_ms: u64,
+    meetings: Vec<QueueMeeting>,
+}
+
+/// `GET /api/v1/queue`: who waits where, without joining any call (Teams' virtual-appointment queue).
+async fn queue(State(state): State<Arc<AppState>>, staff: Staff) -> ApiResult<Json<Queue>> {
+    let mut meetings = Vec::new();
+    for id in state.live.live_ids() {
+        let Some(meeting) = state.store.meeting(&id)? else {
+            continue;
+        };
+        if meeting.organization != staff.0.org || can_manage(&staff.0, &meeting).is_err() {
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        if !state.live.send_if_live(&id, Command::Queue { reply }) {
+            continue;
+        }
+        if let Ok((in_call, lobby)) = answer.await {
+            meetings.push(QueueMeeting {
+                meeting_id: id,
+                title: meeting.settings.title,
+                in_call,
+                lobby,
+            });
+        }
+    }
+    // Longest wait first: the queue is worked from the top.
+    meetings.sort_by_key(|m| m.lobby.first().map_or(u64::MAX, |e| e.waiting_since_ms));
+    Ok(Json(Queue {
+        now_ms: now_ms(),
+        meetings,
+    }))
+}
+
+/// Sends a lobby action to a live meeting the caller may manage.
+async fn lobby_action(
+    state: &AppState,
+    staff: &Staff,
+    meeting_id: &str,
+    action: gatehouse_signaling::room::LobbyAction,
+) -> ApiResult<StatusCode> {
+    managed_meeting(state, staff, meeting_id)?;
+    let (reply, answer) = oneshot::channel();
+    let by = format!("staff:{}", staff.0.sub);
+    if !state
+        .live
+        .send_if_live(meeting_id, Command::LobbyAction { by, action, reply })
+    {
+        return Err(ApiError::new(ErrorCode::NotFound, "nobody is waiting in this meeting"));
+    }
+    answer
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the meeting stopped"))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn queue_admit(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path((id, participant_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    lobby_action(
+        &state,
+        &staff,
+        &id,
+        gatehouse_signaling::room::LobbyAction::Admit(participant_id),
+    )
+    .await
+}
+
+async fn queue_admit_all(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    lobby_action(&state, &staff, &id, gatehouse_signaling::room::LobbyAction::AdmitAll).await
+}
+
+/// Body of a deny from the queue.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn queue_deny(
+    State(state): State<Arc<AppState>>,
+    staff: Staff,
+    Path((id, participant_id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    // The body is optional: no body means no reason.
+    let reason = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<DenyBody>(&body)
+            .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("invalid body: {e}")))?
+            .reason
+    };
+    lobby_action(
+        &state,
+        &staff,
+        &id,
+        gatehouse_signaling::room::LobbyAction::Deny(participant_id, reason),
+    )
+    .await
 }

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use gatehouse_signaling::lobby::ConnId;
 use gatehouse_signaling::meeting::Meeting;
+use gatehouse_signaling::protocol::LobbyEntry;
 use gatehouse_signaling::protocol::{ClientMessage, ServerMessage};
-use gatehouse_signaling::room::{Effect, EventKind, JoinRequest, Room};
+use gatehouse_signaling::room::{Effect, EventKind, JoinRequest, LobbyAction, Room};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -45,6 +46,16 @@ pub enum Command {
     Snapshot {
         reply: oneshot::Sender<serde_json::Value>,
     },
+    /// The staff queue: how many are in the call, and who waits.
+    Queue {
+        reply: oneshot::Sender<(usize, Vec<LobbyEntry>)>,
+    },
+    /// Staff act on the lobby from the queue, outside the call.
+    LobbyAction {
+        by: String,
+        action: LobbyAction,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// The registry of live meetings.
@@ -74,6 +85,11 @@ impl LiveMeetings {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The ids of the meetings with someone in them.
+    pub fn live_ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     /// Whether someone is in the meeting's call or lobby.
@@ -178,6 +194,18 @@ async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, service
             apply(room, outboxes, services, effects).await;
             let _ = reply.send(());
         }
+        Command::Queue { reply } => {
+            let _ = reply.send((room.call_len(), room.lobby_entries()));
+        }
+        Command::LobbyAction { by, action, reply } => match room.lobby_action_from_queue(now, &by, action) {
+            Ok(effects) => {
+                let _ = reply.send(Ok(()));
+                apply(room, outboxes, services, effects).await;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
         Command::Snapshot { reply } => {
             let media = services.sfu.debug_snapshot(&room.meeting().meeting_id).await;
             let _ = reply.send(serde_json::json!({

@@ -585,3 +585,40 @@ fn only_a_dropped_connection_keeps_a_seat() {
     );
     assert_eq!(entered(&room.join(6, guest(7, "p_tab", false)).unwrap()), ["p_tab"]);
 }
+
+#[test]
+fn staff_admit_and_deny_from_the_queue_without_joining() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, guest(2, "p_a", false)).unwrap();
+    room.join(0, guest(3, "p_b", false)).unwrap();
+    assert_eq!(room.lobby_entries().len(), 2);
+    let fx = room
+        .lobby_action_from_queue(500, "staff:olga", LobbyAction::Admit("p_a".into()))
+        .unwrap();
+    assert_eq!(entered(&fx), ["p_a"], "admitted with no host in the call");
+    assert!(events(&fx).contains(&EventKind::Admitted {
+        wait_ms: 500,
+        by: Some("staff:olga".into())
+    }));
+    let fx = room
+        .lobby_action_from_queue(
+            600,
+            "staff:olga",
+            LobbyAction::Deny("p_b".into(), Some("Wrong day".into())),
+        )
+        .unwrap();
+    assert_eq!(
+        sent(&fx, 3),
+        [ServerMessage::Left {
+            reason: LeaveReason::Denied,
+            message: Some("Wrong day".into())
+        }]
+    );
+    assert_eq!(
+        room.lobby_action_from_queue(700, "staff:olga", LobbyAction::Admit("p_b".into()))
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
+    assert!(room.lobby_entries().is_empty());
+}
