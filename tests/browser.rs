@@ -85,7 +85,8 @@ async fn web_client_in_chromium() {
     let srv = TestServer::start().await;
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let scenarios = "guest-lobby-admit-chat,screen-share,deny-with-reason,expired-link,guest-leaves,reconnect";
+    let scenarios =
+        "guest-lobby-admit-chat,screen-share,deny-with-reason,expired-link,guest-leaves,reconnect,staff-queue";
     let results = run_scenarios(&srv, scenarios, &shots, Value::Null).await;
 
     // Guest journey: lobby, admission with a click, chat, and media both ways.
@@ -143,7 +144,15 @@ async fn web_client_in_chromium() {
     );
     assert_eq!(f["mediaAfterReconnect"]["flowing"], true, "{f:#}");
 
-    for name in ["join-page.png", "lobby.png", "call-staff.png"] {
+    // The console's queue: admit and deny without joining the call.
+    let f = facts(&results, "staff-queue");
+    assert_eq!(f["queueShowedGuest"], true, "{f:#}");
+    assert_eq!(f["guestAdmittedFromQueue"], true, "{f:#}");
+    assert_eq!(f["queueEmptiedAfterAdmit"], true, "{f:#}");
+    assert_eq!(f["deniedFromQueueReasonShown"], true, "{f:#}");
+    assert_eq!(f["queuePollsWhileInCall"], 0, "{f:#}");
+
+    for name in ["join-page.png", "lobby.png", "call-staff.png", "staff-queue.png"] {
         let meta = std::fs::metadata(shots.join(name)).unwrap_or_else(|_| panic!("screenshot {name} saved"));
         assert!(meta.len() > 10_000, "{name} is a real picture");
     }

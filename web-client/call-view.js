@@ -79,9 +79,13 @@ export class CallView {
 
     this.peopleCount = h('span', { class: 'count' });
     this.peopleList = h('ul', { class: 'people', dataset: { testid: 'participant-list' }, 'aria-label': 'People in the call' });
+    // A guest admitted from the staff queue can be first in the call.
+    this.aloneNote = h('p', { class: 'muted small', role: 'status', hidden: true, dataset: { testid: 'alone-note' } },
+      'Nobody else is here yet. The others will appear when they join.');
     const people = h('section', { class: 'panel', 'aria-labelledby': 'people-heading' },
       h('h2', { id: 'people-heading' }, 'In the call ', this.peopleCount),
       this.peopleList,
+      this.aloneNote,
     );
 
     this.sideTop = h('div', { class: 'side-top' });
@@ -383,6 +387,7 @@ export class CallView {
       return li;
     });
     this.peopleList.replaceChildren(...items);
+    this.aloneNote.hidden = c.participants.size > 0;
   }
 
   removeButton(p) {

@@ -3,8 +3,10 @@
  * (kept in sessionStorage), create meetings, hand out links, and join a
  * meeting to run its waiting room live.
  *
- * The waiting room is only visible from inside the call: the server sends
- * `lobby_update` to staff who are in it over the WebSocket.
+ * Who waits is visible two ways: on the dashboard, the Queue (queue-panel.js)
+ * polls `GET /api/v1/queue` for every live meeting and admits or denies over
+ * REST without joining; inside a call, the lobby panel follows the server's
+ * `lobby_update` frames. The queue polls only while the dashboard shows.
  */
 
 import { GatehouseClient } from './gatehouse-client.js';
@@ -12,6 +14,7 @@ import { api, describeError, describeLeft } from './api.js';
 import { LocalMedia } from './media.js';
 import { CallView } from './call-view.js';
 import { LobbyPanel } from './lobby-panel.js';
+import { QueuePanel } from './queue-panel.js';
 import { byTestId, h, showError } from './dom.js';
 
 const $ = (id) => byTestId(document, id);
@@ -65,6 +68,8 @@ function show(view) {
   if (view === 'dashboard' && !page.refreshTimer) {
     page.refreshTimer = setInterval(() => loadMeetings().catch(() => {}), 15000);
   }
+  if (view === 'dashboard') queue.start();
+  else queue.stop();
 }
 
 function info(text) {
@@ -86,6 +91,20 @@ function decodeClaims(token) {
     return null;
   }
 }
+
+// -------------------------------------------------------------------- queue
+
+const queue = new QueuePanel($('dashboard-main'), {
+  token: () => page.token,
+  onJoin: (q) => {
+    // The meetings list has the full meeting; a meeting made by someone else may not be there yet.
+    const m = page.meetings.find((x) => x.meeting_id === q.meeting_id) || { meeting_id: q.meeting_id, settings: { title: q.title } };
+    joinMeeting(m);
+  },
+  onError: (e) => error(e),
+  onInfo: (text) => info(text),
+  onLiveChanged: () => loadMeetings().catch(() => {}),
+});
 
 // ------------------------------------------------------------------ sign-in
 
@@ -127,6 +146,7 @@ $('sign-out-button').addEventListener('click', () => {
   page.token = null;
   $('token-input').value = '';
   show('signin');
+  queue.clear();
 });
 
 // ----------------------------------------------------------------- meetings

@@ -22,6 +22,7 @@ const SCENARIOS = {
   'expired-link': expiredLink,
   'guest-leaves': guestLeaves,
   reconnect: reconnect,
+  'staff-queue': staffQueue,
   'guest-meets-sdk': guestMeetsSdk,
 };
 
@@ -162,11 +163,17 @@ async function guestJoins(run, page, linkCode, name, { shot = null } = {}) {
   return page.evaluate(() => window.gatehouse.client.you.participant_id);
 }
 
-/** Staff: sign in with the token, find the meeting, join it. */
-async function staffJoins(run, page, meetingId) {
+/** Staff: sign in with the token and wait for the dashboard. */
+async function staffSignsIn(run, page) {
   await page.goto(`${run.cfg.baseUrl}/console`);
   await page.getByTestId('token-input').fill(run.cfg.staffToken);
   await page.getByTestId('sign-in-button').click();
+  await visible(page, 'dashboard-view').waitFor();
+}
+
+/** Staff: sign in with the token, find the meeting, join it. */
+async function staffJoins(run, page, meetingId) {
+  await staffSignsIn(run, page);
   const join = page.locator(`[data-testid="meeting-row"][data-meeting-id="${meetingId}"] [data-testid="join-meeting-button"]`);
   await join.click();
   await visible(page, 'call-view').waitFor();
@@ -484,6 +491,104 @@ async function reconnect(run) {
   judgeMedia(run, 'mediaAfterReconnect', await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs }));
   await visible(guest, 'leave-button').click();
   await visible(staff, 'leave-button').click();
+}
+
+/**
+ * The staff queue on the dashboard: staff admit and deny from `GET /api/v1/queue`
+ * without joining the call; the admitted guest enters a call with no staff in it.
+ */
+async function staffQueue(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Queue check' });
+  const guest = await run.context('guest');
+  const staff = await run.context('staff');
+  const queueRequests = [];
+  staff.on('request', (r) => {
+    if (r.url().endsWith('/api/v1/queue')) queueRequests.push(Date.now());
+  });
+
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  run.facts.guestParticipantId = guestId;
+  await visible(guest, 'lobby-status').waitFor();
+
+  run.step('staff sees the guest in the queue without joining');
+  await staffSignsIn(run, staff);
+  const meeting = staff.locator(`[data-testid="queue-meeting"][data-meeting-id="${meetingId}"]`);
+  const entry = meeting.locator(`[data-testid="queue-entry"][data-participant-id="${guestId}"]`);
+  await entry.waitFor();
+  run.facts.queueEntryName = await entry.getByTestId('queue-entry-name').textContent();
+  run.facts.queueEntryInvited = await entry.getByTestId('queue-invited').textContent();
+  run.facts.queueMeetingTitle = await meeting.getByTestId('queue-meeting-title').textContent();
+  run.facts.queueInCallBefore = await meeting.getByTestId('queue-in-call').textContent();
+  run.facts.staffStayedOnDashboard = await staff.evaluate(() => window.gatehouse.view === 'dashboard' && !window.gatehouse.client);
+  run.facts.queueShowedGuest = run.facts.queueEntryName === run.cfg.guestName && run.facts.staffStayedOnDashboard;
+  if (!run.facts.queueShowedGuest) throw new Error(`the queue shows ${run.facts.queueEntryName}, not ${run.cfg.guestName}`);
+
+  run.step('the wait time ticks');
+  const firstWait = await entry.getByTestId('queue-wait').textContent();
+  await staff.waitForFunction(
+    ([id, before]) =>
+      document.querySelector(`[data-testid="queue-entry"][data-participant-id="${id}"] [data-testid="queue-wait"]`)
+        ?.textContent !== before,
+    [guestId, firstWait],
+    { timeout: 4000 },
+  );
+  run.facts.queueWaitTicked = [firstWait, await entry.getByTestId('queue-wait').textContent()];
+  await run.shot(staff, 'staff-queue.png');
+
+  run.step('admit from the queue');
+  await entry.getByTestId('queue-admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  run.facts.guestAdmittedFromQueue = true;
+  run.facts.guestParticipantsWithoutStaff = await guest
+    .getByTestId('participant-list')
+    .locator('[data-testid="participant-entry"]')
+    .count();
+  run.facts.guestAloneNote = await visible(guest, 'alone-note').textContent({ timeout: 2000 }).catch(() => null);
+  await run.shot(guest, 'staff-queue-guest-alone.png');
+  run.step('the queue empties');
+  await entry.waitFor({ state: 'detached' });
+  await visible(staff, 'queue-empty').waitFor();
+  run.facts.queueEmptiedAfterAdmit = true;
+  await staff.waitForFunction(
+    (id) => /^1 /.test(document.querySelector(`[data-testid="queue-meeting"][data-meeting-id="${id}"] [data-testid="queue-in-call"]`)?.textContent || ''),
+    meetingId,
+  );
+  run.facts.queueInCallAfter = await meeting.getByTestId('queue-in-call').textContent();
+  await run.shot(staff, 'staff-queue-empty.png');
+
+  run.step('a second guest is denied from the queue with a reason');
+  const guest2 = await run.context('guest2');
+  const guest2Id = await guestJoins(run, guest2, linkCode, 'Peter de Vries');
+  const entry2 = meeting.locator(`[data-testid="queue-entry"][data-participant-id="${guest2Id}"]`);
+  await entry2.getByTestId('queue-deny-button').click();
+  await entry2.getByTestId('queue-deny-reason').fill(run.cfg.denyReason);
+  await run.shot(staff, 'staff-queue-deny.png');
+  await entry2.getByTestId('queue-deny-button').click();
+  await visible(guest2, 'left-view').waitFor();
+  run.facts.deniedLeftReasonCode = await guest2.getByTestId('left-view').getAttribute('data-reason');
+  run.facts.deniedLeftReason = await guest2.getByTestId('left-reason').textContent();
+  run.facts.deniedFromQueueReasonShown = run.facts.deniedLeftReason.includes(run.cfg.denyReason);
+  await entry2.waitFor({ state: 'detached' });
+  if (!run.facts.deniedFromQueueReasonShown) throw new Error('the denial reason is not on the guest page');
+
+  run.step('join the call from the queue; polling stops inside');
+  await meeting.getByTestId('queue-join-button').click();
+  await visible(staff, 'call-view').waitFor();
+  const inCallSince = Date.now();
+  await remoteTile(staff, guestId).waitFor();
+  // A measurement window, not synchronisation: at least one poll period.
+  await staff.waitForTimeout(Math.max(0, 2500 - (Date.now() - inCallSince)));
+  run.facts.queuePollsWhileInCall = queueRequests.filter((t) => t > inCallSince + 300).length;
+  run.step('polling resumes after leaving');
+  const resumed = staff.waitForRequest((r) => r.url().endsWith('/api/v1/queue'), { timeout: 5000 });
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+  await resumed;
+  await meeting.waitFor();
+  run.facts.queuePollingResumed = true;
+  if (run.facts.queuePollsWhileInCall > 0) throw new Error(`the queue polled ${run.facts.queuePollsWhileInCall}× during the call`);
+  await visible(guest, 'leave-button').click();
+  await visible(guest, 'left-view').waitFor();
 }
 
 // --------------------------------------------------------------------- main
