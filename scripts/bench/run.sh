@@ -1,0 +1,26 @@
+#!/bin/bash
+# One capacity run: see docs/BENCHMARKS.md. Linux only (reads /proc).
+# usage: run.sh NAME -- loadtest args...
+# Fresh gateway (release, CPU 0, 1 media shard) per run; load tester on CPU 1.
+set -u
+NAME=$1; shift; [ "$1" = "--" ] && shift
+HERE=$(cd "$(dirname "$0")" && pwd)
+BIN=${BIN:-$HERE/../../target/release/gatehouse}
+OUT=${OUT:-/tmp/ghb}
+D=$OUT/data; R=$OUT/runs; mkdir -p $D $R
+taskset -c 0 $BIN serve --data-dir $D --listen 127.0.0.1:8443 --media-bind 127.0.0.1:7882 --media-shards 1 > $R/$NAME.server.log 2>&1 &
+SP=$!
+for i in $(seq 50); do curl -sk https://127.0.0.1:8443/metrics >/dev/null 2>&1 && break; sleep 0.2; done
+IDLE_RSS=$(awk '/VmRSS/{print $2}' /proc/$SP/status)
+taskset -c 1 /usr/bin/time -f "%U %S %e %M" -o $R/$NAME.time $BIN loadtest --data-dir $D --url https://localhost:8443 --json "$@" > $R/$NAME.json 2> $R/$NAME.err &
+LP=$!
+sleep 0.3
+CP=$(pgrep -P $LP | head -1); [ -z "$CP" ] && CP=$LP
+$HERE/sample.sh $SP $CP $R/$NAME.samples &
+wait $LP; RC=$?
+sleep 1
+echo "idle_rss_kb $IDLE_RSS rc $RC" > $R/$NAME.meta
+grep -c 'WARN' $R/$NAME.server.log >> $R/$NAME.meta
+grep -c 'ERROR' $R/$NAME.server.log >> $R/$NAME.meta
+kill $SP; wait $SP 2>/dev/null
+python3 $HERE/summ.py $R $NAME

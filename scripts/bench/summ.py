@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+import json, sys
+# Prints a one-line JSON summary of a run made by run.sh (docs/BENCHMARKS.md). usage: summ.py RUNS_DIR NAME
+name = sys.argv[2]
+R = sys.argv[1] + "/"
+try:
+    j = json.load(open(R + name + ".json"))
+except Exception as e:
+    print(name, "no json", e); sys.exit()
+g = j["gateway"]; p = j["packets"]; lat = j.get("latency_ms") or {}
+meta = open(R + name + ".meta").read().split()
+idle_rss = float(meta[1]); warn = meta[4]; err = meta[5]
+u, s, e, maxrss = open(R + name + ".time").read().split()[-4:]
+rows = [l.split() for l in open(R + name + ".samples").read().splitlines()[1:]]
+rows = [list(map(int, r)) for r in rows]
+steady = j.get("steady_secs") or 0
+# steady samples: the busiest window of steady_secs length by server CPU
+win = max(1, int(steady) - 2)
+best = None
+for i in range(0, max(1, len(rows) - win + 1)):
+    w = rows[i:i + win]
+    if not w: break
+    sv = sum(r[1] for r in w) / len(w)
+    if best is None or sv > best[0]:
+        best = (sv, sum(r[2] for r in w) / len(w), sum(r[3] for r in w) / len(w), max(r[3] for r in w))
+parts = j["participants"]["joined"]
+cpu = g.get("cpu_percent"); fwd = g.get("forwarded_per_sec"); rss = g.get("rss_peak_bytes")
+out = dict(name=name, verdict=j["verdict"], joined=parts, planned=j["participants"]["planned"],
+    loss=p["loss_percent"], p99=lat.get("p99"), p50=lat.get("p50"), fwd_per_s=fwd, gw_cpu=cpu,
+    us_per_fwd=(cpu / 100 / fwd * 1e6) if cpu and fwd else None,
+    rss_mb=rss / 1e6 if rss else None, idle_rss_mb=idle_rss / 1e3,
+    rss_per_part_kb=((rss / 1e3 - idle_rss) / parts) if rss and parts else None,
+    cpu_per_part=(cpu / parts) if cpu and parts else None,
+    sampled_server=best and best[0], sampled_shard=best and best[1], sampled_client=best and best[2], client_max=best and best[3],
+    client_avg_cpu=round((float(u) + float(s)) / float(e) * 100, 1), warn=warn, error=err, errors=j.get("errors"))
+print(json.dumps(out))
+open(R + "summary.jsonl", "a").write(json.dumps(out) + "\n")
