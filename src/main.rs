@@ -94,7 +94,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args)?;
-            init_logs(config.json_logs, "info,webrtc=warn,rtc=warn");
+            // rtc logs a WARN per failed packet (e.g. SRTP replays) and per DTLS handshake: under
+            // load that flood costs CPU when it is scarcest. The SFU counts and logs what matters.
+            init_logs(
+                config.json_logs,
+                "info,webrtc=warn,rtc=warn,rtc::peer_connection::handler=error,rtc_dtls=error",
+            );
             serve(config).await
         }
         Command::Token(args) => {

@@ -295,6 +295,10 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             && steady.is_none()
         {
             steady = Some((started_at, started_at));
+            // Latency percentiles describe the steady phase, not the join burst before it.
+            for (probe, _) in &running {
+                probe.reset_latency();
+            }
             scrape_now(&scraper, &scrapes, run_start).await;
         }
         if last_sample.0.elapsed() >= Duration::from_secs(1) {

@@ -84,6 +84,14 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
+    /// Starts latency measurement afresh on every stream (at the start of the steady phase).
+    pub fn reset_latency(&self) {
+        let streams = self.state.lock().unwrap_or_else(|p| p.into_inner()).streams.clone();
+        for stream in streams {
+            stream.stats().reset_latency();
+        }
+    }
+
     pub fn new(role: Role, expected_streams: usize) -> Probe {
         Probe {
             role,

@@ -743,6 +743,13 @@ impl ReceiverStats {
         self.last_transit_us = Some(transit);
     }
 
+    /// Forgets the latencies recorded so far (loss and order counters stay), so
+    /// percentiles describe only what follows, e.g. a load test's steady phase
+    /// rather than its join burst.
+    pub fn reset_latency(&mut self) {
+        self.latency = LatencyHistogram::default();
+    }
+
     /// The latency histogram (arrival minus send time, µs; negative clamps to 0).
     pub fn latency(&self) -> &LatencyHistogram {
         &self.latency
@@ -1216,5 +1223,17 @@ mod tests {
         assert!((49_000..=51_000).contains(&p95), "{p95}");
         assert_eq!(a.min(), Some(10));
         assert_eq!(a.max(), Some(50_000));
+    }
+
+    #[test]
+    fn reset_latency_keeps_loss_and_forgets_latencies() {
+        let mut stats = ReceiverStats::new(SyntheticCodec::Opus, 0);
+        let payload = |seq: u32| build_payload(SyntheticCodec::Opus, seq, seq, 1_000, false, true, true, 80);
+        stats.on_payload(501_000, &payload(0)).unwrap(); // 500 ms: the join burst
+        stats.reset_latency();
+        stats.on_payload(2_000, &payload(2)).unwrap(); // 1 ms: steady
+        let s = stats.summary();
+        assert_eq!((s.received, s.lost), (2, 1));
+        assert_eq!(s.latency_max_us, Some(1_000));
     }
 }
