@@ -434,3 +434,70 @@ mod tests {
         );
     }
 }
+
+/// Hostile input: mutated and random frames never panic and always get a typed error or a valid message.
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    const SEEDS: &[&str] = &[
+        r#"{"type":"join","protocol":1,"token":"t","meeting_id":"m"}"#,
+        r#"{"type":"deny","participant_id":"p","reason":"r"}"#,
+        r#"{"type":"publish_offer","sdp":"v=0","tracks":[{"mid":"0","source":"camera","muted":false}]}"#,
+        r#"{"type":"ice_candidate","target":"subscriber","candidate":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}"#,
+        r#"{"type":"chat","text":"héllo \u0000 \ud83d\ude00"}"#,
+    ];
+
+    #[test]
+    fn mutated_frames_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6a7e);
+        let alphabet = br#"{}[]":,\ 0123456789abcdefghijklmnopqrstuvwxyz_-.eE+nulltruefalse"#;
+        for round in 0..20_000 {
+            let seed = SEEDS[round % SEEDS.len()].as_bytes();
+            let mut bytes = seed.to_vec();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..bytes.len().max(1));
+                match rng.random_range(0..4) {
+                    0 if !bytes.is_empty() => {
+                        bytes.remove(at.min(bytes.len() - 1));
+                    }
+                    1 => bytes.insert(at.min(bytes.len()), alphabet[rng.random_range(0..alphabet.len())]),
+                    2 if !bytes.is_empty() => {
+                        let last = bytes.len() - 1;
+                        bytes[at.min(last)] = rng.random();
+                    }
+                    _ => bytes.truncate(at),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            match parse_client_message(&text) {
+                Ok(msg) => {
+                    // Whatever parses must survive a round trip unchanged.
+                    let again = serde_json::to_string(&msg).expect("serialises");
+                    assert_eq!(parse_client_message(&again).expect("reparses"), msg, "{text}");
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e.code,
+                        ErrorCode::MalformedJson | ErrorCode::UnknownType | ErrorCode::FrameTooLarge
+                    ),
+                    "{text}: {e:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_numbers_are_refused_cleanly() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(parse_client_message(&deep).unwrap_err().code, ErrorCode::MalformedJson);
+        let big = r#"{"type":"ping","nonce":1e400}"#;
+        assert_eq!(parse_client_message(big).unwrap_err().code, ErrorCode::MalformedJson);
+        let negative = r#"{"type":"ping","nonce":-1}"#;
+        assert_eq!(
+            parse_client_message(negative).unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+    }
+}
