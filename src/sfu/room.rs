@@ -591,19 +591,21 @@ impl Shard {
         }
     }
 
+    /// The participant a subscriber connection belongs to (`None` for publisher connections).
+    fn subscriber_owner(&self, id: ConnId) -> Option<(RoomId, &Participant)> {
+        let conn = self.conns.get(&id).filter(|c| c.role == PeerRole::Subscriber)?;
+        let owner = self
+            .rooms
+            .get(&conn.room)?
+            .participants
+            .iter()
+            .find(|p| p.id == conn.participant)?;
+        Some((conn.room, owner))
+    }
+
     /// A connection reached Connected: a subscriber needs keyframes for everything it receives.
     pub(super) fn on_connected(&mut self, id: ConnId, now: Instant) {
-        let Some(conn) = self.conns.get(&id) else {
-            return;
-        };
-        if conn.role != PeerRole::Subscriber {
-            return;
-        }
-        let (room_id, participant) = (conn.room, conn.participant.clone());
-        let Some(room) = self.rooms.get(&room_id) else {
-            return;
-        };
-        let Some(p) = room.participants.iter().find(|p| p.id == participant) else {
+        let Some((room_id, p)) = self.subscriber_owner(id) else {
             return;
         };
         let wanted: Vec<String> = p
@@ -884,17 +886,7 @@ impl Shard {
 
     /// Keyframe requests from a subscriber connection, relayed to the publishers (throttled).
     pub(super) fn on_feedback(&mut self, id: ConnId, packets: &[Box<dyn rtcp::Packet>], now: Instant) {
-        let Some(conn) = self.conns.get(&id) else {
-            return;
-        };
-        if conn.role != PeerRole::Subscriber {
-            return;
-        }
-        let (room_id, participant) = (conn.room, conn.participant.clone());
-        let Some(room) = self.rooms.get(&room_id) else {
-            return;
-        };
-        let Some(p) = room.participants.iter().find(|p| p.id == participant) else {
+        let Some((room_id, p)) = self.subscriber_owner(id) else {
             return;
         };
         let mut wanted: Vec<String> = Vec::new();
