@@ -133,3 +133,109 @@ async fn sdk_reports_server_errors_with_codes() {
         .unwrap_err();
     assert_eq!(err.code(), Some(gatehouse_signaling::ErrorCode::Unauthorized), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_reconnects_after_a_drop_and_keeps_its_seat() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(
+            &olga,
+            serde_json::json!({ "title": "Reconnect", "lobby_bypass": "organizer_only" }),
+        )
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let (staff, mut staff_events) = Client::connect(srv.sdk_options(&olga).meeting(mid)).await.unwrap();
+    staff_events
+        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
+        .await
+        .unwrap();
+    let token = srv
+        .redeem(meeting["public_link"]["code"].as_str().unwrap(), "Flaky Fay")
+        .await;
+    let (guest, mut guest_events) = Client::connect(srv.sdk_options(&token)).await.unwrap();
+    let waiting = staff_events
+        .wait_for(T, |e| match e {
+            Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    staff.admit(waiting[0].participant_id.clone()).unwrap();
+    guest_events
+        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
+        .await
+        .unwrap();
+
+    // The connection drops (no `leave`): staff see a disconnect, the guest a Disconnected event.
+    guest.close().await;
+    staff_events
+        .wait_for(T, |e| {
+            matches!(
+                e,
+                Event::ParticipantLeft {
+                    reason: LeaveReason::Disconnected,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await
+        .unwrap();
+    let (guest, mut guest_events) = guest.reconnect(3, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(
+        guest.me().participant_id,
+        waiting[0].participant_id,
+        "same token, same participant"
+    );
+    // Straight back into the call: admitted without anyone admitting again.
+    let placed = guest_events
+        .wait_for(T, |e| match e {
+            Event::Admitted { .. } => Some(true),
+            Event::Lobby { .. } => Some(false),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(placed, "the seat was kept");
+    // Media starts again on the new connection.
+    let cam = guest
+        .publish(gatehouse_signaling::protocol::TrackSource::Camera)
+        .await
+        .unwrap();
+    let sender = cam
+        .start_synthetic(gatehouse::sdk::synthetic::SyntheticConfig::video())
+        .unwrap();
+    let track = staff_events
+        .wait_for(T, |e| match e {
+            Event::RemoteTrack(t) => Some(t),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(track.participant_id(), guest.me().participant_id);
+    assert!(
+        tokio::time::timeout(T, track.recv_rtp()).await.unwrap().is_some(),
+        "media flows after the reconnect"
+    );
+    sender.stop().await.unwrap();
+    guest.close().await;
+    staff.close().await;
+
+    // A refused rejoin ends the attempts at once with the server's code.
+    let (gone, _events) = Client::connect(srv.sdk_options(&token)).await.unwrap();
+    let (_, end) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/meetings/{}/end", meeting["meeting_id"].as_str().unwrap()),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(end["state"], "ended");
+    let err = gone
+        .reconnect(5, Duration::from_secs(5))
+        .await
+        .expect_err("the meeting has ended");
+    assert_eq!(err.code(), Some(gatehouse_signaling::ErrorCode::MeetingEnded), "{err}");
+}

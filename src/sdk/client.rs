@@ -188,7 +188,7 @@ pub enum Event {
         message: Option<String>,
     },
     /// The socket closed without a `left` (network, server restart). Last event.
-    /// The server treats this as leaving: to come back, connect again (guests
+    /// The server treats this as leaving: [`Client::reconnect`] comes back (guests
     /// who were in the call get their seat back within 60 s of the drop).
     Disconnected {
         /// What ended the socket, if known.
@@ -273,6 +273,8 @@ struct CallState {
 }
 
 struct Inner {
+    /// How this client connected, to connect again after a drop.
+    options: ConnectOptions,
     out: mpsc::UnboundedSender<ClientMessage>,
     you: ParticipantInfo,
     meeting: MeetingSummary,
@@ -364,6 +366,7 @@ impl Client {
         let (subscriber, remote_tracks) = Subscriber::new(media.clone(), out_tx.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
+            options: options.clone(),
             out: out_tx,
             you: you.clone(),
             meeting: meeting.clone(),
@@ -522,6 +525,48 @@ impl Client {
             Some(publisher) => publisher.unpublish(track).await,
             None => Err(SdkError::NotInCall),
         }
+    }
+
+    /// Connects again with the same options after a transient drop
+    /// ([`Event::Disconnected`]), closing this client's media first.
+    ///
+    /// The protocol lets a participant come back with the same token: a guest who
+    /// was in the call within the last 60 s goes straight back into the call (the
+    /// server kept the seat); otherwise the lobby rules apply as on a first join.
+    /// Staff come back as a new participant id. Media does not carry over: publish
+    /// again once [`Event::Admitted`] arrives. Tries `attempts` times, waiting
+    /// `backoff`, then twice that, and so on, between tries; a refusal by the server
+    /// (e.g. an expired token) ends the attempts at once.
+    ///
+    /// ```no_run
+    /// # async fn run(client: gatehouse::sdk::Client, mut events: gatehouse::sdk::Events) -> gatehouse::sdk::Result<()> {
+    /// use gatehouse::sdk::Event;
+    /// use std::time::Duration;
+    /// if let Some(Event::Disconnected { .. }) = events.recv().await {
+    ///     let (client, events) = client.reconnect(5, Duration::from_millis(500)).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn reconnect(&self, attempts: u32, backoff: Duration) -> Result<(Client, Events)> {
+        self.close().await;
+        let mut wait = backoff;
+        let mut last = SdkError::Closed;
+        for attempt in 0..attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(wait).await;
+                wait = wait.saturating_mul(2);
+            }
+            match Client::connect(self.inner.options.clone()).await {
+                Ok(connected) => return Ok(connected),
+                Err(e @ (SdkError::Server { .. } | SdkError::Left { .. })) => return Err(e),
+                Err(e) => {
+                    tracing::info!(attempt, error = %e, "reconnect failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Closes the socket without `leave` (the server sees a disconnect) and the

@@ -9,8 +9,9 @@
 //! - [`synthetic`] is the pure payload format and statistics for synthetic media.
 //!
 //! A dropped socket is a departure for the server: the SDK reports
-//! [`Event::Disconnected`] and does not reconnect by itself; connect again to
-//! come back (a guest who was in the call keeps the seat for 60 s after a drop).
+//! [`Event::Disconnected`]; [`Client::reconnect`] comes back with the same token
+//! (a guest who was in the call keeps the seat for 60 s after a drop), and the
+//! application publishes its media again once admitted.
 //!
 //! ```no_run
 //! use gatehouse::sdk::{Client, ConnectOptions, Event};
