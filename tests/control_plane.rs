@@ -772,7 +772,16 @@ async fn restart_keeps_meetings_links_and_keys() {
         .create_link(&olga, &mid, json!({ "kind": "invite", "invitee": "Ina" }))
         .await;
     srv.redeem(single["code"].as_str().unwrap(), "First").await;
+    // Graceful shutdown tells a connected participant and closes its socket.
+    let mut connected = srv.join(&olga, Some(&mid)).await;
+    assert!(is_admitted(&placement(&mut connected).await));
     srv.stop().await;
+    // `until_closed` returns only once the server has closed the socket (it panics on a silent one).
+    let frames = connected.until_closed().await;
+    assert!(
+        frames.iter().all(|m| matches!(m, ServerMessage::LobbyUpdate { .. })),
+        "{frames:?}"
+    );
     // Keep the data directory: the next server owns it.
     let data_dir = std::mem::replace(&mut srv.data_dir, support::temp_dir("unused"));
     drop(srv);
@@ -807,7 +816,18 @@ async fn restart_keeps_meetings_links_and_keys() {
     let (_, events) = srv
         .call("GET", &format!("/api/v1/meetings/{mid}/events"), Some(&olga), None)
         .await;
-    assert_eq!(events.as_array().unwrap().len(), 2, "both redemptions logged: {events}");
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "link_redeemed").count(),
+        2,
+        "both redemptions logged: {events}"
+    );
+    assert!(kinds.contains(&"left"), "the shutdown's departure was logged: {events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
