@@ -15,6 +15,17 @@ use support::TestServer;
 
 /// Runs scenarios in one Node process; returns each scenario's JSON line.
 async fn run_scenarios(srv: &TestServer, scenarios: &str, shots: &std::path::Path, extra: Value) -> Vec<Value> {
+    run_script(srv, "scenarios.mjs", scenarios, shots, extra).await
+}
+
+/// Runs `tests/browser/<script>` (Chromium: scenarios.mjs; Firefox: firefox.mjs).
+async fn run_script(
+    srv: &TestServer,
+    script: &str,
+    scenarios: &str,
+    shots: &std::path::Path,
+    extra: Value,
+) -> Vec<Value> {
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(
         std::path::Path::new(root)
@@ -34,7 +45,7 @@ async fn run_scenarios(srv: &TestServer, scenarios: &str, shots: &std::path::Pat
     }
     let ca = srv.running.as_ref().unwrap().ca_file.clone().unwrap();
     let out = tokio::process::Command::new("node")
-        .arg(format!("{root}/tests/browser/scenarios.mjs"))
+        .arg(format!("{root}/tests/browser/{script}"))
         .arg(scenarios)
         .arg(config.to_string())
         .env("NODE_EXTRA_CA_CERTS", ca)
@@ -162,7 +173,30 @@ async fn web_client_in_chromium() {
 /// member on the Rust SDK exchange media both ways through the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_and_sdk_staff_exchange_media() {
-    let srv = TestServer::start().await;
+    guest_and_sdk_staff_exchange_media("scenarios.mjs", "127.0.0.1:0").await;
+}
+
+/// Firefox ESR (driven over WebDriver BiDi) as the guest. Firefox gathers no loopback
+/// candidate, so media is bound to the wildcard and the gateway advertises the host's
+/// own address (the default route's source address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_guest_and_sdk_staff_exchange_media() {
+    guest_and_sdk_staff_exchange_media("firefox.mjs", "0.0.0.0:0").await;
+}
+
+/// The same in a browser of each family: the guest page's script, the SDK on the other side.
+async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
+    let dir = support::temp_dir("browser");
+    let mut config = support::test_config(&dir);
+    config.media_bind = media_bind.parse().unwrap();
+    let srv = TestServer::start_with(config).await;
+    if media_bind.starts_with("0.0.0.0") {
+        let advertised = srv.state().sfu.media_addrs()[0];
+        assert!(
+            !advertised.ip().is_loopback(),
+            "Firefox needs a non-loopback media address, got {advertised}"
+        );
+    }
     let olga = srv.staff_token("olga", StaffRole::Staff);
     let meeting = srv
         .create_meeting(
@@ -173,7 +207,10 @@ async fn chromium_guest_and_sdk_staff_exchange_media() {
     let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
     let code = meeting["public_link"]["code"].as_str().unwrap().to_owned();
 
-    let (staff, mut events) = Client::connect(srv.sdk_options(&olga).meeting(mid)).await.unwrap();
+    let mut options = srv.sdk_options(&olga).meeting(mid);
+    // Gather on every interface, loopback included, whichever address the gateway advertises.
+    options.media.udp_addrs = vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()];
+    let (staff, mut events) = Client::connect(options).await.unwrap();
     let t = Duration::from_secs(30);
     events
         .wait_for(t, |e| matches!(e, Event::Admitted { .. }).then_some(()))
@@ -187,7 +224,7 @@ async fn chromium_guest_and_sdk_staff_exchange_media() {
     // The browser guest runs alongside; the SDK side admits it and measures its media.
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
     let extra = serde_json::json!({ "linkCode": code, "guestName": "Browser Bea", "mediaTimeoutMs": 25000 });
-    let browser = run_scenarios(&srv, "guest-meets-sdk", &shots, extra);
+    let browser = run_script(&srv, script, "guest-meets-sdk", &shots, extra);
     let sdk_side = async {
         let waiting = events
             .wait_for(t, |e| match e {

@@ -14,6 +14,7 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { mediaReport, mediaRisingPredicate } from './media-probe.mjs';
 
 const SCENARIOS = {
   'guest-lobby-admit-chat': guestLobbyAdmitChat,
@@ -202,48 +203,13 @@ async function chatExchange(from, to, text) {
 /** Two samples of window.gatehouse.stats(): does media flow, and which? */
 async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true, source = 'camera', videoKey = 'framesDecoded' }) {
   const first = await page.evaluate(() => window.gatehouse.stats());
-  // waitForFunction needs a synchronous predicate: it starts one stats() call at a
-  // time and judges the last one that finished.
+  // waitForFunction needs a synchronous predicate: see media-probe.mjs.
   const rising = await page
-    .waitForFunction(
-      ({ first, wantVideo, wantAudio, source, videoKey }) => {
-        const probe = (window.__gatehouseProbe ||= { busy: false, last: null });
-        if (!probe.busy) {
-          probe.busy = true;
-          window.gatehouse.stats().then(
-            (s) => Object.assign(probe, { busy: false, last: s }),
-            () => (probe.busy = false),
-          );
-        }
-        const now = probe.last;
-        if (!now) return false;
-        const sum = (s, pred, key) => s.inbound.filter(pred).reduce((a, x) => a + (x[key] || 0), 0);
-        const video = (x) => x.kind === 'video' && (x.source === source || x.source === null);
-        const audio = (x) => x.kind === 'audio';
-        const videoOk = !wantVideo || sum(now, video, videoKey) > sum(first, video, videoKey);
-        const audioOk = !wantAudio || sum(now, audio, 'packetsReceived') > sum(first, audio, 'packetsReceived');
-        return videoOk && audioOk;
-      },
-      { first, wantVideo, wantAudio, source, videoKey },
-      { timeout: timeoutMs, polling: 500 },
-    )
+    .waitForFunction(mediaRisingPredicate, { first, wantVideo, wantAudio, source, videoKey }, { timeout: timeoutMs, polling: 500 })
     .then(() => true)
     .catch(() => false);
   const second = await page.evaluate(() => window.gatehouse.stats());
-  const brief = (s) => ({
-    publisher: s?.publisher ?? null,
-    subscriber: s?.subscriber ?? null,
-    inbound: (s?.inbound || []).map((x) => ({
-      kind: x.kind,
-      source: x.source,
-      participantId: x.participantId,
-      framesDecoded: x.framesDecoded,
-      packetsReceived: x.packetsReceived,
-    })),
-    outbound: (s?.outbound || []).map((x) => ({ kind: x.kind, source: x.source, packetsSent: x.packetsSent })),
-    mediaErrors: s?.mediaErrors || [],
-  });
-  return { flowing: rising, before: { ...brief(first), mediaErrors: undefined }, after: brief(second) };
+  return mediaReport(rising, first, second);
 }
 
 /** Media is reported always; it fails the scenario only with requireMedia. */
