@@ -212,10 +212,7 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
     options.media.udp_addrs = vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()];
     let (staff, mut events) = Client::connect(options).await.unwrap();
     let t = Duration::from_secs(30);
-    events
-        .wait_for(t, |e| matches!(e, Event::Admitted { .. }).then_some(()))
-        .await
-        .unwrap();
+    support::sdk_admitted(&mut events).await;
     let mic = staff.publish(TrackSource::Microphone).await.unwrap();
     let cam = staff.publish(TrackSource::Camera).await.unwrap();
     let audio = mic.start_synthetic(SyntheticConfig::audio()).unwrap();
@@ -226,13 +223,7 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
     let extra = serde_json::json!({ "linkCode": code, "guestName": "Browser Bea", "mediaTimeoutMs": 25000 });
     let browser = run_script(&srv, script, "guest-meets-sdk", &shots, extra);
     let sdk_side = async {
-        let waiting = events
-            .wait_for(t, |e| match e {
-                Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
-                _ => None,
-            })
-            .await
-            .unwrap();
+        let waiting = support::next_waiting(&mut events).await;
         assert_eq!(waiting[0].display_name, "Browser Bea");
         staff.admit(waiting[0].participant_id.clone()).unwrap();
         // Count the browser's RTP per kind until both have a steady flow.

@@ -14,13 +14,6 @@ use support::TestServer;
 
 const T: Duration = Duration::from_secs(20);
 
-async fn admitted(events: &mut Events) {
-    events
-        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
-        .await
-        .expect("admitted");
-}
-
 async fn next_remote_track(events: &mut Events) -> RemoteTrack {
     events
         .wait_for(T, |e| match e {
@@ -63,7 +56,7 @@ async fn three_sdk_participants_exchange_audio_and_video() {
         let (client, mut events) = Client::connect(srv.sdk_options(&token).meeting(mid.clone()))
             .await
             .unwrap();
-        admitted(&mut events).await;
+        support::sdk_admitted(&mut events).await;
         people.push((client, events));
     }
     let mut senders = Vec::new();
@@ -157,7 +150,7 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
     let (staff, mut staff_events) = Client::connect(srv.sdk_options(&olga).meeting(mid.clone()))
         .await
         .unwrap();
-    admitted(&mut staff_events).await;
+    support::sdk_admitted(&mut staff_events).await;
     let cam = staff.publish(TrackSource::Camera).await.unwrap();
     let sender = cam.start_synthetic(SyntheticConfig::video()).unwrap();
     srv.wait_until("the staff camera is published", |s| s.state().sfu.stats().tracks >= 1)
@@ -181,13 +174,7 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
         })
         .await
         .unwrap();
-    let waiting = staff_events
-        .wait_for(T, |e| match e {
-            Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let waiting = support::next_waiting(&mut staff_events).await;
     // In the lobby: no peer connection exists for the guest, and media requests are refused.
     assert_eq!(
         srv.state().sfu.live_connections(),
@@ -202,7 +189,7 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
     assert!(err.to_string().to_lowercase().contains("call"), "{err}");
 
     staff.admit(waiting[0].participant_id.clone()).unwrap();
-    admitted(&mut guest_events).await;
+    support::sdk_admitted(&mut guest_events).await;
     let track = next_remote_track(&mut guest_events).await;
     assert_eq!(track.participant_id(), staff.me().participant_id);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

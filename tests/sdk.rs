@@ -36,10 +36,7 @@ async fn sdk_lobby_admit_chat_and_leave() {
     let (staff, mut staff_events) = Client::connect(opts.clone().meeting(meeting.meeting_id.clone()))
         .await
         .unwrap();
-    staff_events
-        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
-        .await
-        .unwrap();
+    support::sdk_admitted(&mut staff_events).await;
     assert!(staff.me().organizer);
 
     let (wanda, mut wanda_events) = Client::connect(srv.sdk_options(&redeemed.token)).await.unwrap();
@@ -56,19 +53,10 @@ async fn sdk_lobby_admit_chat_and_leave() {
         })
         .await
         .unwrap();
-    let waiting = staff_events
-        .wait_for(T, |e| match e {
-            Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let waiting = support::next_waiting(&mut staff_events).await;
     assert_eq!(waiting[0].display_name, "Walk-in Wanda");
     staff.admit(waiting[0].participant_id.clone()).unwrap();
-    wanda_events
-        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
-        .await
-        .unwrap();
+    support::sdk_admitted(&mut wanda_events).await;
     assert!(wanda.is_admitted());
 
     staff.chat("Welcome, Wanda").unwrap();
@@ -146,26 +134,14 @@ async fn sdk_reconnects_after_a_drop_and_keeps_its_seat() {
         .await;
     let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
     let (staff, mut staff_events) = Client::connect(srv.sdk_options(&olga).meeting(mid)).await.unwrap();
-    staff_events
-        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
-        .await
-        .unwrap();
+    support::sdk_admitted(&mut staff_events).await;
     let token = srv
         .redeem(meeting["public_link"]["code"].as_str().unwrap(), "Flaky Fay")
         .await;
     let (guest, mut guest_events) = Client::connect(srv.sdk_options(&token)).await.unwrap();
-    let waiting = staff_events
-        .wait_for(T, |e| match e {
-            Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let waiting = support::next_waiting(&mut staff_events).await;
     staff.admit(waiting[0].participant_id.clone()).unwrap();
-    guest_events
-        .wait_for(T, |e| matches!(e, Event::Admitted { .. }).then_some(()))
-        .await
-        .unwrap();
+    support::sdk_admitted(&mut guest_events).await;
 
     // The connection drops (no `leave`): staff see a disconnect, the guest a Disconnected event.
     guest.close().await;

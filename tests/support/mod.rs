@@ -197,6 +197,27 @@ impl Drop for TestServer {
     }
 }
 
+/// SDK events: the next lobby snapshot with someone in it (staff side).
+pub async fn next_waiting(events: &mut gatehouse::sdk::Events) -> Vec<gatehouse_signaling::protocol::LobbyEntry> {
+    events
+        .wait_for(EVENT_TIMEOUT, |e| match e {
+            gatehouse::sdk::Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
+            _ => None,
+        })
+        .await
+        .expect("someone waits in the lobby")
+}
+
+/// SDK events: waits for `admitted`.
+pub async fn sdk_admitted(events: &mut gatehouse::sdk::Events) {
+    events
+        .wait_for(EVENT_TIMEOUT, |e| {
+            matches!(e, gatehouse::sdk::Event::Admitted { .. }).then_some(())
+        })
+        .await
+        .expect("admitted");
+}
+
 pub struct Ws {
     stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
