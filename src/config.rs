@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Directory of the web client to serve instead of the built-in one (for development).
     #[arg(long, env = "GATEHOUSE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
+    /// Require `Authorization: Bearer <this>` on /metrics (Prometheus `bearer_token`). Unset: /metrics is open.
+    #[arg(long, env = "GATEHOUSE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Test hook, hidden from --help: share of forwarded media packets the SFU drops
     /// on purpose (0 to 1), so the load tester's loss figures can be checked.
     #[arg(long, env = "GATEHOUSE_MEDIA_DROP_RATE", hide = true)]
@@ -77,6 +80,7 @@ struct FileConfig {
     log_format: Option<String>,
     web_dir: Option<PathBuf>,
     media_drop_rate: Option<f64>,
+    metrics_token: Option<String>,
 }
 
 /// Resolved configuration.
@@ -95,6 +99,8 @@ pub struct Config {
     pub redeem_per_minute: u32,
     pub json_logs: bool,
     pub web_dir: Option<PathBuf>,
+    /// Bearer token /metrics requires, if any.
+    pub metrics_token: Option<String>,
     /// Share of forwarded media packets the SFU drops on purpose, in [0, 1]: a test
     /// hook for loss measurements (the load tester's tests); 0 in production.
     pub media_drop_rate: f64,
@@ -176,6 +182,7 @@ impl Config {
             json_logs,
             web_dir: args.web_dir.or(file.web_dir),
             media_drop_rate,
+            metrics_token: args.metrics_token.or(file.metrics_token).filter(|t| !t.is_empty()),
         })
     }
 }

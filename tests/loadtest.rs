@@ -38,6 +38,7 @@ fn options(srv: &TestServer, auth: Auth, shape: Shape, thresholds: Thresholds) -
         thresholds,
         progress: false,
         scrape_interval: Duration::from_millis(500),
+        metrics_token: srv.state().config.metrics_token.clone(),
     }
 }
 
@@ -143,7 +144,11 @@ async fn a_refused_token_is_an_error_before_anything_starts() {
 /// nothing is lost, latency and join times are measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_publishers_receive_each_other_without_loss() {
-    let srv = TestServer::start().await;
+    // The gateway protects /metrics here: the load tester must scrape with the token.
+    let dir = support::temp_dir("lt-token");
+    let mut config = support::test_config(&dir);
+    config.metrics_token = Some("scrape-secret".into());
+    let srv = TestServer::start_with(config).await;
     let token = srv.staff_token("loadtester", StaffRole::Staff);
     let report = bounded_run(options(
         &srv,
@@ -175,6 +180,17 @@ async fn two_publishers_receive_each_other_without_loss() {
         report.bitrate
     );
     assert!(report.gateway.rss_peak_bytes.expect("RSS") > 0.0);
+    assert_eq!(report.gateway.scrape_errors, 0, "every scrape carried the token");
+    let (status, body) = srv.call("GET", "/metrics", None, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthorized")),
+        "no token, no metrics"
+    );
+    let (status, _) = srv.call("GET", "/metrics", Some("wrong-secret!"), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = srv.call("GET", "/metrics", Some("scrape-secret"), None).await;
+    assert_eq!(status, 200);
     assert_eq!(report.verdict, Verdict::Pass, "{:?}", report.breaches);
     assert_eq!(report.exit_code(), EXIT_OK);
 }

@@ -202,11 +202,13 @@ pub fn figures(snapshots: &[Snapshot], scrape_errors: usize, steady: Option<(Dur
 pub struct Scraper {
     http: reqwest::Client,
     url: url::Url,
+    /// Sent as a bearer token when the gateway protects /metrics.
+    token: Option<String>,
 }
 
 impl Scraper {
     /// A scraper for the gateway at `base_url` (`https://host:port`).
-    pub fn new(base_url: &str, tls: &TlsOptions) -> anyhow::Result<Scraper> {
+    pub fn new(base_url: &str, tls: &TlsOptions, token: Option<String>) -> anyhow::Result<Scraper> {
         install_crypto_provider();
         let url = url::Url::parse(base_url)?.join("/metrics")?;
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(3));
@@ -216,12 +218,17 @@ impl Scraper {
         Ok(Scraper {
             http: builder.build()?,
             url,
+            token,
         })
     }
 
     /// One scrape, stamped `at`.
     pub async fn scrape(&self, at: Duration) -> anyhow::Result<Snapshot> {
-        let response = self.http.get(self.url.clone()).send().await?;
+        let mut request = self.http.get(self.url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
         anyhow::ensure!(
             response.status().is_success(),
             "GET {} answered {}",

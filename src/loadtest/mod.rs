@@ -59,6 +59,8 @@ pub struct Options {
     pub progress: bool,
     /// How often `/metrics` is scraped.
     pub scrape_interval: Duration,
+    /// The gateway's metrics token, when its /metrics requires one.
+    pub metrics_token: Option<String>,
 }
 
 /// Drive a running gateway with real WebRTC peers and measure what they receive.
@@ -110,6 +112,9 @@ pub struct LoadtestArgs {
     /// Accept any certificate (development only).
     #[arg(long, conflicts_with = "ca")]
     pub insecure: bool,
+    /// The gateway's --metrics-token, if it protects /metrics.
+    #[arg(long, env = "GATEHOUSE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Meetings to create.
     #[arg(long, default_value_t = 1)]
     pub meetings: u32,
@@ -207,6 +212,7 @@ impl LoadtestArgs {
             },
             progress: !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             scrape_interval: Duration::from_secs(1),
+            metrics_token: self.metrics_token,
         })
     }
 }
@@ -227,7 +233,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     let token = staff_token(&options.auth)?;
     let shape = options.shape.clone();
     let rest = RestClient::new(&options.url, &options.tls)?.with_token(token.clone());
-    let scraper = Scraper::new(&options.url, &options.tls)?;
+    let scraper = Scraper::new(&options.url, &options.tls, options.metrics_token.clone())?;
 
     let meetings = create_meetings(&rest, &shape).await?;
     let run_start = Instant::now();

@@ -69,6 +69,34 @@ impl AppState {
     }
 }
 
+/// `GET /metrics`: Prometheus text, behind a bearer token when one is configured.
+async fn metrics_endpoint(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<String, error::ApiError> {
+    if let Some(expected) = &state.config.metrics_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Constant time, so the token cannot be guessed byte by byte.
+        let same = given.len() == expected.len()
+            && given
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(error::ApiError::new(
+                gatehouse_signaling::ErrorCode::Unauthorized,
+                "metrics need the metrics token",
+            ));
+        }
+    }
+    Ok(state.metrics.render())
+}
+
 /// Reads the signing key from the data directory, making one on first run.
 pub fn load_or_create_signing_key(data_dir: &std::path::Path) -> anyhow::Result<TokenKeys> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -209,10 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(|State(state): State<Arc<AppState>>| async move { state.metrics.render() }),
-        )
+        .route("/metrics", get(metrics_endpoint))
         .route("/ws", get(ws::upgrade))
         .merge(api::router())
         .merge(assets::router(&config))
