@@ -162,13 +162,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map(|p| format!(" --cacert {}", p.display()))
         .unwrap_or_default();
     eprintln!(
-        "\nGatehouse is listening on https://{} (public URL {}), media on udp {}\n\
+        "\nGatehouse is listening on https://{} (public URL {}), media on udp {} (one port per shard, as advertised to clients)\n\
          Staff console:   {}/console\n\
          First staff token:\n  gatehouse token --data-dir {} --name \"Your Name\" --role admin\n\
          Try the API:\n  curl{} -H \"Authorization: Bearer $TOKEN\" {}/api/v1/meetings\n",
         running.addr,
         config.public_url,
-        running.media_addr,
+        running
+            .state
+            .sfu
+            .media_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         config.public_url,
         data_dir.display(),
         ca,
