@@ -11,10 +11,11 @@
 // everything else goes to stderr. Exit code 0 when every scenario is ok, 2 for a usage error.
 // See docs/WEB-CLIENT.md ("Firefox").
 
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import puppeteer from 'puppeteer-core';
+import { RunBase, judgeMedia, readConfig, runCli } from './harness.mjs';
 import { mediaReport, mediaRisingPredicate } from './media-probe.mjs';
 
 const SCENARIOS = {
@@ -39,64 +40,23 @@ const FIREFOX_PREFS = {
 
 // ------------------------------------------------------------------- config
 
-function readConfig(arg) {
-  let raw = arg ?? process.env.GATEHOUSE_BROWSER_CONFIG ?? '{}';
-  if (raw.startsWith('@')) raw = readFileSync(raw.slice(1), 'utf8');
-  const cfg = JSON.parse(raw);
-  return {
-    baseUrl: (cfg.baseUrl || 'https://localhost:8443').replace(/\/$/, ''),
-    linkCode: cfg.linkCode || null,
-    screenshotDir: cfg.screenshotDir || null,
-    requireMedia: Boolean(cfg.requireMedia),
-    timeoutMs: cfg.timeoutMs || 15000,
-    mediaTimeoutMs: cfg.mediaTimeoutMs || (cfg.requireMedia ? 20000 : 5000),
+function readFirefoxConfig(arg) {
+  return readConfig(arg, (cfg) => ({
     firefoxPath: cfg.firefoxPath || process.env.FIREFOX_PATH || '/usr/bin/firefox-esr',
-    guestName: cfg.guestName || 'Maria Jansen',
-    headed: Boolean(cfg.headed),
-  };
+  }));
 }
 
 // ------------------------------------------------------------ page helpers
 
-class Run {
-  constructor(cfg, name) {
-    this.cfg = cfg;
-    this.name = name;
-    this.facts = {};
-    this.screenshots = [];
-    this.pageErrors = [];
-    this.contexts = [];
-    this.at = null;
-  }
-
-  /** Names what the scenario waits for next, so a timeout says where it stopped. */
-  step(what) {
-    this.at = what;
-  }
-
+class Run extends RunBase {
   async context(label) {
     const ctx = await this.browser.createBrowserContext();
     const page = await ctx.newPage();
     page.setDefaultTimeout(this.cfg.timeoutMs);
     await page.setViewport({ width: 1280, height: 800 });
-    page.on('pageerror', (e) => this.pageErrors.push(`${label}: ${e?.message || e}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') process.stderr.write(`[${this.name}/${label} console] ${m.text()}\n`);
-    });
+    this.watch(page, label);
     this.contexts.push(ctx);
     return page;
-  }
-
-  async shot(page, file) {
-    if (!this.cfg.screenshotDir) return;
-    mkdirSync(this.cfg.screenshotDir, { recursive: true });
-    const p = path.join(this.cfg.screenshotDir, file);
-    await page.screenshot({ path: p });
-    this.screenshots.push(p);
-  }
-
-  async close() {
-    for (const ctx of this.contexts) await ctx.close().catch(() => {});
   }
 }
 
@@ -186,12 +146,6 @@ async function iceFacts(page) {
   });
 }
 
-/** Media is reported always; it fails the scenario only with requireMedia. */
-function judgeMedia(run, key, facts) {
-  run.facts[key] = facts;
-  if (run.cfg.requireMedia && !facts.flowing) throw new Error(`${key}: media did not flow`);
-}
-
 // ---------------------------------------------------------------- scenarios
 
 /**
@@ -224,68 +178,31 @@ async function guestMeetsSdk(run) {
 
 // --------------------------------------------------------------------- main
 
-async function main() {
-  const [which, arg] = process.argv.slice(2);
-  if (!which || which === '--help') {
-    process.stderr.write(`usage: node firefox.mjs <${Object.keys(SCENARIOS).join('|')}>[,...] [json|@file]\n`);
-    process.exit(2);
-  }
-  const cfg = readConfig(arg);
-  const names = which === 'all' ? Object.keys(SCENARIOS).filter((n) => n !== 'guest-meets-sdk') : which.split(',');
-  const unknown = names.filter((n) => !SCENARIOS[n]);
-  if (unknown.length || !names.length) {
-    process.stderr.write(`unknown scenario(s): ${unknown.join(', ') || which}\n`);
-    process.exit(2);
-  }
-  let allOk = true;
-  for (const name of names) {
-    const run = new Run(cfg, name);
-    const started = Date.now();
-    // A fresh browser and a fresh profile per scenario.
+runCli({
+  script: 'firefox.mjs',
+  scenarios: SCENARIOS,
+  readCfg: readFirefoxConfig,
+  makeRun: (cfg, name) => new Run(cfg, name),
+  // A fresh browser and a fresh profile per scenario.
+  launch: async (run) => {
     const profileDir = mkdtempSync(path.join(tmpdir(), 'gatehouse-firefox-'));
-    let error = null;
-    try {
-      run.step('launching Firefox');
-      run.browser = await puppeteer.launch({
-        browser: 'firefox',
-        protocol: 'webDriverBiDi',
-        executablePath: cfg.firefoxPath,
-        headless: !cfg.headed,
-        userDataDir: profileDir,
-        acceptInsecureCerts: true, // the gateway's self-signed dev certificate
-        extraPrefsFirefox: FIREFOX_PREFS,
-        env: { ...process.env, HOME: profileDir, MOZ_CRASHREPORTER_DISABLE: '1' },
-        timeout: 60000,
-      });
-      run.facts.browser = await run.browser.version();
-      run.step(null);
-      await SCENARIOS[name](run);
-      if (run.pageErrors.length) throw new Error(`uncaught page errors: ${run.pageErrors.join(' | ')}`);
-    } catch (e) {
-      error = `${run.at ? `${run.at}: ` : ''}${String(e?.message || e).split('\n')[0]}`;
-    } finally {
-      await run.close();
-      await run.browser?.close().catch(() => {});
-      rmSync(profileDir, { recursive: true, force: true });
-    }
-    const ok = error === null;
-    allOk &&= ok;
-    const line = {
-      scenario: name,
-      ok,
-      error,
-      requireMedia: cfg.requireMedia,
-      facts: run.facts,
-      screenshots: run.screenshots,
-      pageErrors: run.pageErrors,
-      durationMs: Date.now() - started,
-    };
-    process.stdout.write(`${JSON.stringify(line)}\n`);
-  }
-  process.exit(allOk ? 0 : 1);
-}
-
-main().catch((e) => {
+    run.cleanup = () => rmSync(profileDir, { recursive: true, force: true });
+    run.step('launching Firefox');
+    const browser = await puppeteer.launch({
+      browser: 'firefox',
+      protocol: 'webDriverBiDi',
+      executablePath: run.cfg.firefoxPath,
+      headless: !run.cfg.headed,
+      userDataDir: profileDir,
+      acceptInsecureCerts: true, // the gateway's self-signed dev certificate
+      extraPrefsFirefox: FIREFOX_PREFS,
+      env: { ...process.env, HOME: profileDir, MOZ_CRASHREPORTER_DISABLE: '1' },
+      timeout: 60000,
+    });
+    run.facts.browser = await browser.version();
+    return browser;
+  },
+}).catch((e) => {
   process.stderr.write(`${e?.stack || e}\n`);
   process.exit(2);
 });

@@ -10,10 +10,11 @@
 // Everything else goes to stderr. Exit code 0 when every scenario is ok.
 // The config keys are documented in docs/WEB-CLIENT.md ("Browser scenarios").
 
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { RunBase, judgeMedia, readConfig, runCli } from './harness.mjs';
 import { mediaReport, mediaRisingPredicate } from './media-probe.mjs';
 
 const SCENARIOS = {
@@ -46,26 +47,14 @@ const CHROMIUM_ARGS = [
 
 // ------------------------------------------------------------------- config
 
-function readConfig(arg) {
-  let raw = arg ?? process.env.GATEHOUSE_BROWSER_CONFIG ?? '{}';
-  if (raw.startsWith('@')) raw = readFileSync(raw.slice(1), 'utf8');
-  const cfg = JSON.parse(raw);
-  const base = (cfg.baseUrl || 'https://localhost:8443').replace(/\/$/, '');
-  return {
-    baseUrl: base,
+function readScenarioConfig(arg) {
+  return readConfig(arg, (cfg) => ({
     staffToken: cfg.staffToken || null,
     meetingId: cfg.meetingId || null,
-    linkCode: cfg.linkCode || null,
     expiredLinkCode: cfg.expiredLinkCode || null,
-    screenshotDir: cfg.screenshotDir || null,
-    requireMedia: Boolean(cfg.requireMedia),
-    timeoutMs: cfg.timeoutMs || 15000,
-    mediaTimeoutMs: cfg.mediaTimeoutMs || (cfg.requireMedia ? 20000 : 5000),
     chromiumPath: cfg.chromiumPath || process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    guestName: cfg.guestName || 'Maria Jansen',
     denyReason: cfg.denyReason || 'Please use the link for your own appointment time.',
-    headed: Boolean(cfg.headed),
-  };
+  }));
 }
 
 // ------------------------------------------------------------- REST helpers
@@ -100,22 +89,7 @@ async function meetingFor(cfg, facts, settings = {}) {
 
 // ------------------------------------------------------------ page helpers
 
-class Run {
-  constructor(cfg, name) {
-    this.cfg = cfg;
-    this.name = name;
-    this.facts = {};
-    this.screenshots = [];
-    this.pageErrors = [];
-    this.contexts = [];
-    this.at = null;
-  }
-
-  /** Names what the scenario waits for next, so a timeout says where it stopped. */
-  step(what) {
-    this.at = what;
-  }
-
+class Run extends RunBase {
   async context(label) {
     const ctx = await this.browser.newContext({
       ignoreHTTPSErrors: true,
@@ -124,24 +98,9 @@ class Run {
     });
     ctx.setDefaultTimeout(this.cfg.timeoutMs);
     const page = await ctx.newPage();
-    page.on('pageerror', (e) => this.pageErrors.push(`${label}: ${e.message}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') process.stderr.write(`[${this.name}/${label} console] ${m.text()}\n`);
-    });
+    this.watch(page, label);
     this.contexts.push(ctx);
     return page;
-  }
-
-  async shot(page, file) {
-    if (!this.cfg.screenshotDir) return;
-    mkdirSync(this.cfg.screenshotDir, { recursive: true });
-    const p = path.join(this.cfg.screenshotDir, file);
-    await page.screenshot({ path: p, fullPage: false });
-    this.screenshots.push(p);
-  }
-
-  async close() {
-    for (const ctx of this.contexts) await ctx.close().catch(() => {});
   }
 }
 
@@ -210,12 +169,6 @@ async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true,
     .catch(() => false);
   const second = await page.evaluate(() => window.gatehouse.stats());
   return mediaReport(rising, first, second);
-}
-
-/** Media is reported always; it fails the scenario only with requireMedia. */
-function judgeMedia(run, key, facts) {
-  run.facts[key] = facts;
-  if (run.cfg.requireMedia && !facts.flowing) throw new Error(`${key}: media did not flow`);
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -559,62 +512,25 @@ async function staffQueue(run) {
 
 // --------------------------------------------------------------------- main
 
-async function main() {
-  const [which, arg] = process.argv.slice(2);
-  if (!which || which === '--help') {
-    process.stderr.write(`usage: node scenarios.mjs <${Object.keys(SCENARIOS).join('|')}|all>[,...] [json|@file]\n`);
-    process.exit(2);
-  }
-  const cfg = readConfig(arg);
-  // `all` is every self-contained scenario; guest-meets-sdk needs an SDK peer on the other side.
-  const names = which === 'all' ? Object.keys(SCENARIOS).filter((n) => n !== 'guest-meets-sdk') : which.split(',');
-  const unknown = names.filter((n) => !SCENARIOS[n]);
-  if (unknown.length) {
-    process.stderr.write(`unknown scenario(s): ${unknown.join(', ')}\n`);
-    process.exit(2);
-  }
-  process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0'; // the gateway's dev certificate, for the REST helpers
-  const userDataDir = mkdtempSync(path.join(tmpdir(), 'gatehouse-chromium-'));
-  let allOk = true;
-  for (const name of names) {
-    const run = new Run(cfg, name);
-    const started = Date.now();
-    let error = null;
-    try {
-      // A fresh browser per scenario; playwright gives each launch its own fresh profile directory.
-      run.browser = await chromium.launch({
-        executablePath: cfg.chromiumPath,
-        headless: !cfg.headed,
-        args: CHROMIUM_ARGS,
-        env: { ...process.env, HOME: userDataDir },
-      });
-      await SCENARIOS[name](run);
-      if (run.pageErrors.length) throw new Error(`uncaught page errors: ${run.pageErrors.join(' | ')}`);
-    } catch (e) {
-      error = `${run.at ? `${run.at}: ` : ''}${String(e?.message || e).split('\n')[0]}`;
-    } finally {
-      await run.close();
-      await run.browser?.close().catch(() => {});
-    }
-    const ok = error === null;
-    allOk &&= ok;
-    const line = {
-      scenario: name,
-      ok,
-      error,
-      requireMedia: cfg.requireMedia,
-      facts: run.facts,
-      screenshots: run.screenshots,
-      pageErrors: run.pageErrors,
-      durationMs: Date.now() - started,
-    };
-    process.stdout.write(`${JSON.stringify(line)}\n`);
-  }
-  rmSync(userDataDir, { recursive: true, force: true });
-  process.exit(allOk ? 0 : 1);
-}
+// The gateway's dev certificate, for the REST helpers.
+process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
+const userDataDir = mkdtempSync(path.join(tmpdir(), 'gatehouse-chromium-'));
 
-main().catch((e) => {
+runCli({
+  script: 'scenarios.mjs',
+  scenarios: SCENARIOS,
+  readCfg: readScenarioConfig,
+  makeRun: (cfg, name) => new Run(cfg, name),
+  // A fresh browser per scenario; playwright gives each launch its own fresh profile directory.
+  launch: (run) =>
+    chromium.launch({
+      executablePath: run.cfg.chromiumPath,
+      headless: !run.cfg.headed,
+      args: CHROMIUM_ARGS,
+      env: { ...process.env, HOME: userDataDir },
+    }),
+  teardown: () => rmSync(userDataDir, { recursive: true, force: true }),
+}).catch((e) => {
   process.stderr.write(`${e?.stack || e}\n`);
   process.exit(2);
 });

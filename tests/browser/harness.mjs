@@ -1,0 +1,123 @@
+// What every browser script shares, whatever drives the browser (playwright-core
+// for Chromium in scenarios.mjs, puppeteer-core over WebDriver BiDi for Firefox in
+// firefox.mjs): the config, a scenario's bookkeeping, and the CLI loop that runs
+// scenarios and prints one JSON line each.
+
+import { mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+
+/** The config both scripts understand; `extra` maps the script's own keys. */
+export function readConfig(arg, extra = (cfg) => ({})) {
+  let raw = arg ?? process.env.GATEHOUSE_BROWSER_CONFIG ?? '{}';
+  if (raw.startsWith('@')) raw = readFileSync(raw.slice(1), 'utf8');
+  const cfg = JSON.parse(raw);
+  return {
+    baseUrl: (cfg.baseUrl || 'https://localhost:8443').replace(/\/$/, ''),
+    linkCode: cfg.linkCode || null,
+    screenshotDir: cfg.screenshotDir || null,
+    requireMedia: Boolean(cfg.requireMedia),
+    timeoutMs: cfg.timeoutMs || 15000,
+    mediaTimeoutMs: cfg.mediaTimeoutMs || (cfg.requireMedia ? 20000 : 5000),
+    guestName: cfg.guestName || 'Maria Jansen',
+    headed: Boolean(cfg.headed),
+    ...extra(cfg),
+  };
+}
+
+/** One scenario's run: facts, screenshots, page errors and where it is. Scripts add `context(label)`. */
+export class RunBase {
+  constructor(cfg, name) {
+    this.cfg = cfg;
+    this.name = name;
+    this.facts = {};
+    this.screenshots = [];
+    this.pageErrors = [];
+    this.contexts = [];
+    this.at = null;
+  }
+
+  /** Names what the scenario waits for next, so a timeout says where it stopped. */
+  step(what) {
+    this.at = what;
+  }
+
+  /** Collects uncaught page errors and echoes console errors to stderr. */
+  watch(page, label) {
+    page.on('pageerror', (e) => this.pageErrors.push(`${label}: ${e?.message || e}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error') process.stderr.write(`[${this.name}/${label} console] ${m.text()}\n`);
+    });
+  }
+
+  async shot(page, file) {
+    if (!this.cfg.screenshotDir) return;
+    mkdirSync(this.cfg.screenshotDir, { recursive: true });
+    const p = path.join(this.cfg.screenshotDir, file);
+    await page.screenshot({ path: p });
+    this.screenshots.push(p);
+  }
+
+  async close() {
+    for (const ctx of this.contexts) await ctx.close().catch(() => {});
+  }
+}
+
+/** Media is reported always; it fails the scenario only with requireMedia. */
+export function judgeMedia(run, key, facts) {
+  run.facts[key] = facts;
+  if (run.cfg.requireMedia && !facts.flowing) throw new Error(`${key}: media did not flow`);
+}
+
+/**
+ * The CLI: `node <script> <scenario>[,...|all] [json|@file]`. For each scenario a
+ * fresh browser from `launch(run)`, the scenario, `teardown()`; one JSON line on
+ * stdout each; exit 0 when all are ok, 1 otherwise, 2 for a usage error.
+ * `all` is every self-contained scenario: guest-meets-sdk needs an SDK peer.
+ */
+export async function runCli({ script, scenarios, makeRun, readCfg, launch, teardown = () => {} }) {
+  const [which, arg] = process.argv.slice(2);
+  if (!which || which === '--help') {
+    process.stderr.write(`usage: node ${script} <${Object.keys(scenarios).join('|')}|all>[,...] [json|@file]\n`);
+    process.exit(2);
+  }
+  const cfg = readCfg(arg);
+  const names = which === 'all' ? Object.keys(scenarios).filter((n) => n !== 'guest-meets-sdk') : which.split(',');
+  const unknown = names.filter((n) => !scenarios[n]);
+  if (unknown.length || !names.length) {
+    process.stderr.write(`unknown scenario(s): ${unknown.join(', ') || which}\n`);
+    process.exit(2);
+  }
+  let allOk = true;
+  for (const name of names) {
+    const run = makeRun(cfg, name);
+    const started = Date.now();
+    let error = null;
+    try {
+      run.browser = await launch(run);
+      run.step(null);
+      await scenarios[name](run);
+      if (run.pageErrors.length) throw new Error(`uncaught page errors: ${run.pageErrors.join(' | ')}`);
+    } catch (e) {
+      error = `${run.at ? `${run.at}: ` : ''}${String(e?.message || e).split('\n')[0]}`;
+    } finally {
+      await run.close();
+      await run.browser?.close().catch(() => {});
+      await run.cleanup?.();
+    }
+    const ok = error === null;
+    allOk &&= ok;
+    const line = {
+      scenario: name,
+      ok,
+      error,
+      requireMedia: cfg.requireMedia,
+      facts: run.facts,
+      screenshots: run.screenshots,
+      pageErrors: run.pageErrors,
+      durationMs: Date.now() - started,
+    };
+    process.stdout.write(`${JSON.stringify(line)}\n`);
+  }
+  await teardown();
+  process.exit(allOk ? 0 : 1);
+}
