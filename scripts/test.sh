@@ -1,16 +1,89 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and black-box tests, and the
-# real-browser tests (headless Chromium driven by playwright-core).
-set -euo pipefail
+# The whole test suite: formatting, lints, unit and black-box tests, the real-browser
+# tests (Debian's Chromium and Firefox ESR, driven from Node) and the doc tests.
+#
+#   ./scripts/test.sh            everything; installs what a fresh machine lacks first
+#   ./scripts/test.sh --heavy    also the heavy scenarios (#[ignore = "heavy: ..."]: soaks, sweeps)
+#   ./scripts/test.sh --help     this text
+#
+# Every step runs even when an earlier one fails; a summary of what failed comes last,
+# and the exit status is non-zero if anything did. Logs: target/test-logs/.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+heavy=()
+case "${1:-}" in
+  --heavy) heavy=(-- --include-ignored) ;;
+  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "test.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+esac
 
-# Browser tests drive Debian's Chromium through playwright-core (never a downloaded browser).
-if [ -f tests/browser/package.json ]; then
-  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+started=$SECONDS
+logs=target/test-logs
+mkdir -p "$logs"
+failed=()
+timings=()
+
+# step NAME COMMAND...: runs it, logs it to $logs/NAME.log, records failure and time.
+step() {
+  local name=$1 t0=$SECONDS
+  shift
+  echo "==> $name: $*"
+  "$@" 2>&1 | tee "$logs/$name.log"
+  local status=${PIPESTATUS[0]}
+  timings+=("$(printf '%-8s %5ds' "$name" $((SECONDS - t0)))")
+  if [ "$status" -ne 0 ]; then
+    failed+=("$name (exit $status; log: $logs/$name.log)")
+  fi
+  return 0
+}
+
+# Chromium, Firefox ESR, Node.js and the browser drivers: without them nothing below is meaningful.
+if ! ./scripts/install-deps.sh; then
+  echo "test.sh: could not install what the suite needs (see above)" >&2
+  exit 1
 fi
 
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+step fmt cargo fmt --all -- --check
+
+# Lints and tests share one build. `cargo clippy` is `cargo check` with clippy-driver as
+# the workspace's rustc wrapper; a separate check build would compile every dependency a
+# second time (about a third of a fresh machine's suite). Here clippy-driver compiles the
+# workspace's crates for the test build itself, linting them on the way (dependencies are
+# built by plain rustc), and any warning it or rustc reports fails the `lint` step, as
+# `cargo clippy --workspace --all-targets -- -D warnings` would.
+if driver=$(command -v clippy-driver); then
+  export RUSTC_WORKSPACE_WRAPPER=$driver
+else
+  failed+=("lint (clippy-driver not found: rustup component add clippy)")
+fi
+
+step test cargo test --workspace --all-targets --no-fail-fast "${heavy[@]}"
+step doc cargo test --workspace --doc --no-fail-fast
+
+if [ -n "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
+  # Cargo replays the warnings of crates it did not rebuild, so this sees them all.
+  lint=$(grep -hE '^(warning|error): `[^`]+` \(.+\) generated [0-9]+ (warning|error)' "$logs/test.log" "$logs/doc.log" | sort -u)
+  if [ -n "$lint" ]; then
+    echo "$lint"
+    failed+=("lint ($(echo "$lint" | wc -l) target(s) with warnings; see $logs/test.log)")
+  fi
+fi
+
+echo
+echo "==> timings"
+printf '    %s\n' "${timings[@]}"
+printf '    %-8s %5ds\n' total $((SECONDS - started))
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "==> all steps passed"
+  exit 0
+fi
+echo "==> FAILED:"
+printf '    %s\n' "${failed[@]}"
+tests=$(grep -hE '^test .+ \.\.\. FAILED$' "$logs/test.log" "$logs/doc.log" 2>/dev/null | sed -E 's/^test (.+) \.\.\. FAILED$/\1/' | sort -u)
+if [ -n "$tests" ]; then
+  echo "==> failed tests:"
+  printf '    %s\n' $tests
+fi
+exit 1

@@ -164,7 +164,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     eprintln!(
         "\nGatehouse is listening on https://{} (public URL {}), media on udp {} (one port per shard, as advertised to clients)\n\
          Staff console:   {}/console\n\
-         First staff token:\n  gatehouse token --data-dir {} --name \"Your Name\" --role admin\n\
+         First staff token:\n  TOKEN=$({} token --data-dir {} --name \"Your Name\" --role admin)\n\
          Try the API:\n  curl{} -H \"Authorization: Bearer $TOKEN\" {}/api/v1/meetings\n",
         running.addr,
         config.public_url,
@@ -177,6 +177,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         config.public_url,
+        this_command(),
         data_dir.display(),
         ca,
         config.public_url,
@@ -187,6 +188,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     running.shutdown().await;
     Ok(())
+}
+
+/// How the user can run this same binary again from their shell: `gatehouse` when that
+/// is what PATH finds, else its path (relative when under the current directory), so
+/// `cargo run --release -- serve` prints `./target/release/gatehouse`.
+fn this_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "gatehouse".into();
+    };
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .filter_map(|dir| std::fs::canonicalize(dir.join("gatehouse")).ok())
+                .any(|found| found == exe)
+        })
+        .unwrap_or(false);
+    if on_path {
+        return "gatehouse".into();
+    }
+    let relative = std::env::current_dir().ok().and_then(|cwd| {
+        exe.strip_prefix(std::fs::canonicalize(cwd).ok()?)
+            .ok()
+            .map(|p| p.to_owned())
+    });
+    match relative {
+        Some(rel) => format!("./{}", rel.display()),
+        None => exe.display().to_string(),
+    }
 }
 
 async fn shutdown_signal() {

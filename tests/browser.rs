@@ -6,6 +6,9 @@ mod support;
 
 use std::time::Duration;
 
+use support::process::{self, ProcessTree};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
 use gatehouse::sdk::synthetic::SyntheticConfig;
 use gatehouse::sdk::{Client, Event};
 use gatehouse_signaling::protocol::{TrackKind, TrackSource};
@@ -13,63 +16,136 @@ use gatehouse_signaling::token::StaffRole;
 use serde_json::Value;
 use support::TestServer;
 
-/// Runs scenarios in one Node process; returns each scenario's JSON line.
-async fn run_scenarios(srv: &TestServer, scenarios: &str, shots: &std::path::Path, extra: Value) -> Vec<Value> {
-    run_script(srv, "scenarios.mjs", scenarios, shots, extra).await
+/// One browser at a time in this binary: two cold browsers starting together on a
+/// 2-core machine make each other's waits meaningless. Held for a whole test.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a browser may take to start and reach its first step (a cold Firefox with a
+/// fresh profile on a busy 2-core machine takes several seconds; this bounds a hang).
+const BROWSER_START: Duration = Duration::from_secs(120);
+
+/// How long one script may run before the test calls it hung.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(600);
+
+/// A browser script (`tests/browser/<script>`) running under Node: its progress lines as
+/// they come, its result lines at the end. The whole process tree (Node, the browser,
+/// its helpers) is ended when this is dropped, whether the test passed or panicked.
+struct BrowserScript {
+    tree: ProcessTree,
+    /// Every JSON line the script prints on stdout, in order; closed at its exit.
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    /// Scenario results seen so far (lines without `progress`).
+    results: Vec<Value>,
+    /// The script's stderr, for failure messages.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-/// Runs `tests/browser/<script>` (Chromium: scenarios.mjs; Firefox: firefox.mjs).
-async fn run_script(
-    srv: &TestServer,
-    script: &str,
-    scenarios: &str,
-    shots: &std::path::Path,
-    extra: Value,
-) -> Vec<Value> {
-    let root = env!("CARGO_MANIFEST_DIR");
-    assert!(
-        std::path::Path::new(root)
-            .join("tests/browser/node_modules/playwright-core")
-            .exists(),
-        "run `npm ci` in tests/browser first (scripts/test.sh does)"
-    );
-    let token = srv.staff_token("olga", StaffRole::Admin);
-    let mut config = serde_json::json!({
-        "baseUrl": srv.base,
-        "staffToken": token,
-        "screenshotDir": shots,
-        "requireMedia": true,
-    });
-    if let (Value::Object(c), Value::Object(e)) = (&mut config, extra) {
-        c.extend(e);
-    }
-    let ca = srv.running.as_ref().unwrap().ca_file.clone().unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(format!("{root}/tests/browser/{script}"))
-        .arg(scenarios)
-        .arg(config.to_string())
-        .env("NODE_EXTRA_CA_CERTS", ca)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let results: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(
-        !results.is_empty(),
-        "no results; stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for r in &results {
-        assert_eq!(
-            r["ok"],
-            true,
-            "scenario failed: {r:#}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+impl BrowserScript {
+    /// Starts `script` with `scenarios` against `srv` (Chromium: scenarios.mjs; Firefox: firefox.mjs).
+    fn start(srv: &TestServer, script: &str, scenarios: &str, extra: Value) -> BrowserScript {
+        let root = env!("CARGO_MANIFEST_DIR");
+        assert!(
+            std::path::Path::new(root)
+                .join("tests/browser/node_modules/playwright-core")
+                .exists(),
+            "run `npm ci` in tests/browser first (scripts/test.sh does)"
         );
-        assert_eq!(r["pageErrors"].as_array().map(Vec::len), Some(0), "page errors: {r:#}");
+        let shots = std::path::Path::new(root).join("tests/artifacts/screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let token = srv.staff_token("olga", StaffRole::Admin);
+        let mut config = serde_json::json!({
+            "baseUrl": srv.base,
+            "staffToken": token,
+            "screenshotDir": shots,
+            "requireMedia": true,
+        });
+        if let (Value::Object(c), Value::Object(e)) = (&mut config, extra) {
+            c.extend(e);
+        }
+        let ca = srv.running.as_ref().unwrap().ca_file.clone().unwrap();
+        let mut cmd = std::process::Command::new("node");
+        cmd.arg(format!("{root}/tests/browser/{script}"))
+            .arg(scenarios)
+            .arg(config.to_string())
+            .env("NODE_EXTRA_CA_CERTS", ca)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut tree = ProcessTree::spawn(cmd).expect("node runs (scripts/test.sh installs Node.js)");
+        let stdout = tree.child_mut().stdout.take().unwrap();
+        let stderr_pipe = tree.child_mut().stderr.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let stdout = tokio::process::ChildStdout::from_std(stdout).unwrap();
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            let pipe = tokio::process::ChildStderr::from_std(stderr_pipe).unwrap();
+            let mut reader = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        BrowserScript {
+            tree,
+            lines,
+            results: Vec::new(),
+            stderr,
+        }
     }
-    results
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the script to report `what` (see `RunBase.progress` in harness.mjs).
+    async fn progress(&mut self, what: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) if v["progress"] == what => return v,
+                Ok(Some(v)) if v.get("progress").is_some() => continue,
+                Ok(Some(v)) => self.results.push(v),
+                Ok(None) => panic!(
+                    "the script ended before `{what}`: {:#?}\nstderr:\n{}",
+                    self.results,
+                    self.stderr()
+                ),
+                Err(_) => panic!("no `{what}` within {within:?}; stderr:\n{}", self.stderr()),
+            }
+        }
+    }
+
+    /// Waits for the script to end; every scenario must be ok with no page errors.
+    async fn finish(mut self) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + SCRIPT_LIMIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) if v.get("progress").is_some() => continue,
+                Ok(Some(v)) => self.results.push(v),
+                Ok(None) => break,
+                Err(_) => panic!("the script ran over {SCRIPT_LIMIT:?}; stderr:\n{}", self.stderr()),
+            }
+        }
+        let status = tokio::task::block_in_place(|| self.tree.wait()).expect("node exits");
+        let results = std::mem::take(&mut self.results);
+        assert!(!results.is_empty(), "no results ({status}); stderr:\n{}", self.stderr());
+        for r in &results {
+            assert_eq!(r["ok"], true, "scenario failed: {r:#}\nstderr:\n{}", self.stderr());
+            assert_eq!(r["pageErrors"].as_array().map(Vec::len), Some(0), "page errors: {r:#}");
+        }
+        assert!(status.success(), "{status}; stderr:\n{}", self.stderr());
+        results
+    }
 }
 
 fn facts<'a>(results: &'a [Value], scenario: &str) -> &'a Value {
@@ -93,12 +169,14 @@ fn inbound(stats: &Value, kind: &str, source: &str, field: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_client_in_chromium() {
+    let _one_browser = ONE_BROWSER.lock().await;
     let srv = TestServer::start().await;
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
     let scenarios =
         "guest-lobby-admit-chat,screen-share,deny-with-reason,expired-link,guest-leaves,reconnect,staff-queue";
-    let results = run_scenarios(&srv, scenarios, &shots, Value::Null).await;
+    let results = BrowserScript::start(&srv, "scenarios.mjs", scenarios, Value::Null)
+        .finish()
+        .await;
 
     // Guest journey: lobby, admission with a click, chat, and media both ways.
     let f = facts(&results, "guest-lobby-admit-chat");
@@ -186,6 +264,7 @@ async fn firefox_guest_and_sdk_staff_exchange_media() {
 
 /// The same in a browser of each family: the guest page's script, the SDK on the other side.
 async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
+    let _one_browser = ONE_BROWSER.lock().await;
     let dir = support::temp_dir("browser");
     let mut config = support::test_config(&dir);
     config.media_bind = media_bind.parse().unwrap();
@@ -219,10 +298,11 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
     let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
 
     // The browser guest runs alongside; the SDK side admits it and measures its media.
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/screenshots");
+    // Its clock starts when the guest has pressed Join, not when the browser was started.
     let extra = serde_json::json!({ "linkCode": code, "guestName": "Browser Bea", "mediaTimeoutMs": 25000 });
-    let browser = run_script(&srv, script, "guest-meets-sdk", &shots, extra);
-    let sdk_side = async {
+    let mut browser = BrowserScript::start(&srv, script, "guest-meets-sdk", extra);
+    browser.progress("join-sent", BROWSER_START).await;
+    let counts = async {
         let waiting = support::next_waiting(&mut events).await;
         assert_eq!(waiting[0].display_name, "Browser Bea");
         staff.admit(waiting[0].participant_id.clone()).unwrap();
@@ -255,8 +335,9 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
         }
         staff.chat("measured").unwrap();
         counts
-    };
-    let (results, counts) = tokio::join!(browser, sdk_side);
+    }
+    .await;
+    let results = browser.finish().await;
     assert_eq!(
         counts.get(&TrackKind::Audio),
         Some(&100),
@@ -286,4 +367,38 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
         s.state().sfu.live_connections() == 0
     })
     .await;
+}
+
+/// A test that fails while its browser runs leaves no process behind: not Node, not the
+/// browser (which its driver launched detached), not a helper, not even a zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_failing_mid_browser_leaves_no_process() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = std::sync::Arc::new(TestServer::start().await);
+    for (script, browser_comm) in [("scenarios.mjs", "chromium"), ("firefox.mjs", "firefox-esr")] {
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let srv = srv.clone();
+        let failing = tokio::spawn(async move {
+            let mut browser = BrowserScript::start(&srv, script, "hold", Value::Null);
+            browser.progress("holding", BROWSER_START).await;
+            seen_tx
+                .send((browser.tree.mark().to_owned(), browser.tree.processes()))
+                .unwrap();
+            panic!("a deliberate failure while {script}'s browser shows a page");
+        });
+        let failure = failing.await.expect_err("the test task fails");
+        assert!(failure.is_panic(), "{failure}");
+        let (mark, seen) = seen_rx.await.expect("the browser was running when the test failed");
+        assert!(
+            seen.iter().any(|p| p.comm == "node") && seen.iter().any(|p| p.comm == browser_comm),
+            "{script}: Node and {browser_comm} were both running: {seen:?}"
+        );
+        assert_eq!(
+            process::marked(&mark),
+            vec![],
+            "{script}: no process of the tree is left"
+        );
+        let zombies: Vec<_> = seen.iter().filter(|p| process::exists(p.pid)).collect();
+        assert!(zombies.is_empty(), "{script}: every process was reaped: {zombies:?}");
+    }
 }

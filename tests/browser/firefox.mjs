@@ -95,6 +95,7 @@ async function guestJoins(run, page, linkCode, name, { shot = null } = {}) {
   if (shot) await run.shot(page, shot);
   await fill(page, 'name-input', name);
   await (await visible(page, 'join-button')).click();
+  run.progress('join-sent');
   await page.waitForFunction(() => ['lobby', 'call', 'left'].includes(window.gatehouse?.view), { polling: 100 });
   return page.evaluate(() => window.gatehouse.client.you.participant_id);
 }

@@ -20,6 +20,7 @@ export function readConfig(arg, extra = (cfg) => ({})) {
     mediaTimeoutMs: cfg.mediaTimeoutMs || (cfg.requireMedia ? 20000 : 5000),
     guestName: cfg.guestName || 'Maria Jansen',
     headed: Boolean(cfg.headed),
+    holdMs: cfg.holdMs ?? 120000,
     ...extra(cfg),
   };
 }
@@ -39,6 +40,16 @@ export class RunBase {
   /** Names what the scenario waits for next, so a timeout says where it stopped. */
   step(what) {
     this.at = what;
+  }
+
+  /**
+   * Tells the calling test how far the scenario got, as it happens: one JSON line
+   * `{"progress": what, "scenario": name, ...}` on stdout. A test that plays the other
+   * side (the SDK) starts its own clocks from these (e.g. `join-sent`), never from the
+   * moment it started Node, so a slow browser start cannot eat its waits.
+   */
+  progress(what, extra = {}) {
+    process.stdout.write(`${JSON.stringify({ progress: what, scenario: this.name, ...extra })}\n`);
   }
 
   /** Collects uncaught page errors and echoes console errors to stderr. */
@@ -69,19 +80,36 @@ export function judgeMedia(run, key, facts) {
 }
 
 /**
+ * A scenario every script has: open the gateway's start page and stay there until the
+ * process is ended (at most `holdMs`, default 120 s). The suite uses it to prove that a
+ * test which fails while a browser runs leaves no browser process behind.
+ */
+async function hold(run) {
+  const page = await run.context('hold');
+  await page.goto(run.cfg.baseUrl);
+  run.progress('holding');
+  await new Promise((resolve) => setTimeout(resolve, run.cfg.holdMs));
+}
+
+/** Scenarios that need a partner or exist for the suite's own checks: not part of `all`. */
+const NOT_IN_ALL = new Set(['guest-meets-sdk', 'hold']);
+
+/**
  * The CLI: `node <script> <scenario>[,...|all] [json|@file]`. For each scenario a
  * fresh browser from `launch(run)`, the scenario, `teardown()`; one JSON line on
- * stdout each; exit 0 when all are ok, 1 otherwise, 2 for a usage error.
- * `all` is every self-contained scenario: guest-meets-sdk needs an SDK peer.
+ * stdout each (and `progress` lines while it runs, see `RunBase.progress`); exit 0
+ * when all are ok, 1 otherwise, 2 for a usage error. `all` is every self-contained
+ * scenario: guest-meets-sdk needs an SDK peer, hold never ends by itself.
  */
-export async function runCli({ script, scenarios, makeRun, readCfg, launch, teardown = () => {} }) {
+export async function runCli({ script, scenarios: own, makeRun, readCfg, launch, teardown = () => {} }) {
+  const scenarios = { ...own, hold };
   const [which, arg] = process.argv.slice(2);
   if (!which || which === '--help') {
     process.stderr.write(`usage: node ${script} <${Object.keys(scenarios).join('|')}|all>[,...] [json|@file]\n`);
     process.exit(2);
   }
   const cfg = readCfg(arg);
-  const names = which === 'all' ? Object.keys(scenarios).filter((n) => n !== 'guest-meets-sdk') : which.split(',');
+  const names = which === 'all' ? Object.keys(scenarios).filter((n) => !NOT_IN_ALL.has(n)) : which.split(',');
   const unknown = names.filter((n) => !scenarios[n]);
   if (unknown.length || !names.length) {
     process.stderr.write(`unknown scenario(s): ${unknown.join(', ') || which}\n`);
@@ -94,6 +122,7 @@ export async function runCli({ script, scenarios, makeRun, readCfg, launch, tear
     let error = null;
     try {
       run.browser = await launch(run);
+      run.progress('browser-launched');
       run.step(null);
       await scenarios[name](run);
       if (run.pageErrors.length) throw new Error(`uncaught page errors: ${run.pageErrors.join(' | ')}`);

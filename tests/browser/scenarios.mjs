@@ -119,6 +119,7 @@ async function guestJoins(run, page, linkCode, name, { shot = null } = {}) {
   if (shot) await run.shot(page, shot);
   await page.getByTestId('name-input').fill(name);
   await page.getByTestId('join-button').click();
+  run.progress('join-sent');
   await page.waitForFunction(() => ['lobby', 'call', 'left'].includes(window.gatehouse.view));
   return page.evaluate(() => window.gatehouse.client.you.participant_id);
 }

@@ -13,6 +13,9 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+#[cfg(target_os = "linux")]
+pub mod process;
+
 /// How long any single expected event may take.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 

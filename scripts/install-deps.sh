@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and a fresh Debian machine lacks, and nothing else:
+# Debian's Chromium and Firefox ESR (the real-browser tests never download a browser),
+# Node.js with npm (they drive the browsers), and the browser drivers' npm packages
+# (tests/browser/package-lock.json). Safe to run again: what is there is left alone.
+#
+#   ./scripts/install-deps.sh           install what is missing (apt-get needs root or sudo)
+#   ./scripts/install-deps.sh --check   only say what is missing; exit 1 if anything is
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+check_only=false
+case "${1:-}" in
+  --check) check_only=true ;;
+  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "install-deps.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+esac
+
+# command -> Debian package
+declare -A packages=(
+  [chromium]=chromium
+  [firefox-esr]=firefox-esr
+  [node]=nodejs
+  [npm]=npm
+)
+missing=()
+for cmd in chromium firefox-esr node npm; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if $check_only; then
+    echo "missing Debian packages: ${missing[*]}"
+    exit 1
+  fi
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=()
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo)
+  else
+    echo "install-deps.sh: the suite needs the Debian packages ${missing[*]}; install them as root:" >&2
+    echo "  apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "==> installing ${missing[*]} (Debian packages; the first time takes a few minutes)"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The browser drivers: exactly the versions in the lockfile, installed again only when it changed.
+lock=tests/browser/package-lock.json
+stamp=tests/browser/node_modules/.package-lock.json
+if [ -f "$lock" ] && { [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ]; }; then
+  if $check_only; then
+    echo "tests/browser/node_modules is missing or older than its lockfile"
+    exit 1
+  fi
+  echo "==> npm ci in tests/browser (playwright-core, puppeteer-core; no browser is downloaded)"
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
