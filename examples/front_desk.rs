@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 use clap::Parser;
-use gatehouse::sdk::{Client, ConnectOptions, Event};
+use gatehouse_sdk::{Client, ConnectOptions, Event};
 use gatehouse_signaling::protocol::ParticipantKind;
 
 #[derive(Parser)]

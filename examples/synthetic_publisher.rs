@@ -1,4 +1,4 @@
-//! Publishes synthetic audio and video (see `gatehouse::sdk::synthetic`) into a
+//! Publishes synthetic audio and video (see `gatehouse_sdk::synthetic`) into a
 //! meeting, for load and latency tests with a receiver that checks the payloads.
 //!
 //! ```text
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use gatehouse::sdk::synthetic::SyntheticConfig;
-use gatehouse::sdk::{Client, ConnectOptions, Event};
+use gatehouse_sdk::synthetic::SyntheticConfig;
+use gatehouse_sdk::{Client, ConnectOptions, Event};
 use gatehouse_signaling::protocol::TrackSource;
 
 #[derive(Parser)]

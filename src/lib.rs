@@ -1,11 +1,15 @@
-//! The Gatehouse gateway: the runtime around the pure `gatehouse-signaling`
-//! crate (HTTP, WebSocket, store), the SFU media plane, and the Rust SDK.
+//! The Gatehouse gateway: the runtime around the pure `gatehouse-signaling` crate
+//! (HTTP, WebSocket, store), the SFU media plane (`rtc`, sans-IO, on sockets it owns)
+//! and the load tester.
+//!
+//! The protocol and its rules live in `gatehouse-signaling`, never here twice. The load
+//! tester is a staff application of `gatehouse-sdk`, the only place this crate uses the
+//! client; no server module is shared with the SDK, which must never depend on this crate.
 
 pub mod config;
 pub mod ids;
 pub mod loadtest;
 pub mod metrics;
-pub mod sdk;
 pub mod server;
 pub mod sfu;
 pub mod store;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use support::process::{self, ProcessTree};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use gatehouse::sdk::synthetic::SyntheticConfig;
-use gatehouse::sdk::{Client, Event};
+use gatehouse_sdk::synthetic::SyntheticConfig;
+use gatehouse_sdk::{Client, Event};
 use gatehouse_signaling::protocol::{TrackKind, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::Value;

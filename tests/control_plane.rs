@@ -575,10 +575,48 @@ async fn chat_lobby_timeout_deny_and_disconnect_cleanup() {
     ray.drop_connection().await;
 
     // When everyone is gone the meeting task and its sockets are gone too.
-    staff.drop_connection().await;
+    staff.send(&ClientMessage::Leave).await;
+    staff.until_closed().await;
     srv.wait_until("no live meeting", |s| s.state().live.is_empty()).await;
     srv.wait_until("no open socket", |s| s.state().metrics.signaling_connections.get() == 0)
         .await;
+}
+
+/// The last person in a call drops (a network blip on a 1:1 call where the host has
+/// already gone): the meeting is empty, yet the seat is held, so they come straight back
+/// into the call rather than into a lobby with nobody to admit them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_is_held_when_the_last_person_drops() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Follow-up", "lobby_bypass": "organizer_only" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut staff = srv.join(&olga, Some(&mid)).await;
+    assert!(is_admitted(&placement(&mut staff).await));
+    let token = srv.redeem(&public_code(&meeting), "Blip Bo").await;
+    let mut guest = srv.join(&token, None).await;
+    assert!(matches!(placement(&mut guest).await, ServerMessage::Lobby { .. }));
+    staff.send(&ClientMessage::AdmitAll).await;
+    guest.expect("admitted", is_admitted).await;
+    staff.send(&ClientMessage::Leave).await;
+    staff.until_closed().await;
+
+    guest.drop_connection().await;
+    srv.wait_until("nobody connected, nobody in the call", |s| {
+        s.state().metrics.signaling_connections.get() == 0 && s.state().metrics.participants_in_call.get() == 0
+    })
+    .await;
+    assert!(srv.state().live.is_live(&mid), "the held seat keeps the meeting");
+    let mut guest = srv.join(&token, None).await;
+    assert!(
+        is_admitted(&placement(&mut guest).await),
+        "back in the call, not in a lobby with no host"
+    );
+    guest.send(&ClientMessage::Leave).await;
+    guest.until_closed().await;
+    srv.wait_until("no live meeting", |s| s.state().live.is_empty()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -736,8 +774,11 @@ async fn bad_frames_get_typed_errors_and_floods_are_cut() {
         )) || cut_while_sending,
         "the flooding socket was neither told nor cut: {frames:?}"
     );
-    srv.wait_until("the flooder is gone", |s| s.state().live.is_empty())
-        .await;
+    // Cut, not departed: out of the call (its seat is held, as for any dropped connection).
+    srv.wait_until("the flooder is out of the call", |s| {
+        s.state().metrics.participants_in_call.get() == 0 && s.state().metrics.signaling_connections.get() == 0
+    })
+    .await;
 
     // HTTP bodies get typed errors too.
     let resp = srv

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use gatehouse::loadtest::report::{EXIT_OK, EXIT_THRESHOLD, Verdict};
 use gatehouse::loadtest::scenario::{Shape, StreamShape};
 use gatehouse::loadtest::{Auth, Options, Report, Thresholds, run};
-use gatehouse::sdk::TlsOptions;
+use gatehouse_sdk::TlsOptions;
 use gatehouse_signaling::token::StaffRole;
 use support::{TestServer, temp_dir, test_config};
 

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use gatehouse::sdk::synthetic::{StreamSummary, SyntheticConfig};
-use gatehouse::sdk::{Client, Event, Events, RemoteTrack, now_us};
+use gatehouse_sdk::synthetic::{StreamSummary, SyntheticConfig};
+use gatehouse_sdk::{Client, Event, Events, RemoteTrack, now_us};
 use gatehouse_signaling::protocol::{LobbyStatus, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::json;
@@ -126,6 +126,7 @@ async fn three_sdk_participants_exchange_audio_and_video() {
         s.stop().await.expect("sender ran cleanly");
     }
     for (client, _) in &people {
+        client.leave().unwrap();
         client.close().await;
     }
     srv.wait_until("every media connection closed", |s| {

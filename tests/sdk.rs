@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use gatehouse::sdk::{Client, Event, LobbyBypass, NewMeeting, RestClient};
+use gatehouse_sdk::{Client, Event, LobbyBypass, NewMeeting, RestClient};
 use gatehouse_signaling::protocol::{LeaveReason, LobbyStatus};
 use gatehouse_signaling::token::StaffRole;
 use support::TestServer;
@@ -99,6 +99,7 @@ async fn sdk_lobby_admit_chat_and_leave() {
         })
         .await
         .unwrap();
+    staff.leave().unwrap();
     staff.close().await;
     srv.wait_until("the meeting empties", |s| s.state().live.is_empty())
         .await;
@@ -180,7 +181,7 @@ async fn sdk_reconnects_after_a_drop_and_keeps_its_seat() {
         .await
         .unwrap();
     let sender = cam
-        .start_synthetic(gatehouse::sdk::synthetic::SyntheticConfig::video())
+        .start_synthetic(gatehouse_sdk::synthetic::SyntheticConfig::video())
         .unwrap();
     let track = staff_events
         .wait_for(T, |e| match e {

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse::sdk::media::{MediaOptions, Publisher, RemoteTrack, Subscriber};
-use gatehouse::sdk::now_us;
-use gatehouse::sdk::synthetic::{ReceiverStats, StreamSummary, SyntheticConfig};
+use gatehouse_sdk::media::{MediaOptions, Publisher, RemoteTrack, Subscriber};
+use gatehouse_sdk::now_us;
+use gatehouse_sdk::synthetic::{ReceiverStats, StreamSummary, SyntheticConfig};
 use gatehouse_signaling::protocol::{ClientMessage, PeerRole, TrackSource};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;

@@ -4,6 +4,9 @@
 //! Nothing here owns a socket, a clock or a database. Callers pass `now` and
 //! an input, and get back a result or a list of effects to carry out; that is
 //! what lets every rule be unit-tested without a network.
+//!
+//! Both sides build on it, the gateway (`gatehouse`) and the client SDK
+//! (`gatehouse-sdk`), so it depends on neither, nor on tokio, webrtc-rs or any IO crate.
 
 pub mod admission;
 pub mod chat;

@@ -3,7 +3,8 @@
 //! Every frame on the signaling WebSocket is a JSON object with a `type` field
 //! naming one variant of [`ClientMessage`] (client to server) or
 //! [`ServerMessage`] (server to client). `docs/PROTOCOL.md` documents each with
-//! an example; the tests at the bottom of this file keep the two in step.
+//! an example; `protocol_md_is_in_step` below parses every example there and checks
+//! that every message type has one.
 
 use serde::{Deserialize, Serialize};
 
@@ -394,6 +395,77 @@ mod tests {
             let msg = parse_client_message(sample).unwrap_or_else(|e| panic!("{sample}: {e}"));
             let again = serde_json::to_string(&msg).unwrap();
             assert_eq!(parse_client_message(&again).unwrap(), msg);
+        }
+    }
+
+    /// Every JSON example in docs/PROTOCOL.md that has a `type` is a real frame of this
+    /// crate, and every frame type, each way, has an example there.
+    #[test]
+    fn protocol_md_is_in_step() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let mut examples = Vec::new();
+        for block in doc.split("```").skip(1).step_by(2) {
+            let body = block.split_once('\n').map_or("", |(_, rest)| rest);
+            match serde_json::from_str::<serde_json::Value>(body) {
+                Ok(v) => examples.push((body.to_owned(), v)),
+                // A block of one frame per line (or prose with some frames in it).
+                Err(_) => examples.extend(body.lines().filter_map(|l| {
+                    let l = l.trim();
+                    serde_json::from_str(l).ok().map(|v| (l.to_owned(), v))
+                })),
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (text, value) in &examples {
+            let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+                continue;
+            };
+            // `ice_candidate` goes both ways with the same shape.
+            let client = CLIENT_TYPES.contains(&kind) && parse_client_message(text).is_ok();
+            let server = serde_json::from_value::<ServerMessage>(value.clone());
+            assert!(
+                client || server.is_ok(),
+                "PROTOCOL.md example is no frame: {text}: {server:?}"
+            );
+            if client {
+                seen.insert(("client", kind.to_owned()));
+            }
+            if server.is_ok() {
+                seen.insert(("server", kind.to_owned()));
+            }
+        }
+        for kind in CLIENT_TYPES {
+            assert!(
+                seen.contains(&("client", kind.to_string())),
+                "no example of client `{kind}`"
+            );
+        }
+        // The server's types, read off the enum's variants in this very file.
+        let source = include_str!("protocol.rs");
+        let body = source.split("pub enum ServerMessage {").nth(1).unwrap();
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let variants: Vec<String> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("    "))
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_uppercase()))
+            .map(|l| {
+                let name: String = l.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+                let mut snake = String::new();
+                for (i, c) in name.chars().enumerate() {
+                    if c.is_ascii_uppercase() && i > 0 {
+                        snake.push('_');
+                    }
+                    snake.push(c.to_ascii_lowercase());
+                }
+                snake
+            })
+            .collect();
+        assert!(variants.len() >= 15, "{variants:?}");
+        for kind in variants {
+            assert!(
+                seen.contains(&("server", kind.clone())),
+                "no example of server `{kind}`"
+            );
         }
     }
 

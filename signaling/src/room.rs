@@ -132,9 +132,11 @@ impl Room {
         self.meeting = meeting;
     }
 
-    /// Nobody in the call or the lobby: the shell may drop the room.
+    /// Nobody in the call or the lobby and no seat held for a dropped participant:
+    /// the shell may drop the room. A held seat keeps the room (and so the seat) until
+    /// it expires, even when the one who dropped was the last person there.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.lobby.is_empty()
+        self.members.is_empty() && self.lobby.is_empty() && self.held_seats.is_empty()
     }
 
     pub fn in_call(&self, participant_id: &str) -> bool {
@@ -164,9 +166,13 @@ impl Room {
         self.lobby.len()
     }
 
-    /// When the shell should call [`Room::tick`] next.
+    /// When the shell should call [`Room::tick`] next: a lobby timeout or a held seat's end.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.lobby.next_deadline()
+        let seats = self.held_seats.values().copied().min();
+        match (self.lobby.next_deadline(), seats) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn member(&self, participant_id: &str) -> Option<&Member> {
@@ -436,9 +442,10 @@ impl Room {
         out
     }
 
-    /// Lobby timeouts.
+    /// Lobby timeouts, and held seats given up.
     pub fn tick(&mut self, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
+        self.held_seats.retain(|_, until| *until > now);
         let expired: Vec<_> = self
             .lobby
             .iter()
@@ -634,6 +641,8 @@ impl Room {
         for id in ids {
             self.depart(now, &id, LeaveReason::MeetingEnded, None, out);
         }
+        // Nobody comes back to an ended meeting.
+        self.held_seats.clear();
         self.meeting.ended_at_ms = Some(now);
         out.push(Effect::MeetingEnded);
     }

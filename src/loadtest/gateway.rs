@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::sdk::tls::{TlsOptions, client_config, install_crypto_provider};
+use gatehouse_sdk::tls::{TlsOptions, client_config, install_crypto_provider};
 
 /// The gateway's CPU counter at clock-tick resolution (seconds, user + system).
 pub const CPU_SECONDS_FINE: &str = "gatehouse_process_cpu_seconds_total";

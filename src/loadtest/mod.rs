@@ -26,8 +26,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::DEFAULT_DATA_DIR;
-use crate::sdk::synthetic::SyntheticCodec;
-use crate::sdk::{ConnectOptions, LobbyBypass, MediaOptions, NewMeeting, RestClient, TlsOptions};
+use gatehouse_sdk::synthetic::SyntheticCodec;
+use gatehouse_sdk::{ConnectOptions, LobbyBypass, MediaOptions, NewMeeting, RestClient, TlsOptions};
 use gateway::{Scraper, Snapshot};
 use participant::{Probe, Setup};
 pub use report::{Report, Thresholds};

@@ -14,8 +14,8 @@ use tracing::{Instrument, debug, info_span};
 
 use super::report::{ParticipantOutcome, StreamOutcome};
 use super::scenario::{Role, Seat};
-use crate::sdk::synthetic::{ReceiverStats, StreamSummary, SyntheticConfig};
-use crate::sdk::{Client, ConnectOptions, Event, RemoteTrack, SyntheticSender, now_us};
+use gatehouse_sdk::synthetic::{ReceiverStats, StreamSummary, SyntheticConfig};
+use gatehouse_sdk::{Client, ConnectOptions, Event, RemoteTrack, SyntheticSender, now_us};
 
 /// How long joining (socket, `joined`, `admitted`) may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -209,7 +209,7 @@ pub(crate) async fn run(
 async fn in_call(
     setup: &Setup,
     client: &Client,
-    mut events: crate::sdk::Events,
+    mut events: gatehouse_sdk::Events,
     probe: &Arc<Probe>,
     stop: &mut watch::Receiver<bool>,
 ) -> (u64, u64) {
@@ -290,7 +290,7 @@ async fn in_call(
 /// Reads events after admission: counts remote tracks, notes media refusals
 /// and departures. Signals `done` once every receive task has finished.
 async fn pump_events(
-    mut events: crate::sdk::Events,
+    mut events: gatehouse_sdk::Events,
     probe: Arc<Probe>,
     mut stop: watch::Receiver<bool>,
     done: tokio::sync::oneshot::Sender<()>,

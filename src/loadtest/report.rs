@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::gateway::GatewayFigures;
 use super::scenario::{Role, Shape};
-use crate::sdk::synthetic::{LatencyHistogram, StreamSummary};
+use gatehouse_sdk::synthetic::{LatencyHistogram, StreamSummary};
 
 /// Exit code of a run that finished within its thresholds.
 pub const EXIT_OK: i32 = 0;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::sdk::synthetic::{SyntheticCodec, SyntheticConfig};
+use gatehouse_sdk::synthetic::{SyntheticCodec, SyntheticConfig};
 
 /// Most meetings one run may create.
 pub const MAX_MEETINGS: u32 = 1_000;

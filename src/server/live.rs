@@ -71,6 +71,8 @@ pub struct Services {
     pub sfu: Sfu,
     pub live: Arc<LiveMeetings>,
     pub metrics: Arc<GatewayMetrics>,
+    /// Set when the server stops: seats held for dropped participants no longer keep a meeting.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LiveMeetings {
@@ -78,7 +80,7 @@ impl LiveMeetings {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Number of meetings with someone in them.
+    /// Number of live meetings: someone in the call or lobby, or a seat held for someone who dropped.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -92,7 +94,7 @@ impl LiveMeetings {
         self.lock().keys().cloned().collect()
     }
 
-    /// Whether someone is in the meeting's call or lobby.
+    /// Whether the meeting is live (someone in the call or lobby, or a seat held).
     pub fn is_live(&self, meeting_id: &str) -> bool {
         self.lock().contains_key(meeting_id)
     }
@@ -122,6 +124,8 @@ async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services:
     let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
     // What this room last added to the process-wide gauges.
     let mut counted = (0i64, 0i64);
+    let mut shutdown = services.shutdown.clone();
+    let mut stopping = *shutdown.borrow();
     loop {
         let deadline = room.next_deadline();
         let sleep = async {
@@ -139,12 +143,21 @@ async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services:
                 let effects = room.tick(now_ms());
                 apply(&room, &mut outboxes, &services, effects).await;
             }
+            // The server stops: its sockets close and their departures still come in (and
+            // are logged); once nobody is connected the meeting ends even with seats held.
+            _ = shutdown.changed(), if !stopping => stopping = true,
         }
         let now_counted = (room.call_len() as i64, room.lobby_len() as i64);
         services.metrics.participants_in_call.add(now_counted.0 - counted.0);
         services.metrics.participants_in_lobby.add(now_counted.1 - counted.1);
         counted = now_counted;
-        if room.is_empty() {
+        let idle = if stopping {
+            room.call_len() == 0 && room.lobby_len() == 0
+        } else {
+            // Empty includes no seat held for someone who dropped: the room waits for them.
+            room.is_empty()
+        };
+        if idle {
             let mut tasks = services.live.lock();
             if rx.is_empty() {
                 tasks.remove(&room.meeting().meeting_id);

@@ -52,6 +52,7 @@ impl AppState {
             sfu: self.sfu.clone(),
             live: self.live.clone(),
             metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
 

@@ -87,10 +87,10 @@ impl TestServer {
     }
 
     /// SDK options for this server: its dev CA trusted, media on loopback.
-    pub fn sdk_options(&self, token: &str) -> gatehouse::sdk::ConnectOptions {
-        let mut o = gatehouse::sdk::ConnectOptions::new(self.base.clone(), token);
+    pub fn sdk_options(&self, token: &str) -> gatehouse_sdk::ConnectOptions {
+        let mut o = gatehouse_sdk::ConnectOptions::new(self.base.clone(), token);
         o.ca_pem = Some(std::fs::read_to_string(self.running.as_ref().unwrap().ca_file.as_ref().unwrap()).unwrap());
-        o.media = gatehouse::sdk::MediaOptions {
+        o.media = gatehouse_sdk::MediaOptions {
             udp_addrs: vec!["127.0.0.1:0".into()],
             ..Default::default()
         };
@@ -201,10 +201,10 @@ impl Drop for TestServer {
 }
 
 /// SDK events: the next lobby snapshot with someone in it (staff side).
-pub async fn next_waiting(events: &mut gatehouse::sdk::Events) -> Vec<gatehouse_signaling::protocol::LobbyEntry> {
+pub async fn next_waiting(events: &mut gatehouse_sdk::Events) -> Vec<gatehouse_signaling::protocol::LobbyEntry> {
     events
         .wait_for(EVENT_TIMEOUT, |e| match e {
-            gatehouse::sdk::Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
+            gatehouse_sdk::Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
             _ => None,
         })
         .await
@@ -212,10 +212,10 @@ pub async fn next_waiting(events: &mut gatehouse::sdk::Events) -> Vec<gatehouse_
 }
 
 /// SDK events: waits for `admitted`.
-pub async fn sdk_admitted(events: &mut gatehouse::sdk::Events) {
+pub async fn sdk_admitted(events: &mut gatehouse_sdk::Events) {
     events
         .wait_for(EVENT_TIMEOUT, |e| {
-            matches!(e, gatehouse::sdk::Event::Admitted { .. }).then_some(())
+            matches!(e, gatehouse_sdk::Event::Admitted { .. }).then_some(())
         })
         .await
         .expect("admitted");

@@ -384,8 +384,11 @@ fn disconnect_cleans_up_call_and_lobby() {
     assert!(fx.contains(&Effect::LeaveCall {
         participant_id: "p_olga".into()
     }));
-    assert!(room.is_empty());
+    assert_eq!((room.call_len(), room.lobby_len()), (0, 0));
+    assert!(!room.is_empty(), "olga's seat is held");
     assert!(room.disconnected(30, 1).is_empty(), "a second disconnect is a no-op");
+    room.tick(20 + REJOIN_GRACE_MS);
+    assert!(room.is_empty());
 }
 
 #[test]
@@ -548,6 +551,62 @@ fn a_dropped_guest_keeps_the_seat_for_the_grace_period() {
     let fx = room.join(100_000 + REJOIN_GRACE_MS, guest(4, "p_g", false)).unwrap();
     assert!(entered(&fx).is_empty());
     assert!(sent(&fx, 4).iter().any(|m| matches!(m, ServerMessage::Lobby { .. })));
+}
+
+#[test]
+fn a_held_seat_keeps_the_room_when_the_last_person_drops() {
+    let mut room = Room::new(meeting(LobbyBypass::Everyone));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    assert!(room.in_call("p_g"));
+    room.handle(500, 1, ClientMessage::Leave);
+    // The guest is alone in the call now; their network blips.
+    room.disconnected(1_000, 2);
+    // Nobody is connected, but the seat is held: the room must stay.
+    assert!(!room.is_empty());
+    assert_eq!(room.next_deadline(), Some(1_000 + REJOIN_GRACE_MS));
+    // Nothing expires before the deadline.
+    room.tick(1_000 + REJOIN_GRACE_MS - 1);
+    assert!(!room.is_empty());
+    // At the deadline the seat is given up and the room may go.
+    room.tick(1_000 + REJOIN_GRACE_MS);
+    assert!(room.is_empty());
+    assert_eq!(room.next_deadline(), None);
+}
+
+#[test]
+fn a_guest_alone_in_the_call_comes_back_from_a_drop_without_the_lobby() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    room.handle(
+        10,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_g".into(),
+        },
+    );
+    room.handle(20, 1, ClientMessage::Leave);
+    room.disconnected(30, 2);
+    assert!(!room.is_empty());
+    // No host is there to admit anyone, yet the guest goes straight back in.
+    let fx = room.join(40, guest(3, "p_g", false)).unwrap();
+    assert_eq!(entered(&fx), ["p_g"]);
+}
+
+#[test]
+fn the_earliest_of_lobby_timeout_and_held_seat_is_the_next_deadline() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.disconnected(10, 1);
+    // The seat ends at 10 + grace; a guest who waits from 0 times out at 60 s.
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    assert_eq!(room.next_deadline(), Some((10 + REJOIN_GRACE_MS).min(60_000)));
+    // An ended meeting holds no seat.
+    let mut out = Vec::new();
+    room.end(20, &mut out);
+    assert!(room.is_empty());
+    assert_eq!(room.next_deadline(), None);
 }
 
 #[test]

@@ -18,9 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::error::{Result, SdkError};
-use super::media::{LocalTrack, MediaOptions, Publisher, RemoteTrack, RemoteTracks, Subscriber};
-use super::tls::{TlsOptions, client_config, install_crypto_provider};
+use crate::error::{Result, SdkError};
+use crate::media::{LocalTrack, MediaOptions, Publisher, RemoteTrack, RemoteTracks, Subscriber};
+use crate::tls::{TlsOptions, client_config, install_crypto_provider};
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -64,7 +64,7 @@ impl ConnectOptions {
         self
     }
 
-    /// The TLS part of these options, for a [`RestClient`](super::RestClient) to the same server.
+    /// The TLS part of these options, for a [`RestClient`](crate::RestClient) to the same server.
     pub fn tls(&self) -> TlsOptions {
         TlsOptions {
             ca_pem: self.ca_pem.clone(),
@@ -213,8 +213,8 @@ impl Events {
     /// Handy in tests: `events.wait_for(t, |e| matches!(e, Event::Admitted { .. }).then_some(e))`.
     ///
     /// ```no_run
-    /// # async fn run(mut events: gatehouse::sdk::Events) -> gatehouse::sdk::Result<()> {
-    /// use gatehouse::sdk::Event;
+    /// # async fn run(mut events: gatehouse_sdk::Events) -> gatehouse_sdk::Result<()> {
+    /// use gatehouse_sdk::Event;
     /// use std::time::Duration;
     /// let chat = events
     ///     .wait_for(Duration::from_secs(30), |e| match e {
@@ -325,8 +325,8 @@ impl Client {
     /// [`SdkError::Left`] if the server turns the join down.
     ///
     /// ```no_run
-    /// # async fn run() -> gatehouse::sdk::Result<()> {
-    /// use gatehouse::sdk::{Client, ConnectOptions, Event};
+    /// # async fn run() -> gatehouse_sdk::Result<()> {
+    /// use gatehouse_sdk::{Client, ConnectOptions, Event};
     /// let mut options = ConnectOptions::new("https://gatehouse.example.org", "guest-token");
     /// options.ca_pem = Some(std::fs::read_to_string("gatehouse-data/tls/ca.pem").expect("the dev CA"));
     /// let (client, mut events) = Client::connect(options).await?;
@@ -492,14 +492,15 @@ impl Client {
     /// use) and returns once the server has answered. Needs the call.
     ///
     /// ```no_run
-    /// # async fn run(client: gatehouse::sdk::Client) -> gatehouse::sdk::Result<()> {
-    /// use gatehouse::sdk::synthetic::SyntheticConfig;
+    /// # async fn run(client: gatehouse_sdk::Client, frames: Vec<bytes::Bytes>) -> gatehouse_sdk::Result<()> {
     /// use gatehouse_signaling::protocol::TrackSource;
+    /// use std::time::Duration;
     /// let camera = client.publish(TrackSource::Camera).await?;
-    /// let sender = camera.start_synthetic(SyntheticConfig::video())?;
-    /// // ... later
-    /// let sent = sender.stop().await?;
-    /// println!("sent {} packets", sent.packets);
+    /// camera.wait_connected(Duration::from_secs(10)).await?;
+    /// // Encoded VP8 frames from your encoder, 30 a second.
+    /// for frame in frames {
+    ///     camera.write_sample(frame, Duration::from_millis(33)).await?;
+    /// }
     /// # Ok(())
     /// # }
     /// ```
@@ -539,8 +540,8 @@ impl Client {
     /// (e.g. an expired token) ends the attempts at once.
     ///
     /// ```no_run
-    /// # async fn run(client: gatehouse::sdk::Client, mut events: gatehouse::sdk::Events) -> gatehouse::sdk::Result<()> {
-    /// use gatehouse::sdk::Event;
+    /// # async fn run(client: gatehouse_sdk::Client, mut events: gatehouse_sdk::Events) -> gatehouse_sdk::Result<()> {
+    /// use gatehouse_sdk::Event;
     /// use std::time::Duration;
     /// if let Some(Event::Disconnected { .. }) = events.recv().await {
     ///     let (client, events) = client.reconnect(5, Duration::from_millis(500)).await?;
@@ -569,8 +570,9 @@ impl Client {
         Err(last)
     }
 
-    /// Closes the socket without `leave` (the server sees a disconnect) and the
-    /// media connections.
+    /// Closes the socket and the media connections. Frames already queued (a
+    /// [`leave`](Self::leave) just before) are sent first; without `leave` the server
+    /// sees a dropped connection and holds an admitted participant's seat for 60 s.
     pub async fn close(&self) {
         self.inner.shutdown.send_replace(true);
         self.inner.close_media().await;
@@ -620,7 +622,16 @@ async fn write_frames(
                     break;
                 }
             }
-            _ = async { let _ = shutdown.wait_for(|closed| *closed).await; } => break,
+            _ = async { let _ = shutdown.wait_for(|closed| *closed).await; } => {
+                // What was queued before `close` still goes out: `leave(); close()` leaves.
+                while let Ok(message) = out.try_recv() {
+                    let Ok(text) = serde_json::to_string(&message) else { continue };
+                    if sink.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
         }
     }
     let _ = sink.close().await;

@@ -7,7 +7,7 @@
 //! same code runs against the gateway or against another peer in a test.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -19,13 +19,11 @@ use gatehouse_signaling::protocol::{
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -37,9 +35,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::error::{Result, SdkError};
-use super::now_us;
-use super::synthetic::{StreamSummary, SyntheticCodec, SyntheticConfig, SyntheticSource};
+use crate::error::{Result, SdkError};
 
 /// An RTP packet as webrtc-rs models it (header and payload).
 pub use rtc::rtp::Packet as RtpPacket;
@@ -262,8 +258,8 @@ async fn build_connection(
     // Keyframe requests must reach the application (the synthetic sender answers them);
     // by default inbound RTCP ends inside the interceptor chain.
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-        rtc::interceptor::Slot::from(crate::sfu::rtcp::RTCP_TAP_SLOT),
-        crate::sfu::rtcp::RtcpTap::new(crate::sfu::rtcp::TapSink::None),
+        rtc::interceptor::Slot::from(crate::rtcp::KEYFRAME_TAP_SLOT),
+        crate::rtcp::KeyframeTap::default(),
     );
     let ice_servers = options
         .ice_servers
@@ -685,145 +681,6 @@ impl LocalTrack {
             }
         }
     }
-
-    /// Starts a task that sends synthetic media on this track (see
-    /// [`synthetic`](super::synthetic)); it waits for the connection first, and
-    /// answers PLI/FIR with a keyframe.
-    pub fn start_synthetic(&self, config: SyntheticConfig) -> Result<SyntheticSender> {
-        let codec = SyntheticCodec::from_mime(&self.inner.mime_type)
-            .ok_or_else(|| SdkError::Protocol(format!("no synthetic format for {}", self.inner.mime_type)))?;
-        if codec != config.codec {
-            return Err(SdkError::Protocol(format!(
-                "track is {} but the config says {:?}",
-                self.inner.mime_type, config.codec
-            )));
-        }
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let counters = Arc::new(SentCounters::default());
-        let task = tokio::spawn(run_synthetic(self.clone(), config, stop_rx, counters.clone()));
-        Ok(SyntheticSender {
-            stop: Some(stop_tx),
-            task,
-            counters,
-        })
-    }
-}
-
-/// What a synthetic sender has sent so far.
-#[derive(Debug, Default)]
-struct SentCounters {
-    frames: AtomicU64,
-    packets: AtomicU64,
-    bytes: AtomicU64,
-}
-
-/// Totals of a synthetic sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SyntheticSent {
-    /// Frames produced.
-    pub frames: u64,
-    /// RTP packets handed to webrtc-rs.
-    pub packets: u64,
-    /// Payload bytes of those packets.
-    pub bytes: u64,
-}
-
-/// A running synthetic media task; stop it with [`stop`](Self::stop).
-pub struct SyntheticSender {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<()>>,
-    counters: Arc<SentCounters>,
-}
-
-impl SyntheticSender {
-    /// What has been sent so far.
-    pub fn sent(&self) -> SyntheticSent {
-        SyntheticSent {
-            frames: self.counters.frames.load(Ordering::Relaxed),
-            packets: self.counters.packets.load(Ordering::Relaxed),
-            bytes: self.counters.bytes.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Stops sending and returns the totals, or the error that ended the task early.
-    pub async fn stop(mut self) -> Result<SyntheticSent> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match (&mut self.task).await {
-            Ok(result) => result.map(|()| self.sent()),
-            Err(e) => Err(SdkError::Protocol(format!("synthetic sender task failed: {e}"))),
-        }
-    }
-}
-
-impl Drop for SyntheticSender {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn run_synthetic(
-    track: LocalTrack,
-    config: SyntheticConfig,
-    mut stop: oneshot::Receiver<()>,
-    counters: Arc<SentCounters>,
-) -> Result<()> {
-    tokio::select! {
-        connected = track.wait_connected(Duration::from_secs(30)) => connected?,
-        _ = &mut stop => return Ok(()),
-    }
-    let keyframe_wanted = Arc::new(AtomicBool::new(false));
-    let feedback = {
-        let (track, wanted) = (track.clone(), keyframe_wanted.clone());
-        tokio::spawn(async move {
-            while let Some(packets) = track.next_rtcp().await {
-                let asks_keyframe = packets
-                    .iter()
-                    .any(|p| p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>());
-                if asks_keyframe {
-                    wanted.store(true, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let mut source = SyntheticSource::new(config);
-    let base_timestamp: u32 = rand::random();
-    let mut ticks = tokio::time::interval(Duration::from_micros(source.config().frame_interval_us()));
-    let result = loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = &mut stop => break Ok(()),
-        }
-        if keyframe_wanted.swap(false, Ordering::Relaxed) {
-            source.request_keyframe();
-        }
-        let frame = source.next_frame(now_us());
-        let last = frame.payloads.len().saturating_sub(1);
-        let mut failed = None;
-        for (i, payload) in frame.payloads.into_iter().enumerate() {
-            let len = payload.len() as u64;
-            if let Err(e) = track
-                .write_payload(
-                    Bytes::from(payload),
-                    base_timestamp.wrapping_add(frame.rtp_timestamp),
-                    i == last,
-                )
-                .await
-            {
-                failed = Some(e);
-                break;
-            }
-            counters.packets.fetch_add(1, Ordering::Relaxed);
-            counters.bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        if let Some(e) = failed {
-            break Err(e);
-        }
-        counters.frames.fetch_add(1, Ordering::Relaxed);
-    };
-    feedback.abort();
-    result
 }
 
 /// Our side of the subscriber connection: the server offers, we answer. The
@@ -1007,11 +864,6 @@ impl RemoteTrack {
         self.info.as_ref()
     }
 
-    /// The synthetic payload format this track would carry, judged by its codec.
-    pub fn synthetic_codec(&self) -> Option<SyntheticCodec> {
-        SyntheticCodec::from_mime(&self.mime_type)
-    }
-
     /// The next RTP packet; `None` when the track has ended.
     pub async fn recv_rtp(&self) -> Option<RtpPacket> {
         loop {
@@ -1030,33 +882,6 @@ impl RemoteTrack {
             media_ssrc: self.ssrc,
         };
         Ok(self.track.write_rtcp(vec![Box::new(pli)]).await?)
-    }
-
-    /// Receives synthetic packets into fresh [`ReceiverStats`](super::synthetic::ReceiverStats)
-    /// until `until` resolves or the track ends, then returns the summary.
-    /// `started_at_us` is the reference for time to first packet.
-    pub async fn measure_synthetic(
-        &self,
-        started_at_us: u64,
-        until: impl std::future::Future<Output = ()>,
-    ) -> Result<StreamSummary> {
-        let codec = self
-            .synthetic_codec()
-            .ok_or_else(|| SdkError::Protocol(format!("no synthetic format for {}", self.mime_type)))?;
-        let mut stats = super::synthetic::ReceiverStats::new(codec, started_at_us);
-        tokio::pin!(until);
-        loop {
-            tokio::select! {
-                packet = self.recv_rtp() => match packet {
-                    Some(packet) => {
-                        let _ = stats.on_payload(now_us(), &packet.payload);
-                    }
-                    None => break,
-                },
-                _ = &mut until => break,
-            }
-        }
-        Ok(stats.summary())
     }
 }
 

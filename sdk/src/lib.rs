@@ -1,12 +1,20 @@
-//! The Rust client SDK for Gatehouse: join a meeting, handle the lobby, chat,
-//! and send and receive media, from tests, the load tester, or staff bots.
+//! The Rust client SDK for Gatehouse (`gatehouse-sdk`): join a meeting, handle the
+//! lobby, chat, and send and receive media, from staff applications, bots, the load
+//! tester and tests.
+//!
+//! It owns the client side only: the signaling socket, the REST calls, the two WebRTC
+//! peer connections (webrtc-rs, async) and TLS. The wire protocol comes from
+//! `gatehouse-signaling`, the one definition both sides share. It must never depend on
+//! the gateway (`gatehouse`): a staff application compiles no HTTP server, database or
+//! metrics code. Features: `synthetic` adds [`synthetic`], the self-checking payload
+//! format that load tests and media tests send and measure.
 //!
 //! - [`Client::connect`] opens the signaling WebSocket and joins; the returned
 //!   [`Events`] stream carries every server frame as a typed [`Event`].
 //! - [`Client::publish`] sends our media on the publisher connection;
 //!   [`Event::RemoteTrack`] hands over everyone else's, from the subscriber connection.
 //! - [`RestClient`] calls the REST API (meetings, links, redemption).
-//! - [`synthetic`] is the pure payload format and statistics for synthetic media.
+//! - `synthetic` (feature) is the payload format and statistics for synthetic media.
 //!
 //! A dropped socket is a departure for the server: the SDK reports
 //! [`Event::Disconnected`]; [`Client::reconnect`] comes back with the same token
@@ -14,8 +22,8 @@
 //! application publishes its media again once admitted.
 //!
 //! ```no_run
-//! use gatehouse::sdk::{Client, ConnectOptions, Event};
-//! # async fn run() -> gatehouse::sdk::Result<()> {
+//! use gatehouse_sdk::{Client, ConnectOptions, Event};
+//! # async fn run() -> gatehouse_sdk::Result<()> {
 //! let options = ConnectOptions::new("https://127.0.0.1:8443", "staff-token").meeting("m_123");
 //! let (client, mut events) = Client::connect(options).await?;
 //! while let Some(event) = events.recv().await {
@@ -35,13 +43,17 @@ pub mod client;
 pub mod error;
 pub mod media;
 pub mod rest;
+mod rtcp;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
 pub mod tls;
 
 pub use client::{Client, ConnectOptions, Event, Events, websocket_url};
 pub use error::{Result, SdkError};
-pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, SyntheticSender, SyntheticSent, VideoCodec};
+pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, VideoCodec};
 pub use rest::{Link, LinkKind, LobbyBypass, Meeting, NewLink, NewMeeting, PublicLink, Redeemed, RestClient};
+#[cfg(feature = "synthetic")]
+pub use synthetic::{SyntheticSender, SyntheticSent};
 pub use tls::TlsOptions;
 
 /// The wall clock in microseconds since the UNIX epoch (what synthetic send times use).

@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::error::{Result, SdkError};
+use crate::error::{Result, SdkError};
 
 /// Which server certificates to trust.
 #[derive(Debug, Clone, Default)]
@@ -23,7 +23,7 @@ pub struct TlsOptions {
 }
 
 /// Installs ring as rustls' process-wide provider; harmless if one is installed.
-pub(crate) fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
@@ -36,7 +36,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// A rustls configuration for the options, or `None` when the library
 /// defaults (public web PKI roots) apply.
-pub(crate) fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig>> {
+pub fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig>> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -8,10 +8,18 @@
 //! For VP8 the header sits behind a valid VP8 payload descriptor and frame tag,
 //! so an SFU (or a real depacketizer) sees keyframes where the sender put them.
 //!
-//! This module is pure: no IO, no clock. Callers pass times in microseconds
-//! since the UNIX epoch; `now_us` in [`crate::sdk`] reads the wall clock.
+//! The format and the statistics are pure: no IO, no clock. Callers pass times in
+//! microseconds since the UNIX epoch; [`crate::now_us`] reads the wall clock. The
+//! `sender` part puts them on real tracks: [`LocalTrack::start_synthetic`](crate::LocalTrack::start_synthetic)
+//! and [`RemoteTrack::measure_synthetic`](crate::RemoteTrack::measure_synthetic).
+//!
+//! Behind the `synthetic` feature: load testers and tests want it, staff applications
+//! that send real media do not.
 
 use std::fmt;
+
+mod sender;
+pub use sender::{SyntheticSender, SyntheticSent};
 
 /// First four bytes of every synthetic header: `GHSY`.
 pub const MAGIC: [u8; 4] = *b"GHSY";
@@ -150,7 +158,7 @@ fn fnv1a(parts: &[&[u8]]) -> u32 {
 #[allow(clippy::too_many_arguments)]
 ///
 /// ```
-/// use gatehouse::sdk::synthetic::{SyntheticCodec, build_payload, parse_payload};
+/// use gatehouse_sdk::synthetic::{SyntheticCodec, build_payload, parse_payload};
 /// let payload = build_payload(SyntheticCodec::Vp8, 7, 3, 1_000_000, true, true, true, 300);
 /// let parsed = parse_payload(SyntheticCodec::Vp8, &payload).expect("intact");
 /// assert_eq!((parsed.seq, parsed.frame, parsed.keyframe), (7, 3, true));
@@ -636,7 +644,7 @@ impl ReceiverStats {
     /// (for time to first packet).
     ///
     /// ```
-    /// use gatehouse::sdk::synthetic::{ReceiverStats, SyntheticCodec, build_payload};
+    /// use gatehouse_sdk::synthetic::{ReceiverStats, SyntheticCodec, build_payload};
     /// let mut stats = ReceiverStats::new(SyntheticCodec::Opus, 0);
     /// for seq in [0u32, 1, 3] {
     ///     let payload = build_payload(SyntheticCodec::Opus, seq, seq, 1_000, false, true, true, 80);

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use gatehouse_signaling::ErrorCode;
 
-use super::error::{Result, SdkError};
-use super::tls::{TlsOptions, client_config, install_crypto_provider};
+use crate::error::{Result, SdkError};
+use crate::tls::{TlsOptions, client_config, install_crypto_provider};
 
 /// Who skips the lobby (the protocol crate's type).
 pub use gatehouse_signaling::meeting::LobbyBypass;
@@ -104,7 +104,7 @@ pub struct Link {
     pub extra: Map<String, Value>,
 }
 
-/// What redeeming a link gives a guest: a token for [`super::ConnectOptions`].
+/// What redeeming a link gives a guest: a token for [`crate::ConnectOptions`].
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Redeemed {
@@ -133,8 +133,8 @@ impl RestClient {
     /// A client for the server at `base_url` (`https://host:port`), without a token.
     ///
     /// ```no_run
-    /// # async fn run() -> gatehouse::sdk::Result<()> {
-    /// use gatehouse::sdk::{LinkKind, NewLink, NewMeeting, RestClient, TlsOptions};
+    /// # async fn run() -> gatehouse_sdk::Result<()> {
+    /// use gatehouse_sdk::{LinkKind, NewLink, NewMeeting, RestClient, TlsOptions};
     /// let tls = TlsOptions { ca_pem: None, danger_accept_invalid_certs: true };
     /// let staff = RestClient::new("https://localhost:8443", &tls)?.with_token("staff-token");
     /// let meeting = staff.create_meeting(&NewMeeting { title: "Follow-up".into(), ..Default::default() }).await?;
