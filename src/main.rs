@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway: HTTPS + WebSocket signaling on one port, media on one UDP port.
+    /// Run the gateway: HTTPS + WebSocket signaling on one port, media on a UDP port per shard.
     ///
     /// With no flags it listens on 0.0.0.0:8443, keeps its database, signing key and a
     /// generated development certificate in ./gatehouse-data, and takes media on UDP 7882.

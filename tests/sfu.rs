@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse::sfu::{Sfu, SfuConfig};
 use gatehouse_signaling::ErrorCode;
-use gatehouse_signaling::protocol::{ClientMessage, IceCandidate, PeerRole, ServerMessage, TrackInfo, TrackSource};
+use gatehouse_signaling::protocol::{IceCandidate, MediaMessage, PeerRole, ServerMessage, TrackInfo, TrackSource};
 use support::{Client, OPUS_PT, VP8_PT, eventually};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -319,25 +319,25 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
     let a = Client::join(&sfu, "m_bad", "p_a", true).await;
     let b = Client::join(&sfu, "m_bad", "p_b", true).await;
 
-    let handle = |msg: ClientMessage| {
+    let handle = |msg: MediaMessage| {
         let sfu = sfu.clone();
         async move { sfu.handle("m_bad", "p_a", msg).await }
     };
-    let e = handle(ClientMessage::PublishOffer {
+    let e = handle(MediaMessage::PublishOffer {
         sdp: "not sdp at all".into(),
         tracks: vec![],
     })
     .await
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidSdp, "{e}");
-    let e = handle(ClientMessage::PublishOffer {
+    let e = handle(MediaMessage::PublishOffer {
         sdp: "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n".into(),
         tracks: vec![],
     })
     .await
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidSdp, "{e}");
-    let e = handle(ClientMessage::SubscribeAnswer { sdp: "v=0".into() })
+    let e = handle(MediaMessage::SubscribeAnswer { sdp: "v=0".into() })
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::MediaStateError, "an answer with no offer: {e}");
@@ -346,7 +346,7 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
         "candidate:1 1 udp notanumber 127.0.0.1 9 typ host",
         "candidate:1 1 udp 1 127.0.0.1",
     ] {
-        let e = handle(ClientMessage::IceCandidate {
+        let e = handle(MediaMessage::IceCandidate {
             target: PeerRole::Publisher,
             candidate: IceCandidate {
                 candidate: bad.into(),
@@ -358,18 +358,18 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidCandidate, "{bad}: {e}");
     }
-    let e = handle(ClientMessage::MuteTrack {
+    let e = handle(MediaMessage::MuteTrack {
         track_id: "t_nope".into(),
         muted: true,
     })
     .await
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
-    let e = handle(ClientMessage::Chat { text: "hi".into() }).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::BadRequest);
-    let e = sfu.handle("m_bad", "p_nobody", ClientMessage::Leave).await.unwrap_err();
+    // Only media frames reach the SFU at all (`Sfu::handle` takes a `MediaMessage`).
+    let answer = || MediaMessage::SubscribeAnswer { sdp: "v=0".into() };
+    let e = sfu.handle("m_bad", "p_nobody", answer()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotInCall);
-    let e = sfu.handle("m_none", "p_a", ClientMessage::Leave).await.unwrap_err();
+    let e = sfu.handle("m_none", "p_a", answer()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotInCall);
 
     // A live call between a and b.
@@ -551,7 +551,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
     let a_mic = track_of(&b, "p_a", TrackSource::Microphone);
 
     // mute_track: the others hear it, TrackInfo follows.
-    a.send(ClientMessage::MuteTrack {
+    a.send(MediaMessage::MuteTrack {
         track_id: a_mic.track_id.clone(),
         muted: true,
     })
@@ -585,7 +585,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
             .any(|t| t.track_id == a_mic.track_id && t.muted)
     );
     let e = b
-        .send(ClientMessage::MuteTrack {
+        .send(MediaMessage::MuteTrack {
             track_id: a_mic.track_id.clone(),
             muted: true,
         })
@@ -596,7 +596,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
     // set_subscription: pause stops the flow, resume restarts it with contiguous RTP
     // sequence numbers and a keyframe request.
     let packets = |c: &Client, t: &str| c.received(t).map(|r| r.packets).unwrap_or(0);
-    b.send(ClientMessage::SetSubscription {
+    b.send(MediaMessage::SetSubscription {
         track_id: a_cam.track_id.clone(),
         paused: true,
     })
@@ -609,7 +609,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
     let after_pause = packets(&b, &a_cam.track_id);
     assert!(after_pause <= paused_at + 5, "paused: {paused_at} -> {after_pause}");
     let requests = a.feedback.keyframe_requests.load(Ordering::SeqCst);
-    b.send(ClientMessage::SetSubscription {
+    b.send(MediaMessage::SetSubscription {
         track_id: a_cam.track_id.clone(),
         paused: false,
     })
@@ -632,7 +632,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
     );
     assert!(cam.missing > 0, "the payload counter shows the paused stretch: {cam:?}");
     let e = b
-        .send(ClientMessage::SetSubscription {
+        .send(MediaMessage::SetSubscription {
             track_id: "t_nope".into(),
             paused: true,
         })
@@ -786,7 +786,7 @@ async fn shutdown_closes_everything() {
     assert_eq!(sfu.live_connections(), 0, "closed before shutdown returns");
     assert!(sfu.meeting_stats("m_shutdown").is_none());
     let e = a
-        .send(ClientMessage::MuteTrack {
+        .send(MediaMessage::MuteTrack {
             track_id: "t".into(),
             muted: true,
         })

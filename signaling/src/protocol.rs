@@ -234,6 +234,37 @@ pub enum ClientMessage {
     SetSubscription { track_id: TrackId, paused: bool },
 }
 
+/// The client frames that belong to the media plane (the SFU) rather than to the
+/// meeting: the one place that says which frames those are. The meeting routes them
+/// to the SFU for participants in the call and refuses them for everyone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaMessage {
+    /// `publish_offer`.
+    PublishOffer { sdp: String, tracks: Vec<PublishedTrack> },
+    /// `subscribe_answer`.
+    SubscribeAnswer { sdp: String },
+    /// `ice_candidate`.
+    IceCandidate { target: PeerRole, candidate: IceCandidate },
+    /// `mute_track`.
+    MuteTrack { track_id: TrackId, muted: bool },
+    /// `set_subscription`.
+    SetSubscription { track_id: TrackId, paused: bool },
+}
+
+impl ClientMessage {
+    /// The media frame this is, or the frame back when it is the meeting's business.
+    pub fn into_media(self) -> Result<MediaMessage, ClientMessage> {
+        Ok(match self {
+            ClientMessage::PublishOffer { sdp, tracks } => MediaMessage::PublishOffer { sdp, tracks },
+            ClientMessage::SubscribeAnswer { sdp } => MediaMessage::SubscribeAnswer { sdp },
+            ClientMessage::IceCandidate { target, candidate } => MediaMessage::IceCandidate { target, candidate },
+            ClientMessage::MuteTrack { track_id, muted } => MediaMessage::MuteTrack { track_id, muted },
+            ClientMessage::SetSubscription { track_id, paused } => MediaMessage::SetSubscription { track_id, paused },
+            other => return Err(other),
+        })
+    }
+}
+
 /// Frames the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use gatehouse_signaling::lobby::ConnId;
 use gatehouse_signaling::meeting::Meeting;
 use gatehouse_signaling::protocol::LobbyEntry;
-use gatehouse_signaling::protocol::{ClientMessage, ServerMessage};
+use gatehouse_signaling::protocol::{ClientMessage, MediaMessage, ServerMessage};
 use gatehouse_signaling::room::{Effect, EventKind, JoinRequest, LobbyAction, Room};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
@@ -59,9 +59,25 @@ pub enum Command {
 }
 
 /// The registry of live meetings.
+///
+/// A `Mutex<HashMap>` rather than a `DashMap`: a meeting task removes itself only when
+/// its channel is empty, and that check and the removal must be atomic with every
+/// sender's lookup-and-send (see `send`). One short critical section per signaling frame
+/// says that plainly; a sharded map would need its entry lock held across the check.
 #[derive(Default)]
 pub struct LiveMeetings {
     tasks: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    /// Meeting tasks still running, their last cleanup included: shutdown waits for 0.
+    running: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts a meeting task as running until it is dropped, also when the task panics.
+struct RunningTask(Arc<LiveMeetings>);
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        self.0.running.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// What a meeting task needs from the rest of the server.
@@ -99,6 +115,12 @@ impl LiveMeetings {
         self.lock().contains_key(meeting_id)
     }
 
+    /// Waits until every meeting task has finished, at most `limit`; `false` on time-out.
+    pub async fn wait_finished(&self, limit: std::time::Duration) -> bool {
+        let mut running = self.running.subscribe();
+        tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await.is_ok()
+    }
+
     /// Sends to a live meeting; `false` if nobody is in it.
     pub fn send_if_live(&self, meeting_id: &str, cmd: Command) -> bool {
         self.lock().get(meeting_id).is_some_and(|tx| tx.send(cmd).is_ok())
@@ -110,7 +132,9 @@ impl LiveMeetings {
         let tx = tasks.entry(meeting.meeting_id.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let span = tracing::info_span!("meeting", meeting_id = %meeting.meeting_id);
-            tokio::spawn(run(Room::new(meeting.clone()), rx, services.clone()).instrument(span));
+            self.running.send_modify(|n| *n += 1);
+            let running = RunningTask(services.live.clone());
+            tokio::spawn(run(Room::new(meeting.clone()), rx, services.clone(), running).instrument(span));
             tx
         });
         // The task only exits under this lock with an empty channel, so this send lands.
@@ -118,7 +142,7 @@ impl LiveMeetings {
     }
 }
 
-async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services: Services) {
+async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services: Services, _running: RunningTask) {
     tracing::info!("meeting live");
     services.metrics.meetings_live.inc();
     let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
@@ -187,14 +211,13 @@ async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, service
                 }
             }
         }
-        Command::Frame { conn, msg } => {
-            if is_media(&msg) {
-                media(room, outboxes, services, conn, msg).await;
-            } else {
+        Command::Frame { conn, msg } => match msg.into_media() {
+            Ok(msg) => media(room, outboxes, services, conn, msg).await,
+            Err(msg) => {
                 let effects = room.handle(now, conn, msg);
                 apply(room, outboxes, services, effects).await;
             }
-        }
+        },
         Command::Disconnected { conn } => {
             let effects = room.disconnected(now, conn);
             outboxes.remove(&conn);
@@ -231,19 +254,8 @@ async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, service
     }
 }
 
-fn is_media(msg: &ClientMessage) -> bool {
-    matches!(
-        msg,
-        ClientMessage::PublishOffer { .. }
-            | ClientMessage::SubscribeAnswer { .. }
-            | ClientMessage::IceCandidate { .. }
-            | ClientMessage::MuteTrack { .. }
-            | ClientMessage::SetSubscription { .. }
-    )
-}
-
 /// Media frames go to the SFU, but only from participants in the call.
-async fn media(room: &Room, outboxes: &HashMap<ConnId, Outbox>, services: &Services, conn: ConnId, msg: ClientMessage) {
+async fn media(room: &Room, outboxes: &HashMap<ConnId, Outbox>, services: &Services, conn: ConnId, msg: MediaMessage) {
     let Some(outbox) = outboxes.get(&conn) else { return };
     let participant = room.participant_of(conn).map(str::to_owned);
     let result = match participant {

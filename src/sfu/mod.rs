@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gatehouse_signaling::protocol::{
-    ClientMessage, IceServer, ParticipantId, ParticipantKind, ServerMessage, TrackInfo,
+    IceServer, MediaMessage, ParticipantId, ParticipantKind, ServerMessage, TrackInfo,
 };
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
@@ -103,6 +103,9 @@ struct Placement {
 
 struct Inner {
     shards: Vec<ShardHandle>,
+    /// Meeting to shard. One mutex, not a concurrent map: placing a new meeting reads the
+    /// load of every placement and inserts in one step, which a sharded map cannot do
+    /// atomically; it is taken once per join, leave and media frame, never per packet.
     placements: Mutex<HashMap<String, Placement>>,
     process: Arc<Counters>,
     live: Arc<AtomicUsize>,
@@ -322,7 +325,7 @@ impl Sfu {
     /// `invalid_candidate`, `presenting_not_allowed`, `media_state_error` (an
     /// answer with no offer outstanding), `not_found` (unknown track),
     /// `bad_request` (not a media message).
-    pub async fn handle(&self, meeting_id: &str, participant_id: &str, message: ClientMessage) -> Result<(), Error> {
+    pub async fn handle(&self, meeting_id: &str, participant_id: &str, message: MediaMessage) -> Result<(), Error> {
         let Some(shard) = self.placement(meeting_id) else {
             return Err(Error::new(ErrorCode::NotInCall, "not in the call"));
         };

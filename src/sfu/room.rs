@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use gatehouse_signaling::protocol::{
-    ClientMessage, IceCandidate, PeerRole, PublishedTrack, ServerMessage, TrackInfo, TrackKind, TrackSource,
+    IceCandidate, MediaMessage, PeerRole, PublishedTrack, ServerMessage, TrackInfo, TrackKind, TrackSource,
 };
 use gatehouse_signaling::{Error, ErrorCode};
 use rtc::media_stream::MediaStreamTrack;
@@ -151,7 +151,7 @@ impl Shard {
         &mut self,
         meeting_id: &str,
         participant_id: &str,
-        message: ClientMessage,
+        message: MediaMessage,
         now: Instant,
     ) -> Result<(), Error> {
         let room_id = self
@@ -175,18 +175,15 @@ impl Shard {
             ));
         }
         match message {
-            ClientMessage::PublishOffer { sdp, tracks } => {
-                self.publish_offer(room_id, participant_id, sdp, tracks, now)
-            }
-            ClientMessage::SubscribeAnswer { sdp } => self.subscribe_answer(room_id, participant_id, sdp, now),
-            ClientMessage::IceCandidate { target, candidate } => {
+            MediaMessage::PublishOffer { sdp, tracks } => self.publish_offer(room_id, participant_id, sdp, tracks, now),
+            MediaMessage::SubscribeAnswer { sdp } => self.subscribe_answer(room_id, participant_id, sdp, now),
+            MediaMessage::IceCandidate { target, candidate } => {
                 self.ice_candidate(room_id, participant_id, target, candidate)
             }
-            ClientMessage::MuteTrack { track_id, muted } => self.mute_track(room_id, participant_id, &track_id, muted),
-            ClientMessage::SetSubscription { track_id, paused } => {
+            MediaMessage::MuteTrack { track_id, muted } => self.mute_track(room_id, participant_id, &track_id, muted),
+            MediaMessage::SetSubscription { track_id, paused } => {
                 self.set_subscription(room_id, participant_id, &track_id, paused, now)
             }
-            _ => Err(err(ErrorCode::BadRequest, "not a media message")),
         }
     }
 

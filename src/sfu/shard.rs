@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use gatehouse_signaling::Error;
-use gatehouse_signaling::protocol::{ClientMessage, ServerMessage, TrackInfo};
+use gatehouse_signaling::protocol::{MediaMessage, ServerMessage, TrackInfo};
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -41,6 +41,9 @@ use super::stats::{Counters, StatsPair};
 const RECV_BUF: usize = 2048;
 /// Datagrams drained per wake-up before commands and timers get a turn.
 const RECV_BATCH: usize = 64;
+/// Commands taken per turn besides the one the select may pick: enough that joins and
+/// offers never queue behind a saturated socket, few enough to keep a turn short.
+const COMMAND_BATCH: usize = 16;
 /// A subscriber we have heard nothing from (not even a consent check, which
 /// browsers send every few seconds) for this long gets no media.
 const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,7 +61,7 @@ pub enum Command {
     Handle {
         meeting_id: String,
         participant_id: String,
-        message: ClientMessage,
+        message: MediaMessage,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Remove {
@@ -163,16 +166,23 @@ impl Shard {
                 }
                 command = commands.recv() => {
                     match command {
-                        Some(Command::Shutdown { reply }) => {
-                            self.shutdown();
-                            let _ = reply.send(());
-                            return;
+                        Some(command) => {
+                            if self.on_command_or_stop(command) {
+                                return;
+                            }
                         }
-                        Some(command) => self.on_command(command),
                         None => break,
                     }
                 }
                 _ = sleep => {}
+            }
+            // A saturated socket wins the biased select every turn; commands (joins,
+            // offers, leaves) still get a bounded share of each turn.
+            for _ in 0..COMMAND_BATCH {
+                let Ok(command) = commands.try_recv() else { break };
+                if self.on_command_or_stop(command) {
+                    return;
+                }
             }
             self.fire_timers(Instant::now());
             self.drain_dirty(Instant::now());
@@ -182,6 +192,21 @@ impl Shard {
             }
         }
         self.shutdown();
+    }
+
+    /// Carries out a command; `true` when it was `Shutdown` (done, the loop ends).
+    fn on_command_or_stop(&mut self, command: Command) -> bool {
+        match command {
+            Command::Shutdown { reply } => {
+                self.shutdown();
+                let _ = reply.send(());
+                true
+            }
+            command => {
+                self.on_command(command);
+                false
+            }
+        }
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {

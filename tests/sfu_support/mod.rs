@@ -19,7 +19,7 @@ use bytes::Bytes;
 use gatehouse::sfu::rtcp::{RTCP_TAP_SLOT, RtcpTap, TapCounters, TapSink};
 use gatehouse::sfu::{MediaParticipant, Sfu};
 use gatehouse_signaling::protocol::{
-    ClientMessage, IceCandidate, ParticipantKind, PeerRole, PublishedTrack, ServerMessage, TrackSource,
+    IceCandidate, MediaMessage, ParticipantKind, PeerRole, PublishedTrack, ServerMessage, TrackSource,
 };
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
@@ -428,7 +428,7 @@ impl Client {
             tokio::spawn(async move {
                 while let Some((target, candidate)) = cand_rx.recv().await {
                     let _ = sfu
-                        .handle(&meeting, &me, ClientMessage::IceCandidate { target, candidate })
+                        .handle(&meeting, &me, MediaMessage::IceCandidate { target, candidate })
                         .await;
                 }
             });
@@ -477,7 +477,7 @@ impl Client {
             .handle(
                 &self.meeting_id,
                 &self.id,
-                ClientMessage::SubscribeAnswer { sdp: local.sdp },
+                MediaMessage::SubscribeAnswer { sdp: local.sdp },
             )
             .await
             .map_err(|e| e.to_string())
@@ -593,7 +593,7 @@ impl Client {
             .handle(
                 &self.meeting_id,
                 &self.id,
-                ClientMessage::PublishOffer {
+                MediaMessage::PublishOffer {
                     sdp: local.sdp,
                     tracks: announced,
                 },
@@ -742,7 +742,7 @@ impl Client {
     }
 
     /// A media message from this client.
-    pub async fn send(&self, message: ClientMessage) -> Result<(), gatehouse_signaling::Error> {
+    pub async fn send(&self, message: MediaMessage) -> Result<(), gatehouse_signaling::Error> {
         self.sfu.handle(&self.meeting_id, &self.id, message).await
     }
 
