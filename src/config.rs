@@ -47,6 +47,13 @@ pub struct ServeArgs {
     /// Link redemptions allowed per client address per minute [default: 20].
     #[arg(long, env = "GATEHOUSE_REDEEM_PER_MINUTE")]
     pub redeem_per_minute: Option<u32>,
+    /// Signaling connections held at once; more are refused with 503 `server_busy` [default: 10000].
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Signaling connections held at once from one client address; more are refused with
+    /// 429 `rate_limited` [default: 50].
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "GATEHOUSE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -77,6 +84,8 @@ struct FileConfig {
     media_shards: Option<usize>,
     guest_token_ttl_secs: Option<u64>,
     redeem_per_minute: Option<u32>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     log_format: Option<String>,
     web_dir: Option<PathBuf>,
     media_drop_rate: Option<f64>,
@@ -97,6 +106,9 @@ pub struct Config {
     pub media_shards: usize,
     pub guest_token_ttl_secs: u64,
     pub redeem_per_minute: u32,
+    /// Signaling connections held at once, in total and per client address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub json_logs: bool,
     pub web_dir: Option<PathBuf>,
     /// Bearer token /metrics requires, if any.
@@ -179,6 +191,12 @@ impl Config {
             media_shards: args.media_shards.or(file.media_shards).unwrap_or(0),
             guest_token_ttl_secs,
             redeem_per_minute: args.redeem_per_minute.or(file.redeem_per_minute).unwrap_or(20).max(1),
+            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000).max(1),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(50)
+                .max(1),
             json_logs,
             web_dir: args.web_dir.or(file.web_dir),
             media_drop_rate,

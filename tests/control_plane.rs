@@ -619,6 +619,40 @@ async fn a_seat_is_held_when_the_last_person_drops() {
     srv.wait_until("no live meeting", |s| s.state().live.is_empty()).await;
 }
 
+/// Signaling connections are limited per address and in total, refused before the
+/// upgrade with a typed HTTP error, and a closed connection gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_connections_are_limited_per_address_and_in_total() {
+    let dir = support::temp_dir("limits");
+    let mut config = support::test_config(&dir);
+    config.max_connections_per_ip = 2;
+    let srv = TestServer::start_with(config).await;
+    let first = srv.ws().await;
+    let _second = srv.ws().await;
+    let (status, body) = srv
+        .try_ws()
+        .await
+        .err()
+        .expect("a third socket from one address is refused");
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("per address"), "{body}");
+    first.drop_connection().await;
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    srv.wait_until("the closed socket's place is free", |s| {
+        s.state().connections.open_now(localhost).1 == 1
+    })
+    .await;
+    let _third = srv.ws().await;
+
+    let dir = support::temp_dir("limits-total");
+    let mut config = support::test_config(&dir);
+    config.max_connections = 1;
+    let busy = TestServer::start_with(config).await;
+    let _only = busy.ws().await;
+    let (status, body) = busy.try_ws().await.err().expect("past the total, refused");
+    assert_eq!((status, body["code"].as_str()), (503, Some("server_busy")), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_participant_and_end_meeting() {
     let srv = TestServer::start().await;

@@ -129,11 +129,14 @@ async fn synthetic_audio_and_video_arrive_intact_in_order_without_loss() {
         } else {
             video_sent
         };
-        let summary = timeout(WAIT, rx.wait_for(|s| s.received + s.corrupt >= sent.packets))
+        let arrived = timeout(WAIT, rx.wait_for(|s| s.received + s.corrupt >= sent.packets))
             .await
-            .expect("all packets")
-            .unwrap()
-            .clone();
+            .is_ok();
+        let summary = rx.borrow().clone();
+        assert!(
+            arrived,
+            "{source:?}: not every packet arrived within {WAIT:?}: sent {sent:?}\n  received {summary:#?}"
+        );
         println!("{source:?}: sent {sent:?}\n  received {summary:#?}");
         assert_eq!(summary.received, sent.packets, "{source:?}: every packet arrived");
         assert_eq!(summary.first_seq, Some(0), "{source:?}: from the first packet");
@@ -143,7 +146,8 @@ async fn synthetic_audio_and_video_arrive_intact_in_order_without_loss() {
         assert_eq!(summary.corrupt, 0, "{source:?}");
         assert_eq!(summary.bytes, sent.bytes, "{source:?}");
         let p99 = summary.latency_p99_us.expect("latency measured");
-        assert!(p99 < 500_000, "{source:?}: p99 latency {p99} us on loopback");
+        // Live, not queued: a bound only a defect breaks, even on a busy machine.
+        assert!(p99 < 1_000_000, "{source:?}: p99 latency {p99} us on loopback");
         if *source == TrackSource::Camera {
             assert!(summary.keyframes >= 1, "the first frame is a keyframe");
         }

@@ -515,18 +515,19 @@ export class GatehouseClient extends EventTarget {
           });
         }
       }
-      const offer = await pc.createOffer();
-      await pc.setLocalDescription(offer);
-      const tracks = live
-        .filter(([, e]) => e.transceiver.mid !== null)
-        .map(([source, e]) => ({ mid: e.transceiver.mid, source, muted: e.muted }));
       const answer = deferred();
-      this.pendingPublish = answer;
-      const timer = setTimeout(
-        () => answer.reject(new GatehouseError('timeout', 'the server did not answer the publish offer')),
-        NEGOTIATION_TIMEOUT_MS,
-      );
+      let timer = null;
       try {
+        const offer = await pc.createOffer();
+        await pc.setLocalDescription(offer);
+        const tracks = live
+          .filter(([, e]) => e.transceiver.mid !== null)
+          .map(([source, e]) => ({ mid: e.transceiver.mid, source, muted: e.muted }));
+        this.pendingPublish = answer;
+        timer = setTimeout(
+          () => answer.reject(new GatehouseError('timeout', 'the server did not answer the publish offer')),
+          NEGOTIATION_TIMEOUT_MS,
+        );
         this.send({ type: 'publish_offer', sdp: pc.localDescription.sdp, tracks });
         this.flushLocalCandidates('publisher');
         const sdp = await answer.promise;
@@ -534,7 +535,11 @@ export class GatehouseClient extends EventTarget {
         await pc.setRemoteDescription({ type: 'answer', sdp });
         await this.flushRemoteCandidates('publisher');
       } catch (e) {
-        if (this.publisher === pc && pc.signalingState === 'have-local-offer') {
+        // The call ended (or the socket dropped) while this offer was on its way: the
+        // connection is gone and the tracks are offered again on the next admission.
+        // That is no failure for whoever asked to publish.
+        if (this.publisher !== pc || e?.code === 'closed') return;
+        if (pc.signalingState === 'have-local-offer') {
           await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
         }
         this.mediaError('publisher', e);

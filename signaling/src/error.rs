@@ -67,6 +67,8 @@ pub enum ErrorCode {
     InvalidCandidate,
     /// A media action arrived in a state that does not allow it (e.g. an answer with no offer pending).
     MediaStateError,
+    /// The server holds as many connections as it is set to; retry shortly.
+    ServerBusy,
     /// The server failed; the request may be retried.
     Internal,
 }
@@ -87,6 +89,7 @@ impl ErrorCode {
             MeetingFull => 409,
             RateLimited => 429,
             Internal => 500,
+            ServerBusy => 503,
         }
     }
 }

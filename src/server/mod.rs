@@ -5,6 +5,7 @@ pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod live;
 pub mod ws;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Per-address pace of link redemptions.
     redeem_limits: Mutex<HashMap<IpAddr, TokenBucket>>,
+    /// Signaling connections open now, in total and per address.
+    pub connections: Arc<limits::ConnectionLimits>,
 }
 
 impl AppState {
@@ -237,6 +240,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         next_conn: AtomicU64::new(1),
         shutdown: shutdown_rx,
         redeem_limits: Mutex::new(HashMap::new()),
+        connections: limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
     });
 
     let app = Router::new()

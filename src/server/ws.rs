@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use gatehouse_signaling::admission::Attendee;
 use gatehouse_signaling::lobby::ConnId;
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::AppState;
+use super::error::ApiError;
 use super::live::Command;
 use crate::ids::{new_id, now_ms};
 
@@ -41,10 +42,23 @@ pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Response {
+    // Refused before the upgrade, with an HTTP error a client can read; the permit is
+    // held for the connection's whole life and frees its place however it ends.
+    let permit = match state.connections.acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(e) => {
+            tracing::info!(%peer, code = ?e.code, "signaling connection refused");
+            return ApiError(e).into_response();
+        }
+    };
     let conn = state.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ws.max_message_size(HARD_FRAME_LIMIT).max_frame_size(HARD_FRAME_LIMIT).on_upgrade(move |socket| {
         let span = tracing::info_span!("conn", conn, %peer, meeting_id = tracing::field::Empty, participant_id = tracing::field::Empty);
-        serve(socket, state, conn).instrument(span)
+        async move {
+            serve(socket, state, conn).await;
+            drop(permit);
+        }
+        .instrument(span)
     })
 }
 

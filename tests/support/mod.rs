@@ -160,16 +160,30 @@ impl TestServer {
     }
 
     pub async fn ws(&self) -> Ws {
+        self.try_ws().await.expect("websocket connects")
+    }
+
+    /// Opens the signaling socket; a refusal gives its HTTP status and JSON body.
+    pub async fn try_ws(&self) -> Result<Ws, (u16, Value)> {
         let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
-        let (stream, _) = tokio_tungstenite::connect_async_tls_with_config(
+        match tokio_tungstenite::connect_async_tls_with_config(
             format!("wss://localhost:{}/ws", self.base.rsplit(':').next().unwrap()),
             None,
             false,
             Some(connector),
         )
         .await
-        .expect("websocket connects");
-        Ws { stream }
+        {
+            Ok((stream, _)) => Ok(Ws { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                Err((
+                    response.status().as_u16(),
+                    serde_json::from_slice(body).unwrap_or(Value::Null),
+                ))
+            }
+            Err(e) => panic!("websocket connects or is refused over HTTP: {e}"),
+        }
     }
 
     /// Connects and sends `join`; returns the socket and the `joined` frame.
