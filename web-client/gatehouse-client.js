@@ -516,10 +516,15 @@ export class GatehouseClient extends EventTarget {
         }
       }
       const answer = deferred();
+      // Whoever rejects it (the end of the call, a media error, the timer), the rejection
+      // is handled here or, when this job already gave up, by nobody: never a page error.
+      answer.promise.catch(() => {});
       let timer = null;
       try {
         const offer = await pc.createOffer();
         await pc.setLocalDescription(offer);
+        // Torn down while the offer was being made: this connection is gone.
+        if (this.publisher !== pc) return;
         const tracks = live
           .filter(([, e]) => e.transceiver.mid !== null)
           .map(([source, e]) => ({ mid: e.transceiver.mid, source, muted: e.muted }));

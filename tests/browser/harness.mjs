@@ -54,7 +54,10 @@ export class RunBase {
 
   /** Collects uncaught page errors and echoes console errors to stderr. */
   watch(page, label) {
-    page.on('pageerror', (e) => this.pageErrors.push(`${label}: ${e?.message || e}`));
+    page.on('pageerror', (e) => {
+      this.pageErrors.push(`${label}: ${e?.message || e}`);
+      process.stderr.write(`[${this.name}/${label} page error] ${e?.stack || e}\n`);
+    });
     page.on('console', (m) => {
       if (m.type() === 'error') process.stderr.write(`[${this.name}/${label} console] ${m.text()}\n`);
     });
