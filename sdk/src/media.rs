@@ -610,21 +610,7 @@ impl LocalTrack {
     /// Waits until the publisher connection is connected (DTLS up); writing
     /// earlier only produces warnings in webrtc-rs and loses the packets.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        let mut state = self.inner.state.clone();
-        let wait = state.wait_for(|s| {
-            matches!(
-                s,
-                RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-            )
-        });
-        let reached = *tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| SdkError::Timeout("publisher connection"))?
-            .map_err(|_| SdkError::Closed)?;
-        match reached {
-            RTCPeerConnectionState::Connected => Ok(()),
-            _ => Err(SdkError::Closed),
-        }
+        wait_connected(self.inner.state.clone(), timeout, "publisher connection").await
     }
 
     /// Sends one RTP packet. Its SSRC and payload type are overwritten with the
@@ -680,6 +666,28 @@ impl LocalTrack {
                 _ => continue,
             }
         }
+    }
+}
+
+/// Waits for a connection state to reach `Connected`; `Failed` or `Closed` first is an error.
+async fn wait_connected(
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<()> {
+    let wait = state.wait_for(|s| {
+        matches!(
+            s,
+            RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+        )
+    });
+    let reached = *tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| SdkError::Timeout(what))?
+        .map_err(|_| SdkError::Closed)?;
+    match reached {
+        RTCPeerConnectionState::Connected => Ok(()),
+        _ => Err(SdkError::Closed),
     }
 }
 
@@ -758,6 +766,12 @@ impl Subscriber {
     /// The connection's state (`New` until the first offer).
     pub fn state(&self) -> RTCPeerConnectionState {
         *self.state_tx.borrow()
+    }
+
+    /// Waits until the subscriber connection is connected (DTLS up, so media sent to
+    /// it from now on can be decrypted); an error if it fails or closes first.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        wait_connected(self.state_tx.subscribe(), timeout, "subscriber connection").await
     }
 
     /// Closes the connection if there is one.
