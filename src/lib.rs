@@ -10,6 +10,7 @@ pub mod config;
 pub mod ids;
 pub mod loadtest;
 pub mod metrics;
+pub mod outbox;
 pub mod server;
 pub mod sfu;
 pub mod store;

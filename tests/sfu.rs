@@ -801,7 +801,7 @@ async fn shutdown_closes_everything() {
                 kind: gatehouse_signaling::protocol::ParticipantKind::Guest,
                 may_present: false,
             },
-            tokio::sync::mpsc::unbounded_channel().0,
+            gatehouse::outbox::outbox().0,
         )
         .await
         .unwrap_err();

@@ -183,7 +183,8 @@ async fn update_meeting(
     state.store.update_meeting(&meeting)?;
     state
         .live
-        .send_if_live(&id, Command::MeetingUpdated(Box::new(meeting.clone())));
+        .send_if_live(&id, Command::MeetingUpdated(Box::new(meeting.clone())))
+        .await;
     Ok(Json(meeting_view(&state, meeting)?))
 }
 
@@ -195,7 +196,7 @@ async fn end_meeting(
     let meeting = managed_meeting(&state, &staff, &id)?;
     if !meeting.is_ended() {
         let (reply, done) = oneshot::channel();
-        if state.live.send_if_live(&id, Command::End { reply }) {
+        if state.live.send_if_live(&id, Command::End { reply }).await {
             // The meeting task tells everyone and stores the end.
             let _ = done.await;
         } else {
@@ -304,7 +305,7 @@ async fn meeting_live(
 ) -> ApiResult<Json<serde_json::Value>> {
     managed_meeting(&state, &staff, &id)?;
     let (reply, answer) = oneshot::channel();
-    if !state.live.send_if_live(&id, Command::Snapshot { reply }) {
+    if !state.live.send_if_live(&id, Command::Snapshot { reply }).await {
         return Ok(Json(
             serde_json::json!({ "meeting_id": id, "participants": [], "lobby": 0, "media": null }),
         ));
@@ -438,7 +439,7 @@ async fn queue(State(state): State<Arc<AppState>>, staff: Staff) -> ApiResult<Js
             continue;
         }
         let (reply, answer) = oneshot::channel();
-        if !state.live.send_if_live(&id, Command::Queue { reply }) {
+        if !state.live.send_if_live(&id, Command::Queue { reply }).await {
             continue;
         }
         if let Ok((in_call, lobby)) = answer.await {
@@ -471,6 +472,7 @@ async fn lobby_action(
     if !state
         .live
         .send_if_live(meeting_id, Command::LobbyAction { by, action, reply })
+        .await
     {
         return Err(ApiError::new(ErrorCode::NotFound, "nobody is waiting in this meeting"));
     }

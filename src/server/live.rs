@@ -23,7 +23,7 @@ use crate::sfu::{MediaParticipant, Sfu};
 use crate::store::Store;
 
 /// Frames to one connection's writer.
-pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+pub use crate::outbox::Outbox;
 
 /// What a connection or the REST API asks of a live meeting.
 pub enum Command {
@@ -58,6 +58,9 @@ pub enum Command {
     },
 }
 
+/// Commands queued per meeting task before senders wait (see `LiveMeetings::deliver`).
+pub const MEETING_QUEUE: usize = 256;
+
 /// The registry of live meetings.
 ///
 /// A `Mutex<HashMap>` rather than a `DashMap`: a meeting task removes itself only when
@@ -66,7 +69,7 @@ pub enum Command {
 /// says that plainly; a sharded map would need its entry lock held across the check.
 #[derive(Default)]
 pub struct LiveMeetings {
-    tasks: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    tasks: Mutex<HashMap<String, mpsc::Sender<Command>>>,
     /// Meeting tasks still running, their last cleanup included: shutdown waits for 0.
     running: tokio::sync::watch::Sender<usize>,
 }
@@ -92,7 +95,7 @@ pub struct Services {
 }
 
 impl LiveMeetings {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Command>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Command>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -121,28 +124,66 @@ impl LiveMeetings {
         tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await.is_ok()
     }
 
-    /// Sends to a live meeting; `false` if nobody is in it.
-    pub fn send_if_live(&self, meeting_id: &str, cmd: Command) -> bool {
-        self.lock().get(meeting_id).is_some_and(|tx| tx.send(cmd).is_ok())
+    /// Sends to a live meeting; `false` if nobody is in it. Waits while its queue is full.
+    pub async fn send_if_live(&self, meeting_id: &str, cmd: Command) -> bool {
+        self.deliver(meeting_id, cmd, None).await
     }
 
-    /// Sends to a meeting, starting its task if needed.
-    pub fn send(&self, services: &Services, meeting: &Meeting, cmd: Command) {
-        let mut tasks = self.lock();
-        let tx = tasks.entry(meeting.meeting_id.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let span = tracing::info_span!("meeting", meeting_id = %meeting.meeting_id);
-            self.running.send_modify(|n| *n += 1);
-            let running = RunningTask(services.live.clone());
-            tokio::spawn(run(Room::new(meeting.clone()), rx, services.clone(), running).instrument(span));
-            tx
-        });
-        // The task only exits under this lock with an empty channel, so this send lands.
-        let _ = tx.send(cmd);
+    /// Sends to a meeting, starting its task if needed. Waits while its queue is full.
+    pub async fn send(&self, services: &Services, meeting: &Meeting, cmd: Command) {
+        self.deliver(&meeting.meeting_id, cmd, Some((services, meeting))).await;
+    }
+
+    /// The one way into a meeting task's queue ([`MEETING_QUEUE`] commands).
+    ///
+    /// A task removes itself from the registry only under the lock and with an
+    /// empty queue, so a command is put into the queue under the lock too: at
+    /// once when there is room, else after waiting for a slot outside the lock
+    /// (backpressure on the sender, never a lost command) and checking that
+    /// the task it reserved in is still the registered one.
+    async fn deliver(&self, meeting_id: &str, mut cmd: Command, start: Option<(&Services, &Meeting)>) -> bool {
+        loop {
+            let tx = {
+                let mut tasks = self.lock();
+                if !tasks.contains_key(meeting_id) {
+                    let Some((services, meeting)) = start else {
+                        return false;
+                    };
+                    let (tx, rx) = mpsc::channel(MEETING_QUEUE);
+                    let span = tracing::info_span!("meeting", meeting_id = %meeting.meeting_id);
+                    self.running.send_modify(|n| *n += 1);
+                    let running = RunningTask(services.live.clone());
+                    tokio::spawn(run(Room::new(meeting.clone()), rx, services.clone(), running).instrument(span));
+                    tasks.insert(meeting_id.to_owned(), tx);
+                }
+                let tx = tasks.get(meeting_id).expect("present: checked or inserted above");
+                match tx.try_send(cmd) {
+                    Ok(()) => return true,
+                    Err(mpsc::error::TrySendError::Full(c)) => {
+                        cmd = c;
+                        tx.clone()
+                    }
+                    Err(mpsc::error::TrySendError::Closed(c)) => {
+                        // The task ended without deregistering (it panicked): replace it.
+                        cmd = c;
+                        tasks.remove(meeting_id);
+                        continue;
+                    }
+                }
+            };
+            let Ok(permit) = tx.clone().reserve_owned().await else {
+                continue;
+            };
+            let tasks = self.lock();
+            if tasks.get(meeting_id).is_some_and(|t| t.same_channel(&tx)) {
+                permit.send(cmd);
+                return true;
+            }
+        }
     }
 }
 
-async fn run(mut room: Room, mut rx: mpsc::UnboundedReceiver<Command>, services: Services, _running: RunningTask) {
+async fn run(mut room: Room, mut rx: mpsc::Receiver<Command>, services: Services, _running: RunningTask) {
     tracing::info!("meeting live");
     services.metrics.meetings_live.inc();
     let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();

@@ -18,8 +18,10 @@ use gatehouse_signaling::ratelimit::TokenBucket;
 use gatehouse_signaling::room::JoinRequest;
 use gatehouse_signaling::token::Identity;
 use gatehouse_signaling::{Error, ErrorCode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
+
+use crate::outbox::Next;
 
 use super::AppState;
 use super::error::ApiError;
@@ -72,7 +74,7 @@ fn frame(msg: &ServerMessage) -> Message {
 async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     state.metrics.signaling_connections.inc();
     let (mut sink, mut stream) = socket.split();
-    let (outbox, mut outbox_rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let (outbox, mut outbox_rx) = crate::outbox::outbox();
     let mut shutdown = state.shutdown.clone();
 
     // Writer: drains the outbox; closes the socket after a `left` frame or on shutdown.
@@ -80,8 +82,16 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
         async move {
             loop {
                 tokio::select! {
-                    msg = outbox_rx.recv() => {
-                        let Some(msg) = msg else { break };
+                    next = outbox_rx.next() => {
+                        let msg = match next {
+                            Next::Message(msg) => msg,
+                            Next::Closed => break,
+                            Next::Overflowed => {
+                                let close = CloseFrame { code: 1008, reason: Utf8Bytes::from_static("too slow: outbox full") };
+                                let _ = sink.send(Message::Close(Some(close))).await;
+                                break;
+                            }
+                        };
                         let last = matches!(msg, ServerMessage::Left { .. });
                         if sink.send(frame(&msg)).await.is_err() {
                             break;
@@ -128,7 +138,10 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
         () = read_frames(&state, conn, &meeting_id, &mut stream, &outbox) => false,
         _ = &mut writer => true,
     };
-    state.live.send_if_live(&meeting_id, Command::Disconnected { conn });
+    state
+        .live
+        .send_if_live(&meeting_id, Command::Disconnected { conn })
+        .await;
     drop(outbox);
     // Let the writer flush what is queued (it ends once the meeting drops its outbox too).
     if !writer_done && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
@@ -230,15 +243,18 @@ async fn join_meeting(
     span.record("meeting_id", meeting_id.as_str());
     span.record("participant_id", req.participant_id.as_str());
     let (reply, answer) = oneshot::channel();
-    state.live.send(
-        &state.services(),
-        &meeting,
-        Command::Join {
-            req,
-            outbox: outbox.clone(),
-            reply,
-        },
-    );
+    state
+        .live
+        .send(
+            &state.services(),
+            &meeting,
+            Command::Join {
+                req,
+                outbox: outbox.clone(),
+                reply,
+            },
+        )
+        .await;
     answer
         .await
         .map_err(|_| Error::new(ErrorCode::Internal, "the meeting stopped"))??;
@@ -291,7 +307,7 @@ async fn read_frames(
         }
         match parse_client_message(&text) {
             Ok(msg) => {
-                if !state.live.send_if_live(meeting_id, Command::Frame { conn, msg }) {
+                if !state.live.send_if_live(meeting_id, Command::Frame { conn, msg }).await {
                     return;
                 }
             }

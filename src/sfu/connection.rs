@@ -1,6 +1,8 @@
 //! One server-side peer connection: how it is built (ICE-lite, our ufrag, our
-//! host candidate, default codecs and interceptors plus the RTCP tap) and the
-//! little state the shard keeps beside it.
+//! host candidate, default codecs and interceptors plus the RTCP tap), the
+//! little state the shard keeps beside it, and the `rtc` calls the shard makes
+//! on it (SDP, senders, what was negotiated), each returning plain data for the
+//! media room. The shard runs each of them inside `Peers::guard`.
 //!
 //! The server is ICE-lite: it never sends connectivity checks, it only answers
 //! them. That is what makes one shared socket simple: the client's first binding
@@ -24,11 +26,15 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 
+use gatehouse_signaling::protocol::{TrackInfo, TrackKind};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
+
+use super::media_room::{Codec, ConnId, Negotiated, Stream};
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap, TapSink};
 use super::stats::StatsPair;
-
-/// Shard-local connection handle (never reused within a shard).
-pub type ConnId = u64;
 
 /// Shard-local room handle.
 pub type RoomId = u64;
@@ -38,7 +44,8 @@ pub struct Conn {
     pub pc: RTCPeerConnection,
     /// The room it belongs to, so a datagram finds its meeting without a string hash.
     pub room: RoomId,
-    /// Its owner (participant id), for events that concern the participant.
+    /// Its meeting and owner (participant id), for events and logs.
+    pub meeting_id: String,
     pub participant: String,
     pub role: PeerRole,
     /// Our ICE ufrag: the demultiplexer's key for it.
@@ -59,11 +66,41 @@ pub struct Conn {
     /// MESSAGE-INTEGRITY). Without this, anyone who saw a ufrag on the wire could
     /// redirect the media with one spoofed request.
     pub pending_nomination: Option<SocketAddr>,
-    /// `rtc` panicked inside this connection: it is no longer fed or polled, and
-    /// is only closed when its participant leaves.
+    /// `rtc` panicked inside this connection: it is no longer fed or polled
+    /// (see `Peers::guard`), and is only forgotten when its participant leaves.
     pub broken: bool,
     /// When a datagram last arrived from the client: our consent freshness.
     pub last_seen: Instant,
+}
+
+impl Conn {
+    /// A fresh connection, not yet negotiated.
+    pub fn new(
+        pc: RTCPeerConnection,
+        room: RoomId,
+        meeting_id: &str,
+        participant: &str,
+        role: PeerRole,
+        ufrag: String,
+        now: Instant,
+    ) -> Self {
+        Self {
+            pc,
+            room,
+            meeting_id: meeting_id.to_owned(),
+            participant: participant.to_owned(),
+            role,
+            ufrag,
+            deadline: None,
+            connected: false,
+            has_remote: false,
+            state: RTCPeerConnectionState::default(),
+            nominated: None,
+            pending_nomination: None,
+            broken: false,
+            last_seen: now,
+        }
+    }
 }
 
 /// Random ICE credentials: a ufrag of 16 and a password of 32 alphanumerics
@@ -135,6 +172,139 @@ pub fn build(
     // End of gathering: we have exactly one candidate.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(pc)
+}
+
+/// Applies a publisher offer and returns our answer's SDP.
+pub fn answer_offer(pc: &mut RTCPeerConnection, now: Instant, offer: RTCSessionDescription) -> Result<String, String> {
+    pc.set_remote_description(now, offer)
+        .and_then(|()| pc.create_answer(None))
+        .and_then(|answer| pc.set_local_description(now, answer))
+        .map_err(|e| e.to_string())?;
+    pc.local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| "no local description after answering".to_owned())
+}
+
+/// Makes and applies an offer on a subscriber connection and returns its SDP.
+pub fn make_offer(pc: &mut RTCPeerConnection, now: Instant) -> Result<String, String> {
+    pc.create_offer(None)
+        .and_then(|offer| pc.set_local_description(now, offer))
+        .map_err(|e| e.to_string())?;
+    pc.local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| "no local description after offering".to_owned())
+}
+
+/// What the receiver or sender of one transceiver negotiated.
+fn negotiated(params: &rtc::rtp_transceiver::rtp_sender::RTCRtpParameters) -> Negotiated {
+    Negotiated {
+        codecs: params
+            .codecs
+            .iter()
+            .map(|c| Codec {
+                payload_type: c.payload_type,
+                mime_type: c.rtp_codec.mime_type.clone(),
+                clock_rate: c.rtp_codec.clock_rate,
+                fmtp: c.rtp_codec.sdp_fmtp_line.clone(),
+            })
+            .collect(),
+        extensions: params.header_extensions.iter().map(|h| (h.uri.clone(), h.id)).collect(),
+    }
+}
+
+/// The senders of a subscriber connection that its current description
+/// sends on, with what each negotiated.
+pub fn negotiated_senders(pc: &mut RTCPeerConnection) -> Vec<(RTCRtpSenderId, Negotiated)> {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    transceivers
+        .into_iter()
+        .filter_map(|t| {
+            if !pc.rtp_transceiver(t)?.current_direction().has_send() {
+                return None;
+            }
+            let id = RTCRtpSenderId::from(t);
+            let mut sender = pc.rtp_sender(id)?;
+            Some((id, negotiated(&sender.get_parameters().rtp_parameters)))
+        })
+        .collect()
+}
+
+/// Adds a send-only sender for a published track (msid `<participant_id> <track_id>`)
+/// with the leg's own SSRC.
+pub fn add_sender(pc: &mut RTCPeerConnection, track: &TrackInfo, ssrc: u32) -> Result<RTCRtpSenderId, String> {
+    let kind = match track.kind {
+        TrackKind::Audio => RtpCodecKind::Audio,
+        TrackKind::Video => RtpCodecKind::Video,
+    };
+    // No codec on the encoding, on purpose: `rtc` turns a codec there into the
+    // transceiver's codec preferences, the m-line then offers only that codec, and
+    // since 0.21.1 negotiates codecs once per connection (first m-line of a kind), a
+    // later track with another codec could not be added to this connection at all.
+    // Offering the full list keeps every codec the client accepts available.
+    let local = MediaStreamTrack::new(
+        track.participant_id.clone(),
+        track.track_id.clone(),
+        format!("{:?}", track.source).to_lowercase(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    );
+    let sender = pc.add_track(local).map_err(|e| e.to_string())?;
+    // `add_track` makes (or recycles) a sendrecv transceiver; the subscriber
+    // connection only ever sends, and an unpublished track's m-line then goes
+    // inactive rather than recvonly.
+    if let Some(mut t) = pc.rtp_transceiver(sender.into()) {
+        t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+    }
+    Ok(sender)
+}
+
+/// The stream `ssrc` arriving on a publisher connection's receiver, as the media room needs it.
+pub fn stream(
+    pc: &mut RTCPeerConnection,
+    conn: ConnId,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+    replaces: bool,
+) -> Option<Stream> {
+    let mid = pc.rtp_transceiver(receiver.into())?.mid().clone()?;
+    let mut rx = pc.rtp_receiver(receiver)?;
+    let mime_type = rx.track().codec(ssrc)?.mime_type.clone();
+    let negotiated = negotiated(&rx.get_parameters().rtp_parameters);
+    Some(Stream {
+        conn,
+        receiver,
+        mid,
+        ssrc,
+        mime_type,
+        negotiated,
+        replaces,
+    })
+}
+
+/// Streams already arriving on a publisher connection (their first packets came
+/// before their mids were announced), at most one per receiver.
+pub fn arriving_streams(pc: &mut RTCPeerConnection, conn: ConnId) -> Vec<Stream> {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    transceivers
+        .into_iter()
+        .filter_map(|t| {
+            let receiver = pc.rtp_transceiver(t)?.receiver()?;
+            let ssrc = pc.rtp_receiver(receiver)?.track().ssrcs().next()?;
+            stream(pc, conn, receiver, ssrc, false)
+        })
+        .collect()
+}
+
+/// Sends a PLI for `ssrc` on a publisher connection's receiver.
+pub fn send_pli(pc: &mut RTCPeerConnection, now: Instant, receiver: RTCRtpReceiverId, ssrc: u32) -> Result<(), String> {
+    let mut rx = pc.rtp_receiver(receiver).ok_or("no such receiver")?;
+    rx.write_rtcp(now, super::rtcp::pli(ssrc)).map_err(|e| e.to_string())
 }
 
 /// Checks a trickled candidate's syntax without a connection. An empty string

@@ -5,7 +5,16 @@
 //! places each meeting on one shard ([`shard`]: a thread with its own socket,
 //! timers and connections) and sends it commands; media never leaves the
 //! shard. Each participant has a publisher connection (client offers) and a
-//! subscriber connection (server offers), see [`room`].
+//! subscriber connection (server offers), see [`media_room`].
+//!
+//! Inside a shard: [`media_room`] is the pure media meaning of a meeting (inputs
+//! in, effects out, unit-tested without sockets), [`peers`] the connections and
+//! their socket (every `rtc` call guarded), [`shard`] the loop that joins them.
+//! Nothing imports `shard` back.
+//!
+//! A shard thread that dies anyway (a panic outside the guards) is detected:
+//! its meetings' placements are released, its connections leave the live
+//! count, and new meetings go to the shards still running.
 //!
 //! Shards each bind their own port: shard `i` binds `bind.port() + i` (or an
 //! ephemeral port each when the port is 0). A meeting lives on one shard, so a
@@ -18,24 +27,28 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gatehouse_signaling::protocol::{
-    IceServer, MediaMessage, ParticipantId, ParticipantKind, ServerMessage, TrackInfo,
-};
+use gatehouse_signaling::protocol::{IceServer, MediaMessage, ParticipantId, ParticipantKind, TrackInfo};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 mod connection;
 pub mod demux;
 pub mod forward;
-mod participant;
-mod room;
+pub mod media_room;
+mod peers;
 pub mod rtcp;
 mod shard;
 pub mod stats;
 
+pub use crate::outbox::Outbox;
 pub use stats::{Counters, CountersSnapshot};
 
+use peers::Peers;
 use shard::{Command, Shard};
+
+/// Commands queued per shard. A full queue makes the signaling side wait
+/// (backpressure on the WebSocket readers), it never drops a command.
+const SHARD_QUEUE: usize = 1024;
 
 /// How the media plane binds and what it tells clients.
 #[derive(Debug, Clone)]
@@ -86,7 +99,12 @@ pub struct Sfu {
 }
 
 struct ShardHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
+    /// Set to false when the shard thread ends for any reason but a shutdown.
+    alive: Arc<tokio::sync::watch::Sender<bool>>,
+    /// This shard's counters and live connections (summed when read).
+    counters: Arc<Counters>,
+    live: Arc<AtomicUsize>,
     /// The address clients send media to (the advertised one).
     media_addr: SocketAddr,
     /// The address actually bound.
@@ -107,9 +125,29 @@ struct Inner {
     /// load of every placement and inserts in one step, which a sharded map cannot do
     /// atomically; it is taken once per join, leave and media frame, never per packet.
     placements: Mutex<HashMap<String, Placement>>,
-    process: Arc<Counters>,
-    live: Arc<AtomicUsize>,
     ice_servers: Vec<IceServer>,
+}
+
+/// Marks a shard dead when its thread ends other than by a shutdown, panics included.
+struct Lifeline {
+    index: usize,
+    alive: Arc<tokio::sync::watch::Sender<bool>>,
+    live: Arc<AtomicUsize>,
+    clean: bool,
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        if !self.clean {
+            tracing::error!(
+                shard = self.index,
+                "media shard stopped unexpectedly; its meetings are released"
+            );
+            // Its connections are gone with it.
+            self.live.store(0, Ordering::Relaxed);
+            self.alive.send_replace(false);
+        }
+    }
 }
 
 /// Socket buffer size asked for (the kernel caps it at `net.core.rmem_max` /
@@ -151,8 +189,6 @@ impl Sfu {
                 "media bound to a wildcard address without a public_ip: clients are given an unusable candidate"
             );
         }
-        let process = Arc::new(Counters::default());
-        let live = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(shards);
         for index in 0..shards {
             let mut bind = config.bind;
@@ -166,11 +202,23 @@ impl Sfu {
             let std_socket = bind_media_socket(bind)?;
             let bound = std_socket.local_addr()?;
             let media_addr = SocketAddr::new(config.public_ip.unwrap_or(bound.ip()), bound.port());
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (process, live, drop_probability) = (process.clone(), live.clone(), config.drop_probability);
+            let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+            let alive = Arc::new(tokio::sync::watch::Sender::new(true));
+            let counters = Arc::new(Counters::default());
+            let live = Arc::new(AtomicUsize::new(0));
+            let lifeline = Lifeline {
+                index,
+                alive: alive.clone(),
+                live: live.clone(),
+                clean: false,
+            };
+            let (shard_counters, shard_live, drop_probability) =
+                (counters.clone(), live.clone(), config.drop_probability);
             std::thread::Builder::new()
                 .name(format!("sfu-shard-{index}"))
                 .spawn(move || {
+                    // Moved whole (not just the field set below), so it drops with the thread.
+                    let mut lifeline = lifeline;
                     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         Ok(runtime) => runtime,
                         Err(e) => {
@@ -186,14 +234,18 @@ impl Sfu {
                                 return;
                             }
                         };
-                        Shard::new(index, socket, media_addr, process, live, drop_probability)
-                            .run(rx)
-                            .await;
+                        let mut peers = Peers::new(index, socket, media_addr, shard_counters, shard_live);
+                        peers.dice.set_probability(drop_probability);
+                        Shard::new(index, peers).run(rx).await;
                     });
+                    lifeline.clean = true;
                 })?;
             tracing::info!(shard = index, %bound, advertised = %media_addr, "media shard started");
             handles.push(ShardHandle {
                 commands: tx,
+                alive,
+                counters,
+                live,
                 media_addr,
                 bound,
             });
@@ -202,8 +254,6 @@ impl Sfu {
             inner: Arc::new(Inner {
                 shards: handles,
                 placements: Mutex::new(HashMap::new()),
-                process,
-                live,
                 ice_servers: config.ice_servers,
             }),
         })
@@ -229,44 +279,63 @@ impl Sfu {
         self.inner.ice_servers.clone()
     }
 
-    fn placement(&self, meeting_id: &str) -> Option<usize> {
-        let placements = self
-            .inner
+    fn placements(&self) -> std::sync::MutexGuard<'_, HashMap<String, Placement>> {
+        self.inner
             .placements
             .lock()
-            .expect("placement lock is never poisoned: no panics inside");
-        placements.get(meeting_id).map(|p| p.shard)
+            .expect("placement lock is never poisoned: no panics inside")
+    }
+
+    /// The shard a meeting is placed on. A placement on a shard that died is
+    /// released here (with every other placement on it).
+    fn placement(&self, meeting_id: &str) -> Option<usize> {
+        let mut placements = self.placements();
+        let shard = placements.get(meeting_id).map(|p| p.shard)?;
+        if *self.inner.shards[shard].alive.borrow() {
+            return Some(shard);
+        }
+        self.release_dead(&mut placements);
+        None
+    }
+
+    /// Forgets every placement on a dead shard: those meetings start afresh on a live one.
+    fn release_dead(&self, placements: &mut HashMap<String, Placement>) {
+        let shards = &self.inner.shards;
+        placements.retain(|_, p| *shards[p.shard].alive.borrow());
+    }
+
+    /// Whether shard `index` is running (false after it died; tests and the debug endpoint).
+    pub fn shard_alive(&self, index: usize) -> bool {
+        self.inner.shards.get(index).is_some_and(|s| *s.alive.borrow())
     }
 
     async fn ask<T>(&self, shard: usize, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        self.inner.shards[shard].commands.send(make(tx)).ok()?;
+        self.inner.shards[shard].commands.send(make(tx)).await.ok()?;
         rx.await.ok()
     }
 
     /// A participant entered the call. From now on the SFU sends it media
     /// messages (`subscribe_offer`, `publish_answer`, `ice_candidate`,
     /// `track_published`, ...) through `outbox`.
-    pub async fn add_participant(
-        &self,
-        participant: MediaParticipant,
-        outbox: mpsc::UnboundedSender<ServerMessage>,
-    ) -> Result<(), Error> {
+    pub async fn add_participant(&self, participant: MediaParticipant, outbox: Outbox) -> Result<(), Error> {
         let (shard, counters) = {
-            let mut placements = self
-                .inner
-                .placements
-                .lock()
-                .expect("placement lock is never poisoned: no panics inside");
+            let mut placements = self.placements();
+            self.release_dead(&mut placements);
             let placement = match placements.get_mut(&participant.meeting_id) {
                 Some(p) => p,
                 None => {
-                    // The least busy shard by participants in the call.
+                    // The least busy running shard by participants in the call.
                     let mut load = vec![0usize; self.inner.shards.len()];
                     for p in placements.values() {
                         load[p.shard] += p.participants.len();
                     }
-                    let shard = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+                    let Some(shard) = (0..load.len())
+                        .filter(|&i| self.shard_alive(i))
+                        .min_by_key(|&i| load[i])
+                    else {
+                        return Err(shard_gone());
+                    };
                     placements.entry(participant.meeting_id.clone()).or_insert(Placement {
                         shard,
                         participants: HashSet::new(),
@@ -294,11 +363,7 @@ impl Sfu {
 
     /// One participant fewer in a meeting; forgets the meeting at zero.
     fn release(&self, meeting_id: &str, participant_id: &str) {
-        let mut placements = self
-            .inner
-            .placements
-            .lock()
-            .expect("placement lock is never poisoned: no panics inside");
+        let mut placements = self.placements();
         if let Some(p) = placements.get_mut(meeting_id) {
             p.participants.remove(participant_id);
             if p.participants.is_empty() {
@@ -361,22 +426,17 @@ impl Sfu {
 
     /// Live peer connections across all shards (tests check it returns to zero).
     pub fn live_connections(&self) -> usize {
-        self.inner.live.load(Ordering::Relaxed)
+        self.inner.shards.iter().map(|s| s.live.load(Ordering::Relaxed)).sum()
     }
 
-    /// Process-wide counters.
+    /// Process-wide counters: the sum over shards.
     pub fn stats(&self) -> CountersSnapshot {
-        self.inner.process.snapshot()
+        Counters::sum(self.inner.shards.iter().map(|s| s.counters.as_ref()))
     }
 
     /// A meeting's counters, while it has participants in the call.
     pub fn meeting_stats(&self, meeting_id: &str) -> Option<CountersSnapshot> {
-        let placements = self
-            .inner
-            .placements
-            .lock()
-            .expect("placement lock is never poisoned: no panics inside");
-        placements.get(meeting_id).map(|p| p.counters.snapshot())
+        self.placements().get(meeting_id).map(|p| p.counters.snapshot())
     }
 
     /// A JSON picture of a meeting's participants, connections and tracks, for
@@ -397,18 +457,26 @@ impl Sfu {
         for shard in 0..self.inner.shards.len() {
             let _ = self.ask(shard, |reply| Command::Shutdown { reply }).await;
         }
-        self.inner
-            .placements
-            .lock()
-            .expect("placement lock is never poisoned: no panics inside")
-            .clear();
+        self.placements().clear();
     }
 
     /// Test hook: drop this share of forwarded packets from now on, on every
     /// shard (clamped to [0, 1]; 0 turns it off). Dropped packets are counted.
     pub fn set_drop_probability(&self, probability: f64) {
         for shard in &self.inner.shards {
-            let _ = shard.commands.send(Command::SetDropProbability(probability));
+            let _ = shard.commands.try_send(Command::SetDropProbability(probability));
         }
+    }
+
+    /// Test hook: makes shard `index` panic outside every guard, as a bug in our
+    /// own shard code would. Returns once the shard is known dead.
+    #[doc(hidden)]
+    pub async fn crash_shard(&self, index: usize) {
+        let Some(shard) = self.inner.shards.get(index) else {
+            return;
+        };
+        let mut alive = shard.alive.subscribe();
+        let _ = shard.commands.send(Command::Crash).await;
+        let _ = alive.wait_for(|alive| !*alive).await;
     }
 }

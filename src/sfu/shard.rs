@@ -1,41 +1,38 @@
 //! One shard: a thread with a current-thread tokio runtime that owns one UDP
-//! media socket, every connection of the meetings placed on it, and a timer
-//! heap of their deadlines.
+//! media socket and every connection of the meetings placed on it ([`Peers`]),
+//! and one [`MediaRoom`] per meeting. The shard is the IO shell around the
+//! rooms: it turns datagrams, timers and commands into room inputs and carries
+//! out the [`Effect`]s the rooms return.
 //!
 //! Run to completion: a datagram is routed by the demultiplexer, handed to its
 //! connection, and that connection is drained (writes, events, reads) at once;
 //! an RTP packet read from a publisher is rewritten for and written into every
-//! subscriber connection in the same turn, whose datagrams go straight out with
-//! a non-blocking send (a full socket buffer drops that datagram and counts it,
-//! it never stalls the loop). Commands from the async world arrive on a
-//! channel and run between datagrams. Nothing here is shared across threads
-//! except atomics.
+//! leg of its track in the same turn, whose datagrams go straight out. Commands
+//! from the async world arrive on a bounded channel and run between datagrams,
+//! a bounded number per turn whatever the socket does. Nothing here is shared
+//! across threads except atomics.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use gatehouse_signaling::Error;
-use gatehouse_signaling::protocol::{MediaMessage, ServerMessage, TrackInfo};
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use gatehouse_signaling::protocol::{
+    IceCandidate, MediaMessage, ParticipantId, PeerRole, PublishedTrack, ServerMessage, TrackInfo,
+};
+use gatehouse_signaling::{Error, ErrorCode};
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::net::UdpSocket;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot};
 
-use super::MediaParticipant;
-use super::connection::{Conn, ConnId, RoomId};
-use super::demux::{self, Route, Router};
-use super::forward::DropDice;
-use super::room::Room;
+use super::connection::{self, Conn, RoomId};
+use super::media_room::{ConnId, Effect, MediaRoom, Offer};
+use super::peers::{Peers, Polled};
+use super::rtcp as tap;
 use super::stats::{Counters, StatsPair};
+use super::{MediaParticipant, Outbox};
 
 /// Largest datagram we read; WebRTC keeps packets under the path MTU.
 const RECV_BUF: usize = 2048;
@@ -44,17 +41,12 @@ const RECV_BATCH: usize = 64;
 /// Commands taken per turn besides the one the select may pick: enough that joins and
 /// offers never queue behind a saturated socket, few enough to keep a turn short.
 const COMMAND_BATCH: usize = 16;
-/// A subscriber we have heard nothing from (not even a consent check, which
-/// browsers send every few seconds) for this long gets no media.
-const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keyframe requests per published track are at most this frequent.
-pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
 /// A request from the async API to a shard.
 pub enum Command {
     Add {
         participant: MediaParticipant,
-        outbox: mpsc::UnboundedSender<ServerMessage>,
+        outbox: Outbox,
         meeting_stats: Arc<Counters>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
@@ -78,82 +70,86 @@ pub enum Command {
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
     SetDropProbability(f64),
+    /// Test hook: the shard thread panics outside every guard (see `Sfu::crash_shard`).
+    Crash,
     /// Close every connection, free every meeting and stop the shard.
     Shutdown {
         reply: oneshot::Sender<()>,
     },
 }
 
+/// A meeting on this shard: its media room and where its participants' signaling goes.
+struct Hosted {
+    room: MediaRoom,
+    outboxes: HashMap<ParticipantId, Outbox>,
+}
+
+impl Hosted {
+    fn signal(&self, to: &str, message: ServerMessage) {
+        if let Some(outbox) = self.outboxes.get(to) {
+            // Full or closed: see `Outbox::send`.
+            outbox.send(message);
+        }
+    }
+}
+
 /// Everything one shard thread owns.
 pub struct Shard {
-    pub(super) index: usize,
-    socket: UdpSocket,
-    /// The address in our host candidate, also used as the local address we
-    /// tell `rtc` for every datagram (it matches its local candidate by it).
-    pub(super) advertised: SocketAddr,
-    pub(super) router: Router<ConnId>,
-    pub(super) conns: HashMap<ConnId, Conn>,
-    next_conn: ConnId,
-    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
-    pub(super) rooms: HashMap<RoomId, Room>,
-    pub(super) room_ids: HashMap<String, RoomId>,
+    index: usize,
+    peers: Peers,
+    rooms: HashMap<RoomId, Hosted>,
+    room_ids: HashMap<String, RoomId>,
     next_room: RoomId,
-    pub(super) process: Arc<Counters>,
-    live: Arc<AtomicUsize>,
-    pub(super) dice: DropDice,
-    /// Connections whose events must be drained before the turn ends.
-    dirty: Vec<ConnId>,
-    /// Some subscriber connection wants a (re)offer: checked once per turn.
-    pub(super) negotiation_pending: bool,
+    /// Scratch: effects of the room input being handled, offers of this turn.
+    effects: Vec<Effect>,
+    offers: Vec<Offer>,
+    /// Some room may want subscriber offers: checked once per turn.
+    negotiation_pending: bool,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Error {
+    Error::new(code, message)
+}
+
+fn connection_failed() -> Error {
+    err(
+        ErrorCode::MediaStateError,
+        "a media connection failed; leave and rejoin the call",
+    )
 }
 
 impl Shard {
-    pub fn new(
-        index: usize,
-        socket: UdpSocket,
-        advertised: SocketAddr,
-        process: Arc<Counters>,
-        live: Arc<AtomicUsize>,
-        drop_probability: f64,
-    ) -> Self {
-        let mut dice = DropDice::new(0x9E37_79B9_7F4A_7C15 ^ index as u64);
-        dice.set_probability(drop_probability);
+    pub fn new(index: usize, peers: Peers) -> Self {
         Self {
             index,
-            socket,
-            advertised,
-            router: Router::new(),
-            conns: HashMap::new(),
-            next_conn: 1,
-            timers: BinaryHeap::new(),
+            peers,
             rooms: HashMap::new(),
             room_ids: HashMap::new(),
             next_room: 1,
-            process,
-            live,
-            dice,
-            dirty: Vec::new(),
+            effects: Vec::new(),
+            offers: Vec::new(),
             negotiation_pending: false,
         }
     }
 
-    /// The loop. Returns when the command channel closes (the `Sfu` was dropped).
-    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
+    /// or on `Shutdown`.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let deadline = self.next_deadline();
+            let deadline = self.peers.next_deadline();
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             ));
             tokio::select! {
                 biased;
-                received = self.socket.recv_from(&mut buf) => {
+                received = self.peers.socket().recv_from(&mut buf) => {
                     match received {
                         Ok((n, from)) => {
                             let now = Instant::now();
                             self.on_datagram(now, from, &buf[..n]);
                             for _ in 1..RECV_BATCH {
-                                match self.socket.try_recv_from(&mut buf) {
+                                match self.peers.socket().try_recv_from(&mut buf) {
                                     Ok((n, from)) => self.on_datagram(now, from, &buf[..n]),
                                     Err(_) => break,
                                 }
@@ -167,7 +163,7 @@ impl Shard {
                 command = commands.recv() => {
                     match command {
                         Some(command) => {
-                            if self.on_command_or_stop(command) {
+                            if self.on_command(command) {
                                 return;
                             }
                         }
@@ -180,334 +176,282 @@ impl Shard {
             // offers, leaves) still get a bounded share of each turn.
             for _ in 0..COMMAND_BATCH {
                 let Ok(command) = commands.try_recv() else { break };
-                if self.on_command_or_stop(command) {
+                if self.on_command(command) {
                     return;
                 }
             }
-            self.fire_timers(Instant::now());
-            self.drain_dirty(Instant::now());
-            if self.negotiation_pending {
-                self.run_negotiations(Instant::now());
-                self.drain_dirty(Instant::now());
-            }
+            self.end_turn(Instant::now());
         }
         self.shutdown();
     }
 
-    /// Carries out a command; `true` when it was `Shutdown` (done, the loop ends).
-    fn on_command_or_stop(&mut self, command: Command) -> bool {
-        match command {
-            Command::Shutdown { reply } => {
-                self.shutdown();
-                let _ = reply.send(());
-                true
-            }
-            command => {
-                self.on_command(command);
-                false
-            }
-        }
-    }
-
-    fn next_deadline(&mut self) -> Option<Instant> {
-        // Drop stale heap entries at the top so we do not wake up for nothing.
-        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            match self.conns.get(&id) {
-                Some(conn) if conn.deadline == Some(at) => return Some(at),
-                _ => {
-                    self.timers.pop();
-                }
-            }
-        }
-        None
-    }
-
-    fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(conn) = self.conns.get_mut(&id) else {
-                continue;
-            };
-            if conn.deadline != Some(at) || conn.broken {
-                continue;
-            }
-            conn.deadline = None;
-            match std::panic::catch_unwind(AssertUnwindSafe(|| conn.pc.handle_timeout(now))) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(shard = self.index, conn = id, "handle_timeout: {e}"),
-                Err(_) => {
-                    self.break_conn(id);
-                    continue;
-                }
-            }
+    /// Timers, the end-of-turn drain, batched renegotiations, broken connections.
+    fn end_turn(&mut self, now: Instant) {
+        while let Some(id) = self.peers.fire_next(now) {
             self.drive(id, now);
         }
-        // Heap hygiene: stale entries pile up when deadlines move; rebuild when large.
-        if self.timers.len() > 4 * self.conns.len() + 1024 {
-            let conns = &self.conns;
-            self.timers
-                .retain(|Reverse((at, id))| conns.get(id).is_some_and(|c| c.deadline == Some(*at)));
+        self.drain_dirty(now);
+        if self.negotiation_pending {
+            self.run_negotiations(now);
+            self.drain_dirty(now);
         }
+        self.report_broken();
     }
 
-    fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let id = match self.router.route(from, data) {
-            Route::Conn { key, nominated, .. } => {
-                if let Some(conn) = self.conns.get_mut(&key) {
-                    conn.last_seen = now;
-                    if nominated && conn.nominated != Some(from) {
-                        conn.pending_nomination = Some(from);
-                    }
-                }
-                key
-            }
-            Route::Drop(reason) => {
-                Counters::add(&self.process.garbage_datagrams, 1);
-                Counters::add(&self.process.dropped_packets, 1);
-                tracing::trace!(shard = self.index, %from, ?reason, "dropped datagram");
-                return;
-            }
-        };
-        let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
-            Counters::add(&self.process.dropped_packets, 1);
-            return;
-        };
-        let msg = TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: self.advertised,
-                peer_addr: from,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
-            message: BytesMut::from(data),
-        };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| conn.pc.handle_read(msg))) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                // A datagram the connection refused (bad DTLS record, SRTP auth failure, ...).
-                Counters::add(&self.process.dropped_packets, 1);
-                tracing::debug!(shard = self.index, conn = id, "handle_read: {e}");
-            }
-            Err(_) => return self.break_conn(id),
+    fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: &[u8]) {
+        if let Some(id) = self.peers.receive(now, from, data) {
+            self.drive(id, now);
         }
-        self.drive(id, now);
     }
 
     /// Drains a connection: sends its datagrams, handles its events and
     /// application messages (forwarding RTP), re-arms its timer.
-    pub(super) fn drive(&mut self, id: ConnId, now: Instant) {
-        loop {
-            let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
-                return;
-            };
-            flush(&self.socket, &self.process, conn);
-            if let Some(event) = conn.pc.poll_event() {
-                self.on_event(id, event, now);
-                continue;
+    fn drive(&mut self, id: ConnId, now: Instant) {
+        while let Some(polled) = self.peers.poll(id) {
+            match polled {
+                Polled::Event(event) => self.on_event(id, event, now),
+                Polled::Message(RTCMessage::RtpPacket(_, packet)) => {
+                    let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
+                        continue;
+                    };
+                    let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                        continue;
+                    };
+                    hosted
+                        .room
+                        .forward(id, &packet, now, &mut self.peers.sink(now), &mut self.effects);
+                    if !self.effects.is_empty() {
+                        self.apply(room_id, now);
+                    }
+                }
+                Polled::Message(RTCMessage::RtcpPacket(_, packets)) => {
+                    let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
+                        continue;
+                    };
+                    let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                        continue;
+                    };
+                    for packet in &packets {
+                        tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
+                            hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
+                        });
+                    }
+                    self.apply(room_id, now);
+                }
+                Polled::Message(_) => {}
             }
-            if let Some(TaggedRTCMessage { message, .. }) = conn.pc.poll_read() {
-                self.on_message(id, message, now);
-                continue;
-            }
-            break;
-        }
-        if let Some(conn) = self.conns.get_mut(&id) {
-            flush(&self.socket, &self.process, conn);
-            rearm(&mut self.timers, id, conn);
-        }
-    }
-
-    /// Writes out a connection's datagrams and re-arms its timer, without
-    /// handling events (used for subscriber legs on the forwarding path; their
-    /// events are drained at the end of the turn).
-    pub(super) fn flush_conn(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            flush(&self.socket, &self.process, conn);
-            rearm(&mut self.timers, id, conn);
-            mark_dirty(&mut self.dirty, id);
         }
     }
 
     fn drain_dirty(&mut self, now: Instant) {
-        while let Some(id) = self.dirty.pop() {
+        while let Some(id) = self.peers.take_dirty() {
             self.drive(id, now);
         }
     }
 
     fn on_event(&mut self, id: ConnId, event: RTCPeerConnectionEvent, now: Instant) {
+        let Some(conn) = self.peers.get_mut(id) else {
+            return;
+        };
+        let (room_id, participant, role) = (conn.room, conn.participant.clone(), conn.role);
         match event {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                let Some(conn) = self.conns.get_mut(&id) else {
-                    return;
-                };
-                tracing::debug!(shard = self.index, conn = id, participant = %conn.participant, role = ?conn.role, %state, "connection state");
+                tracing::debug!(shard = self.index, conn = id, meeting_id = %conn.meeting_id, participant_id = %participant, ?role, %state, "connection state");
                 conn.state = state;
                 let was = conn.connected;
                 conn.connected = state == RTCPeerConnectionState::Connected;
-                if conn.connected && !was {
-                    self.on_connected(id, now);
+                if conn.connected
+                    && !was
+                    && role == PeerRole::Subscriber
+                    && let Some(hosted) = self.rooms.get_mut(&room_id)
+                {
+                    hosted.room.subscriber_connected(id, now, &mut self.effects);
+                    self.apply(room_id, now);
                 }
             }
-            RTCPeerConnectionEvent::OnTrack(rtc::peer_connection::event::RTCTrackEvent::OnOpen(init)) => {
-                self.on_track_open(id, init, now);
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if role == PeerRole::Publisher => {
+                let replaces = init.rid.is_none();
+                let stream = self
+                    .peers
+                    .guard(id, "track", |pc| {
+                        connection::stream(pc, id, init.receiver_id, init.ssrc, replaces)
+                    })
+                    .flatten();
+                if let Some(stream) = stream
+                    && let Some(hosted) = self.rooms.get_mut(&room_id)
+                {
+                    hosted.room.stream_opened(&participant, stream, now, &mut self.effects);
+                    self.apply(room_id, now);
+                }
             }
             _ => {}
         }
     }
 
-    fn on_message(&mut self, id: ConnId, message: RTCMessage, now: Instant) {
-        match message {
-            RTCMessage::RtpPacket(_, packet) => self.forward(id, packet, now),
-            RTCMessage::RtcpPacket(_, packets) => self.on_feedback(id, &packets, now),
-            _ => {}
-        }
-    }
-
-    /// Forwards one RTP packet from a publisher connection to every subscriber leg of its track.
-    fn forward(&mut self, from: ConnId, packet: rtc::rtp::Packet, now: Instant) {
-        let Some(room_id) = self.conns.get(&from).map(|c| c.room) else {
-            return;
-        };
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        let Some(t) = room
-            .tracks
-            .iter()
-            .position(|t| t.conn == from && t.ssrc == packet.header.ssrc)
-        else {
-            // Not (yet) a published track: an unannounced mid, RTX, or a track being removed.
-            return;
-        };
-        room.tracks[t].packets += 1;
-        let pli_due = room.tracks[t].throttle.poll(now);
-        let track = &room.tracks[t];
-        let owner = track.info.participant_id.as_str();
-        let track_id = track.info.track_id.as_str();
-        let stats = &room.stats;
-        let size = (packet.header.marshal_size_hint() + packet.payload.len()) as u64;
-        for p in room.participants.iter_mut() {
-            if p.id == owner {
-                continue;
-            }
-            let Some(sub) = p.subscriber else { continue };
-            let Some(down) = p.down.iter_mut().find(|d| d.track_id == track_id) else {
-                continue;
-            };
-            if !down.negotiated || down.leg.accepts(&packet.header).is_err() {
-                continue;
-            }
-            let Some(conn) = self.conns.get_mut(&sub) else {
-                continue;
-            };
-            if !conn.connected || now.saturating_duration_since(conn.last_seen) > CONSENT_TIMEOUT {
-                continue;
-            }
-            if self.dice.roll() {
-                stats.add(|c| &c.dropped_packets, 1);
-                continue;
-            }
-            let copy = down.leg.copy(&packet);
-            let written = conn.pc.rtp_sender(down.sender).map(|mut s| s.write_rtp(now, copy));
-            match written {
-                Some(Ok(())) => {
-                    down.forwarded += 1;
-                    stats.add(|c| &c.forwarded_packets, 1);
-                    stats.add(|c| &c.forwarded_bytes, size);
+    /// Carries out the effects the room `room_id` pushed, in order.
+    fn apply(&mut self, room_id: RoomId, now: Instant) {
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Signal { to, message } => {
+                    if let Some(hosted) = self.rooms.get(&room_id) {
+                        hosted.signal(&to, message);
+                    }
                 }
-                Some(Err(e)) => {
-                    stats.add(|c| &c.dropped_packets, 1);
-                    tracing::trace!(shard = self.index, conn = sub, "write_rtp: {e}");
+                Effect::AddSender {
+                    subscriber,
+                    leg,
+                    track,
+                    ssrc,
+                } => {
+                    self.negotiation_pending = true;
+                    let conn = match self.connection(room_id, &subscriber, PeerRole::Subscriber, now) {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            tracing::warn!(shard = self.index, participant_id = %subscriber, "no subscriber connection: {e}");
+                            if let Some(hosted) = self.rooms.get_mut(&room_id) {
+                                hosted.room.leg_failed(leg);
+                            }
+                            continue;
+                        }
+                    };
+                    let added = self
+                        .peers
+                        .guard(conn, "add_track", |pc| connection::add_sender(pc, &track, ssrc));
+                    let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                        continue;
+                    };
+                    match added {
+                        Some(Ok(sender)) => hosted.room.leg_bound(leg, conn, sender),
+                        Some(Err(e)) => {
+                            tracing::warn!(shard = self.index, meeting_id = %hosted.room.meeting_id(), participant_id = %subscriber, track_id = %track.track_id, "add_track: {e}");
+                            hosted.room.leg_failed(leg);
+                        }
+                        None => hosted.room.leg_failed(leg),
+                    }
                 }
-                None => stats.add(|c| &c.dropped_packets, 1),
-            }
-            flush(&self.socket, &self.process, conn);
-            rearm(&mut self.timers, sub, conn);
-            mark_dirty(&mut self.dirty, sub);
-        }
-        if pli_due {
-            self.send_pli(room_id, t, now);
-        }
-    }
-
-    fn shutdown(&mut self) {
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.close_conn(id);
-        }
-        self.rooms.clear();
-        self.room_ids.clear();
-    }
-
-    /// Registers a new connection with the demultiplexer and the live count.
-    pub(super) fn insert_conn(&mut self, conn: Conn) -> ConnId {
-        let id = self.next_conn;
-        self.next_conn += 1;
-        let registered = self.router.register(&conn.ufrag, id);
-        debug_assert!(registered, "ufrags are random and checked before use");
-        self.conns.insert(id, conn);
-        self.live.fetch_add(1, Ordering::Relaxed);
-        id
-    }
-
-    /// Closes a connection and forgets it everywhere.
-    pub(super) fn close_conn(&mut self, id: ConnId) {
-        let Some(mut conn) = self.conns.remove(&id) else {
-            return;
-        };
-        if !conn.broken {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| conn.pc.close())) {
-                Ok(Ok(())) => flush(&self.socket, &self.process, &mut conn),
-                Ok(Err(e)) => tracing::debug!(shard = self.index, conn = id, "close: {e}"),
-                Err(_) => tracing::error!(shard = self.index, conn = id, "rtc panicked while closing"),
+                Effect::RemoveSender { conn, sender } => {
+                    self.negotiation_pending = true;
+                    if let Some(Err(e)) = self.peers.guard(conn, "remove_track", |pc| pc.remove_track(sender)) {
+                        tracing::debug!(shard = self.index, conn, "remove_track: {e}");
+                    }
+                }
+                Effect::RequestKeyframe { conn, receiver, ssrc } => {
+                    match self
+                        .peers
+                        .guard(conn, "write_rtcp", |pc| connection::send_pli(pc, now, receiver, ssrc))
+                    {
+                        Some(Ok(())) => {
+                            if let Some(hosted) = self.rooms.get(&room_id) {
+                                hosted.room.stats().add(|c| &c.plis_sent, 1);
+                            }
+                        }
+                        Some(Err(e)) => tracing::debug!(shard = self.index, conn, "PLI to publisher: {e}"),
+                        None => {}
+                    }
+                    self.peers.flush_later(conn);
+                }
+                Effect::Close { conn } => self.peers.close(conn),
             }
         }
-        self.router.remove(id);
-        self.live.fetch_sub(1, Ordering::Relaxed);
+        // Keep the scratch buffer's capacity; effects pushed meanwhile come after.
+        effects.append(&mut self.effects);
+        self.effects = effects;
+        if !self.effects.is_empty() {
+            self.apply(room_id, now);
+        }
     }
 
-    /// `rtc` panicked inside a connection. Its state cannot be trusted: stop
-    /// feeding and polling it (the rest of the shard goes on) and tell its owner,
-    /// whose client has to rejoin for media on it.
-    fn break_conn(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        conn.broken = true;
-        conn.connected = false;
-        tracing::error!(shard = self.index, conn = id, participant = %conn.participant, role = ?conn.role, "rtc panicked: connection abandoned");
-        let (room, participant) = (conn.room, conn.participant.clone());
-        if let Some(p) = self
+    /// A participant's connection of `role`, made (and given to the room) if it has none.
+    fn connection(
+        &mut self,
+        room_id: RoomId,
+        participant: &str,
+        role: PeerRole,
+        now: Instant,
+    ) -> Result<ConnId, Error> {
+        let hosted = self
             .rooms
-            .get(&room)
-            .and_then(|r| r.participants.iter().find(|p| p.id == participant))
-        {
-            p.send(ServerMessage::error(
-                gatehouse_signaling::ErrorCode::Internal,
-                "a media connection failed; leave and rejoin the call",
-            ));
+            .get(&room_id)
+            .ok_or_else(|| err(ErrorCode::Internal, "room vanished"))?;
+        if let Some(conn) = hosted.room.connection(participant, role) {
+            return Ok(conn);
+        }
+        let (mut ufrag, pwd) = connection::ice_credentials();
+        while self.peers.ufrag_in_use(&ufrag) {
+            ufrag = connection::ice_credentials().0;
+        }
+        let stats = StatsPair {
+            meeting: hosted.room.stats().meeting.clone(),
+            shard: self.peers.counters().clone(),
+        };
+        let pc = connection::build(now, &ufrag, &pwd, self.peers.advertised(), stats)
+            .map_err(|e| err(ErrorCode::Internal, format!("could not create a peer connection: {e}")))?;
+        let meeting_id = hosted.room.meeting_id().to_owned();
+        let id = self
+            .peers
+            .insert(Conn::new(pc, room_id, &meeting_id, participant, role, ufrag, now));
+        if let Some(hosted) = self.rooms.get_mut(&room_id) {
+            hosted.room.set_connection(participant, role, Some(id));
+        }
+        Ok(id)
+    }
+
+    /// Sends a subscriber offer to everyone who needs one and has none outstanding.
+    fn run_negotiations(&mut self, now: Instant) {
+        self.negotiation_pending = false;
+        let room_ids: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, h)| h.room.wants_offers())
+            .map(|(&id, _)| id)
+            .collect();
+        for room_id in room_ids {
+            let mut offers = std::mem::take(&mut self.offers);
+            if let Some(hosted) = self.rooms.get_mut(&room_id) {
+                hosted.room.due_offers(&mut offers);
+            }
+            for Offer { participant, conn } in offers.drain(..) {
+                let sdp = self
+                    .peers
+                    .guard(conn, "create_offer", |pc| connection::make_offer(pc, now));
+                let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                    continue;
+                };
+                match sdp {
+                    Some(Ok(sdp)) => hosted.signal(&participant, ServerMessage::SubscribeOffer { sdp }),
+                    Some(Err(e)) => {
+                        tracing::warn!(shard = self.index, meeting_id = %hosted.room.meeting_id(), participant_id = %participant, "subscriber offer failed: {e}");
+                        hosted.room.offer_failed(&participant);
+                    }
+                    None => hosted.room.offer_failed(&participant),
+                }
+                self.peers.flush_later(conn);
+            }
+            self.offers = offers;
         }
     }
 
-    pub(super) fn ufrag_in_use(&self, ufrag: &str) -> bool {
-        self.conns.values().any(|c| c.ufrag == ufrag)
+    /// Tells the owners of connections that broke since the last turn.
+    fn report_broken(&mut self) {
+        for id in self.peers.take_broken() {
+            let Some(conn) = self.peers.get(id) else {
+                continue;
+            };
+            if let Some(hosted) = self.rooms.get(&conn.room) {
+                hosted.signal(
+                    &conn.participant,
+                    ServerMessage::error(
+                        ErrorCode::Internal,
+                        "a media connection failed; leave and rejoin the call",
+                    ),
+                );
+            }
+        }
     }
 
-    pub(super) fn new_room_id(&mut self) -> RoomId {
-        let id = self.next_room;
-        self.next_room += 1;
-        id
-    }
-
-    pub(super) fn stats_for(&self, room: RoomId) -> Option<StatsPair> {
-        self.rooms.get(&room).map(|r| r.stats.clone())
-    }
-
-    fn on_command(&mut self, command: Command) {
+    /// Carries out a command; `true` when it was `Shutdown` (done, the loop ends).
+    fn on_command(&mut self, command: Command) -> bool {
         let now = Instant::now();
         match command {
             Command::Add {
@@ -516,8 +460,7 @@ impl Shard {
                 meeting_stats,
                 reply,
             } => {
-                let result = self.add_participant(participant, outbox, meeting_stats, now);
-                let _ = reply.send(result);
+                let _ = reply.send(self.add_participant(participant, outbox, meeting_stats, now));
             }
             Command::Handle {
                 meeting_id,
@@ -525,8 +468,7 @@ impl Shard {
                 message,
                 reply,
             } => {
-                let result = self.handle(&meeting_id, &participant_id, message, now);
-                let _ = reply.send(result);
+                let _ = reply.send(self.handle(&meeting_id, &participant_id, message, now));
             }
             Command::Remove {
                 meeting_id,
@@ -538,121 +480,307 @@ impl Shard {
             }
             Command::Tracks { meeting_id, reply } => {
                 let tracks = self
-                    .room_ids
-                    .get(&meeting_id)
-                    .and_then(|id| self.rooms.get(id))
-                    .map(|r| r.tracks.iter().map(|t| t.info.clone()).collect())
+                    .hosted(&meeting_id)
+                    .map(|(_, h)| h.room.tracks())
                     .unwrap_or_default();
                 let _ = reply.send(tracks);
             }
             Command::Debug { meeting_id, reply } => {
-                let snapshot = self.room_ids.get(&meeting_id).map(|&id| self.debug_snapshot(id));
-                let _ = reply.send(snapshot);
+                let _ = reply.send(self.debug_snapshot(&meeting_id));
             }
-            Command::SetDropProbability(p) => self.dice.set_probability(p),
+            Command::SetDropProbability(p) => self.peers.dice.set_probability(p),
+            Command::Crash => panic!("shard {} crashed on request (test hook)", self.index),
             Command::Shutdown { reply } => {
-                // Handled by the loop; kept exhaustive here.
                 self.shutdown();
                 let _ = reply.send(());
+                return true;
             }
         }
         self.run_negotiations(now);
+        self.drain_dirty(now);
+        self.report_broken();
+        false
     }
 
-    fn debug_snapshot(&self, room_id: RoomId) -> serde_json::Value {
-        let Some(room) = self.rooms.get(&room_id) else {
-            return serde_json::Value::Null;
+    fn hosted(&self, meeting_id: &str) -> Option<(RoomId, &Hosted)> {
+        let id = *self.room_ids.get(meeting_id)?;
+        Some((id, self.rooms.get(&id)?))
+    }
+
+    fn add_participant(
+        &mut self,
+        participant: MediaParticipant,
+        outbox: Outbox,
+        meeting_stats: Arc<Counters>,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let room_id = match self.room_ids.get(&participant.meeting_id) {
+            Some(&id) => id,
+            None => {
+                let id = self.next_room;
+                self.next_room += 1;
+                let stats = StatsPair {
+                    meeting: meeting_stats,
+                    shard: self.peers.counters().clone(),
+                };
+                self.rooms.insert(
+                    id,
+                    Hosted {
+                        room: MediaRoom::new(participant.meeting_id.clone(), stats),
+                        outboxes: HashMap::new(),
+                    },
+                );
+                self.room_ids.insert(participant.meeting_id.clone(), id);
+                id
+            }
         };
+        let hosted = self.rooms.get_mut(&room_id).expect("room exists: just found or made");
+        hosted.outboxes.insert(participant.participant_id.clone(), outbox);
+        hosted.room.add_participant(
+            &participant.participant_id,
+            participant.kind,
+            participant.may_present,
+            now,
+            &mut self.effects,
+        );
+        self.apply(room_id, now);
+        Ok(())
+    }
+
+    fn remove_participant(&mut self, meeting_id: &str, participant_id: &str, now: Instant) {
+        let Some(&room_id) = self.room_ids.get(meeting_id) else {
+            return;
+        };
+        let Some(hosted) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        hosted.room.remove_participant(participant_id, now, &mut self.effects);
+        self.apply(room_id, now);
+        let Some(hosted) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        hosted.outboxes.remove(participant_id);
+        if hosted.room.is_empty() {
+            self.rooms.remove(&room_id);
+            self.room_ids.remove(meeting_id);
+        }
+    }
+
+    fn handle(
+        &mut self,
+        meeting_id: &str,
+        participant_id: &str,
+        message: MediaMessage,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let (room_id, hosted) = self
+            .hosted(meeting_id)
+            .ok_or_else(|| err(ErrorCode::NotInCall, "not in the call"))?;
+        if !hosted.room.contains(participant_id) {
+            return Err(err(ErrorCode::NotInCall, "not in the call"));
+        }
+        if [PeerRole::Publisher, PeerRole::Subscriber]
+            .into_iter()
+            .filter_map(|role| hosted.room.connection(participant_id, role))
+            .any(|id| self.peers.is_broken(id))
+        {
+            return Err(connection_failed());
+        }
+        let result = match message {
+            MediaMessage::PublishOffer { sdp, tracks } => self.publish_offer(room_id, participant_id, sdp, tracks, now),
+            MediaMessage::SubscribeAnswer { sdp } => self.subscribe_answer(room_id, participant_id, sdp, now),
+            MediaMessage::IceCandidate { target, candidate } => {
+                self.ice_candidate(room_id, participant_id, target, candidate)
+            }
+            MediaMessage::MuteTrack { track_id, muted } => {
+                let hosted = self.rooms.get_mut(&room_id).expect("found above");
+                hosted
+                    .room
+                    .mute_track(participant_id, &track_id, muted, &mut self.effects)
+            }
+            MediaMessage::SetSubscription { track_id, paused } => {
+                let hosted = self.rooms.get_mut(&room_id).expect("found above");
+                hosted
+                    .room
+                    .set_subscription(participant_id, &track_id, paused, now, &mut self.effects)
+            }
+        };
+        self.apply(room_id, now);
+        result
+    }
+
+    fn publish_offer(
+        &mut self,
+        room_id: RoomId,
+        participant_id: &str,
+        sdp: String,
+        tracks: Vec<PublishedTrack>,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let hosted = self.rooms.get(&room_id).expect("checked by handle");
+        hosted.room.check_publish(participant_id, &tracks)?;
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| err(ErrorCode::InvalidSdp, format!("invalid offer: {e}")))?;
+        let existing = hosted.room.connection(participant_id, PeerRole::Publisher);
+        let id = self.connection(room_id, participant_id, PeerRole::Publisher, now)?;
+        let answer = match self
+            .peers
+            .guard(id, "answer", |pc| connection::answer_offer(pc, now, offer))
+        {
+            Some(Ok(sdp)) => sdp,
+            failed => {
+                if existing.is_none() {
+                    // A connection that never negotiated is useless: do not keep it.
+                    self.peers.close(id);
+                    if let Some(hosted) = self.rooms.get_mut(&room_id) {
+                        hosted.room.set_connection(participant_id, PeerRole::Publisher, None);
+                    }
+                }
+                return Err(match failed {
+                    Some(Err(e)) => err(ErrorCode::InvalidSdp, format!("could not apply the offer: {e}")),
+                    _ => connection_failed(),
+                });
+            }
+        };
+        if let Some(conn) = self.peers.get_mut(id) {
+            conn.has_remote = true;
+        }
+        self.apply_held_candidates(room_id, participant_id, PeerRole::Publisher, id);
+        let hosted = self.rooms.get_mut(&room_id).expect("checked by handle");
+        hosted.signal(participant_id, ServerMessage::PublishAnswer { sdp: answer });
+        hosted.room.declare(participant_id, tracks, now, &mut self.effects);
+        self.apply(room_id, now);
+        // Streams that started before their mid was announced are published now.
+        let streams = self
+            .peers
+            .guard(id, "transceivers", |pc| connection::arriving_streams(pc, id))
+            .unwrap_or_default();
+        if let Some(hosted) = self.rooms.get_mut(&room_id) {
+            for stream in streams {
+                if hosted.room.is_announced(participant_id, &stream.mid) {
+                    hosted
+                        .room
+                        .stream_opened(participant_id, stream, now, &mut self.effects);
+                }
+            }
+        }
+        self.apply(room_id, now);
+        self.drive(id, now);
+        Ok(())
+    }
+
+    fn subscribe_answer(
+        &mut self,
+        room_id: RoomId,
+        participant_id: &str,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let hosted = self.rooms.get(&room_id).expect("checked by handle");
+        let id = hosted.room.expecting_answer(participant_id)?;
+        let answer = RTCSessionDescription::answer(sdp)
+            .map_err(|e| err(ErrorCode::InvalidSdp, format!("invalid answer: {e}")))?;
+        let negotiated = match self.peers.guard(id, "answer", |pc| {
+            pc.set_remote_description(now, answer)
+                .map(|()| connection::negotiated_senders(pc))
+        }) {
+            Some(Ok(negotiated)) => negotiated,
+            Some(Err(e)) => return Err(err(ErrorCode::InvalidSdp, format!("could not apply the answer: {e}"))),
+            None => return Err(connection_failed()),
+        };
+        let connected = match self.peers.get_mut(id) {
+            Some(conn) => {
+                conn.has_remote = true;
+                conn.connected
+            }
+            None => false,
+        };
+        let hosted = self.rooms.get_mut(&room_id).expect("checked by handle");
+        hosted
+            .room
+            .subscriber_answered(participant_id, &negotiated, connected, now, &mut self.effects);
+        if hosted.room.wants_offers() {
+            self.negotiation_pending = true;
+        }
+        self.apply_held_candidates(room_id, participant_id, PeerRole::Subscriber, id);
+        self.apply(room_id, now);
+        self.drive(id, now);
+        Ok(())
+    }
+
+    fn ice_candidate(
+        &mut self,
+        room_id: RoomId,
+        participant_id: &str,
+        target: PeerRole,
+        candidate: IceCandidate,
+    ) -> Result<(), Error> {
+        connection::validate_candidate(&candidate.candidate)
+            .map_err(|e| err(ErrorCode::InvalidCandidate, format!("invalid candidate: {e}")))?;
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.sdp_mid,
+            sdp_mline_index: candidate.sdp_mline_index,
+            ..Default::default()
+        };
+        let hosted = self.rooms.get_mut(&room_id).expect("checked by handle");
+        let ready = hosted
+            .room
+            .connection(participant_id, target)
+            .filter(|&id| self.peers.get(id).is_some_and(|c| c.has_remote));
+        match ready {
+            Some(id) => match self
+                .peers
+                .guard(id, "add_remote_candidate", |pc| pc.add_remote_candidate(init))
+            {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(err(ErrorCode::InvalidCandidate, format!("candidate refused: {e}"))),
+                None => Err(connection_failed()),
+            },
+            // Early candidates wait for their description.
+            None => hosted.room.hold_candidate(participant_id, target, init),
+        }
+    }
+
+    fn apply_held_candidates(&mut self, room_id: RoomId, participant_id: &str, role: PeerRole, id: ConnId) {
+        let Some(hosted) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        for init in hosted.room.take_candidates(participant_id, role) {
+            if let Some(Err(e)) = self
+                .peers
+                .guard(id, "add_remote_candidate", |pc| pc.add_remote_candidate(init))
+            {
+                tracing::debug!(shard = self.index, participant_id, "held candidate refused: {e}");
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.peers.close_all();
+        self.rooms.clear();
+        self.room_ids.clear();
+    }
+
+    fn debug_snapshot(&self, meeting_id: &str) -> Option<serde_json::Value> {
+        let (_, hosted) = self.hosted(meeting_id)?;
         let conn_state = |id: Option<ConnId>| {
-            id.and_then(|id| self.conns.get(&id)).map(|c| {
-                serde_json::json!({
-                    "conn": id,
-                    "connected": c.connected,
-                    "state": c.state.to_string(),
-                    "nominated": c.nominated.map(|a| a.to_string()),
-                    "idle_ms": c.last_seen.elapsed().as_millis() as u64,
-                })
-            })
+            let id = id?;
+            let c = self.peers.get(id)?;
+            Some(serde_json::json!({
+                "conn": id,
+                "connected": c.connected,
+                "broken": c.broken,
+                "state": c.state.to_string(),
+                "nominated": c.nominated.map(|a| a.to_string()),
+                "idle_ms": c.last_seen.elapsed().as_millis() as u64,
+            }))
         };
-        serde_json::json!({
-            "meeting_id": room.meeting_id,
-            "shard": self.index,
-            "media_addr": self.advertised.to_string(),
-            "counters": room.stats.meeting.snapshot(),
-            "participants": room.participants.iter().map(|p| serde_json::json!({
-                "participant_id": p.id,
-                "kind": p.kind,
-                "may_present": p.may_present,
-                "publisher": conn_state(p.publisher),
-                "subscriber": conn_state(p.subscriber),
-                "announced": p.announced,
-                "negotiation": { "outstanding": p.negotiation.outstanding, "wanted": p.negotiation.wanted },
-                "receiving": p.down.iter().map(|d| serde_json::json!({
-                    "track_id": d.track_id,
-                    "kind": d.kind,
-                    "ssrc": d.leg.ssrc,
-                    "negotiated": d.negotiated,
-                    "paused": d.leg.paused(),
-                    "forwarded": d.forwarded,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "tracks": room.tracks.iter().map(|t| serde_json::json!({
-                "track": t.info,
-                "mid": t.mid,
-                "ssrc": t.ssrc,
-                "codec": t.codec.mime_type,
-                "packets": t.packets,
-            })).collect::<Vec<_>>(),
-        })
-    }
-}
-
-/// Sends everything a connection has queued. Non-blocking: a full socket
-/// buffer drops the datagram (counted) rather than stalling every other peer.
-///
-/// STUN goes where `rtc` addressed it (responses answer their request's
-/// source); everything else follows the client's latest nomination.
-fn flush(socket: &UdpSocket, process: &Counters, conn: &mut Conn) {
-    while let Some(out) = conn.pc.poll_write() {
-        if conn.pending_nomination == Some(out.transport.peer_addr) && demux::is_binding_success(&out.message) {
-            conn.nominated = conn.pending_nomination.take();
+        let mut snapshot = hosted.room.debug_snapshot(conn_state);
+        if let Some(object) = snapshot.as_object_mut() {
+            object.insert("shard".into(), self.index.into());
+            object.insert("media_addr".into(), self.peers.advertised().to_string().into());
         }
-        let to = match conn.nominated {
-            Some(nominated) if demux::classify(&out.message) != demux::Class::Stun => nominated,
-            _ => out.transport.peer_addr,
-        };
-        if let Err(e) = socket.try_send_to(&out.message, to) {
-            Counters::add(&process.dropped_packets, 1);
-            tracing::trace!("send_to {to}: {e}");
-        }
-    }
-}
-
-/// Remembers a connection for the end-of-turn drain, once.
-fn mark_dirty(dirty: &mut Vec<ConnId>, id: ConnId) {
-    if !dirty.contains(&id) {
-        dirty.push(id);
-    }
-}
-
-/// Pushes the connection's next deadline onto the heap if it changed.
-fn rearm(timers: &mut BinaryHeap<Reverse<(Instant, ConnId)>>, id: ConnId, conn: &mut Conn) {
-    let next = conn.pc.poll_timeout();
-    if next != conn.deadline {
-        conn.deadline = next;
-        if let Some(at) = next {
-            timers.push(Reverse((at, id)));
-        }
-    }
-}
-
-/// Header size without marshalling (12 bytes + CSRCs + extension block).
-trait MarshalSizeHint {
-    fn marshal_size_hint(&self) -> usize;
-}
-
-impl MarshalSizeHint for rtc::rtp::header::Header {
-    fn marshal_size_hint(&self) -> usize {
-        rtc::shared::marshal::MarshalSize::marshal_size(self)
+        Some(snapshot)
     }
 }

@@ -1,8 +1,10 @@
 //! Media-plane counters: plain atomics, written by the shard threads on the hot
 //! path and read by anyone (metrics, the debug endpoint, tests) without a lock.
 //!
-//! There is one [`Counters`] for the process and one per meeting; the shard bumps
-//! both for every event so a meeting's numbers and the process totals agree.
+//! There is one [`Counters`] per shard and one per meeting; the shard bumps both
+//! for every event, so a meeting's numbers and the totals agree. Each is written
+//! by one shard thread only (no cache line bounces between cores on the hot
+//! path); the process totals are the sum over shards, taken when read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,6 +59,23 @@ impl Counters {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 
+    /// The sum of several counter sets (the process total over shards).
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> CountersSnapshot {
+        all.into_iter().fold(CountersSnapshot::default(), |acc, c| {
+            let s = c.snapshot();
+            CountersSnapshot {
+                tracks: acc.tracks + s.tracks,
+                forwarded_packets: acc.forwarded_packets + s.forwarded_packets,
+                forwarded_bytes: acc.forwarded_bytes + s.forwarded_bytes,
+                dropped_packets: acc.dropped_packets + s.dropped_packets,
+                garbage_datagrams: acc.garbage_datagrams + s.garbage_datagrams,
+                nacks: acc.nacks + s.nacks,
+                keyframe_requests_received: acc.keyframe_requests_received + s.keyframe_requests_received,
+                plis_sent: acc.plis_sent + s.plis_sent,
+            }
+        })
+    }
+
     pub fn snapshot(&self) -> CountersSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CountersSnapshot {
@@ -72,23 +91,23 @@ impl Counters {
     }
 }
 
-/// Bumps the same counter in the meeting's and the process's [`Counters`].
+/// Bumps the same counter in the meeting's and its shard's [`Counters`].
 #[derive(Debug, Clone)]
 pub struct StatsPair {
     pub meeting: std::sync::Arc<Counters>,
-    pub process: std::sync::Arc<Counters>,
+    pub shard: std::sync::Arc<Counters>,
 }
 
 impl StatsPair {
     #[inline]
     pub fn add(&self, pick: impl Fn(&Counters) -> &AtomicU64, n: u64) {
         Counters::add(pick(&self.meeting), n);
-        Counters::add(pick(&self.process), n);
+        Counters::add(pick(&self.shard), n);
     }
 
     pub fn track_removed(&self) {
         self.meeting.track_removed();
-        self.process.track_removed();
+        self.shard.track_removed();
     }
 }
 
@@ -101,14 +120,14 @@ mod tests {
     fn pair_bumps_both_and_gauge_does_not_wrap() {
         let pair = StatsPair {
             meeting: Arc::default(),
-            process: Arc::default(),
+            shard: Arc::default(),
         };
         pair.add(|c| &c.forwarded_packets, 3);
         pair.add(|c| &c.tracks, 1);
         pair.track_removed();
         pair.track_removed();
         assert_eq!(pair.meeting.snapshot().forwarded_packets, 3);
-        assert_eq!(pair.process.snapshot().forwarded_packets, 3);
-        assert_eq!(pair.process.snapshot().tracks, 0);
+        assert_eq!(pair.shard.snapshot().forwarded_packets, 3);
+        assert_eq!(pair.shard.snapshot().tracks, 0);
     }
 }

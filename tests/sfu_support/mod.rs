@@ -388,7 +388,7 @@ impl Client {
             Arc::new(TapCounters::default()),
         )
         .await;
-        let (outbox, mut inbox) = mpsc::unbounded_channel();
+        let (outbox, mut inbox) = gatehouse::outbox::outbox();
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();
         sfu.add_participant(
             MediaParticipant {
@@ -437,7 +437,7 @@ impl Client {
         {
             let c = client.clone();
             tokio::spawn(async move {
-                while let Some(msg) = inbox.recv().await {
+                while let gatehouse::outbox::Next::Message(msg) = inbox.next().await {
                     c.log.lock().unwrap().push(msg.clone());
                     match msg {
                         ServerMessage::PublishAnswer { sdp } => {

@@ -1,0 +1,952 @@
+//! The media meaning of one meeting, pure: who is in the call, which tracks are
+//! published, who receives which track on which leg, and the subscriber
+//! renegotiations that changes require. No sockets, no peer connections, no
+//! clock: every input carries `now`, and everything to be done outside is
+//! pushed as an [`Effect`] for the shard (the IO shell) to carry out, the way
+//! `gatehouse_signaling::room::Room` drives the control plane.
+//!
+//! Every participant has two connections (like LiveKit): a publisher
+//! connection the client offers, and a subscriber connection the server
+//! offers. A track is published when its first RTP packet arrives on a mid the
+//! client announced ([`MediaRoom::stream_opened`]); every other participant
+//! then gets a leg of it: a sender on their subscriber connection (msid
+//! `<participant_id> <track_id>`), added by the shell on
+//! [`Effect::AddSender`]. `track_published`, `track_unpublished` and
+//! `track_muted` go to everyone in the call, the owner included: that is how a
+//! client learns the server's id of its own tracks (docs/PROTOCOL.md §11.1).
+//!
+//! The server is the only offerer on subscriber connections and keeps at most
+//! one offer outstanding on each ([`Negotiation`]): changes made meanwhile are
+//! folded into one re-offer, which [`MediaRoom::due_offers`] hands out once per
+//! shard turn. No glare by design.
+//!
+//! Forwarding ([`MediaRoom::forward`]) is the hot path: a published track holds
+//! its own list of legs, so a packet finds its track by (connection, SSRC) and
+//! walks exactly the legs that receive it, rewriting each copy's header
+//! ([`DownLeg`]) without allocating.
+
+use std::time::{Duration, Instant};
+
+use gatehouse_signaling::protocol::{
+    ParticipantId, ParticipantKind, PeerRole, PublishedTrack, ServerMessage, TrackId, TrackInfo, TrackKind, TrackSource,
+};
+use gatehouse_signaling::{Error, ErrorCode};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp::Packet;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+
+use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeThrottle, PtMap};
+use super::stats::StatsPair;
+
+/// Shard-local connection handle (never reused within a shard).
+pub type ConnId = u64;
+
+/// Room-local handle of one subscriber's leg of one track.
+pub type LegId = u64;
+
+/// Keyframe requests per published track are at most this frequent.
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Candidates kept per participant while their connection has no remote description.
+pub const MAX_PENDING_CANDIDATES: usize = 64;
+
+/// A codec as a connection negotiated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Codec {
+    pub payload_type: u8,
+    pub mime_type: String,
+    pub clock_rate: u32,
+    pub fmtp: String,
+}
+
+impl Codec {
+    fn key(&self) -> CodecKey<'_> {
+        CodecKey {
+            payload_type: self.payload_type,
+            mime_type: &self.mime_type,
+            clock_rate: self.clock_rate,
+            fmtp: &self.fmtp,
+        }
+    }
+}
+
+/// What one leg (a sender, publisher or subscriber side) negotiated: its codecs
+/// and header extensions (uri, id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    pub codecs: Vec<Codec>,
+    pub extensions: Vec<(String, u16)>,
+}
+
+/// A stream that started arriving on a publisher connection.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub conn: ConnId,
+    pub receiver: RTCRtpReceiverId,
+    pub mid: String,
+    pub ssrc: u32,
+    /// The codec of its first packet.
+    pub mime_type: String,
+    /// What the publisher leg negotiated.
+    pub negotiated: Negotiated,
+    /// A new SSRC without a rid on an already published mid means the client
+    /// restarted its sender: the track follows it. With a rid it is a simulcast
+    /// layer, and only the first layer is forwarded.
+    pub replaces: bool,
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a signaling message to one participant.
+    Signal { to: ParticipantId, message: ServerMessage },
+    /// Give `subscriber` a sender for `track` on its subscriber connection (making
+    /// that connection first if it has none), with the leg's own SSRC. Report the
+    /// outcome with [`MediaRoom::leg_bound`] or [`MediaRoom::leg_failed`].
+    AddSender {
+        subscriber: ParticipantId,
+        leg: LegId,
+        track: TrackInfo,
+        ssrc: u32,
+    },
+    /// Remove a sender from a subscriber connection (its track is gone).
+    RemoveSender { conn: ConnId, sender: RTCRtpSenderId },
+    /// Ask a publisher for a keyframe (PLI on its receiver).
+    RequestKeyframe {
+        conn: ConnId,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+    },
+    /// Close a connection for good (its participant left).
+    Close { conn: ConnId },
+}
+
+/// An offer the shell must make on a subscriber connection; report a failure
+/// with [`MediaRoom::offer_failed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub participant: ParticipantId,
+    pub conn: ConnId,
+}
+
+/// How the shell delivers forwarded packets (the shard's connections in
+/// production, a recorder in tests and benches).
+pub trait LegSink {
+    /// Whether the subscriber connection takes media now (connected, consent
+    /// fresh, not dropped on purpose). Asked before the copy is made.
+    fn admit(&mut self, conn: ConnId) -> Admit;
+    /// Writes a rewritten packet to a sender; false if the connection refused it.
+    fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool;
+}
+
+/// A [`LegSink`]'s verdict on one subscriber connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// Not ready for media (not connected, or silent beyond consent): skipped, not counted.
+    NotReady,
+    /// Dropped on purpose (the loss test hook): counted as dropped.
+    Drop,
+}
+
+/// Offer/answer bookkeeping for a subscriber connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Negotiation {
+    /// An offer was sent and its answer has not arrived.
+    pub outstanding: bool,
+    /// Tracks changed since the last offer was made.
+    pub wanted: bool,
+}
+
+impl Negotiation {
+    /// Something changed that the client must hear about.
+    pub fn want(&mut self) {
+        self.wanted = true;
+    }
+
+    /// True if an offer should be made now (and records that it is).
+    pub fn start_offer(&mut self) -> bool {
+        if self.outstanding || !self.wanted {
+            return false;
+        }
+        self.outstanding = true;
+        self.wanted = false;
+        true
+    }
+
+    /// The answer arrived. Returns false if no offer was outstanding.
+    pub fn answered(&mut self) -> bool {
+        std::mem::replace(&mut self.outstanding, false)
+    }
+}
+
+/// One participant in the call.
+#[derive(Debug)]
+struct Member {
+    id: ParticipantId,
+    kind: ParticipantKind,
+    may_present: bool,
+    publisher: Option<ConnId>,
+    subscriber: Option<ConnId>,
+    /// The declaration that came with the latest publisher offer: which mid carries what.
+    announced: Vec<PublishedTrack>,
+    /// Candidates that arrived before their connection had a remote description.
+    pending_candidates: Vec<(PeerRole, RTCIceCandidateInit)>,
+    negotiation: Negotiation,
+}
+
+impl Member {
+    fn conn(&self, role: PeerRole) -> Option<ConnId> {
+        match role {
+            PeerRole::Publisher => self.publisher,
+            PeerRole::Subscriber => self.subscriber,
+        }
+    }
+}
+
+/// One subscriber's leg of a published track.
+#[derive(Debug)]
+struct Leg {
+    id: LegId,
+    subscriber: ParticipantId,
+    /// The subscriber connection and its sender, once the shell added it.
+    bound: Option<(ConnId, RTCRtpSenderId)>,
+    /// Header rewriting for this leg; tables filled once the leg is negotiated.
+    rewrite: DownLeg,
+    /// The subscriber answered an offer containing this leg (its tables are valid).
+    negotiated: bool,
+    /// Packets written to this leg (for the debug snapshot).
+    forwarded: u64,
+}
+
+/// A published track, where it comes from and who receives it.
+#[derive(Debug)]
+struct Track {
+    info: TrackInfo,
+    conn: ConnId,
+    receiver: RTCRtpReceiverId,
+    mid: String,
+    ssrc: u32,
+    mime_type: String,
+    negotiated: Negotiated,
+    throttle: KeyframeThrottle,
+    /// RTP packets received on it (for the debug snapshot).
+    packets: u64,
+    legs: Vec<Leg>,
+}
+
+/// A meeting's media plane state. See the module documentation.
+pub struct MediaRoom {
+    meeting_id: String,
+    stats: StatsPair,
+    members: Vec<Member>,
+    tracks: Vec<Track>,
+    next_leg: LegId,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Error {
+    Error::new(code, message)
+}
+
+fn not_in_call() -> Error {
+    err(ErrorCode::NotInCall, "not in the call")
+}
+
+fn new_track_id() -> TrackId {
+    format!("t_{:016x}", rand::random::<u64>())
+}
+
+fn kind_of(mime_type: &str) -> TrackKind {
+    if mime_type.to_ascii_lowercase().starts_with("audio/") {
+        TrackKind::Audio
+    } else {
+        TrackKind::Video
+    }
+}
+
+impl MediaRoom {
+    pub fn new(meeting_id: impl Into<String>, stats: StatsPair) -> Self {
+        Self {
+            meeting_id: meeting_id.into(),
+            stats,
+            members: Vec::new(),
+            tracks: Vec::new(),
+            next_leg: 1,
+        }
+    }
+
+    pub fn meeting_id(&self) -> &str {
+        &self.meeting_id
+    }
+
+    pub fn stats(&self) -> &StatsPair {
+        &self.stats
+    }
+
+    /// Nobody is in the call: the room can be forgotten.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn contains(&self, participant: &str) -> bool {
+        self.member(participant).is_some()
+    }
+
+    /// The participants in the call, in order of arrival.
+    pub fn participants(&self) -> impl Iterator<Item = &str> {
+        self.members.iter().map(|m| m.id.as_str())
+    }
+
+    /// Every published track.
+    pub fn tracks(&self) -> Vec<TrackInfo> {
+        self.tracks.iter().map(|t| t.info.clone()).collect()
+    }
+
+    /// A participant's publisher or subscriber connection.
+    pub fn connection(&self, participant: &str, role: PeerRole) -> Option<ConnId> {
+        self.member(participant)?.conn(role)
+    }
+
+    /// Every connection of the room's participants.
+    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.members.iter().flat_map(|m| [m.publisher, m.subscriber]).flatten()
+    }
+
+    /// The shell made a connection for a participant.
+    pub fn set_connection(&mut self, participant: &str, role: PeerRole, conn: Option<ConnId>) {
+        if let Some(m) = self.member_mut(participant) {
+            match role {
+                PeerRole::Publisher => m.publisher = conn,
+                PeerRole::Subscriber => m.subscriber = conn,
+            }
+        }
+    }
+
+    fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    fn member_mut(&mut self, id: &str) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.id == id)
+    }
+
+    fn signal_all(&self, message: &ServerMessage, effects: &mut Vec<Effect>) {
+        for m in &self.members {
+            effects.push(Effect::Signal {
+                to: m.id.clone(),
+                message: message.clone(),
+            });
+        }
+    }
+
+    // ---- joining and leaving ----
+
+    /// A participant entered the call. Everything already published becomes
+    /// available to it. The same participant again (a reconnect that raced its
+    /// own removal) starts clean.
+    pub fn add_participant(
+        &mut self,
+        id: &str,
+        kind: ParticipantKind,
+        may_present: bool,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
+        if self.contains(id) {
+            self.remove_participant(id, now, effects);
+        }
+        self.members.push(Member {
+            id: id.to_owned(),
+            kind,
+            may_present,
+            publisher: None,
+            subscriber: None,
+            announced: Vec::new(),
+            pending_candidates: Vec::new(),
+            negotiation: Negotiation::default(),
+        });
+        for t in 0..self.tracks.len() {
+            self.add_leg(t, id, effects);
+        }
+    }
+
+    /// A participant left: its tracks are unpublished everywhere, its legs of
+    /// other tracks vanish, its connections close.
+    pub fn remove_participant(&mut self, id: &str, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(pos) = self.members.iter().position(|m| m.id == id) else {
+            return;
+        };
+        let owned: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|t| t.info.participant_id == id)
+            .map(|t| t.info.track_id.clone())
+            .collect();
+        for track_id in owned {
+            self.unpublish(&track_id, now, effects);
+        }
+        // Its legs need no sender removal: their connection closes.
+        for track in &mut self.tracks {
+            track.legs.retain(|l| l.subscriber != id);
+        }
+        let member = self.members.remove(pos);
+        for conn in [member.publisher, member.subscriber].into_iter().flatten() {
+            effects.push(Effect::Close { conn });
+        }
+        tracing::debug!(meeting_id = %self.meeting_id, participant_id = %id, "left the media room");
+    }
+
+    // ---- publishing ----
+
+    /// Checks a publisher offer's declaration before the shell applies the SDP:
+    /// screens only for those who may present, every mid announced once.
+    pub fn check_publish(&self, participant: &str, tracks: &[PublishedTrack]) -> Result<(), Error> {
+        let m = self.member(participant).ok_or_else(not_in_call)?;
+        if !m.may_present && tracks.iter().any(|t| t.source == TrackSource::Screen) {
+            return Err(err(
+                ErrorCode::PresentingNotAllowed,
+                "you may not present in this meeting",
+            ));
+        }
+        for (i, t) in tracks.iter().enumerate() {
+            if tracks[..i].iter().any(|o| o.mid == t.mid) {
+                return Err(err(ErrorCode::BadRequest, format!("mid {} is announced twice", t.mid)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The publisher offer was applied: its declaration is the full set.
+    /// Announced mids that vanished are unpublished, mute flags follow it for
+    /// the rest. The shell then reports streams already arriving on announced
+    /// mids with [`stream_opened`](Self::stream_opened).
+    pub fn declare(&mut self, participant: &str, tracks: Vec<PublishedTrack>, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(m) = self.member_mut(participant) else {
+            return;
+        };
+        m.announced = tracks;
+        let announced = m.announced.clone();
+        let mut gone = Vec::new();
+        let mut muted = Vec::new();
+        for t in self.tracks.iter_mut().filter(|t| t.info.participant_id == participant) {
+            match announced.iter().find(|a| a.mid == t.mid) {
+                None => gone.push(t.info.track_id.clone()),
+                Some(a) if a.muted != t.info.muted => {
+                    t.info.muted = a.muted;
+                    muted.push((t.info.track_id.clone(), a.muted));
+                }
+                Some(_) => {}
+            }
+        }
+        for (track_id, muted) in muted {
+            self.signal_all(
+                &ServerMessage::TrackMuted {
+                    track_id,
+                    participant_id: participant.to_owned(),
+                    muted,
+                },
+                effects,
+            );
+        }
+        for track_id in gone {
+            self.unpublish(&track_id, now, effects);
+        }
+    }
+
+    /// Whether a publisher connection's mid is announced (streams on others are not forwarded).
+    pub fn is_announced(&self, participant: &str, mid: &str) -> bool {
+        self.member(participant)
+            .is_some_and(|m| m.announced.iter().any(|a| a.mid == mid))
+    }
+
+    /// A stream arrived on a publisher connection of `participant`. It is
+    /// published if its mid is announced with a source of its kind and nothing
+    /// is published on that mid yet; on a published mid a restarted sender
+    /// ([`Stream::replaces`]) is followed, keeping every leg's sequence numbers
+    /// contiguous.
+    pub fn stream_opened(&mut self, participant: &str, stream: Stream, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(m) = self.member(participant) else {
+            return;
+        };
+        if m.publisher != Some(stream.conn) {
+            return;
+        }
+        let Some(announced) = m.announced.iter().find(|a| a.mid == stream.mid).cloned() else {
+            tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, "media on an unannounced mid is not forwarded");
+            return;
+        };
+        if let Some(t) = self
+            .tracks
+            .iter()
+            .position(|t| t.conn == stream.conn && t.mid == stream.mid)
+        {
+            let track = &mut self.tracks[t];
+            if !stream.replaces || track.ssrc == stream.ssrc {
+                return;
+            }
+            tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, old = track.ssrc, new = stream.ssrc, "published track changes SSRC");
+            track.ssrc = stream.ssrc;
+            track.receiver = stream.receiver;
+            track.mime_type = stream.mime_type;
+            for leg in &mut track.legs {
+                leg.rewrite.restart();
+            }
+            self.request_keyframe(t, now, effects);
+            return;
+        }
+        let kind = kind_of(&stream.mime_type);
+        if kind != announced.source.kind() {
+            tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, "announced source does not match the media kind");
+            return;
+        }
+        let info = TrackInfo {
+            track_id: new_track_id(),
+            participant_id: participant.to_owned(),
+            kind,
+            source: announced.source,
+            muted: announced.muted,
+        };
+        tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, track_id = %info.track_id, mid = %stream.mid, codec = %stream.mime_type, "track published");
+        self.tracks.push(Track {
+            info: info.clone(),
+            conn: stream.conn,
+            receiver: stream.receiver,
+            mid: stream.mid,
+            ssrc: stream.ssrc,
+            mime_type: stream.mime_type,
+            negotiated: stream.negotiated,
+            throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
+            packets: 0,
+            legs: Vec::new(),
+        });
+        self.stats.add(|c| &c.tracks, 1);
+        self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
+        let t = self.tracks.len() - 1;
+        let others: Vec<ParticipantId> = self
+            .members
+            .iter()
+            .filter(|m| m.id != participant)
+            .map(|m| m.id.clone())
+            .collect();
+        for other in others {
+            self.add_leg(t, &other, effects);
+        }
+    }
+
+    /// Gives `subscriber` a leg of track `t` (the shell adds its sender) and
+    /// schedules a renegotiation.
+    fn add_leg(&mut self, t: usize, subscriber: &str, effects: &mut Vec<Effect>) {
+        let Some(track) = self.tracks.get_mut(t) else {
+            return;
+        };
+        if track.info.participant_id == subscriber || track.legs.iter().any(|l| l.subscriber == subscriber) {
+            return;
+        }
+        let leg = self.next_leg;
+        self.next_leg += 1;
+        let ssrc = rand::random::<u32>();
+        track.legs.push(Leg {
+            id: leg,
+            subscriber: subscriber.to_owned(),
+            bound: None,
+            rewrite: DownLeg::new(ssrc),
+            negotiated: false,
+            forwarded: 0,
+        });
+        effects.push(Effect::AddSender {
+            subscriber: subscriber.to_owned(),
+            leg,
+            track: track.info.clone(),
+            ssrc,
+        });
+        if let Some(m) = self.member_mut(subscriber) {
+            m.negotiation.want();
+        }
+    }
+
+    fn leg_mut(&mut self, leg: LegId) -> Option<&mut Leg> {
+        self.tracks
+            .iter_mut()
+            .flat_map(|t| t.legs.iter_mut())
+            .find(|l| l.id == leg)
+    }
+
+    /// The shell added the sender of [`Effect::AddSender`].
+    pub fn leg_bound(&mut self, leg: LegId, conn: ConnId, sender: RTCRtpSenderId) {
+        if let Some(l) = self.leg_mut(leg) {
+            l.bound = Some((conn, sender));
+        }
+    }
+
+    /// The shell could not add the sender: the subscriber does without that track.
+    pub fn leg_failed(&mut self, leg: LegId) {
+        for t in &mut self.tracks {
+            t.legs.retain(|l| l.id != leg);
+        }
+    }
+
+    /// Removes a published track: every subscriber loses its leg (one
+    /// renegotiation each, batched) and everyone hears `track_unpublished`.
+    fn unpublish(&mut self, track_id: &str, _now: Instant, effects: &mut Vec<Effect>) {
+        let Some(pos) = self.tracks.iter().position(|t| t.info.track_id == track_id) else {
+            return;
+        };
+        let track = self.tracks.remove(pos);
+        self.stats.track_removed();
+        for leg in &track.legs {
+            if let Some((conn, sender)) = leg.bound {
+                effects.push(Effect::RemoveSender { conn, sender });
+            }
+            if let Some(m) = self.member_mut(&leg.subscriber) {
+                m.negotiation.want();
+            }
+        }
+        tracing::debug!(meeting_id = %self.meeting_id, participant_id = %track.info.participant_id, track_id, "track unpublished");
+        self.signal_all(
+            &ServerMessage::TrackUnpublished {
+                track_id: track_id.to_owned(),
+                participant_id: track.info.participant_id,
+            },
+            effects,
+        );
+    }
+
+    // ---- subscriber negotiation ----
+
+    /// The offers to make now: one per subscriber connection that has changes
+    /// and no offer outstanding. Every change since the last offer is in it.
+    pub fn due_offers(&mut self, offers: &mut Vec<Offer>) {
+        for m in &mut self.members {
+            if let Some(conn) = m.subscriber
+                && m.negotiation.start_offer()
+            {
+                offers.push(Offer {
+                    participant: m.id.clone(),
+                    conn,
+                });
+            }
+        }
+    }
+
+    /// Whether any subscriber connection has changes waiting for an offer.
+    pub fn wants_offers(&self) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.subscriber.is_some() && m.negotiation.wanted && !m.negotiation.outstanding)
+    }
+
+    /// Making the offer failed: nothing is outstanding.
+    pub fn offer_failed(&mut self, participant: &str) {
+        if let Some(m) = self.member_mut(participant) {
+            m.negotiation.answered();
+        }
+    }
+
+    /// The subscriber connection an answer is for, if an offer is outstanding on it.
+    pub fn expecting_answer(&self, participant: &str) -> Result<ConnId, Error> {
+        let m = self.member(participant).ok_or_else(not_in_call)?;
+        m.subscriber.filter(|_| m.negotiation.outstanding).ok_or_else(|| {
+            err(
+                ErrorCode::MediaStateError,
+                "no subscribe_offer is waiting for an answer",
+            )
+        })
+    }
+
+    /// The answer was applied. `negotiated` gives, for each sender the answer
+    /// negotiated (direction send), what it negotiated; those legs get their
+    /// rewrite tables. Legs negotiated for the first time want a keyframe when
+    /// the connection is up (else [`subscriber_connected`](Self::subscriber_connected) asks).
+    pub fn subscriber_answered(
+        &mut self,
+        participant: &str,
+        negotiated: &[(RTCRtpSenderId, Negotiated)],
+        connected: bool,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(m) = self.member_mut(participant) else {
+            return;
+        };
+        m.negotiation.answered();
+        let Some(conn) = m.subscriber else {
+            return;
+        };
+        let mut fresh = Vec::new();
+        for (t, track) in self.tracks.iter_mut().enumerate() {
+            let Some(leg) = track
+                .legs
+                .iter_mut()
+                .find(|l| l.subscriber == participant && l.bound.is_some_and(|(c, _)| c == conn))
+            else {
+                continue;
+            };
+            let Some((_, sent)) = negotiated.iter().find(|(s, _)| Some(*s) == leg.bound.map(|(_, s)| s)) else {
+                // Added after the offer went out: it waits for the re-offer.
+                continue;
+            };
+            leg.rewrite.pt_map = PtMap::by_codec(
+                track.negotiated.codecs.iter().map(Codec::key),
+                sent.codecs.iter().map(Codec::key),
+            );
+            leg.rewrite.ext_map = ExtMap::by_uri(
+                track.negotiated.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
+                sent.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
+            );
+            if leg.rewrite.pt_map.is_empty() {
+                tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, track_id = %track.info.track_id, "no common codec: not forwarded");
+            }
+            if !leg.negotiated {
+                leg.negotiated = true;
+                fresh.push(t);
+            }
+        }
+        if connected {
+            for t in fresh {
+                self.request_keyframe(t, now, effects);
+            }
+        }
+    }
+
+    /// A subscriber connection came up: it needs a keyframe of everything it receives.
+    pub fn subscriber_connected(&mut self, conn: ConnId, now: Instant, effects: &mut Vec<Effect>) {
+        let wanted: Vec<usize> = (0..self.tracks.len())
+            .filter(|&t| {
+                self.tracks[t]
+                    .legs
+                    .iter()
+                    .any(|l| l.negotiated && l.bound.is_some_and(|(c, _)| c == conn))
+            })
+            .collect();
+        for t in wanted {
+            self.request_keyframe(t, now, effects);
+        }
+    }
+
+    // ---- candidates ----
+
+    /// Keeps a candidate until its connection has a remote description (bounded: a client has few).
+    pub fn hold_candidate(
+        &mut self,
+        participant: &str,
+        target: PeerRole,
+        candidate: RTCIceCandidateInit,
+    ) -> Result<(), Error> {
+        let m = self.member_mut(participant).ok_or_else(not_in_call)?;
+        if m.pending_candidates.len() >= MAX_PENDING_CANDIDATES {
+            return Err(err(
+                ErrorCode::RateLimited,
+                "too many candidates before the description",
+            ));
+        }
+        m.pending_candidates.push((target, candidate));
+        Ok(())
+    }
+
+    /// The candidates held for a connection that now has its remote description.
+    pub fn take_candidates(&mut self, participant: &str, role: PeerRole) -> Vec<RTCIceCandidateInit> {
+        let Some(m) = self.member_mut(participant) else {
+            return Vec::new();
+        };
+        let (ready, later): (Vec<_>, Vec<_>) = m.pending_candidates.drain(..).partition(|(r, _)| *r == role);
+        m.pending_candidates = later;
+        ready.into_iter().map(|(_, c)| c).collect()
+    }
+
+    // ---- mute and subscriptions ----
+
+    /// The owner muted or unmuted one of its tracks: everyone hears it.
+    pub fn mute_track(
+        &mut self,
+        participant: &str,
+        track_id: &str,
+        muted: bool,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), Error> {
+        if !self.contains(participant) {
+            return Err(not_in_call());
+        }
+        let Some(track) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.info.track_id == track_id && t.info.participant_id == participant)
+        else {
+            return Err(err(ErrorCode::NotFound, "no such track of yours"));
+        };
+        track.info.muted = muted;
+        let mid = track.mid.clone();
+        if let Some(a) = self
+            .member_mut(participant)
+            .and_then(|m| m.announced.iter_mut().find(|a| a.mid == mid))
+        {
+            a.muted = muted;
+        }
+        self.signal_all(
+            &ServerMessage::TrackMuted {
+                track_id: track_id.to_owned(),
+                participant_id: participant.to_owned(),
+                muted,
+            },
+            effects,
+        );
+        Ok(())
+    }
+
+    /// A subscriber pauses or resumes one track it receives. A resumed leg
+    /// continues its sequence numbers where it stopped and asks for a keyframe.
+    pub fn set_subscription(
+        &mut self,
+        participant: &str,
+        track_id: &str,
+        paused: bool,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), Error> {
+        if !self.contains(participant) {
+            return Err(not_in_call());
+        }
+        let found = self.tracks.iter_mut().enumerate().find_map(|(t, track)| {
+            if track.info.track_id != track_id {
+                return None;
+            }
+            let leg = track.legs.iter_mut().find(|l| l.subscriber == participant)?;
+            Some((t, leg.rewrite.set_paused(paused)))
+        });
+        let Some((t, resumed)) = found else {
+            return Err(err(ErrorCode::NotFound, "no such track to subscribe to"));
+        };
+        if resumed {
+            self.request_keyframe(t, now, effects);
+        }
+        Ok(())
+    }
+
+    // ---- keyframes ----
+
+    /// A subscriber connection asked for a keyframe of the stream it receives as `ssrc`.
+    pub fn keyframe_requested(&mut self, conn: ConnId, ssrc: u32, now: Instant, effects: &mut Vec<Effect>) {
+        let found = self.tracks.iter().position(|t| {
+            t.legs
+                .iter()
+                .any(|l| l.rewrite.ssrc == ssrc && l.bound.is_some_and(|(c, _)| c == conn))
+        });
+        if let Some(t) = found {
+            self.request_keyframe(t, now, effects);
+        }
+    }
+
+    /// Asks a video track's publisher for a keyframe, at most once per
+    /// [`KEYFRAME_INTERVAL`]; a request inside the interval is sent when it has
+    /// passed (with the track's next packet).
+    fn request_keyframe(&mut self, t: usize, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(track) = self.tracks.get_mut(t) else {
+            return;
+        };
+        if track.info.kind == TrackKind::Video && track.throttle.request(now) {
+            effects.push(Effect::RequestKeyframe {
+                conn: track.conn,
+                receiver: track.receiver,
+                ssrc: track.ssrc,
+            });
+        }
+    }
+
+    // ---- forwarding ----
+
+    /// Forwards one RTP packet from a publisher connection to every leg of its
+    /// track: each negotiated, unpaused leg whose connection the sink admits
+    /// gets a copy with its own SSRC, payload type, sequence number and
+    /// extensions. Packets of no published track (an unannounced mid, RTX, a
+    /// track being removed) go nowhere. A deferred keyframe request that has
+    /// come due goes out as an effect. Allocates nothing of ours.
+    pub fn forward(
+        &mut self,
+        from: ConnId,
+        packet: &Packet,
+        now: Instant,
+        sink: &mut impl LegSink,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(track) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.conn == from && t.ssrc == packet.header.ssrc)
+        else {
+            return;
+        };
+        track.packets += 1;
+        if track.throttle.poll(now) {
+            effects.push(Effect::RequestKeyframe {
+                conn: track.conn,
+                receiver: track.receiver,
+                ssrc: track.ssrc,
+            });
+        }
+        let size = (rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len()) as u64;
+        let (mut written, mut dropped) = (0u64, 0u64);
+        for leg in &mut track.legs {
+            let Some((conn, sender)) = leg.bound else { continue };
+            if !leg.negotiated || leg.rewrite.accepts(&packet.header).is_err() {
+                continue;
+            }
+            match sink.admit(conn) {
+                Admit::Yes => {}
+                Admit::NotReady => continue,
+                Admit::Drop => {
+                    dropped += 1;
+                    continue;
+                }
+            }
+            if sink.write(conn, sender, leg.rewrite.copy(packet)) {
+                leg.forwarded += 1;
+                written += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        if written > 0 {
+            self.stats.add(|c| &c.forwarded_packets, written);
+            self.stats.add(|c| &c.forwarded_bytes, written * size);
+        }
+        if dropped > 0 {
+            self.stats.add(|c| &c.dropped_packets, dropped);
+        }
+    }
+
+    // ---- inspection ----
+
+    /// A JSON picture of the room for the debug endpoint; `conn` describes a connection.
+    pub fn debug_snapshot(&self, conn: impl Fn(Option<ConnId>) -> Option<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({
+            "meeting_id": self.meeting_id,
+            "counters": self.stats.meeting.snapshot(),
+            "participants": self.members.iter().map(|m| serde_json::json!({
+                "participant_id": m.id,
+                "kind": m.kind,
+                "may_present": m.may_present,
+                "publisher": conn(m.publisher),
+                "subscriber": conn(m.subscriber),
+                "announced": m.announced,
+                "negotiation": { "outstanding": m.negotiation.outstanding, "wanted": m.negotiation.wanted },
+                "receiving": self.tracks.iter().filter_map(|t| {
+                    let leg = t.legs.iter().find(|l| l.subscriber == m.id)?;
+                    Some(serde_json::json!({
+                        "track_id": t.info.track_id,
+                        "kind": t.info.kind,
+                        "ssrc": leg.rewrite.ssrc,
+                        "negotiated": leg.negotiated,
+                        "paused": leg.rewrite.paused(),
+                        "forwarded": leg.forwarded,
+                    }))
+                }).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "tracks": self.tracks.iter().map(|t| serde_json::json!({
+                "track": t.info,
+                "mid": t.mid,
+                "ssrc": t.ssrc,
+                "codec": t.mime_type,
+                "packets": t.packets,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

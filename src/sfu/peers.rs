@@ -1,0 +1,465 @@
+//! A shard's peer connections and the socket they share: the only place that
+//! touches `rtc` connections or the media socket.
+//!
+//! Every call into a connection goes through [`Peers::guard`]: a panic inside
+//! `rtc` abandons that one connection (it is never fed or polled again, and
+//! its owner is told through [`Peers::take_broken`]) and the shard goes on.
+//! Datagrams a connection writes go straight out with a non-blocking send: a
+//! full socket buffer drops that datagram and counts it, it never stalls the
+//! loop. Deadlines sit in a timer heap, re-armed whenever a connection was
+//! touched.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::rtp::Packet;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+
+use super::connection::Conn;
+use super::demux::{self, Route, Router};
+use super::forward::DropDice;
+use super::media_room::{Admit, ConnId, LegSink};
+use super::stats::Counters;
+
+/// A subscriber we have heard nothing from (not even a consent check, which
+/// browsers send every few seconds) for this long gets no media.
+const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What draining a connection produced next.
+pub enum Polled {
+    Event(RTCPeerConnectionEvent),
+    Message(RTCMessage),
+}
+
+/// The connections of one shard, their socket, routing and timers.
+pub struct Peers {
+    shard: usize,
+    socket: UdpSocket,
+    /// The address in our host candidate, also the local address we tell `rtc`
+    /// for every datagram (it matches its local candidate by it).
+    advertised: SocketAddr,
+    router: Router<ConnId>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Connections whose events must be drained before the turn ends.
+    dirty: Vec<ConnId>,
+    /// Connections that broke (a panic in `rtc`) and whose owner is not told yet.
+    broken: Vec<ConnId>,
+    /// This shard's counters (summed over shards when read).
+    counters: Arc<Counters>,
+    /// This shard's live connections.
+    live: Arc<AtomicUsize>,
+    /// The loss test hook.
+    pub dice: DropDice,
+}
+
+impl Peers {
+    pub fn new(
+        shard: usize,
+        socket: UdpSocket,
+        advertised: SocketAddr,
+        counters: Arc<Counters>,
+        live: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            shard,
+            socket,
+            advertised,
+            router: Router::new(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            broken: Vec::new(),
+            counters,
+            live,
+            dice: DropDice::new(0x9E37_79B9_7F4A_7C15 ^ shard as u64),
+        }
+    }
+
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&id)
+    }
+
+    pub fn is_broken(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.broken)
+    }
+
+    pub fn ufrag_in_use(&self, ufrag: &str) -> bool {
+        self.conns.values().any(|c| c.ufrag == ufrag)
+    }
+
+    /// Runs `f` on a connection's `rtc` peer connection. `None` if the
+    /// connection is unknown or broken, or if `rtc` panicked, which breaks it.
+    pub fn guard<T>(
+        &mut self,
+        id: ConnId,
+        what: &'static str,
+        f: impl FnOnce(&mut RTCPeerConnection) -> T,
+    ) -> Option<T> {
+        let conn = self.conns.get_mut(&id).filter(|c| !c.broken)?;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut conn.pc))) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                conn.broken = true;
+                conn.connected = false;
+                tracing::error!(shard = self.shard, conn = id, meeting_id = %conn.meeting_id, participant_id = %conn.participant, role = ?conn.role, call = what, "rtc panicked: connection abandoned");
+                self.broken.push(id);
+                None
+            }
+        }
+    }
+
+    /// Connections broken since the last call (each reported once).
+    pub fn take_broken(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.broken)
+    }
+
+    /// Registers a new connection with the demultiplexer and the live count.
+    pub fn insert(&mut self, conn: Conn) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let registered = self.router.register(&conn.ufrag, id);
+        debug_assert!(registered, "ufrags are random and checked before use");
+        self.conns.insert(id, conn);
+        self.live.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    /// Closes a connection (its last datagrams go out) and forgets it everywhere.
+    pub fn close(&mut self, id: ConnId) {
+        if self.guard(id, "close", |pc| pc.close()).is_some() {
+            self.flush(id);
+        }
+        if self.conns.remove(&id).is_some() {
+            self.router.remove(id);
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes every connection.
+    pub fn close_all(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id);
+        }
+    }
+
+    /// Routes a datagram to its connection and feeds it in. Returns the
+    /// connection to drive, or `None` if the datagram went nowhere (counted).
+    pub fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<ConnId> {
+        let id = match self.router.route(from, data) {
+            Route::Conn { key, nominated, .. } => {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.last_seen = now;
+                    if nominated && conn.nominated != Some(from) {
+                        conn.pending_nomination = Some(from);
+                    }
+                }
+                key
+            }
+            Route::Drop(reason) => {
+                Counters::add(&self.counters.garbage_datagrams, 1);
+                Counters::add(&self.counters.dropped_packets, 1);
+                tracing::trace!(shard = self.shard, %from, ?reason, "dropped datagram");
+                return None;
+            }
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.advertised,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        match self.guard(id, "handle_read", |pc| pc.handle_read(msg)) {
+            Some(Ok(())) => Some(id),
+            Some(Err(e)) => {
+                // A datagram the connection refused (bad DTLS record, SRTP auth failure, ...).
+                Counters::add(&self.counters.dropped_packets, 1);
+                tracing::debug!(shard = self.shard, conn = id, "handle_read: {e}");
+                Some(id)
+            }
+            None => {
+                Counters::add(&self.counters.dropped_packets, 1);
+                None
+            }
+        }
+    }
+
+    /// The next event or application message of a connection, after sending
+    /// what it has queued. `None` when it is drained (then its timer is re-armed).
+    pub fn poll(&mut self, id: ConnId) -> Option<Polled> {
+        self.flush(id);
+        let polled = self.guard(id, "poll", |pc| {
+            if let Some(event) = pc.poll_event() {
+                return Some(Polled::Event(event));
+            }
+            pc.poll_read()
+                .map(|TaggedRTCMessage { message, .. }| Polled::Message(message))
+        });
+        match polled.flatten() {
+            Some(polled) => Some(polled),
+            None => {
+                self.flush(id);
+                self.rearm(id);
+                None
+            }
+        }
+    }
+
+    /// Sends everything a connection has queued, re-arms its timer and marks it
+    /// for the end-of-turn drain of its events.
+    pub fn flush_later(&mut self, id: ConnId) {
+        self.flush(id);
+        self.rearm(id);
+        if !self.dirty.contains(&id) {
+            self.dirty.push(id);
+        }
+    }
+
+    /// The connections marked by [`flush_later`](Self::flush_later) since the last call.
+    pub fn take_dirty(&mut self) -> Option<ConnId> {
+        self.dirty.pop()
+    }
+
+    /// Sends everything a connection has queued. Non-blocking: a full socket
+    /// buffer drops the datagram (counted) rather than stalling every other peer.
+    ///
+    /// STUN goes where `rtc` addressed it (responses answer their request's
+    /// source); everything else follows the client's latest nomination.
+    fn flush(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
+            return;
+        };
+        let (socket, counters) = (&self.socket, &self.counters);
+        let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            while let Some(out) = conn.pc.poll_write() {
+                if conn.pending_nomination == Some(out.transport.peer_addr) && demux::is_binding_success(&out.message) {
+                    conn.nominated = conn.pending_nomination.take();
+                }
+                let to = match conn.nominated {
+                    Some(nominated) if demux::classify(&out.message) != demux::Class::Stun => nominated,
+                    _ => out.transport.peer_addr,
+                };
+                if let Err(e) = socket.try_send_to(&out.message, to) {
+                    Counters::add(&counters.dropped_packets, 1);
+                    tracing::trace!("send_to {to}: {e}");
+                }
+            }
+        }));
+        if sent.is_err() {
+            conn.broken = true;
+            conn.connected = false;
+            tracing::error!(shard = self.shard, conn = id, meeting_id = %conn.meeting_id, participant_id = %conn.participant, call = "poll_write", "rtc panicked: connection abandoned");
+            self.broken.push(id);
+        }
+    }
+
+    /// Pushes the connection's next deadline onto the heap if it changed.
+    fn rearm(&mut self, id: ConnId) {
+        let Some(next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if next != conn.deadline {
+            conn.deadline = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at, id)));
+            }
+        }
+    }
+
+    /// The earliest armed deadline (stale heap entries are dropped on the way).
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            match self.conns.get(&id) {
+                Some(conn) if conn.deadline == Some(at) && !conn.broken => return Some(at),
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Fires the next deadline that is due by `now`: the connection's
+    /// `handle_timeout` ran, and the caller drives it. `None` when none is due.
+    pub fn fire_next(&mut self, now: Instant) -> Option<ConnId> {
+        loop {
+            let Reverse((at, id)) = self.timers.peek().copied()?;
+            if at > now {
+                self.compact_timers();
+                return None;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            if conn.deadline != Some(at) || conn.broken {
+                continue;
+            }
+            conn.deadline = None;
+            match self.guard(id, "handle_timeout", |pc| pc.handle_timeout(now)) {
+                Some(Ok(())) => return Some(id),
+                Some(Err(e)) => {
+                    tracing::debug!(shard = self.shard, conn = id, "handle_timeout: {e}");
+                    return Some(id);
+                }
+                None => continue,
+            }
+        }
+    }
+
+    /// Heap hygiene: stale entries pile up when deadlines move; rebuild when large.
+    fn compact_timers(&mut self) {
+        if self.timers.len() > 4 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.timers
+                .retain(|Reverse((at, id))| conns.get(id).is_some_and(|c| c.deadline == Some(*at)));
+        }
+    }
+
+    /// A [`LegSink`] writing forwarded packets into this shard's connections.
+    pub fn sink(&mut self, now: Instant) -> Delivery<'_> {
+        Delivery { peers: self, now }
+    }
+}
+
+/// Forwarded packets into subscriber connections, each flushed at once.
+pub struct Delivery<'a> {
+    peers: &'a mut Peers,
+    now: Instant,
+}
+
+impl LegSink for Delivery<'_> {
+    fn admit(&mut self, conn: ConnId) -> Admit {
+        let Some(c) = self.peers.conns.get(&conn) else {
+            return Admit::NotReady;
+        };
+        if c.broken || !c.connected || self.now.saturating_duration_since(c.last_seen) > CONSENT_TIMEOUT {
+            return Admit::NotReady;
+        }
+        if self.peers.dice.roll() {
+            return Admit::Drop;
+        }
+        Admit::Yes
+    }
+
+    fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool {
+        let now = self.now;
+        let written = self.peers.guard(conn, "write_rtp", |pc| {
+            pc.rtp_sender(sender).map(|mut s| s.write_rtp(now, packet))
+        });
+        let ok = match written {
+            Some(Some(Ok(()))) => true,
+            Some(Some(Err(e))) => {
+                tracing::trace!(shard = self.peers.shard, conn, "write_rtp: {e}");
+                false
+            }
+            _ => false,
+        };
+        self.peers.flush_later(conn);
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::connection;
+    use crate::sfu::stats::StatsPair;
+    use gatehouse_signaling::protocol::PeerRole;
+
+    async fn peers() -> Peers {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        Peers::new(0, socket, addr, Arc::default(), Arc::default())
+    }
+
+    fn conn(peers: &Peers, meeting: &str, participant: &str) -> Conn {
+        let (ufrag, pwd) = connection::ice_credentials();
+        let stats = StatsPair {
+            meeting: Arc::default(),
+            shard: peers.counters.clone(),
+        };
+        let pc = connection::build(Instant::now(), &ufrag, &pwd, peers.advertised, stats).expect("build");
+        Conn::new(pc, 1, meeting, participant, PeerRole::Subscriber, ufrag, Instant::now())
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_one_connection_breaks_only_that_one_and_is_reported_once() {
+        let mut peers = peers().await;
+        let a = peers.insert(conn(&peers, "m_1", "p_a"));
+        let b = peers.insert(conn(&peers, "m_1", "p_b"));
+        assert_eq!(peers.live.load(Ordering::Relaxed), 2);
+
+        let panicked: Option<()> = peers.guard(a, "test", |_| panic!("injected"));
+        assert!(panicked.is_none());
+        assert!(peers.is_broken(a));
+        assert!(!peers.is_broken(b));
+        assert_eq!(peers.take_broken(), vec![a]);
+        assert!(peers.take_broken().is_empty(), "reported once");
+
+        // The broken one is never called again; the other one works on.
+        let mut called = false;
+        assert!(peers.guard(a, "test", |_| called = true).is_none());
+        assert!(!called);
+        let offer = peers.guard(b, "create_offer", |pc| pc.create_offer(None).map(|o| o.sdp));
+        assert!(matches!(offer, Some(Ok(sdp)) if sdp.starts_with("v=0")));
+
+        // A broken connection still closes cleanly and leaves the live count.
+        peers.close(a);
+        peers.close(b);
+        assert_eq!(peers.live.load(Ordering::Relaxed), 0);
+        assert!(peers.get(a).is_none() && peers.get(b).is_none());
+    }
+
+    #[tokio::test]
+    async fn garbage_is_dropped_and_counted_without_touching_a_connection() {
+        let mut peers = peers().await;
+        let a = peers.insert(conn(&peers, "m_1", "p_a"));
+        let from: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        assert_eq!(peers.receive(Instant::now(), from, b"hello"), None);
+        assert_eq!(
+            peers.receive(Instant::now(), from, &[0x80; 40]),
+            None,
+            "RTP from an unknown address"
+        );
+        let snapshot = peers.counters.snapshot();
+        assert_eq!((snapshot.garbage_datagrams, snapshot.dropped_packets), (2, 2));
+        assert!(!peers.is_broken(a));
+    }
+}
