@@ -720,6 +720,72 @@ async fn meetings_spread_over_shards_each_on_its_own_port() {
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
 
+/// A shard thread that dies outside every guard (a bug in our own code) takes
+/// its meetings' media with it, but nothing else: it is detected, its
+/// placements and connections are released, and meetings go on (or start again)
+/// on the shards still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shard_is_detected_released_and_avoided() {
+    support::init_logging();
+    let sfu = Sfu::start(SfuConfig {
+        shards: 2,
+        ..SfuConfig::loopback()
+    })
+    .expect("sfu starts");
+    let (a1, b1) = pair(&sfu, "m_doomed").await;
+    let (a2, b2) = pair(&sfu, "m_survivor").await;
+    let shard = |s: &serde_json::Value| s["shard"].as_u64().expect("shard") as usize;
+    let doomed = shard(&sfu.debug_snapshot("m_doomed").await.expect("placed"));
+    let survivor = shard(&sfu.debug_snapshot("m_survivor").await.expect("placed"));
+    assert_ne!(doomed, survivor);
+    assert_eq!(sfu.live_connections(), 8);
+
+    sfu.crash_shard(doomed).await;
+    assert!(!sfu.shard_alive(doomed));
+    assert!(sfu.shard_alive(survivor));
+    assert_eq!(
+        sfu.live_connections(),
+        4,
+        "the dead shard's connections are gone from the count"
+    );
+    let e = sfu
+        .handle(
+            "m_doomed",
+            "p_a",
+            MediaMessage::MuteTrack {
+                track_id: "t".into(),
+                muted: true,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotInCall, "its placement is released");
+    assert!(sfu.debug_snapshot("m_doomed").await.is_none());
+
+    // The other meeting's media still flows.
+    let before = b2.received_from("p_a").iter().map(|(_, r)| r.packets).sum::<u64>();
+    assert!(
+        eventually(SECS(5), || {
+            b2.received_from("p_a").iter().map(|(_, r)| r.packets).sum::<u64>() > before + 20
+        })
+        .await,
+        "the surviving shard forwards on"
+    );
+    // The doomed meeting starts again, on the shard still running, media and all.
+    for c in [&a1, &b1] {
+        c.leave().await;
+    }
+    let (a3, b3) = pair(&sfu, "m_doomed").await;
+    assert_eq!(
+        shard(&sfu.debug_snapshot("m_doomed").await.expect("placed again")),
+        survivor
+    );
+    for c in [&a2, &b2, &a3, &b3] {
+        c.leave().await;
+    }
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
 /// Each publisher uses another codec; one subscriber connection carries all of them.
 /// (One video codec per publisher connection: `rtc` 0.21.1 negotiates codecs per
 /// connection from the first video m-line, see docs/ARCHITECTURE.md.)

@@ -950,3 +950,767 @@ impl MediaRoom {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rtc::rtp::header::Header;
+    use std::sync::Arc;
+
+    const A: &str = "p_a";
+    const B: &str = "p_b";
+    const C: &str = "p_c";
+    // Connection ids: publisher 10 + n, subscriber 20 + n.
+    const A_PUB: ConnId = 11;
+    const B_SUB: ConnId = 22;
+    const C_SUB: ConnId = 23;
+    const A_SUB: ConnId = 21;
+
+    fn room() -> MediaRoom {
+        MediaRoom::new(
+            "m_test",
+            StatsPair {
+                meeting: Arc::default(),
+                shard: Arc::default(),
+            },
+        )
+    }
+
+    fn codec(payload_type: u8, mime_type: &str, clock_rate: u32) -> Codec {
+        Codec {
+            payload_type,
+            mime_type: mime_type.into(),
+            clock_rate,
+            fmtp: String::new(),
+        }
+    }
+
+    /// What the publisher negotiated: VP8 on 96, Opus on 111, audio level on 1.
+    fn publisher_side() -> Negotiated {
+        Negotiated {
+            codecs: vec![codec(96, "video/VP8", 90_000), codec(111, "audio/opus", 48_000)],
+            extensions: vec![(rtc::sdp::extmap::AUDIO_LEVEL_URI.into(), 1)],
+        }
+    }
+
+    /// What a subscriber negotiated: VP8 on 100, Opus on 109, audio level on 5.
+    fn subscriber_side() -> Negotiated {
+        Negotiated {
+            codecs: vec![codec(100, "video/VP8", 90_000), codec(109, "audio/opus", 48_000)],
+            extensions: vec![(rtc::sdp::extmap::AUDIO_LEVEL_URI.into(), 5)],
+        }
+    }
+
+    fn announce(mid: &str, source: TrackSource) -> PublishedTrack {
+        PublishedTrack {
+            mid: mid.into(),
+            source,
+            muted: false,
+        }
+    }
+
+    fn stream(mid: &str, ssrc: u32, mime_type: &str) -> Stream {
+        Stream {
+            conn: A_PUB,
+            receiver: RTCRtpReceiverId::from(mid.parse::<usize>().expect("numeric mid")),
+            mid: mid.into(),
+            ssrc,
+            mime_type: mime_type.into(),
+            negotiated: publisher_side(),
+            replaces: true,
+        }
+    }
+
+    fn packet(ssrc: u32, seq: u16, payload_type: u8) -> Packet {
+        Packet {
+            header: Header {
+                version: 2,
+                payload_type,
+                sequence_number: seq,
+                timestamp: u32::from(seq) * 3000,
+                ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(b"payload"),
+        }
+    }
+
+    /// Records what forwarding writes; some connections can be made unready or refusing.
+    #[derive(Default)]
+    struct Recorder {
+        written: Vec<(ConnId, RTCRtpSenderId, Packet)>,
+        not_ready: Vec<ConnId>,
+        refusing: Vec<ConnId>,
+        dropping: Vec<ConnId>,
+    }
+
+    impl LegSink for Recorder {
+        fn admit(&mut self, conn: ConnId) -> Admit {
+            if self.not_ready.contains(&conn) {
+                Admit::NotReady
+            } else if self.dropping.contains(&conn) {
+                Admit::Drop
+            } else {
+                Admit::Yes
+            }
+        }
+
+        fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool {
+            if self.refusing.contains(&conn) {
+                return false;
+            }
+            self.written.push((conn, sender, packet));
+            true
+        }
+    }
+
+    fn signals(effects: &[Effect]) -> Vec<(String, ServerMessage)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal { to, message } => Some((to.clone(), message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Plays the shell for the effects that need an answer: binds every new leg
+    /// on the subscriber's connection (sender id = leg id), as the shard does.
+    fn bind_legs(room: &mut MediaRoom, effects: &[Effect]) {
+        for e in effects {
+            if let Effect::AddSender { subscriber, leg, .. } = e {
+                let conn = room
+                    .connection(subscriber, PeerRole::Subscriber)
+                    .expect("test gives every subscriber a connection");
+                room.leg_bound(*leg, conn, RTCRtpSenderId::from(*leg as usize));
+            }
+        }
+    }
+
+    /// The negotiated list an answer to the current offer gives: every bound leg of `participant`.
+    fn answer_all(room: &MediaRoom, participant: &str) -> Vec<(RTCRtpSenderId, Negotiated)> {
+        room.tracks
+            .iter()
+            .flat_map(|t| t.legs.iter())
+            .filter(|l| l.subscriber == participant)
+            .filter_map(|l| l.bound.map(|(_, s)| (s, subscriber_side())))
+            .collect()
+    }
+
+    /// A and B in the call (C too with `three`), each with a subscriber connection,
+    /// A publishing camera (mid 0, ssrc 1000) and microphone (mid 1, ssrc 2000),
+    /// everything negotiated and answered.
+    fn call(three: bool, now: Instant) -> (MediaRoom, Vec<Effect>) {
+        let mut room = room();
+        let mut fx = Vec::new();
+        let people: &[(&str, ConnId)] = if three {
+            &[(A, A_SUB), (B, B_SUB), (C, C_SUB)]
+        } else {
+            &[(A, A_SUB), (B, B_SUB)]
+        };
+        for (p, sub) in people {
+            room.add_participant(p, ParticipantKind::Staff, true, now, &mut fx);
+            room.set_connection(p, PeerRole::Subscriber, Some(*sub));
+        }
+        room.set_connection(A, PeerRole::Publisher, Some(A_PUB));
+        room.check_publish(
+            A,
+            &[
+                announce("0", TrackSource::Camera),
+                announce("1", TrackSource::Microphone),
+            ],
+        )
+        .expect("allowed");
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Camera),
+                announce("1", TrackSource::Microphone),
+            ],
+            now,
+            &mut fx,
+        );
+        room.stream_opened(A, stream("0", 1000, "video/VP8"), now, &mut fx);
+        room.stream_opened(A, stream("1", 2000, "audio/opus"), now, &mut fx);
+        bind_legs(&mut room, &fx);
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        for (p, _) in people.iter().skip(1) {
+            let answer = answer_all(&room, p);
+            room.subscriber_answered(p, &answer, false, now, &mut fx);
+        }
+        (room, fx)
+    }
+
+    fn track_id(room: &MediaRoom, source: TrackSource) -> String {
+        room.tracks()
+            .into_iter()
+            .find(|t| t.source == source)
+            .expect("published")
+            .track_id
+    }
+
+    fn keyframe_requests(effects: &[Effect]) -> usize {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::RequestKeyframe { .. }))
+            .count()
+    }
+
+    #[test]
+    fn publish_announces_to_everyone_and_gives_every_other_participant_a_leg() {
+        let now = Instant::now();
+        let (room, fx) = call(true, now);
+        let published: Vec<(String, TrackInfo)> = signals(&fx)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                ServerMessage::TrackPublished { track } => Some((to, track)),
+                _ => None,
+            })
+            .collect();
+        // Two tracks, each announced to all three, the owner included.
+        assert_eq!(published.len(), 6);
+        for p in [A, B, C] {
+            assert_eq!(published.iter().filter(|(to, _)| to == p).count(), 2, "{p}");
+        }
+        assert!(published.iter().all(|(_, t)| t.participant_id == A));
+        let video = published
+            .iter()
+            .find(|(_, t)| t.kind == TrackKind::Video)
+            .expect("video");
+        assert_eq!(video.1.source, TrackSource::Camera);
+        // Legs for B and C only, each with its own SSRC.
+        let adds: Vec<(&str, u32)> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AddSender { subscriber, ssrc, .. } => Some((subscriber.as_str(), *ssrc)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(adds.len(), 4);
+        assert!(adds.iter().all(|(s, _)| *s != A), "never a leg of one's own track");
+        let mut ssrcs: Vec<u32> = adds.iter().map(|(_, s)| *s).collect();
+        ssrcs.dedup();
+        assert_eq!(ssrcs.len(), 4);
+        assert_eq!(room.tracks().len(), 2);
+        assert_eq!(room.stats().meeting.snapshot().tracks, 2);
+    }
+
+    #[test]
+    fn unannounced_or_mismatched_streams_are_not_published() {
+        let now = Instant::now();
+        let mut room = room();
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Guest, false, now, &mut fx);
+        room.set_connection(A, PeerRole::Publisher, Some(A_PUB));
+        room.declare(A, vec![announce("0", TrackSource::Microphone)], now, &mut fx);
+        room.stream_opened(A, stream("1", 1, "video/VP8"), now, &mut fx);
+        room.stream_opened(A, stream("0", 2, "video/VP8"), now, &mut fx);
+        let mut other = stream("0", 3, "audio/opus");
+        other.conn = 99;
+        room.stream_opened(A, other, now, &mut fx);
+        assert!(room.tracks().is_empty());
+        assert!(fx.is_empty());
+    }
+
+    #[test]
+    fn publishing_rules_screens_and_duplicate_mids() {
+        let now = Instant::now();
+        let mut room = room();
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Guest, false, now, &mut fx);
+        let e = room
+            .check_publish(A, &[announce("0", TrackSource::Screen)])
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::PresentingNotAllowed);
+        let e = room
+            .check_publish(
+                A,
+                &[
+                    announce("0", TrackSource::Camera),
+                    announce("0", TrackSource::Microphone),
+                ],
+            )
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(room.check_publish(A, &[announce("0", TrackSource::Camera)]).is_ok());
+        assert_eq!(room.check_publish(B, &[]).unwrap_err().code, ErrorCode::NotInCall);
+    }
+
+    #[test]
+    fn forwarding_rewrites_each_leg_and_skips_the_unready_and_the_unnegotiated() {
+        let now = Instant::now();
+        let (mut room, _) = call(true, now);
+        let mut sink = Recorder {
+            not_ready: vec![C_SUB],
+            ..Default::default()
+        };
+        let mut fx = Vec::new();
+        room.forward(A_PUB, &packet(1000, 7, 96), now, &mut sink, &mut fx);
+        assert_eq!(sink.written.len(), 1, "only B is ready");
+        let (conn, _, out) = &sink.written[0];
+        assert_eq!(*conn, B_SUB);
+        assert_eq!(out.header.payload_type, 100, "VP8 under B's payload type");
+        assert_ne!(out.header.ssrc, 1000, "the leg's own SSRC");
+        assert_eq!(out.payload, Bytes::from_static(b"payload"));
+
+        // An unknown SSRC, an unmapped payload type, another connection: nothing.
+        room.forward(A_PUB, &packet(4242, 8, 96), now, &mut sink, &mut fx);
+        room.forward(A_PUB, &packet(1000, 9, 97), now, &mut sink, &mut fx);
+        room.forward(B_SUB, &packet(1000, 10, 96), now, &mut sink, &mut fx);
+        assert_eq!(sink.written.len(), 1);
+        let stats = room.stats().meeting.snapshot();
+        assert_eq!(stats.forwarded_packets, 1);
+        assert_eq!(stats.forwarded_bytes, 12 + 7);
+        assert_eq!(
+            room.stats().shard.snapshot(),
+            stats,
+            "the shard counts what the meeting counts"
+        );
+
+        // A refused write and a deliberate drop are counted as dropped; the other leg still gets it.
+        sink.not_ready.clear();
+        sink.refusing = vec![B_SUB];
+        room.forward(A_PUB, &packet(1000, 11, 96), now, &mut sink, &mut fx);
+        sink.refusing.clear();
+        sink.dropping = vec![C_SUB];
+        room.forward(A_PUB, &packet(1000, 12, 96), now, &mut sink, &mut fx);
+        let stats = room.stats().meeting.snapshot();
+        assert_eq!((stats.forwarded_packets, stats.dropped_packets), (3, 2));
+    }
+
+    #[test]
+    fn a_leg_added_after_the_offer_waits_for_the_reoffer() {
+        let now = Instant::now();
+        let (mut room, _) = call(false, now);
+        let mut fx = Vec::new();
+        // B's offer for the new screen track goes out, but B answers with the old set.
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Camera),
+                announce("1", TrackSource::Microphone),
+                announce("2", TrackSource::Screen),
+            ],
+            now,
+            &mut fx,
+        );
+        let before = answer_all(&room, B);
+        room.stream_opened(A, stream("2", 3000, "video/VP8"), now, &mut fx);
+        bind_legs(&mut room, &fx);
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        assert_eq!(
+            offers,
+            vec![Offer {
+                participant: B.into(),
+                conn: B_SUB
+            }]
+        );
+        room.subscriber_answered(B, &before, true, now, &mut fx);
+        let mut sink = Recorder::default();
+        room.forward(A_PUB, &packet(3000, 1, 96), now, &mut sink, &mut fx);
+        assert!(sink.written.is_empty(), "not negotiated yet");
+        room.forward(A_PUB, &packet(1000, 1, 96), now, &mut sink, &mut fx);
+        assert_eq!(sink.written.len(), 1, "the camera is");
+    }
+
+    #[test]
+    fn renegotiations_are_batched_one_offer_at_a_time() {
+        let now = Instant::now();
+        let mut room = room();
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Staff, true, now, &mut fx);
+        room.add_participant(B, ParticipantKind::Staff, true, now, &mut fx);
+        room.set_connection(A, PeerRole::Publisher, Some(A_PUB));
+        room.set_connection(B, PeerRole::Subscriber, Some(B_SUB));
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Camera),
+                announce("1", TrackSource::Microphone),
+            ],
+            now,
+            &mut fx,
+        );
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        assert!(offers.is_empty(), "nothing to offer yet");
+        assert!(!room.wants_offers());
+
+        // Two tracks in one turn: one offer.
+        room.stream_opened(A, stream("0", 1000, "video/VP8"), now, &mut fx);
+        room.stream_opened(A, stream("1", 2000, "audio/opus"), now, &mut fx);
+        bind_legs(&mut room, &fx);
+        assert!(room.wants_offers());
+        room.due_offers(&mut offers);
+        assert_eq!(offers.len(), 1);
+
+        // Changes while it is outstanding fold into one re-offer after the answer.
+        room.declare(A, vec![announce("1", TrackSource::Microphone)], now, &mut fx);
+        room.declare(A, vec![], now, &mut fx);
+        offers.clear();
+        room.due_offers(&mut offers);
+        assert!(offers.is_empty(), "an offer is outstanding");
+        assert!(room.expecting_answer(A).is_err(), "A has no subscriber offer out");
+        assert_eq!(room.expecting_answer(B).expect("outstanding"), B_SUB);
+        room.subscriber_answered(B, &[], false, now, &mut fx);
+        assert_eq!(
+            room.expecting_answer(B).unwrap_err().code,
+            ErrorCode::MediaStateError,
+            "answered"
+        );
+        room.due_offers(&mut offers);
+        assert_eq!(offers.len(), 1, "one re-offer for both changes");
+        offers.clear();
+        room.due_offers(&mut offers);
+        assert!(offers.is_empty());
+
+        // A failed offer leaves nothing outstanding.
+        room.offer_failed(B);
+        assert!(room.expecting_answer(B).is_err());
+    }
+
+    #[test]
+    fn unpublish_removes_every_leg_and_tells_everyone() {
+        let now = Instant::now();
+        let (mut room, _) = call(true, now);
+        let camera = track_id(&room, TrackSource::Camera);
+        let mut fx = Vec::new();
+        room.declare(A, vec![announce("1", TrackSource::Microphone)], now, &mut fx);
+        let removed: Vec<ConnId> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RemoveSender { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(removed.len(), 2);
+        assert!(removed.contains(&B_SUB) && removed.contains(&C_SUB));
+        let told: Vec<String> = signals(&fx)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, ServerMessage::TrackUnpublished { track_id, .. } if *track_id == camera))
+            .map(|(to, _)| to)
+            .collect();
+        assert_eq!(told, [A, B, C]);
+        assert_eq!(room.tracks().len(), 1);
+        assert_eq!(room.stats().meeting.snapshot().tracks, 1);
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        assert_eq!(offers.len(), 2, "B and C renegotiate");
+        let mut sink = Recorder::default();
+        room.forward(A_PUB, &packet(1000, 1, 96), now, &mut sink, &mut fx);
+        assert!(sink.written.is_empty());
+    }
+
+    #[test]
+    fn mute_follows_the_owner_and_only_the_owner() {
+        let now = Instant::now();
+        let (mut room, _) = call(false, now);
+        let mic = track_id(&room, TrackSource::Microphone);
+        let mut fx = Vec::new();
+        assert_eq!(
+            room.mute_track(B, &mic, true, &mut fx).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        room.mute_track(A, &mic, true, &mut fx).expect("owner");
+        assert_eq!(signals(&fx).len(), 2, "both hear it");
+        assert!(room.tracks().iter().any(|t| t.track_id == mic && t.muted));
+        // A later offer's declaration keeps the flag (it was recorded for the mid).
+        fx.clear();
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Camera),
+                PublishedTrack {
+                    muted: true,
+                    ..announce("1", TrackSource::Microphone)
+                },
+            ],
+            now,
+            &mut fx,
+        );
+        assert!(fx.is_empty(), "no change, no message");
+    }
+
+    #[test]
+    fn pause_and_resume_keep_sequence_numbers_contiguous_and_ask_for_a_keyframe() {
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let camera = track_id(&room, TrackSource::Camera);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        let later = start + Duration::from_secs(5);
+        for seq in 100..103 {
+            room.forward(A_PUB, &packet(1000, seq, 96), later, &mut sink, &mut fx);
+        }
+        room.set_subscription(B, &camera, true, later, &mut fx).expect("pause");
+        assert_eq!(keyframe_requests(&fx), 0, "pausing asks for nothing");
+        for seq in 103..110 {
+            room.forward(A_PUB, &packet(1000, seq, 96), later, &mut sink, &mut fx);
+        }
+        room.set_subscription(B, &camera, false, later, &mut fx)
+            .expect("resume");
+        assert_eq!(
+            fx,
+            vec![Effect::RequestKeyframe {
+                conn: A_PUB,
+                receiver: RTCRtpReceiverId::from(0),
+                ssrc: 1000
+            }]
+        );
+        for seq in 110..113 {
+            room.forward(A_PUB, &packet(1000, seq, 96), later, &mut sink, &mut fx);
+        }
+        let seqs: Vec<u16> = sink.written.iter().map(|(_, _, p)| p.header.sequence_number).collect();
+        assert_eq!(seqs.len(), 6);
+        for pair in seqs.windows(2) {
+            assert_eq!(pair[1], pair[0].wrapping_add(1), "contiguous: {seqs:?}");
+        }
+        assert_eq!(
+            room.set_subscription(B, "t_nope", true, later, &mut fx)
+                .unwrap_err()
+                .code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            room.set_subscription(A, &camera, true, later, &mut fx)
+                .unwrap_err()
+                .code,
+            ErrorCode::NotFound,
+            "nobody receives their own track"
+        );
+    }
+
+    #[test]
+    fn a_restarted_sender_is_followed_without_a_gap() {
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        for seq in [10, 11] {
+            room.forward(A_PUB, &packet(1000, seq, 96), start, &mut sink, &mut fx);
+        }
+        let mut restarted = stream("0", 5555, "video/VP8");
+        restarted.replaces = true;
+        room.stream_opened(A, restarted, start, &mut fx);
+        room.forward(A_PUB, &packet(1000, 12, 96), start, &mut sink, &mut fx);
+        room.forward(A_PUB, &packet(5555, 40_000, 96), start, &mut sink, &mut fx);
+        let seqs: Vec<u16> = sink.written.iter().map(|(_, _, p)| p.header.sequence_number).collect();
+        assert_eq!(
+            seqs,
+            [10, 11, 12],
+            "the old SSRC is no longer forwarded, the new one continues"
+        );
+        assert_eq!(room.tracks().len(), 2, "the same camera track, no new one");
+
+        // A simulcast layer (a rid: not a replacement) is ignored.
+        let mut layer = stream("0", 7777, "video/VP8");
+        layer.replaces = false;
+        room.stream_opened(A, layer, start, &mut fx);
+        room.forward(A_PUB, &packet(7777, 1, 96), start, &mut sink, &mut fx);
+        assert_eq!(sink.written.len(), 3);
+    }
+
+    #[test]
+    fn keyframe_requests_are_relayed_throttled_and_never_for_audio() {
+        let start = Instant::now();
+        let (mut room, fx) = call(true, start);
+        assert_eq!(keyframe_requests(&fx), 0, "nobody was connected when they answered");
+        let mut fx = Vec::new();
+        room.subscriber_connected(B_SUB, start, &mut fx);
+        assert_eq!(
+            keyframe_requests(&fx),
+            1,
+            "B connected: the video it receives, not the audio"
+        );
+
+        // C asks 100 ms later: inside the interval, deferred.
+        let t1 = start + Duration::from_millis(100);
+        let c_video_ssrc = room.tracks[0]
+            .legs
+            .iter()
+            .find(|l| l.subscriber == C)
+            .expect("leg")
+            .rewrite
+            .ssrc;
+        let c_audio_ssrc = room.tracks[1]
+            .legs
+            .iter()
+            .find(|l| l.subscriber == C)
+            .expect("leg")
+            .rewrite
+            .ssrc;
+        fx.clear();
+        room.keyframe_requested(C_SUB, c_video_ssrc, t1, &mut fx);
+        room.keyframe_requested(C_SUB, c_audio_ssrc, t1, &mut fx);
+        room.keyframe_requested(C_SUB, 0xdead, t1, &mut fx);
+        room.keyframe_requested(B_SUB, c_video_ssrc, t1, &mut fx);
+        assert!(fx.is_empty());
+        // Released with the track's next packet once the interval has passed.
+        let mut sink = Recorder::default();
+        room.forward(
+            A_PUB,
+            &packet(1000, 1, 96),
+            start + Duration::from_millis(200),
+            &mut sink,
+            &mut fx,
+        );
+        assert!(fx.is_empty(), "still inside the interval");
+        room.forward(
+            A_PUB,
+            &packet(1000, 2, 96),
+            start + KEYFRAME_INTERVAL,
+            &mut sink,
+            &mut fx,
+        );
+        assert_eq!(keyframe_requests(&fx), 1);
+        fx.clear();
+        room.forward(
+            A_PUB,
+            &packet(1000, 3, 96),
+            start + 3 * KEYFRAME_INTERVAL,
+            &mut sink,
+            &mut fx,
+        );
+        assert!(fx.is_empty(), "one request, one keyframe");
+    }
+
+    #[test]
+    fn a_late_joiner_gets_legs_of_everything_and_a_keyframe_once_connected() {
+        let now = Instant::now();
+        let (mut room, _) = call(false, now);
+        let mut fx = Vec::new();
+        room.add_participant(C, ParticipantKind::Guest, false, now, &mut fx);
+        room.set_connection(C, PeerRole::Subscriber, Some(C_SUB));
+        let adds = fx.iter().filter(|e| matches!(e, Effect::AddSender { .. })).count();
+        assert_eq!(adds, 2);
+        bind_legs(&mut room, &fx);
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        assert_eq!(
+            offers,
+            vec![Offer {
+                participant: C.into(),
+                conn: C_SUB
+            }]
+        );
+        fx.clear();
+        let answer = answer_all(&room, C);
+        room.subscriber_answered(C, &answer, true, now, &mut fx);
+        assert_eq!(keyframe_requests(&fx), 1);
+    }
+
+    #[test]
+    fn removal_cleans_up_legs_tracks_connections_and_finally_the_room() {
+        let now = Instant::now();
+        let (mut room, _) = call(true, now);
+        let mut fx = Vec::new();
+        room.remove_participant(B, now, &mut fx);
+        assert_eq!(
+            fx,
+            vec![Effect::Close { conn: B_SUB }],
+            "B's legs go with its connection"
+        );
+        assert!(!room.contains(B));
+        let mut sink = Recorder::default();
+        room.forward(A_PUB, &packet(1000, 1, 96), now, &mut sink, &mut fx);
+        assert_eq!(sink.written.iter().map(|w| w.0).collect::<Vec<_>>(), [C_SUB]);
+
+        fx.clear();
+        room.remove_participant(A, now, &mut fx);
+        let closes: Vec<ConnId> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Close { conn } => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closes, [A_PUB, A_SUB]);
+        assert_eq!(
+            fx.iter()
+                .filter(|e| matches!(e, Effect::RemoveSender { conn: C_SUB, .. }))
+                .count(),
+            2
+        );
+        assert!(room.tracks().is_empty());
+        assert_eq!(room.stats().meeting.snapshot().tracks, 0);
+        room.remove_participant(A, now, &mut fx);
+        room.remove_participant(C, now, &mut fx);
+        assert!(room.is_empty());
+        assert_eq!(room.connections().count(), 0);
+    }
+
+    #[test]
+    fn the_same_participant_again_starts_clean() {
+        let now = Instant::now();
+        let (mut room, _) = call(false, now);
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Staff, true, now, &mut fx);
+        assert!(fx.contains(&Effect::Close { conn: A_PUB }));
+        assert!(room.tracks().is_empty(), "its tracks went with the old session");
+        assert_eq!(room.participants().collect::<Vec<_>>(), [B, A]);
+        assert_eq!(room.connection(A, PeerRole::Publisher), None);
+    }
+
+    #[test]
+    fn early_candidates_are_held_per_role_and_bounded() {
+        let now = Instant::now();
+        let mut room = room();
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Guest, false, now, &mut fx);
+        let candidate = |n: usize| RTCIceCandidateInit {
+            candidate: format!("candidate:{n} 1 udp 1 127.0.0.1 {} typ host", 5000 + n),
+            ..Default::default()
+        };
+        for n in 0..MAX_PENDING_CANDIDATES {
+            let role = if n % 2 == 0 {
+                PeerRole::Publisher
+            } else {
+                PeerRole::Subscriber
+            };
+            room.hold_candidate(A, role, candidate(n)).expect("room");
+        }
+        assert_eq!(
+            room.hold_candidate(A, PeerRole::Publisher, candidate(99))
+                .unwrap_err()
+                .code,
+            ErrorCode::RateLimited
+        );
+        let publisher = room.take_candidates(A, PeerRole::Publisher);
+        assert_eq!(publisher.len(), MAX_PENDING_CANDIDATES / 2);
+        assert_eq!(publisher[0].candidate, candidate(0).candidate);
+        assert_eq!(
+            room.take_candidates(A, PeerRole::Subscriber).len(),
+            MAX_PENDING_CANDIDATES / 2
+        );
+        assert!(room.take_candidates(A, PeerRole::Subscriber).is_empty());
+        assert_eq!(
+            room.hold_candidate(B, PeerRole::Publisher, candidate(1))
+                .unwrap_err()
+                .code,
+            ErrorCode::NotInCall
+        );
+    }
+
+    #[test]
+    fn a_failed_leg_is_forgotten() {
+        let now = Instant::now();
+        let mut room = room();
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Staff, true, now, &mut fx);
+        room.add_participant(B, ParticipantKind::Staff, true, now, &mut fx);
+        room.set_connection(A, PeerRole::Publisher, Some(A_PUB));
+        room.declare(A, vec![announce("0", TrackSource::Camera)], now, &mut fx);
+        room.stream_opened(A, stream("0", 1000, "video/VP8"), now, &mut fx);
+        let Some(Effect::AddSender { leg, .. }) = fx.iter().find(|e| matches!(e, Effect::AddSender { .. })).cloned()
+        else {
+            panic!("a leg for B");
+        };
+        room.leg_failed(leg);
+        assert!(room.tracks[0].legs.is_empty());
+        let snapshot = room.debug_snapshot(|_| None);
+        assert_eq!(snapshot["participants"][1]["receiving"], serde_json::json!([]));
+    }
+}
