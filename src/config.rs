@@ -1,18 +1,42 @@
 //! Configuration: command-line flags, then `GATEHOUSE_*` environment
 //! variables, then a TOML file, then defaults; resolved and checked once at start.
+//!
+//! Every setting is declared once, as a field of [`Config`]: clap fills it from
+//! its flag or environment variable, serde from the file key of the same name,
+//! and its accessor applies the default. What was given wins field by field
+//! (flags and environment over the file, see [`Config::resolve`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Args;
-use serde::Deserialize;
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 
-/// Flags of `gatehouse serve` (each also readable from the environment).
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// TOML file with any of the settings below (flags and env vars win over it).
+pub const DEFAULT_DATA_DIR: &str = "gatehouse-data";
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8443);
+const DEFAULT_MEDIA_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7882);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// The settings of `gatehouse serve`: each one a flag, an environment variable
+/// and a key of the TOML file. Unset fields take the default their accessor names.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// TOML file with any of the settings below, under the same names with `_`
+    /// (flags and env vars win over it).
     #[arg(long, env = "GATEHOUSE_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// HTTPS and WSS address [default: 0.0.0.0:8443].
     #[arg(long, env = "GATEHOUSE_LISTEN")]
@@ -29,7 +53,8 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "GATEHOUSE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// The one UDP address all media uses [default: 0.0.0.0:7882].
+    /// UDP address of the media plane: media shard `i` binds this port + `i` (one port per
+    /// shard; open the range in firewalls) [default: 0.0.0.0:7882].
     #[arg(long, env = "GATEHOUSE_MEDIA_BIND")]
     pub media_bind: Option<SocketAddr>,
     /// Public IP to advertise for media when the server sits behind 1:1 NAT.
@@ -37,11 +62,11 @@ pub struct ServeArgs {
     pub public_ip: Option<IpAddr>,
     /// Extra STUN/TURN URLs handed to clients (repeatable), e.g. stun:stun.example.org:3478.
     #[arg(long = "ice-server", env = "GATEHOUSE_ICE_SERVERS", value_delimiter = ',')]
-    pub ice_servers: Vec<String>,
-    /// Media shards (threads); 0 means one per core [default: 0].
+    pub ice_servers: Option<Vec<String>>,
+    /// Media shards (threads, one UDP port each); 0 means one per core [default: 0].
     #[arg(long, env = "GATEHOUSE_MEDIA_SHARDS")]
     pub media_shards: Option<usize>,
-    /// Lifetime of guest tokens, seconds [default: 7200].
+    /// Lifetime of guest tokens, seconds, 60 to 604800 [default: 7200].
     #[arg(long, env = "GATEHOUSE_GUEST_TOKEN_TTL")]
     pub guest_token_ttl_secs: Option<u64>,
     /// Link redemptions allowed per client address per minute [default: 20].
@@ -54,9 +79,9 @@ pub struct ServeArgs {
     /// 429 `rate_limited` [default: 50].
     #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
-    /// Log format: `text` or `json` [default: text].
-    #[arg(long, env = "GATEHOUSE_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Directory of the web client to serve instead of the built-in one (for development).
     #[arg(long, env = "GATEHOUSE_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -69,93 +94,42 @@ pub struct ServeArgs {
     pub media_drop_rate: Option<f64>,
 }
 
-/// The same settings as they may appear in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    public_url: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    media_bind: Option<SocketAddr>,
-    public_ip: Option<IpAddr>,
-    ice_servers: Option<Vec<String>>,
-    media_shards: Option<usize>,
-    guest_token_ttl_secs: Option<u64>,
-    redeem_per_minute: Option<u32>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    log_format: Option<String>,
-    web_dir: Option<PathBuf>,
-    media_drop_rate: Option<f64>,
-    metrics_token: Option<String>,
-}
-
-/// Resolved configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub public_url: String,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub media_bind: SocketAddr,
-    pub public_ip: Option<IpAddr>,
-    pub ice_servers: Vec<String>,
-    pub media_shards: usize,
-    pub guest_token_ttl_secs: u64,
-    pub redeem_per_minute: u32,
-    /// Signaling connections held at once, in total and per client address.
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub json_logs: bool,
-    pub web_dir: Option<PathBuf>,
-    /// Bearer token /metrics requires, if any.
-    pub metrics_token: Option<String>,
-    /// Share of forwarded media packets the SFU drops on purpose, in [0, 1]: a test
-    /// hook for loss measurements (the load tester's tests); 0 in production.
-    pub media_drop_rate: f64,
-}
-
-pub const DEFAULT_DATA_DIR: &str = "gatehouse-data";
-
 impl Config {
-    /// Flags over env (clap does both) over file over defaults.
-    pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
-        let file = match &args.config {
-            Some(path) => load_file(path)?,
-            None => FileConfig::default(),
+    /// The settings given as flags and environment variables (`given`) over
+    /// those of the file it names, checked. Defaults stay implicit (the accessors).
+    pub fn resolve(given: Config) -> anyhow::Result<Config> {
+        let resolved = match &given.config {
+            Some(path) => load_file(path)?.overlaid_by(given),
+            None => given,
         };
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443)));
-        let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
-        let json_logs = match log_format.as_str() {
-            "json" => true,
-            "text" => false,
-            other => anyhow::bail!("log format must be `text` or `json`, not `{other}`"),
+        resolved.check()?;
+        Ok(resolved)
+    }
+
+    /// `self` with every field `over` sets replaced by `over`'s value.
+    fn overlaid_by(self, over: Config) -> Config {
+        let config = over.config.clone();
+        let (serde_json::Value::Object(mut base), serde_json::Value::Object(over)) = (
+            serde_json::to_value(&self).expect("settings serialise"),
+            serde_json::to_value(&over).expect("settings serialise"),
+        ) else {
+            unreachable!("a struct serialises to an object");
         };
-        let public_url = args
-            .public_url
-            .or(file.public_url)
-            .unwrap_or_else(|| format!("https://localhost:{}", listen.port()))
-            .trim_end_matches('/')
-            .to_owned();
+        base.extend(over.into_iter().filter(|(_, v)| !v.is_null()));
+        let mut merged: Config =
+            serde_json::from_value(serde_json::Value::Object(base)).expect("settings round-trip through JSON");
+        merged.config = config;
+        merged
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let public_url = self.public_url();
         url::Url::parse(&public_url).with_context(|| format!("public URL `{public_url}` is not a URL"))?;
-        let tls_cert = args.tls_cert.or(file.tls_cert);
-        let tls_key = args.tls_key.or(file.tls_key);
         anyhow::ensure!(
-            tls_cert.is_some() == tls_key.is_some(),
+            self.tls_cert.is_some() == self.tls_key.is_some(),
             "set both tls_cert and tls_key, or neither"
         );
-        let ice_servers = if args.ice_servers.is_empty() {
-            file.ice_servers.unwrap_or_default()
-        } else {
-            args.ice_servers
-        };
-        for url in &ice_servers {
+        for url in self.ice_servers() {
             anyhow::ensure!(
                 ["stun:", "stuns:", "turn:", "turns:"]
                     .iter()
@@ -163,49 +137,78 @@ impl Config {
                 "ICE server `{url}` must start with stun:, stuns:, turn: or turns:"
             );
         }
-        let guest_token_ttl_secs = args.guest_token_ttl_secs.or(file.guest_token_ttl_secs).unwrap_or(7200);
         anyhow::ensure!(
-            (60..=7 * 24 * 3600).contains(&guest_token_ttl_secs),
+            (60..=7 * 24 * 3600).contains(&self.guest_token_ttl_secs()),
             "guest token TTL must be 60 s to 7 days"
         );
-        let media_drop_rate = args.media_drop_rate.or(file.media_drop_rate).unwrap_or(0.0);
         anyhow::ensure!(
-            (0.0..=1.0).contains(&media_drop_rate),
+            (0.0..=1.0).contains(&self.media_drop_rate()),
             "media drop rate must be between 0 and 1"
         );
-        Ok(Config {
-            listen,
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            public_url,
-            tls_cert,
-            tls_key,
-            media_bind: args
-                .media_bind
-                .or(file.media_bind)
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7882))),
-            public_ip: args.public_ip.or(file.public_ip),
-            ice_servers,
-            media_shards: args.media_shards.or(file.media_shards).unwrap_or(0),
-            guest_token_ttl_secs,
-            redeem_per_minute: args.redeem_per_minute.or(file.redeem_per_minute).unwrap_or(20).max(1),
-            max_connections: args.max_connections.or(file.max_connections).unwrap_or(10_000).max(1),
-            max_connections_per_ip: args
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(50)
-                .max(1),
-            json_logs,
-            web_dir: args.web_dir.or(file.web_dir),
-            media_drop_rate,
-            metrics_token: args.metrics_token.or(file.metrics_token).filter(|t| !t.is_empty()),
-        })
+        Ok(())
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_LISTEN)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// Without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://localhost:{}", self.listen().port()))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    pub fn media_bind(&self) -> SocketAddr {
+        self.media_bind.unwrap_or(DEFAULT_MEDIA_BIND)
+    }
+
+    pub fn ice_servers(&self) -> &[String] {
+        self.ice_servers.as_deref().unwrap_or_default()
+    }
+
+    pub fn media_shards(&self) -> usize {
+        self.media_shards.unwrap_or(0)
+    }
+
+    pub fn guest_token_ttl_secs(&self) -> u64 {
+        self.guest_token_ttl_secs.unwrap_or(7200)
+    }
+
+    pub fn redeem_per_minute(&self) -> u32 {
+        self.redeem_per_minute.unwrap_or(20).max(1)
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(10_000).max(1)
+    }
+
+    pub fn max_connections_per_ip(&self) -> usize {
+        self.max_connections_per_ip.unwrap_or(50).max(1)
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_default()
+    }
+
+    /// The bearer token /metrics requires, if any (an empty one counts as none).
+    pub fn metrics_token(&self) -> Option<&str> {
+        self.metrics_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// Share of forwarded media packets the SFU drops on purpose, in [0, 1]; 0 in production.
+    pub fn media_drop_rate(&self) -> f64 {
+        self.media_drop_rate.unwrap_or(0.0)
     }
 }
 
-fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+fn load_file(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
@@ -216,31 +219,44 @@ mod tests {
 
     #[test]
     fn defaults_then_file_then_flags() {
-        let c = Config::resolve(ServeArgs::default()).unwrap();
-        assert_eq!(c.listen.port(), 8443);
-        assert_eq!(c.public_url, "https://localhost:8443");
+        let c = Config::resolve(Config::default()).unwrap();
+        assert_eq!(c.listen().port(), 8443);
+        assert_eq!(c.public_url(), "https://localhost:8443");
         let path = std::env::temp_dir().join(format!("gatehouse-cfg-{}.toml", crate::ids::random_code(8)));
         std::fs::write(
             &path,
             "listen = \"127.0.0.1:9000\"\nlog_format = \"json\"\nice_servers = [\"stun:stun.example.org\"]\n",
         )
         .unwrap();
-        let c = Config::resolve(ServeArgs {
+        let c = Config::resolve(Config {
             config: Some(path.clone()),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!((c.listen.port(), c.json_logs, c.ice_servers.len()), (9000, true, 1));
-        let c = Config::resolve(ServeArgs {
+        assert_eq!(
+            (c.listen().port(), c.log_format(), c.ice_servers().len()),
+            (9000, LogFormat::Json, 1)
+        );
+        assert_eq!(
+            c.public_url(),
+            "https://localhost:9000",
+            "the default follows the file's listen"
+        );
+        let c = Config::resolve(Config {
             config: Some(path.clone()),
             listen: Some("127.0.0.1:9100".parse().unwrap()),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(c.listen.port(), 9100, "flags win over the file");
+        assert_eq!(c.listen().port(), 9100, "flags win over the file");
+        assert_eq!(
+            c.log_format(),
+            LogFormat::Json,
+            "the file still fills what flags leave unset"
+        );
         std::fs::write(&path, "lisen = 1\n").unwrap();
         assert!(
-            Config::resolve(ServeArgs {
+            Config::resolve(Config {
                 config: Some(path.clone()),
                 ..Default::default()
             })
@@ -248,26 +264,50 @@ mod tests {
             "typos are errors"
         );
         let _ = std::fs::remove_file(path);
-        assert_eq!(c.media_drop_rate, 0.0, "the drop hook is off unless asked for");
-        let c = Config::resolve(ServeArgs {
+        assert_eq!(c.media_drop_rate(), 0.0, "the drop hook is off unless asked for");
+        let c = Config::resolve(Config {
             media_drop_rate: Some(0.1),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(c.media_drop_rate, 0.1);
+        assert_eq!(c.media_drop_rate(), 0.1);
         assert!(
-            Config::resolve(ServeArgs {
+            Config::resolve(Config {
                 media_drop_rate: Some(1.5),
                 ..Default::default()
             })
             .is_err()
         );
         assert!(
-            Config::resolve(ServeArgs {
-                ice_servers: vec!["http://x".into()],
+            Config::resolve(Config {
+                ice_servers: Some(vec!["http://x".into()]),
                 ..Default::default()
             })
             .is_err()
         );
+    }
+
+    /// The one declaration holds: every setting (but the file itself) has a flag, an
+    /// environment variable `GATEHOUSE_*`, and a file key of its own name.
+    #[test]
+    fn every_setting_is_a_flag_an_env_var_and_a_file_key() {
+        use clap::{Args as _, Command};
+        let command = Config::augment_args(Command::new("serve"));
+        let serde_json::Value::Object(keys) = serde_json::to_value(Config::default()).unwrap() else {
+            panic!("an object");
+        };
+        let mut flags = 0;
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "config" {
+                continue;
+            }
+            flags += 1;
+            assert!(arg.get_long().is_some(), "{id} has a flag");
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert!(env.starts_with("GATEHOUSE_"), "{id} has an env var");
+            assert!(keys.contains_key(id), "{id} is a file key");
+        }
+        assert_eq!(flags, keys.len(), "no file key without a flag");
     }
 }

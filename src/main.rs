@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gatehouse::config::{Config, DEFAULT_DATA_DIR, ServeArgs};
+use gatehouse::config::{Config, DEFAULT_DATA_DIR, LogFormat};
 use gatehouse::loadtest::LoadtestArgs;
 use gatehouse_signaling::token::StaffRole;
 
@@ -30,10 +30,11 @@ enum Command {
     /// Run the gateway: HTTPS + WebSocket signaling on one port, media on a UDP port per shard.
     ///
     /// With no flags it listens on 0.0.0.0:8443, keeps its database, signing key and a
-    /// generated development certificate in ./gatehouse-data, and takes media on UDP 7882.
+    /// generated development certificate in ./gatehouse-data, and takes media on UDP 7882 and up
+    /// (one port per media shard, one shard per core).
     /// Every flag can also be set as an environment variable or in a TOML file (--config).
     #[command(verbatim_doc_comment)]
-    Serve(Box<ServeArgs>),
+    Serve(Box<Config>),
     /// Mint a staff token signed with this gateway's key (for scripts, the console and the SDK).
     ///
     /// Example:
@@ -97,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
             // rtc logs a WARN per failed packet (e.g. SRTP replays) and per DTLS handshake: under
             // load that flood costs CPU when it is scarcest. The SFU counts and logs what matters.
             init_logs(
-                config.json_logs,
+                config.log_format() == LogFormat::Json,
                 "info,webrtc=warn,rtc=warn,rtc::peer_connection::handler=error,rtc_dtls=error",
             );
             serve(config).await
@@ -154,7 +155,7 @@ async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let data_dir = config.data_dir.clone();
+    let data_dir = config.data_dir();
     let mut running = gatehouse::server::start(config.clone()).await?;
     let ca = running
         .ca_file
@@ -167,7 +168,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
          First staff token:\n  TOKEN=$({} token --data-dir {} --name \"Your Name\" --role admin)\n\
          Try the API:\n  curl{} -H \"Authorization: Bearer $TOKEN\" {}/api/v1/meetings\n",
         running.addr,
-        config.public_url,
+        config.public_url(),
         running
             .state
             .sfu
@@ -176,11 +177,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        config.public_url,
+        config.public_url(),
         this_command(),
         data_dir.display(),
         ca,
-        config.public_url,
+        config.public_url(),
     );
     tokio::select! {
         result = running.wait() => return result.context("the server stopped"),

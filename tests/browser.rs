@@ -267,7 +267,7 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
     let _one_browser = ONE_BROWSER.lock().await;
     let dir = support::temp_dir("browser");
     let mut config = support::test_config(&dir);
-    config.media_bind = media_bind.parse().unwrap();
+    config.media_bind = Some(media_bind.parse().unwrap());
     let srv = TestServer::start_with(config).await;
     if media_bind.starts_with("0.0.0.0") {
         let advertised = srv.state().sfu.media_addrs()[0];

@@ -392,7 +392,7 @@ async fn single_use_link_under_concurrency_and_dead_links() {
 async fn redemption_is_rate_limited_per_address() {
     let dir = support::temp_dir("rate");
     let mut config = support::test_config(&dir);
-    config.redeem_per_minute = 3;
+    config.redeem_per_minute = Some(3);
     let srv = TestServer::start_with(config).await;
     let olga = srv.staff_token("olga", StaffRole::Staff);
     let meeting = srv.create_meeting(&olga, json!({ "title": "Busy" })).await;
@@ -625,7 +625,7 @@ async fn a_seat_is_held_when_the_last_person_drops() {
 async fn signaling_connections_are_limited_per_address_and_in_total() {
     let dir = support::temp_dir("limits");
     let mut config = support::test_config(&dir);
-    config.max_connections_per_ip = 2;
+    config.max_connections_per_ip = Some(2);
     let srv = TestServer::start_with(config).await;
     let first = srv.ws().await;
     let _second = srv.ws().await;
@@ -646,7 +646,7 @@ async fn signaling_connections_are_limited_per_address_and_in_total() {
 
     let dir = support::temp_dir("limits-total");
     let mut config = support::test_config(&dir);
-    config.max_connections = 1;
+    config.max_connections = Some(1);
     let busy = TestServer::start_with(config).await;
     let _only = busy.ws().await;
     let (status, body) = busy.try_ws().await.err().expect("past the total, refused");

@@ -38,7 +38,7 @@ fn options(srv: &TestServer, auth: Auth, shape: Shape, thresholds: Thresholds) -
         thresholds,
         progress: false,
         scrape_interval: Duration::from_millis(500),
-        metrics_token: srv.state().config.metrics_token.clone(),
+        metrics_token: srv.state().config.metrics_token().map(str::to_owned),
     }
 }
 
@@ -201,7 +201,7 @@ async fn two_publishers_receive_each_other_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_packets_show_as_loss_and_breach_max_loss() {
     let mut config = test_config(&temp_dir("drop"));
-    config.media_drop_rate = 0.10;
+    config.media_drop_rate = Some(0.10);
     let srv = TestServer::start_with(config).await;
     let report = bounded_run(options(
         &srv,

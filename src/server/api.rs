@@ -73,7 +73,7 @@ pub struct LinkView {
 
 fn link_view(state: &AppState, link: Link) -> LinkView {
     LinkView {
-        url: format!("{}/j/{}", state.config.public_url, link.code),
+        url: format!("{}/j/{}", state.config.public_url(), link.code),
         link,
     }
 }
@@ -377,7 +377,7 @@ async fn redeem_link(
     // The store's conditional update is the real single-use guard.
     state.store.count_redemption(&link.link_id)?;
     let participant_id = new_id("p");
-    let ttl = state.config.guest_token_ttl_secs;
+    let ttl = state.config.guest_token_ttl_secs();
     let token = state.keys.mint_guest(
         &participant_id,
         &meeting.meeting_id,

@@ -61,7 +61,7 @@ impl AppState {
 
     /// Takes one redemption from this address's allowance.
     pub fn allow_redemption(&self, ip: IpAddr, now_ms: u64) -> bool {
-        let per_minute = self.config.redeem_per_minute;
+        let per_minute = self.config.redeem_per_minute();
         let mut limits = self.redeem_limits.lock().unwrap_or_else(|p| p.into_inner());
         if limits.len() > 10_000 {
             limits.retain(|_, b| !b.is_idle(now_ms));
@@ -78,7 +78,7 @@ async fn metrics_endpoint(
     State(state): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
 ) -> Result<String, error::ApiError> {
-    if let Some(expected) = &state.config.metrics_token {
+    if let Some(expected) = state.config.metrics_token() {
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -188,9 +188,10 @@ impl Running {
 /// Starts the gateway: store, keys, TLS, media plane, and the HTTPS listener.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::tls::install_crypto_provider();
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let keys = load_or_create_signing_key(&config.data_dir)?;
-    let store = Arc::new(Store::open(&config.data_dir.join("gatehouse.db"))?);
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let keys = load_or_create_signing_key(&data_dir)?;
+    let store = Arc::new(Store::open(&data_dir.join("gatehouse.db"))?);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => crate::tls::TlsFiles {
             cert: cert.clone(),
@@ -198,8 +199,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ca: None,
         },
         _ => {
-            let host = url::Url::parse(&config.public_url)?.host_str().map(str::to_owned);
-            crate::tls::ensure_dev_certificate(&config.data_dir.join("tls"), &host.into_iter().collect::<Vec<_>>())?
+            let host = url::Url::parse(&config.public_url())?.host_str().map(str::to_owned);
+            crate::tls::ensure_dev_certificate(&data_dir.join("tls"), &host.into_iter().collect::<Vec<_>>())?
         }
     };
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
@@ -207,7 +208,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("loading TLS certificate {}", tls.cert.display()))?;
 
     let ice_servers = config
-        .ice_servers
+        .ice_servers()
         .iter()
         .map(|url| gatehouse_signaling::protocol::IceServer {
             urls: vec![url.clone()],
@@ -216,11 +217,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
         .collect();
     let sfu = Sfu::start(SfuConfig {
-        bind: config.media_bind,
-        public_ip: config.public_ip.or_else(|| advertised_media_ip(config.media_bind)),
+        bind: config.media_bind(),
+        public_ip: config.public_ip.or_else(|| advertised_media_ip(config.media_bind())),
         ice_servers,
-        shards: config.media_shards,
-        drop_probability: config.media_drop_rate,
+        shards: config.media_shards(),
+        drop_probability: config.media_drop_rate(),
     })
     .context("starting the media plane")?;
     let media_addr = sfu.local_addr();
@@ -240,7 +241,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         next_conn: AtomicU64::new(1),
         shutdown: shutdown_rx,
         redeem_limits: Mutex::new(HashMap::new()),
-        connections: limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
+        connections: limits::ConnectionLimits::new(config.max_connections(), config.max_connections_per_ip()),
     });
 
     let app = Router::new()
@@ -253,12 +254,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_state(state.clone());
 
     let handle = axum_server::Handle::new();
-    let server = axum_server::bind_rustls(config.listen, rustls_config)
+    let server = axum_server::bind_rustls(config.listen(), rustls_config)
         .handle(handle.clone())
         .serve(app.into_make_service_with_connect_info::<SocketAddr>());
     let task = tokio::spawn(server);
     let addr = handle.listening().await.context("the HTTPS listener did not start")?;
-    tracing::info!(%addr, %media_addr, public_url = %config.public_url, "gateway listening");
+    tracing::info!(%addr, %media_addr, public_url = %config.public_url(), "gateway listening");
     Ok(Running {
         addr,
         media_addr,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use gatehouse::config::{Config, ServeArgs};
+use gatehouse::config::Config;
 use gatehouse::server::Running;
 use gatehouse_signaling::protocol::{ClientMessage, ServerMessage};
 use gatehouse_signaling::token::StaffRole;
@@ -34,13 +34,15 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 pub fn test_config(data_dir: &std::path::Path) -> Config {
-    let mut c = Config::resolve(ServeArgs::default()).unwrap();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.media_bind = "127.0.0.1:0".parse().unwrap();
-    c.media_shards = 1;
-    c.data_dir = data_dir.to_owned();
-    c.redeem_per_minute = 10_000;
-    c
+    Config::resolve(Config {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        media_bind: Some("127.0.0.1:0".parse().unwrap()),
+        media_shards: Some(1),
+        data_dir: Some(data_dir.to_owned()),
+        redeem_per_minute: Some(10_000),
+        ..Config::default()
+    })
+    .unwrap()
 }
 
 impl TestServer {
@@ -50,7 +52,7 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
-        let data_dir = config.data_dir.clone();
+        let data_dir = config.data_dir();
         let running = gatehouse::server::start(config).await.expect("server starts");
         let ca = std::fs::read(running.ca_file.as_ref().expect("dev CA")).unwrap();
         let mut roots = rustls::RootCertStore::empty();
