@@ -78,11 +78,13 @@ fn link_view(state: &AppState, link: Link) -> LinkView {
     }
 }
 
-fn meeting_view(state: &AppState, meeting: Meeting) -> ApiResult<MeetingView> {
+async fn meeting_view(state: &AppState, meeting: Meeting) -> ApiResult<MeetingView> {
     let public_link = if meeting.settings.public_link_enabled {
+        let id = meeting.meeting_id.clone();
         state
             .store
-            .public_link(&meeting.meeting_id)?
+            .run(move |s| s.public_link(&id))
+            .await?
             .map(|l| link_view(state, l))
     } else {
         None
@@ -102,10 +104,12 @@ fn meeting_view(state: &AppState, meeting: Meeting) -> ApiResult<MeetingView> {
 }
 
 /// Loads a meeting the caller may manage.
-fn managed_meeting(state: &AppState, staff: &Staff, id: &str) -> ApiResult<Meeting> {
+async fn managed_meeting(state: &AppState, staff: &Staff, id: &str) -> ApiResult<Meeting> {
+    let id = id.to_owned();
     let meeting = state
         .store
-        .meeting(id)?
+        .run(move |s| s.meeting(&id))
+        .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such meeting"))?;
     // Outsiders learn nothing, not even that the meeting exists.
     if staff.0.org != meeting.organization {
@@ -130,7 +134,6 @@ async fn create_meeting(
         created_at_ms: now,
         ended_at_ms: None,
     };
-    state.store.insert_meeting(&meeting)?;
     let public = Link {
         link_id: new_id("l"),
         meeting_id: meeting.meeting_id.clone(),
@@ -142,18 +145,27 @@ async fn create_meeting(
         revoked_at_ms: None,
         redemptions: 0,
     };
-    state.store.insert_link(&public)?;
+    {
+        let (meeting, public) = (meeting.clone(), public);
+        state
+            .store
+            .run(move |s| {
+                s.insert_meeting(&meeting)?;
+                s.insert_link(&public)
+            })
+            .await?;
+    }
     tracing::info!(meeting_id = %meeting.meeting_id, organizer = %meeting.organizer, "meeting created");
-    Ok((StatusCode::CREATED, Json(meeting_view(&state, meeting)?)))
+    Ok((StatusCode::CREATED, Json(meeting_view(&state, meeting).await?)))
 }
 
 async fn list_meetings(State(state): State<Arc<AppState>>, staff: Staff) -> ApiResult<Json<Vec<MeetingView>>> {
-    let meetings = state.store.meetings(&staff.0.org, 200)?;
-    let views = meetings
-        .into_iter()
-        .filter(|m| can_manage(&staff.0, m).is_ok())
-        .map(|m| meeting_view(&state, m))
-        .collect::<ApiResult<Vec<_>>>()?;
+    let org = staff.0.org.clone();
+    let meetings = state.store.run(move |s| s.meetings(&org, 200)).await?;
+    let mut views = Vec::new();
+    for meeting in meetings.into_iter().filter(|m| can_manage(&staff.0, m).is_ok()) {
+        views.push(meeting_view(&state, meeting).await?);
+    }
     Ok(Json(views))
 }
 
@@ -162,8 +174,8 @@ async fn get_meeting(
     staff: Staff,
     Path(id): Path<String>,
 ) -> ApiResult<Json<MeetingView>> {
-    let meeting = managed_meeting(&state, &staff, &id)?;
-    Ok(Json(meeting_view(&state, meeting)?))
+    let meeting = managed_meeting(&state, &staff, &id).await?;
+    Ok(Json(meeting_view(&state, meeting).await?))
 }
 
 async fn update_meeting(
@@ -172,7 +184,7 @@ async fn update_meeting(
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<MeetingPatch>,
 ) -> ApiResult<Json<MeetingView>> {
-    let mut meeting = managed_meeting(&state, &staff, &id)?;
+    let mut meeting = managed_meeting(&state, &staff, &id).await?;
     if meeting.is_ended() {
         return Err(ApiError::new(
             ErrorCode::MeetingEnded,
@@ -180,12 +192,15 @@ async fn update_meeting(
         ));
     }
     meeting.settings = patch.apply(meeting.settings)?;
-    state.store.update_meeting(&meeting)?;
+    {
+        let meeting = meeting.clone();
+        state.store.run(move |s| s.update_meeting(&meeting)).await?;
+    }
     state
         .live
         .send_if_live(&id, Command::MeetingUpdated(Box::new(meeting.clone())))
         .await;
-    Ok(Json(meeting_view(&state, meeting)?))
+    Ok(Json(meeting_view(&state, meeting).await?))
 }
 
 async fn end_meeting(
@@ -193,7 +208,7 @@ async fn end_meeting(
     staff: Staff,
     Path(id): Path<String>,
 ) -> ApiResult<Json<MeetingView>> {
-    let meeting = managed_meeting(&state, &staff, &id)?;
+    let meeting = managed_meeting(&state, &staff, &id).await?;
     if !meeting.is_ended() {
         let (reply, done) = oneshot::channel();
         if state.live.send_if_live(&id, Command::End { reply }).await {
@@ -202,11 +217,11 @@ async fn end_meeting(
         } else {
             let mut ended = meeting.clone();
             ended.ended_at_ms = Some(now_ms());
-            state.store.update_meeting(&ended)?;
+            state.store.run(move |s| s.update_meeting(&ended)).await?;
         }
     }
-    let meeting = managed_meeting(&state, &staff, &id)?;
-    Ok(Json(meeting_view(&state, meeting)?))
+    let meeting = managed_meeting(&state, &staff, &id).await?;
+    Ok(Json(meeting_view(&state, meeting).await?))
 }
 
 /// Body of `POST /meetings/{id}/links`.
@@ -227,7 +242,7 @@ async fn create_link(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NewLink>,
 ) -> ApiResult<(StatusCode, Json<LinkView>)> {
-    let meeting = managed_meeting(&state, &staff, &id)?;
+    let meeting = managed_meeting(&state, &staff, &id).await?;
     if meeting.is_ended() {
         return Err(ApiError::new(ErrorCode::MeetingEnded, "this meeting has ended"));
     }
@@ -256,7 +271,10 @@ async fn create_link(
         revoked_at_ms: None,
         redemptions: 0,
     };
-    state.store.insert_link(&link)?;
+    {
+        let link = link.clone();
+        state.store.run(move |s| s.insert_link(&link)).await?;
+    }
     Ok((StatusCode::CREATED, Json(link_view(&state, link))))
 }
 
@@ -265,8 +283,8 @@ async fn list_links(
     staff: Staff,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<LinkView>>> {
-    managed_meeting(&state, &staff, &id)?;
-    let links = state.store.links_of(&id)?;
+    managed_meeting(&state, &staff, &id).await?;
+    let links = state.store.run(move |s| s.links_of(&id)).await?;
     Ok(Json(links.into_iter().map(|l| link_view(&state, l)).collect()))
 }
 
@@ -275,15 +293,17 @@ async fn revoke_link(
     staff: Staff,
     Path((id, link_id)): Path<(String, String)>,
 ) -> ApiResult<Json<LinkView>> {
-    managed_meeting(&state, &staff, &id)?;
-    let link = state.store.link(&link_id)?.filter(|l| l.meeting_id == id);
-    if link.is_none() {
-        return Err(ApiError::new(ErrorCode::NotFound, "no such link"));
-    }
-    state.store.revoke_link(&link_id, now_ms())?;
+    managed_meeting(&state, &staff, &id).await?;
     let link = state
         .store
-        .link(&link_id)?
+        .run(move |s| {
+            if s.link(&link_id)?.filter(|l| l.meeting_id == id).is_none() {
+                return Ok(None);
+            }
+            s.revoke_link(&link_id, now_ms())?;
+            s.link(&link_id)
+        })
+        .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such link"))?;
     Ok(Json(link_view(&state, link)))
 }
@@ -293,8 +313,8 @@ async fn meeting_events(
     staff: Staff,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<ParticipationEvent>>> {
-    managed_meeting(&state, &staff, &id)?;
-    Ok(Json(state.store.events_of(&id)?))
+    managed_meeting(&state, &staff, &id).await?;
+    Ok(Json(state.store.run(move |s| s.events_of(&id)).await?))
 }
 
 /// Debug view: participants, lobby size and the SFU's tracks of a live meeting.
@@ -303,7 +323,7 @@ async fn meeting_live(
     staff: Staff,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    managed_meeting(&state, &staff, &id)?;
+    managed_meeting(&state, &staff, &id).await?;
     let (reply, answer) = oneshot::channel();
     if !state.live.send_if_live(&id, Command::Snapshot { reply }).await {
         return Ok(Json(
@@ -322,19 +342,28 @@ struct LinkInfo {
     allow_anonymous: bool,
 }
 
-fn redeemable_link(state: &AppState, code: &str) -> ApiResult<(Link, Meeting)> {
+async fn redeemable_link(state: &AppState, code: &str) -> ApiResult<(Link, Meeting)> {
     let not_found = || ApiError::new(ErrorCode::NotFound, "this link does not exist");
     if code.len() > 64 {
         return Err(not_found());
     }
-    let link = state.store.link_by_code(code)?.ok_or_else(not_found)?;
-    let meeting = state.store.meeting(&link.meeting_id)?.ok_or_else(not_found)?;
+    let code = code.to_owned();
+    let found = state
+        .store
+        .run(move |s| {
+            let Some(link) = s.link_by_code(&code)? else {
+                return Ok(None);
+            };
+            Ok(s.meeting(&link.meeting_id)?.map(|meeting| (link, meeting)))
+        })
+        .await?;
+    let (link, meeting) = found.ok_or_else(not_found)?;
     check_redeemable(&link, &meeting, now_ms())?;
     Ok((link, meeting))
 }
 
 async fn link_info(State(state): State<Arc<AppState>>, Path(code): Path<String>) -> ApiResult<Json<LinkInfo>> {
-    let (link, meeting) = redeemable_link(&state, &code)?;
+    let (link, meeting) = redeemable_link(&state, &code).await?;
     Ok(Json(LinkInfo {
         meeting_title: meeting.settings.title,
         kind: link.kind,
@@ -373,9 +402,12 @@ async fn redeem_link(
         ));
     }
     let display_name = clean_display_name(&body.display_name)?;
-    let (link, meeting) = redeemable_link(&state, &code)?;
+    let (link, meeting) = redeemable_link(&state, &code).await?;
     // The store's conditional update is the real single-use guard.
-    state.store.count_redemption(&link.link_id)?;
+    {
+        let link_id = link.link_id.clone();
+        state.store.run(move |s| s.count_redemption(&link_id)).await?;
+    }
     let participant_id = new_id("p");
     let ttl = state.config.guest_token_ttl_secs();
     let token = state.keys.mint_guest(
@@ -396,7 +428,7 @@ async fn redeem_link(
             link_id: link.link_id.clone(),
         },
     };
-    if let Err(e) = state.store.record(&event) {
+    if let Err(e) = state.store.run(move |s| s.record(&event)).await {
         tracing::error!(error = %e, "could not record redemption");
     }
     tracing::info!(meeting_id = %meeting.meeting_id, %participant_id, link_id = %link.link_id, "link redeemed");
@@ -432,7 +464,10 @@ struct Queue {
 async fn queue(State(state): State<Arc<AppState>>, staff: Staff) -> ApiResult<Json<Queue>> {
     let mut meetings = Vec::new();
     for id in state.live.live_ids() {
-        let Some(meeting) = state.store.meeting(&id)? else {
+        let Some(meeting) = ({
+            let id = id.clone();
+            state.store.run(move |s| s.meeting(&id)).await?
+        }) else {
             continue;
         };
         if meeting.organization != staff.0.org || can_manage(&staff.0, &meeting).is_err() {
@@ -466,7 +501,7 @@ async fn lobby_action(
     meeting_id: &str,
     action: gatehouse_signaling::room::LobbyAction,
 ) -> ApiResult<StatusCode> {
-    managed_meeting(state, staff, meeting_id)?;
+    managed_meeting(state, staff, meeting_id).await?;
     let (reply, answer) = oneshot::channel();
     let by = format!("staff:{}", staff.0.sub);
     if !state

@@ -366,12 +366,13 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                     services.metrics.lobby_wait_seconds.observe(*wait_ms as f64 / 1000.0);
                 }
                 tracing::info!(participant_id = %event.participant_id, event = ?event.event, "participation");
-                if let Err(e) = services.store.record(&event) {
+                if let Err(e) = services.store.run(move |s| s.record(&event)).await {
                     tracing::error!(error = %e, "could not record participation event");
                 }
             }
             Effect::MeetingEnded => {
-                if let Err(e) = services.store.update_meeting(room.meeting()) {
+                let meeting = room.meeting().clone();
+                if let Err(e) = services.store.run(move |s| s.update_meeting(&meeting)).await {
                     tracing::error!(error = %e, "could not store the meeting's end");
                 }
             }

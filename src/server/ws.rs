@@ -210,10 +210,11 @@ async fn join_meeting(
             ));
         }
     };
-    let meeting = state
-        .store
-        .meeting(&meeting_id)?
-        .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such meeting"))?;
+    let meeting = {
+        let meeting_id = meeting_id.clone();
+        state.store.run(move |s| s.meeting(&meeting_id)).await?
+    }
+    .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such meeting"))?;
     let req = match identity {
         Identity::Guest(g) => JoinRequest {
             conn,

@@ -4,9 +4,13 @@
 //! One connection behind a mutex: SQLite serialises writers anyway, and every
 //! statement here is a short indexed read or write. Single-use redemption is
 //! one conditional `UPDATE`, so it stays single-use under concurrency.
+//!
+//! The methods block (disk, fsync, a busy database): the async server calls
+//! them through [`Store::run`], on tokio's blocking pool, never on a runtime
+//! thread that serves sockets.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use gatehouse_signaling::link::{Link, LinkKind};
 use gatehouse_signaling::meeting::{Meeting, MeetingSettings};
@@ -73,6 +77,22 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// Runs `f` with the store on the blocking pool and waits for it without
+    /// holding a runtime thread. A panic inside is an `internal` error.
+    pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "store task failed");
+                Err(Error::new(ErrorCode::Internal, "storage error"))
+            })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
