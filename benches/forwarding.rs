@@ -2,16 +2,17 @@
 //!
 //! One inbound VP8 RTP packet (1100-byte payload, the load tester's size) carrying the three
 //! header extensions a browser sends on video (abs-send-time, transport-cc, mid) is fanned out
-//! to 1, 10 and 100 subscriber legs exactly as the shard's `forward` does it:
-//! `DownLeg::accepts`, then `DownLeg::copy` (SSRC, payload type via `PtMap`, sequence number,
-//! extensions via `ExtMap`: abs-send-time kept under the subscriber's id, transport-cc and mid
-//! stripped). Throughput is `Elements(fan_out)`, so criterion reports per forwarded packet.
+//! to 1, 10 and 100 subscriber legs by the shard's own fan-out, `MediaRoom::forward`, on a room
+//! built through its inputs (publish, legs, offers, answers): track lookup, per-leg checks,
+//! `DownLeg` rewriting (SSRC, payload type, sequence number, extensions: abs-send-time kept
+//! under the subscriber's id, transport-cc and mid stripped) and the counters. Throughput is
+//! `Elements(fan_out)`, so criterion reports per forwarded packet.
 //!
-//! Three levels, each including the one before, to bound what the shard pays per copy outside
-//! `rtc`'s own bookkeeping:
-//! - `forward/rewrite`: our decisions and the header copy (what `forward.rs` costs);
-//! - `forward/rewrite+marshal`: plus serialising the copy into a fresh buffer;
-//! - `forward/rewrite+marshal+srtp`: plus SRTP AES-128-GCM protection under each leg's own
+//! Three levels, each including the one before, by what the sink does with each copy (the
+//! shard's sink hands it to `rtc`'s `write_rtp`):
+//! - `forward/room`: nothing; what our code costs;
+//! - `forward/room+marshal`: serialising the copy into a fresh buffer;
+//! - `forward/room+marshal+srtp`: plus SRTP AES-128-GCM protection under each leg's own
 //!   context (the cheapest thing `write_rtp` could possibly do with the copy).
 //!
 //! And once per inbound packet: `inbound/srtp_decrypt+parse` (SRTP unprotect and RTP parse).
@@ -21,20 +22,26 @@
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use gatehouse::sfu::forward::{CodecKey, DownLeg, ExtMap, PtMap};
+use gatehouse::sfu::media_room::{Admit, Codec, ConnId, Effect, LegSink, MediaRoom, Negotiated, Stream};
+use gatehouse::sfu::stats::StatsPair;
+use gatehouse_signaling::protocol::{ParticipantKind, PeerRole, PublishedTrack, TrackSource};
 use rtc::crypto::default_provider;
 use rtc::rtp::Packet;
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
 
 const ABS_SEND_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
 const TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 const FAN_OUTS: [usize; 3] = [1, 10, 100];
 const PAYLOAD: usize = 1100;
+const SSRC: u32 = 0x1234_5678;
 
 /// A publisher's video packet as Chrome sends it: one-byte extensions, VP8 payload descriptor.
 fn inbound_packet(seq: u16) -> Packet {
@@ -53,7 +60,7 @@ fn inbound_packet(seq: u16) -> Packet {
             payload_type: 96,
             sequence_number: seq,
             timestamp: 90_000,
-            ssrc: 0x1234_5678,
+            ssrc: SSRC,
             csrc: vec![],
             extension_profile: EXTENSION_PROFILE_ONE_BYTE,
             extensions: vec![
@@ -76,29 +83,79 @@ fn inbound_packet(seq: u16) -> Packet {
     }
 }
 
-fn codec(pt: u8) -> CodecKey<'static> {
-    CodecKey {
-        payload_type: pt,
-        mime_type: "video/VP8",
+const PUBLISHER: ConnId = 1;
+
+/// What one connection negotiated: VP8 (and a second profile), abs-send-time, transport-cc, mid.
+fn negotiated(vp8: u8, other: u8, ids: [(&str, u16); 3]) -> Negotiated {
+    let codec = |payload_type| Codec {
+        payload_type,
+        mime_type: "video/VP8".into(),
         clock_rate: 90_000,
-        fmtp: "",
+        fmtp: String::new(),
+    };
+    Negotiated {
+        codecs: vec![codec(vp8), codec(other)],
+        extensions: ids.iter().map(|(uri, id)| ((*uri).to_owned(), *id)).collect(),
     }
 }
 
-/// Subscriber legs with tables built the way `room.rs` builds them after negotiation: the
-/// publisher's (Chrome's) ids on one side, the subscriber connection's ids on the other.
-fn legs(n: usize) -> Vec<DownLeg> {
-    (0..n)
-        .map(|i| {
-            let mut leg = DownLeg::new(0x4000_0000 + i as u32);
-            leg.pt_map = PtMap::by_codec([codec(96), codec(97)], [codec(96), codec(98)]);
-            leg.ext_map = ExtMap::by_uri(
-                [(ABS_SEND_TIME, 2), (TWCC, 3), (MID, 4)],
-                [(MID, 1), (ABS_SEND_TIME, 3), (TWCC, 5)],
-            );
-            leg
-        })
-        .collect()
+/// A meeting as the shard holds it: one publisher whose camera track has `n` subscriber legs,
+/// each negotiated with the subscriber connection's own ids (Chrome's on the publisher side),
+/// built through the room's own inputs. Subscriber connection `100 + i` has sender `i`.
+fn meeting(n: usize) -> MediaRoom {
+    let now = Instant::now();
+    let stats = StatsPair {
+        meeting: Arc::default(),
+        shard: Arc::default(),
+    };
+    let mut room = MediaRoom::new("m_bench", stats);
+    let mut effects = Vec::new();
+    room.add_participant("p_pub", ParticipantKind::Staff, true, now, &mut effects);
+    room.set_connection("p_pub", PeerRole::Publisher, Some(PUBLISHER));
+    for i in 0..n {
+        let id = format!("p_{i}");
+        room.add_participant(&id, ParticipantKind::Guest, false, now, &mut effects);
+        room.set_connection(&id, PeerRole::Subscriber, Some(100 + i as ConnId));
+    }
+    let camera = PublishedTrack {
+        mid: "0".into(),
+        source: TrackSource::Camera,
+        muted: false,
+    };
+    room.declare("p_pub", vec![camera], now, &mut effects);
+    effects.clear();
+    room.stream_opened(
+        "p_pub",
+        Stream {
+            conn: PUBLISHER,
+            receiver: RTCRtpReceiverId::from(0),
+            mid: "0".into(),
+            ssrc: SSRC,
+            mime_type: "video/VP8".into(),
+            negotiated: negotiated(96, 97, [(ABS_SEND_TIME, 2), (TWCC, 3), (MID, 4)]),
+            replaces: true,
+        },
+        now,
+        &mut effects,
+    );
+    for effect in effects.drain(..) {
+        if let Effect::AddSender { subscriber, leg, .. } = effect {
+            let i: usize = subscriber[2..].parse().expect("p_<i>");
+            room.leg_bound(leg, 100 + i as ConnId, RTCRtpSenderId::from(i));
+        }
+    }
+    let mut offers = Vec::new();
+    room.due_offers(&mut offers);
+    assert_eq!(offers.len(), n);
+    for i in 0..n {
+        let answer = [(
+            RTCRtpSenderId::from(i),
+            negotiated(96, 98, [(MID, 1), (ABS_SEND_TIME, 3), (TWCC, 5)]),
+        )];
+        room.subscriber_answered(&format!("p_{i}"), &answer, true, now, &mut effects);
+    }
+    effects.clear();
+    room
 }
 
 fn srtp_context(seed: u8) -> Context {
@@ -116,66 +173,66 @@ fn srtp_context(seed: u8) -> Context {
     .expect("SRTP context")
 }
 
+/// The sink the bench hands to `MediaRoom::forward`: what happens to each rewritten copy.
+enum Sink {
+    /// Nothing: the room's own work (`forward/room`).
+    Keep,
+    /// Serialised into a fresh buffer.
+    Marshal,
+    /// Serialised and SRTP-protected under the leg's own context.
+    Srtp(Vec<Context>),
+}
+
+impl LegSink for Sink {
+    fn admit(&mut self, _conn: ConnId) -> Admit {
+        Admit::Yes
+    }
+
+    fn write(&mut self, conn: ConnId, _sender: RTCRtpSenderId, packet: Packet) -> bool {
+        match self {
+            Sink::Keep => {
+                black_box(packet);
+            }
+            Sink::Marshal => {
+                black_box(packet.marshal().expect("marshal"));
+            }
+            Sink::Srtp(contexts) => {
+                let plain = packet.marshal().expect("marshal");
+                let ctx = &mut contexts[(conn - 100) as usize];
+                black_box(ctx.encrypt_rtp_with_header(&plain, &packet.header).expect("SRTP"));
+            }
+        }
+        true
+    }
+}
+
 fn forwarding(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward");
+    let now = Instant::now();
     for &n in &FAN_OUTS {
         group.throughput(Throughput::Elements(n as u64));
-
-        let mut legs_a = legs(n);
-        let mut seq = 0u16;
-        group.bench_with_input(BenchmarkId::new("rewrite", n), &n, |b, _| {
-            let packet = inbound_packet(0);
-            b.iter(|| {
-                seq = seq.wrapping_add(1);
-                let mut packet = black_box(&packet).clone();
-                packet.header.sequence_number = seq;
-                for leg in legs_a.iter_mut() {
-                    if leg.accepts(&packet.header).is_err() {
-                        continue;
-                    }
-                    black_box(leg.copy(&packet));
-                }
-            })
-        });
-
-        let mut legs_b = legs(n);
-        group.bench_with_input(BenchmarkId::new("rewrite+marshal", n), &n, |b, _| {
-            let packet = inbound_packet(0);
-            b.iter(|| {
-                seq = seq.wrapping_add(1);
-                let mut packet = black_box(&packet).clone();
-                packet.header.sequence_number = seq;
-                for leg in legs_b.iter_mut() {
-                    if leg.accepts(&packet.header).is_err() {
-                        continue;
-                    }
-                    let copy = leg.copy(&packet);
-                    black_box(copy.marshal().expect("marshal"));
-                }
-            })
-        });
-
-        let mut legs_c: Vec<(DownLeg, Context)> = legs(n)
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| (l, srtp_context(i as u8)))
-            .collect();
-        group.bench_with_input(BenchmarkId::new("rewrite+marshal+srtp", n), &n, |b, _| {
-            let packet = inbound_packet(0);
-            b.iter(|| {
-                seq = seq.wrapping_add(1);
-                let mut packet = black_box(&packet).clone();
-                packet.header.sequence_number = seq;
-                for (leg, ctx) in legs_c.iter_mut() {
-                    if leg.accepts(&packet.header).is_err() {
-                        continue;
-                    }
-                    let copy = leg.copy(&packet);
-                    let plain = copy.marshal().expect("marshal");
-                    black_box(ctx.encrypt_rtp_with_header(&plain, &copy.header).expect("SRTP"));
-                }
-            })
-        });
+        let sinks: [(&str, fn(usize) -> Sink); 3] = [
+            ("room", |_| Sink::Keep),
+            ("room+marshal", |_| Sink::Marshal),
+            ("room+marshal+srtp", |n| {
+                Sink::Srtp((0..n).map(|i| srtp_context(i as u8)).collect())
+            }),
+        ];
+        for (name, make) in sinks {
+            let mut room = meeting(n);
+            let mut sink = make(n);
+            let mut effects = Vec::new();
+            let mut packet = inbound_packet(0);
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    packet.header.sequence_number = packet.header.sequence_number.wrapping_add(1);
+                    room.forward(PUBLISHER, black_box(&packet), now, &mut sink, &mut effects);
+                })
+            });
+            assert!(effects.is_empty(), "no keyframe was asked for");
+            let forwarded = room.stats().meeting.snapshot().forwarded_packets;
+            assert!(forwarded > 0 && forwarded % n as u64 == 0, "every leg got every packet");
+        }
     }
     group.finish();
 

@@ -176,8 +176,8 @@ impl Peers {
 
     /// Routes a datagram to its connection and feeds it in. Returns the
     /// connection to drive, or `None` if the datagram went nowhere (counted).
-    pub fn receive(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<ConnId> {
-        let id = match self.router.route(from, data) {
+    pub fn receive(&mut self, now: Instant, from: SocketAddr, data: BytesMut) -> Option<ConnId> {
+        let id = match self.router.route(from, &data) {
             Route::Conn { key, nominated, .. } => {
                 if let Some(conn) = self.conns.get_mut(&key) {
                     conn.last_seen = now;
@@ -202,7 +202,7 @@ impl Peers {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(data),
+            message: data,
         };
         match self.guard(id, "handle_read", |pc| pc.handle_read(msg)) {
             Some(Ok(())) => Some(id),
@@ -452,9 +452,9 @@ mod tests {
         let mut peers = peers().await;
         let a = peers.insert(conn(&peers, "m_1", "p_a"));
         let from: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        assert_eq!(peers.receive(Instant::now(), from, b"hello"), None);
+        assert_eq!(peers.receive(Instant::now(), from, BytesMut::from(&b"hello"[..])), None);
         assert_eq!(
-            peers.receive(Instant::now(), from, &[0x80; 40]),
+            peers.receive(Instant::now(), from, BytesMut::from(&[0x80; 40][..])),
             None,
             "RTP from an unknown address"
         );

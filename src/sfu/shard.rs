@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use gatehouse_signaling::protocol::{
     IceCandidate, MediaMessage, ParticipantId, PeerRole, PublishedTrack, ServerMessage, TrackInfo,
 };
@@ -36,6 +37,9 @@ use super::{MediaParticipant, Outbox};
 
 /// Largest datagram we read; WebRTC keeps packets under the path MTU.
 const RECV_BUF: usize = 2048;
+/// Datagrams are received into one buffer and split off it without a copy; once `rtc` has
+/// dropped them all, the buffer's allocation is reused whole.
+const RECV_POOL: usize = RECV_BUF * RECV_BATCH;
 /// Datagrams drained per wake-up before commands and timers get a turn.
 const RECV_BATCH: usize = 64;
 /// Commands taken per turn besides the one the select may pick: enough that joins and
@@ -135,22 +139,24 @@ impl Shard {
     /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
     /// or on `Shutdown`.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; RECV_BUF];
+        let mut buf = BytesMut::with_capacity(RECV_POOL);
         loop {
+            buf.reserve(RECV_BUF);
             let deadline = self.peers.next_deadline();
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             ));
             tokio::select! {
                 biased;
-                received = self.peers.socket().recv_from(&mut buf) => {
+                received = self.peers.socket().recv_buf_from(&mut buf) => {
                     match received {
-                        Ok((n, from)) => {
+                        Ok((_, from)) => {
                             let now = Instant::now();
-                            self.on_datagram(now, from, &buf[..n]);
+                            self.on_datagram(now, from, buf.split());
                             for _ in 1..RECV_BATCH {
-                                match self.peers.socket().try_recv_from(&mut buf) {
-                                    Ok((n, from)) => self.on_datagram(now, from, &buf[..n]),
+                                buf.reserve(RECV_BUF);
+                                match self.peers.socket().try_recv_buf_from(&mut buf) {
+                                    Ok((_, from)) => self.on_datagram(now, from, buf.split()),
                                     Err(_) => break,
                                 }
                             }
@@ -198,7 +204,7 @@ impl Shard {
         self.report_broken();
     }
 
-    fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: &[u8]) {
+    fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: BytesMut) {
         if let Some(id) = self.peers.receive(now, from, data) {
             self.drive(id, now);
         }
