@@ -115,6 +115,12 @@ fn err(code: ErrorCode, message: impl Into<String>) -> Error {
     Error::new(code, message)
 }
 
+/// Everything logged while a participant's command runs names the meeting and the
+/// participant, as the signaling side's logs do (one grep follows one guest).
+fn media_span(meeting_id: &str, participant_id: &str) -> tracing::span::EnteredSpan {
+    tracing::info_span!("media", meeting_id = %meeting_id, participant_id = %participant_id).entered()
+}
+
 fn connection_failed() -> Error {
     err(
         ErrorCode::MediaStateError,
@@ -466,6 +472,7 @@ impl Shard {
                 meeting_stats,
                 reply,
             } => {
+                let _span = media_span(&participant.meeting_id, &participant.participant_id);
                 let _ = reply.send(self.add_participant(participant, outbox, meeting_stats, now));
             }
             Command::Handle {
@@ -474,6 +481,7 @@ impl Shard {
                 message,
                 reply,
             } => {
+                let _span = media_span(&meeting_id, &participant_id);
                 let _ = reply.send(self.handle(&meeting_id, &participant_id, message, now));
             }
             Command::Remove {
@@ -481,6 +489,7 @@ impl Shard {
                 participant_id,
                 reply,
             } => {
+                let _span = media_span(&meeting_id, &participant_id);
                 self.remove_participant(&meeting_id, &participant_id, now);
                 let _ = reply.send(());
             }
