@@ -55,7 +55,7 @@ async fn relay(
 }
 
 /// Counts a track's synthetic payloads, publishing the running summary.
-async fn receive(track: RemoteTrack, progress: watch::Sender<StreamSummary>) {
+async fn receive(track: Arc<RemoteTrack>, progress: watch::Sender<StreamSummary>) {
     let codec = track.synthetic_codec().expect("opus or vp8");
     let mut stats = ReceiverStats::new(codec, now_us());
     while let Some(packet) = track.recv_rtp().await {
@@ -101,6 +101,7 @@ async fn synthetic_audio_and_video_arrive_intact_in_order_without_loss() {
     let video_sender = cam.start_synthetic(video).expect("video sender");
 
     let mut progress = Vec::new();
+    let mut remote_camera = None;
     for _ in 0..2 {
         let track = timeout(WAIT, remote_tracks.recv())
             .await
@@ -115,6 +116,10 @@ async fn synthetic_audio_and_video_arrive_intact_in_order_without_loss() {
         assert_eq!(track.track_id(), local.local_id(), "msid track id");
         let (tx, rx) = watch::channel(ReceiverStats::new(track.synthetic_codec().unwrap(), 0).summary());
         progress.push((local.source(), rx));
+        let track = Arc::new(track);
+        if local.source() == TrackSource::Camera {
+            remote_camera = Some(track.clone());
+        }
         tokio::spawn(receive(track, tx));
     }
 
@@ -125,6 +130,19 @@ async fn synthetic_audio_and_video_arrive_intact_in_order_without_loss() {
             .expect("100 packets in time")
             .unwrap();
     }
+    // A keyframe request reaches the sender, which counts it.
+    let requests = video_sender.sent().keyframe_requests;
+    remote_camera
+        .expect("the camera arrived")
+        .request_keyframe()
+        .await
+        .expect("PLI sent");
+    let asked = timeout(WAIT, async {
+        while video_sender.sent().keyframe_requests == requests {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    asked.await.expect("the PLI reaches the video sender");
     let audio_sent = audio_sender.stop().await.expect("audio sender ran cleanly");
     let video_sent = video_sender.stop().await.expect("video sender ran cleanly");
 

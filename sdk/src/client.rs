@@ -754,7 +754,9 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
         }
         ServerMessage::TrackPublished { track } => {
             if track.participant_id == inner.you.participant_id {
-                claim_own_track(inner, &track);
+                if let Some(publisher) = inner.publisher.get() {
+                    publisher.claim_track(&track);
+                }
             } else {
                 inner.state().tracks.insert(track.track_id.clone(), track.clone());
             }
@@ -784,26 +786,6 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
                 muted,
             })
         }
-    }
-}
-
-/// Gives the server's id to the oldest of our tracks of that source still without one.
-fn claim_own_track(inner: &Inner, track: &TrackInfo) {
-    let Some(publisher) = inner.publisher.get() else {
-        return;
-    };
-    let ours = publisher.tracks();
-    if ours
-        .iter()
-        .any(|t| t.server_track_id().as_deref() == Some(track.track_id.as_str()))
-    {
-        return;
-    }
-    if let Some(local) = ours
-        .iter()
-        .find(|t| t.source() == track.source && t.server_track_id().is_none())
-    {
-        local.set_server_track_id(track.track_id.clone());
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
     ClientMessage, IceCandidate, IceServer, ParticipantId, PeerRole, PublishedTrack, TrackId, TrackInfo, TrackKind,
     TrackSource,
@@ -21,7 +22,8 @@ use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tracing::{debug, warn};
@@ -46,15 +48,31 @@ const PT_OPUS: u8 = 111;
 const PT_VP8: u8 = 96;
 /// Payload type the publisher offers for H.264 (constrained baseline, packetization mode 1).
 const PT_H264: u8 = 102;
+/// Payload type the publisher offers for VP9 (profile 0).
+const PT_VP9: u8 = 98;
+/// Payload type the publisher offers for AV1 (main profile).
+const PT_AV1: u8 = 41;
 
-/// Which codec the publisher offers for video.
+/// The RFC 6464 audio-level header extension (client to mixer: how loud each audio
+/// packet is). Both connections negotiate it for audio, as browsers do; send it with
+/// [`LocalTrack::write_payload_with_audio_level`], read it with [`audio_level_of`].
+pub const AUDIO_LEVEL_URI: &str = rtc::sdp::extmap::AUDIO_LEVEL_URI;
+
+/// Which codec the publisher offers for video (one per publisher connection).
+///
+/// Synthetic video (the `synthetic` feature) goes over any of them: its payloads keep
+/// their VP8 framing whatever the codec, which a forwarding SFU never looks into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VideoCodec {
-    /// VP8: what synthetic video uses, and what every SFU and browser handles.
+    /// VP8: what every SFU and browser handles.
     #[default]
     Vp8,
-    /// H.264 constrained baseline; only for [`LocalTrack::write_sample`] with real H.264.
+    /// H.264 constrained baseline, packetization mode 1.
     H264,
+    /// VP9 profile 0.
+    Vp9,
+    /// AV1 main profile.
+    Av1,
 }
 
 /// How peer connections are built.
@@ -237,6 +255,8 @@ fn video(codec: VideoCodec) -> RTCRtpCodecParameters {
             "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
             PT_H264,
         ),
+        VideoCodec::Vp9 => ("video/VP9", "profile-id=0", PT_VP9),
+        VideoCodec::Av1 => ("video/AV1", "profile-id=0", PT_AV1),
     };
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
@@ -248,6 +268,16 @@ fn video(codec: VideoCodec) -> RTCRtpCodecParameters {
         },
         payload_type,
     }
+}
+
+/// Registers the header extensions we negotiate. Done before the interceptors register
+/// theirs, which is also why our ids differ from a server that registers them after.
+fn register_extensions(media_engine: &mut MediaEngine) -> Result<()> {
+    let audio_level = RTCRtpHeaderExtensionCapability {
+        uri: AUDIO_LEVEL_URI.to_owned(),
+    };
+    media_engine.register_header_extension(audio_level, RtpCodecKind::Audio, None)?;
+    Ok(())
 }
 
 async fn build_connection(
@@ -309,6 +339,18 @@ fn mids_by_msid_track(sdp: &str) -> HashMap<String, String> {
     out
 }
 
+/// The id an SDP's `a=extmap` lines give the header extension `uri` (with BUNDLE,
+/// one id per extension for the whole connection).
+fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|line| {
+        let mut fields = line.trim_end().strip_prefix("a=extmap:")?.split_whitespace();
+        let id = fields.next()?;
+        // `<id>` or `<id>/<direction>`.
+        let id = id.split('/').next()?.parse().ok()?;
+        (fields.next()? == uri).then_some(id)
+    })
+}
+
 /// Our side of the publisher connection: we offer, the server answers.
 pub struct Publisher {
     pc: Arc<dyn PeerConnection>,
@@ -318,7 +360,8 @@ pub struct Publisher {
     negotiating: Mutex<()>,
     /// Our published tracks (never held across an await: the reader task reads it).
     tracks: StdMutex<Vec<LocalTrack>>,
-    pending_answer: StdMutex<Option<oneshot::Sender<String>>>,
+    /// Where the answer (or the server's refusal) to the offer in flight goes.
+    pending_answer: StdMutex<Option<oneshot::Sender<Result<String>>>>,
     remote: Mutex<RemoteCandidates>,
     state: watch::Receiver<RTCPeerConnectionState>,
 }
@@ -331,6 +374,7 @@ impl Publisher {
         let mut media_engine = MediaEngine::default();
         media_engine.register_codec(opus(), RtpCodecKind::Audio)?;
         media_engine.register_codec(video(options.video_codec), RtpCodecKind::Video)?;
+        register_extensions(&mut media_engine)?;
         let handler = Handler {
             role: PeerRole::Publisher,
             outbox: outbox.clone(),
@@ -387,6 +431,7 @@ impl Publisher {
                 sender,
                 mid: StdMutex::new(None),
                 payload_type: AtomicU16::new(NOT_NEGOTIATED),
+                extensions: StdMutex::new(Vec::new()),
                 next_seq: AtomicU16::new(rand::random()),
                 server_track_id: watch::channel(None).0,
                 state: self.state.clone(),
@@ -451,7 +496,7 @@ impl Publisher {
         let answer = tokio::time::timeout(self.options.negotiation_timeout, rx)
             .await
             .map_err(|_| SdkError::Timeout("publish_answer"))?
-            .map_err(|_| SdkError::Closed)?;
+            .map_err(|_| SdkError::Closed)??;
         self.pc
             .set_remote_description(RTCSessionDescription::answer(answer)?)
             .await?;
@@ -472,20 +517,67 @@ impl Publisher {
                     ))
                 })?;
             track.inner.payload_type.store(u16::from(negotiated), Ordering::Relaxed);
+            let extensions = parameters
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .filter_map(|h| Some((h.uri.clone(), u8::try_from(h.id).ok()?)))
+                .collect();
+            *track
+                .inner
+                .extensions
+                .lock()
+                .expect("extensions lock is never poisoned") = extensions;
         }
         Ok(())
     }
 
-    /// Feeds the server's `publish_answer`. Returns false if no offer was waiting.
-    pub fn on_answer(&self, sdp: String) -> bool {
+    fn settle_offer(&self, outcome: Result<String>) -> bool {
         match self
             .pending_answer
             .lock()
             .expect("answer slot lock is never poisoned")
             .take()
         {
-            Some(tx) => tx.send(sdp).is_ok(),
+            Some(tx) => tx.send(outcome).is_ok(),
             None => false,
+        }
+    }
+
+    /// Feeds the server's `publish_answer`. Returns false if no offer was waiting.
+    pub fn on_answer(&self, sdp: String) -> bool {
+        self.settle_offer(Ok(sdp))
+    }
+
+    /// Feeds the server's refusal of the offer in flight: the pending
+    /// [`publish`](Self::publish) or [`unpublish`](Self::unpublish) fails with
+    /// [`SdkError::Server`] at once instead of waiting out the negotiation timeout.
+    /// Returns false if no offer was waiting.
+    ///
+    /// The signaling protocol does not tie an `error` frame to the request it answers,
+    /// so [`Client`](crate::Client) cannot tell a refused offer from other errors and
+    /// leaves this alone; a caller that sees the refusal directly (an in-process
+    /// server, as in the gateway's SFU tests) calls it.
+    pub fn on_refused(&self, code: ErrorCode, message: String) -> bool {
+        self.settle_offer(Err(SdkError::Server { code, message }))
+    }
+
+    /// Records the server's id for one of our tracks from its `track_published`: it
+    /// goes to the oldest of our tracks of that source still without one. Call it only
+    /// for our own announcements; one whose id a track already has changes nothing.
+    pub fn claim_track(&self, track: &TrackInfo) {
+        let ours = self.tracks();
+        if ours
+            .iter()
+            .any(|t| t.server_track_id().as_deref() == Some(track.track_id.as_str()))
+        {
+            return;
+        }
+        if let Some(local) = ours
+            .iter()
+            .find(|t| t.source() == track.source && t.server_track_id().is_none())
+        {
+            local.set_server_track_id(track.track_id.clone());
         }
     }
 
@@ -529,6 +621,8 @@ struct LocalTrackInner {
     mid: StdMutex<Option<String>>,
     /// The payload type the answer accepted (`NOT_NEGOTIATED` until then).
     payload_type: AtomicU16,
+    /// The header extensions the answer accepted, by URI, with their ids.
+    extensions: StdMutex<Vec<(String, u8)>>,
     next_seq: AtomicU16,
     server_track_id: watch::Sender<Option<TrackId>>,
     state: watch::Receiver<RTCPeerConnectionState>,
@@ -567,7 +661,7 @@ impl LocalTrack {
         self.inner.source.kind()
     }
 
-    /// The codec's MIME type (`audio/opus`, `video/VP8`, `video/H264`).
+    /// The codec's MIME type (`audio/opus`, `video/VP8`, `video/H264`, `video/VP9`, `video/AV1`).
     pub fn mime_type(&self) -> &str {
         &self.inner.mime_type
     }
@@ -607,6 +701,18 @@ impl LocalTrack {
         u8::try_from(self.inner.payload_type.load(Ordering::Relaxed)).ok()
     }
 
+    /// The id negotiated for the header extension `uri` (e.g. [`AUDIO_LEVEL_URI`]),
+    /// once the answer arrived; `None` if the server did not accept it.
+    pub fn header_extension_id(&self, uri: &str) -> Option<u8> {
+        self.inner
+            .extensions
+            .lock()
+            .expect("extensions lock is never poisoned")
+            .iter()
+            .find(|(u, _)| u == uri)
+            .map(|&(_, id)| id)
+    }
+
     /// Waits until the publisher connection is connected (DTLS up); writing
     /// earlier only produces warnings in webrtc-rs and loses the packets.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
@@ -625,6 +731,32 @@ impl LocalTrack {
 
     /// Sends one payload as an RTP packet with the next sequence number of this track.
     pub async fn write_payload(&self, payload: Bytes, timestamp: u32, marker: bool) -> Result<()> {
+        let packet = self.next_packet(payload, timestamp, marker)?;
+        Ok(self.inner.track.write_rtp(packet).await?)
+    }
+
+    /// Like [`write_payload`](Self::write_payload), with an RFC 6464 audio level
+    /// (0 = loudest to 127 = silence, in -dBov; the voice-activity bit set) in the
+    /// [`AUDIO_LEVEL_URI`] header extension, when the connection negotiated it.
+    pub async fn write_payload_with_audio_level(
+        &self,
+        payload: Bytes,
+        timestamp: u32,
+        marker: bool,
+        level: u8,
+    ) -> Result<()> {
+        let mut packet = self.next_packet(payload, timestamp, marker)?;
+        if let Some(id) = self.header_extension_id(AUDIO_LEVEL_URI) {
+            packet
+                .header
+                .set_extension(id, Bytes::copy_from_slice(&[0x80 | level.min(127)]))
+                .map_err(|e| SdkError::Protocol(format!("audio-level extension id {id}: {e}")))?;
+        }
+        Ok(self.inner.track.write_rtp(packet).await?)
+    }
+
+    /// A packet of this track with the next sequence number.
+    fn next_packet(&self, payload: Bytes, timestamp: u32, marker: bool) -> Result<RtpPacket> {
         let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
         let mut packet = RtpPacket {
             payload,
@@ -636,7 +768,7 @@ impl LocalTrack {
         packet.header.sequence_number = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         packet.header.timestamp = timestamp;
         packet.header.ssrc = self.inner.ssrc;
-        Ok(self.inner.track.write_rtp(packet).await?)
+        Ok(packet)
     }
 
     /// Sends one encoded frame (an Opus packet, a VP8 or H.264 access unit),
@@ -732,6 +864,7 @@ impl Subscriber {
                 let mut media_engine = MediaEngine::default();
                 // Receive whatever other participants (browsers) publish.
                 media_engine.register_default_codecs()?;
+                register_extensions(&mut media_engine)?;
                 let handler = Handler {
                     role: PeerRole::Subscriber,
                     outbox: self.outbox.clone(),
@@ -774,6 +907,14 @@ impl Subscriber {
         wait_connected(self.state_tx.subscribe(), timeout, "subscriber connection").await
     }
 
+    /// The id this connection negotiated for the header extension `uri` (e.g.
+    /// [`AUDIO_LEVEL_URI`], to read with [`audio_level_of`]): what our latest answer
+    /// says. `None` before the first offer or if the server did not offer it.
+    pub async fn header_extension_id(&self, uri: &str) -> Option<u8> {
+        let pc = self.pc.lock().await.clone()?;
+        extmap_id(&pc.local_description().await?.sdp, uri)
+    }
+
     /// Closes the connection if there is one.
     pub async fn close(&self) {
         if let Some(pc) = self.pc.lock().await.take()
@@ -782,6 +923,12 @@ impl Subscriber {
             debug!(error = %e, "closing subscriber connection");
         }
     }
+}
+
+/// The RFC 6464 audio level (0 = loudest to 127 = silence, in -dBov) a packet carries
+/// in header extension `id` (see [`Subscriber::header_extension_id`]), if it has one.
+pub fn audio_level_of(packet: &RtpPacket, id: u8) -> Option<u8> {
+    packet.header.get_extension(id)?.first().map(|b| b & 0x7f)
 }
 
 /// Remote tracks as the subscriber connection opens them.
@@ -902,6 +1049,146 @@ impl RemoteTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn loopback() -> MediaOptions {
+        MediaOptions {
+            udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            ..MediaOptions::default()
+        }
+    }
+
+    /// The next frame on `rx` that is not a trickled candidate.
+    async fn next_description(rx: &mut mpsc::UnboundedReceiver<ClientMessage>) -> ClientMessage {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a frame in time")
+                .expect("publisher alive");
+            if !matches!(message, ClientMessage::IceCandidate { .. }) {
+                return message;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_offer_fails_the_publish_at_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let options = MediaOptions {
+            negotiation_timeout: Duration::from_secs(60),
+            ..loopback()
+        };
+        let publisher = Publisher::new(options, tx).await.unwrap();
+        assert!(!publisher.on_refused(ErrorCode::InvalidSdp, "nothing in flight".into()));
+        let publishing = tokio::spawn({
+            let publisher = publisher.clone();
+            async move { publisher.publish(TrackSource::Screen).await }
+        });
+        assert!(matches!(
+            next_description(&mut rx).await,
+            ClientMessage::PublishOffer { .. }
+        ));
+        assert!(publisher.on_refused(ErrorCode::PresentingNotAllowed, "guests may not present".into()));
+        let refused = tokio::time::timeout(Duration::from_secs(5), publishing)
+            .await
+            .expect("fails at once, not after the negotiation timeout")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&refused, SdkError::Server { code: ErrorCode::PresentingNotAllowed, message } if message == "guests may not present"),
+            "{refused:?}"
+        );
+        assert!(publisher.tracks().is_empty(), "the refused track is gone");
+        assert!(!publisher.on_answer("v=0".into()), "nothing in flight any more");
+        publisher.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_settles_payload_type_audio_level_and_server_ids() {
+        let (pub_tx, mut pub_rx) = mpsc::unbounded_channel();
+        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        let publisher = Publisher::new(loopback(), pub_tx).await.unwrap();
+        // Our own subscriber stands in for the server's answering side.
+        let (subscriber, _tracks) = Subscriber::new(loopback(), sub_tx);
+        let answering = tokio::spawn({
+            let (publisher, subscriber) = (publisher.clone(), subscriber.clone());
+            async move {
+                loop {
+                    let ClientMessage::PublishOffer { sdp, .. } = next_description(&mut pub_rx).await else {
+                        panic!("only offers from a publisher");
+                    };
+                    subscriber.on_offer(sdp).await.unwrap();
+                    let answer = next_description(&mut sub_rx).await;
+                    let ClientMessage::SubscribeAnswer { sdp } = answer else {
+                        panic!("{answer:?}");
+                    };
+                    assert!(publisher.on_answer(sdp));
+                }
+            }
+        });
+        let mic = publisher.publish(TrackSource::Microphone).await.unwrap();
+        let camera = publisher.publish(TrackSource::Camera).await.unwrap();
+        assert_eq!(mic.payload_type(), Some(PT_OPUS));
+        assert_eq!(camera.payload_type(), Some(PT_VP8));
+        let level_id = mic.header_extension_id(AUDIO_LEVEL_URI).expect("audio level accepted");
+        assert_eq!(
+            subscriber.header_extension_id(AUDIO_LEVEL_URI).await,
+            Some(level_id),
+            "the answerer takes the offerer's id"
+        );
+        assert_eq!(camera.header_extension_id(AUDIO_LEVEL_URI), None, "audio only");
+
+        let announced = |track_id: &str, source: TrackSource| TrackInfo {
+            track_id: track_id.to_owned(),
+            participant_id: "p_me".to_owned(),
+            kind: source.kind(),
+            source,
+            muted: false,
+        };
+        publisher.claim_track(&announced("t_cam", TrackSource::Camera));
+        publisher.claim_track(&announced("t_mic", TrackSource::Microphone));
+        // Announced again (a renegotiation), or a microphone we do not have: nothing changes.
+        publisher.claim_track(&announced("t_cam", TrackSource::Camera));
+        publisher.claim_track(&announced("t_other", TrackSource::Microphone));
+        assert_eq!(mic.server_track_id().as_deref(), Some("t_mic"));
+        assert_eq!(camera.server_track_id().as_deref(), Some("t_cam"));
+
+        answering.abort();
+        publisher.close().await;
+        subscriber.close().await;
+    }
+
+    #[test]
+    fn extension_ids_come_from_extmap_lines() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+                   a=extmap:5/recvonly urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:7 urn:3gpp:video-orientation\r\n";
+        assert_eq!(extmap_id(sdp, AUDIO_LEVEL_URI), Some(5));
+        assert_eq!(extmap_id(sdp, "urn:3gpp:video-orientation"), Some(7));
+        assert_eq!(extmap_id(sdp, "urn:ietf:params:rtp-hdrext:toffset"), None);
+        assert_eq!(
+            extmap_id(
+                "a=extmap:x urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+                AUDIO_LEVEL_URI
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn audio_level_is_read_from_its_extension() {
+        let mut packet = RtpPacket::default();
+        assert_eq!(audio_level_of(&packet, 1), None);
+        packet
+            .header
+            .set_extension(3, Bytes::from_static(&[0x80 | 42]))
+            .unwrap();
+        assert_eq!(
+            audio_level_of(&packet, 3),
+            Some(42),
+            "the voice bit is not part of the level"
+        );
+        assert_eq!(audio_level_of(&packet, 1), None, "another id");
+    }
 
     #[test]
     fn mids_follow_msid_track_ids() {

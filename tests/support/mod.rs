@@ -1,4 +1,5 @@
-//! Test support: a real gateway on loopback with real TLS, and thin clients.
+//! Test support: a real gateway on loopback with real TLS, and thin clients; `sfu`:
+//! SDK peers for an in-process media plane.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[cfg(target_os = "linux")]
 pub mod process;
+pub mod sfu;
 
 /// How long any single expected event may take.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

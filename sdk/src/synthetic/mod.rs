@@ -7,6 +7,11 @@
 //! reordering, corruption, jitter and one-way latency without decoding anything.
 //! For VP8 the header sits behind a valid VP8 payload descriptor and frame tag,
 //! so an SFU (or a real depacketizer) sees keyframes where the sender put them.
+//! Synthetic video keeps that framing on H.264, VP9 and AV1 tracks too: an SFU that
+//! forwards without looking inside payloads passes it as it would any other, and no
+//! decoder could make a picture of a synthetic payload anyway. Synthetic audio can
+//! carry an RFC 6464 audio level ([`audio_level`]), so header-extension handling is
+//! checked too.
 //!
 //! The format and the statistics are pure: no IO, no clock. Callers pass times in
 //! microseconds since the UNIX epoch; [`crate::now_us`] reads the wall clock. The
@@ -52,7 +57,8 @@ pub enum SyntheticCodec {
     Opus,
     /// Video: a VP8 payload descriptor (RFC 7741) and, on a frame's first
     /// packet, a VP8 frame tag (keyframes also carry the start code and a
-    /// 320x240 size), then the synthetic header and filler.
+    /// 320x240 size), then the synthetic header and filler. Also what synthetic
+    /// video sends on H.264, VP9 and AV1 tracks (see the module documentation).
     Vp8,
 }
 
@@ -65,12 +71,13 @@ impl SyntheticCodec {
         }
     }
 
-    /// Picks the codec from a negotiated MIME type (`audio/opus`, `video/VP8`),
-    /// case-insensitively.
+    /// Picks the payload format for a negotiated MIME type, case-insensitively:
+    /// `audio/opus` is [`Opus`](Self::Opus); the video codecs a publisher can offer
+    /// ([`VideoCodec`](crate::VideoCodec): VP8, H.264, VP9, AV1) are [`Vp8`](Self::Vp8).
     pub fn from_mime(mime: &str) -> Option<SyntheticCodec> {
         match mime.to_ascii_lowercase().as_str() {
             "audio/opus" => Some(SyntheticCodec::Opus),
-            "video/vp8" => Some(SyntheticCodec::Vp8),
+            "video/vp8" | "video/h264" | "video/vp9" | "video/av1" => Some(SyntheticCodec::Vp8),
             _ => None,
         }
     }
@@ -227,6 +234,19 @@ pub fn build_payload(
     let checksum = fnv1a(&[&out[header_at + 4..checksum_at], &out[checksum_at + 4..]]);
     out[checksum_at..checksum_at + 4].copy_from_slice(&checksum.to_be_bytes());
     out
+}
+
+/// The RFC 6464 audio level (0 = loudest to 127 = silence, in -dBov) that synthetic
+/// audio carries on frame `frame` when its connection negotiated the extension: not
+/// a measurement but a pattern (0 to 126, over and over), so a receiver can check
+/// that the level arrives with its own packet and unchanged.
+///
+/// ```
+/// use gatehouse_sdk::synthetic::audio_level;
+/// assert_eq!((audio_level(0), audio_level(5), audio_level(127 + 5)), (0, 5, 5));
+/// ```
+pub fn audio_level(frame: u32) -> u8 {
+    (frame % 127) as u8
 }
 
 /// What the VP8 framing in front of a synthetic header says.
@@ -986,7 +1006,20 @@ mod tests {
     fn codec_from_mime() {
         assert_eq!(SyntheticCodec::from_mime("audio/opus"), Some(SyntheticCodec::Opus));
         assert_eq!(SyntheticCodec::from_mime("video/VP8"), Some(SyntheticCodec::Vp8));
-        assert_eq!(SyntheticCodec::from_mime("video/H264"), None);
+        for video in ["video/H264", "video/VP9", "video/av1"] {
+            assert_eq!(SyntheticCodec::from_mime(video), Some(SyntheticCodec::Vp8), "{video}");
+        }
+        assert_eq!(SyntheticCodec::from_mime("audio/PCMU"), None);
+        assert_eq!(SyntheticCodec::from_mime("video/H265"), None);
+    }
+
+    #[test]
+    fn audio_levels_cycle_through_the_loud_ones() {
+        let levels: Vec<u8> = (0..300).map(audio_level).collect();
+        assert!(levels.iter().all(|&l| l < 127), "127 (silence) is never used");
+        assert_eq!(levels[126], 126);
+        assert_eq!(levels[127], 0);
+        assert_eq!(audio_level(u32::MAX), (u32::MAX % 127) as u8);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Synthetic media over real tracks: a task that publishes a [`SyntheticSource`] on a
-//! [`LocalTrack`], answering keyframe requests, and the receiving side's measurement of
-//! a [`RemoteTrack`].
+//! [`LocalTrack`], answering keyframe requests (and counting them, so a test sees them
+//! arrive) and stamping audio with [`audio_level`], and the receiving side's
+//! measurement of a [`RemoteTrack`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{StreamSummary, SyntheticCodec, SyntheticConfig, SyntheticSource};
+use super::{StreamSummary, SyntheticCodec, SyntheticConfig, SyntheticSource, audio_level};
 use crate::error::{Result, SdkError};
 use crate::media::{LocalTrack, RemoteTrack};
 use crate::now_us;
@@ -20,7 +21,8 @@ use crate::now_us;
 impl LocalTrack {
     /// Starts a task that sends synthetic media on this track (see
     /// [`synthetic`](crate::synthetic)); it waits for the connection first, and
-    /// answers PLI/FIR with a keyframe.
+    /// answers PLI/FIR with a keyframe. Audio carries [`audio_level`] in the
+    /// audio-level header extension when the connection negotiated it.
     pub fn start_synthetic(&self, config: SyntheticConfig) -> Result<SyntheticSender> {
         let codec = SyntheticCodec::from_mime(self.mime_type())
             .ok_or_else(|| SdkError::Protocol(format!("no synthetic format for {}", self.mime_type())))?;
@@ -48,6 +50,7 @@ struct SentCounters {
     frames: AtomicU64,
     packets: AtomicU64,
     bytes: AtomicU64,
+    keyframe_requests: AtomicU64,
 }
 
 /// Totals of a synthetic sender.
@@ -59,6 +62,9 @@ pub struct SyntheticSent {
     pub packets: u64,
     /// Payload bytes of those packets.
     pub bytes: u64,
+    /// RTCP keyframe requests (PLI, FIR) this sender received for its track; each
+    /// makes the next frame a keyframe (video).
+    pub keyframe_requests: u64,
 }
 
 /// A running synthetic media task; stop it with [`stop`](Self::stop).
@@ -75,6 +81,7 @@ impl SyntheticSender {
             frames: self.counters.frames.load(Ordering::Relaxed),
             packets: self.counters.packets.load(Ordering::Relaxed),
             bytes: self.counters.bytes.load(Ordering::Relaxed),
+            keyframe_requests: self.counters.keyframe_requests.load(Ordering::Relaxed),
         }
     }
 
@@ -108,18 +115,21 @@ async fn run_synthetic(
     }
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let feedback = {
-        let (track, wanted) = (track.clone(), keyframe_wanted.clone());
+        let (track, wanted, counters) = (track.clone(), keyframe_wanted.clone(), counters.clone());
         tokio::spawn(async move {
             while let Some(packets) = track.next_rtcp().await {
-                let asks_keyframe = packets
+                let requests = packets
                     .iter()
-                    .any(|p| p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>());
-                if asks_keyframe {
+                    .filter(|p| p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>())
+                    .count();
+                if requests > 0 {
+                    counters.keyframe_requests.fetch_add(requests as u64, Ordering::Relaxed);
                     wanted.store(true, Ordering::Relaxed);
                 }
             }
         })
     };
+    let audio = config.codec == SyntheticCodec::Opus;
     let mut source = SyntheticSource::new(config);
     let base_timestamp: u32 = rand::random();
     let mut ticks = tokio::time::interval(Duration::from_micros(source.config().frame_interval_us()));
@@ -134,16 +144,19 @@ async fn run_synthetic(
         let frame = source.next_frame(now_us());
         let last = frame.payloads.len().saturating_sub(1);
         let mut failed = None;
+        let timestamp = base_timestamp.wrapping_add(frame.rtp_timestamp);
         for (i, payload) in frame.payloads.into_iter().enumerate() {
             let len = payload.len() as u64;
-            if let Err(e) = track
-                .write_payload(
-                    Bytes::from(payload),
-                    base_timestamp.wrapping_add(frame.rtp_timestamp),
-                    i == last,
-                )
-                .await
-            {
+            let (payload, marker) = (Bytes::from(payload), i == last);
+            let written = if audio {
+                let level = audio_level(frame.frame);
+                track
+                    .write_payload_with_audio_level(payload, timestamp, marker, level)
+                    .await
+            } else {
+                track.write_payload(payload, timestamp, marker).await
+            };
+            if let Err(e) = written {
                 failed = Some(e);
                 break;
             }
