@@ -33,7 +33,7 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingPar
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 
 use super::media_room::{Codec, ConnId, Negotiated, Stream};
-use super::rtcp::{RTCP_TAP_SLOT, RtcpTap, TapSink};
+use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
 use super::stats::StatsPair;
 
 /// Shard-local room handle.
@@ -137,7 +137,7 @@ pub fn build(
     ] {
         media_engine.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }, kind, None)?;
     }
-    let registry = registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(TapSink::Stats(stats)));
+    let registry = registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats));
     // ICE-lite in `rtc` 0.21.1 keeps the first nominated pair for good and ignores
     // later nominations, while Chrome moves to another pair (and sends consent
     // checks only there) when it has several candidates: the agent then reports

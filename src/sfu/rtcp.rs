@@ -9,8 +9,6 @@
 //! (ReceiverReport, NackResponder) and never cost the application a copy.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
@@ -22,24 +20,6 @@ use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
 use super::stats::StatsPair;
-
-/// Where the tap reports what it saw.
-#[derive(Debug, Clone, Default)]
-pub enum TapSink {
-    /// The SFU's meeting and process counters.
-    Stats(StatsPair),
-    /// Bare counters (test peers use this to see keyframe requests arrive).
-    Counters(Arc<TapCounters>),
-    #[default]
-    None,
-}
-
-/// Counters for a tap that is not attached to the SFU's stats.
-#[derive(Debug, Default)]
-pub struct TapCounters {
-    pub nacks: AtomicU64,
-    pub keyframe_requests: AtomicU64,
-}
 
 /// Whether an RTCP packet asks for a keyframe.
 pub fn is_keyframe_request(p: &dyn rtcp::Packet) -> bool {
@@ -72,9 +52,8 @@ pub fn pli(media_ssrc: u32) -> Vec<Box<dyn rtcp::Packet>> {
 
 /// Counts inbound feedback and passes keyframe requests to the application.
 /// Sits application-side of the default interceptors (slot 14 000).
-#[derive(Default)]
 pub struct RtcpTap {
-    sink: TapSink,
+    stats: StatsPair,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
@@ -83,29 +62,20 @@ pub struct RtcpTap {
 pub const RTCP_TAP_SLOT: usize = 14_000;
 
 impl RtcpTap {
-    pub fn new(sink: TapSink) -> Self {
+    pub fn new(stats: StatsPair) -> Self {
         Self {
-            sink,
+            stats,
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
         }
     }
 
     fn count(&self, nacks: u64, keyframe_requests: u64) {
-        match &self.sink {
-            TapSink::Stats(stats) => {
-                if nacks > 0 {
-                    stats.add(|c| &c.nacks, nacks);
-                }
-                if keyframe_requests > 0 {
-                    stats.add(|c| &c.keyframe_requests_received, keyframe_requests);
-                }
-            }
-            TapSink::Counters(c) => {
-                c.nacks.fetch_add(nacks, Ordering::Relaxed);
-                c.keyframe_requests.fetch_add(keyframe_requests, Ordering::Relaxed);
-            }
-            TapSink::None => {}
+        if nacks > 0 {
+            self.stats.add(|c| &c.nacks, nacks);
+        }
+        if keyframe_requests > 0 {
+            self.stats.add(|c| &c.keyframe_requests_received, keyframe_requests);
         }
     }
 }
