@@ -327,7 +327,7 @@ async fn single_use_link_under_concurrency_and_dead_links() {
     // Expired: a link whose expiry has passed, stored as the gateway stores it.
     let expired = gatehouse_signaling::link::Link {
         link_id: "l_expired".into(),
-        meeting_id: mid.clone(),
+        meeting_id: mid.clone().into(),
         code: "expiredcode".into(),
         kind: gatehouse_signaling::link::LinkKind::Invite,
         invitee: None,
@@ -753,7 +753,7 @@ async fn bad_frames_get_typed_errors_and_floods_are_cut() {
     ws.send(&ClientMessage::Join {
         protocol: 99,
         token: olga.clone(),
-        meeting_id: Some(mid.clone()),
+        meeting_id: Some(mid.clone().into()),
     })
     .await;
     assert_eq!(ws.expect_error().await, ErrorCode::UnsupportedProtocol);

@@ -83,7 +83,8 @@ async fn three_sdk_participants_exchange_audio_and_video() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // the measured interval, not synchronisation
     stop_tx.send(true).unwrap();
-    let mut per_receiver: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut per_receiver: std::collections::HashMap<gatehouse_signaling::protocol::ParticipantId, Vec<String>> =
+        Default::default();
     for (receiver, handle) in measurements {
         let (from, mime, s) = handle.await.unwrap();
         assert!(

@@ -11,7 +11,9 @@ use gatehouse::sfu::{Sfu, SfuConfig};
 use gatehouse_sdk::VideoCodec;
 use gatehouse_sdk::media::AUDIO_LEVEL_URI;
 use gatehouse_signaling::ErrorCode;
-use gatehouse_signaling::protocol::{IceCandidate, MediaMessage, PeerRole, ServerMessage, TrackInfo, TrackSource};
+use gatehouse_signaling::protocol::{
+    IceCandidate, MediaMessage, ParticipantId, PeerRole, ServerMessage, TrackId, TrackInfo, TrackSource,
+};
 use support::sfu::{OPUS_PT, Peer, VP8_PT, eventually, init_logging};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -28,7 +30,7 @@ fn published(c: &Peer) -> Vec<TrackInfo> {
     })
 }
 
-fn unpublished(c: &Peer) -> Vec<String> {
+fn unpublished(c: &Peer) -> Vec<TrackId> {
     c.messages(|m| match m {
         ServerMessage::TrackUnpublished { track_id, .. } => Some(track_id.clone()),
         _ => None,
@@ -94,7 +96,7 @@ async fn three_participants_exchange_audio_and_video_intact() {
         );
         for info in infos.iter().filter(|t| t.participant_id != c.id) {
             let got = r
-                .get(&info.track_id)
+                .get(info.track_id.as_str())
                 .unwrap_or_else(|| panic!("{} got no media for {info:?}", c.id));
             assert_eq!(got.owner, info.participant_id, "msid stream id is the owner");
             let s = &got.stream;
@@ -267,7 +269,7 @@ async fn a_leaving_participant_is_unpublished_everywhere_and_the_meeting_is_free
         "everyone hears of everyone's tracks"
     );
     assert_eq!(sfu.live_connections(), 6);
-    let a_tracks: Vec<String> = published(&clients[1])
+    let a_tracks: Vec<TrackId> = published(&clients[1])
         .into_iter()
         .filter(|t| t.participant_id == "p_a")
         .map(|t| t.track_id)
@@ -576,12 +578,12 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
     };
     assert!(
         eventually(SECS(2), || muted(&b)
-            == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
+            == [(a_mic.track_id.clone(), ParticipantId::from("p_a"), true)])
         .await
     );
     assert!(
         eventually(SECS(2), || muted(&a)
-            == [(a_mic.track_id.clone(), "p_a".to_owned(), true)])
+            == [(a_mic.track_id.clone(), ParticipantId::from("p_a"), true)])
         .await,
         "the owner hears it too"
     );

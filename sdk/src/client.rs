@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, Stream, StreamExt};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ChatMessage, ClientMessage, IceServer, LeaveReason, LobbyEntry, LobbyStatus, MeetingSummary, PROTOCOL_VERSION,
-    ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId, TrackInfo, TrackSource,
+    ChatMessage, ClientMessage, IceServer, LeaveReason, LobbyEntry, LobbyStatus, MeetingId, MeetingSummary,
+    PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId, TrackInfo, TrackSource,
 };
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -352,7 +352,7 @@ impl Client {
         let join = ClientMessage::Join {
             protocol: PROTOCOL_VERSION,
             token: options.token.clone(),
-            meeting_id: options.meeting_id.clone(),
+            meeting_id: options.meeting_id.clone().map(MeetingId::from),
         };
         socket.send(Message::text(serde_json::to_string(&join)?)).await?;
         let (you, meeting) = tokio::time::timeout(timeout, wait_joined(&mut socket))
@@ -362,7 +362,7 @@ impl Client {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut media = options.media.clone();
-        media.stream_id = you.participant_id.clone();
+        media.stream_id = you.participant_id.to_string();
         let (subscriber, remote_tracks) = Subscriber::new(media.clone(), out_tx.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {

@@ -981,8 +981,8 @@ impl RemoteTrack {
             _ => TrackKind::Video,
         };
         RemoteTrack {
-            participant_id: track.stream_id().await.to_string(),
-            track_id: track.track_id().await.to_string(),
+            participant_id: track.stream_id().await.to_string().into(),
+            track_id: track.track_id().await.to_string().into(),
             kind,
             mime_type,
             ssrc,
@@ -1138,8 +1138,8 @@ mod tests {
         assert_eq!(camera.header_extension_id(AUDIO_LEVEL_URI), None, "audio only");
 
         let announced = |track_id: &str, source: TrackSource| TrackInfo {
-            track_id: track_id.to_owned(),
-            participant_id: "p_me".to_owned(),
+            track_id: track_id.into(),
+            participant_id: "p_me".into(),
             kind: source.kind(),
             source,
             muted: false,

@@ -26,7 +26,7 @@ pub enum LinkKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     pub link_id: String,
-    pub meeting_id: String,
+    pub meeting_id: crate::protocol::MeetingId,
     /// The unguessable code in the URL.
     pub code: String,
     pub kind: LinkKind,

@@ -140,7 +140,7 @@ impl MeetingPatch {
 /// A meeting as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meeting {
-    pub meeting_id: String,
+    pub meeting_id: crate::protocol::MeetingId,
     /// The organisation that owns the meeting (the organiser's).
     pub organization: String,
     /// Staff subject of the organiser.

@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorCode};
 use crate::lobby::{ConnId, Lobby, Waiting};
 use crate::meeting::Meeting;
 use crate::protocol::{
-    ChatMessage, ClientMessage, LeaveReason, LobbyStatus, MeetingSummary, PROTOCOL_VERSION, ParticipantId,
+    ChatMessage, ClientMessage, LeaveReason, LobbyStatus, MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId,
     ParticipantInfo, ParticipantKind, ServerMessage,
 };
 use crate::ratelimit::TokenBucket;
@@ -52,7 +52,7 @@ pub enum Effect {
 /// What happened to a participant, for appointment analytics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipationEvent {
-    pub meeting_id: String,
+    pub meeting_id: MeetingId,
     pub participant_id: ParticipantId,
     pub display_name: String,
     pub kind: ParticipantKind,
@@ -495,12 +495,12 @@ impl Room {
         match action {
             LobbyAction::Admit(participant_id) => {
                 let w = self.lobby.remove(&participant_id).ok_or_else(nobody)?;
-                self.admit_waiting(now, w, Some(by.to_owned()), out);
+                self.admit_waiting(now, w, Some(by.into()), out);
                 self.lobby_changed(out);
             }
             LobbyAction::AdmitAll => {
                 for w in self.lobby.drain_where(|_| true) {
-                    self.admit_waiting(now, w, Some(by.to_owned()), out);
+                    self.admit_waiting(now, w, Some(by.into()), out);
                 }
                 self.lobby_changed(out);
             }

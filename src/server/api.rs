@@ -127,7 +127,7 @@ async fn create_meeting(
     let settings = settings.validate()?;
     let now = now_ms();
     let meeting = Meeting {
-        meeting_id: new_id("m"),
+        meeting_id: new_id("m").into(),
         organization: staff.0.org.clone(),
         organizer: staff.0.sub.clone(),
         settings,
@@ -420,7 +420,7 @@ async fn redeem_link(
     )?;
     let event = ParticipationEvent {
         meeting_id: meeting.meeting_id.clone(),
-        participant_id: participant_id.clone(),
+        participant_id: participant_id.clone().into(),
         display_name: display_name.clone(),
         kind: ParticipantKind::Guest,
         at_ms: now,
@@ -434,7 +434,7 @@ async fn redeem_link(
     tracing::info!(meeting_id = %meeting.meeting_id, %participant_id, link_id = %link.link_id, "link redeemed");
     Ok(Json(Redeemed {
         token,
-        meeting_id: meeting.meeting_id,
+        meeting_id: meeting.meeting_id.into(),
         participant_id,
         display_name,
         expires_at_ms: (now / 1000 + ttl) * 1000,
@@ -526,7 +526,7 @@ async fn queue_admit(
         &state,
         &staff,
         &id,
-        gatehouse_signaling::room::LobbyAction::Admit(participant_id),
+        gatehouse_signaling::room::LobbyAction::Admit(participant_id.into()),
     )
     .await
 }
@@ -565,7 +565,7 @@ async fn queue_deny(
         &state,
         &staff,
         &id,
-        gatehouse_signaling::room::LobbyAction::Deny(participant_id, reason),
+        gatehouse_signaling::room::LobbyAction::Deny(participant_id.into(), reason),
     )
     .await
 }

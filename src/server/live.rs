@@ -225,7 +225,7 @@ async fn run(mut room: Room, mut rx: mpsc::Receiver<Command>, services: Services
         if idle {
             let mut tasks = services.live.lock();
             if rx.is_empty() {
-                tasks.remove(&room.meeting().meeting_id);
+                tasks.remove(room.meeting().meeting_id.as_str());
                 break;
             }
         }

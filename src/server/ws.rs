@@ -154,7 +154,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
 /// The `join` frame: protocol version, token, and (for staff) the meeting.
 struct Join {
     token: String,
-    meeting_id: Option<String>,
+    meeting_id: Option<gatehouse_signaling::protocol::MeetingId>,
 }
 
 async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<Join, Error> {
@@ -202,7 +202,7 @@ async fn join_meeting(
             ));
         }
         (Identity::Guest(g), _) => g.mtg.clone(),
-        (Identity::Staff(_), Some(m)) => m,
+        (Identity::Staff(_), Some(m)) => m.into_string(),
         (Identity::Staff(_), None) => {
             return Err(Error::new(
                 ErrorCode::BadRequest,
@@ -218,7 +218,7 @@ async fn join_meeting(
     let req = match identity {
         Identity::Guest(g) => JoinRequest {
             conn,
-            participant_id: g.sub,
+            participant_id: g.sub.into(),
             display_name: g.name,
             attendee: Attendee::Guest { invited: g.invited },
         },
@@ -231,7 +231,7 @@ async fn join_meeting(
             }
             JoinRequest {
                 conn,
-                participant_id: new_id("p"),
+                participant_id: new_id("p").into(),
                 display_name: s.name,
                 attendee: Attendee::Staff {
                     subject: s.sub,

@@ -56,6 +56,9 @@ pub struct Conn {
     pub connected: bool,
     /// Whether a remote description has been applied (candidates wait until then).
     pub has_remote: bool,
+    /// The client's ICE password, from its latest description: what its Binding
+    /// successes are signed with (see `ice_lite`).
+    pub client_pwd: Option<String>,
     /// The last connection state reported (for the debug snapshot).
     pub state: RTCPeerConnectionState,
     /// Where the client last nominated (USE-CANDIDATE) from: its chosen path.
@@ -94,6 +97,7 @@ impl Conn {
             deadline: None,
             connected: false,
             has_remote: false,
+            client_pwd: None,
             state: RTCPeerConnectionState::default(),
             nominated: None,
             pending_nomination: None,
@@ -242,8 +246,8 @@ pub fn add_sender(pc: &mut RTCPeerConnection, track: &TrackInfo, ssrc: u32) -> R
     // later track with another codec could not be added to this connection at all.
     // Offering the full list keeps every codec the client accepts available.
     let local = MediaStreamTrack::new(
-        track.participant_id.clone(),
-        track.track_id.clone(),
+        track.participant_id.to_string(),
+        track.track_id.to_string(),
         format!("{:?}", track.source).to_lowercase(),
         kind,
         vec![RTCRtpEncodingParameters {

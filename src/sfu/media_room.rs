@@ -253,7 +253,7 @@ fn not_in_call() -> Error {
 }
 
 fn new_track_id() -> TrackId {
-    format!("t_{:016x}", rand::random::<u64>())
+    format!("t_{:016x}", rand::random::<u64>()).into()
 }
 
 fn kind_of(mime_type: &str) -> TrackKind {
@@ -356,7 +356,7 @@ impl MediaRoom {
             self.remove_participant(id, now, effects);
         }
         self.members.push(Member {
-            id: id.to_owned(),
+            id: id.into(),
             kind,
             may_present,
             publisher: None,
@@ -442,7 +442,7 @@ impl MediaRoom {
             self.signal_all(
                 &ServerMessage::TrackMuted {
                     track_id,
-                    participant_id: participant.to_owned(),
+                    participant_id: participant.into(),
                     muted,
                 },
                 effects,
@@ -501,7 +501,7 @@ impl MediaRoom {
         }
         let info = TrackInfo {
             track_id: new_track_id(),
-            participant_id: participant.to_owned(),
+            participant_id: participant.into(),
             kind,
             source: announced.source,
             muted: announced.muted,
@@ -547,14 +547,14 @@ impl MediaRoom {
         let ssrc = rand::random::<u32>();
         track.legs.push(Leg {
             id: leg,
-            subscriber: subscriber.to_owned(),
+            subscriber: subscriber.into(),
             bound: None,
             rewrite: DownLeg::new(ssrc),
             negotiated: false,
             forwarded: 0,
         });
         effects.push(Effect::AddSender {
-            subscriber: subscriber.to_owned(),
+            subscriber: subscriber.into(),
             leg,
             track: track.info.clone(),
             ssrc,
@@ -604,7 +604,7 @@ impl MediaRoom {
         tracing::debug!(meeting_id = %self.meeting_id, participant_id = %track.info.participant_id, track_id, "track unpublished");
         self.signal_all(
             &ServerMessage::TrackUnpublished {
-                track_id: track_id.to_owned(),
+                track_id: track_id.into(),
                 participant_id: track.info.participant_id,
             },
             effects,
@@ -783,8 +783,8 @@ impl MediaRoom {
         }
         self.signal_all(
             &ServerMessage::TrackMuted {
-                track_id: track_id.to_owned(),
-                participant_id: participant.to_owned(),
+                track_id: track_id.into(),
+                participant_id: participant.into(),
                 muted,
             },
             effects,
@@ -1065,7 +1065,7 @@ mod tests {
         }
     }
 
-    fn signals(effects: &[Effect]) -> Vec<(String, ServerMessage)> {
+    fn signals(effects: &[Effect]) -> Vec<(ParticipantId, ServerMessage)> {
         effects
             .iter()
             .filter_map(|e| match e {
@@ -1143,7 +1143,7 @@ mod tests {
         (room, fx)
     }
 
-    fn track_id(room: &MediaRoom, source: TrackSource) -> String {
+    fn track_id(room: &MediaRoom, source: TrackSource) -> TrackId {
         room.tracks()
             .into_iter()
             .find(|t| t.source == source)
@@ -1162,7 +1162,7 @@ mod tests {
     fn publish_announces_to_everyone_and_gives_every_other_participant_a_leg() {
         let now = Instant::now();
         let (room, fx) = call(true, now);
-        let published: Vec<(String, TrackInfo)> = signals(&fx)
+        let published: Vec<(ParticipantId, TrackInfo)> = signals(&fx)
             .into_iter()
             .filter_map(|(to, m)| match m {
                 ServerMessage::TrackPublished { track } => Some((to, track)),
@@ -1388,7 +1388,7 @@ mod tests {
             .collect();
         assert_eq!(removed.len(), 2);
         assert!(removed.contains(&B_SUB) && removed.contains(&C_SUB));
-        let told: Vec<String> = signals(&fx)
+        let told: Vec<ParticipantId> = signals(&fx)
             .into_iter()
             .filter(|(_, m)| matches!(m, ServerMessage::TrackUnpublished { track_id, .. } if *track_id == camera))
             .map(|(to, _)| to)

@@ -27,13 +27,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gatehouse_signaling::protocol::{IceServer, MediaMessage, ParticipantId, ParticipantKind, TrackInfo};
+use gatehouse_signaling::protocol::{IceServer, MediaMessage, MeetingId, ParticipantId, ParticipantKind, TrackInfo};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 mod connection;
 pub mod demux;
 pub mod forward;
+mod ice_lite;
 pub mod media_room;
 mod peers;
 pub mod rtcp;
@@ -84,7 +85,7 @@ impl SfuConfig {
 /// What the SFU needs to know about a participant entering the call.
 #[derive(Debug, Clone)]
 pub struct MediaParticipant {
-    pub meeting_id: String,
+    pub meeting_id: MeetingId,
     pub participant_id: ParticipantId,
     pub kind: ParticipantKind,
     /// Whether this participant may publish a `screen` track.
@@ -115,7 +116,7 @@ struct ShardHandle {
 /// added twice, a reconnect, is counted once).
 struct Placement {
     shard: usize,
-    participants: HashSet<String>,
+    participants: HashSet<ParticipantId>,
     counters: Arc<Counters>,
 }
 
@@ -124,7 +125,7 @@ struct Inner {
     /// Meeting to shard. One mutex, not a concurrent map: placing a new meeting reads the
     /// load of every placement and inserts in one step, which a sharded map cannot do
     /// atomically; it is taken once per join, leave and media frame, never per packet.
-    placements: Mutex<HashMap<String, Placement>>,
+    placements: Mutex<HashMap<MeetingId, Placement>>,
     ice_servers: Vec<IceServer>,
 }
 
@@ -279,7 +280,7 @@ impl Sfu {
         self.inner.ice_servers.clone()
     }
 
-    fn placements(&self) -> std::sync::MutexGuard<'_, HashMap<String, Placement>> {
+    fn placements(&self) -> std::sync::MutexGuard<'_, HashMap<MeetingId, Placement>> {
         self.inner
             .placements
             .lock()
@@ -299,7 +300,7 @@ impl Sfu {
     }
 
     /// Forgets every placement on a dead shard: those meetings start afresh on a live one.
-    fn release_dead(&self, placements: &mut HashMap<String, Placement>) {
+    fn release_dead(&self, placements: &mut HashMap<MeetingId, Placement>) {
         let shards = &self.inner.shards;
         placements.retain(|_, p| *shards[p.shard].alive.borrow());
     }
@@ -322,7 +323,7 @@ impl Sfu {
         let (shard, counters) = {
             let mut placements = self.placements();
             self.release_dead(&mut placements);
-            let placement = match placements.get_mut(&participant.meeting_id) {
+            let placement = match placements.get_mut(participant.meeting_id.as_str()) {
                 Some(p) => p,
                 None => {
                     // The least busy running shard by participants in the call.

@@ -30,6 +30,7 @@ use tokio::net::UdpSocket;
 use super::connection::Conn;
 use super::demux::{self, Route, Router};
 use super::forward::DropDice;
+use super::ice_lite;
 use super::media_room::{Admit, ConnId, LegSink};
 use super::stats::Counters;
 
@@ -177,7 +178,7 @@ impl Peers {
     /// Routes a datagram to its connection and feeds it in. Returns the
     /// connection to drive, or `None` if the datagram went nowhere (counted).
     pub fn receive(&mut self, now: Instant, from: SocketAddr, data: BytesMut) -> Option<ConnId> {
-        let id = match self.router.route(from, &data) {
+        let (id, nominating) = match self.router.route(from, &data) {
             Route::Conn { key, nominated, .. } => {
                 if let Some(conn) = self.conns.get_mut(&key) {
                     conn.last_seen = now;
@@ -185,7 +186,7 @@ impl Peers {
                         conn.pending_nomination = Some(from);
                     }
                 }
-                key
+                (key, nominated)
             }
             Route::Drop(reason) => {
                 Counters::add(&self.counters.garbage_datagrams, 1);
@@ -194,18 +195,16 @@ impl Peers {
                 return None;
             }
         };
-        let msg = TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: self.advertised,
-                peer_addr: from,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
-            message: data,
-        };
-        match self.guard(id, "handle_read", |pc| pc.handle_read(msg)) {
-            Some(Ok(())) => Some(id),
+        // A client's check (rare: a few per connection, then one per consent interval)
+        // is kept, in case it nominated and has to be handed to `rtc` once more.
+        let check = demux::binding_request(&data).map(|_| data.clone());
+        match self.feed(id, now, from, data) {
+            Some(Ok(())) => {
+                if let Some(check) = check {
+                    self.answer_checks(id, now, from, nominating.then_some(check));
+                }
+                Some(id)
+            }
             Some(Err(e)) => {
                 // A datagram the connection refused (bad DTLS record, SRTP auth failure, ...).
                 Counters::add(&self.counters.dropped_packets, 1);
@@ -216,6 +215,37 @@ impl Peers {
                 Counters::add(&self.counters.dropped_packets, 1);
                 None
             }
+        }
+    }
+
+    /// Hands one datagram from `from` to a connection.
+    fn feed(&mut self, id: ConnId, now: Instant, from: SocketAddr, data: BytesMut) -> Option<Result<(), String>> {
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.advertised,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: data,
+        };
+        self.guard(id, "handle_read", |pc| pc.handle_read(msg).map_err(|e| e.to_string()))
+    }
+
+    /// Lite ICE after `rtc` took a client's check from `from` (see [`ice_lite`]):
+    /// the checks it triggered toward `from` are answered here, as the client
+    /// would; if the client's check nominated (`nominating`) and `rtc` left it
+    /// unanswered, it is handed over again, now to be answered and to select the pair.
+    fn answer_checks(&mut self, id: ConnId, now: Instant, from: SocketAddr, nominating: Option<BytesMut>) {
+        let (answered, looped) = self.flush_to(id, Some(from));
+        if looped == 0 {
+            return;
+        }
+        if let Some(check) = nominating.filter(|_| !answered)
+            && let Some(Err(e)) = self.feed(id, now, from, check)
+        {
+            tracing::debug!(shard = self.shard, conn = id, "nominating check refused on replay: {e}");
         }
     }
 
@@ -261,13 +291,64 @@ impl Peers {
     /// STUN goes where `rtc` addressed it (responses answer their request's
     /// source); everything else follows the client's latest nomination.
     fn flush(&mut self, id: ConnId) {
+        self.flush_to(id, None);
+    }
+
+    /// [`flush`](Self::flush), and the lite-ICE part of it: checks `rtc` originates
+    /// never go out. Those toward `check_from` (the source of the client's check
+    /// being handled) are answered and fed back; the others are dropped. Returns
+    /// whether a Binding success went to `check_from`, and how many checks were answered.
+    fn flush_to(&mut self, id: ConnId, check_from: Option<SocketAddr>) -> (bool, usize) {
+        let (mut answered, mut looped) = (false, 0);
+        loop {
+            let own = self.flush_once(id, check_from, &mut answered);
+            if own.is_empty() {
+                return (answered, looped);
+            }
+            for (to, response) in own {
+                looped += 1;
+                if let Some(Err(e)) = self.feed(id, Instant::now(), to, BytesMut::from(&response[..])) {
+                    tracing::debug!(
+                        shard = self.shard,
+                        conn = id,
+                        "our answer to rtc's own check was refused: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One pass of sending what a connection queued; returns the answers to
+    /// `rtc`'s own checks toward `check_from`, to be fed back.
+    fn flush_once(
+        &mut self,
+        id: ConnId,
+        check_from: Option<SocketAddr>,
+        answered: &mut bool,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut own = Vec::new();
         let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
-            return;
+            return own;
         };
-        let (socket, counters) = (&self.socket, &self.counters);
+        let (socket, counters, advertised) = (&self.socket, &self.counters, self.advertised);
         let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
             while let Some(out) = conn.pc.poll_write() {
-                if conn.pending_nomination == Some(out.transport.peer_addr) && demux::is_binding_success(&out.message) {
+                let to = out.transport.peer_addr;
+                if ice_lite::is_check(&out.message) {
+                    // A lite agent originates no checks.
+                    if check_from == Some(to)
+                        && let Some(pwd) = &conn.client_pwd
+                        && let Some(response) = ice_lite::answer_own_check(&out.message, advertised, pwd)
+                    {
+                        own.push((to, response));
+                    }
+                    continue;
+                }
+                let success = demux::is_binding_success(&out.message);
+                if success && check_from == Some(to) {
+                    *answered = true;
+                }
+                if conn.pending_nomination == Some(to) && success {
                     conn.nominated = conn.pending_nomination.take();
                 }
                 let to = match conn.nominated {
@@ -285,7 +366,9 @@ impl Peers {
             conn.connected = false;
             tracing::error!(shard = self.shard, conn = id, meeting_id = %conn.meeting_id, participant_id = %conn.participant, call = "poll_write", "rtc panicked: connection abandoned");
             self.broken.push(id);
+            own.clear();
         }
+        own
     }
 
     /// Pushes the connection's next deadline onto the heap if it changed.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use gatehouse_signaling::protocol::{
-    IceCandidate, MediaMessage, ParticipantId, PeerRole, PublishedTrack, ServerMessage, TrackInfo,
+    IceCandidate, MediaMessage, MeetingId, ParticipantId, PeerRole, PublishedTrack, ServerMessage, TrackInfo,
 };
 use gatehouse_signaling::{Error, ErrorCode};
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -29,6 +29,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{self, Conn, RoomId};
+use super::ice_lite;
 use super::media_room::{ConnId, Effect, MediaRoom, Offer};
 use super::peers::{Peers, Polled};
 use super::rtcp as tap;
@@ -102,7 +103,7 @@ pub struct Shard {
     index: usize,
     peers: Peers,
     rooms: HashMap<RoomId, Hosted>,
-    room_ids: HashMap<String, RoomId>,
+    room_ids: HashMap<MeetingId, RoomId>,
     next_room: RoomId,
     /// Scratch: effects of the room input being handled, offers of this turn.
     effects: Vec<Effect>,
@@ -529,7 +530,7 @@ impl Shard {
         meeting_stats: Arc<Counters>,
         now: Instant,
     ) -> Result<(), Error> {
-        let room_id = match self.room_ids.get(&participant.meeting_id) {
+        let room_id = match self.room_ids.get(participant.meeting_id.as_str()) {
             Some(&id) => id,
             None => {
                 let id = self.next_room;
@@ -634,6 +635,7 @@ impl Shard {
     ) -> Result<(), Error> {
         let hosted = self.rooms.get(&room_id).expect("checked by handle");
         hosted.room.check_publish(participant_id, &tracks)?;
+        let client_pwd = ice_lite::ice_pwd(&sdp);
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| err(ErrorCode::InvalidSdp, format!("invalid offer: {e}")))?;
         let existing = hosted.room.connection(participant_id, PeerRole::Publisher);
@@ -659,6 +661,7 @@ impl Shard {
         };
         if let Some(conn) = self.peers.get_mut(id) {
             conn.has_remote = true;
+            conn.client_pwd = client_pwd;
         }
         self.apply_held_candidates(room_id, participant_id, PeerRole::Publisher, id);
         let hosted = self.rooms.get_mut(&room_id).expect("checked by handle");
@@ -693,6 +696,7 @@ impl Shard {
     ) -> Result<(), Error> {
         let hosted = self.rooms.get(&room_id).expect("checked by handle");
         let id = hosted.room.expecting_answer(participant_id)?;
+        let client_pwd = ice_lite::ice_pwd(&sdp);
         let answer = RTCSessionDescription::answer(sdp)
             .map_err(|e| err(ErrorCode::InvalidSdp, format!("invalid answer: {e}")))?;
         let negotiated = match self.peers.guard(id, "answer", |pc| {
@@ -706,6 +710,7 @@ impl Shard {
         let connected = match self.peers.get_mut(id) {
             Some(conn) => {
                 conn.has_remote = true;
+                conn.client_pwd = client_pwd;
                 conn.connected
             }
             None => false,

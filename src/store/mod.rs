@@ -105,7 +105,7 @@ impl Store {
         self.conn()
             .execute(
                 "INSERT INTO meetings (meeting_id, organization, organizer, settings, created_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![m.meeting_id, m.organization, m.organizer, settings, m.created_at_ms as i64, m.ended_at_ms.map(|v| v as i64)],
+                params![m.meeting_id.as_str(), m.organization, m.organizer, settings, m.created_at_ms as i64, m.ended_at_ms.map(|v| v as i64)],
             )
             .map_err(db_err)?;
         Ok(())
@@ -116,7 +116,7 @@ impl Store {
         self.conn()
             .execute(
                 "UPDATE meetings SET settings = ?2, ended_at = ?3 WHERE meeting_id = ?1",
-                params![m.meeting_id, settings, m.ended_at_ms.map(|v| v as i64)],
+                params![m.meeting_id.as_str(), settings, m.ended_at_ms.map(|v| v as i64)],
             )
             .map_err(db_err)?;
         Ok(())
@@ -126,7 +126,7 @@ impl Store {
         let settings: String = row.get(3)?;
         Ok((
             Meeting {
-                meeting_id: row.get(0)?,
+                meeting_id: row.get::<_, String>(0)?.into(),
                 organization: row.get(1)?,
                 organizer: row.get(2)?,
                 settings: MeetingSettings::default(),
@@ -177,7 +177,7 @@ impl Store {
                 "INSERT INTO links (link_id, meeting_id, code, kind, invitee, created_at, expires_at, revoked_at, redemptions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     l.link_id,
-                    l.meeting_id,
+                    l.meeting_id.as_str(),
                     l.code,
                     kind_name(l.kind),
                     l.invitee,
@@ -195,7 +195,7 @@ impl Store {
         let kind: String = row.get(3)?;
         Ok(Link {
             link_id: row.get(0)?,
-            meeting_id: row.get(1)?,
+            meeting_id: row.get::<_, String>(1)?.into(),
             code: row.get(2)?,
             kind: match kind.as_str() {
                 "public" => LinkKind::Public,
@@ -307,8 +307,8 @@ impl Store {
             .execute(
                 "INSERT INTO participation_events (meeting_id, participant_id, display_name, kind, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    e.meeting_id,
-                    e.participant_id,
+                    e.meeting_id.as_str(),
+                    e.participant_id.as_str(),
                     e.display_name,
                     kind.as_str().unwrap_or("guest"),
                     e.at_ms as i64,
@@ -345,8 +345,8 @@ impl Store {
         rows.into_iter()
             .map(|(meeting_id, participant_id, display_name, kind, at_ms, detail)| {
                 Ok(ParticipationEvent {
-                    meeting_id,
-                    participant_id,
+                    meeting_id: meeting_id.into(),
+                    participant_id: participant_id.into(),
                     display_name,
                     kind: serde_json::from_value(serde_json::Value::String(kind)).map_err(json_err)?,
                     at_ms: at_ms as u64,

@@ -23,7 +23,7 @@ fn meeting(rule: LobbyBypass) -> Meeting {
 fn staff(conn: ConnId, subject: &str) -> JoinRequest {
     JoinRequest {
         conn,
-        participant_id: format!("p_{subject}"),
+        participant_id: format!("p_{subject}").into(),
         display_name: subject.to_uppercase(),
         attendee: Attendee::Staff {
             subject: subject.into(),
@@ -52,7 +52,7 @@ fn sent(effects: &[Effect], conn: ConnId) -> Vec<ServerMessage> {
         .collect()
 }
 
-fn entered(effects: &[Effect]) -> Vec<String> {
+fn entered(effects: &[Effect]) -> Vec<ParticipantId> {
     effects
         .iter()
         .filter_map(|e| match e {

@@ -1,0 +1,147 @@
+//! ICE-lite as RFC 8445 §2.5 and §7.3 describe it, on top of `rtc`'s agent.
+//!
+//! A lite agent never sends connectivity checks: a valid check from the client
+//! (right USERNAME, MESSAGE-INTEGRITY, FINGERPRINT) proves the path, is answered
+//! with a Binding success at once, and a nomination (USE-CANDIDATE) selects the
+//! pair at once. `rtc` 0.21.1's lite agent does otherwise: on every check it also
+//! sends a check of its own back (ICE-CONTROLLED, USERNAME reversed), and it
+//! answers a nominating check only once the client has answered one of *its*
+//! checks. A client that does not answer server checks never connects, and
+//! every other client loses a retransmission interval (≈500 ms for aiortc).
+//!
+//! So the shard never lets such a check out. A check `rtc` sends while handling
+//! a client's check, to the address that check came from, is a triggered check
+//! of a path the client has just proven (`rtc` only triggers checks for requests
+//! that passed its own USERNAME and MESSAGE-INTEGRITY checks): the shard answers
+//! it itself, with the Binding success the client would have sent, signed with
+//! the client's password from its SDP ([`answer_own_check`]). If the client's
+//! check nominated and went unanswered, it is then handed to `rtc` once more,
+//! which now answers it and selects the pair. Checks `rtc` sends at any other
+//! time or to any other address are dropped: nothing unproven becomes valid.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use rtc::crypto::RTCCryptoProvider;
+use rtc::stun::fingerprint::FINGERPRINT;
+use rtc::stun::integrity::MessageIntegrity;
+use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter};
+use rtc::stun::xoraddr::XorMappedAddress;
+
+fn crypto() -> Option<&'static dyn RTCCryptoProvider> {
+    static PROVIDER: OnceLock<Option<std::sync::Arc<dyn RTCCryptoProvider>>> = OnceLock::new();
+    PROVIDER.get_or_init(|| rtc::crypto::default_provider().ok()).as_deref()
+}
+
+/// Whether an outgoing datagram is a STUN Binding request (a check `rtc` originated).
+pub fn is_check(datagram: &[u8]) -> bool {
+    let mut m = Message::new();
+    m.unmarshal_binary(datagram).is_ok() && m.typ == BINDING_REQUEST
+}
+
+/// The Binding success the client would send for `rtc`'s own check: same
+/// transaction, XOR-MAPPED-ADDRESS `mapped` (where the check appeared to come
+/// from: our advertised address), MESSAGE-INTEGRITY keyed with the client's ICE
+/// password, FINGERPRINT. `None` if `check` is not a Binding request.
+pub fn answer_own_check(check: &[u8], mapped: SocketAddr, client_pwd: &str) -> Option<Vec<u8>> {
+    let mut request = Message::new();
+    request.unmarshal_binary(check).ok()?;
+    if request.typ != BINDING_REQUEST {
+        return None;
+    }
+    let crypto = crypto()?.crypto();
+    let mut response = Message::new();
+    let setters: [Box<dyn Setter + '_>; 5] = [
+        Box::new(BINDING_SUCCESS),
+        Box::new(request.transaction_id),
+        Box::new(XorMappedAddress {
+            ip: mapped.ip(),
+            port: mapped.port(),
+        }),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            client_pwd.to_owned(),
+            crypto,
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    response.build(&setters).ok()?;
+    Some(response.raw)
+}
+
+/// The ICE password (`a=ice-pwd`) of a session description: the first one, session
+/// or media level (we bundle, so every m-section carries the same).
+pub fn ice_pwd(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|line| line.trim_end().strip_prefix("a=ice-pwd:"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
+    use rtc::stun::message::{Getter, TransactionId};
+    use rtc::stun::textattrs::Username;
+
+    fn check(pwd: &str) -> Message {
+        let crypto = crypto().expect("provider").crypto();
+        let mut m = Message::new();
+        let setters: [Box<dyn Setter + '_>; 5] = [
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(Username::new(ATTR_USERNAME, "client:server".into())),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_owned(),
+                crypto,
+            )),
+            Box::new(FINGERPRINT),
+        ];
+        m.build(&setters).expect("build");
+        m
+    }
+
+    #[test]
+    fn our_answer_is_the_success_the_client_would_send() {
+        let request = check("client-password-0123456789");
+        assert!(is_check(&request.raw));
+        let mapped: SocketAddr = "203.0.113.7:7882".parse().unwrap();
+        let raw = answer_own_check(&request.raw, mapped, "client-password-0123456789").expect("answer");
+        assert!(!is_check(&raw));
+        let mut response = Message::new();
+        response.unmarshal_binary(&raw).expect("parses");
+        assert_eq!(response.typ, BINDING_SUCCESS);
+        assert_eq!(response.transaction_id, request.transaction_id);
+        let mut xor = XorMappedAddress {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: 0,
+        };
+        xor.get_from(&response).expect("XOR-MAPPED-ADDRESS");
+        assert_eq!(SocketAddr::new(xor.ip, xor.port), mapped);
+        assert!(response.contains(ATTR_MESSAGE_INTEGRITY));
+        let crypto = crypto().unwrap().crypto();
+        MessageIntegrity::check(&mut response, b"client-password-0123456789", crypto)
+            .expect("signed with the client's password");
+        assert!(MessageIntegrity::check(&mut response, b"another-password-000000000", crypto).is_err());
+    }
+
+    #[test]
+    fn only_binding_requests_are_answered() {
+        let request = check("pwd-pwd-pwd-pwd-pwd-pwd-pwd");
+        let mapped: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let success = answer_own_check(&request.raw, mapped, "x").expect("answer");
+        assert_eq!(
+            answer_own_check(&success, mapped, "x"),
+            None,
+            "a success is not a check"
+        );
+        assert_eq!(answer_own_check(b"\x16\xfe\xfd garbage", mapped, "x"), None);
+        assert!(!is_check(&[0x80, 0x60, 0, 1]));
+    }
+
+    #[test]
+    fn the_password_comes_from_the_sdp() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijkl\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-pwd:0123456789abcdefghijkl\r\n";
+        assert_eq!(ice_pwd(sdp).as_deref(), Some("0123456789abcdefghijkl"));
+        assert_eq!(ice_pwd("v=0\r\n"), None);
+    }
+}
