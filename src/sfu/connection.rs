@@ -178,6 +178,41 @@ pub fn build(
     Ok(pc)
 }
 
+/// The description we send, tidied where `rtc` 0.21.1 writes what a client should
+/// not have to cope with: with `a=rtcp-mux` there is one ICE component, so candidate
+/// lines of component 2 go; and `a=msid-semantic: WMS` is always at session level when
+/// any `a=msid` is used (the first offer lacked it, later ones had it). Candidates stay
+/// in the first m-section only: every m-section is in one BUNDLE group, whose first
+/// section carries the transport (RFC 8843 §7.1.2).
+pub fn tidy_sdp(sdp: &str) -> String {
+    let rtcp_mux = sdp.lines().any(|l| l.trim_end() == "a=rtcp-mux");
+    let needs_semantic =
+        sdp.lines().any(|l| l.starts_with("a=msid:")) && !sdp.lines().any(|l| l.starts_with("a=msid-semantic"));
+    let mut out = String::with_capacity(sdp.len() + 32);
+    let mut in_session = true;
+    for line in sdp.split_inclusive('\n') {
+        let text = line.trim_end();
+        if rtcp_mux && is_component_two(text) {
+            continue;
+        }
+        if in_session && text.starts_with("m=") {
+            in_session = false;
+            if needs_semantic {
+                out.push_str("a=msid-semantic: WMS *\r\n");
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// `a=candidate:<foundation> 2 ...`
+fn is_component_two(line: &str) -> bool {
+    line.strip_prefix("a=candidate:")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .is_some_and(|component| component == "2")
+}
+
 /// Applies a publisher offer and returns our answer's SDP.
 pub fn answer_offer(pc: &mut RTCPeerConnection, now: Instant, offer: RTCSessionDescription) -> Result<String, String> {
     pc.set_remote_description(now, offer)
@@ -185,7 +220,7 @@ pub fn answer_offer(pc: &mut RTCPeerConnection, now: Instant, offer: RTCSessionD
         .and_then(|answer| pc.set_local_description(now, answer))
         .map_err(|e| e.to_string())?;
     pc.local_description()
-        .map(|d| d.sdp)
+        .map(|d| tidy_sdp(&d.sdp))
         .ok_or_else(|| "no local description after answering".to_owned())
 }
 
@@ -195,7 +230,7 @@ pub fn make_offer(pc: &mut RTCPeerConnection, now: Instant) -> Result<String, St
         .and_then(|offer| pc.set_local_description(now, offer))
         .map_err(|e| e.to_string())?;
     pc.local_description()
-        .map(|d| d.sdp)
+        .map(|d| tidy_sdp(&d.sdp))
         .ok_or_else(|| "no local description after offering".to_owned())
 }
 
@@ -342,5 +377,53 @@ mod tests {
         assert!(validate_candidate("").is_ok());
         assert!(validate_candidate("candidate:garbage").is_err());
         assert!(validate_candidate("candidate:1 1 udp x 127.0.0.1 5000 typ host").is_err());
+    }
+
+    fn stats() -> StatsPair {
+        StatsPair {
+            meeting: Default::default(),
+            shard: Default::default(),
+        }
+    }
+
+    /// What a client is sent: one candidate (component 1, in the first m-section),
+    /// end-of-candidates, and a session-level msid-semantic from the first offer on.
+    #[test]
+    fn offers_carry_one_component_and_an_msid_semantic() {
+        let (u, p) = ice_credentials();
+        let mut pc = build(Instant::now(), &u, &p, "127.0.0.1:7000".parse().unwrap(), stats()).unwrap();
+        for (n, source) in [
+            (1, gatehouse_signaling::protocol::TrackSource::Microphone),
+            (2, gatehouse_signaling::protocol::TrackSource::Camera),
+        ] {
+            let track = TrackInfo {
+                track_id: format!("t_{n}").into(),
+                participant_id: "p_1".into(),
+                kind: source.kind(),
+                source,
+                muted: false,
+            };
+            add_sender(&mut pc, &track, 1000 + n).unwrap();
+        }
+        let sdp = make_offer(&mut pc, Instant::now()).unwrap();
+        let candidates: Vec<&str> = sdp.lines().filter(|l| l.starts_with("a=candidate:")).collect();
+        assert_eq!(candidates.len(), 1, "{sdp}");
+        assert!(candidates[0].contains(" 1 udp ") && candidates[0].contains("127.0.0.1 7000 typ host"));
+        let first_m = sdp.find("m=").unwrap();
+        let second_m = first_m + 2 + sdp[first_m + 2..].find("m=").expect("two m-sections");
+        let at = sdp.find("a=candidate:").unwrap();
+        assert!(at > first_m && at < second_m, "in the first m-section");
+        let semantic = sdp.find("a=msid-semantic: WMS").expect("msid-semantic");
+        assert!(semantic < first_m, "at session level");
+        assert_eq!(sdp.matches("a=msid-semantic").count(), 1);
+        assert!(sdp.contains("a=end-of-candidates"));
+    }
+
+    #[test]
+    fn tidying_leaves_what_is_right_alone() {
+        let tidy = "v=0\r\na=msid-semantic: WMS *\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=msid:a b\r\na=rtcp-mux\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\n";
+        assert_eq!(tidy_sdp(tidy), tidy);
+        let no_mux = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 2 udp 1 127.0.0.1 5 typ host\r\n";
+        assert_eq!(tidy_sdp(no_mux), no_mux, "without rtcp-mux component 2 is real");
     }
 }
