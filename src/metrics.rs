@@ -140,6 +140,43 @@ pub struct SfuCollector {
     counters: Vec<MirroredCounter>,
     tracks: IntGauge,
     connections: IntGauge,
+    /// The SFU's latency histograms: how each is described, and which one it is.
+    histograms: Vec<(prometheus::core::Desc, PickHistogram)>,
+}
+
+/// Which of the SFU's latency histograms a metric shows.
+type PickHistogram = fn(&crate::sfu::stats::Latencies) -> &HistogramSnapshot;
+
+use crate::sfu::stats::HistogramSnapshot;
+
+fn histogram_desc(name: &str, help: &str) -> prometheus::core::Desc {
+    prometheus::core::Desc::new(name.into(), help.into(), Vec::new(), Default::default()).expect("static metric name")
+}
+
+/// A Prometheus histogram family from a snapshot of the SFU's bucket counts.
+fn histogram_family(desc: &prometheus::core::Desc, h: &HistogramSnapshot) -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
+    let mut histogram = Histogram::default();
+    histogram.set_sample_count(h.count);
+    histogram.set_sample_sum(h.sum_seconds);
+    histogram.set_bucket(
+        h.cumulative()
+            .map(|(le, n)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(le);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect(),
+    );
+    let mut metric = Metric::default();
+    metric.set_histogram(histogram);
+    let mut family = MetricFamily::default();
+    family.set_name(desc.fq_name.clone());
+    family.set_help(desc.help.clone());
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(vec![metric]);
+    family
 }
 
 impl SfuCollector {
@@ -196,6 +233,22 @@ impl SfuCollector {
             tracks: IntGauge::new("gatehouse_sfu_tracks", "Published tracks").expect("static metric name"),
             connections: IntGauge::new("gatehouse_sfu_peer_connections", "Live peer connections")
                 .expect("static metric name"),
+            histograms: vec![
+                (
+                    histogram_desc(
+                        "gatehouse_sfu_ice_to_dtls_seconds",
+                        "Per peer connection: ICE connected to DTLS connected (media keys ready)",
+                    ),
+                    |l| &l.ice_to_dtls,
+                ),
+                (
+                    histogram_desc(
+                        "gatehouse_sfu_join_to_first_media_seconds",
+                        "Per participant: entering the call to the first media packet written to it",
+                    ),
+                    |l| &l.join_to_first_packet,
+                ),
+            ],
         }
     }
 }
@@ -205,6 +258,7 @@ impl prometheus::core::Collector for SfuCollector {
         let mut descs: Vec<_> = self.counters.iter().flat_map(|(c, _)| c.desc()).collect();
         descs.extend(self.tracks.desc());
         descs.extend(self.connections.desc());
+        descs.extend(self.histograms.iter().map(|(d, _)| d));
         descs
     }
 
@@ -220,6 +274,12 @@ impl prometheus::core::Collector for SfuCollector {
         self.connections.set(self.sfu.live_connections() as i64);
         families.extend(self.tracks.collect());
         families.extend(self.connections.collect());
+        let latencies = self.sfu.latencies();
+        families.extend(
+            self.histograms
+                .iter()
+                .map(|(desc, pick)| histogram_family(desc, pick(&latencies))),
+        );
         families
     }
 }
@@ -242,6 +302,28 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
         assert!(text.contains("gatehouse_process_cpu_seconds_total"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_sfu_latency_histograms_are_rendered() {
+        let sfu = crate::sfu::Sfu::start(crate::sfu::SfuConfig::loopback()).expect("sfu");
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(SfuCollector::new(sfu.clone())))
+            .expect("register");
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .expect("encode");
+        for name in [
+            "gatehouse_sfu_ice_to_dtls_seconds",
+            "gatehouse_sfu_join_to_first_media_seconds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+            assert!(text.contains(&format!("{name}_bucket{{le=\"0.1\"}} 0")), "{text}");
+            assert!(text.contains(&format!("{name}_count 0")), "{text}");
+        }
+        sfu.shutdown().await;
     }
 
     #[test]

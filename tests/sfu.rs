@@ -137,6 +137,11 @@ async fn three_participants_exchange_audio_and_video_intact() {
     );
     let stats = sfu.meeting_stats("m_three").expect("meeting stats");
     assert_eq!(stats.tracks, 6);
+    // Every connection went from ICE to DTLS once, every participant got its first media once.
+    let latencies = sfu.latencies();
+    assert_eq!(latencies.ice_to_dtls.count, 6, "{latencies:?}");
+    assert_eq!(latencies.join_to_first_packet.count, 3, "{latencies:?}");
+    assert!(latencies.join_to_first_packet.sum_seconds > 0.0);
     assert!(stats.forwarded_packets >= 6 * 150, "{stats:?}");
     for c in &clients {
         c.leave().await;

@@ -59,6 +59,8 @@ pub struct Conn {
     /// The client's ICE password, from its latest description: what its Binding
     /// successes are signed with (see `ice_lite`).
     pub client_pwd: Option<String>,
+    /// When ICE reported Connected (cleared when DTLS completes: the histogram of the gap).
+    pub ice_connected_at: Option<Instant>,
     /// The last connection state reported (for the debug snapshot).
     pub state: RTCPeerConnectionState,
     /// Where the client last nominated (USE-CANDIDATE) from: its chosen path.
@@ -98,6 +100,7 @@ impl Conn {
             connected: false,
             has_remote: false,
             client_pwd: None,
+            ice_connected_at: None,
             state: RTCPeerConnectionState::default(),
             nominated: None,
             pending_nomination: None,

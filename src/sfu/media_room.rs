@@ -193,6 +193,9 @@ struct Member {
     /// Candidates that arrived before their connection had a remote description.
     pending_candidates: Vec<(PeerRole, RTCIceCandidateInit)>,
     negotiation: Negotiation,
+    /// When it entered the call, and whether any media has been written to it since.
+    joined_at: Instant,
+    received_media: bool,
 }
 
 impl Member {
@@ -364,6 +367,8 @@ impl MediaRoom {
             announced: Vec::new(),
             pending_candidates: Vec::new(),
             negotiation: Negotiation::default(),
+            joined_at: now,
+            received_media: false,
         });
         for t in 0..self.tracks.len() {
             self.add_leg(t, id, effects);
@@ -898,6 +903,19 @@ impl MediaRoom {
                 }
             }
             if sink.write(conn, sender, leg.rewrite.copy(packet)) {
+                if leg.forwarded == 0
+                    && let Some(m) = self
+                        .members
+                        .iter_mut()
+                        .find(|m| m.id == leg.subscriber && !m.received_media)
+                {
+                    // Its first media: how long entering the call took to show something.
+                    m.received_media = true;
+                    self.stats
+                        .shard
+                        .join_to_first_packet
+                        .observe(now.saturating_duration_since(m.joined_at));
+                }
                 leg.forwarded += 1;
                 written += 1;
             } else {

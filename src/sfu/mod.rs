@@ -430,6 +430,11 @@ impl Sfu {
         self.inner.shards.iter().map(|s| s.live.load(Ordering::Relaxed)).sum()
     }
 
+    /// Latency histograms (ICE to DTLS, entering the call to first media), summed over shards.
+    pub fn latencies(&self) -> stats::Latencies {
+        stats::Latencies::sum(self.inner.shards.iter().map(|s| s.counters.as_ref()))
+    }
+
     /// Process-wide counters: the sum over shards.
     pub fn stats(&self) -> CountersSnapshot {
         Counters::sum(self.inner.shards.iter().map(|s| s.counters.as_ref()))

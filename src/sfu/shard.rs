@@ -24,7 +24,7 @@ use gatehouse_signaling::{Error, ErrorCode};
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot};
 
@@ -274,6 +274,18 @@ impl Shard {
                 let was = conn.connected;
                 conn.connected = state == RTCPeerConnectionState::Connected;
                 if conn.connected
+                    && let Some(at) = conn.ice_connected_at.take()
+                {
+                    self.peers
+                        .counters()
+                        .ice_to_dtls
+                        .observe(now.saturating_duration_since(at));
+                }
+                let Some(conn) = self.peers.get(id) else {
+                    return;
+                };
+                let connected = conn.connected;
+                if connected
                     && !was
                     && role == PeerRole::Subscriber
                     && let Some(hosted) = self.rooms.get_mut(&room_id)
@@ -281,6 +293,11 @@ impl Shard {
                     hosted.room.subscriber_connected(id, now, &mut self.effects);
                     self.apply(room_id, now);
                 }
+            }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(RTCIceConnectionState::Connected)
+                if conn.ice_connected_at.is_none() && !conn.connected =>
+            {
+                conn.ice_connected_at = Some(now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if role == PeerRole::Publisher => {
                 let replaces = init.rid.is_none();

@@ -7,6 +7,7 @@
 //! path); the process totals are the sum over shards, taken when read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -30,6 +31,92 @@ pub struct Counters {
     pub keyframe_requests_received: AtomicU64,
     /// PLIs sent to publishers (after throttling).
     pub plis_sent: AtomicU64,
+    /// ICE connected to DTLS connected (keys ready), per peer connection.
+    pub ice_to_dtls: LatencyHistogram,
+    /// A participant entering the call to the first media packet written to it.
+    pub join_to_first_packet: LatencyHistogram,
+}
+
+/// Upper bounds of the media plane's latency histograms, in seconds (`+Inf` is implied).
+pub const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A latency histogram of plain atomics (one writer: its shard), in the buckets of
+/// [`LATENCY_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); past the last bound they only count.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+/// A point-in-time copy of a [`LatencyHistogram`], or the sum of several.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket of [`LATENCY_BUCKETS`] (not cumulative).
+    pub buckets: [u64; LATENCY_BUCKETS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| seconds <= le) {
+            Counters::add(&self.buckets[i], 1);
+        }
+        Counters::add(&self.count, 1);
+        Counters::add(&self.sum_us, u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut buckets = [0; LATENCY_BUCKETS.len()];
+        for (out, b) in buckets.iter_mut().zip(&self.buckets) {
+            *out = b.load(Ordering::Relaxed);
+        }
+        HistogramSnapshot {
+            buckets,
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    /// Adds another histogram's observations (the process total over shards).
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
+    }
+
+    /// (upper bound, observations at or below it), as Prometheus histograms count.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        LATENCY_BUCKETS.iter().zip(&self.buckets).scan(0, |total, (&le, &n)| {
+            *total += n;
+            Some((le, *total))
+        })
+    }
+}
+
+/// The media plane's latency histograms, summed over shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Latencies {
+    pub ice_to_dtls: HistogramSnapshot,
+    pub join_to_first_packet: HistogramSnapshot,
+}
+
+impl Latencies {
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Latencies {
+        let mut total = Latencies::default();
+        for c in all {
+            total.ice_to_dtls.merge(&c.ice_to_dtls.snapshot());
+            total.join_to_first_packet.merge(&c.join_to_first_packet.snapshot());
+        }
+        total
+    }
 }
 
 /// A point-in-time copy of [`Counters`], for JSON and assertions.
@@ -129,5 +216,34 @@ mod tests {
         assert_eq!(pair.meeting.snapshot().forwarded_packets, 3);
         assert_eq!(pair.shard.snapshot().forwarded_packets, 3);
         assert_eq!(pair.shard.snapshot().tracks, 0);
+    }
+
+    #[test]
+    fn histograms_bucket_sum_and_merge() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(80));
+        h.observe(Duration::from_millis(80));
+        h.observe(Duration::from_secs(60));
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert!((s.sum_seconds - 60.163).abs() < 1e-6);
+        let cumulative: Vec<(f64, u64)> = s.cumulative().collect();
+        assert_eq!(cumulative[0], (0.005, 1));
+        assert_eq!(cumulative[4], (0.1, 3));
+        assert_eq!(
+            cumulative.last(),
+            Some(&(30.0, 3)),
+            "past the last bound only the count has it"
+        );
+        let a = Counters::default();
+        let b = Counters::default();
+        a.ice_to_dtls.observe(Duration::from_millis(7));
+        b.ice_to_dtls.observe(Duration::from_millis(7));
+        b.join_to_first_packet.observe(Duration::from_millis(400));
+        let total = Latencies::sum([&a, &b]);
+        assert_eq!(total.ice_to_dtls.count, 2);
+        assert_eq!(total.ice_to_dtls.buckets[1], 2);
+        assert_eq!(total.join_to_first_packet.buckets[6], 1);
     }
 }
