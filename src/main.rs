@@ -156,7 +156,7 @@ async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
-    let mut running = gatehouse::server::start(config.clone()).await?;
+    let mut running = gatehouse::server::start(config).await?;
     let ca = running
         .ca_file
         .as_ref()
@@ -168,7 +168,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
          First staff token:\n  TOKEN=$({} token --data-dir {} --name \"Your Name\" --role admin)\n\
          Try the API:\n  curl{} -H \"Authorization: Bearer $TOKEN\" {}/api/v1/meetings\n",
         running.addr,
-        config.public_url(),
+        running.state.config.public_url(),
         running
             .state
             .sfu
@@ -177,11 +177,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", "),
-        config.public_url(),
+        running.state.config.public_url(),
         this_command(),
         data_dir.display(),
         ca,
-        config.public_url(),
+        running.state.config.public_url(),
     );
     tokio::select! {
         result = running.wait() => return result.context("the server stopped"),

@@ -37,6 +37,12 @@ async fn full_guest_journey() {
 
     // The guest checks the link, redeems it and waits for the host.
     let code = public_code(&meeting);
+    let port = srv.running.as_ref().expect("running").addr.port();
+    assert_eq!(
+        meeting["public_link"]["url"].as_str(),
+        Some(format!("https://localhost:{port}/j/{code}").as_str()),
+        "with port 0 and no public URL set, links name the port actually bound"
+    );
     let (status, info) = srv.call("GET", &format!("/api/v1/links/{code}"), None, None).await;
     assert_eq!(
         (status, info["meeting_title"].as_str()),

@@ -186,8 +186,16 @@ impl Running {
 }
 
 /// Starts the gateway: store, keys, TLS, media plane, and the HTTPS listener.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     crate::tls::install_crypto_provider();
+    // Bound first, so that with port 0 the default public URL (in links and the banner)
+    // names the port actually taken.
+    let listener = std::net::TcpListener::bind(config.listen())
+        .with_context(|| format!("binding the HTTPS address {}", config.listen()))?;
+    listener.set_nonblocking(true)?;
+    if config.public_url.is_none() {
+        config.listen = Some(listener.local_addr()?);
+    }
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let keys = load_or_create_signing_key(&data_dir)?;
@@ -254,7 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_state(state.clone());
 
     let handle = axum_server::Handle::new();
-    let server = axum_server::bind_rustls(config.listen(), rustls_config)
+    let server = axum_server::tls_rustls::from_tcp_rustls(listener, rustls_config)?
         .handle(handle.clone())
         .serve(app.into_make_service_with_connect_info::<SocketAddr>());
     let task = tokio::spawn(server);
