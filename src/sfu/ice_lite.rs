@@ -34,9 +34,12 @@ fn crypto() -> Option<&'static dyn RTCCryptoProvider> {
 }
 
 /// Whether an outgoing datagram is a STUN Binding request (a check `rtc` originated).
+/// Header bytes only: it is asked of every datagram a connection sends, media included,
+/// so it must cost nothing (no parse, no allocation).
 pub fn is_check(datagram: &[u8]) -> bool {
-    let mut m = Message::new();
-    m.unmarshal_binary(datagram).is_ok() && m.typ == BINDING_REQUEST
+    const BINDING_REQUEST_TYPE: [u8; 2] = [0x00, 0x01];
+    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+    datagram.len() >= 20 && datagram[..2] == BINDING_REQUEST_TYPE && datagram[4..8] == MAGIC_COOKIE
 }
 
 /// The Binding success the client would send for `rtc`'s own check: same
@@ -136,6 +139,11 @@ mod tests {
         );
         assert_eq!(answer_own_check(b"\x16\xfe\xfd garbage", mapped, "x"), None);
         assert!(!is_check(&[0x80, 0x60, 0, 1]));
+        assert!(!is_check(&[0x80; 200]), "RTP is never a check");
+        let mut not_stun = request.raw.clone();
+        not_stun[4] ^= 0xff;
+        assert!(!is_check(&not_stun), "no magic cookie, no STUN");
+        assert!(!is_check(&request.raw[..19]), "too short for a header");
     }
 
     #[test]
