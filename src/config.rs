@@ -68,6 +68,21 @@ pub struct Config {
     pub media_shards: Option<usize>,
     /// Lifetime of guest tokens, seconds, 60 to 604800 [default: 7200].
     #[arg(long, env = "GATEHOUSE_GUEST_TOKEN_TTL")]
+    /// TURN server URLs (repeatable) whose credentials the gateway mints per participant
+    /// from --turn-secret, e.g. turn:turn.example.org:3478?transport=udp and
+    /// turns:turn.example.org:443?transport=tcp (TURN over TLS for networks that let only
+    /// TLS on 443 out). For coturn with `use-auth-secret`; see README, "TURN".
+    #[arg(long = "turn-url", env = "GATEHOUSE_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Option<Vec<String>>,
+    /// The TURN server's `static-auth-secret`, shared with it and nobody else (prefer the
+    /// environment variable or the file to this flag: flags show in `ps`). Required with --turn-url.
+    #[arg(long, env = "GATEHOUSE_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// How long a participant's TURN credentials stay valid, seconds, 60 to 604800. coturn ends a
+    /// relay when its credentials expire, so this bounds a relayed call's length (counted from
+    /// entering the call) [default: the guest-token lifetime].
+    #[arg(long, env = "GATEHOUSE_TURN_TTL")]
+    pub turn_ttl_secs: Option<u64>,
     pub guest_token_ttl_secs: Option<u64>,
     /// Link redemptions allowed per client address per minute [default: 20].
     #[arg(long, env = "GATEHOUSE_REDEEM_PER_MINUTE")]
@@ -146,6 +161,26 @@ impl Config {
             "media drop rate must be between 0 and 1"
         );
         Ok(())
+        for url in self.turn_urls() {
+            anyhow::ensure!(
+                url.starts_with("turn:") || url.starts_with("turns:"),
+                "TURN URL `{url}` must start with turn: or turns: (STUN-only servers go in ice_servers)"
+            );
+        }
+        let has_secret = self.turn_secret.as_deref().is_some_and(|s| !s.is_empty());
+        anyhow::ensure!(
+            self.turn_urls().is_empty() || has_secret,
+            "turn_urls needs turn_secret: the TURN server's static-auth-secret, from which each \
+             participant's credentials are minted"
+        );
+        anyhow::ensure!(
+            !self.turn_urls().is_empty() || !has_secret,
+            "turn_secret is set but turn_urls is empty: name the TURN server's URLs too"
+        );
+        anyhow::ensure!(
+            (60..=7 * 24 * 3600).contains(&self.turn_ttl_secs()),
+            "TURN credential TTL must be 60 s to 7 days"
+        );
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -182,6 +217,23 @@ impl Config {
     }
 
     pub fn redeem_per_minute(&self) -> u32 {
+    pub fn turn_urls(&self) -> &[String] {
+        self.turn_urls.as_deref().unwrap_or_default()
+    }
+
+    /// The TURN server clients are handed per-participant credentials for, if configured.
+    pub fn turn(&self) -> Option<crate::turn::TurnRest> {
+        let secret = self.turn_secret.as_deref().filter(|s| !s.is_empty())?;
+        (!self.turn_urls().is_empty())
+            .then(|| crate::turn::TurnRest::new(self.turn_urls().to_vec(), secret, self.turn_ttl_secs()))
+    }
+
+    /// Defaults to the guest-token lifetime: credentials minted on entering the call then
+    /// outlive the token that let the participant in.
+    pub fn turn_ttl_secs(&self) -> u64 {
+        self.turn_ttl_secs.unwrap_or_else(|| self.guest_token_ttl_secs())
+    }
+
         self.redeem_per_minute.unwrap_or(20).max(1)
     }
 
@@ -296,6 +348,48 @@ mod tests {
         let serde_json::Value::Object(keys) = serde_json::to_value(Config::default()).unwrap() else {
             panic!("an object");
         };
+    #[test]
+    fn turn_needs_turn_urls_and_a_secret_together() {
+        let turn = |urls: &[&str], secret: Option<&str>| {
+            Config::resolve(Config {
+                turn_urls: Some(urls.iter().map(|u| u.to_string()).collect()),
+                turn_secret: secret.map(str::to_owned),
+                ..Default::default()
+            })
+        };
+        let c = turn(
+            &[
+                "turn:turn.example.org:3478?transport=udp",
+                "turns:turn.example.org:443?transport=tcp",
+            ],
+            Some("s3cret"),
+        )
+        .unwrap();
+        assert_eq!(c.turn_ttl_secs(), c.guest_token_ttl_secs(), "the default TTL");
+        let minted = c.turn().expect("configured").mint(&"p_x".into(), 1000);
+        assert_eq!(minted.urls.len(), 2);
+        assert_eq!(minted.username.as_deref(), Some("8200:p_x"));
+        let err = turn(&["turn:turn.example.org:3478"], None).unwrap_err().to_string();
+        assert!(err.contains("turn_secret"), "{err}");
+        assert!(
+            turn(&["turn:turn.example.org:3478"], Some("")).is_err(),
+            "an empty secret is none"
+        );
+        assert!(turn(&["stun:stun.example.org"], Some("s")).is_err(), "STUN is not TURN");
+        assert!(turn(&[], Some("s")).is_err(), "a secret alone does nothing");
+        assert!(
+            Config::resolve(Config::default()).unwrap().turn().is_none(),
+            "off unless configured"
+        );
+        assert!(
+            Config::resolve(Config {
+                turn_ttl_secs: Some(30),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
         let mut flags = 0;
         for arg in command.get_arguments() {
             let id = arg.get_id().as_str();

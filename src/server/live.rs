@@ -88,6 +88,7 @@ impl Drop for RunningTask {
 pub struct Services {
     pub store: Arc<Store>,
     pub sfu: Sfu,
+    pub ice: Arc<crate::turn::IceServers>,
     pub live: Arc<LiveMeetings>,
     pub metrics: Arc<GatewayMetrics>,
     /// Set when the server stops: seats held for dropped participants no longer keep a meeting.
@@ -335,7 +336,11 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                 let _ = outbox.send(ServerMessage::Admitted {
                     participants: others,
                     tracks: tracks.clone(),
-                    ice_servers: services.sfu.ice_servers(),
+                    // TURN credentials for this participant only, and only now that it is
+                    // in the call: nobody gets relay without a token and an admission.
+                    ice_servers: services
+                        .ice
+                        .for_participant(&participant.participant_id, crate::ids::now_ms() / 1000),
                 });
                 let media = MediaParticipant {
                     meeting_id: meeting_id.clone(),

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::metrics::GatewayMetrics;
 use crate::sfu::{Sfu, SfuConfig};
 use crate::store::Store;
+use crate::turn::IceServers;
 use live::{LiveMeetings, Services};
 
 /// Everything a request handler may need.
@@ -36,6 +37,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub keys: TokenKeys,
     pub sfu: Sfu,
+    /// The ICE servers handed out on entering the call (TURN credentials minted per participant).
+    pub ice: Arc<IceServers>,
     pub live: Arc<LiveMeetings>,
     pub metrics: Arc<GatewayMetrics>,
     /// Source of connection ids.
@@ -53,6 +56,7 @@ impl AppState {
         Services {
             store: self.store.clone(),
             sfu: self.sfu.clone(),
+            ice: self.ice.clone(),
             live: self.live.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
@@ -215,19 +219,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("loading TLS certificate {}", tls.cert.display()))?;
 
-    let ice_servers = config
-        .ice_servers()
-        .iter()
-        .map(|url| gatehouse_signaling::protocol::IceServer {
-            urls: vec![url.clone()],
-            username: None,
-            credential: None,
-        })
-        .collect();
     let sfu = Sfu::start(SfuConfig {
         bind: config.media_bind(),
         public_ip: config.public_ip.or_else(|| advertised_media_ip(config.media_bind())),
-        ice_servers,
+        // Handed out by the signaling side instead (`AppState::ice`, per participant).
+        ice_servers: Vec::new(),
         shards: config.media_shards(),
         drop_probability: config.media_drop_rate(),
     })
@@ -245,6 +241,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         keys,
         sfu,
         live: Arc::new(LiveMeetings::default()),
+        ice: Arc::new(IceServers::new(config.ice_servers(), config.turn())),
         metrics,
         next_conn: AtomicU64::new(1),
         shutdown: shutdown_rx,
