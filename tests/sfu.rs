@@ -452,7 +452,7 @@ async fn malformed_input_gets_typed_errors_and_garbage_udp_does_not_disturb_a_ca
     // b's own path and the junk changes nothing.
     let offer = b
         .messages(|m| match m {
-            ServerMessage::SubscribeOffer { sdp } => Some(sdp.clone()),
+            ServerMessage::SubscribeOffer { sdp, .. } => Some(sdp.clone()),
             _ => None,
         })
         .pop()

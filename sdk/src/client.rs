@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, Stream, StreamExt};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ChatMessage, ClientMessage, IceServer, LeaveReason, LobbyEntry, LobbyStatus, MeetingId, MeetingSummary,
-    PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId, TrackInfo, TrackSource,
+    ChatMessage, ClientMessage, ConnectionMedia, IceServer, LeaveReason, LobbyEntry, LobbyStatus, MeetingId,
+    MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId, TrackInfo,
+    TrackSource,
 };
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -172,6 +173,17 @@ pub enum Event {
         code: ErrorCode,
         /// Explanation.
         message: String,
+    },
+    /// Another participant's media connections changed, as their client reported
+    /// them (also sent on entering the call for everyone who has reported): a
+    /// staff application shows "no media" and why from this.
+    ParticipantMedia {
+        /// Whose.
+        participant_id: ParticipantId,
+        /// Their publisher connection (what they send).
+        publisher: ConnectionMedia,
+        /// Their subscriber connection (what they receive).
+        subscriber: ConnectionMedia,
     },
     /// Negotiating one of our media connections failed.
     MediaFailed {
@@ -738,7 +750,7 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
             }
             None
         }
-        ServerMessage::SubscribeOffer { sdp } => match inner.subscriber.on_offer(sdp).await {
+        ServerMessage::SubscribeOffer { sdp, .. } => match inner.subscriber.on_offer(sdp).await {
             Ok(()) => None,
             Err(e) => media_failed(PeerRole::Subscriber, e),
         },
@@ -772,6 +784,15 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
                 participant_id,
             })
         }
+        ServerMessage::ParticipantMedia {
+            participant_id,
+            publisher,
+            subscriber,
+        } => Some(Event::ParticipantMedia {
+            participant_id,
+            publisher,
+            subscriber,
+        }),
         ServerMessage::TrackMuted {
             track_id,
             participant_id,

@@ -250,6 +250,46 @@ pub enum PeerRole {
     Subscriber,
 }
 
+/// The state of one of a participant's peer connections, as its client sees it
+/// (the browser's `RTCPeerConnectionState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaConnectionState {
+    New,
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+/// The path media takes, read off the selected ICE candidate pair's local candidate:
+/// `relay` for a TURN candidate, otherwise its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaPath {
+    Udp,
+    Tcp,
+    Relay,
+}
+
+/// One peer connection's state and, once connected, its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionMedia {
+    pub state: MediaConnectionState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<MediaPath>,
+}
+
+impl ConnectionMedia {
+    /// A connection not made yet.
+    pub const NEW: ConnectionMedia = ConnectionMedia {
+        state: MediaConnectionState::New,
+        path: None,
+    };
+}
+
 /// An ICE candidate, in the shape of the browser's `RTCIceCandidateInit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCandidate {
@@ -349,6 +389,15 @@ pub enum ClientMessage {
     MuteTrack { track_id: TrackId, muted: bool },
     /// Stop or resume receiving a track this client does not need.
     SetSubscription { track_id: TrackId, paused: bool },
+    /// Ask for a fresh subscriber connection (new ICE credentials, new DTLS): the
+    /// subscriber-side ICE restart. Answered with a `subscribe_offer` marked `restart`.
+    RestartIce,
+    /// The client's view of its two connections, sent when either changes; relayed to
+    /// the others in the call as `participant_media`.
+    MediaStatus {
+        publisher: ConnectionMedia,
+        subscriber: ConnectionMedia,
+    },
 }
 
 /// The client frames that belong to the media plane (the SFU) rather than to the
@@ -366,6 +415,8 @@ pub enum MediaMessage {
     MuteTrack { track_id: TrackId, muted: bool },
     /// `set_subscription`.
     SetSubscription { track_id: TrackId, paused: bool },
+    /// `restart_ice`.
+    RestartIce,
 }
 
 impl ClientMessage {
@@ -377,6 +428,7 @@ impl ClientMessage {
             ClientMessage::IceCandidate { target, candidate } => MediaMessage::IceCandidate { target, candidate },
             ClientMessage::MuteTrack { track_id, muted } => MediaMessage::MuteTrack { track_id, muted },
             ClientMessage::SetSubscription { track_id, paused } => MediaMessage::SetSubscription { track_id, paused },
+            ClientMessage::RestartIce => MediaMessage::RestartIce,
             other => return Err(other),
         })
     }
@@ -426,7 +478,13 @@ pub enum ServerMessage {
     /// Answer to `publish_offer`.
     PublishAnswer { sdp: String },
     /// The server's offer for the subscriber connection (initial or renegotiation).
-    SubscribeOffer { sdp: String },
+    /// `restart`: the offer is for a fresh subscriber connection (after `restart_ice`):
+    /// answer it on a new peer connection and close the old one.
+    SubscribeOffer {
+        sdp: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        restart: bool,
+    },
     /// A trickled server ICE candidate.
     IceCandidate { target: PeerRole, candidate: IceCandidate },
     /// A track is available to subscribe to (its media arrives on the subscriber connection).
@@ -441,6 +499,13 @@ pub enum ServerMessage {
         track_id: TrackId,
         participant_id: ParticipantId,
         muted: bool,
+    },
+    /// Another participant's media connections, as their client reported them
+    /// (`media_status`); also sent on entering the call for everyone who reported.
+    ParticipantMedia {
+        participant_id: ParticipantId,
+        publisher: ConnectionMedia,
+        subscriber: ConnectionMedia,
     },
     /// Something the client sent was refused. The connection goes on unless a `left` follows.
     Error { code: ErrorCode, message: String },
@@ -499,6 +564,8 @@ pub const CLIENT_TYPES: &[&str] = &[
     "ice_candidate",
     "mute_track",
     "set_subscription",
+    "restart_ice",
+    "media_status",
 ];
 
 #[cfg(test)]
@@ -537,6 +604,8 @@ mod tests {
             r#"{"type":"ice_candidate","target":"publisher","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}}"#,
             r#"{"type":"mute_track","track_id":"t","muted":true}"#,
             r#"{"type":"set_subscription","track_id":"t","paused":true}"#,
+            r#"{"type":"restart_ice"}"#,
+            r#"{"type":"media_status","publisher":{"state":"connected","path":"udp"},"subscriber":{"state":"failed"}}"#,
         ];
         assert_eq!(samples.len(), CLIENT_TYPES.len());
         for sample in samples {
@@ -643,6 +712,79 @@ mod tests {
         );
         let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
         assert_eq!(parse_client_message(&huge).unwrap_err().code, ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn media_status_round_trips_and_refuses_garbage() {
+        let msg = ClientMessage::MediaStatus {
+            publisher: ConnectionMedia {
+                state: MediaConnectionState::Connected,
+                path: Some(MediaPath::Relay),
+            },
+            subscriber: ConnectionMedia::NEW,
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"media_status","publisher":{"state":"connected","path":"relay"},"subscriber":{"state":"new"}}"#
+        );
+        assert_eq!(parse_client_message(&json).unwrap(), msg);
+        for bad in [
+            r#"{"type":"media_status","publisher":{"state":"great"},"subscriber":{"state":"new"}}"#,
+            r#"{"type":"media_status","publisher":{"state":"connected","path":"carrier-pigeon"},"subscriber":{"state":"new"}}"#,
+            r#"{"type":"media_status","publisher":{"state":"connected","rtt":3},"subscriber":{"state":"new"}}"#,
+            r#"{"type":"media_status","publisher":{"state":"connected"}}"#,
+            r#"{"type":"media_status","publisher":"connected","subscriber":"connected"}"#,
+        ] {
+            assert_eq!(
+                parse_client_message(bad).unwrap_err().code,
+                ErrorCode::MalformedJson,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_client_message(r#"{"type":"restart_ice"}"#).unwrap().into_media(),
+            Ok(MediaMessage::RestartIce)
+        );
+    }
+
+    #[test]
+    fn participant_media_and_restart_offers_serialise_plainly() {
+        let msg = ServerMessage::ParticipantMedia {
+            participant_id: "p_1".into(),
+            publisher: ConnectionMedia {
+                state: MediaConnectionState::Failed,
+                path: None,
+            },
+            subscriber: ConnectionMedia {
+                state: MediaConnectionState::Connected,
+                path: Some(MediaPath::Udp),
+            },
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"participant_media","participant_id":"p_1","publisher":{"state":"failed"},"subscriber":{"state":"connected","path":"udp"}}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerMessage>(&json).unwrap(), msg);
+        // `restart` is only on the wire when true; an old-style offer still parses.
+        let plain = ServerMessage::SubscribeOffer {
+            sdp: "v=0".into(),
+            restart: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"type":"subscribe_offer","sdp":"v=0"}"#
+        );
+        let restart: ServerMessage =
+            serde_json::from_str(r#"{"type":"subscribe_offer","sdp":"v=0","restart":true}"#).unwrap();
+        assert_eq!(
+            restart,
+            ServerMessage::SubscribeOffer {
+                sdp: "v=0".into(),
+                restart: true
+            }
+        );
     }
 
     #[test]

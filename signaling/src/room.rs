@@ -15,8 +15,8 @@ use crate::error::{Error, ErrorCode};
 use crate::lobby::{ConnId, Lobby, Waiting};
 use crate::meeting::Meeting;
 use crate::protocol::{
-    ChatMessage, ClientMessage, LeaveReason, LobbyStatus, MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId,
-    ParticipantInfo, ParticipantKind, ServerMessage,
+    ChatMessage, ClientMessage, ConnectionMedia, LeaveReason, LobbyStatus, MeetingId, MeetingSummary, PROTOCOL_VERSION,
+    ParticipantId, ParticipantInfo, ParticipantKind, ServerMessage,
 };
 use crate::ratelimit::TokenBucket;
 
@@ -73,6 +73,12 @@ pub enum EventKind {
     Left { reason: LeaveReason, in_call_ms: u64 },
 }
 
+/// `media_status` frames a participant may send at once, and per second after that.
+/// A client reports on change only (a few per reconnection), so this bounds a
+/// misbehaving one without refusing a real one.
+pub const MEDIA_STATUS_BURST: u32 = 10;
+pub const MEDIA_STATUS_PER_SEC: f64 = 2.0;
+
 /// Someone in the call.
 #[derive(Debug, Clone)]
 struct Member {
@@ -80,6 +86,10 @@ struct Member {
     info: ParticipantInfo,
     joined_at_ms: u64,
     chat: TokenBucket,
+    /// Their last `media_status` (publisher, subscriber): relayed on change, and
+    /// told to whoever enters the call later.
+    media: Option<(ConnectionMedia, ConnectionMedia)>,
+    media_reports: TokenBucket,
 }
 
 /// What staff may do to someone waiting in the lobby.
@@ -329,12 +339,28 @@ impl Room {
             },
             None,
         );
+        // After `admitted` (the shell sends it for EnterCall): the media state of those
+        // already in the call, so a newcomer sees at once who has none.
+        for m in &self.members {
+            if let Some((publisher, subscriber)) = m.media {
+                out.push(Effect::Send {
+                    conn,
+                    msg: ServerMessage::ParticipantMedia {
+                        participant_id: m.info.participant_id.clone(),
+                        publisher,
+                        subscriber,
+                    },
+                });
+            }
+        }
         let is_staff = info.kind == ParticipantKind::Staff;
         self.members.push(Member {
             conn,
             info,
             joined_at_ms: now,
             chat: chat_bucket(now),
+            media: None,
+            media_reports: TokenBucket::new(MEDIA_STATUS_BURST, MEDIA_STATUS_PER_SEC, now),
         });
         if is_staff {
             out.push(Effect::Send {
@@ -619,8 +645,31 @@ impl Room {
                 self.broadcast(out, &ServerMessage::Chat { message }, None);
                 Ok(())
             }
+            ClientMessage::MediaStatus { publisher, subscriber } => {
+                let member = self
+                    .members
+                    .iter_mut()
+                    .find(|m| m.info.participant_id == me)
+                    .ok_or_else(|| Error::new(ErrorCode::NotInCall, "media is only available in the call"))?;
+                if !member.media_reports.try_take(now) {
+                    return Err(Error::new(ErrorCode::RateLimited, "media_status is sent too often"));
+                }
+                // Coalesced: only a change is relayed.
+                if member.media == Some((publisher, subscriber)) {
+                    return Ok(());
+                }
+                member.media = Some((publisher, subscriber));
+                let msg = ServerMessage::ParticipantMedia {
+                    participant_id: member.info.participant_id.clone(),
+                    publisher,
+                    subscriber,
+                };
+                self.broadcast(out, &msg, Some(me));
+                Ok(())
+            }
             ClientMessage::PublishOffer { .. }
             | ClientMessage::SubscribeAnswer { .. }
+            | ClientMessage::RestartIce
             | ClientMessage::IceCandidate { .. }
             | ClientMessage::MuteTrack { .. }
             | ClientMessage::SetSubscription { .. } => {

@@ -127,6 +127,9 @@ pub enum Effect {
 pub struct Offer {
     pub participant: ParticipantId,
     pub conn: ConnId,
+    /// The first offer on a fresh connection made for `restart_ice`: the client
+    /// answers it on a new peer connection (`subscribe_offer.restart`).
+    pub restart: bool,
 }
 
 /// How the shell delivers forwarded packets (the shard's connections in
@@ -156,6 +159,9 @@ pub struct Negotiation {
     pub outstanding: bool,
     /// Tracks changed since the last offer was made.
     pub wanted: bool,
+    /// The connection was replaced (`restart_ice`) and the client has not been
+    /// offered the new one yet.
+    pub restart: bool,
 }
 
 impl Negotiation {
@@ -628,6 +634,7 @@ impl MediaRoom {
                 offers.push(Offer {
                     participant: m.id.clone(),
                     conn,
+                    restart: std::mem::take(&mut m.negotiation.restart),
                 });
             }
         }
@@ -638,6 +645,39 @@ impl MediaRoom {
         self.members
             .iter()
             .any(|m| m.subscriber.is_some() && m.negotiation.wanted && !m.negotiation.outstanding)
+    }
+
+    /// The client asked for a fresh subscriber connection (`restart_ice`): its
+    /// path is gone or failing, and a new connection (new ICE credentials, new
+    /// DTLS) is the subscriber-side ICE restart, since the server offers there and
+    /// keeps one set of credentials per connection. The old connection closes; every
+    /// leg stays (its SSRC, its sequence numbers, whether it is paused) and gets a
+    /// sender on the new connection; the next offer is marked `restart`. An offer
+    /// outstanding on the old connection is forgotten with it.
+    pub fn restart_subscriber(&mut self, participant: &str, effects: &mut Vec<Effect>) -> Result<(), Error> {
+        let m = self.member_mut(participant).ok_or_else(not_in_call)?;
+        if let Some(conn) = m.subscriber.take() {
+            effects.push(Effect::Close { conn });
+        }
+        m.pending_candidates.retain(|(role, _)| *role != PeerRole::Subscriber);
+        m.negotiation = Negotiation {
+            outstanding: false,
+            wanted: true,
+            restart: true,
+        };
+        for track in &mut self.tracks {
+            for leg in track.legs.iter_mut().filter(|l| l.subscriber == participant) {
+                leg.bound = None;
+                leg.negotiated = false;
+                effects.push(Effect::AddSender {
+                    subscriber: leg.subscriber.clone(),
+                    leg: leg.id,
+                    track: track.info.clone(),
+                    ssrc: leg.rewrite.ssrc,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Making the offer failed: nothing is outstanding.
@@ -1323,7 +1363,8 @@ mod tests {
             offers,
             vec![Offer {
                 participant: B.into(),
-                conn: B_SUB
+                conn: B_SUB,
+                restart: false,
             }]
         );
         room.subscriber_answered(B, &before, true, now, &mut fx);
@@ -1611,13 +1652,75 @@ mod tests {
             offers,
             vec![Offer {
                 participant: C.into(),
-                conn: C_SUB
+                conn: C_SUB,
+                restart: false,
             }]
         );
         fx.clear();
         let answer = answer_all(&room, C);
         room.subscriber_answered(C, &answer, true, now, &mut fx);
         assert_eq!(keyframe_requests(&fx), 1);
+    }
+
+    #[test]
+    fn a_restarted_subscriber_gets_a_fresh_connection_with_the_same_legs() {
+        const B_SUB2: ConnId = 32;
+        let now = Instant::now();
+        let (mut room, _) = call(false, now);
+        let mut fx = Vec::new();
+        let camera = track_id(&room, TrackSource::Camera);
+        room.set_subscription(B, &camera, true, now, &mut fx)
+            .expect("B receives it");
+        let mut sink = Recorder::default();
+        room.forward(A_PUB, &packet(2000, 1, 111), now, &mut sink, &mut fx);
+        let ssrc_before = sink.written[0].2.header.ssrc;
+        fx.clear();
+
+        room.restart_subscriber(B, &mut fx).expect("B is in the call");
+        assert_eq!(fx[0], Effect::Close { conn: B_SUB }, "the old connection goes first");
+        let adds: Vec<u32> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AddSender { subscriber, ssrc, .. } if subscriber == B => Some(*ssrc),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(adds.len(), 2, "every leg gets a sender on the new connection");
+        assert!(adds.contains(&ssrc_before), "legs keep their SSRC");
+        assert_eq!(room.connection(B, PeerRole::Subscriber), None);
+        // The shell makes the new connection on the first AddSender.
+        room.set_connection(B, PeerRole::Subscriber, Some(B_SUB2));
+        bind_legs(&mut room, &fx);
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        assert_eq!(
+            offers,
+            vec![Offer {
+                participant: B.into(),
+                conn: B_SUB2,
+                restart: true,
+            }]
+        );
+        let mut sink = Recorder::default();
+        room.forward(A_PUB, &packet(2000, 2, 111), now, &mut sink, &mut fx);
+        assert!(
+            sink.written.is_empty(),
+            "nothing before the new connection is negotiated"
+        );
+
+        fx.clear();
+        let answer = answer_all(&room, B);
+        room.subscriber_answered(B, &answer, false, now, &mut fx);
+        room.subscriber_connected(B_SUB2, now, &mut fx);
+        let mut sink = Recorder::default();
+        room.forward(A_PUB, &packet(2000, 3, 111), now, &mut sink, &mut fx);
+        room.forward(A_PUB, &packet(1000, 3, 96), now, &mut sink, &mut fx);
+        assert_eq!(sink.written.len(), 1, "audio flows again; the paused camera does not");
+        assert_eq!(sink.written[0].0, B_SUB2);
+        assert_eq!(sink.written[0].2.header.ssrc, ssrc_before);
+        room.due_offers(&mut offers);
+        assert_eq!(offers.len(), 1, "later offers are plain renegotiations");
+        assert!(room.restart_subscriber("p_nobody", &mut fx).is_err());
     }
 
     #[test]

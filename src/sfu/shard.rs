@@ -441,7 +441,12 @@ impl Shard {
             if let Some(hosted) = self.rooms.get_mut(&room_id) {
                 hosted.room.due_offers(&mut offers);
             }
-            for Offer { participant, conn } in offers.drain(..) {
+            for Offer {
+                participant,
+                conn,
+                restart,
+            } in offers.drain(..)
+            {
                 let sdp = self
                     .peers
                     .guard(conn, "create_offer", |pc| connection::make_offer(pc, now));
@@ -449,7 +454,7 @@ impl Shard {
                     continue;
                 };
                 match sdp {
-                    Some(Ok(sdp)) => hosted.signal(&participant, ServerMessage::SubscribeOffer { sdp }),
+                    Some(Ok(sdp)) => hosted.signal(&participant, ServerMessage::SubscribeOffer { sdp, restart }),
                     Some(Err(e)) => {
                         tracing::warn!(shard = self.index, meeting_id = %hosted.room.meeting_id(), participant_id = %participant, "subscriber offer failed: {e}");
                         hosted.room.offer_failed(&participant);
@@ -636,6 +641,11 @@ impl Shard {
                 hosted
                     .room
                     .set_subscription(participant_id, &track_id, paused, now, &mut self.effects)
+            }
+            MediaMessage::RestartIce => {
+                let hosted = self.rooms.get_mut(&room_id).expect("found above");
+                self.negotiation_pending = true;
+                hosted.room.restart_subscriber(participant_id, &mut self.effects)
             }
         };
         self.apply(room_id, now);

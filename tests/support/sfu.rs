@@ -374,7 +374,7 @@ impl Signaling {
                     true => Ok(()),
                     false => Err(SdkError::Protocol("publish_answer without an offer in flight".into())),
                 },
-                ServerMessage::SubscribeOffer { sdp } => self.subscriber.on_offer(sdp).await,
+                ServerMessage::SubscribeOffer { sdp, .. } => self.subscriber.on_offer(sdp).await,
                 ServerMessage::IceCandidate { target, candidate } => match target {
                     PeerRole::Publisher => self.publisher.add_remote_candidate(candidate).await,
                     PeerRole::Subscriber => self.subscriber.add_remote_candidate(candidate).await,

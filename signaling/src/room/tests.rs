@@ -681,3 +681,62 @@ fn staff_admit_and_deny_from_the_queue_without_joining() {
     );
     assert!(room.lobby_entries().is_empty());
 }
+
+fn media(state: crate::protocol::MediaConnectionState, path: Option<crate::protocol::MediaPath>) -> ConnectionMedia {
+    ConnectionMedia { state, path }
+}
+
+#[test]
+fn media_status_is_relayed_on_change_told_to_newcomers_and_bounded() {
+    use crate::protocol::{MediaConnectionState as S, MediaPath};
+    let mut room = Room::new(meeting(LobbyBypass::Everyone));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    assert!(room.in_call("p_g"));
+    let failed = ClientMessage::MediaStatus {
+        publisher: media(S::Failed, None),
+        subscriber: media(S::Connected, Some(MediaPath::Tcp)),
+    };
+    let fx = room.handle(100, 2, failed.clone());
+    let expected = ServerMessage::ParticipantMedia {
+        participant_id: "p_g".into(),
+        publisher: media(S::Failed, None),
+        subscriber: media(S::Connected, Some(MediaPath::Tcp)),
+    };
+    assert_eq!(sent(&fx, 1), std::slice::from_ref(&expected), "the others hear it");
+    assert!(sent(&fx, 2).is_empty(), "not echoed to the sender");
+    // The same again is coalesced: nothing relayed.
+    assert!(room.handle(200, 2, failed.clone()).is_empty());
+
+    // Someone entering later hears it after `admitted` (EnterCall).
+    let fx = room.join(300, staff(3, "ivan")).unwrap();
+    let enter = fx.iter().position(|e| matches!(e, Effect::EnterCall { .. })).unwrap();
+    let told = fx
+        .iter()
+        .position(|e| matches!(e, Effect::Send { conn: 3, msg } if *msg == expected))
+        .expect("the newcomer is told");
+    assert!(told > enter);
+
+    // A flood is refused with a typed error, and a lobby participant may not report.
+    let mut refused = 0;
+    for i in 0..30u64 {
+        let state = if i % 2 == 0 { S::Connecting } else { S::Connected };
+        let fx = room.handle(
+            400,
+            2,
+            ClientMessage::MediaStatus {
+                publisher: media(state, None),
+                subscriber: media(S::New, None),
+            },
+        );
+        if error_code(&fx, 2) == Some(ErrorCode::RateLimited) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 15, "{refused}");
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_w", false)).unwrap();
+    assert!(!room.in_call("p_w"));
+    assert_eq!(error_code(&room.handle(10, 2, failed), 2), Some(ErrorCode::NotInCall));
+}
