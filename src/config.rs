@@ -57,6 +57,11 @@ pub struct Config {
     /// shard; open the range in firewalls) [default: 0.0.0.0:7882].
     #[arg(long, env = "GATEHOUSE_MEDIA_BIND")]
     pub media_bind: Option<SocketAddr>,
+    /// TCP address for ICE over TCP (RFC 6544), for guests whose networks block UDP: one
+    /// port for every shard. Open it in firewalls beside the UDP range [default: the
+    /// media bind address and port, over TCP].
+    #[arg(long, env = "GATEHOUSE_MEDIA_TCP_BIND")]
+    pub media_tcp_bind: Option<SocketAddr>,
     /// Public IP to advertise for media when the server sits behind 1:1 NAT.
     #[arg(long, env = "GATEHOUSE_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
@@ -202,6 +207,10 @@ impl Config {
 
     pub fn media_bind(&self) -> SocketAddr {
         self.media_bind.unwrap_or(DEFAULT_MEDIA_BIND)
+    }
+
+    pub fn media_tcp_bind(&self) -> SocketAddr {
+        self.media_tcp_bind.unwrap_or_else(|| self.media_bind())
     }
 
     pub fn ice_servers(&self) -> &[String] {

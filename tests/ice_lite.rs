@@ -3,6 +3,8 @@
 //! answered at once, a nominating one completes ICE at once (the server, DTLS
 //! client on publisher connections, then starts its handshake), the server never
 //! sends a check of its own, and a check with a wrong MESSAGE-INTEGRITY gets nothing.
+//! The same over ICE-TCP (RFC 6544, RFC 4571 framing): a guest whose UDP is blocked
+//! reaches the passive TCP candidate, and ICE and then DTLS run over that link.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,7 +22,8 @@ use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
 use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter, TransactionId};
 use rtc::stun::textattrs::Username;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 
 /// How long any single datagram may take to arrive before the test gives up (a bound
 /// for a hung server, not a measurement).
@@ -108,13 +111,13 @@ async fn next(socket: &UdpSocket) -> Arrived {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checks_are_answered_at_once_and_the_server_sends_none() {
-    let sfu = Sfu::start(SfuConfig::loopback()).expect("sfu starts");
+/// A participant in `meeting` with a publisher offer taken: the server's answer and
+/// the client's ufrag.
+async fn publishing(sfu: &Sfu, meeting: &str) -> (String, String) {
     let (outbox, mut inbox) = gatehouse::outbox::outbox();
     sfu.add_participant(
         MediaParticipant {
-            meeting_id: "m_lite".into(),
+            meeting_id: meeting.into(),
             participant_id: "p_raw".into(),
             kind: ParticipantKind::Guest,
             may_present: false,
@@ -126,7 +129,7 @@ async fn checks_are_answered_at_once_and_the_server_sends_none() {
     let offer = client_offer();
     let client_ufrag = sdp_attr(&offer, "ice-ufrag");
     sfu.handle(
-        "m_lite",
+        meeting,
         "p_raw",
         MediaMessage::PublishOffer {
             sdp: offer,
@@ -146,6 +149,13 @@ async fn checks_are_answered_at_once_and_the_server_sends_none() {
             other => panic!("outbox ended: {other:?}"),
         }
     };
+    (answer, client_ufrag)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_are_answered_at_once_and_the_server_sends_none() {
+    let sfu = Sfu::start(SfuConfig::loopback()).expect("sfu starts");
+    let (answer, client_ufrag) = publishing(&sfu, "m_lite").await;
     let (server_ufrag, server_pwd, server) = (
         sdp_attr(&answer, "ice-ufrag"),
         sdp_attr(&answer, "ice-pwd"),
@@ -201,4 +211,73 @@ async fn checks_are_answered_at_once_and_the_server_sends_none() {
     }
     sfu.remove_participant("m_lite", "p_raw").await;
     assert_eq!(sfu.live_connections(), 0);
+}
+
+/// One RFC 4571 frame.
+fn framed(packet: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(packet.len()).expect("short").to_be_bytes().to_vec();
+    out.extend_from_slice(packet);
+    out
+}
+
+async fn next_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let read = async {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.ok()?;
+        let mut data = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut data).await.ok()?;
+        Some(data)
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("the server answers or closes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_and_dtls_run_over_the_passive_tcp_candidate() {
+    let sfu = Sfu::start(SfuConfig::loopback()).expect("sfu starts");
+    let (answer, client_ufrag) = publishing(&sfu, "m_tcp").await;
+    let (server_ufrag, server_pwd) = (sdp_attr(&answer, "ice-ufrag"), sdp_attr(&answer, "ice-pwd"));
+    let tcp_line = answer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:") && l.contains(" tcp "))
+        .unwrap_or_else(|| panic!("a TCP candidate in\n{answer}"));
+    assert!(tcp_line.trim_end().ends_with("typ host tcptype passive"), "{tcp_line}");
+    let fields: Vec<&str> = tcp_line.split_whitespace().collect();
+    let server: SocketAddr = format!("{}:{}", fields[4], fields[5]).parse().expect("address");
+    assert_eq!(Some(server), sfu.tcp_addr());
+
+    // A connection whose first frame is not a check for a known connection is closed.
+    let mut stranger = TcpStream::connect(server).await.expect("connect");
+    stranger
+        .write_all(&framed(&check("nobody-here", &client_ufrag, &server_pwd, true).raw))
+        .await
+        .expect("send");
+    assert!(next_frame(&mut stranger).await.is_none(), "closed without an answer");
+
+    // The client's nominating check over TCP: answered on the link, then DTLS on it.
+    let provider = rtc::crypto::default_provider().expect("crypto");
+    let mut link = TcpStream::connect(server).await.expect("connect");
+    let nominating = check(&server_ufrag, &client_ufrag, &server_pwd, true);
+    link.write_all(&framed(&nominating.raw)).await.expect("send");
+    let first = next_frame(&mut link).await.expect("a success response");
+    let mut m = Message::new();
+    m.unmarshal_binary(&first).expect("STUN");
+    assert_eq!(m.typ, BINDING_SUCCESS, "answered at once, no check of the server's");
+    assert_eq!(m.transaction_id, nominating.transaction_id);
+    MessageIntegrity::check(&mut m, server_pwd.as_bytes(), provider.crypto())
+        .expect("signed with the server's password");
+    let dtls = next_frame(&mut link).await.expect("DTLS follows on the link");
+    assert!((20..=63).contains(&dtls[0]), "a DTLS record (first byte {})", dtls[0]);
+    let snapshot = sfu.debug_snapshot("m_tcp").await.expect("placed");
+    assert!(snapshot.to_string().contains(r#""transport":"tcp""#), "{snapshot}");
+
+    sfu.remove_participant("m_tcp", "p_raw").await;
+    assert_eq!(sfu.live_connections(), 0);
+    // Whatever the connection said last (a DTLS alert), then the end of the link.
+    let mut last_words = 0;
+    while next_frame(&mut link).await.is_some() {
+        last_words += 1;
+        assert!(last_words < 100, "the link closes with its connection");
+    }
 }

@@ -221,6 +221,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
 
     let sfu = Sfu::start(SfuConfig {
         bind: config.media_bind(),
+        tcp_bind: Some(config.media_tcp_bind()),
         public_ip: config.public_ip.or_else(|| advertised_media_ip(config.media_bind())),
         // Handed out by the signaling side instead (`AppState::ice`, per participant).
         ice_servers: Vec::new(),

@@ -16,6 +16,7 @@ use gatehouse_signaling::protocol::PeerRole;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -38,6 +39,35 @@ use super::stats::StatsPair;
 
 /// Shard-local room handle.
 pub type RoomId = u64;
+
+/// A path to a client: its address over UDP, or its end of a TCP link (ICE-TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+}
+
+impl Path {
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Path::Udp(addr) | Path::Tcp(addr) => addr,
+        }
+    }
+
+    /// `udp` or `tcp`, as ICE candidates name the transport.
+    pub fn transport(self) -> &'static str {
+        match self {
+            Path::Udp(_) => "udp",
+            Path::Tcp(_) => "tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.transport(), self.addr())
+    }
+}
 
 /// A peer connection and what the shard needs to route to and from it.
 pub struct Conn {
@@ -65,12 +95,12 @@ pub struct Conn {
     pub state: RTCPeerConnectionState,
     /// Where the client last nominated (USE-CANDIDATE) from: its chosen path.
     /// DTLS and SRTP go there, whatever pair `rtc`'s agent selected (see [`build`]).
-    pub nominated: Option<SocketAddr>,
+    pub nominated: Option<Path>,
     /// A nomination seen but not yet proven: it becomes `nominated` when the
     /// connection answers that address with a binding success (its request passed
     /// MESSAGE-INTEGRITY). Without this, anyone who saw a ufrag on the wire could
     /// redirect the media with one spoofed request.
-    pub pending_nomination: Option<SocketAddr>,
+    pub pending_nomination: Option<Path>,
     /// `rtc` panicked inside this connection: it is no longer fed or polled
     /// (see `Peers::guard`), and is only forgotten when its participant leaves.
     pub broken: bool,
@@ -124,12 +154,15 @@ pub fn ice_credentials() -> (String, String) {
     (take(16), take(32))
 }
 
-/// Builds a server connection advertising one host candidate at `advertised`.
+/// Builds a server connection advertising a UDP host candidate at `advertised`
+/// and, when ICE-TCP is on, a passive TCP host candidate at `tcp` (RFC 6544; its
+/// priority is below the UDP one's, so clients that can use UDP do).
 pub fn build(
     now: Instant,
     ufrag: &str,
     pwd: &str,
     advertised: SocketAddr,
+    tcp: Option<SocketAddr>,
     stats: StatsPair,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
@@ -164,19 +197,23 @@ pub fn build(
         .with_setting_engine(setting_engine)
         .with_interceptor_registry(registry)
         .build(now)?;
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: advertised.ip().to_string(),
-            port: advertised.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
+    let udp = std::iter::once(("udp", advertised, TcpType::Unspecified));
+    let tcp = tcp.map(|addr| ("tcp", addr, TcpType::Passive));
+    for (network, addr, tcp_type) in udp.chain(tcp) {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: network.to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            tcp_type,
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
     }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    // End of gathering: we have exactly one candidate.
+    // End of gathering: these are all our candidates.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(pc)
 }
@@ -389,12 +426,14 @@ mod tests {
         }
     }
 
-    /// What a client is sent: one candidate (component 1, in the first m-section),
-    /// end-of-candidates, and a session-level msid-semantic from the first offer on.
+    /// What a client is sent: one candidate per transport (component 1 only, in the
+    /// first m-section; UDP preferred over passive TCP), end-of-candidates, and a
+    /// session-level msid-semantic from the first offer on.
     #[test]
     fn offers_carry_one_component_and_an_msid_semantic() {
         let (u, p) = ice_credentials();
-        let mut pc = build(Instant::now(), &u, &p, "127.0.0.1:7000".parse().unwrap(), stats()).unwrap();
+        let (udp, tcp) = ("127.0.0.1:7000".parse().unwrap(), "127.0.0.1:7443".parse().unwrap());
+        let mut pc = build(Instant::now(), &u, &p, udp, Some(tcp), stats()).unwrap();
         for (n, source) in [
             (1, gatehouse_signaling::protocol::TrackSource::Microphone),
             (2, gatehouse_signaling::protocol::TrackSource::Camera),
@@ -410,12 +449,18 @@ mod tests {
         }
         let sdp = make_offer(&mut pc, Instant::now()).unwrap();
         let candidates: Vec<&str> = sdp.lines().filter(|l| l.starts_with("a=candidate:")).collect();
-        assert_eq!(candidates.len(), 1, "{sdp}");
+        assert_eq!(candidates.len(), 2, "{sdp}");
         assert!(candidates[0].contains(" 1 udp ") && candidates[0].contains("127.0.0.1 7000 typ host"));
+        assert!(candidates[1].contains(" 1 tcp ") && candidates[1].contains("127.0.0.1 7443 typ host tcptype passive"));
+        let priority = |line: &str| line.split_whitespace().nth(3).unwrap().parse::<u32>().unwrap();
+        assert!(priority(candidates[0]) > priority(candidates[1]), "UDP first: {sdp}");
         let first_m = sdp.find("m=").unwrap();
         let second_m = first_m + 2 + sdp[first_m + 2..].find("m=").expect("two m-sections");
-        let at = sdp.find("a=candidate:").unwrap();
-        assert!(at > first_m && at < second_m, "in the first m-section");
+        let at = sdp.rfind("a=candidate:").unwrap();
+        assert!(
+            sdp.find("a=candidate:").unwrap() > first_m && at < second_m,
+            "in the first m-section"
+        );
         let semantic = sdp.find("a=msid-semantic: WMS").expect("msid-semantic");
         assert!(semantic < first_m, "at session level");
         assert_eq!(sdp.matches("a=msid-semantic").count(), 1);

@@ -172,6 +172,11 @@ impl<K: Copy + Eq + Hash> Router<K> {
         true
     }
 
+    /// The connection a local ufrag belongs to.
+    pub fn by_ufrag(&self, ufrag: &str) -> Option<K> {
+        self.by_ufrag.get(ufrag).copied()
+    }
+
     /// Forgets a connection: its ufrag and every address learned for it.
     pub fn remove(&mut self, key: K) {
         self.by_ufrag.retain(|_, k| *k != key);

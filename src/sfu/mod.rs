@@ -40,6 +40,7 @@ mod peers;
 pub mod rtcp;
 mod shard;
 pub mod stats;
+mod tcp;
 
 pub use crate::outbox::Outbox;
 pub use stats::{Counters, CountersSnapshot};
@@ -60,6 +61,9 @@ pub struct SfuConfig {
     /// The address advertised in our host candidate when behind 1:1 NAT. Needed
     /// whenever `bind` is a wildcard address (its IP is no use to a client).
     pub public_ip: Option<IpAddr>,
+    /// The TCP address for ICE over TCP (one port for every shard), or `None` to
+    /// offer UDP only. Port 0 takes an ephemeral port.
+    pub tcp_bind: Option<SocketAddr>,
     /// Extra STUN/TURN servers handed to clients on admission.
     pub ice_servers: Vec<IceServer>,
     /// Number of single-threaded shards (0 = one per core).
@@ -74,6 +78,7 @@ impl SfuConfig {
     pub fn loopback() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tcp_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             public_ip: None,
             ice_servers: Vec::new(),
             shards: 1,
@@ -127,6 +132,8 @@ struct Inner {
     /// atomically; it is taken once per join, leave and media frame, never per packet.
     placements: Mutex<HashMap<MeetingId, Placement>>,
     ice_servers: Vec<IceServer>,
+    /// The bound ICE-TCP address, when on.
+    tcp_bound: Option<SocketAddr>,
 }
 
 /// Marks a shard dead when its thread ends other than by a shutdown, panics included.
@@ -190,6 +197,21 @@ impl Sfu {
                 "media bound to a wildcard address without a public_ip: clients are given an unusable candidate"
             );
         }
+        // ICE-TCP: one listener, bound before any shard starts (a taken port fails start-up).
+        let tcp_listener = config
+            .tcp_bind
+            .map(|bind| {
+                let listener = std::net::TcpListener::bind(bind)
+                    .map_err(|e| anyhow::anyhow!("binding the media TCP port {bind}: {e}"))?;
+                listener.set_nonblocking(true)?;
+                anyhow::Ok(listener)
+            })
+            .transpose()?;
+        let tcp_bound = tcp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let tcp_advertised =
+            tcp_bound.map(|bound| SocketAddr::new(config.public_ip.unwrap_or(bound.ip()), bound.port()));
+        let directory = tcp::Directory::default();
+        let mut tcp_queues = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for index in 0..shards {
             let mut bind = config.bind;
@@ -204,6 +226,13 @@ impl Sfu {
             let bound = std_socket.local_addr()?;
             let media_addr = SocketAddr::new(config.public_ip.unwrap_or(bound.ip()), bound.port());
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+            let (tcp_tx, tcp_rx) = mpsc::channel(tcp::SHARD_TCP_QUEUE);
+            let tcp_side = tcp_advertised.map(|advertised| peers::TcpSide {
+                advertised,
+                directory: directory.clone(),
+                events: tcp_tx.clone(),
+            });
+            tcp_queues.push(tcp_tx);
             let alive = Arc::new(tokio::sync::watch::Sender::new(true));
             let counters = Arc::new(Counters::default());
             let live = Arc::new(AtomicUsize::new(0));
@@ -235,9 +264,9 @@ impl Sfu {
                                 return;
                             }
                         };
-                        let mut peers = Peers::new(index, socket, media_addr, shard_counters, shard_live);
+                        let mut peers = Peers::new(index, socket, media_addr, shard_counters, shard_live, tcp_side);
                         peers.dice.set_probability(drop_probability);
-                        Shard::new(index, peers).run(rx).await;
+                        Shard::new(index, peers).run(rx, tcp_rx).await;
                     });
                     lifeline.clean = true;
                 })?;
@@ -251,11 +280,30 @@ impl Sfu {
                 bound,
             });
         }
+        if let (Some(listener), Some(advertised)) = (tcp_listener, tcp_advertised) {
+            std::thread::Builder::new().name("sfu-tcp".into()).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!("cannot start the media TCP runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => tcp::accept_loop(listener, directory, tcp_queues).await,
+                        Err(e) => tracing::error!("cannot register the media TCP listener: {e}"),
+                    }
+                });
+            })?;
+            tracing::info!(bound = ?tcp_bound, %advertised, "media TCP (ICE-TCP) listening");
+        }
         Ok(Sfu {
             inner: Arc::new(Inner {
                 shards: handles,
                 placements: Mutex::new(HashMap::new()),
                 ice_servers: config.ice_servers,
+                tcp_bound,
             }),
         })
     }
@@ -263,6 +311,11 @@ impl Sfu {
     /// The bound media address of the first shard (after resolving port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.shards[0].bound
+    }
+
+    /// The bound ICE-TCP address (one for every shard), when ICE-TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp_bound
     }
 
     /// Every shard's bound media address, in shard order.

@@ -26,13 +26,15 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
-use super::connection::Conn;
+use super::connection::{Conn, Path};
 use super::demux::{self, Route, Router};
 use super::forward::DropDice;
 use super::ice_lite;
 use super::media_room::{Admit, ConnId, LegSink};
 use super::stats::Counters;
+use super::tcp::{Directory, Link, LinkId, ShardTcp};
 
 /// A subscriber we have heard nothing from (not even a consent check, which
 /// browsers send every few seconds) for this long gets no media.
@@ -42,6 +44,16 @@ const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Polled {
     Event(RTCPeerConnectionEvent),
     Message(RTCMessage),
+}
+
+/// A shard's part in ICE over TCP (see [`super::tcp`]).
+pub struct TcpSide {
+    /// Our passive TCP candidate's address (the same for every shard).
+    pub advertised: SocketAddr,
+    /// Where this shard's ufrags are published for the acceptor.
+    pub directory: Directory,
+    /// This shard's TCP queue, handed to each link's reader.
+    pub events: mpsc::Sender<ShardTcp>,
 }
 
 /// The connections of one shard, their socket, routing and timers.
@@ -65,6 +77,12 @@ pub struct Peers {
     live: Arc<AtomicUsize>,
     /// The loss test hook.
     pub dice: DropDice,
+    /// ICE-TCP, when on: our candidate and this shard's TCP links, by id and by
+    /// the client's end (unique: every link ends at our one listening port).
+    tcp: Option<TcpSide>,
+    links: HashMap<LinkId, Link>,
+    link_by_peer: HashMap<SocketAddr, LinkId>,
+    next_link: LinkId,
 }
 
 impl Peers {
@@ -74,6 +92,7 @@ impl Peers {
         advertised: SocketAddr,
         counters: Arc<Counters>,
         live: Arc<AtomicUsize>,
+        tcp: Option<TcpSide>,
     ) -> Self {
         Self {
             shard,
@@ -88,6 +107,10 @@ impl Peers {
             counters,
             live,
             dice: DropDice::new(0x9E37_79B9_7F4A_7C15 ^ shard as u64),
+            tcp,
+            links: HashMap::new(),
+            link_by_peer: HashMap::new(),
+            next_link: 1,
         }
     }
 
@@ -97,6 +120,11 @@ impl Peers {
 
     pub fn advertised(&self) -> SocketAddr {
         self.advertised
+    }
+
+    /// Our passive TCP candidate's address, when ICE-TCP is on.
+    pub fn tcp_advertised(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|t| t.advertised)
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -115,8 +143,10 @@ impl Peers {
         self.conns.get(&id).is_some_and(|c| c.broken)
     }
 
+    /// On this shard, or (with ICE-TCP, whose one port serves every shard) on any.
     pub fn ufrag_in_use(&self, ufrag: &str) -> bool {
         self.conns.values().any(|c| c.ufrag == ufrag)
+            || self.tcp.as_ref().is_some_and(|t| t.directory.shard_of(ufrag).is_some())
     }
 
     /// Runs `f` on a connection's `rtc` peer connection. `None` if the
@@ -151,6 +181,9 @@ impl Peers {
         self.next_conn += 1;
         let registered = self.router.register(&conn.ufrag, id);
         debug_assert!(registered, "ufrags are random and checked before use");
+        if let Some(tcp) = &self.tcp {
+            tcp.directory.insert(&conn.ufrag, self.shard);
+        }
         self.conns.insert(id, conn);
         self.live.fetch_add(1, Ordering::Relaxed);
         id
@@ -161,9 +194,22 @@ impl Peers {
         if self.guard(id, "close", |pc| pc.close()).is_some() {
             self.flush(id);
         }
-        if self.conns.remove(&id).is_some() {
+        if let Some(conn) = self.conns.remove(&id) {
             self.router.remove(id);
+            if let Some(tcp) = &self.tcp {
+                tcp.directory.remove(&conn.ufrag);
+            }
             self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        // Its TCP links close with it (dropping a link ends its tasks and socket).
+        let links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.conn == id)
+            .map(|(&k, _)| k)
+            .collect();
+        for link in links {
+            self.link_closed(link);
         }
     }
 
@@ -178,26 +224,94 @@ impl Peers {
     /// Routes a datagram to its connection and feeds it in. Returns the
     /// connection to drive, or `None` if the datagram went nowhere (counted).
     pub fn receive(&mut self, now: Instant, from: SocketAddr, data: BytesMut) -> Option<ConnId> {
-        let (id, nominating) = match self.router.route(from, &data) {
-            Route::Conn { key, nominated, .. } => {
-                if let Some(conn) = self.conns.get_mut(&key) {
-                    conn.last_seen = now;
-                    if nominated && conn.nominated != Some(from) {
-                        conn.pending_nomination = Some(from);
-                    }
-                }
-                (key, nominated)
-            }
+        match self.router.route(from, &data) {
+            Route::Conn { key, nominated, .. } => self.take_in(key, now, Path::Udp(from), nominated, data),
             Route::Drop(reason) => {
-                Counters::add(&self.counters.garbage_datagrams, 1);
-                Counters::add(&self.counters.dropped_packets, 1);
+                self.garbage();
                 tracing::trace!(shard = self.shard, %from, ?reason, "dropped datagram");
+                None
+            }
+        }
+    }
+
+    fn garbage(&self) {
+        Counters::add(&self.counters.garbage_datagrams, 1);
+        Counters::add(&self.counters.dropped_packets, 1);
+    }
+
+    /// Takes over a TCP connection the acceptor handed to this shard: its first
+    /// frame `first` names the connection it serves for its whole life. Returns
+    /// the connection to drive, or `None` if the ufrag is gone (the socket closes).
+    pub fn accept_tcp(
+        &mut self,
+        now: Instant,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        first: BytesMut,
+    ) -> Option<ConnId> {
+        let tcp = self.tcp.as_ref()?;
+        let Some(conn) = super::tcp::first_frame_ufrag(&first).and_then(|ufrag| self.router.by_ufrag(ufrag)) else {
+            self.garbage();
+            return None;
+        };
+        let id = self.next_link;
+        self.next_link += 1;
+        let link = match Link::start(id, conn, stream, peer, tcp.events.clone()) {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::debug!(shard = self.shard, %peer, "media TCP link: {e}");
                 return None;
             }
         };
+        tracing::debug!(shard = self.shard, conn, %peer, link = id, "media TCP link up");
+        self.links.insert(id, link);
+        if let Some(old) = self.link_by_peer.insert(peer, id) {
+            self.links.remove(&old);
+        }
+        self.receive_tcp(now, id, first)
+    }
+
+    /// Routes a frame from a TCP link to the link's connection and feeds it in.
+    /// A check on a link may only name the link's own connection.
+    pub fn receive_tcp(&mut self, now: Instant, link: LinkId, data: BytesMut) -> Option<ConnId> {
+        let Some(&Link { conn: id, peer, .. }) = self.links.get(&link) else {
+            self.garbage();
+            return None;
+        };
+        let request = demux::binding_request(&data);
+        let foreign =
+            request.is_some_and(|r| demux::local_ufrag(r.username).and_then(|u| self.router.by_ufrag(u)) != Some(id));
+        if foreign || demux::classify(&data) == demux::Class::Unknown {
+            self.garbage();
+            tracing::trace!(shard = self.shard, %peer, link, "dropped frame");
+            return None;
+        }
+        let nominating = request.is_some_and(|r| r.use_candidate);
+        self.take_in(id, now, Path::Tcp(peer), nominating, data)
+    }
+
+    /// A link's reader ended: the link is forgotten (a connection that nominated
+    /// it gets nothing until the client nominates another path).
+    pub fn link_closed(&mut self, link: LinkId) {
+        if let Some(gone) = self.links.remove(&link)
+            && self.link_by_peer.get(&gone.peer) == Some(&link)
+        {
+            self.link_by_peer.remove(&gone.peer);
+        }
+    }
+
+    /// Feeds a routed datagram (or frame) from `path` into connection `id`.
+    fn take_in(&mut self, id: ConnId, now: Instant, path: Path, nominating: bool, data: BytesMut) -> Option<ConnId> {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.last_seen = now;
+            if nominating && conn.nominated != Some(path) {
+                conn.pending_nomination = Some(path);
+            }
+        }
         // A client's check (rare: a few per connection, then one per consent interval)
         // is kept, in case it nominated and has to be handed to `rtc` once more.
         let check = demux::binding_request(&data).map(|_| data.clone());
+        let from = path;
         match self.feed(id, now, from, data) {
             Some(Ok(())) => {
                 if let Some(check) = check {
@@ -218,15 +332,26 @@ impl Peers {
         }
     }
 
-    /// Hands one datagram from `from` to a connection.
-    fn feed(&mut self, id: ConnId, now: Instant, from: SocketAddr, data: BytesMut) -> Option<Result<(), String>> {
+    /// Our local address on a path's transport: the one `rtc` knows our candidate by.
+    fn local_addr(&self, path: Path) -> SocketAddr {
+        match path {
+            Path::Udp(_) => self.advertised,
+            Path::Tcp(_) => self.tcp_advertised().unwrap_or(self.advertised),
+        }
+    }
+
+    /// Hands one datagram (or TCP frame) from `from` to a connection.
+    fn feed(&mut self, id: ConnId, now: Instant, from: Path, data: BytesMut) -> Option<Result<(), String>> {
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.advertised,
-                peer_addr: from,
+                local_addr: self.local_addr(from),
+                peer_addr: from.addr(),
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: match from {
+                    Path::Udp(_) => TransportProtocol::UDP,
+                    Path::Tcp(_) => TransportProtocol::TCP,
+                },
             },
             message: data,
         };
@@ -237,7 +362,7 @@ impl Peers {
     /// the checks it triggered toward `from` are answered here, as the client
     /// would; if the client's check nominated (`nominating`) and `rtc` left it
     /// unanswered, it is handed over again, now to be answered and to select the pair.
-    fn answer_checks(&mut self, id: ConnId, now: Instant, from: SocketAddr, nominating: Option<BytesMut>) {
+    fn answer_checks(&mut self, id: ConnId, now: Instant, from: Path, nominating: Option<BytesMut>) {
         let (answered, looped) = self.flush_to(id, Some(from));
         if looped == 0 {
             return;
@@ -298,7 +423,7 @@ impl Peers {
     /// never go out. Those toward `check_from` (the source of the client's check
     /// being handled) are answered and fed back; the others are dropped. Returns
     /// whether a Binding success went to `check_from`, and how many checks were answered.
-    fn flush_to(&mut self, id: ConnId, check_from: Option<SocketAddr>) -> (bool, usize) {
+    fn flush_to(&mut self, id: ConnId, check_from: Option<Path>) -> (bool, usize) {
         let (mut answered, mut looped) = (false, 0);
         loop {
             let own = self.flush_once(id, check_from, &mut answered);
@@ -320,25 +445,28 @@ impl Peers {
 
     /// One pass of sending what a connection queued; returns the answers to
     /// `rtc`'s own checks toward `check_from`, to be fed back.
-    fn flush_once(
-        &mut self,
-        id: ConnId,
-        check_from: Option<SocketAddr>,
-        answered: &mut bool,
-    ) -> Vec<(SocketAddr, Vec<u8>)> {
+    fn flush_once(&mut self, id: ConnId, check_from: Option<Path>, answered: &mut bool) -> Vec<(Path, Vec<u8>)> {
         let mut own = Vec::new();
+        let (udp_local, tcp_local) = (self.advertised, self.tcp_advertised());
         let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
             return own;
         };
-        let (socket, counters, advertised) = (&self.socket, &self.counters, self.advertised);
+        let (socket, counters, links, link_by_peer) = (&self.socket, &self.counters, &self.links, &self.link_by_peer);
         let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
             while let Some(out) = conn.pc.poll_write() {
-                let to = out.transport.peer_addr;
+                let to = match out.transport.transport_protocol {
+                    TransportProtocol::TCP => Path::Tcp(out.transport.peer_addr),
+                    _ => Path::Udp(out.transport.peer_addr),
+                };
                 if ice_lite::is_check(&out.message) {
                     // A lite agent originates no checks.
+                    let mapped = match to {
+                        Path::Udp(_) => udp_local,
+                        Path::Tcp(_) => tcp_local.unwrap_or(udp_local),
+                    };
                     if check_from == Some(to)
                         && let Some(pwd) = &conn.client_pwd
-                        && let Some(response) = ice_lite::answer_own_check(&out.message, advertised, pwd)
+                        && let Some(response) = ice_lite::answer_own_check(&out.message, mapped, pwd)
                     {
                         own.push((to, response));
                     }
@@ -353,11 +481,25 @@ impl Peers {
                 }
                 let to = match conn.nominated {
                     Some(nominated) if demux::classify(&out.message) != demux::Class::Stun => nominated,
-                    _ => out.transport.peer_addr,
+                    _ => to,
                 };
-                if let Err(e) = socket.try_send_to(&out.message, to) {
-                    Counters::add(&counters.dropped_packets, 1);
-                    tracing::trace!("send_to {to}: {e}");
+                match to {
+                    Path::Udp(addr) => {
+                        if let Err(e) = socket.try_send_to(&out.message, addr) {
+                            Counters::add(&counters.dropped_packets, 1);
+                            tracing::trace!("send_to {addr}: {e}");
+                        }
+                    }
+                    Path::Tcp(addr) => {
+                        let link = link_by_peer
+                            .get(&addr)
+                            .and_then(|l| links.get(l))
+                            .filter(|l| l.conn == id);
+                        if !link.is_some_and(|link| link.send(&out.message)) {
+                            Counters::add(&counters.dropped_packets, 1);
+                            tracing::trace!("media TCP to {addr}: link gone or full");
+                        }
+                    }
                 }
             }
         }));
@@ -489,7 +631,7 @@ mod tests {
     async fn peers() -> Peers {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = socket.local_addr().expect("addr");
-        Peers::new(0, socket, addr, Arc::default(), Arc::default())
+        Peers::new(0, socket, addr, Arc::default(), Arc::default(), None)
     }
 
     fn conn(peers: &Peers, meeting: &str, participant: &str) -> Conn {
@@ -498,7 +640,7 @@ mod tests {
             meeting: Arc::default(),
             shard: peers.counters.clone(),
         };
-        let pc = connection::build(Instant::now(), &ufrag, &pwd, peers.advertised, stats).expect("build");
+        let pc = connection::build(Instant::now(), &ufrag, &pwd, peers.advertised, None, stats).expect("build");
         Conn::new(pc, 1, meeting, participant, PeerRole::Subscriber, ufrag, Instant::now())
     }
 

@@ -34,6 +34,7 @@ use super::media_room::{ConnId, Effect, MediaRoom, Offer};
 use super::peers::{Peers, Polled};
 use super::rtcp as tap;
 use super::stats::{Counters, StatsPair};
+use super::tcp::ShardTcp;
 use super::{MediaParticipant, Outbox};
 
 /// Largest datagram we read; WebRTC keeps packets under the path MTU.
@@ -145,7 +146,7 @@ impl Shard {
 
     /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
     /// or on `Shutdown`.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp: mpsc::Receiver<ShardTcp>) {
         let mut buf = BytesMut::with_capacity(RECV_POOL);
         loop {
             buf.reserve(RECV_BUF);
@@ -171,6 +172,13 @@ impl Shard {
                         // ICMP port unreachable surfaces as an error on some
                         // platforms: one peer's problem, not the shard's.
                         Err(e) => tracing::debug!(shard = self.index, "recv_from: {e}"),
+                    }
+                }
+                Some(event) = tcp.recv() => {
+                    self.on_tcp(Instant::now(), event);
+                    for _ in 1..RECV_BATCH {
+                        let Ok(event) = tcp.try_recv() else { break };
+                        self.on_tcp(Instant::now(), event);
                     }
                 }
                 command = commands.recv() => {
@@ -209,6 +217,21 @@ impl Shard {
             self.drain_dirty(now);
         }
         self.report_broken();
+    }
+
+    /// ICE-TCP: a link handed over, a frame from one, or one closing.
+    fn on_tcp(&mut self, now: Instant, event: ShardTcp) {
+        let driven = match event {
+            ShardTcp::Accepted { stream, peer, first } => self.peers.accept_tcp(now, stream, peer, first),
+            ShardTcp::Frame { link, data } => self.peers.receive_tcp(now, link, data),
+            ShardTcp::Closed { link } => {
+                self.peers.link_closed(link);
+                None
+            }
+        };
+        if let Some(id) = driven {
+            self.drive(id, now);
+        }
     }
 
     fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: BytesMut) {
@@ -415,8 +438,15 @@ impl Shard {
             meeting: hosted.room.stats().meeting.clone(),
             shard: self.peers.counters().clone(),
         };
-        let pc = connection::build(now, &ufrag, &pwd, self.peers.advertised(), stats)
-            .map_err(|e| err(ErrorCode::Internal, format!("could not create a peer connection: {e}")))?;
+        let pc = connection::build(
+            now,
+            &ufrag,
+            &pwd,
+            self.peers.advertised(),
+            self.peers.tcp_advertised(),
+            stats,
+        )
+        .map_err(|e| err(ErrorCode::Internal, format!("could not create a peer connection: {e}")))?;
         let meeting_id = hosted.room.meeting_id().to_owned();
         let id = self
             .peers
@@ -819,7 +849,8 @@ impl Shard {
                 "connected": c.connected,
                 "broken": c.broken,
                 "state": c.state.to_string(),
-                "nominated": c.nominated.map(|a| a.to_string()),
+                "nominated": c.nominated.map(|p| p.addr().to_string()),
+                "transport": c.nominated.map(|p| p.transport()),
                 "idle_ms": c.last_seen.elapsed().as_millis() as u64,
             }))
         };
