@@ -1020,3 +1020,83 @@ async fn staff_work_the_queue_without_joining() {
             .any(|e| e["event"]["event"] == "admitted" && e["event"]["by"] == "staff:olga")
     );
 }
+
+/// A participant's `media_status` reaches the others as `participant_media` (and
+/// someone entering later hears it); garbage is refused with a typed error frame
+/// and the socket goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_status_is_relayed_and_garbage_refused() {
+    use gatehouse_signaling::protocol::{ConnectionMedia, MediaConnectionState, MediaPath};
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Clinic", "lobby_bypass": "everyone" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut staff = srv.join(&olga, Some(&mid)).await;
+    placement(&mut staff).await;
+    let mut guest = srv.join(&srv.redeem(&public_code(&meeting), "Guest").await, None).await;
+    assert!(is_admitted(&placement(&mut guest).await));
+    let ServerMessage::ParticipantJoined { participant } = staff
+        .expect("the guest joined", |m| {
+            matches!(m, ServerMessage::ParticipantJoined { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+
+    let failed = ConnectionMedia {
+        state: MediaConnectionState::Failed,
+        path: None,
+    };
+    let tcp = ConnectionMedia {
+        state: MediaConnectionState::Connected,
+        path: Some(MediaPath::Tcp),
+    };
+    guest
+        .send(&ClientMessage::MediaStatus {
+            publisher: failed,
+            subscriber: tcp,
+        })
+        .await;
+    let relayed = staff
+        .expect("participant_media", |m| {
+            matches!(m, ServerMessage::ParticipantMedia { .. })
+        })
+        .await;
+    assert_eq!(
+        relayed,
+        ServerMessage::ParticipantMedia {
+            participant_id: participant.participant_id.clone(),
+            publisher: failed,
+            subscriber: tcp,
+        }
+    );
+
+    for garbage in [
+        r#"{"type":"media_status","publisher":{"state":"splendid"},"subscriber":{"state":"new"}}"#,
+        r#"{"type":"media_status","publisher":{"state":"connected","path":"smoke-signals"},"subscriber":{"state":"new"}}"#,
+        r#"{"type":"media_status","publisher":{"state":"connected"}}"#,
+    ] {
+        guest.send_raw(garbage).await;
+        assert_eq!(guest.expect_error().await, ErrorCode::MalformedJson, "{garbage}");
+    }
+
+    // Someone entering now is told the guest's last status right after `admitted`.
+    let ivan = srv.staff_token("ivan", StaffRole::Staff);
+    let mut late = srv.join(&ivan, Some(&mid)).await;
+    assert!(is_admitted(&placement(&mut late).await));
+    let told = late
+        .expect("participant_media", |m| {
+            matches!(m, ServerMessage::ParticipantMedia { .. })
+        })
+        .await;
+    assert_eq!(told, relayed);
+
+    // The socket goes on: a ping still gets its pong.
+    guest.send(&ClientMessage::Ping { nonce: 7 }).await;
+    guest
+        .expect("pong", |m| matches!(m, ServerMessage::Pong { nonce: 7 }))
+        .await;
+}

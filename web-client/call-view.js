@@ -10,6 +10,7 @@
 
 import { h, initials, kindLabel } from './dom.js';
 import { describeError } from './api.js';
+import { describePeerMedia, phaseMessage } from './media-status.js';
 
 export class CallView {
   /**
@@ -66,12 +67,23 @@ export class CallView {
     );
     this.endButton = this.staff ? this.buildEndButton() : null;
     this.notice = h('p', { class: 'notice', role: 'status', hidden: true, dataset: { testid: 'media-notice' } });
+    // Own media: a quiet status line ("Connected over UDP") and, when media is in trouble,
+    // an alert with what is happening and what to try. Both regions stay in the page so
+    // screen readers announce changes; the alert is empty while all is well.
+    this.mediaStatus = h('span', {
+      class: 'media-status',
+      role: 'status',
+      'aria-live': 'polite',
+      dataset: { testid: 'media-status', phase: 'idle', path: '' },
+    });
+    this.mediaAlert = h('div', { class: 'media-alert', role: 'alert', 'aria-live': 'assertive', dataset: { testid: 'media-alert' } });
     const controls = h(
       'div',
       { class: 'controls', role: 'toolbar', 'aria-label': 'Call controls' },
       this.micButton,
       this.camButton,
       this.screenButton,
+      this.mediaStatus,
       h('span', { class: 'spacer' }),
       this.endButton,
       this.leaveButton,
@@ -93,7 +105,7 @@ export class CallView {
     this.root = h(
       'section',
       { class: 'call', dataset: { testid: 'call-view' }, 'aria-label': `Call: ${c.meeting.title}` },
-      h('div', { class: 'call-main' }, this.notice, this.grid, controls),
+      h('div', { class: 'call-main' }, this.mediaAlert, this.notice, this.grid, controls),
       h('aside', { class: 'side' }, this.sideTop, people, this.chatPanel),
     );
     mount.append(this.root);
@@ -196,6 +208,11 @@ export class CallView {
       for (const id of this.tiles.keys()) this.renderTileState(id);
     });
     on('remote_track', (d) => this.attachRemote(d));
+    on('media_health', ({ phase, health }) => this.renderMediaHealth(phase, health));
+    on('participant_media', ({ participantId }) => {
+      this.renderTileState(participantId);
+      this.renderPeople();
+    });
     on('chat', ({ message }) => this.addChat(message));
     on('media_error', (d) => this.showNotice(`Audio and video are not working right now (${d.message}). Chat still works.`));
     on('error', (d) => this.showNotice(describeError(d)));
@@ -209,6 +226,7 @@ export class CallView {
       if (info) this.attachRemote({ trackId, participantId: info.participant_id, source: info.source, kind: info.kind, track });
     }
     for (const m of this.client.chat) this.addChat(m);
+    this.renderMediaHealth(this.client.mediaPhase(), this.client.health);
     this.refreshLocal();
     this.renderPeople();
   }
@@ -224,16 +242,17 @@ export class CallView {
     const audio = h('audio', { autoplay: true, dataset: { testid: 'remote-audio' } });
     const avatar = h('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(info.display_name));
     const micState = h('span', { class: 'mic-state', dataset: { testid: 'remote-mic-state' } });
+    const mediaState = h('span', { class: 'tile-media', hidden: true, dataset: { testid: 'tile-media' } });
     const tile = h(
       'figure',
       { class: 'tile', dataset: { testid: 'remote-tile', participantId, source: 'camera' } },
       video,
       audio,
       avatar,
-      h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState),
+      h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState, mediaState),
     );
     this.grid.append(tile);
-    t = { tile, video, audio, avatar, micState };
+    t = { tile, video, audio, avatar, micState, mediaState };
     this.tiles.set(participantId, t);
     this.renderTileState(participantId);
     return t;
@@ -290,6 +309,11 @@ export class CallView {
     t.micState.textContent = micOff ? 'mic off' : '';
     t.micState.hidden = !micOff;
     t.tile.classList.toggle('cam-off', !cam || cam.muted);
+    const media = describePeerMedia(this.client.peerMedia.get(participantId));
+    // Only trouble is shown on a tile: "no media (failed)" where a face would be.
+    t.mediaState.textContent = media && !media.ok ? media.text : '';
+    t.mediaState.hidden = !media || media.ok;
+    t.mediaState.dataset.state = media ? media.state : 'unknown';
   }
 
   updateLayout() {
@@ -360,6 +384,33 @@ export class CallView {
     await done.catch(() => {});
   }
 
+  /** Own media: the status line, and the alert while there is trouble (with a retry once it gave up). */
+  renderMediaHealth(phase, health) {
+    const { status, problem } = phaseMessage(phase, health);
+    const paths = [...new Set(Object.values(health).filter((x) => x.exists && x.path).map((x) => x.path))];
+    this.mediaStatus.textContent = status;
+    this.mediaStatus.dataset.phase = phase;
+    this.mediaStatus.dataset.path = phase === 'connected' ? paths.join(' ') : '';
+    this.mediaStatus.classList.toggle('trouble', Boolean(problem));
+    const shown = this.mediaAlert.firstElementChild;
+    if (!problem) {
+      this.mediaAlert.replaceChildren();
+    } else if (!shown || shown.dataset.phase !== phase) {
+      const box = h('div', { class: `media-problem ${phase}`, dataset: { testid: 'media-problem', phase } },
+        h('p', { dataset: { testid: 'media-problem-text' } }, problem));
+      if (phase === 'failed') {
+        box.append(h('button', {
+          type: 'button',
+          class: 'small',
+          dataset: { testid: 'media-retry-button' },
+          onclick: () => this.client.restartIce(),
+        }, 'Try again'));
+      }
+      this.mediaAlert.replaceChildren(box);
+    }
+    this.renderPeople();
+  }
+
   showNotice(text) {
     this.notice.textContent = text;
     this.notice.hidden = !text;
@@ -375,6 +426,7 @@ export class CallView {
       const self = p.participant_id === c.you.participant_id;
       const tracks = [...c.tracks.values()].filter((t) => t.participant_id === p.participant_id);
       const presenting = self ? c.local.has('screen') : tracks.some((t) => t.source === 'screen');
+      const media = self ? ownMedia(c) : describePeerMedia(c.peerMedia.get(p.participant_id));
       const li = h(
         'li',
         { dataset: { testid: 'participant-entry', participantId: p.participant_id, kind: p.kind } },
@@ -382,6 +434,9 @@ export class CallView {
         h('span', { class: 'name' }, self ? `${p.display_name} (you)` : p.display_name),
         badge(p),
         presenting ? h('span', { class: 'pill' }, 'presenting') : null,
+        media
+          ? h('span', { class: `media-pill ${media.state}`, dataset: { testid: 'participant-media', state: media.state } }, media.text)
+          : null,
       );
       if (this.staff && !self && !p.organizer) li.append(this.removeButton(p));
       return li;
@@ -427,6 +482,18 @@ export class CallView {
     this.listeners = [];
     this.root.remove();
   }
+}
+
+/** Our own media in the participant list, in the words staff see for others. */
+function ownMedia(client) {
+  const phase = client.mediaPhase();
+  if (phase === 'idle') return null;
+  if (phase === 'connected') {
+    const path = client.health.publisher.path || client.health.subscriber.path;
+    return describePeerMedia({ publisher: { state: 'connected', path } });
+  }
+  if (phase === 'connecting') return { ok: false, state: 'connecting', text: 'connecting media…' };
+  return { ok: false, state: 'no-media', text: `no media (${phase === 'failed' ? 'failed' : 'reconnecting'})` };
 }
 
 function badge(info) {

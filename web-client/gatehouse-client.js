@@ -19,6 +19,8 @@
  *   client.sendChat('hello');
  */
 
+import { mediaPhase, reportOf, selectedPair } from './media-status.js';
+
 export const PROTOCOL_VERSION = 1;
 
 /** How long we wait for the server's answer to a publisher offer. */
@@ -27,6 +29,14 @@ const NEGOTIATION_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 15000;
 /** Back-off between reconnect attempts after an unexpected drop (then gives up). */
 const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
+/** A connection not connected this long after its negotiation is treated as blocked: restart ICE. */
+const MEDIA_CONNECT_TIMEOUT_MS = 4000;
+/** An ICE restart that has not connected in this long is followed by another. */
+const MEDIA_RESTART_TIMEOUT_MS = 6000;
+/** ICE restarts per connection before the client gives up and says what to try. */
+const MEDIA_MAX_RESTARTS = 3;
+/** Changes of media state within this long are reported to the server as one `media_status`. */
+const MEDIA_REPORT_DELAY_MS = 200;
 /** Server error codes that are about media rather than the meeting. */
 const MEDIA_ERROR_CODES = new Set([
   'media_state_error',
@@ -122,6 +132,11 @@ export class GatehouseClient extends EventTarget {
     this.subscriberQueue = new SerialQueue();
     /** The publisher offer waiting for `publish_answer`. */
     this.pendingPublish = null;
+    /** Others' media as they report it (`participant_media`): participant_id -> {publisher, subscriber}. */
+    this.peerMedia = new Map();
+    /** A `restart_ice` was sent: offers for the old subscriber connection are ignored until the `restart` one. */
+    this.subscriberRestartPending = false;
+    this.resetHealth();
 
     this.ws = null;
     this.intentionalClose = false;
@@ -355,6 +370,8 @@ export class GatehouseClient extends EventTarget {
         this.tracks = new Map(msg.tracks.map((t) => [t.track_id, t]));
         this.iceServers = msg.ice_servers || [];
         this.chat = [];
+        this.peerMedia = new Map();
+        this.lastMediaReport = null;
         this.setState('call');
         this.emit('admitted', { participants: msg.participants, tracks: msg.tracks });
         if (this.local.size > 0) this.negotiatePublisher().catch(() => {});
@@ -370,6 +387,7 @@ export class GatehouseClient extends EventTarget {
         break;
       case 'participant_left': {
         this.participants.delete(msg.participant_id);
+        this.peerMedia.delete(msg.participant_id);
         for (const [id, t] of this.tracks) {
           if (t.participant_id === msg.participant_id) this.dropRemoteTrack(id);
         }
@@ -389,10 +407,19 @@ export class GatehouseClient extends EventTarget {
         if (this.pendingPublish) this.pendingPublish.resolve(msg.sdp);
         break;
       case 'subscribe_offer':
+        // After `restart_ice`, offers made for the old connection are moot (PROTOCOL.md §11.6).
+        if (this.subscriberRestartPending && !msg.restart) break;
+        if (msg.restart) this.subscriberRestartPending = false;
         this.subscriberQueue
-          .run(() => this.answerSubscriber(msg.sdp))
+          .run(() => this.answerSubscriber(msg.sdp, Boolean(msg.restart)))
           .catch((e) => this.mediaError('subscriber', e));
         break;
+      case 'participant_media': {
+        const report = { publisher: msg.publisher, subscriber: msg.subscriber };
+        this.peerMedia.set(msg.participant_id, report);
+        this.emit('participant_media', { participantId: msg.participant_id, ...report });
+        break;
+      }
       case 'ice_candidate':
         this.addRemoteCandidate(msg.target, msg.candidate);
         break;
@@ -497,6 +524,7 @@ export class GatehouseClient extends EventTarget {
     pc.addEventListener('connectionstatechange', () => {
       this.emit('media_state', { role: 'publisher', state: pc.connectionState });
     });
+    this.watchConnection('publisher', pc);
     return pc;
   }
 
@@ -539,6 +567,7 @@ export class GatehouseClient extends EventTarget {
         if (this.publisher !== pc) return;
         await pc.setRemoteDescription({ type: 'answer', sdp });
         await this.flushRemoteCandidates('publisher');
+        this.armConnectTimer('publisher', pc);
       } catch (e) {
         // The call ended (or the socket dropped) while this offer was on its way: the
         // connection is gone and the tracks are offered again on the next admission.
@@ -574,11 +603,20 @@ export class GatehouseClient extends EventTarget {
     pc.addEventListener('connectionstatechange', () => {
       this.emit('media_state', { role: 'subscriber', state: pc.connectionState });
     });
+    this.watchConnection('subscriber', pc);
     return pc;
   }
 
-  async answerSubscriber(sdp) {
+  async answerSubscriber(sdp, restart = false) {
     if (this.state !== 'call') return;
+    if (restart && this.subscriber) {
+      // The server made a fresh subscriber connection: the old one goes, tracks are bound again.
+      const old = this.subscriber;
+      this.subscriber = null;
+      old.close();
+      this.candidates.subscriber = { outgoing: [], sent: false, incoming: [] };
+      this.pendingRemote = [];
+    }
     const pc = this.ensureSubscriber();
     const c = this.candidates.subscriber;
     c.sent = false;
@@ -588,6 +626,7 @@ export class GatehouseClient extends EventTarget {
     await pc.setLocalDescription(answer);
     this.send({ type: 'subscribe_answer', sdp: pc.localDescription.sdp });
     this.flushLocalCandidates('subscriber');
+    this.armConnectTimer('subscriber', pc);
   }
 
   onRemoteTrack(ev) {
@@ -723,6 +762,162 @@ export class GatehouseClient extends EventTarget {
     this.participants.clear();
     this.lobbyEntries = [];
     this.resetMediaState();
+    this.subscriberRestartPending = false;
+    this.resetHealth();
+  }
+
+  // ---------------------------------------------------------- media health
+
+  resetHealth() {
+    for (const h of Object.values(this.health || {})) clearTimeout(h.timer);
+    const fresh = () => ({
+      exists: false,
+      state: 'new',
+      iceState: 'new',
+      path: null,
+      pair: null,
+      attempts: 0,
+      restarts: 0,
+      stalled: false,
+      gaveUp: false,
+      everConnected: false,
+      timer: null,
+    });
+    this.health = { publisher: fresh(), subscriber: fresh() };
+    clearTimeout(this.mediaReportTimer);
+    this.mediaReportTimer = null;
+    this.lastPhase = null;
+    this.emitMediaHealth();
+  }
+
+  /** Follows one connection's states; a new connection of the role replaces the old one's health. */
+  watchConnection(role, pc) {
+    const h = this.health[role];
+    clearTimeout(h.timer);
+    h.timer = null;
+    Object.assign(h, { exists: true, state: pc.connectionState, iceState: pc.iceConnectionState, path: null, pair: null, stalled: false });
+    const changed = () => this.onConnectionState(role, pc);
+    pc.addEventListener('connectionstatechange', changed);
+    pc.addEventListener('iceconnectionstatechange', changed);
+    this.emitMediaHealth();
+  }
+
+  onConnectionState(role, pc) {
+    if (this[role] !== pc) return;
+    const h = this.health[role];
+    h.state = pc.connectionState;
+    h.iceState = pc.iceConnectionState;
+    if (h.state === 'connected') {
+      clearTimeout(h.timer);
+      h.timer = null;
+      Object.assign(h, { attempts: 0, stalled: false, gaveUp: false, everConnected: true });
+      this.readPath(role, pc);
+    } else {
+      h.path = null;
+      if (h.state === 'disconnected' || h.state === 'failed') this.recoverMedia(role);
+    }
+    this.emitMediaHealth();
+  }
+
+  /** Reads the selected candidate pair, so the path ('udp' | 'tcp' | 'relay') can be shown and reported. */
+  async readPath(role, pc) {
+    let pair = null;
+    try {
+      pair = selectedPair(await pc.getStats());
+    } catch {
+      return;
+    }
+    if (this[role] !== pc) return;
+    const h = this.health[role];
+    h.pair = pair;
+    h.path = h.state === 'connected' ? pair?.path ?? null : null;
+    this.emitMediaHealth();
+  }
+
+  /** After a negotiation: a connection that does not come up in time is treated as blocked. */
+  armConnectTimer(role, pc) {
+    const h = this.health[role];
+    if (this[role] !== pc || h.state === 'connected' || h.timer) return;
+    h.timer = setTimeout(() => {
+      h.timer = null;
+      if (this[role] !== pc || h.state === 'connected') return;
+      h.stalled = true;
+      this.recoverMedia(role);
+      this.emitMediaHealth();
+    }, MEDIA_CONNECT_TIMEOUT_MS);
+  }
+
+  /**
+   * Restarts ICE on a connection that is down, stalled or asked for (the
+   * debug hook `restartIce()` comes here too): the publisher re-offers with new
+   * credentials; the subscriber asks the server for a fresh connection
+   * (`restart_ice`). One restart at a time per connection; after
+   * MEDIA_MAX_RESTARTS the client gives up and says what to try. A dead socket
+   * is not handled here: reconnecting the socket renegotiates everything.
+   */
+  recoverMedia(role, { requested = false } = {}) {
+    const h = this.health[role];
+    const pc = this[role];
+    if (!pc || this.state !== 'call' || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    if (h.timer && !requested) return false;
+    if (h.attempts >= MEDIA_MAX_RESTARTS && !requested) {
+      h.gaveUp = true;
+      this.emitMediaHealth();
+      return false;
+    }
+    clearTimeout(h.timer);
+    h.attempts += 1;
+    h.restarts += 1;
+    h.timer = setTimeout(() => {
+      h.timer = null;
+      if (this[role] === pc || role === 'subscriber') {
+        if (this.health[role].state !== 'connected') this.recoverMedia(role);
+      }
+    }, MEDIA_RESTART_TIMEOUT_MS);
+    this.emit('media_restart', { role, attempt: h.attempts });
+    if (role === 'publisher') {
+      pc.restartIce();
+      this.negotiatePublisher().catch(() => {});
+    } else {
+      this.subscriberQueue.run(() => {
+        this.subscriberRestartPending = true;
+        this.send({ type: 'restart_ice' });
+      }).catch((e) => this.mediaError('subscriber', e));
+    }
+    this.emitMediaHealth();
+    return true;
+  }
+
+  /** Debug and test hook: an ICE restart now, on one connection or both, by the same path a failure takes. */
+  restartIce(role = null) {
+    const roles = role ? [role] : ['publisher', 'subscriber'];
+    return roles.map((r) => this.recoverMedia(r, { requested: true }));
+  }
+
+  /** The user's media in one word (see media-status.js `mediaPhase`). */
+  mediaPhase() {
+    return mediaPhase(this.health);
+  }
+
+  emitMediaHealth() {
+    if (!this.health) return;
+    const phase = mediaPhase(this.health);
+    this.emit('media_health', { phase, health: this.health });
+    this.lastPhase = phase;
+    this.scheduleMediaReport();
+  }
+
+  /** Tells the server (and so the others) about a change, coalesced; never the same report twice. */
+  scheduleMediaReport() {
+    if (this.mediaReportTimer || this.state !== 'call') return;
+    this.mediaReportTimer = setTimeout(() => {
+      this.mediaReportTimer = null;
+      if (this.state !== 'call') return;
+      const report = reportOf(this.health);
+      const text = JSON.stringify(report);
+      if (text === this.lastMediaReport) return;
+      if (this.sendRaw({ type: 'media_status', ...report })) this.lastMediaReport = text;
+    }, MEDIA_REPORT_DELAY_MS);
   }
 
   // ----------------------------------------------------------------- stats
@@ -739,10 +934,26 @@ export class GatehouseClient extends EventTarget {
       state: this.state,
       publisher: this.publisher?.connectionState ?? null,
       subscriber: this.subscriber?.connectionState ?? null,
+      phase: mediaPhase(this.health),
+      media: {},
       inbound: [],
       outbound: [],
       mediaErrors: this.mediaErrors,
     };
+    for (const role of ['publisher', 'subscriber']) {
+      const h = this.health[role];
+      const pc = this[role];
+      if (pc && pc.connectionState === 'connected') await this.readPath(role, pc);
+      summary.media[role] = {
+        state: h.exists ? h.state : null,
+        iceState: h.exists ? h.iceState : null,
+        path: h.path,
+        pair: h.pair,
+        restarts: h.restarts,
+        attempts: h.attempts,
+        gaveUp: h.gaveUp,
+      };
+    }
     if (this.subscriber) {
       const byMedia = new Map([...this.remoteMedia].map(([id, t]) => [t, id]));
       for (const receiver of this.subscriber.getReceivers()) {

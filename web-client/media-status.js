@@ -1,0 +1,126 @@
+/**
+ * media-status.js: what a participant's media is doing, in words. Pure
+ * functions (no DOM, no RTCPeerConnection), shared by the client module, the
+ * call view and the console; docs/PROTOCOL.md §11.6 says what is reported.
+ *
+ * A connection's health is { state, path, attempts, gaveUp, everConnected }:
+ * `state` is RTCPeerConnection.connectionState ('new' when not made), `path`
+ * 'udp' | 'tcp' | 'relay' | null while connected, `attempts` the ICE restarts
+ * since it last connected, `gaveUp` once every attempt failed.
+ */
+
+/** The path of a selected pair's local candidate (a getStats `local-candidate`). */
+export function pathOf(localCandidate) {
+  if (!localCandidate) return null;
+  if (localCandidate.candidateType === 'relay') return 'relay';
+  return String(localCandidate.protocol).toLowerCase() === 'tcp' ? 'tcp' : 'udp';
+}
+
+/**
+ * The selected candidate pair of a getStats() report, with its two candidates:
+ * the `transport` stat's `selectedCandidatePairId`, else a nominated and
+ * succeeded `candidate-pair`. `null` when nothing is selected.
+ */
+export function selectedPair(report) {
+  let pair = null;
+  report.forEach((s) => {
+    if (!pair && s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) || null;
+  });
+  if (!pair) {
+    report.forEach((s) => {
+      if (!pair && s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    });
+  }
+  if (!pair) return null;
+  const local = report.get(pair.localCandidateId) || null;
+  const remote = report.get(pair.remoteCandidateId) || null;
+  const brief = (c) =>
+    c ? { type: c.candidateType, protocol: c.protocol, address: c.address ?? c.ip ?? null, port: c.port ?? null } : null;
+  return { path: pathOf(local), local: brief(local), remote: brief(remote), rttMs: pair.currentRoundTripTime != null ? Math.round(pair.currentRoundTripTime * 1000) : null };
+}
+
+const BAD = new Set(['disconnected', 'failed', 'closed']);
+
+/**
+ * One word for the user's own media, from the health of the connections that
+ * exist (a missing one does not count):
+ * 'idle' (no connection yet), 'connecting', 'connected', 'blocked' (never
+ * connected, trying another way), 'reconnecting' (was connected, lost, trying
+ * again), 'failed' (every attempt failed).
+ */
+export function mediaPhase(health) {
+  const live = Object.values(health).filter((h) => h && h.exists);
+  if (live.length === 0) return 'idle';
+  if (live.some((h) => h.gaveUp)) return 'failed';
+  if (live.every((h) => h.state === 'connected')) return 'connected';
+  const troubled = live.filter((h) => BAD.has(h.state) || h.stalled || h.attempts > 0);
+  if (troubled.length === 0) return 'connecting';
+  return troubled.some((h) => h.everConnected) ? 'reconnecting' : 'blocked';
+}
+
+const PATH_WORDS = { udp: 'UDP', tcp: 'TCP', relay: 'a relay (TURN)' };
+
+/** "Connected over UDP" (or both paths when the two connections differ). */
+export function connectedText(health) {
+  const paths = [...new Set(Object.values(health).filter((h) => h && h.exists && h.path).map((h) => h.path))];
+  if (paths.length === 0) return 'Connected';
+  return `Connected over ${paths.map((p) => PATH_WORDS[p] || p).join(' and ')}`;
+}
+
+/** The status line for each phase, and for trouble what to try. */
+export function phaseMessage(phase, health) {
+  switch (phase) {
+    case 'idle':
+      return { status: '', problem: null };
+    case 'connecting':
+      return { status: 'Connecting audio and video…', problem: null };
+    case 'connected':
+      return { status: connectedText(health), problem: null };
+    case 'blocked':
+      return {
+        status: 'Trying another way to connect…',
+        problem: "Your network is blocking the call's media; trying another way…",
+      };
+    case 'reconnecting':
+      return { status: 'Reconnecting media…', problem: 'Reconnecting media… Your connection was interrupted.' };
+    case 'failed':
+    default:
+      return {
+        status: 'No audio or video',
+        problem:
+          'Audio and video could not connect on any path. Try another network (for example mobile data instead of this Wi-Fi), turn off a VPN if you use one, or contact the host. Chat still works.',
+      };
+  }
+}
+
+/**
+ * How someone else's media looks from their `participant_media`:
+ * { ok, state, text } where `ok` says whether they send media, `state` is a
+ * stable word for tests and styles ('media', 'connecting', 'no-media') and
+ * `text` is what staff read ("UDP", "no media (failed)", ...). `null` when
+ * they have not reported.
+ */
+export function describePeerMedia(report) {
+  if (!report) return null;
+  const pub = report.publisher || { state: 'new' };
+  const sub = report.subscriber || { state: 'new' };
+  if (pub.state === 'connected') {
+    const via = PATH_WORDS[pub.path] || 'an unknown path';
+    const receiving = BAD.has(sub.state) ? `, not receiving (${sub.state})` : '';
+    return { ok: true, state: 'media', text: `media over ${via}${receiving}` };
+  }
+  if (pub.state === 'connecting') return { ok: false, state: 'connecting', text: 'connecting media…' };
+  const why = { new: 'not sending', disconnected: 'reconnecting', failed: 'failed', closed: 'closed' }[pub.state] || pub.state;
+  return { ok: false, state: 'no-media', text: `no media (${why})` };
+}
+
+/** The frame body a client reports: `new` for a connection not made, a path only while connected. */
+export function reportOf(health) {
+  const one = (h) => {
+    if (!h || !h.exists) return { state: 'new' };
+    const out = { state: h.state };
+    if (h.state === 'connected' && h.path) out.path = h.path;
+    return out;
+  };
+  return { publisher: one(health.publisher), subscriber: one(health.subscriber) };
+}
