@@ -402,3 +402,53 @@ async fn a_test_failing_mid_browser_leaves_no_process() {
         assert!(zombies.is_empty(), "{script}: every process was reaped: {zombies:?}");
     }
 }
+
+/// Media health in Chromium: the guest's call shows its path (UDP on loopback) and
+/// staff see it; an ICE restart on both of the guest's connections (the debug hook,
+/// the code path a failed connection takes) brings new ICE credentials on both, media
+/// keeps flowing both ways (frames decoded keep rising), and staff never see the guest
+/// leave. Screenshots `media-status-guest.png`, `media-status-staff.png`, `media-restart-guest.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_path_shown_and_ice_restart_keeps_media_in_chromium() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = TestServer::start().await;
+    let results = BrowserScript::start(&srv, "scenarios.mjs", "media-restart", Value::Null)
+        .finish()
+        .await;
+    let f = facts(&results, "media-restart");
+    assert_eq!(f["statusPath"], "udp", "{f:#}");
+    assert_eq!(f["statusText"], "Connected over UDP", "{f:#}");
+    assert_eq!(
+        (f["statusLive"].as_str(), f["alertRole"].as_str()),
+        (Some("polite"), Some("alert"))
+    );
+    assert_eq!(f["staffSeesGuestMedia"], "media over UDP", "{f:#}");
+    for role in ["publisher", "subscriber"] {
+        assert_eq!(f["pathsBefore"][role], "udp", "{f:#}");
+        assert_eq!(f["pathsAfter"][role], "udp", "{f:#}");
+        assert_ne!(
+            f["ufragsBefore"][role], f["ufragsAfter"][role],
+            "{role}: new ICE credentials: {f:#}"
+        );
+        assert!(f["restarts"][role].as_u64() >= Some(1), "{f:#}");
+    }
+    for side in ["staffMediaBefore", "staffMediaAfter", "guestMediaAfter"] {
+        let (before, after) = (&f[side]["before"], &f[side]["after"]);
+        assert!(
+            inbound(after, "video", "camera", "framesDecoded") > inbound(before, "video", "camera", "framesDecoded"),
+            "{side}: video frames decoded must rise: {:#}",
+            f[side]
+        );
+    }
+    assert_eq!(
+        f["staffSawLeft"],
+        serde_json::json!([]),
+        "nobody saw the guest leave: {f:#}"
+    );
+    assert_eq!(
+        (f["guestView"].as_str(), f["staffTileStill"].as_u64()),
+        (Some("call"), Some(1))
+    );
+    assert_eq!(f["alertAfter"], "", "no trouble shown once media is back: {f:#}");
+    assert_eq!(f["mediaErrors"], serde_json::json!([]), "{f:#}");
+}

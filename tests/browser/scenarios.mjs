@@ -26,6 +26,7 @@ const SCENARIOS = {
   reconnect: reconnect,
   'staff-queue': staffQueue,
   'guest-meets-sdk': guestMeetsSdk,
+  'media-restart': mediaRestart,
 };
 
 const CHROMIUM_ARGS = [
@@ -409,6 +410,99 @@ async function reconnect(run) {
   run.facts.backInCall = true;
   run.step('media flows again after the reconnect');
   judgeMedia(run, 'mediaAfterReconnect', await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs }));
+  await visible(guest, 'leave-button').click();
+  await visible(staff, 'leave-button').click();
+}
+
+/** The ICE ufrag of a page's publisher and subscriber local descriptions (which generation is live). */
+function ufrags(page) {
+  return page.evaluate(() => {
+    const c = window.gatehouse.client;
+    const ufrag = (pc) => pc?.localDescription?.sdp.match(/a=ice-ufrag:(\S+)/)?.[1] ?? null;
+    return { publisher: ufrag(c.publisher), subscriber: ufrag(c.subscriber) };
+  });
+}
+
+/**
+ * Media health: the guest's call shows the path (UDP on loopback) and staff see it in
+ * the participant list; then an ICE restart on both of the guest's connections (the
+ * debug hook, the same code path a failed connection takes: publisher re-offer with new
+ * credentials, subscriber `restart_ice` and a fresh connection) keeps media flowing
+ * both ways, with new ICE credentials, and staff never see the guest leave.
+ */
+async function mediaRestart(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts);
+  const guest = await run.context('guest');
+  const staff = await run.context('staff');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  await staffJoins(run, staff, meetingId);
+  await staff.evaluate(() => {
+    window.__left = [];
+    window.gatehouse.client.addEventListener('participant_left', (e) => window.__left.push(e.detail));
+  });
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+
+  run.step('the guest sees its media path');
+  const status = guest.getByTestId('media-status');
+  await guest.waitForFunction(
+    () => document.querySelector('[data-testid="media-status"]')?.dataset.phase === 'connected',
+    null,
+    { timeout: run.cfg.mediaTimeoutMs },
+  );
+  run.facts.statusText = await status.textContent();
+  run.facts.statusPath = await status.getAttribute('data-path');
+  run.facts.statusLive = await status.getAttribute('aria-live');
+  run.facts.alertRole = await guest.getByTestId('media-alert').getAttribute('role');
+  run.step('staff see the guest has media, and over which path');
+  const guestMedia = staff.locator(`[data-testid="participant-entry"][data-participant-id="${guestId}"] [data-testid="participant-media"]`);
+  await staff.waitForFunction(
+    (id) => document.querySelector(`[data-testid="participant-entry"][data-participant-id="${id}"] [data-testid="participant-media"]`)?.dataset.state === 'media',
+    guestId,
+    { timeout: run.cfg.mediaTimeoutMs },
+  );
+  run.facts.staffSeesGuestMedia = await guestMedia.textContent();
+  run.step('media flows before the restart');
+  run.facts.staffMediaBefore = await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs });
+  judgeMedia(run, 'staffMediaBefore', run.facts.staffMediaBefore);
+  await run.shot(guest, 'media-status-guest.png');
+  await run.shot(staff, 'media-status-staff.png');
+  const before = await guest.evaluate(() => window.gatehouse.stats());
+  run.facts.pathsBefore = { publisher: before.media.publisher.path, subscriber: before.media.subscriber.path };
+  run.facts.ufragsBefore = await ufrags(guest);
+
+  run.step('ICE restart on both of the guest connections');
+  run.facts.restartStarted = await guest.evaluate(() => window.gatehouse.client.restartIce());
+  await guest.waitForFunction(
+    (old) => {
+      const c = window.gatehouse.client;
+      const ufrag = (pc) => pc?.localDescription?.sdp.match(/a=ice-ufrag:(\S+)/)?.[1] ?? null;
+      return (
+        c.health.publisher.restarts >= 1 &&
+        c.health.subscriber.restarts >= 1 &&
+        ufrag(c.publisher) !== old.publisher &&
+        ufrag(c.subscriber) !== old.subscriber &&
+        c.mediaPhase() === 'connected'
+      );
+    },
+    run.facts.ufragsBefore,
+    { timeout: run.cfg.mediaTimeoutMs, polling: 100 },
+  );
+  run.facts.ufragsAfter = await ufrags(guest);
+  run.step('media flows both ways after the restart');
+  run.facts.staffMediaAfter = await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs });
+  judgeMedia(run, 'staffMediaAfter', run.facts.staffMediaAfter);
+  run.facts.guestMediaAfter = await mediaFacts(guest, { timeoutMs: run.cfg.mediaTimeoutMs });
+  judgeMedia(run, 'guestMediaAfter', run.facts.guestMediaAfter);
+  const after = await guest.evaluate(() => window.gatehouse.stats());
+  run.facts.pathsAfter = { publisher: after.media.publisher.path, subscriber: after.media.subscriber.path };
+  run.facts.restarts = { publisher: after.media.publisher.restarts, subscriber: after.media.subscriber.restarts };
+  run.facts.guestView = await guest.evaluate(() => window.gatehouse.view);
+  run.facts.staffSawLeft = await staff.evaluate(() => window.__left);
+  run.facts.staffTileStill = await remoteTile(staff, guestId).count();
+  run.facts.alertAfter = await guest.getByTestId('media-alert').textContent();
+  run.facts.mediaErrors = after.mediaErrors;
+  await run.shot(guest, 'media-restart-guest.png');
   await visible(guest, 'leave-button').click();
   await visible(staff, 'leave-button').click();
 }
