@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and a fresh Debian machine lacks, and nothing else:
 # Debian's Chromium and Firefox ESR (the real-browser tests never download a browser),
-# Node.js with npm (they drive the browsers), and the browser drivers' npm packages
+# Node.js with npm (they drive the browsers), nftables and iproute2 (the tests that put a
+# guest in a network namespace of its own), and the browser drivers' npm packages
 # (tests/browser/package-lock.json). Safe to run again: what is there is left alone.
 #
 #   ./scripts/install-deps.sh           install what is missing (apt-get needs root or sudo)
@@ -23,9 +24,11 @@ declare -A packages=(
   [firefox-esr]=firefox-esr
   [node]=nodejs
   [npm]=npm
+  [nft]=nftables   # network conditions in the guest-network tests
+  [ip]=iproute2    # their network namespaces and veth pairs
 )
 missing=()
-for cmd in chromium firefox-esr node npm; do
+for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
 done
 

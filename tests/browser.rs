@@ -251,7 +251,31 @@ async fn web_client_in_chromium() {
 /// member on the Rust SDK exchange media both ways through the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_and_sdk_staff_exchange_media() {
-    guest_and_sdk_staff_exchange_media("scenarios.mjs", "127.0.0.1:0").await;
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "127.0.0.1:0", None).await;
+    for role in ["publisher", "subscriber"] {
+        assert_eq!(
+            f["guestMedia"]["after"]["media"][role]["path"], "udp",
+            "on an open network the guest's {role} connection goes over UDP: {f:#}"
+        );
+    }
+}
+
+/// A guest whose network drops every UDP datagram (a hospital or corporate firewall),
+/// in a network namespace of its own: Chromium reaches the gateway's passive ICE-TCP
+/// candidate, with no TURN server, and media flows both ways over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_guest_behind_a_udp_block_gets_media_over_ice_tcp() {
+    let Some(net) = support::netns::GuestNet::create() else {
+        return;
+    };
+    net.block_udp();
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some(&net)).await;
+    for role in ["publisher", "subscriber"] {
+        assert_eq!(
+            f["guestMedia"]["after"]["media"][role]["path"], "tcp",
+            "the guest's {role} connection goes over ICE-TCP: {f:#}"
+        );
+    }
 }
 
 /// Firefox ESR (driven over WebDriver BiDi) as the guest. Firefox gathers no loopback
@@ -259,15 +283,30 @@ async fn chromium_guest_and_sdk_staff_exchange_media() {
 /// own address (the default route's source address).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_guest_and_sdk_staff_exchange_media() {
-    guest_and_sdk_staff_exchange_media("firefox.mjs", "0.0.0.0:0").await;
+    guest_and_sdk_staff_exchange_media("firefox.mjs", "0.0.0.0:0", None).await;
 }
 
-/// The same in a browser of each family: the guest page's script, the SDK on the other side.
-async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
+/// The same in a browser of each family: the guest page's script, the SDK on the other
+/// side. With `net`, the browser runs in that namespace and the gateway (HTTPS, media
+/// over UDP and TCP) listens on the host end of its link. Returns the scenario's facts.
+async fn guest_and_sdk_staff_exchange_media(
+    script: &str,
+    media_bind: &str,
+    net: Option<&support::netns::GuestNet>,
+) -> Value {
     let _one_browser = ONE_BROWSER.lock().await;
     let dir = support::temp_dir("browser");
     let mut config = support::test_config(&dir);
-    config.media_bind = Some(media_bind.parse().unwrap());
+    match net {
+        Some(net) => {
+            // The SDK reaches HTTPS as localhost (the name in the dev certificate),
+            // the guest by the link's address.
+            config.listen = Some("0.0.0.0:0".parse().unwrap());
+            config.media_bind = Some((net.host_ip, 0).into());
+            config.media_tcp_bind = Some((net.host_ip, 0).into());
+        }
+        None => config.media_bind = Some(media_bind.parse().unwrap()),
+    }
     let srv = TestServer::start_with(config).await;
     if media_bind.starts_with("0.0.0.0") {
         let advertised = srv.state().sfu.media_addrs()[0];
@@ -289,6 +328,9 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
     let mut options = srv.sdk_options(&olga).meeting(mid);
     // Gather on every interface, loopback included, whichever address the gateway advertises.
     options.media.udp_addrs = vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()];
+    if let Some(net) = net {
+        options.media.udp_addrs = vec![format!("{}:0", net.host_ip)];
+    }
     let (staff, mut events) = Client::connect(options).await.unwrap();
     let t = Duration::from_secs(30);
     support::sdk_admitted(&mut events).await;
@@ -299,7 +341,12 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
 
     // The browser guest runs alongside; the SDK side admits it and measures its media.
     // Its clock starts when the guest has pressed Join, not when the browser was started.
-    let extra = serde_json::json!({ "linkCode": code, "guestName": "Browser Bea", "mediaTimeoutMs": 25000 });
+    let mut extra = serde_json::json!({ "linkCode": code, "guestName": "Browser Bea", "mediaTimeoutMs": 25000 });
+    if let Some(net) = net {
+        let port = srv.running.as_ref().unwrap().addr.port();
+        extra["baseUrl"] = format!("https://{}:{port}", net.host_ip).into();
+        extra["chromiumPath"] = net.wrapper(&dir, "/usr/bin/chromium").display().to_string().into();
+    }
     let mut browser = BrowserScript::start(&srv, script, "guest-meets-sdk", extra);
     browser.progress("join-sent", BROWSER_START).await;
     let counts = async {
@@ -367,6 +414,7 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str) {
         s.state().sfu.live_connections() == 0
     })
     .await;
+    f.clone()
 }
 
 /// A test that fails while its browser runs leaves no process behind: not Node, not the

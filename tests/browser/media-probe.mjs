@@ -31,6 +31,8 @@ export function briefStats(s) {
   return {
     publisher: s?.publisher ?? null,
     subscriber: s?.subscriber ?? null,
+    // Per connection: state, selected path ('udp' | 'tcp' | 'relay'), restarts.
+    media: s?.media ?? null,
     inbound: (s?.inbound || []).map((x) => ({
       kind: x.kind,
       source: x.source,

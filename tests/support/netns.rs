@@ -1,0 +1,147 @@
+//! A guest's own network for a test: a network namespace joined to this one by a
+//! veth pair (host side `10.213.N.1/30`, guest side `10.213.N.2/30`), with the
+//! guest side's conditions set by nftables rules inside the namespace. Everything
+//! is removed when the value is dropped, also when the test fails.
+//!
+//! Needs root (CI runs as root). Where the kernel refuses namespaces, [`GuestNet::create`]
+//! says why and returns `None`, and the test says it was skipped.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// A namespace with a veth link to this one.
+pub struct GuestNet {
+    pub name: String,
+    host_if: String,
+    /// This side's address (the gateway binds it).
+    pub host_ip: Ipv4Addr,
+    /// The guest side's address.
+    pub guest_ip: Ipv4Addr,
+}
+
+fn run(args: &[&str], input: Option<&str>) -> Result<(), String> {
+    use std::io::Write;
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..])
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl GuestNet {
+    /// A fresh namespace and link, up, with no rules yet. `None` (and the reason on
+    /// stderr) where namespaces cannot be made here.
+    pub fn create() -> Option<GuestNet> {
+        static NEXT: AtomicU8 = AtomicU8::new(0);
+        let n = (std::process::id() as u8)
+            .wrapping_mul(7)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+            % 250;
+        let name = format!("gh-guest-{}-{n}", std::process::id());
+        let host_if = format!("ghh{}", n);
+        let guest_if = format!("ghg{}", n);
+        let net = GuestNet {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: Ipv4Addr::new(10, 213, n, 1),
+            guest_ip: Ipv4Addr::new(10, 213, n, 2),
+        };
+        let (host_cidr, guest_cidr) = (format!("{}/30", net.host_ip), format!("{}/30", net.guest_ip));
+        // Leftovers of a run that was killed: same names, so clear them first.
+        let _ = run(&["ip", "link", "del", &host_if], None);
+        let _ = run(&["ip", "netns", "del", &name], None);
+        let steps: [&[&str]; 8] = [
+            &["ip", "netns", "add", &name],
+            &[
+                "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &guest_if, "netns", &name,
+            ],
+            &["ip", "addr", "add", &host_cidr, "dev", &host_if],
+            &["ip", "link", "set", &host_if, "up"],
+            &["ip", "-n", &name, "addr", "add", &guest_cidr, "dev", &guest_if],
+            &["ip", "-n", &name, "link", "set", &guest_if, "up"],
+            &["ip", "-n", &name, "link", "set", "lo", "up"],
+            &[
+                "ip",
+                "-n",
+                &name,
+                "route",
+                "add",
+                "default",
+                "via",
+                &net.host_ip.to_string(),
+            ],
+        ];
+        for step in steps {
+            if let Err(e) = run(step, None) {
+                eprintln!("SKIPPED: cannot build a guest network namespace here ({e}); run the suite as root");
+                return None;
+            }
+        }
+        Some(net)
+    }
+
+    /// Loads an nftables ruleset inside the namespace (`nft -f -`).
+    pub fn nft(&self, ruleset: &str) {
+        run(&["ip", "netns", "exec", &self.name, "nft", "-f", "-"], Some(ruleset))
+            .unwrap_or_else(|e| panic!("nft in {}: {e}", self.name));
+    }
+
+    /// Drops every UDP datagram into and out of the guest (DNS included: the test
+    /// uses addresses only).
+    pub fn block_udp(&self) {
+        self.nft(
+            "table inet gatehouse_test {
+               chain out { type filter hook output priority 0; policy accept; meta l4proto udp drop; }
+               chain in { type filter hook input priority 0; policy accept; meta l4proto udp drop; }
+             }",
+        );
+    }
+
+    /// An executable that runs `program` (with its arguments) inside the namespace:
+    /// what a browser driver is given as the browser's path.
+    pub fn wrapper(&self, dir: &std::path::Path, program: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!("in-{}", self.name));
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\nexec ip netns exec {} {program} \"$@\"\n", self.name),
+        )
+        .expect("write wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+}
+
+impl Drop for GuestNet {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its end of the veth pair, and with it ours.
+        if let Err(e) = run(&["ip", "netns", "del", &self.name], None) {
+            eprintln!("cleaning up {}: {e}", self.name);
+        }
+        let _ = run(&["ip", "link", "del", &self.host_if], None);
+    }
+}
