@@ -68,11 +68,6 @@ pub struct Config {
     /// Extra STUN/TURN URLs handed to clients (repeatable), e.g. stun:stun.example.org:3478.
     #[arg(long = "ice-server", env = "GATEHOUSE_ICE_SERVERS", value_delimiter = ',')]
     pub ice_servers: Option<Vec<String>>,
-    /// Media shards (threads, one UDP port each); 0 means one per core [default: 0].
-    #[arg(long, env = "GATEHOUSE_MEDIA_SHARDS")]
-    pub media_shards: Option<usize>,
-    /// Lifetime of guest tokens, seconds, 60 to 604800 [default: 7200].
-    #[arg(long, env = "GATEHOUSE_GUEST_TOKEN_TTL")]
     /// TURN server URLs (repeatable) whose credentials the gateway mints per participant
     /// from --turn-secret, e.g. turn:turn.example.org:3478?transport=udp and
     /// turns:turn.example.org:443?transport=tcp (TURN over TLS for networks that let only
@@ -83,11 +78,16 @@ pub struct Config {
     /// environment variable or the file to this flag: flags show in `ps`). Required with --turn-url.
     #[arg(long, env = "GATEHOUSE_TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
-    /// How long a participant's TURN credentials stay valid, seconds, 60 to 604800. coturn ends a
-    /// relay when its credentials expire, so this bounds a relayed call's length (counted from
-    /// entering the call) [default: the guest-token lifetime].
+    /// How long a participant's TURN credentials stay valid, seconds, 60 to 604800, counted from
+    /// entering the call. coturn accepts them for new relays until then (a relay set up before
+    /// keeps working); rejoining mints new ones [default: the guest-token lifetime].
     #[arg(long, env = "GATEHOUSE_TURN_TTL")]
     pub turn_ttl_secs: Option<u64>,
+    /// Media shards (threads, one UDP port each); 0 means one per core [default: 0].
+    #[arg(long, env = "GATEHOUSE_MEDIA_SHARDS")]
+    pub media_shards: Option<usize>,
+    /// Lifetime of guest tokens, seconds, 60 to 604800 [default: 7200].
+    #[arg(long, env = "GATEHOUSE_GUEST_TOKEN_TTL")]
     pub guest_token_ttl_secs: Option<u64>,
     /// Link redemptions allowed per client address per minute [default: 20].
     #[arg(long, env = "GATEHOUSE_REDEEM_PER_MINUTE")]
@@ -161,11 +161,6 @@ impl Config {
             (60..=7 * 24 * 3600).contains(&self.guest_token_ttl_secs()),
             "guest token TTL must be 60 s to 7 days"
         );
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&self.media_drop_rate()),
-            "media drop rate must be between 0 and 1"
-        );
-        Ok(())
         for url in self.turn_urls() {
             anyhow::ensure!(
                 url.starts_with("turn:") || url.starts_with("turns:"),
@@ -186,6 +181,11 @@ impl Config {
             (60..=7 * 24 * 3600).contains(&self.turn_ttl_secs()),
             "TURN credential TTL must be 60 s to 7 days"
         );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.media_drop_rate()),
+            "media drop rate must be between 0 and 1"
+        );
+        Ok(())
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -217,15 +217,6 @@ impl Config {
         self.ice_servers.as_deref().unwrap_or_default()
     }
 
-    pub fn media_shards(&self) -> usize {
-        self.media_shards.unwrap_or(0)
-    }
-
-    pub fn guest_token_ttl_secs(&self) -> u64 {
-        self.guest_token_ttl_secs.unwrap_or(7200)
-    }
-
-    pub fn redeem_per_minute(&self) -> u32 {
     pub fn turn_urls(&self) -> &[String] {
         self.turn_urls.as_deref().unwrap_or_default()
     }
@@ -243,6 +234,15 @@ impl Config {
         self.turn_ttl_secs.unwrap_or_else(|| self.guest_token_ttl_secs())
     }
 
+    pub fn media_shards(&self) -> usize {
+        self.media_shards.unwrap_or(0)
+    }
+
+    pub fn guest_token_ttl_secs(&self) -> u64 {
+        self.guest_token_ttl_secs.unwrap_or(7200)
+    }
+
+    pub fn redeem_per_minute(&self) -> u32 {
         self.redeem_per_minute.unwrap_or(20).max(1)
     }
 
@@ -348,15 +348,6 @@ mod tests {
         );
     }
 
-    /// The one declaration holds: every setting (but the file itself) has a flag, an
-    /// environment variable `GATEHOUSE_*`, and a file key of its own name.
-    #[test]
-    fn every_setting_is_a_flag_an_env_var_and_a_file_key() {
-        use clap::{Args as _, Command};
-        let command = Config::augment_args(Command::new("serve"));
-        let serde_json::Value::Object(keys) = serde_json::to_value(Config::default()).unwrap() else {
-            panic!("an object");
-        };
     #[test]
     fn turn_needs_turn_urls_and_a_secret_together() {
         let turn = |urls: &[&str], secret: Option<&str>| {
@@ -399,6 +390,15 @@ mod tests {
         );
     }
 
+    /// The one declaration holds: every setting (but the file itself) has a flag, an
+    /// environment variable `GATEHOUSE_*`, and a file key of its own name.
+    #[test]
+    fn every_setting_is_a_flag_an_env_var_and_a_file_key() {
+        use clap::{Args as _, Command};
+        let command = Config::augment_args(Command::new("serve"));
+        let serde_json::Value::Object(keys) = serde_json::to_value(Config::default()).unwrap() else {
+            panic!("an object");
+        };
         let mut flags = 0;
         for arg in command.get_arguments() {
             let id = arg.get_id().as_str();
