@@ -32,8 +32,8 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
-    Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -84,6 +84,11 @@ pub struct MediaOptions {
     pub udp_addrs: Vec<String>,
     /// STUN/TURN servers. The client fills these from `admitted`.
     pub ice_servers: Vec<IceServer>,
+    /// Use relay candidates only (the browser's `iceTransportPolicy: "relay"`): media goes
+    /// through a TURN server from `ice_servers` or not at all. For checking that TURN works,
+    /// or to hide this machine's addresses from the gateway. webrtc-rs allocates over UDP
+    /// only: `turns:` and `?transport=tcp` URLs are skipped (browsers use them). Default: off.
+    pub relay_only: bool,
     /// The codec offered for camera and screen tracks.
     pub video_codec: VideoCodec,
     /// How long to wait for the server's answer to a publisher offer.
@@ -98,6 +103,7 @@ impl Default for MediaOptions {
         MediaOptions {
             udp_addrs: vec!["0.0.0.0:0".to_owned(), "127.0.0.1:0".to_owned()],
             ice_servers: Vec::new(),
+            relay_only: false,
             video_codec: VideoCodec::Vp8,
             negotiation_timeout: Duration::from_secs(10),
             stream_id: "gatehouse-sdk".to_owned(),
@@ -304,7 +310,16 @@ async fn build_connection(
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .build();
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(ice_servers)
+                .with_ice_transport_policy(if options.relay_only {
+                    RTCIceTransportPolicy::Relay
+                } else {
+                    RTCIceTransportPolicy::All
+                })
+                .build(),
+        )
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_setting_engine(settings)
