@@ -2,8 +2,10 @@
 # Installs what the test suite needs and a fresh Debian machine lacks, and nothing else:
 # Debian's Chromium and Firefox ESR (the real-browser tests never download a browser),
 # Node.js with npm (they drive the browsers), nftables and iproute2 (the tests that put a
-# guest in a network namespace of its own), and the browser drivers' npm packages
-# (tests/browser/package-lock.json). Safe to run again: what is there is left alone.
+# guest in a network namespace of its own), coturn (the TURN tests start their own
+# `turnserver`; the system service the package brings is disabled), and the browser
+# drivers' npm packages (tests/browser/package-lock.json). Safe to run again: what is
+# there is left alone.
 #
 #   ./scripts/install-deps.sh           install what is missing (apt-get needs root or sudo)
 #   ./scripts/install-deps.sh --check   only say what is missing; exit 1 if anything is
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 check_only=false
 case "${1:-}" in
   --check) check_only=true ;;
-  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "install-deps.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
@@ -26,6 +28,7 @@ declare -A packages=(
   [npm]=npm
   [nft]=nftables   # network conditions in the guest-network tests
   [ip]=iproute2    # their network namespaces and veth pairs
+  [turnserver]=coturn   # the TURN tests (tests/turn.rs)
 )
 missing=()
 for cmd in "${!packages[@]}"; do
@@ -50,6 +53,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The coturn package enables a system-wide TURN server on port 3478 with the stock
+  # /etc/turnserver.conf. The tests need none (each starts its own on ports of its own):
+  # do not leave one running.
+  if [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo[@]}" systemctl disable --now coturn.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # The browser drivers: exactly the versions in the lockfile, installed again only when it changed.
