@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 check_only=false
 case "${1:-}" in
   --check) check_only=true ;;
-  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "install-deps.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
