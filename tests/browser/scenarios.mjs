@@ -26,6 +26,7 @@ const SCENARIOS = {
   reconnect: reconnect,
   'staff-queue': staffQueue,
   'guest-meets-sdk': guestMeetsSdk,
+  'guest-outage': guestOutage,
   'media-restart': mediaRestart,
 };
 
@@ -174,6 +175,58 @@ async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true,
 }
 
 // ---------------------------------------------------------------- scenarios
+
+/**
+ * A guest in Chromium (its network cut and restored by the calling test) keeps the
+ * call: it samples what it receives every 100 ms, says `media-flowing` once media
+ * flows, and `media-back` (with when, in wall-clock ms) when packets rise again after
+ * a stall of over a second. It stays until the SDK side says `measured` in the chat.
+ * Facts: every view and media phase seen, and the stall.
+ */
+async function guestOutage(run) {
+  if (!run.cfg.linkCode) throw new Error('guest-outage needs linkCode (the SDK side owns the meeting)');
+  const guest = await run.context('guest');
+  run.facts.guestParticipantId = await guestJoins(run, guest, run.cfg.linkCode, run.cfg.guestName);
+  run.step('the SDK admits the guest');
+  await visible(guest, 'call-view').waitFor({ timeout: run.cfg.mediaTimeoutMs });
+  run.step('media from the SDK reaches the browser');
+  // The SDK side publishes video only.
+  const media = await mediaFacts(guest, { timeoutMs: run.cfg.mediaTimeoutMs, videoKey: 'packetsReceived', wantAudio: false });
+  judgeMedia(run, 'guestMedia', media);
+  run.progress('media-flowing');
+  run.step('sampling through the outage until the SDK says measured');
+  const views = new Set();
+  const phases = new Set();
+  let last = null; // { t, packets } of the last rise
+  let stall = null;
+  const deadline = Date.now() + 90000;
+  while (Date.now() < deadline) {
+    const sample = await guest.evaluate(async () => {
+      const s = await window.gatehouse.stats();
+      const packets = s.inbound.filter((x) => x.kind === 'video').reduce((a, x) => a + (x.packetsReceived || 0), 0);
+      const measured = document.querySelector('[data-testid="chat-messages"]')?.textContent.includes('measured');
+      return { t: Date.now(), packets, view: window.gatehouse.view, phase: s.phase, measured };
+    });
+    views.add(sample.view);
+    phases.add(sample.phase);
+    if (sample.measured) break;
+    if (!last || sample.packets > last.packets) {
+      if (last && sample.t - last.t > 1000 && !stall) {
+        stall = { from: last.t, back: sample.t, ms: sample.t - last.t };
+        run.progress('media-back', { at: sample.t, stalledMs: stall.ms });
+      }
+      last = { t: sample.t, packets: sample.packets };
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  run.facts.viewsSeen = [...views];
+  run.facts.phasesSeen = [...phases];
+  run.facts.stall = stall;
+  await run.shot(guest, 'guest-after-outage.png');
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  run.facts.left = true;
+}
 
 /**
  * A guest in Chromium meets a staff member on the Rust SDK (driven by the calling
