@@ -61,28 +61,9 @@ async fn allocate(
     };
     match transport {
         Transport::Udp => {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let local = socket.local_addr().unwrap();
-            let mut client = turn_client(server, local, TransportProtocol::UDP, username, password);
-            let mut buf = vec![0u8; 2048];
+            let (mut client, socket) = udp_turn_client(server, username, password).await;
             client.allocate(Instant::now()).unwrap();
-            loop {
-                while let Some(out) = client.poll_write() {
-                    socket.send_to(&out.message, out.transport.peer_addr).await.unwrap();
-                }
-                if let Some(result) = allocation_result(&mut client) {
-                    return result;
-                }
-                let deadline = client.poll_timeout().unwrap_or_else(|| Instant::now() + T);
-                tokio::select! {
-                    got = socket.recv_from(&mut buf) => {
-                        let (n, from) = got.unwrap();
-                        let _ = client.handle_read(inbound(local, from, TransportProtocol::UDP, &buf[..n]));
-                    }
-                    // The client's own retransmission timer, not a wait for something to happen.
-                    _ = tokio::time::sleep_until(deadline.into()) => client.handle_timeout(Instant::now()).unwrap(),
-                }
-            }
+            drive_udp(&mut client, &socket, allocation_event).await
         }
         Transport::Tcp => {
             let stream = tokio::net::TcpStream::connect(server).await.unwrap();
@@ -108,6 +89,73 @@ async fn allocate(
             allocate_over_stream(client, stream, local, server).await
         }
     }
+}
+
+async fn udp_turn_client(server: SocketAddr, username: &str, password: &str) -> (TurnClient, tokio::net::UdpSocket) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    (
+        turn_client(server, local, TransportProtocol::UDP, username, password),
+        socket,
+    )
+}
+
+/// Carries a TURN client's datagrams and timers until `pick` takes one of its events.
+async fn drive_udp<T>(
+    client: &mut TurnClient,
+    socket: &tokio::net::UdpSocket,
+    mut pick: impl FnMut(TurnEvent) -> Option<T>,
+) -> T {
+    let local = socket.local_addr().unwrap();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        while let Some(out) = client.poll_write() {
+            socket.send_to(&out.message, out.transport.peer_addr).await.unwrap();
+        }
+        while let Some(event) = client.poll_event() {
+            if let Some(picked) = pick(event) {
+                return picked;
+            }
+        }
+        let deadline = client.poll_timeout().unwrap_or_else(|| Instant::now() + T);
+        tokio::select! {
+            got = socket.recv_from(&mut buf) => {
+                let (n, from) = got.unwrap();
+                let _ = client.handle_read(inbound(local, from, TransportProtocol::UDP, &buf[..n]));
+            }
+            // The client's own retransmission timer, not a wait for something to happen.
+            _ = tokio::time::sleep_until(deadline.into()) => client.handle_timeout(Instant::now()).unwrap(),
+        }
+    }
+}
+
+/// Allocates over UDP, then asks coturn to let each of `peers` talk to the relay (what ICE
+/// does before its first check through a relay): coturn's answer for each.
+async fn permissions(coturn: &Coturn, username: &str, password: &str, peers: &[SocketAddr]) -> Vec<Result<(), String>> {
+    let (mut client, socket) = udp_turn_client(coturn.addr(), username, password).await;
+    client.allocate(Instant::now()).unwrap();
+    let relayed = drive_udp(&mut client, &socket, allocation_event)
+        .await
+        .expect("an allocation");
+    let mut answers = Vec::new();
+    for &peer in peers {
+        let asked = client
+            .relay(relayed)
+            .unwrap()
+            .create_permission(Instant::now(), peer)
+            .unwrap();
+        assert!(asked.is_some(), "a new permission");
+        answers.push(
+            drive_udp(&mut client, &socket, |event| match event {
+                TurnEvent::CreatePermissionResponse(..) => Some(Ok(())),
+                TurnEvent::CreatePermissionError(_, e) => Some(Err(e.to_string())),
+                TurnEvent::TransactionTimeout(_) => Some(Err("no answer from coturn".into())),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    answers
 }
 
 fn turn_client(
@@ -144,17 +192,14 @@ fn inbound(local: SocketAddr, from: SocketAddr, protocol: TransportProtocol, dat
     }
 }
 
-/// The allocation's outcome, once the client has one.
-fn allocation_result(client: &mut TurnClient) -> Option<Result<SocketAddr, String>> {
-    while let Some(event) = client.poll_event() {
-        match event {
-            TurnEvent::AllocateResponse(_, relayed) => return Some(Ok(relayed)),
-            TurnEvent::AllocateError(_, e) => return Some(Err(e.to_string())),
-            TurnEvent::TransactionTimeout(_) => return Some(Err("no answer from coturn".into())),
-            _ => {}
-        }
+/// The allocation's outcome, if `event` is it.
+fn allocation_event(event: TurnEvent) -> Option<Result<SocketAddr, String>> {
+    match event {
+        TurnEvent::AllocateResponse(_, relayed) => Some(Ok(relayed)),
+        TurnEvent::AllocateError(_, e) => Some(Err(e.to_string())),
+        TurnEvent::TransactionTimeout(_) => Some(Err("no answer from coturn".into())),
+        _ => None,
     }
-    None
 }
 
 /// The same over a byte stream (TCP, or TLS over TCP): STUN messages framed by their own
@@ -172,8 +217,10 @@ async fn allocate_over_stream<S: AsyncRead + AsyncWrite + Unpin>(
         while let Some(out) = client.poll_write() {
             stream.write_all(&out.message).await.unwrap();
         }
-        if let Some(result) = allocation_result(&mut client) {
-            return result;
+        while let Some(event) = client.poll_event() {
+            if let Some(result) = allocation_event(event) {
+                return result;
+            }
         }
         let deadline = client.poll_timeout().unwrap_or_else(|| Instant::now() + T);
         tokio::select! {
@@ -223,6 +270,15 @@ async fn coturn_relays_for_minted_credentials_over_udp_tcp_and_tls_and_refuses_e
             l.contains(&format!("username <{user}>")) || l.contains(&format!("user <{user}>"))
         })
         .await;
+
+    // The relay reaches the gateway's media address and nothing else (README's coturn
+    // configuration: every peer denied but the gateway): no open relay for a participant.
+    let gateway = SocketAddr::from(([127, 0, 0, 1], 7882));
+    let elsewhere = SocketAddr::from(([127, 0, 0, 2], 7882));
+    let answers = permissions(&coturn, &user, &pass, &[gateway, elsewhere]).await;
+    assert!(answers[0].is_ok(), "to the gateway: {:?}", answers[0]);
+    let refused = answers[1].as_ref().expect_err("anywhere else is refused");
+    assert!(refused.contains("403"), "as forbidden: {refused}");
 
     // Minted for someone who entered two hours ago with a one-hour TTL: expired.
     let expired = TurnRest::new(vec![], coturn.secret.clone(), 3600).mint(&grace, unix_now() - 7200);

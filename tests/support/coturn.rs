@@ -67,7 +67,17 @@ impl Coturn {
                  static-auth-secret={secret}\n\
                  # The gateway's media port is on loopback here; coturn refuses loopback peers by default.\n\
                  allow-loopback-peers\n\
+                 # As README advises: relay to the gateway's media address and nowhere else.\n\
+                 denied-peer-ip=0.0.0.0-255.255.255.255\n\
+                 denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff\n\
+                 allowed-peer-ip=127.0.0.1\n\
+                 user-quota=12\n\
+                 total-quota=1200\n\
                  no-dtls\n\
+                 # One relay thread: with one per core, each binds its own UDP socket on the port\n\
+                 # (SO_REUSEPORT) and a client's next datagram may reach another thread than its\n\
+                 # first, which knows no nonce (438) while the threads start.\n\
+                 relay-threads=1\n\
                  no-cli\n\
                  no-multicast-peers\n\
                  fingerprint\n\
