@@ -564,6 +564,99 @@ async fn guest_keeps_the_call_through_an_outage(outage: Duration) {
     .await;
 }
 
+/// A guest whose network lets the page and its signaling through but no media path
+/// (UDP and the media TCP port blocked, no TURN): the guest is told at once that its
+/// network blocks the call's media, then what to try once every attempt failed; the
+/// staff member (SDK) is told that guest has no media. Times are reported, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_guest_with_no_media_path_is_told_and_staff_see_no_media() {
+    let Some(net) = support::netns::GuestNet::create() else {
+        return;
+    };
+    let _one_browser = ONE_BROWSER.lock().await;
+    let dir = support::temp_dir("nopath");
+    let mut config = support::test_config(&dir);
+    config.listen = Some("0.0.0.0:0".parse().unwrap());
+    config.media_bind = Some((net.host_ip, 0).into());
+    config.media_tcp_bind = Some((net.host_ip, 0).into());
+    let srv = TestServer::start_with(config).await;
+    let tcp = srv.state().sfu.tcp_addr().expect("ICE-TCP on");
+    net.nft(&format!(
+        "table inet gatehouse_test {{
+           chain out {{ type filter hook output priority 0; policy accept; meta l4proto udp drop; tcp dport {} drop; }}
+           chain in {{ type filter hook input priority 0; policy accept; meta l4proto udp drop; }}
+         }}",
+        tcp.port()
+    ));
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(
+            &olga,
+            serde_json::json!({ "title": "Video visit", "lobby_bypass": "organizer_only" }),
+        )
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let code = meeting["public_link"]["code"].as_str().unwrap().to_owned();
+    let mut options = srv.sdk_options(&olga).meeting(mid);
+    options.media.udp_addrs = vec![format!("{}:0", net.host_ip)];
+    let (staff, mut events) = Client::connect(options).await.unwrap();
+    support::sdk_admitted(&mut events).await;
+    let cam = staff.publish(TrackSource::Camera).await.unwrap();
+    let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
+
+    let port = srv.running.as_ref().unwrap().addr.port();
+    let extra = serde_json::json!({
+        "linkCode": code,
+        "guestName": "Firewalled Fay",
+        "baseUrl": format!("https://{}:{port}", net.host_ip),
+        "chromiumPath": net.wrapper(&dir, "/usr/bin/chromium").display().to_string(),
+    });
+    let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "guest-no-path", extra);
+    browser.progress("join-sent", BROWSER_START).await;
+    let waiting = support::next_waiting(&mut events).await;
+    let guest_id = waiting[0].participant_id.clone();
+    staff.admit(guest_id.clone()).unwrap();
+    browser.progress("gave-up", Duration::from_secs(150)).await;
+    // Staff are told this guest has no media, and that it failed.
+    use gatehouse_signaling::protocol::MediaConnectionState as State;
+    let (publisher, subscriber) = events
+        .wait_for(Duration::from_secs(30), |e| match e {
+            Event::ParticipantMedia {
+                participant_id,
+                publisher,
+                subscriber,
+            } if participant_id == guest_id
+                && (publisher.state == State::Failed || subscriber.state == State::Failed) =>
+            {
+                Some((publisher, subscriber))
+            }
+            _ => None,
+        })
+        .await
+        .expect("staff are told the guest's media failed");
+    assert!(
+        publisher.state != State::Connected && subscriber.state != State::Connected,
+        "no media at all: {publisher:?} {subscriber:?}"
+    );
+    staff.chat("measured").unwrap();
+    let results = browser.finish().await;
+    let f = facts(&results, "guest-no-path");
+    eprintln!(
+        "no media path: first message {} ms after the call view ({}), final {} ms ({})",
+        f["firstProblemMs"], f["firstProblemPhase"], f["finalProblemMs"], f["finalProblemPhase"]
+    );
+    assert_eq!(f["firstProblemPhase"], "blocked", "{f:#}");
+    assert!(
+        f["firstProblemText"].as_str().unwrap().contains("blocking"),
+        "the guest is told what is happening: {f:#}"
+    );
+    assert_eq!(f["finalProblemPhase"], "failed", "{f:#}");
+    assert_eq!(f["alertRole"], "alert", "{f:#}");
+    assert_eq!(f["view"], "call", "signaling and chat go on: {f:#}");
+    video.stop().await.unwrap();
+    staff.close().await;
+}
+
 /// A test that fails while its browser runs leaves no process behind: not Node, not the
 /// browser (which its driver launched detached), not a helper, not even a zombie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

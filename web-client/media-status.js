@@ -118,7 +118,9 @@ export function describePeerMedia(report) {
 export function reportOf(health) {
   const one = (h) => {
     if (!h || !h.exists) return { state: 'new' };
-    const out = { state: h.state };
+    // Once every restart failed the client has given up on this connection, whatever
+    // the browser still calls it (a restarted connection sits in "connecting").
+    const out = { state: h.gaveUp ? 'failed' : h.state };
     if (h.state === 'connected' && h.path) out.path = h.path;
     return out;
   };

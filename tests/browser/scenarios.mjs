@@ -27,6 +27,7 @@ const SCENARIOS = {
   'staff-queue': staffQueue,
   'guest-meets-sdk': guestMeetsSdk,
   'guest-outage': guestOutage,
+  'guest-no-path': guestNoPath,
   'media-restart': mediaRestart,
 };
 
@@ -175,6 +176,46 @@ async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true,
 }
 
 // ---------------------------------------------------------------- scenarios
+
+/**
+ * A guest whose network lets the page through but no media path (the calling test
+ * blocks UDP and the media TCP port): the guest is told at once, in `media-problem`,
+ * then, once every attempt failed, what to try, with a retry button. Facts: the
+ * messages, their phases, and how long after the call view each came.
+ */
+async function guestNoPath(run) {
+  if (!run.cfg.linkCode) throw new Error('guest-no-path needs linkCode (the SDK side owns the meeting)');
+  const guest = await run.context('guest');
+  run.facts.guestParticipantId = await guestJoins(run, guest, run.cfg.linkCode, run.cfg.guestName);
+  run.step('the SDK admits the guest');
+  await visible(guest, 'call-view').waitFor({ timeout: run.cfg.mediaTimeoutMs });
+  const inCall = Date.now();
+  run.step('the guest is told its media is blocked');
+  const problem = visible(guest, 'media-problem');
+  await problem.waitFor({ timeout: 30000 });
+  run.facts.firstProblemMs = Date.now() - inCall;
+  run.facts.firstProblemPhase = await problem.getAttribute('data-phase');
+  run.facts.firstProblemText = await guest.getByTestId('media-problem-text').textContent();
+  await run.shot(guest, 'media-blocked-guest.png');
+  run.step('every attempt failed: what to try, and a retry button');
+  await visible(guest, 'media-retry-button').waitFor({ timeout: 90000 });
+  run.facts.finalProblemMs = Date.now() - inCall;
+  run.facts.finalProblemPhase = await problem.getAttribute('data-phase');
+  run.facts.finalProblemText = await guest.getByTestId('media-problem-text').textContent();
+  run.facts.alertRole = await guest.getByTestId('media-alert').getAttribute('role');
+  await run.shot(guest, 'media-failed-guest.png');
+  run.progress('gave-up');
+  run.step('the guest stays until the SDK has seen it');
+  await guest.waitForFunction(
+    () => document.querySelector('[data-testid="chat-messages"]')?.textContent.includes('measured'),
+    null,
+    { timeout: 60000 },
+  );
+  run.facts.view = await guest.evaluate(() => window.gatehouse.view);
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  run.facts.left = true;
+}
 
 /**
  * A guest in Chromium (its network cut and restored by the calling test) keeps the
