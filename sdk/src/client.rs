@@ -5,21 +5,23 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ChatMessage, ClientMessage, ConnectionMedia, IceServer, LeaveReason, LobbyEntry, LobbyStatus, MeetingId,
-    MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId, TrackInfo,
-    TrackSource,
+    ChatMessage, ClientMessage, ConnectionMedia, IceServer, LeaveReason, LobbyEntry, LobbyStatus, MediaConnectionState,
+    MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId,
+    TrackInfo, TrackSource,
 };
 use tokio::sync::{OnceCell, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info_span, warn};
+use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::error::{Result, SdkError};
+use crate::health::{Flush, MediaHealth, Recovery, RecoveryAction, ReportPacer, conn_state};
 use crate::media::{LocalTrack, MediaOptions, Publisher, RemoteTrack, RemoteTracks, Subscriber};
 use crate::tls::{TlsOptions, client_config, install_crypto_provider};
 
@@ -185,6 +187,20 @@ pub enum Event {
         /// Their subscriber connection (what they receive).
         subscriber: ConnectionMedia,
     },
+    /// Our own media connections changed: a state, a path, a restart, or giving up
+    /// ([`Client::media_health`] holds the latest). The server hears of it too, as
+    /// `media_status`, so the others see it as [`Event::ParticipantMedia`].
+    MediaHealth(MediaHealth),
+    /// One of our connections is lost for good: every ICE restart failed (bounded at
+    /// [`MAX_RESTARTS`](crate::health::MAX_RESTARTS) since it was last connected). No
+    /// more automatic restarts: tell the user, try [`Client::restart_ice`] later, or
+    /// [`Client::reconnect`].
+    MediaLost {
+        /// Which connection.
+        role: PeerRole,
+        /// How many restarts were tried.
+        attempts: u32,
+    },
     /// Negotiating one of our media connections failed.
     MediaFailed {
         /// Which connection.
@@ -296,6 +312,10 @@ struct Inner {
     subscriber: Arc<Subscriber>,
     /// Tells the writer to close the socket.
     shutdown: watch::Sender<bool>,
+    /// Our media health as the health task last saw it.
+    health: watch::Sender<MediaHealth>,
+    /// Restarts asked for by the application, for the health task (empty: just look again).
+    restarts: mpsc::UnboundedSender<Vec<PeerRole>>,
 }
 
 impl Inner {
@@ -377,6 +397,7 @@ impl Client {
         media.stream_id = you.participant_id.to_string();
         let (subscriber, remote_tracks) = Subscriber::new(media.clone(), out_tx.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (restarts, restart_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             options: options.clone(),
             out: out_tx,
@@ -387,6 +408,8 @@ impl Client {
             publisher: OnceCell::new(),
             subscriber,
             shutdown: shutdown.clone(),
+            health: watch::channel(MediaHealth::default()).0,
+            restarts,
         });
         let _ = events_tx.send(Event::Joined {
             you: you.clone(),
@@ -399,7 +422,9 @@ impl Client {
         let forwarder = tokio::spawn(
             forward_remote_tracks(inner.clone(), remote_tracks, events_tx.clone()).instrument(span.clone()),
         );
-        tokio::spawn(read_frames(inner.clone(), stream, events_tx, forwarder.abort_handle()).instrument(span));
+        let health = tokio::spawn(watch_media(inner.clone(), restart_rx, events_tx.clone()).instrument(span.clone()));
+        let helpers = [forwarder.abort_handle(), health.abort_handle()];
+        tokio::spawn(read_frames(inner.clone(), stream, events_tx, helpers).instrument(span));
 
         Ok((
             Client {
@@ -529,7 +554,40 @@ impl Client {
                 Publisher::new(media, self.inner.out.clone()).await
             })
             .await?;
-        publisher.publish(source).await
+        let track = publisher.publish(source).await?;
+        // The health task follows the publisher from now on.
+        let _ = self.inner.restarts.send(Vec::new());
+        Ok(track)
+    }
+
+    /// Our media connections: each one's state and, while connected, the path its
+    /// media takes (`udp`, `tcp` or `relay`), with the ICE restarts tried since it was
+    /// last connected. Changes come as [`Event::MediaHealth`].
+    ///
+    /// The SDK watches both connections: one that goes `disconnected` or `failed` gets
+    /// an ICE restart (the publisher re-offers with new credentials; the subscriber
+    /// asks the server for a fresh connection), again if a restart has not connected
+    /// within 6 s, at most 3 times in a row ([`Event::MediaLost`] then). The server is
+    /// told (`media_status`, coalesced over 200 ms and kept under its rate limit), so
+    /// the others see us as [`Event::ParticipantMedia`].
+    pub fn media_health(&self) -> MediaHealth {
+        *self.inner.health.borrow()
+    }
+
+    /// Restarts ICE now on `role`'s connection, or on both with `None`, by the same
+    /// path a lost connection takes (a forced restart also revives a connection the
+    /// SDK gave up on). A connection not made yet is left alone. After a subscriber
+    /// restart the remote tracks arrive again as new [`Event::RemoteTrack`]s on the
+    /// fresh connection; the old handles end ([`RemoteTrack::recv_rtp`] says `None`).
+    pub fn restart_ice(&self, role: Option<PeerRole>) -> Result<()> {
+        if !self.is_admitted() {
+            return Err(SdkError::NotInCall);
+        }
+        let roles = match role {
+            Some(role) => vec![role],
+            None => vec![PeerRole::Publisher, PeerRole::Subscriber],
+        };
+        self.inner.restarts.send(roles).map_err(|_| SdkError::Closed)
     }
 
     /// Stops publishing a track (renegotiates the publisher connection).
@@ -649,6 +707,164 @@ async fn write_frames(
     let _ = sink.close().await;
 }
 
+/// How often the selected path of a connected connection is read again (it can
+/// change without a state change, e.g. after an ICE restart).
+const PATH_REFRESH: Duration = Duration::from_secs(2);
+
+const ROLES: [PeerRole; 2] = [PeerRole::Publisher, PeerRole::Subscriber];
+
+fn role_index(role: PeerRole) -> usize {
+    match role {
+        PeerRole::Publisher => 0,
+        PeerRole::Subscriber => 1,
+    }
+}
+
+/// The health task: follows both connections' states, reads their paths, restarts
+/// ICE when [`Recovery`] says so, and reports to the app ([`Event::MediaHealth`]) and
+/// to the server (`media_status`, paced by [`ReportPacer`]).
+async fn watch_media(
+    inner: Arc<Inner>,
+    mut requests: mpsc::UnboundedReceiver<Vec<PeerRole>>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut pacer = ReportPacer::new(Instant::now());
+    let mut recovery = [Recovery::default(), Recovery::default()];
+    let mut health = MediaHealth::default();
+    let mut subscriber_state = inner.subscriber.watch_state();
+    let mut publisher_state: Option<watch::Receiver<RTCPeerConnectionState>> = None;
+    let mut next_path_read = Instant::now() + PATH_REFRESH;
+    loop {
+        if publisher_state.is_none()
+            && let Some(publisher) = inner.publisher.get()
+        {
+            let mut state = publisher.watch_state();
+            state.mark_changed();
+            publisher_state = Some(state);
+        }
+        let deadline = [
+            pacer.deadline(),
+            recovery[0].deadline(),
+            recovery[1].deadline(),
+            Some(next_path_read),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the path read is always scheduled");
+        let mut changed = None;
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(roles) = request else { break };
+                for role in roles {
+                    let action = recovery[role_index(role)].request(Instant::now());
+                    act(&inner, &events, role, action).await;
+                }
+            }
+            result = subscriber_state.changed() => {
+                if result.is_err() { break }
+                changed = Some(PeerRole::Subscriber);
+            }
+            result = async { publisher_state.as_mut().expect("guarded by the condition").changed().await },
+                if publisher_state.is_some() => {
+                if result.is_err() { break }
+                changed = Some(PeerRole::Publisher);
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        if let Some(role) = changed {
+            let state = match (role, publisher_state.as_mut()) {
+                (PeerRole::Publisher, Some(state)) => *state.borrow_and_update(),
+                _ => *subscriber_state.borrow_and_update(),
+            };
+            let state = conn_state(state);
+            health.get_mut(role).state = state;
+            if let Some(action) = recovery[role_index(role)].on_state(now, state) {
+                act(&inner, &events, role, action).await;
+            }
+        }
+        for role in ROLES {
+            let state = health.get(role).state;
+            if let Some(action) = recovery[role_index(role)].on_timer(now, state) {
+                act(&inner, &events, role, action).await;
+            }
+        }
+        if changed.is_some() || now >= next_path_read {
+            next_path_read = now + PATH_REFRESH;
+            for role in ROLES {
+                let connected = health.get(role).state == MediaConnectionState::Connected;
+                health.get_mut(role).path = match role {
+                    _ if !connected => None,
+                    PeerRole::Publisher => match inner.publisher.get() {
+                        Some(publisher) => publisher.selected_path().await,
+                        None => None,
+                    },
+                    PeerRole::Subscriber => inner.subscriber.selected_path().await,
+                };
+            }
+        }
+        for role in ROLES {
+            let r = &recovery[role_index(role)];
+            let h = health.get_mut(role);
+            h.attempts = r.attempts();
+            h.gave_up = r.gave_up();
+        }
+        if health != *inner.health.borrow() {
+            inner.health.send_replace(health);
+            pacer.changed(now);
+            let _ = events.send(Event::MediaHealth(health));
+        }
+        if inner.state().admitted
+            && let Flush::Send((publisher, subscriber)) = pacer.flush(Instant::now(), health.report())
+        {
+            let _ = inner.out.send(ClientMessage::MediaStatus { publisher, subscriber });
+        }
+    }
+}
+
+/// Carries out one [`RecoveryAction`] on `role`'s connection.
+async fn act(inner: &Arc<Inner>, events: &mpsc::UnboundedSender<Event>, role: PeerRole, action: RecoveryAction) {
+    match action {
+        RecoveryAction::GiveUp { attempts } => {
+            warn!(?role, attempts, "media connection lost: every ICE restart failed");
+            let _ = events.send(Event::MediaLost { role, attempts });
+        }
+        RecoveryAction::Restart { attempt } => {
+            if !inner.state().admitted {
+                return;
+            }
+            tracing::info!(?role, attempt, "restarting ICE");
+            let failed = move |error: SdkError| Event::MediaFailed {
+                role,
+                error: error.to_string(),
+            };
+            match role {
+                PeerRole::Publisher => {
+                    let Some(publisher) = inner.publisher.get().cloned() else {
+                        return;
+                    };
+                    let events = events.clone();
+                    // It waits for the server's answer: not on the health task.
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = publisher.restart_ice().await {
+                                let _ = events.send(failed(e));
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+                PeerRole::Subscriber => {
+                    if let Err(e) = inner.subscriber.request_restart().await {
+                        let _ = events.send(failed(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn forward_remote_tracks(inner: Arc<Inner>, mut tracks: RemoteTracks, events: mpsc::UnboundedSender<Event>) {
     while let Some(mut track) = tracks.recv().await {
         let info = inner.state().tracks.get(track.track_id()).cloned();
@@ -663,7 +879,7 @@ async fn read_frames(
     inner: Arc<Inner>,
     mut stream: futures_util::stream::SplitStream<Socket>,
     events: mpsc::UnboundedSender<Event>,
-    forwarder: tokio::task::AbortHandle,
+    helpers: [tokio::task::AbortHandle; 2],
 ) {
     let mut end_error = None;
     while let Some(frame) = stream.next().await {
@@ -694,8 +910,10 @@ async fn read_frames(
     }
     inner.shutdown.send_replace(true);
     inner.close_media().await;
-    // The forwarder holds an event sender too; the stream must end with us.
-    forwarder.abort();
+    // The forwarder and the health task hold event senders too; the stream must end with us.
+    for helper in helpers {
+        helper.abort();
+    }
     if !inner.state().left {
         let _ = events.send(Event::Disconnected { error: end_error });
     }
@@ -750,7 +968,7 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
             }
             None
         }
-        ServerMessage::SubscribeOffer { sdp, .. } => match inner.subscriber.on_offer(sdp).await {
+        ServerMessage::SubscribeOffer { sdp, restart } => match inner.subscriber.on_server_offer(sdp, restart).await {
             Ok(()) => None,
             Err(e) => media_failed(PeerRole::Subscriber, e),
         },

@@ -41,6 +41,7 @@
 
 pub mod client;
 pub mod error;
+pub mod health;
 pub mod media;
 pub mod rest;
 mod rtcp;
@@ -50,6 +51,7 @@ pub mod tls;
 
 pub use client::{Client, ConnectOptions, Event, Events, websocket_url};
 pub use error::{Result, SdkError};
+pub use health::{ConnHealth, MediaHealth};
 pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, VideoCodec};
 pub use rest::{Link, LinkKind, LobbyBypass, Meeting, NewLink, NewMeeting, PublicLink, Redeemed, RestClient};
 #[cfg(feature = "synthetic")]

@@ -7,15 +7,15 @@
 //! same code runs against the gateway or against another peer in a test.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ClientMessage, IceCandidate, IceServer, ParticipantId, PeerRole, PublishedTrack, TrackId, TrackInfo, TrackKind,
-    TrackSource,
+    ClientMessage, IceCandidate, IceServer, MediaPath, ParticipantId, PeerRole, PublishedTrack, TrackId, TrackInfo,
+    TrackKind, TrackSource,
 };
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media::Sample;
@@ -33,7 +33,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -141,6 +141,16 @@ impl Outbox {
         }
     }
 
+    /// Holds candidates again until the next description (an ICE restart: candidates
+    /// gathered for it must follow the offer or answer that carries its credentials).
+    fn hold(&self) {
+        let mut held = self
+            .held
+            .lock()
+            .expect("outbox lock is never poisoned: no panics inside");
+        held.get_or_insert_with(Vec::new);
+    }
+
     /// Sends a description, then any candidates that waited for it.
     fn send_description(&self, target: PeerRole, message: ClientMessage) -> Result<()> {
         let mut held = self
@@ -202,11 +212,17 @@ struct Handler {
     outbox: Arc<Outbox>,
     state: watch::Sender<RTCPeerConnectionState>,
     tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+    /// Set when a fresh connection replaced this one (a subscriber restart): what the
+    /// old one still reports (its closing, late candidates) must not count.
+    replaced: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if self.replaced.load(Ordering::Acquire) {
+            return;
+        }
         match event.candidate.to_json() {
             Ok(init) => self.outbox.candidate(
                 self.role,
@@ -222,12 +238,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        debug!(role = ?self.role, %state, "peer connection state");
-        self.state.send_replace(state);
+        debug!(role = ?self.role, %state, replaced = self.replaced.load(Ordering::Acquire), "peer connection state");
+        if !self.replaced.load(Ordering::Acquire) {
+            self.state.send_replace(state);
+        }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        if let Some(tx) = &self.tracks {
+        if let Some(tx) = self.tracks.as_ref().filter(|_| !self.replaced.load(Ordering::Acquire)) {
             let _ = tx.send(track);
         }
     }
@@ -395,6 +413,7 @@ impl Publisher {
             outbox: outbox.clone(),
             state: state_tx,
             tracks: None,
+            replaced: Arc::default(),
         };
         let pc = build_connection(&options, media_engine, handler).await?;
         Ok(Arc::new(Publisher {
@@ -604,6 +623,26 @@ impl Publisher {
     /// The connection's state as webrtc-rs reports it.
     pub fn state(&self) -> RTCPeerConnectionState {
         *self.state.borrow()
+    }
+
+    /// The connection's state, to wait on.
+    pub fn watch_state(&self) -> watch::Receiver<RTCPeerConnectionState> {
+        self.state.clone()
+    }
+
+    /// The path of the selected candidate pair (`None` while nothing is selected).
+    pub async fn selected_path(&self) -> Option<MediaPath> {
+        crate::health::selected_path(&self.pc.get_stats(Instant::now(), StatsSelector::None).await)
+    }
+
+    /// Restarts ICE: new credentials in a new offer with the complete track list, sent
+    /// as any renegotiation is (docs/PROTOCOL.md §11.6); returns once the server
+    /// answered. Tracks, their ids and mutes stay.
+    pub async fn restart_ice(&self) -> Result<()> {
+        let _negotiating = self.negotiating.lock().await;
+        self.outbox.hold();
+        self.pc.restart_ice().await?;
+        self.negotiate(&self.tracks()).await
     }
 
     /// Closes the connection (always do this: webrtc-rs leaks sockets otherwise).
@@ -838,15 +877,22 @@ async fn wait_connected(
     }
 }
 
+/// A subscriber connection and the flag that retires its handler once replaced.
+type LiveConnection = (Arc<dyn PeerConnection>, Arc<AtomicBool>);
+
 /// Our side of the subscriber connection: the server offers, we answer. The
-/// connection itself is made on the first offer.
+/// connection itself is made on the first offer, and made anew for an ICE restart
+/// (the server's offer marked `restart`).
 pub struct Subscriber {
     options: StdMutex<MediaOptions>,
     outbox: Arc<Outbox>,
-    pc: Mutex<Option<Arc<dyn PeerConnection>>>,
+    /// The connection and the flag that retires its handler when a fresh one replaces it.
+    pc: Mutex<Option<LiveConnection>>,
     remote: Mutex<RemoteCandidates>,
     tracks_tx: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
     state_tx: watch::Sender<RTCPeerConnectionState>,
+    /// `restart_ice` sent: offers for the old connection are ignored until the `restart` one.
+    restart_pending: AtomicBool,
 }
 
 impl Subscriber {
@@ -860,6 +906,7 @@ impl Subscriber {
             remote: Mutex::new(RemoteCandidates::default()),
             tracks_tx,
             state_tx: watch::channel(RTCPeerConnectionState::New).0,
+            restart_pending: AtomicBool::new(false),
         });
         (subscriber, RemoteTracks { rx })
     }
@@ -871,23 +918,48 @@ impl Subscriber {
 
     /// Applies an offer (initial or renegotiation) and sends the answer.
     pub async fn on_offer(&self, sdp: String) -> Result<()> {
+        self.on_server_offer(sdp, false).await
+    }
+
+    /// Applies a `subscribe_offer`: one marked `restart` is answered on a fresh
+    /// connection (the old one is closed; its tracks end and the new connection's
+    /// arrive as new remote tracks); after [`request_restart`](Self::request_restart),
+    /// offers not so marked were made for the old connection and are ignored.
+    pub async fn on_server_offer(&self, sdp: String, restart: bool) -> Result<()> {
+        if restart {
+            self.restart_pending.store(false, Ordering::Release);
+        } else if self.restart_pending.load(Ordering::Acquire) {
+            debug!("ignoring a subscribe_offer for the connection a restart replaces");
+            return Ok(());
+        }
         let mut slot = self.pc.lock().await;
+        if restart && let Some((old, replaced)) = slot.take() {
+            replaced.store(true, Ordering::Release);
+            if let Err(e) = old.close().await {
+                debug!(error = %e, "closing the replaced subscriber connection");
+            }
+            *self.remote.lock().await = RemoteCandidates::default();
+            self.outbox.hold();
+            self.state_tx.send_replace(RTCPeerConnectionState::New);
+        }
         let pc = match slot.as_ref() {
-            Some(pc) => pc.clone(),
+            Some((pc, _)) => pc.clone(),
             None => {
                 let options = self.options.lock().expect("options lock is never poisoned").clone();
                 let mut media_engine = MediaEngine::default();
                 // Receive whatever other participants (browsers) publish.
                 media_engine.register_default_codecs()?;
                 register_extensions(&mut media_engine)?;
+                let replaced = Arc::new(AtomicBool::new(false));
                 let handler = Handler {
                     role: PeerRole::Subscriber,
                     outbox: self.outbox.clone(),
                     state: self.state_tx.clone(),
                     tracks: Some(self.tracks_tx.clone()),
+                    replaced: replaced.clone(),
                 };
                 let pc = build_connection(&options, media_engine, handler).await?;
-                *slot = Some(pc.clone());
+                *slot = Some((pc.clone(), replaced));
                 pc
             }
         };
@@ -905,15 +977,49 @@ impl Subscriber {
         Ok(())
     }
 
+    /// Asks the server for a fresh subscriber connection (`restart_ice`), its ICE
+    /// restart; the answer is a `subscribe_offer` marked `restart`, for
+    /// [`on_server_offer`](Self::on_server_offer). False (nothing sent) while there is
+    /// no connection to restart.
+    pub async fn request_restart(&self) -> Result<bool> {
+        // Held so that no offer is being answered while the flag changes.
+        let slot = self.pc.lock().await;
+        if slot.is_none() {
+            return Ok(false);
+        }
+        self.restart_pending.store(true, Ordering::Release);
+        self.outbox
+            .tx
+            .send(ClientMessage::RestartIce)
+            .map_err(|_| SdkError::Closed)?;
+        Ok(true)
+    }
+
     /// Feeds a server ICE candidate for this connection (held until the first offer).
     pub async fn add_remote_candidate(&self, candidate: IceCandidate) -> Result<()> {
-        let pc = self.pc.lock().await.clone();
+        let pc = self.current().await;
         self.remote.lock().await.add(pc.as_ref(), candidate).await
     }
 
-    /// The connection's state (`New` until the first offer).
+    async fn current(&self) -> Option<Arc<dyn PeerConnection>> {
+        self.pc.lock().await.as_ref().map(|(pc, _)| pc.clone())
+    }
+
+    /// The connection's state (`New` until the first offer, and again when a restart
+    /// replaces it).
     pub fn state(&self) -> RTCPeerConnectionState {
         *self.state_tx.borrow()
+    }
+
+    /// The connection's state, to wait on (it follows the fresh connection after a restart).
+    pub fn watch_state(&self) -> watch::Receiver<RTCPeerConnectionState> {
+        self.state_tx.subscribe()
+    }
+
+    /// The path of the selected candidate pair (`None` with no connection or nothing selected).
+    pub async fn selected_path(&self) -> Option<MediaPath> {
+        let pc = self.current().await?;
+        crate::health::selected_path(&pc.get_stats(Instant::now(), StatsSelector::None).await)
     }
 
     /// Waits until the subscriber connection is connected (DTLS up, so media sent to
@@ -926,13 +1032,13 @@ impl Subscriber {
     /// [`AUDIO_LEVEL_URI`], to read with [`audio_level_of`]): what our latest answer
     /// says. `None` before the first offer or if the server did not offer it.
     pub async fn header_extension_id(&self, uri: &str) -> Option<u8> {
-        let pc = self.pc.lock().await.clone()?;
+        let pc = self.current().await?;
         extmap_id(&pc.local_description().await?.sdp, uri)
     }
 
     /// Closes the connection if there is one.
     pub async fn close(&self) {
-        if let Some(pc) = self.pc.lock().await.take()
+        if let Some((pc, _)) = self.pc.lock().await.take()
             && let Err(e) = pc.close().await
         {
             debug!(error = %e, "closing subscriber connection");
