@@ -6,6 +6,12 @@
 //! sockets to close, media to start or stop, events to persist. The room never
 //! trusts the client: every capability is checked here from the identity the
 //! token gave and the room's own state.
+//!
+//! A guest in the call whose socket drops is *held*, not gone: it stays on the
+//! roster, others are told nothing (but a `participant_media` saying its media is
+//! disconnected), and a `join` with the same id within the seat hold resumes the
+//! attendance as if nothing had happened. Only when the hold runs out do others get
+//! `participant_left {reason: disconnected}`, once.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +26,8 @@ use crate::protocol::{
 };
 use crate::ratelimit::TokenBucket;
 
-/// How long an admitted participant whose connection dropped keeps their seat.
+/// How long, by default, a guest in the call whose connection dropped keeps their seat
+/// (see [`Room::with_seat_hold`]).
 pub const REJOIN_GRACE_MS: u64 = 60_000;
 
 /// Longest reason staff may give when denying or removing someone.
@@ -40,6 +47,10 @@ pub enum Effect {
         participant: ParticipantInfo,
         others: Vec<ParticipantInfo>,
         may_present: bool,
+        /// It was in the call already (held after a drop, or replaced by a new socket):
+        /// its old media connections are replaced by new ones for the new socket.
+        /// Others were told nothing of the change of socket.
+        resumed: bool,
     },
     /// The participant left the call: stop its media.
     LeaveCall { participant_id: ParticipantId },
@@ -82,15 +93,35 @@ pub const MEDIA_STATUS_PER_SEC: f64 = 2.0;
 /// Someone in the call.
 #[derive(Debug, Clone)]
 struct Member {
+    /// Their current connection; while `held`, the one that dropped (never written to).
     conn: ConnId,
     info: ParticipantInfo,
     joined_at_ms: u64,
+    /// Fixed on entering the call; a resumed attendance keeps it.
+    may_present: bool,
     chat: TokenBucket,
     /// Their last `media_status` (publisher, subscriber): relayed on change, and
     /// told to whoever enters the call later.
     media: Option<(ConnectionMedia, ConnectionMedia)>,
     media_reports: TokenBucket,
+    /// Set while their connection is gone and the seat is held for them.
+    held: Option<Held>,
 }
+
+/// A seat held for a guest whose connection dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    /// When the connection dropped: the end of the attendance if they do not come back.
+    since_ms: u64,
+    /// When the seat is given up and others are told they left.
+    until_ms: u64,
+}
+
+/// What others are told of a held participant's media: both connections lost.
+const HELD_MEDIA: ConnectionMedia = ConnectionMedia {
+    state: crate::protocol::MediaConnectionState::Disconnected,
+    path: None,
+};
 
 /// What staff may do to someone waiting in the lobby.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,19 +148,24 @@ pub struct Room {
     members: Vec<Member>,
     lobby: Lobby,
     chat_seq: u64,
-    /// Seats kept for admitted participants whose connection dropped: participant id
-    /// to the time the seat is given up. A rejoin before then skips the lobby.
-    held_seats: std::collections::HashMap<ParticipantId, u64>,
+    /// How long a dropped guest's seat is held (ms).
+    seat_hold_ms: u64,
 }
 
 impl Room {
     pub fn new(meeting: Meeting) -> Self {
+        Self::with_seat_hold(meeting, REJOIN_GRACE_MS)
+    }
+
+    /// A room that holds a dropped guest's seat for `seat_hold_ms` (the `seat_hold_secs`
+    /// setting); 0 gives the seat up at once, as an explicit `leave` does.
+    pub fn with_seat_hold(meeting: Meeting, seat_hold_ms: u64) -> Self {
         Self {
             meeting,
             members: Vec::new(),
             lobby: Lobby::default(),
             chat_seq: 0,
-            held_seats: std::collections::HashMap::new(),
+            seat_hold_ms,
         }
     }
 
@@ -142,34 +178,50 @@ impl Room {
         self.meeting = meeting;
     }
 
-    /// Nobody in the call or the lobby and no seat held for a dropped participant:
-    /// the shell may drop the room. A held seat keeps the room (and so the seat) until
-    /// it expires, even when the one who dropped was the last person there.
+    /// Nobody in the call or the lobby, held seats included: the shell may drop the
+    /// room. A held seat keeps the room (and so the seat) until it expires, even when
+    /// the one who dropped was the last person there.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.lobby.is_empty() && self.held_seats.is_empty()
+        self.members.is_empty() && self.lobby.is_empty()
     }
 
+    /// On the call's roster: connected, or held after a drop.
     pub fn in_call(&self, participant_id: &str) -> bool {
         self.member(participant_id).is_some()
     }
 
-    /// The participant id a connection speaks for, if it is still current.
+    /// In the call, but its connection dropped and its seat is held.
+    pub fn is_held(&self, participant_id: &str) -> bool {
+        self.member(participant_id).is_some_and(|m| m.held.is_some())
+    }
+
+    fn connected(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.held.is_none())
+    }
+
+    /// The participant id a connection speaks for, if it is still current
+    /// (a held participant's dropped connection is not).
     pub fn participant_of(&self, conn: ConnId) -> Option<&str> {
-        self.members
-            .iter()
+        self.connected()
             .map(|m| (m.conn, &m.info.participant_id))
             .chain(self.lobby.iter().map(|w| (w.conn, &w.info.participant_id)))
             .find(|(c, _)| *c == conn)
             .map(|(_, id)| id.as_str())
     }
 
+    /// The call's roster, held participants included, in the order they entered.
     pub fn participants(&self) -> Vec<ParticipantInfo> {
         self.members.iter().map(|m| m.info.clone()).collect()
     }
 
-    /// How many are in the call.
+    /// How many are connected in the call (held seats not counted).
     pub fn call_len(&self) -> usize {
-        self.members.len()
+        self.connected().count()
+    }
+
+    /// How many seats are held for guests whose connection dropped.
+    pub fn held_len(&self) -> usize {
+        self.members.len() - self.call_len()
     }
 
     pub fn lobby_len(&self) -> usize {
@@ -178,7 +230,7 @@ impl Room {
 
     /// When the shell should call [`Room::tick`] next: a lobby timeout or a held seat's end.
     pub fn next_deadline(&self) -> Option<u64> {
-        let seats = self.held_seats.values().copied().min();
+        let seats = self.members.iter().filter_map(|m| m.held).map(|h| h.until_ms).min();
         match (self.lobby.next_deadline(), seats) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -221,8 +273,9 @@ impl Room {
         }));
     }
 
+    /// To everyone connected in the call (a held participant has no socket to write to).
     fn broadcast(&self, out: &mut Vec<Effect>, msg: &ServerMessage, except: Option<&str>) {
-        for m in &self.members {
+        for m in self.connected() {
             if Some(m.info.participant_id.as_str()) != except {
                 out.push(Effect::Send {
                     conn: m.conn,
@@ -237,7 +290,7 @@ impl Room {
         let msg = ServerMessage::LobbyUpdate {
             entries: self.lobby.entries(),
         };
-        for m in self.members.iter().filter(|m| m.info.kind == ParticipantKind::Staff) {
+        for m in self.connected().filter(|m| m.info.kind == ParticipantKind::Staff) {
             out.push(Effect::Send {
                 conn: m.conn,
                 msg: msg.clone(),
@@ -259,15 +312,21 @@ impl Room {
             return Err(Error::new(ErrorCode::MeetingEnded, "this meeting has ended"));
         }
         let mut out = Vec::new();
-        // Someone already admitted (still connected, or dropped within the grace period)
-        // comes back to the call, not to the lobby: a reload or a network blip costs no re-admission.
-        let seat_held = self.in_call(&req.participant_id)
-            || self
-                .held_seats
-                .remove(&req.participant_id)
-                .is_some_and(|until| until > now);
-        // The same identity on a new connection replaces the old one (a reload, a second tab).
-        if self.in_call(&req.participant_id) || self.lobby.get(&req.participant_id).is_some() {
+        // A hold that ran out before the shell's timer fired ends now, before anything else.
+        self.expire_holds(now, &mut out);
+        // Someone in the call (held after a drop, or still connected: a reload, a second
+        // tab, a socket the server has not yet seen die) comes back to the call on the new
+        // connection, not to the lobby, and nobody else sees them leave and rejoin.
+        if let Some(i) = self
+            .members
+            .iter()
+            .position(|m| m.info.participant_id == req.participant_id)
+        {
+            self.resume(i, req.conn, &mut out);
+            return Ok(out);
+        }
+        // Someone waiting on another connection is placed from scratch.
+        if self.lobby.get(&req.participant_id).is_some() {
             self.depart(now, &req.participant_id, LeaveReason::Replaced, None, &mut out);
         }
         let occupancy = self.members.len() + self.lobby.len();
@@ -296,7 +355,7 @@ impl Room {
         });
         let may_bypass = may_bypass_lobby(&self.meeting, &req.attendee);
         // Guests wait for a host even when the rule would let them in; staff are hosts.
-        let enters = organizer || seat_held || (may_bypass && (kind == ParticipantKind::Staff || self.staff_present()));
+        let enters = organizer || (may_bypass && (kind == ParticipantKind::Staff || self.staff_present()));
         if enters {
             self.record(&mut out, &info, now, EventKind::Joined);
             self.enter_call(now, req.conn, info, &mut out);
@@ -322,26 +381,10 @@ impl Room {
         Ok(out)
     }
 
-    fn enter_call(&mut self, now: u64, conn: ConnId, info: ParticipantInfo, out: &mut Vec<Effect>) {
-        let first_host = info.kind == ParticipantKind::Staff && !self.staff_present();
-        let others = self.participants();
-        let may_present = info.kind == ParticipantKind::Staff || self.meeting.settings.guests_may_present;
-        out.push(Effect::EnterCall {
-            conn,
-            participant: info.clone(),
-            others,
-            may_present,
-        });
-        self.broadcast(
-            out,
-            &ServerMessage::ParticipantJoined {
-                participant: info.clone(),
-            },
-            None,
-        );
-        // After `admitted` (the shell sends it for EnterCall): the media state of those
-        // already in the call, so a newcomer sees at once who has none.
-        for m in &self.members {
+    /// After `admitted` (the shell sends it for EnterCall): the media state of the
+    /// others in the call, so someone entering sees at once who has none.
+    fn tell_media_of_others(&self, conn: ConnId, me: &str, out: &mut Vec<Effect>) {
+        for m in self.members.iter().filter(|m| m.info.participant_id != me) {
             if let Some((publisher, subscriber)) = m.media {
                 out.push(Effect::Send {
                     conn,
@@ -353,14 +396,37 @@ impl Room {
                 });
             }
         }
+    }
+
+    fn enter_call(&mut self, now: u64, conn: ConnId, info: ParticipantInfo, out: &mut Vec<Effect>) {
+        let first_host = info.kind == ParticipantKind::Staff && !self.staff_present();
+        let others = self.participants();
+        let may_present = info.kind == ParticipantKind::Staff || self.meeting.settings.guests_may_present;
+        out.push(Effect::EnterCall {
+            conn,
+            participant: info.clone(),
+            others,
+            may_present,
+            resumed: false,
+        });
+        self.broadcast(
+            out,
+            &ServerMessage::ParticipantJoined {
+                participant: info.clone(),
+            },
+            None,
+        );
+        self.tell_media_of_others(conn, &info.participant_id, out);
         let is_staff = info.kind == ParticipantKind::Staff;
         self.members.push(Member {
             conn,
             info,
             joined_at_ms: now,
+            may_present,
             chat: chat_bucket(now),
             media: None,
             media_reports: TokenBucket::new(MEDIA_STATUS_BURST, MEDIA_STATUS_PER_SEC, now),
+            held: None,
         });
         if is_staff {
             out.push(Effect::Send {
@@ -384,6 +450,48 @@ impl Room {
                 out.push(Effect::Send { conn: w.conn, msg });
             }
             self.lobby_changed(out);
+        }
+    }
+
+    /// Member `i` carries on in the call on connection `conn`: the one it had is told
+    /// `left {replaced}` if it is still there, the new one gets `joined` and `admitted`
+    /// with the room as it is now. Others are told nothing: for them it never left.
+    fn resume(&mut self, i: usize, conn: ConnId, out: &mut Vec<Effect>) {
+        let m = &mut self.members[i];
+        if m.held.take().is_none() {
+            Self::say_left(out, m.conn, LeaveReason::Replaced, None);
+        }
+        m.conn = conn;
+        let (info, may_present) = (m.info.clone(), m.may_present);
+        out.push(Effect::Send {
+            conn,
+            msg: ServerMessage::Joined {
+                protocol: PROTOCOL_VERSION,
+                you: info.clone(),
+                meeting: self.summary(),
+            },
+        });
+        let others = self
+            .members
+            .iter()
+            .filter(|m| m.info.participant_id != info.participant_id)
+            .map(|m| m.info.clone())
+            .collect();
+        out.push(Effect::EnterCall {
+            conn,
+            participant: info.clone(),
+            others,
+            may_present,
+            resumed: true,
+        });
+        self.tell_media_of_others(conn, &info.participant_id, out);
+        if info.kind == ParticipantKind::Staff {
+            out.push(Effect::Send {
+                conn,
+                msg: ServerMessage::LobbyUpdate {
+                    entries: self.lobby.entries(),
+                },
+            });
         }
     }
 
@@ -412,19 +520,17 @@ impl Room {
         {
             let m = self.members.remove(i);
             let was_host = m.info.kind == ParticipantKind::Staff;
-            if reason == LeaveReason::Disconnected {
-                self.held_seats.retain(|_, until| *until > now);
-                self.held_seats
-                    .insert(m.info.participant_id.clone(), now + REJOIN_GRACE_MS);
-            }
-            if notify {
+            // A held participant has no connection left to tell.
+            if notify && m.held.is_none() {
                 Self::say_left(out, m.conn, reason, message);
             }
             out.push(Effect::LeaveCall {
                 participant_id: m.info.participant_id.clone(),
             });
-            let in_call_ms = now.saturating_sub(m.joined_at_ms);
-            self.record(out, &m.info, now, EventKind::Left { reason, in_call_ms });
+            // A held participant's attendance ended when its connection dropped.
+            let left_at = m.held.map_or(now, |h| h.since_ms);
+            let in_call_ms = left_at.saturating_sub(m.joined_at_ms);
+            self.record(out, &m.info, left_at, EventKind::Left { reason, in_call_ms });
             let left = ServerMessage::ParticipantLeft {
                 participant_id: m.info.participant_id.clone(),
                 reason,
@@ -459,19 +565,68 @@ impl Room {
         }
     }
 
-    /// The connection dropped. Ignored if that connection was already replaced.
+    /// The connection dropped. Ignored if that connection was already replaced (or
+    /// already dropped).
+    ///
+    /// A guest in the call is held: it stays on the roster for the seat hold, and others
+    /// learn only that its media is disconnected (`participant_media`). Staff get a new
+    /// participant id on every join, so nothing could resume their seat: they leave at
+    /// once, as does everyone in the lobby.
     pub fn disconnected(&mut self, now: u64, conn: ConnId) -> Vec<Effect> {
         let mut out = Vec::new();
-        if let Some(id) = self.participant_of(conn).map(str::to_owned) {
-            self.depart(now, &id, LeaveReason::Disconnected, None, &mut out);
+        let Some(id) = self.participant_of(conn).map(str::to_owned) else {
+            return out;
+        };
+        let hold = self.seat_hold_ms;
+        match self.members.iter_mut().find(|m| m.info.participant_id == id) {
+            Some(m) if m.info.kind == ParticipantKind::Guest && hold > 0 => {
+                m.held = Some(Held {
+                    since_ms: now,
+                    until_ms: now.saturating_add(hold),
+                });
+                let changed = m.media != Some((HELD_MEDIA, HELD_MEDIA));
+                m.media = Some((HELD_MEDIA, HELD_MEDIA));
+                let msg = ServerMessage::ParticipantMedia {
+                    participant_id: m.info.participant_id.clone(),
+                    publisher: HELD_MEDIA,
+                    subscriber: HELD_MEDIA,
+                };
+                if changed {
+                    self.broadcast(&mut out, &msg, Some(&id));
+                }
+            }
+            _ => self.depart(now, &id, LeaveReason::Disconnected, None, &mut out),
         }
+        out
+    }
+
+    /// Held seats whose hold has run out are given up: others are told now that the
+    /// participant left (`disconnected`).
+    fn expire_holds(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let expired: Vec<_> = self
+            .members
+            .iter()
+            .filter(|m| m.held.is_some_and(|h| h.until_ms <= now))
+            .map(|m| m.info.participant_id.clone())
+            .collect();
+        for id in expired {
+            self.depart(now, &id, LeaveReason::Disconnected, None, out);
+        }
+    }
+
+    /// The server is stopping and nobody is connected: held seats are given up now,
+    /// so their departures are recorded (nobody is left to tell).
+    /// (Each departure is recorded at the time of its drop.)
+    pub fn give_up_holds(&mut self) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.expire_holds(u64::MAX, &mut out);
         out
     }
 
     /// Lobby timeouts, and held seats given up.
     pub fn tick(&mut self, now: u64) -> Vec<Effect> {
         let mut out = Vec::new();
-        self.held_seats.retain(|_, until| *until > now);
+        self.expire_holds(now, &mut out);
         let expired: Vec<_> = self
             .lobby
             .iter()
@@ -687,11 +842,10 @@ impl Room {
             .map(|w| w.info.participant_id.clone())
             .chain(self.members.iter().map(|m| m.info.participant_id.clone()))
             .collect();
+        // Held seats too: nobody comes back to an ended meeting.
         for id in ids {
             self.depart(now, &id, LeaveReason::MeetingEnded, None, out);
         }
-        // Nobody comes back to an ended meeting.
-        self.held_seats.clear();
         self.meeting.ended_at_ms = Some(now);
         out.push(Effect::MeetingEnded);
     }

@@ -385,10 +385,9 @@ fn disconnect_cleans_up_call_and_lobby() {
         participant_id: "p_olga".into()
     }));
     assert_eq!((room.call_len(), room.lobby_len()), (0, 0));
-    assert!(!room.is_empty(), "olga's seat is held");
+    // Staff get a new participant id on every join: no seat is held for them.
+    assert!(room.is_empty(), "no seat held for staff");
     assert!(room.disconnected(30, 1).is_empty(), "a second disconnect is a no-op");
-    room.tick(20 + REJOIN_GRACE_MS);
-    assert!(room.is_empty());
 }
 
 #[test]
@@ -403,6 +402,8 @@ fn rejoin_replaces_the_old_connection() {
     }));
     assert!(fx.contains(&Effect::Close { conn: 2 }));
     assert_eq!(entered(&fx), ["p_g"]);
+    assert!(sent(&fx, 1).is_empty(), "others see no leave and rejoin: {fx:?}");
+    assert!(events(&fx).is_empty(), "the attendance goes on");
     // The stale connection's late disconnect does not remove the new one.
     assert!(room.disconnected(6, 2).is_empty());
     assert!(room.in_call("p_g"));
@@ -542,7 +543,7 @@ fn a_dropped_guest_keeps_the_seat_for_the_grace_period() {
         },
     );
     room.disconnected(20, 2);
-    assert!(!room.in_call("p_g"));
+    assert!(room.in_call("p_g") && room.is_held("p_g"));
     // Back within the grace period: straight into the call.
     let fx = room.join(20 + REJOIN_GRACE_MS - 1, guest(3, "p_g", false)).unwrap();
     assert_eq!(entered(&fx), ["p_g"]);
@@ -596,12 +597,16 @@ fn a_guest_alone_in_the_call_comes_back_from_a_drop_without_the_lobby() {
 
 #[test]
 fn the_earliest_of_lobby_timeout_and_held_seat_is_the_next_deadline() {
-    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    let mut room = Room::with_seat_hold(meeting(LobbyBypass::OrganizerOnly), 30_000);
     room.join(0, staff(1, "olga")).unwrap();
-    room.disconnected(10, 1);
-    // The seat ends at 10 + grace; a guest who waits from 0 times out at 60 s.
-    room.join(0, guest(2, "p_g", false)).unwrap();
-    assert_eq!(room.next_deadline(), Some((10 + REJOIN_GRACE_MS).min(60_000)));
+    room.join(0, guest(2, "p_in", true)).unwrap();
+    room.handle(0, 1, ClientMessage::AdmitAll);
+    room.disconnected(10, 2);
+    // The seat ends at 10 + 30 s; a guest who waits from 0 times out at 60 s.
+    room.join(0, guest(3, "p_g", false)).unwrap();
+    assert_eq!(room.next_deadline(), Some(30_010));
+    room.tick(30_010);
+    assert_eq!(room.next_deadline(), Some(60_000));
     // An ended meeting holds no seat.
     let mut out = Vec::new();
     room.end(20, &mut out);
@@ -739,4 +744,385 @@ fn media_status_is_relayed_on_change_told_to_newcomers_and_bounded() {
     room.join(0, guest(2, "p_w", false)).unwrap();
     assert!(!room.in_call("p_w"));
     assert_eq!(error_code(&room.handle(10, 2, failed), 2), Some(ErrorCode::NotInCall));
+}
+
+// ---- a guest's dropped connection: held, resumed, expired ----
+
+const HOLD: u64 = 10_000;
+
+/// Olga (staff, conn 1) and guest p_g (conn 2) in the call; p_g entered at 10.
+fn call_with_guest() -> Room {
+    let mut room = Room::with_seat_hold(meeting(LobbyBypass::OrganizerOnly), HOLD);
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    room.handle(
+        10,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_g".into(),
+        },
+    );
+    assert!(room.in_call("p_g"));
+    room
+}
+
+const DROPPED: ConnectionMedia = ConnectionMedia {
+    state: crate::protocol::MediaConnectionState::Disconnected,
+    path: None,
+};
+
+fn left_frames(effects: &[Effect], conn: ConnId) -> Vec<(ParticipantId, LeaveReason)> {
+    sent(effects, conn)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::ParticipantLeft { participant_id, reason } => Some((participant_id, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn roster_frames(effects: &[Effect], conn: ConnId) -> usize {
+    sent(effects, conn)
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::ParticipantLeft { .. } | ServerMessage::ParticipantJoined { .. }
+            )
+        })
+        .count()
+}
+
+fn media_stopped(effects: &[Effect]) -> bool {
+    effects.iter().any(|e| matches!(e, Effect::LeaveCall { .. }))
+}
+
+#[test]
+fn a_dropped_guest_is_held_and_others_see_only_its_media_go() {
+    let mut room = call_with_guest();
+    let fx = room.disconnected(100, 2);
+    assert_eq!(
+        sent(&fx, 1),
+        [ServerMessage::ParticipantMedia {
+            participant_id: "p_g".into(),
+            publisher: DROPPED,
+            subscriber: DROPPED,
+        }],
+        "no participant_left, only its media state"
+    );
+    assert!(sent(&fx, 2).is_empty(), "a dropped socket is not written to");
+    assert!(!media_stopped(&fx), "its media is kept while held");
+    assert!(events(&fx).is_empty(), "nothing recorded yet");
+    assert!(room.in_call("p_g") && room.is_held("p_g"));
+    assert_eq!(room.participant_of(2), None, "the dropped connection speaks for nobody");
+    assert_eq!((room.call_len(), room.held_len()), (1, 1));
+    assert_eq!(room.participants().len(), 2, "still on the roster");
+    assert_eq!(room.next_deadline(), Some(100 + HOLD));
+    assert!(!room.is_empty());
+    // Frames from the dead connection (none should come) are refused.
+    let fx = room.handle(101, 2, ClientMessage::Chat { text: "ghost".into() });
+    assert_eq!(error_code(&fx, 2), Some(ErrorCode::NotInCall));
+    // Broadcasts skip the held guest.
+    let fx = room.handle(
+        102,
+        1,
+        ClientMessage::Chat {
+            text: "still there?".into(),
+        },
+    );
+    assert!(sent(&fx, 2).is_empty());
+    assert_eq!(sent(&fx, 1).len(), 1);
+}
+
+#[test]
+fn a_guest_back_within_the_hold_resumes_and_others_see_nothing() {
+    let mut room = call_with_guest();
+    room.disconnected(100, 2);
+    let fx = room.join(100 + HOLD - 1, guest(4, "p_g", false)).unwrap();
+    // The new socket gets what any entry into the call gets.
+    assert!(matches!(&sent(&fx, 4)[0], ServerMessage::Joined { you, .. } if you.participant_id == "p_g"));
+    let enter: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::EnterCall {
+                conn,
+                others,
+                resumed,
+                may_present,
+                ..
+            } => Some((*conn, others.len(), *resumed, *may_present)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(enter, [(4, 1, true, false)], "admitted with olga, media replaced");
+    // Others: nothing at all. The dead socket: nothing either.
+    assert!(sent(&fx, 1).is_empty(), "{fx:?}");
+    assert!(sent(&fx, 2).is_empty());
+    assert!(!fx.contains(&Effect::Close { conn: 2 }));
+    assert!(!media_stopped(&fx) && events(&fx).is_empty());
+    assert!(room.in_call("p_g") && !room.is_held("p_g"));
+    assert_eq!(room.participant_of(4), Some("p_g"));
+    assert_eq!(room.next_deadline(), None, "no hold left to expire");
+    assert!(room.tick(100 + HOLD * 5).is_empty());
+    // And the attendance simply goes on.
+    let fx = room.handle(200 + HOLD, 4, ClientMessage::Chat { text: "back".into() });
+    assert_eq!(sent(&fx, 1).len(), 1);
+    let fx = room.handle(
+        201 + HOLD,
+        4,
+        ClientMessage::MediaStatus {
+            publisher: ConnectionMedia::NEW,
+            subscriber: ConnectionMedia::NEW,
+        },
+    );
+    assert_eq!(sent(&fx, 1).len(), 1, "its new media state replaces the dropped one");
+}
+
+#[test]
+fn a_hold_that_runs_out_tells_others_once() {
+    let mut room = call_with_guest();
+    room.disconnected(100, 2);
+    assert!(room.tick(100 + HOLD - 1).is_empty());
+    let fx = room.tick(100 + HOLD);
+    assert_eq!(left_frames(&fx, 1), [("p_g".into(), LeaveReason::Disconnected)]);
+    assert_eq!(sent(&fx, 1).len(), 1);
+    assert!(sent(&fx, 2).is_empty());
+    assert!(fx.contains(&Effect::LeaveCall {
+        participant_id: "p_g".into()
+    }));
+    // Recorded as having left when the connection dropped.
+    let rec: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(ev) => Some((ev.at_ms, ev.event.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rec,
+        [(
+            100,
+            EventKind::Left {
+                reason: LeaveReason::Disconnected,
+                in_call_ms: 90
+            }
+        )]
+    );
+    assert!(!room.in_call("p_g"));
+    assert_eq!(room.next_deadline(), None);
+    assert!(room.tick(100 + HOLD * 2).is_empty(), "exactly once");
+    assert!(room.disconnected(100 + HOLD * 2, 2).is_empty());
+    // Too late: the lobby, like anyone else.
+    let fx = room.join(100 + HOLD * 3, guest(5, "p_g", false)).unwrap();
+    assert!(entered(&fx).is_empty());
+    assert_eq!(roster_frames(&fx, 1), 0);
+}
+
+#[test]
+fn a_join_after_the_hold_but_before_the_timer_ends_the_hold_first() {
+    let mut room = call_with_guest();
+    room.disconnected(100, 2);
+    // The shell's timer is late: the join itself gives the seat up, then places them.
+    let fx = room.join(100 + HOLD, guest(4, "p_g", false)).unwrap();
+    assert_eq!(left_frames(&fx, 1), [("p_g".into(), LeaveReason::Disconnected)]);
+    assert!(media_stopped(&fx));
+    assert!(entered(&fx).is_empty());
+    assert!(sent(&fx, 4).iter().any(|m| matches!(m, ServerMessage::Lobby { .. })));
+    assert!(room.tick(100 + HOLD * 2).is_empty());
+}
+
+#[test]
+fn a_drop_then_a_leave_from_the_new_socket_is_one_departure() {
+    let mut room = call_with_guest();
+    let mut to_olga = Vec::new();
+    to_olga.extend(room.disconnected(100, 2));
+    to_olga.extend(room.join(200, guest(4, "p_g", false)).unwrap());
+    let fx = room.handle(300, 4, ClientMessage::Leave);
+    assert_eq!(
+        sent(&fx, 4),
+        [ServerMessage::Left {
+            reason: LeaveReason::Left,
+            message: None
+        }]
+    );
+    to_olga.extend(fx);
+    assert_eq!(left_frames(&to_olga, 1), [("p_g".into(), LeaveReason::Left)]);
+    assert_eq!(
+        roster_frames(&to_olga, 1),
+        1,
+        "no participant_joined, one participant_left"
+    );
+    assert_eq!(
+        events(&to_olga),
+        [EventKind::Left {
+            reason: LeaveReason::Left,
+            in_call_ms: 290
+        }],
+        "one attendance, the outage inside it"
+    );
+    assert!(room.tick(100 + HOLD * 2).is_empty(), "the old hold is gone");
+}
+
+#[test]
+fn a_double_drop_holds_once_and_a_late_drop_of_the_old_socket_is_ignored() {
+    let mut room = call_with_guest();
+    assert!(!room.disconnected(100, 2).is_empty());
+    assert!(room.disconnected(150, 2).is_empty(), "the second drop is a no-op");
+    assert_eq!(room.next_deadline(), Some(100 + HOLD), "the hold does not move");
+    room.join(200, guest(4, "p_g", false)).unwrap();
+    assert!(room.disconnected(250, 2).is_empty(), "the old socket's late drop");
+    assert!(!room.is_held("p_g"));
+    // Dropped again on the new socket: held again, from this drop; others already
+    // know its media is down, so they are told nothing new.
+    let fx = room.disconnected(300, 4);
+    assert!(sent(&fx, 1).is_empty(), "{fx:?}");
+    assert_eq!(room.next_deadline(), Some(300 + HOLD));
+    let fx = room.tick(300 + HOLD);
+    assert_eq!(left_frames(&fx, 1), [("p_g".into(), LeaveReason::Disconnected)]);
+}
+
+#[test]
+fn a_held_guest_removed_by_staff_leaves_at_once_without_a_frame_to_its_dead_socket() {
+    let mut room = call_with_guest();
+    room.disconnected(100, 2);
+    let fx = room.handle(
+        200,
+        1,
+        ClientMessage::Remove {
+            participant_id: "p_g".into(),
+            reason: Some("gone quiet".into()),
+        },
+    );
+    assert_eq!(left_frames(&fx, 1), [("p_g".into(), LeaveReason::Removed)]);
+    assert!(sent(&fx, 2).is_empty() && !fx.contains(&Effect::Close { conn: 2 }));
+    assert!(media_stopped(&fx));
+    assert!(events(&fx).contains(&EventKind::Left {
+        reason: LeaveReason::Removed,
+        in_call_ms: 90
+    }));
+    assert!(!room.in_call("p_g") && room.next_deadline().is_none());
+    assert!(
+        room.tick(100 + HOLD).is_empty(),
+        "no second departure at the old deadline"
+    );
+    // Removed means the lobby on the way back.
+    assert!(entered(&room.join(300, guest(4, "p_g", false)).unwrap()).is_empty());
+}
+
+#[test]
+fn ending_the_meeting_gives_up_held_seats() {
+    let mut room = call_with_guest();
+    room.disconnected(100, 2);
+    let fx = room.handle(200, 1, ClientMessage::EndMeeting);
+    assert_eq!(
+        sent(&fx, 1),
+        [ServerMessage::Left {
+            reason: LeaveReason::MeetingEnded,
+            message: None
+        }]
+    );
+    assert!(sent(&fx, 2).is_empty() && !fx.contains(&Effect::Close { conn: 2 }));
+    assert!(fx.contains(&Effect::LeaveCall {
+        participant_id: "p_g".into()
+    }));
+    assert!(events(&fx).contains(&EventKind::Left {
+        reason: LeaveReason::MeetingEnded,
+        in_call_ms: 90
+    }));
+    assert!(room.is_empty() && room.next_deadline().is_none());
+    assert_eq!(
+        room.join(300, guest(4, "p_g", false)).unwrap_err().code,
+        ErrorCode::MeetingEnded
+    );
+}
+
+#[test]
+fn lobby_and_staff_drops_keep_todays_behaviour() {
+    let mut room = Room::with_seat_hold(meeting(LobbyBypass::OrganizerOnly), HOLD);
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, staff(2, "sam")).unwrap();
+    room.handle(0, 1, ClientMessage::AdmitAll);
+    room.join(5, guest(3, "p_w", false)).unwrap();
+    // Someone waiting who drops is gone from the lobby at once, with no seat.
+    let fx = room.disconnected(10, 3);
+    assert!(sent(&fx, 1).contains(&ServerMessage::LobbyUpdate { entries: vec![] }));
+    assert!(events(&fx).contains(&EventKind::LeftLobby { wait_ms: 5 }));
+    assert!(!room.in_call("p_w") && !room.is_held("p_w"));
+    assert_eq!(room.next_deadline(), None);
+    // Staff: a new participant id on every join, so nothing could resume the seat.
+    let fx = room.disconnected(20, 2);
+    assert_eq!(left_frames(&fx, 1), [("p_sam".into(), LeaveReason::Disconnected)]);
+    assert!(media_stopped(&fx));
+    assert!(!room.in_call("p_sam") && room.next_deadline().is_none());
+}
+
+#[test]
+fn a_hold_of_zero_lets_a_dropped_guest_go_at_once() {
+    let mut room = Room::with_seat_hold(meeting(LobbyBypass::Everyone), 0);
+    room.join(0, staff(1, "olga")).unwrap();
+    room.join(0, guest(2, "p_g", false)).unwrap();
+    let fx = room.disconnected(10, 2);
+    assert_eq!(left_frames(&fx, 1), [("p_g".into(), LeaveReason::Disconnected)]);
+    assert!(!room.in_call("p_g"));
+}
+
+#[test]
+fn a_newcomer_sees_a_held_guest_on_the_roster_with_its_media_down() {
+    let mut room = call_with_guest();
+    room.disconnected(100, 2);
+    room.join(110, guest(4, "p_new", false)).unwrap();
+    let fx = room.handle(
+        120,
+        1,
+        ClientMessage::Admit {
+            participant_id: "p_new".into(),
+        },
+    );
+    let others: Vec<_> = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::EnterCall { others, .. } => Some(others.iter().map(|p| p.participant_id.clone()).collect()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(others, ["p_olga", "p_g"]);
+    assert!(sent(&fx, 4).contains(&ServerMessage::ParticipantMedia {
+        participant_id: "p_g".into(),
+        publisher: DROPPED,
+        subscriber: DROPPED,
+    }));
+    assert!(
+        sent(&fx, 2).is_empty(),
+        "participant_joined is not sent to the held guest"
+    );
+    // When the guest comes back, its roster has the newcomer.
+    let fx = room.join(130, guest(5, "p_g", false)).unwrap();
+    let others: Vec<_> = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::EnterCall { others, .. } => Some(others.iter().map(|p| p.participant_id.clone()).collect()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(others, ["p_olga", "p_new"]);
+    assert_eq!(roster_frames(&fx, 1) + roster_frames(&fx, 4), 0);
+}
+
+#[test]
+fn giving_up_holds_at_shutdown_records_each_departure_at_its_drop() {
+    let mut room = call_with_guest();
+    room.handle(50, 1, ClientMessage::Leave);
+    room.disconnected(100, 2);
+    assert_eq!(room.call_len(), 0);
+    assert!(!room.is_empty(), "the held seat keeps the room");
+    let fx = room.give_up_holds();
+    assert!(media_stopped(&fx));
+    assert_eq!(
+        events(&fx),
+        [EventKind::Left {
+            reason: LeaveReason::Disconnected,
+            in_call_ms: 90
+        }]
+    );
+    assert!(room.is_empty());
 }
