@@ -89,6 +89,11 @@ pub struct Config {
     /// Lifetime of guest tokens, seconds, 60 to 604800 [default: 7200].
     #[arg(long, env = "GATEHOUSE_GUEST_TOKEN_TTL")]
     pub guest_token_ttl_secs: Option<u64>,
+    /// How long a guest in the call whose signaling connection dropped keeps its seat, seconds,
+    /// 1 to 3600: others see it stay (its media shown as disconnected) and a rejoin with the same
+    /// token within this time resumes the call unseen; after it, others see it leave [default: 60].
+    #[arg(long, env = "GATEHOUSE_SEAT_HOLD")]
+    pub seat_hold_secs: Option<u64>,
     /// Link redemptions allowed per client address per minute [default: 20].
     #[arg(long, env = "GATEHOUSE_REDEEM_PER_MINUTE")]
     pub redeem_per_minute: Option<u32>,
@@ -182,6 +187,10 @@ impl Config {
             "TURN credential TTL must be 60 s to 7 days"
         );
         anyhow::ensure!(
+            (1..=3600).contains(&self.seat_hold_secs()),
+            "seat hold must be 1 s to 1 hour"
+        );
+        anyhow::ensure!(
             (0.0..=1.0).contains(&self.media_drop_rate()),
             "media drop rate must be between 0 and 1"
         );
@@ -240,6 +249,11 @@ impl Config {
 
     pub fn guest_token_ttl_secs(&self) -> u64 {
         self.guest_token_ttl_secs.unwrap_or(7200)
+    }
+
+    pub fn seat_hold_secs(&self) -> u64 {
+        self.seat_hold_secs
+            .unwrap_or(gatehouse_signaling::room::REJOIN_GRACE_MS / 1000)
     }
 
     pub fn redeem_per_minute(&self) -> u32 {
@@ -326,6 +340,14 @@ mod tests {
         );
         let _ = std::fs::remove_file(path);
         assert_eq!(c.media_drop_rate(), 0.0, "the drop hook is off unless asked for");
+        assert_eq!(c.seat_hold_secs(), 60, "a dropped guest's seat is held for a minute");
+        for (secs, ok) in [(0, false), (1, true), (3600, true), (3601, false)] {
+            let c = Config::resolve(Config {
+                seat_hold_secs: Some(secs),
+                ..Default::default()
+            });
+            assert_eq!(c.is_ok(), ok, "seat_hold_secs = {secs}");
+        }
         let c = Config::resolve(Config {
             media_drop_rate: Some(0.1),
             ..Default::default()

@@ -93,6 +93,8 @@ pub struct Services {
     pub metrics: Arc<GatewayMetrics>,
     /// Set when the server stops: seats held for dropped participants no longer keep a meeting.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// How long a guest whose socket dropped keeps its seat, unseen by others (`seat_hold_secs`).
+    pub seat_hold_ms: u64,
 }
 
 impl LiveMeetings {
@@ -154,7 +156,8 @@ impl LiveMeetings {
                     let span = tracing::info_span!("meeting", meeting_id = %meeting.meeting_id);
                     self.running.send_modify(|n| *n += 1);
                     let running = RunningTask(services.live.clone());
-                    tokio::spawn(run(Room::new(meeting.clone()), rx, services.clone(), running).instrument(span));
+                    let room = Room::with_seat_hold(meeting.clone(), services.seat_hold_ms);
+                    tokio::spawn(run(room, rx, services.clone(), running).instrument(span));
                     tasks.insert(meeting_id.to_owned(), tx);
                 }
                 let tx = tasks.get(meeting_id).expect("present: checked or inserted above");
@@ -218,6 +221,12 @@ async fn run(mut room: Room, mut rx: mpsc::Receiver<Command>, services: Services
         services.metrics.participants_in_lobby.add(now_counted.1 - counted.1);
         counted = now_counted;
         let idle = if stopping {
+            if room.call_len() == 0 && room.lobby_len() == 0 && room.held_len() > 0 {
+                // Nobody is left to come back to a held seat: give them up, so their
+                // departures are recorded and their media is released.
+                let effects = room.give_up_holds();
+                apply(&room, &mut outboxes, &services, effects).await;
+            }
             room.call_len() == 0 && room.lobby_len() == 0
         } else {
             // Empty includes no seat held for someone who dropped: the room waits for them.
@@ -327,10 +336,20 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                 participant,
                 others,
                 may_present,
+                resumed,
             } => {
                 let Some(outbox) = outboxes.get(&conn).cloned() else {
                     continue;
                 };
+                if resumed {
+                    // Back on a new socket: the client brings new peer connections, so the
+                    // media plane drops the old ones (and the tracks published on them)
+                    // and starts clean for this socket, as for a first entry.
+                    services
+                        .sfu
+                        .remove_participant(&meeting_id, &participant.participant_id)
+                        .await;
+                }
                 // `admitted` first, so the client knows it is in the call before any media message.
                 let tracks = services.sfu.tracks(&meeting_id).await;
                 let _ = outbox.send(ServerMessage::Admitted {

@@ -60,6 +60,7 @@ impl AppState {
             live: self.live.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
+            seat_hold_ms: self.config.seat_hold_secs() * 1000,
         }
     }
 
