@@ -209,6 +209,26 @@ async fn checks_are_answered_at_once_and_the_server_sends_none() {
             }
         }
     }
+
+    // Nothing unauthenticated moves the media: a nominating check with a wrong
+    // MESSAGE-INTEGRITY, and a DTLS-looking datagram, both from the intruder's address.
+    // The server's next datagram (its DTLS retransmission: the client never answers)
+    // still goes to the client, and the intruder has been sent nothing.
+    let forged = check(&server_ufrag, &client_ufrag, "not-the-servers-password-000", true);
+    intruder.send_to(&forged.raw, server).await.expect("send");
+    intruder
+        .send_to(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], server)
+        .await
+        .expect("send");
+    match next(&client).await {
+        Arrived::Other(first) => assert!((20..=63).contains(&first), "DTLS again (first byte {first})"),
+        Arrived::Stun(m) => panic!("expected the DTLS retransmission, got STUN {:?}", m.typ),
+    }
+    let mut buf = [0u8; 2048];
+    assert!(
+        intruder.try_recv_from(&mut buf).is_err(),
+        "the intruder was sent nothing"
+    );
     sfu.remove_participant("m_lite", "p_raw").await;
     assert_eq!(sfu.live_connections(), 0);
 }
