@@ -224,8 +224,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         bind: config.media_bind(),
         tcp_bind: Some(config.media_tcp_bind()),
         public_ip: config.public_ip.or_else(|| advertised_media_ip(config.media_bind())),
-        // Handed out by the signaling side instead (`AppState::ice`, per participant).
-        ice_servers: Vec::new(),
         shards: config.media_shards(),
         drop_probability: config.media_drop_rate(),
     })

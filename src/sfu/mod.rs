@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gatehouse_signaling::protocol::{IceServer, MediaMessage, MeetingId, ParticipantId, ParticipantKind, TrackInfo};
+use gatehouse_signaling::protocol::{MediaMessage, MeetingId, ParticipantId, ParticipantKind, TrackInfo};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
@@ -64,8 +64,6 @@ pub struct SfuConfig {
     /// The TCP address for ICE over TCP (one port for every shard), or `None` to
     /// offer UDP only. Port 0 takes an ephemeral port.
     pub tcp_bind: Option<SocketAddr>,
-    /// Extra STUN/TURN servers handed to clients on admission.
-    pub ice_servers: Vec<IceServer>,
     /// Number of single-threaded shards (0 = one per core).
     pub shards: usize,
     /// Share of forwarded packets to drop on purpose, in [0, 1]. A test hook for
@@ -80,7 +78,6 @@ impl SfuConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             tcp_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             public_ip: None,
-            ice_servers: Vec::new(),
             shards: 1,
             drop_probability: 0.0,
         }
@@ -131,7 +128,6 @@ struct Inner {
     /// load of every placement and inserts in one step, which a sharded map cannot do
     /// atomically; it is taken once per join, leave and media frame, never per packet.
     placements: Mutex<HashMap<MeetingId, Placement>>,
-    ice_servers: Vec<IceServer>,
     /// The bound ICE-TCP address, when on.
     tcp_bound: Option<SocketAddr>,
 }
@@ -302,7 +298,6 @@ impl Sfu {
             inner: Arc::new(Inner {
                 shards: handles,
                 placements: Mutex::new(HashMap::new()),
-                ice_servers: config.ice_servers,
                 tcp_bound,
             }),
         })
@@ -326,11 +321,6 @@ impl Sfu {
     /// The addresses clients are told to send media to (public IP when configured).
     pub fn media_addrs(&self) -> Vec<SocketAddr> {
         self.inner.shards.iter().map(|s| s.media_addr).collect()
-    }
-
-    /// ICE servers to hand to clients in `admitted`.
-    pub fn ice_servers(&self) -> Vec<IceServer> {
-        self.inner.ice_servers.clone()
     }
 
     fn placements(&self) -> std::sync::MutexGuard<'_, HashMap<MeetingId, Placement>> {
