@@ -1100,3 +1100,193 @@ async fn media_status_is_relayed_and_garbage_refused() {
         .expect("pong", |m| matches!(m, ServerMessage::Pong { nonce: 7 }))
         .await;
 }
+
+/// Staff and an admitted guest in a call (`organizer_only`), with the staff socket past
+/// the guest's `participant_joined`. Returns (staff, guest, guest token, guest id, meeting id).
+async fn staff_and_admitted_guest(srv: &TestServer, olga: &str) -> (Ws, Ws, String, String, String) {
+    let meeting = srv
+        .create_meeting(
+            olga,
+            json!({ "title": "Video visit", "lobby_bypass": "organizer_only" }),
+        )
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut staff = srv.join(olga, Some(&mid)).await;
+    assert!(is_admitted(&placement(&mut staff).await));
+    let token = srv.redeem(&public_code(&meeting), "Travelling Tom").await;
+    let mut guest = srv.join(&token, None).await;
+    assert!(matches!(placement(&mut guest).await, ServerMessage::Lobby { .. }));
+    staff.send(&ClientMessage::AdmitAll).await;
+    guest.expect("admitted", is_admitted).await;
+    let joined = staff
+        .expect("the guest joins", |m| {
+            matches!(m, ServerMessage::ParticipantJoined { .. })
+        })
+        .await;
+    let ServerMessage::ParticipantJoined { participant } = joined else {
+        unreachable!()
+    };
+    (staff, guest, token, participant.participant_id.into_string(), mid)
+}
+
+/// Reads staff frames up to the answer to a ping: everything the meeting sent it before
+/// handling the ping (one socket's frames are in order, and the meeting handles one
+/// command at a time), so "not among these" means "not sent".
+async fn frames_until_pong(ws: &mut Ws, nonce: u64) -> Vec<ServerMessage> {
+    ws.send(&ClientMessage::Ping { nonce }).await;
+    let mut seen = Vec::new();
+    loop {
+        match ws.next().await {
+            Some(ServerMessage::Pong { nonce: n }) if n == nonce => return seen,
+            Some(m) => seen.push(m),
+            None => panic!("socket closed before pong; saw {seen:?}"),
+        }
+    }
+}
+
+fn roster_changes_of(frames: &[ServerMessage], id: &str) -> Vec<ServerMessage> {
+    frames
+        .iter()
+        .filter(|m| match m {
+            ServerMessage::ParticipantLeft { participant_id, .. } => participant_id == id,
+            ServerMessage::ParticipantJoined { participant } => participant.participant_id == id,
+            _ => false,
+        })
+        .cloned()
+        .collect()
+}
+
+fn media_down(m: &ServerMessage, id: &str) -> bool {
+    use gatehouse_signaling::protocol::MediaConnectionState::Disconnected;
+    matches!(m, ServerMessage::ParticipantMedia { participant_id, publisher, subscriber }
+        if participant_id == id && publisher.state == Disconnected && subscriber.state == Disconnected)
+}
+
+/// A guest's TCP connection dies under its socket (no `leave`, no Close frame) and it
+/// comes back with its token within the seat hold: straight into the call, and the other
+/// participant never sees it leave or rejoin, only its media marked disconnected meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_whose_socket_dies_comes_back_unseen_within_the_hold() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let (mut staff, guest, token, guest_id, _mid) = staff_and_admitted_guest(&srv, &olga).await;
+
+    guest.cut();
+    // The gateway notices the drop: staff learn only that the guest's media is down.
+    let mut seen = Vec::new();
+    loop {
+        let m = staff.next().await.expect("staff socket open");
+        let down = media_down(&m, &guest_id);
+        seen.push(m);
+        if down {
+            break;
+        }
+    }
+    srv.wait_until("the drop is seen", |s| {
+        s.state().metrics.participants_in_call.get() == 1 && s.state().metrics.signaling_connections.get() == 1
+    })
+    .await;
+
+    let mut guest = srv.join(&token, None).await;
+    let joined = guest
+        .expect("joined", |m| matches!(m, ServerMessage::Joined { .. }))
+        .await;
+    assert!(matches!(joined, ServerMessage::Joined { you, .. } if you.participant_id == guest_id));
+    let placed = guest
+        .expect("placement", |m| {
+            matches!(m, ServerMessage::Admitted { .. } | ServerMessage::Lobby { .. })
+        })
+        .await;
+    let ServerMessage::Admitted { participants, .. } = placed else {
+        panic!("back in the lobby: {placed:?}");
+    };
+    assert_eq!(participants.len(), 1, "the roster as it is now: the staff member");
+    guest.send(&ClientMessage::Chat { text: "back".into() }).await;
+    staff
+        .expect(
+            "the guest's chat",
+            |m| matches!(m, ServerMessage::Chat { message } if message.text == "back"),
+        )
+        .await;
+    seen.extend(frames_until_pong(&mut staff, 7).await);
+    assert_eq!(
+        roster_changes_of(&seen, &guest_id),
+        [],
+        "no participant_left or participant_joined for the guest: {seen:?}"
+    );
+
+    // Its attendance goes on: one leave, seen once.
+    guest.send(&ClientMessage::Leave).await;
+    guest.until_closed().await;
+    let left = staff
+        .expect("the guest leaves", |m| {
+            matches!(m, ServerMessage::ParticipantLeft { .. })
+        })
+        .await;
+    assert_eq!(
+        left,
+        ServerMessage::ParticipantLeft {
+            participant_id: guest_id.clone().into(),
+            reason: LeaveReason::Left
+        }
+    );
+}
+
+/// The same drop, and the guest does not come back: after the hold (1 s here, the
+/// `seat_hold_secs` setting) the other participant gets one `participant_left`
+/// (`disconnected`), and the log records one departure, at the drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_who_does_not_come_back_leaves_once_when_the_hold_ends() {
+    let dir = support::temp_dir("hold");
+    let mut config = support::test_config(&dir);
+    config.seat_hold_secs = Some(1);
+    let srv = TestServer::start_with(config).await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let (mut staff, guest, token, guest_id, mid) = staff_and_admitted_guest(&srv, &olga).await;
+
+    guest.cut();
+    let mut seen = Vec::new();
+    let down_at = loop {
+        let m = staff.next().await.expect("staff socket open");
+        let down = media_down(&m, &guest_id);
+        seen.push(m);
+        if down {
+            break std::time::Instant::now();
+        }
+    };
+    assert_eq!(roster_changes_of(&seen, &guest_id), [], "nothing yet: {seen:?}");
+    let left = staff
+        .expect("the hold ends", |m| matches!(m, ServerMessage::ParticipantLeft { .. }))
+        .await;
+    assert!(
+        down_at.elapsed() >= std::time::Duration::from_millis(900),
+        "told after the hold, not at the drop ({:?})",
+        down_at.elapsed()
+    );
+    assert_eq!(
+        left,
+        ServerMessage::ParticipantLeft {
+            participant_id: guest_id.clone().into(),
+            reason: LeaveReason::Disconnected
+        }
+    );
+    // Exactly once, also after a second hold's worth of time.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let later = frames_until_pong(&mut staff, 9).await;
+    assert_eq!(roster_changes_of(&later, &guest_id), [], "{later:?}");
+    let (_, events) = srv
+        .call("GET", &format!("/api/v1/meetings/{mid}/events"), Some(&olga), None)
+        .await;
+    let lefts: Vec<_> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["participant_id"] == guest_id.as_str() && e["event"]["event"] == "left")
+        .collect();
+    assert_eq!(lefts.len(), 1, "{events}");
+    assert_eq!(lefts[0]["event"]["reason"], "disconnected");
+
+    // Too late for the seat: back through the lobby.
+    let mut guest = srv.join(&token, None).await;
+    assert!(matches!(placement(&mut guest).await, ServerMessage::Lobby { .. }));
+}

@@ -312,4 +312,10 @@ impl Ws {
     pub async fn drop_connection(mut self) {
         let _ = self.stream.close(None).await;
     }
+
+    /// The connection dies as a network failure would end it: the TCP connection is
+    /// closed under the WebSocket, with no `leave`, no Close frame and no TLS close_notify.
+    pub fn cut(self) {
+        drop(self.stream);
+    }
 }
