@@ -268,14 +268,69 @@ async fn chromium_guest_behind_a_udp_block_gets_media_over_ice_tcp() {
     let Some(net) = support::netns::GuestNet::create() else {
         return;
     };
-    net.block_udp();
-    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some(&net)).await;
+    let guest = InNamespace {
+        net: &net,
+        configure: Box::new(|_| {}),
+        restrict: Box::new(|_| net.block_udp()),
+    };
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some(guest)).await;
     for role in ["publisher", "subscriber"] {
         assert_eq!(
             f["guestMedia"]["after"]["media"][role]["path"], "tcp",
             "the guest's {role} connection goes over ICE-TCP: {f:#}"
         );
     }
+}
+
+/// A guest whose network lets only TCP 443 out (and the gateway's HTTPS port: in a real
+/// deployment that is 443 too, on the gateway's own address): neither UDP nor ICE-TCP
+/// reaches the gateway, so Chromium relays through a real coturn over TLS on 443, with
+/// the credentials the gateway minted for this guest, and media flows both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_guest_allowed_only_tcp_443_gets_media_through_turn_over_tls() {
+    let Some(net) = support::netns::GuestNet::create() else {
+        return;
+    };
+    let dir = support::temp_dir("turn-tls");
+    let tls = gatehouse::tls::ensure_dev_certificate(&dir.join("tls"), &["localhost".to_owned()]).expect("certificate");
+    let coturn =
+        support::coturn::Coturn::start_on(&dir.join("coturn"), &tls.cert, &tls.key, net.host_ip.into(), Some(443))
+            .await;
+    let turn_url = format!("turns:{}:443?transport=tcp", net.host_ip);
+    let guest = InNamespace {
+        net: &net,
+        configure: Box::new(|config| {
+            config.turn_urls = Some(vec![turn_url.clone()]);
+            config.turn_secret = Some(coturn.secret.clone());
+        }),
+        restrict: Box::new(|srv| {
+            let https = srv.running.as_ref().unwrap().addr.port();
+            net.nft(&format!(
+                "table inet gatehouse_test {{
+                   chain out {{ type filter hook output priority 0; policy accept;
+                     meta l4proto udp drop; tcp dport != {{ 443, {https} }} drop; }}
+                   chain in {{ type filter hook input priority 0; policy accept; meta l4proto udp drop; }}
+                 }}"
+            ));
+        }),
+    };
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some(guest)).await;
+    for role in ["publisher", "subscriber"] {
+        assert_eq!(
+            f["guestMedia"]["after"]["media"][role]["path"], "relay",
+            "the guest's {role} connection goes through TURN: {f:#}"
+        );
+        assert_eq!(
+            f["guestMedia"]["after"]["media"][role]["pair"]["local"]["type"], "relay",
+            "{f:#}"
+        );
+    }
+    // coturn really carried it, over its TLS listener.
+    coturn
+        .wait_for_log("a TLS session", Duration::from_secs(5), |l| {
+            l.contains("TLS") && l.contains("session")
+        })
+        .await;
 }
 
 /// Firefox ESR (driven over WebDriver BiDi) as the guest. Firefox gathers no loopback
@@ -286,28 +341,44 @@ async fn firefox_guest_and_sdk_staff_exchange_media() {
     guest_and_sdk_staff_exchange_media("firefox.mjs", "0.0.0.0:0", None).await;
 }
 
+/// A browser guest in a network namespace of its own: the gateway's settings for it, and
+/// what the guest's network lets through, set once the gateway's ports are known.
+struct InNamespace<'a> {
+    net: &'a support::netns::GuestNet,
+    configure: Box<dyn FnOnce(&mut gatehouse::config::Config) + 'a>,
+    restrict: Box<dyn FnOnce(&TestServer) + 'a>,
+}
+
 /// The same in a browser of each family: the guest page's script, the SDK on the other
-/// side. With `net`, the browser runs in that namespace and the gateway (HTTPS, media
+/// side. With `guest`, the browser runs in that namespace and the gateway (HTTPS, media
 /// over UDP and TCP) listens on the host end of its link. Returns the scenario's facts.
-async fn guest_and_sdk_staff_exchange_media(
-    script: &str,
-    media_bind: &str,
-    net: Option<&support::netns::GuestNet>,
-) -> Value {
+async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str, guest: Option<InNamespace<'_>>) -> Value {
     let _one_browser = ONE_BROWSER.lock().await;
     let dir = support::temp_dir("browser");
     let mut config = support::test_config(&dir);
-    match net {
-        Some(net) => {
+    let (net, restrict) = match guest {
+        Some(InNamespace {
+            net,
+            configure,
+            restrict,
+        }) => {
             // The SDK reaches HTTPS as localhost (the name in the dev certificate),
             // the guest by the link's address.
             config.listen = Some("0.0.0.0:0".parse().unwrap());
             config.media_bind = Some((net.host_ip, 0).into());
             config.media_tcp_bind = Some((net.host_ip, 0).into());
+            configure(&mut config);
+            (Some(net), Some(restrict))
         }
-        None => config.media_bind = Some(media_bind.parse().unwrap()),
-    }
+        None => {
+            config.media_bind = Some(media_bind.parse().unwrap());
+            (None, None)
+        }
+    };
     let srv = TestServer::start_with(config).await;
+    if let Some(restrict) = restrict {
+        restrict(&srv);
+    }
     if media_bind.starts_with("0.0.0.0") {
         let advertised = srv.state().sfu.media_addrs()[0];
         assert!(

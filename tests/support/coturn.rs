@@ -6,7 +6,7 @@
 //! with the test, failure or not.
 
 use std::io::BufRead;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -29,6 +29,8 @@ pub struct Coturn {
     pub secret: String,
     /// The realm coturn answers with (credentials are checked against it).
     pub realm: String,
+    /// The address it listens and relays on (and the only peer it relays to).
+    pub ip: IpAddr,
     /// Every line coturn logged so far.
     log: watch::Receiver<Vec<String>>,
     /// Configuration, database and pid file.
@@ -36,9 +38,15 @@ pub struct Coturn {
 }
 
 impl Coturn {
-    /// Starts coturn with a certificate for `localhost` (its key beside it, PEM) and
-    /// waits until its UDP, TCP and TLS listeners are open.
+    /// Starts coturn on loopback with a certificate for `localhost` (its key beside it,
+    /// PEM) and waits until its UDP, TCP and TLS listeners are open.
     pub async fn start(dir: &Path, cert: &Path, key: &Path) -> Coturn {
+        Self::start_on(dir, cert, key, IpAddr::from([127, 0, 0, 1]), None).await
+    }
+
+    /// The same on `ip`, which is also the only peer it relays to (the gateway's media
+    /// address), with TURN over TLS on `tls_port` if given (443, as on a real network).
+    pub async fn start_on(dir: &Path, cert: &Path, key: &Path, ip: IpAddr, tls_port: Option<u16>) -> Coturn {
         let turnserver = "turnserver";
         assert!(
             Command::new("sh")
@@ -51,13 +59,13 @@ impl Coturn {
         std::fs::create_dir_all(dir).unwrap();
         let secret = gatehouse::ids::random_code(32);
         let realm = "gatehouse.test".to_owned();
-        let (port, tls_port) = (free_port(), free_port());
+        let (port, tls_port) = (free_port(ip), tls_port.unwrap_or_else(|| free_port(ip)));
         let config = dir.join("turnserver.conf");
         std::fs::write(
             &config,
             format!(
-                "listening-ip=127.0.0.1\n\
-                 relay-ip=127.0.0.1\n\
+                "listening-ip={ip}\n\
+                 relay-ip={ip}\n\
                  listening-port={port}\n\
                  tls-listening-port={tls_port}\n\
                  cert={cert}\n\
@@ -70,7 +78,7 @@ impl Coturn {
                  # As README advises: relay to the gateway's media address and nowhere else.\n\
                  denied-peer-ip=0.0.0.0-255.255.255.255\n\
                  denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff\n\
-                 allowed-peer-ip=127.0.0.1\n\
+                 allowed-peer-ip={ip}\n\
                  user-quota=12\n\
                  total-quota=1200\n\
                  no-dtls\n\
@@ -112,13 +120,14 @@ impl Coturn {
             tls_port,
             secret,
             realm,
+            ip,
             log,
             dir: dir.to_owned(),
         };
         for listener in [
-            format!("UDP listener opened on: 127.0.0.1:{port}"),
-            format!("TCP listener opened on : 127.0.0.1:{port}"),
-            format!("TLS/TCP listener opened on : 127.0.0.1:{tls_port}"),
+            format!("UDP listener opened on: {ip}:{port}"),
+            format!("TCP listener opened on : {ip}:{port}"),
+            format!("TLS/TCP listener opened on : {ip}:{tls_port}"),
         ] {
             coturn
                 .wait_for_log(&listener, START_WITHIN, |l| l.contains(&listener))
@@ -129,12 +138,12 @@ impl Coturn {
 
     /// The plain listener (UDP or TCP).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.ip, self.port)
     }
 
     /// The TLS listener.
     pub fn tls_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.tls_port))
+        SocketAddr::new(self.ip, self.tls_port)
     }
 
     /// Every line logged so far.
@@ -163,12 +172,12 @@ impl Coturn {
     }
 }
 
-/// A loopback port free for both UDP and TCP now (coturn takes both on its plain port).
-fn free_port() -> u16 {
+/// A port on `ip` free for both UDP and TCP now (coturn takes both on its plain port).
+fn free_port(ip: IpAddr) -> u16 {
     loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpListener::bind((ip, 0)).unwrap();
         let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
             return port;
         }
     }
