@@ -144,18 +144,16 @@ async fn sdk_reconnects_after_a_drop_and_keeps_its_seat() {
     staff.admit(waiting[0].participant_id.clone()).unwrap();
     support::sdk_admitted(&mut guest_events).await;
 
-    // The connection drops (no `leave`): staff see a disconnect, the guest a Disconnected event.
+    // The connection drops (no `leave`): the seat is held, so staff do not see the guest
+    // leave, only its media go down.
     guest.close().await;
     staff_events
-        .wait_for(T, |e| {
-            matches!(
-                e,
-                Event::ParticipantLeft {
-                    reason: LeaveReason::Disconnected,
-                    ..
-                }
-            )
-            .then_some(())
+        .wait_for(T, |e| match e {
+            Event::ParticipantMedia { publisher, .. } => {
+                (publisher.state == gatehouse_signaling::protocol::MediaConnectionState::Disconnected).then_some(())
+            }
+            Event::ParticipantLeft { .. } => panic!("a held guest is not seen to leave"),
+            _ => None,
         })
         .await
         .unwrap();
@@ -186,6 +184,9 @@ async fn sdk_reconnects_after_a_drop_and_keeps_its_seat() {
     let track = staff_events
         .wait_for(T, |e| match e {
             Event::RemoteTrack(t) => Some(t),
+            Event::ParticipantLeft { .. } | Event::ParticipantJoined(_) => {
+                panic!("nobody else sees the guest leave and rejoin: {e:?}")
+            }
             _ => None,
         })
         .await
