@@ -65,7 +65,8 @@ pub struct Config {
     /// Public IP to advertise for media when the server sits behind 1:1 NAT.
     #[arg(long, env = "GATEHOUSE_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
-    /// Extra STUN/TURN URLs handed to clients (repeatable), e.g. stun:stun.example.org:3478.
+    /// Extra STUN/TURN URLs handed to clients as they are, without credentials (repeatable), e.g.
+    /// stun:stun.example.org:3478. For TURN with credentials per participant, see --turn-url.
     #[arg(long = "ice-server", env = "GATEHOUSE_ICE_SERVERS", value_delimiter = ',')]
     pub ice_servers: Option<Vec<String>>,
     /// TURN server URLs (repeatable) whose credentials the gateway mints per participant
