@@ -136,7 +136,13 @@ pub fn selected_path(report: &RTCStatsReport) -> Option<MediaPath> {
                     && p.state == rtc::statistics::stats::ice_candidate_pair::RTCStatsIceCandidatePairState::Succeeded
             })
         })?;
-    match report.get(&pair.local_candidate_id)? {
+    // webrtc-rs 0.21.1 names the pair's local candidate by the ICE agent's id, but keys
+    // the candidate's own entry `RTCLocalIceCandidate_<id>`: look under both.
+    let id = &pair.local_candidate_id;
+    let entry = report
+        .get(id)
+        .or_else(|| report.get(&format!("RTCLocalIceCandidate_{id}")))?;
+    match entry {
         RTCStatsReportEntry::LocalCandidate(local) => Some(path_of(local.candidate_type, &local.protocol)),
         _ => None,
     }
@@ -283,6 +289,8 @@ impl Recovery {
             Some(deadline) if now >= deadline => {
                 self.deadline = None;
                 if state == MediaConnectionState::Connected {
+                    // Connected throughout (a restart asked for on a working connection).
+                    *self = Recovery::default();
                     None
                 } else {
                     self.next(now)
@@ -466,7 +474,9 @@ mod tests {
         let mut recovery = Recovery::default();
         assert_eq!(recovery.request(t0), RecoveryAction::Restart { attempt: 1 });
         // Still connected throughout (a restart asked for on a healthy connection).
+        assert_eq!(recovery.attempts(), 1);
         assert_eq!(recovery.on_timer(t0 + RESTART_TIMEOUT, CONNECTED), None);
         assert_eq!(recovery.deadline(), None);
+        assert_eq!(recovery.attempts(), 0, "it worked: the count starts again");
     }
 }
