@@ -31,6 +31,8 @@ struct Seen {
     departures: AtomicU64,
     /// `MediaFailed` and `MediaLost` events.
     media_errors: AtomicU64,
+    /// `error` frames from the server (a refused `media_status` would be one).
+    server_errors: AtomicU64,
 }
 
 struct Observed {
@@ -69,6 +71,10 @@ fn pump(mut events: Events) -> Observed {
                 Event::MediaLost { role, attempts } => {
                     eprintln!("media lost on {role:?} after {attempts} restarts");
                     counters.media_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Error { code, message } => {
+                    eprintln!("server error {code:?}: {message}");
+                    counters.server_errors.fetch_add(1, Ordering::Relaxed);
                 }
                 Event::MediaHealth(health) => {
                     health_tx.send_replace(health);
@@ -219,6 +225,13 @@ async fn an_ice_restart_of_both_connections_keeps_media_flowing_and_the_seat() {
         "no media error"
     );
     assert_eq!(bob_seen.seen.media_errors.load(Ordering::Relaxed), 0);
+    for seen in [&alice_seen.seen, &bob_seen.seen] {
+        assert_eq!(
+            seen.server_errors.load(Ordering::Relaxed),
+            0,
+            "every media_status and restart accepted"
+        );
+    }
     assert!(alice.is_admitted() && bob.is_admitted());
     assert_eq!(
         bob.media_health().publisher.state,

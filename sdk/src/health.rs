@@ -23,6 +23,10 @@ pub const REPORT_BURST: f64 = 8.0;
 pub const REPORTS_PER_SEC: f64 = 1.5;
 /// An ICE restart that has not connected in this long is followed by another.
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(6);
+/// A connection still connecting this long after it started is treated as blocked
+/// (a firewall that drops its media): restart ICE rather than wait for webrtc-rs to
+/// call it failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 /// ICE restarts per connection, since it was last connected, before we give up.
 pub const MAX_RESTARTS: u32 = 3;
 
@@ -240,15 +244,19 @@ pub enum RecoveryAction {
     },
 }
 
-/// When to restart one connection's ICE: on `disconnected` or `failed`, again if a
-/// restart has not connected within [`RESTART_TIMEOUT`], at most [`MAX_RESTARTS`]
-/// times in a row, and once more whenever asked ([`request`](Self::request)).
+/// When to restart one connection's ICE: on `disconnected` or `failed`, or when it is
+/// still connecting [`CONNECT_TIMEOUT`] after it started; again if a restart has not
+/// connected within [`RESTART_TIMEOUT`]; at most [`MAX_RESTARTS`] times in a row; and
+/// once more whenever asked ([`request`](Self::request)).
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
     /// Restarts since last connected.
     attempts: u32,
-    /// A restart is in flight until then; after it, if still not connected, the next.
+    /// If the connection is not connected by then: the next restart.
     deadline: Option<Instant>,
+    /// `deadline` belongs to a restart in flight (not to a first connection attempt):
+    /// a failure meanwhile waits for it.
+    restarting: bool,
     /// Gave up: no more automatic restarts until the connection comes back or is asked.
     gave_up: bool,
 }
@@ -276,8 +284,10 @@ impl Recovery {
                 *self = Recovery::default();
                 None
             }
-            MediaConnectionState::Disconnected | MediaConnectionState::Failed if self.deadline.is_none() => {
-                self.next(now)
+            MediaConnectionState::Disconnected | MediaConnectionState::Failed if !self.restarting => self.next(now),
+            MediaConnectionState::Connecting if self.deadline.is_none() && !self.gave_up => {
+                self.deadline = Some(now + CONNECT_TIMEOUT);
+                None
             }
             _ => None,
         }
@@ -288,6 +298,7 @@ impl Recovery {
         match self.deadline {
             Some(deadline) if now >= deadline => {
                 self.deadline = None;
+                self.restarting = false;
                 if state == MediaConnectionState::Connected {
                     // Connected throughout (a restart asked for on a working connection).
                     *self = Recovery::default();
@@ -323,6 +334,7 @@ impl Recovery {
     fn restart(&mut self, now: Instant) -> RecoveryAction {
         self.attempts += 1;
         self.deadline = Some(now + RESTART_TIMEOUT);
+        self.restarting = true;
         RecoveryAction::Restart { attempt: self.attempts }
     }
 }
@@ -466,6 +478,36 @@ mod tests {
             recovery.on_state(now, FAILED),
             Some(RecoveryAction::Restart { attempt: 1 })
         );
+    }
+
+    #[test]
+    fn a_connection_that_does_not_come_up_in_time_is_restarted() {
+        let t0 = Instant::now();
+        let mut recovery = Recovery::default();
+        assert_eq!(recovery.on_state(t0, MediaConnectionState::New), None);
+        assert_eq!(recovery.deadline(), None, "nothing to wait for yet");
+        assert_eq!(recovery.on_state(t0, MediaConnectionState::Connecting), None);
+        assert_eq!(recovery.deadline(), Some(t0 + CONNECT_TIMEOUT));
+        assert_eq!(recovery.attempts(), 0, "waiting is not a restart");
+        assert_eq!(
+            recovery.on_timer(t0 + CONNECT_TIMEOUT, MediaConnectionState::Connecting),
+            Some(RecoveryAction::Restart { attempt: 1 })
+        );
+        assert_eq!(recovery.deadline(), Some(t0 + CONNECT_TIMEOUT + RESTART_TIMEOUT));
+
+        // A failure while the first attempt is still connecting restarts at once.
+        let mut recovery = Recovery::default();
+        assert_eq!(recovery.on_state(t0, MediaConnectionState::Connecting), None);
+        assert_eq!(
+            recovery.on_state(t0 + Duration::from_secs(1), FAILED),
+            Some(RecoveryAction::Restart { attempt: 1 })
+        );
+        // Up in time: nothing more.
+        let mut recovery = Recovery::default();
+        assert_eq!(recovery.on_state(t0, MediaConnectionState::Connecting), None);
+        assert_eq!(recovery.on_state(t0, CONNECTED), None);
+        assert_eq!(recovery.on_timer(t0 + CONNECT_TIMEOUT, CONNECTED), None);
+        assert_eq!(recovery.attempts(), 0);
     }
 
     #[test]
