@@ -16,6 +16,18 @@
 //! - [`RestClient`] calls the REST API (meetings, links, redemption).
 //! - `synthetic` (feature) is the payload format and statistics for synthetic media.
 //!
+//! Media health ([`health`]): the SDK watches both of its connections, as the web
+//! client does (docs/PROTOCOL.md §11.6). [`Client::media_health`] gives each one's
+//! state and, while connected, its path (`udp`, `tcp` or `relay`, from the selected
+//! ICE candidate pair), and [`Event::MediaHealth`] each change; the server is told with
+//! `media_status` (coalesced over 200 ms, under its rate limit), so the others get
+//! [`Event::ParticipantMedia`]. A connection that goes `disconnected` or `failed`, or
+//! is still connecting 4 s after it started, gets an ICE restart without leaving the
+//! call: the publisher re-offers with new credentials, the subscriber asks for a fresh
+//! connection (`restart_ice`) and its remote tracks come again as new
+//! [`Event::RemoteTrack`]s. At most 3 restarts in a row, 6 s apart; then
+//! [`Event::MediaLost`] says the media is gone. [`Client::restart_ice`] forces one.
+//!
 //! A dropped socket is a departure for the server: the SDK reports
 //! [`Event::Disconnected`]; [`Client::reconnect`] comes back with the same token
 //! (a guest who was in the call keeps the seat for 60 s after a drop), and the
