@@ -1278,6 +1278,57 @@ mod tests {
         subscriber.close().await;
     }
 
+    fn ice_ufrag(sdp: &str) -> Option<String> {
+        sdp.lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:").map(str::to_owned))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ice_restart_brings_new_credentials_and_keeps_the_udp_path() {
+        let (pub_tx, mut pub_rx) = mpsc::unbounded_channel();
+        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        let publisher = Publisher::new(loopback(), pub_tx).await.unwrap();
+        // Our own subscriber stands in for the server's answering side.
+        let (subscriber, _tracks) = Subscriber::new(loopback(), sub_tx);
+        let answering = tokio::spawn({
+            let (publisher, subscriber) = (publisher.clone(), subscriber.clone());
+            async move {
+                loop {
+                    let ClientMessage::PublishOffer { sdp, .. } = next_description(&mut pub_rx).await else {
+                        panic!("only offers from a publisher");
+                    };
+                    subscriber.on_offer(sdp).await.unwrap();
+                    let ClientMessage::SubscribeAnswer { sdp } = next_description(&mut sub_rx).await else {
+                        panic!("only answers from a subscriber");
+                    };
+                    assert!(publisher.on_answer(sdp));
+                }
+            }
+        });
+        let wait = Duration::from_secs(10);
+        let mic = publisher.publish(TrackSource::Microphone).await.unwrap();
+        mic.wait_connected(wait).await.unwrap();
+        subscriber.wait_connected(wait).await.unwrap();
+        assert_eq!(publisher.selected_path().await, Some(MediaPath::Udp));
+        assert_eq!(subscriber.selected_path().await, Some(MediaPath::Udp));
+        let local_ufrag = || async { ice_ufrag(&publisher.pc.local_description().await.unwrap().sdp) };
+        let before = local_ufrag().await.expect("a ufrag");
+
+        tokio::time::timeout(wait, publisher.restart_ice())
+            .await
+            .expect("answered in time")
+            .unwrap();
+        let after = local_ufrag().await.expect("a ufrag");
+        assert_ne!(before, after, "new ICE credentials");
+        assert_eq!(publisher.tracks().len(), 1, "the track stays");
+        mic.wait_connected(wait).await.expect("connected after the restart");
+        assert_eq!(publisher.selected_path().await, Some(MediaPath::Udp));
+
+        answering.abort();
+        publisher.close().await;
+        subscriber.close().await;
+    }
+
     #[test]
     fn extension_ids_come_from_extmap_lines() {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
