@@ -1,6 +1,6 @@
 #!/bin/bash
 # Join time: see docs/BENCHMARKS.md section 4. Linux only (taskset).
-# usage: join.sh BIN NAME -> prints the load tester's join_to_media_ms percentiles
+# usage: join.sh BIN NAME -> prints the load tester's join_to_media_ms and join_to_first_frame_ms percentiles
 # A fresh gateway (CPU 0, 1 media shard); 10 meetings of one publisher and one subscriber, the
 # publishers joining first, so each subscriber joins a meeting whose media already flows.
 BIN=$1; NAME=$2
@@ -20,6 +20,7 @@ def find(o,k):
             x=find(v,k)
             if x is not None: return x
     return None
-j=find(r,'join_to_media_ms'); a=find(r,'admitted_ms') 
-print('$NAME', 'join_to_media_ms', json.dumps(j))
+for k in ['join_to_media_ms', 'join_to_first_frame_ms']:
+    p=find(r,k)
+    print('$NAME', k, p and 'n=%d p50 %.1f p95 %.1f max %.1f' % (p['count'], p['p50'], p['p95'], p['max']))
 "

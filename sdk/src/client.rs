@@ -306,6 +306,8 @@ struct Inner {
     out: mpsc::UnboundedSender<ClientMessage>,
     you: ParticipantInfo,
     meeting: MeetingSummary,
+    /// Wall clock (µs since the UNIX epoch) when `join` went out: where join times start.
+    join_sent_us: u64,
     media: MediaOptions,
     state: StdMutex<CallState>,
     publisher: OnceCell<Arc<Publisher>>,
@@ -386,6 +388,7 @@ impl Client {
             token: options.token.clone(),
             meeting_id: options.meeting_id.clone().map(MeetingId::from),
         };
+        let join_sent_us = crate::now_us();
         socket.send(Message::text(serde_json::to_string(&join)?)).await?;
         let (you, meeting) = tokio::time::timeout(timeout, wait_joined(&mut socket))
             .await
@@ -403,6 +406,7 @@ impl Client {
             out: out_tx,
             you: you.clone(),
             meeting: meeting.clone(),
+            join_sent_us,
             media,
             state: StdMutex::new(CallState::default()),
             publisher: OnceCell::new(),
@@ -433,6 +437,12 @@ impl Client {
             },
             Events { rx: events_rx },
         ))
+    }
+
+    /// When `join` was sent (µs since the UNIX epoch, as [`now_us`](crate::now_us)),
+    /// after the WebSocket and TLS handshakes: join times are measured from here.
+    pub fn join_sent_us(&self) -> u64 {
+        self.inner.join_sent_us
     }
 
     /// Who we are in this meeting.

@@ -71,7 +71,8 @@ pub struct Options {
 /// video whose packets carry a sequence number, a send time and a checksum;
 /// every participant receives every other publisher's tracks and measures loss,
 /// jitter, one-way latency (sender and receiver share this machine's clock) and
-/// bitrate. Join time runs from holding the token to the first media packet.
+/// bitrate. Join time runs from holding the token to the first media packet; join to
+/// first frame from sending `join` to the first remote video keyframe complete.
 /// Meanwhile the gateway's /metrics is read every second for its CPU and memory.
 ///
 /// Phases: ramp (participants start at --ramp per second, until each is in with

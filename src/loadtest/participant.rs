@@ -63,6 +63,7 @@ impl StreamProbe {
 #[derive(Default)]
 struct ProbeState {
     admitted_after: Option<Duration>,
+    join_sent_after: Option<Duration>,
     error: Option<String>,
     published: bool,
     streams: Vec<Arc<StreamProbe>>,
@@ -153,6 +154,7 @@ impl Probe {
         ParticipantOutcome {
             role: self.role,
             admitted_after: state.admitted_after,
+            join_sent_after: state.join_sent_after,
             error: state.error.clone(),
             sent_packets,
             sent_bytes,
@@ -194,6 +196,9 @@ pub(crate) async fn run(
             }
         };
         tracing::Span::current().record("participant_id", client.me().participant_id.as_str());
+        probe.state().join_sent_after = Some(Duration::from_micros(
+            client.join_sent_us().saturating_sub(probe.started_us),
+        ));
         let sent = in_call(&setup, &client, events, &probe, &mut stop).await;
         // Always close: webrtc-rs keeps sockets and tasks alive otherwise.
         probe.stopping.store(true, Ordering::Relaxed);

@@ -53,6 +53,8 @@ pub struct ParticipantOutcome {
     pub role: Role,
     /// From holding the token to being in the call (`admitted`), if it got there.
     pub admitted_after: Option<Duration>,
+    /// From holding the token to sending `join` (WebSocket and TLS handshakes), if it got there.
+    pub join_sent_after: Option<Duration>,
     /// What went wrong for it, if anything (join refused, media failed...).
     pub error: Option<String>,
     /// RTP packets its synthetic senders sent.
@@ -71,6 +73,18 @@ impl ParticipantOutcome {
             .filter_map(|s| s.summary.time_to_first_packet_us)
             .min()
             .map(Duration::from_micros)
+    }
+
+    /// From sending `join` to the first video frame it could show: the first keyframe
+    /// of any remote video track complete (every packet from its first to its marker).
+    pub fn join_to_first_frame(&self) -> Option<Duration> {
+        let join = self.join_sent_after?;
+        self.streams
+            .iter()
+            .filter(|s| s.kind == TrackKind::Video)
+            .filter_map(|s| s.summary.time_to_first_complete_keyframe_us)
+            .min()
+            .map(|us| Duration::from_micros(us).saturating_sub(join))
     }
 }
 
@@ -230,6 +244,9 @@ pub struct Report {
     pub admitted_ms: Option<Percentiles>,
     /// From holding the token to the first media packet, ms (participants that got media).
     pub join_to_media_ms: Option<Percentiles>,
+    /// From sending `join` to the first remote video keyframe complete, ms (participants
+    /// that received video): see [`ParticipantOutcome::join_to_first_frame`].
+    pub join_to_first_frame_ms: Option<Percentiles>,
     /// What the gateway's `/metrics` said.
     pub gateway: GatewayFigures,
     /// Errors, most frequent first.
@@ -360,6 +377,9 @@ impl Report {
             bitrate,
             admitted_ms: duration_percentiles(participants.iter().filter_map(|p| p.admitted_after).collect()),
             join_to_media_ms: duration_percentiles(participants.iter().filter_map(|p| p.first_media_after()).collect()),
+            join_to_first_frame_ms: duration_percentiles(
+                participants.iter().filter_map(|p| p.join_to_first_frame()).collect(),
+            ),
             gateway: data.gateway.clone(),
             errors,
         };
@@ -501,6 +521,11 @@ impl Report {
         );
         row(&mut out, "token to admitted", percentiles(self.admitted_ms));
         row(&mut out, "token to first media", percentiles(self.join_to_media_ms));
+        row(
+            &mut out,
+            "join to first frame",
+            percentiles(self.join_to_first_frame_ms),
+        );
 
         let g = &self.gateway;
         let _ = writeln!(
@@ -624,6 +649,8 @@ mod tests {
                 last_seq: (received > 0).then_some(expected as u32 - 1),
                 time_to_first_packet_us: (received > 0).then_some(first_after_ms * 1000),
                 time_to_first_keyframe_us: None,
+                time_to_first_complete_keyframe_us: (kind == TrackKind::Video && received > 0)
+                    .then_some(first_after_ms * 1000 + 30_000),
                 bitrate_bps: if received > 0 { 32_000.0 } else { 0.0 },
                 jitter_us: 500.0,
                 latency_p50_us: None,
@@ -639,6 +666,7 @@ mod tests {
         ParticipantOutcome {
             role: Role::Publisher,
             admitted_after: Some(Duration::from_millis(100)),
+            join_sent_after: Some(Duration::from_millis(20)),
             error: None,
             sent_packets: 150,
             sent_bytes: 150 * 80,
@@ -769,6 +797,24 @@ mod tests {
         assert_eq!(r.packets.loss_percent, 0.0);
         assert_eq!(r.bitrate.total_kbps.to_string(), "0", "not -0");
         assert!(r.to_table().contains("Note: 2 of 2 expected streams never arrived"));
+    }
+
+    #[test]
+    fn join_to_first_frame_runs_from_join_to_a_complete_video_keyframe() {
+        // Each receives audio and video; its first complete keyframe comes 30 ms after
+        // the video's first packet, and `join` went out 20 ms after it held the token.
+        let both = |first_ms| {
+            participant(vec![
+                stream(TrackKind::Audio, 100, 100, 1, first_ms - 50),
+                stream(TrackKind::Video, 100, 100, 1, first_ms),
+            ])
+        };
+        let audio_only = participant(vec![stream(TrackKind::Audio, 100, 100, 1, 100)]);
+        let r = Report::from_run(&run(vec![both(300), both(500), audio_only], Thresholds::default()));
+        let f = r.join_to_first_frame_ms.unwrap();
+        assert_eq!((f.count, f.p50, f.max), (2, 310.0, 510.0));
+        assert!(r.to_table().contains("join to first frame"));
+        assert!(r.to_json().contains("\"join_to_first_frame_ms\""));
     }
 
     #[test]

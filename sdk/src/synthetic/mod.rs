@@ -632,6 +632,32 @@ impl LatencyHistogram {
     }
 }
 
+/// The packets of one keyframe seen so far (duplicates never reach it).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyframeAssembly {
+    frame: u32,
+    first_seq: Option<u32>,
+    last_seq: Option<u32>,
+    packets: u32,
+}
+
+impl KeyframeAssembly {
+    /// Counts one packet of the frame; true once every packet is in.
+    fn add(&mut self, packet: &SyntheticPacket) -> bool {
+        self.packets += 1;
+        if packet.frame_start {
+            self.first_seq = Some(packet.seq);
+        }
+        if packet.frame_end {
+            self.last_seq = Some(packet.seq);
+        }
+        match (self.first_seq, self.last_seq) {
+            (Some(first), Some(last)) => last.wrapping_sub(first).wrapping_add(1) == self.packets,
+            _ => false,
+        }
+    }
+}
+
 /// How many sequence numbers back duplicates are still recognised.
 const SEEN_WINDOW: u32 = 4096;
 
@@ -653,6 +679,9 @@ pub struct ReceiverStats {
     bytes: u64,
     keyframes: u64,
     first_keyframe_us: Option<u64>,
+    /// The keyframe being put together until the first one is complete.
+    assembling: Option<KeyframeAssembly>,
+    first_complete_keyframe_us: Option<u64>,
     seen: Vec<u64>,
     last_transit_us: Option<i64>,
     jitter_us: f64,
@@ -689,6 +718,8 @@ impl ReceiverStats {
             bytes: 0,
             keyframes: 0,
             first_keyframe_us: None,
+            assembling: None,
+            first_complete_keyframe_us: None,
             seen: vec![0; (SEEN_WINDOW / 64) as usize],
             last_transit_us: None,
             jitter_us: 0.0,
@@ -761,6 +792,20 @@ impl ReceiverStats {
             self.keyframes += 1;
             self.first_keyframe_us.get_or_insert(arrival_us);
         }
+        if packet.keyframe && self.first_complete_keyframe_us.is_none() {
+            let assembly = match &mut self.assembling {
+                Some(a) if a.frame == packet.frame => a,
+                // A later keyframe replaces an incomplete earlier one (its loss was not repaired).
+                slot => slot.insert(KeyframeAssembly {
+                    frame: packet.frame,
+                    ..KeyframeAssembly::default()
+                }),
+            };
+            if assembly.add(packet) {
+                self.first_complete_keyframe_us = Some(arrival_us);
+                self.assembling = None;
+            }
+        }
         let transit = arrival_us as i64 - packet.send_time_us as i64;
         self.latency.record(transit.max(0) as u64);
         if let Some(last) = self.last_transit_us {
@@ -807,6 +852,9 @@ impl ReceiverStats {
             last_seq: self.first_arrival_us.map(|_| self.highest_seq),
             time_to_first_packet_us: self.first_arrival_us.map(|t| t.saturating_sub(self.started_at_us)),
             time_to_first_keyframe_us: self.first_keyframe_us.map(|t| t.saturating_sub(self.started_at_us)),
+            time_to_first_complete_keyframe_us: self
+                .first_complete_keyframe_us
+                .map(|t| t.saturating_sub(self.started_at_us)),
             bitrate_bps: if duration_us > 0 {
                 self.bytes as f64 * 8.0 * 1e6 / duration_us as f64
             } else {
@@ -850,6 +898,10 @@ pub struct StreamSummary {
     pub time_to_first_packet_us: Option<u64>,
     /// From `started_at_us` to the first keyframe's first packet (video).
     pub time_to_first_keyframe_us: Option<u64>,
+    /// From `started_at_us` to the arrival that completed the first keyframe: every
+    /// packet from its first to its last (marker) present, the earliest moment a
+    /// decoder could show a picture (video).
+    pub time_to_first_complete_keyframe_us: Option<u64>,
     /// Payload bitrate between the first and the last arrival.
     pub bitrate_bps: f64,
     /// RFC 3550 interarrival jitter, µs.
@@ -1196,6 +1248,36 @@ mod tests {
         assert_eq!(s.keyframes, 2);
         assert_eq!(s.time_to_first_keyframe_us, Some(500));
         assert_eq!(s.lost, 0);
+    }
+
+    #[test]
+    fn the_first_keyframe_counts_as_complete_only_with_every_packet() {
+        let mut stats = ReceiverStats::new(SyntheticCodec::Vp8, T0);
+        let mut source = SyntheticSource::new(SyntheticConfig {
+            keyframe_interval: 2,
+            max_payload: 600,
+            ..SyntheticConfig::video()
+        });
+        // Frame 0 (a keyframe) loses its second packet; frame 1 is a delta frame.
+        let first = source.next_frame(T0);
+        assert!(first.keyframe && first.payloads.len() >= 3, "{}", first.payloads.len());
+        for (i, p) in first.payloads.iter().enumerate().filter(|(i, _)| *i != 1) {
+            stats.on_payload(T0 + 100 + i as u64, p).unwrap();
+        }
+        for p in &source.next_frame(T0 + 33_000).payloads {
+            stats.on_payload(T0 + 33_100, p).unwrap();
+        }
+        let s = stats.summary();
+        assert_eq!(s.time_to_first_keyframe_us, Some(100));
+        assert_eq!(s.time_to_first_complete_keyframe_us, None);
+        // The lost packet comes late (a retransmission): now the keyframe is whole.
+        stats.on_payload(T0 + 40_000, &first.payloads[1]).unwrap();
+        assert_eq!(stats.summary().time_to_first_complete_keyframe_us, Some(40_000));
+        // A later keyframe does not move it.
+        for p in &source.next_frame(T0 + 66_000).payloads {
+            stats.on_payload(T0 + 66_100, p).unwrap();
+        }
+        assert_eq!(stats.summary().time_to_first_complete_keyframe_us, Some(40_000));
     }
 
     #[test]
