@@ -259,7 +259,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .with_state(state.clone());
 
     let handle = axum_server::Handle::new();
+    // TCP_NODELAY: signaling is small frames in bursts (`joined`, `admitted` and
+    // `subscribe_offer` leave within 2 ms); with Nagle the second waits for the client's
+    // delayed ACK, 40 ms on Linux, on every join.
     let server = axum_server::tls_rustls::from_tcp_rustls(listener, rustls_config)?
+        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
         .handle(handle.clone())
         .serve(app.into_make_service_with_connect_info::<SocketAddr>());
     let task = tokio::spawn(server);

@@ -66,9 +66,17 @@ pub async fn upgrade(
 
 fn frame(msg: &ServerMessage) -> Message {
     // Serialising our own types cannot fail.
-    Message::Text(Utf8Bytes::from(
-        serde_json::to_string(msg).expect("server messages serialise"),
-    ))
+    let text = serde_json::to_string(msg).expect("server messages serialise");
+    tracing::debug!(frame = frame_type(&text), "frame out");
+    Message::Text(Utf8Bytes::from(text))
+}
+
+/// A frame's `type` (the serialised tag comes first), for the per-frame debug logs that
+/// time a join end to end (docs/BENCHMARKS.md §4); never parsed beyond that.
+fn frame_type(json: &str) -> &str {
+    json.strip_prefix("{\"type\":\"")
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("?")
 }
 
 async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
@@ -165,6 +173,7 @@ async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) ->
             Message::Binary(_) => return Err(Error::new(ErrorCode::MalformedJson, "frames must be JSON text")),
             _ => continue,
         };
+        tracing::debug!(frame = frame_type(&text), "frame in");
         return match parse_client_message(&text)? {
             ClientMessage::Join {
                 protocol,
@@ -306,6 +315,7 @@ async fn read_frames(
             ));
             continue;
         }
+        tracing::debug!(frame = frame_type(&text), "frame in");
         match parse_client_message(&text) {
             Ok(msg) => {
                 if !state.live.send_if_live(meeting_id, Command::Frame { conn, msg }).await {

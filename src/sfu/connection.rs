@@ -106,7 +106,19 @@ pub struct Conn {
     pub broken: bool,
     /// When a datagram last arrived from the client: our consent freshness.
     pub last_seen: Instant,
+    /// Checks that came before the client's description (at most
+    /// [`MAX_EARLY_CHECKS`]): the path they came on, whether they nominated, the datagram.
+    /// A client answering our subscriber offer starts checking as soon as it has made
+    /// its answer, so its first check usually beats the answer, which travels the
+    /// signaling path; `rtc` refuses a check it cannot attribute (no remote ufrag yet),
+    /// and the client would retry only a check interval later. So they wait here and
+    /// are handed over once the description is applied.
+    pub early_checks: Vec<(Path, bool, bytes::BytesMut)>,
 }
+
+/// How many early checks a connection keeps (a client sends one per candidate pair
+/// per check interval; the newest are dropped beyond this).
+pub const MAX_EARLY_CHECKS: usize = 8;
 
 impl Conn {
     /// A fresh connection, not yet negotiated.
@@ -136,6 +148,7 @@ impl Conn {
             pending_nomination: None,
             broken: false,
             last_seen: now,
+            early_checks: Vec::new(),
         }
     }
 }

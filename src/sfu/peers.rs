@@ -311,6 +311,15 @@ impl Peers {
         // A client's check (rare: a few per connection, then one per consent interval)
         // is kept, in case it nominated and has to be handed to `rtc` once more.
         let check = demux::binding_request(&data).map(|_| data.clone());
+        if check.is_some()
+            && let Some(conn) = self.conns.get_mut(&id)
+            && !conn.has_remote
+        {
+            if conn.early_checks.len() < super::connection::MAX_EARLY_CHECKS {
+                conn.early_checks.push((path, nominating, data));
+            }
+            return None;
+        }
         let from = path;
         match self.feed(id, now, from, data) {
             Some(Ok(())) => {
@@ -329,6 +338,18 @@ impl Peers {
                 Counters::add(&self.counters.dropped_packets, 1);
                 None
             }
+        }
+    }
+
+    /// Hands a connection the checks that arrived before its remote description (see
+    /// [`Conn::early_checks`]); call once the description is applied.
+    pub fn replay_early_checks(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        for (path, nominating, data) in std::mem::take(&mut conn.early_checks) {
+            tracing::debug!(shard = self.shard, conn = id, %path, nominating, "early check handed over");
+            self.take_in(id, now, path, nominating, data);
         }
     }
 

@@ -321,6 +321,17 @@ impl Shard {
                 if conn.ice_connected_at.is_none() && !conn.connected =>
             {
                 conn.ice_connected_at = Some(now);
+                // We are the DTLS client on both connections (our answer says `active`; a
+                // client answering our ICE-lite offer says `passive`). `rtc` 0.21.1 queues
+                // the ClientHello when the pair is selected (`DtlsHandler::handle_event`,
+                // `Endpoint::connect`) but hands it out only on the DTLS handler's next
+                // read, write or timeout: the first retransmission timer, up to 200 ms
+                // later. A timeout now sends it at once (nothing else is due yet).
+                if let Some(Err(e)) = self.peers.guard(id, "handle_timeout", |pc| {
+                    rtc::sansio::Protocol::handle_timeout(pc, now)
+                }) {
+                    tracing::debug!(shard = self.index, conn = id, "handle_timeout after ICE connected: {e}");
+                }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if role == PeerRole::Publisher => {
                 let replaces = init.rid.is_none();
@@ -721,6 +732,7 @@ impl Shard {
             conn.client_pwd = client_pwd;
         }
         self.apply_held_candidates(room_id, participant_id, PeerRole::Publisher, id);
+        self.peers.replay_early_checks(id, now);
         let hosted = self.rooms.get_mut(&room_id).expect("checked by handle");
         hosted.signal(participant_id, ServerMessage::PublishAnswer { sdp: answer });
         hosted.room.declare(participant_id, tracks, now, &mut self.effects);
@@ -780,6 +792,7 @@ impl Shard {
             self.negotiation_pending = true;
         }
         self.apply_held_candidates(room_id, participant_id, PeerRole::Subscriber, id);
+        self.peers.replay_early_checks(id, now);
         self.apply(room_id, now);
         self.drive(id, now);
         Ok(())
