@@ -811,3 +811,45 @@ async fn media_path_shown_and_ice_restart_keeps_media_in_chromium() {
     assert_eq!(f["alertAfter"], "", "no trouble shown once media is back: {f:#}");
     assert_eq!(f["mediaErrors"], serde_json::json!([]), "{f:#}");
 }
+
+/// Join time in Chromium (docs/BENCHMARKS.md §4, `scripts/bench/join-chromium.sh`):
+/// guests join a meeting whose staff member (Chromium, fake camera) already publishes,
+/// straight in (Join click to the first remote frame decoded) and through the lobby
+/// (the staff's Admit click to the guest's first frame). Frames must arrive; the
+/// times are printed (`JOIN-TIME` lines), never asserted: performance is not judged
+/// by a timed test on a shared machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_join_time_to_first_frame() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = TestServer::start().await;
+    let repeats: u64 = std::env::var("GATEHOUSE_JOIN_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let results = BrowserScript::start(
+        &srv,
+        "scenarios.mjs",
+        "join-time,join-time-admit",
+        serde_json::json!({ "joinRepeats": repeats }),
+    )
+    .finish()
+    .await;
+    for (scenario, clock) in [
+        ("join-time", "joinToFirstFrameMs"),
+        ("join-time-admit", "admitToFirstFrameMs"),
+    ] {
+        let joins = facts(&results, scenario)["joins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            joins.len() as u64,
+            repeats,
+            "{scenario}: every guest decoded a frame: {joins:#?}"
+        );
+        for join in &joins {
+            assert!(join[clock].as_f64().is_some(), "{scenario}: {clock} measured: {join:#}");
+            println!("JOIN-TIME {scenario} {join}");
+        }
+    }
+}

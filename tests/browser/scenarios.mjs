@@ -29,6 +29,8 @@ const SCENARIOS = {
   'guest-outage': guestOutage,
   'guest-no-path': guestNoPath,
   'media-restart': mediaRestart,
+  'join-time': (run) => joinTime(run, { admit: false }),
+  'join-time-admit': (run) => joinTime(run, { admit: true }),
 };
 
 const CHROMIUM_ARGS = [
@@ -57,6 +59,7 @@ function readScenarioConfig(arg) {
     expiredLinkCode: cfg.expiredLinkCode || null,
     chromiumPath: cfg.chromiumPath || process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     denyReason: cfg.denyReason || 'Please use the link for your own appointment time.',
+    joinRepeats: cfg.joinRepeats || 3,
   }));
 }
 
@@ -176,6 +179,134 @@ async function mediaFacts(page, { timeoutMs, wantVideo = true, wantAudio = true,
 }
 
 // ---------------------------------------------------------------- scenarios
+
+/**
+ * Join time (docs/BENCHMARKS.md §4): guests in Chromium join, one after the other
+ * (`joinRepeats`, each in a fresh context), a meeting whose staff member (Chromium,
+ * fake camera) already publishes. With `admit: false` the meeting lets everyone in and
+ * the clock starts at the guest's Join click; with `admit: true` the guest waits in the
+ * lobby and the clock starts at the staff's Admit click. It stops at the guest's first
+ * remote video frame decoded (`framesDecoded` > 0 on the subscriber connection, polled
+ * in the page every 10 ms). The publisher is a browser because the SDK's synthetic VP8
+ * is not decodable picture data. Times are wall clock (`performance.timeOrigin +
+ * performance.now()`) in each page, one machine. Facts: `joins`, one entry per guest.
+ */
+async function joinTime(run, { admit }) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, {
+    title: 'Join time',
+    lobby_bypass: admit ? 'organizer_only' : 'everyone',
+  });
+  const staff = await run.context('staff');
+  run.facts.staffParticipantId = await staffJoins(run, staff, meetingId);
+  run.step('staff publishes video');
+  await until(run.cfg.mediaTimeoutMs, async () => {
+    const s = await staff.evaluate(() => window.gatehouse.stats());
+    return s?.outbound.some((o) => o.kind === 'video' && o.framesEncoded > 0);
+  });
+  await staff.evaluate(() => {
+    document.addEventListener(
+      'click',
+      (e) => {
+        if (e.target.closest('[data-testid="admit-button"]')) window.admitAt = performance.timeOrigin + performance.now();
+      },
+      true,
+    );
+  });
+  run.facts.joins = [];
+  for (let i = 0; i < run.cfg.joinRepeats; i++) {
+    run.step(`guest ${i + 1} joins`);
+    const guest = await run.context(`guest-${i + 1}`);
+    await guest.goto(`${run.cfg.baseUrl}/j/${linkCode}`);
+    await visible(guest, 'name-input').waitFor();
+    await guest.getByTestId('name-input').fill(`${run.cfg.guestName} ${i + 1}`);
+    await guest.evaluate(firstFrameProbe);
+    await guest.getByTestId('join-button').click();
+    run.progress('join-sent');
+    let admitAt = null;
+    if (admit) {
+      run.step(`staff admits guest ${i + 1}`);
+      const id = await guest
+        .waitForFunction(() => window.gatehouse.view === 'lobby' && window.gatehouse.client?.you?.participant_id)
+        .then((h) => h.jsonValue());
+      await lobbyEntry(staff, id).getByTestId('admit-button').click();
+      admitAt = await staff.evaluate(() => window.admitAt);
+    }
+    run.step(`guest ${i + 1} decodes a frame`);
+    const p = await guest
+      .waitForFunction(() => window.firstFrame.frameAt && window.firstFrame, null, {
+        timeout: run.cfg.mediaTimeoutMs,
+        polling: 50,
+      })
+      .then((h) => h.jsonValue());
+    const since = (t0, t) => (t0 && t ? Math.round((t - t0) * 10) / 10 : null);
+    run.facts.joins.push({
+      joinToCallMs: since(p.joinAt, p.callAt),
+      joinToOfferMs: since(p.joinAt, p.offerAt),
+      joinToAnsweredMs: since(p.joinAt, p.answeredAt),
+      joinToIceMs: since(p.joinAt, p.iceAt),
+      joinToConnectedMs: since(p.joinAt, p.connectedAt),
+      joinToFirstPacketMs: since(p.joinAt, p.packetAt),
+      joinToFirstFrameMs: since(p.joinAt, p.frameAt),
+      joinSentToFirstFrameMs: since(p.joinSentAt, p.frameAt),
+      joinToJoinSentMs: since(p.joinAt, p.joinSentAt),
+      admitToFirstFrameMs: since(admitAt, p.frameAt),
+      frameSize: p.frameSize,
+    });
+    await visible(guest, 'leave-button').click();
+    await visible(guest, 'left-view').waitFor();
+    await guest.context().close();
+  }
+}
+
+/** Polls `check` (async, in Node) every 100 ms until it is true, or throws after `timeoutMs`. */
+async function until(timeoutMs, check) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
+ * Runs in the guest's page before Join: notes the click, the `join` frame, the call view, the subscriber
+ * connection's creation (its first offer), its answer applied, ICE and DTLS connected, and
+ * its first video packet and first decoded frame, in `window.firstFrame`; it polls every
+ * 10 ms (`getStats` included) until a frame is decoded.
+ */
+function firstFrameProbe() {
+  const p = (window.firstFrame = {});
+  const now = () => performance.timeOrigin + performance.now();
+  document.querySelector('[data-testid="join-button"]').addEventListener('click', () => (p.joinAt ??= now()), true);
+  // The `join` frame itself (the click first redeems the link and opens the socket).
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    if (!p.joinSentAt && typeof data === 'string' && data.startsWith('{"type":"join"')) p.joinSentAt = now();
+    return send.call(this, data);
+  };
+  const tick = async () => {
+    if (!p.callAt && window.gatehouse.view === 'call') p.callAt = now();
+    const pc = window.gatehouse.client?.subscriber;
+    if (pc) {
+      p.offerAt ??= now();
+      if (!p.answeredAt && pc.localDescription) p.answeredAt = now();
+      if (!p.iceAt && ['connected', 'completed'].includes(pc.iceConnectionState)) p.iceAt = now();
+      if (!p.connectedAt && pc.connectionState === 'connected') p.connectedAt = now();
+      for (const receiver of pc.getReceivers()) {
+        if (receiver.track.kind !== 'video') continue;
+        (await receiver.getStats()).forEach((s) => {
+          if (s.type !== 'inbound-rtp') return;
+          if (!p.packetAt && s.packetsReceived > 0) p.packetAt = now();
+          if (!p.frameAt && s.framesDecoded > 0) {
+            p.frameAt = now();
+            p.frameSize = `${s.frameWidth}x${s.frameHeight}`;
+          }
+        });
+      }
+    }
+    if (!p.frameAt) setTimeout(tick, 10);
+  };
+  tick();
+}
 
 /**
  * A guest whose network lets the page through but no media path (the calling test
