@@ -693,6 +693,62 @@ mod tests {
         assert!(peers.get(a).is_none() && peers.get(b).is_none());
     }
 
+    /// A binding request naming `ufrag` (signed with a made-up key: the hold does not judge it).
+    fn early_check(ufrag: &str) -> BytesMut {
+        use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+        let provider = rtc::crypto::default_provider().expect("crypto");
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(rtc::stun::textattrs::Username::new(
+                rtc::stun::attributes::ATTR_USERNAME,
+                format!("{ufrag}:clnt"),
+            )),
+            Box::new(
+                rtc::stun::integrity::MessageIntegrity::new_short_term_integrity_with_provider(
+                    "a-key-of-twenty-two-chars".to_owned(),
+                    provider.crypto(),
+                ),
+            ),
+            Box::new(rtc::stun::fingerprint::FINGERPRINT),
+        ];
+        let mut m = Message::new();
+        m.build(&setters).expect("check");
+        BytesMut::from(&m.raw[..])
+    }
+
+    #[tokio::test]
+    async fn checks_before_the_description_wait_for_it_and_are_handed_over_then() {
+        let mut peers = peers().await;
+        let c = conn(&peers, "m_1", "p_a");
+        let ufrag = c.ufrag.clone();
+        let a = peers.insert(c);
+        let from: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        let now = Instant::now();
+        assert_eq!(
+            peers.receive(now, from, early_check(&ufrag)),
+            None,
+            "held: nothing to drive yet"
+        );
+        assert_eq!(peers.get(a).map(|c| c.early_checks.len()), Some(1));
+        for _ in 0..20 {
+            peers.receive(now, from, early_check(&ufrag));
+        }
+        assert_eq!(
+            peers.get(a).map(|c| c.early_checks.len()),
+            Some(connection::MAX_EARLY_CHECKS),
+            "bounded"
+        );
+        // The description arrives: the held checks go to `rtc` (which judges them as any check).
+        peers.get_mut(a).expect("conn").has_remote = true;
+        peers.replay_early_checks(a, now);
+        assert_eq!(peers.get(a).map(|c| c.early_checks.len()), Some(0));
+        // From now on checks are fed at once.
+        assert_eq!(peers.receive(now, from, early_check(&ufrag)), Some(a));
+        assert_eq!(peers.get(a).map(|c| c.early_checks.len()), Some(0));
+        peers.close(a);
+    }
+
     #[tokio::test]
     async fn garbage_is_dropped_and_counted_without_touching_a_connection() {
         let mut peers = peers().await;
