@@ -125,6 +125,19 @@ impl BrowserScript {
         }
     }
 
+    /// [`progress`](Self::progress), or `None` if it does not come in time (the script goes on).
+    async fn progress_within(&mut self, what: &str, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) if v["progress"] == what => return Some(v),
+                Ok(Some(v)) if v.get("progress").is_some() => continue,
+                Ok(Some(v)) => self.results.push(v),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
     /// Waits for the script to end; every scenario must be ok with no page errors.
     async fn finish(mut self) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + SCRIPT_LIMIT;
@@ -503,18 +516,36 @@ fn epoch_ms() -> u64 {
 /// beyond a bound that tells "recovered" from "lost".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_keeps_the_call_through_a_3_s_network_outage() {
-    guest_keeps_the_call_through_an_outage(Duration::from_secs(3)).await;
+    guest_keeps_the_call_through(Disruption::Cut(Duration::from_secs(3))).await;
 }
 
 /// The same for 10 s: long enough for the browser to call its connections
 /// disconnected and for the web client to restart ICE while the network is still down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_keeps_the_call_through_a_10_s_network_outage() {
-    guest_keeps_the_call_through_an_outage(Duration::from_secs(10)).await;
+    guest_keeps_the_call_through(Disruption::Cut(Duration::from_secs(10))).await;
 }
 
-async fn guest_keeps_the_call_through_an_outage(outage: Duration) {
-    let Some(net) = support::netns::GuestNet::create() else {
+/// A guest whose address changes mid-call (Wi-Fi to mobile data: its old address is
+/// gone, with every socket bound to it, signaling's included) gets media back both ways
+/// on the new one (ICE restart, and a reconnect of the signaling socket with its held
+/// seat), and nobody sees it leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_guest_keeps_the_call_when_its_address_changes() {
+    guest_keeps_the_call_through(Disruption::Move).await;
+}
+
+/// What happens to the guest's network once media flows.
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    /// Everything in and out is dropped for this long, then the network is back as it was.
+    Cut(Duration),
+    /// The guest moves to another address at once.
+    Move,
+}
+
+async fn guest_keeps_the_call_through(disruption: Disruption) {
+    let Some(mut net) = support::netns::GuestNet::create() else {
         return;
     };
     let _one_browser = ONE_BROWSER.lock().await;
@@ -575,49 +606,84 @@ async fn guest_keeps_the_call_through_an_outage(outage: Duration) {
     }
     browser.progress("media-flowing", t).await;
 
-    // The outage: everything into and out of the guest's namespace is dropped.
-    net.nft(
-        "table inet gatehouse_outage {
-           chain out { type filter hook output priority -10; policy drop; }
-           chain in { type filter hook input priority -10; policy drop; }
-         }",
-    );
     let cut_at = epoch_ms();
-    // Packets already in flight when the cut began are not recovery.
-    while tokio::time::timeout(Duration::from_millis(500), track.recv_rtp())
-        .await
-        .is_ok()
-    {}
-    tokio::time::sleep(outage.saturating_sub(Duration::from_millis(epoch_ms() - cut_at))).await;
-    net.nft("delete table inet gatehouse_outage");
-    let restored_at = epoch_ms();
-
-    // Guest to staff: the first packet after the network is back.
-    let bound = Duration::from_secs(20);
-    tokio::time::timeout(bound, track.recv_rtp())
-        .await
-        .expect("the guest's video comes back")
-        .expect("track open");
-    let to_staff_ms = epoch_ms() - restored_at;
-    // Staff to guest: the page says when its packets rose again.
-    let back = browser.progress("media-back", bound).await;
-    let to_guest_ms = back["at"].as_u64().expect("at").saturating_sub(restored_at);
-    // Until now (the guest leaves for real below) the staff member never saw the guest
-    // leave and come back.
-    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await {
-        if let Event::ParticipantLeft { participant_id, .. } = &event {
-            assert_ne!(
-                participant_id, &guest_id,
-                "the guest was seen leaving during the outage"
-            );
-        }
+    match disruption {
+        // The outage: everything into and out of the guest's namespace is dropped.
+        Disruption::Cut(_) => net.nft(
+            "table inet gatehouse_outage {
+               chain out { type filter hook output priority -10; policy drop; }
+               chain in { type filter hook input priority -10; policy drop; }
+             }",
+        ),
+        Disruption::Move => net.move_guest(),
     }
+    // Packets already in flight when the network went are not recovery.
+    let drained = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < drained
+        && tokio::time::timeout(Duration::from_millis(500), track.recv_rtp())
+            .await
+            .is_ok()
+    {}
+    if let Disruption::Cut(outage) = disruption {
+        tokio::time::sleep(outage.saturating_sub(Duration::from_millis(epoch_ms() - cut_at))).await;
+        net.nft("delete table inet gatehouse_outage");
+    }
+    // A move has no outage of its own: recovery counts from the move.
+    let restored_at = match disruption {
+        Disruption::Cut(_) => epoch_ms(),
+        Disruption::Move => cut_at,
+    };
+
+    // Guest to staff: the first packet after the network is back, on the track as it
+    // was or on the one that replaces it (a guest whose signaling socket died publishes
+    // again). Meanwhile the staff member must never see the guest leave and come back
+    // (until the guest leaves for real below).
+    let bound = Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut track = track;
+    let mut seen = Vec::new();
+    let to_staff_ms = loop {
+        tokio::select! {
+            packet = track.recv_rtp() => {
+                if packet.is_some() {
+                    break Some(epoch_ms() - restored_at);
+                }
+                // That track ended: wait for its successor.
+                tokio::time::sleep_until(deadline).await;
+            }
+            event = events.recv() => {
+                let event = event.expect("the staff client runs");
+                if let Event::ParticipantLeft { participant_id, .. } = &event {
+                    assert_ne!(participant_id, &guest_id, "the guest was seen leaving during the disruption");
+                }
+                seen.push(format!("{event:?}").chars().take(160).collect::<String>());
+                if let Event::RemoteTrack(new) = event
+                    && new.kind() == TrackKind::Video
+                    && new.participant_id() == guest_id
+                {
+                    track = new;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => break None,
+        }
+    };
+    // Staff to guest: the page says when its packets rose again.
+    let back = browser.progress_within("media-back", bound).await;
+    let to_guest_ms = back.map(|back| back["at"].as_u64().expect("at").saturating_sub(restored_at));
     staff.chat("measured").unwrap();
     let results = browser.finish().await;
     let f = facts(&results, "guest-outage");
     eprintln!(
-        "outage of {} ms: media back to staff after {to_staff_ms} ms, to the guest after {to_guest_ms} ms; guest facts: {f}",
+        "{disruption:?}: network back after {} ms: media back to staff after {to_staff_ms:?} ms, to the guest after {to_guest_ms:?} ms; guest facts: {f}",
         restored_at - cut_at
+    );
+    assert!(
+        to_staff_ms.is_some(),
+        "the guest's video came back to staff within {bound:?}: {seen:#?}\n{f:#}"
+    );
+    assert!(
+        to_guest_ms.is_some(),
+        "the staff's video came back to the guest within {bound:?}: {f:#}"
     );
 
     let views: Vec<&str> = f["viewsSeen"]

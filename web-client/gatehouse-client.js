@@ -27,6 +27,19 @@ export const PROTOCOL_VERSION = 1;
 const NEGOTIATION_TIMEOUT_MS = 15000;
 /** Keep-alive period; a socket silent for three periods is treated as dropped. */
 const PING_INTERVAL_MS = 15000;
+/**
+ * When media goes down, the signaling socket must answer a ping within this long, or it
+ * is taken for dead: a network change (a new address) leaves it half-open, and nothing
+ * else would tell the browser for minutes.
+ */
+const SIGNALING_PROBE_MS = 2000;
+/**
+ * Media received on a connected subscriber stops for this long: the signaling socket is
+ * probed (the network may have changed under both; the browser itself takes about 5 s
+ * to call a dead path disconnected). At most once per STALL_PROBE_EVERY_MS.
+ */
+const INBOUND_STALL_MS = 1200;
+const STALL_PROBE_EVERY_MS = 10000;
 /** Back-off between reconnect attempts after an unexpected drop (then gives up). */
 const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
 /** A connection not connected this long after its negotiation is treated as blocked: restart ICE. */
@@ -208,7 +221,8 @@ export class GatehouseClient extends EventTarget {
     return joined.promise;
   }
 
-  onSocketClosed(ev) {
+  /** The socket ended (or was given up); `now`: reconnect without the first back-off. */
+  onSocketClosed(ev, { now = false } = {}) {
     this.stopPing();
     this.ws = null;
     const waiter = this.joinWaiter;
@@ -237,7 +251,7 @@ export class GatehouseClient extends EventTarget {
       this.finish('disconnected', 'The connection to the meeting was lost.');
       return;
     }
-    const delay = RECONNECT_DELAYS_MS[this.reconnectAttempt];
+    const delay = now && this.reconnectAttempt === 0 ? 0 : RECONNECT_DELAYS_MS[this.reconnectAttempt];
     this.reconnectAttempt += 1;
     this.setState('reconnecting');
     this.emit('connection', { state: 'reconnecting', attempt: this.reconnectAttempt, delayMs: delay });
@@ -264,11 +278,98 @@ export class GatehouseClient extends EventTarget {
       }
       this.sendRaw({ type: 'ping', nonce: Date.now() });
     }, PING_INTERVAL_MS);
+    this.inboundTimer = setInterval(() => this.watchInbound().catch(() => {}), INBOUND_STALL_MS / 2);
+  }
+
+  /** Probes signaling when media that was arriving stops (see INBOUND_STALL_MS). */
+  async watchInbound() {
+    const pc = this.subscriber;
+    if (!pc || this.state !== 'call' || this.health?.subscriber?.state !== 'connected') return;
+    let bytes = 0;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp') bytes += r.bytesReceived || 0;
+    });
+    const now = Date.now();
+    if (pc !== this.inbound?.pc || bytes > this.inbound.bytes) {
+      this.inbound = { pc, bytes, at: now };
+      return;
+    }
+    const stalled = bytes > 0 && now - this.inbound.at > INBOUND_STALL_MS;
+    if (stalled && now - (this.lastStallProbe || 0) > STALL_PROBE_EVERY_MS) {
+      this.lastStallProbe = now;
+      this.probeSignaling();
+    }
   }
 
   stopPing() {
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = null;
+    clearInterval(this.inboundTimer);
+    this.inboundTimer = null;
+    clearTimeout(this.signalingProbe);
+    this.signalingProbe = null;
+  }
+
+  /**
+   * Media went down: is the signaling socket still alive? It must answer a ping within
+   * SIGNALING_PROBE_MS (any frame will do). If not, it is given up at once, without
+   * waiting for a closing handshake that cannot complete, and the client reconnects
+   * with its held seat, which renegotiates all media on the network it has now.
+   */
+  probeSignaling() {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || this.signalingProbe) return;
+    const sentAt = Date.now();
+    this.sendRaw({ type: 'ping', nonce: sentAt });
+    this.signalingProbe = setTimeout(() => {
+      this.signalingProbe = null;
+      if (ws !== this.ws || this.lastFrameAt >= sentAt) return;
+      this.trySpareSocket(ws, sentAt);
+    }, SIGNALING_PROBE_MS);
+  }
+
+  /** Whether the old path has shown life since `since`: a frame on the socket, or media. */
+  aliveSince(since) {
+    return this.lastFrameAt >= since || (this.inbound?.at ?? 0) > since;
+  }
+
+  /**
+   * The socket `old` did not answer its probe sent at `since`. A network change leaves
+   * it half-open for good; an outage may give it (and the media path) back. So nothing
+   * is torn down yet: a spare socket is opened beside it, every second until one opens.
+   * Once one opens, the network works: if the old path has shown life meanwhile it is
+   * kept and the spare closed unused; otherwise the old socket is given up and the
+   * client reconnects at once with its held seat, renegotiating all media on the
+   * network it has now.
+   */
+  trySpareSocket(old, since) {
+    if (old !== this.ws || this.aliveSince(since) || this.spareSocket) return;
+    let spare;
+    try {
+      spare = new WebSocket(this.url);
+    } catch {
+      return;
+    }
+    this.spareSocket = spare;
+    const done = () => {
+      if (this.spareSocket === spare) this.spareSocket = null;
+    };
+    spare.addEventListener('open', () => {
+      done();
+      spare.close(1000, 'spare');
+      if (old !== this.ws || this.aliveSince(since)) return;
+      this.onSocketClosed({ code: 4001, reason: 'signaling did not answer' }, { now: true });
+      try {
+        old.close();
+      } catch {
+        // already closing
+      }
+    });
+    spare.addEventListener('close', () => {
+      if (this.spareSocket !== spare) return;
+      done();
+      setTimeout(() => this.trySpareSocket(old, since), 1000);
+    });
   }
 
   sendRaw(msg) {
@@ -852,12 +953,14 @@ export class GatehouseClient extends EventTarget {
    * debug hook `restartIce()` comes here too): the publisher re-offers with new
    * credentials; the subscriber asks the server for a fresh connection
    * (`restart_ice`). One restart at a time per connection; after
-   * MEDIA_MAX_RESTARTS the client gives up and says what to try. A dead socket
-   * is not handled here: reconnecting the socket renegotiates everything.
+   * MEDIA_MAX_RESTARTS the client gives up and says what to try. The signaling
+   * socket is probed first (`probeSignaling`): a dead one is reconnected, and
+   * reconnecting the socket renegotiates everything.
    */
   recoverMedia(role, { requested = false } = {}) {
     const h = this.health[role];
     const pc = this[role];
+    if (!requested) this.probeSignaling();
     if (!pc || this.state !== 'call' || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
     if (h.timer && !requested) return false;
     if (h.attempts >= MEDIA_MAX_RESTARTS && !requested) {

@@ -369,6 +369,10 @@ async function guestOutage(run) {
   run.step('sampling through the outage until the SDK says measured');
   const views = new Set();
   const phases = new Set();
+  // What changed, when (ms after media flowed): signaling state, view, media phase.
+  const timeline = [];
+  const started = Date.now();
+  let was = '';
   let last = null; // { t, packets } of the last rise
   let stall = null;
   const deadline = Date.now() + 90000;
@@ -377,8 +381,12 @@ async function guestOutage(run) {
       const s = await window.gatehouse.stats();
       const packets = s.inbound.filter((x) => x.kind === 'video').reduce((a, x) => a + (x.packetsReceived || 0), 0);
       const measured = document.querySelector('[data-testid="chat-messages"]')?.textContent.includes('measured');
-      return { t: Date.now(), packets, view: window.gatehouse.view, phase: s.phase, measured };
+      const signaling = window.gatehouse.client?.state;
+      return { t: Date.now(), packets, view: window.gatehouse.view, phase: s.phase, signaling, measured };
     });
+    const now = `${sample.signaling}/${sample.view}/${sample.phase}`;
+    if (now !== was) timeline.push(`${sample.t - started}ms ${now}`);
+    was = now;
     views.add(sample.view);
     phases.add(sample.phase);
     if (sample.measured) break;
@@ -394,6 +402,7 @@ async function guestOutage(run) {
   run.facts.viewsSeen = [...views];
   run.facts.phasesSeen = [...phases];
   run.facts.stall = stall;
+  run.facts.timeline = timeline;
   await run.shot(guest, 'guest-after-outage.png');
   await visible(guest, 'leave-button').click();
   await guest.waitForFunction(() => window.gatehouse.view === 'left');

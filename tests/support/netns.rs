@@ -1,5 +1,5 @@
 //! A guest's own network for a test: a network namespace joined to this one by a
-//! veth pair (host side `10.213.N.1/30`, guest side `10.213.N.2/30`), with the
+//! veth pair (host side `10.213.N.1/29`, guest side `10.213.N.2/29`), with the
 //! guest side's conditions set by nftables rules inside the namespace. Everything
 //! is removed when the value is dropped, also when the test fails.
 //!
@@ -16,8 +16,9 @@ pub struct GuestNet {
     host_if: String,
     /// This side's address (the gateway binds it).
     pub host_ip: Ipv4Addr,
-    /// The guest side's address.
+    /// The guest side's address (it changes with [`GuestNet::move_guest`]).
     pub guest_ip: Ipv4Addr,
+    guest_if: String,
 }
 
 fn run(args: &[&str], input: Option<&str>) -> Result<(), String> {
@@ -69,8 +70,9 @@ impl GuestNet {
             host_if: host_if.clone(),
             host_ip: Ipv4Addr::new(10, 213, n, 1),
             guest_ip: Ipv4Addr::new(10, 213, n, 2),
+            guest_if: guest_if.clone(),
         };
-        let (host_cidr, guest_cidr) = (format!("{}/30", net.host_ip), format!("{}/30", net.guest_ip));
+        let (host_cidr, guest_cidr) = (format!("{}/29", net.host_ip), format!("{}/29", net.guest_ip));
         // Leftovers of a run that was killed: same names, so clear them first.
         let _ = run(&["ip", "link", "del", &host_if], None);
         let _ = run(&["ip", "netns", "del", &name], None);
@@ -102,6 +104,56 @@ impl GuestNet {
             }
         }
         Some(net)
+    }
+
+    /// The guest moves to the next address of its link (a phone going from Wi-Fi to
+    /// mobile data): the new one is added, the old one removed (its sockets break), and
+    /// the default route goes via the new one.
+    pub fn move_guest(&mut self) {
+        let old = self.guest_ip;
+        let new = Ipv4Addr::from(u32::from(old) + 1);
+        assert!(new.octets()[3] < 7, "the /29 has room for four moves");
+        // Without this, removing the primary address removes the new (secondary) one too.
+        let promote = format!("net.ipv4.conf.{}.promote_secondaries=1", self.guest_if);
+        let steps: [&[&str]; 4] = [
+            &["ip", "netns", "exec", &self.name, "sysctl", "-qw", &promote],
+            &[
+                "ip",
+                "-n",
+                &self.name,
+                "addr",
+                "add",
+                &format!("{new}/29"),
+                "dev",
+                &self.guest_if,
+            ],
+            &[
+                "ip",
+                "-n",
+                &self.name,
+                "addr",
+                "del",
+                &format!("{old}/29"),
+                "dev",
+                &self.guest_if,
+            ],
+            &[
+                "ip",
+                "-n",
+                &self.name,
+                "route",
+                "replace",
+                "default",
+                "via",
+                &self.host_ip.to_string(),
+                "src",
+                &new.to_string(),
+            ],
+        ];
+        for step in steps {
+            run(step, None).unwrap_or_else(|e| panic!("moving the guest: {e}"));
+        }
+        self.guest_ip = new;
     }
 
     /// Loads an nftables ruleset inside the namespace (`nft -f -`).
