@@ -673,9 +673,19 @@ async fn guest_keeps_the_call_through(disruption: Disruption) {
     staff.chat("measured").unwrap();
     let results = browser.finish().await;
     let f = facts(&results, "guest-outage");
+    // One line for scripts/bench/reach.sh (docs/BENCHMARKS.md).
+    let label = match disruption {
+        Disruption::Cut(d) => format!("outage-{}s", d.as_secs()),
+        Disruption::Move => "address-change".to_owned(),
+    };
     eprintln!(
-        "{disruption:?}: network back after {} ms: media back to staff after {to_staff_ms:?} ms, to the guest after {to_guest_ms:?} ms; guest facts: {f}",
-        restored_at - cut_at
+        "REACH {label} {}",
+        serde_json::json!({
+            "network_back_after_ms": restored_at - cut_at,
+            "media_to_staff_ms": to_staff_ms,
+            "media_to_guest_ms": to_guest_ms,
+            "timeline": f["timeline"],
+        })
     );
     assert!(
         to_staff_ms.is_some(),
@@ -779,8 +789,13 @@ async fn chromium_guest_with_no_media_path_is_told_and_staff_see_no_media() {
     let results = browser.finish().await;
     let f = facts(&results, "guest-no-path");
     eprintln!(
-        "no media path: first message {} ms after the call view ({}), final {} ms ({})",
-        f["firstProblemMs"], f["firstProblemPhase"], f["finalProblemMs"], f["finalProblemPhase"]
+        "REACH no-media-path {}",
+        serde_json::json!({
+            "first_message_ms": f["firstProblemMs"],
+            "first_phase": f["firstProblemPhase"],
+            "final_message_ms": f["finalProblemMs"],
+            "final_phase": f["finalProblemPhase"],
+        })
     );
     assert_eq!(f["firstProblemPhase"], "blocked", "{f:#}");
     assert!(

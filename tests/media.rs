@@ -212,6 +212,8 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
         "decodable video within a second of subscribing: {first} us"
     );
     sender.stop().await.unwrap();
+    // Leaving (not just dropping the socket, whose seat and media are held for a while).
+    guest.leave().unwrap();
     guest.close().await;
     staff.close().await;
     srv.wait_until("every media connection closed", |s| {

@@ -76,8 +76,29 @@ impl GuestNet {
         // Leftovers of a run that was killed: same names, so clear them first.
         let _ = run(&["ip", "link", "del", &host_if], None);
         let _ = run(&["ip", "netns", "del", &name], None);
-        let steps: [&[&str]; 8] = [
+        let steps: [&[&str]; 10] = [
             &["ip", "netns", "add", &name],
+            // IPv4 only: an IPv6 link-local address appearing a second after the link comes
+            // up is a network change to the browser, which then fails the page load in
+            // flight with ERR_NETWORK_CHANGED.
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
             &[
                 "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &guest_if, "netns", &name,
             ],
