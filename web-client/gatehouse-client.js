@@ -147,6 +147,10 @@ export class GatehouseClient extends EventTarget {
     this.pendingPublish = null;
     /** Others' media as they report it (`participant_media`): participant_id -> {publisher, subscriber}. */
     this.peerMedia = new Map();
+    /** A ping in flight to prove the socket (`probeSignaling`), when it went, and the roles whose restart waits for it. */
+    this.signalingProbe = null;
+    this.probeSentAt = 0;
+    this.probeWaiting = new Set();
     /** A `restart_ice` was sent: offers for the old subscriber connection are ignored until the `restart` one. */
     this.subscriberRestartPending = false;
     this.resetHealth();
@@ -207,6 +211,7 @@ export class GatehouseClient extends EventTarget {
     ws.addEventListener('message', (ev) => {
       if (ws !== this.ws) return;
       this.lastFrameAt = Date.now();
+      this.signalingAnswered();
       let msg;
       try {
         msg = JSON.parse(ev.data);
@@ -308,24 +313,40 @@ export class GatehouseClient extends EventTarget {
     this.inboundTimer = null;
     clearTimeout(this.signalingProbe);
     this.signalingProbe = null;
+    this.probeWaiting?.clear();
   }
 
   /**
    * Media went down: is the signaling socket still alive? It must answer a ping within
-   * SIGNALING_PROBE_MS (any frame will do). If not, it is given up at once, without
-   * waiting for a closing handshake that cannot complete, and the client reconnects
-   * with its held seat, which renegotiates all media on the network it has now.
+   * SIGNALING_PROBE_MS (any frame will do); then the roles waiting in `restartAfter`
+   * restart ICE over it. If not, see `trySpareSocket`.
    */
-  probeSignaling() {
+  probeSignaling(restartAfter = null) {
     const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN || this.signalingProbe) return;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (restartAfter) this.probeWaiting.add(restartAfter);
+    if (this.signalingProbe) return;
     const sentAt = Date.now();
+    this.probeSentAt = sentAt;
     this.sendRaw({ type: 'ping', nonce: sentAt });
     this.signalingProbe = setTimeout(() => {
       this.signalingProbe = null;
+      this.probeWaiting.clear();
       if (ws !== this.ws || this.lastFrameAt >= sentAt) return;
       this.trySpareSocket(ws, sentAt);
     }, SIGNALING_PROBE_MS);
+  }
+
+  /** A frame arrived: a pending probe is answered, and the restarts it held go ahead. */
+  signalingAnswered() {
+    if (!this.signalingProbe || this.lastFrameAt < this.probeSentAt) return;
+    clearTimeout(this.signalingProbe);
+    this.signalingProbe = null;
+    const roles = [...this.probeWaiting];
+    this.probeWaiting.clear();
+    for (const role of roles) {
+      if (this.health?.[role]?.state !== 'connected') this.recoverMedia(role, { proven: true });
+    }
   }
 
   /** Whether the old path has shown life since `since`: a frame on the socket, or media. */
@@ -357,7 +378,14 @@ export class GatehouseClient extends EventTarget {
     spare.addEventListener('open', () => {
       done();
       spare.close(1000, 'spare');
-      if (old !== this.ws || this.aliveSince(since)) return;
+      if (old !== this.ws) return;
+      if (this.aliveSince(since)) {
+        // The old path is back: anything still down restarts over it.
+        for (const role of ['publisher', 'subscriber']) {
+          if (this[role] && this.health?.[role]?.state !== 'connected') this.recoverMedia(role);
+        }
+        return;
+      }
       this.onSocketClosed({ code: 4001, reason: 'signaling did not answer' }, { now: true });
       try {
         old.close();
@@ -953,14 +981,21 @@ export class GatehouseClient extends EventTarget {
    * debug hook `restartIce()` comes here too): the publisher re-offers with new
    * credentials; the subscriber asks the server for a fresh connection
    * (`restart_ice`). One restart at a time per connection; after
-   * MEDIA_MAX_RESTARTS the client gives up and says what to try. The signaling
-   * socket is probed first (`probeSignaling`): a dead one is reconnected, and
-   * reconnecting the socket renegotiates everything.
+   * MEDIA_MAX_RESTARTS the client gives up and says what to try.
+   *
+   * A restart needs signaling, so unless asked for it waits until the socket has
+   * answered a probe (`probeSignaling`). During an outage the probe fails and nothing
+   * restarts: the old path, if it comes back, carries media again at once (a restart
+   * begun meanwhile would wait for signaling to recover). A socket that stays dead is
+   * replaced (`trySpareSocket`), and reconnecting renegotiates everything.
    */
-  recoverMedia(role, { requested = false } = {}) {
+  recoverMedia(role, { requested = false, proven = false } = {}) {
     const h = this.health[role];
     const pc = this[role];
-    if (!requested) this.probeSignaling();
+    if (!requested && !proven) {
+      this.probeSignaling(role);
+      return false;
+    }
     if (!pc || this.state !== 'call' || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
     if (h.timer && !requested) return false;
     if (h.attempts >= MEDIA_MAX_RESTARTS && !requested) {
