@@ -39,6 +39,9 @@ const SIGNALING_PROBE_MS = 2000;
  * to call a dead path disconnected). At most once per STALL_PROBE_EVERY_MS.
  */
 const INBOUND_STALL_MS = 1200;
+/** A probe answered slower than this ended an outage: restarts wait OUTAGE_GRACE_MS first. */
+const SLOW_PROBE_MS = 1000;
+const OUTAGE_GRACE_MS = 1500;
 const STALL_PROBE_EVERY_MS = 10000;
 /** Back-off between reconnect attempts after an unexpected drop (then gives up). */
 const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
@@ -344,8 +347,16 @@ export class GatehouseClient extends EventTarget {
     this.signalingProbe = null;
     const roles = [...this.probeWaiting];
     this.probeWaiting.clear();
+    const slow = Date.now() - this.probeSentAt > SLOW_PROBE_MS;
     for (const role of roles) {
-      if (this.health?.[role]?.state !== 'connected') this.recoverMedia(role, { proven: true });
+      const restart = () => {
+        if (this.health?.[role]?.state !== 'connected') this.recoverMedia(role, { proven: true });
+      };
+      // A slow answer means signaling was cut too (an outage has just ended), and a
+      // `disconnected` connection may come back by itself once consent checks get
+      // through again: give either that chance before restarting.
+      if (slow || this.health?.[role]?.state === 'disconnected') setTimeout(restart, OUTAGE_GRACE_MS);
+      else restart();
     }
   }
 
@@ -380,10 +391,13 @@ export class GatehouseClient extends EventTarget {
       spare.close(1000, 'spare');
       if (old !== this.ws) return;
       if (this.aliveSince(since)) {
-        // The old path is back: anything still down restarts over it.
-        for (const role of ['publisher', 'subscriber']) {
-          if (this[role] && this.health?.[role]?.state !== 'connected') this.recoverMedia(role);
-        }
+        // The old path is back after an outage: what is still down gets the grace a slow
+        // probe answer gives (see signalingAnswered), then restarts over the old socket.
+        setTimeout(() => {
+          for (const role of ['publisher', 'subscriber']) {
+            if (this[role] && this.health?.[role]?.state !== 'connected') this.recoverMedia(role);
+          }
+        }, OUTAGE_GRACE_MS);
         return;
       }
       this.onSocketClosed({ code: 4001, reason: 'signaling did not answer' }, { now: true });
