@@ -501,6 +501,73 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str, gues
     f.clone()
 }
 
+/// What the namespace scenarios share: a gateway reachable from the guest's namespace
+/// (HTTPS on every address, media on the host end of the link) and a staff member on
+/// the SDK in a meeting there, publishing synthetic video.
+struct NamespaceCall {
+    srv: TestServer,
+    staff: Client,
+    events: gatehouse_sdk::Events,
+    video: gatehouse_sdk::SyntheticSender,
+    /// The guest script's config: the meeting's link, the gateway's address on the
+    /// guest's link, Chromium inside the namespace.
+    guest: Value,
+    _dir: std::path::PathBuf,
+}
+
+impl NamespaceCall {
+    /// `restrict` sets the guest's network once the gateway's ports are known.
+    async fn start(net: &support::netns::GuestNet, guest_name: &str, restrict: impl FnOnce(&TestServer)) -> Self {
+        let dir = support::temp_dir("netns");
+        let mut config = support::test_config(&dir);
+        config.listen = Some("0.0.0.0:0".parse().unwrap());
+        config.media_bind = Some((net.host_ip, 0).into());
+        config.media_tcp_bind = Some((net.host_ip, 0).into());
+        let srv = TestServer::start_with(config).await;
+        restrict(&srv);
+        let olga = srv.staff_token("olga", StaffRole::Staff);
+        let meeting = srv
+            .create_meeting(
+                &olga,
+                serde_json::json!({ "title": "Video visit", "lobby_bypass": "organizer_only" }),
+            )
+            .await;
+        let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+        let mut options = srv.sdk_options(&olga).meeting(mid);
+        options.media.udp_addrs = vec![format!("{}:0", net.host_ip)];
+        let (staff, mut events) = Client::connect(options).await.unwrap();
+        support::sdk_admitted(&mut events).await;
+        let cam = staff.publish(TrackSource::Camera).await.unwrap();
+        let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
+        let port = srv.running.as_ref().unwrap().addr.port();
+        let guest = serde_json::json!({
+            "linkCode": meeting["public_link"]["code"],
+            "guestName": guest_name,
+            "mediaTimeoutMs": 25000,
+            "baseUrl": format!("https://{}:{port}", net.host_ip),
+            "chromiumPath": net.wrapper(&dir, "/usr/bin/chromium").display().to_string(),
+        });
+        NamespaceCall {
+            srv,
+            staff,
+            events,
+            video,
+            guest,
+            _dir: dir,
+        }
+    }
+
+    async fn end(self) {
+        self.video.stop().await.unwrap();
+        self.staff.close().await;
+        self.srv
+            .wait_until("every media connection closed", |s| {
+                s.state().sfu.live_connections() == 0
+            })
+            .await;
+    }
+}
+
 /// Wall-clock milliseconds, the clock the page's `Date.now()` reads too.
 fn epoch_ms() -> u64 {
     std::time::SystemTime::now()
@@ -549,39 +616,11 @@ async fn guest_keeps_the_call_through(disruption: Disruption) {
         return;
     };
     let _one_browser = ONE_BROWSER.lock().await;
-    let dir = support::temp_dir("outage");
-    let mut config = support::test_config(&dir);
-    config.listen = Some("0.0.0.0:0".parse().unwrap());
-    config.media_bind = Some((net.host_ip, 0).into());
-    config.media_tcp_bind = Some((net.host_ip, 0).into());
-    let srv = TestServer::start_with(config).await;
-    let olga = srv.staff_token("olga", StaffRole::Staff);
-    let meeting = srv
-        .create_meeting(
-            &olga,
-            serde_json::json!({ "title": "Video visit", "lobby_bypass": "organizer_only" }),
-        )
-        .await;
-    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
-    let code = meeting["public_link"]["code"].as_str().unwrap().to_owned();
-    let mut options = srv.sdk_options(&olga).meeting(mid);
-    options.media.udp_addrs = vec![format!("{}:0", net.host_ip)];
-    let (staff, mut events) = Client::connect(options).await.unwrap();
-    support::sdk_admitted(&mut events).await;
-    let cam = staff.publish(TrackSource::Camera).await.unwrap();
-    let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
-
-    let port = srv.running.as_ref().unwrap().addr.port();
-    let extra = serde_json::json!({
-        "linkCode": code,
-        "guestName": "Travelling Tom",
-        "mediaTimeoutMs": 25000,
-        "baseUrl": format!("https://{}:{port}", net.host_ip),
-        "chromiumPath": net.wrapper(&dir, "/usr/bin/chromium").display().to_string(),
-    });
-    let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "guest-outage", extra);
+    let mut call = NamespaceCall::start(&net, "Travelling Tom", |_| {}).await;
+    let (staff, events) = (&call.staff, &mut call.events);
+    let mut browser = BrowserScript::start(&call.srv, "scenarios.mjs", "guest-outage", call.guest.clone());
     browser.progress("join-sent", BROWSER_START).await;
-    let waiting = support::next_waiting(&mut events).await;
+    let waiting = support::next_waiting(events).await;
     let guest_id = waiting[0].participant_id.clone();
     staff.admit(guest_id.clone()).unwrap();
     let t = Duration::from_secs(30);
@@ -703,12 +742,7 @@ async fn guest_keeps_the_call_through(disruption: Disruption) {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(views, vec!["call"], "the guest stayed in the call throughout: {f:#}");
-    video.stop().await.unwrap();
-    staff.close().await;
-    srv.wait_until("every media connection closed", |s| {
-        s.state().sfu.live_connections() == 0
-    })
-    .await;
+    call.end().await;
 }
 
 /// A guest whose network lets the page and its signaling through but no media path
@@ -721,46 +755,21 @@ async fn chromium_guest_with_no_media_path_is_told_and_staff_see_no_media() {
         return;
     };
     let _one_browser = ONE_BROWSER.lock().await;
-    let dir = support::temp_dir("nopath");
-    let mut config = support::test_config(&dir);
-    config.listen = Some("0.0.0.0:0".parse().unwrap());
-    config.media_bind = Some((net.host_ip, 0).into());
-    config.media_tcp_bind = Some((net.host_ip, 0).into());
-    let srv = TestServer::start_with(config).await;
-    let tcp = srv.state().sfu.tcp_addr().expect("ICE-TCP on");
-    net.nft(&format!(
-        "table inet gatehouse_test {{
-           chain out {{ type filter hook output priority 0; policy accept; meta l4proto udp drop; tcp dport {} drop; }}
-           chain in {{ type filter hook input priority 0; policy accept; meta l4proto udp drop; }}
-         }}",
-        tcp.port()
-    ));
-    let olga = srv.staff_token("olga", StaffRole::Staff);
-    let meeting = srv
-        .create_meeting(
-            &olga,
-            serde_json::json!({ "title": "Video visit", "lobby_bypass": "organizer_only" }),
-        )
-        .await;
-    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
-    let code = meeting["public_link"]["code"].as_str().unwrap().to_owned();
-    let mut options = srv.sdk_options(&olga).meeting(mid);
-    options.media.udp_addrs = vec![format!("{}:0", net.host_ip)];
-    let (staff, mut events) = Client::connect(options).await.unwrap();
-    support::sdk_admitted(&mut events).await;
-    let cam = staff.publish(TrackSource::Camera).await.unwrap();
-    let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
-
-    let port = srv.running.as_ref().unwrap().addr.port();
-    let extra = serde_json::json!({
-        "linkCode": code,
-        "guestName": "Firewalled Fay",
-        "baseUrl": format!("https://{}:{port}", net.host_ip),
-        "chromiumPath": net.wrapper(&dir, "/usr/bin/chromium").display().to_string(),
-    });
-    let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "guest-no-path", extra);
+    let mut call = NamespaceCall::start(&net, "Firewalled Fay", |srv| {
+        let tcp = srv.state().sfu.tcp_addr().expect("ICE-TCP on");
+        net.nft(&format!(
+            "table inet gatehouse_test {{
+               chain out {{ type filter hook output priority 0; policy accept; meta l4proto udp drop; tcp dport {} drop; }}
+               chain in {{ type filter hook input priority 0; policy accept; meta l4proto udp drop; }}
+             }}",
+            tcp.port()
+        ));
+    })
+    .await;
+    let (staff, events) = (&call.staff, &mut call.events);
+    let mut browser = BrowserScript::start(&call.srv, "scenarios.mjs", "guest-no-path", call.guest.clone());
     browser.progress("join-sent", BROWSER_START).await;
-    let waiting = support::next_waiting(&mut events).await;
+    let waiting = support::next_waiting(events).await;
     let guest_id = waiting[0].participant_id.clone();
     staff.admit(guest_id.clone()).unwrap();
     browser.progress("gave-up", Duration::from_secs(150)).await;
@@ -805,8 +814,7 @@ async fn chromium_guest_with_no_media_path_is_told_and_staff_see_no_media() {
     assert_eq!(f["finalProblemPhase"], "failed", "{f:#}");
     assert_eq!(f["alertRole"], "alert", "{f:#}");
     assert_eq!(f["view"], "call", "signaling and chat go on: {f:#}");
-    video.stop().await.unwrap();
-    staff.close().await;
+    call.end().await;
 }
 
 /// A test that fails while its browser runs leaves no process behind: not Node, not the

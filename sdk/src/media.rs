@@ -1303,20 +1303,30 @@ mod tests {
         let (pub_tx, mut pub_rx) = mpsc::unbounded_channel();
         let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
         let publisher = Publisher::new(loopback(), pub_tx).await.unwrap();
-        // Our own subscriber stands in for the server's answering side.
+        // Our own subscriber stands in for the server's answering side: descriptions and
+        // trickled candidates go across both ways (two full ICE agents need the candidates).
         let (subscriber, _tracks) = Subscriber::new(loopback(), sub_tx);
         let answering = tokio::spawn({
             let (publisher, subscriber) = (publisher.clone(), subscriber.clone());
             async move {
                 loop {
-                    let ClientMessage::PublishOffer { sdp, .. } = next_description(&mut pub_rx).await else {
-                        panic!("only offers from a publisher");
-                    };
-                    subscriber.on_offer(sdp).await.unwrap();
-                    let ClientMessage::SubscribeAnswer { sdp } = next_description(&mut sub_rx).await else {
-                        panic!("only answers from a subscriber");
-                    };
-                    assert!(publisher.on_answer(sdp));
+                    tokio::select! {
+                        Some(message) = pub_rx.recv() => match message {
+                            ClientMessage::PublishOffer { sdp, .. } => subscriber.on_offer(sdp).await.unwrap(),
+                            ClientMessage::IceCandidate { candidate, .. } => {
+                                subscriber.add_remote_candidate(candidate).await.unwrap()
+                            }
+                            other => panic!("from a publisher: {other:?}"),
+                        },
+                        Some(message) = sub_rx.recv() => match message {
+                            ClientMessage::SubscribeAnswer { sdp } => assert!(publisher.on_answer(sdp)),
+                            ClientMessage::IceCandidate { candidate, .. } => {
+                                publisher.add_remote_candidate(candidate).await.unwrap()
+                            }
+                            other => panic!("from a subscriber: {other:?}"),
+                        },
+                        else => return,
+                    }
                 }
             }
         });

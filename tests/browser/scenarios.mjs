@@ -679,8 +679,12 @@ async function mediaRestart(run) {
 
   run.step('the guest sees its media path');
   const status = guest.getByTestId('media-status');
+  // Connected first, then the path once getStats has named the selected pair.
   await guest.waitForFunction(
-    () => document.querySelector('[data-testid="media-status"]')?.dataset.phase === 'connected',
+    () => {
+      const el = document.querySelector('[data-testid="media-status"]');
+      return el?.dataset.phase === 'connected' && el.dataset.path !== '';
+    },
     null,
     { timeout: run.cfg.mediaTimeoutMs },
   );
