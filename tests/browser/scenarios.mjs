@@ -631,9 +631,19 @@ async function reconnect(run) {
   await staffJoins(run, staff, meetingId);
   await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
   await visible(guest, 'call-view').waitFor();
+  // The banner may show for only the 0.3 s before the first rejoin: catch it as it appears
+  // (a DOM observer) rather than polling for it.
+  await guest.evaluate(() => {
+    window.__bannerText = null;
+    const seen = () => {
+      const b = document.querySelector('[data-testid="connection-banner"]');
+      if (b && b.offsetParent !== null && b.textContent && window.__bannerText === null) window.__bannerText = b.textContent;
+    };
+    new MutationObserver(seen).observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
+  });
   await guest.evaluate(() => window.gatehouse.client.simulateDrop());
-  await visible(guest, 'connection-banner').waitFor();
-  run.facts.bannerText = await guest.getByTestId('connection-banner').textContent();
+  await guest.waitForFunction(() => window.__bannerText !== null);
+  run.facts.bannerText = await guest.evaluate(() => window.__bannerText);
   // The server keeps an admitted guest's seat for a grace period: the rejoin goes
   // straight back into the call, with no second admission.
   run.step('the guest is back in the call without the lobby');
