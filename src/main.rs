@@ -95,11 +95,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args)?;
-            // rtc logs a WARN per failed packet (e.g. SRTP replays) and per DTLS handshake: under
-            // load that flood costs CPU when it is scarcest. The SFU counts and logs what matters.
             init_logs(
                 config.log_format() == LogFormat::Json,
-                "info,webrtc=warn,rtc=warn,rtc::peer_connection::handler=error,rtc_dtls=error",
+                gatehouse::sfu::DEFAULT_LOG_FILTER,
             );
             serve(config).await
         }

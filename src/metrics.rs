@@ -212,6 +212,13 @@ impl SfuCollector {
                 |s| s.garbage_datagrams,
             ),
             (
+                counter(
+                    "gatehouse_sfu_junk_datagrams_total",
+                    "Datagrams from a connection's own address that were not valid STUN, DTLS or RTP (dropped before the connection saw them)",
+                ),
+                |s| s.junk_datagrams,
+            ),
+            (
                 counter("gatehouse_sfu_nacks_total", "NACKs received from subscribers"),
                 |s| s.nacks,
             ),

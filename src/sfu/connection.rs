@@ -89,6 +89,11 @@ pub struct Conn {
     /// The client's ICE password, from its latest description: what its Binding
     /// successes are signed with (see `ice_lite`).
     pub client_pwd: Option<String>,
+    /// Our ICE password, from our latest description (an ICE restart changes it): a
+    /// client's check that does not verify with it is junk (see `demux::check_integrity`).
+    pub local_pwd: String,
+    /// Junk from this connection's address: counted, and logged at a bounded rate.
+    pub junk: super::junk::JunkLog,
     /// When ICE reported Connected (cleared when DTLS completes: the histogram of the gap).
     pub ice_connected_at: Option<Instant>,
     /// The last connection state reported (for the debug snapshot).
@@ -122,6 +127,7 @@ pub const MAX_EARLY_CHECKS: usize = 8;
 
 impl Conn {
     /// A fresh connection, not yet negotiated.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pc: RTCPeerConnection,
         room: RoomId,
@@ -129,6 +135,7 @@ impl Conn {
         participant: &str,
         role: PeerRole,
         ufrag: String,
+        local_pwd: String,
         now: Instant,
     ) -> Self {
         Self {
@@ -142,6 +149,8 @@ impl Conn {
             connected: false,
             has_remote: false,
             client_pwd: None,
+            local_pwd,
+            junk: Default::default(),
             ice_connected_at: None,
             state: RTCPeerConnectionState::default(),
             nominated: None,

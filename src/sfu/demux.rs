@@ -5,7 +5,9 @@
 //! names its connection in the USERNAME attribute (`<our ufrag>:<their ufrag>`,
 //! RFC 8445 §7.2.2); once one arrives, its source address is remembered and every
 //! later datagram from that address (DTLS, SRTP, SRTCP, STUN responses) routes by
-//! address alone. Anything else is garbage and is dropped, never parsed further.
+//! address alone. Anything from an unknown address is garbage and is dropped, never
+//! parsed further; what comes from a connection's address passes [`screen`] first,
+//! and junk (counted per connection) never reaches `rtc`.
 //! Pure: no I/O, no clock; the shard owns the socket.
 
 use std::collections::HashMap;
@@ -116,6 +118,185 @@ pub fn local_ufrag(username: &[u8]) -> Option<&str> {
     (!ours.is_empty()).then_some(ours)
 }
 
+/// What is wrong with a datagram that came from a connection's own address (or named
+/// it): the demultiplexer drops it before `rtc` sees it, so `rtc` never logs about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Junk {
+    /// First byte outside STUN, DTLS and RTP/RTCP (RFC 7983).
+    NotWebRtc,
+    /// STUN range, but not a well-formed STUN message (bad cookie, lengths, attributes).
+    MalformedStun,
+    /// Well-formed STUN that a client of an ICE-lite server never sends: anything but a
+    /// Binding request (with USERNAME and MESSAGE-INTEGRITY) or a Binding indication.
+    UnexpectedStun,
+    /// A Binding request for another connection's ufrag, or whose MESSAGE-INTEGRITY
+    /// does not verify with the connection's password.
+    BadCheck,
+    /// DTLS range, but not a sequence of well-formed DTLS records.
+    MalformedDtls,
+    /// RTP range, but shorter than its own header says.
+    MalformedRtp,
+}
+
+impl Junk {
+    /// A short name for logs and the debug snapshot.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Junk::NotWebRtc => "not_webrtc",
+            Junk::MalformedStun => "malformed_stun",
+            Junk::UnexpectedStun => "unexpected_stun",
+            Junk::BadCheck => "bad_check",
+            Junk::MalformedDtls => "malformed_dtls",
+            Junk::MalformedRtp => "malformed_rtp",
+        }
+    }
+}
+
+const STUN_ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+const STUN_BINDING_INDICATION: u16 = 0x0011;
+/// HMAC-SHA1 output: the MESSAGE-INTEGRITY value (RFC 8489 §14.5).
+const STUN_INTEGRITY_LEN: usize = 20;
+
+/// Checks the framing of a datagram routed to a connection, by its class, without
+/// allocating: what passes is something `rtc` can parse (whether it authenticates is
+/// `rtc`'s business: SRTP, DTLS and, see [`check_integrity`], STUN checks).
+///
+/// STUN must be a whole message (length field equal to the datagram, attributes that
+/// end exactly at its end) and a Binding request carrying USERNAME and
+/// MESSAGE-INTEGRITY, or a Binding indication; DTLS a run of records of a known
+/// content type and version 254.x whose lengths add up to the datagram; RTP at least
+/// its fixed header, CSRCs and extension header; RTCP at least a header and an SSRC.
+pub fn screen(buf: &[u8]) -> Result<Class, Junk> {
+    match classify(buf) {
+        Class::Unknown => Err(Junk::NotWebRtc),
+        Class::Stun => screen_stun(buf).map(|()| Class::Stun),
+        Class::Dtls => screen_dtls(buf).map(|()| Class::Dtls),
+        Class::Rtp => screen_rtp(buf).map(|()| Class::Rtp),
+    }
+}
+
+/// The attributes of a whole STUN message: `(type, value offset, value length)`, or
+/// `None` if its framing is broken.
+fn stun_attributes(buf: &[u8]) -> Option<impl Iterator<Item = (u16, usize, usize)> + '_> {
+    if buf.len() < STUN_HEADER_LEN || buf[4..8] != STUN_MAGIC_COOKIE {
+        return None;
+    }
+    let body_len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    if body_len % 4 != 0 || STUN_HEADER_LEN + body_len != buf.len() {
+        return None;
+    }
+    // Walk once to validate; the iterator then walks again without checks.
+    let mut at = STUN_HEADER_LEN;
+    while at < buf.len() {
+        if at + 4 > buf.len() {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    if at != buf.len() {
+        return None;
+    }
+    let mut at = STUN_HEADER_LEN;
+    Some(std::iter::from_fn(move || {
+        if at >= buf.len() {
+            return None;
+        }
+        let attr_type = u16::from_be_bytes([buf[at], buf[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
+        let item = (attr_type, at + 4, len);
+        at += 4 + len.div_ceil(4) * 4;
+        Some(item)
+    }))
+}
+
+fn screen_stun(buf: &[u8]) -> Result<(), Junk> {
+    let attributes = stun_attributes(buf).ok_or(Junk::MalformedStun)?;
+    match u16::from_be_bytes([buf[0], buf[1]]) {
+        STUN_BINDING_INDICATION => Ok(()),
+        STUN_BINDING_REQUEST => {
+            let (mut username, mut integrity) = (false, false);
+            for (attr_type, _, len) in attributes {
+                match attr_type {
+                    STUN_ATTR_USERNAME => username = len > 0 && len <= STUN_MAX_USERNAME,
+                    STUN_ATTR_MESSAGE_INTEGRITY => integrity = len == STUN_INTEGRITY_LEN,
+                    _ => {}
+                }
+            }
+            if username && integrity {
+                Ok(())
+            } else {
+                Err(Junk::UnexpectedStun)
+            }
+        }
+        _ => Err(Junk::UnexpectedStun),
+    }
+}
+
+/// Whether a well-formed STUN message's MESSAGE-INTEGRITY verifies with `key` (the
+/// short-term password, RFC 8489 §14.5: HMAC-SHA1 over the message up to the
+/// attribute, with the header's length field counting up to the end of it). `true`
+/// for a message without MESSAGE-INTEGRITY (nothing to verify). No allocation.
+pub fn check_integrity(buf: &[u8], key: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let Some(mut attributes) = stun_attributes(buf) else {
+        return false;
+    };
+    let Some((_, value, len)) = attributes.find(|&(t, _, _)| t == STUN_ATTR_MESSAGE_INTEGRITY) else {
+        return true;
+    };
+    if len != STUN_INTEGRITY_LEN {
+        return false;
+    }
+    let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(key) else {
+        return false;
+    };
+    let counted = u16::try_from(value + STUN_INTEGRITY_LEN - STUN_HEADER_LEN).unwrap_or(u16::MAX);
+    mac.update(&buf[..2]);
+    mac.update(&counted.to_be_bytes());
+    mac.update(&buf[4..value - 4]);
+    mac.verify_slice(&buf[value..value + STUN_INTEGRITY_LEN]).is_ok()
+}
+
+fn screen_dtls(buf: &[u8]) -> Result<(), Junk> {
+    const RECORD_HEADER: usize = 13;
+    let mut rest = buf;
+    while !rest.is_empty() {
+        // change_cipher_spec, alert, handshake, application_data, heartbeat, tls12_cid
+        if rest.len() < RECORD_HEADER || !(20..=25).contains(&rest[0]) || rest[1] != 0xfe {
+            return Err(Junk::MalformedDtls);
+        }
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        if RECORD_HEADER + len > rest.len() {
+            return Err(Junk::MalformedDtls);
+        }
+        rest = &rest[RECORD_HEADER + len..];
+    }
+    Ok(())
+}
+
+fn screen_rtp(buf: &[u8]) -> Result<(), Junk> {
+    if buf.len() < 8 {
+        return Err(Junk::MalformedRtp);
+    }
+    // RTCP (RFC 5761 §4): packet types 192..=223 in the second byte.
+    if (192..=223).contains(&buf[1]) {
+        return Ok(());
+    }
+    let csrcs = usize::from(buf[0] & 0x0f);
+    let mut header = 12 + 4 * csrcs;
+    if buf[0] & 0x10 != 0 {
+        if buf.len() < header + 4 {
+            return Err(Junk::MalformedRtp);
+        }
+        header += 4 + 4 * usize::from(u16::from_be_bytes([buf[header + 2], buf[header + 3]]));
+    }
+    if buf.len() < header {
+        return Err(Junk::MalformedRtp);
+    }
+    Ok(())
+}
+
 /// Why a datagram was not routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -190,9 +371,6 @@ impl<K: Copy + Eq + Hash> Router<K> {
     /// address. No allocation unless a new address is learned.
     pub fn route(&mut self, from: SocketAddr, buf: &[u8]) -> Route<K> {
         let class = classify(buf);
-        if class == Class::Unknown {
-            return Route::Drop(DropReason::NotWebRtc);
-        }
         if class == Class::Stun
             && let Some(request) = binding_request(buf)
             && let Some(key) = local_ufrag(request.username).and_then(|ufrag| self.by_ufrag.get(ufrag).copied())
@@ -210,6 +388,9 @@ impl<K: Copy + Eq + Hash> Router<K> {
                 learned: false,
                 nominated: false,
             },
+            // Garbage from a stranger is just dropped; from a connection's address it
+            // goes to that connection's junk count (see [`screen`]).
+            None if class == Class::Unknown => Route::Drop(DropReason::NotWebRtc),
             None => Route::Drop(DropReason::UnknownSource),
         }
     }
@@ -415,9 +596,17 @@ mod tests {
         assert_eq!(r.route(addr(1), &[]), Route::Drop(DropReason::NotWebRtc));
         assert_eq!(r.route(addr(1), &[0xff; 100]), Route::Drop(DropReason::NotWebRtc));
         assert_eq!(r.route(addr(1), &[0x00, 0x01]), Route::Drop(DropReason::UnknownSource));
-        // garbage from a learned address is still garbage
+        // garbage from a learned address goes to its connection, whose screen counts it as junk
         r.route(addr(2), &stun(0x0001, &[(0x0006, b"srv1:c")]));
-        assert_eq!(r.route(addr(2), &[0x42; 10]), Route::Drop(DropReason::NotWebRtc));
+        assert_eq!(
+            r.route(addr(2), &[0x42; 10]),
+            Route::Conn {
+                key: 1,
+                learned: false,
+                nominated: false
+            }
+        );
+        assert_eq!(screen(&[0x42; 10]), Err(Junk::NotWebRtc));
         assert_eq!(r.addresses(), 1);
     }
 
@@ -515,6 +704,114 @@ mod tests {
         assert!(r.register("a", 4), "a removed ufrag can be reused");
     }
 
+    /// A check as clients sign it, built by `rtc`'s own STUN code.
+    fn signed_check(username: &str, key: &str) -> Vec<u8> {
+        use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+        let provider = rtc::crypto::default_provider().expect("crypto");
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(rtc::stun::textattrs::Username::new(
+                rtc::stun::attributes::ATTR_USERNAME,
+                username.to_owned(),
+            )),
+            Box::new(
+                rtc::stun::integrity::MessageIntegrity::new_short_term_integrity_with_provider(
+                    key.to_owned(),
+                    provider.crypto(),
+                ),
+            ),
+            Box::new(rtc::stun::fingerprint::FINGERPRINT),
+        ];
+        let mut m = Message::new();
+        m.build(&setters).expect("check");
+        m.raw
+    }
+
+    #[test]
+    fn checks_pass_the_screen_and_verify_only_with_their_key() {
+        let check = signed_check("srv1:cli", "the-servers-password-0123");
+        assert_eq!(screen(&check), Ok(Class::Stun));
+        assert!(check_integrity(&check, b"the-servers-password-0123"));
+        assert!(!check_integrity(&check, b"the-servers-password-0124"));
+        let mut tampered = check.clone();
+        tampered[30] ^= 1; // inside USERNAME
+        assert_eq!(screen(&tampered), Ok(Class::Stun), "framing intact");
+        assert!(!check_integrity(&tampered, b"the-servers-password-0123"));
+        // Without MESSAGE-INTEGRITY there is nothing to verify, but the screen refuses a check without it.
+        let bare = stun(0x0001, &[(0x0006, b"srv1:cli")]);
+        assert!(check_integrity(&bare, b"x"));
+        assert_eq!(screen(&bare), Err(Junk::UnexpectedStun));
+        assert_eq!(screen(&stun(0x0011, &[])), Ok(Class::Stun), "indication (keepalive)");
+    }
+
+    #[test]
+    fn broken_or_unexpected_stun_is_junk() {
+        let check = signed_check("srv1:cli", "pw");
+        for cut in [1, 4, 19, 20, check.len() - 1] {
+            assert_eq!(screen(&check[..cut]), Err(Junk::MalformedStun), "cut at {cut}");
+        }
+        let mut longer = check.clone();
+        longer.extend_from_slice(&[0; 4]);
+        assert_eq!(screen(&longer), Err(Junk::MalformedStun), "trailing bytes");
+        let mut bad_attr = stun(0x0001, &[(0x0006, b"a:b")]);
+        bad_attr[23] = 9; // attribute length runs past the body
+        assert_eq!(screen(&bad_attr), Err(Junk::MalformedStun));
+        // Responses and other methods: an ICE-lite server sends no checks, so gets no answers.
+        assert_eq!(screen(&stun(0x0101, &[(0x0020, &[0; 8])])), Err(Junk::UnexpectedStun));
+        assert_eq!(screen(&stun(0x0111, &[])), Err(Junk::UnexpectedStun));
+        assert_eq!(screen(&stun(0x0003, &[])), Err(Junk::UnexpectedStun));
+        assert_eq!(screen(&[0x01; 40]), Err(Junk::MalformedStun), "no cookie");
+    }
+
+    #[test]
+    fn dtls_records_must_add_up() {
+        let record = |ct: u8, len: u16| {
+            let mut r = vec![ct, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1];
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend(std::iter::repeat_n(7u8, usize::from(len)));
+            r
+        };
+        assert_eq!(screen(&record(22, 100)), Ok(Class::Dtls));
+        let mut two = record(20, 1);
+        two.extend(record(22, 40));
+        assert_eq!(screen(&two), Ok(Class::Dtls), "several records in one datagram");
+        let mut short = record(22, 100);
+        short.truncate(60);
+        assert_eq!(screen(&short), Err(Junk::MalformedDtls));
+        let mut trailing = record(23, 10);
+        trailing.push(1);
+        assert_eq!(screen(&trailing), Err(Junk::MalformedDtls));
+        assert_eq!(
+            screen(&record(30, 10)),
+            Err(Junk::MalformedDtls),
+            "no such content type"
+        );
+        let mut version = record(22, 10);
+        version[1] = 3; // TLS, not DTLS
+        assert_eq!(screen(&version), Err(Junk::MalformedDtls));
+    }
+
+    #[test]
+    fn rtp_must_hold_its_header() {
+        let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2];
+        assert_eq!(screen(&rtp), Ok(Class::Rtp));
+        assert_eq!(screen(&rtp[..11]), Err(Junk::MalformedRtp));
+        rtp[0] = 0x82; // two CSRCs announced, none there
+        assert_eq!(screen(&rtp), Err(Junk::MalformedRtp));
+        rtp.extend_from_slice(&[0; 8]);
+        assert_eq!(screen(&rtp), Ok(Class::Rtp));
+        // An extension header whose length runs past the datagram.
+        let mut ext = vec![0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0xbe, 0xde, 0, 3, 0, 0, 0, 0];
+        assert_eq!(screen(&ext), Err(Junk::MalformedRtp));
+        ext.extend_from_slice(&[0; 8]);
+        assert_eq!(screen(&ext), Ok(Class::Rtp));
+        // RTCP: header and sender SSRC.
+        assert_eq!(screen(&[0x80, 200, 0, 1, 0, 0, 0, 1]), Ok(Class::Rtp));
+        assert_eq!(screen(&[0x80, 201, 0, 1]), Err(Junk::MalformedRtp));
+        assert_eq!(screen(&[0x42; 20]), Err(Junk::NotWebRtc));
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         let mut r = Router::new();
@@ -536,6 +833,8 @@ mod tests {
             }
             let _ = r.route(addr(len as u16), &buf);
             let _ = stun_binding_username(&buf);
+            let _ = screen(&buf);
+            let _ = check_integrity(&buf, b"key");
         }
     }
 }

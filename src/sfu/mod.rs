@@ -35,6 +35,7 @@ mod connection;
 pub mod demux;
 pub mod forward;
 mod ice_lite;
+pub mod junk;
 pub mod media_room;
 mod peers;
 pub mod rtcp;
@@ -47,6 +48,16 @@ pub use stats::{Counters, CountersSnapshot};
 
 use peers::Peers;
 use shard::{Command, Shard};
+
+/// The gateway's default log filter (`RUST_LOG` replaces it). `rtc` logs a WARN per
+/// refused packet (SRTP replays and authentication failures, a check that fails
+/// MESSAGE-INTEGRITY, a datagram its ICE agent cannot decode) and per DTLS
+/// handshake: under load, or from a participant sending junk, that flood costs CPU
+/// when it is scarcest and buries the log. The demultiplexer drops junk before `rtc`
+/// sees it and counts and logs it at a bounded rate (see [`junk`]); what `rtc`
+/// still refuses is only logged at ERROR.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,webrtc=warn,rtc=warn,rtc::peer_connection::handler=error,rtc_dtls=error,rtc_ice=error";
 
 /// Commands queued per shard. A full queue makes the signaling side wait
 /// (backpressure on the WebSocket readers), it never drops a command.

@@ -29,7 +29,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::connection::{Conn, Path};
-use super::demux::{self, Route, Router};
+use super::demux::{self, Junk, Route, Router};
 use super::forward::DropDice;
 use super::ice_lite;
 use super::media_room::{Admit, ConnId, LegSink};
@@ -300,8 +300,13 @@ impl Peers {
         }
     }
 
-    /// Feeds a routed datagram (or frame) from `path` into connection `id`.
+    /// Feeds a routed datagram (or frame) from `path` into connection `id`, unless it
+    /// is junk: that is counted, logged at a bounded rate, and never reaches `rtc`.
     fn take_in(&mut self, id: ConnId, now: Instant, path: Path, nominating: bool, data: BytesMut) -> Option<ConnId> {
+        if let Err(kind) = self.screen(id, &data) {
+            self.junk(id, now, path, kind);
+            return None;
+        }
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.last_seen = now;
             if nominating && conn.nominated != Some(path) {
@@ -338,6 +343,44 @@ impl Peers {
                 Counters::add(&self.counters.dropped_packets, 1);
                 None
             }
+        }
+    }
+
+    /// The demultiplexer's screen, and for a client's check its MESSAGE-INTEGRITY with
+    /// our password (only checks pay for the HMAC: a few per connection per second).
+    fn screen(&self, id: ConnId, data: &[u8]) -> Result<(), Junk> {
+        let class = demux::screen(data)?;
+        if class == demux::Class::Stun
+            && demux::binding_request(data).is_some()
+            && let Some(conn) = self.conns.get(&id)
+            && !demux::check_integrity(data, conn.local_pwd.as_bytes())
+        {
+            return Err(Junk::BadCheck);
+        }
+        Ok(())
+    }
+
+    /// Counts a junk datagram from a connection's path; logs it at most once per
+    /// connection per [`JUNK_LOG_INTERVAL`](super::junk::JUNK_LOG_INTERVAL).
+    fn junk(&mut self, id: ConnId, now: Instant, path: Path, kind: Junk) {
+        Counters::add(&self.counters.junk_datagrams, 1);
+        Counters::add(&self.counters.dropped_packets, 1);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Some(line) = conn.junk.note(kind, now) {
+            tracing::warn!(
+                shard = self.shard,
+                conn = id,
+                meeting_id = %conn.meeting_id,
+                participant_id = %conn.participant,
+                role = ?conn.role,
+                %path,
+                kind = line.kind.as_str(),
+                total = line.total,
+                suppressed = line.suppressed,
+                "junk datagrams from a participant's address dropped (one line per connection per 10 s at most)"
+            );
         }
     }
 
@@ -662,7 +705,16 @@ mod tests {
             shard: peers.counters.clone(),
         };
         let pc = connection::build(Instant::now(), &ufrag, &pwd, peers.advertised, None, stats).expect("build");
-        Conn::new(pc, 1, meeting, participant, PeerRole::Subscriber, ufrag, Instant::now())
+        Conn::new(
+            pc,
+            1,
+            meeting,
+            participant,
+            PeerRole::Subscriber,
+            ufrag,
+            pwd,
+            Instant::now(),
+        )
     }
 
     #[tokio::test]
@@ -693,8 +745,8 @@ mod tests {
         assert!(peers.get(a).is_none() && peers.get(b).is_none());
     }
 
-    /// A binding request naming `ufrag` (signed with a made-up key: the hold does not judge it).
-    fn early_check(ufrag: &str) -> BytesMut {
+    /// A binding request naming `ufrag`, signed with `key`.
+    fn early_check(ufrag: &str, key: &str) -> BytesMut {
         use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
         let provider = rtc::crypto::default_provider().expect("crypto");
         let setters: Vec<Box<dyn Setter>> = vec![
@@ -706,7 +758,7 @@ mod tests {
             )),
             Box::new(
                 rtc::stun::integrity::MessageIntegrity::new_short_term_integrity_with_provider(
-                    "a-key-of-twenty-two-chars".to_owned(),
+                    key.to_owned(),
                     provider.crypto(),
                 ),
             ),
@@ -721,18 +773,18 @@ mod tests {
     async fn checks_before_the_description_wait_for_it_and_are_handed_over_then() {
         let mut peers = peers().await;
         let c = conn(&peers, "m_1", "p_a");
-        let ufrag = c.ufrag.clone();
+        let (ufrag, pwd) = (c.ufrag.clone(), c.local_pwd.clone());
         let a = peers.insert(c);
         let from: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
         let now = Instant::now();
         assert_eq!(
-            peers.receive(now, from, early_check(&ufrag)),
+            peers.receive(now, from, early_check(&ufrag, &pwd)),
             None,
             "held: nothing to drive yet"
         );
         assert_eq!(peers.get(a).map(|c| c.early_checks.len()), Some(1));
         for _ in 0..20 {
-            peers.receive(now, from, early_check(&ufrag));
+            peers.receive(now, from, early_check(&ufrag, &pwd));
         }
         assert_eq!(
             peers.get(a).map(|c| c.early_checks.len()),
@@ -744,7 +796,7 @@ mod tests {
         peers.replay_early_checks(a, now);
         assert_eq!(peers.get(a).map(|c| c.early_checks.len()), Some(0));
         // From now on checks are fed at once.
-        assert_eq!(peers.receive(now, from, early_check(&ufrag)), Some(a));
+        assert_eq!(peers.receive(now, from, early_check(&ufrag, &pwd)), Some(a));
         assert_eq!(peers.get(a).map(|c| c.early_checks.len()), Some(0));
         peers.close(a);
     }
@@ -763,5 +815,38 @@ mod tests {
         let snapshot = peers.counters.snapshot();
         assert_eq!((snapshot.garbage_datagrams, snapshot.dropped_packets), (2, 2));
         assert!(!peers.is_broken(a));
+    }
+
+    #[tokio::test]
+    async fn junk_from_a_connections_address_is_counted_for_it_and_never_fed() {
+        let mut peers = peers().await;
+        let c = conn(&peers, "m_1", "p_a");
+        let (ufrag, pwd) = (c.ufrag.clone(), c.local_pwd.clone());
+        let a = peers.insert(c);
+        let from: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        let now = Instant::now();
+        // A check signed with the right password teaches the address (held: no description yet).
+        assert_eq!(peers.receive(now, from, early_check(&ufrag, &pwd)), None);
+        assert_eq!(peers.get(a).map(|c| c.early_checks.len()), Some(1));
+        let forged = early_check(&ufrag, "not-the-password-at-all");
+        let mut truncated = early_check(&ufrag, &pwd);
+        truncated.truncate(30);
+        let junk: [&[u8]; 5] = [&forged, &truncated, &[0x42; 30], &[22, 0, 0, 0, 0], &[0x80, 96, 0]];
+        for datagram in junk {
+            assert_eq!(peers.receive(now, from, BytesMut::from(datagram)), None);
+        }
+        let conn = peers.get(a).expect("conn");
+        assert_eq!(conn.junk.total, 5);
+        assert_eq!(conn.early_checks.len(), 1, "the forged check was not held either");
+        let snapshot = peers.counters.snapshot();
+        assert_eq!(
+            (
+                snapshot.junk_datagrams,
+                snapshot.garbage_datagrams,
+                snapshot.dropped_packets
+            ),
+            (5, 0, 5)
+        );
+        peers.close(a);
     }
 }

@@ -461,7 +461,7 @@ impl Shard {
         let meeting_id = hosted.room.meeting_id().to_owned();
         let id = self
             .peers
-            .insert(Conn::new(pc, room_id, &meeting_id, participant, role, ufrag, now));
+            .insert(Conn::new(pc, room_id, &meeting_id, participant, role, ufrag, pwd, now));
         if let Some(hosted) = self.rooms.get_mut(&room_id) {
             hosted.room.set_connection(participant, role, Some(id));
         }
@@ -491,6 +491,12 @@ impl Shard {
                 let sdp = self
                     .peers
                     .guard(conn, "create_offer", |pc| connection::make_offer(pc, now));
+                if let Some(Ok(sdp)) = &sdp
+                    && let Some(pwd) = ice_lite::ice_pwd(sdp)
+                    && let Some(c) = self.peers.get_mut(conn)
+                {
+                    c.local_pwd = pwd;
+                }
                 let Some(hosted) = self.rooms.get_mut(&room_id) else {
                     continue;
                 };
@@ -730,6 +736,9 @@ impl Shard {
         if let Some(conn) = self.peers.get_mut(id) {
             conn.has_remote = true;
             conn.client_pwd = client_pwd;
+            if let Some(pwd) = ice_lite::ice_pwd(&answer) {
+                conn.local_pwd = pwd;
+            }
         }
         self.apply_held_candidates(room_id, participant_id, PeerRole::Publisher, id);
         self.peers.replay_early_checks(id, now);
@@ -865,6 +874,7 @@ impl Shard {
                 "nominated": c.nominated.map(|p| p.addr().to_string()),
                 "transport": c.nominated.map(|p| p.transport()),
                 "idle_ms": c.last_seen.elapsed().as_millis() as u64,
+                "junk": c.junk.total,
             }))
         };
         let mut snapshot = hosted.room.debug_snapshot(conn_state);

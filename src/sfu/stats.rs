@@ -25,6 +25,9 @@ pub struct Counters {
     pub dropped_packets: AtomicU64,
     /// Datagrams on the media port that named no connection (a subset of `dropped_packets`).
     pub garbage_datagrams: AtomicU64,
+    /// Datagrams from a connection's own address (or naming it) that failed the
+    /// demultiplexer's screen: dropped before `rtc` (a subset of `dropped_packets`).
+    pub junk_datagrams: AtomicU64,
     /// RTCP NACK packets received from subscribers.
     pub nacks: AtomicU64,
     /// Keyframe requests (PLI or FIR) received from subscribers.
@@ -127,6 +130,7 @@ pub struct CountersSnapshot {
     pub forwarded_bytes: u64,
     pub dropped_packets: u64,
     pub garbage_datagrams: u64,
+    pub junk_datagrams: u64,
     pub nacks: u64,
     pub keyframe_requests_received: u64,
     pub plis_sent: u64,
@@ -156,6 +160,7 @@ impl Counters {
                 forwarded_bytes: acc.forwarded_bytes + s.forwarded_bytes,
                 dropped_packets: acc.dropped_packets + s.dropped_packets,
                 garbage_datagrams: acc.garbage_datagrams + s.garbage_datagrams,
+                junk_datagrams: acc.junk_datagrams + s.junk_datagrams,
                 nacks: acc.nacks + s.nacks,
                 keyframe_requests_received: acc.keyframe_requests_received + s.keyframe_requests_received,
                 plis_sent: acc.plis_sent + s.plis_sent,
@@ -171,6 +176,7 @@ impl Counters {
             forwarded_bytes: get(&self.forwarded_bytes),
             dropped_packets: get(&self.dropped_packets),
             garbage_datagrams: get(&self.garbage_datagrams),
+            junk_datagrams: get(&self.junk_datagrams),
             nacks: get(&self.nacks),
             keyframe_requests_received: get(&self.keyframe_requests_received),
             plis_sent: get(&self.plis_sent),
