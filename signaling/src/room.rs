@@ -866,5 +866,8 @@ fn clean_reason(reason: Option<String>) -> Result<Option<String>, Error> {
     Ok(Some(r.to_owned()))
 }
 
+mod recovery;
+pub use recovery::OpenAttendance;
+
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,8 @@
 //! A meeting's task exists only while someone is in its call or lobby. It is
 //! created on the first join and removes itself when the room empties, under
 //! the registry lock, so a join can never reach a task that is going away.
+//! After a crash, [`LiveMeetings::recover`] starts the tasks of the meetings whose
+//! guests had a seat, before the server takes its first connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use gatehouse_signaling::lobby::ConnId;
 use gatehouse_signaling::meeting::Meeting;
 use gatehouse_signaling::protocol::LobbyEntry;
 use gatehouse_signaling::protocol::{ClientMessage, MediaMessage, ServerMessage};
-use gatehouse_signaling::room::{Effect, EventKind, JoinRequest, LobbyAction, Room};
+use gatehouse_signaling::room::{Effect, EventKind, JoinRequest, LobbyAction, OpenAttendance, Room};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -152,13 +154,8 @@ impl LiveMeetings {
                     let Some((services, meeting)) = start else {
                         return false;
                     };
-                    let (tx, rx) = mpsc::channel(MEETING_QUEUE);
-                    let span = tracing::info_span!("meeting", meeting_id = %meeting.meeting_id);
-                    self.running.send_modify(|n| *n += 1);
-                    let running = RunningTask(services.live.clone());
                     let room = Room::with_seat_hold(meeting.clone(), services.seat_hold_ms);
-                    tokio::spawn(run(room, rx, services.clone(), running).instrument(span));
-                    tasks.insert(meeting_id.to_owned(), tx);
+                    self.spawn(&mut tasks, services, room, Vec::new());
                 }
                 let tx = tasks.get(meeting_id).expect("present: checked or inserted above");
                 match tx.try_send(cmd) {
@@ -187,10 +184,72 @@ impl LiveMeetings {
     }
 }
 
-async fn run(mut room: Room, mut rx: mpsc::Receiver<Command>, services: Services, _running: RunningTask) {
+impl LiveMeetings {
+    /// Starts the task of `room` and registers it (the caller holds the registry lock);
+    /// the task carries out `first` before anything else.
+    fn spawn(
+        &self,
+        tasks: &mut HashMap<String, mpsc::Sender<Command>>,
+        services: &Services,
+        room: Room,
+        first: Vec<Effect>,
+    ) {
+        let meeting_id = room.meeting().meeting_id.to_string();
+        let (tx, rx) = mpsc::channel(MEETING_QUEUE);
+        let span = tracing::info_span!("meeting", meeting_id = %meeting_id);
+        self.running.send_modify(|n| *n += 1);
+        let running = RunningTask(services.live.clone());
+        tokio::spawn(run(room, first, rx, services.clone(), running).instrument(span));
+        tasks.insert(meeting_id, tx);
+    }
+
+    /// After a crash (the store still has open attendances: a clean stop closes them
+    /// all): guests who were in a call get their seat held again for the seat hold,
+    /// counted from now, and the rest is closed in the participation log
+    /// ([`Room::recover`]). Call it once, before the server accepts connections.
+    /// Returns the number of seats held.
+    pub async fn recover(&self, services: &Services) -> Result<usize, Error> {
+        let open = services.store.run(|s| s.open_attendance()).await?;
+        let mut by_meeting: Vec<(String, Vec<OpenAttendance>)> = Vec::new();
+        for (meeting_id, a) in open {
+            match by_meeting.last_mut() {
+                Some((m, list)) if *m == meeting_id => list.push(a),
+                _ => by_meeting.push((meeting_id, vec![a])),
+            }
+        }
+        let mut held = 0;
+        for (meeting_id, open) in by_meeting {
+            let id = meeting_id.clone();
+            let Some(meeting) = services.store.run(move |s| s.meeting(&id)).await? else {
+                tracing::warn!(%meeting_id, "open attendance of a meeting that does not exist; ignored");
+                continue;
+            };
+            let (room, first) = Room::recover(meeting, services.seat_hold_ms, now_ms(), open);
+            held += room.held_len();
+            tracing::info!(%meeting_id, held = room.held_len(), closed = first.len(), "meeting recovered after a crash");
+            if room.is_empty() {
+                // Nobody to wait for: close the log here; a task would wait for a command.
+                apply(&room, &mut HashMap::new(), services, first).await;
+                continue;
+            }
+            let mut tasks = self.lock();
+            self.spawn(&mut tasks, services, room, first);
+        }
+        Ok(held)
+    }
+}
+
+async fn run(
+    mut room: Room,
+    first: Vec<Effect>,
+    mut rx: mpsc::Receiver<Command>,
+    services: Services,
+    _running: RunningTask,
+) {
     tracing::info!("meeting live");
     services.metrics.meetings_live.inc();
     let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
+    apply(&room, &mut outboxes, &services, first).await;
     // What this room last added to the process-wide gauges.
     let mut counted = (0i64, 0i64);
     let mut shutdown = services.shutdown.clone();

@@ -249,6 +249,16 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         connections: limits::ConnectionLimits::new(config.max_connections(), config.max_connections_per_ip()),
     });
 
+    // Before the first connection: a guest who comes back must find its held seat.
+    let held = state
+        .live
+        .recover(&state.services())
+        .await
+        .context("recovering meetings from the store")?;
+    if held > 0 {
+        tracing::info!(held, "seats held after a crash for the guests who were in a call");
+    }
+
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_endpoint))

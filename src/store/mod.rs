@@ -8,13 +8,22 @@
 //! The methods block (disk, fsync, a busy database): the async server calls
 //! them through [`Store::run`], on tokio's blocking pool, never on a runtime
 //! thread that serves sockets.
+//!
+//! Nothing is buffered on our side: every write is its own transaction, committed
+//! before the method returns, in WAL mode with `synchronous = FULL` (the commit is
+//! on disk, so neither `kill -9` nor a power cut loses it). A crash mid-transaction
+//! leaves uncommitted WAL frames that SQLite ignores on the next open. Beside the
+//! participation log, `open_attendance` says who is in a call or lobby right now,
+//! written in the same transaction as the event that changes it, so after a crash
+//! the gateway knows whose admission to honour (see `server::live::LiveMeetings::recover`).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use gatehouse_signaling::link::{Link, LinkKind};
 use gatehouse_signaling::meeting::{Meeting, MeetingSettings};
-use gatehouse_signaling::room::ParticipationEvent;
+use gatehouse_signaling::protocol::{ParticipantInfo, ParticipantKind};
+use gatehouse_signaling::room::{EventKind, OpenAttendance, ParticipationEvent};
 use gatehouse_signaling::{Error, ErrorCode};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -67,15 +76,48 @@ CREATE TABLE IF NOT EXISTS participation_events (
 CREATE INDEX IF NOT EXISTS events_by_meeting ON participation_events(meeting_id, id);
 "#;
 
+/// Version 2: who is in a call or lobby now (one row per open attendance; see `record`).
+const SCHEMA_V2: &str = r#"
+CREATE TABLE IF NOT EXISTS open_attendance (
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    in_call        INTEGER NOT NULL,
+    since_ms       INTEGER NOT NULL,
+    PRIMARY KEY (meeting_id, participant_id)
+);
+"#;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is fsynced before it returns, so what a client was told is
+        // done (a redeemed link, an admission) survives a power cut as well as a kill.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Opening runs SQLite's recovery: a WAL cut short (a torn write) is replayed up
+        // to its last whole commit. Reading the schema version makes that happen now,
+        // and `quick_check` refuses a database that is damaged beyond it.
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        anyhow::ensure!(check == "ok", "the database {} is damaged: {check}", path.display());
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        anyhow::ensure!(
+            version <= SCHEMA_VERSION,
+            "the database {} has schema version {version}, newer than this gatehouse ({SCHEMA_VERSION})",
+            path.display()
+        );
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         Ok(Store { conn: Mutex::new(conn) })
     }
 
@@ -303,21 +345,81 @@ impl Store {
             .unwrap_or("unknown")
             .to_owned();
         let kind = serde_json::to_value(e.kind).map_err(json_err)?;
-        self.conn()
-            .execute(
-                "INSERT INTO participation_events (meeting_id, participant_id, display_name, kind, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    e.meeting_id.as_str(),
-                    e.participant_id.as_str(),
-                    e.display_name,
-                    kind.as_str().unwrap_or("guest"),
-                    e.at_ms as i64,
-                    name,
-                    detail.to_string()
-                ],
+        let kind = kind.as_str().unwrap_or("guest");
+        let mut conn = self.conn();
+        // The event and the attendance it opens or closes commit together.
+        let tx = conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO participation_events (meeting_id, participant_id, display_name, kind, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                e.meeting_id.as_str(),
+                e.participant_id.as_str(),
+                e.display_name,
+                kind,
+                e.at_ms as i64,
+                name,
+                detail.to_string()
+            ],
+        )
+        .map_err(db_err)?;
+        let open = match e.event {
+            EventKind::EnteredLobby => Some(false),
+            EventKind::Joined => Some(true),
+            EventKind::Denied { .. }
+            | EventKind::LobbyTimeout { .. }
+            | EventKind::LeftLobby { .. }
+            | EventKind::Left { .. } => None,
+            // Admission is followed by `joined`; a redemption opens nothing.
+            EventKind::Admitted { .. } | EventKind::LinkRedeemed { .. } => {
+                return tx.commit().map_err(db_err);
+            }
+        };
+        match open {
+            Some(in_call) => tx.execute(
+                "INSERT OR REPLACE INTO open_attendance (meeting_id, participant_id, display_name, kind, in_call, since_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![e.meeting_id.as_str(), e.participant_id.as_str(), e.display_name, kind, in_call, e.at_ms as i64],
+            ),
+            None => tx.execute(
+                "DELETE FROM open_attendance WHERE meeting_id = ?1 AND participant_id = ?2",
+                params![e.meeting_id.as_str(), e.participant_id.as_str()],
+            ),
+        }
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Everyone whose attendance is open (in a call or a lobby), by meeting, oldest
+    /// first. After a clean stop there is nobody: every attendance was closed in the log.
+    pub fn open_attendance(&self) -> Result<Vec<(String, OpenAttendance)>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT meeting_id, participant_id, display_name, kind, in_call, since_ms FROM open_attendance ORDER BY meeting_id, since_ms",
             )
             .map_err(db_err)?;
-        Ok(())
+        stmt.query_map([], |row| {
+            let kind = match row.get::<_, String>(3)?.as_str() {
+                "staff" => ParticipantKind::Staff,
+                _ => ParticipantKind::Guest,
+            };
+            Ok((
+                row.get::<_, String>(0)?,
+                OpenAttendance {
+                    participant: ParticipantInfo {
+                        participant_id: row.get::<_, String>(1)?.into(),
+                        display_name: row.get(2)?,
+                        kind,
+                        // Only staff can be the organiser, and staff are never resumed.
+                        organizer: false,
+                    },
+                    in_call: row.get(4)?,
+                    since_ms: row.get::<_, i64>(5)? as u64,
+                },
+            ))
+        })
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)
     }
 
     /// A meeting's participation log, oldest first.
@@ -368,7 +470,6 @@ fn kind_name(kind: LinkKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gatehouse_signaling::room::EventKind;
 
     fn temp_store() -> (tempdir::Dir, Store) {
         let dir = tempdir::Dir::new();
@@ -463,5 +564,65 @@ mod tests {
         };
         s.record(&ev).unwrap();
         assert_eq!(s.events_of("m_1").unwrap(), vec![ev]);
+    }
+
+    #[test]
+    fn open_attendance_follows_the_log() {
+        let (_d, s) = temp_store();
+        s.insert_meeting(&meeting()).unwrap();
+        let ev = |who: &str, kind: ParticipantKind, at_ms: u64, event: EventKind| ParticipationEvent {
+            meeting_id: "m_1".into(),
+            participant_id: who.into(),
+            display_name: who.to_uppercase(),
+            kind,
+            at_ms,
+            event,
+        };
+        let (guest, staff) = (ParticipantKind::Guest, ParticipantKind::Staff);
+        let ids = |s: &Store| -> Vec<(String, bool, u64)> {
+            let open = s.open_attendance().unwrap();
+            open.into_iter()
+                .map(|(m, a)| {
+                    assert_eq!(m, "m_1");
+                    (a.participant.participant_id.to_string(), a.in_call, a.since_ms)
+                })
+                .collect()
+        };
+        s.record(&ev("p_s", staff, 1, EventKind::Joined)).unwrap();
+        s.record(&ev("p_a", guest, 2, EventKind::EnteredLobby)).unwrap();
+        s.record(&ev("p_b", guest, 3, EventKind::EnteredLobby)).unwrap();
+        assert_eq!(
+            ids(&s),
+            vec![
+                ("p_s".into(), true, 1),
+                ("p_a".into(), false, 2),
+                ("p_b".into(), false, 3)
+            ]
+        );
+        let admitted = EventKind::Admitted { wait_ms: 2, by: None };
+        s.record(&ev("p_a", guest, 4, admitted)).unwrap();
+        s.record(&ev("p_a", guest, 4, EventKind::Joined)).unwrap();
+        s.record(&ev(
+            "p_b",
+            guest,
+            5,
+            EventKind::Denied {
+                wait_ms: 2,
+                reason: None,
+            },
+        ))
+        .unwrap();
+        assert_eq!(ids(&s), vec![("p_s".into(), true, 1), ("p_a".into(), true, 4)]);
+        let open = s.open_attendance().unwrap();
+        assert_eq!(open[1].1.participant.kind, guest);
+        assert_eq!(open[0].1.participant.kind, staff);
+        let left = EventKind::Left {
+            reason: gatehouse_signaling::protocol::LeaveReason::Left,
+            in_call_ms: 5,
+        };
+        s.record(&ev("p_s", staff, 6, left.clone())).unwrap();
+        s.record(&ev("p_a", guest, 6, left)).unwrap();
+        assert!(ids(&s).is_empty());
+        assert_eq!(s.events_of("m_1").unwrap().len(), 8);
     }
 }
