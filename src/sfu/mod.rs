@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 mod connection;
 pub mod demux;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ice_lite;
 pub mod junk;
 pub mod media_room;

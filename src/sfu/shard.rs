@@ -207,7 +207,7 @@ impl Shard {
     }
 
     /// Timers, the end-of-turn drain, batched renegotiations, broken connections.
-    fn end_turn(&mut self, now: Instant) {
+    pub(super) fn end_turn(&mut self, now: Instant) {
         while let Some(id) = self.peers.fire_next(now) {
             self.drive(id, now);
         }
@@ -234,7 +234,7 @@ impl Shard {
         }
     }
 
-    fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: BytesMut) {
+    pub(super) fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: BytesMut) {
         if let Some(id) = self.peers.receive(now, from, data) {
             self.drive(id, now);
         }
@@ -533,7 +533,7 @@ impl Shard {
     }
 
     /// Carries out a command; `true` when it was `Shutdown` (done, the loop ends).
-    fn on_command(&mut self, command: Command) -> bool {
+    pub(super) fn on_command(&mut self, command: Command) -> bool {
         let now = Instant::now();
         match command {
             Command::Add {
