@@ -942,3 +942,120 @@ async fn chromium_join_time_to_first_frame() {
         }
     }
 }
+
+/// The defects outside testing found in the web client (issue 15), in Chromium:
+/// - `link-list-live`: a single-use link a guest redeems shows as used in the console's
+///   open list without a reload (the 2 s queue poll reads the open lists), with no Copy
+///   or Revoke; with the queue's requests cut off, Refresh shows a link made and used
+///   behind the console's back, used.
+/// - `join-early`: Join pressed before the camera has started (getUserMedia made 1.5 s
+///   slow) waits for the devices: the guest sends audio and video and staff receive
+///   them; focus goes to the lobby status, the call's first control, the "You left" heading.
+/// - `devices-denied`: camera and microphone refused: the page says so in a live region
+///   with what to do and Try again; the guest still joins, and the call says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_client_link_state_early_join_devices_and_focus() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = TestServer::start().await;
+    let results = BrowserScript::start(
+        &srv,
+        "scenarios.mjs",
+        "link-list-live,join-early,devices-denied",
+        Value::Null,
+    )
+    .finish()
+    .await;
+
+    let f = facts(&results, "link-list-live");
+    assert_eq!(
+        (f["statusBefore"].as_str(), f["copyBefore"].as_u64()),
+        (Some("active"), Some(1)),
+        "{f:#}"
+    );
+    assert_eq!(f["statusAfterUse"], "used", "pushed to the open list: {f:#}");
+    assert_eq!(
+        (f["copyAfterUse"].as_u64(), f["revokeAfterUse"].as_u64()),
+        (Some(0), Some(0)),
+        "a used link offers nothing to send on: {f:#}"
+    );
+    assert!(
+        f["usedNote"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot let anyone else in"),
+        "{f:#}"
+    );
+    assert_eq!(f["secondShownBeforeRefresh"], 0, "{f:#}");
+    assert_eq!(
+        (f["statusAfterRefresh"].as_str(), f["firstAfterRefresh"].as_str()),
+        (Some("used"), Some("used")),
+        "{f:#}"
+    );
+    assert_eq!(f["sameDocument"], true, "no reload: {f:#}");
+
+    let f = facts(&results, "join-early");
+    assert_eq!(f["previewStartedAtClick"], false, "{f:#}");
+    assert_eq!(f["joinButtonAtClick"], "Starting camera…", "{f:#}");
+    assert_eq!(f["focusInLobby"], "lobby-status", "{f:#}");
+    assert_eq!(f["focusInCall"], "mic-toggle", "{f:#}");
+    assert_eq!(
+        f["guestLocalTracks"],
+        serde_json::json!(["camera", "microphone"]),
+        "{f:#}"
+    );
+    assert_eq!(
+        (f["micState"].as_str(), f["cameraState"].as_str()),
+        (Some("on"), Some("on")),
+        "{f:#}"
+    );
+    for kind in ["audio", "video"] {
+        assert!(
+            f["guestOutbound"]["after"][kind].as_u64() > f["guestOutbound"]["before"][kind].as_u64(),
+            "the guest sends {kind}: {f:#}"
+        );
+    }
+    let staff = &f["staffMedia"];
+    assert!(
+        inbound(&staff["after"], "video", "camera", "framesDecoded")
+            > inbound(&staff["before"], "video", "camera", "framesDecoded"),
+        "staff decode the guest's video: {staff:#}"
+    );
+    assert!(
+        inbound(&staff["after"], "audio", "microphone", "packetsReceived")
+            > inbound(&staff["before"], "audio", "microphone", "packetsReceived"),
+        "staff receive the guest's audio: {staff:#}"
+    );
+    assert_eq!(f["focusAfterLeave"], "left-title", "{f:#}");
+
+    let f = facts(&results, "devices-denied");
+    let notice = f["noticeText"].as_str().unwrap_or("");
+    assert!(
+        notice.contains("blocking") && notice.contains("Allow") && notice.contains("Try again"),
+        "{f:#}"
+    );
+    assert_eq!(f["noticeFailures"], "microphone:denied camera:denied", "{f:#}");
+    assert_eq!(f["noticeInLiveRegion"], "device-status", "{f:#}");
+    assert_eq!(f["retryShown"], true, "{f:#}");
+    assert_eq!(f["retryStillDenied"], "microphone:denied camera:denied", "{f:#}");
+    let e = &f["explanations"];
+    let (denied, absent, busy) = (
+        e["denied"].as_str().unwrap_or(""),
+        e["absent"].as_str().unwrap_or(""),
+        e["busy"].as_str().unwrap_or(""),
+    );
+    assert!(denied.contains("blocking"), "{e:#}");
+    assert!(absent.contains("No camera was found"), "{e:#}");
+    assert!(busy.contains("in use by another program"), "{e:#}");
+    assert!(denied != absent && absent != busy && denied != busy, "{e:#}");
+    assert_eq!(f["joinedView"], "call", "{f:#}");
+    assert!(
+        f["callNotice"].as_str().unwrap_or("").contains("leave and join again"),
+        "{f:#}"
+    );
+    assert_eq!(
+        (f["micState"].as_str(), f["cameraState"].as_str()),
+        (Some("unavailable"), Some("unavailable")),
+        "{f:#}"
+    );
+    assert_eq!(f["focusInCall"], "leave-button", "{f:#}");
+}

@@ -411,6 +411,15 @@ export class CallView {
     this.renderPeople();
   }
 
+  /**
+   * Moves focus into the call (the view that had it is gone): to its first control that
+   * can take it (the mic, or the camera, screen or Leave when a device is missing).
+   */
+  focusFirstControl() {
+    const first = [this.micButton, this.camButton, this.screenButton, this.leaveButton].find((b) => b && !b.disabled);
+    first?.focus({ preventScroll: true });
+  }
+
   showNotice(text) {
     this.notice.textContent = text;
     this.notice.hidden = !text;

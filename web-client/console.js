@@ -7,6 +7,10 @@
  * polls `GET /api/v1/queue` for every live meeting and admits or denies over
  * REST without joining; inside a call, the lobby panel follows the server's
  * `lobby_update` frames. The queue polls only while the dashboard shows.
+ *
+ * The dashboard has no push channel (no socket until staff join a call), so the
+ * link lists that are open are read again with each queue poll (every 2 s), on
+ * Refresh and with the meetings: a link a guest just used shows as used at once.
  */
 
 import { GatehouseClient } from './gatehouse-client.js';
@@ -104,6 +108,7 @@ const queue = new QueuePanel($('dashboard-main'), {
   onError: (e) => error(e),
   onInfo: (text) => info(text),
   onLiveChanged: () => loadMeetings().catch(() => {}),
+  onPolled: () => refreshOpenLinks(),
 });
 
 // ------------------------------------------------------------------ sign-in
@@ -152,7 +157,12 @@ $('sign-out-button').addEventListener('click', () => {
 // ----------------------------------------------------------------- meetings
 
 async function loadMeetings() {
-  page.meetings = await api('GET', '/api/v1/meetings', { token: page.token });
+  const [meetings] = await Promise.all([
+    api('GET', '/api/v1/meetings', { token: page.token }),
+    // The open link lists come from the server again too: Refresh shows its state.
+    ...[...page.openLinks.keys()].map((id) => fetchLinks(id).catch(() => {})),
+  ]);
+  page.meetings = meetings;
   renderMeetings();
 }
 
@@ -182,7 +192,7 @@ function meetingRow(m) {
     'aria-label': `Invitee name for a new link to ${s.title}`,
     dataset: { testid: 'invitee-input' },
   });
-  const links = h('ul', { class: 'link-list', dataset: { testid: 'link-list' } });
+  const links = h('ul', { class: 'link-list', dataset: { testid: 'link-list', meetingId: m.meeting_id } });
   const shown = page.openLinks.get(m.meeting_id);
   if (shown) links.replaceChildren(...shown.map((l) => linkEntry(m, l)));
   links.hidden = !shown;
@@ -269,14 +279,60 @@ function endButton(m) {
   return b;
 }
 
+/**
+ * Reads a meeting's links from the server into `page.openLinks` (newest first), keeping
+ * which one is highlighted. Resolves to whether what is shown must change.
+ */
+async function fetchLinks(meetingId, highlight = null) {
+  const links = await api('GET', `/api/v1/meetings/${meetingId}/links`, { token: page.token });
+  links.sort((a, b) => b.created_at_ms - a.created_at_ms);
+  const before = page.openLinks.get(meetingId);
+  const lit = new Set((before || []).filter((l) => l.highlight).map((l) => l.link_id));
+  if (highlight) lit.add(highlight);
+  const next = links.map((l) => ({ ...l, highlight: lit.has(l.link_id) }));
+  const changed = !before || JSON.stringify(before) !== JSON.stringify(next);
+  page.openLinks.set(meetingId, next);
+  return changed;
+}
+
 async function showLinks(m, highlight = null) {
   try {
-    const links = await api('GET', `/api/v1/meetings/${m.meeting_id}/links`, { token: page.token });
-    links.sort((a, b) => b.created_at_ms - a.created_at_ms);
-    page.openLinks.set(m.meeting_id, links.map((l) => ({ ...l, highlight: l.link_id === highlight })));
+    await fetchLinks(m.meeting_id, highlight);
     renderMeetings();
   } catch (e) {
     error(e);
+  }
+}
+
+/**
+ * The open link lists read again (with each queue poll); a list that changed is redrawn
+ * in place, and focus inside it stays on the same link (its address when its Copy or
+ * Revoke went with its use).
+ */
+let refreshingLinks = false;
+async function refreshOpenLinks() {
+  if (refreshingLinks || page.view !== 'dashboard' || page.openLinks.size === 0) return;
+  refreshingLinks = true;
+  try {
+    for (const meetingId of [...page.openLinks.keys()]) {
+      const changed = await fetchLinks(meetingId).catch(() => false);
+      // Hidden meanwhile, or gone from the page: nothing to redraw.
+      const shown = page.openLinks.get(meetingId);
+      const m = page.meetings.find((x) => x.meeting_id === meetingId);
+      const list = document.querySelector(`[data-testid="link-list"][data-meeting-id="${meetingId}"]`);
+      if (!changed || !shown || !m || !list) continue;
+      const focused = list.contains(document.activeElement) ? document.activeElement : null;
+      const focusedLink = focused?.closest('[data-testid="link-entry"]')?.dataset.linkId;
+      const focusedId = focused?.dataset.testid;
+      list.replaceChildren(...shown.map((l) => linkEntry(m, l)));
+      if (focusedLink) {
+        const entry = list.querySelector(`[data-testid="link-entry"][data-link-id="${focusedLink}"]`);
+        const target = entry?.querySelector(`[data-testid="${focusedId}"]`) || entry?.querySelector('[data-testid="link-url"]');
+        target?.focus({ preventScroll: true });
+      }
+    }
+  } finally {
+    refreshingLinks = false;
   }
 }
 
@@ -324,6 +380,11 @@ function linkEntry(m, l) {
       status === 'active' ? copyButton(l.url, `Copy ${kind.toLowerCase()} link`) : null,
       status === 'active' && l.kind !== 'public' ? revoke : null,
     ),
+    // Nothing to copy or send on: the address lets nobody in any more.
+    status === 'used'
+      ? h('p', { class: 'small muted', dataset: { testid: 'link-used-note' } },
+          'Used: this link cannot let anyone else in. Make a new single-use link for someone else.')
+      : null,
   );
 }
 

@@ -10,7 +10,7 @@
 
 import { GatehouseClient } from './gatehouse-client.js';
 import { api, describeError, describeLeft, formatDuration, formatSpan } from './api.js';
-import { LocalMedia, fillDeviceSelect } from './media.js';
+import { LocalMedia, explainDevices, fillDeviceSelect } from './media.js';
 import { CallView } from './call-view.js';
 import { byTestId, showError } from './dom.js';
 
@@ -26,6 +26,10 @@ const page = {
   micOn: true,
   camOn: true,
   link: null,
+  /** The devices being opened (or the last opening, settled); Join waits for it. */
+  mediaReady: null,
+  /** True once the last opening of the devices has finished, whatever came of it. */
+  mediaSettled: false,
   lobbySince: 0,
   lobbyTimer: null,
   wasInCall: false,
@@ -106,15 +110,69 @@ async function start() {
   await startPreview();
 }
 
-async function startPreview(choice = {}) {
+/**
+ * Opens the devices (after any opening still under way) and shows what came of it.
+ * `page.mediaReady` is the opening Join waits for, so a Join pressed before the
+ * camera has started still joins with it.
+ */
+function startPreview(choice = {}) {
+  page.mediaSettled = false;
+  const opening = (page.mediaReady || Promise.resolve())
+    .catch(() => {})
+    .then(() => openDevices(choice))
+    .finally(() => {
+      if (page.mediaReady === opening) page.mediaSettled = true;
+    });
+  page.mediaReady = opening;
+  return opening;
+}
+
+async function openDevices(choice) {
   await page.media.start(choice);
-  const notice = $('preview-notice');
-  notice.textContent = page.media.problem || '';
-  notice.hidden = !page.media.problem;
+  deviceNotice(page.media.problem, page.media.problem ? 'problem' : '');
   const { cameras, microphones } = await page.media.devices();
   fillDeviceSelect($('camera-select'), cameras, page.media.videoTrack?.getSettings().deviceId, 'Camera');
   fillDeviceSelect($('mic-select'), microphones, page.media.audioTrack?.getSettings().deviceId, 'Microphone');
   renderPreview();
+  publishLateDevices();
+}
+
+/** The words under the preview (in a live region) and, for a problem, the Try again button. */
+function deviceNotice(text, state) {
+  const notice = $('preview-notice');
+  notice.textContent = text || '';
+  notice.hidden = !text;
+  notice.dataset.state = state;
+  notice.dataset.failures = page.media.failures.map((f) => `${f.device}:${f.reason}`).join(' ');
+  $('preview-retry-button').hidden = state !== 'problem' || page.view !== 'prejoin';
+}
+
+/** Devices that came after Join had stopped waiting for them go out now. */
+function publishLateDevices() {
+  const client = page.client;
+  if (!client || client.state === 'left') return;
+  const { audioTrack, videoTrack } = page.media;
+  if (audioTrack && !client.local.has('microphone')) client.setLocalTrack('microphone', audioTrack, { muted: !page.micOn });
+  if (videoTrack && !client.local.has('camera')) client.setLocalTrack('camera', videoTrack, { muted: !page.camOn });
+  page.callView?.refreshLocal();
+}
+
+/**
+ * Join waits for the devices being opened, at most this long: a browser question about
+ * them may be left unanswered. Devices that come later are published then.
+ */
+const DEVICE_WAIT_MS = 20000;
+
+async function devicesSettled() {
+  if (page.mediaSettled || !page.mediaReady) return;
+  deviceNotice('Waiting for your camera and microphone… If your browser asks, choose Allow.', 'starting');
+  let timer = null;
+  const waited = new Promise((resolve) => (timer = setTimeout(resolve, DEVICE_WAIT_MS)));
+  await Promise.race([page.mediaReady.catch(() => {}), waited]);
+  clearTimeout(timer);
+  if (!page.mediaSettled) {
+    deviceNotice('Your camera and microphone have not started yet; you are joining without them for now.', 'late');
+  }
 }
 
 function renderPreview() {
@@ -154,6 +212,9 @@ $('camera-select').addEventListener('change', (e) =>
 $('mic-select').addEventListener('change', (e) =>
   startPreview({ audioDeviceId: e.target.value, videoDeviceId: $('camera-select').value || null }),
 );
+$('preview-retry-button').addEventListener('click', () =>
+  startPreview({ audioDeviceId: $('mic-select').value || null, videoDeviceId: $('camera-select').value || null }),
+);
 
 $('join-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
@@ -170,9 +231,11 @@ $('join-form').addEventListener('submit', async (ev) => {
   $('name-input').removeAttribute('aria-invalid');
   const button = $('join-button');
   button.disabled = true;
-  button.textContent = 'Joining…';
+  button.textContent = page.mediaSettled ? 'Joining…' : 'Starting camera…';
   showError($('error-banner'), null);
   try {
+    await devicesSettled();
+    button.textContent = 'Joining…';
     let saved = savedToken();
     if (!saved || (saved.display_name !== name && page.link)) {
       saved = await api('POST', `/api/v1/links/${encodeURIComponent(code)}/redeem`, { body: { display_name: name } });
@@ -239,7 +302,8 @@ function showLobby({ status, timeoutSecs }) {
   };
   tick();
   if (!page.lobbyTimer) page.lobbyTimer = setInterval(tick, 1000);
-  $('leave-button').focus({ preventScroll: true });
+  // Focus follows the view (the form that had it is gone): to what the guest now waits for.
+  if (firstFrame) $('lobby-status').focus({ preventScroll: true });
 }
 
 function showCall() {
@@ -251,6 +315,9 @@ function showCall() {
   page.callView = new CallView($('call-mount'), page.client, {
     onLeave: () => page.client.leave(),
   });
+  // Joined without a device: say why here too, where the "unavailable" buttons are.
+  if (page.media.failures.length) page.callView.showNotice(explainDevices(page.media.failures, { inCall: true }));
+  page.callView.focusFirstControl();
 }
 
 function showLeft({ reason, message }) {
@@ -263,6 +330,7 @@ function showLeft({ reason, message }) {
   $('connection-banner').hidden = true;
   const rejoin = $('rejoin-button');
   rejoin.hidden = !['left', 'lobby_timeout', 'disconnected', 'replaced'].includes(reason);
+  $('left-title').focus({ preventScroll: true });
 }
 
 $('leave-button').addEventListener('click', () => page.client?.leave());

@@ -12,6 +12,8 @@ export class LocalMedia {
     this.videoTrack = null;
     /** Why a device is missing, in words, or null. */
     this.problem = null;
+    /** What failed, for the page and its tests: `[{device, reason: denied|absent|busy|failed}]`. */
+    this.failures = [];
   }
 
   /** Opens the devices (or the chosen ones); replaces tracks opened before. */
@@ -23,10 +25,12 @@ export class LocalMedia {
       ...(videoDeviceId ? { deviceId: { exact: videoDeviceId } } : {}),
     };
     if (!navigator.mediaDevices?.getUserMedia) {
+      this.failures = [{ device: 'camera and microphone', reason: 'unsupported' }];
       this.problem = 'This browser cannot use a camera or microphone here (a secure https:// page is needed).';
       return;
     }
     this.problem = null;
+    this.failures = [];
     let stream = await attempt({ audio, video });
     let missing = [];
     if (!stream.ok) {
@@ -37,7 +41,8 @@ export class LocalMedia {
       if (!v.ok) missing.push(['camera', v.error]);
     }
     this.replace(stream.tracks || []);
-    if (missing.length) this.problem = explain(missing);
+    this.failures = missing.map(([device, error]) => ({ device, reason: deviceFailure(error) }));
+    if (missing.length) this.problem = explainDevices(this.failures);
   }
 
   replace(tracks) {
@@ -77,15 +82,65 @@ async function attempt(constraints) {
   }
 }
 
-function explain(missing) {
-  const names = missing.map(([what]) => what).join(' and ');
-  const denied = missing.some(([, e]) => e?.name === 'NotAllowedError');
-  const absent = missing.some(([, e]) => e?.name === 'NotFoundError' || e?.name === 'OverconstrainedError');
-  if (denied) {
-    return `You did not allow the ${names}. You can still join, and allow it later in your browser's site settings.`;
+/** What went wrong with a device, from the DOMException getUserMedia rejected with. */
+export function deviceFailure(error) {
+  switch (error?.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+    case 'PermissionDeniedError':
+      return 'denied';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+    case 'DevicesNotFoundError':
+      return 'absent';
+    case 'NotReadableError':
+    case 'TrackStartError':
+    case 'AbortError':
+      return 'busy';
+    default:
+      return 'failed';
   }
-  if (absent) return `No ${names} was found. You can still join and use chat.`;
-  return `Your ${names} could not be started (it may be in use by another program). You can still join.`;
+}
+
+/**
+ * Why devices are missing and what to do, in words: one sentence per kind of failure
+ * (`failures` is `[{device: 'camera' | 'microphone', reason}]`, reasons from
+ * `deviceFailure`). Before joining every sentence ends with the preview's Try again and
+ * a last one says joining without them works; in the call (`inCall`) the way back is to
+ * leave and join again.
+ */
+export function explainDevices(failures, { inCall = false } = {}) {
+  const byReason = new Map();
+  for (const { device, reason } of failures) byReason.set(reason, [...(byReason.get(reason) || []), device]);
+  const names = (list) => list.join(' and ');
+  const it = (list) => (list.length > 1 ? 'them' : 'it');
+  const then = inCall ? 'then leave and join again' : 'then press Try again';
+  const parts = [];
+  const denied = byReason.get('denied');
+  if (denied) {
+    parts.push(
+      `Your browser is blocking the ${names(denied)} for this page. To be seen and heard, allow ${it(denied)}: ` +
+        `click the camera icon or the lock in the address bar, choose Allow, ${then}.`,
+    );
+  }
+  const absent = byReason.get('absent');
+  if (absent) parts.push(`No ${names(absent)} was found. Connect one (or switch it on), ${then}.`);
+  const busy = byReason.get('busy');
+  if (busy) {
+    parts.push(
+      `Your ${names(busy)} is in use by another program or could not be started. ` +
+        `Close other apps that may use ${it(busy)} (another video call, for example), ${then}.`,
+    );
+  }
+  const failed = [...(byReason.get('failed') || []), ...(byReason.get('unsupported') || [])];
+  if (failed.length) parts.push(`Your ${names(failed)} could not be started in this browser. Try another browser, or reload the page.`);
+  if (!failures.length) return '';
+  parts.push(
+    inCall
+      ? 'The others cannot see or hear what is missing; you can still see and hear them, and chat.'
+      : `Or join without ${it(failures)}: you can still see and hear the others, and chat.`,
+  );
+  return parts.join(' ');
 }
 
 /** Fills a <select> with devices, keeping the chosen one. */

@@ -29,7 +29,8 @@ export class QueuePanel {
   /**
    * @param {HTMLElement} mount where the panel goes (prepended)
    * @param {{token: () => string, onJoin: (m) => void, onError: (e) => void,
-   *          onInfo: (text) => void, onLiveChanged: () => void}} hooks
+   *          onInfo: (text) => void, onLiveChanged: () => void, onPolled?: () => void}} hooks
+   *        (`onPolled` after each poll answered: the console reads its open link lists then)
    */
   constructor(mount, hooks) {
     this.hooks = hooks;
@@ -111,6 +112,7 @@ export class QueuePanel {
         this.render(data.meetings || []);
         this.status.textContent = 'Updates every 2 seconds';
         this.status.classList.remove('stale');
+        this.hooks.onPolled?.();
       })
       .catch((e) => {
         if (!this.running) return;

@@ -49,3 +49,23 @@ export function briefStats(s) {
 export function mediaReport(flowing, first, second) {
   return { flowing, before: { ...briefStats(first), mediaErrors: undefined }, after: briefStats(second) };
 }
+
+/**
+ * Page-side predicate for waitForFunction: true once every `kinds` ('audio', 'video')
+ * has an outbound stream whose bytesSent rose past `first` (what this page sends).
+ * Synchronous and self-contained like `mediaRisingPredicate`.
+ */
+export function outboundRisingPredicate({ first, kinds }) {
+  const probe = (window.__gatehouseOutProbe ||= { busy: false, last: null });
+  if (!probe.busy) {
+    probe.busy = true;
+    window.gatehouse.stats().then(
+      (s) => Object.assign(probe, { busy: false, last: s }),
+      () => (probe.busy = false),
+    );
+  }
+  const now = probe.last;
+  if (!now) return false;
+  const sent = (s, kind) => (s?.outbound || []).filter((x) => x.kind === kind).reduce((a, x) => a + (x.bytesSent || 0), 0);
+  return kinds.every((k) => sent(now, k) > sent(first, k));
+}

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { RunBase, judgeMedia, readConfig, runCli } from './harness.mjs';
-import { mediaReport, mediaRisingPredicate } from './media-probe.mjs';
+import { mediaReport, mediaRisingPredicate, outboundRisingPredicate } from './media-probe.mjs';
 
 const SCENARIOS = {
   'guest-lobby-admit-chat': guestLobbyAdmitChat,
@@ -31,7 +31,13 @@ const SCENARIOS = {
   'media-restart': mediaRestart,
   'join-time': (run) => joinTime(run, { admit: false }),
   'join-time-admit': (run) => joinTime(run, { admit: true }),
+  'link-list-live': linkListLive,
+  'join-early': joinEarly,
+  'devices-denied': devicesDenied,
 };
+
+/** Scenarios whose browser refuses camera and microphone (no fake UI to accept the prompt). */
+const DENY_DEVICES = new Set(['devices-denied']);
 
 const CHROMIUM_ARGS = [
   '--no-sandbox',
@@ -100,7 +106,7 @@ class Run extends RunBase {
     const ctx = await this.browser.newContext({
       ignoreHTTPSErrors: true,
       viewport: { width: 1280, height: 800 },
-      permissions: ['camera', 'microphone'],
+      permissions: DENY_DEVICES.has(this.name) ? [] : ['camera', 'microphone'],
     });
     ctx.setDefaultTimeout(this.cfg.timeoutMs);
     const page = await ctx.newPage();
@@ -853,6 +859,208 @@ async function staffQueue(run) {
   await visible(guest, 'left-view').waitFor();
 }
 
+// ------------------------------------------------------- issue 15 defects
+
+/** The test id (or tag) of what has keyboard focus in `page`. */
+function focusedTestId(page) {
+  return page.evaluate(() => {
+    const el = document.activeElement;
+    return el?.dataset?.testid || el?.tagName?.toLowerCase() || null;
+  });
+}
+
+/** A guest redeems a link over REST, as the join page would. */
+async function redeem(cfg, code, name) {
+  const res = await fetch(`${cfg.baseUrl}/api/v1/links/${encodeURIComponent(code)}/redeem`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ display_name: name }),
+  });
+  if (!res.ok) throw new Error(`redeem ${code}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+/**
+ * The console's link list follows the server: staff show a meeting's links and mint a
+ * single-use link (shown active, with Copy and Revoke); a guest redeems it over REST;
+ * the open list shows it used (no Copy, no Revoke, a note) with no reload, from the
+ * console's 2 s queue poll. Then with the queue's requests cut off (so only Refresh can
+ * bring news), a second single-use link is made and redeemed over REST: Refresh shows
+ * it, used. Facts: `statusBefore`, `copyBefore`, `statusAfterUse`, `copyAfterUse`,
+ * `revokeAfterUse`, `usedNote`, `sameDocument`, `secondShownBeforeRefresh`,
+ * `statusAfterRefresh`, `firstAfterRefresh`. Screenshot `link-used.png`.
+ */
+async function linkListLive(run) {
+  const { meetingId } = await meetingFor(run.cfg, run.facts, { title: 'Link list check' });
+  const staff = await run.context('staff');
+  await staffSignsIn(run, staff);
+  await staff.evaluate(() => (window.__sameDocument = true));
+  const row = staff.locator(`[data-testid="meeting-row"][data-meeting-id="${meetingId}"]`);
+  run.step('mint a single-use link in the console');
+  await row.getByTestId('new-single-use-button').click();
+  const first = row.locator('[data-testid="link-entry"][data-kind="single_use"]');
+  await first.waitFor();
+  const code = await first.getAttribute('data-code');
+  run.facts.statusBefore = await first.getAttribute('data-status');
+  run.facts.copyBefore = await first.getByTestId('copy-link-button').count();
+  if (run.facts.statusBefore !== 'active' || run.facts.copyBefore !== 1) throw new Error('a new single-use link is not shown active with Copy');
+
+  run.step('a guest uses it; the open list shows it used without reload');
+  await redeem(run.cfg, code, 'Maria Jansen');
+  const used = row.locator(`[data-testid="link-entry"][data-code="${code}"][data-status="used"]`);
+  await used.waitFor({ timeout: 10000 });
+  run.facts.statusAfterUse = await used.getAttribute('data-status');
+  run.facts.copyAfterUse = await used.getByTestId('copy-link-button').count();
+  run.facts.revokeAfterUse = await used.getByTestId('revoke-link-button').count();
+  run.facts.usedNote = await used.getByTestId('link-used-note').textContent();
+  run.facts.sameDocument = await staff.evaluate(() => window.__sameDocument === true);
+  await run.shot(staff, 'link-used.png');
+
+  run.step('Refresh shows the server state (no queue polls)');
+  await staff.route('**/api/v1/queue', (route) => route.abort());
+  const second = await rest(run.cfg, 'POST', `/api/v1/meetings/${meetingId}/links`, { kind: 'single_use', invitee: 'Second guest' });
+  await redeem(run.cfg, second.code, 'Second guest');
+  const secondEntry = row.locator(`[data-testid="link-entry"][data-code="${second.code}"]`);
+  run.facts.secondShownBeforeRefresh = await secondEntry.count();
+  await staff.getByTestId('refresh-button').click();
+  await secondEntry.waitFor();
+  await staff.waitForFunction(
+    (c) => document.querySelector(`[data-testid="link-entry"][data-code="${c}"]`)?.dataset.status === 'used',
+    second.code,
+  );
+  run.facts.statusAfterRefresh = await secondEntry.getAttribute('data-status');
+  run.facts.firstAfterRefresh = await row.locator(`[data-testid="link-entry"][data-code="${code}"]`).getAttribute('data-status');
+  run.facts.sameDocument &&= await staff.evaluate(() => window.__sameDocument === true);
+  await staff.unroute('**/api/v1/queue');
+}
+
+/**
+ * Join pressed at once, before the camera has started: the guest's getUserMedia is made
+ * slow (each call resolves 1.5 s late, as a slow camera does), the name is typed and
+ * Join pressed as soon as the form shows. Join waits for the devices; the guest lands in
+ * the lobby with focus on the lobby status, is admitted into the call with focus on its
+ * first control, publishes audio and video (outbound bytes rising) that staff receive
+ * (frames decoded and audio packets rising), then leaves with focus on "You left".
+ * Facts: `previewStartedAtClick` (false), `joinButtonAtClick`, `focusInLobby`,
+ * `focusInCall`, `guestLocalTracks`, `micState`, `cameraState`, `guestOutbound`,
+ * `staffMedia`, `focusAfterLeave`, `leftTitle`.
+ */
+async function joinEarly(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Early join' });
+  const staff = await run.context('staff');
+  const staffId = await staffJoins(run, staff, meetingId);
+  const guest = await run.context('guest');
+  await guest.addInitScript(() => {
+    const md = navigator.mediaDevices;
+    const real = md.getUserMedia.bind(md);
+    md.getUserMedia = (c) => new Promise((resolve) => setTimeout(resolve, 1500)).then(() => real(c));
+  });
+  run.step('join as soon as the form shows');
+  await guest.goto(`${run.cfg.baseUrl}/j/${linkCode}`);
+  await visible(guest, 'join-button').waitFor();
+  run.facts.previewStartedAtClick = await guest.evaluate((name) => {
+    const started = Boolean(document.querySelector('[data-testid="preview-video"]').srcObject);
+    document.querySelector('[data-testid="name-input"]').value = name;
+    document.querySelector('[data-testid="join-button"]').click();
+    return started;
+  }, run.cfg.guestName);
+  run.facts.joinButtonAtClick = await guest.getByTestId('join-button').textContent();
+  run.progress('join-sent');
+  if (run.facts.previewStartedAtClick) throw new Error('the preview had started before Join: the race was not tested');
+
+  run.step('lobby: focus on the status');
+  await guest.waitForFunction(() => window.gatehouse.view === 'lobby');
+  run.facts.focusInLobby = await focusedTestId(guest);
+  const guestId = await guest.evaluate(() => window.gatehouse.client.you.participant_id);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+
+  run.step('call: focus on the first control');
+  await guest.waitForFunction(() => window.gatehouse.view === 'call');
+  run.facts.focusInCall = await focusedTestId(guest);
+  run.facts.guestLocalTracks = await guest.evaluate(() => [...window.gatehouse.client.local.keys()].sort());
+  run.facts.micState = await visible(guest, 'mic-toggle').getAttribute('data-state');
+  run.facts.cameraState = await visible(guest, 'camera-toggle').getAttribute('data-state');
+
+  run.step('the guest sends audio and video; staff receive them');
+  await remoteTile(staff, guestId).waitFor();
+  const first = await guest.evaluate(() => window.gatehouse.stats());
+  const rising = await guest
+    .waitForFunction(outboundRisingPredicate, { first, kinds: ['audio', 'video'] }, { timeout: run.cfg.mediaTimeoutMs, polling: 500 })
+    .then(() => true)
+    .catch(() => false);
+  const second = await guest.evaluate(() => window.gatehouse.stats());
+  const bytes = (st, kind) => (st?.outbound || []).filter((x) => x.kind === kind).reduce((a, x) => a + (x.bytesSent || 0), 0);
+  run.facts.guestOutbound = {
+    rising,
+    before: { audio: bytes(first, 'audio'), video: bytes(first, 'video') },
+    after: { audio: bytes(second, 'audio'), video: bytes(second, 'video') },
+  };
+  if (!rising) throw new Error(`the guest does not send audio and video: ${JSON.stringify(run.facts.guestOutbound)}`);
+  judgeMedia(run, 'staffMedia', await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs }));
+  run.facts.staffParticipantId = staffId;
+
+  run.step('leave: focus on the heading');
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  run.facts.focusAfterLeave = await focusedTestId(guest);
+  run.facts.leftTitle = await guest.getByTestId('left-title').textContent();
+  await visible(staff, 'leave-button').click();
+}
+
+/**
+ * Camera and microphone refused (this browser denies the permission prompt): the join
+ * page says so under the preview, in its live region, with what to do and a Try again
+ * button; the guest can still join (the meeting lets everyone in and staff, also
+ * without devices, are there), and the call says
+ * what is missing, its device buttons unavailable, focus on the first control that can
+ * take it. The three explanations (denied, no device, device in use) are distinct.
+ * Facts: `noticeText`, `noticeFailures`, `noticeInLiveRegion`, `retryShown`,
+ * `retryStillDenied`, `joinedView`, `callNotice`, `micState`, `cameraState`,
+ * `focusInCall`, `explanations` ({denied, absent, busy}). Screenshot `devices-denied.png`.
+ */
+async function devicesDenied(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'No devices', lobby_bypass: 'everyone' });
+  // Staff are there (without devices too), so the guest goes straight into the call.
+  const staff = await run.context('staff');
+  await staffJoins(run, staff, meetingId);
+  const guest = await run.context('guest');
+  await guest.goto(`${run.cfg.baseUrl}/j/${linkCode}`);
+  run.step('the refusal is explained');
+  const notice = visible(guest, 'preview-notice');
+  await notice.waitFor();
+  run.facts.noticeText = await notice.textContent();
+  run.facts.noticeFailures = await notice.getAttribute('data-failures');
+  run.facts.noticeInLiveRegion = await guest.evaluate(
+    () => document.querySelector('[data-testid="preview-notice"]').closest('[role="status"]')?.dataset.testid || null,
+  );
+  run.facts.retryShown = await visible(guest, 'preview-retry-button').isVisible();
+  await run.shot(guest, 'devices-denied.png');
+  await guest.getByTestId('preview-retry-button').click();
+  await guest.waitForFunction(() => document.querySelector('[data-testid="preview-notice"]').dataset.state === 'problem');
+  run.facts.retryStillDenied = await guest.getByTestId('preview-notice').getAttribute('data-failures');
+
+  run.step('the three failures read differently');
+  run.facts.explanations = await guest.evaluate(async () => {
+    const m = await import('/static/media.js');
+    const say = (name) => m.explainDevices([{ device: 'camera', reason: m.deviceFailure({ name }) }]);
+    return { denied: say('NotAllowedError'), absent: say('NotFoundError'), busy: say('NotReadableError') };
+  });
+
+  run.step('join without devices');
+  await guest.getByTestId('name-input').fill(run.cfg.guestName);
+  await guest.getByTestId('join-button').click();
+  run.progress('join-sent');
+  await guest.waitForFunction(() => window.gatehouse.view === 'call');
+  run.facts.joinedView = 'call';
+  run.facts.focusInCall = await focusedTestId(guest);
+  run.facts.callNotice = await visible(guest, 'media-notice').textContent();
+  run.facts.micState = await visible(guest, 'mic-toggle').getAttribute('data-state');
+  run.facts.cameraState = await visible(guest, 'camera-toggle').getAttribute('data-state');
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  await visible(staff, 'leave-button').click();
+}
+
 // --------------------------------------------------------------------- main
 
 // The gateway's dev certificate, for the REST helpers.
@@ -869,7 +1077,9 @@ runCli({
     chromium.launch({
       executablePath: run.cfg.chromiumPath,
       headless: !run.cfg.headed,
-      args: CHROMIUM_ARGS,
+      args: DENY_DEVICES.has(run.name)
+        ? [...CHROMIUM_ARGS.filter((a) => a !== '--use-fake-ui-for-media-stream'), '--deny-permission-prompts']
+        : CHROMIUM_ARGS,
       env: { ...process.env, HOME: userDataDir },
     }),
   teardown: () => rmSync(userDataDir, { recursive: true, force: true }),
