@@ -1036,6 +1036,10 @@ async fn web_client_link_state_early_join_devices_and_focus() {
     assert_eq!(f["noticeFailures"], "microphone:denied camera:denied", "{f:#}");
     assert_eq!(f["noticeInLiveRegion"], "device-status", "{f:#}");
     assert_eq!(f["retryShown"], true, "{f:#}");
+    assert!(
+        f["retryAttempts"][1].as_u64() > f["retryAttempts"][0].as_u64(),
+        "Try again asked again: {f:#}"
+    );
     assert_eq!(f["retryStillDenied"], "microphone:denied camera:denied", "{f:#}");
     let e = &f["explanations"];
     let (denied, absent, busy) = (

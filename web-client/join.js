@@ -30,6 +30,8 @@ const page = {
   mediaReady: null,
   /** True once the last opening of the devices has finished, whatever came of it. */
   mediaSettled: false,
+  /** Openings of the devices finished (the notice's `data-attempts`: a retry shows as one more). */
+  deviceAttempts: 0,
   lobbySince: 0,
   lobbyTimer: null,
   wasInCall: false,
@@ -129,6 +131,7 @@ function startPreview(choice = {}) {
 
 async function openDevices(choice) {
   await page.media.start(choice);
+  page.deviceAttempts += 1;
   deviceNotice(page.media.problem, page.media.problem ? 'problem' : '');
   const { cameras, microphones } = await page.media.devices();
   fillDeviceSelect($('camera-select'), cameras, page.media.videoTrack?.getSettings().deviceId, 'Camera');
@@ -144,6 +147,7 @@ function deviceNotice(text, state) {
   notice.hidden = !text;
   notice.dataset.state = state;
   notice.dataset.failures = page.media.failures.map((f) => `${f.device}:${f.reason}`).join(' ');
+  notice.dataset.attempts = String(page.deviceAttempts);
   $('preview-retry-button').hidden = state !== 'problem' || page.view !== 'prejoin';
 }
 
@@ -212,9 +216,10 @@ $('camera-select').addEventListener('change', (e) =>
 $('mic-select').addEventListener('change', (e) =>
   startPreview({ audioDeviceId: e.target.value, videoDeviceId: $('camera-select').value || null }),
 );
-$('preview-retry-button').addEventListener('click', () =>
-  startPreview({ audioDeviceId: $('mic-select').value || null, videoDeviceId: $('camera-select').value || null }),
-);
+$('preview-retry-button').addEventListener('click', () => {
+  deviceNotice('Asking for your camera and microphone again…', 'starting');
+  startPreview({ audioDeviceId: $('mic-select').value || null, videoDeviceId: $('camera-select').value || null });
+});
 
 $('join-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();

@@ -1010,13 +1010,14 @@ async function joinEarly(run) {
 /**
  * Camera and microphone refused (this browser denies the permission prompt): the join
  * page says so under the preview, in its live region, with what to do and a Try again
- * button; the guest can still join (the meeting lets everyone in and staff, also
- * without devices, are there), and the call says
- * what is missing, its device buttons unavailable, focus on the first control that can
- * take it. The three explanations (denied, no device, device in use) are distinct.
+ * button (which asks again); the guest can still join (the meeting lets everyone in and
+ * staff, also without devices, are there), and the call says what is missing, its device
+ * buttons unavailable, focus on the first control that can take it. The three
+ * explanations (denied, no device, device in use) are distinct.
  * Facts: `noticeText`, `noticeFailures`, `noticeInLiveRegion`, `retryShown`,
- * `retryStillDenied`, `joinedView`, `callNotice`, `micState`, `cameraState`,
- * `focusInCall`, `explanations` ({denied, absent, busy}). Screenshot `devices-denied.png`.
+ * `retryAttempts` ([before, after]), `retryStillDenied`, `joinedView`, `callNotice`,
+ * `micState`, `cameraState`, `focusInCall`, `explanations` ({denied, absent, busy}).
+ * Screenshot `devices-denied.png`.
  */
 async function devicesDenied(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'No devices', lobby_bypass: 'everyone' });
@@ -1035,8 +1036,13 @@ async function devicesDenied(run) {
   );
   run.facts.retryShown = await visible(guest, 'preview-retry-button').isVisible();
   await run.shot(guest, 'devices-denied.png');
+  const attempts = Number(await notice.getAttribute('data-attempts'));
   await guest.getByTestId('preview-retry-button').click();
-  await guest.waitForFunction(() => document.querySelector('[data-testid="preview-notice"]').dataset.state === 'problem');
+  await guest.waitForFunction((before) => {
+    const n = document.querySelector('[data-testid="preview-notice"]');
+    return Number(n.dataset.attempts) > before && n.dataset.state === 'problem';
+  }, attempts);
+  run.facts.retryAttempts = [attempts, Number(await guest.getByTestId('preview-notice').getAttribute('data-attempts'))];
   run.facts.retryStillDenied = await guest.getByTestId('preview-notice').getAttribute('data-failures');
 
   run.step('the three failures read differently');
