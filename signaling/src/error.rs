@@ -29,8 +29,10 @@ pub enum ErrorCode {
     WrongMeeting,
     /// Authenticated, but this identity may not do this.
     Forbidden,
-    /// The meeting, link or participant does not exist.
+    /// The meeting, link or participant does not exist; over HTTP also any unknown path.
     NotFound,
+    /// The path exists but not with this HTTP method (HTTP only).
+    MethodNotAllowed,
     /// The link existed but its expiry has passed.
     LinkExpired,
     /// The link was revoked by staff.
@@ -83,6 +85,7 @@ impl ErrorCode {
             Unauthorized | TokenExpired => 401,
             WrongMeeting | Forbidden | AnonymousJoinDisabled | PresentingNotAllowed | NotInCall | ChatDisabled => 403,
             NotFound => 404,
+            MethodNotAllowed => 405,
             NotJoined | AlreadyJoined | MediaStateError => 409,
             LinkExpired | LinkRevoked | LinkUsed | LinkDisabled | MeetingEnded => 410,
             FrameTooLarge => 413,

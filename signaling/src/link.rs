@@ -75,7 +75,9 @@ pub fn check_redeemable(link: &Link, meeting: &Meeting, now_ms: u64) -> Result<(
     }
 }
 
-/// Trims a display name and checks it: 1 to 64 characters, no control characters.
+/// Trims a display name and checks it (PROTOCOL.md §13.9): 1 to 64 characters, no
+/// control, direction or zero-width characters (the joiners U+200C and U+200D only
+/// inside a sequence, as in 👩‍💻 or a Persian name), and at least one visible character.
 pub fn clean_display_name(raw: &str) -> Result<String, Error> {
     let name: String = raw.split_whitespace().collect::<Vec<_>>().join(" ");
     let bad = |m: &str| Err(Error::new(ErrorCode::InvalidDisplayName, m));
@@ -85,12 +87,100 @@ pub fn clean_display_name(raw: &str) -> Result<String, Error> {
     if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
         return bad("display name must be at most 64 characters");
     }
-    if name.chars().any(|c| {
-        c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-    }) {
-        return bad("display name must not contain control or direction-override characters");
+    if name.chars().any(is_refused) {
+        return bad("display name must not contain control, direction-override or zero-width characters");
+    }
+    let chars: Vec<char> = name.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if is_joiner(c) && !joins(&chars[..i], chars.get(i + 1).copied()) {
+            return bad("a zero-width joiner may only stand inside a word or an emoji sequence");
+        }
+    }
+    if !chars.iter().any(|&c| is_visible(c)) {
+        return bad("display name must have a visible character");
     }
     Ok(name)
+}
+
+/// Characters no name may hold anywhere: controls, bidirectional marks, embeddings,
+/// overrides and isolates (they reorder what others see), and the zero-width space and
+/// word joiners (they make two names that look the same differ).
+fn is_refused(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}'                     // Arabic letter mark
+            | '\u{200B}'                   // zero-width space
+            | '\u{200E}'..='\u{200F}'      // left-to-right and right-to-left marks
+            | '\u{202A}'..='\u{202E}'      // embeddings and overrides
+            | '\u{2060}'..='\u{2064}'      // word joiner, invisible operators
+            | '\u{2066}'..='\u{206F}'      // isolates, deprecated format characters
+            | '\u{FEFF}'                   // zero-width no-break space
+            | '\u{FFF9}'..='\u{FFFB}'      // interlinear annotation
+        )
+}
+
+/// Zero-width non-joiner and joiner: needed inside Indic and Persian words and emoji
+/// sequences, nowhere else.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200C}' | '\u{200D}')
+}
+
+/// Whether a joiner between `before` and `after` joins two visible characters; the
+/// variation selectors that may end an emoji (❤️ is U+2764 U+FE0F) are looked through.
+fn joins(before: &[char], after: Option<char>) -> bool {
+    let prev = before.iter().rev().copied().find(|&c| !is_variation_selector(c));
+    prev.is_some_and(is_visible) && after.is_some_and(is_visible)
+}
+
+fn is_variation_selector(c: char) -> bool {
+    matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// Whether `c` shows anything on its own: not white space, not a format character
+/// (general category Cf), not a default-ignorable code point (joiners, variation
+/// selectors, tags, the soft hyphen, Hangul fillers), and not a blank glyph
+/// (Braille pattern blank). A name needs at least one, or it renders empty.
+pub fn is_visible(c: char) -> bool {
+    !(c.is_whitespace() || c.is_control() || is_default_ignorable(c) || is_format(c) || c == '\u{2800}')
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, 15.1).
+fn is_default_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'
+        | '\u{034F}'
+        | '\u{061C}'
+        | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}'
+        | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}'
+        | '\u{FFA0}'
+        | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// General category Cf (format) outside the default-ignorables (UnicodeData.txt, 15.1):
+/// prepended number signs and annotation marks that do not stand as a glyph alone.
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{0600}'..='\u{0605}'
+        | '\u{06DD}'
+        | '\u{070F}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+    )
 }
 
 #[cfg(test)]
@@ -197,5 +287,144 @@ mod tests {
         assert!(clean_display_name(&"é".repeat(64)).is_ok());
         assert!(clean_display_name(&"é".repeat(65)).is_err());
         assert!(link(LinkKind::Invite).grants_invited() && !link(LinkKind::Public).grants_invited());
+    }
+
+    fn refused(name: &str) -> bool {
+        match clean_display_name(name) {
+            Ok(_) => false,
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::InvalidDisplayName, "{name:?}");
+                true
+            }
+        }
+    }
+
+    /// Characters that render as nothing on their own.
+    const INVISIBLE: &[char] = &[
+        '\u{00AD}',
+        '\u{034F}',
+        '\u{115F}',
+        '\u{1160}',
+        '\u{17B4}',
+        '\u{17B5}',
+        '\u{180B}',
+        '\u{180E}',
+        '\u{180F}',
+        '\u{200C}',
+        '\u{200D}',
+        '\u{3164}',
+        '\u{FE00}',
+        '\u{FE0F}',
+        '\u{FFA0}',
+        '\u{2800}',
+        '\u{1BCA0}',
+        '\u{1D173}',
+        '\u{E0001}',
+        '\u{E0020}',
+        '\u{E007F}',
+        '\u{E0100}',
+        '\u{0600}',
+        '\u{06DD}',
+        '\u{110BD}',
+        '\u{13430}',
+        '\u{FFF0}',
+    ];
+
+    #[test]
+    fn names_with_nothing_visible_are_refused() {
+        // One at a time, repeated, mixed with spaces, and all together.
+        for &c in INVISIBLE {
+            assert!(!is_visible(c), "U+{:04X}", c as u32);
+            for name in [c.to_string(), c.to_string().repeat(5), format!(" {c} {c} ")] {
+                assert!(refused(&name), "{name:?}");
+            }
+        }
+        assert!(refused(&INVISIBLE.iter().take(60).collect::<String>()));
+        // The ones the outside testing found, and the white space that is not ASCII.
+        for name in [
+            "\u{FEFF}",
+            "\u{2060}",
+            "\u{3164}",
+            "\u{00AD}",
+            "\u{2800}",
+            "\u{180E}",
+            "\u{3000}",
+            "\u{00A0}",
+            "\u{2028}",
+            "\u{3164}\u{3164}\u{3164}",
+        ] {
+            assert!(refused(name), "{name:?}");
+        }
+        // Every character below the private-use planes, alone: white space and controls
+        // are invisible, and a one-character name is taken exactly when it is visible.
+        for c in (0..0xF_0000u32).filter_map(char::from_u32) {
+            if c.is_whitespace() || c.is_control() {
+                assert!(!is_visible(c), "U+{:04X}", c as u32);
+            }
+            assert_eq!(
+                clean_display_name(&c.to_string()).is_ok(),
+                is_visible(c),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+    }
+
+    #[test]
+    fn zero_width_and_direction_characters_are_refused_anywhere() {
+        for c in [
+            '\u{200B}', '\u{200E}', '\u{200F}', '\u{061C}', '\u{202A}', '\u{202E}', '\u{2060}', '\u{2064}', '\u{2066}',
+            '\u{2069}', '\u{206F}', '\u{FEFF}', '\u{FFF9}',
+        ] {
+            for name in [format!("Ada{c}"), format!("{c}Ada"), format!("A{c}da")] {
+                assert!(refused(&name), "{name:?}");
+            }
+        }
+        // A joiner that joins nothing.
+        for name in [
+            "\u{200D}Ada",
+            "Ada\u{200D}",
+            "Ada \u{200D}Lovelace",
+            "Ada\u{200D} Lovelace",
+            "Ada\u{200C}",
+            "\u{200C}\u{200D}",
+            "👩\u{200D}\u{200D}💻",
+        ] {
+            assert!(refused(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn real_names_are_kept() {
+        for name in [
+            "Zoë",
+            "李小龙",
+            "O'Brien",
+            "Jean-Luc Picard",
+            "José María Núñez",
+            "Ægir Þórsson",
+            "Σωκράτης",
+            "Владимир",
+            "محمد",
+            "דוד",
+            "สมชาย",
+            "김민준",
+            "Nguyễn Văn A",
+            "Zoe\u{0308}",    // e + combining diaeresis
+            "علی\u{200C}رضا", // Persian: ZWNJ inside the name
+            "क्\u{200D}ष",     // Devanagari: ZWJ in a conjunct
+            "🙂",
+            "Ana 🎉",
+            "❤\u{FE0F}",                                                // emoji presentation selector
+            "👩\u{200D}💻 Ada",                                         // woman technologist (ZWJ sequence)
+            "👨\u{200D}👩\u{200D}👧\u{200D}👦",                         // family
+            "🏳\u{FE0F}\u{200D}🌈",                                      // rainbow flag: selector, then ZWJ
+            "👋🏽",                                                       // skin tone modifier
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}", // Scotland: tag sequence
+            "A",
+            "x\u{00AD}y", // a soft hyphen among letters is harmless
+        ] {
+            assert_eq!(clean_display_name(name).as_deref(), Ok(name), "{name:?}");
+        }
     }
 }

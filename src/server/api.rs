@@ -18,7 +18,8 @@ use tokio::sync::oneshot;
 
 use super::AppState;
 use super::auth::{Staff, can_manage};
-use super::error::{ApiError, JsonBody};
+use super::body::{JsonBody, OptionalJsonBody};
+use super::error::ApiError;
 use super::live::Command;
 use crate::ids::{link_code, new_id, now_ms};
 
@@ -551,16 +552,10 @@ async fn queue_deny(
     State(state): State<Arc<AppState>>,
     staff: Staff,
     Path((id, participant_id)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    OptionalJsonBody(body): OptionalJsonBody<DenyBody>,
 ) -> ApiResult<StatusCode> {
     // The body is optional: no body means no reason.
-    let reason = if body.is_empty() {
-        None
-    } else {
-        serde_json::from_slice::<DenyBody>(&body)
-            .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("invalid body: {e}")))?
-            .reason
-    };
+    let reason = body.and_then(|b| b.reason);
     lobby_action(
         &state,
         &staff,

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::handler::HandlerWithoutStateExt;
+use axum::routing::{get, get_service};
 use tower_http::services::{ServeDir, ServeFile};
 
-use super::AppState;
+use super::{AppState, error};
 use crate::config::Config;
 
 /// The web client shipped in this repository.
@@ -17,14 +19,17 @@ pub fn default_web_dir() -> PathBuf {
 
 pub fn router(config: &Config) -> Router<Arc<AppState>> {
     let dir = config.web_dir.clone().unwrap_or_else(default_web_dir);
+    // GET (and HEAD) only: other methods get the router's JSON 405, and a missing
+    // static file the same JSON 404 as any unknown path.
+    let missing = error::unknown_path.into_service();
     Router::new()
-        .route_service("/j/{code}", ServeFile::new(dir.join("join.html")))
-        .route_service("/console", ServeFile::new(dir.join("console.html")))
-        .route_service("/", ServeFile::new(dir.join("index.html")))
+        .route("/j/{code}", get_service(ServeFile::new(dir.join("join.html"))))
+        .route("/console", get_service(ServeFile::new(dir.join("console.html"))))
+        .route("/", get_service(ServeFile::new(dir.join("index.html"))))
         // No icon yet; answer without a 404 in every page's console.
-        .route(
-            "/favicon.ico",
-            axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
+        .nest_service(
+            "/static",
+            get_service(ServeDir::new(dir).not_found_service(missing)).fallback(error::wrong_method),
         )
-        .nest_service("/static", ServeDir::new(dir))
 }

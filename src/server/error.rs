@@ -1,6 +1,7 @@
 //! The one way errors leave the HTTP API: a status and `{"code", "message"}`.
 
 use axum::Json;
+use axum::extract::OriginalUri;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -39,7 +40,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `Json<T>` whose rejection is an [`ApiError`].
-#[derive(Debug, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct JsonBody<T>(pub T);
+/// The answer to a path nothing serves (the router's fallback): 404 `not_found`.
+pub async fn unknown_path(OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("nothing is served at {}", uri.path()))
+}
+
+/// The answer to a known path asked with a method it does not take: 405 `method_not_allowed`.
+pub async fn wrong_method(method: axum::http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} does not take {method}", uri.path()),
+    )
+}

@@ -4,7 +4,9 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod body;
 pub mod error;
+pub mod headers;
 pub mod limits;
 pub mod live;
 pub mod ws;
@@ -216,6 +218,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             crate::tls::ensure_dev_certificate(&data_dir.join("tls"), &host.into_iter().collect::<Vec<_>>())?
         }
     };
+    // HSTS only for the operator's own certificate (a generated one comes with its CA).
+    let security_headers = Arc::new(headers::SecurityHeaders::new(&config.public_url(), tls.ca.is_none()));
     let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
         .await
         .with_context(|| format!("loading TLS certificate {}", tls.cert.display()))?;
@@ -265,6 +269,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .route("/ws", get(ws::upgrade))
         .merge(api::router())
         .merge(assets::router(&config))
+        // Routing failures answer like every other error: a status and `{code, message}`.
+        .fallback(error::unknown_path)
+        .method_not_allowed_fallback(error::wrong_method)
+        .layer(axum::middleware::from_fn_with_state(security_headers, headers::add))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state.clone());
 

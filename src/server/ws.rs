@@ -30,9 +30,13 @@ use crate::ids::{new_id, now_ms};
 
 /// How long a new socket may take to send `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames larger than this end the connection outright (those between
-/// [`MAX_FRAME_BYTES`] and this get an error frame and the socket goes on).
+/// Frames larger than this end the connection: an `error` `frame_too_large`, then a close
+/// with 1009 (those between [`MAX_FRAME_BYTES`] and this get the error frame and the
+/// socket goes on). The socket library refuses them from their header, unread.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// Close codes (RFC 6455 §7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_TOO_BIG: u16 = 1009;
 /// Per-connection frame pace: a burst, then a sustained rate.
 const FRAME_BURST: u32 = 100;
 const FRAMES_PER_SEC: f64 = 50.0;
@@ -84,8 +88,11 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     let (mut sink, mut stream) = socket.split();
     let (outbox, mut outbox_rx) = crate::outbox::outbox();
     let mut shutdown = state.shutdown.clone();
+    // How the writer closes once the outbox ends, when the reader has a reason to give.
+    let (close_with, close_rx) = tokio::sync::watch::channel(None::<CloseFrame>);
 
-    // Writer: drains the outbox; closes the socket after a `left` frame or on shutdown.
+    // Writer: drains the outbox; closes the socket after a `left` frame (1000), on
+    // shutdown (1001), when the client is too slow (1008) or sent too much (1009).
     let mut writer = tokio::spawn(
         async move {
             loop {
@@ -93,7 +100,13 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
                     next = outbox_rx.next() => {
                         let msg = match next {
                             Next::Message(msg) => msg,
-                            Next::Closed => break,
+                            Next::Closed => {
+                                let close = close_rx.borrow().clone();
+                                if let Some(close) = close {
+                                    let _ = sink.send(Message::Close(Some(close))).await;
+                                }
+                                break;
+                            }
                             Next::Overflowed => {
                                 let close = CloseFrame { code: 1008, reason: Utf8Bytes::from_static("too slow: outbox full") };
                                 let _ = sink.send(Message::Close(Some(close))).await;
@@ -105,6 +118,8 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
                             break;
                         }
                         if last {
+                            let close = CloseFrame { code: CLOSE_NORMAL, reason: Utf8Bytes::from_static("left") };
+                            let _ = sink.send(Message::Close(Some(close))).await;
                             break;
                         }
                     }
@@ -132,6 +147,9 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
         Ok(id) => id,
         Err(e) => {
             tracing::info!(code = ?e.code, "join refused");
+            if e.code == ErrorCode::FrameTooLarge {
+                close_with.send_replace(Some(too_big()));
+            }
             let _ = outbox.send(ServerMessage::error(e.code, e.message));
             drop(outbox);
             let _ = writer.await;
@@ -143,7 +161,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     // Reading stops when the client goes, or when the writer has closed the socket
     // (after `left`): a client that never answers the close must not pin the connection.
     let writer_done = tokio::select! {
-        () = read_frames(&state, conn, &meeting_id, &mut stream, &outbox) => false,
+        () = read_frames(&state, conn, &meeting_id, &mut stream, &outbox, &close_with) => false,
         _ = &mut writer => true,
     };
     state
@@ -166,12 +184,14 @@ struct Join {
 }
 
 async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<Join, Error> {
-    while let Some(Ok(msg)) = stream.next().await {
+    while let Some(msg) = stream.next().await {
         let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(_) => break,
-            Message::Binary(_) => return Err(Error::new(ErrorCode::MalformedJson, "frames must be JSON text")),
-            _ => continue,
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) => break,
+            Ok(Message::Binary(_)) => return Err(Error::new(ErrorCode::MalformedJson, "frames must be JSON text")),
+            Ok(_) => continue,
+            Err(e) if is_too_large(&e) => return Err(frame_too_large()),
+            Err(_) => break,
         };
         tracing::debug!(frame = frame_type(&text), "frame in");
         return match parse_client_message(&text)? {
@@ -277,6 +297,7 @@ async fn read_frames(
     meeting_id: &str,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     outbox: &super::live::Outbox,
+    close_with: &tokio::sync::watch::Sender<Option<CloseFrame>>,
 ) {
     let mut pace = TokenBucket::new(FRAME_BURST, FRAMES_PER_SEC, now_ms());
     let mut refused = 0u32;
@@ -295,6 +316,13 @@ async fn read_frames(
                 ));
                 refused += 1;
                 continue;
+            }
+            Some(Err(e)) if is_too_large(&e) => {
+                tracing::info!("frame over the hard limit; closing");
+                close_with.send_replace(Some(too_big()));
+                let e = frame_too_large();
+                let _ = outbox.send(ServerMessage::error(e.code, e.message));
+                return;
             }
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
             Some(Ok(_)) => continue,
@@ -326,6 +354,27 @@ async fn read_frames(
                 let _ = outbox.send(ServerMessage::error(e.code, e.message));
             }
         }
+    }
+}
+
+/// Whether a read failed on a frame over [`HARD_FRAME_LIMIT`]. The socket library's
+/// capacity error is only reachable through its text ("Space limit exceeded: Message too
+/// long: N > M"); `tests/http_hardening.rs` sends such a frame, so a change shows there.
+fn is_too_large(e: &axum::Error) -> bool {
+    e.to_string().starts_with("Space limit exceeded")
+}
+
+fn frame_too_large() -> Error {
+    Error::new(
+        ErrorCode::FrameTooLarge,
+        format!("frames are limited to {HARD_FRAME_LIMIT} bytes; closing"),
+    )
+}
+
+fn too_big() -> CloseFrame {
+    CloseFrame {
+        code: CLOSE_TOO_BIG,
+        reason: Utf8Bytes::from_static("frame too large"),
     }
 }
 
