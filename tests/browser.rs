@@ -985,6 +985,11 @@ async fn web_client_link_state_early_join_devices_and_focus() {
             .contains("cannot let anyone else in"),
         "{f:#}"
     );
+    let banner = f["bannerAfterUse"].as_str().unwrap_or("");
+    assert!(
+        banner.contains("has been used") && !banner.contains("/j/"),
+        "the banner no longer offers the used link: {f:#}"
+    );
     assert_eq!(f["secondShownBeforeRefresh"], 0, "{f:#}");
     assert_eq!(
         (f["statusAfterRefresh"].as_str(), f["firstAfterRefresh"].as_str()),

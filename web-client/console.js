@@ -31,6 +31,8 @@ const page = {
   meetings: [],
   /** meeting_id -> links shown under that meeting */
   openLinks: new Map(),
+  /** The address of the link just made, while the info banner shows it. */
+  mintedUrl: null,
   client: null,
   callView: null,
   lobbyPanel: null,
@@ -167,6 +169,7 @@ async function loadMeetings() {
 }
 
 function renderMeetings() {
+  forgetUsedMinted();
   const list = $('meeting-list');
   $('meetings-empty').hidden = page.meetings.length > 0;
   list.replaceChildren(...page.meetings.map(meetingRow));
@@ -204,6 +207,7 @@ function meetingRow(m) {
       const link = await api('POST', `/api/v1/meetings/${m.meeting_id}/links`, { token: page.token, body });
       await showLinks(m, link.link_id);
       info(`New ${kind === 'invite' ? 'private invitation' : 'single-use link'}: ${link.url}`);
+      page.mintedUrl = link.url;
     } catch (e) {
       error(e);
     }
@@ -325,6 +329,7 @@ async function refreshOpenLinks() {
       const focusedLink = focused?.closest('[data-testid="link-entry"]')?.dataset.linkId;
       const focusedId = focused?.dataset.testid;
       list.replaceChildren(...shown.map((l) => linkEntry(m, l)));
+      forgetUsedMinted();
       if (focusedLink) {
         const entry = list.querySelector(`[data-testid="link-entry"][data-link-id="${focusedLink}"]`);
         const target = entry?.querySelector(`[data-testid="${focusedId}"]`) || entry?.querySelector('[data-testid="link-url"]');
@@ -334,6 +339,17 @@ async function refreshOpenLinks() {
   } finally {
     refreshingLinks = false;
   }
+}
+
+/** The banner naming a link just made must not offer it once it can no longer be used. */
+function forgetUsedMinted() {
+  if (!page.mintedUrl) return;
+  const minted = [...page.openLinks.values()].flat().find((l) => l.url === page.mintedUrl);
+  if (!minted || linkStatus(minted) === 'active') return;
+  if ($('info-banner').textContent.includes(page.mintedUrl)) {
+    info(`The link you made has been ${linkStatus(minted)}: make a new one to invite someone else.`);
+  }
+  page.mintedUrl = null;
 }
 
 function hideLinks(m) {

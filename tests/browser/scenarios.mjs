@@ -887,8 +887,9 @@ async function redeem(cfg, code, name) {
  * console's 2 s queue poll. Then with the queue's requests cut off (so only Refresh can
  * bring news), a second single-use link is made and redeemed over REST: Refresh shows
  * it, used. Facts: `statusBefore`, `copyBefore`, `statusAfterUse`, `copyAfterUse`,
- * `revokeAfterUse`, `usedNote`, `sameDocument`, `secondShownBeforeRefresh`,
- * `statusAfterRefresh`, `firstAfterRefresh`. Screenshot `link-used.png`.
+ * `revokeAfterUse`, `usedNote`, `bannerAfterUse` (no longer offers the address),
+ * `sameDocument`, `secondShownBeforeRefresh`, `statusAfterRefresh`, `firstAfterRefresh`.
+ * Screenshot `link-used.png`.
  */
 async function linkListLive(run) {
   const { meetingId } = await meetingFor(run.cfg, run.facts, { title: 'Link list check' });
@@ -914,6 +915,7 @@ async function linkListLive(run) {
   run.facts.revokeAfterUse = await used.getByTestId('revoke-link-button').count();
   run.facts.usedNote = await used.getByTestId('link-used-note').textContent();
   run.facts.sameDocument = await staff.evaluate(() => window.__sameDocument === true);
+  run.facts.bannerAfterUse = await staff.getByTestId('info-banner').textContent();
   await run.shot(staff, 'link-used.png');
 
   run.step('Refresh shows the server state (no queue polls)');
