@@ -7,6 +7,8 @@
 //! client; no server module is shared with the SDK, which must never depend on this crate.
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod loadtest;
 pub mod metrics;

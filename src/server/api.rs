@@ -228,13 +228,13 @@ async fn end_meeting(
 /// Body of `POST /meetings/{id}/links`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewLink {
-    kind: LinkKind,
+pub(crate) struct NewLink {
+    pub(crate) kind: LinkKind,
     #[serde(default)]
-    invitee: Option<String>,
+    pub(crate) invitee: Option<String>,
     /// Defaults to 90 days for invitations; single-use links may also expire.
     #[serde(default)]
-    expires_in_secs: Option<u64>,
+    pub(crate) expires_in_secs: Option<u64>,
 }
 
 async fn create_link(
@@ -375,8 +375,8 @@ async fn link_info(State(state): State<Arc<AppState>>, Path(code): Path<String>)
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Redeem {
-    display_name: String,
+pub(crate) struct Redeem {
+    pub(crate) display_name: String,
 }
 
 /// What redeeming a link gives a guest.
@@ -543,9 +543,9 @@ async fn queue_admit_all(
 /// Body of a deny from the queue.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DenyBody {
+pub(crate) struct DenyBody {
     #[serde(default)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 async fn queue_deny(
