@@ -3,9 +3,9 @@
 # Debian's Chromium and Firefox ESR (the real-browser tests never download a browser),
 # Node.js with npm (they drive the browsers), nftables and iproute2 (the tests that put a
 # guest in a network namespace of its own), coturn (the TURN tests start their own
-# `turnserver`; the system service the package brings is disabled), and the browser
-# drivers' npm packages (tests/browser/package-lock.json). Safe to run again: what is
-# there is left alone.
+# `turnserver`; the system service the package brings is disabled), cargo-fuzz (the fuzz
+# step) and the browser drivers' npm packages (tests/browser/package-lock.json). Safe to
+# run again: what is there is left alone.
 #
 #   ./scripts/install-deps.sh           install what is missing (apt-get needs root or sudo)
 #   ./scripts/install-deps.sh --check   only say what is missing; exit 1 if anything is
@@ -59,6 +59,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
     "${sudo[@]}" systemctl disable --now coturn.service >/dev/null 2>&1 || true
   fi
+fi
+
+# cargo-fuzz, for the fuzz step (scripts/fuzz.sh): built from source, about 4 minutes once.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  if $check_only; then
+    echo "cargo-fuzz is missing (cargo install cargo-fuzz --locked)"
+    exit 1
+  fi
+  echo "==> cargo install cargo-fuzz (the fuzz targets; about 4 minutes, once)"
+  cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
 # The browser drivers: exactly the versions in the lockfile, installed again only when it changed.

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and black-box tests, the real-browser
-# tests (Debian's Chromium and Firefox ESR, driven from Node) and the doc tests.
+# tests (Debian's Chromium and Firefox ESR, driven from Node), the doc tests and the fuzz
+# targets (a bounded run each).
 #
 #   ./scripts/test.sh            everything; installs what a fresh machine lacks first
 #   ./scripts/test.sh --heavy    also the heavy scenarios (#[ignore = "heavy: ..."]: soaks, sweeps)
+#   FUZZ_SECS=300 ./scripts/test.sh   fuzz each target 5 minutes instead of 30 s
 #   ./scripts/test.sh --help     this text
 #
 # Every step runs even when an earlier one fails; a summary of what failed comes last,
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 heavy=()
 case "${1:-}" in
   --heavy) heavy=(-- --include-ignored) ;;
-  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "test.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
@@ -61,6 +63,12 @@ fi
 
 step test cargo test --workspace --all-targets --no-fail-fast "${heavy[@]}"
 step doc cargo test --workspace --doc --no-fail-fast
+
+# Fuzzing (fuzz/: its own crate and target dir, built with AddressSanitizer): every target
+# over its checked-in corpus, so a known crash that comes back fails, then FUZZ_SECS (30 by
+# default) of new inputs each. About 6 minutes with a fresh build (docs/RELIABILITY.md).
+# Not linted by the clippy wrapper above: it is not a workspace member.
+step fuzz env -u RUSTC_WORKSPACE_WRAPPER ./scripts/fuzz.sh "${FUZZ_SECS:-30}"
 
 if [ -n "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
   # Cargo replays the warnings of crates it did not rebuild, so this sees them all.

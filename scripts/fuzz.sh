@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds every fuzz target in fuzz/ once (cargo-fuzz: libFuzzer with AddressSanitizer, on
+# the stable toolchain through RUSTC_BOOTSTRAP=1) and runs each one: first over its
+# checked-in corpus, fuzz/corpus/<target> (seeds from real traffic and every crash input
+# found so far, so a known crash that comes back fails here), then on new inputs until
+# SECONDS have passed. Exit status non-zero if any target crashed, hung or leaked.
+#
+#   ./scripts/fuzz.sh                    30 s per target (what scripts/test.sh runs)
+#   ./scripts/fuzz.sh 3600               an hour per target (a longer local run)
+#   ./scripts/fuzz.sh 600 media_datagram one target for ten minutes
+#
+# Inputs that reach new coverage go to fuzz/target/new-corpus/<target>, never into the
+# checked-in corpus (minimise before adding them: see docs/RELIABILITY.md, "Fuzzing");
+# a crash's input goes to fuzz/artifacts/<target>/, its report to fuzz/target/logs/.
+set -uo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+case "${1:-}" in
+  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
+seconds=${1:-30}
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^gatehouse-fuzz$')
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "fuzz.sh: cargo-fuzz is missing: ./scripts/install-deps.sh installs it" >&2
+  exit 1
+fi
+export RUSTC_BOOTSTRAP=1
+
+t0=$SECONDS
+echo "==> building ${#targets[@]} fuzz targets"
+if ! cargo fuzz build; then
+  echo "fuzz.sh: the fuzz targets do not build" >&2
+  exit 1
+fi
+echo "    built in $((SECONDS - t0)) s"
+
+# The binaries `cargo fuzz build` made, run as `cargo fuzz run` would run them (without
+# its rebuild check, which a source file touched meanwhile turns into a rebuild per target).
+bin=target/$(rustc -vV | sed -n 's/^host: //p')/release
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
+mkdir -p target/logs
+failed=()
+for target in "${targets[@]}"; do
+  mkdir -p "target/new-corpus/$target" "corpus/$target" "artifacts/$target"
+  log="target/logs/$target.log"
+  t=$SECONDS
+  # -timeout: an input that takes 10 s is a hang; -rss_limit_mb: a leak or a blow-up.
+  "$bin/$target" -artifact_prefix="artifacts/$target/" -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb=2048 -print_final_stats=1 "target/new-corpus/$target" "corpus/$target" >"$log" 2>&1
+  status=$?
+  # The last status line and the final stats: executions and coverage reached.
+  stats=$(grep -E '^#[0-9]+' "$log" | tail -1)
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+  printf '    %-16s %4ds  %s execs  %s\n' "$target" $((SECONDS - t)) "${execs:-?}" "${stats:-no status line}"
+  if [ "$status" -ne 0 ]; then
+    failed+=("$target")
+    grep -E 'panicked at|ERROR: (AddressSanitizer|libFuzzer)|SUMMARY|Test unit written' "$log" | head -5 | sed 's/^/      /'
+  fi
+done
+echo "    total $((SECONDS - t0)) s"
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "==> fuzz targets that failed: ${failed[*]} (logs: fuzz/target/logs/)"
+  exit 1
+fi
