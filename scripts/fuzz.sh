@@ -8,6 +8,7 @@
 #   ./scripts/fuzz.sh                    30 s per target (what scripts/test.sh runs)
 #   ./scripts/fuzz.sh 3600               an hour per target (a longer local run)
 #   ./scripts/fuzz.sh 600 media_datagram one target for ten minutes
+#   ./scripts/fuzz.sh 0                  only the checked-in corpora (known crashes), no new inputs
 #
 # Inputs that reach new coverage go to fuzz/target/new-corpus/<target>, never into the
 # checked-in corpus (minimise before adding them: see docs/RELIABILITY.md, "Fuzzing");
@@ -16,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 case "${1:-}" in
-  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 seconds=${1:-30}
 shift || true
@@ -49,7 +50,9 @@ for target in "${targets[@]}"; do
   log="target/logs/$target.log"
   t=$SECONDS
   # -timeout: an input that takes 10 s is a hang; -rss_limit_mb: a leak or a blow-up.
-  "$bin/$target" -artifact_prefix="artifacts/$target/" -max_total_time="$seconds" -timeout=10 \
+  # (libFuzzer reads -max_total_time=0 as "no limit": 0 s means the corpus only, -runs=0.)
+  if [ "$seconds" -gt 0 ]; then limit=-max_total_time="$seconds"; else limit=-runs=0; fi
+  "$bin/$target" -artifact_prefix="artifacts/$target/" "$limit" -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 "target/new-corpus/$target" "corpus/$target" >"$log" 2>&1
   status=$?
   # The last status line and the final stats: executions and coverage reached.
