@@ -379,7 +379,8 @@ async fn media(room: &Room, outboxes: &HashMap<ConnId, Outbox>, services: &Servi
 
 async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &Services, effects: Vec<Effect>) {
     let meeting_id = room.meeting().meeting_id.clone();
-    for effect in effects {
+    let mut effects = effects.into_iter().peekable();
+    while let Some(effect) = effects.next() {
         match effect {
             Effect::Send { conn, msg } => {
                 if let Some(outbox) = outboxes.get(&conn) {
@@ -441,16 +442,24 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
             }
             Effect::LeaveCall { participant_id } => services.sfu.remove_participant(&meeting_id, &participant_id).await,
             Effect::Record(event) => {
-                if let EventKind::Admitted { wait_ms, .. }
-                | EventKind::Denied { wait_ms, .. }
-                | EventKind::LobbyTimeout { wait_ms }
-                | EventKind::LeftLobby { wait_ms } = &event.event
-                {
-                    services.metrics.lobby_wait_seconds.observe(*wait_ms as f64 / 1000.0);
+                // Events in a row (`admitted` then `joined`) are one transaction: one fsync.
+                let mut batch = vec![event];
+                while let Some(Effect::Record(next)) = effects.next_if(|e| matches!(e, Effect::Record(_))) {
+                    batch.push(next);
                 }
-                tracing::info!(participant_id = %event.participant_id, event = ?event.event, "participation");
-                if let Err(e) = services.store.run(move |s| s.record(&event)).await {
-                    tracing::error!(error = %e, "could not record participation event");
+                for event in &batch {
+                    if let EventKind::Admitted { wait_ms, .. }
+                    | EventKind::Denied { wait_ms, .. }
+                    | EventKind::LobbyTimeout { wait_ms }
+                    | EventKind::LeftLobby { wait_ms } = &event.event
+                    {
+                        services.metrics.lobby_wait_seconds.observe(*wait_ms as f64 / 1000.0);
+                    }
+                    tracing::info!(participant_id = %event.participant_id, event = ?event.event, "participation");
+                }
+                // Committed before the effects after it (an admission before `admitted`).
+                if let Err(e) = services.store.run(move |s| s.record_all(&batch)).await {
+                    tracing::error!(error = %e, "could not record participation events");
                 }
             }
             Effect::MeetingEnded => {

@@ -95,6 +95,11 @@ pub const SCHEMA_VERSION: i64 = 2;
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
+        use anyhow::Context as _;
+        Self::open_inner(path).with_context(|| format!("opening the store {}", path.display()))
+    }
+
+    fn open_inner(path: &Path) -> anyhow::Result<Store> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -102,16 +107,15 @@ impl Store {
         // done (a redeemed link, an admission) survives a power cut as well as a kill.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Opening runs SQLite's recovery: a WAL cut short (a torn write) is replayed up
-        // to its last whole commit. Reading the schema version makes that happen now,
-        // and `quick_check` refuses a database that is damaged beyond it.
+        // The first read runs SQLite's recovery: a WAL cut short (a torn write) is
+        // replayed up to its last whole commit; `quick_check` then refuses a database
+        // damaged beyond that.
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        anyhow::ensure!(check == "ok", "the database {} is damaged: {check}", path.display());
+        anyhow::ensure!(check == "ok", "the database is damaged: {check}");
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         anyhow::ensure!(
             version <= SCHEMA_VERSION,
-            "the database {} has schema version {version}, newer than this gatehouse ({SCHEMA_VERSION})",
-            path.display()
+            "the database has schema version {version}, newer than this gatehouse ({SCHEMA_VERSION})"
         );
         let tx = conn.transaction()?;
         tx.execute_batch(SCHEMA)?;
@@ -338,6 +342,21 @@ impl Store {
     }
 
     pub fn record(&self, e: &ParticipationEvent) -> Result<(), Error> {
+        self.record_all(std::slice::from_ref(e))
+    }
+
+    /// Writes events in one transaction (one fsync: an admission is `admitted` and
+    /// `joined` together), each with the attendance it opens or closes.
+    pub fn record_all(&self, events: &[ParticipationEvent]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        for e in events {
+            Self::record_in(&tx, e)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    fn record_in(tx: &rusqlite::Transaction<'_>, e: &ParticipationEvent) -> Result<(), Error> {
         let detail = serde_json::to_value(&e.event).map_err(json_err)?;
         let name = detail
             .get("event")
@@ -346,9 +365,6 @@ impl Store {
             .to_owned();
         let kind = serde_json::to_value(e.kind).map_err(json_err)?;
         let kind = kind.as_str().unwrap_or("guest");
-        let mut conn = self.conn();
-        // The event and the attendance it opens or closes commit together.
-        let tx = conn.transaction().map_err(db_err)?;
         tx.execute(
             "INSERT INTO participation_events (meeting_id, participant_id, display_name, kind, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -370,9 +386,7 @@ impl Store {
             | EventKind::LeftLobby { .. }
             | EventKind::Left { .. } => None,
             // Admission is followed by `joined`; a redemption opens nothing.
-            EventKind::Admitted { .. } | EventKind::LinkRedeemed { .. } => {
-                return tx.commit().map_err(db_err);
-            }
+            EventKind::Admitted { .. } | EventKind::LinkRedeemed { .. } => return Ok(()),
         };
         match open {
             Some(in_call) => tx.execute(
@@ -385,7 +399,7 @@ impl Store {
             ),
         }
         .map_err(db_err)?;
-        tx.commit().map_err(db_err)
+        Ok(())
     }
 
     /// Everyone whose attendance is open (in a call or a lobby), by meeting, oldest
@@ -567,6 +581,22 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_or_newer_database_is_refused_with_its_path() {
+        let dir = tempdir::Dir::new();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+        let err = format!("{:#}", Store::open(&garbage).err().expect("refused"));
+        assert!(err.contains("garbage.db"), "{err}");
+        let newer = dir.path().join("newer.db");
+        drop(Store::open(&newer).unwrap());
+        let conn = Connection::open(&newer).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        drop(conn);
+        let err = format!("{:#}", Store::open(&newer).err().expect("refused"));
+        assert!(err.contains("newer than this gatehouse"), "{err}");
+    }
+
+    #[test]
     fn open_attendance_follows_the_log() {
         let (_d, s) = temp_store();
         s.insert_meeting(&meeting()).unwrap();
@@ -600,8 +630,8 @@ mod tests {
             ]
         );
         let admitted = EventKind::Admitted { wait_ms: 2, by: None };
-        s.record(&ev("p_a", guest, 4, admitted)).unwrap();
-        s.record(&ev("p_a", guest, 4, EventKind::Joined)).unwrap();
+        s.record_all(&[ev("p_a", guest, 4, admitted), ev("p_a", guest, 4, EventKind::Joined)])
+            .unwrap();
         s.record(&ev(
             "p_b",
             guest,
