@@ -52,14 +52,19 @@ export class RunBase {
     process.stdout.write(`${JSON.stringify({ progress: what, scenario: this.name, ...extra })}\n`);
   }
 
-  /** Collects uncaught page errors and echoes console errors to stderr. */
+  /** Collects uncaught page errors and Content-Security-Policy violations (a scenario fails
+   * on either), and echoes console errors to stderr. */
   watch(page, label) {
     page.on('pageerror', (e) => {
       this.pageErrors.push(`${label}: ${e?.message || e}`);
       process.stderr.write(`[${this.name}/${label} page error] ${e?.stack || e}\n`);
     });
     page.on('console', (m) => {
-      if (m.type() === 'error') process.stderr.write(`[${this.name}/${label} console] ${m.text()}\n`);
+      if (m.type() !== 'error') return;
+      process.stderr.write(`[${this.name}/${label} console] ${m.text()}\n`);
+      // The gateway's policy allows only its own scripts, styles and connections: anything
+      // the page does that it blocks is a defect of the page or of the policy.
+      if (/Content[- ]Security[- ]Policy/i.test(m.text())) this.pageErrors.push(`${label}: ${m.text()}`);
     });
   }
 
