@@ -70,8 +70,19 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    // Written beside, synced, then renamed over: a process killed mid-write (or a
+    // power cut) leaves either no file or the whole one, never a short key that
+    // would keep the gateway from starting.
+    let tmp = path.with_extension("partial");
+    let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Some(dir) = path.parent() {
+        // The rename itself is durable only once the directory is.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
     Ok(())
 }
 
@@ -97,6 +108,36 @@ mod tests {
         );
         let pem = String::from_utf8(first).unwrap();
         assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "leaf followed by its CA");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_private_file_is_replaced_whole_and_readable_only_by_its_owner() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-tls-{}", crate::ids::random_code(10)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("signing.key");
+        write_private(&path, b"first secret, the longer one").unwrap();
+        write_private(&path, b"second").unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"second",
+            "replaced, not overwritten in place"
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("signing.key")],
+            "no partial file left beside it"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }
