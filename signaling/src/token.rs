@@ -129,7 +129,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: STAFF_AUDIENCE.to_owned(),
             iat: now_secs,
-            exp: now_secs + ttl_secs,
+            exp: now_secs.saturating_add(ttl_secs),
         };
         self.sign(&claims)
     }
@@ -152,7 +152,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: GUEST_AUDIENCE.to_owned(),
             iat: now_secs,
-            exp: now_secs + ttl_secs,
+            exp: now_secs.saturating_add(ttl_secs),
         };
         self.sign(&claims)
     }
@@ -174,7 +174,9 @@ impl TokenKeys {
             .map_err(|e| Error::new(ErrorCode::Unauthorized, format!("invalid token: {e}")))?;
         let claims = data.claims;
         let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
-        if exp + LEEWAY_SECS <= now_secs {
+        // Saturating: a signed `exp` near u64::MAX (ours never are, but the claims are only
+        // JSON) means "never", not an overflow (found by fuzz/fuzz_targets/token_verify.rs).
+        if exp.saturating_add(LEEWAY_SECS) <= now_secs {
             return Err(Error::new(ErrorCode::TokenExpired, "the token has expired"));
         }
         let aud = claims
@@ -268,6 +270,28 @@ mod tests {
         assert_eq!(
             keys().verify(&t, 1060 + LEEWAY_SECS).unwrap_err().code,
             ErrorCode::TokenExpired
+        );
+    }
+
+    /// fuzz/corpus/token_verify/crash-exp-overflow: `exp + LEEWAY_SECS` overflowed (a panic
+    /// with overflow checks on) for a token we signed whose `exp` is near u64::MAX.
+    #[test]
+    fn an_expiry_at_the_end_of_time_is_not_an_overflow() {
+        let claims = serde_json::json!({
+            "sub": "a", "name": "A", "org": "o", "role": "admin",
+            "iss": "gatehouse-test", "aud": "gatehouse-staff", "iat": 0, "exp": u64::MAX,
+        });
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(matches!(keys().verify(&t, 1001), Ok(Identity::Staff(s)) if s.exp == u64::MAX));
+        let minted = keys().mint_guest("p_1", "m_1", "Bob", false, u64::MAX - 1, 60).unwrap();
+        assert!(
+            keys().verify(&minted, u64::MAX - 1).is_ok(),
+            "a lifetime past u64::MAX ends there"
         );
     }
 
