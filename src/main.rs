@@ -117,8 +117,45 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Runs `gatehouse loadtest --churn`; exits with the soak report's code.
+async fn churn(args: LoadtestArgs) -> anyhow::Result<()> {
+    let (json, spawn) = (args.json, args.spawn_gateway);
+    let options = match args.into_churn_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(gatehouse::loadtest::report::EXIT_USAGE);
+        }
+    };
+    let report = if spawn {
+        let exe = std::env::current_exe().context("finding this program to start a gateway with")?;
+        gatehouse::loadtest::churn::run_spawned(options, &exe).await
+    } else {
+        let what = options.pid.map(|pid| format!("pid {pid}")).unwrap_or_default();
+        gatehouse::loadtest::churn::run(options, what).await
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(gatehouse::loadtest::report::EXIT_FAILED);
+        }
+    };
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::process::exit(report.exit_code());
+}
+
 /// Runs `gatehouse loadtest`; exits with the report's code (see its --help).
 async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
+    if args.churn {
+        return churn(args).await;
+    }
     let json = args.json;
     let options = match args.into_options() {
         Ok(options) => options,

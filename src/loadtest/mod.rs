@@ -8,10 +8,14 @@
 //! starts participants on the ramp schedule, shows progress, stops and closes
 //! everyone, and hands the results to [`Report::from_run`].
 
+pub mod churn;
 pub mod gateway;
 mod participant;
 pub mod report;
+pub mod resources;
 pub mod scenario;
+pub mod soak;
+pub mod spawn;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -158,6 +162,52 @@ pub struct LoadtestArgs {
     /// Fail (exit 3) when the 99th percentile one-way latency is over this many milliseconds.
     #[arg(long, value_name = "MS")]
     pub max_p99_ms: Option<f64>,
+    /// Churn soak instead of a steady load: for --duration seconds participants join,
+    /// publish, chat and leave, drop without leaving, or wait in the lobby to be admitted
+    /// or denied, while the gateway's memory, descriptors, threads, UDP sockets and
+    /// connections are sampled; exit 3 when one grows beyond its --max-*-growth limit
+    /// (docs/RELIABILITY.md, "Soak and churn"). Example, with a gateway of its own:
+    ///   gatehouse loadtest --churn --spawn-gateway --duration 1800
+    #[arg(long, verbatim_doc_comment)]
+    pub churn: bool,
+    /// Churn: start a gateway (this binary's `serve` on loopback, a fresh data directory,
+    /// short seat holds) and read its /proc; --url, --token and --data-dir are not used.
+    #[arg(long, requires = "churn", conflicts_with = "gateway_pid")]
+    pub spawn_gateway: bool,
+    /// Churn: the process id of the gateway at --url, on this machine, to read its
+    /// /proc (without it, memory, descriptors and threads come from /metrics and UDP
+    /// sockets are not counted).
+    #[arg(long, requires = "churn")]
+    pub gateway_pid: Option<u32>,
+    /// Churn: participants in the meeting at a time (besides the host).
+    #[arg(long, default_value_t = 4)]
+    pub churn_slots: u32,
+    /// Churn: seconds between two samples of the gateway.
+    #[arg(long, default_value_t = 2)]
+    pub sample_secs: u64,
+    /// Churn: seconds to wait after the churn for the gateway to be idle again (connections
+    /// closed, held seats expired) before its last sample; longer than its --seat-hold.
+    #[arg(long, default_value_t = 75)]
+    pub settle_secs: u64,
+    /// Churn: resident memory growth allowed, MB (highest in the last quarter of the
+    /// churn against the highest in its second quarter).
+    #[arg(long, default_value_t = 32.0, value_name = "MB")]
+    pub max_rss_growth_mb: f64,
+    /// Churn: open file descriptors allowed at the end beyond the start.
+    #[arg(long, default_value_t = 8)]
+    pub max_fd_growth: u32,
+    /// Churn: threads allowed at the end beyond the start.
+    #[arg(long, default_value_t = 4)]
+    pub max_thread_growth: u32,
+    /// Churn: UDP sockets allowed at the end beyond the start.
+    #[arg(long, default_value_t = 2)]
+    pub max_udp_growth: u32,
+    /// Churn: peer connections (and signaling connections) allowed at the end beyond the start.
+    #[arg(long, default_value_t = 0)]
+    pub max_connection_growth: u32,
+    /// Churn: share of participant cycles that may fail, percent.
+    #[arg(long, default_value_t = 10.0, value_name = "PERCENT")]
+    pub max_failed_percent: f64,
 }
 
 impl LoadtestArgs {
@@ -184,8 +234,76 @@ impl LoadtestArgs {
                 return Err(format!("{flag} must be a number of at least 0"));
             }
         }
-        let auth = match self.token {
-            Some(token) => Auth::Token(token),
+        let (auth, tls) = self.auth_and_tls()?;
+        Ok(Options {
+            url: self.url,
+            auth,
+            tls,
+            shape,
+            thresholds: Thresholds {
+                max_loss_percent: self.max_loss,
+                max_p99_ms: self.max_p99_ms,
+            },
+            progress: !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            scrape_interval: Duration::from_secs(1),
+            metrics_token: self.metrics_token,
+        })
+    }
+
+    /// The churn soak these arguments describe (`--churn`).
+    pub fn into_churn_options(self) -> Result<churn::ChurnOptions, String> {
+        if self.duration == 0 || self.duration > scenario::MAX_DURATION.as_secs() {
+            return Err(format!(
+                "--duration must be 1 to {} seconds",
+                scenario::MAX_DURATION.as_secs()
+            ));
+        }
+        if !(1..=200).contains(&self.churn_slots) {
+            return Err("--churn-slots must be 1 to 200".into());
+        }
+        if !(1..=60).contains(&self.sample_secs) {
+            return Err("--sample-secs must be 1 to 60".into());
+        }
+        if !(self.max_rss_growth_mb.is_finite() && self.max_rss_growth_mb >= 0.0) {
+            return Err("--max-rss-growth-mb must be a number of at least 0".into());
+        }
+        if !(self.max_failed_percent.is_finite() && (0.0..=100.0).contains(&self.max_failed_percent)) {
+            return Err("--max-failed-percent must be 0 to 100".into());
+        }
+        let (auth, tls) = if self.spawn_gateway {
+            // Filled in once the gateway runs.
+            (Auth::Token(String::new()), TlsOptions::default())
+        } else {
+            self.auth_and_tls()?
+        };
+        let connections = f64::from(self.max_connection_growth);
+        Ok(churn::ChurnOptions {
+            url: self.url,
+            auth,
+            tls,
+            metrics_token: self.metrics_token,
+            pid: self.gateway_pid,
+            duration: Duration::from_secs(self.duration),
+            slots: self.churn_slots,
+            sample_every: Duration::from_secs(self.sample_secs),
+            settle: Duration::from_secs(self.settle_secs),
+            limits: soak::Limits {
+                rss_mb: self.max_rss_growth_mb,
+                fds: f64::from(self.max_fd_growth),
+                threads: f64::from(self.max_thread_growth),
+                udp_sockets: f64::from(self.max_udp_growth),
+                peer_connections: connections,
+                signaling_connections: connections,
+                failed_percent: self.max_failed_percent,
+            },
+            progress: !self.json,
+        })
+    }
+
+    /// Who we are and which certificates we trust, from --token/--data-dir, --ca, --insecure.
+    fn auth_and_tls(&self) -> Result<(Auth, TlsOptions), String> {
+        let auth = match &self.token {
+            Some(token) => Auth::Token(token.clone()),
             None => Auth::DataDir(self.data_dir.clone()),
         };
         // With a local data directory and no --ca, trust the gateway's development CA.
@@ -199,22 +317,13 @@ impl LoadtestArgs {
             }
             None => None,
         };
-        Ok(Options {
-            url: self.url,
+        Ok((
             auth,
-            tls: TlsOptions {
+            TlsOptions {
                 ca_pem,
                 danger_accept_invalid_certs: self.insecure,
             },
-            shape,
-            thresholds: Thresholds {
-                max_loss_percent: self.max_loss,
-                max_p99_ms: self.max_p99_ms,
-            },
-            progress: !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            scrape_interval: Duration::from_secs(1),
-            metrics_token: self.metrics_token,
-        })
+        ))
     }
 }
 
@@ -376,7 +485,7 @@ fn all_settled(plan: &[scenario::Seat], running: &[Running], shape: &Shape) -> b
 }
 
 /// The staff token to use: given, or minted with the gateway's signing key.
-fn staff_token(auth: &Auth) -> anyhow::Result<String> {
+pub(crate) fn staff_token(auth: &Auth) -> anyhow::Result<String> {
     match auth {
         Auth::Token(token) => Ok(token.clone()),
         Auth::DataDir(dir) => {
@@ -429,7 +538,7 @@ async fn end_meetings(rest: &RestClient, ids: &[String]) {
 }
 
 /// Loopback gateways get loopback candidates only; others every interface.
-fn local_udp_addr(url: &str) -> &'static str {
+pub(crate) fn local_udp_addr(url: &str) -> &'static str {
     let loopback = url::Url::parse(url).ok().is_some_and(|u| match u.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
