@@ -144,6 +144,22 @@ fn junk(i: usize, rng: &mut Bytes, check: &[u8]) -> (Vec<u8>, bool) {
     (d, true)
 }
 
+/// Every `junk` count in a debug view (one per connection).
+fn collect_junk(v: &serde_json::Value, out: &mut Vec<u64>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value.as_u64()) {
+                    ("junk", Some(n)) => out.push(n),
+                    _ => collect_junk(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_junk(i, out)),
+        _ => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_from_a_participants_address_is_counted_and_barely_logged_and_media_flows_on() {
     gatehouse_sdk::tls::install_crypto_provider();
@@ -280,6 +296,22 @@ async fn junk_from_a_participants_address_is_counted_and_barely_logged_and_media
     .await
     .expect("the junk is counted");
     assert_eq!(counted, screened as f64, "{sent} sent, {screened} of them screenable");
+
+    // Per connection too: the meeting's debug view names each connection's junk.
+    let live: serde_json::Value = http
+        .get(format!("{}/api/v1/meetings/{}/live", gateway.url, meeting.meeting_id))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .expect("live view")
+        .json()
+        .await
+        .expect("json");
+    let mut per_connection = Vec::new();
+    collect_junk(&live, &mut per_connection);
+    assert_eq!(per_connection.len(), sockets.len(), "{live:#}");
+    assert_eq!(per_connection.iter().sum::<u64>(), screened, "{live:#}");
+    assert!(per_connection.iter().all(|&n| n > 0), "{live:#}");
 
     // Media flows on, after all of it.
     let before = received.load(Ordering::Relaxed);

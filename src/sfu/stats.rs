@@ -26,7 +26,8 @@ pub struct Counters {
     /// Datagrams on the media port that named no connection (a subset of `dropped_packets`).
     pub garbage_datagrams: AtomicU64,
     /// Datagrams from a connection's own address (or naming it) that failed the
-    /// demultiplexer's screen: dropped before `rtc` (a subset of `dropped_packets`).
+    /// demultiplexer's screen: dropped before `rtc` (a subset of `dropped_packets`). Shard
+    /// counters only, like `garbage_datagrams`; per connection in the debug snapshot.
     pub junk_datagrams: AtomicU64,
     /// RTCP NACK packets received from subscribers.
     pub nacks: AtomicU64,
