@@ -759,6 +759,49 @@ mod tests {
     }
 
     #[test]
+    fn churn_flags_set_the_soak_and_its_limits() {
+        let churn = |args: &[&str]| {
+            Cli::try_parse_from(["loadtest", "--churn"].iter().chain(args).copied())
+                .map_err(|e| e.to_string())
+                .and_then(|cli| cli.args.into_churn_options())
+        };
+        let o = churn(&[
+            "--spawn-gateway",
+            "--duration",
+            "1800",
+            "--churn-slots",
+            "6",
+            "--max-fd-growth",
+            "3",
+            "--max-rss-growth-mb",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!((o.duration, o.slots), (Duration::from_secs(1800), 6));
+        assert_eq!(
+            (o.limits.fds, o.limits.rss_mb, o.limits.peer_connections),
+            (3.0, 10.0, 0.0)
+        );
+        assert_eq!(o.settle, Duration::from_secs(75));
+        assert!(o.progress);
+        let o = churn(&["--gateway-pid", "42", "--data-dir", "/nonexistent"]).unwrap();
+        assert_eq!(o.pid, Some(42));
+        for (args, needle) in [
+            (&["--churn-slots", "0"][..], "--churn-slots"),
+            (&["--sample-secs", "0"][..], "--sample-secs"),
+            (&["--max-failed-percent", "150"][..], "--max-failed-percent"),
+            (&["--spawn-gateway", "--gateway-pid", "1"][..], "cannot be used with"),
+        ] {
+            let err = churn(args).expect_err(needle);
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        assert!(
+            Cli::try_parse_from(["loadtest", "--spawn-gateway"]).is_err(),
+            "--spawn-gateway needs --churn"
+        );
+    }
+
+    #[test]
     fn loopback_gateways_get_loopback_candidates() {
         assert_eq!(local_udp_addr("https://localhost:8443"), "127.0.0.1:0");
         assert_eq!(local_udp_addr("https://127.0.0.1:8443"), "127.0.0.1:0");
