@@ -33,6 +33,30 @@ pub struct TestServer {
     pub http: reqwest::Client,
 }
 
+/// A request to `base` with an optional bearer token and JSON body; returns (status, JSON,
+/// or the text as a JSON string when the answer is not JSON).
+pub async fn http_call(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
 pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("gatehouse-test-{tag}-{}", gatehouse::ids::random_code(10)));
     std::fs::create_dir_all(&dir).unwrap();
@@ -119,18 +143,7 @@ impl TestServer {
 
     /// A request with an optional bearer token and JSON body; returns (status, JSON).
     pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        http_call(&self.http, &self.base, method, path, token, body).await
     }
 
     /// Creates a meeting as `token`'s staff member; returns its JSON.
