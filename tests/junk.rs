@@ -88,26 +88,7 @@ impl Bytes {
 
 /// A Binding request signed with a key that is not the gateway's.
 fn forged_check() -> Vec<u8> {
-    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
-    let provider = rtc::crypto::default_provider().expect("crypto");
-    let setters: Vec<Box<dyn Setter>> = vec![
-        Box::new(BINDING_REQUEST),
-        Box::new(TransactionId::new()),
-        Box::new(rtc::stun::textattrs::Username::new(
-            rtc::stun::attributes::ATTR_USERNAME,
-            "whoever:client".to_owned(),
-        )),
-        Box::new(
-            rtc::stun::integrity::MessageIntegrity::new_short_term_integrity_with_provider(
-                "not-the-gateways-password".to_owned(),
-                provider.crypto(),
-            ),
-        ),
-        Box::new(rtc::stun::fingerprint::FINGERPRINT),
-    ];
-    let mut m = Message::new();
-    m.build(&setters).expect("check");
-    m.raw
+    gatehouse::sfu::fuzzing::signed_check("whoever:client", "not-the-gateways-password")
 }
 
 /// Junk datagram number `i`, and whether the gateway's screen catches it (the rest is

@@ -704,29 +704,7 @@ mod tests {
         assert!(r.register("a", 4), "a removed ufrag can be reused");
     }
 
-    /// A check as clients sign it, built by `rtc`'s own STUN code.
-    fn signed_check(username: &str, key: &str) -> Vec<u8> {
-        use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
-        let provider = rtc::crypto::default_provider().expect("crypto");
-        let setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(BINDING_REQUEST),
-            Box::new(TransactionId::new()),
-            Box::new(rtc::stun::textattrs::Username::new(
-                rtc::stun::attributes::ATTR_USERNAME,
-                username.to_owned(),
-            )),
-            Box::new(
-                rtc::stun::integrity::MessageIntegrity::new_short_term_integrity_with_provider(
-                    key.to_owned(),
-                    provider.crypto(),
-                ),
-            ),
-            Box::new(rtc::stun::fingerprint::FINGERPRINT),
-        ];
-        let mut m = Message::new();
-        m.build(&setters).expect("check");
-        m.raw
-    }
+    use crate::sfu::ice_lite::signed_check;
 
     #[test]
     fn checks_pass_the_screen_and_verify_only_with_their_key() {

@@ -16,6 +16,9 @@
 //! publisher offer or a subscriber answer ([`MediaHarness::publish_offer`],
 //! [`MediaHarness::subscribe_answer`]).
 
+/// A client-signed Binding request, for tests and targets outside the crate.
+pub use super::ice_lite::signed_check;
+
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -71,6 +71,29 @@ pub fn answer_own_check(check: &[u8], mapped: SocketAddr, client_pwd: &str) -> O
     Some(response.raw)
 }
 
+/// A Binding request as a client signs it: USERNAME `username`, MESSAGE-INTEGRITY with
+/// `key`, FINGERPRINT. For tests and the fuzzing harness (doc-hidden).
+#[doc(hidden)]
+pub fn signed_check(username: &str, key: &str) -> Vec<u8> {
+    let crypto = crypto().expect("a crypto provider").crypto();
+    let mut m = Message::new();
+    let setters: [Box<dyn Setter + '_>; 5] = [
+        Box::new(BINDING_REQUEST),
+        Box::new(rtc::stun::message::TransactionId::new()),
+        Box::new(rtc::stun::textattrs::Username::new(
+            rtc::stun::attributes::ATTR_USERNAME,
+            username.to_owned(),
+        )),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            key.to_owned(),
+            crypto,
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    m.build(&setters).expect("a check builds");
+    m.raw
+}
+
 /// The ICE password (`a=ice-pwd`) of a session description: the first one, session
 /// or media level (we bundle, so every m-section carries the same).
 pub fn ice_pwd(sdp: &str) -> Option<String> {

@@ -747,26 +747,7 @@ mod tests {
 
     /// A binding request naming `ufrag`, signed with `key`.
     fn early_check(ufrag: &str, key: &str) -> BytesMut {
-        use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
-        let provider = rtc::crypto::default_provider().expect("crypto");
-        let setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(BINDING_REQUEST),
-            Box::new(TransactionId::new()),
-            Box::new(rtc::stun::textattrs::Username::new(
-                rtc::stun::attributes::ATTR_USERNAME,
-                format!("{ufrag}:clnt"),
-            )),
-            Box::new(
-                rtc::stun::integrity::MessageIntegrity::new_short_term_integrity_with_provider(
-                    key.to_owned(),
-                    provider.crypto(),
-                ),
-            ),
-            Box::new(rtc::stun::fingerprint::FINGERPRINT),
-        ];
-        let mut m = Message::new();
-        m.build(&setters).expect("check");
-        BytesMut::from(&m.raw[..])
+        BytesMut::from(&crate::sfu::ice_lite::signed_check(&format!("{ufrag}:clnt"), key)[..])
     }
 
     #[tokio::test]
