@@ -16,7 +16,6 @@ use gatehouse_sdk::synthetic::SyntheticConfig;
 use gatehouse_sdk::{Client, ConnectOptions, Event, Events, MediaOptions};
 use gatehouse_signaling::protocol::{LeaveReason, TrackSource};
 use gatehouse_signaling::token::StaffRole;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use support::EVENT_TIMEOUT as T;
 use support::process::ProcessTree;
@@ -84,17 +83,7 @@ impl Gateway {
         let port = listen.rsplit(':').next().unwrap();
         let ca_pem = std::fs::read_to_string(data_dir.join("tls/ca.pem")).expect("dev CA");
         gatehouse::tls::install_crypto_provider();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .build()
-            .unwrap();
+        let http = support::https_client(ca_pem.as_bytes());
         Gateway {
             tree,
             base: format!("https://localhost:{port}"),

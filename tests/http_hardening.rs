@@ -8,7 +8,6 @@ use futures_util::{SinkExt, StreamExt};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{ClientMessage, LeaveReason, ServerMessage};
 use gatehouse_signaling::token::StaffRole;
-use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use support::{EVENT_TIMEOUT, TestServer};
 use tokio_tungstenite::tungstenite::Message;
@@ -339,18 +338,7 @@ async fn hsts_only_with_a_configured_certificate() {
         running.ca_file.is_none(),
         "no CA is generated for a configured certificate"
     );
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(made.ca.as_ref().unwrap()).unwrap();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .unwrap();
+    let http = support::https_client(&std::fs::read(made.ca.as_ref().unwrap()).unwrap());
     let base = format!("https://localhost:{}", running.addr.port());
     let mut seen = Vec::new();
     for path in ["/console", "/static/styles.css", "/api/v1/links/nope"] {

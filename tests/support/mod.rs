@@ -33,6 +33,25 @@ pub struct TestServer {
     pub http: reqwest::Client,
 }
 
+/// A TLS client configuration that trusts the CA certificates in `ca_pem`.
+pub fn tls_trusting(ca_pem: &[u8]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// An HTTPS client that trusts the CA certificates in `ca_pem`.
+pub fn https_client(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_trusting(ca_pem))
+        .build()
+        .unwrap()
+}
+
 /// A request to `base` with an optional bearer token and JSON body; returns (status, JSON,
 /// or the text as a JSON string when the answer is not JSON).
 pub async fn http_call(
@@ -85,19 +104,8 @@ impl TestServer {
         let data_dir = config.data_dir();
         let running = gatehouse::server::start(config).await.expect("server starts");
         let ca = std::fs::read(running.ca_file.as_ref().expect("dev CA")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        );
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .build()
-            .unwrap();
+        let tls = Arc::new(tls_trusting(&ca));
+        let http = https_client(&ca);
         let base = format!("https://localhost:{}", running.addr.port());
         TestServer {
             running: Some(running),
