@@ -134,21 +134,7 @@ async fn churn(args: LoadtestArgs) -> anyhow::Result<()> {
         let what = options.pid.map(|pid| format!("pid {pid}")).unwrap_or_default();
         gatehouse::loadtest::churn::run(options, what).await
     };
-    let report = match report {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(gatehouse::loadtest::report::EXIT_FAILED);
-        }
-    };
-    if json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{}", report.to_table());
-    }
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    std::process::exit(report.exit_code());
+    print_report_and_exit(report.map(|r| (if json { r.to_json() + "\n" } else { r.to_table() }, r.exit_code())))
 }
 
 /// Runs `gatehouse loadtest`; exits with the report's code (see its --help).
@@ -172,21 +158,25 @@ async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
             std::process::exit(gatehouse::loadtest::report::EXIT_INTERRUPTED);
         });
     };
-    let report = match gatehouse::loadtest::run_until(options, cancel).await {
-        Ok(report) => report,
+    let report = gatehouse::loadtest::run_until(options, cancel).await;
+    print_report_and_exit(report.map(|r| (if json { r.to_json() + "\n" } else { r.to_table() }, r.exit_code())))
+}
+
+/// Prints a load-test report (its JSON or table text) and exits with its code; a run
+/// that could not produce one exits with `EXIT_FAILED`.
+fn print_report_and_exit(outcome: anyhow::Result<(String, i32)>) -> ! {
+    match outcome {
+        Ok((text, code)) => {
+            use std::io::Write as _;
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+            std::process::exit(code);
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::exit(gatehouse::loadtest::report::EXIT_FAILED);
         }
-    };
-    if json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{}", report.to_table());
     }
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    std::process::exit(report.exit_code());
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
