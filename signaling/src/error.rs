@@ -71,6 +71,10 @@ pub enum ErrorCode {
     MediaStateError,
     /// The server holds as many connections as it is set to; retry shortly.
     ServerBusy,
+    /// The appointment slot asked for is not free (booked by someone else, or outside working hours).
+    SlotTaken,
+    /// The appointment's state does not allow this (e.g. cancelling one that is in progress).
+    WrongAppointmentState,
     /// The server failed; the request may be retried.
     Internal,
 }
@@ -86,7 +90,7 @@ impl ErrorCode {
             WrongMeeting | Forbidden | AnonymousJoinDisabled | PresentingNotAllowed | NotInCall | ChatDisabled => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            NotJoined | AlreadyJoined | MediaStateError => 409,
+            NotJoined | AlreadyJoined | MediaStateError | SlotTaken | WrongAppointmentState => 409,
             LinkExpired | LinkRevoked | LinkUsed | LinkDisabled | MeetingEnded => 410,
             FrameTooLarge => 413,
             MeetingFull => 409,

@@ -1,5 +1,6 @@
 //! Gatehouse's control plane as pure logic: the wire protocol, tokens,
-//! meetings, links, the lobby and its admission rules, and chat.
+//! meetings, links, the lobby and its admission rules, chat, and the state of an
+//! appointment.
 //!
 //! Nothing here owns a socket, a clock or a database. Callers pass `now` and
 //! an input, and get back a result or a list of effects to carry out; that is
@@ -9,6 +10,7 @@
 //! (`gatehouse-sdk`), so it depends on neither, nor on tokio, webrtc-rs or any IO crate.
 
 pub mod admission;
+pub mod appointment;
 pub mod chat;
 pub mod error;
 pub mod link;
