@@ -10,6 +10,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ids;
+#[cfg(feature = "loadtest")]
 pub mod loadtest;
 pub mod metrics;
 pub mod outbox;
