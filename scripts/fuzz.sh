@@ -6,18 +6,29 @@
 # SECONDS have passed. Exit status non-zero if any target crashed, hung or leaked.
 #
 #   ./scripts/fuzz.sh                    30 s per target (what scripts/test.sh runs)
-#   ./scripts/fuzz.sh 3600               an hour per target (a longer local run)
-#   ./scripts/fuzz.sh 600 media_datagram one target for ten minutes
 #   ./scripts/fuzz.sh 0                  only the checked-in corpora (known crashes), no new inputs
+#   ./scripts/fuzz.sh --release 3600     an hour per target, optimised build (long campaigns)
+#   ./scripts/fuzz.sh --release 600 media_datagram   one target for ten minutes
+#
+# The default build is cargo-fuzz's --dev one (unoptimised; debug assertions, overflow
+# checks, AddressSanitizer and coverage as in the release one): it compiles in a fraction
+# of the time, and each input runs a few times slower, which costs a short CI run little.
+# --release optimises (cargo-fuzz's default), for runs long enough that speed per input
+# matters. The two builds live side by side in fuzz/target (debug/ and release/).
+# See docs/RELIABILITY.md, "Fuzzing".
 #
 # Inputs that reach new coverage go to fuzz/target/new-corpus/<target>, never into the
 # checked-in corpus (minimise before adding them: see docs/RELIABILITY.md, "Fuzzing");
 # a crash's input goes to fuzz/artifacts/<target>/, its report to fuzz/target/logs/.
 set -uo pipefail
+self=$(realpath "$0")
 cd "$(dirname "$0")/../fuzz"
 
+profile=debug build=(--dev)
 case "${1:-}" in
-  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,22p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --release) profile=release build=(--release); shift ;;
+  -*) echo "fuzz.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
 seconds=${1:-30}
 shift || true
@@ -32,8 +43,8 @@ fi
 export RUSTC_BOOTSTRAP=1
 
 t0=$SECONDS
-echo "==> building ${#targets[@]} fuzz targets"
-if ! cargo fuzz build; then
+echo "==> building ${#targets[@]} fuzz targets (cargo fuzz build ${build[*]})"
+if ! cargo fuzz build "${build[@]}"; then
   echo "fuzz.sh: the fuzz targets do not build" >&2
   exit 1
 fi
@@ -41,7 +52,7 @@ echo "    built in $((SECONDS - t0)) s"
 
 # The binaries `cargo fuzz build` made, run as `cargo fuzz run` would run them (without
 # its rebuild check, which a source file touched meanwhile turns into a rebuild per target).
-bin=target/$(rustc -vV | sed -n 's/^host: //p')/release
+bin=target/$(rustc -vV | sed -n 's/^host: //p')/$profile
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
 mkdir -p target/logs
 failed=()

@@ -83,6 +83,18 @@ echo
 echo "==> timings"
 printf '    %s\n' "${timings[@]}"
 printf '    %-8s %5ds\n' total $((SECONDS - started))
+# Where the test step's time went: its build, then the slowest test binaries (each one's
+# "finished in" line; cargo runs the binaries one after another, their tests in parallel).
+if [ -f "$logs/test.log" ]; then
+  sed -nE 's/^ *Finished `test` profile .* in (.+)$/    build of the test step: \1/p' "$logs/test.log" | tail -1
+  slowest=$(awk '/^ +Running /{name=$0; sub(/^ +Running /, "", name); sub(/target\/debug\/deps\//, "", name); next}
+      /^test result:/ && name != "" {s=$0; sub(/.*finished in /, "", s); sub(/s$/, "", s); printf "%7.1fs  %s\n", s, name; name=""}' \
+    "$logs/test.log" | sort -rn | head -10)
+  if [ -n "$slowest" ]; then
+    echo "    slowest test binaries:"
+    echo "$slowest" | sed 's/^/    /'
+  fi
+fi
 if [ ${#failed[@]} -eq 0 ]; then
   echo "==> all steps passed"
   exit 0
