@@ -6,6 +6,7 @@
 //! tester is a staff application of `gatehouse-sdk`, the only place this crate uses the
 //! client; no server module is shared with the SDK, which must never depend on this crate.
 
+pub mod appointments;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

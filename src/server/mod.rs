@@ -2,9 +2,11 @@
 //! over one rustls port, with graceful shutdown.
 
 pub mod api;
+pub mod appointments;
 pub mod assets;
 pub mod auth;
 pub mod body;
+pub mod booking;
 pub mod error;
 pub mod headers;
 pub mod limits;
@@ -263,11 +265,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         tracing::info!(held, "seats held after a crash for the guests who were in a call");
     }
 
+    // Starts and no-show deadlines that passed while the gateway was down act now.
+    appointments::spawn_clock(state.clone());
+
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_endpoint))
         .route("/ws", get(ws::upgrade))
         .merge(api::router())
+        .merge(appointments::router())
+        .merge(booking::router())
+        .merge(booking::pages(&config))
         .merge(assets::router(&config))
         // Routing failures answer like every other error: a status and `{code, message}`.
         .fallback(error::unknown_path)

@@ -16,6 +16,10 @@
 //! participation log, `open_attendance` says who is in a call or lobby right now,
 //! written in the same transaction as the event that changes it, so after a crash
 //! the gateway knows whose admission to honour (see `server::live::LiveMeetings::recover`).
+//! An appointment's state follows that attendance in the same transaction
+//! (`appointments`), so it is as durable as the log it is derived from.
+//!
+//! The schema is a list of versioned migrations (`migrations`), applied on open.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -42,55 +46,10 @@ fn json_err(e: serde_json::Error) -> Error {
     Error::new(ErrorCode::Internal, "storage error")
 }
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS meetings (
-    meeting_id   TEXT PRIMARY KEY,
-    organization TEXT NOT NULL,
-    organizer    TEXT NOT NULL,
-    settings     TEXT NOT NULL,
-    created_at   INTEGER NOT NULL,
-    ended_at     INTEGER
-);
-CREATE TABLE IF NOT EXISTS links (
-    link_id     TEXT PRIMARY KEY,
-    meeting_id  TEXT NOT NULL REFERENCES meetings(meeting_id),
-    code        TEXT NOT NULL UNIQUE,
-    kind        TEXT NOT NULL,
-    invitee     TEXT,
-    created_at  INTEGER NOT NULL,
-    expires_at  INTEGER,
-    revoked_at  INTEGER,
-    redemptions INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS links_by_meeting ON links(meeting_id);
-CREATE TABLE IF NOT EXISTS participation_events (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    meeting_id     TEXT NOT NULL,
-    participant_id TEXT NOT NULL,
-    display_name   TEXT NOT NULL,
-    kind           TEXT NOT NULL,
-    at_ms          INTEGER NOT NULL,
-    event          TEXT NOT NULL,
-    detail         TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_meeting ON participation_events(meeting_id, id);
-"#;
+pub mod appointments;
+mod migrations;
 
-/// Version 2: who is in a call or lobby now (one row per open attendance; see `record`).
-const SCHEMA_V2: &str = r#"
-CREATE TABLE IF NOT EXISTS open_attendance (
-    meeting_id     TEXT NOT NULL,
-    participant_id TEXT NOT NULL,
-    display_name   TEXT NOT NULL,
-    kind           TEXT NOT NULL,
-    in_call        INTEGER NOT NULL,
-    since_ms       INTEGER NOT NULL,
-    PRIMARY KEY (meeting_id, participant_id)
-);
-"#;
-
-/// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub use migrations::SCHEMA_VERSION;
 
 impl Store {
     /// Opens (creating if needed) the database at `path`.
@@ -100,6 +59,7 @@ impl Store {
     }
 
     fn open_inner(path: &Path) -> anyhow::Result<Store> {
+        use anyhow::Context as _;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -117,11 +77,11 @@ impl Store {
             version <= SCHEMA_VERSION,
             "the database has schema version {version}, newer than this gatehouse ({SCHEMA_VERSION})"
         );
-        let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(SCHEMA_V2)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tx.commit()?;
+        // All pending migrations in one transaction: an upgrade cut short by a crash
+        // leaves the previous version, whole.
+        migrations::migrations()
+            .to_latest(&mut conn)
+            .context("migrating the schema")?;
         Ok(Store { conn: Mutex::new(conn) })
     }
 
@@ -147,8 +107,12 @@ impl Store {
     }
 
     pub fn insert_meeting(&self, m: &Meeting) -> Result<(), Error> {
+        Self::insert_meeting_in(&self.conn(), m)
+    }
+
+    fn insert_meeting_in(conn: &Connection, m: &Meeting) -> Result<(), Error> {
         let settings = serde_json::to_string(&m.settings).map_err(json_err)?;
-        self.conn()
+        conn
             .execute(
                 "INSERT INTO meetings (meeting_id, organization, organizer, settings, created_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![m.meeting_id.as_str(), m.organization, m.organizer, settings, m.created_at_ms as i64, m.ended_at_ms.map(|v| v as i64)],
@@ -218,7 +182,11 @@ impl Store {
     }
 
     pub fn insert_link(&self, l: &Link) -> Result<(), Error> {
-        self.conn()
+        Self::insert_link_in(&self.conn(), l)
+    }
+
+    fn insert_link_in(conn: &Connection, l: &Link) -> Result<(), Error> {
+        conn
             .execute(
                 "INSERT INTO links (link_id, meeting_id, code, kind, invitee, created_at, expires_at, revoked_at, redemptions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
@@ -399,7 +367,8 @@ impl Store {
             ),
         }
         .map_err(db_err)?;
-        Ok(())
+        // An appointment's state follows who is present, in this same transaction.
+        appointments::presence_changed(tx, e.meeting_id.as_str(), e.at_ms)
     }
 
     /// Everyone whose attendance is open (in a call or a lobby), by meeting, oldest

@@ -1,0 +1,146 @@
+//! The store's schema as a list of versioned migrations (`rusqlite_migration`, which
+//! keeps the version in `PRAGMA user_version`, where the store always kept it).
+//!
+//! Migrations 1 and 2 are exactly the two schema versions the store wrote before it used
+//! migrations (the tables of the first release; `open_attendance`), so a data directory
+//! of any earlier release is at a known version and upgrades in place on start. A
+//! migration is never edited once released: a change is a new migration at the end.
+
+use rusqlite_migration::{M, Migrations};
+
+/// Version 1: meetings, links and the participation log.
+const V1_MEETINGS_LINKS_EVENTS: &str = r#"
+CREATE TABLE IF NOT EXISTS meetings (
+    meeting_id   TEXT PRIMARY KEY,
+    organization TEXT NOT NULL,
+    organizer    TEXT NOT NULL,
+    settings     TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    ended_at     INTEGER
+);
+CREATE TABLE IF NOT EXISTS links (
+    link_id     TEXT PRIMARY KEY,
+    meeting_id  TEXT NOT NULL REFERENCES meetings(meeting_id),
+    code        TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    invitee     TEXT,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    revoked_at  INTEGER,
+    redemptions INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS links_by_meeting ON links(meeting_id);
+CREATE TABLE IF NOT EXISTS participation_events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    event          TEXT NOT NULL,
+    detail         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_meeting ON participation_events(meeting_id, id);
+"#;
+
+/// Version 2: who is in a call or lobby now (one row per open attendance; see `Store::record`).
+const V2_OPEN_ATTENDANCE: &str = r#"
+CREATE TABLE IF NOT EXISTS open_attendance (
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    in_call        INTEGER NOT NULL,
+    since_ms       INTEGER NOT NULL,
+    PRIMARY KEY (meeting_id, participant_id)
+);
+"#;
+
+/// Version 3: virtual appointments (docs/ARCHITECTURE.md, "Appointments").
+const V3_APPOINTMENTS: &str = r#"
+CREATE TABLE departments (
+    department_id TEXT PRIMARY KEY,
+    organization  TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    UNIQUE (organization, name)
+);
+CREATE TABLE department_staff (
+    department_id TEXT NOT NULL REFERENCES departments(department_id) ON DELETE CASCADE,
+    staff         TEXT NOT NULL,
+    PRIMARY KEY (department_id, staff)
+);
+CREATE TABLE working_hours (
+    organization TEXT NOT NULL,
+    staff        TEXT NOT NULL,
+    hours        TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (organization, staff)
+);
+CREATE TABLE appointment_types (
+    type_id         TEXT PRIMARY KEY,
+    organization    TEXT NOT NULL,
+    settings        TEXT NOT NULL,
+    link_code       TEXT UNIQUE,
+    link_expires_at INTEGER,
+    link_used_at    INTEGER,
+    created_at      INTEGER NOT NULL,
+    archived_at     INTEGER
+);
+CREATE INDEX appointment_types_by_org ON appointment_types(organization);
+CREATE TABLE appointments (
+    appointment_id TEXT PRIMARY KEY,
+    organization   TEXT NOT NULL,
+    type_id        TEXT NOT NULL REFERENCES appointment_types(type_id),
+    department_id  TEXT,
+    staff          TEXT NOT NULL,
+    meeting_id     TEXT NOT NULL UNIQUE REFERENCES meetings(meeting_id),
+    link_id        TEXT NOT NULL REFERENCES links(link_id),
+    manage_code    TEXT NOT NULL UNIQUE,
+    guest_name     TEXT NOT NULL,
+    guest_contact  TEXT,
+    starts_at      INTEGER,
+    ends_at        INTEGER,
+    machine        TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    created_at     INTEGER NOT NULL
+);
+CREATE INDEX appointments_by_staff_time ON appointments(organization, staff, starts_at);
+CREATE INDEX appointments_by_department_time ON appointments(organization, department_id, starts_at);
+CREATE INDEX appointments_by_state ON appointments(state, starts_at);
+CREATE TABLE appointment_transitions (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    appointment_id TEXT NOT NULL REFERENCES appointments(appointment_id),
+    from_state     TEXT,
+    to_state       TEXT NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    cause          TEXT NOT NULL
+);
+CREATE INDEX transitions_by_appointment ON appointment_transitions(appointment_id, id);
+"#;
+
+/// Every migration, oldest first; the schema version is their count.
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(V1_MEETINGS_LINKS_EVENTS),
+        M::up(V2_OPEN_ATTENDANCE),
+        M::up(V3_APPOINTMENTS),
+    ])
+}
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 3;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_migrations_are_valid_and_counted() {
+        super::migrations()
+            .validate()
+            .expect("migrations apply to an empty database");
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrations().to_latest(&mut conn).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, super::SCHEMA_VERSION);
+    }
+}
