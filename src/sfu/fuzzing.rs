@@ -130,7 +130,7 @@ impl MediaHarness {
             std_socket.set_nonblocking(true).map_err(fail)?;
             let server_addr = std_socket.local_addr().map_err(fail)?;
             let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(fail)?;
-            let peers = Peers::new(0, socket, server_addr, Arc::default(), Arc::default(), None);
+            let peers = Peers::new(0, socket, server_addr, Arc::default(), Arc::default(), None).map_err(fail)?;
             (Shard::new(0, peers), server_addr)
         };
         let client_socket = StdUdpSocket::bind("127.0.0.1:0").map_err(fail)?;

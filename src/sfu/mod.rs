@@ -44,6 +44,7 @@ pub mod rtcp;
 mod shard;
 pub mod stats;
 mod tcp;
+mod udp;
 
 pub use crate::outbox::Outbox;
 pub use stats::{Counters, CountersSnapshot};
@@ -273,7 +274,14 @@ impl Sfu {
                                 return;
                             }
                         };
-                        let mut peers = Peers::new(index, socket, media_addr, shard_counters, shard_live, tcp_side);
+                        let mut peers =
+                            match Peers::new(index, socket, media_addr, shard_counters, shard_live, tcp_side) {
+                                Ok(peers) => peers,
+                                Err(e) => {
+                                    tracing::error!(shard = index, "cannot set up the media socket: {e}");
+                                    return;
+                                }
+                            };
                         peers.dice.set_probability(drop_probability);
                         Shard::new(index, peers).run(rx, tcp_rx).await;
                     });

@@ -4,10 +4,10 @@
 //! Every call into a connection goes through [`Peers::guard`]: a panic inside
 //! `rtc` abandons that one connection (it is never fed or polled again, and
 //! its owner is told through [`Peers::take_broken`]) and the shard goes on.
-//! Datagrams a connection writes go straight out with a non-blocking send: a
-//! full socket buffer drops that datagram and counts it, it never stalls the
-//! loop. Deadlines sit in a timer heap, re-armed whenever a connection was
-//! touched.
+//! Datagrams a connection writes are queued on the socket ([`UdpIo`]) and sent
+//! together when the shard's turn ends ([`Peers::flush_io`]); a full socket buffer
+//! keeps them queued (bounded, then dropped and counted), it never stalls the loop.
+//! Deadlines sit in a timer heap, re-armed whenever a connection was touched.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -27,6 +27,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+use super::udp::UdpIo;
 
 use super::connection::{Conn, Path};
 use super::demux::{self, Junk, Route, Router};
@@ -59,7 +61,8 @@ pub struct TcpSide {
 /// The connections of one shard, their socket, routing and timers.
 pub struct Peers {
     shard: usize,
-    socket: UdpSocket,
+    /// The shard's media socket, with its batched receive and send queue.
+    udp: UdpIo,
     /// The address in our host candidate, also the local address we tell `rtc`
     /// for every datagram (it matches its local candidate by it).
     advertised: SocketAddr,
@@ -93,10 +96,10 @@ impl Peers {
         counters: Arc<Counters>,
         live: Arc<AtomicUsize>,
         tcp: Option<TcpSide>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        Ok(Self {
             shard,
-            socket,
+            udp: UdpIo::new(socket)?,
             advertised,
             router: Router::new(),
             conns: HashMap::new(),
@@ -111,11 +114,24 @@ impl Peers {
             links: HashMap::new(),
             link_by_peer: HashMap::new(),
             next_link: 1,
-        }
+        })
     }
 
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+    pub fn udp(&self) -> &UdpIo {
+        &self.udp
+    }
+
+    pub fn udp_mut(&mut self) -> &mut UdpIo {
+        &mut self.udp
+    }
+
+    /// Sends every datagram queued this turn (see [`UdpIo::flush`]); what the kernel
+    /// refused for good is counted as dropped.
+    pub fn flush_io(&mut self) {
+        let flushed = self.udp.flush();
+        if flushed.failed > 0 {
+            Counters::add(&self.counters.dropped_packets, flushed.failed as u64);
+        }
     }
 
     pub fn advertised(&self) -> SocketAddr {
@@ -321,7 +337,8 @@ impl Peers {
             && !conn.has_remote
         {
             if conn.early_checks.len() < super::connection::MAX_EARLY_CHECKS {
-                conn.early_checks.push((path, nominating, data));
+                // Its own small buffer: a held slice would keep the receive pool allocated.
+                conn.early_checks.push((path, nominating, BytesMut::from(&data[..])));
             }
             return None;
         }
@@ -515,7 +532,7 @@ impl Peers {
         let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
             return own;
         };
-        let (socket, counters, links, link_by_peer) = (&self.socket, &self.counters, &self.links, &self.link_by_peer);
+        let (udp, counters, links, link_by_peer) = (&mut self.udp, &self.counters, &self.links, &self.link_by_peer);
         let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
             while let Some(out) = conn.pc.poll_write() {
                 let to = match out.transport.transport_protocol {
@@ -549,9 +566,11 @@ impl Peers {
                 };
                 match to {
                     Path::Udp(addr) => {
-                        if let Err(e) = socket.try_send_to(&out.message, addr) {
-                            Counters::add(&counters.dropped_packets, 1);
-                            tracing::trace!("send_to {addr}: {e}");
+                        let (queued, flushed) = udp.queue(addr, out.message);
+                        let dropped = flushed.failed + usize::from(!queued);
+                        if dropped > 0 {
+                            Counters::add(&counters.dropped_packets, dropped as u64);
+                            tracing::trace!("send to {addr}: socket buffer full or datagram refused");
                         }
                     }
                     Path::Tcp(addr) => {
@@ -695,7 +714,7 @@ mod tests {
     async fn peers() -> Peers {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = socket.local_addr().expect("addr");
-        Peers::new(0, socket, addr, Arc::default(), Arc::default(), None)
+        Peers::new(0, socket, addr, Arc::default(), Arc::default(), None).expect("socket state")
     }
 
     fn conn(peers: &Peers, meeting: &str, participant: &str) -> Conn {

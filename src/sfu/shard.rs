@@ -7,7 +7,9 @@
 //! Run to completion: a datagram is routed by the demultiplexer, handed to its
 //! connection, and that connection is drained (writes, events, reads) at once;
 //! an RTP packet read from a publisher is rewritten for and written into every
-//! leg of its track in the same turn, whose datagrams go straight out. Commands
+//! leg of its track in the same turn. Datagrams arrive in batches (`recvmmsg`) and
+//! the ones a turn produces leave together when it ends (`sendmmsg`, GSO for runs to
+//! one destination; see [`super::udp`]). Commands
 //! from the async world arrive on a bounded channel and run between datagrams,
 //! a bounded number per turn whatever the socket does. Nothing here is shared
 //! across threads except atomics.
@@ -37,16 +39,29 @@ use super::stats::{Counters, StatsPair};
 use super::tcp::ShardTcp;
 use super::{MediaParticipant, Outbox};
 
-/// Largest datagram we read; WebRTC keeps packets under the path MTU.
-const RECV_BUF: usize = 2048;
-/// Datagrams are received into one buffer and split off it without a copy; once `rtc` has
-/// dropped them all, the buffer's allocation is reused whole.
-const RECV_POOL: usize = RECV_BUF * RECV_BATCH;
-/// Datagrams drained per wake-up before commands and timers get a turn.
-const RECV_BATCH: usize = 64;
+/// Receive calls (each up to [`super::udp::RECV_MSGS`] buffers) per wake-up before commands and
+/// timers get a turn.
+const RECV_ROUNDS: usize = 2;
+/// TCP frames taken per wake-up.
+const TCP_BATCH: usize = 64;
 /// Commands taken per turn besides the one the select may pick: enough that joins and
 /// offers never queue behind a saturated socket, few enough to keep a turn short.
 const COMMAND_BATCH: usize = 16;
+
+/// Timer wake-ups are rounded up to this grid: the deadlines of many connections
+/// (`rtc`'s report, NACK and TWCC-feedback intervals, ICE and DTLS timers) that fall into
+/// one tick are served by one wake-up instead of one each, and a timer never fires early.
+/// A turn woken by a datagram fires every deadline already due, whatever the grid.
+const TIMER_TICK: Duration = Duration::from_millis(10);
+
+/// The first instant on the [`TIMER_TICK`] grid (counted from `epoch`) at or after `at`.
+fn coalesce(at: Instant, epoch: Instant) -> Instant {
+    let tick = TIMER_TICK.as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let rounded = since.div_ceil(tick).saturating_mul(tick);
+    let extra = u64::try_from(rounded - since).unwrap_or(0);
+    at + Duration::from_nanos(extra)
+}
 
 /// A request from the async API to a shard.
 pub enum Command {
@@ -147,36 +162,25 @@ impl Shard {
     /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
     /// or on `Shutdown`.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp: mpsc::Receiver<ShardTcp>) {
-        let mut buf = BytesMut::with_capacity(RECV_POOL);
+        let epoch = Instant::now();
         loop {
-            buf.reserve(RECV_BUF);
-            let deadline = self.peers.next_deadline();
+            let deadline = self.peers.next_deadline().map(|at| coalesce(at, epoch));
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             ));
             tokio::select! {
                 biased;
-                received = self.peers.socket().recv_buf_from(&mut buf) => {
-                    match received {
-                        Ok((_, from)) => {
-                            let now = Instant::now();
-                            self.on_datagram(now, from, buf.split());
-                            for _ in 1..RECV_BATCH {
-                                buf.reserve(RECV_BUF);
-                                match self.peers.socket().try_recv_buf_from(&mut buf) {
-                                    Ok((_, from)) => self.on_datagram(now, from, buf.split()),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        // ICMP port unreachable surfaces as an error on some
-                        // platforms: one peer's problem, not the shard's.
-                        Err(e) => tracing::debug!(shard = self.index, "recv_from: {e}"),
+                ready = self.peers.udp().socket().readable() => {
+                    match ready {
+                        Ok(()) => self.receive_datagrams(),
+                        Err(e) => tracing::debug!(shard = self.index, "media socket readiness: {e}"),
                     }
                 }
+                // The socket buffer was full at the last flush: go on when it has room.
+                _ = self.peers.udp().socket().writable(), if self.peers.udp().blocked() => {}
                 Some(event) = tcp.recv() => {
                     self.on_tcp(Instant::now(), event);
-                    for _ in 1..RECV_BATCH {
+                    for _ in 1..TCP_BATCH {
                         let Ok(event) = tcp.try_recv() else { break };
                         self.on_tcp(Instant::now(), event);
                     }
@@ -206,7 +210,8 @@ impl Shard {
         self.shutdown();
     }
 
-    /// Timers, the end-of-turn drain, batched renegotiations, broken connections.
+    /// Timers, the end-of-turn drain, batched renegotiations, broken connections, and
+    /// the datagrams of the turn out.
     pub(super) fn end_turn(&mut self, now: Instant) {
         while let Some(id) = self.peers.fire_next(now) {
             self.drive(id, now);
@@ -217,6 +222,27 @@ impl Shard {
             self.drain_dirty(now);
         }
         self.report_broken();
+        self.peers.flush_io();
+    }
+
+    /// Up to [`RECV_ROUNDS`] batches from the media socket, each datagram routed and its
+    /// connection drained as it comes.
+    fn receive_datagrams(&mut self) {
+        let now = Instant::now();
+        for _ in 0..RECV_ROUNDS {
+            match self.peers.udp_mut().receive() {
+                Ok(true) => {}
+                Ok(false) => break,
+                // ICMP errors surface here on some platforms: one peer's problem, not the shard's.
+                Err(e) => {
+                    tracing::debug!(shard = self.index, "receive: {e}");
+                    break;
+                }
+            }
+            while let Some((from, data)) = self.peers.udp_mut().next_datagram() {
+                self.on_datagram(now, from, data);
+            }
+        }
     }
 
     /// ICE-TCP: a link handed over, a frame from one, or one closing.
@@ -584,6 +610,7 @@ impl Shard {
         self.run_negotiations(now);
         self.drain_dirty(now);
         self.report_broken();
+        self.peers.flush_io();
         false
     }
 
@@ -857,6 +884,8 @@ impl Shard {
 
     fn shutdown(&mut self) {
         self.peers.close_all();
+        // The connections' last datagrams (DTLS close_notify) go out.
+        self.peers.flush_io();
         self.rooms.clear();
         self.room_ids.clear();
     }
@@ -881,7 +910,54 @@ impl Shard {
         if let Some(object) = snapshot.as_object_mut() {
             object.insert("shard".into(), self.index.into());
             object.insert("media_addr".into(), self.peers.advertised().to_string().into());
+            // The shard socket's batching so far: datagrams per system call each way.
+            let udp = self.peers.udp();
+            let totals = udp.totals();
+            object.insert(
+                "udp".into(),
+                serde_json::json!({
+                    "gso_segments": udp.max_segments(),
+                    "queued": udp.queued(),
+                    "blocked": udp.blocked(),
+                    "datagrams_sent": totals.datagrams_sent,
+                    "send_calls": totals.send_calls,
+                    "gso_messages": totals.gso_messages,
+                    "datagrams_received": totals.datagrams_received,
+                    "recv_calls": totals.recv_calls,
+                }),
+            );
         }
         Some(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_deadlines_are_rounded_up_to_the_tick_grid_and_never_fire_early() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(coalesce(epoch, epoch), epoch, "on the grid already");
+        assert_eq!(coalesce(epoch + ms(10), epoch), epoch + ms(10));
+        for offset in [1, 3, 9] {
+            assert_eq!(coalesce(epoch + ms(offset), epoch), epoch + ms(10), "{offset} ms");
+        }
+        assert_eq!(coalesce(epoch + ms(10_001), epoch), epoch + ms(10_010));
+        // Deadlines of one tick share one wake-up.
+        let shared: Vec<Instant> = [21, 24, 29, 30]
+            .iter()
+            .map(|&o| coalesce(epoch + ms(o), epoch))
+            .collect();
+        assert!(shared.iter().all(|&at| at == epoch + ms(30)));
+        // A deadline from before the epoch (a connection made earlier) is not moved.
+        let earlier = epoch - ms(5);
+        assert_eq!(coalesce(earlier, epoch), earlier);
+        for nanos in [1u64, 999_999, 10_000_001, 123_456_789] {
+            let at = epoch + Duration::from_nanos(nanos);
+            let c = coalesce(at, epoch);
+            assert!(c >= at && c - at < TIMER_TICK, "{nanos} ns");
+        }
     }
 }
