@@ -8,7 +8,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${BIN:-$HERE/../../target/release/gatehouse}
 OUT=${OUT:-/tmp/ghb}
 D=$OUT/data; R=$OUT/runs; mkdir -p $D $R
-taskset -c 0 $BIN serve --data-dir $D --listen 127.0.0.1:8443 --media-bind 127.0.0.1:7882 --media-shards 1 > $R/$NAME.server.log 2>&1 &
+# Every load-tester participant connects from 127.0.0.1: lift the per-address connection limit.
+GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 taskset -c 0 $BIN serve --data-dir $D --listen 127.0.0.1:8443 --media-bind 127.0.0.1:7882 --media-shards 1 > $R/$NAME.server.log 2>&1 &
 SP=$!
 for i in $(seq 50); do curl -sk https://127.0.0.1:8443/metrics >/dev/null 2>&1 && break; sleep 0.2; done
 IDLE_RSS=$(awk '/VmRSS/{print $2}' /proc/$SP/status)
