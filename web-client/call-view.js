@@ -502,7 +502,8 @@ function ownMedia(client) {
     return describePeerMedia({ publisher: { state: 'connected', path } });
   }
   if (phase === 'connecting') return { ok: false, state: 'connecting', text: 'connecting media…' };
-  return { ok: false, state: 'no-media', text: `no media (${phase === 'failed' ? 'failed' : 'reconnecting'})` };
+  const why = { failed: 'failed', blocked: 'blocked' }[phase] || 'reconnecting';
+  return { ok: false, state: 'no-media', text: `no media (${why})` };
 }
 
 function badge(info) {

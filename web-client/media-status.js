@@ -3,7 +3,7 @@
  * functions (no DOM, no RTCPeerConnection), shared by the client module, the
  * call view and the console; docs/PROTOCOL.md §11.6 says what is reported.
  *
- * A connection's health is { state, path, attempts, gaveUp, everConnected }:
+ * A connection's health is { state, path, attempts, stalled, gaveUp, everConnected }:
  * `state` is RTCPeerConnection.connectionState ('new' when not made), `path`
  * 'udp' | 'tcp' | 'relay' | null while connected, `attempts` the ICE restarts
  * since it last connected, `gaveUp` once every attempt failed.
@@ -119,8 +119,12 @@ export function reportOf(health) {
   const one = (h) => {
     if (!h || !h.exists) return { state: 'new' };
     // Once every restart failed the client has given up on this connection, whatever
-    // the browser still calls it (a restarted connection sits in "connecting").
-    const out = { state: h.gaveUp ? 'failed' : h.state };
+    // the browser still calls it (a restarted connection sits in "connecting"). So has a
+    // connection that never connected and missed its connect timer (or was restarted):
+    // it is trying another way, but meanwhile there is no media and others must see that
+    // ("no media (failed)"), not "connecting".
+    const blocked = !h.everConnected && h.state !== 'connected' && (h.stalled || h.attempts > 0);
+    const out = { state: h.gaveUp || blocked ? 'failed' : h.state };
     if (h.state === 'connected' && h.path) out.path = h.path;
     return out;
   };

@@ -1,0 +1,84 @@
+// Unit tests of web-client/media-status.js (pure functions, no browser): what a client
+// calls its own media and what it reports to others. Run by `node --test` from
+// tests/browser.rs (`web_client_pure_modules`), or by hand:
+//   node --test tests/browser/media-status.test.mjs
+
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { describePeerMedia, mediaPhase, phaseMessage, reportOf } from '../../web-client/media-status.js';
+
+/** One connection's health as the client keeps it (see `resetHealth` in gatehouse-client.js). */
+function conn(overrides = {}) {
+  return {
+    exists: true,
+    state: 'new',
+    iceState: 'new',
+    path: null,
+    attempts: 0,
+    restarts: 0,
+    stalled: false,
+    gaveUp: false,
+    everConnected: false,
+    ...overrides,
+  };
+}
+
+const connected = (path = 'udp') => conn({ state: 'connected', path, everConnected: true });
+
+test('phases: idle, connecting, connected, blocked, reconnecting, failed', () => {
+  assert.equal(mediaPhase({ publisher: conn({ exists: false }), subscriber: conn({ exists: false }) }), 'idle');
+  assert.equal(mediaPhase({ publisher: conn({ state: 'connecting' }), subscriber: conn({ exists: false }) }), 'connecting');
+  assert.equal(mediaPhase({ publisher: connected(), subscriber: connected() }), 'connected');
+  const stalled = conn({ state: 'connecting', stalled: true });
+  assert.equal(mediaPhase({ publisher: stalled, subscriber: conn({ state: 'connecting' }) }), 'blocked');
+  const lost = conn({ state: 'disconnected', everConnected: true });
+  assert.equal(mediaPhase({ publisher: lost, subscriber: connected() }), 'reconnecting');
+  assert.equal(mediaPhase({ publisher: conn({ gaveUp: true, attempts: 3 }), subscriber: connected() }), 'failed');
+});
+
+test('a connection that never came up and missed its connect timer is reported failed, not connecting', () => {
+  // Others must read "no media" as soon as the user is told the network blocks it.
+  const report = reportOf({ publisher: conn({ state: 'connecting', stalled: true }), subscriber: conn({ state: 'connecting', attempts: 1 }) });
+  assert.deepEqual(report, { publisher: { state: 'failed' }, subscriber: { state: 'failed' } });
+  assert.deepEqual(describePeerMedia(report), { ok: false, state: 'no-media', text: 'no media (failed)' });
+});
+
+test('a connection still within its connect timer is connecting', () => {
+  const report = reportOf({ publisher: conn({ state: 'connecting' }), subscriber: conn({ exists: false }) });
+  assert.deepEqual(report, { publisher: { state: 'connecting' }, subscriber: { state: 'new' } });
+  assert.equal(describePeerMedia(report).state, 'connecting');
+});
+
+test('a connection that was up and is being restarted reports what the browser says', () => {
+  const restarting = conn({ state: 'connecting', attempts: 1, everConnected: true });
+  assert.deepEqual(reportOf({ publisher: restarting, subscriber: connected('tcp') }), {
+    publisher: { state: 'connecting' },
+    subscriber: { state: 'connected', path: 'tcp' },
+  });
+  const lost = conn({ state: 'disconnected', everConnected: true });
+  assert.equal(describePeerMedia(reportOf({ publisher: lost, subscriber: connected() })).text, 'no media (reconnecting)');
+});
+
+test('given up is failed whatever the browser says; connected carries its path', () => {
+  assert.deepEqual(reportOf({ publisher: conn({ state: 'connecting', gaveUp: true, everConnected: true }), subscriber: connected('relay') }), {
+    publisher: { state: 'failed' },
+    subscriber: { state: 'connected', path: 'relay' },
+  });
+  assert.deepEqual(describePeerMedia({ publisher: { state: 'connected', path: 'relay' }, subscriber: { state: 'failed' } }), {
+    ok: true,
+    state: 'media',
+    text: 'media over a relay (TURN), not receiving (failed)',
+  });
+  assert.equal(describePeerMedia(null), null);
+});
+
+test('every phase has words, and trouble says what is happening', () => {
+  for (const phase of ['idle', 'connecting', 'connected', 'blocked', 'reconnecting', 'failed']) {
+    const { status, problem } = phaseMessage(phase, { publisher: connected(), subscriber: connected() });
+    assert.equal(typeof status, 'string', phase);
+    assert.equal(problem !== null, ['blocked', 'reconnecting', 'failed'].includes(phase), phase);
+  }
+  assert.match(phaseMessage('blocked', {}).problem, /blocking/);
+  assert.match(phaseMessage('failed', {}).problem, /Try another network/);
+  assert.equal(phaseMessage('connected', { publisher: connected('udp'), subscriber: connected('tcp') }).status, 'Connected over UDP and TCP');
+});
