@@ -81,6 +81,49 @@ export class RunBase {
   }
 }
 
+/**
+ * What the calling test tells the script on its stdin, one JSON object a line
+ * (`BrowserScript::tell` in tests/browser.rs), e.g. `{"told": "restored", "at": <ms>}` when
+ * the network it cut is back. Resolves with the first line whose `told` is `what`.
+ */
+export function toldByTest(what, timeoutMs) {
+  if (!toldByTest.lines) {
+    toldByTest.lines = [];
+    toldByTest.waiters = new Set();
+    let buffered = '';
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', (chunk) => {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        try {
+          toldByTest.lines.push(JSON.parse(line));
+        } catch {
+          continue;
+        }
+        for (const w of toldByTest.waiters) w();
+      }
+    });
+  }
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const found = toldByTest.lines.find((l) => l.told === what);
+      if (!found) return;
+      toldByTest.waiters.delete(check);
+      clearTimeout(timer);
+      resolve(found);
+    };
+    const timer = setTimeout(() => {
+      toldByTest.waiters.delete(check);
+      reject(new Error(`the test did not say "${what}" within ${timeoutMs} ms`));
+    }, timeoutMs);
+    toldByTest.waiters.add(check);
+    check();
+  });
+}
+
 /** Media is reported always; it fails the scenario only with requireMedia. */
 export function judgeMedia(run, key, facts) {
   run.facts[key] = facts;

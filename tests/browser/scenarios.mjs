@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { RunBase, judgeMedia, readConfig, runCli } from './harness.mjs';
+import { RunBase, judgeMedia, readConfig, runCli, toldByTest } from './harness.mjs';
 import { mediaReport, mediaRisingPredicate, outboundRisingPredicate } from './media-probe.mjs';
 
 const SCENARIOS = {
@@ -28,6 +28,8 @@ const SCENARIOS = {
   'guest-meets-sdk': guestMeetsSdk,
   'guest-outage': guestOutage,
   'guest-no-path': guestNoPath,
+  'console-no-media': consoleNoMedia,
+  'outage-frames': outageFrames,
   'media-restart': mediaRestart,
   'join-time': (run) => joinTime(run, { admit: false }),
   'join-time-admit': (run) => joinTime(run, { admit: true }),
@@ -64,6 +66,8 @@ function readScenarioConfig(arg) {
     meetingId: cfg.meetingId || null,
     expiredLinkCode: cfg.expiredLinkCode || null,
     chromiumPath: cfg.chromiumPath || process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    // The staff side's browser where the guest's runs elsewhere (in a network namespace).
+    staffChromiumPath: cfg.staffChromiumPath || process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     denyReason: cfg.denyReason || 'Please use the link for your own appointment time.',
     joinRepeats: cfg.joinRepeats || 3,
   }));
@@ -102,8 +106,9 @@ async function meetingFor(cfg, facts, settings = {}) {
 // ------------------------------------------------------------ page helpers
 
 class Run extends RunBase {
-  async context(label) {
-    const ctx = await this.browser.newContext({
+  /** A fresh context (and page) in `browser`: the scenario's own browser unless named. */
+  async context(label, browser = this.browser) {
+    const ctx = await browser.newContext({
       ignoreHTTPSErrors: true,
       viewport: { width: 1280, height: 800 },
       permissions: DENY_DEVICES.has(this.name) ? [] : ['camera', 'microphone'],
@@ -113,6 +118,21 @@ class Run extends RunBase {
     this.watch(page, label);
     this.contexts.push(ctx);
     return page;
+  }
+
+  /**
+   * A second Chromium for the staff side, started after the scenario's own (one browser
+   * starting at a time), from `staffChromiumPath`: outside the guest's network namespace
+   * when the guest's browser runs inside one. Closed with the run.
+   */
+  async staffBrowser() {
+    const browser = await launchChromium(this, this.cfg.staffChromiumPath);
+    const before = this.cleanup;
+    this.cleanup = async () => {
+      await browser.close().catch(() => {});
+      await before?.();
+    };
+    return browser;
   }
 }
 
@@ -352,6 +372,172 @@ async function guestNoPath(run) {
   await visible(guest, 'leave-button').click();
   await guest.waitForFunction(() => window.gatehouse.view === 'left');
   run.facts.left = true;
+}
+
+/** The `participant-media` pill of one participant in a page's participant list. */
+function mediaPill(page, participantId) {
+  return page.locator(`[data-testid="participant-entry"][data-participant-id="${participantId}"] [data-testid="participant-media"]`);
+}
+
+/**
+ * Staff in the console see a guest with no media path as "no media": the guest's browser
+ * runs in a network namespace where the calling test blocks UDP and the media TCP port
+ * (no TURN); the staff member, in a second Chromium outside that network, joins from the
+ * console and admits it. The guest is told on its page that its network blocks the
+ * media; the console's participant list and the guest's tile say "no media"; once every
+ * attempt failed the guest reads what to try. Facts: what each side showed, and when (ms
+ * after the guest's call view appeared). Screenshots `console-no-media.png`,
+ * `guest-no-media.png`.
+ */
+async function consoleNoMedia(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Video visit' });
+  const guest = await run.context('guest');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  run.facts.guestParticipantId = guestId;
+  run.step('staff (a browser outside the guest network) joins and admits');
+  const staff = await run.context('staff', await run.staffBrowser());
+  await staffJoins(run, staff, meetingId);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  const inCall = Date.now();
+  run.step('the guest is told its media is blocked');
+  const problem = visible(guest, 'media-problem');
+  await problem.waitFor({ timeout: 30000 });
+  run.facts.guestToldMs = Date.now() - inCall;
+  run.facts.guestPhase = await problem.getAttribute('data-phase');
+  run.facts.guestText = await guest.getByTestId('media-problem-text').textContent();
+  run.step('the console shows the guest as "no media"');
+  await staff.waitForFunction(
+    (id) =>
+      document.querySelector(`[data-testid="participant-entry"][data-participant-id="${id}"] [data-testid="participant-media"]`)
+        ?.dataset.state === 'no-media',
+    guestId,
+    { timeout: 30000, polling: 100 },
+  );
+  run.facts.consoleNoMediaMs = Date.now() - inCall;
+  run.facts.consolePill = await mediaPill(staff, guestId).textContent();
+  const tileMedia = remoteTile(staff, guestId).getByTestId('tile-media');
+  run.facts.consoleTile = { state: await tileMedia.getAttribute('data-state'), text: await tileMedia.textContent(), shown: await tileMedia.isVisible() };
+  run.facts.consoleView = await staff.evaluate(() => window.gatehouse.view);
+  await run.shot(staff, 'console-no-media.png');
+  await run.shot(guest, 'guest-no-media.png');
+  run.step('every attempt failed: the guest reads what to try; the console still says no media');
+  await visible(guest, 'media-retry-button').waitFor({ timeout: 90000 });
+  run.facts.guestFinalMs = Date.now() - inCall;
+  run.facts.guestFinalPhase = await problem.getAttribute('data-phase');
+  run.facts.guestFinalText = await guest.getByTestId('media-problem-text').textContent();
+  run.facts.consolePillFinal = {
+    state: await mediaPill(staff, guestId).getAttribute('data-state'),
+    text: await mediaPill(staff, guestId).textContent(),
+  };
+  run.facts.guestView = await guest.evaluate(() => window.gatehouse.view);
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+}
+
+/**
+ * Runs in a page in the call: samples the current subscriber connection's decoded video
+ * frames every 25 ms and keeps when they rose (`window.__frames.rises`, wall-clock ms),
+ * with a timeline of the client's signaling state, view, media phase and connection
+ * states, and (for staff) what the client heard about others leaving or their tracks.
+ */
+function framesProbe() {
+  const f = (window.__frames = { rises: [], timeline: [], left: [], tracks: [] });
+  const c = () => window.gatehouse.client;
+  c().addEventListener('participant_left', (e) => f.left.push(e.detail.participantId));
+  for (const type of ['track_published', 'track_unpublished']) {
+    c().addEventListener(type, (e) => f.tracks.push(`${Date.now()} ${type} ${e.detail.track?.source ?? e.detail.source}`));
+  }
+  let last = { pc: null, frames: 0 };
+  let was = '';
+  const tick = async () => {
+    const client = c();
+    const pc = client?.subscriber;
+    const now = `${client?.state}/${window.gatehouse.view}/${client?.mediaPhase()}/${client?.publisher?.connectionState}/${pc?.connectionState}`;
+    if (now !== was) f.timeline.push(`${Date.now()} ${now}`);
+    was = now;
+    if (pc) {
+      let frames = 0;
+      try {
+        (await pc.getStats()).forEach((s) => {
+          if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0;
+        });
+      } catch {
+        // closed meanwhile
+      }
+      if ((pc !== last.pc && frames > 0) || (pc === last.pc && frames > last.frames)) f.rises.push(Date.now());
+      if (frames > 0 || pc !== last.pc) last = { pc, frames };
+    }
+    setTimeout(tick, 25);
+  };
+  tick();
+}
+
+/**
+ * When video decoded again in `page` after the test's disruption: the first rise of
+ * decoded frames after `restoredAt` that ends a gap of over 300 ms (frames in flight when
+ * the network went do not count). `{ms, gapMs}`, or throws after `timeoutMs`.
+ */
+async function framesBack(page, restoredAt, timeoutMs) {
+  let back = null;
+  await until(timeoutMs, async () => {
+    const rises = await page.evaluate(() => window.__frames.rises);
+    for (let i = 1; i < rises.length && !back; i++) {
+      if (rises[i] >= restoredAt && rises[i] - rises[i - 1] > 300) back = { ms: rises[i] - restoredAt, gapMs: rises[i] - rises[i - 1] };
+    }
+    return back !== null;
+  });
+  return back;
+}
+
+/**
+ * Video after a network outage or an address change, as frames decoded (docs/BENCHMARKS.md
+ * §5): the guest's browser runs in a network namespace the calling test cuts or moves; a
+ * staff member in the console (a second Chromium outside that network) admits it, and both
+ * publish their fake camera and decode each other's video. Once both decode the script says
+ * `media-flowing`; the test disrupts the guest's network and tells the script (stdin) when
+ * it is back (`{"told": "restored", "at": ms}`). Facts: for each side, how long after that
+ * its decoded frames rose again (`toGuest`, `toStaff`: `{ms, gapMs}`), the guest's views,
+ * both pages' timelines, and what staff heard (`staffSawLeft`, `staffTrackEvents`).
+ */
+async function outageFrames(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Video visit' });
+  const guest = await run.context('guest');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  run.step('staff (a browser outside the guest network) joins and admits');
+  const staff = await run.context('staff', await run.staffBrowser());
+  await staffJoins(run, staff, meetingId);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  run.step('both decode the other side\'s video');
+  for (const [side, page] of [['guest', guest], ['staff', staff]]) {
+    judgeMedia(run, `${side}Media`, await mediaFacts(page, { timeoutMs: run.cfg.mediaTimeoutMs, wantAudio: false }));
+  }
+  await Promise.all([guest.evaluate(framesProbe), staff.evaluate(framesProbe)]);
+  run.progress('media-flowing');
+  run.step('the test disrupts the guest network and says when it is back');
+  const { at: restoredAt } = await toldByTest('restored', 120000);
+  run.step('video decodes again on both sides');
+  const within = run.cfg.mediaTimeoutMs;
+  const [toGuest, toStaff] = await Promise.all([
+    framesBack(guest, restoredAt, within).catch(() => null),
+    framesBack(staff, restoredAt, within).catch(() => null),
+  ]);
+  Object.assign(run.facts, { toGuest, toStaff });
+  const read = (page) => page.evaluate(() => ({ timeline: window.__frames.timeline, left: window.__frames.left, tracks: window.__frames.tracks }));
+  const [g, st] = await Promise.all([read(guest), read(staff)]);
+  run.facts.guestTimeline = g.timeline.map((l) => l.replace(/^(\d+)/, (t) => `${Number(t) - restoredAt}ms`));
+  run.facts.staffTimeline = st.timeline.map((l) => l.replace(/^(\d+)/, (t) => `${Number(t) - restoredAt}ms`));
+  run.facts.staffTrackEvents = st.tracks.map((l) => l.replace(/^(\d+)/, (t) => `${Number(t) - restoredAt}ms`));
+  run.facts.staffSawLeft = st.left;
+  run.facts.guestViews = [...new Set(g.timeline.map((l) => l.split(' ')[1].split('/')[1]))];
+  await run.shot(guest, 'guest-after-outage-frames.png');
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
 }
 
 /**
@@ -1075,21 +1261,24 @@ async function devicesDenied(run) {
 process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
 const userDataDir = mkdtempSync(path.join(tmpdir(), 'gatehouse-chromium-'));
 
+function launchChromium(run, executablePath) {
+  return chromium.launch({
+    executablePath,
+    headless: !run.cfg.headed,
+    args: DENY_DEVICES.has(run.name)
+      ? [...CHROMIUM_ARGS.filter((a) => a !== '--use-fake-ui-for-media-stream'), '--deny-permission-prompts']
+      : CHROMIUM_ARGS,
+    env: { ...process.env, HOME: userDataDir },
+  });
+}
+
 runCli({
   script: 'scenarios.mjs',
   scenarios: SCENARIOS,
   readCfg: readScenarioConfig,
   makeRun: (cfg, name) => new Run(cfg, name),
   // A fresh browser per scenario; playwright gives each launch its own fresh profile directory.
-  launch: (run) =>
-    chromium.launch({
-      executablePath: run.cfg.chromiumPath,
-      headless: !run.cfg.headed,
-      args: DENY_DEVICES.has(run.name)
-        ? [...CHROMIUM_ARGS.filter((a) => a !== '--use-fake-ui-for-media-stream'), '--deny-permission-prompts']
-        : CHROMIUM_ARGS,
-      env: { ...process.env, HOME: userDataDir },
-    }),
+  launch: (run) => launchChromium(run, run.cfg.chromiumPath),
   teardown: () => rmSync(userDataDir, { recursive: true, force: true }),
 }).catch((e) => {
   process.stderr.write(`${e?.stack || e}\n`);
