@@ -38,13 +38,25 @@ const SIGNALING_PROBE_MS = 2000;
  * probed (the network may have changed under both; the browser itself takes about 5 s
  * to call a dead path disconnected). At most once per STALL_PROBE_EVERY_MS.
  */
-const INBOUND_STALL_MS = 1200;
+const INBOUND_STALL_MS = 900;
+/**
+ * A spare socket (opened beside the old one as the probe goes) has opened, so the network
+ * works: the old socket and media get this long more to show life before the old socket
+ * is taken for dead (a pong is one round trip, the spare's handshake took three).
+ */
+const SPARE_GRACE_MS = 400;
 /** A probe answered slower than this ended an outage: restarts wait OUTAGE_GRACE_MS first. */
 const SLOW_PROBE_MS = 1000;
 const OUTAGE_GRACE_MS = 1500;
 const STALL_PROBE_EVERY_MS = 10000;
 /** Back-off between reconnect attempts after an unexpected drop (then gives up). */
 const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
+/**
+ * On entering a call where others already publish, our own publisher offer waits for the
+ * first subscriber answer (at most this long): the browser then works on the connection
+ * that shows the others first, and the two negotiations do not compete.
+ */
+const PUBLISH_AFTER_SUBSCRIBE_MAX_MS = 400;
 /** A connection not connected this long after its negotiation is treated as blocked: restart ICE. */
 const MEDIA_CONNECT_TIMEOUT_MS = 4000;
 /** An ICE restart that has not connected in this long is followed by another. */
@@ -108,9 +120,12 @@ export class GatehouseClient extends EventTarget {
    * @param {string} [options.meetingId] required for staff, optional for guests
    * @param {string} [options.url]       signaling URL, defaults to wss://<this host>/ws
    * @param {boolean} [options.reconnect] rejoin after an unexpected drop (default true)
+   * @param {WebSocket} [options.socket] a socket to `url` already opening (made before the
+   *   token was at hand, to save its handshake); `connect()` joins on it
    */
-  constructor({ token, meetingId = null, url = defaultSocketUrl(), reconnect = true }) {
+  constructor({ token, meetingId = null, url = defaultSocketUrl(), reconnect = true, socket = null }) {
     super();
+    this.earlySocket = socket;
     this.token = token;
     this.meetingId = meetingId;
     this.url = url;
@@ -190,27 +205,35 @@ export class GatehouseClient extends EventTarget {
   connect() {
     this.intentionalClose = false;
     this.setState('connecting');
-    return this.openSocket();
+    const early = this.earlySocket;
+    this.earlySocket = null;
+    return this.openSocket(early);
   }
 
-  openSocket() {
+  /**
+   * Opens the signaling socket (or takes `adopt`, a socket to our URL already open or
+   * opening) and sends `join` on it once open.
+   */
+  openSocket(adopt = null) {
     const joined = deferred();
     this.joinWaiter = joined;
-    let ws;
+    let ws = [WebSocket.CONNECTING, WebSocket.OPEN].includes(adopt?.readyState) ? adopt : null;
     try {
-      ws = new WebSocket(this.url);
+      ws ??= new WebSocket(this.url);
     } catch (e) {
       joined.reject(new GatehouseError('connection_failed', String(e)));
       return joined.promise;
     }
     this.ws = ws;
-    ws.addEventListener('open', () => {
+    const opened = () => {
       const join = { type: 'join', protocol: PROTOCOL_VERSION, token: this.token };
       if (this.meetingId) join.meeting_id = this.meetingId;
       this.sendRaw(join);
       this.lastFrameAt = Date.now();
       this.startPing();
-    });
+    };
+    if (ws.readyState === WebSocket.OPEN) opened();
+    else ws.addEventListener('open', opened);
     ws.addEventListener('message', (ev) => {
       if (ws !== this.ws) return;
       this.lastFrameAt = Date.now();
@@ -229,8 +252,11 @@ export class GatehouseClient extends EventTarget {
     return joined.promise;
   }
 
-  /** The socket ended (or was given up); `now`: reconnect without the first back-off. */
-  onSocketClosed(ev, { now = false } = {}) {
+  /**
+   * The socket ended (or was given up); `now`: reconnect without the first back-off, over
+   * `adopt` (a spare socket already open) when given.
+   */
+  onSocketClosed(ev, { now = false, adopt = null } = {}) {
     this.stopPing();
     this.ws = null;
     const waiter = this.joinWaiter;
@@ -265,7 +291,7 @@ export class GatehouseClient extends EventTarget {
     this.emit('connection', { state: 'reconnecting', attempt: this.reconnectAttempt, delayMs: delay });
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
-      this.openSocket().then(
+      this.openSocket(adopt).then(
         () => {
           this.reconnectAttempt = 0;
           this.emit('connection', { state: 'restored' });
@@ -286,13 +312,27 @@ export class GatehouseClient extends EventTarget {
       }
       this.sendRaw({ type: 'ping', nonce: Date.now() });
     }, PING_INTERVAL_MS);
-    this.inboundTimer = setInterval(() => this.watchInbound().catch(() => {}), INBOUND_STALL_MS / 2);
+    this.inboundTimer = setInterval(() => this.watchInbound().catch(() => {}), INBOUND_STALL_MS / 3);
+    // The browser's own word that the network changed (a new connection type, back online):
+    // probe at once rather than waiting for media to stall.
+    if (!this.networkWatch) {
+      this.networkWatch = () => {
+        if (this.state === 'call') this.probeSignaling();
+      };
+      window.addEventListener('online', this.networkWatch);
+      navigator.connection?.addEventListener?.('change', this.networkWatch);
+    }
   }
 
-  /** Probes signaling when media that was arriving stops (see INBOUND_STALL_MS). */
+  /**
+   * Notes when media last arrived (`inbound.at`: the old path's sign of life, see
+   * `aliveSince`), whatever the browser calls the connection meanwhile: after an outage
+   * media comes back before ICE says `connected` again. Probes signaling when media that
+   * was arriving stops on a connected subscriber (see INBOUND_STALL_MS).
+   */
   async watchInbound() {
     const pc = this.subscriber;
-    if (!pc || this.state !== 'call' || this.health?.subscriber?.state !== 'connected') return;
+    if (!pc || this.state !== 'call') return;
     let bytes = 0;
     (await pc.getStats()).forEach((r) => {
       if (r.type === 'inbound-rtp') bytes += r.bytesReceived || 0;
@@ -302,7 +342,8 @@ export class GatehouseClient extends EventTarget {
       this.inbound = { pc, bytes, at: now };
       return;
     }
-    const stalled = bytes > 0 && now - this.inbound.at > INBOUND_STALL_MS;
+    const connected = this.health?.subscriber?.state === 'connected';
+    const stalled = connected && bytes > 0 && now - this.inbound.at > INBOUND_STALL_MS;
     if (stalled && now - (this.lastStallProbe || 0) > STALL_PROBE_EVERY_MS) {
       this.lastStallProbe = now;
       this.probeSignaling();
@@ -310,6 +351,11 @@ export class GatehouseClient extends EventTarget {
   }
 
   stopPing() {
+    if (this.networkWatch) {
+      window.removeEventListener('online', this.networkWatch);
+      navigator.connection?.removeEventListener?.('change', this.networkWatch);
+      this.networkWatch = null;
+    }
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = null;
     clearInterval(this.inboundTimer);
@@ -322,7 +368,9 @@ export class GatehouseClient extends EventTarget {
   /**
    * Media went down: is the signaling socket still alive? It must answer a ping within
    * SIGNALING_PROBE_MS (any frame will do); then the roles waiting in `restartAfter`
-   * restart ICE over it. If not, see `trySpareSocket`.
+   * restart ICE over it. A spare socket is opened at the same time (`trySpareSocket`):
+   * after a network change it opens while the old socket stays silent, and the client
+   * rejoins over it at once instead of waiting out the probe.
    */
   probeSignaling(restartAfter = null) {
     const ws = this.ws;
@@ -335,9 +383,8 @@ export class GatehouseClient extends EventTarget {
     this.signalingProbe = setTimeout(() => {
       this.signalingProbe = null;
       this.probeWaiting.clear();
-      if (ws !== this.ws || this.lastFrameAt >= sentAt) return;
-      this.trySpareSocket(ws, sentAt);
     }, SIGNALING_PROBE_MS);
+    this.trySpareSocket(ws, sentAt);
   }
 
   /** A frame arrived: a pending probe is answered, and the restarts it held go ahead. */
@@ -366,16 +413,16 @@ export class GatehouseClient extends EventTarget {
   }
 
   /**
-   * The socket `old` did not answer its probe sent at `since`. A network change leaves
+   * The socket `old` is being probed (a ping sent at `since`). A network change leaves
    * it half-open for good; an outage may give it (and the media path) back. So nothing
    * is torn down yet: a spare socket is opened beside it, every second until one opens.
-   * Once one opens, the network works: if the old path has shown life meanwhile it is
-   * kept and the spare closed unused; otherwise the old socket is given up and the
-   * client reconnects at once with its held seat, renegotiating all media on the
-   * network it has now.
+   * Once one opens, the network works: if the old path shows life (a frame on the old
+   * socket, or media arriving) by then or within SPARE_GRACE_MS, it is kept and the spare
+   * closed unused; otherwise the old socket is given up and the client rejoins at once
+   * over the spare with its held seat, renegotiating all media on the network it has now.
    */
   trySpareSocket(old, since) {
-    if (old !== this.ws || this.aliveSince(since) || this.spareSocket) return;
+    if (old !== this.ws || this.lastFrameAt >= since || this.spareSocket) return;
     let spare;
     try {
       spare = new WebSocket(this.url);
@@ -386,11 +433,18 @@ export class GatehouseClient extends EventTarget {
     const done = () => {
       if (this.spareSocket === spare) this.spareSocket = null;
     };
-    spare.addEventListener('open', () => {
+    spare.addEventListener('open', async () => {
       done();
-      spare.close(1000, 'spare');
+      if (old === this.ws && !this.aliveSince(since)) {
+        await new Promise((resolve) => setTimeout(resolve, SPARE_GRACE_MS));
+        await this.watchInbound().catch(() => {});
+      }
+      if (old !== this.ws || this.aliveSince(since)) spare.close(1000, 'spare');
       if (old !== this.ws) return;
       if (this.aliveSince(since)) {
+        // Only a probe that went unanswered for long means an outage; a quick answer is
+        // handled by `signalingAnswered`.
+        if (this.lastFrameAt >= since && this.lastFrameAt - since < SLOW_PROBE_MS) return;
         // The old path is back after an outage: what is still down gets the grace a slow
         // probe answer gives (see signalingAnswered), then restarts over the old socket.
         setTimeout(() => {
@@ -400,7 +454,7 @@ export class GatehouseClient extends EventTarget {
         }, OUTAGE_GRACE_MS);
         return;
       }
-      this.onSocketClosed({ code: 4001, reason: 'signaling did not answer' }, { now: true });
+      this.onSocketClosed({ code: 4001, reason: 'signaling did not answer' }, { now: true, adopt: spare });
       try {
         old.close();
       } catch {
@@ -517,7 +571,7 @@ export class GatehouseClient extends EventTarget {
         this.lastMediaReport = null;
         this.setState('call');
         this.emit('admitted', { participants: msg.participants, tracks: msg.tracks });
-        if (this.local.size > 0) this.negotiatePublisher().catch(() => {});
+        if (this.local.size > 0) this.publishOnEntry(msg.tracks.some((t) => t.participant_id !== this.you?.participant_id));
         break;
       case 'lobby_update':
         this.lobbyEntries = msg.entries;
@@ -728,6 +782,27 @@ export class GatehouseClient extends EventTarget {
     });
   }
 
+  /**
+   * Offers our tracks on entering the call. With others' media to receive, the offer waits
+   * for our first subscriber answer (PUBLISH_AFTER_SUBSCRIBE_MAX_MS at most): seeing the
+   * others first is what joining feels like, and Chromium answers the server's offer
+   * sooner when it is not starting encoders for our own offer at the same moment.
+   */
+  publishOnEntry(othersPublish) {
+    const publish = () => {
+      clearTimeout(this.publishTimer);
+      this.publishTimer = null;
+      this.afterFirstAnswer = null;
+      this.negotiatePublisher().catch(() => {});
+    };
+    if (!othersPublish) {
+      publish();
+      return;
+    }
+    this.afterFirstAnswer = publish;
+    this.publishTimer = setTimeout(publish, PUBLISH_AFTER_SUBSCRIBE_MAX_MS);
+  }
+
   localStream() {
     if (!this.localMediaStream) this.localMediaStream = new MediaStream();
     return this.localMediaStream;
@@ -770,6 +845,7 @@ export class GatehouseClient extends EventTarget {
     this.send({ type: 'subscribe_answer', sdp: pc.localDescription.sdp });
     this.flushLocalCandidates('subscriber');
     this.armConnectTimer('subscriber', pc);
+    this.afterFirstAnswer?.();
   }
 
   onRemoteTrack(ev) {
@@ -889,6 +965,9 @@ export class GatehouseClient extends EventTarget {
 
   /** Closes both connections; local tracks are kept for the next admission. */
   teardownMedia() {
+    clearTimeout(this.publishTimer);
+    this.publishTimer = null;
+    this.afterFirstAnswer = null;
     this.pendingPublish?.reject(new GatehouseError('closed', 'the call ended'));
     this.pendingPublish = null;
     this.publisher?.close();

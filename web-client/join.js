@@ -8,7 +8,7 @@
  * instead of redeeming the link a second time.
  */
 
-import { GatehouseClient } from './gatehouse-client.js';
+import { GatehouseClient, defaultSocketUrl } from './gatehouse-client.js';
 import { api, describeError, describeLeft, formatDuration, formatSpan } from './api.js';
 import { LocalMedia, explainDevices, fillDeviceSelect } from './media.js';
 import { CallView } from './call-view.js';
@@ -235,19 +235,26 @@ $('join-form').addEventListener('submit', async (ev) => {
   nameError.hidden = true;
   $('name-input').removeAttribute('aria-invalid');
   const button = $('join-button');
+  let early = null;
   button.disabled = true;
   button.textContent = page.mediaSettled ? 'Joining…' : 'Starting camera…';
   showError($('error-banner'), null);
   try {
     await devicesSettled();
     button.textContent = 'Joining…';
+    // The signaling socket's handshake runs while the link is redeemed, not after it.
+    early = new WebSocket(defaultSocketUrl());
     let saved = savedToken();
     if (!saved || (saved.display_name !== name && page.link)) {
       saved = await api('POST', `/api/v1/links/${encodeURIComponent(code)}/redeem`, { body: { display_name: name } });
       sessionStorage.setItem(storageKey, JSON.stringify(saved));
     }
-    await joinWith(saved.token);
+    const socket = early;
+    early = null;
+    await joinWith(saved.token, socket);
   } catch (e) {
+    early?.close();
+    early = null;
     showError($('error-banner'), describeError(e));
     document.body.dataset.errorCode = e.code || '';
     button.disabled = false;
@@ -257,8 +264,8 @@ $('join-form').addEventListener('submit', async (ev) => {
 
 // -------------------------------------------------------------- the meeting
 
-async function joinWith(token) {
-  const client = new GatehouseClient({ token });
+async function joinWith(token, socket = null) {
+  const client = new GatehouseClient({ token, socket });
   page.client = client;
   const { audioTrack, videoTrack } = page.media;
   if (audioTrack) client.setLocalTrack('microphone', audioTrack, { muted: !page.micOn });
