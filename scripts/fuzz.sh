@@ -12,7 +12,8 @@
 #
 # The default build is cargo-fuzz's --dev one (unoptimised; debug assertions, overflow
 # checks, AddressSanitizer and coverage as in the release one): it compiles in a fraction
-# of the time, and each input runs a few times slower, which costs a short CI run little.
+# of the time; inputs run tens of times slower, which a short CI run can afford (the corpus
+# pass, the known-crash check, is complete either way).
 # --release optimises (cargo-fuzz's default), for runs long enough that speed per input
 # matters. The two builds live side by side in fuzz/target (debug/ and release/).
 # See docs/RELIABILITY.md, "Fuzzing".
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/../fuzz"
 
 profile=debug build=(--dev)
 case "${1:-}" in
-  -h|--help) sed -n '2,22p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,23p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
   --release) profile=release build=(--release); shift ;;
   -*) echo "fuzz.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac

@@ -66,7 +66,9 @@ step doc cargo test --workspace --doc --no-fail-fast
 
 # Fuzzing (fuzz/: its own crate and target dir, built with AddressSanitizer): every target
 # over its checked-in corpus, so a known crash that comes back fails, then FUZZ_SECS (30 by
-# default) of new inputs each. About 6 minutes with a fresh build (docs/RELIABILITY.md).
+# default) of new inputs each. fuzz.sh's default build is unoptimised (cargo fuzz build
+# --dev): about a third of the release build's CPU time, which was most of this step on a
+# fresh machine (docs/RELIABILITY.md, "Fuzzing").
 # Not linted by the clippy wrapper above: it is not a workspace member.
 step fuzz env -u RUSTC_WORKSPACE_WRAPPER ./scripts/fuzz.sh "${FUZZ_SECS:-30}"
 
