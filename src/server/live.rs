@@ -396,22 +396,20 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                 participant,
                 others,
                 may_present,
-                resumed,
+                resumed: _,
             } => {
                 let Some(outbox) = outboxes.get(&conn).cloned() else {
                     continue;
                 };
-                if resumed {
-                    // Back on a new socket: the client brings new peer connections, so the
-                    // media plane drops the old ones (and the tracks published on them)
-                    // and starts clean for this socket, as for a first entry.
-                    services
-                        .sfu
-                        .remove_participant(&meeting_id, &participant.participant_id)
-                        .await;
-                }
+                // Back on a new socket (resumed), the client brings new peer connections:
+                // the media plane closes the old ones but keeps the tracks it published,
+                // under their ids, until its new publisher connection carries them again
+                // (`MediaRoom::add_participant`), so others see no churn. Its own tracks
+                // are not in its `admitted`: it hears `track_published` for each when its
+                // media arrives, as on a first entry.
                 // `admitted` first, so the client knows it is in the call before any media message.
-                let tracks = services.sfu.tracks(&meeting_id).await;
+                let mut tracks = services.sfu.tracks(&meeting_id).await;
+                tracks.retain(|t| t.participant_id != participant.participant_id);
                 let _ = outbox.send(ServerMessage::Admitted {
                     participants: others,
                     tracks: tracks.clone(),
@@ -435,7 +433,9 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                 // A track published between the snapshot and joining the SFU's room was
                 // announced to everyone but us: announce it now.
                 for track in services.sfu.tracks(&meeting_id).await {
-                    if !tracks.iter().any(|t| t.track_id == track.track_id) {
+                    if track.participant_id != participant.participant_id
+                        && !tracks.iter().any(|t| t.track_id == track.track_id)
+                    {
                         let _ = outbox.send(ServerMessage::TrackPublished { track });
                     }
                 }

@@ -47,6 +47,12 @@ pub type LegId = u64;
 /// Keyframe requests per published track are at most this frequent.
 pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
+/// A publisher's stream silent this long and then back, or a subscriber connection
+/// silent this long (no RTCP) and then heard again, is an outage ending: the decoders
+/// on the far side have missed frames, so a keyframe is asked for at once instead of
+/// waiting for the receiver to give up on retransmissions and ask itself (seconds).
+pub const RESUME_GAP: Duration = Duration::from_millis(1500);
+
 /// Candidates kept per participant while their connection has no remote description.
 pub const MAX_PENDING_CANDIDATES: usize = 64;
 
@@ -202,6 +208,8 @@ struct Member {
     /// When it entered the call, and whether any media has been written to it since.
     joined_at: Instant,
     received_media: bool,
+    /// When RTCP last came from its subscriber connection (see [`RESUME_GAP`]).
+    last_heard: Option<Instant>,
 }
 
 impl Member {
@@ -224,6 +232,9 @@ struct Leg {
     rewrite: DownLeg,
     /// The subscriber answered an offer containing this leg (its tables are valid).
     negotiated: bool,
+    /// What the subscriber's side of this leg negotiated (from its last answer): the
+    /// tables are made again from it when the track's publisher side changes.
+    sent: Option<Negotiated>,
     /// Packets written to this leg (for the debug snapshot).
     forwarded: u64,
 }
@@ -241,7 +252,14 @@ struct Track {
     throttle: KeyframeThrottle,
     /// RTP packets received on it (for the debug snapshot).
     packets: u64,
+    /// When its last packet arrived (see [`RESUME_GAP`]).
+    last_packet: Option<Instant>,
     legs: Vec<Leg>,
+    /// Its owner came back on a new socket (a held seat resumed, a reload): its
+    /// publisher connection is gone, and the track keeps its id, its legs and their
+    /// senders until the owner's new publisher connection carries its source again
+    /// ([`MediaRoom::stream_opened`] adopts it) or a declaration leaves it out.
+    parked: bool,
 }
 
 /// A meeting's media plane state. See the module documentation.
@@ -351,8 +369,11 @@ impl MediaRoom {
     // ---- joining and leaving ----
 
     /// A participant entered the call. Everything already published becomes
-    /// available to it. The same participant again (a reconnect that raced its
-    /// own removal) starts clean.
+    /// available to it. The same participant again (back on a new socket: a held
+    /// seat resumed, a reload) gets fresh connections, but what it published stays
+    /// published under the same ids: others see no `track_unpublished` and no new
+    /// `track_published`, only the media pausing until the owner's new publisher
+    /// connection carries it again (see [`Track::parked`]).
     pub fn add_participant(
         &mut self,
         id: &str,
@@ -362,7 +383,8 @@ impl MediaRoom {
         effects: &mut Vec<Effect>,
     ) {
         if self.contains(id) {
-            self.remove_participant(id, now, effects);
+            self.rejoin(id, kind, may_present, now, effects);
+            return;
         }
         self.members.push(Member {
             id: id.into(),
@@ -375,10 +397,42 @@ impl MediaRoom {
             negotiation: Negotiation::default(),
             joined_at: now,
             received_media: false,
+            last_heard: None,
         });
         for t in 0..self.tracks.len() {
             self.add_leg(t, id, effects);
         }
+    }
+
+    /// The participant `id`, in the call already, is back on a new socket: its old
+    /// connections close, its legs of others' tracks start again on its next subscriber
+    /// connection (fresh SSRCs, unpaused: a new page knows no pauses), and its own
+    /// tracks are parked.
+    fn rejoin(&mut self, id: &str, kind: ParticipantKind, may_present: bool, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(m) = self.member_mut(id) else {
+            return;
+        };
+        for conn in [m.publisher.take(), m.subscriber.take()].into_iter().flatten() {
+            effects.push(Effect::Close { conn });
+        }
+        m.kind = kind;
+        m.may_present = may_present;
+        m.announced.clear();
+        m.pending_candidates.clear();
+        m.negotiation = Negotiation::default();
+        m.joined_at = now;
+        m.received_media = false;
+        m.last_heard = None;
+        for track in &mut self.tracks {
+            track.legs.retain(|l| l.subscriber != id);
+            if track.info.participant_id == id {
+                track.parked = true;
+            }
+        }
+        for t in 0..self.tracks.len() {
+            self.add_leg(t, id, effects);
+        }
+        tracing::debug!(meeting_id = %self.meeting_id, participant_id = %id, "back in the media room: its tracks are kept");
     }
 
     /// A participant left: its tracks are unpublished everywhere, its legs of
@@ -440,7 +494,13 @@ impl MediaRoom {
         let mut gone = Vec::new();
         let mut muted = Vec::new();
         for t in self.tracks.iter_mut().filter(|t| t.info.participant_id == participant) {
-            match announced.iter().find(|a| a.mid == t.mid) {
+            // A parked track's mid belonged to the old connection: it waits for its source.
+            let found = if t.parked {
+                announced.iter().find(|a| a.source == t.info.source)
+            } else {
+                announced.iter().find(|a| a.mid == t.mid)
+            };
+            match found {
                 None => gone.push(t.info.track_id.clone()),
                 Some(a) if a.muted != t.info.muted => {
                     t.info.muted = a.muted;
@@ -510,6 +570,14 @@ impl MediaRoom {
             tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, "announced source does not match the media kind");
             return;
         }
+        if let Some(t) = self
+            .tracks
+            .iter()
+            .position(|t| t.parked && t.info.participant_id == participant && t.info.source == announced.source)
+        {
+            self.adopt(t, stream, now, effects);
+            return;
+        }
         let info = TrackInfo {
             track_id: new_track_id(),
             participant_id: participant.into(),
@@ -528,7 +596,9 @@ impl MediaRoom {
             negotiated: stream.negotiated,
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
             packets: 0,
+            last_packet: None,
             legs: Vec::new(),
+            parked: false,
         });
         self.stats.add(|c| &c.tracks, 1);
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
@@ -542,6 +612,44 @@ impl MediaRoom {
         for other in others {
             self.add_leg(t, &other, effects);
         }
+    }
+
+    /// A parked track's owner publishes its source again on its new publisher
+    /// connection: the track follows the new stream under its old id. Every leg keeps
+    /// its sender and SSRC and continues its sequence numbers; its payload-type and
+    /// extension tables are made again from what the subscriber negotiated. Only the
+    /// owner hears `track_published` (how it learns the id, as on a first publish);
+    /// the track's subscribers get a keyframe.
+    fn adopt(&mut self, t: usize, stream: Stream, now: Instant, effects: &mut Vec<Effect>) {
+        let track = &mut self.tracks[t];
+        tracing::debug!(meeting_id = %self.meeting_id, participant_id = %track.info.participant_id, track_id = %track.info.track_id, mid = %stream.mid, "parked track published again");
+        track.parked = false;
+        track.conn = stream.conn;
+        track.receiver = stream.receiver;
+        track.mid = stream.mid;
+        track.ssrc = stream.ssrc;
+        track.mime_type = stream.mime_type;
+        track.negotiated = stream.negotiated;
+        for leg in &mut track.legs {
+            leg.rewrite.restart();
+            if let Some(sent) = &leg.sent {
+                leg.rewrite.pt_map = PtMap::by_codec(
+                    track.negotiated.codecs.iter().map(Codec::key),
+                    sent.codecs.iter().map(Codec::key),
+                );
+                leg.rewrite.ext_map = ExtMap::by_uri(
+                    track.negotiated.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
+                    sent.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
+                );
+            }
+        }
+        effects.push(Effect::Signal {
+            to: track.info.participant_id.clone(),
+            message: ServerMessage::TrackPublished {
+                track: track.info.clone(),
+            },
+        });
+        self.request_keyframe(t, now, effects);
     }
 
     /// Gives `subscriber` a leg of track `t` (the shell adds its sender) and
@@ -562,6 +670,7 @@ impl MediaRoom {
             bound: None,
             rewrite: DownLeg::new(ssrc),
             negotiated: false,
+            sent: None,
             forwarded: 0,
         });
         effects.push(Effect::AddSender {
@@ -738,6 +847,7 @@ impl MediaRoom {
                 track.negotiated.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
                 sent.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
             );
+            leg.sent = Some(sent.clone());
             if leg.rewrite.pt_map.is_empty() {
                 tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, track_id = %track.info.track_id, "no common codec: not forwarded");
             }
@@ -765,6 +875,22 @@ impl MediaRoom {
             .collect();
         for t in wanted {
             self.request_keyframe(t, now, effects);
+        }
+    }
+
+    /// RTCP arrived on connection `conn`. A subscriber connection heard again after
+    /// [`RESUME_GAP`] of silence is back from an outage: it needs a keyframe of
+    /// everything it receives, as when it first connected.
+    pub fn subscriber_heard(&mut self, conn: ConnId, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(m) = self.members.iter_mut().find(|m| m.subscriber == Some(conn)) else {
+            return;
+        };
+        let resumed = m
+            .last_heard
+            .is_some_and(|at| now.saturating_duration_since(at) >= RESUME_GAP);
+        m.last_heard = Some(now);
+        if resumed {
+            self.subscriber_connected(conn, now, effects);
         }
     }
 
@@ -887,7 +1013,8 @@ impl MediaRoom {
         let Some(track) = self.tracks.get_mut(t) else {
             return;
         };
-        if track.info.kind == TrackKind::Video && track.throttle.request(now) {
+        // A parked track has no publisher to ask; adopting it asks.
+        if track.info.kind == TrackKind::Video && !track.parked && track.throttle.request(now) {
             effects.push(Effect::RequestKeyframe {
                 conn: track.conn,
                 receiver: track.receiver,
@@ -915,11 +1042,22 @@ impl MediaRoom {
         let Some(track) = self
             .tracks
             .iter_mut()
-            .find(|t| t.conn == from && t.ssrc == packet.header.ssrc)
+            .find(|t| t.conn == from && t.ssrc == packet.header.ssrc && !t.parked)
         else {
             return;
         };
         track.packets += 1;
+        let resumed = track
+            .last_packet
+            .is_some_and(|at| now.saturating_duration_since(at) >= RESUME_GAP);
+        track.last_packet = Some(now);
+        if resumed && track.info.kind == TrackKind::Video && track.throttle.request(now) {
+            effects.push(Effect::RequestKeyframe {
+                conn: track.conn,
+                receiver: track.receiver,
+                ssrc: track.ssrc,
+            });
+        }
         if track.throttle.poll(now) {
             effects.push(Effect::RequestKeyframe {
                 conn: track.conn,
@@ -1542,6 +1680,214 @@ mod tests {
         );
     }
 
+    /// What `track_published` / `track_unpublished` signals went to whom.
+    fn track_signals(effects: &[Effect]) -> Vec<(ParticipantId, &'static str, TrackId)> {
+        signals(effects)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                ServerMessage::TrackPublished { track } => Some((to, "published", track.track_id)),
+                ServerMessage::TrackUnpublished { track_id, .. } => Some((to, "unpublished", track_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_publisher_back_on_a_new_socket_keeps_its_track_ids_and_nobody_sees_churn() {
+        const A_PUB2: ConnId = 31;
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let (camera, mic) = (
+            track_id(&room, TrackSource::Camera),
+            track_id(&room, TrackSource::Microphone),
+        );
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        for seq in 100..103 {
+            room.forward(A_PUB, &packet(1000, seq, 96), start, &mut sink, &mut fx);
+        }
+
+        // A's socket dropped and it is back (a held seat): its old connections close,
+        // its tracks stay, nobody is told anything about them.
+        fx.clear();
+        room.add_participant(A, ParticipantKind::Staff, true, start, &mut fx);
+        let closed: Vec<ConnId> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Close { conn } => Some(*conn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, vec![A_PUB, A_SUB]);
+        assert!(track_signals(&fx).is_empty(), "{:?}", track_signals(&fx));
+        assert_eq!(room.tracks().len(), 2);
+        assert_eq!(room.connection(A, PeerRole::Publisher), None);
+        // A late packet of the old connection goes nowhere.
+        room.forward(A_PUB, &packet(1000, 103, 96), start, &mut sink, &mut fx);
+        assert_eq!(sink.written.len(), 3);
+
+        // The new publisher connection declares the same sources on other mids: nothing
+        // is unpublished, and nobody is told.
+        fx.clear();
+        room.set_connection(A, PeerRole::Publisher, Some(A_PUB2));
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Microphone),
+                announce("1", TrackSource::Camera),
+            ],
+            start,
+            &mut fx,
+        );
+        assert!(track_signals(&fx).is_empty(), "{:?}", track_signals(&fx));
+
+        // Its camera arrives on the new connection: the same track follows it. Only the
+        // owner hears `track_published` (with the old id), and a keyframe is asked for.
+        let later = start + Duration::from_secs(1);
+        let mut camera_again = stream("1", 5000, "video/VP8");
+        camera_again.conn = A_PUB2;
+        camera_again.replaces = false;
+        room.stream_opened(A, camera_again, later, &mut fx);
+        assert_eq!(
+            track_signals(&fx),
+            vec![(ParticipantId::from(A), "published", camera.clone())]
+        );
+        assert_eq!(
+            fx.iter()
+                .filter_map(|e| match e {
+                    Effect::RequestKeyframe { conn, ssrc, .. } => Some((*conn, *ssrc)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            vec![(A_PUB2, 5000)]
+        );
+        assert_eq!(
+            room.tracks().iter().map(|t| t.track_id.clone()).collect::<Vec<_>>(),
+            vec![camera, mic]
+        );
+
+        // B receives it on the same sender and SSRC, its sequence numbers contiguous.
+        for seq in 7..10 {
+            room.forward(A_PUB2, &packet(5000, seq, 96), later, &mut sink, &mut fx);
+        }
+        assert_eq!(sink.written.len(), 6);
+        let (senders, ssrcs): (Vec<_>, Vec<_>) = sink.written.iter().map(|(c, s, p)| ((*c, *s), p.header.ssrc)).unzip();
+        assert!(senders.windows(2).all(|w| w[0] == w[1]), "{senders:?}");
+        assert!(ssrcs.windows(2).all(|w| w[0] == w[1]), "{ssrcs:?}");
+        let seqs: Vec<u16> = sink.written.iter().map(|(_, _, p)| p.header.sequence_number).collect();
+        for pair in seqs.windows(2) {
+            assert_eq!(pair[1], pair[0].wrapping_add(1), "contiguous: {seqs:?}");
+        }
+        assert_eq!(sink.written[5].2.header.payload_type, 100, "B's payload type for VP8");
+    }
+
+    #[test]
+    fn a_parked_track_its_owner_no_longer_declares_is_unpublished() {
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let camera = track_id(&room, TrackSource::Camera);
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Staff, true, start, &mut fx);
+        fx.clear();
+        // Back without a camera this time.
+        room.set_connection(A, PeerRole::Publisher, Some(31));
+        room.declare(A, vec![announce("0", TrackSource::Microphone)], start, &mut fx);
+        let told = track_signals(&fx);
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told.iter().all(|(_, what, id)| *what == "unpublished" && *id == camera));
+        assert_eq!(room.tracks().len(), 1);
+        // Leaving for good unpublishes the parked rest.
+        fx.clear();
+        room.remove_participant(A, start, &mut fx);
+        assert_eq!(track_signals(&fx).len(), 2, "A and B hear the microphone go");
+        assert!(room.tracks().is_empty());
+    }
+
+    #[test]
+    fn a_subscriber_back_on_a_new_socket_gets_fresh_legs_of_everything() {
+        const B_SUB2: ConnId = 32;
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let mut fx = Vec::new();
+        room.add_participant(B, ParticipantKind::Guest, false, start, &mut fx);
+        assert!(track_signals(&fx).is_empty(), "B's coming back changes nobody's tracks");
+        let adds: Vec<&str> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::AddSender { subscriber, .. } => Some(subscriber.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(adds, vec![B, B], "a leg of each of A's tracks");
+        room.set_connection(B, PeerRole::Subscriber, Some(B_SUB2));
+        bind_legs(&mut room, &fx);
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        assert_eq!(offers.len(), 1);
+        assert_eq!(
+            (offers[0].participant.as_str(), offers[0].conn, offers[0].restart),
+            (B, B_SUB2, false)
+        );
+        let answer = answer_all(&room, B);
+        assert_eq!(answer.len(), 2, "only the fresh legs");
+        fx.clear();
+        room.subscriber_answered(B, &answer, true, start, &mut fx);
+        assert_eq!(keyframe_requests(&fx), 1, "its video wants a keyframe");
+        let mut sink = Recorder::default();
+        room.forward(A_PUB, &packet(1000, 1, 96), start, &mut sink, &mut fx);
+        assert_eq!(
+            sink.written.iter().map(|(c, _, _)| *c).collect::<Vec<_>>(),
+            vec![B_SUB2]
+        );
+    }
+
+    #[test]
+    fn a_stream_or_a_subscriber_back_from_silence_gets_a_keyframe_at_once() {
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        // Steady media: no requests.
+        for (i, seq) in (1..5).enumerate() {
+            let at = start + Duration::from_millis(33 * i as u64);
+            room.forward(A_PUB, &packet(1000, seq, 96), at, &mut sink, &mut fx);
+            room.subscriber_heard(B_SUB, at, &mut fx);
+        }
+        assert_eq!(keyframe_requests(&fx), 0);
+        // The publisher's video comes back after an outage: a keyframe, once.
+        let back = start + Duration::from_secs(5);
+        room.forward(A_PUB, &packet(1000, 5, 96), back, &mut sink, &mut fx);
+        room.forward(A_PUB, &packet(1000, 6, 96), back, &mut sink, &mut fx);
+        assert_eq!(keyframe_requests(&fx), 1);
+        // Audio back after a gap asks for nothing.
+        fx.clear();
+        room.forward(A_PUB, &packet(2000, 1, 111), back, &mut sink, &mut fx);
+        room.forward(
+            A_PUB,
+            &packet(2000, 2, 111),
+            back + Duration::from_secs(3),
+            &mut sink,
+            &mut fx,
+        );
+        assert_eq!(keyframe_requests(&fx), 0);
+        // B's subscriber connection heard again after an outage: a keyframe of its video.
+        let later = back + Duration::from_secs(2);
+        room.subscriber_heard(B_SUB, later, &mut fx);
+        assert_eq!(
+            fx,
+            vec![Effect::RequestKeyframe {
+                conn: A_PUB,
+                receiver: RTCRtpReceiverId::from(0),
+                ssrc: 1000
+            }]
+        );
+        // Heard again soon after: nothing more; a publisher connection is no subscriber.
+        fx.clear();
+        room.subscriber_heard(B_SUB, later + Duration::from_millis(100), &mut fx);
+        room.subscriber_heard(A_PUB, later + Duration::from_secs(9), &mut fx);
+        assert!(fx.is_empty(), "{fx:?}");
+    }
+
     #[test]
     fn a_restarted_sender_is_followed_without_a_gap() {
         let start = Instant::now();
@@ -1764,14 +2110,14 @@ mod tests {
     }
 
     #[test]
-    fn the_same_participant_again_starts_clean() {
+    fn the_same_participant_again_gets_fresh_connections_and_keeps_its_tracks() {
         let now = Instant::now();
         let (mut room, _) = call(false, now);
         let mut fx = Vec::new();
         room.add_participant(A, ParticipantKind::Staff, true, now, &mut fx);
         assert!(fx.contains(&Effect::Close { conn: A_PUB }));
-        assert!(room.tracks().is_empty(), "its tracks went with the old session");
-        assert_eq!(room.participants().collect::<Vec<_>>(), [B, A]);
+        assert_eq!(room.tracks().len(), 2, "its tracks are parked, not gone");
+        assert_eq!(room.participants().collect::<Vec<_>>(), [A, B], "still in its place");
         assert_eq!(room.connection(A, PeerRole::Publisher), None);
     }
 

@@ -293,6 +293,8 @@ impl Shard {
                     let Some(hosted) = self.rooms.get_mut(&room_id) else {
                         continue;
                     };
+                    // A subscriber heard again after an outage gets keyframes at once.
+                    hosted.room.subscriber_heard(id, now, &mut self.effects);
                     for packet in &packets {
                         tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
                             hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
