@@ -79,9 +79,10 @@ pub struct Config {
     /// environment variable or the file to this flag: flags show in `ps`). Required with --turn-url.
     #[arg(long, env = "GATEHOUSE_TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
-    /// How long a participant's TURN credentials stay valid, seconds, 60 to 604800, counted from
-    /// entering the call. coturn accepts them for new relays until then (a relay set up before
-    /// keeps working); rejoining mints new ones [default: the guest-token lifetime].
+    /// How long a participant's TURN credentials stay valid, seconds, 10 to 604800, counted from
+    /// when they are minted (entering the call, an ICE restart). coturn accepts them for new relays
+    /// until then (a relay set up before keeps working); every ICE restart and rejoin gets fresh
+    /// ones [default: the guest-token lifetime].
     #[arg(long, env = "GATEHOUSE_TURN_TTL")]
     pub turn_ttl_secs: Option<u64>,
     /// Media shards (threads, one UDP port each); 0 means one per core [default: 0].
@@ -184,8 +185,8 @@ impl Config {
             "turn_secret is set but turn_urls is empty: name the TURN server's URLs too"
         );
         anyhow::ensure!(
-            (60..=7 * 24 * 3600).contains(&self.turn_ttl_secs()),
-            "TURN credential TTL must be 60 s to 7 days"
+            (10..=7 * 24 * 3600).contains(&self.turn_ttl_secs()),
+            "TURN credential TTL must be 10 s to 7 days"
         );
         anyhow::ensure!(
             (1..=3600).contains(&self.seat_hold_secs()),
@@ -404,13 +405,19 @@ mod tests {
             Config::resolve(Config::default()).unwrap().turn().is_none(),
             "off unless configured"
         );
-        assert!(
-            Config::resolve(Config {
-                turn_ttl_secs: Some(30),
+        // 10 s at least: every ICE restart brings fresh credentials, so short ones are usable.
+        for (ttl, ok) in [
+            (9, false),
+            (10, true),
+            (7 * 24 * 3600, true),
+            (7 * 24 * 3600 + 1, false),
+        ] {
+            let resolved = Config::resolve(Config {
+                turn_ttl_secs: Some(ttl),
                 ..Default::default()
-            })
-            .is_err()
-        );
+            });
+            assert_eq!(resolved.is_ok(), ok, "turn_ttl_secs = {ttl}");
+        }
     }
 
     /// The one declaration holds: every setting (but the file itself) has a flag, an

@@ -108,6 +108,9 @@ impl Gateway {
             udp_addrs: vec!["127.0.0.1:0".into()],
             ..Default::default()
         };
+        // This test comes back by hand (`Client::reconnect`) at moments it chooses; the
+        // SDK's own reconnecting would race it (tests/sdk_reconnect.rs covers that path).
+        o.reconnect = gatehouse_sdk::ReconnectPolicy::never();
         o
     }
 

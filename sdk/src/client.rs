@@ -1,7 +1,8 @@
 //! The signaling client: one WebSocket to the gateway, typed events out, typed
 //! commands in, and the two media connections driven from it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::task::{Context, Poll};
@@ -14,15 +15,16 @@ use gatehouse_signaling::protocol::{
     MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId,
     TrackInfo, TrackSource,
 };
-use tokio::sync::{OnceCell, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, debug, info_span, warn};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::error::{Result, SdkError};
-use crate::health::{Flush, MediaHealth, Recovery, RecoveryAction, ReportPacer, conn_state};
+use crate::health::{ConnHealth, Flush, MediaHealth, Recovery, RecoveryAction, ReportPacer, conn_state};
 use crate::media::{LocalTrack, MediaOptions, Publisher, RemoteTrack, RemoteTracks, Subscriber};
+use crate::reconnect::{Reconnect, ReconnectPolicy, SocketEnd, Step};
 use crate::tls::{TlsOptions, client_config, install_crypto_provider};
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -45,6 +47,15 @@ pub struct ConnectOptions {
     pub media: MediaOptions,
     /// How long to wait for the socket and the `joined` answer.
     pub join_timeout: Duration,
+    /// Whether and how the SDK reconnects by itself when the socket dies (on by
+    /// default; [`ReconnectPolicy::never`] turns it off).
+    pub reconnect: ReconnectPolicy,
+    /// How often the SDK pings the server (a WebSocket ping) to find a socket that died
+    /// without a word (a network that drops everything, no reset).
+    pub heartbeat_interval: Duration,
+    /// A socket from which nothing (not even a pong) has come for this long is taken for
+    /// dead and reconnected.
+    pub heartbeat_timeout: Duration,
 }
 
 impl ConnectOptions {
@@ -58,6 +69,9 @@ impl ConnectOptions {
             danger_accept_invalid_certs: false,
             media: MediaOptions::default(),
             join_timeout: Duration::from_secs(10),
+            reconnect: ReconnectPolicy::default(),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
         }
     }
 
@@ -215,16 +229,39 @@ pub enum Event {
         /// What the server said.
         message: Option<String>,
     },
-    /// The socket closed without a `left` (network, server restart). Last event.
-    /// The server treats this as leaving: [`Client::reconnect`] comes back (guests
-    /// who were in the call get their seat back within 60 s of the drop).
+    /// The signaling socket died (a network error, a Close without `left`, silence past
+    /// [`ConnectOptions::heartbeat_timeout`]) and the SDK is trying to come back with the
+    /// same token: one event per attempt ([`ConnectOptions::reconnect`] bounds them).
+    /// Media keeps flowing on the old connections meanwhile if the network lets it;
+    /// frames the application sends fail with [`SdkError::Reconnecting`].
+    Reconnecting {
+        /// 1 for the first attempt after the drop.
+        attempt: u32,
+        /// What ended the socket, or why the previous attempt failed.
+        reason: String,
+    },
+    /// Back on a new socket, with the same [`Client`] and this same event stream. Next
+    /// comes [`Event::Admitted`] with the call as it is now (a guest whose seat was held
+    /// goes straight back in, unseen by the others; staff come back as a new participant,
+    /// `you`) or [`Event::Lobby`]. Media starts afresh on new connections: the SDK
+    /// publishes the application's tracks again (same [`LocalTrack`] handles, mutes
+    /// kept; the others see them as new tracks), re-applies paused subscriptions, and
+    /// remote tracks arrive again as new [`Event::RemoteTrack`]s.
+    Reconnected {
+        /// Who we are on the new socket.
+        you: ParticipantInfo,
+    },
+    /// The socket closed without a `left` and the SDK is not coming back: reconnecting
+    /// is off, the attempts ran out, the server refused it (e.g. an expired token), or
+    /// the application closed the client (`error` is `None` then). Last event.
+    /// [`Client::reconnect`] can still try again with the same token.
     Disconnected {
-        /// What ended the socket, if known.
+        /// What ended the socket, or why reconnecting stopped.
         error: Option<String>,
     },
 }
 
-/// The stream of [`Event`]s of one connection; ends after `Left` or `Disconnected`.
+/// The stream of [`Event`]s of one client, across reconnects; ends after `Left` or `Disconnected`.
 ///
 /// Unbounded: read it, or memory grows with the meeting's traffic.
 pub struct Events {
@@ -277,8 +314,8 @@ impl std::fmt::Debug for Events {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("me", self.me())
-            .field("meeting", self.meeting())
+            .field("me", &self.me())
+            .field("meeting", &self.meeting())
             .finish_non_exhaustive()
     }
 }
@@ -291,33 +328,57 @@ impl Stream for Events {
     }
 }
 
-/// What the client knows about the call, updated by the reader task.
+/// What the client knows about the call, updated by the reader.
 #[derive(Default)]
 struct CallState {
+    /// A socket is up and joined (false while reconnecting).
+    connected: bool,
     admitted: bool,
     ice_servers: Vec<IceServer>,
     tracks: HashMap<TrackId, TrackInfo>,
     left: bool,
+    /// Our tracks from before a reconnect, published again on the next `admitted`.
+    republish: Vec<LocalTrack>,
 }
 
-struct Inner {
-    /// How this client connected, to connect again after a drop.
-    options: ConnectOptions,
-    out: mpsc::UnboundedSender<ClientMessage>,
+/// Who we are on the current socket (a staff member's id changes with a reconnect).
+#[derive(Clone)]
+struct Session {
     you: ParticipantInfo,
     meeting: MeetingSummary,
     /// Wall clock (µs since the UNIX epoch) when `join` went out: where join times start.
     join_sent_us: u64,
-    media: MediaOptions,
+    /// The socket's local address.
+    local_addr: Option<SocketAddr>,
+}
+
+/// The client's state across sockets: the supervisor task replaces the socket and
+/// the media connections under it; the application's handle stays.
+struct Inner {
+    /// How this client connects (again, after a drop).
+    options: ConnectOptions,
+    /// Frames for the server; the writer of whichever socket is up takes them.
+    out: mpsc::UnboundedSender<ClientMessage>,
+    session: StdMutex<Session>,
     state: StdMutex<CallState>,
-    publisher: OnceCell<Arc<Publisher>>,
+    /// The publisher connection of this socket, made on the first publish.
+    publisher: StdMutex<Option<Arc<Publisher>>>,
+    /// Held while the publisher connection is being made (one at a time).
+    publisher_init: tokio::sync::Mutex<()>,
+    /// The subscriber side: its connection is replaced on a reconnect, it stays.
     subscriber: Arc<Subscriber>,
-    /// Tells the writer to close the socket.
+    /// The application closed the client: the socket closes, no reconnect.
     shutdown: watch::Sender<bool>,
     /// Our media health as the health task last saw it.
     health: watch::Sender<MediaHealth>,
     /// Restarts asked for by the application, for the health task (empty: just look again).
     restarts: mpsc::UnboundedSender<Vec<PeerRole>>,
+    /// Bumped at each new socket: the health task starts over with the new connections.
+    generation: watch::Sender<u64>,
+    /// Bumped at each `ice_servers` from the server (fresh TURN credentials).
+    ice_refreshed: watch::Sender<u64>,
+    /// Remote tracks the application paused (`set_subscription`): paused again after a reconnect.
+    paused: StdMutex<HashSet<TrackId>>,
 }
 
 impl Inner {
@@ -327,13 +388,69 @@ impl Inner {
             .expect("call state lock is never poisoned: no panics inside")
     }
 
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session
+            .lock()
+            .expect("session lock is never poisoned: no panics inside")
+    }
+
+    fn publisher(&self) -> Option<Arc<Publisher>> {
+        self.publisher
+            .lock()
+            .expect("publisher lock is never poisoned: no panics inside")
+            .clone()
+    }
+
     async fn close_media(&self) {
-        if let Some(publisher) = self.publisher.get() {
+        let publisher = self
+            .publisher
+            .lock()
+            .expect("publisher lock is never poisoned: no panics inside")
+            .take();
+        if let Some(publisher) = publisher {
             publisher.close().await;
         }
         self.subscriber.close().await;
     }
+
+    /// The publisher connection, made now if there is none.
+    async fn ensure_publisher(&self) -> Result<Arc<Publisher>> {
+        let _init = self.publisher_init.lock().await;
+        if let Some(publisher) = self.publisher() {
+            return Ok(publisher);
+        }
+        let mut media = self.options.media.clone();
+        media.stream_id = self.session().you.participant_id.to_string();
+        media.ice_servers = self.state().ice_servers.clone();
+        let publisher = Publisher::new(media, self.out.clone()).await?;
+        *self
+            .publisher
+            .lock()
+            .expect("publisher lock is never poisoned: no panics inside") = Some(publisher.clone());
+        // The health task follows the publisher from now on.
+        let _ = self.restarts.send(Vec::new());
+        Ok(publisher)
+    }
+
+    /// Asks the server for fresh ICE servers (TURN credentials expire) and waits a
+    /// moment for them: the reader applies them to both connections.
+    async fn refresh_ice_servers(&self) {
+        let mut refreshed = self.ice_refreshed.subscribe();
+        refreshed.mark_unchanged();
+        if self.out.send(ClientMessage::RefreshIceServers).is_err() {
+            return;
+        }
+        if tokio::time::timeout(ICE_REFRESH_WAIT, refreshed.changed())
+            .await
+            .is_err()
+        {
+            debug!("no fresh ice_servers in time: restarting with the ones we have");
+        }
+    }
 }
+
+/// How long a publisher restart waits for fresh ICE servers before it goes on without.
+const ICE_REFRESH_WAIT: Duration = Duration::from_secs(1);
 
 /// Closes the socket when the last [`Client`] clone goes away.
 struct CloseOnDrop(watch::Sender<bool>);
@@ -345,10 +462,58 @@ impl Drop for CloseOnDrop {
 }
 
 /// A connection to one meeting. Cheap to clone; dropping the last clone closes it.
+///
+/// It is a handle: a supervisor task owns the socket, and when the socket dies it
+/// reconnects with the same token ([`ConnectOptions::reconnect`]), telling the
+/// application with [`Event::Reconnecting`] and [`Event::Reconnected`] on the same
+/// [`Events`] stream, and brings the media back (docs/PROTOCOL.md §11.6, "Lost socket").
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
     _close_on_drop: Arc<CloseOnDrop>,
+}
+
+/// A socket that has joined, with what `joined` said.
+struct Opened {
+    socket: Socket,
+    session: Session,
+}
+
+/// Opens the socket, joins, and waits for `joined`.
+async fn open(options: &ConnectOptions) -> Result<Opened> {
+    let ws_url = websocket_url(&options.url)?;
+    let connector = client_config(&options.tls())?.map(|config| Connector::Rustls(Arc::new(config)));
+    let timeout = options.join_timeout;
+    let (mut socket, _) = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::connect_async_tls_with_config(ws_url.as_str(), None, true, connector),
+    )
+    .await
+    .map_err(|_| SdkError::Timeout("websocket connect"))??;
+    let local_addr = match socket.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok(),
+        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.local_addr().ok(),
+        _ => None,
+    };
+    let join = ClientMessage::Join {
+        protocol: PROTOCOL_VERSION,
+        token: options.token.clone(),
+        meeting_id: options.meeting_id.clone().map(MeetingId::from),
+    };
+    let join_sent_us = crate::now_us();
+    socket.send(Message::text(serde_json::to_string(&join)?)).await?;
+    let (you, meeting) = tokio::time::timeout(timeout, wait_joined(&mut socket))
+        .await
+        .map_err(|_| SdkError::Timeout("joined"))??;
+    Ok(Opened {
+        socket,
+        session: Session {
+            you,
+            meeting,
+            join_sent_us,
+            local_addr,
+        },
+    })
 }
 
 impl Client {
@@ -356,7 +521,8 @@ impl Client {
     /// its events (the first is [`Event::Joined`]; then `Lobby` or `Admitted`).
     ///
     /// Fails with [`SdkError::Server`] (e.g. `unauthorized`, `meeting_full`) or
-    /// [`SdkError::Left`] if the server turns the join down.
+    /// [`SdkError::Left`] if the server turns the join down. Once connected, a socket
+    /// that dies is reconnected by the SDK itself ([`Event::Reconnecting`]).
     ///
     /// ```no_run
     /// # async fn run() -> gatehouse_sdk::Result<()> {
@@ -373,62 +539,43 @@ impl Client {
     /// ```
     pub async fn connect(options: ConnectOptions) -> Result<(Client, Events)> {
         install_crypto_provider();
-        let ws_url = websocket_url(&options.url)?;
-        let connector = client_config(&options.tls())?.map(|config| Connector::Rustls(Arc::new(config)));
-        let timeout = options.join_timeout;
-        let (mut socket, _) = tokio::time::timeout(
-            timeout,
-            tokio_tungstenite::connect_async_tls_with_config(ws_url.as_str(), None, true, connector),
-        )
-        .await
-        .map_err(|_| SdkError::Timeout("websocket connect"))??;
-
-        let join = ClientMessage::Join {
-            protocol: PROTOCOL_VERSION,
-            token: options.token.clone(),
-            meeting_id: options.meeting_id.clone().map(MeetingId::from),
-        };
-        let join_sent_us = crate::now_us();
-        socket.send(Message::text(serde_json::to_string(&join)?)).await?;
-        let (you, meeting) = tokio::time::timeout(timeout, wait_joined(&mut socket))
-            .await
-            .map_err(|_| SdkError::Timeout("joined"))??;
-
+        let opened = open(&options).await?;
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let mut media = options.media.clone();
-        media.stream_id = you.participant_id.to_string();
-        let (subscriber, remote_tracks) = Subscriber::new(media.clone(), out_tx.clone());
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (subscriber, remote_tracks) = Subscriber::new(options.media.clone(), out_tx.clone());
+        let (shutdown, _) = watch::channel(false);
         let (restarts, restart_rx) = mpsc::unbounded_channel();
+        let session = opened.session.clone();
         let inner = Arc::new(Inner {
-            options: options.clone(),
+            options,
             out: out_tx,
-            you: you.clone(),
-            meeting: meeting.clone(),
-            join_sent_us,
-            media,
-            state: StdMutex::new(CallState::default()),
-            publisher: OnceCell::new(),
+            session: StdMutex::new(opened.session),
+            state: StdMutex::new(CallState {
+                connected: true,
+                ..CallState::default()
+            }),
+            publisher: StdMutex::new(None),
+            publisher_init: tokio::sync::Mutex::new(()),
             subscriber,
             shutdown: shutdown.clone(),
             health: watch::channel(MediaHealth::default()).0,
             restarts,
+            generation: watch::channel(0).0,
+            ice_refreshed: watch::channel(0).0,
+            paused: StdMutex::new(HashSet::new()),
         });
         let _ = events_tx.send(Event::Joined {
-            you: you.clone(),
-            meeting: meeting.clone(),
+            you: session.you.clone(),
+            meeting: session.meeting.clone(),
         });
 
-        let span = info_span!("sdk", meeting_id = %meeting.meeting_id, participant_id = %you.participant_id);
-        let (sink, stream) = socket.split();
-        tokio::spawn(write_frames(sink, out_rx, shutdown_rx).instrument(span.clone()));
+        let span = info_span!("sdk", meeting_id = %session.meeting.meeting_id);
         let forwarder = tokio::spawn(
             forward_remote_tracks(inner.clone(), remote_tracks, events_tx.clone()).instrument(span.clone()),
         );
         let health = tokio::spawn(watch_media(inner.clone(), restart_rx, events_tx.clone()).instrument(span.clone()));
         let helpers = [forwarder.abort_handle(), health.abort_handle()];
-        tokio::spawn(read_frames(inner.clone(), stream, events_tx, helpers).instrument(span));
+        tokio::spawn(supervise(inner.clone(), opened.socket, out_rx, events_tx, helpers).instrument(span));
 
         Ok((
             Client {
@@ -439,26 +586,35 @@ impl Client {
         ))
     }
 
-    /// When `join` was sent (µs since the UNIX epoch, as [`now_us`](crate::now_us)),
-    /// after the WebSocket and TLS handshakes: join times are measured from here.
+    /// When `join` was sent on the current socket (µs since the UNIX epoch, as
+    /// [`now_us`](crate::now_us)), after the WebSocket and TLS handshakes: join times
+    /// are measured from here.
     pub fn join_sent_us(&self) -> u64 {
-        self.inner.join_sent_us
+        self.inner.session().join_sent_us
     }
 
-    /// Who we are in this meeting.
-    pub fn me(&self) -> &ParticipantInfo {
-        &self.inner.you
+    /// Who we are in this meeting (on the current socket: staff come back from a
+    /// reconnect as a new participant).
+    pub fn me(&self) -> ParticipantInfo {
+        self.inner.session().you.clone()
     }
 
-    /// The meeting as `joined` described it.
-    pub fn meeting(&self) -> &MeetingSummary {
-        &self.inner.meeting
+    /// The meeting as the latest `joined` described it.
+    pub fn meeting(&self) -> MeetingSummary {
+        self.inner.session().meeting.clone()
     }
 
-    /// Whether `admitted` has arrived (and no `left` since).
+    /// The local address of the signaling socket now (which connection is ours, in
+    /// `ss` or a firewall log).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.session().local_addr
+    }
+
+    /// Whether `admitted` has arrived on the current socket (and no `left` since).
+    /// False while reconnecting.
     pub fn is_admitted(&self) -> bool {
         let state = self.inner.state();
-        state.admitted && !state.left
+        state.connected && state.admitted && !state.left
     }
 
     /// The remote tracks announced so far (by `admitted` and `track_published`).
@@ -467,7 +623,18 @@ impl Client {
     }
 
     /// Sends any frame: the escape hatch for what has no method here.
+    /// [`SdkError::Reconnecting`] while the socket is down.
     pub fn send(&self, message: ClientMessage) -> Result<()> {
+        {
+            let state = self.inner.state();
+            if !state.connected {
+                return Err(if *self.inner.shutdown.borrow() || state.left {
+                    SdkError::Closed
+                } else {
+                    SdkError::Reconnecting
+                });
+            }
+        }
         self.inner.out.send(message).map_err(|_| SdkError::Closed)
     }
 
@@ -509,7 +676,8 @@ impl Client {
         self.send(ClientMessage::Chat { text: text.into() })
     }
 
-    /// Keep-alive; the server answers with [`Event::Pong`].
+    /// Keep-alive; the server answers with [`Event::Pong`]. (The SDK keeps the socket
+    /// alive itself with WebSocket pings, [`ConnectOptions::heartbeat_interval`].)
     pub fn ping(&self, nonce: u64) -> Result<()> {
         self.send(ClientMessage::Ping { nonce })
     }
@@ -520,23 +688,53 @@ impl Client {
         self.send(ClientMessage::Leave)
     }
 
-    /// Stops or resumes receiving a remote track.
+    /// Stops or resumes receiving a remote track. Remembered: after a reconnect the
+    /// SDK pauses the track again on the new connection (while reconnecting it is
+    /// only remembered).
     pub fn set_subscription(&self, track_id: impl Into<TrackId>, paused: bool) -> Result<()> {
-        self.send(ClientMessage::SetSubscription {
-            track_id: track_id.into(),
+        let track_id = track_id.into();
+        match self.send(ClientMessage::SetSubscription {
+            track_id: track_id.clone(),
             paused,
-        })
+        }) {
+            // While reconnecting it is only remembered: it goes out after the reconnect.
+            Ok(()) | Err(SdkError::Reconnecting) => {}
+            Err(e) => return Err(e),
+        }
+        let mut set = self.inner.paused.lock().expect("paused lock is never poisoned");
+        if paused {
+            set.insert(track_id);
+        } else {
+            set.remove(&track_id);
+        }
+        Ok(())
     }
 
     /// Mutes or unmutes one of our tracks. Needs the server's id for it, which
     /// arrives with its `track_published` ([`SdkError::NotNegotiated`] before).
+    /// Remembered with the track: every later offer says it, so an ICE restart or a
+    /// reconnect (which publishes the track again) keeps the mute; while the SDK is
+    /// reconnecting, the mute is only remembered and goes out with that offer.
     pub fn mute_track(&self, track: &LocalTrack, muted: bool) -> Result<()> {
+        if track.is_rebinding() {
+            track.set_muted(muted);
+            return Ok(());
+        }
         let track_id = track.server_track_id().ok_or(SdkError::NotNegotiated)?;
-        self.send(ClientMessage::MuteTrack { track_id, muted })
+        match self.send(ClientMessage::MuteTrack { track_id, muted }) {
+            Ok(()) | Err(SdkError::Reconnecting) => {
+                track.set_muted(muted);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Publishes a track for `source` on the publisher connection (made on first
     /// use) and returns once the server has answered. Needs the call.
+    ///
+    /// The returned [`LocalTrack`] survives reconnects: the SDK publishes it again on
+    /// the new connection, and writes meanwhile are dropped rather than failing.
     ///
     /// ```no_run
     /// # async fn run(client: gatehouse_sdk::Client, frames: Vec<bytes::Bytes>) -> gatehouse_sdk::Result<()> {
@@ -555,19 +753,8 @@ impl Client {
         if !self.is_admitted() {
             return Err(SdkError::NotInCall);
         }
-        let publisher = self
-            .inner
-            .publisher
-            .get_or_try_init(|| async {
-                let mut media = self.inner.media.clone();
-                media.ice_servers = self.inner.state().ice_servers.clone();
-                Publisher::new(media, self.inner.out.clone()).await
-            })
-            .await?;
-        let track = publisher.publish(source).await?;
-        // The health task follows the publisher from now on.
-        let _ = self.inner.restarts.send(Vec::new());
-        Ok(track)
+        let publisher = self.inner.ensure_publisher().await?;
+        publisher.publish(source).await
     }
 
     /// Our media connections: each one's state and, while connected, the path its
@@ -577,9 +764,10 @@ impl Client {
     /// The SDK watches both connections: one that goes `disconnected` or `failed` gets
     /// an ICE restart (the publisher re-offers with new credentials; the subscriber
     /// asks the server for a fresh connection), again if a restart has not connected
-    /// within 6 s, at most 3 times in a row ([`Event::MediaLost`] then). The server is
-    /// told (`media_status`, coalesced over 200 ms and kept under its rate limit), so
-    /// the others see us as [`Event::ParticipantMedia`].
+    /// within 6 s, at most 3 times in a row ([`Event::MediaLost`] then). Each restart
+    /// first takes fresh ICE servers from the server (TURN credentials expire). The
+    /// server is told (`media_status`, coalesced over 200 ms and kept under its rate
+    /// limit), so the others see us as [`Event::ParticipantMedia`].
     pub fn media_health(&self) -> MediaHealth {
         *self.inner.health.borrow()
     }
@@ -600,24 +788,32 @@ impl Client {
         self.inner.restarts.send(roles).map_err(|_| SdkError::Closed)
     }
 
+    /// Test hook: the server's next `subscribe_offer` marked `restart` is dropped on
+    /// arrival, as if lost on the way (what a lost restart does to negotiation).
+    #[doc(hidden)]
+    pub fn drop_next_restart_offer(&self) {
+        self.inner.subscriber.drop_next_restart_offer();
+    }
+
     /// Stops publishing a track (renegotiates the publisher connection).
     pub async fn unpublish(&self, track: &LocalTrack) -> Result<()> {
-        match self.inner.publisher.get() {
+        match self.inner.publisher() {
             Some(publisher) => publisher.unpublish(track).await,
             None => Err(SdkError::NotInCall),
         }
     }
 
-    /// Connects again with the same options after a transient drop
-    /// ([`Event::Disconnected`]), closing this client's media first.
+    /// Connects again with the same options as a new client, closing this one's
+    /// socket and media first: for after [`Event::Disconnected`], when the SDK's own
+    /// reconnecting ([`ConnectOptions::reconnect`]) has given up.
     ///
     /// The protocol lets a participant come back with the same token: a guest who
-    /// was in the call within the last 60 s goes straight back into the call (the
-    /// server kept the seat); otherwise the lobby rules apply as on a first join.
-    /// Staff come back as a new participant id. Media does not carry over: publish
-    /// again once [`Event::Admitted`] arrives. Tries `attempts` times, waiting
-    /// `backoff`, then twice that, and so on, between tries; a refusal by the server
-    /// (e.g. an expired token) ends the attempts at once.
+    /// was in the call within the seat hold (60 s by default) goes straight back into
+    /// the call; otherwise the lobby rules apply as on a first join. Staff come back as
+    /// a new participant id. Media does not carry over: publish again once
+    /// [`Event::Admitted`] arrives. Tries `attempts` times, waiting `backoff`, then
+    /// twice that, and so on, between tries; a refusal by the server (e.g. an expired
+    /// token) ends the attempts at once.
     ///
     /// ```no_run
     /// # async fn run(client: gatehouse_sdk::Client, mut events: gatehouse_sdk::Events) -> gatehouse_sdk::Result<()> {
@@ -640,7 +836,7 @@ impl Client {
             }
             match Client::connect(self.inner.options.clone()).await {
                 Ok(connected) => return Ok(connected),
-                Err(e @ (SdkError::Server { .. } | SdkError::Left { .. })) => return Err(e),
+                Err(e) if crate::reconnect::is_refusal(&e) => return Err(e),
                 Err(e) => {
                     tracing::info!(attempt, error = %e, "reconnect failed");
                     last = e;
@@ -650,9 +846,10 @@ impl Client {
         Err(last)
     }
 
-    /// Closes the socket and the media connections. Frames already queued (a
-    /// [`leave`](Self::leave) just before) are sent first; without `leave` the server
-    /// sees a dropped connection and holds an admitted participant's seat for 60 s.
+    /// Closes the socket and the media connections, for good (no reconnect). Frames
+    /// already queued (a [`leave`](Self::leave) just before) are sent first; without
+    /// `leave` the server sees a dropped connection and holds an admitted guest's seat
+    /// for the seat hold.
     pub async fn close(&self) {
         self.inner.shutdown.send_replace(true);
         self.inner.close_media().await;
@@ -681,11 +878,234 @@ async fn wait_joined(socket: &mut Socket) -> Result<(ParticipantInfo, MeetingSum
     Err(SdkError::Closed)
 }
 
+/// A number in `[0, 1)` to spread reconnect waits.
+fn jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+/// The supervisor: runs one socket after another until the client is done. A socket
+/// that dies is replaced as [`Reconnect`] says; the events end with `Left` or
+/// `Disconnected`, and everything the client started ends with them.
+async fn supervise(
+    inner: Arc<Inner>,
+    socket: Socket,
+    out_rx: mpsc::UnboundedReceiver<ClientMessage>,
+    events: mpsc::UnboundedSender<Event>,
+    helpers: [tokio::task::AbortHandle; 2],
+) {
+    let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut reconnect = Reconnect::new(inner.options.reconnect);
+    let mut socket = Some(socket);
+    let last_words = 'sockets: loop {
+        let Some(current) = socket.take() else {
+            break None;
+        };
+        let end = run_socket(&inner, current, &out_rx, &events).await;
+        inner.state().connected = false;
+        if let SocketEnd::Dropped { reason } = &end {
+            warn!(%reason, "signaling socket lost");
+        }
+        let mut reason = match &end {
+            SocketEnd::Dropped { reason } => reason.clone(),
+            _ => String::new(),
+        };
+        let mut step = match end {
+            SocketEnd::Closed => break Some(None),
+            end => reconnect.on_end(&end, jitter()),
+        };
+        loop {
+            match step {
+                Step::Stop => break 'sockets None,
+                Step::GiveUp { reason } => break 'sockets Some(Some(reason)),
+                Step::Attempt { attempt, delay } => {
+                    // Not admitted until the new socket says so: no media restarts,
+                    // no media_status meanwhile.
+                    inner.state().admitted = false;
+                    let _ = events.send(Event::Reconnecting {
+                        attempt,
+                        reason: reason.clone(),
+                    });
+                    let closed = async {
+                        let _ = shutdown.wait_for(|closed| *closed).await;
+                    };
+                    let opened = tokio::select! {
+                        _ = closed => break 'sockets Some(None),
+                        opened = async {
+                            tokio::time::sleep(delay).await;
+                            open(&inner.options).await
+                        } => opened,
+                    };
+                    match opened {
+                        Ok(opened) => {
+                            reconnect.on_connected();
+                            resume(&inner, opened.session, &out_rx).await;
+                            let _ = events.send(Event::Reconnected {
+                                you: inner.session().you.clone(),
+                            });
+                            socket = Some(opened.socket);
+                            continue 'sockets;
+                        }
+                        Err(e) => {
+                            tracing::info!(attempt, error = %e, "reconnect attempt failed");
+                            reason = e.to_string();
+                            step = reconnect.on_failed(&e, jitter());
+                        }
+                    }
+                }
+            }
+        }
+    };
+    inner.state().connected = false;
+    inner.shutdown.send_replace(true);
+    inner.close_media().await;
+    // The forwarder and the health task hold event senders too; the stream must end with us.
+    for helper in helpers {
+        helper.abort();
+    }
+    if let Some(error) = last_words {
+        let _ = events.send(Event::Disconnected { error });
+    }
+}
+
+/// A new socket has joined after a drop: the server drops the old socket's media
+/// connections now, so ours close too, and the application's tracks wait to be
+/// published again on the next `admitted`.
+async fn resume(
+    inner: &Arc<Inner>,
+    session: Session,
+    out_rx: &tokio::sync::Mutex<mpsc::UnboundedReceiver<ClientMessage>>,
+) {
+    let old = inner
+        .publisher
+        .lock()
+        .expect("publisher lock is never poisoned: no panics inside")
+        .take();
+    let tracks = old.as_ref().map(|p| p.tracks()).unwrap_or_default();
+    for track in &tracks {
+        track.start_rebinding();
+    }
+    if let Some(old) = old {
+        old.close().await;
+    }
+    inner.subscriber.reset().await;
+    {
+        let mut state = inner.state();
+        state.admitted = false;
+        state.tracks.clear();
+        state.republish.extend(tracks);
+    }
+    *inner.session() = session;
+    // Whatever was queued for the old socket (candidates, offers, reports about the old
+    // connections) means nothing on the new one.
+    let mut out = out_rx.lock().await;
+    while out.try_recv().is_ok() {}
+    drop(out);
+    inner.state().connected = true;
+    inner.generation.send_modify(|g| *g += 1);
+    let _ = inner.restarts.send(Vec::new());
+}
+
+/// Runs one socket until it ends: a writer task takes the client's frames, this reads
+/// the server's, and a heartbeat finds a socket that died silently.
+async fn run_socket(
+    inner: &Arc<Inner>,
+    socket: Socket,
+    out_rx: &Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ClientMessage>>>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> SocketEnd {
+    let (sink, mut stream) = socket.split();
+    let (stop_writer, stop_rx) = watch::channel(WriterStop::Run);
+    let (pings_tx, pings_rx) = mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_frames(sink, out_rx.clone(), pings_rx, stop_rx).in_current_span());
+    let mut shutdown = inner.shutdown.subscribe();
+    let interval = inner.options.heartbeat_interval.max(Duration::from_millis(100));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+    let end = loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= inner.options.heartbeat_timeout {
+                    break SocketEnd::Dropped {
+                        reason: format!("nothing from the server for {:?}", last_heard.elapsed()),
+                    };
+                }
+                let _ = pings_tx.send(());
+                continue;
+            }
+            _ = shutdown.wait_for(|closed| *closed) => break SocketEnd::Closed,
+            done = &mut writer => {
+                // The writer ended first: the socket cannot be written any more.
+                let _ = done;
+                break SocketEnd::Dropped { reason: "socket write failed".to_owned() };
+            }
+        };
+        last_heard = Instant::now();
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(close))) => {
+                break SocketEnd::Dropped {
+                    reason: match close {
+                        Some(close) => format!("the server closed the socket ({}: {})", close.code, close.reason),
+                        None => "the server closed the socket".to_owned(),
+                    },
+                };
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break SocketEnd::Dropped { reason: e.to_string() },
+            None => {
+                break SocketEnd::Dropped {
+                    reason: "the socket closed".to_owned(),
+                };
+            }
+        };
+        let message = match serde_json::from_str::<ServerMessage>(&text) {
+            Ok(message) => message,
+            Err(e) => {
+                // A newer server may send frames we do not know: skip, do not die.
+                warn!(error = %e, "skipping a server frame this SDK cannot read");
+                continue;
+            }
+        };
+        if let Some(event) = handle(inner, message, events).await {
+            let last = matches!(event, Event::Left { .. });
+            let _ = events.send(event);
+            if last {
+                break SocketEnd::Left;
+            }
+        }
+    };
+    // On `close` what is queued still goes out (`leave(); close()` leaves); a dead
+    // socket takes nothing more.
+    let stop = match end {
+        SocketEnd::Closed => WriterStop::Flush,
+        _ => WriterStop::Now,
+    };
+    stop_writer.send_replace(stop);
+    if !writer.is_finished() && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
+    end
+}
+
+/// What the writer is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterStop {
+    Run,
+    /// Send what is queued, then close.
+    Flush,
+    /// Close at once.
+    Now,
+}
+
 async fn write_frames(
     mut sink: futures_util::stream::SplitSink<Socket, Message>,
-    mut out: mpsc::UnboundedReceiver<ClientMessage>,
-    mut shutdown: watch::Receiver<bool>,
+    out: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ClientMessage>>>,
+    mut pings: mpsc::UnboundedReceiver<()>,
+    mut stop: watch::Receiver<WriterStop>,
 ) {
+    let mut out = out.lock().await;
     loop {
         tokio::select! {
             message = out.recv() => {
@@ -699,15 +1119,26 @@ async fn write_frames(
                 };
                 if let Err(e) = sink.send(Message::text(text)).await {
                     debug!(error = %e, "socket write failed");
-                    break;
+                    return;
                 }
             }
-            _ = async { let _ = shutdown.wait_for(|closed| *closed).await; } => {
-                // What was queued before `close` still goes out: `leave(); close()` leaves.
-                while let Ok(message) = out.try_recv() {
-                    let Ok(text) = serde_json::to_string(&message) else { continue };
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
+            Some(()) = pings.recv() => {
+                if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                    debug!(error = %e, "socket write failed");
+                    return;
+                }
+            }
+            flush = async {
+                stop.wait_for(|s| *s != WriterStop::Run)
+                    .await
+                    .is_ok_and(|s| *s == WriterStop::Flush)
+            } => {
+                if flush {
+                    while let Ok(message) = out.try_recv() {
+                        let Ok(text) = serde_json::to_string(&message) else { continue };
+                        if sink.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 break;
@@ -731,8 +1162,10 @@ fn role_index(role: PeerRole) -> usize {
 }
 
 /// The health task: follows both connections' states, reads their paths, restarts
-/// ICE when [`Recovery`] says so, and reports to the app ([`Event::MediaHealth`]) and
-/// to the server (`media_status`, paced by [`ReportPacer`]).
+/// ICE when [`Recovery`] says so, asks again for a subscriber restart whose offer was
+/// lost, and reports to the app ([`Event::MediaHealth`]) and to the server
+/// (`media_status`, paced by [`ReportPacer`]). A new socket (a reconnect) brings new
+/// connections: it starts over with them.
 async fn watch_media(
     inner: Arc<Inner>,
     mut requests: mpsc::UnboundedReceiver<Vec<PeerRole>>,
@@ -742,20 +1175,36 @@ async fn watch_media(
     let mut recovery = [Recovery::default(), Recovery::default()];
     let mut health = MediaHealth::default();
     let mut subscriber_state = inner.subscriber.watch_state();
-    let mut publisher_state: Option<watch::Receiver<RTCPeerConnectionState>> = None;
+    let mut publisher: Option<(Arc<Publisher>, watch::Receiver<RTCPeerConnectionState>)> = None;
+    let mut generation = inner.generation.subscribe();
     let mut next_path_read = Instant::now() + PATH_REFRESH;
     loop {
-        if publisher_state.is_none()
-            && let Some(publisher) = inner.publisher.get()
-        {
-            let mut state = publisher.watch_state();
-            state.mark_changed();
-            publisher_state = Some(state);
+        if generation.has_changed().unwrap_or(false) {
+            generation.mark_unchanged();
+            recovery = [Recovery::default(), Recovery::default()];
+            health = MediaHealth::default();
+        }
+        let current = inner.publisher();
+        let same = match (&publisher, &current) {
+            (Some((tracked, _)), Some(current)) => Arc::ptr_eq(tracked, current),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            publisher = current.map(|p| {
+                let mut state = p.watch_state();
+                state.mark_changed();
+                (p, state)
+            });
+            if publisher.is_none() {
+                health.publisher = ConnHealth::NEW;
+            }
         }
         let deadline = [
             pacer.deadline(),
             recovery[0].deadline(),
             recovery[1].deadline(),
+            inner.subscriber.restart_deadline(),
             Some(next_path_read),
         ]
         .into_iter()
@@ -775,17 +1224,28 @@ async fn watch_media(
                 if result.is_err() { break }
                 changed = Some(PeerRole::Subscriber);
             }
-            result = async { publisher_state.as_mut().expect("guarded by the condition").changed().await },
-                if publisher_state.is_some() => {
-                if result.is_err() { break }
+            result = async { publisher.as_mut().expect("guarded by the condition").1.changed().await },
+                if publisher.is_some() => {
+                if result.is_err() {
+                    // That connection is gone (a reconnect replaced it).
+                    publisher = None;
+                    health.publisher = ConnHealth::NEW;
+                    continue;
+                }
                 changed = Some(PeerRole::Publisher);
+            }
+            _ = generation.changed() => {
+                // A new socket: new connections, a fresh start.
+                recovery = [Recovery::default(), Recovery::default()];
+                health = MediaHealth::default();
+                continue;
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
         let now = Instant::now();
         if let Some(role) = changed {
-            let state = match (role, publisher_state.as_mut()) {
-                (PeerRole::Publisher, Some(state)) => *state.borrow_and_update(),
+            let state = match (role, publisher.as_mut()) {
+                (PeerRole::Publisher, Some((_, state))) => *state.borrow_and_update(),
                 _ => *subscriber_state.borrow_and_update(),
             };
             let state = conn_state(state);
@@ -800,14 +1260,21 @@ async fn watch_media(
                 act(&inner, &events, role, action).await;
             }
         }
+        if let Err(e) = inner.subscriber.on_timer(now).await {
+            warn!(error = %e, "a subscriber restart got no offer: taking the server's offers again");
+            let _ = events.send(Event::MediaFailed {
+                role: PeerRole::Subscriber,
+                error: e.to_string(),
+            });
+        }
         if changed.is_some() || now >= next_path_read {
             next_path_read = now + PATH_REFRESH;
             for role in ROLES {
                 let connected = health.get(role).state == MediaConnectionState::Connected;
                 health.get_mut(role).path = match role {
                     _ if !connected => None,
-                    PeerRole::Publisher => match inner.publisher.get() {
-                        Some(publisher) => publisher.selected_path().await,
+                    PeerRole::Publisher => match publisher.as_ref() {
+                        Some((publisher, _)) => publisher.selected_path().await,
                         None => None,
                     },
                     PeerRole::Subscriber => inner.subscriber.selected_path().await,
@@ -825,9 +1292,11 @@ async fn watch_media(
             pacer.changed(now);
             let _ = events.send(Event::MediaHealth(health));
         }
-        if inner.state().admitted
-            && let Flush::Send((publisher, subscriber)) = pacer.flush(Instant::now(), health.report())
-        {
+        let in_call = {
+            let state = inner.state();
+            state.connected && state.admitted
+        };
+        if in_call && let Flush::Send((publisher, subscriber)) = pacer.flush(Instant::now(), health.report()) {
             let _ = inner.out.send(ClientMessage::MediaStatus { publisher, subscriber });
         }
     }
@@ -841,8 +1310,11 @@ async fn act(inner: &Arc<Inner>, events: &mpsc::UnboundedSender<Event>, role: Pe
             let _ = events.send(Event::MediaLost { role, attempts });
         }
         RecoveryAction::Restart { attempt } => {
-            if !inner.state().admitted {
-                return;
+            {
+                let state = inner.state();
+                if !(state.connected && state.admitted) {
+                    return;
+                }
             }
             tracing::info!(?role, attempt, "restarting ICE");
             let failed = move |error: SdkError| Event::MediaFailed {
@@ -851,13 +1323,14 @@ async fn act(inner: &Arc<Inner>, events: &mpsc::UnboundedSender<Event>, role: Pe
             };
             match role {
                 PeerRole::Publisher => {
-                    let Some(publisher) = inner.publisher.get().cloned() else {
+                    let Some(publisher) = inner.publisher() else {
                         return;
                     };
-                    let events = events.clone();
-                    // It waits for the server's answer: not on the health task.
+                    let (inner, events) = (inner.clone(), events.clone());
+                    // It waits for fresh ICE servers and the server's answer: not on the health task.
                     tokio::spawn(
                         async move {
+                            inner.refresh_ice_servers().await;
                             if let Err(e) = publisher.restart_ice().await {
                                 let _ = events.send(failed(e));
                             }
@@ -866,6 +1339,7 @@ async fn act(inner: &Arc<Inner>, events: &mpsc::UnboundedSender<Event>, role: Pe
                     );
                 }
                 PeerRole::Subscriber => {
+                    // The server answers with fresh ICE servers, then the restart offer.
                     if let Err(e) = inner.subscriber.request_restart().await {
                         let _ = events.send(failed(e));
                     }
@@ -885,52 +1359,39 @@ async fn forward_remote_tracks(inner: Arc<Inner>, mut tracks: RemoteTracks, even
     }
 }
 
-async fn read_frames(
-    inner: Arc<Inner>,
-    mut stream: futures_util::stream::SplitStream<Socket>,
-    events: mpsc::UnboundedSender<Event>,
-    helpers: [tokio::task::AbortHandle; 2],
-) {
-    let mut end_error = None;
-    while let Some(frame) = stream.next().await {
-        let text = match frame {
-            Ok(Message::Text(text)) => text,
-            Ok(Message::Close(_)) => break,
-            Ok(_) => continue,
-            Err(e) => {
-                end_error = Some(e.to_string());
-                break;
-            }
-        };
-        let message = match serde_json::from_str::<ServerMessage>(&text) {
-            Ok(message) => message,
-            Err(e) => {
-                // A newer server may send frames we do not know: skip, do not die.
-                warn!(error = %e, "skipping a server frame this SDK cannot read");
-                continue;
-            }
-        };
-        if let Some(event) = handle(&inner, message).await {
-            let last = matches!(event, Event::Left { .. });
-            let _ = events.send(event);
-            if last {
-                break;
-            }
-        }
+/// Back in the call after a reconnect: publishes the application's tracks again on a
+/// new publisher connection and pauses again what it had paused.
+async fn restore_media(inner: Arc<Inner>, tracks: Vec<LocalTrack>, events: mpsc::UnboundedSender<Event>) {
+    let present: HashSet<TrackId> = inner.state().tracks.keys().cloned().collect();
+    let paused: Vec<TrackId> = {
+        let mut paused = inner.paused.lock().expect("paused lock is never poisoned");
+        // Tracks that ended meanwhile are forgotten.
+        paused.retain(|t| present.contains(t));
+        paused.iter().cloned().collect()
+    };
+    for track_id in paused {
+        let _ = inner
+            .out
+            .send(ClientMessage::SetSubscription { track_id, paused: true });
     }
-    inner.shutdown.send_replace(true);
-    inner.close_media().await;
-    // The forwarder and the health task hold event senders too; the stream must end with us.
-    for helper in helpers {
-        helper.abort();
+    if tracks.is_empty() {
+        return;
     }
-    if !inner.state().left {
-        let _ = events.send(Event::Disconnected { error: end_error });
+    let result = match inner.ensure_publisher().await {
+        Ok(publisher) => publisher.republish(tracks).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        warn!(error = %e, "publishing our tracks again after the reconnect failed");
+        let _ = events.send(Event::MediaFailed {
+            role: PeerRole::Publisher,
+            error: e.to_string(),
+        });
     }
 }
 
 /// Applies one server frame to the client's state and media; returns the event for the app.
-async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
+async fn handle(inner: &Arc<Inner>, message: ServerMessage, events: &mpsc::UnboundedSender<Event>) -> Option<Event> {
     let media_failed = |role, error: SdkError| {
         Some(Event::MediaFailed {
             role,
@@ -945,18 +1406,34 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
             tracks,
             ice_servers,
         } => {
-            {
+            let republish = {
                 let mut state = inner.state();
                 state.admitted = true;
                 state.ice_servers = ice_servers.clone();
                 state.tracks = tracks.iter().map(|t| (t.track_id.clone(), t.clone())).collect();
-            }
+                std::mem::take(&mut state.republish)
+            };
             inner.subscriber.set_ice_servers(ice_servers.clone());
+            let resumed = inner.generation.borrow().to_owned() > 0;
+            if resumed {
+                tokio::spawn(restore_media(inner.clone(), republish, events.clone()).in_current_span());
+            }
             Some(Event::Admitted {
                 participants,
                 tracks,
                 ice_servers,
             })
+        }
+        ServerMessage::IceServers { ice_servers } => {
+            inner.state().ice_servers = ice_servers.clone();
+            inner.subscriber.set_ice_servers(ice_servers.clone());
+            if let Some(publisher) = inner.publisher()
+                && let Err(e) = publisher.set_ice_servers(&ice_servers).await
+            {
+                warn!(error = %e, "cannot apply fresh ICE servers to the publisher connection");
+            }
+            inner.ice_refreshed.send_modify(|n| *n += 1);
+            None
         }
         ServerMessage::LobbyUpdate { entries } => Some(Event::LobbyChanged { entries }),
         ServerMessage::ParticipantJoined { participant } => Some(Event::ParticipantJoined(participant)),
@@ -972,7 +1449,7 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
         ServerMessage::Pong { nonce } => Some(Event::Pong { nonce }),
         ServerMessage::Error { code, message } => Some(Event::Error { code, message }),
         ServerMessage::PublishAnswer { sdp } => {
-            let taken = inner.publisher.get().is_some_and(|p| p.on_answer(sdp));
+            let taken = inner.publisher().is_some_and(|p| p.on_answer(sdp));
             if !taken {
                 warn!("publish_answer without an offer in flight");
             }
@@ -985,7 +1462,7 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
         ServerMessage::IceCandidate { target, candidate } => {
             let result = match target {
                 PeerRole::Subscriber => inner.subscriber.add_remote_candidate(candidate).await,
-                PeerRole::Publisher => match inner.publisher.get() {
+                PeerRole::Publisher => match inner.publisher() {
                     Some(publisher) => publisher.add_remote_candidate(candidate).await,
                     None => Ok(()),
                 },
@@ -993,8 +1470,8 @@ async fn handle(inner: &Inner, message: ServerMessage) -> Option<Event> {
             result.err().and_then(|e| media_failed(target, e))
         }
         ServerMessage::TrackPublished { track } => {
-            if track.participant_id == inner.you.participant_id {
-                if let Some(publisher) = inner.publisher.get() {
+            if track.participant_id == inner.session().you.participant_id {
+                if let Some(publisher) = inner.publisher() {
                     publisher.claim_track(&track);
                 }
             } else {

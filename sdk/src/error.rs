@@ -76,6 +76,11 @@ pub enum SdkError {
     /// The connection to the server is closed.
     #[error("connection closed")]
     Closed,
+    /// The signaling socket is down and the SDK is reconnecting
+    /// ([`Event::Reconnecting`](crate::Event::Reconnecting)): try again after
+    /// [`Event::Reconnected`](crate::Event::Reconnected).
+    #[error("reconnecting to the server")]
+    Reconnecting,
 }
 
 impl SdkError {

@@ -29,6 +29,11 @@ pub const RESTART_TIMEOUT: Duration = Duration::from_secs(6);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 /// ICE restarts per connection, since it was last connected, before we give up.
 pub const MAX_RESTARTS: u32 = 3;
+/// A `restart_ice` whose `restart` offer has not come in this long is asked for again
+/// (the server answers one at once: the request or its offer was lost or refused).
+pub const RESTART_OFFER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a lost `restart_ice` is asked for again before the SDK stops waiting.
+pub const RESTART_OFFER_RETRIES: u32 = 2;
 
 /// One of our connections as we see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +231,69 @@ impl ReportPacer {
         self.tokens -= 1.0;
         self.last_sent = Some(report);
         Flush::Send(report)
+    }
+}
+
+/// The subscriber's `restart_ice` in flight: while it waits for its `restart` offer,
+/// offers made for the old connection are ignored; this makes sure that wait ends.
+/// Asked again after [`RESTART_OFFER_TIMEOUT`], at most [`RESTART_OFFER_RETRIES`]
+/// times; then the wait is given up and the server's offers are taken as they come.
+#[derive(Debug, Clone, Default)]
+pub struct PendingRestart {
+    /// When the `restart` offer is overdue; `None` with no restart in flight.
+    deadline: Option<Instant>,
+    /// Times asked again for this restart.
+    retries: u32,
+}
+
+/// What to do about a `restart` offer that has not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartTimeout {
+    /// Send `restart_ice` again.
+    AskAgain,
+    /// Stop waiting: offers without `restart` are taken again.
+    GiveUp,
+}
+
+impl PendingRestart {
+    /// `restart_ice` was sent (a new restart supersedes one in flight).
+    pub fn requested(&mut self, now: Instant) {
+        *self = PendingRestart {
+            deadline: Some(now + RESTART_OFFER_TIMEOUT),
+            retries: 0,
+        };
+    }
+
+    /// The `restart` offer came.
+    pub fn offer_arrived(&mut self) {
+        *self = PendingRestart::default();
+    }
+
+    /// Whether offers for the old connection are to be ignored.
+    pub fn pending(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// When [`on_timer`](Self::on_timer) is due.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time passed.
+    pub fn on_timer(&mut self, now: Instant) -> Option<RestartTimeout> {
+        match self.deadline {
+            Some(deadline) if now >= deadline => {
+                if self.retries >= RESTART_OFFER_RETRIES {
+                    *self = PendingRestart::default();
+                    Some(RestartTimeout::GiveUp)
+                } else {
+                    self.retries += 1;
+                    self.deadline = Some(now + RESTART_OFFER_TIMEOUT);
+                    Some(RestartTimeout::AskAgain)
+                }
+            }
+            _ => None,
+        }
     }
 }
 
@@ -520,5 +588,56 @@ mod tests {
         assert_eq!(recovery.on_timer(t0 + RESTART_TIMEOUT, CONNECTED), None);
         assert_eq!(recovery.deadline(), None);
         assert_eq!(recovery.attempts(), 0, "it worked: the count starts again");
+    }
+
+    #[test]
+    fn a_lost_restart_offer_is_asked_for_again_then_no_longer_waited_for() {
+        let t0 = Instant::now();
+        let mut pending = PendingRestart::default();
+        assert!(!pending.pending());
+        assert_eq!(pending.on_timer(t0), None, "nothing in flight");
+        pending.requested(t0);
+        assert!(pending.pending());
+        assert_eq!(pending.deadline(), Some(t0 + RESTART_OFFER_TIMEOUT));
+        assert_eq!(
+            pending.on_timer(t0 + RESTART_OFFER_TIMEOUT / 2),
+            None,
+            "not overdue yet"
+        );
+        let mut now = t0;
+        for _ in 0..RESTART_OFFER_RETRIES {
+            now += RESTART_OFFER_TIMEOUT;
+            assert_eq!(pending.on_timer(now), Some(RestartTimeout::AskAgain));
+            assert!(pending.pending(), "still waiting for the offer");
+        }
+        now += RESTART_OFFER_TIMEOUT;
+        assert_eq!(pending.on_timer(now), Some(RestartTimeout::GiveUp));
+        assert!(!pending.pending(), "the server's offers are taken again");
+        assert_eq!(pending.deadline(), None);
+        assert_eq!(pending.on_timer(now + RESTART_OFFER_TIMEOUT), None, "once");
+    }
+
+    #[test]
+    fn the_restart_offer_ends_the_wait_and_a_new_restart_starts_it_afresh() {
+        let t0 = Instant::now();
+        let mut pending = PendingRestart::default();
+        pending.requested(t0);
+        assert_eq!(
+            pending.on_timer(t0 + RESTART_OFFER_TIMEOUT),
+            Some(RestartTimeout::AskAgain)
+        );
+        // A new restart supersedes the one in flight, retries and all.
+        let t1 = t0 + RESTART_OFFER_TIMEOUT + Duration::from_millis(500);
+        pending.requested(t1);
+        assert_eq!(pending.deadline(), Some(t1 + RESTART_OFFER_TIMEOUT));
+        for i in 1..=RESTART_OFFER_RETRIES {
+            assert_eq!(
+                pending.on_timer(t1 + RESTART_OFFER_TIMEOUT * i),
+                Some(RestartTimeout::AskAgain)
+            );
+        }
+        pending.offer_arrived();
+        assert!(!pending.pending());
+        assert_eq!(pending.on_timer(t1 + RESTART_OFFER_TIMEOUT * 10), None);
     }
 }

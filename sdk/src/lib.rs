@@ -25,13 +25,23 @@
 //! is still connecting 4 s after it started, gets an ICE restart without leaving the
 //! call: the publisher re-offers with new credentials, the subscriber asks for a fresh
 //! connection (`restart_ice`) and its remote tracks come again as new
-//! [`Event::RemoteTrack`]s. At most 3 restarts in a row, 6 s apart; then
+//! [`Event::RemoteTrack`]s. Each restart first takes fresh ICE servers from the server
+//! (TURN credentials expire). At most 3 restarts in a row, 6 s apart; then
 //! [`Event::MediaLost`] says the media is gone. [`Client::restart_ice`] forces one.
 //!
-//! A dropped socket is a departure for the server: the SDK reports
-//! [`Event::Disconnected`]; [`Client::reconnect`] comes back with the same token
-//! (a guest who was in the call keeps the seat for 60 s after a drop), and the
-//! application publishes its media again once admitted.
+//! Reconnecting ([`reconnect`]): the [`Client`] is a handle to a supervisor task that
+//! owns the signaling socket. When the socket dies (an error, a Close without `left`,
+//! or 15 s of silence despite pings) it reconnects with the same token, at once and
+//! then with a jittered backoff ([`ConnectOptions::reconnect`], 10 attempts by
+//! default), and says so with [`Event::Reconnecting`] and [`Event::Reconnected`] on the
+//! same [`Events`] stream. A guest who was in the call keeps its seat for the server's
+//! seat hold (60 s by default) and goes straight back in: nobody else sees it leave or
+//! rejoin. Media comes back on new connections by itself: the application's
+//! [`LocalTrack`]s are published again (same handles, mutes kept; writes meanwhile are
+//! dropped, not errors), paused subscriptions are paused again, and remote tracks
+//! arrive as new [`Event::RemoteTrack`]s. `left` (leave, removal, denial, meeting end)
+//! is never reconnected; when the SDK gives up, [`Event::Disconnected`] ends the
+//! events and [`Client::reconnect`] can still try by hand.
 //!
 //! ```no_run
 //! use gatehouse_sdk::{Client, ConnectOptions, Event};
@@ -55,6 +65,7 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod media;
+pub mod reconnect;
 pub mod rest;
 mod rtcp;
 #[cfg(feature = "synthetic")]
@@ -65,6 +76,7 @@ pub use client::{Client, ConnectOptions, Event, Events, websocket_url};
 pub use error::{Result, SdkError};
 pub use health::{ConnHealth, MediaHealth};
 pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, VideoCodec};
+pub use reconnect::ReconnectPolicy;
 pub use rest::{Link, LinkKind, LobbyBypass, Meeting, NewLink, NewMeeting, PublicLink, Redeemed, RestClient};
 #[cfg(feature = "synthetic")]
 pub use synthetic::{SyntheticSender, SyntheticSent};

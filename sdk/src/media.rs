@@ -31,13 +31,15 @@ use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector, register_default_interceptors,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
 use crate::error::{Result, SdkError};
+use crate::health::{PendingRestart, RestartTimeout};
 
 /// An RTP packet as webrtc-rs models it (header and payload).
 pub use rtc::rtp::Packet as RtpPacket;
@@ -316,6 +318,26 @@ fn register_extensions(media_engine: &mut MediaEngine) -> Result<()> {
     Ok(())
 }
 
+/// The configuration of a connection: `ice_servers` and the transport policy.
+fn rtc_configuration(options: &MediaOptions, ice_servers: &[IceServer]) -> RTCConfiguration {
+    let ice_servers = ice_servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        })
+        .collect();
+    RTCConfigurationBuilder::new()
+        .with_ice_servers(ice_servers)
+        .with_ice_transport_policy(if options.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        })
+        .build()
+}
+
 async fn build_connection(
     options: &MediaOptions,
     mut media_engine: MediaEngine,
@@ -327,30 +349,12 @@ async fn build_connection(
         rtc::interceptor::Slot::from(crate::rtcp::KEYFRAME_TAP_SLOT),
         crate::rtcp::KeyframeTap::default(),
     );
-    let ice_servers = options
-        .ice_servers
-        .iter()
-        .map(|s| RTCIceServer {
-            urls: s.urls.clone(),
-            username: s.username.clone().unwrap_or_default(),
-            credential: s.credential.clone().unwrap_or_default(),
-        })
-        .collect();
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
         .build();
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(
-            RTCConfigurationBuilder::new()
-                .with_ice_servers(ice_servers)
-                .with_ice_transport_policy(if options.relay_only {
-                    RTCIceTransportPolicy::Relay
-                } else {
-                    RTCIceTransportPolicy::All
-                })
-                .build(),
-        )
+        .with_configuration(rtc_configuration(options, &options.ice_servers))
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_setting_engine(settings)
@@ -445,16 +449,78 @@ impl Publisher {
     /// once the connection is up (see [`LocalTrack::wait_connected`]).
     pub async fn publish(&self, source: TrackSource) -> Result<LocalTrack> {
         let _negotiating = self.negotiating.lock().await;
-        let (codec, kind) = match source.kind() {
-            TrackKind::Audio => (opus(), RtpCodecKind::Audio),
-            TrackKind::Video => (video(self.options.video_codec), RtpCodecKind::Video),
-        };
+        let codec = self.codec_for(source);
         let ssrc = rand::random::<u32>();
         let local_id = format!("{}-{:08x}", source_name(source), rand::random::<u32>());
+        let bound = self.bind(source, &local_id, ssrc).await?;
+        let local = LocalTrack {
+            inner: Arc::new(LocalTrackInner {
+                source,
+                mime_type: codec.rtp_codec.mime_type.clone(),
+                clock_rate: codec.rtp_codec.clock_rate,
+                local_id,
+                ssrc,
+                bound: watch::channel(Some(bound)).0,
+                mid: StdMutex::new(None),
+                payload_type: AtomicU16::new(NOT_NEGOTIATED),
+                extensions: StdMutex::new(Vec::new()),
+                next_seq: AtomicU16::new(rand::random()),
+                server_track_id: watch::channel(None).0,
+                muted: AtomicBool::new(false),
+                rebinding: AtomicBool::new(false),
+            }),
+        };
+        self.tracks_mut().push(local.clone());
+        if let Err(e) = self.negotiate(&self.tracks()).await {
+            self.tracks_mut().retain(|t| !Arc::ptr_eq(&t.inner, &local.inner));
+            let _ = self.pc.remove_track(&local.bound().sender).await;
+            return Err(e);
+        }
+        Ok(local)
+    }
+
+    /// Publishes `tracks`, which were published on another connection (one the server
+    /// dropped when the client came back on a new socket), on this one with one offer:
+    /// the same handles keep working for the application, their SSRCs, sequence numbers
+    /// and mutes carried over; the server gives them new track ids. What is written to
+    /// them meanwhile is dropped (see [`LocalTrack::write_rtp`]).
+    pub async fn republish(&self, tracks: Vec<LocalTrack>) -> Result<()> {
+        let _negotiating = self.negotiating.lock().await;
+        for track in &tracks {
+            let bound = self
+                .bind(track.inner.source, &track.inner.local_id, track.inner.ssrc)
+                .await?;
+            track.inner.payload_type.store(NOT_NEGOTIATED, Ordering::Relaxed);
+            track.inner.server_track_id.send_replace(None);
+            *track.inner.mid.lock().expect("mid lock is never poisoned") = None;
+            track.inner.bound.send_replace(Some(bound));
+            self.tracks_mut().push(track.clone());
+        }
+        self.negotiate(&self.tracks()).await?;
+        for track in &tracks {
+            track.inner.rebinding.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn codec_for(&self, source: TrackSource) -> RTCRtpCodecParameters {
+        match source.kind() {
+            TrackKind::Audio => opus(),
+            TrackKind::Video => video(self.options.video_codec),
+        }
+    }
+
+    /// A local track for `source` added to this connection (not negotiated yet).
+    async fn bind(&self, source: TrackSource, local_id: &str, ssrc: u32) -> Result<Arc<Bound>> {
+        let codec = self.codec_for(source);
+        let kind = match source.kind() {
+            TrackKind::Audio => RtpCodecKind::Audio,
+            TrackKind::Video => RtpCodecKind::Video,
+        };
         let media_track = MediaStreamTrack::new(
             self.options.stream_id.clone(),
-            local_id.clone(),
-            local_id.clone(),
+            local_id.to_owned(),
+            local_id.to_owned(),
             kind,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -467,37 +533,19 @@ impl Publisher {
         );
         let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), media_track)?);
         let sender = self.pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
-        let local = LocalTrack {
-            inner: Arc::new(LocalTrackInner {
-                source,
-                mime_type: codec.rtp_codec.mime_type.clone(),
-                clock_rate: codec.rtp_codec.clock_rate,
-                local_id,
-                ssrc,
-                track,
-                sender,
-                mid: StdMutex::new(None),
-                payload_type: AtomicU16::new(NOT_NEGOTIATED),
-                extensions: StdMutex::new(Vec::new()),
-                next_seq: AtomicU16::new(rand::random()),
-                server_track_id: watch::channel(None).0,
-                state: self.state.clone(),
-            }),
-        };
-        self.tracks_mut().push(local.clone());
-        if let Err(e) = self.negotiate(&self.tracks()).await {
-            self.tracks_mut().retain(|t| !Arc::ptr_eq(&t.inner, &local.inner));
-            let _ = self.pc.remove_track(&local.inner.sender).await;
-            return Err(e);
-        }
-        Ok(local)
+        Ok(Arc::new(Bound {
+            track,
+            sender,
+            state: self.state.clone(),
+        }))
     }
 
     /// Stops sending a track and renegotiates without it.
     pub async fn unpublish(&self, track: &LocalTrack) -> Result<()> {
         let _negotiating = self.negotiating.lock().await;
         self.tracks_mut().retain(|t| !Arc::ptr_eq(&t.inner, &track.inner));
-        self.pc.remove_track(&track.inner.sender).await?;
+        self.pc.remove_track(&track.bound().sender).await?;
+        track.inner.bound.send_replace(None);
         self.negotiate(&self.tracks()).await
     }
 
@@ -531,7 +579,9 @@ impl Publisher {
             announced.push(PublishedTrack {
                 mid,
                 source: track.inner.source,
-                muted: false,
+                // Every offer says it: a renegotiation (another track, an ICE restart,
+                // a republish after a reconnect) must not unmute what is muted.
+                muted: track.is_muted(),
             });
         }
         let (tx, rx) = oneshot::channel();
@@ -549,7 +599,7 @@ impl Publisher {
             .await?;
         self.remote.lock().await.ready(&self.pc).await;
         for track in tracks {
-            let parameters = track.inner.sender.get_parameters().await?;
+            let parameters = track.bound().sender.get_parameters().await?;
             let negotiated = parameters
                 .rtp_parameters
                 .codecs
@@ -648,6 +698,14 @@ impl Publisher {
         crate::health::selected_path(&self.pc.get_stats(Instant::now(), StatsSelector::None).await)
     }
 
+    /// Uses `ice_servers` from now on (fresh TURN credentials from the server's
+    /// `ice_servers`): the next ICE restart gathers with them, as a browser's
+    /// `setConfiguration` does.
+    pub async fn set_ice_servers(&self, ice_servers: &[IceServer]) -> Result<()> {
+        let configuration = rtc_configuration(&self.options, ice_servers);
+        Ok(self.pc.set_configuration(configuration).await?)
+    }
+
     /// Restarts ICE: new credentials in a new offer with the complete track list, sent
     /// as any renegotiation is (docs/PROTOCOL.md §11.6); returns once the server
     /// answered. Tracks, their ids and mutes stay.
@@ -683,8 +741,9 @@ struct LocalTrackInner {
     /// Our own `msid` track id; the server names the track with its own `t_...` id.
     local_id: String,
     ssrc: u32,
-    track: Arc<TrackLocalStaticSample>,
-    sender: Arc<dyn RtpSender>,
+    /// The connection the track sends on now: replaced when the client republishes it
+    /// on a new connection after a reconnect; `None` once unpublished.
+    bound: watch::Sender<Option<Arc<Bound>>>,
     mid: StdMutex<Option<String>>,
     /// The payload type the answer accepted (`NOT_NEGOTIATED` until then).
     payload_type: AtomicU16,
@@ -692,6 +751,17 @@ struct LocalTrackInner {
     extensions: StdMutex<Vec<(String, u8)>>,
     next_seq: AtomicU16,
     server_track_id: watch::Sender<Option<TrackId>>,
+    /// What the application last asked for (`mute_track`): every offer announces it.
+    muted: AtomicBool,
+    /// The client is moving the track to a new connection (a reconnect): writes are
+    /// dropped until it is negotiated there.
+    rebinding: AtomicBool,
+}
+
+/// A local track's place on one publisher connection.
+struct Bound {
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn RtpSender>,
     state: watch::Receiver<RTCPeerConnectionState>,
 }
 
@@ -718,6 +788,39 @@ impl std::fmt::Debug for LocalTrack {
 }
 
 impl LocalTrack {
+    /// The connection the track is on now. Before it was unpublished there always is one.
+    fn bound(&self) -> Arc<Bound> {
+        self.bound_now()
+            .expect("a track is bound from publish until unpublish, and callers hold it published")
+    }
+
+    fn bound_now(&self) -> Option<Arc<Bound>> {
+        self.inner.bound.borrow().clone()
+    }
+
+    /// Whether the application muted it ([`Client::mute_track`](crate::Client::mute_track)).
+    pub fn is_muted(&self) -> bool {
+        self.inner.muted.load(Ordering::Relaxed)
+    }
+
+    /// Records the application's mute (the client does it in `mute_track`).
+    pub fn set_muted(&self, muted: bool) {
+        self.inner.muted.store(muted, Ordering::Relaxed);
+    }
+
+    /// Whether the client is moving the track to a new connection after a reconnect
+    /// (writes are dropped meanwhile).
+    pub fn is_rebinding(&self) -> bool {
+        self.inner.rebinding.load(Ordering::Acquire)
+    }
+
+    /// Marks the track as moving to a new connection (the client does it when its
+    /// socket comes back): until [`Publisher::republish`] has negotiated it there,
+    /// writes are dropped rather than failing on the closed connection.
+    pub fn start_rebinding(&self) {
+        self.inner.rebinding.store(true, Ordering::Release);
+    }
+
     /// Microphone, camera or screen.
     pub fn source(&self) -> TrackSource {
         self.inner.source
@@ -782,24 +885,66 @@ impl LocalTrack {
 
     /// Waits until the publisher connection is connected (DTLS up); writing
     /// earlier only produces warnings in webrtc-rs and loses the packets.
+    /// While the client reconnects, it waits for the new connection.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        wait_connected(self.inner.state.clone(), timeout, "publisher connection").await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut bound = self.inner.bound.subscribe();
+        loop {
+            let Some(current) = bound.borrow_and_update().clone() else {
+                return Err(SdkError::Closed);
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                result = wait_connected(current.state.clone(), remaining, "publisher connection") => {
+                    // A closed connection the track has since left is not the end of it.
+                    let moved = !self.bound_now().is_some_and(|b| Arc::ptr_eq(&b, &current));
+                    if result.is_err() && moved && tokio::time::Instant::now() < deadline {
+                        continue;
+                    }
+                    return result;
+                }
+                changed = bound.changed() => {
+                    if changed.is_err() {
+                        return Err(SdkError::Closed);
+                    }
+                }
+            }
+        }
     }
 
     /// Sends one RTP packet. Its SSRC and payload type are overwritten with the
     /// track's (webrtc-rs rejects anything else); sequence number, timestamp and
     /// marker are yours. Header extensions must be negotiated ones.
+    ///
+    /// While the client reconnects ([`Event::Reconnecting`](crate::Event::Reconnecting))
+    /// and until the track is negotiated on the new connection, writes succeed and the
+    /// packets are dropped, as a network outage would: a sending loop need not stop.
     pub async fn write_rtp(&self, mut packet: RtpPacket) -> Result<()> {
+        if self.is_rebinding() {
+            return Ok(());
+        }
         let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
         packet.header.ssrc = self.inner.ssrc;
         packet.header.payload_type = pt;
-        Ok(self.inner.track.write_rtp(packet).await?)
+        self.send(packet).await
+    }
+
+    async fn send(&self, packet: RtpPacket) -> Result<()> {
+        let bound = self.bound_now().ok_or(SdkError::Closed)?;
+        match bound.track.write_rtp(packet).await {
+            // The connection closed under us because the client is moving the track.
+            Err(_) if self.is_rebinding() => Ok(()),
+            result => Ok(result?),
+        }
     }
 
     /// Sends one payload as an RTP packet with the next sequence number of this track.
     pub async fn write_payload(&self, payload: Bytes, timestamp: u32, marker: bool) -> Result<()> {
+        if self.is_rebinding() {
+            return Ok(());
+        }
         let packet = self.next_packet(payload, timestamp, marker)?;
-        Ok(self.inner.track.write_rtp(packet).await?)
+        self.send(packet).await
     }
 
     /// Like [`write_payload`](Self::write_payload), with an RFC 6464 audio level
@@ -812,6 +957,9 @@ impl LocalTrack {
         marker: bool,
         level: u8,
     ) -> Result<()> {
+        if self.is_rebinding() {
+            return Ok(());
+        }
         let mut packet = self.next_packet(payload, timestamp, marker)?;
         if let Some(id) = self.header_extension_id(AUDIO_LEVEL_URI) {
             packet
@@ -819,7 +967,7 @@ impl LocalTrack {
                 .set_extension(id, Bytes::copy_from_slice(&[0x80 | level.min(127)]))
                 .map_err(|e| SdkError::Protocol(format!("audio-level extension id {id}: {e}")))?;
         }
-        Ok(self.inner.track.write_rtp(packet).await?)
+        self.send(packet).await
     }
 
     /// A packet of this track with the next sequence number.
@@ -841,28 +989,46 @@ impl LocalTrack {
     /// Sends one encoded frame (an Opus packet, a VP8 or H.264 access unit),
     /// packetized for the codec, lasting `duration`.
     pub async fn write_sample(&self, data: Bytes, duration: Duration) -> Result<()> {
+        if self.is_rebinding() {
+            return Ok(());
+        }
         let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
         let sample = Sample {
             data,
             duration,
             ..Sample::new(Instant::now())
         };
-        Ok(self
-            .inner
+        let bound = self.bound_now().ok_or(SdkError::Closed)?;
+        match bound
             .track
             .sample_writer(self.inner.ssrc, pt)
             .write_sample(&sample)
-            .await?)
+            .await
+        {
+            Err(_) if self.is_rebinding() => Ok(()),
+            result => Ok(result?),
+        }
     }
 
-    /// Waits for the next RTCP feedback about this track (PLI, FIR, NACK, REMB...).
-    /// `None` once the track is no longer bound to a connection.
+    /// Waits for the next RTCP feedback about this track (PLI, FIR, NACK, REMB...),
+    /// following the track to its new connection after a reconnect. `None` once the
+    /// track is unpublished or its connection closed for good.
     pub async fn next_rtcp(&self) -> Option<Vec<Box<dyn rtc::rtcp::Packet>>> {
+        let mut bound = self.inner.bound.subscribe();
         loop {
-            match self.inner.track.poll().await? {
-                TrackLocalEvent::OnRtcpPacket(packets) => return Some(packets),
-                #[allow(unreachable_patterns)]
-                _ => continue,
+            let current = bound.borrow_and_update().clone()?;
+            tokio::select! {
+                event = current.track.poll() => match event {
+                    Some(TrackLocalEvent::OnRtcpPacket(packets)) => return Some(packets),
+                    #[allow(unreachable_patterns)]
+                    Some(_) => continue,
+                    None if self.is_rebinding() => {
+                        // The old connection is gone and the new one not bound yet.
+                        bound.changed().await.ok()?;
+                    }
+                    None => return None,
+                },
+                changed = bound.changed() => changed.ok()?,
             }
         }
     }
@@ -904,8 +1070,11 @@ pub struct Subscriber {
     remote: Mutex<RemoteCandidates>,
     tracks_tx: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
     state_tx: watch::Sender<RTCPeerConnectionState>,
-    /// `restart_ice` sent: offers for the old connection are ignored until the `restart` one.
-    restart_pending: AtomicBool,
+    /// `restart_ice` sent and its `restart` offer not here yet: offers for the old
+    /// connection are ignored meanwhile, and a lost restart is asked for again.
+    restart: StdMutex<PendingRestart>,
+    /// Test hook: the next `restart` offer is dropped as if lost on the way.
+    drop_next_restart_offer: AtomicBool,
 }
 
 impl Subscriber {
@@ -919,7 +1088,8 @@ impl Subscriber {
             remote: Mutex::new(RemoteCandidates::default()),
             tracks_tx,
             state_tx: watch::channel(RTCPeerConnectionState::New).0,
-            restart_pending: AtomicBool::new(false),
+            restart: StdMutex::new(PendingRestart::default()),
+            drop_next_restart_offer: AtomicBool::new(false),
         });
         (subscriber, RemoteTracks { rx })
     }
@@ -939,9 +1109,13 @@ impl Subscriber {
     /// arrive as new remote tracks); after [`request_restart`](Self::request_restart),
     /// offers not so marked were made for the old connection and are ignored.
     pub async fn on_server_offer(&self, sdp: String, restart: bool) -> Result<()> {
+        if restart && self.drop_next_restart_offer.swap(false, Ordering::AcqRel) {
+            warn!("test hook: dropping a restart subscribe_offer");
+            return Ok(());
+        }
         if restart {
-            self.restart_pending.store(false, Ordering::Release);
-        } else if self.restart_pending.load(Ordering::Acquire) {
+            self.pending_restart().offer_arrived();
+        } else if self.pending_restart().pending() {
             debug!("ignoring a subscribe_offer for the connection a restart replaces");
             return Ok(());
         }
@@ -1002,12 +1176,66 @@ impl Subscriber {
         if slot.is_none() {
             return Ok(false);
         }
-        self.restart_pending.store(true, Ordering::Release);
+        self.pending_restart().requested(Instant::now());
         self.outbox
             .tx
             .send(ClientMessage::RestartIce)
             .map_err(|_| SdkError::Closed)?;
         Ok(true)
+    }
+
+    fn pending_restart(&self) -> std::sync::MutexGuard<'_, PendingRestart> {
+        self.restart
+            .lock()
+            .expect("restart lock is never poisoned: no panics inside")
+    }
+
+    /// When [`on_timer`](Self::on_timer) is due: a restart whose offer has not come.
+    pub fn restart_deadline(&self) -> Option<Instant> {
+        self.pending_restart().deadline()
+    }
+
+    /// Time passed: a `restart_ice` whose `restart` offer has not come within
+    /// [`RESTART_OFFER_TIMEOUT`](crate::health::RESTART_OFFER_TIMEOUT) was lost (or
+    /// refused) and is asked for again, a few times; then the SDK stops waiting for it
+    /// and takes the server's offers as they come, so negotiation never stays wedged.
+    /// Returns an error to report when it stops waiting.
+    pub async fn on_timer(&self, now: Instant) -> Result<()> {
+        let outcome = self.pending_restart().on_timer(now);
+        match outcome {
+            Some(RestartTimeout::AskAgain) => {
+                warn!("no offer came for restart_ice: asking again");
+                self.outbox
+                    .tx
+                    .send(ClientMessage::RestartIce)
+                    .map_err(|_| SdkError::Closed)
+            }
+            Some(RestartTimeout::GiveUp) => Err(SdkError::Timeout("the restart subscribe_offer")),
+            None => Ok(()),
+        }
+    }
+
+    /// Test hook: the next `subscribe_offer` marked `restart` is dropped, as if lost.
+    #[doc(hidden)]
+    pub fn drop_next_restart_offer(&self) {
+        self.drop_next_restart_offer.store(true, Ordering::Release);
+    }
+
+    /// Forgets the connection for a new signaling socket (a reconnect): the server has
+    /// dropped it and makes a fresh one, whose first offer this answers on a new
+    /// peer connection. The old connection's tracks end.
+    pub async fn reset(&self) {
+        let mut slot = self.pc.lock().await;
+        if let Some((old, replaced)) = slot.take() {
+            replaced.store(true, Ordering::Release);
+            if let Err(e) = old.close().await {
+                debug!(error = %e, "closing the subscriber connection of the old socket");
+            }
+        }
+        *self.remote.lock().await = RemoteCandidates::default();
+        *self.pending_restart() = PendingRestart::default();
+        self.outbox.hold();
+        self.state_tx.send_replace(RTCPeerConnectionState::New);
     }
 
     /// Feeds a server ICE candidate for this connection (held until the first offer).

@@ -390,8 +390,12 @@ pub enum ClientMessage {
     /// Stop or resume receiving a track this client does not need.
     SetSubscription { track_id: TrackId, paused: bool },
     /// Ask for a fresh subscriber connection (new ICE credentials, new DTLS): the
-    /// subscriber-side ICE restart. Answered with a `subscribe_offer` marked `restart`.
+    /// subscriber-side ICE restart. Answered with `ice_servers` (fresh TURN
+    /// credentials), then a `subscribe_offer` marked `restart`.
     RestartIce,
+    /// Ask for fresh ICE servers (TURN credentials expire): answered with
+    /// `ice_servers`. A client sends it before restarting its publisher's ICE.
+    RefreshIceServers,
     /// The client's view of its two connections, sent when either changes; relayed to
     /// the others in the call as `participant_media`.
     MediaStatus {
@@ -477,6 +481,9 @@ pub enum ServerMessage {
     Pong { nonce: u64 },
     /// Answer to `publish_offer`.
     PublishAnswer { sdp: String },
+    /// Fresh ICE servers and TURN credentials for both connections (answer to
+    /// `restart_ice` and `refresh_ice_servers`): apply them before restarting ICE.
+    IceServers { ice_servers: Vec<IceServer> },
     /// The server's offer for the subscriber connection (initial or renegotiation).
     /// `restart`: the offer is for a fresh subscriber connection (after `restart_ice`):
     /// answer it on a new peer connection and close the old one.
@@ -565,6 +572,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "mute_track",
     "set_subscription",
     "restart_ice",
+    "refresh_ice_servers",
     "media_status",
 ];
 
@@ -605,6 +613,7 @@ mod tests {
             r#"{"type":"mute_track","track_id":"t","muted":true}"#,
             r#"{"type":"set_subscription","track_id":"t","paused":true}"#,
             r#"{"type":"restart_ice"}"#,
+            r#"{"type":"refresh_ice_servers"}"#,
             r#"{"type":"media_status","publisher":{"state":"connected","path":"udp"},"subscriber":{"state":"failed"}}"#,
         ];
         assert_eq!(samples.len(), CLIENT_TYPES.len());

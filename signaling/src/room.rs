@@ -825,6 +825,7 @@ impl Room {
             ClientMessage::PublishOffer { .. }
             | ClientMessage::SubscribeAnswer { .. }
             | ClientMessage::RestartIce
+            | ClientMessage::RefreshIceServers
             | ClientMessage::IceCandidate { .. }
             | ClientMessage::MuteTrack { .. }
             | ClientMessage::SetSubscription { .. } => {

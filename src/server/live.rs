@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use gatehouse_signaling::lobby::ConnId;
 use gatehouse_signaling::meeting::Meeting;
 use gatehouse_signaling::protocol::LobbyEntry;
-use gatehouse_signaling::protocol::{ClientMessage, MediaMessage, ServerMessage};
+use gatehouse_signaling::protocol::{ClientMessage, MediaMessage, ParticipantId, ServerMessage};
 use gatehouse_signaling::room::{Effect, EventKind, JoinRequest, LobbyAction, OpenAttendance, Room};
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
@@ -323,6 +323,13 @@ async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, service
         }
         Command::Frame { conn, msg } => match msg.into_media() {
             Ok(msg) => media(room, outboxes, services, conn, msg).await,
+            Err(ClientMessage::RefreshIceServers) => {
+                if let Err(e) = fresh_ice_servers(room, outboxes, services, conn)
+                    && let Some(outbox) = outboxes.get(&conn)
+                {
+                    let _ = outbox.send(ServerMessage::error(e.code, e.message));
+                }
+            }
             Err(msg) => {
                 let effects = room.handle(now, conn, msg);
                 apply(room, outboxes, services, effects).await;
@@ -369,12 +376,41 @@ async fn media(room: &Room, outboxes: &HashMap<ConnId, Outbox>, services: &Servi
     let Some(outbox) = outboxes.get(&conn) else { return };
     let participant = room.participant_of(conn).map(str::to_owned);
     let result = match participant {
-        Some(id) if room.in_call(&id) => services.sfu.handle(&room.meeting().meeting_id, &id, msg).await,
+        Some(id) if room.in_call(&id) => {
+            // A restart may need a relay, and the credentials handed out at admission may
+            // have expired since: fresh ones go first, before the restart's offer.
+            if matches!(msg, MediaMessage::RestartIce) {
+                let _ = fresh_ice_servers(room, outboxes, services, conn);
+            }
+            services.sfu.handle(&room.meeting().meeting_id, &id, msg).await
+        }
         _ => Err(Error::new(ErrorCode::NotInCall, "media is only available in the call")),
     };
     if let Err(e) = result {
         let _ = outbox.send(ServerMessage::error(e.code, e.message));
     }
+}
+
+/// Sends `conn`'s participant fresh ICE servers (`ice_servers`), TURN credentials minted
+/// now: only to someone in the call, as at admission (docs/PROTOCOL.md §11.7).
+fn fresh_ice_servers(
+    room: &Room,
+    outboxes: &HashMap<ConnId, Outbox>,
+    services: &Services,
+    conn: ConnId,
+) -> Result<(), Error> {
+    let outbox = outboxes
+        .get(&conn)
+        .ok_or_else(|| Error::new(ErrorCode::NotInCall, "media is only available in the call"))?;
+    let participant = room
+        .participant_of(conn)
+        .filter(|id| room.in_call(id))
+        .ok_or_else(|| Error::new(ErrorCode::NotInCall, "media is only available in the call"))?;
+    let ice_servers = services
+        .ice
+        .for_participant(&ParticipantId::from(participant), crate::ids::now_ms() / 1000);
+    let _ = outbox.send(ServerMessage::IceServers { ice_servers });
+    Ok(())
 }
 
 async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &Services, effects: Vec<Effect>) {
