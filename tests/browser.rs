@@ -38,6 +38,8 @@ struct BrowserScript {
     results: Vec<Value>,
     /// The script's stderr, for failure messages.
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The script's stdin: what the test tells it ([`BrowserScript::tell`]).
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl BrowserScript {
@@ -68,10 +70,11 @@ impl BrowserScript {
             .arg(scenarios)
             .arg(config.to_string())
             .env("NODE_EXTRA_CA_CERTS", ca)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut tree = ProcessTree::spawn(cmd).expect("node runs (scripts/test.sh installs Node.js)");
+        let stdin = tree.child_mut().stdin.take();
         let stdout = tree.child_mut().stdout.take().unwrap();
         let stderr_pipe = tree.child_mut().stderr.take().unwrap();
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
@@ -100,7 +103,17 @@ impl BrowserScript {
             lines,
             results: Vec::new(),
             stderr,
+            stdin,
         }
+    }
+
+    /// Tells the script something (one JSON line on its stdin; `toldByTest` in harness.mjs).
+    fn tell(&mut self, message: Value) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("the script's stdin is open");
+        writeln!(stdin, "{message}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("telling the script {message}: {e}; stderr:\n{}", self.stderr()));
     }
 
     fn stderr(&self) -> String {
@@ -140,6 +153,7 @@ impl BrowserScript {
 
     /// Waits for the script to end; every scenario must be ok with no page errors.
     async fn finish(mut self) -> Vec<Value> {
+        self.stdin = None;
         let deadline = tokio::time::Instant::now() + SCRIPT_LIMIT;
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
@@ -260,6 +274,31 @@ async fn web_client_in_chromium() {
     }
 }
 
+/// The web client's pure modules (`web-client/media-status.js`) pass their unit tests
+/// (`tests/browser/*.test.mjs`, `node --test`): no browser, so no lock.
+#[test]
+fn web_client_pure_modules() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/browser")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "unit tests in {}", dir.display());
+    let out = std::process::Command::new("node")
+        .arg("--test")
+        .args(&files)
+        .output()
+        .expect("node runs (scripts/test.sh installs Node.js)");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Chromium (a guest on the web client, fake camera and microphone) and a staff
 /// member on the Rust SDK exchange media both ways through the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,12 +377,27 @@ async fn chromium_guest_allowed_only_tcp_443_gets_media_through_turn_over_tls() 
             "{f:#}"
         );
     }
-    // coturn really carried it, over its TLS listener.
-    coturn
-        .wait_for_log("a TLS session", Duration::from_secs(5), |l| {
-            l.contains("TLS") && l.contains("session")
+    // coturn really carried it, over its TLS listener: the allocation for this guest's
+    // username (`<expiry>:<participant id>`) succeeded, in a session coturn logs as TLS.
+    let guest = f["guestParticipantId"].as_str().expect("the guest's participant id");
+    let allocation = coturn
+        .wait_for_log("the guest's allocation", Duration::from_secs(5), |l| {
+            l.contains(&format!(":{guest}>")) && l.contains("ALLOCATE") && l.contains("success")
         })
         .await;
+    let session = allocation
+        .split("session ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("a session id in {allocation:?}"))
+        .to_owned();
+    let log = coturn.log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&format!("session {session}:")) && l.contains("TLS")),
+        "coturn's session {session} (the guest's allocation) is over TLS: {}",
+        log.join("\n")
+    );
 }
 
 /// Firefox ESR (driven over WebDriver BiDi) as the guest. Firefox gathers no loopback
@@ -367,31 +421,24 @@ struct InNamespace<'a> {
 /// over UDP and TCP) listens on the host end of its link. Returns the scenario's facts.
 async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str, guest: Option<InNamespace<'_>>) -> Value {
     let _one_browser = ONE_BROWSER.lock().await;
-    let dir = support::temp_dir("browser");
-    let mut config = support::test_config(&dir);
-    let (net, restrict) = match guest {
+    let (srv, dir, net) = match guest {
+        // The SDK reaches HTTPS as localhost (the name in the dev certificate), the guest by
+        // the link's address.
         Some(InNamespace {
             net,
             configure,
             restrict,
         }) => {
-            // The SDK reaches HTTPS as localhost (the name in the dev certificate),
-            // the guest by the link's address.
-            config.listen = Some("0.0.0.0:0".parse().unwrap());
-            config.media_bind = Some((net.host_ip, 0).into());
-            config.media_tcp_bind = Some((net.host_ip, 0).into());
-            configure(&mut config);
-            (Some(net), Some(restrict))
+            let (srv, dir) = namespace_gateway(net, configure, restrict).await;
+            (srv, dir, Some(net))
         }
         None => {
+            let dir = support::temp_dir("browser");
+            let mut config = support::test_config(&dir);
             config.media_bind = Some(media_bind.parse().unwrap());
-            (None, None)
+            (TestServer::start_with(config).await, dir, None)
         }
     };
-    let srv = TestServer::start_with(config).await;
-    if let Some(restrict) = restrict {
-        restrict(&srv);
-    }
     if media_bind.starts_with("0.0.0.0") {
         let advertised = srv.state().sfu.media_addrs()[0];
         assert!(
@@ -425,12 +472,11 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str, gues
 
     // The browser guest runs alongside; the SDK side admits it and measures its media.
     // Its clock starts when the guest has pressed Join, not when the browser was started.
-    let mut extra = serde_json::json!({ "linkCode": code, "guestName": "Browser Bea", "mediaTimeoutMs": 25000 });
-    if let Some(net) = net {
-        let port = srv.running.as_ref().unwrap().addr.port();
-        extra["baseUrl"] = format!("https://{}:{port}", net.host_ip).into();
-        extra["chromiumPath"] = net.wrapper(&dir, "/usr/bin/chromium").display().to_string().into();
-    }
+    let mut extra = match net {
+        Some(net) => guest_in_namespace(&srv, net, &dir, "Browser Bea"),
+        None => serde_json::json!({ "guestName": "Browser Bea", "mediaTimeoutMs": 25000 }),
+    };
+    extra["linkCode"] = code.into();
     let mut browser = BrowserScript::start(&srv, script, "guest-meets-sdk", extra);
     browser.progress("join-sent", BROWSER_START).await;
     let counts = async {
@@ -518,13 +564,7 @@ struct NamespaceCall {
 impl NamespaceCall {
     /// `restrict` sets the guest's network once the gateway's ports are known.
     async fn start(net: &support::netns::GuestNet, guest_name: &str, restrict: impl FnOnce(&TestServer)) -> Self {
-        let dir = support::temp_dir("netns");
-        let mut config = support::test_config(&dir);
-        config.listen = Some("0.0.0.0:0".parse().unwrap());
-        config.media_bind = Some((net.host_ip, 0).into());
-        config.media_tcp_bind = Some((net.host_ip, 0).into());
-        let srv = TestServer::start_with(config).await;
-        restrict(&srv);
+        let (srv, dir) = namespace_gateway(net, |_| {}, restrict).await;
         let olga = srv.staff_token("olga", StaffRole::Staff);
         let meeting = srv
             .create_meeting(
@@ -539,14 +579,8 @@ impl NamespaceCall {
         support::sdk_admitted(&mut events).await;
         let cam = staff.publish(TrackSource::Camera).await.unwrap();
         let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
-        let port = srv.running.as_ref().unwrap().addr.port();
-        let guest = serde_json::json!({
-            "linkCode": meeting["public_link"]["code"],
-            "guestName": guest_name,
-            "mediaTimeoutMs": 25000,
-            "baseUrl": format!("https://{}:{port}", net.host_ip),
-            "chromiumPath": net.wrapper(&dir, "/usr/bin/chromium").display().to_string(),
-        });
+        let mut guest = guest_in_namespace(&srv, net, &dir, guest_name);
+        guest["linkCode"] = meeting["public_link"]["code"].clone();
         NamespaceCall {
             srv,
             staff,
@@ -566,6 +600,37 @@ impl NamespaceCall {
             })
             .await;
     }
+}
+
+/// A gateway reachable from a guest's namespace: HTTPS on every address, media (UDP and
+/// ICE-TCP) on the host end of the link, then `configure`'s settings; `restrict` sets the
+/// guest's network once the gateway's ports are known. Returns the server and its temporary directory.
+async fn namespace_gateway(
+    net: &support::netns::GuestNet,
+    configure: impl FnOnce(&mut gatehouse::config::Config),
+    restrict: impl FnOnce(&TestServer),
+) -> (TestServer, std::path::PathBuf) {
+    let dir = support::temp_dir("netns");
+    let mut config = support::test_config(&dir);
+    config.listen = Some("0.0.0.0:0".parse().unwrap());
+    config.media_bind = Some((net.host_ip, 0).into());
+    config.media_tcp_bind = Some((net.host_ip, 0).into());
+    configure(&mut config);
+    let srv = TestServer::start_with(config).await;
+    restrict(&srv);
+    (srv, dir)
+}
+
+/// The browser script's config for a guest in `net`: the gateway's address on the guest's
+/// link, Chromium inside the namespace (a staff browser the script starts runs outside it).
+fn guest_in_namespace(srv: &TestServer, net: &support::netns::GuestNet, dir: &std::path::Path, name: &str) -> Value {
+    let port = srv.running.as_ref().unwrap().addr.port();
+    serde_json::json!({
+        "guestName": name,
+        "mediaTimeoutMs": 25000,
+        "baseUrl": format!("https://{}:{port}", net.host_ip),
+        "chromiumPath": net.wrapper(dir, "/usr/bin/chromium").display().to_string(),
+    })
 }
 
 /// Wall-clock milliseconds, the clock the page's `Date.now()` reads too.
@@ -600,6 +665,102 @@ async fn chromium_guest_keeps_the_call_through_a_10_s_network_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_keeps_the_call_when_its_address_changes() {
     guest_keeps_the_call_through(Disruption::Move).await;
+}
+
+/// Video comes back soon after the guest's network drops everything for 3 s (a train
+/// tunnel, a Wi-Fi hand-over), counted as decoded frames rising again on both sides: a
+/// guest in Chromium in its own namespace and a staff member in the console (a second
+/// Chromium outside it), both sending their fake camera. Issue 11's goal is 1 s after the
+/// network is back (figures in docs/BENCHMARKS.md §5, `scripts/bench/reach.sh`); the bound
+/// asserted, [`VIDEO_BACK_BOUND_MS`], tells "resumed" from "renegotiated or lost" and is no
+/// benchmark. Nobody sees the guest leave; the guest never leaves the call view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known to fail: the guest decodes again ~3 s after the network is back (staff 44 ms); the gateway asks for a keyframe for a subscriber heard again only on PLI/FIR so far (docs/BENCHMARKS.md §5)"]
+async fn chromium_video_decodes_again_soon_after_a_3_s_outage() {
+    video_decodes_again_after(Disruption::Cut(Duration::from_secs(3))).await;
+}
+
+/// The same when the guest's address changes (its old address and every socket on it are
+/// gone, signaling's included), counted from the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_video_decodes_again_soon_after_an_address_change() {
+    video_decodes_again_after(Disruption::Move).await;
+}
+
+/// How soon after the network is back decoded video must rise again on both sides.
+const VIDEO_BACK_BOUND_MS: u64 = 2500;
+
+/// Cuts or moves the guest's network; returns when (wall clock, ms) it works again.
+async fn disrupt(net: &mut support::netns::GuestNet, disruption: Disruption) -> u64 {
+    match disruption {
+        Disruption::Cut(outage) => {
+            net.nft(
+                "table inet gatehouse_outage {
+                   chain out { type filter hook output priority -10; policy drop; }
+                   chain in { type filter hook input priority -10; policy drop; }
+                 }",
+            );
+            // The outage itself, not a wait for anything.
+            tokio::time::sleep(outage).await;
+            net.nft("delete table inet gatehouse_outage");
+        }
+        Disruption::Move => net.move_guest(),
+    }
+    epoch_ms()
+}
+
+async fn video_decodes_again_after(disruption: Disruption) {
+    let Some(mut net) = support::netns::GuestNet::create() else {
+        return;
+    };
+    let _one_browser = ONE_BROWSER.lock().await;
+    let (srv, dir) = namespace_gateway(&net, |_| {}, |_| {}).await;
+    let guest = guest_in_namespace(&srv, &net, &dir, "Travelling Tom");
+    let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "outage-frames", guest);
+    // Two browsers start, one after the other, before media flows.
+    browser.progress("media-flowing", BROWSER_START).await;
+    let restored_at = disrupt(&mut net, disruption).await;
+    browser.tell(serde_json::json!({ "told": "restored", "at": restored_at }));
+    let results = browser.finish().await;
+    let f = facts(&results, "outage-frames");
+    let label = match disruption {
+        Disruption::Cut(d) => format!("frames-outage-{}s", d.as_secs()),
+        Disruption::Move => "frames-address-change".to_owned(),
+    };
+    // One line for scripts/bench/reach.sh (docs/BENCHMARKS.md §5).
+    eprintln!(
+        "REACH {label} {}",
+        serde_json::json!({
+            "frames_to_guest_ms": f["toGuest"]["ms"],
+            "frames_to_staff_ms": f["toStaff"]["ms"],
+            "guest_timeline": f["guestTimeline"],
+            "staff_timeline": f["staffTimeline"],
+            "staff_track_events": f["staffTrackEvents"],
+        })
+    );
+    for side in ["toGuest", "toStaff"] {
+        let ms = f[side]["ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{side}: video decoded again: {f:#}"));
+        assert!(
+            ms < VIDEO_BACK_BOUND_MS,
+            "{side}: video decoded again {ms} ms after the network was back (bound {VIDEO_BACK_BOUND_MS} ms): {f:#}"
+        );
+    }
+    assert_eq!(
+        f["guestViews"],
+        serde_json::json!(["call"]),
+        "the guest stayed in the call: {f:#}"
+    );
+    assert_eq!(
+        f["staffSawLeft"],
+        serde_json::json!([]),
+        "nobody saw the guest leave: {f:#}"
+    );
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
 }
 
 /// What happens to the guest's network once media flows.
@@ -755,17 +916,7 @@ async fn chromium_guest_with_no_media_path_is_told_and_staff_see_no_media() {
         return;
     };
     let _one_browser = ONE_BROWSER.lock().await;
-    let mut call = NamespaceCall::start(&net, "Firewalled Fay", |srv| {
-        let tcp = srv.state().sfu.tcp_addr().expect("ICE-TCP on");
-        net.nft(&format!(
-            "table inet gatehouse_test {{
-               chain out {{ type filter hook output priority 0; policy accept; meta l4proto udp drop; tcp dport {} drop; }}
-               chain in {{ type filter hook input priority 0; policy accept; meta l4proto udp drop; }}
-             }}",
-            tcp.port()
-        ));
-    })
-    .await;
+    let mut call = NamespaceCall::start(&net, "Firewalled Fay", |srv| block_media_paths(&net, srv)).await;
     let (staff, events) = (&call.staff, &mut call.events);
     let mut browser = BrowserScript::start(&call.srv, "scenarios.mjs", "guest-no-path", call.guest.clone());
     browser.progress("join-sent", BROWSER_START).await;
@@ -815,6 +966,70 @@ async fn chromium_guest_with_no_media_path_is_told_and_staff_see_no_media() {
     assert_eq!(f["alertRole"], "alert", "{f:#}");
     assert_eq!(f["view"], "call", "signaling and chat go on: {f:#}");
     call.end().await;
+}
+
+/// The guest's network lets the page and its signaling through but no media path: UDP
+/// and the gateway's media TCP port blocked (and no TURN server configured).
+fn block_media_paths(net: &support::netns::GuestNet, srv: &TestServer) {
+    let tcp = srv.state().sfu.tcp_addr().expect("ICE-TCP on");
+    net.nft(&format!(
+        "table inet gatehouse_test {{
+           chain out {{ type filter hook output priority 0; policy accept; meta l4proto udp drop; tcp dport {} drop; }}
+           chain in {{ type filter hook input priority 0; policy accept; meta l4proto udp drop; }}
+         }}",
+        tcp.port()
+    ));
+}
+
+/// Never silent, in the console: a guest whose media cannot connect on any path (in its own
+/// namespace, UDP and the media TCP port blocked, no TURN) is told on its page within a few
+/// seconds of its connections failing to come up, and the staff member who admitted it from
+/// the console (a second Chromium outside that network) sees it as "no media" in the
+/// participant list and on its tile, then the guest reads what to try. Screenshot
+/// `console-no-media.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_a_guest_with_no_media_path_as_no_media() {
+    let Some(net) = support::netns::GuestNet::create() else {
+        return;
+    };
+    let _one_browser = ONE_BROWSER.lock().await;
+    let (srv, dir) = namespace_gateway(&net, |_| {}, |srv| block_media_paths(&net, srv)).await;
+    let guest = guest_in_namespace(&srv, &net, &dir, "Firewalled Fay");
+    let results = BrowserScript::start(&srv, "scenarios.mjs", "console-no-media", guest)
+        .finish()
+        .await;
+    let f = facts(&results, "console-no-media");
+    eprintln!(
+        "REACH console-no-media {}",
+        serde_json::json!({
+            "guest_told_ms": f["guestToldMs"],
+            "console_no_media_ms": f["consoleNoMediaMs"],
+            "guest_final_ms": f["guestFinalMs"],
+        })
+    );
+    let ms = |key: &str| f[key].as_u64().unwrap_or_else(|| panic!("{key} measured: {f:#}"));
+    // Times from the guest's call view; its connections are known not to work 4 s after
+    // they were negotiated (the web client's connect timer).
+    assert_eq!(f["guestPhase"], "blocked", "{f:#}");
+    assert!(f["guestText"].as_str().unwrap_or("").contains("blocking"), "{f:#}");
+    assert!(ms("guestToldMs") < 10_000, "the guest is told within seconds: {f:#}");
+    assert!(
+        ms("consoleNoMediaMs") < ms("guestToldMs") + 5_000,
+        "the console says \"no media\" as the guest is told: {f:#}"
+    );
+    assert!(f["consolePill"].as_str().unwrap_or("").starts_with("no media"), "{f:#}");
+    assert_eq!(
+        (f["consoleTile"]["state"].as_str(), f["consoleTile"]["shown"].as_bool()),
+        (Some("no-media"), Some(true)),
+        "{f:#}"
+    );
+    assert_eq!(f["guestFinalPhase"], "failed", "{f:#}");
+    assert_eq!(f["consolePillFinal"]["state"], "no-media", "{f:#}");
+    assert_eq!(f["guestView"], "call", "signaling and chat go on: {f:#}");
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
 }
 
 /// A test that fails while its browser runs leaves no process behind: not Node, not the
