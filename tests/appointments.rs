@@ -1,0 +1,700 @@
+//! Virtual appointments against a real gateway: real TLS, real SQLite, real WebSockets.
+//! Schema upgrade of an old data directory, booking (public and private types, the .ics,
+//! cancel and reschedule by the guest), the race for one slot, the state following the
+//! guest and staff through the meeting, and the no-show clock.
+
+mod support;
+
+use std::time::Duration;
+
+use gatehouse_signaling::protocol::{ClientMessage, ServerMessage};
+use gatehouse_signaling::token::StaffRole;
+use serde_json::{Value, json};
+use support::{EVENT_TIMEOUT, TestServer, test_config};
+
+const MIN_MS: u64 = 60_000;
+
+fn now_ms() -> u64 {
+    gatehouse::ids::now_ms()
+}
+
+/// RFC 3339 in UTC for Unix ms.
+fn rfc3339(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64).unwrap().to_string()
+}
+
+/// Working all day, every day, in UTC: any future slot is in hours.
+fn always_hours() -> Value {
+    let day = json!([["00:00", "24:00"]]);
+    json!({
+        "time_zone": "UTC",
+        "weekly": { "mon": day, "tue": day, "wed": day, "thu": day, "fri": day, "sat": day, "sun": day }
+    })
+}
+
+/// The next whole hour at least two hours ahead (a slot boundary for 30-minute types).
+fn slot_ahead(hours: u64) -> u64 {
+    let hour = 60 * MIN_MS;
+    (now_ms() / hour + 1 + hours) * hour
+}
+
+/// A department with `staff` (each working all day), and a 30-minute type for it.
+async fn setup(srv: &TestServer, admin: &str, staff: &[&str], type_extra: Value) -> (String, Value) {
+    let (status, dept) = srv
+        .call(
+            "POST",
+            "/api/v1/departments",
+            Some(admin),
+            Some(json!({ "name": "Dermatology" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{dept}");
+    let did = dept["department_id"].as_str().unwrap().to_owned();
+    for s in staff {
+        let (status, body) = srv
+            .call(
+                "PUT",
+                &format!("/api/v1/departments/{did}/staff/{s}"),
+                Some(admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = srv
+            .call(
+                "PUT",
+                &format!("/api/v1/staff/{s}/working-hours"),
+                Some(admin),
+                Some(always_hours()),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut settings = json!({ "title": "Skin check", "duration_minutes": 30, "department_id": did });
+    for (k, v) in type_extra.as_object().unwrap() {
+        settings[k] = v.clone();
+    }
+    let (status, t) = srv
+        .call("POST", "/api/v1/appointment-types", Some(admin), Some(settings))
+        .await;
+    assert_eq!(status, 201, "{t}");
+    (did, t)
+}
+
+async fn appointment(srv: &TestServer, token: &str, id: &str) -> Value {
+    let (status, a) = srv
+        .call("GET", &format!("/api/v1/appointments/{id}"), Some(token), None)
+        .await;
+    assert_eq!(status, 200, "{a}");
+    a
+}
+
+/// Polls the appointment until it is in `state` (the store writes it with the event).
+async fn wait_for_state(srv: &TestServer, token: &str, id: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let a = appointment(srv, token, id).await;
+        if a["state"] == state {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {state}; now {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn transitions(a: &Value) -> Vec<String> {
+    a["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Books a slot of the type named `key` as a guest.
+async fn book(srv: &TestServer, key: &str, start: u64, name: &str) -> (u16, Value) {
+    srv.call(
+        "POST",
+        &format!("/api/v1/book/types/{key}/appointments"),
+        None,
+        Some(json!({ "starts_at": rfc3339(start), "display_name": name })),
+    )
+    .await
+}
+
+fn code_of(url: &Value) -> String {
+    url.as_str().unwrap().rsplit('/').next().unwrap().to_owned()
+}
+
+/// The schema of the release before migrations, verbatim (user_version 1 and 2).
+const OLD_V1: &str = r#"
+CREATE TABLE IF NOT EXISTS meetings (
+    meeting_id   TEXT PRIMARY KEY,
+    organization TEXT NOT NULL,
+    organizer    TEXT NOT NULL,
+    settings     TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    ended_at     INTEGER
+);
+CREATE TABLE IF NOT EXISTS links (
+    link_id     TEXT PRIMARY KEY,
+    meeting_id  TEXT NOT NULL REFERENCES meetings(meeting_id),
+    code        TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    invitee     TEXT,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    revoked_at  INTEGER,
+    redemptions INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS links_by_meeting ON links(meeting_id);
+CREATE TABLE IF NOT EXISTS participation_events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    event          TEXT NOT NULL,
+    detail         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_meeting ON participation_events(meeting_id, id);
+"#;
+
+const OLD_V2: &str = r#"
+CREATE TABLE IF NOT EXISTS open_attendance (
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    in_call        INTEGER NOT NULL,
+    since_ms       INTEGER NOT NULL,
+    PRIMARY KEY (meeting_id, participant_id)
+);
+"#;
+
+/// Writes a data directory as the previous release left it: its schema at `version`, one
+/// meeting with its public link and a participation event.
+fn old_data_dir(version: i64) -> std::path::PathBuf {
+    let dir = support::temp_dir("old-release");
+    let conn = rusqlite::Connection::open(dir.join("gatehouse.db")).unwrap();
+    conn.execute_batch(OLD_V1).unwrap();
+    if version >= 2 {
+        conn.execute_batch(OLD_V2).unwrap();
+    }
+    conn.pragma_update(None, "user_version", version).unwrap();
+    let settings = r#"{"title":"Before the upgrade","lobby_bypass":"everyone","allow_anonymous":true,"public_link_enabled":true,"guests_may_present":false,"chat_enabled":true,"max_participants":50,"lobby_timeout_secs":900,"invited_staff":[],"scheduled_start_ms":null,"scheduled_end_ms":null}"#;
+    conn.execute(
+        "INSERT INTO meetings VALUES ('m_old', 'default', 'olga', ?1, 1000, NULL)",
+        [settings],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO links (link_id, meeting_id, code, kind, created_at) VALUES ('l_old', 'm_old', 'oldcode123', 'public', 1000)",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        r#"INSERT INTO participation_events (meeting_id, participant_id, display_name, kind, at_ms, event, detail) VALUES ('m_old', 'p_x', 'Ann', 'guest', 2000, 'link_redeemed', '{"event":"link_redeemed","link_id":"l_old"}')"#,
+        [],
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_the_previous_release_upgrades_in_place() {
+    for version in [1, 2] {
+        let dir = old_data_dir(version);
+        let mut srv = TestServer::start_with(test_config(&dir)).await;
+        let olga = srv.staff_token("olga", StaffRole::Staff);
+        let (status, m) = srv.call("GET", "/api/v1/meetings/m_old", Some(&olga), None).await;
+        assert_eq!(status, 200, "v{version}: {m}");
+        assert_eq!(m["settings"]["title"], "Before the upgrade");
+        assert_eq!(m["public_link"]["code"], "oldcode123");
+        let (_, events) = srv
+            .call("GET", "/api/v1/meetings/m_old/events", Some(&olga), None)
+            .await;
+        assert_eq!(events.as_array().unwrap().len(), 1, "v{version}: {events}");
+        // The old link still works, and the new tables are there.
+        srv.redeem("oldcode123", "Ben").await;
+        let admin = srv.staff_token("ada", StaffRole::Admin);
+        let (status, _) = srv
+            .call(
+                "POST",
+                "/api/v1/departments",
+                Some(&admin),
+                Some(json!({ "name": "New" })),
+            )
+            .await;
+        assert_eq!(status, 201);
+        srv.stop().await;
+        let conn = rusqlite::Connection::open(dir.join("gatehouse.db")).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, gatehouse::store::SCHEMA_VERSION, "v{version}");
+        let redeemed: i64 = conn
+            .query_row("SELECT redemptions FROM links WHERE link_id = 'l_old'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(redeemed, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_books_gets_an_ics_reschedules_and_cancels_through_their_link() {
+    let srv = TestServer::start().await;
+    let admin = srv.staff_token("ada", StaffRole::Admin);
+    let (_, t) = setup(&srv, &admin, &["olga", "ben"], json!({})).await;
+    let type_id = t["type_id"].as_str().unwrap();
+
+    // The organisation's booking page lists it.
+    let (status, types) = srv.call("GET", "/api/v1/book/orgs/default/types", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(types[0]["key"], type_id, "{types}");
+    assert_eq!(types[0]["duration_minutes"], 30);
+
+    // Free slots over the next day; book one two hours ahead.
+    let start = slot_ahead(2);
+    let (status, slots) = srv
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/book/types/{type_id}/slots?from={}&to={}",
+                rfc3339(start),
+                rfc3339(start + 24 * 60 * MIN_MS)
+            ),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{slots}");
+    assert_eq!(slots["slots"].as_array().unwrap().len(), 48, "{slots}");
+    assert_eq!(slots["slots"][0]["starts_at_ms"], start);
+
+    let (status, booked) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/book/types/{type_id}/appointments"),
+            None,
+            Some(
+                json!({ "starts_at": rfc3339(start), "display_name": "Grace Hopper", "contact": "grace@example.org" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{booked}");
+    let a = &booked["appointment"];
+    assert_eq!(a["state"], "scheduled");
+    assert_eq!(a["starts_at_ms"], start);
+    assert!(
+        a.get("guest_contact").is_none(),
+        "the public view hides the contact: {a}"
+    );
+    let code = booked["manage_code"].as_str().unwrap().to_owned();
+    let id = a["appointment_id"].as_str().unwrap().to_owned();
+    let join_code = code_of(&booked["join_url"]);
+
+    // The slot is gone for the staff member who took it, not for the other.
+    let (_, slots) = srv
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/book/types/{type_id}/slots?from={}&to={}",
+                rfc3339(start),
+                rfc3339(start + 60 * MIN_MS)
+            ),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(slots["slots"][0]["starts_at_ms"], start, "ben is still free: {slots}");
+
+    // The staff view has the contact and the first transition.
+    let staff_view = appointment(&srv, &admin, &id).await;
+    assert_eq!(staff_view["guest_contact"], "grace@example.org");
+    assert_eq!(transitions(&staff_view), ["scheduled"]);
+
+    // The .ics.
+    let resp = srv
+        .http
+        .get(format!("{}/api/v1/book/appointments/{code}/ics", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/calendar")
+    );
+    let ics = resp.text().await.unwrap();
+    let dtstart = jiff::Timestamp::from_millisecond(start as i64)
+        .unwrap()
+        .strftime("DTSTART:%Y%m%dT%H%M%SZ")
+        .to_string();
+    assert!(ics.contains(&dtstart), "{ics}");
+    assert!(ics.contains("SUMMARY:Skin check"), "{ics}");
+
+    // Reschedule an hour later through the guest's code.
+    let later = start + 60 * MIN_MS;
+    let (status, moved) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/book/appointments/{code}/reschedule"),
+            None,
+            Some(json!({ "starts_at": rfc3339(later) })),
+        )
+        .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["appointment"]["starts_at_ms"], later);
+    // Outside working hours? Never here; into the past: refused.
+    let (status, err) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/book/appointments/{code}/reschedule"),
+            None,
+            Some(json!({ "starts_at": rfc3339(now_ms() - MIN_MS) })),
+        )
+        .await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("bad_request")), "{err}");
+
+    // Cancel: the join link dies with it; a second cancel is a conflict.
+    let (status, cancelled) = srv
+        .call("POST", &format!("/api/v1/book/appointments/{code}/cancel"), None, None)
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["appointment"]["state"], "cancelled");
+    let (status, err) = srv.call("GET", &format!("/api/v1/links/{join_code}"), None, None).await;
+    assert_eq!((status, err["code"].as_str()), (410, Some("link_revoked")), "{err}");
+    let (status, err) = srv
+        .call("POST", &format!("/api/v1/book/appointments/{code}/cancel"), None, None)
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("wrong_appointment_state")),
+        "{err}"
+    );
+    let staff_view = appointment(&srv, &admin, &id).await;
+    assert_eq!(transitions(&staff_view), ["scheduled", "scheduled", "cancelled"]);
+    let causes: Vec<&str> = staff_view["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, ["booked", "rescheduled", "cancelled_by_guest"]);
+    // The freed slot is bookable again.
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/book/types/{type_id}/appointments"),
+            None,
+            Some(json!({ "starts_at": rfc3339(later), "display_name": "Ada" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // Unknown codes and bad input answer with typed errors.
+    for (method, path, body, want) in [
+        ("GET", "/api/v1/book/appointments/nope".to_owned(), None, 404),
+        ("GET", "/api/v1/book/types/nope/slots?from=x&to=y".to_owned(), None, 404),
+        (
+            "GET",
+            format!("/api/v1/book/types/{type_id}/slots?from=2026-01-01T00:00:00Z&to=2026-06-01T00:00:00Z"),
+            None,
+            400,
+        ),
+        ("GET", format!("/api/v1/book/types/{type_id}/slots"), None, 400),
+        (
+            "POST",
+            format!("/api/v1/book/types/{type_id}/appointments"),
+            Some(json!(["x"])),
+            400,
+        ),
+        (
+            "POST",
+            format!("/api/v1/book/types/{type_id}/appointments"),
+            Some(json!({ "starts_at": "tomorrow", "display_name": "X" })),
+            400,
+        ),
+    ] {
+        let (status, err) = srv.call(method, &path, None, body).await;
+        assert_eq!(status, want, "{path}: {err}");
+        assert!(err["code"].is_string(), "{path}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_bookings_of_one_slot_exactly_one_wins() {
+    let srv = TestServer::start().await;
+    let admin = srv.staff_token("ada", StaffRole::Admin);
+    let (_, t) = setup(&srv, &admin, &["olga"], json!({})).await;
+    let type_id = t["type_id"].as_str().unwrap().to_owned();
+    let start = slot_ahead(3);
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (http, base, type_id) = (srv.http.clone(), srv.base.clone(), type_id.clone());
+            tokio::spawn(async move {
+                support::http_call(
+                    &http,
+                    &base,
+                    "POST",
+                    &format!("/api/v1/book/types/{type_id}/appointments"),
+                    None,
+                    Some(json!({ "starts_at": rfc3339(start), "display_name": format!("Guest {i}") })),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    let mut taken = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            201 => won += 1,
+            409 if body["code"] == "slot_taken" => taken += 1,
+            _ => panic!("unexpected answer {status}: {body}"),
+        }
+    }
+    assert_eq!((won, taken), (1, 49));
+    let (_, day) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/appointments?date={}", &rfc3339(start)[..10]),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let at_start = day["appointments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["starts_at_ms"] == start)
+        .count();
+    assert_eq!(at_start, 1, "{day}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_types_are_reached_by_their_link_only_and_single_use_links_book_once() {
+    let srv = TestServer::start().await;
+    let admin = srv.staff_token("ada", StaffRole::Admin);
+    let (_, t) = setup(
+        &srv,
+        &admin,
+        &["olga"],
+        json!({ "public": false, "single_use_link": true }),
+    )
+    .await;
+    let type_id = t["type_id"].as_str().unwrap();
+    let link = &t["private_link"];
+    // 90 days by default.
+    let ttl = link["expires_at_ms"].as_u64().unwrap() - t["created_at_ms"].as_u64().unwrap();
+    assert_eq!(ttl, 90 * 24 * 3600 * 1000);
+    let code = link["code"].as_str().unwrap();
+    assert!(t["private_url"].as_str().unwrap().ends_with(code));
+
+    let (_, types) = srv.call("GET", "/api/v1/book/orgs/default/types", None, None).await;
+    assert_eq!(types, json!([]), "a private type is not listed");
+    let (status, _) = srv
+        .call("GET", &format!("/api/v1/book/types/{type_id}"), None, None)
+        .await;
+    assert_eq!(status, 404, "nor reachable by its id");
+    let (status, info) = srv.call("GET", &format!("/api/v1/book/types/{code}"), None, None).await;
+    assert_eq!((status, info["title"].as_str()), (200, Some("Skin check")));
+
+    let (status, body) = book(&srv, code, slot_ahead(2), "Grace").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, err) = book(&srv, code, slot_ahead(4), "Mallory").await;
+    assert_eq!((status, err["code"].as_str()), (410, Some("link_used")), "{err}");
+    let (status, err) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/book/types/{code}/slots?from=a&to=b"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((status, err["code"].as_str()), (410, Some("link_used")), "{err}");
+
+    // A new private link works again; the old code is gone.
+    let (status, t2) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/appointment-types/{type_id}/private-link"),
+            Some(&admin),
+            Some(json!({ "expires_in_days": 7 })),
+        )
+        .await;
+    assert_eq!(status, 201, "{t2}");
+    let new_code = t2["private_link"]["code"].as_str().unwrap();
+    let (status, _) = srv.call("GET", &format!("/api/v1/book/types/{code}"), None, None).await;
+    assert_eq!(status, 404);
+    let (status, _) = srv
+        .call("GET", &format!("/api/v1/book/types/{new_code}"), None, None)
+        .await;
+    assert_eq!(status, 200);
+
+    // Only admins manage types; staff of another organisation see nothing.
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let (status, err) = srv
+        .call(
+            "POST",
+            "/api/v1/appointment-types",
+            Some(&olga),
+            Some(json!({ "title": "X", "staff": ["olga"] })),
+        )
+        .await;
+    assert_eq!((status, err["code"].as_str()), (403, Some("forbidden")));
+    let outsider = srv.staff_token_in("eve", "other", StaffRole::Admin);
+    let (status, _) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/appointment-types/{type_id}"),
+            Some(&outsider),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_follows_the_guest_and_staff_through_the_meeting_and_survives_a_restart() {
+    let mut srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Admin);
+    let (_, t) = setup(&srv, &olga, &["olga"], json!({})).await;
+    let start = slot_ahead(1);
+    let (status, a) = srv
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(&olga),
+            Some(json!({ "type_id": t["type_id"], "starts_at": rfc3339(start), "guest_name": "Grace" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(a["staff"], "olga");
+    let id = a["appointment_id"].as_str().unwrap().to_owned();
+    let meeting_id = a["meeting_id"].as_str().unwrap().to_owned();
+
+    // The guest opens the link and waits in the lobby.
+    let guest_token = srv.redeem(&code_of(&a["join_url"]), "Grace").await;
+    let mut guest = srv.join(&guest_token, None).await;
+    guest
+        .expect("lobby", |m| matches!(m, ServerMessage::Lobby { .. }))
+        .await;
+    wait_for_state(&srv, &olga, &id, "waiting").await;
+
+    // Today's queue shows the guest waiting.
+    let (_, day) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/appointments?date={}", &rfc3339(start)[..10]),
+            Some(&olga),
+            None,
+        )
+        .await;
+    let mine = day["appointments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["appointment_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("in the queue: {day}"));
+    assert_eq!(mine["state"], "waiting");
+    assert!(mine["lobby_wait_ms"].as_u64().is_some());
+
+    // Staff join and admit: in progress.
+    let mut staff = srv.join(&olga, Some(&meeting_id)).await;
+    let lobby = staff
+        .expect(
+            "the lobby list",
+            |m| matches!(m, ServerMessage::LobbyUpdate { entries } if !entries.is_empty()),
+        )
+        .await;
+    let ServerMessage::LobbyUpdate { entries } = lobby else {
+        unreachable!()
+    };
+    staff
+        .send(&ClientMessage::Admit {
+            participant_id: entries[0].participant_id.clone(),
+        })
+        .await;
+    guest
+        .expect("admitted", |m| matches!(m, ServerMessage::Admitted { .. }))
+        .await;
+    wait_for_state(&srv, &olga, &id, "in_progress").await;
+
+    // Cancelling a running appointment is refused.
+    let (status, err) = srv
+        .call("POST", &format!("/api/v1/appointments/{id}/cancel"), Some(&olga), None)
+        .await;
+    assert_eq!((status, err["code"].as_str()), (409, Some("wrong_appointment_state")));
+
+    // The guest leaves: completed, with its lobby wait.
+    guest.send(&ClientMessage::Leave).await;
+    guest.until_closed().await;
+    let done = wait_for_state(&srv, &olga, &id, "completed").await;
+    assert_eq!(transitions(&done), ["scheduled", "waiting", "in_progress", "completed"]);
+    assert!(done["lobby_wait_ms"].as_u64().is_some());
+    staff.send(&ClientMessage::Leave).await;
+    staff.until_closed().await;
+
+    // Durable: after a restart on the same data directory, the same state and history.
+    srv.stop().await;
+    let mut again = TestServer::start_with(test_config(&srv.data_dir)).await;
+    let olga = again.staff_token("olga", StaffRole::Admin);
+    let after = appointment(&again, &olga, &id).await;
+    assert_eq!(after["state"], "completed");
+    assert_eq!(after["transitions"], done["transitions"]);
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clock_marks_an_absent_guest_no_show_at_the_deadline() {
+    let mut srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Admin);
+    let (_, t) = setup(&srv, &olga, &["olga"], json!({ "no_show_minutes": 10 })).await;
+    // Staff may enter an appointment that began 12 minutes ago (a walk-in written down late).
+    let start = now_ms() - 12 * MIN_MS;
+    let (status, a) = srv
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(&olga),
+            Some(json!({ "type_id": t["type_id"], "starts_at": rfc3339(start), "guest_name": "Absent" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{a}");
+    let id = a["appointment_id"].as_str().unwrap();
+    let marked = wait_for_state(&srv, &olga, id, "no_show").await;
+    // The deadline (start + 10 min) passed before the appointment existed: the mark is
+    // stamped at its creation, never before it (the pure tests check the exact deadline),
+    // and not when the clock noticed.
+    let created = marked["transitions"][0]["at_ms"].as_u64().unwrap();
+    assert!(created > start + 10 * MIN_MS);
+    assert_eq!(marked["no_show_at_ms"], created);
+    let last = marked["transitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["to"].as_str(), last["cause"].as_str()),
+        (Some("no_show"), Some("clock"))
+    );
+    // A no-show cannot be cancelled, but can be rescheduled.
+    let (status, _) = srv
+        .call("POST", &format!("/api/v1/appointments/{id}/cancel"), Some(&olga), None)
+        .await;
+    assert_eq!(status, 409);
+    let (status, moved) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/appointments/{id}/reschedule"),
+            Some(&olga),
+            Some(json!({ "starts_at": rfc3339(slot_ahead(5)) })),
+        )
+        .await;
+    assert_eq!((status, moved["state"].as_str()), (200, Some("scheduled")), "{moved}");
+    srv.stop().await;
+}
