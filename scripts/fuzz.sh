@@ -5,7 +5,7 @@
 # found so far, so a known crash that comes back fails here), then on new inputs until
 # SECONDS have passed. Exit status non-zero if any target crashed, hung or leaked.
 #
-#   ./scripts/fuzz.sh                    30 s per target (what scripts/test.sh runs)
+#   ./scripts/fuzz.sh                    30 s per target (scripts/test.sh runs 20 s)
 #   ./scripts/fuzz.sh 0                  only the checked-in corpora (known crashes), no new inputs
 #   ./scripts/fuzz.sh --release 3600     an hour per target, optimised build (long campaigns)
 #   ./scripts/fuzz.sh --release 600 media_datagram   one target for ten minutes

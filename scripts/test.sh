@@ -5,7 +5,7 @@
 #
 #   ./scripts/test.sh            everything; installs what a fresh machine lacks first
 #   ./scripts/test.sh --heavy    also the heavy scenarios (#[ignore = "heavy: ..."]: soaks, sweeps)
-#   FUZZ_SECS=300 ./scripts/test.sh   fuzz each target 5 minutes instead of 30 s
+#   FUZZ_SECS=300 ./scripts/test.sh   fuzz each target 5 minutes instead of 20 s
 #   ./scripts/test.sh --help     this text
 #
 # Every step runs even when an earlier one fails; a summary of what failed comes last,
@@ -61,16 +61,22 @@ else
   failed+=("lint (clippy-driver not found: rustup component add clippy)")
 fi
 
+# A first build (a fresh clone: CI) gains nothing from incremental compilation and pays
+# for its bookkeeping on every workspace crate; a warm target/ keeps what it was built with.
+if [ ! -d target/debug/incremental ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 step test cargo test --workspace --all-targets --no-fail-fast "${heavy[@]}"
 step doc cargo test --workspace --doc --no-fail-fast
 
 # Fuzzing (fuzz/: its own crate and target dir, built with AddressSanitizer): every target
-# over its checked-in corpus, so a known crash that comes back fails, then FUZZ_SECS (30 by
+# over its checked-in corpus, so a known crash that comes back fails, then FUZZ_SECS (20 by
 # default) of new inputs each. fuzz.sh's default build is unoptimised (cargo fuzz build
 # --dev): about a third of the release build's CPU time, which was most of this step on a
 # fresh machine (docs/RELIABILITY.md, "Fuzzing").
 # Not linted by the clippy wrapper above: it is not a workspace member.
-step fuzz env -u RUSTC_WORKSPACE_WRAPPER ./scripts/fuzz.sh "${FUZZ_SECS:-30}"
+step fuzz env -u RUSTC_WORKSPACE_WRAPPER ./scripts/fuzz.sh "${FUZZ_SECS:-20}"
 
 if [ -n "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
   # Cargo replays the warnings of crates it did not rebuild, so this sees them all.

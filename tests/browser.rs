@@ -687,8 +687,10 @@ async fn chromium_video_decodes_again_soon_after_an_address_change() {
     video_decodes_again_after(Disruption::Move).await;
 }
 
-/// How soon after the network is back decoded video must rise again on both sides.
-const VIDEO_BACK_BOUND_MS: u64 = 2500;
+/// How soon after the network is back decoded video must rise again on both sides: well
+/// above what a 2-core CI box shared with other tests takes (an address change: 2.1 to 2.6 s
+/// here), well below a renegotiation after ICE failure (15 s and more) or "never".
+const VIDEO_BACK_BOUND_MS: u64 = 4000;
 
 /// Cuts or moves the guest's network; returns when (wall clock, ms) it works again.
 async fn disrupt(net: &mut support::netns::GuestNet, disruption: Disruption) -> u64 {

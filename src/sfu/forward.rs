@@ -220,6 +220,45 @@ impl SeqRewriter {
     }
 }
 
+/// Keeps a leg's RTP timestamps moving forward when its source restarts (a new
+/// SSRC on the same mid, or a parked track adopted by the publisher's new
+/// connection): the new source's timeline starts at a random base, and a
+/// receiver that sees timestamps jump back (in RTP modular order) takes every
+/// later frame for one older than the last it decoded and drops it (libwebrtc's
+/// frame buffer does), so video never shows again. Between restarts the
+/// timestamps pass with one constant offset (zero until the first restart).
+#[derive(Debug, Clone, Default)]
+pub struct TsRewriter {
+    /// in - out.
+    offset: u32,
+    /// The highest timestamp (in RTP modular order) this leg emitted.
+    last_out: Option<u32>,
+    /// The next packet starts a new timeline this many ticks after `last_out`.
+    resync: Option<u32>,
+}
+
+impl TsRewriter {
+    /// The next packet starts a new source's timeline, `gap` clock ticks after the
+    /// last timestamp sent (at least one tick, so it is never taken for the same frame).
+    pub fn resync(&mut self, gap: u32) {
+        self.resync = Some(gap.max(1));
+    }
+
+    pub fn rewrite(&mut self, ts: u32) -> u32 {
+        if let Some(gap) = self.resync.take()
+            && let Some(last) = self.last_out
+        {
+            self.offset = ts.wrapping_sub(last.wrapping_add(gap));
+        }
+        let out = ts.wrapping_sub(self.offset);
+        match self.last_out {
+            Some(last) if (out.wrapping_sub(last) as i32) <= 0 => {}
+            _ => self.last_out = Some(out),
+        }
+        out
+    }
+}
+
 /// Why a leg skipped a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -238,6 +277,7 @@ pub struct DownLeg {
     pub ext_map: ExtMap,
     paused: bool,
     seq: SeqRewriter,
+    ts: TsRewriter,
 }
 
 impl DownLeg {
@@ -248,6 +288,7 @@ impl DownLeg {
             ext_map: ExtMap::default(),
             paused: false,
             seq: SeqRewriter::new(),
+            ts: TsRewriter::default(),
         }
     }
 
@@ -266,10 +307,12 @@ impl DownLeg {
         resumed
     }
 
-    /// The publisher's stream restarted (new SSRC, new sequence space): the
-    /// next packet continues this leg's sequence numbers.
-    pub fn restart(&mut self) {
+    /// The publisher's stream restarted (new SSRC, new sequence space, new
+    /// timeline) `gap` clock ticks after its last packet: the next packet
+    /// continues this leg's sequence numbers, and its timestamps that much later.
+    pub fn restart(&mut self, gap: u32) {
         self.seq.resync();
+        self.ts.resync(gap);
     }
 
     /// Decides whether the packet goes out on this leg, checking without
@@ -323,6 +366,7 @@ impl DownLeg {
             header.payload_type = pt;
         }
         header.sequence_number = self.seq.rewrite(header.sequence_number);
+        header.timestamp = self.ts.rewrite(header.timestamp);
         self.ext_map.apply(header);
     }
 }
@@ -601,7 +645,7 @@ mod tests {
         h.sequence_number = 1001;
         let mut b = h.clone();
         leg.rewrite(&mut b);
-        leg.restart();
+        leg.restart(3000);
         h.sequence_number = 7;
         let mut c = h.clone();
         leg.rewrite(&mut c);
@@ -609,6 +653,49 @@ mod tests {
             (a.sequence_number, b.sequence_number, c.sequence_number),
             (1000, 1001, 1002)
         );
+    }
+
+    #[test]
+    fn a_restarted_stream_continues_the_legs_timeline_forward() {
+        // Whatever base the new source picks, ahead or behind in modular order,
+        // the leg's timestamps go on `gap` ticks after the last sent, then follow it.
+        for new_base in [0u32, 5, 1 << 31, (1 << 31) + 1, u32::MAX, 2_000_000_000] {
+            let mut leg = DownLeg::new(5);
+            leg.pt_map = PtMap::by_codec([key(96, "video/VP8", "")], [key(96, "video/VP8", "")]);
+            let mut h = header_with(&[]);
+            h.payload_type = 96;
+            let mut sent = Vec::new();
+            for ts in [90_000u32, 93_000, 93_000, 96_000] {
+                let mut p = h.clone();
+                p.timestamp = ts;
+                leg.rewrite(&mut p);
+                sent.push(p.timestamp);
+            }
+            assert_eq!(sent, [90_000, 93_000, 93_000, 96_000], "untouched before a restart");
+            leg.restart(45_000);
+            for ts in [new_base, new_base, new_base.wrapping_add(3000)] {
+                let mut p = h.clone();
+                p.timestamp = ts;
+                leg.rewrite(&mut p);
+                sent.push(p.timestamp);
+            }
+            assert_eq!(sent[4..], [141_000, 141_000, 144_000], "new base {new_base}");
+        }
+    }
+
+    #[test]
+    fn timestamps_survive_reordering_and_wrap_and_a_zero_gap_still_moves_on() {
+        let mut t = TsRewriter::default();
+        assert_eq!(t.rewrite(u32::MAX - 2999), u32::MAX - 2999);
+        assert_eq!(t.rewrite(1), 1, "wraps");
+        assert_eq!(
+            t.rewrite(u32::MAX - 2999),
+            u32::MAX - 2999,
+            "a late packet keeps its time"
+        );
+        t.resync(0);
+        assert_eq!(t.rewrite(777), 2, "one tick after the highest sent, not the late one");
+        assert_eq!(t.rewrite(778), 3);
     }
 
     #[test]

@@ -283,6 +283,24 @@ fn new_track_id() -> TrackId {
     format!("t_{:016x}", rand::random::<u64>()).into()
 }
 
+impl Track {
+    /// How many clock ticks of this track's codec passed since its last packet:
+    /// how far a restarted source's timeline goes on past the old one on every leg
+    /// (see [`super::forward::TsRewriter`]).
+    fn restart_gap(&self, now: Instant) -> u32 {
+        let clock_rate = self
+            .negotiated
+            .codecs
+            .iter()
+            .find(|c| c.mime_type.eq_ignore_ascii_case(&self.mime_type))
+            .map_or(90_000, |c| c.clock_rate);
+        let elapsed = self.last_packet.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        // Capped at an hour of ticks: beyond that the exact gap means nothing to a receiver.
+        let secs = elapsed.as_secs_f64().min(3600.0);
+        (secs * f64::from(clock_rate)) as u32
+    }
+}
+
 fn kind_of(mime_type: &str) -> TrackKind {
     if mime_type.to_ascii_lowercase().starts_with("audio/") {
         TrackKind::Audio
@@ -559,8 +577,9 @@ impl MediaRoom {
             track.ssrc = stream.ssrc;
             track.receiver = stream.receiver;
             track.mime_type = stream.mime_type;
+            let gap = track.restart_gap(now);
             for leg in &mut track.legs {
-                leg.rewrite.restart();
+                leg.rewrite.restart(gap);
             }
             self.request_keyframe(t, now, effects);
             return;
@@ -630,8 +649,9 @@ impl MediaRoom {
         track.ssrc = stream.ssrc;
         track.mime_type = stream.mime_type;
         track.negotiated = stream.negotiated;
+        let gap = track.restart_gap(now);
         for leg in &mut track.legs {
-            leg.rewrite.restart();
+            leg.rewrite.restart(gap);
             if let Some(sent) = &leg.sent {
                 leg.rewrite.pt_map = PtMap::by_codec(
                     track.negotiated.codecs.iter().map(Codec::key),

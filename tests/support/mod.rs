@@ -101,6 +101,11 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
+        // The gateway's logs in the test output, filtered by RUST_LOG (e.g. `gatehouse=debug`).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let data_dir = config.data_dir();
         let running = gatehouse::server::start(config).await.expect("server starts");
         let ca = std::fs::read(running.ca_file.as_ref().expect("dev CA")).unwrap();
