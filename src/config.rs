@@ -115,6 +115,11 @@ pub struct Config {
     /// Require `Authorization: Bearer <this>` on /metrics (Prometheus `bearer_token`). Unset: /metrics is open.
     #[arg(long, env = "GATEHOUSE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// TOML file of webhook endpoints that receive appointment events (`[[endpoint]]` with
+    /// name, url, secret or secret_file, optional organization) and their retry policy
+    /// (`[retry]`); see README, "Virtual appointments" [default: no webhooks].
+    #[arg(long, env = "GATEHOUSE_WEBHOOKS_FILE")]
+    pub webhooks_file: Option<PathBuf>,
     /// Test hook, hidden from --help: share of forwarded media packets the SFU drops
     /// on purpose (0 to 1), so the load tester's loss figures can be checked.
     #[arg(long, env = "GATEHOUSE_MEDIA_DROP_RATE", hide = true)]
@@ -196,6 +201,7 @@ impl Config {
             (0.0..=1.0).contains(&self.media_drop_rate()),
             "media drop rate must be between 0 and 1"
         );
+        self.webhooks()?;
         Ok(())
     }
 
@@ -277,6 +283,14 @@ impl Config {
     /// The bearer token /metrics requires, if any (an empty one counts as none).
     pub fn metrics_token(&self) -> Option<&str> {
         self.metrics_token.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// The webhook endpoints and retry policy (none without a webhooks file), read and checked.
+    pub fn webhooks(&self) -> anyhow::Result<crate::webhooks::Webhooks> {
+        match &self.webhooks_file {
+            Some(path) => crate::webhooks::Webhooks::load(path),
+            None => Ok(crate::webhooks::Webhooks::default()),
+        }
     }
 
     /// Share of forwarded media packets the SFU drops on purpose, in [0, 1]; 0 in production.

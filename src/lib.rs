@@ -20,3 +20,4 @@ pub mod sfu;
 pub mod store;
 pub mod tls;
 pub mod turn;
+pub mod webhooks;

@@ -698,3 +698,467 @@ async fn the_clock_marks_an_absent_guest_no_show_at_the_deadline() {
     assert_eq!((status, moved["state"].as_str()), (200, Some("scheduled")), "{moved}");
     srv.stop().await;
 }
+
+// ---- webhooks ----
+
+/// One request a [`Receiver`] got, and what it answered.
+#[derive(Debug, Clone)]
+struct Hit {
+    key: String,
+    attempt: u32,
+    timestamp: String,
+    signature: String,
+    body: Value,
+    raw: Vec<u8>,
+    answered: u16,
+}
+
+/// A real HTTP receiver on loopback that records every request. It answers 503 while
+/// `down`, else 500 to the next `fail_next` requests, else 200.
+struct Receiver {
+    url: String,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    changed: tokio::sync::watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(fail_next: usize, down: bool) -> Receiver {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let down = Arc::new(AtomicBool::new(down));
+        let fail = Arc::new(AtomicUsize::new(fail_next));
+        let (tx, changed) = tokio::sync::watch::channel(0usize);
+        let tx = Arc::new(tx);
+        let handler = {
+            let (hits, down) = (hits.clone(), down.clone());
+            move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+                let (hits, down, fail, tx) = (hits.clone(), down.clone(), fail.clone(), tx.clone());
+                async move {
+                    let answered = if down.load(Ordering::SeqCst) {
+                        503
+                    } else if fail
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        500
+                    } else {
+                        200
+                    };
+                    let h = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let hit = Hit {
+                        key: h("idempotency-key"),
+                        attempt: h("gatehouse-delivery-attempt").parse().unwrap_or(0),
+                        timestamp: h("gatehouse-timestamp"),
+                        signature: h("gatehouse-signature"),
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                        raw: body.to_vec(),
+                        answered,
+                    };
+                    let n = {
+                        let mut hits = hits.lock().unwrap();
+                        hits.push(hit);
+                        hits.len()
+                    };
+                    tx.send_replace(n);
+                    axum::http::StatusCode::from_u16(answered).unwrap()
+                }
+            }
+        };
+        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url,
+            hits,
+            down,
+            changed,
+            task,
+        }
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// Waits (on each request, never by sleeping) until `f` of the hits so far says yes.
+    async fn wait_for<T>(&self, what: &str, within: Duration, f: impl Fn(&[Hit]) -> Option<T>) -> T {
+        let mut changed = self.changed.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(t) = f(&self.hits()) {
+                return t;
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                panic!(
+                    "timed out waiting for {what}; got {:#?}",
+                    self.hits()
+                        .iter()
+                        .map(|h| (&h.body["type"], h.answered))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const HOOK_SECRET: &str = "whsec-0123456789abcdef";
+
+/// A webhooks file for `endpoints` (name, url), with retry timings short enough for tests.
+fn webhooks_file(dir: &std::path::Path, endpoints: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = String::new();
+    for (name, url) in endpoints {
+        text += &format!("[[endpoint]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{HOOK_SECRET}\"\n\n");
+    }
+    text += "[retry]\nbase_ms = 50\nmax_ms = 400\ntimeout_ms = 500\npoll_ms = 20\n";
+    let path = dir.join("webhooks.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Checks a hit as a receiver should: the signature over "{timestamp}.{body}", fresh.
+fn assert_signed(hit: &Hit) {
+    let now = now_ms() / 1000;
+    gatehouse::webhooks::verify(
+        HOOK_SECRET.as_bytes(),
+        &hit.timestamp,
+        &hit.signature,
+        &hit.raw,
+        now,
+        gatehouse::webhooks::DEFAULT_TOLERANCE,
+    )
+    .unwrap_or_else(|e| panic!("{e}: {hit:?}"));
+    // The same by hand, as a receiver in another language would.
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{}.", hit.timestamp).as_bytes());
+    mac.update(&hit.raw);
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hit.signature, format!("v1={hex}"));
+    assert!(
+        gatehouse::webhooks::verify(
+            b"not-the-secret-at-all",
+            &hit.timestamp,
+            &hit.signature,
+            &hit.raw,
+            now,
+            gatehouse::webhooks::DEFAULT_TOLERANCE
+        )
+        .is_err()
+    );
+}
+
+fn of_type<'a>(hits: &'a [Hit], event_type: &str) -> Vec<&'a Hit> {
+    hits.iter().filter(|h| h.body["type"] == event_type).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_after_500s_and_delivered_once_more_and_a_dead_endpoint_blocks_nothing() {
+    // Three 500s, then 200s.
+    let receiver = Receiver::start(3, false).await;
+    // An endpoint that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    let dir = support::temp_dir("webhooks");
+    let mut config = test_config(&dir);
+    config.webhooks_file = Some(webhooks_file(&dir, &[("silent", &silent_url), ("crm", &receiver.url)]));
+    let mut srv = TestServer::start_with(config).await;
+    let olga = srv.staff_token("olga", StaffRole::Admin);
+    let (_, t) = setup(&srv, &olga, &["olga"], json!({ "reminders": ["1h", "1d"] })).await;
+    assert_eq!(t["reminders"], json!(["1d", "1h"]), "{t}");
+    // The 1 h reminder falls due 2 s from now; the 1 d one had passed at booking: not sent.
+    let start = now_ms() + 60 * MIN_MS + 2_000;
+    let (status, a) = srv
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(&olga),
+            Some(json!({ "type_id": t["type_id"], "starts_at": rfc3339(start), "guest_name": "Ada", "guest_contact": "ada@example.org" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{a}");
+    let id = a["appointment_id"].as_str().unwrap().to_owned();
+
+    // The booked event: three failures, then delivered, each attempt with the same key.
+    let booked = receiver
+        .wait_for("the booked event delivered", EVENT_TIMEOUT, |hits| {
+            let b = of_type(hits, "appointment.booked");
+            b.iter()
+                .any(|h| h.answered == 200)
+                .then(|| b.into_iter().cloned().collect::<Vec<_>>())
+        })
+        .await;
+    assert_eq!(
+        booked.iter().map(|h| h.answered).collect::<Vec<_>>(),
+        [500, 500, 500, 200]
+    );
+    assert_eq!(booked.iter().map(|h| h.attempt).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let key = booked[0].key.clone();
+    assert!(key.starts_with("evt_"), "{key}");
+    assert!(booked.iter().all(|h| h.key == key && h.body["id"] == key.as_str()));
+    for h in &booked {
+        assert_signed(h);
+    }
+    let data = &booked[3].body["data"];
+    assert_eq!(data["appointment_id"], id.as_str());
+    assert_eq!(
+        (data["guest_name"].as_str(), data["guest_contact"].as_str()),
+        (Some("Ada"), Some("ada@example.org"))
+    );
+    assert_eq!(
+        (data["title"].as_str(), data["state"].as_str()),
+        (Some("Skin check"), Some("scheduled"))
+    );
+    assert_eq!(data["join_url"], a["join_url"]);
+    assert_eq!(booked[3].body["organization"], "default");
+
+    // The reminder, produced by the clock, carries the join link.
+    let reminder = receiver
+        .wait_for("the 1 h reminder", Duration::from_secs(20), |hits| {
+            of_type(hits, "appointment.reminder").first().map(|h| (*h).clone())
+        })
+        .await;
+    assert_signed(&reminder);
+    assert_eq!(reminder.body["data"]["reminder"], "1h");
+    assert_eq!(reminder.body["data"]["join_url"], a["join_url"]);
+    assert_eq!(reminder.body["data"]["starts_at_ms"], start);
+
+    // Staff cancel: the event says so, without the revoked link.
+    let (status, _) = srv
+        .call("POST", &format!("/api/v1/appointments/{id}/cancel"), Some(&olga), None)
+        .await;
+    assert_eq!(status, 200);
+    let cancelled = receiver
+        .wait_for("the cancelled event", EVENT_TIMEOUT, |hits| {
+            of_type(hits, "appointment.cancelled").first().map(|h| (*h).clone())
+        })
+        .await;
+    assert_eq!(cancelled.body["data"]["cause"], "cancelled_by_staff");
+    assert!(cancelled.body["data"].get("join_url").is_none(), "{:?}", cancelled.body);
+
+    // Exactly once more after recovery: one 200 for the booked event, and the store
+    // holds it delivered after 4 attempts; every event got one 200; the 1 d reminder
+    // was never sent. The silent endpoint, timing out on every attempt meanwhile, held
+    // up none of it.
+    let hits = receiver.hits();
+    assert_eq!(hits.iter().filter(|h| h.key == key && h.answered == 200).count(), 1);
+    let delivered: Vec<&str> = hits
+        .iter()
+        .filter(|h| h.answered == 200)
+        .map(|h| h.key.as_str())
+        .collect();
+    let mut unique = delivered.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        delivered.len(),
+        "each event delivered once: {delivered:?}"
+    );
+    assert_eq!(of_type(&hits, "appointment.reminder").len(), 1);
+    let (status, deliveries) = srv.call("GET", "/api/v1/webhooks/deliveries", Some(&olga), None).await;
+    assert_eq!(status, 200, "{deliveries}");
+    let find = |endpoint: &str, event: &str| {
+        deliveries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["endpoint"] == endpoint && d["event_id"] == event)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {endpoint} delivery of {event}: {deliveries}"))
+    };
+    let crm = find("crm", &key);
+    assert_eq!(
+        (crm["status"].as_str(), crm["attempts"].as_u64()),
+        (Some("delivered"), Some(4)),
+        "{crm}"
+    );
+    let dead = find("silent", &key);
+    assert_eq!(dead["status"], "pending", "{dead}");
+    assert!(dead["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{dead}");
+    let staff = srv.staff_token("ben", StaffRole::Staff);
+    let (status, _) = srv.call("GET", "/api/v1/webhooks/deliveries", Some(&staff), None).await;
+    assert_eq!(status, 403, "admins only");
+    srv.stop().await;
+    drop(silent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `gatehouse serve` as a child process with a webhooks file; killed with its tree on drop.
+struct GatewayProcess {
+    tree: support::process::ProcessTree,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl GatewayProcess {
+    fn start(dir: &std::path::Path, webhooks: &std::path::Path) -> GatewayProcess {
+        use std::io::{BufRead, BufReader, Write};
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        cmd.args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--media-bind", "127.0.0.1:0"])
+            .args([
+                "--media-tcp-bind",
+                "127.0.0.1:0",
+                "--media-shards",
+                "1",
+                "--webhooks-file",
+            ])
+            .arg(webhooks)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut tree = support::process::ProcessTree::spawn(cmd).expect("gatehouse serve starts");
+        let stderr = tree.child_mut().stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("gateway.log"))
+            .unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                if line.contains("Gatehouse is listening on") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let banner = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no banner; log in {}", dir.join("gateway.log").display()));
+        let marker = "listening on https://";
+        let rest = &banner[banner.find(marker).unwrap() + marker.len()..];
+        let listen = rest.split([' ', ',']).next().unwrap();
+        let port = listen.rsplit(':').next().unwrap();
+        gatehouse::tls::install_crypto_provider();
+        let ca = std::fs::read(dir.join("tls/ca.pem")).unwrap();
+        GatewayProcess {
+            tree,
+            base: format!("https://localhost:{port}"),
+            http: support::https_client(&ca),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        support::http_call(&self.http, &self.base, method, path, token, body).await
+    }
+
+    /// `kill -9`, returning once it is gone.
+    fn kill(mut self) {
+        let killed = self.tree.end();
+        assert!(killed.iter().any(|p| p.comm == "gatehouse"), "{killed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_undelivered_webhook_events_then_restart_delivers_every_one() {
+    let receiver = Receiver::start(0, true).await;
+    let dir = support::temp_dir("webhooks-kill");
+    let file = webhooks_file(&dir, &[("crm", &receiver.url)]);
+    let keys = gatehouse::server::load_or_create_signing_key(&dir).unwrap();
+    let now = now_ms() / 1000;
+    let olga = keys
+        .mint_staff("olga", "Olga", "default", StaffRole::Admin, now, 3600)
+        .unwrap();
+    let gw = GatewayProcess::start(&dir, &file);
+    let (status, t) = gw
+        .call(
+            "POST",
+            "/api/v1/appointment-types",
+            Some(&olga),
+            Some(json!({ "title": "Advice", "duration_minutes": 30, "staff": ["olga"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    // Three bookings and a cancellation while the receiver is down: four events, each
+    // committed with its change before the REST call answered.
+    let mut ids = Vec::new();
+    for i in 0..3u64 {
+        let (status, a) = gw
+            .call(
+                "POST",
+                "/api/v1/appointments",
+                Some(&olga),
+                Some(json!({ "type_id": t["type_id"], "starts_at": rfc3339(slot_ahead(2 + i)), "guest_name": format!("Guest {i}") })),
+            )
+            .await;
+        assert_eq!(status, 201, "{a}");
+        ids.push(a["appointment_id"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/appointments/{}/cancel", ids[0]),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    // At least one attempt was refused (the worker runs), then kill -9.
+    receiver
+        .wait_for("a refused attempt", EVENT_TIMEOUT, |hits| {
+            hits.iter().any(|h| h.answered == 503).then_some(())
+        })
+        .await;
+    gw.kill();
+    let refused_before = receiver.hits().len();
+
+    // The receiver recovers; a new gateway on the same data directory sends everything.
+    receiver.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let gw = GatewayProcess::start(&dir, &file);
+    let want: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| ("appointment.booked".to_owned(), id.clone()))
+        .chain([("appointment.cancelled".to_owned(), ids[0].clone())])
+        .collect();
+    let delivered = receiver
+        .wait_for(
+            "every event delivered after the restart",
+            Duration::from_secs(20),
+            |hits| {
+                let ok: Vec<(String, String)> = hits
+                    .iter()
+                    .filter(|h| h.answered == 200)
+                    .map(|h| {
+                        (
+                            h.body["type"].as_str().unwrap_or_default().to_owned(),
+                            h.body["data"]["appointment_id"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect();
+                want.iter().all(|w| ok.contains(w)).then_some(ok)
+            },
+        )
+        .await;
+    assert_eq!(delivered.len(), want.len(), "each once: {delivered:?}");
+    assert!(refused_before >= 1);
+    for h in receiver.hits().iter().filter(|h| h.answered == 200) {
+        assert_signed(h);
+        // Every key delivered had been written before the kill: a 503'd attempt (if one
+        // was made before the kill) carried the same key.
+        assert!(h.key.starts_with("evt_"));
+    }
+    gw.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

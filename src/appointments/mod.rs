@@ -52,6 +52,9 @@ pub struct TypeSettings {
     pub private_link_days: u32,
     /// Minutes after the start at which an absent guest is a no-show.
     pub no_show_minutes: u32,
+    /// When `appointment.reminder` webhook events are sent, before the start: `"24h"`,
+    /// `"15m"`, `"2d"` (at most 5, each 1 minute to 30 days).
+    pub reminders: Vec<String>,
 }
 
 impl Default for TypeSettings {
@@ -67,6 +70,7 @@ impl Default for TypeSettings {
             single_use_link: false,
             private_link_days: DEFAULT_PRIVATE_LINK_DAYS,
             no_show_minutes: DEFAULT_NO_SHOW_MINUTES,
+            reminders: Vec::new(),
         }
     }
 }
@@ -109,6 +113,24 @@ impl TypeSettings {
             *s = clean_name("a staff subject", s)?;
         }
         self.staff.dedup();
+        if self.reminders.len() > 5 {
+            return Err(bad("at most 5 reminders per appointment type"));
+        }
+        for r in &mut self.reminders {
+            *r = r.trim().to_owned();
+            match crate::webhooks::parse_offset(r) {
+                Some(ms) if (60_000..=30 * 86_400_000).contains(&ms) => {}
+                _ => {
+                    return Err(bad(format!(
+                        "reminder {r:?} must be a whole number of s, m, h or d, between 1 minute and 30 days (\"24h\", \"15m\")"
+                    )));
+                }
+            }
+        }
+        // Earliest first (the longest offset), each offset once.
+        self.reminders
+            .sort_by_key(|r| std::cmp::Reverse(crate::webhooks::parse_offset(r)));
+        self.reminders.dedup_by_key(|r| crate::webhooks::parse_offset(r));
         Ok(self)
     }
 

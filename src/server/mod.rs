@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod limits;
 pub mod live;
+pub mod webhooks;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -209,6 +210,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let keys = load_or_create_signing_key(&data_dir)?;
     let store = Arc::new(Store::open(&data_dir.join("gatehouse.db"))?);
+    // Before anything can write an event: which endpoints its deliveries go to.
+    let webhook_settings = config.webhooks()?;
+    webhooks::sync_endpoints(&store, &webhook_settings).await?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => crate::tls::TlsFiles {
             cert: cert.clone(),
@@ -267,6 +271,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
 
     // Starts and no-show deadlines that passed while the gateway was down act now.
     appointments::spawn_clock(state.clone());
+    // Events left undelivered by a crash or a stop are sent now.
+    webhooks::spawn(state.clone(), webhook_settings).context("starting webhook delivery")?;
 
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -274,6 +280,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .route("/ws", get(ws::upgrade))
         .merge(api::router())
         .merge(appointments::router())
+        .merge(webhooks::router())
         .merge(booking::router())
         .merge(booking::pages(&config))
         .merge(assets::router(&config))

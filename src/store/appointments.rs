@@ -99,7 +99,7 @@ fn finish_type((mut t, settings): (AppointmentType, String)) -> Result<Appointme
 const TYPE_COLUMNS: &str =
     "type_id, organization, settings, link_code, link_expires_at, link_used_at, created_at, archived_at";
 
-fn load_appointment(tx: &Transaction<'_>, appointment_id: &str) -> Result<Option<AppointmentRecord>, Error> {
+pub(super) fn load_appointment(tx: &Transaction<'_>, appointment_id: &str) -> Result<Option<AppointmentRecord>, Error> {
     tx.query_row(
         &format!("SELECT {APPOINTMENT_COLUMNS} FROM appointments WHERE appointment_id = ?1"),
         [appointment_id],
@@ -111,7 +111,8 @@ fn load_appointment(tx: &Transaction<'_>, appointment_id: &str) -> Result<Option
     .transpose()
 }
 
-/// Writes the machine and the transitions it made.
+/// Writes the machine and the transitions it made, the webhook events they are, and (after
+/// a booking, reschedule or cancellation) the reminders still to send.
 fn save(tx: &Transaction<'_>, a: &AppointmentRecord, transitions: &[Transition]) -> Result<(), Error> {
     let machine = serde_json::to_string(&a.machine).map_err(json_err)?;
     tx.execute(
@@ -127,6 +128,16 @@ fn save(tx: &Transaction<'_>, a: &AppointmentRecord, transitions: &[Transition])
     .map_err(db_err)?;
     for t in transitions {
         insert_transition(tx, &a.appointment_id, t)?;
+    }
+    super::webhooks::transitions_in(tx, a, transitions)?;
+    let rescheduling = transitions.iter().rev().find(|t| {
+        matches!(
+            t.cause,
+            Cause::Booked | Cause::Rescheduled | Cause::CancelledByGuest | Cause::CancelledByStaff
+        )
+    });
+    if let Some(t) = rescheduling {
+        super::webhooks::schedule_reminders(tx, a, t.at_ms)?;
     }
     Ok(())
 }
@@ -617,7 +628,8 @@ impl Store {
     }
 
     /// Lets time act on every appointment it may change by `now_ms` (a start or a no-show
-    /// deadline passed); returns how many transitions were written.
+    /// deadline passed) and sends the reminders due; returns how many transitions and
+    /// reminders were written.
     pub fn tick_appointments(&self, now_ms: u64) -> Result<usize, Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db_err)?;
@@ -643,6 +655,7 @@ impl Store {
                 save(&tx, &a, &transitions)?;
             }
         }
+        written += super::webhooks::send_due_reminders(&tx, now_ms)?;
         tx.commit().map_err(db_err)?;
         Ok(written)
     }

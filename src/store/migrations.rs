@@ -119,17 +119,62 @@ CREATE TABLE appointment_transitions (
 CREATE INDEX transitions_by_appointment ON appointment_transitions(appointment_id, id);
 "#;
 
+/// Version 4: the webhook outbox (docs/ARCHITECTURE.md, "Webhooks") and reminders.
+/// An event is written in the transaction of the change it reports, with one delivery row
+/// per configured endpoint of its organisation (`webhook_endpoints`, synced from the
+/// settings at start), so a crash never loses one and a dead endpoint holds up only its own.
+const V4_WEBHOOK_OUTBOX: &str = r#"
+CREATE TABLE webhook_events (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id       TEXT NOT NULL UNIQUE,
+    organization   TEXT NOT NULL,
+    event_type     TEXT NOT NULL,
+    appointment_id TEXT,
+    dedupe_key     TEXT UNIQUE,
+    payload        TEXT NOT NULL,
+    join_code      TEXT,
+    created_at     INTEGER NOT NULL
+);
+CREATE INDEX webhook_events_by_time ON webhook_events(created_at);
+CREATE TABLE webhook_endpoints (
+    endpoint_id  TEXT PRIMARY KEY,
+    organization TEXT
+);
+CREATE TABLE webhook_deliveries (
+    endpoint_id     TEXT NOT NULL,
+    seq             INTEGER NOT NULL REFERENCES webhook_events(seq) ON DELETE CASCADE,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    failed_at       INTEGER,
+    last_error      TEXT,
+    PRIMARY KEY (endpoint_id, seq)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(endpoint_id, next_attempt_at)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+CREATE TABLE appointment_reminders (
+    appointment_id TEXT NOT NULL REFERENCES appointments(appointment_id),
+    offset_ms      INTEGER NOT NULL,
+    label          TEXT NOT NULL,
+    due_at         INTEGER NOT NULL,
+    starts_at      INTEGER NOT NULL,
+    PRIMARY KEY (appointment_id, offset_ms)
+);
+CREATE INDEX appointment_reminders_due ON appointment_reminders(due_at);
+"#;
+
 /// Every migration, oldest first; the schema version is their count.
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(V1_MEETINGS_LINKS_EVENTS),
         M::up(V2_OPEN_ATTENDANCE),
         M::up(V3_APPOINTMENTS),
+        M::up(V4_WEBHOOK_OUTBOX),
     ])
 }
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 #[cfg(test)]
 mod tests {

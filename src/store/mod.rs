@@ -48,6 +48,7 @@ fn json_err(e: serde_json::Error) -> Error {
 
 pub mod appointments;
 mod migrations;
+pub mod webhooks;
 
 pub use migrations::SCHEMA_VERSION;
 
