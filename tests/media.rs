@@ -221,3 +221,147 @@ async fn a_guest_in_the_lobby_gets_no_media_until_admitted() {
     })
     .await;
 }
+
+/// Speaks on a microphone track: 20 ms audio packets carrying the audio-level header
+/// extension at whatever level `level` holds (127 is silence), until dropped.
+fn speak(
+    track: gatehouse_sdk::LocalTrack,
+    level: std::sync::Arc<std::sync::atomic::AtomicU8>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        track.wait_connected(T).await.expect("publisher connected");
+        let mut timestamp: u32 = rand::random();
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            ticks.tick().await;
+            timestamp = timestamp.wrapping_add(960);
+            let level = level.load(std::sync::atomic::Ordering::Relaxed);
+            let payload = bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+            if let Err(e) = track
+                .write_payload_with_audio_level(payload, timestamp, false, level)
+                .await
+            {
+                panic!("audio write failed: {e}");
+            }
+        }
+    })
+}
+
+/// The next `active_speakers` list (participant ids in order) within `within`, if any.
+async fn next_speakers(events: &mut Events, within: Duration) -> Option<Vec<String>> {
+    events
+        .wait_for(within, |e| match e {
+            Event::ActiveSpeakers { speakers } => Some(
+                speakers
+                    .into_iter()
+                    .map(|s| s.participant_id.as_str().to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_speakers_follow_two_participants_speaking_in_turn_without_flapping() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const LOUD: u8 = 20;
+    const SILENT: u8 = 127;
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Turns", "lobby_bypass": "organization" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut people = Vec::new();
+    for sub in ["ana", "ben"] {
+        let token = srv.staff_token(sub, StaffRole::Staff);
+        let (client, mut events) = Client::connect(srv.sdk_options(&token).meeting(mid.clone()))
+            .await
+            .unwrap();
+        support::sdk_admitted(&mut events).await;
+        people.push((client, events));
+    }
+    let mut levels = Vec::new();
+    let mut speakers = Vec::new();
+    for (client, _) in &people {
+        let mic = client
+            .publish(TrackSource::Microphone)
+            .await
+            .expect("publish microphone");
+        let level = Arc::new(AtomicU8::new(SILENT));
+        speakers.push(speak(mic, level.clone()));
+        levels.push(level);
+    }
+    srv.wait_until("both microphones are published", |s| s.state().sfu.stats().tracks >= 2)
+        .await;
+    let ids: Vec<String> = people
+        .iter()
+        .map(|(c, _)| c.me().participant_id.as_str().to_owned())
+        .collect();
+    let events = &mut people[0].1;
+    // Silence (packets at 127) announces nobody.
+    assert_eq!(next_speakers(events, Duration::from_secs(1)).await, None);
+
+    let mut seen = Vec::new();
+    for turn in 0..2 {
+        let started = tokio::time::Instant::now();
+        levels[turn].store(LOUD, Ordering::Relaxed);
+        let list = next_speakers(events, Duration::from_secs(5))
+            .await
+            .expect("the speaker is announced");
+        let heard = started.elapsed();
+        assert_eq!(list, [ids[turn].clone()], "turn {turn}");
+        seen.push(list);
+        // A turn of 1.6 s of speech (the stimulus, not synchronisation): nothing changes meanwhile.
+        let rest = Duration::from_millis(1600).saturating_sub(heard);
+        assert_eq!(
+            next_speakers(events, rest).await,
+            None,
+            "turn {turn}: the list flapped while speaking"
+        );
+        levels[turn].store(SILENT, Ordering::Relaxed);
+        let stopped = tokio::time::Instant::now();
+        let list = next_speakers(events, Duration::from_secs(5))
+            .await
+            .expect("the end of speech is announced");
+        assert!(list.is_empty(), "turn {turn}: {list:?}");
+        let dropped = stopped.elapsed();
+        seen.push(list);
+        // Silence: nothing more until the next turn.
+        assert_eq!(
+            next_speakers(events, Duration::from_millis(1200)).await,
+            None,
+            "turn {turn}: the list flapped in silence"
+        );
+        eprintln!("turn {turn}: listed {heard:?} after the first loud packet, dropped {dropped:?} after the last");
+        assert!(
+            heard < Duration::from_millis(2500),
+            "turn {turn}: heard after {heard:?}"
+        );
+        assert!(
+            dropped > Duration::from_millis(500) && dropped < Duration::from_millis(3000),
+            "turn {turn}: dropped after {dropped:?}"
+        );
+    }
+    // The other participant heard the same announcements, in the same order.
+    let (_, ben_events) = &mut people[1];
+    let mut ben_seen = Vec::new();
+    while let Some(list) = next_speakers(ben_events, Duration::from_millis(200)).await {
+        ben_seen.push(list);
+    }
+    assert_eq!(ben_seen, seen);
+    for s in speakers {
+        s.abort();
+    }
+    for (client, _) in &people {
+        client.leave().unwrap();
+        client.close().await;
+    }
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
+}

@@ -39,12 +39,13 @@ export class CallView {
     this.grid = h('div', { class: 'grid', dataset: { testid: 'video-grid' }, role: 'region', 'aria-label': 'Video' });
     this.localVideo = h('video', { autoplay: true, playsInline: true, muted: true, 'aria-hidden': 'true' });
     this.localScreenVideo = h('video', { autoplay: true, playsInline: true, muted: true, 'aria-hidden': 'true' });
+    this.localSpeaking = speakingPill();
     this.localTile = h(
       'figure',
-      { class: 'tile local', dataset: { testid: 'local-tile', participantId: c.you.participant_id, source: 'camera' } },
+      { class: 'tile local', dataset: { testid: 'local-tile', participantId: c.you.participant_id, source: 'camera', speaking: 'false' } },
       this.localVideo,
       h('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(c.you.display_name)),
-      h('figcaption', {}, h('span', { class: 'name' }, `${c.you.display_name} (you)`), badge(c.you)),
+      h('figcaption', {}, h('span', { class: 'name' }, `${c.you.display_name} (you)`), badge(c.you), this.localSpeaking),
     );
     this.localScreenTile = h(
       'figure',
@@ -208,6 +209,7 @@ export class CallView {
       for (const id of this.tiles.keys()) this.renderTileState(id);
     });
     on('remote_track', (d) => this.attachRemote(d));
+    on('active_speakers', ({ speakers }) => this.renderSpeakers(speakers));
     on('media_health', ({ phase, health }) => this.renderMediaHealth(phase, health));
     on('participant_media', ({ participantId }) => {
       this.renderTileState(participantId);
@@ -229,6 +231,7 @@ export class CallView {
     this.renderMediaHealth(this.client.mediaPhase(), this.client.health);
     this.refreshLocal();
     this.renderPeople();
+    this.renderSpeakers(this.client.speakers);
   }
 
   // --------------------------------------------------------------- tiles
@@ -243,18 +246,20 @@ export class CallView {
     const avatar = h('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(info.display_name));
     const micState = h('span', { class: 'mic-state', dataset: { testid: 'remote-mic-state' } });
     const mediaState = h('span', { class: 'tile-media', hidden: true, dataset: { testid: 'tile-media' } });
+    const speaking = speakingPill();
     const tile = h(
       'figure',
-      { class: 'tile', dataset: { testid: 'remote-tile', participantId, source: 'camera' } },
+      { class: 'tile', dataset: { testid: 'remote-tile', participantId, source: 'camera', speaking: 'false' } },
       video,
       audio,
       avatar,
-      h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState, mediaState),
+      h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState, speaking, mediaState),
     );
     this.grid.append(tile);
-    t = { tile, video, audio, avatar, micState, mediaState };
+    t = { tile, video, audio, avatar, micState, mediaState, speaking };
     this.tiles.set(participantId, t);
     this.renderTileState(participantId);
+    this.renderSpeakers(this.client.speakers);
     return t;
   }
 
@@ -296,6 +301,7 @@ export class CallView {
   setVideo(t, track) {
     attach(t.video, track);
     t.tile.classList.toggle('has-video', Boolean(track));
+    this.updateLayout();
   }
 
   renderTileState(participantId) {
@@ -314,11 +320,37 @@ export class CallView {
     t.mediaState.textContent = media && !media.ok ? media.text : '';
     t.mediaState.hidden = !media || media.ok;
     t.mediaState.dataset.state = media ? media.state : 'unknown';
+    this.updateLayout();
+  }
+
+  /**
+   * Who speaks (`active_speakers`, dominant first): their camera tiles, ours included, get
+   * `speaking` (a ring and a "speaking" label inside the tile's caption, so a screen reader
+   * reading the tile hears it; no live region, which would chatter at every turn) and
+   * `data-speaking`; the dominant speaker's tile also gets `dominant`.
+   */
+  renderSpeakers(speakers) {
+    const speaking = new Set((speakers || []).map((s) => s.participant_id));
+    const dominant = speakers?.[0]?.participant_id ?? null;
+    const tiles = [[this.client.you.participant_id, this.localTile, this.localSpeaking]];
+    for (const [id, t] of this.tiles) tiles.push([id, t.tile, t.speaking]);
+    for (const [id, tile, pill] of tiles) {
+      const on = speaking.has(id);
+      tile.dataset.speaking = on ? 'true' : 'false';
+      tile.classList.toggle('speaking', on);
+      tile.classList.toggle('dominant', on && id === dominant);
+      pill.hidden = !on;
+    }
+    this.updateLayout();
   }
 
   updateLayout() {
     // Someone else's screen takes the stage; our own share stays a small tile (no mirror hall).
-    this.grid.classList.toggle('presenting', this.screenTiles.size > 0);
+    const presenting = this.screenTiles.size > 0;
+    this.grid.classList.toggle('presenting', presenting);
+    // More than four faces: the dominant speaker's tile grows (two columns, two rows).
+    const videos = this.grid.querySelectorAll('.tile.has-video:not(.cam-off):not(.screen):not(.local-screen)').length;
+    this.grid.classList.toggle('spotlight', !presenting && videos > 4);
   }
 
   // ----------------------------------------------------------- controls
@@ -504,6 +536,11 @@ function ownMedia(client) {
   if (phase === 'connecting') return { ok: false, state: 'connecting', text: 'connecting media…' };
   const why = { failed: 'failed', blocked: 'blocked' }[phase] || 'reconnecting';
   return { ok: false, state: 'no-media', text: `no media (${why})` };
+}
+
+/** The "speaking" label of a camera tile's caption; shown while its owner speaks. */
+function speakingPill() {
+  return h('span', { class: 'speaking-pill', hidden: true, dataset: { testid: 'tile-speaking' } }, 'speaking');
 }
 
 function badge(info) {

@@ -165,6 +165,8 @@ export class GatehouseClient extends EventTarget {
     this.pendingPublish = null;
     /** Others' media as they report it (`participant_media`): participant_id -> {publisher, subscriber}. */
     this.peerMedia = new Map();
+    /** Who speaks now (`active_speakers`): [{ participant_id, track_id, level }], dominant first. */
+    this.speakers = [];
     /** A ping in flight to prove the socket (`probeSignaling`), when it went, and the roles whose restart waits for it. */
     this.signalingProbe = null;
     this.probeSentAt = 0;
@@ -568,6 +570,7 @@ export class GatehouseClient extends EventTarget {
         this.iceServers = msg.ice_servers || [];
         this.chat = [];
         this.peerMedia = new Map();
+        this.speakers = [];
         this.lastMediaReport = null;
         this.setState('call');
         this.emit('admitted', { participants: msg.participants, tracks: msg.tracks });
@@ -631,6 +634,10 @@ export class GatehouseClient extends EventTarget {
           break;
         }
         this.dropRemoteTrack(msg.track_id);
+        break;
+      case 'active_speakers':
+        this.speakers = Array.isArray(msg.speakers) ? msg.speakers : [];
+        this.emit('active_speakers', { speakers: this.speakers });
         break;
       case 'track_muted': {
         const t = this.tracks.get(msg.track_id);

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, Stream, StreamExt};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ChatMessage, ClientMessage, ConnectionMedia, IceServer, LeaveReason, LobbyEntry, LobbyStatus, MediaConnectionState,
-    MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, ServerMessage, TrackId,
-    TrackInfo, TrackSource,
+    ActiveSpeaker, ChatMessage, ClientMessage, ConnectionMedia, IceServer, LeaveReason, LobbyEntry, LobbyStatus,
+    MediaConnectionState, MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole,
+    ServerMessage, TrackId, TrackInfo, TrackSource,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -176,6 +176,28 @@ pub enum Event {
     },
     /// Media of a remote track started arriving on the subscriber connection.
     RemoteTrack(RemoteTrack),
+    /// Who is speaking now (server-side detection from the audio-level header
+    /// extension): the dominant speaker first, then the others loudest first; empty
+    /// when nobody speaks. Sent when the speakers or the dominant one change, not
+    /// for level changes alone (docs/PROTOCOL.md, `active_speakers`).
+    ///
+    /// ```no_run
+    /// # async fn run(mut events: gatehouse_sdk::Events) {
+    /// use gatehouse_sdk::Event;
+    /// while let Some(event) = events.recv().await {
+    ///     if let Event::ActiveSpeakers { speakers } = event {
+    ///         match speakers.first() {
+    ///             Some(s) => println!("{} has the floor (level {:.2})", s.participant_id, s.level),
+    ///             None => println!("nobody speaks"),
+    ///         }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ActiveSpeakers {
+        /// Dominant first; our own microphone included when we speak.
+        speakers: Vec<ActiveSpeaker>,
+    },
     /// A chat message (our own included).
     Chat(ChatMessage),
     /// Answer to a ping.
@@ -1447,6 +1469,7 @@ async fn handle(inner: &Arc<Inner>, message: ServerMessage, events: &mpsc::Unbou
             Some(Event::Left { reason, message })
         }
         ServerMessage::Pong { nonce } => Some(Event::Pong { nonce }),
+        ServerMessage::ActiveSpeakers { speakers } => Some(Event::ActiveSpeakers { speakers }),
         ServerMessage::Error { code, message } => Some(Event::Error { code, message }),
         ServerMessage::PublishAnswer { sdp } => {
             let taken = inner.publisher().is_some_and(|p| p.on_answer(sdp));

@@ -239,6 +239,17 @@ pub struct TrackInfo {
     pub muted: bool,
 }
 
+/// One entry of `active_speakers`: a participant speaking, on which audio track, how loud.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveSpeaker {
+    pub participant_id: ParticipantId,
+    /// The audio track the speech is on (a participant may publish more than one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_id: Option<TrackId>,
+    /// Smoothed loudness, linear from 0 (silence) to 1 (full scale), three decimals.
+    pub level: f32,
+}
+
 /// Which of a participant's two peer connections a message is about.
 ///
 /// The client offers on `publisher` (its outgoing media); the server offers on
@@ -514,6 +525,10 @@ pub enum ServerMessage {
         publisher: ConnectionMedia,
         subscriber: ConnectionMedia,
     },
+    /// Who is speaking now, the dominant speaker first, then loudest first; empty when
+    /// nobody is. Sent to everyone in the call when the speakers or the dominant one
+    /// change (not for level changes alone), at most every 300 ms.
+    ActiveSpeakers { speakers: Vec<ActiveSpeaker> },
     /// Something the client sent was refused. The connection goes on unless a `left` follows.
     Error { code: ErrorCode, message: String },
 }

@@ -36,6 +36,7 @@ use rtc::rtp::Packet;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 
 use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeThrottle, PtMap};
+use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
 
 /// Shard-local connection handle (never reused within a shard).
@@ -260,6 +261,26 @@ struct Track {
     /// senders until the owner's new publisher connection carries its source again
     /// ([`MediaRoom::stream_opened`] adopts it) or a declaration leaves it out.
     parked: bool,
+    /// Audio whose publisher negotiated the audio-level extension: how loud it is (active speakers).
+    level: Option<LevelMeter>,
+}
+
+/// The audio-level meter of an audio stream whose publisher leg negotiated RFC 6464.
+fn level_meter(kind: TrackKind, mime_type: &str, negotiated: &Negotiated) -> Option<LevelMeter> {
+    if kind != TrackKind::Audio {
+        return None;
+    }
+    let (_, id) = negotiated
+        .extensions
+        .iter()
+        .find(|(uri, _)| uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)?;
+    let id = u8::try_from(*id).ok().filter(|id| *id > 0)?;
+    let clock_rate = negotiated
+        .codecs
+        .iter()
+        .find(|c| c.mime_type.eq_ignore_ascii_case(mime_type))
+        .map_or(48_000, |c| c.clock_rate);
+    Some(LevelMeter::new(id, clock_rate))
 }
 
 /// A meeting's media plane state. See the module documentation.
@@ -269,6 +290,8 @@ pub struct MediaRoom {
     members: Vec<Member>,
     tracks: Vec<Track>,
     next_leg: LegId,
+    /// Who is speaking, from the tracks' level meters ([`MediaRoom::evaluate_speakers`]).
+    speakers: speaker::Detector,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -317,6 +340,7 @@ impl MediaRoom {
             members: Vec::new(),
             tracks: Vec::new(),
             next_leg: 1,
+            speakers: speaker::Detector::default(),
         }
     }
 
@@ -605,6 +629,7 @@ impl MediaRoom {
             muted: announced.muted,
         };
         tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, track_id = %info.track_id, mid = %stream.mid, codec = %stream.mime_type, "track published");
+        let level = level_meter(kind, &stream.mime_type, &stream.negotiated);
         self.tracks.push(Track {
             info: info.clone(),
             conn: stream.conn,
@@ -618,6 +643,7 @@ impl MediaRoom {
             last_packet: None,
             legs: Vec::new(),
             parked: false,
+            level,
         });
         self.stats.add(|c| &c.tracks, 1);
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
@@ -649,6 +675,7 @@ impl MediaRoom {
         track.ssrc = stream.ssrc;
         track.mime_type = stream.mime_type;
         track.negotiated = stream.negotiated;
+        track.level = level_meter(track.info.kind, &track.mime_type, &track.negotiated);
         let gap = track.restart_gap(now);
         for leg in &mut track.legs {
             leg.rewrite.restart(gap);
@@ -1067,6 +1094,12 @@ impl MediaRoom {
             return;
         };
         track.packets += 1;
+        if let Some(meter) = &mut track.level
+            && let Some(ext) = packet.header.extensions.iter().find(|e| e.id == meter.ext_id())
+            && let Some(level) = speaker::parse_level(&ext.payload)
+        {
+            meter.observe(level, packet.header.timestamp, now, self.speakers.params());
+        }
         let resumed = track
             .last_packet
             .is_some_and(|at| now.saturating_duration_since(at) >= RESUME_GAP);
@@ -1126,6 +1159,34 @@ impl MediaRoom {
         }
         if dropped > 0 {
             self.stats.add(|c| &c.dropped_packets, dropped);
+        }
+    }
+
+    // ---- active speakers ----
+
+    /// Evaluates who is speaking, when due ([`speaker::Params::evaluate_every`]; the shard
+    /// calls this on its timer): a changed list goes to everyone in the call as
+    /// `active_speakers`.
+    pub fn evaluate_speakers(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        if !self.speakers.due(now) {
+            return;
+        }
+        let params = *self.speakers.params();
+        let mut levels = Vec::new();
+        for track in self.tracks.iter_mut().filter(|t| !t.parked) {
+            if let Some(meter) = &mut track.level {
+                levels.push((
+                    &track.info.track_id,
+                    &track.info.participant_id,
+                    meter.level(now, &params),
+                ));
+            }
+        }
+        if levels.is_empty() && self.speakers.is_idle() {
+            return;
+        }
+        if let Some(speakers) = self.speakers.evaluate(now, levels) {
+            self.signal_all(&ServerMessage::ActiveSpeakers { speakers }, effects);
         }
     }
 
@@ -2179,6 +2240,72 @@ mod tests {
                 .code,
             ErrorCode::NotInCall
         );
+    }
+
+    #[test]
+    fn audio_levels_make_active_speakers_for_everyone_and_a_speaker_leaving_ends_the_list() {
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let mic = track_id(&room, TrackSource::Microphone);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        let mut announced = Vec::new();
+        let mut now = start;
+        // One second of loud speech (-20 dBov) on A's microphone in 20 ms packets, and
+        // video carrying the same extension id at full scale (no meter: never a speaker).
+        for i in 0..50u16 {
+            now = start + Duration::from_millis(u64::from(i) * 20);
+            let mut audio = packet(2000, i, 111);
+            audio.header.timestamp = u32::from(i) * 960;
+            audio
+                .header
+                .set_extension(1, Bytes::from_static(&[0x80 | 20]))
+                .expect("one-byte extension");
+            room.forward(A_PUB, &audio, now, &mut sink, &mut fx);
+            let mut video = packet(1000, i, 96);
+            video
+                .header
+                .set_extension(1, Bytes::from_static(&[0]))
+                .expect("extension");
+            room.forward(A_PUB, &video, now, &mut sink, &mut fx);
+            room.evaluate_speakers(now, &mut fx);
+            announced.extend(signals(&fx));
+            fx.clear();
+        }
+        let speakers = |message: &ServerMessage| match message {
+            ServerMessage::ActiveSpeakers { speakers } => speakers.clone(),
+            other => panic!("not active_speakers: {other:?}"),
+        };
+        let mut to: Vec<&str> = announced.iter().map(|(to, _)| to.as_str()).collect();
+        to.sort();
+        assert_eq!(to, [A, B], "once to everyone, the speaker included: {announced:?}");
+        for (_, message) in &announced {
+            let list = speakers(message);
+            assert_eq!(list.len(), 1, "{list:?}");
+            assert_eq!(list[0].participant_id.as_str(), A);
+            assert_eq!(list[0].track_id.as_ref(), Some(&mic));
+            assert!(list[0].level > 0.05 && list[0].level <= 0.1, "{list:?}");
+        }
+        // The forwarded audio still carries the level, under the subscriber's id.
+        let forwarded = sink
+            .written
+            .iter()
+            .rev()
+            .find(|(_, _, p)| p.header.payload_type == 109)
+            .expect("audio forwarded");
+        assert_eq!(forwarded.2.header.get_extension(5).as_deref(), Some(&[0x80 | 20][..]));
+        // A leaves: whoever is still there hears that nobody speaks.
+        room.remove_participant(A, now, &mut fx);
+        fx.clear();
+        room.evaluate_speakers(now + Duration::from_millis(500), &mut fx);
+        let after = signals(&fx);
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!(after[0].0.as_str(), B);
+        assert!(speakers(&after[0].1).is_empty());
+        // Then nothing more to say.
+        fx.clear();
+        room.evaluate_speakers(now + Duration::from_secs(2), &mut fx);
+        assert!(fx.is_empty(), "{fx:?}");
     }
 
     #[test]

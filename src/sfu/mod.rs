@@ -42,6 +42,7 @@ pub mod media_room;
 mod peers;
 pub mod rtcp;
 mod shard;
+pub mod speaker;
 pub mod stats;
 mod tcp;
 mod udp;

@@ -54,6 +54,10 @@ const COMMAND_BATCH: usize = 16;
 /// A turn woken by a datagram fires every deadline already due, whatever the grid.
 const TIMER_TICK: Duration = Duration::from_millis(10);
 
+/// How often the shard asks its rooms who is speaking (each room's detector keeps its
+/// own cadence, `speaker::Params::evaluate_every`; this is the wake-up that serves it).
+const SPEAKER_TICK: Duration = Duration::from_millis(100);
+
 /// The first instant on the [`TIMER_TICK`] grid (counted from `epoch`) at or after `at`.
 fn coalesce(at: Instant, epoch: Instant) -> Instant {
     let tick = TIMER_TICK.as_nanos();
@@ -126,6 +130,8 @@ pub struct Shard {
     offers: Vec<Offer>,
     /// Some room may want subscriber offers: checked once per turn.
     negotiation_pending: bool,
+    /// When the rooms' active speakers are next evaluated (while any room is hosted).
+    speakers_due: Instant,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -156,6 +162,7 @@ impl Shard {
             effects: Vec::new(),
             offers: Vec::new(),
             negotiation_pending: false,
+            speakers_due: Instant::now(),
         }
     }
 
@@ -164,7 +171,10 @@ impl Shard {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp: mpsc::Receiver<ShardTcp>) {
         let epoch = Instant::now();
         loop {
-            let deadline = self.peers.next_deadline().map(|at| coalesce(at, epoch));
+            let mut deadline = self.peers.next_deadline().map(|at| coalesce(at, epoch));
+            if !self.rooms.is_empty() {
+                deadline = Some(deadline.map_or(self.speakers_due, |at| at.min(self.speakers_due)));
+            }
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             ));
@@ -216,6 +226,9 @@ impl Shard {
         while let Some(id) = self.peers.fire_next(now) {
             self.drive(id, now);
         }
+        if now >= self.speakers_due && !self.rooms.is_empty() {
+            self.evaluate_speakers(now);
+        }
         self.drain_dirty(now);
         if self.negotiation_pending {
             self.run_negotiations(now);
@@ -223,6 +236,21 @@ impl Shard {
         }
         self.report_broken();
         self.peers.flush_io();
+    }
+
+    /// Every room's active speakers, on [`SPEAKER_TICK`]: a room evaluates when its
+    /// detector is due and has audio levels (cheap otherwise).
+    fn evaluate_speakers(&mut self, now: Instant) {
+        self.speakers_due = now + SPEAKER_TICK;
+        let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for room_id in ids {
+            if let Some(hosted) = self.rooms.get_mut(&room_id) {
+                hosted.room.evaluate_speakers(now, &mut self.effects);
+            }
+            if !self.effects.is_empty() {
+                self.apply(room_id, now);
+            }
+        }
     }
 
     /// Up to [`RECV_ROUNDS`] batches from the media socket, each datagram routed and its
