@@ -1097,6 +1097,10 @@ async fn media_path_shown_and_ice_restart_keeps_media_in_chromium() {
         );
         assert!(f["restarts"][role].as_u64() >= Some(1), "{f:#}");
     }
+    assert!(
+        f["iceServersFrames"].as_u64() >= Some(2),
+        "fresh ICE servers before each connection's restart: {f:#}"
+    );
     for side in ["staffMediaBefore", "staffMediaAfter", "guestMediaAfter"] {
         let (before, after) = (&f[side]["before"], &f[side]["after"]);
         assert!(

@@ -183,6 +183,15 @@ async fn checks_are_answered_at_once_and_the_server_sends_none() {
         }
         Arrived::Other(b) => panic!("expected STUN, got a datagram starting {b}"),
     }
+    // That valid check is the connection's first: its path is used at once (DTLS starts
+    // there, the server being DTLS client here) without waiting for a nomination.
+    match next(&intruder).await {
+        Arrived::Other(first) => assert!(
+            (20..=63).contains(&first),
+            "DTLS on the first checked path (first byte {first})"
+        ),
+        Arrived::Stun(m) => panic!("expected DTLS on the first valid check's path, got STUN {:?}", m.typ),
+    }
 
     // The client's nominating check: answered at once, and ICE completes on it at once,
     // so the server (DTLS client on a publisher connection) starts its handshake, all
@@ -211,9 +220,10 @@ async fn checks_are_answered_at_once_and_the_server_sends_none() {
     }
 
     // Nothing unauthenticated moves the media: a nominating check with a wrong
-    // MESSAGE-INTEGRITY, and a DTLS-looking datagram, both from the intruder's address.
-    // The server's next datagram (its DTLS retransmission: the client never answers)
-    // still goes to the client, and the intruder has been sent nothing.
+    // MESSAGE-INTEGRITY, and a DTLS-looking datagram, both from an address that never
+    // passed a check. The server's next datagram (its DTLS retransmission: the client
+    // never answers) still goes to the client, and the intruder has been sent nothing.
+    let intruder = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let forged = check(&server_ufrag, &client_ufrag, "not-the-servers-password-000", true);
     intruder.send_to(&forged.raw, server).await.expect("send");
     intruder

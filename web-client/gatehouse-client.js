@@ -63,6 +63,8 @@ const MEDIA_CONNECT_TIMEOUT_MS = 4000;
 const MEDIA_RESTART_TIMEOUT_MS = 6000;
 /** ICE restarts per connection before the client gives up and says what to try. */
 const MEDIA_MAX_RESTARTS = 3;
+/** How long a publisher restart waits for fresh ICE servers (`ice_servers`) before going ahead with what it has. */
+const ICE_SERVERS_WAIT_MS = 1000;
 /** Changes of media state within this long are reported to the server as one `media_status`. */
 const MEDIA_REPORT_DELAY_MS = 200;
 /** Server error codes that are about media rather than the meeting. */
@@ -603,6 +605,11 @@ export class GatehouseClient extends EventTarget {
         break;
       case 'pong':
         break;
+      case 'ice_servers':
+        // Fresh TURN credentials (PROTOCOL.md §11.6, §11.7): for both connections now
+        // and for every connection made from here on.
+        this.applyIceServers(msg.ice_servers || []);
+        break;
       case 'publish_answer':
         if (this.pendingPublish) this.pendingPublish.resolve(msg.sdp);
         break;
@@ -1114,8 +1121,12 @@ export class GatehouseClient extends EventTarget {
     }, MEDIA_RESTART_TIMEOUT_MS);
     this.emit('media_restart', { role, attempt: h.attempts });
     if (role === 'publisher') {
-      pc.restartIce();
-      this.negotiatePublisher().catch(() => {});
+      // Fresh ICE servers first: the TURN credentials of `admitted` may have expired.
+      this.freshIceServers().then(() => {
+        if (this.publisher !== pc || this.state !== 'call') return;
+        pc.restartIce();
+        this.negotiatePublisher().catch(() => {});
+      });
     } else {
       this.subscriberQueue.run(() => {
         this.subscriberRestartPending = true;
@@ -1124,6 +1135,39 @@ export class GatehouseClient extends EventTarget {
     }
     this.emitMediaHealth();
     return true;
+  }
+
+  /**
+   * Asks the server for fresh ICE servers (`refresh_ice_servers`); resolves when its
+   * `ice_servers` answer has been applied, or after ICE_SERVERS_WAIT_MS (an old server,
+   * a lost frame: the restart goes ahead with what it has). Never rejects.
+   */
+  freshIceServers() {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.iceServersWaiters = (this.iceServersWaiters || []).filter((w) => w !== done);
+        resolve();
+      };
+      const timer = setTimeout(done, ICE_SERVERS_WAIT_MS);
+      this.iceServersWaiters = [...(this.iceServersWaiters || []), done];
+      this.send({ type: 'refresh_ice_servers' });
+    });
+  }
+
+  /** Takes a new ICE server list: both connections get it, later ones are built with it. */
+  applyIceServers(iceServers) {
+    this.iceServers = iceServers;
+    this.iceServersReceived = (this.iceServersReceived || 0) + 1;
+    for (const pc of [this.publisher, this.subscriber]) {
+      if (!pc || pc.connectionState === 'closed') continue;
+      try {
+        pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
+      } catch (e) {
+        this.mediaError(pc === this.publisher ? 'publisher' : 'subscriber', e);
+      }
+    }
+    for (const waiter of this.iceServersWaiters || []) waiter();
   }
 
   /** Debug and test hook: an ICE restart now, on one connection or both, by the same path a failure takes. */

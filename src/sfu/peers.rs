@@ -323,6 +323,7 @@ impl Peers {
             self.junk(id, now, path, kind);
             return None;
         }
+        let (nominating, data) = self.promote_first_check(id, nominating, data);
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.last_seen = now;
             if nominating && conn.nominated != Some(path) {
@@ -360,6 +361,32 @@ impl Peers {
                 Counters::add(&self.counters.dropped_packets, 1);
                 None
             }
+        }
+    }
+
+    /// The client's first authenticated check on a connection that has its description
+    /// and no path yet goes to `rtc` as a nomination (see [`ice_lite::nominating_copy`]):
+    /// the connection selects that path and starts DTLS at once instead of waiting for
+    /// the client to nominate. Anything else passes unchanged.
+    fn promote_first_check(&self, id: ConnId, nominating: bool, data: BytesMut) -> (bool, BytesMut) {
+        if nominating {
+            return (true, data);
+        }
+        let Some(conn) = self.conns.get(&id) else {
+            return (false, data);
+        };
+        if !conn.has_remote || conn.nominated.is_some() || conn.pending_nomination.is_some() {
+            return (false, data);
+        }
+        if demux::binding_request(&data).is_none() {
+            return (false, data);
+        }
+        match ice_lite::nominating_copy(&data, &conn.local_pwd) {
+            Some(copy) => {
+                tracing::debug!(shard = self.shard, conn = id, "first check taken as the nomination");
+                (true, BytesMut::from(&copy[..]))
+            }
+            None => (false, data),
         }
     }
 

@@ -937,6 +937,8 @@ async function mediaRestart(run) {
   const after = await guest.evaluate(() => window.gatehouse.stats());
   run.facts.pathsAfter = { publisher: after.media.publisher.path, subscriber: after.media.subscriber.path };
   run.facts.restarts = { publisher: after.media.publisher.restarts, subscriber: after.media.subscriber.restarts };
+  // Fresh ICE servers came before each restart (the publisher's refresh_ice_servers, restart_ice).
+  run.facts.iceServersFrames = await guest.evaluate(() => window.gatehouse.client.iceServersReceived || 0);
   run.facts.guestView = await guest.evaluate(() => window.gatehouse.view);
   run.facts.staffSawLeft = await staff.evaluate(() => window.__left);
   run.facts.staffTileStill = await remoteTile(staff, guestId).count();
