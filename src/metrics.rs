@@ -233,6 +233,59 @@ impl SfuCollector {
                 counter("gatehouse_sfu_plis_sent_total", "PLIs sent to publishers"),
                 |s| s.plis_sent,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_nacked_packets_total",
+                    "Packets subscribers asked to have resent (sequence numbers in their NACKs)",
+                ),
+                |s| s.nacked_packets,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_retransmitted_packets_total",
+                    "Packets resent to subscribers from the retransmission cache (RTX or plain)",
+                ),
+                |s| s.retransmitted_packets,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_retransmitted_rtx_packets_total",
+                    "Packets resent to subscribers as RTX (a subset of the retransmitted packets)",
+                ),
+                |s| s.retransmitted_rtx,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_unservable_nacks_total",
+                    "NACKed packets the retransmission cache could not serve (too old, overwritten, never sent)",
+                ),
+                |s| s.unservable_nacks,
+            ),
+            (
+                counter("gatehouse_sfu_nacks_sent_total", "NACK packets sent to publishers"),
+                |s| s.nacks_sent,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_nack_requests_sent_total",
+                    "Packets asked of publishers in NACKs (each request counts)",
+                ),
+                |s| s.nack_requests_sent,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_duplicate_packets_total",
+                    "Publisher packets received twice (not forwarded again)",
+                ),
+                |s| s.duplicate_packets,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_missing_packets_total",
+                    "Packets missing on arrival in publishers' streams (gaps in their sequence numbers)",
+                ),
+                |s| s.missing_packets,
+            ),
         ];
         Self {
             sfu,

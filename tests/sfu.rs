@@ -715,6 +715,63 @@ async fn drop_hook_drops_a_known_share_of_forwarded_packets() {
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
 
+/// Issue 12: what a lossy link toward a subscriber loses, the gateway resends from its
+/// retransmission cache when the subscriber NACKs it, as RTX (the SDK's subscriber
+/// connection accepts RTX, and its `rtc` turns each back into the leg's original packet
+/// by the OSN): the camera's payloads all arrive in the end, some of them late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_lost_toward_a_subscriber_are_resent_from_the_cache() {
+    let sfu = start();
+    let (a, b) = pair(&sfu, "m_rtx").await;
+    let a_cam = track_of(&b, "p_a", TrackSource::Camera);
+    let first = b.received(&a_cam.track_id).expect("camera");
+    let before = sfu.stats();
+    sfu.set_wire_loss(0.05);
+    assert!(
+        eventually(SECS(15), || b
+            .received(&a_cam.track_id)
+            .is_some_and(|r| r.packets > first.packets + 300))
+        .await,
+        "the camera keeps coming"
+    );
+    sfu.set_wire_loss(0.0);
+    let lost_on_the_wire = sfu.stats().dropped_packets - before.dropped_packets;
+    // Repairs of the last losses settle within a few NACK intervals.
+    let repaired = eventually(SECS(5), || {
+        let r = b.received(&a_cam.track_id).expect("camera");
+        r.stream.lost == first.stream.lost && sfu.stats().retransmitted_packets > before.retransmitted_packets
+    })
+    .await;
+    let after = sfu.stats();
+    let cam = b.received(&a_cam.track_id).expect("camera");
+    assert!(lost_on_the_wire > 0, "the hook lost packets: {after:?}");
+    assert!(
+        repaired,
+        "every lost camera payload was resent: {} lost before, {:?} now; {after:?}",
+        first.stream.lost, cam.stream
+    );
+    assert!(
+        cam.stream.reordered > first.stream.reordered,
+        "some arrived late: {:?}",
+        cam.stream
+    );
+    assert_eq!(
+        after.retransmitted_rtx - before.retransmitted_rtx,
+        after.retransmitted_packets - before.retransmitted_packets,
+        "all as RTX, which the subscriber negotiated"
+    );
+    assert!(after.nacked_packets - before.nacked_packets >= after.retransmitted_packets - before.retransmitted_packets);
+    // The SDK's receiver (`rtc` 0.21) never learns of an RTX repair and asks again every
+    // 100 ms: the cache's cap of three resends per packet is what bounds this.
+    assert!(
+        after.retransmitted_packets - before.retransmitted_packets <= 3 * lost_on_the_wire,
+        "at most three resends per loss: {after:?}"
+    );
+    a.leave().await;
+    b.leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meetings_spread_over_shards_each_on_its_own_port() {
     let sfu = Sfu::start(SfuConfig {

@@ -19,21 +19,24 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind};
 
 use gatehouse_signaling::protocol::{TrackInfo, TrackKind};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 
 use super::media_room::{Codec, ConnId, Negotiated, Stream};
+use super::nack::{NackGenerator, NackParams};
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
 use super::stats::StatsPair;
 
@@ -189,7 +192,7 @@ pub fn build(
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    let registry = interceptors(&mut media_engine, stats)?;
     // Extensions worth carrying from publisher to subscribers (remapped per leg by
     // `forward::ExtMap`): audio levels (active speaker, `getSynchronizationSources`)
     // and camera rotation from phones.
@@ -199,7 +202,6 @@ pub fn build(
     ] {
         media_engine.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }, kind, None)?;
     }
-    let registry = registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats));
     // ICE-lite in `rtc` 0.21.1 keeps the first nominated pair for good and ignores
     // later nominations, while Chrome moves to another pair (and sends consent
     // checks only there) when it has several candidates: the agent then reports
@@ -238,6 +240,33 @@ pub fn build(
     // End of gathering: these are all our candidates.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     Ok(pc)
+}
+
+/// `rtc`'s default interceptors (`register_default_interceptors`: NACK feedback,
+/// simulcast header extensions, TWCC feedback to publishers, sender and receiver
+/// reports) with our NACK generator in place of `rtc`'s (see `nack`), no NACK
+/// responder (subscribers' NACKs are answered by the media room from its
+/// retransmission cache, see `retransmit`; `rtc`'s could never answer them, as our
+/// senders are added without a codec and so are never bound to the interceptors),
+/// and the RTCP tap.
+fn interceptors(media_engine: &mut MediaEngine, stats: StatsPair) -> Result<Registry, rtc::shared::error::Error> {
+    for parameter in ["", "pli"] {
+        media_engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    configure_simulcast_extension_headers(media_engine)?;
+    let registry = configure_twcc_receiver_only(Registry::new(), media_engine)?;
+    Ok(configure_rtcp_reports(registry)
+        .with(
+            Slot::NackGenerator,
+            NackGenerator::new(NackParams::default(), stats.clone()),
+        )
+        .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)))
 }
 
 /// The description we send, tidied where `rtc` 0.21.1 writes what a client should
@@ -350,6 +379,12 @@ pub fn add_sender(pc: &mut RTCPeerConnection, track: &TrackInfo, ssrc: u32) -> R
         vec![RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters {
                 ssrc: Some(ssrc),
+                // Video legs offer RTX (`a=ssrc-group:FID`): where the subscriber accepts
+                // it, retransmissions go there (`retransmit`); where it does not, `rtc`
+                // drops it from the sender when the answer is applied.
+                rtx: (track.kind == TrackKind::Video).then(|| RTCRtpRtxParameters {
+                    ssrc: super::retransmit::rtx_ssrc(ssrc),
+                }),
                 ..Default::default()
             },
             ..Default::default()

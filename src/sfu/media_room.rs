@@ -36,6 +36,7 @@ use rtc::rtp::Packet;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 
 use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeThrottle, PtMap};
+use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
 use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
 
@@ -147,6 +148,11 @@ pub trait LegSink {
     fn admit(&mut self, conn: ConnId) -> Admit;
     /// Writes a rewritten packet to a sender; false if the connection refused it.
     fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool;
+    /// Writes a retransmission (RTX on the leg's RTX SSRC when `rtx`, which
+    /// `write_rtp` would refuse; otherwise as [`write`](Self::write)).
+    fn retransmit(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet, rtx: bool) -> bool {
+        !rtx && self.write(conn, sender, packet)
+    }
 }
 
 /// A [`LegSink`]'s verdict on one subscriber connection.
@@ -157,6 +163,9 @@ pub enum Admit {
     NotReady,
     /// Dropped on purpose (the loss test hook): counted as dropped.
     Drop,
+    /// Lost on purpose after leaving the leg (the wire-loss test hook): recorded as
+    /// sent, so a NACK for it is answered from the retransmission cache; counted as dropped.
+    Lose,
 }
 
 /// Offer/answer bookkeeping for a subscriber connection.
@@ -238,6 +247,8 @@ struct Leg {
     sent: Option<Negotiated>,
     /// Packets written to this leg (for the debug snapshot).
     forwarded: u64,
+    /// What a video leg sent, for answering its NACKs (`retransmit`).
+    history: Option<LegHistory>,
 }
 
 /// A published track, where it comes from and who receives it.
@@ -261,6 +272,8 @@ struct Track {
     /// senders until the owner's new publisher connection carries its source again
     /// ([`MediaRoom::stream_opened`] adopts it) or a declaration leaves it out.
     parked: bool,
+    /// A video track's last packets, for its legs' retransmissions (`retransmit`).
+    cache: Option<PacketCache>,
     /// Audio whose publisher negotiated the audio-level extension: how loud it is (active speakers).
     level: Option<LevelMeter>,
 }
@@ -294,6 +307,18 @@ pub struct MediaRoom {
     speakers: speaker::Detector,
 }
 
+/// Whether (and how) a video leg resends as RTX, from what its subscriber negotiated.
+fn set_rtx(history: &mut Option<LegHistory>, ssrc: u32, sent: &Negotiated) {
+    if let Some(history) = history {
+        history.rtx = Rtx::negotiated(
+            retransmit::rtx_ssrc(ssrc),
+            sent.codecs
+                .iter()
+                .map(|c| (c.payload_type, c.mime_type.as_str(), c.fmtp.as_str())),
+        );
+    }
+}
+
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
     Error::new(code, message)
 }
@@ -317,7 +342,9 @@ impl Track {
             .iter()
             .find(|c| c.mime_type.eq_ignore_ascii_case(&self.mime_type))
             .map_or(90_000, |c| c.clock_rate);
-        let elapsed = self.last_packet.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let elapsed = self
+            .last_packet
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         // Capped at an hour of ticks: beyond that the exact gap means nothing to a receiver.
         let secs = elapsed.as_secs_f64().min(3600.0);
         (secs * f64::from(clock_rate)) as u32
@@ -598,6 +625,9 @@ impl MediaRoom {
                 return;
             }
             tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, old = track.ssrc, new = stream.ssrc, "published track changes SSRC");
+            if let Some(cache) = &mut track.cache {
+                cache.restart();
+            }
             track.ssrc = stream.ssrc;
             track.receiver = stream.receiver;
             track.mime_type = stream.mime_type;
@@ -643,6 +673,7 @@ impl MediaRoom {
             last_packet: None,
             legs: Vec::new(),
             parked: false,
+            cache: (kind == TrackKind::Video).then(PacketCache::default),
             level,
         });
         self.stats.add(|c| &c.tracks, 1);
@@ -675,6 +706,9 @@ impl MediaRoom {
         track.ssrc = stream.ssrc;
         track.mime_type = stream.mime_type;
         track.negotiated = stream.negotiated;
+        if let Some(cache) = &mut track.cache {
+            cache.restart();
+        }
         track.level = level_meter(track.info.kind, &track.mime_type, &track.negotiated);
         let gap = track.restart_gap(now);
         for leg in &mut track.legs {
@@ -688,6 +722,7 @@ impl MediaRoom {
                     track.negotiated.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
                     sent.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
                 );
+                set_rtx(&mut leg.history, leg.rewrite.ssrc, sent);
             }
         }
         effects.push(Effect::Signal {
@@ -719,6 +754,7 @@ impl MediaRoom {
             negotiated: false,
             sent: None,
             forwarded: 0,
+            history: (track.info.kind == TrackKind::Video).then(LegHistory::default),
         });
         effects.push(Effect::AddSender {
             subscriber: subscriber.into(),
@@ -894,6 +930,7 @@ impl MediaRoom {
                 track.negotiated.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
                 sent.extensions.iter().map(|(uri, id)| (uri.as_str(), *id)),
             );
+            set_rtx(&mut leg.history, leg.rewrite.ssrc, sent);
             leg.sent = Some(sent.clone());
             if leg.rewrite.pt_map.is_empty() {
                 tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, track_id = %track.info.track_id, "no common codec: not forwarded");
@@ -1093,6 +1130,12 @@ impl MediaRoom {
         else {
             return;
         };
+        if let Some(cache) = &mut track.cache
+            && cache.insert(packet, now) == Insert::Duplicate
+        {
+            self.stats.add(|c| &c.duplicate_packets, 1);
+            return;
+        }
         track.packets += 1;
         if let Some(meter) = &mut track.level
             && let Some(ext) = packet.header.extensions.iter().find(|e| e.id == meter.ext_id())
@@ -1120,20 +1163,34 @@ impl MediaRoom {
         }
         let size = (rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len()) as u64;
         let (mut written, mut dropped) = (0u64, 0u64);
+        let (in_seq, epoch) = (
+            packet.header.sequence_number,
+            track.cache.as_ref().map_or(0, |c| c.epoch()),
+        );
         for leg in &mut track.legs {
             let Some((conn, sender)) = leg.bound else { continue };
             if !leg.negotiated || leg.rewrite.accepts(&packet.header).is_err() {
                 continue;
             }
-            match sink.admit(conn) {
-                Admit::Yes => {}
+            let lose = match sink.admit(conn) {
+                Admit::Yes => false,
                 Admit::NotReady => continue,
                 Admit::Drop => {
                     dropped += 1;
                     continue;
                 }
+                Admit::Lose => true,
+            };
+            let copy = leg.rewrite.copy(packet);
+            if let Some(history) = &mut leg.history {
+                let h = &copy.header;
+                history.sent(h.sequence_number, h.timestamp, in_seq, epoch, now);
             }
-            if sink.write(conn, sender, leg.rewrite.copy(packet)) {
+            if lose {
+                dropped += 1;
+                continue;
+            }
+            if sink.write(conn, sender, copy) {
                 if leg.forwarded == 0
                     && let Some(m) = self
                         .members
@@ -1187,6 +1244,72 @@ impl MediaRoom {
         }
         if let Some(speakers) = self.speakers.evaluate(now, levels) {
             self.signal_all(&ServerMessage::ActiveSpeakers { speakers }, effects);
+        }
+    }
+
+    // ---- retransmissions ----
+
+    /// A subscriber connection NACKed `seqs` of the stream it receives as `ssrc`: each
+    /// is answered from the track's cache (`retransmit`), once per resend guard, as RTX
+    /// where the leg negotiated it. Unservable ones are counted, and a new one asks the
+    /// publisher for a keyframe (throttled), since the subscriber cannot decode past it.
+    pub fn nack_received(
+        &mut self,
+        conn: ConnId,
+        ssrc: u32,
+        seqs: impl IntoIterator<Item = u16>,
+        now: Instant,
+        sink: &mut impl LegSink,
+        effects: &mut Vec<Effect>,
+    ) {
+        let found = self.tracks.iter().enumerate().find_map(|(t, track)| {
+            let l = track
+                .legs
+                .iter()
+                .position(|l| l.rewrite.ssrc == ssrc && l.bound.is_some_and(|(c, _)| c == conn))?;
+            Some((t, l))
+        });
+        let Some((t, l)) = found else {
+            return;
+        };
+        let Track { cache, legs, .. } = &mut self.tracks[t];
+        let Leg {
+            bound: Some((conn, sender)),
+            rewrite,
+            history,
+            ..
+        } = &mut legs[l]
+        else {
+            return;
+        };
+        let (mut asked, mut resent, mut rtx_sent, mut unservable, mut keyframe) = (0, 0, 0, 0, false);
+        for seq in seqs {
+            asked += 1;
+            let answer = match (cache.as_ref(), history.as_mut()) {
+                (Some(cache), Some(history)) => history.answer(seq, cache, rewrite, now),
+                _ => Answer::Unservable { fresh: false },
+            };
+            match answer {
+                Answer::Resend { packet, rtx } => {
+                    if sink.admit(*conn) == Admit::Yes && sink.retransmit(*conn, *sender, packet, rtx) {
+                        resent += 1;
+                        rtx_sent += u64::from(rtx);
+                    }
+                }
+                Answer::Suppressed => {}
+                Answer::Unservable { fresh } => {
+                    unservable += 1;
+                    keyframe |= fresh;
+                }
+            }
+        }
+        let stats = &self.stats;
+        stats.add(|c| &c.nacked_packets, asked);
+        stats.add(|c| &c.retransmitted_packets, resent);
+        stats.add(|c| &c.retransmitted_rtx, rtx_sent);
+        stats.add(|c| &c.unservable_nacks, unservable);
+        if keyframe {
+            self.request_keyframe(t, now, effects);
         }
     }
 
@@ -2326,5 +2449,73 @@ mod tests {
         assert!(room.tracks[0].legs.is_empty());
         let snapshot = room.debug_snapshot(|_| None);
         assert_eq!(snapshot["participants"][1]["receiving"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn nacks_are_answered_from_the_cache_as_the_leg_sent_and_duplicates_go_nowhere() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let (mut room, _) = call(false, t0);
+        let (mut sink, mut fx) = (Recorder::default(), Vec::new());
+        for seq in 10..20 {
+            room.forward(A_PUB, &packet(1000, seq, 96), t0, &mut sink, &mut fx);
+        }
+        let (conn, first) = (sink.written[0].0, sink.written[0].2.header.clone());
+        let (leg_ssrc, base) = (first.ssrc, first.sequence_number);
+        room.forward(A_PUB, &packet(1000, 15, 96), t0 + ms(5), &mut sink, &mut fx);
+        assert_eq!(sink.written.len(), 10, "a packet arriving twice is forwarded once");
+        sink.written.clear();
+
+        let asked = [base + 3, base + 3, base + 5];
+        room.nack_received(conn, leg_ssrc, asked, t0 + ms(10), &mut sink, &mut fx);
+        let resent: Vec<(u32, u8, u16, u32)> = sink
+            .written
+            .iter()
+            .map(|(_, _, p)| {
+                (
+                    p.header.ssrc,
+                    p.header.payload_type,
+                    p.header.sequence_number,
+                    p.header.timestamp,
+                )
+            })
+            .collect();
+        assert_eq!(
+            resent,
+            [
+                (leg_ssrc, 100, base + 3, 13 * 3000),
+                (leg_ssrc, 100, base + 5, 15 * 3000)
+            ],
+            "as the leg sent them, the repeat answered once"
+        );
+        assert_eq!(keyframe_requests(&fx), 0);
+        let s = room.stats().meeting.snapshot();
+        assert_eq!(
+            (
+                s.nacked_packets,
+                s.retransmitted_packets,
+                s.unservable_nacks,
+                s.duplicate_packets
+            ),
+            (3, 2, 0, 1)
+        );
+
+        // Never sent on this leg: unservable, and the publisher is asked for a keyframe once.
+        room.nack_received(
+            conn,
+            leg_ssrc,
+            [base + 200, base + 199],
+            t0 + ms(20),
+            &mut sink,
+            &mut fx,
+        );
+        assert_eq!(sink.written.len(), 2);
+        assert_eq!(keyframe_requests(&fx), 1);
+        assert_eq!(room.stats().meeting.snapshot().unservable_nacks, 2);
+        // Another connection's NACK for this SSRC, or an unknown SSRC, finds nothing.
+        room.nack_received(A_SUB, leg_ssrc, [base], t0 + ms(30), &mut sink, &mut fx);
+        room.nack_received(conn, 12345, [base], t0 + ms(30), &mut sink, &mut fx);
+        assert_eq!(room.stats().meeting.snapshot().nacked_packets, 5);
+        assert_eq!(sink.written.len(), 2);
     }
 }

@@ -39,7 +39,9 @@ pub mod fuzzing;
 mod ice_lite;
 pub mod junk;
 pub mod media_room;
+pub mod nack;
 mod peers;
+pub mod retransmit;
 pub mod rtcp;
 mod shard;
 pub mod speaker;
@@ -536,6 +538,15 @@ impl Sfu {
     pub fn set_drop_probability(&self, probability: f64) {
         for shard in &self.inner.shards {
             let _ = shard.commands.try_send(Command::SetDropProbability(probability));
+        }
+    }
+
+    /// Test hook: lose this share of forwarded packets after their leg recorded them
+    /// as sent (a lossy link toward subscribers, which NACKs can repair), on every
+    /// shard (clamped to [0, 1]; 0 turns it off). Lost packets count as dropped.
+    pub fn set_wire_loss(&self, probability: f64) {
+        for shard in &self.inner.shards {
+            let _ = shard.commands.try_send(Command::SetWireLoss(probability));
         }
     }
 

@@ -80,6 +80,9 @@ pub struct Peers {
     live: Arc<AtomicUsize>,
     /// The loss test hook.
     pub dice: DropDice,
+    /// The wire-loss test hook: forwarded packets recorded as sent, then not sent
+    /// (what a lossy link toward the subscriber does; NACKs can repair it).
+    pub wire_loss: DropDice,
     /// ICE-TCP, when on: our candidate and this shard's TCP links, by id and by
     /// the client's end (unique: every link ends at our one listening port).
     tcp: Option<TcpSide>,
@@ -110,6 +113,7 @@ impl Peers {
             counters,
             live,
             dice: DropDice::new(0x9E37_79B9_7F4A_7C15 ^ shard as u64),
+            wire_loss: DropDice::new(0xD1B5_4A32_D192_ED03 ^ shard as u64),
             tcp,
             links: HashMap::new(),
             link_by_peer: HashMap::new(),
@@ -710,7 +714,35 @@ impl LegSink for Delivery<'_> {
         if self.peers.dice.roll() {
             return Admit::Drop;
         }
+        if self.peers.wire_loss.roll() {
+            return Admit::Lose;
+        }
         Admit::Yes
+    }
+
+    fn retransmit(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet, rtx: bool) -> bool {
+        if !rtx {
+            return self.write(conn, sender, packet);
+        }
+        // `write_rtp` only takes the sender's own SSRC; an RTX packet goes in below it,
+        // where `rtc`'s endpoint takes any RTP packet (the RTX SSRC is the sender's, in
+        // the offer's `a=ssrc-group:FID`).
+        let now = self.now;
+        let written = self.peers.guard(conn, "write_rtx", |pc| {
+            pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(Default::default(), packet),
+            })
+        });
+        self.peers.flush_later(conn);
+        match written {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::trace!(shard = self.peers.shard, conn, "write RTX: {e}");
+                false
+            }
+            None => false,
+        }
     }
 
     fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool {

@@ -1,12 +1,13 @@
 //! RTCP on the media plane: an interceptor that counts feedback and lets
-//! keyframe requests through to the application, plus builders for the
+//! keyframe requests and NACKs through to the application, plus builders for the
 //! feedback we send.
 //!
 //! Inbound RTCP stops at the end of `rtc`'s interceptor chain unless something
 //! marks it `DeliverToApplication`. [`RtcpTap`] marks only PLI and FIR (what an
-//! SFU relays upstream) and counts NACK/PLI/FIR as they pass, so receiver
-//! reports and NACKs stay with the interceptors that act on them
-//! (ReceiverReport, NackResponder) and never cost the application a copy.
+//! SFU relays upstream) and generic NACKs (answered by the media room from its
+//! retransmission cache, `retransmit`), and counts them as they pass, so receiver
+//! reports and TWCC feedback stay with the interceptors that act on them and
+//! never cost the application a copy.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -40,6 +41,11 @@ pub fn keyframe_request_ssrcs(p: &dyn rtcp::Packet, mut each: impl FnMut(u32)) {
             each(entry.ssrc);
         }
     }
+}
+
+/// The generic NACK in an RTCP packet, if it is one.
+pub fn as_nack(p: &dyn rtcp::Packet) -> Option<&TransportLayerNack> {
+    p.as_any().downcast_ref::<TransportLayerNack>()
 }
 
 /// A PLI for `media_ssrc`, ready for `RTCRtpReceiver::write_rtcp`.
@@ -100,7 +106,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
             if nacks + kf > 0 {
                 self.count(nacks, kf);
             }
-            if kf > 0 {
+            if kf + nacks > 0 {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }

@@ -95,6 +95,8 @@ pub enum Command {
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
     SetDropProbability(f64),
+    /// Test hook: the share of forwarded packets lost after their leg recorded them.
+    SetWireLoss(f64),
     /// Test hook: the shard thread panics outside every guard (see `Sfu::crash_shard`).
     Crash,
     /// Close every connection, free every meeting and stop the shard.
@@ -327,6 +329,13 @@ impl Shard {
                         tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
                             hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
                         });
+                        if let Some(nack) = tap::as_nack(packet.as_ref()) {
+                            let seqs = nack.nacks.iter().flat_map(|pair| *pair);
+                            let sink = &mut self.peers.sink(now);
+                            hosted
+                                .room
+                                .nack_received(id, nack.media_ssrc, seqs, now, sink, &mut self.effects);
+                        }
                     }
                     self.apply(room_id, now);
                 }
@@ -630,6 +639,7 @@ impl Shard {
                 let _ = reply.send(self.debug_snapshot(&meeting_id));
             }
             Command::SetDropProbability(p) => self.peers.dice.set_probability(p),
+            Command::SetWireLoss(p) => self.peers.wire_loss.set_probability(p),
             Command::Crash => panic!("shard {} crashed on request (test hook)", self.index),
             Command::Shutdown { reply } => {
                 self.shutdown();

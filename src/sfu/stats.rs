@@ -35,6 +35,22 @@ pub struct Counters {
     pub keyframe_requests_received: AtomicU64,
     /// PLIs sent to publishers (after throttling).
     pub plis_sent: AtomicU64,
+    /// Sequence numbers subscribers asked to have resent (in their NACKs).
+    pub nacked_packets: AtomicU64,
+    /// Packets resent to subscribers from the retransmission cache (RTX or plain).
+    pub retransmitted_packets: AtomicU64,
+    /// Of `retransmitted_packets`, those sent as RTX (RFC 4588).
+    pub retransmitted_rtx: AtomicU64,
+    /// NACKed packets the cache could not serve (too old, overwritten, never sent).
+    pub unservable_nacks: AtomicU64,
+    /// RTCP NACK packets sent to publishers.
+    pub nacks_sent: AtomicU64,
+    /// Sequence numbers asked of publishers (a packet asked twice counts twice).
+    pub nack_requests_sent: AtomicU64,
+    /// Publisher packets that arrived again after arriving once: not forwarded again.
+    pub duplicate_packets: AtomicU64,
+    /// Gaps in publishers' NACK-capable streams, in packets (lost on the way in, or late).
+    pub missing_packets: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -135,6 +151,14 @@ pub struct CountersSnapshot {
     pub nacks: u64,
     pub keyframe_requests_received: u64,
     pub plis_sent: u64,
+    pub nacked_packets: u64,
+    pub retransmitted_packets: u64,
+    pub retransmitted_rtx: u64,
+    pub unservable_nacks: u64,
+    pub nacks_sent: u64,
+    pub nack_requests_sent: u64,
+    pub duplicate_packets: u64,
+    pub missing_packets: u64,
 }
 
 impl Counters {
@@ -165,6 +189,14 @@ impl Counters {
                 nacks: acc.nacks + s.nacks,
                 keyframe_requests_received: acc.keyframe_requests_received + s.keyframe_requests_received,
                 plis_sent: acc.plis_sent + s.plis_sent,
+                nacked_packets: acc.nacked_packets + s.nacked_packets,
+                retransmitted_packets: acc.retransmitted_packets + s.retransmitted_packets,
+                retransmitted_rtx: acc.retransmitted_rtx + s.retransmitted_rtx,
+                unservable_nacks: acc.unservable_nacks + s.unservable_nacks,
+                nacks_sent: acc.nacks_sent + s.nacks_sent,
+                nack_requests_sent: acc.nack_requests_sent + s.nack_requests_sent,
+                duplicate_packets: acc.duplicate_packets + s.duplicate_packets,
+                missing_packets: acc.missing_packets + s.missing_packets,
             }
         })
     }
@@ -181,6 +213,14 @@ impl Counters {
             nacks: get(&self.nacks),
             keyframe_requests_received: get(&self.keyframe_requests_received),
             plis_sent: get(&self.plis_sent),
+            nacked_packets: get(&self.nacked_packets),
+            retransmitted_packets: get(&self.retransmitted_packets),
+            retransmitted_rtx: get(&self.retransmitted_rtx),
+            unservable_nacks: get(&self.unservable_nacks),
+            nacks_sent: get(&self.nacks_sent),
+            nack_requests_sent: get(&self.nack_requests_sent),
+            duplicate_packets: get(&self.duplicate_packets),
+            missing_packets: get(&self.missing_packets),
         }
     }
 }

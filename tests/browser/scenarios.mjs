@@ -30,6 +30,7 @@ const SCENARIOS = {
   'guest-no-path': guestNoPath,
   'console-no-media': consoleNoMedia,
   'outage-frames': outageFrames,
+  'loss-both-ways': lossBothWays,
   'media-restart': mediaRestart,
   'join-time': (run) => joinTime(run, { admit: false }),
   'join-time-admit': (run) => joinTime(run, { admit: true }),
@@ -542,6 +543,92 @@ async function outageFrames(run) {
 
 /**
  * A guest in Chromium (its network cut and restored by the calling test) keeps the
+/**
+ * Video RTP counters of a page's own connections, summed over streams: what it received
+ * (subscriber inbound-rtp) and what it sent (publisher outbound-rtp).
+ */
+async function rtpCounters(page) {
+  return page.evaluate(async () => {
+    const c = window.gatehouse.client;
+    const sum = async (pc, type, fields) => {
+      const out = Object.fromEntries(fields.map((f) => [f, 0]));
+      if (!pc) return out;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type !== type || s.kind !== 'video') return;
+        for (const f of fields) out[f] += s[f] || 0;
+      });
+      return out;
+    };
+    return {
+      inbound: await sum(c.subscriber, 'inbound-rtp', [
+        'packetsReceived', 'packetsLost', 'retransmittedPacketsReceived', 'nackCount', 'pliCount',
+        'framesDecoded', 'freezeCount', 'totalFreezesDuration',
+      ]),
+      outbound: await sum(c.publisher, 'outbound-rtp', [
+        'packetsSent', 'retransmittedPacketsSent', 'nackCount', 'pliCount', 'bytesSent',
+      ]),
+    };
+  });
+}
+
+/** The longest stretch without a rise of decoded frames between `from` and `to` (ms). */
+async function longestFreeze(page, from, to) {
+  const rises = (await page.evaluate(() => window.__frames.rises)).filter((t) => t >= from && t <= to);
+  let longest = 0;
+  let last = from;
+  for (const t of [...rises, to]) {
+    longest = Math.max(longest, t - last);
+    last = t;
+  }
+  return { longestMs: longest, rises: rises.length };
+}
+
+/**
+ * Loss repair both ways (issue 12): the guest (Chromium in a network namespace) and staff
+ * in the console (a second Chromium outside it) both publish their fake camera and decode
+ * each other. Once both decode, `media-flowing`; the calling test then drops a share of
+ * the guest's packets both ways and tells the script when it started and ended
+ * (`{"told": "impaired", "at": ms}`, `{"told": "restored", "at": ms}`); each page samples its
+ * decoded frames every 25 ms. Facts: per side, the video RTP counters before and after
+ * (`before`, `after`: inbound packetsReceived, packetsLost, retransmittedPacketsReceived,
+ * nackCount, framesDecoded, freezeCount, totalFreezesDuration; outbound packetsSent,
+ * retransmittedPacketsSent, nackCount, bytesSent) and the longest stretch without a newly
+ * decoded frame while impaired (`freeze`: `{longestMs, rises}`); `impairedMs`.
+ */
+async function lossBothWays(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Video visit' });
+  const guest = await run.context('guest');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  run.step('staff (a browser outside the guest network) joins and admits');
+  const staff = await run.context('staff', await run.staffBrowser());
+  await staffJoins(run, staff, meetingId);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  run.step('both decode the other side\'s video');
+  for (const [side, page] of [['guest', guest], ['staff', staff]]) {
+    judgeMedia(run, `${side}Media`, await mediaFacts(page, { timeoutMs: run.cfg.mediaTimeoutMs, wantAudio: false }));
+  }
+  await Promise.all([guest.evaluate(framesProbe), staff.evaluate(framesProbe)]);
+  run.progress('media-flowing');
+  run.step('the test impairs the guest network, then says when it started and ended');
+  const { at: impairedAt } = await toldByTest('impaired', 120000);
+  const before = { guest: await rtpCounters(guest), staff: await rtpCounters(staff) };
+  const { at: restoredAt } = await toldByTest('restored', 120000);
+  const after = { guest: await rtpCounters(guest), staff: await rtpCounters(staff) };
+  run.facts.impairedMs = restoredAt - impairedAt;
+  for (const [side, page] of [['guest', guest], ['staff', staff]]) {
+    run.facts[side] = {
+      before: before[side],
+      after: after[side],
+      freeze: await longestFreeze(page, impairedAt, restoredAt),
+    };
+  }
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+}
+
  * call: it samples what it receives every 100 ms, says `media-flowing` once media
  * flows, and `media-back` (with when, in wall-clock ms) when packets rise again after
  * a stall of over a second. It stays until the SDK side says `measured` in the chat.

@@ -183,6 +183,35 @@ impl GuestNet {
             .unwrap_or_else(|e| panic!("nft in {}: {e}", self.name));
     }
 
+    /// Drops `percent` % of the UDP datagrams from the guest where they arrive, on this
+    /// side of the link (a rule in this namespace's input hook for the host end of the
+    /// veth): a drop in the guest's own output hook would fail the sender's `send` with
+    /// EPERM, and Chromium then knows its packet never left, which no real network tells
+    /// it. The rule goes when the returned value is dropped.
+    pub fn lose_from_guest(&self, percent: u8) -> HostRules {
+        let table = format!("gh_from_{}", self.host_if);
+        let ruleset = format!(
+            "table inet {table} {{
+               chain in {{ type filter hook input priority -10; policy accept;
+                 iifname \"{}\" meta l4proto udp numgen random mod 100 < {percent} counter drop; }}
+             }}",
+            self.host_if
+        );
+        run(&["nft", "-f", "-"], Some(&ruleset)).unwrap_or_else(|e| panic!("nft: {e}"));
+        HostRules { table }
+    }
+
+    /// `nft list <what>` inside the namespace (its rules with their counters), as text.
+    pub fn nft_list(&self, what: &str) -> String {
+        let mut args = vec!["netns", "exec", &self.name, "nft", "list"];
+        args.extend(what.split_whitespace());
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("nft list in {}: {e}", self.name));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Drops every UDP datagram into and out of the guest (DNS included: the test
     /// uses addresses only).
     pub fn block_udp(&self) {
@@ -207,6 +236,45 @@ impl GuestNet {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         path
     }
+}
+
+/// An nftables table in this (the host's) namespace, deleted when dropped.
+pub struct HostRules {
+    table: String,
+}
+
+impl HostRules {
+    /// The packets its counters have counted (in rule order).
+    pub fn counted(&self) -> Vec<u64> {
+        let out = Command::new("nft")
+            .args(["list", "table", "inet", &self.table])
+            .output()
+            .unwrap_or_else(|e| panic!("nft list: {e}"));
+        packet_counts(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+impl Drop for HostRules {
+    fn drop(&mut self) {
+        if let Err(e) = run(&["nft", "delete", "table", "inet", &self.table], None) {
+            eprintln!("removing {}: {e}", self.table);
+        }
+    }
+}
+
+/// The `counter packets N` figures of an `nft list` output, in order.
+pub fn packet_counts(listing: &str) -> Vec<u64> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            l.split("counter packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 impl Drop for GuestNet {
