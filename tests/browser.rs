@@ -310,6 +310,19 @@ async fn chromium_guest_and_sdk_staff_exchange_media() {
             "on an open network the guest's {role} connection goes over UDP: {f:#}"
         );
     }
+    // The SDK's loud audio reached the guest's page as `active_speakers`: the staff tile rings.
+    let speaking = &f["speakingTile"];
+    assert!(
+        speaking["participantId"]
+            .as_str()
+            .is_some_and(|p| p != f["guestParticipantId"]),
+        "the SDK participant's tile is the speaking one: {f:#}"
+    );
+    assert_eq!(speaking["label"], "speaking", "{f:#}");
+    assert!(
+        speaking["classes"].as_str().is_some_and(|c| c.contains("speaking")),
+        "{f:#}"
+    );
 }
 
 /// A guest whose network drops every UDP datagram (a hospital or corporate firewall),
@@ -474,6 +487,9 @@ async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str, gues
     // Its clock starts when the guest has pressed Join, not when the browser was started.
     let mut extra = match net {
         Some(net) => guest_in_namespace(&srv, net, &dir, "Browser Bea"),
+        None if script == "scenarios.mjs" => {
+            serde_json::json!({ "guestName": "Browser Bea", "mediaTimeoutMs": 25000, "checkSpeaking": true })
+        }
         None => serde_json::json!({ "guestName": "Browser Bea", "mediaTimeoutMs": 25000 }),
     };
     extra["linkCode"] = code.into();
@@ -765,22 +781,6 @@ async fn video_decodes_again_after(disruption: Disruption) {
     .await;
 }
 
-/// What happens to the guest's network once media flows.
-#[derive(Debug, Clone, Copy)]
-enum Disruption {
-    /// Everything in and out is dropped for this long, then the network is back as it was.
-    Cut(Duration),
-    /// The guest moves to another address at once.
-    Move,
-}
-
-async fn guest_keeps_the_call_through(disruption: Disruption) {
-    let Some(mut net) = support::netns::GuestNet::create() else {
-        return;
-    };
-    let _one_browser = ONE_BROWSER.lock().await;
-    let mut call = NamespaceCall::start(&net, "Travelling Tom", |_| {}).await;
-    let (staff, events) = (&call.staff, &mut call.events);
 /// How long the loss test impairs the guest's network.
 const LOSS_IMPAIRMENT: Duration = Duration::from_secs(15);
 
@@ -914,6 +914,22 @@ async fn chromium_video_survives_5_percent_loss_both_ways() {
     .await;
 }
 
+/// What happens to the guest's network once media flows.
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    /// Everything in and out is dropped for this long, then the network is back as it was.
+    Cut(Duration),
+    /// The guest moves to another address at once.
+    Move,
+}
+
+async fn guest_keeps_the_call_through(disruption: Disruption) {
+    let Some(mut net) = support::netns::GuestNet::create() else {
+        return;
+    };
+    let _one_browser = ONE_BROWSER.lock().await;
+    let mut call = NamespaceCall::start(&net, "Travelling Tom", |_| {}).await;
+    let (staff, events) = (&call.staff, &mut call.events);
     let mut browser = BrowserScript::start(&call.srv, "scenarios.mjs", "guest-outage", call.guest.clone());
     browser.progress("join-sent", BROWSER_START).await;
     let waiting = support::next_waiting(events).await;

@@ -71,6 +71,8 @@ function readScenarioConfig(arg) {
     staffChromiumPath: cfg.staffChromiumPath || process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     denyReason: cfg.denyReason || 'Please use the link for your own appointment time.',
     joinRepeats: cfg.joinRepeats || 3,
+    // guest-meets-sdk: wait for the SDK participant's tile to show it speaking.
+    checkSpeaking: Boolean(cfg.checkSpeaking),
   }));
 }
 
@@ -542,8 +544,6 @@ async function outageFrames(run) {
 }
 
 /**
- * A guest in Chromium (its network cut and restored by the calling test) keeps the
-/**
  * Video RTP counters of a page's own connections, summed over streams: what it received
  * (subscriber inbound-rtp) and what it sent (publisher outbound-rtp).
  */
@@ -629,6 +629,8 @@ async function lossBothWays(run) {
   await visible(staff, 'dashboard-view').waitFor();
 }
 
+/**
+ * A guest in Chromium (its network cut and restored by the calling test) keeps the
  * call: it samples what it receives every 100 ms, says `media-flowing` once media
  * flows, and `media-back` (with when, in wall-clock ms) when packets rise again after
  * a stall of over a second. It stays until the SDK side says `measured` in the chat.
@@ -702,6 +704,18 @@ async function guestMeetsSdk(run) {
   run.step('media from the SDK reaches the browser');
   const media = await mediaFacts(guest, { timeoutMs: run.cfg.mediaTimeoutMs, videoKey: 'packetsReceived' });
   judgeMedia(run, 'guestMedia', media);
+  // The SDK's synthetic audio is loud for 0.7 s of every 2.5 s (its audio-level pattern): the
+  // server's active_speakers lists it and the guest's page rings its tile (`checkSpeaking`).
+  if (run.cfg.checkSpeaking) {
+    run.step("the SDK participant's tile shows it speaking");
+    const speaking = guest.locator('[data-testid="remote-tile"][data-speaking="true"]').first();
+    await speaking.waitFor({ state: 'attached', timeout: run.cfg.mediaTimeoutMs });
+    run.facts.speakingTile = {
+      participantId: await speaking.getAttribute('data-participant-id'),
+      classes: await speaking.getAttribute('class'),
+      label: await speaking.getByTestId('tile-speaking').textContent(),
+    };
+  }
   run.step('the guest keeps publishing until the SDK has measured');
   await guest.waitForFunction(
     () => document.querySelector('[data-testid="chat-messages"]')?.textContent.includes('measured'),
