@@ -2500,7 +2500,8 @@ mod tests {
             (3, 2, 0, 1)
         );
 
-        // Never sent on this leg: unservable, and the publisher is asked for a keyframe once.
+        // Never sent on this leg (lost before the gateway; its repair is forwarded when it
+        // comes): unservable, no keyframe. Sent but too old: the publisher is asked for one.
         room.nack_received(
             conn,
             leg_ssrc,
@@ -2509,13 +2510,15 @@ mod tests {
             &mut sink,
             &mut fx,
         );
+        assert_eq!(keyframe_requests(&fx), 0);
+        room.nack_received(conn, leg_ssrc, [base + 7], t0 + ms(2000), &mut sink, &mut fx);
         assert_eq!(sink.written.len(), 2);
         assert_eq!(keyframe_requests(&fx), 1);
-        assert_eq!(room.stats().meeting.snapshot().unservable_nacks, 2);
+        assert_eq!(room.stats().meeting.snapshot().unservable_nacks, 3);
         // Another connection's NACK for this SSRC, or an unknown SSRC, finds nothing.
         room.nack_received(A_SUB, leg_ssrc, [base], t0 + ms(30), &mut sink, &mut fx);
         room.nack_received(conn, 12345, [base], t0 + ms(30), &mut sink, &mut fx);
-        assert_eq!(room.stats().meeting.snapshot().nacked_packets, 5);
+        assert_eq!(room.stats().meeting.snapshot().nacked_packets, 6);
         assert_eq!(sink.written.len(), 2);
     }
 }

@@ -195,9 +195,11 @@ pub enum Answer {
     /// Resent less than the guard ago (this NACK repeats one already answered), or
     /// resent `max_resends` times already.
     Suppressed,
-    /// Not resendable (too old, overwritten, never sent here). `fresh` when it was never
-    /// resent and is newer than any unservable packet before: worth a keyframe request
-    /// (one the leg did resend was most likely repaired; its receiver asks out of turn).
+    /// Not resendable (too old, overwritten, never sent here). `fresh` when the leg sent
+    /// it, never resent it, and it is newer than any unservable packet before: worth a
+    /// keyframe request. One the leg resent was most likely repaired (its receiver asks out
+    /// of turn); one it never sent was lost before reaching the gateway, whose repair is
+    /// forwarded when it comes (`nack` asks the publisher), or never existed.
     Unservable { fresh: bool },
 }
 
@@ -302,7 +304,8 @@ impl LegHistory {
             None
         };
         let Some(slot) = cached else {
-            let fresh = !(ours && e.resends > 0)
+            let fresh = ours
+                && e.resends == 0
                 && self
                     .last_unservable
                     .is_none_or(|last| seq != last && seq.wrapping_sub(last) < 0x8000);
@@ -542,8 +545,8 @@ mod tests {
         );
         assert_eq!(
             history.answer(6000, &cache, &leg, t0),
-            Answer::Unservable { fresh: true },
-            "never sent on this leg"
+            Answer::Unservable { fresh: false },
+            "never sent on this leg: lost before the gateway (its repair is forwarded), no keyframe"
         );
         // The cache slot of 3 is overwritten by 3 + 512 (the leg never sent that one).
         cache.insert(&packet(3 + CACHE_SLOTS as u16, b"new"), t0);
