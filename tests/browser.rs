@@ -691,7 +691,6 @@ async fn chromium_guest_keeps_the_call_when_its_address_changes() {
 /// asserted, [`VIDEO_BACK_BOUND_MS`], tells "resumed" from "renegotiated or lost" and is no
 /// benchmark. Nobody sees the guest leave; the guest never leaves the call view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known to fail: the guest decodes again ~3 s after the network is back (staff 44 ms); the gateway asks for a keyframe for a subscriber heard again only on PLI/FIR so far (docs/BENCHMARKS.md §5)"]
 async fn chromium_video_decodes_again_soon_after_a_3_s_outage() {
     video_decodes_again_after(Disruption::Cut(Duration::from_secs(3))).await;
 }
