@@ -791,7 +791,7 @@ const LOSS_IMPAIRMENT: Duration = Duration::from_secs(15);
 /// video keeps decoding both ways (no stretch over 1 s without a new frame, read from the
 /// frame counts), little loss is left after repair, and the guest's camera resends at most
 /// twice what the gateway found missing from it (the gateway asks with RTT pacing and a
-/// retry limit, and learns RTX repairs). Figures for docs/BENCHMARKS.md §9 come from the
+/// retry limit, and learns RTX repairs). Figures for docs/BENCHMARKS.md §6 come from the
 /// `LOSS` line (`scripts/bench/loss.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_video_survives_5_percent_loss_both_ways() {
@@ -849,7 +849,7 @@ async fn chromium_video_survives_5_percent_loss_both_ways() {
     let residual_loss = lost / (received + lost).max(1.0);
     let resent_by_guest = side("guest", "outbound", "retransmittedPacketsSent");
     let missing = delta(|s| s.missing_packets) as f64;
-    // One line for scripts/bench/loss.sh (docs/BENCHMARKS.md §9).
+    // One line for scripts/bench/loss.sh (docs/BENCHMARKS.md §6).
     eprintln!(
         "LOSS {}",
         serde_json::json!({

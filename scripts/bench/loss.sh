@@ -1,5 +1,5 @@
 #!/bin/bash
-# Impaired links, 5 % loss both ways: see docs/BENCHMARKS.md section 9.
+# Impaired links, 5 % loss both ways: see docs/BENCHMARKS.md section 6.
 # usage: loss.sh [RUNS]
 # Runs the Chromium loss test RUNS times (default 3; root, as the suite is): a guest in a
 # network namespace loses 5 % of its UDP datagrams both ways for 15 s while it and staff in

@@ -9,7 +9,7 @@
 //! again every 100 ms until 512 newer ones had arrived (4 to 10 s of video), and
 //! the publisher (libwebrtc answers a NACK once per RTT per packet, from a ~1 s
 //! history) resent it about ten times: 1 368 to 2 933 resends for about 100 lost
-//! packets in 20 s of a 5 %-loss call, docs/BENCHMARKS.md §9.
+//! packets in 20 s of a 5 %-loss call, docs/BENCHMARKS.md §6.
 //!
 //! [`LossTracker`] is the pure policy, per received stream, as libwebrtc's
 //! `NackRequester` does it: a gap is asked for at once, each missing packet again
