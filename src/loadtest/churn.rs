@@ -198,6 +198,8 @@ pub async fn run(options: ChurnOptions, what: String) -> anyhow::Result<SoakRepo
     staff.ca_pem = options.tls.ca_pem.clone();
     staff.danger_accept_invalid_certs = options.tls.danger_accept_invalid_certs;
     staff.join_timeout = JOIN_TIMEOUT;
+    // Drops are the churn's own (a participant closes without `leave`); any other is a failure.
+    staff.reconnect = gatehouse_sdk::ReconnectPolicy::never();
     staff.media = gatehouse_sdk::MediaOptions {
         udp_addrs: vec![super::local_udp_addr(&options.url).to_owned()],
         ..gatehouse_sdk::MediaOptions::default()
@@ -439,6 +441,7 @@ async fn run_cycle(ctx: &Ctx, cycle: u64) -> Result<(), String> {
             o.ca_pem = ctx.tls.ca_pem.clone();
             o.danger_accept_invalid_certs = ctx.tls.danger_accept_invalid_certs;
             o.join_timeout = JOIN_TIMEOUT;
+            o.reconnect = gatehouse_sdk::ReconnectPolicy::never();
             o.media = ctx.staff.media.clone();
             o
         }

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::DEFAULT_DATA_DIR;
 use gatehouse_sdk::synthetic::SyntheticCodec;
-use gatehouse_sdk::{ConnectOptions, LobbyBypass, MediaOptions, NewMeeting, RestClient, TlsOptions};
+use gatehouse_sdk::{ConnectOptions, LobbyBypass, MediaOptions, NewMeeting, ReconnectPolicy, RestClient, TlsOptions};
 use gateway::{Scraper, Snapshot};
 use participant::{Probe, Setup};
 pub use report::{Report, Thresholds};
@@ -361,6 +361,8 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     connect.ca_pem = options.tls.ca_pem.clone();
     connect.danger_accept_invalid_certs = options.tls.danger_accept_invalid_certs;
     connect.join_timeout = Duration::from_secs(15);
+    // A participant the gateway drops is a failure to count, not one to paper over.
+    connect.reconnect = ReconnectPolicy::never();
     connect.media = MediaOptions {
         udp_addrs: vec![local_udp_addr(&options.url).to_owned()],
         ..MediaOptions::default()
