@@ -643,6 +643,113 @@ async fn the_state_follows_the_guest_and_staff_through_the_meeting_and_survives_
     staff.send(&ClientMessage::Leave).await;
     staff.until_closed().await;
 
+    // Analytics, live: one completed appointment that day, its lobby wait (lobby to
+    // admission, from the transitions' times) and its duration (admission to the guest leaving).
+    let at = |to: &str| {
+        done["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["to"] == to)
+            .unwrap()["at_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    let (waited, served) = (at("in_progress") - at("waiting"), at("completed") - at("in_progress"));
+    let day = &rfc3339(start)[..10];
+    let (status, report) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/analytics/appointments?from={day}&to={day}"),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let total = &report["total"];
+    assert_eq!(
+        (total["appointments"].as_u64(), total["completed"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    assert_eq!(
+        (total["no_shows"].as_u64(), total["no_show_rate"].as_f64()),
+        (Some(0), Some(0.0))
+    );
+    assert_eq!(total["lobby_wait_avg_ms"].as_u64(), Some(waited), "{report}");
+    assert_eq!(total["lobby_wait_p90_ms"].as_u64(), Some(waited));
+    assert_eq!(total["duration_avg_ms"].as_u64(), Some(served), "{report}");
+    assert_eq!(report["periods"][0]["period"], day);
+    assert_eq!(report["periods"].as_array().unwrap().len(), 1);
+    // The same as CSV, by Accept or by ?format=csv.
+    let resp = srv
+        .http
+        .get(format!(
+            "{}/api/v1/analytics/appointments?from={day}&to={day}&group=week",
+            srv.base
+        ))
+        .bearer_auth(&olga)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let text = resp.text().await.unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(
+        rows[1].contains("-W") && rows[1].split(',').nth(4) == Some("1"),
+        "{text}"
+    );
+    assert!(
+        rows[2].starts_with(&format!("total,1,1,0,1,0,0,0.0000,{served},{served},{waited},{waited}")),
+        "{text}"
+    );
+    let (_, csv) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/analytics/appointments?from={day}&to={day}&format=csv"),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert!(csv.as_str().unwrap().starts_with("period,appointments,"), "{csv}");
+    // Staff see their own and their departments'; not another department, not bad ranges.
+    let ben = srv.staff_token("ben", StaffRole::Staff);
+    let (_, own) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/analytics/appointments?from={day}&to={day}"),
+            Some(&ben),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (own["staff"].as_str(), own["total"]["appointments"].as_u64()),
+        (Some("ben"), Some(0)),
+        "{own}"
+    );
+    let did = t["department_id"].as_str().unwrap();
+    for (query, want) in [
+        (format!("department_id={did}"), 403),
+        ("staff=olga".to_owned(), 403),
+        ("from=2026-01-02&to=2026-01-01".to_owned(), 400),
+        ("from=2024-01-01&to=2026-01-01".to_owned(), 400),
+        ("group=month".to_owned(), 400),
+        ("tz=Mars/Base".to_owned(), 400),
+    ] {
+        let (status, body) = srv
+            .call(
+                "GET",
+                &format!("/api/v1/analytics/appointments?{query}"),
+                Some(&ben),
+                None,
+            )
+            .await;
+        assert_eq!(status, want, "{query}: {body}");
+    }
+
     // Durable: after a restart on the same data directory, the same state and history.
     srv.stop().await;
     let mut again = TestServer::start_with(test_config(&srv.data_dir)).await;
@@ -681,6 +788,26 @@ async fn the_clock_marks_an_absent_guest_no_show_at_the_deadline() {
     assert_eq!(
         (last["to"].as_str(), last["cause"].as_str()),
         (Some("no_show"), Some("clock"))
+    );
+    // The analytics count it: one no-show of one scheduled appointment, for its department.
+    let day = &rfc3339(start)[..10];
+    let did = t["department_id"].as_str().unwrap();
+    let (status, report) = srv
+        .call(
+            "GET",
+            &format!("/api/v1/analytics/appointments?from={day}&to={day}&department_id={did}"),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (
+            report["total"]["no_shows"].as_u64(),
+            report["total"]["no_show_rate"].as_f64()
+        ),
+        (Some(1), Some(1.0)),
+        "{report}"
     );
     // A no-show cannot be cancelled, but can be rescheduled.
     let (status, _) = srv

@@ -6,6 +6,7 @@
 //! what staff and guests send; the store (`store::appointments`) applies them durably and
 //! the REST handlers (`server::appointments`, `server::booking`) are thin shells.
 
+pub mod analytics;
 pub mod ics;
 pub mod slots;
 

@@ -57,6 +57,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/appointments/{id}", get(get_appointment))
         .route("/api/v1/appointments/{id}/cancel", post(cancel_appointment))
         .route("/api/v1/appointments/{id}/reschedule", post(reschedule_appointment))
+        .route("/api/v1/analytics/appointments", get(analytics))
 }
 
 /// Runs the appointments' clock until shutdown.
@@ -681,6 +682,147 @@ async fn reschedule_appointment(
     Ok(Json(appointment_view(&state, a, true, true).await?))
 }
 
+/// Which appointments a list or report covers (`department_id`, `staff` in the query): an
+/// admin any; staff their own (the default) or a department they are in.
+async fn scope(
+    state: &AppState,
+    staff: &StaffClaims,
+    q: &[(String, String)],
+) -> ApiResult<(Option<String>, Option<String>)> {
+    let department = query_get(q, "department_id").map(str::to_owned);
+    let mut only_staff = query_get(q, "staff").map(str::to_owned);
+    if staff.role != StaffRole::Admin {
+        if let Some(d) = &department {
+            let d = department_of(state, &staff.org, d).await?;
+            if !d.staff.contains(&staff.sub) {
+                return Err(ApiError::new(ErrorCode::Forbidden, "you are not in this department"));
+            }
+        } else if only_staff.as_ref().is_some_and(|s| *s != staff.sub) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "staff see their own appointments and their departments'",
+            ));
+        } else {
+            only_staff = Some(staff.sub.clone());
+        }
+    }
+    Ok((department, only_staff))
+}
+
+/// Local midnight of `d` in `tz`, Unix ms.
+fn local_midnight(d: jiff::civil::Date, tz: &jiff::tz::TimeZone) -> ApiResult<u64> {
+    let ts = d
+        .to_zoned_datetime(tz.clone())
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))?
+        .timestamp()
+        .as_millisecond();
+    u64::try_from(ts).map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))
+}
+
+/// Longest analytics range, in days.
+const MAX_REPORT_DAYS: i64 = 400;
+
+/// The analytics report as JSON.
+#[derive(Debug, Serialize)]
+struct Report {
+    from: String,
+    to: String,
+    tz: String,
+    group: crate::appointments::analytics::Group,
+    department_id: Option<String>,
+    staff: Option<String>,
+    total: crate::appointments::analytics::Figures,
+    periods: Vec<crate::appointments::analytics::Period>,
+}
+
+/// `GET /api/v1/analytics/appointments?from=YYYY-MM-DD&to=YYYY-MM-DD&tz=&group=day|week
+/// &department_id=&staff=&format=csv`: counts, durations and lobby waits per local day or
+/// ISO week over `[from, to]` (both included; default the last 30 days), JSON or CSV.
+async fn analytics(
+    State(state): State<Arc<AppState>>,
+    Staff(staff): Staff,
+    headers: axum::http::HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<axum::response::Response> {
+    use crate::appointments::analytics::{Group, csv, report};
+    use axum::response::IntoResponse;
+    let q = query_pairs(&q);
+    let tz_name = query_get(&q, "tz").unwrap_or("UTC").to_owned();
+    let tz = jiff::tz::TimeZone::get(&tz_name)
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("{tz_name:?} is not an IANA time zone")))?;
+    let group = match query_get(&q, "group").unwrap_or("day") {
+        "day" => Group::Day,
+        "week" => Group::Week,
+        _ => return Err(ApiError::new(ErrorCode::BadRequest, "group must be day or week")),
+    };
+    let date = |key: &str| -> ApiResult<Option<jiff::civil::Date>> {
+        query_get(&q, key)
+            .map(|d| {
+                d.parse()
+                    .map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("{key} must be YYYY-MM-DD")))
+            })
+            .transpose()
+    };
+    let today = tz
+        .to_datetime(Timestamp::from_millisecond(now_ms() as i64).unwrap_or_default())
+        .date();
+    let to = date("to")?.unwrap_or(today);
+    let from = match date("from")? {
+        Some(d) => d,
+        None => to
+            .checked_sub(jiff::Span::new().days(29))
+            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))?,
+    };
+    let days = (to - from).get_days();
+    if !(0..MAX_REPORT_DAYS).contains(&i64::from(days)) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("from must be on or before to, at most {MAX_REPORT_DAYS} days apart"),
+        ));
+    }
+    let from_ms = local_midnight(from, &tz)?;
+    let to_ms = local_midnight(
+        to.tomorrow()
+            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))?,
+        &tz,
+    )?;
+    let (department, only_staff) = scope(&state, &staff, &q).await?;
+    let org = staff.org.clone();
+    let (d, s) = (department.clone(), only_staff.clone());
+    let facts = state
+        .store
+        .run(move |st| st.analytics_facts(&org, d.as_deref(), s.as_deref(), from_ms, to_ms))
+        .await?;
+    let (periods, total) = report(&facts, &tz, group);
+    let wants_csv = query_get(&q, "format") == Some("csv")
+        || headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/csv"));
+    if wants_csv {
+        let name = format!("attachment; filename=\"appointments-{from}-{to}.csv\"");
+        return Ok((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (axum::http::header::CONTENT_DISPOSITION, name),
+            ],
+            csv(&periods, &total),
+        )
+            .into_response());
+    }
+    Ok(Json(Report {
+        from: from.to_string(),
+        to: to.to_string(),
+        tz: tz_name,
+        group,
+        department_id: department,
+        staff: only_staff,
+        total,
+        periods,
+    })
+    .into_response())
+}
+
 /// `GET /api/v1/appointments`: one day's appointments (the queue), by start.
 #[derive(Debug, Serialize)]
 struct DayList {
@@ -722,23 +864,7 @@ async fn list_appointments(
         date.tomorrow()
             .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))?,
     )?;
-    let department = query_get(&q, "department_id").map(str::to_owned);
-    let mut only_staff = query_get(&q, "staff").map(str::to_owned);
-    if staff.role != StaffRole::Admin {
-        if let Some(d) = &department {
-            let d = department_of(&state, &staff.org, d).await?;
-            if !d.staff.contains(&staff.sub) {
-                return Err(ApiError::new(ErrorCode::Forbidden, "you are not in this department"));
-            }
-        } else if only_staff.as_ref().is_some_and(|s| *s != staff.sub) {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "staff see their own appointments and their departments'",
-            ));
-        } else {
-            only_staff = Some(staff.sub.clone());
-        }
-    }
+    let (department, only_staff) = scope(&state, &staff, &q).await?;
     let org = staff.org.clone();
     let list = state
         .store

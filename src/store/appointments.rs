@@ -116,13 +116,16 @@ pub(super) fn load_appointment(tx: &Transaction<'_>, appointment_id: &str) -> Re
 fn save(tx: &Transaction<'_>, a: &AppointmentRecord, transitions: &[Transition]) -> Result<(), Error> {
     let machine = serde_json::to_string(&a.machine).map_err(json_err)?;
     tx.execute(
-        "UPDATE appointments SET machine = ?2, state = ?3, starts_at = ?4, ends_at = ?5 WHERE appointment_id = ?1",
+        "UPDATE appointments SET machine = ?2, state = ?3, starts_at = ?4, ends_at = ?5, first_arrived_at = ?6, served_at = ?7, completed_at = ?8 WHERE appointment_id = ?1",
         params![
             a.appointment_id,
             machine,
             a.machine.state.as_str(),
             a.machine.starts_at_ms.map(|v| v as i64),
-            a.machine.ends_at_ms().map(|v| v as i64)
+            a.machine.ends_at_ms().map(|v| v as i64),
+            a.machine.first_arrived_ms.map(|v| v as i64),
+            a.machine.served_at_ms.map(|v| v as i64),
+            (a.machine.state == AppointmentState::Completed).then_some(a.machine.state_since_ms as i64)
         ],
     )
     .map_err(db_err)?;
@@ -685,6 +688,54 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err)?;
         rows.into_iter().map(finish).collect()
+    }
+
+    /// The analytics facts of an organisation's appointments whose period instant (start, or
+    /// creation when on demand) is in `[from_ms, to_ms)`, of one department or staff member
+    /// or all; one range scan of an index on that instant.
+    pub fn analytics_facts(
+        &self,
+        org: &str,
+        department_id: Option<&str>,
+        staff: Option<&str>,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<crate::appointments::analytics::Facts>, Error> {
+        use crate::appointments::analytics::{Facts, Outcome};
+        let filter = match (department_id, staff) {
+            (Some(_), Some(_)) => "department_id = ?2 AND staff = ?3",
+            (Some(_), None) => "department_id = ?2 AND ?3 IS NULL",
+            (None, Some(_)) => "?2 IS NULL AND staff = ?3",
+            (None, None) => "?2 IS NULL AND ?3 IS NULL",
+        };
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT COALESCE(starts_at, created_at), starts_at IS NULL, state, first_arrived_at, served_at, completed_at FROM appointments WHERE organization = ?1 AND {filter} AND COALESCE(starts_at, created_at) >= ?4 AND COALESCE(starts_at, created_at) < ?5"
+            ))
+            .map_err(db_err)?;
+        stmt.query_map(params![org, department_id, staff, from_ms as i64, to_ms as i64], |r| {
+            let at: i64 = r.get(0)?;
+            let state: String = r.get(2)?;
+            let arrived: Option<i64> = r.get(3)?;
+            let served: Option<i64> = r.get(4)?;
+            let completed: Option<i64> = r.get(5)?;
+            Ok(Facts {
+                at_ms: at.max(0) as u64,
+                on_demand: r.get(1)?,
+                state: match state.as_str() {
+                    "completed" => Outcome::Completed,
+                    "no_show" => Outcome::NoShow,
+                    "cancelled" => Outcome::Cancelled,
+                    _ => Outcome::Open,
+                },
+                lobby_wait_ms: arrived.zip(served).map(|(a, s)| s.saturating_sub(a).max(0) as u64),
+                duration_ms: served.zip(completed).map(|(s, c)| c.saturating_sub(s).max(0) as u64),
+            })
+        })
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)
     }
 
     /// Busy intervals of a staff member overlapping `[from_ms, to_ms)`.

@@ -163,6 +163,23 @@ CREATE TABLE appointment_reminders (
 CREATE INDEX appointment_reminders_due ON appointment_reminders(due_at);
 "#;
 
+/// Version 5: what the analytics read, as columns (filled from each machine's JSON and the
+/// transitions for appointments made before), and indexes on the period's instant (the
+/// start, or the creation of an on-demand appointment) per department and per staff member.
+const V5_APPOINTMENT_ANALYTICS: &str = r#"
+ALTER TABLE appointments ADD COLUMN first_arrived_at INTEGER;
+ALTER TABLE appointments ADD COLUMN served_at INTEGER;
+ALTER TABLE appointments ADD COLUMN completed_at INTEGER;
+UPDATE appointments SET
+    first_arrived_at = json_extract(machine, '$.first_arrived_ms'),
+    served_at = json_extract(machine, '$.served_at_ms'),
+    completed_at = (SELECT max(at_ms) FROM appointment_transitions t
+                    WHERE t.appointment_id = appointments.appointment_id AND t.to_state = 'completed');
+CREATE INDEX appointments_by_department_period ON appointments(organization, department_id, COALESCE(starts_at, created_at));
+CREATE INDEX appointments_by_staff_period ON appointments(organization, staff, COALESCE(starts_at, created_at));
+CREATE INDEX appointments_by_period ON appointments(organization, COALESCE(starts_at, created_at));
+"#;
+
 /// Every migration, oldest first; the schema version is their count.
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -170,11 +187,12 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V2_OPEN_ATTENDANCE),
         M::up(V3_APPOINTMENTS),
         M::up(V4_WEBHOOK_OUTBOX),
+        M::up(V5_APPOINTMENT_ANALYTICS),
     ])
 }
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 #[cfg(test)]
 mod tests {
