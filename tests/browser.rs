@@ -1216,6 +1216,50 @@ async fn a_test_failing_mid_browser_leaves_no_process() {
     }
 }
 
+/// A guest books an appointment on the booking page in Chromium (`/book/default`: the
+/// organisation's public types, a week of free times, a name, Book) and gets a
+/// confirmation with its join link, `.ics` and manage link; the gateway has the booking
+/// for the slot picked, under the guest's name. Screenshots `book-slots.png`,
+/// `book-confirmation.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_guest_books_a_free_time_on_the_booking_page() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = TestServer::start().await;
+    let results = BrowserScript::start(&srv, "scenarios.mjs", "book-slot", Value::Null)
+        .finish()
+        .await;
+    let f = facts(&results, "book-slot");
+    assert_eq!(f["typeTitle"], "Skin check", "{f:#}");
+    assert!(f["slotsShown"].as_u64() > Some(2), "free times listed: {f:#}");
+    assert_eq!(
+        f["bookDisabledBefore"], true,
+        "nothing to book before a time is picked: {f:#}"
+    );
+    assert_eq!(f["bookedTitle"], "Skin check", "{f:#}");
+    assert!(!f["bookedTime"].as_str().unwrap_or("").is_empty(), "{f:#}");
+    let join = f["joinLink"].as_str().unwrap_or_else(|| panic!("a join link: {f:#}"));
+    assert!(join.contains("/j/"), "the guest's join link: {f:#}");
+    assert!(f["icsLink"].as_str().is_some_and(|l| l.ends_with("/ics")), "{f:#}");
+    let manage = f["manageLink"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a manage link: {f:#}"));
+    let code = manage.trim_end_matches('/').rsplit('/').next().unwrap();
+    // The gateway has it: the slot picked, the guest's name, scheduled.
+    let (status, a) = srv
+        .call("GET", &format!("/api/v1/book/appointments/{code}"), None, None)
+        .await;
+    assert_eq!(status, 200, "{a}");
+    let a = &a["appointment"];
+    assert_eq!(a["guest_name"], "Bea Booker", "{a}");
+    assert_eq!(a["state"], "scheduled", "{a}");
+    let chosen: jiff::Timestamp = f["chosenSlot"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        a["starts_at_ms"].as_i64(),
+        Some(chosen.as_millisecond()),
+        "the time picked: {a} {f:#}"
+    );
+}
+
 /// Media health in Chromium: the guest's call shows its path (UDP on loopback) and
 /// staff see it; an ICE restart on both of the guest's connections (the debug hook,
 /// the code path a failed connection takes) brings new ICE credentials on both, media

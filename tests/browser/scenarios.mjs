@@ -37,6 +37,7 @@ const SCENARIOS = {
   'link-list-live': linkListLive,
   'join-early': joinEarly,
   'devices-denied': devicesDenied,
+  'book-slot': bookSlot,
 };
 
 /** Scenarios whose browser refuses camera and microphone (no fake UI to accept the prompt). */
@@ -104,6 +105,50 @@ async function meetingFor(cfg, facts, settings = {}) {
   });
   facts.createdMeetingId = m.meeting_id;
   return { meetingId: m.meeting_id, linkCode: m.public_link.code };
+}
+
+/**
+ * A guest books an appointment on the organisation's booking page (`/book/default`): an
+ * admin (the config's staff token) first makes a department, puts `olga` in it working all
+ * day in UTC, and makes a public 30-minute type; the guest picks the type, the third free
+ * time, types a name and books. Facts: what the slot list and the confirmation show, the
+ * links it gives (join, .ics, manage), where focus went, and the slot booked.
+ */
+async function bookSlot(run) {
+  const { cfg } = run;
+  run.step('an admin sets up a department, a staff member working all day and a public type');
+  const dept = await rest(cfg, 'POST', '/api/v1/departments', { name: 'Dermatology' });
+  await rest(cfg, 'PUT', `/api/v1/departments/${dept.department_id}/staff/olga`);
+  const day = [['00:00', '24:00']];
+  const weekly = Object.fromEntries(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'].map((d) => [d, day]));
+  await rest(cfg, 'PUT', '/api/v1/staff/olga/working-hours', { time_zone: 'UTC', weekly });
+  const type = await rest(cfg, 'POST', '/api/v1/appointment-types', { title: 'Skin check', duration_minutes: 30, department_id: dept.department_id });
+  run.facts.typeId = type.type_id;
+
+  run.step('the guest opens the booking page and picks the type');
+  const guest = await run.context('guest');
+  await guest.goto(`${cfg.baseUrl}/book/default`);
+  await visible(guest, 'type-option').first().click();
+  await visible(guest, 'slot-option').first().waitFor();
+  run.facts.typeTitle = await visible(guest, 'type-title').textContent();
+  run.facts.slotsShown = await guest.locator('[data-testid="slot-option"]').count();
+  run.facts.bookDisabledBefore = await visible(guest, 'book-button').isDisabled();
+  // The third free time: an hour or more ahead, so it cannot start while the test books it.
+  run.step('a free time, a name, Book');
+  const first = guest.locator('[data-testid="slot-option"]').nth(2);
+  run.facts.chosenSlot = await first.getAttribute('value');
+  await first.check();
+  await visible(guest, 'name-input').fill('Bea Booker');
+  await run.shot(guest, 'book-slots.png');
+  await visible(guest, 'book-button').click();
+  await visible(guest, 'booked-view').waitFor();
+  run.facts.bookedTitle = await visible(guest, 'booked-title').textContent();
+  run.facts.bookedTime = await visible(guest, 'booked-time').textContent();
+  run.facts.joinLink = await guest.getByTestId('join-link').getAttribute('href');
+  run.facts.icsLink = await guest.getByTestId('ics-link').getAttribute('href');
+  run.facts.manageLink = await guest.getByTestId('manage-link').getAttribute('href');
+  run.facts.focused = await guest.evaluate(() => document.activeElement?.dataset?.testid ?? document.activeElement?.tagName);
+  await run.shot(guest, 'book-confirmation.png');
 }
 
 // ------------------------------------------------------------ page helpers
