@@ -17,7 +17,11 @@ use serde_json::Value;
 use support::TestServer;
 
 /// One browser at a time in this binary: two cold browsers starting together on a
-/// 2-core machine make each other's waits meaningless. Held for a whole test.
+/// 2-core machine make each other's waits meaningless. Held for a whole test, and by a
+/// test with a guest network from before that net is made until it is gone (declare the
+/// guard first: locals drop in reverse order): making or removing a veth pair is a
+/// network change to every running Chromium, whose navigation then fails with
+/// `ERR_NETWORK_CHANGED` (CI run of 2026-12-03).
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a browser may take to start and reach its first step (a cold Firefox with a
@@ -330,6 +334,8 @@ async fn chromium_guest_and_sdk_staff_exchange_media() {
 /// candidate, with no TURN server, and media flows both ways over TCP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_behind_a_udp_block_gets_media_over_ice_tcp() {
+    // Held before the net is made and until it is gone (see `ONE_BROWSER`).
+    let one_browser = ONE_BROWSER.lock().await;
     let Some(net) = support::netns::GuestNet::create() else {
         return;
     };
@@ -338,7 +344,7 @@ async fn chromium_guest_behind_a_udp_block_gets_media_over_ice_tcp() {
         configure: Box::new(|_| {}),
         restrict: Box::new(|_| net.block_udp()),
     };
-    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some(guest)).await;
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some((guest, &one_browser))).await;
     for role in ["publisher", "subscriber"] {
         assert_eq!(
             f["guestMedia"]["after"]["media"][role]["path"], "tcp",
@@ -353,6 +359,8 @@ async fn chromium_guest_behind_a_udp_block_gets_media_over_ice_tcp() {
 /// the credentials the gateway minted for this guest, and media flows both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_allowed_only_tcp_443_gets_media_through_turn_over_tls() {
+    // Held before the net is made and until it is gone (see `ONE_BROWSER`).
+    let one_browser = ONE_BROWSER.lock().await;
     let Some(net) = support::netns::GuestNet::create() else {
         return;
     };
@@ -379,7 +387,7 @@ async fn chromium_guest_allowed_only_tcp_443_gets_media_through_turn_over_tls() 
             ));
         }),
     };
-    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some(guest)).await;
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some((guest, &one_browser))).await;
     for role in ["publisher", "subscriber"] {
         assert_eq!(
             f["guestMedia"]["after"]["media"][role]["path"], "relay",
@@ -432,8 +440,18 @@ struct InNamespace<'a> {
 /// The same in a browser of each family: the guest page's script, the SDK on the other
 /// side. With `guest`, the browser runs in that namespace and the gateway (HTTPS, media
 /// over UDP and TCP) listens on the host end of its link. Returns the scenario's facts.
-async fn guest_and_sdk_staff_exchange_media(script: &str, media_bind: &str, guest: Option<InNamespace<'_>>) -> Value {
-    let _one_browser = ONE_BROWSER.lock().await;
+/// A guest in a namespace comes with the caller's hold on [`ONE_BROWSER`], taken before its
+/// net was made; without one, the browser lock is taken here.
+async fn guest_and_sdk_staff_exchange_media(
+    script: &str,
+    media_bind: &str,
+    guest: Option<(InNamespace<'_>, &tokio::sync::MutexGuard<'static, ()>)>,
+) -> Value {
+    let _one_browser = match guest {
+        Some(_) => None,
+        None => Some(ONE_BROWSER.lock().await),
+    };
+    let guest = guest.map(|(g, _)| g);
     let (srv, dir, net) = match guest {
         // The SDK reaches HTTPS as localhost (the name in the dev certificate), the guest by
         // the link's address.
@@ -727,10 +745,10 @@ async fn disrupt(net: &mut support::netns::GuestNet, disruption: Disruption) -> 
 }
 
 async fn video_decodes_again_after(disruption: Disruption) {
+    let _one_browser = ONE_BROWSER.lock().await;
     let Some(mut net) = support::netns::GuestNet::create() else {
         return;
     };
-    let _one_browser = ONE_BROWSER.lock().await;
     let (srv, dir) = namespace_gateway(&net, |_| {}, |_| {}).await;
     let guest = guest_in_namespace(&srv, &net, &dir, "Travelling Tom");
     let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "outage-frames", guest);
@@ -795,10 +813,10 @@ const LOSS_IMPAIRMENT: Duration = Duration::from_secs(15);
 /// `LOSS` line (`scripts/bench/loss.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_video_survives_5_percent_loss_both_ways() {
+    let _one_browser = ONE_BROWSER.lock().await;
     let Some(net) = support::netns::GuestNet::create() else {
         return;
     };
-    let _one_browser = ONE_BROWSER.lock().await;
     let (srv, dir) = namespace_gateway(&net, |_| {}, |_| {}).await;
     let guest = guest_in_namespace(&srv, &net, &dir, "Lossy Lou");
     let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "loss-both-ways", guest);
@@ -923,10 +941,10 @@ enum Disruption {
 }
 
 async fn guest_keeps_the_call_through(disruption: Disruption) {
+    let _one_browser = ONE_BROWSER.lock().await;
     let Some(mut net) = support::netns::GuestNet::create() else {
         return;
     };
-    let _one_browser = ONE_BROWSER.lock().await;
     let mut call = NamespaceCall::start(&net, "Travelling Tom", |_| {}).await;
     let (staff, events) = (&call.staff, &mut call.events);
     let mut browser = BrowserScript::start(&call.srv, "scenarios.mjs", "guest-outage", call.guest.clone());
@@ -1062,10 +1080,10 @@ async fn guest_keeps_the_call_through(disruption: Disruption) {
 /// staff member (SDK) is told that guest has no media. Times are reported, not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_with_no_media_path_is_told_and_staff_see_no_media() {
+    let _one_browser = ONE_BROWSER.lock().await;
     let Some(net) = support::netns::GuestNet::create() else {
         return;
     };
-    let _one_browser = ONE_BROWSER.lock().await;
     let mut call = NamespaceCall::start(&net, "Firewalled Fay", |srv| block_media_paths(&net, srv)).await;
     let (staff, events) = (&call.staff, &mut call.events);
     let mut browser = BrowserScript::start(&call.srv, "scenarios.mjs", "guest-no-path", call.guest.clone());
@@ -1139,10 +1157,10 @@ fn block_media_paths(net: &support::netns::GuestNet, srv: &TestServer) {
 /// `console-no-media.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_shows_a_guest_with_no_media_path_as_no_media() {
+    let _one_browser = ONE_BROWSER.lock().await;
     let Some(net) = support::netns::GuestNet::create() else {
         return;
     };
-    let _one_browser = ONE_BROWSER.lock().await;
     let (srv, dir) = namespace_gateway(&net, |_| {}, |srv| block_media_paths(&net, srv)).await;
     let guest = guest_in_namespace(&srv, &net, &dir, "Firewalled Fay");
     let results = BrowserScript::start(&srv, "scenarios.mjs", "console-no-media", guest)
