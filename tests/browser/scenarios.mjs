@@ -541,16 +541,12 @@ async function framesBack(page, restoredAt, timeoutMs) {
 }
 
 /**
- * Video after a network outage or an address change, as frames decoded (docs/BENCHMARKS.md
- * §5): the guest's browser runs in a network namespace the calling test cuts or moves; a
- * staff member in the console (a second Chromium outside that network) admits it, and both
- * publish their fake camera and decode each other's video. Once both decode the script says
- * `media-flowing`; the test disrupts the guest's network and tells the script (stdin) when
- * it is back (`{"told": "restored", "at": ms}`). Facts: for each side, how long after that
- * its decoded frames rose again (`toGuest`, `toStaff`: `{ms, gapMs}`), the guest's views,
- * both pages' timelines, and what staff heard (`staffSawLeft`, `staffTrackEvents`).
+ * The start of the two-browser network scenarios: the guest (this run's browser, in the
+ * test's namespace) joins, staff in the console (a second Chromium outside it) admits,
+ * both decode the other's fake camera (judged as `guestMedia`, `staffMedia`), each page
+ * samples its decoded frames (`framesProbe`), and the script says `media-flowing`.
  */
-async function outageFrames(run) {
+async function guestAndStaffDecoding(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Video visit' });
   const guest = await run.context('guest');
   const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
@@ -565,6 +561,21 @@ async function outageFrames(run) {
   }
   await Promise.all([guest.evaluate(framesProbe), staff.evaluate(framesProbe)]);
   run.progress('media-flowing');
+  return { guest, staff, guestId };
+}
+
+/**
+ * Video after a network outage or an address change, as frames decoded (docs/BENCHMARKS.md
+ * §5): the guest's browser runs in a network namespace the calling test cuts or moves; a
+ * staff member in the console (a second Chromium outside that network) admits it, and both
+ * publish their fake camera and decode each other's video. Once both decode the script says
+ * `media-flowing`; the test disrupts the guest's network and tells the script (stdin) when
+ * it is back (`{"told": "restored", "at": ms}`). Facts: for each side, how long after that
+ * its decoded frames rose again (`toGuest`, `toStaff`: `{ms, gapMs}`), the guest's views,
+ * both pages' timelines, and what staff heard (`staffSawLeft`, `staffTrackEvents`).
+ */
+async function outageFrames(run) {
+  const { guest, staff } = await guestAndStaffDecoding(run);
   run.step('the test disrupts the guest network and says when it is back');
   const { at: restoredAt } = await toldByTest('restored', 120000);
   run.step('video decodes again on both sides');
@@ -641,20 +652,7 @@ async function longestFreeze(page, from, to) {
  * decoded frame while impaired (`freeze`: `{longestMs, rises}`); `impairedMs`.
  */
 async function lossBothWays(run) {
-  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Video visit' });
-  const guest = await run.context('guest');
-  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
-  run.step('staff (a browser outside the guest network) joins and admits');
-  const staff = await run.context('staff', await run.staffBrowser());
-  await staffJoins(run, staff, meetingId);
-  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
-  await visible(guest, 'call-view').waitFor();
-  run.step('both decode the other side\'s video');
-  for (const [side, page] of [['guest', guest], ['staff', staff]]) {
-    judgeMedia(run, `${side}Media`, await mediaFacts(page, { timeoutMs: run.cfg.mediaTimeoutMs, wantAudio: false }));
-  }
-  await Promise.all([guest.evaluate(framesProbe), staff.evaluate(framesProbe)]);
-  run.progress('media-flowing');
+  const { guest, staff } = await guestAndStaffDecoding(run);
   run.step('the test impairs the guest network, then says when it started and ended');
   const { at: impairedAt } = await toldByTest('impaired', 120000);
   const before = { guest: await rtpCounters(guest), staff: await rtpCounters(staff) };
