@@ -105,9 +105,10 @@ export function describePeerMedia(report) {
   const pub = report.publisher || { state: 'new' };
   const sub = report.subscriber || { state: 'new' };
   if (pub.state === 'connected') {
-    const via = PATH_WORDS[pub.path] || 'an unknown path';
+    // The path comes with a later report once getStats has named the selected pair.
+    const via = pub.path ? ` over ${PATH_WORDS[pub.path] || pub.path}` : '';
     const receiving = BAD.has(sub.state) ? `, not receiving (${sub.state})` : '';
-    return { ok: true, state: 'media', text: `media over ${via}${receiving}` };
+    return { ok: true, state: 'media', text: `media${via}${receiving}` };
   }
   if (pub.state === 'connecting') return { ok: false, state: 'connecting', text: 'connecting media…' };
   const why = { new: 'not sending', disconnected: 'reconnecting', failed: 'failed', closed: 'closed' }[pub.state] || pub.state;

@@ -72,6 +72,14 @@ test('given up is failed whatever the browser says; connected carries its path',
   assert.equal(describePeerMedia(null), null);
 });
 
+test('connected before the path is known says media, not a made-up path', () => {
+  assert.deepEqual(describePeerMedia({ publisher: { state: 'connected' }, subscriber: { state: 'connected' } }), {
+    ok: true,
+    state: 'media',
+    text: 'media',
+  });
+});
+
 test('every phase has words, and trouble says what is happening', () => {
   for (const phase of ['idle', 'connecting', 'connected', 'blocked', 'reconnecting', 'failed']) {
     const { status, problem } = phaseMessage(phase, { publisher: connected(), subscriber: connected() });

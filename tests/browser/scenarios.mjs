@@ -1041,7 +1041,12 @@ async function mediaRestart(run) {
   run.step('staff see the guest has media, and over which path');
   const guestMedia = staff.locator(`[data-testid="participant-entry"][data-participant-id="${guestId}"] [data-testid="participant-media"]`);
   await staff.waitForFunction(
-    (id) => document.querySelector(`[data-testid="participant-entry"][data-participant-id="${id}"] [data-testid="participant-media"]`)?.dataset.state === 'media',
+    (id) => {
+      // "media" as soon as the guest reports connected; the path follows with the
+      // report after the guest's getStats has named the selected pair.
+      const el = document.querySelector(`[data-testid="participant-entry"][data-participant-id="${id}"] [data-testid="participant-media"]`);
+      return el?.dataset.state === 'media' && el.textContent.includes(' over ');
+    },
     guestId,
     { timeout: run.cfg.mediaTimeoutMs },
   );
