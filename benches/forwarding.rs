@@ -134,6 +134,7 @@ fn meeting(n: usize) -> MediaRoom {
             mime_type: "video/VP8".into(),
             negotiated: negotiated(96, 97, [(ABS_SEND_TIME, 2), (TWCC, 3), (MID, 4)]),
             replaces: true,
+            layer: None,
         },
         now,
         &mut effects,

@@ -286,6 +286,13 @@ impl SfuCollector {
                 ),
                 |s| s.missing_packets,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_layer_switches_total",
+                    "Subscriber legs moved to another simulcast layer (on its keyframe)",
+                ),
+                |s| s.layer_switches,
+            ),
         ];
         Self {
             sfu,

@@ -613,6 +613,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
     b.send(MediaMessage::SetSubscription {
         track_id: a_cam.track_id.clone(),
         paused: true,
+        quality: None,
     })
     .await
     .expect("pause");
@@ -626,6 +627,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
     b.send(MediaMessage::SetSubscription {
         track_id: a_cam.track_id.clone(),
         paused: false,
+        quality: None,
     })
     .await
     .expect("resume");
@@ -650,6 +652,7 @@ async fn mute_pause_resume_and_subscriber_keyframe_requests() {
         .send(MediaMessage::SetSubscription {
             track_id: "t_nope".into(),
             paused: true,
+            quality: None,
         })
         .await
         .unwrap_err();

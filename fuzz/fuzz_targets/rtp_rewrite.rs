@@ -170,6 +170,7 @@ fuzz_target!(|data: &[u8]| {
             mime_type: mime.into(),
             negotiated: pub_side.clone(),
             replaces: true,
+            layer: None,
         };
         room.stream_opened("p_a", stream, now, &mut fx);
     }

@@ -13,7 +13,7 @@ use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
     ActiveSpeaker, ChatMessage, ClientMessage, ConnectionMedia, IceServer, LeaveReason, LobbyEntry, LobbyStatus,
     MediaConnectionState, MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole,
-    ServerMessage, TrackId, TrackInfo, TrackSource,
+    Quality, ServerMessage, TrackId, TrackInfo, TrackSource,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -401,6 +401,8 @@ struct Inner {
     ice_refreshed: watch::Sender<u64>,
     /// Remote tracks the application paused (`set_subscription`): paused again after a reconnect.
     paused: StdMutex<HashSet<TrackId>>,
+    /// Qualities the application asked for (`set_quality`): asked for again after a reconnect.
+    qualities: StdMutex<HashMap<TrackId, Quality>>,
 }
 
 impl Inner {
@@ -585,6 +587,7 @@ impl Client {
             generation: watch::channel(0).0,
             ice_refreshed: watch::channel(0).0,
             paused: StdMutex::new(HashSet::new()),
+            qualities: StdMutex::new(HashMap::new()),
         });
         let _ = events_tx.send(Event::Joined {
             you: session.you.clone(),
@@ -718,6 +721,7 @@ impl Client {
         match self.send(ClientMessage::SetSubscription {
             track_id: track_id.clone(),
             paused,
+            quality: None,
         }) {
             // While reconnecting it is only remembered: it goes out after the reconnect.
             Ok(()) | Err(SdkError::Reconnecting) => {}
@@ -729,6 +733,35 @@ impl Client {
         } else {
             set.remove(&track_id);
         }
+        Ok(())
+    }
+
+    /// Asks for a quality of a remote video track: the simulcast layer the server
+    /// forwards (`High` the publisher's best, `Medium`, `Low` its smallest; a track
+    /// without simulcast has one), or `Off` to stop it as a pause does (a tile nobody
+    /// sees). A quality other than `Off` also resumes a paused track. The server moves
+    /// to the new layer on its next keyframe, with no gap in the RTP stream.
+    /// Remembered like a pause and asked for again after a reconnect.
+    pub fn set_quality(&self, track_id: impl Into<TrackId>, quality: Quality) -> Result<()> {
+        let track_id = track_id.into();
+        match self.send(ClientMessage::SetSubscription {
+            track_id: track_id.clone(),
+            paused: false,
+            quality: Some(quality),
+        }) {
+            Ok(()) | Err(SdkError::Reconnecting) => {}
+            Err(e) => return Err(e),
+        }
+        self.inner
+            .paused
+            .lock()
+            .expect("paused lock is never poisoned")
+            .remove(&track_id);
+        self.inner
+            .qualities
+            .lock()
+            .expect("qualities lock is never poisoned")
+            .insert(track_id, quality);
         Ok(())
     }
 
@@ -1391,10 +1424,24 @@ async fn restore_media(inner: Arc<Inner>, tracks: Vec<LocalTrack>, events: mpsc:
         paused.retain(|t| present.contains(t));
         paused.iter().cloned().collect()
     };
+    let qualities: Vec<(TrackId, Quality)> = {
+        let mut qualities = inner.qualities.lock().expect("qualities lock is never poisoned");
+        qualities.retain(|t, _| present.contains(t));
+        qualities.iter().map(|(t, q)| (t.clone(), *q)).collect()
+    };
+    for (track_id, quality) in qualities {
+        let _ = inner.out.send(ClientMessage::SetSubscription {
+            paused: paused.contains(&track_id),
+            track_id,
+            quality: Some(quality),
+        });
+    }
     for track_id in paused {
-        let _ = inner
-            .out
-            .send(ClientMessage::SetSubscription { track_id, paused: true });
+        let _ = inner.out.send(ClientMessage::SetSubscription {
+            track_id,
+            paused: true,
+            quality: None,
+        });
     }
     if tracks.is_empty() {
         return;

@@ -251,6 +251,22 @@ pub struct ActiveSpeaker {
 }
 
 /// Which of a participant's two peer connections a message is about.
+/// How much of a video track a subscriber needs (`set_subscription.quality`). The
+/// server forwards the publisher's simulcast layer that fits: `high` its best,
+/// `medium` the middle one, `low` its smallest; a track sent without simulcast has
+/// one layer, forwarded for any of them. `off` stops the track, as `paused` does.
+/// A quality rather than a resolution: the server knows a publisher's layers only
+/// by their order (rids), not their sizes, and a tile's size maps to these three
+/// steps on the client, as in LiveKit's `VideoQuality`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    High,
+    Medium,
+    Low,
+    Off,
+}
+
 ///
 /// The client offers on `publisher` (its outgoing media); the server offers on
 /// `subscriber` (everyone else's media). One offerer per connection means no glare.
@@ -398,8 +414,16 @@ pub enum ClientMessage {
     IceCandidate { target: PeerRole, candidate: IceCandidate },
     /// Mute or unmute one of the client's own published tracks.
     MuteTrack { track_id: TrackId, muted: bool },
-    /// Stop or resume receiving a track this client does not need.
-    SetSubscription { track_id: TrackId, paused: bool },
+    /// Stop or resume receiving a track this client does not need, and say which
+    /// quality of it it needs (PROTOCOL §11.3): `paused` (default false) stops it, as
+    /// `quality: "off"` does; `quality` absent keeps the last one asked for.
+    SetSubscription {
+        track_id: TrackId,
+        #[serde(default)]
+        paused: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<Quality>,
+    },
     /// Ask for a fresh subscriber connection (new ICE credentials, new DTLS): the
     /// subscriber-side ICE restart. Answered with `ice_servers` (fresh TURN
     /// credentials), then a `subscribe_offer` marked `restart`.
@@ -429,7 +453,11 @@ pub enum MediaMessage {
     /// `mute_track`.
     MuteTrack { track_id: TrackId, muted: bool },
     /// `set_subscription`.
-    SetSubscription { track_id: TrackId, paused: bool },
+    SetSubscription {
+        track_id: TrackId,
+        paused: bool,
+        quality: Option<Quality>,
+    },
     /// `restart_ice`.
     RestartIce,
 }
@@ -442,7 +470,15 @@ impl ClientMessage {
             ClientMessage::SubscribeAnswer { sdp } => MediaMessage::SubscribeAnswer { sdp },
             ClientMessage::IceCandidate { target, candidate } => MediaMessage::IceCandidate { target, candidate },
             ClientMessage::MuteTrack { track_id, muted } => MediaMessage::MuteTrack { track_id, muted },
-            ClientMessage::SetSubscription { track_id, paused } => MediaMessage::SetSubscription { track_id, paused },
+            ClientMessage::SetSubscription {
+                track_id,
+                paused,
+                quality,
+            } => MediaMessage::SetSubscription {
+                track_id,
+                paused,
+                quality,
+            },
             ClientMessage::RestartIce => MediaMessage::RestartIce,
             other => return Err(other),
         })
@@ -667,6 +703,37 @@ mod tests {
                 continue;
             }
             // `ice_candidate` goes both ways with the same shape.
+    #[test]
+    fn set_subscription_takes_paused_or_a_quality_and_old_frames_parse_as_before() {
+        let sub = |json: &str| match parse_client_message(json) {
+            Ok(ClientMessage::SetSubscription { paused, quality, .. }) => (paused, quality),
+            other => panic!("{json}: {other:?}"),
+        };
+        assert_eq!(
+            sub(r#"{"type":"set_subscription","track_id":"t","paused":true}"#),
+            (true, None)
+        );
+        assert_eq!(
+            sub(r#"{"type":"set_subscription","track_id":"t","quality":"low"}"#),
+            (false, Some(Quality::Low))
+        );
+        assert_eq!(
+            sub(r#"{"type":"set_subscription","track_id":"t","paused":false,"quality":"off"}"#),
+            (false, Some(Quality::Off))
+        );
+        assert!(parse_client_message(r#"{"type":"set_subscription","track_id":"t","quality":"ultra"}"#).is_err());
+        // Without a quality the frame is what it always was.
+        let old = ClientMessage::SetSubscription {
+            track_id: "t".into(),
+            paused: true,
+            quality: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"type":"set_subscription","track_id":"t","paused":true}"#
+        );
+    }
+
             let client = CLIENT_TYPES.contains(&kind) && parse_client_message(text).is_ok();
             let server = serde_json::from_value::<ServerMessage>(value.clone());
             assert!(

@@ -35,7 +35,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 
-use super::media_room::{Codec, ConnId, Negotiated, Stream};
+use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
 use super::stats::StatsPair;
@@ -400,7 +400,9 @@ pub fn add_sender(pc: &mut RTCPeerConnection, track: &TrackInfo, ssrc: u32) -> R
     Ok(sender)
 }
 
-/// The stream `ssrc` arriving on a publisher connection's receiver, as the media room needs it.
+/// The stream `ssrc` arriving on a publisher connection's receiver, as the media room
+/// needs it: with its simulcast layer when it has a rid (`rtc` fires `OnOpen` once per
+/// rid, each with its own SSRC), ranked among the rids the offer listed.
 pub fn stream(
     pc: &mut RTCPeerConnection,
     conn: ConnId,
@@ -410,7 +412,26 @@ pub fn stream(
 ) -> Option<Stream> {
     let mid = pc.rtp_transceiver(receiver.into())?.mid().clone()?;
     let mut rx = pc.rtp_receiver(receiver)?;
-    let mime_type = rx.track().codec(ssrc)?.mime_type.clone();
+    let track = rx.track();
+    let mime_type = track.codec(ssrc)?.mime_type.clone();
+    let layer = track.rid(ssrc).filter(|rid| !rid.is_empty()).map(|rid| {
+        let rids: Vec<&str> = track
+            .codings()
+            .iter()
+            .map(|c| c.rtp_coding_parameters.rid.as_str())
+            .filter(|r| !r.is_empty())
+            .collect();
+        let ranks = super::forward::simulcast_ranks(&rids);
+        let rank = rids
+            .iter()
+            .position(|r| *r == rid.as_str())
+            .and_then(|i| ranks.get(i).copied())
+            .unwrap_or(0);
+        SimulcastLayer {
+            rid: rid.to_string(),
+            rank,
+        }
+    });
     let negotiated = negotiated(&rx.get_parameters().rtp_parameters);
     Some(Stream {
         conn,
@@ -419,20 +440,28 @@ pub fn stream(
         ssrc,
         mime_type,
         negotiated,
-        replaces,
+        replaces: replaces && layer.is_none(),
+        layer,
     })
 }
 
 /// Streams already arriving on a publisher connection (their first packets came
-/// before their mids were announced), at most one per receiver.
+/// before their mids were announced): every SSRC of each receiver (the layers of a
+/// simulcast track), the first one opening the track.
 pub fn arriving_streams(pc: &mut RTCPeerConnection, conn: ConnId) -> Vec<Stream> {
     let transceivers: Vec<_> = pc.get_transceivers().collect();
     transceivers
         .into_iter()
         .filter_map(|t| {
             let receiver = pc.rtp_transceiver(t)?.receiver()?;
-            let ssrc = pc.rtp_receiver(receiver)?.track().ssrcs().next()?;
-            stream(pc, conn, receiver, ssrc, false)
+            let ssrcs: Vec<u32> = pc.rtp_receiver(receiver)?.track().ssrcs().collect();
+            Some(
+                ssrcs
+                    .into_iter()
+                    .filter_map(|ssrc| stream(pc, conn, receiver, ssrc, false))
+        .flatten()
+                    .collect::<Vec<_>>(),
+            )
         })
         .collect()
 }

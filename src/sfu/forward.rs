@@ -371,6 +371,278 @@ impl DownLeg {
     }
 }
 
+/// How a codec marks the first packet of a keyframe in its RTP payload, so a leg
+/// switches simulcast layers where the subscriber's decoder can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeFormat {
+    Vp8,
+    Vp9,
+    H264,
+    H265,
+    Av1,
+    /// No keyframe is ever recognised: a leg stays on the layer it started with.
+    Unknown,
+}
+
+impl KeyframeFormat {
+    pub fn of(mime_type: &str) -> Self {
+        let codec = mime_type.rsplit('/').next().unwrap_or_default();
+        match codec.to_ascii_lowercase().as_str() {
+            "vp8" => Self::Vp8,
+            "vp9" => Self::Vp9,
+            "h264" => Self::H264,
+            "h265" | "hevc" => Self::H265,
+            "av1" => Self::Av1,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Whether `payload` is the first packet of a keyframe (reads a few bytes, never panics).
+    pub fn starts_keyframe(self, payload: &[u8]) -> bool {
+        match self {
+            Self::Vp8 => vp8_starts_keyframe(payload),
+            // RFC 9628: B (start of frame) set, P (inter-picture predicted) clear.
+            Self::Vp9 => payload.first().is_some_and(|b| b & 0x08 != 0 && b & 0x40 == 0),
+            Self::H264 => h264_starts_keyframe(payload),
+            Self::H265 => h265_starts_keyframe(payload),
+            // AV1 RTP: N, the first packet of a coded video sequence (a keyframe with its sequence header).
+            Self::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
+            Self::Unknown => false,
+        }
+    }
+}
+
+/// RFC 7741: S set and partition 0 in the descriptor, then the VP8 frame tag's P bit clear.
+fn vp8_starts_keyframe(p: &[u8]) -> bool {
+    let Some(&first) = p.first() else { return false };
+    if first & 0x10 == 0 || first & 0x07 != 0 {
+        return false;
+    }
+    let mut i = 1;
+    if first & 0x80 != 0 {
+        let Some(&x) = p.get(1) else { return false };
+        i = 2;
+        if x & 0x80 != 0 {
+            // Picture id: 15 bits when M is set, else 7.
+            i += if p.get(i).is_some_and(|b| b & 0x80 != 0) { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    p.get(i).is_some_and(|tag| tag & 0x01 == 0)
+}
+
+/// An IDR slice or an SPS, alone, first in a STAP-A, or starting a FU-A (RFC 6184).
+fn h264_starts_keyframe(p: &[u8]) -> bool {
+    let key = |nal: u8| matches!(nal & 0x1F, 5 | 7);
+    match p.first().map(|b| b & 0x1F) {
+        Some(24) => p.get(3).is_some_and(|b| key(*b)),
+        Some(28) => p.get(1).is_some_and(|b| b & 0x80 != 0 && key(*b)),
+        Some(_) => key(p[0]),
+        None => false,
+    }
+}
+
+/// An IRAP picture or a VPS/SPS, alone, first in an AP, or starting an FU (RFC 7798).
+fn h265_starts_keyframe(p: &[u8]) -> bool {
+    let key = |t: u8| (16..=21).contains(&t) || t == 32 || t == 33;
+    let Some(&b0) = p.first() else { return false };
+    match (b0 >> 1) & 0x3F {
+        48 => p.get(4).is_some_and(|b| key((b >> 1) & 0x3F)),
+        49 => p.get(2).is_some_and(|b| b & 0x80 != 0 && key(b & 0x3F)),
+        t => key(t),
+    }
+}
+
+/// A subscriber's wish for one simulcast track as a layer rank: the highest rank it
+/// wants (0 is the lowest layer the publisher sends; [`Self::HIGH`] is its best).
+/// A bandwidth estimate can later lower the effective target per leg the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target(pub u8);
+
+impl Target {
+    pub const LOW: Self = Self(0);
+    pub const MEDIUM: Self = Self(1);
+    pub const HIGH: Self = Self(u8::MAX);
+}
+
+/// What a leg does with a packet of one of its track's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Not this leg's layer (or an old packet of the layer it just switched to).
+    Skip,
+    /// Forward it.
+    Forward,
+    /// The keyframe the leg waited for: restart its rewriting (sequence numbers and
+    /// timestamps continue from what it sent), then forward.
+    Switch,
+}
+
+/// Which of a track's simulcast layers one subscriber leg forwards, pure. The leg
+/// starts with the layer it wants as soon as that layer sends; later it moves to
+/// another only on a keyframe of that layer (a PLI for that layer is asked for when
+/// the move is decided, and again each [`LayerSelector::RETRY`] while it waits), so
+/// the decoder never gets a delta frame it has no reference for. Layers are indexes
+/// into the track's list, ranks their quality order. A track without simulcast has
+/// one layer and never switches.
+#[derive(Debug, Clone)]
+pub struct LayerSelector {
+    target: Target,
+    /// The layer forwarded now.
+    current: Option<usize>,
+    /// The layer to move to on its next keyframe.
+    pending: Option<usize>,
+    /// When a keyframe of `pending` was last asked for.
+    asked: Option<Instant>,
+    /// After a switch: the first sequence number of the new layer forwarded, and how
+    /// many more packets to check against it (late packets from before the keyframe
+    /// would reuse sequence numbers the leg already sent for the old layer).
+    floor: Option<(u16, u16)>,
+}
+
+impl Default for LayerSelector {
+    fn default() -> Self {
+        Self::new(Target::HIGH)
+    }
+}
+
+impl LayerSelector {
+    /// A keyframe asked for and not seen within this is asked for again.
+    pub const RETRY: Duration = Duration::from_secs(1);
+
+    pub fn new(target: Target) -> Self {
+        Self {
+            target,
+            current: None,
+            pending: None,
+            asked: None,
+            floor: None,
+        }
+    }
+
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    pub fn set_target(&mut self, target: Target) {
+        self.target = target;
+    }
+
+    /// The layer forwarded now, and the one waited for.
+    pub fn layers(&self) -> (Option<usize>, Option<usize>) {
+        (self.current, self.pending)
+    }
+
+    /// The layer a keyframe request for this leg should name: the one it waits for, else its own.
+    pub fn keyframe_layer(&self) -> Option<usize> {
+        self.pending.or(self.current)
+    }
+
+    /// The layer this leg should have: among the `available` ones (bit i for layer i,
+    /// `ranks[i]` its rank) the highest at or below the target, else the lowest above
+    /// it. With nothing available, the layer it has (a silent publisher is no reason to move).
+    pub fn desired(&self, ranks: &[u8], available: u32) -> Option<usize> {
+        let avail = |i: &usize| *i < 32 && available & (1 << i) != 0;
+        let below = (0..ranks.len())
+            .filter(avail)
+            .filter(|&i| ranks[i] <= self.target.0)
+            .max_by_key(|&i| ranks[i]);
+        let above = || {
+            (0..ranks.len())
+                .filter(avail)
+                .filter(|&i| ranks[i] > self.target.0)
+                .min_by_key(|&i| ranks[i])
+        };
+        below.or_else(above).or(self.current)
+    }
+
+    /// A packet of `layer` with sequence number `seq` arrived while the leg should have
+    /// `desired`. `keyframe` is asked only when the answer depends on it. Returns what
+    /// to do with the packet and, when a keyframe of some layer must be asked for now, which.
+    pub fn pick(
+        &mut self,
+        layer: usize,
+        seq: u16,
+        desired: Option<usize>,
+        keyframe: impl FnOnce() -> bool,
+        now: Instant,
+    ) -> (Pick, Option<usize>) {
+        let mut ask = None;
+        match (desired, self.current) {
+            (None, _) => {}
+            (Some(d), None) => self.current = Some(d),
+            (Some(d), Some(c)) if d == c => {
+                self.pending = None;
+                self.asked = None;
+            }
+            (Some(d), Some(_)) => {
+                let stale = self
+                    .asked
+                    .is_none_or(|at| now.saturating_duration_since(at) >= Self::RETRY);
+                if self.pending != Some(d) || stale {
+                    self.pending = Some(d);
+                    self.asked = Some(now);
+                    ask = Some(d);
+                }
+            }
+        }
+        if self.pending == Some(layer) && keyframe() {
+            self.current = Some(layer);
+            self.pending = None;
+            self.asked = None;
+            self.floor = Some((seq, 512));
+            return (Pick::Switch, ask);
+        }
+        if self.current != Some(layer) {
+            return (Pick::Skip, ask);
+        }
+        if let Some((first, left)) = &mut self.floor {
+            if (seq.wrapping_sub(*first) as i16) < 0 {
+                return (Pick::Skip, ask);
+            }
+            *left -= 1;
+            if *left == 0 {
+                self.floor = None;
+            }
+        }
+        (Pick::Forward, ask)
+    }
+
+    /// The layer at `layer` was removed from the track's list: indexes above it move down.
+    pub fn layer_removed(&mut self, layer: usize) {
+        let shift = |l: &mut Option<usize>| {
+            *l = match *l {
+                Some(i) if i == layer => None,
+                Some(i) if i > layer => Some(i - 1),
+                other => other,
+            }
+        };
+        shift(&mut self.current);
+        shift(&mut self.pending);
+    }
+}
+
+/// The quality order of a publisher's simulcast layers from their rids, in the order
+/// its offer lists them (`a=simulcast:send`). The names browsers' clients use are
+/// understood (`q`/`h`/`f` as LiveKit's and ours, `l`/`m`/`h`, `low`/`mid`/`high`);
+/// any other set is taken lowest first, in offer order (as mediasoup's `r0`, `r1`, ...).
+pub fn simulcast_ranks<S: AsRef<str>>(rids: &[S]) -> Vec<u8> {
+    const SCHEMES: &[&[&str]] = &[&["q", "h", "f"], &["l", "m", "h"], &["low", "mid", "high"]];
+    for scheme in SCHEMES {
+        if rids.iter().all(|r| scheme.contains(&r.as_ref())) {
+            return rids
+                .iter()
+                .map(|r| scheme.iter().position(|s| *s == r.as_ref()).unwrap_or(0) as u8)
+                .collect();
+        }
+    }
+    (0..rids.len()).map(|i| i.min(u8::MAX as usize) as u8).collect()
+}
+
 /// Rate-limits keyframe requests for one published track: at most one per
 /// `interval`; a request inside the interval is remembered and released when
 /// the interval has passed, so a late subscriber is never left without one.
@@ -746,5 +1018,99 @@ mod tests {
         assert!(!d.is_active());
         d.set_probability(-3.0);
         assert!(!d.is_active());
+    }
+
+    #[test]
+    fn keyframes_are_recognised_per_codec_and_garbage_is_not_one() {
+        use KeyframeFormat::*;
+        assert_eq!(KeyframeFormat::of("video/VP8"), Vp8);
+        assert_eq!(KeyframeFormat::of("video/h264"), H264);
+        assert_eq!(KeyframeFormat::of("audio/opus"), Unknown);
+        // VP8: plain descriptor; with X, a 15-bit picture id, TL0PICIDX and TID/KEYIDX.
+        assert!(Vp8.starts_keyframe(&[0x10, 0x00]));
+        assert!(!Vp8.starts_keyframe(&[0x10, 0x01]), "inter frame");
+        assert!(!Vp8.starts_keyframe(&[0x00, 0x00]), "not the start of a frame");
+        assert!(!Vp8.starts_keyframe(&[0x11, 0x00]), "another partition");
+        assert!(Vp8.starts_keyframe(&[0x90, 0xF0, 0x81, 0x23, 0x05, 0x40, 0x00]));
+        assert!(!Vp8.starts_keyframe(&[0x90, 0xF0, 0x81, 0x23, 0x05, 0x40, 0x01]));
+        assert!(Vp8.starts_keyframe(&[0x90, 0x80, 0x12, 0x00]), "7-bit picture id");
+        assert!(!Vp8.starts_keyframe(&[0x90, 0xF0, 0x81]), "cut short");
+        // H.264: IDR alone, SPS first in a STAP-A, IDR starting a FU-A; a P slice, a FU-A middle.
+        assert!(H264.starts_keyframe(&[0x65, 0x88]));
+        assert!(H264.starts_keyframe(&[0x78, 0x00, 0x0A, 0x67, 0x42]));
+        assert!(H264.starts_keyframe(&[0x7C, 0x85, 0x00]));
+        assert!(!H264.starts_keyframe(&[0x41, 0x9A]));
+        assert!(!H264.starts_keyframe(&[0x7C, 0x05, 0x00]));
+        // VP9 (B set, P clear), AV1 (N set), H.265 (IDR_W_RADL = 19; FU starting one).
+        assert!(Vp9.starts_keyframe(&[0x08]) && !Vp9.starts_keyframe(&[0x48]));
+        assert!(Av1.starts_keyframe(&[0x18]) && !Av1.starts_keyframe(&[0x10]));
+        assert!(H265.starts_keyframe(&[19 << 1, 0x01]));
+        assert!(H265.starts_keyframe(&[49 << 1, 0x01, 0x80 | 19]));
+        assert!(!H265.starts_keyframe(&[1 << 1, 0x01]));
+        for format in [Vp8, Vp9, H264, H265, Av1, Unknown] {
+            assert!(!format.starts_keyframe(&[]), "{format:?} on nothing");
+        }
+    }
+
+    #[test]
+    fn simulcast_ranks_follow_known_rid_names_else_offer_order() {
+        assert_eq!(simulcast_ranks(&["f", "h", "q"]), [2, 1, 0]);
+        assert_eq!(simulcast_ranks(&["q", "f"]), [0, 2]);
+        assert_eq!(simulcast_ranks(&["h", "l", "m"]), [2, 0, 1]);
+        assert_eq!(simulcast_ranks(&["r0", "r1", "r2"]), [0, 1, 2]);
+        assert_eq!(simulcast_ranks(&["hi", "lo"]), [0, 1], "unknown names: offer order");
+    }
+
+    #[test]
+    fn a_selector_wants_the_best_layer_at_or_below_its_target_else_the_lowest_above() {
+        let ranks = [0, 1, 2];
+        let all = 0b111;
+        let mut s = LayerSelector::new(Target::HIGH);
+        assert_eq!(s.desired(&ranks, all), Some(2));
+        assert_eq!(s.desired(&ranks, 0b011), Some(1), "the top layer stopped");
+        s.set_target(Target::MEDIUM);
+        assert_eq!(s.desired(&ranks, all), Some(1));
+        s.set_target(Target::LOW);
+        assert_eq!(
+            s.desired(&ranks, 0b110),
+            Some(1),
+            "nothing low enough: the lowest above"
+        );
+        assert_eq!(s.desired(&ranks, 0), None, "nothing at all, nothing had");
+        assert_eq!(s.desired(&[0], 0b1), Some(0), "one layer whatever the target");
+        // Layers listed out of rank order (arrival order) are ranked, not indexed.
+        let mut s = LayerSelector::new(Target::HIGH);
+        assert_eq!(s.desired(&[2, 0, 1], 0b111), Some(0));
+        s.set_target(Target::LOW);
+        assert_eq!(s.desired(&[2, 0, 1], 0b111), Some(1));
+    }
+
+    #[test]
+    fn a_selector_asks_again_for_a_keyframe_that_does_not_come() {
+        let t0 = Instant::now();
+        let mut s = LayerSelector::new(Target::HIGH);
+        assert_eq!(
+            s.pick(0, 1, Some(0), || false, t0),
+            (Pick::Forward, None),
+            "starts at once"
+        );
+        assert_eq!(s.pick(0, 2, Some(1), || false, t0), (Pick::Forward, Some(1)));
+        assert_eq!(s.pick(1, 7, Some(1), || false, t0), (Pick::Skip, None), "asked once");
+        let later = t0 + LayerSelector::RETRY;
+        assert_eq!(
+            s.pick(0, 3, Some(1), || false, later),
+            (Pick::Forward, Some(1)),
+            "asked again"
+        );
+        // The wish goes back to the layer it has: the wait ends.
+        assert_eq!(s.pick(0, 4, Some(0), || true, later), (Pick::Forward, None));
+        assert_eq!(s.layers(), (Some(0), None));
+        assert_eq!(
+            s.pick(1, 8, Some(0), || true, later),
+            (Pick::Skip, None),
+            "no switch unasked"
+        );
+        s.layer_removed(0);
+        assert_eq!(s.layers(), (None, None));
     }
 }

@@ -24,18 +24,24 @@
 //! its own list of legs, so a packet finds its track by (connection, SSRC) and
 //! walks exactly the legs that receive it, rewriting each copy's header
 //! ([`DownLeg`]) without allocating.
+//!
+//! A camera sent as simulcast is one track whose [`Layer`]s are the publisher's rid
+//! encodings; each leg forwards one layer, the one its subscriber's quality asks
+//! for among those arriving, and changes layers only on a keyframe of the new one
+//! ([`LayerSelector`]), its sequence numbers and timestamps continuing.
 
 use std::time::{Duration, Instant};
 
 use gatehouse_signaling::protocol::{
-    ParticipantId, ParticipantKind, PeerRole, PublishedTrack, ServerMessage, TrackId, TrackInfo, TrackKind, TrackSource,
+    ParticipantId, ParticipantKind, PeerRole, PublishedTrack, Quality, ServerMessage, TrackId, TrackInfo, TrackKind,
+    TrackSource,
 };
 use gatehouse_signaling::{Error, ErrorCode};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp::Packet;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 
-use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeThrottle, PtMap};
+use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeFormat, KeyframeThrottle, LayerSelector, Pick, PtMap, Target};
 use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
 use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
@@ -54,6 +60,13 @@ pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 /// on the far side have missed frames, so a keyframe is asked for at once instead of
 /// waiting for the receiver to give up on retransmissions and ask itself (seconds).
 pub const RESUME_GAP: Duration = Duration::from_millis(1500);
+
+/// A simulcast layer silent this long counts as stopped (the publisher dropped it, for
+/// bandwidth or CPU, or switched it off): its legs move to the next layer available.
+pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Simulcast layers kept per track (browsers send at most three or four); more are not forwarded.
+pub const MAX_LAYERS: usize = 4;
 
 /// Candidates kept per participant while their connection has no remote description.
 pub const MAX_PENDING_CANDIDATES: usize = 64;
@@ -98,9 +111,19 @@ pub struct Stream {
     /// What the publisher leg negotiated.
     pub negotiated: Negotiated,
     /// A new SSRC without a rid on an already published mid means the client
-    /// restarted its sender: the track follows it. With a rid it is a simulcast
-    /// layer, and only the first layer is forwarded.
+    /// restarted its sender: the track follows it. (A stream with a rid is a
+    /// simulcast layer, see [`Stream::layer`].)
     pub replaces: bool,
+    /// The simulcast layer this stream is, when the publisher sends several.
+    pub layer: Option<SimulcastLayer>,
+}
+
+/// One simulcast encoding of a publisher's track: its rid, and its place in the
+/// quality order of the track's layers (0 lowest; [`super::forward::simulcast_ranks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimulcastLayer {
+    pub rid: String,
+    pub rank: u8,
 }
 
 /// Something the shell must do.
@@ -249,6 +272,41 @@ struct Leg {
     forwarded: u64,
     /// What a video leg sent, for answering its NACKs (`retransmit`).
     history: Option<LegHistory>,
+    /// Which of the track's layers it forwards, and which it wants (`set_subscription.quality`).
+    layer: LayerSelector,
+    /// When it last forwarded a packet: how far its timestamps move on when it switches layers.
+    last_sent: Option<Instant>,
+}
+
+/// One encoding of a published track: the whole track without simulcast, one rid
+/// layer with it. Each has its own SSRC, sequence space, keyframes and cache.
+#[derive(Debug)]
+struct Layer {
+    rid: Option<String>,
+    rank: u8,
+    ssrc: u32,
+    throttle: KeyframeThrottle,
+    /// RTP packets received on it (for the debug snapshot).
+    packets: u64,
+    /// When its last packet arrived (see [`RESUME_GAP`], [`LAYER_TIMEOUT`]).
+    last_packet: Option<Instant>,
+    /// A video layer's last packets, for its legs' retransmissions (`retransmit`); its
+    /// epochs carry the layer's own top byte, so a leg's history names the cache.
+    cache: Option<PacketCache>,
+}
+
+impl Layer {
+    fn new(kind: TrackKind, stream: &Stream, cache_id: u8) -> Self {
+        Self {
+            rid: stream.layer.as_ref().map(|l| l.rid.clone()),
+            rank: stream.layer.as_ref().map_or(0, |l| l.rank),
+            ssrc: stream.ssrc,
+            throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
+            packets: 0,
+            last_packet: None,
+            cache: (kind == TrackKind::Video).then(|| PacketCache::default().with_epoch(u32::from(cache_id) << 24)),
+        }
+    }
 }
 
 /// A published track, where it comes from and who receives it.
@@ -258,22 +316,20 @@ struct Track {
     conn: ConnId,
     receiver: RTCRtpReceiverId,
     mid: String,
-    ssrc: u32,
     mime_type: String,
+    /// How its codec marks keyframes (where legs may switch layers).
+    keyframes: KeyframeFormat,
     negotiated: Negotiated,
-    throttle: KeyframeThrottle,
-    /// RTP packets received on it (for the debug snapshot).
-    packets: u64,
-    /// When its last packet arrived (see [`RESUME_GAP`]).
-    last_packet: Option<Instant>,
+    /// Its encodings: one, or the simulcast layers (at most [`MAX_LAYERS`]) in arrival order.
+    layers: Vec<Layer>,
+    /// The next layer's cache id (see [`Layer::cache`]).
+    next_cache_id: u8,
     legs: Vec<Leg>,
     /// Its owner came back on a new socket (a held seat resumed, a reload): its
     /// publisher connection is gone, and the track keeps its id, its legs and their
     /// senders until the owner's new publisher connection carries its source again
     /// ([`MediaRoom::stream_opened`] adopts it) or a declaration leaves it out.
     parked: bool,
-    /// A video track's last packets, for its legs' retransmissions (`retransmit`).
-    cache: Option<PacketCache>,
     /// Audio whose publisher negotiated the audio-level extension: how loud it is (active speakers).
     level: Option<LevelMeter>,
 }
@@ -336,18 +392,52 @@ impl Track {
     /// how far a restarted source's timeline goes on past the old one on every leg
     /// (see [`super::forward::TsRewriter`]).
     fn restart_gap(&self, now: Instant) -> u32 {
+        let last = self.layers.iter().filter_map(|l| l.last_packet).max();
+        self.ticks_since(last, now)
+    }
+
+    /// Clock ticks of this track's codec from `since` to `now` (0 without `since`).
+    fn ticks_since(&self, since: Option<Instant>, now: Instant) -> u32 {
         let clock_rate = self
             .negotiated
             .codecs
             .iter()
             .find(|c| c.mime_type.eq_ignore_ascii_case(&self.mime_type))
             .map_or(90_000, |c| c.clock_rate);
-        let elapsed = self
-            .last_packet
-            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let elapsed = since.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         // Capped at an hour of ticks: beyond that the exact gap means nothing to a receiver.
         let secs = elapsed.as_secs_f64().min(3600.0);
         (secs * f64::from(clock_rate)) as u32
+    }
+}
+
+impl Track {
+    /// The layers' ranks (up to [`MAX_LAYERS`]) and which of them sent within
+    /// [`LAYER_TIMEOUT`] (bit i for layer i), without allocating.
+    fn layer_view(&self, now: Instant) -> ([u8; MAX_LAYERS], usize, u32) {
+        let mut ranks = [0u8; MAX_LAYERS];
+        let mut available = 0u32;
+        let n = self.layers.len().min(MAX_LAYERS);
+        for (i, layer) in self.layers.iter().take(n).enumerate() {
+            ranks[i] = layer.rank;
+            if layer
+                .last_packet
+                .is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT)
+            {
+                available |= 1 << i;
+            }
+        }
+        (ranks, n, available)
+    }
+
+    /// The layer a keyframe for leg `l` should come from: the one it waits for or
+    /// forwards, else the one it would start with.
+    fn keyframe_layer(&self, l: usize, now: Instant) -> usize {
+        let leg = &self.legs[l];
+        leg.layer.keyframe_layer().unwrap_or_else(|| {
+            let (ranks, n, available) = self.layer_view(now);
+            leg.layer.desired(&ranks[..n], available).unwrap_or(0)
+        })
     }
 }
 
@@ -620,22 +710,7 @@ impl MediaRoom {
             .iter()
             .position(|t| t.conn == stream.conn && t.mid == stream.mid)
         {
-            let track = &mut self.tracks[t];
-            if !stream.replaces || track.ssrc == stream.ssrc {
-                return;
-            }
-            tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, old = track.ssrc, new = stream.ssrc, "published track changes SSRC");
-            if let Some(cache) = &mut track.cache {
-                cache.restart();
-            }
-            track.ssrc = stream.ssrc;
-            track.receiver = stream.receiver;
-            track.mime_type = stream.mime_type;
-            let gap = track.restart_gap(now);
-            for leg in &mut track.legs {
-                leg.rewrite.restart(gap);
-            }
-            self.request_keyframe(t, now, effects);
+            self.stream_again(t, participant, stream, now, effects);
             return;
         }
         let kind = kind_of(&stream.mime_type);
@@ -664,16 +739,14 @@ impl MediaRoom {
             info: info.clone(),
             conn: stream.conn,
             receiver: stream.receiver,
+            layers: vec![Layer::new(kind, &stream, 0)],
+            next_cache_id: 1,
             mid: stream.mid,
-            ssrc: stream.ssrc,
+            keyframes: KeyframeFormat::of(&stream.mime_type),
             mime_type: stream.mime_type,
             negotiated: stream.negotiated,
-            throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
-            packets: 0,
-            last_packet: None,
             legs: Vec::new(),
             parked: false,
-            cache: (kind == TrackKind::Video).then(PacketCache::default),
             level,
         });
         self.stats.add(|c| &c.tracks, 1);
@@ -702,17 +775,18 @@ impl MediaRoom {
         track.parked = false;
         track.conn = stream.conn;
         track.receiver = stream.receiver;
+        let gap = track.restart_gap(now);
+        track.layers = vec![Layer::new(track.info.kind, &stream, track.next_cache_id)];
+        track.next_cache_id = track.next_cache_id.wrapping_add(1);
         track.mid = stream.mid;
-        track.ssrc = stream.ssrc;
+        track.keyframes = KeyframeFormat::of(&stream.mime_type);
         track.mime_type = stream.mime_type;
         track.negotiated = stream.negotiated;
-        if let Some(cache) = &mut track.cache {
-            cache.restart();
-        }
         track.level = level_meter(track.info.kind, &track.mime_type, &track.negotiated);
-        let gap = track.restart_gap(now);
         for leg in &mut track.legs {
             leg.rewrite.restart(gap);
+            // The old layers are gone: each leg starts again with what it wants of the new ones.
+            leg.layer = LayerSelector::new(leg.layer.target());
             if let Some(sent) = &leg.sent {
                 leg.rewrite.pt_map = PtMap::by_codec(
                     track.negotiated.codecs.iter().map(Codec::key),
@@ -731,7 +805,64 @@ impl MediaRoom {
                 track: track.info.clone(),
             },
         });
-        self.request_keyframe(t, now, effects);
+        self.request_layer_keyframe(t, 0, now, effects);
+    }
+
+    /// Another stream on the mid of published track `t`: a simulcast layer arriving (kept
+    /// beside the others; legs move to it when they want it), a layer's sender restarted
+    /// (a new SSRC for a known rid: the legs on it continue their sequence numbers and
+    /// timestamps), or, without a rid, the client restarted its sender (the track follows
+    /// the new stream alone, every leg continuing).
+    fn stream_again(&mut self, t: usize, participant: &str, stream: Stream, now: Instant, effects: &mut Vec<Effect>) {
+        let track = &mut self.tracks[t];
+        if track.layers.iter().any(|l| l.ssrc == stream.ssrc) {
+            return;
+        }
+        let Some(new) = stream.layer.clone() else {
+            if !stream.replaces {
+                return;
+            }
+            tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, new = stream.ssrc, "published track changes SSRC");
+            let gap = track.restart_gap(now);
+            track.layers = vec![Layer::new(track.info.kind, &stream, track.next_cache_id)];
+            track.next_cache_id = track.next_cache_id.wrapping_add(1);
+            track.receiver = stream.receiver;
+            track.keyframes = KeyframeFormat::of(&stream.mime_type);
+            track.mime_type = stream.mime_type;
+            for leg in &mut track.legs {
+                leg.rewrite.restart(gap);
+                leg.layer = LayerSelector::new(leg.layer.target());
+            }
+            self.request_layer_keyframe(t, 0, now, effects);
+            return;
+        };
+        if let Some(l) = track
+            .layers
+            .iter()
+            .position(|l| l.rid.as_deref() == Some(new.rid.as_str()))
+        {
+            tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, rid = %new.rid, new = stream.ssrc, "simulcast layer changes SSRC");
+            let since = track.layers[l].last_packet;
+            let gap = track.ticks_since(since, now);
+            let layer = &mut track.layers[l];
+            layer.ssrc = stream.ssrc;
+            if let Some(cache) = &mut layer.cache {
+                cache.restart();
+            }
+            for leg in track.legs.iter_mut().filter(|leg| leg.layer.layers().0 == Some(l)) {
+                leg.rewrite.restart(gap);
+            }
+            self.request_layer_keyframe(t, l, now, effects);
+            return;
+        }
+        if track.layers.len() >= MAX_LAYERS || track.layers.iter().any(|l| l.rid.is_none()) {
+            tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, rid = %new.rid, "simulcast layer not forwarded");
+            return;
+        }
+        tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, track_id = %track.info.track_id, rid = %new.rid, rank = new.rank, ssrc = stream.ssrc, "simulcast layer");
+        let layer = Layer::new(track.info.kind, &stream, track.next_cache_id);
+        track.next_cache_id = track.next_cache_id.wrapping_add(1);
+        track.layers.push(layer);
     }
 
     /// Gives `subscriber` a leg of track `t` (the shell adds its sender) and
@@ -755,6 +886,8 @@ impl MediaRoom {
             sent: None,
             forwarded: 0,
             history: (track.info.kind == TrackKind::Video).then(LegHistory::default),
+            layer: LayerSelector::default(),
+            last_sent: None,
         });
         effects.push(Effect::AddSender {
             subscriber: subscriber.into(),
@@ -911,13 +1044,14 @@ impl MediaRoom {
         };
         let mut fresh = Vec::new();
         for (t, track) in self.tracks.iter_mut().enumerate() {
-            let Some(leg) = track
+            let Some(l) = track
                 .legs
-                .iter_mut()
-                .find(|l| l.subscriber == participant && l.bound.is_some_and(|(c, _)| c == conn))
+                .iter()
+                .position(|l| l.subscriber == participant && l.bound.is_some_and(|(c, _)| c == conn))
             else {
                 continue;
             };
+            let leg = &mut track.legs[l];
             let Some((_, sent)) = negotiated.iter().find(|(s, _)| Some(*s) == leg.bound.map(|(_, s)| s)) else {
                 // Added after the offer went out: it waits for the re-offer.
                 continue;
@@ -937,28 +1071,29 @@ impl MediaRoom {
             }
             if !leg.negotiated {
                 leg.negotiated = true;
-                fresh.push(t);
+                fresh.push((t, l));
             }
         }
         if connected {
-            for t in fresh {
-                self.request_keyframe(t, now, effects);
+            for (t, l) in fresh {
+                self.request_leg_keyframe(t, l, now, effects);
             }
         }
     }
 
     /// A subscriber connection came up: it needs a keyframe of everything it receives.
     pub fn subscriber_connected(&mut self, conn: ConnId, now: Instant, effects: &mut Vec<Effect>) {
-        let wanted: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| {
-                self.tracks[t]
+        let wanted: Vec<(usize, usize)> = (0..self.tracks.len())
+            .filter_map(|t| {
+                let l = self.tracks[t]
                     .legs
                     .iter()
-                    .any(|l| l.negotiated && l.bound.is_some_and(|(c, _)| c == conn))
+                    .position(|l| l.negotiated && l.bound.is_some_and(|(c, _)| c == conn))?;
+                Some((t, l))
             })
             .collect();
-        for t in wanted {
-            self.request_keyframe(t, now, effects);
+        for (t, l) in wanted {
+            self.request_leg_keyframe(t, l, now, effects);
         }
     }
 
@@ -1047,31 +1182,46 @@ impl MediaRoom {
         Ok(())
     }
 
-    /// A subscriber pauses or resumes one track it receives. A resumed leg
-    /// continues its sequence numbers where it stopped and asks for a keyframe.
+    /// A subscriber pauses or resumes one track it receives, and says which quality
+    /// it wants of it (`None` keeps the last; `Off` stops it as `paused` does). A
+    /// resumed leg continues its sequence numbers where it stopped and asks for a
+    /// keyframe; another quality moves the leg to that simulcast layer on the layer's
+    /// next keyframe (asked for with the leg's next packet; see [`LayerSelector`]).
     pub fn set_subscription(
         &mut self,
         participant: &str,
         track_id: &str,
         paused: bool,
+        quality: Option<Quality>,
         now: Instant,
         effects: &mut Vec<Effect>,
     ) -> Result<(), Error> {
         if !self.contains(participant) {
             return Err(not_in_call());
         }
+        let target = match quality {
+            Some(Quality::High) => Some(Target::HIGH),
+            Some(Quality::Medium) => Some(Target::MEDIUM),
+            Some(Quality::Low) => Some(Target::LOW),
+            Some(Quality::Off) | None => None,
+        };
+        let stop = paused || quality == Some(Quality::Off);
         let found = self.tracks.iter_mut().enumerate().find_map(|(t, track)| {
             if track.info.track_id != track_id {
                 return None;
             }
-            let leg = track.legs.iter_mut().find(|l| l.subscriber == participant)?;
-            Some((t, leg.rewrite.set_paused(paused)))
+            let l = track.legs.iter().position(|l| l.subscriber == participant)?;
+            let leg = &mut track.legs[l];
+            if let Some(target) = target {
+                leg.layer.set_target(target);
+            }
+            Some((t, l, leg.rewrite.set_paused(stop)))
         });
-        let Some((t, resumed)) = found else {
+        let Some((t, l, resumed)) = found else {
             return Err(err(ErrorCode::NotFound, "no such track to subscribe to"));
         };
         if resumed {
-            self.request_keyframe(t, now, effects);
+            self.request_leg_keyframe(t, l, now, effects);
         }
         Ok(())
     }
@@ -1080,29 +1230,48 @@ impl MediaRoom {
 
     /// A subscriber connection asked for a keyframe of the stream it receives as `ssrc`.
     pub fn keyframe_requested(&mut self, conn: ConnId, ssrc: u32, now: Instant, effects: &mut Vec<Effect>) {
-        let found = self.tracks.iter().position(|t| {
-            t.legs
+        let found = self.tracks.iter().enumerate().find_map(|(t, track)| {
+            let l = track
+                .legs
                 .iter()
-                .any(|l| l.rewrite.ssrc == ssrc && l.bound.is_some_and(|(c, _)| c == conn))
+                .position(|l| l.rewrite.ssrc == ssrc && l.bound.is_some_and(|(c, _)| c == conn))?;
+            Some((t, l))
         });
-        if let Some(t) = found {
-            self.request_keyframe(t, now, effects);
+        if let Some((t, l)) = found {
+            self.request_leg_keyframe(t, l, now, effects);
         }
     }
 
-    /// Asks a video track's publisher for a keyframe, at most once per
+    /// Asks for a keyframe of the layer leg `l` of track `t` forwards (or waits for, or
+    /// would start with).
+    fn request_leg_keyframe(&mut self, t: usize, l: usize, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(track) = self.tracks.get(t) else {
+            return;
+        };
+        if l < track.legs.len() {
+            let layer = track.keyframe_layer(l, now);
+            self.request_layer_keyframe(t, layer, now, effects);
+        }
+    }
+
+    /// Asks a video track's publisher for a keyframe of one layer, at most once per
     /// [`KEYFRAME_INTERVAL`]; a request inside the interval is sent when it has
-    /// passed (with the track's next packet).
-    fn request_keyframe(&mut self, t: usize, now: Instant, effects: &mut Vec<Effect>) {
+    /// passed (with the layer's next packet).
+    fn request_layer_keyframe(&mut self, t: usize, layer: usize, now: Instant, effects: &mut Vec<Effect>) {
         let Some(track) = self.tracks.get_mut(t) else {
             return;
         };
+        let (conn, receiver) = (track.conn, track.receiver);
         // A parked track has no publisher to ask; adopting it asks.
-        if track.info.kind == TrackKind::Video && !track.parked && track.throttle.request(now) {
+        if track.info.kind == TrackKind::Video
+            && !track.parked
+            && let Some(layer) = track.layers.get_mut(layer)
+            && layer.throttle.request(now)
+        {
             effects.push(Effect::RequestKeyframe {
-                conn: track.conn,
-                receiver: track.receiver,
-                ssrc: track.ssrc,
+                conn,
+                receiver,
+                ssrc: layer.ssrc,
             });
         }
     }
@@ -1123,54 +1292,81 @@ impl MediaRoom {
         sink: &mut impl LegSink,
         effects: &mut Vec<Effect>,
     ) {
-        let Some(track) = self
-            .tracks
-            .iter_mut()
-            .find(|t| t.conn == from && t.ssrc == packet.header.ssrc && !t.parked)
-        else {
+        let ssrc = packet.header.ssrc;
+        let Some((track, li)) = self.tracks.iter_mut().find_map(|t| {
+            if t.conn != from || t.parked {
+                return None;
+            }
+            let li = t.layers.iter().take(MAX_LAYERS).position(|l| l.ssrc == ssrc)?;
+            Some((t, li))
+        }) else {
             return;
         };
-        if let Some(cache) = &mut track.cache
+        let (conn, receiver, video) = (track.conn, track.receiver, track.info.kind == TrackKind::Video);
+        let layer = &mut track.layers[li];
+        if let Some(cache) = &mut layer.cache
             && cache.insert(packet, now) == Insert::Duplicate
         {
             self.stats.add(|c| &c.duplicate_packets, 1);
             return;
         }
-        track.packets += 1;
+        layer.packets += 1;
+        let resumed = layer
+            .last_packet
+            .is_some_and(|at| now.saturating_duration_since(at) >= RESUME_GAP);
+        layer.last_packet = Some(now);
+        if (resumed && video && layer.throttle.request(now)) || layer.throttle.poll(now) {
+            effects.push(Effect::RequestKeyframe { conn, receiver, ssrc });
+        }
+        let epoch = layer.cache.as_ref().map_or(0, |c| c.epoch());
         if let Some(meter) = &mut track.level
             && let Some(ext) = packet.header.extensions.iter().find(|e| e.id == meter.ext_id())
             && let Some(level) = speaker::parse_level(&ext.payload)
         {
             meter.observe(level, packet.header.timestamp, now, self.speakers.params());
         }
-        let resumed = track
-            .last_packet
-            .is_some_and(|at| now.saturating_duration_since(at) >= RESUME_GAP);
-        track.last_packet = Some(now);
-        if resumed && track.info.kind == TrackKind::Video && track.throttle.request(now) {
-            effects.push(Effect::RequestKeyframe {
-                conn: track.conn,
-                receiver: track.receiver,
-                ssrc: track.ssrc,
-            });
-        }
-        if track.throttle.poll(now) {
-            effects.push(Effect::RequestKeyframe {
-                conn: track.conn,
-                receiver: track.receiver,
-                ssrc: track.ssrc,
-            });
-        }
         let size = (rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len()) as u64;
         let (mut written, mut dropped) = (0u64, 0u64);
-        let (in_seq, epoch) = (
-            packet.header.sequence_number,
-            track.cache.as_ref().map_or(0, |c| c.epoch()),
-        );
+        let in_seq = packet.header.sequence_number;
+        let (ranks, n, available) = track.layer_view(now);
+        let format = track.keyframes;
+        let mut keyframe: Option<bool> = None;
+        let mut wanted = 0u32;
+        let mut switches = 0u64;
         for leg in &mut track.legs {
             let Some((conn, sender)) = leg.bound else { continue };
             if !leg.negotiated || leg.rewrite.accepts(&packet.header).is_err() {
                 continue;
+            }
+            // A codec whose keyframes we cannot see stays on the layer it started with
+            // (a switch would wait for ever and ask the publisher every second).
+            let desired = match (format, leg.layer.layers().0) {
+                (KeyframeFormat::Unknown, Some(current)) => Some(current),
+                _ => leg.layer.desired(&ranks[..n], available),
+            };
+            let starts_keyframe = || *keyframe.get_or_insert_with(|| format.starts_keyframe(&packet.payload));
+            let (pick, ask) = leg.layer.pick(li, in_seq, desired, starts_keyframe, now);
+            if let Some(l) = ask {
+                wanted |= 1 << l;
+            }
+            match pick {
+                Pick::Skip => continue,
+                Pick::Forward => {}
+                Pick::Switch => {
+                    // One continuous stream for the decoder: sequence numbers right after the
+                    // last sent, timestamps as much later as time has passed since.
+                    let clock = track
+                        .negotiated
+                        .codecs
+                        .iter()
+                        .find(|c| c.mime_type.eq_ignore_ascii_case(&track.mime_type))
+                        .map_or(90_000, |c| c.clock_rate);
+                    let elapsed = leg
+                        .last_sent
+                        .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+                    leg.rewrite.restart((elapsed.min(10.0) * f64::from(clock)) as u32);
+                    switches += 1;
+                }
             }
             let lose = match sink.admit(conn) {
                 Admit::Yes => false,
@@ -1182,6 +1378,7 @@ impl MediaRoom {
                 Admit::Lose => true,
             };
             let copy = leg.rewrite.copy(packet);
+            leg.last_sent = Some(now);
             if let Some(history) = &mut leg.history {
                 let h = &copy.header;
                 history.sent(h.sequence_number, h.timestamp, in_seq, epoch, now);
@@ -1209,6 +1406,21 @@ impl MediaRoom {
             } else {
                 dropped += 1;
             }
+        }
+        for l in 0..n {
+            if wanted & (1 << l) != 0
+                && let Some(layer) = track.layers.get_mut(l)
+                && layer.throttle.request(now)
+            {
+                effects.push(Effect::RequestKeyframe {
+                    conn,
+                    receiver,
+                    ssrc: layer.ssrc,
+                });
+            }
+        }
+        if switches > 0 {
+            self.stats.add(|c| &c.layer_switches, switches);
         }
         if written > 0 {
             self.stats.add(|c| &c.forwarded_packets, written);
@@ -1272,7 +1484,7 @@ impl MediaRoom {
         let Some((t, l)) = found else {
             return;
         };
-        let Track { cache, legs, .. } = &mut self.tracks[t];
+        let Track { layers, legs, .. } = &mut self.tracks[t];
         let Leg {
             bound: Some((conn, sender)),
             rewrite,
@@ -1285,9 +1497,16 @@ impl MediaRoom {
         let (mut asked, mut resent, mut rtx_sent, mut unservable, mut keyframe) = (0, 0, 0, 0, false);
         for seq in seqs {
             asked += 1;
-            let answer = match (cache.as_ref(), history.as_mut()) {
-                (Some(cache), Some(history)) => history.answer(seq, cache, rewrite, now),
-                _ => Answer::Unservable { fresh: false },
+            // A layer's cache owns the epochs with its top byte (see `Layer::cache`).
+            let cache_of = |epoch: u32| {
+                layers
+                    .iter()
+                    .filter_map(|l| l.cache.as_ref())
+                    .find(|c| c.epoch() >> 24 == epoch >> 24)
+            };
+            let answer = match history.as_mut() {
+                Some(history) => history.answer_in(seq, cache_of, rewrite, now),
+                None => Answer::Unservable { fresh: false },
             };
             match answer {
                 Answer::Resend { packet, rtx } => {
@@ -1309,7 +1528,7 @@ impl MediaRoom {
         stats.add(|c| &c.retransmitted_rtx, rtx_sent);
         stats.add(|c| &c.unservable_nacks, unservable);
         if keyframe {
-            self.request_keyframe(t, now, effects);
+            self.request_leg_keyframe(t, l, now, effects);
         }
     }
 
@@ -1337,15 +1556,22 @@ impl MediaRoom {
                         "negotiated": leg.negotiated,
                         "paused": leg.rewrite.paused(),
                         "forwarded": leg.forwarded,
+                        "target": leg.layer.target().0,
+                        "layer": leg.layer.layers().0,
+                        "pending_layer": leg.layer.layers().1,
                     }))
                 }).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "tracks": self.tracks.iter().map(|t| serde_json::json!({
                 "track": t.info,
                 "mid": t.mid,
-                "ssrc": t.ssrc,
                 "codec": t.mime_type,
-                "packets": t.packets,
+                "layers": t.layers.iter().map(|l| serde_json::json!({
+                    "rid": l.rid,
+                    "rank": l.rank,
+                    "ssrc": l.ssrc,
+                    "packets": l.packets,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })
     }
@@ -1419,6 +1645,7 @@ mod tests {
             mime_type: mime_type.into(),
             negotiated: publisher_side(),
             replaces: true,
+            layer: None,
         }
     }
 
@@ -1502,6 +1729,11 @@ mod tests {
     /// A publishing camera (mid 0, ssrc 1000) and microphone (mid 1, ssrc 2000),
     /// everything negotiated and answered.
     fn call(three: bool, now: Instant) -> (MediaRoom, Vec<Effect>) {
+        call_with(three, &[stream("0", 1000, "video/VP8")], now)
+    }
+
+    /// As [`call`], the camera arriving as `camera` (several streams: simulcast layers).
+    fn call_with(three: bool, camera: &[Stream], now: Instant) -> (MediaRoom, Vec<Effect>) {
         let mut room = room();
         let mut fx = Vec::new();
         let people: &[(&str, ConnId)] = if three {
@@ -1531,7 +1763,9 @@ mod tests {
             now,
             &mut fx,
         );
-        room.stream_opened(A, stream("0", 1000, "video/VP8"), now, &mut fx);
+        for cam in camera {
+            room.stream_opened(A, cam.clone(), now, &mut fx);
+        }
         room.stream_opened(A, stream("1", 2000, "audio/opus"), now, &mut fx);
         bind_legs(&mut room, &fx);
         let mut offers = Vec::new();
@@ -1846,12 +2080,13 @@ mod tests {
         for seq in 100..103 {
             room.forward(A_PUB, &packet(1000, seq, 96), later, &mut sink, &mut fx);
         }
-        room.set_subscription(B, &camera, true, later, &mut fx).expect("pause");
+        room.set_subscription(B, &camera, true, None, later, &mut fx)
+            .expect("pause");
         assert_eq!(keyframe_requests(&fx), 0, "pausing asks for nothing");
         for seq in 103..110 {
             room.forward(A_PUB, &packet(1000, seq, 96), later, &mut sink, &mut fx);
         }
-        room.set_subscription(B, &camera, false, later, &mut fx)
+        room.set_subscription(B, &camera, false, None, later, &mut fx)
             .expect("resume");
         assert_eq!(
             fx,
@@ -1870,13 +2105,13 @@ mod tests {
             assert_eq!(pair[1], pair[0].wrapping_add(1), "contiguous: {seqs:?}");
         }
         assert_eq!(
-            room.set_subscription(B, "t_nope", true, later, &mut fx)
+            room.set_subscription(B, "t_nope", true, None, later, &mut fx)
                 .unwrap_err()
                 .code,
             ErrorCode::NotFound
         );
         assert_eq!(
-            room.set_subscription(A, &camera, true, later, &mut fx)
+            room.set_subscription(A, &camera, true, None, later, &mut fx)
                 .unwrap_err()
                 .code,
             ErrorCode::NotFound,
@@ -2219,7 +2454,7 @@ mod tests {
         let (mut room, _) = call(false, now);
         let mut fx = Vec::new();
         let camera = track_id(&room, TrackSource::Camera);
-        room.set_subscription(B, &camera, true, now, &mut fx)
+        room.set_subscription(B, &camera, true, None, now, &mut fx)
             .expect("B receives it");
         let mut sink = Recorder::default();
         room.forward(A_PUB, &packet(2000, 1, 111), now, &mut sink, &mut fx);
@@ -2520,5 +2755,279 @@ mod tests {
         room.nack_received(conn, 12345, [base], t0 + ms(30), &mut sink, &mut fx);
         assert_eq!(room.stats().meeting.snapshot().nacked_packets, 6);
         assert_eq!(sink.written.len(), 2);
+    }
+
+    // ---- simulcast ----
+
+    /// A VP8 packet of one layer: the first packet of a keyframe or of a delta frame.
+    fn vp8(ssrc: u32, seq: u16, ts: u32, key: bool) -> Packet {
+        Packet {
+            header: Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc,
+                marker: true,
+                ..Default::default()
+            },
+            // S=1, partition 0, then the frame tag (P clear on a keyframe).
+            payload: Bytes::from_static(if key { &[0x10, 0x00, 0x9d] } else { &[0x10, 0x01, 0x9d] }),
+        }
+    }
+
+    /// Camera layers q (SSRC 1000), h (1001), f (1002), ranked 0, 1, 2.
+    fn layers() -> Vec<Stream> {
+        [("q", 1000, 0), ("h", 1001, 1), ("f", 1002, 2)]
+            .into_iter()
+            .map(|(rid, ssrc, rank)| Stream {
+                layer: Some(SimulcastLayer { rid: rid.into(), rank }),
+                replaces: false,
+                ..stream("0", ssrc, "video/VP8")
+            })
+            .collect()
+    }
+
+    /// (sequence number, timestamp) of the video B received, in order.
+    fn b_video(sink: &Recorder) -> Vec<(u16, u32)> {
+        sink.written
+            .iter()
+            .filter(|(c, _, p)| *c == B_SUB && p.header.payload_type == 100)
+            .map(|(_, _, p)| (p.header.sequence_number, p.header.timestamp))
+            .collect()
+    }
+
+    fn keyframes_of(effects: &[Effect]) -> Vec<u32> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RequestKeyframe { ssrc, .. } => Some(*ssrc),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn contiguous(seen: &[(u16, u32)]) -> bool {
+        seen.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1))
+    }
+
+    fn forward_ahead(seen: &[(u16, u32)]) -> bool {
+        seen.windows(2).all(|w| (w[1].1.wrapping_sub(w[0].1) as i32) >= 0)
+    }
+
+    #[test]
+    fn simulcast_layers_are_one_track_with_one_leg_per_subscriber() {
+        let now = Instant::now();
+        let (room, fx) = call_with(true, &layers(), now);
+        assert_eq!(room.tracks().len(), 2, "camera and microphone, not a track per layer");
+        let published = signals(&fx)
+            .iter()
+            .filter(|(to, m)| to == B && matches!(m, ServerMessage::TrackPublished { .. }))
+            .count();
+        assert_eq!(published, 2);
+        let senders = |who: &str| {
+            fx.iter()
+                .filter(|e| matches!(e, Effect::AddSender { subscriber, track, .. } if subscriber == who && track.kind == TrackKind::Video))
+                .count()
+        };
+        assert_eq!((senders(B), senders(C)), (1, 1), "one video leg each");
+        assert_eq!(room.tracks[0].layers.len(), 3);
+        // A layer's sender restarting (a known rid, a new SSRC) is the same layer again.
+        let mut room = room;
+        let mut fx = Vec::new();
+        let mut again = layers().remove(1);
+        again.ssrc = 1101;
+        room.stream_opened(A, again, now, &mut fx);
+        assert_eq!(room.tracks[0].layers.len(), 3);
+        assert_eq!(room.tracks[0].layers[1].ssrc, 1101);
+    }
+
+    #[test]
+    fn a_leg_switches_layers_only_on_a_keyframe_of_the_target_with_one_continuous_stream() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        let frame = Duration::from_millis(33);
+        // Each layer's own sequence and timestamp spaces, as a browser sends them.
+        let (mut q, h, mut f) = (100u16, 20_000u16, 40_000u16);
+        let ts = |base: u32, i: u32| base.wrapping_add(i * 3000);
+        let mut at = t0;
+        // The low layer arrives first: B starts with it at once (nothing to switch from).
+        room.forward(A_PUB, &vp8(1000, q, ts(7, 0), false), at, &mut sink, &mut fx);
+        q += 1;
+        assert_eq!(b_video(&sink).len(), 1);
+        // h and f appear (delta frames): B wants the best (high), asks for f's keyframe and stays on q.
+        room.forward(A_PUB, &vp8(1001, h, ts(500_000, 0), false), at, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, f, ts(9_000_000, 0), false), at, &mut sink, &mut fx);
+        f += 1;
+        assert!(keyframes_of(&fx).contains(&1002), "{fx:?}");
+        for i in 1..4 {
+            at += frame;
+            room.forward(A_PUB, &vp8(1000, q, ts(7, i), false), at, &mut sink, &mut fx);
+            q += 1;
+            room.forward(A_PUB, &vp8(1002, f, ts(9_000_000, i), false), at, &mut sink, &mut fx);
+            f += 1;
+        }
+        assert_eq!(b_video(&sink).len(), 4, "still q: f sent no keyframe yet");
+        // f's keyframe: the switch. Then only f reaches B.
+        at += frame;
+        room.forward(A_PUB, &vp8(1002, f, ts(9_000_000, 4), true), at, &mut sink, &mut fx);
+        f += 1;
+        room.forward(A_PUB, &vp8(1000, q, ts(7, 4), true), at, &mut sink, &mut fx);
+        q += 1;
+        room.forward(A_PUB, &vp8(1002, f, ts(9_000_000, 4), false), at, &mut sink, &mut fx);
+        f += 1;
+        // A late packet of f from before its keyframe is not sent (its number is taken).
+        room.forward(
+            A_PUB,
+            &vp8(1002, f - 5, ts(9_000_000, 2), false),
+            at,
+            &mut sink,
+            &mut fx,
+        );
+        let seen = b_video(&sink);
+        assert_eq!(seen.len(), 6, "{seen:?}");
+        assert!(contiguous(&seen), "one sequence across the switch: {seen:?}");
+        assert!(forward_ahead(&seen), "timestamps go on forward: {seen:?}");
+        assert_eq!(seen[5].1, seen[4].1, "the same frame keeps its timestamp");
+        assert_eq!(
+            seen[4].1.wrapping_sub(seen[3].1),
+            2970,
+            "the new layer starts as much later as time passed (33 ms)"
+        );
+        assert_eq!(room.stats().meeting.snapshot().layer_switches, 1);
+
+        // Down to low: f goes on until q's keyframe (asked for), then q.
+        fx.clear();
+        room.set_subscription(
+            B,
+            &track_id(&room, TrackSource::Camera),
+            false,
+            Some(Quality::Low),
+            at,
+            &mut fx,
+        )
+        .expect("low");
+        at += frame;
+        room.forward(A_PUB, &vp8(1002, f, ts(9_000_000, 5), false), at, &mut sink, &mut fx);
+        f += 1;
+        room.forward(A_PUB, &vp8(1000, q, ts(7, 5), false), at, &mut sink, &mut fx);
+        q += 1;
+        assert!(keyframes_of(&fx).contains(&1000), "{fx:?}");
+        assert_eq!(b_video(&sink).len(), 7, "f until q's keyframe");
+        at += frame;
+        room.forward(A_PUB, &vp8(1000, q, ts(7, 6), true), at, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, f, ts(9_000_000, 6), true), at, &mut sink, &mut fx);
+        let seen = b_video(&sink);
+        assert_eq!(seen.len(), 8, "{seen:?}");
+        assert!(contiguous(&seen) && forward_ahead(&seen), "{seen:?}");
+        assert!(seen[7].1 > seen[6].1, "the switch moves time on: {seen:?}");
+        assert_eq!(room.stats().meeting.snapshot().layer_switches, 2);
+    }
+
+    #[test]
+    fn a_layer_that_stops_hands_its_legs_to_the_next_one_available() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        let mut at = t0;
+        let mut seq = [0u16, 10_000, 20_000];
+        let mut send =
+            |room: &mut MediaRoom, layer: usize, key: bool, at: Instant, sink: &mut Recorder, fx: &mut Vec<Effect>| {
+                let ssrc = 1000 + layer as u32;
+                room.forward(A_PUB, &vp8(ssrc, seq[layer], 0, key), at, sink, fx);
+                seq[layer] = seq[layer].wrapping_add(1);
+            };
+        // All three flow; B ends on f.
+        for layer in [2, 0, 1] {
+            send(&mut room, layer, true, at, &mut sink, &mut fx);
+        }
+        assert_eq!(room.tracks[0].legs[0].layer.layers(), (Some(2), None));
+        // f stops (the publisher dropped it); q and h go on. Within the timeout B waits for f.
+        for _ in 0..40 {
+            at += Duration::from_millis(33);
+            send(&mut room, 0, false, at, &mut sink, &mut fx);
+            send(&mut room, 1, false, at, &mut sink, &mut fx);
+        }
+        assert_eq!(b_video(&sink).len(), 1, "nothing but f's one packet so far");
+        assert!(keyframes_of(&fx).contains(&1001), "h's keyframe asked for: {fx:?}");
+        assert_eq!(room.tracks[0].legs[0].layer.layers(), (Some(2), Some(1)));
+        send(&mut room, 1, true, at, &mut sink, &mut fx);
+        send(&mut room, 1, false, at, &mut sink, &mut fx);
+        let seen = b_video(&sink);
+        assert_eq!(seen.len(), 3, "h now: {seen:?}");
+        assert!(contiguous(&seen));
+        // f is back: B returns to it on its keyframe.
+        at += Duration::from_millis(33);
+        send(&mut room, 2, false, at, &mut sink, &mut fx);
+        send(&mut room, 2, true, at, &mut sink, &mut fx);
+        assert_eq!(room.tracks[0].legs[0].layer.layers(), (Some(2), None));
+        assert!(contiguous(&b_video(&sink)));
+    }
+
+    #[test]
+    fn quality_off_stops_a_track_for_one_subscriber_and_a_quality_resumes_it() {
+        let now = Instant::now();
+        let (mut room, _) = call_with(true, &layers(), now);
+        let camera = track_id(&room, TrackSource::Camera);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        room.forward(A_PUB, &vp8(1000, 1, 0, true), now, &mut sink, &mut fx);
+        room.set_subscription(B, &camera, false, Some(Quality::Off), now, &mut fx)
+            .expect("off");
+        room.forward(A_PUB, &vp8(1000, 2, 0, false), now, &mut sink, &mut fx);
+        let to = |sink: &Recorder, c: ConnId| sink.written.iter().filter(|(conn, _, _)| *conn == c).count();
+        assert_eq!(
+            (to(&sink, B_SUB), to(&sink, C_SUB)),
+            (1, 2),
+            "B's tile is hidden, C's is not"
+        );
+        fx.clear();
+        let later = now + Duration::from_secs(1);
+        room.set_subscription(B, &camera, false, Some(Quality::Medium), later, &mut fx)
+            .expect("medium");
+        assert_eq!(
+            keyframes_of(&fx),
+            vec![1000],
+            "resuming asks for a keyframe of its layer"
+        );
+        room.forward(A_PUB, &vp8(1000, 3, 0, false), later, &mut sink, &mut fx);
+        assert_eq!(to(&sink, B_SUB), 2);
+        assert_eq!(room.tracks[0].legs[0].layer.target(), Target::MEDIUM);
+        // A pause without a quality keeps the quality; an old `paused: false` resumes at it.
+        room.set_subscription(B, &camera, true, None, later, &mut fx)
+            .expect("pause");
+        room.set_subscription(B, &camera, false, None, later, &mut fx)
+            .expect("resume");
+        assert_eq!(room.tracks[0].legs[0].layer.target(), Target::MEDIUM);
+    }
+
+    #[test]
+    fn nacks_after_a_layer_switch_are_answered_from_each_layers_cache() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        room.forward(A_PUB, &vp8(1000, 50, 0, true), t0, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, 50, 0, true), t0, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, 51, 0, false), t0, &mut sink, &mut fx);
+        let seen = b_video(&sink);
+        assert_eq!(seen.len(), 3);
+        let leg_ssrc = room.tracks[0].legs[0].rewrite.ssrc;
+        sink.written.clear();
+        let nacked: Vec<u16> = seen.iter().map(|(s, _)| *s).collect();
+        room.nack_received(
+            B_SUB,
+            leg_ssrc,
+            nacked,
+            t0 + Duration::from_millis(100),
+            &mut sink,
+            &mut fx,
+        );
+        let resent = b_video(&sink);
+        assert_eq!(resent, seen, "each packet from the cache of the layer it came from");
+        assert_eq!(room.stats().meeting.snapshot().unservable_nacks, 0);
     }
 }

@@ -115,6 +115,14 @@ impl PacketCache {
         }
     }
 
+    /// A cache whose sequence spaces start at `epoch`: a track with simulcast layers
+    /// gives each layer's cache its own top byte, so what a leg recorded names the
+    /// layer's cache as well as its sequence space ([`LegHistory::answer_in`]).
+    pub fn with_epoch(mut self, epoch: u32) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
     /// The current sequence space; legs record it with what they sent.
     pub fn epoch(&self) -> u32 {
         self.epoch
@@ -293,13 +301,26 @@ impl LegHistory {
     /// Answers the NACK of one sequence number of this leg, building the packet with
     /// the leg's current tables.
     pub fn answer(&mut self, seq: u16, cache: &PacketCache, leg: &DownLeg, now: Instant) -> Answer {
+        self.answer_in(seq, |_| Some(cache), leg, now)
+    }
+
+    /// As [`answer`](Self::answer), the packet looked up in the cache `cache_of` names
+    /// for the sequence space it was sent from (a leg that switched simulcast layers
+    /// sent packets of several caches).
+    pub fn answer_in<'c>(
+        &mut self,
+        seq: u16,
+        cache_of: impl Fn(u32) -> Option<&'c PacketCache>,
+        leg: &DownLeg,
+        now: Instant,
+    ) -> Answer {
         let e = &mut self.entries[Self::index(seq)];
         let ours = e.filled && e.out_seq == seq;
         let fresh_enough = ours
             && e.at
                 .is_some_and(|at| now.saturating_duration_since(at) < self.params.max_age);
         let cached = if fresh_enough {
-            cache.get(e.in_seq, e.epoch)
+            cache_of(e.epoch).and_then(|cache| cache.get(e.in_seq, e.epoch))
         } else {
             None
         };

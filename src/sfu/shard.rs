@@ -750,11 +750,15 @@ impl Shard {
                     .room
                     .mute_track(participant_id, &track_id, muted, &mut self.effects)
             }
-            MediaMessage::SetSubscription { track_id, paused } => {
+            MediaMessage::SetSubscription {
+                track_id,
+                paused,
+                quality,
+            } => {
                 let hosted = self.rooms.get_mut(&room_id).expect("found above");
                 hosted
                     .room
-                    .set_subscription(participant_id, &track_id, paused, now, &mut self.effects)
+                    .set_subscription(participant_id, &track_id, paused, quality, now, &mut self.effects)
             }
             MediaMessage::RestartIce => {
                 let hosted = self.rooms.get_mut(&room_id).expect("found above");

@@ -51,6 +51,8 @@ pub struct Counters {
     pub duplicate_packets: AtomicU64,
     /// Gaps in publishers' NACK-capable streams, in packets (lost on the way in, or late).
     pub missing_packets: AtomicU64,
+    /// Subscriber legs moved from one simulcast layer to another (on a keyframe of the new one).
+    pub layer_switches: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -159,6 +161,7 @@ pub struct CountersSnapshot {
     pub nack_requests_sent: u64,
     pub duplicate_packets: u64,
     pub missing_packets: u64,
+    pub layer_switches: u64,
 }
 
 impl Counters {
@@ -197,6 +200,7 @@ impl Counters {
                 nack_requests_sent: acc.nack_requests_sent + s.nack_requests_sent,
                 duplicate_packets: acc.duplicate_packets + s.duplicate_packets,
                 missing_packets: acc.missing_packets + s.missing_packets,
+                layer_switches: acc.layer_switches + s.layer_switches,
             }
         })
     }
@@ -221,6 +225,7 @@ impl Counters {
             nack_requests_sent: get(&self.nack_requests_sent),
             duplicate_packets: get(&self.duplicate_packets),
             missing_packets: get(&self.missing_packets),
+            layer_switches: get(&self.layer_switches),
         }
     }
 }
