@@ -13,7 +13,7 @@
  * Refresh and with the meetings: a link a guest just used shows as used at once.
  */
 
-import { GatehouseClient } from './gatehouse-client.js';
+import { GatehouseClient, defaultSocketUrl } from './gatehouse-client.js';
 import { api, describeError, describeLeft } from './api.js';
 import { LocalMedia } from './media.js';
 import { CallView } from './call-view.js';
@@ -458,8 +458,17 @@ async function joinMeeting(m) {
   info(null);
   const media = new LocalMedia();
   page.media = media;
-  await media.start();
-  const client = new GatehouseClient({ token: page.token, meetingId: m.meeting_id });
+  // The signaling socket's handshake runs while the camera starts, not after it (a socket
+  // that closed meanwhile, say a permission prompt answered after the server's 10 s for
+  // `join`, is replaced by a fresh one).
+  const socket = new WebSocket(defaultSocketUrl());
+  try {
+    await media.start();
+  } catch (e) {
+    socket.close();
+    throw e;
+  }
+  const client = new GatehouseClient({ token: page.token, meetingId: m.meeting_id, socket });
   page.client = client;
   if (media.audioTrack) client.setLocalTrack('microphone', media.audioTrack);
   if (media.videoTrack) client.setLocalTrack('camera', media.videoTrack);

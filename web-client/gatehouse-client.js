@@ -57,6 +57,13 @@ const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
  * that shows the others first, and the two negotiations do not compete.
  */
 const PUBLISH_AFTER_SUBSCRIBE_MAX_MS = 400;
+/**
+ * On entering a call where others already publish, the `admitted` event (on which pages
+ * draw the call view, 30 to 150 ms of main thread in Chromium) waits until the server's
+ * subscriber offer has been handed to the browser, at most this long: the browser then
+ * applies the offer while the page draws, instead of after (docs/BENCHMARKS.md §4).
+ */
+const ADMITTED_HOLD_MAX_MS = 150;
 /** A connection not connected this long after its negotiation is treated as blocked: restart ICE. */
 const MEDIA_CONNECT_TIMEOUT_MS = 4000;
 /** An ICE restart that has not connected in this long is followed by another. */
@@ -566,7 +573,7 @@ export class GatehouseClient extends EventTarget {
         this.setState('lobby');
         this.emit('lobby', { status: msg.status, timeoutSecs: msg.timeout_secs });
         break;
-      case 'admitted':
+      case 'admitted': {
         this.participants = new Map(msg.participants.map((p) => [p.participant_id, p]));
         this.tracks = new Map(msg.tracks.map((t) => [t.track_id, t]));
         this.iceServers = msg.ice_servers || [];
@@ -575,9 +582,11 @@ export class GatehouseClient extends EventTarget {
         this.speakers = [];
         this.lastMediaReport = null;
         this.setState('call');
-        this.emit('admitted', { participants: msg.participants, tracks: msg.tracks });
-        if (this.local.size > 0) this.publishOnEntry(msg.tracks.some((t) => t.participant_id !== this.you?.participant_id));
+        const othersPublish = msg.tracks.some((t) => t.participant_id !== this.you?.participant_id);
+        this.holdAdmitted({ participants: msg.participants, tracks: msg.tracks }, othersPublish);
+        if (this.local.size > 0) this.publishOnEntry(othersPublish);
         break;
+      }
       case 'lobby_update':
         this.lobbyEntries = msg.entries;
         this.emit('lobby_update', { entries: msg.entries });
@@ -797,6 +806,27 @@ export class GatehouseClient extends EventTarget {
   }
 
   /**
+   * Emits `admitted` now, or, when a subscriber offer is on its way (others publish), once
+   * it has been handed to the browser (ADMITTED_HOLD_MAX_MS at most). Not at all if the
+   * call was left or the lobby re-entered meanwhile.
+   */
+  holdAdmitted(detail, offerComing) {
+    this.releaseAdmitted();
+    if (!offerComing) {
+      this.emit('admitted', detail);
+      return;
+    }
+    this.heldAdmitted = { detail, timer: setTimeout(() => this.releaseAdmitted(), ADMITTED_HOLD_MAX_MS) };
+  }
+
+  releaseAdmitted() {    const held = this.heldAdmitted;
+    if (!held) return;
+    this.heldAdmitted = null;
+    clearTimeout(held.timer);
+    if (this.state === 'call') this.emit('admitted', held.detail);
+  }
+
+  /**
    * Offers our tracks on entering the call. With others' media to receive, the offer waits
    * for our first subscriber answer (PUBLISH_AFTER_SUBSCRIBE_MAX_MS at most): seeing the
    * others first is what joining feels like, and Chromium answers the server's offer
@@ -852,7 +882,10 @@ export class GatehouseClient extends EventTarget {
     const pc = this.ensureSubscriber();
     const c = this.candidates.subscriber;
     c.sent = false;
-    await pc.setRemoteDescription({ type: 'offer', sdp });
+    const applied = pc.setRemoteDescription({ type: 'offer', sdp });
+    // The browser works on the offer while the page draws the call view.
+    this.releaseAdmitted();
+    await applied;
     await this.flushRemoteCandidates('subscriber');
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);

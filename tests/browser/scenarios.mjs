@@ -323,6 +323,19 @@ async function joinTime(run, { admit }) {
       joinToFirstFrameMs: since(p.joinAt, p.frameAt),
       joinSentToFirstFrameMs: since(p.joinSentAt, p.frameAt),
       joinToJoinSentMs: since(p.joinAt, p.joinSentAt),
+      // From the `join` frame: the gateway's frames as the page's main thread got them,
+      // and the subscriber's offer through Chromium.
+      // Main-thread tasks over 50 ms after the `join` frame: [start from it, duration] in ms.
+      longTasksMs: p.longTasks.filter(([t]) => p.joinSentAt && t >= p.joinSentAt).map(([t, d]) => [Math.round(t - p.joinSentAt), d]),
+      joinSentToJoinedMs: since(p.joinSentAt, p.joinedAt),
+      joinSentToAdmittedMs: since(p.joinSentAt, p.admittedAt),
+      joinSentToOfferFrameMs: since(p.joinSentAt, p.offerFrameAt),
+      joinSentToOfferApplyMs: since(p.joinSentAt, p.offerApplyAt),
+      joinSentToOfferAppliedMs: since(p.joinSentAt, p.offerAppliedAt),
+      joinSentToAnswerMadeMs: since(p.joinSentAt, p.answerMadeAt),
+      joinSentToAnswerSentMs: since(p.joinSentAt, p.answerSentAt),
+      joinSentToIceMs: since(p.joinSentAt, p.iceAt),
+      joinSentToConnectedMs: since(p.joinSentAt, p.connectedAt),
       admitToFirstFrameMs: since(admitAt, p.frameAt),
       frameSize: p.frameSize,
     });
@@ -355,7 +368,41 @@ function firstFrameProbe() {
   const send = WebSocket.prototype.send;
   WebSocket.prototype.send = function (data) {
     if (!p.joinSentAt && typeof data === 'string' && data.startsWith('{"type":"join"')) p.joinSentAt = now();
+    if (!p.answerSentAt && typeof data === 'string' && data.startsWith('{"type":"subscribe_answer"')) p.answerSentAt = now();
     return send.call(this, data);
+  };
+  // When the page's main thread gets to each frame the gateway sent (a listener added
+  // before the client's own, so it runs first).
+  const Socket = window.WebSocket;
+  const arrived = { joined: 'joinedAt', admitted: 'admittedAt', subscribe_offer: 'offerFrameAt' };
+  window.WebSocket = function (...args) {
+    const ws = new Socket(...args);
+    ws.addEventListener('message', (ev) => {
+      const key = arrived[typeof ev.data === 'string' ? ev.data.match(/^\{"type":"([a-z_]+)"/)?.[1] : null];
+      if (key) p[key] ??= now();
+    });
+    return ws;
+  };
+  window.WebSocket.prototype = Socket.prototype;
+  Object.setPrototypeOf(window.WebSocket, Socket);
+  p.longTasks = [];
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) p.longTasks.push([performance.timeOrigin + e.startTime, Math.round(e.duration)]);
+  }).observe({ type: 'longtask' });
+  // The subscriber's offer applied and its answer made, in Chromium.
+  const srd = RTCPeerConnection.prototype.setRemoteDescription;
+  RTCPeerConnection.prototype.setRemoteDescription = async function (desc) {
+    const offer = desc?.type === 'offer' && !p.offerAppliedAt;
+    if (offer) p.offerApplyAt = now();
+    const r = await srd.call(this, desc);
+    if (offer) p.offerAppliedAt = now();
+    return r;
+  };
+  const ca = RTCPeerConnection.prototype.createAnswer;
+  RTCPeerConnection.prototype.createAnswer = async function (...args) {
+    const r = await ca.apply(this, args);
+    p.answerMadeAt ??= now();
+    return r;
   };
   const tick = async () => {
     if (!p.callAt && window.gatehouse.view === 'call') p.callAt = now();
