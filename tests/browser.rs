@@ -278,6 +278,60 @@ async fn web_client_in_chromium() {
     }
 }
 
+/// Simulcast with real peers (issue 12): a Chromium guest sends its camera as three layers;
+/// staff (the console, in a second context of the same browser) gets the layer its tile
+/// needs: a small tile the low one, a large tile the full one, a hidden tile nothing; the
+/// picture keeps decoding across the switches, and the gateway counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_subscriber_gets_the_simulcast_layer_its_tile_needs() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = TestServer::start().await;
+    let before = srv.state().sfu.stats();
+    let results = BrowserScript::start(&srv, "scenarios.mjs", "simulcast-layers", Value::Null)
+        .finish()
+        .await;
+    let after = srv.state().sfu.stats();
+    let f = facts(&results, "simulcast-layers");
+    eprintln!(
+        "REACH simulcast-layers {}",
+        serde_json::json!({
+            "layers": f["layers"], "start_width": f["startWidth"], "low_width": f["lowWidth"],
+            "low_ms": f["lowMs"], "high_width": f["highWidth"], "high_ms": f["highMs"],
+            "freeze": f["freeze"], "off_ms": f["offMs"], "packets_while_off": f["packetsWhileOff"],
+            "packets_after_on": f["packetsAfterOn"],
+            "layer_switches": after.layer_switches - before.layer_switches,
+        })
+    );
+    let n = |key: &str| f[key].as_u64().unwrap_or_else(|| panic!("{key} measured: {f:#}"));
+    let rids: Vec<&str> = f["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["rid"].as_str())
+        .collect();
+    assert_eq!(rids, ["f", "h", "q"], "the camera goes out as three layers: {f:#}");
+    assert_eq!(
+        (f["saidLow"].as_bool(), f["saidHigh"].as_bool(), f["saidOff"].as_bool()),
+        (Some(true), Some(true), Some(true)),
+        "the tile says what it needs: {f:#}"
+    );
+    assert!(
+        n("lowWidth") * 3 <= n("startWidth"),
+        "a small tile gets the low layer: {f:#}"
+    );
+    assert!(n("highWidth") >= n("startWidth"), "a large tile the full one: {f:#}");
+    assert!(
+        f["freeze"]["longestMs"].as_u64().is_some_and(|ms| ms < 1000),
+        "frames keep decoding across the switches: {f:#}"
+    );
+    assert!(n("packetsWhileOff") <= 2, "a hidden tile gets no packets: {f:#}");
+    assert!(n("packetsAfterOn") > 20, "shown again, it gets them again: {f:#}");
+    assert!(
+        after.layer_switches - before.layer_switches >= 2,
+        "the gateway switched down and up: {before:?} {after:?}"
+    );
+}
+
 /// The web client's pure modules (`web-client/media-status.js`) pass their unit tests
 /// (`tests/browser/*.test.mjs`, `node --test`): no browser, so no lock.
 #[test]

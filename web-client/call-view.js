@@ -11,6 +11,7 @@
 import { h, initials, kindLabel } from './dom.js';
 import { describeError } from './api.js';
 import { describePeerMedia, phaseMessage } from './media-status.js';
+import { TileNeeds } from './tile-needs.js';
 
 export class CallView {
   /**
@@ -29,6 +30,8 @@ export class CallView {
     /** track_id -> tile element, for screen shares */
     this.screenTiles = new Map();
     this.listeners = [];
+    /** What each camera tile needs of its video, told to the gateway (simulcast quality). */
+    this.needs = new TileNeeds((trackId, quality) => client.setQuality(trackId, quality));
     this.build(mount);
     this.listen();
     this.renderAll();
@@ -183,7 +186,9 @@ export class CallView {
       this.renderPeople();
     });
     on('participant_left', ({ participantId }) => {
-      this.tiles.get(participantId)?.tile.remove();
+      const left = this.tiles.get(participantId);
+      if (left) this.needs.unwatch(left.video);
+      left?.tile.remove();
       this.tiles.delete(participantId);
       this.renderPeople();
     });
@@ -294,12 +299,13 @@ export class CallView {
     const t = this.ensureTile(participantId);
     if (!t) return;
     if (kind === 'audio') attach(t.audio, track);
-    else this.setVideo(t, track);
+    else this.setVideo(t, track, trackId);
     this.renderTileState(participantId);
   }
 
-  setVideo(t, track) {
+  setVideo(t, track, trackId = null) {
     attach(t.video, track);
+    this.needs.watch(t.video, track ? trackId : null);
     t.tile.classList.toggle('has-video', Boolean(track));
     this.updateLayout();
   }
@@ -519,6 +525,7 @@ export class CallView {
   }
 
   destroy() {
+    this.needs.disconnect();
     for (const [type, handler] of this.listeners) this.client.removeEventListener(type, handler);
     this.listeners = [];
     this.root.remove();

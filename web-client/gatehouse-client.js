@@ -64,6 +64,17 @@ const PUBLISH_AFTER_SUBSCRIBE_MAX_MS = 400;
  * applies the offer while the page draws, instead of after (docs/BENCHMARKS.md §4).
  */
 const ADMITTED_HOLD_MAX_MS = 150;
+/**
+ * The camera is sent as three simulcast layers (rids `q`, `h`, `f`: a quarter, half and full
+ * resolution, lowest first as the server ranks them) so that the gateway can give every
+ * subscriber the one its tile needs (`setQuality`); a screen is one layer. The bitrate caps
+ * are those of LiveKit's default presets for 180p, 360p and 720p.
+ */
+const CAMERA_SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_700_000 },
+];
 /** A connection not connected this long after its negotiation is treated as blocked: restart ICE. */
 const MEDIA_CONNECT_TIMEOUT_MS = 4000;
 /** An ICE restart that has not connected in this long is followed by another. */
@@ -131,9 +142,13 @@ export class GatehouseClient extends EventTarget {
    * @param {boolean} [options.reconnect] rejoin after an unexpected drop (default true)
    * @param {WebSocket} [options.socket] a socket to `url` already opening (made before the
    *   token was at hand, to save its handshake); `connect()` joins on it
+   * @param {boolean} [options.simulcast] send the camera as three layers (default true)
    */
-  constructor({ token, meetingId = null, url = defaultSocketUrl(), reconnect = true, socket = null }) {
+  constructor({ token, meetingId = null, url = defaultSocketUrl(), reconnect = true, socket = null, simulcast = true }) {
     super();
+    this.simulcast = simulcast;
+    /** The quality asked for of each remote track (`setQuality`); absent means the server's default, high. */
+    this.qualities = new Map();
     this.earlySocket = socket;
     this.token = token;
     this.meetingId = meetingId;
@@ -730,6 +745,18 @@ export class GatehouseClient extends EventTarget {
     if (entry.serverTrackId) this.sendRaw({ type: 'mute_track', track_id: entry.serverTrackId, muted });
   }
 
+  /**
+   * Says how much of a remote video track this page needs (`set_subscription.quality`):
+   * 'high', 'medium', 'low', or 'off' for a tile nobody sees (nothing is forwarded then).
+   * Sent only when it changes; asked for again when the track arrives on a new subscriber
+   * connection (a reconnect starts its legs at 'high').
+   */
+  setQuality(trackId, quality) {
+    if ((this.qualities.get(trackId) ?? 'high') === quality) return;
+    this.qualities.set(trackId, quality);
+    if (this.state === 'call') this.sendRaw({ type: 'set_subscription', track_id: trackId, quality });
+  }
+
   isMuted(source) {
     return this.local.get(source)?.muted ?? true;
   }
@@ -755,11 +782,12 @@ export class GatehouseClient extends EventTarget {
       const live = [...this.local.entries()];
       if (live.length === 0 && !this.publisher) return;
       const pc = this.ensurePublisher();
-      for (const [, entry] of live) {
+      for (const [source, entry] of live) {
         if (!entry.transceiver) {
           entry.transceiver = pc.addTransceiver(entry.track, {
             direction: 'sendonly',
             streams: [this.localStream()],
+            ...(source === 'camera' && this.simulcast ? { sendEncodings: CAMERA_SIMULCAST.map((e) => ({ ...e })) } : {}),
           });
         }
       }
@@ -917,6 +945,8 @@ export class GatehouseClient extends EventTarget {
     }
     if (!info) return false;
     this.remoteMedia.set(info.track_id, track);
+    const quality = this.qualities.get(info.track_id);
+    if (quality && quality !== 'high') this.sendRaw({ type: 'set_subscription', track_id: info.track_id, quality });
     this.emit('remote_track', {
       trackId: info.track_id,
       participantId: info.participant_id,
@@ -950,6 +980,7 @@ export class GatehouseClient extends EventTarget {
     const info = this.tracks.get(trackId);
     this.tracks.delete(trackId);
     this.remoteMedia.delete(trackId);
+    this.qualities.delete(trackId);
     if (info) {
       this.emit('track_unpublished', {
         trackId,

@@ -38,6 +38,7 @@ const SCENARIOS = {
   'join-early': joinEarly,
   'devices-denied': devicesDenied,
   'book-slot': bookSlot,
+  'simulcast-layers': simulcastLayers,
 };
 
 /** Scenarios whose browser refuses camera and microphone (no fake UI to accept the prompt). */
@@ -1458,6 +1459,141 @@ async function devicesDenied(run) {
 // The gateway's dev certificate, for the REST helpers.
 process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
 const userDataDir = mkdtempSync(path.join(tmpdir(), 'gatehouse-chromium-'));
+
+/** The page's received camera video (subscriber inbound-rtp): size, frames, packets. */
+async function inboundCamera(page) {
+  return page.evaluate(async () => {
+    const out = { frameWidth: 0, frameHeight: 0, framesDecoded: 0, packetsReceived: 0, freezeCount: 0, totalFreezesDuration: 0 };
+    const pc = window.gatehouse.client.subscriber;
+    if (!pc) return out;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+      for (const k of Object.keys(out)) out[k] += s[k] || 0;
+    });
+    return out;
+  });
+}
+
+/** The layers the page's camera sends (publisher outbound-rtp per rid). */
+async function outboundLayers(page) {
+  return page.evaluate(async () => {
+    const pc = window.gatehouse.client.publisher;
+    const layers = [];
+    if (!pc) return layers;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') {
+        layers.push({ rid: s.rid ?? null, frameWidth: s.frameWidth ?? 0, active: s.active ?? null, packetsSent: s.packetsSent });
+      }
+    });
+    return layers.sort((a, b) => String(a.rid).localeCompare(String(b.rid)));
+  });
+}
+
+/**
+ * Simulcast (issue 12): the guest's camera goes out as three layers (q, h, f); staff (the
+ * console, a second context of the same browser) receives the one its tile needs. The
+ * script sizes staff's video of the guest 1280x720 CSS pixels (its tile asks `high`), then
+ * 200x112 (`low`), then 1280x720 again, then hides the tile (`off`) and shows it again. Facts: the publisher's
+ * layers (`layers`), the frame width staff decodes at the start, once low, once high
+ * (`startWidth`, `lowWidth`, `highWidth`, and `lowMs`, `highMs` from each change to
+ * that width), the longest stretch without a newly decoded frame from the first change
+ * to a second after the last (`freeze`), the quality the tile said (`saidLow`, `saidHigh`,
+ * `saidOff`), how long until no packet arrived for 0.4 s once hidden (`offMs`), and video
+ * packets received over 2 s with the tile hidden (`packetsWhileOff`) and over 2 s after it
+ * shows again (`packetsAfterOn`).
+ */
+async function simulcastLayers(run) {
+  const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Simulcast' });
+  const guest = await run.context('guest');
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  run.step('staff joins and admits; staff decodes the guest\'s camera');
+  const staff = await run.context('staff');
+  await staffJoins(run, staff, meetingId);
+  await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  judgeMedia(run, 'staffMedia', await mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs, wantAudio: false }));
+  await staff.evaluate(framesProbe);
+  const tile = remoteTile(staff, guestId);
+  const video = tile.locator('video');
+  const width = async () => (await inboundCamera(staff)).frameWidth;
+  // Chromium turns its top layers on as its bandwidth estimate grows: wait for the full one.
+  run.step('the guest sends three layers and staff gets the best');
+  const size = (w, h) => video.evaluate((v, [w2, h2]) => {
+    v.style.width = w2;
+    v.style.height = h2;
+    v.style.objectFit = 'contain';
+  }, [w, h]);
+  await size('1280px', '720px');
+  await staff.waitForFunction((el) => el.dataset.quality === 'high', await video.elementHandle(), { timeout: 5000 });
+  await until(20000, async () => {
+    run.facts.layers = await outboundLayers(guest);
+    return run.facts.layers.filter((l) => l.frameWidth > 0).length === 3;
+  });
+  // Measured against what the guest sends at that moment (its encoder may adapt to CPU).
+  const sent = async () => (await outboundLayers(guest)).map((l) => l.frameWidth).filter((w) => w > 0);
+  const seen = async () => {
+    run.facts.lastSeen = { width: await width(), sent: await sent(), quality: await video.evaluate((v) => v.dataset.quality) };
+    return run.facts.lastSeen;
+  };
+  const atTop = async () => {
+    const s = await seen();
+    return s.width >= Math.max(...s.sent);
+  };
+  const atLow = async () => {
+    const s = await seen();
+    return s.width > 0 && s.width <= Math.min(...s.sent);
+  };
+  await until(20000, atTop);
+  run.facts.startWidth = await width();
+
+  run.step('a small tile asks for the low layer');
+  const firstChange = Date.now();
+  await size('200px', '112px');
+  await staff.waitForFunction((el) => el.dataset.quality === 'low', await video.elementHandle(), { timeout: 5000 });
+  run.facts.saidLow = true;
+  await until(10000, atLow);
+  run.facts.lowMs = Date.now() - firstChange;
+  run.facts.lowWidth = await width();
+
+  run.step('a large tile asks for the full layer');
+  const up = Date.now();
+  await size('1280px', '720px');
+  await staff.waitForFunction((el) => el.dataset.quality === 'high', await video.elementHandle(), { timeout: 5000 });
+  run.facts.saidHigh = true;
+  await until(10000, atTop);
+  run.facts.highMs = Date.now() - up;
+  run.facts.highWidth = await width();
+  await new Promise((r) => setTimeout(r, 1000));
+  run.facts.freeze = await longestFreeze(staff, firstChange, Date.now());
+
+  run.step('a hidden tile asks for nothing and gets nothing');
+  await tile.evaluate((t) => { t.style.display = 'none'; });
+  await staff.waitForFunction((el) => el.dataset.quality === 'off', await video.elementHandle(), { timeout: 5000 });
+  run.facts.saidOff = true;
+  // Packets in flight when the tile went: wait until none arrive for half a second.
+  const hidden = Date.now();
+  let last = -1;
+  await until(5000, async () => {
+    const now = (await inboundCamera(staff)).packetsReceived;
+    const still = now === last;
+    last = now;
+    if (!still) await new Promise((r) => setTimeout(r, 400));
+    return still;
+  });
+  run.facts.offMs = Date.now() - hidden;
+  let before = (await inboundCamera(staff)).packetsReceived;
+  await new Promise((r) => setTimeout(r, 2000));
+  run.facts.packetsWhileOff = (await inboundCamera(staff)).packetsReceived - before;
+  await tile.evaluate((t) => { t.style.display = ''; });
+  before = (await inboundCamera(staff)).packetsReceived;
+  await new Promise((r) => setTimeout(r, 2000));
+  run.facts.packetsAfterOn = (await inboundCamera(staff)).packetsReceived - before;
+  await run.shot(staff, 'simulcast-staff.png');
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+}
 
 function launchChromium(run, executablePath) {
   return chromium.launch({
