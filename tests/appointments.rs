@@ -1289,3 +1289,188 @@ async fn kill_9_with_undelivered_webhook_events_then_restart_delivers_every_one(
     gw.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `subscribe_queue` with `token` (and a department), on a fresh socket.
+async fn subscribe_queue(srv: &TestServer, token: &str, department_id: Option<&str>) -> support::Ws {
+    let mut ws = srv.ws().await;
+    ws.send(&ClientMessage::SubscribeQueue {
+        protocol: 1,
+        token: token.into(),
+        department_id: department_id.map(Into::into),
+        tz: None,
+    })
+    .await;
+    ws
+}
+
+/// The next `queue_appointment` of `id` in `state`, skipping others.
+async fn pushed_state(sub: &mut support::Ws, id: &str, state: &str) -> Vec<String> {
+    let m = sub
+        .expect(&format!("queue_appointment {state}"), |m| {
+            matches!(m, ServerMessage::QueueAppointment { appointment, .. }
+                if appointment.appointment_id == id && appointment.state.as_str() == state)
+        })
+        .await;
+    let ServerMessage::QueueAppointment { transitions, .. } = m else {
+        unreachable!()
+    };
+    transitions.iter().map(|t| t.to.as_str().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_queue_subscribers_get_a_snapshot_then_every_change_pushed_and_guests_their_place() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Admin);
+    let ivan = srv.staff_token("ivan", StaffRole::Staff);
+    let (did, t) = setup(&srv, &olga, &["olga"], json!({})).await;
+    let create = |name: &'static str| {
+        let body = json!({ "type_id": t["type_id"], "on_demand": true, "guest_name": name });
+        let olga = olga.clone();
+        let srv = &srv;
+        async move {
+            let (status, a) = srv.call("POST", "/api/v1/appointments", Some(&olga), Some(body)).await;
+            assert_eq!(status, 201, "{a}");
+            a
+        }
+    };
+    let a = create("Grace").await;
+    let id = a["appointment_id"].as_str().unwrap().to_owned();
+    let meeting_id = a["meeting_id"].as_str().unwrap().to_owned();
+
+    // A guest token cannot subscribe; nor can staff to a department they are not in.
+    let guest_token = srv.redeem(&code_of(&a["join_url"]), "Grace").await;
+    let mut refused = subscribe_queue(&srv, &guest_token, None).await;
+    assert_eq!(refused.expect_error().await, gatehouse_signaling::ErrorCode::Forbidden);
+    assert!(refused.next().await.is_none(), "the socket closes after the refusal");
+    let mut refused = subscribe_queue(&srv, &ivan, Some(&did)).await;
+    assert_eq!(refused.expect_error().await, gatehouse_signaling::ErrorCode::Forbidden);
+
+    // Staff: the snapshot first, with today's appointment, nobody live yet.
+    let mut sub = subscribe_queue(&srv, &olga, Some(&did)).await;
+    let ServerMessage::QueueSnapshot {
+        meetings, appointments, ..
+    } = sub.next().await.expect("the snapshot")
+    else {
+        panic!("the first frame is the snapshot");
+    };
+    assert!(meetings.is_empty(), "{meetings:?}");
+    assert_eq!(appointments.len(), 1, "{appointments:?}");
+    assert_eq!(
+        (appointments[0].appointment_id.as_str(), appointments[0].state.as_str()),
+        (id.as_str(), "scheduled")
+    );
+    // Ivan, not in the department, subscribes to his own queue: he sees none of it.
+    let mut ivan_sub = subscribe_queue(&srv, &ivan, None).await;
+    assert!(matches!(
+        ivan_sub.next().await,
+        Some(ServerMessage::QueueSnapshot { ref meetings, ref appointments, .. }) if meetings.is_empty() && appointments.is_empty()
+    ));
+    // A subscription takes only ping.
+    sub.send(&ClientMessage::Ping { nonce: 7 }).await;
+    sub.expect("pong", |m| matches!(m, ServerMessage::Pong { nonce: 7 }))
+        .await;
+
+    // The guest starts waiting: pushed, the state with its transition and the lobby.
+    let mut guest = srv.join(&guest_token, None).await;
+    guest
+        .expect("lobby", |m| matches!(m, ServerMessage::Lobby { .. }))
+        .await;
+    assert_eq!(pushed_state(&mut sub, &id, "waiting").await, ["waiting"]);
+    let lobby = sub
+        .expect("the meeting's lobby", |m| {
+            matches!(m, ServerMessage::QueueMeeting { meeting: Some(q), .. } if q.meeting_id == meeting_id && q.lobby.len() == 1)
+        })
+        .await;
+    let ServerMessage::QueueMeeting { meeting: Some(q), .. } = lobby else {
+        unreachable!()
+    };
+    // The guest hears their place: first, and no estimate without completed appointments.
+    guest
+        .expect("place 1", |m| {
+            matches!(
+                m,
+                ServerMessage::QueuePosition {
+                    position: 1,
+                    estimated_wait_secs: None
+                }
+            )
+        })
+        .await;
+
+    // A second guest of the department waits behind the first.
+    let b = create("Henry").await;
+    let b_id = b["appointment_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        pushed_state(&mut sub, &b_id, "scheduled").await,
+        ["scheduled"],
+        "a booking is pushed"
+    );
+    let henry_token = srv.redeem(&code_of(&b["join_url"]), "Henry").await;
+    let mut henry = srv.join(&henry_token, None).await;
+    henry
+        .expect("place 2", |m| {
+            matches!(m, ServerMessage::QueuePosition { position: 2, .. })
+        })
+        .await;
+
+    // Admitted from the queue: in progress, the lobby empty, the call one.
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!(
+                "/api/v1/meetings/{meeting_id}/lobby/{}/admit",
+                q.lobby[0].participant_id
+            ),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    sub.expect("the call, the lobby empty", |m| {
+        matches!(m, ServerMessage::QueueMeeting { meeting: Some(q), .. } if q.meeting_id == meeting_id && q.lobby.is_empty() && q.in_call == 1)
+    })
+    .await;
+    // Alone in the call the guest still waits; staff join: in progress.
+    let mut staff = srv.join(&olga, Some(&meeting_id)).await;
+    assert_eq!(pushed_state(&mut sub, &id, "in_progress").await, ["in_progress"]);
+    sub.expect("two in the call", |m| {
+        matches!(m, ServerMessage::QueueMeeting { meeting: Some(q), .. } if q.meeting_id == meeting_id && q.in_call == 2)
+    })
+    .await;
+    // Henry moves up.
+    henry
+        .expect("place 1", |m| {
+            matches!(m, ServerMessage::QueuePosition { position: 1, .. })
+        })
+        .await;
+
+    // Henry leaves the lobby and his appointment is cancelled: both pushed.
+    henry.send(&ClientMessage::Leave).await;
+    henry.until_closed().await;
+    assert_eq!(pushed_state(&mut sub, &b_id, "scheduled").await, ["scheduled"]);
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/appointments/{b_id}/cancel"),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pushed_state(&mut sub, &b_id, "cancelled").await, ["cancelled"]);
+
+    // Ivan's subscription saw none of it (its socket is still open: a ping is answered first).
+    ivan_sub.send(&ClientMessage::Ping { nonce: 9 }).await;
+    assert_eq!(ivan_sub.next().await, Some(ServerMessage::Pong { nonce: 9 }));
+
+    guest.send(&ClientMessage::Leave).await;
+    guest.until_closed().await;
+    assert_eq!(pushed_state(&mut sub, &id, "completed").await, ["completed"]);
+    staff.send(&ClientMessage::Leave).await;
+    staff.until_closed().await;
+    // Nobody left in the meeting: it leaves the queue.
+    sub.expect("the meeting idle", |m| {
+        matches!(m, ServerMessage::QueueMeeting { meeting: None, meeting_id: mid, .. } if *mid == meeting_id.as_str())
+    })
+    .await;
+}

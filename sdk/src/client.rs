@@ -1518,6 +1518,12 @@ async fn handle(inner: &Arc<Inner>, message: ServerMessage, events: &mpsc::Unbou
         ServerMessage::Pong { nonce } => Some(Event::Pong { nonce }),
         ServerMessage::ActiveSpeakers { speakers } => Some(Event::ActiveSpeakers { speakers }),
         ServerMessage::Error { code, message } => Some(Event::Error { code, message }),
+        // The staff queue is a subscription of its own (`subscribe_queue`), never sent on a
+        // meeting's socket; a guest's place in the appointments queue is the web client's.
+        ServerMessage::QueueSnapshot { .. }
+        | ServerMessage::QueueMeeting { .. }
+        | ServerMessage::QueueAppointment { .. }
+        | ServerMessage::QueuePosition { .. } => None,
         ServerMessage::PublishAnswer { sdp } => {
             let taken = inner.publisher().is_some_and(|p| p.on_answer(sdp));
             if !taken {

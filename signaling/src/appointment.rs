@@ -356,6 +356,40 @@ fn wrong_state(state: AppointmentState, what: &str) -> Error {
     )
 }
 
+/// An appointment as staff see it (REST and the queue subscription) and as its guest's
+/// page shows it (without the contact): defined once here, for the gateway and clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppointmentView {
+    pub appointment_id: String,
+    pub type_id: String,
+    pub title: String,
+    pub department_id: Option<String>,
+    pub staff: String,
+    pub meeting_id: String,
+    pub guest_name: String,
+    /// Staff only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_contact: Option<String>,
+    pub on_demand: bool,
+    pub starts_at: Option<String>,
+    pub starts_at_ms: Option<u64>,
+    pub ends_at_ms: Option<u64>,
+    pub duration_minutes: u64,
+    pub state: AppointmentState,
+    pub state_since_ms: u64,
+    /// From the guest's first arrival to being seen (or to now while waiting).
+    pub lobby_wait_ms: Option<u64>,
+    /// When the guest first arrived (lobby wait is counted from here).
+    #[serde(default)]
+    pub first_arrived_ms: Option<u64>,
+    pub no_show_at_ms: Option<u64>,
+    /// The guest's join link.
+    pub join_url: String,
+    /// Every transition with its time (one appointment's view only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transitions: Option<Vec<Transition>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::AppointmentState::*;

@@ -17,6 +17,7 @@ pub mod link;
 pub mod lobby;
 pub mod meeting;
 pub mod protocol;
+pub mod queue;
 pub mod ratelimit;
 pub mod room;
 pub mod token;

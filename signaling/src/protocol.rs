@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::appointment::{AppointmentView, Transition};
 use crate::error::ErrorCode;
 
 /// The protocol version this crate speaks. A client names it in `join`.
@@ -250,7 +251,6 @@ pub struct ActiveSpeaker {
     pub level: f32,
 }
 
-/// Which of a participant's two peer connections a message is about.
 /// How much of a video track a subscriber needs (`set_subscription.quality`). The
 /// server forwards the publisher's simulcast layer that fits: `high` its best,
 /// `medium` the middle one, `low` its smallest; a track sent without simulcast has
@@ -267,6 +267,7 @@ pub enum Quality {
     Off,
 }
 
+/// Which of a participant's two peer connections a message is about.
 ///
 /// The client offers on `publisher` (its outgoing media); the server offers on
 /// `subscriber` (everyone else's media). One offerer per connection means no glare.
@@ -437,6 +438,19 @@ pub enum ClientMessage {
         publisher: ConnectionMedia,
         subscriber: ConnectionMedia,
     },
+    /// Instead of `join`, as the first frame: staff subscribe to their live queue (today's
+    /// appointments and every live meeting they may manage). Answered with
+    /// `queue_snapshot`, then `queue_meeting` and `queue_appointment` on every change.
+    /// `department_id`: one department's appointments (staff must be in it); default,
+    /// staff their own, admins the organisation's. `tz`: the IANA zone whose day is "today".
+    SubscribeQueue {
+        protocol: u32,
+        token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        department_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tz: Option<String>,
+    },
 }
 
 /// The client frames that belong to the media plane (the SFU) rather than to the
@@ -567,6 +581,48 @@ pub enum ServerMessage {
     ActiveSpeakers { speakers: Vec<ActiveSpeaker> },
     /// Something the client sent was refused. The connection goes on unless a `left` follows.
     Error { code: ErrorCode, message: String },
+    /// Answer to `subscribe_queue` (and again after the subscriber fell behind): every live
+    /// meeting the staff member may manage with its lobby, and the day's appointments of
+    /// the subscription's scope, by start.
+    QueueSnapshot {
+        now_ms: u64,
+        from_ms: u64,
+        to_ms: u64,
+        meetings: Vec<QueuedMeeting>,
+        appointments: Vec<AppointmentView>,
+    },
+    /// A live meeting of the queue changed (someone entered or left its lobby or call);
+    /// `meeting` is `null` when nobody is in it any more.
+    QueueMeeting {
+        now_ms: u64,
+        meeting_id: MeetingId,
+        meeting: Option<QueuedMeeting>,
+    },
+    /// An appointment of the queue changed: its state (with the transitions that did it),
+    /// or who is present.
+    QueueAppointment {
+        now_ms: u64,
+        appointment: Box<AppointmentView>,
+        transitions: Vec<Transition>,
+    },
+    /// To a guest waiting in an appointment's lobby: their place in the department's (or
+    /// staff member's) queue and an estimated wait, sent when either changes.
+    QueuePosition {
+        position: u32,
+        /// `null` until the department has enough completed appointments to estimate from.
+        estimated_wait_secs: Option<u64>,
+    },
+}
+
+/// One live meeting in the staff queue (`GET /api/v1/queue`, `queue_snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMeeting {
+    pub meeting_id: String,
+    pub title: String,
+    /// Participants in the call now.
+    pub in_call: usize,
+    /// Who waits, oldest first.
+    pub lobby: Vec<LobbyEntry>,
 }
 
 impl ServerMessage {
@@ -625,6 +681,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "restart_ice",
     "refresh_ice_servers",
     "media_status",
+    "subscribe_queue",
 ];
 
 #[cfg(test)]
@@ -643,6 +700,37 @@ mod tests {
         assert_eq!(
             parse_client_message(r#"{"type":"admit_all"}"#).unwrap(),
             ClientMessage::AdmitAll
+        );
+    }
+
+    #[test]
+    fn set_subscription_takes_paused_or_a_quality_and_old_frames_parse_as_before() {
+        let sub = |json: &str| match parse_client_message(json) {
+            Ok(ClientMessage::SetSubscription { paused, quality, .. }) => (paused, quality),
+            other => panic!("{json}: {other:?}"),
+        };
+        assert_eq!(
+            sub(r#"{"type":"set_subscription","track_id":"t","paused":true}"#),
+            (true, None)
+        );
+        assert_eq!(
+            sub(r#"{"type":"set_subscription","track_id":"t","quality":"low"}"#),
+            (false, Some(Quality::Low))
+        );
+        assert_eq!(
+            sub(r#"{"type":"set_subscription","track_id":"t","paused":false,"quality":"off"}"#),
+            (false, Some(Quality::Off))
+        );
+        assert!(parse_client_message(r#"{"type":"set_subscription","track_id":"t","quality":"ultra"}"#).is_err());
+        // Without a quality the frame is what it always was.
+        let old = ClientMessage::SetSubscription {
+            track_id: "t".into(),
+            paused: true,
+            quality: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"type":"set_subscription","track_id":"t","paused":true}"#
         );
     }
 
@@ -666,6 +754,7 @@ mod tests {
             r#"{"type":"restart_ice"}"#,
             r#"{"type":"refresh_ice_servers"}"#,
             r#"{"type":"media_status","publisher":{"state":"connected","path":"udp"},"subscriber":{"state":"failed"}}"#,
+            r#"{"type":"subscribe_queue","protocol":1,"token":"t","department_id":"d_1","tz":"Europe/Berlin"}"#,
         ];
         assert_eq!(samples.len(), CLIENT_TYPES.len());
         for sample in samples {
@@ -703,37 +792,6 @@ mod tests {
                 continue;
             }
             // `ice_candidate` goes both ways with the same shape.
-    #[test]
-    fn set_subscription_takes_paused_or_a_quality_and_old_frames_parse_as_before() {
-        let sub = |json: &str| match parse_client_message(json) {
-            Ok(ClientMessage::SetSubscription { paused, quality, .. }) => (paused, quality),
-            other => panic!("{json}: {other:?}"),
-        };
-        assert_eq!(
-            sub(r#"{"type":"set_subscription","track_id":"t","paused":true}"#),
-            (true, None)
-        );
-        assert_eq!(
-            sub(r#"{"type":"set_subscription","track_id":"t","quality":"low"}"#),
-            (false, Some(Quality::Low))
-        );
-        assert_eq!(
-            sub(r#"{"type":"set_subscription","track_id":"t","paused":false,"quality":"off"}"#),
-            (false, Some(Quality::Off))
-        );
-        assert!(parse_client_message(r#"{"type":"set_subscription","track_id":"t","quality":"ultra"}"#).is_err());
-        // Without a quality the frame is what it always was.
-        let old = ClientMessage::SetSubscription {
-            track_id: "t".into(),
-            paused: true,
-            quality: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&old).unwrap(),
-            r#"{"type":"set_subscription","track_id":"t","paused":true}"#
-        );
-    }
-
             let client = CLIENT_TYPES.contains(&kind) && parse_client_message(text).is_ok();
             let server = serde_json::from_value::<ServerMessage>(value.clone());
             assert!(

@@ -701,6 +701,19 @@ impl Room {
         self.lobby.entries()
     }
 
+    /// `msg` to every guest waiting in the lobby (staff waiting there are not told: a
+    /// guest's place in the appointments queue is theirs alone).
+    pub fn to_guests_in_lobby(&self, msg: &ServerMessage) -> Vec<Effect> {
+        self.lobby
+            .iter()
+            .filter(|w| w.info.kind == ParticipantKind::Guest)
+            .map(|w| Effect::Send {
+                conn: w.conn,
+                msg: msg.clone(),
+            })
+            .collect()
+    }
+
     fn require_staff_in_call(&self, me: &str) -> Result<(), Error> {
         match self.member(me) {
             Some(m) if m.info.kind == ParticipantKind::Staff => Ok(()),
@@ -725,7 +738,7 @@ impl Room {
         out: &mut Vec<Effect>,
     ) -> Result<(), Error> {
         match msg {
-            ClientMessage::Join { .. } => Err(Error::new(
+            ClientMessage::Join { .. } | ClientMessage::SubscribeQueue { .. } => Err(Error::new(
                 ErrorCode::AlreadyJoined,
                 "this connection has already joined",
             )),

@@ -442,56 +442,19 @@ async fn redeem_link(
     }))
 }
 
-/// One live meeting in the staff queue.
-#[derive(Debug, Serialize)]
-struct QueueMeeting {
-    meeting_id: String,
-    title: String,
-    /// Participants in the call now.
-    in_call: usize,
-    /// Who waits, oldest first.
-    lobby: Vec<gatehouse_signaling::protocol::LobbyEntry>,
-}
-
 /// The staff queue: every live meeting this staff member may manage, with its lobby.
 #[derive(Debug, Serialize)]
 struct Queue {
     /// The server's clock, so waiting times can be shown without clock skew.
     now_ms: u64,
-    meetings: Vec<QueueMeeting>,
+    meetings: Vec<gatehouse_signaling::protocol::QueuedMeeting>,
 }
 
 /// `GET /api/v1/queue`: who waits where, without joining any call (Teams' virtual-appointment queue).
 async fn queue(State(state): State<Arc<AppState>>, staff: Staff) -> ApiResult<Json<Queue>> {
-    let mut meetings = Vec::new();
-    for id in state.live.live_ids() {
-        let Some(meeting) = ({
-            let id = id.clone();
-            state.store.run(move |s| s.meeting(&id)).await?
-        }) else {
-            continue;
-        };
-        if meeting.organization != staff.0.org || can_manage(&staff.0, &meeting).is_err() {
-            continue;
-        }
-        let (reply, answer) = oneshot::channel();
-        if !state.live.send_if_live(&id, Command::Queue { reply }).await {
-            continue;
-        }
-        if let Ok((in_call, lobby)) = answer.await {
-            meetings.push(QueueMeeting {
-                meeting_id: id,
-                title: meeting.settings.title,
-                in_call,
-                lobby,
-            });
-        }
-    }
-    // Longest wait first: the queue is worked from the top.
-    meetings.sort_by_key(|m| m.lobby.first().map_or(u64::MAX, |e| e.waiting_since_ms));
     Ok(Json(Queue {
+        meetings: super::queue::live_queue(&state, &staff.0).await?,
         now_ms: now_ms(),
-        meetings,
     }))
 }
 

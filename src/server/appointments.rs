@@ -16,7 +16,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use gatehouse_signaling::ErrorCode;
-use gatehouse_signaling::appointment::{CancelledBy, Input, Transition};
+use gatehouse_signaling::appointment::{CancelledBy, Input};
 use gatehouse_signaling::link::{Link, LinkKind, clean_display_name};
 use gatehouse_signaling::meeting::{Meeting, MeetingSettings};
 use gatehouse_signaling::token::{StaffClaims, StaffRole};
@@ -384,35 +384,8 @@ async fn new_private_link(
 
 // ---- appointments ----
 
-/// An appointment as the API shows it.
-#[derive(Debug, Serialize)]
-pub(crate) struct AppointmentView {
-    pub(crate) appointment_id: String,
-    pub(crate) type_id: String,
-    pub(crate) title: String,
-    pub(crate) department_id: Option<String>,
-    pub(crate) staff: String,
-    pub(crate) meeting_id: String,
-    pub(crate) guest_name: String,
-    /// Staff only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) guest_contact: Option<String>,
-    pub(crate) on_demand: bool,
-    pub(crate) starts_at: Option<String>,
-    pub(crate) starts_at_ms: Option<u64>,
-    pub(crate) ends_at_ms: Option<u64>,
-    pub(crate) duration_minutes: u64,
-    pub(crate) state: gatehouse_signaling::appointment::AppointmentState,
-    pub(crate) state_since_ms: u64,
-    /// From the guest's first arrival to being seen (or to now while waiting).
-    pub(crate) lobby_wait_ms: Option<u64>,
-    pub(crate) no_show_at_ms: Option<u64>,
-    /// The guest's join link.
-    pub(crate) join_url: String,
-    /// Every transition with its time (one appointment's view only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) transitions: Option<Vec<Transition>>,
-}
+/// An appointment as the API shows it (the queue subscription's frames carry the same).
+pub(crate) use gatehouse_signaling::appointment::AppointmentView;
 
 pub(crate) async fn appointment_view(
     state: &AppState,
@@ -446,6 +419,7 @@ pub(crate) async fn appointment_view(
         state: a.machine.state,
         state_since_ms: a.machine.state_since_ms,
         lobby_wait_ms: a.machine.lobby_wait_ms(now),
+        first_arrived_ms: a.machine.first_arrived_ms,
         no_show_at_ms: a.machine.no_show_at_ms,
         guest_contact: if for_staff { a.guest_contact } else { None },
         appointment_id: a.appointment_id,
@@ -684,7 +658,7 @@ async fn reschedule_appointment(
 
 /// Which appointments a list or report covers (`department_id`, `staff` in the query): an
 /// admin any; staff their own (the default) or a department they are in.
-async fn scope(
+pub(crate) async fn scope(
     state: &AppState,
     staff: &StaffClaims,
     q: &[(String, String)],
@@ -823,6 +797,29 @@ async fn analytics(
     .into_response())
 }
 
+/// The local day `date` (`YYYY-MM-DD`; default today at `now`) in the IANA zone `tz`
+/// (default UTC), as Unix ms `[from, to)`.
+pub(crate) fn day_window(tz: Option<&str>, date: Option<&str>, now: u64) -> ApiResult<(u64, u64)> {
+    let tz_name = tz.unwrap_or("UTC");
+    let tz = jiff::tz::TimeZone::get(tz_name)
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("{tz_name:?} is not an IANA time zone")))?;
+    let date: jiff::civil::Date = match date {
+        Some(d) => d
+            .parse()
+            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date must be YYYY-MM-DD"))?,
+        None => tz
+            .to_datetime(Timestamp::from_millisecond(now as i64).unwrap_or_default())
+            .date(),
+    };
+    let from_ms = local_midnight(date, &tz)?;
+    let to_ms = local_midnight(
+        date.tomorrow()
+            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))?,
+        &tz,
+    )?;
+    Ok((from_ms, to_ms))
+}
+
 /// `GET /api/v1/appointments`: one day's appointments (the queue), by start.
 #[derive(Debug, Serialize)]
 struct DayList {
@@ -839,31 +836,8 @@ async fn list_appointments(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<DayList>> {
     let q = query_pairs(&q);
-    let tz_name = query_get(&q, "tz").unwrap_or("UTC");
-    let tz = jiff::tz::TimeZone::get(tz_name)
-        .map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("{tz_name:?} is not an IANA time zone")))?;
     let now = now_ms();
-    let date: jiff::civil::Date = match query_get(&q, "date") {
-        Some(d) => d
-            .parse()
-            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date must be YYYY-MM-DD"))?,
-        None => tz
-            .to_datetime(Timestamp::from_millisecond(now as i64).unwrap_or_default())
-            .date(),
-    };
-    let day_start = |d: jiff::civil::Date| -> ApiResult<u64> {
-        let ts = d
-            .to_zoned_datetime(tz.clone())
-            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))?
-            .timestamp()
-            .as_millisecond();
-        u64::try_from(ts).map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))
-    };
-    let from_ms = day_start(date)?;
-    let to_ms = day_start(
-        date.tomorrow()
-            .map_err(|_| ApiError::new(ErrorCode::BadRequest, "date out of range"))?,
-    )?;
+    let (from_ms, to_ms) = day_window(query_get(&q, "tz"), query_get(&q, "date"), now)?;
     let (department, only_staff) = scope(&state, &staff, &q).await?;
     let org = staff.org.clone();
     let list = state

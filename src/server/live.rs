@@ -52,6 +52,8 @@ pub enum Command {
     Queue {
         reply: oneshot::Sender<(usize, Vec<LobbyEntry>)>,
     },
+    /// A frame for every guest waiting in the lobby (their place in the appointments queue).
+    ToGuestsInLobby(ServerMessage),
     /// Staff act on the lobby from the queue, outside the call.
     LobbyAction {
         by: String,
@@ -349,6 +351,10 @@ async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, service
         }
         Command::Queue { reply } => {
             let _ = reply.send((room.call_len(), room.lobby_entries()));
+        }
+        Command::ToGuestsInLobby(msg) => {
+            let effects = room.to_guests_in_lobby(&msg);
+            apply(room, outboxes, services, effects).await;
         }
         Command::LobbyAction { by, action, reply } => match room.lobby_action_from_queue(now, &by, action) {
             Ok(effects) => {

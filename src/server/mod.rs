@@ -11,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod limits;
 pub mod live;
+pub mod queue;
 pub mod webhooks;
 pub mod ws;
 
@@ -271,6 +272,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
 
     // Starts and no-show deadlines that passed while the gateway was down act now.
     appointments::spawn_clock(state.clone());
+    queue::spawn_places(state.clone());
     // Events left undelivered by a crash or a stop are sent now.
     webhooks::spawn(state.clone(), webhook_settings).context("starting webhook delivery")?;
 

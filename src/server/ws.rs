@@ -136,7 +136,20 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     );
 
     let joined = match tokio::time::timeout(JOIN_TIMEOUT, read_join(&mut stream)).await {
-        Ok(Ok(join)) => join_meeting(&state, conn, join, &outbox).await,
+        Ok(Ok(First::Join(join))) => join_meeting(&state, conn, join, &outbox).await,
+        Ok(Ok(First::Queue(sub))) => {
+            // A staff queue subscription instead of a meeting (`subscribe_queue`).
+            if let Err(e) = super::queue::serve_subscription(&state, sub, &outbox, &mut stream).await {
+                tracing::info!(code = ?e.code, "queue subscription ended");
+                let _ = outbox.send(ServerMessage::error(e.code, e.message));
+            }
+            drop(outbox);
+            if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+                writer.abort();
+            }
+            state.metrics.signaling_connections.dec();
+            return;
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(Error::new(
             ErrorCode::NotJoined,
@@ -177,13 +190,19 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     tracing::info!("connection closed");
 }
 
+/// What a connection's first frame asks for.
+enum First {
+    Join(Join),
+    Queue(super::queue::Subscribe),
+}
+
 /// The `join` frame: protocol version, token, and (for staff) the meeting.
 struct Join {
     token: String,
     meeting_id: Option<gatehouse_signaling::protocol::MeetingId>,
 }
 
-async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<Join, Error> {
+async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<First, Error> {
     while let Some(msg) = stream.next().await {
         let text = match msg {
             Ok(Message::Text(t)) => t,
@@ -194,7 +213,11 @@ async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) ->
             Err(_) => break,
         };
         tracing::debug!(frame = frame_type(&text), "frame in");
-        return match parse_client_message(&text)? {
+        let msg = parse_client_message(&text)?;
+        if let Some(sub) = super::queue::Subscribe::from_frame(msg.clone())? {
+            return Ok(First::Queue(sub));
+        }
+        return match msg {
             ClientMessage::Join {
                 protocol,
                 token,
@@ -206,9 +229,12 @@ async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) ->
                         format!("this server speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
                     ));
                 }
-                Ok(Join { token, meeting_id })
+                Ok(First::Join(Join { token, meeting_id }))
             }
-            _ => Err(Error::new(ErrorCode::NotJoined, "the first frame must be `join`")),
+            _ => Err(Error::new(
+                ErrorCode::NotJoined,
+                "the first frame must be `join` (or `subscribe_queue`)",
+            )),
         };
     }
     Err(Error::new(ErrorCode::NotJoined, "the connection closed before `join`"))

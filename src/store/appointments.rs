@@ -19,6 +19,46 @@ use super::{Store, db_err, json_err};
 use crate::appointments::slots::{WorkingHours, WorkingHoursSpec};
 use crate::appointments::{AppointmentRecord, AppointmentType, Department, PrivateLink, TypeSettings};
 
+/// A committed change the live queue shows: a meeting's lobby or call, and the
+/// appointment whose meeting it is, when it is one's (`Store::queue_changes`).
+#[derive(Debug, Clone)]
+pub struct QueueChange {
+    pub meeting_id: String,
+    pub appointment: Option<ChangedAppointment>,
+}
+
+/// An appointment as it is after a change, with the transitions the change made (none
+/// when only who is present changed).
+#[derive(Debug, Clone)]
+pub struct ChangedAppointment {
+    pub record: AppointmentRecord,
+    pub transitions: Vec<Transition>,
+}
+
+impl QueueChange {
+    fn of(a: &AppointmentRecord, transitions: Vec<Transition>) -> QueueChange {
+        QueueChange {
+            meeting_id: a.meeting_id.clone(),
+            appointment: Some(ChangedAppointment {
+                record: a.clone(),
+                transitions,
+            }),
+        }
+    }
+
+    /// Folds a later change of the same meeting into this one.
+    pub(super) fn merge(&mut self, later: QueueChange) {
+        match (&mut self.appointment, later.appointment) {
+            (Some(old), Some(new)) => {
+                old.record = new.record;
+                old.transitions.extend(new.transitions);
+            }
+            (None, new) => self.appointment = new,
+            (Some(_), None) => {}
+        }
+    }
+}
+
 /// States in which an appointment holds its slot.
 const HOLDS_SLOT: &str = "state != 'cancelled'";
 
@@ -162,7 +202,11 @@ fn insert_transition(tx: &Transaction<'_>, appointment_id: &str, t: &Transition)
 
 /// After `meeting_id`'s open attendance changed at `at_ms` (inside the event's transaction):
 /// feeds the appointment whose meeting it is, if any, who is present now.
-pub(super) fn presence_changed(tx: &Transaction<'_>, meeting_id: &str, at_ms: u64) -> Result<(), Error> {
+pub(super) fn presence_changed(
+    tx: &Transaction<'_>,
+    meeting_id: &str,
+    at_ms: u64,
+) -> Result<Option<ChangedAppointment>, Error> {
     let id: Option<String> = tx
         .query_row(
             "SELECT appointment_id FROM appointments WHERE meeting_id = ?1",
@@ -171,7 +215,7 @@ pub(super) fn presence_changed(tx: &Transaction<'_>, meeting_id: &str, at_ms: u6
         )
         .optional()
         .map_err(db_err)?;
-    let Some(id) = id else { return Ok(()) };
+    let Some(id) = id else { return Ok(None) };
     let mut presence = Presence::default();
     let mut stmt = tx
         .prepare_cached(
@@ -194,13 +238,14 @@ pub(super) fn presence_changed(tx: &Transaction<'_>, meeting_id: &str, at_ms: u6
         }
     }
     let Some(mut a) = load_appointment(tx, &id)? else {
-        return Ok(());
+        return Ok(None);
     };
     if a.machine.presence == presence {
-        return Ok(());
+        return Ok(None);
     }
     let transitions = a.machine.apply(Input::Presence(presence), at_ms)?;
-    save(tx, &a, &transitions)
+    save(tx, &a, &transitions)?;
+    Ok(Some(ChangedAppointment { record: a, transitions }))
 }
 
 fn overlaps(tx: &Transaction<'_>, org: &str, staff: &str, start: u64, end: u64, except: &str) -> Result<bool, Error> {
@@ -501,6 +546,8 @@ impl Store {
         .map_err(db_err)?;
         save(&tx, &record, &[first])?;
         tx.commit().map_err(db_err)?;
+        drop(conn);
+        self.published(vec![QueueChange::of(&record, vec![first])]);
         Ok(record)
     }
 
@@ -627,6 +674,8 @@ impl Store {
             _ => {}
         }
         tx.commit().map_err(db_err)?;
+        drop(conn);
+        self.published(vec![QueueChange::of(&a, transitions.clone())]);
         Ok((a, transitions))
     }
 
@@ -648,6 +697,7 @@ impl Store {
                 .map_err(db_err)?
         };
         let mut written = 0;
+        let mut changes = Vec::new();
         for id in ids {
             let Some(mut a) = load_appointment(&tx, &id)? else {
                 continue;
@@ -656,10 +706,13 @@ impl Store {
             if !transitions.is_empty() {
                 written += transitions.len();
                 save(&tx, &a, &transitions)?;
+                changes.push(QueueChange::of(&a, transitions));
             }
         }
         written += super::webhooks::send_due_reminders(&tx, now_ms)?;
         tx.commit().map_err(db_err)?;
+        drop(conn);
+        self.published(changes);
         Ok(written)
     }
 
@@ -736,6 +789,71 @@ impl Store {
         .map_err(db_err)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(db_err)
+    }
+
+    /// A guest's queue (`department_id`'s appointments, or `staff`'s when it has none): its
+    /// appointments waiting, late or in progress, and the service times (served to
+    /// completed) of its latest [`SAMPLES`](gatehouse_signaling::queue::SAMPLES) completed
+    /// ones of the last 7 days, most recent first.
+    pub fn queue_of(
+        &self,
+        org: &str,
+        department_id: Option<&str>,
+        staff: &str,
+        now_ms: u64,
+    ) -> Result<(Vec<gatehouse_signaling::queue::Queued>, Vec<u64>), Error> {
+        use gatehouse_signaling::queue::{Queued, SAMPLES};
+        let filter = match department_id {
+            // Every parameter appears in both (rusqlite binds by count).
+            Some(_) => "department_id = ?2 AND ?3 IS NOT NULL",
+            None => "department_id IS NULL AND ?2 IS NULL AND staff = ?3",
+        };
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT appointment_id, meeting_id, staff, machine FROM appointments WHERE state IN ('waiting', 'late', 'in_progress') AND organization = ?1 AND {filter}"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![org, department_id, staff], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        let mut queue = Vec::with_capacity(rows.len());
+        for (appointment_id, meeting_id, staff, machine) in rows {
+            let m: Appointment = serde_json::from_str(&machine).map_err(json_err)?;
+            queue.push(Queued {
+                appointment_id,
+                meeting_id,
+                staff,
+                state: m.state,
+                starts_at_ms: m.starts_at_ms,
+                first_arrived_ms: m.first_arrived_ms,
+            });
+        }
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT completed_at - served_at FROM appointments WHERE organization = ?1 AND {filter} AND COALESCE(starts_at, created_at) >= ?4 AND state = 'completed' AND served_at IS NOT NULL AND completed_at IS NOT NULL ORDER BY completed_at DESC LIMIT ?5"
+            ))
+            .map_err(db_err)?;
+        let week_ago = now_ms.saturating_sub(7 * 24 * 3600 * 1000);
+        let service = stmt
+            .query_map(
+                params![org, department_id, staff, week_ago as i64, SAMPLES as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db_err)?
+            .map(|r| r.map(|v| v.max(0) as u64))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok((queue, service))
     }
 
     /// Busy intervals of a staff member overlapping `[from_ms, to_ms)`.

@@ -34,7 +34,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// Handle to the database.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Every committed change the live queue shows (participation events, appointment
+    /// transitions), published after its commit: the queue is pushed from where the
+    /// changes happen, never polled (`server::queue`).
+    queue: tokio::sync::broadcast::Sender<appointments::QueueChange>,
 }
+
+/// Changes a slow queue subscriber may fall behind by before it is sent a fresh snapshot.
+const QUEUE_CHANGES: usize = 256;
 
 fn db_err(e: rusqlite::Error) -> Error {
     tracing::error!(error = %e, "store error");
@@ -83,7 +90,10 @@ impl Store {
         migrations::migrations()
             .to_latest(&mut conn)
             .context("migrating the schema")?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+            queue: tokio::sync::broadcast::channel(QUEUE_CHANGES).0,
+        })
     }
 
     /// Runs `f` with the store on the blocking pool and waits for it without
@@ -100,6 +110,18 @@ impl Store {
                 tracing::error!(error = %e, "store task failed");
                 Err(Error::new(ErrorCode::Internal, "storage error"))
             })
+    }
+
+    /// The queue's changes from now on, each after its commit.
+    pub fn queue_changes(&self) -> tokio::sync::broadcast::Receiver<appointments::QueueChange> {
+        self.queue.subscribe()
+    }
+
+    /// Publishes committed changes (nobody listening is fine).
+    fn published(&self, changes: Vec<appointments::QueueChange>) {
+        for c in changes {
+            let _ = self.queue.send(c);
+        }
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -317,15 +339,31 @@ impl Store {
     /// Writes events in one transaction (one fsync: an admission is `admitted` and
     /// `joined` together), each with the attendance it opens or closes.
     pub fn record_all(&self, events: &[ParticipationEvent]) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        for e in events {
-            Self::record_in(&tx, e)?;
+        let mut changes: Vec<appointments::QueueChange> = Vec::new();
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(db_err)?;
+            for e in events {
+                if let Some(c) = Self::record_in(&tx, e)? {
+                    // One change per meeting and batch; the appointment's latest state wins.
+                    match changes.iter_mut().find(|old| old.meeting_id == c.meeting_id) {
+                        Some(old) => old.merge(c),
+                        None => changes.push(c),
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        self.published(changes);
+        Ok(())
     }
 
-    fn record_in(tx: &rusqlite::Transaction<'_>, e: &ParticipationEvent) -> Result<(), Error> {
+    /// Writes one event; what the queue sees of it (nothing for a redemption or an
+    /// admission alone: the `joined` after it is the change).
+    fn record_in(
+        tx: &rusqlite::Transaction<'_>,
+        e: &ParticipationEvent,
+    ) -> Result<Option<appointments::QueueChange>, Error> {
         let detail = serde_json::to_value(&e.event).map_err(json_err)?;
         let name = detail
             .get("event")
@@ -355,7 +393,7 @@ impl Store {
             | EventKind::LeftLobby { .. }
             | EventKind::Left { .. } => None,
             // Admission is followed by `joined`; a redemption opens nothing.
-            EventKind::Admitted { .. } | EventKind::LinkRedeemed { .. } => return Ok(()),
+            EventKind::Admitted { .. } | EventKind::LinkRedeemed { .. } => return Ok(None),
         };
         match open {
             Some(in_call) => tx.execute(
@@ -369,7 +407,11 @@ impl Store {
         }
         .map_err(db_err)?;
         // An appointment's state follows who is present, in this same transaction.
-        appointments::presence_changed(tx, e.meeting_id.as_str(), e.at_ms)
+        let appointment = appointments::presence_changed(tx, e.meeting_id.as_str(), e.at_ms)?;
+        Ok(Some(appointments::QueueChange {
+            meeting_id: e.meeting_id.to_string(),
+            appointment,
+        }))
     }
 
     /// Everyone whose attendance is open (in a call or a lobby), by meeting, oldest

@@ -1126,3 +1126,32 @@ fn giving_up_holds_at_shutdown_records_each_departure_at_its_drop() {
     );
     assert!(room.is_empty());
 }
+
+#[test]
+fn a_queue_position_goes_to_the_guests_in_the_lobby_only() {
+    let mut room = Room::new(meeting(LobbyBypass::OrganizerOnly));
+    room.join(0, guest(2, "p_a", false)).unwrap();
+    room.join(0, guest(3, "p_b", false)).unwrap();
+    room.join(0, staff(4, "zed")).unwrap();
+    assert!(
+        room.lobby_entries().iter().any(|e| e.kind == ParticipantKind::Staff),
+        "a staff member waits too"
+    );
+    let msg = ServerMessage::QueuePosition {
+        position: 1,
+        estimated_wait_secs: Some(60),
+    };
+    let fx = room.to_guests_in_lobby(&msg);
+    assert_eq!(sent(&fx, 2), std::slice::from_ref(&msg));
+    assert_eq!(sent(&fx, 3), std::slice::from_ref(&msg));
+    assert!(sent(&fx, 4).is_empty(), "not to staff");
+    assert_eq!(fx.len(), 2);
+    room.lobby_action_from_queue(1, "staff:olga", LobbyAction::Admit("p_a".into()))
+        .unwrap();
+    let fx = room.to_guests_in_lobby(&msg);
+    assert_eq!(
+        (sent(&fx, 2).len(), sent(&fx, 3).len()),
+        (0, 1),
+        "not to the admitted guest"
+    );
+}
