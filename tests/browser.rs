@@ -270,7 +270,8 @@ async fn web_client_in_chromium() {
     assert_eq!(f["guestAdmittedFromQueue"], true, "{f:#}");
     assert_eq!(f["queueEmptiedAfterAdmit"], true, "{f:#}");
     assert_eq!(f["deniedFromQueueReasonShown"], true, "{f:#}");
-    assert_eq!(f["queuePollsWhileInCall"], 0, "{f:#}");
+    assert_eq!(f["queueRestRequests"], 0, "pushed, never polled: {f:#}");
+    assert_eq!(f["queueBackAfterCall"], true, "{f:#}");
 
     for name in ["join-page.png", "lobby.png", "call-staff.png", "staff-queue.png"] {
         let meta = std::fs::metadata(shots.join(name)).unwrap_or_else(|_| panic!("screenshot {name} saved"));

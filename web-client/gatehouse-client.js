@@ -602,6 +602,10 @@ export class GatehouseClient extends EventTarget {
         if (this.local.size > 0) this.publishOnEntry(othersPublish);
         break;
       }
+      case 'queue_position':
+        // A guest waiting for an appointment: their place in its queue (PROTOCOL §15.7).
+        this.emit('queue_position', { position: msg.position, estimatedWaitSecs: msg.estimated_wait_secs });
+        break;
       case 'lobby_update':
         this.lobbyEntries = msg.entries;
         this.emit('lobby_update', { entries: msg.entries });

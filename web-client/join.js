@@ -272,6 +272,7 @@ async function joinWith(token, socket = null) {
   if (videoTrack) client.setLocalTrack('camera', videoTrack, { muted: !page.camOn });
 
   client.addEventListener('lobby', ({ detail }) => showLobby(detail));
+  client.addEventListener('queue_position', ({ detail }) => showQueuePosition(detail));
   client.addEventListener('admitted', () => showCall());
   client.addEventListener('left', ({ detail }) => showLeft(detail));
   client.addEventListener('connection', ({ detail }) => {
@@ -285,6 +286,21 @@ async function joinWith(token, socket = null) {
     }
   });
   await client.connect();
+}
+
+/** A guest waiting for an appointment: their place in its queue and an estimated wait. */
+function showQueuePosition({ position, estimatedWaitSecs }) {
+  const el = $('queue-position');
+  let text = `You are number ${position} in the queue.`;
+  if (estimatedWaitSecs === 0) {
+    text += ' You should be seen any moment now.';
+  } else if (typeof estimatedWaitSecs === 'number') {
+    const minutes = Math.max(1, Math.ceil(estimatedWaitSecs / 60));
+    text += ` Estimated wait: about ${minutes} minute${minutes === 1 ? '' : 's'}.`;
+  }
+  el.dataset.position = String(position);
+  if (el.textContent !== text) el.textContent = text;
+  el.hidden = false;
 }
 
 function showLobby({ status, timeoutSecs }) {

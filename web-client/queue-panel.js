@@ -1,20 +1,31 @@
 /**
  * queue-panel.js: the staff queue on the console's dashboard. Who is waiting
  * in every live meeting this staff member may manage, without joining any
- * call: `GET /api/v1/queue` every 2 s, with admit / admit all / deny (with an
- * optional reason) over REST, and a way into each call.
+ * call: pushed over a queue subscription on the signaling WebSocket
+ * (`subscribe_queue`: a `queue_snapshot`, then a `queue_meeting` on every
+ * change; docs/PROTOCOL.md §15.7), with admit / admit all / deny (with an
+ * optional reason) over REST, and a way into each call. No polling: a lost
+ * socket is opened again (1, 2, 5, then every 10 s) and its snapshot replaces
+ * what is shown.
  *
- * Wait times are counted against the server's clock (`now_ms` in each
- * response), so a browser clock that is off does not show "waiting -3:12".
+ * Wait times are counted against the server's clock (`now_ms` in each frame),
+ * so a browser clock that is off does not show "waiting -3:12".
  *
  * Meetings and entries are updated in place by id, so a half-typed deny
- * reason and keyboard focus survive the next poll.
+ * reason and keyboard focus survive the next update.
+ *
+ * The knock: when someone starts waiting, a short beep (WebAudio) and a
+ * browser notification, unless staff turned it off (kept in localStorage).
  */
 
 import { api, describeError, formatDuration } from './api.js';
 import { h, initials } from './dom.js';
+import { defaultSocketUrl } from './gatehouse-client.js';
 
-const POLL_MS = 2000;
+/** Waits before opening the socket again, by attempt. */
+const RECONNECT_MS = [1000, 2000, 5000, 10000];
+/** localStorage key of the knock toggle ('off' when turned off). */
+const KNOCK_KEY = 'gatehouse.knock';
 
 /** Runs a DOM reorder; moving a node blurs what is focused inside it, so focus it again. */
 function keepingFocus(fn) {
@@ -30,7 +41,7 @@ export class QueuePanel {
    * @param {HTMLElement} mount where the panel goes (prepended)
    * @param {{token: () => string, onJoin: (m) => void, onError: (e) => void,
    *          onInfo: (text) => void, onLiveChanged: () => void, onPolled?: () => void}} hooks
-   *        (`onPolled` after each poll answered: the console reads its open link lists then)
+   *        (`onPolled` after each queue update: the console reads its open link lists then)
    */
   constructor(mount, hooks) {
     this.hooks = hooks;
@@ -41,7 +52,16 @@ export class QueuePanel {
     this.timer = null;
     this.ticker = null;
     this.running = false;
-    this.inFlight = null;
+    /** the queue subscription's socket, while subscribed */
+    this.socket = null;
+    /** reconnections since the last snapshot */
+    this.attempt = 0;
+    /** the server refused the subscription (sign-in expired): no reconnecting */
+    this.refused = false;
+    /** meeting_id -> the live meeting as last pushed */
+    this.live = new Map();
+    /** how many knocks were given (for tests and the curious) */
+    this.knocks = 0;
     this.liveIds = null;
     /** participant ids already announced to screen readers */
     this.announced = new Set();
@@ -51,6 +71,20 @@ export class QueuePanel {
     this.count = h('span', { class: 'count', dataset: { testid: 'queue-count' } }, '');
     this.heading = h('h2', { id: 'queue-heading', tabindex: '-1' }, 'Queue ', this.count);
     this.status = h('span', { class: 'small muted', dataset: { testid: 'queue-status' } }, 'Loading…');
+    this.knockToggle = h('input', {
+      type: 'checkbox',
+      dataset: { testid: 'knock-toggle' },
+      checked: localStorage.getItem(KNOCK_KEY) !== 'off',
+      onchange: () => {
+        localStorage.setItem(KNOCK_KEY, this.knockToggle.checked ? 'on' : 'off');
+        // Asked on the click itself: browsers only ask for permission on a user gesture.
+        if (this.knockToggle.checked && 'Notification' in window && Notification.permission === 'default') {
+          Notification.requestPermission().catch(() => {});
+        }
+      },
+    });
+    const knockLabel = h('label', { class: 'small knock-toggle' }, this.knockToggle,
+      ' Sound and notification when someone starts waiting');
     this.empty = h('p', { class: 'queue-empty muted', dataset: { testid: 'queue-empty' }, hidden: true }, 'Nobody is waiting.');
     this.list = h('ul', { class: 'queue-meetings', dataset: { testid: 'queue-list' }, 'aria-label': 'Live meetings' });
     this.announcer = h('p', { class: 'visually-hidden', 'aria-live': 'polite', dataset: { testid: 'queue-announcer' } });
@@ -58,6 +92,7 @@ export class QueuePanel {
       'section',
       { class: 'card queue-panel', dataset: { testid: 'queue-panel' }, 'aria-labelledby': 'queue-heading' },
       h('div', { class: 'panel-head' }, this.heading, this.status),
+      knockLabel,
       this.empty,
       this.list,
       this.announcer,
@@ -65,21 +100,25 @@ export class QueuePanel {
     mount.prepend(this.root);
   }
 
-  /** Starts polling (now, then every 2 s). Idempotent. */
+  /** Subscribes to the queue (and keeps subscribed). Idempotent. */
   start() {
     if (this.running) return;
     this.running = true;
-    this.poll();
+    this.attempt = 0;
+    this.connect();
     this.ticker = setInterval(() => this.tick(), 1000);
   }
 
-  /** Stops polling; what is shown stays until the next start refreshes it. */
+  /** Unsubscribes; what is shown stays until the next start replaces it. */
   stop() {
     this.running = false;
     clearTimeout(this.timer);
     clearInterval(this.ticker);
     this.timer = null;
     this.ticker = null;
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close(1000);
   }
 
   /** Forgets what was shown (on sign-out: the next staff member may manage other meetings). */
@@ -87,6 +126,7 @@ export class QueuePanel {
     this.stop();
     this.list.replaceChildren();
     this.meetings.clear();
+    this.live.clear();
     this.handled.clear();
     this.announced.clear();
     this.liveIds = null;
@@ -98,36 +138,69 @@ export class QueuePanel {
     document.title = 'Staff console · Gatehouse';
   }
 
-  /** One poll now (coalesced with one in flight); schedules the next while running. */
-  poll() {
-    if (this.inFlight) return this.inFlight;
-    clearTimeout(this.timer);
-    this.timer = null;
-    const sent = Date.now();
-    this.inFlight = api('GET', '/api/v1/queue', { token: this.hooks.token() })
-      .then((data) => {
-        if (!this.running) return;
-        // The server read its clock somewhere between sending and receiving.
-        this.skewMs = data.now_ms - (sent + Date.now()) / 2;
-        this.render(data.meetings || []);
-        this.status.textContent = 'Updates every 2 seconds';
+  /** Opens the queue subscription. */
+  connect() {
+    const socket = new WebSocket(defaultSocketUrl());
+    this.socket = socket;
+    socket.addEventListener('open', () => {
+      socket.send(JSON.stringify({ type: 'subscribe_queue', protocol: 1, token: this.hooks.token() }));
+    });
+    socket.addEventListener('message', (ev) => {
+      if (socket !== this.socket) return;
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      this.onFrame(msg);
+    });
+    socket.addEventListener('close', () => {
+      if (socket !== this.socket || !this.running) return;
+      this.socket = null;
+      this.status.classList.add('stale');
+      if (this.refused) return;
+      this.status.textContent = 'Not up to date: reconnecting…';
+      const wait = RECONNECT_MS[Math.min(this.attempt, RECONNECT_MS.length - 1)];
+      this.attempt += 1;
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        if (this.running) this.connect();
+      }, wait);
+    });
+  }
+
+  onFrame(msg) {
+    switch (msg.type) {
+      case 'queue_snapshot':
+        this.attempt = 0;
+        this.refused = false;
+        this.live = new Map(msg.meetings.map((m) => [m.meeting_id, m]));
+        this.updated(msg.now_ms);
+        this.status.textContent = 'Live';
         this.status.classList.remove('stale');
-        this.hooks.onPolled?.();
-      })
-      .catch((e) => {
-        if (!this.running) return;
-        this.status.textContent =
-          e.status === 401
-            ? 'Your sign-in has expired. Sign out and sign in again.'
-            : `Not up to date: ${describeError(e)}`;
+        break;
+      case 'queue_meeting':
+        if (msg.meeting) this.live.set(msg.meeting_id, msg.meeting);
+        else this.live.delete(msg.meeting_id);
+        this.updated(msg.now_ms);
+        break;
+      case 'error':
+        this.refused = msg.code === 'unauthorized' || msg.code === 'token_expired' || msg.code === 'forbidden';
+        this.status.textContent = this.refused
+          ? 'Your sign-in has expired. Sign out and sign in again.'
+          : `Not up to date: ${describeError({ code: msg.code, message: msg.message })}`;
         this.status.classList.add('stale');
-        if (e.status === 401) this.stop();
-      })
-      .finally(() => {
-        this.inFlight = null;
-        if (this.running && !this.timer) this.timer = setTimeout(() => this.poll(), POLL_MS);
-      });
-    return this.inFlight;
+        break;
+      default:
+        break;
+    }
+  }
+
+  updated(nowMs) {
+    this.skewMs = nowMs - Date.now();
+    this.render([...this.live.values()]);
+    this.hooks.onPolled?.();
   }
 
   serverNow() {
@@ -241,7 +314,10 @@ export class QueuePanel {
           // Announce arrivals, but not everyone already waiting when the page opened.
           if (!this.announced.has(entry.participant_id)) {
             this.announced.add(entry.participant_id);
-            if (this.liveIds !== null) this.announce(`${entry.display_name} is waiting for ${title}.`);
+            if (this.liveIds !== null) {
+              this.announce(`${entry.display_name} is waiting for ${title}.`);
+              this.knock(entry, title);
+            }
           }
         }
         er.entry = entry;
@@ -357,7 +433,7 @@ export class QueuePanel {
 
   /**
    * One REST action. The button is disabled while it runs; on success the row
-   * is taken away at once and the queue polled; a 404 means the person is no
+   * is taken away at once (the change is pushed back); a 404 means the person is no
    * longer there (someone else acted, they left, or the meeting ended).
    */
   async act(button, path, body, done, li = null) {
@@ -385,9 +461,37 @@ export class QueuePanel {
     } finally {
       button.disabled = false;
       li?.removeAttribute('aria-busy');
-      // A poll already under way may predate the action: ask again after it.
-      await this.inFlight;
-      if (this.running) this.poll();
+      // The change comes back as a `queue_meeting` frame: nothing to fetch.
+    }
+  }
+
+  /** A guest started waiting: a beep and a notification, unless turned off. */
+  knock(entry, title) {
+    if (!this.knockToggle.checked || entry.kind !== 'guest') return;
+    this.knocks += 1;
+    this.root.dataset.knocks = String(this.knocks);
+    try {
+      this.audio ??= new AudioContext();
+      this.audio.resume().catch(() => {});
+      const osc = this.audio.createOscillator();
+      const gain = this.audio.createGain();
+      const t = this.audio.currentTime;
+      osc.frequency.value = 880;
+      gain.gain.setValueAtTime(0.0001, t);
+      gain.gain.exponentialRampToValueAtTime(0.2, t + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.25);
+      osc.connect(gain).connect(this.audio.destination);
+      osc.start(t);
+      osc.stop(t + 0.3);
+    } catch {
+      // No audio output: the notification and the announcement remain.
+    }
+    if ('Notification' in window && Notification.permission === 'granted') {
+      try {
+        new Notification('Someone is waiting', { body: `${entry.display_name} is waiting for ${title}.`, tag: entry.participant_id });
+      } catch {
+        // Some browsers allow notifications from service workers only.
+      }
     }
   }
 

@@ -1147,8 +1147,9 @@ async function mediaRestart(run) {
 }
 
 /**
- * The staff queue on the dashboard: staff admit and deny from `GET /api/v1/queue`
- * without joining the call; the admitted guest enters a call with no staff in it.
+ * The staff queue on the dashboard: staff see the lobby pushed over the queue
+ * subscription (no `GET /api/v1/queue` at all), admit and deny over REST without
+ * joining the call; the admitted guest enters a call with no staff in it.
  */
 async function staffQueue(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Queue check' });
@@ -1224,22 +1225,17 @@ async function staffQueue(run) {
   await entry2.waitFor({ state: 'detached' });
   if (!run.facts.deniedFromQueueReasonShown) throw new Error('the denial reason is not on the guest page');
 
-  run.step('join the call from the queue; polling stops inside');
+  run.step('join the call from the queue; the queue subscription comes back after it');
   await meeting.getByTestId('queue-join-button').click();
   await visible(staff, 'call-view').waitFor();
-  const inCallSince = Date.now();
   await remoteTile(staff, guestId).waitFor();
-  // A measurement window, not synchronisation: at least one poll period.
-  await staff.waitForTimeout(Math.max(0, 2500 - (Date.now() - inCallSince)));
-  run.facts.queuePollsWhileInCall = queueRequests.filter((t) => t > inCallSince + 300).length;
-  run.step('polling resumes after leaving');
-  const resumed = staff.waitForRequest((r) => r.url().endsWith('/api/v1/queue'), { timeout: 5000 });
   await visible(staff, 'leave-button').click();
   await visible(staff, 'dashboard-view').waitFor();
-  await resumed;
   await meeting.waitFor();
-  run.facts.queuePollingResumed = true;
-  if (run.facts.queuePollsWhileInCall > 0) throw new Error(`the queue polled ${run.facts.queuePollsWhileInCall}× during the call`);
+  run.facts.queueBackAfterCall = true;
+  // Pushed over the queue subscription (subscribe_queue): the panel never asks GET /api/v1/queue.
+  run.facts.queueRestRequests = queueRequests.length;
+  if (queueRequests.length > 0) throw new Error(`the queue panel polled GET /api/v1/queue ${queueRequests.length}×`);
   await visible(guest, 'leave-button').click();
   await visible(guest, 'left-view').waitFor();
 }
