@@ -83,8 +83,6 @@ pub struct Conn {
     pub role: PeerRole,
     /// Our ICE ufrag: the demultiplexer's key for it.
     pub ufrag: String,
-    /// The deadline currently armed in the shard's timer heap.
-    pub deadline: Option<Instant>,
     /// DTLS is up and SRTP keyed: writing RTP before this only produces warnings.
     pub connected: bool,
     /// Whether a remote description has been applied (candidates wait until then).
@@ -148,7 +146,6 @@ impl Conn {
             participant: participant.to_owned(),
             role,
             ufrag,
-            deadline: None,
             connected: false,
             has_remote: false,
             client_pwd: None,
@@ -459,10 +456,10 @@ pub fn arriving_streams(pc: &mut RTCPeerConnection, conn: ConnId) -> Vec<Stream>
                 ssrcs
                     .into_iter()
                     .filter_map(|ssrc| stream(pc, conn, receiver, ssrc, false))
-        .flatten()
                     .collect::<Vec<_>>(),
             )
         })
+        .flatten()
         .collect()
 }
 

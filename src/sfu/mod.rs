@@ -47,6 +47,7 @@ mod shard;
 pub mod speaker;
 pub mod stats;
 mod tcp;
+mod timers;
 mod udp;
 
 pub use crate::outbox::Outbox;

@@ -7,10 +7,10 @@
 //! Datagrams a connection writes are queued on the socket ([`UdpIo`]) and sent
 //! together when the shard's turn ends ([`Peers::flush_io`]); a full socket buffer
 //! keeps them queued (bounded, then dropped and counted), it never stalls the loop.
-//! Deadlines sit in a timer heap, re-armed whenever a connection was touched.
+//! Deadlines sit on the shard's coarse timer grid ([`Deadlines`]), re-armed whenever a
+//! connection was touched; connections due in one tick fire in one turn.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use super::ice_lite;
 use super::media_room::{Admit, ConnId, LegSink};
 use super::stats::Counters;
 use super::tcp::{Directory, Link, LinkId, ShardTcp};
+use super::timers::{Deadlines, TIMER_TICK};
 
 /// A subscriber we have heard nothing from (not even a consent check, which
 /// browsers send every few seconds) for this long gets no media.
@@ -69,7 +70,8 @@ pub struct Peers {
     router: Router<ConnId>,
     conns: HashMap<ConnId, Conn>,
     next_conn: ConnId,
-    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Each connection's next `rtc` deadline, on the [`TIMER_TICK`] grid.
+    timers: Deadlines<ConnId>,
     /// Connections whose events must be drained before the turn ends.
     dirty: Vec<ConnId>,
     /// Connections that broke (a panic in `rtc`) and whose owner is not told yet.
@@ -107,7 +109,7 @@ impl Peers {
             router: Router::new(),
             conns: HashMap::new(),
             next_conn: 1,
-            timers: BinaryHeap::new(),
+            timers: Deadlines::new(Instant::now(), TIMER_TICK),
             dirty: Vec::new(),
             broken: Vec::new(),
             counters,
@@ -183,6 +185,7 @@ impl Peers {
             Err(_) => {
                 conn.broken = true;
                 conn.connected = false;
+                self.timers.remove(id);
                 tracing::error!(shard = self.shard, conn = id, meeting_id = %conn.meeting_id, participant_id = %conn.participant, role = ?conn.role, call = what, "rtc panicked: connection abandoned");
                 self.broken.push(id);
                 None
@@ -214,6 +217,7 @@ impl Peers {
         if self.guard(id, "close", |pc| pc.close()).is_some() {
             self.flush(id);
         }
+        self.timers.remove(id);
         if let Some(conn) = self.conns.remove(&id) {
             self.router.remove(id);
             if let Some(tcp) = &self.tcp {
@@ -627,67 +631,42 @@ impl Peers {
         own
     }
 
-    /// Pushes the connection's next deadline onto the heap if it changed.
+    /// Arms the connection's next deadline on the timer grid.
     fn rearm(&mut self, id: ConnId) {
         let Some(next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
             return;
         };
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if next != conn.deadline {
-            conn.deadline = next;
-            if let Some(at) = next {
-                self.timers.push(Reverse((at, id)));
-            }
-        }
+        self.timers.arm(id, next, Instant::now());
     }
 
-    /// The earliest armed deadline (stale heap entries are dropped on the way).
-    pub fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            match self.conns.get(&id) {
-                Some(conn) if conn.deadline == Some(at) && !conn.broken => return Some(at),
-                _ => {
-                    self.timers.pop();
-                }
-            }
-        }
-        None
+    /// When the earliest armed deadline is due (a grid instant, or an instant already
+    /// past when it was armed): when the shard must wake up next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next()
     }
 
-    /// Fires the next deadline that is due by `now`: the connection's
-    /// `handle_timeout` ran, and the caller drives it. `None` when none is due.
-    pub fn fire_next(&mut self, now: Instant) -> Option<ConnId> {
-        loop {
-            let Reverse((at, id)) = self.timers.peek().copied()?;
-            if at > now {
-                self.compact_timers();
-                return None;
-            }
-            self.timers.pop();
-            let Some(conn) = self.conns.get_mut(&id) else { continue };
-            if conn.deadline != Some(at) || conn.broken {
-                continue;
-            }
-            conn.deadline = None;
-            match self.guard(id, "handle_timeout", |pc| pc.handle_timeout(now)) {
-                Some(Ok(())) => return Some(id),
-                Some(Err(e)) => {
-                    tracing::debug!(shard = self.shard, conn = id, "handle_timeout: {e}");
-                    return Some(id);
-                }
-                None => continue,
-            }
-        }
+    /// `at` as the timer grid serves it: the grid instant at or after `at` (or `at`
+    /// when it is due by `now`). For the shard's own timers, to share the connections' wake-ups.
+    pub fn timer_slot(&self, at: Instant, now: Instant) -> Instant {
+        self.timers.slot(at, now)
     }
 
-    /// Heap hygiene: stale entries pile up when deadlines move; rebuild when large.
-    fn compact_timers(&mut self) {
-        if self.timers.len() > 4 * self.conns.len() + 1024 {
-            let conns = &self.conns;
-            self.timers
-                .retain(|Reverse((at, id))| conns.get(id).is_some_and(|c| c.deadline == Some(*at)));
+    /// Takes every connection whose deadline is due by `now` (disarmed, earliest first)
+    /// into `due`; the caller [`fire`](Self::fire)s and drives each.
+    pub fn take_due(&mut self, now: Instant, due: &mut Vec<ConnId>) {
+        self.timers.take_due(now, due);
+    }
+
+    /// Runs a due connection's `handle_timeout`. Returns whether it is to be driven
+    /// (`false` for a connection gone or broken since).
+    pub fn fire(&mut self, id: ConnId, now: Instant) -> bool {
+        match self.guard(id, "handle_timeout", |pc| pc.handle_timeout(now)) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::debug!(shard = self.shard, conn = id, "handle_timeout: {e}");
+                true
+            }
+            None => false,
         }
     }
 

@@ -48,24 +48,9 @@ const TCP_BATCH: usize = 64;
 /// offers never queue behind a saturated socket, few enough to keep a turn short.
 const COMMAND_BATCH: usize = 16;
 
-/// Timer wake-ups are rounded up to this grid: the deadlines of many connections
-/// (`rtc`'s report, NACK and TWCC-feedback intervals, ICE and DTLS timers) that fall into
-/// one tick are served by one wake-up instead of one each, and a timer never fires early.
-/// A turn woken by a datagram fires every deadline already due, whatever the grid.
-const TIMER_TICK: Duration = Duration::from_millis(10);
-
 /// How often the shard asks its rooms who is speaking (each room's detector keeps its
 /// own cadence, `speaker::Params::evaluate_every`; this is the wake-up that serves it).
 const SPEAKER_TICK: Duration = Duration::from_millis(100);
-
-/// The first instant on the [`TIMER_TICK`] grid (counted from `epoch`) at or after `at`.
-fn coalesce(at: Instant, epoch: Instant) -> Instant {
-    let tick = TIMER_TICK.as_nanos();
-    let since = at.saturating_duration_since(epoch).as_nanos();
-    let rounded = since.div_ceil(tick).saturating_mul(tick);
-    let extra = u64::try_from(rounded - since).unwrap_or(0);
-    at + Duration::from_nanos(extra)
-}
 
 /// A request from the async API to a shard.
 pub enum Command {
@@ -134,6 +119,8 @@ pub struct Shard {
     negotiation_pending: bool,
     /// When the rooms' active speakers are next evaluated (while any room is hosted).
     speakers_due: Instant,
+    /// Scratch: the connections whose timers are due this turn.
+    due: Vec<ConnId>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -165,15 +152,16 @@ impl Shard {
             offers: Vec::new(),
             negotiation_pending: false,
             speakers_due: Instant::now(),
+            due: Vec::new(),
         }
     }
 
     /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
     /// or on `Shutdown`.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp: mpsc::Receiver<ShardTcp>) {
-        let epoch = Instant::now();
         loop {
-            let mut deadline = self.peers.next_deadline().map(|at| coalesce(at, epoch));
+            // On the timer grid (`super::timers`): one wake-up serves every connection due in a tick.
+            let mut deadline = self.peers.next_deadline();
             if !self.rooms.is_empty() {
                 deadline = Some(deadline.map_or(self.speakers_due, |at| at.min(self.speakers_due)));
             }
@@ -225,9 +213,14 @@ impl Shard {
     /// Timers, the end-of-turn drain, batched renegotiations, broken connections, and
     /// the datagrams of the turn out.
     pub(super) fn end_turn(&mut self, now: Instant) {
-        while let Some(id) = self.peers.fire_next(now) {
-            self.drive(id, now);
+        let mut due = std::mem::take(&mut self.due);
+        self.peers.take_due(now, &mut due);
+        for id in due.drain(..) {
+            if self.peers.fire(id, now) {
+                self.drive(id, now);
+            }
         }
+        self.due = due;
         if now >= self.speakers_due && !self.rooms.is_empty() {
             self.evaluate_speakers(now);
         }
@@ -243,7 +236,8 @@ impl Shard {
     /// Every room's active speakers, on [`SPEAKER_TICK`]: a room evaluates when its
     /// detector is due and has audio levels (cheap otherwise).
     fn evaluate_speakers(&mut self, now: Instant) {
-        self.speakers_due = now + SPEAKER_TICK;
+        // On the connections' timer grid, so it shares their wake-ups.
+        self.speakers_due = self.peers.timer_slot(now + SPEAKER_TICK, now);
         let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
         for room_id in ids {
             if let Some(hosted) = self.rooms.get_mut(&room_id) {
@@ -972,36 +966,5 @@ impl Shard {
             );
         }
         Some(snapshot)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timer_deadlines_are_rounded_up_to_the_tick_grid_and_never_fire_early() {
-        let epoch = Instant::now();
-        let ms = Duration::from_millis;
-        assert_eq!(coalesce(epoch, epoch), epoch, "on the grid already");
-        assert_eq!(coalesce(epoch + ms(10), epoch), epoch + ms(10));
-        for offset in [1, 3, 9] {
-            assert_eq!(coalesce(epoch + ms(offset), epoch), epoch + ms(10), "{offset} ms");
-        }
-        assert_eq!(coalesce(epoch + ms(10_001), epoch), epoch + ms(10_010));
-        // Deadlines of one tick share one wake-up.
-        let shared: Vec<Instant> = [21, 24, 29, 30]
-            .iter()
-            .map(|&o| coalesce(epoch + ms(o), epoch))
-            .collect();
-        assert!(shared.iter().all(|&at| at == epoch + ms(30)));
-        // A deadline from before the epoch (a connection made earlier) is not moved.
-        let earlier = epoch - ms(5);
-        assert_eq!(coalesce(earlier, epoch), earlier);
-        for nanos in [1u64, 999_999, 10_000_001, 123_456_789] {
-            let at = epoch + Duration::from_nanos(nanos);
-            let c = coalesce(at, epoch);
-            assert!(c >= at && c - at < TIMER_TICK, "{nanos} ns");
-        }
     }
 }

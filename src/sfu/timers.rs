@@ -1,0 +1,297 @@
+//! The shard's timer: every connection's next deadline (`rtc`'s `poll_timeout`: report,
+//! NACK and TWCC-feedback intervals, DTLS retransmissions), kept on a coarse grid so that
+//! the deadlines of many connections share one wake-up and one turn.
+//!
+//! A deadline is rounded *up* to the next instant on the grid (never early), so every
+//! connection due within one tick is served by the same turn, whether that turn was
+//! woken by the timer or by a datagram; a quiet connection with several of `rtc`'s
+//! timers close together gets one `handle_timeout` for all of them. A deadline that is
+//! already due when it is armed is not moved: it fires in the turn that armed it (the
+//! state machine asked to run again now). Pure: the caller passes `now`, nothing here
+//! sleeps or reads a clock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// The shard's grid. `rtc`'s intervals are 100 ms (TWCC feedback) to 1 s (reports), our
+/// NACK generator's at least 20 ms, DTLS retransmissions from 1 s: 10 ms late is within
+/// what each tolerates, and 100 quiet connections then wake the shard at most 100 times
+/// a second between them, not once per connection per interval.
+pub const TIMER_TICK: Duration = Duration::from_millis(10);
+
+/// The deadlines of a set of keys (connections), at most one per key.
+#[derive(Debug)]
+pub struct Deadlines<K> {
+    /// The grid's origin: slots are `epoch + n * tick`.
+    epoch: Instant,
+    /// The grid's spacing: how late a deadline may fire to share a wake-up.
+    tick: Duration,
+    /// Each armed key's slot, to move or remove its queue entry without a scan.
+    armed: HashMap<K, Instant>,
+    /// Slots in firing order; equal slots in key order (deterministic turns).
+    queue: BTreeSet<(Instant, K)>,
+}
+
+impl<K: Copy + Ord + Hash> Deadlines<K> {
+    /// An empty set on a grid of `tick` from `epoch`. A zero `tick` keeps every deadline exact.
+    pub fn new(epoch: Instant, tick: Duration) -> Self {
+        Self {
+            epoch,
+            tick,
+            armed: HashMap::new(),
+            queue: BTreeSet::new(),
+        }
+    }
+
+    /// When a deadline `at`, armed at `now`, fires: the first grid instant at or after
+    /// `at`, or `at` itself when it is already due (or lies before the epoch).
+    pub fn slot(&self, at: Instant, now: Instant) -> Instant {
+        if at <= now || self.tick.is_zero() {
+            return at;
+        }
+        let tick = self.tick.as_nanos();
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        let extra = since.div_ceil(tick).saturating_mul(tick) - since;
+        // `extra` < `tick`, which fits in a u64 of nanoseconds for any sane tick.
+        at + Duration::from_nanos(u64::try_from(extra).unwrap_or(u64::MAX))
+    }
+
+    /// Arms `key` for `at` (`None` disarms it), replacing its previous deadline.
+    /// Returns whether its slot changed (most re-arms after a packet land in the slot
+    /// already armed and cost one map lookup).
+    pub fn arm(&mut self, key: K, at: Option<Instant>, now: Instant) -> bool {
+        let Some(at) = at else {
+            return self.remove(key);
+        };
+        let slot = self.slot(at, now);
+        match self.armed.insert(key, slot) {
+            Some(old) if old == slot => false,
+            old => {
+                if let Some(old) = old {
+                    self.queue.remove(&(old, key));
+                }
+                self.queue.insert((slot, key));
+                true
+            }
+        }
+    }
+
+    /// Forgets `key`'s deadline; returns whether it had one.
+    pub fn remove(&mut self, key: K) -> bool {
+        match self.armed.remove(&key) {
+            Some(slot) => {
+                self.queue.remove(&(slot, key));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The slot `key` is armed for.
+    #[cfg(test)]
+    pub fn armed(&self, key: K) -> Option<Instant> {
+        self.armed.get(&key).copied()
+    }
+
+    /// The earliest slot: when the shard must wake up next.
+    pub fn next(&self) -> Option<Instant> {
+        self.queue.first().map(|&(slot, _)| slot)
+    }
+
+    /// Disarms and appends to `due` every key whose slot is at or before `now`, earliest
+    /// first. A key re-armed while the caller handles these is not in this batch even
+    /// if it is due again: it waits for the next call (no turn loops on one connection).
+    pub fn take_due(&mut self, now: Instant, due: &mut Vec<K>) {
+        while let Some(&(slot, key)) = self.queue.first() {
+            if slot > now {
+                break;
+            }
+            self.queue.pop_first();
+            self.armed.remove(&key);
+            due.push(key);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.armed.len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.armed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(10);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn due(d: &mut Deadlines<u64>, now: Instant) -> Vec<u64> {
+        let mut out = Vec::new();
+        d.take_due(now, &mut out);
+        out
+    }
+
+    #[test]
+    fn deadlines_round_up_to_the_grid_and_never_fire_early() {
+        let t0 = Instant::now();
+        let d = Deadlines::<u64>::new(t0, TICK);
+        assert_eq!(d.slot(t0 + ms(10), t0), t0 + ms(10), "on the grid already");
+        for offset in [1, 3, 9] {
+            assert_eq!(d.slot(t0 + ms(offset), t0), t0 + ms(10), "{offset} ms");
+        }
+        assert_eq!(d.slot(t0 + ms(10_001), t0), t0 + ms(10_010));
+        for nanos in [1u64, 999_999, 10_000_001, 123_456_789, 86_400_000_000_001] {
+            let at = t0 + Duration::from_nanos(nanos);
+            let slot = d.slot(at, t0);
+            assert!(slot >= at && slot - at < TICK, "{nanos} ns");
+            assert_eq!((slot - t0).as_nanos() % TICK.as_nanos(), 0, "{nanos} ns on the grid");
+        }
+    }
+
+    #[test]
+    fn a_deadline_already_due_is_not_moved() {
+        let t0 = Instant::now();
+        let d = Deadlines::<u64>::new(t0, TICK);
+        let now = t0 + ms(25);
+        assert_eq!(d.slot(t0 + ms(21), now), t0 + ms(21));
+        assert_eq!(d.slot(now, now), now);
+        // Before the epoch (a connection older than the shard's clock): exact.
+        let earlier = t0 - ms(5);
+        assert_eq!(d.slot(earlier, earlier - ms(1)), earlier);
+        let exact = Deadlines::<u64>::new(t0, Duration::ZERO);
+        assert_eq!(
+            exact.slot(t0 + ms(3), t0),
+            t0 + ms(3),
+            "a zero tick keeps deadlines exact"
+        );
+    }
+
+    #[test]
+    fn keys_fire_in_deadline_order_and_equal_slots_in_key_order() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::new(t0, TICK);
+        for (key, at) in [(5, 35), (1, 12), (9, 3), (2, 19), (7, 40)] {
+            assert!(d.arm(key, Some(t0 + ms(at)), t0));
+        }
+        assert_eq!(d.len(), 5);
+        assert_eq!(d.next(), Some(t0 + ms(10)));
+        assert_eq!(due(&mut d, t0 + ms(9)), Vec::<u64>::new(), "nothing before its slot");
+        assert_eq!(due(&mut d, t0 + ms(10)), vec![9]);
+        // 12 and 19 share the 20 ms slot; 35 and 40 the 40 ms one.
+        assert_eq!(due(&mut d, t0 + ms(20)), vec![1, 2]);
+        assert_eq!(d.next(), Some(t0 + ms(40)));
+        assert_eq!(due(&mut d, t0 + ms(1000)), vec![5, 7]);
+        assert!(d.is_empty());
+        assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn many_equal_deadlines_fire_in_one_batch() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::new(t0, TICK);
+        // 1000 connections, deadlines spread over one tick: one wake-up for all.
+        for key in 0..1000u64 {
+            d.arm(key, Some(t0 + ms(100) + Duration::from_micros(key * 9)), t0);
+        }
+        assert_eq!(d.next(), Some(t0 + ms(100)), "the first is on the grid");
+        assert_eq!(due(&mut d, t0 + ms(100)), vec![0], "only the one exactly on the grid");
+        let batch = due(&mut d, t0 + ms(110));
+        assert_eq!(batch, (1..1000).collect::<Vec<_>>());
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn rearming_moves_a_key_and_disarming_removes_it() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::new(t0, TICK);
+        assert!(d.arm(1u64, Some(t0 + ms(15)), t0));
+        assert!(!d.arm(1, Some(t0 + ms(18)), t0), "same slot: nothing to do");
+        assert_eq!(d.armed(1), Some(t0 + ms(20)));
+        assert!(d.arm(1, Some(t0 + ms(55)), t0), "later slot");
+        assert_eq!(due(&mut d, t0 + ms(30)), Vec::<u64>::new(), "the old slot is gone");
+        assert!(d.arm(1, Some(t0 + ms(4)), t0), "earlier slot");
+        assert_eq!(d.len(), 1);
+        assert_eq!(due(&mut d, t0 + ms(10)), vec![1]);
+        assert_eq!(d.armed(1), None, "fired keys are disarmed");
+        assert!(d.arm(2, Some(t0 + ms(30)), t0));
+        assert!(d.arm(2, None, t0), "None disarms");
+        assert!(!d.remove(2), "already gone");
+        assert!(d.arm(3, Some(t0 + ms(30)), t0));
+        assert!(d.remove(3));
+        assert!(d.is_empty());
+        assert_eq!(due(&mut d, t0 + ms(1000)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_key_rearmed_while_its_batch_is_handled_waits_for_the_next_call() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::new(t0, TICK);
+        d.arm(1u64, Some(t0 + ms(5)), t0);
+        d.arm(2, Some(t0 + ms(6)), t0);
+        let now = t0 + ms(10);
+        let batch = due(&mut d, now);
+        assert_eq!(batch, vec![1, 2]);
+        // Handling 1 asks to run again at once: due now, fires on the next call.
+        assert!(d.arm(1, Some(now), now));
+        assert_eq!(d.next(), Some(now));
+        assert_eq!(due(&mut d, now), vec![1]);
+    }
+
+    /// Against a brute-force model: random arms, re-arms, removals and firings.
+    #[test]
+    fn agrees_with_a_model_under_random_operations() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::new(t0, TICK);
+        let mut model: HashMap<u64, Instant> = HashMap::new();
+        let mut now = t0;
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..20_000 {
+            let key = next(50);
+            match next(10) {
+                0..=5 => {
+                    let at = now + Duration::from_micros(next(60_000));
+                    d.arm(key, Some(at), now);
+                    model.insert(key, d.slot(at, now));
+                }
+                6 => {
+                    assert_eq!(d.remove(key), model.remove(&key).is_some());
+                }
+                _ => {
+                    now += Duration::from_micros(next(8_000));
+                    let mut expected: Vec<(Instant, u64)> = model
+                        .iter()
+                        .filter(|(_, at)| **at <= now)
+                        .map(|(k, at)| (*at, *k))
+                        .collect();
+                    expected.sort();
+                    for (_, k) in &expected {
+                        model.remove(k);
+                    }
+                    let fired = due(&mut d, now);
+                    assert_eq!(fired, expected.into_iter().map(|(_, k)| k).collect::<Vec<_>>());
+                }
+            }
+            assert_eq!(d.len(), model.len());
+            assert_eq!(d.next(), model.values().min().copied());
+            for (k, at) in &model {
+                assert!(at >= &t0);
+                assert_eq!(d.armed(*k), Some(*at));
+            }
+        }
+    }
+}
