@@ -1333,6 +1333,87 @@ async fn chromium_guest_books_a_free_time_on_the_booking_page() {
     );
 }
 
+/// The console's appointments report in Chromium: three appointments made over REST, two
+/// two days ago (no-shows once the gateway's sweep has seen them) and one a minute ago
+/// (cancelled); the console's report (the last 30 days, by day) shows the
+/// same totals as the REST report for its query, one stacked bar and one table row per
+/// day, a chart label with the total; by week the bars sum to the same total; Download
+/// CSV saves the CSV report (header, a row per period, the total). Screenshot `analytics.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_the_appointments_report_with_a_chart_and_csv() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = TestServer::start().await;
+    let results = BrowserScript::start(&srv, "scenarios.mjs", "analytics-report", Value::Null)
+        .finish()
+        .await;
+    let f = facts(&results, "analytics-report");
+    let total = &f["rest"]["total"];
+    assert_eq!(
+        (total["appointments"].as_u64(), total["cancelled"].as_u64()),
+        (Some(3), Some(1)),
+        "the REST report counts what was made: {f:#}"
+    );
+    let shown = &f["shown"];
+    for (key, field) in [
+        ("appointments", "appointments"),
+        ("completed", "completed"),
+        ("cancelled", "cancelled"),
+    ] {
+        assert_eq!(
+            shown[key].as_str(),
+            Some(total[field].to_string().as_str()),
+            "{key}: {f:#}"
+        );
+    }
+    assert!(
+        shown["noShows"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&total["no_shows"].to_string())),
+        "{f:#}"
+    );
+    let periods: Vec<&str> = f["rest"]["periods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["period"].as_str().unwrap())
+        .collect();
+    assert_eq!(periods.len(), 2, "two days with appointments: {f:#}");
+    let bars = f["bars"].as_array().unwrap();
+    let bar_periods: Vec<&str> = bars.iter().map(|b| b["period"].as_str().unwrap()).collect();
+    assert_eq!(bar_periods, periods, "a bar per day, in order: {f:#}");
+    let totals: Vec<u64> = bars.iter().map(|b| b["total"].as_u64().unwrap()).collect();
+    assert_eq!(totals, [2, 1], "{f:#}");
+    assert!(bars.iter().all(|b| b["segments"].as_u64() >= Some(1)), "{f:#}");
+    let rows = f["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{f:#}");
+    assert_eq!(
+        (rows[0][0].as_str(), rows[0][1].as_str()),
+        (Some(periods[0]), Some("2")),
+        "{f:#}"
+    );
+    assert!(
+        f["chartLabel"].as_str().is_some_and(|l| l.contains("3 in all")),
+        "the chart says what it shows: {f:#}"
+    );
+    let weeks = f["weekBars"].as_array().unwrap();
+    assert!(
+        weeks
+            .iter()
+            .all(|b| b["period"].as_str().is_some_and(|p| p.contains("-W"))),
+        "{f:#}"
+    );
+    assert_eq!(
+        weeks.iter().map(|b| b["total"].as_u64().unwrap()).sum::<u64>(),
+        3,
+        "{f:#}"
+    );
+    assert!(f["csvName"].as_str().is_some_and(|n| n.ends_with(".csv")), "{f:#}");
+    let csv = f["csv"].as_str().unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("period,appointments,"), "{csv}");
+    assert!(lines.iter().any(|l| l.starts_with("total,3,")), "{csv}");
+}
+
 /// Media health in Chromium: the guest's call shows its path (UDP on loopback) and
 /// staff see it; an ICE restart on both of the guest's connections (the debug hook,
 /// the code path a failed connection takes) brings new ICE credentials on both, media

@@ -19,6 +19,7 @@ import { LocalMedia } from './media.js';
 import { CallView } from './call-view.js';
 import { LobbyPanel } from './lobby-panel.js';
 import { QueuePanel } from './queue-panel.js';
+import { AnalyticsPanel } from './analytics-panel.js';
 import { byTestId, h, showError } from './dom.js';
 
 const $ = (id) => byTestId(document, id);
@@ -76,6 +77,7 @@ function show(view) {
   }
   if (view === 'dashboard') queue.start();
   else queue.stop();
+  if (view === 'dashboard') analytics.start().catch(() => {});
 }
 
 function info(text) {
@@ -112,6 +114,10 @@ const queue = new QueuePanel($('dashboard-main'), {
   onLiveChanged: () => loadMeetings().catch(() => {}),
   onPolled: () => refreshOpenLinks(),
 });
+
+// ---------------------------------------------------------------- analytics
+
+const analytics = new AnalyticsPanel($('dashboard-main'), { token: () => page.token });
 
 // ------------------------------------------------------------------ sign-in
 

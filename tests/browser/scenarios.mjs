@@ -10,7 +10,7 @@
 // Everything else goes to stderr. Exit code 0 when every scenario is ok.
 // The config keys are documented in docs/WEB-CLIENT.md ("Browser scenarios").
 
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -38,6 +38,7 @@ const SCENARIOS = {
   'join-early': joinEarly,
   'devices-denied': devicesDenied,
   'book-slot': bookSlot,
+  'analytics-report': analyticsReport,
   'simulcast-layers': simulcastLayers,
 };
 
@@ -344,6 +345,79 @@ async function joinTime(run, { admit }) {
     await visible(guest, 'left-view').waitFor();
     await guest.context().close();
   }
+}
+
+/**
+ * The console's appointments report: an admin (the config's staff token) makes a
+ * department and a type, and three appointments over REST (two days ago at 09:00 and
+ * 10:00 UTC, and one a minute ago), then cancels the last; staff sign in to the
+ * console, whose report (the last 30 days by default) shows the totals, one bar per day
+ * and the table; Download CSV saves the report as CSV. Facts: what the panel shows, the
+ * REST report for the same query, the CSV. Screenshot `analytics.png`.
+ */
+async function analyticsReport(run) {
+  const { cfg } = run;
+  run.step('an admin makes a department, a type and three appointments, and cancels one');
+  const dept = await rest(cfg, 'POST', '/api/v1/departments', { name: 'Physiotherapy' });
+  await rest(cfg, 'PUT', `/api/v1/departments/${dept.department_id}/staff/olga`);
+  const type = await rest(cfg, 'POST', '/api/v1/appointment-types', { title: 'Follow-up', duration_minutes: 30, department_id: dept.department_id });
+  const day = (ago, hour) => {
+    const d = new Date();
+    d.setUTCDate(d.getUTCDate() - ago);
+    d.setUTCHours(hour, 0, 0, 0);
+    return d.toISOString();
+  };
+  // Two days ago: no-shows once the gateway's sweep gets to them. A minute ago: cancellable.
+  const aMinuteAgo = new Date(Math.floor(Date.now() / 60_000) * 60_000 - 60_000).toISOString();
+  const made = [];
+  for (const [startsAt, name] of [[day(2, 9), 'Ada Early'], [day(2, 10), 'Ben Absent'], [aMinuteAgo, 'Cy Cancelled']]) {
+    made.push(await rest(cfg, 'POST', '/api/v1/appointments', { type_id: type.type_id, starts_at: startsAt, staff: 'olga', guest_name: name }));
+  }
+  await rest(cfg, 'POST', `/api/v1/appointments/${made[2].appointment_id}/cancel`);
+
+  run.step('staff open the console: the report shows');
+  const staff = await run.context('staff');
+  await staffSignsIn(run, staff);
+  const panel = visible(staff, 'analytics-panel');
+  await staff.waitForFunction(() => ['ready', 'error'].includes(document.querySelector('[data-testid="analytics-panel"]')?.dataset.state));
+  run.facts.state = await panel.getAttribute('data-state');
+  run.facts.status = await staff.getByTestId('analytics-status').textContent();
+  if (run.facts.state !== 'ready') throw new Error(`the report did not load: ${run.facts.status}`);
+  const query = await staff.evaluate(() => ({
+    from: document.querySelector('[data-testid="analytics-from"]').value,
+    to: document.querySelector('[data-testid="analytics-to"]').value,
+    group: document.querySelector('[data-testid="analytics-group"]').value,
+    tz: Intl.DateTimeFormat().resolvedOptions().timeZone,
+  }));
+  run.facts.query = query;
+  run.facts.rest = await rest(cfg, 'GET', `/api/v1/analytics/appointments?${new URLSearchParams(query)}`);
+  const figure = (id) => staff.getByTestId(`figure-${id}`).textContent();
+  run.facts.shown = {
+    appointments: await figure('appointments'),
+    completed: await figure('completed'),
+    noShows: await figure('no-shows'),
+    cancelled: await figure('cancelled'),
+    status: await staff.getByTestId('analytics-status').textContent(),
+  };
+  run.facts.bars = await staff.$$eval('[data-testid="chart-bar"]', (bars) =>
+    bars.map((b) => ({ period: b.dataset.period, total: Number(b.dataset.total), segments: b.querySelectorAll('rect').length })),
+  );
+  run.facts.chartLabel = await panel.locator('svg').getAttribute('aria-label');
+  run.facts.rows = await staff.$$eval('[data-testid="analytics-row"]', (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)));
+  await panel.locator('summary').click();
+  await run.shot(staff, 'analytics.png');
+
+  run.step('by week: one query, the same total');
+  await staff.getByTestId('analytics-group').selectOption('week');
+  await staff.getByTestId('analytics-show-button').click();
+  await staff.waitForFunction(() => document.querySelector('[data-testid="analytics-panel"]')?.dataset.state === 'ready' && document.querySelector('[data-testid="chart-bar"]')?.dataset.period.includes('-W'));
+  run.facts.weekBars = await staff.$$eval('[data-testid="chart-bar"]', (bars) => bars.map((b) => ({ period: b.dataset.period, total: Number(b.dataset.total) })));
+
+  run.step('Download CSV');
+  const [download] = await Promise.all([staff.waitForEvent('download'), staff.getByTestId('analytics-csv-button').click()]);
+  run.facts.csvName = download.suggestedFilename();
+  const file = await download.path();
+  run.facts.csv = readFileSync(file, 'utf8');
 }
 
 /** Polls `check` (async, in Node) every 100 ms until it is true, or throws after `timeoutMs`. */
