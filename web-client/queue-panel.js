@@ -191,6 +191,8 @@ export class QueuePanel {
           ? 'Your sign-in has expired. Sign out and sign in again.'
           : `Not up to date: ${describeError({ code: msg.code, message: msg.message })}`;
         this.status.classList.add('stale');
+        // As the 401 of a poll did: stopped, so the next start (after signing in) subscribes again.
+        if (this.refused) this.stop();
         break;
       default:
         break;
