@@ -59,6 +59,9 @@ const BYPASS_TEXT = {
   everyone: 'everyone skips the waiting room',
 };
 
+/** How often the open link lists are read again (only while one is open). */
+const LINKS_REFRESH_MS = 3000;
+
 function show(view) {
   page.view = view;
   document.body.dataset.view = view;
@@ -74,6 +77,15 @@ function show(view) {
   }
   if (view === 'dashboard' && !page.refreshTimer) {
     page.refreshTimer = setInterval(() => loadMeetings().catch(() => {}), 15000);
+  }
+  // A link used or revoked elsewhere changes no queue (the meeting need not be live), so
+  // the link lists shown are read again every few seconds while one is open.
+  if (view !== 'dashboard' && page.linksTimer) {
+    clearInterval(page.linksTimer);
+    page.linksTimer = null;
+  }
+  if (view === 'dashboard' && !page.linksTimer) {
+    page.linksTimer = setInterval(() => refreshOpenLinks(), LINKS_REFRESH_MS);
   }
   if (view === 'dashboard') queue.start();
   else queue.stop();

@@ -265,7 +265,10 @@ $('join-form').addEventListener('submit', async (ev) => {
 // -------------------------------------------------------------- the meeting
 
 async function joinWith(token, socket = null) {
-  const client = new GatehouseClient({ token, socket });
+  // Simulcast publishing is opt-in for now (`?simulcast=1` on the join link): with it, a
+  // camera's ICE restart lost the camera to the others (docs/WEB-CLIENT.md, "Media").
+  const simulcast = new URLSearchParams(window.location.search).get('simulcast') === '1';
+  const client = new GatehouseClient({ token, socket, simulcast });
   page.client = client;
   const { audioTrack, videoTrack } = page.media;
   if (audioTrack) client.setLocalTrack('microphone', audioTrack, { muted: !page.micOn });

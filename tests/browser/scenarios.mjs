@@ -1575,7 +1575,8 @@ async function outboundLayers(page) {
 async function simulcastLayers(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Simulcast' });
   const guest = await run.context('guest');
-  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  // Simulcast publishing is opt-in in the web client for now (docs/WEB-CLIENT.md, "Media").
+  const guestId = await guestJoins(run, guest, `${linkCode}?simulcast=1`, run.cfg.guestName);
   run.step('staff joins and admits; staff decodes the guest\'s camera');
   const staff = await run.context('staff');
   await staffJoins(run, staff, meetingId);
