@@ -65,6 +65,12 @@ pub const RESUME_GAP: Duration = Duration::from_millis(1500);
 /// bandwidth or CPU, or switched it off): its legs move to the next layer available.
 pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// A parked track (its owner came back on a new socket) that its owner has not published
+/// again this long after coming back is unpublished: a participant who returns without a
+/// camera, or whose new publisher connection never comes up, leaves no frozen tile behind.
+/// Long enough for a reloaded page to ask for its devices again and renegotiate.
+pub const PARK_GRACE: Duration = Duration::from_secs(20);
+
 /// Simulcast layers kept per track (browsers send at most three or four); more are not forwarded.
 pub const MAX_LAYERS: usize = 4;
 
@@ -328,8 +334,9 @@ struct Track {
     /// Its owner came back on a new socket (a held seat resumed, a reload): its
     /// publisher connection is gone, and the track keeps its id, its legs and their
     /// senders until the owner's new publisher connection carries its source again
-    /// ([`MediaRoom::stream_opened`] adopts it) or a declaration leaves it out.
-    parked: bool,
+    /// ([`MediaRoom::stream_opened`] adopts it), a declaration leaves it out, or
+    /// [`PARK_GRACE`] passes. Since when it is parked.
+    parked: Option<Instant>,
     /// Audio whose publisher negotiated the audio-level extension: how loud it is (active speakers).
     level: Option<LevelMeter>,
 }
@@ -585,7 +592,7 @@ impl MediaRoom {
         for track in &mut self.tracks {
             track.legs.retain(|l| l.subscriber != id);
             if track.info.participant_id == id {
-                track.parked = true;
+                track.parked = Some(now);
             }
         }
         for t in 0..self.tracks.len() {
@@ -654,7 +661,7 @@ impl MediaRoom {
         let mut muted = Vec::new();
         for t in self.tracks.iter_mut().filter(|t| t.info.participant_id == participant) {
             // A parked track's mid belonged to the old connection: it waits for its source.
-            let found = if t.parked {
+            let found = if t.parked.is_some() {
                 announced.iter().find(|a| a.source == t.info.source)
             } else {
                 announced.iter().find(|a| a.mid == t.mid)
@@ -721,7 +728,7 @@ impl MediaRoom {
         if let Some(t) = self
             .tracks
             .iter()
-            .position(|t| t.parked && t.info.participant_id == participant && t.info.source == announced.source)
+            .position(|t| t.parked.is_some() && t.info.participant_id == participant && t.info.source == announced.source)
         {
             self.adopt(t, stream, now, effects);
             return;
@@ -746,7 +753,7 @@ impl MediaRoom {
             mime_type: stream.mime_type,
             negotiated: stream.negotiated,
             legs: Vec::new(),
-            parked: false,
+            parked: None,
             level,
         });
         self.stats.add(|c| &c.tracks, 1);
@@ -772,7 +779,7 @@ impl MediaRoom {
     fn adopt(&mut self, t: usize, stream: Stream, now: Instant, effects: &mut Vec<Effect>) {
         let track = &mut self.tracks[t];
         tracing::debug!(meeting_id = %self.meeting_id, participant_id = %track.info.participant_id, track_id = %track.info.track_id, mid = %stream.mid, "parked track published again");
-        track.parked = false;
+        track.parked = None;
         track.conn = stream.conn;
         track.receiver = stream.receiver;
         let gap = track.restart_gap(now);
@@ -1264,7 +1271,7 @@ impl MediaRoom {
         let (conn, receiver) = (track.conn, track.receiver);
         // A parked track has no publisher to ask; adopting it asks.
         if track.info.kind == TrackKind::Video
-            && !track.parked
+            && track.parked.is_none()
             && let Some(layer) = track.layers.get_mut(layer)
             && layer.throttle.request(now)
         {
@@ -1294,7 +1301,7 @@ impl MediaRoom {
     ) {
         let ssrc = packet.header.ssrc;
         let Some((track, li)) = self.tracks.iter_mut().find_map(|t| {
-            if t.conn != from || t.parked {
+            if t.conn != from || t.parked.is_some() {
                 return None;
             }
             let li = t.layers.iter().take(MAX_LAYERS).position(|l| l.ssrc == ssrc)?;
@@ -1442,7 +1449,7 @@ impl MediaRoom {
         }
         let params = *self.speakers.params();
         let mut levels = Vec::new();
-        for track in self.tracks.iter_mut().filter(|t| !t.parked) {
+        for track in self.tracks.iter_mut().filter(|t| t.parked.is_none()) {
             if let Some(meter) = &mut track.level {
                 levels.push((
                     &track.info.track_id,
@@ -1456,6 +1463,21 @@ impl MediaRoom {
         }
         if let Some(speakers) = self.speakers.evaluate(now, levels) {
             self.signal_all(&ServerMessage::ActiveSpeakers { speakers }, effects);
+        }
+    }
+
+    /// Unpublishes the tracks parked for [`PARK_GRACE`] (the shard calls this on its
+    /// speaker tick): their owner came back but has not published their sources again.
+    pub fn expire_parked(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        let expired: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|t| t.parked.is_some_and(|at| now.saturating_duration_since(at) >= PARK_GRACE))
+            .map(|t| t.info.track_id.clone())
+            .collect();
+        for track_id in expired {
+            tracing::debug!(meeting_id = %self.meeting_id, track_id = %track_id, "parked track not published again: unpublished");
+            self.unpublish(&track_id, now, effects);
         }
     }
 
@@ -2218,6 +2240,85 @@ mod tests {
             assert_eq!(pair[1], pair[0].wrapping_add(1), "contiguous: {seqs:?}");
         }
         assert_eq!(sink.written[5].2.header.payload_type, 100, "B's payload type for VP8");
+    }
+
+    #[test]
+    fn a_parked_track_not_published_again_within_the_grace_is_unpublished() {
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let (camera, mic) = (
+            track_id(&room, TrackSource::Camera),
+            track_id(&room, TrackSource::Microphone),
+        );
+        let mut fx = Vec::new();
+        // A is back on a new socket and never publishes again (subscribe-only now, or its
+        // new publisher connection never comes up): no declaration ever leaves anything out.
+        let back = start + Duration::from_secs(3);
+        room.add_participant(A, ParticipantKind::Staff, true, back, &mut fx);
+        fx.clear();
+        // Within the grace, counted from coming back, nothing changes.
+        room.expire_parked(back + PARK_GRACE - Duration::from_millis(1), &mut fx);
+        assert!(fx.is_empty(), "{fx:?}");
+        assert_eq!(room.tracks().len(), 2);
+        // At the grace both go, and everyone is told.
+        room.expire_parked(back + PARK_GRACE, &mut fx);
+        let mut told: Vec<(String, TrackId)> = track_signals(&fx)
+            .into_iter()
+            .map(|(to, what, id)| {
+                assert_eq!(what, "unpublished");
+                (to.to_string(), id)
+            })
+            .collect();
+        told.sort();
+        let mut want = vec![
+            (A.to_string(), camera.clone()),
+            (A.to_string(), mic.clone()),
+            (B.to_string(), camera),
+            (B.to_string(), mic),
+        ];
+        want.sort();
+        assert_eq!(told, want);
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::RemoveSender { conn: B_SUB, .. })),
+            "B's legs go: {fx:?}"
+        );
+        assert!(room.tracks().is_empty());
+        assert_eq!(room.stats().meeting.snapshot().tracks, 0);
+        // Nothing more to expire.
+        fx.clear();
+        room.expire_parked(back + PARK_GRACE * 3, &mut fx);
+        assert!(fx.is_empty(), "{fx:?}");
+    }
+
+    #[test]
+    fn a_parked_track_published_again_within_the_grace_stays() {
+        const A_PUB2: ConnId = 31;
+        let start = Instant::now();
+        let (mut room, _) = call(false, start);
+        let camera = track_id(&room, TrackSource::Camera);
+        let mut fx = Vec::new();
+        room.add_participant(A, ParticipantKind::Staff, true, start, &mut fx);
+        room.set_connection(A, PeerRole::Publisher, Some(A_PUB2));
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Microphone),
+                announce("1", TrackSource::Camera),
+            ],
+            start,
+            &mut fx,
+        );
+        let mut camera_again = stream("1", 5000, "video/VP8");
+        camera_again.conn = A_PUB2;
+        camera_again.replaces = false;
+        room.stream_opened(A, camera_again, start + Duration::from_secs(1), &mut fx);
+        fx.clear();
+        // The camera was adopted; the microphone, declared but not arriving, is still parked.
+        room.expire_parked(start + PARK_GRACE, &mut fx);
+        let told = track_signals(&fx);
+        assert!(told.iter().all(|(_, what, id)| *what == "unpublished" && *id != camera), "{told:?}");
+        assert_eq!(told.len(), 2, "the microphone goes for A and B: {told:?}");
+        assert_eq!(room.tracks().iter().map(|t| t.track_id.clone()).collect::<Vec<_>>(), vec![camera]);
     }
 
     #[test]
