@@ -1415,6 +1415,115 @@ async fn console_shows_the_appointments_report_with_a_chart_and_csv() {
     assert!(lines.iter().any(|l| l.starts_with("total,3,")), "{csv}");
 }
 
+/// The virtual-appointment journey (issue 14) in one Chromium (scenario
+/// `appointment-journey`): a guest books on the booking page, follows the confirmation's
+/// join link and waits in the lobby with their queue position shown; the console, open
+/// before, has them pushed into its queue (no GET of the queue) and knocks (a
+/// notification); staff admit and join from the queue, media flows both ways, the guest
+/// leaves. The appointment is then `completed` with its lobby wait, a second appointment
+/// whose guest never came is marked `no_show` by the gateway's clock (its type's no-show
+/// time is 1 minute and it started 61 s before), and the analytics report counts both.
+/// Screenshots `journey-lobby.png`, `journey-queue.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_appointment_journey_book_wait_admit_talk_complete_and_a_no_show() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let srv = TestServer::start().await;
+    let results = BrowserScript::start(&srv, "scenarios.mjs", "appointment-journey", Value::Null)
+        .finish()
+        .await;
+    let f = facts(&results, "appointment-journey");
+    assert!(f["joinLink"].as_str().is_some_and(|l| l.contains("/j/")), "{f:#}");
+    assert_eq!(f["joinNamePrefilled"], "Grace Booker", "the link is the guest's: {f:#}");
+    assert_eq!(f["queuePosition"], "1", "the guest's place is shown: {f:#}");
+    assert!(
+        f["queuePositionText"]
+            .as_str()
+            .is_some_and(|t| t.contains("number 1 in the queue")),
+        "{f:#}"
+    );
+    assert_eq!(f["queueEntryName"], "Grace Booker", "{f:#}");
+    assert_eq!(f["knocks"], 1, "one knock for one guest: {f:#}");
+    let notes = f["notifications"].as_array().unwrap();
+    assert!(
+        notes.len() == 1 && notes[0]["body"].as_str().is_some_and(|b| b.contains("Grace Booker")),
+        "the knock's notification names the guest: {f:#}"
+    );
+    assert_eq!(
+        f["queueRestRequests"].as_array().map(Vec::len),
+        Some(0),
+        "the queue is pushed, never read over REST: {f:#}"
+    );
+    for side in ["guestMedia", "staffMedia"] {
+        let (before, after) = (&f[side]["before"], &f[side]["after"]);
+        assert!(
+            inbound(after, "video", "camera", "framesDecoded") > inbound(before, "video", "camera", "framesDecoded"),
+            "{side}: video frames decoded must rise: {:#}",
+            f[side]
+        );
+        assert!(
+            inbound(after, "audio", "microphone", "packetsReceived")
+                > inbound(before, "audio", "microphone", "packetsReceived"),
+            "{side}: audio packets received must rise: {:#}",
+            f[side]
+        );
+    }
+
+    let token = srv.staff_token("olga", StaffRole::Admin);
+    let get = |id: String| {
+        let (srv, token) = (&srv, &token);
+        async move {
+            let (status, a) = srv
+                .call("GET", &format!("/api/v1/appointments/{id}"), Some(token), None)
+                .await;
+            assert_eq!(status, 200, "{a}");
+            a
+        }
+    };
+    let done = get(f["appointmentId"].as_str().unwrap().to_owned()).await;
+    assert_eq!(done["state"], "completed", "{done:#}");
+    let states: Vec<&str> = done["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["to"].as_str())
+        .collect();
+    assert_eq!(states, ["scheduled", "waiting", "in_progress", "completed"], "{done:#}");
+    assert!(done["lobby_wait_ms"].as_u64() > Some(0), "{done:#}");
+
+    // The clock looks every 5 s; the deadline passed before the browser started.
+    let absent_id = f["absentId"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let absent = loop {
+        let a = get(absent_id.clone()).await;
+        if a["state"] == "no_show" || tokio::time::Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(absent["state"], "no_show", "{absent:#}");
+    assert_eq!(absent["transitions"][1]["cause"], "clock", "{absent:#}");
+
+    let (status, report) = srv
+        .call("GET", "/api/v1/analytics/appointments", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let total = &report["total"];
+    assert_eq!(
+        (
+            total["appointments"].as_u64(),
+            total["completed"].as_u64(),
+            total["no_shows"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{report:#}"
+    );
+    assert_eq!(
+        total["lobby_wait_avg_ms"].as_u64(),
+        done["lobby_wait_ms"].as_u64(),
+        "the one served appointment's wait: {report:#}"
+    );
+}
+
 /// Media health in Chromium: the guest's call shows its path (UDP on loopback) and
 /// staff see it; an ICE restart on both of the guest's connections (the debug hook,
 /// the code path a failed connection takes) brings new ICE credentials on both, media

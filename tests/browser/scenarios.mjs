@@ -39,6 +39,7 @@ const SCENARIOS = {
   'devices-denied': devicesDenied,
   'book-slot': bookSlot,
   'analytics-report': analyticsReport,
+  'appointment-journey': appointmentJourney,
   'simulcast-layers': simulcastLayers,
 };
 
@@ -151,6 +152,131 @@ async function bookSlot(run) {
   run.facts.manageLink = await guest.getByTestId('manage-link').getAttribute('href');
   run.facts.focused = await guest.evaluate(() => document.activeElement?.dataset?.testid ?? document.activeElement?.tagName);
   await run.shot(guest, 'book-confirmation.png');
+}
+
+/**
+ * The virtual-appointment journey (issue 14), one browser, three contexts. An admin sets
+ * up a department with `olga` working all day (UTC) and a 5-minute type whose no-show
+ * time is 1 minute (over REST), then makes a second appointment for a guest who never
+ * comes: it started 61 s ago, so its no-show deadline has just passed and the gateway's
+ * clock marks it. The console is open first (its queue subscribed, notifications allowed
+ * and recorded). The guest books the second free time on the booking page, follows the
+ * confirmation's join link, joins and waits in the lobby with a queue position shown;
+ * the console is told (pushed, no GET of the queue) and knocks; staff admit from the
+ * queue and join the call from it; media flows both ways; the guest leaves, then staff.
+ * Facts: what each page showed, media samples, the booking's codes and final states.
+ */
+async function appointmentJourney(run) {
+  const { cfg } = run;
+  run.step('an admin sets up a department, a staff member working all day and a 5-minute type');
+  const dept = await rest(cfg, 'POST', '/api/v1/departments', { name: 'Family medicine' });
+  await rest(cfg, 'PUT', `/api/v1/departments/${dept.department_id}/staff/olga`);
+  const day = [['00:00', '24:00']];
+  const weekly = Object.fromEntries(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'].map((d) => [d, day]));
+  await rest(cfg, 'PUT', '/api/v1/staff/olga/working-hours', { time_zone: 'UTC', weekly });
+  const type = await rest(cfg, 'POST', '/api/v1/appointment-types', {
+    title: 'Consultation',
+    duration_minutes: 5,
+    department_id: dept.department_id,
+    no_show_minutes: 1,
+  });
+  run.facts.typeId = type.type_id;
+
+  run.step('a second guest, booked for 61 s ago, never comes');
+  const absentStart = Math.floor(Date.now() / 1000) * 1000 - 61_000;
+  const absent = await rest(cfg, 'POST', '/api/v1/appointments', {
+    type_id: type.type_id,
+    starts_at: new Date(absentStart).toISOString(),
+    staff: 'olga',
+    guest_name: 'Nils Absent',
+  });
+  run.facts.absentId = absent.appointment_id;
+
+  run.step('staff open the console: the queue is subscribed, notifications allowed');
+  const staff = await run.context('staff');
+  await staff.context().grantPermissions(['notifications']);
+  // Records each notification the console gives (the knock), before the browser's own.
+  await staff.addInitScript(() => {
+    window.__notifications = [];
+    const Native = window.Notification;
+    if (!Native) return;
+    window.Notification = class extends Native {
+      constructor(title, options) {
+        window.__notifications.push({ title, body: options?.body ?? null });
+        super(title, options);
+      }
+    };
+  });
+  const queueRequests = [];
+  staff.on('request', (r) => {
+    if (r.url().includes('/api/v1/queue') || /\/api\/v1\/appointments(\?|$)/.test(r.url())) queueRequests.push(r.url());
+  });
+  await staffSignsIn(run, staff);
+  await staff.waitForFunction(() => document.querySelector('[data-testid="queue-status"]')?.textContent === 'Live');
+
+  run.step('the guest books the second free time on the booking page');
+  const guest = await run.context('guest');
+  await guest.goto(`${cfg.baseUrl}/book/default`);
+  await visible(guest, 'type-option').first().click();
+  await visible(guest, 'slot-option').first().waitFor();
+  // The second: the first may start within seconds, before the booking reaches the gateway.
+  const slot = guest.locator('[data-testid="slot-option"]').nth(1);
+  run.facts.chosenSlot = await slot.getAttribute('value');
+  await slot.check();
+  await visible(guest, 'name-input').fill('Grace Booker');
+  await visible(guest, 'book-button').click();
+  await visible(guest, 'booked-view').waitFor();
+  run.facts.joinLink = await guest.getByTestId('join-link').getAttribute('href');
+  run.facts.manageLink = await guest.getByTestId('manage-link').getAttribute('href');
+  run.facts.manageCode = decodeURIComponent(run.facts.manageLink.split('/').pop());
+  const booked = await rest({ ...cfg, staffToken: null }, 'GET', `/api/v1/book/appointments/${encodeURIComponent(run.facts.manageCode)}`);
+  run.facts.appointmentId = booked.appointment.appointment_id;
+  run.facts.meetingId = booked.appointment.meeting_id;
+
+  run.step('the guest follows the join link and waits in the lobby');
+  await guest.getByTestId('join-link').click();
+  await visible(guest, 'name-input').waitFor();
+  run.facts.joinNamePrefilled = await guest.getByTestId('name-input').inputValue();
+  await guest.getByTestId('join-button').click();
+  await visible(guest, 'lobby-status').waitFor();
+  const guestId = await guest.evaluate(() => window.gatehouse.client.you.participant_id);
+  run.facts.guestParticipantId = guestId;
+  await visible(guest, 'queue-position').waitFor();
+  run.facts.queuePosition = await guest.getByTestId('queue-position').getAttribute('data-position');
+  run.facts.queuePositionText = await guest.getByTestId('queue-position').textContent();
+  await run.shot(guest, 'journey-lobby.png');
+
+  run.step('staff see the guest in the queue, pushed, with a knock');
+  const entry = staff.locator(`[data-testid="queue-entry"][data-participant-id="${guestId}"]`);
+  await entry.waitFor();
+  run.facts.queueEntryName = await entry.getByTestId('queue-entry-name').textContent();
+  await staff.waitForFunction(() => Number(document.querySelector('[data-testid="queue-panel"]')?.dataset.knocks || 0) >= 1);
+  run.facts.knocks = Number(await staff.getByTestId('queue-panel').getAttribute('data-knocks'));
+  await staff.waitForFunction(() => window.__notifications.length >= 1);
+  run.facts.notifications = await staff.evaluate(() => window.__notifications);
+  await run.shot(staff, 'journey-queue.png');
+
+  run.step('staff admit from the queue and join the call');
+  await entry.getByTestId('queue-admit-button').click();
+  await visible(guest, 'call-view').waitFor();
+  await staff.locator(`[data-testid="queue-meeting"][data-meeting-id="${run.facts.meetingId}"] [data-testid="queue-join-button"]`).click();
+  await visible(staff, 'call-view').waitFor();
+  await remoteTile(staff, guestId).waitFor();
+
+  run.step('they talk: media flows both ways');
+  const [guestMedia, staffMedia] = await Promise.all([
+    mediaFacts(guest, { timeoutMs: cfg.mediaTimeoutMs }),
+    mediaFacts(staff, { timeoutMs: cfg.mediaTimeoutMs }),
+  ]);
+  judgeMedia(run, 'guestMedia', guestMedia);
+  judgeMedia(run, 'staffMedia', staffMedia);
+
+  run.step('the guest leaves, then staff');
+  await visible(guest, 'leave-button').click();
+  await visible(guest, 'left-view').waitFor();
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+  run.facts.queueRestRequests = queueRequests;
 }
 
 // ------------------------------------------------------------ page helpers
