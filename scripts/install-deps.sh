@@ -3,7 +3,8 @@
 # Debian's Chromium and Firefox ESR (the real-browser tests never download a browser),
 # Node.js with npm (they drive the browsers), nftables and iproute2 (the tests that put a
 # guest in a network namespace of its own), coturn (the TURN tests start their own
-# `turnserver`; the system service the package brings is disabled), cargo-fuzz (the fuzz
+# `turnserver`; the system service the package brings is disabled), redis-server (the
+# cluster test starts its own; likewise no system service), cargo-fuzz (the fuzz
 # step) and the browser drivers' npm packages (tests/browser/package-lock.json). Safe to
 # run again: what is there is left alone.
 #
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 check_only=false
 case "${1:-}" in
   --check) check_only=true ;;
-  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "install-deps.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
@@ -29,6 +30,7 @@ declare -A packages=(
   [nft]=nftables   # network conditions in the guest-network tests
   [ip]=iproute2    # their network namespaces and veth pairs
   [turnserver]=coturn   # the TURN tests (tests/turn.rs)
+  [redis-server]=redis-server   # the cluster test (tests/cluster.rs) starts its own
 )
 missing=()
 for cmd in "${!packages[@]}"; do
@@ -58,6 +60,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   # do not leave one running.
   if [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
     "${sudo[@]}" systemctl disable --now coturn.service >/dev/null 2>&1 || true
+  fi
+  # Likewise redis-server's system service: tests/cluster.rs starts its own on a free port.
+  if [[ " ${missing[*]} " == *" redis-server "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo[@]}" systemctl disable --now redis-server.service >/dev/null 2>&1 || true
   fi
 fi
 

@@ -47,6 +47,10 @@ if ! ./scripts/install-deps.sh; then
   exit 1
 fi
 
+# The cluster test (tests/cluster.rs) skips without redis-server unless this is set: here,
+# where install-deps.sh has just installed it, a missing one is a failure, never a skip.
+export GATEHOUSE_REQUIRE_REDIS=1
+
 step fmt cargo fmt --all -- --check
 
 # Lints and tests share one build. `cargo clippy` is `cargo check` with clippy-driver as

@@ -120,6 +120,12 @@ pub struct Config {
     /// (`[retry]`); see README, "Virtual appointments" [default: no webhooks].
     #[arg(long, env = "GATEHOUSE_WEBHOOKS_FILE")]
     pub webhooks_file: Option<PathBuf>,
+    /// Redis of a cluster of nodes, e.g. redis://10.0.0.5:6379/0 (or unix:///run/redis.sock):
+    /// the node joins its registry and places meetings through it (README, "Several nodes";
+    /// a foundation: records are not shared yet). Unset: this node is the whole Gatehouse
+    /// and no Redis is touched [default: unset].
+    #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Test hook, hidden from --help: share of forwarded media packets the SFU drops
     /// on purpose (0 to 1), so the load tester's loss figures can be checked.
     #[arg(long, env = "GATEHOUSE_MEDIA_DROP_RATE", hide = true)]
@@ -202,6 +208,14 @@ impl Config {
             "media drop rate must be between 0 and 1"
         );
         self.webhooks()?;
+        if let Some(redis) = self.redis_url() {
+            let url = url::Url::parse(redis).with_context(|| "redis_url is not a URL".to_owned())?;
+            anyhow::ensure!(
+                ["redis", "unix", "redis+unix"].contains(&url.scheme()),
+                "redis_url must start with redis://, unix:// or redis+unix:// (rediss:// is not \
+                 built in: reach Redis over a private network or a local TLS tunnel)"
+            );
+        }
         Ok(())
     }
 
@@ -291,6 +305,11 @@ impl Config {
             Some(path) => crate::webhooks::Webhooks::load(path),
             None => Ok(crate::webhooks::Webhooks::default()),
         }
+    }
+
+    /// The Redis of this node's cluster, if it is one (an empty setting counts as none).
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().filter(|u| !u.is_empty())
     }
 
     /// Share of forwarded media packets the SFU drops on purpose, in [0, 1]; 0 in production.
@@ -432,6 +451,37 @@ mod tests {
             });
             assert_eq!(resolved.is_ok(), ok, "turn_ttl_secs = {ttl}");
         }
+    }
+
+    #[test]
+    fn redis_url_off_unless_given_and_checked() {
+        assert_eq!(Config::resolve(Config::default()).unwrap().redis_url(), None);
+        let with = |u: &str| {
+            Config::resolve(Config {
+                redis_url: Some(u.to_owned()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(with("").unwrap().redis_url(), None, "empty is unset");
+        for ok in [
+            "redis://127.0.0.1:6379/0",
+            "redis://:secret@10.0.0.5",
+            "unix:///run/redis.sock",
+        ] {
+            assert_eq!(with(ok).unwrap().redis_url(), Some(ok));
+        }
+        for bad in ["rediss://10.0.0.5", "http://10.0.0.5:6379", "10.0.0.5:6379"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+        let path = std::env::temp_dir().join(format!("gatehouse-cfg-{}.toml", crate::ids::random_code(8)));
+        std::fs::write(&path, "redis_url = \"redis://127.0.0.1:6390\"\n").unwrap();
+        let c = Config::resolve(Config {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.redis_url(), Some("redis://127.0.0.1:6390"), "from the file");
     }
 
     /// The one declaration holds: every setting (but the file itself) has a flag, an

@@ -7,6 +7,7 @@
 //! client; no server module is shared with the SDK, which must never depend on this crate.
 
 pub mod appointments;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -103,13 +103,13 @@ impl Default for GatewayMetrics {
 
 /// User plus system CPU time of this process in seconds, from `/proc/self/stat`.
 #[cfg(target_os = "linux")]
-fn process_cpu_seconds() -> Option<f64> {
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn process_cpu_seconds() -> Option<f64> {
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
     None
 }
 

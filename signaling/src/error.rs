@@ -71,6 +71,9 @@ pub enum ErrorCode {
     MediaStateError,
     /// The server holds as many connections as it is set to; retry shortly.
     ServerBusy,
+    /// The meeting runs on another node of the cluster, which the message names (signaling
+    /// is not relayed between nodes yet): connect there.
+    MeetingElsewhere,
     /// The appointment slot asked for is not free (booked by someone else, or outside working hours).
     SlotTaken,
     /// The appointment's state does not allow this (e.g. cancelling one that is in progress).
@@ -97,6 +100,8 @@ impl ErrorCode {
             RateLimited => 429,
             Internal => 500,
             ServerBusy => 503,
+            // Misdirected Request: the right server is another one.
+            MeetingElsewhere => 421,
         }
     }
 }

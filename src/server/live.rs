@@ -99,6 +99,8 @@ pub struct Services {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// How long a guest whose socket dropped keeps its seat, unseen by others (`seat_hold_secs`).
     pub seat_hold_ms: u64,
+    /// Where meetings live: here (one node), or wherever the cluster placed them.
+    pub router: Arc<dyn crate::cluster::Router>,
 }
 
 impl LiveMeetings {
@@ -137,8 +139,21 @@ impl LiveMeetings {
     }
 
     /// Sends to a meeting, starting its task if needed. Waits while its queue is full.
-    pub async fn send(&self, services: &Services, meeting: &Meeting, cmd: Command) {
+    ///
+    /// The multi-node seam: a meeting not live here is placed first ([`crate::cluster::Router`]),
+    /// and refused if it runs on another node (`meeting_elsewhere`; frames are not relayed
+    /// between nodes yet) or cannot be placed (`server_busy`). A meeting live here asks nothing.
+    pub async fn send(&self, services: &Services, meeting: &Meeting, cmd: Command) -> Result<(), Error> {
+        if !self.is_live(&meeting.meeting_id) {
+            match services.router.place(&meeting.meeting_id).await? {
+                crate::cluster::Route::Here => {}
+                crate::cluster::Route::Elsewhere { node_id, public_url } => {
+                    return Err(crate::cluster::Route::elsewhere_error(&node_id, &public_url));
+                }
+            }
+        }
         self.deliver(&meeting.meeting_id, cmd, Some((services, meeting))).await;
+        Ok(())
     }
 
     /// The one way into a meeting task's queue ([`MEETING_QUEUE`] commands).

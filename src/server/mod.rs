@@ -46,6 +46,8 @@ pub struct AppState {
     /// The ICE servers handed out on entering the call (TURN credentials minted per participant).
     pub ice: Arc<IceServers>,
     pub live: Arc<LiveMeetings>,
+    /// Where meetings live: this node alone, or the cluster through Redis (`--redis-url`).
+    pub router: Arc<dyn crate::cluster::Router>,
     pub metrics: Arc<GatewayMetrics>,
     /// Source of connection ids.
     pub next_conn: AtomicU64,
@@ -67,6 +69,7 @@ impl AppState {
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             seat_hold_ms: self.config.seat_hold_secs() * 1000,
+            router: self.router.clone(),
         }
     }
 
@@ -156,6 +159,43 @@ fn advertised_media_ip(bind: SocketAddr) -> Option<IpAddr> {
     Some(ip)
 }
 
+/// The Redis router behind `--redis-url` (also returned as itself, for its heartbeat), else
+/// the local one.
+#[cfg(feature = "cluster")]
+async fn cluster_router(
+    config: &Config,
+    media_addr: SocketAddr,
+) -> anyhow::Result<(
+    Arc<dyn crate::cluster::Router>,
+    Option<Arc<crate::cluster::redis::RedisRouter>>,
+)> {
+    let Some(url) = config.redis_url() else {
+        return Ok((Arc::new(crate::cluster::LocalRouter), None));
+    };
+    let router = crate::cluster::redis::RedisRouter::connect(url, config.public_url(), media_addr.to_string()).await?;
+    let node_id = router.node_id.clone();
+    tracing::warn!(
+        %node_id,
+        "cluster mode (redis_url) is a foundation only: this node joins the registry and places \
+         meetings, but meetings, links and admissions stay in its own database (not shared), \
+         and signaling is not relayed: a join for a meeting placed on another node is refused \
+         with meeting_elsewhere (README, \"Several nodes\")"
+    );
+    Ok((router.clone(), Some(router)))
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster_router(
+    config: &Config,
+    _media_addr: SocketAddr,
+) -> anyhow::Result<(Arc<dyn crate::cluster::Router>, ())> {
+    anyhow::ensure!(
+        config.redis_url().is_none(),
+        "redis_url is set, but this gateway was built without the `cluster` feature"
+    );
+    Ok((Arc::new(crate::cluster::LocalRouter), ()))
+}
+
 /// A running gateway.
 pub struct Running {
     /// The bound HTTPS address.
@@ -186,6 +226,7 @@ impl Running {
             );
         }
         self.state.sfu.shutdown().await;
+        self.state.router.stop().await;
         tracing::info!("stopped");
     }
 
@@ -241,6 +282,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     .context("starting the media plane")?;
     let media_addr = sfu.local_addr();
 
+    let (router, redis_router) = cluster_router(&config, media_addr).await?;
+
     let metrics = Arc::new(GatewayMetrics::new());
     metrics
         .register(Box::new(crate::metrics::SfuCollector::new(sfu.clone())))
@@ -253,6 +296,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         sfu,
         ice: Arc::new(IceServers::new(config.ice_servers(), config.turn())),
         live: Arc::new(LiveMeetings::default()),
+        router,
         metrics,
         next_conn: AtomicU64::new(1),
         shutdown: shutdown_rx,
@@ -270,6 +314,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         tracing::info!(held, "seats held after a crash for the guests who were in a call");
     }
 
+    // In the registry before the first connection, so a join can place its meeting here.
+    #[cfg(feature = "cluster")]
+    if let Some(redis_router) = redis_router {
+        crate::cluster::redis::start_heartbeat(redis_router, state.clone()).await;
+    }
+    #[cfg(not(feature = "cluster"))]
+    let () = redis_router;
+
     // Starts and no-show deadlines that passed while the gateway was down act now.
     appointments::spawn_clock(state.clone());
     queue::spawn_places(state.clone());
@@ -284,6 +336,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .merge(appointments::router())
         .merge(webhooks::router())
         .merge(booking::router())
+        .merge(crate::cluster::api::router())
         .merge(booking::pages(&config))
         .merge(assets::router(&config))
         // Routing failures answer like every other error: a status and `{code, message}`.

@@ -310,7 +310,7 @@ async fn join_meeting(
                 reply,
             },
         )
-        .await;
+        .await?;
     answer
         .await
         .map_err(|_| Error::new(ErrorCode::Internal, "the meeting stopped"))??;
