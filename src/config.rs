@@ -96,6 +96,11 @@ pub struct Config {
     /// token within this time resumes the call unseen; after it, others see it leave [default: 60].
     #[arg(long, env = "GATEHOUSE_SEAT_HOLD")]
     pub seat_hold_secs: Option<u64>,
+    /// A signaling connection that sends nothing for this long, not even the pong a client's
+    /// WebSocket library answers the server's ping with (sent every third of it), is taken as
+    /// dropped (a closed laptop, a dead network), seconds, 3 to 600 [default: 30].
+    #[arg(long, env = "GATEHOUSE_SIGNALING_SILENCE")]
+    pub signaling_silence_secs: Option<u64>,
     /// Link redemptions allowed per client address per minute [default: 20].
     #[arg(long, env = "GATEHOUSE_REDEEM_PER_MINUTE")]
     pub redeem_per_minute: Option<u32>,
@@ -204,6 +209,10 @@ impl Config {
             "seat hold must be 1 s to 1 hour"
         );
         anyhow::ensure!(
+            (3..=600).contains(&self.signaling_silence_secs()),
+            "signaling silence must be 3 s to 10 minutes"
+        );
+        anyhow::ensure!(
             (0.0..=1.0).contains(&self.media_drop_rate()),
             "media drop rate must be between 0 and 1"
         );
@@ -276,6 +285,10 @@ impl Config {
     pub fn seat_hold_secs(&self) -> u64 {
         self.seat_hold_secs
             .unwrap_or(gatehouse_signaling::room::REJOIN_GRACE_MS / 1000)
+    }
+
+    pub fn signaling_silence_secs(&self) -> u64 {
+        self.signaling_silence_secs.unwrap_or(30)
     }
 
     pub fn redeem_per_minute(&self) -> u32 {
@@ -382,6 +395,14 @@ mod tests {
                 ..Default::default()
             });
             assert_eq!(c.is_ok(), ok, "seat_hold_secs = {secs}");
+        }
+        assert_eq!(Config::resolve(Config::default()).unwrap().signaling_silence_secs(), 30);
+        for (secs, ok) in [(2, false), (3, true), (600, true), (601, false)] {
+            let c = Config::resolve(Config {
+                signaling_silence_secs: Some(secs),
+                ..Default::default()
+            });
+            assert_eq!(c.is_ok(), ok, "signaling_silence_secs = {secs}");
         }
         let c = Config::resolve(Config {
             media_drop_rate: Some(0.1),

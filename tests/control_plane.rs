@@ -1290,3 +1290,59 @@ async fn a_guest_who_does_not_come_back_leaves_once_when_the_hold_ends() {
     let mut guest = srv.join(&token, None).await;
     assert!(matches!(placement(&mut guest).await, ServerMessage::Lobby { .. }));
 }
+
+/// A guest whose socket goes silent without closing (a closed laptop, a dead network:
+/// no FIN, no RST, nothing) is taken as dropped once it has sent nothing for the
+/// `signaling_silence_secs` setting (3 s here), not even the pong its WebSocket library
+/// answers the server's pings with: others see its media down, then, after the hold,
+/// `participant_left` (`disconnected`), and the server closes its socket. A participant
+/// that says nothing but answers pings (the staff socket, read throughout) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_taken_as_dropped_and_a_pinged_one_stays() {
+    let dir = support::temp_dir("silence");
+    let mut config = support::test_config(&dir);
+    config.signaling_silence_secs = Some(3);
+    config.seat_hold_secs = Some(1);
+    let srv = TestServer::start_with(config).await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let (mut staff, mut guest, _token, guest_id, _mid) = staff_and_admitted_guest(&srv, &olga).await;
+
+    // From here the guest's socket is never read, so its library answers no ping. The
+    // staff socket is read (its library answers every ping) and sends nothing itself.
+    let quiet_since = std::time::Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let m = staff.next().await.expect("staff stays connected");
+        let down = media_down(&m, &guest_id);
+        seen.push(m);
+        if down {
+            break;
+        }
+    }
+    assert!(
+        quiet_since.elapsed() >= std::time::Duration::from_millis(2500),
+        "taken as dropped only after the silence limit ({:?})",
+        quiet_since.elapsed()
+    );
+    let left = staff
+        .expect("the hold ends", |m| matches!(m, ServerMessage::ParticipantLeft { .. }))
+        .await;
+    assert_eq!(
+        left,
+        ServerMessage::ParticipantLeft {
+            participant_id: guest_id.clone().into(),
+            reason: LeaveReason::Disconnected
+        }
+    );
+    // The staff socket has been silent itself for longer than the limit, answering pings:
+    // still in the call.
+    assert!(quiet_since.elapsed() >= std::time::Duration::from_secs(3));
+    let later = frames_until_pong(&mut staff, 11).await;
+    assert_eq!(roster_changes_of(&later, &guest_id), [], "{later:?}");
+    // The server closed the silent socket: what was queued, then the end.
+    let rest = guest.until_closed().await;
+    assert!(
+        !rest.iter().any(|m| matches!(m, ServerMessage::Left { .. })),
+        "a dropped socket is not told it left: {rest:?}"
+    );
+}

@@ -85,18 +85,28 @@ fn frame_type(json: &str) -> &str {
 
 async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     state.metrics.signaling_connections.inc();
+    // Liveness: the writer pings every third of the silence limit; the reader takes a
+    // connection that has sent nothing (a frame, a pong) for the whole limit as dropped.
+    let silence = Duration::from_secs(state.config.signaling_silence_secs());
     let (mut sink, mut stream) = socket.split();
     let (outbox, mut outbox_rx) = crate::outbox::outbox();
     let mut shutdown = state.shutdown.clone();
     // How the writer closes once the outbox ends, when the reader has a reason to give.
     let (close_with, close_rx) = tokio::sync::watch::channel(None::<CloseFrame>);
 
-    // Writer: drains the outbox; closes the socket after a `left` frame (1000), on
+    // Writer: drains the outbox and pings; closes the socket after a `left` frame (1000), on
     // shutdown (1001), when the client is too slow (1008) or sent too much (1009).
     let mut writer = tokio::spawn(
         async move {
+            let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + silence / 3, silence / 3);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
+                    _ = ping.tick() => {
+                        if sink.send(Message::Ping(Default::default())).await.is_err() {
+                            break;
+                        }
+                    }
                     next = outbox_rx.next() => {
                         let msg = match next {
                             Next::Message(msg) => msg,
@@ -174,7 +184,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     // Reading stops when the client goes, or when the writer has closed the socket
     // (after `left`): a client that never answers the close must not pin the connection.
     let writer_done = tokio::select! {
-        () = read_frames(&state, conn, &meeting_id, &mut stream, &outbox, &close_with) => false,
+        () = read_frames(&state, conn, &meeting_id, &mut stream, &outbox, &close_with, silence) => false,
         _ = &mut writer => true,
     };
     state
@@ -324,13 +334,20 @@ async fn read_frames(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     outbox: &super::live::Outbox,
     close_with: &tokio::sync::watch::Sender<Option<CloseFrame>>,
+    silence: Duration,
 ) {
     let mut pace = TokenBucket::new(FRAME_BURST, FRAMES_PER_SEC, now_ms());
     let mut refused = 0u32;
     let mut shutdown = state.shutdown.clone();
     loop {
         let msg = tokio::select! {
-            msg = stream.next() => msg,
+            msg = tokio::time::timeout(silence, stream.next()) => match msg {
+                Ok(msg) => msg,
+                Err(_) => {
+                    tracing::info!(silence_secs = silence.as_secs(), "signaling connection silent (no frame, no pong): taken as dropped");
+                    return;
+                }
+            },
             _ = shutdown.changed() => return,
         };
         let text = match msg {
