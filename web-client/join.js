@@ -265,9 +265,8 @@ $('join-form').addEventListener('submit', async (ev) => {
 // -------------------------------------------------------------- the meeting
 
 async function joinWith(token, socket = null) {
-  // Simulcast publishing is opt-in for now (`?simulcast=1` on the join link): with it, a
-  // camera's ICE restart lost the camera to the others (docs/WEB-CLIENT.md, "Media").
-  const simulcast = new URLSearchParams(window.location.search).get('simulcast') === '1';
+  // The camera goes as simulcast unless the join link says `?simulcast=0` (docs/WEB-CLIENT.md, "Media").
+  const simulcast = new URLSearchParams(window.location.search).get('simulcast') !== '0';
   const client = new GatehouseClient({ token, socket, simulcast });
   page.client = client;
   const { audioTrack, videoTrack } = page.media;

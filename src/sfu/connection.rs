@@ -301,8 +301,13 @@ fn is_component_two(line: &str) -> bool {
         .is_some_and(|component| component == "2")
 }
 
-/// Applies a publisher offer and returns our answer's SDP.
+/// Applies a publisher offer and returns our answer's SDP. The offer is first read
+/// through [`publisher_offer`], with the simulcast receivers this connection already has.
 pub fn answer_offer(pc: &mut RTCPeerConnection, now: Instant, offer: RTCSessionDescription) -> Result<String, String> {
+    let offer = match publisher_offer(&offer.sdp, &simulcast_receivers(pc)) {
+        std::borrow::Cow::Borrowed(_) => offer,
+        std::borrow::Cow::Owned(sdp) => RTCSessionDescription::offer(sdp).map_err(|e| e.to_string())?,
+    };
     pc.set_remote_description(now, offer)
         .and_then(|()| pc.create_answer(None))
         .and_then(|answer| pc.set_local_description(now, answer))
@@ -310,6 +315,120 @@ pub fn answer_offer(pc: &mut RTCPeerConnection, now: Instant, offer: RTCSessionD
     pc.local_description()
         .map(|d| tidy_sdp(&d.sdp))
         .ok_or_else(|| "no local description after answering".to_owned())
+}
+
+/// The simulcast receivers of a publisher connection: each receiving transceiver's mid
+/// with the rids its track was set up with (none before the first offer was applied).
+fn simulcast_receivers(pc: &mut RTCPeerConnection) -> Vec<(String, Vec<String>)> {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    transceivers
+        .into_iter()
+        .filter_map(|t| {
+            let transceiver = pc.rtp_transceiver(t)?;
+            let mid = transceiver.mid().clone()?;
+            let receiver = transceiver.receiver()?;
+            let rx = pc.rtp_receiver(receiver)?;
+            let rids: Vec<String> = rx
+                .track()
+                .codings()
+                .iter()
+                .map(|c| c.rtp_coding_parameters.rid.to_string())
+                .filter(|rid| !rid.is_empty())
+                .collect();
+            (!rids.is_empty()).then_some((mid, rids))
+        })
+        .collect()
+}
+
+/// A publisher's offer as `rtc` 0.21.1 is given it. Two things in its simulcast
+/// (`a=rid`) media sections would otherwise lose media:
+///
+/// - **Layers forgotten on a re-offer.** Applying a remote description gives every
+///   receiving transceiver a fresh track (`start_rtp`); for a section with rids its
+///   layers have no SSRC until a packet names its rid again in the `mid`/`rid` header
+///   extensions. Chromium sends those only until a receiver report acknowledges the
+///   SSRC, so after any re-offer (an ICE restart, a screen added) every layer's
+///   packets were dropped by `rtc` ("no track id for <ssrc>") and the camera froze
+///   for everyone. A section whose mid already has a simulcast receiver with the same
+///   rids therefore loses its `a=msid` and `a=ssrc*` lines: `rtc` then finds no track
+///   described in it and leaves the receiver, with the layers it learned, as it is.
+/// - **Retransmissions dropped.** A layer's RTX stream is only named by the
+///   `repaired-rtp-stream-id` extension, which `rtc` 0.21.1 does not handle (it drops
+///   those packets), so every NACKed packet was resent up to ten times and never
+///   arrived. The section's `rtx` payload types are left out, so our answer has none
+///   and the publisher resends on the layer's own SSRC, which `rtc` knows.
+///
+/// `layered` lists the connection's simulcast receivers (mid, rids). Other sections
+/// and offers without rids are returned unchanged (borrowed).
+pub fn publisher_offer<'a>(sdp: &'a str, layered: &[(String, Vec<String>)]) -> std::borrow::Cow<'a, str> {
+    let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
+    let starts: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("m=")).collect();
+    let mut drop = vec![false; lines.len()];
+    let mut m_lines: Vec<(usize, String)> = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+        let section = start..end;
+        let attr = |i: usize, key: &str| lines[i].trim_end().strip_prefix(key);
+        let rids: Vec<&str> = section
+            .clone()
+            .filter_map(|i| attr(i, "a=rid:")?.split_whitespace().next())
+            .collect();
+        if rids.is_empty() {
+            continue;
+        }
+        let mid = section.clone().find_map(|i| attr(i, "a=mid:"));
+        let known = layered.iter().any(|(m, r)| {
+            Some(m.as_str()) == mid && {
+                let (mut a, mut b) = (r.iter().map(String::as_str).collect::<Vec<_>>(), rids.clone());
+                a.sort_unstable();
+                b.sort_unstable();
+                a == b
+            }
+        });
+        // Payload types of `a=rtpmap:<pt> rtx/<clock>`.
+        let rtx: Vec<&str> = section
+            .clone()
+            .filter_map(|i| {
+                let (pt, codec) = attr(i, "a=rtpmap:")?.split_once(' ')?;
+                codec.to_ascii_lowercase().starts_with("rtx/").then_some(pt)
+            })
+            .collect();
+        for i in section {
+            let text = lines[i].trim_end();
+            let of_rtx = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|key| {
+                text.strip_prefix(key)
+                    .and_then(|rest| rest.split([' ', ':']).next())
+                    .is_some_and(|pt| rtx.contains(&pt))
+            });
+            let describes_track = ["a=msid:", "a=ssrc:", "a=ssrc-group:"]
+                .iter()
+                .any(|key| text.starts_with(key));
+            drop[i] = of_rtx || (known && describes_track);
+        }
+        if !rtx.is_empty() {
+            let ending = &lines[start][lines[start].trim_end().len()..];
+            // `m=<media> <port> <proto> <fmt> ...`: the formats from the fourth field on.
+            let kept: Vec<&str> = (lines[start].trim_end().split(' ').enumerate())
+                .filter(|(n, fmt)| *n < 3 || !rtx.contains(fmt))
+                .map(|(_, field)| field)
+                .collect();
+            m_lines.push((start, format!("{}{ending}", kept.join(" "))));
+        }
+    }
+    if m_lines.is_empty() && !drop.contains(&true) {
+        return std::borrow::Cow::Borrowed(sdp);
+    }
+    let mut out = String::with_capacity(sdp.len());
+    for (i, line) in lines.iter().enumerate() {
+        if drop[i] {
+            continue;
+        }
+        match m_lines.iter().find(|(at, _)| *at == i) {
+            Some((_, m)) => out.push_str(m),
+            None => out.push_str(line),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Makes and applies an offer on a subscriber connection and returns its SDP.
@@ -556,5 +675,155 @@ mod tests {
         assert_eq!(tidy_sdp(tidy), tidy);
         let no_mux = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 2 udp 1 127.0.0.1 5 typ host\r\n";
         assert_eq!(tidy_sdp(no_mux), no_mux, "without rtcp-mux component 2 is real");
+    }
+
+    /// A Chromium 156 publisher offer (audio, and a camera as simulcast rids q/h/f), cut
+    /// down to VP8, H.264 and RED/ULPFEC with their RTX, in the order Chromium writes
+    /// them. `ufrag` and `pwd` change on an ICE restart; nothing else does.
+    fn chromium_offer(ufrag: &str, pwd: &str, version: u32) -> String {
+        let transport = format!(
+            "c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n\
+             a=ice-options:trickle\r\na=fingerprint:sha-256 ED:1B:95:76:88:76:BA:AA:BF:19:C0:83:F1:8A:B0:B4:22:DF:D1:F1:E9:86:4E:23:EB:D6:BC:4A:1D:E4:41:5C\r\n\
+             a=setup:actpass\r\n"
+        );
+        format!(
+            "v=0\r\no=- 825777593074236849 {version} IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+             a=extmap-allow-mixed\r\na=msid-semantic: WMS d0f7\r\n\
+             m=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\n{transport}a=mid:0\r\n\
+             a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+             a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+             a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=sendonly\r\na=msid:d0f7 aaf3\r\n\
+             a=rtcp-mux\r\na=rtcp-rsize\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 transport-cc\r\n\
+             a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n\
+             a=ssrc:878396849 cname:rX3NooVbV2Rs2Ede\r\na=ssrc:878396849 msid:d0f7 aaf3\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 118 119 120\r\n{transport}a=mid:1\r\n\
+             a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+             a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+             a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+             a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+             a=sendonly\r\na=msid:d0f7 0fe6\r\na=rtcp-mux\r\na=rtcp-rsize\r\n\
+             a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 goog-remb\r\na=rtcp-fb:96 transport-cc\r\n\
+             a=rtcp-fb:96 ccm fir\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n\
+             a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+             a=rtpmap:102 H264/90000\r\na=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\n\
+             a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+             a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n\
+             a=rtpmap:118 red/90000\r\na=rtpmap:119 rtx/90000\r\na=fmtp:119 apt=118\r\n\
+             a=rtpmap:120 ulpfec/90000\r\n\
+             a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
+        )
+    }
+
+    /// The video m-section of an SDP (from its `m=video` line to the end or the next `m=`).
+    fn video_section(sdp: &str) -> &str {
+        let at = sdp.find("m=video").expect("a video section");
+        let rest = &sdp[at..];
+        rest[2..].find("\nm=").map_or(rest, |end| &rest[..end + 3])
+    }
+
+    /// A first offer keeps its track description; RTX goes from the simulcast section
+    /// only (line, formats, fmtp); other sections and offers without rids are untouched.
+    #[test]
+    fn a_first_simulcast_offer_loses_only_its_rtx() {
+        let offer = chromium_offer("Rhgm", "NqGfKMmRHEVnCuaco7tmdR0G", 2);
+        let read = publisher_offer(&offer, &[]);
+        let video = video_section(&read);
+        assert!(
+            video.starts_with("m=video 9 UDP/TLS/RTP/SAVPF 96 102 118 120\r\n"),
+            "{video}"
+        );
+        for gone in ["rtx/", "apt=", "a=rtpmap:97", "a=fmtp:103"] {
+            assert!(!video.contains(gone), "{gone}: {video}");
+        }
+        for kept in [
+            "a=msid:d0f7 0fe6",
+            "a=rtpmap:118 red/90000",
+            "a=rtpmap:120 ulpfec",
+            "a=rid:f send",
+        ] {
+            assert!(video.contains(kept), "{kept}: {video}");
+        }
+        assert_eq!(
+            &read[..offer.find("m=video").unwrap()],
+            &offer[..offer.find("m=video").unwrap()]
+        );
+        assert_eq!(read.len(), offer.len() - (video_section(&offer).len() - video.len()));
+        let single = offer.replace(
+            "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
+            "",
+        );
+        assert!(matches!(publisher_offer(&single, &[]), std::borrow::Cow::Borrowed(_)));
+    }
+
+    /// On a re-offer, a section whose mid already has a simulcast receiver with the same
+    /// rids loses its track description (`a=msid`, `a=ssrc*`); other rids or mids keep it.
+    #[test]
+    fn a_simulcast_reoffer_of_a_known_receiver_describes_no_track() {
+        let offer = chromium_offer("Xg6j", "fhVmlY0R0BIaRWrIjhsfw4H1", 3).replace(
+            "a=rid:q send",
+            "a=ssrc-group:FID 1 2\r\na=ssrc:1 cname:x\r\na=ssrc:2 cname:x\r\na=rid:q send",
+        );
+        let known = |mid: &str, rids: &[&str]| vec![(mid.to_owned(), rids.iter().map(|r| r.to_string()).collect())];
+        let read = publisher_offer(&offer, &known("1", &["f", "q", "h"]));
+        let video = video_section(&read);
+        for gone in ["a=msid:", "a=ssrc:", "a=ssrc-group:", "rtx/"] {
+            assert!(!video.contains(gone), "{gone}: {video}");
+        }
+        assert!(
+            read.contains("a=msid:d0f7 aaf3") && read.contains("a=ssrc:878396849"),
+            "audio untouched"
+        );
+        for other in [known("1", &["q", "h"]), known("0", &["q", "h", "f"])] {
+            let read = publisher_offer(&offer, &other);
+            assert!(video_section(&read).contains("a=msid:d0f7 0fe6"), "{other:?}");
+        }
+    }
+
+    /// The fault behind "an ICE restart of a simulcast publisher freezes its camera":
+    /// applying a re-offer made `rtc` 0.21.1 give the simulcast receiver a fresh track
+    /// whose layers have no SSRC (they are learned again only from the `rid` header
+    /// extension, which Chromium has stopped sending), so every layer's packets were
+    /// dropped. Through `answer_offer` the receiver keeps its track, and with it the
+    /// layers it learned; the answer still receives q, h and f, and has no RTX.
+    #[test]
+    fn an_ice_restart_reoffer_keeps_the_simulcast_receivers_track() {
+        let (u, p) = ice_credentials();
+        let mut pc = build(Instant::now(), &u, &p, "127.0.0.1:7000".parse().unwrap(), None, stats()).unwrap();
+        let video_track = |pc: &mut RTCPeerConnection| {
+            let transceivers: Vec<_> = pc.get_transceivers().collect();
+            transceivers
+                .into_iter()
+                .find_map(|t| {
+                    let transceiver = pc.rtp_transceiver(t)?;
+                    (transceiver.mid().as_deref() == Some("1")).then_some(())?;
+                    let receiver = transceiver.receiver()?;
+                    let rx = pc.rtp_receiver(receiver)?;
+                    let track = rx.track();
+                    let rids: Vec<String> = track
+                        .codings()
+                        .iter()
+                        .map(|c| c.rtp_coding_parameters.rid.to_string())
+                        .collect();
+                    Some((track.label().clone(), rids))
+                })
+                .expect("a video receiver")
+        };
+        let offer = |ufrag, pwd, version| {
+            RTCSessionDescription::offer(chromium_offer(ufrag, pwd, version)).expect("a valid offer")
+        };
+        let first = answer_offer(&mut pc, Instant::now(), offer("Rhgm", "NqGfKMmRHEVnCuaco7tmdR0G", 2)).unwrap();
+        let (label, rids) = video_track(&mut pc);
+        assert_eq!(rids, ["q", "h", "f"]);
+        let again = answer_offer(&mut pc, Instant::now(), offer("Xg6j", "fhVmlY0R0BIaRWrIjhsfw4H1", 3)).unwrap();
+        assert_eq!(
+            video_track(&mut pc),
+            (label, rids),
+            "the same receiver track after the re-offer"
+        );
+        for answer in [&first, &again] {
+            let video = video_section(answer);
+            assert!(video.contains("a=simulcast:recv q;h;f"), "{video}");
+            assert!(!video.contains("rtx/"), "{video}");
+        }
     }
 }

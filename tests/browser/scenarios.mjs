@@ -1123,6 +1123,11 @@ async function screenShare(run) {
   run.facts.staffSawScreenTile = sawTile;
   judgeMedia(run, 'staffScreenMedia', media);
   if (sawTile) await run.shot(staff, 'screen-share-staff.png');
+  // Adding the screen renegotiated the guest's publisher connection, whose camera is
+  // simulcast: its layers must keep flowing to staff (they froze for good before the fix
+  // in connection::publisher_offer), as they must after the screen is removed.
+  const camera = () => mediaFacts(staff, { timeoutMs: run.cfg.mediaTimeoutMs, wantAudio: false, source: 'camera' });
+  judgeMedia(run, 'staffCameraWhileSharing', await camera());
 
   await toggle.click();
   await guest.waitForFunction(() => document.querySelector('[data-testid="screen-toggle"]').dataset.state === 'off');
@@ -1131,6 +1136,7 @@ async function screenShare(run) {
     await tile.waitFor({ state: 'detached' });
     run.facts.screenTileRemoved = true;
   }
+  judgeMedia(run, 'staffCameraAfterSharing', await camera());
 }
 
 async function denyWithReason(run) {
@@ -1701,8 +1707,7 @@ async function outboundLayers(page) {
 async function simulcastLayers(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Simulcast' });
   const guest = await run.context('guest');
-  // Simulcast publishing is opt-in in the web client for now (docs/WEB-CLIENT.md, "Media").
-  const guestId = await guestJoins(run, guest, `${linkCode}?simulcast=1`, run.cfg.guestName);
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
   run.step('staff joins and admits; staff decodes the guest\'s camera');
   const staff = await run.context('staff');
   await staffJoins(run, staff, meetingId);
