@@ -1474,3 +1474,119 @@ async fn staff_queue_subscribers_get_a_snapshot_then_every_change_pushed_and_gue
     })
     .await;
 }
+
+/// Redeems the link with `code` as a guest named `name`: their token.
+async fn redeem(srv: &TestServer, code: &str, name: &str) -> String {
+    let (status, r) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/links/{code}/redeem"),
+            None,
+            Some(json!({ "display_name": name })),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    r["token"].as_str().unwrap().to_owned()
+}
+
+/// The guest of an appointment cancels it with the token of its own join link
+/// (`/api/v1/guest/appointment`, what the lobby's Cancel button calls): another link to
+/// the same meeting (an interpreter's), a guest of an ordinary meeting and staff are
+/// refused; after the cancel the link is revoked, the transition is `cancelled_by_guest`,
+/// and a second cancel is 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Admin);
+    let (_, t) = setup(&srv, &olga, &["olga"], json!({})).await;
+    let (status, a) = srv
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(&olga),
+            Some(json!({ "type_id": t["type_id"], "starts_at": rfc3339(slot_ahead(1)), "guest_name": "Grace", "guest_contact": "grace@example.org" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{a}");
+    let id = a["appointment_id"].as_str().unwrap();
+    let meeting = a["meeting_id"].as_str().unwrap();
+    let grace = redeem(&srv, &code_of(&a["join_url"]), "Grace").await;
+
+    // Who is not the appointment's guest learns nothing of it.
+    let (status, body) = srv.call("GET", "/api/v1/guest/appointment", None, None).await;
+    assert_eq!((status, &body["code"]), (401, &json!("unauthorized")), "{body}");
+    let (status, body) = srv.call("GET", "/api/v1/guest/appointment", Some(&olga), None).await;
+    assert_eq!((status, &body["code"]), (403, &json!("forbidden")), "{body}");
+    let (status, other) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/meetings/{meeting}/links"),
+            Some(&olga),
+            Some(json!({ "kind": "invite", "invitee": "Ivan Interpreter" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{other}");
+    let ivan = redeem(&srv, other["code"].as_str().unwrap(), "Ivan").await;
+    let (status, m) = srv
+        .call(
+            "POST",
+            "/api/v1/meetings",
+            Some(&olga),
+            Some(json!({ "title": "Walk-in" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{m}");
+    let walk_in = redeem(&srv, m["public_link"]["code"].as_str().unwrap(), "Walker").await;
+    for (who, token) in [
+        ("another link's guest", &ivan),
+        ("an ordinary meeting's guest", &walk_in),
+    ] {
+        for (method, path) in [
+            ("GET", "/api/v1/guest/appointment"),
+            ("POST", "/api/v1/guest/appointment/cancel"),
+        ] {
+            let (status, body) = srv.call(method, path, Some(token), None).await;
+            assert_eq!(
+                (status, &body["code"]),
+                (404, &json!("not_found")),
+                "{who} {method} {path}: {body}"
+            );
+        }
+    }
+    assert_eq!(appointment(&srv, &olga, id).await["state"], "scheduled");
+
+    // The appointment's own guest sees it (no contact: that is for staff) and cancels it.
+    let (status, mine) = srv.call("GET", "/api/v1/guest/appointment", Some(&grace), None).await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(
+        (&mine["appointment"]["appointment_id"], &mine["may_cancel"]),
+        (&json!(id), &json!(true)),
+        "{mine}"
+    );
+    assert_eq!(mine["appointment"]["guest_contact"], Value::Null, "{mine}");
+    let (status, done) = srv
+        .call("POST", "/api/v1/guest/appointment/cancel", Some(&grace), None)
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        (&done["appointment"]["state"], &done["may_cancel"]),
+        (&json!("cancelled"), &json!(false)),
+        "{done}"
+    );
+    let a = appointment(&srv, &olga, id).await;
+    assert_eq!(a["state"], "cancelled", "{a}");
+    assert_eq!(a["transitions"][1]["cause"], "cancelled_by_guest", "{a}");
+    // The link is revoked; a second cancel is refused.
+    let (status, body) = srv
+        .call("GET", &format!("/api/v1/links/{}", code_of(&a["join_url"])), None, None)
+        .await;
+    assert_eq!((status, &body["code"]), (410, &json!("link_revoked")), "{body}");
+    let (status, body) = srv
+        .call("POST", "/api/v1/guest/appointment/cancel", Some(&grace), None)
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("wrong_appointment_state")),
+        "{body}"
+    );
+}

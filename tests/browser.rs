@@ -1422,8 +1422,10 @@ async fn console_shows_the_appointments_report_with_a_chart_and_csv() {
 /// notification); staff admit and join from the queue, media flows both ways, the guest
 /// leaves. The appointment is then `completed` with its lobby wait, a second appointment
 /// whose guest never came is marked `no_show` by the gateway's clock (its type's no-show
-/// time is 1 minute and it started 61 s before), and the analytics report counts both.
-/// Screenshots `journey-lobby.png`, `journey-queue.png`.
+/// time is 1 minute and it started 61 s before). A third guest waits and cancels their
+/// appointment with the lobby's Cancel button (two steps; the page then says it is
+/// cancelled and offers no rejoin; the queue drops them). The analytics report counts all
+/// three. Screenshots `journey-lobby.png`, `journey-queue.png`, `journey-lobby-cancel.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_appointment_journey_book_wait_admit_talk_complete_and_a_no_show() {
     let _one_browser = ONE_BROWSER.lock().await;
@@ -1503,18 +1505,42 @@ async fn chromium_appointment_journey_book_wait_admit_talk_complete_and_a_no_sho
     assert_eq!(absent["state"], "no_show", "{absent:#}");
     assert_eq!(absent["transitions"][1]["cause"], "clock", "{absent:#}");
 
-    let (status, report) = srv
-        .call("GET", "/api/v1/analytics/appointments", Some(&token), None)
-        .await;
+    // Cancelled by its guest from the lobby: the button, the page after, the record.
+    assert_eq!(f["cancelOffered"], true, "the booked guest is offered Cancel: {f:#}");
+    assert_eq!(f["focusOnConfirm"], "lobby-cancel-confirm", "{f:#}");
+    assert_eq!(f["cancelLeftTitle"], "Your appointment is cancelled", "{f:#}");
+    assert_eq!(
+        (f["cancelLeftFlag"].as_str(), f["cancelRejoinOffered"].as_bool()),
+        (Some("true"), Some(false)),
+        "{f:#}"
+    );
+    let cancelled = get(f["cancelId"].as_str().unwrap().to_owned()).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled:#}");
+    let last = cancelled["transitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["from"].as_str(), last["cause"].as_str()),
+        (Some("waiting"), Some("cancelled_by_guest")),
+        "{cancelled:#}"
+    );
+
+    // Yesterday to tomorrow (UTC): the cancelled one may start tomorrow after 22:00.
+    let today = jiff::tz::TimeZone::UTC.to_datetime(jiff::Timestamp::now()).date();
+    let query = format!(
+        "/api/v1/analytics/appointments?from={}&to={}",
+        today.yesterday().unwrap(),
+        today.tomorrow().unwrap()
+    );
+    let (status, report) = srv.call("GET", &query, Some(&token), None).await;
     assert_eq!(status, 200, "{report}");
     let total = &report["total"];
     assert_eq!(
         (
             total["appointments"].as_u64(),
             total["completed"].as_u64(),
-            total["no_shows"].as_u64()
+            total["no_shows"].as_u64(),
+            total["cancelled"].as_u64()
         ),
-        (Some(2), Some(1), Some(1)),
+        (Some(3), Some(1), Some(1), Some(1)),
         "{report:#}"
     );
     assert_eq!(

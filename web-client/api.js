@@ -57,6 +57,7 @@ const GUEST_MESSAGES = {
   connection_failed: 'We could not connect to the meeting. Please check your internet connection and try again.',
   chat_disabled: 'Chat is turned off for this meeting.',
   message_too_long: 'That message is too long.',
+  wrong_appointment_state: 'This appointment can no longer be cancelled.',
   presenting_not_allowed: 'Screen sharing is not allowed for guests in this meeting.',
   forbidden: 'You are not allowed to do that.',
   not_in_call: 'You need to be in the call to do that.',

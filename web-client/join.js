@@ -35,6 +35,12 @@ const page = {
   lobbySince: 0,
   lobbyTimer: null,
   wasInCall: false,
+  /** The guest token joined with (the lobby's appointment calls use it). */
+  token: null,
+  /** The guest's appointment, if they came through one's own link (null: none or not asked yet). */
+  appointment: null,
+  /** The guest cancelled their appointment from the lobby: the page says so when it has left. */
+  cancelledAppointment: false,
 };
 
 window.gatehouse = {
@@ -269,6 +275,7 @@ async function joinWith(token, socket = null) {
   const simulcast = new URLSearchParams(window.location.search).get('simulcast') !== '0';
   const client = new GatehouseClient({ token, socket, simulcast });
   page.client = client;
+  page.token = token;
   const { audioTrack, videoTrack } = page.media;
   if (audioTrack) client.setLocalTrack('microphone', audioTrack, { muted: !page.micOn });
   if (videoTrack) client.setLocalTrack('camera', videoTrack, { muted: !page.camOn });
@@ -334,7 +341,47 @@ function showLobby({ status, timeoutSecs }) {
   if (!page.lobbyTimer) page.lobbyTimer = setInterval(tick, 1000);
   // Focus follows the view (the form that had it is gone): to what the guest now waits for.
   if (firstFrame) $('lobby-status').focus({ preventScroll: true });
+  if (firstFrame && page.appointment === null) offerCancel();
 }
+
+/**
+ * An appointment's guest (they came through its own link) may cancel it from the
+ * lobby: `GET /api/v1/guest/appointment` with their token says whether they may; a
+ * 404 (an ordinary meeting, or another link to it) shows nothing.
+ */
+async function offerCancel() {
+  page.appointment = false;
+  try {
+    const mine = await api('GET', '/api/v1/guest/appointment', { token: page.token });
+    page.appointment = mine.appointment;
+    $('lobby-cancel').hidden = !mine.may_cancel || page.view !== 'lobby';
+  } catch {
+    // No appointment (or the server could not say): nothing to offer.
+  }
+}
+
+function askCancel(open) {
+  $('lobby-cancel-confirm-row').hidden = !open;
+  $('lobby-cancel-button').hidden = open;
+  $('lobby-cancel-button').setAttribute('aria-expanded', String(open));
+  (open ? $('lobby-cancel-confirm') : $('lobby-cancel-button')).focus();
+}
+
+$('lobby-cancel-button').addEventListener('click', () => askCancel(true));
+$('lobby-cancel-keep').addEventListener('click', () => askCancel(false));
+$('lobby-cancel-confirm').addEventListener('click', async () => {
+  const button = $('lobby-cancel-confirm');
+  button.disabled = true;
+  try {
+    await api('POST', '/api/v1/guest/appointment/cancel', { token: page.token });
+    page.cancelledAppointment = true;
+    showError($('error-banner'), null);
+    page.client?.leave();
+  } catch (e) {
+    showError($('error-banner'), describeError(e));
+    button.disabled = false;
+  }
+});
 
 function showCall() {
   page.wasInCall = false;
@@ -353,13 +400,16 @@ function showCall() {
 function showLeft({ reason, message }) {
   show('left');
   page.media.stop();
-  const text = describeLeft(reason, message);
+  const text = page.cancelledAppointment
+    ? { title: 'Your appointment is cancelled', detail: 'You have left the waiting room. You can book a new appointment whenever you like.' }
+    : describeLeft(reason, message);
   $('left-title').textContent = text.title;
   $('left-reason').textContent = text.detail;
   $('left-view').dataset.reason = reason;
   $('connection-banner').hidden = true;
   const rejoin = $('rejoin-button');
-  rejoin.hidden = !['left', 'lobby_timeout', 'disconnected', 'replaced'].includes(reason);
+  rejoin.hidden = page.cancelledAppointment || !['left', 'lobby_timeout', 'disconnected', 'replaced'].includes(reason);
+  $('left-view').dataset.cancelled = String(page.cancelledAppointment);
   $('left-title').focus({ preventScroll: true });
 }
 

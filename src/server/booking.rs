@@ -2,6 +2,10 @@
 //! type's free slots, booking one, and the guest's own appointment page (view, `.ics`,
 //! cancel, reschedule) reached through the code in their confirmation.
 //!
+//! A guest waiting for an appointment (or about to join it) holds no manage code on the
+//! join page, only the guest token it redeemed: `/api/v1/guest/appointment` lets that
+//! token see and cancel its own appointment, the one whose own link it was redeemed from.
+//!
 //! A type is named by its id when it is public, or by its private link's code (and only
 //! so) when it is private. Bookings share the redemption pace per address with link
 //! redemption, so the page cannot be used to fill a calendar from one machine.
@@ -18,6 +22,8 @@ use axum::routing::{get, post};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::appointment::{AppointmentState, CancelledBy, Input};
 use gatehouse_signaling::link::clean_display_name;
+use gatehouse_signaling::room::EventKind;
+use gatehouse_signaling::token::{GuestClaims, Identity};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -43,6 +49,8 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/book/appointments/{code}/ics", get(my_ics))
         .route("/api/v1/book/appointments/{code}/cancel", post(cancel))
         .route("/api/v1/book/appointments/{code}/reschedule", post(reschedule))
+        .route("/api/v1/guest/appointment", get(guest_appointment))
+        .route("/api/v1/guest/appointment/cancel", post(guest_cancel))
 }
 
 /// The booking page (`web-client/book.html`): an organisation's types at `/book/{org}`, a
@@ -363,4 +371,90 @@ async fn reschedule(
         .await?;
     let view = appointment_view(&state, a, false, false).await?;
     Ok(Json(booked(&state, view, code)))
+}
+
+/// A verified guest token from `Authorization: Bearer <token>` (a staff token is 403).
+struct GuestBearer(GuestClaims);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for GuestBearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let token =
+            super::auth::bearer(parts).ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
+        match state.keys.verify(token, now_ms() / 1000)? {
+            Identity::Guest(g) => Ok(GuestBearer(g)),
+            Identity::Staff(_) => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this is for the guest of an appointment; staff use /api/v1/appointments",
+            )),
+        }
+    }
+}
+
+/// The appointment `guest` came for: the one whose meeting their token is for, if they
+/// redeemed that appointment's own link (not another link staff made for its meeting,
+/// such as an interpreter's). 404 otherwise, saying nothing of other guests' appointments.
+async fn appointment_of_guest(state: &AppState, guest: &GuestClaims) -> ApiResult<AppointmentRecord> {
+    let (meeting_id, participant_id) = (guest.mtg.clone(), guest.sub.clone());
+    let found = state
+        .store
+        .run(move |s| {
+            let Some(a) = s.appointment_by_meeting(&meeting_id)? else {
+                return Ok(None);
+            };
+            let redeemed_own_link = s.events_of(&meeting_id)?.iter().any(|e| {
+                e.participant_id.as_str() == participant_id
+                    && matches!(&e.event, EventKind::LinkRedeemed { link_id } if *link_id == a.link_id)
+            });
+            Ok(redeemed_own_link.then_some(a))
+        })
+        .await?;
+    found.ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no appointment for this guest"))
+}
+
+/// What the guest of an appointment sees of it from the join page.
+#[derive(Debug, Serialize)]
+struct GuestAppointment {
+    appointment: AppointmentView,
+    /// Whether it can still be cancelled (`scheduled`, `waiting` or `late`).
+    may_cancel: bool,
+}
+
+fn guest_view(view: AppointmentView) -> GuestAppointment {
+    GuestAppointment {
+        may_cancel: matches!(
+            view.state,
+            AppointmentState::Scheduled | AppointmentState::Waiting | AppointmentState::Late
+        ),
+        appointment: view,
+    }
+}
+
+/// `GET /api/v1/guest/appointment`: the caller's own appointment (guest token).
+async fn guest_appointment(
+    State(state): State<Arc<AppState>>,
+    GuestBearer(guest): GuestBearer,
+) -> ApiResult<Json<GuestAppointment>> {
+    let a = appointment_of_guest(&state, &guest).await?;
+    Ok(Json(guest_view(appointment_view(&state, a, false, false).await?)))
+}
+
+/// `POST /api/v1/guest/appointment/cancel`: the guest cancels their own appointment from
+/// the lobby (as through their manage link: `cancelled_by_guest`, the link revoked).
+async fn guest_cancel(
+    State(state): State<Arc<AppState>>,
+    GuestBearer(guest): GuestBearer,
+) -> ApiResult<Json<GuestAppointment>> {
+    let a = appointment_of_guest(&state, &guest).await?;
+    let id = a.appointment_id.clone();
+    let (a, _) = state
+        .store
+        .run(move |s| s.apply_to_appointment(&id, Input::Cancel(CancelledBy::Guest), false, now_ms()))
+        .await?;
+    tracing::info!(appointment_id = %a.appointment_id, meeting_id = %a.meeting_id, participant_id = %guest.sub, "appointment cancelled by the guest from the join page");
+    Ok(Json(guest_view(appointment_view(&state, a, false, false).await?)))
 }

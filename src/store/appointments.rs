@@ -559,6 +559,11 @@ impl Store {
         self.appointment_where("manage_code", code)
     }
 
+    /// The appointment whose meeting is `meeting_id` (each appointment has its own).
+    pub fn appointment_by_meeting(&self, meeting_id: &str) -> Result<Option<AppointmentRecord>, Error> {
+        self.appointment_where("meeting_id", meeting_id)
+    }
+
     fn appointment_where(&self, column: &str, value: &str) -> Result<Option<AppointmentRecord>, Error> {
         self.conn()
             .query_row(

@@ -244,6 +244,9 @@ async function appointmentJourney(run) {
   await visible(guest, 'queue-position').waitFor();
   run.facts.queuePosition = await guest.getByTestId('queue-position').getAttribute('data-position');
   run.facts.queuePositionText = await guest.getByTestId('queue-position').textContent();
+  // The appointment's own guest may cancel it from the lobby (not pressed here).
+  await visible(guest, 'lobby-cancel-button').waitFor();
+  run.facts.cancelOffered = true;
   await run.shot(guest, 'journey-lobby.png');
 
   run.step('staff see the guest in the queue, pushed, with a knock');
@@ -276,6 +279,30 @@ async function appointmentJourney(run) {
   await visible(guest, 'left-view').waitFor();
   await visible(staff, 'leave-button').click();
   await visible(staff, 'dashboard-view').waitFor();
+
+  run.step('a third guest waits, then cancels their appointment from the lobby');
+  const nextHour = Math.ceil(Date.now() / 3_600_000) * 3_600_000 + 3_600_000;
+  const later = await rest(cfg, 'POST', '/api/v1/appointments', {
+    type_id: type.type_id,
+    starts_at: new Date(nextHour).toISOString(),
+    staff: 'olga',
+    guest_name: 'Carl Cancel',
+  });
+  run.facts.cancelId = later.appointment_id;
+  const guest3 = await run.context('guest3');
+  const guest3Id = await guestJoins(run, guest3, later.join_url.split('/').pop(), 'Carl Cancel');
+  const entry3 = staff.locator(`[data-testid="queue-entry"][data-participant-id="${guest3Id}"]`);
+  await entry3.waitFor();
+  await visible(guest3, 'lobby-cancel-button').click();
+  run.facts.cancelQuestion = await visible(guest3, 'lobby-cancel-question').textContent();
+  run.facts.focusOnConfirm = await focusedTestId(guest3);
+  await run.shot(guest3, 'journey-lobby-cancel.png');
+  await visible(guest3, 'lobby-cancel-confirm').click();
+  await visible(guest3, 'left-view').waitFor();
+  run.facts.cancelLeftTitle = await guest3.getByTestId('left-title').textContent();
+  run.facts.cancelLeftFlag = await guest3.getByTestId('left-view').getAttribute('data-cancelled');
+  run.facts.cancelRejoinOffered = await guest3.getByTestId('rejoin-button').isVisible();
+  await entry3.waitFor({ state: 'detached' });
   run.facts.queueRestRequests = queueRequests;
 }
 
