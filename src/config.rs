@@ -131,6 +131,12 @@ pub struct Config {
     /// and no Redis is touched [default: unset].
     #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// On SIGTERM or SIGINT, drain instead of stopping at once: take no new meeting (in a
+    /// cluster, the registry marks the node draining and placement skips it), let the
+    /// meetings running here go on until they end, then stop. A second signal stops at once
+    /// [default: false].
+    #[arg(long, env = "GATEHOUSE_DRAIN", num_args = 0..=1, default_missing_value = "true")]
+    pub drain: Option<bool>,
     /// Test hook, hidden from --help: share of forwarded media packets the SFU drops
     /// on purpose (0 to 1), so the load tester's loss figures can be checked.
     #[arg(long, env = "GATEHOUSE_MEDIA_DROP_RATE", hide = true)]
@@ -320,6 +326,11 @@ impl Config {
         }
     }
 
+    /// Whether a stop signal drains the node first (`--drain`).
+    pub fn drain(&self) -> bool {
+        self.drain.unwrap_or(false)
+    }
+
     /// The Redis of this node's cluster, if it is one (an empty setting counts as none).
     pub fn redis_url(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|u| !u.is_empty())
@@ -503,6 +514,23 @@ mod tests {
         .unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(c.redis_url(), Some("redis://127.0.0.1:6390"), "from the file");
+    }
+
+    #[test]
+    fn drain_is_a_bare_flag_an_env_var_and_a_file_key() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        assert!(!Config::resolve(Config::default()).unwrap().drain());
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.config.drain());
+        assert!(parse(&["serve", "--drain"]).unwrap(), "the flag alone");
+        assert!(!parse(&["serve", "--drain", "false"]).unwrap());
+        assert!(!parse(&["serve"]).unwrap());
+        let c: Config = toml::from_str("drain = true").unwrap();
+        assert!(c.drain());
     }
 
     /// The one declaration holds: every setting (but the file itself) has a flag, an

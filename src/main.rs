@@ -212,6 +212,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         result = running.wait() => return result.context("the server stopped"),
         () = shutdown_signal() => {}
     }
+    if running.state.config.drain() {
+        eprintln!(
+            "draining: no new meeting here; stopping once the meetings running here end (signal again to stop now)"
+        );
+        tokio::select! {
+            () = running.drain() => {}
+            () = shutdown_signal() => eprintln!("stopping without waiting for the meetings here"),
+        }
+    }
     running.shutdown().await;
     Ok(())
 }

@@ -117,7 +117,7 @@ struct Node {
 }
 
 impl Node {
-    async fn start(data_dir: &Path, redis: &str, name: &str, admin: impl Fn() -> String) -> Node {
+    async fn start(data_dir: &Path, redis: &str, name: &str, extra: &[&str], admin: impl Fn() -> String) -> Node {
         std::fs::create_dir_all(data_dir).unwrap();
         let log_path = data_dir.join(format!("{name}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
@@ -126,6 +126,7 @@ impl Node {
             .args(["--listen", "127.0.0.1:0", "--media-bind", "127.0.0.1:0"])
             .args(["--media-tcp-bind", "127.0.0.1:0", "--media-shards", "1"])
             .args(["--redis-url", redis])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -246,6 +247,24 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Sends a chat and waits for its echo: the meeting's task is running and takes frames.
+async fn chat_echo(ws: &mut Socket, text: &str) {
+    ws.send(Message::text(json!({"type": "chat", "text": text}).to_string()))
+        .await
+        .unwrap();
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the chat echo in time");
+        let Some(Ok(Message::Text(got))) = frame else {
+            panic!("a live meeting's socket ended: {frame:?}");
+        };
+        if got.contains(text) {
+            return;
+        }
+    }
+}
+
 /// Whom `meeting_id`'s placement names in Redis.
 async fn owner(redis: &Redis, meeting_id: &str) -> Option<String> {
     redis::AsyncCommands::get(&mut redis.conn().await, format!("gatehouse:meeting:{meeting_id}:node"))
@@ -269,9 +288,9 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
             .unwrap()
     };
     // One after the other: the first makes the database, key and certificate the others use.
-    let a = Node::start(&data, &redis.url(), "a", admin).await;
-    let b = Node::start(&data, &redis.url(), "b", admin).await;
-    let c = Node::start(&data, &redis.url(), "c", admin).await;
+    let a = Node::start(&data, &redis.url(), "a", &[], admin).await;
+    let b = Node::start(&data, &redis.url(), "b", &[], admin).await;
+    let c = Node::start(&data, &redis.url(), "c", &[], admin).await;
     let token = admin();
     let ids = {
         let mut ids = vec![a.id.clone(), b.id.clone(), c.id.clone()];
@@ -335,7 +354,7 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
             match outcome {
                 Ok(ws) => {
                     assert_eq!(node.id, placed, "only the owner runs the meeting");
-                    sockets.push(ws);
+                    sockets.push((node.id.clone(), ws));
                 }
                 Err((code, message)) => {
                     assert_ne!(node.id, placed, "the owner refused its own meeting: {message}");
@@ -408,22 +427,10 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
         Err((ErrorCode::ServerBusy, message)) => assert!(message.contains("Redis"), "{message}"),
         other => panic!("a placement without Redis: {:?}", other.map(|_| "joined")),
     }
-    // The meetings already running still take frames: a chat in each answers with its echo.
-    for ws in &mut sockets {
-        ws.send(Message::text(json!({"type": "chat", "text": "still here"}).to_string()))
-            .await
-            .unwrap();
-        loop {
-            let frame = tokio::time::timeout(WAIT, ws.next())
-                .await
-                .expect("the chat echo in time");
-            let Some(Ok(Message::Text(text))) = frame else {
-                panic!("a live meeting's socket ended while Redis was away: {frame:?}");
-            };
-            if text.contains("still here") {
-                break;
-            }
-        }
+    // The meetings already running on the two live nodes still take frames: a chat in each
+    // answers with its echo.
+    for (_, ws) in sockets.iter_mut().filter(|(node, _)| *node != c_id) {
+        chat_echo(ws, "still here").await;
     }
     let redis = Redis::start(&dir.join("redis"), redis_port);
     until("the nodes beat into the new Redis", WAIT, || async {
@@ -442,5 +449,93 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
     eprintln!("placing again {joined:?} after the nodes were seen in the new Redis");
     assert!(owner(&redis, &later).await.is_some());
     drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_keeps_its_meetings_takes_no_new_one_and_stops_when_they_end() {
+    if !redis_server_present() {
+        return;
+    }
+    let dir = temp_dir("cluster-drain");
+    let redis = Redis::start(&dir.join("redis"), free_port());
+    let data = dir.join("data");
+    let admin = || {
+        let keys = gatehouse::server::load_or_create_signing_key(&data).unwrap();
+        let now = gatehouse::ids::now_ms() / 1000;
+        keys.mint_staff("root", "Root", "default", StaffRole::Admin, now, 3600)
+            .unwrap()
+    };
+    let mut nodes = [
+        Node::start(&data, &redis.url(), "x", &["--drain"], admin).await,
+        Node::start(&data, &redis.url(), "y", &["--drain"], admin).await,
+    ];
+    let token = admin();
+    let mut meetings = Vec::new();
+    for title in ["running", "after the drain began"] {
+        let (status, meeting) = nodes[0]
+            .call("POST", "/api/v1/meetings", &token, Some(json!({ "title": title })))
+            .await;
+        assert_eq!(status, 201, "{meeting}");
+        meetings.push(meeting["meeting_id"].as_str().unwrap().to_owned());
+    }
+    let (running, fresh) = (&meetings[0], &meetings[1]);
+    // A meeting running on whichever node placement picks: that node drains.
+    let (owner, other, mut ws) = match nodes[0].join(&token, running).await {
+        Ok(ws) => (0, 1, ws),
+        Err((ErrorCode::MeetingElsewhere, _)) => (1, 0, nodes[1].join(&token, running).await.expect("the owner")),
+        Err(e) => panic!("{e:?}"),
+    };
+    let owner_id = nodes[owner].id.clone();
+    let other_id = nodes[other].id.clone();
+    let pid = nodes[owner].tree.child_mut().id() as i32;
+    // SAFETY: kill(2) of our own child with a constant signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+
+    // The registry marks it draining at once (not only at its next beat).
+    let other_node = &nodes[other];
+    until("the other node sees the owner draining", WAIT, || async {
+        let (_, view) = other_node.cluster(&token).await;
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node_id"] == owner_id.as_str() && n["draining"] == true)
+    })
+    .await;
+    // Its meeting goes on; a new meeting is placed on the other node, never on it.
+    chat_echo(&mut ws, "during the drain").await;
+    match nodes[owner].join(&token, fresh).await {
+        Err((ErrorCode::MeetingElsewhere, message)) => {
+            assert!(message.contains(&other_id), "placed on the live node: {message}")
+        }
+        refused => panic!("a draining node took a new meeting: {:?}", refused.map(|_| "joined")),
+    }
+    let _elsewhere = nodes[other].join(&token, fresh).await.expect("the other node runs it");
+    assert!(
+        nodes[owner].tree.child_mut().try_wait().unwrap().is_none(),
+        "a draining node waits for its meetings"
+    );
+
+    // The last one leaves: the node stops by itself, and leaves the registry as it goes.
+    ws.send(Message::text(json!({"type": "leave"}).to_string()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = nodes[owner].tree.child_mut().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the drained node did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a drain ends in a clean stop: {status}");
+    assert_eq!(
+        nodes[other].sees(&token).await,
+        vec![other_id],
+        "a clean stop leaves the registry at once"
+    );
+    drop(nodes);
+    drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -66,6 +66,9 @@ pub trait Router: Send + Sync + 'static {
     /// The live nodes, as the registry has them now (empty for a node on its own).
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeReport>, Error>>;
 
+    /// Marks this node draining in the registry at once: placement gives it nothing new.
+    fn drain(&self) -> BoxFuture<'_, ()>;
+
     /// Leaves the cluster at a clean stop: the registry forgets this node at once.
     fn stop(&self) -> BoxFuture<'_, ()>;
 }
@@ -85,6 +88,10 @@ impl Router for LocalRouter {
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeReport>, Error>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {
@@ -107,6 +114,7 @@ mod tests {
         assert_eq!(r.place("m-1").await.unwrap(), Route::Here);
         assert_eq!(r.node_id(), None);
         assert!(r.nodes().await.unwrap().is_empty());
+        r.drain().await;
         r.stop().await;
     }
 

@@ -138,7 +138,7 @@ mod tests {
             10
         );
         assert_eq!(
-            chosen(&[node("a", 5000, 0, 0, false), node("b", 1000, 1, 0, false)]),
+            chosen(&[node("a", 5000, 2, 0, false), node("b", 1000, 1, 0, false)]),
             Some("b"),
             "over 100 % is the same step as 100 %: participants decide"
         );
@@ -185,7 +185,11 @@ mod tests {
                 }
             }
         }
-        assert!(checked > 10_000, "{checked}");
+        assert_eq!(
+            checked,
+            72 * 73,
+            "every pair of 72 kinds of node, with and without a third"
+        );
     }
 
     #[test]

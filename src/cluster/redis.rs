@@ -84,6 +84,10 @@ pub struct RedisRouter {
     refresh: redis::Script,
     /// Whether the last beat failed: the loss and the recovery are logged once each.
     lost: AtomicBool,
+    /// Set by `drain`: every record from then on says so.
+    draining: AtomicBool,
+    /// The load of the last beat, for the record `drain` writes at once.
+    last_load: std::sync::Mutex<Load>,
 }
 
 impl RedisRouter {
@@ -105,17 +109,20 @@ impl RedisRouter {
             place: redis::Script::new(PLACE),
             refresh: redis::Script::new(REFRESH),
             lost: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            last_load: std::sync::Mutex::new(Load::default()),
         }))
     }
 
     /// Writes this node's record (with its TTL) and keeps its meetings' placements.
     pub async fn beat(&self, load: Load, live_meetings: &[String]) -> redis::RedisResult<()> {
+        *self.last_load.lock().unwrap_or_else(|p| p.into_inner()) = load;
         let report = NodeReport {
             node_id: self.node_id.clone(),
             public_url: self.public_url.clone(),
             media_addr: self.media_addr.clone(),
             load,
-            draining: false,
+            draining: self.draining.load(Ordering::Relaxed),
             at_ms: now_ms(),
         };
         let json = serde_json::to_string(&report).expect("a report serialises");
@@ -215,6 +222,18 @@ impl Router for RedisRouter {
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeReport>, Error>> {
         Box::pin(async move { self.live_nodes().await.map_err(|e| unreachable(&e)) })
+    }
+
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.draining.store(true, Ordering::Relaxed);
+            let load = *self.last_load.lock().unwrap_or_else(|p| p.into_inner());
+            // The meetings' placements are kept by the next beat; this one is only the mark.
+            match self.beat(load, &[]).await {
+                Ok(()) => tracing::info!(node_id = %self.node_id, "draining: placement gives this node nothing new"),
+                Err(e) => tracing::warn!(error = %e, "could not mark the node draining now; the next beat will"),
+            }
+        })
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {

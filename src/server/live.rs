@@ -76,6 +76,8 @@ pub struct LiveMeetings {
     tasks: Mutex<HashMap<String, mpsc::Sender<Command>>>,
     /// Meeting tasks still running, their last cleanup included: shutdown waits for 0.
     running: tokio::sync::watch::Sender<usize>,
+    /// Set when the node drains (`--drain`): it starts no new meeting task.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Counts a meeting task as running until it is dropped, also when the task panics.
@@ -127,6 +129,22 @@ impl LiveMeetings {
         self.lock().contains_key(meeting_id)
     }
 
+    /// From now on no new meeting starts here; those running go on (`--drain`).
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the node drains: it takes no new meeting.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until no meeting task runs here (a drain's end).
+    pub async fn wait_idle(&self) {
+        let mut running = self.running.subscribe();
+        let _ = running.wait_for(|n| *n == 0).await;
+    }
+
     /// Waits until every meeting task has finished, at most `limit`; `false` on time-out.
     pub async fn wait_finished(&self, limit: std::time::Duration) -> bool {
         let mut running = self.running.subscribe();
@@ -146,6 +164,14 @@ impl LiveMeetings {
     pub async fn send(&self, services: &Services, meeting: &Meeting, cmd: Command) -> Result<(), Error> {
         if !self.is_live(&meeting.meeting_id) {
             match services.router.place(&meeting.meeting_id).await? {
+                // A draining node keeps its meetings but starts none (placement skips it;
+                // a placement naming it can outlive a meeting that just ended here).
+                crate::cluster::Route::Here if self.is_draining() => {
+                    return Err(Error::new(
+                        ErrorCode::ServerBusy,
+                        "this node is draining for maintenance and takes no new meeting; retry shortly",
+                    ));
+                }
                 crate::cluster::Route::Here => {}
                 crate::cluster::Route::Elsewhere { node_id, public_url } => {
                     return Err(crate::cluster::Route::elsewhere_error(&node_id, &public_url));

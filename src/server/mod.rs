@@ -230,6 +230,20 @@ impl Running {
         tracing::info!("stopped");
     }
 
+    /// Drains (`--drain`): no new meeting starts here (the cluster's registry marks the node
+    /// draining, so placement skips it) and this returns once every meeting running here
+    /// has ended. Then call [`Running::shutdown`].
+    pub async fn drain(&self) {
+        self.state.live.start_draining();
+        self.state.router.drain().await;
+        tracing::info!(
+            live = self.state.live.len(),
+            "draining: waiting for the meetings here to end"
+        );
+        self.state.live.wait_idle().await;
+        tracing::info!("drained: no meeting left");
+    }
+
     /// Waits for the server to stop on its own (it does not, short of an error).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await??;
