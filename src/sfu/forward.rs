@@ -176,30 +176,64 @@ impl PtMap {
     }
 }
 
-/// Keeps a leg's sequence numbers contiguous across pauses, so a subscriber
-/// never sees (and NACKs) the packets it was deliberately not sent.
+/// How many runs of dropped padding a leg remembers, to number a late packet (a
+/// retransmission) from before them as it would have been numbered then.
+pub const SEQ_DROP_RUNS: usize = 16;
+
+/// Keeps a leg's sequence numbers contiguous across pauses and dropped padding, so a
+/// subscriber never sees (and NACKs) the packets it was deliberately not sent.
+///
+/// Padding-only packets (a publisher's bandwidth probes: Chromium sends them on a
+/// simulcast layer's own SSRC when it has no RTX) are the publisher's business, not the
+/// subscriber's: [`skip`](Self::skip) drops one that is the newest so far and closes its
+/// gap, later packets numbered one lower. A packet arriving late from before such a drop
+/// is numbered with the offset that held before it (the runs of drops are remembered,
+/// up to [`SEQ_DROP_RUNS`]), so it lands in the slot the subscriber is missing.
 #[derive(Debug, Clone, Default)]
 pub struct SeqRewriter {
-    /// in - out.
+    /// in - out, for packets newer than the last drop.
     offset: u16,
     /// The last sequence number this leg emitted.
     last_out: Option<u16>,
     /// The next packet starts a new run (first packet, or after a resume).
     resync: bool,
+    /// The newest input sequence number of this run, and whether it was dropped.
+    highest_in: Option<(u16, bool)>,
+    /// Runs of dropped packets in this run, oldest first: (first input dropped, the
+    /// offset that held before it). Fixed size: the hot path allocates nothing.
+    drops: [(u16, u16); SEQ_DROP_RUNS],
+    drop_runs: usize,
+}
+
+/// Whether `a` comes after `b` in RTP modular order.
+fn seq_after(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
 }
 
 impl SeqRewriter {
     pub fn new() -> Self {
         Self {
-            offset: 0,
-            last_out: None,
             resync: true,
+            ..Self::default()
         }
     }
 
     /// The next packet to pass starts a new run right after the last one sent.
     pub fn resync(&mut self) {
         self.resync = true;
+    }
+
+    /// The offset for input `seq`: the current one, unless it is older than a remembered
+    /// run of drops, then the one that held before the oldest such run.
+    fn offset_for(&self, seq: u16) -> u16 {
+        let runs = &self.drops[..self.drop_runs];
+        match runs.last() {
+            Some((first, _)) if !seq_after(seq, *first) => runs
+                .iter()
+                .find(|(first, _)| !seq_after(seq, *first))
+                .map_or(self.offset, |(_, before)| *before),
+            _ => self.offset,
+        }
     }
 
     pub fn rewrite(&mut self, seq: u16) -> u16 {
@@ -209,14 +243,47 @@ impl SeqRewriter {
                 Some(last) => seq.wrapping_sub(last.wrapping_add(1)),
                 None => 0,
             };
+            self.drop_runs = 0;
+            self.highest_in = None;
         }
-        let out = seq.wrapping_sub(self.offset);
+        let out = seq.wrapping_sub(self.offset_for(seq));
+        if self.highest_in.is_none_or(|(h, _)| seq_after(seq, h)) {
+            self.highest_in = Some((seq, false));
+        }
         // Track the highest (in RTP modular order) sequence emitted.
         match self.last_out {
             Some(last) if (out.wrapping_sub(last) as i16) <= 0 => {}
             _ => self.last_out = Some(out),
         }
         out
+    }
+
+    /// A packet this leg need not send (padding only): true if it is dropped, its
+    /// number given to the next packet; false if it must go out all the same (it came
+    /// late, after newer packets were numbered around it).
+    pub fn skip(&mut self, seq: u16) -> bool {
+        if self.resync {
+            // Nothing numbered in this run yet: the run starts with the next real packet.
+            return true;
+        }
+        let Some((highest, dropped)) = self.highest_in else {
+            return true;
+        };
+        if !seq_after(seq, highest) {
+            return false;
+        }
+        let extends_run = dropped && seq == highest.wrapping_add(1) && self.drop_runs > 0;
+        if !extends_run {
+            if self.drop_runs == SEQ_DROP_RUNS {
+                self.drops.copy_within(1.., 0);
+                self.drop_runs -= 1;
+            }
+            self.drops[self.drop_runs] = (seq, self.offset);
+            self.drop_runs += 1;
+        }
+        self.offset = self.offset.wrapping_add(1);
+        self.highest_in = Some((seq, true));
+        true
     }
 }
 
@@ -313,6 +380,12 @@ impl DownLeg {
     pub fn restart(&mut self, gap: u32) {
         self.seq.resync();
         self.ts.resync(gap);
+    }
+
+    /// A padding-only packet this leg accepts: true if it is dropped and its sequence
+    /// number closed up ([`SeqRewriter::skip`]), false if it must be sent all the same.
+    pub fn skip_padding(&mut self, seq: u16) -> bool {
+        self.seq.skip(seq)
     }
 
     /// Decides whether the packet goes out on this leg, checking without
@@ -986,6 +1059,78 @@ mod tests {
         // resume again after a reorder: continue from the highest emitted
         s.resync();
         assert_eq!(s.rewrite(5000), 4);
+    }
+
+    /// Padding dropped on a leg closes up: the next packet takes its number, and a late
+    /// packet from before a drop (a retransmission) gets the number it would have had.
+    #[test]
+    fn dropped_padding_closes_up_and_late_packets_keep_their_slots() {
+        let mut s = SeqRewriter::new();
+        assert!(
+            s.skip(99),
+            "before the first packet of a run: dropped, nothing to close"
+        );
+        assert_eq!((s.rewrite(100), s.rewrite(101)), (100, 101));
+        assert!(s.skip(102) && s.skip(103), "a burst of probes");
+        assert_eq!(s.rewrite(104), 102);
+        // 105 is lost on the way; more padding; 107 comes.
+        assert!(s.skip(106));
+        assert_eq!(s.rewrite(107), 104);
+        assert_eq!(
+            s.rewrite(105),
+            103,
+            "the retransmission fills the slot the subscriber misses"
+        );
+        assert_eq!(s.rewrite(101), 101, "from before every drop: as first numbered");
+        assert!(!s.skip(103), "late padding, already numbered around: sent as it is");
+        assert_eq!(s.rewrite(108), 105);
+        // A new run (a resume, a layer switch) forgets the drops and continues.
+        s.resync();
+        assert!(s.skip(9000));
+        assert_eq!((s.rewrite(9001), s.rewrite(9002)), (106, 107));
+    }
+
+    /// Against a model: packets in order but for some lost ones resent later, padding in
+    /// runs, across the 16-bit wrap. Every real packet gets its rank among the real ones
+    /// (so the subscriber sees no gap and no collision), however late it came.
+    #[test]
+    fn padding_drops_agree_with_a_model() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for _ in 0..50 {
+            let start: u16 = 65_000;
+            let mut s = SeqRewriter::new();
+            let mut real: Vec<u16> = Vec::new();
+            let mut late: Vec<(usize, u16)> = Vec::new();
+            let mut seen = Vec::new();
+            let mut padding_run = 0;
+            for i in 0..3000usize {
+                let seq = start.wrapping_add(i as u16);
+                if padding_run == 0 && i > 0 && rng.random_ratio(1, 40) {
+                    padding_run = rng.random_range(1..30);
+                }
+                if padding_run > 0 {
+                    padding_run -= 1;
+                    assert!(s.skip(seq), "in-order padding is dropped");
+                } else {
+                    real.push(seq);
+                    if i > 0 && rng.random_ratio(1, 20) {
+                        late.push((i + rng.random_range(1..25), seq));
+                    } else {
+                        seen.push((seq, s.rewrite(seq)));
+                    }
+                }
+                let due: Vec<u16> = late.iter().filter(|(at, _)| *at == i).map(|(_, q)| *q).collect();
+                late.retain(|(at, _)| *at != i);
+                for q in due {
+                    seen.push((q, s.rewrite(q)));
+                }
+            }
+            let rank = |q: u16| real.iter().position(|r| *r == q).unwrap() as u16;
+            for (q, out) in seen {
+                assert_eq!(out, start.wrapping_add(rank(q)), "packet {q}");
+            }
+        }
     }
 
     #[test]

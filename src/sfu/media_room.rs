@@ -1333,6 +1333,8 @@ impl MediaRoom {
             meter.observe(level, packet.header.timestamp, now, self.speakers.params());
         }
         let size = (rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len()) as u64;
+        // Padding only (the publisher probing its uplink): nothing for a subscriber to decode.
+        let padding = packet.payload.is_empty();
         let (mut written, mut dropped) = (0u64, 0u64);
         let in_seq = packet.header.sequence_number;
         let (ranks, n, available) = track.layer_view(now);
@@ -1358,6 +1360,8 @@ impl MediaRoom {
             }
             match pick {
                 Pick::Skip => continue,
+                // Probes are the publisher's business: dropped, the leg's numbering closed up.
+                Pick::Forward if padding && leg.rewrite.skip_padding(in_seq) => continue,
                 Pick::Forward => {}
                 Pick::Switch => {
                     // One continuous stream for the decoder: sequence numbers right after the
@@ -2914,6 +2918,41 @@ mod tests {
 
     fn forward_ahead(seen: &[(u16, u32)]) -> bool {
         seen.windows(2).all(|w| (w[1].1.wrapping_sub(w[0].1) as i32) >= 0)
+    }
+
+    /// A padding-only packet (a publisher's bandwidth probe) on the SSRC a leg forwards.
+    fn probe(ssrc: u32, seq: u16, ts: u32) -> Packet {
+        let mut packet = vp8(ssrc, seq, ts, false);
+        packet.header.padding = true;
+        packet.header.marker = false;
+        packet.payload = Bytes::new();
+        packet
+    }
+
+    /// Chromium probes its uplink with padding-only packets on a layer's own SSRC (a
+    /// simulcast layer has no RTX here): subscribers get none of them and no gap where
+    /// they were, and a lost packet resent after a probe burst lands in its own slot.
+    #[test]
+    fn a_publishers_padding_probes_reach_no_subscriber_and_leave_no_gap() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let (mut sink, mut fx) = (Recorder::default(), Vec::new());
+        let frame = |seq: u16, key| vp8(1000, seq, u32::from(seq) * 3000, key);
+        room.forward(A_PUB, &frame(100, true), t0, &mut sink, &mut fx);
+        room.forward(A_PUB, &frame(101, false), t0, &mut sink, &mut fx);
+        for seq in 102..110 {
+            room.forward(A_PUB, &probe(1000, seq, 101 * 3000), t0, &mut sink, &mut fx);
+        }
+        room.forward(A_PUB, &frame(110, false), t0, &mut sink, &mut fx);
+        // 111 is lost; another probe; 113 comes, then 111 resent.
+        room.forward(A_PUB, &probe(1000, 112, 110 * 3000), t0, &mut sink, &mut fx);
+        room.forward(A_PUB, &frame(113, false), t0, &mut sink, &mut fx);
+        room.forward(A_PUB, &frame(111, false), t0, &mut sink, &mut fx);
+        let seen = b_video(&sink);
+        assert_eq!(seen.len(), 5, "no probe forwarded: {seen:?}");
+        let first = seen[0].0;
+        let slots: Vec<u16> = seen.iter().map(|(seq, _)| seq.wrapping_sub(first)).collect();
+        assert_eq!(slots, [0, 1, 2, 4, 3], "contiguous, the resent packet in its own slot");
     }
 
     #[test]
