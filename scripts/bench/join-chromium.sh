@@ -35,7 +35,8 @@ for scenario, joins in sorted(rows.items()):
                 "joinToFirstPacketMs", "joinToFirstFrameMs",
                 "joinSentToJoinedMs", "joinSentToAdmittedMs", "joinSentToOfferFrameMs", "joinSentToOfferApplyMs",
                 "joinSentToOfferAppliedMs", "joinSentToAnswerMadeMs", "joinSentToAnswerSentMs", "joinSentToIceMs",
-                "joinSentToConnectedMs", "joinSentToFirstFrameMs", "admitToFirstFrameMs"]:
+                "joinSentToConnectedMs", "joinSentToFirstFrameMs", "admitToFirstFrameMs",
+                "connectedToPliMs", "connectedToKeyEncodedMs", "connectedToFrameReceivedMs", "connectedToFirstFrameMs"]:
         v = [j[key] for j in joins if j.get(key) is not None]
         if v:
             print(f"{scenario:16} {key:24} n={len(v):3} p50 {pct(v, 50):7.1f} ms  p95 {pct(v, 95):7.1f} ms  max {max(v):7.1f} ms")

@@ -441,6 +441,9 @@ async function joinTime(run, { admit }) {
       true,
     );
   });
+  // The publisher's side of the first frame: when staff's camera heard a keyframe request
+  // (pliCount/firInfo rising) and encoded a keyframe, polled every 10 ms like the guest's probe.
+  await staff.evaluate(publisherProbe);
   run.facts.joins = [];
   for (let i = 0; i < run.cfg.joinRepeats; i++) {
     run.step(`guest ${i + 1} joins`);
@@ -468,6 +471,12 @@ async function joinTime(run, { admit }) {
       })
       .then((h) => h.jsonValue());
     const since = (t0, t) => (t0 && t ? Math.round((t - t0) * 10) / 10 : null);
+    // The first keyframe request the publisher heard after this guest's ICE came up, and
+    // the first keyframe it encoded after that.
+    const pub = await staff.evaluate((t) => {
+      const after = (list) => list.find((x) => x >= t) ?? null;
+      return { pliAt: after(window.publisherEvents.pli), keyAt: after(window.publisherEvents.key) };
+    }, p.iceAt ?? p.joinAt);
     run.facts.joins.push({
       joinToCallMs: since(p.joinAt, p.callAt),
       joinToOfferMs: since(p.joinAt, p.offerAt),
@@ -492,6 +501,12 @@ async function joinTime(run, { admit }) {
       joinSentToIceMs: since(p.joinSentAt, p.iceAt),
       joinSentToConnectedMs: since(p.joinSentAt, p.connectedAt),
       admitToFirstFrameMs: since(admitAt, p.frameAt),
+      // From DTLS connected: the publisher heard the keyframe request, encoded the keyframe,
+      // the guest had its first whole frame, decoded it.
+      connectedToPliMs: since(p.connectedAt, pub.pliAt),
+      connectedToKeyEncodedMs: since(p.connectedAt, pub.keyAt),
+      connectedToFrameReceivedMs: since(p.connectedAt, p.frameReceivedAt),
+      connectedToFirstFrameMs: since(p.connectedAt, p.frameAt),
       frameSize: p.frameSize,
     });
     await visible(guest, 'leave-button').click();
@@ -645,6 +660,7 @@ function firstFrameProbe() {
         (await receiver.getStats()).forEach((s) => {
           if (s.type !== 'inbound-rtp') return;
           if (!p.packetAt && s.packetsReceived > 0) p.packetAt = now();
+          if (!p.frameReceivedAt && s.framesReceived > 0) p.frameReceivedAt = now();
           if (!p.frameAt && s.framesDecoded > 0) {
             p.frameAt = now();
             p.frameSize = `${s.frameWidth}x${s.frameHeight}`;
@@ -653,6 +669,33 @@ function firstFrameProbe() {
       }
     }
     if (!p.frameAt) setTimeout(tick, 10);
+  };
+  tick();
+}
+
+/**
+ * Runs in the publishing staff page: notes in `window.publisherEvents` when its outbound
+ * video's keyframe requests (`pliCount` + `firCount`) and encoded keyframes
+ * (`keyFramesEncoded`) rise, polled every 10 ms until the page closes.
+ */
+function publisherProbe() {
+  const ev = (window.publisherEvents = { pli: [], key: [] });
+  const now = () => performance.timeOrigin + performance.now();
+  let last = { pli: null, key: null };
+  const tick = async () => {
+    const pc = window.gatehouse.client?.publisher;
+    if (pc) {
+      let pli = 0, key = 0;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
+        pli += (s.pliCount ?? 0) + (s.firCount ?? 0);
+        key += s.keyFramesEncoded ?? 0;
+      });
+      if (last.pli !== null && pli > last.pli) ev.pli.push(now());
+      if (last.key !== null && key > last.key) ev.key.push(now());
+      last = { pli, key };
+    }
+    setTimeout(tick, 10);
   };
   tick();
 }
