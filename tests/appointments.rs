@@ -1067,6 +1067,26 @@ async fn webhooks_are_signed_retried_after_500s_and_delivered_once_more_and_a_de
     assert_eq!(reminder.body["data"]["join_url"], a["join_url"]);
     assert_eq!(reminder.body["data"]["starts_at_ms"], start);
 
+    // Staff send one more now (the queue's "Send reminder"): to both endpoints, with the link.
+    let (status, sent) = srv
+        .call("POST", &format!("/api/v1/appointments/{id}/remind"), Some(&olga), None)
+        .await;
+    assert_eq!((status, sent["endpoints"].as_u64()), (202, Some(2)), "{sent}");
+    let manual_key = sent["event_id"].as_str().unwrap().to_owned();
+    let manual = receiver
+        .wait_for("the manual reminder", EVENT_TIMEOUT, |hits| {
+            hits.iter().find(|h| h.key == manual_key && h.answered == 200).cloned()
+        })
+        .await;
+    assert_signed(&manual);
+    assert_eq!(
+        (manual.body["type"].as_str(), manual.body["data"]["reminder"].as_str()),
+        (Some("appointment.reminder"), Some("manual")),
+        "{:?}",
+        manual.body
+    );
+    assert_eq!(manual.body["data"]["join_url"], a["join_url"]);
+
     // Staff cancel: the event says so, without the revoked link.
     let (status, _) = srv
         .call("POST", &format!("/api/v1/appointments/{id}/cancel"), Some(&olga), None)
@@ -1079,6 +1099,14 @@ async fn webhooks_are_signed_retried_after_500s_and_delivered_once_more_and_a_de
         .await;
     assert_eq!(cancelled.body["data"]["cause"], "cancelled_by_staff");
     assert!(cancelled.body["data"].get("join_url").is_none(), "{:?}", cancelled.body);
+    let (status, err) = srv
+        .call("POST", &format!("/api/v1/appointments/{id}/remind"), Some(&olga), None)
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("wrong_appointment_state")),
+        "{err}"
+    );
 
     // Exactly once more after recovery: one 200 for the booked event, and the store
     // holds it delivered after 4 attempts; every event got one 200; the 1 d reminder
@@ -1099,7 +1127,14 @@ async fn webhooks_are_signed_retried_after_500s_and_delivered_once_more_and_a_de
         delivered.len(),
         "each event delivered once: {delivered:?}"
     );
-    assert_eq!(of_type(&hits, "appointment.reminder").len(), 1);
+    assert_eq!(
+        of_type(&hits, "appointment.reminder")
+            .iter()
+            .filter(|h| h.answered == 200)
+            .count(),
+        2,
+        "the clock's 1 h reminder and the manual one"
+    );
     let (status, deliveries) = srv.call("GET", "/api/v1/webhooks/deliveries", Some(&olga), None).await;
     assert_eq!(status, 200, "{deliveries}");
     let find = |endpoint: &str, event: &str| {

@@ -1505,6 +1505,38 @@ async fn chromium_appointment_journey_book_wait_admit_talk_complete_and_a_no_sho
     assert_eq!(absent["state"], "no_show", "{absent:#}");
     assert_eq!(absent["transitions"][1]["cause"], "clock", "{absent:#}");
 
+    // The console's list of today's appointments, pushed: rows, buttons, states.
+    assert_eq!(f["absentRowGuest"], "Nils Absent", "from the snapshot: {f:#}");
+    assert_eq!(f["rowGuest"], "Grace Booker", "the booking, pushed: {f:#}");
+    assert_eq!(
+        f["rowButtonsScheduled"],
+        serde_json::json!(["today-join-button", "today-remind-button", "today-cancel-button"]),
+        "{f:#}"
+    );
+    assert!(
+        f["remindInfo"]
+            .as_str()
+            .is_some_and(|t| t.contains("No webhook endpoint")),
+        "no endpoint here, and the console says so: {f:#}"
+    );
+    assert!(
+        f["rowWait"].as_str().is_some_and(|t| t.starts_with("waiting ")),
+        "{f:#}"
+    );
+    assert!(
+        f["rowWaitCompleted"].as_str().is_some_and(|t| t.starts_with("waited ")),
+        "{f:#}"
+    );
+    assert_eq!(f["rowButtonsCompleted"], serde_json::json!([]), "{f:#}");
+    assert_eq!(f["absentRowState"], "No-show", "{f:#}");
+    assert_eq!(f["cancelAsks"], "Confirm cancel", "{f:#}");
+    let on_demand = get(f["onDemandId"].as_str().unwrap().to_owned()).await;
+    assert_eq!(on_demand["state"], "cancelled", "{on_demand:#}");
+    assert_eq!(
+        on_demand["transitions"][1]["cause"], "cancelled_by_staff",
+        "{on_demand:#}"
+    );
+
     // Cancelled by its guest from the lobby: the button, the page after, the record.
     assert_eq!(f["cancelOffered"], true, "the booked guest is offered Cancel: {f:#}");
     assert_eq!(f["focusOnConfirm"], "lobby-cancel-confirm", "{f:#}");
@@ -1540,7 +1572,7 @@ async fn chromium_appointment_journey_book_wait_admit_talk_complete_and_a_no_sho
             total["no_shows"].as_u64(),
             total["cancelled"].as_u64()
         ),
-        (Some(3), Some(1), Some(1), Some(1)),
+        (Some(4), Some(1), Some(1), Some(2)),
         "{report:#}"
     );
     assert_eq!(

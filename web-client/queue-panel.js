@@ -14,6 +14,10 @@
  * Meetings and entries are updated in place by id, so a half-typed deny
  * reason and keyboard focus survive the next update.
  *
+ * Below the live meetings, today's appointments (today-list.js): every appointment of
+ * the day with its state, pushed as `queue_appointment` frames, with Join, Admit, Send
+ * reminder and Cancel.
+ *
  * The knock: when someone starts waiting, a short beep (WebAudio) and a
  * browser notification, unless staff turned it off (kept in localStorage).
  */
@@ -21,6 +25,7 @@
 import { api, describeError, formatDuration } from './api.js';
 import { h, initials } from './dom.js';
 import { defaultSocketUrl } from './gatehouse-client.js';
+import { TodayList } from './today-list.js';
 
 /** Waits before opening the socket again, by attempt. */
 const RECONNECT_MS = [1000, 2000, 5000, 10000];
@@ -97,6 +102,16 @@ export class QueuePanel {
       this.list,
       this.announcer,
     );
+    // Today's appointments, from the same subscription (today-list.js).
+    this.today = new TodayList(this.root, {
+      token: () => this.hooks.token(),
+      onJoin: (m) => this.hooks.onJoin(m),
+      onError: (e) => this.hooks.onError(e),
+      onInfo: (text) => this.hooks.onInfo(text),
+      announce: (text) => this.announce(text),
+      live: (meetingId) => this.live.get(meetingId),
+      serverNow: () => this.serverNow(),
+    });
     mount.prepend(this.root);
   }
 
@@ -130,6 +145,7 @@ export class QueuePanel {
     this.handled.clear();
     this.announced.clear();
     this.liveIds = null;
+    this.today.clear();
     this.count.textContent = '';
     this.empty.hidden = true;
     this.root.classList.remove('has-waiting');
@@ -143,7 +159,9 @@ export class QueuePanel {
     const socket = new WebSocket(defaultSocketUrl());
     this.socket = socket;
     socket.addEventListener('open', () => {
-      socket.send(JSON.stringify({ type: 'subscribe_queue', protocol: 1, token: this.hooks.token() }));
+      // `tz`: "today" is the staff member's local day.
+      const tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
+      socket.send(JSON.stringify({ type: 'subscribe_queue', protocol: 1, token: this.hooks.token(), ...(tz ? { tz } : {}) }));
     });
     socket.addEventListener('message', (ev) => {
       if (socket !== this.socket) return;
@@ -176,9 +194,14 @@ export class QueuePanel {
         this.attempt = 0;
         this.refused = false;
         this.live = new Map(msg.meetings.map((m) => [m.meeting_id, m]));
+        this.today.replace(msg.appointments || []);
         this.updated(msg.now_ms);
         this.status.textContent = 'Live';
         this.status.classList.remove('stale');
+        break;
+      case 'queue_appointment':
+        this.skewMs = msg.now_ms - Date.now();
+        this.today.update(msg.appointment);
         break;
       case 'queue_meeting':
         if (msg.meeting) this.live.set(msg.meeting_id, msg.meeting);
@@ -202,6 +225,8 @@ export class QueuePanel {
   updated(nowMs) {
     this.skewMs = nowMs - Date.now();
     this.render([...this.live.values()]);
+    // Admit in today's list follows who is in each lobby.
+    this.today.render();
     this.hooks.onPolled?.();
   }
 
@@ -513,6 +538,7 @@ export class QueuePanel {
   }
 
   tick() {
+    this.today?.tick();
     const now = this.serverNow();
     for (const row of this.meetings.values()) {
       for (const { li, entry } of row.entries.values()) {

@@ -57,6 +57,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/appointments/{id}", get(get_appointment))
         .route("/api/v1/appointments/{id}/cancel", post(cancel_appointment))
         .route("/api/v1/appointments/{id}/reschedule", post(reschedule_appointment))
+        .route("/api/v1/appointments/{id}/remind", post(remind_appointment))
         .route("/api/v1/analytics/appointments", get(analytics))
 }
 
@@ -629,6 +630,28 @@ async fn cancel_appointment(
         .await?;
     tracing::info!(appointment_id = %a.appointment_id, by = %staff.sub, "appointment cancelled by staff");
     Ok(Json(appointment_view(&state, a, true, true).await?))
+}
+
+/// What `POST /appointments/{id}/remind` answers.
+#[derive(Debug, Serialize)]
+struct Reminded {
+    /// The `appointment.reminder` event's id (its `Idempotency-Key`).
+    event_id: String,
+    /// How many webhook endpoints it goes to; 0 when none is configured.
+    endpoints: u64,
+}
+
+/// Staff send the guest a reminder now (the queue's "Send reminder"): an
+/// `appointment.reminder` webhook event with the join link, `data.reminder: "manual"`.
+async fn remind_appointment(
+    State(state): State<Arc<AppState>>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Reminded>)> {
+    visible_appointment(&state, &staff, &id).await?;
+    let (event_id, endpoints) = state.store.run(move |s| s.send_reminder_now(&id, now_ms())).await?;
+    tracing::info!(%event_id, endpoints, by = %staff.sub, "reminder sent by staff");
+    Ok((StatusCode::ACCEPTED, Json(Reminded { event_id, endpoints })))
 }
 
 #[derive(Debug, Deserialize)]

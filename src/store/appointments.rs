@@ -684,6 +684,52 @@ impl Store {
         Ok((a, transitions))
     }
 
+    /// An `appointment.reminder` webhook event now, asked for by staff (`data.reminder`
+    /// is `"manual"`), with the join link; only while the guest may still come (`scheduled`,
+    /// `waiting`, `late`: 409 `wrong_appointment_state` otherwise). Returns the event id and
+    /// how many endpoints it goes to (0: no webhook endpoint is configured, nobody is told).
+    pub fn send_reminder_now(&self, appointment_id: &str, now_ms: u64) -> Result<(String, u64), Error> {
+        use super::webhooks::{appointment_data, enqueue_in, join_code};
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let a = load_appointment(&tx, appointment_id)?
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such appointment"))?;
+        if !matches!(
+            a.machine.state,
+            AppointmentState::Scheduled | AppointmentState::Waiting | AppointmentState::Late
+        ) {
+            return Err(Error::new(
+                ErrorCode::WrongAppointmentState,
+                format!("a {} appointment gets no reminder", a.machine.state.as_str()),
+            ));
+        }
+        let code = join_code(&tx, &a.link_id)?;
+        let mut data = appointment_data(&tx, &a)?;
+        data["reminder"] = serde_json::json!("manual");
+        let key = format!("manual-reminder:{appointment_id}:{}", crate::ids::new_id("r"));
+        enqueue_in(
+            &tx,
+            &a.organization,
+            crate::webhooks::EventType::Reminder,
+            Some(appointment_id),
+            Some(&key),
+            data,
+            code.as_deref(),
+            now_ms,
+        )?;
+        // The last statement of enqueue_in made one delivery per endpoint.
+        let endpoints = tx.changes();
+        let event_id: String = tx
+            .query_row(
+                "SELECT event_id FROM webhook_events WHERE dedupe_key = ?1",
+                [&key],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok((event_id, endpoints))
+    }
+
     /// Lets time act on every appointment it may change by `now_ms` (a start or a no-show
     /// deadline passed) and sends the reminders due; returns how many transitions and
     /// reminders were written.

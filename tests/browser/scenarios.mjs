@@ -191,6 +191,14 @@ async function appointmentJourney(run) {
     guest_name: 'Nils Absent',
   });
   run.facts.absentId = absent.appointment_id;
+  // And one on demand (today, whatever the hour) that staff will cancel from the console.
+  const onDemand = await rest(cfg, 'POST', '/api/v1/appointments', {
+    type_id: type.type_id,
+    on_demand: true,
+    staff: 'olga',
+    guest_name: 'Olive Ondemand',
+  });
+  run.facts.onDemandId = onDemand.appointment_id;
 
   run.step('staff open the console: the queue is subscribed, notifications allowed');
   const staff = await run.context('staff');
@@ -213,6 +221,17 @@ async function appointmentJourney(run) {
   });
   await staffSignsIn(run, staff);
   await staff.waitForFunction(() => document.querySelector('[data-testid="queue-status"]')?.textContent === 'Live');
+  const todayRow = (id) => staff.locator(`[data-testid="today-appointment"][data-appointment-id="${id}"]`);
+  const rowState = (id, state) =>
+    staff.waitForFunction(
+      ([id, state]) => document.querySelector(`[data-testid="today-appointment"][data-appointment-id="${id}"]`)?.dataset.state === state,
+      [id, state],
+      { timeout: 20_000 },
+    );
+  // The day's list came with the snapshot: both appointments made before the console opened.
+  await todayRow(absent.appointment_id).waitFor();
+  run.facts.absentRowGuest = await todayRow(absent.appointment_id).getByTestId('today-guest').textContent();
+  await todayRow(onDemand.appointment_id).waitFor();
 
   run.step('the guest books the second free time on the booking page');
   const guest = await run.context('guest');
@@ -232,6 +251,15 @@ async function appointmentJourney(run) {
   const booked = await rest({ ...cfg, staffToken: null }, 'GET', `/api/v1/book/appointments/${encodeURIComponent(run.facts.manageCode)}`);
   run.facts.appointmentId = booked.appointment.appointment_id;
   run.facts.meetingId = booked.appointment.meeting_id;
+
+  run.step("the booking appears in today's list, pushed; staff send a reminder");
+  const row = todayRow(run.facts.appointmentId);
+  await rowState(run.facts.appointmentId, 'scheduled');
+  run.facts.rowGuest = await row.getByTestId('today-guest').textContent();
+  run.facts.rowButtonsScheduled = await row.locator('button:visible').evaluateAll((bs) => bs.map((b) => b.dataset.testid));
+  await row.getByTestId('today-remind-button').click();
+  await staff.waitForFunction((id) => document.querySelector(`[data-testid="today-appointment"][data-appointment-id="${id}"]`)?.dataset.reminded === '1', run.facts.appointmentId);
+  run.facts.remindInfo = await visible(staff, 'info-banner').textContent();
 
   run.step('the guest follows the join link and waits in the lobby');
   await guest.getByTestId('join-link').click();
@@ -257,12 +285,15 @@ async function appointmentJourney(run) {
   run.facts.knocks = Number(await staff.getByTestId('queue-panel').getAttribute('data-knocks'));
   await staff.waitForFunction(() => window.__notifications.length >= 1);
   run.facts.notifications = await staff.evaluate(() => window.__notifications);
+  await rowState(run.facts.appointmentId, 'waiting');
+  await row.getByTestId('today-admit-button').waitFor();
+  run.facts.rowWait = await row.getByTestId('today-wait').textContent();
   await run.shot(staff, 'journey-queue.png');
 
-  run.step('staff admit from the queue and join the call');
-  await entry.getByTestId('queue-admit-button').click();
+  run.step("staff admit from today's list and join the call from it");
+  await row.getByTestId('today-admit-button').click();
   await visible(guest, 'call-view').waitFor();
-  await staff.locator(`[data-testid="queue-meeting"][data-meeting-id="${run.facts.meetingId}"] [data-testid="queue-join-button"]`).click();
+  await row.getByTestId('today-join-button').click();
   await visible(staff, 'call-view').waitFor();
   await remoteTile(staff, guestId).waitFor();
 
@@ -279,6 +310,19 @@ async function appointmentJourney(run) {
   await visible(guest, 'left-view').waitFor();
   await visible(staff, 'leave-button').click();
   await visible(staff, 'dashboard-view').waitFor();
+  await rowState(run.facts.appointmentId, 'completed');
+  run.facts.rowWaitCompleted = await row.getByTestId('today-wait').textContent();
+  run.facts.rowButtonsCompleted = await row.locator('button:visible').evaluateAll((bs) => bs.map((b) => b.dataset.testid));
+
+  run.step("the absent guest's row turns no-show, pushed; staff cancel the on-demand one (two clicks)");
+  await rowState(absent.appointment_id, 'no_show');
+  run.facts.absentRowState = await todayRow(absent.appointment_id).getByTestId('today-state').textContent();
+  const cancelButton = todayRow(onDemand.appointment_id).getByTestId('today-cancel-button');
+  await cancelButton.click();
+  run.facts.cancelAsks = await cancelButton.textContent();
+  await cancelButton.click();
+  await rowState(onDemand.appointment_id, 'cancelled');
+  await run.shot(staff, 'journey-today.png');
 
   run.step('a third guest waits, then cancels their appointment from the lobby');
   const nextHour = Math.ceil(Date.now() / 3_600_000) * 3_600_000 + 3_600_000;
