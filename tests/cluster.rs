@@ -176,6 +176,21 @@ impl Node {
         support::http_call(&self.http, &self.base, method, path, Some(token), body).await
     }
 
+    /// A sample's value on this node's `/metrics` (no labels), if it is there.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     async fn cluster(&self, admin: &str) -> (u16, Value) {
         self.call("GET", "/api/v1/cluster/nodes", admin, None).await
     }
@@ -308,6 +323,13 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
         let seen = node.sees(&token).await;
         assert_eq!(seen, ids, "node {} sees the whole cluster", node.id);
     }
+    // Every node's /metrics has the cluster's gauges (read from the registry each beat).
+    until("node b's gauges count three live nodes", WAIT, || async {
+        b.metric("gatehouse_cluster_nodes").await == Some(3.0)
+    })
+    .await;
+    assert_eq!(b.metric("gatehouse_cluster_redis_up").await, Some(1.0));
+    assert_eq!(b.metric("gatehouse_cluster_nodes_draining").await, Some(0.0));
     // A node's record carries its address and load.
     let (_, view) = a.cluster(&token).await;
     let record = &view["nodes"].as_array().unwrap()[0];
@@ -405,6 +427,10 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
     );
     eprintln!("killed node left the registry {gone_after:?} after SIGKILL");
     assert_eq!(b.sees(&token).await.len(), 2);
+    until("node b's gauges count two live nodes", WAIT, || async {
+        b.metric("gatehouse_cluster_nodes").await == Some(2.0)
+    })
+    .await;
     // Its meeting (wherever it was placed) is placed on a live node by the next join.
     let on_a = a.join(&token, &orphan).await;
     let placed = owner(&redis, &orphan).await.expect("placed");
@@ -423,8 +449,12 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
         .await;
     assert_eq!(status, 201, "REST does not need Redis: {meeting}");
     let later = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let asked = Instant::now();
     match a.join(&token, &later).await {
-        Err((ErrorCode::ServerBusy, message)) => assert!(message.contains("Redis"), "{message}"),
+        Err((ErrorCode::ServerBusy, message)) => {
+            assert!(message.contains("Redis"), "{message}");
+            eprintln!("join refused {:?} after it was sent, Redis away", asked.elapsed());
+        }
         other => panic!("a placement without Redis: {:?}", other.map(|_| "joined")),
     }
     // The meetings already running on the two live nodes still take frames: a chat in each
@@ -432,6 +462,10 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
     for (_, ws) in sockets.iter_mut().filter(|(node, _)| *node != c_id) {
         chat_echo(ws, "still here").await;
     }
+    until("node a's gauge says Redis is down", WAIT, || async {
+        a.metric("gatehouse_cluster_redis_up").await == Some(0.0)
+    })
+    .await;
     let redis = Redis::start(&dir.join("redis"), redis_port);
     until("the nodes beat into the new Redis", WAIT, || async {
         a.sees(&token).await.len() == 2

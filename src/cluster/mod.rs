@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod load;
+pub mod metrics;
 pub mod placement;
 #[cfg(feature = "cluster")]
 pub mod redis;

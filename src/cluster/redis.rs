@@ -88,6 +88,8 @@ pub struct RedisRouter {
     draining: AtomicBool,
     /// The load of the last beat, for the record `drain` writes at once.
     last_load: std::sync::Mutex<Load>,
+    /// The live nodes as the last beat read them (the cluster's gauges).
+    view: std::sync::Mutex<Vec<NodeReport>>,
 }
 
 impl RedisRouter {
@@ -97,7 +99,10 @@ impl RedisRouter {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_max_delay(Duration::from_secs(1));
+            .set_max_delay(Duration::from_secs(1))
+            // One quick retry per request, not six with backoff: with Redis away a join is
+            // refused at once rather than after seconds; the next request (or beat) tries again.
+            .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to Redis at the redis_url: {e}"))?;
@@ -111,6 +116,7 @@ impl RedisRouter {
             lost: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_load: std::sync::Mutex::new(Load::default()),
+            view: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -153,6 +159,16 @@ impl RedisRouter {
             }
         }
         Ok(())
+    }
+
+    /// The live nodes as the last beat read them.
+    pub fn view(&self) -> Vec<NodeReport> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the last beat reached Redis.
+    pub fn redis_up(&self) -> bool {
+        !self.lost.load(Ordering::Relaxed)
     }
 
     async fn live_nodes(&self) -> redis::RedisResult<Vec<NodeReport>> {
@@ -288,8 +304,13 @@ async fn beat(router: &RedisRouter, state: &AppState, sampler: &mut LoadSampler)
         state.sfu.stats().forwarded_packets,
         crate::metrics::process_cpu_seconds(),
     );
-    match router.beat(load, &state.live.live_ids()).await {
-        Ok(()) => {
+    let beaten = match router.beat(load, &state.live.live_ids()).await {
+        Ok(()) => router.live_nodes().await,
+        Err(e) => Err(e),
+    };
+    match beaten {
+        Ok(nodes) => {
+            *router.view.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
             if router.lost.swap(false, Ordering::Relaxed) {
                 tracing::info!(node_id = %router.node_id, "Redis is back: beating and placing again");
             }

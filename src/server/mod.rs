@@ -302,6 +302,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     metrics
         .register(Box::new(crate::metrics::SfuCollector::new(sfu.clone())))
         .context("registering the media metrics")?;
+    #[cfg(feature = "cluster")]
+    if let Some(redis_router) = &redis_router {
+        metrics
+            .register(Box::new(crate::cluster::metrics::ClusterCollector::new(
+                redis_router.clone(),
+            )))
+            .context("registering the cluster metrics")?;
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         config: config.clone(),
