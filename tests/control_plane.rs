@@ -1156,6 +1156,19 @@ fn roster_changes_of(frames: &[ServerMessage], id: &str) -> Vec<ServerMessage> {
         .collect()
 }
 
+/// Reads staff frames up to the one that shows `id`'s media down; returns them all.
+async fn until_media_down(staff: &mut Ws, id: &str) -> Vec<ServerMessage> {
+    let mut seen = Vec::new();
+    loop {
+        let m = staff.next().await.expect("staff socket open");
+        let down = media_down(&m, id);
+        seen.push(m);
+        if down {
+            return seen;
+        }
+    }
+}
+
 fn media_down(m: &ServerMessage, id: &str) -> bool {
     use gatehouse_signaling::protocol::MediaConnectionState::Disconnected;
     matches!(m, ServerMessage::ParticipantMedia { participant_id, publisher, subscriber }
@@ -1173,15 +1186,7 @@ async fn a_guest_whose_socket_dies_comes_back_unseen_within_the_hold() {
 
     guest.cut();
     // The gateway notices the drop: staff learn only that the guest's media is down.
-    let mut seen = Vec::new();
-    loop {
-        let m = staff.next().await.expect("staff socket open");
-        let down = media_down(&m, &guest_id);
-        seen.push(m);
-        if down {
-            break;
-        }
-    }
+    let mut seen = until_media_down(&mut staff, &guest_id).await;
     srv.wait_until("the drop is seen", |s| {
         s.state().metrics.participants_in_call.get() == 1 && s.state().metrics.signaling_connections.get() == 1
     })
@@ -1245,15 +1250,8 @@ async fn a_guest_who_does_not_come_back_leaves_once_when_the_hold_ends() {
     let (mut staff, guest, token, guest_id, mid) = staff_and_admitted_guest(&srv, &olga).await;
 
     guest.cut();
-    let mut seen = Vec::new();
-    let down_at = loop {
-        let m = staff.next().await.expect("staff socket open");
-        let down = media_down(&m, &guest_id);
-        seen.push(m);
-        if down {
-            break std::time::Instant::now();
-        }
-    };
+    let seen = until_media_down(&mut staff, &guest_id).await;
+    let down_at = std::time::Instant::now();
     assert_eq!(roster_changes_of(&seen, &guest_id), [], "nothing yet: {seen:?}");
     let left = staff
         .expect("the hold ends", |m| matches!(m, ServerMessage::ParticipantLeft { .. }))
@@ -1310,15 +1308,7 @@ async fn a_silent_socket_is_taken_as_dropped_and_a_pinged_one_stays() {
     // From here the guest's socket is never read, so its library answers no ping. The
     // staff socket is read (its library answers every ping) and sends nothing itself.
     let quiet_since = std::time::Instant::now();
-    let mut seen = Vec::new();
-    loop {
-        let m = staff.next().await.expect("staff stays connected");
-        let down = media_down(&m, &guest_id);
-        seen.push(m);
-        if down {
-            break;
-        }
-    }
+    until_media_down(&mut staff, &guest_id).await;
     assert!(
         quiet_since.elapsed() >= std::time::Duration::from_millis(2500),
         "taken as dropped only after the silence limit ({:?})",
