@@ -1337,8 +1337,9 @@ async fn chromium_guest_books_a_free_time_on_the_booking_page() {
 /// The console's appointments report in Chromium: three appointments made over REST, two
 /// two days ago (no-shows once the gateway's sweep has seen them) and one a minute ago
 /// (cancelled); the console's report (the last 30 days, by day) shows the
-/// same totals as the REST report for its query, one stacked bar and one table row per
-/// day, a chart label with the total; by week the bars sum to the same total; Download
+/// same totals as the REST report for its query, a bar for each of the 30 days (stacked
+/// where there were appointments, empty elsewhere), one table row per day with
+/// appointments, a chart label with the total; by week the bars sum to the same total; Download
 /// CSV saves the CSV report (header, a row per period, the total). Screenshot `analytics.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_shows_the_appointments_report_with_a_chart_and_csv() {
@@ -1379,12 +1380,24 @@ async fn console_shows_the_appointments_report_with_a_chart_and_csv() {
         .map(|p| p["period"].as_str().unwrap())
         .collect();
     assert_eq!(periods.len(), 2, "two days with appointments: {f:#}");
+    // A bar for every day of the 30, in order; the days without appointments empty.
     let bars = f["bars"].as_array().unwrap();
-    let bar_periods: Vec<&str> = bars.iter().map(|b| b["period"].as_str().unwrap()).collect();
-    assert_eq!(bar_periods, periods, "a bar per day, in order: {f:#}");
-    let totals: Vec<u64> = bars.iter().map(|b| b["total"].as_u64().unwrap()).collect();
+    assert_eq!(bars.len(), 30, "a bar per day of the range: {f:#}");
+    let from: jiff::civil::Date = f["query"]["from"].as_str().unwrap().parse().unwrap();
+    for (i, b) in bars.iter().enumerate() {
+        let day = from.checked_add(jiff::Span::new().days(i as i64)).unwrap();
+        assert_eq!(b["period"].as_str(), Some(day.to_string().as_str()), "{f:#}");
+    }
+    let filled: Vec<&Value> = bars.iter().filter(|b| b["total"].as_u64() > Some(0)).collect();
+    let bar_periods: Vec<&str> = filled.iter().map(|b| b["period"].as_str().unwrap()).collect();
+    assert_eq!(bar_periods, periods, "the days with appointments: {f:#}");
+    let totals: Vec<u64> = filled.iter().map(|b| b["total"].as_u64().unwrap()).collect();
     assert_eq!(totals, [2, 1], "{f:#}");
-    assert!(bars.iter().all(|b| b["segments"].as_u64() >= Some(1)), "{f:#}");
+    assert!(filled.iter().all(|b| b["segments"].as_u64() >= Some(1)), "{f:#}");
+    assert!(
+        bars.iter().filter(|b| b["total"] == 0).all(|b| b["segments"] == 0),
+        "empty days are empty bars: {f:#}"
+    );
     let rows = f["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{f:#}");
     assert_eq!(

@@ -62,6 +62,37 @@ export function barChart(periods, { width, height }) {
   return { bars, ticks: ticks.map((v) => ({ value: v, y: height - scale(v) })), top };
 }
 
+/** ISO 8601 week of a civil date given as UTC midnight ms: `2026-W50`. */
+export function isoWeek(ms) {
+  const d = new Date(ms);
+  const weekday = (d.getUTCDay() + 6) % 7; // Monday 0
+  // The week's Thursday decides its year.
+  const thursday = new Date(ms + (3 - weekday) * DAY_MS);
+  const year = thursday.getUTCFullYear();
+  const week = 1 + Math.floor((thursday - Date.UTC(year, 0, 1)) / (7 * DAY_MS));
+  return `${year}-W${String(week).padStart(2, '0')}`;
+}
+
+const DAY_MS = 24 * 3600 * 1000;
+
+/**
+ * Every period of a report from `from` to `to` (`YYYY-MM-DD`, both included): each day, or
+ * each ISO week touching them, in order; a period the report left out (no appointments:
+ * docs/PROTOCOL.md §15.6) is there with zeros, so the chart shows it as an empty bar.
+ */
+export function allPeriods({ from, to, group, periods }) {
+  const given = new Map(periods.map((p) => [p.period, p]));
+  const start = Date.parse(`${from}T00:00:00Z`);
+  const end = Date.parse(`${to}T00:00:00Z`);
+  if (!(start <= end)) return periods;
+  const names = [];
+  for (let ms = start; ms <= end && names.length <= 400; ms += DAY_MS) {
+    const name = group === 'week' ? isoWeek(ms) : new Date(ms).toISOString().slice(0, 10);
+    if (names[names.length - 1] !== name) names.push(name);
+  }
+  return names.map((name) => given.get(name) || { period: name, appointments: 0, completed: 0, no_shows: 0, cancelled: 0 });
+}
+
 /** "2 h 05 min", "14 min", "45 s"; "—" for null. */
 export function formatMinutes(ms) {
   if (ms === null || ms === undefined) return '—';

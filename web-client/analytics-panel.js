@@ -8,7 +8,7 @@
  */
 
 import { api, describeError } from './api.js';
-import { SEGMENTS, barChart, formatMinutes, formatRate, localDate, openCount } from './analytics-chart.js';
+import { SEGMENTS, allPeriods, barChart, formatMinutes, formatRate, localDate, openCount } from './analytics-chart.js';
 import { h } from './dom.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -154,7 +154,8 @@ export class AnalyticsPanel {
 
   renderChart(report) {
     const { width, height, left, bottom, top, right } = PLOT;
-    const { bars, ticks } = barChart(report.periods, { width, height });
+    // Every day (or week) of the range: one without appointments is an empty bar, not a gap.
+    const { bars, ticks } = barChart(allPeriods(report), { width, height });
     const plot = svg('g', { transform: `translate(${left} ${top})` });
     for (const tick of ticks) {
       plot.append(

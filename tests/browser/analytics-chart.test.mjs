@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { axis, barChart, formatMinutes, formatRate, localDate, openCount } from '../../web-client/analytics-chart.js';
+import { allPeriods, axis, barChart, formatMinutes, formatRate, isoWeek, localDate, openCount } from '../../web-client/analytics-chart.js';
 
 const period = (name, f) => ({ period: name, appointments: 0, completed: 0, no_shows: 0, cancelled: 0, ...f });
 
@@ -65,4 +65,28 @@ test('figures read as people say them', () => {
   assert.equal(formatRate(null), '—');
   assert.equal(formatRate(0.0571), '5.7 %');
   assert.equal(localDate(new Date(2026, 0, 5, 23, 59)), '2026-01-05');
+});
+
+test('ISO weeks: Thursday decides the year, across year ends', () => {
+  const w = (d) => isoWeek(Date.parse(`${d}T00:00:00Z`));
+  assert.equal(w('2026-12-07'), '2026-W50');
+  assert.equal(w('2026-12-13'), '2026-W50', 'Sunday ends the week');
+  assert.equal(w('2026-12-31'), '2026-W53');
+  assert.equal(w('2027-01-03'), '2026-W53', 'early January in the last week of 2026');
+  assert.equal(w('2027-01-04'), '2027-W01');
+  assert.equal(w('2024-12-30'), '2025-W01', 'late December in the first week of 2025');
+  assert.equal(w('2021-01-01'), '2020-W53');
+});
+
+test('every day or week of the range is a period, empty ones with zeros', () => {
+  const p = period('2026-12-02', { appointments: 3, completed: 2 });
+  const days = allPeriods({ from: '2026-11-29', to: '2026-12-03', group: 'day', periods: [p] });
+  assert.deepEqual(days.map((d) => d.period), ['2026-11-29', '2026-11-30', '2026-12-01', '2026-12-02', '2026-12-03']);
+  assert.equal(days[3], p, 'the report period itself');
+  assert.deepEqual(days[0], period('2026-11-29', {}));
+  assert.deepEqual(barChart(days, { width: 100, height: 50 }).bars.map((b) => b.total), [0, 0, 0, 3, 0]);
+  const weeks = allPeriods({ from: '2026-12-24', to: '2027-01-12', group: 'week', periods: [period('2026-W53', { appointments: 1 })] });
+  assert.deepEqual(weeks.map((d) => d.period), ['2026-W52', '2026-W53', '2027-W01', '2027-W02']);
+  assert.equal(weeks[1].appointments, 1);
+  assert.deepEqual(allPeriods({ from: '2026-12-03', to: '2026-12-03', group: 'day', periods: [] }).map((d) => d.period), ['2026-12-03']);
 });
