@@ -1625,3 +1625,84 @@ async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
         "{body}"
     );
 }
+
+/// A guest's contact is kept for its type's `contact_retention_days` after the
+/// appointment's end, then erased (the store's sweep, driven here with a later `now`; the
+/// gateway's clock runs it hourly): the name, state and history stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_contacts_are_erased_after_their_types_retention() {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Admin);
+    let (_, short) = setup(&srv, &olga, &["olga"], json!({ "contact_retention_days": 1 })).await;
+    assert_eq!(short["contact_retention_days"], 1, "{short}");
+    let (status, default) = srv
+        .call(
+            "POST",
+            "/api/v1/appointment-types",
+            Some(&olga),
+            Some(json!({ "title": "Follow-up", "staff": ["olga"] })),
+        )
+        .await;
+    assert_eq!(
+        (status, default["contact_retention_days"].as_u64()),
+        (201, Some(30)),
+        "{default}"
+    );
+    let (status, bad) = srv
+        .call(
+            "POST",
+            "/api/v1/appointment-types",
+            Some(&olga),
+            Some(json!({ "title": "Never", "staff": ["olga"], "contact_retention_days": 0 })),
+        )
+        .await;
+    assert_eq!((status, bad["code"].as_str()), (400, Some("bad_request")), "{bad}");
+    // Both ended two days ago (staff may write down past appointments).
+    let start = (now_ms() / MIN_MS) * MIN_MS - 2 * DAY_MS;
+    let mut ids = Vec::new();
+    for (t, at, name) in [(&short, start, "Ada"), (&default, start + 60 * MIN_MS, "Ben")] {
+        let (status, a) = srv
+            .call(
+                "POST",
+                "/api/v1/appointments",
+                Some(&olga),
+                Some(json!({ "type_id": t["type_id"], "starts_at": rfc3339(at), "guest_name": name, "guest_contact": format!("{name}@example.org") })),
+            )
+            .await;
+        assert_eq!(status, 201, "{a}");
+        ids.push(a["appointment_id"].as_str().unwrap().to_owned());
+    }
+    let store = &srv.state().store;
+    let contact = |a: &Value| a["guest_contact"].as_str().map(str::to_owned);
+    assert_eq!(store.erase_expired_contacts(now_ms()).unwrap(), 1);
+    let (ada, ben) = (
+        appointment(&srv, &olga, &ids[0]).await,
+        appointment(&srv, &olga, &ids[1]).await,
+    );
+    assert_eq!(contact(&ada), None, "1 day after its end: erased: {ada}");
+    assert_eq!(ada["guest_name"], "Ada", "the name stays: {ada}");
+    assert_eq!(
+        contact(&ben).as_deref(),
+        Some("Ben@example.org"),
+        "30 days not over: {ben}"
+    );
+    // Ben's 30 days run from his end (about 2 days ago): not over 27 days on, over 28.5 days on.
+    assert_eq!(store.erase_expired_contacts(now_ms() + 27 * DAY_MS).unwrap(), 0);
+    assert_eq!(
+        store
+            .erase_expired_contacts(now_ms() + 28 * DAY_MS + DAY_MS / 2)
+            .unwrap(),
+        1
+    );
+    let ben = appointment(&srv, &olga, &ids[1]).await;
+    assert_eq!(contact(&ben), None, "{ben}");
+    assert_eq!(
+        (
+            ben["guest_name"].as_str(),
+            transitions(&ben).first().map(String::as_str)
+        ),
+        (Some("Ben"), Some("scheduled")),
+        "the name and the history stay: {ben}"
+    );
+}

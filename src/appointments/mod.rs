@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default life of a private booking link (as for private meeting invitations).
 pub const DEFAULT_PRIVATE_LINK_DAYS: u32 = 90;
+/// Default time a guest's contact is kept after the appointment, in days.
+pub const DEFAULT_CONTACT_RETENTION_DAYS: u32 = 30;
 /// Longest range of free slots asked for at once.
 pub const MAX_SLOT_RANGE_MS: u64 = 62 * 24 * 3600 * 1000;
 /// Longest department name, type title or guest contact, in characters.
@@ -56,6 +58,9 @@ pub struct TypeSettings {
     /// When `appointment.reminder` webhook events are sent, before the start: `"24h"`,
     /// `"15m"`, `"2d"` (at most 5, each 1 minute to 30 days).
     pub reminders: Vec<String>,
+    /// Days after the appointment's end (on demand: its creation) at which the guest's
+    /// contact is erased; the name and the history stay.
+    pub contact_retention_days: u32,
 }
 
 impl Default for TypeSettings {
@@ -72,6 +77,7 @@ impl Default for TypeSettings {
             private_link_days: DEFAULT_PRIVATE_LINK_DAYS,
             no_show_minutes: DEFAULT_NO_SHOW_MINUTES,
             reminders: Vec::new(),
+            contact_retention_days: DEFAULT_CONTACT_RETENTION_DAYS,
         }
     }
 }
@@ -100,6 +106,9 @@ impl TypeSettings {
         }
         if !(1..=240).contains(&self.no_show_minutes) {
             return Err(bad("no_show_minutes must be between 1 and 240"));
+        }
+        if !(1..=3650).contains(&self.contact_retention_days) {
+            return Err(bad("contact_retention_days must be between 1 and 3650"));
         }
         if !(1..=3650).contains(&self.private_link_days) {
             return Err(bad("private_link_days must be between 1 and 3650"));
@@ -220,6 +229,7 @@ mod tests {
         .unwrap();
         assert_eq!(ok.title, "Skin check");
         assert_eq!((ok.no_show_minutes, ok.private_link_days), (15, 90));
+        assert_eq!(ok.contact_retention_days, 30);
         assert_eq!(ok.lobby_bypass, LobbyBypass::OrganizerOnly, "guests wait by default");
         let bad_cases = [
             TypeSettings::default(),
@@ -237,6 +247,10 @@ mod tests {
             },
             TypeSettings {
                 private_link_days: 0,
+                ..ok.clone()
+            },
+            TypeSettings {
+                contact_retention_days: 0,
                 ..ok.clone()
             },
             TypeSettings {

@@ -37,6 +37,8 @@ type ApiResult<T> = Result<T, ApiError>;
 /// How often the clock looks for passed starts and no-show deadlines. Transitions are
 /// stamped with the deadline itself, not with the moment the clock saw it.
 const CLOCK_PERIOD: Duration = Duration::from_secs(5);
+/// Clock ticks between two sweeps for guest contacts past their retention (an hour).
+const CONTACT_SWEEP_TICKS: u64 = 720;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
@@ -67,11 +69,21 @@ pub fn spawn_clock(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CLOCK_PERIOD);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            // Contacts past their retention: at start, then hourly (a day is the shortest).
+            if ticks.is_multiple_of(CONTACT_SWEEP_TICKS) {
+                match state.store.run(|s| s.erase_expired_contacts(now_ms())).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(erased = n, "guest contacts past their retention erased"),
+                    Err(e) => tracing::warn!(error = %e, "erasing guest contacts failed"),
+                }
+            }
+            ticks += 1;
             match state.store.run(|s| s.tick_appointments(now_ms())).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(transitions = n, "appointment clock"),

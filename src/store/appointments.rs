@@ -730,6 +730,60 @@ impl Store {
         Ok((event_id, endpoints))
     }
 
+    /// Erases the guest contact of every appointment whose type's `contact_retention_days`
+    /// have passed since its end (on demand: its creation) at `now_ms`; returns how many.
+    /// The name, the state and the history stay (analytics need them, not the contact).
+    pub fn erase_expired_contacts(&self, now_ms: u64) -> Result<usize, Error> {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        // Every retention is at least a day: nothing younger can be due.
+        let candidates: Vec<(String, String, i64)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT appointment_id, type_id, COALESCE(ends_at, created_at) FROM appointments WHERE guest_contact IS NOT NULL AND COALESCE(ends_at, created_at) <= ?1",
+                )
+                .map_err(db_err)?;
+            stmt.query_map([now_ms.saturating_sub(DAY_MS) as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?
+        };
+        let mut days_of = std::collections::HashMap::new();
+        let mut erased = 0;
+        for (id, type_id, end) in candidates {
+            if !days_of.contains_key(&type_id) {
+                let settings: Option<String> = tx
+                    .query_row(
+                        "SELECT settings FROM appointment_types WHERE type_id = ?1",
+                        [&type_id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                let days = settings
+                    .and_then(|s| serde_json::from_str::<TypeSettings>(&s).ok())
+                    .map_or(crate::appointments::DEFAULT_CONTACT_RETENTION_DAYS, |t| {
+                        t.contact_retention_days
+                    });
+                days_of.insert(type_id.clone(), days);
+            }
+            let days = u64::from(days_of[&type_id]);
+            if (end.max(0) as u64).saturating_add(days * DAY_MS) <= now_ms {
+                erased += tx
+                    .execute(
+                        "UPDATE appointments SET guest_contact = NULL WHERE appointment_id = ?1",
+                        [&id],
+                    )
+                    .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(erased)
+    }
+
     /// Lets time act on every appointment it may change by `now_ms` (a start or a no-show
     /// deadline passed) and sends the reminders due; returns how many transitions and
     /// reminders were written.
