@@ -725,11 +725,9 @@ impl MediaRoom {
             tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, mid = %stream.mid, "announced source does not match the media kind");
             return;
         }
-        if let Some(t) = self
-            .tracks
-            .iter()
-            .position(|t| t.parked.is_some() && t.info.participant_id == participant && t.info.source == announced.source)
-        {
+        if let Some(t) = self.tracks.iter().position(|t| {
+            t.parked.is_some() && t.info.participant_id == participant && t.info.source == announced.source
+        }) {
             self.adopt(t, stream, now, effects);
             return;
         }
@@ -1476,7 +1474,10 @@ impl MediaRoom {
         let expired: Vec<TrackId> = self
             .tracks
             .iter()
-            .filter(|t| t.parked.is_some_and(|at| now.saturating_duration_since(at) >= PARK_GRACE))
+            .filter(|t| {
+                t.parked
+                    .is_some_and(|at| now.saturating_duration_since(at) >= PARK_GRACE)
+            })
             .map(|t| t.info.track_id.clone())
             .collect();
         for track_id in expired {
@@ -2320,9 +2321,15 @@ mod tests {
         // The camera was adopted; the microphone, declared but not arriving, is still parked.
         room.expire_parked(start + PARK_GRACE, &mut fx);
         let told = track_signals(&fx);
-        assert!(told.iter().all(|(_, what, id)| *what == "unpublished" && *id != camera), "{told:?}");
+        assert!(
+            told.iter().all(|(_, what, id)| *what == "unpublished" && *id != camera),
+            "{told:?}"
+        );
         assert_eq!(told.len(), 2, "the microphone goes for A and B: {told:?}");
-        assert_eq!(room.tracks().iter().map(|t| t.track_id.clone()).collect::<Vec<_>>(), vec![camera]);
+        assert_eq!(
+            room.tracks().iter().map(|t| t.track_id.clone()).collect::<Vec<_>>(),
+            vec![camera]
+        );
     }
 
     #[test]
