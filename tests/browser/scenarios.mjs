@@ -586,6 +586,13 @@ async function analyticsReport(run) {
     made.push(await rest(cfg, 'POST', '/api/v1/appointments', { type_id: type.type_id, starts_at: startsAt, staff: 'olga', guest_name: name }));
   }
   await rest(cfg, 'POST', `/api/v1/appointments/${made[2].appointment_id}/cancel`);
+  // The report is compared with the REST one read after it: both must see the two old ones
+  // as no-shows already, so the gateway's sweep (every 5 s) must have been by.
+  run.step("the gateway's sweep marks the two old ones no-shows");
+  await until(cfg.mediaTimeoutMs, async () => {
+    const states = await Promise.all(made.slice(0, 2).map((a) => rest(cfg, 'GET', `/api/v1/appointments/${a.appointment_id}`)));
+    return states.every((a) => a.state === 'no_show');
+  });
 
   run.step('staff open the console: the report shows');
   const staff = await run.context('staff');
