@@ -249,6 +249,10 @@ struct Member {
     received_media: bool,
     /// When RTCP last came from its subscriber connection (see [`RESUME_GAP`]).
     last_heard: Option<Instant>,
+    /// Its subscriber connection is up (DTLS done): a keyframe asked for before then would
+    /// arrive where nobody can receive it and hold the publisher's throttle against the
+    /// request that matters, the one [`MediaRoom::subscriber_connected`] makes.
+    subscriber_up: bool,
 }
 
 impl Member {
@@ -510,7 +514,12 @@ impl MediaRoom {
         if let Some(m) = self.member_mut(participant) {
             match role {
                 PeerRole::Publisher => m.publisher = conn,
-                PeerRole::Subscriber => m.subscriber = conn,
+                PeerRole::Subscriber => {
+                    if m.subscriber != conn {
+                        m.subscriber_up = false;
+                    }
+                    m.subscriber = conn;
+                }
             }
         }
     }
@@ -564,6 +573,7 @@ impl MediaRoom {
             joined_at: now,
             received_media: false,
             last_heard: None,
+            subscriber_up: false,
         });
         for t in 0..self.tracks.len() {
             self.add_leg(t, id, effects);
@@ -589,6 +599,7 @@ impl MediaRoom {
         m.joined_at = now;
         m.received_media = false;
         m.last_heard = None;
+        m.subscriber_up = false;
         for track in &mut self.tracks {
             track.legs.retain(|l| l.subscriber != id);
             if track.info.participant_id == id {
@@ -1047,6 +1058,8 @@ impl MediaRoom {
         let Some(conn) = m.subscriber else {
             return;
         };
+        // A renegotiation of a connection that is up (the shell knows it is).
+        m.subscriber_up |= connected;
         let mut fresh = Vec::new();
         for (t, track) in self.tracks.iter_mut().enumerate() {
             let Some(l) = track
@@ -1088,6 +1101,9 @@ impl MediaRoom {
 
     /// A subscriber connection came up: it needs a keyframe of everything it receives.
     pub fn subscriber_connected(&mut self, conn: ConnId, now: Instant, effects: &mut Vec<Effect>) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.subscriber == Some(conn)) {
+            m.subscriber_up = true;
+        }
         let wanted: Vec<(usize, usize)> = (0..self.tracks.len())
             .filter_map(|t| {
                 let l = self.tracks[t]
@@ -1248,15 +1264,24 @@ impl MediaRoom {
     }
 
     /// Asks for a keyframe of the layer leg `l` of track `t` forwards (or waits for, or
-    /// would start with).
+    /// would start with), once the leg's subscriber connection is up (until then nothing
+    /// could receive it; coming up asks).
     fn request_leg_keyframe(&mut self, t: usize, l: usize, now: Instant, effects: &mut Vec<Effect>) {
         let Some(track) = self.tracks.get(t) else {
             return;
         };
-        if l < track.legs.len() {
-            let layer = track.keyframe_layer(l, now);
-            self.request_layer_keyframe(t, layer, now, effects);
+        let Some(leg) = track.legs.get(l) else {
+            return;
+        };
+        let up = self.members.iter().any(|m| {
+            m.id == leg.subscriber && m.subscriber_up && leg.bound.is_some_and(|(c, _)| Some(c) == m.subscriber)
+        });
+        if !up {
+            tracing::debug!(meeting_id = %self.meeting_id, track_id = %track.info.track_id, subscriber = %leg.subscriber, "keyframe for a subscriber not connected yet: asked when it is");
+            return;
         }
+        let layer = track.keyframe_layer(l, now);
+        self.request_layer_keyframe(t, layer, now, effects);
     }
 
     /// Asks a video track's publisher for a keyframe of one layer, at most once per
@@ -1271,13 +1296,16 @@ impl MediaRoom {
         if track.info.kind == TrackKind::Video
             && track.parked.is_none()
             && let Some(layer) = track.layers.get_mut(layer)
-            && layer.throttle.request(now)
         {
-            effects.push(Effect::RequestKeyframe {
-                conn,
-                receiver,
-                ssrc: layer.ssrc,
-            });
+            let now_sent = layer.throttle.request(now);
+            tracing::debug!(meeting_id = %self.meeting_id, track_id = %track.info.track_id, ssrc = layer.ssrc, deferred = !now_sent, "keyframe requested");
+            if now_sent {
+                effects.push(Effect::RequestKeyframe {
+                    conn,
+                    receiver,
+                    ssrc: layer.ssrc,
+                });
+            }
         }
     }
 
@@ -1321,6 +1349,7 @@ impl MediaRoom {
             .is_some_and(|at| now.saturating_duration_since(at) >= RESUME_GAP);
         layer.last_packet = Some(now);
         if (resumed && video && layer.throttle.request(now)) || layer.throttle.poll(now) {
+            tracing::debug!(meeting_id = %self.meeting_id, ssrc, resumed, "keyframe request sent (resumed stream or deferred)");
             effects.push(Effect::RequestKeyframe { conn, receiver, ssrc });
         }
         let epoch = layer.cache.as_ref().map_or(0, |c| c.epoch());
@@ -1801,7 +1830,60 @@ mod tests {
             let answer = answer_all(&room, p);
             room.subscriber_answered(p, &answer, false, now, &mut fx);
         }
+        // Every subscriber connection up (DTLS done), without the keyframe requests coming
+        // up makes, so each test starts with the publisher's throttle clear.
+        for m in &mut room.members {
+            m.subscriber_up = m.subscriber.is_some();
+        }
         (room, fx)
+    }
+
+    #[test]
+    fn no_keyframe_is_asked_for_a_subscriber_before_its_connection_is_up() {
+        let now = Instant::now();
+        let (mut room, _) = call(false, now);
+        let camera = track_id(&room, TrackSource::Camera);
+        // B back on a new socket: a new subscriber connection, negotiated, not up yet.
+        const B_SUB2: ConnId = 32;
+        let mut fx = Vec::new();
+        room.add_participant(B, ParticipantKind::Guest, false, now, &mut fx);
+        room.set_connection(B, PeerRole::Subscriber, Some(B_SUB2));
+        bind_legs(&mut room, &fx);
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        let answer = answer_all(&room, B);
+        fx.clear();
+        room.subscriber_answered(B, &answer, false, now, &mut fx);
+        // Its page shows the tile (a quality set, a pause lifted) and its browser asks for a
+        // keyframe before DTLS is done: nothing goes to the publisher, whose throttle stays clear.
+        room.set_subscription(B, &camera, true, None, now, &mut fx).unwrap();
+        room.set_subscription(B, &camera, false, Some(Quality::High), now, &mut fx)
+            .unwrap();
+        let b_ssrc = room.tracks[0]
+            .legs
+            .iter()
+            .find(|l| l.subscriber == B)
+            .unwrap()
+            .rewrite
+            .ssrc;
+        room.keyframe_requested(B_SUB2, b_ssrc, now, &mut fx);
+        assert_eq!(keyframe_requests(&fx), 0, "{fx:?}");
+        // Coming up asks at once, not deferred behind an earlier request.
+        let up = now + Duration::from_millis(90);
+        room.subscriber_connected(B_SUB2, up, &mut fx);
+        assert_eq!(
+            fx.iter()
+                .filter_map(|e| match e {
+                    Effect::RequestKeyframe { conn, ssrc, .. } => Some((*conn, *ssrc)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            vec![(A_PUB, 1000)]
+        );
+        // From then on its requests are relayed (throttled as ever).
+        fx.clear();
+        room.keyframe_requested(B_SUB2, b_ssrc, up + KEYFRAME_INTERVAL, &mut fx);
+        assert_eq!(keyframe_requests(&fx), 1);
     }
 
     fn track_id(room: &MediaRoom, source: TrackSource) -> TrackId {
