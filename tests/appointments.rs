@@ -1172,7 +1172,6 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(dir: &std::path::Path, webhooks: &std::path::Path) -> GatewayProcess {
-        use std::io::{BufRead, BufReader, Write};
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
         cmd.args(["serve", "--data-dir"])
             .arg(dir)
@@ -1191,24 +1190,14 @@ impl GatewayProcess {
             .stderr(std::process::Stdio::piped());
         let mut tree = support::process::ProcessTree::spawn(cmd).expect("gatehouse serve starts");
         let stderr = tree.child_mut().stderr.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut log = std::fs::OpenOptions::new()
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("gateway.log"))
             .unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
-                if line.contains("Gatehouse is listening on") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let banner = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no banner; log in {}", dir.join("gateway.log").display()));
+        let banner =
+            support::process::first_line_with(stderr, log, "Gatehouse is listening on", Duration::from_secs(60))
+                .unwrap_or_else(|| panic!("no banner; log in {}", dir.join("gateway.log").display()));
         let marker = "listening on https://";
         let rest = &banner[banner.find(marker).unwrap() + marker.len()..];
         let listen = rest.split([' ', ',']).next().unwrap();
@@ -1510,20 +1499,6 @@ async fn staff_queue_subscribers_get_a_snapshot_then_every_change_pushed_and_gue
     .await;
 }
 
-/// Redeems the link with `code` as a guest named `name`: their token.
-async fn redeem(srv: &TestServer, code: &str, name: &str) -> String {
-    let (status, r) = srv
-        .call(
-            "POST",
-            &format!("/api/v1/links/{code}/redeem"),
-            None,
-            Some(json!({ "display_name": name })),
-        )
-        .await;
-    assert_eq!(status, 200, "{r}");
-    r["token"].as_str().unwrap().to_owned()
-}
-
 /// The guest of an appointment cancels it with the token of its own join link
 /// (`/api/v1/guest/appointment`, what the lobby's Cancel button calls): another link to
 /// the same meeting (an interpreter's), a guest of an ordinary meeting and staff are
@@ -1545,7 +1520,7 @@ async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
     assert_eq!(status, 201, "{a}");
     let id = a["appointment_id"].as_str().unwrap();
     let meeting = a["meeting_id"].as_str().unwrap();
-    let grace = redeem(&srv, &code_of(&a["join_url"]), "Grace").await;
+    let grace = srv.redeem(&code_of(&a["join_url"]), "Grace").await;
 
     // Who is not the appointment's guest learns nothing of it.
     let (status, body) = srv.call("GET", "/api/v1/guest/appointment", None, None).await;
@@ -1561,7 +1536,7 @@ async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
         )
         .await;
     assert_eq!(status, 201, "{other}");
-    let ivan = redeem(&srv, other["code"].as_str().unwrap(), "Ivan").await;
+    let ivan = srv.redeem(other["code"].as_str().unwrap(), "Ivan").await;
     let (status, m) = srv
         .call(
             "POST",
@@ -1571,7 +1546,7 @@ async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
         )
         .await;
     assert_eq!(status, 201, "{m}");
-    let walk_in = redeem(&srv, m["public_link"]["code"].as_str().unwrap(), "Walker").await;
+    let walk_in = srv.redeem(m["public_link"]["code"].as_str().unwrap(), "Walker").await;
     for (who, token) in [
         ("another link's guest", &ivan),
         ("an ordinary meeting's guest", &walk_in),

@@ -16,10 +16,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -28,7 +26,7 @@ use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::ServerMessage;
 use gatehouse_signaling::token::StaffRole;
 use serde_json::{Value, json};
-use support::process::ProcessTree;
+use support::process::{ProcessTree, first_line_with};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long a process may take to say it is ready (a loaded CI machine, a cold cache).
@@ -80,16 +78,8 @@ impl Redis {
             .stderr(Stdio::null());
         let mut tree = ProcessTree::spawn(cmd).expect("redis-server starts");
         let stdout = tree.child_mut().stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("Ready to accept connections") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(START_TIMEOUT).expect("redis-server is ready");
+        first_line_with(stdout, std::io::sink(), "Ready to accept connections", START_TIMEOUT)
+            .expect("redis-server is ready");
         Redis { _tree: tree, port }
     }
 
@@ -133,20 +123,9 @@ impl Node {
             .stderr(Stdio::piped());
         let mut tree = ProcessTree::spawn(cmd).expect("gatehouse serve starts");
         let stderr = tree.child_mut().stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        let mut log = std::fs::File::create(&log_path).expect("log file");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
-                if line.contains("Gatehouse is listening on") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let banner = rx
-            .recv_timeout(START_TIMEOUT)
-            .unwrap_or_else(|_| panic!("no banner from {name}; log in {}", log_path.display()));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let banner = first_line_with(stderr, log, "Gatehouse is listening on", START_TIMEOUT)
+            .unwrap_or_else(|| panic!("no banner from {name}; log in {}", log_path.display()));
         let marker = "listening on https://";
         let rest = &banner[banner.find(marker).expect("banner format") + marker.len()..];
         let port = rest

@@ -6,10 +6,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use gatehouse_sdk::synthetic::SyntheticConfig;
@@ -18,7 +16,7 @@ use gatehouse_signaling::protocol::{LeaveReason, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::{Value, json};
 use support::EVENT_TIMEOUT as T;
-use support::process::ProcessTree;
+use support::process::{ProcessTree, first_line_with};
 
 /// How long a gateway may take to print its banner (a loaded CI machine, a cold cache).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,22 +51,12 @@ impl Gateway {
         // Logs and the banner are on stderr: a thread drains it into a file (kept for a
         // failure's post-mortem) and hands over the banner's line.
         let stderr = tree.child_mut().stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        let mut log = std::fs::OpenOptions::new()
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.join("gateway.log"))
             .expect("log file");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(log, "{line}");
-                if line.contains("Gatehouse is listening on") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let banner = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+        let banner = first_line_with(stderr, log, "Gatehouse is listening on", START_TIMEOUT).unwrap_or_else(|| {
             panic!(
                 "no banner from gatehouse serve; log in {}",
                 data_dir.join("gateway.log").display()

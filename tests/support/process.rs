@@ -136,3 +136,28 @@ pub fn marked(mark: &str) -> Vec<Proc> {
 pub fn exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Reads a child's piped output line by line on a thread of its own, copying every line
+/// to `log` (kept for a failure's post-mortem; `std::io::sink()` for none), and returns
+/// the first line containing `marker` (a server's "ready" banner), or `None` if none
+/// came within `timeout`. The thread keeps draining after that, so the child never
+/// blocks on a full pipe.
+pub fn first_line_with(
+    output: impl std::io::Read + Send + 'static,
+    mut log: impl std::io::Write + Send + 'static,
+    marker: &'static str,
+    timeout: Duration,
+) -> Option<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(log, "{line}");
+            if line.contains(marker) {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    rx.recv_timeout(timeout).ok()
+}
