@@ -1681,3 +1681,61 @@ async fn guest_contacts_are_erased_after_their_types_retention() {
         "the name and the history stay: {ben}"
     );
 }
+
+/// The gateway's open signaling sockets, read from `/metrics`.
+async fn signaling_connections(srv: &TestServer) -> u64 {
+    let (status, metrics) = srv.call("GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("text metrics").to_owned();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_signaling_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gatehouse_signaling_connections in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_queue_subscriber_is_taken_as_gone_and_a_read_one_stays() {
+    let dir = support::temp_dir("queue-silence");
+    let mut config = test_config(&dir);
+    config.signaling_silence_secs = Some(3);
+    let srv = TestServer::start_with(config).await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+
+    // Both get their snapshot; from here `silent` is never read, so its library answers
+    // none of the gateway's pings, while `read` is read (and answers them) and sends nothing.
+    let mut silent = subscribe_queue(&srv, &olga, None).await;
+    let mut read = subscribe_queue(&srv, &olga, None).await;
+    for sub in [&mut silent, &mut read] {
+        assert!(matches!(sub.next().await, Some(ServerMessage::QueueSnapshot { .. })));
+    }
+    assert_eq!(signaling_connections(&srv).await, 2);
+    let quiet_since = std::time::Instant::now();
+
+    // Wait (polling the gauge, while reading `read`) until the gateway drops one socket.
+    let poll = async {
+        loop {
+            if signaling_connections(&srv).await == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        m = read.next() => panic!("nothing was pushed, yet the read subscriber got {m:?}"),
+        () = poll => {}
+        () = tokio::time::sleep(EVENT_TIMEOUT) => panic!("no queue socket was taken as gone"),
+    }
+    assert!(
+        quiet_since.elapsed() >= Duration::from_millis(2500),
+        "dropped only after the silence limit ({:?})",
+        quiet_since.elapsed()
+    );
+    // The silent one is the one closed; the read one, silent itself for longer than the
+    // limit but answering pings, still answers.
+    assert_eq!(silent.until_closed().await, Vec::<ServerMessage>::new());
+    read.send(&ClientMessage::Ping { nonce: 3 }).await;
+    read.expect("pong", |m| matches!(m, ServerMessage::Pong { nonce: 3 }))
+        .await;
+    assert_eq!(signaling_connections(&srv).await, 1);
+}

@@ -214,12 +214,15 @@ async fn frames_for(state: &AppState, sub: &Subscription, change: QueueChange) -
 }
 
 /// Serves a queue subscription until the client goes or the server stops: the snapshot,
-/// then every change it covers. Only `ping` is read after `subscribe_queue`.
+/// then every change it covers. Only `ping` is read after `subscribe_queue`. A subscriber
+/// that sends nothing (no frame, no pong to the writer's pings) for `silence` is taken as
+/// gone, as a meeting's socket is: its console shows a stale queue otherwise.
 pub async fn serve_subscription(
     state: &Arc<AppState>,
     s: Subscribe,
     outbox: &Outbox,
     stream: &mut SplitStream<WebSocket>,
+    silence: std::time::Duration,
 ) -> Result<(), Error> {
     let sub = check(state, s).await?;
     tracing::info!(staff = %sub.staff.sub, department_id = ?sub.scope.department_id, "queue subscription");
@@ -228,6 +231,8 @@ pub async fn serve_subscription(
     send(outbox, snapshot(state, &sub).await?)?;
     let mut pace = TokenBucket::new(20, 5.0, now_ms());
     let mut shutdown = state.shutdown.clone();
+    // When the subscriber last sent anything (pushed changes do not count).
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             change = changes.recv() => match change {
@@ -242,7 +247,12 @@ pub async fn serve_subscription(
                 }
                 Err(RecvError::Closed) => return Ok(()),
             },
+            () = tokio::time::sleep_until(heard + silence) => {
+                tracing::info!(silence_secs = silence.as_secs(), "queue subscriber silent (no frame, no pong): taken as gone");
+                return Ok(());
+            }
             msg = stream.next() => {
+                heard = tokio::time::Instant::now();
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),

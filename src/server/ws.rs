@@ -149,7 +149,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
         Ok(Ok(First::Join(join))) => join_meeting(&state, conn, join, &outbox).await,
         Ok(Ok(First::Queue(sub))) => {
             // A staff queue subscription instead of a meeting (`subscribe_queue`).
-            if let Err(e) = super::queue::serve_subscription(&state, sub, &outbox, &mut stream).await {
+            if let Err(e) = super::queue::serve_subscription(&state, sub, &outbox, &mut stream, silence).await {
                 tracing::info!(code = ?e.code, "queue subscription ended");
                 let _ = outbox.send(ServerMessage::error(e.code, e.message));
             }
