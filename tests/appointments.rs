@@ -1574,10 +1574,27 @@ async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
         "{mine}"
     );
     assert_eq!(mine["appointment"]["guest_contact"], Value::Null, "{mine}");
+    // She waits in the lobby, and cancels (from another tab, say): the gateway ends the
+    // appointment's meeting, so her lobby socket is told why and closed.
+    let mut lobby = srv.join(&grace, None).await;
+    lobby
+        .expect("lobby", |m| matches!(m, ServerMessage::Lobby { .. }))
+        .await;
     let (status, done) = srv
         .call("POST", "/api/v1/guest/appointment/cancel", Some(&grace), None)
         .await;
     assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        lobby.until_closed().await.last(),
+        Some(&ServerMessage::Left {
+            reason: gatehouse_signaling::protocol::LeaveReason::MeetingEnded,
+            message: Some("The guest cancelled the appointment.".into()),
+        })
+    );
+    let (status, m) = srv
+        .call("GET", &format!("/api/v1/meetings/{meeting}"), Some(&olga), None)
+        .await;
+    assert_eq!((status, &m["state"]), (200, &json!("ended")), "{m}");
     assert_eq!(
         (&done["appointment"]["state"], &done["may_cancel"]),
         (&json!("cancelled"), &json!(false)),
@@ -1585,7 +1602,8 @@ async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
     );
     let a = appointment(&srv, &olga, id).await;
     assert_eq!(a["state"], "cancelled", "{a}");
-    assert_eq!(a["transitions"][1]["cause"], "cancelled_by_guest", "{a}");
+    assert_eq!(transitions(&a), ["scheduled", "waiting", "cancelled"]);
+    assert_eq!(a["transitions"][2]["cause"], "cancelled_by_guest", "{a}");
     // The link is revoked; a second cancel is refused.
     let (status, body) = srv
         .call("GET", &format!("/api/v1/links/{}", code_of(&a["join_url"])), None, None)
@@ -1598,6 +1616,38 @@ async fn a_guest_cancels_their_own_appointment_with_the_token_of_its_link() {
         (status, &body["code"]),
         (409, &json!("wrong_appointment_state")),
         "{body}"
+    );
+
+    // Staff cancel another appointment while its guest waits: she is told so, and out.
+    let (status, b) = srv
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(&olga),
+            Some(json!({ "type_id": t["type_id"], "starts_at": rfc3339(slot_ahead(2)), "guest_name": "Hedy" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{b}");
+    let hedy = srv.redeem(&code_of(&b["join_url"]), "Hedy").await;
+    let mut lobby = srv.join(&hedy, None).await;
+    lobby
+        .expect("lobby", |m| matches!(m, ServerMessage::Lobby { .. }))
+        .await;
+    let (status, done) = srv
+        .call(
+            "POST",
+            &format!("/api/v1/appointments/{}/cancel", b["appointment_id"].as_str().unwrap()),
+            Some(&olga),
+            None,
+        )
+        .await;
+    assert_eq!((status, &done["state"]), (200, &json!("cancelled")), "{done}");
+    assert_eq!(
+        lobby.until_closed().await.last(),
+        Some(&ServerMessage::Left {
+            reason: gatehouse_signaling::protocol::LeaveReason::MeetingEnded,
+            message: Some("The appointment was cancelled.".into()),
+        })
     );
 }
 

@@ -271,9 +271,8 @@ $('join-form').addEventListener('submit', async (ev) => {
 // -------------------------------------------------------------- the meeting
 
 async function joinWith(token, socket = null) {
-  // Simulcast publishing is opt-in for now (`?simulcast=1` on the join link): under packet loss
-  // a simulcast camera is not yet repaired well enough (docs/WEB-CLIENT.md, "Media").
-  const simulcast = new URLSearchParams(window.location.search).get('simulcast') === '1';
+  // The camera goes as simulcast unless the join link says `?simulcast=0` (docs/WEB-CLIENT.md, "Media").
+  const simulcast = new URLSearchParams(window.location.search).get('simulcast') !== '0';
   const client = new GatehouseClient({ token, socket, simulcast });
   page.client = client;
   page.token = token;
@@ -373,12 +372,15 @@ $('lobby-cancel-keep').addEventListener('click', () => askCancel(false));
 $('lobby-cancel-confirm').addEventListener('click', async () => {
   const button = $('lobby-cancel-confirm');
   button.disabled = true;
+  // Set first: the gateway ends the appointment's meeting as it cancels, so the `left`
+  // frame may come before the answer to this request.
+  page.cancelledAppointment = true;
   try {
     await api('POST', '/api/v1/guest/appointment/cancel', { token: page.token });
-    page.cancelledAppointment = true;
     showError($('error-banner'), null);
     page.client?.leave();
   } catch (e) {
+    page.cancelledAppointment = false;
     showError($('error-banner'), describeError(e));
     button.disabled = false;
   }

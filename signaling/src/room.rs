@@ -849,6 +849,12 @@ impl Room {
 
     /// Ends the meeting for everyone in the call and the lobby.
     pub fn end(&mut self, now: u64, out: &mut Vec<Effect>) {
+        self.end_saying(now, None, out);
+    }
+
+    /// Ends the meeting as [`Room::end`] does, with `message` (why) in everyone's `left`:
+    /// an appointment's meeting ends when the appointment is cancelled.
+    pub fn end_saying(&mut self, now: u64, message: Option<String>, out: &mut Vec<Effect>) {
         // The lobby first, so nobody waiting is told "waiting for host" as the hosts leave.
         let ids: Vec<_> = self
             .lobby
@@ -858,7 +864,7 @@ impl Room {
             .collect();
         // Held seats too: nobody comes back to an ended meeting.
         for id in ids {
-            self.depart(now, &id, LeaveReason::MeetingEnded, None, out);
+            self.depart(now, &id, LeaveReason::MeetingEnded, message.clone(), out);
         }
         self.meeting.ended_at_ms = Some(now);
         out.push(Effect::MeetingEnded);

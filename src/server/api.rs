@@ -212,7 +212,11 @@ async fn end_meeting(
     let meeting = managed_meeting(&state, &staff, &id).await?;
     if !meeting.is_ended() {
         let (reply, done) = oneshot::channel();
-        if state.live.send_if_live(&id, Command::End { reply }).await {
+        if state
+            .live
+            .send_if_live(&id, Command::End { message: None, reply })
+            .await
+        {
             // The meeting task tells everyone and stores the end.
             let _ = done.await;
         } else {

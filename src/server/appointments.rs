@@ -641,7 +641,42 @@ async fn cancel_appointment(
         .run(move |s| s.apply_to_appointment(&id, Input::Cancel(CancelledBy::Staff), false, now_ms()))
         .await?;
     tracing::info!(appointment_id = %a.appointment_id, by = %staff.sub, "appointment cancelled by staff");
+    end_cancelled_meeting(&state, &a.meeting_id, CancelledBy::Staff).await?;
     Ok(Json(appointment_view(&state, a, true, true).await?))
+}
+
+/// A cancelled appointment's meeting is over: whoever waits in its lobby (or sits in its
+/// call) is told why and leaves, and nobody enters it again. Its link is already revoked
+/// by the cancel; this ends the meeting itself, live or not.
+pub(crate) async fn end_cancelled_meeting(state: &AppState, meeting_id: &str, by: CancelledBy) -> ApiResult<()> {
+    let message = match by {
+        CancelledBy::Staff => "The appointment was cancelled.",
+        CancelledBy::Guest => "The guest cancelled the appointment.",
+    };
+    let (reply, done) = tokio::sync::oneshot::channel();
+    let end = super::live::Command::End {
+        message: Some(message.to_owned()),
+        reply,
+    };
+    if state.live.send_if_live(meeting_id, end).await {
+        // The meeting task tells everyone and stores the end.
+        let _ = done.await;
+        return Ok(());
+    }
+    let id = meeting_id.to_owned();
+    state
+        .store
+        .run(move |s| {
+            if let Some(mut m) = s.meeting(&id)?
+                && !m.is_ended()
+            {
+                m.ended_at_ms = Some(now_ms());
+                s.update_meeting(&m)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(())
 }
 
 /// What `POST /appointments/{id}/remind` answers.

@@ -349,6 +349,7 @@ async fn cancel(State(state): State<Arc<AppState>>, Path(code): Path<String>) ->
         .run(move |s| s.apply_to_appointment(&id, Input::Cancel(CancelledBy::Guest), false, now_ms()))
         .await?;
     tracing::info!(appointment_id = %a.appointment_id, "appointment cancelled by the guest");
+    super::appointments::end_cancelled_meeting(&state, &a.meeting_id, CancelledBy::Guest).await?;
     let view = appointment_view(&state, a, false, false).await?;
     Ok(Json(booked(&state, view, code)))
 }
@@ -456,5 +457,6 @@ async fn guest_cancel(
         .run(move |s| s.apply_to_appointment(&id, Input::Cancel(CancelledBy::Guest), false, now_ms()))
         .await?;
     tracing::info!(appointment_id = %a.appointment_id, meeting_id = %a.meeting_id, participant_id = %guest.sub, "appointment cancelled by the guest from the join page");
+    super::appointments::end_cancelled_meeting(&state, &a.meeting_id, CancelledBy::Guest).await?;
     Ok(Json(guest_view(appointment_view(&state, a, false, false).await?)))
 }

@@ -42,7 +42,9 @@ pub enum Command {
         conn: ConnId,
     },
     MeetingUpdated(Box<Meeting>),
+    /// End the meeting for everyone; `message` says why in their `left`.
     End {
+        message: Option<String>,
         reply: oneshot::Sender<()>,
     },
     Snapshot {
@@ -384,9 +386,9 @@ async fn handle(room: &mut Room, outboxes: &mut HashMap<ConnId, Outbox>, service
             apply(room, outboxes, services, effects).await;
         }
         Command::MeetingUpdated(meeting) => room.update_meeting(*meeting),
-        Command::End { reply } => {
+        Command::End { message, reply } => {
             let mut effects = Vec::new();
-            room.end(now, &mut effects);
+            room.end_saying(now, message, &mut effects);
             apply(room, outboxes, services, effects).await;
             let _ = reply.send(());
         }
