@@ -201,7 +201,13 @@ async function appointmentJourney(run) {
   run.facts.onDemandId = onDemand.appointment_id;
 
   run.step('staff open the console: the queue is subscribed, notifications allowed');
-  const staff = await run.context('staff');
+  // The console lists the staff member's local day. Near midnight UTC the absent guest
+  // (61 s ago) and the booked slot (minutes ahead) could fall on two days, so the console
+  // then runs in a zone whose clock is far from midnight (UTC+9 at 20:00-04:00 UTC).
+  const utcHour = new Date().getUTCHours();
+  const timezoneId = utcHour >= 20 || utcHour < 4 ? 'Asia/Tokyo' : 'UTC';
+  run.facts.consoleTimeZone = timezoneId;
+  const staff = await run.context('staff', run.browser, { timezoneId });
   await staff.context().grantPermissions(['notifications']);
   // Records each notification the console gives (the knock), before the browser's own.
   await staff.addInitScript(() => {
@@ -353,9 +359,13 @@ async function appointmentJourney(run) {
 // ------------------------------------------------------------ page helpers
 
 class Run extends RunBase {
-  /** A fresh context (and page) in `browser`: the scenario's own browser unless named. */
-  async context(label, browser = this.browser) {
+  /**
+   * A fresh context (and page) in `browser`: the scenario's own browser unless named.
+   * `options` adds to the context's (e.g. `timezoneId`).
+   */
+  async context(label, browser = this.browser, options = {}) {
     const ctx = await browser.newContext({
+      ...options,
       ignoreHTTPSErrors: true,
       viewport: { width: 1280, height: 800 },
       permissions: DENY_DEVICES.has(this.name) ? [] : ['camera', 'microphone'],
