@@ -293,6 +293,13 @@ impl SfuCollector {
                 ),
                 |s| s.layer_switches,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_layer_rtx_repaired_packets_total",
+                    "Retransmissions of simulcast layers received and turned back into their packets",
+                ),
+                |s| s.layer_rtx_repaired,
+            ),
         ];
         Self {
             sfu,

@@ -142,10 +142,10 @@ export class GatehouseClient extends EventTarget {
    * @param {boolean} [options.reconnect] rejoin after an unexpected drop (default true)
    * @param {WebSocket} [options.socket] a socket to `url` already opening (made before the
    *   token was at hand, to save its handshake); `connect()` joins on it
-   * @param {boolean} [options.simulcast] send the camera as three layers (default false: with it,
-   *   loss is not yet repaired well enough; docs/WEB-CLIENT.md, "Media")
+   * @param {boolean} [options.simulcast] send the camera as three layers (default true; false
+   *   sends one)
    */
-  constructor({ token, meetingId = null, url = defaultSocketUrl(), reconnect = true, socket = null, simulcast = false }) {
+  constructor({ token, meetingId = null, url = defaultSocketUrl(), reconnect = true, socket = null, simulcast = true }) {
     super();
     this.simulcast = simulcast;
     /** The quality asked for of each remote track (`setQuality`); absent means the server's default, high. */

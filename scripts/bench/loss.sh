@@ -41,5 +41,6 @@ col("guest camera resent (NACKs seen)", lambda r: f'{cam(r)["resent"]:.0f} ({cam
 col("guest camera resend ratio", lambda r: f'{cam(r)["resent"] / max(1, s(r)["missing_packets"]):.2f}')
 col("guest camera rate (Mbit/s)", lambda r: f'{8 * cam(r)["bytes"] / r["impaired_ms"] / 1000:.2f}')
 col("PLIs sent / duplicates dropped", lambda r: f'{s(r)["plis_sent"]} / {s(r)["duplicate_packets"]}')
+col("layer RTX repaired (gateway)", lambda r: s(r).get("layer_rtx_repaired", "-"))
 PY
 echo "logs: $OUT"

@@ -35,6 +35,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 
+use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor, SharedSettings};
 use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
@@ -120,6 +121,10 @@ pub struct Conn {
     /// and the client would retry only a check interval later. So they wait here and
     /// are handed over once the description is applied.
     pub early_checks: Vec<(Path, bool, bytes::BytesMut)>,
+    /// What the connection's [`LayerRtxInterceptor`] needs from its negotiation (the
+    /// extension ids and RTX payload types), set by [`answer_offer`]; the same handle
+    /// that was given to [`build`].
+    pub layer_rtx: SharedSettings,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -158,6 +163,7 @@ impl Conn {
             broken: false,
             last_seen: now,
             early_checks: Vec::new(),
+            layer_rtx: SharedSettings::default(),
         }
     }
 }
@@ -178,7 +184,9 @@ pub fn ice_credentials() -> (String, String) {
 
 /// Builds a server connection advertising a UDP host candidate at `advertised`
 /// and, when ICE-TCP is on, a passive TCP host candidate at `tcp` (RFC 6544; its
-/// priority is below the UDP one's, so clients that can use UDP do).
+/// priority is below the UDP one's, so clients that can use UDP do). `layer_rtx` is
+/// the handle through which [`answer_offer`] tells the connection's simulcast RTX
+/// repair what was negotiated (keep it in [`Conn::layer_rtx`]).
 pub fn build(
     now: Instant,
     ufrag: &str,
@@ -186,10 +194,11 @@ pub fn build(
     advertised: SocketAddr,
     tcp: Option<SocketAddr>,
     stats: StatsPair,
+    layer_rtx: SharedSettings,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = interceptors(&mut media_engine, stats)?;
+    let registry = interceptors(&mut media_engine, stats, layer_rtx)?;
     // Extensions worth carrying from publisher to subscribers (remapped per leg by
     // `forward::ExtMap`): audio levels (active speaker, `getSynchronizationSources`)
     // and camera rotation from phones.
@@ -245,8 +254,13 @@ pub fn build(
 /// responder (subscribers' NACKs are answered by the media room from its
 /// retransmission cache, see `retransmit`; `rtc`'s could never answer them, as our
 /// senders are added without a codec and so are never bound to the interceptors),
-/// and the RTCP tap.
-fn interceptors(media_engine: &mut MediaEngine, stats: StatsPair) -> Result<Registry, rtc::shared::error::Error> {
+/// and the RTCP tap; before our NACK generator, the RTX of simulcast layers is turned
+/// back into the layers' packets (`layer_rtx`).
+fn interceptors(
+    media_engine: &mut MediaEngine,
+    stats: StatsPair,
+    layer_rtx: SharedSettings,
+) -> Result<Registry, rtc::shared::error::Error> {
     for parameter in ["", "pli"] {
         media_engine.register_feedback(
             RTCPFeedback {
@@ -259,6 +273,10 @@ fn interceptors(media_engine: &mut MediaEngine, stats: StatsPair) -> Result<Regi
     configure_simulcast_extension_headers(media_engine)?;
     let registry = configure_twcc_receiver_only(Registry::new(), media_engine)?;
     Ok(configure_rtcp_reports(registry)
+        .with(
+            Slot::from(LAYER_RTX_SLOT),
+            LayerRtxInterceptor::new(layer_rtx, stats.clone()),
+        )
         .with(
             Slot::NackGenerator,
             NackGenerator::new(NackParams::default(), stats.clone()),
@@ -302,8 +320,14 @@ fn is_component_two(line: &str) -> bool {
 }
 
 /// Applies a publisher offer and returns our answer's SDP. The offer is first read
-/// through [`publisher_offer`], with the simulcast receivers this connection already has.
-pub fn answer_offer(pc: &mut RTCPeerConnection, now: Instant, offer: RTCSessionDescription) -> Result<String, String> {
+/// through [`publisher_offer`], with the simulcast receivers this connection already has;
+/// what was negotiated for receiving simulcast layers' RTX goes to `layer_rtx`.
+pub fn answer_offer(
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    offer: RTCSessionDescription,
+    layer_rtx: &SharedSettings,
+) -> Result<String, String> {
     let offer = match publisher_offer(&offer.sdp, &simulcast_receivers(pc)) {
         std::borrow::Cow::Borrowed(_) => offer,
         std::borrow::Cow::Owned(sdp) => RTCSessionDescription::offer(sdp).map_err(|e| e.to_string())?,
@@ -312,9 +336,34 @@ pub fn answer_offer(pc: &mut RTCPeerConnection, now: Instant, offer: RTCSessionD
         .and_then(|()| pc.create_answer(None))
         .and_then(|answer| pc.set_local_description(now, answer))
         .map_err(|e| e.to_string())?;
+    layer_rtx.set(layer_rtx_settings(pc));
     pc.local_description()
         .map(|d| tidy_sdp(&d.sdp))
         .ok_or_else(|| "no local description after answering".to_owned())
+}
+
+/// What the receivers of a publisher connection negotiated, as simulcast RTX repair
+/// needs it (extension ids, RTX payload types).
+fn layer_rtx_settings(pc: &mut RTCPeerConnection) -> super::layer_rtx::Settings {
+    let transceivers: Vec<_> = pc.get_transceivers().collect();
+    let negotiated: Vec<Negotiated> = transceivers
+        .into_iter()
+        .filter_map(|t| {
+            let receiver = pc.rtp_transceiver(t)?.receiver()?;
+            let mut rx = pc.rtp_receiver(receiver)?;
+            Some(negotiated(&rx.get_parameters().rtp_parameters))
+        })
+        .collect();
+    super::layer_rtx::Settings::from_negotiated(
+        negotiated.iter().flat_map(|n| {
+            n.codecs
+                .iter()
+                .map(|c| (c.payload_type, c.mime_type.as_str(), c.fmtp.as_str()))
+        }),
+        negotiated
+            .iter()
+            .flat_map(|n| n.extensions.iter().map(|(uri, id)| (uri.as_str(), *id))),
+    )
 }
 
 /// The simulcast receivers of a publisher connection: each receiving transceiver's mid
@@ -340,10 +389,8 @@ fn simulcast_receivers(pc: &mut RTCPeerConnection) -> Vec<(String, Vec<String>)>
         .collect()
 }
 
-/// A publisher's offer as `rtc` 0.21.1 is given it. Two things in its simulcast
-/// (`a=rid`) media sections would otherwise lose media:
-///
-/// - **Layers forgotten on a re-offer.** Applying a remote description gives every
+/// A publisher's offer as `rtc` 0.21.1 is given it. **Layers forgotten on a
+/// re-offer**: in a simulcast (`a=rid`) media section, applying a remote description gives every
 ///   receiving transceiver a fresh track (`start_rtp`); for a section with rids its
 ///   layers have no SSRC until a packet names its rid again in the `mid`/`rid` header
 ///   extensions. Chromium sends those only until a receiver report acknowledges the
@@ -352,19 +399,14 @@ fn simulcast_receivers(pc: &mut RTCPeerConnection) -> Vec<(String, Vec<String>)>
 ///   for everyone. A section whose mid already has a simulcast receiver with the same
 ///   rids therefore loses its `a=msid` and `a=ssrc*` lines: `rtc` then finds no track
 ///   described in it and leaves the receiver, with the layers it learned, as it is.
-/// - **Retransmissions dropped.** A layer's RTX stream is only named by the
-///   `repaired-rtp-stream-id` extension, which `rtc` 0.21.1 does not handle (it drops
-///   those packets), so every NACKed packet was resent up to ten times and never
-///   arrived. The section's `rtx` payload types are left out, so our answer has none
-///   and the publisher resends on the layer's own SSRC, which `rtc` knows.
 ///
-/// `layered` lists the connection's simulcast receivers (mid, rids). Other sections
+/// (Its RTX stays: `layer_rtx` turns the layers' retransmissions, which `rtc` would
+/// drop, back into their packets.) `layered` lists the connection's simulcast receivers (mid, rids). Other sections
 /// and offers without rids are returned unchanged (borrowed).
 pub fn publisher_offer<'a>(sdp: &'a str, layered: &[(String, Vec<String>)]) -> std::borrow::Cow<'a, str> {
     let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
     let starts: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("m=")).collect();
     let mut drop = vec![false; lines.len()];
-    let mut m_lines: Vec<(usize, String)> = Vec::new();
     for (n, &start) in starts.iter().enumerate() {
         let end = starts.get(n + 1).copied().unwrap_or(lines.len());
         let section = start..end;
@@ -385,48 +427,22 @@ pub fn publisher_offer<'a>(sdp: &'a str, layered: &[(String, Vec<String>)]) -> s
                 a == b
             }
         });
-        // Payload types of `a=rtpmap:<pt> rtx/<clock>`.
-        let rtx: Vec<&str> = section
-            .clone()
-            .filter_map(|i| {
-                let (pt, codec) = attr(i, "a=rtpmap:")?.split_once(' ')?;
-                codec.to_ascii_lowercase().starts_with("rtx/").then_some(pt)
-            })
-            .collect();
+        if !known {
+            continue;
+        }
         for i in section {
             let text = lines[i].trim_end();
-            let of_rtx = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|key| {
-                text.strip_prefix(key)
-                    .and_then(|rest| rest.split([' ', ':']).next())
-                    .is_some_and(|pt| rtx.contains(&pt))
-            });
-            let describes_track = ["a=msid:", "a=ssrc:", "a=ssrc-group:"]
+            drop[i] = ["a=msid:", "a=ssrc:", "a=ssrc-group:"]
                 .iter()
                 .any(|key| text.starts_with(key));
-            drop[i] = of_rtx || (known && describes_track);
-        }
-        if !rtx.is_empty() {
-            let ending = &lines[start][lines[start].trim_end().len()..];
-            // `m=<media> <port> <proto> <fmt> ...`: the formats from the fourth field on.
-            let kept: Vec<&str> = (lines[start].trim_end().split(' ').enumerate())
-                .filter(|(n, fmt)| *n < 3 || !rtx.contains(fmt))
-                .map(|(_, field)| field)
-                .collect();
-            m_lines.push((start, format!("{}{ending}", kept.join(" "))));
         }
     }
-    if m_lines.is_empty() && !drop.contains(&true) {
+    if !drop.contains(&true) {
         return std::borrow::Cow::Borrowed(sdp);
     }
     let mut out = String::with_capacity(sdp.len());
-    for (i, line) in lines.iter().enumerate() {
-        if drop[i] {
-            continue;
-        }
-        match m_lines.iter().find(|(at, _)| *at == i) {
-            Some((_, m)) => out.push_str(m),
-            None => out.push_str(line),
-        }
+    for (line, _) in lines.iter().zip(&drop).filter(|(_, drop)| !**drop) {
+        out.push_str(line);
     }
     std::borrow::Cow::Owned(out)
 }
@@ -635,7 +651,7 @@ mod tests {
     fn offers_carry_one_component_and_an_msid_semantic() {
         let (u, p) = ice_credentials();
         let (udp, tcp) = ("127.0.0.1:7000".parse().unwrap(), "127.0.0.1:7443".parse().unwrap());
-        let mut pc = build(Instant::now(), &u, &p, udp, Some(tcp), stats()).unwrap();
+        let mut pc = build(Instant::now(), &u, &p, udp, Some(tcp), stats(), Default::default()).unwrap();
         for (n, source) in [
             (1, gatehouse_signaling::protocol::TrackSource::Microphone),
             (2, gatehouse_signaling::protocol::TrackSource::Camera),
@@ -721,38 +737,11 @@ mod tests {
         rest[2..].find("\nm=").map_or(rest, |end| &rest[..end + 3])
     }
 
-    /// A first offer keeps its track description; RTX goes from the simulcast section
-    /// only (line, formats, fmtp); other sections and offers without rids are untouched.
+    /// A first offer is applied as it is (its RTX too: `layer_rtx` receives it).
     #[test]
-    fn a_first_simulcast_offer_loses_only_its_rtx() {
+    fn a_first_simulcast_offer_is_applied_as_it_is() {
         let offer = chromium_offer("Rhgm", "NqGfKMmRHEVnCuaco7tmdR0G", 2);
-        let read = publisher_offer(&offer, &[]);
-        let video = video_section(&read);
-        assert!(
-            video.starts_with("m=video 9 UDP/TLS/RTP/SAVPF 96 102 118 120\r\n"),
-            "{video}"
-        );
-        for gone in ["rtx/", "apt=", "a=rtpmap:97", "a=fmtp:103"] {
-            assert!(!video.contains(gone), "{gone}: {video}");
-        }
-        for kept in [
-            "a=msid:d0f7 0fe6",
-            "a=rtpmap:118 red/90000",
-            "a=rtpmap:120 ulpfec",
-            "a=rid:f send",
-        ] {
-            assert!(video.contains(kept), "{kept}: {video}");
-        }
-        assert_eq!(
-            &read[..offer.find("m=video").unwrap()],
-            &offer[..offer.find("m=video").unwrap()]
-        );
-        assert_eq!(read.len(), offer.len() - (video_section(&offer).len() - video.len()));
-        let single = offer.replace(
-            "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
-            "",
-        );
-        assert!(matches!(publisher_offer(&single, &[]), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(publisher_offer(&offer, &[]), std::borrow::Cow::Borrowed(_)));
     }
 
     /// On a re-offer, a section whose mid already has a simulcast receiver with the same
@@ -766,9 +755,10 @@ mod tests {
         let known = |mid: &str, rids: &[&str]| vec![(mid.to_owned(), rids.iter().map(|r| r.to_string()).collect())];
         let read = publisher_offer(&offer, &known("1", &["f", "q", "h"]));
         let video = video_section(&read);
-        for gone in ["a=msid:", "a=ssrc:", "a=ssrc-group:", "rtx/"] {
+        for gone in ["a=msid:", "a=ssrc:", "a=ssrc-group:"] {
             assert!(!video.contains(gone), "{gone}: {video}");
         }
+        assert!(video.contains("a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96"), "{video}");
         assert!(
             read.contains("a=msid:d0f7 aaf3") && read.contains("a=ssrc:878396849"),
             "audio untouched"
@@ -784,11 +774,23 @@ mod tests {
     /// whose layers have no SSRC (they are learned again only from the `rid` header
     /// extension, which Chromium has stopped sending), so every layer's packets were
     /// dropped. Through `answer_offer` the receiver keeps its track, and with it the
-    /// layers it learned; the answer still receives q, h and f, and has no RTX.
+    /// layers it learned; the answer still receives q, h and f, with RTX and the
+    /// `repaired-rtp-stream-id` extension that names a layer's RTX stream, and what
+    /// the layers' RTX repair needs reaches the connection's handle.
     #[test]
     fn an_ice_restart_reoffer_keeps_the_simulcast_receivers_track() {
         let (u, p) = ice_credentials();
-        let mut pc = build(Instant::now(), &u, &p, "127.0.0.1:7000".parse().unwrap(), None, stats()).unwrap();
+        let layer_rtx = SharedSettings::default();
+        let mut pc = build(
+            Instant::now(),
+            &u,
+            &p,
+            "127.0.0.1:7000".parse().unwrap(),
+            None,
+            stats(),
+            layer_rtx.clone(),
+        )
+        .unwrap();
         let video_track = |pc: &mut RTCPeerConnection| {
             let transceivers: Vec<_> = pc.get_transceivers().collect();
             transceivers
@@ -811,10 +813,22 @@ mod tests {
         let offer = |ufrag, pwd, version| {
             RTCSessionDescription::offer(chromium_offer(ufrag, pwd, version)).expect("a valid offer")
         };
-        let first = answer_offer(&mut pc, Instant::now(), offer("Rhgm", "NqGfKMmRHEVnCuaco7tmdR0G", 2)).unwrap();
+        let first = answer_offer(
+            &mut pc,
+            Instant::now(),
+            offer("Rhgm", "NqGfKMmRHEVnCuaco7tmdR0G", 2),
+            &layer_rtx,
+        )
+        .unwrap();
         let (label, rids) = video_track(&mut pc);
         assert_eq!(rids, ["q", "h", "f"]);
-        let again = answer_offer(&mut pc, Instant::now(), offer("Xg6j", "fhVmlY0R0BIaRWrIjhsfw4H1", 3)).unwrap();
+        let again = answer_offer(
+            &mut pc,
+            Instant::now(),
+            offer("Xg6j", "fhVmlY0R0BIaRWrIjhsfw4H1", 3),
+            &layer_rtx,
+        )
+        .unwrap();
         assert_eq!(
             video_track(&mut pc),
             (label, rids),
@@ -823,7 +837,23 @@ mod tests {
         for answer in [&first, &again] {
             let video = video_section(answer);
             assert!(video.contains("a=simulcast:recv q;h;f"), "{video}");
-            assert!(!video.contains("rtx/"), "{video}");
+            assert!(video.contains("a=rtpmap:97 rtx/90000"), "{video}");
+            assert!(
+                video.contains("a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"),
+                "{video}"
+            );
         }
+        let mut settings = layer_rtx.get();
+        settings.apt.sort_unstable();
+        assert_eq!(
+            settings,
+            super::super::layer_rtx::Settings {
+                mid: Some(4),
+                rid: Some(10),
+                rrid: Some(11),
+                // RED (118, its RTX 119) is not among `rtc`'s codecs.
+                apt: vec![(97, 96), (103, 102)],
+            }
+        );
     }
 }

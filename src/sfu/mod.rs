@@ -38,6 +38,7 @@ pub mod forward;
 pub mod fuzzing;
 mod ice_lite;
 pub mod junk;
+pub mod layer_rtx;
 pub mod media_room;
 pub mod nack;
 mod peers;

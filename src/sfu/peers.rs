@@ -761,7 +761,16 @@ mod tests {
             meeting: Arc::default(),
             shard: peers.counters.clone(),
         };
-        let pc = connection::build(Instant::now(), &ufrag, &pwd, peers.advertised, None, stats).expect("build");
+        let pc = connection::build(
+            Instant::now(),
+            &ufrag,
+            &pwd,
+            peers.advertised,
+            None,
+            stats,
+            Default::default(),
+        )
+        .expect("build");
         Conn::new(
             pc,
             1,

@@ -510,6 +510,7 @@ impl Shard {
             meeting: hosted.room.stats().meeting.clone(),
             shard: self.peers.counters().clone(),
         };
+        let layer_rtx = super::layer_rtx::SharedSettings::default();
         let pc = connection::build(
             now,
             &ufrag,
@@ -517,12 +518,13 @@ impl Shard {
             self.peers.advertised(),
             self.peers.tcp_advertised(),
             stats,
+            layer_rtx.clone(),
         )
         .map_err(|e| err(ErrorCode::Internal, format!("could not create a peer connection: {e}")))?;
         let meeting_id = hosted.room.meeting_id().to_owned();
-        let id = self
-            .peers
-            .insert(Conn::new(pc, room_id, &meeting_id, participant, role, ufrag, pwd, now));
+        let mut conn = Conn::new(pc, room_id, &meeting_id, participant, role, ufrag, pwd, now);
+        conn.layer_rtx = layer_rtx;
+        let id = self.peers.insert(conn);
         if let Some(hosted) = self.rooms.get_mut(&room_id) {
             hosted.room.set_connection(participant, role, Some(id));
         }
@@ -781,9 +783,10 @@ impl Shard {
             RTCSessionDescription::offer(sdp).map_err(|e| err(ErrorCode::InvalidSdp, format!("invalid offer: {e}")))?;
         let existing = hosted.room.connection(participant_id, PeerRole::Publisher);
         let id = self.connection(room_id, participant_id, PeerRole::Publisher, now)?;
+        let layer_rtx = self.peers.get(id).map(|c| c.layer_rtx.clone()).unwrap_or_default();
         let answer = match self
             .peers
-            .guard(id, "answer", |pc| connection::answer_offer(pc, now, offer))
+            .guard(id, "answer", |pc| connection::answer_offer(pc, now, offer, &layer_rtx))
         {
             Some(Ok(sdp)) => sdp,
             failed => {

@@ -53,6 +53,9 @@ pub struct Counters {
     pub missing_packets: AtomicU64,
     /// Subscriber legs moved from one simulcast layer to another (on a keyframe of the new one).
     pub layer_switches: AtomicU64,
+    /// Retransmissions of simulcast layers received (RTX named by `repaired-rtp-stream-id`)
+    /// and turned back into their layers' packets (`layer_rtx`).
+    pub layer_rtx_repaired: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -162,6 +165,7 @@ pub struct CountersSnapshot {
     pub duplicate_packets: u64,
     pub missing_packets: u64,
     pub layer_switches: u64,
+    pub layer_rtx_repaired: u64,
 }
 
 impl Counters {
@@ -201,6 +205,7 @@ impl Counters {
                 duplicate_packets: acc.duplicate_packets + s.duplicate_packets,
                 missing_packets: acc.missing_packets + s.missing_packets,
                 layer_switches: acc.layer_switches + s.layer_switches,
+                layer_rtx_repaired: acc.layer_rtx_repaired + s.layer_rtx_repaired,
             }
         })
     }
@@ -226,6 +231,7 @@ impl Counters {
             duplicate_packets: get(&self.duplicate_packets),
             missing_packets: get(&self.missing_packets),
             layer_switches: get(&self.layer_switches),
+            layer_rtx_repaired: get(&self.layer_rtx_repaired),
         }
     }
 }
