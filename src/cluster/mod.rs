@@ -13,6 +13,9 @@ pub mod metrics;
 pub mod placement;
 #[cfg(feature = "cluster")]
 pub mod redis;
+pub mod relay;
+#[cfg(feature = "cluster")]
+pub mod relay_shell;
 
 use futures_util::future::BoxFuture;
 use gatehouse_signaling::{Error, ErrorCode};
@@ -38,8 +41,8 @@ pub enum Route {
 }
 
 impl Route {
-    /// The refusal a join gets on a node that does not own the meeting, while signaling
-    /// frames are not yet relayed between nodes.
+    /// The refusal a join gets on a node that does not own the meeting when its signaling
+    /// cannot be relayed there (the relay's Redis subscription is down).
     pub fn elsewhere_error(node_id: &str, public_url: &str) -> Error {
         let at = if public_url.is_empty() {
             String::new()
@@ -48,10 +51,15 @@ impl Route {
         };
         Error::new(
             ErrorCode::MeetingElsewhere,
-            format!("this meeting runs on node {node_id}{at}; connect there"),
+            format!("this meeting runs on node {node_id}{at}, which cannot be reached from here now; connect there"),
         )
     }
 }
+
+/// The edge's end of a relayed session, for the socket's reader: client frames (their JSON
+/// text) go in, in order (bounded: a send waits while the relay publishes); it closes once the
+/// session is over, and dropping it hangs the session up.
+pub type RelayFrames = tokio::sync::mpsc::Sender<String>;
 
 /// Where meetings live, and which nodes exist.
 ///
@@ -72,6 +80,25 @@ pub trait Router: Send + Sync + 'static {
 
     /// Leaves the cluster at a clean stop: the registry forgets this node at once.
     fn stop(&self) -> BoxFuture<'_, ()>;
+
+    /// Opens a relayed session (docs/ARCHITECTURE.md, "Signaling relay") for socket `conn` of
+    /// this node, whose meeting runs on `owner`: sends its `join` (`token`, `meeting_id` as the
+    /// client sent them) and waits for the owner's answer. On `joined` (already queued to
+    /// `outbox`, as every later server frame will be) returns where the socket's frames go;
+    /// the owner's refusal comes back as its error. Without a relay: `meeting_elsewhere`.
+    #[allow(clippy::too_many_arguments)]
+    fn relay_open<'a>(
+        &'a self,
+        owner: &'a str,
+        public_url: &'a str,
+        conn: u64,
+        token: String,
+        meeting_id: Option<String>,
+        outbox: crate::outbox::Outbox,
+    ) -> BoxFuture<'a, Result<RelayFrames, Error>> {
+        let _ = (conn, token, meeting_id, outbox);
+        Box::pin(std::future::ready(Err(Route::elsewhere_error(owner, public_url))))
+    }
 }
 
 /// One node is the whole Gatehouse: every meeting is here, and no Redis is touched.

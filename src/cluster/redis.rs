@@ -90,6 +90,8 @@ pub struct RedisRouter {
     last_load: std::sync::Mutex<Load>,
     /// The live nodes as the last beat read them (the cluster's gauges).
     view: std::sync::Mutex<Vec<NodeReport>>,
+    /// The signaling relay to and from the other nodes.
+    pub relay: Arc<super::relay_shell::Relay>,
 }
 
 impl RedisRouter {
@@ -103,11 +105,14 @@ impl RedisRouter {
             // One quick retry per request, not six with backoff: with Redis away a join is
             // refused at once rather than after seconds; the next request (or beat) tries again.
             .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| anyhow::anyhow!("connecting to Redis at the redis_url: {e}"))?;
+        let node_id = super::new_node_id();
+        let relay = super::relay_shell::Relay::new(node_id.clone(), client, conn.clone());
         Ok(Arc::new(RedisRouter {
-            node_id: super::new_node_id(),
+            node_id,
+            relay,
             public_url,
             media_addr,
             conn,
@@ -252,6 +257,18 @@ impl Router for RedisRouter {
         })
     }
 
+    fn relay_open<'a>(
+        &'a self,
+        owner: &'a str,
+        public_url: &'a str,
+        conn: u64,
+        token: String,
+        meeting_id: Option<String>,
+        outbox: crate::outbox::Outbox,
+    ) -> BoxFuture<'a, Result<super::RelayFrames, Error>> {
+        Box::pin(self.relay.open(owner, public_url, conn, token, meeting_id, outbox))
+    }
+
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
@@ -277,6 +294,9 @@ impl Router for RedisRouter {
 pub async fn start_heartbeat(router: Arc<RedisRouter>, state: Arc<AppState>) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let mut sampler = LoadSampler::new(cores);
+    // Listening on its relay channel before its first beat: a node placement can pick
+    // already hears relayed joins.
+    router.relay.start(state.clone(), Duration::from_secs(5)).await;
     beat(&router, &state, &mut sampler).await;
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
@@ -310,6 +330,8 @@ async fn beat(router: &RedisRouter, state: &AppState, sampler: &mut LoadSampler)
     };
     match beaten {
         Ok(nodes) => {
+            let live: Vec<String> = nodes.iter().map(|n| n.node_id.clone()).collect();
+            router.relay.peers_alive(&live);
             *router.view.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
             if router.lost.swap(false, Ordering::Relaxed) {
                 tracing::info!(node_id = %router.node_id, "Redis is back: beating and placing again");

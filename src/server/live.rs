@@ -160,28 +160,42 @@ impl LiveMeetings {
 
     /// Sends to a meeting, starting its task if needed. Waits while its queue is full.
     ///
-    /// The multi-node seam: a meeting not live here is placed first ([`crate::cluster::Router`]),
-    /// and refused if it runs on another node (`meeting_elsewhere`; frames are not relayed
-    /// between nodes yet) or cannot be placed (`server_busy`). A meeting live here asks nothing.
+    /// The multi-node seam: a meeting not live here is placed first ([`Self::route`]) and
+    /// refused if it runs on another node (`meeting_elsewhere`: callers that can relay
+    /// signaling ask [`Self::route`] themselves and use [`Self::send_here`]) or cannot be
+    /// placed (`server_busy`). A meeting live here asks nothing.
     pub async fn send(&self, services: &Services, meeting: &Meeting, cmd: Command) -> Result<(), Error> {
-        if !self.is_live(&meeting.meeting_id) {
-            match services.router.place(&meeting.meeting_id).await? {
-                // A draining node keeps its meetings but starts none (placement skips it;
-                // a placement naming it can outlive a meeting that just ended here).
-                crate::cluster::Route::Here if self.is_draining() => {
-                    return Err(Error::new(
-                        ErrorCode::ServerBusy,
-                        "this node is draining for maintenance and takes no new meeting; retry shortly",
-                    ));
-                }
-                crate::cluster::Route::Here => {}
-                crate::cluster::Route::Elsewhere { node_id, public_url } => {
-                    return Err(crate::cluster::Route::elsewhere_error(&node_id, &public_url));
-                }
+        match self.route(services, &meeting.meeting_id).await? {
+            crate::cluster::Route::Here => {}
+            crate::cluster::Route::Elsewhere { node_id, public_url } => {
+                return Err(crate::cluster::Route::elsewhere_error(&node_id, &public_url));
             }
         }
-        self.deliver(&meeting.meeting_id, cmd, Some((services, meeting))).await;
+        self.send_here(services, meeting, cmd).await;
         Ok(())
+    }
+
+    /// Where a meeting's task runs: here if it is live here (no question asked), else where
+    /// the router places it ([`crate::cluster::Router`]); `server_busy` if it cannot be placed,
+    /// or would start here on a draining node.
+    pub async fn route(&self, services: &Services, meeting_id: &str) -> Result<crate::cluster::Route, Error> {
+        if self.is_live(meeting_id) {
+            return Ok(crate::cluster::Route::Here);
+        }
+        match services.router.place(meeting_id).await? {
+            // A draining node keeps its meetings but starts none (placement skips it;
+            // a placement naming it can outlive a meeting that just ended here).
+            crate::cluster::Route::Here if self.is_draining() => Err(Error::new(
+                ErrorCode::ServerBusy,
+                "this node is draining for maintenance and takes no new meeting; retry shortly",
+            )),
+            route => Ok(route),
+        }
+    }
+
+    /// Sends to a meeting routed here ([`Self::route`]), starting its task if needed.
+    pub async fn send_here(&self, services: &Services, meeting: &Meeting, cmd: Command) {
+        self.deliver(&meeting.meeting_id, cmd, Some((services, meeting))).await;
     }
 
     /// The one way into a meeting task's queue ([`MEETING_QUEUE`] commands).

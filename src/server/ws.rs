@@ -146,7 +146,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     );
 
     let joined = match tokio::time::timeout(JOIN_TIMEOUT, read_join(&mut stream)).await {
-        Ok(Ok(First::Join(join))) => join_meeting(&state, conn, join, &outbox).await,
+        Ok(Ok(First::Join(join))) => join_meeting(&state, conn, join, &outbox, false).await,
         Ok(Ok(First::Queue(sub))) => {
             // A staff queue subscription instead of a meeting (`subscribe_queue`).
             if let Err(e) = super::queue::serve_subscription(&state, sub, &outbox, &mut stream, silence).await {
@@ -166,8 +166,8 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
             "send `join` within 10 seconds of connecting",
         )),
     };
-    let meeting_id = match joined {
-        Ok(id) => id,
+    let target = match joined {
+        Ok(target) => target,
         Err(e) => {
             tracing::info!(code = ?e.code, "join refused");
             if e.code == ErrorCode::FrameTooLarge {
@@ -184,13 +184,19 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     // Reading stops when the client goes, or when the writer has closed the socket
     // (after `left`): a client that never answers the close must not pin the connection.
     let writer_done = tokio::select! {
-        () = read_frames(&state, conn, &meeting_id, &mut stream, &outbox, &close_with, silence) => false,
+        () = read_frames(&state, conn, &target, &mut stream, &outbox, &close_with, silence) => false,
         _ = &mut writer => true,
     };
-    state
-        .live
-        .send_if_live(&meeting_id, Command::Disconnected { conn })
-        .await;
+    match target {
+        Target::Local(meeting_id) => {
+            state
+                .live
+                .send_if_live(&meeting_id, Command::Disconnected { conn })
+                .await;
+        }
+        // Dropping the relay's sender hangs the session up: the owner hears `disconnected`.
+        Target::Relayed(frames) => drop(frames),
+    }
     drop(outbox);
     // Let the writer flush what is queued (it ends once the meeting drops its outbox too).
     if !writer_done && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
@@ -204,6 +210,14 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
 enum First {
     Join(Join),
     Queue(super::queue::Subscribe),
+}
+
+/// Where a joined socket's frames go.
+enum Target {
+    /// The meeting runs here (its id).
+    Local(String),
+    /// The meeting runs on another node: frames go through the signaling relay.
+    Relayed(crate::cluster::RelayFrames),
 }
 
 /// The `join` frame: protocol version, token, and (for staff) the meeting.
@@ -250,16 +264,38 @@ async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) ->
     Err(Error::new(ErrorCode::NotJoined, "the connection closed before `join`"))
 }
 
-/// Verifies the token, loads the meeting and asks its task to let us in.
+/// A socket of another node relayed here (`src/cluster/relay_shell.rs`): joins as a local
+/// socket would, `conn` being a connection id of this node; never relayed on again.
+pub(crate) async fn join_relayed(
+    state: &Arc<AppState>,
+    conn: ConnId,
+    token: String,
+    meeting_id: Option<String>,
+    outbox: &super::live::Outbox,
+) -> Result<String, Error> {
+    let join = Join {
+        token,
+        meeting_id: meeting_id.map(Into::into),
+    };
+    match join_meeting(state, conn, join, outbox, true).await? {
+        Target::Local(id) => Ok(id),
+        Target::Relayed(_) => Err(Error::new(ErrorCode::Internal, "a relayed join was relayed again")),
+    }
+}
+
+/// Verifies the token, loads the meeting and asks its task to let us in: here, or through
+/// the signaling relay on the node that runs the meeting (unless `relayed_in`: the socket is
+/// already relayed from another node, and a meeting elsewhere is refused).
 async fn join_meeting(
     state: &Arc<AppState>,
     conn: ConnId,
     join: Join,
     outbox: &super::live::Outbox,
-) -> Result<String, Error> {
+    relayed_in: bool,
+) -> Result<Target, Error> {
     let now_secs = now_ms() / 1000;
     let identity = state.keys.verify(&join.token, now_secs)?;
-    let meeting_id = match (&identity, join.meeting_id) {
+    let meeting_id = match (&identity, join.meeting_id.clone()) {
         (Identity::Guest(g), Some(m)) if m != g.mtg => {
             return Err(Error::new(
                 ErrorCode::WrongMeeting,
@@ -307,12 +343,34 @@ async fn join_meeting(
     };
     let span = tracing::Span::current();
     span.record("meeting_id", meeting_id.as_str());
+    let services = state.services();
+    match state.live.route(&services, &meeting_id).await? {
+        crate::cluster::Route::Here => {}
+        crate::cluster::Route::Elsewhere { node_id, public_url } if !relayed_in => {
+            tracing::info!(owner = %node_id, "meeting runs on another node: relaying");
+            let frames = state
+                .router
+                .relay_open(
+                    &node_id,
+                    &public_url,
+                    conn,
+                    join.token,
+                    join.meeting_id.map(|m| m.into_string()),
+                    outbox.clone(),
+                )
+                .await?;
+            return Ok(Target::Relayed(frames));
+        }
+        crate::cluster::Route::Elsewhere { node_id, public_url } => {
+            return Err(crate::cluster::Route::elsewhere_error(&node_id, &public_url));
+        }
+    }
     span.record("participant_id", req.participant_id.as_str());
     let (reply, answer) = oneshot::channel();
     state
         .live
-        .send(
-            &state.services(),
+        .send_here(
+            &services,
             &meeting,
             Command::Join {
                 req,
@@ -320,17 +378,17 @@ async fn join_meeting(
                 reply,
             },
         )
-        .await?;
+        .await;
     answer
         .await
         .map_err(|_| Error::new(ErrorCode::Internal, "the meeting stopped"))??;
-    Ok(meeting_id)
+    Ok(Target::Local(meeting_id))
 }
 
 async fn read_frames(
     state: &Arc<AppState>,
     conn: ConnId,
-    meeting_id: &str,
+    target: &Target,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     outbox: &super::live::Outbox,
     close_with: &tokio::sync::watch::Sender<Option<CloseFrame>>,
@@ -339,8 +397,17 @@ async fn read_frames(
     let mut pace = TokenBucket::new(FRAME_BURST, FRAMES_PER_SEC, now_ms());
     let mut refused = 0u32;
     let mut shutdown = state.shutdown.clone();
+    // A relayed session that ended (the owner ended it, or the relay broke) ends the socket.
+    let relay_over = async {
+        match target {
+            Target::Relayed(frames) => frames.closed().await,
+            Target::Local(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(relay_over);
     loop {
         let msg = tokio::select! {
+            () = &mut relay_over => return,
             msg = tokio::time::timeout(silence, stream.next()) => match msg {
                 Ok(msg) => msg,
                 Err(_) => {
@@ -388,11 +455,18 @@ async fn read_frames(
         }
         tracing::debug!(frame = frame_type(&text), "frame in");
         match parse_client_message(&text) {
-            Ok(msg) => {
-                if !state.live.send_if_live(meeting_id, Command::Frame { conn, msg }).await {
-                    return;
+            Ok(msg) => match target {
+                Target::Local(meeting_id) => {
+                    if !state.live.send_if_live(meeting_id, Command::Frame { conn, msg }).await {
+                        return;
+                    }
                 }
-            }
+                Target::Relayed(frames) => {
+                    if frames.send(text.as_str().to_owned()).await.is_err() {
+                        return;
+                    }
+                }
+            },
             Err(e) => {
                 let _ = outbox.send(ServerMessage::error(e.code, e.message));
             }
