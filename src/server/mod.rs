@@ -176,10 +176,9 @@ async fn cluster_router(
     let node_id = router.node_id.clone();
     tracing::warn!(
         %node_id,
-        "cluster mode (redis_url) is a foundation only: this node joins the registry and places \
-         meetings, but meetings, links and admissions stay in its own database (not shared), \
-         and signaling is not relayed: a join for a meeting placed on another node is refused \
-         with meeting_elsewhere (README, \"Several nodes\")"
+        "cluster mode (redis_url) is not complete: this node joins the registry, places meetings \
+         and relays signaling to the node that runs a meeting, but meetings, links and admissions \
+         stay in its own database (not shared with the other nodes) (README, \"Several nodes\")"
     );
     Ok((router.clone(), Some(router)))
 }
