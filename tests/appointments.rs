@@ -1789,3 +1789,119 @@ async fn a_silent_queue_subscriber_is_taken_as_gone_and_a_read_one_stays() {
         .await;
     assert_eq!(signaling_connections(&srv).await, 1);
 }
+
+/// Admins change a type's settings and a department's name in place: only what the body
+/// names changes, the whole is checked as at creation, a type made private gets its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_patch_appointment_types_and_rename_departments() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Admin);
+    let ivan = srv.staff_token("ivan", StaffRole::Staff);
+    let (did, t) = setup(&srv, &olga, &["olga"], json!({ "reminders": ["24h"] })).await;
+    let path = format!("/api/v1/appointment-types/{}", t["type_id"].as_str().unwrap());
+    assert_eq!(t["private_url"], Value::Null, "public: {t}");
+
+    let (status, p) = srv
+        .call(
+            "PATCH",
+            &path,
+            Some(&olga),
+            Some(json!({ "title": "Mole check", "no_show_minutes": 5, "public": false })),
+        )
+        .await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(
+        (&p["title"], &p["no_show_minutes"]),
+        (&json!("Mole check"), &json!(5)),
+        "{p}"
+    );
+    assert_eq!(
+        (&p["duration_minutes"], &p["reminders"], &p["department_id"]),
+        (&t["duration_minutes"], &t["reminders"], &t["department_id"]),
+        "the rest stays: {p}"
+    );
+    assert!(
+        p["private_url"].as_str().is_some_and(|u| u.contains("/book/t/")),
+        "made private: {p}"
+    );
+    let (_, again) = srv.call("GET", &path, Some(&olga), None).await;
+    assert_eq!(again, p, "stored");
+
+    for (who, token, body, want) in [
+        ("staff", &ivan, json!({ "title": "x" }), (403, "forbidden")),
+        ("unknown field", &olga, json!({ "colour": "red" }), (400, "bad_request")),
+        (
+            "bad value",
+            &olga,
+            json!({ "duration_minutes": 2 }),
+            (400, "bad_request"),
+        ),
+        ("nothing", &olga, json!({}), (400, "bad_request")),
+        ("not an object", &olga, json!([1]), (400, "bad_request")),
+        (
+            "unknown department",
+            &olga,
+            json!({ "department_id": "d_none" }),
+            (404, "not_found"),
+        ),
+    ] {
+        let (status, body) = srv.call("PATCH", &path, Some(token), Some(body)).await;
+        assert_eq!((status, body["code"].as_str().unwrap_or("")), want, "{who}: {body}");
+    }
+    let (status, body) = srv
+        .call(
+            "PATCH",
+            "/api/v1/appointment-types/at_none",
+            Some(&olga),
+            Some(json!({ "title": "x" })),
+        )
+        .await;
+    assert_eq!((status, &body["code"]), (404, &json!("not_found")), "{body}");
+    let (_, unchanged) = srv.call("GET", &path, Some(&olga), None).await;
+    assert_eq!(unchanged, p, "refused patches change nothing");
+
+    // Departments: renamed; a name another has is refused; unknown ids are 404.
+    let dpath = format!("/api/v1/departments/{did}");
+    let (status, d) = srv
+        .call("PATCH", &dpath, Some(&olga), Some(json!({ "name": " Skin clinic " })))
+        .await;
+    assert_eq!(
+        (status, &d["name"], &d["staff"]),
+        (200, &json!("Skin clinic"), &json!(["olga"])),
+        "{d}"
+    );
+    let (status, _) = srv
+        .call(
+            "POST",
+            "/api/v1/departments",
+            Some(&olga),
+            Some(json!({ "name": "Allergy" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = srv
+        .call("PATCH", &dpath, Some(&olga), Some(json!({ "name": "Allergy" })))
+        .await;
+    assert_eq!((status, &body["code"]), (400, &json!("bad_request")), "{body}");
+    let (status, body) = srv
+        .call("PATCH", &dpath, Some(&ivan), Some(json!({ "name": "Mine" })))
+        .await;
+    assert_eq!((status, &body["code"]), (403, &json!("forbidden")), "{body}");
+    let (status, body) = srv
+        .call(
+            "PATCH",
+            "/api/v1/departments/d_none",
+            Some(&olga),
+            Some(json!({ "name": "X" })),
+        )
+        .await;
+    assert_eq!((status, &body["code"]), (404, &json!("not_found")), "{body}");
+    let (_, list) = srv.call("GET", "/api/v1/departments", Some(&olga), None).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Allergy", "Skin clinic"]);
+}

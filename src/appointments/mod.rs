@@ -98,6 +98,24 @@ pub fn clean_name(what: &str, s: &str) -> Result<String, Error> {
 }
 
 impl TypeSettings {
+    /// These settings with the fields `patch` names replaced (a JSON merge of one level:
+    /// `null` sets an optional field to none), then checked as [`TypeSettings::validate`]
+    /// does. An unknown field or a value of the wrong type is refused.
+    pub fn patched(&self, patch: serde_json::Map<String, serde_json::Value>) -> Result<Self, Error> {
+        if patch.is_empty() {
+            return Err(bad("name at least one setting to change"));
+        }
+        let mut merged = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return Err(Error::new(ErrorCode::Internal, "type settings are not an object")),
+        };
+        // An unknown field stays in the merge and `deny_unknown_fields` refuses it.
+        merged.extend(patch);
+        serde_json::from_value::<TypeSettings>(serde_json::Value::Object(merged))
+            .map_err(|e| bad(format!("invalid body: {e}")))?
+            .validate()
+    }
+
     /// Checks the settings; trims the title.
     pub fn validate(mut self) -> Result<Self, Error> {
         self.title = clean_name("title", &self.title)?;
@@ -217,6 +235,56 @@ pub type StoredTransition = Transition;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn patch(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_patch_replaces_only_the_fields_it_names_and_is_checked_whole() {
+        let t = TypeSettings {
+            title: "Skin check".into(),
+            staff: vec!["olga".into()],
+            department_id: Some("d_1".into()),
+            reminders: vec!["24h".into()],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let p = t
+            .patched(patch(json!({ "title": " Mole check ", "no_show_minutes": 5 })))
+            .unwrap();
+        assert_eq!((p.title.as_str(), p.no_show_minutes), ("Mole check", 5));
+        assert_eq!(
+            TypeSettings {
+                title: t.title.clone(),
+                no_show_minutes: t.no_show_minutes,
+                ..p.clone()
+            },
+            t,
+            "nothing else changed"
+        );
+        // `null` clears an optional field; the whole is checked again.
+        let p = t.patched(patch(json!({ "department_id": null }))).unwrap();
+        assert_eq!(p.department_id, None);
+        for (bad_patch, why) in [
+            (json!({}), "name at least one"),
+            (json!({ "colour": "red" }), "unknown field"),
+            (json!({ "duration_minutes": "long" }), "invalid body"),
+            (json!({ "duration_minutes": 2 }), "duration_minutes"),
+            (
+                json!({ "staff": [], "department_id": null }),
+                "needs staff or a department",
+            ),
+            (json!({ "reminders": ["soon"] }), "reminder"),
+            (json!({ "title": "  " }), "title"),
+        ] {
+            let e = t.patched(patch(bad_patch.clone())).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad_patch}");
+            assert!(e.message.contains(why), "{bad_patch}: {}", e.message);
+        }
+    }
 
     #[test]
     fn type_settings_are_checked() {

@@ -43,7 +43,10 @@ const CONTACT_SWEEP_TICKS: u64 = 720;
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/departments", post(create_department).get(list_departments))
-        .route("/api/v1/departments/{id}", delete(delete_department))
+        .route(
+            "/api/v1/departments/{id}",
+            delete(delete_department).patch(rename_department),
+        )
         .route(
             "/api/v1/departments/{id}/staff/{sub}",
             put(add_member).delete(remove_member),
@@ -53,7 +56,10 @@ pub fn router() -> Router<Arc<AppState>> {
             put(put_working_hours).get(get_working_hours),
         )
         .route("/api/v1/appointment-types", post(create_type).get(list_types))
-        .route("/api/v1/appointment-types/{id}", get(get_type).delete(archive_type))
+        .route(
+            "/api/v1/appointment-types/{id}",
+            get(get_type).patch(patch_type).delete(archive_type),
+        )
         .route("/api/v1/appointment-types/{id}/private-link", post(new_private_link))
         .route("/api/v1/appointments", post(create_appointment).get(list_appointments))
         .route("/api/v1/appointments/{id}", get(get_appointment))
@@ -171,6 +177,25 @@ async fn department_of(state: &AppState, org: &str, id: &str) -> ApiResult<Depar
         .run(move |s| s.department(&org, &id))
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such department"))
+}
+
+/// `PATCH /departments/{id}` (admins): a new name, unique in the organisation.
+async fn rename_department(
+    State(state): State<Arc<AppState>>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NewDepartment>,
+) -> ApiResult<Json<Department>> {
+    require_admin(&staff)?;
+    let name = clean_name("name", &body.name)?;
+    let d = department_of(&state, &staff.org, &id).await?;
+    if d.name != name {
+        let (org, id, name) = (staff.org.clone(), id.clone(), name.clone());
+        if !state.store.run(move |s| s.rename_department(&org, &id, &name)).await? {
+            return Err(ApiError::new(ErrorCode::BadRequest, "a department of that name exists"));
+        }
+    }
+    Ok(Json(department_of(&state, &staff.org, &id).await?))
 }
 
 async fn delete_department(
@@ -335,6 +360,41 @@ async fn get_type(
 ) -> ApiResult<Json<TypeView>> {
     let t = type_of(&state, &staff.org, &id).await?;
     Ok(Json(type_view(&state, t)))
+}
+
+/// `PATCH /appointment-types/{id}` (admins): the settings named in the body change, the
+/// others stay; the result is checked whole, as at creation. A type made private gets its
+/// private link (if it never had one). Appointments already booked keep their time,
+/// duration, staff, lobby rule and no-show deadline; reminders follow the type's schedule
+/// for bookings and reschedules from now on; contact retention applies to all of the
+/// type's appointments at the next sweep. An archived type is not changed.
+async fn patch_type(
+    State(state): State<Arc<AppState>>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> ApiResult<Json<TypeView>> {
+    require_admin(&staff)?;
+    let t = type_of(&state, &staff.org, &id).await?;
+    if t.archived_at_ms.is_some() {
+        return Err(ApiError::new(ErrorCode::NotFound, "this appointment type is archived"));
+    }
+    let settings = t.settings.patched(body)?;
+    if let Some(d) = &settings.department_id
+        && settings.department_id != t.settings.department_id
+    {
+        department_of(&state, &staff.org, d).await?;
+    }
+    let link =
+        (!settings.public && t.private_link.is_none()).then(|| make_private_link(settings.private_link_days, now_ms()));
+    {
+        let id = id.clone();
+        state
+            .store
+            .run(move |s| s.update_type(&id, &settings, link.as_ref()))
+            .await?;
+    }
+    Ok(Json(type_view(&state, type_of(&state, &staff.org, &id).await?)))
 }
 
 async fn archive_type(

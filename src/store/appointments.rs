@@ -342,6 +342,19 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// Renames a department. False if another department of the organisation has that name
+    /// (the caller has checked that the department exists).
+    pub fn rename_department(&self, org: &str, id: &str, name: &str) -> Result<bool, Error> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE OR IGNORE departments SET name = ?3 WHERE organization = ?1 AND department_id = ?2",
+                params![org, id, name],
+            )
+            .map_err(db_err)?;
+        Ok(changed == 1)
+    }
+
     /// Adds or removes a staff member of a department.
     pub fn set_member(&self, department_id: &str, staff: &str, member: bool) -> Result<(), Error> {
         let sql = if member {
@@ -445,6 +458,29 @@ impl Store {
             .execute(
                 "UPDATE appointment_types SET archived_at = COALESCE(archived_at, ?2) WHERE type_id = ?1",
                 params![type_id, now_ms as i64],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Replaces a type's settings, and gives it `private_link` if it has none yet (a public
+    /// type made private).
+    pub fn update_type(
+        &self,
+        type_id: &str,
+        settings: &TypeSettings,
+        private_link: Option<&PrivateLink>,
+    ) -> Result<(), Error> {
+        let settings = serde_json::to_string(settings).map_err(json_err)?;
+        self.conn()
+            .execute(
+                "UPDATE appointment_types SET settings = ?2, link_code = COALESCE(link_code, ?3), link_expires_at = COALESCE(link_expires_at, ?4) WHERE type_id = ?1",
+                params![
+                    type_id,
+                    settings,
+                    private_link.map(|l| l.code.as_str()),
+                    private_link.map(|l| l.expires_at_ms as i64)
+                ],
             )
             .map_err(db_err)?;
         Ok(())
