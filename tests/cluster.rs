@@ -780,3 +780,96 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends `ping`s one at a time on `ws` (paced under the per-connection frame limit) and
+/// returns each round trip to its `pong`, in microseconds; every pong must come, in order.
+async fn ping_round_trips(ws: &mut Socket, first_nonce: u64, count: u64) -> Vec<u64> {
+    let mut pace = tokio::time::interval(Duration::from_millis(25));
+    let mut rtts = Vec::new();
+    for nonce in first_nonce..first_nonce + count {
+        pace.tick().await;
+        let sent = Instant::now();
+        ws.send(Message::text(json!({"type": "ping", "nonce": nonce}).to_string()))
+            .await
+            .unwrap();
+        loop {
+            let frame = tokio::time::timeout(WAIT, ws.next()).await.expect("a pong in time");
+            let text = match frame {
+                Some(Ok(Message::Text(text))) => text,
+                // The gateway's WebSocket pings (answered by the socket library).
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("socket ended: {other:?}"),
+            };
+            if let Ok(ServerMessage::Pong { nonce: got }) = serde_json::from_str::<ServerMessage>(&text) {
+                assert_eq!(got, nonce, "pongs in order");
+                rtts.push(sent.elapsed().as_micros() as u64);
+                break;
+            }
+        }
+    }
+    rtts
+}
+
+/// docs/BENCHMARKS.md, "Relayed signaling": the round trip of a `ping` on a socket whose
+/// meeting runs on the node it reached, and on one relayed to another node, interleaved in
+/// rounds so both see the same machine. Prints median and p99; asserts only that every pong
+/// came back in order. `cargo test --test cluster relayed_frame_cost -- --ignored --nocapture`
+/// (GATEHOUSE_RELAY_PINGS sets the pings per socket, 1000 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: a measurement (about 50 s), docs/BENCHMARKS.md"]
+async fn relayed_frame_cost() {
+    if !redis_server_present() {
+        return;
+    }
+    let dir = temp_dir("cluster-relay-cost");
+    let redis = Redis::start(&dir.join("redis"), free_port());
+    let data = dir.join("data");
+    let admin = || {
+        let keys = gatehouse::server::load_or_create_signing_key(&data).unwrap();
+        let now = gatehouse::ids::now_ms() / 1000;
+        keys.mint_staff("root", "Root", "default", StaffRole::Admin, now, 3600)
+            .unwrap()
+    };
+    let a = Node::start(&data, &redis.url(), "a", &[], admin).await;
+    let b = Node::start(&data, &redis.url(), "b", &[], admin).await;
+    let token = admin();
+    let (status, meeting) = a
+        .call("POST", "/api/v1/meetings", &token, Some(json!({"title": "cost"})))
+        .await;
+    assert_eq!(status, 201, "{meeting}");
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let () = redis::AsyncCommands::set_ex(
+        &mut redis.conn().await,
+        format!("gatehouse:meeting:{mid}:node"),
+        &a.id,
+        600,
+    )
+    .await
+    .unwrap();
+    let mut local = a.join(&token, &mid).await.expect("local join on A");
+    let mut relayed = b.join(&token, &mid).await.expect("relayed join through B");
+    let per_socket: u64 = std::env::var("GATEHOUSE_RELAY_PINGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let (mut l, mut r) = (Vec::new(), Vec::new());
+    let rounds = 10;
+    for round in 0..rounds {
+        let n = per_socket / rounds;
+        l.extend(ping_round_trips(&mut local, round * n, n).await);
+        r.extend(ping_round_trips(&mut relayed, round * n, n).await);
+    }
+    let stats = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0;
+        (at(0.5), at(0.99), v.len())
+    };
+    let (lm, lp, ln) = stats(&mut l);
+    let (rm, rp, rn) = stats(&mut r);
+    eprintln!("local ping round trip: median {lm:.3} ms, p99 {lp:.3} ms ({ln} pings)");
+    eprintln!("relayed ping round trip: median {rm:.3} ms, p99 {rp:.3} ms ({rn} pings)");
+    eprintln!("added by the relay: median {:.3} ms, p99 {:.3} ms", rm - lm, rp - lp);
+    drop((local, relayed, a, b));
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
