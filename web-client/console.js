@@ -486,7 +486,9 @@ async function joinMeeting(m) {
     socket.close();
     throw e;
   }
-  const client = new GatehouseClient({ token: page.token, meetingId: m.meeting_id, socket });
+  // The camera goes as simulcast unless the console's address says `?simulcast=0`.
+  const simulcast = new URLSearchParams(window.location.search).get('simulcast') !== '0';
+  const client = new GatehouseClient({ token: page.token, meetingId: m.meeting_id, socket, simulcast });
   page.client = client;
   if (media.audioTrack) client.setLocalTrack('microphone', media.audioTrack);
   if (media.videoTrack) client.setLocalTrack('camera', media.videoTrack);
