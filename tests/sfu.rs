@@ -948,3 +948,307 @@ async fn shutdown_closes_everything() {
     a.close().await;
     b.close().await;
 }
+
+// ---- allocations on the forwarding path (issue 13) ----
+
+/// Counts the allocations (and reallocations) of the thread that switched counting on,
+/// so a measurement is not disturbed by other tests' threads.
+struct CountingAllocator;
+
+thread_local! {
+    /// Allocations counted on this thread; `None` while not counting.
+    static ALLOCATIONS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+fn note_allocation() {
+    let _ = ALLOCATIONS.try_with(|c| {
+        if let Some(n) = c.get() {
+            c.set(Some(n + 1));
+        }
+    });
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; counting touches
+// only a const-initialised thread-local `Cell` (no allocation, no destructor).
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation();
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation();
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// The allocations `f` makes on this thread.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    ALLOCATIONS.with(|c| c.set(Some(0)));
+    f();
+    ALLOCATIONS.with(|c| c.replace(None)).unwrap_or(0)
+}
+
+mod hot_path {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::{Bytes, BytesMut};
+    use gatehouse::sfu::media_room::{Admit, Codec, ConnId, Effect, LegSink, MediaRoom, Negotiated, Stream};
+    use gatehouse::sfu::stats::StatsPair;
+    use gatehouse_signaling::protocol::{ParticipantKind, PeerRole, PublishedTrack, TrackSource};
+    use rtc::rtp::Packet;
+    use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
+    use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+    use rtc::shared::marshal::{Marshal, Unmarshal};
+
+    pub const ABS_SEND_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+    pub const TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+    pub const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+    const PUBLISHER: ConnId = 1;
+    const SSRC: u32 = 0x1234_5678;
+
+    fn negotiated(vp8: u8, ids: [(&str, u16); 3]) -> Negotiated {
+        Negotiated {
+            codecs: vec![Codec {
+                payload_type: vp8,
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                fmtp: String::new(),
+            }],
+            extensions: ids.iter().map(|(uri, id)| ((*uri).to_owned(), *id)).collect(),
+        }
+    }
+
+    /// A room with a publisher's camera and `n` negotiated subscriber legs (connection
+    /// `100 + i`, sender `i`), built through its inputs as the shard builds it.
+    pub fn room(n: usize) -> MediaRoom {
+        let now = Instant::now();
+        let stats = StatsPair {
+            meeting: Arc::default(),
+            shard: Arc::default(),
+        };
+        let mut room = MediaRoom::new("m_alloc", stats);
+        let mut effects = Vec::new();
+        room.add_participant("p_pub", ParticipantKind::Staff, true, now, &mut effects);
+        room.set_connection("p_pub", PeerRole::Publisher, Some(PUBLISHER));
+        for i in 0..n {
+            let id = format!("p_{i}");
+            room.add_participant(&id, ParticipantKind::Guest, false, now, &mut effects);
+            room.set_connection(&id, PeerRole::Subscriber, Some(100 + i as ConnId));
+        }
+        let camera = PublishedTrack {
+            mid: "0".into(),
+            source: TrackSource::Camera,
+            muted: false,
+        };
+        room.declare("p_pub", vec![camera], now, &mut effects);
+        effects.clear();
+        room.stream_opened(
+            "p_pub",
+            Stream {
+                conn: PUBLISHER,
+                receiver: RTCRtpReceiverId::from(0),
+                mid: "0".into(),
+                ssrc: SSRC,
+                mime_type: "video/VP8".into(),
+                negotiated: negotiated(96, [(ABS_SEND_TIME, 2), (TWCC, 3), (MID, 4)]),
+                replaces: true,
+                layer: None,
+            },
+            now,
+            &mut effects,
+        );
+        for effect in effects.drain(..) {
+            if let Effect::AddSender { subscriber, leg, .. } = effect {
+                let i: usize = subscriber[2..].parse().expect("p_<i>");
+                room.leg_bound(leg, 100 + i as ConnId, RTCRtpSenderId::from(i));
+            }
+        }
+        let mut offers = Vec::new();
+        room.due_offers(&mut offers);
+        assert_eq!(offers.len(), n);
+        for i in 0..n {
+            let answer = [(
+                RTCRtpSenderId::from(i),
+                negotiated(100, [(MID, 1), (ABS_SEND_TIME, 3), (TWCC, 5)]),
+            )];
+            room.subscriber_answered(&format!("p_{i}"), &answer, true, now, &mut effects);
+        }
+        room
+    }
+
+    /// A publisher's video packet as `rtc` hands it over: parsed from a buffer of its own
+    /// (payload and extensions share it), with abs-send-time (kept for subscribers),
+    /// transport-cc and mid (stripped).
+    pub fn inbound(seq: u16) -> Packet {
+        let mut payload = vec![0u8; 1100];
+        payload[..7].copy_from_slice(&[0x90, 0x80, 0x81, 0x23, 0x9d, 0x01, 0x2a]);
+        let packet = Packet {
+            header: Header {
+                version: 2,
+                extension: true,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: u32::from(seq / 32) * 3000,
+                ssrc: SSRC,
+                extension_profile: EXTENSION_PROFILE_ONE_BYTE,
+                extensions: vec![
+                    Extension {
+                        id: 2,
+                        payload: Bytes::from_static(&[0x12, 0x34, 0x56]),
+                    },
+                    Extension {
+                        id: 3,
+                        payload: Bytes::copy_from_slice(&seq.to_be_bytes()),
+                    },
+                    Extension {
+                        id: 4,
+                        payload: Bytes::from_static(b"0"),
+                    },
+                ],
+                ..Default::default()
+            },
+            payload: Bytes::from(payload),
+        };
+        let raw = packet.marshal().expect("marshal");
+        Packet::unmarshal(&mut BytesMut::from(&raw[..])).expect("parse")
+    }
+
+    /// Takes every copy and looks at it (the shard's sink hands it to `rtc`).
+    #[derive(Default)]
+    pub struct Counted {
+        pub copies: u64,
+        pub bytes: u64,
+    }
+
+    impl LegSink for Counted {
+        fn admit(&mut self, _conn: ConnId) -> Admit {
+            Admit::Yes
+        }
+
+        fn write(&mut self, _conn: ConnId, _sender: RTCRtpSenderId, packet: &Packet) -> bool {
+            self.copies += 1;
+            self.bytes += packet.payload.len() as u64 + packet.header.extensions.len() as u64;
+            true
+        }
+    }
+
+    /// Takes an owned copy of each packet, as the shard must for `rtc`'s `write_rtp`.
+    #[derive(Default)]
+    pub struct Owning {
+        pub copies: u64,
+    }
+
+    impl LegSink for Owning {
+        fn admit(&mut self, _conn: ConnId) -> Admit {
+            Admit::Yes
+        }
+
+        fn write(&mut self, _conn: ConnId, _sender: RTCRtpSenderId, packet: &Packet) -> bool {
+            self.copies += 1;
+            std::hint::black_box(packet.clone());
+            true
+        }
+    }
+
+    pub const TICK: Duration = Duration::from_micros(500);
+}
+
+/// Issue 13: once warmed up, `MediaRoom::forward` (track lookup, retransmission cache,
+/// per-leg checks, `DownLeg` rewriting with an extension kept, leg history, counters)
+/// allocates nothing per packet, at fan-out 1 and 8. The copies it hands the sink are
+/// the room's own reused packet; what the shard then gives `rtc` is the shard's cost.
+#[test]
+fn forwarding_allocates_nothing_per_packet_after_warm_up() {
+    use hot_path::*;
+    for n in [1usize, 8] {
+        let mut room = room(n);
+        let mut sink = Counted::default();
+        let mut effects = Vec::new();
+        let mut now = Instant::now();
+        // Warm-up: the cache's slots, the legs' histories and the scratch packet grow to size
+        // (more than a cache's worth of sequence numbers).
+        let mut seq = 0u16;
+        for _ in 0..2000 {
+            seq = seq.wrapping_add(1);
+            now += TICK;
+            room.forward(1, &inbound(seq), now, &mut sink, &mut effects);
+        }
+        effects.clear();
+        let copies = sink.copies;
+        let packets: Vec<_> = (0..3000u16).map(|i| inbound(seq.wrapping_add(1 + i))).collect();
+        let allocations = allocations_in(|| {
+            for packet in &packets {
+                now += TICK;
+                room.forward(1, packet, now, &mut sink, &mut effects);
+            }
+        });
+        assert_eq!(sink.copies - copies, 3000 * n as u64, "every leg got every packet");
+        assert!(effects.is_empty(), "no keyframe request or other effect");
+        assert_eq!(allocations, 0, "fan-out {n}: allocations in 3000 forwarded packets");
+
+        // The counter sees what an owned copy costs: the extension list that survived
+        // (abs-send-time), one allocation per copy; the payload is shared.
+        let mut owning = Owning::default();
+        let packets: Vec<_> = (0..100u16).map(|i| inbound(seq.wrapping_add(3001 + i))).collect();
+        let allocations = allocations_in(|| {
+            for packet in &packets {
+                now += TICK;
+                room.forward(1, packet, now, &mut owning, &mut effects);
+            }
+        });
+        assert_eq!(owning.copies, 100 * n as u64);
+        assert_eq!(allocations, owning.copies, "fan-out {n}: one allocation per owned copy");
+    }
+}
+
+/// Issue 13: what the shard's whole path allocates, with real `rtc` connections (the
+/// bench's meeting, `gatehouse::sfu::benching::FanOut`): per inbound datagram at fan-out 1
+/// and 4, and so per forwarded copy. All of it is `rtc`'s (decrypt, parse, interceptors,
+/// `write_rtp`, encrypt) plus the one owned copy `write_rtp` takes; our own parts allocate
+/// nothing (the test above). Bounded so that a regression shows; the figures are printed
+/// for docs/BENCHMARKS.md.
+#[test]
+fn the_shards_whole_path_allocates_only_in_rtc() {
+    use gatehouse::sfu::benching::FanOut;
+    let mut per_packet = Vec::new();
+    for n in [1usize, 4] {
+        let mut h = FanOut::new(n).expect("the meeting comes up");
+        h.set_send(false);
+        let mut measured = (0u64, 0u64);
+        for _ in 0..4 {
+            let mut batch = Vec::new();
+            h.datagrams(64, &mut batch);
+            let forwarded = h.forwarded();
+            let count = batch.len() as u64;
+            let allocations = allocations_in(|| {
+                for datagram in batch.drain(..) {
+                    h.forward(datagram);
+                }
+            });
+            assert_eq!(
+                h.forwarded() - forwarded,
+                count * n as u64,
+                "every leg got every packet"
+            );
+            measured = (measured.0 + allocations, measured.1 + count);
+            h.maintain().expect("the clients stay up");
+        }
+        let per = measured.0 as f64 / measured.1 as f64;
+        println!("fan-out {n}: {per:.1} allocations per inbound datagram through the shard");
+        per_packet.push(per);
+    }
+    let per_copy = (per_packet[1] - per_packet[0]) / 3.0;
+    println!("{per_copy:.1} allocations per forwarded copy");
+    assert!(per_packet[0] < 40.0 && per_copy < 20.0, "{per_packet:?}");
+}

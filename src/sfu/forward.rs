@@ -431,6 +431,32 @@ impl DownLeg {
         }
     }
 
+    /// [`copy`](Self::copy) into `out`, reusing its buffers (its extension and CSRC lists
+    /// keep their capacity from packet to packet): allocation-free once `out` has grown.
+    /// Call only after [`accepts`](Self::accepts).
+    pub fn copy_into(&mut self, packet: &Packet, out: &mut Packet) {
+        let h = &packet.header;
+        let o = &mut out.header;
+        o.version = h.version;
+        o.padding = h.padding;
+        o.extension = h.extension;
+        o.marker = h.marker;
+        o.payload_type = h.payload_type;
+        o.sequence_number = h.sequence_number;
+        o.timestamp = h.timestamp;
+        o.ssrc = h.ssrc;
+        o.csrc.clear();
+        o.csrc.extend_from_slice(&h.csrc);
+        o.extension_profile = h.extension_profile;
+        o.extensions.clear();
+        if self.ext_map.keeps_any(h) {
+            o.extensions.extend_from_slice(&h.extensions);
+        }
+        o.extensions_padding = h.extensions_padding;
+        self.rewrite(o);
+        out.payload.clone_from(&packet.payload);
+    }
+
     /// Rewrites a copy of an accepted packet's header for this leg: SSRC,
     /// payload type, sequence number, extensions. Call only after [`accepts`](Self::accepts).
     pub fn rewrite(&mut self, header: &mut Header) {

@@ -71,7 +71,7 @@ impl std::fmt::Display for HarnessError {
     }
 }
 
-fn fail(what: impl std::fmt::Display) -> HarnessError {
+pub(super) fn fail(what: impl std::fmt::Display) -> HarnessError {
     HarnessError(what.to_string())
 }
 
@@ -100,7 +100,7 @@ pub struct MediaHarness {
     recorded: Vec<Vec<u8>>,
 }
 
-fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
+pub(super) fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
     let (mime_type, clock_rate, channels, fmtp, payload_type) = match kind {
         RtpCodecKind::Audio => (MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", 111),
         _ => (MIME_TYPE_VP8, 90_000, 0, "", 96),
@@ -513,12 +513,12 @@ impl rtc::stun::message::Setter for RawAttributes<'_> {
 }
 
 /// The value of the first `a=<name>:` line.
-fn sdp_attr(sdp: &str, name: &str) -> Option<String> {
+pub(super) fn sdp_attr(sdp: &str, name: &str) -> Option<String> {
     sdp.lines()
         .find_map(|l| l.trim_end().strip_prefix(&format!("a={name}:")).map(str::to_owned))
 }
 
-fn drain(runtime: &tokio::runtime::Runtime, rx: &mut OutboxReceiver) -> Vec<ServerMessage> {
+pub(super) fn drain(runtime: &tokio::runtime::Runtime, rx: &mut OutboxReceiver) -> Vec<ServerMessage> {
     let mut out = Vec::new();
     runtime.block_on(async {
         use futures_util::FutureExt;

@@ -175,12 +175,13 @@ pub trait LegSink {
     /// Whether the subscriber connection takes media now (connected, consent
     /// fresh, not dropped on purpose). Asked before the copy is made.
     fn admit(&mut self, conn: ConnId) -> Admit;
-    /// Writes a rewritten packet to a sender; false if the connection refused it.
-    fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool;
+    /// Writes a rewritten packet to a sender; false if the connection refused it. The
+    /// packet is lent: the room reuses it for the next leg.
+    fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: &Packet) -> bool;
     /// Writes a retransmission (RTX on the leg's RTX SSRC when `rtx`, which
     /// `write_rtp` would refuse; otherwise as [`write`](Self::write)).
     fn retransmit(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet, rtx: bool) -> bool {
-        !rtx && self.write(conn, sender, packet)
+        !rtx && self.write(conn, sender, &packet)
     }
 }
 
@@ -372,6 +373,9 @@ pub struct MediaRoom {
     next_leg: LegId,
     /// Who is speaking, from the tracks' level meters ([`MediaRoom::evaluate_speakers`]).
     speakers: speaker::Detector,
+    /// The copy [`MediaRoom::forward`] rewrites for each leg in turn and lends the sink:
+    /// its header's lists keep their capacity, so forwarding allocates nothing.
+    scratch: Packet,
 }
 
 /// Whether (and how) a video leg resends as RTX, from what its subscriber negotiated.
@@ -469,6 +473,7 @@ impl MediaRoom {
             tracks: Vec::new(),
             next_leg: 1,
             speakers: speaker::Detector::default(),
+            scratch: Packet::default(),
         }
     }
 
@@ -1415,7 +1420,8 @@ impl MediaRoom {
                 }
                 Admit::Lose => true,
             };
-            let copy = leg.rewrite.copy(packet);
+            let copy = &mut self.scratch;
+            leg.rewrite.copy_into(packet, copy);
             leg.last_sent = Some(now);
             if let Some(history) = &mut leg.history {
                 let h = &copy.header;
@@ -1739,11 +1745,11 @@ mod tests {
             }
         }
 
-        fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool {
+        fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: &Packet) -> bool {
             if self.refusing.contains(&conn) {
                 return false;
             }
-            self.written.push((conn, sender, packet));
+            self.written.push((conn, sender, packet.clone()));
             true
         }
     }

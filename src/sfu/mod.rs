@@ -31,6 +31,8 @@ use gatehouse_signaling::protocol::{MediaMessage, MeetingId, ParticipantId, Part
 use gatehouse_signaling::{Error, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
+#[doc(hidden)]
+pub mod benching;
 mod connection;
 pub mod demux;
 pub mod forward;

@@ -91,6 +91,27 @@ pub struct Peers {
     links: HashMap<LinkId, Link>,
     link_by_peer: HashMap<SocketAddr, LinkId>,
     next_link: LinkId,
+    /// How forwarded packets go into `rtc` (both levers on; the bench turns them off to
+    /// measure each).
+    pub levers: WriteLevers,
+}
+
+/// The two ways forwarded packets skip work in `rtc` (issue 13; docs/ARCHITECTURE.md).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteLevers {
+    /// Into the connection's write chain directly, not through `write_rtp`'s checks.
+    pub direct: bool,
+    /// Sent when the turn drains the connection, not flushed (and its timer re-armed) per copy.
+    pub drain_once: bool,
+}
+
+impl Default for WriteLevers {
+    fn default() -> Self {
+        Self {
+            direct: true,
+            drain_once: true,
+        }
+    }
 }
 
 impl Peers {
@@ -120,6 +141,7 @@ impl Peers {
             links: HashMap::new(),
             link_by_peer: HashMap::new(),
             next_link: 1,
+            levers: WriteLevers::default(),
         })
     }
 
@@ -516,6 +538,12 @@ impl Peers {
     pub fn flush_later(&mut self, id: ConnId) {
         self.flush(id);
         self.rearm(id);
+        self.mark_dirty(id);
+    }
+
+    /// Marks a connection for the end-of-turn drain (its writes sent, its events handled,
+    /// its timer re-armed there).
+    pub fn mark_dirty(&mut self, id: ConnId) {
         if !self.dirty.contains(&id) {
             self.dirty.push(id);
         }
@@ -701,7 +729,7 @@ impl LegSink for Delivery<'_> {
 
     fn retransmit(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet, rtx: bool) -> bool {
         if !rtx {
-            return self.write(conn, sender, packet);
+            return self.write(conn, sender, &packet);
         }
         // `write_rtp` only takes the sender's own SSRC; an RTX packet goes in below it,
         // where `rtc`'s endpoint takes any RTP packet (the RTX SSRC is the sender's, in
@@ -724,10 +752,25 @@ impl LegSink for Delivery<'_> {
         }
     }
 
-    fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet) -> bool {
+    fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: &Packet) -> bool {
         let now = self.now;
+        let direct = self.peers.levers.direct;
+        // `rtc` takes the packet by value: the room's copy is cloned (the payload shared, the
+        // header's extension list, when something survived on it, allocated).
         let written = self.peers.guard(conn, "write_rtp", |pc| {
-            pc.rtp_sender(sender).map(|mut s| s.write_rtp(now, packet))
+            if !direct {
+                return pc.rtp_sender(sender).map(|mut s| s.write_rtp(now, packet.clone()));
+            }
+            // What `write_rtp` checks (the SSRC is the sender's, the payload type and every
+            // extension id negotiated on it) holds by construction: the leg's `DownLeg` was
+            // built from this sender's negotiation. Its checks (scans of the sender's
+            // parameters and a track-id `String` per packet) are skipped; the packet goes in
+            // where `write_rtp` puts it, if the sender is still there.
+            pc.rtp_sender(sender)?;
+            Some(pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), packet.clone()),
+            }))
         });
         let ok = match written {
             Some(Some(Ok(()))) => true,
@@ -737,7 +780,13 @@ impl LegSink for Delivery<'_> {
             }
             _ => false,
         };
-        self.peers.flush_later(conn);
+        if self.peers.levers.drain_once {
+            // Sent, with the connection's events and timer, when the turn drains it: once
+            // per connection and turn, however many copies it got.
+            self.peers.mark_dirty(conn);
+        } else {
+            self.peers.flush_later(conn);
+        }
         ok
     }
 }

@@ -156,6 +156,16 @@ impl Shard {
         }
     }
 
+    /// The shard's media socket (benches switch its sends off, see [`super::udp::UdpIo::set_discard`]).
+    pub(super) fn udp_mut(&mut self) -> &mut super::udp::UdpIo {
+        self.peers.udp_mut()
+    }
+
+    /// How forwarded packets go into `rtc` (benches switch each lever off to measure it).
+    pub(super) fn levers_mut(&mut self) -> &mut super::peers::WriteLevers {
+        &mut self.peers.levers
+    }
+
     /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
     /// or on `Shutdown`.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp: mpsc::Receiver<ShardTcp>) {

@@ -1,0 +1,500 @@
+//! A shard forwarding one publisher's video to N connected subscribers, for the whole-path
+//! bench (`benches/forwarding.rs`, group `path`); not an API: hidden from the docs, and
+//! nothing in the server uses it.
+//!
+//! [`FanOut::new`] builds what production has once a meeting is running: a [`Shard`] on a
+//! real loopback socket, a publisher whose connection was negotiated from an `rtc`
+//! client's offer and came up (ICE-lite checks, DTLS, SRTP), and `n` subscribers, each an
+//! `rtc` client that answered the shard's offer on its own socket and came up too, with a
+//! video leg that has forwarded packets. The clients are driven by hand in the same thread
+//! (as in [`super::fuzzing`]): their datagrams go straight into [`Shard::on_datagram`], the
+//! shard's reach them over loopback.
+//!
+//! A bench then takes the publisher's encrypted datagrams ([`FanOut::datagrams`], untimed)
+//! and times [`FanOut::forward`]: the shard's whole path for one datagram (routing, SRTP
+//! decrypt and parse in `rtc`, `MediaRoom::forward`, `write_rtp` and `rtc`'s write chain
+//! with SRTP encrypt per leg, the end of the turn) and, with [`FanOut::set_send`], the
+//! `sendmmsg` to the subscribers' sockets.
+
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use gatehouse_signaling::protocol::{MediaMessage, ParticipantKind, PublishedTrack, ServerMessage, TrackSource};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::oneshot;
+
+use super::MediaParticipant;
+use super::fuzzing::{HarnessError, codec, drain, fail, sdp_attr};
+use super::peers::Peers;
+use super::shard::{Command, Shard};
+use super::stats::Counters;
+use crate::outbox::{self, OutboxReceiver};
+
+const MEETING: &str = "m_bench";
+const PUBLISHER: &str = "p_pub";
+const VIDEO_SSRC: u32 = 0x000B_1DE0;
+/// The load tester's video payload size.
+const PAYLOAD: usize = 1100;
+/// How long building the meeting may take before it counts as broken (a bound for a
+/// hung handshake, not a measurement).
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The transport-cc extension id the publisher client negotiates (the shard strips it).
+const TWCC_URI: &str = rtc::sdp::extmap::TRANSPORT_CC_URI;
+
+/// One client: an `rtc` connection driven by hand, with its own socket.
+struct Client {
+    pc: RTCPeerConnection,
+    socket: StdUdpSocket,
+    addr: SocketAddr,
+    connected: bool,
+    /// Datagrams its socket received.
+    received: u64,
+}
+
+impl Client {
+    fn new(extensions: &[(&str, RtpCodecKind)]) -> Result<Self, HarnessError> {
+        let socket = StdUdpSocket::bind("127.0.0.1:0").map_err(fail)?;
+        socket.set_nonblocking(true).map_err(fail)?;
+        let addr = socket.local_addr().map_err(fail)?;
+        let mut media_engine = MediaEngine::default();
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            media_engine.register_codec(codec(kind), kind).map_err(fail)?;
+        }
+        for (uri, kind) in extensions {
+            media_engine
+                .register_header_extension(RTCRtpHeaderExtensionCapability { uri: (*uri).to_owned() }, *kind, None)
+                .map_err(fail)?;
+        }
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .build(Instant::now())
+            .map_err(fail)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(fail)?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(fail)?)
+            .map_err(fail)?;
+        Ok(Self {
+            pc,
+            socket,
+            addr,
+            connected: false,
+            received: 0,
+        })
+    }
+
+    /// Takes what its socket received, its events and reads; runs its due timer.
+    fn take_in(&mut self, now: Instant, buf: &mut [u8]) -> Result<bool, HarnessError> {
+        let mut moved = false;
+        while let Ok((n, from)) = self.socket.recv_from(buf) {
+            moved = true;
+            self.received += 1;
+            let msg = TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: self.addr,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: BytesMut::from(&buf[..n]),
+            };
+            let _ = self.pc.handle_read(msg);
+        }
+        while self.pc.poll_read().is_some() {}
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                if state == RTCPeerConnectionState::Failed {
+                    return Err(fail(format!("client {} failed", self.addr)));
+                }
+                self.connected = state == RTCPeerConnectionState::Connected;
+            }
+        }
+        if self.pc.poll_timeout().is_some_and(|at| at <= now) {
+            let _ = self.pc.handle_timeout(now);
+            moved = true;
+        }
+        Ok(moved)
+    }
+}
+
+/// A shard forwarding one publisher's video to `n` connected subscribers (see the module
+/// documentation).
+pub struct FanOut {
+    runtime: tokio::runtime::Runtime,
+    shard: Shard,
+    counters: Arc<Counters>,
+    publisher: Client,
+    video: RTCRtpSenderId,
+    subscribers: Vec<Client>,
+    outbox_publisher: OutboxReceiver,
+    outbox_subscribers: Vec<OutboxReceiver>,
+    seq: u16,
+    payload: Bytes,
+    /// The transport-cc id the publisher's connection negotiated (read at its first packet).
+    twcc_id: Option<u8>,
+    /// Whether turns drop their datagrams (see [`set_send`](Self::set_send)).
+    discard: bool,
+}
+
+impl FanOut {
+    /// Builds the running meeting; fails if a connection does not come up or a
+    /// subscriber's leg forwards nothing.
+    pub fn new(n: usize) -> Result<Self, HarnessError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(fail)?;
+        let counters = Arc::<Counters>::default();
+        let shard = {
+            let _entered = runtime.enter();
+            let std_socket = StdUdpSocket::bind("127.0.0.1:0").map_err(fail)?;
+            std_socket.set_nonblocking(true).map_err(fail)?;
+            let server_addr = std_socket.local_addr().map_err(fail)?;
+            let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(fail)?;
+            let peers = Peers::new(0, socket, server_addr, counters.clone(), Arc::default(), None).map_err(fail)?;
+            Shard::new(0, peers)
+        };
+        let mut publisher = Client::new(&[(TWCC_URI, RtpCodecKind::Video)])?;
+        let track = MediaStreamTrack::new(
+            "bench".to_owned(),
+            "cam".to_owned(),
+            "cam".to_owned(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(VIDEO_SSRC),
+                    ..Default::default()
+                },
+                codec: codec(RtpCodecKind::Video).rtp_codec,
+                ..Default::default()
+            }],
+        );
+        let video = publisher.pc.add_track(track).map_err(fail)?;
+        // A VP8 keyframe's first packet (descriptor X=1 S=1, picture id; the keyframe start
+        // code), then filler: every packet may start a leg.
+        let mut payload = vec![0u8; PAYLOAD];
+        payload[..7].copy_from_slice(&[0x90, 0x80, 0x81, 0x23, 0x9d, 0x01, 0x2a]);
+        for (i, b) in payload.iter_mut().enumerate().skip(7) {
+            *b = (i * 31) as u8;
+        }
+        let mut h = FanOut {
+            runtime,
+            shard,
+            counters,
+            publisher,
+            video,
+            subscribers: Vec::new(),
+            outbox_publisher: outbox::outbox().1,
+            outbox_subscribers: Vec::new(),
+            seq: 0,
+            payload: Bytes::from(payload),
+            twcc_id: None,
+            discard: false,
+        };
+        let (tx, rx) = outbox::outbox();
+        h.outbox_publisher = rx;
+        h.add(PUBLISHER, tx)?;
+        for i in 0..n {
+            let (tx, rx) = outbox::outbox();
+            h.outbox_subscribers.push(rx);
+            h.add(&subscriber(i), tx)?;
+            h.subscribers.push(Client::new(&[])?);
+        }
+        // The publisher offers its camera; our answer.
+        let offer = h.publisher.pc.create_offer(None).map_err(fail)?;
+        h.publisher
+            .pc
+            .set_local_description(Instant::now(), offer.clone())
+            .map_err(fail)?;
+        let tracks = vec![PublishedTrack {
+            mid: "0".into(),
+            source: TrackSource::Camera,
+            muted: false,
+        }];
+        h.command(PUBLISHER, MediaMessage::PublishOffer { sdp: offer.sdp, tracks })?;
+        let answer = drain(&h.runtime, &mut h.outbox_publisher)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::PublishAnswer { sdp } => Some(sdp),
+                _ => None,
+            })
+            .ok_or_else(|| fail("no publish_answer"))?;
+        let answer = RTCSessionDescription::answer(answer).map_err(fail)?;
+        h.publisher
+            .pc
+            .set_remote_description(Instant::now(), answer)
+            .map_err(fail)?;
+        // ICE, DTLS and media until every subscriber has answered its offers, is up, and
+        // has received video.
+        let started = Instant::now();
+        let mut before = vec![0u64; n];
+        loop {
+            if started.elapsed() > PATIENCE {
+                let up = h.subscribers.iter().filter(|c| c.connected).count();
+                return Err(fail(format!(
+                    "the meeting did not come up (publisher connected: {}, subscribers connected: {up} of {n})",
+                    h.publisher.connected
+                )));
+            }
+            h.pump()?;
+            h.answer_offers()?;
+            if h.publisher.connected {
+                let mut out = Vec::new();
+                h.datagrams(1, &mut out);
+                for d in out {
+                    h.forward(d);
+                }
+            }
+            let all_up = h.publisher.connected && h.subscribers.iter().all(|c| c.connected);
+            if all_up {
+                // Each subscriber got media since the last round: its leg forwards.
+                let now_received: Vec<u64> = h.subscribers.iter().map(|c| c.received).collect();
+                if now_received.iter().zip(&before).all(|(a, b)| a > b) && h.forwarded() >= n as u64 {
+                    break;
+                }
+                before = now_received;
+            }
+            h.runtime.block_on(tokio::task::yield_now());
+        }
+        h.maintain()?;
+        Ok(h)
+    }
+
+    fn add(&mut self, participant: &str, outbox: crate::outbox::Outbox) -> Result<(), HarnessError> {
+        let (reply, result) = oneshot::channel();
+        self.shard.on_command(Command::Add {
+            participant: MediaParticipant {
+                meeting_id: MEETING.into(),
+                participant_id: participant.into(),
+                kind: ParticipantKind::Staff,
+                may_present: true,
+            },
+            outbox,
+            meeting_stats: Arc::default(),
+            reply,
+        });
+        match result.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(fail(e.message)),
+            Err(_) => Err(fail("no reply to add")),
+        }
+    }
+
+    fn command(&mut self, participant: &str, message: MediaMessage) -> Result<(), HarnessError> {
+        let (reply, result) = oneshot::channel();
+        self.shard.on_command(Command::Handle {
+            meeting_id: MEETING.into(),
+            participant_id: participant.into(),
+            message,
+            reply,
+        });
+        match result.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(fail(format!("{participant}: {}", e.message))),
+            Err(_) => Err(fail("no reply")),
+        }
+    }
+
+    /// Answers every subscriber offer the shard has sent.
+    fn answer_offers(&mut self) -> Result<(), HarnessError> {
+        for i in 0..self.subscribers.len() {
+            let offers: Vec<String> = drain(&self.runtime, &mut self.outbox_subscribers[i])
+                .into_iter()
+                .filter_map(|m| match m {
+                    ServerMessage::SubscribeOffer { sdp, .. } => Some(sdp),
+                    _ => None,
+                })
+                .collect();
+            for sdp in offers {
+                sdp_attr(&sdp, "ice-ufrag").ok_or_else(|| fail("no ufrag in the subscribe offer"))?;
+                let pc = &mut self.subscribers[i].pc;
+                let offer = RTCSessionDescription::offer(sdp).map_err(fail)?;
+                pc.set_remote_description(Instant::now(), offer).map_err(fail)?;
+                let answer = pc.create_answer(None).map_err(fail)?;
+                pc.set_local_description(Instant::now(), answer.clone()).map_err(fail)?;
+                self.command(&subscriber(i), MediaMessage::SubscribeAnswer { sdp: answer.sdp })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries datagrams both ways until no side has more, running due timers and the
+    /// shard's end of turn. Bounded.
+    fn pump(&mut self) -> Result<(), HarnessError> {
+        let mut buf = [0u8; 2048];
+        for _ in 0..16 {
+            let now = Instant::now();
+            let mut moved = false;
+            for client in std::iter::once(&mut self.publisher).chain(self.subscribers.iter_mut()) {
+                while let Some(out) = client.pc.poll_write() {
+                    moved = true;
+                    self.shard.on_datagram(now, client.addr, out.message);
+                }
+                moved |= client.take_in(now, &mut buf)?;
+            }
+            self.shard.end_turn(now);
+            if !moved {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Untimed upkeep between measured batches: the clients take what reached them, answer
+    /// and send what their timers ask (consent checks keep their legs admitted).
+    /// Sends are on meanwhile, whatever [`set_send`](Self::set_send) said: the clients'
+    /// checks are answered.
+    pub fn maintain(&mut self) -> Result<(), HarnessError> {
+        self.shard.udp_mut().set_discard(false);
+        let pumped = self.pump();
+        self.shard.udp_mut().set_discard(self.discard);
+        pumped
+    }
+
+    /// The publisher's next `count` video packets, SRTP-encrypted as they arrive from it
+    /// (with a transport-cc header extension, as browsers send), appended to `out`.
+    pub fn datagrams(&mut self, count: usize, out: &mut Vec<BytesMut>) {
+        let now = Instant::now();
+        let Some(mut sender) = self.publisher.pc.rtp_sender(self.video) else {
+            return;
+        };
+        let twcc_id = *self.twcc_id.get_or_insert_with(|| {
+            sender
+                .get_parameters()
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == TWCC_URI)
+                .map_or(0, |e| e.id as u8)
+        });
+        for _ in 0..count {
+            self.seq = self.seq.wrapping_add(1);
+            let packet = rtc::rtp::Packet {
+                header: Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: self.seq,
+                    timestamp: u32::from(self.seq / 64) * 3000,
+                    ssrc: VIDEO_SSRC,
+                    marker: self.seq.is_multiple_of(64),
+                    extension: twcc_id != 0,
+                    extension_profile: if twcc_id != 0 { EXTENSION_PROFILE_ONE_BYTE } else { 0 },
+                    extensions: if twcc_id != 0 {
+                        vec![Extension {
+                            id: twcc_id,
+                            payload: Bytes::copy_from_slice(&self.seq.to_be_bytes()),
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                    ..Default::default()
+                },
+                payload: self.payload.clone(),
+            };
+            let _ = sender.write_rtp(now, packet);
+        }
+        while let Some(w) = self.publisher.pc.poll_write() {
+            out.push(w.message);
+        }
+    }
+
+    /// One datagram from the publisher through the shard, and the end of the turn (the
+    /// forwarded copies sent by `sendmmsg`, or dropped when sends are off).
+    pub fn forward(&mut self, datagram: BytesMut) {
+        let now = Instant::now();
+        self.shard.on_datagram(now, self.publisher.addr, datagram);
+        self.shard.end_turn(now);
+    }
+
+    /// Whether the turn's datagrams reach the kernel (on by default); off, a flush drops
+    /// them (see [`super::udp::UdpIo::set_discard`]).
+    pub fn set_send(&mut self, send: bool) {
+        self.discard = !send;
+        self.shard.udp_mut().set_discard(!send);
+    }
+
+    /// Bench hook: which of the forwarded packets' levers into `rtc` are on (both by
+    /// default, as in production; see `peers::WriteLevers`).
+    pub fn set_levers(&mut self, direct: bool, drain_once: bool) {
+        *self.shard.levers_mut() = super::peers::WriteLevers { direct, drain_once };
+    }
+
+    /// Packets written to subscriber legs so far.
+    pub fn forwarded(&self) -> u64 {
+        self.counters.snapshot().forwarded_packets
+    }
+
+    /// Packets dropped so far (refused by a connection, or not sent).
+    pub fn dropped(&self) -> u64 {
+        self.counters.snapshot().dropped_packets
+    }
+
+    /// Datagrams the subscribers' sockets received so far (taken by [`maintain`](Self::maintain)).
+    pub fn received(&self) -> u64 {
+        self.subscribers.iter().map(|c| c.received).sum()
+    }
+}
+
+fn subscriber(i: usize) -> String {
+    format!("p_sub{i}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bench's meeting comes up and each datagram through it reaches every subscriber.
+    #[test]
+    fn every_subscriber_gets_each_forwarded_packet() {
+        let mut h = FanOut::new(3).expect("the meeting comes up");
+        h.maintain().expect("upkeep");
+        let (forwarded, received) = (h.forwarded(), h.received());
+        let mut out = Vec::new();
+        h.datagrams(10, &mut out);
+        assert_eq!(out.len(), 10);
+        for d in out {
+            h.forward(d);
+        }
+        h.maintain().expect("upkeep");
+        assert_eq!(h.forwarded() - forwarded, 30, "each packet to each of 3 legs");
+        assert!(h.received() - received >= 30, "and out to their sockets");
+        h.set_send(false);
+        let received = h.received();
+        let mut out = Vec::new();
+        h.datagrams(10, &mut out);
+        for d in out {
+            h.forward(d);
+        }
+        assert_eq!(h.forwarded() - forwarded, 60, "forwarded with sends off");
+        h.maintain().expect("upkeep");
+        assert!(h.received() - received < 30, "but not sent");
+        assert_eq!(h.dropped(), 0);
+    }
+}
