@@ -610,7 +610,8 @@ async fn camera_reaches(
 
 /// Issue 16's journey: a link redeemed on node A, the guest's socket on node B, the meeting
 /// placed on node C, staff on node A: lobby, admission, chat and media both ways, the
-/// signaling relayed by A and B to C, the media straight to C.
+/// signaling relayed by A and B to C, the media straight to C. Then C is killed: both are
+/// back in the call on another node, the guest without the lobby, media flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_relay() {
     use gatehouse_sdk::{Client, Event, RestClient};
@@ -739,6 +740,53 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     assert_eq!(a.metric(forwarded).await, Some(0.0), "A carries no media");
     assert_eq!(b.metric(forwarded).await, Some(0.0), "B carries no media");
 
+    // Node loss: C dies (SIGKILL). A and B close the relayed sockets once C has left the
+    // registry; both clients reconnect through the same nodes; the meeting is placed again
+    // and taken over from the store: the guest's seat is held, so it is back in the call
+    // without the lobby, and media flows again (the synthetic senders run on throughout).
+    let rita_id = rita.me().participant_id;
+    let mut c = c;
+    let killed_at = Instant::now();
+    c.tree.end();
+    for (who, events) in [("the guest", &mut rita_events), ("staff", &mut staff_events)] {
+        let back_in = events
+            .wait_for(WAIT, |e| match e {
+                Event::Admitted { .. } => Some(true),
+                Event::Lobby { .. } => Some(false),
+                _ => None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{who} back after the node's loss: {e:?}"));
+        assert!(back_in, "{who} went through the lobby again");
+    }
+    assert_eq!(rita.me().participant_id, rita_id, "the guest got its own seat back");
+    let staff_id = staff.me().participant_id;
+    for (from, events) in [(&rita_id, &mut staff_events), (&staff_id, &mut rita_events)] {
+        let track = events
+            .wait_for(WAIT, |e| match e {
+                Event::RemoteTrack(t) if t.participant_id() == *from => Some(t),
+                _ => None,
+            })
+            .await
+            .expect("the camera again on the new owner");
+        for _ in 0..5 {
+            assert!(
+                tokio::time::timeout(WAIT, track.recv_rtp())
+                    .await
+                    .expect("media in time")
+                    .is_some(),
+                "media flows again"
+            );
+        }
+    }
+    let new_owner = owner(&redis, &meeting.meeting_id).await.expect("placed again");
+    assert!(new_owner == a.id || new_owner == b.id, "{new_owner}");
+    eprintln!(
+        "after SIGKILL of the owner: media both ways again in {:?}",
+        killed_at.elapsed()
+    );
+    let c = if new_owner == a.id { &a } else { &b };
+
     // The guest leaves: staff hears it, and the relayed sessions end.
     to_staff.stop().await.unwrap();
     to_rita.stop().await.unwrap();
@@ -772,11 +820,11 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     staff.leave().unwrap();
     staff.close().await;
     rita.close().await;
-    until("the meeting ends on C", WAIT, || async {
+    until("the meeting ends on its new owner", WAIT, || async {
         c.metric("gatehouse_meetings_live").await == Some(0.0)
     })
     .await;
-    drop((a, b, c));
+    drop((a, b));
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }

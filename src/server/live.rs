@@ -194,8 +194,49 @@ impl LiveMeetings {
     }
 
     /// Sends to a meeting routed here ([`Self::route`]), starting its task if needed.
+    ///
+    /// In a cluster, a meeting that starts here may have run on a node that died: it is taken
+    /// over first ([`Self::take_over`]).
     pub async fn send_here(&self, services: &Services, meeting: &Meeting, cmd: Command) {
+        if services.router.node_id().is_some() && !self.is_live(&meeting.meeting_id) {
+            self.take_over(services, meeting).await;
+        }
         self.deliver(&meeting.meeting_id, cmd, Some((services, meeting))).await;
+    }
+
+    /// A meeting placed here that still has open attendances in the store ran on a node that
+    /// died (placement gives a meeting to a new node only when its owner is dead, and every
+    /// clean end closes its attendances): it is recovered as after a crash ([`Room::recover`]),
+    /// so the guests who were in its call get their seat held and come back without the lobby,
+    /// and the rest is closed in the participation log (the interruption shows there).
+    async fn take_over(&self, services: &Services, meeting: &Meeting) {
+        let all = match services.store.run(|s| s.open_attendance()).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(meeting_id = %meeting.meeting_id, error = %e, "could not read open attendances; the meeting starts empty");
+                return;
+            }
+        };
+        let open: Vec<OpenAttendance> = all
+            .into_iter()
+            .filter(|(m, _)| *m == meeting.meeting_id.as_str())
+            .map(|(_, a)| a)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let (room, first) = Room::recover(meeting.clone(), services.seat_hold_ms, now_ms(), open);
+        tracing::info!(meeting_id = %meeting.meeting_id, held = room.held_len(), closed = first.len(),
+            "meeting taken over from a node that died");
+        if room.is_empty() {
+            apply(&room, &mut HashMap::new(), services, first).await;
+            return;
+        }
+        let mut tasks = self.lock();
+        // A concurrent join may have started it meanwhile: that one took it over.
+        if !tasks.contains_key(meeting.meeting_id.as_str()) {
+            self.spawn(&mut tasks, services, room, first);
+        }
     }
 
     /// The one way into a meeting task's queue ([`MEETING_QUEUE`] commands).
