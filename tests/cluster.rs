@@ -709,6 +709,21 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     assert_eq!(a.metric("gatehouse_participants_in_call").await, Some(0.0));
     assert_eq!(b.metric("gatehouse_participants_in_call").await, Some(0.0));
     assert_eq!(owner(&redis, &meeting.meeting_id).await.as_deref(), Some(c.id.as_str()));
+    // Both sockets are relayed: staff's on A and the guest's on B, both served by C.
+    for (node, sockets, served) in [(&a, 1.0, 0.0), (&b, 1.0, 0.0), (&c, 0.0, 2.0)] {
+        assert_eq!(
+            node.metric("gatehouse_relayed_sockets").await,
+            Some(sockets),
+            "{}",
+            node.id
+        );
+        assert_eq!(
+            node.metric("gatehouse_relayed_sessions_served").await,
+            Some(served),
+            "{}",
+            node.id
+        );
+    }
 
     // Chat crosses both ways.
     staff.chat("Welcome, Rita").unwrap();

@@ -48,6 +48,8 @@ mod collector {
         draining: IntGauge,
         participants: IntGauge,
         packets_per_sec: IntGauge,
+        relayed_sockets: IntGauge,
+        relayed_served: IntGauge,
     }
 
     impl ClusterCollector {
@@ -72,16 +74,26 @@ mod collector {
                     "gatehouse_cluster_forwarded_packets_per_second",
                     "Media packets all live nodes forwarded per second over their last beat",
                 ),
+                relayed_sockets: gauge(
+                    "gatehouse_relayed_sockets",
+                    "Signaling sockets on this node whose meeting runs on another node (relayed there)",
+                ),
+                relayed_served: gauge(
+                    "gatehouse_relayed_sessions_served",
+                    "Participants of this node's meetings whose signaling socket is on another node",
+                ),
             }
         }
 
-        fn gauges(&self) -> [&IntGauge; 5] {
+        fn gauges(&self) -> [&IntGauge; 7] {
             [
                 &self.redis_up,
                 &self.nodes,
                 &self.draining,
                 &self.participants,
                 &self.packets_per_sec,
+                &self.relayed_sockets,
+                &self.relayed_served,
             ]
         }
     }
@@ -98,6 +110,9 @@ mod collector {
             self.draining.set(t.draining as i64);
             self.participants.set(t.participants as i64);
             self.packets_per_sec.set(t.packets_per_sec as i64);
+            let (edges, served) = self.router.relay.sessions();
+            self.relayed_sockets.set(edges as i64);
+            self.relayed_served.set(served as i64);
             self.gauges().into_iter().flat_map(|g| g.collect()).collect()
         }
     }
