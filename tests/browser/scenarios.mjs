@@ -925,10 +925,10 @@ async function framesBack(page, restoredAt, timeoutMs) {
  * both decode the other's fake camera (judged as `guestMedia`, `staffMedia`), each page
  * samples its decoded frames (`framesProbe`), and the script says `media-flowing`.
  */
-async function guestAndStaffDecoding(run, { staffQuery = '' } = {}) {
+async function guestAndStaffDecoding(run, { staffQuery = '', guestQuery = '' } = {}) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Video visit' });
   const guest = await run.context('guest');
-  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
+  const guestId = await guestJoins(run, guest, `${linkCode}${guestQuery}`, run.cfg.guestName);
   run.step('staff (a browser outside the guest network) joins and admits');
   const staff = await run.context('staff', await run.staffBrowser());
   await staffJoins(run, staff, meetingId, staffQuery);
@@ -1031,11 +1031,10 @@ async function longestFreeze(page, from, to) {
  * decoded frame while impaired (`freeze`: `{longestMs, rises}`); `impairedMs`.
  */
 async function lossBothWays(run) {
-  // The guest's camera is simulcast (the default: its layers' RTX is what is tested upward);
-  // staff's is one layer. Toward a subscriber of a simulcast camera, repair under 5 % loss
-  // still has less margin (issue 12: 2 of 7 runs over the limits), so this default-suite
-  // test keeps that direction single-layer until it is understood.
-  const { guest, staff } = await guestAndStaffDecoding(run, { staffQuery: '?simulcast=0' });
+  // Both cameras simulcast (the web client's default) when the test says so, else one layer
+  // each (tests/browser.rs says why the default suite runs that).
+  const q = run.cfg.simulcast ? '' : '?simulcast=0';
+  const { guest, staff } = await guestAndStaffDecoding(run, { staffQuery: q, guestQuery: q });
   run.step('the test impairs the guest network, then says when it started and ended');
   const { at: impairedAt } = await toldByTest('impaired', 120000);
   const before = { guest: await rtpCounters(guest), staff: await rtpCounters(staff) };
