@@ -81,7 +81,7 @@ impl LegSink for Checker {
         Admit::Yes
     }
 
-    fn write(&mut self, conn: ConnId, _sender: RTCRtpSenderId, packet: Packet) -> bool {
+    fn write(&mut self, conn: ConnId, _sender: RTCRtpSenderId, packet: &Packet) -> bool {
         assert_eq!(conn, B_SUB);
         let h = &packet.header;
         assert!(self.leg_ssrcs.contains(&h.ssrc), "copy with a foreign SSRC {}", h.ssrc);

@@ -266,6 +266,7 @@ async fn read_join(stream: &mut futures_util::stream::SplitStream<WebSocket>) ->
 
 /// A socket of another node relayed here (`src/cluster/relay_shell.rs`): joins as a local
 /// socket would, `conn` being a connection id of this node; never relayed on again.
+#[cfg(feature = "cluster")]
 pub(crate) async fn join_relayed(
     state: &Arc<AppState>,
     conn: ConnId,
