@@ -210,18 +210,14 @@ impl LiveMeetings {
     /// so the guests who were in its call get their seat held and come back without the lobby,
     /// and the rest is closed in the participation log (the interruption shows there).
     async fn take_over(&self, services: &Services, meeting: &Meeting) {
-        let all = match services.store.run(|s| s.open_attendance()).await {
-            Ok(all) => all,
+        let id = meeting.meeting_id.to_string();
+        let open = match services.store.run(move |s| s.open_attendance_of(&id)).await {
+            Ok(open) => open,
             Err(e) => {
                 tracing::warn!(meeting_id = %meeting.meeting_id, error = %e, "could not read open attendances; the meeting starts empty");
                 return;
             }
         };
-        let open: Vec<OpenAttendance> = all
-            .into_iter()
-            .filter(|(m, _)| *m == meeting.meeting_id.as_str())
-            .map(|(_, a)| a)
-            .collect();
         if open.is_empty() {
             return;
         }

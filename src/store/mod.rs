@@ -417,13 +417,26 @@ impl Store {
     /// Everyone whose attendance is open (in a call or a lobby), by meeting, oldest
     /// first. After a clean stop there is nobody: every attendance was closed in the log.
     pub fn open_attendance(&self) -> Result<Vec<(String, OpenAttendance)>, Error> {
+        self.open_attendance_where(None)
+    }
+
+    /// Whoever's attendance of one meeting is open, oldest first (its primary key's prefix).
+    pub fn open_attendance_of(&self, meeting_id: &str) -> Result<Vec<OpenAttendance>, Error> {
+        Ok(self
+            .open_attendance_where(Some(meeting_id))?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    fn open_attendance_where(&self, meeting_id: Option<&str>) -> Result<Vec<(String, OpenAttendance)>, Error> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT meeting_id, participant_id, display_name, kind, in_call, since_ms FROM open_attendance ORDER BY meeting_id, since_ms",
+                "SELECT meeting_id, participant_id, display_name, kind, in_call, since_ms FROM open_attendance WHERE ?1 IS NULL OR meeting_id = ?1 ORDER BY meeting_id, since_ms",
             )
             .map_err(db_err)?;
-        stmt.query_map([], |row| {
+        stmt.query_map([meeting_id], |row| {
             let kind = match row.get::<_, String>(3)?.as_str() {
                 "staff" => ParticipantKind::Staff,
                 _ => ParticipantKind::Guest,
@@ -658,6 +671,9 @@ mod tests {
         let open = s.open_attendance().unwrap();
         assert_eq!(open[1].1.participant.kind, guest);
         assert_eq!(open[0].1.participant.kind, staff);
+        let of_m1: Vec<_> = open.iter().map(|(_, a)| a.clone()).collect();
+        assert_eq!(s.open_attendance_of("m_1").unwrap(), of_m1, "one meeting's, by its key");
+        assert!(s.open_attendance_of("m_other").unwrap().is_empty());
         let left = EventKind::Left {
             reason: gatehouse_signaling::protocol::LeaveReason::Left,
             in_call_ms: 5,
