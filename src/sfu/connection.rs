@@ -389,20 +389,20 @@ fn simulcast_receivers(pc: &mut RTCPeerConnection) -> Vec<(String, Vec<String>)>
         .collect()
 }
 
-/// A publisher's offer as `rtc` 0.21.1 is given it. **Layers forgotten on a
-/// re-offer**: in a simulcast (`a=rid`) media section, applying a remote description gives every
-///   receiving transceiver a fresh track (`start_rtp`); for a section with rids its
-///   layers have no SSRC until a packet names its rid again in the `mid`/`rid` header
-///   extensions. Chromium sends those only until a receiver report acknowledges the
-///   SSRC, so after any re-offer (an ICE restart, a screen added) every layer's
-///   packets were dropped by `rtc` ("no track id for <ssrc>") and the camera froze
-///   for everyone. A section whose mid already has a simulcast receiver with the same
-///   rids therefore loses its `a=msid` and `a=ssrc*` lines: `rtc` then finds no track
-///   described in it and leaves the receiver, with the layers it learned, as it is.
+/// A publisher's offer as `rtc` 0.21.1 is given it. **Layers forgotten on a re-offer**:
+/// in a simulcast (`a=rid`) media section, applying a remote description gives every
+/// receiving transceiver a fresh track (`start_rtp`); for a section with rids its layers
+/// have no SSRC until a packet names its rid again in the `mid`/`rid` header extensions.
+/// Chromium sends those only until a receiver report acknowledges the SSRC, so after any
+/// re-offer (an ICE restart, a screen added) every layer's packets were dropped by `rtc`
+/// ("no track id for <ssrc>") and the camera froze for everyone. A section whose mid
+/// already has a simulcast receiver with the same rids therefore loses its `a=msid` and
+/// `a=ssrc*` lines: `rtc` then finds no track described in it and leaves the receiver,
+/// with the layers it learned, as it is.
 ///
-/// (Its RTX stays: `layer_rtx` turns the layers' retransmissions, which `rtc` would
-/// drop, back into their packets.) `layered` lists the connection's simulcast receivers (mid, rids). Other sections
-/// and offers without rids are returned unchanged (borrowed).
+/// Its RTX stays: `layer_rtx` turns the layers' retransmissions, which `rtc` would drop,
+/// back into their packets. `layered` lists the connection's simulcast receivers (mid,
+/// rids). Other sections and offers without rids are returned unchanged (borrowed).
 pub fn publisher_offer<'a>(sdp: &'a str, layered: &[(String, Vec<String>)]) -> std::borrow::Cow<'a, str> {
     let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
     let starts: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("m=")).collect();
