@@ -1229,8 +1229,8 @@ async function screenShare(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { guests_may_present: true, title: 'Screen share check' });
   const guest = await run.context('guest');
   const staff = await run.context('staff');
-  // A simulcast camera (opt-in for now): the screen's renegotiation must not freeze it.
-  const guestId = await guestJoins(run, guest, `${linkCode}?simulcast=1`, run.cfg.guestName);
+  // The guest's camera is simulcast (the default): the screen's renegotiation must not freeze it.
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
   await staffJoins(run, staff, meetingId);
   await lobbyEntry(staff, guestId).getByTestId('admit-button').click();
   await visible(guest, 'call-view').waitFor();
@@ -1403,9 +1403,9 @@ async function mediaRestart(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts);
   const guest = await run.context('guest');
   const staff = await run.context('staff');
-  // A simulcast camera (opt-in for now): its ICE restart froze it for staff before the fix in
-  // connection::publisher_offer.
-  const guestId = await guestJoins(run, guest, `${linkCode}?simulcast=1`, run.cfg.guestName);
+  // The guest's camera is simulcast (the default): its ICE restart froze it for staff before
+  // the fix in connection::publisher_offer.
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
   await staffJoins(run, staff, meetingId);
   await staff.evaluate(() => {
     window.__left = [];
@@ -1844,8 +1844,8 @@ async function outboundLayers(page) {
 async function simulcastLayers(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Simulcast' });
   const guest = await run.context('guest');
-  // Simulcast publishing is opt-in in the web client for now (docs/WEB-CLIENT.md, "Media").
-  const guestId = await guestJoins(run, guest, `${linkCode}?simulcast=1`, run.cfg.guestName);
+  // The guest publishes simulcast, the web client's default (docs/WEB-CLIENT.md, "Media").
+  const guestId = await guestJoins(run, guest, linkCode, run.cfg.guestName);
   run.step('staff joins and admits; staff decodes the guest\'s camera');
   const staff = await run.context('staff');
   await staffJoins(run, staff, meetingId);
