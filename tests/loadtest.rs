@@ -6,9 +6,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use gatehouse::loadtest::report::Limit;
 use gatehouse::loadtest::report::{EXIT_OK, EXIT_THRESHOLD, Verdict};
 use gatehouse::loadtest::scenario::{Shape, StreamShape};
-use gatehouse::loadtest::{Auth, Options, Report, Thresholds, run};
+use gatehouse::loadtest::spawn::SpawnedGateway;
+use gatehouse::loadtest::{Auth, Engine, Options, Report, Thresholds, run};
 use gatehouse_sdk::TlsOptions;
 use gatehouse_signaling::token::StaffRole;
 use support::{TestServer, temp_dir, test_config};
@@ -28,6 +30,8 @@ fn shape(publishers: u32, secs: u64) -> Shape {
 fn options(srv: &TestServer, auth: Auth, shape: Shape, thresholds: Thresholds) -> Options {
     let ca = srv.running.as_ref().unwrap().ca_file.as_ref().unwrap();
     Options {
+        engine: Engine::Sdk,
+        client_threads: 1,
         url: srv.base.clone(),
         auth,
         tls: TlsOptions {
@@ -224,4 +228,66 @@ async fn dropped_packets_show_as_loss_and_breach_max_loss() {
     assert_eq!(report.verdict, Verdict::ThresholdBreached);
     assert!(report.breaches[0].contains("--max-loss"), "{:?}", report.breaches);
     assert_eq!(report.exit_code(), EXIT_THRESHOLD);
+}
+
+/// The lean engine (`--engine lean`) against a gateway process of its own (this binary's
+/// `serve`): 2 meetings x 2 publishers with audio and video, every connection of the load
+/// tester on one UDP socket, real signaling, ICE, DTLS and SRTP. Every stream arrives,
+/// nothing is lost or corrupted, and the report states the gateway's CPU per forwarded
+/// packet and the load tester's own CPU and socket drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_engine_loads_a_spawned_gateway_end_to_end() {
+    let dir = temp_dir("lean");
+    let gateway = SpawnedGateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")), &dir, &[])
+        .expect("the gateway starts");
+    let options = Options {
+        engine: Engine::Lean,
+        client_threads: 1,
+        url: gateway.url.clone(),
+        auth: Auth::DataDir(gateway.data_dir.clone()),
+        tls: TlsOptions {
+            ca_pem: Some(std::fs::read_to_string(gateway.data_dir.join("tls").join("ca.pem")).expect("the dev CA")),
+            danger_accept_invalid_certs: false,
+        },
+        shape: Shape {
+            meetings: 2,
+            ..shape(2, 3)
+        },
+        thresholds: Thresholds {
+            max_loss_percent: Some(1.0),
+            max_p99_ms: None,
+        },
+        progress: false,
+        scrape_interval: Duration::from_millis(500),
+        metrics_token: None,
+    };
+    let report = bounded_run(options).await;
+    assert_eq!(report.participants.joined, 4, "{:?}", report.errors);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        report.streams.expected, 8,
+        "2 meetings x 2 publishers x 1 other x 2 tracks"
+    );
+    assert_eq!(report.streams.received, 8, "{:?}", report.streams);
+    // ~110 packets/s per publisher for 3 s, each to one receiver.
+    assert!(report.packets.received > 500, "{:?}", report.packets);
+    assert!(report.packets.loss_percent < 1.0, "{:?}", report.packets);
+    assert_eq!(report.packets.corrupt, 0);
+    assert!(report.latency_ms.expect("latency measured").p50 < 100.0);
+    assert!(report.join_to_first_frame_ms.is_some(), "video keyframes arrived whole");
+    let forwarded = report.gateway.forwarded_per_sec.expect("the gateway's forwarding rate");
+    assert!(forwarded > 200.0, "{forwarded}");
+    let us = report.server_us_per_forwarded_packet.expect("CPU per forwarded packet");
+    assert!(us > 0.0 && us.is_finite(), "{us}");
+    let client = &report.client;
+    assert_eq!(client.engine, "lean");
+    assert!(client.cpu_percent.expect("the load tester's CPU") > 0.0, "{client:?}");
+    assert!(
+        client.busiest_thread_percent.expect("the engine thread's CPU") > 0.0,
+        "{client:?}"
+    );
+    assert_eq!(client.socket_drops, Some(0), "{client:?}");
+    assert_ne!(report.limit, Limit::Unknown, "{}", report.limit_reason);
+    assert_eq!(report.verdict, Verdict::Pass, "{:?}", report.breaches);
+    drop(gateway);
 }

@@ -10,6 +10,7 @@
 
 pub mod churn;
 pub mod gateway;
+pub mod lean;
 mod participant;
 pub mod report;
 pub mod resources;
@@ -46,9 +47,27 @@ pub enum Auth {
     DataDir(PathBuf),
 }
 
+/// What drives the participants' media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Engine {
+    /// The SDK's async webrtc-rs peers: a socket and tasks per connection, as a staff
+    /// application would connect (any gateway; one client core saturates before a gateway core).
+    #[default]
+    Sdk,
+    /// rtc's sans-IO core, every connection of a thread on one UDP socket with batched I/O,
+    /// as the gateway's shards run (real signaling, ICE, DTLS, SRTP; a gateway on this
+    /// machine: each connection gets its own 127.x address): one client core loads several
+    /// gateway cores.
+    Lean,
+}
+
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// What drives the media.
+    pub engine: Engine,
+    /// Lean engine: threads, each with one socket (at least 1).
+    pub client_threads: usize,
     /// The gateway, `https://host:port`.
     pub url: String,
     /// Who we are.
@@ -92,6 +111,10 @@ pub struct Options {
 ///   gatehouse loadtest --url https://meet.example.org --token "$TOKEN" \
 ///       --meetings 20 --publishers 3 --ramp 5 --duration 300 --json > run.json
 ///
+/// The lean engine (--engine lean, or --lean), to load a gateway on this machine harder
+/// than the SDK's peers can; the report then says which side was the limit:
+///   gatehouse loadtest --lean --meetings 100 --publishers 2 --no-video --audio-kbps 40
+///
 /// Exit codes:
 ///   0    finished within the thresholds
 ///   1    could not run (gateway unreachable, token refused...) or nobody could join
@@ -120,6 +143,16 @@ pub struct LoadtestArgs {
     /// The gateway's --metrics-token, if it protects /metrics.
     #[arg(long, env = "GATEHOUSE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// What drives the participants' media (see "The lean engine" above).
+    #[arg(long, value_enum, default_value_t = Engine::Sdk)]
+    pub engine: Engine,
+    /// Short for --engine lean.
+    #[arg(long, conflicts_with = "engine")]
+    pub lean: bool,
+    /// Lean engine: threads driving media, each with its own UDP socket (one per client core
+    /// to use; pin them with taskset).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub client_threads: usize,
     /// Meetings to create.
     #[arg(long, default_value_t = 1)]
     pub meetings: u32,
@@ -234,8 +267,21 @@ impl LoadtestArgs {
                 return Err(format!("{flag} must be a number of at least 0"));
             }
         }
+        let engine = if self.lean { Engine::Lean } else { self.engine };
+        if !(1..=64).contains(&self.client_threads) {
+            return Err("--client-threads must be 1 to 64".into());
+        }
+        if engine == Engine::Lean && local_udp_addr(&self.url) != "127.0.0.1:0" {
+            return Err(format!(
+                "--engine lean loads a gateway on this machine (each connection has its own 127.x \
+                 address); {} is not a loopback URL: use the sdk engine for a remote gateway",
+                self.url
+            ));
+        }
         let (auth, tls) = self.auth_and_tls()?;
         Ok(Options {
+            engine,
+            client_threads: self.client_threads,
             url: self.url,
             auth,
             tls,
@@ -372,6 +418,21 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         audio: shape.audio.map(|a| a.synthetic(SyntheticCodec::Opus)),
         video: shape.video.map(|v| v.synthetic(SyntheticCodec::Vp8)),
     });
+    let lean = match options.engine {
+        Engine::Sdk => None,
+        Engine::Lean => {
+            let lean_setup = Arc::new(lean::LeanSetup {
+                url: options.url.clone(),
+                token: setup.connect.token.clone(),
+                tls: options.tls.clone(),
+                audio: setup.audio.clone(),
+                video: setup.video.clone(),
+            });
+            let engine = lean::LeanEngine::start(options.client_threads).context("starting the lean engine")?;
+            Some((lean_setup, Arc::new(engine)))
+        }
+    };
+    let mut client_cpu = ClientCpu::default();
 
     let plan = shape.plan();
     let timeline = shape.timeline();
@@ -396,13 +457,24 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         for seat in plan.iter().take(timeline.due(elapsed)).skip(running.len()) {
             let others = shape.publishers - u32::from(seat.role == Role::Publisher);
             let probe = Arc::new(Probe::new(seat.role, (others * shape.tracks_per_publisher()) as usize));
-            let task = tokio::spawn(participant::run(
-                setup.clone(),
-                *seat,
-                meetings[seat.meeting as usize].clone(),
-                probe.clone(),
-                stop_rx.clone(),
-            ));
+            let meeting = meetings[seat.meeting as usize].clone();
+            let task = match &lean {
+                Some((lean_setup, engine)) => tokio::spawn(lean::run(
+                    lean_setup.clone(),
+                    engine.clone(),
+                    *seat,
+                    meeting,
+                    probe.clone(),
+                    stop_rx.clone(),
+                )),
+                None => tokio::spawn(participant::run(
+                    setup.clone(),
+                    *seat,
+                    meeting,
+                    probe.clone(),
+                    stop_rx.clone(),
+                )),
+            };
             running.push((probe, task));
         }
         if all_settled_at.is_none() && running.len() == plan.len() && all_settled(&plan, &running, &shape) {
@@ -417,6 +489,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             for (probe, _) in &running {
                 probe.reset_latency();
             }
+            client_cpu.start(lean.as_ref().map(|(_, e)| e.thread_ids()).unwrap_or_default());
             scrape_now(&scraper, &scrapes, run_start).await;
         }
         if last_sample.0.elapsed() >= Duration::from_secs(1) {
@@ -429,11 +502,22 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         }
     }
     let stopped_at = run_start.elapsed();
+    let mut client = report::ClientFigures {
+        engine: match options.engine {
+            Engine::Sdk => "sdk",
+            Engine::Lean => "lean",
+        }
+        .to_owned(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        ..report::ClientFigures::default()
+    };
     if let Some((from, _)) = steady {
         steady = Some((from, stopped_at));
+        client_cpu.finish(&mut client);
         // The last scrape before teardown closes the steady window.
         scrape_now(&scraper, &scrapes, run_start).await;
     }
+    client.socket_drops = resources::udp_drops(std::process::id());
     progress.finish(if interrupted {
         "interrupted: closing every peer"
     } else {
@@ -456,6 +540,12 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     }
     let _ = scrape_task.await;
     end_meetings(&rest, &meetings).await;
+    if let Some((_, engine)) = lean {
+        // Every participant task has ended, so this is the last handle.
+        if let Ok(engine) = Arc::try_unwrap(engine) {
+            let _ = tokio::task::spawn_blocking(move || engine.stop()).await;
+        }
+    }
 
     let scrapes = std::mem::take(&mut *scrapes.lock().unwrap_or_else(|p| p.into_inner()));
     let data = report::RunData {
@@ -464,6 +554,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         meetings_created: meetings.len(),
         participants,
         gateway: gateway::figures(&scrapes.snapshots, scrapes.errors, steady),
+        client,
         elapsed: stopped_at,
         steady,
         interrupted,
@@ -548,6 +639,43 @@ pub(crate) fn local_udp_addr(url: &str) -> &'static str {
         None => false,
     });
     if loopback { "127.0.0.1:0" } else { "0.0.0.0:0" }
+}
+
+/// The load tester's CPU at the start of the steady phase: the whole process's and each
+/// lean engine thread's (seconds), to take the difference at its end.
+#[derive(Default)]
+struct ClientCpu {
+    at: Option<Instant>,
+    process: Option<f64>,
+    threads: Vec<(i32, Option<f64>)>,
+}
+
+impl ClientCpu {
+    fn start(&mut self, thread_ids: Vec<i32>) {
+        self.at = Some(Instant::now());
+        self.process = resources::cpu_seconds("/proc/self/stat");
+        self.threads = thread_ids
+            .into_iter()
+            .map(|tid| (tid, resources::cpu_seconds(&format!("/proc/self/task/{tid}/stat"))))
+            .collect();
+    }
+
+    fn finish(&self, figures: &mut report::ClientFigures) {
+        let Some(at) = self.at else { return };
+        let secs = at.elapsed().as_secs_f64();
+        if secs <= 0.0 {
+            return;
+        }
+        let percent = |before: Option<f64>, now: Option<f64>| Some((now? - before?).max(0.0) / secs * 100.0);
+        figures.cpu_percent = percent(self.process, resources::cpu_seconds("/proc/self/stat"));
+        figures.busiest_thread_percent = self
+            .threads
+            .iter()
+            .filter_map(|(tid, before)| {
+                percent(*before, resources::cpu_seconds(&format!("/proc/self/task/{tid}/stat")))
+            })
+            .reduce(f64::max);
+    }
 }
 
 #[derive(Default)]
@@ -753,9 +881,53 @@ mod tests {
     }
 
     #[test]
+    fn the_lean_engine_is_chosen_by_flag_and_needs_a_gateway_on_this_machine() {
+        assert_eq!(parse(&["--token", "t"]).unwrap().engine, Engine::Sdk);
+        for args in [
+            &["--token", "t", "--lean"][..],
+            &["--token", "t", "--engine", "lean"][..],
+        ] {
+            let o = parse(args).unwrap();
+            assert_eq!((o.engine, o.client_threads), (Engine::Lean, 1), "{args:?}");
+        }
+        let o = parse(&[
+            "--token",
+            "t",
+            "--lean",
+            "--client-threads",
+            "2",
+            "--url",
+            "https://127.0.0.1:9",
+        ])
+        .unwrap();
+        assert_eq!(o.client_threads, 2);
+        for (args, needle) in [
+            (
+                &["--lean", "--url", "https://meet.example.org"][..],
+                "not a loopback URL",
+            ),
+            (&["--lean", "--engine", "sdk"][..], "cannot be used with"),
+            (&["--client-threads", "0"][..], "--client-threads"),
+            (&["--engine", "fast"][..], "possible values: sdk, lean"),
+        ] {
+            let err = parse(&[&["--token", "t"][..], args].concat()).expect_err(needle);
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
     fn help_teaches_with_an_example_and_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        for needle in ["gatehouse loadtest --meetings 5", "Exit codes:", "130", "--max-p99-ms"] {
+        for needle in [
+            "gatehouse loadtest --meetings 5",
+            "Exit codes:",
+            "130",
+            "--max-p99-ms",
+            "gatehouse loadtest --lean",
+            "--engine <ENGINE>",
+            "lean: ",
+            "--client-threads",
+        ] {
             assert!(help.contains(needle), "missing {needle:?} in\n{help}");
         }
     }

@@ -18,7 +18,7 @@ use gatehouse_sdk::synthetic::{ReceiverStats, StreamSummary, SyntheticConfig};
 use gatehouse_sdk::{Client, ConnectOptions, Event, RemoteTrack, SyntheticSender, now_us};
 
 /// How long joining (socket, `joined`, `admitted`) may take.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long closing one participant may take before it is abandoned.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,6 +41,21 @@ pub(crate) struct StreamProbe {
 }
 
 impl StreamProbe {
+    /// A stream of `kind` in `codec`'s synthetic format; `started_us` is its receiver's start.
+    pub fn new(kind: TrackKind, codec: gatehouse_sdk::synthetic::SyntheticCodec, started_us: u64) -> StreamProbe {
+        StreamProbe {
+            kind,
+            stats: Mutex::new(ReceiverStats::new(codec, started_us)),
+            flowing: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one received payload (corrupt ones are counted as such inside).
+    pub fn record(&self, arrival_us: u64, payload: &[u8]) {
+        let _ = self.stats().on_payload(arrival_us, payload);
+        self.flowing.store(true, Ordering::Relaxed);
+    }
+
     fn stats(&self) -> std::sync::MutexGuard<'_, ReceiverStats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -108,8 +123,38 @@ impl Probe {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Wall clock (µs) when it started, token in hand.
+    pub fn started_us(&self) -> u64 {
+        self.started_us
+    }
+
+    /// A stream it receives (the lean engine finds them in the packets).
+    pub fn add_stream(&self, stream: Arc<StreamProbe>) {
+        self.state().streams.push(stream);
+    }
+
+    /// It sent `join` (µs on the wall clock).
+    pub fn join_sent(&self, at_us: u64) {
+        self.state().join_sent_after = Some(Duration::from_micros(at_us.saturating_sub(self.started_us)));
+    }
+
+    /// It was admitted into the call now.
+    pub fn admitted(&self) {
+        self.state().admitted_after = Some(Duration::from_micros(now_us().saturating_sub(self.started_us)));
+    }
+
+    /// Its media is published (or it gave up publishing).
+    pub fn published(&self) {
+        self.state().published = true;
+    }
+
+    /// The run is stopping: later errors are teardown.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     /// Records the first error only: the first is the cause, the rest follow from it.
-    fn fail(&self, error: String) {
+    pub fn fail(&self, error: String) {
         if self.stopping.load(Ordering::Relaxed) {
             return;
         }
@@ -164,7 +209,7 @@ impl Probe {
 }
 
 /// Resolves once the run is stopping (or the runner is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

@@ -88,6 +88,96 @@ impl ParticipantOutcome {
     }
 }
 
+/// The load tester's own figures, so a report says which side was the limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ClientFigures {
+    /// The engine that drove the media: `sdk` (async `webrtc` peers) or `lean` (`rtc` on one
+    /// socket per thread).
+    pub engine: String,
+    /// Cores the load tester may run on (its CPU affinity).
+    pub cores: usize,
+    /// The load tester's process CPU over the steady phase, percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Lean engine: the busiest engine thread's CPU over the steady phase, percent of one core
+    /// (one thread cannot use more than one core: at 100 % it is the limit).
+    pub busiest_thread_percent: Option<f64>,
+    /// Datagrams the kernel dropped on the load tester's UDP sockets because a receive buffer
+    /// was full (`/proc/net/udp`, sockets open at the end of the steady phase, whole run).
+    pub socket_drops: Option<u64>,
+}
+
+/// Which side held the load back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// The load tester saturated (a core, or its socket buffers) and the gateway did not.
+    LoadTester,
+    /// The gateway saturated (90 % of one core: a gateway with one media shard) and the
+    /// load tester did not.
+    Gateway,
+    /// Both did.
+    Both,
+    /// Neither did: the load was within both.
+    Neither,
+    /// Not enough figures to tell.
+    Unknown,
+}
+
+/// CPU share of one core from which a side counts as saturated, percent.
+pub const SATURATED_PERCENT: f64 = 90.0;
+
+/// Judges which side was the limit from the gateway's CPU (percent of one core) and the
+/// load tester's figures, with the reason in a sentence.
+pub fn limiting_side(gateway_cpu: Option<f64>, client: &ClientFigures) -> (Limit, String) {
+    let drops = client.socket_drops.unwrap_or(0);
+    let busiest = client.busiest_thread_percent.unwrap_or(0.0);
+    let whole = client.cpu_percent.unwrap_or(0.0);
+    let cores = client.cores.max(1) as f64;
+    let mut client_reasons = Vec::new();
+    if drops > 0 {
+        client_reasons.push(format!("its sockets dropped {drops} datagrams (receive buffers full)"));
+    }
+    if busiest >= SATURATED_PERCENT {
+        client_reasons.push(format!("its busiest engine thread used {busiest:.0} % of a core"));
+    }
+    if whole >= SATURATED_PERCENT * cores {
+        client_reasons.push(format!("it used {whole:.0} % of its {cores} core(s)"));
+    }
+    let client_full = !client_reasons.is_empty();
+    let gateway_full = gateway_cpu.is_some_and(|c| c >= SATURATED_PERCENT);
+    let gateway_reason = gateway_cpu.map(|c| format!("the gateway used {c:.0} % of one core"));
+    match (gateway_full, client_full) {
+        (true, true) => (
+            Limit::Both,
+            format!(
+                "both: {} and the load tester: {}",
+                gateway_reason.unwrap_or_default(),
+                client_reasons.join(", ")
+            ),
+        ),
+        (false, true) => (
+            Limit::LoadTester,
+            format!("the load tester: {}", client_reasons.join(", ")),
+        ),
+        (true, false) => (
+            Limit::Gateway,
+            format!("the gateway: {}", gateway_reason.unwrap_or_default()),
+        ),
+        (false, false) => match (gateway_cpu, client.cpu_percent) {
+            (Some(g), Some(c)) => (
+                Limit::Neither,
+                format!(
+                    "neither: the gateway used {g:.0} % of one core, the load tester {c:.0} % of {cores} and dropped nothing"
+                ),
+            ),
+            _ => (
+                Limit::Unknown,
+                "unknown: the gateway's or the load tester's CPU was not measured".to_owned(),
+            ),
+        },
+    }
+}
+
 /// Everything a run produced, as the runner hands it over.
 #[derive(Debug, Clone)]
 pub struct RunData {
@@ -102,6 +192,8 @@ pub struct RunData {
     pub participants: Vec<ParticipantOutcome>,
     /// The gateway's own figures.
     pub gateway: GatewayFigures,
+    /// The load tester's own figures.
+    pub client: ClientFigures,
     /// From the start of the run to the stop.
     pub elapsed: Duration,
     /// The steady phase (start, end) since the run started, if it began.
@@ -249,6 +341,16 @@ pub struct Report {
     pub join_to_first_frame_ms: Option<Percentiles>,
     /// What the gateway's `/metrics` said.
     pub gateway: GatewayFigures,
+    /// The gateway's whole-process CPU per forwarded packet over the steady phase, µs
+    /// (its CPU over its forwarded packets/s): receiving and decrypting each inbound packet,
+    /// RTCP, timers and ICE included.
+    pub server_us_per_forwarded_packet: Option<f64>,
+    /// What the load tester measured of itself.
+    pub client: ClientFigures,
+    /// Which side was the limit.
+    pub limit: Limit,
+    /// Why, in a sentence.
+    pub limit_reason: String,
     /// Errors, most frequent first.
     pub errors: Vec<ErrorCount>,
 }
@@ -352,6 +454,11 @@ impl Report {
         errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.message.cmp(&b.message)));
 
         let joined = participants.iter().filter(|p| p.admitted_after.is_some()).count();
+        let server_us_per_forwarded_packet = match (data.gateway.cpu_percent, data.gateway.forwarded_per_sec) {
+            (Some(cpu), Some(fwd)) if fwd > 0.0 => Some(cpu / 100.0 / fwd * 1e6),
+            _ => None,
+        };
+        let (limit, limit_reason) = limiting_side(data.gateway.cpu_percent, &data.client);
         let mut report = Report {
             verdict: Verdict::Pass,
             breaches: Vec::new(),
@@ -381,6 +488,10 @@ impl Report {
                 participants.iter().filter_map(|p| p.join_to_first_frame()).collect(),
             ),
             gateway: data.gateway.clone(),
+            server_us_per_forwarded_packet,
+            client: data.client.clone(),
+            limit,
+            limit_reason,
             errors,
         };
         report.judge();
@@ -560,6 +671,32 @@ impl Report {
             }),
         );
 
+        row(
+            &mut out,
+            "CPU per forwarded pkt",
+            self.server_us_per_forwarded_packet
+                .map_or_else(na, |us| format!("{us:.2} us (whole process, steady phase)")),
+        );
+        let c = &self.client;
+        let _ = writeln!(out, "\nLoad tester ({} engine, {} core(s))", c.engine, c.cores);
+        row(
+            &mut out,
+            "CPU (steady phase)",
+            c.cpu_percent.map_or_else(na, |x| {
+                let busiest = c
+                    .busiest_thread_percent
+                    .map_or_else(String::new, |b| format!("; busiest engine thread {b:.1} %"));
+                format!("{x:.1} % of one core{busiest}")
+            }),
+        );
+        row(
+            &mut out,
+            "socket drops",
+            c.socket_drops
+                .map_or_else(na, |d| format!("{d} datagrams (receive buffers full)")),
+        );
+        row(&mut out, "limit", self.limit_reason.clone());
+
         if !self.errors.is_empty() {
             let _ = writeln!(out, "\nErrors");
             for e in &self.errors {
@@ -685,6 +822,13 @@ mod tests {
                 rss_peak_bytes: Some(50.0 * 1024.0 * 1024.0),
                 cpu_percent: Some(12.5),
                 ..GatewayFigures::default()
+            },
+            client: ClientFigures {
+                engine: "lean".into(),
+                cores: 1,
+                cpu_percent: Some(40.0),
+                busiest_thread_percent: Some(35.0),
+                socket_drops: Some(0),
             },
             elapsed: Duration::from_secs(4),
             steady: Some((Duration::from_secs(1), Duration::from_secs(4))),
@@ -847,6 +991,68 @@ mod tests {
         assert_eq!(r.exit_code(), EXIT_INTERRUPTED);
         assert_eq!(r.participants.started, 1);
         assert!(r.to_table().contains("INTERRUPTED"));
+    }
+
+    #[test]
+    fn the_limit_is_the_side_that_saturated() {
+        let client = |cpu: f64, busiest: Option<f64>, drops: u64, cores: usize| ClientFigures {
+            engine: "lean".into(),
+            cores,
+            cpu_percent: Some(cpu),
+            busiest_thread_percent: busiest,
+            socket_drops: Some(drops),
+        };
+        let (limit, why) = limiting_side(Some(95.0), &client(30.0, Some(28.0), 0, 1));
+        assert_eq!(limit, Limit::Gateway, "{why}");
+        assert!(why.contains("95 % of one core"), "{why}");
+        // A saturated engine thread, a full socket buffer, or the whole process on its cores.
+        for c in [
+            client(93.0, Some(92.0), 0, 2),
+            client(20.0, Some(20.0), 12, 1),
+            client(185.0, None, 0, 2),
+        ] {
+            let (limit, why) = limiting_side(Some(40.0), &c);
+            assert_eq!(limit, Limit::LoadTester, "{c:?}: {why}");
+        }
+        assert!(
+            limiting_side(Some(40.0), &client(20.0, None, 12, 1))
+                .1
+                .contains("dropped 12 datagrams")
+        );
+        // The sdk engine on two cores at 150 % is not saturated (no thread figure).
+        assert_eq!(limiting_side(Some(40.0), &client(150.0, None, 0, 2)).0, Limit::Neither);
+        assert_eq!(
+            limiting_side(Some(99.0), &client(99.0, Some(99.0), 0, 1)).0,
+            Limit::Both
+        );
+        assert_eq!(limiting_side(None, &client(20.0, None, 0, 1)).0, Limit::Unknown);
+        assert_eq!(limiting_side(Some(20.0), &ClientFigures::default()).0, Limit::Unknown);
+    }
+
+    #[test]
+    fn cpu_per_forwarded_packet_comes_from_the_gateways_cpu_and_rate() {
+        let mut data = run(
+            vec![participant(vec![stream(TrackKind::Audio, 100, 100, 1, 300)])],
+            Thresholds::default(),
+        );
+        data.gateway.cpu_percent = Some(25.0);
+        data.gateway.forwarded_per_sec = Some(50_000.0);
+        let r = Report::from_run(&data);
+        let us = r.server_us_per_forwarded_packet.expect("both figures");
+        assert!(
+            (us - 5.0).abs() < 1e-9,
+            "0.25 s of CPU per second / 50 000 packets = 5 us, got {us}"
+        );
+        assert_eq!(r.limit, Limit::Neither, "{}", r.limit_reason);
+        let table = r.to_table();
+        assert!(table.contains("CPU per forwarded pkt  5.00 us"), "{table}");
+        assert!(table.contains("Load tester (lean engine, 1 core(s))"), "{table}");
+        assert!(table.contains("busiest engine thread 35.0 %"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["limit"], "neither");
+        assert_eq!(json["client"]["socket_drops"], 0);
+        data.gateway.forwarded_per_sec = Some(0.0);
+        assert_eq!(Report::from_run(&data).server_us_per_forwarded_packet, None);
     }
 
     #[test]

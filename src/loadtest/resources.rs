@@ -37,6 +37,61 @@ pub fn parse_udp_inodes(table: &str) -> impl Iterator<Item = u64> + '_ {
         .filter_map(|l| l.split_whitespace().nth(9)?.parse().ok())
 }
 
+/// Each socket's inode and its receive drops (`drops`, the 13th column: datagrams the
+/// kernel threw away because the socket's receive buffer was full) from `net/udp` or `udp6`.
+pub fn parse_udp_drops(table: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
+    table.lines().skip(1).filter_map(|l| {
+        let mut columns = l.split_whitespace();
+        let inode = columns.nth(9)?.parse().ok()?;
+        let drops = columns.nth(2)?.parse().ok()?;
+        Some((inode, drops))
+    })
+}
+
+/// CPU time (user + system) in clock ticks from a `/proc/<pid>/stat` or
+/// `/proc/<pid>/task/<tid>/stat` line: fields 14 and 15, counted after the command name
+/// (which may hold spaces and parentheses, so from its last `)`).
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
+/// CPU seconds (user + system) of a process (`/proc/<pid>/stat`) or one of its threads
+/// (`/proc/<pid>/task/<tid>/stat`), at clock-tick resolution.
+pub fn cpu_seconds(stat_path: &str) -> Option<f64> {
+    let ticks = parse_stat_ticks(&std::fs::read_to_string(stat_path).ok()?)?;
+    #[cfg(target_os = "linux")]
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[cfg(not(target_os = "linux"))]
+    let per_second = 100;
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
+/// Datagrams dropped so far on `pid`'s UDP sockets because their receive buffer was full
+/// (summed over the sockets it has open now); `None` where `/proc` cannot be read.
+pub fn udp_drops(pid: u32) -> Option<u64> {
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let mut drops = std::collections::HashMap::new();
+    for table in ["net/udp", "net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(dir.join(table)) {
+            drops.extend(parse_udp_drops(&text));
+        }
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir.join("fd")).ok()?.flatten() {
+        if let Ok(target) = std::fs::read_link(entry.path())
+            && let Some(inode) = target.to_str().and_then(socket_inode)
+        {
+            total += drops.get(&inode).copied().unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
 /// The inode of an fd link target `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
@@ -95,9 +150,54 @@ mod tests {
                      1234: 0100007F:1EC2 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 98765 2 0000000000000000 0\n\
                      1235: 0100007F:A001 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 98766 2 0000000000000000 0\n";
         assert_eq!(parse_udp_inodes(table).collect::<Vec<_>>(), vec![98765, 98766]);
+        let dropping = table.replace(" 0000000000000000 0\n", " 0000000000000000 17\n");
+        assert_eq!(
+            parse_udp_drops(&dropping).collect::<Vec<_>>(),
+            vec![(98765, 17), (98766, 17)]
+        );
+        assert_eq!(parse_udp_drops(table).map(|(_, d)| d).sum::<u64>(), 0);
         assert_eq!(socket_inode("socket:[98765]"), Some(98765));
         assert_eq!(socket_inode("anon_inode:[eventpoll]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn stat_gives_user_plus_system_ticks_whatever_the_command_name() {
+        let stat = "4242 (lean (engine) 0) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 3 0 1 2 3";
+        assert_eq!(parse_stat_ticks(stat), Some(325));
+        assert_eq!(parse_stat_ticks("4242 (x) S 1"), None);
+        assert_eq!(parse_stat_ticks("no parenthesis"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn our_own_cpu_and_drops_can_be_read() {
+        let before = cpu_seconds("/proc/self/stat").expect("our CPU");
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(60) {
+            std::hint::black_box(spin.elapsed());
+        }
+        assert!(
+            cpu_seconds("/proc/self/stat").expect("our CPU") > before,
+            "spinning costs CPU"
+        );
+        // A socket with the smallest receive buffer, sent more than it holds: it drops.
+        let small = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).expect("socket");
+        small.set_recv_buffer_size(1).expect("a tiny buffer");
+        small
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        let small: std::net::UdpSocket = small.into();
+        let to = small.local_addr().expect("addr");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for _ in 0..64 {
+            sender.send_to(&[7; 1000], to).expect("loopback send");
+        }
+        assert!(
+            udp_drops(std::process::id()).expect("our sockets") >= 1,
+            "the overflow is counted"
+        );
+        drop(small);
     }
 
     #[cfg(target_os = "linux")]

@@ -22,26 +22,21 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gatehouse_signaling::protocol::{MediaMessage, ParticipantKind, PublishedTrack, ServerMessage, TrackSource};
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
 use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::oneshot;
 
 use super::MediaParticipant;
-use super::fuzzing::{HarnessError, codec, drain, fail, sdp_attr};
+use super::fuzzing::{HarnessError, drain, fail, sdp_attr};
 use super::peers::Peers;
+use super::rtc_client;
 use super::shard::{Command, Shard};
 use super::stats::Counters;
 use crate::outbox::{self, OutboxReceiver};
@@ -72,34 +67,7 @@ impl Client {
         let socket = StdUdpSocket::bind("127.0.0.1:0").map_err(fail)?;
         socket.set_nonblocking(true).map_err(fail)?;
         let addr = socket.local_addr().map_err(fail)?;
-        let mut media_engine = MediaEngine::default();
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-            media_engine.register_codec(codec(kind), kind).map_err(fail)?;
-        }
-        for (uri, kind) in extensions {
-            media_engine
-                .register_header_extension(RTCRtpHeaderExtensionCapability { uri: (*uri).to_owned() }, *kind, None)
-                .map_err(fail)?;
-        }
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media_engine)
-            .build(Instant::now())
-            .map_err(fail)?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(fail)?;
-        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(fail)?)
-            .map_err(fail)?;
+        let pc = rtc_client::client(addr, extensions).map_err(fail)?;
         Ok(Self {
             pc,
             socket,
@@ -182,20 +150,7 @@ impl FanOut {
             Shard::new(0, peers)
         };
         let mut publisher = Client::new(&[(TWCC_URI, RtpCodecKind::Video)])?;
-        let track = MediaStreamTrack::new(
-            "bench".to_owned(),
-            "cam".to_owned(),
-            "cam".to_owned(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(VIDEO_SSRC),
-                    ..Default::default()
-                },
-                codec: codec(RtpCodecKind::Video).rtp_codec,
-                ..Default::default()
-            }],
-        );
+        let track = rtc_client::track("bench", "cam", RtpCodecKind::Video, VIDEO_SSRC);
         let video = publisher.pc.add_track(track).map_err(fail)?;
         // A VP8 keyframe's first packet (descriptor X=1 S=1, picture id; the keyframe start
         // code), then filler: every packet may start a leg.

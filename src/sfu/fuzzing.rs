@@ -26,20 +26,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use gatehouse_signaling::protocol::{MediaMessage, ParticipantKind, PublishedTrack, ServerMessage, TrackSource};
 use gatehouse_signaling::{Error, ErrorCode};
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtp_transceiver::RTCRtpSenderId;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Unmarshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -47,6 +39,7 @@ use tokio::sync::oneshot;
 
 use super::MediaParticipant;
 use super::peers::Peers;
+use super::rtc_client;
 use super::shard::{Command, Shard};
 use crate::outbox::{self, OutboxReceiver};
 
@@ -98,23 +91,6 @@ pub struct MediaHarness {
     /// The first datagrams A's client sent while the meeting was built (checks, its
     /// DTLS flight, SRTP, SRTCP): real traffic, for seed corpora.
     recorded: Vec<Vec<u8>>,
-}
-
-pub(super) fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
-    let (mime_type, clock_rate, channels, fmtp, payload_type) = match kind {
-        RtpCodecKind::Audio => (MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", 111),
-        _ => (MIME_TYPE_VP8, 90_000, 0, "", 96),
-    };
-    RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: mime_type.to_owned(),
-            clock_rate,
-            channels,
-            sdp_fmtp_line: fmtp.to_owned(),
-            rtcp_feedback: vec![],
-        },
-        payload_type,
-    }
 }
 
 impl MediaHarness {
@@ -540,60 +516,15 @@ fn track(mid: &str, source: TrackSource) -> PublishedTrack {
 /// A's client: Opus and VP8, audio level on audio, a host candidate at `addr`, one
 /// audio and one video track.
 fn client(addr: SocketAddr) -> Result<(RTCPeerConnection, RTCRtpSenderId, RTCRtpSenderId), HarnessError> {
-    let mut media_engine = MediaEngine::default();
-    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        media_engine.register_codec(codec(kind), kind).map_err(fail)?;
-    }
-    media_engine
-        .register_header_extension(
-            RTCRtpHeaderExtensionCapability {
-                uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
-            },
-            RtpCodecKind::Audio,
-            None,
-        )
+    let audio_level = (rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio);
+    let mut pc = rtc_client::client(addr, &[audio_level]).map_err(fail)?;
+    let audio = pc
+        .add_track(rtc_client::track("fuzz", "mic", RtpCodecKind::Audio, AUDIO_SSRC))
         .map_err(fail)?;
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media_engine)
-        .build(Instant::now())
+    let video = pc
+        .add_track(rtc_client::track("fuzz", "cam", RtpCodecKind::Video, VIDEO_SSRC))
         .map_err(fail)?;
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .map_err(fail)?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(fail)?)
-        .map_err(fail)?;
-    let mut senders = Vec::new();
-    for (kind, ssrc, id) in [
-        (RtpCodecKind::Audio, AUDIO_SSRC, "mic"),
-        (RtpCodecKind::Video, VIDEO_SSRC, "cam"),
-    ] {
-        let track = MediaStreamTrack::new(
-            "fuzz".to_owned(),
-            id.to_owned(),
-            id.to_owned(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec(kind).rtp_codec,
-                ..Default::default()
-            }],
-        );
-        senders.push(pc.add_track(track).map_err(fail)?);
-    }
-    Ok((pc, senders[0], senders[1]))
+    Ok((pc, audio, video))
 }
 
 #[cfg(test)]

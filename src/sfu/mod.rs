@@ -45,13 +45,17 @@ pub mod media_room;
 pub mod nack;
 mod peers;
 pub mod retransmit;
+#[doc(hidden)]
+pub mod rtc_client;
 pub mod rtcp;
 mod shard;
 pub mod speaker;
 pub mod stats;
 mod tcp;
 mod timers;
-mod udp;
+/// Batched socket I/O; public for the lean load tester's client side (`loadtest::lean`).
+#[doc(hidden)]
+pub mod udp;
 
 pub use crate::outbox::Outbox;
 pub use stats::{Counters, CountersSnapshot};

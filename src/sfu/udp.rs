@@ -17,9 +17,17 @@
 //! [`MAX_QUEUED`]; beyond it new datagrams are dropped and counted) for the next turn
 //! in which the socket is writable; a kernel or device that refuses GSO turns it off
 //! for this socket and the same messages go out unsegmented.
+//!
+//! **Local addresses** ([`UdpIo::with_local_addresses`], the lean load tester's client side):
+//! one socket bound to a wildcard address stands for many local addresses (all of
+//! 127.0.0.0/8 on loopback): each received datagram tells which one it came to
+//! ([`UdpIo::last_destination`], from `IP_PKTINFO`) and each queued one may say which one it
+//! goes from ([`UdpIo::queue_from`], an `IP_PKTINFO` control message). The server's model of
+//! many connections on one socket then holds for clients too, against a server that tells
+//! connections apart by their address.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
@@ -47,6 +55,8 @@ const MAX_MSGS_PER_CALL: usize = 1024;
 /// One datagram waiting to be sent.
 struct Pending {
     to: SocketAddr,
+    /// The local address it goes from (`None`: the one routing picks).
+    from: Option<IpAddr>,
     data: BytesMut,
 }
 
@@ -62,14 +72,15 @@ pub struct Message {
 }
 
 /// Groups `n` queued datagrams (`key(i)` is the destination and length of the `i`-th, in
-/// queue order) into messages: `order` becomes the queue indices sorted by destination
+/// queue order; a destination is anything ordered, e.g. an address or a pair of local and
+/// remote addresses) into messages: `order` becomes the queue indices sorted by destination
 /// (queue order kept within one destination), and `messages` the runs of that order that
 /// may go out as one GSO message: same destination, equal lengths except a shorter last
 /// one, at most `max_segments` and [`MAX_GSO_BYTES`]. With `max_segments` 1 every datagram
 /// is its own message. Allocates nothing once `order` and `messages` have grown.
-pub fn plan(
+pub fn plan<K: Ord + Copy>(
     n: usize,
-    key: impl Fn(usize) -> (SocketAddr, usize),
+    key: impl Fn(usize) -> (K, usize),
     max_segments: usize,
     order: &mut Vec<u32>,
     messages: &mut Vec<Message>,
@@ -80,7 +91,7 @@ pub fn plan(
     // Unstable sort with the queue index in the key: stable in effect, and no buffer.
     order.sort_unstable_by_key(|&i| (key(i as usize).0, i));
     // The message being built: its destination, the last segment's length, its bytes.
-    let mut current: Option<(SocketAddr, Message, usize, usize)> = None;
+    let mut current: Option<(K, Message, usize, usize)> = None;
     for (at, &i) in order.iter().enumerate() {
         let (to, len) = key(i as usize);
         if let Some((cur_to, message, last, bytes)) = current.as_mut() {
@@ -158,14 +169,29 @@ pub struct UdpIo {
     /// Bench hook: a flush counts the queued datagrams as sent and drops them, so a bench
     /// can measure the per-packet path up to the system call.
     discard: bool,
+    /// Received datagrams carry their destination address (see the module documentation).
+    local_addresses: bool,
 }
 
 impl UdpIo {
     /// Takes over a bound, non-blocking socket (registered with the current runtime).
     pub fn new(socket: UdpSocket) -> io::Result<Self> {
+        Self::build(socket, false)
+    }
+
+    /// Like [`new`](Self::new) for a socket bound to a wildcard address that stands for many
+    /// local addresses: received datagrams say which one they came to
+    /// ([`last_destination`](Self::last_destination)).
+    pub fn with_local_addresses(socket: UdpSocket) -> io::Result<Self> {
+        Self::build(socket, true)
+    }
+
+    fn build(socket: UdpSocket, local_addresses: bool) -> io::Result<Self> {
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         #[cfg(target_os = "linux")]
-        sys::no_receive_metadata(&socket);
+        if !local_addresses {
+            sys::no_receive_metadata(&socket);
+        }
         let max_segments = state.max_gso_segments().max(1);
         let recv_slot = if state.gro_segments() > 1 {
             RECV_BUF_GRO
@@ -191,6 +217,7 @@ impl UdpIo {
             handoff: BytesMut::with_capacity(HANDOFF_POOL),
             totals: IoTotals::default(),
             discard: false,
+            local_addresses,
         })
     }
 
@@ -227,6 +254,13 @@ impl UdpIo {
     /// [`FLUSH_AT`] sends them before taking more.
     #[must_use]
     pub fn queue(&mut self, to: SocketAddr, data: BytesMut) -> (bool, Flushed) {
+        self.queue_from(None, to, data)
+    }
+
+    /// [`queue`](Self::queue) from a given local address (`IP_PKTINFO`; see the module
+    /// documentation): the socket must be bound to a wildcard address, or to `from` itself.
+    #[must_use]
+    pub fn queue_from(&mut self, from: Option<IpAddr>, to: SocketAddr, data: BytesMut) -> (bool, Flushed) {
         let mut flushed = Flushed::default();
         if self.queue.len() >= FLUSH_AT && !self.blocked {
             flushed = self.flush();
@@ -234,7 +268,7 @@ impl UdpIo {
         if self.queue.len() >= MAX_QUEUED {
             return (false, flushed);
         }
-        self.queue.push(Pending { to, data });
+        self.queue.push(Pending { to, from, data });
         (true, flushed)
     }
 
@@ -257,7 +291,7 @@ impl UdpIo {
             let queue = &self.queue;
             plan(
                 queue.len(),
-                |i| (queue[i].to, queue[i].data.len()),
+                |i| ((queue[i].to, queue[i].from), queue[i].data.len()),
                 self.max_segments,
                 &mut self.order,
                 &mut self.messages,
@@ -328,7 +362,7 @@ impl UdpIo {
                 ecn: None,
                 contents: &p.data,
                 segment_size: None,
-                src_ip: None,
+                src_ip: p.from,
             };
             let sent = self.state.try_send(UdpSockRef::from(&self.socket), &transmit);
             outcome.calls += 1;
@@ -411,6 +445,15 @@ impl UdpIo {
             return Some((meta.addr, self.handoff.split()));
         }
     }
+
+    /// The local address the datagram last returned by [`next_datagram`](Self::next_datagram)
+    /// came to, on a socket made [`with_local_addresses`](Self::with_local_addresses).
+    pub fn last_destination(&self) -> Option<IpAddr> {
+        if !self.local_addresses {
+            return None;
+        }
+        self.recv_meta.get(self.recv_at.0).and_then(|meta| meta.dst_ip)
+    }
 }
 
 /// What sending the planned messages did.
@@ -435,17 +478,19 @@ mod sys {
     use std::io;
     use std::os::fd::AsRawFd;
 
-    /// Room for one `cmsghdr` with a `u16` (`CMSG_SPACE(2)` is 24 on 64-bit Linux).
+    /// Room for a `cmsghdr` with a `u16` (`CMSG_SPACE(2)` is 24 on 64-bit Linux) and one
+    /// with an `in_pktinfo` or `in6_pktinfo` (`CMSG_SPACE(20)` is 40).
     #[derive(Clone, Copy)]
     #[repr(C, align(8))]
-    struct Control([u8; 32]);
+    struct Control([u8; 64]);
 
     /// Arrays of one flush, reused (they only grow).
     #[derive(Default)]
     pub struct Scratch {
         iovecs: Vec<libc::iovec>,
         names: Vec<socket2::SockAddr>,
-        controls: Vec<Control>,
+        /// Each message's control messages and their length.
+        controls: Vec<(Control, usize)>,
         headers: Vec<libc::mmsghdr>,
     }
 
@@ -472,11 +517,14 @@ mod sys {
                         iov_len: data.len(),
                     });
                 }
-                self.names
-                    .push(socket2::SockAddr::from(queue[order[message.first] as usize].to));
-                let mut control = Control([0; 32]);
+                let first = &queue[order[message.first] as usize];
+                self.names.push(socket2::SockAddr::from(first.to));
+                let mut control = (Control([0; 64]), 0usize);
                 if message.segments > 1 {
-                    write_segment(&mut control, message.segment);
+                    control.1 = write_segment(&mut control.0, message.segment);
+                }
+                if let Some(from) = first.from {
+                    control.1 += write_source(&mut control.0, control.1, from);
                 }
                 self.controls.push(control);
             }
@@ -489,10 +537,10 @@ mod sys {
                 header.msg_hdr.msg_namelen = self.names[k].len();
                 header.msg_hdr.msg_iov = self.iovecs[iov_at..].as_mut_ptr();
                 header.msg_hdr.msg_iovlen = message.segments as _;
-                if message.segments > 1 {
-                    header.msg_hdr.msg_control = self.controls[k].0.as_mut_ptr() as *mut libc::c_void;
-                    // SAFETY: CMSG_SPACE is a pure size computation.
-                    header.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+                let (control, len) = &mut self.controls[k];
+                if *len > 0 {
+                    header.msg_hdr.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
+                    header.msg_hdr.msg_controllen = *len as _;
                 }
                 iov_at += message.segments;
                 self.headers.push(header);
@@ -565,7 +613,8 @@ mod sys {
         }
     }
 
-    fn write_segment(control: &mut Control, segment: usize) {
+    /// Writes the `UDP_SEGMENT` control message at the start; returns its space.
+    fn write_segment(control: &mut Control, segment: usize) -> usize {
         let segment = u16::try_from(segment).unwrap_or(u16::MAX);
         // SAFETY: `control` is aligned for `cmsghdr` and larger than CMSG_SPACE(2).
         unsafe {
@@ -574,6 +623,45 @@ mod sys {
             (*header).cmsg_level = libc::SOL_UDP;
             (*header).cmsg_type = libc::UDP_SEGMENT;
             std::ptr::write_unaligned(libc::CMSG_DATA(header) as *mut u16, segment);
+            libc::CMSG_SPACE(2) as usize
+        }
+    }
+
+    /// Writes an `IP_PKTINFO` (or `IPV6_PKTINFO`) control message naming the source address
+    /// at byte `at` (after the segment's, if any: both are 8-aligned); returns its space.
+    fn write_source(control: &mut Control, at: usize, from: std::net::IpAddr) -> usize {
+        // SAFETY: `at` is 0 or CMSG_SPACE(2) = 24, 8-aligned; 24 + CMSG_SPACE(20) = 64 fits.
+        unsafe {
+            let header = control.0.as_mut_ptr().add(at) as *mut libc::cmsghdr;
+            match from {
+                std::net::IpAddr::V4(ip) => {
+                    let size = std::mem::size_of::<libc::in_pktinfo>() as u32;
+                    (*header).cmsg_len = libc::CMSG_LEN(size) as _;
+                    (*header).cmsg_level = libc::IPPROTO_IP;
+                    (*header).cmsg_type = libc::IP_PKTINFO;
+                    let info = libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(ip.octets()),
+                        },
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(header) as *mut libc::in_pktinfo, info);
+                    libc::CMSG_SPACE(size) as usize
+                }
+                std::net::IpAddr::V6(ip) => {
+                    let size = std::mem::size_of::<libc::in6_pktinfo>() as u32;
+                    (*header).cmsg_len = libc::CMSG_LEN(size) as _;
+                    (*header).cmsg_level = libc::IPPROTO_IPV6;
+                    (*header).cmsg_type = libc::IPV6_PKTINFO;
+                    let info = libc::in6_pktinfo {
+                        ipi6_addr: libc::in6_addr { s6_addr: ip.octets() },
+                        ipi6_ifindex: 0,
+                    };
+                    std::ptr::write_unaligned(libc::CMSG_DATA(header) as *mut libc::in6_pktinfo, info);
+                    libc::CMSG_SPACE(size) as usize
+                }
+            }
         }
     }
 }
@@ -753,6 +841,54 @@ mod tests {
     #[tokio::test]
     async fn a_turn_goes_out_in_one_call_with_gso() {
         a_turn_goes_out_in_one_call_and_arrives_whole_and_in_order(true).await;
+    }
+
+    /// One wildcard socket stands for many loopback addresses: each datagram leaves from
+    /// the address it was queued from (a frame's run to one destination still one GSO
+    /// message) and tells the address it came to.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_socket_with_local_addresses_sends_from_and_receives_at_each() {
+        let (mut server, server_addr) = io().await;
+        let socket = UdpSocket::bind("0.0.0.0:0").await.expect("bind the wildcard");
+        let port = socket.local_addr().expect("addr").port();
+        let mut client = UdpIo::with_local_addresses(socket).expect("socket state");
+        let ip = |last: u8| IpAddr::from([127, 0, 0, last]);
+        for (seq, from) in [(0u8, 5u8), (1, 5), (2, 5), (3, 9)] {
+            assert!(
+                client
+                    .queue_from(Some(ip(from)), server_addr, datagram(from, seq, 900))
+                    .0
+            );
+        }
+        assert_eq!(client.flush().sent, 4);
+        let mut got = receive(&mut server, 4).await;
+        got.sort_by_key(|(_, d)| d[1]);
+        let froms: Vec<SocketAddr> = got.iter().map(|(from, _)| *from).collect();
+        let five = SocketAddr::new(ip(5), port);
+        let nine = SocketAddr::new(ip(9), port);
+        assert_eq!(froms, [five, five, five, nine]);
+        // Answers to each address arrive on the one socket, each saying where it came to.
+        for to in [nine, five] {
+            assert!(server.queue(to, datagram(to.ip().to_string().len() as u8, 7, 300)).0);
+        }
+        assert_eq!(server.flush().sent, 2);
+        let mut destinations = Vec::new();
+        while destinations.len() < 2 {
+            tokio::time::timeout(std::time::Duration::from_secs(5), client.socket().readable())
+                .await
+                .expect("answers arrive")
+                .expect("readable");
+            if client.receive().expect("receive") {
+                while let Some((from, _)) = client.next_datagram() {
+                    assert_eq!(from, server_addr);
+                    destinations.push(client.last_destination().expect("IP_PKTINFO says where"));
+                }
+            }
+        }
+        destinations.sort();
+        assert_eq!(destinations, [ip(5), ip(9)]);
+        assert_eq!(server.last_destination(), None, "only asked for with local addresses");
     }
 
     #[tokio::test]

@@ -1,0 +1,95 @@
+//! An `rtc` client connection driven in-process, as the whole-path bench ([`super::benching`]),
+//! the fuzz harness ([`super::fuzzing`]) and the lean load tester (`loadtest::lean`) connect
+//! to a shard: Opus and VP8 at the payload types browsers use, the header extensions the
+//! caller asks for, and one host candidate at the address its datagrams go from. One
+//! builder, so the three drive the same client.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+
+/// The audio payload type (Opus), as browsers offer it.
+pub const OPUS_PT: u8 = 111;
+/// The video payload type (VP8), as browsers offer it.
+pub const VP8_PT: u8 = 96;
+
+/// The client's codec of `kind`: Opus (48 kHz stereo, in-band FEC) or VP8.
+pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
+    let (mime_type, clock_rate, channels, fmtp, payload_type) = match kind {
+        RtpCodecKind::Audio => (MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", OPUS_PT),
+        _ => (MIME_TYPE_VP8, 90_000, 0, "", VP8_PT),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime_type.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type,
+    }
+}
+
+/// A track of `kind` sending on `ssrc`, to add to a client before its offer.
+pub fn track(stream: &str, id: &str, kind: RtpCodecKind, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        stream.to_owned(),
+        id.to_owned(),
+        id.to_owned(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec(kind).rtp_codec,
+            ..Default::default()
+        }],
+    )
+}
+
+/// A client connection with Opus and VP8, the header `extensions` given (URI and kind), and
+/// a host candidate at `addr`, where the caller sends its datagrams from.
+pub fn client(
+    addr: SocketAddr,
+    extensions: &[(&str, RtpCodecKind)],
+) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    let mut media_engine = MediaEngine::default();
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        media_engine.register_codec(codec(kind), kind)?;
+    }
+    for (uri, kind) in extensions {
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: (*uri).to_owned() },
+            *kind,
+            None,
+        )?;
+    }
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media_engine)
+        .build(Instant::now())?;
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    Ok(pc)
+}
