@@ -282,7 +282,9 @@ async fn web_client_in_chromium() {
 /// Simulcast with real peers (issue 12): a Chromium guest sends its camera as three layers;
 /// staff (the console, in a second context of the same browser) gets the layer its tile
 /// needs: a small tile the low one, a large tile the full one, a hidden tile nothing; the
-/// picture keeps decoding across the switches, and the gateway counts them.
+/// picture keeps decoding across the switches, and the gateway counts them. With the tile
+/// hidden nobody needs the guest's top layers, and its browser is told to stop them
+/// (dynacast); shown again, they come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_subscriber_gets_the_simulcast_layer_its_tile_needs() {
     let _one_browser = ONE_BROWSER.lock().await;
@@ -299,7 +301,8 @@ async fn chromium_subscriber_gets_the_simulcast_layer_its_tile_needs() {
             "layers": f["layers"], "start_width": f["startWidth"], "low_width": f["lowWidth"],
             "low_ms": f["lowMs"], "high_width": f["highWidth"], "high_ms": f["highMs"],
             "freeze": f["freeze"], "off_ms": f["offMs"], "packets_while_off": f["packetsWhileOff"],
-            "packets_after_on": f["packetsAfterOn"],
+            "packets_after_on": f["packetsAfterOn"], "paused_ms": f["pausedMs"],
+            "resumed_ms": f["resumedMs"], "top_again_ms": f["topAgainMs"],
             "layer_switches": after.layer_switches - before.layer_switches,
         })
     );
@@ -328,6 +331,18 @@ async fn chromium_subscriber_gets_the_simulcast_layer_its_tile_needs() {
     );
     assert!(n("packetsWhileOff") <= 2, "a hidden tile gets no packets: {f:#}");
     assert!(n("packetsAfterOn") > 20, "shown again, it gets them again: {f:#}");
+    // Dynacast: the scenario waited for the guest's h and f to go inactive while nobody
+    // needed them (q active), then for f to be active again and decoded at full size.
+    let paused = f["layersWhileOff"].as_array().expect("layers while off");
+    assert!(
+        paused.iter().any(|l| l["rid"] == "q" && l["active"] == true)
+            && paused.iter().filter(|l| l["rid"] != "q").all(|l| l["active"] == false),
+        "with the tile hidden the guest sends its lowest layer only: {f:#}"
+    );
+    assert!(
+        n("pausedMs") > 0 && n("resumedMs") > 0 && n("topAgainMs") >= n("resumedMs"),
+        "{f:#}"
+    );
     assert!(
         after.layer_switches - before.layer_switches >= 2,
         "the gateway switched down and up: {before:?} {after:?}"

@@ -671,6 +671,9 @@ export class GatehouseClient extends EventTarget {
         }
         this.dropRemoteTrack(msg.track_id);
         break;
+      case 'publisher_layers':
+        this.applyPublisherLayers(msg.track_id, msg.layers);
+        break;
       case 'active_speakers':
         this.speakers = Array.isArray(msg.speakers) ? msg.speakers : [];
         this.emit('active_speakers', { speakers: this.speakers });
@@ -760,6 +763,34 @@ export class GatehouseClient extends EventTarget {
     if ((this.qualities.get(trackId) ?? 'high') === quality) return;
     this.qualities.set(trackId, quality);
     if (this.state === 'call') this.sendRaw({ type: 'set_subscription', track_id: trackId, quality });
+  }
+
+  /**
+   * The gateway says which simulcast layers of one of our tracks someone needs
+   * (`publisher_layers`, docs/PROTOCOL.md): the encodings nobody needs stop (`active`
+   * false), saving this device's CPU and uplink, and start again when asked. Layers it
+   * does not name stay as they are. Serialized with the publisher's negotiations.
+   */
+  applyPublisherLayers(trackId, layers) {
+    if (!Array.isArray(layers)) return;
+    const entry = [...this.local.values()].find((e) => e.serverTrackId === trackId);
+    const sender = entry?.transceiver?.sender;
+    if (!sender) return;
+    this.publisherQueue
+      .run(async () => {
+        const params = sender.getParameters();
+        let changed = false;
+        for (const { rid, active } of layers) {
+          const encoding = params.encodings?.find((e) => e.rid === rid);
+          if (encoding && encoding.active !== Boolean(active)) {
+            encoding.active = Boolean(active);
+            changed = true;
+          }
+        }
+        if (changed) await sender.setParameters(params);
+      })
+      // A sender gone meanwhile (the call ended, the camera was unpublished): nothing to do.
+      .catch(() => {});
   }
 
   isMuted(source) {

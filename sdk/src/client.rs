@@ -1524,6 +1524,8 @@ async fn handle(inner: &Arc<Inner>, message: ServerMessage, events: &mpsc::Unbou
         | ServerMessage::QueueMeeting { .. }
         | ServerMessage::QueueAppointment { .. }
         | ServerMessage::QueuePosition { .. } => None,
+        // The SDK publishes one layer per track (no simulcast yet): nothing to pause.
+        ServerMessage::PublisherLayers { .. } => None,
         ServerMessage::PublishAnswer { sdp } => {
             let taken = inner.publisher().is_some_and(|p| p.on_answer(sdp));
             if !taken {

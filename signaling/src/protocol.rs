@@ -251,6 +251,14 @@ pub struct ActiveSpeaker {
     pub level: f32,
 }
 
+/// One simulcast layer of a published track in `publisher_layers`: its rid (as the
+/// publisher's offer named it) and whether the publisher should send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublisherLayer {
+    pub rid: String,
+    pub active: bool,
+}
+
 /// How much of a video track a subscriber needs (`set_subscription.quality`). The
 /// server forwards the publisher's simulcast layer that fits: `high` its best,
 /// `medium` the middle one, `low` its smallest; a track sent without simulcast has
@@ -579,6 +587,15 @@ pub enum ServerMessage {
     /// nobody is. Sent to everyone in the call when the speakers or the dominant one
     /// change (not for level changes alone), at most every 300 ms.
     ActiveSpeakers { speakers: Vec<ActiveSpeaker> },
+    /// To a publisher of a simulcast track: which of its layers someone in the call
+    /// needs. Send the `active` ones and pause the others (`RTCRtpEncodingParameters.active`);
+    /// layers not listed stay as they are. Sent when the need changes: at once for a layer
+    /// that becomes needed, after 3 s for one no longer needed; the lowest layer is always
+    /// needed. Sent again when a paused layer still arrives 2 s later.
+    PublisherLayers {
+        track_id: TrackId,
+        layers: Vec<PublisherLayer>,
+    },
     /// Something the client sent was refused. The connection goes on unless a `left` follows.
     Error { code: ErrorCode, message: String },
     /// Answer to `subscribe_queue` (and again after the subscriber fell behind): every live

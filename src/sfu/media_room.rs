@@ -33,8 +33,8 @@
 use std::time::{Duration, Instant};
 
 use gatehouse_signaling::protocol::{
-    ParticipantId, ParticipantKind, PeerRole, PublishedTrack, Quality, ServerMessage, TrackId, TrackInfo, TrackKind,
-    TrackSource,
+    ParticipantId, ParticipantKind, PeerRole, PublishedTrack, PublisherLayer, Quality, ServerMessage, TrackId,
+    TrackInfo, TrackKind, TrackSource,
 };
 use gatehouse_signaling::{Error, ErrorCode};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
@@ -44,6 +44,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeFormat, KeyframeThrottle, LayerSelector, Pick, PtMap, Target};
 use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
 use super::speaker::{self, LevelMeter};
+use super::dynacast::{self, Dynacast};
 use super::stats::StatsPair;
 
 /// Shard-local connection handle (never reused within a shard).
@@ -66,6 +67,10 @@ pub const RESUME_GAP: Duration = Duration::from_millis(1500);
 pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// A parked track (its owner came back on a new socket) that its owner has not published
+/// A layer its publisher was told to pause that sent within this is still arriving
+/// (see [`dynacast::RETELL`]).
+const PAUSED_LAYER_QUIET: Duration = Duration::from_millis(500);
+
 /// again this long after coming back is unpublished: a participant who returns without a
 /// camera, or whose new publisher connection never comes up, leaves no frozen tile behind.
 /// Long enough for a reloaded page to ask for its devices again and renegotiate.
@@ -351,6 +356,8 @@ fn level_meter(kind: TrackKind, mime_type: &str, negotiated: &Negotiated) -> Opt
     if kind != TrackKind::Audio {
         return None;
     }
+    /// Which of its simulcast layers its publisher was told to send (`publisher_layers`).
+    dynacast: Dynacast,
     let (_, id) = negotiated
         .extensions
         .iter()
@@ -828,6 +835,7 @@ impl MediaRoom {
         });
         self.request_layer_keyframe(t, 0, now, effects);
     }
+            dynacast: Dynacast::default(),
 
     /// Another stream on the mid of published track `t`: a simulcast layer arriving (kept
     /// beside the others; legs move to it when they want it), a layer's sender restarted
@@ -855,6 +863,8 @@ impl MediaRoom {
                 leg.layer = LayerSelector::new(leg.layer.target());
             }
             self.request_layer_keyframe(t, 0, now, effects);
+        // A new connection sends all its layers until told otherwise.
+        track.dynacast.reset();
             return;
         };
         if let Some(l) = track
@@ -906,6 +916,7 @@ impl MediaRoom {
             negotiated: false,
             sent: None,
             forwarded: 0,
+            track.dynacast.reset();
             history: (track.info.kind == TrackKind::Video).then(LegHistory::default),
             layer: LayerSelector::default(),
             last_sent: None,
@@ -1692,6 +1703,69 @@ mod tests {
 
     fn announce(mid: &str, source: TrackSource) -> PublishedTrack {
         PublishedTrack {
+    // ---- which layers publishers send ----
+
+    /// Tells each publisher of a simulcast track which of its layers someone needs
+    /// (`publisher_layers`; the shard calls this on its speaker tick). The need is the best
+    /// layer any subscriber's leg would take if every layer were sending, from the quality
+    /// its tile asks for; legs paused or `off` need nothing. See [`dynacast`] for when the
+    /// publisher is told.
+    pub fn evaluate_layers(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        for track in self.tracks.iter_mut() {
+            if track.layers.len() < 2 || track.parked.is_some() {
+                continue;
+            }
+            let (ranks, n, _) = track.layer_view(now);
+            let ranks = &ranks[..n];
+            let every = (1u32 << n) - 1;
+            let needed = track
+                .legs
+                .iter()
+                .filter(|l| !l.rewrite.paused())
+                .filter_map(|l| l.layer.desired(ranks, every))
+                .map(|i| ranks[i])
+                .max();
+            let (Some(&lowest), Some(&best)) = (ranks.iter().min(), ranks.iter().max()) else {
+                continue;
+            };
+            let told = track.dynacast.told();
+            let paused_layer_arriving = told.is_some_and(|top| {
+                track.layers.iter().any(|l| {
+                    l.rank > top
+                        && l.last_packet
+                            .is_some_and(|at| now.saturating_duration_since(at) < PAUSED_LAYER_QUIET)
+                })
+            });
+            let need = dynacast::Need {
+                needed,
+                lowest,
+                best,
+                paused_layer_arriving,
+            };
+            let Some(top) = track.dynacast.evaluate(need, now) else {
+                continue;
+            };
+            let layers: Vec<PublisherLayer> = track
+                .layers
+                .iter()
+                .filter_map(|l| {
+                    Some(PublisherLayer {
+                        rid: l.rid.clone()?,
+                        active: l.rank <= top,
+                    })
+                })
+                .collect();
+            tracing::debug!(meeting_id = %self.meeting_id, track_id = %track.info.track_id, top, ?needed, "publisher told which layers to send");
+            effects.push(Effect::Signal {
+                to: track.info.participant_id.clone(),
+                message: ServerMessage::PublisherLayers {
+                    track_id: track.info.track_id.clone(),
+                    layers,
+                },
+            });
+        }
+    }
+
             mid: mid.into(),
             source,
             muted: false,
@@ -1811,6 +1885,7 @@ mod tests {
         room.check_publish(
             A,
             &[
+                "layers_told": t.dynacast.told(),
                 announce("0", TrackSource::Camera),
                 announce("1", TrackSource::Microphone),
             ],
@@ -3266,3 +3341,103 @@ mod tests {
         assert_eq!(room.stats().meeting.snapshot().unservable_nacks, 0);
     }
 }
+    /// What A (the publisher) was told of its camera's layers: (rid, active) per message.
+    fn layers_told(effects: &[Effect]) -> Vec<Vec<(String, bool)>> {
+        signals(effects)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                ServerMessage::PublisherLayers { layers, .. } if to == A => {
+                    Some(layers.into_iter().map(|l| (l.rid, l.active)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn told(active: [bool; 3]) -> Vec<(String, bool)> {
+        ["q", "h", "f"].into_iter().map(String::from).zip(active).collect()
+    }
+
+    /// Dynacast: layers nobody needs are paused at the publisher once the need has been
+    /// gone for the hold, the lowest never; a need coming back resumes at once; the
+    /// subscribers' qualities decide, the best of them counts.
+    #[test]
+    fn publishers_are_told_to_pause_the_layers_nobody_needs_and_to_resume_them() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(true, &layers(), t0);
+        let camera = track_id(&room, TrackSource::Camera);
+        let mut fx = Vec::new();
+        let tick = Duration::from_millis(100);
+        // Everyone wants the best (the default): nothing to tell, ever.
+        for i in 0..50 {
+            room.evaluate_layers(t0 + tick * i, &mut fx);
+        }
+        assert_eq!(layers_told(&fx), Vec::<Vec<(String, bool)>>::new());
+        // B wants the low layer, C the middle one: f is paused after the hold, h stays.
+        let at = t0 + Duration::from_secs(5);
+        room.set_subscription(B, &camera, false, Some(Quality::Low), at, &mut fx)
+            .unwrap();
+        room.set_subscription(C, &camera, false, Some(Quality::Medium), at, &mut fx)
+            .unwrap();
+        room.evaluate_layers(at, &mut fx);
+        room.evaluate_layers(at + dynacast::HOLD - tick, &mut fx);
+        assert!(layers_told(&fx).is_empty(), "not before the hold: {fx:?}");
+        room.evaluate_layers(at + dynacast::HOLD, &mut fx);
+        assert_eq!(layers_told(&fx), [told([true, true, false])]);
+        // C hides its tile (`off`), B pauses the track: nobody needs anything; q stays.
+        fx.clear();
+        let at = at + dynacast::HOLD + tick;
+        room.set_subscription(C, &camera, false, Some(Quality::Off), at, &mut fx)
+            .unwrap();
+        room.set_subscription(B, &camera, true, None, at, &mut fx).unwrap();
+        room.evaluate_layers(at, &mut fx);
+        room.evaluate_layers(at + dynacast::HOLD, &mut fx);
+        assert_eq!(layers_told(&fx), [told([true, false, false])]);
+        // C shows its tile large: everything resumes on the next evaluation.
+        fx.clear();
+        let at = at + dynacast::HOLD + tick;
+        room.set_subscription(C, &camera, false, Some(Quality::High), at, &mut fx)
+            .unwrap();
+        room.evaluate_layers(at, &mut fx);
+        assert_eq!(layers_told(&fx), [told([true, true, true])]);
+        // The microphone (one layer) is never the subject; only A is told.
+        assert!(
+            signals(&fx)
+                .iter()
+                .all(|(to, m)| to == A || !matches!(m, ServerMessage::PublisherLayers { .. }))
+        );
+    }
+
+    /// A layer still arriving 2 s after its publisher was told to pause it: told again
+    /// (the client missed it, or reconnected and sends all its layers).
+    #[test]
+    fn a_paused_layer_that_keeps_arriving_is_told_again() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let camera = track_id(&room, TrackSource::Camera);
+        let (mut sink, mut fx) = (Recorder::default(), Vec::new());
+        room.set_subscription(B, &camera, false, Some(Quality::Low), t0, &mut fx)
+            .unwrap();
+        room.evaluate_layers(t0, &mut fx);
+        room.evaluate_layers(t0 + dynacast::HOLD, &mut fx);
+        assert_eq!(layers_told(&fx), [told([true, false, false])]);
+        fx.clear();
+        let mut at = t0 + dynacast::HOLD;
+        for seq in 0..30 {
+            at += Duration::from_millis(100);
+            room.forward(A_PUB, &vp8(1002, seq, 0, false), at, &mut sink, &mut fx);
+            room.evaluate_layers(at, &mut fx);
+        }
+        assert_eq!(
+            layers_told(&fx),
+            [told([true, false, false])],
+            "once in 3 s of f arriving"
+        );
+        // f stops arriving (the client applied it): nothing more.
+        fx.clear();
+        for i in 1..50 {
+            room.evaluate_layers(at + Duration::from_millis(100) * i, &mut fx);
+        }
+        assert!(layers_told(&fx).is_empty(), "{fx:?}");
+    }
+

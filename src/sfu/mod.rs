@@ -36,6 +36,7 @@ pub mod benching;
 mod connection;
 pub mod demux;
 pub mod forward;
+pub mod dynacast;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ice_lite;

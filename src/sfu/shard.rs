@@ -245,7 +245,8 @@ impl Shard {
 
     /// Every room's active speakers, on [`SPEAKER_TICK`]: a room evaluates when its
     /// detector is due and has audio levels (cheap otherwise); parked tracks past their
-    /// grace are unpublished on the same tick.
+    /// grace are unpublished, and publishers told which simulcast layers are needed
+    /// (`MediaRoom::evaluate_layers`), on the same tick.
     fn evaluate_speakers(&mut self, now: Instant) {
         // On the connections' timer grid, so it shares their wake-ups.
         self.speakers_due = self.peers.timer_slot(now + SPEAKER_TICK, now);
@@ -254,6 +255,7 @@ impl Shard {
             if let Some(hosted) = self.rooms.get_mut(&room_id) {
                 hosted.room.evaluate_speakers(now, &mut self.effects);
                 hosted.room.expire_parked(now, &mut self.effects);
+                hosted.room.evaluate_layers(now, &mut self.effects);
             }
             if !self.effects.is_empty() {
                 self.apply(room_id, now);

@@ -1832,7 +1832,9 @@ async function outboundLayers(page) {
  * Simulcast (issue 12): the guest's camera goes out as three layers (q, h, f); staff (the
  * console, a second context of the same browser) receives the one its tile needs. The
  * script sizes staff's video of the guest 1280x720 CSS pixels (its tile asks `high`), then
- * 200x112 (`low`), then 1280x720 again, then hides the tile (`off`) and shows it again. Facts: the publisher's
+ * 200x112 (`low`), then 1280x720 again, then hides the tile (`off`): with nobody needing them the
+ * guest's browser stops sending its top layers (`layersWhileOff`, `pausedMs` from hiding); shown
+ * again, the full layer comes back (`resumedMs`, and `topAgainMs` until staff decodes it). Facts: the publisher's
  * layers (`layers`), the frame width staff decodes at the start, once low, once high
  * (`startWidth`, `lowWidth`, `highWidth`, and `lowMs`, `highMs` from each change to
  * that width), the longest stretch without a newly decoded frame from the first change
@@ -1927,9 +1929,26 @@ async function simulcastLayers(run) {
   let before = (await inboundCamera(staff)).packetsReceived;
   await new Promise((r) => setTimeout(r, 2000));
   run.facts.packetsWhileOff = (await inboundCamera(staff)).packetsReceived - before;
+
+  // Dynacast: nobody needs more than the lowest layer now, so the gateway tells the guest
+  // (`publisher_layers`, after its 3 s hold) and the guest's browser stops encoding h and f.
+  run.step('nobody needs the top layers: the guest stops sending them, the lowest goes on');
+  await until(10000, async () => {
+    const layers = await outboundLayers(guest);
+    run.facts.layersWhileOff = layers;
+    return layers.filter((l) => l.rid !== 'q').every((l) => l.active === false)
+      && layers.some((l) => l.rid === 'q' && l.active === true);
+  });
+  run.facts.pausedMs = Date.now() - hidden;
   await tile.evaluate((t) => { t.style.display = ''; });
+  const shown = Date.now();
   before = (await inboundCamera(staff)).packetsReceived;
-  await new Promise((r) => setTimeout(r, 2000));
+  run.step('shown large again: the guest sends its top layer again');
+  await until(10000, async () => (await outboundLayers(guest)).some((l) => l.rid === 'f' && l.active === true));
+  run.facts.resumedMs = Date.now() - shown;
+  await until(10000, async () => (await width()) >= Math.max(...(await sent())));
+  run.facts.topAgainMs = Date.now() - shown;
+  await new Promise((r) => setTimeout(r, Math.max(0, 2000 - (Date.now() - shown))));
   run.facts.packetsAfterOn = (await inboundCamera(staff)).packetsReceived - before;
   await run.shot(staff, 'simulcast-staff.png');
   await visible(guest, 'leave-button').click();
