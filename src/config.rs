@@ -131,6 +131,13 @@ pub struct Config {
     /// and no Redis is touched [default: unset].
     #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PostgreSQL of a cluster of nodes, e.g. postgres://gatehouse:secret@10.0.0.6/gatehouse:
+    /// meetings, links, admissions, the participation log, appointments, the webhook outbox
+    /// and the token-signing key live there, shared by every node (README, "Several nodes").
+    /// Unset: they live in SQLite in the data directory, and nothing else is needed
+    /// [default: unset].
+    #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// On SIGTERM or SIGINT, drain instead of stopping at once: take no new meeting (in a
     /// cluster, the registry marks the node draining and placement skips it), let the
     /// meetings running here go on until they end, then stop. A second signal stops at once
@@ -229,6 +236,15 @@ impl Config {
                 ["redis", "unix", "redis+unix"].contains(&url.scheme()),
                 "redis_url must start with redis://, unix:// or redis+unix:// (rediss:// is not \
                  built in: reach Redis over a private network or a local TLS tunnel)"
+            );
+        }
+        if let Some(db) = self.database_url() {
+            // The URL is only parsed here: it may hold a password, which no message repeats.
+            let url = url::Url::parse(db).map_err(|_| anyhow::anyhow!("database_url is not a URL"))?;
+            anyhow::ensure!(
+                ["postgres", "postgresql"].contains(&url.scheme()),
+                "database_url must start with postgres:// or postgresql:// (SQLite needs no URL: \
+                 leave database_url unset)"
             );
         }
         Ok(())
@@ -334,6 +350,12 @@ impl Config {
     /// The Redis of this node's cluster, if it is one (an empty setting counts as none).
     pub fn redis_url(&self) -> Option<&str> {
         self.redis_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// The PostgreSQL of this node's cluster, if its records are shared (an empty setting
+    /// counts as none).
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref().filter(|u| !u.is_empty())
     }
 
     /// Share of forwarded media packets the SFU drops on purpose, in [0, 1]; 0 in production.
@@ -514,6 +536,38 @@ mod tests {
         .unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(c.redis_url(), Some("redis://127.0.0.1:6390"), "from the file");
+    }
+
+    #[test]
+    fn database_url_off_unless_given_and_checked_without_repeating_it() {
+        assert_eq!(Config::resolve(Config::default()).unwrap().database_url(), None);
+        let with = |u: &str| {
+            Config::resolve(Config {
+                database_url: Some(u.to_owned()),
+                ..Default::default()
+            })
+        };
+        assert_eq!(with("").unwrap().database_url(), None, "empty is unset");
+        for ok in [
+            "postgres://gatehouse:secret@10.0.0.6/gatehouse",
+            "postgresql://localhost:5433/gh?sslmode=disable",
+        ] {
+            assert_eq!(with(ok).unwrap().database_url(), Some(ok));
+        }
+        for bad in ["mysql://u:hunter2@db/gh", "sqlite:///tmp/x.db", "u:hunter2@db"] {
+            let err = format!("{:#}", with(bad).expect_err(bad));
+            assert!(err.contains("database_url"), "{err}");
+            assert!(!err.contains("hunter2"), "the password is not repeated: {err}");
+        }
+        let path = std::env::temp_dir().join(format!("gatehouse-cfg-{}.toml", crate::ids::random_code(8)));
+        std::fs::write(&path, "database_url = \"postgres://db.internal/gh\"\n").unwrap();
+        let c = Config::resolve(Config {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.database_url(), Some("postgres://db.internal/gh"), "from the file");
     }
 
     #[test]

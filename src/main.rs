@@ -66,6 +66,10 @@ struct TokenArgs {
     /// The gateway's data directory (where its signing key lives).
     #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// The cluster's PostgreSQL, whose shared signing key the token is signed with (the
+    /// gateways' `--database-url`). Unset: the key in the data directory.
+    #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 fn parse_role(s: &str) -> Result<StaffRole, String> {
@@ -102,7 +106,17 @@ async fn main() -> anyhow::Result<()> {
             serve(config).await
         }
         Command::Token(args) => {
-            let keys = gatehouse::server::load_or_create_signing_key(&args.data_dir)?;
+            let keys = match args.database_url.filter(|u| !u.is_empty()) {
+                None => gatehouse::server::load_or_create_signing_key(&args.data_dir)?,
+                Some(url) => {
+                    let data_dir = args.data_dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let store = gatehouse::store::Store::open_postgres(&url)?;
+                        gatehouse::server::shared_signing_key(&store, &data_dir)
+                    })
+                    .await??
+                }
+            };
             let sub = args.sub.unwrap_or_else(|| args.name.to_lowercase().replace(' ', "."));
             let now = gatehouse::ids::now_ms() / 1000;
             let token = keys.mint_staff(&sub, &args.name, &args.org, args.role, now, args.ttl)?;

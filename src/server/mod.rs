@@ -133,6 +133,70 @@ pub fn load_or_create_signing_key(data_dir: &std::path::Path) -> anyhow::Result<
     Ok(TokenKeys::new(&secret, "gatehouse")?)
 }
 
+/// The name of the token-signing key in a shared store's `gatehouse_secrets`.
+#[cfg(feature = "cluster")]
+const SIGNING_KEY_SECRET: &str = "token_signing_key";
+
+/// The token-signing key of a cluster, kept in its shared store so that every node verifies
+/// every other node's tokens: the first node to start makes it (or brings the one in its
+/// data directory, so tokens a single node issued before it joined PostgreSQL stay valid);
+/// every later node reads it. Blocks: call it off the runtime's threads.
+#[cfg(feature = "cluster")]
+pub fn shared_signing_key(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<TokenKeys> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let local = data_dir.join("signing.key");
+    let from_file = match std::fs::read(&local) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", local.display())),
+    };
+    let offered = from_file.clone().unwrap_or_else(|| {
+        let mut secret = vec![0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
+        secret
+    });
+    let stored = store
+        .shared_secret(SIGNING_KEY_SECRET, || b64.encode(&offered))
+        .map_err(|e| anyhow::anyhow!("reading the signing key from the database: {}", e.message))?;
+    let secret = b64
+        .decode(stored.as_bytes())
+        .context("the signing key in the database is not base64")?;
+    if from_file.as_ref().is_some_and(|f| *f != secret) {
+        tracing::warn!(
+            path = %local.display(),
+            "this data directory has a signing key of its own: the cluster's key from the database \
+             is used instead (tokens signed with the local key are not accepted)"
+        );
+    }
+    Ok(TokenKeys::new(&secret, "gatehouse")?)
+}
+
+/// The store and the token-signing key: SQLite and a key file in the data directory, or,
+/// with `database_url`, the cluster's PostgreSQL and the key kept there.
+async fn open_store(config: &Config, data_dir: &std::path::Path) -> anyhow::Result<(Store, TokenKeys)> {
+    let Some(url) = config.database_url() else {
+        let keys = load_or_create_signing_key(data_dir)?;
+        let store = Store::open(&data_dir.join("gatehouse.db"))?;
+        return Ok((store, keys));
+    };
+    #[cfg(feature = "cluster")]
+    {
+        let (url, data_dir) = (url.to_owned(), data_dir.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open_postgres(&url)?;
+            let keys = shared_signing_key(&store, &data_dir)?;
+            Ok((store, keys))
+        })
+        .await?
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = url;
+        anyhow::bail!("database_url is set, but this gateway was built without the `cluster` feature")
+    }
+}
+
 /// The address to advertise for media bound to a wildcard with no public IP
 /// configured: the source address of the default route (no packet is sent),
 /// else loopback.
@@ -174,12 +238,15 @@ async fn cluster_router(
     };
     let router = crate::cluster::redis::RedisRouter::connect(url, config.public_url(), media_addr.to_string()).await?;
     let node_id = router.node_id.clone();
-    tracing::warn!(
-        %node_id,
-        "cluster mode (redis_url) is not complete: this node joins the registry, places meetings \
-         and relays signaling to the node that runs a meeting, but meetings, links and admissions \
-         stay in its own database (not shared with the other nodes) (README, \"Several nodes\")"
-    );
+    if config.database_url().is_none() {
+        tracing::warn!(
+            %node_id,
+            "cluster mode without database_url: this node joins the registry, places meetings and \
+             relays signaling, but meetings, links and admissions stay in its own SQLite database, \
+             which nodes on other machines cannot read: set database_url to the cluster's \
+             PostgreSQL (README, \"Several nodes\")"
+        );
+    }
     Ok((router.clone(), Some(router)))
 }
 
@@ -263,8 +330,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     }
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let keys = load_or_create_signing_key(&data_dir)?;
-    let store = Arc::new(Store::open(&data_dir.join("gatehouse.db"))?);
+    let (store, keys) = open_store(&config, &data_dir).await?;
+    let store = Arc::new(store);
     // Before anything can write an event: which endpoints its deliveries go to.
     let webhook_settings = config.webhooks()?;
     webhooks::sync_endpoints(&store, &webhook_settings).await?;

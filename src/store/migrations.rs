@@ -194,6 +194,166 @@ pub fn migrations() -> Migrations<'static> {
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 5;
 
+/// PostgreSQL version 1: the SQLite schema at version 5, whole, in PostgreSQL's types
+/// (`BIGINT` for every integer, `BOOLEAN` for `in_call`, identity columns for SQLite's
+/// `AUTOINCREMENT`), plus `gatehouse_secrets`, where the nodes of a cluster keep their
+/// one token-signing key (`server::shared_signing_key`). The two lists grow together:
+/// a change of schema is a new migration at the end of each, never an edit.
+const PG_V1_SCHEMA: &str = r#"
+CREATE TABLE meetings (
+    meeting_id   TEXT PRIMARY KEY,
+    organization TEXT NOT NULL,
+    organizer    TEXT NOT NULL,
+    settings     TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    ended_at     BIGINT
+);
+CREATE INDEX meetings_by_org ON meetings(organization, created_at);
+CREATE TABLE links (
+    link_id     TEXT PRIMARY KEY,
+    meeting_id  TEXT NOT NULL REFERENCES meetings(meeting_id),
+    code        TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,
+    invitee     TEXT,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT,
+    revoked_at  BIGINT,
+    redemptions BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX links_by_meeting ON links(meeting_id);
+CREATE TABLE participation_events (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    at_ms          BIGINT NOT NULL,
+    event          TEXT NOT NULL,
+    detail         TEXT NOT NULL
+);
+CREATE INDEX events_by_meeting ON participation_events(meeting_id, id);
+CREATE TABLE open_attendance (
+    meeting_id     TEXT NOT NULL,
+    participant_id TEXT NOT NULL,
+    display_name   TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    in_call        BOOLEAN NOT NULL,
+    since_ms       BIGINT NOT NULL,
+    PRIMARY KEY (meeting_id, participant_id)
+);
+CREATE TABLE departments (
+    department_id TEXT PRIMARY KEY,
+    organization  TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    UNIQUE (organization, name)
+);
+CREATE TABLE department_staff (
+    department_id TEXT NOT NULL REFERENCES departments(department_id) ON DELETE CASCADE,
+    staff         TEXT NOT NULL,
+    PRIMARY KEY (department_id, staff)
+);
+CREATE TABLE working_hours (
+    organization TEXT NOT NULL,
+    staff        TEXT NOT NULL,
+    hours        TEXT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    PRIMARY KEY (organization, staff)
+);
+CREATE TABLE appointment_types (
+    type_id         TEXT PRIMARY KEY,
+    organization    TEXT NOT NULL,
+    settings        TEXT NOT NULL,
+    link_code       TEXT UNIQUE,
+    link_expires_at BIGINT,
+    link_used_at    BIGINT,
+    created_at      BIGINT NOT NULL,
+    archived_at     BIGINT
+);
+CREATE INDEX appointment_types_by_org ON appointment_types(organization);
+CREATE TABLE appointments (
+    appointment_id   TEXT PRIMARY KEY,
+    organization     TEXT NOT NULL,
+    type_id          TEXT NOT NULL REFERENCES appointment_types(type_id),
+    department_id    TEXT,
+    staff            TEXT NOT NULL,
+    meeting_id       TEXT NOT NULL UNIQUE REFERENCES meetings(meeting_id),
+    link_id          TEXT NOT NULL REFERENCES links(link_id),
+    manage_code      TEXT NOT NULL UNIQUE,
+    guest_name       TEXT NOT NULL,
+    guest_contact    TEXT,
+    starts_at        BIGINT,
+    ends_at          BIGINT,
+    machine          TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    first_arrived_at BIGINT,
+    served_at        BIGINT,
+    completed_at     BIGINT
+);
+CREATE INDEX appointments_by_staff_time ON appointments(organization, staff, starts_at);
+CREATE INDEX appointments_by_department_time ON appointments(organization, department_id, starts_at);
+CREATE INDEX appointments_by_state ON appointments(state, starts_at);
+CREATE INDEX appointments_by_department_period ON appointments(organization, department_id, (COALESCE(starts_at, created_at)));
+CREATE INDEX appointments_by_staff_period ON appointments(organization, staff, (COALESCE(starts_at, created_at)));
+CREATE INDEX appointments_by_period ON appointments(organization, (COALESCE(starts_at, created_at)));
+CREATE TABLE appointment_transitions (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    appointment_id TEXT NOT NULL REFERENCES appointments(appointment_id),
+    from_state     TEXT,
+    to_state       TEXT NOT NULL,
+    at_ms          BIGINT NOT NULL,
+    cause          TEXT NOT NULL
+);
+CREATE INDEX transitions_by_appointment ON appointment_transitions(appointment_id, id);
+CREATE TABLE webhook_events (
+    seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id       TEXT NOT NULL UNIQUE,
+    organization   TEXT NOT NULL,
+    event_type     TEXT NOT NULL,
+    appointment_id TEXT,
+    dedupe_key     TEXT UNIQUE,
+    payload        TEXT NOT NULL,
+    join_code      TEXT,
+    created_at     BIGINT NOT NULL
+);
+CREATE INDEX webhook_events_by_time ON webhook_events(created_at);
+CREATE TABLE webhook_endpoints (
+    endpoint_id  TEXT PRIMARY KEY,
+    organization TEXT
+);
+CREATE TABLE webhook_deliveries (
+    endpoint_id     TEXT NOT NULL,
+    seq             BIGINT NOT NULL REFERENCES webhook_events(seq) ON DELETE CASCADE,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    delivered_at    BIGINT,
+    failed_at       BIGINT,
+    last_error      TEXT,
+    PRIMARY KEY (endpoint_id, seq)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries(endpoint_id, next_attempt_at)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+CREATE TABLE appointment_reminders (
+    appointment_id TEXT NOT NULL REFERENCES appointments(appointment_id),
+    offset_ms      BIGINT NOT NULL,
+    label          TEXT NOT NULL,
+    due_at         BIGINT NOT NULL,
+    starts_at      BIGINT NOT NULL,
+    PRIMARY KEY (appointment_id, offset_ms)
+);
+CREATE INDEX appointment_reminders_due ON appointment_reminders(due_at);
+CREATE TABLE gatehouse_secrets (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#;
+
+/// The PostgreSQL migrations, oldest first (`pg::migrate` keeps the version in
+/// `gatehouse_schema`).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub const POSTGRES: &[&str] = &[PG_V1_SCHEMA];
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,10 +9,10 @@
 
 use gatehouse_signaling::appointment::{AppointmentState, Transition};
 use gatehouse_signaling::{Error, ErrorCode};
-use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::{Value, json};
 
-use super::{Store, db_err, json_err};
+use super::db::{Db, args};
+use super::{Store, json_err};
 use crate::appointments::AppointmentRecord;
 use crate::webhooks::EventType;
 
@@ -61,11 +61,11 @@ pub struct DeliveryStatus {
     pub last_error: Option<String>,
 }
 
-/// Writes one event and its deliveries; false (and nothing written) when `dedupe_key`
-/// was used before.
+/// Writes one event and its deliveries: its id and how many deliveries (one per endpoint
+/// of its organisation), or `None` (and nothing written) when `dedupe_key` was used before.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn enqueue_in(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Db,
     organization: &str,
     event_type: EventType,
     appointment_id: Option<&str>,
@@ -73,7 +73,7 @@ pub(super) fn enqueue_in(
     data: Value,
     join_code: Option<&str>,
     now_ms: u64,
-) -> Result<bool, Error> {
+) -> Result<Option<(String, u64)>, Error> {
     let event_id = crate::ids::new_id("evt");
     let body = json!({
         "id": event_id,
@@ -84,34 +84,30 @@ pub(super) fn enqueue_in(
         "data": data,
     });
     let payload = serde_json::to_string(&body).map_err(json_err)?;
-    let inserted = tx
-        .execute(
-            "INSERT OR IGNORE INTO webhook_events (event_id, organization, event_type, appointment_id, dedupe_key, payload, join_code, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![event_id, organization, event_type.as_str(), appointment_id, dedupe_key, payload, join_code, now_ms as i64],
-        )
-        .map_err(db_err)?;
-    if inserted == 0 {
-        return Ok(false);
-    }
-    let seq = tx.last_insert_rowid();
-    tx.execute(
+    let inserted = tx.query_opt(
+        "INSERT INTO webhook_events (event_id, organization, event_type, appointment_id, dedupe_key, payload, join_code, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING RETURNING seq",
+        args![event_id, organization, event_type.as_str(), appointment_id, dedupe_key, payload, join_code, now_ms as i64],
+    )?;
+    let Some(seq) = inserted else {
+        return Ok(None);
+    };
+    let seq = seq.int(0)?;
+    let deliveries = tx.execute(
         "INSERT INTO webhook_deliveries (endpoint_id, seq, next_attempt_at) SELECT endpoint_id, ?1, ?2 FROM webhook_endpoints WHERE organization IS NULL OR organization = ?3",
-        params![seq, now_ms as i64, organization],
-    )
-    .map_err(db_err)?;
-    Ok(true)
+        args![seq, now_ms as i64, organization],
+    )?;
+    Ok(Some((event_id, deliveries)))
 }
 
 /// What every appointment event says about the appointment.
-pub(super) fn appointment_data(tx: &Transaction<'_>, a: &AppointmentRecord) -> Result<Value, Error> {
-    let settings: Option<String> = tx
-        .query_row(
+pub(super) fn appointment_data(tx: &mut dyn Db, a: &AppointmentRecord) -> Result<Value, Error> {
+    let settings = tx
+        .query_opt(
             "SELECT settings FROM appointment_types WHERE type_id = ?1",
-            [&a.type_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db_err)?;
+            args![a.type_id],
+        )?
+        .map(|r| r.text(0))
+        .transpose()?;
     let title = settings
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
         .and_then(|v| v.get("title").and_then(Value::as_str).map(str::to_owned))
@@ -135,22 +131,17 @@ pub(super) fn appointment_data(tx: &Transaction<'_>, a: &AppointmentRecord) -> R
 }
 
 /// The guest's join code while their link works.
-pub(super) fn join_code(tx: &Transaction<'_>, link_id: &str) -> Result<Option<String>, Error> {
-    tx.query_row(
+pub(super) fn join_code(tx: &mut dyn Db, link_id: &str) -> Result<Option<String>, Error> {
+    tx.query_opt(
         "SELECT code FROM links WHERE link_id = ?1 AND revoked_at IS NULL",
-        [link_id],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(db_err)
+        args![link_id],
+    )?
+    .map(|r| r.text(0))
+    .transpose()
 }
 
 /// The events `transitions` of `a` are (see [`EventType::of_transition`]), written with them.
-pub(super) fn transitions_in(
-    tx: &Transaction<'_>,
-    a: &AppointmentRecord,
-    transitions: &[Transition],
-) -> Result<(), Error> {
+pub(super) fn transitions_in(tx: &mut dyn Db, a: &AppointmentRecord, transitions: &[Transition]) -> Result<(), Error> {
     let events: Vec<(EventType, &Transition)> = transitions
         .iter()
         .filter_map(|t| EventType::of_transition(t).map(|e| (e, t)))
@@ -188,73 +179,67 @@ impl Store {
     /// Makes `webhook_endpoints` the configured endpoints (name, organisation filter).
     /// Pending deliveries of an endpoint no longer configured are given up.
     pub fn sync_webhook_endpoints(&self, endpoints: &[(String, Option<String>)], now_ms: u64) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err)?;
-        tx.execute("DELETE FROM webhook_endpoints", []).map_err(db_err)?;
-        for (name, org) in endpoints {
+        let dropped = self.tx(|tx| {
+            tx.execute("DELETE FROM webhook_endpoints", args![])?;
+            for (name, org) in endpoints {
+                tx.execute(
+                    "INSERT INTO webhook_endpoints (endpoint_id, organization) VALUES (?1, ?2)",
+                    args![name, org],
+                )?;
+            }
             tx.execute(
-                "INSERT INTO webhook_endpoints (endpoint_id, organization) VALUES (?1, ?2)",
-                params![name, org],
-            )
-            .map_err(db_err)?;
-        }
-        let dropped = tx
-            .execute(
                 "UPDATE webhook_deliveries SET failed_at = ?1, last_error = 'endpoint removed from the configuration' WHERE delivered_at IS NULL AND failed_at IS NULL AND endpoint_id NOT IN (SELECT endpoint_id FROM webhook_endpoints)",
-                [now_ms as i64],
+                args![now_ms as i64],
             )
-            .map_err(db_err)?;
+        })?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
                 "webhook deliveries given up: their endpoint is no longer configured"
             );
         }
-        tx.commit().map_err(db_err)
+        Ok(())
     }
 
     /// An endpoint's deliveries due at `now_ms`, oldest due first.
     pub fn due_deliveries(&self, endpoint: &str, now_ms: u64, limit: u32) -> Result<Vec<DueDelivery>, Error> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
+        let rows = self.with(|db| {
+            db.query(
                 "SELECT d.seq, e.event_id, e.event_type, e.payload, e.join_code, e.created_at, d.attempts FROM webhook_deliveries d JOIN webhook_events e ON e.seq = d.seq WHERE d.endpoint_id = ?1 AND d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= ?2 ORDER BY d.next_attempt_at, d.seq LIMIT ?3",
+                args![endpoint, now_ms as i64, limit],
             )
-            .map_err(db_err)?;
-        stmt.query_map(params![endpoint, now_ms as i64, limit], |r| {
-            Ok(DueDelivery {
-                seq: r.get(0)?,
-                event_id: r.get(1)?,
-                event_type: r.get(2)?,
-                payload: r.get(3)?,
-                join_code: r.get(4)?,
-                created_at_ms: r.get::<_, i64>(5)? as u64,
-                attempts: r.get::<_, i64>(6)?.try_into().unwrap_or(u32::MAX),
+        })?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueDelivery {
+                    seq: r.int(0)?,
+                    event_id: r.text(1)?,
+                    event_type: r.text(2)?,
+                    payload: r.text(3)?,
+                    join_code: r.opt_text(4)?,
+                    created_at_ms: r.u64(5)?,
+                    attempts: r.int(6)?.try_into().unwrap_or(u32::MAX),
+                })
             })
-        })
-        .map_err(db_err)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_err)
+            .collect()
     }
 
     /// Records an attempt's outcome.
     pub fn delivery_attempted(&self, endpoint: &str, seq: i64, outcome: &Attempt, now_ms: u64) -> Result<(), Error> {
-        let conn = self.conn();
-        let changed = match outcome {
-            Attempt::Delivered => conn.execute(
+        let changed = self.with(|db| match outcome {
+            Attempt::Delivered => db.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, delivered_at = ?3, last_error = NULL WHERE endpoint_id = ?1 AND seq = ?2",
-                params![endpoint, seq, now_ms as i64],
+                args![endpoint, seq, now_ms as i64],
             ),
-            Attempt::Retry { error, next_at_ms } => conn.execute(
+            Attempt::Retry { error, next_at_ms } => db.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4 WHERE endpoint_id = ?1 AND seq = ?2",
-                params![endpoint, seq, *next_at_ms as i64, error],
+                args![endpoint, seq, *next_at_ms as i64, error],
             ),
-            Attempt::GiveUp { error } => conn.execute(
+            Attempt::GiveUp { error } => db.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, failed_at = ?3, last_error = ?4 WHERE endpoint_id = ?1 AND seq = ?2",
-                params![endpoint, seq, now_ms as i64, error],
+                args![endpoint, seq, now_ms as i64, error],
             ),
-        }
-        .map_err(db_err)?;
+        })?;
         if changed == 1 {
             Ok(())
         } else {
@@ -264,64 +249,59 @@ impl Store {
 
     /// Deletes events older than `before_ms` that no endpoint still waits for.
     pub fn prune_webhook_events(&self, before_ms: u64) -> Result<usize, Error> {
-        self.conn()
-            .execute(
+        let n = self.with(|db| {
+            db.execute(
                 "DELETE FROM webhook_events WHERE created_at < ?1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.seq = webhook_events.seq AND d.delivered_at IS NULL AND d.failed_at IS NULL)",
-                [before_ms as i64],
+                args![before_ms as i64],
             )
-            .map_err(db_err)
+        })?;
+        Ok(n as usize)
     }
 
     /// Every delivery of an organisation's events, newest first (at most `limit`).
     pub fn webhook_deliveries(&self, organization: &str, limit: u32) -> Result<Vec<DeliveryStatus>, Error> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
+        let rows = self.with(|db| {
+            db.query(
                 "SELECT d.endpoint_id, e.event_id, e.event_type, d.attempts, d.delivered_at, d.failed_at, d.last_error FROM webhook_deliveries d JOIN webhook_events e ON e.seq = d.seq WHERE e.organization = ?1 ORDER BY d.seq DESC, d.endpoint_id LIMIT ?2",
+                args![organization, limit],
             )
-            .map_err(db_err)?;
-        stmt.query_map(params![organization, limit], |r| {
-            Ok(DeliveryStatus {
-                endpoint: r.get(0)?,
-                event_id: r.get(1)?,
-                event_type: r.get(2)?,
-                attempts: r.get::<_, i64>(3)?.try_into().unwrap_or(u32::MAX),
-                delivered_at_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                failed_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                last_error: r.get(6)?,
+        })?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryStatus {
+                    endpoint: r.text(0)?,
+                    event_id: r.text(1)?,
+                    event_type: r.text(2)?,
+                    attempts: r.int(3)?.try_into().unwrap_or(u32::MAX),
+                    delivered_at_ms: r.opt_u64(4)?,
+                    failed_at_ms: r.opt_u64(5)?,
+                    last_error: r.opt_text(6)?,
+                })
             })
-        })
-        .map_err(db_err)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_err)
+            .collect()
     }
 }
 
 /// Reminders of `a` from its type's schedule, replacing any not yet sent: each one due
 /// `offset` before the start, if that is still ahead at `now_ms` (a reminder whose time
 /// passed before the booking or reschedule is not sent).
-pub(super) fn schedule_reminders(tx: &Transaction<'_>, a: &AppointmentRecord, now_ms: u64) -> Result<(), Error> {
+pub(super) fn schedule_reminders(tx: &mut dyn Db, a: &AppointmentRecord, now_ms: u64) -> Result<(), Error> {
     tx.execute(
         "DELETE FROM appointment_reminders WHERE appointment_id = ?1",
-        [&a.appointment_id],
-    )
-    .map_err(db_err)?;
+        args![a.appointment_id],
+    )?;
     let Some(start) = a.machine.starts_at_ms else {
         return Ok(());
     };
     if a.machine.state != AppointmentState::Scheduled {
         return Ok(());
     }
-    let settings: Option<String> = tx
-        .query_row(
-            "SELECT settings FROM appointment_types WHERE type_id = ?1",
-            [&a.type_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db_err)?;
+    let settings = tx.query_opt(
+        "SELECT settings FROM appointment_types WHERE type_id = ?1",
+        args![a.type_id],
+    )?;
     let Some(settings) = settings else { return Ok(()) };
-    let settings: crate::appointments::TypeSettings = serde_json::from_str(&settings).map_err(json_err)?;
+    let settings: crate::appointments::TypeSettings = serde_json::from_str(&settings.text(0)?).map_err(json_err)?;
     for label in &settings.reminders {
         let Some(offset) = crate::webhooks::parse_offset(label) else {
             continue;
@@ -331,37 +311,32 @@ pub(super) fn schedule_reminders(tx: &Transaction<'_>, a: &AppointmentRecord, no
             continue;
         }
         tx.execute(
-            "INSERT OR REPLACE INTO appointment_reminders (appointment_id, offset_ms, label, due_at, starts_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![a.appointment_id, offset as i64, label, due as i64, start as i64],
-        )
-        .map_err(db_err)?;
+            "INSERT INTO appointment_reminders (appointment_id, offset_ms, label, due_at, starts_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (appointment_id, offset_ms) DO UPDATE SET label = excluded.label, due_at = excluded.due_at, starts_at = excluded.starts_at",
+            args![a.appointment_id, offset as i64, label, due as i64, start as i64],
+        )?;
     }
     Ok(())
 }
 
 /// Sends every reminder due at `now_ms` whose appointment is still `scheduled` at the
-/// same start; returns how many were written.
-pub(super) fn send_due_reminders(tx: &Transaction<'_>, now_ms: u64) -> Result<usize, Error> {
-    let due: Vec<(String, i64, String, i64, i64)> = {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT appointment_id, offset_ms, label, due_at, starts_at FROM appointment_reminders WHERE due_at <= ?1 ORDER BY due_at LIMIT 500",
-            )
-            .map_err(db_err)?;
-        stmt.query_map([now_ms as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .map_err(db_err)?
-        .collect::<Result<_, _>>()
-        .map_err(db_err)?
-    };
+/// same start; returns how many were written. Several nodes may run this at once: a
+/// reminder is sent by whoever deletes its row (the others' `DELETE` finds none), and its
+/// event has a dedupe key besides.
+pub(super) fn send_due_reminders(tx: &mut dyn Db, now_ms: u64) -> Result<usize, Error> {
+    let due = tx.query(
+        "SELECT appointment_id, offset_ms, label, due_at, starts_at FROM appointment_reminders WHERE due_at <= ?1 ORDER BY due_at, appointment_id, offset_ms LIMIT 500",
+        args![now_ms as i64],
+    )?;
     let mut sent = 0;
-    for (id, offset, label, due_at, starts_at) in due {
-        tx.execute(
+    for r in due {
+        let (id, offset, label, due_at, starts_at) = (r.text(0)?, r.int(1)?, r.text(2)?, r.u64(3)?, r.int(4)?);
+        let taken = tx.execute(
             "DELETE FROM appointment_reminders WHERE appointment_id = ?1 AND offset_ms = ?2",
-            params![id, offset],
-        )
-        .map_err(db_err)?;
+            args![id, offset],
+        )?;
+        if taken == 0 {
+            continue;
+        }
         let Some(a) = super::appointments::load_appointment(tx, &id)? else {
             continue;
         };
@@ -381,8 +356,10 @@ pub(super) fn send_due_reminders(tx: &Transaction<'_>, now_ms: u64) -> Result<us
             Some(&key),
             data,
             code.as_deref(),
-            (due_at as u64).max(a.created_at_ms),
-        )? {
+            due_at.max(a.created_at_ms),
+        )?
+        .is_some()
+        {
             sent += 1;
         }
     }

@@ -1,0 +1,222 @@
+//! A throwaway PostgreSQL for tests (the store's own and `tests/cluster.rs`): `initdb` in a
+//! temporary directory, `postgres` on a free loopback port, stopped and removed on drop,
+//! also when the test fails. Not used by the gateway itself.
+//!
+//! PostgreSQL refuses to run as root, so as root (CI) the cluster runs as the `postgres`
+//! user the Debian package creates (else `nobody`). The server is also told to die with the
+//! thread that started it (`PR_SET_PDEATHSIG`), so a test process killed outright leaves no
+//! server behind.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The environment variable that turns "PostgreSQL is not installed" from a skip into a
+/// failure (scripts/test.sh sets it).
+pub const REQUIRE_VAR: &str = "GATEHOUSE_REQUIRE_POSTGRES";
+
+/// How long the server may take to accept connections.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A running throwaway cluster.
+pub struct TestPostgres {
+    dir: PathBuf,
+    child: Child,
+    port: u16,
+}
+
+/// Where `initdb` and `postgres` are: on `PATH`, or in Debian's versioned directory
+/// (the `postgresql` package does not put them on `PATH`).
+fn bin_dir() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop()
+}
+
+/// The user to run the server as: ourselves, unless we are root.
+fn run_as() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    for name in [c"postgres", c"nobody"] {
+        // SAFETY: a NUL-terminated name; the returned record is read at once, before any
+        // other passwd call on this thread.
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        if !pw.is_null() {
+            // SAFETY: non-null, as getpwnam returned it.
+            let pw = unsafe { &*pw };
+            return Some((pw.pw_uid, pw.pw_gid));
+        }
+    }
+    panic!("running as root and neither a postgres nor a nobody user exists to run PostgreSQL as");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn command(bin: &Path, name: &str, user: Option<(u32, u32)>) -> Command {
+    let mut cmd = Command::new(bin.join(name));
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+impl TestPostgres {
+    /// Starts a cluster; `None`, after saying so, when PostgreSQL is not installed and
+    /// [`REQUIRE_VAR`] is unset (with it set, its absence fails the test).
+    pub fn start() -> Option<TestPostgres> {
+        let Some(bin) = bin_dir() else {
+            assert!(
+                std::env::var_os(REQUIRE_VAR).is_none(),
+                "{REQUIRE_VAR} is set but PostgreSQL (initdb, postgres) is not installed: run ./scripts/install-deps.sh"
+            );
+            eprintln!("SKIPPED: PostgreSQL is not installed (./scripts/install-deps.sh installs it)");
+            return None;
+        };
+        let user = run_as();
+        let dir = std::env::temp_dir().join(format!("gatehouse-pg-{}", crate::ids::random_code(12)));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("the directory given to the server's user");
+        }
+        let data = dir.join("data");
+        let initdb = command(&bin, "initdb", user)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "gatehouse",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("initdb runs");
+        if !initdb.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
+        }
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("postgres.log")).expect("a log file");
+        if let Some((uid, gid)) = user {
+            let _ = std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid));
+        }
+        let mut cmd = command(&bin, "postgres", user);
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            // A throwaway cluster: nothing in it must survive a crash of the machine.
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("postgres starts");
+        let pg = TestPostgres { dir, child, port };
+        pg.wait_ready();
+        Some(pg)
+    }
+
+    /// Waits until the server accepts a connection (from a thread of its own: the blocking
+    /// client must not run inside a test's async runtime).
+    fn wait_ready(&self) {
+        let url = self.url();
+        let deadline = Instant::now() + READY_WITHIN;
+        let ready = std::thread::scope(|s| {
+            s.spawn(|| {
+                loop {
+                    match postgres::Client::connect(&url, postgres::NoTls) {
+                        Ok(_) => return Ok(()),
+                        Err(e) if Instant::now() > deadline => return Err(e),
+                        Err(_) => std::thread::sleep(Duration::from_millis(25)),
+                    }
+                }
+            })
+            .join()
+            .expect("the readiness probe does not panic")
+        });
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+            panic!("PostgreSQL did not accept connections within {READY_WITHIN:?}: {e}\n{log}");
+        }
+    }
+
+    /// A URL of the cluster's `postgres` database, as user `gatehouse` (trusted).
+    pub fn url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    /// A URL of database `name` of the cluster.
+    pub fn url_of(&self, name: &str) -> String {
+        format!("postgres://gatehouse@127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        // Immediate shutdown: the postmaster ends its backends and exits; nothing to keep.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, which we have not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
