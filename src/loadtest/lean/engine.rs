@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use gatehouse_sdk::now_us;
 use gatehouse_sdk::synthetic::{SyntheticCodec, SyntheticConfig, SyntheticSource};
 use gatehouse_signaling::protocol::TrackKind;
@@ -27,7 +27,7 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::RTCRtpSenderId;
@@ -104,6 +104,12 @@ struct Conn {
     probe: Arc<Probe>,
     sent: Option<Arc<Sent>>,
     connected: bool,
+    /// ICE is up: DTLS may flow.
+    ice_connected: bool,
+    /// DTLS datagrams that came before ICE was up here (the gateway, ICE-lite, is up at our
+    /// first check and sends its ClientHello at once; `rtc` would drop it and the gateway
+    /// resend it only a second later), handed over once ICE is up, as browsers do.
+    early: Vec<(SocketAddr, BytesMut)>,
     /// Deadline last put on the heap (an entry with another one is stale).
     armed: Option<Instant>,
     /// Queued for the end of the turn.
@@ -244,17 +250,22 @@ impl Engine {
                     continue;
                 };
                 let Some(conn) = self.conns[i].as_mut() else { continue };
-                let msg = TaggedBytesMut {
-                    now,
-                    transport: TransportContext {
-                        local_addr: conn.local,
-                        peer_addr: from,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: data,
-                };
-                let _ = conn.pc.handle_read(msg);
+                if !conn.ice_connected && is_dtls(&data) {
+                    if conn.early.len() < MAX_EARLY {
+                        conn.early.push((from, data));
+                    }
+                    continue;
+                }
+                let _ = conn.pc.handle_read(tagged(now, conn.local, from, data));
+                // Its reads, events and answers before the next datagram: a DTLS flight that
+                // arrives right behind the check that connected ICE is then taken, not dropped
+                // (and retransmitted by its sender a second later).
+                drain(conn, now);
+                while let Some(out) = conn.pc.poll_write() {
+                    let _ = self
+                        .udp
+                        .queue_from(Some(conn.local.ip()), out.transport.peer_addr, out.message);
+                }
                 touch(&mut self.touched, conn, i);
             }
         }
@@ -382,6 +393,8 @@ impl Engine {
             probe,
             sent: None,
             connected: false,
+            ice_connected: false,
+            early: Vec::new(),
             armed: None,
             touched: false,
         };
@@ -473,6 +486,27 @@ impl Engine {
     }
 }
 
+/// Early DTLS datagrams kept per connection (a flight or two).
+const MAX_EARLY: usize = 8;
+
+/// Whether a datagram is DTLS (RFC 7983: first byte 20 to 63).
+pub fn is_dtls(data: &[u8]) -> bool {
+    data.first().is_some_and(|b| (20..=63).contains(b))
+}
+
+fn tagged(now: Instant, local: SocketAddr, from: SocketAddr, data: BytesMut) -> TaggedBytesMut {
+    TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: local,
+            peer_addr: from,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        },
+        message: data,
+    }
+}
+
 fn touch(touched: &mut Vec<usize>, conn: &mut Conn, i: usize) {
     if !conn.touched {
         conn.touched = true;
@@ -513,6 +547,15 @@ fn drain(conn: &mut Conn, now: Instant) {
     }
     while let Some(event) = conn.pc.poll_event() {
         tracing::debug!(local = %conn.local, ?event, "lean connection event");
+        if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) = &event {
+            conn.ice_connected =
+                *state == RTCIceConnectionState::Connected || *state == RTCIceConnectionState::Completed;
+            if conn.ice_connected {
+                for (from, data) in std::mem::take(&mut conn.early) {
+                    let _ = conn.pc.handle_read(tagged(now, conn.local, from, data));
+                }
+            }
+        }
         if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
             match state {
                 RTCPeerConnectionState::Connected => {
@@ -617,6 +660,16 @@ mod tests {
         assert_eq!(codec_of(&key), SyntheticCodec::Vp8);
         assert_eq!(codec_of(&middle), SyntheticCodec::Vp8);
         assert_eq!(codec_of(b""), SyntheticCodec::Vp8);
+    }
+
+    #[test]
+    fn dtls_is_told_from_stun_rtp_and_rtcp() {
+        assert!(is_dtls(&[22, 0xfe, 0xfd]), "a handshake record");
+        assert!(is_dtls(&[20]) && is_dtls(&[63]));
+        assert!(!is_dtls(&[0x00, 0x01]), "a binding request");
+        assert!(!is_dtls(&[0x80, 96]), "RTP");
+        assert!(!is_dtls(&[0x81, 200]), "RTCP");
+        assert!(!is_dtls(&[]));
     }
 
     #[test]
