@@ -20,7 +20,7 @@ use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_rtcp_reports, configure_simulcast_extension_headers,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -40,6 +40,7 @@ use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
 use super::stats::StatsPair;
+use super::twcc_feedback;
 
 /// Shard-local room handle.
 pub type RoomId = u64;
@@ -249,8 +250,9 @@ pub fn build(
 }
 
 /// `rtc`'s default interceptors (`register_default_interceptors`: NACK feedback,
-/// simulcast header extensions, TWCC feedback to publishers, sender and receiver
-/// reports) with our NACK generator in place of `rtc`'s (see `nack`), no NACK
+/// simulcast header extensions, TWCC feedback to publishers (quiet while nothing
+/// arrives, see `twcc_feedback`), sender and receiver reports) with our NACK
+/// generator in place of `rtc`'s (see `nack`), no NACK
 /// responder (subscribers' NACKs are answered by the media room from its
 /// retransmission cache, see `retransmit`; `rtc`'s could never answer them, as our
 /// senders are added without a codec and so are never bound to the interceptors),
@@ -271,7 +273,7 @@ fn interceptors(
         );
     }
     configure_simulcast_extension_headers(media_engine)?;
-    let registry = configure_twcc_receiver_only(Registry::new(), media_engine)?;
+    let registry = twcc_feedback::configure(Registry::new(), media_engine)?;
     Ok(configure_rtcp_reports(registry)
         .with(
             Slot::from(LAYER_RTX_SLOT),

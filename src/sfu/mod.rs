@@ -55,6 +55,7 @@ pub mod stats;
 mod tcp;
 mod timers;
 /// Batched socket I/O; public for the lean load tester's client side (`loadtest::lean`).
+pub mod twcc_feedback;
 #[doc(hidden)]
 pub mod udp;
 
