@@ -132,3 +132,34 @@ write("media_datagram", "client-rtcp-pli", b"\x05" + pli)
 write("media_datagram", "client-rtcp-nack", b"\x05" + nack)
 # mode 7: a nominating check from a new address (127.0.0.2:40000), with a PRIORITY-like record.
 write("media_datagram", "nomination-moves", b"\x07" + bytes([127, 0, 0, 2, 0x9C, 0x40]) + b"\xc0\x57\x04\x00\x01\x00\x0a")
+
+
+# relay_envelope: steps separated by 0xFF; first byte: 0-2 an envelope arriving on the
+# node's channel (its JSON follows), 3 the edge's client sends a frame (text follows),
+# 4 the edge's client hangs up, 5 the edge loses its owner, 6 the owner sends a frame,
+# 7 the owner ends the session.
+def envelope(frm, conn, seq, body):
+    return bytes([0]) + json.dumps({"from": frm, "conn": conn, "seq": seq, "body": body}).encode()
+
+
+joined = {"type": "joined", "protocol": 1,
+          "you": {"participant_id": "p-1", "display_name": "Wanda", "kind": "guest"},
+          "meeting": {"meeting_id": "m_fuzz", "title": "Clinic", "chat_enabled": True,
+                      "guests_may_present": False}}
+ping = json.dumps({"type": "ping", "nonce": 1})
+write("relay_envelope", "open", envelope("n-edge", 7, 0, {"kind": "open", "token": "tok", "meeting_id": "m_fuzz"}))
+write("relay_envelope", "session",
+      envelope("n-edge", 7, 0, {"kind": "open", "token": "tok", "meeting_id": None}) + SEP
+      + envelope("n-owner", 1, 0, {"kind": "message", "msg": joined}) + SEP
+      + bytes([3]) + ping.encode() + SEP
+      + envelope("n-edge", 7, 1, {"kind": "frame", "text": ping}) + SEP
+      + bytes([6]) + SEP
+      + envelope("n-owner", 1, 1, {"kind": "message", "msg": {"type": "pong", "nonce": 1}}) + SEP
+      + envelope("n-edge", 7, 2, {"kind": "hangup"}) + SEP
+      + envelope("n-owner", 1, 2, {"kind": "end", "reason": "left"}))
+write("relay_envelope", "refused",
+      envelope("n-owner", 1, 0, {"kind": "message", "msg": {"type": "error", "code": "unauthorized",
+                                                             "message": "bad token"}}) + SEP + bytes([4]))
+write("relay_envelope", "gap",
+      envelope("n-owner", 1, 0, {"kind": "message", "msg": joined}) + SEP
+      + envelope("n-owner", 1, 5, {"kind": "message", "msg": {"type": "pong", "nonce": 2}}) + SEP + bytes([5]))
