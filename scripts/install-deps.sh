@@ -4,7 +4,9 @@
 # Node.js with npm (they drive the browsers), nftables and iproute2 (the tests that put a
 # guest in a network namespace of its own), coturn (the TURN tests start their own
 # `turnserver`; the system service the package brings is disabled), redis-server (the
-# cluster test starts its own; likewise no system service), cargo-fuzz (the fuzz
+# cluster test starts its own; likewise no system service), postgresql (the store's tests
+# and the cluster test start throwaway clusters with initdb; likewise no system service),
+# cargo-fuzz (the fuzz
 # step) and the browser drivers' npm packages (tests/browser/package-lock.json). Safe to
 # run again: what is there is left alone.
 #
@@ -36,6 +38,11 @@ missing=()
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
 done
+# PostgreSQL's server programs (initdb, postgres): Debian keeps them off PATH, in
+# /usr/lib/postgresql/<version>/bin, where the tests look for them (src/store/testing.rs).
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  missing+=(postgresql)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   if $check_only; then
@@ -64,6 +71,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Likewise redis-server's system service: tests/cluster.rs starts its own on a free port.
   if [[ " ${missing[*]} " == *" redis-server "* ]] && [ -d /run/systemd/system ]; then
     "${sudo[@]}" systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+  fi
+  # Likewise PostgreSQL's: the package makes a cluster `main` on port 5432 and starts it;
+  # the tests start their own on free ports and need none.
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      "${sudo[@]}" systemctl disable --now postgresql.service >/dev/null 2>&1 || true
+    elif command -v pg_lsclusters >/dev/null 2>&1; then
+      pg_lsclusters -h 2>/dev/null | while read -r version name _; do
+        "${sudo[@]}" pg_ctlcluster "$version" "$name" stop >/dev/null 2>&1 || true
+      done
+    fi
   fi
 fi
 

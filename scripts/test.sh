@@ -50,6 +50,8 @@ fi
 # The cluster test (tests/cluster.rs) skips without redis-server unless this is set: here,
 # where install-deps.sh has just installed it, a missing one is a failure, never a skip.
 export GATEHOUSE_REQUIRE_REDIS=1
+# Likewise PostgreSQL, for the store's tests on both databases and the cluster test.
+export GATEHOUSE_REQUIRE_POSTGRES=1
 
 step fmt cargo fmt --all -- --check
 

@@ -255,6 +255,18 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// Closes the idle connections on a thread of its own: closing one blocks on the
+    /// client's runtime, which must not happen on a thread of the server's (the last
+    /// reference to the store may go on one as the server stops).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.state().idle);
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 /// Applies the schema's pending migrations ([`super::migrations::POSTGRES`]), all in one
 /// transaction under an advisory lock, so nodes starting together migrate once; refuses a
 /// database whose schema is newer than this build.
