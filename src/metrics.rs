@@ -300,6 +300,13 @@ impl SfuCollector {
                 ),
                 |s| s.layer_rtx_repaired,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_bandwidth_estimate_drops_total",
+                    "Drops of a subscriber connection's bandwidth estimate (overuse or loss in its TWCC feedback), each capping its video layers",
+                ),
+                |s| s.bwe_drops,
+            ),
         ];
         Self {
             sfu,

@@ -17,6 +17,7 @@ use gatehouse_signaling::protocol::{
 use support::sfu::{OPUS_PT, Peer, VP8_PT, eventually, init_logging};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 fn start() -> Sfu {
     init_logging();
@@ -73,7 +74,13 @@ async fn three_participants_exchange_audio_and_video_intact() {
             .subscriber_extension_id(AUDIO_LEVEL_URI)
             .await
             .expect("audio-level on the subscriber leg");
-        level_ids.push((sent, received));
+        // Every forwarded copy is numbered for the subscriber connection's bandwidth
+        // estimate (issue 12), under the id its answer gave transport-cc.
+        let twcc = c
+            .subscriber_extension_id(TWCC_URI)
+            .await
+            .expect("transport-cc on the subscriber leg");
+        level_ids.push((sent, received, twcc));
     }
     for c in &clients {
         let r = c.received_all();
@@ -116,23 +123,28 @@ async fn three_participants_exchange_audio_and_video_intact() {
             let latency = s.latency_max_us.expect("payloads arrived");
             assert!(latency < 1_000_000, "latency {latency} us");
             if info.source == TrackSource::Microphone {
-                let (_, received) = level_ids[clients.iter().position(|x| x.id == c.id).expect("client")];
+                let (_, received, twcc) = level_ids[clients.iter().position(|x| x.id == c.id).expect("client")];
+                let mut ids = got.extension_ids.clone();
+                ids.sort();
+                let mut want = vec![received, twcc];
+                want.sort();
                 assert_eq!(
-                    got.extension_ids,
-                    [received],
-                    "audio-level remapped to the leg's id: {got:?}"
+                    ids, want,
+                    "audio-level remapped to the leg's id, and the transport-wide number: {got:?}"
                 );
                 assert_eq!(got.bad_levels, 0, "audio-level values intact");
             } else {
-                assert!(
-                    got.extension_ids.is_empty(),
-                    "nothing to carry on synthetic video: {got:?}"
+                let (_, _, twcc) = level_ids[clients.iter().position(|x| x.id == c.id).expect("client")];
+                assert_eq!(
+                    got.extension_ids,
+                    [twcc],
+                    "nothing carried on synthetic video, only the transport-wide number: {got:?}"
                 );
             }
         }
     }
     assert!(
-        level_ids.iter().all(|(sent, received)| sent != received),
+        level_ids.iter().all(|(sent, received, _)| sent != received),
         "the ids differ, so remapping was exercised: {level_ids:?}"
     );
     let stats = sfu.meeting_stats("m_three").expect("meeting stats");

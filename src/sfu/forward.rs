@@ -591,6 +591,10 @@ pub enum Pick {
 #[derive(Debug, Clone)]
 pub struct LayerSelector {
     target: Target,
+    /// The highest rank the subscriber connection's bandwidth estimate allows this leg
+    /// ([`super::bwe`]); [`Target::HIGH`] while nothing is capped. The leg wants the
+    /// lower of the two.
+    cap: Target,
     /// The layer forwarded now.
     current: Option<usize>,
     /// The layer to move to on its next keyframe.
@@ -616,6 +620,7 @@ impl LayerSelector {
     pub fn new(target: Target) -> Self {
         Self {
             target,
+            cap: Target::HIGH,
             current: None,
             pending: None,
             asked: None,
@@ -629,6 +634,20 @@ impl LayerSelector {
 
     pub fn set_target(&mut self, target: Target) {
         self.target = target;
+    }
+
+    /// The bandwidth cap (see the field).
+    pub fn cap(&self) -> Target {
+        self.cap
+    }
+
+    pub fn set_cap(&mut self, cap: Target) {
+        self.cap = cap;
+    }
+
+    /// What the leg aims at: the subscriber's target under the bandwidth cap.
+    pub fn effective(&self) -> Target {
+        self.target.min(self.cap)
     }
 
     /// The layer forwarded now, and the one waited for.
@@ -646,14 +665,15 @@ impl LayerSelector {
     /// it. With nothing available, the layer it has (a silent publisher is no reason to move).
     pub fn desired(&self, ranks: &[u8], available: u32) -> Option<usize> {
         let avail = |i: &usize| *i < 32 && available & (1 << i) != 0;
+        let target = self.effective().0;
         let below = (0..ranks.len())
             .filter(avail)
-            .filter(|&i| ranks[i] <= self.target.0)
+            .filter(|&i| ranks[i] <= target)
             .max_by_key(|&i| ranks[i]);
         let above = || {
             (0..ranks.len())
                 .filter(avail)
-                .filter(|&i| ranks[i] > self.target.0)
+                .filter(|&i| ranks[i] > target)
                 .min_by_key(|&i| ranks[i])
         };
         below.or_else(above).or(self.current)
@@ -1254,6 +1274,27 @@ mod tests {
         assert_eq!(s.desired(&[2, 0, 1], 0b111), Some(0));
         s.set_target(Target::LOW);
         assert_eq!(s.desired(&[2, 0, 1], 0b111), Some(1));
+    }
+
+    #[test]
+    fn a_bandwidth_cap_lowers_the_target_and_never_raises_it() {
+        let ranks = [0, 1, 2];
+        let mut s = LayerSelector::new(Target::HIGH);
+        s.set_cap(Target(0));
+        assert_eq!(s.desired(&ranks, 0b111), Some(0), "capped to the lowest");
+        assert_eq!(s.effective(), Target(0));
+        s.set_cap(Target(1));
+        s.set_target(Target::LOW);
+        assert_eq!(s.desired(&ranks, 0b111), Some(0), "the subscriber's own wish is lower");
+        s.set_target(Target::HIGH);
+        assert_eq!(s.desired(&ranks, 0b111), Some(1));
+        assert_eq!(
+            s.desired(&ranks, 0b100),
+            Some(2),
+            "only the top sends: video is kept, not stopped"
+        );
+        s.set_cap(Target::HIGH);
+        assert_eq!(s.desired(&ranks, 0b111), Some(2), "uncapped");
     }
 
     #[test]

@@ -33,10 +33,11 @@ use tokio::sync::{mpsc, oneshot};
 
 #[doc(hidden)]
 pub mod benching;
+pub mod bwe;
 mod connection;
 pub mod demux;
-pub mod forward;
 pub mod dynacast;
+pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ice_lite;
@@ -54,8 +55,8 @@ pub mod speaker;
 pub mod stats;
 mod tcp;
 mod timers;
-/// Batched socket I/O; public for the lean load tester's client side (`loadtest::lean`).
 pub mod twcc_feedback;
+/// Batched socket I/O; public for the lean load tester's client side (`loadtest::lean`).
 #[doc(hidden)]
 pub mod udp;
 

@@ -4,9 +4,10 @@
 //!
 //! Inbound RTCP stops at the end of `rtc`'s interceptor chain unless something
 //! marks it `DeliverToApplication`. [`RtcpTap`] marks only PLI and FIR (what an
-//! SFU relays upstream) and generic NACKs (answered by the media room from its
-//! retransmission cache, `retransmit`), and counts them as they pass, so receiver
-//! reports and TWCC feedback stay with the interceptors that act on them and
+//! SFU relays upstream), generic NACKs (answered by the media room from its
+//! retransmission cache, `retransmit`) and subscribers' transport-wide congestion
+//! control feedback (their bandwidth estimate, `bwe`), and counts the first two as
+//! they pass, so receiver reports stay with the interceptors that act on them and
 //! never cost the application a copy.
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket}
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -46,6 +48,11 @@ pub fn keyframe_request_ssrcs(p: &dyn rtcp::Packet, mut each: impl FnMut(u32)) {
 /// The generic NACK in an RTCP packet, if it is one.
 pub fn as_nack(p: &dyn rtcp::Packet) -> Option<&TransportLayerNack> {
     p.as_any().downcast_ref::<TransportLayerNack>()
+}
+
+/// The transport-wide congestion control feedback in an RTCP packet, if it is one.
+pub fn as_twcc(p: &dyn rtcp::Packet) -> Option<&TransportLayerCc> {
+    p.as_any().downcast_ref::<TransportLayerCc>()
 }
 
 /// A PLI for `media_ssrc`, ready for `RTCRtpReceiver::write_rtcp`.
@@ -95,18 +102,20 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let (mut nacks, mut kf) = (0, 0);
+            let (mut nacks, mut kf, mut twcc) = (0, 0, 0);
             for p in packets {
                 if p.as_any().is::<TransportLayerNack>() {
                     nacks += 1;
                 } else if is_keyframe_request(p.as_ref()) {
                     kf += 1;
+                } else if p.as_any().is::<TransportLayerCc>() {
+                    twcc += 1;
                 }
             }
             if nacks + kf > 0 {
                 self.count(nacks, kf);
             }
-            if kf + nacks > 0 {
+            if kf + nacks + twcc > 0 {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }

@@ -337,6 +337,9 @@ impl Shard {
                         tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
                             hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
                         });
+                        if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
+                            hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
+                        }
                         if let Some(nack) = tap::as_nack(packet.as_ref()) {
                             let seqs = nack.nacks.iter().flat_map(|pair| *pair);
                             let sink = &mut self.peers.sink(now);

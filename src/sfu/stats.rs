@@ -56,6 +56,9 @@ pub struct Counters {
     /// Retransmissions of simulcast layers received (RTX named by `repaired-rtp-stream-id`)
     /// and turned back into their layers' packets (`layer_rtx`).
     pub layer_rtx_repaired: AtomicU64,
+    /// Drops of a subscriber connection's bandwidth estimate (overuse or loss seen in its
+    /// transport-wide congestion control feedback; `bwe`), each fitting its video legs under it.
+    pub bwe_drops: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -166,6 +169,7 @@ pub struct CountersSnapshot {
     pub missing_packets: u64,
     pub layer_switches: u64,
     pub layer_rtx_repaired: u64,
+    pub bwe_drops: u64,
 }
 
 impl Counters {
@@ -206,6 +210,7 @@ impl Counters {
                 missing_packets: acc.missing_packets + s.missing_packets,
                 layer_switches: acc.layer_switches + s.layer_switches,
                 layer_rtx_repaired: acc.layer_rtx_repaired + s.layer_rtx_repaired,
+                bwe_drops: acc.bwe_drops + s.bwe_drops,
             }
         })
     }
@@ -232,6 +237,7 @@ impl Counters {
             missing_packets: get(&self.missing_packets),
             layer_switches: get(&self.layer_switches),
             layer_rtx_repaired: get(&self.layer_rtx_repaired),
+            bwe_drops: get(&self.bwe_drops),
         }
     }
 }
