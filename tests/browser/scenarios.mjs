@@ -41,6 +41,7 @@ const SCENARIOS = {
   'analytics-report': analyticsReport,
   'appointment-journey': appointmentJourney,
   'simulcast-layers': simulcastLayers,
+  'downlink-cap': downlinkCap,
 };
 
 /** Scenarios whose browser refuses camera and microphone (no fake UI to accept the prompt). */
@@ -1951,6 +1952,73 @@ async function simulcastLayers(run) {
   await new Promise((r) => setTimeout(r, Math.max(0, 2000 - (Date.now() - shown))));
   run.facts.packetsAfterOn = (await inboundCamera(staff)).packetsReceived - before;
   await run.shot(staff, 'simulcast-staff.png');
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+}
+
+/**
+ * Congestion control toward a subscriber (issue 12): the guest (Chromium in the test's
+ * namespace) receives staff's camera, simulcast unless the test says `simulcast: false`
+ * (then both join with `?simulcast=0`). Once the guest decodes staff's top layer (or
+ * after 20 s with whatever it gets), the script says `top` with the meeting id; the test
+ * then caps the guest's downlink and tells `{"told": "capped", "at": ms}`, later perhaps
+ * `{"told": "uncapped", "at": ms}`, and `{"told": "done"}`. Meanwhile the guest's page
+ * samples every 200 ms what it receives (`samples`: `[t, frameWidth, framesDecoded,
+ * packetsReceived, packetsLost, freezeCount, totalFreezesDuration, audioPacketsReceived,
+ * retransmittedPacketsReceived]`)
+ * and its decoded frames (`framesProbe`); staff's layers as sent go in `staffLayers`
+ * (at `top`, and at the end). Facts: those, `topWidth`, `cappedAt`, `uncappedAt`, `doneAt`,
+ * the frame rises (`rises`).
+ */
+async function downlinkCap(run) {
+  const q = run.cfg.simulcast === false ? '?simulcast=0' : '';
+  const { guest, staff } = await guestAndStaffDecoding(run, { staffQuery: q, guestQuery: q });
+  run.step('the guest gets staff\'s best layer');
+  const sent = async () => (await outboundLayers(staff)).map((l) => l.frameWidth).filter((w) => w > 0);
+  await until(20000, async () => {
+    const w = (await inboundCamera(guest)).frameWidth;
+    const s = await sent();
+    return s.length > 0 && w >= Math.max(...s) && (q !== '' || s.length >= 2);
+  }).catch(() => {});
+  run.facts.topWidth = (await inboundCamera(guest)).frameWidth;
+  run.facts.staffLayersAtTop = await outboundLayers(staff);
+  await guest.evaluate(() => {
+    const out = (window.__samples = []);
+    const tick = async () => {
+      const pc = window.gatehouse.client.subscriber;
+      if (pc) {
+        const row = [Date.now(), 0, 0, 0, 0, 0, 0, 0, 0];
+        (await pc.getStats()).forEach((s) => {
+          if (s.type !== 'inbound-rtp') return;
+          if (s.kind === 'audio') {
+            row[7] += s.packetsReceived || 0;
+            return;
+          }
+          row[1] = Math.max(row[1], s.frameWidth || 0);
+          row[2] += s.framesDecoded || 0;
+          row[3] += s.packetsReceived || 0;
+          row[4] += s.packetsLost || 0;
+          row[5] += s.freezeCount || 0;
+          row[6] += s.totalFreezesDuration || 0;
+          row[8] += s.retransmittedPacketsReceived || 0;
+        });
+        out.push(row);
+      }
+      setTimeout(tick, 200);
+    };
+    tick();
+  });
+  run.progress('top', { meetingId: run.facts.createdMeetingId });
+  run.step('the test caps the guest downlink, perhaps lifts the cap, and says when it is done');
+  run.facts.cappedAt = (await toldByTest('capped', 120000)).at;
+  await toldByTest('done', 120000);
+  run.facts.uncappedAt = toldByTest.lines.find((l) => l.told === 'uncapped')?.at ?? null;
+  run.facts.doneAt = Date.now();
+  run.facts.samples = await guest.evaluate(() => window.__samples);
+  run.facts.rises = (await guest.evaluate(() => window.__frames.rises)).filter((t) => t >= run.facts.cappedAt - 1000);
+  run.facts.staffLayers = await outboundLayers(staff);
   await visible(guest, 'leave-button').click();
   await guest.waitForFunction(() => window.gatehouse.view === 'left');
   await visible(staff, 'leave-button').click();

@@ -201,6 +201,47 @@ impl GuestNet {
         HostRules { table }
     }
 
+    /// Caps the rate toward the guest with `tc` `tbf` on this side's end of the link (its
+    /// egress is the guest's downlink): `kbit` per second, a bucket of 8 KB, and a queue of
+    /// `queue_ms` (beyond that packets are dropped, as by a router's buffer). Replaces an
+    /// earlier cap; [`GuestNet::uncap_to_guest`] lifts it, and it goes with the link.
+    pub fn cap_to_guest(&self, kbit: u32, queue_ms: u32) {
+        let (rate, latency) = (format!("{kbit}kbit"), format!("{queue_ms}ms"));
+        run(
+            &[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                &self.host_if,
+                "root",
+                "tbf",
+                "rate",
+                &rate,
+                "burst",
+                "8kb",
+                "latency",
+                &latency,
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("tc: {e}"));
+    }
+
+    /// Lifts [`GuestNet::cap_to_guest`]'s cap.
+    pub fn uncap_to_guest(&self) {
+        run(&["tc", "qdisc", "del", "dev", &self.host_if, "root"], None).unwrap_or_else(|e| panic!("tc: {e}"));
+    }
+
+    /// The `tc -s` statistics of the cap toward the guest (sent, dropped, overlimits), as text.
+    pub fn cap_stats(&self) -> String {
+        let out = Command::new("tc")
+            .args(["-s", "qdisc", "show", "dev", &self.host_if])
+            .output()
+            .unwrap_or_else(|e| panic!("tc -s: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `nft list <what>` inside the namespace (its rules with their counters), as text.
     pub fn nft_list(&self, what: &str) -> String {
         let mut args = vec!["netns", "exec", &self.name, "nft", "list"];
