@@ -664,8 +664,19 @@ impl LayerSelector {
     /// `ranks[i]` its rank) the highest at or below the target, else the lowest above
     /// it. With nothing available, the layer it has (a silent publisher is no reason to move).
     pub fn desired(&self, ranks: &[u8], available: u32) -> Option<usize> {
+        self.choose(self.effective(), ranks, available)
+    }
+
+    /// What [`desired`](Self::desired) would be without the bandwidth cap: the subscriber's
+    /// own wish. Dynacast keeps the layers up to it sending, so a capped leg can still try
+    /// the next one and climb back when its path widens.
+    pub fn wished(&self, ranks: &[u8], available: u32) -> Option<usize> {
+        self.choose(self.target, ranks, available)
+    }
+
+    fn choose(&self, target: Target, ranks: &[u8], available: u32) -> Option<usize> {
         let avail = |i: &usize| *i < 32 && available & (1 << i) != 0;
-        let target = self.effective().0;
+        let target = target.0;
         let below = (0..ranks.len())
             .filter(avail)
             .filter(|&i| ranks[i] <= target)
@@ -1293,6 +1304,7 @@ mod tests {
             Some(2),
             "only the top sends: video is kept, not stopped"
         );
+        assert_eq!(s.wished(&ranks, 0b111), Some(2), "the wish ignores the cap");
         s.set_cap(Target::HIGH);
         assert_eq!(s.desired(&ranks, 0b111), Some(2), "uncapped");
     }

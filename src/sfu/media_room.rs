@@ -42,9 +42,9 @@ use rtc::rtp::Packet;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 
 use super::bwe::{self, Ack, Bwe, RateMeter, Verdict};
+use super::dynacast::{self, Dynacast};
 use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeFormat, KeyframeThrottle, LayerSelector, Pick, PtMap, Target};
 use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
-use super::dynacast::{self, Dynacast};
 use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
 
@@ -1726,7 +1726,9 @@ impl MediaRoom {
                 .legs
                 .iter()
                 .filter(|l| !l.rewrite.paused())
-                .filter_map(|l| l.layer.desired(ranks, every))
+                // The subscribers' wishes, not their bandwidth caps: a capped leg climbs
+                // back by trying the next layer, which must be sending (`bwe`).
+                .filter_map(|l| l.layer.wished(ranks, every))
                 .map(|i| ranks[i])
                 .max();
             let (Some(&lowest), Some(&best)) = (ranks.iter().min(), ranks.iter().max()) else {
@@ -3728,6 +3730,20 @@ mod tests {
                 audio_seq = audio_seq.wrapping_add(1);
                 audio_sent += 1;
                 room.forward(A_PUB, &a, now, &mut sink, &mut fx);
+            }
+            if i % 10 == 0 {
+                // The shard's tick: dynacast keeps what B wishes (f) sending while B is capped,
+                // or B could never try it again.
+                room.evaluate_layers(now, &mut fx);
+            }
+            for e in &fx {
+                if let Effect::Signal {
+                    message: ServerMessage::PublisherLayers { layers, .. },
+                    ..
+                } = e
+                {
+                    assert!(layers.iter().all(|l| l.active), "no layer paused: {layers:?}");
+                }
             }
             for ssrc in keyframes_of(&fx) {
                 want_key[(ssrc - 1000) as usize] = true;
