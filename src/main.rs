@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => {
             let keys = match args.database_url.filter(|u| !u.is_empty()) {
                 None => gatehouse::server::load_or_create_signing_key(&args.data_dir)?,
+                #[cfg(feature = "cluster")]
                 Some(url) => {
                     let data_dir = args.data_dir.clone();
                     tokio::task::spawn_blocking(move || {
@@ -116,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .await??
                 }
+                #[cfg(not(feature = "cluster"))]
+                Some(_) => anyhow::bail!("--database-url needs a gatehouse built with the `cluster` feature"),
             };
             let sub = args.sub.unwrap_or_else(|| args.name.to_lowercase().replace(' ', "."));
             let now = gatehouse::ids::now_ms() / 1000;

@@ -1138,9 +1138,58 @@ mod tests {
         });
         assert_eq!(wins, 1);
         assert_eq!(stores[2].link("l_once").unwrap().unwrap().redemptions, 1);
+
+        // Every node's webhook worker asks for the same endpoint's due deliveries at once:
+        // each delivery is handed to one of them, and to nobody again until its claim lapses.
+        stores[0].sync_webhook_endpoints(&[("hook".into(), None)], 1).unwrap();
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        for i in 0..40 {
+            admin
+                .execute(
+                    "WITH e AS (INSERT INTO webhook_events (event_id, organization, event_type, payload, created_at) VALUES ($1, 'acme', 'appointment.booked', '{}', 5) RETURNING seq) INSERT INTO webhook_deliveries (endpoint_id, seq, next_attempt_at) SELECT 'hook', seq, 5 FROM e",
+                    &[&format!("evt_{i}")],
+                )
+                .unwrap();
+        }
+        let handed: Vec<Vec<i64>> = std::thread::scope(|sc| {
+            let asking: Vec<_> = stores
+                .iter()
+                .map(|st| {
+                    sc.spawn(move || {
+                        let mut seqs = Vec::new();
+                        loop {
+                            let batch = st.due_deliveries("hook", 10, 7).unwrap();
+                            if batch.is_empty() {
+                                return seqs;
+                            }
+                            seqs.extend(batch.iter().map(|d| d.seq));
+                        }
+                    })
+                })
+                .collect();
+            asking.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<i64> = handed.concat();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 40, "every delivery handed out once: {handed:?}");
+        assert_eq!(handed.iter().map(Vec::len).sum::<usize>(), 40, "{handed:?}");
+        assert!(
+            stores[1]
+                .due_deliveries("hook", 10 + webhooks::CLAIM_MS - 1, 50)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            stores[1]
+                .due_deliveries("hook", 10 + webhooks::CLAIM_MS, 50)
+                .unwrap()
+                .len(),
+            40,
+            "claims lapse"
+        );
         drop(stores);
 
-        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         admin
             .execute("UPDATE gatehouse_schema SET version = version + 1", &[])
             .unwrap();

@@ -11,10 +11,15 @@ use gatehouse_signaling::appointment::{AppointmentState, Transition};
 use gatehouse_signaling::{Error, ErrorCode};
 use serde_json::{Value, json};
 
-use super::db::{Db, args};
+use super::db::{Db, Dialect, args};
 use super::{Store, json_err};
 use crate::appointments::AppointmentRecord;
 use crate::webhooks::EventType;
+
+/// How long a node's claim on a due delivery lasts (PostgreSQL, see
+/// [`Store::due_deliveries`]): longer than a worker's batch of attempts, each bounded by the
+/// request timeout.
+pub const CLAIM_MS: u64 = 10 * 60 * 1000;
 
 /// How long delivered (or given-up) events are kept.
 pub const KEEP_DELIVERED_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -201,13 +206,21 @@ impl Store {
         Ok(())
     }
 
-    /// An endpoint's deliveries due at `now_ms`, oldest due first.
+    /// An endpoint's deliveries due at `now_ms`, oldest due first. On PostgreSQL, where every
+    /// node runs a worker per endpoint, the rows returned are *claimed*: their next attempt
+    /// moves [`CLAIM_MS`] ahead in the same statement (rows another node is claiming are
+    /// skipped), so each delivery is attempted by one node; the attempt's outcome then sets
+    /// it as usual, and a node that dies mid-batch leaves its claims to be retried after it.
     pub fn due_deliveries(&self, endpoint: &str, now_ms: u64, limit: u32) -> Result<Vec<DueDelivery>, Error> {
-        let rows = self.with(|db| {
-            db.query(
+        let rows = self.with(|db| match db.dialect() {
+            Dialect::Sqlite => db.query(
                 "SELECT d.seq, e.event_id, e.event_type, e.payload, e.join_code, e.created_at, d.attempts FROM webhook_deliveries d JOIN webhook_events e ON e.seq = d.seq WHERE d.endpoint_id = ?1 AND d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= ?2 ORDER BY d.next_attempt_at, d.seq LIMIT ?3",
                 args![endpoint, now_ms as i64, limit],
-            )
+            ),
+            Dialect::Postgres => db.query(
+                "WITH due AS (SELECT endpoint_id, seq, next_attempt_at FROM webhook_deliveries WHERE endpoint_id = ?1 AND delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= ?2 ORDER BY next_attempt_at, seq LIMIT ?3 FOR UPDATE SKIP LOCKED), claimed AS (UPDATE webhook_deliveries d SET next_attempt_at = ?4 FROM due WHERE d.endpoint_id = due.endpoint_id AND d.seq = due.seq RETURNING d.seq, d.attempts, due.next_attempt_at AS was_due) SELECT c.seq, e.event_id, e.event_type, e.payload, e.join_code, e.created_at, c.attempts FROM claimed c JOIN webhook_events e ON e.seq = c.seq ORDER BY c.was_due, c.seq",
+                args![endpoint, now_ms as i64, limit, now_ms.saturating_add(CLAIM_MS) as i64],
+            ),
         })?;
         rows.iter()
             .map(|r| {
