@@ -1094,6 +1094,35 @@ mod tests {
         assert!(s.webhook_deliveries("acme", 50).unwrap().is_empty());
     }
 
+    /// PostgreSQL only: a restart of the server costs no call made after it: pooled
+    /// connections it cut are found dead before they are lent, and replaced. (Checked on
+    /// every lend here; the gateway checks those idle for 2 s, `pg::CHECK_IDLE_AFTER`.)
+    #[cfg(all(feature = "cluster", target_os = "linux"))]
+    #[test]
+    fn postgres_restarted_costs_no_later_call() {
+        let Some(mut pg) = testing::TestPostgres::start() else {
+            return;
+        };
+        let s = Store::open_postgres(&pg.url()).unwrap();
+        let Backend::Postgres(pool) = &s.backend else {
+            unreachable!("a PostgreSQL store")
+        };
+        pool.check_idle_after_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        s.insert_meeting(&meeting()).unwrap();
+        // Several pooled connections, all cut by the restart.
+        std::thread::scope(|sc| {
+            for _ in 0..4 {
+                sc.spawn(|| assert!(s.meeting("m_1").unwrap().is_some()));
+            }
+        });
+        pg.restart();
+        for _ in 0..6 {
+            assert_eq!(s.meeting("m_1").unwrap().unwrap().settings.title, "Clinic");
+        }
+        s.insert_link(&link("l_after", LinkKind::SingleUse)).unwrap();
+        s.count_redemption("l_after").unwrap();
+    }
+
     /// PostgreSQL only: nodes starting together migrate once and agree on one secret; a
     /// newer schema is refused; one single-use link redeemed from many connections at
     /// once counts once.

@@ -3,9 +3,10 @@
 //! The blocking `postgres` client, since every store call already runs on tokio's blocking
 //! pool (`Store::run`). A small pool of connections per node ([`MAX_CONNECTIONS`]), each
 //! with its prepared statements cached by their SQL, so a store call is one round trip. A
-//! connection found closed (the server restarted) is dropped and a new one opened on the
-//! next call; a call that was under way when it broke fails with `internal`, as a SQLite
-//! error would. Transactions run at PostgreSQL's default, READ COMMITTED: single-use
+//! connection idle for a while is checked before it is lent, and one found closed (the
+//! server restarted) is replaced, so a restart of PostgreSQL fails only the calls under way
+//! when it went (with `internal`, as a SQLite error would); calls while it is down fail
+//! the same way, and the pool reconnects once it is back. Transactions run at PostgreSQL's default, READ COMMITTED: single-use
 //! redemption is one conditional `UPDATE` (a racing `UPDATE` waits for the winner's commit
 //! and then finds its condition false), and the read-modify-writes of an appointment lock
 //! its row first (`appointments::load_appointment`), bookings their organisation
@@ -26,6 +27,13 @@ pub const MAX_CONNECTIONS: usize = 8;
 
 /// How long a store call waits for a free connection before it fails.
 const CHECKOUT_WAIT: Duration = Duration::from_secs(10);
+
+/// A connection idle for longer is checked (one round trip) before it is lent: the server
+/// may have restarted meanwhile, and a dead connection would fail its caller's statement.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(2);
+
+/// How long that check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ToSql for Param<'_> {
     fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
@@ -81,6 +89,8 @@ fn pg_row(row: &postgres::Row) -> Result<Row, Error> {
 pub struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// When it was last given back.
+    idle_since: std::time::Instant,
 }
 
 impl Conn {
@@ -88,7 +98,15 @@ impl Conn {
         Ok(Conn {
             client: Client::connect(url, NoTls)?,
             statements: HashMap::new(),
+            idle_since: std::time::Instant::now(),
         })
+    }
+
+    /// Whether it can be lent: not known closed, and answering if it sat idle longer than
+    /// `check_after`.
+    fn usable(&mut self, check_after: Duration) -> bool {
+        !self.client.is_closed()
+            && (self.idle_since.elapsed() < check_after || self.client.is_valid(CHECK_TIMEOUT).is_ok())
     }
 }
 
@@ -159,6 +177,8 @@ pub struct Pool {
     url: String,
     state: Mutex<PoolState>,
     returned: Condvar,
+    /// [`CHECK_IDLE_AFTER`], in ms (the store's tests check every connection they lend).
+    pub(super) check_idle_after_ms: std::sync::atomic::AtomicU64,
 }
 
 struct PoolState {
@@ -178,6 +198,7 @@ impl Pool {
                 open: 1,
             }),
             returned: Condvar::new(),
+            check_idle_after_ms: (CHECK_IDLE_AFTER.as_millis() as u64).into(),
         })
     }
 
@@ -187,12 +208,17 @@ impl Pool {
 
     fn checkout(&self) -> Result<Conn, Error> {
         let deadline = std::time::Instant::now() + CHECKOUT_WAIT;
+        let check_after = Duration::from_millis(self.check_idle_after_ms.load(std::sync::atomic::Ordering::Relaxed));
         let mut state = self.state();
         loop {
-            while let Some(conn) = state.idle.pop() {
-                if !conn.client.is_closed() {
+            while let Some(mut conn) = state.idle.pop() {
+                drop(state);
+                if conn.usable(check_after) {
                     return Ok(conn);
                 }
+                tracing::info!("a PostgreSQL connection was lost; opening another");
+                drop(conn);
+                state = self.state();
                 state.open -= 1;
             }
             if state.open < MAX_CONNECTIONS {
@@ -217,7 +243,8 @@ impl Pool {
         }
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, mut conn: Conn) {
+        conn.idle_since = std::time::Instant::now();
         let mut state = self.state();
         if conn.client.is_closed() {
             state.open -= 1;
@@ -231,7 +258,7 @@ impl Pool {
     /// Runs `f` on a connection, outside a transaction (each statement commits by itself).
     pub fn with<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T, Error>) -> Result<T, Error> {
         let mut conn = self.checkout()?;
-        let Conn { client, statements } = &mut conn;
+        let Conn { client, statements, .. } = &mut conn;
         let out = f(&mut Pg { client, statements });
         self.checkin(conn);
         out
@@ -241,7 +268,7 @@ impl Pool {
     pub fn tx<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T, Error>) -> Result<T, Error> {
         let mut conn = self.checkout()?;
         let out = (|| {
-            let Conn { client, statements } = &mut conn;
+            let Conn { client, statements, .. } = &mut conn;
             let mut tx = client.transaction().map_err(db_err)?;
             let out = f(&mut Pg {
                 client: &mut tx,

@@ -24,6 +24,9 @@ pub struct TestPostgres {
     dir: PathBuf,
     child: Child,
     port: u16,
+    /// Where `postgres` is, and whom it runs as (for a restart).
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
 }
 
 /// Where `initdb` and `postgres` are: on `PATH`, or in Debian's versioned directory
@@ -83,6 +86,46 @@ fn command(bin: &Path, name: &str, user: Option<(u32, u32)>) -> Command {
     cmd
 }
 
+/// Starts `postgres` on `dir/data`, logging to `dir/postgres.log` (appended).
+fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16) -> Child {
+    let log_path = dir.join("postgres.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("a log file");
+    if let Some((uid, gid)) = user {
+        let _ = std::os::unix::fs::chown(&log_path, Some(uid), Some(gid));
+    }
+    let mut cmd = command(bin, "postgres", user);
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir)
+        // A throwaway cluster: nothing in it must survive a crash of the machine.
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("postgres starts")
+}
+
 impl TestPostgres {
     /// Starts a cluster; `None`, after saying so, when PostgreSQL is not installed and
     /// [`REQUIRE_VAR`] is unset (with it set, its absence fails the test).
@@ -123,40 +166,44 @@ impl TestPostgres {
             panic!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
         }
         let port = free_port();
-        let log = std::fs::File::create(dir.join("postgres.log")).expect("a log file");
-        if let Some((uid, gid)) = user {
-            let _ = std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid));
-        }
-        let mut cmd = command(&bin, "postgres", user);
-        cmd.arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&dir)
-            // A throwaway cluster: nothing in it must survive a crash of the machine.
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("postgres starts");
-        let pg = TestPostgres { dir, child, port };
+        let child = spawn_server(&bin, user, &dir, port);
+        let pg = TestPostgres {
+            dir,
+            child,
+            port,
+            bin,
+            user,
+        };
         pg.wait_ready();
         Some(pg)
+    }
+
+    /// Stops the server (fast shutdown: its clients' connections are cut) and starts it again
+    /// on the same port and data, as an operator's restart would.
+    pub fn restart(&mut self) {
+        self.stop(libc::SIGINT);
+        self.child = spawn_server(&self.bin, self.user, &self.dir, self.port);
+        self.wait_ready();
+    }
+
+    /// Signals the server and waits for it to exit (killed if it takes over 10 s).
+    fn stop(&mut self, signal: i32) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, which we have not reaped yet.
+            unsafe { libc::kill(pid, signal) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
     }
 
     /// Waits until the server accepts a connection (from a thread of its own: the blocking
@@ -201,22 +248,7 @@ impl TestPostgres {
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         // Immediate shutdown: the postmaster ends its backends and exits; nothing to keep.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child, which we have not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
+        self.stop(libc::SIGQUIT);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
