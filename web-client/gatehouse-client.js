@@ -36,13 +36,19 @@ const SIGNALING_PROBE_MS = 2000;
 /**
  * Media received on a connected subscriber stops for this long: the signaling socket is
  * probed (the network may have changed under both; the browser itself takes about 5 s
- * to call a dead path disconnected). At most once per STALL_PROBE_EVERY_MS.
+ * to call a dead path disconnected). At most once per STALL_PROBE_EVERY_MS. Audio alone
+ * is 50 packets a second (Opus without DTX, as browsers send it), so half a second of
+ * nothing is no jitter; a false alarm costs a ping and a spare socket closed unused.
+ * Inbound media is sampled every INBOUND_SAMPLE_MS.
  */
-const INBOUND_STALL_MS = 900;
+const INBOUND_STALL_MS = 500;
+const INBOUND_SAMPLE_MS = 125;
 /**
  * A spare socket (opened beside the old one as the probe goes) has opened, so the network
  * works: the old socket and media get this long more to show life before the old socket
- * is taken for dead (a pong is one round trip, the spare's handshake took three).
+ * is taken for dead (a pong is one round trip, the spare's handshake took three). After an
+ * outage, media on the old path can take over 100 ms to come back (docs/BENCHMARKS.md §5):
+ * a shorter grace would renegotiate what was about to recover by itself.
  */
 const SPARE_GRACE_MS = 400;
 /** A probe answered slower than this ended an outage: restarts wait OUTAGE_GRACE_MS first. */
@@ -339,7 +345,7 @@ export class GatehouseClient extends EventTarget {
       }
       this.sendRaw({ type: 'ping', nonce: Date.now() });
     }, PING_INTERVAL_MS);
-    this.inboundTimer = setInterval(() => this.watchInbound().catch(() => {}), INBOUND_STALL_MS / 3);
+    this.inboundTimer = setInterval(() => this.watchInbound().catch(() => {}), INBOUND_SAMPLE_MS);
     // The browser's own word that the network changed (a new connection type, back online):
     // probe at once rather than waiting for media to stall.
     if (!this.networkWatch) {
