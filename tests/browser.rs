@@ -1211,11 +1211,29 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         (Some(a), Some(b)) => b[5] - a[5],
         _ => 0.0,
     };
+    // Back on top, to stay: the start of the last stretch, after the cap was lifted, in which
+    // the guest decodes the width it decoded before the cap (on the server: its leg forwards the
+    // rank it forwarded then) until the end, at least 1 s long (a try that falls back is no return).
     let top_ms = uncapped_at.and_then(|u| {
-        let end = sent_widths(&f["staffLayers"]).into_iter().max().unwrap_or(top_width);
-        rows.iter()
-            .find(|r| t(r) >= u && r[1] as u64 >= end.min(top_width).max(1))
-            .map(|r| t(r) - u)
+        let before_cap = f["topWidth"].as_u64().unwrap_or(top_width).max(1);
+        let after: Vec<&Vec<f64>> = rows.iter().filter(|r| t(r) >= u).collect();
+        let start = after
+            .iter()
+            .rposition(|r| (r[1] as u64) < before_cap)
+            .map_or(0, |i| i + 1);
+        let (first, last) = (after.get(start)?, after.last()?);
+        (t(last) - t(first) >= 1000).then(|| t(first) - u)
+    });
+    let rank_at_cap = server_view.first().and_then(|(_, _, rank)| *rank);
+    let server_top_ms = uncapped_at.and_then(|u| {
+        let lifted = u - capped_at;
+        let after: Vec<_> = server_view.iter().filter(|(ms, _, _)| *ms >= lifted).collect();
+        let start = after
+            .iter()
+            .rposition(|(_, _, rank)| rank.is_none() || *rank < rank_at_cap)
+            .map_or(0, |i| i + 1);
+        let (first, last) = (after.get(start)?, after.last()?);
+        (last.0 - first.0 >= 1000).then(|| first.0 - lifted)
     });
     let server_low_ms = server_view
         .iter()
@@ -1240,6 +1258,8 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             "longest_freeze_ms": freeze_ms, "freeze_count": freeze_count,
             "audio_gap_ms": audio_gap_ms,
             "top_ms_after_lift": top_ms,
+            "server_top_ms_after_lift": server_top_ms,
+            "staff_widths_at_end": sent_widths(&f["staffLayers"]),
             "estimate_bps_min_max_last": [estimates.iter().min(), estimates.iter().max(), estimates.last()],
             "estimate_drops": drops,
             "layer_switches": after.layer_switches - before.layer_switches,
@@ -1275,6 +1295,10 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
     assert!(
         top_ms <= 10_000,
         "the top layer within 10 s of the cap lifted: {top_ms} ms"
+    );
+    assert!(
+        server_top_ms.is_some_and(|ms| ms <= 10_000),
+        "the server's leg back on its rank of before the cap within 10 s: {server_view:?}"
     );
 }
 

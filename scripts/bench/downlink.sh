@@ -38,7 +38,9 @@ col("freezeCount capped", lambda r: f'{r["freeze_count"]:.0f}')
 col("audio's longest gap capped (ms)", lambda r: r["audio_gap_ms"])
 col("estimate min/max/last (kbit/s)", lambda r: "/".join(str(round(x / 1000)) if x else "-" for x in r["estimate_bps_min_max_last"]))
 col("estimate drops / layer switches", lambda r: f'{r["estimate_drops"]} / {r["layer_switches"]}')
-col("top layer after the cap lifted (ms)", lambda r: r["top_ms_after_lift"])
+col("top layer decoded after the lift (ms)", lambda r: r["top_ms_after_lift"])
+col("server's leg back on top after (ms)", lambda r: r.get("server_top_ms_after_lift", "-"))
+col("staff's layers sent at the end", lambda r: "/".join(map(str, r.get("staff_widths_at_end", []))))
 col("tbf dropped (packets)", lambda r: r["tc"].split("dropped ")[1].split(",")[0] if "dropped " in r["tc"] else "-")
 PY
 echo "logs: $OUT"

@@ -78,6 +78,8 @@ function readScenarioConfig(arg) {
     joinRepeats: cfg.joinRepeats || 3,
     // guest-meets-sdk: wait for the SDK participant's tile to show it speaking.
     checkSpeaking: Boolean(cfg.checkSpeaking),
+    // loss-both-ways, downlink-cap: whether the cameras go as simulcast (null: unsaid).
+    simulcast: cfg.simulcast ?? null,
   }));
 }
 
