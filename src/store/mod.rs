@@ -1168,6 +1168,17 @@ mod tests {
         assert_eq!(wins, 1);
         assert_eq!(stores[2].link("l_once").unwrap().unwrap().redemptions, 1);
 
+        // Nodes starting together sync the same webhook endpoints at once: all succeed.
+        std::thread::scope(|sc| {
+            for st in &stores {
+                sc.spawn(move || {
+                    for _ in 0..10 {
+                        st.sync_webhook_endpoints(&[("hook".into(), None), ("audit".into(), Some("acme".into()))], 1)
+                            .unwrap();
+                    }
+                });
+            }
+        });
         // Every node's webhook worker asks for the same endpoint's due deliveries at once:
         // each delivery is handed to one of them, and to nobody again until its claim lapses.
         stores[0].sync_webhook_endpoints(&[("hook".into(), None)], 1).unwrap();

@@ -185,6 +185,9 @@ impl Store {
     /// Pending deliveries of an endpoint no longer configured are given up.
     pub fn sync_webhook_endpoints(&self, endpoints: &[(String, Option<String>)], now_ms: u64) -> Result<(), Error> {
         let dropped = self.tx(|tx| {
+            // Nodes starting together take turns (on PostgreSQL one's inserts would otherwise
+            // collide with the other's, unseen by its `DELETE`).
+            tx.lock("gatehouse:webhook_endpoints")?;
             tx.execute("DELETE FROM webhook_endpoints", args![])?;
             for (name, org) in endpoints {
                 tx.execute(
