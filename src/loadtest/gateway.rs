@@ -143,6 +143,10 @@ pub struct GatewayFigures {
     pub forwarded_per_sec: Option<f64>,
     /// Every `gatehouse_sfu_*` counter's rate over the steady phase, per second.
     pub sfu_rates: BTreeMap<String, f64>,
+    /// Datagrams the kernel dropped on the gateway's media sockets because their receive
+    /// buffer was full (a gateway on this machine, lean engine: `/proc/net/udp` by the port its
+    /// media comes from; the socket's life so far).
+    pub socket_drops: Option<u64>,
 }
 
 /// The rate of `name` between the first snapshot at or after `from` and the

@@ -518,6 +518,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         scrape_now(&scraper, &scrapes, run_start).await;
     }
     client.socket_drops = resources::udp_drops(std::process::id());
+    let gateway_ports = lean.as_ref().map(|(_, engine)| engine.gateway_ports());
     progress.finish(if interrupted {
         "interrupted: closing every peer"
     } else {
@@ -553,7 +554,10 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         thresholds: options.thresholds,
         meetings_created: meetings.len(),
         participants,
-        gateway: gateway::figures(&scrapes.snapshots, scrapes.errors, steady),
+        gateway: gateway::GatewayFigures {
+            socket_drops: gateway_ports.and_then(|ports| resources::udp_drops_on_ports(&ports)),
+            ..gateway::figures(&scrapes.snapshots, scrapes.errors, steady)
+        },
         client,
         elapsed: stopped_at,
         steady,

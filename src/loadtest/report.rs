@@ -128,7 +128,7 @@ pub const SATURATED_PERCENT: f64 = 90.0;
 
 /// Judges which side was the limit from the gateway's CPU (percent of one core) and the
 /// load tester's figures, with the reason in a sentence.
-pub fn limiting_side(gateway_cpu: Option<f64>, client: &ClientFigures) -> (Limit, String) {
+pub fn limiting_side(gateway_cpu: Option<f64>, gateway_drops: Option<u64>, client: &ClientFigures) -> (Limit, String) {
     let drops = client.socket_drops.unwrap_or(0);
     let busiest = client.busiest_thread_percent.unwrap_or(0.0);
     let whole = client.cpu_percent.unwrap_or(0.0);
@@ -144,8 +144,16 @@ pub fn limiting_side(gateway_cpu: Option<f64>, client: &ClientFigures) -> (Limit
         client_reasons.push(format!("it used {whole:.0} % of its {cores} core(s)"));
     }
     let client_full = !client_reasons.is_empty();
-    let gateway_full = gateway_cpu.is_some_and(|c| c >= SATURATED_PERCENT);
-    let gateway_reason = gateway_cpu.map(|c| format!("the gateway used {c:.0} % of one core"));
+    let gateway_dropped = gateway_drops.unwrap_or(0);
+    let gateway_full = gateway_cpu.is_some_and(|c| c >= SATURATED_PERCENT) || gateway_dropped > 0;
+    let gateway_reason = match (gateway_cpu, gateway_dropped) {
+        (Some(c), 0) => Some(format!("the gateway used {c:.0} % of one core")),
+        (Some(c), d) => Some(format!(
+            "the gateway used {c:.0} % of one core and its media sockets dropped {d} datagrams"
+        )),
+        (None, 0) => None,
+        (None, d) => Some(format!("the gateway's media sockets dropped {d} datagrams")),
+    };
     match (gateway_full, client_full) {
         (true, true) => (
             Limit::Both,
@@ -458,7 +466,7 @@ impl Report {
             (Some(cpu), Some(fwd)) if fwd > 0.0 => Some(cpu / 100.0 / fwd * 1e6),
             _ => None,
         };
-        let (limit, limit_reason) = limiting_side(data.gateway.cpu_percent, &data.client);
+        let (limit, limit_reason) = limiting_side(data.gateway.cpu_percent, data.gateway.socket_drops, &data.client);
         let mut report = Report {
             verdict: Verdict::Pass,
             breaches: Vec::new(),
@@ -671,6 +679,13 @@ impl Report {
             }),
         );
 
+        if let Some(d) = g.socket_drops {
+            row(
+                &mut out,
+                "socket drops",
+                format!("{d} datagrams (media receive buffers full)"),
+            );
+        }
         row(
             &mut out,
             "CPU per forwarded pkt",
@@ -1002,7 +1017,7 @@ mod tests {
             busiest_thread_percent: busiest,
             socket_drops: Some(drops),
         };
-        let (limit, why) = limiting_side(Some(95.0), &client(30.0, Some(28.0), 0, 1));
+        let (limit, why) = limiting_side(Some(95.0), None, &client(30.0, Some(28.0), 0, 1));
         assert_eq!(limit, Limit::Gateway, "{why}");
         assert!(why.contains("95 % of one core"), "{why}");
         // A saturated engine thread, a full socket buffer, or the whole process on its cores.
@@ -1011,22 +1026,33 @@ mod tests {
             client(20.0, Some(20.0), 12, 1),
             client(185.0, None, 0, 2),
         ] {
-            let (limit, why) = limiting_side(Some(40.0), &c);
+            let (limit, why) = limiting_side(Some(40.0), Some(0), &c);
             assert_eq!(limit, Limit::LoadTester, "{c:?}: {why}");
         }
         assert!(
-            limiting_side(Some(40.0), &client(20.0, None, 12, 1))
+            limiting_side(Some(40.0), None, &client(20.0, None, 12, 1))
                 .1
                 .contains("dropped 12 datagrams")
         );
         // The sdk engine on two cores at 150 % is not saturated (no thread figure).
-        assert_eq!(limiting_side(Some(40.0), &client(150.0, None, 0, 2)).0, Limit::Neither);
         assert_eq!(
-            limiting_side(Some(99.0), &client(99.0, Some(99.0), 0, 1)).0,
+            limiting_side(Some(40.0), None, &client(150.0, None, 0, 2)).0,
+            Limit::Neither
+        );
+        assert_eq!(
+            limiting_side(Some(99.0), None, &client(99.0, Some(99.0), 0, 1)).0,
             Limit::Both
         );
-        assert_eq!(limiting_side(None, &client(20.0, None, 0, 1)).0, Limit::Unknown);
-        assert_eq!(limiting_side(Some(20.0), &ClientFigures::default()).0, Limit::Unknown);
+        assert_eq!(limiting_side(None, None, &client(20.0, None, 0, 1)).0, Limit::Unknown);
+        assert_eq!(
+            limiting_side(Some(20.0), None, &ClientFigures::default()).0,
+            Limit::Unknown
+        );
+        // A gateway whose media sockets overflowed was the limit, whatever its CPU said (a
+        // core shared with other work shows less than it needed).
+        let (limit, why) = limiting_side(Some(55.0), Some(4_000), &client(45.0, Some(45.0), 0, 1));
+        assert_eq!(limit, Limit::Gateway, "{why}");
+        assert!(why.contains("dropped 4000 datagrams"), "{why}");
     }
 
     #[test]

@@ -48,6 +48,34 @@ pub fn parse_udp_drops(table: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
     })
 }
 
+/// Receive drops of the UDP sockets bound to one of `ports` (any address), from this network
+/// namespace's `/proc/net/udp` and `udp6`, which list every process's sockets: a gateway on this
+/// machine's media sockets, found by the port its datagrams come from. `None` if unreadable.
+pub fn udp_drops_on_ports(ports: &[u16]) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            *total.get_or_insert(0) += parse_port_drops(&text)
+                .filter(|(port, _)| ports.contains(port))
+                .map(|(_, drops)| drops)
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
+/// Each socket's local port and receive drops from `net/udp` or `udp6` (`local_address` is
+/// `ADDR:PORT` in hex).
+pub fn parse_port_drops(table: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
+    table.lines().skip(1).filter_map(|l| {
+        let mut columns = l.split_whitespace();
+        let local = columns.nth(1)?;
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        let drops = columns.nth(10)?.parse().ok()?;
+        Some((port, drops))
+    })
+}
+
 /// CPU time (user + system) in clock ticks from a `/proc/<pid>/stat` or
 /// `/proc/<pid>/task/<tid>/stat` line: fields 14 and 15, counted after the command name
 /// (which may hold spaces and parentheses, so from its last `)`).
@@ -156,6 +184,11 @@ mod tests {
             vec![(98765, 17), (98766, 17)]
         );
         assert_eq!(parse_udp_drops(table).map(|(_, d)| d).sum::<u64>(), 0);
+        assert_eq!(
+            parse_port_drops(&dropping).collect::<Vec<_>>(),
+            vec![(0x1EC2, 17), (0xA001, 17)],
+            "ports 7874 and 40961"
+        );
         assert_eq!(socket_inode("socket:[98765]"), Some(98765));
         assert_eq!(socket_inode("anon_inode:[eventpoll]"), None);
         assert_eq!(socket_inode("/dev/null"), None);

@@ -7,15 +7,19 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
+
+use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
+use super::stats::StatsPair;
 
 /// The audio payload type (Opus), as browsers offer it.
 pub const OPUS_PT: u8 = 111;
@@ -64,9 +68,34 @@ pub fn client(
     addr: SocketAddr,
     extensions: &[(&str, RtpCodecKind)],
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    build(addr, extensions, false)
+}
+
+/// [`client`] that also hears keyframe requests: VP8 offers `nack pli`, and the gateway's PLIs
+/// and FIRs reach the application (`poll_read` yields them as `RtcpPacket`), as a publishing
+/// browser answers them with a keyframe.
+pub fn client_hearing_keyframe_requests(
+    addr: SocketAddr,
+    extensions: &[(&str, RtpCodecKind)],
+) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    build(addr, extensions, true)
+}
+
+fn build(
+    addr: SocketAddr,
+    extensions: &[(&str, RtpCodecKind)],
+    keyframe_requests: bool,
+) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        media_engine.register_codec(codec(kind), kind)?;
+        let mut codec = codec(kind);
+        if keyframe_requests && kind == RtpCodecKind::Video {
+            codec.rtp_codec.rtcp_feedback.push(RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: "pli".to_owned(),
+            });
+        }
+        media_engine.register_codec(codec, kind)?;
     }
     for (uri, kind) in extensions {
         media_engine.register_header_extension(
@@ -75,10 +104,19 @@ pub fn client(
             None,
         )?;
     }
-    let mut pc = RTCPeerConnectionBuilder::new()
+    let mut builder = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media_engine)
-        .build(Instant::now())?;
+        .with_media_engine(media_engine);
+    if keyframe_requests {
+        // The gateway's own RTCP tap, counting into counters nobody reads.
+        let stats = StatsPair {
+            meeting: Default::default(),
+            shard: Default::default(),
+        };
+        builder =
+            builder.with_interceptor_registry(Registry::new().with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)));
+    }
+    let mut pc = builder.build(Instant::now())?;
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),

@@ -114,6 +114,8 @@ struct Conn {
     armed: Option<Instant>,
     /// Queued for the end of the turn.
     touched: bool,
+    /// The gateway's address was noted (from its first datagram).
+    gateway_noted: bool,
 }
 
 /// The thread's state.
@@ -127,6 +129,8 @@ struct Engine {
     touched: Vec<usize>,
     /// The next local address to hand out (an index into 127.1.0.0/16 and beyond).
     next_ip: u32,
+    /// The gateway's media addresses datagrams came from, for its socket drops.
+    gateways: Arc<std::sync::Mutex<std::collections::BTreeSet<SocketAddr>>>,
 }
 
 /// The local address of the `n`-th connection: 127.1.0.1, 127.1.0.2, ... (never the gateway's
@@ -148,7 +152,12 @@ pub fn codec_of(payload: &[u8]) -> SyntheticCodec {
 }
 
 /// Runs an engine on `socket` until every command sender is gone.
-pub(crate) fn run(socket: std::net::UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>, first_ip: u32) {
+pub(crate) fn run(
+    socket: std::net::UdpSocket,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    first_ip: u32,
+    gateways: Arc<std::sync::Mutex<std::collections::BTreeSet<SocketAddr>>>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -174,6 +183,7 @@ pub(crate) fn run(socket: std::net::UdpSocket, mut commands: mpsc::UnboundedRece
             timers: BinaryHeap::new(),
             touched: Vec::new(),
             next_ip: first_ip,
+            gateways,
         };
         loop {
             let wake = engine.next_wake();
@@ -250,6 +260,10 @@ impl Engine {
                     continue;
                 };
                 let Some(conn) = self.conns[i].as_mut() else { continue };
+                if !conn.gateway_noted {
+                    conn.gateway_noted = true;
+                    self.gateways.lock().unwrap_or_else(|p| p.into_inner()).insert(from);
+                }
                 if !conn.ice_connected && is_dtls(&data) {
                     if conn.early.len() < MAX_EARLY {
                         conn.early.push((from, data));
@@ -383,7 +397,7 @@ impl Engine {
         let ip = IpAddr::V4(local_ip(self.next_ip));
         self.next_ip += 1;
         let local = SocketAddr::new(ip, self.port);
-        let pc = rtc_client::client(local, &[]).map_err(|e| e.to_string())?;
+        let pc = rtc_client::client_hearing_keyframe_requests(local, &[]).map_err(|e| e.to_string())?;
         let i = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
         let conn = Conn {
             pc,
@@ -397,6 +411,7 @@ impl Engine {
             early: Vec::new(),
             armed: None,
             touched: false,
+            gateway_noted: false,
         };
         if i == self.conns.len() {
             self.conns.push(Some(conn));

@@ -60,6 +60,8 @@ pub struct LeanEngine {
     tids: Arc<Mutex<Vec<i32>>>,
     /// The engine sockets' ports, for their drops in `/proc/net/udp`.
     pub ports: Vec<u16>,
+    /// The gateway's media addresses its datagrams came from.
+    gateways: Arc<Mutex<std::collections::BTreeSet<std::net::SocketAddr>>>,
     next_member: AtomicU64,
 }
 
@@ -72,6 +74,7 @@ impl LeanEngine {
             threads: Vec::new(),
             tids: tids.clone(),
             ports: Vec::new(),
+            gateways: Arc::default(),
             next_member: AtomicU64::new(0),
         };
         for k in 0..threads.max(1) {
@@ -86,6 +89,7 @@ impl LeanEngine {
             engine.ports.push(socket.local_addr()?.port());
             let (tx, rx) = mpsc::unbounded_channel();
             let tids = tids.clone();
+            let gateways = engine.gateways.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("lean-engine-{k}"))
                 .spawn(move || {
@@ -94,12 +98,20 @@ impl LeanEngine {
                     tids.lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(unsafe { libc::gettid() });
-                    engine::run(socket, rx, k as u32 * ADDRESSES_PER_THREAD);
+                    engine::run(socket, rx, k as u32 * ADDRESSES_PER_THREAD, gateways);
                 })?;
             engine.commands.push(tx);
             engine.threads.push(thread);
         }
         Ok(engine)
+    }
+
+    /// The gateway's media ports seen so far (its sockets, on this machine).
+    pub fn gateway_ports(&self) -> Vec<u16> {
+        let gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ports: Vec<u16> = gateways.iter().map(|a| a.port()).collect();
+        ports.dedup();
+        ports
     }
 
     /// The engine threads' kernel thread ids.

@@ -1,0 +1,32 @@
+#!/bin/bash
+# The issue-13 target shapes driven by the lean load tester (`gatehouse loadtest --lean`), each
+# run by run.sh (a fresh release gateway on CPU 0, the load tester on CPU 1), optionally with the
+# SDK engine in alternation for a side-by-side. See docs/BENCHMARKS.md §3, "The lean load tester".
+# usage: lean.sh [REPS [ENGINES [SHAPE...]]]   e.g. lean.sh 1 "lean sdk" LF8
+# Summaries in $OUT/runs/summary.jsonl (OUT defaults to /tmp/ghb-lean); run it under
+# flock /tmp/heavy.lock.
+set -u
+REPS=${1:-1}; ENGINES=${2:-lean}; shift $(( $# < 2 ? $# : 2 ))
+ONLY=${*:-LF8 LA100 LAU100}
+HERE=$(cd "$(dirname "$0")" && pwd)
+export OUT=${OUT:-/tmp/ghb-lean}
+# name|loadtest arguments (without the engine)
+SHAPES=(
+  # Fan-out 8: one publisher, 4 000 video packets/s in (40 packets of 1 100 bytes per frame at
+  # 100 fps), 32 000 forwarded/s.
+  "LF8|--meetings 1 --publishers 1 --subscribers 8 --no-audio --video-kbps 35200 --video-fps 100 --duration 15 --ramp 10"
+  # Many 1:1 calls with the default media (audio 50 + video ~57 packets/s per participant).
+  "LA100|--meetings 100 --publishers 2 --duration 15 --ramp 40"
+  "LA200|--meetings 200 --publishers 2 --duration 15 --ramp 40"
+  # 100 audio-only rooms: 50 packets/s of 100 bytes per participant.
+  "LAU100|--meetings 100 --publishers 2 --no-video --audio-kbps 40 --duration 15 --ramp 40"
+)
+for rep in $(seq "$REPS"); do
+  for shape in "${SHAPES[@]}"; do
+    name=${shape%%|*}; args=${shape#*|}
+    case " $ONLY " in *" $name "*) ;; *) continue ;; esac
+    for engine in $ENGINES; do
+      "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args
+    done
+  done
+done
