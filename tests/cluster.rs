@@ -432,6 +432,7 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
     // 2. Concurrent first joins on two nodes place a meeting once, and every node agrees.
     let mut sockets = Vec::new();
     let mut relayed = Vec::new();
+    let mut live_meetings = Vec::new();
     for round in 0..4 {
         let (status, meeting) = a
             .call(
@@ -443,6 +444,7 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
             .await;
         assert_eq!(status, 201, "{meeting}");
         let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+        live_meetings.push(mid.clone());
         let (on_a, on_b) = tokio::join!(a.join(&token, &mid), b.join(&token, &mid));
         let placed = owner(&redis, &mid).await.expect("the meeting is placed");
         assert!(ids.contains(&placed), "placed on a live node: {placed}");
@@ -465,6 +467,40 @@ async fn three_nodes_share_a_registry_place_each_meeting_once_and_forget_a_kille
     }
     assert_eq!(sockets.len(), 4, "each meeting runs on exactly one node");
     assert_eq!(relayed.len(), 8);
+
+    // A node joining the running cluster (a deploy, a restart) recovers nothing at start:
+    // the open attendances in the shared store are those of meetings live on other nodes
+    // (a meeting is taken over only when it is placed anew after its owner died).
+    let logs = || async {
+        let mut lens = Vec::new();
+        for mid in &live_meetings {
+            let (status, log) = a
+                .call("GET", &format!("/api/v1/meetings/{mid}/events"), &token, None)
+                .await;
+            assert_eq!(status, 200, "{log}");
+            lens.push(log.as_array().expect("a list of events").len());
+        }
+        lens
+    };
+    let before = logs().await;
+    let mut d = Node::start(&dir, &redis.url(), &shared.url, "d", &limits, admin).await;
+    assert_eq!(logs().await, before, "the new node closed nobody's attendance");
+    for (_, ws) in sockets.iter_mut().chain(relayed.iter_mut()) {
+        chat_echo(ws, "still here").await;
+    }
+    // It leaves cleanly (SIGTERM: its registry record goes at once).
+    let pid = d.tree.child_mut().id() as i32;
+    // SAFETY: kill(2) of our own child with a constant signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    until("node d stops", WAIT, || {
+        let exited = d.tree.child_mut().try_wait().unwrap().is_some();
+        async move { exited }
+    })
+    .await;
+    until("node a sees three nodes again", WAIT, || async {
+        a.sees(&token).await.len() == 3
+    })
+    .await;
 
     // 3. SIGKILL: the node leaves everyone's registry within the documented time, and a
     // meeting placed on it is taken over by the next join elsewhere.

@@ -392,12 +392,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         connections: limits::ConnectionLimits::new(config.max_connections(), config.max_connections_per_ip()),
     });
 
-    // Before the first connection: a guest who comes back must find its held seat.
-    let held = state
-        .live
-        .recover(&state.services())
-        .await
-        .context("recovering meetings from the store")?;
+    // Before the first connection: a guest who comes back must find its held seat. Not in a
+    // cluster: there the store's open attendances are those of meetings live on other nodes
+    // (recovering them here would close their staff's attendances under them); a meeting
+    // whose node died is taken over where it is placed next (`LiveMeetings::take_over`).
+    let held = if state.router.node_id().is_some() {
+        0
+    } else {
+        state
+            .live
+            .recover(&state.services())
+            .await
+            .context("recovering meetings from the store")?
+    };
     if held > 0 {
         tracing::info!(held, "seats held after a crash for the guests who were in a call");
     }
