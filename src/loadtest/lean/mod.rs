@@ -3,9 +3,10 @@
 //! gateway's shards drive theirs ([`engine`]). Signaling is the real protocol over a
 //! WebSocket per participant (join, admitted, publish offer and answer, subscribe offers
 //! and answers; docs/PROTOCOL.md), here; ICE, DTLS and SRTP are `rtc`'s, on the engine
-//! thread. So one client core drives several gateway cores' worth of forwarding, where
-//! the SDK engine (async `webrtc` peers, a socket and tasks per connection) saturates its
-//! own core first.
+//! thread. A client core then costs about what the gateway spends on the same packets
+//! (both run `rtc`; measured in docs/BENCHMARKS.md §3), about half of what the SDK engine
+//! (async `webrtc` peers, a socket and tasks per connection) costs, which saturated its own
+//! core before the gateway's; `--client-threads` adds cores.
 //!
 //! Each connection has its own loopback address on its engine's socket (the gateway tells
 //! connections apart by address), so the lean engine loads a gateway on this machine.
