@@ -3664,22 +3664,31 @@ mod tests {
     /// 150, 450 and 1 200 kbit/s) and audio. B's transport-wide feedback (from a simulated
     /// bottleneck fed with exactly what the room wrote to B) brings its estimate down and
     /// its leg to the lowest layer within seconds, every audio packet still reaches B, and
-    /// once the path is wide again the leg climbs back to the top layer by tries.
+    /// once the path is wide again the leg climbs back to the top layer by tries. C, on a
+    /// wide path all along, keeps the top layer throughout: one slow subscriber never
+    /// degrades the others.
     #[test]
     fn a_subscribers_congestion_feedback_caps_its_layer_and_audio_keeps_flowing() {
         let t0 = Instant::now();
-        let (mut room, mut fx) = call_with(false, &layers(), t0);
-        // B's answer negotiated transport-wide sequence numbers (id 3).
-        let mut answer = answer_all(&room, B);
-        for (_, n) in &mut answer {
-            n.extensions.push((rtc::sdp::extmap::TRANSPORT_CC_URI.into(), 3));
+        let (mut room, mut fx) = call_with(true, &layers(), t0);
+        // B's and C's answers negotiated transport-wide sequence numbers (id 3).
+        for p in [B, C] {
+            let mut answer = answer_all(&room, p);
+            for (_, n) in &mut answer {
+                n.extensions.push((rtc::sdp::extmap::TRANSPORT_CC_URI.into(), 3));
+            }
+            room.subscriber_answered(p, &answer, true, t0, &mut fx);
         }
-        room.subscriber_answered(B, &answer, true, t0, &mut fx);
         let mut sink = Recorder::default();
         let mut path = Bottleneck {
             bps: 300_000.0,
             free_at: Duration::ZERO,
         };
+        let mut wide = Bottleneck {
+            bps: 20_000_000.0,
+            free_at: Duration::ZERO,
+        };
+        let (mut pending_c, mut layer_at_c) = (Vec::<Ack>::new(), Vec::<(Duration, u8)>::new());
         // Per layer: bytes per 10 ms tick, its sequence number, a keyframe asked for.
         let sizes = [190usize, 560, 1_500];
         let mut seqs = [100u16, 20_000, 40_000];
@@ -3750,11 +3759,13 @@ mod tests {
             }
             let since = now.saturating_duration_since(t0);
             for (conn, _, p) in &sink.written[seen..] {
-                if *conn != B_SUB {
-                    continue;
-                }
+                let (path, pending, layer_at) = match *conn {
+                    B_SUB => (&mut path, &mut pending, &mut layer_at),
+                    C_SUB => (&mut wide, &mut pending_c, &mut layer_at_c),
+                    _ => continue,
+                };
                 if p.header.payload_type == 109 {
-                    audio_to_b += 1;
+                    audio_to_b += u32::from(*conn == B_SUB);
                 } else {
                     layer_at.push((since, p.payload[3]));
                 }
@@ -3763,7 +3774,7 @@ mod tests {
                     .extensions
                     .iter()
                     .find(|e| e.id == 3)
-                    .expect("every copy to B is numbered");
+                    .expect("every copy to B and C is numbered");
                 let seq = u16::from_be_bytes([ext.payload[0], ext.payload[1]]);
                 let size = p.payload.len() + 16;
                 pending.push(Ack {
@@ -3778,6 +3789,11 @@ mod tests {
                     pending.drain(..).partition(|a| a.arrival.is_none_or(|at| at <= since));
                 pending = later;
                 room.congestion_feedback(B_SUB, ready, now);
+                let (ready, later): (Vec<Ack>, Vec<Ack>) = pending_c
+                    .drain(..)
+                    .partition(|a| a.arrival.is_none_or(|at| at <= since));
+                pending_c = later;
+                room.congestion_feedback(C_SUB, ready, now);
             }
         }
         // Within 10 s of the path widening, the top layer.
@@ -3788,5 +3804,10 @@ mod tests {
         );
         // Audio first: every audio packet reached B.
         assert_eq!(audio_to_b, audio_sent);
+        // C had the top layer from its first keyframe on, the whole time B was capped.
+        let c = layer_after(&layer_at_c, Duration::from_millis(500));
+        assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
+        let snap = room.debug_snapshot(|_| None);
+        assert_eq!(snap["participants"][2]["bandwidth"]["capping"], false, "{snap:#}");
     }
 }
