@@ -579,8 +579,9 @@ impl Bwe {
         }
         self.reports += 1;
         self.lost += lost as u64;
-        // Arrival order is what the trendline needs; reports list by sequence number.
-        scratch.sort_by_key(|p| p.2);
+        // Arrival order is what the trendline needs; reports list by sequence number. (In place:
+        // a stable sort would allocate its buffer per report.)
+        scratch.sort_unstable_by_key(|p| (p.2, p.0));
         let change = self.estimator.update(scratch, lost, now);
         if change == Change::Down {
             self.capping = true;
