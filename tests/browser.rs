@@ -1184,26 +1184,29 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default();
+    // The longest gap between `times` in [from, to], and when it began (ms since the cap).
     let longest_gap = |times: &[u64], from: u64, to: u64| {
         let mut last = from;
-        let mut longest = 0;
+        let (mut longest, mut began) = (0, from);
         for &x in times
             .iter()
             .filter(|x| **x >= from && **x <= to)
             .chain(std::iter::once(&to))
         {
-            longest = longest.max(x - last);
+            if x - last > longest {
+                (longest, began) = (x - last, last);
+            }
             last = x;
         }
-        longest
+        (longest, began.saturating_sub(capped_at))
     };
-    let freeze_ms = longest_gap(&rises, capped_at + low_ms.unwrap_or(0), cap_end);
+    let (freeze_ms, freeze_began_ms) = longest_gap(&rises, capped_at + low_ms.unwrap_or(0), cap_end);
     let audio_rises: Vec<u64> = rows
         .windows(2)
         .filter(|w| w[1][7] > w[0][7])
         .map(|w| t(&w[1]))
         .collect();
-    let audio_gap_ms = longest_gap(&audio_rises, capped_at, cap_end);
+    let (audio_gap_ms, _) = longest_gap(&audio_rises, capped_at, cap_end);
     let freeze_count = match (
         rows.iter().find(|r| t(r) >= capped_at),
         rows.iter().rfind(|r| t(r) <= cap_end),
@@ -1255,7 +1258,7 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             "server_low_ms": server_low_ms,
             "window_packets": received, "window_lost": lost, "window_rtx": rtx,
             "loss": loss, "residual_loss": residual,
-            "longest_freeze_ms": freeze_ms, "freeze_count": freeze_count,
+            "longest_freeze_ms": freeze_ms, "longest_freeze_began_ms": freeze_began_ms, "freeze_count": freeze_count,
             "audio_gap_ms": audio_gap_ms,
             "top_ms_after_lift": top_ms,
             "server_top_ms_after_lift": server_top_ms,
