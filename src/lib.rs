@@ -3,8 +3,10 @@
 //! and the load tester.
 //!
 //! The protocol and its rules live in `gatehouse-signaling`, never here twice. The load
-//! tester is a staff application of `gatehouse-sdk`, the only place this crate uses the
-//! client; no server module is shared with the SDK, which must never depend on this crate.
+//! tester's default engine is a staff application of `gatehouse-sdk`, the only place this
+//! crate uses the SDK; its lean engine (`loadtest::lean`) drives `rtc` clients
+//! (`sfu::rtc_client`) and the WebSocket directly, many connections per socket, as the
+//! shards do. No server module is shared with the SDK, which must never depend on this crate.
 
 pub mod appointments;
 pub mod cluster;
