@@ -390,7 +390,8 @@ pub struct MediaRoom {
     /// The copy [`MediaRoom::forward`] rewrites for each leg in turn and lends the sink:
     /// its header's lists keep their capacity, so forwarding allocates nothing.
     scratch: Packet,
-    /// Each subscriber connection's bandwidth estimate (made at its first numbered packet).
+    /// Each subscriber connection's bandwidth estimate (made at its first numbered packet),
+    /// sorted by connection (looked up for every numbered copy).
     bwe: Vec<(ConnId, Bwe)>,
     /// Reused by [`MediaRoom::congestion_feedback`].
     feedback_scratch: Vec<(Instant, u16, Duration)>,
@@ -423,11 +424,12 @@ fn stamp(bwes: &mut Vec<(ConnId, Bwe)>, conn: ConnId, id: u8, copy: &mut Packet,
     if !(profile == EXTENSION_PROFILE_TWO_BYTE || (profile == EXTENSION_PROFILE_ONE_BYTE && id <= 14)) {
         return;
     }
-    let i = match bwes.iter().position(|(c, _)| *c == conn) {
-        Some(i) => i,
-        None => {
-            bwes.push((conn, Bwe::default()));
-            bwes.len() - 1
+    // Sorted by connection: a binary search per copy, not a scan of every subscriber's.
+    let i = match bwes.binary_search_by_key(&conn, |(c, _)| *c) {
+        Ok(i) => i,
+        Err(i) => {
+            bwes.insert(i, (conn, Bwe::default()));
+            i
         }
     };
     // The extension adds 4 bytes on the wire at most (its element and padding).
@@ -1561,9 +1563,10 @@ impl MediaRoom {
     /// moves (`bwe::Bwe::feedback`) and the connection's video legs are fitted under it
     /// ([`MediaRoom::fit_legs`]). Feedback on packets this room never numbered changes nothing.
     pub fn congestion_feedback(&mut self, conn: ConnId, acks: impl IntoIterator<Item = Ack>, now: Instant) {
-        let Some((_, bwe)) = self.bwe.iter_mut().find(|(c, _)| *c == conn) else {
+        let Ok(i) = self.bwe.binary_search_by_key(&conn, |(c, _)| *c) else {
             return;
         };
+        let bwe = &mut self.bwe[i].1;
         let verdict = bwe.feedback(acks, now, &mut self.feedback_scratch);
         if verdict == Verdict::Down {
             self.stats.add(|c| &c.bwe_drops, 1);
@@ -1581,7 +1584,7 @@ impl MediaRoom {
     /// fits with [`bwe::UP_HEADROOM`], or, when the connection may try
     /// (`Bwe::may_try`), one leg below its subscriber's wish tries its next layer.
     fn fit_legs(&mut self, conn: ConnId, verdict: Verdict, now: Instant) {
-        let Some(i) = self.bwe.iter().position(|(c, _)| *c == conn) else {
+        let Ok(i) = self.bwe.binary_search_by_key(&conn, |(c, _)| *c) else {
             return;
         };
         let estimate = self.bwe[i].1.estimator.bps();
