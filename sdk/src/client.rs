@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, Stream, StreamExt};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ActiveSpeaker, ChatMessage, ClientMessage, ConnectionMedia, IceServer, LeaveReason, LobbyEntry, LobbyStatus,
-    MediaConnectionState, MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole,
-    Quality, ServerMessage, TrackId, TrackInfo, TrackSource,
+    ActiveSpeaker, ChatMessage, ClientMessage, ConnectionMedia, ConnectionQuality, IceServer, LeaveReason, LobbyEntry,
+    LobbyStatus, MediaConnectionState, MeetingId, MeetingSummary, PROTOCOL_VERSION, ParticipantId, ParticipantInfo,
+    PeerRole, Quality, ServerMessage, TrackId, TrackInfo, TrackSource,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -197,6 +197,31 @@ pub enum Event {
     ActiveSpeakers {
         /// Dominant first; our own microphone included when we speak.
         speakers: Vec<ActiveSpeaker>,
+    },
+    /// A participant's connection quality changed: ours, or (for staff) anyone's in the
+    /// call. Until the first one about a participant, assume `Excellent` and no video
+    /// reduced (docs/PROTOCOL.md, `connection_quality`).
+    ///
+    /// ```no_run
+    /// # async fn run(mut events: gatehouse_sdk::Events, me: &str) {
+    /// use gatehouse_sdk::{ConnectionQuality, Event};
+    /// while let Some(event) = events.recv().await {
+    ///     if let Event::ConnectionQuality { participant_id, quality, video_reduced } = event
+    ///         && participant_id.as_str() == me
+    ///         && quality <= ConnectionQuality::Poor
+    ///     {
+    ///         println!("our link is weak (video reduced: {video_reduced})");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ConnectionQuality {
+        /// Whose connection.
+        participant_id: ParticipantId,
+        /// `Lost` < `Poor` < `Good` < `Excellent`.
+        quality: ConnectionQuality,
+        /// The video it receives is below what it asked for, for lack of bandwidth.
+        video_reduced: bool,
     },
     /// A chat message (our own included).
     Chat(ChatMessage),
@@ -1517,6 +1542,15 @@ async fn handle(inner: &Arc<Inner>, message: ServerMessage, events: &mpsc::Unbou
         }
         ServerMessage::Pong { nonce } => Some(Event::Pong { nonce }),
         ServerMessage::ActiveSpeakers { speakers } => Some(Event::ActiveSpeakers { speakers }),
+        ServerMessage::ConnectionQuality {
+            participant_id,
+            quality,
+            video_reduced,
+        } => Some(Event::ConnectionQuality {
+            participant_id,
+            quality,
+            video_reduced,
+        }),
         ServerMessage::Error { code, message } => Some(Event::Error { code, message }),
         // The staff queue is a subscription of its own (`subscribe_queue`), never sent on a
         // meeting's socket; a guest's place in the appointments queue is the web client's.

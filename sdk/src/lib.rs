@@ -74,7 +74,7 @@ pub mod tls;
 
 pub use client::{Client, ConnectOptions, Event, Events, websocket_url};
 pub use error::{Result, SdkError};
-pub use gatehouse_signaling::protocol::Quality;
+pub use gatehouse_signaling::protocol::{ConnectionQuality, Quality};
 pub use health::{ConnHealth, MediaHealth};
 pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, VideoCodec};
 pub use reconnect::ReconnectPolicy;

@@ -251,6 +251,22 @@ pub struct ActiveSpeaker {
     pub level: f32,
 }
 
+/// How well a participant's media gets through, in `connection_quality` (docs/PROTOCOL.md §11.4):
+/// from the loss, jitter and round-trip time of its links, the gap between the video it
+/// wants and the video its downlink can take, and whether it is heard at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionQuality {
+    /// Nothing heard from it for seconds while media should flow.
+    Lost,
+    /// Loss or delay a person notices, or video reduced to its smallest layer.
+    Poor,
+    /// Some loss or delay, or video one layer below what it asked for.
+    Good,
+    /// Nothing to notice.
+    Excellent,
+}
+
 /// One simulcast layer of a published track in `publisher_layers`: its rid (as the
 /// publisher's offer named it) and whether the publisher should send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -587,6 +603,14 @@ pub enum ServerMessage {
     /// nobody is. Sent to everyone in the call when the speakers or the dominant one
     /// change (not for level changes alone), at most every 300 ms.
     ActiveSpeakers { speakers: Vec<ActiveSpeaker> },
+    /// A participant's connection quality changed: sent to that participant and to staff in
+    /// the call, at most every 2 s per participant. `video_reduced`: the video it receives
+    /// is below what it asked for because its downlink cannot take more (audio is kept).
+    ConnectionQuality {
+        participant_id: ParticipantId,
+        quality: ConnectionQuality,
+        video_reduced: bool,
+    },
     /// To a publisher of a simulcast track: which of its layers someone in the call
     /// needs. Send the `active` ones and pause the others (`RTCRtpEncodingParameters.active`);
     /// layers not listed stay as they are. Sent when the need changes: at once for a layer

@@ -44,6 +44,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use super::bwe::{self, Ack, Bwe, RateMeter, Verdict};
 use super::dynacast::{self, Dynacast};
 use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeFormat, KeyframeThrottle, LayerSelector, Pick, PtMap, Target};
+use super::quality;
 use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
 use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
@@ -315,6 +316,8 @@ struct Layer {
     /// A video layer's last packets, for its legs' retransmissions (`retransmit`); its
     /// epochs carry the layer's own top byte, so a leg's history names the cache.
     cache: Option<PacketCache>,
+    /// What arrives of it, for its publisher's uplink quality (`quality`).
+    reception: quality::Reception,
 }
 
 impl Layer {
@@ -328,6 +331,7 @@ impl Layer {
             last_packet: None,
             rate: RateMeter::default(),
             cache: (kind == TrackKind::Video).then(|| PacketCache::default().with_epoch(u32::from(cache_id) << 24)),
+            reception: quality::Reception::new(clock_rate_of(&stream.negotiated, &stream.mime_type)),
         }
     }
 }
@@ -395,6 +399,10 @@ pub struct MediaRoom {
     bwe: Vec<(ConnId, Bwe)>,
     /// Reused by [`MediaRoom::congestion_feedback`].
     feedback_scratch: Vec<(Instant, u16, Duration)>,
+    /// Each participant's connection quality ([`MediaRoom::evaluate_quality`]), and when
+    /// it is next evaluated.
+    quality: Vec<(ParticipantId, quality::Participant)>,
+    quality_due: Option<Instant>,
 }
 
 /// Whether (and how) a video leg resends as RTX, from what its subscriber negotiated.
@@ -440,6 +448,15 @@ fn stamp(bwes: &mut Vec<(ConnId, Bwe)>, conn: ConnId, id: u8, copy: &mut Packet,
         id,
         payload: bytes::Bytes::from_static(&bwe::TWCC_BYTES[usize::from(seq)]),
     });
+}
+
+/// The clock rate of `mime_type` as a connection negotiated it (90 kHz when not found).
+fn clock_rate_of(negotiated: &Negotiated, mime_type: &str) -> u32 {
+    negotiated
+        .codecs
+        .iter()
+        .find(|c| c.mime_type.eq_ignore_ascii_case(mime_type))
+        .map_or(90_000, |c| c.clock_rate)
 }
 
 /// The transport-wide sequence number extension's id a subscriber leg negotiated (0: none).
@@ -537,6 +554,8 @@ impl MediaRoom {
             scratch: Packet::default(),
             bwe: Vec::new(),
             feedback_scratch: Vec::new(),
+            quality: Vec::new(),
+            quality_due: None,
         }
     }
 
@@ -1427,6 +1446,9 @@ impl MediaRoom {
             return;
         }
         layer.packets += 1;
+        layer
+            .reception
+            .packet(packet.header.sequence_number, packet.header.timestamp, now);
         let size = (rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len()) as u64;
         layer.rate.add(size, now);
         let resumed = layer
@@ -1662,6 +1684,203 @@ impl MediaRoom {
         if changed > 0 {
             tracing::debug!(meeting_id = %self.meeting_id, conn, estimate, ?verdict, changed, "bandwidth: layer caps changed");
         }
+    }
+
+    // ---- connection quality ----
+
+    /// A reception report from subscriber connection `conn` about its leg whose SSRC is
+    /// `ssrc`: the share lost (1/256), the jitter (in the leg's clock ticks) and the
+    /// round-trip time when it could be told (`quality::rtt_of`). Kept for the
+    /// subscriber's next quality evaluation.
+    pub fn reception_report(&mut self, conn: ConnId, ssrc: u32, fraction_lost: u8, jitter: u32, rtt: Option<Duration>) {
+        let Some(clock_rate) = self.tracks.iter().find_map(|t| {
+            t.legs
+                .iter()
+                .any(|l| l.rewrite.ssrc == ssrc && l.bound.is_some_and(|(c, _)| c == conn))
+                .then(|| clock_rate_of(&t.negotiated, &t.mime_type))
+        }) else {
+            return;
+        };
+        let Some(m) = self.members.iter().find(|m| m.subscriber == Some(conn)) else {
+            return;
+        };
+        let (id, joined_at) = (m.id.clone(), m.joined_at);
+        let jitter_ms = f64::from(jitter) * 1000.0 / f64::from(clock_rate.max(1));
+        self.quality_of(&id, joined_at)
+            .downlink
+            .report(fraction_lost, jitter_ms, rtt);
+    }
+
+    /// The quality state of participant `id` (made when missing; started again when the
+    /// participant came back on a new socket since).
+    fn quality_of(&mut self, id: &ParticipantId, joined_at: Instant) -> &mut quality::Participant {
+        let i = match self.quality.iter().position(|(p, _)| p == id) {
+            Some(i) => i,
+            None => {
+                self.quality.push((id.clone(), quality::Participant::new(joined_at)));
+                self.quality.len() - 1
+            }
+        };
+        let q = &mut self.quality[i].1;
+        if q.joined_at != joined_at {
+            // A new page knows nothing of what the old one was told.
+            *q = quality::Participant::new(joined_at);
+        }
+        q
+    }
+
+    /// Evaluates every participant's connection quality, when due
+    /// ([`quality::Params::evaluate_every`]; the shard calls this on its speaker tick).
+    /// A change goes out as `connection_quality` to the participant and to staff in the
+    /// call; someone who just entered (or came back) is told what is not the assumed
+    /// `excellent`: about itself, and about everyone when it is staff.
+    pub fn evaluate_quality(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        let params = quality::Params::default();
+        if self.quality_due.is_some_and(|at| now < at) {
+            return;
+        }
+        self.quality_due = Some(now + params.evaluate_every);
+        let members = &self.members;
+        self.quality.retain(|(id, _)| members.iter().any(|m| &m.id == id));
+        let mut changed: Vec<(ParticipantId, quality::Verdict)> = Vec::new();
+        for mi in 0..self.members.len() {
+            let (id, joined_at) = (self.members[mi].id.clone(), self.members[mi].joined_at);
+            let sample = self.quality_sample(mi, now);
+            if let Some(verdict) = self.quality_of(&id, joined_at).assessment.update(&sample, now, &params) {
+                tracing::debug!(meeting_id = %self.meeting_id, participant_id = %id, ?verdict, ?sample, "connection quality");
+                changed.push((id, verdict));
+            }
+        }
+        let message = |id: &ParticipantId, v: quality::Verdict| ServerMessage::ConnectionQuality {
+            participant_id: id.clone(),
+            quality: v.quality,
+            video_reduced: v.video_reduced,
+        };
+        for m in &self.members {
+            let staff = m.kind == ParticipantKind::Staff;
+            let Some(told) = self.quality.iter().position(|(p, _)| *p == m.id) else {
+                continue;
+            };
+            if !self.quality[told].1.told {
+                // Everything it should know that is not the assumed state (and not about to be said).
+                for (id, q) in &self.quality {
+                    let v = q.assessment.announced();
+                    if (staff || *id == m.id) && v != quality::Verdict::ASSUMED && !changed.iter().any(|(c, _)| c == id)
+                    {
+                        effects.push(Effect::Signal {
+                            to: m.id.clone(),
+                            message: message(id, v),
+                        });
+                    }
+                }
+            }
+            for (id, v) in &changed {
+                if staff || *id == m.id {
+                    effects.push(Effect::Signal {
+                        to: m.id.clone(),
+                        message: message(id, *v),
+                    });
+                }
+            }
+        }
+        for (_, q) in &mut self.quality {
+            q.told = true;
+        }
+    }
+
+    /// One window of member `mi`'s links (see `quality::Sample`): the uplink from its
+    /// tracks' receptions; the downlink from its congestion feedback (loss: the gateway's own
+    /// numbering, so loss upstream of the gateway does not count against it) or, without
+    /// any, its receiver reports; the video layers its legs are capped below its wish; and
+    /// how long its expected directions have been silent (media from a publisher with an
+    /// unmuted track; RTCP from a subscriber receiving video, which browsers report on
+    /// every second, where audio alone may be reported on every five).
+    fn quality_sample(&mut self, mi: usize, now: Instant) -> quality::Sample {
+        let params = quality::Params::default();
+        let m = &self.members[mi];
+        let (id, joined_at, publisher, subscriber) = (m.id.clone(), m.joined_at, m.publisher, m.subscriber);
+        let heard = m.last_heard.unwrap_or(m.joined_at);
+        let mut sample = quality::Sample::default();
+        // Uplink.
+        let (mut expected, mut lost) = (0u64, 0u64);
+        let mut last_media: Option<Instant> = None;
+        let mut publishing = false;
+        for t in &mut self.tracks {
+            if publisher != Some(t.conn) || t.parked.is_some() {
+                continue;
+            }
+            for layer in &mut t.layers {
+                if let Some(w) = layer.reception.take_window() {
+                    expected += w.expected;
+                    lost += w.lost;
+                    sample.uplink_jitter_ms = Some(sample.uplink_jitter_ms.map_or(w.jitter_ms, |j| j.max(w.jitter_ms)));
+                }
+            }
+            if !t.info.muted {
+                publishing = true;
+                last_media = last_media.max(t.layers.iter().filter_map(|l| l.last_packet).max());
+            }
+        }
+        if expected > 0 {
+            sample.uplink_loss = Some(lost as f64 / expected as f64);
+        }
+        // Downlink.
+        let twcc = subscriber
+            .and_then(|c| self.bwe.binary_search_by_key(&c, |(x, _)| *x).ok())
+            .map(|i| (self.bwe[i].1.reports, self.bwe[i].1.estimator.loss()));
+        let q = self.quality_of(&id, joined_at);
+        let (rr_loss, rr_jitter, rtt) = q.downlink.take_window();
+        let twcc_loss = match twcc {
+            Some((reports, loss)) if reports > q.twcc_reports => {
+                q.twcc_reports = reports;
+                Some(loss)
+            }
+            _ => None,
+        };
+        sample.downlink_loss = twcc_loss.or(rr_loss);
+        sample.downlink_jitter_ms = rr_jitter;
+        sample.rtt_ms = rtt;
+        // Video reduced, and whether it receives video at all.
+        let mut receiving_video = false;
+        for t in &self.tracks {
+            if t.info.kind != TrackKind::Video || t.parked.is_some() {
+                continue;
+            }
+            let (ranks, n, available) = t.layer_view(now);
+            for leg in t
+                .legs
+                .iter()
+                .filter(|l| l.subscriber == id && l.negotiated && l.bound.is_some())
+            {
+                receiving_video |= leg
+                    .last_sent
+                    .is_some_and(|at| now.saturating_duration_since(at) < params.lost_after);
+                let (Some(has), Some(wants)) = (
+                    leg.layer.desired(&ranks[..n], available),
+                    leg.layer.wished(&ranks[..n], available),
+                ) else {
+                    continue;
+                };
+                let (has, wants) = (ranks[has], ranks[wants]);
+                if has >= wants {
+                    continue;
+                }
+                let sending = (0..n).filter(|&i| available & (1 << i) != 0);
+                let missed = sending.clone().filter(|&i| ranks[i] > has && ranks[i] <= wants).count();
+                sample.layers_missed = sample.layers_missed.max(missed.min(usize::from(u8::MAX)) as u8);
+                sample.smallest_layer |= sending.map(|i| ranks[i]).min() == Some(has);
+            }
+        }
+        // Silence.
+        let mut silences = Vec::with_capacity(2);
+        if publishing && let Some(at) = last_media {
+            silences.push(now.saturating_duration_since(at));
+        }
+        if receiving_video {
+            silences.push(now.saturating_duration_since(heard));
+        }
+        sample.silent = silences.iter().min().zip(silences.iter().max()).map(|(a, b)| (*a, *b));
+        sample
     }
 
     // ---- active speakers ----
@@ -3812,5 +4031,241 @@ mod tests {
         assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
         let snap = room.debug_snapshot(|_| None);
         assert_eq!(snap["participants"][2]["bandwidth"]["capping"], false, "{snap:#}");
+    }
+
+    // ---- connection quality ----
+
+    use gatehouse_signaling::protocol::ConnectionQuality;
+
+    /// The `connection_quality` frames of `effects`: (to, about, quality, video reduced).
+    fn qualities(effects: &[Effect]) -> Vec<(String, String, ConnectionQuality, bool)> {
+        signals(effects)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                ServerMessage::ConnectionQuality {
+                    participant_id,
+                    quality,
+                    video_reduced,
+                } => Some((
+                    to.as_str().to_owned(),
+                    participant_id.as_str().to_owned(),
+                    quality,
+                    video_reduced,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One second of A's camera (30 packets from `*seq` on, every fifth missing when `lossy`),
+    /// B's subscriber heard, then an evaluation; what it said.
+    fn second_of_camera(
+        room: &mut MediaRoom,
+        seq: &mut u16,
+        lossy: bool,
+        at: Instant,
+    ) -> Vec<(String, String, ConnectionQuality, bool)> {
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        for i in 0..30u64 {
+            *seq = seq.wrapping_add(1);
+            if lossy && *seq % 5 == 2 {
+                continue;
+            }
+            let now = at + Duration::from_millis(33 * i);
+            room.forward(
+                A_PUB,
+                &vp8(1000, *seq, u32::from(*seq) * 3000, i == 0),
+                now,
+                &mut sink,
+                &mut fx,
+            );
+        }
+        let now = at + Duration::from_secs(1);
+        room.subscriber_heard(B_SUB, now, &mut fx);
+        fx.clear();
+        room.evaluate_quality(now, &mut fx);
+        qualities(&fx)
+    }
+
+    /// Issue 12: 20 % of A's packets never reach the gateway: A's uplink is poor within
+    /// three evaluations, told to A and to staff B, never to guest G (who is told nothing
+    /// about anyone else); when the loss stops A climbs back to excellent, through good.
+    #[test]
+    fn uplink_loss_makes_a_publisher_poor_for_itself_and_staff_and_recovery_is_announced() {
+        let t0 = Instant::now();
+        let (mut room, _) = call(false, t0);
+        let mut fx = Vec::new();
+        room.add_participant("p_g", ParticipantKind::Guest, false, t0, &mut fx);
+        let mut seq = 100u16;
+        let mut said = Vec::new();
+        for s in 0..3u64 {
+            said.extend(second_of_camera(&mut room, &mut seq, true, t0 + Duration::from_secs(s)));
+        }
+        let poor: Vec<&(String, String, ConnectionQuality, bool)> =
+            said.iter().filter(|q| q.2 == ConnectionQuality::Poor).collect();
+        let to: Vec<&str> = poor.iter().map(|q| q.0.as_str()).collect();
+        assert_eq!(to, [A, B], "A and staff B are told, guest G is not: {said:?}");
+        assert!(poor.iter().all(|q| q.1 == A && !q.3), "{said:?}");
+        assert!(said.iter().all(|q| q.1 == A && q.0 != "p_g"), "{said:?}");
+        // Clean again: good, then excellent, each told once to A and B.
+        let mut back = Vec::new();
+        for s in 3..15u64 {
+            back.extend(second_of_camera(
+                &mut room,
+                &mut seq,
+                false,
+                t0 + Duration::from_secs(s),
+            ));
+        }
+        let levels: Vec<ConnectionQuality> = back.iter().filter(|q| q.0 == A).map(|q| q.2).collect();
+        assert_eq!(
+            levels,
+            [ConnectionQuality::Good, ConnectionQuality::Excellent],
+            "{back:?}"
+        );
+        assert_eq!(back.len(), 4, "the same to B: {back:?}");
+    }
+
+    /// Issue 12: B's leg of a three-layer camera capped to the lowest layer by its bandwidth
+    /// estimate is video reduced at once and poor soon after; a staff member entering
+    /// afterwards is told at its first evaluation; the cap lifted, B is back to excellent.
+    #[test]
+    fn a_leg_capped_to_the_smallest_layer_is_video_reduced_and_poor_and_late_staff_hear_it() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        let mut seq = 0u16;
+        let mut second = |room: &mut MediaRoom, s: u64| {
+            let at = t0 + Duration::from_secs(s);
+            for i in 0..10u64 {
+                seq = seq.wrapping_add(1);
+                for ssrc in [1000, 1001, 1002] {
+                    let p = vp8(ssrc, seq, u32::from(seq) * 9000, i == 0);
+                    room.forward(A_PUB, &p, at + Duration::from_millis(100 * i), &mut sink, &mut fx);
+                }
+            }
+            let now = at + Duration::from_secs(1);
+            room.subscriber_heard(B_SUB, now, &mut fx);
+            fx.clear();
+            room.evaluate_quality(now, &mut fx);
+            qualities(&fx)
+        };
+        assert_eq!(second(&mut room, 0), [], "uncapped: nothing to say");
+        let track = room
+            .tracks
+            .iter_mut()
+            .find(|t| t.info.kind == TrackKind::Video)
+            .expect("camera");
+        let leg = track.legs.iter_mut().find(|l| l.subscriber == B).expect("B's leg");
+        leg.layer.set_cap(Target::LOW);
+        let said: Vec<_> = (1..4).flat_map(|s| second(&mut room, s)).collect();
+        let about_b: Vec<_> = said.iter().filter(|q| q.0 == B).collect();
+        assert_eq!(
+            about_b.first(),
+            Some(&&(B.to_owned(), B.to_owned(), ConnectionQuality::Good, true)),
+            "reduced at the first evaluation: {said:?}"
+        );
+        assert!(
+            said.iter().any(|q| q.0 == B && q.2 == ConnectionQuality::Poor && q.3),
+            "poor within three evaluations: {said:?}"
+        );
+        assert!(
+            said.iter().any(|q| q.0 == A && q.1 == B),
+            "staff A hears of B: {said:?}"
+        );
+        // Staff C enters: its first evaluation tells it B's state.
+        room.add_participant(
+            C,
+            ParticipantKind::Staff,
+            true,
+            t0 + Duration::from_secs(4),
+            &mut Vec::new(),
+        );
+        let told = second(&mut room, 4);
+        assert!(
+            told.contains(&(C.to_owned(), B.to_owned(), ConnectionQuality::Poor, true)),
+            "{told:?}"
+        );
+        // The cap lifted: reduced no more, and excellent within a few seconds.
+        let track = room
+            .tracks
+            .iter_mut()
+            .find(|t| t.info.kind == TrackKind::Video)
+            .expect("camera");
+        let leg = track.legs.iter_mut().find(|l| l.subscriber == B).expect("B's leg");
+        leg.layer.set_cap(Target::HIGH);
+        let said: Vec<_> = (5..12).flat_map(|s| second(&mut room, s)).collect();
+        assert_eq!(
+            said.iter().rfind(|q| q.0 == B),
+            Some(&(B.to_owned(), B.to_owned(), ConnectionQuality::Excellent, false)),
+            "{said:?}"
+        );
+    }
+
+    /// Issue 12: B's receiver reports saying half of what it gets is lost make it poor (the
+    /// report names the leg by its SSRC; a report about no leg of it is ignored); A whose
+    /// camera stops arriving with nothing else expected of it is lost after 4 s, at once,
+    /// and back with its first packets.
+    #[test]
+    fn receiver_reports_and_silence_feed_the_quality() {
+        let t0 = Instant::now();
+        let (mut room, _) = call(false, t0);
+        let mut seq = 0u16;
+        second_of_camera(&mut room, &mut seq, false, t0);
+        let leg_ssrc = room
+            .tracks
+            .iter()
+            .flat_map(|t| t.legs.iter())
+            .find(|l| l.subscriber == B && l.bound.is_some())
+            .map(|l| l.rewrite.ssrc)
+            .expect("B's leg");
+        // Nonsense first: an SSRC B does not receive, and A's publisher connection.
+        room.reception_report(B_SUB, 0xdead, 255, 0, None);
+        room.reception_report(A_PUB, leg_ssrc, 255, 0, None);
+        assert_eq!(
+            second_of_camera(&mut room, &mut seq, false, t0 + Duration::from_secs(1)),
+            []
+        );
+        let mut said = Vec::new();
+        for s in 2..5u64 {
+            room.reception_report(B_SUB, leg_ssrc, 128, 90 * 5, Some(Duration::from_millis(40)));
+            said.extend(second_of_camera(
+                &mut room,
+                &mut seq,
+                false,
+                t0 + Duration::from_secs(s),
+            ));
+        }
+        assert!(
+            said.iter()
+                .any(|q| q.0 == B && q.1 == B && q.2 == ConnectionQuality::Poor),
+            "{said:?}"
+        );
+        // A's camera stops (B's subscriber stays heard, but it receives no video any more).
+        let quiet = t0 + Duration::from_secs(5);
+        let mut fx = Vec::new();
+        let mut lost_at = None;
+        for s in 1..=6u64 {
+            let now = quiet + Duration::from_secs(s);
+            room.subscriber_heard(B_SUB, now, &mut fx);
+            fx.clear();
+            room.evaluate_quality(now, &mut fx);
+            if qualities(&fx)
+                .iter()
+                .any(|q| q.0 == A && q.1 == A && q.2 == ConnectionQuality::Lost)
+            {
+                lost_at = Some(s);
+                break;
+            }
+        }
+        assert_eq!(lost_at, Some(4), "lost 4 s after its last packet");
+        let back = second_of_camera(&mut room, &mut seq, false, quiet + Duration::from_secs(7));
+        assert!(
+            back.iter()
+                .any(|q| q.0 == A && q.1 == A && q.2 != ConnectionQuality::Lost),
+            "{back:?}"
+        );
     }
 }

@@ -46,6 +46,7 @@ pub mod layer_rtx;
 pub mod media_room;
 pub mod nack;
 mod peers;
+pub mod quality;
 pub mod retransmit;
 #[doc(hidden)]
 pub mod rtc_client;

@@ -5,10 +5,10 @@
 //! Inbound RTCP stops at the end of `rtc`'s interceptor chain unless something
 //! marks it `DeliverToApplication`. [`RtcpTap`] marks only PLI and FIR (what an
 //! SFU relays upstream), generic NACKs (answered by the media room from its
-//! retransmission cache, `retransmit`) and subscribers' transport-wide congestion
-//! control feedback (their bandwidth estimate, `bwe`), and counts the first two as
-//! they pass, so receiver reports stay with the interceptors that act on them and
-//! never cost the application a copy.
+//! retransmission cache, `retransmit`), subscribers' transport-wide congestion
+//! control feedback (their bandwidth estimate, `bwe`) and reception reports (loss,
+//! jitter and round-trip time for connection quality, `quality`; a browser sends one
+//! a second or less often), and counts the first two as they pass.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -17,6 +17,9 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket}
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
@@ -53,6 +56,18 @@ pub fn as_nack(p: &dyn rtcp::Packet) -> Option<&TransportLayerNack> {
 /// The transport-wide congestion control feedback in an RTCP packet, if it is one.
 pub fn as_twcc(p: &dyn rtcp::Packet) -> Option<&TransportLayerCc> {
     p.as_any().downcast_ref::<TransportLayerCc>()
+}
+
+/// The reception report blocks of a receiver or sender report.
+pub fn reception_reports(p: &dyn rtcp::Packet) -> &[ReceptionReport] {
+    let any = p.as_any();
+    if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+        &rr.reports
+    } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+        &sr.reports
+    } else {
+        &[]
+    }
 }
 
 /// A PLI for `media_ssrc`, ready for `RTCRtpReceiver::write_rtcp`.
@@ -102,7 +117,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let (mut nacks, mut kf, mut twcc) = (0, 0, 0);
+            let (mut nacks, mut kf, mut twcc, mut reports) = (0, 0, 0, false);
             for p in packets {
                 if p.as_any().is::<TransportLayerNack>() {
                     nacks += 1;
@@ -110,12 +125,14 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
                     kf += 1;
                 } else if p.as_any().is::<TransportLayerCc>() {
                     twcc += 1;
+                } else {
+                    reports |= !reception_reports(p.as_ref()).is_empty();
                 }
             }
             if nacks + kf > 0 {
                 self.count(nacks, kf);
             }
-            if kf + nacks + twcc > 0 {
+            if kf + nacks + twcc > 0 || reports {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }

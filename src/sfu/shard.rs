@@ -256,6 +256,7 @@ impl Shard {
                 hosted.room.evaluate_speakers(now, &mut self.effects);
                 hosted.room.expire_parked(now, &mut self.effects);
                 hosted.room.evaluate_layers(now, &mut self.effects);
+                hosted.room.evaluate_quality(now, &mut self.effects);
             }
             if !self.effects.is_empty() {
                 self.apply(room_id, now);
@@ -333,12 +334,22 @@ impl Shard {
                     };
                     // A subscriber heard again after an outage gets keyframes at once.
                     hosted.room.subscriber_heard(id, now, &mut self.effects);
+                    // The wall clock, as the sender reports' NTP times are (round-trip times).
+                    let ntp_now = super::quality::ntp_compact(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default(),
+                    );
                     for packet in &packets {
                         tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
                             hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
                         });
                         if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
                             hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
+                        }
+                        for r in tap::reception_reports(packet.as_ref()) {
+                            let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);
+                            hosted.room.reception_report(id, r.ssrc, r.fraction_lost, r.jitter, rtt);
                         }
                         if let Some(nack) = tap::as_nack(packet.as_ref()) {
                             let seqs = nack.nacks.iter().flat_map(|pair| *pair);
