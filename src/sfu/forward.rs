@@ -9,8 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use rtc::rtp::Packet;
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE, Header};
+
+use super::vp8::{Offsets, Vp8Rewriter};
 
 /// Header extensions that describe one leg's transport and must never cross to another.
 const PER_LEG_EXTENSIONS: &[&str] = &[
@@ -345,6 +348,7 @@ pub struct DownLeg {
     paused: bool,
     seq: SeqRewriter,
     ts: TsRewriter,
+    vp8: Vp8Rewriter,
 }
 
 impl DownLeg {
@@ -356,6 +360,7 @@ impl DownLeg {
             paused: false,
             seq: SeqRewriter::new(),
             ts: TsRewriter::default(),
+            vp8: Vp8Rewriter::default(),
         }
     }
 
@@ -380,6 +385,21 @@ impl DownLeg {
     pub fn restart(&mut self, gap: u32) {
         self.seq.resync();
         self.ts.resync(gap);
+        self.vp8.resync();
+    }
+
+    /// For a VP8 track: renumbers the picture id and TL0PICIDX of a copy's payload so they
+    /// run on across this leg's switches and restarts ([`super::vp8`]). A leg whose offsets
+    /// are zero (it never switched) keeps sharing the publisher's payload; otherwise the
+    /// copy gets its own. Returns the offsets, for rewriting a retransmission the same way.
+    pub fn rewrite_vp8(&mut self, payload: &mut Bytes) -> Offsets {
+        let offsets = self.vp8.offsets_for(payload);
+        if !offsets.is_zero() {
+            let mut own = BytesMut::from(&payload[..]);
+            offsets.apply(&mut own);
+            *payload = own.freeze();
+        }
+        offsets
     }
 
     /// A padding-only packet this leg accepts: true if it is dropped and its sequence
@@ -871,7 +891,6 @@ impl DropDice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use rtc::rtp::header::Extension;
 
     const TWCC: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";

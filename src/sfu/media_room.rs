@@ -48,6 +48,7 @@ use super::quality;
 use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
 use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
+use super::vp8::Offsets;
 
 /// Shard-local connection handle (never reused within a shard).
 pub type ConnId = u64;
@@ -1523,13 +1524,18 @@ impl MediaRoom {
             };
             let copy = &mut self.scratch;
             leg.rewrite.copy_into(packet, copy);
+            let vp8 = if format == KeyframeFormat::Vp8 {
+                leg.rewrite.rewrite_vp8(&mut copy.payload)
+            } else {
+                Offsets::ZERO
+            };
             if leg.twcc != 0 {
                 stamp(&mut self.bwe, conn, leg.twcc, copy, size, now);
             }
             leg.last_sent = Some(now);
             if let Some(history) = &mut leg.history {
                 let h = &copy.header;
-                history.sent(h.sequence_number, h.timestamp, in_seq, epoch, now);
+                history.sent(h.sequence_number, h.timestamp, in_seq, epoch, vp8, now);
             }
             if lose {
                 dropped += 1;
@@ -3851,6 +3857,102 @@ mod tests {
         let resent = b_video(&sink);
         assert_eq!(resent, seen, "each packet from the cache of the layer it came from");
         assert_eq!(room.stats().meeting.snapshot().unservable_nacks, 0);
+    }
+
+    /// A VP8 packet with a full descriptor: 15-bit picture id `pid`, TL0PICIDX `tl0`.
+    fn vp8_numbered(ssrc: u32, seq: u16, pid: u16, tl0: u8, key: bool) -> Packet {
+        let payload = vec![
+            0x90,
+            0xE0,
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            tl0,
+            0x00,
+            u8::from(!key),
+            0x9d,
+        ];
+        Packet {
+            payload: Bytes::from(payload),
+            ..vp8(ssrc, seq, u32::from(seq) * 3000, key)
+        }
+    }
+
+    /// B's video as (picture id, TL0PICIDX), read from what the room wrote.
+    fn b_vp8_numbers(sink: &Recorder) -> Vec<(u16, u8)> {
+        sink.written
+            .iter()
+            .filter(|(c, _, p)| *c == B_SUB && p.header.payload_type == 100)
+            .map(|(_, _, p)| {
+                let d = crate::sfu::vp8::Descriptor::parse(&p.payload).expect("descriptor");
+                (d.picture_id.expect("pid").0, d.tl0.expect("tl0").0)
+            })
+            .collect()
+    }
+
+    /// Issue 12: each layer numbers its VP8 frames on its own; across a leg's switch the
+    /// subscriber sees picture ids and TL0PICIDX run on from what it had (a decoder matching
+    /// frames by them would otherwise wait for a keyframe), and a NACKed packet of the new
+    /// layer comes back with the numbers it was first sent with.
+    #[test]
+    fn a_layer_switch_keeps_vp8_picture_ids_and_tl0picidx_continuous() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let mut sink = Recorder::default();
+        let mut fx = Vec::new();
+        // q starts B's leg (no switch: its numbers pass as they are, the payload shared).
+        let first = vp8_numbered(1000, 10, 300, 40, true);
+        room.forward(A_PUB, &first, t0, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8_numbered(1000, 11, 301, 41, false), t0, &mut sink, &mut fx);
+        assert_eq!(b_vp8_numbers(&sink), [(300, 40), (301, 41)]);
+        assert_eq!(sink.written[0].2.payload.as_ptr(), first.payload.as_ptr(), "not copied");
+        // f appears, far away in both counters; its keyframe switches B's leg.
+        room.forward(
+            A_PUB,
+            &vp8_numbered(1002, 500, 20_000, 200, false),
+            t0,
+            &mut sink,
+            &mut fx,
+        );
+        room.forward(
+            A_PUB,
+            &vp8_numbered(1002, 501, 20_001, 201, true),
+            t0,
+            &mut sink,
+            &mut fx,
+        );
+        room.forward(
+            A_PUB,
+            &vp8_numbered(1002, 502, 20_002, 201, false),
+            t0,
+            &mut sink,
+            &mut fx,
+        );
+        room.forward(A_PUB, &vp8_numbered(1000, 12, 302, 42, false), t0, &mut sink, &mut fx);
+        room.forward(
+            A_PUB,
+            &vp8_numbered(1002, 503, 20_003, 202, false),
+            t0,
+            &mut sink,
+            &mut fx,
+        );
+        assert_eq!(
+            b_vp8_numbers(&sink),
+            [(300, 40), (301, 41), (302, 42), (303, 42), (304, 43)]
+        );
+        assert_eq!(room.stats().meeting.snapshot().layer_switches, 1);
+        let leg_ssrc = room.tracks[0].legs[0].rewrite.ssrc;
+        let nacked = b_video(&sink)[3].0;
+        sink.written.clear();
+        room.nack_received(
+            B_SUB,
+            leg_ssrc,
+            [nacked],
+            t0 + Duration::from_millis(100),
+            &mut sink,
+            &mut fx,
+        );
+        // Built from the cache, which keeps the publisher's numbers: rewritten the same way again.
+        assert_eq!(b_vp8_numbers(&sink), [(303, 42)], "resent as first sent");
     }
 
     /// A path for the congestion tests: a bottleneck of `bps` with a drop-tail queue of

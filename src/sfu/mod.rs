@@ -60,6 +60,7 @@ pub mod twcc_feedback;
 /// Batched socket I/O; public for the lean load tester's client side (`loadtest::lean`).
 #[doc(hidden)]
 pub mod udp;
+pub mod vp8;
 
 pub use crate::outbox::Outbox;
 pub use stats::{Counters, CountersSnapshot};

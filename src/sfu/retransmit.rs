@@ -18,11 +18,12 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rtc::rtp::Packet;
 use rtc::rtp::header::{Extension, Header};
 
 use super::forward::DownLeg;
+use super::vp8::Offsets;
 
 /// Packets a track's cache holds (a power of two: slots are indexed by sequence
 /// number). 512 is about 1.7 s of 1.5 Mbit/s video and 0.8 s at 3 Mbit/s.
@@ -190,6 +191,8 @@ struct Sent {
     /// The publisher's sequence number and sequence space of the packet it carried.
     in_seq: u16,
     epoch: u32,
+    /// The VP8 renumbering it was sent with (zero for other codecs), so a resend matches.
+    vp8: Offsets,
     at: Option<Instant>,
     resent: Option<Instant>,
     resends: u8,
@@ -284,14 +287,15 @@ impl LegHistory {
     }
 
     /// The leg sent `out_seq` with timestamp `out_ts`, carrying the track's packet
-    /// `in_seq` of sequence space `epoch`.
-    pub fn sent(&mut self, out_seq: u16, out_ts: u32, in_seq: u16, epoch: u32, now: Instant) {
+    /// `in_seq` of sequence space `epoch`, its VP8 numbers rewritten by `vp8`.
+    pub fn sent(&mut self, out_seq: u16, out_ts: u32, in_seq: u16, epoch: u32, vp8: Offsets, now: Instant) {
         self.entries[Self::index(out_seq)] = Sent {
             filled: true,
             out_seq,
             out_ts,
             in_seq,
             epoch,
+            vp8,
             at: Some(now),
             resent: None,
             resends: 0,
@@ -371,11 +375,16 @@ impl LegHistory {
             .rtx
             .as_mut()
             .and_then(|r| r.payload_type(header.payload_type).map(|pt| (r, pt)));
+        let vp8 = e.vp8;
         let Some((rtx, rtx_pt)) = rtx else {
+            let mut payload = BytesMut::from(&slot.payload[..]);
+            if !vp8.is_zero() {
+                vp8.apply(&mut payload);
+            }
             return Answer::Resend {
                 packet: Packet {
                     header,
-                    payload: Bytes::copy_from_slice(&slot.payload),
+                    payload: payload.freeze(),
                 },
                 rtx: false,
             };
@@ -389,6 +398,9 @@ impl LegHistory {
         let mut payload = Vec::with_capacity(2 + slot.payload.len());
         payload.extend_from_slice(&seq.to_be_bytes());
         payload.extend_from_slice(&slot.payload);
+        if !vp8.is_zero() {
+            vp8.apply(&mut payload[2..]);
+        }
         Answer::Resend {
             packet: Packet {
                 header,
@@ -450,7 +462,14 @@ mod tests {
         let mut history = LegHistory::default();
         for seq in seqs {
             assert_eq!(cache.insert(&packet(seq, &[seq as u8; 3]), now), Insert::New);
-            history.sent(seq.wrapping_add(5000), 1000 + u32::from(seq), seq, cache.epoch(), now);
+            history.sent(
+                seq.wrapping_add(5000),
+                1000 + u32::from(seq),
+                seq,
+                cache.epoch(),
+                Offsets::ZERO,
+                now,
+            );
         }
         (cache, history)
     }
@@ -473,7 +492,7 @@ mod tests {
             },
         ];
         cache.insert(&with_ext, t0);
-        history.sent(5010, 1010, 10, cache.epoch(), t0);
+        history.sent(5010, 1010, 10, cache.epoch(), Offsets::ZERO, t0);
         let leg = leg();
         let (p, rtx) = resent(history.answer(5003, &cache, &leg, t0 + MS(30)));
         assert!(!rtx, "no RTX negotiated");
@@ -491,6 +510,27 @@ mod tests {
             (p.header.extensions[0].id, &p.header.extensions[0].payload[..]),
             (7, &[3][..])
         );
+    }
+
+    #[test]
+    fn a_resend_carries_the_vp8_numbers_the_leg_sent_plain_and_as_rtx() {
+        let t0 = Instant::now();
+        let mut cache = PacketCache::default();
+        let mut history = LegHistory::default();
+        // Picture id 0x0105, TL0PICIDX 9, sent renumbered to 0x0100 and 4.
+        let vp8 = [0x90, 0xC0, 0x81, 0x05, 9, 0x01, 0xAA];
+        cache.insert(&packet(7, &vp8), t0);
+        let offsets = Offsets { picture_id: 5, tl0: 5 };
+        history.sent(5007, 1007, 7, cache.epoch(), offsets, t0);
+        let leg = leg();
+        let (p, _) = resent(history.answer(5007, &cache, &leg, t0 + MS(30)));
+        assert_eq!(&p.payload[..], &[0x90, 0xC0, 0x81, 0x00, 4, 0x01, 0xAA]);
+        history.rtx = Rtx::negotiated(0xCCCC, [(100, "video/VP8", ""), (101, "video/rtx", "apt=100")]);
+        let (p, rtx) = resent(history.answer(5007, &cache, &leg, t0 + MS(300)));
+        assert!(rtx);
+        assert_eq!(&p.payload[..], &[0x13, 0x8F, 0x90, 0xC0, 0x81, 0x00, 4, 0x01, 0xAA]);
+        // The cache keeps the publisher's numbers.
+        assert_eq!(&cache.get(7, cache.epoch()).unwrap().payload[..], &vp8);
     }
 
     #[test]
@@ -603,7 +643,7 @@ mod tests {
             Insert::New
         );
         let mut history = LegHistory::default();
-        history.sent(0, 7, 65535, cache.epoch(), t0 + Duration::from_secs(2));
+        history.sent(0, 7, 65535, cache.epoch(), Offsets::ZERO, t0 + Duration::from_secs(2));
         assert!(matches!(
             history.answer(0, &cache, &leg(), t0 + Duration::from_secs(2)),
             Answer::Resend { .. }
