@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use gatehouse_sdk::synthetic::{StreamSummary, SyntheticConfig};
-use gatehouse_sdk::{Client, Event, Events, RemoteTrack, now_us};
+use gatehouse_sdk::{Client, ConnectionQuality, Event, Events, RemoteTrack, now_us};
 use gatehouse_signaling::protocol::{LobbyStatus, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::json;
@@ -245,6 +245,117 @@ fn speak(
             }
         }
     })
+}
+
+/// Sends 20 ms audio packets on `track`, leaving out (never sending) every fifth sequence
+/// number while `lossy` holds: loss no retransmission can repair. Until dropped.
+fn lossy_audio(
+    track: gatehouse_sdk::LocalTrack,
+    lossy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        track.wait_connected(T).await.expect("publisher connected");
+        let (mut seq, mut timestamp): (u16, u32) = (rand::random(), rand::random());
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            ticks.tick().await;
+            seq = seq.wrapping_add(1);
+            timestamp = timestamp.wrapping_add(960);
+            if lossy.load(std::sync::atomic::Ordering::Relaxed) && seq % 5 == 0 {
+                continue;
+            }
+            let mut packet = gatehouse_sdk::RtpPacket {
+                payload: bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+                ..Default::default()
+            };
+            packet.header.version = 2;
+            packet.header.sequence_number = seq;
+            packet.header.timestamp = timestamp;
+            if let Err(e) = track.write_rtp(packet).await {
+                panic!("audio write failed: {e}");
+            }
+        }
+    })
+}
+
+/// The next `connection_quality` about `about` within `within` that `accept` takes.
+async fn next_quality(
+    events: &mut Events,
+    about: &str,
+    within: Duration,
+    accept: impl Fn(ConnectionQuality) -> bool,
+) -> Option<(ConnectionQuality, bool)> {
+    events
+        .wait_for(within, |e| match e {
+            Event::ConnectionQuality {
+                participant_id,
+                quality,
+                video_reduced,
+            } if participant_id.as_str() == about && accept(quality) => Some((quality, video_reduced)),
+            _ => None,
+        })
+        .await
+        .ok()
+}
+
+/// Connection quality (issue 12), end to end: a fifth of Ana's microphone packets never
+/// reach the gateway, so Ana's connection is `poor`, told to Ana herself and to Ben (staff
+/// in the call) as `connection_quality`; when the loss stops, both hear her `excellent` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_uplink_is_announced_as_poor_to_its_owner_and_to_staff_and_its_recovery_too() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Weak link", "lobby_bypass": "organization" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut people = Vec::new();
+    for sub in ["ana", "ben"] {
+        let token = srv.staff_token(sub, StaffRole::Staff);
+        let (client, mut events) = Client::connect(srv.sdk_options(&token).meeting(mid.clone()))
+            .await
+            .unwrap();
+        support::sdk_admitted(&mut events).await;
+        people.push((client, events));
+    }
+    let ana = people[0].0.me().participant_id.as_str().to_owned();
+    let mic = people[0]
+        .0
+        .publish(TrackSource::Microphone)
+        .await
+        .expect("publish microphone");
+    let lossy = Arc::new(AtomicBool::new(true));
+    let sender = lossy_audio(mic, lossy.clone());
+    for (i, (_, events)) in people.iter_mut().enumerate() {
+        let said = next_quality(events, &ana, T, |q| q == ConnectionQuality::Poor).await;
+        assert_eq!(
+            said,
+            Some((ConnectionQuality::Poor, false)),
+            "participant {i} hears Ana poor"
+        );
+    }
+    lossy.store(false, Ordering::Relaxed);
+    for (i, (_, events)) in people.iter_mut().enumerate() {
+        let said = next_quality(events, &ana, T, |q| q == ConnectionQuality::Excellent).await;
+        assert_eq!(
+            said,
+            Some((ConnectionQuality::Excellent, false)),
+            "participant {i} hears Ana recovered"
+        );
+    }
+    sender.abort();
+    for (client, _) in &people {
+        client.leave().unwrap();
+    }
+    for (client, _) in people {
+        client.close().await;
+    }
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
 }
 
 /// The next `active_speakers` list (participant ids in order) within `within`, if any.
