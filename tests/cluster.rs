@@ -975,6 +975,212 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Opens a signaling socket on `node` and subscribes to the staff queue with `token`; the
+/// snapshot is its first frame.
+async fn subscribe_queue(node: &Node, token: &str) -> (Socket, ServerMessage) {
+    let port = node.base.rsplit(':').next().unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://localhost:{port}/ws"),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(node.tls.clone())),
+    )
+    .await
+    .expect("the socket opens");
+    let sub = json!({"type": "subscribe_queue", "protocol": 1, "token": token});
+    ws.send(Message::text(sub.to_string())).await.unwrap();
+    let snapshot = next_queue_frame(&mut ws, "the queue's snapshot", |m| {
+        matches!(m, ServerMessage::QueueSnapshot { .. })
+    })
+    .await;
+    (ws, snapshot)
+}
+
+/// The next frame on a queue subscription that `want` accepts, skipping others; fails the
+/// test if none comes within `WAIT`.
+async fn next_queue_frame(ws: &mut Socket, what: &str, want: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut skipped = Vec::new();
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}; skipped {skipped:#?}"));
+        let Some(Ok(msg)) = frame else {
+            panic!("the queue subscription ended waiting for {what}: {frame:?}");
+        };
+        let Message::Text(text) = msg else { continue };
+        let msg: ServerMessage = serde_json::from_str(&text).expect("a protocol frame");
+        if want(&msg) {
+            return msg;
+        }
+        skipped.push(msg);
+    }
+}
+
+/// `meeting_id`'s row in a `queue_meeting` frame: `Some(None)` when it says the meeting is
+/// gone, `None` for a frame about another meeting (or another kind of frame).
+fn queue_row(msg: &ServerMessage, meeting_id: &str) -> Option<Option<(usize, Vec<String>)>> {
+    match msg {
+        ServerMessage::QueueMeeting {
+            meeting_id: id,
+            meeting,
+            ..
+        } if id.as_str() == meeting_id => Some(
+            meeting
+                .as_ref()
+                .map(|m| (m.in_call, m.lobby.iter().map(|e| e.display_name.clone()).collect())),
+        ),
+        _ => None,
+    }
+}
+
+/// Issue 16's staff views: a staff console subscribed to the live queue on node A sees the
+/// lobby and call of a meeting running on node B, live, as it changes: B's committed changes
+/// reach A (PostgreSQL `NOTIFY`), and A asks B's meeting task for the rows (the relay). A
+/// fresh subscription's snapshot, and `GET /api/v1/queue`, on A list it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staff_console_on_one_node_sees_the_lobby_and_call_of_a_meeting_on_another() {
+    use gatehouse_sdk::{Client, Event, RestClient};
+    use gatehouse_signaling::protocol::LobbyStatus;
+    if !redis_server_present() {
+        return;
+    }
+    let dir = temp_dir("cluster-queue");
+    let redis = Redis::start(&dir.join("redis"), free_port());
+    let Some(shared) = Shared::start(&dir) else { return };
+    let mint = |role| {
+        let keys = &shared.keys;
+        let now = gatehouse::ids::now_ms() / 1000;
+        keys.mint_staff("olga", "Olga", "default", role, now, 3600).unwrap()
+    };
+    let admin = || mint(StaffRole::Admin);
+    let a = Node::start(&dir, &redis.url(), &shared.url, "a", &[], admin).await;
+    let b = Node::start(&dir, &redis.url(), &shared.url, "b", &[], admin).await;
+    let olga = mint(StaffRole::Staff);
+
+    // A meeting placed on B, its public link redeemed on A.
+    let staff_opts = sdk_options(&a, &olga);
+    let rest = RestClient::new(&a.base, &staff_opts.tls())
+        .unwrap()
+        .with_token(olga.clone());
+    let meeting = rest
+        .create_meeting(&gatehouse_sdk::NewMeeting {
+            title: "Seen from A".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mid = meeting.meeting_id.to_string();
+    let code = meeting.public_link.as_ref().expect("a public link").code.clone();
+    let redeemed = rest.redeem_link(&code, "Waiting Wanda").await.unwrap();
+    let () = redis::AsyncCommands::set_ex(
+        &mut redis.conn().await,
+        format!("gatehouse:meeting:{mid}:node"),
+        &b.id,
+        60,
+    )
+    .await
+    .unwrap();
+
+    // Olga's console on A: nobody anywhere yet.
+    let (mut console, snapshot) = subscribe_queue(&a, &olga).await;
+    let ServerMessage::QueueSnapshot { meetings, .. } = snapshot else {
+        unreachable!()
+    };
+    assert!(meetings.is_empty(), "{meetings:?}");
+
+    // The guest's socket on B, the meeting's node: it waits for a host.
+    let (wanda, mut wanda_events) = Client::connect(sdk_options(&b, &redeemed.token))
+        .await
+        .expect("the guest joins on node B");
+    wanda_events
+        .wait_for(WAIT, |e| {
+            matches!(
+                e,
+                Event::Lobby {
+                    status: LobbyStatus::WaitingForHost,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await
+        .expect("the guest waits in the lobby");
+    let waiting = Some((0, vec!["Waiting Wanda".to_owned()]));
+    next_queue_frame(&mut console, "A's console sees the guest waiting on B", |m| {
+        queue_row(m, &mid) == Some(waiting.clone())
+    })
+    .await;
+    assert_eq!(
+        a.metric("gatehouse_meetings_live").await,
+        Some(0.0),
+        "A runs no meeting"
+    );
+    assert_eq!(b.metric("gatehouse_meetings_live").await, Some(1.0), "B runs it");
+
+    // A fresh console on A, and the REST queue on A, list it too.
+    let (_second, snapshot) = subscribe_queue(&a, &olga).await;
+    let ServerMessage::QueueSnapshot { meetings, .. } = snapshot else {
+        unreachable!()
+    };
+    assert_eq!(meetings.len(), 1, "{meetings:?}");
+    assert_eq!(meetings[0].meeting_id, mid);
+    assert_eq!(meetings[0].in_call, 0);
+    assert_eq!(meetings[0].lobby[0].display_name, "Waiting Wanda");
+    let (status, queue) = a.call("GET", "/api/v1/queue", &olga, None).await;
+    assert_eq!(status, 200, "{queue}");
+    assert_eq!(queue["meetings"][0]["meeting_id"], mid.as_str(), "{queue}");
+    assert_eq!(
+        queue["meetings"][0]["lobby"][0]["display_name"], "Waiting Wanda",
+        "{queue}"
+    );
+
+    // Olga joins through A (relayed to B): in the call, the guest still waiting.
+    let (staff, mut staff_events) = Client::connect(staff_opts.clone().meeting(meeting.meeting_id.clone()))
+        .await
+        .expect("staff joins through node A");
+    let entries = staff_events
+        .wait_for(WAIT, |e| match e {
+            Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
+            _ => None,
+        })
+        .await
+        .expect("staff sees the guest waiting");
+    next_queue_frame(&mut console, "A's console sees staff in the call", |m| {
+        queue_row(m, &mid) == Some(Some((1, vec!["Waiting Wanda".to_owned()])))
+    })
+    .await;
+
+    // Admitted: two in the call, nobody waiting.
+    staff.admit(entries[0].participant_id.clone()).unwrap();
+    wanda_events
+        .wait_for(WAIT, |e| matches!(e, Event::Admitted { .. }).then_some(()))
+        .await
+        .expect("the guest is admitted");
+    next_queue_frame(&mut console, "A's console sees the admission", |m| {
+        queue_row(m, &mid) == Some(Some((2, Vec::new())))
+    })
+    .await;
+
+    // The guest leaves, then staff: one in the call, then the meeting is gone.
+    wanda.leave().unwrap();
+    next_queue_frame(&mut console, "A's console sees the guest leave", |m| {
+        queue_row(m, &mid) == Some(Some((1, Vec::new())))
+    })
+    .await;
+    staff.leave().unwrap();
+    next_queue_frame(&mut console, "A's console sees the meeting empty", |m| {
+        queue_row(m, &mid) == Some(None)
+    })
+    .await;
+    wanda.close().await;
+    staff.close().await;
+    assert_eq!(a.metric("gatehouse_meetings_live").await, Some(0.0), "A never ran it");
+    drop((a, b));
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Sends `ping`s one at a time on `ws` (paced under the per-connection frame limit) and
 /// returns each round trip to its `pong`, in microseconds; every pong must come, in order.
 async fn ping_round_trips(ws: &mut Socket, first_nonce: u64, count: u64) -> Vec<u64> {

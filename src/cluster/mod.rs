@@ -99,6 +99,15 @@ pub trait Router: Send + Sync + 'static {
         let _ = (conn, token, meeting_id, outbox);
         Box::pin(std::future::ready(Err(Route::elsewhere_error(owner, public_url))))
     }
+
+    /// The live queue's row of `meeting_id` (who is in the call, who waits in the lobby),
+    /// asked of the node it is placed on, for a staff view here: `None` when it is placed
+    /// nowhere, here (the caller asks the task here itself), or is not live on its node. A
+    /// node on its own has no other node to ask: always `None`.
+    fn queue_row<'a>(&'a self, meeting_id: &'a str) -> BoxFuture<'a, Result<Option<relay::QueueRow>, Error>> {
+        let _ = meeting_id;
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// One node is the whole Gatehouse: every meeting is here, and no Redis is touched.
@@ -142,6 +151,7 @@ mod tests {
         assert_eq!(r.place("m-1").await.unwrap(), Route::Here);
         assert_eq!(r.node_id(), None);
         assert!(r.nodes().await.unwrap().is_empty());
+        assert_eq!(r.queue_row("m-1").await.unwrap(), None, "no other node to ask");
         r.drain().await;
         r.stop().await;
     }

@@ -269,6 +269,17 @@ impl Router for RedisRouter {
         Box::pin(self.relay.open(owner, public_url, conn, token, meeting_id, outbox))
     }
 
+    fn queue_row<'a>(&'a self, meeting_id: &'a str) -> BoxFuture<'a, Result<Option<super::relay::QueueRow>, Error>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let owner: Option<String> = conn.get(placement_key(meeting_id)).await.map_err(|e| unreachable(&e))?;
+            match owner {
+                Some(owner) if owner != self.node_id => self.relay.ask(&owner, meeting_id).await,
+                _ => Ok(None),
+            }
+        })
+    }
+
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut conn = self.conn.clone();

@@ -15,7 +15,7 @@
 //! and [`OwnerSession`] are the two ends' state machines; the async shell (`relay_shell.rs`)
 //! only moves envelopes and carries out their steps.
 
-use gatehouse_signaling::protocol::ServerMessage;
+use gatehouse_signaling::protocol::{LobbyEntry, ServerMessage};
 use gatehouse_signaling::{Error, ErrorCode};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +59,33 @@ pub enum Body {
     /// The owner ended the session (after `left`, a refused join, a too-slow session, or the
     /// meeting's end): the edge closes the socket.
     End { reason: String },
+    /// Not a session's: a staff view here asks the meeting's owner for its row of the live
+    /// queue (`conn` numbers the question on the asking node; `seq` is 0).
+    Ask { meeting_id: String },
+    /// The owner's answer to `ask` (its `conn`): `None` when the meeting is not live there.
+    Answer { row: Option<QueueRow> },
+}
+
+/// A live meeting's row of the staff queue, as its owner's task has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRow {
+    /// Participants connected in the call (held seats not counted).
+    pub in_call: usize,
+    /// Who waits, oldest first.
+    pub lobby: Vec<LobbyEntry>,
+}
+
+/// Who handles an arriving envelope on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressee {
+    /// The edge's end of a session (`message`, `end`).
+    Edge,
+    /// The owner's end of a session, or a new one (`open`, `frame`, `hangup`).
+    Owner,
+    /// The relay itself, as a meeting's owner: a question to answer (`ask`).
+    Asked,
+    /// The relay itself, as the asker: the answer it waits for (`answer`).
+    Asker,
 }
 
 /// Why an envelope could not be read.
@@ -81,9 +108,19 @@ impl Envelope {
         serde_json::to_string(self).expect("an envelope serialises")
     }
 
-    /// Which end of a session receives it.
+    /// Which end of a session receives it (or the relay itself, for a question).
+    pub fn addressee(&self) -> Addressee {
+        match self.body {
+            Body::Message { .. } | Body::End { .. } => Addressee::Edge,
+            Body::Open { .. } | Body::Frame { .. } | Body::Hangup => Addressee::Owner,
+            Body::Ask { .. } => Addressee::Asked,
+            Body::Answer { .. } => Addressee::Asker,
+        }
+    }
+
+    /// Whether the edge's end of a session receives it.
     pub fn for_edge(&self) -> bool {
-        matches!(self.body, Body::Message { .. } | Body::End { .. })
+        self.addressee() == Addressee::Edge
     }
 }
 
@@ -229,8 +266,11 @@ impl EdgeSession {
                 ))
             }
             (_, Body::End { reason }) => self.over(reason),
-            // Bodies for an owner never come to an edge (`Envelope::for_edge` routes them).
-            (_, Body::Open { .. } | Body::Frame { .. } | Body::Hangup) => EdgeStep::Ignore,
+            // Bodies for an owner, or for the relay itself, never come to an edge
+            // (`Envelope::addressee` routes them).
+            (_, Body::Open { .. } | Body::Frame { .. } | Body::Hangup | Body::Ask { .. } | Body::Answer { .. }) => {
+                EdgeStep::Ignore
+            }
         }
     }
 
@@ -344,7 +384,7 @@ impl OwnerSession {
             }
             // A second `open` on a live session, or bodies meant for an edge: a confused
             // peer; the session cannot be trusted to be in step any more.
-            Body::Open { .. } | Body::Message { .. } | Body::End { .. } => {
+            Body::Open { .. } | Body::Message { .. } | Body::End { .. } | Body::Ask { .. } | Body::Answer { .. } => {
                 OwnerStep::Broken("unexpected relay message from the edge".into())
             }
         }
@@ -408,13 +448,47 @@ mod tests {
             Body::Hangup,
             Body::Message { msg: pong(3) },
             Body::End { reason: "left".into() },
+            Body::Ask { meeting_id: "m".into() },
+            Body::Answer { row: None },
+            Body::Answer {
+                row: Some(QueueRow {
+                    in_call: 2,
+                    lobby: vec![LobbyEntry {
+                        participant_id: "p-9".into(),
+                        display_name: "Rita".into(),
+                        kind: gatehouse_signaling::protocol::ParticipantKind::Guest,
+                        invited: true,
+                        waiting_since_ms: 42,
+                    }],
+                }),
+            },
         ];
+        use Addressee::*;
+        let to = [Owner, Owner, Owner, Edge, Edge, Asked, Asker, Asker];
         for (i, body) in bodies.into_iter().enumerate() {
             let e = env("n-a", 7, i as u64, body);
             let back = Envelope::parse(e.to_json().as_bytes()).unwrap();
             assert_eq!(back, e);
-            assert_eq!(back.for_edge(), i >= 3, "{back:?}");
+            assert_eq!(back.addressee(), to[i], "{back:?}");
+            assert_eq!(back.for_edge(), to[i] == Edge, "{back:?}");
         }
+    }
+
+    #[test]
+    fn a_question_reaching_a_session_is_ignored_by_an_edge_and_breaks_an_owner() {
+        let ask = || Body::Ask { meeting_id: "m".into() };
+        let mut edge = open_edge();
+        assert_eq!(edge.receive("n-own", 1, ask()), EdgeStep::Ignore);
+        assert_eq!(edge.receive("n-own", 2, Body::Answer { row: None }), EdgeStep::Ignore);
+        assert_eq!(edge.state, EdgeState::Open);
+        let open = Body::Open {
+            token: "t".into(),
+            meeting_id: None,
+        };
+        let (mut owner, _, _) = OwnerSession::accept(env("n-edge", 3, 0, open)).expect("an open opens");
+        assert!(matches!(owner.receive("n-edge", 1, ask()), OwnerStep::Broken(_)));
+        // A question is never a session's first envelope either.
+        assert!(OwnerSession::accept(env("n-edge", 4, 0, ask())).is_none());
     }
 
     #[test]

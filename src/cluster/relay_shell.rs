@@ -23,7 +23,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::relay::{self, Body, EdgeSession, EdgeStep, Envelope, OwnerSession, OwnerStep};
+use super::relay::{self, Addressee, Body, EdgeSession, EdgeStep, Envelope, OwnerSession, OwnerStep, QueueRow};
 use crate::outbox::{Next, Outbox};
 use crate::server::AppState;
 use crate::server::live::Command;
@@ -34,6 +34,8 @@ pub const INBOX: usize = 256;
 pub const FROM_SOCKET: usize = 64;
 /// How long a node waits before subscribing again after its subscription dropped.
 const RESUBSCRIBE: Duration = Duration::from_millis(500);
+/// How long a staff view waits for a meeting's owner to answer `ask`.
+pub const ASK_ANSWER: Duration = Duration::from_secs(2);
 
 /// One end's entry: the peer node and the session task's inbox.
 struct Peer {
@@ -54,6 +56,10 @@ pub struct Relay {
     owners: Mutex<HashMap<(String, u64), Peer>>,
     /// Whether the subscription is up: no session is opened without it.
     listening: AtomicBool,
+    /// Questions asked of other nodes (`ask`), by number, waiting for their answer.
+    asks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Option<QueueRow>>>>,
+    /// The next question's number.
+    next_ask: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -69,6 +75,8 @@ impl Relay {
             edges: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
+            asks: Mutex::new(HashMap::new()),
+            next_ask: 0.into(),
         })
     }
 
@@ -162,6 +170,26 @@ impl Relay {
                 return;
             }
         };
+        match envelope.addressee() {
+            Addressee::Edge | Addressee::Owner => {}
+            Addressee::Asked => {
+                if let Body::Ask { meeting_id } = envelope.body {
+                    tokio::spawn(
+                        self.clone()
+                            .answer(state.clone(), envelope.from, envelope.conn, meeting_id),
+                    );
+                }
+                return;
+            }
+            Addressee::Asker => {
+                if let Body::Answer { row } = envelope.body
+                    && let Some(waiting) = lock(&self.asks).remove(&envelope.conn)
+                {
+                    let _ = waiting.send(row);
+                }
+                return;
+            }
+        }
         if envelope.for_edge() {
             let mut edges = lock(&self.edges);
             let conn = envelope.conn;
@@ -309,6 +337,49 @@ impl Relay {
 
     fn forget_edge(&self, conn: u64) {
         lock(&self.edges).remove(&conn);
+    }
+
+    /// Asks `owner` for the live queue's row of `meeting_id` (who is in the call, who waits),
+    /// as its meeting task has it: `None` when the meeting is not live there. Fails with
+    /// `server_busy` when the owner cannot be reached or does not answer within [`ASK_ANSWER`].
+    pub async fn ask(&self, owner: &str, meeting_id: &str) -> Result<Option<QueueRow>, Error> {
+        let unreachable = |why: &str| {
+            Error::new(
+                ErrorCode::ServerBusy,
+                format!("the meeting's node could not be asked ({why})"),
+            )
+        };
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err(unreachable("this node's relay subscription is down"));
+        }
+        let id = self.next_ask.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.asks).insert(id, tx);
+        let body = Body::Ask {
+            meeting_id: meeting_id.to_owned(),
+        };
+        let answer = match self.publish(owner, 0, id, body).await {
+            Ok(()) => tokio::time::timeout(ASK_ANSWER, rx)
+                .await
+                .map_err(|_| unreachable("no answer in time"))
+                .and_then(|a| a.map_err(|_| unreachable("the relay stopped"))),
+            Err(why) => Err(unreachable(&why)),
+        };
+        lock(&self.asks).remove(&id);
+        answer
+    }
+
+    /// Answers another node's `ask` from the meeting's task here.
+    async fn answer(self: Arc<Self>, state: Arc<AppState>, to: String, id: u64, meeting_id: String) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let row = if state.live.send_if_live(&meeting_id, Command::Queue { reply }).await {
+            answer.await.ok().map(|(in_call, lobby)| QueueRow { in_call, lobby })
+        } else {
+            None
+        };
+        if let Err(why) = self.publish(&to, 0, id, Body::Answer { row }).await {
+            tracing::debug!(%why, %meeting_id, "a queue answer not delivered");
+        }
     }
 }
 

@@ -412,6 +412,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     // In the registry before the first connection, so a join can place its meeting here.
     #[cfg(feature = "cluster")]
     if let Some(redis_router) = redis_router {
+        // Staff views show the whole cluster: this node's queue changes go to the others,
+        // theirs come here (only with the shared PostgreSQL store).
+        let (store, shutdown) = (state.store.clone(), state.shutdown.clone());
+        if tokio::task::spawn_blocking(move || store.share_queue_changes(shutdown))
+            .await
+            .unwrap_or(false)
+        {
+            tracing::info!("sharing queue changes with the other nodes (PostgreSQL LISTEN/NOTIFY)");
+        }
         crate::cluster::redis::start_heartbeat(redis_router, state.clone()).await;
     }
     #[cfg(not(feature = "cluster"))]

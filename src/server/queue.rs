@@ -8,6 +8,10 @@
 //! ([`spawn_places`]) recomputes the guest's queue whose appointment changed and tells
 //! every guest waiting in it their place and estimated wait (the pure rules are in
 //! [`gatehouse_signaling::queue`]).
+//!
+//! In a cluster the queue is the organisation's, whatever node a meeting runs on: the store
+//! republishes the other nodes' committed changes here (`store::listen`), and a meeting's
+//! row is asked of the node that runs it (`Router::queue_row`, through the relay).
 
 use std::sync::Arc;
 
@@ -72,38 +76,74 @@ struct Subscription {
     to_ms: u64,
 }
 
-/// One live meeting as the queue shows it, if `staff` may manage it and someone is in it.
-pub(crate) async fn queued_meeting(
-    state: &AppState,
-    staff: &StaffClaims,
-    meeting_id: &str,
-) -> Result<Option<QueuedMeeting>, Error> {
+/// A meeting's row of the queue, as a staff member may see it.
+pub(crate) enum Row {
+    /// Live (someone in its call or lobby, or a seat held), and theirs to manage.
+    Shown(QueuedMeeting),
+    /// Not live, unknown, or not theirs to manage.
+    Hidden,
+    /// Live on another node of the cluster, which could not be asked now: the view keeps
+    /// what it showed.
+    Unknown,
+}
+
+/// One live meeting as the queue shows it, if `staff` may manage it. Who is in the call and
+/// who waits are asked of the meeting's task: here if it runs here, else (in a cluster) on
+/// the node it is placed on, through the relay (`Router::queue_row`).
+pub(crate) async fn queued_meeting(state: &AppState, staff: &StaffClaims, meeting_id: &str) -> Result<Row, Error> {
     let Some(meeting) = ({
         let id = meeting_id.to_owned();
         state.store.run(move |s| s.meeting(&id)).await?
     }) else {
-        return Ok(None);
+        return Ok(Row::Hidden);
     };
     if meeting.organization != staff.org || can_manage(staff, &meeting).is_err() {
-        return Ok(None);
+        return Ok(Row::Hidden);
     }
     let (reply, answer) = oneshot::channel();
-    if !state.live.send_if_live(meeting_id, Command::Queue { reply }).await {
-        return Ok(None);
-    }
-    Ok(answer.await.ok().map(|(in_call, lobby)| QueuedMeeting {
-        meeting_id: meeting_id.to_owned(),
-        title: meeting.settings.title,
-        in_call,
-        lobby,
-    }))
+    let rows = if state.live.send_if_live(meeting_id, Command::Queue { reply }).await {
+        answer.await.ok()
+    } else {
+        match state.router.queue_row(meeting_id).await {
+            Ok(row) => row.map(|r| (r.in_call, r.lobby)),
+            Err(e) => {
+                tracing::info!(%meeting_id, error = %e.message, "a meeting's queue row could not be asked of its node");
+                return Ok(Row::Unknown);
+            }
+        }
+    };
+    Ok(match rows {
+        Some((in_call, lobby)) => Row::Shown(QueuedMeeting {
+            meeting_id: meeting_id.to_owned(),
+            title: meeting.settings.title,
+            in_call,
+            lobby,
+        }),
+        None => Row::Hidden,
+    })
 }
 
-/// Every live meeting `staff` may manage, longest wait first (`GET /api/v1/queue`, `queue_snapshot`).
+/// The meetings that may be live: those with a task here, and in a cluster those with
+/// someone's attendance open in the shared store (live on whichever node runs them).
+async fn maybe_live(state: &AppState, org: &str) -> Result<Vec<String>, Error> {
+    let mut ids = state.live.live_ids();
+    if state.router.node_id().is_some() {
+        let org = org.to_owned();
+        for id in state.store.run(move |s| s.attended_meetings(&org)).await? {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Every live meeting `staff` may manage, longest wait first (`GET /api/v1/queue`, `queue_snapshot`),
+/// whatever node of a cluster it runs on (one whose node cannot be asked now is left out).
 pub(crate) async fn live_queue(state: &AppState, staff: &StaffClaims) -> Result<Vec<QueuedMeeting>, Error> {
     let mut meetings = Vec::new();
-    for id in state.live.live_ids() {
-        if let Some(m) = queued_meeting(state, staff, &id).await? {
+    for id in maybe_live(state, &staff.org).await? {
+        if let Row::Shown(m) = queued_meeting(state, staff, &id).await? {
             meetings.push(m);
         }
     }
@@ -188,9 +228,13 @@ async fn frames_for(state: &AppState, sub: &Subscription, change: QueueChange) -
         }
     }
     // A meeting still live for a moment after its last person left is shown as gone.
-    let meeting = queued_meeting(state, &sub.staff, &change.meeting_id)
-        .await?
-        .filter(|m| m.in_call > 0 || !m.lobby.is_empty());
+    let meeting = match queued_meeting(state, &sub.staff, &change.meeting_id).await? {
+        Row::Shown(m) => Some(m).filter(|m| m.in_call > 0 || !m.lobby.is_empty()),
+        Row::Hidden => None,
+        // Its node could not be asked: the console keeps the row it has (the next change,
+        // or a snapshot, brings it up to date).
+        Row::Unknown => return Ok(out),
+    };
     // A meeting the subscriber may not manage is not named; one it may, even when it went idle.
     let manages = match &meeting {
         Some(_) => true,
@@ -228,6 +272,8 @@ pub async fn serve_subscription(
     tracing::info!(staff = %sub.staff.sub, department_id = ?sub.scope.department_id, "queue subscription");
     // Listening before the snapshot is read: nothing committed in between is missed.
     let mut changes = state.store.queue_changes();
+    // In a cluster: the other nodes' changes may have been missed; the whole queue again.
+    let mut resyncs = state.store.queue_resyncs();
     send(outbox, snapshot(state, &sub).await?)?;
     let mut pace = TokenBucket::new(20, 5.0, now_ms());
     let mut shutdown = state.shutdown.clone();
@@ -247,6 +293,10 @@ pub async fn serve_subscription(
                 }
                 Err(RecvError::Closed) => return Ok(()),
             },
+            Ok(()) = resyncs.changed() => {
+                tracing::info!("the other nodes' queue changes may have been missed; sending a snapshot");
+                send(outbox, snapshot(state, &sub).await?)?;
+            }
             () = tokio::time::sleep_until(heard + silence) => {
                 tracing::info!(silence_secs = silence.as_secs(), "queue subscriber silent (no frame, no pong): taken as gone");
                 return Ok(());

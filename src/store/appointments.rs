@@ -441,7 +441,7 @@ impl Store {
     /// inserts the meeting, the guest's link, the appointment and its first transition,
     /// all in one transaction.
     pub fn book(&self, b: NewBooking) -> Result<AppointmentRecord, Error> {
-        let (record, first) = self.tx(|tx| {
+        let record = self.tx_changing(|tx| {
             let t = &b.appointment_type;
             let duration = t.settings.duration_ms();
             let org = &t.organization;
@@ -519,9 +519,9 @@ impl Store {
                 ],
             )?;
             save(tx, &record, &[first])?;
-            Ok((record, first))
+            let change = QueueChange::of(&record, vec![first]);
+            Ok((record, vec![change]))
         })?;
-        self.published(vec![QueueChange::of(&record, vec![first])]);
         Ok(record)
     }
 
@@ -578,7 +578,7 @@ impl Store {
         within_hours: bool,
         now_ms: u64,
     ) -> Result<(AppointmentRecord, Vec<Transition>), Error> {
-        let (a, transitions) = self.tx(|tx| {
+        let (a, transitions) = self.tx_changing(|tx| {
             let Some(org) = tx
                 .query_opt(
                     "SELECT organization FROM appointments WHERE appointment_id = ?1",
@@ -644,9 +644,9 @@ impl Store {
                 }
                 _ => {}
             }
-            Ok((a, transitions))
+            let change = QueueChange::of(&a, transitions.clone());
+            Ok(((a, transitions), vec![change]))
         })?;
-        self.published(vec![QueueChange::of(&a, transitions.clone())]);
         Ok((a, transitions))
     }
 
@@ -736,7 +736,7 @@ impl Store {
     /// deadline passed) and sends the reminders due; returns how many transitions and
     /// reminders were written.
     pub fn tick_appointments(&self, now_ms: u64) -> Result<usize, Error> {
-        let (written, changes) = self.tx(|tx| {
+        let written = self.tx_changing(|tx| {
             let ids = tx.query(
                 "SELECT appointment_id FROM appointments WHERE state IN ('scheduled', 'waiting') AND starts_at <= ?1 ORDER BY appointment_id",
                 args![now_ms as i64],
@@ -757,7 +757,6 @@ impl Store {
             written += super::webhooks::send_due_reminders(tx, now_ms)?;
             Ok((written, changes))
         })?;
-        self.published(changes);
         Ok(written)
     }
 

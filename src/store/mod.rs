@@ -48,6 +48,22 @@ pub struct Store {
     /// transitions), published after its commit: the queue is pushed from where the
     /// changes happen, never polled (`server::queue`).
     queue: tokio::sync::broadcast::Sender<appointments::QueueChange>,
+    /// The other nodes' changes, in a cluster (`share_queue_changes`).
+    shared: Shared,
+}
+
+/// What a store of a cluster needs to announce its changes to the other nodes and hear
+/// theirs (`notice`, `listen`).
+struct Shared {
+    /// Set once the node shares its changes: every change is then announced in its commit.
+    on: std::sync::atomic::AtomicBool,
+    /// This store's notices' origin, drawn at every start.
+    origin: String,
+    /// The next notice's number.
+    seq: std::sync::atomic::AtomicU64,
+    /// Bumped when the other nodes' notices may have been missed (the listening connection
+    /// was lost and made again): a subscriber then reads the whole queue again.
+    resyncs: tokio::sync::watch::Sender<u64>,
 }
 
 /// Where the records are: one node's SQLite file, or the PostgreSQL of a cluster.
@@ -67,7 +83,10 @@ fn json_err(e: serde_json::Error) -> Error {
 
 pub mod appointments;
 pub mod db;
+#[cfg(feature = "cluster")]
+mod listen;
 mod migrations;
+pub mod notice;
 #[cfg(feature = "cluster")]
 mod pg;
 #[cfg(all(feature = "cluster", target_os = "linux"))]
@@ -115,6 +134,12 @@ impl Store {
         Store {
             backend,
             queue: tokio::sync::broadcast::channel(QUEUE_CHANGES).0,
+            shared: Shared {
+                on: false.into(),
+                origin: format!("s-{}", crate::ids::random_code(10)),
+                seq: 0.into(),
+                resyncs: tokio::sync::watch::channel(0).0,
+            },
         }
     }
 
@@ -163,6 +188,44 @@ impl Store {
         for c in changes {
             let _ = self.queue.send(c);
         }
+    }
+
+    /// Bumped whenever the other nodes' changes may have been missed: the queue's whole
+    /// state is to be read again (never bumped on a node on its own).
+    pub fn queue_resyncs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.resyncs.subscribe()
+    }
+
+    /// Runs `f` in one transaction and publishes the queue changes it returns once that has
+    /// committed. A store sharing its changes (`share_queue_changes`) also announces them to
+    /// the other nodes, in the same transaction: PostgreSQL delivers a `NOTIFY` when, and only
+    /// if, its transaction commits, so the others hear of exactly the committed changes.
+    fn tx_changing<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Db) -> Result<(T, Vec<appointments::QueueChange>), Error>,
+    ) -> Result<T, Error> {
+        let (out, changes) = self.tx(|tx| {
+            let (out, changes) = f(tx)?;
+            if self.shared.on.load(std::sync::atomic::Ordering::Relaxed) && tx.dialect() == Dialect::Postgres {
+                for c in &changes {
+                    let n = notice::Notice {
+                        origin: self.shared.origin.clone(),
+                        seq: self.shared.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        meeting_id: c.meeting_id.clone(),
+                        appointment_id: c.appointment.as_ref().map(|a| a.record.appointment_id.clone()),
+                        transitions: c
+                            .appointment
+                            .as_ref()
+                            .map(|a| a.transitions.clone())
+                            .unwrap_or_default(),
+                    };
+                    tx.execute("SELECT pg_notify(?1, ?2)", args![notice::CHANNEL, n.to_payload()])?;
+                }
+            }
+            Ok((out, changes))
+        })?;
+        self.published(changes);
+        Ok(out)
     }
 
     fn sqlite(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
@@ -385,7 +448,7 @@ impl Store {
     /// Writes events in one transaction (one fsync: an admission is `admitted` and
     /// `joined` together), each with the attendance it opens or closes.
     pub fn record_all(&self, events: &[ParticipationEvent]) -> Result<(), Error> {
-        let changes = self.tx(|tx| {
+        self.tx_changing(|tx| {
             let mut changes: Vec<appointments::QueueChange> = Vec::new();
             for e in events {
                 if let Some(c) = Self::record_in(tx, e)? {
@@ -396,10 +459,8 @@ impl Store {
                     }
                 }
             }
-            Ok(changes)
-        })?;
-        self.published(changes);
-        Ok(())
+            Ok(((), changes))
+        })
     }
 
     /// Writes one event; what the queue sees of it (nothing for a redemption or an
@@ -457,6 +518,19 @@ impl Store {
     /// first. After a clean stop there is nobody: every attendance was closed in the log.
     pub fn open_attendance(&self) -> Result<Vec<(String, OpenAttendance)>, Error> {
         self.open_attendance_where(None)
+    }
+
+    /// The meetings of `org` with someone's attendance open (in a call or a lobby, or a seat
+    /// held): in a cluster's store, those live on any node (or on one that died, until they
+    /// are taken over). Scans the open attendances, which are only the people present now.
+    pub fn attended_meetings(&self, org: &str) -> Result<Vec<String>, Error> {
+        let rows = self.with(|db| {
+            db.query(
+                "SELECT DISTINCT o.meeting_id FROM open_attendance o JOIN meetings m ON m.meeting_id = o.meeting_id WHERE m.organization = ?1 ORDER BY o.meeting_id",
+                args![org],
+            )
+        })?;
+        rows.iter().map(|r| r.text(0)).collect()
     }
 
     /// Whoever's attendance of one meeting is open, oldest first (its primary key's prefix).
@@ -1121,6 +1195,163 @@ mod tests {
         }
         s.insert_link(&link("l_after", LinkKind::SingleUse)).unwrap();
         s.count_redemption("l_after").unwrap();
+    }
+
+    /// The next change `rx` is pushed, within 10 s.
+    #[cfg(all(feature = "cluster", target_os = "linux"))]
+    fn next_change(rx: &mut tokio::sync::broadcast::Receiver<appointments::QueueChange>) -> appointments::QueueChange {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(c) => return c,
+                Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {
+                    assert!(std::time::Instant::now() < deadline, "no queue change in 10 s");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// PostgreSQL only: nodes that share their queue changes hear each other's, each once and
+    /// with its appointment read back, and never hear their own again; a node that does not
+    /// share hears nothing and announces nothing. A cut listening connection is made again,
+    /// its node's subscribers are told to read the queue again, and changes flow on.
+    #[cfg(all(feature = "cluster", target_os = "linux"))]
+    #[test]
+    fn postgres_nodes_hear_each_others_queue_changes_once() {
+        use gatehouse_signaling::protocol::ParticipantKind;
+        use tokio::sync::broadcast::error::TryRecvError;
+        let Some(pg) = testing::TestPostgres::start() else {
+            return;
+        };
+        let url = pg.url();
+        let open = || Arc::new(Store::open_postgres(&url).unwrap());
+        let (a, b, alone) = (open(), open(), open());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        // Each returns once it listens.
+        assert!(a.share_queue_changes(shutdown.clone()));
+        assert!(b.share_queue_changes(shutdown.clone()));
+        let (mut on_a, mut on_b, mut on_alone) = (a.queue_changes(), b.queue_changes(), alone.queue_changes());
+        let ev = |who: &str, event: EventKind| ParticipationEvent {
+            meeting_id: "m_1".into(),
+            participant_id: who.into(),
+            display_name: who.to_uppercase(),
+            kind: ParticipantKind::Guest,
+            at_ms: 5,
+            event,
+        };
+        a.insert_meeting(&meeting()).unwrap();
+
+        // A's change: A publishes it (its own), B hears it.
+        a.record(&ev("p_1", EventKind::EnteredLobby)).unwrap();
+        assert_eq!(next_change(&mut on_a).meeting_id, "m_1");
+        let heard = next_change(&mut on_b);
+        assert_eq!((heard.meeting_id.as_str(), heard.appointment.is_none()), ("m_1", true));
+        // B's change after it: A hears it; PostgreSQL delivers in commit order, so an echo of
+        // A's own would have come first. Nothing more on either.
+        b.record(&ev("p_2", EventKind::Joined)).unwrap();
+        assert_eq!(next_change(&mut on_b).meeting_id, "m_1");
+        assert_eq!(next_change(&mut on_a).meeting_id, "m_1");
+        a.record(&ev("p_1", EventKind::LeftLobby { wait_ms: 3 })).unwrap();
+        assert_eq!(next_change(&mut on_a).meeting_id, "m_1");
+        assert_eq!(next_change(&mut on_b).meeting_id, "m_1");
+        assert!(
+            matches!(on_a.try_recv(), Err(TryRecvError::Empty)),
+            "A hears its own once"
+        );
+        assert!(
+            matches!(on_b.try_recv(), Err(TryRecvError::Empty)),
+            "B hears its own once"
+        );
+
+        // An appointment's change: B gets the record as committed, with its transition.
+        use crate::appointments::{AppointmentType, TypeSettings};
+        let t = AppointmentType {
+            type_id: "t_1".into(),
+            organization: "acme".into(),
+            settings: TypeSettings {
+                title: "Consultation".into(),
+                staff: vec!["olga".into()],
+                ..TypeSettings::default()
+            },
+            private_link: None,
+            created_at_ms: 1,
+            archived_at_ms: None,
+        };
+        a.insert_type(&t).unwrap();
+        let booked = a
+            .book(appointments::NewBooking {
+                appointment_id: "a_1".into(),
+                appointment_type: t,
+                via_private_code: None,
+                candidates: vec!["olga".into()],
+                within_hours: false,
+                starts_at_ms: Some(1_767_225_600_000),
+                guest_name: "Ann".into(),
+                guest_contact: None,
+                manage_code: "manage-a_1".into(),
+                meeting: Meeting {
+                    meeting_id: "m_a_1".into(),
+                    ..meeting()
+                },
+                link: Link {
+                    meeting_id: "m_a_1".into(),
+                    ..link("l_a_1", LinkKind::Public)
+                },
+                now_ms: 10,
+            })
+            .unwrap();
+        assert_eq!(next_change(&mut on_a).meeting_id, "m_a_1");
+        let heard = next_change(&mut on_b);
+        let got = heard.appointment.expect("the appointment, read back");
+        assert_eq!(heard.meeting_id, "m_a_1");
+        assert_eq!(got.record, booked);
+        assert_eq!(
+            got.transitions,
+            a.transitions("a_1").unwrap(),
+            "the booking's transition"
+        );
+        assert!(
+            matches!(on_alone.try_recv(), Err(TryRecvError::Empty)),
+            "a node not sharing hears nothing"
+        );
+
+        // Both listening connections cut: made again, subscribers told to read it all again.
+        let mut resync_a = a.queue_resyncs();
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let cut: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1",
+                &[&format!("LISTEN {}", notice::CHANNEL)],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(cut, 2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !resync_a.has_changed().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "no resync after the cut");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        resync_a.mark_unchanged();
+        // B listens again too (or is about to): a change of B's reaches A.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while *b.queue_resyncs().borrow() == 0 {
+            assert!(std::time::Instant::now() < deadline, "B does not listen again");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        b.record(&ev(
+            "p_2",
+            EventKind::Left {
+                reason: gatehouse_signaling::protocol::LeaveReason::Left,
+                in_call_ms: 1,
+            },
+        ))
+        .unwrap();
+        assert_eq!(next_change(&mut on_b).meeting_id, "m_1");
+        assert_eq!(next_change(&mut on_a).meeting_id, "m_1");
+        assert!(matches!(on_alone.try_recv(), Err(TryRecvError::Empty)));
+        stop.send(true).unwrap();
     }
 
     /// PostgreSQL only: nodes starting together migrate once and agree on one secret; a

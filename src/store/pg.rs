@@ -202,6 +202,11 @@ impl Pool {
         })
     }
 
+    /// The server it connects to (a listening connection is made apart from the pool).
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
