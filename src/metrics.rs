@@ -235,6 +235,13 @@ impl SfuCollector {
             ),
             (
                 counter(
+                    "gatehouse_sfu_rembs_sent_total",
+                    "REMBs sent to publishers without simulcast (the most their subscribers' paths carry)",
+                ),
+                |s| s.rembs_sent,
+            ),
+            (
+                counter(
                     "gatehouse_sfu_nacked_packets_total",
                     "Packets subscribers asked to have resent (sequence numbers in their NACKs)",
                 ),

@@ -606,6 +606,19 @@ pub fn send_pli(pc: &mut RTCPeerConnection, now: Instant, receiver: RTCRtpReceiv
     rx.write_rtcp(now, super::rtcp::pli(ssrc)).map_err(|e| e.to_string())
 }
 
+/// Tells a publisher connection the most it may send (REMB through `receiver`, naming `ssrc`).
+pub fn send_remb(
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+    bps: u64,
+) -> Result<(), String> {
+    let mut rx = pc.rtp_receiver(receiver).ok_or("no such receiver")?;
+    rx.write_rtcp(now, super::rtcp::remb(ssrc, bps))
+        .map_err(|e| e.to_string())
+}
+
 /// Checks a trickled candidate's syntax without a connection. An empty string
 /// (end of candidates) is valid.
 pub fn validate_candidate(candidate: &str) -> Result<(), String> {

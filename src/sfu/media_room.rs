@@ -45,6 +45,7 @@ use super::bwe::{self, Ack, Bwe, RateMeter, Verdict};
 use super::dynacast::{self, Dynacast};
 use super::forward::{CodecKey, DownLeg, ExtMap, KeyframeFormat, KeyframeThrottle, LayerSelector, Pick, PtMap, Target};
 use super::quality;
+use super::remb::{self, Remb};
 use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
 use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
@@ -161,6 +162,14 @@ pub enum Effect {
         conn: ConnId,
         receiver: RTCRtpReceiverId,
         ssrc: u32,
+    },
+    /// Tell a publisher connection the most it may send (an RTCP REMB through `receiver`,
+    /// naming `ssrc`; see [`remb`]).
+    LimitPublisher {
+        conn: ConnId,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        bps: u64,
     },
     /// Close a connection for good (its participant left).
     Close { conn: ConnId },
@@ -404,6 +413,9 @@ pub struct MediaRoom {
     /// it is next evaluated.
     quality: Vec<(ParticipantId, quality::Participant)>,
     quality_due: Option<Instant>,
+    /// What each publisher connection without simulcast was told it may send (REMB,
+    /// [`MediaRoom::evaluate_publisher_limits`]), by connection.
+    remb: Vec<(ConnId, Remb)>,
 }
 
 /// Whether (and how) a video leg resends as RTX, from what its subscriber negotiated.
@@ -557,6 +569,7 @@ impl MediaRoom {
             feedback_scratch: Vec::new(),
             quality: Vec::new(),
             quality_due: None,
+            remb: Vec::new(),
         }
     }
 
@@ -1692,6 +1705,100 @@ impl MediaRoom {
         }
     }
 
+    /// The share of its estimate each video leg of subscriber connection `conn` gets (audio
+    /// taken off first, the rest split equally, as [`MediaRoom::fit_legs`] does), once its
+    /// estimate has dropped; `None` while its path has never been found short.
+    fn video_share(&self, conn: ConnId) -> Option<u64> {
+        let i = self.bwe.binary_search_by_key(&conn, |(c, _)| *c).ok()?;
+        let bwe = &self.bwe[i].1;
+        if !bwe.capping {
+            return None;
+        }
+        let on_conn = |l: &Leg| l.negotiated && !l.rewrite.paused() && l.bound.is_some_and(|(c, _)| c == conn);
+        let (mut audio, mut video) = (0u64, 0u64);
+        for t in &self.tracks {
+            for _ in t.legs.iter().filter(|l| on_conn(l)) {
+                match t.info.kind {
+                    TrackKind::Audio => audio += t.layers.iter().map(|l| l.rate.bps()).max().unwrap_or(0),
+                    TrackKind::Video => video += 1,
+                }
+            }
+        }
+        Some(bwe.estimator.bps().saturating_sub(audio) / video.max(1))
+    }
+
+    /// Tells each publisher connection whose video is all single-layer the most its
+    /// subscribers' paths carry (an RTCP REMB; the policy is [`remb`]'s), so its browser's
+    /// encoder sends what fits instead of the gateway forwarding what gets lost. The shard
+    /// calls this on its speaker tick. A connection with a simulcast track is never limited
+    /// (its layers adapt per subscriber, and REMB would bound the whole connection).
+    pub fn evaluate_publisher_limits(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        if self.remb.is_empty() && !self.bwe.iter().any(|(_, b)| b.capping) {
+            return;
+        }
+        let mut publishers: Vec<ConnId> = self
+            .tracks
+            .iter()
+            .filter(|t| t.parked.is_none())
+            .map(|t| t.conn)
+            .collect();
+        publishers.sort_unstable();
+        publishers.dedup();
+        let mut shares: Vec<Option<u64>> = Vec::new();
+        for conn in publishers {
+            let (mut sum, mut video, mut limited) = (0u64, false, true);
+            let mut via: Option<(RTCRtpReceiverId, u32)> = None;
+            for track in self.tracks.iter().filter(|t| t.conn == conn && t.parked.is_none()) {
+                let rate = track.layers.iter().map(|l| l.rate.bps()).max().unwrap_or(0);
+                match track.info.kind {
+                    TrackKind::Audio => sum += rate,
+                    TrackKind::Video if track.layers.len() > 1 => limited = false,
+                    TrackKind::Video => {
+                        video = true;
+                        shares.clear();
+                        shares.extend(
+                            track
+                                .legs
+                                .iter()
+                                .filter(|l| l.negotiated && !l.rewrite.paused())
+                                .filter_map(|l| l.bound)
+                                .map(|(c, _)| self.video_share(c)),
+                        );
+                        match remb::track_limit(&mut shares) {
+                            Some(bps) => sum += bps,
+                            None => limited = false,
+                        }
+                        if let Some(layer) = track.layers.first() {
+                            via.get_or_insert((track.receiver, layer.ssrc));
+                        }
+                    }
+                }
+            }
+            let limit = (limited && video).then_some(sum);
+            let state = match self.remb.binary_search_by_key(&conn, |(c, _)| *c) {
+                Ok(i) => &mut self.remb[i].1,
+                Err(_) if limit.is_none() => continue,
+                Err(i) => {
+                    self.remb.insert(i, (conn, Remb::default()));
+                    &mut self.remb[i].1
+                }
+            };
+            if let Some(bps) = state.evaluate(limit, now)
+                && let Some((receiver, ssrc)) = via
+            {
+                tracing::debug!(meeting_id = %self.meeting_id, conn, bps, "publisher limited (REMB)");
+                effects.push(Effect::LimitPublisher {
+                    conn,
+                    receiver,
+                    ssrc,
+                    bps,
+                });
+            }
+        }
+        let tracks = &self.tracks;
+        self.remb.retain(|(c, _)| tracks.iter().any(|t| t.conn == *c));
+    }
+
     // ---- connection quality ----
 
     /// A reception report from subscriber connection `conn` about its leg whose SSRC is
@@ -2085,6 +2192,7 @@ impl MediaRoom {
                 "kind": m.kind,
                 "may_present": m.may_present,
                 "publisher": conn(m.publisher),
+                "publisher_limit_bps": m.publisher.and_then(|c| self.remb.iter().find(|(x, _)| *x == c)).and_then(|(_, r)| r.limit()),
                 "subscriber": conn(m.subscriber),
                 "bandwidth": m.subscriber.and_then(|c| self.bwe.iter().find(|(x, _)| *x == c)).map(|(_, b)| serde_json::json!({
                     "estimate_bps": b.estimator.bps(),
@@ -3953,6 +4061,92 @@ mod tests {
         );
         // Built from the cache, which keeps the publisher's numbers: rewritten the same way again.
         assert_eq!(b_vp8_numbers(&sink), [(303, 42)], "resent as first sent");
+    }
+
+    /// The publisher limits (REMB) among `effects`: (connection, SSRC named, bit/s).
+    fn limits_told(effects: &[Effect]) -> Vec<(ConnId, u32, u64)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::LimitPublisher { conn, ssrc, bps, .. } => Some((*conn, *ssrc, *bps)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sets subscriber connection `conn`'s estimate as if its feedback had brought it there.
+    fn estimate(room: &mut MediaRoom, conn: ConnId, bps: Option<u64>) {
+        let i = match room.bwe.binary_search_by_key(&conn, |(c, _)| *c) {
+            Ok(i) => i,
+            Err(i) => {
+                // Made by the first packet sent on the connection; none forwarded here.
+                room.bwe.insert(i, (conn, Bwe::default()));
+                i
+            }
+        };
+        let bwe = &mut room.bwe[i].1;
+        bwe.capping = bps.is_some();
+        bwe.estimator = bwe::Estimator::new(bps.unwrap_or(1_000_000));
+    }
+
+    /// Issue 12: a camera without simulcast cannot be fitted per subscriber, so its
+    /// publisher is told (REMB) the most the slowest of up to three subscribers' paths
+    /// carries, again as it changes, and told it is free once nobody's path is short. A
+    /// simulcast publisher is never told: its layers adapt per subscriber.
+    #[test]
+    fn a_publisher_without_simulcast_is_told_what_its_subscribers_paths_carry() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        let (mut room, mut fx) = call_with(true, &[stream("0", 1000, "video/VP8")], t0);
+        for p in [B, C] {
+            let mut answer = answer_all(&room, p);
+            for (_, n) in &mut answer {
+                n.extensions.push((rtc::sdp::extmap::TRANSPORT_CC_URI.into(), 3));
+            }
+            room.subscriber_answered(p, &answer, true, t0, &mut fx);
+        }
+        fx.clear();
+        room.evaluate_publisher_limits(t0, &mut fx);
+        assert_eq!(limits_told(&fx), [], "nobody's path found short: nothing told");
+        estimate(&mut room, B_SUB, Some(300_000));
+        room.evaluate_publisher_limits(t0 + tick, &mut fx);
+        assert_eq!(limits_told(&fx), [(A_PUB, 1000, 300_000)]);
+        assert_eq!(
+            room.debug_snapshot(|_| None)["participants"][0]["publisher_limit_bps"],
+            300_000
+        );
+        fx.clear();
+        room.evaluate_publisher_limits(t0 + tick * 2, &mut fx);
+        assert_eq!(limits_told(&fx), [], "told once, refreshed each second");
+        estimate(&mut room, C_SUB, Some(200_000));
+        room.evaluate_publisher_limits(t0 + tick * 3, &mut fx);
+        assert_eq!(limits_told(&fx), [(A_PUB, 1000, 200_000)], "the slowest of three");
+        fx.clear();
+        room.evaluate_publisher_limits(t0 + tick * 14, &mut fx);
+        assert_eq!(limits_told(&fx), [(A_PUB, 1000, 200_000)], "refreshed");
+        estimate(&mut room, B_SUB, None);
+        estimate(&mut room, C_SUB, None);
+        fx.clear();
+        room.evaluate_publisher_limits(t0 + tick * 15, &mut fx);
+        assert_eq!(limits_told(&fx), [(A_PUB, 1000, remb::LIFTED_BPS)], "free again");
+        assert_eq!(
+            room.stats().meeting.snapshot().rembs_sent,
+            0,
+            "the shard counts what it sends"
+        );
+
+        let (mut room, mut fx) = call_with(true, &layers(), t0);
+        for p in [B, C] {
+            let mut answer = answer_all(&room, p);
+            for (_, n) in &mut answer {
+                n.extensions.push((rtc::sdp::extmap::TRANSPORT_CC_URI.into(), 3));
+            }
+            room.subscriber_answered(p, &answer, true, t0, &mut fx);
+        }
+        estimate(&mut room, B_SUB, Some(300_000));
+        fx.clear();
+        room.evaluate_publisher_limits(t0 + tick, &mut fx);
+        assert_eq!(limits_told(&fx), [], "simulcast adapts per subscriber instead");
     }
 
     /// A path for the congestion tests: a bottleneck of `bps` with a drop-tail queue of

@@ -47,6 +47,7 @@ pub mod media_room;
 pub mod nack;
 mod peers;
 pub mod quality;
+pub mod remb;
 pub mod retransmit;
 #[doc(hidden)]
 pub mod rtc_client;

@@ -17,6 +17,7 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket}
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
@@ -75,6 +76,16 @@ pub fn pli(media_ssrc: u32) -> Vec<Box<dyn rtcp::Packet>> {
     vec![Box::new(PictureLossIndication {
         sender_ssrc: 0,
         media_ssrc,
+    })]
+}
+
+/// A REMB telling the sender of `media_ssrc` to stay under `bps`, ready for
+/// `RTCRtpReceiver::write_rtcp`.
+pub fn remb(media_ssrc: u32, bps: u64) -> Vec<Box<dyn rtcp::Packet>> {
+    vec![Box::new(ReceiverEstimatedMaximumBitrate {
+        sender_ssrc: 0,
+        bitrate: bps as f32,
+        ssrcs: vec![media_ssrc],
     })]
 }
 

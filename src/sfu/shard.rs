@@ -502,6 +502,25 @@ impl Shard {
                     }
                     self.peers.flush_later(conn);
                 }
+                Effect::LimitPublisher {
+                    conn,
+                    receiver,
+                    ssrc,
+                    bps,
+                } => {
+                    match self.peers.guard(conn, "write_rtcp", |pc| {
+                        connection::send_remb(pc, now, receiver, ssrc, bps)
+                    }) {
+                        Some(Ok(())) => {
+                            if let Some(hosted) = self.rooms.get(&room_id) {
+                                hosted.room.stats().add(|c| &c.rembs_sent, 1);
+                            }
+                        }
+                        Some(Err(e)) => tracing::debug!(shard = self.index, conn, "REMB to publisher: {e}"),
+                        None => {}
+                    }
+                    self.peers.flush_later(conn);
+                }
                 Effect::Close { conn } => self.peers.close(conn),
             }
         }

@@ -35,6 +35,8 @@ pub struct Counters {
     pub keyframe_requests_received: AtomicU64,
     /// PLIs sent to publishers (after throttling).
     pub plis_sent: AtomicU64,
+    /// REMBs sent to publishers without simulcast (`remb`).
+    pub rembs_sent: AtomicU64,
     /// Sequence numbers subscribers asked to have resent (in their NACKs).
     pub nacked_packets: AtomicU64,
     /// Packets resent to subscribers from the retransmission cache (RTX or plain).
@@ -159,6 +161,7 @@ pub struct CountersSnapshot {
     pub nacks: u64,
     pub keyframe_requests_received: u64,
     pub plis_sent: u64,
+    pub rembs_sent: u64,
     pub nacked_packets: u64,
     pub retransmitted_packets: u64,
     pub retransmitted_rtx: u64,
@@ -200,6 +203,7 @@ impl Counters {
                 nacks: acc.nacks + s.nacks,
                 keyframe_requests_received: acc.keyframe_requests_received + s.keyframe_requests_received,
                 plis_sent: acc.plis_sent + s.plis_sent,
+                rembs_sent: acc.rembs_sent + s.rembs_sent,
                 nacked_packets: acc.nacked_packets + s.nacked_packets,
                 retransmitted_packets: acc.retransmitted_packets + s.retransmitted_packets,
                 retransmitted_rtx: acc.retransmitted_rtx + s.retransmitted_rtx,
@@ -227,6 +231,7 @@ impl Counters {
             nacks: get(&self.nacks),
             keyframe_requests_received: get(&self.keyframe_requests_received),
             plis_sent: get(&self.plis_sent),
+            rembs_sent: get(&self.rembs_sent),
             nacked_packets: get(&self.nacked_packets),
             retransmitted_packets: get(&self.retransmitted_packets),
             retransmitted_rtx: get(&self.retransmitted_rtx),
