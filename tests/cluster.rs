@@ -1037,7 +1037,9 @@ fn queue_row(msg: &ServerMessage, meeting_id: &str) -> Option<Option<(usize, Vec
 /// Issue 16's staff views: a staff console subscribed to the live queue on node A sees the
 /// lobby and call of a meeting running on node B, live, as it changes: B's committed changes
 /// reach A (PostgreSQL `NOTIFY`), and A asks B's meeting task for the rows (the relay). A
-/// fresh subscription's snapshot, and `GET /api/v1/queue`, on A list it too.
+/// fresh subscription's snapshot, and `GET /api/v1/queue`, on A list it too. Lobby actions
+/// from the queue on A (REST) are carried out by B's meeting task, B's refusals coming back as
+/// they are; with B dead they are refused with `server_busy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staff_console_on_one_node_sees_the_lobby_and_call_of_a_meeting_on_another() {
     use gatehouse_sdk::{Client, Event, RestClient};
@@ -1151,8 +1153,24 @@ async fn a_staff_console_on_one_node_sees_the_lobby_and_call_of_a_meeting_on_ano
     })
     .await;
 
-    // Admitted: two in the call, nobody waiting.
-    staff.admit(entries[0].participant_id.clone()).unwrap();
+    // Admitted from the queue on A (REST), carried out by B's meeting task: two in the call,
+    // nobody waiting. B's refusals come back as they are.
+    let lobby = format!("/api/v1/meetings/{mid}/lobby");
+    let (status, refused) = a.call("POST", &format!("{lobby}/p-nobody/admit"), &olga, None).await;
+    assert_eq!(status, 404, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("nobody with that id"),
+        "B's own refusal: {refused}"
+    );
+    let deny = format!("{lobby}/{}/deny", entries[0].participant_id);
+    let (status, refused) = a
+        .call("POST", &deny, &olga, Some(json!({"reason": "bad\u{7}reason"})))
+        .await;
+    assert_eq!(status, 400, "B checks the reason it is sent: {refused}");
+    assert_eq!(refused["code"], "bad_request", "{refused}");
+    let admit = format!("{lobby}/{}/admit", entries[0].participant_id);
+    let (status, body) = a.call("POST", &admit, &olga, None).await;
+    assert_eq!(status, 204, "{body}");
     wanda_events
         .wait_for(WAIT, |e| matches!(e, Event::Admitted { .. }).then_some(()))
         .await
@@ -1176,7 +1194,33 @@ async fn a_staff_console_on_one_node_sees_the_lobby_and_call_of_a_meeting_on_ano
     wanda.close().await;
     staff.close().await;
     assert_eq!(a.metric("gatehouse_meetings_live").await, Some(0.0), "A never ran it");
-    drop((a, b));
+
+    // Over on B (its placement still names B for a minute): B answers that nobody waits.
+    let (status, gone) = a.call("POST", &format!("{lobby}/admit-all"), &olga, None).await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(gone["code"], "not_found", "{gone}");
+    // B dies: once its relay subscription is gone, A says at once that B cannot be asked
+    // (503, retry: its meetings are placed anew as their clients come back), not a 404.
+    let b_id = b.id.clone();
+    drop(b);
+    until("B's relay channel has no listener", WAIT, || async {
+        let heard: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("gatehouse:relay:{b_id}"))
+            .query_async(&mut redis.conn().await)
+            .await
+            .unwrap();
+        heard[0].1 == 0
+    })
+    .await;
+    let (status, busy) = a.call("POST", &format!("{lobby}/admit-all"), &olga, None).await;
+    assert_eq!(status, 503, "{busy}");
+    assert_eq!(busy["code"], "server_busy", "{busy}");
+    assert!(
+        busy["message"].as_str().unwrap().contains("does not listen"),
+        "refused because nobody listens, not after a wait: {busy}"
+    );
+    drop(a);
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -108,6 +108,25 @@ pub trait Router: Send + Sync + 'static {
         let _ = meeting_id;
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    /// A lobby action from the queue (REST, staff `by`, already checked here) for a meeting
+    /// not live on this node, carried out by the node it is placed on, through the relay:
+    /// that meeting task's answer. `not_found` when no other node runs it (always, for a node
+    /// on its own: the meeting is not live).
+    fn lobby_action<'a>(
+        &'a self,
+        meeting_id: &'a str,
+        by: String,
+        action: gatehouse_signaling::room::LobbyAction,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = (meeting_id, by, action);
+        Box::pin(std::future::ready(Err(not_waiting())))
+    }
+}
+
+/// The refusal of a lobby action for a meeting live on no node.
+pub fn not_waiting() -> Error {
+    Error::new(ErrorCode::NotFound, "nobody is waiting in this meeting")
 }
 
 /// One node is the whole Gatehouse: every meeting is here, and no Redis is touched.
@@ -152,6 +171,15 @@ mod tests {
         assert_eq!(r.node_id(), None);
         assert!(r.nodes().await.unwrap().is_empty());
         assert_eq!(r.queue_row("m-1").await.unwrap(), None, "no other node to ask");
+        let e = r
+            .lobby_action(
+                "m-1",
+                "staff:olga".into(),
+                gatehouse_signaling::room::LobbyAction::AdmitAll,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "nobody waits anywhere else");
         r.drain().await;
         r.stop().await;
     }

@@ -176,6 +176,13 @@ impl RedisRouter {
         !self.lost.load(Ordering::Relaxed)
     }
 
+    /// The node `meeting_id` is placed on, unless it is this one or none.
+    async fn owner_elsewhere(&self, meeting_id: &str) -> Result<Option<String>, Error> {
+        let mut conn = self.conn.clone();
+        let owner: Option<String> = conn.get(placement_key(meeting_id)).await.map_err(|e| unreachable(&e))?;
+        Ok(owner.filter(|o| *o != self.node_id))
+    }
+
     async fn live_nodes(&self) -> redis::RedisResult<Vec<NodeReport>> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = conn.smembers(NODES).await?;
@@ -271,11 +278,23 @@ impl Router for RedisRouter {
 
     fn queue_row<'a>(&'a self, meeting_id: &'a str) -> BoxFuture<'a, Result<Option<super::relay::QueueRow>, Error>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let owner: Option<String> = conn.get(placement_key(meeting_id)).await.map_err(|e| unreachable(&e))?;
-            match owner {
-                Some(owner) if owner != self.node_id => self.relay.ask(&owner, meeting_id).await,
-                _ => Ok(None),
+            match self.owner_elsewhere(meeting_id).await? {
+                Some(owner) => self.relay.ask(&owner, meeting_id).await,
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn lobby_action<'a>(
+        &'a self,
+        meeting_id: &'a str,
+        by: String,
+        action: gatehouse_signaling::room::LobbyAction,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            match self.owner_elsewhere(meeting_id).await? {
+                Some(owner) => self.relay.act(&owner, meeting_id, by, action).await,
+                None => Err(super::not_waiting()),
             }
         })
     }

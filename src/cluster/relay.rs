@@ -16,6 +16,7 @@
 //! only moves envelopes and carries out their steps.
 
 use gatehouse_signaling::protocol::{LobbyEntry, ServerMessage};
+use gatehouse_signaling::room::LobbyAction;
 use gatehouse_signaling::{Error, ErrorCode};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,55 @@ pub enum Body {
     Ask { meeting_id: String },
     /// The owner's answer to `ask` (its `conn`): `None` when the meeting is not live there.
     Answer { row: Option<QueueRow> },
+    /// Not a session's: staff act on a meeting's lobby from the queue on this node (REST),
+    /// the meeting runs on the owner (`conn` numbers the question; `seq` is 0). `by` names
+    /// them as the log will (`staff:<subject>`); the asking node checked that they may.
+    Act {
+        meeting_id: String,
+        by: String,
+        action: QueueAction,
+    },
+    /// The owner's answer to `act`: `None` once done, else why not.
+    Acted { error: Option<Error> },
+}
+
+/// A lobby action from the queue, as the relay carries it (`room::LobbyAction`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum QueueAction {
+    Admit {
+        participant_id: String,
+    },
+    AdmitAll,
+    Deny {
+        participant_id: String,
+        reason: Option<String>,
+    },
+}
+
+impl From<LobbyAction> for QueueAction {
+    fn from(a: LobbyAction) -> Self {
+        match a {
+            LobbyAction::Admit(p) => QueueAction::Admit {
+                participant_id: p.to_string(),
+            },
+            LobbyAction::AdmitAll => QueueAction::AdmitAll,
+            LobbyAction::Deny(p, reason) => QueueAction::Deny {
+                participant_id: p.to_string(),
+                reason,
+            },
+        }
+    }
+}
+
+impl From<QueueAction> for LobbyAction {
+    fn from(a: QueueAction) -> Self {
+        match a {
+            QueueAction::Admit { participant_id } => LobbyAction::Admit(participant_id.into()),
+            QueueAction::AdmitAll => LobbyAction::AdmitAll,
+            QueueAction::Deny { participant_id, reason } => LobbyAction::Deny(participant_id.into(), reason),
+        }
+    }
 }
 
 /// A live meeting's row of the staff queue, as its owner's task has it.
@@ -82,9 +132,9 @@ pub enum Addressee {
     Edge,
     /// The owner's end of a session, or a new one (`open`, `frame`, `hangup`).
     Owner,
-    /// The relay itself, as a meeting's owner: a question to answer (`ask`).
+    /// The relay itself, as a meeting's owner: a question to answer (`ask`, `act`).
     Asked,
-    /// The relay itself, as the asker: the answer it waits for (`answer`).
+    /// The relay itself, as the asker: the answer it waits for (`answer`, `acted`).
     Asker,
 }
 
@@ -113,8 +163,8 @@ impl Envelope {
         match self.body {
             Body::Message { .. } | Body::End { .. } => Addressee::Edge,
             Body::Open { .. } | Body::Frame { .. } | Body::Hangup => Addressee::Owner,
-            Body::Ask { .. } => Addressee::Asked,
-            Body::Answer { .. } => Addressee::Asker,
+            Body::Ask { .. } | Body::Act { .. } => Addressee::Asked,
+            Body::Answer { .. } | Body::Acted { .. } => Addressee::Asker,
         }
     }
 
@@ -268,9 +318,16 @@ impl EdgeSession {
             (_, Body::End { reason }) => self.over(reason),
             // Bodies for an owner, or for the relay itself, never come to an edge
             // (`Envelope::addressee` routes them).
-            (_, Body::Open { .. } | Body::Frame { .. } | Body::Hangup | Body::Ask { .. } | Body::Answer { .. }) => {
-                EdgeStep::Ignore
-            }
+            (
+                _,
+                Body::Open { .. }
+                | Body::Frame { .. }
+                | Body::Hangup
+                | Body::Ask { .. }
+                | Body::Answer { .. }
+                | Body::Act { .. }
+                | Body::Acted { .. },
+            ) => EdgeStep::Ignore,
         }
     }
 
@@ -384,9 +441,13 @@ impl OwnerSession {
             }
             // A second `open` on a live session, or bodies meant for an edge: a confused
             // peer; the session cannot be trusted to be in step any more.
-            Body::Open { .. } | Body::Message { .. } | Body::End { .. } | Body::Ask { .. } | Body::Answer { .. } => {
-                OwnerStep::Broken("unexpected relay message from the edge".into())
-            }
+            Body::Open { .. }
+            | Body::Message { .. }
+            | Body::End { .. }
+            | Body::Ask { .. }
+            | Body::Answer { .. }
+            | Body::Act { .. }
+            | Body::Acted { .. } => OwnerStep::Broken("unexpected relay message from the edge".into()),
         }
     }
 }
@@ -462,15 +523,44 @@ mod tests {
                     }],
                 }),
             },
+            Body::Act {
+                meeting_id: "m".into(),
+                by: "staff:olga".into(),
+                action: QueueAction::Deny {
+                    participant_id: "p-9".into(),
+                    reason: Some("full".into()),
+                },
+            },
+            Body::Acted { error: None },
+            Body::Acted {
+                error: Some(Error::new(ErrorCode::NotFound, "nobody")),
+            },
         ];
         use Addressee::*;
-        let to = [Owner, Owner, Owner, Edge, Edge, Asked, Asker, Asker];
+        let to = [
+            Owner, Owner, Owner, Edge, Edge, Asked, Asker, Asker, Asked, Asker, Asker,
+        ];
         for (i, body) in bodies.into_iter().enumerate() {
             let e = env("n-a", 7, i as u64, body);
             let back = Envelope::parse(e.to_json().as_bytes()).unwrap();
             assert_eq!(back, e);
             assert_eq!(back.addressee(), to[i], "{back:?}");
             assert_eq!(back.for_edge(), to[i] == Edge, "{back:?}");
+        }
+    }
+
+    #[test]
+    fn every_lobby_action_crosses_the_relay_unchanged() {
+        for a in [
+            LobbyAction::Admit("p-1".into()),
+            LobbyAction::AdmitAll,
+            LobbyAction::Deny("p-2".into(), None),
+            LobbyAction::Deny("p-3".into(), Some("not today".into())),
+        ] {
+            let wire = QueueAction::from(a.clone());
+            let json = serde_json::to_string(&wire).unwrap();
+            let back: QueueAction = serde_json::from_str(&json).unwrap();
+            assert_eq!(LobbyAction::from(back), a, "{json}");
         }
     }
 
@@ -489,6 +579,65 @@ mod tests {
         assert!(matches!(owner.receive("n-edge", 1, ask()), OwnerStep::Broken(_)));
         // A question is never a session's first envelope either.
         assert!(OwnerSession::accept(env("n-edge", 4, 0, ask())).is_none());
+    }
+
+    #[test]
+    fn a_lobby_action_reaching_a_session_is_ignored_by_an_edge_and_breaks_an_owner() {
+        let act = || Body::Act {
+            meeting_id: "m".into(),
+            by: "staff:olga".into(),
+            action: QueueAction::AdmitAll,
+        };
+        let acted = || Body::Acted { error: None };
+        let mut edge = open_edge();
+        assert_eq!(edge.receive("n-own", 1, act()), EdgeStep::Ignore);
+        assert_eq!(edge.receive("n-own", 2, acted()), EdgeStep::Ignore);
+        assert_eq!(
+            edge.state,
+            EdgeState::Open,
+            "a stray question leaves the session as it was"
+        );
+        for stray in [act(), acted()] {
+            let open = Body::Open {
+                token: "t".into(),
+                meeting_id: None,
+            };
+            let (mut owner, _, _) = OwnerSession::accept(env("n-edge", 3, 0, open)).expect("an open opens");
+            assert!(matches!(
+                owner.receive("n-edge", 1, stray.clone()),
+                OwnerStep::Broken(_)
+            ));
+            assert!(
+                OwnerSession::accept(env("n-edge", 4, 0, stray)).is_none(),
+                "a question or answer opens no session"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lobby_action_envelope_is_the_documented_json() {
+        let e = env(
+            "n-a",
+            7,
+            0,
+            Body::Act {
+                meeting_id: "m-1".into(),
+                by: "staff:olga".into(),
+                action: QueueAction::Deny {
+                    participant_id: "p-9".into(),
+                    reason: None,
+                },
+            },
+        );
+        let json: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"from": "n-a", "conn": 7, "seq": 0, "body": {"kind": "act", "meeting_id": "m-1",
+                "by": "staff:olga", "action": {"action": "deny", "participant_id": "p-9", "reason": null}}})
+        );
+        // An owner of another build that sends an action this one does not know is refused whole.
+        let unknown = br#"{"from":"n-a","conn":7,"seq":0,"body":{"kind":"act","meeting_id":"m","by":"staff:o","action":{"action":"kick","participant_id":"p"}}}"#;
+        assert!(matches!(Envelope::parse(unknown), Err(BadEnvelope::Malformed(_))));
     }
 
     #[test]

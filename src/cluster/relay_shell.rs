@@ -27,6 +27,7 @@ use super::relay::{self, Addressee, Body, EdgeSession, EdgeStep, Envelope, Owner
 use crate::outbox::{Next, Outbox};
 use crate::server::AppState;
 use crate::server::live::Command;
+use gatehouse_signaling::room::LobbyAction;
 
 /// Envelopes queued for one session end before it counts as broken.
 pub const INBOX: usize = 256;
@@ -56,8 +57,8 @@ pub struct Relay {
     owners: Mutex<HashMap<(String, u64), Peer>>,
     /// Whether the subscription is up: no session is opened without it.
     listening: AtomicBool,
-    /// Questions asked of other nodes (`ask`), by number, waiting for their answer.
-    asks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Option<QueueRow>>>>,
+    /// Questions asked of other nodes (`ask`, `act`), by number, waiting for their answer.
+    asks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Body>>>,
     /// The next question's number.
     next_ask: std::sync::atomic::AtomicU64,
 }
@@ -173,19 +174,15 @@ impl Relay {
         match envelope.addressee() {
             Addressee::Edge | Addressee::Owner => {}
             Addressee::Asked => {
-                if let Body::Ask { meeting_id } = envelope.body {
-                    tokio::spawn(
-                        self.clone()
-                            .answer(state.clone(), envelope.from, envelope.conn, meeting_id),
-                    );
-                }
+                tokio::spawn(
+                    self.clone()
+                        .answer(state.clone(), envelope.from, envelope.conn, envelope.body),
+                );
                 return;
             }
             Addressee::Asker => {
-                if let Body::Answer { row } = envelope.body
-                    && let Some(waiting) = lock(&self.asks).remove(&envelope.conn)
-                {
-                    let _ = waiting.send(row);
+                if let Some(waiting) = lock(&self.asks).remove(&envelope.conn) {
+                    let _ = waiting.send(envelope.body);
                 }
                 return;
             }
@@ -343,10 +340,37 @@ impl Relay {
     /// as its meeting task has it: `None` when the meeting is not live there. Fails with
     /// `server_busy` when the owner cannot be reached or does not answer within [`ASK_ANSWER`].
     pub async fn ask(&self, owner: &str, meeting_id: &str) -> Result<Option<QueueRow>, Error> {
+        let body = Body::Ask {
+            meeting_id: meeting_id.to_owned(),
+        };
+        match self.question(owner, body).await? {
+            Body::Answer { row } => Ok(row),
+            other => Err(confused(&other)),
+        }
+    }
+
+    /// Has `owner`'s task of `meeting_id` carry out a lobby action from the queue here: the
+    /// task's own refusal comes back as it is (`not_found` when the meeting is not live
+    /// there); `server_busy` when the owner cannot be reached or does not answer in time.
+    pub async fn act(&self, owner: &str, meeting_id: &str, by: String, action: LobbyAction) -> Result<(), Error> {
+        let body = Body::Act {
+            meeting_id: meeting_id.to_owned(),
+            by,
+            action: action.into(),
+        };
+        match self.question(owner, body).await? {
+            Body::Acted { error: None } => Ok(()),
+            Body::Acted { error: Some(e) } => Err(e),
+            other => Err(confused(&other)),
+        }
+    }
+
+    /// Sends a question outside any session to `owner` and waits for its answer.
+    async fn question(&self, owner: &str, body: Body) -> Result<Body, Error> {
         let unreachable = |why: &str| {
             Error::new(
                 ErrorCode::ServerBusy,
-                format!("the meeting's node could not be asked ({why})"),
+                format!("the meeting's node could not be asked ({why}); retry shortly"),
             )
         };
         if !self.listening.load(Ordering::Relaxed) {
@@ -355,9 +379,6 @@ impl Relay {
         let id = self.next_ask.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         lock(&self.asks).insert(id, tx);
-        let body = Body::Ask {
-            meeting_id: meeting_id.to_owned(),
-        };
         let answer = match self.publish(owner, 0, id, body).await {
             Ok(()) => tokio::time::timeout(ASK_ANSWER, rx)
                 .await
@@ -369,18 +390,47 @@ impl Relay {
         answer
     }
 
-    /// Answers another node's `ask` from the meeting's task here.
-    async fn answer(self: Arc<Self>, state: Arc<AppState>, to: String, id: u64, meeting_id: String) {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let row = if state.live.send_if_live(&meeting_id, Command::Queue { reply }).await {
-            answer.await.ok().map(|(in_call, lobby)| QueueRow { in_call, lobby })
-        } else {
-            None
+    /// Answers another node's question (`ask`, `act`) from the meeting's task here.
+    async fn answer(self: Arc<Self>, state: Arc<AppState>, to: String, id: u64, question: Body) {
+        let answer = match question {
+            Body::Ask { meeting_id } => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let row = if state.live.send_if_live(&meeting_id, Command::Queue { reply }).await {
+                    answer.await.ok().map(|(in_call, lobby)| QueueRow { in_call, lobby })
+                } else {
+                    None
+                };
+                Body::Answer { row }
+            }
+            Body::Act { meeting_id, by, action } => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let action = action.into();
+                let sent = state
+                    .live
+                    .send_if_live(&meeting_id, Command::LobbyAction { by, action, reply })
+                    .await;
+                let error = if sent {
+                    match answer.await {
+                        Ok(result) => result.err(),
+                        Err(_) => Some(Error::new(ErrorCode::Internal, "the meeting stopped")),
+                    }
+                } else {
+                    Some(super::not_waiting())
+                };
+                Body::Acted { error }
+            }
+            _ => return,
         };
-        if let Err(why) = self.publish(&to, 0, id, Body::Answer { row }).await {
-            tracing::debug!(%why, %meeting_id, "a queue answer not delivered");
+        if let Err(why) = self.publish(&to, 0, id, answer).await {
+            tracing::debug!(%why, "an answer to another node's question not delivered");
         }
     }
+}
+
+/// An answer of the wrong kind (a peer of another build, or a confused one).
+fn confused(body: &Body) -> Error {
+    tracing::warn!(?body, "a relay answer of the wrong kind");
+    Error::new(ErrorCode::Internal, "the meeting's node answered something else")
 }
 
 /// The edge's end once joined: client frames out, server frames in, until either side ends.

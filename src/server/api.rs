@@ -472,12 +472,16 @@ async fn lobby_action(
     managed_meeting(state, staff, meeting_id).await?;
     let (reply, answer) = oneshot::channel();
     let by = format!("staff:{}", staff.0.sub);
+    let (by_there, action_there) = (by.clone(), action.clone());
     if !state
         .live
         .send_if_live(meeting_id, Command::LobbyAction { by, action, reply })
         .await
     {
-        return Err(ApiError::new(ErrorCode::NotFound, "nobody is waiting in this meeting"));
+        // Not live here: in a cluster it may run on another node, whose task acts (a node on
+        // its own answers `not_found`: nobody waits).
+        state.router.lobby_action(meeting_id, by_there, action_there).await?;
+        return Ok(StatusCode::NO_CONTENT);
     }
     answer
         .await
