@@ -1031,8 +1031,10 @@ async fn loss_both_ways(simulcast: bool) {
 /// downlink (Chromium in a network namespace) is capped at 300 kbit/s while staff's Chromium
 /// publishes simulcast, and within 5 s the guest receives the lowest layer (its decoded
 /// width, and the layer the server's debug view shows on its leg), the server's estimate
-/// dropped, and its audio never stopped. About 21-24 s; the whole scenario (loss, freezes,
-/// the cap lifted) is `chromium_guest_on_a_300_kbits_downlink_adapts_and_recovers`.
+/// dropped, its audio never stopped, and its page said its connection was weak and its video
+/// reduced (`connection_quality`: its tile's badge, by name, and the notice), as staff's page
+/// did on the guest's tile. About 21-24 s; the whole scenario (loss, freezes, the cap lifted)
+/// is `chromium_guest_on_a_300_kbits_downlink_adapts_and_recovers`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_on_a_300_kbits_downlink_gets_the_low_layer() {
     downlink_cap(true, false).await;
@@ -1248,6 +1250,43 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         .filter_map(|(_, e, _)| *e)
         .collect();
     let drops = after.bwe_drops - before.bwe_drops;
+    // Connection quality as the pages showed it (`qualityProbe` rows): the guest its own, on
+    // its tile and in the notice; staff the guest's, on the guest's tile. (ms since the cap,
+    // badge, video reduced, the badge's accessible name, the notice's words) at each change.
+    let shown = |rows: &Value| -> Vec<(i64, String, bool, String, String)> {
+        rows.as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r[0].as_i64().unwrap_or(0) - capped_at as i64,
+                            r[1].as_str().unwrap_or("").to_owned(),
+                            r[2].as_bool().unwrap_or(false),
+                            r[3].as_str().unwrap_or("").to_owned(),
+                            r[4].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (quality, staff_quality) = (shown(&f["quality"]), shown(&f["staffQuality"]));
+    // When, after the cap, the guest's page first said (badge, its name, the notice) that its
+    // link was weak and its video reduced; and staff's page said so on the guest's tile.
+    let weak_ms = quality
+        .iter()
+        .find(|(ms, badge, reduced, name, notice)| {
+            *ms >= 0
+                && badge == "poor"
+                && *reduced
+                && name == "Connection weak, receiving reduced video"
+                && notice.contains("video was reduced to keep audio clear")
+        })
+        .map(|q| q.0);
+    let staff_weak_ms = staff_quality
+        .iter()
+        .find(|(ms, badge, _, name, _)| *ms >= 0 && badge == "poor" && name.starts_with("Connection weak"))
+        .map(|q| q.0);
     eprintln!(
         "DOWNLINK {}",
         serde_json::json!({
@@ -1265,6 +1304,10 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             "staff_widths_at_end": sent_widths(&f["staffLayers"]),
             "estimate_bps_min_max_last": [estimates.iter().min(), estimates.iter().max(), estimates.last()],
             "estimate_drops": drops,
+            "weak_notice_ms": weak_ms,
+            "staff_sees_weak_ms": staff_weak_ms,
+            "quality_shown": quality,
+            "staff_quality_shown": staff_quality,
             "layer_switches": after.layer_switches - before.layer_switches,
             "server_view": server_view,
             "tc": tc.split_whitespace().collect::<Vec<_>>().join(" "),
@@ -1286,6 +1329,15 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         server_low_ms.is_some_and(|ms| ms <= 5000),
         "the server's leg forwards the low layer within 5 s: {server_view:?}"
     );
+    // Connection quality (issue 12): the capped guest is told, on its own tile and in words.
+    assert!(
+        weak_ms.is_some_and(|ms| ms < capped_for as i64),
+        "the guest's page says its connection is weak and its video reduced while capped: {quality:?}"
+    );
+    assert!(
+        staff_weak_ms.is_some_and(|ms| ms < capped_for as i64),
+        "staff's page shows the guest's connection weak on its tile while capped: {staff_quality:?}"
+    );
     if !lift {
         return;
     }
@@ -1295,6 +1347,12 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
     );
     assert!(freeze_ms < 1000, "no freeze over 1 s while capped: {freeze_ms} ms");
     let top_ms = top_ms.unwrap_or_else(|| panic!("never the top layer again: {rows:?}"));
+    assert!(
+        quality
+            .last()
+            .is_some_and(|(_, badge, _, _, notice)| badge != "poor" && notice.is_empty()),
+        "the weak-connection notice gone once the cap was lifted: {quality:?}"
+    );
     assert!(
         top_ms <= 10_000,
         "the top layer within 10 s of the cap lifted: {top_ms} ms"

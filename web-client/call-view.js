@@ -10,7 +10,7 @@
 
 import { h, initials, kindLabel } from './dom.js';
 import { describeError } from './api.js';
-import { describePeerMedia, phaseMessage } from './media-status.js';
+import { describePeerMedia, describeQuality, phaseMessage, qualityNoticeText } from './media-status.js';
 import { TileNeeds } from './tile-needs.js';
 
 export class CallView {
@@ -43,12 +43,13 @@ export class CallView {
     this.localVideo = h('video', { autoplay: true, playsInline: true, muted: true, 'aria-hidden': 'true' });
     this.localScreenVideo = h('video', { autoplay: true, playsInline: true, muted: true, 'aria-hidden': 'true' });
     this.localSpeaking = speakingPill();
+    this.localQuality = qualityBadge();
     this.localTile = h(
       'figure',
       { class: 'tile local', dataset: { testid: 'local-tile', participantId: c.you.participant_id, source: 'camera', speaking: 'false' } },
       this.localVideo,
       h('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(c.you.display_name)),
-      h('figcaption', {}, h('span', { class: 'name' }, `${c.you.display_name} (you)`), badge(c.you), this.localSpeaking),
+      h('figcaption', {}, h('span', { class: 'name' }, `${c.you.display_name} (you)`), badge(c.you), this.localSpeaking, this.localQuality),
     );
     this.localScreenTile = h(
       'figure',
@@ -71,6 +72,14 @@ export class CallView {
     );
     this.endButton = this.staff ? this.buildEndButton() : null;
     this.notice = h('p', { class: 'notice', role: 'status', hidden: true, dataset: { testid: 'media-notice' } });
+    // Our own connection quality (`connection_quality`) when it is weak: a polite live region
+    // that stays in the page (empty, and out of the layout, while the connection is fine) so
+    // screen readers announce the words put into it.
+    this.qualityNotice = h('div', {
+      class: 'quality-notice',
+      role: 'status',
+      dataset: { testid: 'connection-notice', quality: 'excellent', videoReduced: 'false' },
+    });
     // Own media: a quiet status line ("Connected over UDP") and, when media is in trouble,
     // an alert with what is happening and what to try. Both regions stay in the page so
     // screen readers announce changes; the alert is empty while all is well.
@@ -109,7 +118,7 @@ export class CallView {
     this.root = h(
       'section',
       { class: 'call', dataset: { testid: 'call-view' }, 'aria-label': `Call: ${c.meeting.title}` },
-      h('div', { class: 'call-main' }, this.mediaAlert, this.notice, this.grid, controls),
+      h('div', { class: 'call-main' }, this.mediaAlert, this.notice, this.qualityNotice, this.grid, controls),
       h('aside', { class: 'side' }, this.sideTop, people, this.chatPanel),
     );
     mount.append(this.root);
@@ -215,6 +224,7 @@ export class CallView {
     });
     on('remote_track', (d) => this.attachRemote(d));
     on('active_speakers', ({ speakers }) => this.renderSpeakers(speakers));
+    on('connection_quality', () => this.renderQualities());
     on('media_health', ({ phase, health }) => this.renderMediaHealth(phase, health));
     on('participant_media', ({ participantId }) => {
       this.renderTileState(participantId);
@@ -237,6 +247,7 @@ export class CallView {
     this.refreshLocal();
     this.renderPeople();
     this.renderSpeakers(this.client.speakers);
+    this.renderQualities();
   }
 
   // --------------------------------------------------------------- tiles
@@ -252,19 +263,21 @@ export class CallView {
     const micState = h('span', { class: 'mic-state', dataset: { testid: 'remote-mic-state' } });
     const mediaState = h('span', { class: 'tile-media', hidden: true, dataset: { testid: 'tile-media' } });
     const speaking = speakingPill();
+    const quality = qualityBadge();
     const tile = h(
       'figure',
       { class: 'tile', dataset: { testid: 'remote-tile', participantId, source: 'camera', speaking: 'false' } },
       video,
       audio,
       avatar,
-      h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState, speaking, mediaState),
+      h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState, speaking, mediaState, quality),
     );
     this.grid.append(tile);
-    t = { tile, video, audio, avatar, micState, mediaState, speaking };
+    t = { tile, video, audio, avatar, micState, mediaState, speaking, quality };
     this.tiles.set(participantId, t);
     this.renderTileState(participantId);
     this.renderSpeakers(this.client.speakers);
+    this.renderQualities();
     return t;
   }
 
@@ -348,6 +361,32 @@ export class CallView {
       pill.hidden = !on;
     }
     this.updateLayout();
+  }
+
+  /**
+   * Connection quality (`connection_quality`): a badge on our own camera tile and, for staff
+   * (who hear about everyone), on every camera tile; a guest sees only its own. The badge is
+   * bars plus, when weak, a word, with the whole state as its accessible name. When our own
+   * connection is poor or lost, the notice above the grid says so in words, and that video
+   * was reduced to keep audio clear when the gateway reduced it (not while the media alert
+   * already says our media is in trouble).
+   */
+  renderQualities() {
+    const c = this.client;
+    const of = (id) => c.qualities.get(id) ?? { quality: 'excellent', videoReduced: false, assumed: true };
+    const own = of(c.you.participant_id);
+    setQuality(this.localQuality, own, true);
+    for (const [id, t] of this.tiles) {
+      const q = of(id);
+      setQuality(t.quality, q, this.staff || !q.assumed);
+    }
+    const n = this.qualityNotice;
+    n.dataset.quality = own.quality;
+    n.dataset.videoReduced = own.videoReduced ? 'true' : 'false';
+    const text = qualityNoticeText(own, c.mediaPhase());
+    const shown = n.firstElementChild;
+    if (!text) n.replaceChildren();
+    else if (shown?.textContent !== text) n.replaceChildren(h('p', { class: 'notice', dataset: { testid: 'connection-notice-text' } }, text));
   }
 
   updateLayout() {
@@ -447,6 +486,7 @@ export class CallView {
       this.mediaAlert.replaceChildren(box);
     }
     this.renderPeople();
+    this.renderQualities();
   }
 
   /**
@@ -543,6 +583,28 @@ function ownMedia(client) {
   if (phase === 'connecting') return { ok: false, state: 'connecting', text: 'connecting media…' };
   const why = { failed: 'failed', blocked: 'blocked' }[phase] || 'reconnecting';
   return { ok: false, state: 'no-media', text: `no media (${why})` };
+}
+
+/** A camera tile's connection quality badge (see `CallView.renderQualities`). */
+function qualityBadge() {
+  return h(
+    'span',
+    { class: 'quality', role: 'img', hidden: true, dataset: { testid: 'tile-quality', quality: 'excellent' } },
+    h('span', { class: 'bar' }),
+    h('span', { class: 'bar' }),
+    h('span', { class: 'bar' }),
+    h('span', { class: 'quality-word' }),
+  );
+}
+
+function setQuality(el, q, shown) {
+  const { name, word } = describeQuality(q);
+  el.hidden = !shown;
+  el.dataset.quality = q.quality;
+  el.dataset.videoReduced = q.videoReduced ? 'true' : 'false';
+  el.setAttribute('aria-label', name);
+  el.title = name;
+  el.querySelector('.quality-word').textContent = word;
 }
 
 /** The "speaking" label of a camera tile's caption; shown while its owner speaks. */

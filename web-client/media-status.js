@@ -131,3 +131,33 @@ export function reportOf(health) {
   };
   return { publisher: one(health.publisher), subscriber: one(health.subscriber) };
 }
+
+const QUALITY_WORDS = { excellent: 'excellent', good: 'good', poor: 'weak', lost: 'lost' };
+
+/**
+ * A participant's connection quality (`connection_quality`: `{quality, videoReduced}`) in
+ * words: `name`, the badge's accessible name ("Connection weak, receiving reduced video":
+ * `video_reduced` is about the video the participant receives), and `word`, what the badge
+ * shows beside its bars: only when weak or lost, so a healthy call is not cluttered.
+ */
+export function describeQuality({ quality, videoReduced }) {
+  const w = QUALITY_WORDS[quality] ?? 'unknown';
+  return {
+    name: `Connection ${w}${videoReduced ? ', receiving reduced video' : ''}`,
+    word: quality === 'poor' || quality === 'lost' ? `connection ${w}` : '',
+  };
+}
+
+/**
+ * What the notice above the grid says about our own connection: '' while it is fine (or
+ * `good`: one layer down is no news), and '' while `mediaPhase` is in trouble, since the
+ * media alert already says so (`phaseMessage(...).problem`) and one message is enough.
+ */
+export function qualityNoticeText({ quality, videoReduced }, mediaPhase = 'connected') {
+  if (phaseMessage(mediaPhase, {}).problem) return '';
+  if (quality === 'lost') return 'Your connection is interrupted: your audio and video are not getting through.';
+  if (quality !== 'poor') return '';
+  return videoReduced
+    ? 'Your connection is weak: video was reduced to keep audio clear.'
+    : 'Your connection is weak: sound and picture may break up.';
+}

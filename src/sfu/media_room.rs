@@ -1904,7 +1904,8 @@ impl MediaRoom {
     /// One window of member `mi`'s links (see `quality::Sample`): the uplink from its
     /// tracks' receptions; the downlink from its congestion feedback (loss: the gateway's own
     /// numbering, so loss upstream of the gateway does not count against it) or, without
-    /// any, its receiver reports; the video layers its legs are capped below its wish; and
+    /// any, its receiver reports; the video layers its legs are capped below its wish (a leg
+    /// trying the next layer up counts as still on the one below); and
     /// how long its expected directions have been silent (media from a publisher with an
     /// unmuted track; RTCP from a subscriber receiving video, which browsers report on
     /// every second, where audio alone may be reported on every five).
@@ -1938,9 +1939,12 @@ impl MediaRoom {
             sample.uplink_loss = Some(lost as f64 / expected as f64);
         }
         // Downlink.
-        let twcc = subscriber
+        let bwe = subscriber
             .and_then(|c| self.bwe.binary_search_by_key(&c, |(x, _)| *x).ok())
-            .map(|i| (self.bwe[i].1.reports, self.bwe[i].1.estimator.loss()));
+            .map(|i| &self.bwe[i].1);
+        let twcc = bwe.map(|b| (b.reports, b.estimator.loss()));
+        // A leg trying the next layer up is still reduced until the try is kept.
+        let trying = bwe.and_then(|b| b.trial).map(|t| t.leg);
         let q = self.quality_of(&id, joined_at);
         let (rr_loss, rr_jitter, rtt) = q.downlink.take_window();
         let twcc_loss = match twcc {
@@ -1974,11 +1978,19 @@ impl MediaRoom {
                 ) else {
                     continue;
                 };
-                let (has, wants) = (ranks[has], ranks[wants]);
+                let sending = (0..n).filter(|&i| available & (1 << i) != 0);
+                let (mut has, wants) = (ranks[has], ranks[wants]);
+                if trying == Some(leg.id) {
+                    has = sending
+                        .clone()
+                        .map(|i| ranks[i])
+                        .filter(|r| *r < has)
+                        .max()
+                        .unwrap_or(has);
+                }
                 if has >= wants {
                     continue;
                 }
-                let sending = (0..n).filter(|&i| available & (1 << i) != 0);
                 let missed = sending.clone().filter(|&i| ranks[i] > has && ranks[i] <= wants).count();
                 sample.layers_missed = sample.layers_missed.max(missed.min(usize::from(u8::MAX)) as u8);
                 sample.smallest_layer |= sending.map(|i| ranks[i]).min() == Some(has);
@@ -4498,6 +4510,48 @@ mod tests {
             Some(&(B.to_owned(), B.to_owned(), ConnectionQuality::Excellent, false)),
             "{said:?}"
         );
+    }
+
+    /// Issue 12: a leg trying the next layer up (the bandwidth estimate's `Trial`) still
+    /// counts as on the layer below until the try is kept: a try is no recovery to announce.
+    #[test]
+    fn a_leg_trying_the_next_layer_still_counts_as_reduced() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let (mut sink, mut fx) = (Recorder::default(), Vec::new());
+        for ssrc in [1000, 1001, 1002] {
+            room.forward(A_PUB, &vp8(ssrc, 1, 9000, true), t0, &mut sink, &mut fx);
+        }
+        let b = room.members.iter().position(|m| m.id == B).expect("B");
+        fn leg(room: &mut MediaRoom) -> &mut Leg {
+            room.tracks
+                .iter_mut()
+                .find(|t| t.info.kind == TrackKind::Video)
+                .and_then(|t| t.legs.iter_mut().find(|l| l.subscriber == B))
+                .expect("B's leg")
+        }
+        leg(&mut room).layer.set_cap(Target::MEDIUM);
+        let id = leg(&mut room).id;
+        let sample = room.quality_sample(b, t0);
+        assert_eq!((sample.layers_missed, sample.smallest_layer), (1, false), "capped to h");
+        // Trying h from q: still on q as far as quality goes.
+        room.bwe.push((
+            B_SUB,
+            Bwe {
+                trial: Some(bwe::Trial { leg: id, since: t0 }),
+                ..Bwe::default()
+            },
+        ));
+        let sample = room.quality_sample(b, t0);
+        assert_eq!((sample.layers_missed, sample.smallest_layer), (2, true), "trying h");
+        // Trying f from h: one below the wish.
+        leg(&mut room).layer.set_cap(Target::HIGH);
+        let sample = room.quality_sample(b, t0);
+        assert_eq!((sample.layers_missed, sample.smallest_layer), (1, false), "trying f");
+        // The try kept: nothing missed.
+        room.bwe[0].1.trial = None;
+        let sample = room.quality_sample(b, t0);
+        assert_eq!((sample.layers_missed, sample.smallest_layer), (0, false), "on f");
     }
 
     /// Issue 12: B's receiver reports saying half of what it gets is lost make it poor (the

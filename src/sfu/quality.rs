@@ -25,7 +25,9 @@
 //! left upward only once the score clears its threshold by [`Params::hysteresis`], so a
 //! score hovering at a boundary does not flap; `lost` comes at once when everything expected
 //! has been silent for [`Params::lost_after`], and ends with the first sign of life. A change
-//! is announced at most every [`Params::min_gap`] (a change inside it waits).
+//! for the worse is announced at once (the person should know now); one for the better at
+//! least [`Params::min_gap`] after the previous announcement (a change inside it waits, and
+//! one undone inside it is never announced), so a link that wavers does not flap.
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +50,7 @@ pub struct Params {
     pub hysteresis: f64,
     /// Everything expected silent this long: `lost`; one direction silent this long: at best `poor`.
     pub lost_after: Duration,
-    /// Announcements about one participant are at least this far apart.
+    /// An improvement is announced at least this long after the previous announcement.
     pub min_gap: Duration,
 }
 
@@ -170,6 +172,11 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Whether this is worse than `other`: a lower level, or video newly reduced at the same one.
+    pub fn is_worse_than(self, other: Verdict) -> bool {
+        self.quality < other.quality || (self.quality == other.quality && self.video_reduced && !other.video_reduced)
+    }
+
     /// What clients assume before anything is said.
     pub const ASSUMED: Self = Self {
         quality: ConnectionQuality::Excellent,
@@ -239,9 +246,10 @@ impl Assessment {
         if self.current == self.announced {
             return None;
         }
-        if self
-            .announced_at
-            .is_some_and(|at| now.saturating_duration_since(at) < params.min_gap)
+        if !self.current.is_worse_than(self.announced)
+            && self
+                .announced_at
+                .is_some_and(|at| now.saturating_duration_since(at) < params.min_gap)
         {
             return None;
         }
@@ -598,9 +606,9 @@ mod tests {
             quality,
             video_reduced: true,
         };
-        // The first window says reduced (the score falls to 51: good), the third poor (the
-        // second is inside the minimum gap).
-        assert_eq!(said, [(0, reduced(Good)), (2, reduced(Poor))]);
+        // The first window says reduced (the score falls to 51: good), the second poor (36):
+        // worse is told at once.
+        assert_eq!(said, [(0, reduced(Good)), (1, reduced(Poor))]);
         // Recovered: back up through `good`, to `excellent` only windows later.
         let t1 = t0 + Duration::from_secs(10);
         let said = feed(&mut a, &clean(), t1, 15);
@@ -640,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn changes_inside_the_minimum_gap_wait_and_the_latest_is_announced() {
+    fn improvements_inside_the_minimum_gap_wait_and_worsenings_do_not() {
         let mut a = Assessment::default();
         let t0 = Instant::now();
         let p = params();
@@ -664,8 +672,31 @@ mod tests {
             a.update(&clean(), t0 + Duration::from_secs(2), &p),
             Some(Verdict::ASSUMED)
         );
-        assert_eq!(a.update(&reduced, t0 + Duration::from_secs(3), &p), None);
-        assert!(a.current().video_reduced);
+        // Reduced again 1 s later: worse, told at once.
+        assert_eq!(
+            a.update(&reduced, t0 + Duration::from_secs(3), &p),
+            Some(Verdict {
+                quality: Good,
+                video_reduced: true
+            })
+        );
+        // An improvement undone inside the gap is never told.
+        assert_eq!(a.update(&clean(), t0 + Duration::from_secs(4), &p), None);
+        assert_eq!(a.current().quality, Good, "not back to excellent in one window from 73");
+        assert!(!a.current().video_reduced);
+        assert_eq!(a.update(&reduced, t0 + Duration::from_millis(4500), &p), None);
+        assert!(a.announced().video_reduced);
+    }
+
+    #[test]
+    fn worse_is_a_lower_level_or_video_newly_reduced() {
+        let v = |quality, video_reduced| Verdict { quality, video_reduced };
+        assert!(v(Poor, false).is_worse_than(v(Good, true)));
+        assert!(v(Good, true).is_worse_than(v(Good, false)));
+        assert!(v(Lost, false).is_worse_than(v(Poor, true)));
+        assert!(!v(Good, false).is_worse_than(v(Good, true)));
+        assert!(!v(Excellent, true).is_worse_than(v(Good, true)));
+        assert!(!v(Good, true).is_worse_than(v(Good, true)));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { describePeerMedia, mediaPhase, phaseMessage, reportOf } from '../../web-client/media-status.js';
+import { describePeerMedia, describeQuality, mediaPhase, phaseMessage, qualityNoticeText, reportOf } from '../../web-client/media-status.js';
 
 /** One connection's health as the client keeps it (see `resetHealth` in gatehouse-client.js). */
 function conn(overrides = {}) {
@@ -89,4 +89,31 @@ test('every phase has words, and trouble says what is happening', () => {
   assert.match(phaseMessage('blocked', {}).problem, /blocking/);
   assert.match(phaseMessage('failed', {}).problem, /Try another network/);
   assert.equal(phaseMessage('connected', { publisher: connected('udp'), subscriber: connected('tcp') }).status, 'Connected over UDP and TCP');
+});
+
+test('connection quality: a word only when weak, the whole state as a name, a notice only for poor or lost', () => {
+  assert.deepEqual(describeQuality({ quality: 'excellent', videoReduced: false }), { name: 'Connection excellent', word: '' });
+  assert.deepEqual(describeQuality({ quality: 'good', videoReduced: true }), { name: 'Connection good, receiving reduced video', word: '' });
+  assert.deepEqual(describeQuality({ quality: 'poor', videoReduced: true }), {
+    name: 'Connection weak, receiving reduced video',
+    word: 'connection weak',
+  });
+  assert.deepEqual(describeQuality({ quality: 'lost', videoReduced: false }), { name: 'Connection lost', word: 'connection lost' });
+  assert.equal(describeQuality({ quality: 'shaky' }).name, 'Connection unknown');
+  assert.equal(qualityNoticeText({ quality: 'excellent', videoReduced: false }), '');
+  assert.equal(qualityNoticeText({ quality: 'good', videoReduced: true }), '', 'one layer down is no news');
+  assert.match(qualityNoticeText({ quality: 'poor', videoReduced: true }), /video was reduced to keep audio clear/);
+  assert.match(qualityNoticeText({ quality: 'poor', videoReduced: false }), /weak/);
+  assert.doesNotMatch(qualityNoticeText({ quality: 'poor', videoReduced: false }), /reduced/);
+  assert.match(qualityNoticeText({ quality: 'lost', videoReduced: true }), /interrupted/);
+});
+
+test('the connection notice stays quiet while the media alert already speaks', () => {
+  const weak = { quality: 'poor', videoReduced: true };
+  assert.match(qualityNoticeText(weak, 'connected'), /weak/);
+  for (const phase of ['blocked', 'reconnecting', 'failed']) {
+    assert.equal(qualityNoticeText(weak, phase), '', phase);
+    assert.equal(qualityNoticeText({ quality: 'lost', videoReduced: false }, phase), '', phase);
+  }
+  for (const phase of ['idle', 'connecting']) assert.match(qualityNoticeText(weak, phase), /weak/, phase);
 });

@@ -1976,7 +1976,7 @@ async function simulcastLayers(run) {
  */
 async function downlinkCap(run) {
   const q = run.cfg.simulcast === false ? '?simulcast=0' : '';
-  const { guest, staff } = await guestAndStaffDecoding(run, { staffQuery: q, guestQuery: q });
+  const { guest, staff, guestId } = await guestAndStaffDecoding(run, { staffQuery: q, guestQuery: q });
   run.step('the guest gets staff\'s best layer');
   const sent = async () => (await outboundLayers(staff)).map((l) => l.frameWidth).filter((w) => w > 0);
   await until(20000, async () => {
@@ -1986,6 +1986,10 @@ async function downlinkCap(run) {
   }).catch(() => {});
   run.facts.topWidth = (await inboundCamera(guest)).frameWidth;
   run.facts.staffLayersAtTop = await outboundLayers(staff);
+  // Connection quality as each page shows it: the guest its own (its tile and the notice),
+  // staff the guest's (the guest's tile).
+  await guest.evaluate(qualityProbe, '[data-testid="local-tile"]');
+  await staff.evaluate(qualityProbe, `[data-testid="remote-tile"][data-participant-id="${guestId}"]`);
   await guest.evaluate(() => {
     const out = (window.__samples = []);
     const tick = async () => {
@@ -2019,12 +2023,48 @@ async function downlinkCap(run) {
   run.facts.uncappedAt = toldByTest.lines.find((l) => l.told === 'uncapped')?.at ?? null;
   run.facts.doneAt = Date.now();
   run.facts.samples = await guest.evaluate(() => window.__samples);
+  run.facts.quality = await guest.evaluate(() => window.__quality);
+  run.facts.staffQuality = await staff.evaluate(() => window.__quality);
   run.facts.rises = (await guest.evaluate(() => window.__frames.rises)).filter((t) => t >= run.facts.cappedAt - 1000);
   run.facts.staffLayers = await outboundLayers(staff);
+  // After the measurement (a screenshot costs CPU): still capped unless the test lifted the cap.
+  await run.shot(guest, 'downlink-cap-guest.png');
+  await run.shot(staff, 'downlink-cap-staff.png');
   await visible(guest, 'leave-button').click();
   await guest.waitForFunction(() => window.gatehouse.view === 'left');
   await visible(staff, 'leave-button').click();
   await visible(staff, 'dashboard-view').waitFor();
+}
+
+/**
+ * Records in `window.__quality`, at each change, how the page shows a camera tile's connection
+ * quality and its own connection notice: rows `[t, badge's data-quality ('' while hidden),
+ * badge's data-video-reduced, badge's accessible name, the notice's words ('' while none
+ * shows)]`. Runs in the page (`page.evaluate(qualityProbe, tileSelector)`); a MutationObserver
+ * on the call view, so no change between two samples is missed.
+ */
+function qualityProbe(tileSelector) {
+  const rows = (window.__quality = []);
+  const read = () => {
+    const badge = document.querySelector(`${tileSelector} [data-testid="tile-quality"]`);
+    const text = document.querySelector('[data-testid="connection-notice"] [data-testid="connection-notice-text"]');
+    const row = [
+      Date.now(),
+      badge && !badge.hidden ? badge.dataset.quality : '',
+      badge?.dataset.videoReduced === 'true',
+      badge?.getAttribute('aria-label') ?? '',
+      text?.checkVisibility() ? text.textContent : '',
+    ];
+    const last = rows.at(-1);
+    if (!last || row.slice(1).some((x, i) => x !== last[i + 1])) rows.push(row);
+  };
+  read();
+  new MutationObserver(read).observe(document.querySelector('[data-testid="call-view"]'), {
+    subtree: true,
+    childList: true,
+    attributes: true,
+    characterData: true,
+  });
 }
 
 function launchChromium(run, executablePath) {
