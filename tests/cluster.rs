@@ -10,7 +10,7 @@
 //! on several machines: meetings, links and their redemptions, admissions, the log, and the
 //! token-signing key, which the test reads from the database as every node does. One
 //! single-use link redeemed by 50 concurrent clients spread over the three nodes is
-//! redeemed once.
+//! redeemed once. A Chromium guest (the web client) meets SDK staff across three nodes.
 //!
 //! Skipped, with a message, only when `redis-server` (or PostgreSQL) is not installed and
 //! `GATEHOUSE_REQUIRE_REDIS` (`GATEHOUSE_REQUIRE_POSTGRES`) is unset (scripts/test.sh sets
@@ -971,6 +971,196 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     })
     .await;
     drop((a, b));
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 16's journey with a real browser guest: the web client in Chromium loads its join
+/// page from node B and opens its signaling socket there, its link redemption answered by
+/// node A (as a load balancer without sticky sessions might send it), the meeting placed on
+/// node C; staff on the SDK through node A admit it from the lobby. The signaling is relayed
+/// by A and B to C, the media goes straight to C's media address, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chromium_guest_through_one_node_and_sdk_staff_through_another_meet_on_a_third() {
+    use gatehouse_sdk::synthetic::SyntheticConfig;
+    use gatehouse_sdk::{Client, Event, RestClient};
+    use gatehouse_signaling::protocol::{TrackKind, TrackSource};
+    use support::browser::{BROWSER_START, BrowserScript, facts, inbound};
+    if !redis_server_present() {
+        return;
+    }
+    let dir = temp_dir("cluster-browser");
+    let redis = Redis::start(&dir.join("redis"), free_port());
+    let Some(shared) = Shared::start(&dir) else { return };
+    let mint = |role| {
+        let keys = &shared.keys;
+        let now = gatehouse::ids::now_ms() / 1000;
+        keys.mint_staff("olga", "Olga", "default", role, now, 3600).unwrap()
+    };
+    let admin = || mint(StaffRole::Admin);
+    let a = Node::start(&dir, &redis.url(), &shared.url, "a", &[], admin).await;
+    let b = Node::start(&dir, &redis.url(), &shared.url, "b", &[], admin).await;
+    let c = Node::start(&dir, &redis.url(), &shared.url, "c", &[], admin).await;
+    let olga = mint(StaffRole::Staff);
+
+    let staff_opts = sdk_options(&a, &olga);
+    let meeting = RestClient::new(&a.base, &staff_opts.tls())
+        .unwrap()
+        .with_token(olga.clone())
+        .create_meeting(&gatehouse_sdk::NewMeeting {
+            title: "Browser across nodes".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let code = meeting.public_link.as_ref().expect("a public link").code.clone();
+    let () = redis::AsyncCommands::set_ex(
+        &mut redis.conn().await,
+        format!("gatehouse:meeting:{}:node", meeting.meeting_id),
+        &c.id,
+        60,
+    )
+    .await
+    .unwrap();
+    let (status, view) = a.cluster(&admin()).await;
+    assert_eq!(status, 200, "{view}");
+    let c_media = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == c.id.as_str())
+        .and_then(|n| n["media_addr"].as_str())
+        .expect("C's media address in the registry")
+        .to_owned();
+    let c_media_port: u64 = c_media.rsplit(':').next().unwrap().parse().unwrap();
+
+    // Staff through A, in the call, sending a microphone and a camera.
+    let (staff, mut staff_events) = Client::connect(staff_opts.clone().meeting(meeting.meeting_id.clone()))
+        .await
+        .expect("staff joins through node A");
+    support::sdk_admitted(&mut staff_events).await;
+    let mic = staff.publish(TrackSource::Microphone).await.unwrap();
+    let cam = staff.publish(TrackSource::Camera).await.unwrap();
+    let audio = mic.start_synthetic(SyntheticConfig::audio()).unwrap();
+    let video = cam.start_synthetic(SyntheticConfig::video()).unwrap();
+
+    // The guest: its page and socket on B, its redemption answered by A.
+    let extra = json!({
+        "guestName": "Browser Bea",
+        "linkCode": code,
+        "redeemBaseUrl": a.base,
+        "mediaTimeoutMs": 25000,
+    });
+    let b_ca = dir.join("b/tls/ca.pem");
+    let mut browser = BrowserScript::spawn(&b.base, &olga, &b_ca, "scenarios.mjs", "guest-meets-sdk", extra);
+    browser.progress("join-sent", BROWSER_START).await;
+    let waiting = staff_events
+        .wait_for(WAIT, |e| match e {
+            Event::LobbyChanged { entries } if !entries.is_empty() => Some(entries),
+            _ => None,
+        })
+        .await
+        .expect("staff sees the browser guest waiting");
+    assert_eq!(waiting[0].display_name, "Browser Bea");
+    let guest_id = waiting[0].participant_id.clone();
+    staff.admit(guest_id.clone()).unwrap();
+
+    // Staff receive the browser's audio and video (100 packets each), through C.
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let track = staff_events
+            .wait_for(Duration::from_secs(30), |e| match e {
+                Event::RemoteTrack(t) => Some(t),
+                _ => None,
+            })
+            .await
+            .expect("the browser's tracks reach staff");
+        assert_eq!(track.participant_id(), guest_id);
+        tasks.push(tokio::spawn(async move {
+            let mut packets = 0u64;
+            while packets < 100 {
+                match tokio::time::timeout(Duration::from_secs(20), track.recv_rtp()).await {
+                    Ok(Some(_)) => packets += 1,
+                    _ => break,
+                }
+            }
+            (track.kind(), packets)
+        }));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for task in tasks {
+        let (kind, packets) = task.await.unwrap();
+        counts.insert(kind, packets);
+    }
+    assert_eq!(counts.get(&TrackKind::Audio), Some(&100), "{counts:?}");
+    assert_eq!(counts.get(&TrackKind::Video), Some(&100), "{counts:?}");
+
+    // While both are in the call: only C runs the meeting and forwards its media; the
+    // guest's socket is relayed by B, staff's by A.
+    assert_eq!(c.metric("gatehouse_participants_in_call").await, Some(2.0));
+    for (node, sockets, served) in [(&a, 1.0, 0.0), (&b, 1.0, 0.0), (&c, 0.0, 2.0)] {
+        assert_eq!(
+            node.metric("gatehouse_relayed_sockets").await,
+            Some(sockets),
+            "{}",
+            node.id
+        );
+        assert_eq!(
+            node.metric("gatehouse_relayed_sessions_served").await,
+            Some(served),
+            "{}",
+            node.id
+        );
+    }
+    let forwarded = "gatehouse_sfu_forwarded_packets_total";
+    assert!(
+        c.metric(forwarded).await.expect("C's counter") > 0.0,
+        "C forwards the media"
+    );
+    assert_eq!(a.metric(forwarded).await, Some(0.0), "A carries no media");
+    assert_eq!(b.metric(forwarded).await, Some(0.0), "B carries no media");
+
+    // Tell the page the SDK has measured: it leaves.
+    staff.chat("measured").unwrap();
+    let results = browser.finish().await;
+    let f = facts(&results, "guest-meets-sdk");
+    assert_eq!(f["guestParticipantId"], guest_id.to_string(), "{f:#}");
+    let redeemed = &f["redeemedAt"];
+    assert_eq!(redeemed["status"], 200, "{f:#}");
+    assert!(
+        redeemed["url"].as_str().is_some_and(|u| u.starts_with(&a.base)),
+        "the redemption was answered by A: {f:#}"
+    );
+    let media = &f["guestMedia"]["after"]["media"];
+    for role in ["publisher", "subscriber"] {
+        assert_eq!(media[role]["path"], "udp", "{role}: {f:#}");
+        assert_eq!(
+            media[role]["pair"]["remote"]["port"], c_media_port,
+            "the guest's {role} connection goes straight to C ({c_media}): {f:#}"
+        );
+    }
+    let (before, after) = (&f["guestMedia"]["before"], &f["guestMedia"]["after"]);
+    for kind in ["video", "audio"] {
+        let source = if kind == "video" { "camera" } else { "microphone" };
+        assert!(
+            inbound(after, kind, source, "packetsReceived") > inbound(before, kind, source, "packetsReceived"),
+            "the browser receives staff's {kind} through C: {f:#}"
+        );
+    }
+    assert_eq!(f["left"], true, "{f:#}");
+    staff_events
+        .wait_for(WAIT, |e| matches!(e, Event::ParticipantLeft { .. }).then_some(()))
+        .await
+        .expect("staff sees the browser guest leave");
+    audio.stop().await.unwrap();
+    video.stop().await.unwrap();
+    staff.leave().unwrap();
+    staff.close().await;
+    until("the meeting ends on C", WAIT, || async {
+        c.metric("gatehouse_meetings_live").await == Some(0.0)
+    })
+    .await;
+    drop((a, b, c));
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -78,6 +78,10 @@ function readScenarioConfig(arg) {
     joinRepeats: cfg.joinRepeats || 3,
     // guest-meets-sdk: wait for the SDK participant's tile to show it speaking.
     checkSpeaking: Boolean(cfg.checkSpeaking),
+    // A cluster behind a load balancer without sticky sessions: the guest page's link
+    // redemption (`POST /api/v1/links/<code>/redeem`) goes to this node, everything else
+    // (the page, the signaling socket) to `baseUrl` (tests/cluster.rs).
+    redeemBaseUrl: cfg.redeemBaseUrl ? cfg.redeemBaseUrl.replace(/\/$/, '') : null,
     // loss-both-ways, downlink-cap: whether the cameras go as simulcast (null: unsaid).
     simulcast: cfg.simulcast ?? null,
   }));
@@ -400,6 +404,15 @@ const visible = (page, testid) => page.locator(`[data-testid="${testid}"]:visibl
 
 /** Guest: open the link, wait for the join form, type the name, join. */
 async function guestJoins(run, page, linkCode, name, { shot = null } = {}) {
+  if (run.cfg.redeemBaseUrl) {
+    // The browser sees one origin; the redemption is answered by the other node.
+    await page.route('**/api/v1/links/*/redeem', async (route) => {
+      const url = route.request().url().replace(run.cfg.baseUrl, run.cfg.redeemBaseUrl);
+      const response = await route.fetch({ url });
+      run.facts.redeemedAt = { url, status: response.status() };
+      await route.fulfill({ response });
+    });
+  }
   await page.goto(`${run.cfg.baseUrl}/j/${linkCode}`);
   await visible(page, 'name-input').waitFor();
   run.facts.meetingTitleShown = await page.getByTestId('meeting-title').textContent();

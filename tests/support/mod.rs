@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 #[cfg(target_os = "linux")]
+pub mod browser;
+#[cfg(target_os = "linux")]
 pub mod coturn;
 #[cfg(target_os = "linux")]
 pub mod netns;
