@@ -891,6 +891,7 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     // and taken over from the store: the guest's seat is held, so it is back in the call
     // without the lobby, and media flows again (the synthetic senders run on throughout).
     let rita_id = rita.me().participant_id;
+    let staff_before = staff.me().participant_id;
     let mut c = c;
     let killed_at = Instant::now();
     c.tree.end();
@@ -932,6 +933,42 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
         killed_at.elapsed()
     );
     let c = if new_owner == a.id { &a } else { &b };
+
+    // The participation log (shared) shows the interruption: staff's attendance on the dead
+    // node closed as a drop and a new one opened; the guest's admission and attendance go on.
+    let (status, log) = a
+        .call(
+            "GET",
+            &format!("/api/v1/meetings/{}/events", meeting.meeting_id),
+            &olga,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    let of = |id: &str| -> Vec<Value> {
+        log.as_array()
+            .expect("a list of events")
+            .iter()
+            .filter(|e| e["participant_id"] == id)
+            .map(|e| e["event"].clone())
+            .collect()
+    };
+    let names = |id: &str| -> Vec<String> { of(id).iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect() };
+    assert_eq!(
+        names(&rita_id.to_string()),
+        ["link_redeemed", "entered_lobby", "admitted", "joined"],
+        "the guest never left: {log:#}"
+    );
+    let before = of(&staff_before.to_string());
+    assert_eq!(before.len(), 2, "{log:#}");
+    assert_eq!(before[0]["event"], "joined", "{log:#}");
+    assert_eq!(before[1]["event"], "left", "{log:#}");
+    assert_eq!(before[1]["reason"], "disconnected", "closed as a drop: {log:#}");
+    assert_eq!(
+        names(&staff_id.to_string()),
+        ["joined"],
+        "staff's new attendance: {log:#}"
+    );
 
     // The guest leaves: staff hears it, and the relayed sessions end.
     to_staff.stop().await.unwrap();
