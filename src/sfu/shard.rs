@@ -256,6 +256,7 @@ impl Shard {
                 hosted.room.evaluate_speakers(now, &mut self.effects);
                 hosted.room.expire_parked(now, &mut self.effects);
                 hosted.room.evaluate_layers(now, &mut self.effects);
+                hosted.room.evaluate_publisher_limits(now, &mut self.effects);
                 hosted.room.evaluate_quality(now, &mut self.effects);
             }
             if !self.effects.is_empty() {
