@@ -955,20 +955,16 @@ async fn a_guest_on_one_node_and_staff_on_another_meet_on_a_third_through_the_re
     };
     let names = |id: &str| -> Vec<String> { of(id).iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect() };
     assert_eq!(
-        names(&rita_id.to_string()),
+        names(&rita_id),
         ["link_redeemed", "entered_lobby", "admitted", "joined"],
         "the guest never left: {log:#}"
     );
-    let before = of(&staff_before.to_string());
+    let before = of(&staff_before);
     assert_eq!(before.len(), 2, "{log:#}");
     assert_eq!(before[0]["event"], "joined", "{log:#}");
     assert_eq!(before[1]["event"], "left", "{log:#}");
     assert_eq!(before[1]["reason"], "disconnected", "closed as a drop: {log:#}");
-    assert_eq!(
-        names(&staff_id.to_string()),
-        ["joined"],
-        "staff's new attendance: {log:#}"
-    );
+    assert_eq!(names(&staff_id), ["joined"], "staff's new attendance: {log:#}");
 
     // The guest leaves: staff hears it, and the relayed sessions end.
     to_staff.stop().await.unwrap();
