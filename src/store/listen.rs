@@ -14,7 +14,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
 
 use super::appointments::{ChangedAppointment, QueueChange};
 use super::notice::{self, Heard, Notice, Verdict};
@@ -39,13 +38,13 @@ impl Store {
         let Backend::Postgres(pool) = &self.backend else {
             return false;
         };
-        let url = pool.url().to_owned();
+        let target = pool.target().clone();
         let store = Arc::downgrade(self);
         let origin = self.shared.origin.clone();
         let (up_tx, up) = std::sync::mpsc::sync_channel(1);
         let started = std::thread::Builder::new()
             .name("gatehouse-listen".into())
-            .spawn(move || listen(&url, &store, origin, &shutdown, up_tx));
+            .spawn(move || listen(&target, &store, origin, &shutdown, up_tx));
         if started.is_err() {
             tracing::error!("no thread for the other nodes' queue changes");
             return false;
@@ -63,7 +62,7 @@ fn stopping(shutdown: &tokio::sync::watch::Receiver<bool>) -> bool {
 }
 
 fn listen(
-    url: &str,
+    target: &super::pg_tls::Target,
     store: &Weak<Store>,
     origin: String,
     shutdown: &tokio::sync::watch::Receiver<bool>,
@@ -72,7 +71,7 @@ fn listen(
     let mut heard = Heard::new(origin);
     let mut lost = false;
     while !stopping(shutdown) {
-        let mut client = match Client::connect(url, NoTls).and_then(|mut c| {
+        let mut client = match target.connect().and_then(|mut c| {
             c.batch_execute(&format!("LISTEN {}", notice::CHANNEL))?;
             Ok(c)
         }) {

@@ -89,6 +89,8 @@ mod migrations;
 pub mod notice;
 #[cfg(feature = "cluster")]
 mod pg;
+#[cfg(feature = "cluster")]
+mod pg_tls;
 #[cfg(all(feature = "cluster", target_os = "linux"))]
 #[doc(hidden)]
 pub mod testing;

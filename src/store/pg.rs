@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use gatehouse_signaling::{Error, ErrorCode};
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
 use super::db::{Db, Dialect, Param, Row, Value, db_err, dollar_placeholders};
+use super::pg_tls::Target;
 
 /// Connections one node holds at most: store calls beyond wait for one to come back.
 pub const MAX_CONNECTIONS: usize = 8;
@@ -94,9 +95,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn connect(url: &str) -> Result<Conn, postgres::Error> {
+    fn connect(target: &Target) -> Result<Conn, postgres::Error> {
         Ok(Conn {
-            client: Client::connect(url, NoTls)?,
+            client: target.connect()?,
             statements: HashMap::new(),
             idle_since: std::time::Instant::now(),
         })
@@ -174,7 +175,7 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
 
 /// The node's connections to PostgreSQL.
 pub struct Pool {
-    url: String,
+    target: Target,
     state: Mutex<PoolState>,
     returned: Condvar,
     /// [`CHECK_IDLE_AFTER`], in ms (the store's tests check every connection they lend).
@@ -188,11 +189,14 @@ struct PoolState {
 }
 
 impl Pool {
-    /// Connects once (so a wrong URL or an unreachable server fails at start).
-    pub fn connect(url: &str) -> Result<Pool, postgres::Error> {
-        let first = Conn::connect(url)?;
+    /// Connects once (so a wrong URL, an unreadable `sslrootcert` or an unreachable or
+    /// unverified server fails at start).
+    pub fn connect(url: &str) -> anyhow::Result<Pool> {
+        let target = Target::parse(url)?;
+        let first = Conn::connect(&target)?;
+        tracing::info!(tls = target.tls(), "connected to PostgreSQL");
         Ok(Pool {
-            url: url.to_owned(),
+            target,
             state: Mutex::new(PoolState {
                 idle: vec![first],
                 open: 1,
@@ -203,8 +207,8 @@ impl Pool {
     }
 
     /// The server it connects to (a listening connection is made apart from the pool).
-    pub(super) fn url(&self) -> &str {
-        &self.url
+    pub(super) fn target(&self) -> &Target {
+        &self.target
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
@@ -229,7 +233,7 @@ impl Pool {
             if state.open < MAX_CONNECTIONS {
                 state.open += 1;
                 drop(state);
-                return Conn::connect(&self.url).map_err(|e| {
+                return Conn::connect(&self.target).map_err(|e| {
                     self.state().open -= 1;
                     self.returned.notify_one();
                     db_err(format!("connecting to PostgreSQL: {e}"))

@@ -27,6 +27,8 @@ pub struct TestPostgres {
     /// Where `postgres` is, and whom it runs as (for a restart).
     bin: PathBuf,
     user: Option<(u32, u32)>,
+    /// Whether it also speaks TLS (its certificate and key in `dir`).
+    tls: bool,
 }
 
 /// Where `initdb` and `postgres` are: on `PATH`, or in Debian's versioned directory
@@ -87,7 +89,7 @@ fn command(bin: &Path, name: &str, user: Option<(u32, u32)>) -> Command {
 }
 
 /// Starts `postgres` on `dir/data`, logging to `dir/postgres.log` (appended).
-fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16) -> Child {
+fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16, tls: bool) -> Child {
     let log_path = dir.join("postgres.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -110,10 +112,14 @@ fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16) -> 
             "fsync=off",
             "-c",
             "max_connections=200",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+        ]);
+    if tls {
+        cmd.args(["-c", "ssl=on", "-c"])
+            .arg(format!("ssl_cert_file={}", dir.join("server.crt").display()))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
     unsafe {
         cmd.pre_exec(|| {
@@ -130,6 +136,17 @@ impl TestPostgres {
     /// Starts a cluster; `None`, after saying so, when PostgreSQL is not installed and
     /// [`REQUIRE_VAR`] is unset (with it set, its absence fails the test).
     pub fn start() -> Option<TestPostgres> {
+        TestPostgres::start_with(None)
+    }
+
+    /// [`start`](Self::start), the server also speaking TLS with `cert` (a PEM chain) and
+    /// `key` (copied into its directory, the key readable by the server's user only, as
+    /// PostgreSQL demands). Plaintext connections are still accepted.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> Option<TestPostgres> {
+        TestPostgres::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Option<TestPostgres> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os(REQUIRE_VAR).is_none(),
@@ -166,13 +183,25 @@ impl TestPostgres {
             panic!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
         }
         let port = free_port();
-        let child = spawn_server(&bin, user, &dir, port);
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt as _;
+            for (from, to, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+                let to = dir.join(to);
+                std::fs::copy(from, &to).expect("the server's certificate or key copied");
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).expect("its mode set");
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("given to the server's user");
+                }
+            }
+        }
+        let child = spawn_server(&bin, user, &dir, port, tls.is_some());
         let pg = TestPostgres {
             dir,
             child,
             port,
             bin,
             user,
+            tls: tls.is_some(),
         };
         pg.wait_ready();
         Some(pg)
@@ -182,7 +211,7 @@ impl TestPostgres {
     /// on the same port and data, as an operator's restart would.
     pub fn restart(&mut self) {
         self.stop(libc::SIGINT);
-        self.child = spawn_server(&self.bin, self.user, &self.dir, self.port);
+        self.child = spawn_server(&self.bin, self.user, &self.dir, self.port, self.tls);
         self.wait_ready();
     }
 
