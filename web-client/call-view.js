@@ -373,7 +373,7 @@ export class CallView {
    */
   renderQualities() {
     const c = this.client;
-    const of = (id) => c.qualities.get(id) ?? { quality: 'excellent', videoReduced: false, assumed: true };
+    const of = (id) => c.connectionQualities.get(id) ?? { quality: 'excellent', videoReduced: false, assumed: true };
     const own = of(c.you.participant_id);
     setQuality(this.localQuality, own, true);
     for (const [id, t] of this.tiles) {

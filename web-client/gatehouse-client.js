@@ -202,7 +202,7 @@ export class GatehouseClient extends EventTarget {
      * Connection quality (`connection_quality`): participant_id -> { quality, videoReduced },
      * ours and (for staff) everyone's; absent means the assumed `excellent`.
      */
-    this.qualities = new Map();
+    this.connectionQualities = new Map();
     /** A ping in flight to prove the socket (`probeSignaling`), when it went, and the roles whose restart waits for it. */
     this.signalingProbe = null;
     this.probeSentAt = 0;
@@ -607,7 +607,7 @@ export class GatehouseClient extends EventTarget {
         this.chat = [];
         this.peerMedia = new Map();
         this.speakers = [];
-        this.qualities = new Map();
+        this.connectionQualities = new Map();
         this.lastMediaReport = null;
         this.setState('call');
         const othersPublish = msg.tracks.some((t) => t.participant_id !== this.you?.participant_id);
@@ -631,7 +631,7 @@ export class GatehouseClient extends EventTarget {
       case 'participant_left': {
         this.participants.delete(msg.participant_id);
         this.peerMedia.delete(msg.participant_id);
-        this.qualities.delete(msg.participant_id);
+        this.connectionQualities.delete(msg.participant_id);
         for (const [id, t] of this.tracks) {
           if (t.participant_id === msg.participant_id) this.dropRemoteTrack(id);
         }
@@ -693,7 +693,7 @@ export class GatehouseClient extends EventTarget {
         break;
       case 'connection_quality': {
         const q = { quality: msg.quality, videoReduced: Boolean(msg.video_reduced) };
-        this.qualities.set(msg.participant_id, q);
+        this.connectionQualities.set(msg.participant_id, q);
         this.emit('connection_quality', { participantId: msg.participant_id, ...q });
         break;
       }
