@@ -8,7 +8,8 @@
 //! Every node has a data directory of its own (its TLS material) and the records are shared
 //! in one PostgreSQL (`--database-url`, a throwaway cluster the test starts with `initdb`), as
 //! on several machines: meetings, links and their redemptions, admissions, the log, and the
-//! token-signing key, which the test reads from the database as every node does. One
+//! token-signing key, which the test reads from the database as every node does. The nodes
+//! reach it over TLS, its certificate verified (`sslmode=verify-full`). One
 //! single-use link redeemed by 50 concurrent clients spread over the three nodes is
 //! redeemed once. A Chromium guest (the web client) meets SDK staff across three nodes.
 //!
@@ -102,9 +103,11 @@ impl Redis {
 }
 
 /// The cluster's one PostgreSQL (a throwaway cluster, stopped on drop) and the token-signing
-/// key every node reads from it (made here, before the first node starts).
+/// key every node reads from it (made here, before the first node starts). The server speaks
+/// TLS with a certificate from a CA of the test's own, and every node (and the test) connects
+/// with `sslmode=verify-full` and that CA, as README's "TLS to PostgreSQL" says.
 struct Shared {
-    _pg: TestPostgres,
+    pg: TestPostgres,
     url: String,
     keys: TokenKeys,
 }
@@ -112,8 +115,13 @@ struct Shared {
 impl Shared {
     /// `None` when PostgreSQL is not installed and not required (the test is then skipped).
     fn start(dir: &Path) -> Option<Shared> {
-        let pg = TestPostgres::start()?;
-        let url = pg.url();
+        let tls = gatehouse::tls::ensure_dev_certificate(&dir.join("pg-tls"), &[]).expect("the database's certificate");
+        let pg = TestPostgres::start_with_tls(&tls.cert, &tls.key)?;
+        let url = format!(
+            "postgres://gatehouse@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg.port(),
+            tls.ca.expect("a development CA").display()
+        );
         // The blocking client, on a thread of its own: not inside the test's runtime.
         let no_key_here = dir.join("test-has-no-key");
         let keys = std::thread::scope(|s| {
@@ -124,7 +132,28 @@ impl Shared {
             .join()
             .expect("no panic")
         });
-        Some(Shared { _pg: pg, url, keys })
+        Some(Shared { pg, url, keys })
+    }
+
+    /// The database's client sessions other than the asker's: (all, those over TLS).
+    fn sessions(&self) -> (i64, i64) {
+        let url = self.pg.url();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("the test reaches its PostgreSQL");
+                let row = c
+                    .query_one(
+                        "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_ssl s \
+                         JOIN pg_stat_activity a USING (pid) \
+                         WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .expect("pg_stat_ssl");
+                (row.get(0), row.get(1))
+            })
+            .join()
+            .expect("no panic")
+        })
     }
 }
 
@@ -1282,6 +1311,14 @@ async fn a_staff_console_on_one_node_sees_the_lobby_and_call_of_a_meeting_on_ano
     let a = Node::start(&dir, &redis.url(), &shared.url, "a", &[], admin).await;
     let b = Node::start(&dir, &redis.url(), &shared.url, "b", &[], admin).await;
     let olga = mint(StaffRole::Staff);
+    // Both nodes' pooled connections and their listeners (the queue notices below travel on
+    // those) are TLS sessions: the database sees no other.
+    let (sessions, over_tls) = tokio::task::block_in_place(|| shared.sessions());
+    assert!(
+        sessions >= 4,
+        "two nodes, each a pooled connection and a listener: {sessions}"
+    );
+    assert_eq!(over_tls, sessions, "every session of the nodes is TLS");
 
     // A meeting placed on B, its public link redeemed on A.
     let staff_opts = sdk_options(&a, &olga);
