@@ -17,11 +17,10 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
+use rtc::interceptor::{ReceiverReportBuilder, SenderReportBuilder};
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers,
-};
+use rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -183,13 +182,15 @@ pub fn ice_credentials() -> (String, String) {
     (take(16), take(32))
 }
 
-/// Builds a server connection advertising a UDP host candidate at `advertised`
+/// Builds a server connection for `role` advertising a UDP host candidate at `advertised`
 /// and, when ICE-TCP is on, a passive TCP host candidate at `tcp` (RFC 6544; its
 /// priority is below the UDP one's, so clients that can use UDP do). `layer_rtx` is
 /// the handle through which [`answer_offer`] tells the connection's simulcast RTX
 /// repair what was negotiated (keep it in [`Conn::layer_rtx`]).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     now: Instant,
+    role: PeerRole,
     ufrag: &str,
     pwd: &str,
     advertised: SocketAddr,
@@ -199,7 +200,7 @@ pub fn build(
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = interceptors(&mut media_engine, stats, layer_rtx)?;
+    let registry = interceptors(&mut media_engine, role, stats, layer_rtx)?;
     // Extensions worth carrying from publisher to subscribers (remapped per leg by
     // `forward::ExtMap`): audio levels (active speaker, `getSynchronizationSources`)
     // and camera rotation from phones.
@@ -258,8 +259,19 @@ pub fn build(
 /// senders are added without a codec and so are never bound to the interceptors),
 /// and the RTCP tap; before our NACK generator, the RTX of simulcast layers is turned
 /// back into the layers' packets (`layer_rtx`).
+///
+/// The negotiation (the media engine's feedback and extensions) is the same for both
+/// roles; the chain holds only the interceptors of the direction media flows on the
+/// connection. A publisher's connection receives media and sends none: its chain has
+/// the receive side (TWCC feedback, receiver reports, layer RTX, NACK generator) and no
+/// sender reports. A subscriber's connection sends media and receives none: its chain
+/// has sender reports only. An interceptor of the other direction never acts there,
+/// but every packet and every sweep of `rtc`'s pipeline (one per `poll_write`,
+/// `poll_read`, `poll_event`, `poll_timeout`) passes through it: each costs a move of
+/// the packet through its queue, per packet and per sweep.
 fn interceptors(
     media_engine: &mut MediaEngine,
+    role: PeerRole,
     stats: StatsPair,
     layer_rtx: SharedSettings,
 ) -> Result<Registry, rtc::shared::error::Error> {
@@ -273,17 +285,23 @@ fn interceptors(
         );
     }
     configure_simulcast_extension_headers(media_engine)?;
-    let registry = twcc_feedback::configure(Registry::new(), media_engine)?;
-    Ok(configure_rtcp_reports(registry)
-        .with(
-            Slot::from(LAYER_RTX_SLOT),
-            LayerRtxInterceptor::new(layer_rtx, stats.clone()),
-        )
-        .with(
-            Slot::NackGenerator,
-            NackGenerator::new(NackParams::default(), stats.clone()),
-        )
-        .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)))
+    let registry = match role {
+        PeerRole::Publisher => twcc_feedback::configure(Registry::new(), media_engine)?
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(
+                Slot::from(LAYER_RTX_SLOT),
+                LayerRtxInterceptor::new(layer_rtx, stats.clone()),
+            )
+            .with(
+                Slot::NackGenerator,
+                NackGenerator::new(NackParams::default(), stats.clone()),
+            ),
+        PeerRole::Subscriber => {
+            twcc_feedback::negotiate(media_engine)?;
+            Registry::new().with(Slot::SenderReport, SenderReportBuilder::new().build())
+        }
+    };
+    Ok(registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)))
 }
 
 /// The description we send, tidied where `rtc` 0.21.1 writes what a client should
@@ -666,7 +684,17 @@ mod tests {
     fn offers_carry_one_component_and_an_msid_semantic() {
         let (u, p) = ice_credentials();
         let (udp, tcp) = ("127.0.0.1:7000".parse().unwrap(), "127.0.0.1:7443".parse().unwrap());
-        let mut pc = build(Instant::now(), &u, &p, udp, Some(tcp), stats(), Default::default()).unwrap();
+        let mut pc = build(
+            Instant::now(),
+            PeerRole::Subscriber,
+            &u,
+            &p,
+            udp,
+            Some(tcp),
+            stats(),
+            Default::default(),
+        )
+        .unwrap();
         for (n, source) in [
             (1, gatehouse_signaling::protocol::TrackSource::Microphone),
             (2, gatehouse_signaling::protocol::TrackSource::Camera),
@@ -698,6 +726,49 @@ mod tests {
         assert!(semantic < first_m, "at session level");
         assert_eq!(sdp.matches("a=msid-semantic").count(), 1);
         assert!(sdp.contains("a=end-of-candidates"));
+    }
+
+    /// The interceptor chain is per role (a subscriber's has no receive-side interceptors,
+    /// a publisher's no sender reports), the negotiation is not: both roles offer the same
+    /// feedback (`nack`, `nack pli`, `transport-cc`, which congestion control toward
+    /// subscribers reads) and the same header extensions, the transport-wide sequence
+    /// number among them.
+    #[test]
+    fn both_roles_negotiate_the_same_feedback_and_extensions() {
+        let offer = |role: PeerRole| {
+            let (u, p) = ice_credentials();
+            let udp = "127.0.0.1:7000".parse().unwrap();
+            let mut pc = build(Instant::now(), role, &u, &p, udp, None, stats(), Default::default()).unwrap();
+            for (n, source) in [
+                (1, gatehouse_signaling::protocol::TrackSource::Microphone),
+                (2, gatehouse_signaling::protocol::TrackSource::Camera),
+            ] {
+                let track = TrackInfo {
+                    track_id: format!("t_{n}").into(),
+                    participant_id: "p_1".into(),
+                    kind: source.kind(),
+                    source,
+                    muted: false,
+                };
+                add_sender(&mut pc, &track, 1000 + n).unwrap();
+            }
+            let sdp = make_offer(&mut pc, Instant::now()).unwrap();
+            let mut lines: Vec<String> = sdp
+                .lines()
+                .filter(|l| l.starts_with("a=rtcp-fb:") || l.starts_with("a=extmap:") || l.starts_with("m="))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let (publisher, subscriber) = (offer(PeerRole::Publisher), offer(PeerRole::Subscriber));
+        assert_eq!(publisher, subscriber);
+        for needed in ["transport-cc", " nack", "nack pli", rtc::sdp::extmap::TRANSPORT_CC_URI] {
+            assert!(
+                subscriber.iter().any(|l| l.contains(needed)),
+                "{needed}: {subscriber:?}"
+            );
+        }
     }
 
     #[test]
@@ -798,6 +869,7 @@ mod tests {
         let layer_rtx = SharedSettings::default();
         let mut pc = build(
             Instant::now(),
+            PeerRole::Publisher,
             &u,
             &p,
             "127.0.0.1:7000".parse().unwrap(),

@@ -812,6 +812,7 @@ mod tests {
         };
         let pc = connection::build(
             Instant::now(),
+            PeerRole::Subscriber,
             &ufrag,
             &pwd,
             peers.advertised,

@@ -559,6 +559,7 @@ impl Shard {
         let layer_rtx = super::layer_rtx::SharedSettings::default();
         let pc = connection::build(
             now,
+            role,
             &ufrag,
             &pwd,
             self.peers.advertised(),

@@ -29,6 +29,15 @@ use rtc::shared::error::Error;
 /// the transport-wide sequence number extension for audio and video), with
 /// [`QuietTwccReceiver`] in the TWCC receiver's slot.
 pub fn configure(registry: Registry, media_engine: &mut MediaEngine) -> Result<Registry, Error> {
+    negotiate(media_engine)?;
+    Ok(registry.with(Slot::TwccReceiver, QuietTwccReceiver::new()))
+}
+
+/// The negotiation half of [`configure`] alone: `transport-cc` feedback and the
+/// transport-wide sequence number extension for audio and video, with no receiver in the
+/// chain. For a connection that receives no media (a subscriber's: the feedback flows
+/// toward us, and congestion control reads it from the RTCP tap).
+pub fn negotiate(media_engine: &mut MediaEngine) -> Result<(), Error> {
     for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
         media_engine.register_feedback(
             RTCPFeedback {
@@ -45,7 +54,7 @@ pub fn configure(registry: Registry, media_engine: &mut MediaEngine) -> Result<R
             None,
         )?;
     }
-    Ok(registry.with(Slot::TwccReceiver, QuietTwccReceiver::new()))
+    Ok(())
 }
 
 /// `rtc`'s TWCC receiver, quiet while nothing arrives. See the module documentation.
