@@ -1131,6 +1131,28 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         .iter()
         .find(|(ms, badge, _, name, _)| *ms >= 0 && badge == "poor" && name.starts_with("Connection weak"))
         .map(|q| q.0);
+    // The layer of staff's camera the guest's page was told it receives (`video_layer`): (ms
+    // since the cap, data-layer, data-reduced) at each change.
+    let mut layers_told: Vec<(i64, String, bool)> = f["quality"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r[0].as_i64().unwrap_or(0) - capped_at as i64,
+                        r[5].as_str().unwrap_or("").to_owned(),
+                        r[6].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    layers_told.dedup_by(|b, a| (&a.1, a.2) == (&b.1, b.2));
+    // When, after the cap, the guest's page first said it receives the smallest layer, reduced.
+    let told_low_ms = layers_told
+        .iter()
+        .find(|(ms, layer, reduced)| *ms >= 0 && layer == "0" && *reduced)
+        .map(|r| r.0);
     eprintln!(
         "DOWNLINK {}",
         serde_json::json!({
@@ -1152,6 +1174,8 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             "staff_sees_weak_ms": staff_weak_ms,
             "quality_shown": quality,
             "staff_quality_shown": staff_quality,
+            "video_layer_shown": layers_told,
+            "told_low_ms": told_low_ms,
             "layer_switches": after.layer_switches - before.layer_switches,
             "rembs_sent": rembs,
             "server_view": server_view,
@@ -1200,6 +1224,16 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         staff_weak_ms.is_some_and(|ms| ms < capped_for as i64),
         "staff's page shows the guest's connection weak on its tile while capped: {staff_quality:?}"
     );
+    assert!(
+        layers_told
+            .iter()
+            .any(|(ms, layer, _)| *ms < 0 && layer != "0" && !layer.is_empty()),
+        "before the cap the guest's page was told it receives more than the smallest layer: {layers_told:?}"
+    );
+    assert!(
+        told_low_ms.is_some_and(|ms| ms < capped_for as i64),
+        "the guest's page is told it receives the smallest layer, reduced, while capped: {layers_told:?}"
+    );
     if !lift {
         return;
     }
@@ -1214,6 +1248,12 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             .last()
             .is_some_and(|(_, badge, _, _, notice)| badge != "poor" && notice.is_empty()),
         "the weak-connection notice gone once the cap was lifted: {quality:?}"
+    );
+    assert!(
+        layers_told
+            .last()
+            .is_some_and(|(_, layer, reduced)| layer != "0" && !layer.is_empty() && !*reduced),
+        "the guest's page is told it receives more than the smallest layer again, not reduced: {layers_told:?}"
     );
     assert!(
         top_ms <= 10_000,

@@ -358,6 +358,62 @@ async fn a_lossy_uplink_is_announced_as_poor_to_its_owner_and_to_staff_and_its_r
     .await;
 }
 
+/// Issue 12: a subscriber hears which layer of a video track it receives (`video_layer`): an
+/// SDK camera, sent without simulcast, is layer 0 of 1 and not reduced, said to Ben once the
+/// gateway forwards it, about the track Ben was told was published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_told_the_layer_of_a_video_track_it_receives() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Layers", "lobby_bypass": "organization" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut people = Vec::new();
+    for sub in ["ana", "ben"] {
+        let token = srv.staff_token(sub, StaffRole::Staff);
+        let (client, mut events) = Client::connect(srv.sdk_options(&token).meeting(mid.clone()))
+            .await
+            .unwrap();
+        support::sdk_admitted(&mut events).await;
+        people.push((client, events));
+    }
+    let cam = people[0].0.publish(TrackSource::Camera).await.expect("publish camera");
+    let sender = cam.start_synthetic(SyntheticConfig::video()).unwrap();
+    let events = &mut people[1].1;
+    let camera = events
+        .wait_for(T, |e| match e {
+            Event::TrackPublished(t) if t.source == TrackSource::Camera => Some(t.track_id),
+            _ => None,
+        })
+        .await
+        .expect("Ben hears of Ana's camera");
+    let told = events
+        .wait_for(T, |e| match e {
+            Event::VideoLayer {
+                track_id,
+                layer,
+                layers,
+                reduced,
+            } => Some((track_id, layer, layers, reduced)),
+            _ => None,
+        })
+        .await
+        .expect("Ben is told the layer it receives");
+    assert_eq!(told, (camera, 0, 1, false));
+    sender.stop().await.expect("sender ran cleanly");
+    for (client, _) in &people {
+        client.leave().unwrap();
+    }
+    for (client, _) in people {
+        client.close().await;
+    }
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
+}
+
 /// The next `active_speakers` list (participant ids in order) within `within`, if any.
 async fn next_speakers(events: &mut Events, within: Duration) -> Option<Vec<String>> {
     events

@@ -225,6 +225,7 @@ export class CallView {
     on('remote_track', (d) => this.attachRemote(d));
     on('active_speakers', ({ speakers }) => this.renderSpeakers(speakers));
     on('connection_quality', () => this.renderQualities());
+    on('video_layer', ({ trackId }) => this.renderVideoLayer(trackId));
     on('media_health', ({ phase, health }) => this.renderMediaHealth(phase, health));
     on('participant_media', ({ participantId }) => {
       this.renderTileState(participantId);
@@ -299,6 +300,7 @@ export class CallView {
     const media = this.client.remoteMedia.get(track.track_id);
     if (media) attach(tile.querySelector('video'), media);
     this.updateLayout();
+    this.renderVideoLayer(track.track_id);
     return tile;
   }
 
@@ -313,7 +315,25 @@ export class CallView {
     if (!t) return;
     if (kind === 'audio') attach(t.audio, track);
     else this.setVideo(t, track, trackId);
+    if (kind === 'video') this.renderVideoLayer(trackId);
     this.renderTileState(participantId);
+  }
+
+  /**
+   * The layer we receive of a remote video (`video_layer`), as data on its tile's `video`:
+   * `data-layer` (0 the smallest), `data-layers`, `data-reduced` (our downlink holds it below
+   * what the tile asked for). Tests read it; the tile's look does not change (the notice
+   * about our own connection says when video was reduced).
+   */
+  renderVideoLayer(trackId) {
+    const v = this.client.videoLayers.get(trackId);
+    const info = this.client.tracks.get(trackId);
+    if (!v || !info) return;
+    const video = info.source === 'screen' ? this.screenTiles.get(trackId)?.querySelector('video') : this.tiles.get(info.participant_id)?.video;
+    if (!video) return;
+    video.dataset.layer = String(v.layer);
+    video.dataset.layers = String(v.layers);
+    video.dataset.reduced = String(v.reduced);
   }
 
   setVideo(t, track, trackId = null) {

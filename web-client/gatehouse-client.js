@@ -203,6 +203,8 @@ export class GatehouseClient extends EventTarget {
      * ours and (for staff) everyone's; absent means the assumed `excellent`.
      */
     this.connectionQualities = new Map();
+    /** The layer we receive of each remote video track (`video_layer`): track_id -> { layer, layers, reduced }. */
+    this.videoLayers = new Map();
     /** A ping in flight to prove the socket (`probeSignaling`), when it went, and the roles whose restart waits for it. */
     this.signalingProbe = null;
     this.probeSentAt = 0;
@@ -608,6 +610,7 @@ export class GatehouseClient extends EventTarget {
         this.peerMedia = new Map();
         this.speakers = [];
         this.connectionQualities = new Map();
+        this.videoLayers = new Map();
         this.lastMediaReport = null;
         this.setState('call');
         const othersPublish = msg.tracks.some((t) => t.participant_id !== this.you?.participant_id);
@@ -695,6 +698,12 @@ export class GatehouseClient extends EventTarget {
         const q = { quality: msg.quality, videoReduced: Boolean(msg.video_reduced) };
         this.connectionQualities.set(msg.participant_id, q);
         this.emit('connection_quality', { participantId: msg.participant_id, ...q });
+        break;
+      }
+      case 'video_layer': {
+        const v = { layer: msg.layer, layers: msg.layers, reduced: Boolean(msg.reduced) };
+        this.videoLayers.set(msg.track_id, v);
+        this.emit('video_layer', { trackId: msg.track_id, ...v });
         break;
       }
       case 'track_muted': {
@@ -1037,6 +1046,7 @@ export class GatehouseClient extends EventTarget {
     this.tracks.delete(trackId);
     this.remoteMedia.delete(trackId);
     this.qualities.delete(trackId);
+    this.videoLayers.delete(trackId);
     if (info) {
       this.emit('track_unpublished', {
         trackId,

@@ -223,6 +223,30 @@ pub enum Event {
         /// The video it receives is below what it asked for, for lack of bandwidth.
         video_reduced: bool,
     },
+    /// The layer of a remote video track we receive changed (docs/PROTOCOL.md,
+    /// `video_layer`): its rank among the publisher's layers, and whether our downlink's
+    /// bandwidth estimate holds it below the quality we asked for ([`Client::set_quality`]).
+    ///
+    /// ```no_run
+    /// # async fn run(mut events: gatehouse_sdk::Events) {
+    /// use gatehouse_sdk::Event;
+    /// while let Some(event) = events.recv().await {
+    ///     if let Event::VideoLayer { track_id, layer, layers, reduced } = event {
+    ///         println!("{track_id}: layer {} of {layers}{}", layer + 1, if reduced { ", reduced" } else { "" });
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    VideoLayer {
+        /// The remote video track.
+        track_id: TrackId,
+        /// The rank of the layer forwarded: 0 the smallest, `layers - 1` the best.
+        layer: u8,
+        /// How many layers the publisher sends it as (1 without simulcast).
+        layers: u8,
+        /// Held below what we asked for, for lack of bandwidth.
+        reduced: bool,
+    },
     /// A chat message (our own included).
     Chat(ChatMessage),
     /// Answer to a ping.
@@ -1550,6 +1574,17 @@ async fn handle(inner: &Arc<Inner>, message: ServerMessage, events: &mpsc::Unbou
             participant_id,
             quality,
             video_reduced,
+        }),
+        ServerMessage::VideoLayer {
+            track_id,
+            layer,
+            layers,
+            reduced,
+        } => Some(Event::VideoLayer {
+            track_id,
+            layer,
+            layers,
+            reduced,
         }),
         ServerMessage::Error { code, message } => Some(Event::Error { code, message }),
         // The staff queue is a subscription of its own (`subscribe_queue`), never sent on a

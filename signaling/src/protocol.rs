@@ -604,8 +604,9 @@ pub enum ServerMessage {
     /// change (not for level changes alone), at most every 300 ms.
     ActiveSpeakers { speakers: Vec<ActiveSpeaker> },
     /// A participant's connection quality changed: sent to that participant and to staff in
-    /// the call, at most every 2 s per participant. `video_reduced`: the video it receives
-    /// is below what it asked for because its downlink cannot take more (audio is kept).
+    /// the call, a change for the worse at once, one for the better at least 2 s after the
+    /// previous one about that participant. `video_reduced`: the video it receives is below
+    /// what it asked for because its downlink cannot take more (audio is kept).
     ConnectionQuality {
         participant_id: ParticipantId,
         quality: ConnectionQuality,
@@ -619,6 +620,17 @@ pub enum ServerMessage {
     PublisherLayers {
         track_id: TrackId,
         layers: Vec<PublisherLayer>,
+    },
+    /// To a subscriber: the layer of a video track it receives now, when that changes.
+    /// `layer` is its rank among the publisher's `layers` (0 the smallest, `layers - 1` the
+    /// best; a track without simulcast is layer 0 of 1), `reduced` whether its own downlink's
+    /// bandwidth estimate holds it below the quality it asked for. A layer being tried counts
+    /// once the try is kept; nothing is said for a paused track.
+    VideoLayer {
+        track_id: TrackId,
+        layer: u8,
+        layers: u8,
+        reduced: bool,
     },
     /// Something the client sent was refused. The connection goes on unless a `left` follows.
     Error { code: ErrorCode, message: String },

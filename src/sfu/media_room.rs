@@ -307,6 +307,9 @@ struct Leg {
     /// The transport-wide sequence number extension's id on the subscriber's side (0: not
     /// negotiated): its copies are numbered for the connection's bandwidth estimate (`bwe`).
     twcc: u8,
+    /// What its subscriber was last told of a video leg in `video_layer` (layer rank, layers,
+    /// reduced); `None` until told on this binding.
+    told_layer: Option<(u8, u8, bool)>,
 }
 
 /// One encoding of a published track: the whole track without simulcast, one rid
@@ -1019,6 +1022,7 @@ impl MediaRoom {
             layer: LayerSelector::default(),
             last_sent: None,
             twcc: 0,
+            told_layer: None,
         });
         effects.push(Effect::AddSender {
             subscriber: subscriber.into(),
@@ -1042,6 +1046,8 @@ impl MediaRoom {
     pub fn leg_bound(&mut self, leg: LegId, conn: ConnId, sender: RTCRtpSenderId) {
         if let Some(l) = self.leg_mut(leg) {
             l.bound = Some((conn, sender));
+            // A new subscriber connection: tell it its layers again.
+            l.told_layer = None;
         }
     }
 
@@ -1898,6 +1904,63 @@ impl MediaRoom {
         }
         for (_, q) in &mut self.quality {
             q.told = true;
+        }
+        self.tell_received_layers(now, effects);
+    }
+
+    /// Tells each subscriber, when it changes, which layer of each video track it receives
+    /// (`video_layer`): the rank forwarded, how many layers the track has, and whether the
+    /// subscriber connection's bandwidth estimate holds the leg below its wish. Only settled
+    /// states are told: nothing while the leg waits for a keyframe to switch, nor while it
+    /// tries the next layer up (a try that falls back is no change to announce); nothing for
+    /// a paused leg.
+    fn tell_received_layers(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        let bwe = &self.bwe;
+        let trying = |conn: ConnId| {
+            bwe.binary_search_by_key(&conn, |(c, _)| *c)
+                .ok()
+                .and_then(|i| bwe[i].1.trial)
+                .map(|t| t.leg)
+        };
+        for t in &mut self.tracks {
+            if t.info.kind != TrackKind::Video || t.parked.is_some() {
+                continue;
+            }
+            let (ranks, n, available) = t.layer_view(now);
+            for leg in &mut t.legs {
+                let Some((conn, _)) = leg.bound else {
+                    continue;
+                };
+                if !leg.negotiated || leg.rewrite.paused() || trying(conn) == Some(leg.id) {
+                    continue;
+                }
+                let desired = leg.layer.desired(&ranks[..n], available);
+                // Settled: forwarding the layer it should have, no switch waiting.
+                let (Some(current), None) = leg.layer.layers() else {
+                    continue;
+                };
+                if desired != Some(current) {
+                    continue;
+                }
+                let reduced = leg
+                    .layer
+                    .wished(&ranks[..n], available)
+                    .is_some_and(|wants| ranks[current] < ranks[wants]);
+                let told = (ranks[current], n as u8, reduced);
+                if leg.told_layer == Some(told) {
+                    continue;
+                }
+                leg.told_layer = Some(told);
+                effects.push(Effect::Signal {
+                    to: leg.subscriber.clone(),
+                    message: ServerMessage::VideoLayer {
+                        track_id: t.info.track_id.clone(),
+                        layer: told.0,
+                        layers: told.1,
+                        reduced,
+                    },
+                });
+            }
         }
     }
 
@@ -4552,6 +4615,146 @@ mod tests {
         room.bwe[0].1.trial = None;
         let sample = room.quality_sample(b, t0);
         assert_eq!((sample.layers_missed, sample.smallest_layer), (0, false), "on f");
+    }
+
+    /// The `video_layer` frames of `effects`: (to, track, layer, layers, reduced).
+    fn video_layers(effects: &[Effect]) -> Vec<(String, String, u8, u8, bool)> {
+        signals(effects)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                ServerMessage::VideoLayer {
+                    track_id,
+                    layer,
+                    layers,
+                    reduced,
+                } => Some((
+                    to.as_str().to_owned(),
+                    track_id.as_str().to_owned(),
+                    layer,
+                    layers,
+                    reduced,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue 12: a subscriber is told which layer of a video track it receives, when that
+    /// settles on a new one: at first its wish (the top layer); capped by its bandwidth
+    /// estimate, once the lower layer's keyframe switched it (reduced); not while it tries the
+    /// next layer up, then once the try is kept; not reduced once it asks for no more; again
+    /// on a new subscriber connection; never for a paused track.
+    #[test]
+    fn a_subscriber_is_told_the_layer_it_receives_when_it_settles() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let camera = track_id(&room, TrackSource::Camera);
+        let cam = camera.as_str().to_owned();
+        fn leg(room: &mut MediaRoom) -> &mut Leg {
+            room.tracks
+                .iter_mut()
+                .find(|t| t.info.kind == TrackKind::Video)
+                .and_then(|t| t.legs.iter_mut().find(|l| l.subscriber == B))
+                .expect("B's leg")
+        }
+        let mut sink = Recorder::default();
+        let mut seq = 1u16;
+        // At second `s`, a packet of each layer (keyframes of `keys`), then B's leg capped to
+        // `cap` if given, then an evaluation.
+        let mut second = |room: &mut MediaRoom, s: u64, keys: [bool; 3], cap: Option<Target>| {
+            let at = t0 + Duration::from_secs(s);
+            let mut fx = Vec::new();
+            seq += 1;
+            for (i, ssrc) in [1000, 1001, 1002].into_iter().enumerate() {
+                room.forward(
+                    A_PUB,
+                    &vp8(ssrc, seq, u32::from(seq) * 3000, keys[i]),
+                    at,
+                    &mut sink,
+                    &mut fx,
+                );
+            }
+            if let Some(cap) = cap {
+                leg(room).layer.set_cap(cap);
+            }
+            fx.clear();
+            room.evaluate_quality(at, &mut fx);
+            video_layers(&fx)
+        };
+        let told = |layer, reduced| vec![(B.to_owned(), cam.clone(), layer, 3, reduced)];
+        assert_eq!(
+            second(&mut room, 0, [true; 3], None),
+            told(2, false),
+            "the top layer, as asked"
+        );
+        assert_eq!(
+            second(&mut room, 1, [false; 3], None),
+            vec![],
+            "no change, nothing said"
+        );
+        let low = Some(Target::LOW);
+        assert_eq!(
+            second(&mut room, 2, [false; 3], low),
+            vec![],
+            "capped, no packet since: still on f"
+        );
+        assert_eq!(
+            second(&mut room, 3, [false; 3], None),
+            vec![],
+            "still on f until q's keyframe"
+        );
+        assert_eq!(
+            second(&mut room, 4, [true, false, false], None),
+            told(0, true),
+            "on q, reduced"
+        );
+        // Trying h: nothing said until the try is kept.
+        let id = leg(&mut room).id;
+        room.bwe.push((
+            B_SUB,
+            Bwe {
+                trial: Some(bwe::Trial { leg: id, since: t0 }),
+                ..Bwe::default()
+            },
+        ));
+        let medium = Some(Target::MEDIUM);
+        assert_eq!(second(&mut room, 5, [false; 3], medium), vec![], "trying h");
+        assert_eq!(
+            second(&mut room, 6, [false, true, false], None),
+            vec![],
+            "on h, still trying"
+        );
+        room.bwe[0].1.trial = None;
+        assert_eq!(
+            second(&mut room, 7, [false; 3], None),
+            told(1, true),
+            "h kept, still below the wish"
+        );
+        // B asks for h only: what it gets is what it asked for.
+        let mut fx = Vec::new();
+        room.set_subscription(B, &camera, false, Some(Quality::Medium), t0, &mut fx)
+            .expect("B receives it");
+        assert_eq!(second(&mut room, 8, [false; 3], None), told(1, false), "h as asked");
+        // A new subscriber connection is told again.
+        let (_, sender) = leg(&mut room).bound.expect("bound");
+        room.leg_bound(id, B_SUB, sender);
+        assert_eq!(
+            second(&mut room, 9, [false; 3], None),
+            told(1, false),
+            "told the new connection"
+        );
+        // Down to q and the cap lifted again within one evaluation: on its way back to h, nothing said.
+        leg(&mut room).layer.set_cap(Target::LOW);
+        assert_eq!(
+            second(&mut room, 10, [true, false, false], medium),
+            vec![],
+            "q, on its way back"
+        );
+        assert_eq!(second(&mut room, 11, [false, true, false], None), vec![], "h again");
+        // Paused: nothing, even when the cap changes.
+        room.set_subscription(B, &camera, true, None, t0, &mut fx)
+            .expect("B receives it");
+        assert_eq!(second(&mut room, 12, [true; 3], low), vec![], "paused");
     }
 
     /// Issue 12: B's receiver reports saying half of what it gets is lost make it poor (the

@@ -2001,8 +2001,10 @@ async function downlinkCap(run) {
   run.facts.staffLayersAtTop = await outboundLayers(staff);
   // Connection quality as each page shows it: the guest its own (its tile and the notice),
   // staff the guest's (the guest's tile).
-  await guest.evaluate(qualityProbe, '[data-testid="local-tile"]');
-  await staff.evaluate(qualityProbe, `[data-testid="remote-tile"][data-participant-id="${guestId}"]`);
+  // The guest also the layer it receives of staff's camera (`video_layer`, on that tile's video).
+  const staffTile = '[data-testid="remote-tile"][data-source="camera"]';
+  await guest.evaluate(qualityProbe, { tile: '[data-testid="local-tile"]', video: `${staffTile} video` });
+  await staff.evaluate(qualityProbe, { tile: `[data-testid="remote-tile"][data-participant-id="${guestId}"]` });
   await guest.evaluate(() => {
     const out = (window.__samples = []);
     const tick = async () => {
@@ -2053,20 +2055,24 @@ async function downlinkCap(run) {
  * Records in `window.__quality`, at each change, how the page shows a camera tile's connection
  * quality and its own connection notice: rows `[t, badge's data-quality ('' while hidden),
  * badge's data-video-reduced, badge's accessible name, the notice's words ('' while none
- * shows)]`. Runs in the page (`page.evaluate(qualityProbe, tileSelector)`); a MutationObserver
- * on the call view, so no change between two samples is missed.
+ * shows), and of the video element `video` (when given) the layer received, data-layer ('' while
+ * unsaid), and its data-reduced]`. Runs in the page (`page.evaluate(qualityProbe, {tile, video})`);
+ * a MutationObserver on the call view, so no change between two samples is missed.
  */
-function qualityProbe(tileSelector) {
+function qualityProbe({ tile, video = null }) {
   const rows = (window.__quality = []);
   const read = () => {
-    const badge = document.querySelector(`${tileSelector} [data-testid="tile-quality"]`);
+    const badge = document.querySelector(`${tile} [data-testid="tile-quality"]`);
     const text = document.querySelector('[data-testid="connection-notice"] [data-testid="connection-notice-text"]');
+    const v = video ? document.querySelector(video) : null;
     const row = [
       Date.now(),
       badge && !badge.hidden ? badge.dataset.quality : '',
       badge?.dataset.videoReduced === 'true',
       badge?.getAttribute('aria-label') ?? '',
       text?.checkVisibility() ? text.textContent : '',
+      v?.dataset.layer ?? '',
+      v?.dataset.reduced === 'true',
     ];
     const last = rows.at(-1);
     if (!last || row.slice(1).some((x, i) => x !== last[i + 1])) rows.push(row);
