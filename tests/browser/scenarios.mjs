@@ -84,6 +84,9 @@ function readScenarioConfig(arg) {
     redeemBaseUrl: cfg.redeemBaseUrl ? cfg.redeemBaseUrl.replace(/\/$/, '') : null,
     // loss-both-ways, downlink-cap: whether the cameras go as simulcast (null: unsaid).
     simulcast: cfg.simulcast ?? null,
+    // downlink-cap: the guest's screen density (device pixels per CSS pixel), so that a tile
+    // among several still needs staff's best layer (null: 1).
+    guestScale: cfg.guestScale ?? null,
   }));
 }
 
@@ -943,7 +946,7 @@ async function framesBack(page, restoredAt, timeoutMs) {
  */
 async function guestAndStaffDecoding(run, { staffQuery = '', guestQuery = '' } = {}) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Video visit' });
-  const guest = await run.context('guest');
+  const guest = await run.context('guest', undefined, run.cfg.guestScale ? { deviceScaleFactor: run.cfg.guestScale } : {});
   const guestId = await guestJoins(run, guest, `${linkCode}${guestQuery}`, run.cfg.guestName);
   run.step('staff (a browser outside the guest network) joins and admits');
   const staff = await run.context('staff', await run.staffBrowser());
