@@ -5,6 +5,8 @@
 # usage: lean.sh [REPS [ENGINES [SHAPE...]]]   e.g. lean.sh 1 "lean sdk" LF8
 # Summaries in $OUT/runs/summary.jsonl (OUT defaults to /tmp/ghb-lean); run it under
 # flock /tmp/heavy.lock.
+# Before/after: BINS="/path/to/before/gatehouse /path/to/after/gatehouse" runs each shape with each
+# binary in turn (summaries in $OUT-<n>/runs/summary.jsonl, n = the binary's place in BINS, 1 up).
 set -u
 REPS=${1:-1}; ENGINES=${2:-lean}; shift $(( $# < 2 ? $# : 2 ))
 ONLY=${*:-LF8 LA100 LAU100}
@@ -26,7 +28,15 @@ for rep in $(seq "$REPS"); do
     name=${shape%%|*}; args=${shape#*|}
     case " $ONLY " in *" $name "*) ;; *) continue ;; esac
     for engine in $ENGINES; do
-      "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args
+      if [ -z "${BINS:-}" ]; then
+        "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args
+        continue
+      fi
+      n=0
+      for bin in $BINS; do
+        n=$((n + 1))
+        BIN=$bin OUT=$OUT-$n "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args
+      done
     done
   done
 done

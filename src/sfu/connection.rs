@@ -125,6 +125,9 @@ pub struct Conn {
     /// extension ids and RTX payload types), set by [`answer_offer`]; the same handle
     /// that was given to [`build`].
     pub layer_rtx: SharedSettings,
+    /// Forwarded packets were written into it this turn and it is not settled yet
+    /// (`Peers::settle_written`).
+    pub written: bool,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -164,6 +167,7 @@ impl Conn {
             last_seen: now,
             early_checks: Vec::new(),
             layer_rtx: SharedSettings::default(),
+            written: false,
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ice_lite;
+mod idmap;
 pub mod junk;
 pub mod layer_rtx;
 pub mod media_room;

@@ -34,6 +34,7 @@ use super::connection::{Conn, Path};
 use super::demux::{self, Junk, Route, Router};
 use super::forward::DropDice;
 use super::ice_lite;
+use super::idmap::IdMap;
 use super::media_room::{Admit, ConnId, LegSink};
 use super::stats::Counters;
 use super::tcp::{Directory, Link, LinkId, ShardTcp};
@@ -42,12 +43,6 @@ use super::timers::{Deadlines, TIMER_TICK};
 /// A subscriber we have heard nothing from (not even a consent check, which
 /// browsers send every few seconds) for this long gets no media.
 const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What draining a connection produced next.
-pub enum Polled {
-    Event(RTCPeerConnectionEvent),
-    Message(RTCMessage),
-}
 
 /// A shard's part in ICE over TCP (see [`super::tcp`]).
 pub struct TcpSide {
@@ -68,12 +63,15 @@ pub struct Peers {
     /// for every datagram (it matches its local candidate by it).
     advertised: SocketAddr,
     router: Router<ConnId>,
-    conns: HashMap<ConnId, Conn>,
+    conns: IdMap<ConnId, Conn>,
     next_conn: ConnId,
     /// Each connection's next `rtc` deadline, on the [`TIMER_TICK`] grid.
     timers: Deadlines<ConnId>,
     /// Connections whose events must be drained before the turn ends.
     dirty: Vec<ConnId>,
+    /// Connections written to this turn (forwarded packets): sent and re-armed when the
+    /// turn ends ([`settle_written`](Self::settle_written)); each flagged by `Conn::written`.
+    written: Vec<ConnId>,
     /// Connections that broke (a panic in `rtc`) and whose owner is not told yet.
     broken: Vec<ConnId>,
     /// This shard's counters (summed over shards when read).
@@ -128,10 +126,11 @@ impl Peers {
             udp: UdpIo::new(socket)?,
             advertised,
             router: Router::new(),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             next_conn: 1,
             timers: Deadlines::new(Instant::now(), TIMER_TICK),
             dirty: Vec::new(),
+            written: Vec::new(),
             broken: Vec::new(),
             counters,
             live,
@@ -505,31 +504,47 @@ impl Peers {
         if looped == 0 {
             return;
         }
-        if let Some(check) = nominating.filter(|_| !answered)
-            && let Some(Err(e)) = self.feed(id, now, from, check)
-        {
-            tracing::debug!(shard = self.shard, conn = id, "nominating check refused on replay: {e}");
+        if let Some(check) = nominating.filter(|_| !answered) {
+            if let Some(Err(e)) = self.feed(id, now, from, check) {
+                tracing::debug!(shard = self.shard, conn = id, "nominating check refused on replay: {e}");
+            }
+            // Its success goes out now, ahead of the DTLS the drive after this starts (`rtc`
+            // hands out a sweep's DTLS records before its STUN): a client takes DTLS only
+            // from a path its check has succeeded on.
+            self.flush(id);
         }
     }
 
-    /// The next event or application message of a connection, after sending
-    /// what it has queued. `None` when it is drained (then its timer is re-armed).
-    pub fn poll(&mut self, id: ConnId) -> Option<Polled> {
+    /// The next event of a connection (`rtc` sweeps its pipeline for events only when
+    /// none is queued).
+    ///
+    /// Draining a connection (`Shard::drive`) costs `rtc` a sweep of its eight handlers
+    /// (and the interceptor chain) per `poll_event`, `poll_read`, `poll_write` and
+    /// `poll_timeout` call, found or not; a drive makes as few as it can (issue 13): events,
+    /// one read sweep, what it queued, then [`settle`](Self::settle) once.
+    pub fn poll_event(&mut self, id: ConnId) -> Option<RTCPeerConnectionEvent> {
+        self.guard(id, "poll_event", |pc| pc.poll_event()).flatten()
+    }
+
+    /// The next application message of a connection. With `sweep`, `rtc`'s read pipeline
+    /// runs first (`poll_read`); without, only what it left queued is taken
+    /// (`poll_media_read`, no sweep). One sweep per drive finds everything the datagram or
+    /// timeout before it produced: handling a message writes (into this connection or
+    /// others) but reads nothing, and an event's own reads are swept by `poll_event`.
+    pub fn poll_message(&mut self, id: ConnId, sweep: bool) -> Option<RTCMessage> {
+        self.guard(id, "poll_read", |pc| {
+            if sweep { pc.poll_read() } else { pc.poll_media_read() }
+        })
+        .flatten()
+        .map(|TaggedRTCMessage { message, .. }| message)
+    }
+
+    /// The end of a drive: sends what the connection queued and re-arms its timer.
+    pub fn settle(&mut self, id: ConnId, now: Instant) {
         self.flush(id);
-        let polled = self.guard(id, "poll", |pc| {
-            if let Some(event) = pc.poll_event() {
-                return Some(Polled::Event(event));
-            }
-            pc.poll_read()
-                .map(|TaggedRTCMessage { message, .. }| Polled::Message(message))
-        });
-        match polled.flatten() {
-            Some(polled) => Some(polled),
-            None => {
-                self.flush(id);
-                self.rearm(id);
-                None
-            }
+        self.rearm(id, now);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.written = false;
         }
     }
 
@@ -537,8 +552,32 @@ impl Peers {
     /// for the end-of-turn drain of its events.
     pub fn flush_later(&mut self, id: ConnId) {
         self.flush(id);
-        self.rearm(id);
+        self.rearm(id, Instant::now());
         self.mark_dirty(id);
+    }
+
+    /// Marks a connection that forwarded packets were written into: the end of the turn
+    /// settles it once (its datagrams out, its timer re-armed), however many it got. A
+    /// write raises no event and no read, so it needs no drive.
+    fn mark_written(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id)
+            && !conn.written
+        {
+            conn.written = true;
+            self.written.push(id);
+        }
+    }
+
+    /// Settles every connection written to since the last call and not settled since
+    /// (see [`mark_written`](Self::mark_written)).
+    pub fn settle_written(&mut self, now: Instant) {
+        let mut written = std::mem::take(&mut self.written);
+        for id in written.drain(..) {
+            if self.conns.get(&id).is_some_and(|c| c.written) {
+                self.settle(id, now);
+            }
+        }
+        self.written = written;
     }
 
     /// Marks a connection for the end-of-turn drain (its writes sent, its events handled,
@@ -660,11 +699,11 @@ impl Peers {
     }
 
     /// Arms the connection's next deadline on the timer grid.
-    fn rearm(&mut self, id: ConnId) {
+    fn rearm(&mut self, id: ConnId, now: Instant) {
         let Some(next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
             return;
         };
-        self.timers.arm(id, next, Instant::now());
+        self.timers.arm(id, next, now);
     }
 
     /// When the earliest armed deadline is due (a grid instant, or an instant already
@@ -781,9 +820,9 @@ impl LegSink for Delivery<'_> {
             _ => false,
         };
         if self.peers.levers.drain_once {
-            // Sent, with the connection's events and timer, when the turn drains it: once
-            // per connection and turn, however many copies it got.
-            self.peers.mark_dirty(conn);
+            // Sent, and its timer re-armed, when the turn ends: once per connection and
+            // turn, however many copies it got.
+            self.peers.mark_written(conn);
         } else {
             self.peers.flush_later(conn);
         }

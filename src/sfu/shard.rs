@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::connection::{self, Conn, RoomId};
 use super::ice_lite;
 use super::media_room::{ConnId, Effect, MediaRoom, Offer};
-use super::peers::{Peers, Polled};
+use super::peers::Peers;
 use super::rtcp as tap;
 use super::stats::{Counters, StatsPair};
 use super::tcp::ShardTcp;
@@ -239,6 +239,7 @@ impl Shard {
             self.run_negotiations(now);
             self.drain_dirty(now);
         }
+        self.peers.settle_written(now);
         self.report_broken();
         self.peers.flush_io();
     }
@@ -306,64 +307,84 @@ impl Shard {
         }
     }
 
-    /// Drains a connection: sends its datagrams, handles its events and
-    /// application messages (forwarding RTP), re-arms its timer.
+    /// Drains a connection: handles its events and application messages (forwarding RTP),
+    /// then sends its datagrams and re-arms its timer (`Peers::settle`). Each `rtc` poll is a
+    /// sweep of its whole pipeline, so a drive makes as few as it can (issue 13): the events,
+    /// one read sweep and what it queued, and after events one more round (an event's
+    /// handling may queue reads); reads raise no events, so a round without events ends it.
     fn drive(&mut self, id: ConnId, now: Instant) {
-        while let Some(polled) = self.peers.poll(id) {
-            match polled {
-                Polled::Event(event) => self.on_event(id, event, now),
-                Polled::Message(RTCMessage::RtpPacket(_, packet)) => {
-                    let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
-                        continue;
-                    };
-                    let Some(hosted) = self.rooms.get_mut(&room_id) else {
-                        continue;
-                    };
-                    hosted
-                        .room
-                        .forward(id, &packet, now, &mut self.peers.sink(now), &mut self.effects);
-                    if !self.effects.is_empty() {
-                        self.apply(room_id, now);
-                    }
-                }
-                Polled::Message(RTCMessage::RtcpPacket(_, packets)) => {
-                    let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
-                        continue;
-                    };
-                    let Some(hosted) = self.rooms.get_mut(&room_id) else {
-                        continue;
-                    };
-                    // A subscriber heard again after an outage gets keyframes at once.
-                    hosted.room.subscriber_heard(id, now, &mut self.effects);
-                    // The wall clock, as the sender reports' NTP times are (round-trip times).
-                    let ntp_now = super::quality::ntp_compact(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap_or_default(),
-                    );
-                    for packet in &packets {
-                        tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
-                            hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
-                        });
-                        if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
-                            hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
-                        }
-                        for r in tap::reception_reports(packet.as_ref()) {
-                            let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);
-                            hosted.room.reception_report(id, r.ssrc, r.fraction_lost, r.jitter, rtt);
-                        }
-                        if let Some(nack) = tap::as_nack(packet.as_ref()) {
-                            let seqs = nack.nacks.iter().flat_map(|pair| *pair);
-                            let sink = &mut self.peers.sink(now);
-                            hosted
-                                .room
-                                .nack_received(id, nack.media_ssrc, seqs, now, sink, &mut self.effects);
-                        }
-                    }
+        loop {
+            let mut evented = false;
+            while let Some(event) = self.peers.poll_event(id) {
+                evented = true;
+                self.on_event(id, event, now);
+            }
+            let mut sweep = true;
+            while let Some(message) = self.peers.poll_message(id, sweep) {
+                sweep = false;
+                self.on_message(id, message, now);
+            }
+            if !evented {
+                break;
+            }
+        }
+        self.peers.settle(id, now);
+    }
+
+    /// An application message a connection read: RTP to forward, RTCP for the room.
+    fn on_message(&mut self, id: ConnId, message: RTCMessage, now: Instant) {
+        match message {
+            RTCMessage::RtpPacket(_, packet) => {
+                let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
+                    return;
+                };
+                let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                    return;
+                };
+                hosted
+                    .room
+                    .forward(id, &packet, now, &mut self.peers.sink(now), &mut self.effects);
+                if !self.effects.is_empty() {
                     self.apply(room_id, now);
                 }
-                Polled::Message(_) => {}
             }
+            RTCMessage::RtcpPacket(_, packets) => {
+                let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
+                    return;
+                };
+                let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                    return;
+                };
+                // A subscriber heard again after an outage gets keyframes at once.
+                hosted.room.subscriber_heard(id, now, &mut self.effects);
+                // The wall clock, as the sender reports' NTP times are (round-trip times).
+                let ntp_now = super::quality::ntp_compact(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default(),
+                );
+                for packet in &packets {
+                    tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
+                        hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
+                    });
+                    if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
+                        hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
+                    }
+                    for r in tap::reception_reports(packet.as_ref()) {
+                        let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);
+                        hosted.room.reception_report(id, r.ssrc, r.fraction_lost, r.jitter, rtt);
+                    }
+                    if let Some(nack) = tap::as_nack(packet.as_ref()) {
+                        let seqs = nack.nacks.iter().flat_map(|pair| *pair);
+                        let sink = &mut self.peers.sink(now);
+                        hosted
+                            .room
+                            .nack_received(id, nack.media_ssrc, seqs, now, sink, &mut self.effects);
+                    }
+                }
+                self.apply(room_id, now);
+            }
+            _ => {}
         }
     }
 

@@ -10,9 +10,11 @@
 //! state machine asked to run again now). Pure: the caller passes `now`, nothing here
 //! sleeps or reads a clock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
+
+use super::idmap::IdMap;
 
 /// The shard's grid. `rtc`'s intervals are 100 ms (TWCC feedback) to 1 s (reports), our
 /// NACK generator's at least 20 ms, DTLS retransmissions from 1 s: 10 ms late is within
@@ -28,7 +30,7 @@ pub struct Deadlines<K> {
     /// The grid's spacing: how late a deadline may fire to share a wake-up.
     tick: Duration,
     /// Each armed key's slot, to move or remove its queue entry without a scan.
-    armed: HashMap<K, Instant>,
+    armed: IdMap<K, Instant>,
     /// Slots in firing order; equal slots in key order (deterministic turns).
     queue: BTreeSet<(Instant, K)>,
 }
@@ -39,7 +41,7 @@ impl<K: Copy + Ord + Hash> Deadlines<K> {
         Self {
             epoch,
             tick,
-            armed: HashMap::new(),
+            armed: IdMap::default(),
             queue: BTreeSet::new(),
         }
     }
@@ -251,7 +253,7 @@ mod tests {
     fn agrees_with_a_model_under_random_operations() {
         let t0 = Instant::now();
         let mut d = Deadlines::new(t0, TICK);
-        let mut model: HashMap<u64, Instant> = HashMap::new();
+        let mut model: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
         let mut now = t0;
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move |n: u64| {
