@@ -684,21 +684,13 @@ mod tests {
     /// What a client is sent: one candidate per transport (component 1 only, in the
     /// first m-section; UDP preferred over passive TCP), end-of-candidates, and a
     /// session-level msid-semantic from the first offer on.
-    #[test]
-    fn offers_carry_one_component_and_an_msid_semantic() {
+    /// The first offer of a `role` connection with UDP at `127.0.0.1:7000` (and passive TCP
+    /// at 7443 when `tcp`) sending a microphone and a camera.
+    fn offer_of_two_tracks(role: PeerRole, tcp: bool) -> String {
         let (u, p) = ice_credentials();
-        let (udp, tcp) = ("127.0.0.1:7000".parse().unwrap(), "127.0.0.1:7443".parse().unwrap());
-        let mut pc = build(
-            Instant::now(),
-            PeerRole::Subscriber,
-            &u,
-            &p,
-            udp,
-            Some(tcp),
-            stats(),
-            Default::default(),
-        )
-        .unwrap();
+        let udp = "127.0.0.1:7000".parse().unwrap();
+        let tcp = tcp.then(|| "127.0.0.1:7443".parse().unwrap());
+        let mut pc = build(Instant::now(), role, &u, &p, udp, tcp, stats(), Default::default()).unwrap();
         for (n, source) in [
             (1, gatehouse_signaling::protocol::TrackSource::Microphone),
             (2, gatehouse_signaling::protocol::TrackSource::Camera),
@@ -712,7 +704,12 @@ mod tests {
             };
             add_sender(&mut pc, &track, 1000 + n).unwrap();
         }
-        let sdp = make_offer(&mut pc, Instant::now()).unwrap();
+        make_offer(&mut pc, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn offers_carry_one_component_and_an_msid_semantic() {
+        let sdp = offer_of_two_tracks(PeerRole::Subscriber, true);
         let candidates: Vec<&str> = sdp.lines().filter(|l| l.starts_with("a=candidate:")).collect();
         assert_eq!(candidates.len(), 2, "{sdp}");
         assert!(candidates[0].contains(" 1 udp ") && candidates[0].contains("127.0.0.1 7000 typ host"));
@@ -740,23 +737,7 @@ mod tests {
     #[test]
     fn both_roles_negotiate_the_same_feedback_and_extensions() {
         let offer = |role: PeerRole| {
-            let (u, p) = ice_credentials();
-            let udp = "127.0.0.1:7000".parse().unwrap();
-            let mut pc = build(Instant::now(), role, &u, &p, udp, None, stats(), Default::default()).unwrap();
-            for (n, source) in [
-                (1, gatehouse_signaling::protocol::TrackSource::Microphone),
-                (2, gatehouse_signaling::protocol::TrackSource::Camera),
-            ] {
-                let track = TrackInfo {
-                    track_id: format!("t_{n}").into(),
-                    participant_id: "p_1".into(),
-                    kind: source.kind(),
-                    source,
-                    muted: false,
-                };
-                add_sender(&mut pc, &track, 1000 + n).unwrap();
-            }
-            let sdp = make_offer(&mut pc, Instant::now()).unwrap();
+            let sdp = offer_of_two_tracks(role, false);
             let mut lines: Vec<String> = sdp
                 .lines()
                 .filter(|l| l.starts_with("a=rtcp-fb:") || l.starts_with("a=extmap:") || l.starts_with("m="))
