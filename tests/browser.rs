@@ -904,6 +904,9 @@ async fn chromium_guest_on_a_300_kbits_downlink_without_simulcast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: two Chromiums and three SDK subscribers, about 25 s; BENCHMARKS §6"]
 async fn chromium_one_capped_subscriber_of_four_leaves_the_others_on_the_top_layer() {
+    // A leg of staff's camera: (subscriber kind, layer rank, packets forwarded, whether the
+    // subscriber's own estimate caps its legs).
+    type Leg = (String, Option<u64>, u64, bool);
     let _one_browser = ONE_BROWSER.lock().await;
     let Some(net) = support::netns::GuestNet::create() else {
         return;
@@ -967,7 +970,7 @@ async fn chromium_one_capped_subscriber_of_four_leaves_the_others_on_the_top_lay
     }
     // Each leg of the camera as the server forwards it: (subscriber kind, layer rank, packets
     // forwarded, whether the subscriber's own estimate caps its legs).
-    let legs = |snap: &Value| -> Vec<(String, Option<u64>, u64, bool)> {
+    let legs = |snap: &Value| -> Vec<Leg> {
         snap["participants"]
             .as_array()
             .into_iter()
@@ -1020,7 +1023,7 @@ async fn chromium_one_capped_subscriber_of_four_leaves_the_others_on_the_top_lay
     net.cap_to_guest(300, 250);
     let capped_at = epoch_ms();
     browser.tell(serde_json::json!({ "told": "capped", "at": capped_at }));
-    let mut samples: Vec<(u64, Vec<(String, Option<u64>, u64, bool)>)> = Vec::new();
+    let mut samples: Vec<(u64, Vec<Leg>)> = Vec::new();
     while epoch_ms() < capped_at + 10_000 {
         samples.push((epoch_ms() - capped_at, legs(&snapshot().await)));
         // The sampling period of a measurement that lasts a fixed time, not a wait for a condition.
@@ -1042,7 +1045,7 @@ async fn chromium_one_capped_subscriber_of_four_leaves_the_others_on_the_top_lay
     // below one it had reached since (staff's browser may resume its best layer meanwhile, for
     // them: they may go up, never down), unless its own path's estimate caps it (two Chromiums,
     // three SDK peers and the gateway on 2 cores can delay even loopback).
-    let mut reached = vec![top_rank; 3];
+    let mut reached = [top_rank; 3];
     let staff_off_top: Vec<_> = samples
         .iter()
         .filter(|(_, ls)| {
