@@ -76,11 +76,14 @@ impl GuestNet {
         // Leftovers of a run that was killed: same names, so clear them first.
         let _ = run(&["ip", "link", "del", &host_if], None);
         let _ = run(&["ip", "netns", "del", &name], None);
-        let steps: [&[&str]; 10] = [
+        let host_v6 = format!("net.ipv6.conf.{host_if}.disable_ipv6=1");
+        let steps: [&[&str]; 11] = [
             &["ip", "netns", "add", &name],
-            // IPv4 only: an IPv6 link-local address appearing a second after the link comes
-            // up is a network change to the browser, which then fails the page load in
-            // flight with ERR_NETWORK_CHANGED.
+            // IPv4 only, on both ends: an IPv6 link-local address appearing a second or two
+            // after a link comes up is a network change to a browser, which then fails the
+            // page load in flight with ERR_NETWORK_CHANGED. The guest's end is made in the
+            // namespace (its defaults say no IPv6); ours is set before it comes up, since
+            // staff's browser, outside the namespace, sees this namespace's links.
             &[
                 "ip",
                 "netns",
@@ -102,6 +105,7 @@ impl GuestNet {
             &[
                 "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &guest_if, "netns", &name,
             ],
+            &["sysctl", "-qw", &host_v6],
             &["ip", "addr", "add", &host_cidr, "dev", &host_if],
             &["ip", "link", "set", &host_if, "up"],
             &["ip", "-n", &name, "addr", "add", &guest_cidr, "dev", &guest_if],
@@ -320,10 +324,14 @@ pub fn packet_counts(listing: &str) -> Vec<u64> {
 
 impl Drop for GuestNet {
     fn drop(&mut self) {
-        // Deleting the namespace destroys its end of the veth pair, and with it ours.
+        // Our end first, at once: deleting the namespace would take the pair with it, but
+        // later (the kernel frees a namespace in the background), and a link vanishing
+        // then is a network change to the next test's browser.
+        if let Err(e) = run(&["ip", "link", "del", &self.host_if], None) {
+            eprintln!("cleaning up {}: {e}", self.host_if);
+        }
         if let Err(e) = run(&["ip", "netns", "del", &self.name], None) {
             eprintln!("cleaning up {}: {e}", self.name);
         }
-        let _ = run(&["ip", "link", "del", &self.host_if], None);
     }
 }
