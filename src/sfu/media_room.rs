@@ -331,6 +331,10 @@ struct Layer {
     cache: Option<PacketCache>,
     /// What arrives of it, for its publisher's uplink quality (`quality`).
     reception: quality::Reception,
+    /// The RTP timestamp of its newest frame. A keyframe older than that is no place to
+    /// switch to: it is a resend (Chromium pads its bandwidth probes with copies of packets
+    /// it sent up to seconds before, often a keyframe's), and the frames after it went by.
+    newest_ts: Option<u32>,
 }
 
 impl Layer {
@@ -345,7 +349,17 @@ impl Layer {
             rate: RateMeter::default(),
             cache: (kind == TrackKind::Video).then(|| PacketCache::default().with_epoch(u32::from(cache_id) << 24)),
             reception: quality::Reception::new(clock_rate_of(&stream.negotiated, &stream.mime_type)),
+            newest_ts: None,
         }
+    }
+
+    /// Notes a packet's timestamp; true if its frame is older than the newest seen.
+    fn stale(&mut self, ts: u32) -> bool {
+        if self.newest_ts.is_some_and(|n| (ts.wrapping_sub(n) as i32) < 0) {
+            return true;
+        }
+        self.newest_ts = Some(ts);
+        false
     }
 }
 
@@ -979,6 +993,7 @@ impl MediaRoom {
             let gap = track.ticks_since(since, now);
             let layer = &mut track.layers[l];
             layer.ssrc = stream.ssrc;
+            layer.newest_ts = None;
             if let Some(cache) = &mut layer.cache {
                 cache.restart();
             }
@@ -1466,6 +1481,7 @@ impl MediaRoom {
             return;
         }
         layer.packets += 1;
+        let stale = layer.stale(packet.header.timestamp);
         layer
             .reception
             .packet(packet.header.sequence_number, packet.header.timestamp, now);
@@ -1506,7 +1522,7 @@ impl MediaRoom {
                 (KeyframeFormat::Unknown, Some(current)) => Some(current),
                 _ => leg.layer.desired(&ranks[..n], available),
             };
-            let starts_keyframe = || *keyframe.get_or_insert_with(|| format.starts_keyframe(&packet.payload));
+            let starts_keyframe = || !stale && *keyframe.get_or_insert_with(|| format.starts_keyframe(&packet.payload));
             let (pick, ask) = leg.layer.pick(li, in_seq, desired, starts_keyframe, now);
             if let Some(l) = ask {
                 wanted |= 1 << l;
@@ -3835,6 +3851,71 @@ mod tests {
         assert!(contiguous(&seen) && forward_ahead(&seen), "{seen:?}");
         assert!(seen[7].1 > seen[6].1, "the switch moves time on: {seen:?}");
         assert_eq!(room.stats().meeting.snapshot().layer_switches, 2);
+    }
+
+    /// Chromium pads its bandwidth probes with copies of packets it sent up to seconds
+    /// before, often the first of a keyframe's, and a copy older than the packet cache's
+    /// memory is not known as a duplicate. A leg waiting to switch must not take such an
+    /// old keyframe: the frames after it went by without it, so its decoder would drop
+    /// everything until the next keyframe (a 1 s freeze in Chromium). It switches on the
+    /// next keyframe of the layer's newest frame instead.
+    #[test]
+    fn a_leg_never_switches_on_a_resent_old_keyframe() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let (mut sink, mut fx) = (Recorder::default(), Vec::new());
+        let frame = Duration::from_millis(50);
+        let ts = |base: u32, i: u32| base.wrapping_add(i * 4500);
+        let mut at = t0;
+        // B starts on f (its best) with f's keyframe; q runs beside it, its keyframe first.
+        room.forward(A_PUB, &vp8(1000, 100, ts(7, 0), true), at, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, 500, ts(9_000, 0), true), at, &mut sink, &mut fx);
+        for i in 1..40u16 {
+            at += frame;
+            room.forward(
+                A_PUB,
+                &vp8(1000, 100 + i, ts(7, u32::from(i)), false),
+                at,
+                &mut sink,
+                &mut fx,
+            );
+            room.forward(
+                A_PUB,
+                &vp8(1002, 500 + i, ts(9_000, u32::from(i)), false),
+                at,
+                &mut sink,
+                &mut fx,
+            );
+        }
+        let on_f = b_video(&sink).len();
+        let switches = |room: &MediaRoom| room.stats().meeting.snapshot().layer_switches;
+        let before = switches(&room);
+        // B's tile shrinks: it waits for a keyframe of q.
+        room.set_subscription(
+            B,
+            &track_id(&room, TrackSource::Camera),
+            false,
+            Some(Quality::Low),
+            at,
+            &mut fx,
+        )
+        .expect("low");
+        // Two seconds on, a probe carries a copy of q's first keyframe packet (seq 100).
+        at += frame;
+        room.forward(A_PUB, &vp8(1000, 100, ts(7, 0), true), at, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, 540, ts(9_000, 40), false), at, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1000, 140, ts(7, 40), false), at, &mut sink, &mut fx);
+        assert_eq!(switches(&room) - before, 0, "no switch on an old keyframe");
+        let seen = b_video(&sink);
+        assert_eq!(seen.len(), on_f + 1, "B stays on f meanwhile: {seen:?}");
+        // q's next keyframe, of its newest frame: the switch.
+        at += frame;
+        room.forward(A_PUB, &vp8(1000, 141, ts(7, 41), true), at, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, 541, ts(9_000, 41), false), at, &mut sink, &mut fx);
+        assert_eq!(switches(&room) - before, 1);
+        let seen = b_video(&sink);
+        assert_eq!(seen.len(), on_f + 2, "{seen:?}");
+        assert!(contiguous(&seen) && forward_ahead(&seen), "{seen:?}");
     }
 
     /// What A (the publisher) was told of its camera's layers: (rid, active) per message.

@@ -1029,12 +1029,14 @@ async function rtpCounters(page) {
 async function longestFreeze(page, from, to) {
   const rises = (await page.evaluate(() => window.__frames.rises)).filter((t) => t >= from && t <= to);
   let longest = 0;
+  let startMs = 0;
   let last = from;
   for (const t of [...rises, to]) {
-    longest = Math.max(longest, t - last);
+    if (t - last > longest) [longest, startMs] = [t - last, last - from];
     last = t;
   }
-  return { longestMs: longest, rises: rises.length };
+  // startMs: where the longest stretch began, from `from`.
+  return { longestMs: longest, startMs, rises: rises.length };
 }
 
 /**
@@ -1821,7 +1823,10 @@ const userDataDir = mkdtempSync(path.join(tmpdir(), 'gatehouse-chromium-'));
 /** The page's received camera video (subscriber inbound-rtp): size, frames, packets. */
 async function inboundCamera(page) {
   return page.evaluate(async () => {
-    const out = { frameWidth: 0, frameHeight: 0, framesDecoded: 0, packetsReceived: 0, freezeCount: 0, totalFreezesDuration: 0 };
+    const out = {
+      frameWidth: 0, frameHeight: 0, framesDecoded: 0, packetsReceived: 0, freezeCount: 0, totalFreezesDuration: 0,
+      framesReceived: 0, keyFramesDecoded: 0, framesDropped: 0, pliCount: 0,
+    };
     const pc = window.gatehouse.client.subscriber;
     if (!pc) return out;
     (await pc.getStats()).forEach((s) => {
@@ -1840,7 +1845,11 @@ async function outboundLayers(page) {
     if (!pc) return layers;
     (await pc.getStats()).forEach((s) => {
       if (s.type === 'outbound-rtp' && s.kind === 'video') {
-        layers.push({ rid: s.rid ?? null, frameWidth: s.frameWidth ?? 0, active: s.active ?? null, packetsSent: s.packetsSent });
+        layers.push({
+          rid: s.rid ?? null, frameWidth: s.frameWidth ?? 0, active: s.active ?? null, packetsSent: s.packetsSent,
+          framesEncoded: s.framesEncoded ?? 0, keyFramesEncoded: s.keyFramesEncoded ?? 0,
+          framesPerSecond: s.framesPerSecond ?? 0, limitedBy: s.qualityLimitationReason ?? null,
+        });
       }
     });
     return layers.sort((a, b) => String(a.rid).localeCompare(String(b.rid)));
@@ -1857,10 +1866,14 @@ async function outboundLayers(page) {
  * layers (`layers`), the frame width staff decodes at the start, once low, once high
  * (`startWidth`, `lowWidth`, `highWidth`, and `lowMs`, `highMs` from each change to
  * that width), the longest stretch without a newly decoded frame from the first change
- * to a second after the last (`freeze`), the quality the tile said (`saidLow`, `saidHigh`,
+ * to a second after the last (`freeze`: `longestMs`, where it began `startMs`, and the
+ * `rises` of decoded frames), the quality the tile said (`saidLow`, `saidHigh`,
  * `saidOff`), how long until no packet arrived for 0.4 s once hidden (`offMs`), and video
  * packets received over 2 s with the tile hidden (`packetsWhileOff`) and over 2 s after it
- * shows again (`packetsAfterOn`).
+ * shows again (`packetsAfterOn`). For a reader of a slow run: both sides' counters before
+ * the first change, once low, once high and a second later (`counters`: the guest's layers
+ * with frames and keyframes encoded; staff's frames received, decoded, dropped, keyframes
+ * decoded), and when the changes were made (`firstChange`, `upAt`, epoch ms).
  */
 async function simulcastLayers(run) {
   const { meetingId, linkCode } = await meetingFor(run.cfg, run.facts, { title: 'Simulcast' });
@@ -1909,6 +1922,10 @@ async function simulcastLayers(run) {
   };
   await until(20000, atTop);
   run.facts.startWidth = await width();
+  // What each side's counters said at each step (for a reader of a slow run: frames
+  // encoded per layer, keyframes, what limits the encoder; frames received and dropped).
+  const counters = async () => ({ at: Date.now(), sent: await outboundLayers(guest), got: await inboundCamera(staff) });
+  run.facts.counters = [await counters()];
 
   run.step('a small tile asks for the low layer');
   const firstChange = Date.now();
@@ -1918,6 +1935,7 @@ async function simulcastLayers(run) {
   await until(10000, atLow);
   run.facts.lowMs = Date.now() - firstChange;
   run.facts.lowWidth = await width();
+  run.facts.counters.push(await counters());
 
   run.step('a large tile asks for the full layer');
   const up = Date.now();
@@ -1927,8 +1945,12 @@ async function simulcastLayers(run) {
   await until(10000, atTop);
   run.facts.highMs = Date.now() - up;
   run.facts.highWidth = await width();
+  run.facts.counters.push(await counters());
   await new Promise((r) => setTimeout(r, 1000));
   run.facts.freeze = await longestFreeze(staff, firstChange, Date.now());
+  run.facts.counters.push(await counters());
+  run.facts.firstChange = firstChange;
+  run.facts.upAt = up;
 
   run.step('a hidden tile asks for nothing and gets nothing');
   await tile.evaluate((t) => { t.style.display = 'none'; });
