@@ -159,8 +159,22 @@ impl WorkingHours {
 
     /// Whether `[start, end)` lies inside one working interval.
     pub fn covers(&self, start_ms: u64, end_ms: u64) -> bool {
-        self.intervals_around(start_ms, end_ms)
-            .any(|(a, b)| a <= start_ms && end_ms <= b)
+        // Intervals that meet are one stretch of work: a day worked to 24:00 and the next
+        // from 00:00 (a night shift, or every hour of every day) cover a time across midnight.
+        let mut intervals: Vec<(u64, u64)> = self.intervals_around(start_ms, end_ms).collect();
+        intervals.sort_unstable();
+        let mut stretch: Option<(u64, u64)> = None;
+        for (a, b) in intervals {
+            let (from, to) = match stretch {
+                Some((from, to)) if a <= to => (from, to.max(b)),
+                _ => (a, b),
+            };
+            if from <= start_ms && end_ms <= to {
+                return true;
+            }
+            stretch = Some((from, to));
+        }
+        false
     }
 
     /// The working intervals (as instants) of every local date that `[from, to)` touches.
@@ -403,6 +417,27 @@ mod tests {
         assert!(h.covers(ms("2026-12-07T11:00:00Z"), ms("2026-12-07T12:00:00Z")));
         assert!(!h.covers(ms("2026-12-07T11:30:00Z"), ms("2026-12-07T12:30:00Z")));
         assert!(!h.covers(ms("2026-12-08T09:00:00Z"), ms("2026-12-08T09:30:00Z")));
+    }
+
+    #[test]
+    fn hours_that_run_through_midnight_cover_a_time_across_it() {
+        // Every hour of every day (CI once ran at 23:57 UTC, and a reschedule to 23:56 was
+        // "not free" because no one day's interval held it).
+        let all = every_day("UTC", "00:00", "24:00");
+        assert!(all.covers(ms("2026-12-07T23:45:00Z"), ms("2026-12-08T00:15:00Z")));
+        // A night shift: Monday 20:00 to 24:00, Tuesday 00:00 to 04:00.
+        let night = WorkingHours::parse(&spec(
+            "UTC",
+            &[("mon", &[("20:00", "24:00")]), ("tue", &[("00:00", "04:00")])],
+        ))
+        .unwrap();
+        assert!(night.covers(ms("2026-12-07T23:30:00Z"), ms("2026-12-08T00:30:00Z")));
+        assert!(night.covers(ms("2026-12-07T20:00:00Z"), ms("2026-12-08T04:00:00Z")));
+        assert!(!night.covers(ms("2026-12-08T03:30:00Z"), ms("2026-12-08T04:30:00Z")));
+        // A gap is a gap: 09:00-12:00 and 13:00-17:00 do not cover 11:30-13:30.
+        let split = WorkingHours::parse(&spec("UTC", &[("mon", &[("09:00", "12:00"), ("13:00", "17:00")])])).unwrap();
+        assert!(!split.covers(ms("2026-12-07T11:30:00Z"), ms("2026-12-07T13:30:00Z")));
+        assert!(split.covers(ms("2026-12-07T13:00:00Z"), ms("2026-12-07T17:00:00Z")));
     }
 
     #[test]

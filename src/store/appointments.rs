@@ -594,6 +594,9 @@ impl Store {
             }
             let mut a = load_appointment(tx, appointment_id)?
                 .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such appointment"))?;
+            // The state machine first: a time in the past, or an appointment that cannot move
+            // any more, is that error whether or not the time is free.
+            let transitions = a.machine.apply(input, now_ms)?;
             if let Input::Reschedule {
                 starts_at_ms,
                 duration_ms,
@@ -608,7 +611,6 @@ impl Store {
                     return Err(Error::new(ErrorCode::SlotTaken, "that time is not free"));
                 }
             }
-            let transitions = a.machine.apply(input, now_ms)?;
             save(tx, &a, &transitions)?;
             match input {
                 Input::Cancel(_) => {
