@@ -16,10 +16,9 @@ OUT=$(mktemp -d /tmp/loss.XXXX)
 cd "$(dirname "$0")/../.."
 cargo test --test browser --no-run >/dev/null 2>&1
 TEST=chromium_video_survives_5_percent_loss_both_ways
-IGNORED=
-if [ -n "$SIMULCAST" ]; then TEST=chromium_simulcast_video_survives_5_percent_loss_both_ways; IGNORED=--ignored; fi
+if [ -n "$SIMULCAST" ]; then TEST=chromium_simulcast_video_survives_5_percent_loss_both_ways; fi
 for i in $(seq "$RUNS"); do
-  cargo test --test browser "$TEST" -- --nocapture --exact $IGNORED \
+  cargo test --test browser "$TEST" -- --nocapture --exact \
     >> "$OUT/run-$i.log" 2>&1 || echo "run $i failed (figures kept): $OUT/run-$i.log"
 done
 cat "$OUT"/run-*.log | grep '^LOSS' > "$OUT/loss.jsonl" || true
