@@ -79,6 +79,8 @@ async fn web_client_in_chromium() {
         "{f:#}"
     );
     assert_eq!(f["screenTileRemoved"], true);
+    // Text stays sharp: the guest's browser is told to keep the screen's resolution.
+    assert_eq!(f["guestLocalScreenTrack"]["contentHint"], "detail", "{f:#}");
 
     let f = facts(&results, "deny-with-reason");
     assert_eq!(f["reasonShown"], true);

@@ -81,6 +81,21 @@ const CAMERA_SIMULCAST = [
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_700_000 },
 ];
+/**
+ * Asks a sender to keep its resolution and drop frames first under constraint
+ * (`degradationPreference`), where the browser supports setting it; best effort.
+ */
+async function keepResolution(sender) {
+  try {
+    const params = sender.getParameters();
+    if (params.degradationPreference === 'maintain-resolution') return;
+    params.degradationPreference = 'maintain-resolution';
+    await sender.setParameters(params);
+  } catch {
+    // Not supported here (the content hint says the same to the encoder).
+  }
+}
+
 /** A connection not connected this long after its negotiation is treated as blocked: restart ICE. */
 const MEDIA_CONNECT_TIMEOUT_MS = 4000;
 /** An ICE restart that has not connected in this long is followed by another. */
@@ -848,11 +863,18 @@ export class GatehouseClient extends EventTarget {
       const pc = this.ensurePublisher();
       for (const [source, entry] of live) {
         if (!entry.transceiver) {
+          // A shared screen is text and detail: when the uplink or the CPU falls short, the
+          // browser's encoder keeps its resolution and lowers its frame rate (the gateway,
+          // for its part, gives a screen share its rate before cameras: ARCHITECTURE).
+          if (source === 'screen' && 'contentHint' in entry.track && !entry.track.contentHint) {
+            entry.track.contentHint = 'detail';
+          }
           entry.transceiver = pc.addTransceiver(entry.track, {
             direction: 'sendonly',
             streams: [this.localStream()],
             ...(source === 'camera' && this.simulcast ? { sendEncodings: CAMERA_SIMULCAST.map((e) => ({ ...e })) } : {}),
           });
+          if (source === 'screen') await keepResolution(entry.transceiver.sender);
         }
       }
       const answer = deferred();

@@ -489,6 +489,58 @@ pub fn fit(layers: &[(u8, u64, bool)], target: u8, share: u64) -> Option<u8> {
     )
 }
 
+/// How one subscriber connection's estimate is split among its video legs, once audio is
+/// taken off (`video`: what is left). Screen shares come first: each gets what it needs (the
+/// rate of its best layer within its subscriber's wish), or, when together they need more than
+/// there is, a part of it in proportion to that need; the cameras share what the screens leave
+/// equally. A screen share's slide is what a guest came for, and its text must stay sharp: so
+/// under congestion the cameras step down first (issue 12, "screen share is protected").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub video: u64,
+    /// What the connection's screen share legs need together, and how many there are.
+    pub screens_need: u64,
+    pub screens: u64,
+    pub cameras: u64,
+}
+
+impl Budget {
+    /// A camera leg's share.
+    pub fn camera(&self) -> u64 {
+        if self.cameras == 0 {
+            return 0;
+        }
+        if self.screens_need == 0 {
+            // No screen, or none measured yet: every video leg an equal part.
+            return self.video / (self.screens + self.cameras);
+        }
+        self.video.saturating_sub(self.screens_need) / self.cameras
+    }
+
+    /// The share of a screen share leg that needs `need`.
+    pub fn screen(&self, need: u64) -> u64 {
+        let screens = self.screens.max(1);
+        if self.screens_need == 0 {
+            // Nothing measured yet (a screen share just started): an equal part.
+            return self.video / (screens + self.cameras);
+        }
+        let of = |total: u64| ((total as u128 * need as u128) / self.screens_need as u128) as u64;
+        if self.cameras == 0 {
+            // Alone, the screens take everything, in proportion.
+            return of(self.video);
+        }
+        of(self.video.min(self.screens_need))
+    }
+}
+
+/// What a leg of a track needs for the layer its subscriber wishes: the rate of the layer
+/// [`fit`] picks with no bandwidth limit (0 when nothing sends).
+pub fn need(layers: &[(u8, u64, bool)], target: u8) -> u64 {
+    fit(layers, target, u64::MAX)
+        .and_then(|rank| layers.iter().find(|l| l.2 && l.0 == rank))
+        .map_or(0, |l| l.1)
+}
+
 /// How long after a failed try the next may start, first; it doubles up to [`MAX_HOLD`].
 pub const BASE_HOLD: Duration = Duration::from_secs(2);
 /// The longest wait between tries.
@@ -992,6 +1044,65 @@ mod tests {
             "raised to what arrived: {}",
             bwe.estimator.bps()
         );
+    }
+
+    #[test]
+    fn screen_shares_get_what_they_need_before_cameras_share_the_rest() {
+        // 1.5 Mbit/s of video budget, a screen share needing 1 Mbit/s, two cameras.
+        let b = Budget {
+            video: 1_500_000,
+            screens_need: 1_000_000,
+            screens: 1,
+            cameras: 2,
+        };
+        assert_eq!((b.screen(1_000_000), b.camera()), (1_000_000, 250_000));
+        // Less than the screen needs: it gets all there is, the cameras nothing (their lowest
+        // layer all the same: `fit` never stops video).
+        let b = Budget { video: 800_000, ..b };
+        assert_eq!((b.screen(1_000_000), b.camera()), (800_000, 0));
+        // Two screens needing 600 and 200 kbit/s of 400: in proportion.
+        let b = Budget {
+            video: 400_000,
+            screens_need: 800_000,
+            screens: 2,
+            cameras: 1,
+        };
+        assert_eq!(
+            (b.screen(600_000), b.screen(200_000), b.camera()),
+            (300_000, 100_000, 0)
+        );
+        // No camera: the screens take everything, in proportion, even beyond their need.
+        let b = Budget {
+            video: 2_000_000,
+            screens_need: 500_000,
+            screens: 1,
+            cameras: 0,
+        };
+        assert_eq!((b.screen(500_000), b.camera()), (2_000_000, 0));
+        // No screen: the cameras share equally, as before.
+        let b = Budget {
+            video: 900_000,
+            screens_need: 0,
+            screens: 0,
+            cameras: 3,
+        };
+        assert_eq!(b.camera(), 300_000);
+        // A screen that has sent nothing yet: an equal part.
+        let b = Budget {
+            video: 900_000,
+            screens_need: 0,
+            screens: 1,
+            cameras: 2,
+        };
+        assert_eq!((b.screen(0), b.camera()), (300_000, 300_000));
+        assert_eq!(Budget::default().camera(), 0);
+        assert_eq!(Budget::default().screen(0), 0);
+        // A screen share's need: its best layer within the wish; one layer, that layer.
+        let layers = [(0, 150_000, true), (1, 500_000, true), (2, 1_500_000, false)];
+        assert_eq!(need(&layers, u8::MAX), 500_000, "the top layer does not send");
+        assert_eq!(need(&layers, 0), 150_000);
+        assert_eq!(need(&[(0, 900_000, true)], u8::MAX), 900_000);
+        assert_eq!(need(&[(0, 900_000, false)], u8::MAX), 0);
     }
 
     #[test]

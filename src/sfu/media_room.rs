@@ -553,6 +553,20 @@ impl Track {
         (ranks, n, available)
     }
 
+    /// Per layer (up to [`MAX_LAYERS`]): its rank, the rate it arrives at, and whether it
+    /// sent within [`LAYER_TIMEOUT`], as [`bwe::fit`] takes them.
+    fn layer_rates(&self, now: Instant) -> ([(u8, u64, bool); MAX_LAYERS], usize) {
+        let mut layers = [(0u8, 0u64, false); MAX_LAYERS];
+        let n = self.layers.len().min(MAX_LAYERS);
+        for (slot, layer) in layers.iter_mut().zip(&self.layers) {
+            let sending = layer
+                .last_packet
+                .is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT);
+            *slot = (layer.rank, layer.rate.bps(), sending);
+        }
+        (layers, n)
+    }
+
     /// The layer a keyframe for leg `l` should come from: the one it waits for or
     /// forwards, else the one it would start with.
     fn keyframe_layer(&self, l: usize, now: Instant) -> usize {
@@ -1640,8 +1654,9 @@ impl MediaRoom {
     }
 
     /// Caps the layer of each video leg on `conn` under the connection's estimate. Audio
-    /// comes first: the audio legs' rates are taken off the estimate, and what is left is
-    /// shared equally among the video legs (paused ones take nothing); each gets the highest
+    /// comes first: the audio legs' rates are taken off the estimate; then screen shares
+    /// take what they need, and the cameras share what is left equally ([`bwe::Budget`];
+    /// paused legs take nothing); each gets the highest
     /// layer its share covers (`bwe::fit`, never below the lowest: video is reduced, not
     /// stopped). A drop lowers caps at once; otherwise caps rise only where the next layer
     /// fits with [`bwe::UP_HEADROOM`], or, when the connection may try
@@ -1651,40 +1666,28 @@ impl MediaRoom {
             return;
         };
         let estimate = self.bwe[i].1.estimator.bps();
-        let on_conn = |l: &Leg| l.negotiated && !l.rewrite.paused() && l.bound.is_some_and(|(c, _)| c == conn);
-        let (mut audio, mut video) = (0u64, 0u64);
-        for t in &self.tracks {
-            for _ in t.legs.iter().filter(|l| on_conn(l)) {
-                match t.info.kind {
-                    TrackKind::Audio => audio += t.layers.iter().map(|l| l.rate.bps()).max().unwrap_or(0),
-                    TrackKind::Video => video += 1,
-                }
-            }
-        }
-        if video == 0 {
+        let budget = self.budget(conn, estimate, now);
+        if budget.screens + budget.cameras == 0 {
             return;
         }
-        let share = estimate.saturating_sub(audio) / video;
+        let on_conn = |l: &Leg| l.negotiated && !l.rewrite.paused() && l.bound.is_some_and(|(c, _)| c == conn);
         let mut try_leg: Option<(usize, usize, u8)> = None;
         let mut changed = 0u64;
         for (t, track) in self.tracks.iter_mut().enumerate() {
             if track.info.kind != TrackKind::Video {
                 continue;
             }
-            let mut layers = [(0u8, 0u64, false); MAX_LAYERS];
-            let n = track.layers.len().min(MAX_LAYERS);
-            for (slot, layer) in layers.iter_mut().zip(&track.layers) {
-                let sending = layer
-                    .last_packet
-                    .is_some_and(|at| now.saturating_duration_since(at) < LAYER_TIMEOUT);
-                *slot = (layer.rank, layer.rate.bps(), sending);
-            }
+            let (layers, n) = track.layer_rates(now);
             let layers = &layers[..n];
             for (l, leg) in track.legs.iter_mut().enumerate() {
                 if !on_conn(leg) {
                     continue;
                 }
                 let target = leg.layer.target().0;
+                let share = match track.info.source {
+                    TrackSource::Screen => budget.screen(bwe::need(layers, target)),
+                    _ => budget.camera(),
+                };
                 let cap = leg.layer.cap().0;
                 let new = match verdict {
                     Verdict::Down => bwe::fit(layers, target, share).map_or(cap, |f| f.min(cap)),
@@ -1727,26 +1730,45 @@ impl MediaRoom {
         }
     }
 
-    /// The share of its estimate each video leg of subscriber connection `conn` gets (audio
-    /// taken off first, the rest split equally, as [`MediaRoom::fit_legs`] does), once its
-    /// estimate has dropped; `None` while its path has never been found short.
-    fn video_share(&self, conn: ConnId) -> Option<u64> {
+    /// How subscriber connection `conn`'s `estimate` is split among its video legs
+    /// ([`bwe::Budget`]): audio taken off first, screen shares next, cameras share the rest.
+    fn budget(&self, conn: ConnId, estimate: u64, now: Instant) -> bwe::Budget {
+        let on_conn = |l: &Leg| l.negotiated && !l.rewrite.paused() && l.bound.is_some_and(|(c, _)| c == conn);
+        let (mut audio, mut budget) = (0u64, bwe::Budget::default());
+        for t in &self.tracks {
+            for leg in t.legs.iter().filter(|l| on_conn(l)) {
+                match (t.info.kind, t.info.source) {
+                    (TrackKind::Audio, _) => audio += t.layers.iter().map(|l| l.rate.bps()).max().unwrap_or(0),
+                    (TrackKind::Video, TrackSource::Screen) => {
+                        let (layers, n) = t.layer_rates(now);
+                        budget.screens += 1;
+                        budget.screens_need += bwe::need(&layers[..n], leg.layer.target().0);
+                    }
+                    (TrackKind::Video, _) => budget.cameras += 1,
+                }
+            }
+        }
+        budget.video = estimate.saturating_sub(audio);
+        budget
+    }
+
+    /// The share of its estimate a video leg of `track` on subscriber connection `conn`
+    /// gets ([`MediaRoom::budget`], as [`MediaRoom::fit_legs`] splits it), once its estimate
+    /// has dropped; `None` while its path has never been found short.
+    fn video_share(&self, conn: ConnId, track: &Track, leg: &Leg, now: Instant) -> Option<u64> {
         let i = self.bwe.binary_search_by_key(&conn, |(c, _)| *c).ok()?;
         let bwe = &self.bwe[i].1;
         if !bwe.capping {
             return None;
         }
-        let on_conn = |l: &Leg| l.negotiated && !l.rewrite.paused() && l.bound.is_some_and(|(c, _)| c == conn);
-        let (mut audio, mut video) = (0u64, 0u64);
-        for t in &self.tracks {
-            for _ in t.legs.iter().filter(|l| on_conn(l)) {
-                match t.info.kind {
-                    TrackKind::Audio => audio += t.layers.iter().map(|l| l.rate.bps()).max().unwrap_or(0),
-                    TrackKind::Video => video += 1,
-                }
+        let budget = self.budget(conn, bwe.estimator.bps(), now);
+        Some(match track.info.source {
+            TrackSource::Screen => {
+                let (layers, n) = track.layer_rates(now);
+                budget.screen(bwe::need(&layers[..n], leg.layer.target().0))
             }
-        }
-        Some(bwe.estimator.bps().saturating_sub(audio) / video.max(1))
+            _ => budget.camera(),
+        })
     }
 
     /// Tells each publisher connection whose video is all single-layer the most its
@@ -1783,8 +1805,7 @@ impl MediaRoom {
                                 .legs
                                 .iter()
                                 .filter(|l| l.negotiated && !l.rewrite.paused())
-                                .filter_map(|l| l.bound)
-                                .map(|(c, _)| self.video_share(c)),
+                                .filter_map(|l| l.bound.map(|(c, _)| self.video_share(c, track, l, now))),
                         );
                         match remb::track_limit(&mut shares) {
                             Some(bps) => sum += bps,
@@ -4577,6 +4598,74 @@ mod tests {
             "{back:?}"
         );
         assert_eq!(back.len(), 4, "the same to B: {back:?}");
+    }
+
+    /// Issue 12, "screen share is protected": A shares its screen (one layer, about
+    /// 1 Mbit/s) beside its three-layer camera. B's path carries 1.3 Mbit/s: split equally
+    /// (as before) the camera's 650 kbit/s would take its 500 kbit/s middle layer and the two
+    /// together overrun the path; the screen share's need comes first, so the camera gets
+    /// what is left (about 200 kbit/s with headers: its lowest layer), and B's screen share
+    /// leg, the one layer, goes on. With room for both, the camera climbs back.
+    #[test]
+    fn under_congestion_a_screen_share_keeps_its_rate_and_the_camera_steps_down() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let mut fx = Vec::new();
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Camera),
+                announce("1", TrackSource::Microphone),
+                announce("2", TrackSource::Screen),
+            ],
+            t0,
+            &mut fx,
+        );
+        room.stream_opened(A, stream("2", 3000, "video/VP8"), t0, &mut fx);
+        bind_legs(&mut room, &fx);
+        room.due_offers(&mut Vec::new());
+        let answer = answer_all(&room, B);
+        room.subscriber_answered(B, &answer, false, t0, &mut fx);
+        // Two seconds of media: per 100 ms, q 150, h 500, f 1 500 kbit/s, screen 1 000 kbit/s.
+        let mut sink = Recorder::default();
+        let mut at = t0;
+        for i in 0..20u16 {
+            at = t0 + Duration::from_millis(100 * u64::from(i));
+            for (ssrc, bytes) in [(1000, 1875), (1001, 6250), (1002, 18750), (3000, 12500)] {
+                let mut p = vp8(ssrc, i, u32::from(i) * 9000, i == 0);
+                p.payload = Bytes::from(vec![0u8; bytes]);
+                room.forward(A_PUB, &p, at, &mut sink, &mut fx);
+            }
+        }
+        let cap = |room: &MediaRoom, source| {
+            let track = room.tracks.iter().find(|t| t.info.source == source).expect("track");
+            track
+                .legs
+                .iter()
+                .find(|l| l.subscriber == B)
+                .expect("B's leg")
+                .layer
+                .cap()
+        };
+        estimate(&mut room, B_SUB, Some(1_300_000));
+        room.fit_legs(B_SUB, Verdict::Down, at);
+        assert_eq!(cap(&room, TrackSource::Camera), Target(0), "the camera steps down to q");
+        assert_eq!(cap(&room, TrackSource::Screen), Target(0), "the screen's one layer");
+        let camera = room
+            .tracks
+            .iter()
+            .find(|t| t.info.source == TrackSource::Camera)
+            .expect("camera");
+        let leg = camera.legs.iter().find(|l| l.subscriber == B).expect("leg");
+        let share = room.video_share(B_SUB, camera, leg, at).expect("capping");
+        assert!(
+            (100_000..400_000).contains(&share),
+            "what the screen leaves, not half: {share}"
+        );
+        // Room for the screen and the camera's middle layer (and headroom): up to h, not f.
+        estimate(&mut room, B_SUB, Some(2_300_000));
+        room.fit_legs(B_SUB, Verdict::Up, at);
+        assert_eq!(cap(&room, TrackSource::Camera), Target(1));
     }
 
     /// Issue 12: B's leg of a three-layer camera capped to the lowest layer by its bandwidth

@@ -1264,7 +1264,14 @@ async function screenShare(run) {
   await run.shot(guest, 'screen-share-guest.png');
   run.facts.guestLocalScreenTrack = await guest.evaluate(() => {
     const s = window.gatehouse.client.local.get('screen');
-    return s ? { readyState: s.track.readyState, label: s.track.label } : null;
+    if (!s) return null;
+    const sender = s.transceiver?.sender;
+    return {
+      readyState: s.track.readyState,
+      label: s.track.label,
+      contentHint: s.track.contentHint,
+      degradationPreference: sender?.getParameters().degradationPreference ?? null,
+    };
   });
 
   // The screen tile appears when the server announces the track (track_published): that needs the SFU.
