@@ -1157,12 +1157,39 @@ async fn watch_guest_leg(
     }
 }
 
+/// The delay toward the guest in the whole capped-downlink scenario (issue 12: "with 40 ms of
+/// delay where the relay provides it"), on top of the bottleneck's queue.
+const DOWNLINK_DELAY: Duration = Duration::from_millis(40);
+
 async fn downlink_cap(simulcast: bool, lift: bool) {
     let _one_browser = ONE_BROWSER.lock().await;
     let Some(net) = support::netns::GuestNet::create() else {
         return;
     };
-    let (srv, dir) = namespace_gateway(&net, |_| {}, |_| {}).await;
+    // The whole scenario (`lift`) also delays the guest's media by DOWNLINK_DELAY: the gateway
+    // advertises a relay's address, the relay holds what goes to the guest.
+    let relay_ip = lift.then(|| net.add_host_address());
+    let (srv, dir) = namespace_gateway(&net, |c| c.public_ip = relay_ip.map(Into::into), |_| {}).await;
+    let relay = match relay_ip {
+        Some(ip) => {
+            let port = srv.state().sfu.media_addrs()[0].port();
+            let guest_ip = std::net::IpAddr::V4(net.guest_ip);
+            let delays = support::delay_relay::Delays {
+                to_client: DOWNLINK_DELAY,
+                to_gateway: Duration::ZERO,
+            };
+            let relay = support::delay_relay::DelayRelay::start(
+                (ip, port).into(),
+                (net.host_ip, port).into(),
+                delays,
+                move |c| c == guest_ip,
+            )
+            .await
+            .expect("the delaying relay");
+            Some(relay)
+        }
+        None => None,
+    };
     let mut guest = guest_in_namespace(&srv, &net, &dir, "Narrow Nora");
     guest["simulcast"] = simulcast.into();
     let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "downlink-cap", guest);
@@ -1364,6 +1391,8 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         "DOWNLINK {}",
         serde_json::json!({
             "simulcast": simulcast,
+            "delay_ms": relay_ip.map(|_| DOWNLINK_DELAY.as_millis() as u64),
+            "delayed_datagrams": relay.as_ref().map(|r| r.delayed()),
             "sent_widths_at_top": at_top,
             "top_width_before": f["topWidth"],
             "low_ms": low_ms,
@@ -1390,6 +1419,13 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         })
     );
     assert!(rows.len() > 10, "the guest sampled what it received: {f:#}");
+    if let Some(relay) = &relay {
+        let (to_guest, from_guest) = relay.delayed();
+        assert!(
+            to_guest > 1000 && from_guest > 100,
+            "the guest's media went through the delaying relay: {to_guest} to it, {from_guest} from it"
+        );
+    }
     assert!(
         audio_gap_ms < 1000,
         "audio never interrupted: longest gap {audio_gap_ms} ms"

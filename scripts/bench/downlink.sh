@@ -5,7 +5,8 @@
 # Runs the Chromium capped-downlink scenario RUNS times (default 3; root, as the suite is,
 # one browser test at a time): a guest in a network namespace receives staff's fake camera
 # (staff in the console, a second Chromium); its downlink is capped with tc tbf at 300 kbit/s
-# (8 KB bucket, 250 ms queue) for 15 s, then the cap is lifted for 12 s. Prints, per run,
+# (8 KB bucket, 250 ms queue) for 15 s, then the cap is lifted for 12 s; the guest's media
+# goes through a relay in the test that delays what goes to it by 40 ms. Prints, per run,
 # when the guest decoded the low layer (and when the server's leg forwarded it), the loss
 # over the next 10 s, the longest stretch without a new frame, audio's longest gap, the
 # server's estimate while capped, and when the top layer came back after the cap was lifted.
@@ -27,6 +28,7 @@ import json, sys
 rows = [json.loads(l.split(" ", 1)[1]) for l in open(sys.argv[1])]
 def col(name, f):
     print(f"{name:42} " + "  ".join(str(f(r)) for r in rows))
+col("delay toward the guest (ms)", lambda r: r.get("delay_ms"))
 col("staff's layers sent (widths)", lambda r: "/".join(map(str, r["sent_widths_at_top"])))
 col("guest's width before the cap", lambda r: r["top_width_before"])
 col("low layer decoded after (ms)", lambda r: r["low_ms"])

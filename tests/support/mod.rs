@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub mod browser;
 #[cfg(target_os = "linux")]
 pub mod coturn;
+pub mod delay_relay;
 #[cfg(target_os = "linux")]
 pub mod netns;
 #[cfg(target_os = "linux")]

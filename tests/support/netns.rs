@@ -181,6 +181,18 @@ impl GuestNet {
         self.guest_ip = new;
     }
 
+    /// A second address on this side of the link (10.214.n.1, outside the link's /29, reached
+    /// from the guest by its default route), for a relay between the guest and the gateway.
+    /// It goes with the link. Add it before any browser starts: a new address is a network
+    /// change to a browser outside the namespace.
+    pub fn add_host_address(&self) -> Ipv4Addr {
+        let [_, _, n, _] = self.host_ip.octets();
+        let ip = Ipv4Addr::new(10, 214, n, 1);
+        run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", &self.host_if], None)
+            .unwrap_or_else(|e| panic!("adding {ip}: {e}"));
+        ip
+    }
+
     /// Loads an nftables ruleset inside the namespace (`nft -f -`).
     pub fn nft(&self, ruleset: &str) {
         run(&["ip", "netns", "exec", &self.name, "nft", "-f", "-"], Some(ruleset))
