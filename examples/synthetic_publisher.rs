@@ -30,9 +30,13 @@ struct Args {
     /// Accept any server certificate (development only).
     #[arg(long)]
     insecure: bool,
-    /// Video bitrate in kbit/s.
+    /// Video bitrate in kbit/s (of the top layer: the camera is simulcast, its lower layers
+    /// at a third and a ninth of it).
     #[arg(long, default_value_t = 500)]
     video_kbps: u32,
+    /// Publish the camera as one layer instead of three (simulcast `q`, `h`, `f`).
+    #[arg(long)]
+    no_simulcast: bool,
     /// Video frames per second.
     #[arg(long, default_value_t = 30)]
     fps: u32,
@@ -53,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let mut options = ConnectOptions::new(&args.url, &args.token);
     options.meeting_id = args.meeting.clone();
     options.danger_accept_invalid_certs = args.insecure;
+    options.media.simulcast = !args.no_simulcast;
     if let Some(path) = &args.ca {
         options.ca_pem = Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
     }
@@ -101,13 +106,21 @@ async fn main() -> anyhow::Result<()> {
                 Some(Event::Left { reason, .. }) => { println!("left: {reason:?}"); break }
                 Some(Event::Disconnected { error }) => { println!("disconnected: {error:?}"); break }
                 Some(Event::MediaFailed { role, error }) => eprintln!("{role:?} media failed: {error}"),
+                Some(Event::PublisherLayers { layers, .. }) => {
+                    let active: Vec<&str> = layers.iter().filter(|l| l.active).map(|l| l.rid.as_str()).collect();
+                    println!("layers anybody needs: {active:?}");
+                }
                 Some(_) => {}
                 None => break,
             },
         }
     }
     println!("audio: {:?}", audio_sender.stop().await?);
+    let layers = video_sender.layers();
     println!("video: {:?}", video_sender.stop().await?);
+    for layer in layers {
+        println!("  layer {:?}: {layer:?}", layer.rid);
+    }
     client.leave()?;
     client.close().await;
     Ok(())

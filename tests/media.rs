@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use gatehouse_sdk::synthetic::{StreamSummary, SyntheticConfig};
-use gatehouse_sdk::{Client, ConnectionQuality, Event, Events, RemoteTrack, now_us};
-use gatehouse_signaling::protocol::{LobbyStatus, TrackSource};
+use gatehouse_sdk::synthetic::{StreamSummary, SyntheticCodec, SyntheticConfig, parse_payload};
+use gatehouse_sdk::{Client, ConnectionQuality, Event, Events, Quality, RemoteTrack, now_us};
+use gatehouse_signaling::protocol::{LobbyStatus, TrackKind, TrackSource};
 use gatehouse_signaling::token::StaffRole;
 use serde_json::json;
 use support::TestServer;
@@ -359,8 +359,9 @@ async fn a_lossy_uplink_is_announced_as_poor_to_its_owner_and_to_staff_and_its_r
 }
 
 /// Issue 12: a subscriber hears which layer of a video track it receives (`video_layer`): an
-/// SDK camera, sent without simulcast, is layer 0 of 1 and not reduced, said to Ben once the
-/// gateway forwards it, about the track Ben was told was published.
+/// SDK camera, sent without simulcast (`simulcast: false`, one layer as before), is layer 0 of
+/// 1 and not reduced, said to Ben once the gateway forwards it, about the track Ben was told
+/// was published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_is_told_the_layer_of_a_video_track_it_receives() {
     let srv = TestServer::start().await;
@@ -372,13 +373,15 @@ async fn a_subscriber_is_told_the_layer_of_a_video_track_it_receives() {
     let mut people = Vec::new();
     for sub in ["ana", "ben"] {
         let token = srv.staff_token(sub, StaffRole::Staff);
-        let (client, mut events) = Client::connect(srv.sdk_options(&token).meeting(mid.clone()))
-            .await
-            .unwrap();
+        let mut options = srv.sdk_options(&token).meeting(mid.clone());
+        options.media.simulcast = false;
+        let (client, mut events) = Client::connect(options).await.unwrap();
         support::sdk_admitted(&mut events).await;
         people.push((client, events));
     }
     let cam = people[0].0.publish(TrackSource::Camera).await.expect("publish camera");
+    assert_eq!(cam.layer_count(), 1, "one layer without simulcast");
+    assert!(cam.layers()[0].rid.is_empty());
     let sender = cam.start_synthetic(SyntheticConfig::video()).unwrap();
     let events = &mut people[1].1;
     let camera = events
@@ -402,6 +405,214 @@ async fn a_subscriber_is_told_the_layer_of_a_video_track_it_receives() {
         .expect("Ben is told the layer it receives");
     assert_eq!(told, (camera, 0, 1, false));
     sender.stop().await.expect("sender ran cleanly");
+    for (client, _) in &people {
+        client.leave().unwrap();
+    }
+    for (client, _) in people {
+        client.close().await;
+    }
+    srv.wait_until("every media connection closed", |s| {
+        s.state().sfu.live_connections() == 0
+    })
+    .await;
+}
+
+/// The layer of each synthetic video packet a subscriber receives, as (layer, how many
+/// packets of it in a row), until the track ends.
+fn follow_layers(track: RemoteTrack) -> (tokio::sync::watch::Receiver<(u8, u64)>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::watch::channel((u8::MAX, 0));
+    let task = tokio::spawn(async move {
+        while let Some(packet) = track.recv_rtp().await {
+            let layer = parse_payload(SyntheticCodec::Vp8, &packet.payload)
+                .expect("an intact synthetic payload")
+                .layer;
+            tx.send_modify(|(last, run)| {
+                *run = if *last == layer { *run + 1 } else { 1 };
+                *last = layer;
+            });
+        }
+    });
+    (rx, task)
+}
+
+/// Waits for a `video_layer` saying `track_id` is received at `layer`; returns of how many.
+async fn told_layer(events: &mut Events, track_id: &str, layer: u8) -> u8 {
+    events
+        .wait_for(T, |e| match e {
+            Event::VideoLayer {
+                track_id: t,
+                layer: l,
+                layers,
+                ..
+            } if t.as_str() == track_id && l == layer => Some(layers),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|_| panic!("told layer {layer} of the camera"))
+}
+
+/// Waits until `layers` (a `follow_layers` watch) has seen 30 packets in a row of `layer`.
+async fn receives_layer(layers: &mut tokio::sync::watch::Receiver<(u8, u64)>, layer: u8) {
+    let reached = tokio::time::timeout(T, layers.wait_for(|&(l, run)| l == layer && run >= 30))
+        .await
+        .map(|r| r.is_ok());
+    assert!(
+        matches!(reached, Ok(true)),
+        "30 packets in a row of layer {layer}; last seen {:?}",
+        *layers.borrow()
+    );
+}
+
+/// Issue 12: the SDK publishes its camera as simulcast by default, three layers (`q`, `h`,
+/// `f`) each on its own SSRC, the synthetic sender's at about 1:3:9 of the bytes. A
+/// subscriber receives the top layer by default; asking `Low` it gets the `q` layer's
+/// packets (the synthetic header names the layer) and is told `video_layer` 0 of 3; with
+/// nobody needing `h` and `f`, the gateway's `publisher_layers` pauses them and the sender
+/// stops sending them (its per-layer counters stop) while `q` goes on; asking `High` again
+/// resumes `f` with a keyframe and the subscriber gets it. Keyframes come only when asked
+/// for (and on resuming), and each switch's request names the layer switched to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_camera_is_simulcast_and_the_layers_nobody_needs_pause() {
+    let srv = TestServer::start().await;
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": "Simulcast", "lobby_bypass": "organization" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut people = Vec::new();
+    for sub in ["ana", "ben"] {
+        let token = srv.staff_token(sub, StaffRole::Staff);
+        let (client, mut events) = Client::connect(srv.sdk_options(&token).meeting(mid.clone()))
+            .await
+            .unwrap();
+        support::sdk_admitted(&mut events).await;
+        people.push((client, events));
+    }
+    let [(ana, ana_events), (ben, ben_events)] = &mut people[..] else {
+        unreachable!("two people")
+    };
+    let cam = ana.publish(TrackSource::Camera).await.expect("publish camera");
+    let layers = cam.layers();
+    assert_eq!(
+        layers.iter().map(|l| l.rid.as_str()).collect::<Vec<_>>(),
+        ["q", "h", "f"],
+        "simulcast by default"
+    );
+    assert!(layers[0].ssrc != layers[1].ssrc && layers[1].ssrc != layers[2].ssrc && layers[0].ssrc != layers[2].ssrc);
+    assert!(layers.iter().all(|l| l.active));
+    let config = SyntheticConfig {
+        keyframe_interval: 0,
+        ..SyntheticConfig::video()
+    };
+    let sender = cam.start_synthetic(config).unwrap();
+    let cam_id = ana_events
+        .wait_for(T, |e| match e {
+            Event::TrackPublished(t) if t.source == TrackSource::Camera => Some(t.track_id),
+            _ => None,
+        })
+        .await
+        .expect("Ana's camera is announced");
+
+    // The first `video_layer` may come before webrtc-rs hands over the remote track.
+    let (mut remote, mut told_top) = (None, false);
+    ben_events
+        .wait_for(T, |e| {
+            match e {
+                Event::RemoteTrack(t) if t.kind() == TrackKind::Video => remote = Some(t),
+                Event::VideoLayer {
+                    track_id,
+                    layer: 2,
+                    layers: 3,
+                    ..
+                } if track_id == cam_id => told_top = true,
+                _ => {}
+            }
+            remote.as_ref().map(|_| ())
+        })
+        .await
+        .expect("Ben receives Ana's camera");
+    let remote = remote.expect("just set");
+    assert_eq!(remote.track_id(), cam_id.as_str());
+    let (mut seen, receiving) = follow_layers(remote);
+
+    // Default quality: the top layer, reached on a keyframe the gateway asked f for.
+    if !told_top {
+        assert_eq!(told_layer(ben_events, &cam_id, 2).await, 3);
+    }
+    receives_layer(&mut seen, 2).await;
+    let sent = sender.layers();
+    assert!(sent[2].keyframe_requests >= 1, "the switch to f asked f: {sent:?}");
+    assert!(sent[2].keyframes >= 2, "the first frame and the answer: {sent:?}");
+    let (q, h, f) = (
+        sent[0].bytes / sent[0].frames,
+        sent[1].bytes / sent[1].frames,
+        sent[2].bytes / sent[2].frames,
+    );
+    assert!(q * 2 < h && h * 2 < f, "bytes per frame about 1:3:9: {q} {h} {f}");
+
+    // Low: the q layer, on a keyframe asked of q.
+    let q_asked = sent[0].keyframe_requests;
+    ben.set_quality(cam_id.clone(), Quality::Low).unwrap();
+    assert_eq!(told_layer(ben_events, &cam_id, 0).await, 3);
+    receives_layer(&mut seen, 0).await;
+    assert!(
+        sender.layers()[0].keyframe_requests > q_asked,
+        "the switch to q asked q"
+    );
+
+    // Nobody needs h and f: the gateway pauses them (after its 3 s hold), the sender stops them.
+    let told = ana_events
+        .wait_for(T, |e| match e {
+            Event::PublisherLayers { track_id, layers }
+                if track_id == cam_id && !layers[1].active && !layers[2].active =>
+            {
+                Some(layers)
+            }
+            _ => None,
+        })
+        .await
+        .expect("Ana is told h and f are not needed");
+    assert!(told[0].active, "the lowest layer always goes on");
+    assert!(!cam.is_layer_active(1) && !cam.is_layer_active(2) && cam.is_layer_active(0));
+    let paused = sender.layers();
+    assert!(
+        support::sfu::eventually(T, || sender.layers()[0].frames >= paused[0].frames + 30).await,
+        "q goes on"
+    );
+    let later = sender.layers();
+    for layer in [1, 2] {
+        assert!(
+            later[layer].frames <= paused[layer].frames + 1,
+            "layer {layer} stopped (a frame in flight at most): {paused:?} then {later:?}"
+        );
+        assert!(later[layer].skipped >= paused[layer].skipped + 29, "{later:?}");
+    }
+    receives_layer(&mut seen, 0).await;
+
+    // High again: f resumes at once, with a keyframe, and Ben moves up to it.
+    ben.set_quality(cam_id.clone(), Quality::High).unwrap();
+    ana_events
+        .wait_for(T, |e| match e {
+            Event::PublisherLayers { track_id, layers } if track_id == cam_id && layers[2].active => Some(()),
+            _ => None,
+        })
+        .await
+        .expect("Ana is told f is needed again");
+    assert_eq!(told_layer(ben_events, &cam_id, 2).await, 3);
+    receives_layer(&mut seen, 2).await;
+    assert!(
+        support::sfu::eventually(T, || sender.layers()[2].frames >= later[2].frames + 30).await,
+        "f goes on: {:?}",
+        sender.layers()
+    );
+    let resumed = sender.layers();
+    assert!(
+        resumed[2].keyframes > later[2].keyframes,
+        "f resumed with a keyframe: {resumed:?}"
+    );
+
+    sender.stop().await.expect("sender ran cleanly");
+    receiving.abort();
     for (client, _) in &people {
         client.leave().unwrap();
     }

@@ -247,6 +247,17 @@ pub enum Event {
         /// Held below what we asked for, for lack of bandwidth.
         reduced: bool,
     },
+    /// The gateway changed which layers of one of our simulcast video tracks anybody
+    /// needs (docs/PROTOCOL.md, `publisher_layers`): the track's layers as they are now
+    /// (the same as [`LocalTrack::layers`]). Stop sending the inactive ones; start an active
+    /// one again with a keyframe. The SDK's synthetic sender does so by itself. Only said
+    /// when something changed.
+    PublisherLayers {
+        /// Our track (the server's id, as in its `track_published`).
+        track_id: TrackId,
+        /// Every layer of the track, smallest first, with whether it is active now.
+        layers: Vec<crate::media::TrackLayer>,
+    },
     /// A chat message (our own included).
     Chat(ChatMessage),
     /// Answer to a ping.
@@ -1593,8 +1604,19 @@ async fn handle(inner: &Arc<Inner>, message: ServerMessage, events: &mpsc::Unbou
         | ServerMessage::QueueMeeting { .. }
         | ServerMessage::QueueAppointment { .. }
         | ServerMessage::QueuePosition { .. } => None,
-        // The SDK publishes one layer per track (no simulcast yet): nothing to pause.
-        ServerMessage::PublisherLayers { .. } => None,
+        // Dynacast: which layers of our simulcast camera anybody needs. The track's flags
+        // change (a synthetic sender skips inactive layers); the application hears of it.
+        ServerMessage::PublisherLayers { track_id, layers } => {
+            let track = inner
+                .publisher()?
+                .tracks()
+                .into_iter()
+                .find(|t| t.server_track_id().as_ref() == Some(&track_id))?;
+            track.apply_publisher_layers(&layers).then(|| Event::PublisherLayers {
+                track_id,
+                layers: track.layers(),
+            })
+        }
         ServerMessage::PublishAnswer { sdp } => {
             let taken = inner.publisher().is_some_and(|p| p.on_answer(sdp));
             if !taken {

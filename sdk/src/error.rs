@@ -73,6 +73,15 @@ pub enum SdkError {
     /// A track cannot send before its connection has negotiated it.
     #[error("track not negotiated yet")]
     NotNegotiated,
+    /// A write named a layer the track does not have (a track of one layer has layer 0
+    /// only; a simulcast camera has 0, 1 and 2).
+    #[error("no layer {layer}: the track has {layers}")]
+    NoSuchLayer {
+        /// The layer asked for.
+        layer: usize,
+        /// How many the track has.
+        layers: usize,
+    },
     /// The connection to the server is closed.
     #[error("connection closed")]
     Closed,

@@ -6,14 +6,23 @@
 //! peer connections (webrtc-rs, async) and TLS. The wire protocol comes from
 //! `gatehouse-signaling`, the one definition both sides share. It must never depend on
 //! the gateway (`gatehouse`): a staff application compiles no HTTP server, database or
-//! metrics code. Features: `synthetic` adds [`synthetic`], the self-checking payload
-//! format that load tests and media tests send and measure.
+//! metrics code. Features: `synthetic` adds `synthetic`, the self-checking payload
+//! format that load tests and media tests send and measure (its module is documented
+//! when the feature is on: `cargo doc -p gatehouse-sdk --features synthetic`).
 //!
 //! - [`Client::connect`] opens the signaling WebSocket and joins; the returned
 //!   [`Events`] stream carries every server frame as a typed [`Event`].
 //! - [`Client::publish`] sends our media on the publisher connection;
 //!   [`Event::RemoteTrack`] hands over everyone else's, from the subscriber connection.
 //! - [`RestClient`] calls the REST API (meetings, links, redemption).
+//!
+//! Simulcast: a camera is published as three layers by default, as browsers publish
+//! theirs ([`MediaOptions::simulcast`]; rids `q`, `h`, `f`, about a quarter, a half and the
+//! full resolution, see [`LocalTrack`]). The gateway forwards each subscriber the layer it
+//! needs ([`Client::set_quality`], told by [`Event::VideoLayer`]) and tells us which layers
+//! nobody needs, so they can be paused (dynacast: [`LocalTrack::is_layer_active`],
+//! [`Event::PublisherLayers`]). Screen shares and audio are one layer; `simulcast: false`
+//! publishes the camera as one layer too.
 //! - `synthetic` (feature) is the payload format and statistics for synthetic media.
 //!
 //! Media health ([`health`]): the SDK watches both of its connections, as the web
@@ -76,11 +85,11 @@ pub use client::{Client, ConnectOptions, Event, Events, websocket_url};
 pub use error::{Result, SdkError};
 pub use gatehouse_signaling::protocol::{ConnectionQuality, Quality};
 pub use health::{ConnHealth, MediaHealth};
-pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, VideoCodec};
+pub use media::{LocalTrack, MediaOptions, RemoteTrack, RtpPacket, SIMULCAST_RIDS, TrackLayer, VideoCodec};
 pub use reconnect::ReconnectPolicy;
 pub use rest::{Link, LinkKind, LobbyBypass, Meeting, NewLink, NewMeeting, PublicLink, Redeemed, RestClient};
 #[cfg(feature = "synthetic")]
-pub use synthetic::{SyntheticSender, SyntheticSent};
+pub use synthetic::{SyntheticLayerSent, SyntheticSender, SyntheticSent};
 pub use tls::TlsOptions;
 
 /// The wall clock in microseconds since the UNIX epoch (what synthetic send times use).

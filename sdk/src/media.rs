@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ClientMessage, IceCandidate, IceServer, MediaPath, ParticipantId, PeerRole, PublishedTrack, TrackId, TrackInfo,
-    TrackKind, TrackSource,
+    ClientMessage, IceCandidate, IceServer, MediaPath, ParticipantId, PeerRole, PublishedTrack, PublisherLayer,
+    TrackId, TrackInfo, TrackKind, TrackSource,
 };
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -60,6 +62,18 @@ const PT_AV1: u8 = 41;
 /// [`LocalTrack::write_payload_with_audio_level`], read it with [`audio_level_of`].
 pub const AUDIO_LEVEL_URI: &str = rtc::sdp::extmap::AUDIO_LEVEL_URI;
 
+/// The header extension that names a packet's `mid` (RFC 8843): with [`RID_URI`], how the
+/// gateway tells a simulcast layer's packets apart (its SSRCs are not in the offer).
+pub const MID_URI: &str = rtc::sdp::extmap::SDES_MID_URI;
+
+/// The header extension that names a packet's simulcast layer by its `rid` (RFC 8852).
+pub const RID_URI: &str = rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI;
+
+/// The rids of a simulcast camera's layers, smallest first: about a quarter, a half and
+/// the full resolution, as the web client (and LiveKit's clients) name them. The gateway
+/// ranks layers by these names (docs/PROTOCOL.md, `publisher_layers`).
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
 /// Which codec the publisher offers for video (one per publisher connection).
 ///
 /// Synthetic video (the `synthetic` feature) goes over any of them: its payloads keep
@@ -93,6 +107,12 @@ pub struct MediaOptions {
     pub relay_only: bool,
     /// The codec offered for camera and screen tracks.
     pub video_codec: VideoCodec,
+    /// Publish camera tracks as simulcast: three layers with the rids of
+    /// [`SIMULCAST_RIDS`] (`q`, `h`, `f`), each its own RTP stream, as browsers publish
+    /// cameras; the gateway forwards each subscriber the layer it needs and tells us which
+    /// layers nobody needs ([`LocalTrack::is_layer_active`]). Off: one layer, as before.
+    /// Screen shares and audio are always one layer. Default: on.
+    pub simulcast: bool,
     /// How long to wait for the server's answer to a publisher offer.
     pub negotiation_timeout: Duration,
     /// Stream id (first half of `msid`) our published tracks carry; the client sets
@@ -107,6 +127,7 @@ impl Default for MediaOptions {
             ice_servers: Vec::new(),
             relay_only: false,
             video_codec: VideoCodec::Vp8,
+            simulcast: true,
             negotiation_timeout: Duration::from_secs(10),
             stream_id: "gatehouse-sdk".to_owned(),
         }
@@ -450,21 +471,41 @@ impl Publisher {
     pub async fn publish(&self, source: TrackSource) -> Result<LocalTrack> {
         let _negotiating = self.negotiating.lock().await;
         let codec = self.codec_for(source);
-        let ssrc = rand::random::<u32>();
+        let rids: &[&str] = if source == TrackSource::Camera && self.options.simulcast {
+            &SIMULCAST_RIDS
+        } else {
+            &[""]
+        };
+        let mut layers: Vec<LayerState> = Vec::with_capacity(rids.len());
+        for rid in rids {
+            // Distinct SSRCs: a clash would merge two layers at the receiver.
+            let ssrc = loop {
+                let ssrc = rand::random::<u32>();
+                if ssrc != 0 && layers.iter().all(|l| l.ssrc != ssrc) {
+                    break ssrc;
+                }
+            };
+            layers.push(LayerState {
+                rid: (*rid).to_owned(),
+                ssrc,
+                next_seq: AtomicU16::new(rand::random()),
+                active: AtomicBool::new(true),
+            });
+        }
         let local_id = format!("{}-{:08x}", source_name(source), rand::random::<u32>());
-        let bound = self.bind(source, &local_id, ssrc).await?;
+        let bound = self.bind(source, &local_id, &layers).await?;
         let local = LocalTrack {
             inner: Arc::new(LocalTrackInner {
                 source,
                 mime_type: codec.rtp_codec.mime_type.clone(),
                 clock_rate: codec.rtp_codec.clock_rate,
                 local_id,
-                ssrc,
+                layers,
+                layers_changed: watch::channel(0).0,
                 bound: watch::channel(Some(bound)).0,
                 mid: StdMutex::new(None),
                 payload_type: AtomicU16::new(NOT_NEGOTIATED),
                 extensions: StdMutex::new(Vec::new()),
-                next_seq: AtomicU16::new(rand::random()),
                 server_track_id: watch::channel(None).0,
                 muted: AtomicBool::new(false),
                 rebinding: AtomicBool::new(false),
@@ -488,8 +529,10 @@ impl Publisher {
         let _negotiating = self.negotiating.lock().await;
         for track in &tracks {
             let bound = self
-                .bind(track.inner.source, &track.inner.local_id, track.inner.ssrc)
+                .bind(track.inner.source, &track.inner.local_id, &track.inner.layers)
                 .await?;
+            // A new connection starts with every layer sent, as the gateway expects.
+            track.set_all_layers_active();
             track.inner.payload_type.store(NOT_NEGOTIATED, Ordering::Relaxed);
             track.inner.server_track_id.send_replace(None);
             *track.inner.mid.lock().expect("mid lock is never poisoned") = None;
@@ -511,7 +554,7 @@ impl Publisher {
     }
 
     /// A local track for `source` added to this connection (not negotiated yet).
-    async fn bind(&self, source: TrackSource, local_id: &str, ssrc: u32) -> Result<Arc<Bound>> {
+    async fn bind(&self, source: TrackSource, local_id: &str, layers: &[LayerState]) -> Result<Arc<Bound>> {
         let codec = self.codec_for(source);
         let kind = match source.kind() {
             TrackKind::Audio => RtpCodecKind::Audio,
@@ -522,14 +565,20 @@ impl Publisher {
             local_id.to_owned(),
             local_id.to_owned(),
             kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
+            // One encoding per layer; with rids, `rtc` offers them as simulcast
+            // (`a=rid:<rid> send` and `a=simulcast:send q;h;f`, no `a=ssrc` lines).
+            layers
+                .iter()
+                .map(|layer| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: layer.rid.clone(),
+                        ssrc: Some(layer.ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec.rtp_codec.clone(),
                     ..Default::default()
-                },
-                codec: codec.rtp_codec.clone(),
-                ..Default::default()
-            }],
+                })
+                .collect(),
         );
         let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), media_track)?);
         let sender = self.pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
@@ -740,7 +789,10 @@ struct LocalTrackInner {
     clock_rate: u32,
     /// Our own `msid` track id; the server names the track with its own `t_...` id.
     local_id: String,
-    ssrc: u32,
+    /// The track's RTP streams: one, or a simulcast camera's layers smallest first.
+    layers: Vec<LayerState>,
+    /// Counts changes of the layers' `active` flags, for a sender to wait on.
+    layers_changed: watch::Sender<u64>,
     /// The connection the track sends on now: replaced when the client republishes it
     /// on a new connection after a reconnect; `None` once unpublished.
     bound: watch::Sender<Option<Arc<Bound>>>,
@@ -749,13 +801,57 @@ struct LocalTrackInner {
     payload_type: AtomicU16,
     /// The header extensions the answer accepted, by URI, with their ids.
     extensions: StdMutex<Vec<(String, u8)>>,
-    next_seq: AtomicU16,
     server_track_id: watch::Sender<Option<TrackId>>,
     /// What the application last asked for (`mute_track`): every offer announces it.
     muted: AtomicBool,
     /// The client is moving the track to a new connection (a reconnect): writes are
     /// dropped until it is negotiated there.
     rebinding: AtomicBool,
+}
+
+/// One RTP stream of a local track: its only one, or one simulcast layer.
+struct LayerState {
+    /// The layer's rid (`q`, `h`, `f`); empty without simulcast.
+    rid: String,
+    ssrc: u32,
+    /// The next sequence number of the `write_payload` family on this layer.
+    next_seq: AtomicU16,
+    /// Whether anyone needs the layer, as the gateway last said (`publisher_layers`).
+    active: AtomicBool,
+}
+
+/// One layer of a local track as [`LocalTrack::layers`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackLayer {
+    /// Its rid (`q`, `h` or `f` for a simulcast camera, see [`SIMULCAST_RIDS`]); empty for
+    /// a track of one layer.
+    pub rid: String,
+    /// The SSRC its packets carry.
+    pub ssrc: u32,
+    /// Whether someone in the call needs it (the gateway's `publisher_layers`): a sender
+    /// should stop sending an inactive layer and resume, with a keyframe, when it is
+    /// active again. A track of one layer is always active.
+    pub active: bool,
+}
+
+/// A custom RTP header extension carrying raw bytes (a `mid` or a `rid`), for the
+/// packetizing [`LocalTrack::write_sample`] path.
+struct RawExtension(Bytes);
+
+impl rtc::shared::marshal::MarshalSize for RawExtension {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl rtc::shared::marshal::Marshal for RawExtension {
+    fn marshal_to(&self, buf: &mut [u8]) -> std::result::Result<usize, rtc::shared::error::Error> {
+        let out = buf
+            .get_mut(..self.0.len())
+            .ok_or(rtc::shared::error::Error::ErrBufferTooSmall)?;
+        out.copy_from_slice(&self.0);
+        Ok(self.0.len())
+    }
 }
 
 /// A local track's place on one publisher connection.
@@ -770,6 +866,24 @@ struct Bound {
 /// Send either encoded frames ([`write_sample`](Self::write_sample), which
 /// packetizes) or ready payloads/RTP ([`write_payload`](Self::write_payload),
 /// [`write_rtp`](Self::write_rtp)), not both: they keep separate sequence numbers.
+///
+/// **Simulcast.** A camera track is published as three layers by default
+/// ([`MediaOptions::simulcast`]): rids `q`, `h`, `f` ([`SIMULCAST_RIDS`]), about a quarter,
+/// a half and the full resolution, each its own RTP stream (its own SSRC and sequence
+/// numbers). An application that encodes its own video sends each layer with the
+/// `write_layer_*` calls ([`write_layer_payload`](Self::write_layer_payload),
+/// [`write_layer_rtp`](Self::write_layer_rtp), [`write_layer_sample`](Self::write_layer_sample);
+/// layer 0 is the smallest), giving the same RTP timestamp to the encodings of the same
+/// captured frame. The plain `write_*` calls send on layer 0, the smallest, which the
+/// gateway never asks to pause: an application that encodes one stream still reaches
+/// everyone, only labelled as the low layer (publish with `simulcast: false` to say what it
+/// is). The SDK puts the `mid` and `rid` header extensions on every packet of a layer, which
+/// is how the gateway tells the layers apart. Keyframe requests (PLI, FIR) name the SSRC of
+/// the layer they want: [`keyframe_layers`](Self::keyframe_layers) says which. The gateway
+/// says which layers anybody needs ([`is_layer_active`](Self::is_layer_active),
+/// [`Event::PublisherLayers`](crate::Event::PublisherLayers)); writes to an inactive layer
+/// are still sent (they only spend the uplink), so a sender should skip it and start again
+/// with a keyframe when it is active again, as the synthetic sender does.
 #[derive(Clone)]
 pub struct LocalTrack {
     inner: Arc<LocalTrackInner>,
@@ -780,7 +894,7 @@ impl std::fmt::Debug for LocalTrack {
         f.debug_struct("LocalTrack")
             .field("source", &self.inner.source)
             .field("mime_type", &self.inner.mime_type)
-            .field("ssrc", &self.inner.ssrc)
+            .field("ssrcs", &self.inner.layers.iter().map(|l| l.ssrc).collect::<Vec<_>>())
             .field("mid", &self.mid())
             .field("server_track_id", &self.server_track_id())
             .finish()
@@ -841,9 +955,111 @@ impl LocalTrack {
         self.inner.clock_rate
     }
 
-    /// The SSRC every packet of this track carries.
+    /// The SSRC of the track's first layer: the one every packet carries on a track of
+    /// one layer, the smallest layer's (`q`) on a simulcast one (see [`layers`](Self::layers)).
     pub fn ssrc(&self) -> u32 {
-        self.inner.ssrc
+        self.inner.layers[0].ssrc
+    }
+
+    /// The track's layers, smallest first: one, or a simulcast camera's three.
+    pub fn layers(&self) -> Vec<TrackLayer> {
+        self.inner
+            .layers
+            .iter()
+            .map(|l| TrackLayer {
+                rid: l.rid.clone(),
+                ssrc: l.ssrc,
+                active: l.active.load(Ordering::Acquire),
+            })
+            .collect()
+    }
+
+    /// How many layers the track is sent as (1 without simulcast).
+    pub fn layer_count(&self) -> usize {
+        self.inner.layers.len()
+    }
+
+    /// Whether the track is published as simulcast (more than one layer).
+    pub fn is_simulcast(&self) -> bool {
+        self.inner.layers.len() > 1
+    }
+
+    /// Whether someone needs layer `layer` (0 the smallest), as the gateway last said
+    /// (`publisher_layers`); false for a layer the track does not have.
+    pub fn is_layer_active(&self, layer: usize) -> bool {
+        self.inner
+            .layers
+            .get(layer)
+            .is_some_and(|l| l.active.load(Ordering::Acquire))
+    }
+
+    /// The layer whose SSRC is `ssrc`.
+    pub fn layer_of_ssrc(&self, ssrc: u32) -> Option<usize> {
+        self.inner.layers.iter().position(|l| l.ssrc == ssrc)
+    }
+
+    /// The layers an RTCP compound packet (from [`next_rtcp`](Self::next_rtcp)) asks a
+    /// keyframe of, each once, smallest first: a PLI names one by its media SSRC, a FIR by
+    /// each entry's SSRC. A request naming no SSRC of ours (a sender SSRC of 0, say) asks
+    /// for every layer.
+    pub fn keyframe_layers(&self, packets: &[Box<dyn rtc::rtcp::Packet>]) -> Vec<usize> {
+        let mut wanted = vec![false; self.inner.layers.len()];
+        let mut want = |ssrc: u32| match self.layer_of_ssrc(ssrc) {
+            Some(layer) => wanted[layer] = true,
+            None => wanted.iter_mut().for_each(|w| *w = true),
+        };
+        for packet in packets {
+            let any = packet.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                want(pli.media_ssrc);
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                if fir.fir.is_empty() {
+                    want(fir.media_ssrc);
+                }
+                for entry in &fir.fir {
+                    want(entry.ssrc);
+                }
+            }
+        }
+        wanted.iter().enumerate().filter_map(|(i, w)| w.then_some(i)).collect()
+    }
+
+    /// Applies the gateway's `publisher_layers` for this track: each named layer (by rid)
+    /// becomes active or not; layers not named stay as they are. Returns whether anything
+    /// changed. The client does it on the message; a track of one layer has no rids to
+    /// name and never changes.
+    pub fn apply_publisher_layers(&self, layers: &[PublisherLayer]) -> bool {
+        let mut changed = false;
+        for wanted in layers {
+            if let Some(layer) = self
+                .inner
+                .layers
+                .iter()
+                .find(|l| !l.rid.is_empty() && l.rid == wanted.rid)
+            {
+                changed |= layer.active.swap(wanted.active, Ordering::AcqRel) != wanted.active;
+            }
+        }
+        if changed {
+            self.inner.layers_changed.send_modify(|n| *n += 1);
+        }
+        changed
+    }
+
+    /// Every layer active again (a new connection sends them all until told otherwise).
+    fn set_all_layers_active(&self) {
+        let mut changed = false;
+        for layer in &self.inner.layers {
+            changed |= !layer.active.swap(true, Ordering::AcqRel);
+        }
+        if changed {
+            self.inner.layers_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Notified whenever a layer becomes active or inactive.
+    pub fn watch_layers(&self) -> watch::Receiver<u64> {
+        self.inner.layers_changed.subscribe()
     }
 
     /// The `mid` of this track's m-section in the publisher offer.
@@ -919,14 +1135,61 @@ impl LocalTrack {
     /// While the client reconnects ([`Event::Reconnecting`](crate::Event::Reconnecting))
     /// and until the track is negotiated on the new connection, writes succeed and the
     /// packets are dropped, as a network outage would: a sending loop need not stop.
-    pub async fn write_rtp(&self, mut packet: RtpPacket) -> Result<()> {
+    ///
+    /// On a simulcast track it goes out on layer 0, the smallest (see [`LocalTrack`]).
+    pub async fn write_rtp(&self, packet: RtpPacket) -> Result<()> {
+        self.write_layer_rtp(0, packet).await
+    }
+
+    /// Sends one RTP packet on layer `layer` (0 the smallest) of this track, as
+    /// [`write_rtp`](Self::write_rtp) does: SSRC and payload type become the layer's and the
+    /// track's, and on a simulcast track the `mid` and `rid` header extensions are set.
+    /// [`SdkError::NoSuchLayer`] for a layer the track does not have.
+    pub async fn write_layer_rtp(&self, layer: usize, mut packet: RtpPacket) -> Result<()> {
         if self.is_rebinding() {
             return Ok(());
         }
         let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
-        packet.header.ssrc = self.inner.ssrc;
+        let state = self.layer(layer)?;
+        packet.header.ssrc = state.ssrc;
         packet.header.payload_type = pt;
+        self.stamp_layer(state, &mut packet)?;
         self.send(packet).await
+    }
+
+    fn layer(&self, layer: usize) -> Result<&LayerState> {
+        self.inner.layers.get(layer).ok_or(SdkError::NoSuchLayer {
+            layer,
+            layers: self.inner.layers.len(),
+        })
+    }
+
+    /// The `mid` and `rid` header extensions a simulcast layer's packets carry (every
+    /// packet: a gateway that restarted or a receiver that missed the first ones still
+    /// learns the layer's SSRC); nothing on a track of one layer, or if the answer did not
+    /// accept them.
+    fn layer_extensions(&self, state: &LayerState) -> Vec<(u8, Bytes)> {
+        if state.rid.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(2);
+        if let (Some(id), Some(mid)) = (self.header_extension_id(MID_URI), self.mid()) {
+            out.push((id, Bytes::from(mid.into_bytes())));
+        }
+        if let Some(id) = self.header_extension_id(RID_URI) {
+            out.push((id, Bytes::from(state.rid.clone().into_bytes())));
+        }
+        out
+    }
+
+    fn stamp_layer(&self, state: &LayerState, packet: &mut RtpPacket) -> Result<()> {
+        for (id, value) in self.layer_extensions(state) {
+            packet
+                .header
+                .set_extension(id, value)
+                .map_err(|e| SdkError::Protocol(format!("mid/rid extension id {id}: {e}")))?;
+        }
+        Ok(())
     }
 
     async fn send(&self, packet: RtpPacket) -> Result<()> {
@@ -939,11 +1202,20 @@ impl LocalTrack {
     }
 
     /// Sends one payload as an RTP packet with the next sequence number of this track.
+    /// On a simulcast track it goes out on layer 0, the smallest (see [`LocalTrack`]).
     pub async fn write_payload(&self, payload: Bytes, timestamp: u32, marker: bool) -> Result<()> {
+        self.write_layer_payload(0, payload, timestamp, marker).await
+    }
+
+    /// Sends one payload as an RTP packet on layer `layer` (0 the smallest), with that
+    /// layer's SSRC and next sequence number (each layer numbers its own packets). Give
+    /// the encodings of one captured frame the same `timestamp` on every layer.
+    /// [`SdkError::NoSuchLayer`] for a layer the track does not have.
+    pub async fn write_layer_payload(&self, layer: usize, payload: Bytes, timestamp: u32, marker: bool) -> Result<()> {
         if self.is_rebinding() {
             return Ok(());
         }
-        let packet = self.next_packet(payload, timestamp, marker)?;
+        let packet = self.next_packet(layer, payload, timestamp, marker)?;
         self.send(packet).await
     }
 
@@ -960,7 +1232,7 @@ impl LocalTrack {
         if self.is_rebinding() {
             return Ok(());
         }
-        let mut packet = self.next_packet(payload, timestamp, marker)?;
+        let mut packet = self.next_packet(0, payload, timestamp, marker)?;
         if let Some(id) = self.header_extension_id(AUDIO_LEVEL_URI) {
             packet
                 .header
@@ -970,9 +1242,10 @@ impl LocalTrack {
         self.send(packet).await
     }
 
-    /// A packet of this track with the next sequence number.
-    fn next_packet(&self, payload: Bytes, timestamp: u32, marker: bool) -> Result<RtpPacket> {
+    /// A packet of layer `layer` of this track with that layer's next sequence number.
+    fn next_packet(&self, layer: usize, payload: Bytes, timestamp: u32, marker: bool) -> Result<RtpPacket> {
         let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
+        let state = self.layer(layer)?;
         let mut packet = RtpPacket {
             payload,
             ..Default::default()
@@ -980,31 +1253,52 @@ impl LocalTrack {
         packet.header.version = 2;
         packet.header.marker = marker;
         packet.header.payload_type = pt;
-        packet.header.sequence_number = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        packet.header.sequence_number = state.next_seq.fetch_add(1, Ordering::Relaxed);
         packet.header.timestamp = timestamp;
-        packet.header.ssrc = self.inner.ssrc;
+        packet.header.ssrc = state.ssrc;
+        self.stamp_layer(state, &mut packet)?;
         Ok(packet)
     }
 
     /// Sends one encoded frame (an Opus packet, a VP8 or H.264 access unit),
-    /// packetized for the codec, lasting `duration`.
+    /// packetized for the codec, lasting `duration`. On a simulcast track it goes out on
+    /// layer 0, the smallest (see [`LocalTrack`]).
     pub async fn write_sample(&self, data: Bytes, duration: Duration) -> Result<()> {
+        self.write_layer_sample(0, data, duration).await
+    }
+
+    /// Sends one encoded frame on layer `layer` (0 the smallest), packetized, lasting
+    /// `duration`. Each layer has its own packetizer, whose RTP timestamps start at their
+    /// own random point: for timestamps shared across layers, packetize yourself and use
+    /// [`write_layer_payload`](Self::write_layer_payload).
+    /// [`SdkError::NoSuchLayer`] for a layer the track does not have.
+    pub async fn write_layer_sample(&self, layer: usize, data: Bytes, duration: Duration) -> Result<()> {
         if self.is_rebinding() {
             return Ok(());
         }
         let pt = self.payload_type().ok_or(SdkError::NotNegotiated)?;
+        let state = self.layer(layer)?;
         let sample = Sample {
             data,
             duration,
             ..Sample::new(Instant::now())
         };
         let bound = self.bound_now().ok_or(SdkError::Closed)?;
-        match bound
-            .track
-            .sample_writer(self.inner.ssrc, pt)
-            .write_sample(&sample)
-            .await
-        {
+        let mut writer = bound.track.sample_writer(state.ssrc, pt);
+        if !state.rid.is_empty() {
+            let mut values = Vec::with_capacity(2);
+            if let Some(mid) = self.mid() {
+                values.push((MID_URI, Bytes::from(mid.into_bytes())));
+            }
+            values.push((RID_URI, Bytes::from(state.rid.clone().into_bytes())));
+            for (uri, value) in values {
+                writer = writer.with_extension(HeaderExtension::Custom {
+                    uri: uri.into(),
+                    extension: Box::new(RawExtension(value)),
+                });
+            }
+        }
+        match writer.write_sample(&sample).await {
             Err(_) if self.is_rebinding() => Ok(()),
             result => Ok(result?),
         }
@@ -1519,6 +1813,120 @@ mod tests {
         answering.abort();
         publisher.close().await;
         subscriber.close().await;
+    }
+
+    /// A camera is offered as simulcast (rids `q`, `h`, `f`, the mid and rid extensions);
+    /// a screen share, and a camera with `simulcast: false`, as one layer. Keyframe requests
+    /// map to the layer whose SSRC they name, and `publisher_layers` sets the layers' flags.
+    #[tokio::test]
+    async fn a_camera_is_offered_as_simulcast_and_requests_name_its_layers() {
+        for simulcast in [true, false] {
+            let (pub_tx, mut pub_rx) = mpsc::unbounded_channel();
+            let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+            let options = MediaOptions {
+                simulcast,
+                ..loopback()
+            };
+            let publisher = Publisher::new(options, pub_tx).await.unwrap();
+            let (subscriber, _tracks) = Subscriber::new(loopback(), sub_tx);
+            let offers = Arc::new(StdMutex::new(Vec::new()));
+            let answering = tokio::spawn({
+                let (publisher, subscriber, offers) = (publisher.clone(), subscriber.clone(), offers.clone());
+                async move {
+                    loop {
+                        let ClientMessage::PublishOffer { sdp, .. } = next_description(&mut pub_rx).await else {
+                            panic!("only offers from a publisher");
+                        };
+                        offers.lock().unwrap().push(sdp.clone());
+                        subscriber.on_offer(sdp).await.unwrap();
+                        let ClientMessage::SubscribeAnswer { sdp } = next_description(&mut sub_rx).await else {
+                            panic!("an answer");
+                        };
+                        assert!(publisher.on_answer(sdp));
+                    }
+                }
+            });
+            let camera = publisher.publish(TrackSource::Camera).await.unwrap();
+            let screen = publisher.publish(TrackSource::Screen).await.unwrap();
+            let offer = offers.lock().unwrap().last().cloned().unwrap();
+            assert_eq!(screen.layer_count(), 1, "a screen share is one layer");
+            assert!(!screen.is_simulcast());
+            let video_sections: Vec<&str> = offer.split("m=video").skip(1).collect();
+            assert_eq!(video_sections.len(), 2);
+            let camera_section = video_sections[0];
+            if !simulcast {
+                assert_eq!(camera.layer_count(), 1);
+                assert!(!offer.contains("a=simulcast"), "{offer}");
+                answering.abort();
+                publisher.close().await;
+                subscriber.close().await;
+                continue;
+            }
+            let rids: Vec<String> = camera.layers().into_iter().map(|l| l.rid).collect();
+            assert_eq!(rids, SIMULCAST_RIDS);
+            for line in ["a=rid:q send", "a=rid:h send", "a=rid:f send", "a=simulcast:send q;h;f"] {
+                assert!(camera_section.contains(line), "{line} in {camera_section}");
+            }
+            assert!(!video_sections[1].contains("a=rid:"), "the screen is one layer");
+            assert!(camera.header_extension_id(MID_URI).is_some(), "mid accepted");
+            assert!(camera.header_extension_id(RID_URI).is_some(), "rid accepted");
+
+            let ssrcs: Vec<u32> = camera.layers().iter().map(|l| l.ssrc).collect();
+            let pli = |ssrc| -> Box<dyn rtc::rtcp::Packet> {
+                Box::new(PictureLossIndication {
+                    sender_ssrc: 1,
+                    media_ssrc: ssrc,
+                })
+            };
+            assert_eq!(camera.keyframe_layers(&[pli(ssrcs[1])]), [1]);
+            assert_eq!(camera.keyframe_layers(&[pli(ssrcs[2]), pli(ssrcs[0])]), [0, 2]);
+            assert_eq!(camera.keyframe_layers(&[pli(0)]), [0, 1, 2], "no layer named: all");
+            let fir: Box<dyn rtc::rtcp::Packet> = Box::new(FullIntraRequest {
+                sender_ssrc: 1,
+                media_ssrc: 0,
+                fir: vec![rtc::rtcp::payload_feedbacks::full_intra_request::FirEntry {
+                    ssrc: ssrcs[2],
+                    sequence_number: 1,
+                }],
+            });
+            assert_eq!(camera.keyframe_layers(&[fir]), [2]);
+            assert_eq!(camera.keyframe_layers(&[]), Vec::<usize>::new());
+
+            let changes = camera.watch_layers();
+            let layer = |rid: &str, active| PublisherLayer {
+                rid: rid.into(),
+                active,
+            };
+            assert!(camera.apply_publisher_layers(&[layer("q", true), layer("h", false), layer("f", false)]));
+            assert!(changes.has_changed().unwrap());
+            assert_eq!(
+                (0..3).map(|l| camera.is_layer_active(l)).collect::<Vec<_>>(),
+                [true, false, false]
+            );
+            assert!(!camera.apply_publisher_layers(&[layer("h", false)]), "no change");
+            assert!(!camera.apply_publisher_layers(&[layer("x", false)]), "not ours");
+            assert!(
+                camera.apply_publisher_layers(&[layer("f", true)]),
+                "f alone, h left as it is"
+            );
+            assert_eq!(
+                (0..3).map(|l| camera.is_layer_active(l)).collect::<Vec<_>>(),
+                [true, false, true]
+            );
+            assert!(!camera.is_layer_active(3));
+            assert!(
+                !screen.apply_publisher_layers(&[layer("", false)]),
+                "a one-layer track has no rid"
+            );
+            assert!(screen.is_layer_active(0));
+            assert!(matches!(
+                camera.write_layer_payload(3, Bytes::from_static(b"x"), 0, true).await,
+                Err(SdkError::NoSuchLayer { layer: 3, layers: 3 })
+            ));
+            answering.abort();
+            publisher.close().await;
+            subscriber.close().await;
+        }
     }
 
     fn ice_ufrag(sdp: &str) -> Option<String> {

@@ -24,7 +24,7 @@
 use std::fmt;
 
 mod sender;
-pub use sender::{SyntheticSender, SyntheticSent};
+pub use sender::{SyntheticLayerSent, SyntheticSender, SyntheticSent};
 
 /// First four bytes of every synthetic header: `GHSY`.
 pub const MAGIC: [u8; 4] = *b"GHSY";
@@ -49,6 +49,13 @@ const VP8_START_CODE: [u8; 3] = [0x9d, 0x01, 0x2a];
 const FLAG_KEYFRAME: u8 = 0x01;
 const FLAG_FRAME_START: u8 = 0x02;
 const FLAG_FRAME_END: u8 = 0x04;
+/// Bits 3 and 4 of the flags: the simulcast layer the packet was sent on (0 the
+/// smallest; always 0 on a track of one layer, which keeps such payloads as they were).
+const FLAG_LAYER_SHIFT: u8 = 3;
+const FLAG_LAYER_MASK: u8 = 0x18;
+
+/// The most layers the header can tell apart (two bits).
+pub const MAX_LAYERS: u8 = 4;
 
 /// How the synthetic header is wrapped inside the RTP payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +124,8 @@ pub struct SyntheticPacket {
     pub frame_end: bool,
     /// Bytes of filler after the header.
     pub filler_len: u16,
+    /// The simulcast layer it was sent on (0 the smallest; 0 without simulcast).
+    pub layer: u8,
 }
 
 /// Why a payload is not an intact synthetic packet.
@@ -183,6 +192,40 @@ pub fn build_payload(
     frame_end: bool,
     payload_len: usize,
 ) -> Vec<u8> {
+    build_layer_payload(
+        codec,
+        0,
+        seq,
+        frame,
+        send_time_us,
+        keyframe,
+        frame_start,
+        frame_end,
+        payload_len,
+    )
+}
+
+/// [`build_payload`] for simulcast layer `layer` (0 the smallest, below [`MAX_LAYERS`];
+/// higher values are cut to two bits), which the header records so a receiver can tell
+/// the layers' sequence spaces apart.
+///
+/// ```
+/// use gatehouse_sdk::synthetic::{SyntheticCodec, build_layer_payload, parse_payload};
+/// let payload = build_layer_payload(SyntheticCodec::Vp8, 2, 7, 3, 1_000_000, true, true, true, 300);
+/// assert_eq!(parse_payload(SyntheticCodec::Vp8, &payload).unwrap().layer, 2);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn build_layer_payload(
+    codec: SyntheticCodec,
+    layer: u8,
+    seq: u32,
+    frame: u32,
+    send_time_us: u64,
+    keyframe: bool,
+    frame_start: bool,
+    frame_end: bool,
+    payload_len: usize,
+) -> Vec<u8> {
     let prefix = codec.prefix_len(frame_start, keyframe);
     let min_len = prefix + HEADER_LEN;
     let max_filler = usize::from(u16::MAX);
@@ -208,7 +251,7 @@ pub fn build_payload(
         }
     }
 
-    let mut flags = 0;
+    let mut flags = (layer << FLAG_LAYER_SHIFT) & FLAG_LAYER_MASK;
     if keyframe {
         flags |= FLAG_KEYFRAME;
     }
@@ -356,6 +399,7 @@ pub fn parse_payload(codec: SyntheticCodec, payload: &[u8]) -> Result<SyntheticP
         frame_start: flags & FLAG_FRAME_START != 0,
         frame_end: flags & FLAG_FRAME_END != 0,
         filler_len,
+        layer: (flags & FLAG_LAYER_MASK) >> FLAG_LAYER_SHIFT,
     };
     if let Some(vp8) = vp8 {
         // The VP8 view and our header must agree, or something rewrote the payload.
@@ -432,6 +476,28 @@ impl SyntheticConfig {
         (u64::from(self.bitrate_bps) / 8 / u64::from(self.frame_rate.max(1))) as usize
     }
 
+    /// The configuration of layer `layer` of a simulcast track of `layers` (0 the
+    /// smallest): the same frame rate and keyframe interval, and a third of the bitrate of
+    /// the layer above, so this configuration's `bitrate_bps` is the top layer's and the
+    /// layers run at about 1:3:9. A browser's camera layers (a quarter, a half and the full
+    /// resolution) run at about 1:3:10 (Chromium's defaults for 720p: 150, 500 and 1 700
+    /// kbit/s). What a subscriber receives at the top layer is unchanged by simulcast.
+    ///
+    /// ```
+    /// use gatehouse_sdk::synthetic::SyntheticConfig;
+    /// let top = SyntheticConfig { bitrate_bps: 900_000, ..SyntheticConfig::video() };
+    /// let rates: Vec<u32> = (0..3).map(|l| top.for_layer(l, 3).bitrate_bps).collect();
+    /// assert_eq!(rates, [100_000, 300_000, 900_000]);
+    /// assert_eq!(top.for_layer(0, 1), top, "one layer: as configured");
+    /// ```
+    pub fn for_layer(&self, layer: usize, layers: usize) -> SyntheticConfig {
+        let steps = layers.saturating_sub(layer + 1).min(12) as u32;
+        SyntheticConfig {
+            bitrate_bps: (self.bitrate_bps / 3u32.pow(steps)).max(1),
+            ..self.clone()
+        }
+    }
+
     /// Packets per frame at this bitrate and payload size (at least one).
     pub fn packets_per_frame(&self) -> usize {
         let room = self.max_payload.max(HEADER_LEN + 12);
@@ -456,6 +522,8 @@ pub struct SyntheticFrame {
 #[derive(Debug, Clone)]
 pub struct SyntheticSource {
     config: SyntheticConfig,
+    /// The simulcast layer its payloads say they belong to.
+    layer: u8,
     next_seq: u32,
     next_frame: u32,
     force_keyframe: bool,
@@ -464,12 +532,32 @@ pub struct SyntheticSource {
 impl SyntheticSource {
     /// A source starting at sequence 0, frame 0 (a keyframe for video).
     pub fn new(config: SyntheticConfig) -> Self {
+        Self::for_layer(config, 0)
+    }
+
+    /// A source for simulcast layer `layer` (0 the smallest; see [`build_layer_payload`]),
+    /// with its own sequence numbers. Give it [`SyntheticConfig::for_layer`]; tick the
+    /// sources of one track together (a paused layer with [`skip_frame`](Self::skip_frame))
+    /// and their frames keep the same numbers and RTP timestamps.
+    pub fn for_layer(config: SyntheticConfig, layer: u8) -> Self {
         SyntheticSource {
             config,
+            layer,
             next_seq: 0,
             next_frame: 0,
             force_keyframe: false,
         }
+    }
+
+    /// The simulcast layer of this source.
+    pub fn layer(&self) -> u8 {
+        self.layer
+    }
+
+    /// Lets a frame pass without producing it (a paused simulcast layer): the frame
+    /// number and RTP timestamp move on, the sequence numbers do not.
+    pub fn skip_frame(&mut self) {
+        self.next_frame = self.next_frame.wrapping_add(1);
     }
 
     /// The configuration this source follows.
@@ -495,8 +583,9 @@ impl SyntheticSource {
             .map(|i| {
                 let seq = self.next_seq;
                 self.next_seq = self.next_seq.wrapping_add(1);
-                build_payload(
+                build_layer_payload(
                     config.codec,
+                    self.layer,
                     seq,
                     frame,
                     now_us,
@@ -661,6 +750,78 @@ impl KeyframeAssembly {
 /// How many sequence numbers back duplicates are still recognised.
 const SEEN_WINDOW: u32 = 4096;
 
+/// One run of a layer's packets: the sequence numbers from its lowest to its highest,
+/// and which of the latest [`SEEN_WINDOW`] arrived.
+#[derive(Debug, Clone)]
+struct SeqRun {
+    lowest: u32,
+    highest: u32,
+    seen: Vec<u64>,
+}
+
+/// How a packet fits its run.
+enum Placed {
+    /// New and in order (or after a gap).
+    Next,
+    /// New, behind a later one.
+    Late,
+    Duplicate,
+    TooOld,
+}
+
+impl SeqRun {
+    fn new(seq: u32) -> SeqRun {
+        let mut run = SeqRun {
+            lowest: seq,
+            highest: seq,
+            seen: vec![0; (SEEN_WINDOW / 64) as usize],
+        };
+        let (word, bit) = run.bit(seq);
+        *word |= bit;
+        run
+    }
+
+    /// The packets the sender sent from the lowest to the highest.
+    fn expected(&self) -> u64 {
+        u64::from(self.highest - self.lowest) + 1
+    }
+
+    fn bit(&mut self, seq: u32) -> (&mut u64, u64) {
+        let slot = seq % SEEN_WINDOW;
+        (&mut self.seen[(slot / 64) as usize], 1u64 << (slot % 64))
+    }
+
+    fn place(&mut self, seq: u32) -> Placed {
+        if seq > self.highest {
+            // Forget the window slots the new highest reuses.
+            let advance = seq - self.highest;
+            if advance >= SEEN_WINDOW {
+                self.seen.iter_mut().for_each(|w| *w = 0);
+            } else {
+                for s in self.highest + 1..=seq {
+                    let (word, bit) = self.bit(s);
+                    *word &= !bit;
+                }
+            }
+            self.highest = seq;
+            let (word, bit) = self.bit(seq);
+            *word |= bit;
+            Placed::Next
+        } else if self.highest - seq >= SEEN_WINDOW {
+            // Too far behind to tell a duplicate from a straggler.
+            Placed::TooOld
+        } else {
+            let (word, bit) = self.bit(seq);
+            if *word & bit != 0 {
+                return Placed::Duplicate;
+            }
+            *word |= bit;
+            self.lowest = self.lowest.min(seq);
+            Placed::Late
+        }
+    }
+}
+
 /// Receiver-side statistics for one synthetic stream. Feed it every payload
 /// with its arrival time; read a [`StreamSummary`] whenever you like.
 #[derive(Debug, Clone)]
@@ -669,8 +830,14 @@ pub struct ReceiverStats {
     started_at_us: u64,
     first_arrival_us: Option<u64>,
     last_arrival_us: u64,
-    lowest_seq: u32,
-    highest_seq: u32,
+    /// The layer being received (of the latest packet that was not a straggler).
+    layer: u8,
+    /// How often that changed (a forwarding SFU switched layers).
+    layer_switches: u64,
+    /// The packets the sender sent in runs that a later run of their layer replaced.
+    earlier_expected: u64,
+    /// Per simulcast layer, its latest run.
+    runs: Vec<Option<SeqRun>>,
     unique: u64,
     duplicates: u64,
     reordered: u64,
@@ -682,7 +849,6 @@ pub struct ReceiverStats {
     /// The keyframe being put together until the first one is complete.
     assembling: Option<KeyframeAssembly>,
     first_complete_keyframe_us: Option<u64>,
-    seen: Vec<u64>,
     last_transit_us: Option<i64>,
     jitter_us: f64,
     latency: LatencyHistogram,
@@ -708,8 +874,10 @@ impl ReceiverStats {
             started_at_us,
             first_arrival_us: None,
             last_arrival_us: 0,
-            lowest_seq: 0,
-            highest_seq: 0,
+            layer: 0,
+            layer_switches: 0,
+            earlier_expected: 0,
+            runs: vec![None; usize::from(MAX_LAYERS)],
             unique: 0,
             duplicates: 0,
             reordered: 0,
@@ -720,16 +888,10 @@ impl ReceiverStats {
             first_keyframe_us: None,
             assembling: None,
             first_complete_keyframe_us: None,
-            seen: vec![0; (SEEN_WINDOW / 64) as usize],
             last_transit_us: None,
             jitter_us: 0.0,
             latency: LatencyHistogram::default(),
         }
-    }
-
-    fn bit(&mut self, seq: u32) -> (&mut u64, u64) {
-        let slot = seq % SEEN_WINDOW;
-        (&mut self.seen[(slot / 64) as usize], 1u64 << (slot % 64))
     }
 
     /// Parses one RTP payload that arrived at `arrival_us` and counts it.
@@ -748,41 +910,45 @@ impl ReceiverStats {
     }
 
     /// Counts one already parsed packet of `payload_len` bytes.
+    ///
+    /// Each simulcast layer numbers its own packets, and a forwarding SFU switches
+    /// between them. A packet of another layer than the one being received starts a new
+    /// run of its layer, unless it falls inside that layer's latest run (a straggler or a
+    /// repair sent before the switch, which fills its hole). Loss, duplicates and order are
+    /// counted within each run, and `expected` adds up the runs: neither the old layer's
+    /// packets the SFU stopped forwarding nor the new layer's it had not forwarded yet
+    /// count as lost.
     pub fn on_packet(&mut self, arrival_us: u64, packet: &SyntheticPacket, payload_len: usize) {
         let seq = packet.seq;
-        if self.first_arrival_us.is_none() {
-            self.first_arrival_us = Some(arrival_us);
-            self.lowest_seq = seq;
-            self.highest_seq = seq;
-            let (word, bit) = self.bit(seq);
-            *word |= bit;
-        } else if seq > self.highest_seq {
-            // Forget the window slots the new highest reuses.
-            let advance = seq - self.highest_seq;
-            if advance >= SEEN_WINDOW {
-                self.seen.iter_mut().for_each(|w| *w = 0);
-            } else {
-                for s in self.highest_seq + 1..=seq {
-                    let (word, bit) = self.bit(s);
-                    *word &= !bit;
+        let layer = packet.layer.min(MAX_LAYERS - 1);
+        let run = &mut self.runs[usize::from(layer)];
+        let straggler = run.as_ref().is_some_and(|r| seq <= r.highest);
+        let placed = match run {
+            Some(r) if layer == self.layer || straggler => r.place(seq),
+            _ => {
+                // A new run: the first packet, or the SFU switched to this layer.
+                if let Some(old) = run.replace(SeqRun::new(seq)) {
+                    self.earlier_expected += old.expected();
                 }
+                if self.first_arrival_us.is_some() && layer != self.layer {
+                    self.layer_switches += 1;
+                }
+                self.layer = layer;
+                Placed::Next
             }
-            self.highest_seq = seq;
-            let (word, bit) = self.bit(seq);
-            *word |= bit;
-        } else if self.highest_seq - seq >= SEEN_WINDOW {
-            // Too far behind to tell a duplicate from a straggler: count it apart.
-            self.too_old += 1;
-            return;
-        } else {
-            let (word, bit) = self.bit(seq);
-            if *word & bit != 0 {
+        };
+        self.first_arrival_us.get_or_insert(arrival_us);
+        match placed {
+            Placed::Next => {}
+            Placed::Late => self.reordered += 1,
+            Placed::Duplicate => {
                 self.duplicates += 1;
                 return;
             }
-            *word |= bit;
-            self.reordered += 1;
-            self.lowest_seq = self.lowest_seq.min(seq);
+            Placed::TooOld => {
+                self.too_old += 1;
+                return;
+            }
         }
 
         self.unique += 1;
@@ -816,6 +982,17 @@ impl ReceiverStats {
         self.last_transit_us = Some(transit);
     }
 
+    /// The simulcast layer of the latest packet (0 without simulcast, or before any).
+    pub fn layer(&self) -> u8 {
+        self.layer
+    }
+
+    /// How many times the layer changed from one packet to the next (see
+    /// [`on_packet`](Self::on_packet)).
+    pub fn layer_switches(&self) -> u64 {
+        self.layer_switches
+    }
+
     /// Forgets the latencies recorded so far (loss and order counters stay), so
     /// percentiles describe only what follows, e.g. a load test's steady phase
     /// rather than its join burst.
@@ -830,11 +1007,8 @@ impl ReceiverStats {
 
     /// A snapshot of everything counted so far.
     pub fn summary(&self) -> StreamSummary {
-        let expected = if self.first_arrival_us.is_some() {
-            u64::from(self.highest_seq - self.lowest_seq) + 1
-        } else {
-            0
-        };
+        let expected = self.earlier_expected + self.runs.iter().flatten().map(SeqRun::expected).sum::<u64>();
+        let current = self.runs[usize::from(self.layer)].as_ref();
         let duration_us = self
             .first_arrival_us
             .map_or(0, |first| self.last_arrival_us.saturating_sub(first));
@@ -848,8 +1022,8 @@ impl ReceiverStats {
             corrupt: self.corrupt,
             bytes: self.bytes,
             keyframes: self.keyframes,
-            first_seq: self.first_arrival_us.map(|_| self.lowest_seq),
-            last_seq: self.first_arrival_us.map(|_| self.highest_seq),
+            first_seq: current.map(|r| r.lowest),
+            last_seq: current.map(|r| r.highest),
             time_to_first_packet_us: self.first_arrival_us.map(|t| t.saturating_sub(self.started_at_us)),
             time_to_first_keyframe_us: self.first_keyframe_us.map(|t| t.saturating_sub(self.started_at_us)),
             time_to_first_complete_keyframe_us: self
@@ -874,7 +1048,8 @@ impl ReceiverStats {
 pub struct StreamSummary {
     /// Distinct valid packets received.
     pub received: u64,
-    /// Packets the sender sent between the lowest and highest sequence seen.
+    /// Packets the sender sent between the lowest and highest sequence seen (added up
+    /// over the runs of one simulcast layer each, see [`ReceiverStats::on_packet`]).
     pub expected: u64,
     /// `expected - received`: never arrived (or arrived too late to place).
     pub lost: u64,
@@ -890,9 +1065,10 @@ pub struct StreamSummary {
     pub bytes: u64,
     /// Keyframes seen (counted on their first packet).
     pub keyframes: u64,
-    /// Lowest sequence number seen.
+    /// Lowest sequence number seen (in the current run of one simulcast layer, see
+    /// [`ReceiverStats::on_packet`]).
     pub first_seq: Option<u32>,
-    /// Highest sequence number seen.
+    /// Highest sequence number seen (in the current run of one layer).
     pub last_seq: Option<u32>,
     /// From `started_at_us` to the first packet.
     pub time_to_first_packet_us: Option<u64>,
@@ -953,7 +1129,94 @@ mod tests {
                 frame_start: true,
                 frame_end: false,
                 filler_len: (300 - HEADER_LEN) as u16,
+                layer: 0,
             }
+        );
+    }
+
+    #[test]
+    fn the_layer_travels_in_the_flags_and_is_covered_by_the_checksum() {
+        for layer in 0..MAX_LAYERS {
+            let p = build_layer_payload(SyntheticCodec::Vp8, layer, 9, 4, T0, true, true, true, 400);
+            let parsed = parse_payload(SyntheticCodec::Vp8, &p).unwrap();
+            assert_eq!((parsed.layer, parsed.seq, parsed.keyframe), (layer, 9, true));
+        }
+        let p = build_layer_payload(SyntheticCodec::Opus, 1, 9, 4, T0, false, true, true, 100);
+        let mut other_layer = p.clone();
+        other_layer[5] ^= 0x18;
+        assert_eq!(
+            parse_payload(SyntheticCodec::Opus, &other_layer),
+            Err(ParseError::BadChecksum)
+        );
+        assert_eq!(
+            build_payload(SyntheticCodec::Opus, 9, 4, T0, false, true, true, 100),
+            build_layer_payload(SyntheticCodec::Opus, 0, 9, 4, T0, false, true, true, 100),
+            "layer 0 is the payload of a track of one layer"
+        );
+    }
+
+    #[test]
+    fn layer_sources_keep_frames_and_timestamps_together_while_one_pauses() {
+        let top = SyntheticConfig {
+            bitrate_bps: 900_000,
+            keyframe_interval: 0,
+            ..SyntheticConfig::video()
+        };
+        let mut sources: Vec<SyntheticSource> = (0..3)
+            .map(|l| SyntheticSource::for_layer(top.for_layer(l, 3), l as u8))
+            .collect();
+        let bytes = |f: &SyntheticFrame| f.payloads.iter().map(Vec::len).sum::<usize>();
+        let first: Vec<SyntheticFrame> = sources.iter_mut().map(|s| s.next_frame(T0)).collect();
+        assert!(first.iter().all(|f| f.keyframe && f.frame == 0));
+        let sizes: Vec<usize> = first.iter().map(bytes).collect();
+        assert!(
+            sizes[0] * 2 < sizes[1] && sizes[1] * 2 < sizes[2],
+            "about 1:3:9: {sizes:?}"
+        );
+        // Layer 2 pauses for two frames, then resumes with a keyframe on request.
+        for _ in 0..2 {
+            sources[0].next_frame(T0);
+            sources[1].next_frame(T0);
+            sources[2].skip_frame();
+        }
+        sources[2].request_keyframe();
+        let next: Vec<SyntheticFrame> = sources.iter_mut().map(|s| s.next_frame(T0)).collect();
+        assert!(next.iter().all(|f| f.frame == 3));
+        assert!(next.iter().all(|f| f.rtp_timestamp == next[0].rtp_timestamp));
+        assert_eq!(
+            next.iter().map(|f| f.keyframe).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        let resumed = parse_payload(SyntheticCodec::Vp8, &next[2].payloads[0]).unwrap();
+        assert_eq!((resumed.layer, resumed.seq), (2, first[2].payloads.len() as u32));
+    }
+
+    #[test]
+    fn a_layer_switch_starts_a_run_and_loses_nothing() {
+        let mut stats = ReceiverStats::new(SyntheticCodec::Vp8, T0);
+        let mut feed = |layer: u8, seqs: &[u32]| {
+            for &seq in seqs {
+                let p = build_layer_payload(SyntheticCodec::Vp8, layer, seq, seq, T0, false, true, true, 200);
+                stats.on_payload(T0 + 1_000, &p).unwrap();
+            }
+        };
+        // Layer 0 from 100 to 106 (103 and 105 lost), then layer 2 from 40, then back to 0 at
+        // 300. 103 comes late, after the switch: a repair, which fills layer 0's run.
+        feed(0, &[100, 101, 102, 104, 106]);
+        feed(2, &[40, 41]);
+        feed(0, &[103]);
+        feed(2, &[42, 42]);
+        feed(0, &[300, 301]);
+        let summary = stats.summary();
+        assert_eq!(summary.received, 11);
+        assert_eq!(summary.expected, 7 + 3 + 2);
+        assert_eq!(summary.lost, 1, "only 105, a gap inside a run");
+        assert_eq!((summary.reordered, summary.duplicates), (1, 1));
+        assert_eq!((summary.first_seq, summary.last_seq), (Some(300), Some(301)));
+        assert_eq!(
+            (stats.layer(), stats.layer_switches()),
+            (0, 2),
+            "the repair was no switch"
         );
     }
 
