@@ -162,7 +162,8 @@ pub struct LoadtestArgs {
     /// Receive-only participants per meeting.
     #[arg(long, default_value_t = 0)]
     pub subscribers: u32,
-    /// Video bitrate per publisher, kbit/s.
+    /// Video bitrate per publisher, kbit/s: with the sdk engine the top layer's of its
+    /// simulcast camera (the two below add a third and a ninth of it).
     #[arg(long, default_value_t = 500)]
     pub video_kbps: u32,
     /// Video frames per second (packets per frame follow from the bitrate: 1100-byte payloads).
