@@ -323,7 +323,7 @@ fn whole_path(c: &mut Criterion) {
                         fed += batch.len() as u64;
                         let start = Instant::now();
                         for datagram in batch.drain(..) {
-                            h.forward(datagram);
+                            h.timed_forward(datagram);
                         }
                         timed += start.elapsed();
                         h.maintain().expect("the clients stay up");

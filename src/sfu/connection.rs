@@ -125,9 +125,11 @@ pub struct Conn {
     /// extension ids and RTX payload types), set by [`answer_offer`]; the same handle
     /// that was given to [`build`].
     pub layer_rtx: SharedSettings,
-    /// Forwarded packets were written into it this turn and it is not settled yet
+    /// How many forwarded packets were written into it this turn, not settled yet
     /// (`Peers::settle_written`).
-    pub written: bool,
+    pub written: usize,
+    /// When its timer was last re-armed from `rtc`'s `poll_timeout` (`Peers::settle_media`).
+    pub rearmed_at: Option<Instant>,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -167,7 +169,8 @@ impl Conn {
             last_seen: now,
             early_checks: Vec::new(),
             layer_rtx: SharedSettings::default(),
-            written: false,
+            written: 0,
+            rearmed_at: None,
         }
     }
 }

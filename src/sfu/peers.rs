@@ -38,7 +38,7 @@ use super::idmap::IdMap;
 use super::media_room::{Admit, ConnId, LegSink};
 use super::stats::Counters;
 use super::tcp::{Directory, Link, LinkId, ShardTcp};
-use super::timers::{Deadlines, TIMER_TICK};
+use super::timers::{Deadlines, Deferred, TIMER_TICK};
 
 /// A subscriber we have heard nothing from (not even a consent check, which
 /// browsers send every few seconds) for this long gets no media.
@@ -67,11 +67,15 @@ pub struct Peers {
     next_conn: ConnId,
     /// Each connection's next `rtc` deadline, on the [`TIMER_TICK`] grid.
     timers: Deadlines<ConnId>,
+    /// Settling put off by [`settle_media`](Self::settle_media), paid a tick later.
+    deferred: Deferred<ConnId>,
     /// Connections whose events must be drained before the turn ends.
     dirty: Vec<ConnId>,
     /// Connections written to this turn (forwarded packets): sent and re-armed when the
-    /// turn ends ([`settle_written`](Self::settle_written)); each flagged by `Conn::written`.
+    /// turn ends ([`settle_written`](Self::settle_written)); each counted in `Conn::written`.
     written: Vec<ConnId>,
+    /// The buffer [`pay_deferred`](Self::pay_deferred) takes the debtors into.
+    owed: Vec<ConnId>,
     /// Connections that broke (a panic in `rtc`) and whose owner is not told yet.
     broken: Vec<ConnId>,
     /// This shard's counters (summed over shards when read).
@@ -129,8 +133,10 @@ impl Peers {
             conns: IdMap::default(),
             next_conn: 1,
             timers: Deadlines::new(Instant::now(), TIMER_TICK),
+            deferred: Deferred::new(TIMER_TICK),
             dirty: Vec::new(),
             written: Vec::new(),
+            owed: Vec::new(),
             broken: Vec::new(),
             counters,
             live,
@@ -239,6 +245,7 @@ impl Peers {
             self.flush(id);
         }
         self.timers.remove(id);
+        self.deferred.forget(id);
         if let Some(conn) = self.conns.remove(&id) {
             self.router.remove(id);
             if let Some(tcp) = &self.tcp {
@@ -528,12 +535,17 @@ impl Peers {
 
     /// The next application message of a connection. With `sweep`, `rtc`'s read pipeline
     /// runs first (`poll_read`); without, only what it left queued is taken
-    /// (`poll_media_read`, no sweep). One sweep per drive finds everything the datagram or
-    /// timeout before it produced: handling a message writes (into this connection or
-    /// others) but reads nothing, and an event's own reads are swept by `poll_event`.
+    /// (`poll_media_read`, then `poll_data_read`: no sweep). One sweep per drive finds
+    /// everything the timeout before it produced (a datagram's `handle_read` sweeps by
+    /// itself): handling a message writes (into this connection or others) but reads
+    /// nothing, and an event's own reads are swept by `poll_event`.
     pub fn poll_message(&mut self, id: ConnId, sweep: bool) -> Option<RTCMessage> {
         self.guard(id, "poll_read", |pc| {
-            if sweep { pc.poll_read() } else { pc.poll_media_read() }
+            if sweep {
+                pc.poll_read()
+            } else {
+                pc.poll_media_read().or_else(|| pc.poll_data_read())
+            }
         })
         .flatten()
         .map(|TaggedRTCMessage { message, .. }| message)
@@ -544,8 +556,48 @@ impl Peers {
         self.flush(id);
         self.rearm(id, now);
         if let Some(conn) = self.conns.get_mut(&id) {
-            conn.written = false;
+            conn.written = 0;
         }
+    }
+
+    /// [`settle`](Self::settle) after media only: an SRTP or SRTCP datagram read
+    /// (`datagrams` = 0), or `datagrams` forwarded packets written (each comes out of
+    /// `rtc` as one datagram). A connection that is up and was settled less than a tick
+    /// ago takes out only those datagrams and owes the rest of its settling (see
+    /// [`Deferred`], paid by [`pay_deferred`](Self::pay_deferred)): each `poll_write` and
+    /// `poll_timeout` is a sweep of `rtc`'s whole pipeline, and the one that finds the
+    /// write queue empty, and the re-arm, would otherwise run after every packet. Reading
+    /// media queues nothing to send (no handler or interceptor of ours writes on a read;
+    /// reports, NACKs and feedback are written on timeouts, whose drive settles fully),
+    /// so whatever else is queued waits a tick at most.
+    pub fn settle_media(&mut self, id: ConnId, now: Instant, datagrams: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !(conn.connected && self.deferred.may_defer(conn.rearmed_at, now)) {
+            self.settle(id, now);
+            return;
+        }
+        conn.written = 0;
+        if datagrams > 0 {
+            self.flush_at_most(id, datagrams);
+        }
+        let pay_at = self.timers.slot(now + TIMER_TICK, now);
+        self.deferred.owe(id, pay_at);
+    }
+
+    /// Settles every connection whose settling was put off by
+    /// [`settle_media`](Self::settle_media), once they are due.
+    pub fn pay_deferred(&mut self, now: Instant) {
+        if self.deferred.due().is_none_or(|due| due > now) {
+            return;
+        }
+        let mut owed = std::mem::take(&mut self.owed);
+        self.deferred.take_due(now, &mut owed);
+        for id in owed.drain(..) {
+            self.settle(id, now);
+        }
+        self.owed = owed;
     }
 
     /// Sends everything a connection has queued, re-arms its timer and marks it
@@ -556,25 +608,26 @@ impl Peers {
         self.mark_dirty(id);
     }
 
-    /// Marks a connection that forwarded packets were written into: the end of the turn
-    /// settles it once (its datagrams out, its timer re-armed), however many it got. A
-    /// write raises no event and no read, so it needs no drive.
+    /// Counts a forwarded packet written into a connection: the end of the turn settles
+    /// it once (its datagrams out, its timer re-armed), however many it got. A write
+    /// raises no event and no read, so it needs no drive.
     fn mark_written(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.get_mut(&id)
-            && !conn.written
-        {
-            conn.written = true;
-            self.written.push(id);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            if conn.written == 0 {
+                self.written.push(id);
+            }
+            conn.written += 1;
         }
     }
 
     /// Settles every connection written to since the last call and not settled since
-    /// (see [`mark_written`](Self::mark_written)).
+    /// (see [`mark_written`](Self::mark_written), [`settle_media`](Self::settle_media)).
     pub fn settle_written(&mut self, now: Instant) {
         let mut written = std::mem::take(&mut self.written);
         for id in written.drain(..) {
-            if self.conns.get(&id).is_some_and(|c| c.written) {
-                self.settle(id, now);
+            let count = self.conns.get(&id).map_or(0, |c| c.written);
+            if count > 0 {
+                self.settle_media(id, now, count);
             }
         }
         self.written = written;
@@ -602,6 +655,12 @@ impl Peers {
         self.flush_to(id, None);
     }
 
+    /// At most `limit` of the datagrams a connection queued (see
+    /// [`settle_media`](Self::settle_media)).
+    fn flush_at_most(&mut self, id: ConnId, limit: usize) {
+        self.flush_once(id, None, &mut false, limit);
+    }
+
     /// [`flush`](Self::flush), and the lite-ICE part of it: checks `rtc` originates
     /// never go out. Those toward `check_from` (the source of the client's check
     /// being handled) are answered and fed back; the others are dropped. Returns
@@ -609,7 +668,7 @@ impl Peers {
     fn flush_to(&mut self, id: ConnId, check_from: Option<Path>) -> (bool, usize) {
         let (mut answered, mut looped) = (false, 0);
         loop {
-            let own = self.flush_once(id, check_from, &mut answered);
+            let own = self.flush_once(id, check_from, &mut answered, usize::MAX);
             if own.is_empty() {
                 return (answered, looped);
             }
@@ -626,9 +685,15 @@ impl Peers {
         }
     }
 
-    /// One pass of sending what a connection queued; returns the answers to
-    /// `rtc`'s own checks toward `check_from`, to be fed back.
-    fn flush_once(&mut self, id: ConnId, check_from: Option<Path>, answered: &mut bool) -> Vec<(Path, Vec<u8>)> {
+    /// One pass of sending what a connection queued (at most `limit` datagrams); returns
+    /// the answers to `rtc`'s own checks toward `check_from`, to be fed back.
+    fn flush_once(
+        &mut self,
+        id: ConnId,
+        check_from: Option<Path>,
+        answered: &mut bool,
+        mut limit: usize,
+    ) -> Vec<(Path, Vec<u8>)> {
         let mut own = Vec::new();
         let (udp_local, tcp_local) = (self.advertised, self.tcp_advertised());
         let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.broken) else {
@@ -636,7 +701,10 @@ impl Peers {
         };
         let (udp, counters, links, link_by_peer) = (&mut self.udp, &self.counters, &self.links, &self.link_by_peer);
         let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            while let Some(out) = conn.pc.poll_write() {
+            while limit > 0
+                && let Some(out) = conn.pc.poll_write()
+            {
+                limit -= 1;
                 let to = match out.transport.transport_protocol {
                     TransportProtocol::TCP => Path::Tcp(out.transport.peer_addr),
                     _ => Path::Udp(out.transport.peer_addr),
@@ -704,12 +772,18 @@ impl Peers {
             return;
         };
         self.timers.arm(id, next, now);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.rearmed_at = Some(now);
+        }
     }
 
     /// When the earliest armed deadline is due (a grid instant, or an instant already
     /// past when it was armed): when the shard must wake up next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next()
+        match (self.timers.next(), self.deferred.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// `at` as the timer grid serves it: the grid instant at or after `at` (or `at`
@@ -819,12 +893,12 @@ impl LegSink for Delivery<'_> {
             }
             _ => false,
         };
-        if self.peers.levers.drain_once {
+        if !self.peers.levers.drain_once {
+            self.peers.flush_later(conn);
+        } else if ok {
             // Sent, and its timer re-armed, when the turn ends: once per connection and
             // turn, however many copies it got.
             self.peers.mark_written(conn);
-        } else {
-            self.peers.flush_later(conn);
         }
         ok
     }

@@ -240,6 +240,7 @@ impl Shard {
             self.drain_dirty(now);
         }
         self.peers.settle_written(now);
+        self.peers.pay_deferred(now);
         self.report_broken();
         self.peers.flush_io();
     }
@@ -288,22 +289,26 @@ impl Shard {
 
     /// ICE-TCP: a link handed over, a frame from one, or one closing.
     fn on_tcp(&mut self, now: Instant, event: ShardTcp) {
-        let driven = match event {
-            ShardTcp::Accepted { stream, peer, first } => self.peers.accept_tcp(now, stream, peer, first),
-            ShardTcp::Frame { link, data } => self.peers.receive_tcp(now, link, data),
+        let (driven, media) = match event {
+            ShardTcp::Accepted { stream, peer, first } => (self.peers.accept_tcp(now, stream, peer, first), false),
+            ShardTcp::Frame { link, data } => {
+                let media = super::demux::classify(&data) == super::demux::Class::Rtp;
+                (self.peers.receive_tcp(now, link, data), media)
+            }
             ShardTcp::Closed { link } => {
                 self.peers.link_closed(link);
-                None
+                (None, false)
             }
         };
         if let Some(id) = driven {
-            self.drive(id, now);
+            self.drive_fed(id, now, media);
         }
     }
 
     pub(super) fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: BytesMut) {
+        let media = super::demux::classify(&data) == super::demux::Class::Rtp;
         if let Some(id) = self.peers.receive(now, from, data) {
-            self.drive(id, now);
+            self.drive_fed(id, now, media);
         }
     }
 
@@ -313,13 +318,28 @@ impl Shard {
     /// one read sweep and what it queued, and after events one more round (an event's
     /// handling may queue reads); reads raise no events, so a round without events ends it.
     fn drive(&mut self, id: ConnId, now: Instant) {
+        self.drive_from(id, now, true, false);
+    }
+
+    /// [`drive`](Self::drive) right after a datagram (or TCP frame) was fed in: `rtc`'s
+    /// `handle_read` sweeps its read pipeline to the end, so the first round takes what that
+    /// queued without sweeping again (a later round, after events, sweeps as usual). After
+    /// an SRTP or SRTCP datagram (`media`) that raised no event, the connection is settled
+    /// as one that only moved media (`Peers::settle_media`).
+    fn drive_fed(&mut self, id: ConnId, now: Instant, media: bool) {
+        self.drive_from(id, now, false, media);
+    }
+
+    fn drive_from(&mut self, id: ConnId, now: Instant, sweep_first: bool, media: bool) {
+        let mut sweep = sweep_first;
+        let mut media_only = media;
         loop {
             let mut evented = false;
             while let Some(event) = self.peers.poll_event(id) {
                 evented = true;
+                media_only = false;
                 self.on_event(id, event, now);
             }
-            let mut sweep = true;
             while let Some(message) = self.peers.poll_message(id, sweep) {
                 sweep = false;
                 self.on_message(id, message, now);
@@ -327,8 +347,13 @@ impl Shard {
             if !evented {
                 break;
             }
+            sweep = true;
         }
-        self.peers.settle(id, now);
+        if media_only {
+            self.peers.settle_media(id, now, 0);
+        } else {
+            self.peers.settle(id, now);
+        }
     }
 
     /// An application message a connection read: RTP to forward, RTCP for the room.

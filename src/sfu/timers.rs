@@ -126,6 +126,64 @@ impl<K: Copy + Ord + Hash> Deadlines<K> {
     }
 }
 
+/// Settling put off (issue 13). Settling a connection (`Peers::settle`) takes out what it
+/// queued to send (`rtc`'s `poll_write` until it finds nothing) and re-arms its timer
+/// (`poll_timeout`); each of those calls is a sweep of `rtc`'s whole pipeline and
+/// interceptor chain, found or not. A connection that forwards or receives many packets a
+/// second used to pay the sweep that finds nothing, and the re-arm, after every packet,
+/// while what media changes in its deadlines (the first report's timer, a NACK after a gap,
+/// the first TWCC feedback after a quiet spell) may fire a tick late anyway, as the grid
+/// ([`Deadlines`]) already lets every deadline do. So a connection settled less than a tick
+/// ago only owes the rest of its settling; everything owed is paid together one tick after
+/// the first debt (on the grid), so nothing waits more than about two ticks.
+#[derive(Debug)]
+pub struct Deferred<K> {
+    tick: Duration,
+    owed: std::collections::HashSet<K, std::hash::BuildHasherDefault<super::idmap::IdHasher>>,
+    /// When the debts are paid: set by the first debt, cleared when paid.
+    due: Option<Instant>,
+}
+
+impl<K: Copy + Eq + Hash> Deferred<K> {
+    pub fn new(tick: Duration) -> Self {
+        Self {
+            tick,
+            owed: Default::default(),
+            due: None,
+        }
+    }
+
+    /// Whether a key last settled (re-armed) at `last` may put its settling off at `now`:
+    /// that was less than a tick ago.
+    pub fn may_defer(&self, last: Option<Instant>, now: Instant) -> bool {
+        last.is_some_and(|last| now.saturating_duration_since(last) < self.tick)
+    }
+
+    /// `key` owes its settling, to be paid at `pay_at` unless debts are due earlier already.
+    pub fn owe(&mut self, key: K, pay_at: Instant) {
+        self.owed.insert(key);
+        self.due.get_or_insert(pay_at);
+    }
+
+    /// When the debts are to be paid (the shard must wake up then).
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Forgets `key`'s debt (a connection gone).
+    pub fn forget(&mut self, key: K) {
+        self.owed.remove(&key);
+    }
+
+    /// Every key owing its settling into `out`, if the debts are due by `now`.
+    pub fn take_due(&mut self, now: Instant, out: &mut Vec<K>) {
+        if self.due.is_some_and(|due| due <= now) {
+            out.extend(self.owed.drain());
+            self.due = None;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +304,39 @@ mod tests {
         assert!(d.arm(1, Some(now), now));
         assert_eq!(d.next(), Some(now));
         assert_eq!(due(&mut d, now), vec![1]);
+    }
+
+    #[test]
+    fn settling_is_put_off_only_within_a_tick_of_the_last_and_paid_together() {
+        let t0 = Instant::now();
+        let mut d = Deferred::<u64>::new(TICK);
+        assert!(!d.may_defer(None, t0), "never re-armed: at once");
+        assert!(d.may_defer(Some(t0), t0));
+        assert!(d.may_defer(Some(t0), t0 + ms(9)));
+        assert!(!d.may_defer(Some(t0), t0 + ms(10)), "a tick since: at once");
+        assert!(
+            d.may_defer(Some(t0 + ms(5)), t0),
+            "re-armed later in the turn than its `now`"
+        );
+        assert_eq!(d.due(), None);
+        let mut out = Vec::new();
+        d.take_due(t0 + ms(1000), &mut out);
+        assert!(out.is_empty(), "nothing owed");
+        d.owe(1, t0 + ms(20));
+        d.owe(2, t0 + ms(30));
+        d.owe(1, t0 + ms(30));
+        assert_eq!(d.due(), Some(t0 + ms(20)), "the first debt sets the payday");
+        d.take_due(t0 + ms(19), &mut out);
+        assert!(out.is_empty(), "not before it");
+        d.forget(2);
+        d.take_due(t0 + ms(20), &mut out);
+        assert_eq!(out, vec![1], "each once, the forgotten not at all");
+        assert_eq!(d.due(), None);
+        out.clear();
+        d.take_due(t0 + ms(1000), &mut out);
+        assert!(out.is_empty(), "paid");
+        d.owe(3, t0 + ms(50));
+        assert_eq!(d.due(), Some(t0 + ms(50)), "a new debt, a new payday");
     }
 
     /// Against a brute-force model: random arms, re-arms, removals and firings.
