@@ -1934,6 +1934,89 @@ mod tests {
             .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:").map(str::to_owned))
     }
 
+    /// Every layer write reaches a peer as its layer: packetized samples and ready payloads
+    /// alike carry the `rid` (and `mid`) header extensions that name the layer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn layer_writes_arrive_named_by_their_rid() {
+        let (pub_tx, mut pub_rx) = mpsc::unbounded_channel();
+        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        let publisher = Publisher::new(loopback(), pub_tx).await.unwrap();
+        let (subscriber, mut remote_tracks) = Subscriber::new(loopback(), sub_tx);
+        let relaying = tokio::spawn({
+            let (publisher, subscriber) = (publisher.clone(), subscriber.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        Some(message) = pub_rx.recv() => match message {
+                            ClientMessage::PublishOffer { sdp, .. } => subscriber.on_offer(sdp).await.unwrap(),
+                            ClientMessage::IceCandidate { candidate, .. } => {
+                                subscriber.add_remote_candidate(candidate).await.unwrap()
+                            }
+                            other => panic!("from a publisher: {other:?}"),
+                        },
+                        Some(message) = sub_rx.recv() => match message {
+                            ClientMessage::SubscribeAnswer { sdp } => assert!(publisher.on_answer(sdp)),
+                            ClientMessage::IceCandidate { candidate, .. } => {
+                                publisher.add_remote_candidate(candidate).await.unwrap()
+                            }
+                            other => panic!("from a subscriber: {other:?}"),
+                        },
+                        else => return,
+                    }
+                }
+            }
+        });
+        let wait = Duration::from_secs(10);
+        let camera = publisher.publish(TrackSource::Camera).await.unwrap();
+        camera.wait_connected(wait).await.unwrap();
+        subscriber.wait_connected(wait).await.unwrap();
+        let rid_id = subscriber.header_extension_id(RID_URI).await.expect("rid negotiated");
+        let (rids_tx, mut rids_rx) = mpsc::unbounded_channel();
+        let receiving = tokio::spawn(async move {
+            while let Some(track) = remote_tracks.recv().await {
+                let rids_tx = rids_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(packet) = track.recv_rtp().await {
+                        let rid = packet.header.get_extension(rid_id).map(|r| r.to_vec());
+                        let _ = rids_tx.send((rid, packet.header.ssrc));
+                    }
+                });
+            }
+        });
+        let layers = camera.layers();
+        let mut seen: HashMap<Vec<u8>, u32> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while seen.len() < 2 && tokio::time::Instant::now() < deadline {
+            // A VP8 keyframe's first bytes (the packetizer adds the descriptor).
+            let frame = Bytes::from_static(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]);
+            camera
+                .write_layer_sample(2, frame, Duration::from_millis(33))
+                .await
+                .unwrap();
+            camera
+                .write_layer_payload(0, Bytes::from_static(&[0x10, 0x00]), 1_000, true)
+                .await
+                .unwrap();
+            while let Ok(Some((rid, ssrc))) = tokio::time::timeout(Duration::from_millis(50), rids_rx.recv()).await {
+                seen.insert(rid.expect("every layer packet names its rid"), ssrc);
+            }
+        }
+        assert_eq!(
+            seen.get(b"f".as_slice()),
+            Some(&layers[2].ssrc),
+            "samples on f: {seen:?}"
+        );
+        assert_eq!(
+            seen.get(b"q".as_slice()),
+            Some(&layers[0].ssrc),
+            "payloads on q: {seen:?}"
+        );
+        receiving.abort();
+        relaying.abort();
+        publisher.close().await;
+        subscriber.close().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ice_restart_brings_new_credentials_and_keeps_the_udp_path() {
         let (pub_tx, mut pub_rx) = mpsc::unbounded_channel();
