@@ -2613,6 +2613,13 @@ mod tests {
             .track_id
     }
 
+    /// B asks for `quality` of A's camera.
+    fn b_wants_camera(room: &mut MediaRoom, quality: Quality, at: Instant, fx: &mut Vec<Effect>) {
+        let camera = track_id(room, TrackSource::Camera);
+        room.set_subscription(B, &camera, false, Some(quality), at, fx)
+            .expect("allowed");
+    }
+
     fn keyframe_requests(effects: &[Effect]) -> usize {
         effects
             .iter()
@@ -3848,15 +3855,7 @@ mod tests {
 
         // Down to low: f goes on until q's keyframe (asked for), then q.
         fx.clear();
-        room.set_subscription(
-            B,
-            &track_id(&room, TrackSource::Camera),
-            false,
-            Some(Quality::Low),
-            at,
-            &mut fx,
-        )
-        .expect("low");
+        b_wants_camera(&mut room, Quality::Low, at, &mut fx);
         at += frame;
         room.forward(A_PUB, &vp8(1002, f, ts(9_000_000, 5), false), at, &mut sink, &mut fx);
         f += 1;
@@ -3912,15 +3911,7 @@ mod tests {
         let switches = |room: &MediaRoom| room.stats().meeting.snapshot().layer_switches;
         let before = switches(&room);
         // B's tile shrinks: it waits for a keyframe of q.
-        room.set_subscription(
-            B,
-            &track_id(&room, TrackSource::Camera),
-            false,
-            Some(Quality::Low),
-            at,
-            &mut fx,
-        )
-        .expect("low");
+        b_wants_camera(&mut room, Quality::Low, at, &mut fx);
         // Two seconds on, a probe carries a copy of q's first keyframe packet (seq 100).
         at += frame;
         room.forward(A_PUB, &vp8(1000, 100, ts(7, 0), true), at, &mut sink, &mut fx);
