@@ -353,9 +353,14 @@ impl Layer {
         }
     }
 
-    /// Notes a packet's timestamp; true if its frame is older than the newest seen.
-    fn stale(&mut self, ts: u32) -> bool {
-        if self.newest_ts.is_some_and(|n| (ts.wrapping_sub(n) as i32) < 0) {
+    /// Notes a packet's timestamp (before `last_packet` moves to `now`); true if its frame
+    /// is older than the newest seen. After [`LAYER_TIMEOUT`] of silence (a layer paused
+    /// for hours, whose timestamps may have run half their range since) it starts afresh.
+    fn stale(&mut self, ts: u32, now: Instant) -> bool {
+        let quiet = self
+            .last_packet
+            .is_none_or(|at| now.saturating_duration_since(at) >= LAYER_TIMEOUT);
+        if !quiet && self.newest_ts.is_some_and(|n| (ts.wrapping_sub(n) as i32) < 0) {
             return true;
         }
         self.newest_ts = Some(ts);
@@ -1495,7 +1500,7 @@ impl MediaRoom {
             return;
         }
         layer.packets += 1;
-        let stale = layer.stale(packet.header.timestamp);
+        let stale = layer.stale(packet.header.timestamp, now);
         layer
             .reception
             .packet(packet.header.sequence_number, packet.header.timestamp, now);
@@ -3928,6 +3933,16 @@ mod tests {
         let seen = b_video(&sink);
         assert_eq!(seen.len(), on_f + 2, "{seen:?}");
         assert!(contiguous(&seen) && forward_ahead(&seen), "{seen:?}");
+
+        // f, paused for 7 hours, comes back: its clock ran 2.27e9 ticks since its last frame,
+        // more than half the timestamp range, so its frames look older than that one. After a
+        // silence its keyframe is a switch point all the same.
+        b_wants_camera(&mut room, Quality::High, at, &mut fx);
+        at += Duration::from_secs(7 * 3600);
+        let later = ts(9_000, 41).wrapping_add(7 * 3600 * 90_000);
+        room.forward(A_PUB, &vp8(1000, 142, ts(7, 42), false), at, &mut sink, &mut fx);
+        room.forward(A_PUB, &vp8(1002, 542, later, true), at, &mut sink, &mut fx);
+        assert_eq!(switches(&room) - before, 2, "back on f");
     }
 
     /// What A (the publisher) was told of its camera's layers: (rid, active) per message.
