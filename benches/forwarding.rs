@@ -293,6 +293,14 @@ const PATH_BATCH: usize = 64;
 /// The whole path through a shard with real connections (see the module documentation).
 fn whole_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("path");
+    // `PATH_SETTLE_TICK_MS`: how long a connection that only moved media may put off completing
+    // its settling (10 ms in production). Under callgrind the bench runs some fifty times
+    // slower, so a tick passes every few packets and the counts would depend on the machine's
+    // speed: 0 (never put off) and a long tick (always, as at high native rates) are exact.
+    let settle_tick = std::env::var("PATH_SETTLE_TICK_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     for n in [1usize, 8] {
         group.throughput(Throughput::Elements(n as u64));
         // The levers into `rtc` of issue 13, each off, then both on (as in production).
@@ -309,6 +317,9 @@ fn whole_path(c: &mut Criterion) {
             let mut h = FanOut::new(n).expect("the bench meeting comes up");
             h.set_send(send);
             h.set_levers(direct, drain_once);
+            if let Some(tick) = settle_tick {
+                h.set_settle_tick(tick);
+            }
             let (forwarded, dropped) = (h.forwarded(), h.dropped());
             let mut fed = 0u64;
             let mut batch = Vec::with_capacity(PATH_BATCH);

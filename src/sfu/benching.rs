@@ -403,6 +403,12 @@ impl FanOut {
         self.shard.udp_mut().set_discard(!send);
     }
 
+    /// Bench hook: how long a connection that only moved media may put off completing its
+    /// settling (see `Peers::set_settle_tick`).
+    pub fn set_settle_tick(&mut self, tick: Duration) {
+        self.shard.set_settle_tick(tick);
+    }
+
     /// Bench hook: which of the forwarded packets' levers into `rtc` are on (both by
     /// default, as in production; see `peers::WriteLevers`).
     pub fn set_levers(&mut self, direct: bool, drain_once: bool) {

@@ -586,6 +586,15 @@ impl Peers {
         self.deferred.owe(id, pay_at);
     }
 
+    /// Bench hook: how long after its last complete settling a connection that moved only
+    /// media may put the next off ([`TIMER_TICK`] in production; zero never defers, a long
+    /// one always does once settled). Under a profiler the bench runs some fifty times
+    /// slower than natively, so a tick passes every few packets; fixed ticks make its
+    /// instruction counts independent of the machine's speed.
+    pub fn set_settle_tick(&mut self, tick: Duration) {
+        self.deferred.set_tick(tick);
+    }
+
     /// Settles every connection whose settling was put off by
     /// [`settle_media`](Self::settle_media), once they are due.
     pub fn pay_deferred(&mut self, now: Instant) {

@@ -166,6 +166,11 @@ impl Shard {
         &mut self.peers.levers
     }
 
+    /// Bench hook: see `Peers::set_settle_tick`.
+    pub(super) fn set_settle_tick(&mut self, tick: Duration) {
+        self.peers.set_settle_tick(tick);
+    }
+
     /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
     /// or on `Shutdown`.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp: mpsc::Receiver<ShardTcp>) {

@@ -165,6 +165,12 @@ impl<K: Copy + Eq + Hash> Deferred<K> {
         self.due.get_or_insert(pay_at);
     }
 
+    /// A bench hook: how long a key may put its settling off from now on (debts stay
+    /// owed). Zero never defers (every settle complete, as before issue 13's lever).
+    pub fn set_tick(&mut self, tick: Duration) {
+        self.tick = tick;
+    }
+
     /// When the debts are to be paid (the shard must wake up then).
     pub fn due(&self) -> Option<Instant> {
         self.due
