@@ -870,7 +870,8 @@ async fn loss_both_ways(simulcast: bool) {
 /// width, and the layer the server's debug view shows on its leg), the server's estimate
 /// dropped, its audio never stopped, and its page said its connection was weak and its video
 /// reduced (`connection_quality`: its tile's badge, by name, and the notice), as staff's page
-/// did on the guest's tile. About 21-24 s; the whole scenario (loss, freezes, the cap lifted)
+/// did on the guest's tile, and staff's tile on the guest's page showed "Low quality: your
+/// connection" whenever its video was reduced (`video_layer`). About 21-24 s; the whole scenario (loss, freezes, the cap lifted)
 /// is `chromium_guest_on_a_300_kbits_downlink_adapts_and_recovers`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_on_a_300_kbits_downlink_gets_the_low_layer() {
@@ -879,7 +880,8 @@ async fn chromium_guest_on_a_300_kbits_downlink_gets_the_low_layer() {
 
 /// The whole capped-downlink scenario of issue 12: 15 s capped at 300 kbit/s (within 5 s
 /// the low layer, then under 2 % of packets lost over 10 s, no freeze over 1 s, audio never
-/// interrupted), then the cap lifted (the top layer again within 10 s). Figures for
+/// interrupted), then the cap lifted (the top layer again within 10 s, the low-quality label
+/// gone). Figures for
 /// docs/BENCHMARKS.md §6 come from its `DOWNLINK` line (`scripts/bench/downlink.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: about 40 s with two Chromiums; scripts/bench/downlink.sh"]
@@ -1157,6 +1159,10 @@ async fn watch_guest_leg(
     }
 }
 
+/// What a tile says while our downlink holds its video below what it asked for
+/// (web-client/media-status.js `LOW_QUALITY_TEXT`).
+const LOW_QUALITY_LABEL: &str = "Low quality: your connection";
+
 /// The delay toward the guest in the whole capped-downlink scenario (issue 12: "with 40 ms of
 /// delay where the relay provides it"), on top of the bottleneck's queue.
 const DOWNLINK_DELAY: Duration = Duration::from_millis(40);
@@ -1382,6 +1388,27 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         })
         .unwrap_or_default();
     layers_told.dedup_by(|b, a| (&a.1, a.2) == (&b.1, b.2));
+    // The low-quality label on staff's tile in the guest's page (issue 12): (ms since the cap,
+    // data-reduced, the label's words, '' while it does not show) at each change.
+    let mut labels_shown: Vec<(i64, bool, String)> = f["quality"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r[0].as_i64().unwrap_or(0) - capped_at as i64,
+                        r[6].as_bool().unwrap_or(false),
+                        r[7].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    labels_shown.dedup_by(|b, a| (a.1, &a.2) == (b.1, &b.2));
+    let label_ms = labels_shown
+        .iter()
+        .find(|(ms, _, words)| *ms >= 0 && words == LOW_QUALITY_LABEL)
+        .map(|r| r.0);
     // When, after the cap, the guest's page first said it receives the smallest layer, reduced.
     let told_low_ms = layers_told
         .iter()
@@ -1412,6 +1439,8 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             "staff_quality_shown": staff_quality,
             "video_layer_shown": layers_told,
             "told_low_ms": told_low_ms,
+            "low_quality_label_ms": label_ms,
+            "low_quality_label_shown": labels_shown,
             "layer_switches": after.layer_switches - before.layer_switches,
             "rembs_sent": rembs,
             "server_view": server_view,
@@ -1477,6 +1506,17 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
         told_low_ms.is_some_and(|ms| ms < capped_for as i64),
         "the guest's page is told it receives the smallest layer, reduced, while capped: {layers_told:?}"
     );
+    // The tile says so in words whenever its video is reduced (the label may outlast it a little).
+    assert!(
+        label_ms.is_some_and(|ms| ms < capped_for as i64),
+        "staff's tile in the guest's page shows '{LOW_QUALITY_LABEL}' while capped: {labels_shown:?}"
+    );
+    assert!(
+        labels_shown
+            .iter()
+            .all(|(_, reduced, words)| !*reduced || words == LOW_QUALITY_LABEL),
+        "the low-quality label shows whenever the tile's video is reduced: {labels_shown:?}"
+    );
     if !lift {
         return;
     }
@@ -1497,6 +1537,12 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             .last()
             .is_some_and(|(_, layer, reduced)| layer != "0" && !layer.is_empty() && !*reduced),
         "the guest's page is told it receives more than the smallest layer again, not reduced: {layers_told:?}"
+    );
+    assert!(
+        labels_shown
+            .last()
+            .is_some_and(|(ms, reduced, words)| *ms > 0 && !*reduced && words.is_empty()),
+        "the low-quality label gone once the layer came back: {labels_shown:?}"
     );
     assert!(
         top_ms <= 10_000,

@@ -10,7 +10,7 @@
 
 import { h, initials, kindLabel } from './dom.js';
 import { describeError } from './api.js';
-import { describePeerMedia, describeQuality, phaseMessage, qualityNoticeText } from './media-status.js';
+import { describePeerMedia, describeQuality, LOW_QUALITY_TEXT, LowQualityLabel, phaseMessage, qualityNoticeText } from './media-status.js';
 import { TileNeeds } from './tile-needs.js';
 
 export class CallView {
@@ -32,6 +32,8 @@ export class CallView {
     this.listeners = [];
     /** What each camera tile needs of its video, told to the gateway (simulcast quality). */
     this.needs = new TileNeeds((trackId, quality) => client.setQuality(trackId, quality));
+    /** track_id -> { label: LowQualityLabel, timer } for remote videos (see `renderVideoLayer`). */
+    this.lowQuality = new Map();
     this.build(mount);
     this.listen();
     this.renderAll();
@@ -207,6 +209,7 @@ export class CallView {
       this.renderPeople();
     });
     on('track_unpublished', ({ trackId, participantId, source }) => {
+      this.forgetLowQuality(trackId, { track_id: trackId, participant_id: participantId, source });
       if (source === 'screen') {
         this.screenTiles.get(trackId)?.remove();
         this.screenTiles.delete(trackId);
@@ -265,16 +268,18 @@ export class CallView {
     const mediaState = h('span', { class: 'tile-media', hidden: true, dataset: { testid: 'tile-media' } });
     const speaking = speakingPill();
     const quality = qualityBadge();
+    const lowQuality = lowQualityLabel();
     const tile = h(
       'figure',
       { class: 'tile', dataset: { testid: 'remote-tile', participantId, source: 'camera', speaking: 'false' } },
       video,
       audio,
       avatar,
+      lowQuality,
       h('figcaption', {}, h('span', { class: 'name', dataset: { testid: 'tile-name' } }, info.display_name), badge(info), micState, speaking, mediaState, quality),
     );
     this.grid.append(tile);
-    t = { tile, video, audio, avatar, micState, mediaState, speaking, quality };
+    t = { tile, video, audio, avatar, micState, mediaState, speaking, quality, lowQuality };
     this.tiles.set(participantId, t);
     this.renderTileState(participantId);
     this.renderSpeakers(this.client.speakers);
@@ -293,6 +298,7 @@ export class CallView {
         dataset: { testid: 'remote-tile', participantId: track.participant_id, source: 'screen', trackId: track.track_id },
       },
       h('video', { autoplay: true, playsInline: true, muted: true }),
+      lowQualityLabel(),
       h('figcaption', {}, h('span', { class: 'name' }, `${name} is presenting`)),
     );
     this.grid.prepend(tile);
@@ -322,18 +328,64 @@ export class CallView {
   /**
    * The layer we receive of a remote video (`video_layer`), as data on its tile's `video`:
    * `data-layer` (0 the smallest), `data-layers`, `data-reduced` (our downlink holds it below
-   * what the tile asked for). Tests read it; the tile's look does not change (the notice
-   * about our own connection says when video was reduced).
+   * what the tile asked for). While it is reduced, the tile (camera or screen share) shows a
+   * label, "Low quality: your connection", a polite live region that a screen reader
+   * announces once; it goes a few seconds after the layer came back (`LowQualityLabel`), so a
+   * wavering link neither blinks it nor has it announced at every change.
    */
   renderVideoLayer(trackId) {
     const v = this.client.videoLayers.get(trackId);
     const info = this.client.tracks.get(trackId);
     if (!v || !info) return;
-    const video = info.source === 'screen' ? this.screenTiles.get(trackId)?.querySelector('video') : this.tiles.get(info.participant_id)?.video;
-    if (!video) return;
+    const tile = this.tileOf(info);
+    if (!tile) return;
+    const video = tile.querySelector('video');
     video.dataset.layer = String(v.layer);
     video.dataset.layers = String(v.layers);
     video.dataset.reduced = String(v.reduced);
+    let entry = this.lowQuality.get(trackId);
+    if (!entry) {
+      entry = { label: new LowQualityLabel(), timer: null };
+      this.lowQuality.set(trackId, entry);
+    }
+    entry.label.set(v.reduced, Date.now());
+    this.renderLowQuality(trackId);
+  }
+
+  /** The tile showing a remote video track: its screen-share tile, or its owner's camera tile. */
+  tileOf(info) {
+    return info.source === 'screen' ? this.screenTiles.get(info.track_id) : this.tiles.get(info.participant_id)?.tile;
+  }
+
+  /** Puts a tile's low-quality label in or out, and wakes again when its hold ends. */
+  renderLowQuality(trackId) {
+    const entry = this.lowQuality.get(trackId);
+    const info = this.client.tracks.get(trackId);
+    const el = info ? this.tileOf(info)?.querySelector('[data-testid="tile-low-quality"]') : null;
+    if (!entry) return;
+    clearTimeout(entry.timer);
+    entry.timer = null;
+    const { shown, recheckAt } = entry.label.state(Date.now());
+    if (el) {
+      el.dataset.shown = String(shown);
+      // Only a change of words is announced: the text goes in once per low-quality spell.
+      if (shown && el.textContent !== LOW_QUALITY_TEXT) el.replaceChildren(LOW_QUALITY_TEXT);
+      else if (!shown && el.textContent) el.replaceChildren();
+    }
+    if (recheckAt !== null) entry.timer = setTimeout(() => this.renderLowQuality(trackId), Math.max(0, recheckAt - Date.now()));
+  }
+
+  /** A remote video gone (`info` as it was): its tile's label goes at once. */
+  forgetLowQuality(trackId, info) {
+    const entry = this.lowQuality.get(trackId);
+    if (!entry) return;
+    clearTimeout(entry.timer);
+    this.lowQuality.delete(trackId);
+    const el = this.tileOf(info)?.querySelector('[data-testid="tile-low-quality"]');
+    if (el) {
+      el.dataset.shown = 'false';
+      el.replaceChildren();
+    }
   }
 
   setVideo(t, track, trackId = null) {
@@ -586,6 +638,8 @@ export class CallView {
 
   destroy() {
     this.needs.disconnect();
+    for (const { timer } of this.lowQuality.values()) clearTimeout(timer);
+    this.lowQuality.clear();
     for (const [type, handler] of this.listeners) this.client.removeEventListener(type, handler);
     this.listeners = [];
     this.root.remove();
@@ -625,6 +679,20 @@ function setQuality(el, q, shown) {
   el.setAttribute('aria-label', name);
   el.title = name;
   el.querySelector('.quality-word').textContent = word;
+}
+
+/**
+ * A remote video tile's low-quality label (see `CallView.renderVideoLayer`): a polite live
+ * region that stays in the page, empty (and invisible) while the video is not reduced.
+ */
+function lowQualityLabel() {
+  return h('span', {
+    class: 'low-quality',
+    role: 'status',
+    'aria-live': 'polite',
+    'aria-atomic': 'true',
+    dataset: { testid: 'tile-low-quality', shown: 'false' },
+  });
 }
 
 /** The "speaking" label of a camera tile's caption; shown while its owner speaks. */

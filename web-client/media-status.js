@@ -161,3 +161,49 @@ export function qualityNoticeText({ quality, videoReduced }, mediaPhase = 'conne
     ? 'Your connection is weak: video was reduced to keep audio clear.'
     : 'Your connection is weak: sound and picture may break up.';
 }
+
+/** What a tile's low-quality label says: our downlink holds the tile's video below its ask. */
+export const LOW_QUALITY_TEXT = 'Low quality: your connection';
+
+/** How long a tile's low-quality label stays once its video is no longer reduced. */
+export const LOW_QUALITY_HOLD_MS = 3000;
+
+/**
+ * Whether a remote video's tile shows its low-quality label, from the `reduced` flag of
+ * `video_layer` as it comes (pure; the caller gives the time in ms). The label shows as soon
+ * as the video is reduced and goes only once it has not been reduced for `holdMs`, so a
+ * video that comes back and drops again within that time neither blinks nor is announced
+ * again (the label is a polite live region).
+ */
+export class LowQualityLabel {
+  constructor(holdMs = LOW_QUALITY_HOLD_MS) {
+    this.holdMs = holdMs;
+    this.reduced = false;
+    /** Since when (ms) the video is no longer reduced, while the label still shows. */
+    this.clearSince = null;
+  }
+
+  /** The video's `reduced` flag as told at `now`. */
+  set(reduced, now) {
+    if (reduced) {
+      this.reduced = true;
+      this.clearSince = null;
+    } else if (this.reduced) {
+      this.reduced = false;
+      this.clearSince = now;
+    }
+  }
+
+  /**
+   * At `now`: `shown`, whether the label shows, and `recheckAt`, when (ms) it may go without
+   * further news (null when nothing is pending).
+   */
+  state(now) {
+    if (this.reduced) return { shown: true, recheckAt: null };
+    if (this.clearSince !== null && now - this.clearSince < this.holdMs) {
+      return { shown: true, recheckAt: this.clearSince + this.holdMs };
+    }
+    this.clearSince = null;
+    return { shown: false, recheckAt: null };
+  }
+}

@@ -5,7 +5,16 @@
 
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { describePeerMedia, describeQuality, mediaPhase, phaseMessage, qualityNoticeText, reportOf } from '../../web-client/media-status.js';
+import {
+  describePeerMedia,
+  describeQuality,
+  LOW_QUALITY_HOLD_MS,
+  LowQualityLabel,
+  mediaPhase,
+  phaseMessage,
+  qualityNoticeText,
+  reportOf,
+} from '../../web-client/media-status.js';
 
 /** One connection's health as the client keeps it (see `resetHealth` in gatehouse-client.js). */
 function conn(overrides = {}) {
@@ -116,4 +125,35 @@ test('the connection notice stays quiet while the media alert already speaks', (
     assert.equal(qualityNoticeText({ quality: 'lost', videoReduced: false }, phase), '', phase);
   }
   for (const phase of ['idle', 'connecting']) assert.match(qualityNoticeText(weak, phase), /weak/, phase);
+});
+
+test('low-quality label: shows at once when reduced, goes after the hold once not reduced', () => {
+  const l = new LowQualityLabel(3000);
+  assert.deepEqual(l.state(0), { shown: false, recheckAt: null }, 'nothing known: no label');
+  l.set(false, 100);
+  assert.deepEqual(l.state(100), { shown: false, recheckAt: null }, 'not reduced: no label');
+  l.set(true, 1000);
+  assert.deepEqual(l.state(1000), { shown: true, recheckAt: null }, 'reduced: the label at once');
+  assert.deepEqual(l.state(60000), { shown: true, recheckAt: null }, 'still reduced: the label stays');
+  l.set(true, 60500);
+  l.set(false, 61000);
+  assert.deepEqual(l.state(61000), { shown: true, recheckAt: 64000 }, 'back: the label holds');
+  assert.deepEqual(l.state(63999), { shown: true, recheckAt: 64000 });
+  assert.deepEqual(l.state(64000), { shown: false, recheckAt: null }, 'gone after the hold');
+  assert.deepEqual(l.state(70000), { shown: false, recheckAt: null });
+  assert.equal(LOW_QUALITY_HOLD_MS > 0, true);
+});
+
+test('low-quality label: a video that flaps within the hold keeps one label', () => {
+  const l = new LowQualityLabel(3000);
+  l.set(true, 0);
+  l.set(false, 1000);
+  assert.equal(l.state(2000).shown, true);
+  l.set(true, 2500);
+  assert.deepEqual(l.state(2500), { shown: true, recheckAt: null }, 'reduced again: no pending end');
+  l.set(false, 3500);
+  assert.deepEqual(l.state(5000), { shown: true, recheckAt: 6500 }, 'the hold counts from the last return');
+  assert.equal(l.state(6500).shown, false);
+  l.set(false, 7000);
+  assert.deepEqual(l.state(7000), { shown: false, recheckAt: null }, 'a repeated "not reduced" changes nothing');
 });

@@ -2035,7 +2035,8 @@ async function downlinkCap(run) {
   // staff the guest's (the guest's tile).
   // The guest also the layer it receives of staff's camera (`video_layer`, on that tile's video).
   const staffTile = '[data-testid="remote-tile"][data-source="camera"]';
-  await guest.evaluate(qualityProbe, { tile: '[data-testid="local-tile"]', video: `${staffTile} video` });
+  const lowLabel = `${staffTile} [data-testid="tile-low-quality"]`;
+  await guest.evaluate(qualityProbe, { tile: '[data-testid="local-tile"]', video: `${staffTile} video`, label: lowLabel });
   await staff.evaluate(qualityProbe, { tile: `[data-testid="remote-tile"][data-participant-id="${guestId}"]` });
   await guest.evaluate(() => {
     const out = (window.__samples = []);
@@ -2068,6 +2069,11 @@ async function downlinkCap(run) {
   run.facts.cappedAt = (await toldByTest('capped', 120000)).at;
   await toldByTest('done', 120000);
   run.facts.uncappedAt = toldByTest.lines.find((l) => l.told === 'uncapped')?.at ?? null;
+  if (run.facts.uncappedAt !== null) {
+    // The low-quality label on staff's tile goes a few seconds after the layer is no longer
+    // reduced (`LowQualityLabel`): give it that long, the test asserts it went.
+    await until(10000, () => guest.evaluate((sel) => !document.querySelector(sel)?.textContent, lowLabel)).catch(() => {});
+  }
   run.facts.doneAt = Date.now();
   run.facts.samples = await guest.evaluate(() => window.__samples);
   run.facts.quality = await guest.evaluate(() => window.__quality);
@@ -2088,15 +2094,17 @@ async function downlinkCap(run) {
  * quality and its own connection notice: rows `[t, badge's data-quality ('' while hidden),
  * badge's data-video-reduced, badge's accessible name, the notice's words ('' while none
  * shows), and of the video element `video` (when given) the layer received, data-layer ('' while
- * unsaid), and its data-reduced]`. Runs in the page (`page.evaluate(qualityProbe, {tile, video})`);
+ * unsaid), and its data-reduced, and the words of the tile's low-quality label `label` (when
+ * given; '' while it does not show)]`. Runs in the page (`page.evaluate(qualityProbe, {tile, video, label})`);
  * a MutationObserver on the call view, so no change between two samples is missed.
  */
-function qualityProbe({ tile, video = null }) {
+function qualityProbe({ tile, video = null, label = null }) {
   const rows = (window.__quality = []);
   const read = () => {
     const badge = document.querySelector(`${tile} [data-testid="tile-quality"]`);
     const text = document.querySelector('[data-testid="connection-notice"] [data-testid="connection-notice-text"]');
     const v = video ? document.querySelector(video) : null;
+    const l = label ? document.querySelector(label) : null;
     const row = [
       Date.now(),
       badge && !badge.hidden ? badge.dataset.quality : '',
@@ -2105,6 +2113,7 @@ function qualityProbe({ tile, video = null }) {
       text?.checkVisibility() ? text.textContent : '',
       v?.dataset.layer ?? '',
       v?.dataset.reduced === 'true',
+      l?.checkVisibility() ? l.textContent : '',
     ];
     const last = rows.at(-1);
     if (!last || row.slice(1).some((x, i) => x !== last[i + 1])) rows.push(row);
