@@ -314,6 +314,27 @@ impl SfuCollector {
                 ),
                 |s| s.bwe_drops,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_bandwidth_probes_total",
+                    "Probes of a subscriber's path (padding at the rate a step up needs) before a video leg steps up",
+                ),
+                |s| s.bwe_probes,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_bandwidth_probes_passed_total",
+                    "Probes that found room for the step up (the leg then tries the layer)",
+                ),
+                |s| s.bwe_probes_passed,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_bandwidth_probe_packets_total",
+                    "Padding packets sent in probes (RTX copies of packets already sent)",
+                ),
+                |s| s.bwe_probe_packets,
+            ),
         ];
         Self {
             sfu,

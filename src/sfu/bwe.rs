@@ -12,6 +12,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::probe::{self, Cluster};
+
 /// Packets remembered for their feedback: at 1 000 packets a second, two seconds.
 pub const HISTORY: usize = 2048;
 
@@ -58,6 +60,8 @@ struct Sent {
     at: Option<Instant>,
     seq: u16,
     size: u16,
+    /// The probe cluster it was sent in (`probe::Cluster::id`; 0: none).
+    cluster: u16,
 }
 
 /// What was sent under each transport-wide sequence number: a ring allocated once.
@@ -84,24 +88,31 @@ impl Default for SendHistory {
 impl SendHistory {
     /// Numbers a packet of `size` bytes sent `now`; returns its transport-wide sequence number.
     pub fn stamp(&mut self, size: usize, now: Instant) -> u16 {
+        self.stamp_in(size, now, 0)
+    }
+
+    /// As [`stamp`](Self::stamp), the packet marked as sent in probe cluster `cluster`.
+    pub fn stamp_in(&mut self, size: usize, now: Instant, cluster: u16) -> u16 {
         let seq = self.next;
         self.next = seq.wrapping_add(1);
         self.slots[seq as usize % HISTORY] = Sent {
             at: Some(now),
             seq,
             size: size.min(u16::MAX as usize) as u16,
+            cluster,
         };
         seq
     }
 
-    /// When the packet `seq` was sent and its size, once: a second report of it finds nothing.
-    pub fn take(&mut self, seq: u16) -> Option<(Instant, u16)> {
+    /// When the packet `seq` was sent, its size and its probe cluster, once: a second
+    /// report of it finds nothing.
+    pub fn take(&mut self, seq: u16) -> Option<(Instant, u16, u16)> {
         let slot = &mut self.slots[seq as usize % HISTORY];
         if slot.seq != seq {
             return None;
         }
         let at = slot.at.take()?;
-        Some((at, slot.size))
+        Some((at, slot.size, slot.cluster))
     }
 }
 
@@ -576,6 +587,10 @@ pub struct Bwe {
     /// Feedback reports taken, and packets reported lost (for the debug view).
     pub reports: u64,
     pub lost: u64,
+    /// A probe of the path before a leg steps up ([`probe`]); none while a try runs.
+    pub probe: Option<Cluster>,
+    /// The last probe cluster's id (ids count up, skipping 0).
+    pub probes: u16,
 }
 
 impl Default for Bwe {
@@ -589,6 +604,8 @@ impl Default for Bwe {
             last_down: None,
             reports: 0,
             lost: 0,
+            probe: None,
+            probes: 0,
         }
     }
 }
@@ -604,6 +621,8 @@ pub enum Verdict {
     Up,
     /// The try of leg `.0` is kept: the estimate was raised to what arrived.
     TrialKept(u64),
+    /// The probe for leg `leg` found room: it may try layer `rank` (a [`Trial`] started).
+    Probed { leg: u64, rank: u8 },
 }
 
 impl Bwe {
@@ -618,9 +637,12 @@ impl Bwe {
         scratch.clear();
         let mut lost = 0;
         for ack in acks {
-            let Some((sent, size)) = self.history.take(ack.seq) else {
+            let Some((sent, size, cluster)) = self.history.take(ack.seq) else {
                 continue;
             };
+            if let Some(probe) = self.probe.as_mut().filter(|p| p.id == cluster && cluster != 0) {
+                probe.report(sent, size, ack.arrival);
+            }
             match ack.arrival {
                 Some(arrival) => scratch.push((sent, size, arrival)),
                 None => lost += 1,
@@ -641,11 +663,18 @@ impl Bwe {
                 tracing::trace!(leg = trial.leg, "layer try overused");
                 self.hold = (self.hold * 2).min(MAX_HOLD);
             }
+            if let Some(probe) = self.probe.take() {
+                tracing::trace!(leg = probe.leg, "probe overused");
+                self.hold = (self.hold * 2).min(MAX_HOLD);
+            }
             self.last_down = Some(now);
             return Verdict::Down;
         }
         if !self.capping {
             return Verdict::Keep;
+        }
+        if let Some(verdict) = self.probe_outcome(now) {
+            return verdict;
         }
         if let Some(trial) = self.trial
             && now.saturating_duration_since(trial.since) >= TRIAL
@@ -661,13 +690,59 @@ impl Bwe {
         Verdict::Up
     }
 
-    /// Whether a try of a higher layer may start now.
+    /// Whether a try of a higher layer (or a probe for one) may start now.
     pub fn may_try(&self, now: Instant) -> bool {
         self.capping
             && self.trial.is_none()
+            && self.probe.is_none()
             && self
                 .last_down
                 .is_none_or(|at| now.saturating_duration_since(at) >= self.hold)
+    }
+
+    /// Probes the path for leg `leg`'s step up to layer `rank`: for [`probe::SEND`]
+    /// the connection is sent at `target_bps`; `need_bps` must arrive for the step.
+    pub fn start_probe(&mut self, leg: u64, rank: u8, target_bps: u64, need_bps: u64, now: Instant) {
+        self.probes = self.probes.wrapping_add(1).max(1);
+        self.probe = Some(Cluster::new(self.probes, leg, rank, target_bps, need_bps, now));
+    }
+
+    /// Numbers a packet of `size` bytes sent on the connection `now` (as
+    /// [`SendHistory::stamp`]), marked as the probe cluster's while one sends.
+    pub fn stamp(&mut self, size: usize, now: Instant) -> u16 {
+        let mut cluster = 0;
+        if let Some(probe) = self.probe.as_mut()
+            && probe.sending(now)
+        {
+            probe.sent(size);
+            cluster = probe.id;
+        }
+        self.history.stamp_in(size, now, cluster)
+    }
+
+    /// The probe's outcome once known (also from a tick, when its feedback never came):
+    /// room for the step starts its [`Trial`] with the estimate raised to what the path
+    /// took; otherwise the hold before the next attempt doubles, as after a failed try.
+    pub fn probe_outcome(&mut self, now: Instant) -> Option<Verdict> {
+        let outcome = self.probe.as_mut()?.outcome(now)?;
+        let probe = self.probe.take()?;
+        match outcome {
+            probe::Outcome::Rate(bps) if bps >= probe.need_bps => {
+                tracing::trace!(leg = probe.leg, bps, need = probe.need_bps, "probe found room");
+                self.estimator.raise_to(bps);
+                self.start_trial(probe.leg, now);
+                Some(Verdict::Probed {
+                    leg: probe.leg,
+                    rank: probe.rank,
+                })
+            }
+            outcome => {
+                tracing::trace!(leg = probe.leg, ?outcome, need = probe.need_bps, "probe found no room");
+                self.hold = (self.hold * 2).clamp(BASE_HOLD, MAX_HOLD);
+                self.last_down = Some(now);
+                None
+            }
+        }
     }
 
     /// Leg `leg` tries its next layer from `now`.
@@ -817,7 +892,7 @@ mod tests {
         let mut h = SendHistory::default();
         assert_eq!(h.stamp(1200, t0), 0);
         assert_eq!(h.stamp(100_000, t0 + Duration::from_millis(1)), 1);
-        assert_eq!(h.take(1), Some((t0 + Duration::from_millis(1), u16::MAX)));
+        assert_eq!(h.take(1), Some((t0 + Duration::from_millis(1), u16::MAX, 0)));
         assert_eq!(h.take(1), None, "a second report of the same packet finds nothing");
         assert_eq!(h.take(7), None, "never sent");
         for _ in 0..HISTORY {
@@ -835,8 +910,8 @@ mod tests {
         }
         assert_eq!(h.stamp(10, t0), 65_535);
         assert_eq!(h.stamp(20, t0), 0);
-        assert_eq!(h.take(0), Some((t0, 20)));
-        assert_eq!(h.take(65_535), Some((t0, 10)));
+        assert_eq!(h.take(0), Some((t0, 20, 0)));
+        assert_eq!(h.take(65_535), Some((t0, 10, 0)));
     }
 
     #[test]

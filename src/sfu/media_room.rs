@@ -86,6 +86,10 @@ pub const MAX_LAYERS: usize = 4;
 /// Candidates kept per participant while their connection has no remote description.
 pub const MAX_PENDING_CANDIDATES: usize = 64;
 
+/// A probe sends at most this many padding packets on one turn (a turn late by a lot
+/// does not turn into a burst; `probe::AHEAD` bounds what is due anyway).
+const MAX_PROBE_PACKETS_PER_TURN: u64 = 16;
+
 /// A codec as a connection negotiated it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Codec {
@@ -476,7 +480,7 @@ fn stamp(bwes: &mut Vec<(ConnId, Bwe)>, conn: ConnId, id: u8, copy: &mut Packet,
         }
     };
     // The extension adds 4 bytes on the wire at most (its element and padding).
-    let seq = bwes[i].1.history.stamp(size as usize + 4, now);
+    let seq = bwes[i].1.stamp(size as usize + 4, now);
     h.extension = true;
     h.extension_profile = profile;
     h.extensions.push(Extension {
@@ -1653,9 +1657,106 @@ impl MediaRoom {
         if verdict == Verdict::Down {
             self.stats.add(|c| &c.bwe_drops, 1);
         }
-        if verdict != Verdict::Keep {
-            self.fit_legs(conn, verdict, now);
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Probed { leg, rank } => self.probed(conn, leg, rank),
+            _ => self.fit_legs(conn, verdict, now),
         }
+    }
+
+    /// A probe for leg `leg` on `conn` found room: the leg tries layer `rank` (its
+    /// connection's `Bwe` has started the try).
+    fn probed(&mut self, conn: ConnId, leg: LegId, rank: u8) {
+        self.stats.add(|c| &c.bwe_probes_passed, 1);
+        let found = self
+            .tracks
+            .iter_mut()
+            .flat_map(|t| t.legs.iter_mut())
+            .find(|l| l.id == leg && l.bound.is_some_and(|(c, _)| c == conn));
+        if let Some(l) = found
+            && l.layer.cap().0 < rank
+        {
+            l.layer.set_cap(Target(rank));
+            tracing::debug!(meeting_id = %self.meeting_id, leg, rank, "bandwidth: the probe found room, trying the next layer");
+        }
+    }
+
+    /// Whether a subscriber connection's path is being probed ([`MediaRoom::send_probes`]
+    /// is then due on every turn).
+    pub fn probing(&self) -> bool {
+        self.bwe.iter().any(|(_, b)| b.probe.is_some())
+    }
+
+    /// Sends what the probes of this room's subscriber connections call for now (padding
+    /// at their target rate: RTX copies of what a video leg on the connection recently
+    /// sent, numbered for the estimate), and settles probes whose feedback never came.
+    pub fn send_probes(&mut self, now: Instant, sink: &mut impl LegSink) {
+        for i in 0..self.bwe.len() {
+            let conn = self.bwe[i].0;
+            if let Some(Verdict::Probed { leg, rank }) = self.bwe[i].1.probe_outcome(now) {
+                self.probed(conn, leg, rank);
+                continue;
+            }
+            let Some(probe) = self.bwe[i].1.probe.as_mut() else {
+                continue;
+            };
+            let (mut due, probed) = (probe.due(now), probe.leg);
+            if due == 0 || sink.admit(conn) != Admit::Yes {
+                continue;
+            }
+            // The probed leg's copies if it has RTX, else another RTX leg's on the connection.
+            let Some((t, l)) = self.probe_leg(conn, probed) else {
+                continue;
+            };
+            let Track { layers, legs, .. } = &mut self.tracks[t];
+            let leg = &mut legs[l];
+            let (Some((conn, sender)), Some(history)) = (leg.bound, leg.history.as_mut()) else {
+                continue;
+            };
+            let mut sent = 0;
+            while due > 0 && sent < MAX_PROBE_PACKETS_PER_TURN {
+                let cache_of = |epoch: u32| {
+                    layers
+                        .iter()
+                        .filter_map(|l| l.cache.as_ref())
+                        .find(|c| c.epoch() >> 24 == epoch >> 24)
+                };
+                let Some(mut packet) = history.probe_copy(cache_of, &leg.rewrite, now) else {
+                    break;
+                };
+                let size = (12 + packet.payload.len()) as u64;
+                stamp(&mut self.bwe, conn, leg.twcc, &mut packet, size, now);
+                if !sink.retransmit(conn, sender, packet, true) {
+                    break;
+                }
+                due = due.saturating_sub(size + 4);
+                sent += 1;
+            }
+            self.stats.add(|c| &c.bwe_probe_packets, sent);
+        }
+    }
+
+    /// The leg whose packets pad a probe of `conn`: `probed` if it can (RTX negotiated,
+    /// numbered for the estimate), else another video leg on the connection that can.
+    fn probe_leg(&self, conn: ConnId, probed: LegId) -> Option<(usize, usize)> {
+        let can = |l: &Leg| {
+            l.negotiated
+                && l.twcc != 0
+                && l.bound.is_some_and(|(c, _)| c == conn)
+                && l.history.as_ref().is_some_and(|h| h.rtx.is_some())
+        };
+        let mut other = None;
+        for (t, track) in self.tracks.iter().enumerate() {
+            for (l, leg) in track.legs.iter().enumerate() {
+                if can(leg) {
+                    if leg.id == probed {
+                        return Some((t, l));
+                    }
+                    other.get_or_insert((t, l));
+                }
+            }
+        }
+        other
     }
 
     /// Caps the layer of each video leg on `conn` under the connection's estimate. Audio
@@ -1719,16 +1820,36 @@ impl MediaRoom {
                 }
             }
         }
-        let bwe = &mut self.bwe[i].1;
         if changed == 0
             && verdict != Verdict::Down
-            && bwe.may_try(now)
+            && self.bwe[i].1.may_try(now)
             && let Some((t, l, next)) = try_leg
         {
-            let leg = &mut self.tracks[t].legs[l];
-            leg.layer.set_cap(Target(next));
-            bwe.start_trial(leg.id, now);
-            tracing::debug!(meeting_id = %self.meeting_id, leg = leg.id, rank = next, estimate, "bandwidth: trying the next layer");
+            // Probe first where the connection can carry padding (a leg with RTX); else
+            // try the layer itself.
+            let track = &self.tracks[t];
+            let leg = &track.legs[l];
+            let plan = self.probe_leg(conn, leg.id).map(|_| {
+                let (layers, n) = track.layer_rates(now);
+                let extra = bwe::need(&layers[..n], next).saturating_sub(bwe::need(&layers[..n], leg.layer.cap().0));
+                let flowing = self.bwe[i].1.estimator.acked_bps().unwrap_or(estimate);
+                let need = flowing + extra;
+                (need, (need as f64 * bwe::UP_HEADROOM) as u64)
+            });
+            let id = leg.id;
+            let bwe = &mut self.bwe[i].1;
+            match plan {
+                Some((need, target)) => {
+                    bwe.start_probe(id, next, target, need, now);
+                    self.stats.add(|c| &c.bwe_probes, 1);
+                    tracing::debug!(meeting_id = %self.meeting_id, leg = id, rank = next, estimate, target, "bandwidth: probing for the next layer");
+                }
+                None => {
+                    self.tracks[t].legs[l].layer.set_cap(Target(next));
+                    bwe.start_trial(id, now);
+                    tracing::debug!(meeting_id = %self.meeting_id, leg = id, rank = next, estimate, "bandwidth: trying the next layer");
+                }
+            }
         }
         if changed > 0 {
             tracing::debug!(meeting_id = %self.meeting_id, conn, estimate, ?verdict, changed, "bandwidth: layer caps changed");
@@ -2447,6 +2568,8 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         written: Vec<(ConnId, RTCRtpSenderId, Packet)>,
+        /// Retransmissions written as RTX (NACK answers, probe padding).
+        rtx: Vec<(ConnId, Packet)>,
         not_ready: Vec<ConnId>,
         refusing: Vec<ConnId>,
         dropping: Vec<ConnId>,
@@ -2468,6 +2591,17 @@ mod tests {
                 return false;
             }
             self.written.push((conn, sender, packet.clone()));
+            true
+        }
+
+        fn retransmit(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: Packet, rtx: bool) -> bool {
+            if !rtx {
+                return self.write(conn, sender, &packet);
+            }
+            if self.refusing.contains(&conn) {
+                return false;
+            }
+            self.rtx.push((conn, packet));
             true
         }
     }
@@ -4361,22 +4495,43 @@ mod tests {
         }
     }
 
-    /// Issue 12: B's downlink narrows to 300 kbit/s while A sends three layers (about
-    /// 150, 450 and 1 200 kbit/s) and audio. B's transport-wide feedback (from a simulated
-    /// bottleneck fed with exactly what the room wrote to B) brings its estimate down and
-    /// its leg to the lowest layer within seconds, every audio packet still reaches B, and
-    /// once the path is wide again the leg climbs back to the top layer by tries. C, on a
-    /// wide path all along, keeps the top layer throughout: one slow subscriber never
-    /// degrades the others.
-    #[test]
-    fn a_subscribers_congestion_feedback_caps_its_layer_and_audio_keeps_flowing() {
+    /// What [`congestion_run`] saw: per subscriber, the layer of each video packet it got
+    /// and when; audio sent and audio B got; B's probe padding (when, RTX SSRC); the room.
+    struct CongestionRun {
+        room: MediaRoom,
+        layer_at: Vec<(Duration, u8)>,
+        layer_at_c: Vec<(Duration, u8)>,
+        audio_sent: u32,
+        audio_to_b: u32,
+        padding_to_b: Vec<(Duration, u32)>,
+    }
+
+    /// The layer of each packet of `layer_at` sent from `from` on.
+    fn layer_after(layer_at: &[(Duration, u8)], from: Duration) -> Vec<u8> {
+        layer_at.iter().filter(|(at, _)| *at >= from).map(|(_, l)| *l).collect()
+    }
+
+    /// Issue 12: B's downlink narrows to 300 kbit/s for 15 s while A sends three layers
+    /// (about 150, 450 and 1 200 kbit/s) and audio, then widens for 10 s. B's and C's
+    /// transport-wide feedback comes from simulated bottlenecks fed with exactly what the
+    /// room wrote to each (C's wide all along); B's answer negotiated RTX when `rtx`
+    /// (the room then probes before stepping up). Checks, 15 s in, that B's estimate
+    /// dropped and its leg is on the lowest layer, mostly so from 5 s on.
+    fn congestion_run(rtx: bool) -> CongestionRun {
         let t0 = Instant::now();
         let (mut room, mut fx) = call_with(true, &layers(), t0);
-        // B's and C's answers negotiated transport-wide sequence numbers (id 3).
+        // B's and C's answers negotiated transport-wide sequence numbers (id 3), and B's RTX
+        // for VP8 (101) when `rtx`.
         for p in [B, C] {
             let mut answer = answer_all(&room, p);
             for (_, n) in &mut answer {
                 n.extensions.push((rtc::sdp::extmap::TRANSPORT_CC_URI.into(), 3));
+                if rtx && p == B {
+                    n.codecs.push(Codec {
+                        fmtp: "apt=100".into(),
+                        ..codec(101, "video/rtx", 90_000)
+                    });
+                }
             }
             room.subscriber_answered(p, &answer, true, t0, &mut fx);
         }
@@ -4395,16 +4550,10 @@ mod tests {
         let mut seqs = [100u16, 20_000, 40_000];
         let mut audio_seq = 7u16;
         let mut want_key = [true; 3];
-        let (mut seen, mut pending) = (0usize, Vec::<Ack>::new());
+        let (mut seen, mut seen_rtx, mut pending) = (0usize, 0usize, Vec::<Ack>::new());
         let (mut audio_sent, mut audio_to_b) = (0u32, 0u32);
         let mut layer_at = Vec::<(Duration, u8)>::new();
-        let layer_after = |layer_at: &[(Duration, u8)], from: Duration| {
-            layer_at
-                .iter()
-                .filter(|(at, _)| *at >= from)
-                .map(|(_, l)| *l)
-                .collect::<Vec<u8>>()
-        };
+        let mut padding_to_b = Vec::new();
         for i in 0..2500u32 {
             if i == 1500 {
                 // 15 s on the narrow path.
@@ -4458,7 +4607,27 @@ mod tests {
             for ssrc in keyframes_of(&fx) {
                 want_key[(ssrc - 1000) as usize] = true;
             }
+            // The end of the shard's turn.
+            room.send_probes(now, &mut sink);
             let since = now.saturating_duration_since(t0);
+            let numbered = |p: &Packet| {
+                let ext = p
+                    .header
+                    .extensions
+                    .iter()
+                    .find(|e| e.id == 3)
+                    .expect("every copy to B and C is numbered");
+                u16::from_be_bytes([ext.payload[0], ext.payload[1]])
+            };
+            for (conn, p) in &sink.rtx[seen_rtx..] {
+                assert_eq!(*conn, B_SUB, "only B has RTX, and nothing was NACKed");
+                padding_to_b.push((since, p.header.ssrc));
+                pending.push(Ack {
+                    seq: numbered(p),
+                    arrival: path.carry(since, p.payload.len() + 16),
+                });
+            }
+            seen_rtx = sink.rtx.len();
             for (conn, _, p) in &sink.written[seen..] {
                 let (path, pending, layer_at) = match *conn {
                     B_SUB => (&mut path, &mut pending, &mut layer_at),
@@ -4470,17 +4639,9 @@ mod tests {
                 } else {
                     layer_at.push((since, p.payload[3]));
                 }
-                let ext = p
-                    .header
-                    .extensions
-                    .iter()
-                    .find(|e| e.id == 3)
-                    .expect("every copy to B and C is numbered");
-                let seq = u16::from_be_bytes([ext.payload[0], ext.payload[1]]);
-                let size = p.payload.len() + 16;
                 pending.push(Ack {
-                    seq,
-                    arrival: path.carry(since, size),
+                    seq: numbered(p),
+                    arrival: path.carry(since, p.payload.len() + 16),
                 });
             }
             seen = sink.written.len();
@@ -4497,6 +4658,33 @@ mod tests {
                 room.congestion_feedback(C_SUB, ready, now);
             }
         }
+        CongestionRun {
+            room,
+            layer_at,
+            layer_at_c,
+            audio_sent,
+            audio_to_b,
+            padding_to_b,
+        }
+    }
+
+    /// Without RTX toward B there is no padding to probe with: once the path has narrowed,
+    /// B's leg climbs back by tries of the next layer, and within 10 s of the path
+    /// widening it has the top layer again. Audio first: every audio packet reached B. C,
+    /// on a wide path, keeps the top layer throughout: one slow subscriber never degrades
+    /// the others.
+    #[test]
+    fn a_subscribers_congestion_feedback_caps_its_layer_and_audio_keeps_flowing() {
+        let CongestionRun {
+            room,
+            layer_at,
+            layer_at_c,
+            audio_sent,
+            audio_to_b,
+            padding_to_b,
+        } = congestion_run(false);
+        assert_eq!(padding_to_b, [], "no probe without RTX");
+        assert_eq!(room.stats().meeting.snapshot().bwe_probes, 0);
         // Within 10 s of the path widening, the top layer.
         let end = layer_after(&layer_at, Duration::from_secs(24));
         assert!(
@@ -4510,6 +4698,59 @@ mod tests {
         assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
         let snap = room.debug_snapshot(|_| None);
         assert_eq!(snap["participants"][2]["bandwidth"]["capping"], false, "{snap:#}");
+    }
+
+    /// With RTX toward B, the room probes before each step up (padding at the rate the
+    /// next layer needs, RTX copies on B's RTX SSRC, numbered for the estimate): on the
+    /// narrow path every probe finds no room, so from 5 s on B never gets a packet of a
+    /// bigger layer (a try would have sent it into the full queue); once the path widens a
+    /// probe finds room and B is on the top layer within 10 s. Audio still all arrives,
+    /// and C keeps the top layer throughout.
+    #[test]
+    fn a_subscriber_with_rtx_is_probed_before_a_step_up_and_a_narrow_path_never_gets_a_bigger_layer() {
+        let run = congestion_run(true);
+        let stats = run.room.stats().meeting.snapshot();
+        assert!(stats.bwe_probes >= 2, "{stats:?}");
+        assert!(stats.bwe_probes_passed >= 1, "{stats:?}");
+        assert!(
+            stats.bwe_probes_passed < stats.bwe_probes,
+            "the narrow path's failed: {stats:?}"
+        );
+        assert_eq!(stats.bwe_probe_packets, run.padding_to_b.len() as u64);
+        let b_rtx = run.room.tracks[0]
+            .legs
+            .iter()
+            .find(|l| l.subscriber == B)
+            .and_then(|l| l.history.as_ref()?.rtx.as_ref().map(|r| r.ssrc))
+            .expect("B's leg has RTX");
+        assert!(run.padding_to_b.iter().all(|(_, ssrc)| *ssrc == b_rtx));
+        let narrow = run
+            .padding_to_b
+            .iter()
+            .filter(|(at, _)| *at < Duration::from_secs(15))
+            .count();
+        assert!(
+            narrow >= super::super::probe::MIN_PACKETS as usize,
+            "probed while narrow: {narrow} packets"
+        );
+        let mid = run
+            .layer_at
+            .iter()
+            .filter(|(at, _)| (Duration::from_secs(5)..Duration::from_secs(15)).contains(at))
+            .map(|(_, l)| *l)
+            .collect::<Vec<u8>>();
+        assert!(
+            !mid.is_empty() && mid.iter().all(|l| *l == 0),
+            "only q while narrow: {mid:?}"
+        );
+        let end = layer_after(&run.layer_at, Duration::from_secs(24));
+        assert!(
+            !end.is_empty() && end.iter().all(|l| *l == 2),
+            "top layer again: {end:?}"
+        );
+        assert_eq!(run.audio_to_b, run.audio_sent);
+        let c = layer_after(&run.layer_at_c, Duration::from_millis(500));
+        assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
     }
 
     // ---- connection quality ----

@@ -47,6 +47,7 @@ pub mod layer_rtx;
 pub mod media_room;
 pub mod nack;
 mod peers;
+pub mod probe;
 pub mod quality;
 pub mod remb;
 pub mod retransmit;

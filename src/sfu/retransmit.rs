@@ -264,6 +264,9 @@ pub struct LegHistory {
     pub rtx: Option<Rtx>,
     /// The newest unservable sequence number reported so far (one keyframe per loss).
     last_unservable: Option<u16>,
+    /// The newest sequence number sent, and how far back the last probe copy went.
+    newest: Option<u16>,
+    probe_back: u16,
 }
 
 impl Default for LegHistory {
@@ -279,6 +282,8 @@ impl LegHistory {
             params,
             rtx: None,
             last_unservable: None,
+            newest: None,
+            probe_back: 0,
         }
     }
 
@@ -289,6 +294,12 @@ impl LegHistory {
     /// The leg sent `out_seq` with timestamp `out_ts`, carrying the track's packet
     /// `in_seq` of sequence space `epoch`, its VP8 numbers rewritten by `vp8`.
     pub fn sent(&mut self, out_seq: u16, out_ts: u32, in_seq: u16, epoch: u32, vp8: Offsets, now: Instant) {
+        if self
+            .newest
+            .is_none_or(|n| out_seq.wrapping_sub(n).wrapping_sub(1) < 0x8000)
+        {
+            self.newest = Some(out_seq);
+        }
         self.entries[Self::index(out_seq)] = Sent {
             filled: true,
             out_seq,
@@ -347,6 +358,48 @@ impl LegHistory {
         }
         e.resent = Some(now);
         e.resends += 1;
+        let e = *e;
+        self.build(&e, slot, leg)
+    }
+
+    /// Padding for a bandwidth probe (`probe`): an RTX copy of one of the last few packets
+    /// the leg sent and can still build, its subscriber drops it as a duplicate
+    /// (RFC 4588). Successive calls go back one packet further each, over up to eight.
+    /// Resend counts are untouched; `None` without RTX or without a packet to copy.
+    pub fn probe_copy<'c>(
+        &mut self,
+        cache_of: impl Fn(u32) -> Option<&'c PacketCache>,
+        leg: &DownLeg,
+        now: Instant,
+    ) -> Option<Packet> {
+        self.rtx.as_ref()?;
+        let newest = self.newest?;
+        for step in 0..8u16 {
+            let back = (self.probe_back + step) % 8;
+            let seq = newest.wrapping_sub(back);
+            let e = self.entries[Self::index(seq)];
+            let fresh = e.filled
+                && e.out_seq == seq
+                && e.at
+                    .is_some_and(|at| now.saturating_duration_since(at) < self.params.max_age);
+            let Some(slot) = fresh
+                .then(|| cache_of(e.epoch).and_then(|c| c.get(e.in_seq, e.epoch)))
+                .flatten()
+            else {
+                continue;
+            };
+            if let Answer::Resend { packet, rtx: true } = self.build(&e, slot, leg) {
+                self.probe_back = (back + 1) % 8;
+                return Some(packet);
+            }
+        }
+        None
+    }
+
+    /// The retransmission of what entry `e` sent, its payload in `slot`: RTX where the
+    /// leg negotiated it for the payload type, else the original under the leg's SSRC.
+    fn build(&mut self, e: &Sent, slot: &Slot, leg: &DownLeg) -> Answer {
+        let seq = e.out_seq;
         let mut header = Header {
             version: 2,
             marker: slot.marker,

@@ -121,6 +121,8 @@ pub struct Shard {
     speakers_due: Instant,
     /// Scratch: the connections whose timers are due this turn.
     due: Vec<ConnId>,
+    /// Rooms probing a subscriber's path (`MediaRoom::send_probes` each turn while they do).
+    probing: Vec<RoomId>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -153,6 +155,7 @@ impl Shard {
             negotiation_pending: false,
             speakers_due: Instant::now(),
             due: Vec::new(),
+            probing: Vec::new(),
         }
     }
 
@@ -239,6 +242,9 @@ impl Shard {
         if now >= self.speakers_due && !self.rooms.is_empty() {
             self.evaluate_speakers(now);
         }
+        if !self.probing.is_empty() {
+            self.send_probes(now);
+        }
         self.drain_dirty(now);
         if self.negotiation_pending {
             self.run_negotiations(now);
@@ -248,6 +254,22 @@ impl Shard {
         self.peers.pay_deferred(now);
         self.report_broken();
         self.peers.flush_io();
+    }
+
+    /// The padding the probing rooms' probes call for this turn (`MediaRoom::send_probes`);
+    /// a room leaves the list when its probes are over.
+    fn send_probes(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.probing.len() {
+            if let Some(hosted) = self.rooms.get_mut(&self.probing[i]) {
+                hosted.room.send_probes(now, &mut self.peers.sink(now));
+                if hosted.room.probing() {
+                    i += 1;
+                    continue;
+                }
+            }
+            self.probing.swap_remove(i);
+        }
     }
 
     /// Every room's active speakers, on [`SPEAKER_TICK`]: a room evaluates when its
@@ -399,6 +421,9 @@ impl Shard {
                     });
                     if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
                         hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
+                        if hosted.room.probing() && !self.probing.contains(&room_id) {
+                            self.probing.push(room_id);
+                        }
                     }
                     for r in tap::reception_reports(packet.as_ref()) {
                         let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);

@@ -61,6 +61,12 @@ pub struct Counters {
     /// Drops of a subscriber connection's bandwidth estimate (overuse or loss seen in its
     /// transport-wide congestion control feedback; `bwe`), each fitting its video legs under it.
     pub bwe_drops: AtomicU64,
+    /// Probes of a subscriber's path before a leg steps up (`probe`), and those that found
+    /// room for the step.
+    pub bwe_probes: AtomicU64,
+    pub bwe_probes_passed: AtomicU64,
+    /// Padding packets sent in probes (RTX copies of packets already sent).
+    pub bwe_probe_packets: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -173,6 +179,9 @@ pub struct CountersSnapshot {
     pub layer_switches: u64,
     pub layer_rtx_repaired: u64,
     pub bwe_drops: u64,
+    pub bwe_probes: u64,
+    pub bwe_probes_passed: u64,
+    pub bwe_probe_packets: u64,
 }
 
 impl Counters {
@@ -215,6 +224,9 @@ impl Counters {
                 layer_switches: acc.layer_switches + s.layer_switches,
                 layer_rtx_repaired: acc.layer_rtx_repaired + s.layer_rtx_repaired,
                 bwe_drops: acc.bwe_drops + s.bwe_drops,
+                bwe_probes: acc.bwe_probes + s.bwe_probes,
+                bwe_probes_passed: acc.bwe_probes_passed + s.bwe_probes_passed,
+                bwe_probe_packets: acc.bwe_probe_packets + s.bwe_probe_packets,
             }
         })
     }
@@ -243,6 +255,9 @@ impl Counters {
             layer_switches: get(&self.layer_switches),
             layer_rtx_repaired: get(&self.layer_rtx_repaired),
             bwe_drops: get(&self.bwe_drops),
+            bwe_probes: get(&self.bwe_probes),
+            bwe_probes_passed: get(&self.bwe_probes_passed),
+            bwe_probe_packets: get(&self.bwe_probe_packets),
         }
     }
 }
