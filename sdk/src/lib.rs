@@ -74,6 +74,7 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod media;
+pub mod nack;
 pub mod reconnect;
 pub mod rest;
 mod rtcp;

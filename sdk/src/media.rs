@@ -36,7 +36,6 @@ use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfiguration,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, StatsSelector,
-    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -359,17 +358,44 @@ fn rtc_configuration(options: &MediaOptions, ice_servers: &[IceServer]) -> RTCCo
         .build()
 }
 
+/// The interceptor chain of every connection: `rtc`'s defaults (NACK responder, TWCC
+/// receiver, receiver and sender reports, the simulcast header extensions) but our own NACK
+/// generator (`nack`: it learns RTX repairs and paces and bounds its asks, where `rtc` 0.21's
+/// asked for every lost packet every 100 ms for seconds), and the tap that lets keyframe
+/// requests reach the application (the synthetic sender answers them; by default inbound RTCP
+/// ends inside the chain).
+fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry> {
+    use rtc::interceptor::{NackResponderBuilder, Slot};
+    use rtc::peer_connection::configuration::interceptor_registry::{
+        configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    };
+    // What `configure_nack` registers, with our generator in its slot.
+    for parameter in ["", "pli"] {
+        media_engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = Registry::new()
+        .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        .with(Slot::NackGenerator, crate::nack::NackGenerator::default());
+    configure_simulcast_extension_headers(media_engine)?;
+    let registry = configure_twcc_receiver_only(registry, media_engine)?;
+    Ok(configure_rtcp_reports(registry).with(
+        Slot::from(crate::rtcp::KEYFRAME_TAP_SLOT),
+        crate::rtcp::KeyframeTap::default(),
+    ))
+}
+
 async fn build_connection(
     options: &MediaOptions,
     mut media_engine: MediaEngine,
     handler: Handler,
 ) -> Result<Arc<dyn PeerConnection>> {
-    // Keyframe requests must reach the application (the synthetic sender answers them);
-    // by default inbound RTCP ends inside the interceptor chain.
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-        rtc::interceptor::Slot::from(crate::rtcp::KEYFRAME_TAP_SLOT),
-        crate::rtcp::KeyframeTap::default(),
-    );
+    let registry = interceptors(&mut media_engine)?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
@@ -1713,6 +1739,30 @@ mod tests {
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
             ..MediaOptions::default()
         }
+    }
+
+    /// The chain is `rtc`'s default one with our NACK generator in its slot, plus the tap.
+    #[test]
+    fn the_chain_is_rtcs_default_with_our_nack_generator() {
+        let names = |r: &Registry| {
+            r.slots()
+                .into_iter()
+                .map(|(s, n)| (format!("{s:?}"), n))
+                .collect::<Vec<_>>()
+        };
+        let ours = names(&interceptors(&mut MediaEngine::default()).expect("our chain"));
+        let mut theirs = names(
+            &webrtc::peer_connection::register_default_interceptors(Registry::new(), &mut MediaEngine::default())
+                .expect("rtc's chain"),
+        );
+        for (slot, name) in &mut theirs {
+            if slot == "NackGenerator" {
+                *name = "NackGenerator".to_owned();
+            }
+        }
+        let tap = ours.last().cloned().expect("a chain");
+        assert_eq!(tap.1, "KeyframeTap", "the tap last: {ours:?}");
+        assert_eq!(ours[..ours.len() - 1], theirs[..], "the rest as rtc's");
     }
 
     /// The next frame on `rx` that is not a trickled candidate.
