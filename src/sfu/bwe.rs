@@ -372,6 +372,14 @@ impl Estimator {
         self.trend.usage
     }
 
+    /// The estimate is `bps`, as the subscriber says (a REMB, [`Bwe::remb`]).
+    pub fn set(&mut self, bps: u64) {
+        let bps = bps.clamp(MIN_BPS, MAX_BPS) as f64;
+        self.delay_bps = bps;
+        self.loss_bps = bps;
+        self.started = true;
+    }
+
     /// The path carried `bps` without overuse (a layer tried and kept): the estimate is at least that.
     pub fn raise_to(&mut self, bps: u64) {
         let bps = (bps as f64).min(MAX_BPS as f64);
@@ -657,14 +665,45 @@ impl Bwe {
         // a stable sort would allocate its buffer per report.)
         scratch.sort_unstable_by_key(|p| (p.2, p.0));
         let change = self.estimator.update(scratch, lost, now);
+        self.settle(change, now)
+    }
+
+    /// A REMB from a subscriber connection that sends no transport-wide feedback (aiortc;
+    /// receive-side estimation): the subscriber's own estimate of its downlink, `bps`, is
+    /// taken as the estimate. It is a drop (caps apply; a try running failed) only when it
+    /// is below 90 % of `sending_bps`, what the connection is being sent: a receive-side
+    /// estimator stays near 1.5 times what arrives, so an estimate below an earlier one
+    /// is no sign of congestion while what is sent still fits.
+    pub fn remb(&mut self, bps: u64, sending_bps: u64, now: Instant) -> Verdict {
+        let before = self.estimator.bps();
+        self.estimator.set(bps);
+        self.reports += 1;
+        let change = if (bps as f64) < 0.9 * sending_bps as f64 {
+            Change::Down
+        } else if bps > before {
+            Change::Up
+        } else {
+            Change::Same
+        };
+        self.settle(change, now)
+    }
+
+    /// What an estimate's `change` means for the legs, and for a try or probe running.
+    fn settle(&mut self, change: Change, now: Instant) -> Verdict {
         if change == Change::Down {
+            if let Some(probe) = self.probe.take() {
+                // The probe's own queue, most likely: it failed, and what flowed before it
+                // still flows. The estimate goes back to where it was, and no leg steps
+                // down for a probe (a real overload shows again in the next reports).
+                tracing::trace!(leg = probe.leg, "probe overused");
+                self.estimator.raise_to(probe.estimate_before);
+                self.hold = (self.hold * 2).clamp(BASE_HOLD, MAX_HOLD);
+                self.last_down = Some(now);
+                return Verdict::Keep;
+            }
             self.capping = true;
             if let Some(trial) = self.trial.take() {
                 tracing::trace!(leg = trial.leg, "layer try overused");
-                self.hold = (self.hold * 2).min(MAX_HOLD);
-            }
-            if let Some(probe) = self.probe.take() {
-                tracing::trace!(leg = probe.leg, "probe overused");
                 self.hold = (self.hold * 2).min(MAX_HOLD);
             }
             self.last_down = Some(now);
@@ -704,7 +743,9 @@ impl Bwe {
     /// the connection is sent at `target_bps`; `need_bps` must arrive for the step.
     pub fn start_probe(&mut self, leg: u64, rank: u8, target_bps: u64, need_bps: u64, now: Instant) {
         self.probes = self.probes.wrapping_add(1).max(1);
-        self.probe = Some(Cluster::new(self.probes, leg, rank, target_bps, need_bps, now));
+        let mut cluster = Cluster::new(self.probes, leg, rank, target_bps, need_bps, now);
+        cluster.estimate_before = self.estimator.bps();
+        self.probe = Some(cluster);
     }
 
     /// Numbers a packet of `size` bytes sent on the connection `now` (as
@@ -1119,6 +1160,44 @@ mod tests {
             "raised to what arrived: {}",
             bwe.estimator.bps()
         );
+    }
+
+    #[test]
+    fn overuse_during_a_probe_fails_the_probe_and_steps_nothing_down() {
+        let t0 = Instant::now();
+        let mut bwe = Bwe {
+            capping: true,
+            hold: BASE_HOLD,
+            ..Bwe::default()
+        };
+        bwe.estimator.set(400_000);
+        bwe.start_probe(7, 2, 1_500_000, 1_300_000, t0);
+        // The estimator saw overuse and decreased; the probe takes the blame.
+        bwe.estimator.set(300_000);
+        assert_eq!(bwe.settle(Change::Down, t0 + Duration::from_millis(60)), Verdict::Keep);
+        assert_eq!(bwe.probe, None);
+        assert_eq!(bwe.estimator.bps(), 400_000, "back to where it was");
+        assert_eq!(bwe.hold, BASE_HOLD * 2);
+        assert!(!bwe.may_try(t0 + Duration::from_millis(60) + BASE_HOLD));
+        // Overuse with no probe out is a drop.
+        assert_eq!(bwe.settle(Change::Down, t0 + Duration::from_millis(100)), Verdict::Down);
+    }
+
+    #[test]
+    fn a_remb_below_what_is_sent_is_a_drop_and_one_following_the_flow_is_not() {
+        let t0 = Instant::now();
+        let mut bwe = Bwe::default();
+        assert_eq!(
+            bwe.remb(500_000, 300_000, t0),
+            Verdict::Keep,
+            "below the start, above the flow"
+        );
+        assert!(!bwe.capping);
+        assert_eq!(bwe.remb(250_000, 300_000, t0), Verdict::Down);
+        assert!(bwe.capping);
+        assert_eq!(bwe.estimator.bps(), 250_000);
+        assert_eq!(bwe.remb(900_000, 250_000, t0), Verdict::Up);
+        assert_eq!(bwe.estimator.bps(), 900_000);
     }
 
     #[test]

@@ -1664,6 +1664,59 @@ impl MediaRoom {
         }
     }
 
+    /// A subscriber connection's REMB (`bps` it says it can receive). Taken as its estimate
+    /// only where none of its legs negotiated transport-wide feedback (aiortc: receive-side
+    /// estimation); otherwise the feedback is the better source and the REMB is ignored.
+    /// Its video legs are then fitted as after feedback ([`Bwe::remb`]).
+    pub fn remb_received(&mut self, conn: ConnId, bps: u64, now: Instant) {
+        let legs = || {
+            self.tracks
+                .iter()
+                .flat_map(|t| t.legs.iter())
+                .filter(|l| l.negotiated && l.bound.is_some_and(|(c, _)| c == conn))
+        };
+        if legs().next().is_none() || legs().any(|l| l.twcc != 0) {
+            return;
+        }
+        let sending = self.sending_bps(conn, now);
+        let i = match self.bwe.binary_search_by_key(&conn, |(c, _)| *c) {
+            Ok(i) => i,
+            Err(i) => {
+                self.bwe.insert(i, (conn, Bwe::default()));
+                i
+            }
+        };
+        let verdict = self.bwe[i].1.remb(bps, sending, now);
+        if verdict == Verdict::Down {
+            self.stats.add(|c| &c.bwe_drops, 1);
+        }
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Probed { leg, rank } => self.probed(conn, leg, rank),
+            _ => self.fit_legs(conn, verdict, now),
+        }
+    }
+
+    /// What subscriber connection `conn` is being sent, bit/s: each unpaused leg's layer
+    /// (audio's one, a video leg's current layer) at the rate it arrives.
+    fn sending_bps(&self, conn: ConnId, now: Instant) -> u64 {
+        let mut sum = 0;
+        for t in &self.tracks {
+            let (layers, n) = t.layer_rates(now);
+            for leg in t
+                .legs
+                .iter()
+                .filter(|l| !l.rewrite.paused() && l.bound.is_some_and(|(c, _)| c == conn))
+            {
+                sum += match t.info.kind {
+                    TrackKind::Audio => layers[..n].iter().map(|l| l.1).max().unwrap_or(0),
+                    TrackKind::Video => leg.layer.layers().0.and_then(|i| layers[..n].get(i)).map_or(0, |l| l.1),
+                };
+            }
+        }
+        sum
+    }
+
     /// A probe for leg `leg` on `conn` found room: the leg tries layer `rank` (its
     /// connection's `Bwe` has started the try).
     fn probed(&mut self, conn: ConnId, leg: LegId, rank: u8) {
@@ -4751,6 +4804,60 @@ mod tests {
         assert_eq!(run.audio_to_b, run.audio_sent);
         let c = layer_after(&run.layer_at_c, Duration::from_millis(500));
         assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
+    }
+
+    /// A subscriber that sends REMB and no transport-wide feedback (aiortc) has its REMB
+    /// taken as its estimate: one below what it is sent caps its leg to the layer that
+    /// fits, one with room lifts it; a REMB that merely follows what arrives is no drop. A
+    /// connection that negotiated transport-wide feedback has its REMBs ignored.
+    #[test]
+    fn a_subscriber_without_twcc_is_fitted_under_its_remb() {
+        let t0 = Instant::now();
+        let (mut room, mut fx) = call_with(true, &layers(), t0);
+        // C negotiated transport-wide sequence numbers; B (no answer change) did not.
+        let mut answer = answer_all(&room, C);
+        for (_, n) in &mut answer {
+            n.extensions.push((rtc::sdp::extmap::TRANSPORT_CC_URI.into(), 3));
+        }
+        room.subscriber_answered(C, &answer, true, t0, &mut fx);
+        let mut sink = Recorder::default();
+        // 2 s of the three layers (about 150, 450 and 1 200 kbit/s), a keyframe each first.
+        let sizes = [190usize, 560, 1_500];
+        let mut send = |room: &mut MediaRoom, from: u32, to: u32| {
+            for i in from..to {
+                let now = t0 + Duration::from_millis(10 * u64::from(i));
+                for (l, size) in sizes.iter().enumerate() {
+                    let p = sized_vp8(1000 + l as u32, i as u16, i * 900, i % 100 == 0, *size);
+                    room.forward(A_PUB, &p, now, &mut sink, &mut Vec::new());
+                }
+            }
+        };
+        let cap = |room: &MediaRoom, who: &str| {
+            room.tracks[0]
+                .legs
+                .iter()
+                .find(|l| l.subscriber == who)
+                .map(|l| l.layer.cap().0)
+                .expect("leg")
+        };
+        send(&mut room, 0, 200);
+        let at = t0 + Duration::from_secs(2);
+        // B receives f (about 1.2 Mbit/s); its REMB follows what arrives: no drop.
+        room.remb_received(B_SUB, 1_800_000, at);
+        assert_eq!(room.stats().meeting.snapshot().bwe_drops, 0);
+        assert!(cap(&room, B) >= 2, "uncapped");
+        // Its downlink narrows: 300 kbit/s, below what it is sent. Capped to q.
+        room.remb_received(B_SUB, 300_000, at);
+        assert_eq!(room.stats().meeting.snapshot().bwe_drops, 1);
+        assert_eq!(cap(&room, B), 0, "q fits 300 kbit/s");
+        // C's REMB changes nothing: its feedback is the estimate.
+        room.remb_received(C_SUB, 100_000, at);
+        assert!(cap(&room, C) >= 2, "uncapped");
+        assert_eq!(room.stats().meeting.snapshot().bwe_drops, 1);
+        // Wide again: the next REMB has room for f with headroom.
+        send(&mut room, 200, 300);
+        room.remb_received(B_SUB, 3_000_000, t0 + Duration::from_secs(3));
+        assert_eq!(cap(&room, B), 2, "f fits 3 Mbit/s");
     }
 
     // ---- connection quality ----

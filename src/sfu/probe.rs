@@ -59,6 +59,8 @@ pub struct Cluster {
     pub target_bps: u64,
     /// What must arrive for the step up, bit/s (below the target by the headroom).
     pub need_bps: u64,
+    /// The connection's estimate when it started: a probe that overuses gives it back.
+    pub estimate_before: u64,
     pub started: Instant,
     sent_bytes: u64,
     sent_packets: u32,
@@ -83,6 +85,7 @@ impl Cluster {
             rank,
             target_bps,
             need_bps,
+            estimate_before: 0,
             started: now,
             sent_bytes: 0,
             sent_packets: 0,

@@ -6,7 +6,7 @@
 //! marks it `DeliverToApplication`. [`RtcpTap`] marks only PLI and FIR (what an
 //! SFU relays upstream), generic NACKs (answered by the media room from its
 //! retransmission cache, `retransmit`), subscribers' transport-wide congestion
-//! control feedback (their bandwidth estimate, `bwe`) and reception reports (loss,
+//! control feedback and REMBs (their bandwidth estimate, `bwe`) and reception reports (loss,
 //! jitter and round-trip time for connection quality, `quality`; a browser sends one
 //! a second or less often), and counts the first two as they pass.
 
@@ -52,6 +52,12 @@ pub fn keyframe_request_ssrcs(p: &dyn rtcp::Packet, mut each: impl FnMut(u32)) {
 /// The generic NACK in an RTCP packet, if it is one.
 pub fn as_nack(p: &dyn rtcp::Packet) -> Option<&TransportLayerNack> {
     p.as_any().downcast_ref::<TransportLayerNack>()
+}
+
+/// The REMB in an RTCP packet, if it is one: the bit rate its sender says it can receive.
+pub fn as_remb(p: &dyn rtcp::Packet) -> Option<u64> {
+    let remb = p.as_any().downcast_ref::<ReceiverEstimatedMaximumBitrate>()?;
+    (remb.bitrate.is_finite() && remb.bitrate >= 0.0).then_some(remb.bitrate as u64)
 }
 
 /// The transport-wide congestion control feedback in an RTCP packet, if it is one.
@@ -134,7 +140,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
                     nacks += 1;
                 } else if is_keyframe_request(p.as_ref()) {
                     kf += 1;
-                } else if p.as_any().is::<TransportLayerCc>() {
+                } else if p.as_any().is::<TransportLayerCc>() || p.as_any().is::<ReceiverEstimatedMaximumBitrate>() {
                     twcc += 1;
                 } else {
                     reports |= !reception_reports(p.as_ref()).is_empty();

@@ -425,6 +425,9 @@ impl Shard {
                             self.probing.push(room_id);
                         }
                     }
+                    if let Some(bps) = tap::as_remb(packet.as_ref()) {
+                        hosted.room.remb_received(id, bps, now);
+                    }
                     for r in tap::reception_reports(packet.as_ref()) {
                         let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);
                         hosted.room.reception_report(id, r.ssrc, r.fraction_lost, r.jitter, rtt);
