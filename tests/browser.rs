@@ -1442,6 +1442,11 @@ async fn downlink_cap(simulcast: bool, lift: bool) {
             "low_quality_label_ms": label_ms,
             "low_quality_label_shown": labels_shown,
             "layer_switches": after.layer_switches - before.layer_switches,
+            "probes_passed_sent_packets": [
+                after.bwe_probes_passed - before.bwe_probes_passed,
+                after.bwe_probes - before.bwe_probes,
+                after.bwe_probe_packets - before.bwe_probe_packets,
+            ],
             "rembs_sent": rembs,
             "server_view": server_view,
             "tc": tc.split_whitespace().collect::<Vec<_>>().join(" "),
