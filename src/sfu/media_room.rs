@@ -1654,6 +1654,11 @@ impl MediaRoom {
         };
         let bwe = &mut self.bwe[i].1;
         let verdict = bwe.feedback(acks, now, &mut self.feedback_scratch);
+        self.estimate_moved(conn, verdict, now);
+    }
+
+    /// Carries out what a subscriber connection's new estimate means for its legs.
+    fn estimate_moved(&mut self, conn: ConnId, verdict: Verdict, now: Instant) {
         if verdict == Verdict::Down {
             self.stats.add(|c| &c.bwe_drops, 1);
         }
@@ -1687,14 +1692,7 @@ impl MediaRoom {
             }
         };
         let verdict = self.bwe[i].1.remb(bps, sending, now);
-        if verdict == Verdict::Down {
-            self.stats.add(|c| &c.bwe_drops, 1);
-        }
-        match verdict {
-            Verdict::Keep => {}
-            Verdict::Probed { leg, rank } => self.probed(conn, leg, rank),
-            _ => self.fit_legs(conn, verdict, now),
-        }
+        self.estimate_moved(conn, verdict, now);
     }
 
     /// What subscriber connection `conn` is being sent, bit/s: each unpaused leg's layer
