@@ -24,6 +24,7 @@ fn shape(publishers: u32, secs: u64) -> Shape {
         video: Some(StreamShape { kbps: 300, fps: 30 }),
         ramp_per_sec: 20.0,
         duration: Duration::from_secs(secs),
+        storm: None,
     }
 }
 
@@ -123,6 +124,72 @@ async fn run_creates_meetings_joins_everyone_and_reads_the_gateway() {
         .collect();
     assert_eq!(ours.len(), 1, "{meetings}");
     assert_eq!(ours[0]["state"], "ended", "{meetings}");
+}
+
+/// A join storm (`--storm`, issue 13's shape in small): one call forwards, and 1 s into the
+/// steady phase four more participants join within 1 s, in two meetings of their own. They
+/// all get in with their media, the storm's meetings are created and ended with the run's,
+/// and the report gives the call's latency before, during and after the storm apart from
+/// the run's own figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_storm_joins_in_meetings_of_its_own_and_splits_the_calls_latency() {
+    let srv = TestServer::start().await;
+    let report = bounded_run(options(
+        &srv,
+        Auth::DataDir(srv.data_dir.clone()),
+        Shape {
+            storm: Some(gatehouse::loadtest::scenario::Storm {
+                participants: 4,
+                within: Duration::from_secs(1),
+                after: Duration::from_secs(1),
+            }),
+            ..shape(2, 6)
+        },
+        Thresholds::default(),
+    ))
+    .await;
+    assert_eq!(report.meetings, 3, "the run's meeting and the storm's two");
+    assert_eq!(report.participants.planned, 2, "the run's own figures are the call's");
+    assert_eq!(report.participants.joined, 2, "{:?}", report.errors);
+    let storm = report.storm.clone().expect("the storm's figures");
+    assert_eq!(
+        (storm.planned, storm.started, storm.joined, storm.failed),
+        (4, 4, 4, 0),
+        "{storm:?}"
+    );
+    assert!(
+        (1.0..2.0).contains(&storm.started_after_secs),
+        "1 s into the steady phase: {storm:?}"
+    );
+    assert!(
+        storm.settled_in_secs.is_some(),
+        "every storm participant settled: {storm:?}"
+    );
+    assert_eq!(storm.join_to_media_ms.expect("storm media").count, 4);
+    for (window, p) in [
+        ("before", storm.latency_before_ms),
+        ("during", storm.latency_during_ms),
+        ("after", storm.latency_after_ms),
+    ] {
+        assert!(
+            p.is_some_and(|p| p.count > 0),
+            "the call's latency {window} the storm: {storm:?}"
+        );
+    }
+    let total: u64 = [storm.latency_before_ms, storm.latency_during_ms, storm.latency_after_ms]
+        .iter()
+        .map(|p| p.map_or(0, |p| p.count))
+        .sum();
+    assert_eq!(
+        total,
+        report.latency_ms.expect("the call's latency").count,
+        "the three windows split the steady phase's packets"
+    );
+    assert!(storm.p99_rise_ms.is_some());
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["storm"]["joined"], 4);
+    srv.wait_until("every participant is gone", |s| s.state().live.is_empty())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,6 +115,12 @@ pub struct Options {
 /// than the SDK's peers can; the report then says which side was the limit:
 ///   gatehouse loadtest --lean --meetings 100 --publishers 2 --no-video --audio-kbps 40
 ///
+/// A join storm (--storm): 200 more participants join within 10 s, 15 s into the steady
+/// phase, while 50 calls forward; the report compares the calls' one-way latency before,
+/// during and after it (what joining costs the media already flowing):
+///   gatehouse loadtest --lean --meetings 50 --publishers 2 --duration 60 \
+///       --storm 200 --storm-within 10 --storm-after 15
+///
 /// Exit codes:
 ///   0    finished within the thresholds
 ///   1    could not run (gateway unreachable, token refused...) or nobody could join
@@ -196,6 +202,22 @@ pub struct LoadtestArgs {
     /// Fail (exit 3) when the 99th percentile one-way latency is over this many milliseconds.
     #[arg(long, value_name = "MS")]
     pub max_p99_ms: Option<f64>,
+    /// A join storm in the steady phase: N more participants join, in meetings of their own
+    /// of the run's shape (N a multiple of the participants per meeting; their publishers
+    /// publish), all started within --storm-within seconds, --storm-after seconds into the
+    /// steady phase. The report gives the one-way latency of the run's own calls before the
+    /// storm, during it (until every storm participant has its media flowing) and after it,
+    /// the rise of their p99, and the storm participants' join times. --duration must be more
+    /// than --storm-after + --storm-within (and leave its participants time to settle).
+    #[arg(long, value_name = "N", conflicts_with = "churn")]
+    pub storm: Option<u32>,
+    /// Join storm: seconds within which all its participants start (evenly spread).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub storm_within: u64,
+    /// Join storm: seconds into the steady phase at which it starts (the latency before it
+    /// is measured over these).
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub storm_after: u64,
     /// Churn soak instead of a steady load: for --duration seconds participants join,
     /// publish, chat and leave, drop without leaving, or wait in the lobby to be admitted
     /// or denied, while the gateway's memory, descriptors, threads, UDP sockets and
@@ -261,6 +283,11 @@ impl LoadtestArgs {
             }),
             ramp_per_sec: self.ramp,
             duration: Duration::from_secs(self.duration),
+            storm: self.storm.map(|participants| scenario::Storm {
+                participants,
+                within: Duration::from_secs(self.storm_within),
+                after: Duration::from_secs(self.storm_after),
+            }),
         };
         shape.validate().map_err(|e| e.0)?;
         for (flag, value) in [("--max-loss", self.max_loss), ("--max-p99-ms", self.max_p99_ms)] {
@@ -437,6 +464,8 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
 
     let plan = shape.plan();
     let timeline = shape.timeline();
+    let storm_plan = shape.storm_plan();
+    let mut storm = StormRun::default();
     let progress = Progress::new(options.progress);
     let mut running: Vec<Running> = Vec::with_capacity(plan.len());
     let mut all_settled_at = None;
@@ -455,7 +484,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             }
         }
         let elapsed = run_start.elapsed();
-        for seat in plan.iter().take(timeline.due(elapsed)).skip(running.len()) {
+        let start = |seat: &scenario::Seat| -> Running {
             let others = shape.publishers - u32::from(seat.role == Role::Publisher);
             let probe = Arc::new(Probe::new(seat.role, (others * shape.tracks_per_publisher()) as usize));
             let meeting = meetings[seat.meeting as usize].clone();
@@ -476,7 +505,10 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
                     stop_rx.clone(),
                 )),
             };
-            running.push((probe, task));
+            (probe, task)
+        };
+        for seat in plan.iter().take(timeline.due(elapsed)).skip(running.len()) {
+            running.push(start(seat));
         }
         if all_settled_at.is_none() && running.len() == plan.len() && all_settled(&plan, &running, &shape) {
             all_settled_at = Some(elapsed);
@@ -492,6 +524,28 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             }
             client_cpu.start(lean.as_ref().map(|(_, e)| e.thread_ids()).unwrap_or_default());
             scrape_now(&scraper, &scrapes, run_start).await;
+        }
+        if let (Phase::Steady { started_at, .. }, Some(shape_storm)) = (phase, shape.storm) {
+            // The join storm: the calls' latency so far is the yardstick, then its participants
+            // start on their schedule, and once they all settled the calls' latency meanwhile
+            // is the storm's.
+            if storm.started_at.is_none() && elapsed >= started_at + shape_storm.after {
+                storm.started_at = Some(elapsed);
+                storm.before = latency_of(&running);
+            }
+            if let Some(storm_start) = storm.started_at {
+                let due = shape_storm.due(elapsed.saturating_sub(storm_start));
+                for seat in storm_plan.iter().take(due).skip(storm.running.len()) {
+                    storm.running.push(start(seat));
+                }
+                if storm.settled_at.is_none()
+                    && storm.running.len() == storm_plan.len()
+                    && all_settled(&storm_plan, &storm.running, &shape)
+                {
+                    storm.settled_at = Some(elapsed);
+                    storm.until_settled = latency_of(&running);
+                }
+            }
         }
         if last_sample.0.elapsed() >= Duration::from_secs(1) {
             let totals = Totals::of(&running);
@@ -512,6 +566,12 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         ..report::ClientFigures::default()
     };
+    let storm_started = storm.started_at.map(|at| {
+        (
+            at.saturating_sub(steady.map_or(at, |(from, _)| from)),
+            storm.settled_at.map(|settled| settled.saturating_sub(at)),
+        )
+    });
     if let Some((from, _)) = steady {
         steady = Some((from, stopped_at));
         client_cpu.finish(&mut client);
@@ -527,19 +587,10 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     });
 
     let _ = stop_tx.send(true);
-    let mut participants = Vec::with_capacity(running.len());
     // They all close at once; one deadline bounds the whole teardown.
     let deadline = tokio::time::Instant::now() + participant::CLOSE_TIMEOUT + Duration::from_secs(5);
-    for (probe, mut task) in running {
-        let (sent_packets, sent_bytes) = match tokio::time::timeout_at(deadline, &mut task).await {
-            Ok(Ok(sent)) => sent,
-            _ => {
-                task.abort();
-                (0, 0)
-            }
-        };
-        participants.push(probe.outcome(sent_packets, sent_bytes));
-    }
+    let participants = close_all(running, deadline).await;
+    let storm_participants = close_all(storm.running, deadline).await;
     let _ = scrape_task.await;
     end_meetings(&rest, &meetings).await;
     if let Some((_, engine)) = lean {
@@ -550,6 +601,28 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     }
 
     let scrapes = std::mem::take(&mut *scrapes.lock().unwrap_or_else(|p| p.into_inner()));
+    let storm_data = storm_started.map(|(started_after, settled_in)| {
+        // The calls' latency windows: the last one ends where the run's own figures do.
+        let mut all = gatehouse_sdk::synthetic::LatencyHistogram::default();
+        for s in participants.iter().flat_map(|p| &p.streams) {
+            all.merge(&s.latency);
+        }
+        let (during, after) = match settled_in {
+            Some(_) => (
+                storm.until_settled.since(&storm.before),
+                all.since(&storm.until_settled),
+            ),
+            None => (all.since(&storm.before), Default::default()),
+        };
+        report::StormData {
+            participants: storm_participants,
+            started_after,
+            settled_in,
+            latency_before: storm.before.clone(),
+            latency_during: during,
+            latency_after: after,
+        }
+    });
     let data = report::RunData {
         shape,
         thresholds: options.thresholds,
@@ -563,14 +636,53 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         elapsed: stopped_at,
         steady,
         interrupted,
+        storm: storm_data,
     };
     Ok(Report::from_run(&data))
+}
+
+/// A join storm as the runner goes: when it started and its participants settled (elapsed
+/// since the run's start), its participants, and the run's calls' latency at both moments.
+#[derive(Default)]
+struct StormRun {
+    started_at: Option<Duration>,
+    settled_at: Option<Duration>,
+    running: Vec<Running>,
+    before: gatehouse_sdk::synthetic::LatencyHistogram,
+    until_settled: gatehouse_sdk::synthetic::LatencyHistogram,
+}
+
+/// The latency the participants' streams recorded so far (since the steady phase began).
+fn latency_of(running: &[Running]) -> gatehouse_sdk::synthetic::LatencyHistogram {
+    let mut out = gatehouse_sdk::synthetic::LatencyHistogram::default();
+    for (probe, _) in running {
+        out.merge(&probe.latency());
+    }
+    out
+}
+
+/// Waits for the participants' tasks (the run told them to stop) until `deadline`, aborting
+/// the late, and returns their outcomes.
+async fn close_all(running: Vec<Running>, deadline: tokio::time::Instant) -> Vec<report::ParticipantOutcome> {
+    let mut participants = Vec::with_capacity(running.len());
+    for (probe, mut task) in running {
+        let (sent_packets, sent_bytes) = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(sent)) => sent,
+            _ => {
+                task.abort();
+                (0, 0)
+            }
+        };
+        participants.push(probe.outcome(sent_packets, sent_bytes));
+    }
+    participants
 }
 
 /// Whether every participant is done joining. Streams of publishers that
 /// failed are not waited for: they will not come.
 fn all_settled(plan: &[scenario::Seat], running: &[Running], shape: &Shape) -> bool {
-    let mut failed_publishers = vec![0usize; shape.meetings as usize];
+    let meetings = plan.iter().map(|s| s.meeting as usize + 1).max().unwrap_or(0);
+    let mut failed_publishers = vec![0usize; meetings];
     for (seat, (probe, _)) in plan.iter().zip(running) {
         if seat.role == Role::Publisher && probe.failed() {
             failed_publishers[seat.meeting as usize] += 1;
@@ -604,8 +716,10 @@ pub(crate) fn staff_token(auth: &Auth) -> anyhow::Result<String> {
 /// Creates the run's meetings; on failure ends those already made.
 async fn create_meetings(rest: &RestClient, shape: &Shape) -> anyhow::Result<Vec<String>> {
     let tag = crate::ids::random_code(6);
-    let mut ids = Vec::with_capacity(shape.meetings as usize);
-    for n in 0..shape.meetings {
+    // The run's own meetings, then the join storm's.
+    let count = shape.meetings + shape.storm_meetings();
+    let mut ids = Vec::with_capacity(count as usize);
+    for n in 0..count {
         let meeting = NewMeeting {
             title: format!("Load test {tag} #{}", n + 1),
             lobby_bypass: Some(LobbyBypass::Organization),
@@ -864,6 +978,43 @@ mod tests {
         assert_eq!(o.thresholds.max_loss_percent, Some(0.5));
         assert_eq!(o.thresholds.max_p99_ms, Some(150.0));
         assert!(o.tls.danger_accept_invalid_certs);
+    }
+
+    #[test]
+    fn storm_flags_make_issue_13s_join_storm() {
+        let o = parse(&["--token", "t", "--meetings", "50", "--duration", "60", "--storm", "200"]).unwrap();
+        assert_eq!(
+            o.shape.storm,
+            Some(scenario::Storm {
+                participants: 200,
+                within: Duration::from_secs(10),
+                after: Duration::from_secs(15),
+            }),
+            "200 within 10 s, 15 s into the steady phase by default"
+        );
+        assert_eq!(o.shape.storm_meetings(), 100);
+        let o = parse(&[
+            "--token",
+            "t",
+            "--storm",
+            "4",
+            "--storm-within",
+            "3",
+            "--storm-after",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.shape.storm.map(|s| (s.within, s.after)),
+            Some((Duration::from_secs(3), Duration::from_secs(5)))
+        );
+        assert!(parse(&["--token", "t"]).unwrap().shape.storm.is_none());
+        let e = parse(&["--token", "t", "--storm", "3"]).unwrap_err();
+        assert!(e.contains("--storm must be a positive multiple of the 2"), "{e}");
+        let e = parse(&["--token", "t", "--storm", "4", "--duration", "20"]).unwrap_err();
+        assert!(e.contains("--duration must be more than"), "{e}");
+        let e = parse(&["--token", "t", "--storm", "4", "--churn"]).unwrap_err();
+        assert!(e.contains("--churn"), "{e}");
     }
 
     #[test]

@@ -108,6 +108,17 @@ impl Probe {
         }
     }
 
+    /// Every stream's latency since the last reset, merged (for a window of the steady
+    /// phase: see `LatencyHistogram::since`).
+    pub fn latency(&self) -> gatehouse_sdk::synthetic::LatencyHistogram {
+        let streams = self.state.lock().unwrap_or_else(|p| p.into_inner()).streams.clone();
+        let mut out = gatehouse_sdk::synthetic::LatencyHistogram::default();
+        for stream in streams {
+            out.merge(stream.stats().latency());
+        }
+        out
+    }
+
     pub fn new(role: Role, expected_streams: usize) -> Probe {
         Probe {
             role,

@@ -208,6 +208,83 @@ pub struct RunData {
     pub steady: Option<(Duration, Duration)>,
     /// Stopped with Ctrl-C.
     pub interrupted: bool,
+    /// The join storm, if the shape had one and it began.
+    pub storm: Option<StormData>,
+}
+
+/// What the runner measured of a join storm (`--storm`).
+#[derive(Debug, Clone)]
+pub struct StormData {
+    /// Every storm participant that was started.
+    pub participants: Vec<ParticipantOutcome>,
+    /// When the storm began, since the steady phase did.
+    pub started_after: Duration,
+    /// From the storm's start until every storm participant settled (joined with its media
+    /// flowing, or failed); `None` if the steady phase ended first.
+    pub settled_in: Option<Duration>,
+    /// One-way latency of the run's own calls (not the storm's) before the storm: from the
+    /// steady phase's start to the storm's.
+    pub latency_before: LatencyHistogram,
+    /// The same during the storm: from its start until its participants settled (or the
+    /// steady phase ended).
+    pub latency_during: LatencyHistogram,
+    /// The same after it, to the steady phase's end.
+    pub latency_after: LatencyHistogram,
+}
+
+/// A join storm's figures in the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StormFigures {
+    /// Storm participants planned.
+    pub planned: usize,
+    /// Started before the run stopped.
+    pub started: usize,
+    /// Admitted into their calls.
+    pub joined: usize,
+    /// Ended with an error.
+    pub failed: usize,
+    /// When the storm began, seconds after the steady phase did.
+    pub started_after_secs: f64,
+    /// From the storm's start until every storm participant settled, seconds (absent if the
+    /// steady phase ended first).
+    pub settled_in_secs: Option<f64>,
+    /// Storm participants: from holding the token to being admitted, ms.
+    pub admitted_ms: Option<Percentiles>,
+    /// Storm participants: from holding the token to their first media packet, ms.
+    pub join_to_media_ms: Option<Percentiles>,
+    /// One-way latency of the run's own calls before the storm, ms.
+    pub latency_before_ms: Option<Percentiles>,
+    /// The same while the storm joined (its start until its participants settled), ms.
+    pub latency_during_ms: Option<Percentiles>,
+    /// The same after it, ms.
+    pub latency_after_ms: Option<Percentiles>,
+    /// How much the storm raised the run's calls' p99 latency: during minus before, ms.
+    pub p99_rise_ms: Option<f64>,
+    /// Storm participants' errors, most frequent first.
+    pub errors: Vec<ErrorCount>,
+}
+
+impl StormFigures {
+    fn of(data: &StormData, planned: usize) -> StormFigures {
+        let p = &data.participants;
+        let before = histogram_percentiles(&data.latency_before);
+        let during = histogram_percentiles(&data.latency_during);
+        StormFigures {
+            planned,
+            started: p.len(),
+            joined: p.iter().filter(|p| p.admitted_after.is_some()).count(),
+            failed: p.iter().filter(|p| p.error.is_some()).count(),
+            started_after_secs: data.started_after.as_secs_f64(),
+            settled_in_secs: data.settled_in.map(|d| d.as_secs_f64()),
+            admitted_ms: duration_percentiles(p.iter().filter_map(|p| p.admitted_after).collect()),
+            join_to_media_ms: duration_percentiles(p.iter().filter_map(|p| p.first_media_after()).collect()),
+            latency_before_ms: before,
+            latency_during_ms: during,
+            latency_after_ms: histogram_percentiles(&data.latency_after),
+            p99_rise_ms: before.zip(during).map(|(b, d)| d.p99 - b.p99),
+            errors: error_counts(p),
+        }
+    }
 }
 
 /// Pass or not.
@@ -361,6 +438,9 @@ pub struct Report {
     pub limit_reason: String,
     /// Errors, most frequent first.
     pub errors: Vec<ErrorCount>,
+    /// The join storm (`--storm`), if there was one: the latency above covers the run's own
+    /// calls over the whole steady phase, the storm included.
+    pub storm: Option<StormFigures>,
 }
 
 /// Nearest-rank percentiles of durations, in ms.
@@ -391,6 +471,23 @@ fn histogram_percentiles(h: &LatencyHistogram) -> Option<Percentiles> {
         p99: ms(h.percentile(0.99)?),
         max: ms(h.max()?),
     })
+}
+
+/// The participants' errors and how many hit each, most frequent first.
+fn error_counts(participants: &[ParticipantOutcome]) -> Vec<ErrorCount> {
+    let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in participants.iter().filter_map(|p| p.error.as_deref()) {
+        *errors.entry(e).or_default() += 1;
+    }
+    let mut errors: Vec<ErrorCount> = errors
+        .into_iter()
+        .map(|(message, count)| ErrorCount {
+            message: message.to_owned(),
+            count,
+        })
+        .collect();
+    errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.message.cmp(&b.message)));
+    errors
 }
 
 fn mean(values: &[f64]) -> Option<f64> {
@@ -448,18 +545,7 @@ impl Report {
             video_stream_kbps: kbps_of(TrackKind::Video),
         };
 
-        let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
-        for e in participants.iter().filter_map(|p| p.error.as_deref()) {
-            *errors.entry(e).or_default() += 1;
-        }
-        let mut errors: Vec<ErrorCount> = errors
-            .into_iter()
-            .map(|(message, count)| ErrorCount {
-                message: message.to_owned(),
-                count,
-            })
-            .collect();
-        errors.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.message.cmp(&b.message)));
+        let errors = error_counts(participants);
 
         let joined = participants.iter().filter(|p| p.admitted_after.is_some()).count();
         let server_us_per_forwarded_packet = match (data.gateway.cpu_percent, data.gateway.forwarded_per_sec) {
@@ -501,6 +587,10 @@ impl Report {
             limit,
             limit_reason,
             errors,
+            storm: data
+                .storm
+                .as_ref()
+                .map(|st| StormFigures::of(st, data.shape.storm.map_or(0, |s| s.participants as usize))),
         };
         report.judge();
         report
@@ -712,6 +802,43 @@ impl Report {
         );
         row(&mut out, "limit", self.limit_reason.clone());
 
+        if let Some(st) = &self.storm {
+            let _ = writeln!(
+                out,
+                "\nJoin storm ({} participants within {} s, from {:.1} s into the steady phase)",
+                st.planned,
+                s.storm.map_or(0.0, |x| x.within.as_secs_f64()),
+                st.started_after_secs
+            );
+            row(
+                &mut out,
+                "joined",
+                format!(
+                    "{} of {} ({} failed); all settled {}",
+                    st.joined,
+                    st.planned,
+                    st.failed,
+                    st.settled_in_secs
+                        .map_or_else(|| "never (steady phase over)".to_owned(), |x| format!("in {x:.1} s"))
+                ),
+            );
+            row(&mut out, "token to admitted", percentiles(st.admitted_ms));
+            row(&mut out, "token to first media", percentiles(st.join_to_media_ms));
+            let _ = writeln!(out, "  the run's own calls, one-way latency:");
+            row(&mut out, "  before the storm", percentiles(st.latency_before_ms));
+            row(&mut out, "  during the storm", percentiles(st.latency_during_ms));
+            row(&mut out, "  after the storm", percentiles(st.latency_after_ms));
+            row(
+                &mut out,
+                "p99 rise",
+                st.p99_rise_ms
+                    .map_or_else(na, |r| format!("{r:+.1} ms (during minus before)")),
+            );
+            for e in &st.errors {
+                let _ = writeln!(out, "  {:>5} x {}", e.count, e.message);
+            }
+        }
+
         if !self.errors.is_empty() {
             let _ = writeln!(out, "\nErrors");
             for e in &self.errors {
@@ -776,6 +903,7 @@ mod tests {
             video: None,
             ramp_per_sec: 10.0,
             duration: Duration::from_secs(3),
+            storm: None,
         }
     }
 
@@ -848,7 +976,74 @@ mod tests {
             elapsed: Duration::from_secs(4),
             steady: Some((Duration::from_secs(1), Duration::from_secs(4))),
             interrupted: false,
+            storm: None,
         }
+    }
+
+    /// `n` latencies of `ms` each.
+    fn latencies(n: u64, ms: u64) -> LatencyHistogram {
+        let mut h = LatencyHistogram::default();
+        for _ in 0..n {
+            h.record(ms * 1000);
+        }
+        h
+    }
+
+    #[test]
+    fn a_storm_is_reported_apart_with_the_calls_latency_before_during_and_after() {
+        let mut data = run(
+            vec![participant(vec![stream(TrackKind::Audio, 100, 100, 1, 300)])],
+            Thresholds::default(),
+        );
+        data.shape.duration = Duration::from_secs(40);
+        data.shape.storm = Some(crate::loadtest::scenario::Storm {
+            participants: 4,
+            within: Duration::from_secs(10),
+            after: Duration::from_secs(10),
+        });
+        let mut late = participant(vec![stream(TrackKind::Audio, 10, 10, 1, 900)]);
+        late.admitted_after = Some(Duration::from_millis(700));
+        let mut failed = participant(Vec::new());
+        failed.admitted_after = None;
+        failed.error = Some("join failed: no WebSocket within 15 s".into());
+        let mut during = latencies(98, 2);
+        during.merge(&latencies(2, 40));
+        data.storm = Some(StormData {
+            participants: vec![
+                participant(vec![stream(TrackKind::Audio, 10, 10, 1, 500)]),
+                late,
+                failed,
+            ],
+            started_after: Duration::from_secs(10),
+            settled_in: Some(Duration::from_millis(11_500)),
+            latency_before: latencies(100, 2),
+            latency_during: during,
+            latency_after: latencies(100, 3),
+        });
+        let r = Report::from_run(&data);
+        let st = r.storm.clone().expect("the storm's figures");
+        assert_eq!((st.planned, st.started, st.joined, st.failed), (4, 3, 2, 1));
+        assert_eq!(st.settled_in_secs, Some(11.5));
+        assert_eq!(st.admitted_ms.map(|p| p.max), Some(700.0));
+        assert_eq!(st.join_to_media_ms.map(|p| p.count), Some(2));
+        let before = st.latency_before_ms.expect("before");
+        let during = st.latency_during_ms.expect("during");
+        assert!((before.p99 - 2.0).abs() < 0.1, "{before:?}");
+        assert!((during.p99 - 40.0).abs() < 1.5, "{during:?}");
+        assert!((st.p99_rise_ms.unwrap() - 38.0).abs() < 1.5, "{st:?}");
+        assert_eq!(st.errors.len(), 1);
+        assert_eq!(r.participants.started, 1, "the run's own participants only");
+        let table = r.to_table();
+        assert!(table.contains("Join storm (4 participants within 10 s"), "{table}");
+        assert!(table.contains("p99 rise"), "{table}");
+        assert!(table.contains("during the storm"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["storm"]["joined"], 2);
+        assert_eq!(json["shape"]["storm"]["participants"], 4);
+        assert!(json["storm"]["p99_rise_ms"].as_f64().is_some());
+        // Without a storm: nothing about one.
+        let plain = Report::from_run(&run(Vec::new(), Thresholds::default()));
+        assert!(plain.storm.is_none() && !plain.to_table().contains("Join storm"));
     }
 
     #[test]

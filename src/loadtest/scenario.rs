@@ -23,6 +23,8 @@ pub const MAX_PARTICIPANTS: u32 = 5_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Fastest ramp, participants per second.
 pub const MAX_RAMP: f64 = 1_000.0;
+/// Longest a join storm may take to start everyone.
+pub const MAX_STORM_WITHIN: Duration = Duration::from_secs(600);
 /// How long the ramp waits past the last scheduled join for every participant to
 /// settle (joined and media flowing, or failed) before the steady phase starts anyway.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -69,6 +71,42 @@ impl StreamShape {
     }
 }
 
+/// A join storm in the steady phase (`--storm`): more participants join, in meetings of
+/// their own of the run's shape, while the run's calls forward, to see what joining
+/// (signaling, ICE, DTLS, SDP) costs the media already flowing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Storm {
+    /// Participants joining (a whole number of meetings of the run's shape).
+    pub participants: u32,
+    /// They all start within this, evenly spread (the first at once).
+    #[serde(serialize_with = "secs")]
+    pub within: Duration,
+    /// The storm starts this long after the steady phase did (the window before it is the
+    /// latency it is compared with).
+    #[serde(serialize_with = "secs")]
+    pub after: Duration,
+}
+
+impl Storm {
+    /// How many storm participants should have been started `since` the storm began.
+    pub fn due(&self, since: Duration) -> usize {
+        let n = u128::from(self.participants);
+        let within = self.within.as_nanos();
+        if within == 0 {
+            return n as usize;
+        }
+        (since.as_nanos() * n / within + 1).min(n) as usize
+    }
+
+    /// When storm participant `index` starts, from the storm's start (to the nanosecond,
+    /// rounded up, so it is due then).
+    pub fn start_offset(&self, index: usize) -> Duration {
+        let n = u128::from(self.participants.max(1));
+        let nanos = (self.within.as_nanos() * index as u128).div_ceil(n);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
 /// Everything that decides the load, checked by [`Shape::validate`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Shape {
@@ -87,6 +125,8 @@ pub struct Shape {
     /// Length of the steady phase (after everyone joined).
     #[serde(serialize_with = "secs")]
     pub duration: Duration,
+    /// A join storm in the steady phase, if any.
+    pub storm: Option<Storm>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -162,7 +202,61 @@ impl Shape {
                 self.duration.as_secs_f64()
             ));
         }
+        if let Some(storm) = self.storm {
+            if storm.participants == 0 || storm.participants % per_meeting != 0 {
+                return bad(format!(
+                    "--storm must be a positive multiple of the {per_meeting} participants per meeting \
+                     (storm participants fill meetings of the run's shape), not {}",
+                    storm.participants
+                ));
+            }
+            let meetings = self.meetings + storm.participants / per_meeting;
+            if meetings > MAX_MEETINGS || total + u64::from(storm.participants) > u64::from(MAX_PARTICIPANTS) {
+                return bad(format!(
+                    "the storm makes {} participants in {meetings} meetings: at most {MAX_PARTICIPANTS} \
+                     participants and {MAX_MEETINGS} meetings per run",
+                    total + u64::from(storm.participants)
+                ));
+            }
+            if storm.within.is_zero() || storm.within > MAX_STORM_WITHIN {
+                return bad(format!(
+                    "--storm-within must be 1 s to {} s, not {} s",
+                    MAX_STORM_WITHIN.as_secs(),
+                    storm.within.as_secs_f64()
+                ));
+            }
+            if storm.after.is_zero() {
+                return bad("--storm-after must be at least 1 s: the latency before the storm is its yardstick".into());
+            }
+            if storm.after + storm.within >= self.duration {
+                return bad(format!(
+                    "--duration must be more than --storm-after + --storm-within ({} s): the storm happens \
+                     inside the steady phase (leave time for its participants to settle, {} s at most)",
+                    (storm.after + storm.within).as_secs_f64(),
+                    SETTLE_TIMEOUT.as_secs()
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Meetings the storm's participants fill (after the run's own).
+    pub fn storm_meetings(&self) -> u32 {
+        self.storm.map_or(0, |s| s.participants / self.per_meeting().max(1))
+    }
+
+    /// Who joins in the storm, in joining order: as [`plan`](Self::plan), in the storm's
+    /// meetings (numbered after the run's own).
+    pub fn storm_plan(&self) -> Vec<Seat> {
+        let storm = Shape {
+            meetings: self.storm_meetings(),
+            ..self.clone()
+        };
+        let mut seats = storm.plan();
+        for seat in &mut seats {
+            seat.meeting += self.meetings;
+        }
+        seats
     }
 
     /// Participants per meeting.
@@ -331,7 +425,83 @@ mod tests {
             video: Some(StreamShape { kbps: 500, fps: 30 }),
             ramp_per_sec: 4.0,
             duration: Duration::from_secs(10),
+            storm: None,
         }
+    }
+
+    fn storm(participants: u32, within: u64, after: u64) -> Option<Storm> {
+        Some(Storm {
+            participants,
+            within: Duration::from_secs(within),
+            after: Duration::from_secs(after),
+        })
+    }
+
+    #[test]
+    fn a_storm_fills_meetings_of_its_own_evenly_in_time() {
+        // Issue 13's shape: 50 calls, then 200 more participants within 10 s.
+        let s = Shape {
+            meetings: 50,
+            publishers: 2,
+            subscribers: 0,
+            duration: Duration::from_secs(60),
+            storm: storm(200, 10, 15),
+            ..shape()
+        };
+        s.validate().unwrap();
+        assert_eq!(s.storm_meetings(), 100);
+        let plan = s.storm_plan();
+        assert_eq!(plan.len(), 200);
+        assert!(
+            plan.iter().all(|seat| (50..150).contains(&seat.meeting)),
+            "meetings after the run's"
+        );
+        assert!(
+            plan[..100]
+                .iter()
+                .all(|seat| seat.role == Role::Publisher && seat.slot == 0)
+        );
+        assert_eq!(s.plan().len(), 100, "the run's own plan is unchanged");
+        let st = s.storm.unwrap();
+        assert_eq!(st.due(Duration::ZERO), 1, "the first at once");
+        assert_eq!(st.due(Duration::from_millis(49)), 1);
+        assert_eq!(st.due(Duration::from_millis(50)), 2, "one every 50 ms");
+        assert_eq!(st.due(Duration::from_secs(5)), 101);
+        assert_eq!(st.due(Duration::from_secs(10)), 200, "all within 10 s");
+        assert_eq!(st.due(Duration::from_secs(60)), 200);
+        assert_eq!(st.start_offset(0), Duration::ZERO);
+        assert_eq!(st.start_offset(199), Duration::from_millis(9950));
+        for i in 0..200 {
+            assert!(st.due(st.start_offset(i)) > i, "participant {i} is due at its offset");
+        }
+    }
+
+    #[test]
+    fn storms_that_cannot_be_meant_are_refused() {
+        let cases = [
+            (storm(0, 10, 10), "--storm must be a positive multiple"),
+            (storm(5, 10, 10), "multiple of the 3 participants"),
+            (storm(3, 0, 10), "--storm-within must be"),
+            (storm(3, 601, 10), "--storm-within must be"),
+            (storm(3, 10, 0), "--storm-after"),
+            (storm(3, 10, 20), "--duration must be more than"),
+            (storm(6_000, 10, 10), "at most 5000"),
+        ];
+        for (storm, why) in cases {
+            let s = Shape {
+                duration: Duration::from_secs(30),
+                storm,
+                ..shape()
+            };
+            let e = s.validate().expect_err(why);
+            assert!(e.0.contains(why), "{e} should say {why}");
+        }
+        let fits = Shape {
+            duration: Duration::from_secs(30),
+            storm: storm(3, 10, 19),
+            ..shape()
+        };
+        fits.validate().unwrap();
     }
 
     #[test]

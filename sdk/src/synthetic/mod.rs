@@ -687,6 +687,26 @@ impl LatencyHistogram {
         self.min = self.min.min(other.min);
     }
 
+    /// What was recorded since `earlier`, an earlier copy of this same histogram: the
+    /// difference of the counts (a window of a histogram that only grew meanwhile). Its
+    /// smallest and largest values are known to the resolution of their buckets only, within
+    /// this histogram's exact ones.
+    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        let mut out = LatencyHistogram::default();
+        for (i, (now, then)) in self.counts.iter().zip(&earlier.counts).enumerate() {
+            let n = now.saturating_sub(*then);
+            if n == 0 {
+                continue;
+            }
+            out.counts[i] = n;
+            out.total += n;
+            let (low, width) = Self::bucket_range(i);
+            out.min = out.min.min(low.max(self.min));
+            out.max = out.max.max((low + (width - 1)).min(self.max));
+        }
+        out
+    }
+
     /// How many values were recorded.
     pub fn count(&self) -> u64 {
         self.total
@@ -1609,6 +1629,35 @@ mod tests {
         assert!((49_000..=51_000).contains(&p95), "{p95}");
         assert_eq!(a.min(), Some(10));
         assert_eq!(a.max(), Some(50_000));
+    }
+
+    #[test]
+    fn histogram_since_is_the_window_between_two_copies() {
+        let mut h = LatencyHistogram::default();
+        for _ in 0..100 {
+            h.record(1_000);
+        }
+        let earlier = h.clone();
+        for _ in 0..50 {
+            h.record(40_000);
+        }
+        h.record(5);
+        let window = h.since(&earlier);
+        assert_eq!(window.count(), 51);
+        assert_eq!(window.min(), Some(5), "an exact bucket");
+        let p50 = window.percentile(0.5).unwrap();
+        assert!(
+            (39_000..=41_000).contains(&p50),
+            "{p50}: the earlier 1 ms values are not in it"
+        );
+        assert_eq!(window.max(), Some(40_000), "within the whole's exact max");
+        assert_eq!(h.since(&h).count(), 0);
+        assert_eq!(h.since(&h).percentile(0.99), None);
+        assert_eq!(h.since(&LatencyHistogram::default()), {
+            let mut w = h.clone();
+            w.min = 5;
+            w
+        });
     }
 
     #[test]
