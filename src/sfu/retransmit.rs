@@ -612,6 +612,42 @@ mod tests {
     }
 
     #[test]
+    fn probe_copies_go_back_over_the_last_packets_as_rtx_and_leave_nacks_answerable() {
+        let t0 = Instant::now();
+        let (cache, mut history) = sent(0..20, t0);
+        let leg = leg();
+        assert_eq!(
+            history.probe_copy(|_| Some(&cache), &leg, t0),
+            None,
+            "no RTX: no padding"
+        );
+        history.rtx = Rtx::negotiated(0xCCCC, [(100, "video/VP8", ""), (101, "video/rtx", "apt=100")]);
+        let first = history.rtx.as_ref().unwrap().seq;
+        let osns: Vec<u16> = (0..10)
+            .map(|i| {
+                let p = history.probe_copy(|_| Some(&cache), &leg, t0).expect("a copy");
+                assert_eq!((p.header.ssrc, p.header.payload_type), (0xCCCC, 101));
+                assert_eq!(p.header.sequence_number, first.wrapping_add(i));
+                u16::from_be_bytes([p.payload[0], p.payload[1]])
+            })
+            .collect();
+        // The newest (5019) back over eight, then again.
+        assert_eq!(osns, [5019, 5018, 5017, 5016, 5015, 5014, 5013, 5012, 5019, 5018]);
+        // Padding is no resend: a NACK of a copied packet is answered, as often as before.
+        for i in 1..=3 {
+            let (p, rtx) = resent(history.answer(5019, &cache, &leg, t0 + MS(100 * i)));
+            assert!(rtx && p.payload[..2] == [0x13, 0x9B]);
+        }
+        assert_eq!(
+            history.answer(5019, &cache, &leg, t0 + MS(400)),
+            Answer::Suppressed,
+            "max_resends"
+        );
+        // Too old for the cache's age: nothing to copy.
+        assert_eq!(history.probe_copy(|_| Some(&cache), &leg, t0 + MS(1000)), None);
+    }
+
+    #[test]
     fn repeats_within_the_guard_are_answered_once() {
         let t0 = Instant::now();
         let (cache, mut history) = sent(0..10, t0);
