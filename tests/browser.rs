@@ -81,6 +81,10 @@ async fn web_client_in_chromium() {
     assert_eq!(f["screenTileRemoved"], true);
     // Text stays sharp: the guest's browser is told to keep the screen's resolution.
     assert_eq!(f["guestLocalScreenTrack"]["contentHint"], "detail", "{f:#}");
+    // And to send it with temporal layers (this Chromium takes L1T3), so the gateway can give
+    // a subscriber short of bandwidth fewer frames instead of lost packets; the encoder says so.
+    assert_eq!(f["guestLocalScreenTrack"]["scalabilityMode"], "L1T3", "{f:#}");
+    assert_eq!(f["guestScreenOutbound"]["scalabilityMode"], "L1T3", "{f:#}");
 
     let f = facts(&results, "deny-with-reason");
     assert_eq!(f["reasonShown"], true);

@@ -1271,6 +1271,7 @@ async function screenShare(run) {
       label: s.track.label,
       contentHint: s.track.contentHint,
       degradationPreference: sender?.getParameters().degradationPreference ?? null,
+      scalabilityMode: sender?.getParameters().encodings?.[0]?.scalabilityMode ?? null,
     };
   });
 
@@ -1285,6 +1286,16 @@ async function screenShare(run) {
     : { flowing: false };
   run.facts.staffSawScreenTile = sawTile;
   judgeMedia(run, 'staffScreenMedia', media);
+  // What the guest's encoder really sends the screen as (temporal layers where it took them).
+  run.facts.guestScreenOutbound = await guest.evaluate(async () => {
+    const sender = window.gatehouse.client.local.get('screen')?.transceiver?.sender;
+    if (!sender) return null;
+    let out = null;
+    (await sender.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp') out = { scalabilityMode: s.scalabilityMode ?? null, frameWidth: s.frameWidth ?? null };
+    });
+    return out;
+  });
   if (sawTile) await run.shot(staff, 'screen-share-staff.png');
   // Adding the screen renegotiated the guest's publisher connection, whose camera is
   // simulcast: its layers must keep flowing to staff (they froze for good before the fix
