@@ -896,8 +896,9 @@ async fn chromium_guest_on_a_300_kbits_downlink_adapts_and_recovers() {
 /// Issue 12, "screen share is protected": staff shares its screen (Chromium sends it with
 /// temporal layers, L1T3) to a guest whose downlink is then capped below the screen share's
 /// rate but above its base layer's. The gateway caps the guest's screen leg to a lower temporal
-/// layer (server debug view), leaves out the upper frames (counted), and the guest keeps
-/// decoding the screen at the width it had, at a lower frame rate.
+/// layer (server debug view: its `temporal_target`), leaves out the upper frames (counted), and the guest keeps
+/// decoding the screen at the width it had, at a lower frame rate. The cap lifted, the leg
+/// is back to every frame within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_frame_rate() {
     let _one_browser = ONE_BROWSER.lock().await;
@@ -921,12 +922,13 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
             .and_then(|ps| ps.iter().find(|p| p["kind"] == "guest"))
             .and_then(|g| g["receiving"].as_array())
             .and_then(|ls| ls.iter().find(|l| Some(&l["track_id"]) == id.as_ref()))
-            .and_then(|l| l["temporal_cap"].as_u64());
+            .and_then(|l| l["temporal_target"].as_u64());
         (bps, cap)
     };
-    // One full window of the rate meter after the guest decodes the screen.
-    let mut screen_bps = 0;
-    let deadline = epoch_ms() + 10_000;
+    // One full window of the rate meter after the guest decodes the screen, and 4 s of frames
+    // to compare with.
+    let (mut screen_bps, sharing_at) = (0, epoch_ms());
+    let deadline = sharing_at + 10_000;
     while epoch_ms() < deadline {
         let snap = srv
             .state()
@@ -935,7 +937,7 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
             .await
             .expect("the meeting's room");
         screen_bps = screen_of(&snap).0.unwrap_or(0);
-        if screen_bps > 0 {
+        if screen_bps > 0 && epoch_ms() >= sharing_at + 4000 {
             break;
         }
         // Polling the server's view until the rate is measured (bounded by the deadline).
@@ -957,9 +959,18 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
         // The sampling period of a measurement that lasts a fixed time, not a wait for a condition.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    net.uncap_to_guest();
-    browser.tell(serde_json::json!({ "told": "done" }));
     let after = srv.state().sfu.stats();
+    // The cap lifted: the leg tries its upper layers back (a try, then the next).
+    net.uncap_to_guest();
+    let uncapped_at = epoch_ms();
+    while epoch_ms() < uncapped_at + 12_000 {
+        if let Some(snap) = srv.state().sfu.debug_snapshot(&meeting).await {
+            caps.push((epoch_ms() - capped_at, screen_of(&snap).1));
+        }
+        // The sampling period of a measurement that lasts a fixed time, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    browser.tell(serde_json::json!({ "told": "done" }));
     let results = browser.finish().await;
     let f = facts(&results, "screen-cap");
     let rows: Vec<Vec<f64>> = f["screen"]
@@ -995,12 +1006,28 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
     let (fps_before, widths_before, _) = span(-4000, 0);
     let (fps_capped, widths_capped, repair) = span(7000, 15_000);
     let width = widths_before.last().copied().unwrap_or(0);
-    let capped_legs = caps.iter().filter(|(_, c)| c.is_some_and(|c| c < 255)).count();
+    let lifted = uncapped_at - capped_at;
+    let capped_legs = caps
+        .iter()
+        .filter(|(ms, c)| *ms < lifted && c.is_some_and(|c| c < 255))
+        .count();
+    // Back to every frame, to stay: the start of the last run of uncapped samples.
+    let back_ms = caps
+        .iter()
+        .rposition(|(_, c)| *c != Some(255))
+        .and_then(|i| caps.get(i + 1))
+        .filter(|(ms, _)| *ms >= lifted)
+        .map(|(ms, _)| ms - lifted);
+    let (fps_after, _, _) = span(lifted as i64 + 10_000, lifted as i64 + 12_000);
     let drops = after.temporal_drops - before.temporal_drops;
     println!(
-        "SCREEN_CAP screen_bps={screen_bps} cap_kbit={cap_kbit} width={width} fps_before={fps_before:.1} \
-         fps_capped={fps_capped:.1} lost/freezes/plis/nacks={repair:?} temporal_drops={drops} \
+        "SCREEN_CAP samples={} screen_bps={screen_bps} cap_kbit={cap_kbit} width={width} fps_before={fps_before:.1} \
+         fps_capped={fps_capped:.1} back_ms={back_ms:?} fps_after={fps_after:.1} lost/freezes/plis/nacks={repair:?} temporal_drops={drops} \
          capped_samples={capped_legs}/{} outbound={} {} caps={caps:?}",
+        rows.iter()
+            .map(|r| format!("{}:{}/{}/{}/{}", r[0] as i64 - capped_at as i64, r[2], r[8], r[4], r[6]))
+            .collect::<Vec<_>>()
+            .join(","),
         caps.len(),
         f["staffScreenOutbound"],
         f["staffScreenOutboundAtEnd"],
@@ -1022,6 +1049,14 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
     assert!(
         fps_capped > 0.5 && fps_capped < 0.8 * fps_before,
         "the screen goes on at a lower frame rate: {fps_before:.1} -> {fps_capped:.1} fps"
+    );
+    assert!(
+        back_ms.is_some_and(|ms| ms <= 10_000),
+        "every frame again within 10 s of the cap lifted: {back_ms:?}"
+    );
+    assert!(
+        fps_after > 0.8 * fps_before,
+        "and the frame rate with them: {fps_before:.1} -> {fps_after:.1} fps"
     );
 }
 

@@ -1857,6 +1857,23 @@ impl MediaRoom {
         let mut try_leg: Option<(usize, usize, u8)> = None;
         // A screen share leg below its top temporal layer: (track, leg, the cap to try).
         let mut try_temporal: Option<(usize, usize, u8)> = None;
+        // What the cameras send whatever their share (their lowest layer: video is reduced,
+        // never stopped), each screen's part of it: its temporal layers fit in the rest.
+        let camera_floor = self
+            .tracks
+            .iter()
+            .filter(|t| t.info.kind == TrackKind::Video && t.info.source != TrackSource::Screen)
+            .map(|t| {
+                let (layers, n) = t.layer_rates(now);
+                let lowest = layers[..n]
+                    .iter()
+                    .filter(|l| l.2)
+                    .min_by_key(|l| l.0)
+                    .map_or(0, |l| l.1);
+                lowest * t.legs.iter().filter(|l| on_conn(l)).count() as u64
+            })
+            .sum::<u64>()
+            / budget.screens.max(1);
         let mut changed = 0u64;
         for (t, track) in self.tracks.iter_mut().enumerate() {
             if track.info.kind != TrackKind::Video {
@@ -1886,13 +1903,15 @@ impl MediaRoom {
                     changed += 1;
                 }
                 // A screen share keeps its resolution and gives up frame rate: its temporal
-                // layers above what the share carries are left out ([`temporal::cap_for`]).
+                // layers above what its share carries, less the cameras' lowest layers, are
+                // left out ([`temporal::cap_for`]).
                 if track.info.source == TrackSource::Screen
                     && let Some(layer) = track.layers.get(leg.layer.layers().0.unwrap_or(0))
                 {
                     let (rates, m) = layer.temporal.cumulative(now, LAYER_TIMEOUT);
                     let (current, _) = leg.rewrite.temporal_cap();
-                    let new = temporal::cap_for(&rates[..m], current, share, verdict == Verdict::Down);
+                    let room = share.saturating_sub(camera_floor);
+                    let new = temporal::cap_for(&rates[..m], current, room, verdict == Verdict::Down);
                     if new != current {
                         leg.rewrite.set_temporal_cap(new);
                         changed += 1;
