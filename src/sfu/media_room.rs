@@ -2203,7 +2203,8 @@ impl MediaRoom {
 
     /// Tells each subscriber, when it changes, which layer of each video track it receives
     /// (`video_layer`): the rank forwarded, how many layers the track has, and whether the
-    /// subscriber connection's bandwidth estimate holds the leg below its wish. Only settled
+    /// subscriber connection's bandwidth estimate holds the leg below its wish (in resolution,
+    /// or a screen share's in frame rate: its temporal cap). Only settled
     /// states are told: nothing while the leg waits for a keyframe to switch, nor while it
     /// tries the next layer up (a try that falls back is no change to announce); nothing for
     /// a paused leg.
@@ -2235,10 +2236,12 @@ impl MediaRoom {
                 if desired != Some(current) {
                     continue;
                 }
+                // Below its wish in resolution, or, a screen share, in frame rate (`temporal`).
                 let reduced = leg
                     .layer
                     .wished(&ranks[..n], available)
-                    .is_some_and(|wants| ranks[current] < ranks[wants]);
+                    .is_some_and(|wants| ranks[current] < ranks[wants])
+                    || leg.rewrite.temporal_cap().0 != temporal::ALL;
                 let told = (ranks[current], n as u8, reduced);
                 if leg.told_layer == Some(told) {
                     continue;
@@ -5233,6 +5236,15 @@ mod tests {
             "full-size (full-resolution) frames only"
         );
         assert_eq!(room.stats().meeting.snapshot().temporal_drops, 5);
+        // B is told its screen share is reduced (its tile says so), the one layer it has.
+        let screen_id = track_id(&room, TrackSource::Screen).as_str().to_owned();
+        let mut told = Vec::new();
+        room.evaluate_quality(at, &mut told);
+        assert!(
+            video_layers(&told).contains(&(B.to_owned(), screen_id.clone(), 0, 1, true)),
+            "{:?}",
+            video_layers(&told)
+        );
         // A NACK for the third of them: resent as first sent.
         sink.written.clear();
         room.nack_received(B_SUB, leg_ssrc, [42], at, &mut sink, &mut fx);
@@ -5261,6 +5273,16 @@ mod tests {
             screen(&room).1,
             (temporal::ALL, 1),
             "in force: up to TL1, the top of two"
+        );
+        // Once the try is kept (no overuse for its time), no longer reduced.
+        room.bwe.iter_mut().for_each(|(_, b)| b.trial = None);
+        room.quality_due = None;
+        let mut told = Vec::new();
+        room.evaluate_quality(at, &mut told);
+        assert!(
+            video_layers(&told).contains(&(B.to_owned(), screen_id, 0, 1, false)),
+            "{:?}",
+            video_layers(&told)
         );
     }
 
