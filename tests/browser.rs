@@ -1019,10 +1019,15 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
         .filter(|(ms, _)| *ms >= lifted)
         .map(|(ms, _)| ms - lifted);
     let (fps_after, _, _) = span(lifted as i64 + 10_000, lifted as i64 + 12_000);
+    // The guest's screen tile says its video is reduced while capped.
+    let labelled = rows
+        .iter()
+        .filter(|r| r[0] as u64 >= capped_at && (r[0] as u64) < uncapped_at && r.get(9) == Some(&1.0))
+        .count();
     let drops = after.temporal_drops - before.temporal_drops;
     println!(
         "SCREEN_CAP samples={} screen_bps={screen_bps} cap_kbit={cap_kbit} width={width} fps_before={fps_before:.1} \
-         fps_capped={fps_capped:.1} back_ms={back_ms:?} fps_after={fps_after:.1} lost/freezes/plis/nacks={repair:?} temporal_drops={drops} \
+         fps_capped={fps_capped:.1} back_ms={back_ms:?} fps_after={fps_after:.1} labelled={labelled} lost/freezes/plis/nacks={repair:?} temporal_drops={drops} \
          capped_samples={capped_legs}/{} outbound={} {} caps={caps:?}",
         rows.iter()
             .map(|r| format!("{}:{}/{}/{}/{}", r[0] as i64 - capped_at as i64, r[2], r[8], r[4], r[6]))
@@ -1050,6 +1055,7 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
         fps_capped > 0.5 && fps_capped < 0.8 * fps_before,
         "the screen goes on at a lower frame rate: {fps_before:.1} -> {fps_capped:.1} fps"
     );
+    assert!(labelled > 0, "the screen tile says 'Low quality' while capped");
     assert!(
         back_ms.is_some_and(|ms| ms <= 10_000),
         "every frame again within 10 s of the cap lifted: {back_ms:?}"

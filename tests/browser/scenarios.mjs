@@ -2106,8 +2106,9 @@ async function downlinkCap(run) {
  * protected"): the guest (in its own network namespace) and staff (a browser outside it)
  * decode each other's camera, then staff shares its screen. Once the guest decodes it the
  * script says `sharing` (with the meeting id) and samples the guest's screen every 250 ms,
- * `window.__screen` rows `[t, frameWidth, framesDecoded, bytesReceived]`, until the test says
- * `done`. Facts: `screen` (the rows), `staffScreenOutbound` (what staff's encoder sends).
+ * `window.__screen` rows `[t, frameWidth, framesDecoded, bytesReceived, packetsLost,
+ * freezeCount, pliCount, nackCount, framesReceived]` of its inbound-rtp and whether the screen
+ * tile says "Low quality" (1, else 0), until the test says `done`. Facts: `screen` (the rows), `staffScreenOutbound` (what staff's encoder sends).
  */
 async function screenCap(run) {
   const { guest, staff } = await guestAndStaffDecoding(run);
@@ -2127,6 +2128,7 @@ async function screenCap(run) {
           out.push([
             Date.now(), x.frameWidth || 0, x.framesDecoded || 0, x.bytesReceived || 0, x.packetsLost || 0,
             x.freezeCount || 0, x.pliCount || 0, x.nackCount || 0, x.framesReceived || 0,
+            video.closest('[data-testid="remote-tile"]')?.querySelector('[data-testid="tile-low-quality"]')?.dataset.shown === 'true' ? 1 : 0,
           ]);
         });
       }
