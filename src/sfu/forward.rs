@@ -354,7 +354,12 @@ pub struct DownLeg {
     /// let through last.
     temporal: TemporalFilter,
     shift: u16,
+    /// Where rewritten VP8 payloads are cut from ([`rewrite_vp8`](Self::rewrite_vp8)).
+    pool: BytesMut,
 }
+
+/// The buffer a leg cuts its rewritten payloads from: about fifty packets.
+pub const PAYLOAD_POOL: usize = 64 * 1024;
 
 impl DownLeg {
     pub fn new(ssrc: u32) -> Self {
@@ -368,6 +373,7 @@ impl DownLeg {
             vp8: Vp8Rewriter::default(),
             temporal: TemporalFilter::default(),
             shift: 0,
+            pool: BytesMut::new(),
         }
     }
 
@@ -428,13 +434,21 @@ impl DownLeg {
     /// For a VP8 track: renumbers the picture id and TL0PICIDX of a copy's payload so they
     /// run on across this leg's switches and restarts ([`super::vp8`]). A leg whose offsets
     /// are zero (it never switched) keeps sharing the publisher's payload; otherwise the
-    /// copy gets its own. Returns the offsets, for rewriting a retransmission the same way.
+    /// copy gets its own, cut from the leg's [`PAYLOAD_POOL`]-sized buffer: once the copies
+    /// cut before it have been sent and dropped, the buffer is reused, so a leg that switched
+    /// or leaves out temporal layers does not allocate per packet. Returns the offsets, for
+    /// rewriting a retransmission the same way.
     pub fn rewrite_vp8(&mut self, payload: &mut Bytes) -> Offsets {
         let offsets = self.vp8.offsets_shifted(payload, self.shift);
         if !offsets.is_zero() {
-            let mut own = BytesMut::from(&payload[..]);
-            offsets.apply(&mut own);
-            *payload = own.freeze();
+            // Out of room: reclaims the whole buffer in place when nothing cut from it is alive
+            // any more, else (copies still queued) takes a new one.
+            if self.pool.capacity() < payload.len() {
+                self.pool.reserve(payload.len().max(PAYLOAD_POOL));
+            }
+            self.pool.extend_from_slice(payload);
+            offsets.apply(&mut self.pool);
+            *payload = self.pool.split().freeze();
         }
         offsets
     }
@@ -1289,6 +1303,44 @@ mod tests {
         let seqs: Vec<u16> = out.iter().map(|o| o.0).collect();
         assert_eq!(seqs, [1, 2, 4, 5, 3]);
         assert_eq!(out[2].1, 11, "frame 12 follows frame 10");
+    }
+
+    /// A leg whose VP8 numbers are shifted rewrites each copy's payload in a buffer it
+    /// reuses: each copy is cut right after the one before, and a new buffer is needed about
+    /// once per [`PAYLOAD_POOL`] bytes only while copies are still alive (here the last three,
+    /// as if queued), never once per packet.
+    #[test]
+    fn rewritten_payloads_are_cut_from_one_buffer_not_allocated_each() {
+        let mut leg = DownLeg::new(7);
+        leg.set_temporal_cap(0);
+        let mut alive: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+        let (mut copies, mut fresh) = (0, 0);
+        for pid in 0u16..400 {
+            let p = temporal_packet(pid, pid, (pid / 2) as u8, (pid % 2) as u8, false);
+            if !leg.temporal_pass(Temporal::parse(&p.payload), false, pid) {
+                continue;
+            }
+            let mut payload = Bytes::from([&p.payload[..], &[0u8; 1000][..]].concat());
+            if leg.rewrite_vp8(&mut payload).is_zero() {
+                continue;
+            }
+            let d = super::super::vp8::Descriptor::parse(&payload).expect("descriptor");
+            assert_eq!(d.picture_id.unwrap().0, pid / 2, "rewritten");
+            let follows = alive
+                .back()
+                .is_some_and(|prev| prev.as_ptr() as usize + prev.len() == payload.as_ptr() as usize);
+            copies += 1;
+            fresh += usize::from(!follows);
+            alive.push_back(payload);
+            if alive.len() > 3 {
+                alive.pop_front();
+            }
+        }
+        assert_eq!(copies, 199);
+        assert!(
+            fresh <= 1 + 199 * 1007 / PAYLOAD_POOL,
+            "{fresh} buffers for {copies} copies"
+        );
     }
 
     /// Padding dropped on a leg closes up: the next packet takes its number, and a late
