@@ -358,8 +358,9 @@ pub struct DownLeg {
     pool: BytesMut,
 }
 
-/// The buffer a leg cuts its rewritten payloads from: about fifty packets.
-pub const PAYLOAD_POOL: usize = 64 * 1024;
+/// The buffer a leg cuts its rewritten payloads from: about a dozen full-size packets (kept
+/// per leg that ever rewrote, so small: 16 MiB for a thousand such legs).
+pub const PAYLOAD_POOL: usize = 16 * 1024;
 
 impl DownLeg {
     pub fn new(ssrc: u32) -> Self {
