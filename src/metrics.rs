@@ -302,6 +302,13 @@ impl SfuCollector {
             ),
             (
                 counter(
+                    "gatehouse_sfu_temporal_drops_total",
+                    "Packets of frames above a subscriber leg's temporal layer cap, not sent to it",
+                ),
+                |s| s.temporal_drops,
+            ),
+            (
+                counter(
                     "gatehouse_sfu_layer_rtx_repaired_packets_total",
                     "Retransmissions of simulcast layers received and turned back into their packets",
                 ),

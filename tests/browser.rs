@@ -81,6 +81,10 @@ async fn web_client_in_chromium() {
     assert_eq!(f["screenTileRemoved"], true);
     // Text stays sharp: the guest's browser is told to keep the screen's resolution.
     assert_eq!(f["guestLocalScreenTrack"]["contentHint"], "detail", "{f:#}");
+    // And to send it with temporal layers (this Chromium takes L1T3), so the gateway can give
+    // a subscriber short of bandwidth fewer frames instead of lost packets; the encoder says so.
+    assert_eq!(f["guestLocalScreenTrack"]["scalabilityMode"], "L1T3", "{f:#}");
+    assert_eq!(f["guestScreenOutbound"]["scalabilityMode"], "L1T3", "{f:#}");
 
     let f = facts(&results, "deny-with-reason");
     assert_eq!(f["reasonShown"], true);
@@ -887,6 +891,179 @@ async fn chromium_guest_on_a_300_kbits_downlink_gets_the_low_layer() {
 #[ignore = "heavy: about 40 s with two Chromiums; scripts/bench/downlink.sh"]
 async fn chromium_guest_on_a_300_kbits_downlink_adapts_and_recovers() {
     downlink_cap(true, true).await;
+}
+
+/// Issue 12, "screen share is protected": staff shares its screen (Chromium sends it with
+/// temporal layers, L1T3) to a guest whose downlink is then capped below the screen share's
+/// rate but above its base layer's. The gateway caps the guest's screen leg to a lower temporal
+/// layer (server debug view: its `temporal_target`), leaves out the upper frames (counted), and the guest keeps
+/// decoding the screen at the width it had, at a lower frame rate. The cap lifted, the leg
+/// is back to every frame within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_frame_rate() {
+    let _one_browser = ONE_BROWSER.lock().await;
+    let Some(net) = support::netns::GuestNet::create() else {
+        return;
+    };
+    let (srv, dir) = namespace_gateway(&net, |_| {}, |_| {}).await;
+    let guest = guest_in_namespace(&srv, &net, &dir, "Narrow Nora");
+    let mut browser = BrowserScript::start(&srv, "scenarios.mjs", "screen-cap", guest);
+    let sharing = browser.progress("sharing", BROWSER_START).await;
+    let meeting = sharing["meetingId"].as_str().expect("the meeting").to_owned();
+    // The screen share's rate as it arrives, and its leg toward the guest, from the debug view.
+    let screen_of = |snap: &Value| -> (Option<u64>, Option<u64>) {
+        let track = snap["tracks"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["track"]["source"] == "screen"));
+        let bps = track.and_then(|t| t["layers"][0]["bps"].as_u64());
+        let id = track.map(|t| t["track"]["track_id"].clone());
+        let cap = snap["participants"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["kind"] == "guest"))
+            .and_then(|g| g["receiving"].as_array())
+            .and_then(|ls| ls.iter().find(|l| Some(&l["track_id"]) == id.as_ref()))
+            .and_then(|l| l["temporal_target"].as_u64());
+        (bps, cap)
+    };
+    // One full window of the rate meter after the guest decodes the screen, and 4 s of frames
+    // to compare with.
+    let (mut screen_bps, sharing_at) = (0, epoch_ms());
+    let deadline = sharing_at + 10_000;
+    while epoch_ms() < deadline {
+        let snap = srv
+            .state()
+            .sfu
+            .debug_snapshot(&meeting)
+            .await
+            .expect("the meeting's room");
+        screen_bps = screen_of(&snap).0.unwrap_or(0);
+        if screen_bps > 0 && epoch_ms() >= sharing_at + 4000 {
+            break;
+        }
+        // Polling the server's view until the rate is measured (bounded by the deadline).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(screen_bps > 0, "the screen share's rate is measured");
+    let before = srv.state().sfu.stats();
+    // Half the screen's rate plus room for audio and the camera's lowest layer: the base
+    // layer (about 40 % of it with L1T3) fits, the whole screen share does not.
+    let cap_kbit = (screen_bps / 2 / 1000 + 250) as u32;
+    net.cap_to_guest(cap_kbit, 250);
+    let capped_at = epoch_ms();
+    browser.tell(serde_json::json!({ "told": "capped", "at": capped_at }));
+    let mut caps: Vec<(u64, Option<u64>)> = Vec::new();
+    while epoch_ms() < capped_at + 15_000 {
+        if let Some(snap) = srv.state().sfu.debug_snapshot(&meeting).await {
+            caps.push((epoch_ms() - capped_at, screen_of(&snap).1));
+        }
+        // The sampling period of a measurement that lasts a fixed time, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let after = srv.state().sfu.stats();
+    // The cap lifted: the leg tries its upper layers back (a try, then the next).
+    net.uncap_to_guest();
+    let uncapped_at = epoch_ms();
+    while epoch_ms() < uncapped_at + 12_000 {
+        if let Some(snap) = srv.state().sfu.debug_snapshot(&meeting).await {
+            caps.push((epoch_ms() - capped_at, screen_of(&snap).1));
+        }
+        // The sampling period of a measurement that lasts a fixed time, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    browser.tell(serde_json::json!({ "told": "done" }));
+    let results = browser.finish().await;
+    let f = facts(&results, "screen-cap");
+    let rows: Vec<Vec<f64>> = f["screen"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| r.as_array().map(|r| r.iter().filter_map(Value::as_f64).collect()))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Frames per second and the widths decoded over [from, to] (ms since the cap).
+    let span = |from: i64, to: i64| {
+        let w: Vec<&Vec<f64>> = rows
+            .iter()
+            .filter(|r| {
+                let ms = r[0] as i64 - capped_at as i64;
+                ms >= from && ms <= to
+            })
+            .collect();
+        let (a, b) = (w.first(), w.last());
+        let fps = match (a, b) {
+            (Some(a), Some(b)) if b[0] > a[0] => (b[2] - a[2]) * 1000.0 / (b[0] - a[0]),
+            _ => 0.0,
+        };
+        let widths: Vec<u64> = w.iter().map(|r| r[1] as u64).collect();
+        // Lost, freezes, PLIs, NACKs over the span.
+        let d = |i: usize| match (a, b) {
+            (Some(a), Some(b)) => b[i] - a[i],
+            _ => 0.0,
+        };
+        (fps, widths, [d(4), d(5), d(6), d(7)])
+    };
+    let (fps_before, widths_before, _) = span(-4000, 0);
+    let (fps_capped, widths_capped, repair) = span(7000, 15_000);
+    let width = widths_before.last().copied().unwrap_or(0);
+    let lifted = uncapped_at - capped_at;
+    let capped_legs = caps
+        .iter()
+        .filter(|(ms, c)| *ms < lifted && c.is_some_and(|c| c < 255))
+        .count();
+    // Back to every frame, to stay: the start of the last run of uncapped samples.
+    let back_ms = caps
+        .iter()
+        .rposition(|(_, c)| *c != Some(255))
+        .and_then(|i| caps.get(i + 1))
+        .filter(|(ms, _)| *ms >= lifted)
+        .map(|(ms, _)| ms - lifted);
+    let (fps_after, _, _) = span(lifted as i64 + 10_000, lifted as i64 + 12_000);
+    // The guest's screen tile says its video is reduced while capped.
+    let labelled = rows
+        .iter()
+        .filter(|r| r[0] as u64 >= capped_at && (r[0] as u64) < uncapped_at && r.get(9) == Some(&1.0))
+        .count();
+    let drops = after.temporal_drops - before.temporal_drops;
+    println!(
+        "SCREEN_CAP samples={} screen_bps={screen_bps} cap_kbit={cap_kbit} width={width} fps_before={fps_before:.1} \
+         fps_capped={fps_capped:.1} back_ms={back_ms:?} fps_after={fps_after:.1} labelled={labelled} lost/freezes/plis/nacks={repair:?} temporal_drops={drops} \
+         capped_samples={capped_legs}/{} outbound={} {} caps={caps:?}",
+        rows.iter()
+            .map(|r| format!("{}:{}/{}/{}/{}", r[0] as i64 - capped_at as i64, r[2], r[8], r[4], r[6]))
+            .collect::<Vec<_>>()
+            .join(","),
+        caps.len(),
+        f["staffScreenOutbound"],
+        f["staffScreenOutboundAtEnd"],
+    );
+    assert_eq!(f["staffScreenOutbound"]["scalabilityMode"], "L1T3", "{f:#}");
+    assert!(
+        width > 0 && fps_before >= 4.0,
+        "the guest decodes the screen first: {rows:?}"
+    );
+    assert!(
+        capped_legs > 0,
+        "the guest's screen leg is capped to a lower temporal layer: {caps:?}"
+    );
+    assert!(drops > 0, "frames above the cap are left out");
+    assert!(
+        !widths_capped.is_empty() && widths_capped.iter().all(|w| *w == width),
+        "the screen keeps its resolution ({width}) while capped: {widths_capped:?}"
+    );
+    assert!(
+        fps_capped > 0.5 && fps_capped < 0.8 * fps_before,
+        "the screen goes on at a lower frame rate: {fps_before:.1} -> {fps_capped:.1} fps"
+    );
+    assert!(labelled > 0, "the screen tile says 'Low quality' while capped");
+    assert!(
+        back_ms.is_some_and(|ms| ms <= 10_000),
+        "every frame again within 10 s of the cap lifted: {back_ms:?}"
+    );
+    assert!(
+        fps_after > 0.8 * fps_before,
+        "and the frame rate with them: {fps_before:.1} -> {fps_after:.1} fps"
+    );
 }
 
 /// The same with both cameras one layer (`?simulcast=0`): no layer to choose, so the gateway

@@ -96,6 +96,34 @@ async function keepResolution(sender) {
   }
 }
 
+/**
+ * A screen is sent with temporal layers where the browser can (best first): a subscriber
+ * whose downlink cannot take the whole screen share then gets its lower layers only, every
+ * other or every fourth frame at full resolution, instead of losing packets (the gateway
+ * leaves out the frames above each subscriber's cap: docs/ARCHITECTURE.md, Temporal layers).
+ */
+const SCREEN_SCALABILITY_MODES = ['L1T3', 'L1T2'];
+
+/**
+ * Asks a screen's sender for temporal layers (`scalabilityMode`), the first mode the browser
+ * takes; best effort: a browser that refuses them all sends one layer, as before.
+ */
+async function temporalLayers(sender) {
+  for (const mode of SCREEN_SCALABILITY_MODES) {
+    try {
+      const params = sender.getParameters();
+      const encoding = params.encodings?.[0];
+      if (!encoding) return;
+      if (encoding.scalabilityMode === mode) return;
+      encoding.scalabilityMode = mode;
+      await sender.setParameters(params);
+      if (sender.getParameters().encodings?.[0]?.scalabilityMode === mode) return;
+    } catch {
+      // Not this mode here: the next, or none.
+    }
+  }
+}
+
 /** A connection not connected this long after its negotiation is treated as blocked: restart ICE. */
 const MEDIA_CONNECT_TIMEOUT_MS = 4000;
 /** An ICE restart that has not connected in this long is followed by another. */
@@ -874,7 +902,10 @@ export class GatehouseClient extends EventTarget {
             streams: [this.localStream()],
             ...(source === 'camera' && this.simulcast ? { sendEncodings: CAMERA_SIMULCAST.map((e) => ({ ...e })) } : {}),
           });
-          if (source === 'screen') await keepResolution(entry.transceiver.sender);
+          if (source === 'screen') {
+            await keepResolution(entry.transceiver.sender);
+            await temporalLayers(entry.transceiver.sender);
+          }
         }
       }
       const answer = deferred();

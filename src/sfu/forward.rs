@@ -13,7 +13,8 @@ use bytes::{Bytes, BytesMut};
 use rtc::rtp::Packet;
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE, Header};
 
-use super::vp8::{Offsets, Vp8Rewriter};
+use super::temporal::{TemporalFilter, Verdict};
+use super::vp8::{Offsets, Temporal, Vp8Rewriter};
 
 /// Header extensions that describe one leg's transport and must never cross to another.
 const PER_LEG_EXTENSIONS: &[&str] = &[
@@ -349,7 +350,17 @@ pub struct DownLeg {
     seq: SeqRewriter,
     ts: TsRewriter,
     vp8: Vp8Rewriter,
+    /// Its temporal cap ([`super::temporal`]), and the picture id shift of the packet it
+    /// let through last.
+    temporal: TemporalFilter,
+    shift: u16,
+    /// Where rewritten VP8 payloads are cut from ([`rewrite_vp8`](Self::rewrite_vp8)).
+    pool: BytesMut,
 }
+
+/// The buffer a leg cuts its rewritten payloads from: about a dozen full-size packets (kept
+/// per leg that ever rewrote, so small: 16 MiB for a thousand such legs).
+pub const PAYLOAD_POOL: usize = 16 * 1024;
 
 impl DownLeg {
     pub fn new(ssrc: u32) -> Self {
@@ -361,6 +372,9 @@ impl DownLeg {
             seq: SeqRewriter::new(),
             ts: TsRewriter::default(),
             vp8: Vp8Rewriter::default(),
+            temporal: TemporalFilter::default(),
+            shift: 0,
+            pool: BytesMut::new(),
         }
     }
 
@@ -386,18 +400,56 @@ impl DownLeg {
         self.seq.resync();
         self.ts.resync(gap);
         self.vp8.resync();
+        self.temporal.reset();
+        self.shift = 0;
+    }
+
+    /// The temporal cap asked for ([`super::temporal::ALL`]: none) and the one in force.
+    pub fn temporal_cap(&self) -> (u8, u8) {
+        (self.temporal.target(), self.temporal.cap())
+    }
+
+    /// Asks for a temporal cap; it takes effect at the next safe point.
+    pub fn set_temporal_cap(&mut self, cap: u8) {
+        self.temporal.set_target(cap);
+    }
+
+    /// For a VP8 track, before [`copy_into`](Self::copy_into): whether the packet (with
+    /// temporal info `t`, sequence number `seq`) goes out under the leg's temporal cap. A
+    /// dropped packet's sequence number is closed up ([`SeqRewriter::skip`]); one whose slot
+    /// already passed (it came late) goes out all the same, so the subscriber has nothing
+    /// to NACK. Remembers the picture id shift for [`rewrite_vp8`](Self::rewrite_vp8).
+    pub fn temporal_pass(&mut self, t: Option<Temporal>, keyframe: bool, seq: u16) -> bool {
+        match self.temporal.decide(t, keyframe) {
+            Verdict::Forward { shift } => {
+                self.shift = shift;
+                true
+            }
+            Verdict::Drop { shift } => {
+                self.shift = shift;
+                !self.seq.skip(seq)
+            }
+        }
     }
 
     /// For a VP8 track: renumbers the picture id and TL0PICIDX of a copy's payload so they
     /// run on across this leg's switches and restarts ([`super::vp8`]). A leg whose offsets
     /// are zero (it never switched) keeps sharing the publisher's payload; otherwise the
-    /// copy gets its own. Returns the offsets, for rewriting a retransmission the same way.
+    /// copy gets its own, cut from the leg's [`PAYLOAD_POOL`]-sized buffer: once the copies
+    /// cut before it have been sent and dropped, the buffer is reused, so a leg that switched
+    /// or leaves out temporal layers does not allocate per packet. Returns the offsets, for
+    /// rewriting a retransmission the same way.
     pub fn rewrite_vp8(&mut self, payload: &mut Bytes) -> Offsets {
-        let offsets = self.vp8.offsets_for(payload);
+        let offsets = self.vp8.offsets_shifted(payload, self.shift);
         if !offsets.is_zero() {
-            let mut own = BytesMut::from(&payload[..]);
-            offsets.apply(&mut own);
-            *payload = own.freeze();
+            // Out of room: reclaims the whole buffer in place when nothing cut from it is alive
+            // any more, else (copies still queued) takes a new one.
+            if self.pool.capacity() < payload.len() {
+                self.pool.reserve(payload.len().max(PAYLOAD_POOL));
+            }
+            self.pool.extend_from_slice(payload);
+            offsets.apply(&mut self.pool);
+            *payload = self.pool.split().freeze();
         }
         offsets
     }
@@ -1135,6 +1187,161 @@ mod tests {
         // resume again after a reorder: continue from the highest emitted
         s.resync();
         assert_eq!(s.rewrite(5000), 4);
+    }
+
+    /// A VP8 packet of frame `pid` (TL0PICIDX `tl0`, temporal layer `tid`, Y bit `sync`).
+    fn temporal_packet(seq: u16, pid: u16, tl0: u8, tid: u8, sync: bool) -> Packet {
+        let mut header = header_with(&[]);
+        header.payload_type = 96;
+        header.sequence_number = seq;
+        header.timestamp = u32::from(pid) * 3000;
+        let d = [
+            0x90,
+            0xE0,
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            tl0,
+            tid << 6 | u8::from(sync) << 5,
+            0x01,
+        ];
+        Packet {
+            header,
+            payload: Bytes::copy_from_slice(&d),
+        }
+    }
+
+    /// Issue 12: a leg capped to the base layer of an L1T2 stream (two packets per frame)
+    /// sends every base-layer frame and nothing else, with sequence numbers and picture ids
+    /// that run on without a gap and TL0PICIDX as the publisher sent it; the cap lifted, the
+    /// upper frames come back from a sync frame on, still without a gap.
+    #[test]
+    fn a_temporal_cap_drops_upper_frames_without_a_gap_in_seq_or_picture_id() {
+        let mut leg = DownLeg::new(7);
+        leg.pt_map = PtMap::by_codec([key(96, "video/VP8", "")], [key(96, "video/VP8", "")]);
+        leg.set_temporal_cap(0);
+        let mut out = Vec::new();
+        fn send(leg: &mut DownLeg, p: Packet, out: &mut Vec<(u16, u16, u8, u8)>) {
+            let t = Temporal::parse(&p.payload);
+            if !leg.temporal_pass(t, false, p.header.sequence_number) {
+                return;
+            }
+            let mut copy = leg.copy(&p);
+            leg.rewrite_vp8(&mut copy.payload);
+            let d = super::super::vp8::Descriptor::parse(&copy.payload).expect("descriptor");
+            let tid = Temporal::parse(&copy.payload).expect("tid").tid;
+            out.push((
+                copy.header.sequence_number,
+                d.picture_id.unwrap().0,
+                d.tl0.unwrap().0,
+                tid,
+            ));
+        }
+        // pid 100.. with TID 0, 1 (sync), 0, 1 ...; TL0PICIDX counts the base frames.
+        let mut seq = 5000u16;
+        for pid in 100u16..108 {
+            let (tid, sync) = if pid.is_multiple_of(2) {
+                (0, false)
+            } else {
+                (1, pid % 4 == 1)
+            };
+            for _ in 0..2 {
+                send(
+                    &mut leg,
+                    temporal_packet(seq, pid, (pid / 2) as u8, tid, sync),
+                    &mut out,
+                );
+                seq += 1;
+            }
+        }
+        assert_eq!(
+            out,
+            [
+                (5000, 100, 50, 0),
+                (5001, 100, 50, 0),
+                (5002, 101, 51, 0),
+                (5003, 101, 51, 0),
+                (5004, 102, 52, 0),
+                (5005, 102, 52, 0),
+                (5006, 103, 53, 0),
+                (5007, 103, 53, 0)
+            ]
+        );
+        // Lifted: 108 (TL0) and 111 (TL1 without Y) wait, 109 (TL1 with Y) opens the layer.
+        out.clear();
+        leg.set_temporal_cap(super::super::temporal::ALL);
+        for pid in 108u16..112 {
+            let (tid, sync) = if pid.is_multiple_of(2) {
+                (0, false)
+            } else {
+                (1, pid % 4 == 1)
+            };
+            send(
+                &mut leg,
+                temporal_packet(seq, pid, (pid / 2) as u8, tid, sync),
+                &mut out,
+            );
+            seq += 1;
+        }
+        assert_eq!(
+            out,
+            [
+                (5008, 104, 54, 0),
+                (5009, 105, 54, 1),
+                (5010, 106, 55, 0),
+                (5011, 107, 55, 1)
+            ]
+        );
+        // The second packet of a dropped frame, lost on the way in, is numbered around (the
+        // frame after it takes the number after its slot): resent, it goes out in that slot
+        // so the subscriber has no gap to NACK (a fragment it cannot assemble, no frame).
+        let mut leg = DownLeg::new(7);
+        leg.pt_map = PtMap::by_codec([key(96, "video/VP8", "")], [key(96, "video/VP8", "")]);
+        leg.set_temporal_cap(0);
+        out.clear();
+        for (seq, pid, tid) in [(1, 10, 0), (2, 10, 0), (3, 11, 1), (5, 12, 0), (6, 12, 0), (4, 11, 1)] {
+            send(&mut leg, temporal_packet(seq, pid, 5, tid, false), &mut out);
+        }
+        let seqs: Vec<u16> = out.iter().map(|o| o.0).collect();
+        assert_eq!(seqs, [1, 2, 4, 5, 3]);
+        assert_eq!(out[2].1, 11, "frame 12 follows frame 10");
+    }
+
+    /// A leg whose VP8 numbers are shifted rewrites each copy's payload in a buffer it
+    /// reuses: each copy is cut right after the one before, and a new buffer is needed about
+    /// once per [`PAYLOAD_POOL`] bytes only while copies are still alive (here the last three,
+    /// as if queued), never once per packet.
+    #[test]
+    fn rewritten_payloads_are_cut_from_one_buffer_not_allocated_each() {
+        let mut leg = DownLeg::new(7);
+        leg.set_temporal_cap(0);
+        let mut alive: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+        let (mut copies, mut fresh) = (0, 0);
+        for pid in 0u16..400 {
+            let p = temporal_packet(pid, pid, (pid / 2) as u8, (pid % 2) as u8, false);
+            if !leg.temporal_pass(Temporal::parse(&p.payload), false, pid) {
+                continue;
+            }
+            let mut payload = Bytes::from([&p.payload[..], &[0u8; 1000][..]].concat());
+            if leg.rewrite_vp8(&mut payload).is_zero() {
+                continue;
+            }
+            let d = super::super::vp8::Descriptor::parse(&payload).expect("descriptor");
+            assert_eq!(d.picture_id.unwrap().0, pid / 2, "rewritten");
+            let follows = alive
+                .back()
+                .is_some_and(|prev| prev.as_ptr() as usize + prev.len() == payload.as_ptr() as usize);
+            copies += 1;
+            fresh += usize::from(!follows);
+            alive.push_back(payload);
+            if alive.len() > 3 {
+                alive.pop_front();
+            }
+        }
+        assert_eq!(copies, 199);
+        assert!(
+            fresh <= 1 + 199 * 1007 / PAYLOAD_POOL,
+            "{fresh} buffers for {copies} copies"
+        );
     }
 
     /// Padding dropped on a leg closes up: the next packet takes its number, and a late

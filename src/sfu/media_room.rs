@@ -49,7 +49,8 @@ use super::remb::{self, Remb};
 use super::retransmit::{self, Answer, Insert, LegHistory, PacketCache, Rtx};
 use super::speaker::{self, LevelMeter};
 use super::stats::StatsPair;
-use super::vp8::Offsets;
+use super::temporal::{self, TemporalRates};
+use super::vp8::{Offsets, Temporal};
 
 /// Shard-local connection handle (never reused within a shard).
 pub type ConnId = u64;
@@ -330,6 +331,8 @@ struct Layer {
     last_packet: Option<Instant>,
     /// The rate it arrives at: what a leg of it costs its subscriber's downlink (`bwe::fit`).
     rate: RateMeter,
+    /// The rate of each of its VP8 temporal layers (a screen share's legs are capped by them).
+    temporal: TemporalRates,
     /// A video layer's last packets, for its legs' retransmissions (`retransmit`); its
     /// epochs carry the layer's own top byte, so a leg's history names the cache.
     cache: Option<PacketCache>,
@@ -351,6 +354,7 @@ impl Layer {
             packets: 0,
             last_packet: None,
             rate: RateMeter::default(),
+            temporal: TemporalRates::default(),
             cache: (kind == TrackKind::Video).then(|| PacketCache::default().with_epoch(u32::from(cache_id) << 24)),
             reception: quality::Reception::new(clock_rate_of(&stream.negotiated, &stream.mime_type)),
             newest_ts: None,
@@ -1496,6 +1500,11 @@ impl MediaRoom {
             return;
         };
         let (conn, receiver, video) = (track.conn, track.receiver, track.info.kind == TrackKind::Video);
+        // A VP8 packet's temporal layer: measured per layer, and each leg's temporal cap.
+        let tinfo = match track.keyframes {
+            KeyframeFormat::Vp8 => Temporal::parse(&packet.payload),
+            _ => None,
+        };
         let layer = &mut track.layers[li];
         if let Some(cache) = &mut layer.cache
             && cache.insert(packet, now) == Insert::Duplicate
@@ -1510,6 +1519,9 @@ impl MediaRoom {
             .packet(packet.header.sequence_number, packet.header.timestamp, now);
         let size = (rtc::shared::marshal::MarshalSize::marshal_size(&packet.header) + packet.payload.len()) as u64;
         layer.rate.add(size, now);
+        if video {
+            layer.temporal.add(tinfo.map(|t| t.tid), size, now);
+        }
         let resumed = layer
             .last_packet
             .is_some_and(|at| now.saturating_duration_since(at) >= RESUME_GAP);
@@ -1534,6 +1546,7 @@ impl MediaRoom {
         let mut keyframe: Option<bool> = None;
         let mut wanted = 0u32;
         let mut switches = 0u64;
+        let mut temporal_drops = 0u64;
         for leg in &mut track.legs {
             let Some((conn, sender)) = leg.bound else { continue };
             if !leg.negotiated || leg.rewrite.accepts(&packet.header).is_err() {
@@ -1545,8 +1558,9 @@ impl MediaRoom {
                 (KeyframeFormat::Unknown, Some(current)) => Some(current),
                 _ => leg.layer.desired(&ranks[..n], available),
             };
-            let starts_keyframe = || !stale && *keyframe.get_or_insert_with(|| format.starts_keyframe(&packet.payload));
-            let (pick, ask) = leg.layer.pick(li, in_seq, desired, starts_keyframe, now);
+            let mut starts_keyframe =
+                || !stale && *keyframe.get_or_insert_with(|| format.starts_keyframe(&packet.payload));
+            let (pick, ask) = leg.layer.pick(li, in_seq, desired, &mut starts_keyframe, now);
             if let Some(l) = ask {
                 wanted |= 1 << l;
             }
@@ -1570,6 +1584,15 @@ impl MediaRoom {
                     leg.rewrite.restart((elapsed.min(10.0) * f64::from(clock)) as u32);
                     switches += 1;
                 }
+            }
+            // Frames above the leg's temporal cap are left out, its numbering closed up.
+            if format == KeyframeFormat::Vp8
+                && !leg
+                    .rewrite
+                    .temporal_pass(tinfo, tinfo.is_some() && starts_keyframe(), in_seq)
+            {
+                temporal_drops += 1;
+                continue;
             }
             let lose = match sink.admit(conn) {
                 Admit::Yes => false,
@@ -1633,6 +1656,9 @@ impl MediaRoom {
         }
         if switches > 0 {
             self.stats.add(|c| &c.layer_switches, switches);
+        }
+        if temporal_drops > 0 {
+            self.stats.add(|c| &c.temporal_drops, temporal_drops);
         }
         if written > 0 {
             self.stats.add(|c| &c.forwarded_packets, written);
@@ -1829,6 +1855,25 @@ impl MediaRoom {
         }
         let on_conn = |l: &Leg| l.negotiated && !l.rewrite.paused() && l.bound.is_some_and(|(c, _)| c == conn);
         let mut try_leg: Option<(usize, usize, u8)> = None;
+        // A screen share leg below its top temporal layer: (track, leg, the cap to try).
+        let mut try_temporal: Option<(usize, usize, u8)> = None;
+        // What the cameras send whatever their share (their lowest layer: video is reduced,
+        // never stopped), each screen's part of it: its temporal layers fit in the rest.
+        let camera_floor = self
+            .tracks
+            .iter()
+            .filter(|t| t.info.kind == TrackKind::Video && t.info.source != TrackSource::Screen)
+            .map(|t| {
+                let (layers, n) = t.layer_rates(now);
+                let lowest = layers[..n]
+                    .iter()
+                    .filter(|l| l.2)
+                    .min_by_key(|l| l.0)
+                    .map_or(0, |l| l.1);
+                lowest * t.legs.iter().filter(|l| on_conn(l)).count() as u64
+            })
+            .sum::<u64>()
+            / budget.screens.max(1);
         let mut changed = 0u64;
         for (t, track) in self.tracks.iter_mut().enumerate() {
             if track.info.kind != TrackKind::Video {
@@ -1857,6 +1902,29 @@ impl MediaRoom {
                     leg.layer.set_cap(Target(new));
                     changed += 1;
                 }
+                // A screen share keeps its resolution and gives up frame rate: its temporal
+                // layers above what its share carries, less the cameras' lowest layers, are
+                // left out ([`temporal::cap_for`]).
+                if track.info.source == TrackSource::Screen
+                    && let Some(layer) = track.layers.get(leg.layer.layers().0.unwrap_or(0))
+                {
+                    let (rates, m) = layer.temporal.cumulative(now, LAYER_TIMEOUT);
+                    let (current, _) = leg.rewrite.temporal_cap();
+                    let room = share.saturating_sub(camera_floor);
+                    let new = temporal::cap_for(&rates[..m], current, room, verdict == Verdict::Down);
+                    if new != current {
+                        leg.rewrite.set_temporal_cap(new);
+                        changed += 1;
+                    }
+                    if new != temporal::ALL && try_temporal.is_none() {
+                        let next = if usize::from(new) + 2 >= m {
+                            temporal::ALL
+                        } else {
+                            new + 1
+                        };
+                        try_temporal = Some((t, l, next));
+                    }
+                }
                 // The next layer up this leg could try: the lowest sending above its cap,
                 // within its subscriber's wish.
                 let next = layers
@@ -1871,7 +1939,18 @@ impl MediaRoom {
                 }
             }
         }
+        // A screen share's frame rate is tried back before a camera's next layer (a try of
+        // the next temporal layer itself: a probe's success names a simulcast layer).
         if changed == 0
+            && verdict != Verdict::Down
+            && self.bwe[i].1.may_try(now)
+            && let Some((t, l, next)) = try_temporal
+        {
+            let leg = &mut self.tracks[t].legs[l];
+            leg.rewrite.set_temporal_cap(next);
+            self.bwe[i].1.start_trial(leg.id, now);
+            tracing::debug!(meeting_id = %self.meeting_id, leg = leg.id, temporal = next, estimate, "bandwidth: trying the next temporal layer");
+        } else if changed == 0
             && verdict != Verdict::Down
             && self.bwe[i].1.may_try(now)
             && let Some((t, l, next)) = try_leg
@@ -2124,7 +2203,8 @@ impl MediaRoom {
 
     /// Tells each subscriber, when it changes, which layer of each video track it receives
     /// (`video_layer`): the rank forwarded, how many layers the track has, and whether the
-    /// subscriber connection's bandwidth estimate holds the leg below its wish. Only settled
+    /// subscriber connection's bandwidth estimate holds the leg below its wish (in resolution,
+    /// or a screen share's in frame rate: its temporal cap). Only settled
     /// states are told: nothing while the leg waits for a keyframe to switch, nor while it
     /// tries the next layer up (a try that falls back is no change to announce); nothing for
     /// a paused leg.
@@ -2156,10 +2236,12 @@ impl MediaRoom {
                 if desired != Some(current) {
                     continue;
                 }
+                // Below its wish in resolution, or, a screen share, in frame rate (`temporal`).
                 let reduced = leg
                     .layer
                     .wished(&ranks[..n], available)
-                    .is_some_and(|wants| ranks[current] < ranks[wants]);
+                    .is_some_and(|wants| ranks[current] < ranks[wants])
+                    || leg.rewrite.temporal_cap().0 != temporal::ALL;
                 let told = (ranks[current], n as u8, reduced);
                 if leg.told_layer == Some(told) {
                     continue;
@@ -2509,6 +2591,8 @@ impl MediaRoom {
                         "layer": leg.layer.layers().0,
                         "layer_rank": leg.layer.layers().0.and_then(|i| t.layers.get(i)).map(|l| l.rank),
                         "pending_layer": leg.layer.layers().1,
+                        "temporal_target": leg.rewrite.temporal_cap().0,
+                        "temporal_cap": leg.rewrite.temporal_cap().1,
                     }))
                 }).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
@@ -5018,6 +5102,188 @@ mod tests {
         estimate(&mut room, B_SUB, Some(2_300_000));
         room.fit_legs(B_SUB, Verdict::Up, at);
         assert_eq!(cap(&room, TrackSource::Camera), Target(1));
+    }
+
+    /// A screen share frame of libwebrtc's L1T2 pattern, one packet of `bytes`: picture id
+    /// `pid`, TID 0 on even ones, 1 on odd ones (with Y on every other), TL0PICIDX counting
+    /// the base frames.
+    fn l1t2_frame(seq: u16, pid: u16, key: bool, bytes: usize) -> Packet {
+        let (tid, sync) = if pid.is_multiple_of(2) {
+            (0u8, false)
+        } else {
+            (1, pid % 4 == 1)
+        };
+        let mut payload = vec![
+            0x90,
+            0xE0,
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            (pid / 2) as u8,
+            tid << 6 | u8::from(sync) << 5,
+            u8::from(!key),
+            0x9d,
+        ];
+        payload.resize(bytes, 0);
+        Packet {
+            payload: Bytes::from(payload),
+            ..vp8(3000, seq, u32::from(pid) * 4500, key)
+        }
+    }
+
+    /// Issue 12, "screen share is protected", below the screen share's own rate: A shares
+    /// its screen with two temporal layers (600 kbit/s in the base layer, 1 Mbit/s with the
+    /// upper one) beside its camera. B's path carries 800 kbit/s: the camera gets its lowest
+    /// layer and B's screen share leg the base layer only, every other frame, at full
+    /// resolution; its sequence numbers and picture ids run on without a gap, TL0PICIDX as
+    /// sent, and a NACK is answered with the numbers first sent. When the path may carry
+    /// more, the screen share tries its full frame rate first, from the next sync frame.
+    #[test]
+    fn a_screen_share_under_its_rate_loses_frame_rate_not_resolution() {
+        let t0 = Instant::now();
+        let (mut room, _) = call_with(false, &layers(), t0);
+        let mut fx = Vec::new();
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Camera),
+                announce("1", TrackSource::Microphone),
+                announce("2", TrackSource::Screen),
+            ],
+            t0,
+            &mut fx,
+        );
+        room.stream_opened(A, stream("2", 3000, "video/VP8"), t0, &mut fx);
+        bind_legs(&mut room, &fx);
+        room.due_offers(&mut Vec::new());
+        let answer = answer_all(&room, B);
+        room.subscriber_answered(B, &answer, false, t0, &mut fx);
+        let mut sink = Recorder::default();
+        // Two seconds: a frame every 50 ms (base and upper layer 10 each a second), 7 500
+        // bytes a base frame and 5 000 an upper one; the camera's q at 150 kbit/s.
+        let (mut seq, mut pid, mut at) = (0u16, 0u16, t0);
+        let mut frames = |room: &mut MediaRoom, sink: &mut Recorder, n: u16, at: &mut Instant| {
+            for _ in 0..n {
+                *at += Duration::from_millis(50);
+                let bytes = if pid.is_multiple_of(2) { 7500 } else { 5000 };
+                room.forward(
+                    A_PUB,
+                    &l1t2_frame(seq, pid, pid == 0, bytes),
+                    *at,
+                    sink,
+                    &mut Vec::new(),
+                );
+                let mut q = vp8(1000, seq, u32::from(seq) * 4500, seq == 0);
+                q.payload = Bytes::from(vec![0x10; 940]);
+                room.forward(A_PUB, &q, *at, sink, &mut Vec::new());
+                seq += 1;
+                pid += 1;
+            }
+        };
+        frames(&mut room, &mut sink, 40, &mut at);
+        let screen = |room: &MediaRoom| {
+            let t = room
+                .tracks
+                .iter()
+                .find(|t| t.info.source == TrackSource::Screen)
+                .expect("screen");
+            let leg = t.legs.iter().find(|l| l.subscriber == B).expect("B's leg");
+            (leg.rewrite.ssrc, leg.rewrite.temporal_cap())
+        };
+        let (leg_ssrc, cap) = screen(&room);
+        assert_eq!(cap, (temporal::ALL, temporal::ALL), "no cap while the path has room");
+        let b_screen = |sink: &Recorder| -> Vec<(u16, u16, u8, u8)> {
+            sink.written
+                .iter()
+                .filter(|(c, _, p)| *c == B_SUB && p.header.ssrc == leg_ssrc)
+                .map(|(_, _, p)| {
+                    let d = crate::sfu::vp8::Descriptor::parse(&p.payload).expect("descriptor");
+                    let tid = Temporal::parse(&p.payload).expect("tid").tid;
+                    (
+                        p.header.sequence_number,
+                        d.picture_id.expect("pid").0,
+                        d.tl0.expect("tl0").0,
+                        tid,
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(b_screen(&sink).len(), 40, "every frame");
+        estimate(&mut room, B_SUB, Some(800_000));
+        room.fit_legs(B_SUB, Verdict::Down, at);
+        let camera = room
+            .tracks
+            .iter()
+            .find(|t| t.info.source == TrackSource::Camera)
+            .expect("camera");
+        let camera_leg = camera.legs.iter().find(|l| l.subscriber == B).expect("leg");
+        assert_eq!(camera_leg.layer.cap(), Target(0), "the camera steps down to q");
+        assert_eq!(screen(&room).1.0, 0, "the screen's base layer");
+        // Ten more frames: B gets the five base-layer frames, right after what it had.
+        sink.written.clear();
+        frames(&mut room, &mut sink, 10, &mut at);
+        let got = b_screen(&sink);
+        assert_eq!(
+            got,
+            (0..5u16)
+                .map(|i| (40 + i, 40 + i, (40 + 2 * i) as u8 / 2, 0))
+                .collect::<Vec<_>>(),
+            "seq and picture id without a gap, TL0PICIDX as sent"
+        );
+        assert!(
+            sink.written
+                .iter()
+                .all(|(_, _, p)| p.header.ssrc != leg_ssrc || p.payload.len() == 7500),
+            "full-size (full-resolution) frames only"
+        );
+        assert_eq!(room.stats().meeting.snapshot().temporal_drops, 5);
+        // B is told its screen share is reduced (its tile says so), the one layer it has.
+        let screen_id = track_id(&room, TrackSource::Screen).as_str().to_owned();
+        let mut told = Vec::new();
+        room.evaluate_quality(at, &mut told);
+        assert!(
+            video_layers(&told).contains(&(B.to_owned(), screen_id.clone(), 0, 1, true)),
+            "{:?}",
+            video_layers(&told)
+        );
+        // A NACK for the third of them: resent as first sent.
+        sink.written.clear();
+        room.nack_received(B_SUB, leg_ssrc, [42], at, &mut sink, &mut fx);
+        assert_eq!(b_screen(&sink), [(42, 42, 22, 0)]);
+        // Room again: the screen share tries its upper layer first (the camera waits); B's
+        // leg takes it from the next TL1 frame with Y (pid 53), still without a gap.
+        estimate(&mut room, B_SUB, Some(2_300_000));
+        room.fit_legs(B_SUB, Verdict::Up, at);
+        assert_eq!(screen(&room).1, (temporal::ALL, 0), "asked for, not yet in force");
+        assert_eq!(
+            room.tracks
+                .iter()
+                .find(|t| t.info.source == TrackSource::Camera)
+                .expect("camera")
+                .legs[0]
+                .layer
+                .cap(),
+            Target(0)
+        );
+        sink.written.clear();
+        frames(&mut room, &mut sink, 6, &mut at);
+        let got: Vec<(u16, u16)> = b_screen(&sink).iter().map(|g| (g.0, g.1)).collect();
+        // pids 50 (TL0), 51 (TL1, no Y: dropped), 52, 53 (Y: up), 54, 55.
+        assert_eq!(got, [(45, 45), (46, 46), (47, 47), (48, 48), (49, 49)]);
+        assert_eq!(
+            screen(&room).1,
+            (temporal::ALL, 1),
+            "in force: up to TL1, the top of two"
+        );
+        // Once the try is kept (no overuse for its time), no longer reduced.
+        room.bwe.iter_mut().for_each(|(_, b)| b.trial = None);
+        room.quality_due = None;
+        let mut told = Vec::new();
+        room.evaluate_quality(at, &mut told);
+        assert!(
+            video_layers(&told).contains(&(B.to_owned(), screen_id, 0, 1, false)),
+            "{:?}",
+            video_layers(&told)
+        );
     }
 
     /// Issue 12: B's leg of a three-layer camera capped to the lowest layer by its bandwidth

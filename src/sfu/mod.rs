@@ -58,6 +58,7 @@ mod shard;
 pub mod speaker;
 pub mod stats;
 mod tcp;
+pub mod temporal;
 mod timers;
 pub mod twcc_feedback;
 /// Batched socket I/O; public for the lean load tester's client side (`loadtest::lean`).

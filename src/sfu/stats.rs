@@ -55,6 +55,8 @@ pub struct Counters {
     pub missing_packets: AtomicU64,
     /// Subscriber legs moved from one simulcast layer to another (on a keyframe of the new one).
     pub layer_switches: AtomicU64,
+    /// Packets of frames above a subscriber leg's temporal cap, not sent to it (`temporal`).
+    pub temporal_drops: AtomicU64,
     /// Retransmissions of simulcast layers received (RTX named by `repaired-rtp-stream-id`)
     /// and turned back into their layers' packets (`layer_rtx`).
     pub layer_rtx_repaired: AtomicU64,
@@ -177,6 +179,7 @@ pub struct CountersSnapshot {
     pub duplicate_packets: u64,
     pub missing_packets: u64,
     pub layer_switches: u64,
+    pub temporal_drops: u64,
     pub layer_rtx_repaired: u64,
     pub bwe_drops: u64,
     pub bwe_probes: u64,
@@ -222,6 +225,7 @@ impl Counters {
                 duplicate_packets: acc.duplicate_packets + s.duplicate_packets,
                 missing_packets: acc.missing_packets + s.missing_packets,
                 layer_switches: acc.layer_switches + s.layer_switches,
+                temporal_drops: acc.temporal_drops + s.temporal_drops,
                 layer_rtx_repaired: acc.layer_rtx_repaired + s.layer_rtx_repaired,
                 bwe_drops: acc.bwe_drops + s.bwe_drops,
                 bwe_probes: acc.bwe_probes + s.bwe_probes,
@@ -253,6 +257,7 @@ impl Counters {
             duplicate_packets: get(&self.duplicate_packets),
             missing_packets: get(&self.missing_packets),
             layer_switches: get(&self.layer_switches),
+            temporal_drops: get(&self.temporal_drops),
             layer_rtx_repaired: get(&self.layer_rtx_repaired),
             bwe_drops: get(&self.bwe_drops),
             bwe_probes: get(&self.bwe_probes),

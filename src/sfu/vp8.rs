@@ -55,6 +55,53 @@ impl Descriptor {
     }
 }
 
+/// A VP8 packet's temporal layer (RFC 7741 §4.2): its TID, whether it is a layer sync
+/// point (the Y bit: the frame refers only to base-layer frames, so a receiver may start
+/// receiving its layer there), and the picture id that names its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Temporal {
+    pub tid: u8,
+    pub sync: bool,
+    /// The picture id and whether it is the 15-bit form.
+    pub picture_id: Option<(u16, bool)>,
+}
+
+impl Temporal {
+    /// Reads the TID of a payload's descriptor: `None` when it carries none (no T bit: the
+    /// stream has no temporal layers, or the packet is cut short). Never panics.
+    pub fn parse(p: &[u8]) -> Option<Self> {
+        let first = *p.first()?;
+        if first & 0x80 == 0 {
+            return None;
+        }
+        let x = *p.get(1)?;
+        if x & 0x20 == 0 {
+            return None;
+        }
+        let mut i = 2;
+        let mut picture_id = None;
+        if x & 0x80 != 0 {
+            let b = *p.get(i)?;
+            if b & 0x80 != 0 {
+                picture_id = Some((u16::from(b & 0x7F) << 8 | u16::from(*p.get(i + 1)?), true));
+                i += 2;
+            } else {
+                picture_id = Some((u16::from(b), false));
+                i += 1;
+            }
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        let t = *p.get(i)?;
+        Some(Self {
+            tid: t >> 6,
+            sync: t & 0x20 != 0,
+            picture_id,
+        })
+    }
+}
+
 /// What a leg subtracts from a packet's picture id (mod 2^15) and TL0PICIDX (mod 2^8).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Offsets {
@@ -115,20 +162,32 @@ impl Vp8Rewriter {
 
     /// The offsets for the packet whose payload is `payload`, remembering what it sends.
     pub fn offsets_for(&mut self, payload: &[u8]) -> Offsets {
+        self.offsets_shifted(payload, 0)
+    }
+
+    /// [`offsets_for`](Self::offsets_for) with `shift` more taken off the picture id: the
+    /// frames of the run a temporal cap dropped before this one ([`super::temporal`]), so the
+    /// picture ids the subscriber sees run on without a gap.
+    pub fn offsets_shifted(&mut self, payload: &[u8], shift: u16) -> Offsets {
+        let shifted = |o: Offsets| Offsets {
+            picture_id: o.picture_id.wrapping_add(shift) & 0x7FFF,
+            tl0: o.tl0,
+        };
         let Some(d) = Descriptor::parse(payload) else {
-            return self.offsets;
+            return shifted(self.offsets);
         };
         if std::mem::take(&mut self.resync) {
             if let (Some((pid, _, _)), Some(last)) = (d.picture_id, self.last_pid) {
-                self.offsets.picture_id = pid.wrapping_sub(last.wrapping_add(1)) & 0x7FFF;
+                self.offsets.picture_id = pid.wrapping_sub(last.wrapping_add(1)).wrapping_sub(shift) & 0x7FFF;
             }
             if let (Some((tl0, _)), Some(last)) = (d.tl0, self.last_tl0) {
                 self.offsets.tl0 = tl0.wrapping_sub(last.wrapping_add(1));
             }
         }
+        let offsets = shifted(self.offsets);
         if let Some((pid, _, long)) = d.picture_id {
             let mask = if long { 0x7FFF } else { 0x7F };
-            let out = pid.wrapping_sub(self.offsets.picture_id) & mask;
+            let out = pid.wrapping_sub(offsets.picture_id) & mask;
             if self.last_pid.is_none_or(|last| pid_after(out, last)) {
                 self.last_pid = Some(out);
             }
@@ -139,7 +198,7 @@ impl Vp8Rewriter {
                 self.last_tl0 = Some(out);
             }
         }
-        self.offsets
+        offsets
     }
 }
 
@@ -262,6 +321,55 @@ mod tests {
         let mut short = vec![0x90];
         rw.offsets_for(&short).apply(&mut short);
         assert_eq!(short, [0x90]);
+    }
+
+    #[test]
+    fn the_temporal_index_is_read_with_its_sync_bit_and_only_where_the_t_bit_says() {
+        let t = |p: &[u8]| Temporal::parse(p).map(|t| (t.tid, t.sync, t.picture_id));
+        // I, L and T: 15-bit picture id, TL0PICIDX, then TID 2 with Y.
+        assert_eq!(
+            t(&[0x90, 0xE0, 0x81, 0x23, 0x07, 0xA0, 0x01]),
+            Some((2, true, Some((0x0123, true))))
+        );
+        assert_eq!(t(&packet(0x0456, 9, 1, false)), Some((1, false, Some((0x0456, true)))));
+        // T without I or L: the byte right after X.
+        assert_eq!(t(&[0x90, 0x20, 0x40, 0x01]), Some((1, false, None)));
+        // A 7-bit picture id, no TL0PICIDX.
+        assert_eq!(
+            t(&[0x90, 0xA0, 0x15, 0xC0, 0x01]),
+            Some((3, false, Some((0x15, false))))
+        );
+        // K without T (a KEYIDX, no TID), no T at all, no X: no temporal layers.
+        assert_eq!(t(&[0x90, 0xD0, 0x81, 0x23, 0x07, 0x05, 0x01]), None);
+        assert_eq!(t(&[0x90, 0xC0, 0x81, 0x23, 0x07, 0x01]), None);
+        assert_eq!(t(&[0x10, 0x01, 0x02]), None);
+        // Cut short anywhere before the TID byte.
+        let full = [0x90, 0xE0, 0x81, 0x23, 0x07, 0xA0, 0x01];
+        for n in 0..6 {
+            assert_eq!(t(&full[..n]), None, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn a_shift_takes_dropped_frames_off_the_picture_id_and_a_switch_continues_after_it() {
+        let mut rw = Vp8Rewriter::default();
+        let mut send_shifted = |pid: u16, shift: u16, key: bool| {
+            let mut p = packet(pid, 3, 0, key);
+            rw.offsets_shifted(&p, shift).apply(&mut p);
+            read(&p).0
+        };
+        assert_eq!(send_shifted(0x7FFC, 0, false), 0x7FFC);
+        // 0x7FFD dropped: 0x7FFE follows 0x7FFC.
+        assert_eq!(send_shifted(0x7FFE, 1, false), 0x7FFD);
+        // 0x7FFF and 0 dropped as well: 1 follows, wrapping in 15 bits.
+        assert_eq!(send_shifted(1, 3, false), 0x7FFE);
+        // A switch after them (the cap's shift starts again at zero) continues right after.
+        rw.resync();
+        for (pid, out) in [(5000, 0x7FFF), (5001, 0)] {
+            let mut p = packet(pid, 3, 0, pid == 5000);
+            rw.offsets_shifted(&p, 0).apply(&mut p);
+            assert_eq!(read(&p).0, out);
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ const SCENARIOS = {
   'appointment-journey': appointmentJourney,
   'simulcast-layers': simulcastLayers,
   'downlink-cap': downlinkCap,
+  'screen-cap': screenCap,
 };
 
 /** Scenarios whose browser refuses camera and microphone (no fake UI to accept the prompt). */
@@ -1271,6 +1272,7 @@ async function screenShare(run) {
       label: s.track.label,
       contentHint: s.track.contentHint,
       degradationPreference: sender?.getParameters().degradationPreference ?? null,
+      scalabilityMode: sender?.getParameters().encodings?.[0]?.scalabilityMode ?? null,
     };
   });
 
@@ -1285,6 +1287,16 @@ async function screenShare(run) {
     : { flowing: false };
   run.facts.staffSawScreenTile = sawTile;
   judgeMedia(run, 'staffScreenMedia', media);
+  // What the guest's encoder really sends the screen as (temporal layers where it took them).
+  run.facts.guestScreenOutbound = await guest.evaluate(async () => {
+    const sender = window.gatehouse.client.local.get('screen')?.transceiver?.sender;
+    if (!sender) return null;
+    let out = null;
+    (await sender.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp') out = { scalabilityMode: s.scalabilityMode ?? null, frameWidth: s.frameWidth ?? null };
+    });
+    return out;
+  });
   if (sawTile) await run.shot(staff, 'screen-share-staff.png');
   // Adding the screen renegotiated the guest's publisher connection, whose camera is
   // simulcast: its layers must keep flowing to staff (they froze for good before the fix
@@ -2083,6 +2095,66 @@ async function downlinkCap(run) {
   // After the measurement (a screenshot costs CPU): still capped unless the test lifted the cap.
   await run.shot(guest, 'downlink-cap-guest.png');
   await run.shot(staff, 'downlink-cap-staff.png');
+  await visible(guest, 'leave-button').click();
+  await guest.waitForFunction(() => window.gatehouse.view === 'left');
+  await visible(staff, 'leave-button').click();
+  await visible(staff, 'dashboard-view').waitFor();
+}
+
+/**
+ * A screen share toward a guest whose downlink the test caps (issue 12, "screen share is
+ * protected"): the guest (in its own network namespace) and staff (a browser outside it)
+ * decode each other's camera, then staff shares its screen. Once the guest decodes it the
+ * script says `sharing` (with the meeting id) and samples the guest's screen every 250 ms,
+ * `window.__screen` rows `[t, frameWidth, framesDecoded, bytesReceived, packetsLost,
+ * freezeCount, pliCount, nackCount, framesReceived]` of its inbound-rtp and whether the screen
+ * tile says "Low quality" (1, else 0), until the test says `done`. Facts: `screen` (the rows), `staffScreenOutbound` (what staff's encoder sends).
+ */
+async function screenCap(run) {
+  const { guest, staff } = await guestAndStaffDecoding(run);
+  run.step('staff shares its screen; the guest decodes it');
+  await visible(staff, 'screen-toggle').click();
+  await staff.waitForFunction(() => document.querySelector('[data-testid="screen-toggle"]')?.dataset.state === 'on');
+  judgeMedia(run, 'guestScreenMedia', await mediaFacts(guest, { timeoutMs: run.cfg.mediaTimeoutMs, wantAudio: false, source: 'screen' }));
+  await guest.evaluate(() => {
+    const out = (window.__screen = []);
+    const tick = async () => {
+      const video = document.querySelector('[data-testid="remote-tile"][data-source="screen"] video');
+      const track = video?.srcObject?.getVideoTracks?.()[0];
+      const receiver = window.gatehouse.client.subscriber?.getReceivers().find((r) => r.track === track);
+      if (track && receiver) {
+        (await receiver.getStats()).forEach((x) => {
+          if (x.type !== 'inbound-rtp') return;
+          out.push([
+            Date.now(), x.frameWidth || 0, x.framesDecoded || 0, x.bytesReceived || 0, x.packetsLost || 0,
+            x.freezeCount || 0, x.pliCount || 0, x.nackCount || 0, x.framesReceived || 0,
+            video.closest('[data-testid="remote-tile"]')?.querySelector('[data-testid="tile-low-quality"]')?.dataset.shown === 'true' ? 1 : 0,
+          ]);
+        });
+      }
+      setTimeout(tick, 250);
+    };
+    tick();
+  });
+  const outbound = () =>
+    staff.evaluate(async () => {
+      const sender = window.gatehouse.client.local.get('screen')?.transceiver?.sender;
+      let out = null;
+      (await sender?.getStats())?.forEach((s) => {
+        if (s.type === 'outbound-rtp') {
+          out = { scalabilityMode: s.scalabilityMode ?? null, frameWidth: s.frameWidth ?? 0, framesSent: s.framesSent ?? 0, bytesSent: s.bytesSent ?? 0 };
+        }
+      });
+      return out;
+    });
+  run.facts.staffScreenOutbound = await outbound();
+  run.progress('sharing', { meetingId: run.facts.createdMeetingId });
+  run.step('the test caps the guest downlink and says when it is done');
+  run.facts.cappedAt = (await toldByTest('capped', 120000)).at;
+  await toldByTest('done', 120000);
+  run.facts.doneAt = Date.now();
+  run.facts.staffScreenOutboundAtEnd = await outbound();
+  run.facts.screen = await guest.evaluate(() => window.__screen);
   await visible(guest, 'leave-button').click();
   await guest.waitForFunction(() => window.gatehouse.view === 'left');
   await visible(staff, 'leave-button').click();
