@@ -48,10 +48,11 @@ pub struct RetransmitParams {
     /// interval (100 ms while it knows no RTT), so a genuine retry after a lost
     /// retransmission is answered.
     pub resend_guard: Duration,
-    /// A packet is resent at most this often in all. Chrome stops asking once a packet
-    /// arrives, RTX included, but a receiver on `rtc` 0.21 never learns of an RTX repair
-    /// and asks again every 100 ms for seconds (the bug this gateway had toward
-    /// publishers, see `nack`): without a cap each loss would cost it ten resends.
+    /// A packet is resent at most this often in all. Chrome and our SDK (`gatehouse_sdk::nack`)
+    /// stop asking once a packet arrives, RTX included, but a receiver with `rtc` 0.21's own
+    /// NACK generator never learns of an RTX repair and asks again every 100 ms for seconds
+    /// (the bug this gateway had toward publishers, see `nack`, and the SDK before its own
+    /// generator): without a cap each loss would cost such a receiver ten resends.
     pub max_resends: u8,
 }
 
