@@ -128,14 +128,7 @@ async fn three_sdk_participants_exchange_audio_and_video() {
     for s in senders {
         s.stop().await.expect("sender ran cleanly");
     }
-    for (client, _) in &people {
-        client.leave().unwrap();
-        client.close().await;
-    }
-    srv.wait_until("every media connection closed", |s| {
-        s.state().sfu.live_connections() == 0
-    })
-    .await;
+    leave_all(&srv, people).await;
     srv.wait_until("the meeting is gone", |s| s.state().live.is_empty())
         .await;
 }
@@ -346,6 +339,31 @@ async fn a_lossy_uplink_is_announced_as_poor_to_its_owner_and_to_staff_and_its_r
         );
     }
     sender.abort();
+    leave_all(&srv, people).await;
+}
+
+/// Ana and Ben, two staff members in a meeting titled `title` (lobby bypassed), each connected
+/// with the SDK publishing one layer (`simulcast: false`) and admitted.
+async fn ana_and_ben_one_layer(srv: &TestServer, title: &str) -> Vec<(Client, Events)> {
+    let olga = srv.staff_token("olga", StaffRole::Staff);
+    let meeting = srv
+        .create_meeting(&olga, json!({ "title": title, "lobby_bypass": "organization" }))
+        .await;
+    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
+    let mut people = Vec::new();
+    for sub in ["ana", "ben"] {
+        let token = srv.staff_token(sub, StaffRole::Staff);
+        let mut options = srv.sdk_options(&token).meeting(mid.clone());
+        options.media.simulcast = false;
+        let (client, mut events) = Client::connect(options).await.unwrap();
+        support::sdk_admitted(&mut events).await;
+        people.push((client, events));
+    }
+    people
+}
+
+/// Everyone leaves and closes; the gateway ends up with no media connection.
+async fn leave_all(srv: &TestServer, people: Vec<(Client, Events)>) {
     for (client, _) in &people {
         client.leave().unwrap();
     }
@@ -365,20 +383,7 @@ async fn a_lossy_uplink_is_announced_as_poor_to_its_owner_and_to_staff_and_its_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_is_told_the_layer_of_a_video_track_it_receives() {
     let srv = TestServer::start().await;
-    let olga = srv.staff_token("olga", StaffRole::Staff);
-    let meeting = srv
-        .create_meeting(&olga, json!({ "title": "Layers", "lobby_bypass": "organization" }))
-        .await;
-    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
-    let mut people = Vec::new();
-    for sub in ["ana", "ben"] {
-        let token = srv.staff_token(sub, StaffRole::Staff);
-        let mut options = srv.sdk_options(&token).meeting(mid.clone());
-        options.media.simulcast = false;
-        let (client, mut events) = Client::connect(options).await.unwrap();
-        support::sdk_admitted(&mut events).await;
-        people.push((client, events));
-    }
+    let mut people = ana_and_ben_one_layer(&srv, "Layers").await;
     let cam = people[0].0.publish(TrackSource::Camera).await.expect("publish camera");
     assert_eq!(cam.layer_count(), 1, "one layer without simulcast");
     assert!(cam.layers()[0].rid.is_empty());
@@ -405,16 +410,7 @@ async fn a_subscriber_is_told_the_layer_of_a_video_track_it_receives() {
         .expect("Ben is told the layer it receives");
     assert_eq!(told, (camera, 0, 1, false));
     sender.stop().await.expect("sender ran cleanly");
-    for (client, _) in &people {
-        client.leave().unwrap();
-    }
-    for (client, _) in people {
-        client.close().await;
-    }
-    srv.wait_until("every media connection closed", |s| {
-        s.state().sfu.live_connections() == 0
-    })
-    .await;
+    leave_all(&srv, people).await;
 }
 
 /// The layer of each synthetic video packet a subscriber receives, as (layer, how many
@@ -613,16 +609,7 @@ async fn an_sdk_camera_is_simulcast_and_the_layers_nobody_needs_pause() {
 
     sender.stop().await.expect("sender ran cleanly");
     receiving.abort();
-    for (client, _) in &people {
-        client.leave().unwrap();
-    }
-    for (client, _) in people {
-        client.close().await;
-    }
-    srv.wait_until("every media connection closed", |s| {
-        s.state().sfu.live_connections() == 0
-    })
-    .await;
+    leave_all(&srv, people).await;
 }
 
 /// The next `active_speakers` list (participant ids in order) within `within`, if any.
@@ -734,14 +721,7 @@ async fn active_speakers_follow_two_participants_speaking_in_turn_without_flappi
     for s in speakers {
         s.abort();
     }
-    for (client, _) in &people {
-        client.leave().unwrap();
-        client.close().await;
-    }
-    srv.wait_until("every media connection closed", |s| {
-        s.state().sfu.live_connections() == 0
-    })
-    .await;
+    leave_all(&srv, people).await;
 }
 
 /// Issue 12: an SDK subscriber's NACKs under loss are ones the gateway can serve. Ben
@@ -756,20 +736,7 @@ async fn active_speakers_follow_two_participants_speaking_in_turn_without_flappi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdk_subscriber_nacks_only_what_is_missing_under_loss() {
     let srv = TestServer::start().await;
-    let olga = srv.staff_token("olga", StaffRole::Staff);
-    let meeting = srv
-        .create_meeting(&olga, json!({ "title": "Lossy", "lobby_bypass": "organization" }))
-        .await;
-    let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
-    let mut people = Vec::new();
-    for sub in ["ana", "ben"] {
-        let token = srv.staff_token(sub, StaffRole::Staff);
-        let mut options = srv.sdk_options(&token).meeting(mid.clone());
-        options.media.simulcast = false;
-        let (client, mut events) = Client::connect(options).await.unwrap();
-        support::sdk_admitted(&mut events).await;
-        people.push((client, events));
-    }
+    let mut people = ana_and_ben_one_layer(&srv, "Lossy").await;
     let cam = people[0].0.publish(TrackSource::Camera).await.expect("publish camera");
     let sender = cam.start_synthetic(SyntheticConfig::video()).unwrap();
     let track = loop {
@@ -829,14 +796,5 @@ async fn an_sdk_subscriber_nacks_only_what_is_missing_under_loss() {
         "once the loss ends and its repairs arrived, Ben stops asking: {figures}"
     );
     sender.stop().await.expect("sender ran cleanly");
-    for (client, _) in &people {
-        client.leave().unwrap();
-    }
-    for (client, _) in people {
-        client.close().await;
-    }
-    srv.wait_until("every media connection closed", |s| {
-        s.state().sfu.live_connections() == 0
-    })
-    .await;
+    leave_all(&srv, people).await;
 }

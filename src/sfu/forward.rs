@@ -1236,20 +1236,19 @@ mod tests {
                 tid,
             ));
         }
-        // pid 100.. with TID 0, 1 (sync), 0, 1 ...; TL0PICIDX counts the base frames.
-        let mut seq = 5000u16;
-        for pid in 100u16..108 {
+        // pid 100.. with TID 0, 1 (sync), 0, 1 (no sync) ...; TL0PICIDX counts the base frames.
+        fn frame_packet(seq: u16, pid: u16) -> Packet {
             let (tid, sync) = if pid.is_multiple_of(2) {
                 (0, false)
             } else {
                 (1, pid % 4 == 1)
             };
+            temporal_packet(seq, pid, (pid / 2) as u8, tid, sync)
+        }
+        let mut seq = 5000u16;
+        for pid in 100u16..108 {
             for _ in 0..2 {
-                send(
-                    &mut leg,
-                    temporal_packet(seq, pid, (pid / 2) as u8, tid, sync),
-                    &mut out,
-                );
+                send(&mut leg, frame_packet(seq, pid), &mut out);
                 seq += 1;
             }
         }
@@ -1270,16 +1269,7 @@ mod tests {
         out.clear();
         leg.set_temporal_cap(super::super::temporal::ALL);
         for pid in 108u16..112 {
-            let (tid, sync) = if pid.is_multiple_of(2) {
-                (0, false)
-            } else {
-                (1, pid % 4 == 1)
-            };
-            send(
-                &mut leg,
-                temporal_packet(seq, pid, (pid / 2) as u8, tid, sync),
-                &mut out,
-            );
+            send(&mut leg, frame_packet(seq, pid), &mut out);
             seq += 1;
         }
         assert_eq!(

@@ -5036,15 +5036,9 @@ mod tests {
         assert_eq!(back.len(), 4, "the same to B: {back:?}");
     }
 
-    /// Issue 12, "screen share is protected": A shares its screen (one layer, about
-    /// 1 Mbit/s) beside its three-layer camera. B's path carries 1.3 Mbit/s: split equally
-    /// (as before) the camera's 650 kbit/s would take its 500 kbit/s middle layer and the two
-    /// together overrun the path; the screen share's need comes first, so the camera gets
-    /// what is left (about 200 kbit/s with headers: its lowest layer), and B's screen share
-    /// leg, the one layer, goes on. With room for both, the camera climbs back.
-    #[test]
-    fn under_congestion_a_screen_share_keeps_its_rate_and_the_camera_steps_down() {
-        let t0 = Instant::now();
+    /// A and B in the call, A publishing a three-layer camera, its microphone and a screen
+    /// share (mid 2, ssrc 3000), every leg negotiated and B's answer applied.
+    fn screen_beside_simulcast_camera(t0: Instant) -> (MediaRoom, Vec<Effect>) {
         let (mut room, _) = call_with(false, &layers(), t0);
         let mut fx = Vec::new();
         room.declare(
@@ -5062,6 +5056,19 @@ mod tests {
         room.due_offers(&mut Vec::new());
         let answer = answer_all(&room, B);
         room.subscriber_answered(B, &answer, false, t0, &mut fx);
+        (room, fx)
+    }
+
+    /// Issue 12, "screen share is protected": A shares its screen (one layer, about
+    /// 1 Mbit/s) beside its three-layer camera. B's path carries 1.3 Mbit/s: split equally
+    /// (as before) the camera's 650 kbit/s would take its 500 kbit/s middle layer and the two
+    /// together overrun the path; the screen share's need comes first, so the camera gets
+    /// what is left (about 200 kbit/s with headers: its lowest layer), and B's screen share
+    /// leg, the one layer, goes on. With room for both, the camera climbs back.
+    #[test]
+    fn under_congestion_a_screen_share_keeps_its_rate_and_the_camera_steps_down() {
+        let t0 = Instant::now();
+        let (mut room, mut fx) = screen_beside_simulcast_camera(t0);
         // Two seconds of media: per 100 ms, q 150, h 500, f 1 500 kbit/s, screen 1 000 kbit/s.
         let mut sink = Recorder::default();
         let mut at = t0;
@@ -5140,23 +5147,7 @@ mod tests {
     #[test]
     fn a_screen_share_under_its_rate_loses_frame_rate_not_resolution() {
         let t0 = Instant::now();
-        let (mut room, _) = call_with(false, &layers(), t0);
-        let mut fx = Vec::new();
-        room.declare(
-            A,
-            vec![
-                announce("0", TrackSource::Camera),
-                announce("1", TrackSource::Microphone),
-                announce("2", TrackSource::Screen),
-            ],
-            t0,
-            &mut fx,
-        );
-        room.stream_opened(A, stream("2", 3000, "video/VP8"), t0, &mut fx);
-        bind_legs(&mut room, &fx);
-        room.due_offers(&mut Vec::new());
-        let answer = answer_all(&room, B);
-        room.subscriber_answered(B, &answer, false, t0, &mut fx);
+        let (mut room, mut fx) = screen_beside_simulcast_camera(t0);
         let mut sink = Recorder::default();
         // Two seconds: a frame every 50 ms (base and upper layer 10 each a second), 7 500
         // bytes a base frame and 5 000 an upper one; the camera's q at 150 kbit/s.
