@@ -4641,6 +4641,22 @@ mod tests {
         padding_to_b: Vec<(Duration, u32)>,
     }
 
+    impl CongestionRun {
+        /// B on the top layer within 10 s of its path widening; every audio packet reached B
+        /// (audio first); C on the top layer from its first keyframe on, the whole time B was
+        /// capped.
+        fn assert_recovered(&self) {
+            let end = layer_after(&self.layer_at, Duration::from_secs(24));
+            assert!(
+                !end.is_empty() && end.iter().all(|l| *l == 2),
+                "top layer again: {end:?}"
+            );
+            assert_eq!(self.audio_to_b, self.audio_sent);
+            let c = layer_after(&self.layer_at_c, Duration::from_millis(500));
+            assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
+        }
+    }
+
     /// The layer of each packet of `layer_at` sent from `from` on.
     fn layer_after(layer_at: &[(Duration, u8)], from: Duration) -> Vec<u8> {
         layer_at.iter().filter(|(at, _)| *at >= from).map(|(_, l)| *l).collect()
@@ -4810,28 +4826,11 @@ mod tests {
     /// the others.
     #[test]
     fn a_subscribers_congestion_feedback_caps_its_layer_and_audio_keeps_flowing() {
-        let CongestionRun {
-            room,
-            layer_at,
-            layer_at_c,
-            audio_sent,
-            audio_to_b,
-            padding_to_b,
-        } = congestion_run(false);
-        assert_eq!(padding_to_b, [], "no probe without RTX");
-        assert_eq!(room.stats().meeting.snapshot().bwe_probes, 0);
-        // Within 10 s of the path widening, the top layer.
-        let end = layer_after(&layer_at, Duration::from_secs(24));
-        assert!(
-            !end.is_empty() && end.iter().all(|l| *l == 2),
-            "top layer again: {end:?}"
-        );
-        // Audio first: every audio packet reached B.
-        assert_eq!(audio_to_b, audio_sent);
-        // C had the top layer from its first keyframe on, the whole time B was capped.
-        let c = layer_after(&layer_at_c, Duration::from_millis(500));
-        assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
-        let snap = room.debug_snapshot(|_| None);
+        let run = congestion_run(false);
+        assert_eq!(run.padding_to_b, [], "no probe without RTX");
+        assert_eq!(run.room.stats().meeting.snapshot().bwe_probes, 0);
+        run.assert_recovered();
+        let snap = run.room.debug_snapshot(|_| None);
         assert_eq!(snap["participants"][2]["bandwidth"]["capping"], false, "{snap:#}");
     }
 
@@ -4878,14 +4877,7 @@ mod tests {
             !mid.is_empty() && mid.iter().all(|l| *l == 0),
             "only q while narrow: {mid:?}"
         );
-        let end = layer_after(&run.layer_at, Duration::from_secs(24));
-        assert!(
-            !end.is_empty() && end.iter().all(|l| *l == 2),
-            "top layer again: {end:?}"
-        );
-        assert_eq!(run.audio_to_b, run.audio_sent);
-        let c = layer_after(&run.layer_at_c, Duration::from_millis(500));
-        assert!(!c.is_empty() && c.iter().all(|l| *l == 2), "C kept f: {c:?}");
+        run.assert_recovered();
     }
 
     /// A subscriber that sends REMB and no transport-wide feedback (aiortc) has its REMB
