@@ -7,8 +7,9 @@
 //! takes. [`Bwe`] adds the policy the media room applies with it: which simulcast layer
 //! each video leg of the connection may have ([`fit`]), stepping down at once when the
 //! estimate drops and up when it has room, or by trying the next layer after a hold-off
-//! that doubles each time a try overuses (there is no padding probe; docs/ARCHITECTURE.md,
-//! Simulcast). No clock and no IO: every input carries `now`.
+//! that doubles each time a try (or the probe before it, [`super::probe`]) fails
+//! (docs/ARCHITECTURE.md, Simulcast). A REMB stands in for the feedback where a subscriber
+//! sends none ([`Bwe::remb`]). No clock and no IO: every input carries `now`.
 
 use std::time::{Duration, Instant};
 
@@ -581,7 +582,8 @@ pub struct Trial {
 /// nothing is capped (a path that never overuses keeps what the subscribers ask for);
 /// from then, the media room fits each video leg under the estimate and steps up when
 /// the estimate has room or, since an application-limited sender cannot see spare
-/// capacity, by a [`Trial`] of the next layer after a hold-off.
+/// capacity, by a [`Trial`] of the next layer after a hold-off, probed first where the
+/// connection can carry padding ([`Bwe::start_probe`]).
 #[derive(Debug)]
 pub struct Bwe {
     pub history: SendHistory,
