@@ -25,6 +25,7 @@ fn shape(publishers: u32, secs: u64) -> Shape {
         ramp_per_sec: 20.0,
         duration: Duration::from_secs(secs),
         storm: None,
+        idle: false,
     }
 }
 
@@ -362,5 +363,65 @@ async fn the_lean_engine_loads_a_spawned_gateway_end_to_end() {
     assert_eq!(first_frame.count, 4, "every participant saw a remote keyframe");
     assert_ne!(report.limit, Limit::Unknown, "{}", report.limit_reason);
     assert_eq!(report.verdict, Verdict::Pass, "{:?}", report.breaches);
+    drop(gateway);
+}
+
+/// An idle run (`--idle`) with the lean engine against a gateway process of its own: 2
+/// meetings x 2 publishers send audio and video until everyone receives everything, then go
+/// quiet and stay connected. Every participant is counted with both its connections still up
+/// at the end, nothing is forwarded in the measured window, and the report states the
+/// gateway's CPU per idle participant (no figure is asserted: it is measured in
+/// docs/BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_holds_connected_participants_without_media_and_states_their_cost() {
+    let dir = temp_dir("lean-idle");
+    let gateway = SpawnedGateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")), &dir, &[])
+        .expect("the gateway starts");
+    let options = Options {
+        engine: Engine::Lean,
+        client_threads: 1,
+        url: gateway.url.clone(),
+        auth: Auth::DataDir(gateway.data_dir.clone()),
+        tls: TlsOptions {
+            ca_pem: Some(std::fs::read_to_string(gateway.data_dir.join("tls").join("ca.pem")).expect("the dev CA")),
+            danger_accept_invalid_certs: false,
+        },
+        shape: Shape {
+            meetings: 2,
+            idle: true,
+            ..shape(2, 4)
+        },
+        thresholds: Thresholds::default(),
+        progress: false,
+        scrape_interval: Duration::from_millis(500),
+        metrics_token: None,
+    };
+    let report = bounded_run(options).await;
+    assert_eq!(report.participants.joined, 4, "{:?}", report.errors);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.streams.received, 8, "every track arrived before the quiet");
+    let idle = report.idle.expect("an idle run's figures");
+    assert_eq!((idle.participants, idle.connected), (4, 4), "{idle:?}");
+    assert_eq!(
+        (idle.connections_up, idle.connections),
+        (8, 8),
+        "a publisher and a subscriber connection each, all up at the end: {idle:?}"
+    );
+    assert_eq!(
+        idle.forwarded_per_sec,
+        Some(0.0),
+        "no media in the measured window: {idle:?}"
+    );
+    let ms = idle
+        .gateway_cpu_ms_per_participant_per_sec
+        .expect("the gateway's CPU per idle participant");
+    assert!(ms.is_finite() && ms >= 0.0, "{ms}");
+    let cpu = idle.gateway_cpu_percent.expect("the gateway's CPU");
+    assert!(
+        (ms - cpu * 10.0 / 4.0).abs() < 1e-9,
+        "whole process CPU / participants: {idle:?}"
+    );
+    assert!(report.to_table().contains("CPU per participant"));
+    assert!(report.to_json().contains("\"gateway_cpu_ms_per_participant_per_sec\""));
     drop(gateway);
 }

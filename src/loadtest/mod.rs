@@ -121,6 +121,10 @@ pub struct Options {
 ///   gatehouse loadtest --lean --meetings 50 --publishers 2 --duration 60 \
 ///       --storm 200 --storm-within 10 --storm-after 15
 ///
+/// Idle participants (--idle): what connected participants cost the gateway with no media;
+/// the report states its CPU per idle participant in ms per second:
+///   gatehouse loadtest --lean --idle --meetings 250 --publishers 2 --duration 30
+///
 /// Exit codes:
 ///   0    finished within the thresholds
 ///   1    could not run (gateway unreachable, token refused...) or nobody could join
@@ -211,6 +215,15 @@ pub struct LoadtestArgs {
     /// than --storm-after + --storm-within (and leave its participants time to settle).
     #[arg(long, value_name = "N", conflicts_with = "churn")]
     pub storm: Option<u32>,
+    /// Idle participants: the run's publishers send until everyone receives everything (every
+    /// connection up, every track negotiated), then, when the steady phase starts, stop
+    /// sending and announce their tracks muted; everyone stays connected with no media either
+    /// way (ICE consent checks only). The report states the gateway's CPU per connected idle
+    /// participant in ms per second, measured from 2 s after the media stopped. Lean engine
+    /// only. Example: 500 idle participants, each with a muted microphone and camera:
+    ///   gatehouse loadtest --lean --idle --meetings 250 --publishers 2 --duration 30
+    #[arg(long, verbatim_doc_comment, conflicts_with_all = ["storm", "churn", "max_p99_ms"])]
+    pub idle: bool,
     /// Join storm: seconds within which all its participants start (evenly spread).
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub storm_within: u64,
@@ -288,6 +301,7 @@ impl LoadtestArgs {
                 within: Duration::from_secs(self.storm_within),
                 after: Duration::from_secs(self.storm_after),
             }),
+            idle: self.idle,
         };
         shape.validate().map_err(|e| e.0)?;
         for (flag, value) in [("--max-loss", self.max_loss), ("--max-p99-ms", self.max_p99_ms)] {
@@ -296,6 +310,13 @@ impl LoadtestArgs {
             }
         }
         let engine = if self.lean { Engine::Lean } else { self.engine };
+        if self.idle && engine != Engine::Lean {
+            return Err(
+                "--idle needs the lean engine (--lean): it stops its participants' media and counts their \
+                        connections"
+                    .into(),
+            );
+        }
         if !(1..=64).contains(&self.client_threads) {
             return Err("--client-threads must be 1 to 64".into());
         }
@@ -422,6 +443,8 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     let meetings = create_meetings(&rest, &shape).await?;
     let run_start = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // An idle run's publishers go quiet when the steady phase starts.
+    let (quiet_tx, quiet_rx) = watch::channel(false);
     let scrapes = Arc::new(Mutex::new(Scrapes::default()));
     let scrape_task = tokio::spawn(scrape_loop(
         scraper.clone(),
@@ -496,6 +519,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
                     meeting,
                     probe.clone(),
                     stop_rx.clone(),
+                    quiet_rx.clone(),
                 )),
                 None => tokio::spawn(participant::run(
                     setup.clone(),
@@ -514,9 +538,17 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             all_settled_at = Some(elapsed);
         }
         let phase = timeline.phase(elapsed, all_settled_at);
+        if let Phase::Steady { .. } = phase
+            && shape.idle
+            && !*quiet_tx.borrow()
+        {
+            let _ = quiet_tx.send(true);
+        }
         if let Phase::Steady { started_at, .. } = phase
             && steady.is_none()
+            && elapsed >= shape.measured_from(started_at)
         {
+            let started_at = shape.measured_from(started_at);
             steady = Some((started_at, started_at));
             // Latency percentiles describe the steady phase, not the join burst before it.
             for (probe, _) in &running {
@@ -586,6 +618,10 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         "closing every peer"
     });
 
+    // Their connections as they were at the end, before anyone leaves.
+    for (probe, _) in running.iter().chain(&storm.running) {
+        probe.note_connections();
+    }
     let _ = stop_tx.send(true);
     // They all close at once; one deadline bounds the whole teardown.
     let deadline = tokio::time::Instant::now() + participant::CLOSE_TIMEOUT + Duration::from_secs(5);
@@ -1015,6 +1051,31 @@ mod tests {
         assert!(e.contains("--duration must be more than"), "{e}");
         let e = parse(&["--token", "t", "--storm", "4", "--churn"]).unwrap_err();
         assert!(e.contains("--churn"), "{e}");
+    }
+
+    #[test]
+    fn idle_runs_need_the_lean_engine_and_no_media_thresholds() {
+        let o = parse(&["--token", "t", "--lean", "--idle", "--meetings", "250"]).unwrap();
+        assert!(o.shape.idle);
+        assert_eq!(o.shape.total_participants(), 500);
+        assert!(!parse(&["--token", "t", "--lean"]).unwrap().shape.idle);
+        for (args, needle) in [
+            (&["--idle"][..], "--idle needs the lean engine"),
+            (&["--lean", "--idle", "--max-p99-ms", "50"][..], "cannot be used with"),
+            (&["--lean", "--idle", "--storm", "2"][..], "cannot be used with"),
+            (
+                &["--lean", "--idle", "--duration", "2"][..],
+                "--duration must be more than 2 s with --idle",
+            ),
+        ] {
+            let err = parse(&[&["--token", "t"][..], args].concat()).expect_err(needle);
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("gatehouse loadtest --lean --idle --meetings 250"),
+            "{help}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! every remote track with the SDK's [`ReceiverStats`]. Its [`Probe`] is shared
 //! with the runner, which reads it for the live display and the final report.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use gatehouse_signaling::protocol::{TrackKind, TrackSource};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info_span};
 
-use super::report::{ParticipantOutcome, StreamOutcome};
+use super::report::{ConnectionsUp, ParticipantOutcome, StreamOutcome};
 use super::scenario::{Role, Seat};
 use gatehouse_sdk::synthetic::{ReceiverStats, StreamSummary, SyntheticConfig};
 use gatehouse_sdk::{Client, ConnectOptions, Event, RemoteTrack, SyntheticSender, now_us};
@@ -82,6 +82,7 @@ struct ProbeState {
     error: Option<String>,
     published: bool,
     streams: Vec<Arc<StreamProbe>>,
+    connections: Option<ConnectionsUp>,
 }
 
 /// What the runner can see of a participant while it runs.
@@ -97,6 +98,9 @@ pub(crate) struct Probe {
     media_refused: Notify,
     /// The run is stopping: errors from here on are teardown, not failures.
     stopping: AtomicBool,
+    /// Lean engine: its media connections, and how many of them are up now.
+    connections_total: AtomicUsize,
+    connections_up: AtomicUsize,
 }
 
 impl Probe {
@@ -127,6 +131,8 @@ impl Probe {
             state: Mutex::default(),
             media_refused: Notify::new(),
             stopping: AtomicBool::new(false),
+            connections_total: AtomicUsize::new(0),
+            connections_up: AtomicUsize::new(0),
         }
     }
 
@@ -157,6 +163,32 @@ impl Probe {
     /// Its media is published (or it gave up publishing).
     pub fn published(&self) {
         self.state().published = true;
+    }
+
+    /// Lean engine: it has one more media connection.
+    pub fn connection_added(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lean engine: one of its media connections came up (`true`) or went down.
+    pub fn connection_changed(&self, up: bool) {
+        if up {
+            self.connections_up.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .connections_up
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Notes its media connections as they are now, for the report: the runner calls it just
+    /// before telling everyone to stop (none noted if it never had one, as with the sdk engine).
+    pub fn note_connections(&self) {
+        let total = self.connections_total.load(Ordering::Relaxed);
+        if total > 0 {
+            let up = self.connections_up.load(Ordering::Relaxed).min(total);
+            self.state().connections = Some(ConnectionsUp { up, total });
+        }
     }
 
     /// The run is stopping: later errors are teardown.
@@ -215,6 +247,7 @@ impl Probe {
             sent_packets,
             sent_bytes,
             streams: state.streams.iter().map(|s| s.outcome()).collect(),
+            connections: state.connections,
         }
     }
 }

@@ -63,6 +63,71 @@ pub struct ParticipantOutcome {
     pub sent_bytes: u64,
     /// The streams it received.
     pub streams: Vec<StreamOutcome>,
+    /// Lean engine: its media connections (publisher, subscriber) up when the run stopped,
+    /// and how many it had.
+    pub connections: Option<ConnectionsUp>,
+}
+
+/// A participant's media connections when the run stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionsUp {
+    /// Connected (ICE and DTLS up, not disconnected or failed).
+    pub up: usize,
+    /// All it had.
+    pub total: usize,
+}
+
+/// An idle run's figures (`--idle`): what connected participants cost the gateway when no
+/// media flows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct IdleFigures {
+    /// Participants started.
+    pub participants: usize,
+    /// Of them, with every media connection still up when the run stopped (and at least one).
+    pub connected: usize,
+    /// Media connections up when the run stopped.
+    pub connections_up: usize,
+    /// Media connections the participants had.
+    pub connections: usize,
+    /// The gateway's whole-process CPU over the measured window, percent of one core.
+    pub gateway_cpu_percent: Option<f64>,
+    /// The gateway's whole-process CPU per connected idle participant, milliseconds of CPU
+    /// per second: `gateway_cpu_percent` x 10 / `connected`.
+    pub gateway_cpu_ms_per_participant_per_sec: Option<f64>,
+    /// Packets the gateway forwarded per second over the measured window (0 when idle).
+    pub forwarded_per_sec: Option<f64>,
+}
+
+impl IdleFigures {
+    /// The figures of `participants` (every one of an idle run) and the gateway's.
+    pub fn of(participants: &[ParticipantOutcome], gateway: &GatewayFigures) -> IdleFigures {
+        let counts: Vec<ConnectionsUp> = participants
+            .iter()
+            .map(|p| {
+                if p.error.is_some() {
+                    ConnectionsUp {
+                        up: 0,
+                        ..p.connections.unwrap_or_default()
+                    }
+                } else {
+                    p.connections.unwrap_or_default()
+                }
+            })
+            .collect();
+        let connected = counts.iter().filter(|c| c.total > 0 && c.up == c.total).count();
+        IdleFigures {
+            participants: participants.len(),
+            connected,
+            connections_up: counts.iter().map(|c| c.up).sum(),
+            connections: counts.iter().map(|c| c.total).sum(),
+            gateway_cpu_percent: gateway.cpu_percent,
+            gateway_cpu_ms_per_participant_per_sec: gateway
+                .cpu_percent
+                .filter(|_| connected > 0)
+                .map(|cpu| cpu * 10.0 / connected as f64),
+            forwarded_per_sec: gateway.forwarded_per_sec,
+        }
+    }
 }
 
 impl ParticipantOutcome {
@@ -441,6 +506,8 @@ pub struct Report {
     /// The join storm (`--storm`), if there was one: the latency above covers the run's own
     /// calls over the whole steady phase, the storm included.
     pub storm: Option<StormFigures>,
+    /// An idle run (`--idle`): the gateway's CPU per connected idle participant.
+    pub idle: Option<IdleFigures>,
 }
 
 /// Nearest-rank percentiles of durations, in ms.
@@ -591,6 +658,7 @@ impl Report {
                 .storm
                 .as_ref()
                 .map(|st| StormFigures::of(st, data.shape.storm.map_or(0, |s| s.participants as usize))),
+            idle: data.shape.idle.then(|| IdleFigures::of(participants, &data.gateway)),
         };
         report.judge();
         report
@@ -765,7 +833,11 @@ impl Report {
             &mut out,
             "forwarded packets/s",
             g.forwarded_per_sec.map_or_else(na, |f| {
-                format!("{f:.0} (full strength would be {:.0})", s.expected_forwarded_per_sec())
+                if s.idle {
+                    format!("{f:.0} (an idle run: no media in the measured window)")
+                } else {
+                    format!("{f:.0} (full strength would be {:.0})", s.expected_forwarded_per_sec())
+                }
             }),
         );
 
@@ -801,6 +873,40 @@ impl Report {
                 .map_or_else(na, |d| format!("{d} datagrams (receive buffers full)")),
         );
         row(&mut out, "limit", self.limit_reason.clone());
+
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(
+                out,
+                "\nIdle participants (no media from {} s after the steady phase began)",
+                super::scenario::QUIET_GRACE.as_secs()
+            );
+            row(
+                &mut out,
+                "connected at the end",
+                format!(
+                    "{} of {} participants ({} of {} media connections up)",
+                    idle.connected, idle.participants, idle.connections_up, idle.connections
+                ),
+            );
+            row(
+                &mut out,
+                "gateway CPU",
+                idle.gateway_cpu_percent
+                    .map_or_else(na, |c| format!("{c:.2} % of one core")),
+            );
+            row(
+                &mut out,
+                "CPU per participant",
+                idle.gateway_cpu_ms_per_participant_per_sec.map_or_else(na, |ms| {
+                    format!("{ms:.3} ms per second (whole gateway process / connected participants)")
+                }),
+            );
+            row(
+                &mut out,
+                "forwarded packets/s",
+                idle.forwarded_per_sec.map_or_else(na, |f| format!("{f:.1}")),
+            );
+        }
 
         if let Some(st) = &self.storm {
             let _ = writeln!(
@@ -904,6 +1010,7 @@ mod tests {
             ramp_per_sec: 10.0,
             duration: Duration::from_secs(3),
             storm: None,
+            idle: false,
         }
     }
 
@@ -951,6 +1058,7 @@ mod tests {
             sent_packets: 150,
             sent_bytes: 150 * 80,
             streams,
+            connections: None,
         }
     }
 
@@ -1201,6 +1309,69 @@ mod tests {
         assert_eq!(r.exit_code(), EXIT_INTERRUPTED);
         assert_eq!(r.participants.started, 1);
         assert!(r.to_table().contains("INTERRUPTED"));
+    }
+
+    #[test]
+    fn an_idle_run_states_the_gateways_cpu_per_connected_participant() {
+        let idle = |up: usize, error: Option<&str>| ParticipantOutcome {
+            connections: Some(ConnectionsUp { up, total: 2 }),
+            error: error.map(str::to_owned),
+            ..participant(vec![stream(TrackKind::Audio, 100, 100, 1, 300)])
+        };
+        let mut data = run(
+            vec![
+                idle(2, None),
+                idle(2, None),
+                idle(2, None),
+                idle(1, None),
+                idle(2, Some("publisher connection failed")),
+            ],
+            Thresholds::default(),
+        );
+        data.shape.idle = true;
+        data.gateway.cpu_percent = Some(1.5);
+        data.gateway.forwarded_per_sec = Some(0.0);
+        let r = Report::from_run(&data);
+        let f = r.idle.expect("an idle run has idle figures");
+        assert_eq!(
+            (f.participants, f.connected),
+            (5, 3),
+            "one lost a connection, one failed"
+        );
+        assert_eq!(
+            (f.connections_up, f.connections),
+            (7, 10),
+            "a failed participant's count as down"
+        );
+        // 1.5 % of a core = 15 ms of CPU per second, over 3 connected participants.
+        assert!(
+            (f.gateway_cpu_ms_per_participant_per_sec.unwrap() - 5.0).abs() < 1e-9,
+            "{f:?}"
+        );
+        assert_eq!(f.forwarded_per_sec, Some(0.0));
+        let table = r.to_table();
+        assert!(table.contains("Idle participants"), "{table}");
+        assert!(
+            table.contains("3 of 5 participants (7 of 10 media connections up)"),
+            "{table}"
+        );
+        assert!(table.contains("5.000 ms per second"), "{table}");
+        assert!(r.to_json().contains("\"gateway_cpu_ms_per_participant_per_sec\": 5.0"));
+        // Nobody connected, or no CPU figure: no per-participant figure, not a division by zero.
+        let f = IdleFigures::of(&[idle(0, None)], &data.gateway);
+        assert_eq!((f.connected, f.gateway_cpu_ms_per_participant_per_sec), (0, None));
+        data.gateway.cpu_percent = None;
+        assert_eq!(
+            Report::from_run(&data)
+                .idle
+                .unwrap()
+                .gateway_cpu_ms_per_participant_per_sec,
+            None
+        );
+        // A run with media has none.
+        data.shape.idle = false;
+        assert!(Report::from_run(&data).idle.is_none());
+        assert!(!Report::from_run(&data).to_table().contains("Idle participants"));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub const MAX_STORM_WITHIN: Duration = Duration::from_secs(600);
 /// How long the ramp waits past the last scheduled join for every participant to
 /// settle (joined and media flowing, or failed) before the steady phase starts anyway.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// An idle run (`--idle`): how long after its publishers went quiet the measured window
+/// starts, so that the last packets, their feedback and reports are not in it.
+pub const QUIET_GRACE: Duration = Duration::from_secs(2);
 
 /// What a participant does in its meeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -127,6 +130,11 @@ pub struct Shape {
     pub duration: Duration,
     /// A join storm in the steady phase, if any.
     pub storm: Option<Storm>,
+    /// An idle run (`--idle`): the publishers send until everyone receives everything (every
+    /// connection up, every leg negotiated), then stop sending and announce their tracks
+    /// muted when the steady phase starts, and everyone stays connected with no media either
+    /// way. The gateway's figures are measured from [`QUIET_GRACE`] after that.
+    pub idle: bool,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -202,6 +210,19 @@ impl Shape {
                 self.duration.as_secs_f64()
             ));
         }
+        if self.idle {
+            if self.storm.is_some() {
+                return bad("--idle and --storm do not go together: a storm's participants send media".into());
+            }
+            if self.duration <= QUIET_GRACE {
+                return bad(format!(
+                    "--duration must be more than {} s with --idle (the first {} s after the publishers \
+                     went quiet are not measured)",
+                    QUIET_GRACE.as_secs(),
+                    QUIET_GRACE.as_secs()
+                ));
+            }
+        }
         if let Some(storm) = self.storm {
             if storm.participants == 0 || storm.participants % per_meeting != 0 {
                 return bad(format!(
@@ -238,6 +259,17 @@ impl Shape {
             }
         }
         Ok(())
+    }
+
+    /// When the gateway's figures start being measured, given when the steady phase
+    /// started: at once, or [`QUIET_GRACE`] later in an idle run (its publishers go quiet
+    /// when the steady phase starts).
+    pub fn measured_from(&self, steady_start: Duration) -> Duration {
+        if self.idle {
+            steady_start + QUIET_GRACE
+        } else {
+            steady_start
+        }
     }
 
     /// Meetings the storm's participants fill (after the run's own).
@@ -426,7 +458,36 @@ mod tests {
             ramp_per_sec: 4.0,
             duration: Duration::from_secs(10),
             storm: None,
+            idle: false,
         }
+    }
+
+    #[test]
+    fn an_idle_run_is_measured_after_its_publishers_went_quiet() {
+        let idle = Shape { idle: true, ..shape() };
+        idle.validate().unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(idle.measured_from(s(7)), s(7) + QUIET_GRACE);
+        assert_eq!(
+            shape().measured_from(s(7)),
+            s(7),
+            "a run with media is measured at once"
+        );
+        let e = Shape {
+            duration: QUIET_GRACE,
+            ..idle.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.0.contains("--duration must be more than 2 s with --idle"), "{e}");
+        let e = Shape {
+            duration: s(30),
+            storm: storm(3, 10, 10),
+            ..idle
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.0.contains("--idle and --storm"), "{e}");
     }
 
     fn storm(participants: u32, within: u64, after: u64) -> Option<Storm> {

@@ -67,6 +67,8 @@ pub(crate) enum Command {
         sdp: String,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// An idle run's publishers go quiet: stop sending (the connections stay up).
+    Quiet { member: Member },
     /// The participant leaves: close its connections.
     Remove { member: Member },
 }
@@ -104,6 +106,8 @@ struct Conn {
     probe: Arc<Probe>,
     sent: Option<Arc<Sent>>,
     connected: bool,
+    /// Its sources stopped for good (an idle run's publishers, once quiet).
+    quiet: bool,
     /// ICE is up: DTLS may flow.
     ice_connected: bool,
     /// DTLS datagrams that came before ICE was up here (the gateway, ICE-lite, is up at our
@@ -233,7 +237,7 @@ impl Engine {
             .conns
             .iter()
             .flatten()
-            .filter(|c| c.connected)
+            .filter(|c| c.connected && !c.quiet)
             .flat_map(|c| c.sources.iter().map(|s| s.due))
             .min();
         match (timer, frame) {
@@ -285,7 +289,7 @@ impl Engine {
         }
         for i in 0..self.conns.len() {
             let Some(conn) = self.conns[i].as_mut() else { continue };
-            if conn.connected && conn.sources.iter().any(|s| s.due <= now) {
+            if conn.connected && !conn.quiet && conn.sources.iter().any(|s| s.due <= now) {
                 send_due(conn, now);
                 touch(&mut self.touched, conn, i);
             }
@@ -372,6 +376,13 @@ impl Engine {
                 let result = self.subscribe(member, probe, sdp, now);
                 let _ = reply.send(result);
             }
+            Command::Quiet { member } => {
+                for i in self.members.get(&member).into_iter().flatten().flatten() {
+                    if let Some(conn) = self.conns[*i].as_mut() {
+                        conn.quiet = true;
+                    }
+                }
+            }
             Command::Remove { member } => {
                 if let Some(slots) = self.members.remove(&member) {
                     for i in slots.into_iter().flatten() {
@@ -398,6 +409,7 @@ impl Engine {
         self.next_ip += 1;
         let local = SocketAddr::new(ip, self.port);
         let pc = rtc_client::client_hearing_keyframe_requests(local, &[]).map_err(|e| e.to_string())?;
+        probe.connection_added();
         let i = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
         let conn = Conn {
             pc,
@@ -407,6 +419,7 @@ impl Engine {
             probe,
             sent: None,
             connected: false,
+            quiet: false,
             ice_connected: false,
             early: Vec::new(),
             armed: None,
@@ -574,7 +587,7 @@ fn drain(conn: &mut Conn, now: Instant) {
         if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
             match state {
                 RTCPeerConnectionState::Connected => {
-                    conn.connected = true;
+                    set_connected(conn, true);
                     // Frames start now, not in a burst of those missed while connecting.
                     for s in &mut conn.sources {
                         s.due = now;
@@ -584,7 +597,7 @@ fn drain(conn: &mut Conn, now: Instant) {
                     }
                 }
                 RTCPeerConnectionState::Failed => {
-                    conn.connected = false;
+                    set_connected(conn, false);
                     let role = if conn.sources.is_empty() {
                         "subscriber"
                     } else {
@@ -592,10 +605,18 @@ fn drain(conn: &mut Conn, now: Instant) {
                     };
                     conn.probe.fail(format!("{role} connection failed"));
                 }
-                RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Closed => conn.connected = false,
+                RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Closed => set_connected(conn, false),
                 _ => {}
             }
         }
+    }
+}
+
+/// Notes a connection up or down, in its participant's probe too.
+fn set_connected(conn: &mut Conn, connected: bool) {
+    if conn.connected != connected {
+        conn.connected = connected;
+        conn.probe.connection_changed(connected);
     }
 }
 

@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use gatehouse_sdk::TlsOptions;
 use gatehouse_sdk::synthetic::SyntheticConfig;
 use gatehouse_sdk::tls::{client_config, install_crypto_provider};
 use gatehouse_signaling::ErrorCode;
 use gatehouse_signaling::protocol::{
-    ClientMessage, MeetingId, PROTOCOL_VERSION, PublishedTrack, ServerMessage, TrackKind, TrackSource,
+    ClientMessage, MeetingId, PROTOCOL_VERSION, PublishedTrack, ServerMessage, TrackId, TrackKind, TrackSource,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -137,8 +137,9 @@ impl LeanEngine {
 }
 
 /// Runs one lean participant until `stop`: joins over the WebSocket, publishes through its
-/// engine, answers the gateway's subscriber offers, then leaves. Returns the packets and
-/// bytes it sent; everything else is in its probe.
+/// engine, answers the gateway's subscriber offers, then leaves. Once `quiet` turns true (an
+/// idle run's steady phase) it stops sending and announces its tracks muted, and stays.
+/// Returns the packets and bytes it sent; everything else is in its probe.
 pub(crate) async fn run(
     setup: Arc<LeanSetup>,
     engine: Arc<LeanEngine>,
@@ -146,6 +147,7 @@ pub(crate) async fn run(
     meeting_id: String,
     probe: Arc<Probe>,
     mut stop: watch::Receiver<bool>,
+    quiet: watch::Receiver<bool>,
 ) -> (u64, u64) {
     let span = info_span!("loadtest", %meeting_id, slot = seat.slot, engine = "lean");
     async move {
@@ -153,7 +155,7 @@ pub(crate) async fn run(
         let sent = Arc::new(Sent::default());
         let mut stop_call = stop.clone();
         let outcome = tokio::select! {
-            r = in_call(&setup, &commands, member, seat, meeting_id, &probe, &sent, &mut stop_call) => r,
+            r = in_call(&setup, &commands, member, seat, meeting_id, &probe, &sent, &mut stop_call, quiet) => r,
             () = stopped(&mut stop) => Ok(()),
         };
         probe.stopping();
@@ -200,6 +202,7 @@ async fn in_call(
     probe: &Arc<Probe>,
     sent: &Arc<Sent>,
     stop: &mut watch::Receiver<bool>,
+    mut quiet: watch::Receiver<bool>,
 ) -> Result<(), String> {
     install_crypto_provider();
     let ws_url = gatehouse_sdk::websocket_url(&setup.url).map_err(|e| e.to_string())?;
@@ -218,10 +221,12 @@ async fn in_call(
     };
     probe.join_sent(gatehouse_sdk::now_us());
     send(&mut socket, &join).await?;
+    let mut me = None;
     let joined = async {
         while let Some(frame) = socket.next().await {
             let Ok(Message::Text(text)) = frame else { continue };
             match serde_json::from_str::<ServerMessage>(&text) {
+                Ok(ServerMessage::Joined { you, .. }) => me = Some(you.participant_id),
                 Ok(ServerMessage::Admitted { .. }) => return Ok(()),
                 Ok(ServerMessage::Lobby { status, .. }) => {
                     return Err(format!(
@@ -274,10 +279,24 @@ async fn in_call(
         send(&mut socket, &ClientMessage::PublishOffer { sdp, tracks }).await?;
     }
 
+    // Its own tracks, by the gateway's ids (for muting them once quiet).
+    let mut own_tracks = Vec::new();
+    let mut quieted = false;
     let result = loop {
         let frame = tokio::select! {
             f = socket.next() => f,
             () = stopped(stop) => break Ok(()),
+            Ok(()) = quiet.wait_for(|q| *q).map(|r| r.map(|_| ())), if !quieted => {
+                // An idle run: no more media from here on, as a client that stopped its
+                // microphone and camera says so.
+                quieted = true;
+                let _ = commands.send(Command::Quiet { member });
+                for track_id in &own_tracks {
+                    let mute = ClientMessage::MuteTrack { track_id: TrackId::clone(track_id), muted: true };
+                    send(&mut socket, &mute).await?;
+                }
+                continue;
+            }
         };
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
@@ -289,6 +308,16 @@ async fn in_call(
             continue;
         };
         match message {
+            ServerMessage::TrackPublished { track } if me.as_ref() == Some(&track.participant_id) => {
+                if quieted {
+                    let mute = ClientMessage::MuteTrack {
+                        track_id: track.track_id.clone(),
+                        muted: true,
+                    };
+                    send(&mut socket, &mute).await?;
+                }
+                own_tracks.push(track.track_id);
+            }
             ServerMessage::PublishAnswer { sdp } => {
                 let _ = commands.send(Command::PublishAnswer { member, sdp });
             }
