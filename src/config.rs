@@ -88,6 +88,11 @@ pub struct Config {
     /// Media shards (threads, one UDP port each); 0 means one per core [default: 0].
     #[arg(long, env = "GATEHOUSE_MEDIA_SHARDS")]
     pub media_shards: Option<usize>,
+    /// Participants of one meeting a media shard takes before the meeting spreads over
+    /// other shards too (its publishers' media relayed once to each), so one large webinar
+    /// uses every core; at least 1. Only matters with more than one shard [default: 100].
+    #[arg(long, env = "GATEHOUSE_MEDIA_SPLIT_AT")]
+    pub media_split_at: Option<usize>,
     /// Lifetime of guest tokens, seconds, 60 to 604800 [default: 7200].
     #[arg(long, env = "GATEHOUSE_GUEST_TOKEN_TTL")]
     pub guest_token_ttl_secs: Option<u64>,
@@ -298,6 +303,10 @@ impl Config {
 
     pub fn media_shards(&self) -> usize {
         self.media_shards.unwrap_or(0)
+    }
+
+    pub fn media_split_at(&self) -> usize {
+        self.media_split_at.unwrap_or(crate::sfu::DEFAULT_SPLIT_AT).max(1)
     }
 
     pub fn guest_token_ttl_secs(&self) -> u64 {

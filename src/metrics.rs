@@ -342,6 +342,20 @@ impl SfuCollector {
                 ),
                 |s| s.bwe_probe_packets,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_relayed_packets_total",
+                    "Packets of a meeting's publishers handed to another media shard holding part of the meeting",
+                ),
+                |s| s.relayed_packets,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_relay_drops_total",
+                    "Relayed packets lost because the receiving shard's queue was full",
+                ),
+                |s| s.relay_drops,
+            ),
         ];
         Self {
             sfu,

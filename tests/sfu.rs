@@ -812,6 +812,151 @@ async fn meetings_spread_over_shards_each_on_its_own_port() {
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
 
+/// A meeting larger than a shard's share (`split_at`, 1 here) spreads over the shards: each
+/// participant's connections live on its own shard, its publishers' tracks are relayed once to
+/// every other shard of the meeting and forwarded there, intact, to that shard's subscribers;
+/// mutes, keyframe requests and unpublishing cross too, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_spread_over_shards_forwards_across_them() {
+    init_logging();
+    let sfu = Sfu::start(SfuConfig {
+        shards: 2,
+        split_at: 1,
+        ..SfuConfig::loopback()
+    })
+    .expect("sfu starts");
+    let meeting = "m_split";
+    let mut clients = Vec::new();
+    for id in ["p_a", "p_b", "p_c"] {
+        clients.push(Peer::join(&sfu, meeting, id, true).await);
+    }
+    let shard_of = |snapshot: &serde_json::Value, id: &str| -> Option<u64> {
+        let mut all = vec![snapshot.clone()];
+        all.extend(snapshot["spread"].as_array().cloned().unwrap_or_default());
+        all.iter().find_map(|s| {
+            let here = s["participants"].as_array()?.iter().any(|p| p["participant_id"] == id);
+            here.then(|| s["shard"].as_u64()).flatten()
+        })
+    };
+    let snapshot = sfu.debug_snapshot(meeting).await.expect("placed");
+    let shards: Vec<Option<u64>> = ["p_a", "p_b", "p_c"].iter().map(|id| shard_of(&snapshot, id)).collect();
+    assert_eq!(shards, [Some(0), Some(1), Some(0)], "spread one by one: {snapshot:#}");
+    for c in &clients {
+        c.publish(TrackSource::Microphone).await.expect("publish");
+        c.publish(TrackSource::Camera).await.expect("publish");
+    }
+    // Everyone gets everyone else's audio and video, whichever shard each is on.
+    let enough = eventually(SECS(20), || {
+        clients.iter().all(|c| {
+            let r = c.received_all();
+            r.len() == 4 && r.values().all(|t| t.packets >= 100)
+        })
+    })
+    .await;
+    let snapshot = sfu.debug_snapshot(meeting).await;
+    for c in &clients {
+        assert!(enough, "{}: {:#?}\n{snapshot:#?}", c.id, c.received_all());
+        assert_eq!(published(c).len(), 6, "{}: every track, under one id each", c.id);
+        for (_, got) in c.received_all() {
+            let s = &got.stream;
+            assert_eq!((s.corrupt, s.duplicates), (0, 0), "{}: {got:?}", c.id);
+            assert_eq!(got.rtp_seq_jumps, 0, "RTP sequence numbers contiguous: {got:?}");
+        }
+    }
+    // The same track ids on both shards.
+    let ids = |c: &Peer| {
+        let mut ids: Vec<TrackId> = published(c).into_iter().map(|t| t.track_id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&clients[0]), ids(&clients[1]));
+    let stats = sfu.stats();
+    assert!(stats.relayed_packets > 0, "{stats:?}");
+    assert_eq!(stats.relay_drops, 0, "{stats:?}");
+    assert_eq!(stats.tracks, 6, "a mirror is not counted twice: {stats:?}");
+
+    // A mute on shard 0 is heard on shard 1.
+    let a_mic = track_of(&clients[1], "p_a", TrackSource::Microphone);
+    clients[0]
+        .send(MediaMessage::MuteTrack {
+            track_id: a_mic.track_id.clone(),
+            muted: true,
+        })
+        .await
+        .expect("mute");
+    let muted = |c: &Peer| {
+        c.messages(|m| match m {
+            ServerMessage::TrackMuted { track_id, muted, .. } => Some((track_id.clone(), *muted)),
+            _ => None,
+        })
+    };
+    assert!(
+        eventually(SECS(5), || muted(&clients[1]) == [(a_mic.track_id.clone(), true)]).await,
+        "{:?}",
+        muted(&clients[1])
+    );
+
+    // A late subscriber on the other shard: its keyframe request crosses to the publisher.
+    let requests = clients[0].keyframe_requests(TrackSource::Camera);
+    let d = Peer::join(&sfu, meeting, "p_d", true).await;
+    let snapshot = sfu.debug_snapshot(meeting).await.expect("placed");
+    assert_eq!(shard_of(&snapshot, "p_d"), Some(1), "{snapshot:#}");
+    d.subscriber
+        .wait_connected(SECS(10))
+        .await
+        .expect("subscriber connects");
+    assert!(
+        eventually(SECS(5), || clients[0].keyframe_requests(TrackSource::Camera) > requests).await,
+        "the publisher on shard 0 was asked for a keyframe"
+    );
+    assert!(
+        eventually(SECS(5), || d.received_from("p_a").iter().any(|(_, r)| r
+            .stream
+            .keyframes
+            > 0
+            && r.packets > 20))
+        .await,
+        "{:?}",
+        d.received_from("p_a")
+    );
+
+    // p_a leaves (shard 0): everyone on both shards hears its tracks unpublished.
+    let a_tracks: Vec<TrackId> = published(&clients[1])
+        .into_iter()
+        .filter(|t| t.participant_id == "p_a")
+        .map(|t| t.track_id)
+        .collect();
+    clients[0].leave().await;
+    for c in [&clients[1], &clients[2], &d] {
+        assert!(
+            eventually(SECS(5), || a_tracks.iter().all(|t| unpublished(c).contains(t))).await,
+            "{} hears p_a's tracks unpublished",
+            c.id
+        );
+    }
+    // p_b is the last on shard 1 but for p_d; both leave: shard 0 forgets their mirrors.
+    for c in [&clients[1], &d] {
+        c.leave().await;
+    }
+    let b_tracks: Vec<TrackId> = published(&clients[2])
+        .into_iter()
+        .filter(|t| t.participant_id == "p_b")
+        .map(|t| t.track_id)
+        .collect();
+    assert!(
+        eventually(SECS(5), || b_tracks
+            .iter()
+            .all(|t| unpublished(&clients[2]).contains(t)))
+        .await,
+        "p_c hears p_b's tracks unpublished"
+    );
+    assert_eq!(sfu.tracks(meeting).await.len(), 2, "p_c's own two are left");
+    clients[2].leave().await;
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+    assert!(sfu.debug_snapshot(meeting).await.is_none(), "the meeting is freed");
+    assert_eq!(sfu.stats().tracks, 0);
+}
+
 /// A shard thread that dies outside every guard (a bug in our own code) takes
 /// its meetings' media with it, but nothing else: it is detected, its
 /// placements and connections are released, and meetings go on (or start again)

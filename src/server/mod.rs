@@ -358,6 +358,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         public_ip: config.public_ip.or_else(|| advertised_media_ip(config.media_bind())),
         shards: config.media_shards(),
         drop_probability: config.media_drop_rate(),
+        split_at: config.media_split_at(),
     })
     .context("starting the media plane")?;
     let media_addr = sfu.local_addr();

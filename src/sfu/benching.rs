@@ -253,6 +253,7 @@ impl FanOut {
             },
             outbox,
             meeting_stats: Arc::default(),
+            meeting_key: 0,
             reply,
         });
         match result.blocking_recv() {

@@ -197,6 +197,7 @@ impl MediaHarness {
             },
             outbox,
             meeting_stats: Arc::default(),
+            meeting_key: 0,
             reply,
         });
         match result.blocking_recv() {

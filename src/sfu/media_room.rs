@@ -52,6 +52,9 @@ use super::stats::StatsPair;
 use super::temporal::{self, TemporalRates};
 use super::vp8::{Offsets, Temporal};
 
+mod mirror;
+pub use mirror::MirrorTrack;
+
 /// Shard-local connection handle (never reused within a shard).
 pub type ConnId = u64;
 
@@ -178,6 +181,13 @@ pub enum Effect {
     },
     /// Close a connection for good (its participant left).
     Close { conn: ConnId },
+    /// Tell shard `source`, where the publisher of mirrored track `track_id` is, the best
+    /// layer this shard's subscribers of it wish (`None`: none), for its dynacast.
+    RelayNeed {
+        source: usize,
+        track_id: TrackId,
+        needed: Option<u8>,
+    },
 }
 
 /// An offer the shell must make on a subscriber connection; report a failure
@@ -402,6 +412,14 @@ struct Track {
     level: Option<LevelMeter>,
     /// Which of its simulcast layers its publisher was told to send (`publisher_layers`).
     dynacast: Dynacast,
+    /// Where the track comes from when its publisher is on another shard of the meeting
+    /// (a mirror, see [`mirror`]): that shard's index. `None` for a local publisher's track.
+    mirror: Option<usize>,
+    /// A local track mirrored on other shards: the best layer rank each of those shards'
+    /// subscribers wish (by shard), counted with the local legs' wishes (dynacast).
+    remote_needs: Vec<(usize, Option<u8>)>,
+    /// A mirrored track: the wish last told its publisher's shard (`Effect::RelayNeed`).
+    told_need: Option<Option<u8>>,
 }
 
 /// The audio-level meter of an audio stream whose publisher leg negotiated RFC 6464.
@@ -919,6 +937,9 @@ impl MediaRoom {
             parked: None,
             level,
             dynacast: Dynacast::default(),
+            mirror: None,
+            remote_needs: Vec::new(),
+            told_need: None,
         });
         self.stats.add(|c| &c.tracks, 1);
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
@@ -1107,7 +1128,10 @@ impl MediaRoom {
             return;
         };
         let track = self.tracks.remove(pos);
-        self.stats.track_removed();
+        // A mirror is counted where its publisher is.
+        if track.mirror.is_none() {
+            self.stats.track_removed();
+        }
         for leg in &track.legs {
             if let Some((conn, sender)) = leg.bound {
                 effects.push(Effect::RemoveSender { conn, sender });
@@ -2437,6 +2461,19 @@ impl MediaRoom {
                 .filter_map(|l| l.layer.wished(ranks, every))
                 .map(|i| ranks[i])
                 .max();
+            if let Some(source) = track.mirror {
+                // The publisher is on another shard: its dynacast decides, with this wish.
+                if track.told_need != Some(needed) {
+                    track.told_need = Some(needed);
+                    effects.push(Effect::RelayNeed {
+                        source,
+                        track_id: track.info.track_id.clone(),
+                        needed,
+                    });
+                }
+                continue;
+            }
+            let needed = track.remote_needs.iter().filter_map(|(_, n)| *n).chain(needed).max();
             let (Some(&lowest), Some(&best)) = (ranks.iter().min(), ranks.iter().max()) else {
                 continue;
             };
@@ -5591,5 +5628,221 @@ mod tests {
                 .any(|q| q.0 == A && q.1 == A && q.2 != ConnectionQuality::Lost),
             "{back:?}"
         );
+    }
+
+    // ---- mirrors (a meeting across shards) ----
+
+    const D: &str = "p_d";
+    const D_SUB: ConnId = 41;
+    /// The stand-in connection of what shard 0 relays (`relay::mirror_conn(0)`).
+    const FROM_0: ConnId = u64::MAX;
+
+    /// The meeting's room on a second shard: D alone, subscribed to what `home` publishes,
+    /// every leg negotiated.
+    fn satellite(home: &MediaRoom, now: Instant) -> (MediaRoom, Vec<Effect>) {
+        let mut sat = room();
+        let mut fx = Vec::new();
+        sat.add_participant(D, ParticipantKind::Guest, false, now, &mut fx);
+        sat.set_connection(D, PeerRole::Subscriber, Some(D_SUB));
+        sat.apply_mirror(0, FROM_0, &home.mirror_view(), now, &mut fx);
+        bind_legs(&mut sat, &fx);
+        let mut offers = Vec::new();
+        sat.due_offers(&mut offers);
+        let answer = answer_all(&sat, D);
+        sat.subscriber_answered(D, &answer, false, now, &mut fx);
+        for m in &mut sat.members {
+            m.subscriber_up = true;
+        }
+        (sat, fx)
+    }
+
+    #[test]
+    fn a_mirror_is_published_under_its_publishers_id_and_forwards_what_is_relayed() {
+        let now = Instant::now();
+        let (home, _) = call(false, now);
+        let (mut sat, fx) = satellite(&home, now);
+        let ids = |r: &MediaRoom| {
+            let mut ids: Vec<TrackId> = r.tracks().into_iter().map(|t| t.track_id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&sat), ids(&home), "the same ids on both shards");
+        let told: Vec<TrackInfo> = signals(&fx)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                ServerMessage::TrackPublished { track } if to == D => Some(track),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.len(), 2, "D hears of both: {fx:?}");
+        assert!(told.iter().all(|t| t.participant_id == A));
+        assert!(sat.tracks().iter().all(|t| sat.is_mirror(&t.track_id)));
+        assert!(
+            home.mirror_view().len() == 2 && sat.mirror_view().is_empty(),
+            "a mirror is not mirrored back"
+        );
+        assert_eq!(
+            sat.stats().meeting.snapshot().tracks,
+            0,
+            "counted where it is published"
+        );
+        // Relayed packets reach D's legs, rewritten for D's side; a local connection's are not taken as the mirror's.
+        let (mut sink, mut fx) = (Recorder::default(), Vec::new());
+        sat.forward(FROM_0, &packet(1000, 7, 96), now, &mut sink, &mut fx);
+        sat.forward(FROM_0, &packet(2000, 8, 111), now, &mut sink, &mut fx);
+        sat.forward(A_PUB, &packet(1000, 9, 96), now, &mut sink, &mut fx);
+        let got: Vec<(ConnId, u8)> = sink
+            .written
+            .iter()
+            .map(|(c, _, p)| (*c, p.header.payload_type))
+            .collect();
+        assert_eq!(got, [(D_SUB, 100), (D_SUB, 109)]);
+        assert!(
+            sink.written
+                .iter()
+                .all(|(_, _, p)| p.header.ssrc != 1000 && p.header.ssrc != 2000)
+        );
+    }
+
+    #[test]
+    fn a_mirror_follows_mutes_new_ssrcs_and_unpublishing_in_the_view() {
+        let now = Instant::now();
+        let (mut home, _) = call(false, now);
+        let (mut sat, _) = satellite(&home, now);
+        let camera = track_id(&home, TrackSource::Camera);
+        let mic = track_id(&home, TrackSource::Microphone);
+        let (mut sink, mut fx) = (Recorder::default(), Vec::new());
+        for seq in 1..=3 {
+            sat.forward(FROM_0, &packet(1000, seq, 96), now, &mut sink, &mut fx);
+        }
+        // The microphone muted at home: D hears it once.
+        home.mute_track(A, &mic, true, &mut fx).unwrap();
+        fx.clear();
+        sat.apply_mirror(0, FROM_0, &home.mirror_view(), now, &mut fx);
+        sat.apply_mirror(0, FROM_0, &home.mirror_view(), now, &mut fx);
+        let muted: Vec<_> = signals(&fx)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, ServerMessage::TrackMuted { muted: true, .. }))
+            .collect();
+        assert_eq!(muted.len(), 1, "{fx:?}");
+        assert!(sat.tracks().iter().any(|t| t.track_id == mic && t.muted));
+        // The camera's sender restarted with a new SSRC: D's numbers go on.
+        let mut fx = Vec::new();
+        home.stream_opened(A, stream("0", 5000, "video/VP8"), now, &mut fx);
+        sat.apply_mirror(0, FROM_0, &home.mirror_view(), now, &mut fx);
+        sat.forward(FROM_0, &packet(5000, 900, 96), now, &mut sink, &mut fx);
+        let seqs: Vec<u16> = sink.written.iter().map(|(_, _, p)| p.header.sequence_number).collect();
+        assert_eq!(seqs.len(), 4);
+        assert_eq!(
+            seqs[3],
+            seqs[2].wrapping_add(1),
+            "contiguous over the restart: {seqs:?}"
+        );
+        // The microphone unpublished at home: gone here too, its sender removed.
+        fx.clear();
+        home.declare(A, vec![announce("0", TrackSource::Camera)], now, &mut fx);
+        fx.clear();
+        sat.apply_mirror(0, FROM_0, &home.mirror_view(), now, &mut fx);
+        assert!(signals(&fx).iter().any(
+            |(to, m)| to == D && matches!(m, ServerMessage::TrackUnpublished { track_id, .. } if *track_id == mic)
+        ));
+        assert_eq!(
+            fx.iter().filter(|e| matches!(e, Effect::RemoveSender { .. })).count(),
+            1
+        );
+        // Another shard's view cannot touch this source's mirrors; forgetting the source unpublishes all.
+        fx.clear();
+        sat.apply_mirror(1, u64::MAX - 1, &[], now, &mut fx);
+        assert_eq!(sat.tracks().len(), 1, "{fx:?}");
+        sat.forget_mirror(0, now, &mut fx);
+        assert!(sat.tracks().is_empty());
+        assert!(
+            signals(&fx)
+                .iter()
+                .any(|(_, m)| matches!(m, ServerMessage::TrackUnpublished { track_id, .. } if *track_id == camera))
+        );
+        assert!(!sat.is_empty(), "D is still in the call");
+    }
+
+    #[test]
+    fn a_mirrors_keyframe_requests_go_to_its_shard_and_are_throttled_at_the_publisher() {
+        let now = Instant::now();
+        let (mut home, _) = call(false, now);
+        let (mut sat, _) = satellite(&home, now);
+        let d_ssrc = sat.tracks[0].legs[0].rewrite.ssrc;
+        let mut fx = Vec::new();
+        sat.keyframe_requested(D_SUB, d_ssrc, now, &mut fx);
+        let asked: Vec<(ConnId, u32)> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::RequestKeyframe { conn, ssrc, .. } => Some((*conn, *ssrc)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [(FROM_0, 1000)],
+            "asked of the mirror's stand-in, for the publisher's SSRC"
+        );
+        // At home: asked of A, once per interval whichever shard asks.
+        fx.clear();
+        home.relay_keyframe(1000, now, &mut fx);
+        home.relay_keyframe(1000, now, &mut fx);
+        home.relay_keyframe(2000, now, &mut fx);
+        home.relay_keyframe(4242, now, &mut fx);
+        assert_eq!(keyframes_of(&fx), [1000], "{fx:?}");
+        assert!(
+            fx.iter()
+                .all(|e| matches!(e, Effect::RequestKeyframe { conn: A_PUB, .. }))
+        );
+    }
+
+    #[test]
+    fn a_mirrors_layer_wish_is_reported_and_counted_by_the_publishers_dynacast() {
+        let t0 = Instant::now();
+        let (mut home, _) = call_with(false, &layers(), t0);
+        let (mut sat, _) = satellite(&home, t0);
+        let camera = track_id(&home, TrackSource::Camera);
+        let tick = Duration::from_millis(100);
+        // The satellite reports D's wish (the best, by default) once, and again when it changes.
+        let needs = |fx: &[Effect]| -> Vec<(usize, Option<u8>)> {
+            fx.iter()
+                .filter_map(|e| match e {
+                    Effect::RelayNeed { source, needed, .. } => Some((*source, *needed)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut fx = Vec::new();
+        sat.evaluate_layers(t0, &mut fx);
+        sat.evaluate_layers(t0 + tick, &mut fx);
+        assert_eq!(needs(&fx), [(0, Some(2))]);
+        assert!(
+            layers_told(&fx).is_empty(),
+            "a mirror's publisher is not told from here"
+        );
+        fx.clear();
+        sat.set_subscription(D, &camera, true, None, t0, &mut fx).unwrap();
+        fx.clear();
+        sat.evaluate_layers(t0 + tick * 2, &mut fx);
+        assert_eq!(needs(&fx), [(0, None)]);
+        // At home B wants only the low layer; D's wish (the best) keeps f and h sending.
+        home.remote_need(1, &camera, Some(2));
+        b_wants_camera(&mut home, Quality::Low, t0, &mut fx);
+        fx.clear();
+        for i in 0..=(dynacast::HOLD.as_millis() / 100 + 1) as u32 {
+            home.evaluate_layers(t0 + tick * i, &mut fx);
+        }
+        assert!(layers_told(&fx).is_empty(), "{fx:?}");
+        // D pauses: only B's wish is left, and f and h are paused after the hold.
+        home.remote_need(1, &camera, None);
+        let at = t0 + dynacast::HOLD * 2;
+        home.evaluate_layers(at, &mut fx);
+        home.evaluate_layers(at + dynacast::HOLD, &mut fx);
+        assert_eq!(layers_told(&fx), [told([true, false, false])]);
+        // The shard leaving forgets its wish with it.
+        home.remote_need(1, &camera, Some(2));
+        home.forget_mirror(1, at, &mut fx);
+        assert!(home.tracks.iter().all(|t| t.remote_needs.is_empty()));
     }
 }

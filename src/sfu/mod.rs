@@ -22,7 +22,7 @@
 //! candidates it is given. No `SO_REUSEPORT`: the kernel's 4-tuple hashing
 //! would spread one meeting's clients across shards.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,8 +47,10 @@ pub mod layer_rtx;
 pub mod media_room;
 pub mod nack;
 mod peers;
+pub mod placement;
 pub mod probe;
 pub mod quality;
+pub mod relay;
 pub mod remb;
 pub mod retransmit;
 #[doc(hidden)]
@@ -103,7 +105,14 @@ pub struct SfuConfig {
     /// Share of forwarded packets to drop on purpose, in [0, 1]. A test hook for
     /// loss measurements (the load tester); 0 in production.
     pub drop_probability: f64,
+    /// Participants of one meeting a shard takes before the meeting spreads to other
+    /// shards (`placement`; at least 1). Only matters with more than one shard.
+    pub split_at: usize,
 }
+
+/// [`SfuConfig::split_at`] by default: a meeting of up to this many participants stays on
+/// one shard (one core forwards a few hundred thousand packets a second, BENCHMARKS §3).
+pub const DEFAULT_SPLIT_AT: usize = 100;
 
 impl SfuConfig {
     /// Loopback, ephemeral port, one shard: what tests want.
@@ -114,6 +123,7 @@ impl SfuConfig {
             public_ip: None,
             shards: 1,
             drop_probability: 0.0,
+            split_at: DEFAULT_SPLIT_AT,
         }
     }
 }
@@ -148,12 +158,24 @@ struct ShardHandle {
     bound: SocketAddr,
 }
 
-/// Where a meeting lives and who of it is in the call (a set, so a participant
-/// added twice, a reconnect, is counted once).
+/// Where a meeting lives: who of it is in the call, on which shard (a participant added
+/// twice, a reconnect, is counted once and stays on its shard). Usually one shard; a meeting
+/// larger than [`SfuConfig::split_at`] spreads over several (`placement`, `relay`).
 struct Placement {
-    shard: usize,
-    participants: HashSet<ParticipantId>,
+    /// Its number on every shard (`relay::MeetingKey`).
+    key: relay::MeetingKey,
+    participants: HashMap<ParticipantId, usize>,
     counters: Arc<Counters>,
+}
+
+impl Placement {
+    /// The shards holding part of the meeting, in order.
+    fn shards(&self) -> Vec<usize> {
+        let mut shards: Vec<usize> = self.participants.values().copied().collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards
+    }
 }
 
 struct Inner {
@@ -164,6 +186,10 @@ struct Inner {
     placements: Mutex<HashMap<MeetingId, Placement>>,
     /// The bound ICE-TCP address, when on.
     tcp_bound: Option<SocketAddr>,
+    /// See [`SfuConfig::split_at`].
+    split_at: usize,
+    /// The next meeting's [`Placement::key`].
+    next_key: std::sync::atomic::AtomicU64,
 }
 
 /// Marks a shard dead when its thread ends other than by a shutdown, panics included.
@@ -241,6 +267,10 @@ impl Sfu {
         let tcp_advertised =
             tcp_bound.map(|bound| SocketAddr::new(config.public_ip.unwrap_or(bound.ip()), bound.port()));
         let directory = tcp::Directory::default();
+        // Every shard's inbound relay queue, made first: each shard gets a sender to all.
+        let (relay_senders, relay_receivers): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| mpsc::channel(relay::QUEUE)).unzip();
+        let mut relay_receivers = relay_receivers.into_iter();
         let mut tcp_queues = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for index in 0..shards {
@@ -274,6 +304,8 @@ impl Sfu {
             };
             let (shard_counters, shard_live, drop_probability) =
                 (counters.clone(), live.clone(), config.drop_probability);
+            let relay_out = relay::Outgoing::new(index, relay_senders.clone());
+            let relay_in = relay_receivers.next().expect("one receiver per shard");
             std::thread::Builder::new()
                 .name(format!("sfu-shard-{index}"))
                 .spawn(move || {
@@ -303,7 +335,10 @@ impl Sfu {
                                 }
                             };
                         peers.dice.set_probability(drop_probability);
-                        Shard::new(index, peers).run(rx, tcp_rx).await;
+                        Shard::new(index, peers)
+                            .with_relay(relay_out)
+                            .run(rx, tcp_rx, relay_in)
+                            .await;
                     });
                     lifeline.clean = true;
                 })?;
@@ -340,6 +375,8 @@ impl Sfu {
                 shards: handles,
                 placements: Mutex::new(HashMap::new()),
                 tcp_bound,
+                split_at: config.split_at.max(1),
+                next_key: std::sync::atomic::AtomicU64::new(1),
             }),
         })
     }
@@ -371,22 +408,47 @@ impl Sfu {
             .expect("placement lock is never poisoned: no panics inside")
     }
 
-    /// The shard a meeting is placed on. A placement on a shard that died is
-    /// released here (with every other placement on it).
+    /// A shard holding part of a meeting (the one with most of it). A placement on a shard
+    /// that died is released here (with every other placement on it).
     fn placement(&self, meeting_id: &str) -> Option<usize> {
         let mut placements = self.placements();
-        let shard = placements.get(meeting_id).map(|p| p.shard)?;
-        if *self.inner.shards[shard].alive.borrow() {
-            return Some(shard);
-        }
         self.release_dead(&mut placements);
-        None
+        let p = placements.get(meeting_id)?;
+        let shards = p.shards();
+        shards.iter().copied().max_by_key(|&s| {
+            (
+                p.participants.values().filter(|&&x| x == s).count(),
+                std::cmp::Reverse(s),
+            )
+        })
     }
 
-    /// Forgets every placement on a dead shard: those meetings start afresh on a live one.
+    /// The shard a participant in a meeting's call is on.
+    fn participant_shard(&self, meeting_id: &str, participant_id: &str) -> Option<usize> {
+        let mut placements = self.placements();
+        self.release_dead(&mut placements);
+        placements.get(meeting_id)?.participants.get(participant_id).copied()
+    }
+
+    /// Forgets every participant on a dead shard (and meetings left with none): those
+    /// participants start afresh on a live shard.
     fn release_dead(&self, placements: &mut HashMap<MeetingId, Placement>) {
         let shards = &self.inner.shards;
-        placements.retain(|_, p| *shards[p.shard].alive.borrow());
+        for p in placements.values_mut() {
+            p.participants.retain(|_, s| *shards[*s].alive.borrow());
+        }
+        placements.retain(|_, p| !p.participants.is_empty());
+    }
+
+    /// Tells every shard holding part of a meeting which others do (after a change).
+    async fn tell_peers(&self, meeting_id: &str, shards: &[usize]) {
+        for &shard in shards {
+            let command = Command::Peers {
+                meeting_id: meeting_id.to_owned(),
+                peers: shards.to_vec(),
+            };
+            let _ = self.inner.shards[shard].commands.send(command).await;
+        }
     }
 
     /// Whether shard `index` is running (false after it died; tests and the debug endpoint).
@@ -404,56 +466,96 @@ impl Sfu {
     /// messages (`subscribe_offer`, `publish_answer`, `ice_candidate`,
     /// `track_published`, ...) through `outbox`.
     pub async fn add_participant(&self, participant: MediaParticipant, outbox: Outbox) -> Result<(), Error> {
-        let (shard, counters) = {
+        let (shard, counters, key, spread) = {
             let mut placements = self.placements();
             self.release_dead(&mut placements);
-            let placement = match placements.get_mut(participant.meeting_id.as_str()) {
-                Some(p) => p,
+            let n = self.inner.shards.len();
+            let mut total = vec![0usize; n];
+            for p in placements.values() {
+                for &s in p.participants.values() {
+                    total[s] += 1;
+                }
+            }
+            let placement = placements
+                .entry(participant.meeting_id.clone())
+                .or_insert_with(|| Placement {
+                    key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
+                    participants: HashMap::new(),
+                    counters: Arc::default(),
+                });
+            let shard = match placement.participants.get(&participant.participant_id) {
+                // Back on a new socket: where its media state is.
+                Some(&shard) => shard,
                 None => {
-                    // The least busy running shard by participants in the call.
-                    let mut load = vec![0usize; self.inner.shards.len()];
-                    for p in placements.values() {
-                        load[p.shard] += p.participants.len();
+                    let mut meeting = vec![0usize; n];
+                    for &s in placement.participants.values() {
+                        meeting[s] += 1;
                     }
-                    let Some(shard) = (0..load.len())
-                        .filter(|&i| self.shard_alive(i))
-                        .min_by_key(|&i| load[i])
-                    else {
+                    let alive: Vec<bool> = (0..n).map(|i| self.shard_alive(i)).collect();
+                    let loads = placement::Loads {
+                        meeting: &meeting,
+                        total: &total,
+                        alive: &alive,
+                        split_at: self.inner.split_at,
+                    };
+                    let Some(shard) = placement::choose(loads) else {
+                        if placement.participants.is_empty() {
+                            placements.remove(participant.meeting_id.as_str());
+                        }
                         return Err(shard_gone());
                     };
-                    placements.entry(participant.meeting_id.clone()).or_insert(Placement {
-                        shard,
-                        participants: HashSet::new(),
-                        counters: Arc::default(),
-                    })
+                    shard
                 }
             };
-            placement.participants.insert(participant.participant_id.clone());
-            (placement.shard, placement.counters.clone())
+            let before = placement.shards();
+            placement.participants.insert(participant.participant_id.clone(), shard);
+            let after = placement.shards();
+            (
+                shard,
+                placement.counters.clone(),
+                placement.key,
+                (after != before).then_some(after),
+            )
         };
         let result = self
             .ask(shard, |reply| Command::Add {
                 participant: participant.clone(),
                 outbox,
                 meeting_stats: counters,
+                meeting_key: key,
                 reply,
             })
             .await
             .unwrap_or_else(|| Err(shard_gone()));
         if result.is_err() {
-            self.release(&participant.meeting_id, &participant.participant_id);
+            self.release(&participant.meeting_id, &participant.participant_id).await;
+        } else if let Some(shards) = spread
+            && shards.len() > 1
+        {
+            tracing::info!(meeting_id = %participant.meeting_id, ?shards, "meeting spread over shards");
+            self.tell_peers(&participant.meeting_id, &shards).await;
         }
         result
     }
 
-    /// One participant fewer in a meeting; forgets the meeting at zero.
-    fn release(&self, meeting_id: &str, participant_id: &str) {
-        let mut placements = self.placements();
-        if let Some(p) = placements.get_mut(meeting_id) {
+    /// One participant fewer in a meeting; forgets the meeting at zero. The shards still
+    /// holding it hear when one stops holding it.
+    async fn release(&self, meeting_id: &str, participant_id: &str) {
+        let left = {
+            let mut placements = self.placements();
+            let Some(p) = placements.get_mut(meeting_id) else {
+                return;
+            };
+            let before = p.shards();
             p.participants.remove(participant_id);
+            let after = p.shards();
             if p.participants.is_empty() {
                 placements.remove(meeting_id);
             }
+            (after != before && !after.is_empty()).then_some(after)
+        };
+        if let Some(shards) = left {
+            self.tell_peers(meeting_id, &shards).await;
         }
     }
 
@@ -476,7 +578,7 @@ impl Sfu {
     /// answer with no offer outstanding), `not_found` (unknown track),
     /// `bad_request` (not a media message).
     pub async fn handle(&self, meeting_id: &str, participant_id: &str, message: MediaMessage) -> Result<(), Error> {
-        let Some(shard) = self.placement(meeting_id) else {
+        let Some(shard) = self.participant_shard(meeting_id, participant_id) else {
             return Err(Error::new(ErrorCode::NotInCall, "not in the call"));
         };
         let (meeting_id, participant_id) = (meeting_id.to_owned(), participant_id.to_owned());
@@ -492,7 +594,7 @@ impl Sfu {
 
     /// The participant left the call: close its connections, unpublish its tracks.
     pub async fn remove_participant(&self, meeting_id: &str, participant_id: &str) {
-        let Some(shard) = self.placement(meeting_id) else {
+        let Some(shard) = self.participant_shard(meeting_id, participant_id) else {
             return;
         };
         let (m, p) = (meeting_id.to_owned(), participant_id.to_owned());
@@ -505,7 +607,7 @@ impl Sfu {
             .await
             .is_some()
         {
-            self.release(meeting_id, participant_id);
+            self.release(meeting_id, participant_id).await;
         }
     }
 
@@ -531,12 +633,35 @@ impl Sfu {
 
     /// A JSON picture of a meeting's participants, connections and tracks, for
     /// a debug endpoint. `None` if the meeting has nobody in the call.
+    ///
+    /// A meeting spread over several shards: the snapshot of the shard holding most of it,
+    /// with the other shards' snapshots in `"spread"` (each naming its `"shard"`).
     pub async fn debug_snapshot(&self, meeting_id: &str) -> Option<serde_json::Value> {
-        let shard = self.placement(meeting_id)?;
-        let meeting_id = meeting_id.to_owned();
-        self.ask(shard, |reply| Command::Debug { meeting_id, reply })
-            .await
-            .flatten()
+        let main = self.placement(meeting_id)?;
+        let others: Vec<usize> = {
+            let placements = self.placements();
+            let p = placements.get(meeting_id)?;
+            p.shards().into_iter().filter(|&s| s != main).collect()
+        };
+        let ask = |shard: usize| {
+            let meeting_id = meeting_id.to_owned();
+            async move {
+                self.ask(shard, |reply| Command::Debug { meeting_id, reply })
+                    .await
+                    .flatten()
+            }
+        };
+        let mut snapshot = ask(main).await?;
+        if !others.is_empty() {
+            let mut spread = Vec::new();
+            for shard in others {
+                spread.extend(ask(shard).await);
+            }
+            if let Some(object) = snapshot.as_object_mut() {
+                object.insert("spread".into(), spread.into());
+            }
+        }
+        Some(snapshot)
     }
 
     /// Closes every connection on every shard (each is `close()`d), frees all

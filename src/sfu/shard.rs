@@ -32,8 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{self, Conn, RoomId};
 use super::ice_lite;
-use super::media_room::{ConnId, Effect, MediaRoom, Offer};
+use super::media_room::{ConnId, Effect, MediaRoom, MirrorTrack, Offer};
 use super::peers::Peers;
+use super::relay::{self, MeetingKey, Outgoing};
 use super::rtcp as tap;
 use super::stats::{Counters, StatsPair};
 use super::tcp::ShardTcp;
@@ -47,6 +48,8 @@ const TCP_BATCH: usize = 64;
 /// Commands taken per turn besides the one the select may pick: enough that joins and
 /// offers never queue behind a saturated socket, few enough to keep a turn short.
 const COMMAND_BATCH: usize = 16;
+/// Batches from other shards (`relay`) taken per wake-up.
+const RELAY_BATCH: usize = 64;
 
 /// How often the shard asks its rooms who is speaking (each room's detector keeps its
 /// own cadence, `speaker::Params::evaluate_every`; this is the wake-up that serves it).
@@ -58,6 +61,8 @@ pub enum Command {
         participant: MediaParticipant,
         outbox: Outbox,
         meeting_stats: Arc<Counters>,
+        /// The meeting's number on every shard (what relayed items name it by).
+        meeting_key: MeetingKey,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Handle {
@@ -79,6 +84,11 @@ pub enum Command {
         meeting_id: String,
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
+    /// The other shards now holding part of a meeting this shard holds (see `relay`).
+    Peers {
+        meeting_id: String,
+        peers: Vec<usize>,
+    },
     SetDropProbability(f64),
     /// Test hook: the share of forwarded packets lost after their leg recorded them.
     SetWireLoss(f64),
@@ -94,6 +104,13 @@ pub enum Command {
 struct Hosted {
     room: MediaRoom,
     outboxes: HashMap<ParticipantId, Outbox>,
+    key: MeetingKey,
+    /// The other shards holding part of the meeting: its local tracks' packets and view
+    /// go to each (`relay`).
+    peers: Vec<usize>,
+    /// The view of its local tracks last sent to its peers, and whether it may have changed.
+    view: Vec<MirrorTrack>,
+    view_dirty: bool,
 }
 
 impl Hosted {
@@ -123,6 +140,12 @@ pub struct Shard {
     due: Vec<ConnId>,
     /// Rooms probing a subscriber's path (`MediaRoom::send_probes` each turn while they do).
     probing: Vec<RoomId>,
+    /// Meetings by their number on every shard, for what other shards relay.
+    room_keys: HashMap<MeetingKey, RoomId>,
+    /// What this turn relays to other shards.
+    relay: Outgoing,
+    /// Rooms with peers whose view may have changed this turn.
+    views_dirty: Vec<RoomId>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -156,7 +179,16 @@ impl Shard {
             speakers_due: Instant::now(),
             due: Vec::new(),
             probing: Vec::new(),
+            room_keys: HashMap::new(),
+            relay: Outgoing::none(index),
+            views_dirty: Vec::new(),
         }
+    }
+
+    /// The queues to the other shards (`relay`), for meetings split across shards.
+    pub fn with_relay(mut self, relay: Outgoing) -> Self {
+        self.relay = relay;
+        self
     }
 
     /// The shard's media socket (benches switch its sends off, see [`super::udp::UdpIo::set_discard`]).
@@ -176,7 +208,12 @@ impl Shard {
 
     /// The loop. Returns when the command channel closes (the `Sfu` was dropped)
     /// or on `Shutdown`.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp: mpsc::Receiver<ShardTcp>) {
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut tcp: mpsc::Receiver<ShardTcp>,
+        mut relayed: mpsc::Receiver<relay::Batch>,
+    ) {
         loop {
             // On the timer grid (`super::timers`): one wake-up serves every connection due in a tick.
             let mut deadline = self.peers.next_deadline();
@@ -201,6 +238,14 @@ impl Shard {
                     for _ in 1..TCP_BATCH {
                         let Ok(event) = tcp.try_recv() else { break };
                         self.on_tcp(Instant::now(), event);
+                    }
+                }
+                Some(batch) = relayed.recv() => {
+                    let now = Instant::now();
+                    self.on_relay(batch, now);
+                    for _ in 1..RELAY_BATCH {
+                        let Ok(batch) = relayed.try_recv() else { break };
+                        self.on_relay(batch, now);
                     }
                 }
                 command = commands.recv() => {
@@ -254,6 +299,130 @@ impl Shard {
         self.peers.pay_deferred(now);
         self.report_broken();
         self.peers.flush_io();
+        self.flush_relay();
+    }
+
+    /// The views that changed this turn, then everything the turn relays, out to the other shards.
+    fn flush_relay(&mut self) {
+        for room_id in std::mem::take(&mut self.views_dirty) {
+            let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            hosted.view_dirty = false;
+            let view = hosted.room.mirror_view();
+            if view == hosted.view {
+                continue;
+            }
+            for &peer in &hosted.peers {
+                self.relay.push(
+                    peer,
+                    relay::Item::View {
+                        meeting: hosted.key,
+                        tracks: view.clone(),
+                    },
+                );
+            }
+            hosted.view = view;
+        }
+        if self.relay.is_empty() {
+            return;
+        }
+        let flushed = self.relay.flush();
+        let counters = self.peers.counters();
+        Counters::add(&counters.relayed_packets, flushed.packets);
+        Counters::add(&counters.relay_drops, flushed.dropped);
+    }
+
+    /// A room's local tracks may have changed: its view is compared at the end of the turn.
+    fn view_may_change(&mut self, room_id: RoomId) {
+        if let Some(hosted) = self.rooms.get_mut(&room_id)
+            && !hosted.peers.is_empty()
+            && !hosted.view_dirty
+        {
+            hosted.view_dirty = true;
+            self.views_dirty.push(room_id);
+        }
+    }
+
+    /// What another shard holding part of a meeting relayed this turn.
+    fn on_relay(&mut self, batch: relay::Batch, now: Instant) {
+        let from = batch.from;
+        let conn = relay::mirror_conn(from);
+        for item in batch.items {
+            let meeting = match &item {
+                relay::Item::Packet { meeting, .. }
+                | relay::Item::View { meeting, .. }
+                | relay::Item::Sync { meeting }
+                | relay::Item::Keyframe { meeting, .. }
+                | relay::Item::Need { meeting, .. } => *meeting,
+            };
+            // The meeting may have left this shard meanwhile.
+            let Some(&room_id) = self.room_keys.get(&meeting) else {
+                continue;
+            };
+            let Some(hosted) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            match item {
+                relay::Item::Packet { packet, .. } => {
+                    hosted
+                        .room
+                        .forward(conn, &packet, now, &mut self.peers.sink(now), &mut self.effects);
+                }
+                relay::Item::View { tracks, .. } => {
+                    if !hosted.peers.contains(&from) {
+                        // Not (or no longer) a peer here: its mirrors would never be forgotten.
+                        continue;
+                    }
+                    hosted.room.apply_mirror(from, conn, &tracks, now, &mut self.effects);
+                }
+                relay::Item::Sync { .. } => {
+                    let tracks = hosted.room.mirror_view();
+                    self.relay.push(from, relay::Item::View { meeting, tracks });
+                }
+                relay::Item::Keyframe { ssrc, .. } => hosted.room.relay_keyframe(ssrc, now, &mut self.effects),
+                relay::Item::Need { track_id, needed, .. } => hosted.room.remote_need(from, &track_id, needed),
+            }
+            if !self.effects.is_empty() {
+                self.apply(room_id, now);
+            }
+        }
+    }
+
+    /// The other shards holding part of a meeting changed: the mirrors of one that left are
+    /// unpublished, one that came is sent this room's view and asked for its own.
+    fn set_peers(&mut self, meeting_id: &str, peers: Vec<usize>, now: Instant) {
+        let Some(&room_id) = self.room_ids.get(meeting_id) else {
+            return;
+        };
+        let Some(hosted) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        let peers: Vec<usize> = peers.into_iter().filter(|&p| p != self.index).collect();
+        let old = std::mem::replace(&mut hosted.peers, peers.clone());
+        for gone in old.iter().filter(|p| !peers.contains(p)) {
+            hosted.room.forget_mirror(*gone, now, &mut self.effects);
+        }
+        let view = hosted.room.mirror_view();
+        for &came in peers.iter().filter(|p| !old.contains(p)) {
+            tracing::debug!(
+                shard = self.index,
+                meeting_id,
+                peer = came,
+                "meeting shared with another shard"
+            );
+            self.relay.push(came, relay::Item::Sync { meeting: hosted.key });
+            self.relay.push(
+                came,
+                relay::Item::View {
+                    meeting: hosted.key,
+                    tracks: view.clone(),
+                },
+            );
+        }
+        hosted.view = view;
+        self.apply(room_id, now);
+        self.flush_relay();
     }
 
     /// The padding the probing rooms' probes call for this turn (`MediaRoom::send_probes`);
@@ -396,6 +565,26 @@ impl Shard {
                 hosted
                     .room
                     .forward(id, &packet, now, &mut self.peers.sink(now), &mut self.effects);
+                // A meeting split across shards: each other shard gets the packet once.
+                if let Some((&last, rest)) = hosted.peers.split_last() {
+                    for &peer in rest {
+                        let packet = packet.clone();
+                        self.relay.push(
+                            peer,
+                            relay::Item::Packet {
+                                meeting: hosted.key,
+                                packet,
+                            },
+                        );
+                    }
+                    self.relay.push(
+                        last,
+                        relay::Item::Packet {
+                            meeting: hosted.key,
+                            packet,
+                        },
+                    );
+                }
                 if !self.effects.is_empty() {
                     self.apply(room_id, now);
                 }
@@ -521,6 +710,7 @@ impl Shard {
 
     /// Carries out the effects the room `room_id` pushed, in order.
     fn apply(&mut self, room_id: RoomId, now: Instant) {
+        self.view_may_change(room_id);
         let mut effects = std::mem::take(&mut self.effects);
         for effect in effects.drain(..) {
             match effect {
@@ -565,6 +755,35 @@ impl Shard {
                     self.negotiation_pending = true;
                     if let Some(Err(e)) = self.peers.guard(conn, "remove_track", |pc| pc.remove_track(sender)) {
                         tracing::debug!(shard = self.index, conn, "remove_track: {e}");
+                    }
+                }
+                Effect::RequestKeyframe { conn, ssrc, .. } if relay::mirror_source(conn).is_some() => {
+                    // A mirror's publisher is on another shard: asked there.
+                    if let (Some(source), Some(hosted)) = (relay::mirror_source(conn), self.rooms.get(&room_id)) {
+                        self.relay.push(
+                            source,
+                            relay::Item::Keyframe {
+                                meeting: hosted.key,
+                                ssrc,
+                            },
+                        );
+                    }
+                }
+                Effect::RelayNeed {
+                    source,
+                    track_id,
+                    needed,
+                } => {
+                    if let Some(hosted) = self.rooms.get(&room_id) {
+                        let meeting = hosted.key;
+                        self.relay.push(
+                            source,
+                            relay::Item::Need {
+                                meeting,
+                                track_id,
+                                needed,
+                            },
+                        );
                     }
                 }
                 Effect::RequestKeyframe { conn, receiver, ssrc } => {
@@ -729,11 +948,13 @@ impl Shard {
                 participant,
                 outbox,
                 meeting_stats,
+                meeting_key,
                 reply,
             } => {
                 let _span = media_span(&participant.meeting_id, &participant.participant_id);
-                let _ = reply.send(self.add_participant(participant, outbox, meeting_stats, now));
+                let _ = reply.send(self.add_participant(participant, outbox, meeting_stats, meeting_key, now));
             }
+            Command::Peers { meeting_id, peers } => self.set_peers(&meeting_id, peers, now),
             Command::Handle {
                 meeting_id,
                 participant_id,
@@ -788,6 +1009,7 @@ impl Shard {
         participant: MediaParticipant,
         outbox: Outbox,
         meeting_stats: Arc<Counters>,
+        meeting_key: MeetingKey,
         now: Instant,
     ) -> Result<(), Error> {
         let room_id = match self.room_ids.get(participant.meeting_id.as_str()) {
@@ -804,9 +1026,14 @@ impl Shard {
                     Hosted {
                         room: MediaRoom::new(participant.meeting_id.clone(), stats),
                         outboxes: HashMap::new(),
+                        key: meeting_key,
+                        peers: Vec::new(),
+                        view: Vec::new(),
+                        view_dirty: false,
                     },
                 );
                 self.room_ids.insert(participant.meeting_id.clone(), id);
+                self.room_keys.insert(meeting_key, id);
                 id
             }
         };
@@ -837,8 +1064,22 @@ impl Shard {
         };
         hosted.outboxes.remove(participant_id);
         if hosted.room.is_empty() {
+            // Its peers unpublish what it relayed (the `Sfu` tells them it left, too).
+            for &peer in &hosted.peers {
+                self.relay.push(
+                    peer,
+                    relay::Item::View {
+                        meeting: hosted.key,
+                        tracks: Vec::new(),
+                    },
+                );
+            }
+            if self.room_keys.get(&hosted.key) == Some(&room_id) {
+                self.room_keys.remove(&hosted.key);
+            }
             self.rooms.remove(&room_id);
             self.room_ids.remove(meeting_id);
+            self.views_dirty.retain(|r| *r != room_id);
         }
     }
 
@@ -1052,6 +1293,8 @@ impl Shard {
     }
 
     fn shutdown(&mut self) {
+        self.room_keys.clear();
+        self.views_dirty.clear();
         self.peers.close_all();
         // The connections' last datagrams (DTLS close_notify) go out.
         self.peers.flush_io();

@@ -69,6 +69,10 @@ pub struct Counters {
     pub bwe_probes_passed: AtomicU64,
     /// Padding packets sent in probes (RTX copies of packets already sent).
     pub bwe_probe_packets: AtomicU64,
+    /// Packets of local publishers handed to another shard holding part of their meeting
+    /// (`relay`), and those lost because that shard's queue was full. Shard counters only.
+    pub relayed_packets: AtomicU64,
+    pub relay_drops: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -185,6 +189,8 @@ pub struct CountersSnapshot {
     pub bwe_probes: u64,
     pub bwe_probes_passed: u64,
     pub bwe_probe_packets: u64,
+    pub relayed_packets: u64,
+    pub relay_drops: u64,
 }
 
 impl Counters {
@@ -231,6 +237,8 @@ impl Counters {
                 bwe_probes: acc.bwe_probes + s.bwe_probes,
                 bwe_probes_passed: acc.bwe_probes_passed + s.bwe_probes_passed,
                 bwe_probe_packets: acc.bwe_probe_packets + s.bwe_probe_packets,
+                relayed_packets: acc.relayed_packets + s.relayed_packets,
+                relay_drops: acc.relay_drops + s.relay_drops,
             }
         })
     }
@@ -263,6 +271,8 @@ impl Counters {
             bwe_probes: get(&self.bwe_probes),
             bwe_probes_passed: get(&self.bwe_probes_passed),
             bwe_probe_packets: get(&self.bwe_probe_packets),
+            relayed_packets: get(&self.relayed_packets),
+            relay_drops: get(&self.relay_drops),
         }
     }
 }
