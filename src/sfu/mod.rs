@@ -2,10 +2,11 @@
 //! UDP sockets we own (see docs/ARCHITECTURE.md, "Media plane").
 //!
 //! [`Sfu`] is the async handle the signaling socket (`server::ws`) talks to. It
-//! places each meeting on one shard ([`shard`]: a thread with its own socket,
-//! timers and connections) and sends it commands; media never leaves the
-//! shard. Each participant has a publisher connection (client offers) and a
-//! subscriber connection (server offers), see [`media_room`].
+//! places each meeting's participants on shards ([`shard`]: a thread with its own
+//! socket, timers and connections) and sends them commands; media leaves a shard
+//! only for another shard holding part of the same meeting ([`relay`]). Each
+//! participant has a publisher connection (client offers) and a subscriber
+//! connection (server offers), see [`media_room`].
 //!
 //! Inside a shard: [`media_room`] is the pure media meaning of a meeting (inputs
 //! in, effects out, unit-tested without sockets), [`peers`] the connections and
@@ -17,10 +18,15 @@
 //! count, and new meetings go to the shards still running.
 //!
 //! Shards each bind their own port: shard `i` binds `bind.port() + i` (or an
-//! ephemeral port each when the port is 0). A meeting lives on one shard, so a
-//! client only ever talks to that shard's port, which is the one in the
-//! candidates it is given. No `SO_REUSEPORT`: the kernel's 4-tuple hashing
-//! would spread one meeting's clients across shards.
+//! ephemeral port each when the port is 0). A participant's connections live on
+//! one shard, so a client only ever talks to that shard's port, which is the one
+//! in the candidates it is given. No `SO_REUSEPORT`: the kernel's 4-tuple hashing
+//! would spread one participant's connections across shards.
+//!
+//! A meeting lives on one shard until it has [`SfuConfig::split_at`] participants
+//! there; then it spreads ([`placement`]): each shard holding part of it has its own
+//! room, and the publishers' packets are relayed once per track to the others
+//! ([`relay`], `media_room::mirror`), so one webinar uses every core.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
