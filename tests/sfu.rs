@@ -957,6 +957,38 @@ async fn a_meeting_spread_over_shards_forwards_across_them() {
     assert_eq!(sfu.stats().tracks, 0);
 }
 
+/// A shard holding part of a spread meeting dies: its participants' mirrored tracks are
+/// unpublished on the shard still running, whose participant goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shard_of_a_spread_meeting_leaves_no_frozen_tracks_behind() {
+    init_logging();
+    let sfu = Sfu::start(SfuConfig {
+        shards: 2,
+        split_at: 1,
+        ..SfuConfig::loopback()
+    })
+    .expect("sfu starts");
+    let (a, b) = pair(&sfu, "m_split_dead").await;
+    let b_tracks: Vec<TrackId> = published(&a)
+        .into_iter()
+        .filter(|t| t.participant_id == "p_b")
+        .map(|t| t.track_id)
+        .collect();
+    assert_eq!(b_tracks.len(), 2);
+    assert!(sfu.stats().relayed_packets > 0, "the pair is spread over both shards");
+    sfu.crash_shard(1).await;
+    // The next look at the meeting finds the dead shard and tells the live one.
+    assert!(sfu.debug_snapshot("m_split_dead").await.is_some());
+    assert!(
+        eventually(SECS(5), || b_tracks.iter().all(|t| unpublished(&a).contains(t))).await,
+        "p_a hears p_b's tracks unpublished"
+    );
+    assert_eq!(sfu.tracks("m_split_dead").await.len(), 2, "p_a's own are left");
+    a.leave().await;
+    drop(b);
+    assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+}
+
 /// A shard thread that dies outside every guard (a bug in our own code) takes
 /// its meetings' media with it, but nothing else: it is detected, its
 /// placements and connections are released, and meetings go on (or start again)

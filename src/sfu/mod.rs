@@ -196,7 +196,14 @@ struct Inner {
     split_at: usize,
     /// The next meeting's [`Placement::key`].
     next_key: std::sync::atomic::AtomicU64,
+    /// Who enters and leaves a meeting's call is changed under its stripe of these, held
+    /// from the placement to the shards hearing which others hold the meeting: the shards
+    /// hear the changes of one meeting's spread in the order they were made.
+    membership: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`Inner::membership`] (meetings hashed onto them).
+const MEMBERSHIP_STRIPES: usize = 64;
 
 /// Marks a shard dead when its thread ends other than by a shutdown, panics included.
 struct Lifeline {
@@ -383,6 +390,7 @@ impl Sfu {
                 tcp_bound,
                 split_at: config.split_at.max(1),
                 next_key: std::sync::atomic::AtomicU64::new(1),
+                membership: (0..MEMBERSHIP_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             }),
         })
     }
@@ -436,12 +444,37 @@ impl Sfu {
         placements.get(meeting_id)?.participants.get(participant_id).copied()
     }
 
+    /// The lock under which a meeting's membership changes ([`Inner::membership`]).
+    async fn membership(&self, meeting_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: the same meeting always maps to the same stripe.
+        let mut hasher = std::hash::DefaultHasher::new();
+        meeting_id.hash(&mut hasher);
+        let stripe = (hasher.finish() % MEMBERSHIP_STRIPES as u64) as usize;
+        self.inner.membership[stripe].lock().await
+    }
+
     /// Forgets every participant on a dead shard (and meetings left with none): those
-    /// participants start afresh on a live shard.
+    /// participants start afresh on a live shard. The shards still holding part of a meeting
+    /// that was spread over the dead one forget its mirrors.
     fn release_dead(&self, placements: &mut HashMap<MeetingId, Placement>) {
         let shards = &self.inner.shards;
-        for p in placements.values_mut() {
+        for (meeting_id, p) in placements.iter_mut() {
+            let before = p.participants.len();
             p.participants.retain(|_, s| *shards[*s].alive.borrow());
+            if p.participants.len() == before || p.participants.is_empty() {
+                continue;
+            }
+            let holders = p.shards();
+            for &shard in &holders {
+                let command = Command::Peers {
+                    meeting_id: meeting_id.as_str().to_owned(),
+                    peers: holders.clone(),
+                };
+                if shards[shard].commands.try_send(command).is_err() {
+                    tracing::warn!(shard, %meeting_id, "could not tell a shard that a dead shard left the meeting");
+                }
+            }
         }
         placements.retain(|_, p| !p.participants.is_empty());
     }
@@ -472,6 +505,7 @@ impl Sfu {
     /// messages (`subscribe_offer`, `publish_answer`, `ice_candidate`,
     /// `track_published`, ...) through `outbox`.
     pub async fn add_participant(&self, participant: MediaParticipant, outbox: Outbox) -> Result<(), Error> {
+        let _membership = self.membership(&participant.meeting_id).await;
         let (shard, counters, key, spread) = {
             let mut placements = self.placements();
             self.release_dead(&mut placements);
@@ -600,6 +634,7 @@ impl Sfu {
 
     /// The participant left the call: close its connections, unpublish its tracks.
     pub async fn remove_participant(&self, meeting_id: &str, participant_id: &str) {
+        let _membership = self.membership(meeting_id).await;
         let Some(shard) = self.participant_shard(meeting_id, participant_id) else {
             return;
         };
