@@ -53,7 +53,7 @@ use super::temporal::{self, TemporalRates};
 use super::vp8::{Offsets, Temporal};
 
 mod mirror;
-pub use mirror::MirrorTrack;
+pub use mirror::{MirrorTrack, MirrorView};
 
 /// Shard-local connection handle (never reused within a shard).
 pub type ConnId = u64;
@@ -464,6 +464,9 @@ pub struct MediaRoom {
     /// What each publisher connection without simulcast was told it may send (REMB,
     /// [`MediaRoom::evaluate_publisher_limits`]), by connection.
     remb: Vec<(ConnId, Remb)>,
+    /// The connection quality last announced of the participants on the meeting's other
+    /// shards (source shard, participant, verdict): told to this room's staff ([`mirror`]).
+    remote_quality: Vec<(usize, ParticipantId, quality::Verdict)>,
 }
 
 /// Whether (and how) a video leg resends as RTX, from what its subscriber negotiated.
@@ -632,6 +635,7 @@ impl MediaRoom {
             quality: Vec::new(),
             quality_due: None,
             remb: Vec::new(),
+            remote_quality: Vec::new(),
         }
     }
 
@@ -2206,6 +2210,19 @@ impl MediaRoom {
                         effects.push(Effect::Signal {
                             to: m.id.clone(),
                             message: message(id, v),
+                        });
+                    }
+                }
+                // ... and of the participants on the meeting's other shards.
+                for (_, id, v) in self
+                    .remote_quality
+                    .iter()
+                    .filter(|(_, _, v)| *v != quality::Verdict::ASSUMED)
+                {
+                    if staff {
+                        effects.push(Effect::Signal {
+                            to: m.id.clone(),
+                            message: message(id, *v),
                         });
                     }
                 }
@@ -5678,7 +5695,7 @@ mod tests {
         assert!(told.iter().all(|t| t.participant_id == A));
         assert!(sat.tracks().iter().all(|t| sat.is_mirror(&t.track_id)));
         assert!(
-            home.mirror_view().len() == 2 && sat.mirror_view().is_empty(),
+            home.mirror_view().tracks.len() == 2 && sat.mirror_view().tracks.is_empty(),
             "a mirror is not mirrored back"
         );
         assert_eq!(
@@ -5752,7 +5769,7 @@ mod tests {
         );
         // Another shard's view cannot touch this source's mirrors; forgetting the source unpublishes all.
         fx.clear();
-        sat.apply_mirror(1, u64::MAX - 1, &[], now, &mut fx);
+        sat.apply_mirror(1, u64::MAX - 1, &MirrorView::default(), now, &mut fx);
         assert_eq!(sat.tracks().len(), 1, "{fx:?}");
         sat.forget_mirror(0, now, &mut fx);
         assert!(sat.tracks().is_empty());
@@ -5844,5 +5861,49 @@ mod tests {
         home.remote_need(1, &camera, Some(2));
         home.forget_mirror(1, at, &mut fx);
         assert!(home.tracks.iter().all(|t| t.remote_needs.is_empty()));
+    }
+
+    #[test]
+    fn staff_hear_the_quality_of_participants_on_other_shards() {
+        let now = Instant::now();
+        let mut sat = room();
+        let mut fx = Vec::new();
+        const E: &str = "p_e";
+        sat.add_participant(D, ParticipantKind::Guest, false, now, &mut fx);
+        sat.add_participant(E, ParticipantKind::Staff, true, now, &mut fx);
+        let poor = quality::Verdict {
+            quality: ConnectionQuality::Poor,
+            video_reduced: true,
+        };
+        let view = |v: quality::Verdict| MirrorView {
+            tracks: Vec::new(),
+            quality: vec![(A.into(), v), (B.into(), quality::Verdict::ASSUMED)],
+        };
+        fx.clear();
+        sat.apply_mirror(0, FROM_0, &view(poor), now, &mut fx);
+        sat.apply_mirror(0, FROM_0, &view(poor), now, &mut fx);
+        let heard = qualities(&fx);
+        assert_eq!(
+            heard,
+            [(E.to_owned(), A.to_owned(), ConnectionQuality::Poor, true)],
+            "staff only, once, and nothing of the assumed state"
+        );
+        // Staff entering later hear it with everything else they should know.
+        const F: &str = "p_f";
+        sat.add_participant(F, ParticipantKind::Staff, true, now, &mut fx);
+        fx.clear();
+        sat.evaluate_quality(now + Duration::from_secs(10), &mut fx);
+        assert!(
+            qualities(&fx).contains(&(F.to_owned(), A.to_owned(), ConnectionQuality::Poor, true)),
+            "{:?}",
+            qualities(&fx)
+        );
+        // Back to normal: told; the shard leaving takes its verdicts with it.
+        fx.clear();
+        sat.apply_mirror(0, FROM_0, &view(quality::Verdict::ASSUMED), now, &mut fx);
+        assert_eq!(qualities(&fx).len(), 2, "E and F hear A is fine again: {fx:?}");
+        sat.apply_mirror(0, FROM_0, &view(poor), now, &mut fx);
+        sat.forget_mirror(0, now, &mut fx);
+        assert!(sat.remote_quality.is_empty());
     }
 }

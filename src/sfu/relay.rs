@@ -14,7 +14,7 @@ use gatehouse_signaling::protocol::TrackId;
 use rtc::rtp::Packet;
 use tokio::sync::mpsc;
 
-use super::media_room::{ConnId, MirrorTrack};
+use super::media_room::{ConnId, MirrorView};
 
 /// A meeting's number, the same on every shard (given by the `Sfu` with its placement).
 pub type MeetingKey = u64;
@@ -30,11 +30,9 @@ const MAX_SHARDS: u64 = 1 << 16;
 pub enum Item {
     /// An RTP packet of a local publisher's track, as read from its connection.
     Packet { meeting: MeetingKey, packet: Packet },
-    /// The sender's local tracks, whole (sent when they change, and on a `Sync`).
-    View {
-        meeting: MeetingKey,
-        tracks: Vec<MirrorTrack>,
-    },
+    /// The sender's local tracks and its participants' connection quality, whole (sent
+    /// when they change, and on a `Sync`).
+    View { meeting: MeetingKey, view: MirrorView },
     /// The sender now holds part of the meeting: send it your view.
     Sync { meeting: MeetingKey },
     /// A keyframe of the receiver's local layer `ssrc`, for the sender's subscribers.

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{self, Conn, RoomId};
 use super::ice_lite;
-use super::media_room::{ConnId, Effect, MediaRoom, MirrorTrack, Offer};
+use super::media_room::{ConnId, Effect, MediaRoom, MirrorView, Offer};
 use super::peers::Peers;
 use super::relay::{self, MeetingKey, Outgoing};
 use super::rtcp as tap;
@@ -109,7 +109,7 @@ struct Hosted {
     /// go to each (`relay`).
     peers: Vec<usize>,
     /// The view of its local tracks last sent to its peers, and whether it may have changed.
-    view: Vec<MirrorTrack>,
+    view: MirrorView,
     view_dirty: bool,
 }
 
@@ -318,7 +318,7 @@ impl Shard {
                     peer,
                     relay::Item::View {
                         meeting: hosted.key,
-                        tracks: view.clone(),
+                        view: view.clone(),
                     },
                 );
             }
@@ -369,16 +369,16 @@ impl Shard {
                         .room
                         .forward(conn, &packet, now, &mut self.peers.sink(now), &mut self.effects);
                 }
-                relay::Item::View { tracks, .. } => {
+                relay::Item::View { view, .. } => {
                     if !hosted.peers.contains(&from) {
                         // Not (or no longer) a peer here: its mirrors would never be forgotten.
                         continue;
                     }
-                    hosted.room.apply_mirror(from, conn, &tracks, now, &mut self.effects);
+                    hosted.room.apply_mirror(from, conn, &view, now, &mut self.effects);
                 }
                 relay::Item::Sync { .. } => {
-                    let tracks = hosted.room.mirror_view();
-                    self.relay.push(from, relay::Item::View { meeting, tracks });
+                    let view = hosted.room.mirror_view();
+                    self.relay.push(from, relay::Item::View { meeting, view });
                 }
                 relay::Item::Keyframe { ssrc, .. } => hosted.room.relay_keyframe(ssrc, now, &mut self.effects),
                 relay::Item::Need { track_id, needed, .. } => hosted.room.remote_need(from, &track_id, needed),
@@ -416,7 +416,7 @@ impl Shard {
                 came,
                 relay::Item::View {
                     meeting: hosted.key,
-                    tracks: view.clone(),
+                    view: view.clone(),
                 },
             );
         }
@@ -1028,7 +1028,7 @@ impl Shard {
                         outboxes: HashMap::new(),
                         key: meeting_key,
                         peers: Vec::new(),
-                        view: Vec::new(),
+                        view: MirrorView::default(),
                         view_dirty: false,
                     },
                 );
@@ -1070,7 +1070,7 @@ impl Shard {
                     peer,
                     relay::Item::View {
                         meeting: hosted.key,
-                        tracks: Vec::new(),
+                        view: MirrorView::default(),
                     },
                 );
             }

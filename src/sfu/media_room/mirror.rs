@@ -24,11 +24,20 @@
 
 use std::time::Instant;
 
-use gatehouse_signaling::protocol::{ServerMessage, TrackInfo, TrackKind};
+use gatehouse_signaling::protocol::{ParticipantId, ParticipantKind, ServerMessage, TrackInfo, TrackKind};
 
+use super::quality::Verdict;
 use super::{
     ConnId, Dynacast, Effect, KeyframeFormat, Layer, MediaRoom, Negotiated, SimulcastLayer, Stream, Track, level_meter,
 };
+
+/// What the meeting's rooms on other shards are told of this one: its local tracks, and
+/// the connection quality last announced of each of its participants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MirrorView {
+    pub tracks: Vec<MirrorTrack>,
+    pub quality: Vec<(ParticipantId, Verdict)>,
+}
 
 /// One local track as the meeting's rooms on other shards mirror it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +55,9 @@ impl MediaRoom {
     /// The tracks of this room's own participants, as the other shards mirror them.
     /// Parked tracks (their owner reconnecting) are in it: their mirrors stay, and follow
     /// the new SSRCs when the owner publishes again.
-    pub fn mirror_view(&self) -> Vec<MirrorTrack> {
-        self.tracks
+    pub fn mirror_view(&self) -> MirrorView {
+        let tracks = self
+            .tracks
             .iter()
             .filter(|t| t.mirror.is_none())
             .map(|t| MirrorTrack {
@@ -66,10 +76,18 @@ impl MediaRoom {
                     })
                     .collect(),
             })
-            .collect()
+            .collect();
+        let quality = self
+            .quality
+            .iter()
+            .map(|(id, q)| (id.clone(), q.assessment.announced()))
+            .collect();
+        MirrorView { tracks, quality }
     }
 
-    /// Shard `source`'s view of its tracks: this room's mirrors of them follow it.
+    /// Shard `source`'s view: this room's mirrors of its tracks follow it, and this room's
+    /// staff hear the connection quality of its participants as they would of their own
+    /// (a change, or anything but the assumed state once known).
     /// Packets relayed from `source` are forwarded as coming from `conn`, a connection id
     /// no connection of this shard has. A new track is published to everyone here (legs,
     /// `track_published`); a track no longer in the view is unpublished; a mute change is
@@ -79,10 +97,12 @@ impl MediaRoom {
         &mut self,
         source: usize,
         conn: ConnId,
-        view: &[MirrorTrack],
+        view: &MirrorView,
         now: Instant,
         effects: &mut Vec<Effect>,
     ) {
+        self.remote_quality_from(source, &view.quality, effects);
+        let view = &view.tracks;
         let gone: Vec<_> = self
             .tracks
             .iter()
@@ -142,6 +162,34 @@ impl MediaRoom {
         }
     }
 
+    /// The quality of shard `source`'s participants: a verdict that changed (or is new and
+    /// not the assumed one) is told to this room's staff.
+    fn remote_quality_from(&mut self, source: usize, verdicts: &[(ParticipantId, Verdict)], effects: &mut Vec<Effect>) {
+        for (id, verdict) in verdicts {
+            let before = self
+                .remote_quality
+                .iter()
+                .find(|(s, p, _)| *s == source && p == id)
+                .map_or(Verdict::ASSUMED, |(_, _, v)| *v);
+            if before == *verdict {
+                continue;
+            }
+            for m in self.members.iter().filter(|m| m.kind == ParticipantKind::Staff) {
+                effects.push(Effect::Signal {
+                    to: m.id.clone(),
+                    message: ServerMessage::ConnectionQuality {
+                        participant_id: id.clone(),
+                        quality: verdict.quality,
+                        video_reduced: verdict.video_reduced,
+                    },
+                });
+            }
+        }
+        self.remote_quality.retain(|(s, _, _)| *s != source);
+        self.remote_quality
+            .extend(verdicts.iter().map(|(id, v)| (source, id.clone(), *v)));
+    }
+
     /// A mirror of a track this room had not seen: published under its publisher's id.
     fn publish_mirror(
         &mut self,
@@ -184,7 +232,7 @@ impl MediaRoom {
     /// Shard `source` no longer holds any of the meeting: its mirrors are unpublished,
     /// and what its subscribers wished of this room's tracks is forgotten.
     pub fn forget_mirror(&mut self, source: usize, now: Instant, effects: &mut Vec<Effect>) {
-        self.apply_mirror(source, 0, &[], now, effects);
+        self.apply_mirror(source, 0, &MirrorView::default(), now, effects);
         for track in &mut self.tracks {
             track.remote_needs.retain(|(s, _)| *s != source);
         }
