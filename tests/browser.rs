@@ -219,7 +219,7 @@ fn web_client_pure_modules() {
 /// member on the Rust SDK exchange media both ways through the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_guest_and_sdk_staff_exchange_media() {
-    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "127.0.0.1:0", None).await;
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "127.0.0.1:0", None, false).await;
     for role in ["publisher", "subscriber"] {
         assert_eq!(
             f["guestMedia"]["after"]["media"][role]["path"], "udp",
@@ -256,7 +256,7 @@ async fn chromium_guest_behind_a_udp_block_gets_media_over_ice_tcp() {
         configure: Box::new(|_| {}),
         restrict: Box::new(|_| net.block_udp()),
     };
-    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some((guest, &one_browser))).await;
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some((guest, &one_browser)), false).await;
     for role in ["publisher", "subscriber"] {
         assert_eq!(
             f["guestMedia"]["after"]["media"][role]["path"], "tcp",
@@ -299,7 +299,7 @@ async fn chromium_guest_allowed_only_tcp_443_gets_media_through_turn_over_tls() 
             ));
         }),
     };
-    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some((guest, &one_browser))).await;
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "", Some((guest, &one_browser)), false).await;
     for role in ["publisher", "subscriber"] {
         assert_eq!(
             f["guestMedia"]["after"]["media"][role]["path"], "relay",
@@ -338,7 +338,16 @@ async fn chromium_guest_allowed_only_tcp_443_gets_media_through_turn_over_tls() 
 /// own address (the default route's source address).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_guest_and_sdk_staff_exchange_media() {
-    guest_and_sdk_staff_exchange_media("firefox.mjs", "0.0.0.0:0", None).await;
+    guest_and_sdk_staff_exchange_media("firefox.mjs", "0.0.0.0:0", None, false).await;
+}
+
+/// The same with the meeting spread over two media shards (`--media-split-at 1`): the SDK
+/// staff member on one, the Chromium guest on the other, media relayed between them both
+/// ways, the staff member's audio level lighting the guest's speaking tile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_guest_and_sdk_staff_on_two_media_shards_exchange_media() {
+    let f = guest_and_sdk_staff_exchange_media("scenarios.mjs", "127.0.0.1:0", None, true).await;
+    assert_eq!(f["speakingTile"]["label"], "speaking", "{f:#}");
 }
 
 /// A browser guest in a network namespace of its own: the gateway's settings for it, and
@@ -354,10 +363,13 @@ struct InNamespace<'a> {
 /// over UDP and TCP) listens on the host end of its link. Returns the scenario's facts.
 /// A guest in a namespace comes with the caller's hold on [`ONE_BROWSER`], taken before its
 /// net was made; without one, the browser lock is taken here.
+/// With `spread`, the gateway has two media shards and spreads a meeting from its second
+/// participant on (`media_split_at` 1): the guest and the staff member are on different shards.
 async fn guest_and_sdk_staff_exchange_media(
     script: &str,
     media_bind: &str,
     guest: Option<(InNamespace<'_>, &tokio::sync::MutexGuard<'static, ()>)>,
+    spread: bool,
 ) -> Value {
     let _one_browser = match guest {
         Some(_) => None,
@@ -379,6 +391,10 @@ async fn guest_and_sdk_staff_exchange_media(
             let dir = support::temp_dir("browser");
             let mut config = support::test_config(&dir);
             config.media_bind = Some(media_bind.parse().unwrap());
+            if spread {
+                config.media_shards = Some(2);
+                config.media_split_at = Some(1);
+            }
             (TestServer::start_with(config).await, dir, None)
         }
     };
@@ -399,7 +415,7 @@ async fn guest_and_sdk_staff_exchange_media(
     let mid = meeting["meeting_id"].as_str().unwrap().to_owned();
     let code = meeting["public_link"]["code"].as_str().unwrap().to_owned();
 
-    let mut options = srv.sdk_options(&olga).meeting(mid);
+    let mut options = srv.sdk_options(&olga).meeting(mid.clone());
     // Gather on every interface, loopback included, whichever address the gateway advertises.
     options.media.udp_addrs = vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()];
     if let Some(net) = net {
@@ -455,6 +471,16 @@ async fn guest_and_sdk_staff_exchange_media(
         for task in tasks {
             let (kind, packets) = task.await.unwrap();
             counts.insert(kind, packets);
+        }
+        if spread {
+            // Two shards hold the meeting, one participant each, and packets crossed.
+            let snapshot = srv.state().sfu.debug_snapshot(&mid).await.expect("in the call");
+            let shards: Vec<u64> = std::iter::once(&snapshot)
+                .chain(snapshot["spread"].as_array().into_iter().flatten())
+                .map(|s| s["shard"].as_u64().expect("shard"))
+                .collect();
+            assert_eq!(shards.len(), 2, "spread over both shards: {snapshot:#}");
+            assert!(srv.state().sfu.stats().relayed_packets > 0);
         }
         staff.chat("measured").unwrap();
         counts
