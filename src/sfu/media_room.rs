@@ -188,6 +188,14 @@ pub enum Effect {
         track_id: TrackId,
         needed: Option<u8>,
     },
+    /// Tell shard `source` the REMB shares of this shard's legs of its single-layer video
+    /// track `track_id` (sorted; `None`: a leg whose path limits nothing), for the limit it
+    /// tells the publisher ([`remb`]).
+    RelayShares {
+        source: usize,
+        track_id: TrackId,
+        shares: Vec<Option<u64>>,
+    },
 }
 
 /// An offer the shell must make on a subscriber connection; report a failure
@@ -420,6 +428,12 @@ struct Track {
     remote_needs: Vec<(usize, Option<u8>)>,
     /// A mirrored track: the wish last told its publisher's shard (`Effect::RelayNeed`).
     told_need: Option<Option<u8>>,
+    /// A local single-layer video track mirrored on other shards: the REMB shares of those
+    /// shards' legs of it (by shard), counted with the local legs' ([`remb::track_limit`]).
+    remote_shares: Vec<(usize, Vec<Option<u64>>)>,
+    /// A mirrored single-layer video track: the shares last told its publisher's shard
+    /// (`Effect::RelayShares`), sorted.
+    told_shares: Vec<Option<u64>>,
 }
 
 /// The audio-level meter of an audio stream whose publisher leg negotiated RFC 6464.
@@ -944,6 +958,8 @@ impl MediaRoom {
             mirror: None,
             remote_needs: Vec::new(),
             told_need: None,
+            remote_shares: Vec::new(),
+            told_shares: Vec::new(),
         });
         self.stats.add(|c| &c.tracks, 1);
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
@@ -2061,13 +2077,19 @@ impl MediaRoom {
     /// calls this on its speaker tick. A connection with a simulcast track is never limited
     /// (its layers adapt per subscriber, and REMB would bound the whole connection).
     pub fn evaluate_publisher_limits(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        if self.remb.is_empty() && !self.bwe.iter().any(|(_, b)| b.capping) {
+        let capping = self.bwe.iter().any(|(_, b)| b.capping);
+        let crossing = self
+            .tracks
+            .iter()
+            .any(|t| !t.remote_shares.is_empty() || !t.told_shares.is_empty());
+        if self.remb.is_empty() && !capping && !crossing {
             return;
         }
+        self.report_mirror_shares(now, effects);
         let mut publishers: Vec<ConnId> = self
             .tracks
             .iter()
-            .filter(|t| t.parked.is_none())
+            .filter(|t| t.parked.is_none() && t.mirror.is_none())
             .map(|t| t.conn)
             .collect();
         publishers.sort_unstable();
@@ -2091,6 +2113,8 @@ impl MediaRoom {
                                 .filter(|l| l.negotiated && !l.rewrite.paused())
                                 .filter_map(|l| l.bound.map(|(c, _)| self.video_share(c, track, l, now))),
                         );
+                        // Those of the other shards' subscribers, where the track is mirrored.
+                        shares.extend(track.remote_shares.iter().flat_map(|(_, s)| s.iter().copied()));
                         match remb::track_limit(&mut shares) {
                             Some(bps) => sum += bps,
                             None => limited = false,
@@ -5905,5 +5929,55 @@ mod tests {
         sat.apply_mirror(0, FROM_0, &view(poor), now, &mut fx);
         sat.forget_mirror(0, now, &mut fx);
         assert!(sat.remote_quality.is_empty());
+    }
+
+    #[test]
+    fn a_mirrors_remb_shares_count_in_the_publishers_limit() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        let (mut home, _) = call_with(false, &[stream("0", 1000, "video/VP8")], t0);
+        let (mut sat, _) = satellite(&home, t0);
+        let camera = track_id(&home, TrackSource::Camera);
+        let shares_told = |fx: &[Effect]| -> Vec<(usize, TrackId, Vec<Option<u64>>)> {
+            fx.iter()
+                .filter_map(|e| match e {
+                    Effect::RelayShares {
+                        source,
+                        track_id,
+                        shares,
+                    } => Some((*source, track_id.clone(), shares.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut fx = Vec::new();
+        sat.evaluate_publisher_limits(t0, &mut fx);
+        assert_eq!(shares_told(&fx), [], "nobody's path is short: nothing to tell");
+        // D's path (on the second shard) carries 300 kbit/s: its share goes to shard 0, once.
+        estimate(&mut sat, D_SUB, Some(300_000));
+        sat.evaluate_publisher_limits(t0 + tick, &mut fx);
+        sat.evaluate_publisher_limits(t0 + tick * 2, &mut fx);
+        let told = shares_told(&fx);
+        assert_eq!(told, [(0, camera.clone(), vec![Some(300_000)])]);
+        assert_eq!(limits_told(&fx), [], "a mirror's publisher is limited where it is");
+        // The publisher's room limits A by it, though its own subscriber's path is fine.
+        fx.clear();
+        home.remote_shares(1, &camera, told[0].2.clone());
+        home.evaluate_publisher_limits(t0 + tick, &mut fx);
+        assert_eq!(limits_told(&fx), [(A_PUB, 1000, 300_000)]);
+        // D's path is fine again: told as no shares at all, and A is free.
+        estimate(&mut sat, D_SUB, None);
+        fx.clear();
+        sat.evaluate_publisher_limits(t0 + tick * 3, &mut fx);
+        let told = shares_told(&fx);
+        assert_eq!(told, [(0, camera.clone(), vec![])]);
+        home.remote_shares(1, &camera, vec![]);
+        fx.clear();
+        home.evaluate_publisher_limits(t0 + tick * 4, &mut fx);
+        assert_eq!(limits_told(&fx), [(A_PUB, 1000, remb::LIFTED_BPS)]);
+        // A shard leaving takes its shares with it.
+        home.remote_shares(1, &camera, vec![Some(200_000)]);
+        home.forget_mirror(1, t0, &mut fx);
+        assert!(home.tracks.iter().all(|t| t.remote_shares.is_empty()));
     }
 }

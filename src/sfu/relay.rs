@@ -43,6 +43,12 @@ pub enum Item {
         track_id: TrackId,
         needed: Option<u8>,
     },
+    /// The REMB shares of the sender's legs of the receiver's single-layer video track.
+    Shares {
+        meeting: MeetingKey,
+        track_id: TrackId,
+        shares: Vec<Option<u64>>,
+    },
 }
 
 impl Item {

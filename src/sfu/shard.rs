@@ -354,7 +354,8 @@ impl Shard {
                 | relay::Item::View { meeting, .. }
                 | relay::Item::Sync { meeting }
                 | relay::Item::Keyframe { meeting, .. }
-                | relay::Item::Need { meeting, .. } => *meeting,
+                | relay::Item::Need { meeting, .. }
+                | relay::Item::Shares { meeting, .. } => *meeting,
             };
             // The meeting may have left this shard meanwhile.
             let Some(&room_id) = self.room_keys.get(&meeting) else {
@@ -382,6 +383,7 @@ impl Shard {
                 }
                 relay::Item::Keyframe { ssrc, .. } => hosted.room.relay_keyframe(ssrc, now, &mut self.effects),
                 relay::Item::Need { track_id, needed, .. } => hosted.room.remote_need(from, &track_id, needed),
+                relay::Item::Shares { track_id, shares, .. } => hosted.room.remote_shares(from, &track_id, shares),
             }
             if !self.effects.is_empty() {
                 self.apply(room_id, now);
@@ -782,6 +784,23 @@ impl Shard {
                                 meeting,
                                 track_id,
                                 needed,
+                            },
+                        );
+                    }
+                }
+                Effect::RelayShares {
+                    source,
+                    track_id,
+                    shares,
+                } => {
+                    if let Some(hosted) = self.rooms.get(&room_id) {
+                        let meeting = hosted.key;
+                        self.relay.push(
+                            source,
+                            relay::Item::Shares {
+                                meeting,
+                                track_id,
+                                shares,
                             },
                         );
                     }

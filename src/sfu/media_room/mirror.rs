@@ -15,7 +15,10 @@
 //!   ([`MediaRoom::relay_keyframe`]);
 //! - the best layer this room's legs of a mirror wish ([`Effect::RelayNeed`]), which the
 //!   publisher's room counts beside its own legs' wishes when it tells the publisher
-//!   which simulcast layers to send ([`MediaRoom::remote_need`]).
+//!   which simulcast layers to send ([`MediaRoom::remote_need`]);
+//! - the REMB shares of this room's legs of a single-layer video mirror
+//!   ([`Effect::RelayShares`]), which the publisher's room counts with its own legs' when it
+//!   limits the publisher ([`MediaRoom::remote_shares`], `remb`).
 //!
 //! A mirror has no member behind it: the publisher is a member of its own shard's room
 //! only, so nothing is signalled to it from here, and its publisher connection is a
@@ -27,6 +30,7 @@ use std::time::Instant;
 use gatehouse_signaling::protocol::{ParticipantId, ParticipantKind, ServerMessage, TrackInfo, TrackKind};
 
 use super::quality::Verdict;
+use super::remb;
 use super::{
     ConnId, Dynacast, Effect, KeyframeFormat, Layer, MediaRoom, Negotiated, SimulcastLayer, Stream, Track, level_meter,
 };
@@ -220,6 +224,8 @@ impl MediaRoom {
             mirror: Some(source),
             remote_needs: Vec::new(),
             told_need: None,
+            remote_shares: Vec::new(),
+            told_shares: Vec::new(),
         });
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
         let t = self.tracks.len() - 1;
@@ -235,6 +241,59 @@ impl MediaRoom {
         self.apply_mirror(source, 0, &MirrorView::default(), now, effects);
         for track in &mut self.tracks {
             track.remote_needs.retain(|(s, _)| *s != source);
+            track.remote_shares.retain(|(s, _)| *s != source);
+        }
+    }
+
+    /// Another shard's legs of local single-layer video track `track_id` have these REMB
+    /// shares (empty: none of them is limited).
+    pub fn remote_shares(&mut self, source: usize, track_id: &str, shares: Vec<Option<u64>>) {
+        let Some(track) = self
+            .tracks
+            .iter_mut()
+            .find(|t| t.mirror.is_none() && t.info.track_id == track_id)
+        else {
+            return;
+        };
+        track.remote_shares.retain(|(s, _)| *s != source);
+        if !shares.is_empty() {
+            track.remote_shares.push((source, shares));
+        }
+    }
+
+    /// Tells the publishers' shards the REMB shares of this room's legs of their single-layer
+    /// video mirrors, when they changed (a leg limited or not any more, a share moved by more
+    /// than `remb::CHANGE`); shares none of which limits are told as none at all.
+    pub(super) fn report_mirror_shares(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        let mut reports = Vec::new();
+        for (t, track) in self.tracks.iter().enumerate() {
+            if track.mirror.is_none() || track.info.kind != TrackKind::Video || track.layers.len() != 1 {
+                continue;
+            }
+            let mut shares: Vec<Option<u64>> = track
+                .legs
+                .iter()
+                .filter(|l| l.negotiated && !l.rewrite.paused())
+                .filter_map(|l| l.bound.map(|(c, _)| self.video_share(c, track, l, now)))
+                .collect();
+            if shares.iter().all(Option::is_none) {
+                shares.clear();
+            }
+            shares.sort_unstable_by_key(|s| s.unwrap_or(u64::MAX));
+            if moved(&track.told_shares, &shares) {
+                reports.push((t, shares));
+            }
+        }
+        for (t, shares) in reports {
+            let track = &mut self.tracks[t];
+            track.told_shares = shares.clone();
+            if let Some(source) = track.mirror {
+                effects.push(Effect::RelayShares {
+                    source,
+                    track_id: track.info.track_id.clone(),
+                    shares,
+                });
+            }
         }
     }
 
@@ -274,4 +333,14 @@ impl MediaRoom {
             .iter()
             .any(|t| t.info.track_id == track_id && t.mirror.is_some())
     }
+}
+
+/// Whether sorted shares changed enough to be told again: another number of legs, a leg
+/// limited or not any more, or a share moved by more than [`remb::CHANGE`].
+fn moved(told: &[Option<u64>], now: &[Option<u64>]) -> bool {
+    told.len() != now.len()
+        || told.iter().zip(now).any(|pair| match pair {
+            (Some(a), Some(b)) => (*a as f64 - *b as f64).abs() > *a as f64 * remb::CHANGE,
+            (a, b) => a.is_some() != b.is_some(),
+        })
 }
