@@ -38,19 +38,25 @@ fn unpublished(c: &Peer) -> Vec<TrackId> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_participants_exchange_audio_and_video_intact() {
-    let sfu = start();
+/// `ids` join `meeting`, then each publishes microphone and camera: everyone is in the
+/// call before any track goes live, so each hears of every track (a later joiner would
+/// learn of earlier ones from `admitted`, not here).
+async fn everyone_publishes(sfu: &Sfu, meeting: &str, ids: &[&str]) -> Vec<std::sync::Arc<Peer>> {
     let mut clients = Vec::new();
-    for id in ["p_a", "p_b", "p_c"] {
-        clients.push(Peer::join(&sfu, "m_three", id, true).await);
+    for id in ids {
+        clients.push(Peer::join(sfu, meeting, id, true).await);
     }
-    // Everyone is in the call before any track goes live, so each hears of every
-    // track (a later joiner would learn of earlier ones from `admitted`, not here).
     for c in &clients {
         c.publish(TrackSource::Microphone).await.expect("publish accepted");
         c.publish(TrackSource::Camera).await.expect("publish accepted");
     }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_participants_exchange_audio_and_video_intact() {
+    let sfu = start();
+    let clients = everyone_publishes(&sfu, "m_three", &["p_a", "p_b", "p_c"]).await;
     // ~3 s of audio (50 packets/s) from each of the two others, on every client.
     let enough = eventually(SECS(20), || {
         clients.iter().all(|c| {
@@ -271,16 +277,7 @@ async fn screen_share_starts_and_stops_and_guests_may_not_present() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_participant_is_unpublished_everywhere_and_the_meeting_is_freed() {
     let sfu = start();
-    let mut clients = Vec::new();
-    for id in ["p_a", "p_b", "p_c"] {
-        clients.push(Peer::join(&sfu, "m_leave", id, true).await);
-    }
-    // Everyone is in the call before any track goes live, so each hears of every
-    // track (a later joiner would learn of earlier ones from `admitted`, not here).
-    for c in &clients {
-        c.publish(TrackSource::Microphone).await.expect("publish");
-        c.publish(TrackSource::Camera).await.expect("publish");
-    }
+    let clients = everyone_publishes(&sfu, "m_leave", &["p_a", "p_b", "p_c"]).await;
     assert!(
         eventually(SECS(10), || clients.iter().all(|c| published(c).len() == 6)).await,
         "everyone hears of everyone's tracks"
@@ -826,10 +823,7 @@ async fn a_meeting_spread_over_shards_forwards_across_them() {
     })
     .expect("sfu starts");
     let meeting = "m_split";
-    let mut clients = Vec::new();
-    for id in ["p_a", "p_b", "p_c"] {
-        clients.push(Peer::join(&sfu, meeting, id, true).await);
-    }
+    let clients = everyone_publishes(&sfu, meeting, &["p_a", "p_b", "p_c"]).await;
     let shard_of = |snapshot: &serde_json::Value, id: &str| -> Option<u64> {
         let mut all = vec![snapshot.clone()];
         all.extend(snapshot["spread"].as_array().cloned().unwrap_or_default());
@@ -841,10 +835,6 @@ async fn a_meeting_spread_over_shards_forwards_across_them() {
     let snapshot = sfu.debug_snapshot(meeting).await.expect("placed");
     let shards: Vec<Option<u64>> = ["p_a", "p_b", "p_c"].iter().map(|id| shard_of(&snapshot, id)).collect();
     assert_eq!(shards, [Some(0), Some(1), Some(0)], "spread one by one: {snapshot:#}");
-    for c in &clients {
-        c.publish(TrackSource::Microphone).await.expect("publish");
-        c.publish(TrackSource::Camera).await.expect("publish");
-    }
     // Everyone gets everyone else's audio and video, whichever shard each is on.
     let enough = eventually(SECS(20), || {
         clients.iter().all(|c| {

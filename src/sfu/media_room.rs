@@ -559,6 +559,32 @@ fn new_track_id() -> TrackId {
 }
 
 impl Track {
+    /// A track published with its first stream: a local publisher's (`mirror` `None`), or
+    /// a mirror of shard `mirror`'s ([`mirror`]).
+    fn first(info: TrackInfo, stream: Stream, mirror: Option<usize>) -> Self {
+        let level = level_meter(info.kind, &stream.mime_type, &stream.negotiated);
+        Track {
+            layers: vec![Layer::new(info.kind, &stream, 0)],
+            info,
+            conn: stream.conn,
+            receiver: stream.receiver,
+            next_cache_id: 1,
+            mid: stream.mid,
+            keyframes: KeyframeFormat::of(&stream.mime_type),
+            mime_type: stream.mime_type,
+            negotiated: stream.negotiated,
+            legs: Vec::new(),
+            parked: None,
+            level,
+            dynacast: Dynacast::default(),
+            mirror,
+            remote_needs: Vec::new(),
+            told_need: None,
+            remote_shares: Vec::new(),
+            told_shares: Vec::new(),
+        }
+    }
+
     /// How many clock ticks of this track's codec passed since its last packet:
     /// how far a restarted source's timeline goes on past the old one on every leg
     /// (see [`super::forward::TsRewriter`]).
@@ -940,27 +966,7 @@ impl MediaRoom {
             muted: announced.muted,
         };
         tracing::debug!(meeting_id = %self.meeting_id, participant_id = %participant, track_id = %info.track_id, mid = %stream.mid, codec = %stream.mime_type, "track published");
-        let level = level_meter(kind, &stream.mime_type, &stream.negotiated);
-        self.tracks.push(Track {
-            info: info.clone(),
-            conn: stream.conn,
-            receiver: stream.receiver,
-            layers: vec![Layer::new(kind, &stream, 0)],
-            next_cache_id: 1,
-            mid: stream.mid,
-            keyframes: KeyframeFormat::of(&stream.mime_type),
-            mime_type: stream.mime_type,
-            negotiated: stream.negotiated,
-            legs: Vec::new(),
-            parked: None,
-            level,
-            dynacast: Dynacast::default(),
-            mirror: None,
-            remote_needs: Vec::new(),
-            told_need: None,
-            remote_shares: Vec::new(),
-            told_shares: Vec::new(),
-        });
+        self.tracks.push(Track::first(info.clone(), stream, None));
         self.stats.add(|c| &c.tracks, 1);
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
         let t = self.tracks.len() - 1;

@@ -333,6 +333,13 @@ impl Shard {
         Counters::add(&counters.relay_drops, flushed.dropped);
     }
 
+    /// Relays an item of room `room_id`'s meeting to shard `to`.
+    fn relay_for(&mut self, room_id: RoomId, to: usize, item: impl FnOnce(MeetingKey) -> relay::Item) {
+        if let Some(hosted) = self.rooms.get(&room_id) {
+            self.relay.push(to, item(hosted.key));
+        }
+    }
+
     /// A room's local tracks may have changed: its view is compared at the end of the turn.
     fn view_may_change(&mut self, room_id: RoomId) {
         if let Some(hosted) = self.rooms.get_mut(&room_id)
@@ -761,50 +768,28 @@ impl Shard {
                 }
                 Effect::RequestKeyframe { conn, ssrc, .. } if relay::mirror_source(conn).is_some() => {
                     // A mirror's publisher is on another shard: asked there.
-                    if let (Some(source), Some(hosted)) = (relay::mirror_source(conn), self.rooms.get(&room_id)) {
-                        self.relay.push(
-                            source,
-                            relay::Item::Keyframe {
-                                meeting: hosted.key,
-                                ssrc,
-                            },
-                        );
+                    if let Some(source) = relay::mirror_source(conn) {
+                        self.relay_for(room_id, source, |meeting| relay::Item::Keyframe { meeting, ssrc });
                     }
                 }
                 Effect::RelayNeed {
                     source,
                     track_id,
                     needed,
-                } => {
-                    if let Some(hosted) = self.rooms.get(&room_id) {
-                        let meeting = hosted.key;
-                        self.relay.push(
-                            source,
-                            relay::Item::Need {
-                                meeting,
-                                track_id,
-                                needed,
-                            },
-                        );
-                    }
-                }
+                } => self.relay_for(room_id, source, |meeting| relay::Item::Need {
+                    meeting,
+                    track_id,
+                    needed,
+                }),
                 Effect::RelayShares {
                     source,
                     track_id,
                     shares,
-                } => {
-                    if let Some(hosted) = self.rooms.get(&room_id) {
-                        let meeting = hosted.key;
-                        self.relay.push(
-                            source,
-                            relay::Item::Shares {
-                                meeting,
-                                track_id,
-                                shares,
-                            },
-                        );
-                    }
-                }
+                } => self.relay_for(room_id, source, |meeting| relay::Item::Shares {
+                    meeting,
+                    track_id,
+                    shares,
+                }),
                 Effect::RequestKeyframe { conn, receiver, ssrc } => {
                     match self
                         .peers

@@ -31,9 +31,7 @@ use gatehouse_signaling::protocol::{ParticipantId, ParticipantKind, ServerMessag
 
 use super::quality::Verdict;
 use super::remb;
-use super::{
-    ConnId, Dynacast, Effect, KeyframeFormat, Layer, MediaRoom, Negotiated, SimulcastLayer, Stream, Track, level_meter,
-};
+use super::{ConnId, Effect, MediaRoom, Negotiated, SimulcastLayer, Stream, Track};
 
 /// What the meeting's rooms on other shards are told of this one: its local tracks, and
 /// the connection quality last announced of each of its participants.
@@ -204,29 +202,8 @@ impl MediaRoom {
         effects: &mut Vec<Effect>,
     ) {
         let info = mirrored.info.clone();
-        let kind = info.kind;
         tracing::debug!(meeting_id = %self.meeting_id, participant_id = %info.participant_id, track_id = %info.track_id, source, "mirrored track published");
-        let level = level_meter(kind, &stream.mime_type, &stream.negotiated);
-        self.tracks.push(Track {
-            info: info.clone(),
-            conn: stream.conn,
-            receiver: stream.receiver,
-            layers: vec![Layer::new(kind, &stream, 0)],
-            next_cache_id: 1,
-            mid: stream.mid.clone(),
-            keyframes: KeyframeFormat::of(&stream.mime_type),
-            mime_type: stream.mime_type,
-            negotiated: stream.negotiated,
-            legs: Vec::new(),
-            parked: None,
-            level,
-            dynacast: Dynacast::default(),
-            mirror: Some(source),
-            remote_needs: Vec::new(),
-            told_need: None,
-            remote_shares: Vec::new(),
-            told_shares: Vec::new(),
-        });
+        self.tracks.push(Track::first(info.clone(), stream, Some(source)));
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
         let t = self.tracks.len() - 1;
         let members: Vec<_> = self.members.iter().map(|m| m.id.clone()).collect();
@@ -248,11 +225,7 @@ impl MediaRoom {
     /// Another shard's legs of local single-layer video track `track_id` have these REMB
     /// shares (empty: none of them is limited).
     pub fn remote_shares(&mut self, source: usize, track_id: &str, shares: Vec<Option<u64>>) {
-        let Some(track) = self
-            .tracks
-            .iter_mut()
-            .find(|t| t.mirror.is_none() && t.info.track_id == track_id)
-        else {
+        let Some(track) = self.local_track_mut(track_id) else {
             return;
         };
         track.remote_shares.retain(|(s, _)| *s != source);
@@ -297,14 +270,17 @@ impl MediaRoom {
         }
     }
 
+    /// A local publisher's track (not a mirror) by id.
+    fn local_track_mut(&mut self, track_id: &str) -> Option<&mut Track> {
+        self.tracks
+            .iter_mut()
+            .find(|t| t.mirror.is_none() && t.info.track_id == track_id)
+    }
+
     /// Another shard's subscribers of local track `track_id` wish layers up to rank
     /// `needed` (`None`: none of them wants it now).
     pub fn remote_need(&mut self, source: usize, track_id: &str, needed: Option<u8>) {
-        let Some(track) = self
-            .tracks
-            .iter_mut()
-            .find(|t| t.mirror.is_none() && t.info.track_id == track_id)
-        else {
+        let Some(track) = self.local_track_mut(track_id) else {
             return;
         };
         match track.remote_needs.iter_mut().find(|(s, _)| *s == source) {
