@@ -22,9 +22,19 @@ for i in range(0, max(1, len(rows) - win + 1)):
     if not w: break
     sv = sum(r[1] for r in w) / len(w)
     if best is None or sv > best[0]:
-        best = (sv, sum(r[2] for r in w) / len(w), sum(r[3] for r in w) / len(w), max(r[3] for r in w))
+        best = (sv, sum(r[2] for r in w) / len(w), sum(r[3] for r in w) / len(w), max(r[3] for r in w),
+                # every shard thread's mean, shard 0 first (sample.sh puts shards 1.. after the client)
+                [round(sum(r[c] for r in w) / len(w), 1) for c in [2] + list(range(4, len(w[0])))])
 parts = j["participants"]["joined"]
 cpu = g.get("cpu_percent"); fwd = g.get("forwarded_per_sec"); rss = g.get("rss_peak_bytes")
+# The gateway's counters at the end of the run (run.sh reads /metrics): totals, not rates.
+counters = {}
+try:
+    for l in open(R + name + ".metrics"):
+        k, v = l.split()
+        counters[k.removeprefix("gatehouse_sfu_").removesuffix("_total")] = int(float(v))
+except OSError:
+    pass
 out = dict(name=name, verdict=j["verdict"], joined=parts, planned=j["participants"]["planned"],
     loss=p["loss_percent"], p99=lat.get("p99"), p50=lat.get("p50"), fwd_per_s=fwd, gw_cpu=cpu,
     us_per_fwd=(cpu / 100 / fwd * 1e6) if cpu and fwd else None,
@@ -32,6 +42,9 @@ out = dict(name=name, verdict=j["verdict"], joined=parts, planned=j["participant
     rss_per_part_kb=((rss / 1e3 - idle_rss) / parts) if rss and parts else None,
     cpu_per_part=(cpu / parts) if cpu and parts else None,
     sampled_server=best and best[0], sampled_shard=best and best[1], sampled_client=best and best[2], client_max=best and best[3],
+    sampled_shards=best and best[4], relayed=counters.get("relayed_packets"), relay_drops=counters.get("relay_drops"),
+    relayed_per_s=g.get("sfu_rates", {}).get("gatehouse_sfu_relayed_packets_total"),
+    socket_drops_gw=g.get("socket_drops"), socket_drops_client=(j.get("client") or {}).get("socket_drops"),
     client_avg_cpu=round((float(u) + float(s)) / float(e) * 100, 1), warn=warn, error=err, errors=j.get("errors"))
 print(json.dumps(out))
 open(R + "summary.jsonl", "a").write(json.dumps(out) + "\n")
