@@ -17,7 +17,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{ReceiverReportBuilder, SenderReportBuilder};
+use rtc::interceptor::SenderReportBuilder;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers;
@@ -37,6 +37,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDi
 use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor, SharedSettings};
 use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
+use super::quiet_reports::QuietReceiverReport;
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
 use super::stats::StatsPair;
 use super::twcc_feedback;
@@ -130,6 +131,9 @@ pub struct Conn {
     pub written: usize,
     /// When its timer was last re-armed from `rtc`'s `poll_timeout` (`Peers::settle_media`).
     pub rearmed_at: Option<Instant>,
+    /// When RTP was last read from it or written into it: a connection without any for a
+    /// while is quiet, and its timer fires on a coarse grid (`timers::quiet_slot`).
+    pub last_media: Option<Instant>,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -171,6 +175,7 @@ impl Conn {
             layer_rtx: SharedSettings::default(),
             written: 0,
             rearmed_at: None,
+            last_media: None,
         }
     }
 }
@@ -259,7 +264,8 @@ pub fn build(
 
 /// `rtc`'s default interceptors (`register_default_interceptors`: NACK feedback,
 /// simulcast header extensions, TWCC feedback to publishers (quiet while nothing
-/// arrives, see `twcc_feedback`), sender and receiver reports) with our NACK
+/// arrives, see `twcc_feedback`), sender and receiver reports (receiver reports quiet
+/// while nothing arrives too, see `quiet_reports`)) with our NACK
 /// generator in place of `rtc`'s (see `nack`), no NACK
 /// responder (subscribers' NACKs are answered by the media room from its
 /// retransmission cache, see `retransmit`; `rtc`'s could never answer them, as our
@@ -294,7 +300,7 @@ fn interceptors(
     configure_simulcast_extension_headers(media_engine)?;
     let registry = match role {
         PeerRole::Publisher => twcc_feedback::configure(Registry::new(), media_engine)?
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::ReceiverReport, QuietReceiverReport::new())
             .with(
                 Slot::from(LAYER_RTX_SLOT),
                 LayerRtxInterceptor::new(layer_rtx, stats.clone()),

@@ -37,6 +37,13 @@ pub fn classify(buf: &[u8]) -> Class {
     }
 }
 
+/// Whether a datagram is RTP (SRTP once keyed), not RTCP: RFC 5761 §4 tells them apart by
+/// the second byte, whose RTCP packet types (192 to 223) RTP payload types with the marker
+/// bit set never take. The header is not encrypted, so this holds for SRTP and SRTCP too.
+pub fn is_rtp(buf: &[u8]) -> bool {
+    classify(buf) == Class::Rtp && buf.get(1).is_some_and(|b| !(192..=223).contains(b))
+}
+
 const STUN_HEADER_LEN: usize = 20;
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_BINDING_REQUEST: u16 = 0x0001;
@@ -432,6 +439,20 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn rtp_is_told_from_rtcp_by_its_second_byte() {
+        assert!(is_rtp(&[0x80, 111]), "Opus");
+        assert!(is_rtp(&[0x80, 0x80 | 96]), "VP8 with the marker bit");
+        assert!(is_rtp(&[0x90, 0xff]), "payload type 127 with the marker bit");
+        for pt in [200u8, 201, 205, 206, 192, 223] {
+            assert!(!is_rtp(&[0x81, pt]), "RTCP packet type {pt}");
+        }
+        assert!(!is_rtp(&[0x80]), "too short");
+        assert!(!is_rtp(&[0x00, 0x01]), "STUN");
+        assert!(!is_rtp(&[22, 0xfe]), "DTLS");
+        assert!(!is_rtp(&[]));
     }
 
     #[test]

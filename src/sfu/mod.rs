@@ -56,6 +56,7 @@ mod peers;
 pub mod placement;
 pub mod probe;
 pub mod quality;
+pub mod quiet_reports;
 pub mod relay;
 pub mod remb;
 pub mod retransmit;

@@ -362,6 +362,9 @@ impl Peers {
         let (nominating, data) = self.promote_first_check(id, nominating, data);
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.last_seen = now;
+            if demux::is_rtp(&data) {
+                conn.last_media = Some(now);
+            }
             if nominating && conn.nominated != Some(path) {
                 conn.pending_nomination = Some(path);
             }
@@ -634,7 +637,10 @@ impl Peers {
     pub fn settle_written(&mut self, now: Instant) {
         let mut written = std::mem::take(&mut self.written);
         for id in written.drain(..) {
-            let count = self.conns.get(&id).map_or(0, |c| c.written);
+            let count = self.conns.get_mut(&id).map_or(0, |c| {
+                c.last_media = Some(now);
+                c.written
+            });
             if count > 0 {
                 self.settle_media(id, now, count);
             }
@@ -777,9 +783,18 @@ impl Peers {
 
     /// Arms the connection's next deadline on the timer grid.
     fn rearm(&mut self, id: ConnId, now: Instant) {
-        let Some(next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
+        let Some(mut next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
             return;
         };
+        // A quiet connection's deadlines on its coarse grid (issue 13, the idle cost).
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| super::timers::is_quiet(c.connected, c.last_media, now))
+        {
+            next =
+                next.map(|at| super::timers::quiet_slot(at, now, self.timers.epoch(), super::timers::quiet_phase(id)));
+        }
         self.timers.arm(id, next, now);
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.rearmed_at = Some(now);

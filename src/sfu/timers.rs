@@ -22,6 +22,58 @@ use super::idmap::IdMap;
 /// a second between them, not once per connection per interval.
 pub const TIMER_TICK: Duration = Duration::from_millis(10);
 
+/// How long a connected connection must have moved no RTP, either way, to be quiet (see
+/// [`quiet_slot`]).
+pub const QUIET_AFTER: Duration = Duration::from_secs(1);
+
+/// A quiet connection's grid: its deadlines fire at most once per this (issue 13, the idle
+/// cost).
+pub const QUIET_TICK: Duration = Duration::from_secs(1);
+
+/// Whether a connection is quiet at `now`: up (`connected`: DTLS done, so no handshake
+/// retransmission is pending) and no RTP read from it or written into it since
+/// [`QUIET_AFTER`] (`last_media`: the last one, if any). RTCP does not count: a browser
+/// keeps reporting on streams that carry nothing.
+pub fn is_quiet(connected: bool, last_media: Option<Instant>, now: Instant) -> bool {
+    connected && last_media.is_none_or(|at| now.saturating_duration_since(at) >= QUIET_AFTER)
+}
+
+/// A quiet connection's place on [`QUIET_TICK`]: its deadlines fire at `phase` past each
+/// whole quiet tick of the grid, a multiple of [`TIMER_TICK`] spread evenly over the quiet
+/// tick by the connection's id (consecutive ids a prime number of ticks apart), so that a
+/// shard of quiet connections fires about as many of them in each of its ticks rather than
+/// all in one turn a second (a turn that would delay the busy rooms' packets).
+pub fn quiet_phase(id: u64) -> Duration {
+    let ticks = (QUIET_TICK.as_nanos() / TIMER_TICK.as_nanos()) as u64;
+    TIMER_TICK * (id.wrapping_mul(37) % ticks) as u32
+}
+
+/// When a quiet connection's deadline `at`, armed at `now`, fires: the first instant at or
+/// after `at` that lies `phase` ([`quiet_phase`]) past a whole [`QUIET_TICK`] from `epoch`
+/// (the grid's origin), so never early and at most a quiet tick late, and on the
+/// [`TIMER_TICK`] grid as well. A deadline already due is not moved.
+///
+/// What fires on a quiet connection can wait that long: `rtc`'s ICE agent runs every 200 ms
+/// once its remote description is set, which in our configuration (ICE-lite, its
+/// disconnected and failed timeouts off, consent judged by the shard) only looks at the
+/// selected pair; receiver and sender reports (every second) report streams that carry
+/// nothing; NACK and TWCC feedback need media. DTLS retransmissions happen before the
+/// connection is up, when it is not quiet. The first packet either way makes it busy
+/// again, and its next re-arm (at most a tick later) takes `rtc`'s deadline as it is.
+pub fn quiet_slot(at: Instant, now: Instant, epoch: Instant, phase: Duration) -> Instant {
+    if at <= now {
+        return at;
+    }
+    let origin = epoch + phase;
+    let tick = QUIET_TICK.as_nanos();
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let slots = since.div_ceil(tick);
+    let offset = slots.saturating_mul(tick);
+    let slot = origin + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX));
+    // A deadline before the origin (the grid's first second): the origin is after it.
+    slot.max(at)
+}
+
 /// The deadlines of a set of keys (connections), at most one per key.
 #[derive(Debug)]
 pub struct Deadlines<K> {
@@ -88,6 +140,11 @@ impl<K: Copy + Ord + Hash> Deadlines<K> {
             }
             None => false,
         }
+    }
+
+    /// The grid's origin (for [`quiet_slot`]).
+    pub fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// The slot `key` is armed for.
@@ -204,6 +261,72 @@ mod tests {
         let mut out = Vec::new();
         d.take_due(now, &mut out);
         out
+    }
+
+    #[test]
+    fn a_connection_is_quiet_once_up_and_without_rtp_for_a_while() {
+        let t0 = Instant::now();
+        assert!(!is_quiet(false, None, t0), "not up yet: a handshake may retransmit");
+        assert!(!is_quiet(false, Some(t0), t0 + ms(5_000)));
+        assert!(is_quiet(true, None, t0), "up and never moved media");
+        assert!(!is_quiet(true, Some(t0), t0), "media just now");
+        assert!(!is_quiet(true, Some(t0), t0 + QUIET_AFTER - ms(1)));
+        assert!(is_quiet(true, Some(t0), t0 + QUIET_AFTER));
+        assert!(
+            !is_quiet(true, Some(t0 + ms(10)), t0),
+            "a clock read out of order is not quiet"
+        );
+    }
+
+    #[test]
+    fn quiet_phases_are_grid_ticks_spread_evenly_over_the_quiet_tick() {
+        let slots = (QUIET_TICK.as_millis() / TICK.as_millis()) as usize;
+        let mut per_slot = vec![0usize; slots];
+        for id in 0..10 * slots as u64 {
+            let phase = quiet_phase(id);
+            assert!(phase < QUIET_TICK, "{phase:?}");
+            assert_eq!(phase.as_nanos() % TICK.as_nanos(), 0, "on the grid: {phase:?}");
+            per_slot[(phase.as_nanos() / TICK.as_nanos()) as usize] += 1;
+        }
+        assert!(
+            per_slot.iter().all(|&n| n == 10),
+            "consecutive ids fill every tick alike: {per_slot:?}"
+        );
+        assert_ne!(quiet_phase(1), quiet_phase(2), "neighbours fire in different turns");
+    }
+
+    #[test]
+    fn a_quiet_deadline_fires_on_its_phase_never_early_at_most_a_quiet_tick_late() {
+        let epoch = Instant::now();
+        let phase = ms(370);
+        let now = epoch + ms(5_000);
+        // Due already: not moved.
+        assert_eq!(quiet_slot(now, now, epoch, phase), now);
+        assert_eq!(quiet_slot(now - ms(1), now, epoch, phase), now - ms(1));
+        // rtc's 200 ms ICE tick and its 1 s report fall into the same slot.
+        assert_eq!(quiet_slot(now + ms(200), now, epoch, phase), epoch + ms(5_370));
+        assert_eq!(
+            quiet_slot(now + ms(370), now, epoch, phase),
+            epoch + ms(5_370),
+            "on the slot"
+        );
+        assert_eq!(quiet_slot(now + ms(371), now, epoch, phase), epoch + ms(6_370));
+        assert_eq!(quiet_slot(now + ms(1_000), now, epoch, phase), epoch + ms(6_370));
+        for k in 1..3_000u64 {
+            let at = now + Duration::from_micros(k * 997);
+            let slot = quiet_slot(at, now, epoch, phase);
+            assert!(slot >= at && slot - at < QUIET_TICK, "{k}: {:?} late", slot - at);
+            assert_eq!(
+                (slot - epoch - phase).as_nanos() % QUIET_TICK.as_nanos(),
+                0,
+                "{k}: on its phase"
+            );
+            // And on the shard's grid, so arming it there does not move it.
+            let d = Deadlines::<u64>::new(epoch, TICK);
+            assert_eq!(d.slot(slot, now), slot, "{k}");
+        }
+        // Before the grid's first quiet slot.
+        assert_eq!(quiet_slot(epoch + ms(100), epoch, epoch, phase), epoch + phase);
     }
 
     #[test]
