@@ -22,6 +22,11 @@ SHAPES=(
   "LA200|--meetings 200 --publishers 2 --duration 15 --ramp 40"
   # 100 audio-only rooms: 50 packets/s of 100 bytes per participant.
   "LAU100|--meetings 100 --publishers 2 --no-video --audio-kbps 40 --duration 15 --ramp 40"
+  # Idle participants (--idle): 200 and 500 participants with a microphone and a camera, which
+  # send a little (so that every connection and track comes up) until the steady phase, then
+  # nothing; the report's idle.gateway_cpu_ms_per_participant_per_sec is the figure.
+  "LIDLE200|--meetings 100 --publishers 2 --idle --audio-kbps 8 --audio-pps 10 --video-kbps 30 --video-fps 5 --duration 30 --ramp 40"
+  "LIDLE500|--meetings 250 --publishers 2 --idle --audio-kbps 8 --audio-pps 10 --video-kbps 30 --video-fps 5 --duration 30 --ramp 50"
 )
 for rep in $(seq "$REPS"); do
   for shape in "${SHAPES[@]}"; do

@@ -46,5 +46,9 @@ out = dict(name=name, verdict=j["verdict"], joined=parts, planned=j["participant
     relayed_per_s=g.get("sfu_rates", {}).get("gatehouse_sfu_relayed_packets_total"),
     socket_drops_gw=g.get("socket_drops"), socket_drops_client=(j.get("client") or {}).get("socket_drops"),
     client_avg_cpu=round((float(u) + float(s)) / float(e) * 100, 1), warn=warn, error=err, errors=j.get("errors"))
+idle = j.get("idle")
+if idle:
+    out.update(idle_connected=idle["connected"], idle_participants=idle["participants"],
+               idle_connections_up=idle["connections_up"], idle_ms_per_part_s=idle["gateway_cpu_ms_per_participant_per_sec"])
 print(json.dumps(out))
 open(R + "summary.jsonl", "a").write(json.dumps(out) + "\n")
