@@ -87,6 +87,12 @@ pub const PARK_GRACE: Duration = Duration::from_secs(20);
 /// Simulcast layers kept per track (browsers send at most three or four); more are not forwarded.
 pub const MAX_LAYERS: usize = 4;
 
+/// `connection_quality` messages a participant is sent per quality evaluation at most (the
+/// rest follow at the next ones, oldest change first): staff entering a large meeting where
+/// many connections are poor, or a moment that changes many verdicts at once, must not fill
+/// their signaling outbox (`crate::outbox::OUTBOX_CAPACITY`), which would close the socket.
+pub const QUALITY_NEWS_PER_EVALUATION: usize = 64;
+
 /// Candidates kept per participant while their connection has no remote description.
 pub const MAX_PENDING_CANDIDATES: usize = 64;
 
@@ -479,8 +485,12 @@ pub struct MediaRoom {
     /// [`MediaRoom::evaluate_publisher_limits`]), by connection.
     remb: Vec<(ConnId, Remb)>,
     /// The connection quality last announced of the participants on the meeting's other
-    /// shards (source shard, participant, verdict): told to this room's staff ([`mirror`]).
-    remote_quality: Vec<(usize, ParticipantId, quality::Verdict)>,
+    /// shards (source shard, participant, verdict, the room's number of its change): told
+    /// to this room's staff ([`mirror`]).
+    remote_quality: Vec<(usize, ParticipantId, quality::Verdict, u64)>,
+    /// Changes of announced quality verdicts so far, local and remote: each change's number,
+    /// by which participants are told them in order ([`MediaRoom::evaluate_quality`]).
+    quality_changes: u64,
 }
 
 /// Whether (and how) a video leg resends as RTX, from what its subscriber negotiated.
@@ -676,6 +686,7 @@ impl MediaRoom {
             quality_due: None,
             remb: Vec::new(),
             remote_quality: Vec::new(),
+            quality_changes: 0,
         }
     }
 
@@ -2212,13 +2223,17 @@ impl MediaRoom {
         self.quality_due = Some(now + params.evaluate_every);
         let members = &self.members;
         self.quality.retain(|(id, _)| members.iter().any(|m| &m.id == id));
-        let mut changed: Vec<(ParticipantId, quality::Verdict)> = Vec::new();
         for mi in 0..self.members.len() {
             let (id, joined_at) = (self.members[mi].id.clone(), self.members[mi].joined_at);
             let sample = self.quality_sample(mi, now);
-            if let Some(verdict) = self.quality_of(&id, joined_at).assessment.update(&sample, now, &params) {
+            let changes = self.quality_changes;
+            let q = self.quality_of(&id, joined_at);
+            q.catch_up_to.get_or_insert(changes);
+            if let Some(verdict) = q.assessment.update(&sample, now, &params) {
+                self.quality_changes += 1;
+                let q = self.quality_of(&id, joined_at);
+                q.changed_at = changes + 1;
                 tracing::debug!(meeting_id = %self.meeting_id, participant_id = %id, ?verdict, ?sample, "connection quality");
-                changed.push((id, verdict));
             }
         }
         let message = |id: &ParticipantId, v: quality::Verdict| ServerMessage::ConnectionQuality {
@@ -2226,48 +2241,56 @@ impl MediaRoom {
             quality: v.quality,
             video_reduced: v.video_reduced,
         };
+        // Each participant hears the changes it has not heard, in order, a bounded number per
+        // evaluation: about itself, and about everyone (here and on other shards) when staff.
+        let mut news: Vec<(u64, &ParticipantId, quality::Verdict)> = Vec::new();
+        let mut told: Vec<(usize, u64)> = Vec::new();
         for m in &self.members {
             let staff = m.kind == ParticipantKind::Staff;
-            let Some(told) = self.quality.iter().position(|(p, _)| *p == m.id) else {
+            let Some(qi) = self.quality.iter().position(|(p, _)| *p == m.id) else {
                 continue;
             };
-            if !self.quality[told].1.told {
-                // Everything it should know that is not the assumed state (and not about to be said).
-                for (id, q) in &self.quality {
-                    let v = q.assessment.announced();
-                    if (staff || *id == m.id) && v != quality::Verdict::ASSUMED && !changed.iter().any(|(c, _)| c == id)
-                    {
-                        effects.push(Effect::Signal {
-                            to: m.id.clone(),
-                            message: message(id, v),
-                        });
-                    }
-                }
-                // ... and of the participants on the meeting's other shards.
-                for (_, id, v) in self
-                    .remote_quality
+            let (from, catch_up) = {
+                let q = &self.quality[qi].1;
+                (q.told_up_to, q.catch_up_to.unwrap_or(0))
+            };
+            news.clear();
+            news.extend(
+                self.quality
                     .iter()
-                    .filter(|(_, _, v)| *v != quality::Verdict::ASSUMED)
-                {
-                    if staff {
-                        effects.push(Effect::Signal {
-                            to: m.id.clone(),
-                            message: message(id, *v),
-                        });
-                    }
-                }
+                    .filter(|(id, q)| (staff || *id == m.id) && q.changed_at > from)
+                    .map(|(id, q)| (q.changed_at, id, q.assessment.announced())),
+            );
+            if staff {
+                news.extend(
+                    self.remote_quality
+                        .iter()
+                        .filter(|(_, _, _, at)| *at > from)
+                        .map(|(_, id, v, at)| (*at, id, *v)),
+                );
             }
-            for (id, v) in &changed {
-                if staff || *id == m.id {
-                    effects.push(Effect::Signal {
-                        to: m.id.clone(),
-                        message: message(id, *v),
-                    });
+            news.sort_unstable_by_key(|(at, _, _)| *at);
+            let (mut last, mut sent) = (from, 0);
+            for (at, id, v) in &news {
+                if sent == QUALITY_NEWS_PER_EVALUATION {
+                    break;
                 }
+                last = *at;
+                // What changed before it was first evaluated and is back to the assumed state
+                // is what it assumes already.
+                if *at <= catch_up && *v == quality::Verdict::ASSUMED {
+                    continue;
+                }
+                effects.push(Effect::Signal {
+                    to: m.id.clone(),
+                    message: message(id, *v),
+                });
+                sent += 1;
             }
+            told.push((qi, last));
         }
-        for (_, q) in &mut self.quality {
-            q.told = true;
+        for (qi, last) in told {
+            self.quality[qi].1.told_up_to = last;
         }
         self.tell_received_layers(now, effects);
     }
@@ -5896,11 +5919,13 @@ mod tests {
     #[test]
     fn staff_hear_the_quality_of_participants_on_other_shards() {
         let now = Instant::now();
+        let second = Duration::from_secs(1);
         let mut sat = room();
         let mut fx = Vec::new();
         const E: &str = "p_e";
         sat.add_participant(D, ParticipantKind::Guest, false, now, &mut fx);
         sat.add_participant(E, ParticipantKind::Staff, true, now, &mut fx);
+        sat.evaluate_quality(now, &mut fx);
         let poor = quality::Verdict {
             quality: ConnectionQuality::Poor,
             video_reduced: true,
@@ -5912,9 +5937,11 @@ mod tests {
         fx.clear();
         sat.apply_mirror(0, FROM_0, &view(poor), now, &mut fx);
         sat.apply_mirror(0, FROM_0, &view(poor), now, &mut fx);
-        let heard = qualities(&fx);
+        assert!(qualities(&fx).is_empty(), "told at the next evaluation");
+        sat.evaluate_quality(now + second, &mut fx);
+        sat.evaluate_quality(now + second * 2, &mut fx);
         assert_eq!(
-            heard,
+            qualities(&fx),
             [(E.to_owned(), A.to_owned(), ConnectionQuality::Poor, true)],
             "staff only, once, and nothing of the assumed state"
         );
@@ -5922,19 +5949,64 @@ mod tests {
         const F: &str = "p_f";
         sat.add_participant(F, ParticipantKind::Staff, true, now, &mut fx);
         fx.clear();
-        sat.evaluate_quality(now + Duration::from_secs(10), &mut fx);
-        assert!(
-            qualities(&fx).contains(&(F.to_owned(), A.to_owned(), ConnectionQuality::Poor, true)),
-            "{:?}",
-            qualities(&fx)
+        sat.evaluate_quality(now + second * 3, &mut fx);
+        assert_eq!(
+            qualities(&fx),
+            [(F.to_owned(), A.to_owned(), ConnectionQuality::Poor, true)]
         );
         // Back to normal: told; the shard leaving takes its verdicts with it.
         fx.clear();
         sat.apply_mirror(0, FROM_0, &view(quality::Verdict::ASSUMED), now, &mut fx);
+        sat.evaluate_quality(now + second * 4, &mut fx);
         assert_eq!(qualities(&fx).len(), 2, "E and F hear A is fine again: {fx:?}");
         sat.apply_mirror(0, FROM_0, &view(poor), now, &mut fx);
         sat.forget_mirror(0, now, &mut fx);
         assert!(sat.remote_quality.is_empty());
+    }
+
+    /// Staff entering a large meeting where many connections are poor (here, on another
+    /// shard) hear of them a bounded number per evaluation, oldest change first, so their
+    /// signaling outbox never fills; a guest hears only of itself.
+    #[test]
+    fn quality_news_is_paced_per_evaluation() {
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut sat = room();
+        let mut fx = Vec::new();
+        const E: &str = "p_e";
+        sat.add_participant(D, ParticipantKind::Guest, false, now, &mut fx);
+        sat.add_participant(E, ParticipantKind::Staff, true, now, &mut fx);
+        let lost = quality::Verdict {
+            quality: ConnectionQuality::Lost,
+            video_reduced: false,
+        };
+        let many = QUALITY_NEWS_PER_EVALUATION + 36;
+        let view = MirrorView {
+            tracks: Vec::new(),
+            quality: (0..many).map(|i| (format!("p_{i:03}").into(), lost)).collect(),
+        };
+        sat.apply_mirror(0, FROM_0, &view, now, &mut fx);
+        fx.clear();
+        sat.evaluate_quality(now, &mut fx);
+        let first = qualities(&fx);
+        assert_eq!(first.len(), QUALITY_NEWS_PER_EVALUATION);
+        assert!(
+            first
+                .iter()
+                .all(|(to, _, q, _)| to == E && *q == ConnectionQuality::Lost)
+        );
+        assert_eq!(first[0].1, "p_000", "oldest change first");
+        fx.clear();
+        sat.evaluate_quality(now + second, &mut fx);
+        let rest = qualities(&fx);
+        assert_eq!(rest.len(), 36);
+        let mut all: Vec<String> = first.into_iter().chain(rest).map(|(_, about, _, _)| about).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), many, "each once");
+        fx.clear();
+        sat.evaluate_quality(now + second * 2, &mut fx);
+        assert!(qualities(&fx).is_empty(), "nothing more to tell");
     }
 
     #[test]

@@ -434,9 +434,15 @@ pub struct Participant {
     /// Its subscriber connection's congestion feedback reports counted at the last
     /// evaluation: the estimator's loss is this window's only when more came since.
     pub twcc_reports: u64,
-    /// It has been told the state of whom it should know about (itself; everyone, for
-    /// staff): false on entering the call and on coming back on a new socket.
-    pub told: bool,
+    /// How far it has been told the news of those it should know about (itself; everyone,
+    /// for staff): the room's number of the last change told (0: none yet, as on entering
+    /// the call and on coming back on a new socket).
+    pub told_up_to: u64,
+    /// The changes up to this one happened before it was first evaluated: of those it is
+    /// told only what is not the assumed state (it assumes that). Set at its first evaluation.
+    pub catch_up_to: Option<u64>,
+    /// The room's number of the last change of its own announced verdict (0: never changed).
+    pub changed_at: u64,
     /// When it entered the call (a new value: it came back on a new socket).
     pub joined_at: Instant,
 }
@@ -447,7 +453,9 @@ impl Participant {
             assessment: Assessment::default(),
             downlink: Downlink::default(),
             twcc_reports: 0,
-            told: false,
+            told_up_to: 0,
+            catch_up_to: None,
+            changed_at: 0,
             joined_at,
         }
     }

@@ -27,7 +27,7 @@
 
 use std::time::Instant;
 
-use gatehouse_signaling::protocol::{ParticipantId, ParticipantKind, ServerMessage, TrackInfo, TrackKind};
+use gatehouse_signaling::protocol::{ParticipantId, ServerMessage, TrackInfo, TrackKind};
 
 use super::quality::Verdict;
 use super::remb;
@@ -103,7 +103,7 @@ impl MediaRoom {
         now: Instant,
         effects: &mut Vec<Effect>,
     ) {
-        self.remote_quality_from(source, &view.quality, effects);
+        self.remote_quality_from(source, &view.quality);
         let view = &view.tracks;
         let gone: Vec<_> = self
             .tracks
@@ -165,31 +165,28 @@ impl MediaRoom {
     }
 
     /// The quality of shard `source`'s participants: a verdict that changed (or is new and
-    /// not the assumed one) is told to this room's staff.
-    fn remote_quality_from(&mut self, source: usize, verdicts: &[(ParticipantId, Verdict)], effects: &mut Vec<Effect>) {
+    /// not the assumed one) is numbered as a change, and this room's staff hear it at the
+    /// next quality evaluation ([`MediaRoom::evaluate_quality`], paced as local news is).
+    fn remote_quality_from(&mut self, source: usize, verdicts: &[(ParticipantId, Verdict)]) {
+        let mut fresh = Vec::with_capacity(verdicts.len());
         for (id, verdict) in verdicts {
             let before = self
                 .remote_quality
                 .iter()
-                .find(|(s, p, _)| *s == source && p == id)
-                .map_or(Verdict::ASSUMED, |(_, _, v)| *v);
-            if before == *verdict {
-                continue;
-            }
-            for m in self.members.iter().filter(|m| m.kind == ParticipantKind::Staff) {
-                effects.push(Effect::Signal {
-                    to: m.id.clone(),
-                    message: ServerMessage::ConnectionQuality {
-                        participant_id: id.clone(),
-                        quality: verdict.quality,
-                        video_reduced: verdict.video_reduced,
-                    },
-                });
-            }
+                .find(|(s, p, _, _)| *s == source && p == id)
+                .map(|(_, _, v, at)| (*v, *at));
+            let at = match before {
+                Some((v, at)) if v == *verdict => at,
+                None if *verdict == Verdict::ASSUMED => 0,
+                _ => {
+                    self.quality_changes += 1;
+                    self.quality_changes
+                }
+            };
+            fresh.push((source, id.clone(), *verdict, at));
         }
-        self.remote_quality.retain(|(s, _, _)| *s != source);
-        self.remote_quality
-            .extend(verdicts.iter().map(|(id, v)| (source, id.clone(), *v)));
+        self.remote_quality.retain(|(s, _, _, _)| *s != source);
+        self.remote_quality.extend(fresh);
     }
 
     /// A mirror of a track this room had not seen: published under its publisher's id.
