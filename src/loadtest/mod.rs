@@ -129,7 +129,7 @@ pub struct Options {
 ///   0    finished within the thresholds
 ///   1    could not run (gateway unreachable, token refused...) or nobody could join
 ///   2    bad arguments
-///   3    a threshold was breached (--max-loss, --max-p99-ms)
+///   3    a threshold was breached (--max-loss, --max-p99-ms), or a participant failed
 ///   130  interrupted with Ctrl-C (every peer is closed, the partial report printed)
 #[derive(Debug, Clone, Args)]
 #[command(verbatim_doc_comment)]

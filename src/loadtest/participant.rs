@@ -183,11 +183,18 @@ impl Probe {
 
     /// Notes its media connections as they are now, for the report: the runner calls it just
     /// before telling everyone to stop (none noted if it never had one, as with the sdk engine).
+    /// One down then is a failure: its media stopped during the run.
     pub fn note_connections(&self) {
         let total = self.connections_total.load(Ordering::Relaxed);
         if total > 0 {
             let up = self.connections_up.load(Ordering::Relaxed).min(total);
             self.state().connections = Some(ConnectionsUp { up, total });
+            if up < total {
+                self.fail(format!(
+                    "{} of {total} media connections down at the end of the run",
+                    total - up
+                ));
+            }
         }
     }
 

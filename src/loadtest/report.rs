@@ -358,7 +358,7 @@ impl StormFigures {
 pub enum Verdict {
     /// Within every threshold given.
     Pass,
-    /// At least one threshold was breached (see `breaches`).
+    /// At least one threshold was breached, or a participant failed (see `breaches`).
     ThresholdBreached,
     /// Nobody could join: there was nothing to measure.
     Failed,
@@ -597,9 +597,10 @@ impl Report {
             max: jitters.iter().copied().fold(0.0, f64::max),
         });
         let kbps_of = |kind: TrackKind| {
+            // Streams with a measured rate only: one that got a burst and stopped has none.
             let rates: Vec<f64> = received_streams
                 .iter()
-                .filter(|s| s.kind == kind)
+                .filter(|s| s.kind == kind && s.summary.bitrate_bps > 0.0)
                 .map(|s| s.summary.bitrate_bps / 1e3)
                 .collect();
             mean(&rates)
@@ -680,6 +681,13 @@ impl Report {
                     self.streams.expected
                 ));
             }
+        }
+        if self.participants.failed > 0 {
+            // Always, thresholds or not: a participant the gateway dropped is not a pass.
+            breaches.push(format!(
+                "{} of {} participants failed (see errors)",
+                self.participants.failed, self.participants.started
+            ));
         }
         if let Some(max) = self.thresholds.max_p99_ms {
             match self.latency_ms {
@@ -1277,6 +1285,50 @@ mod tests {
         assert_eq!((f.count, f.p50, f.max), (2, 310.0, 510.0));
         assert!(r.to_table().contains("join to first frame"));
         assert!(r.to_json().contains("\"join_to_first_frame_ms\""));
+    }
+
+    #[test]
+    fn a_participant_that_failed_during_the_run_is_no_pass() {
+        // One of three dropped by the gateway mid-run: no threshold is set, its streams
+        // stopped early and lost nothing, and still the run does not pass.
+        let mut dropped = participant(vec![stream(TrackKind::Audio, 10, 10, 1, 300)]);
+        dropped.error = Some("signaling disconnected".into());
+        let ok = || participant(vec![stream(TrackKind::Audio, 100, 100, 1, 300)]);
+        let r = Report::from_run(&run(vec![ok(), dropped, ok()], Thresholds::default()));
+        assert_eq!(r.packets.loss_percent, 0.0);
+        assert_eq!(r.participants.failed, 1);
+        assert_eq!(r.verdict, Verdict::ThresholdBreached);
+        assert_eq!(r.exit_code(), EXIT_THRESHOLD);
+        assert_eq!(r.breaches, vec!["1 of 3 participants failed (see errors)".to_owned()]);
+        assert_eq!(
+            r.errors,
+            vec![ErrorCount {
+                message: "signaling disconnected".into(),
+                count: 1
+            }]
+        );
+        assert!(r.to_table().contains("1 of 3 participants failed"));
+        let fine = Report::from_run(&run(vec![ok(), ok()], Thresholds::default()));
+        assert_eq!(fine.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_stream_without_a_measured_rate_leaves_the_mean_bitrate_alone() {
+        // Two video streams at 500 kbit/s and one that got a frame's burst and stopped:
+        // the summary gives that one no rate (under a second of arrivals), and the mean
+        // per video stream stays 500, not a burst's bytes over microseconds.
+        let video = |bps: f64| {
+            let mut s = stream(TrackKind::Video, 100, 100, 1, 300);
+            s.summary.bitrate_bps = bps;
+            s
+        };
+        let r = Report::from_run(&run(
+            vec![participant(vec![video(500_000.0), video(500_000.0), video(0.0)])],
+            Thresholds::default(),
+        ));
+        assert_eq!(r.streams.received, 3);
+        assert_eq!(r.bitrate.video_stream_kbps, Some(500.0));
+        assert_eq!(r.bitrate.total_kbps, 1000.0);
     }
 
     #[test]

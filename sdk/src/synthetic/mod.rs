@@ -1049,7 +1049,7 @@ impl ReceiverStats {
             time_to_first_complete_keyframe_us: self
                 .first_complete_keyframe_us
                 .map(|t| t.saturating_sub(self.started_at_us)),
-            bitrate_bps: if duration_us > 0 {
+            bitrate_bps: if duration_us >= BITRATE_SPAN_US {
                 self.bytes as f64 * 8.0 * 1e6 / duration_us as f64
             } else {
                 0.0
@@ -1062,6 +1062,9 @@ impl ReceiverStats {
         }
     }
 }
+
+/// The shortest span of arrivals a stream's bitrate is stated over, µs.
+pub const BITRATE_SPAN_US: u64 = 1_000_000;
 
 /// Counters and figures for one stream at one moment.
 #[derive(Debug, Clone, PartialEq)]
@@ -1098,7 +1101,9 @@ pub struct StreamSummary {
     /// packet from its first to its last (marker) present, the earliest moment a
     /// decoder could show a picture (video).
     pub time_to_first_complete_keyframe_us: Option<u64>,
-    /// Payload bitrate between the first and the last arrival.
+    /// Payload bitrate between the first and the last arrival, once they are at least
+    /// [`BITRATE_SPAN_US`] apart (0 before: a frame's packets arrive microseconds apart, and
+    /// their bytes over that would be gigabits per second).
     pub bitrate_bps: f64,
     /// RFC 3550 interarrival jitter, µs.
     pub jitter_us: f64,
@@ -1561,6 +1566,24 @@ mod tests {
             stats.on_payload(T0 + 66_100, p).unwrap();
         }
         assert_eq!(stats.summary().time_to_first_complete_keyframe_us, Some(40_000));
+    }
+
+    #[test]
+    fn a_burst_has_no_bitrate_until_a_second_of_arrivals() {
+        // A video frame's packets arriving 10 µs apart: 2 x 200 bytes over 10 µs would
+        // read as 320 Mbit/s; under a second of arrivals there is no rate yet.
+        let mut stats = ReceiverStats::new(SyntheticCodec::Opus, T0);
+        for (seq, arrival) in [(0, T0 + 1_000), (1, T0 + 1_010)] {
+            stats
+                .on_payload(arrival, &packet(SyntheticCodec::Opus, seq, T0))
+                .unwrap();
+        }
+        assert_eq!(stats.summary().bitrate_bps, 0.0);
+        // A second later the rate is there: 3 x 200 bytes over exactly one second.
+        stats
+            .on_payload(T0 + 1_000 + BITRATE_SPAN_US, &packet(SyntheticCodec::Opus, 2, T0))
+            .unwrap();
+        assert!((stats.summary().bitrate_bps - 4_800.0).abs() < 1e-9);
     }
 
     #[test]

@@ -158,10 +158,11 @@ pub(crate) async fn run(
             r = in_call(&setup, &commands, member, seat, meeting_id, &probe, &sent, &mut stop_call, quiet) => r,
             () = stopped(&mut stop) => Ok(()),
         };
-        probe.stopping();
+        // Its own failure first: once stopping, the probe takes errors as teardown's.
         if let Err(e) = outcome {
             probe.fail(e);
         }
+        probe.stopping();
         let _ = commands.send(Command::Remove { member });
         (sent.packets.load(Ordering::Relaxed), sent.bytes.load(Ordering::Relaxed))
     }
