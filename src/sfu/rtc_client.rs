@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
@@ -73,7 +73,9 @@ pub fn client(
 
 /// [`client`] that also hears keyframe requests: VP8 offers `nack pli`, and the gateway's PLIs
 /// and FIRs reach the application (`poll_read` yields them as `RtcpPacket`), as a publishing
-/// browser answers them with a keyframe.
+/// browser answers them with a keyframe. And it sends receiver reports for the streams it
+/// receives, once a second, as a browser does: without them the gateway's connection quality
+/// judges a subscriber `lost` (the lean load tester's connections).
 pub fn client_hearing_keyframe_requests(
     addr: SocketAddr,
     extensions: &[(&str, RtpCodecKind)],
@@ -113,8 +115,11 @@ fn build(
             meeting: Default::default(),
             shard: Default::default(),
         };
-        builder =
-            builder.with_interceptor_registry(Registry::new().with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)));
+        builder = builder.with_interceptor_registry(
+            Registry::new()
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+                .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)),
+        );
     }
     let mut pc = builder.build(Instant::now())?;
     let candidate = CandidateHostConfig {
