@@ -71,6 +71,16 @@ pub fn answer_own_check(check: &[u8], mapped: SocketAddr, client_pwd: &str) -> O
     Some(response.raw)
 }
 
+/// The Binding success to a client's consent check, made by the shard itself (`Peers`
+/// answers checks on a connection's nominated path without `rtc` once it is up): the same
+/// construction as [`answer_own_check`], from our side. XOR-MAPPED-ADDRESS `from` (where the
+/// check came from), MESSAGE-INTEGRITY keyed with *our* password `local_pwd` (the key the
+/// client signed its check with; the caller has verified it, as the shard's screen does for
+/// every check), FINGERPRINT. `None` if `check` is not a Binding request.
+pub fn answer_check(check: &[u8], from: SocketAddr, local_pwd: &str) -> Option<Vec<u8>> {
+    answer_own_check(check, from, local_pwd)
+}
+
 /// A client's first check on a connection with no path yet, made nominating: the same
 /// request (transaction, USERNAME, PRIORITY, role, ...) with USE-CANDIDATE added, signed
 /// again with *our* password `local_pwd` (the key `rtc` checks it with) and fingerprinted.
@@ -194,6 +204,33 @@ mod tests {
         MessageIntegrity::check(&mut response, b"client-password-0123456789", crypto)
             .expect("signed with the client's password");
         assert!(MessageIntegrity::check(&mut response, b"another-password-000000000", crypto).is_err());
+    }
+
+    #[test]
+    fn a_consent_check_is_answered_as_rtc_would_signed_with_our_password() {
+        let ours = "server-password-0123456789abcdef";
+        let request = check(ours);
+        let from: SocketAddr = "198.51.100.20:50123".parse().unwrap();
+        let raw = answer_check(&request.raw, from, ours).expect("answer");
+        let mut response = Message::new();
+        response.unmarshal_binary(&raw).expect("parses");
+        assert_eq!(response.typ, BINDING_SUCCESS);
+        assert_eq!(
+            response.transaction_id, request.transaction_id,
+            "the check's transaction"
+        );
+        let mut xor = XorMappedAddress {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: 0,
+        };
+        xor.get_from(&response).expect("XOR-MAPPED-ADDRESS");
+        assert_eq!(SocketAddr::new(xor.ip, xor.port), from, "where the check came from");
+        let crypto = crypto().unwrap().crypto();
+        MessageIntegrity::check(&mut response, ours.as_bytes(), crypto).expect("signed with our password");
+        rtc::stun::fingerprint::FINGERPRINT
+            .check(&response)
+            .expect("fingerprinted");
+        assert_eq!(answer_check(&raw, from, ours), None, "a success is not answered");
     }
 
     #[test]

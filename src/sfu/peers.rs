@@ -369,6 +369,22 @@ impl Peers {
                 conn.pending_nomination = Some(path);
             }
         }
+        // A consent check on the path the client nominated, of a connection that is up: the
+        // shard answers it itself (its integrity was verified by `screen`), without `rtc`,
+        // which would verify it again, answer it and trigger a check of its own to be answered
+        // and fed back (issue 13, the idle cost). Its agent's timeouts are off, so it misses
+        // nothing it acts on; anything else (a nomination elsewhere, a check before the
+        // connection is up) goes to `rtc` as before.
+        if let Some(conn) = self.conns.get(&id)
+            && conn.connected
+            && conn.nominated == Some(path)
+            && conn.pending_nomination.is_none()
+            && demux::binding_request(&data).is_some()
+            && let Some(answer) = ice_lite::answer_check(&data, path.addr(), &conn.local_pwd)
+        {
+            self.send_on(id, path, answer);
+            return None;
+        }
         // A client's check (rare: a few per connection, then one per consent interval)
         // is kept, in case it nominated and has to be handed to `rtc` once more.
         let check = demux::binding_request(&data).map(|_| data.clone());
@@ -779,6 +795,26 @@ impl Peers {
             own.clear();
         }
         own
+    }
+
+    /// Sends one datagram (or frame) of the shard's own to a connection's path: dropped and
+    /// counted when the socket buffer or the link is full, as `rtc`'s are.
+    fn send_on(&mut self, id: ConnId, to: Path, datagram: Vec<u8>) {
+        let sent = match to {
+            Path::Udp(addr) => {
+                let (queued, flushed) = self.udp.queue(addr, BytesMut::from(&datagram[..]));
+                flushed.failed == 0 && queued
+            }
+            Path::Tcp(addr) => self
+                .link_by_peer
+                .get(&addr)
+                .and_then(|l| self.links.get(l))
+                .filter(|l| l.conn == id)
+                .is_some_and(|link| link.send(&datagram)),
+        };
+        if !sent {
+            Counters::add(&self.counters.dropped_packets, 1);
+        }
     }
 
     /// Arms the connection's next deadline on the timer grid.
