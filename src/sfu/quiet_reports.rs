@@ -17,27 +17,17 @@
 //! deadline has passed). Everything else, the sender reports it reads included, passes
 //! straight through.
 
-use std::time::Instant;
+use rtc::interceptor::{ReceiverReportBuilder, ReceiverReportInterceptor};
 
-use rtc::interceptor::{
-    Interceptor, Packet, ReceiverReportBuilder, ReceiverReportInterceptor, StreamInfo, TaggedPacket,
-};
-use rtc::sansio::Protocol;
-use rtc::shared::error::Error;
+use super::twcc_feedback::Quiet;
 
-/// `rtc`'s receiver reports, quiet while nothing arrives. See the module documentation.
-pub struct QuietReceiverReport {
-    inner: ReceiverReportInterceptor,
-    /// An RTP packet arrived since the last report went out.
-    heard: bool,
-}
+/// `rtc`'s receiver reports, quiet while nothing arrives (the wrapper the TWCC receiver
+/// uses, `twcc_feedback::Quiet`). See the module documentation.
+pub type QuietReceiverReport = Quiet<ReceiverReportInterceptor>;
 
 impl QuietReceiverReport {
     pub fn new() -> Self {
-        Self {
-            inner: ReceiverReportBuilder::new().build(),
-            heard: false,
-        }
+        Self::wrap(ReceiverReportBuilder::new().build())
     }
 }
 
@@ -47,72 +37,18 @@ impl Default for QuietReceiverReport {
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for QuietReceiverReport {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        if matches!(msg.message.packet, Packet::Rtp(_)) {
-            self.heard = true;
-        }
-        self.inner.handle_read(msg)
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.inner.poll_read()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.inner.handle_write(msg)
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.inner.poll_write()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
-        if !self.heard || self.inner.poll_timeout().is_none_or(|due| now < due) {
-            return Ok(());
-        }
-        self.heard = false;
-        self.inner.handle_timeout(now)
-    }
-
-    fn poll_timeout(&mut self) -> Option<Self::Time> {
-        if self.heard { self.inner.poll_timeout() } else { None }
-    }
-}
-
-impl Interceptor for QuietReceiverReport {
-    fn bind_remote_stream(&mut self, info: &StreamInfo) {
-        self.inner.bind_remote_stream(info);
-    }
-
-    fn unbind_remote_stream(&mut self, info: &StreamInfo) {
-        self.inner.unbind_remote_stream(info);
-    }
-
-    fn bind_local_stream(&mut self, info: &StreamInfo) {
-        self.inner.bind_local_stream(info);
-    }
-
-    fn unbind_local_stream(&mut self, info: &StreamInfo) {
-        self.inner.unbind_local_stream(info);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
     use rtc::interceptor::AttributedPacket;
+    use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
     use rtc::rtcp::receiver_report::ReceiverReport;
     use rtc::rtp::header::Header;
+    use rtc::sansio::Protocol;
     use rtc::shared::TransportContext;
     use std::time::Duration;
+    use std::time::Instant;
 
     const AUDIO: u32 = 0x1234;
     const VIDEO: u32 = 0x5678;

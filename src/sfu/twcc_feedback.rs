@@ -57,19 +57,30 @@ pub fn negotiate(media_engine: &mut MediaEngine) -> Result<(), Error> {
     Ok(())
 }
 
-/// `rtc`'s TWCC receiver, quiet while nothing arrives. See the module documentation.
-pub struct QuietTwccReceiver {
-    inner: TwccReceiverInterceptor,
-    /// An RTP packet arrived since the feedback last went out.
+/// An interceptor whose timer only runs while packets arrive: its deadline is hidden
+/// until an RTP packet has arrived since it last fired, and firing it re-arms the wait.
+/// Everything else passes straight through. `rtc` 0.21's TWCC receiver and receiver-report
+/// interceptors re-arm their timers for good once a first packet has arrived, so a
+/// connection whose media stopped woke its shard for nothing (see the module
+/// documentation and `quiet_reports`).
+pub struct Quiet<I> {
+    inner: I,
+    /// An RTP packet arrived since the timer last fired.
     heard: bool,
 }
 
+impl<I> Quiet<I> {
+    pub fn wrap(inner: I) -> Self {
+        Self { inner, heard: false }
+    }
+}
+
+/// `rtc`'s TWCC receiver, quiet while nothing arrives. See the module documentation.
+pub type QuietTwccReceiver = Quiet<TwccReceiverInterceptor>;
+
 impl QuietTwccReceiver {
     pub fn new() -> Self {
-        Self {
-            inner: TwccReceiverBuilder::new().build(),
-            heard: false,
-        }
+        Self::wrap(TwccReceiverBuilder::new().build())
     }
 }
 
@@ -79,7 +90,7 @@ impl Default for QuietTwccReceiver {
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for QuietTwccReceiver {
+impl<I: Interceptor> Protocol<TaggedPacket, TaggedPacket, ()> for Quiet<I> {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -118,7 +129,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for QuietTwccReceiver {
     }
 }
 
-impl Interceptor for QuietTwccReceiver {
+impl<I: Interceptor> Interceptor for Quiet<I> {
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
         self.inner.bind_remote_stream(info);
     }
