@@ -809,19 +809,24 @@ async fn meetings_spread_over_shards_each_on_its_own_port() {
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
 
+/// Two shards, a meeting spreading from its second participant on (`split_at` 1).
+fn start_spread() -> Sfu {
+    init_logging();
+    Sfu::start(SfuConfig {
+        shards: 2,
+        split_at: 1,
+        ..SfuConfig::loopback()
+    })
+    .expect("sfu starts")
+}
+
 /// A meeting larger than a shard's share (`split_at`, 1 here) spreads over the shards: each
 /// participant's connections live on its own shard, its publishers' tracks are relayed once to
 /// every other shard of the meeting and forwarded there, intact, to that shard's subscribers;
 /// mutes, keyframe requests and unpublishing cross too, and nothing is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meeting_spread_over_shards_forwards_across_them() {
-    init_logging();
-    let sfu = Sfu::start(SfuConfig {
-        shards: 2,
-        split_at: 1,
-        ..SfuConfig::loopback()
-    })
-    .expect("sfu starts");
+    let sfu = start_spread();
     let meeting = "m_split";
     let clients = everyone_publishes(&sfu, meeting, &["p_a", "p_b", "p_c"]).await;
     let shard_of = |snapshot: &serde_json::Value, id: &str| -> Option<u64> {
@@ -951,13 +956,7 @@ async fn a_meeting_spread_over_shards_forwards_across_them() {
 /// unpublished on the shard still running, whose participant goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_shard_of_a_spread_meeting_leaves_no_frozen_tracks_behind() {
-    init_logging();
-    let sfu = Sfu::start(SfuConfig {
-        shards: 2,
-        split_at: 1,
-        ..SfuConfig::loopback()
-    })
-    .expect("sfu starts");
+    let sfu = start_spread();
     let (a, b) = pair(&sfu, "m_split_dead").await;
     let b_tracks: Vec<TrackId> = published(&a)
         .into_iter()

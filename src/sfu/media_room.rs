@@ -5916,15 +5916,23 @@ mod tests {
         assert!(home.tracks.iter().all(|t| t.remote_needs.is_empty()));
     }
 
+    /// Staff member E on this room's shard, beside guest D.
+    const E: &str = "p_e";
+
+    /// A room on a second shard with guest D and staff member E in the call.
+    fn guest_and_staff(now: Instant) -> (MediaRoom, Vec<Effect>) {
+        let mut sat = room();
+        let mut fx = Vec::new();
+        sat.add_participant(D, ParticipantKind::Guest, false, now, &mut fx);
+        sat.add_participant(E, ParticipantKind::Staff, true, now, &mut fx);
+        (sat, fx)
+    }
+
     #[test]
     fn staff_hear_the_quality_of_participants_on_other_shards() {
         let now = Instant::now();
         let second = Duration::from_secs(1);
-        let mut sat = room();
-        let mut fx = Vec::new();
-        const E: &str = "p_e";
-        sat.add_participant(D, ParticipantKind::Guest, false, now, &mut fx);
-        sat.add_participant(E, ParticipantKind::Staff, true, now, &mut fx);
+        let (mut sat, mut fx) = guest_and_staff(now);
         sat.evaluate_quality(now, &mut fx);
         let poor = quality::Verdict {
             quality: ConnectionQuality::Poor,
@@ -5971,11 +5979,7 @@ mod tests {
     fn quality_news_is_paced_per_evaluation() {
         let now = Instant::now();
         let second = Duration::from_secs(1);
-        let mut sat = room();
-        let mut fx = Vec::new();
-        const E: &str = "p_e";
-        sat.add_participant(D, ParticipantKind::Guest, false, now, &mut fx);
-        sat.add_participant(E, ParticipantKind::Staff, true, now, &mut fx);
+        let (mut sat, mut fx) = guest_and_staff(now);
         let lost = quality::Verdict {
             quality: ConnectionQuality::Lost,
             video_reduced: false,
