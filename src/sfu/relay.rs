@@ -139,9 +139,77 @@ impl Outgoing {
     }
 }
 
+/// The other shards holding part of one meeting, and the view of this shard's local tracks
+/// they were last told (`Item::View`).
+#[derive(Debug, Default)]
+pub struct Spread {
+    peers: Vec<usize>,
+    told: MirrorView,
+}
+
+impl Spread {
+    pub fn peers(&self) -> &[usize] {
+        &self.peers
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// The meeting is now held by `peers` (this shard left out) and its local tracks look
+    /// like `view`. Shards that came get a `Sync` and the whole view; shards that stay get
+    /// the view if it changed since they were last told (a change earlier in this turn,
+    /// not yet told). Returns the shards that no longer hold the meeting.
+    pub fn set(&mut self, meeting: MeetingKey, peers: Vec<usize>, view: MirrorView, out: &mut Outgoing) -> Vec<usize> {
+        let old = std::mem::replace(&mut self.peers, peers);
+        let changed = view != self.told;
+        for &peer in &self.peers {
+            let came = !old.contains(&peer);
+            if came {
+                out.push(peer, Item::Sync { meeting });
+            }
+            if came || changed {
+                out.push(
+                    peer,
+                    Item::View {
+                        meeting,
+                        view: view.clone(),
+                    },
+                );
+            }
+        }
+        self.told = view;
+        old.into_iter().filter(|p| !self.peers.contains(p)).collect()
+    }
+
+    /// The local tracks may have changed: every peer hears `view` if it differs from what
+    /// they were told.
+    pub fn tell(&mut self, meeting: MeetingKey, view: MirrorView, out: &mut Outgoing) {
+        if view == self.told {
+            return;
+        }
+        for &peer in &self.peers {
+            out.push(
+                peer,
+                Item::View {
+                    meeting,
+                    view: view.clone(),
+                },
+            );
+        }
+        self.told = view;
+    }
+
+    /// The meeting leaves this shard: the peers unpublish what it relayed.
+    pub fn leave(&mut self, meeting: MeetingKey, out: &mut Outgoing) {
+        self.tell(meeting, MirrorView::default(), out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatehouse_signaling::protocol::ParticipantId;
 
     fn packet(seq: u16) -> Item {
         let mut packet = Packet::default();
@@ -202,5 +270,104 @@ mod tests {
         out.push(0, Item::Sync { meeting: 1 });
         assert_eq!(out.flush(), Flushed::default());
         assert!(out.is_empty());
+    }
+
+    /// A view told apart by one participant's name.
+    fn view(name: &str) -> MirrorView {
+        MirrorView {
+            tracks: Vec::new(),
+            quality: vec![(ParticipantId::new(name), crate::sfu::quality::Verdict::ASSUMED)],
+        }
+    }
+
+    /// Three shards' queues, as shard 0 sees them; `told` reads what shards 1 and 2 got.
+    fn shards() -> (Outgoing, [mpsc::Receiver<Batch>; 2]) {
+        let (tx0, _) = mpsc::channel(4);
+        let (tx1, rx1) = mpsc::channel(4);
+        let (tx2, rx2) = mpsc::channel(4);
+        (Outgoing::new(0, vec![tx0, tx1, tx2]), [rx1, rx2])
+    }
+
+    /// What one shard got in the last flush: "sync", or the view's participant names.
+    fn told(rx: &mut mpsc::Receiver<Batch>) -> Vec<String> {
+        let Ok(batch) = rx.try_recv() else {
+            return Vec::new();
+        };
+        batch
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Sync { .. } => "sync".to_string(),
+                Item::View { view, .. } => view
+                    .quality
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shard_that_comes_is_synced_and_one_that_goes_is_returned() {
+        let (mut out, [mut one, mut two]) = shards();
+        let mut spread = Spread::default();
+        assert!(spread.set(7, vec![1], view("a"), &mut out).is_empty());
+        out.flush();
+        assert_eq!(told(&mut one), ["sync", "a"]);
+        let gone = spread.set(7, vec![2], view("a"), &mut out);
+        assert_eq!(gone, [1]);
+        assert_eq!(spread.peers(), [2]);
+        out.flush();
+        assert_eq!(told(&mut one), Vec::<String>::new());
+        assert_eq!(told(&mut two), ["sync", "a"]);
+    }
+
+    #[test]
+    fn a_change_of_the_turn_reaches_the_shards_that_stay_when_another_comes() {
+        let (mut out, [mut one, mut two]) = shards();
+        let mut spread = Spread::default();
+        spread.set(7, vec![1], view("a"), &mut out);
+        out.flush();
+        told(&mut one);
+        // The tracks change, then shard 2 comes, before the turn's end tells the change.
+        spread.set(7, vec![1, 2], view("b"), &mut out);
+        spread.tell(7, view("b"), &mut out);
+        out.flush();
+        assert_eq!(told(&mut one), ["b"], "the shard that stays hears the change");
+        assert_eq!(told(&mut two), ["sync", "b"]);
+        // Unchanged: nothing more.
+        spread.tell(7, view("b"), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn changes_made_while_alone_are_not_mistaken_for_what_peers_know() {
+        let (mut out, [mut one, _]) = shards();
+        let mut spread = Spread::default();
+        spread.set(7, vec![1], view("a"), &mut out);
+        spread.set(7, Vec::new(), view("a"), &mut out);
+        assert!(spread.is_empty());
+        // Alone, the tracks became "b"; shard 1 comes back, then they return to "a".
+        spread.set(7, vec![1], view("b"), &mut out);
+        spread.tell(7, view("a"), &mut out);
+        out.flush();
+        assert_eq!(told(&mut one), ["sync", "a", "sync", "b", "a"]);
+    }
+
+    #[test]
+    fn leaving_unpublishes_everything_once() {
+        let (mut out, [mut one, mut two]) = shards();
+        let mut spread = Spread::default();
+        spread.set(7, vec![1, 2], view("a"), &mut out);
+        out.flush();
+        told(&mut one);
+        told(&mut two);
+        spread.leave(7, &mut out);
+        spread.leave(7, &mut out);
+        out.flush();
+        assert_eq!(told(&mut one), [""]);
+        assert_eq!(told(&mut two), [""]);
     }
 }

@@ -32,9 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{self, Conn, RoomId};
 use super::ice_lite;
-use super::media_room::{ConnId, Effect, MediaRoom, MirrorView, Offer};
+use super::media_room::{ConnId, Effect, MediaRoom, Offer};
 use super::peers::Peers;
-use super::relay::{self, MeetingKey, Outgoing};
+use super::relay::{self, MeetingKey, Outgoing, Spread};
 use super::rtcp as tap;
 use super::stats::{Counters, StatsPair};
 use super::tcp::ShardTcp;
@@ -107,9 +107,8 @@ struct Hosted {
     key: MeetingKey,
     /// The other shards holding part of the meeting: its local tracks' packets and view
     /// go to each (`relay`).
-    peers: Vec<usize>,
-    /// The view of its local tracks last sent to its peers, and whether it may have changed.
-    view: MirrorView,
+    spread: Spread,
+    /// Whether its local tracks may have changed this turn (it is in `views_dirty`).
     view_dirty: bool,
 }
 
@@ -309,20 +308,9 @@ impl Shard {
                 continue;
             };
             hosted.view_dirty = false;
-            let view = hosted.room.mirror_view();
-            if view == hosted.view {
-                continue;
-            }
-            for &peer in &hosted.peers {
-                self.relay.push(
-                    peer,
-                    relay::Item::View {
-                        meeting: hosted.key,
-                        view: view.clone(),
-                    },
-                );
-            }
-            hosted.view = view;
+            hosted
+                .spread
+                .tell(hosted.key, hosted.room.mirror_view(), &mut self.relay);
         }
         if self.relay.is_empty() {
             return;
@@ -343,7 +331,7 @@ impl Shard {
     /// A room's local tracks may have changed: its view is compared at the end of the turn.
     fn view_may_change(&mut self, room_id: RoomId) {
         if let Some(hosted) = self.rooms.get_mut(&room_id)
-            && !hosted.peers.is_empty()
+            && !hosted.spread.is_empty()
             && !hosted.view_dirty
         {
             hosted.view_dirty = true;
@@ -378,7 +366,7 @@ impl Shard {
                         .forward(conn, &packet, now, &mut self.peers.sink(now), &mut self.effects);
                 }
                 relay::Item::View { view, .. } => {
-                    if !hosted.peers.contains(&from) {
+                    if !hosted.spread.peers().contains(&from) {
                         // Not (or no longer) a peer here: its mirrors would never be forgotten.
                         continue;
                     }
@@ -408,28 +396,14 @@ impl Shard {
             return;
         };
         let peers: Vec<usize> = peers.into_iter().filter(|&p| p != self.index).collect();
-        let old = std::mem::replace(&mut hosted.peers, peers.clone());
-        for gone in old.iter().filter(|p| !peers.contains(p)) {
-            hosted.room.forget_mirror(*gone, now, &mut self.effects);
+        tracing::debug!(shard = self.index, meeting_id, ?peers, "shards holding the meeting");
+        // Peers that came get the whole view; those that stay, this turn's change if any.
+        let gone = hosted
+            .spread
+            .set(hosted.key, peers, hosted.room.mirror_view(), &mut self.relay);
+        for gone in gone {
+            hosted.room.forget_mirror(gone, now, &mut self.effects);
         }
-        let view = hosted.room.mirror_view();
-        for &came in peers.iter().filter(|p| !old.contains(p)) {
-            tracing::debug!(
-                shard = self.index,
-                meeting_id,
-                peer = came,
-                "meeting shared with another shard"
-            );
-            self.relay.push(came, relay::Item::Sync { meeting: hosted.key });
-            self.relay.push(
-                came,
-                relay::Item::View {
-                    meeting: hosted.key,
-                    view: view.clone(),
-                },
-            );
-        }
-        hosted.view = view;
         self.apply(room_id, now);
         self.flush_relay();
     }
@@ -575,7 +549,7 @@ impl Shard {
                     .room
                     .forward(id, &packet, now, &mut self.peers.sink(now), &mut self.effects);
                 // A meeting split across shards: each other shard gets the packet once.
-                if let Some((&last, rest)) = hosted.peers.split_last() {
+                if let Some((&last, rest)) = hosted.spread.peers().split_last() {
                     for &peer in rest {
                         let packet = packet.clone();
                         self.relay.push(
@@ -1031,8 +1005,7 @@ impl Shard {
                         room: MediaRoom::new(participant.meeting_id.clone(), stats),
                         outboxes: HashMap::new(),
                         key: meeting_key,
-                        peers: Vec::new(),
-                        view: MirrorView::default(),
+                        spread: Spread::default(),
                         view_dirty: false,
                     },
                 );
@@ -1069,15 +1042,7 @@ impl Shard {
         hosted.outboxes.remove(participant_id);
         if hosted.room.is_empty() {
             // Its peers unpublish what it relayed (the `Sfu` tells them it left, too).
-            for &peer in &hosted.peers {
-                self.relay.push(
-                    peer,
-                    relay::Item::View {
-                        meeting: hosted.key,
-                        view: MirrorView::default(),
-                    },
-                );
-            }
+            hosted.spread.leave(hosted.key, &mut self.relay);
             if self.room_keys.get(&hosted.key) == Some(&room_id) {
                 self.room_keys.remove(&hosted.key);
             }
