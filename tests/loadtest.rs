@@ -48,6 +48,25 @@ fn options(srv: &TestServer, auth: Auth, shape: Shape, thresholds: Thresholds) -
     }
 }
 
+/// The lean engine against a gateway process of its own (its data dir's keys and dev CA).
+fn lean_options(gateway: &SpawnedGateway, shape: Shape, thresholds: Thresholds) -> Options {
+    Options {
+        engine: Engine::Lean,
+        client_threads: 1,
+        url: gateway.url.clone(),
+        auth: Auth::DataDir(gateway.data_dir.clone()),
+        tls: TlsOptions {
+            ca_pem: Some(std::fs::read_to_string(gateway.data_dir.join("tls").join("ca.pem")).expect("the dev CA")),
+            danger_accept_invalid_certs: false,
+        },
+        shape,
+        thresholds,
+        progress: false,
+        scrape_interval: Duration::from_millis(500),
+        metrics_token: None,
+    }
+}
+
 /// Runs with a hard bound so a hang fails the test instead of the suite.
 async fn bounded_run(options: Options) -> Report {
     let started = Instant::now();
@@ -308,27 +327,17 @@ async fn the_lean_engine_loads_a_spawned_gateway_end_to_end() {
     let dir = temp_dir("lean");
     let gateway = SpawnedGateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")), &dir, &[])
         .expect("the gateway starts");
-    let options = Options {
-        engine: Engine::Lean,
-        client_threads: 1,
-        url: gateway.url.clone(),
-        auth: Auth::DataDir(gateway.data_dir.clone()),
-        tls: TlsOptions {
-            ca_pem: Some(std::fs::read_to_string(gateway.data_dir.join("tls").join("ca.pem")).expect("the dev CA")),
-            danger_accept_invalid_certs: false,
-        },
-        shape: Shape {
+    let options = lean_options(
+        &gateway,
+        Shape {
             meetings: 2,
             ..shape(2, 3)
         },
-        thresholds: Thresholds {
+        Thresholds {
             max_loss_percent: Some(1.0),
             max_p99_ms: None,
         },
-        progress: false,
-        scrape_interval: Duration::from_millis(500),
-        metrics_token: None,
-    };
+    );
     let report = bounded_run(options).await;
     assert_eq!(report.participants.joined, 4, "{:?}", report.errors);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -380,25 +389,15 @@ async fn an_idle_run_holds_connected_participants_without_media_and_states_their
     let dir = temp_dir("lean-idle");
     let gateway = SpawnedGateway::start(std::path::Path::new(env!("CARGO_BIN_EXE_gatehouse")), &dir, &[])
         .expect("the gateway starts");
-    let options = Options {
-        engine: Engine::Lean,
-        client_threads: 1,
-        url: gateway.url.clone(),
-        auth: Auth::DataDir(gateway.data_dir.clone()),
-        tls: TlsOptions {
-            ca_pem: Some(std::fs::read_to_string(gateway.data_dir.join("tls").join("ca.pem")).expect("the dev CA")),
-            danger_accept_invalid_certs: false,
-        },
-        shape: Shape {
+    let options = lean_options(
+        &gateway,
+        Shape {
             meetings: 2,
             idle: true,
             ..shape(2, 8)
         },
-        thresholds: Thresholds::default(),
-        progress: false,
-        scrape_interval: Duration::from_millis(500),
-        metrics_token: None,
-    };
+        Thresholds::default(),
+    );
     let report = bounded_run(options).await;
     assert_eq!(report.participants.joined, 4, "{:?}", report.errors);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
