@@ -46,6 +46,13 @@ out = dict(name=name, verdict=j["verdict"], joined=parts, planned=j["participant
     relayed_per_s=g.get("sfu_rates", {}).get("gatehouse_sfu_relayed_packets_total"),
     socket_drops_gw=g.get("socket_drops"), socket_drops_client=(j.get("client") or {}).get("socket_drops"),
     client_avg_cpu=round((float(u) + float(s)) / float(e) * 100, 1), warn=warn, error=err, errors=j.get("errors"))
+# The load tester's own figures over the steady phase and its verdict on which side was the limit
+# (reports from before the load tester stated them have neither).
+client = j.get("client") or {}
+streams = j.get("streams") or {}
+out.update(client_cpu=client.get("cpu_percent"), client_busiest=client.get("busiest_thread_percent"),
+           streams=f'{streams.get("received")}/{streams.get("expected")}', limit=j.get("limit"),
+           limit_reason=j.get("limit_reason"))
 idle = j.get("idle")
 if idle:
     out.update(idle_connected=idle["connected"], idle_participants=idle["participants"],
