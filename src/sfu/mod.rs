@@ -65,6 +65,7 @@ pub mod rtc_client;
 pub mod rtcp;
 mod shard;
 pub mod speaker;
+pub mod srtp_keys;
 pub mod stats;
 mod tcp;
 pub mod temporal;

@@ -5,12 +5,15 @@
 //! builder, so the three drive the same client.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
+use rtc::crypto::RTCCryptoProvider;
 use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -68,7 +71,16 @@ pub fn client(
     addr: SocketAddr,
     extensions: &[(&str, RtpCodecKind)],
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
-    build(addr, extensions, false)
+    build(addr, extensions, false, None)
+}
+
+/// [`client`] whose cryptography comes from `provider` (see `srtp_keys`).
+pub fn client_with_crypto(
+    addr: SocketAddr,
+    extensions: &[(&str, RtpCodecKind)],
+    provider: Arc<dyn RTCCryptoProvider>,
+) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    build(addr, extensions, false, Some(provider))
 }
 
 /// [`client`] that also hears keyframe requests: VP8 offers `nack pli`, and the gateway's PLIs
@@ -80,13 +92,14 @@ pub fn client_hearing_keyframe_requests(
     addr: SocketAddr,
     extensions: &[(&str, RtpCodecKind)],
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
-    build(addr, extensions, true)
+    build(addr, extensions, true, None)
 }
 
 fn build(
     addr: SocketAddr,
     extensions: &[(&str, RtpCodecKind)],
     keyframe_requests: bool,
+    provider: Option<Arc<dyn RTCCryptoProvider>>,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
@@ -109,6 +122,9 @@ fn build(
     let mut builder = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media_engine);
+    if let Some(provider) = provider {
+        builder = builder.with_setting_engine(SettingEngineBuilder::new().with_crypto_provider(provider).build());
+    }
     if keyframe_requests {
         // The gateway's own RTCP tap, counting into counters nobody reads.
         let stats = StatsPair {
