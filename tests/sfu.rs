@@ -978,6 +978,264 @@ async fn a_dead_shard_of_a_spread_meeting_leaves_no_frozen_tracks_behind() {
     assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
 }
 
+/// Polls `check` until it passes or `timeout` ends, then fails saying `what` and why the
+/// last check did not pass.
+async fn settle<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(why) if Instant::now() >= deadline => panic!("{what}: not so within {timeout:?}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The rooms of a meeting on every shard holding it: the debug snapshot's own and its `spread`.
+fn rooms_of(snapshot: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut rooms = vec![snapshot.clone()];
+    rooms.extend(snapshot["spread"].as_array().cloned().unwrap_or_default());
+    rooms
+}
+
+/// The tracks a peer has published and not seen unpublished (as its own client knows them).
+fn own_tracks(c: &Peer) -> Vec<TrackId> {
+    let gone = unpublished(c);
+    published(c)
+        .into_iter()
+        .filter(|t| t.participant_id == c.id.as_str() && !gone.contains(&t.track_id))
+        .map(|t| t.track_id)
+        .collect()
+}
+
+/// What everyone in a meeting spread over shards sees once a phase of churn settles: every
+/// shard's room lists exactly the tracks of the participants still in the call (`publishers`
+/// each with a microphone and a camera; nothing of anyone who left), its relay peers are the
+/// other rooms' shards, each participant is in exactly one room, each client lists exactly the
+/// others' tracks, receives each of them afresh (25 more packets than when the phase ended),
+/// and no shard outside the meeting still has a room for it. Returns the shard of each room.
+async fn expect_settled(sfu: &Sfu, meeting: &str, phase: &str, present: &[&Peer], publishers: &[&str]) -> Vec<u64> {
+    let received_before: Vec<_> = present.iter().map(|c| c.received_all()).collect();
+    let received_before = &received_before;
+    settle(SECS(15), phase, || async move {
+        for c in present {
+            let own = own_tracks(c).len();
+            let wanted = if publishers.contains(&c.id.as_str()) { 2 } else { 0 };
+            if own != wanted {
+                return Err(format!("{} has {own} tracks of its own published, not {wanted}", c.id));
+            }
+        }
+        let mut expected: Vec<TrackId> = present.iter().flat_map(|c| own_tracks(c)).collect();
+        expected.sort();
+        let snapshot = sfu.debug_snapshot(meeting).await.ok_or("the meeting is not placed")?;
+        let rooms = rooms_of(&snapshot);
+        let shards: Vec<u64> = rooms.iter().filter_map(|r| r["shard"].as_u64()).collect();
+        let mut in_rooms: Vec<String> = Vec::new();
+        for room in &rooms {
+            let shard = room["shard"].as_u64().ok_or("a room without its shard")?;
+            let mut tracks: Vec<TrackId> = room["tracks"]
+                .as_array()
+                .ok_or("a room without tracks")?
+                .iter()
+                .filter_map(|t| t["track"]["track_id"].as_str().map(TrackId::from))
+                .collect();
+            tracks.sort();
+            if tracks != expected {
+                return Err(format!(
+                    "shard {shard} lists {tracks:?}, not {expected:?}\n{snapshot:#}"
+                ));
+            }
+            let mut peers: Vec<u64> = room["relay_peers"]
+                .as_array()
+                .ok_or("no relay_peers")?
+                .iter()
+                .filter_map(|p| p.as_u64())
+                .collect();
+            peers.sort_unstable();
+            let others: Vec<u64> = shards.iter().copied().filter(|s| *s != shard).collect();
+            if peers != others {
+                return Err(format!("shard {shard} relays to {peers:?}, not {others:?}"));
+            }
+            for p in room["participants"].as_array().ok_or("no participants")? {
+                in_rooms.push(p["participant_id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        in_rooms.sort();
+        let mut ids: Vec<String> = present.iter().map(|c| c.id.clone()).collect();
+        ids.sort();
+        if in_rooms != ids {
+            return Err(format!("the rooms hold {in_rooms:?}, not {ids:?}"));
+        }
+        for (c, before) in present.iter().zip(received_before) {
+            let mut listed: Vec<TrackId> = c.listed().into_iter().map(|t| t.track_id).collect();
+            listed.sort();
+            let others: Vec<TrackId> = expected
+                .iter()
+                .filter(|t| !own_tracks(c).contains(t))
+                .cloned()
+                .collect();
+            if listed != others {
+                return Err(format!("{} lists {listed:?}, not {others:?}", c.id));
+            }
+            for track in &others {
+                let base = before.get(track.as_str()).map_or(0, |r| r.packets);
+                let now = c.received(track).map_or(0, |r| r.packets);
+                if now < base + 25 {
+                    return Err(format!("{} got {now} packets of {track} (had {base})", c.id));
+                }
+            }
+        }
+        for (shard, hosting) in sfu.hosting().await.into_iter().enumerate() {
+            let hosting = hosting.ok_or(format!("shard {shard} stopped"))?;
+            let here = hosting.meetings.iter().any(|m| m.as_str() == meeting);
+            if here != shards.contains(&(shard as u64)) {
+                return Err(format!(
+                    "shard {shard} hosting {hosting:?}, the meeting's rooms on {shards:?}"
+                ));
+            }
+            if (hosting.rooms, hosting.keys) != (hosting.meetings.len(), hosting.meetings.len()) {
+                return Err(format!("shard {shard} leaks: {hosting:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let snapshot = sfu.debug_snapshot(meeting).await.expect("placed");
+    for c in present {
+        assert!(c.errors.lock().unwrap().is_empty(), "{phase}: {}: {:?}", c.id, c.errors);
+    }
+    rooms_of(&snapshot).iter().filter_map(|r| r["shard"].as_u64()).collect()
+}
+
+/// Membership churn in a meeting spread over three shards (`split_at` 1): participants enter
+/// and leave in interleaved order, some at the same time, one leaves and comes back, and the
+/// meeting ends up on one shard again. After each phase everyone sees what they should (see
+/// [`expect_settled`]); on one shard again, nothing is relayed any more; at the end no shard
+/// holds the meeting and its placement is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spread_meeting_under_churn_leaves_no_stale_view_and_nothing_behind() {
+    init_logging();
+    let sfu = Sfu::start(SfuConfig {
+        shards: 3,
+        split_at: 1,
+        ..SfuConfig::loopback()
+    })
+    .expect("sfu starts");
+    let sfu = &sfu;
+    let meeting = "m_churn";
+    let publish = |c: std::sync::Arc<Peer>| async move {
+        c.publish(TrackSource::Microphone).await.expect("publish accepted");
+        c.publish(TrackSource::Camera).await.expect("publish accepted");
+        c
+    };
+    let enter_and_publish = |id: &'static str| async move { publish(Peer::enter(sfu, meeting, id).await).await };
+
+    // Three at once, then all publish at once: one on each shard.
+    let (a, b, c) = tokio::join!(
+        Peer::enter(sfu, meeting, "p_a"),
+        Peer::enter(sfu, meeting, "p_b"),
+        Peer::enter(sfu, meeting, "p_c")
+    );
+    let (a, b, c) = tokio::join!(publish(a), publish(b), publish(c));
+    let shards = expect_settled(sfu, meeting, "three at once", &[&a, &b, &c], &["p_a", "p_b", "p_c"]).await;
+    assert_eq!(shards.len(), 3, "one on each shard");
+
+    // p_b leaves as p_d enters; p_d publishes as p_e enters (and does not publish).
+    let ((), d) = tokio::join!(b.leave(), Peer::enter(sfu, meeting, "p_d"));
+    let (d, e) = tokio::join!(publish(d), Peer::enter(sfu, meeting, "p_e"));
+    expect_settled(
+        sfu,
+        meeting,
+        "p_b left, p_d and p_e came",
+        &[&a, &c, &d, &e],
+        &["p_a", "p_c", "p_d"],
+    )
+    .await;
+
+    // p_a leaves as p_b comes back and p_f enters, both publishing.
+    let ((), b, f) = tokio::join!(a.leave(), enter_and_publish("p_b"), enter_and_publish("p_f"));
+    let present: [&Peer; 5] = [&c, &d, &e, &b, &f];
+    let shards = expect_settled(
+        sfu,
+        meeting,
+        "p_a left, p_b back, p_f came",
+        &present,
+        &["p_c", "p_d", "p_b", "p_f"],
+    )
+    .await;
+    assert_eq!(shards.len(), 3, "five over three shards: {shards:?}");
+
+    // All but two sharing a shard leave at once: the meeting is on one shard again.
+    let snapshot = sfu.debug_snapshot(meeting).await.expect("placed");
+    let shard_of = |id: &str| {
+        rooms_of(&snapshot).iter().find_map(|r| {
+            let here = r["participants"].as_array()?.iter().any(|p| p["participant_id"] == id);
+            here.then(|| r["shard"].as_u64()).flatten()
+        })
+    };
+    let shared = present
+        .iter()
+        .map(|x| shard_of(&x.id))
+        .find(|shard| present.iter().filter(|y| shard_of(&y.id) == *shard).count() >= 2)
+        .expect("five on three shards: two share one");
+    let stay: Vec<&Peer> = present
+        .iter()
+        .filter(|x| shard_of(&x.id) == shared)
+        .take(2)
+        .copied()
+        .collect();
+    let go: Vec<&Peer> = present
+        .iter()
+        .copied()
+        .filter(|x| !stay.iter().any(|s| s.id == x.id))
+        .collect();
+    futures_util::future::join_all(go.iter().map(|x| x.leave())).await;
+    let publishers: Vec<&str> = stay.iter().map(|x| x.id.as_str()).filter(|id| *id != "p_e").collect();
+    let shards = expect_settled(sfu, meeting, "on one shard again", &stay, &publishers).await;
+    assert_eq!(shards.len(), 1);
+    // Nothing crosses shards while the two go on exchanging media.
+    let relayed = sfu.stats().relayed_packets;
+    let before: Vec<_> = stay.iter().map(|x| x.received_all()).collect();
+    // What each of the two receives of the other's tracks (p_e publishes none).
+    let more = |x: &Peer, before: &std::collections::HashMap<String, support::sfu::Received>| {
+        let other = stay.iter().find(|s| s.id != x.id).expect("two");
+        own_tracks(other).iter().all(|t| {
+            let base = before.get(t.as_str()).map_or(0, |b| b.packets);
+            x.received(t).is_some_and(|r| r.packets >= base + 50)
+        })
+    };
+    assert!(
+        eventually(SECS(10), || stay.iter().zip(&before).all(|(x, b)| more(x, b))).await,
+        "the two exchange media: {:?}",
+        stay.iter().map(|x| (&x.id, x.received_all())).collect::<Vec<_>>()
+    );
+    assert_eq!(sfu.stats().relayed_packets, relayed, "nothing relayed on one shard");
+
+    // The last two leave at once: nothing of the meeting is left anywhere.
+    futures_util::future::join_all(stay.iter().map(|x| x.leave())).await;
+    settle(SECS(5), "everything freed", || async move {
+        let hosting = sfu.hosting().await;
+        let left = (
+            sfu.live_connections(),
+            sfu.placed_meetings(),
+            sfu.meeting_stats(meeting).is_some(),
+            sfu.stats().tracks,
+        );
+        if left != (0, 0, false, 0) || hosting.iter().any(|h| h.as_ref() != Some(&Default::default())) {
+            return Err(format!(
+                "left behind (connections, placements, meeting counters, tracks): {left:?}, {hosting:?}"
+            ));
+        }
+        Ok(())
+    })
+    .await;
+    assert!(sfu.debug_snapshot(meeting).await.is_none());
+}
+
 /// A shard thread that dies outside every guard (a bug in our own code) takes
 /// its meetings' media with it, but nothing else: it is detected, its
 /// placements and connections are released, and meetings go on (or start again)

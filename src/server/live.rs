@@ -544,7 +544,7 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                 // are not in its `admitted`: it hears `track_published` for each when its
                 // media arrives, as on a first entry.
                 // `admitted` first, so the client knows it is in the call before any media message.
-                let mut tracks = services.sfu.tracks(&meeting_id).await;
+                let mut tracks = services.sfu.tracks_for(&meeting_id, &participant.participant_id).await;
                 tracks.retain(|t| t.participant_id != participant.participant_id);
                 let _ = outbox.send(ServerMessage::Admitted {
                     participants: others,
@@ -561,19 +561,13 @@ async fn apply(room: &Room, outboxes: &mut HashMap<ConnId, Outbox>, services: &S
                     kind: participant.kind,
                     may_present,
                 };
-                if let Err(e) = services.sfu.add_participant(media, outbox.clone()).await {
+                // A track published, unpublished or muted between the snapshot and entering
+                // the SFU's room (which, in a meeting spread over media shards, may be on
+                // another shard than the snapshot's) is told first thing in the room.
+                if let Err(e) = services.sfu.enter_call(media, outbox.clone(), tracks).await {
                     tracing::warn!(participant_id = %participant.participant_id, error = %e, "media could not start");
                     let _ = outbox.send(ServerMessage::error(e.code, e.message));
                     continue;
-                }
-                // A track published between the snapshot and joining the SFU's room was
-                // announced to everyone but us: announce it now.
-                for track in services.sfu.tracks(&meeting_id).await {
-                    if track.participant_id != participant.participant_id
-                        && !tracks.iter().any(|t| t.track_id == track.track_id)
-                    {
-                        let _ = outbox.send(ServerMessage::TrackPublished { track });
-                    }
                 }
             }
             Effect::LeaveCall { participant_id } => services.sfu.remove_participant(&meeting_id, &participant_id).await,

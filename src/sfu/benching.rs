@@ -254,6 +254,7 @@ impl FanOut {
             outbox,
             meeting_stats: Arc::default(),
             meeting_key: 0,
+            told: None,
             reply,
         });
         match result.blocking_recv() {

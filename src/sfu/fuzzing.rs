@@ -198,6 +198,7 @@ impl MediaHarness {
             outbox,
             meeting_stats: Arc::default(),
             meeting_key: 0,
+            told: None,
             reply,
         });
         match result.blocking_recv() {

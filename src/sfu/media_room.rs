@@ -806,6 +806,42 @@ impl MediaRoom {
         }
     }
 
+    /// The participant `id` just entered (or came back) having been told `told` of the
+    /// tracks (its `admitted`, a snapshot taken before it was a member here, perhaps by the
+    /// room of another shard of the meeting): it hears what differs from this room now,
+    /// before anything this room signals it later, so its list ends up as this room's.
+    /// Others' tracks it was not told of are `track_published`, those it was told of and
+    /// that are gone `track_unpublished` (published and unpublished meanwhile, or not yet
+    /// mirrored here: the mirror is published to it when it comes), a mute that changed
+    /// `track_muted`. Its own tracks are left out: it hears of them as its media arrives.
+    pub fn tell_entering(&self, id: &str, told: &[TrackInfo], effects: &mut Vec<Effect>) {
+        let signal =
+            |message: ServerMessage, effects: &mut Vec<Effect>| effects.push(Effect::Signal { to: id.into(), message });
+        for gone in told.iter().filter(|t| t.participant_id != id) {
+            if !self.tracks.iter().any(|t| t.info.track_id == gone.track_id) {
+                let message = ServerMessage::TrackUnpublished {
+                    track_id: gone.track_id.clone(),
+                    participant_id: gone.participant_id.clone(),
+                };
+                signal(message, effects);
+            }
+        }
+        for t in self.tracks.iter().filter(|t| t.info.participant_id != id) {
+            match told.iter().find(|k| k.track_id == t.info.track_id) {
+                None => signal(ServerMessage::TrackPublished { track: t.info.clone() }, effects),
+                Some(k) if k.muted != t.info.muted => {
+                    let message = ServerMessage::TrackMuted {
+                        track_id: t.info.track_id.clone(),
+                        participant_id: t.info.participant_id.clone(),
+                        muted: t.info.muted,
+                    };
+                    signal(message, effects);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     /// The participant `id`, in the call already, is back on a new socket: its old
     /// connections close, its legs of others' tracks start again on its next subscriber
     /// connection (fresh SSRCs, unpaused: a new page knows no pauses), and its own
@@ -2984,6 +3020,75 @@ mod tests {
         fx.clear();
         room.keyframe_requested(B_SUB2, b_ssrc, up + KEYFRAME_INTERVAL, &mut fx);
         assert_eq!(keyframe_requests(&fx), 1);
+    }
+
+    #[test]
+    fn one_entering_hears_how_the_room_differs_from_what_it_was_told() {
+        let now = Instant::now();
+        let (mut room, _) = call(false, now);
+        let camera = room
+            .tracks()
+            .into_iter()
+            .find(|t| t.source == TrackSource::Camera)
+            .unwrap();
+        let mic = room
+            .tracks()
+            .into_iter()
+            .find(|t| t.source == TrackSource::Microphone)
+            .unwrap();
+        let gone = TrackInfo {
+            track_id: "t_gone".into(),
+            participant_id: B.into(),
+            ..camera.clone()
+        };
+        // Told of the camera and of a track unpublished since; not of the microphone, muted since.
+        room.mute_track(A, &mic.track_id, true, &mut Vec::new()).unwrap();
+        let mut fx = Vec::new();
+        room.add_participant(C, ParticipantKind::Guest, false, now, &mut fx);
+        fx.clear();
+        room.tell_entering(C, &[camera.clone(), gone.clone()], &mut fx);
+        let heard = signals(&fx);
+        assert!(heard.iter().all(|(to, _)| to == C), "{heard:?}");
+        let heard: Vec<ServerMessage> = heard.into_iter().map(|(_, m)| m).collect();
+        assert_eq!(
+            heard,
+            [
+                ServerMessage::TrackUnpublished {
+                    track_id: gone.track_id.clone(),
+                    participant_id: B.into()
+                },
+                ServerMessage::TrackPublished {
+                    track: TrackInfo {
+                        muted: true,
+                        ..mic.clone()
+                    }
+                },
+            ]
+        );
+        // Told of both as they are: nothing. A muted one told unmuted: the mute.
+        let muted_mic = TrackInfo {
+            muted: true,
+            ..mic.clone()
+        };
+        fx.clear();
+        room.tell_entering(C, &[camera.clone(), muted_mic.clone()], &mut fx);
+        assert!(fx.is_empty(), "{fx:?}");
+        room.tell_entering(C, &[camera.clone(), mic.clone()], &mut fx);
+        assert_eq!(
+            signals(&fx),
+            [(
+                ParticipantId::from(C),
+                ServerMessage::TrackMuted {
+                    track_id: mic.track_id.clone(),
+                    participant_id: A.into(),
+                    muted: true
+                }
+            )]
+        );
+        // Its own tracks are never in it: A, back, told nothing, hears only of nobody's.
+        fx.clear();
+        room.tell_entering(A, &[], &mut fx);
+        assert!(fx.is_empty(), "{fx:?}");
     }
 
     fn track_id(room: &MediaRoom, source: TrackSource) -> TrackId {

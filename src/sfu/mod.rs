@@ -146,6 +146,17 @@ pub struct MediaParticipant {
     pub may_present: bool,
 }
 
+/// What one shard hosts ([`Sfu::hosting`]; tests check nothing is left behind).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hosting {
+    /// The meetings it has a room for, sorted.
+    pub meetings: Vec<MeetingId>,
+    /// Its rooms, and its meetings by their number on every shard (what relayed items find
+    /// them by): as many as `meetings` each, unless one leaked.
+    pub rooms: usize,
+    pub keys: usize,
+}
+
 /// Handle to the running media plane. Cheap to clone. The shards stop when
 /// the last clone is dropped (each closes all its connections first).
 #[derive(Clone)]
@@ -174,6 +185,9 @@ struct Placement {
     key: relay::MeetingKey,
     participants: HashMap<ParticipantId, usize>,
     counters: Arc<Counters>,
+    /// Counts the changes of the set of shards holding the meeting (`relay::PeersVersion`):
+    /// each `Command::Peers` carries the number of the set it tells.
+    version: relay::PeersVersion,
 }
 
 impl Placement {
@@ -446,6 +460,39 @@ impl Sfu {
         placements.get(meeting_id)?.participants.get(participant_id).copied()
     }
 
+    /// The shard a participant entering a meeting's call goes to (`None`: no shard runs): the
+    /// one it is on when it is in the call already (back on a new socket: where its media
+    /// state is), else `placement::choose`'s.
+    fn shard_for(
+        &self,
+        placements: &HashMap<MeetingId, Placement>,
+        meeting_id: &str,
+        participant_id: &str,
+    ) -> Option<usize> {
+        let placement = placements.get(meeting_id);
+        if let Some(&shard) = placement.and_then(|p| p.participants.get(participant_id)) {
+            return Some(shard);
+        }
+        let n = self.inner.shards.len();
+        let mut total = vec![0usize; n];
+        for p in placements.values() {
+            for &s in p.participants.values() {
+                total[s] += 1;
+            }
+        }
+        let mut meeting = vec![0usize; n];
+        for &s in placement.iter().flat_map(|p| p.participants.values()) {
+            meeting[s] += 1;
+        }
+        let alive: Vec<bool> = (0..n).map(|i| self.shard_alive(i)).collect();
+        placement::choose(placement::Loads {
+            meeting: &meeting,
+            total: &total,
+            alive: &alive,
+            split_at: self.inner.split_at,
+        })
+    }
+
     /// The lock under which a meeting's membership changes ([`Inner::membership`]).
     async fn membership(&self, meeting_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
@@ -458,7 +505,9 @@ impl Sfu {
 
     /// Forgets every participant on a dead shard (and meetings left with none): those
     /// participants start afresh on a live shard. The shards still holding part of a meeting
-    /// that was spread over the dead one forget its mirrors.
+    /// that was spread over the dead one forget its mirrors. This runs outside the meeting's
+    /// membership lock, so what it tells may overtake the set of a change being told: the
+    /// set's number (`Placement::version`) lets the shards keep the newer.
     fn release_dead(&self, placements: &mut HashMap<MeetingId, Placement>) {
         let shards = &self.inner.shards;
         for (meeting_id, p) in placements.iter_mut() {
@@ -467,11 +516,13 @@ impl Sfu {
             if p.participants.len() == before || p.participants.is_empty() {
                 continue;
             }
+            p.version += 1;
             let holders = p.shards();
             for &shard in &holders {
                 let command = Command::Peers {
                     meeting_id: meeting_id.as_str().to_owned(),
                     peers: holders.clone(),
+                    version: p.version,
                 };
                 if shards[shard].commands.try_send(command).is_err() {
                     tracing::warn!(shard, %meeting_id, "could not tell a shard that a dead shard left the meeting");
@@ -481,12 +532,14 @@ impl Sfu {
         placements.retain(|_, p| !p.participants.is_empty());
     }
 
-    /// Tells every shard holding part of a meeting which others do (after a change).
-    async fn tell_peers(&self, meeting_id: &str, shards: &[usize]) {
+    /// Tells every shard holding part of a meeting which others do (after a change; the
+    /// set numbered `version`).
+    async fn tell_peers(&self, meeting_id: &str, shards: &[usize], version: relay::PeersVersion) {
         for &shard in shards {
             let command = Command::Peers {
                 meeting_id: meeting_id.to_owned(),
                 peers: shards.to_vec(),
+                version,
             };
             let _ = self.inner.shards[shard].commands.send(command).await;
         }
@@ -507,57 +560,53 @@ impl Sfu {
     /// messages (`subscribe_offer`, `publish_answer`, `ice_candidate`,
     /// `track_published`, ...) through `outbox`.
     pub async fn add_participant(&self, participant: MediaParticipant, outbox: Outbox) -> Result<(), Error> {
+        self.enter(participant, outbox, None).await
+    }
+
+    /// A participant entered the call after being told `told` of the meeting's tracks (its
+    /// `admitted`, from [`tracks`](Self::tracks)): as [`add_participant`](Self::add_participant),
+    /// and first of all it hears how the tracks of the room it enters differ from `told`
+    /// (published or unpublished meanwhile, a mute; `MediaRoom::tell_entering`). In a meeting
+    /// spread over shards, `tracks` answers from one shard and the participant may enter
+    /// another, whose mirrors lag or lead by a relay turn: its list still ends up as its room's.
+    pub async fn enter_call(
+        &self,
+        participant: MediaParticipant,
+        outbox: Outbox,
+        told: Vec<TrackInfo>,
+    ) -> Result<(), Error> {
+        self.enter(participant, outbox, Some(told)).await
+    }
+
+    async fn enter(
+        &self,
+        participant: MediaParticipant,
+        outbox: Outbox,
+        told: Option<Vec<TrackInfo>>,
+    ) -> Result<(), Error> {
         let _membership = self.membership(&participant.meeting_id).await;
         let (shard, counters, key, spread) = {
             let mut placements = self.placements();
             self.release_dead(&mut placements);
-            let n = self.inner.shards.len();
-            let mut total = vec![0usize; n];
-            for p in placements.values() {
-                for &s in p.participants.values() {
-                    total[s] += 1;
-                }
-            }
+            let Some(shard) = self.shard_for(&placements, &participant.meeting_id, &participant.participant_id) else {
+                return Err(shard_gone());
+            };
             let placement = placements
                 .entry(participant.meeting_id.clone())
                 .or_insert_with(|| Placement {
                     key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
                     participants: HashMap::new(),
                     counters: Arc::default(),
+                    version: 0,
                 });
-            let shard = match placement.participants.get(&participant.participant_id) {
-                // Back on a new socket: where its media state is.
-                Some(&shard) => shard,
-                None => {
-                    let mut meeting = vec![0usize; n];
-                    for &s in placement.participants.values() {
-                        meeting[s] += 1;
-                    }
-                    let alive: Vec<bool> = (0..n).map(|i| self.shard_alive(i)).collect();
-                    let loads = placement::Loads {
-                        meeting: &meeting,
-                        total: &total,
-                        alive: &alive,
-                        split_at: self.inner.split_at,
-                    };
-                    let Some(shard) = placement::choose(loads) else {
-                        if placement.participants.is_empty() {
-                            placements.remove(participant.meeting_id.as_str());
-                        }
-                        return Err(shard_gone());
-                    };
-                    shard
-                }
-            };
             let before = placement.shards();
             placement.participants.insert(participant.participant_id.clone(), shard);
             let after = placement.shards();
-            (
-                shard,
-                placement.counters.clone(),
-                placement.key,
-                (after != before).then_some(after),
-            )
+            let spread = (after != before).then(|| {
+                placement.version += 1;
+                (after, placement.version)
+            });
+            (shard, placement.counters.clone(), placement.key, spread)
         };
         let result = self
             .ask(shard, |reply| Command::Add {
@@ -565,17 +614,18 @@ impl Sfu {
                 outbox,
                 meeting_stats: counters,
                 meeting_key: key,
+                told,
                 reply,
             })
             .await
             .unwrap_or_else(|| Err(shard_gone()));
         if result.is_err() {
             self.release(&participant.meeting_id, &participant.participant_id).await;
-        } else if let Some(shards) = spread
+        } else if let Some((shards, version)) = spread
             && shards.len() > 1
         {
             tracing::info!(meeting_id = %participant.meeting_id, ?shards, "meeting spread over shards");
-            self.tell_peers(&participant.meeting_id, &shards).await;
+            self.tell_peers(&participant.meeting_id, &shards, version).await;
         }
         result
     }
@@ -593,15 +643,43 @@ impl Sfu {
             let after = p.shards();
             if p.participants.is_empty() {
                 placements.remove(meeting_id);
+                None
+            } else {
+                (after != before).then(|| {
+                    p.version += 1;
+                    (after, p.version)
+                })
             }
-            (after != before && !after.is_empty()).then_some(after)
         };
-        if let Some(shards) = left {
-            self.tell_peers(meeting_id, &shards).await;
+        if let Some((shards, version)) = left {
+            self.tell_peers(meeting_id, &shards, version).await;
         }
     }
 
-    /// The tracks currently published in a meeting (for `admitted`).
+    /// The tracks published in a meeting as the room a participant would enter now sees them
+    /// (for its `admitted`; then [`enter_call`](Self::enter_call)): in a meeting spread over
+    /// shards, the room of the shard it would be placed on, whose mirrors may lag another
+    /// shard's by a relay turn (none when that shard holds none of the meeting yet: the
+    /// participant hears of every track as its room mirrors it).
+    pub async fn tracks_for(&self, meeting_id: &str, participant_id: &str) -> Vec<TrackInfo> {
+        let shard = {
+            let mut placements = self.placements();
+            self.release_dead(&mut placements);
+            if !placements.contains_key(meeting_id) {
+                return Vec::new();
+            }
+            self.shard_for(&placements, meeting_id, participant_id)
+        };
+        let Some(shard) = shard else {
+            return Vec::new();
+        };
+        let meeting_id = meeting_id.to_owned();
+        self.ask(shard, |reply| Command::Tracks { meeting_id, reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The tracks currently published in a meeting (as the shard holding most of it sees them).
     pub async fn tracks(&self, meeting_id: &str) -> Vec<TrackInfo> {
         let Some(shard) = self.placement(meeting_id) else {
             return Vec::new();
@@ -667,6 +745,21 @@ impl Sfu {
     /// Process-wide counters: the sum over shards.
     pub fn stats(&self) -> CountersSnapshot {
         Counters::sum(self.inner.shards.iter().map(|s| s.counters.as_ref()))
+    }
+
+    /// Meetings with participants in the call (placed on shards).
+    pub fn placed_meetings(&self) -> usize {
+        self.placements().len()
+    }
+
+    /// What each shard hosts, in shard order (`None` for a shard that stopped): tests check
+    /// that a meeting everyone left is gone from every shard, whatever the placement says.
+    pub async fn hosting(&self) -> Vec<Option<Hosting>> {
+        let mut all = Vec::with_capacity(self.inner.shards.len());
+        for shard in 0..self.inner.shards.len() {
+            all.push(self.ask(shard, |reply| Command::Hosting { reply }).await);
+        }
+        all
     }
 
     /// A meeting's counters, while it has participants in the call.

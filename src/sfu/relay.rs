@@ -139,12 +139,18 @@ impl Outgoing {
     }
 }
 
+/// The number of a meeting's set of shards: the `Sfu` counts up at every change of who holds
+/// the meeting, so a shard told two sets knows which is the newer, whatever order they came in.
+pub type PeersVersion = u64;
+
 /// The other shards holding part of one meeting, and the view of this shard's local tracks
 /// they were last told (`Item::View`).
 #[derive(Debug, Default)]
 pub struct Spread {
     peers: Vec<usize>,
     told: MirrorView,
+    /// The number of the set `peers` came from (0: none yet).
+    version: PeersVersion,
 }
 
 impl Spread {
@@ -156,11 +162,26 @@ impl Spread {
         self.peers.is_empty()
     }
 
-    /// The meeting is now held by `peers` (this shard left out) and its local tracks look
-    /// like `view`. Shards that came get a `Sync` and the whole view; shards that stay get
-    /// the view if it changed since they were last told (a change earlier in this turn,
-    /// not yet told). Returns the shards that no longer hold the meeting.
-    pub fn set(&mut self, meeting: MeetingKey, peers: Vec<usize>, view: MirrorView, out: &mut Outgoing) -> Vec<usize> {
+    /// The meeting is now held by `peers` (this shard left out), the set numbered `version`,
+    /// and its local tracks look like `view`. Shards that came get a `Sync` and the whole
+    /// view; shards that stay get the view if it changed since they were last told (a change
+    /// earlier in this turn, not yet told). Returns the shards that no longer hold the
+    /// meeting. A set older than the one already applied is ignored: the `Sfu` tells a dead
+    /// shard's departure outside the meeting's membership lock, so it may overtake the set of
+    /// a change made just before, which would otherwise bring the dead shard back for good
+    /// (its mirrors frozen, packets relayed to nobody).
+    pub fn set(
+        &mut self,
+        meeting: MeetingKey,
+        version: PeersVersion,
+        peers: Vec<usize>,
+        view: MirrorView,
+        out: &mut Outgoing,
+    ) -> Vec<usize> {
+        if version <= self.version {
+            return Vec::new();
+        }
+        self.version = version;
         let old = std::mem::replace(&mut self.peers, peers);
         let changed = view != self.told;
         for &peer in &self.peers {
@@ -313,10 +334,10 @@ mod tests {
     fn a_shard_that_comes_is_synced_and_one_that_goes_is_returned() {
         let (mut out, [mut one, mut two]) = shards();
         let mut spread = Spread::default();
-        assert!(spread.set(7, vec![1], view("a"), &mut out).is_empty());
+        assert!(spread.set(7, 1, vec![1], view("a"), &mut out).is_empty());
         out.flush();
         assert_eq!(told(&mut one), ["sync", "a"]);
-        let gone = spread.set(7, vec![2], view("a"), &mut out);
+        let gone = spread.set(7, 2, vec![2], view("a"), &mut out);
         assert_eq!(gone, [1]);
         assert_eq!(spread.peers(), [2]);
         out.flush();
@@ -328,11 +349,11 @@ mod tests {
     fn a_change_of_the_turn_reaches_the_shards_that_stay_when_another_comes() {
         let (mut out, [mut one, mut two]) = shards();
         let mut spread = Spread::default();
-        spread.set(7, vec![1], view("a"), &mut out);
+        spread.set(7, 3, vec![1], view("a"), &mut out);
         out.flush();
         told(&mut one);
         // The tracks change, then shard 2 comes, before the turn's end tells the change.
-        spread.set(7, vec![1, 2], view("b"), &mut out);
+        spread.set(7, 4, vec![1, 2], view("b"), &mut out);
         spread.tell(7, view("b"), &mut out);
         out.flush();
         assert_eq!(told(&mut one), ["b"], "the shard that stays hears the change");
@@ -346,21 +367,44 @@ mod tests {
     fn changes_made_while_alone_are_not_mistaken_for_what_peers_know() {
         let (mut out, [mut one, _]) = shards();
         let mut spread = Spread::default();
-        spread.set(7, vec![1], view("a"), &mut out);
-        spread.set(7, Vec::new(), view("a"), &mut out);
+        spread.set(7, 5, vec![1], view("a"), &mut out);
+        spread.set(7, 6, Vec::new(), view("a"), &mut out);
         assert!(spread.is_empty());
         // Alone, the tracks became "b"; shard 1 comes back, then they return to "a".
-        spread.set(7, vec![1], view("b"), &mut out);
+        spread.set(7, 7, vec![1], view("b"), &mut out);
         spread.tell(7, view("a"), &mut out);
         out.flush();
         assert_eq!(told(&mut one), ["sync", "a", "sync", "b", "a"]);
     }
 
     #[test]
+    fn an_older_set_of_shards_arriving_late_is_ignored() {
+        let (mut out, [mut one, mut two]) = shards();
+        let mut spread = Spread::default();
+        spread.set(7, 1, vec![1], view("a"), &mut out);
+        out.flush();
+        told(&mut one);
+        // Shard 2 came (set 2) and died: its departure (set 3) overtakes set 2.
+        assert!(spread.set(7, 3, vec![1], view("a"), &mut out).is_empty());
+        assert!(spread.set(7, 2, vec![1, 2], view("a"), &mut out).is_empty());
+        assert_eq!(spread.peers(), [1], "the dead shard is not brought back");
+        out.flush();
+        assert!(told(&mut two).is_empty(), "nothing for the dead shard");
+        assert!(told(&mut one).is_empty());
+        // The same set twice changes nothing either.
+        assert!(spread.set(7, 3, vec![1, 2], view("b"), &mut out).is_empty());
+        assert_eq!(spread.peers(), [1]);
+        // A newer one applies.
+        assert_eq!(spread.set(7, 4, vec![2], view("a"), &mut out), [1]);
+        out.flush();
+        assert_eq!(told(&mut two), ["sync", "a"]);
+    }
+
+    #[test]
     fn leaving_unpublishes_everything_once() {
         let (mut out, [mut one, mut two]) = shards();
         let mut spread = Spread::default();
-        spread.set(7, vec![1, 2], view("a"), &mut out);
+        spread.set(7, 8, vec![1, 2], view("a"), &mut out);
         out.flush();
         told(&mut one);
         told(&mut two);

@@ -63,6 +63,9 @@ pub enum Command {
         meeting_stats: Arc<Counters>,
         /// The meeting's number on every shard (what relayed items name it by).
         meeting_key: MeetingKey,
+        /// The tracks the participant was told of before it entered (`admitted`): it hears
+        /// how the room differs (`MediaRoom::tell_entering`). `None`: nothing is told.
+        told: Option<Vec<TrackInfo>>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Handle {
@@ -84,10 +87,16 @@ pub enum Command {
         meeting_id: String,
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
-    /// The other shards now holding part of a meeting this shard holds (see `relay`).
+    /// The other shards now holding part of a meeting this shard holds (see `relay`), the
+    /// set numbered `version` (an older one arriving late is ignored, `relay::Spread::set`).
     Peers {
         meeting_id: String,
         peers: Vec<usize>,
+        version: relay::PeersVersion,
+    },
+    /// What the shard hosts (tests: nothing is left behind).
+    Hosting {
+        reply: oneshot::Sender<super::Hosting>,
     },
     SetDropProbability(f64),
     /// Test hook: the share of forwarded packets lost after their leg recorded them.
@@ -388,7 +397,7 @@ impl Shard {
 
     /// The other shards holding part of a meeting changed: the mirrors of one that left are
     /// unpublished, one that came is sent this room's view and asked for its own.
-    fn set_peers(&mut self, meeting_id: &str, peers: Vec<usize>, now: Instant) {
+    fn set_peers(&mut self, meeting_id: &str, peers: Vec<usize>, version: relay::PeersVersion, now: Instant) {
         let Some(&room_id) = self.room_ids.get(meeting_id) else {
             return;
         };
@@ -400,7 +409,7 @@ impl Shard {
         // Peers that came get the whole view; those that stay, this turn's change if any.
         let gone = hosted
             .spread
-            .set(hosted.key, peers, hosted.room.mirror_view(), &mut self.relay);
+            .set(hosted.key, version, peers, hosted.room.mirror_view(), &mut self.relay);
         for gone in gone {
             hosted.room.forget_mirror(gone, now, &mut self.effects);
         }
@@ -927,12 +936,26 @@ impl Shard {
                 outbox,
                 meeting_stats,
                 meeting_key,
+                told,
                 reply,
             } => {
                 let _span = media_span(&participant.meeting_id, &participant.participant_id);
-                let _ = reply.send(self.add_participant(participant, outbox, meeting_stats, meeting_key, now));
+                let _ = reply.send(self.add_participant(participant, outbox, meeting_stats, meeting_key, told, now));
             }
-            Command::Peers { meeting_id, peers } => self.set_peers(&meeting_id, peers, now),
+            Command::Peers {
+                meeting_id,
+                peers,
+                version,
+            } => self.set_peers(&meeting_id, peers, version, now),
+            Command::Hosting { reply } => {
+                let mut meetings: Vec<MeetingId> = self.room_ids.keys().cloned().collect();
+                meetings.sort();
+                let _ = reply.send(super::Hosting {
+                    meetings,
+                    rooms: self.rooms.len(),
+                    keys: self.room_keys.len(),
+                });
+            }
             Command::Handle {
                 meeting_id,
                 participant_id,
@@ -988,6 +1011,7 @@ impl Shard {
         outbox: Outbox,
         meeting_stats: Arc<Counters>,
         meeting_key: MeetingKey,
+        told: Option<Vec<TrackInfo>>,
         now: Instant,
     ) -> Result<(), Error> {
         let room_id = match self.room_ids.get(participant.meeting_id.as_str()) {
@@ -1023,6 +1047,11 @@ impl Shard {
             now,
             &mut self.effects,
         );
+        if let Some(told) = told {
+            hosted
+                .room
+                .tell_entering(&participant.participant_id, &told, &mut self.effects);
+        }
         self.apply(room_id, now);
         Ok(())
     }
@@ -1290,6 +1319,8 @@ impl Shard {
         let mut snapshot = hosted.room.debug_snapshot(conn_state);
         if let Some(object) = snapshot.as_object_mut() {
             object.insert("shard".into(), self.index.into());
+            // The other shards holding part of the meeting, which its local tracks are relayed to.
+            object.insert("relay_peers".into(), hosted.spread.peers().into());
             object.insert("media_addr".into(), self.peers.advertised().to_string().into());
             // The shard socket's batching so far: datagrams per system call each way.
             let udp = self.peers.udp();

@@ -21,7 +21,7 @@ use gatehouse_sdk::synthetic::{ReceiverStats, StreamSummary, SyntheticConfig, au
 use gatehouse_sdk::{LocalTrack, RtpPacket, SdkError, SyntheticSender, now_us};
 use gatehouse_signaling::Error;
 use gatehouse_signaling::protocol::{
-    ClientMessage, MediaMessage, ParticipantKind, PeerRole, ServerMessage, TrackKind, TrackSource,
+    ClientMessage, MediaMessage, ParticipantKind, PeerRole, ServerMessage, TrackInfo, TrackKind, TrackSource,
 };
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -137,6 +137,8 @@ pub struct Peer {
     pub subscriber: Arc<Subscriber>,
     /// Every server message, in order.
     log: Arc<Mutex<Vec<ServerMessage>>>,
+    /// The others' tracks its `admitted` listed ([`enter`](Self::enter); none after [`join`](Self::join)).
+    pub admitted: Vec<TrackInfo>,
     /// Per subscribed track id.
     received: Tracks<Receiving>,
     /// The subscribed tracks themselves, to send feedback on.
@@ -155,6 +157,14 @@ impl Peer {
         Self::join_with(sfu, meeting_id, id, may_present, VideoCodec::Vp8).await
     }
 
+    /// Enters the call as the gateway's signaling does for a participant admitted to it
+    /// (`server::live`): the others' tracks listed in its `admitted` ([`admitted`](Self::admitted),
+    /// `Sfu::tracks_for`), then `Sfu::enter_call` with them, so [`listed`](Self::listed) is
+    /// what its client shows.
+    pub async fn enter(sfu: &Sfu, meeting_id: &str, id: &str) -> Arc<Peer> {
+        Self::start(sfu, meeting_id, id, true, VideoCodec::Vp8, true).await
+    }
+
     /// Joins the call (`add_participant`) with both connections ready: the subscriber
     /// answers the SFU's offers as they come, the publisher offers on [`publish`](Self::publish).
     pub async fn join_with(
@@ -163,6 +173,17 @@ impl Peer {
         id: &str,
         may_present: bool,
         video_codec: VideoCodec,
+    ) -> Arc<Peer> {
+        Self::start(sfu, meeting_id, id, may_present, video_codec, false).await
+    }
+
+    async fn start(
+        sfu: &Sfu,
+        meeting_id: &str,
+        id: &str,
+        may_present: bool,
+        video_codec: VideoCodec,
+        admitted: bool,
     ) -> Arc<Peer> {
         let options = MediaOptions {
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
@@ -177,21 +198,26 @@ impl Peer {
             .expect("publisher connection");
         let (subscriber, remote_tracks) = Subscriber::new(options, out_tx);
         let (outbox, inbox) = gatehouse::outbox::outbox();
-        sfu.add_participant(
-            MediaParticipant {
-                meeting_id: meeting_id.into(),
-                participant_id: id.into(),
-                kind: if may_present {
-                    ParticipantKind::Staff
-                } else {
-                    ParticipantKind::Guest
-                },
-                may_present,
+        let participant = MediaParticipant {
+            meeting_id: meeting_id.into(),
+            participant_id: id.into(),
+            kind: if may_present {
+                ParticipantKind::Staff
+            } else {
+                ParticipantKind::Guest
             },
-            outbox,
-        )
-        .await
-        .expect("add_participant");
+            may_present,
+        };
+        let mut told = Vec::new();
+        if admitted {
+            told = sfu.tracks_for(meeting_id, id).await;
+            told.retain(|t| t.participant_id != id);
+            sfu.enter_call(participant, outbox, told.clone())
+                .await
+                .expect("enter_call");
+        } else {
+            sfu.add_participant(participant, outbox).await.expect("add_participant");
+        }
         let (log, errors) = (Arc::default(), Arc::default());
         let (received, remotes) = (Arc::default(), Arc::default());
         let signaling = Signaling {
@@ -220,6 +246,7 @@ impl Peer {
             publisher,
             subscriber,
             log,
+            admitted: told,
             received,
             remotes,
             sending: Mutex::new(Vec::new()),
@@ -290,6 +317,23 @@ impl Peer {
     /// A media message from this participant.
     pub async fn send(&self, message: MediaMessage) -> Result<(), Error> {
         self.sfu.handle(&self.meeting_id, &self.id, message).await
+    }
+
+    /// The others' tracks its client lists now: its `admitted`, then every `track_published`
+    /// and `track_unpublished` in order.
+    pub fn listed(&self) -> Vec<TrackInfo> {
+        let mut listed = self.admitted.clone();
+        for message in self.log.lock().unwrap().iter() {
+            match message {
+                ServerMessage::TrackPublished { track } if track.participant_id != self.id.as_str() => {
+                    listed.retain(|t| t.track_id != track.track_id);
+                    listed.push(track.clone());
+                }
+                ServerMessage::TrackUnpublished { track_id, .. } => listed.retain(|t| t.track_id != *track_id),
+                _ => {}
+            }
+        }
+        listed
     }
 
     /// Messages received so far matching `f`.
