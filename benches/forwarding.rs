@@ -21,7 +21,8 @@
 //! (`gatehouse::sfu::benching::FanOut`: a publisher and N subscribers, `rtc` clients driven
 //! in-process over loopback) takes one SRTP datagram from the publisher and ends its turn:
 //! routing, SRTP decrypt and parse, interceptors, `MediaRoom::forward`, then per leg
-//! `write_rtp`, `rtc`'s write chain and SRTP encrypt, queued for the socket. `path/shard`
+//! marshal and SRTP encrypt by the shard (`own_srtp`; `path/shard_rtc_srtp` and the lever
+//! levels: `write_rtp`, `rtc`'s write chain and its SRTP encrypt), queued for the socket. `path/shard`
 //! drops the turn's datagrams instead of sending them, `path/shard+sendmmsg` sends them to
 //! the subscribers' sockets. Only the shard's calls are timed (`iter_custom`): the
 //! publisher's encryption before and the clients' upkeep after each batch of 64 packets
@@ -303,18 +304,20 @@ fn whole_path(c: &mut Criterion) {
         .map(Duration::from_millis);
     for n in [1usize, 8] {
         group.throughput(Throughput::Elements(n as u64));
-        // The levers into `rtc` of issue 13, each off, then both on (as in production).
+        // The levers into `rtc` of issue 13, each off, then both on; then the copies
+        // encrypted by the shard past `rtc`'s write chain (`own_srtp`, as in production).
         let levels = [
-            ("shard_no_levers", false, false, false),
-            ("shard_direct_only", false, true, false),
-            ("shard_drain_once_only", false, false, true),
-            ("shard", false, true, true),
-            ("shard+sendmmsg", true, true, true),
+            ("shard_no_levers", false, false, false, false),
+            ("shard_direct_only", false, true, false, false),
+            ("shard_drain_once_only", false, false, true, false),
+            ("shard_rtc_srtp", false, true, true, false),
+            ("shard", false, true, true, true),
+            ("shard+sendmmsg", true, true, true, true),
         ];
-        for (name, send, direct, drain_once) in levels {
+        for (name, send, direct, drain_once, own_srtp) in levels {
             // A meeting per level: the clients' connections stay up for the minute one level
             // takes, but not for all of them (a client's consent failed after about 40 s).
-            let mut h = FanOut::new(n).expect("the bench meeting comes up");
+            let mut h = FanOut::with_own_srtp(n, own_srtp).expect("the bench meeting comes up");
             h.set_send(send);
             h.set_levers(direct, drain_once);
             if let Some(tick) = settle_tick {

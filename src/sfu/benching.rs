@@ -24,8 +24,10 @@ use bytes::{Bytes, BytesMut};
 use gatehouse_signaling::protocol::{MediaMessage, ParticipantKind, PublishedTrack, ServerMessage, TrackSource};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -38,6 +40,7 @@ use super::fuzzing::{HarnessError, drain, fail, sdp_attr};
 use super::peers::Peers;
 use super::rtc_client;
 use super::shard::{Command, Shard};
+use super::srtp_keys::KeyCapture;
 use super::stats::Counters;
 use crate::outbox::{self, OutboxReceiver};
 
@@ -60,6 +63,13 @@ struct Client {
     connected: bool,
     /// Datagrams its socket received.
     received: u64,
+    /// RTP packets it decrypted and read, and the last payload.
+    opened: u64,
+    last_payload: Bytes,
+    /// Its SRTP keys (`srtp_keys`), and the sender reports it received, opened with them
+    /// (`rtc` hands an application no RTCP for a stream it only receives).
+    keys: Arc<KeyCapture>,
+    reports: Vec<SenderReport>,
 }
 
 impl Client {
@@ -67,14 +77,48 @@ impl Client {
         let socket = StdUdpSocket::bind("127.0.0.1:0").map_err(fail)?;
         socket.set_nonblocking(true).map_err(fail)?;
         let addr = socket.local_addr().map_err(fail)?;
-        let pc = rtc_client::client(addr, extensions).map_err(fail)?;
+        let keys = KeyCapture::new().map_err(fail)?;
+        let pc = rtc_client::client_with_crypto(addr, extensions, keys.clone()).map_err(fail)?;
         Ok(Self {
             pc,
             socket,
             addr,
             connected: false,
             received: 0,
+            opened: 0,
+            last_payload: Bytes::new(),
+            keys,
+            reports: Vec::new(),
         })
+    }
+
+    /// The sender reports in an SRTCP datagram, opened with the connection's keys.
+    fn open_sender_reports(&mut self, datagram: &[u8]) {
+        let rtcp =
+            super::demux::classify(datagram) == super::demux::Class::Rtp && (192..=223).contains(&(datagram[1] | 0x80));
+        let Some(keys) = self.keys.keys().filter(|_| rtcp) else {
+            return;
+        };
+        let Ok(provider) = rtc::crypto::default_provider() else {
+            return;
+        };
+        let opened = rtc::srtp::context::Context::new(
+            &keys.remote.key,
+            &keys.remote.salt,
+            keys.profile,
+            None,
+            None,
+            provider.crypto(),
+        )
+        .and_then(|mut context| context.decrypt_rtcp(datagram));
+        if let Ok(plain) = opened
+            && let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut &plain[..])
+        {
+            let reports = packets
+                .iter()
+                .filter_map(|p| p.as_any().downcast_ref::<SenderReport>().cloned());
+            self.reports.extend(reports);
+        }
     }
 
     /// Takes what its socket received, its events and reads; runs its due timer.
@@ -83,6 +127,7 @@ impl Client {
         while let Ok((n, from)) = self.socket.recv_from(buf) {
             moved = true;
             self.received += 1;
+            self.open_sender_reports(&buf[..n]);
             let msg = TaggedBytesMut {
                 now,
                 transport: TransportContext {
@@ -95,7 +140,12 @@ impl Client {
             };
             let _ = self.pc.handle_read(msg);
         }
-        while self.pc.poll_read().is_some() {}
+        while let Some(read) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, packet) = read.message {
+                self.opened += 1;
+                self.last_payload = packet.payload;
+            }
+        }
         while let Some(event) = self.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 if state == RTCPeerConnectionState::Failed {
@@ -135,6 +185,12 @@ impl FanOut {
     /// Builds the running meeting; fails if a connection does not come up or a
     /// subscriber's leg forwards nothing.
     pub fn new(n: usize) -> Result<Self, HarnessError> {
+        Self::with_own_srtp(n, true)
+    }
+
+    /// [`new`](Self::new) with the subscribers' copies encrypted by the shard or by `rtc`
+    /// (`peers::WriteLevers::own_srtp`, read when their connections are built).
+    pub fn with_own_srtp(n: usize, own_srtp: bool) -> Result<Self, HarnessError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -147,7 +203,9 @@ impl FanOut {
             let server_addr = std_socket.local_addr().map_err(fail)?;
             let socket = tokio::net::UdpSocket::from_std(std_socket).map_err(fail)?;
             let peers = Peers::new(0, socket, server_addr, counters.clone(), Arc::default(), None).map_err(fail)?;
-            Shard::new(0, peers)
+            let mut shard = Shard::new(0, peers);
+            shard.levers_mut().own_srtp = own_srtp;
+            shard
         };
         let mut publisher = Client::new(&[(TWCC_URI, RtpCodecKind::Video)])?;
         let track = rtc_client::track("bench", "cam", RtpCodecKind::Video, VIDEO_SSRC);
@@ -414,7 +472,8 @@ impl FanOut {
     /// Bench hook: which of the forwarded packets' levers into `rtc` are on (both by
     /// default, as in production; see `peers::WriteLevers`).
     pub fn set_levers(&mut self, direct: bool, drain_once: bool) {
-        *self.shard.levers_mut() = super::peers::WriteLevers { direct, drain_once };
+        let levers = self.shard.levers_mut();
+        (levers.direct, levers.drain_once) = (direct, drain_once);
     }
 
     /// Packets written to subscriber legs so far.
@@ -430,6 +489,11 @@ impl FanOut {
     /// Datagrams the subscribers' sockets received so far (taken by [`maintain`](Self::maintain)).
     pub fn received(&self) -> u64 {
         self.subscribers.iter().map(|c| c.received).sum()
+    }
+
+    /// The end of a turn at `now` (a later time: timers and ticks due by then run).
+    pub fn end_turn_at(&mut self, now: Instant) {
+        self.shard.end_turn(now);
     }
 }
 
@@ -467,5 +531,56 @@ mod tests {
         h.maintain().expect("upkeep");
         assert!(h.received() - received < 30, "but not sent");
         assert_eq!(h.dropped(), 0);
+    }
+
+    /// The subscribers' `rtc` opens every copy and reads the publisher's payload, whether
+    /// the shard or `rtc` encrypted it; with the shard's own SRTP, each subscriber gets a
+    /// sender report of its stream once a second (the shard's tick run at a later time:
+    /// sans-IO, nothing waits), counting what it was sent, and none once it is quiet.
+    #[test]
+    fn copies_encrypted_by_the_shard_are_opened_and_reported() {
+        for own in [false, true] {
+            let mut h = FanOut::with_own_srtp(2, own).expect("the meeting comes up");
+            h.maintain().expect("upkeep");
+            let opened: Vec<u64> = h.subscribers.iter().map(|c| c.opened).collect();
+            let forwarded = h.forwarded();
+            let mut out = Vec::new();
+            h.datagrams(20, &mut out);
+            for d in out {
+                h.forward(d);
+            }
+            h.maintain().expect("upkeep");
+            assert_eq!(h.forwarded() - forwarded, 40, "own SRTP {own}");
+            for (c, before) in h.subscribers.iter().zip(opened) {
+                assert_eq!(c.opened - before, 20, "own SRTP {own}: every copy opened");
+                assert_eq!(c.last_payload.len(), PAYLOAD, "own SRTP {own}");
+                assert_eq!(
+                    c.last_payload[PAYLOAD - 1],
+                    ((PAYLOAD - 1) * 31) as u8,
+                    "own SRTP {own}"
+                );
+            }
+            assert_eq!(h.dropped(), 0, "own SRTP {own}");
+            if !own {
+                continue;
+            }
+            let sent: Vec<u32> = h.subscribers.iter().map(|c| c.opened as u32).collect();
+            let later = Instant::now() + Duration::from_secs(2);
+            h.end_turn_at(later);
+            h.maintain().expect("upkeep");
+            for (c, sent) in h.subscribers.iter().zip(sent) {
+                let sr = c.reports.last().expect("a sender report");
+                assert_eq!(c.reports.len(), 1, "one stream, one report");
+                assert_eq!(sr.packet_count, sent, "every packet it was sent");
+                assert_eq!(sr.octet_count, sent * PAYLOAD as u32);
+                assert_ne!(sr.ssrc, VIDEO_SSRC, "the leg's own SSRC");
+                let wall = super::super::sender_reports::ntp(std::time::SystemTime::now());
+                assert!(sr.ntp_time <= wall && wall - sr.ntp_time < 10 << 32, "the wall clock");
+            }
+            // Quiet since: the next second has no report.
+            h.end_turn_at(later + Duration::from_secs(1));
+            h.maintain().expect("upkeep");
+            assert!(h.subscribers.iter().all(|c| c.reports.len() == 1));
+        }
     }
 }

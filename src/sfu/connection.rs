@@ -10,11 +10,13 @@
 //! send anything to it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_signaling::protocol::PeerRole;
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::SenderReportBuilder;
@@ -37,8 +39,10 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDi
 use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor, SharedSettings};
 use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
+use super::own_srtp::OwnSrtp;
 use super::quiet_reports::QuietReceiverReport;
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
+use super::srtp_keys::KeyCapture;
 use super::stats::StatsPair;
 use super::twcc_feedback;
 
@@ -134,6 +138,14 @@ pub struct Conn {
     /// When RTP was last read from it or written into it: a connection without any for a
     /// while is quiet, and its timer fires on a coarse grid (`timers::quiet_slot`).
     pub last_media: Option<Instant>,
+    /// Where `rtc` last sent something other than a check (DTLS, RTCP, media): where the
+    /// shard's own datagrams go while no nomination is known.
+    pub out_path: Option<Path>,
+    /// The capture its SRTP keys are read through (subscriber connections; see [`build`]).
+    pub keys: Option<Arc<KeyCapture>>,
+    /// Its own sending side, from the first forwarded copy written once its keys are
+    /// known: from then on all its media goes that way (`own_srtp`).
+    pub own: Option<Box<OwnSrtp>>,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -176,6 +188,9 @@ impl Conn {
             written: 0,
             rearmed_at: None,
             last_media: None,
+            out_path: None,
+            keys: None,
+            own: None,
         }
     }
 }
@@ -198,7 +213,10 @@ pub fn ice_credentials() -> (String, String) {
 /// and, when ICE-TCP is on, a passive TCP host candidate at `tcp` (RFC 6544; its
 /// priority is below the UDP one's, so clients that can use UDP do). `layer_rtx` is
 /// the handle through which [`answer_offer`] tells the connection's simulcast RTX
-/// repair what was negotiated (keep it in [`Conn::layer_rtx`]).
+/// repair what was negotiated (keep it in [`Conn::layer_rtx`]). With `keys`, the
+/// connection's cryptography goes through that capture, so its SRTP keys can be read once
+/// DTLS completes (`srtp_keys`; kept in [`Conn::keys`]), and it offers no SRTP profile
+/// whose keys would be ambiguous there (`SRTP_AES128_CM_HMAC_SHA1_32`).
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     now: Instant,
@@ -209,6 +227,7 @@ pub fn build(
     tcp: Option<SocketAddr>,
     stats: StatsPair,
     layer_rtx: SharedSettings,
+    keys: Option<Arc<KeyCapture>>,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
@@ -229,12 +248,21 @@ pub fn build(
     // pair. So its timers are off (zero disables them) and the shard does both
     // jobs itself: it sends media to the latest nominated address and judges
     // liveness by what arrives (`Conn::last_seen`).
-    let setting_engine = SettingEngineBuilder::new()
+    let mut setting_engine = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
-        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .build();
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if let Some(keys) = keys {
+        setting_engine = setting_engine
+            .with_crypto_provider(keys)
+            .with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ]);
+    }
+    let setting_engine = setting_engine.build();
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media_engine)
@@ -699,7 +727,18 @@ mod tests {
         let (u, p) = ice_credentials();
         let udp = "127.0.0.1:7000".parse().unwrap();
         let tcp = tcp.then(|| "127.0.0.1:7443".parse().unwrap());
-        let mut pc = build(Instant::now(), role, &u, &p, udp, tcp, stats(), Default::default()).unwrap();
+        let mut pc = build(
+            Instant::now(),
+            role,
+            &u,
+            &p,
+            udp,
+            tcp,
+            stats(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
         for (n, source) in [
             (1, gatehouse_signaling::protocol::TrackSource::Microphone),
             (2, gatehouse_signaling::protocol::TrackSource::Camera),
@@ -870,6 +909,7 @@ mod tests {
             None,
             stats(),
             layer_rtx.clone(),
+            None,
         )
         .unwrap();
         let video_track = |pc: &mut RTCPeerConnection| {

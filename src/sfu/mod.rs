@@ -52,6 +52,7 @@ pub mod junk;
 pub mod layer_rtx;
 pub mod media_room;
 pub mod nack;
+pub mod own_srtp;
 mod peers;
 pub mod placement;
 pub mod probe;
@@ -63,6 +64,7 @@ pub mod retransmit;
 #[doc(hidden)]
 pub mod rtc_client;
 pub mod rtcp;
+pub mod sender_reports;
 mod shard;
 pub mod speaker;
 pub mod srtp_keys;

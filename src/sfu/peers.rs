@@ -36,6 +36,7 @@ use super::forward::DropDice;
 use super::ice_lite;
 use super::idmap::IdMap;
 use super::media_room::{Admit, ConnId, LegSink};
+use super::own_srtp::OwnSrtp;
 use super::stats::Counters;
 use super::tcp::{Directory, Link, LinkId, ShardTcp};
 use super::timers::{Deadlines, Deferred, TIMER_TICK};
@@ -98,13 +99,16 @@ pub struct Peers {
     pub levers: WriteLevers,
 }
 
-/// The two ways forwarded packets skip work in `rtc` (issue 13; docs/ARCHITECTURE.md).
+/// The ways forwarded packets skip work in `rtc` (issue 13; docs/ARCHITECTURE.md).
 #[derive(Debug, Clone, Copy)]
 pub struct WriteLevers {
     /// Into the connection's write chain directly, not through `write_rtp`'s checks.
     pub direct: bool,
     /// Sent when the turn drains the connection, not flushed (and its timer re-armed) per copy.
     pub drain_once: bool,
+    /// Encrypted by the shard and queued for the socket, past `rtc`'s write chain
+    /// (`own_srtp`); read when a subscriber connection is built.
+    pub own_srtp: bool,
 }
 
 impl Default for WriteLevers {
@@ -112,6 +116,7 @@ impl Default for WriteLevers {
         Self {
             direct: true,
             drain_once: true,
+            own_srtp: true,
         }
     }
 }
@@ -765,6 +770,9 @@ impl Peers {
                     Some(nominated) if demux::classify(&out.message) != demux::Class::Stun => nominated,
                     _ => to,
                 };
+                if demux::classify(&out.message) != demux::Class::Stun {
+                    conn.out_path = Some(to);
+                }
                 match to {
                     Path::Udp(addr) => {
                         let (queued, flushed) = udp.queue(addr, out.message);
@@ -797,12 +805,85 @@ impl Peers {
         own
     }
 
+    /// A forwarded copy through the connection's own sending side (`own_srtp`): encrypted
+    /// here and queued for the socket, counted for its sender reports. `None` while the
+    /// connection has none (no keys yet, or not a subscriber connection): the copy goes
+    /// through `rtc`. Once it has one, all its media goes that way.
+    fn write_own(&mut self, id: ConnId, sender: RTCRtpSenderId, packet: &Packet, now: Instant) -> Option<bool> {
+        let conn = self.conns.get_mut(&id)?;
+        if conn.own.is_none() {
+            let keys = conn.keys.as_ref()?.keys()?;
+            conn.own = OwnSrtp::new(&keys).map(Box::new);
+            if conn.own.is_none() {
+                tracing::warn!(
+                    shard = self.shard,
+                    conn = id,
+                    "own SRTP refused the keys: forwarding through rtc"
+                );
+                conn.keys = None;
+                return None;
+            }
+        }
+        let Conn { own, pc, .. } = conn;
+        let own = own.as_mut()?;
+        let Some(to) = conn.nominated.or(conn.out_path) else {
+            Counters::add(&self.counters.dropped_packets, 1);
+            return Some(false);
+        };
+        let datagram = match own.protect(packet) {
+            Ok(datagram) => datagram,
+            Err(e) => {
+                tracing::trace!(shard = self.shard, conn = id, "own SRTP: {e}");
+                Counters::add(&self.counters.dropped_packets, 1);
+                return Some(false);
+            }
+        };
+        own.reports.sent(sender, &packet.header, packet.payload.len(), now, || {
+            clock_rate(pc, sender, packet.header.payload_type)
+        });
+        conn.last_media = Some(now);
+        Some(self.send_bytes(id, to, datagram))
+    }
+
+    /// The sender reports due of the streams connections sent on their own sending side
+    /// (`sender_reports`), written through `rtc`, which numbers and encrypts RTCP.
+    pub fn send_sender_reports(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.broken && c.own.as_ref().and_then(|o| o.reports.due()).is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let wall = std::time::SystemTime::now();
+        let mut reports = Vec::new();
+        for id in due {
+            if let Some(own) = self.conns.get_mut(&id).and_then(|c| c.own.as_mut()) {
+                own.reports.reports(now, wall, &mut reports);
+            }
+            for (sender, report) in reports.drain(..) {
+                self.guard(id, "write_rtcp", |pc| {
+                    pc.rtp_sender(sender)
+                        .map(|mut s| s.write_rtcp(now, vec![Box::new(report)]))
+                });
+            }
+            self.flush_later(id);
+        }
+    }
+
     /// Sends one datagram (or frame) of the shard's own to a connection's path: dropped and
     /// counted when the socket buffer or the link is full, as `rtc`'s are.
     fn send_on(&mut self, id: ConnId, to: Path, datagram: Vec<u8>) {
+        self.send_bytes(id, to, BytesMut::from(&datagram[..]));
+    }
+
+    /// [`send_on`](Self::send_on) of a buffer; whether it was queued or sent.
+    fn send_bytes(&mut self, id: ConnId, to: Path, datagram: BytesMut) -> bool {
         let sent = match to {
             Path::Udp(addr) => {
-                let (queued, flushed) = self.udp.queue(addr, BytesMut::from(&datagram[..]));
+                let (queued, flushed) = self.udp.queue(addr, datagram);
                 flushed.failed == 0 && queued
             }
             Path::Tcp(addr) => self
@@ -815,6 +896,7 @@ impl Peers {
         if !sent {
             Counters::add(&self.counters.dropped_packets, 1);
         }
+        sent
     }
 
     /// Arms the connection's next deadline on the timer grid.
@@ -927,6 +1009,9 @@ impl LegSink for Delivery<'_> {
 
     fn write(&mut self, conn: ConnId, sender: RTCRtpSenderId, packet: &Packet) -> bool {
         let now = self.now;
+        if let Some(sent) = self.peers.write_own(conn, sender, packet, now) {
+            return sent;
+        }
         let direct = self.peers.levers.direct;
         // `rtc` takes the packet by value: the room's copy is cloned (the payload shared, the
         // header's extension list, when something survived on it, allocated).
@@ -964,6 +1049,24 @@ impl LegSink for Delivery<'_> {
     }
 }
 
+/// The clock rate of the codec a sender sends with payload type `pt` (90 kHz, as video's,
+/// if it is not among its negotiated codecs, or if `rtc` panics: asked once per stream).
+fn clock_rate(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, pt: u8) -> u32 {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        pc.rtp_sender(sender).and_then(|mut s| {
+            s.get_parameters()
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| c.payload_type == pt)
+                .map(|c| c.rtp_codec.clock_rate)
+        })
+    }))
+    .ok()
+    .flatten()
+    .unwrap_or(90_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -992,6 +1095,7 @@ mod tests {
             None,
             stats,
             Default::default(),
+            None,
         )
         .expect("build");
         Conn::new(

@@ -453,6 +453,8 @@ impl Shard {
                 self.apply(room_id, now);
             }
         }
+        // On the same tick: a second's reports are late by a tick at most.
+        self.peers.send_sender_reports(now);
     }
 
     /// Up to [`RECV_ROUNDS`] batches from the media socket, each datagram routed and its
@@ -842,6 +844,10 @@ impl Shard {
             shard: self.peers.counters().clone(),
         };
         let layer_rtx = super::layer_rtx::SharedSettings::default();
+        // A subscriber connection's forwarded copies are encrypted by the shard (`own_srtp`).
+        let keys = (role == PeerRole::Subscriber && self.peers.levers.own_srtp)
+            .then(super::srtp_keys::KeyCapture::new)
+            .and_then(Result::ok);
         let pc = connection::build(
             now,
             role,
@@ -851,11 +857,13 @@ impl Shard {
             self.peers.tcp_advertised(),
             stats,
             layer_rtx.clone(),
+            keys.clone(),
         )
         .map_err(|e| err(ErrorCode::Internal, format!("could not create a peer connection: {e}")))?;
         let meeting_id = hosted.room.meeting_id().to_owned();
         let mut conn = Conn::new(pc, room_id, &meeting_id, participant, role, ufrag, pwd, now);
         conn.layer_rtx = layer_rtx;
+        conn.keys = keys;
         let id = self.peers.insert(conn);
         if let Some(hosted) = self.rooms.get_mut(&room_id) {
             hosted.room.set_connection(participant, role, Some(id));

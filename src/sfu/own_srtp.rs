@@ -1,0 +1,104 @@
+//! Forwarded copies encrypted by the shard itself, past `rtc`'s write chain (issue 13; see
+//! docs/ARCHITECTURE.md "A forwarded packet's path").
+//!
+//! A subscriber connection's SRTP keys are read as `rtc` derives them (`srtp_keys`); from
+//! its first forwarded copy on, the connection's media is marshalled into a buffer kept for
+//! it, encrypted by an SRTP context of our own and queued for the socket, and the
+//! connection's [`SenderReports`] count it, since `rtc`'s sender-report interceptor never
+//! sees it. Everything else the connection sends (RTX, which is another SSRC, and every
+//! RTCP packet, which `rtc` numbers and encrypts with its own SRTCP index) still goes
+//! through `rtc`; no SSRC is ever encrypted by both, so no SRTP index is used twice.
+
+use bytes::BytesMut;
+use rtc::rtp::Packet;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use rtc::srtp::context::Context;
+
+use super::sender_reports::SenderReports;
+use super::srtp_keys::SrtpKeys;
+
+/// One connection's own sending side.
+pub struct OwnSrtp {
+    context: Context,
+    /// The packet marshalled before it is encrypted (grown once to the largest packet).
+    plain: Vec<u8>,
+    pub reports: SenderReports,
+}
+
+impl OwnSrtp {
+    /// The sending side of a connection with these keys (`None` if the built-in provider
+    /// refuses them, which it does not for any profile `rtc` negotiates).
+    pub fn new(keys: &SrtpKeys) -> Option<Self> {
+        let provider = rtc::crypto::default_provider().ok()?;
+        let context = Context::new(
+            &keys.local.key,
+            &keys.local.salt,
+            keys.profile,
+            None,
+            None,
+            provider.crypto(),
+        )
+        .ok()?;
+        Some(Self {
+            context,
+            plain: Vec::new(),
+            reports: SenderReports::default(),
+        })
+    }
+
+    /// `packet` as an SRTP datagram, ready for the socket.
+    pub fn protect(&mut self, packet: &Packet) -> Result<BytesMut, rtc::shared::error::Error> {
+        let size = packet.marshal_size();
+        if self.plain.len() < size {
+            self.plain.resize(size, 0);
+        }
+        let n = packet.marshal_to(&mut self.plain[..size])?;
+        self.context.encrypt_rtp_with_header(&self.plain[..n], &packet.header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::srtp_keys::MasterKey;
+    use rtc::shared::marshal::Unmarshal;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+
+    #[test]
+    fn what_it_protects_the_peer_opens_in_order_across_sizes() {
+        for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
+            let local = MasterKey {
+                key: vec![7; profile.key_len()],
+                salt: vec![9; profile.salt_len()],
+            };
+            let keys = SrtpKeys {
+                profile,
+                local: local.clone(),
+                remote: local.clone(),
+            };
+            let mut own = OwnSrtp::new(&keys).expect("keys taken");
+            let provider = rtc::crypto::default_provider().expect("provider");
+            let mut peer = Context::new(&local.key, &local.salt, profile, None, None, provider.crypto()).expect("peer");
+            // A large packet, then a small one: the buffer is reused, nothing of the large
+            // one leaks into the small one.
+            for (seq, len) in [(1u16, 1200usize), (2, 20), (3, 600)] {
+                let packet = Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: 96,
+                        sequence_number: seq,
+                        timestamp: 90 * u32::from(seq),
+                        ssrc: 0xABCD,
+                        ..Default::default()
+                    },
+                    payload: bytes::Bytes::from(vec![seq as u8; len]),
+                };
+                let datagram = own.protect(&packet).expect("protected");
+                let plain = peer.decrypt_rtp(&datagram).expect("the peer opens it");
+                let opened = Packet::unmarshal(&mut &plain[..]).expect("rtp");
+                assert_eq!(opened.header.sequence_number, seq, "{profile:?}");
+                assert_eq!(opened.payload, packet.payload, "{profile:?}");
+            }
+        }
+    }
+}
