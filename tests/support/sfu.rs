@@ -446,8 +446,15 @@ async fn receive(
     while let Some(track) = tracks.recv().await {
         let track = Arc::new(track);
         let track_id = track.track_id().to_owned();
-        // Every codec the SDK publishes has one; a panic here would show as missing media.
-        let codec = track.synthetic_codec().expect("a codec synthetic media goes over");
+        // Every codec the SDK publishes has one, but webrtc-rs fills a remote track's codec in
+        // from its receiver after opening it, and a track the SFU removes at once (a mirror of
+        // a publisher leaving as a participant enters) can lose its receiver in between: such
+        // a track is not taken (a live one left out shows as missing media), and the tracks
+        // after it still are.
+        let Some(codec) = track.synthetic_codec() else {
+            tracing::debug!(track_id, "a remote track without a codec: ended as it opened?");
+            continue;
+        };
         let level_id = match track.kind() {
             TrackKind::Audio => subscriber.header_extension_id(AUDIO_LEVEL_URI).await,
             TrackKind::Video => None,
