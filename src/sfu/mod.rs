@@ -523,23 +523,45 @@ impl Sfu {
             for &shard in &holders {
                 let command = Command::Peers {
                     meeting_id: meeting_id.as_str().to_owned(),
+                    key: p.key,
                     peers: holders.clone(),
                     version: p.version,
                 };
-                if shards[shard].commands.try_send(command).is_err() {
-                    tracing::warn!(shard, %meeting_id, "could not tell a shard that a dead shard left the meeting");
+                match shards[shard].commands.try_send(command) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    // Not lost for a full queue, which would leave the dead shard's mirrors on
+                    // this one: sent when there is room (numbered, so coming after a newer set
+                    // does no harm; the key keeps it from a later room of the meeting).
+                    Err(mpsc::error::TrySendError::Full(command)) => match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => {
+                            let commands = shards[shard].commands.clone();
+                            runtime.spawn(async move {
+                                let _ = commands.send(command).await;
+                            });
+                        }
+                        Err(_) => {
+                            tracing::warn!(shard, %meeting_id, "could not tell a shard that a dead shard left the meeting")
+                        }
+                    },
                 }
             }
         }
         placements.retain(|_, p| !p.participants.is_empty());
     }
 
-    /// Tells every shard holding part of a meeting which others do (after a change; the
-    /// set numbered `version`).
-    async fn tell_peers(&self, meeting_id: &str, shards: &[usize], version: relay::PeersVersion) {
+    /// Tells every shard holding part of a meeting (`key`) which others do (after a change;
+    /// the set numbered `version`).
+    async fn tell_peers(
+        &self,
+        meeting_id: &str,
+        key: relay::MeetingKey,
+        shards: &[usize],
+        version: relay::PeersVersion,
+    ) {
         for &shard in shards {
             let command = Command::Peers {
                 meeting_id: meeting_id.to_owned(),
+                key,
                 peers: shards.to_vec(),
                 version,
             };
@@ -627,7 +649,7 @@ impl Sfu {
             && shards.len() > 1
         {
             tracing::info!(meeting_id = %participant.meeting_id, ?shards, "meeting spread over shards");
-            self.tell_peers(&participant.meeting_id, &shards, version).await;
+            self.tell_peers(&participant.meeting_id, key, &shards, version).await;
         }
         result
     }
@@ -649,12 +671,12 @@ impl Sfu {
             } else {
                 (after != before).then(|| {
                     p.version += 1;
-                    (after, p.version)
+                    (after, p.key, p.version)
                 })
             }
         };
-        if let Some((shards, version)) = left {
-            self.tell_peers(meeting_id, &shards, version).await;
+        if let Some((shards, key, version)) = left {
+            self.tell_peers(meeting_id, key, &shards, version).await;
         }
     }
 

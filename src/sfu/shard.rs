@@ -89,8 +89,10 @@ pub enum Command {
     },
     /// The other shards now holding part of a meeting this shard holds (see `relay`), the
     /// set numbered `version` (an older one arriving late is ignored, `relay::Spread::set`).
+    /// For the meeting numbered `key` only: not for a room of it made after that placement ended.
     Peers {
         meeting_id: String,
+        key: MeetingKey,
         peers: Vec<usize>,
         version: relay::PeersVersion,
     },
@@ -397,13 +399,23 @@ impl Shard {
 
     /// The other shards holding part of a meeting changed: the mirrors of one that left are
     /// unpublished, one that came is sent this room's view and asked for its own.
-    fn set_peers(&mut self, meeting_id: &str, peers: Vec<usize>, version: relay::PeersVersion, now: Instant) {
+    fn set_peers(
+        &mut self,
+        meeting_id: &str,
+        key: MeetingKey,
+        peers: Vec<usize>,
+        version: relay::PeersVersion,
+        now: Instant,
+    ) {
         let Some(&room_id) = self.room_ids.get(meeting_id) else {
             return;
         };
         let Some(hosted) = self.rooms.get_mut(&room_id) else {
             return;
         };
+        if hosted.key != key {
+            return;
+        }
         let peers: Vec<usize> = peers.into_iter().filter(|&p| p != self.index).collect();
         tracing::debug!(shard = self.index, meeting_id, ?peers, "shards holding the meeting");
         // Peers that came get the whole view; those that stay, this turn's change if any.
@@ -952,9 +964,10 @@ impl Shard {
             }
             Command::Peers {
                 meeting_id,
+                key,
                 peers,
                 version,
-            } => self.set_peers(&meeting_id, peers, version, now),
+            } => self.set_peers(&meeting_id, key, peers, version, now),
             Command::Hosting { reply } => {
                 let mut meetings: Vec<MeetingId> = self.room_ids.keys().cloned().collect();
                 meetings.sort();
