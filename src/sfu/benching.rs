@@ -32,7 +32,6 @@ use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::oneshot;
 
 use super::MediaParticipant;
@@ -99,18 +98,9 @@ impl Client {
         let Some(keys) = self.keys.keys().filter(|_| rtcp) else {
             return;
         };
-        let Ok(provider) = rtc::crypto::default_provider() else {
-            return;
-        };
-        let opened = rtc::srtp::context::Context::new(
-            &keys.remote.key,
-            &keys.remote.salt,
-            keys.profile,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .and_then(|mut context| context.decrypt_rtcp(datagram));
+        let opened = keys
+            .remote_context()
+            .and_then(|mut context| context.decrypt_rtcp(datagram));
         if let Ok(plain) = opened
             && let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut &plain[..])
         {
@@ -128,16 +118,7 @@ impl Client {
             moved = true;
             self.received += 1;
             self.open_sender_reports(&buf[..n]);
-            let msg = TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr: self.addr,
-                    peer_addr: from,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                },
-                message: BytesMut::from(&buf[..n]),
-            };
+            let msg = rtc_client::datagram(now, self.addr, from, BytesMut::from(&buf[..n]));
             let _ = self.pc.handle_read(msg);
         }
         while let Some(read) = self.pc.poll_read() {

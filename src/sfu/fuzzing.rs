@@ -34,7 +34,6 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Unmarshal;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::oneshot;
 
 use super::MediaParticipant;
@@ -255,16 +254,7 @@ impl MediaHarness {
             }
             while let Ok((n, from)) = self.client_socket.recv_from(&mut buf) {
                 moved = true;
-                let msg = TaggedBytesMut {
-                    now,
-                    transport: TransportContext {
-                        local_addr: self.client_addr,
-                        peer_addr: from,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: BytesMut::from(&buf[..n]),
-                };
+                let msg = rtc_client::datagram(now, self.client_addr, from, BytesMut::from(&buf[..n]));
                 let _ = self.client.handle_read(msg);
             }
             while self.client.poll_read().is_some() {}

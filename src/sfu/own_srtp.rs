@@ -29,16 +29,7 @@ impl OwnSrtp {
     /// The sending side of a connection with these keys (`None` if the built-in provider
     /// refuses them, which it does not for any profile `rtc` negotiates).
     pub fn new(keys: &SrtpKeys) -> Option<Self> {
-        let provider = rtc::crypto::default_provider().ok()?;
-        let context = Context::new(
-            &keys.local.key,
-            &keys.local.salt,
-            keys.profile,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .ok()?;
+        let context = keys.local_context().ok()?;
         Some(Self {
             context,
             plain: Vec::new(),

@@ -6,6 +6,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::BytesMut;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::time::Instant;
 
 use rtc::crypto::RTCCryptoProvider;
@@ -44,6 +47,21 @@ pub fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type,
+    }
+}
+
+/// A datagram that arrived at `local` from `from` over UDP, as a connection's `handle_read`
+/// takes it.
+pub fn datagram(now: Instant, local: SocketAddr, from: SocketAddr, data: BytesMut) -> TaggedBytesMut {
+    TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: local,
+            peer_addr: from,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        },
+        message: data,
     }
 }
 

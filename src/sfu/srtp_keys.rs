@@ -26,6 +26,7 @@ use rtc::crypto::{
     CryptoError, HashAlgorithm, HmacAlgorithm, KeyExchangeAlgorithm, Mac, PublicKey, RTCCrypto, RTCCryptoProvider,
     RTCRandom, SignatureScheme, SigningKey, StreamCipher, StreamCipherAlgorithm,
 };
+use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 /// One side's master key and salt.
@@ -47,6 +48,24 @@ pub struct SrtpKeys {
     pub profile: ProtectionProfile,
     pub local: MasterKey,
     pub remote: MasterKey,
+}
+
+impl SrtpKeys {
+    /// An SRTP context of our own for what the connection sends: it encrypts as the
+    /// connection's does.
+    pub fn local_context(&self) -> Result<Context, rtc::shared::error::Error> {
+        self.context(&self.local)
+    }
+
+    /// An SRTP context of our own for what the connection receives.
+    pub fn remote_context(&self) -> Result<Context, rtc::shared::error::Error> {
+        self.context(&self.remote)
+    }
+
+    fn context(&self, side: &MasterKey) -> Result<Context, rtc::shared::error::Error> {
+        let provider = rtc::crypto::default_provider().map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+        Context::new(&side.key, &side.salt, self.profile, None, None, provider.crypto())
+    }
 }
 
 /// The cipher a derived session key went into: tells the profiles apart.
@@ -281,31 +300,14 @@ mod tests {
             assert_eq!((&keys.local, &keys.remote), (&local, &remote), "{profile:?}");
             // A context of our own from what was read decrypts what the connection's sent,
             // and what it encrypts is what the connection's would have sent.
-            let provider = rtc::crypto::default_provider().expect("provider");
-            let mut ours = Context::new(
-                &keys.local.key,
-                &keys.local.salt,
-                keys.profile,
-                None,
-                None,
-                provider.crypto(),
-            )
-            .expect("our context");
+            let mut ours = keys.local_context().expect("our context");
             let sent = sending.encrypt_rtp(&rtp(7)).expect("encrypt");
             assert_eq!(
                 ours.decrypt_rtp(&sent).expect("decrypt").to_vec(),
                 rtp(7),
                 "{profile:?}"
             );
-            let mut ours = Context::new(
-                &keys.local.key,
-                &keys.local.salt,
-                keys.profile,
-                None,
-                None,
-                provider.crypto(),
-            )
-            .expect("our context");
+            let mut ours = keys.local_context().expect("our context");
             assert_eq!(
                 ours.encrypt_rtp(&rtp(8)).expect("encrypt").to_vec(),
                 sending.encrypt_rtp(&rtp(8)).expect("encrypt").to_vec(),
@@ -345,7 +347,6 @@ mod tests {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
     use rtc::sansio::Protocol;
     use rtc::shared::marshal::Unmarshal;
-    use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
     use crate::sfu::demux::{Class, classify};
     use crate::sfu::rtc_client;
@@ -370,16 +371,9 @@ mod tests {
 
         /// A datagram from `from`, as the socket would hand it over.
         fn read(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
-            let _ = self.pc.handle_read(TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr: self.addr,
-                    peer_addr: from,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                },
-                message: bytes::BytesMut::from(data),
-            });
+            let _ = self
+                .pc
+                .handle_read(rtc_client::datagram(now, self.addr, from, bytes::BytesMut::from(data)));
             self.drain();
         }
 
@@ -461,10 +455,6 @@ mod tests {
             now += Duration::from_millis(5);
         }
         let keys = capture.keys().expect("the keys");
-        let context = |side: &MasterKey| {
-            let provider = rtc::crypto::default_provider().expect("provider");
-            Context::new(&side.key, &side.salt, keys.profile, None, None, provider.crypto()).expect("context")
-        };
         let srtp = |sent: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
             sent.into_iter()
                 .filter(|d| classify(d) == Class::Rtp && !(192..=223).contains(&(d[1] & 0x7f | 0x80)))
@@ -478,7 +468,9 @@ mod tests {
             .expect("write");
         let sent = srtp(carry(&mut a, &mut b, now));
         assert_eq!(sent.len(), 1, "one SRTP datagram");
-        let plain = context(&keys.remote)
+        let plain = keys
+            .remote_context()
+            .expect("context")
             .decrypt_rtp(&sent[0])
             .expect("decrypted with the remote key");
         let packet = rtc::rtp::Packet::unmarshal(&mut &plain[..]).expect("rtp");
@@ -491,7 +483,7 @@ mod tests {
             .expect("write");
         let sent = srtp(carry(&mut b, &mut a, now));
         assert_eq!(sent.len(), 1, "one SRTP datagram");
-        let mut ours = context(&keys.local);
+        let mut ours = keys.local_context().expect("context");
         let plain = ours.decrypt_rtp(&sent[0]).expect("decrypted with the local key");
         let packet = rtc::rtp::Packet::unmarshal(&mut &plain[..]).expect("rtp");
         assert_eq!((packet.header.ssrc, packet.payload.as_ref()), (B_SSRC, &b"frame 1"[..]));

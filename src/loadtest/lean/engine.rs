@@ -33,7 +33,6 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::participant::{Probe, StreamProbe};
@@ -274,7 +273,7 @@ impl Engine {
                     }
                     continue;
                 }
-                let _ = conn.pc.handle_read(tagged(now, conn.local, from, data));
+                let _ = conn.pc.handle_read(rtc_client::datagram(now, conn.local, from, data));
                 // Its reads, events and answers before the next datagram: a DTLS flight that
                 // arrives right behind the check that connected ICE is then taken, not dropped
                 // (and retransmitted by its sender a second later).
@@ -522,19 +521,6 @@ pub fn is_dtls(data: &[u8]) -> bool {
     data.first().is_some_and(|b| (20..=63).contains(b))
 }
 
-fn tagged(now: Instant, local: SocketAddr, from: SocketAddr, data: BytesMut) -> TaggedBytesMut {
-    TaggedBytesMut {
-        now,
-        transport: TransportContext {
-            local_addr: local,
-            peer_addr: from,
-            ecn: None,
-            transport_protocol: TransportProtocol::UDP,
-        },
-        message: data,
-    }
-}
-
 fn touch(touched: &mut Vec<usize>, conn: &mut Conn, i: usize) {
     if !conn.touched {
         conn.touched = true;
@@ -580,7 +566,7 @@ fn drain(conn: &mut Conn, now: Instant) {
                 *state == RTCIceConnectionState::Connected || *state == RTCIceConnectionState::Completed;
             if conn.ice_connected {
                 for (from, data) in std::mem::take(&mut conn.early) {
-                    let _ = conn.pc.handle_read(tagged(now, conn.local, from, data));
+                    let _ = conn.pc.handle_read(rtc_client::datagram(now, conn.local, from, data));
                 }
             }
         }
