@@ -143,6 +143,19 @@ impl Outgoing {
 /// the meeting, so a shard told two sets knows which is the newer, whatever order they came in.
 pub type PeersVersion = u64;
 
+/// `view` to each of `peers`.
+fn push_view(out: &mut Outgoing, meeting: MeetingKey, peers: impl Iterator<Item = usize>, view: &MirrorView) {
+    for peer in peers {
+        out.push(
+            peer,
+            Item::View {
+                meeting,
+                view: view.clone(),
+            },
+        );
+    }
+}
+
 /// The other shards holding part of one meeting, and the view of this shard's local tracks
 /// they were last told (`Item::View`).
 #[derive(Debug, Default)]
@@ -184,21 +197,11 @@ impl Spread {
         self.version = version;
         let old = std::mem::replace(&mut self.peers, peers);
         let changed = view != self.told;
-        for &peer in &self.peers {
-            let came = !old.contains(&peer);
-            if came {
-                out.push(peer, Item::Sync { meeting });
-            }
-            if came || changed {
-                out.push(
-                    peer,
-                    Item::View {
-                        meeting,
-                        view: view.clone(),
-                    },
-                );
-            }
+        for &peer in self.peers.iter().filter(|p| !old.contains(p)) {
+            out.push(peer, Item::Sync { meeting });
         }
+        let told = self.peers.iter().copied().filter(|p| changed || !old.contains(p));
+        push_view(out, meeting, told, &view);
         self.told = view;
         old.into_iter().filter(|p| !self.peers.contains(p)).collect()
     }
@@ -209,15 +212,7 @@ impl Spread {
         if view == self.told {
             return;
         }
-        for &peer in &self.peers {
-            out.push(
-                peer,
-                Item::View {
-                    meeting,
-                    view: view.clone(),
-                },
-            );
-        }
+        push_view(out, meeting, self.peers.iter().copied(), &view);
         self.told = view;
     }
 
