@@ -2,7 +2,7 @@
 //! the media plane's counters (read from its atomics at scrape time), and the
 //! process's CPU and memory.
 
-use prometheus::{Counter, Encoder, Histogram, HistogramOpts, IntGauge, Registry, TextEncoder};
+use prometheus::{Counter, CounterVec, Encoder, Histogram, HistogramOpts, IntGauge, Opts, Registry, TextEncoder};
 
 /// The gateway's metrics registry and the handles the server updates.
 pub struct GatewayMetrics {
@@ -20,6 +20,9 @@ pub struct GatewayMetrics {
     /// Our CPU time at clock-tick resolution: `process_cpu_seconds_total` counts
     /// whole seconds only, too coarse for the load tester's CPU % over a short run.
     process_cpu_seconds: Counter,
+    /// Each media shard thread's CPU time (a shard is one thread: at one core's worth it is
+    /// saturated, whatever the process as a whole uses).
+    shard_cpu_seconds: CounterVec,
 }
 
 impl GatewayMetrics {
@@ -62,6 +65,17 @@ impl GatewayMetrics {
         registry
             .register(Box::new(process_cpu_seconds.clone()))
             .expect("registered once");
+        let shard_cpu_seconds = CounterVec::new(
+            Opts::new(
+                SHARD_CPU_SECONDS,
+                "User and system CPU time of each media shard thread, seconds, at clock-tick resolution",
+            ),
+            &["shard"],
+        )
+        .expect("static metric names are valid");
+        registry
+            .register(Box::new(shard_cpu_seconds.clone()))
+            .expect("registered once");
         Self {
             registry,
             meetings_live,
@@ -70,6 +84,7 @@ impl GatewayMetrics {
             signaling_connections,
             lobby_wait_seconds,
             process_cpu_seconds,
+            shard_cpu_seconds,
         }
     }
 
@@ -84,6 +99,13 @@ impl GatewayMetrics {
             let past = self.process_cpu_seconds.get();
             if now > past {
                 self.process_cpu_seconds.inc_by(now - past);
+            }
+        }
+        for (shard, now) in shard_cpu_seconds() {
+            let counter = self.shard_cpu_seconds.with_label_values(&[&shard.to_string()]);
+            let past = counter.get();
+            if now > past {
+                counter.inc_by(now - past);
             }
         }
         let mut buf = Vec::new();
@@ -111,6 +133,37 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
     None
+}
+
+/// The per-shard CPU counter (label `shard`).
+pub const SHARD_CPU_SECONDS: &str = "gatehouse_sfu_shard_cpu_seconds_total";
+
+/// Each media shard thread's CPU time in seconds (user + system), by shard, from
+/// `/proc/self/task/*/stat`: the threads the `Sfu` names `sfu-shard-N`.
+#[cfg(target_os = "linux")]
+fn shard_cpu_seconds() -> Vec<(usize, f64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let per_tick = clock_ticks_per_second();
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let shard = shard_of_thread(std::fs::read_to_string(path.join("comm")).ok()?.trim())?;
+            let ticks = parse_cpu_ticks(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+            Some((shard, ticks as f64 / per_tick))
+        })
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn shard_cpu_seconds() -> Vec<(usize, f64)> {
+    Vec::new()
+}
+
+/// The shard a thread named `sfu-shard-N` runs.
+fn shard_of_thread(name: &str) -> Option<usize> {
+    name.strip_prefix("sfu-shard-")?.parse().ok()
 }
 
 #[cfg(target_os = "linux")]
@@ -432,6 +485,47 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
         assert!(text.contains("gatehouse_process_cpu_seconds_total"), "{text}");
+    }
+
+    /// A thread named as the `Sfu` names its shards, busy for a while: the scrape has its
+    /// CPU time under its shard's label, and the next scrape never less.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn each_media_shard_threads_cpu_time_is_rendered_by_shard() {
+        let (started, ready) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let spinner = std::thread::Builder::new()
+            .name("sfu-shard-7".into())
+            .spawn(move || {
+                // Busy until its CPU time shows in whole clock ticks.
+                let ticks = || parse_cpu_ticks(&std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default());
+                let mut x = 0u64;
+                while ticks().unwrap_or(0) < 2 {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                }
+                started.send(x).expect("the test waits");
+                let _ = stopped.recv();
+            })
+            .expect("thread");
+        ready.recv().expect("the thread ran");
+        let m = GatewayMetrics::new();
+        let value = |text: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{SHARD_CPU_SECONDS}{{shard=\"7\"}}")))
+                .unwrap_or_else(|| panic!("shard 7 in {text}"));
+            line.rsplit(' ').next().unwrap().parse().expect("a number")
+        };
+        let first = value(&m.render());
+        assert!(first > 0.0, "{first}");
+        assert!(value(&m.render()) >= first);
+        stop.send(()).expect("the thread waits");
+        spinner.join().expect("joined");
+        assert_eq!(shard_of_thread("sfu-shard-12"), Some(12));
+        assert_eq!(shard_of_thread("sfu-shard-"), None);
+        assert_eq!(shard_of_thread("tokio-runtime-w"), None);
     }
 
     #[tokio::test]

@@ -368,6 +368,11 @@ async fn the_lean_engine_loads_a_spawned_gateway_end_to_end() {
         Some(0),
         "the gateway's media socket, found by its port"
     );
+    // Its one media shard thread, from its own CPU counter.
+    assert_eq!(report.gateway.shards, Some(1), "{:?}", report.gateway);
+    let shard = report.gateway.busiest_shard_percent.expect("the shard's CPU");
+    assert!(shard > 0.0 && shard <= 100.0 + 1.0, "{shard}");
+    assert!(report.to_table().contains("busiest media shard"));
     let first_frame = report.join_to_first_frame_ms.expect("first frames");
     assert_eq!(first_frame.count, 4, "every participant saw a remote keyframe");
     assert_ne!(report.limit, Limit::Unknown, "{}", report.limit_reason);

@@ -22,6 +22,9 @@ pub const CPU_SECONDS: &str = "process_cpu_seconds_total";
 pub const RSS_BYTES: &str = "process_resident_memory_bytes";
 /// Prefix of the media plane's metrics.
 pub const SFU_PREFIX: &str = "gatehouse_sfu_";
+/// Each media shard thread's CPU seconds (label `shard`): kept per label set, as
+/// `name{labels}`, besides the sum.
+pub const SHARD_CPU_SECONDS: &str = crate::metrics::SHARD_CPU_SECONDS;
 
 /// One scrape: every sample's value summed over its label sets, by metric name
 /// (a counter split per shard adds up to the process total).
@@ -103,6 +106,10 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, f64>, ParseError> {
         };
         if !value.is_nan() {
             *values.entry(name.to_owned()).or_insert(0.0) += value;
+            if name == SHARD_CPU_SECONDS {
+                let labels = &line[name_end..line.len() - rest.len()];
+                values.insert(format!("{name}{labels}"), value);
+            }
         }
     }
     Ok(values)
@@ -139,6 +146,10 @@ pub struct GatewayFigures {
     pub cpu_metric: Option<String>,
     /// Highest resident memory seen during the run, bytes.
     pub rss_peak_bytes: Option<f64>,
+    /// The busiest media shard thread's CPU over the steady phase, percent of one core
+    /// (a shard is one thread), and how many shards reported.
+    pub busiest_shard_percent: Option<f64>,
+    pub shards: Option<usize>,
     /// Forwarded packets per second over the steady phase, if the media plane exports it.
     pub forwarded_per_sec: Option<f64>,
     /// Every `gatehouse_sfu_*` counter's rate over the steady phase, per second.
@@ -189,8 +200,23 @@ pub fn figures(snapshots: &[Snapshot], scrape_errors: usize, steady: Option<(Dur
         .iter()
         .flat_map(|s| s.values.keys())
         .map(String::as_str)
-        .filter(|n| n.starts_with(SFU_PREFIX))
+        .filter(|n| n.starts_with(SFU_PREFIX) && !n.contains('{'))
         .collect();
+    let shard_names: std::collections::BTreeSet<&str> = snapshots
+        .iter()
+        .flat_map(|s| s.values.keys())
+        .map(String::as_str)
+        .filter(|n| n.starts_with(SHARD_CPU_SECONDS) && n.contains('{'))
+        .collect();
+    let shard_percents: Vec<f64> = shard_names
+        .iter()
+        .filter_map(|name| rate(snapshots, name, from, to))
+        .map(|r| r * 100.0)
+        .collect();
+    if !shard_percents.is_empty() {
+        out.busiest_shard_percent = shard_percents.iter().copied().reduce(f64::max);
+        out.shards = Some(shard_percents.len());
+    }
     for name in &sfu_names {
         if let Some(r) = rate(snapshots, name, from, to) {
             out.sfu_rates.insert((*name).to_owned(), r);
@@ -369,6 +395,41 @@ up +Inf
             (f.cpu_percent, f.cpu_metric.as_deref()),
             (Some(25.0), Some(CPU_SECONDS_FINE))
         );
+    }
+
+    /// Each shard's CPU is kept apart as well as summed: the busiest shard over the steady
+    /// phase is the figure, and it stays out of the media plane's rates.
+    #[test]
+    fn the_busiest_shard_is_found_from_the_per_shard_cpu_counter() {
+        let text = |a: f64, b: f64| {
+            format!(
+                "# TYPE {SHARD_CPU_SECONDS} counter\n{SHARD_CPU_SECONDS}{{shard=\"0\"}} {a}\n{SHARD_CPU_SECONDS}{{shard=\"1\"}} {b}\n"
+            )
+        };
+        let at = |ms: u64, a: f64, b: f64| Snapshot {
+            at: Duration::from_millis(ms),
+            values: parse(&text(a, b)).expect("parses"),
+        };
+        let first = at(0, 1.0, 2.0);
+        assert_eq!(first.get(SHARD_CPU_SECONDS), Some(3.0), "summed");
+        assert_eq!(
+            first.get(&format!("{SHARD_CPU_SECONDS}{{shard=\"1\"}}")),
+            Some(2.0),
+            "and apart"
+        );
+        // 2 s: shard 0 busy 0.5 s (25 %), shard 1 busy 1.8 s (90 %).
+        let f = figures(
+            &[first, at(2_000, 1.5, 3.8)],
+            0,
+            Some((Duration::ZERO, Duration::from_secs(2))),
+        );
+        assert_eq!(f.shards, Some(2));
+        assert!((f.busiest_shard_percent.unwrap() - 90.0).abs() < 1e-9, "{f:?}");
+        assert!(f.sfu_rates.keys().all(|k| !k.contains('{')), "{:?}", f.sfu_rates);
+        // A gateway without the counter: unknown.
+        let bare = [snap(0, &[(CPU_SECONDS, 1.0)]), snap(1_000, &[(CPU_SECONDS, 1.1)])];
+        let f = figures(&bare, 0, Some((Duration::ZERO, Duration::from_secs(1))));
+        assert_eq!((f.busiest_shard_percent, f.shards), (None, None));
     }
 
     #[test]

@@ -191,9 +191,16 @@ pub enum Limit {
 /// CPU share of one core from which a side counts as saturated, percent.
 pub const SATURATED_PERCENT: f64 = 90.0;
 
-/// Judges which side was the limit from the gateway's CPU (percent of one core) and the
-/// load tester's figures, with the reason in a sentence.
-pub fn limiting_side(gateway_cpu: Option<f64>, gateway_drops: Option<u64>, client: &ClientFigures) -> (Limit, String) {
+/// Judges which side was the limit from the gateway's CPU (percent of one core), its busiest
+/// media shard's (a shard is one thread: saturated at one core's worth, whatever the process
+/// uses; the process figure is the judge only when the shards' are unknown), its media
+/// sockets' drops and the load tester's figures, with the reason in a sentence.
+pub fn limiting_side(
+    gateway_cpu: Option<f64>,
+    busiest_shard: Option<f64>,
+    gateway_drops: Option<u64>,
+    client: &ClientFigures,
+) -> (Limit, String) {
     let drops = client.socket_drops.unwrap_or(0);
     let busiest = client.busiest_thread_percent.unwrap_or(0.0);
     let whole = client.cpu_percent.unwrap_or(0.0);
@@ -210,12 +217,17 @@ pub fn limiting_side(gateway_cpu: Option<f64>, gateway_drops: Option<u64>, clien
     }
     let client_full = !client_reasons.is_empty();
     let gateway_dropped = gateway_drops.unwrap_or(0);
-    let gateway_full = gateway_cpu.is_some_and(|c| c >= SATURATED_PERCENT) || gateway_dropped > 0;
+    let gateway_full = match busiest_shard {
+        Some(b) => b >= SATURATED_PERCENT,
+        None => gateway_cpu.is_some_and(|c| c >= SATURATED_PERCENT),
+    } || gateway_dropped > 0;
+    let used = |c: f64| match busiest_shard {
+        Some(b) => format!("the gateway used {c:.0} % of one core, its busiest media shard {b:.0} %"),
+        None => format!("the gateway used {c:.0} % of one core"),
+    };
     let gateway_reason = match (gateway_cpu, gateway_dropped) {
-        (Some(c), 0) => Some(format!("the gateway used {c:.0} % of one core")),
-        (Some(c), d) => Some(format!(
-            "the gateway used {c:.0} % of one core and its media sockets dropped {d} datagrams"
-        )),
+        (Some(c), 0) => Some(used(c)),
+        (Some(c), d) => Some(format!("{} and its media sockets dropped {d} datagrams", used(c))),
         (None, 0) => None,
         (None, d) => Some(format!("the gateway's media sockets dropped {d} datagrams")),
     };
@@ -240,7 +252,8 @@ pub fn limiting_side(gateway_cpu: Option<f64>, gateway_drops: Option<u64>, clien
             (Some(g), Some(c)) => (
                 Limit::Neither,
                 format!(
-                    "neither: the gateway used {g:.0} % of one core, the load tester {c:.0} % of {cores} and dropped nothing"
+                    "neither: {}, the load tester {c:.0} % of {cores} and dropped nothing",
+                    used(g)
                 ),
             ),
             _ => (
@@ -620,7 +633,12 @@ impl Report {
             (Some(cpu), Some(fwd)) if fwd > 0.0 => Some(cpu / 100.0 / fwd * 1e6),
             _ => None,
         };
-        let (limit, limit_reason) = limiting_side(data.gateway.cpu_percent, data.gateway.socket_drops, &data.client);
+        let (limit, limit_reason) = limiting_side(
+            data.gateway.cpu_percent,
+            data.gateway.busiest_shard_percent,
+            data.gateway.socket_drops,
+            &data.client,
+        );
         let mut report = Report {
             verdict: Verdict::Pass,
             breaches: Vec::new(),
@@ -831,6 +849,13 @@ impl Report {
                 format!("{c:.1} % of one core{note}")
             }),
         );
+        if let (Some(b), Some(n)) = (g.busiest_shard_percent, g.shards) {
+            row(
+                &mut out,
+                "busiest media shard",
+                format!("{b:.1} % of one core (of {n} shard{})", if n == 1 { "" } else { "s" }),
+            );
+        }
         row(
             &mut out,
             "memory (RSS peak)",
@@ -1435,7 +1460,7 @@ mod tests {
             busiest_thread_percent: busiest,
             socket_drops: Some(drops),
         };
-        let (limit, why) = limiting_side(Some(95.0), None, &client(30.0, Some(28.0), 0, 1));
+        let (limit, why) = limiting_side(Some(95.0), None, None, &client(30.0, Some(28.0), 0, 1));
         assert_eq!(limit, Limit::Gateway, "{why}");
         assert!(why.contains("95 % of one core"), "{why}");
         // A saturated engine thread, a full socket buffer, or the whole process on its cores.
@@ -1444,33 +1469,45 @@ mod tests {
             client(20.0, Some(20.0), 12, 1),
             client(185.0, None, 0, 2),
         ] {
-            let (limit, why) = limiting_side(Some(40.0), Some(0), &c);
+            let (limit, why) = limiting_side(Some(40.0), None, Some(0), &c);
             assert_eq!(limit, Limit::LoadTester, "{c:?}: {why}");
         }
         assert!(
-            limiting_side(Some(40.0), None, &client(20.0, None, 12, 1))
+            limiting_side(Some(40.0), None, None, &client(20.0, None, 12, 1))
                 .1
                 .contains("dropped 12 datagrams")
         );
         // The sdk engine on two cores at 150 % is not saturated (no thread figure).
         assert_eq!(
-            limiting_side(Some(40.0), None, &client(150.0, None, 0, 2)).0,
+            limiting_side(Some(40.0), None, None, &client(150.0, None, 0, 2)).0,
             Limit::Neither
         );
         assert_eq!(
-            limiting_side(Some(99.0), None, &client(99.0, Some(99.0), 0, 1)).0,
+            limiting_side(Some(99.0), None, None, &client(99.0, Some(99.0), 0, 1)).0,
             Limit::Both
         );
-        assert_eq!(limiting_side(None, None, &client(20.0, None, 0, 1)).0, Limit::Unknown);
         assert_eq!(
-            limiting_side(Some(20.0), None, &ClientFigures::default()).0,
+            limiting_side(None, None, None, &client(20.0, None, 0, 1)).0,
+            Limit::Unknown
+        );
+        assert_eq!(
+            limiting_side(Some(20.0), None, None, &ClientFigures::default()).0,
             Limit::Unknown
         );
         // A gateway whose media sockets overflowed was the limit, whatever its CPU said (a
         // core shared with other work shows less than it needed).
-        let (limit, why) = limiting_side(Some(55.0), Some(4_000), &client(45.0, Some(45.0), 0, 1));
+        let (limit, why) = limiting_side(Some(55.0), None, Some(4_000), &client(45.0, Some(45.0), 0, 1));
         assert_eq!(limit, Limit::Gateway, "{why}");
         assert!(why.contains("dropped 4000 datagrams"), "{why}");
+        // Two shards: the process at 120 % of one core is not saturated while neither shard
+        // is; one shard at 95 % is, with the process at 70 %.
+        let idle = client(30.0, Some(30.0), 0, 1);
+        let (limit, why) = limiting_side(Some(120.0), Some(60.0), Some(0), &idle);
+        assert_eq!(limit, Limit::Neither, "{why}");
+        assert!(why.contains("busiest media shard 60 %"), "{why}");
+        let (limit, why) = limiting_side(Some(70.0), Some(95.0), Some(0), &idle);
+        assert_eq!(limit, Limit::Gateway, "{why}");
+        assert!(why.contains("busiest media shard 95 %"), "{why}");
     }
 
     #[test]
