@@ -106,8 +106,8 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, f64>, ParseError> {
         };
         if !value.is_nan() {
             *values.entry(name.to_owned()).or_insert(0.0) += value;
-            if name == SHARD_CPU_SECONDS {
-                let labels = &line[name_end..line.len() - rest.len()];
+            let labels = &line[name_end..line.len() - rest.len()];
+            if name == SHARD_CPU_SECONDS && !labels.is_empty() {
                 values.insert(format!("{name}{labels}"), value);
             }
         }

@@ -766,11 +766,12 @@ impl Peers {
                 if conn.pending_nomination == Some(to) && success {
                     conn.nominated = conn.pending_nomination.take();
                 }
+                let stun = demux::classify(&out.message) == demux::Class::Stun;
                 let to = match conn.nominated {
-                    Some(nominated) if demux::classify(&out.message) != demux::Class::Stun => nominated,
+                    Some(nominated) if !stun => nominated,
                     _ => to,
                 };
-                if demux::classify(&out.message) != demux::Class::Stun {
+                if !stun {
                     conn.out_path = Some(to);
                 }
                 match to {
