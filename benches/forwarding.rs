@@ -20,7 +20,8 @@
 //! And the whole path, group `path` (fan-out 1 and 8): a shard with real `rtc` connections
 //! (`gatehouse::sfu::benching::FanOut`: a publisher and N subscribers, `rtc` clients driven
 //! in-process over loopback) takes one SRTP datagram from the publisher and ends its turn:
-//! routing, SRTP decrypt and parse, interceptors, `MediaRoom::forward`, then per leg
+//! routing, SRTP decrypt and parse and the receive interceptors by the shard (`own_inbound`;
+//! `path/shard_rtc_read` and the levels before it: `rtc`'s read pipeline), `MediaRoom::forward`, then per leg
 //! marshal and SRTP encrypt by the shard (`own_srtp`; `path/shard_rtc_srtp` and the lever
 //! levels: `write_rtp`, `rtc`'s write chain and its SRTP encrypt), queued for the socket. `path/shard`
 //! drops the turn's datagrams instead of sending them, `path/shard+sendmmsg` sends them to
@@ -305,19 +306,21 @@ fn whole_path(c: &mut Criterion) {
     for n in [1usize, 8] {
         group.throughput(Throughput::Elements(n as u64));
         // The levers into `rtc` of issue 13, each off, then both on; then the copies
-        // encrypted by the shard past `rtc`'s write chain (`own_srtp`, as in production).
+        // encrypted by the shard past `rtc`'s write chain (`own_srtp`); then the publisher's
+        // packets opened by the shard past `rtc`'s read (`own_inbound`, as in production).
         let levels = [
-            ("shard_no_levers", false, false, false, false),
-            ("shard_direct_only", false, true, false, false),
-            ("shard_drain_once_only", false, false, true, false),
-            ("shard_rtc_srtp", false, true, true, false),
-            ("shard", false, true, true, true),
-            ("shard+sendmmsg", true, true, true, true),
+            ("shard_no_levers", false, false, false, false, false),
+            ("shard_direct_only", false, true, false, false, false),
+            ("shard_drain_once_only", false, false, true, false, false),
+            ("shard_rtc_srtp", false, true, true, false, false),
+            ("shard_rtc_read", false, true, true, true, false),
+            ("shard", false, true, true, true, true),
+            ("shard+sendmmsg", true, true, true, true, true),
         ];
-        for (name, send, direct, drain_once, own_srtp) in levels {
+        for (name, send, direct, drain_once, own_srtp, own_inbound) in levels {
             // A meeting per level: the clients' connections stay up for the minute one level
             // takes, but not for all of them (a client's consent failed after about 40 s).
-            let mut h = FanOut::with_own_srtp(n, own_srtp).expect("the bench meeting comes up");
+            let mut h = FanOut::with_own_paths(n, own_srtp, own_inbound).expect("the bench meeting comes up");
             h.set_send(send);
             h.set_levers(direct, drain_once);
             if let Some(tick) = settle_tick {

@@ -409,6 +409,13 @@ impl SfuCollector {
                 ),
                 |s| s.relay_drops,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_opened_packets_total",
+                    "Publishers' packets decrypted by the media shard itself, past the WebRTC stack's read pipeline",
+                ),
+                |s| s.opened_packets,
+            ),
         ];
         Self {
             sfu,

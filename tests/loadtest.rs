@@ -34,6 +34,7 @@ fn options(srv: &TestServer, auth: Auth, shape: Shape, thresholds: Thresholds) -
     Options {
         engine: Engine::Sdk,
         client_threads: 1,
+        precise_sends: false,
         url: srv.base.clone(),
         auth,
         tls: TlsOptions {
@@ -53,6 +54,7 @@ fn lean_options(gateway: &SpawnedGateway, shape: Shape, thresholds: Thresholds) 
     Options {
         engine: Engine::Lean,
         client_threads: 1,
+        precise_sends: false,
         url: gateway.url.clone(),
         auth: Auth::DataDir(gateway.data_dir.clone()),
         tls: TlsOptions {

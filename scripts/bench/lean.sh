@@ -7,6 +7,7 @@
 # flock /tmp/heavy.lock.
 # Before/after: BINS="/path/to/before/gatehouse /path/to/after/gatehouse" runs each shape with each
 # binary in turn (summaries in $OUT-<n>/runs/summary.jsonl, n = the binary's place in BINS, 1 up).
+# EXTRA: more load-tester arguments for every run (e.g. EXTRA=--precise-sends).
 set -u
 REPS=${1:-1}; ENGINES=${2:-lean}; shift $(( $# < 2 ? $# : 2 ))
 ONLY=${*:-LF8 LA100 LAU100}
@@ -34,13 +35,13 @@ for rep in $(seq "$REPS"); do
     case " $ONLY " in *" $name "*) ;; *) continue ;; esac
     for engine in $ENGINES; do
       if [ -z "${BINS:-}" ]; then
-        "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args
+        "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args ${EXTRA:-}
         continue
       fi
       n=0
       for bin in $BINS; do
         n=$((n + 1))
-        BIN=$bin OUT=$OUT-$n "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args
+        BIN=$bin OUT=$OUT-$n "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args ${EXTRA:-}
       done
     done
   done

@@ -68,6 +68,8 @@ pub struct Options {
     pub engine: Engine,
     /// Lean engine: threads, each with one socket (at least 1).
     pub client_threads: usize,
+    /// Lean engine: each frame leaves at its own time, not on the runtime's millisecond tick.
+    pub precise_sends: bool,
     /// The gateway, `https://host:port`.
     pub url: String,
     /// Who we are.
@@ -163,6 +165,12 @@ pub struct LoadtestArgs {
     /// to use; pin them with taskset).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub client_threads: usize,
+    /// Lean engine: send each frame at its own time (to the microsecond, sleeping for it) as
+    /// independent clients do, so the gateway sees datagrams spread over each millisecond;
+    /// without it, frames due within one millisecond of the engine's timer leave together, a
+    /// burst the gateway reads in one go. Costs the load tester a wake-up per frame.
+    #[arg(long)]
+    pub precise_sends: bool,
     /// Meetings to create.
     #[arg(long, default_value_t = 1)]
     pub meetings: u32,
@@ -331,6 +339,7 @@ impl LoadtestArgs {
         Ok(Options {
             engine,
             client_threads: self.client_threads,
+            precise_sends: self.precise_sends,
             url: self.url,
             auth,
             tls,
@@ -479,7 +488,8 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
                 audio: setup.audio.clone(),
                 video: setup.video.clone(),
             });
-            let engine = lean::LeanEngine::start(options.client_threads).context("starting the lean engine")?;
+            let engine = lean::LeanEngine::start(options.client_threads, options.precise_sends)
+                .context("starting the lean engine")?;
             Some((lean_setup, Arc::new(engine)))
         }
     };

@@ -69,6 +69,10 @@ struct Client {
     /// (`rtc` hands an application no RTCP for a stream it only receives).
     keys: Arc<KeyCapture>,
     reports: Vec<SenderReport>,
+    /// Transport-wide sequence numbers its TWCC feedback said arrived, and the sequence
+    /// numbers NACKs asked it for (a publisher's; opened with its keys as its reports are).
+    acked: Vec<u16>,
+    nacked: Vec<u16>,
 }
 
 impl Client {
@@ -88,11 +92,14 @@ impl Client {
             last_payload: Bytes::new(),
             keys,
             reports: Vec::new(),
+            acked: Vec::new(),
+            nacked: Vec::new(),
         })
     }
 
-    /// The sender reports in an SRTCP datagram, opened with the connection's keys.
-    fn open_sender_reports(&mut self, datagram: &[u8]) {
+    /// The sender reports, TWCC feedback and NACKs in an SRTCP datagram, opened with the
+    /// connection's keys.
+    fn open_rtcp(&mut self, datagram: &[u8]) {
         let rtcp =
             super::demux::classify(datagram) == super::demux::Class::Rtp && (192..=223).contains(&(datagram[1] | 0x80));
         let Some(keys) = self.keys.keys().filter(|_| rtcp) else {
@@ -108,6 +115,15 @@ impl Client {
                 .iter()
                 .filter_map(|p| p.as_any().downcast_ref::<SenderReport>().cloned());
             self.reports.extend(reports);
+            for p in &packets {
+                if let Some(feedback) = super::rtcp::as_twcc(p.as_ref()) {
+                    let acks = super::bwe::acks_of(feedback);
+                    self.acked.extend(acks.filter(|a| a.arrival.is_some()).map(|a| a.seq));
+                }
+                if let Some(nack) = super::rtcp::as_nack(p.as_ref()) {
+                    self.nacked.extend(nack.nacks.iter().flat_map(|pair| *pair));
+                }
+            }
         }
     }
 
@@ -117,7 +133,7 @@ impl Client {
         while let Ok((n, from)) = self.socket.recv_from(buf) {
             moved = true;
             self.received += 1;
-            self.open_sender_reports(&buf[..n]);
+            self.open_rtcp(&buf[..n]);
             let msg = rtc_client::datagram(now, self.addr, from, BytesMut::from(&buf[..n]));
             let _ = self.pc.handle_read(msg);
         }
@@ -172,6 +188,12 @@ impl FanOut {
     /// [`new`](Self::new) with the subscribers' copies encrypted by the shard or by `rtc`
     /// (`peers::WriteLevers::own_srtp`, read when their connections are built).
     pub fn with_own_srtp(n: usize, own_srtp: bool) -> Result<Self, HarnessError> {
+        Self::with_own_paths(n, own_srtp, true)
+    }
+
+    /// [`with_own_srtp`](Self::with_own_srtp), and the publisher's packets opened by the
+    /// shard or read through `rtc` (`peers::WriteLevers::own_inbound`).
+    pub fn with_own_paths(n: usize, own_srtp: bool, own_inbound: bool) -> Result<Self, HarnessError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -186,6 +208,7 @@ impl FanOut {
             let peers = Peers::new(0, socket, server_addr, counters.clone(), Arc::default(), None).map_err(fail)?;
             let mut shard = Shard::new(0, peers);
             shard.levers_mut().own_srtp = own_srtp;
+            shard.levers_mut().own_inbound = own_inbound;
             shard
         };
         let mut publisher = Client::new(&[(TWCC_URI, RtpCodecKind::Video)])?;
@@ -344,7 +367,8 @@ impl FanOut {
     /// Carries datagrams both ways until no side has more, running due timers and the
     /// shard's end of turn. Bounded.
     fn pump(&mut self) -> Result<(), HarnessError> {
-        let mut buf = [0u8; 2048];
+        // Room for any datagram: TWCC feedback covering the whole setup can be kilobytes.
+        let mut buf = vec![0u8; 65536];
         for _ in 0..16 {
             let now = Instant::now();
             let mut moved = false;
@@ -462,6 +486,11 @@ impl FanOut {
         self.counters.snapshot().forwarded_packets
     }
 
+    /// The publisher's packets the shard opened itself so far (`own_inbound`).
+    pub fn opened(&self) -> u64 {
+        self.counters.snapshot().opened_packets
+    }
+
     /// Packets dropped so far (refused by a connection, or not sent).
     pub fn dropped(&self) -> u64 {
         self.counters.snapshot().dropped_packets
@@ -518,6 +547,42 @@ mod tests {
     /// the shard or `rtc` encrypted it; with the shard's own SRTP, each subscriber gets a
     /// sender report of its stream once a second (the shard's tick run at a later time:
     /// sans-IO, nothing waits), counting what it was sent, and none once it is quiet.
+    #[test]
+    fn a_publishers_packets_opened_by_the_shard_are_forwarded_and_acknowledged() {
+        for own in [false, true] {
+            let mut h = FanOut::with_own_paths(1, true, own).expect("the meeting comes up");
+            h.maintain().expect("upkeep");
+            let (forwarded, opened) = (h.forwarded(), h.opened());
+            let mut out = Vec::new();
+            h.datagrams(30, &mut out);
+            let first = h.seq.wrapping_sub(29);
+            for d in out {
+                h.forward(d);
+            }
+            assert_eq!(
+                h.forwarded() - forwarded,
+                30,
+                "own inbound {own}: every packet forwarded"
+            );
+            // Past the stream's first packets (read through `rtc`, which finds its track),
+            // every one is opened by the shard.
+            let expected = if own { 30 } else { 0 };
+            assert_eq!(h.opened() - opened, expected, "own inbound {own}: opened by the shard");
+            // The TWCC feedback, from the shard's timer, acknowledges every one of them:
+            // the receive interceptors saw them all.
+            let later = Instant::now() + Duration::from_millis(250);
+            h.end_turn_at(later);
+            h.maintain().expect("upkeep");
+            for seq in (0..30).map(|i| first.wrapping_add(i)) {
+                assert!(
+                    h.publisher.acked.contains(&seq),
+                    "own inbound {own}: {seq} acknowledged"
+                );
+            }
+            assert_eq!(h.dropped(), 0, "own inbound {own}");
+        }
+    }
+
     #[test]
     fn copies_encrypted_by_the_shard_are_opened_and_reported() {
         for own in [false, true] {

@@ -39,6 +39,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDi
 use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor, SharedSettings};
 use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
+use super::own_inbound::{OwnInbound, SharedChain};
 use super::own_srtp::OwnSrtp;
 use super::quiet_reports::QuietReceiverReport;
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
@@ -146,6 +147,11 @@ pub struct Conn {
     /// Its own sending side, from the first forwarded copy written once its keys are
     /// known: from then on all its media goes that way (`own_srtp`).
     pub own: Option<Box<OwnSrtp>>,
+    /// A publisher connection's receive interceptors, shared with `rtc` (`own_inbound`).
+    pub hosted: Option<SharedChain>,
+    /// Its own receiving side, from the first stream taken over once its keys are known
+    /// (`own_inbound`).
+    pub inbound: Option<Box<OwnInbound>>,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -191,6 +197,8 @@ impl Conn {
             out_path: None,
             keys: None,
             own: None,
+            hosted: None,
+            inbound: None,
         }
     }
 }
@@ -228,10 +236,10 @@ pub fn build(
     stats: StatsPair,
     layer_rtx: SharedSettings,
     keys: Option<Arc<KeyCapture>>,
-) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+) -> Result<(RTCPeerConnection, Option<SharedChain>), rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
-    let registry = interceptors(&mut media_engine, role, stats, layer_rtx)?;
+    let (registry, hosted) = interceptors(&mut media_engine, role, stats, layer_rtx)?;
     // Extensions worth carrying from publisher to subscribers (remapped per leg by
     // `forward::ExtMap`): audio levels (active speaker, `getSynchronizationSources`)
     // and camera rotation from phones.
@@ -287,7 +295,7 @@ pub fn build(
     }
     // End of gathering: these are all our candidates.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
-    Ok(pc)
+    Ok((pc, hosted))
 }
 
 /// `rtc`'s default interceptors (`register_default_interceptors`: NACK feedback,
@@ -315,7 +323,7 @@ fn interceptors(
     role: PeerRole,
     stats: StatsPair,
     layer_rtx: SharedSettings,
-) -> Result<Registry, rtc::shared::error::Error> {
+) -> Result<(Registry, Option<SharedChain>), rtc::shared::error::Error> {
     for parameter in ["", "pli"] {
         media_engine.register_feedback(
             RTCPFeedback {
@@ -326,23 +334,32 @@ fn interceptors(
         );
     }
     configure_simulcast_extension_headers(media_engine)?;
-    let registry = match role {
-        PeerRole::Publisher => twcc_feedback::configure(Registry::new(), media_engine)?
-            .with(Slot::ReceiverReport, QuietReceiverReport::new())
-            .with(
-                Slot::from(LAYER_RTX_SLOT),
-                LayerRtxInterceptor::new(layer_rtx, stats.clone()),
-            )
-            .with(
-                Slot::NackGenerator,
-                NackGenerator::new(NackParams::default(), stats.clone()),
-            ),
+    let (registry, hosted) = match role {
+        // The receive side in a chain of our own, shared with the shard (`own_inbound`),
+        // at the place of its first interceptor in `rtc`'s chain.
+        PeerRole::Publisher => {
+            let receive = twcc_feedback::configure(Registry::new(), media_engine)?
+                .with(Slot::ReceiverReport, QuietReceiverReport::new())
+                .with(
+                    Slot::from(LAYER_RTX_SLOT),
+                    LayerRtxInterceptor::new(layer_rtx, stats.clone()),
+                )
+                .with(
+                    Slot::NackGenerator,
+                    NackGenerator::new(NackParams::default(), stats.clone()),
+                );
+            let hosted = SharedChain::new(receive.build());
+            (Registry::new().with(Slot::TwccReceiver, hosted.clone()), Some(hosted))
+        }
         PeerRole::Subscriber => {
             twcc_feedback::negotiate(media_engine)?;
-            Registry::new().with(Slot::SenderReport, SenderReportBuilder::new().build())
+            (
+                Registry::new().with(Slot::SenderReport, SenderReportBuilder::new().build()),
+                None,
+            )
         }
     };
-    Ok(registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)))
+    Ok((registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)), hosted))
 }
 
 /// The description we send, tidied where `rtc` 0.21.1 writes what a client should
@@ -738,7 +755,8 @@ mod tests {
             Default::default(),
             None,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         for (n, source) in [
             (1, gatehouse_signaling::protocol::TrackSource::Microphone),
             (2, gatehouse_signaling::protocol::TrackSource::Camera),
@@ -911,7 +929,8 @@ mod tests {
             layer_rtx.clone(),
             None,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         let video_track = |pc: &mut RTCPeerConnection| {
             let transceivers: Vec<_> = pc.get_transceivers().collect();
             transceivers

@@ -52,6 +52,7 @@ pub mod junk;
 pub mod layer_rtx;
 pub mod media_room;
 pub mod nack;
+pub mod own_inbound;
 pub mod own_srtp;
 mod peers;
 pub mod placement;

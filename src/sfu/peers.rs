@@ -70,6 +70,10 @@ pub struct Peers {
     timers: Deadlines<ConnId>,
     /// Settling put off by [`settle_media`](Self::settle_media), paid a tick later.
     deferred: Deferred<ConnId>,
+    /// What the last datagram the shard opened itself came out of its connection's receive
+    /// interceptors as, and that connection (`open_own`, [`take_fast`](Self::take_fast)).
+    fast: Vec<Packet>,
+    fast_conn: ConnId,
     /// Connections whose events must be drained before the turn ends.
     dirty: Vec<ConnId>,
     /// Connections written to this turn (forwarded packets): sent and re-armed when the
@@ -109,6 +113,9 @@ pub struct WriteLevers {
     /// Encrypted by the shard and queued for the socket, past `rtc`'s write chain
     /// (`own_srtp`); read when a subscriber connection is built.
     pub own_srtp: bool,
+    /// A publisher's media opened by the shard and fed to its receive interceptors, past
+    /// `rtc`'s read pipeline (`own_inbound`); read when a publisher connection is built.
+    pub own_inbound: bool,
 }
 
 impl Default for WriteLevers {
@@ -117,6 +124,7 @@ impl Default for WriteLevers {
             direct: true,
             drain_once: true,
             own_srtp: true,
+            own_inbound: true,
         }
     }
 }
@@ -139,6 +147,8 @@ impl Peers {
             next_conn: 1,
             timers: Deadlines::new(Instant::now(), TIMER_TICK),
             deferred: Deferred::new(TIMER_TICK),
+            fast: Vec::new(),
+            fast_conn: 0,
             dirty: Vec::new(),
             written: Vec::new(),
             owed: Vec::new(),
@@ -390,6 +400,12 @@ impl Peers {
             self.send_on(id, path, answer);
             return None;
         }
+        // A publisher's media on a stream taken over: opened by the shard and fed to the
+        // connection's receive interceptors, past `rtc`'s read (`own_inbound`); what comes
+        // out waits in `fast` for the shard to forward.
+        if self.open_own(id, now, path, &data) {
+            return None;
+        }
         // A client's check (rare: a few per connection, then one per consent interval)
         // is kept, in case it nominated and has to be handed to `rtc` once more.
         let check = demux::binding_request(&data).map(|_| data.clone());
@@ -421,6 +437,108 @@ impl Peers {
                 Counters::add(&self.counters.dropped_packets, 1);
                 None
             }
+        }
+    }
+
+    /// [`take_in`](Self::take_in)'s own way for a publisher's media (`own_inbound`): an RTP
+    /// datagram from the nominated path of a stream taken over is opened here and run
+    /// through the connection's receive interceptors; what comes out is left in
+    /// [`fast`](Self::take_fast). Returns whether the datagram was taken (opened, or
+    /// refused as `rtc` would refuse it: counted as dropped). Anything else is `rtc`'s.
+    fn open_own(&mut self, id: ConnId, now: Instant, path: Path, data: &[u8]) -> bool {
+        let local_addr = self.local_addr(path);
+        let Self {
+            conns,
+            timers,
+            fast,
+            fast_conn,
+            counters,
+            shard,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(&id) else {
+            return false;
+        };
+        let (Some(inbound), Some(chain)) = (conn.inbound.as_mut(), conn.hosted.as_ref()) else {
+            return false;
+        };
+        if conn.nominated != Some(path)
+            || !demux::is_rtp(data)
+            || !super::own_inbound::ssrc_of(data).is_some_and(|ssrc| inbound.has(ssrc))
+        {
+            return false;
+        }
+        let packet = match inbound.open(data) {
+            Ok(packet) => packet,
+            Err(e) => {
+                Counters::add(&counters.dropped_packets, 1);
+                tracing::trace!(shard = *shard, conn = id, "own inbound: {e}");
+                return true;
+            }
+        };
+        let transport = TransportContext {
+            local_addr,
+            peer_addr: path.addr(),
+            ecn: None,
+            transport_protocol: match path {
+                Path::Udp(_) => TransportProtocol::UDP,
+                Path::Tcp(_) => TransportProtocol::TCP,
+            },
+        };
+        Counters::add(&counters.opened_packets, 1);
+        fast.clear();
+        *fast_conn = id;
+        if let Some(due) = chain.feed(now, transport, packet, fast) {
+            timers.arm_by(id, due, now);
+        }
+        true
+    }
+
+    /// The packets the last datagram taken by the shard itself came out of its connection's
+    /// receive interceptors as (`open_own`), and that connection; empty after anything else.
+    pub fn take_fast(&mut self) -> Option<(ConnId, Vec<Packet>)> {
+        if self.fast.is_empty() {
+            return None;
+        }
+        Some((self.fast_conn, std::mem::take(&mut self.fast)))
+    }
+
+    /// Gives back the buffer [`take_fast`](Self::take_fast) lent (kept for the next packet).
+    pub fn return_fast(&mut self, mut packets: Vec<Packet>) {
+        packets.clear();
+        if self.fast.capacity() < packets.capacity() {
+            self.fast = packets;
+        }
+    }
+
+    /// `rtc` delivered a packet of `ssrc` to a track of publisher connection `id`: from now
+    /// on the shard opens that stream's packets itself (`own_inbound`), once the
+    /// connection's keys are known.
+    pub fn take_over(&mut self, id: ConnId, ssrc: u32) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.hosted.is_none() {
+            return;
+        }
+        if conn.inbound.is_none() {
+            let Some(keys) = conn.keys.as_ref().and_then(|k| k.keys()) else {
+                return;
+            };
+            conn.inbound = super::own_inbound::OwnInbound::new(&keys).map(Box::new);
+            if conn.inbound.is_none() {
+                tracing::warn!(
+                    shard = self.shard,
+                    conn = id,
+                    "own inbound refused the keys: reading through rtc"
+                );
+                conn.keys = None;
+                conn.hosted = None;
+                return;
+            }
+        }
+        if let Some(inbound) = conn.inbound.as_mut() {
+            inbound.take_over(ssrc);
         }
     }
 
@@ -1087,7 +1205,7 @@ mod tests {
             meeting: Arc::default(),
             shard: peers.counters.clone(),
         };
-        let pc = connection::build(
+        let (pc, _) = connection::build(
             Instant::now(),
             PeerRole::Subscriber,
             &ufrag,

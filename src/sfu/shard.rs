@@ -505,6 +505,7 @@ impl Shard {
         if let Some(id) = driven {
             self.drive_fed(id, now, media);
         }
+        self.forward_fast(now);
     }
 
     pub(super) fn on_datagram(&mut self, now: Instant, from: std::net::SocketAddr, data: BytesMut) {
@@ -512,6 +513,7 @@ impl Shard {
         if let Some(id) = self.peers.receive(now, from, data) {
             self.drive_fed(id, now, media);
         }
+        self.forward_fast(now);
     }
 
     /// Drains a connection: handles its events and application messages (forwarding RTP),
@@ -562,38 +564,9 @@ impl Shard {
     fn on_message(&mut self, id: ConnId, message: RTCMessage, now: Instant) {
         match message {
             RTCMessage::RtpPacket(_, packet) => {
-                let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
-                    return;
-                };
-                let Some(hosted) = self.rooms.get_mut(&room_id) else {
-                    return;
-                };
-                hosted
-                    .room
-                    .forward(id, &packet, now, &mut self.peers.sink(now), &mut self.effects);
-                // A meeting split across shards: each other shard gets the packet once.
-                if let Some((&last, rest)) = hosted.spread.peers().split_last() {
-                    for &peer in rest {
-                        let packet = packet.clone();
-                        self.relay.push(
-                            peer,
-                            relay::Item::Packet {
-                                meeting: hosted.key,
-                                packet,
-                            },
-                        );
-                    }
-                    self.relay.push(
-                        last,
-                        relay::Item::Packet {
-                            meeting: hosted.key,
-                            packet,
-                        },
-                    );
-                }
-                if !self.effects.is_empty() {
-                    self.apply(room_id, now);
-                }
+                // `rtc` found the stream's track: its next packets are opened by the shard.
+                self.peers.take_over(id, packet.header.ssrc);
+                self.forward_rtp(id, packet, now);
             }
             RTCMessage::RtcpPacket(_, packets) => {
                 let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
@@ -639,6 +612,54 @@ impl Shard {
             }
             _ => {}
         }
+    }
+
+    /// A publisher's RTP packet to its room's legs, and once to each other shard holding
+    /// the meeting.
+    fn forward_rtp(&mut self, id: ConnId, packet: rtc::rtp::Packet, now: Instant) {
+        let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
+            return;
+        };
+        let Some(hosted) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        hosted
+            .room
+            .forward(id, &packet, now, &mut self.peers.sink(now), &mut self.effects);
+        // A meeting split across shards: each other shard gets the packet once.
+        if let Some((&last, rest)) = hosted.spread.peers().split_last() {
+            for &peer in rest {
+                let packet = packet.clone();
+                self.relay.push(
+                    peer,
+                    relay::Item::Packet {
+                        meeting: hosted.key,
+                        packet,
+                    },
+                );
+            }
+            self.relay.push(
+                last,
+                relay::Item::Packet {
+                    meeting: hosted.key,
+                    packet,
+                },
+            );
+        }
+        if !self.effects.is_empty() {
+            self.apply(room_id, now);
+        }
+    }
+
+    /// Forwards what the last datagram the shard opened itself came out as (`own_inbound`).
+    fn forward_fast(&mut self, now: Instant) {
+        let Some((id, mut packets)) = self.peers.take_fast() else {
+            return;
+        };
+        for packet in packets.drain(..) {
+            self.forward_rtp(id, packet, now);
+        }
+        self.peers.return_fast(packets);
     }
 
     fn drain_dirty(&mut self, now: Instant) {
@@ -856,11 +877,14 @@ impl Shard {
             shard: self.peers.counters().clone(),
         };
         let layer_rtx = super::layer_rtx::SharedSettings::default();
-        // A subscriber connection's forwarded copies are encrypted by the shard (`own_srtp`).
-        let keys = (role == PeerRole::Subscriber && self.peers.levers.own_srtp)
-            .then(super::srtp_keys::KeyCapture::new)
-            .and_then(Result::ok);
-        let pc = connection::build(
+        // A subscriber connection's forwarded copies are encrypted by the shard (`own_srtp`),
+        // a publisher's media opened by it (`own_inbound`).
+        let own = match role {
+            PeerRole::Subscriber => self.peers.levers.own_srtp,
+            PeerRole::Publisher => self.peers.levers.own_inbound,
+        };
+        let keys = own.then(super::srtp_keys::KeyCapture::new).and_then(Result::ok);
+        let (pc, chain) = connection::build(
             now,
             role,
             &ufrag,
@@ -876,6 +900,7 @@ impl Shard {
         let mut conn = Conn::new(pc, room_id, &meeting_id, participant, role, ufrag, pwd, now);
         conn.layer_rtx = layer_rtx;
         conn.keys = keys;
+        conn.hosted = chain;
         let id = self.peers.insert(conn);
         if let Some(hosted) = self.rooms.get_mut(&room_id) {
             hosted.room.set_connection(participant, role, Some(id));

@@ -54,19 +54,33 @@ impl SrtpKeys {
     /// An SRTP context of our own for what the connection sends: it encrypts as the
     /// connection's does.
     pub fn local_context(&self) -> Result<Context, rtc::shared::error::Error> {
-        self.context(&self.local)
+        self.context(&self.local, None, None)
     }
 
-    /// An SRTP context of our own for what the connection receives.
+    /// An SRTP context of our own for what the connection receives, refusing replays as
+    /// `rtc`'s own does (a window of [`REPLAY_WINDOW`] packets per stream).
     pub fn remote_context(&self) -> Result<Context, rtc::shared::error::Error> {
-        self.context(&self.remote)
+        self.context(
+            &self.remote,
+            Some(rtc::srtp::option::srtp_replay_protection(REPLAY_WINDOW)),
+            Some(rtc::srtp::option::srtcp_replay_protection(REPLAY_WINDOW)),
+        )
     }
 
-    fn context(&self, side: &MasterKey) -> Result<Context, rtc::shared::error::Error> {
+    fn context(
+        &self,
+        side: &MasterKey,
+        rtp: Option<rtc::srtp::option::ContextOption>,
+        rtcp: Option<rtc::srtp::option::ContextOption>,
+    ) -> Result<Context, rtc::shared::error::Error> {
         let provider = rtc::crypto::default_provider().map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
-        Context::new(&side.key, &side.salt, self.profile, None, None, provider.crypto())
+        Context::new(&side.key, &side.salt, self.profile, rtp, rtcp, provider.crypto())
     }
 }
+
+/// The replay window of [`SrtpKeys::remote_context`]: `rtc` 0.21's default for the contexts
+/// it builds itself.
+pub const REPLAY_WINDOW: usize = 64;
 
 /// The cipher a derived session key went into: tells the profiles apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -73,6 +73,9 @@ pub struct Counters {
     /// (`relay`), and those lost because that shard's queue was full. Shard counters only.
     pub relayed_packets: AtomicU64,
     pub relay_drops: AtomicU64,
+    /// Publishers' packets opened by the shard itself and fed to the connection's receive
+    /// interceptors, past `rtc`'s read pipeline (`own_inbound`). Shard counters only.
+    pub opened_packets: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -191,6 +194,7 @@ pub struct CountersSnapshot {
     pub bwe_probe_packets: u64,
     pub relayed_packets: u64,
     pub relay_drops: u64,
+    pub opened_packets: u64,
 }
 
 impl Counters {
@@ -239,6 +243,7 @@ impl Counters {
                 bwe_probe_packets: acc.bwe_probe_packets + s.bwe_probe_packets,
                 relayed_packets: acc.relayed_packets + s.relayed_packets,
                 relay_drops: acc.relay_drops + s.relay_drops,
+                opened_packets: acc.opened_packets + s.opened_packets,
             }
         })
     }
@@ -273,6 +278,7 @@ impl Counters {
             bwe_probe_packets: get(&self.bwe_probe_packets),
             relayed_packets: get(&self.relayed_packets),
             relay_drops: get(&self.relay_drops),
+            opened_packets: get(&self.opened_packets),
         }
     }
 }

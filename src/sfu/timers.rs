@@ -131,6 +131,16 @@ impl<K: Copy + Ord + Hash> Deadlines<K> {
         }
     }
 
+    /// Arms `key` for `at` unless it is armed for an earlier slot already (a deadline
+    /// learned outside `rtc`'s own `poll_timeout`, which only ever comes sooner).
+    pub fn arm_by(&mut self, key: K, at: Instant, now: Instant) -> bool {
+        let slot = self.slot(at, now);
+        if self.armed.get(&key).is_some_and(|&armed| armed <= slot) {
+            return false;
+        }
+        self.arm(key, Some(at), now)
+    }
+
     /// Forgets `key`'s deadline; returns whether it had one.
     pub fn remove(&mut self, key: K) -> bool {
         match self.armed.remove(&key) {

@@ -160,6 +160,7 @@ pub(crate) fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     first_ip: u32,
     gateways: Arc<std::sync::Mutex<std::collections::BTreeSet<SocketAddr>>>,
+    precise: bool,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -188,15 +189,33 @@ pub(crate) fn run(
             next_ip: first_ip,
             gateways,
         };
-        loop {
+        'turns: loop {
             let wake = engine.next_wake();
+            // Precise sends: a deadline within the runtime's timer tick is slept for exactly
+            // (the timer would round it up to the next millisecond, with every other frame due
+            // by then), then the turn runs as if woken; commands are taken on the way.
+            if precise {
+                let now = Instant::now();
+                if let Some(at) = wake.filter(|&at| at > now && at - now <= PRECISE_WINDOW) {
+                    std::thread::sleep(at - now);
+                    loop {
+                        match commands.try_recv() {
+                            Ok(command) => engine.on_command(command),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => break 'turns,
+                        }
+                    }
+                    engine.turn();
+                    continue;
+                }
+            }
             let blocked = engine.udp.blocked();
             let woken = tokio::select! {
                 biased;
                 command = commands.recv() => command.map(Some),
                 ready = engine.udp.socket().readable() => ready.ok().map(|()| None),
                 _ = engine.udp.socket().writable(), if blocked => Some(None),
-                () = sleep_until(wake) => Some(None),
+                () = sleep_until(if precise { wake.map(|at| at.checked_sub(PRECISE_WINDOW).unwrap_or(at)) } else { wake }) => Some(None),
             };
             match woken {
                 Some(Some(command)) => engine.on_command(command),
@@ -208,6 +227,12 @@ pub(crate) fn run(
         engine.close_all();
     });
 }
+
+/// With precise sends, deadlines closer than this are slept for rather than left to the
+/// runtime's timer, whose tick is a millisecond.
+/// The runtime's timer is set that much early for them. Datagrams that arrive meanwhile wait
+/// for the sleep (at most this long), which the latency figures then include.
+const PRECISE_WINDOW: Duration = Duration::from_millis(1);
 
 async fn sleep_until(at: Option<Instant>) {
     match at {

@@ -67,8 +67,9 @@ pub struct LeanEngine {
 }
 
 impl LeanEngine {
-    /// Starts `threads` engine threads, each with its socket on the wildcard address.
-    pub fn start(threads: usize) -> anyhow::Result<LeanEngine> {
+    /// Starts `threads` engine threads, each with its socket on the wildcard address;
+    /// `precise`: each frame leaves at its own time (`Options::precise_sends`).
+    pub fn start(threads: usize, precise: bool) -> anyhow::Result<LeanEngine> {
         let tids = Arc::new(Mutex::new(Vec::new()));
         let mut engine = LeanEngine {
             commands: Vec::new(),
@@ -99,7 +100,7 @@ impl LeanEngine {
                     tids.lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(unsafe { libc::gettid() });
-                    engine::run(socket, rx, k as u32 * ADDRESSES_PER_THREAD, gateways);
+                    engine::run(socket, rx, k as u32 * ADDRESSES_PER_THREAD, gateways, precise);
                 })?;
             engine.commands.push(tx);
             engine.threads.push(thread);
