@@ -36,16 +36,16 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 
-use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor, SharedSettings};
+use super::layer_rtx::{LayerRtxInterceptor, SharedSettings};
 use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
-use super::own_inbound::{OwnInbound, SharedChain};
+use super::own_inbound::{OwnInbound, ReceiveSide};
 use super::own_srtp::OwnSrtp;
 use super::quiet_reports::QuietReceiverReport;
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
 use super::srtp_keys::KeyCapture;
 use super::stats::StatsPair;
-use super::twcc_feedback;
+use super::twcc_feedback::{self, QuietTwccReceiver};
 
 /// Shard-local room handle.
 pub type RoomId = u64;
@@ -148,7 +148,7 @@ pub struct Conn {
     /// known: from then on all its media goes that way (`own_srtp`).
     pub own: Option<Box<OwnSrtp>>,
     /// A publisher connection's receive interceptors, shared with `rtc` (`own_inbound`).
-    pub hosted: Option<SharedChain>,
+    pub hosted: Option<ReceiveSide>,
     /// Its own receiving side, from the first stream taken over once its keys are known
     /// (`own_inbound`).
     pub inbound: Option<Box<OwnInbound>>,
@@ -236,7 +236,7 @@ pub fn build(
     stats: StatsPair,
     layer_rtx: SharedSettings,
     keys: Option<Arc<KeyCapture>>,
-) -> Result<(RTCPeerConnection, Option<SharedChain>), rtc::shared::error::Error> {
+) -> Result<(RTCPeerConnection, Option<ReceiveSide>), rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let (registry, hosted) = interceptors(&mut media_engine, role, stats, layer_rtx)?;
@@ -323,7 +323,7 @@ fn interceptors(
     role: PeerRole,
     stats: StatsPair,
     layer_rtx: SharedSettings,
-) -> Result<(Registry, Option<SharedChain>), rtc::shared::error::Error> {
+) -> Result<(Registry, Option<ReceiveSide>), rtc::shared::error::Error> {
     for parameter in ["", "pli"] {
         media_engine.register_feedback(
             RTCPFeedback {
@@ -335,21 +335,17 @@ fn interceptors(
     }
     configure_simulcast_extension_headers(media_engine)?;
     let (registry, hosted) = match role {
-        // The receive side in a chain of our own, shared with the shard (`own_inbound`),
-        // at the place of its first interceptor in `rtc`'s chain.
+        // The receive side, each interceptor at its slot and shared with the shard
+        // (`own_inbound`).
         PeerRole::Publisher => {
-            let receive = twcc_feedback::configure(Registry::new(), media_engine)?
-                .with(Slot::ReceiverReport, QuietReceiverReport::new())
-                .with(
-                    Slot::from(LAYER_RTX_SLOT),
-                    LayerRtxInterceptor::new(layer_rtx, stats.clone()),
-                )
-                .with(
-                    Slot::NackGenerator,
-                    NackGenerator::new(NackParams::default(), stats.clone()),
-                );
-            let hosted = SharedChain::new(receive.build());
-            (Registry::new().with(Slot::TwccReceiver, hosted.clone()), Some(hosted))
+            twcc_feedback::negotiate(media_engine)?;
+            let receive = ReceiveSide::new(
+                LayerRtxInterceptor::new(layer_rtx, stats.clone()),
+                NackGenerator::new(NackParams::default(), stats.clone()),
+                QuietTwccReceiver::new(),
+                QuietReceiverReport::new(),
+            );
+            (receive.registry(Registry::new()), Some(receive))
         }
         PeerRole::Subscriber => {
             twcc_feedback::negotiate(media_engine)?;

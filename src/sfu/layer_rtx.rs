@@ -313,6 +313,19 @@ impl LayerRtxInterceptor {
             write_queue: VecDeque::new(),
         }
     }
+
+    /// What `handle_read` does to an RTP packet, without the queue (`own_inbound` calls it
+    /// directly): learns layers, turns a layer's RTX back into its packet.
+    pub fn observe(&mut self, p: &mut rtp::Packet) {
+        let generation = self.shared.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.state.configure(self.shared.get());
+        }
+        if self.state.on_packet(p) == Seen::Repaired {
+            self.stats.add(|c| &c.layer_rtx_repaired, 1);
+        }
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for LayerRtxInterceptor {
@@ -324,14 +337,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for LayerRtxInterceptor {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtp(p) = &mut msg.message.packet {
-            let generation = self.shared.generation();
-            if generation != self.generation {
-                self.generation = generation;
-                self.state.configure(self.shared.get());
-            }
-            if self.state.on_packet(p) == Seen::Repaired {
-                self.stats.add(|c| &c.layer_rtx_repaired, 1);
-            }
+            self.observe(p);
         }
         self.read_queue.push_back(msg);
         Ok(())

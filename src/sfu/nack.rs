@@ -268,6 +268,14 @@ impl NackGenerator {
         self.next_timeout = self.streams.iter().filter_map(|s| s.tracker.next_due(self.rtt)).min();
     }
 
+    /// What `handle_read` does with an RTP packet, without the queue (`own_inbound` calls
+    /// it directly): notes its arrival in its stream.
+    pub fn observe(&mut self, now: Instant, p: &rtc::rtp::Packet) {
+        if !self.streams.is_empty() {
+            self.on_rtp(now, p.header.ssrc, p.header.sequence_number, &p.payload);
+        }
+    }
+
     fn on_rtp(&mut self, now: Instant, ssrc: u32, seq: u16, payload: &[u8]) {
         if let Some(s) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
             match s.tracker.received(seq, now) {
@@ -322,10 +330,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for NackGenerator {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        if !self.streams.is_empty()
-            && let Packet::Rtp(p) = &msg.message.packet
-        {
-            self.on_rtp(msg.now, p.header.ssrc, p.header.sequence_number, &p.payload);
+        if let Packet::Rtp(p) = &msg.message.packet {
+            self.observe(msg.now, p);
         }
         self.read_queue.push_back(msg);
         Ok(())

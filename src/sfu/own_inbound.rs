@@ -9,10 +9,13 @@
 //! interceptors (TWCC feedback, receiver reports, layer RTX repair, the NACK generator), and
 //! the track it belongs to.
 //!
-//! - A publisher connection's receive interceptors run in a chain of our own
-//!   ([`SharedChain`]), which sits in `rtc`'s chain at their place: packets `rtc` reads pass
-//!   through it as before, and the interceptors' RTCP (feedback, reports, NACKs) still
-//!   leaves through `rtc`, which encrypts it. The shard feeds the same chain directly.
+//! - A publisher connection's receive interceptors sit in `rtc`'s chain at their slots as
+//!   before, each behind a handle shared with the shard ([`Shared`], [`ReceiveSide`]):
+//!   packets `rtc` reads pass through them as before, and their RTCP (feedback, reports,
+//!   NACKs) still leaves through `rtc`, which encrypts it. The shard feeds the same
+//!   interceptors directly, in the chain's order, without the chain's queues where the
+//!   interceptor is ours (layer RTX repair and the NACK generator look at the packet in
+//!   place).
 //! - A connection's SRTP keys are read as `rtc` derives them (`srtp_keys`), and its
 //!   [`OwnInbound`] context opens SRTP packets with the remote key.
 //! - A stream (SSRC) is taken over once `rtc` has delivered one of its packets to a track:
@@ -27,7 +30,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use rtc::interceptor::{AttributedPacket, Interceptor, Packet as Attributed, StreamInfo, TaggedPacket};
+use rtc::interceptor::{AttributedPacket, Interceptor, Packet as Attributed, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtp::Packet;
 use rtc::sansio::Protocol;
 use rtc::shared::TransportContext;
@@ -35,58 +38,49 @@ use rtc::shared::error::Error;
 use rtc::shared::marshal::Unmarshal;
 use rtc::srtp::context::Context;
 
+use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor};
+use super::nack::NackGenerator;
+use super::quiet_reports::QuietReceiverReport;
 use super::srtp_keys::SrtpKeys;
+use super::twcc_feedback::QuietTwccReceiver;
 
 /// Streams a connection may have taken over (a publisher's camera with three simulcast
 /// layers and its microphone is four); more are left to `rtc`.
 pub const MAX_STREAMS: usize = 16;
 
-/// A chain of interceptors shared between `rtc` (which holds it as one interceptor of its
-/// own chain) and the shard (which feeds it the packets it opened itself). `rtc`'s
-/// `Interceptor` must be `Send + Sync`, hence the mutex; only the shard's thread ever
-/// takes it, so it is never contended.
-#[derive(Clone)]
-pub struct SharedChain(Arc<Mutex<Box<dyn Interceptor>>>);
+/// An interceptor shared between `rtc` (which holds this handle in its chain) and the shard
+/// (which feeds it the packets it opened itself, [`ReceiveSide::feed`]). `rtc`'s `Interceptor`
+/// must be `Send + Sync`, hence the mutex; only the shard's thread ever takes it, so it is
+/// never contended.
+pub struct Shared<I>(Arc<Mutex<I>>);
 
-impl SharedChain {
-    pub fn new(chain: impl Interceptor + 'static) -> Self {
-        Self(Arc::new(Mutex::new(Box::new(chain))))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Box<dyn Interceptor>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs a packet the shard opened through the chain, as `rtc` would have: `out` gets
-    /// what comes out (the packet itself, or nothing if an interceptor kept it). Returns
-    /// the chain's deadline after it (a gap may want a NACK at once, the first packet
-    /// after a quiet spell wants feedback).
-    pub fn feed(
-        &self,
-        now: Instant,
-        transport: TransportContext,
-        packet: Packet,
-        out: &mut Vec<Packet>,
-    ) -> Option<Instant> {
-        let mut chain = self.lock();
-        let fed = TaggedPacket {
-            now,
-            transport,
-            message: AttributedPacket::new(Attributed::Rtp(packet)),
-        };
-        if let Err(e) = chain.handle_read(fed) {
-            tracing::trace!("own inbound: interceptor refused a packet: {e}");
-        }
-        while let Some(read) = chain.poll_read() {
-            if let Attributed::Rtp(packet) = read.message.packet {
-                out.push(packet);
-            }
-        }
-        chain.poll_timeout()
+impl<I> Clone for Shared<I> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
     }
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for SharedChain {
+impl<I: Interceptor> Shared<I> {
+    pub fn new(interceptor: I) -> Self {
+        Self(Arc::new(Mutex::new(interceptor)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, I> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One packet through the interceptor as `rtc`'s chain passes it: what comes out
+    /// (`None` if the interceptor kept it).
+    fn pass(&self, msg: TaggedPacket) -> Option<TaggedPacket> {
+        let mut interceptor = self.lock();
+        if let Err(e) = interceptor.handle_read(msg) {
+            tracing::trace!("own inbound: interceptor refused a packet: {e}");
+        }
+        interceptor.poll_read()
+    }
+}
+
+impl<I: Interceptor> Protocol<TaggedPacket, TaggedPacket, ()> for Shared<I> {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -122,7 +116,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for SharedChain {
     }
 }
 
-impl Interceptor for SharedChain {
+impl<I: Interceptor> Interceptor for Shared<I> {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
         self.lock().bind_local_stream(info);
     }
@@ -137,6 +131,78 @@ impl Interceptor for SharedChain {
 
     fn unbind_remote_stream(&mut self, info: &StreamInfo) {
         self.lock().unbind_remote_stream(info);
+    }
+}
+
+/// A publisher connection's receive interceptors, each shared between `rtc`'s chain (at the
+/// slot it always had, [`registry`](Self::registry)) and the shard ([`feed`](Self::feed)).
+#[derive(Clone)]
+pub struct ReceiveSide {
+    layer_rtx: Shared<LayerRtxInterceptor>,
+    nack: Shared<NackGenerator>,
+    twcc: Shared<QuietTwccReceiver>,
+    reports: Shared<QuietReceiverReport>,
+}
+
+impl ReceiveSide {
+    pub fn new(
+        layer_rtx: LayerRtxInterceptor,
+        nack: NackGenerator,
+        twcc: QuietTwccReceiver,
+        reports: QuietReceiverReport,
+    ) -> Self {
+        Self {
+            layer_rtx: Shared::new(layer_rtx),
+            nack: Shared::new(nack),
+            twcc: Shared::new(twcc),
+            reports: Shared::new(reports),
+        }
+    }
+
+    /// `registry` with the receive interceptors at their slots.
+    pub fn registry(&self, registry: Registry) -> Registry {
+        registry
+            .with(Slot::from(LAYER_RTX_SLOT), self.layer_rtx.clone())
+            .with(Slot::NackGenerator, self.nack.clone())
+            .with(Slot::TwccReceiver, self.twcc.clone())
+            .with(Slot::ReceiverReport, self.reports.clone())
+    }
+
+    /// Runs a packet the shard opened through the receive interceptors in the order of
+    /// `rtc`'s read walk (wire-most first: layer RTX, NACK generator, TWCC, receiver
+    /// reports); `out` gets what comes out. Returns their earliest deadline after it (a gap
+    /// may want a NACK at once, the first packet after a quiet spell wants feedback).
+    pub fn feed(
+        &self,
+        now: Instant,
+        transport: TransportContext,
+        mut packet: Packet,
+        out: &mut Vec<Packet>,
+    ) -> Option<Instant> {
+        self.layer_rtx.lock().observe(&mut packet);
+        let mut nack = self.nack.lock();
+        nack.observe(now, &packet);
+        let nack_due = nack.poll_timeout();
+        drop(nack);
+        let msg = TaggedPacket {
+            now,
+            transport,
+            message: AttributedPacket::new(Attributed::Rtp(packet)),
+        };
+        let passed = self.twcc.pass(msg).and_then(|msg| self.reports.pass(msg));
+        if let Some(TaggedPacket { message, .. }) = passed
+            && let Attributed::Rtp(packet) = message.packet
+        {
+            out.push(packet);
+        }
+        [
+            nack_due,
+            self.twcc.lock().poll_timeout(),
+            self.reports.lock().poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -286,71 +352,80 @@ mod tests {
         assert_eq!(ssrc_of(&datagram[..11]), None);
     }
 
-    /// An interceptor that keeps every other packet and wants a timeout after each it keeps.
-    #[derive(Default)]
-    struct KeepOdd {
-        queue: std::collections::VecDeque<TaggedPacket>,
-        due: Option<Instant>,
+    /// The receive side of a publisher connection whose one stream carries the
+    /// transport-wide sequence number (`TWCC_ID`).
+    fn receive_side() -> (ReceiveSide, Registry) {
+        let stats = crate::sfu::stats::StatsPair {
+            meeting: Default::default(),
+            shard: Default::default(),
+        };
+        let side = ReceiveSide::new(
+            LayerRtxInterceptor::new(Default::default(), stats.clone()),
+            NackGenerator::new(Default::default(), stats),
+            QuietTwccReceiver::new(),
+            QuietReceiverReport::new(),
+        );
+        let registry = side.registry(Registry::new());
+        (side, registry)
     }
 
-    impl Protocol<TaggedPacket, TaggedPacket, ()> for KeepOdd {
-        type Rout = TaggedPacket;
-        type Wout = TaggedPacket;
-        type Eout = ();
-        type Error = Error;
-        type Time = Instant;
-        fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
-            if let Attributed::Rtp(p) = &msg.message.packet
-                && p.header.sequence_number % 2 == 1
-            {
-                self.due = Some(msg.now);
-                return Ok(());
-            }
-            self.queue.push_back(msg);
-            Ok(())
-        }
-        fn poll_read(&mut self) -> Option<TaggedPacket> {
-            self.queue.pop_front()
-        }
-        fn handle_write(&mut self, _msg: TaggedPacket) -> Result<(), Error> {
-            Ok(())
-        }
-        fn poll_write(&mut self) -> Option<TaggedPacket> {
-            None
-        }
-        fn handle_timeout(&mut self, _now: Instant) -> Result<(), Error> {
-            self.due = None;
-            Ok(())
-        }
-        fn poll_timeout(&mut self) -> Option<Instant> {
-            self.due
-        }
-    }
+    const TWCC_ID: u8 = 5;
 
-    impl Interceptor for KeepOdd {
-        fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-        fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-        fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-        fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn with_twcc(seq: u16) -> Packet {
+        let mut p = packet(0xABCD, seq, b"opus frame");
+        p.header.extension = true;
+        p.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+        p.header.extensions = vec![rtc::rtp::header::Extension {
+            id: TWCC_ID,
+            payload: bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
+        }];
+        p
     }
 
     #[test]
-    fn the_shared_chain_gives_the_shard_what_comes_out_and_its_new_deadline() {
-        let chain = SharedChain::new(
-            Registry::new()
-                .with(rtc::interceptor::Slot::NackGenerator, KeepOdd::default())
-                .build(),
-        );
+    fn the_receive_side_hands_back_each_packet_and_wakes_rtc_for_its_feedback() {
+        let (side, registry) = receive_side();
+        let mut chain = registry.build();
+        chain.bind_remote_stream(&StreamInfo {
+            ssrc: 0xABCD,
+            clock_rate: 48_000,
+            rtp_header_extensions: vec![rtc::interceptor::RTPHeaderExtension {
+                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                id: u16::from(TWCC_ID),
+            }],
+            ..Default::default()
+        });
+        assert_eq!(chain.poll_timeout(), None, "quiet before any packet");
         let now = Instant::now();
         let mut out = Vec::new();
-        let due = chain.feed(now, TransportContext::default(), packet(1, 2, b"a"), &mut out);
-        assert_eq!((out.len(), due), (1, None));
-        let due = chain.feed(now, TransportContext::default(), packet(1, 3, b"b"), &mut out);
-        assert_eq!((out.len(), due), (1, Some(now)), "kept, and it wants its timeout");
-        // `rtc`'s side of the same chain sees the same state.
-        let mut rtc_side = chain.clone();
-        assert_eq!(rtc_side.poll_timeout(), Some(now));
-        rtc_side.handle_timeout(now).expect("timeout");
-        assert_eq!(chain.clone().poll_timeout(), None);
+        let mut due = None;
+        for seq in 1..=3 {
+            due = side.feed(now, TransportContext::default(), with_twcc(seq), &mut out);
+        }
+        assert_eq!(
+            out.iter().map(|p| p.header.sequence_number).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        let due = due.expect("feedback and a report are due");
+        // `rtc`'s chain holds the same interceptors: the deadline is the one it polls, and
+        // the feedback it writes when it fires acknowledges what the shard fed.
+        assert_eq!(chain.poll_timeout(), Some(due));
+        let later = now + std::time::Duration::from_secs(1);
+        chain.handle_timeout(later).expect("timeout");
+        let mut acked = Vec::new();
+        while let Some(msg) = chain.poll_write() {
+            if let Attributed::Rtcp(packets) = &msg.message.packet {
+                for p in packets {
+                    if let Some(feedback) = crate::sfu::rtcp::as_twcc(p.as_ref()) {
+                        acked.extend(
+                            crate::sfu::bwe::acks_of(feedback)
+                                .filter(|a| a.arrival.is_some())
+                                .map(|a| a.seq),
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(acked, [1, 2, 3]);
     }
 }

@@ -446,7 +446,7 @@ impl Peers {
     /// [`fast`](Self::take_fast). Returns whether the datagram was taken (opened, or
     /// refused as `rtc` would refuse it: counted as dropped). Anything else is `rtc`'s.
     fn open_own(&mut self, id: ConnId, now: Instant, path: Path, data: &[u8]) -> bool {
-        let local_addr = self.local_addr(path);
+        let transport = self.transport(path);
         let Self {
             conns,
             timers,
@@ -475,15 +475,6 @@ impl Peers {
                 tracing::trace!(shard = *shard, conn = id, "own inbound: {e}");
                 return true;
             }
-        };
-        let transport = TransportContext {
-            local_addr,
-            peer_addr: path.addr(),
-            ecn: None,
-            transport_protocol: match path {
-                Path::Udp(_) => TransportProtocol::UDP,
-                Path::Tcp(_) => TransportProtocol::TCP,
-            },
         };
         Counters::add(&counters.opened_packets, 1);
         fast.clear();
@@ -626,19 +617,24 @@ impl Peers {
         }
     }
 
+    /// What `rtc` (and the interceptors) are told a datagram from `path` came over.
+    fn transport(&self, path: Path) -> TransportContext {
+        TransportContext {
+            local_addr: self.local_addr(path),
+            peer_addr: path.addr(),
+            ecn: None,
+            transport_protocol: match path {
+                Path::Udp(_) => TransportProtocol::UDP,
+                Path::Tcp(_) => TransportProtocol::TCP,
+            },
+        }
+    }
+
     /// Hands one datagram (or TCP frame) from `from` to a connection.
     fn feed(&mut self, id: ConnId, now: Instant, from: Path, data: BytesMut) -> Option<Result<(), String>> {
         let msg = TaggedBytesMut {
             now,
-            transport: TransportContext {
-                local_addr: self.local_addr(from),
-                peer_addr: from.addr(),
-                ecn: None,
-                transport_protocol: match from {
-                    Path::Udp(_) => TransportProtocol::UDP,
-                    Path::Tcp(_) => TransportProtocol::TCP,
-                },
-            },
+            transport: self.transport(from),
             message: data,
         };
         self.guard(id, "handle_read", |pc| pc.handle_read(msg).map_err(|e| e.to_string()))

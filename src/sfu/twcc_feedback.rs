@@ -17,26 +17,17 @@
 
 use std::time::Instant;
 
-use rtc::interceptor::{
-    Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder, TwccReceiverInterceptor,
-};
+use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket, TwccReceiverBuilder, TwccReceiverInterceptor};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind};
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-/// What `rtc`'s `configure_twcc_receiver_only` does (negotiate `transport-cc` feedback and
-/// the transport-wide sequence number extension for audio and video), with
-/// [`QuietTwccReceiver`] in the TWCC receiver's slot.
-pub fn configure(registry: Registry, media_engine: &mut MediaEngine) -> Result<Registry, Error> {
-    negotiate(media_engine)?;
-    Ok(registry.with(Slot::TwccReceiver, QuietTwccReceiver::new()))
-}
-
-/// The negotiation half of [`configure`] alone: `transport-cc` feedback and the
-/// transport-wide sequence number extension for audio and video, with no receiver in the
-/// chain. For a connection that receives no media (a subscriber's: the feedback flows
-/// toward us, and congestion control reads it from the RTCP tap).
+/// What `rtc`'s `configure_twcc_receiver_only` negotiates: `transport-cc` feedback and the
+/// transport-wide sequence number extension for audio and video. The receiver itself
+/// ([`QuietTwccReceiver`]) is put in a publisher connection's chain by `own_inbound`'s
+/// `ReceiveSide`; a connection that receives no media (a subscriber's: the feedback flows
+/// toward us, and congestion control reads it from the RTCP tap) has none.
 pub fn negotiate(media_engine: &mut MediaEngine) -> Result<(), Error> {
     for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
         media_engine.register_feedback(
