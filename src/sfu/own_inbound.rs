@@ -21,7 +21,7 @@
 //! - A stream (SSRC) is taken over once `rtc` has delivered one of its packets to a track:
 //!   `rtc` binds new streams (simulcast layers by their RID, RTX flows), the shard follows.
 //!   From then on its packets from the nominated path are opened by the shard, fed to the
-//!   chain, and what comes out is forwarded. RTX flows (whose packets `rtc` turns back into
+//!   receive interceptors, and what comes out is forwarded. RTX flows (whose packets `rtc` turns back into
 //!   the primary's) and every RTCP packet stay with `rtc`. Each SSRC is decrypted by one
 //!   context at a time, the shard's from its first packet after the takeover on, so the
 //!   rollover counter is found afresh within the first 2^15 packets (a few minutes of
@@ -70,13 +70,13 @@ impl<I: Interceptor> Shared<I> {
     }
 
     /// One packet through the interceptor as `rtc`'s chain passes it: what comes out
-    /// (`None` if the interceptor kept it).
-    fn pass(&self, msg: TaggedPacket) -> Option<TaggedPacket> {
+    /// (`None` if the interceptor kept it), and the interceptor's deadline after it (one lock).
+    fn pass(&self, msg: TaggedPacket) -> (Option<TaggedPacket>, Option<Instant>) {
         let mut interceptor = self.lock();
         if let Err(e) = interceptor.handle_read(msg) {
             tracing::trace!("own inbound: interceptor refused a packet: {e}");
         }
-        interceptor.poll_read()
+        (interceptor.poll_read(), interceptor.poll_timeout())
     }
 }
 
@@ -189,20 +189,17 @@ impl ReceiveSide {
             transport,
             message: AttributedPacket::new(Attributed::Rtp(packet)),
         };
-        let passed = self.twcc.pass(msg).and_then(|msg| self.reports.pass(msg));
+        let (passed, twcc_due) = self.twcc.pass(msg);
+        let (passed, reports_due) = match passed {
+            Some(msg) => self.reports.pass(msg),
+            None => (None, self.reports.lock().poll_timeout()),
+        };
         if let Some(TaggedPacket { message, .. }) = passed
             && let Attributed::Rtp(packet) = message.packet
         {
             out.push(packet);
         }
-        [
-            nack_due,
-            self.twcc.lock().poll_timeout(),
-            self.reports.lock().poll_timeout(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [nack_due, twcc_due, reports_due].into_iter().flatten().min()
     }
 }
 
