@@ -7,6 +7,10 @@
 # flock /tmp/heavy.lock.
 # Before/after: BINS="/path/to/before/gatehouse /path/to/after/gatehouse" runs each shape with each
 # binary in turn (summaries in $OUT-<n>/runs/summary.jsonl, n = the binary's place in BINS, 1 up).
+# TOGETHER=1 with BINS: the binaries' runs of a shape go at the same time (each gateway on CPU 0
+# with its own ports, each load tester on CPU 1), so that both see the same moment of the
+# machine: their ratio is then a fair before/after even when the machine drifts from run to run
+# (absolute figures are a little higher than alone: the two share the cores' caches).
 # EXTRA: more load-tester arguments for every run (e.g. EXTRA=--precise-sends).
 set -u
 REPS=${1:-1}; ENGINES=${2:-lean}; shift $(( $# < 2 ? $# : 2 ))
@@ -41,8 +45,14 @@ for rep in $(seq "$REPS"); do
       n=0
       for bin in $BINS; do
         n=$((n + 1))
-        BIN=$bin OUT=$OUT-$n "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args ${EXTRA:-}
+        if [ -n "${TOGETHER:-}" ]; then
+          BIN=$bin OUT=$OUT-$n PORT=$((8443 + 100 * n)) MEDIA_PORT=$((7882 + 100 * n)) \
+            "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args ${EXTRA:-} &
+        else
+          BIN=$bin OUT=$OUT-$n "$HERE/run.sh" "$name-$engine-$rep" -- --engine "$engine" $args ${EXTRA:-}
+        fi
       done
+      wait
     done
   done
 done

@@ -3,20 +3,22 @@
 # usage: run.sh NAME -- loadtest args...
 # Fresh gateway (release, CPU 0, 1 media shard) per run; load tester on CPU 1. Environment:
 # SHARDS (the gateway's --media-shards, default 1), GW_CPUS and LT_CPUS (taskset CPU lists of
-# the gateway and the load tester, default 0 and 1), SPLIT_AT (--media-split-at, when set).
+# the gateway and the load tester, default 0 and 1), SPLIT_AT (--media-split-at, when set),
+# PORT and MEDIA_PORT (the gateway's HTTPS and first media port, default 8443 and 7882: two
+# runs at once need their own, see ab.sh).
 set -u
 NAME=$1; shift; [ "$1" = "--" ] && shift
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${BIN:-$HERE/../../target/release/gatehouse}
 OUT=${OUT:-/tmp/ghb}
 D=$OUT/data; R=$OUT/runs; mkdir -p $D $R
-SHARDS=${SHARDS:-1}; GW_CPUS=${GW_CPUS:-0}; LT_CPUS=${LT_CPUS:-1}
+SHARDS=${SHARDS:-1}; GW_CPUS=${GW_CPUS:-0}; LT_CPUS=${LT_CPUS:-1}; PORT=${PORT:-8443}; MEDIA_PORT=${MEDIA_PORT:-7882}
 # Every load-tester participant connects from 127.0.0.1: lift the per-address connection limit.
-GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 taskset -c $GW_CPUS $BIN serve --data-dir $D --listen 127.0.0.1:8443 --media-bind 127.0.0.1:7882 --media-shards $SHARDS ${SPLIT_AT:+--media-split-at $SPLIT_AT} > $R/$NAME.server.log 2>&1 &
+GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 taskset -c $GW_CPUS $BIN serve --data-dir $D --listen 127.0.0.1:$PORT --media-bind 127.0.0.1:$MEDIA_PORT --media-shards $SHARDS ${SPLIT_AT:+--media-split-at $SPLIT_AT} > $R/$NAME.server.log 2>&1 &
 SP=$!
-for i in $(seq 50); do curl -sk https://127.0.0.1:8443/metrics >/dev/null 2>&1 && break; sleep 0.2; done
+for i in $(seq 50); do curl -sk https://127.0.0.1:$PORT/metrics >/dev/null 2>&1 && break; sleep 0.2; done
 IDLE_RSS=$(awk '/VmRSS/{print $2}' /proc/$SP/status)
-taskset -c $LT_CPUS /usr/bin/time -f "%U %S %e %M" -o $R/$NAME.time $BIN loadtest --data-dir $D --url https://localhost:8443 --json "$@" > $R/$NAME.json 2> $R/$NAME.err &
+taskset -c $LT_CPUS /usr/bin/time -f "%U %S %e %M" -o $R/$NAME.time $BIN loadtest --data-dir $D --url https://localhost:$PORT --json "$@" > $R/$NAME.json 2> $R/$NAME.err &
 LP=$!
 sleep 0.3
 CP=$(pgrep -P $LP | head -1); [ -z "$CP" ] && CP=$LP
@@ -24,7 +26,7 @@ $HERE/sample.sh $SP $CP $R/$NAME.samples &
 wait $LP; RC=$?
 sleep 1
 # The gateway's forwarding and relay counters at the end (relayed: packets handed to another shard).
-curl -sk https://127.0.0.1:8443/metrics | grep -E '^gatehouse_sfu_(forwarded_packets|dropped_packets|relayed_packets|relay_drops)_total' > $R/$NAME.metrics
+curl -sk https://127.0.0.1:$PORT/metrics | grep -E '^gatehouse_sfu_(forwarded_packets|dropped_packets|relayed_packets|relay_drops)_total' > $R/$NAME.metrics
 echo "idle_rss_kb $IDLE_RSS rc $RC" > $R/$NAME.meta
 grep -c 'WARN' $R/$NAME.server.log >> $R/$NAME.meta
 grep -c 'ERROR' $R/$NAME.server.log >> $R/$NAME.meta

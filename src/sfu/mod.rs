@@ -68,6 +68,7 @@ pub mod rtcp;
 pub mod sender_reports;
 mod shard;
 pub mod speaker;
+pub mod srtp_gcm;
 pub mod srtp_keys;
 pub mod stats;
 mod tcp;

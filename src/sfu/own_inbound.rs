@@ -20,12 +20,12 @@
 //!   [`OwnInbound`] context opens SRTP packets with the remote key.
 //! - A stream (SSRC) is taken over once `rtc` has delivered one of its packets to a track:
 //!   `rtc` binds new streams (simulcast layers by their RID, RTX flows), the shard follows.
-//!   From then on its packets from the nominated path are opened by the shard, fed to the
+//!   From then on its packets (from any path routed to the connection, once it has nominated
+//!   one) are opened by the shard, fed to the
 //!   receive interceptors, and what comes out is forwarded. RTX flows (whose packets `rtc` turns back into
 //!   the primary's) and every RTCP packet stay with `rtc`. Each SSRC is decrypted by one
-//!   context at a time, the shard's from its first packet after the takeover on, so the
-//!   rollover counter is found afresh within the first 2^15 packets (a few minutes of
-//!   video), as for any new stream.
+//!   context at a time, the shard's from its first packet after the takeover on (for
+//!   AES-GCM carrying the packet index on from the packet `rtc` delivered, `srtp_gcm`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -41,6 +41,7 @@ use rtc::srtp::context::Context;
 use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor};
 use super::nack::NackGenerator;
 use super::quiet_reports::QuietReceiverReport;
+use super::srtp_gcm::{self, Opener};
 use super::srtp_keys::SrtpKeys;
 use super::twcc_feedback::QuietTwccReceiver;
 
@@ -206,36 +207,68 @@ impl ReceiveSide {
 /// A publisher connection's own receiving side: its SRTP context (the remote key) and the
 /// streams taken over.
 pub struct OwnInbound {
-    context: Context,
-    streams: Vec<u32>,
+    open: Open,
+}
+
+/// What decrypts: the GCM profiles in place (`srtp_gcm`, which also keeps the streams), the
+/// others with `rtc-srtp`.
+enum Open {
+    Gcm(Opener),
+    Rtc { context: Context, streams: Vec<u32> },
 }
 
 impl OwnInbound {
     /// The receiving side of a connection with these keys (`None` if the built-in provider
     /// refuses them, which it does not for any profile `rtc` negotiates).
     pub fn new(keys: &SrtpKeys) -> Option<Self> {
-        Some(Self {
-            context: keys.remote_context().ok()?,
-            streams: Vec::new(),
-        })
+        let open = if srtp_gcm::handles(keys.profile) {
+            Open::Gcm(Opener::new(keys.profile, &keys.remote)?)
+        } else {
+            Open::Rtc {
+                context: keys.remote_context().ok()?,
+                streams: Vec::new(),
+            }
+        };
+        Some(Self { open })
     }
 
     /// Whether the shard opens this stream's packets.
     pub fn has(&self, ssrc: u32) -> bool {
-        self.streams.contains(&ssrc)
+        match &self.open {
+            Open::Gcm(opener) => opener.has(ssrc),
+            Open::Rtc { streams, .. } => streams.contains(&ssrc),
+        }
     }
 
-    /// `rtc` delivered a packet of `ssrc` to a track: its next packets are the shard's.
-    pub fn take_over(&mut self, ssrc: u32) {
-        if !self.has(ssrc) && self.streams.len() < MAX_STREAMS {
-            self.streams.push(ssrc);
+    fn taken(&self) -> usize {
+        match &self.open {
+            Open::Gcm(opener) => opener.taken(),
+            Open::Rtc { streams, .. } => streams.len(),
+        }
+    }
+
+    /// `rtc` delivered packet `seq` of `ssrc` to a track: its next packets are the shard's.
+    /// (`rtc-srtp`'s context, for the AES-CM profiles, finds the stream's rollover counter
+    /// afresh; `srtp_gcm` carries on from `seq`.)
+    pub fn take_over(&mut self, ssrc: u32, seq: u16) {
+        if self.has(ssrc) || self.taken() >= MAX_STREAMS {
+            return;
+        }
+        match &mut self.open {
+            Open::Gcm(opener) => opener.take(ssrc, seq),
+            Open::Rtc { streams, .. } => streams.push(ssrc),
         }
     }
 
     /// Opens an SRTP packet (authenticates, checks for replay, decrypts) and parses it.
-    pub fn open(&mut self, datagram: &[u8]) -> Result<Packet, Error> {
-        let plain = self.context.decrypt_rtp(datagram)?;
-        Packet::unmarshal(&mut plain.freeze())
+    pub fn open(&mut self, datagram: &[u8]) -> Result<Packet, Box<dyn std::error::Error>> {
+        match &mut self.open {
+            Open::Gcm(opener) => Ok(opener.open(datagram)?),
+            Open::Rtc { context, .. } => {
+                let plain = context.decrypt_rtp(datagram)?;
+                Ok(Packet::unmarshal(&mut plain.freeze())?)
+            }
+        }
     }
 }
 
@@ -299,6 +332,7 @@ mod tests {
             let keys = keys(profile);
             let mut peer = peer_context(&keys);
             let mut own = OwnInbound::new(&keys).expect("keys taken");
+            own.take_over(0xABCD, 6);
             for seq in [7u16, 8, 10, 9] {
                 let sent = packet(0xABCD, seq, b"opus frame");
                 let datagram = peer.encrypt_rtp(&sent.marshal().expect("marshal")).expect("encrypt");
@@ -324,7 +358,9 @@ mod tests {
             let datagram = peer
                 .encrypt_rtp(&packet(0xABCD, 12, b"x").marshal().expect("marshal"))
                 .expect("encrypt");
-            assert!(OwnInbound::new(&swapped).expect("keys").open(&datagram).is_err());
+            let mut wrong = OwnInbound::new(&swapped).expect("keys");
+            wrong.take_over(0xABCD, 11);
+            assert!(wrong.open(&datagram).is_err());
         }
     }
 
@@ -332,13 +368,13 @@ mod tests {
     fn streams_are_taken_over_once_each_and_no_more_than_the_limit() {
         let mut own = OwnInbound::new(&keys(ProtectionProfile::AeadAes128Gcm)).expect("keys");
         assert!(!own.has(5));
-        own.take_over(5);
-        own.take_over(5);
+        own.take_over(5, 0);
+        own.take_over(5, 0);
         assert!(own.has(5));
         for ssrc in 100..200 {
-            own.take_over(ssrc);
+            own.take_over(ssrc, 0);
         }
-        assert_eq!(own.streams.len(), MAX_STREAMS);
+        assert_eq!(own.taken(), MAX_STREAMS);
         assert!(own.has(100) && !own.has(199));
     }
 

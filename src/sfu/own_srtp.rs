@@ -5,7 +5,8 @@
 //! its first forwarded copy on, the connection's media is marshalled into a buffer kept for
 //! it, encrypted by an SRTP context of our own and queued for the socket, and the
 //! connection's [`SenderReports`] count it, since `rtc`'s sender-report interceptor never
-//! sees it. Everything else the connection sends (RTX, which is another SSRC, and every
+//! sees it. The GCM profiles are sealed in place (`srtp_gcm`), the others by `rtc-srtp`'s
+//! context. Everything else the connection sends (RTX, which is another SSRC, and every
 //! RTCP packet, which `rtc` numbers and encrypts with its own SRTCP index) still goes
 //! through `rtc`; no SSRC is ever encrypted by both, so no SRTP index is used twice.
 
@@ -15,36 +16,56 @@ use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::context::Context;
 
 use super::sender_reports::SenderReports;
+use super::srtp_gcm::{self, Sealer};
 use super::srtp_keys::SrtpKeys;
 
 /// One connection's own sending side.
 pub struct OwnSrtp {
-    context: Context,
-    /// The packet marshalled before it is encrypted (grown once to the largest packet).
-    plain: Vec<u8>,
+    seal: Seal,
     pub reports: SenderReports,
+}
+
+/// What encrypts: the GCM profiles in place (`srtp_gcm`), the others with `rtc-srtp`.
+enum Seal {
+    Gcm(Sealer),
+    Rtc {
+        context: Context,
+        /// The packet marshalled before it is encrypted (grown once to the largest packet).
+        plain: Vec<u8>,
+    },
 }
 
 impl OwnSrtp {
     /// The sending side of a connection with these keys (`None` if the built-in provider
     /// refuses them, which it does not for any profile `rtc` negotiates).
     pub fn new(keys: &SrtpKeys) -> Option<Self> {
-        let context = keys.local_context().ok()?;
+        let seal = if srtp_gcm::handles(keys.profile) {
+            Seal::Gcm(Sealer::new(keys.profile, &keys.local)?)
+        } else {
+            Seal::Rtc {
+                context: keys.local_context().ok()?,
+                plain: Vec::new(),
+            }
+        };
         Some(Self {
-            context,
-            plain: Vec::new(),
+            seal,
             reports: SenderReports::default(),
         })
     }
 
     /// `packet` as an SRTP datagram, ready for the socket.
-    pub fn protect(&mut self, packet: &Packet) -> Result<BytesMut, rtc::shared::error::Error> {
-        let size = packet.marshal_size();
-        if self.plain.len() < size {
-            self.plain.resize(size, 0);
+    pub fn protect(&mut self, packet: &Packet) -> Result<BytesMut, Box<dyn std::error::Error>> {
+        match &mut self.seal {
+            Seal::Gcm(sealer) => Ok(sealer.seal(packet)?),
+            Seal::Rtc { context, plain } => {
+                let size = packet.marshal_size();
+                if plain.len() < size {
+                    plain.resize(size, 0);
+                }
+                let n = packet.marshal_to(&mut plain[..size])?;
+                Ok(context.encrypt_rtp_with_header(&plain[..n], &packet.header)?)
+            }
         }
-        let n = packet.marshal_to(&mut self.plain[..size])?;
-        self.context.encrypt_rtp_with_header(&self.plain[..n], &packet.header)
     }
 }
 

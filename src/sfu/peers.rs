@@ -441,7 +441,9 @@ impl Peers {
     }
 
     /// [`take_in`](Self::take_in)'s own way for a publisher's media (`own_inbound`): an RTP
-    /// datagram from the nominated path of a stream taken over is opened here and run
+    /// datagram of a stream taken over, from any path routed to a connection that has
+    /// nominated one (as `rtc` reads media from any address once it has selected a pair: an
+    /// address change's first packets come before its nomination), is opened here and run
     /// through the connection's receive interceptors; what comes out is left in
     /// [`fast`](Self::take_fast). Returns whether the datagram was taken (opened, or
     /// refused as `rtc` would refuse it: counted as dropped). Anything else is `rtc`'s.
@@ -462,7 +464,7 @@ impl Peers {
         let (Some(inbound), Some(chain)) = (conn.inbound.as_mut(), conn.hosted.as_ref()) else {
             return false;
         };
-        if conn.nominated != Some(path)
+        if conn.nominated.is_none()
             || !demux::is_rtp(data)
             || !super::own_inbound::ssrc_of(data).is_some_and(|ssrc| inbound.has(ssrc))
         {
@@ -502,10 +504,10 @@ impl Peers {
         }
     }
 
-    /// `rtc` delivered a packet of `ssrc` to a track of publisher connection `id`: from now
-    /// on the shard opens that stream's packets itself (`own_inbound`), once the
+    /// `rtc` delivered packet `seq` of `ssrc` to a track of publisher connection `id`: from
+    /// now on the shard opens that stream's packets itself (`own_inbound`), once the
     /// connection's keys are known.
-    pub fn take_over(&mut self, id: ConnId, ssrc: u32) {
+    pub fn take_over(&mut self, id: ConnId, ssrc: u32, seq: u16) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -529,7 +531,7 @@ impl Peers {
             }
         }
         if let Some(inbound) = conn.inbound.as_mut() {
-            inbound.take_over(ssrc);
+            inbound.take_over(ssrc, seq);
         }
     }
 

@@ -565,7 +565,8 @@ impl Shard {
         match message {
             RTCMessage::RtpPacket(_, packet) => {
                 // `rtc` found the stream's track: its next packets are opened by the shard.
-                self.peers.take_over(id, packet.header.ssrc);
+                self.peers
+                    .take_over(id, packet.header.ssrc, packet.header.sequence_number);
                 self.forward_rtp(id, packet, now);
             }
             RTCMessage::RtcpPacket(_, packets) => {
