@@ -416,6 +416,13 @@ impl SfuCollector {
                 ),
                 |s| s.opened_packets,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_twcc_feedback_received_total",
+                    "Transport-wide congestion control feedback packets received from subscribers",
+                ),
+                |s| s.twcc_feedback_received,
+            ),
         ];
         Self {
             sfu,

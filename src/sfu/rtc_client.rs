@@ -15,10 +15,12 @@ use rtc::crypto::RTCCryptoProvider;
 use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::configure_twcc;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -101,16 +103,34 @@ pub fn client_with_crypto(
     build(addr, extensions, false, Some(provider))
 }
 
-/// [`client`] that also hears keyframe requests: VP8 offers `nack pli`, and the gateway's PLIs
-/// and FIRs reach the application (`poll_read` yields them as `RtcpPacket`), as a publishing
-/// browser answers them with a keyframe. And it sends receiver reports for the streams it
-/// receives, once a second, as a browser does: without them the gateway's connection quality
-/// judges a subscriber `lost` (the lean load tester's connections).
-pub fn client_hearing_keyframe_requests(
-    addr: SocketAddr,
-    extensions: &[(&str, RtpCodecKind)],
-) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
-    build(addr, extensions, true, None)
+/// [`client`] that behaves toward the gateway as a browser does (the lean load tester's
+/// connections): VP8 offers `nack pli`, and the gateway's PLIs and FIRs reach the application
+/// (`poll_read` yields them as `RtcpPacket`), as a publishing browser answers them with a
+/// keyframe; it sends receiver reports for the streams it receives, once a second (without
+/// them the gateway's connection quality judges a subscriber `lost`); it negotiates
+/// transport-wide congestion control both ways, stamping the transport-wide sequence number
+/// on every packet it sends and acknowledging what it receives in TWCC feedback every 100 ms,
+/// and the audio level extension (`AUDIO_LEVEL_URI`; the caller stamps it, see
+/// [`extension_id`]).
+pub fn browser_like(addr: SocketAddr) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    build(
+        addr,
+        &[(rtc::sdp::extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio)],
+        true,
+        None,
+    )
+}
+
+/// The id a sender negotiated for the header extension `uri`, if it did.
+pub fn extension_id(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, uri: &str) -> Option<u8> {
+    let mut sender = pc.rtp_sender(sender)?;
+    let parameters = sender.get_parameters();
+    parameters
+        .rtp_parameters
+        .header_extensions
+        .iter()
+        .find(|e| e.uri == uri)
+        .and_then(|e| u8::try_from(e.id).ok())
 }
 
 fn build(
@@ -137,9 +157,7 @@ fn build(
             None,
         )?;
     }
-    let mut builder = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media_engine);
+    let mut builder = RTCPeerConnectionBuilder::new().with_configuration(RTCConfigurationBuilder::new().build());
     if let Some(provider) = provider {
         builder = builder.with_setting_engine(SettingEngineBuilder::new().with_crypto_provider(provider).build());
     }
@@ -149,12 +167,12 @@ fn build(
             meeting: Default::default(),
             shard: Default::default(),
         };
-        builder = builder.with_interceptor_registry(
-            Registry::new()
-                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-                .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats)),
-        );
+        let registry = Registry::new()
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(stats));
+        builder = builder.with_interceptor_registry(configure_twcc(registry, &mut media_engine)?);
     }
+    let builder = builder.with_media_engine(media_engine);
     let mut pc = builder.build(Instant::now())?;
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {

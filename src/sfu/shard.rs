@@ -589,6 +589,7 @@ impl Shard {
                         hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
                     });
                     if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
+                        Counters::add(&self.peers.counters().twcc_feedback_received, 1);
                         hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
                         if hosted.room.probing() && !self.probing.contains(&room_id) {
                             self.probing.push(room_id);

@@ -76,6 +76,9 @@ pub struct Counters {
     /// Publishers' packets opened by the shard itself and fed to the connection's receive
     /// interceptors, past `rtc`'s read pipeline (`own_inbound`). Shard counters only.
     pub opened_packets: AtomicU64,
+    /// Transport-wide congestion control feedback packets received from subscribers (what
+    /// `bwe` estimates their downlinks from). Shard counters only.
+    pub twcc_feedback_received: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -195,6 +198,7 @@ pub struct CountersSnapshot {
     pub relayed_packets: u64,
     pub relay_drops: u64,
     pub opened_packets: u64,
+    pub twcc_feedback_received: u64,
 }
 
 impl Counters {
@@ -244,6 +248,7 @@ impl Counters {
                 relayed_packets: acc.relayed_packets + s.relayed_packets,
                 relay_drops: acc.relay_drops + s.relay_drops,
                 opened_packets: acc.opened_packets + s.opened_packets,
+                twcc_feedback_received: acc.twcc_feedback_received + s.twcc_feedback_received,
             }
         })
     }
@@ -279,6 +284,7 @@ impl Counters {
             relayed_packets: get(&self.relayed_packets),
             relay_drops: get(&self.relay_drops),
             opened_packets: get(&self.opened_packets),
+            twcc_feedback_received: get(&self.twcc_feedback_received),
         }
     }
 }

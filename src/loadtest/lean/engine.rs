@@ -91,6 +91,9 @@ struct Source {
     interval: Duration,
     base_timestamp: u32,
     seq: u16,
+    /// The audio level extension's id, once negotiated (audio only): every packet carries
+    /// it, as a browser's do.
+    level_id: Option<u8>,
 }
 
 /// One `rtc` connection and what the engine knows about it.
@@ -432,7 +435,7 @@ impl Engine {
         let ip = IpAddr::V4(local_ip(self.next_ip));
         self.next_ip += 1;
         let local = SocketAddr::new(ip, self.port);
-        let pc = rtc_client::client_hearing_keyframe_requests(local, &[]).map_err(|e| e.to_string())?;
+        let pc = rtc_client::browser_like(local).map_err(|e| e.to_string())?;
         probe.connection_added();
         let i = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
         let conn = Conn {
@@ -491,6 +494,7 @@ impl Engine {
                 due: now,
                 base_timestamp: rand::random(),
                 seq: rand::random(),
+                level_id: None,
             });
             kinds.push(if video { TrackKind::Video } else { TrackKind::Audio });
         }
@@ -635,6 +639,9 @@ fn set_connected(conn: &mut Conn, connected: bool) {
 fn send_due(conn: &mut Conn, now: Instant) {
     let Some(sent) = conn.sent.clone() else { return };
     for s in &mut conn.sources {
+        if !s.video && s.level_id.is_none() && s.due <= now {
+            s.level_id = rtc_client::extension_id(&mut conn.pc, s.sender, rtc::sdp::extmap::AUDIO_LEVEL_URI);
+        }
         while s.due <= now {
             s.due += s.interval;
             let frame = s.source.next_frame(now_us());
@@ -643,16 +650,21 @@ fn send_due(conn: &mut Conn, now: Instant) {
             for (k, payload) in frame.payloads.into_iter().enumerate() {
                 s.seq = s.seq.wrapping_add(1);
                 let len = payload.len() as u64;
+                let mut header = rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: s.payload_type,
+                    sequence_number: s.seq,
+                    timestamp,
+                    ssrc: s.ssrc,
+                    marker: k == last,
+                    ..Default::default()
+                };
+                if let Some(id) = s.level_id {
+                    // RFC 6464: voice activity and a level of -40 dBov, a talker's.
+                    let _ = header.set_extension(id, Bytes::from_static(&[0x80 | 40]));
+                }
                 let packet = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: s.payload_type,
-                        sequence_number: s.seq,
-                        timestamp,
-                        ssrc: s.ssrc,
-                        marker: k == last,
-                        ..Default::default()
-                    },
+                    header,
                     payload: Bytes::from(payload),
                 };
                 let Some(mut sender) = conn.pc.rtp_sender(s.sender) else {
