@@ -40,6 +40,7 @@ use super::layer_rtx::{LayerRtxInterceptor, SharedSettings};
 use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
 use super::own_inbound::{OwnInbound, ReceiveSide};
+use super::own_rtcp::OwnRtcp;
 use super::own_srtp::OwnSrtp;
 use super::quiet_reports::QuietReceiverReport;
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
@@ -152,6 +153,11 @@ pub struct Conn {
     /// Its own receiving side, from the first stream taken over once its keys are known
     /// (`own_inbound`).
     pub inbound: Option<Box<OwnInbound>>,
+    /// A subscriber connection's RTCP tap's counters, for the RTCP the shard opens itself
+    /// (`own_rtcp`; `None` for a publisher's connection, whose RTCP `rtc` reads).
+    pub rtcp_stats: Option<StatsPair>,
+    /// Its own reading of RTCP, once its keys are known (`own_rtcp`).
+    pub own_rtcp: Option<Box<OwnRtcp>>,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -199,6 +205,8 @@ impl Conn {
             own: None,
             hosted: None,
             inbound: None,
+            rtcp_stats: None,
+            own_rtcp: None,
         }
     }
 }

@@ -37,6 +37,11 @@ pub fn classify(buf: &[u8]) -> Class {
     }
 }
 
+/// Whether a datagram is RTCP (SRTCP once keyed): see [`is_rtp`].
+pub fn is_rtcp(buf: &[u8]) -> bool {
+    classify(buf) == Class::Rtp && buf.get(1).is_some_and(|b| (192..=223).contains(b))
+}
+
 /// Whether a datagram is RTP (SRTP once keyed), not RTCP: RFC 5761 §4 tells them apart by
 /// the second byte, whose RTCP packet types (192 to 223) RTP payload types with the marker
 /// bit set never take. The header is not encrypted, so this holds for SRTP and SRTCP too.

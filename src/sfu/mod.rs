@@ -53,6 +53,7 @@ pub mod layer_rtx;
 pub mod media_room;
 pub mod nack;
 pub mod own_inbound;
+pub mod own_rtcp;
 pub mod own_srtp;
 mod peers;
 pub mod placement;

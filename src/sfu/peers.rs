@@ -74,6 +74,9 @@ pub struct Peers {
     /// interceptors as, and that connection (`open_own`, [`take_fast`](Self::take_fast)).
     fast: Vec<Packet>,
     fast_conn: ConnId,
+    /// The RTCP the last datagram taken by the shard itself was, for the room, and its
+    /// connection (`own_rtcp`).
+    fast_rtcp: Option<(ConnId, super::own_rtcp::Compound)>,
     /// Connections whose events must be drained before the turn ends.
     dirty: Vec<ConnId>,
     /// Connections written to this turn (forwarded packets): sent and re-armed when the
@@ -149,6 +152,7 @@ impl Peers {
             deferred: Deferred::new(TIMER_TICK),
             fast: Vec::new(),
             fast_conn: 0,
+            fast_rtcp: None,
             dirty: Vec::new(),
             written: Vec::new(),
             owed: Vec::new(),
@@ -403,7 +407,7 @@ impl Peers {
         // A publisher's media on a stream taken over: opened by the shard and fed to the
         // connection's receive interceptors, past `rtc`'s read (`own_inbound`); what comes
         // out waits in `fast` for the shard to forward.
-        if self.open_own(id, now, path, &data) {
+        if self.open_own(id, now, path, &data) || self.open_own_rtcp(id, &data) {
             return None;
         }
         // A client's check (rare: a few per connection, then one per consent interval)
@@ -485,6 +489,57 @@ impl Peers {
             timers.arm_by(id, due, now);
         }
         true
+    }
+
+    /// [`take_in`](Self::take_in)'s own way for a subscriber's RTCP (`own_rtcp`): an RTCP
+    /// datagram to a subscriber connection whose keys are known, from any path routed to it
+    /// once it has nominated one, is opened here; what the room wants is left in
+    /// [`take_fast_rtcp`](Self::take_fast_rtcp). Returns whether the datagram was taken
+    /// (opened, or refused as `rtc` would refuse it: counted as dropped).
+    fn open_own_rtcp(&mut self, id: ConnId, data: &[u8]) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        if conn.rtcp_stats.is_none() || conn.nominated.is_none() || !demux::is_rtcp(data) {
+            return false;
+        }
+        if conn.own_rtcp.is_none() {
+            let Some(keys) = conn.keys.as_ref().and_then(|k| k.keys()) else {
+                return false;
+            };
+            conn.own_rtcp = conn
+                .rtcp_stats
+                .clone()
+                .and_then(|stats| super::own_rtcp::OwnRtcp::new(&keys, stats))
+                .map(Box::new);
+            if conn.own_rtcp.is_none() {
+                tracing::warn!(
+                    shard = self.shard,
+                    conn = id,
+                    "own RTCP refused the keys: reading through rtc"
+                );
+                conn.rtcp_stats = None;
+                return false;
+            }
+        }
+        let Some(own) = conn.own_rtcp.as_mut() else {
+            return false;
+        };
+        match own.open(data) {
+            Ok(Some(packets)) => self.fast_rtcp = Some((id, packets)),
+            Ok(None) => {}
+            Err(e) => {
+                Counters::add(&self.counters.dropped_packets, 1);
+                tracing::trace!(shard = self.shard, conn = id, "own RTCP: {e}");
+            }
+        }
+        true
+    }
+
+    /// The RTCP the last datagram taken by the shard itself was, if the room wants it
+    /// ([`open_own_rtcp`](Self::open_own_rtcp)), and its connection.
+    pub fn take_fast_rtcp(&mut self) -> Option<(ConnId, super::own_rtcp::Compound)> {
+        self.fast_rtcp.take()
     }
 
     /// The packets the last datagram taken by the shard itself came out of its connection's

@@ -114,15 +114,32 @@ impl RtcpTap {
             write_queue: VecDeque::new(),
         }
     }
+}
 
-    fn count(&self, nacks: u64, keyframe_requests: u64) {
-        if nacks > 0 {
-            self.stats.add(|c| &c.nacks, nacks);
-        }
-        if keyframe_requests > 0 {
-            self.stats.add(|c| &c.keyframe_requests_received, keyframe_requests);
+/// What the tap does with a compound RTCP packet a connection received, wherever it was
+/// opened (`rtc`'s chain, or the shard itself, `own_rtcp`): counts its NACKs and keyframe
+/// requests, and says whether the room wants it (a NACK, a keyframe request, congestion
+/// feedback, or reception reports).
+pub fn tap(stats: &StatsPair, packets: &[Box<dyn rtcp::Packet>]) -> bool {
+    let (mut nacks, mut kf, mut twcc, mut reports) = (0, 0, 0, false);
+    for p in packets {
+        if p.as_any().is::<TransportLayerNack>() {
+            nacks += 1;
+        } else if is_keyframe_request(p.as_ref()) {
+            kf += 1;
+        } else if p.as_any().is::<TransportLayerCc>() || p.as_any().is::<ReceiverEstimatedMaximumBitrate>() {
+            twcc += 1;
+        } else {
+            reports |= !reception_reports(p.as_ref()).is_empty();
         }
     }
+    if nacks > 0 {
+        stats.add(|c| &c.nacks, nacks);
+    }
+    if kf > 0 {
+        stats.add(|c| &c.keyframe_requests_received, kf);
+    }
+    kf + nacks + twcc > 0 || reports
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
@@ -133,25 +150,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            let (mut nacks, mut kf, mut twcc, mut reports) = (0, 0, 0, false);
-            for p in packets {
-                if p.as_any().is::<TransportLayerNack>() {
-                    nacks += 1;
-                } else if is_keyframe_request(p.as_ref()) {
-                    kf += 1;
-                } else if p.as_any().is::<TransportLayerCc>() || p.as_any().is::<ReceiverEstimatedMaximumBitrate>() {
-                    twcc += 1;
-                } else {
-                    reports |= !reception_reports(p.as_ref()).is_empty();
-                }
-            }
-            if nacks + kf > 0 {
-                self.count(nacks, kf);
-            }
-            if kf + nacks + twcc > 0 || reports {
-                msg.message.add(Attribute::DeliverToApplication);
-            }
+        if let Packet::Rtcp(packets) = &msg.message.packet
+            && tap(&self.stats, packets)
+        {
+            msg.message.add(Attribute::DeliverToApplication);
         }
         self.read_queue.push_back(msg);
         Ok(())

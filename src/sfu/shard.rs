@@ -569,51 +569,55 @@ impl Shard {
                     .take_over(id, packet.header.ssrc, packet.header.sequence_number);
                 self.forward_rtp(id, packet, now);
             }
-            RTCMessage::RtcpPacket(_, packets) => {
-                let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
-                    return;
-                };
-                let Some(hosted) = self.rooms.get_mut(&room_id) else {
-                    return;
-                };
-                // A subscriber heard again after an outage gets keyframes at once.
-                hosted.room.subscriber_heard(id, now, &mut self.effects);
-                // The wall clock, as the sender reports' NTP times are (round-trip times).
-                let ntp_now = super::quality::ntp_compact(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default(),
-                );
-                for packet in &packets {
-                    tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
-                        hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
-                    });
-                    if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
-                        Counters::add(&self.peers.counters().twcc_feedback_received, 1);
-                        hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
-                        if hosted.room.probing() && !self.probing.contains(&room_id) {
-                            self.probing.push(room_id);
-                        }
-                    }
-                    if let Some(bps) = tap::as_remb(packet.as_ref()) {
-                        hosted.room.remb_received(id, bps, now);
-                    }
-                    for r in tap::reception_reports(packet.as_ref()) {
-                        let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);
-                        hosted.room.reception_report(id, r.ssrc, r.fraction_lost, r.jitter, rtt);
-                    }
-                    if let Some(nack) = tap::as_nack(packet.as_ref()) {
-                        let seqs = nack.nacks.iter().flat_map(|pair| *pair);
-                        let sink = &mut self.peers.sink(now);
-                        hosted
-                            .room
-                            .nack_received(id, nack.media_ssrc, seqs, now, sink, &mut self.effects);
-                    }
-                }
-                self.apply(room_id, now);
-            }
+            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(id, &packets, now),
             _ => {}
         }
+    }
+
+    /// RTCP a connection received that the room wants (`rtcp::tap`), read by `rtc` or opened
+    /// by the shard (`own_rtcp`).
+    fn on_rtcp(&mut self, id: ConnId, packets: &[Box<dyn rtc::rtcp::Packet>], now: Instant) {
+        let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
+            return;
+        };
+        let Some(hosted) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        // A subscriber heard again after an outage gets keyframes at once.
+        hosted.room.subscriber_heard(id, now, &mut self.effects);
+        // The wall clock, as the sender reports' NTP times are (round-trip times).
+        let ntp_now = super::quality::ntp_compact(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        for packet in packets {
+            tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
+                hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
+            });
+            if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
+                Counters::add(&self.peers.counters().twcc_feedback_received, 1);
+                hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
+                if hosted.room.probing() && !self.probing.contains(&room_id) {
+                    self.probing.push(room_id);
+                }
+            }
+            if let Some(bps) = tap::as_remb(packet.as_ref()) {
+                hosted.room.remb_received(id, bps, now);
+            }
+            for r in tap::reception_reports(packet.as_ref()) {
+                let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);
+                hosted.room.reception_report(id, r.ssrc, r.fraction_lost, r.jitter, rtt);
+            }
+            if let Some(nack) = tap::as_nack(packet.as_ref()) {
+                let seqs = nack.nacks.iter().flat_map(|pair| *pair);
+                let sink = &mut self.peers.sink(now);
+                hosted
+                    .room
+                    .nack_received(id, nack.media_ssrc, seqs, now, sink, &mut self.effects);
+            }
+        }
+        self.apply(room_id, now);
     }
 
     /// A publisher's RTP packet to its room's legs, and once to each other shard holding
@@ -653,8 +657,12 @@ impl Shard {
         }
     }
 
-    /// Forwards what the last datagram the shard opened itself came out as (`own_inbound`).
+    /// Forwards what the last datagram the shard opened itself came out as (`own_inbound`),
+    /// or hands the room the RTCP it was (`own_rtcp`).
     fn forward_fast(&mut self, now: Instant) {
+        if let Some((id, packets)) = self.peers.take_fast_rtcp() {
+            self.on_rtcp(id, &packets, now);
+        }
         let Some((id, mut packets)) = self.peers.take_fast() else {
             return;
         };
@@ -886,6 +894,7 @@ impl Shard {
             PeerRole::Publisher => self.peers.levers.own_inbound,
         };
         let keys = own.then(super::srtp_keys::KeyCapture::new).and_then(Result::ok);
+        let rtcp_stats = (role == PeerRole::Subscriber && keys.is_some()).then(|| stats.clone());
         let (pc, chain) = connection::build(
             now,
             role,
@@ -903,6 +912,7 @@ impl Shard {
         conn.layer_rtx = layer_rtx;
         conn.keys = keys;
         conn.hosted = chain;
+        conn.rtcp_stats = rtcp_stats;
         let id = self.peers.insert(conn);
         if let Some(hosted) = self.rooms.get_mut(&room_id) {
             hosted.room.set_connection(participant, role, Some(id));
