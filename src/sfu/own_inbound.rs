@@ -281,22 +281,10 @@ pub fn ssrc_of(datagram: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sfu::srtp_keys::MasterKey;
+    use crate::sfu::srtp_keys::testing::{keys, peer_context};
     use rtc::interceptor::Registry;
     use rtc::shared::marshal::Marshal;
     use rtc::srtp::protection_profile::ProtectionProfile;
-
-    fn keys(profile: ProtectionProfile) -> SrtpKeys {
-        let key = |k: u8, s: u8| MasterKey {
-            key: vec![k; profile.key_len()],
-            salt: vec![s; profile.salt_len()],
-        };
-        SrtpKeys {
-            profile,
-            local: key(1, 2),
-            remote: key(3, 4),
-        }
-    }
 
     fn packet(ssrc: u32, seq: u16, payload: &'static [u8]) -> Packet {
         Packet {
@@ -310,20 +298,6 @@ mod tests {
             },
             payload: bytes::Bytes::from_static(payload),
         }
-    }
-
-    /// What the remote peer sends: encrypted with its local key, our remote one.
-    fn peer_context(keys: &SrtpKeys) -> Context {
-        let provider = rtc::crypto::default_provider().expect("provider");
-        Context::new(
-            &keys.remote.key,
-            &keys.remote.salt,
-            keys.profile,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .expect("peer context")
     }
 
     #[test]

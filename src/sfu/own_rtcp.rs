@@ -51,38 +51,12 @@ impl OwnRtcp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sfu::srtp_keys::MasterKey;
+    use crate::sfu::srtp_keys::testing::{keys, peer_context};
     use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
     use rtc::rtcp::receiver_report::ReceiverReport;
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
     use rtc::srtp::protection_profile::ProtectionProfile;
     use std::sync::Arc;
-
-    fn keys(profile: ProtectionProfile) -> SrtpKeys {
-        let key = |k: u8, s: u8| MasterKey {
-            key: vec![k; profile.key_len()],
-            salt: vec![s; profile.salt_len()],
-        };
-        SrtpKeys {
-            profile,
-            local: key(1, 2),
-            remote: key(3, 4),
-        }
-    }
-
-    /// What the client sends: protected with its local key, our remote one.
-    fn client(keys: &SrtpKeys) -> Context {
-        let provider = rtc::crypto::default_provider().expect("provider");
-        Context::new(
-            &keys.remote.key,
-            &keys.remote.salt,
-            keys.profile,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .expect("client context")
-    }
 
     fn compound(packets: &[Box<dyn rtcp::Packet>]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -101,7 +75,7 @@ mod tests {
                 shard: Arc::default(),
             };
             let mut own = OwnRtcp::new(&keys, stats.clone()).expect("keys");
-            let mut client = client(&keys);
+            let mut client = peer_context(&keys);
             let feedback: Vec<Box<dyn rtcp::Packet>> = vec![
                 Box::new(ReceiverReport {
                     ssrc: 7,

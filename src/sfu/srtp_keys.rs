@@ -257,6 +257,39 @@ impl RTCCrypto for Recording {
     }
 }
 
+/// Keys and a peer's context for the tests of the modules that use a connection's keys.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// Distinct local and remote master keys of `profile`.
+    pub fn keys(profile: ProtectionProfile) -> SrtpKeys {
+        let key = |k: u8, s: u8| MasterKey {
+            key: vec![k; profile.key_len()],
+            salt: vec![s; profile.salt_len()],
+        };
+        SrtpKeys {
+            profile,
+            local: key(1, 2),
+            remote: key(3, 4),
+        }
+    }
+
+    /// What the remote peer sends is protected with its local key, our remote one.
+    pub fn peer_context(keys: &SrtpKeys) -> Context {
+        let provider = rtc::crypto::default_provider().expect("provider");
+        Context::new(
+            &keys.remote.key,
+            &keys.remote.salt,
+            keys.profile,
+            None,
+            None,
+            provider.crypto(),
+        )
+        .expect("peer context")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
