@@ -57,7 +57,9 @@ pub enum Engine {
     /// rtc's sans-IO core, every connection of a thread on one UDP socket with batched I/O,
     /// as the gateway's shards run (real signaling, ICE, DTLS, SRTP; a gateway on this
     /// machine: each connection gets its own 127.x address): about half the SDK engine's
-    /// client CPU, about what the gateway spends on the same packets.
+    /// client CPU, about what the gateway spends on the same packets. Its connections send
+    /// what browsers send: receiver reports, transport-wide sequence numbers and TWCC
+    /// feedback, audio levels.
     Lean,
 }
 
