@@ -136,13 +136,13 @@ pub fn extension_id(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, uri: &st
 fn build(
     addr: SocketAddr,
     extensions: &[(&str, RtpCodecKind)],
-    keyframe_requests: bool,
+    browser_like: bool,
     provider: Option<Arc<dyn RTCCryptoProvider>>,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         let mut codec = codec(kind);
-        if keyframe_requests && kind == RtpCodecKind::Video {
+        if browser_like && kind == RtpCodecKind::Video {
             codec.rtp_codec.rtcp_feedback.push(RTCPFeedback {
                 typ: "nack".to_owned(),
                 parameter: "pli".to_owned(),
@@ -161,7 +161,7 @@ fn build(
     if let Some(provider) = provider {
         builder = builder.with_setting_engine(SettingEngineBuilder::new().with_crypto_provider(provider).build());
     }
-    if keyframe_requests {
+    if browser_like {
         // The gateway's own RTCP tap, counting into counters nobody reads.
         let stats = StatsPair {
             meeting: Default::default(),
