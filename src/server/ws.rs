@@ -34,6 +34,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// with 1009 (those between [`MAX_FRAME_BYTES`] and this get the error frame and the
 /// socket goes on). The socket library refuses them from their header, unread.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// Bytes read from a signaling socket at a time (`upgrade`).
+const READ_BUFFER: usize = 8 * 1024;
 /// Close codes (RFC 6455 §7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -58,7 +60,13 @@ pub async fn upgrade(
         }
     };
     let conn = state.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ws.max_message_size(HARD_FRAME_LIMIT).max_frame_size(HARD_FRAME_LIMIT).on_upgrade(move |socket| {
+    // Signaling frames are small (an SDP is a few kilobytes): the socket library's 128 KiB
+    // read buffer per connection (its default) was a tenth of a participant's memory. Larger
+    // frames, up to the limit, still arrive whole: the buffer grows for them.
+    ws.max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+        .read_buffer_size(READ_BUFFER)
+        .on_upgrade(move |socket| {
         let span = tracing::info_span!("conn", conn, %peer, meeting_id = tracing::field::Empty, participant_id = tracing::field::Empty);
         async move {
             serve(socket, state, conn).await;

@@ -66,9 +66,9 @@ impl Default for RetransmitParams {
     }
 }
 
-/// One cached packet: the header fields a retransmission needs and a copy of the
-/// payload and extensions, in buffers that keep their capacity from use to use.
-#[derive(Debug, Clone, Default)]
+/// One cached packet: the header fields a retransmission needs, and where its header
+/// extensions and payload lie in the cache's byte ring ([`PacketCache`]).
+#[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     filled: bool,
     /// The track's sequence space it belongs to (see [`PacketCache::restart`]).
@@ -78,10 +78,39 @@ struct Slot {
     marker: bool,
     payload_type: u8,
     extension_profile: u16,
-    /// (publisher's extension id, length) of each extension, their bytes in `ext_data`.
-    extensions: Vec<(u8, u8)>,
-    ext_data: Vec<u8>,
-    payload: Vec<u8>,
+    /// Its bytes in the ring: from `start` (a position in the ring's running count of
+    /// bytes written), `ext_len` bytes of extensions (a count, then (id, length) pairs,
+    /// then their data), then `payload_len` bytes of payload.
+    start: u64,
+    ext_len: u16,
+    payload_len: u16,
+}
+
+/// A cached packet as a retransmission reads it: its header fields, and its extensions
+/// and payload borrowed from the ring.
+#[derive(Debug, Clone, Copy)]
+pub struct Cached<'a> {
+    pub marker: bool,
+    pub payload_type: u8,
+    extension_profile: u16,
+    /// The extensions as [`PacketCache::insert`] laid them out.
+    extensions: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl<'a> Cached<'a> {
+    /// The publisher's header extensions: (id, data).
+    fn extensions(&self) -> impl Iterator<Item = (u8, &'a [u8])> + 'a {
+        let table = self.extensions;
+        let n = table.first().copied().unwrap_or(0) as usize;
+        let mut at = 1 + 2 * n;
+        (0..n).filter_map(move |i| {
+            let (id, len) = (*table.get(1 + 2 * i)?, *table.get(2 + 2 * i)? as usize);
+            let data = table.get(at..at + len)?;
+            at += len;
+            Some((id, data))
+        })
+    }
 }
 
 /// What [`PacketCache::insert`] made of a packet.
@@ -94,12 +123,37 @@ pub enum Insert {
     Duplicate,
 }
 
+/// The ring's first size, and the most it grows to (a packet written over before its
+/// `max_age` then costs a NACK answered as unservable, as an overwritten slot does).
+pub const RING_START: usize = 64 * 1024;
+pub const RING_MAX: usize = 4 * 1024 * 1024;
+/// The ring's laps are marked in this many segments: the age of what a write covers is
+/// known to within one segment.
+const SEGMENTS: usize = 8;
+
 /// The last [`CACHE_SLOTS`] packets of one published video track, as they arrived.
+///
+/// The packets' bytes (extensions and payload) go one after the other into one ring of
+/// bytes, so the cache holds what the track sent in its last `max_age` rather than
+/// [`CACHE_SLOTS`] buffers each as large as the largest packet they held: a 500 kbit/s
+/// camera's cache took about 600 KB as slot buffers, its ring takes 64 KB. The ring starts
+/// at [`RING_START`] and doubles (up to [`RING_MAX`]) when a write would cover bytes
+/// younger than `max_age`, so a 4 Mbit/s screen share keeps its second too. One packet
+/// is one contiguous copy into memory written just before, which also spares the forward
+/// path a cold buffer per packet. A slot's bytes are whole while fewer than the ring's
+/// size were written after them ([`get`](Self::get) checks it).
 #[derive(Debug)]
 pub struct PacketCache {
     slots: Box<[Slot]>,
     epoch: u32,
     max_age: Duration,
+    /// The ring (empty until the first packet) and its running count of bytes written:
+    /// position `p` of that count lies at `ring[p % ring.len()]`.
+    ring: Vec<u8>,
+    head: u64,
+    /// When the ring's last `SEGMENTS` segments (`SEGMENTS` per lap, numbered along the
+    /// running count, at their number modulo `SEGMENTS`) were entered: (number, when).
+    marks: [Option<(u64, Instant)>; SEGMENTS],
 }
 
 impl Default for PacketCache {
@@ -114,6 +168,9 @@ impl PacketCache {
             slots: vec![Slot::default(); CACHE_SLOTS].into_boxed_slice(),
             epoch: 0,
             max_age: params.max_age,
+            ring: Vec::new(),
+            head: 0,
+            marks: [None; SEGMENTS],
         }
     }
 
@@ -136,14 +193,20 @@ impl PacketCache {
         self.epoch = self.epoch.wrapping_add(1);
     }
 
+    /// The ring's size in bytes (0 before the first packet).
+    pub fn ring_size(&self) -> usize {
+        self.ring.len()
+    }
+
     fn index(seq: u16) -> usize {
         seq as usize & (CACHE_SLOTS - 1)
     }
 
-    /// Copies a packet in (no allocation once the slot has held one as large).
+    /// Copies a packet in (no allocation unless the ring grows).
     pub fn insert(&mut self, packet: &Packet, now: Instant) -> Insert {
         let h = &packet.header;
-        let slot = &mut self.slots[Self::index(h.sequence_number)];
+        let index = Self::index(h.sequence_number);
+        let slot = self.slots[index];
         if slot.filled
             && slot.epoch == self.epoch
             && slot.seq == h.sequence_number
@@ -153,32 +216,162 @@ impl PacketCache {
         {
             return Insert::Duplicate;
         }
-        slot.filled = true;
-        slot.epoch = self.epoch;
-        slot.seq = h.sequence_number;
-        slot.at = Some(now);
-        slot.marker = h.marker;
-        slot.payload_type = h.payload_type;
-        slot.extension_profile = h.extension_profile;
-        slot.extensions.clear();
-        slot.ext_data.clear();
-        if h.extension {
-            for e in &h.extensions {
-                let Ok(len) = u8::try_from(e.payload.len()) else {
-                    continue;
-                };
-                slot.extensions.push((e.id, len));
-                slot.ext_data.extend_from_slice(&e.payload);
+        // The extensions kept: those whose data fits a length octet, at most 255 of them.
+        let kept = || {
+            h.extensions
+                .iter()
+                .filter(|e| h.extension && e.payload.len() <= usize::from(u8::MAX))
+                .take(usize::from(u8::MAX))
+        };
+        let (count, ext_data) = kept().fold((0usize, 0usize), |(n, len), e| (n + 1, len + e.payload.len()));
+        let ext_len = if count == 0 { 0 } else { 1 + 2 * count + ext_data };
+        let payload_len = packet.payload.len();
+        let total = ext_len + payload_len;
+        let (Ok(ext_len16), Ok(payload_len16)) = (u16::try_from(ext_len), u16::try_from(payload_len)) else {
+            // Larger than any datagram: not cacheable (a NACK for it is unservable).
+            self.slots[index].filled = false;
+            return Insert::New;
+        };
+        let Some(start) = self.reserve(total, now) else {
+            self.slots[index].filled = false;
+            return Insert::New;
+        };
+        let size = self.ring.len();
+        let at = (start % size as u64) as usize;
+        let bytes = &mut self.ring[at..at + total];
+        if count > 0 {
+            bytes[0] = count as u8;
+            let (table, mut data) = bytes[1..ext_len].split_at_mut(2 * count);
+            for (pair, e) in table.chunks_exact_mut(2).zip(kept()) {
+                pair[0] = e.id;
+                pair[1] = e.payload.len() as u8;
+                let (this, rest) = data.split_at_mut(e.payload.len());
+                this.copy_from_slice(&e.payload);
+                data = rest;
             }
         }
-        slot.payload.clear();
-        slot.payload.extend_from_slice(&packet.payload);
+        bytes[ext_len..].copy_from_slice(&packet.payload);
+        self.slots[index] = Slot {
+            filled: true,
+            epoch: self.epoch,
+            seq: h.sequence_number,
+            at: Some(now),
+            marker: h.marker,
+            payload_type: h.payload_type,
+            extension_profile: h.extension_profile,
+            start,
+            ext_len: ext_len16,
+            payload_len: payload_len16,
+        };
         Insert::New
     }
 
-    fn get(&self, seq: u16, epoch: u32) -> Option<&Slot> {
+    /// Room for `len` bytes: their position in the running count, after the ring grew if
+    /// the write would cover bytes younger than `max_age`. `None` if `len` exceeds the
+    /// largest ring.
+    fn reserve(&mut self, len: usize, now: Instant) -> Option<u64> {
+        if len > RING_MAX / SEGMENTS {
+            return None;
+        }
+        if self.ring.is_empty() {
+            self.ring = vec![0; RING_START];
+        }
+        loop {
+            let size = self.ring.len() as u64;
+            // A packet never straddles the ring's end: it starts the next lap instead.
+            let mut start = self.head;
+            if start % size + len as u64 > size {
+                start = start.next_multiple_of(size);
+            }
+            let end = start + len as u64;
+            if end > size && self.ring.len() < RING_MAX && self.covers_young(end - size, now) {
+                self.grow();
+                continue;
+            }
+            self.mark(end, now);
+            self.head = end;
+            return Some(start);
+        }
+    }
+
+    fn segment_len(&self) -> u64 {
+        (self.ring.len() / SEGMENTS) as u64
+    }
+
+    /// Whether bytes written before position `until` of the running count, up to a lap
+    /// back, may be younger than `max_age`: the segment after the one holding
+    /// `until - 1` was entered less than `max_age` ago (a segment without a mark holds
+    /// nothing a slot names).
+    fn covers_young(&self, until: u64, now: Instant) -> bool {
+        let next = (until - 1) / self.segment_len() + 1;
+        self.marks[next as usize % SEGMENTS]
+            .is_some_and(|(s, at)| s == next && now.saturating_duration_since(at) < self.max_age)
+    }
+
+    /// The writes up to `end` enter the segments after the head's: marked entered now.
+    fn mark(&mut self, end: u64, now: Instant) {
+        let segment = self.segment_len();
+        let (from, to) = (self.head.div_ceil(segment), (end - 1) / segment);
+        for s in from..=to {
+            self.marks[s as usize % SEGMENTS] = Some((s, now));
+        }
+    }
+
+    /// Doubles the ring, keeping the last lap's bytes at their positions of the running
+    /// count (a slot's bytes never straddle a multiple of the old size, hence none of the
+    /// new); slots whose bytes were already written over are emptied, as the larger ring
+    /// would take them for whole. A segment of the new size (two of the old) holding part
+    /// of that lap is marked as entered when the first of its old halves still marked was:
+    /// never later than its bytes were written, so nothing young is written over early.
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.ring);
+        let (old_size, new_size) = (old.len() as u64, 2 * old.len() as u64);
+        self.ring = vec![0; new_size as usize];
+        let mut p = self.head.saturating_sub(old_size);
+        while p < self.head {
+            let (o, n) = ((p % old_size) as usize, (p % new_size) as usize);
+            let len = ((self.head - p) as usize).min(old.len() - o).min(self.ring.len() - n);
+            self.ring[n..n + len].copy_from_slice(&old[o..o + len]);
+            p += len as u64;
+        }
+        for slot in self
+            .slots
+            .iter_mut()
+            .filter(|s| s.filled && self.head > s.start + old_size)
+        {
+            slot.filled = false;
+        }
+        let old_marks = std::mem::replace(&mut self.marks, [None; SEGMENTS]);
+        let old_mark = |s: u64| {
+            old_marks[s as usize % SEGMENTS]
+                .filter(|&(n, _)| n == s)
+                .map(|(_, at)| at)
+        };
+        let (old_segment, new_segment) = (old_size / SEGMENTS as u64, new_size / SEGMENTS as u64);
+        let from = self.head.saturating_sub(old_size) / new_segment;
+        for s in from..=(self.head - 1) / new_segment {
+            if let Some(at) = old_mark(2 * s).or_else(|| old_mark(2 * s + 1)) {
+                self.marks[s as usize % SEGMENTS] = Some((s, at));
+            }
+        }
+        debug_assert_eq!(new_segment, 2 * old_segment);
+    }
+
+    fn get(&self, seq: u16, epoch: u32) -> Option<Cached<'_>> {
         let slot = &self.slots[Self::index(seq)];
-        (slot.filled && slot.epoch == epoch && slot.seq == seq).then_some(slot)
+        let size = self.ring.len() as u64;
+        if !(slot.filled && slot.epoch == epoch && slot.seq == seq) || self.head > slot.start + size {
+            return None;
+        }
+        let at = (slot.start % size) as usize;
+        let (ext_len, payload_len) = (usize::from(slot.ext_len), usize::from(slot.payload_len));
+        Some(Cached {
+            marker: slot.marker,
+            payload_type: slot.payload_type,
+            extension_profile: slot.extension_profile,
+            extensions: &self.ring[at..at + ext_len],
+            payload: &self.ring[at + ext_len..at + ext_len + payload_len],
+        })
     }
 }
 
@@ -399,7 +592,7 @@ impl LegHistory {
 
     /// The retransmission of what entry `e` sent, its payload in `slot`: RTX where the
     /// leg negotiated it for the payload type, else the original under the leg's SSRC.
-    fn build(&mut self, e: &Sent, slot: &Slot, leg: &DownLeg) -> Answer {
+    fn build(&mut self, e: &Sent, slot: Cached<'_>, leg: &DownLeg) -> Answer {
         let seq = e.out_seq;
         let mut header = Header {
             version: 2,
@@ -413,14 +606,11 @@ impl LegHistory {
         if !slot.extensions.is_empty() {
             header.extension = true;
             header.extension_profile = slot.extension_profile;
-            let mut at = 0;
-            for &(id, len) in &slot.extensions {
-                let end = at + len as usize;
+            for (id, data) in slot.extensions() {
                 header.extensions.push(Extension {
                     id,
-                    payload: Bytes::copy_from_slice(&slot.ext_data[at..end]),
+                    payload: Bytes::copy_from_slice(data),
                 });
-                at = end;
             }
             leg.ext_map.apply(&mut header);
         }
@@ -431,7 +621,7 @@ impl LegHistory {
             .and_then(|r| r.payload_type(header.payload_type).map(|pt| (r, pt)));
         let vp8 = e.vp8;
         let Some((rtx, rtx_pt)) = rtx else {
-            let mut payload = BytesMut::from(&slot.payload[..]);
+            let mut payload = BytesMut::from(slot.payload);
             if !vp8.is_zero() {
                 vp8.apply(&mut payload);
             }
@@ -451,7 +641,7 @@ impl LegHistory {
         rtx.seq = rtx.seq.wrapping_add(1);
         let mut payload = Vec::with_capacity(2 + slot.payload.len());
         payload.extend_from_slice(&seq.to_be_bytes());
-        payload.extend_from_slice(&slot.payload);
+        payload.extend_from_slice(slot.payload);
         if !vp8.is_zero() {
             vp8.apply(&mut payload[2..]);
         }
@@ -740,19 +930,138 @@ mod tests {
         ));
     }
 
+    /// A payload of `len` bytes that names its sequence number throughout.
+    fn marked(seq: u16, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seq as usize * 7 + i) as u8).collect()
+    }
+
+    /// `n` packets of `len` bytes from sequence number `first`, `gap` apart from `t0`.
+    fn stream(cache: &mut PacketCache, first: u16, n: usize, len: usize, t0: Instant, gap: Duration) -> Instant {
+        let mut at = t0;
+        for i in 0..n {
+            let seq = first.wrapping_add(i as u16);
+            at = t0 + gap * i as u32;
+            assert_eq!(cache.insert(&packet(seq, &marked(seq, len)), at), Insert::New);
+        }
+        at
+    }
+
+    /// Whether `seq` is cached whole (its own bytes, never another packet's).
+    fn whole(cache: &PacketCache, seq: u16, len: usize) -> Option<bool> {
+        cache
+            .get(seq, cache.epoch())
+            .map(|c| c.payload == &marked(seq, len)[..])
+    }
+
     #[test]
     fn the_cache_allocates_nothing_once_warm() {
         let t0 = Instant::now();
         let mut cache = PacketCache::default();
-        let big = vec![7u8; 1200];
-        for seq in 0..CACHE_SLOTS as u16 {
-            cache.insert(&packet(seq, &big), t0);
+        // 1.5 Mbit/s of 1 200-byte packets (156 a second) for five seconds: the ring finds its size.
+        let gap = Duration::from_micros(6_400);
+        let last = stream(&mut cache, 0, 780, 1200, t0, gap);
+        let (size, ring) = (cache.ring_size(), cache.ring.as_ptr());
+        stream(&mut cache, 780, 3 * CACHE_SLOTS, 1000, last + gap, gap);
+        assert_eq!(
+            (cache.ring_size(), cache.ring.as_ptr()),
+            (size, ring),
+            "no growth, no reallocation"
+        );
+    }
+
+    #[test]
+    fn a_camera_keeps_a_small_ring_and_its_last_second_whole() {
+        let t0 = Instant::now();
+        let mut cache = PacketCache::default();
+        // 500 kbit/s: 52 packets of 1 200 bytes a second, for 20 s.
+        let n = 52 * 20;
+        stream(&mut cache, 0, n, 1200, t0, Duration::from_micros(19_230));
+        assert!(cache.ring_size() <= 128 * 1024, "ring {}", cache.ring_size());
+        for seq in (n - 52)..n {
+            assert_eq!(whole(&cache, seq as u16, 1200), Some(true), "seq {seq}");
         }
-        let capacity: Vec<usize> = cache.slots.iter().map(|s| s.payload.capacity()).collect();
-        for seq in CACHE_SLOTS as u16..3 * CACHE_SLOTS as u16 {
-            cache.insert(&packet(seq, &big[..1000]), t0);
+    }
+
+    #[test]
+    fn a_fast_screen_share_grows_the_ring_to_keep_its_second() {
+        let t0 = Instant::now();
+        let mut cache = PacketCache::default();
+        // 4 Mbit/s: 417 packets of 1 200 bytes a second, for 3 s.
+        let n = 417 * 3;
+        stream(&mut cache, 0, n, 1200, t0, Duration::from_micros(2_400));
+        assert!(
+            (512 * 1024..=2 * 1024 * 1024).contains(&cache.ring_size()),
+            "ring {}",
+            cache.ring_size()
+        );
+        // The slots hold the last 512 sequence numbers; every one of the last second is whole.
+        for seq in (n - 417)..n {
+            assert_eq!(whole(&cache, seq as u16, 1200), Some(true), "seq {seq}");
         }
-        let after: Vec<usize> = cache.slots.iter().map(|s| s.payload.capacity()).collect();
-        assert_eq!(capacity, after, "slots keep their buffers");
+    }
+
+    #[test]
+    fn bytes_written_over_are_never_served() {
+        let t0 = Instant::now();
+        // Packets older than 10 ms are not worth keeping: the ring stays at its first size.
+        let mut cache = PacketCache::new(RetransmitParams {
+            max_age: MS(10),
+            ..RetransmitParams::default()
+        });
+        stream(&mut cache, 0, 400, 1000, t0, MS(20));
+        assert_eq!(cache.ring_size(), RING_START);
+        // A lap holds 65 of them whole (65 000 bytes; the rest of the lap is skipped, as a
+        // packet never straddles the ring's end), 66 when the oldest starts a lap.
+        let lap = RING_START / 1000;
+        for seq in 0..400u16 {
+            let got = whole(&cache, seq, 1000);
+            assert_ne!(got, Some(false), "seq {seq}: another packet's bytes");
+            if usize::from(seq) >= 400 - lap {
+                assert_eq!(got, Some(true), "seq {seq}");
+            } else if usize::from(seq) < 400 - lap - 1 {
+                assert_eq!(got, None, "seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn growing_keeps_the_last_lap_and_never_revives_what_was_written_over() {
+        let t0 = Instant::now();
+        let mut cache = PacketCache::default();
+        // Two laps of the first ring at 20 kB/s (a lap is 3.3 s: nothing young is written
+        // over), then 100 packets at one instant: the ring grows.
+        let slow = stream(&mut cache, 0, 131, 1000, t0, MS(50));
+        assert_eq!(cache.ring_size(), RING_START);
+        assert_eq!(whole(&cache, 50, 1000), None, "written over in the first ring");
+        stream(&mut cache, 131, 100, 1000, slow + MS(50), Duration::ZERO);
+        assert!(cache.ring_size() > RING_START);
+        for seq in 0..231u16 {
+            let got = whole(&cache, seq, 1000);
+            assert_ne!(got, Some(false), "seq {seq}: another packet's bytes");
+            // The first ring held the 65 or 66 packets before the burst's first 39 when it grew.
+            if seq < 100 {
+                assert_eq!(got, None, "seq {seq}: written over before the ring grew");
+            }
+            if seq >= 110 {
+                assert_eq!(got, Some(true), "seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_packet_too_large_for_any_ring_is_not_cached_but_forwarded() {
+        let t0 = Instant::now();
+        let mut cache = PacketCache::default();
+        assert_eq!(cache.insert(&packet(1, &[1; 100]), t0), Insert::New);
+        assert_eq!(
+            cache.insert(&packet(1 + CACHE_SLOTS as u16, &vec![2; 70_000]), t0),
+            Insert::New
+        );
+        assert_eq!(
+            cache.get(1, cache.epoch()).map(|c| c.payload.len()),
+            None,
+            "its slot emptied"
+        );
+        assert!(cache.get(1 + CACHE_SLOTS as u16, cache.epoch()).is_none());
     }
 }
