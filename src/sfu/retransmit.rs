@@ -774,7 +774,7 @@ mod tests {
         assert!(rtx);
         assert_eq!(&p.payload[..], &[0x13, 0x8F, 0x90, 0xC0, 0x81, 0x00, 4, 0x01, 0xAA]);
         // The cache keeps the publisher's numbers.
-        assert_eq!(&cache.get(7, cache.epoch()).unwrap().payload[..], &vp8);
+        assert_eq!(cache.get(7, cache.epoch()).unwrap().payload, &vp8);
     }
 
     #[test]
