@@ -45,6 +45,8 @@ out = dict(name=name, verdict=j["verdict"], joined=parts, planned=j["participant
     sampled_shards=best and best[4], relayed=counters.get("relayed_packets"), relay_drops=counters.get("relay_drops"),
     relayed_per_s=g.get("sfu_rates", {}).get("gatehouse_sfu_relayed_packets_total"),
     socket_drops_gw=g.get("socket_drops"), socket_drops_client=(j.get("client") or {}).get("socket_drops"),
+    # over the run (the gateway's until the end of its teardown, the load tester's joins included)
+    socket_drops_gw_run=g.get("socket_drops_run"), socket_drops_client_run=(j.get("client") or {}).get("socket_drops_run"),
     client_avg_cpu=round((float(u) + float(s)) / float(e) * 100, 1), warn=warn, error=err, errors=j.get("errors"))
 # The load tester's own figures over the steady phase and its verdict on which side was the limit
 # (reports from before the load tester stated them have neither).

@@ -155,9 +155,13 @@ pub struct GatewayFigures {
     /// Every `gatehouse_sfu_*` counter's rate over the steady phase, per second.
     pub sfu_rates: BTreeMap<String, f64>,
     /// Datagrams the kernel dropped on the gateway's media sockets because their receive
-    /// buffer was full (a gateway on this machine, lean engine: `/proc/net/udp` by the port its
-    /// media comes from; the socket's life so far).
+    /// buffer was full during the steady phase (a gateway on this machine, lean engine:
+    /// `/proc/net/udp` by the port its media comes from; the whole run when no steady phase
+    /// began). What judges the limit.
     pub socket_drops: Option<u64>,
+    /// The same over the sockets' whole life until the end of the teardown (the joins and the
+    /// leaves of every participant at once included).
+    pub socket_drops_run: Option<u64>,
 }
 
 /// The rate of `name` between the first snapshot at or after `from` and the

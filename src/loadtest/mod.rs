@@ -505,6 +505,10 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     let mut running: Vec<Running> = Vec::with_capacity(plan.len());
     let mut all_settled_at = None;
     let mut steady: Option<(Duration, Duration)> = None;
+    // Both sides' socket drops when the steady phase began: what the phase itself dropped is
+    // the difference at its end (a join burst or the teardown drops too, and says nothing of
+    // the load measured).
+    let mut drops_at_start: Option<(Option<u64>, Option<u64>)> = None;
     let mut interrupted = false;
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -567,6 +571,11 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
                 probe.reset_latency();
             }
             client_cpu.start(lean.as_ref().map(|(_, e)| e.thread_ids()).unwrap_or_default());
+            drops_at_start = Some((
+                resources::udp_drops(std::process::id()),
+                lean.as_ref()
+                    .and_then(|(_, e)| resources::udp_drops_on_ports(&e.gateway_ports())),
+            ));
             scrape_now(&scraper, &scrapes, run_start).await;
         }
         if let (Phase::Steady { started_at, .. }, Some(shape_storm)) = (phase, shape.storm) {
@@ -622,8 +631,12 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         // The last scrape before teardown closes the steady window.
         scrape_now(&scraper, &scrapes, run_start).await;
     }
-    client.socket_drops = resources::udp_drops(std::process::id());
     let gateway_ports = lean.as_ref().map(|(_, engine)| engine.gateway_ports());
+    let (client_start, gateway_start) = drops_at_start.unwrap_or_default();
+    let client_end = resources::udp_drops(std::process::id());
+    let gateway_end = gateway_ports.as_deref().and_then(resources::udp_drops_on_ports);
+    client.socket_drops = resources::drops_between(client_start, client_end);
+    client.socket_drops_run = client_end;
     progress.finish(if interrupted {
         "interrupted: closing every peer"
     } else {
@@ -677,7 +690,9 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         meetings_created: meetings.len(),
         participants,
         gateway: gateway::GatewayFigures {
-            socket_drops: gateway_ports.and_then(|ports| resources::udp_drops_on_ports(&ports)),
+            socket_drops: resources::drops_between(gateway_start, gateway_end),
+            // After the teardown: the socket's whole life, joins and leaves included.
+            socket_drops_run: gateway_ports.as_deref().and_then(resources::udp_drops_on_ports),
             ..gateway::figures(&scrapes.snapshots, scrapes.errors, steady)
         },
         client,

@@ -167,8 +167,11 @@ pub struct ClientFigures {
     /// (one thread cannot use more than one core: at 100 % it is the limit).
     pub busiest_thread_percent: Option<f64>,
     /// Datagrams the kernel dropped on the load tester's UDP sockets because a receive buffer
-    /// was full (`/proc/net/udp`, sockets open at the end of the steady phase, whole run).
+    /// was full during the steady phase (`/proc/net/udp`, sockets open at its start and end;
+    /// the whole run when no steady phase began). What judges the limit.
     pub socket_drops: Option<u64>,
+    /// The same from the run's start to the end of the steady phase (the joins included).
+    pub socket_drops_run: Option<u64>,
 }
 
 /// Which side held the load back.
@@ -186,6 +189,11 @@ pub enum Limit {
     Neither,
     /// Not enough figures to tell.
     Unknown,
+}
+
+/// "; N over the run (what)" after a steady phase's socket drops, when the run's count is known.
+fn over_run(run: Option<u64>, what: &str) -> String {
+    run.map_or_else(String::new, |n| format!("; {n} over the run ({what})"))
 }
 
 /// CPU share of one core from which a side counts as saturated, percent.
@@ -878,7 +886,10 @@ impl Report {
             row(
                 &mut out,
                 "socket drops",
-                format!("{d} datagrams (media receive buffers full)"),
+                format!(
+                    "{d} datagrams in the steady phase (media receive buffers full){}",
+                    over_run(g.socket_drops_run, "the socket's life, teardown included")
+                ),
             );
         }
         row(
@@ -902,8 +913,12 @@ impl Report {
         row(
             &mut out,
             "socket drops",
-            c.socket_drops
-                .map_or_else(na, |d| format!("{d} datagrams (receive buffers full)")),
+            c.socket_drops.map_or_else(na, |d| {
+                format!(
+                    "{d} datagrams in the steady phase (receive buffers full){}",
+                    over_run(c.socket_drops_run, "joins included")
+                )
+            }),
         );
         row(&mut out, "limit", self.limit_reason.clone());
 
@@ -1113,6 +1128,7 @@ mod tests {
                 cpu_percent: Some(40.0),
                 busiest_thread_percent: Some(35.0),
                 socket_drops: Some(0),
+                socket_drops_run: Some(3),
             },
             elapsed: Duration::from_secs(4),
             steady: Some((Duration::from_secs(1), Duration::from_secs(4))),
@@ -1313,6 +1329,23 @@ mod tests {
     }
 
     #[test]
+    fn socket_drops_are_the_steady_phases_with_the_runs_beside() {
+        let r = Report::from_run(&run(
+            vec![participant(vec![stream(TrackKind::Audio, 100, 100, 1, 100)])],
+            Thresholds::default(),
+        ));
+        assert!(
+            r.to_table()
+                .contains("0 datagrams in the steady phase (receive buffers full); 3 over the run (joins included)"),
+            "{}",
+            r.to_table()
+        );
+        assert_eq!(r.limit, Limit::Neither, "drops outside the steady phase judge nothing");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["client"]["socket_drops_run"], 3);
+    }
+
+    #[test]
     fn a_participant_that_failed_during_the_run_is_no_pass() {
         // One of three dropped by the gateway mid-run: no threshold is set, its streams
         // stopped early and lost nothing, and still the run does not pass.
@@ -1459,6 +1492,7 @@ mod tests {
             cpu_percent: Some(cpu),
             busiest_thread_percent: busiest,
             socket_drops: Some(drops),
+            socket_drops_run: None,
         };
         let (limit, why) = limiting_side(Some(95.0), None, None, &client(30.0, Some(28.0), 0, 1));
         assert_eq!(limit, Limit::Gateway, "{why}");

@@ -64,6 +64,17 @@ pub fn udp_drops_on_ports(ports: &[u16]) -> Option<u64> {
     total
 }
 
+/// Drops counted between two readings of the same sockets' counters: `end - start` when both
+/// were read (a socket closed meanwhile can make it negative: none then), `end` when the
+/// first reading is missing (no steady phase began: the whole run so far).
+pub fn drops_between(start: Option<u64>, end: Option<u64>) -> Option<u64> {
+    match (start, end) {
+        (Some(start), Some(end)) => Some(end.saturating_sub(start)),
+        (None, end) => end,
+        (Some(_), None) => None,
+    }
+}
+
 /// Each socket's local port and receive drops from `net/udp` or `udp6` (`local_address` is
 /// `ADDR:PORT` in hex).
 pub fn parse_port_drops(table: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
@@ -164,6 +175,24 @@ pub fn read(pid: u32) -> ProcResources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_are_counted_between_two_readings_or_over_the_run_without_the_first() {
+        assert_eq!(drops_between(Some(1_500), Some(1_545)), Some(45), "the steady phase's");
+        assert_eq!(drops_between(Some(0), Some(0)), Some(0));
+        assert_eq!(
+            drops_between(None, Some(9_147)),
+            Some(9_147),
+            "no steady phase: the run's"
+        );
+        assert_eq!(
+            drops_between(Some(300), Some(200)),
+            Some(0),
+            "a socket closed meanwhile"
+        );
+        assert_eq!(drops_between(Some(3), None), None, "nothing to read at the end");
+        assert_eq!(drops_between(None, None), None);
+    }
 
     #[test]
     fn status_gives_rss_and_threads() {
