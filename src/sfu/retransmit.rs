@@ -136,7 +136,7 @@ const SEGMENTS: usize = 8;
 /// The packets' bytes (extensions and payload) go one after the other into one ring of
 /// bytes, so the cache holds what the track sent in its last `max_age` rather than
 /// [`CACHE_SLOTS`] buffers each as large as the largest packet they held: a 500 kbit/s
-/// camera's cache took about 600 KB as slot buffers, its ring takes 64 KB. The ring starts
+/// camera's cache took about 600 KB as slot buffers, its ring takes 128 KB. The ring starts
 /// at [`RING_START`] and doubles (up to [`RING_MAX`]) when a write would cover bytes
 /// younger than `max_age`, so a 4 Mbit/s screen share keeps its second too. One packet
 /// is one contiguous copy into memory written just before, which also spares the forward
@@ -310,6 +310,10 @@ impl PacketCache {
 
     /// The writes up to `end` enter the segments after the head's: marked entered now.
     fn mark(&mut self, end: u64, now: Instant) {
+        if end <= self.head {
+            // Nothing written (an empty packet: no payload, no extensions).
+            return;
+        }
         let segment = self.segment_len();
         let (from, to) = (self.head.div_ceil(segment), (end - 1) / segment);
         for s in from..=to {
@@ -1046,6 +1050,19 @@ mod tests {
                 assert_eq!(got, Some(true), "seq {seq}");
             }
         }
+    }
+
+    #[test]
+    fn an_empty_packet_is_cached_first_or_later() {
+        let t0 = Instant::now();
+        let mut cache = PacketCache::default();
+        // Padding only: no payload, no extensions (the first packet, then one among others).
+        assert_eq!(cache.insert(&packet(1, &[]), t0), Insert::New);
+        assert_eq!(whole(&cache, 1, 0), Some(true));
+        stream(&mut cache, 2, 3, 500, t0, MS(20));
+        assert_eq!(cache.insert(&packet(5, &[]), t0 + MS(60)), Insert::New);
+        assert_eq!(cache.insert(&packet(5, &[]), t0 + MS(61)), Insert::Duplicate);
+        assert_eq!((whole(&cache, 4, 500), whole(&cache, 5, 0)), (Some(true), Some(true)));
     }
 
     #[test]
