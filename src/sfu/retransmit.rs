@@ -227,12 +227,12 @@ impl PacketCache {
         let ext_len = if count == 0 { 0 } else { 1 + 2 * count + ext_data };
         let payload_len = packet.payload.len();
         let total = ext_len + payload_len;
-        let (Ok(ext_len16), Ok(payload_len16)) = (u16::try_from(ext_len), u16::try_from(payload_len)) else {
-            // Larger than any datagram: not cacheable (a NACK for it is unservable).
-            self.slots[index].filled = false;
-            return Insert::New;
+        let reserved = match (u16::try_from(ext_len), u16::try_from(payload_len)) {
+            (Ok(ext_len), Ok(payload_len)) => self.reserve(total, now).map(|start| (start, ext_len, payload_len)),
+            _ => None,
         };
-        let Some(start) = self.reserve(total, now) else {
+        let Some((start, ext_len16, payload_len16)) = reserved else {
+            // Larger than any datagram or ring: not cacheable (a NACK for it is unservable).
             self.slots[index].filled = false;
             return Insert::New;
         };
@@ -351,14 +351,13 @@ impl PacketCache {
                 .filter(|&(n, _)| n == s)
                 .map(|(_, at)| at)
         };
-        let (old_segment, new_segment) = (old_size / SEGMENTS as u64, new_size / SEGMENTS as u64);
+        let new_segment = new_size / SEGMENTS as u64;
         let from = self.head.saturating_sub(old_size) / new_segment;
         for s in from..=(self.head - 1) / new_segment {
             if let Some(at) = old_mark(2 * s).or_else(|| old_mark(2 * s + 1)) {
                 self.marks[s as usize % SEGMENTS] = Some((s, at));
             }
         }
-        debug_assert_eq!(new_segment, 2 * old_segment);
     }
 
     fn get(&self, seq: u16, epoch: u32) -> Option<Cached<'_>> {
