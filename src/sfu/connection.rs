@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use gatehouse_signaling::protocol::PeerRole;
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use rtc::crypto::SignatureScheme;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::SenderReportBuilder;
 use rtc::interceptor::{Registry, Slot};
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -225,6 +227,21 @@ pub fn ice_credentials() -> (String, String) {
     (take(16), take(32))
 }
 
+/// The DTLS certificate a shard's connections present (ECDSA P-256, self-signed, as
+/// `rtc` would make for each connection). One per shard, made when the shard starts:
+/// `rtc` otherwise generates a key pair and signs a certificate for every connection it
+/// builds, which was most of a join's work on the shard (BENCHMARKS §3, "Joins and leaves
+/// off the forwarding turn"). A client checks the certificate against the fingerprint in
+/// our SDP, which reaches it over the authenticated signaling socket: one certificate per
+/// server process or worker is what mediasoup and Janus do too.
+pub fn dtls_certificate() -> Result<RTCCertificate, rtc::shared::error::Error> {
+    let provider = rtc::crypto::default_provider().map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+    // A random name, as `rtc` gives the certificates it makes (no name is checked in DTLS-SRTP).
+    let params = CertificateParams::new(vec![ice_credentials().0])
+        .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+    RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+}
+
 /// Builds a server connection for `role` advertising a UDP host candidate at `advertised`
 /// and, when ICE-TCP is on, a passive TCP host candidate at `tcp` (RFC 6544; its
 /// priority is below the UDP one's, so clients that can use UDP do). `layer_rtx` is
@@ -232,7 +249,8 @@ pub fn ice_credentials() -> (String, String) {
 /// repair what was negotiated (keep it in [`Conn::layer_rtx`]). With `keys`, the
 /// connection's cryptography goes through that capture, so its SRTP keys can be read once
 /// DTLS completes (`srtp_keys`; kept in [`Conn::keys`]), and it offers no SRTP profile
-/// whose keys would be ambiguous there (`SRTP_AES128_CM_HMAC_SHA1_32`).
+/// whose keys would be ambiguous there (`SRTP_AES128_CM_HMAC_SHA1_32`). With `certificate`
+/// it presents that one ([`dtls_certificate`]); without, `rtc` makes one for it.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     now: Instant,
@@ -244,6 +262,7 @@ pub fn build(
     stats: StatsPair,
     layer_rtx: SharedSettings,
     keys: Option<Arc<KeyCapture>>,
+    certificate: Option<&RTCCertificate>,
 ) -> Result<(RTCPeerConnection, Option<ReceiveSide>), rtc::shared::error::Error> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
@@ -280,7 +299,11 @@ pub fn build(
     }
     let setting_engine = setting_engine.build();
     let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_certificates(certificate.into_iter().cloned().collect())
+                .build(),
+        )
         .with_media_engine(media_engine)
         .with_setting_engine(setting_engine)
         .with_interceptor_registry(registry)
@@ -745,6 +768,11 @@ mod tests {
     /// The first offer of a `role` connection with UDP at `127.0.0.1:7000` (and passive TCP
     /// at 7443 when `tcp`) sending a microphone and a camera.
     fn offer_of_two_tracks(role: PeerRole, tcp: bool) -> String {
+        offer_with(role, tcp, None)
+    }
+
+    /// The same, presenting `certificate` if given.
+    fn offer_with(role: PeerRole, tcp: bool, certificate: Option<&RTCCertificate>) -> String {
         let (u, p) = ice_credentials();
         let udp = "127.0.0.1:7000".parse().unwrap();
         let tcp = tcp.then(|| "127.0.0.1:7443".parse().unwrap());
@@ -758,6 +786,7 @@ mod tests {
             stats(),
             Default::default(),
             None,
+            certificate,
         )
         .unwrap()
         .0;
@@ -775,6 +804,36 @@ mod tests {
             add_sender(&mut pc, &track, 1000 + n).unwrap();
         }
         make_offer(&mut pc, Instant::now()).unwrap()
+    }
+
+    /// The `a=fingerprint` lines of an SDP.
+    fn fingerprints(sdp: &str) -> Vec<&str> {
+        sdp.lines().filter(|l| l.starts_with("a=fingerprint:")).collect()
+    }
+
+    /// A shard's connections present its one certificate (`dtls_certificate`), in either
+    /// role; connections built without one each get a certificate of their own.
+    #[test]
+    fn connections_given_the_shards_certificate_present_it_and_others_their_own() {
+        let shard = dtls_certificate().expect("certificate");
+        let other = dtls_certificate().expect("certificate");
+        let a = offer_with(PeerRole::Subscriber, false, Some(&shard));
+        let b = offer_with(PeerRole::Publisher, false, Some(&shard));
+        let c = offer_with(PeerRole::Subscriber, false, Some(&other));
+        let (fa, fb, fc) = (fingerprints(&a), fingerprints(&b), fingerprints(&c));
+        assert!(!fa.is_empty() && fa[0].starts_with("a=fingerprint:sha-256 "), "{a}");
+        assert_eq!(fa, fb, "one certificate for the shard");
+        assert_ne!(fa, fc, "another shard's certificate is another");
+        let (d, e) = (
+            offer_of_two_tracks(PeerRole::Subscriber, false),
+            offer_of_two_tracks(PeerRole::Subscriber, false),
+        );
+        assert_ne!(
+            fingerprints(&d),
+            fingerprints(&e),
+            "without one, each connection makes its own"
+        );
+        assert_ne!(fingerprints(&d), fa);
     }
 
     #[test]
@@ -931,6 +990,7 @@ mod tests {
             None,
             stats(),
             layer_rtx.clone(),
+            None,
             None,
         )
         .unwrap()

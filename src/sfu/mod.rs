@@ -60,6 +60,7 @@ pub mod placement;
 pub mod probe;
 pub mod quality;
 pub mod quiet_reports;
+mod reaper;
 pub mod relay;
 pub mod remb;
 pub mod retransmit;

@@ -37,6 +37,7 @@ use super::ice_lite;
 use super::idmap::IdMap;
 use super::media_room::{Admit, ConnId, LegSink};
 use super::own_srtp::OwnSrtp;
+use super::reaper::Reaper;
 use super::stats::Counters;
 use super::tcp::{Directory, Link, LinkId, ShardTcp};
 use super::timers::{Deadlines, Deferred, TIMER_TICK};
@@ -104,6 +105,8 @@ pub struct Peers {
     /// How forwarded packets go into `rtc` (both levers on; the bench turns them off to
     /// measure each).
     pub levers: WriteLevers,
+    /// Where closed connections are freed, off the turn.
+    reaper: Reaper,
 }
 
 /// The ways forwarded packets skip work in `rtc` (issue 13; docs/ARCHITECTURE.md).
@@ -166,6 +169,7 @@ impl Peers {
             link_by_peer: HashMap::new(),
             next_link: 1,
             levers: WriteLevers::default(),
+            reaper: Reaper::spawn(format!("sfu-reaper-{shard}")),
         })
     }
 
@@ -271,6 +275,8 @@ impl Peers {
                 tcp.directory.remove(&conn.ufrag);
             }
             self.live.fetch_sub(1, Ordering::Relaxed);
+            // Freed off the turn (`reaper`): most of a leave's cost on the shard.
+            self.reaper.reap(conn);
         }
         // Its TCP links close with it (dropping a link ends its tasks and socket).
         let links: Vec<LinkId> = self
@@ -1267,6 +1273,7 @@ mod tests {
             None,
             stats,
             Default::default(),
+            None,
             None,
         )
         .expect("build");

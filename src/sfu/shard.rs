@@ -23,6 +23,7 @@ use gatehouse_signaling::protocol::{
     IceCandidate, MediaMessage, MeetingId, ParticipantId, PeerRole, PublishedTrack, ServerMessage, TrackInfo,
 };
 use gatehouse_signaling::{Error, ErrorCode};
+use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -48,6 +49,12 @@ const TCP_BATCH: usize = 64;
 /// Commands taken per turn besides the one the select may pick: enough that joins and
 /// offers never queue behind a saturated socket, few enough to keep a turn short.
 const COMMAND_BATCH: usize = 16;
+/// Time those commands may take in one turn (the first of them always runs). A join or a
+/// leave costs a few hundred microseconds of the shard (its connections made or closed, the
+/// room's renegotiation); sixteen of them in one turn held other meetings' packets for
+/// 10-20 ms and overflowed the socket when a large meeting ended at once (BENCHMARKS §3,
+/// "Joins and leaves off the forwarding turn").
+const COMMAND_TIME: Duration = Duration::from_millis(2);
 /// Batches from other shards (`relay`) taken per wake-up.
 const RELAY_BATCH: usize = 64;
 
@@ -156,6 +163,9 @@ pub struct Shard {
     relay: Outgoing,
     /// Rooms with peers whose view may have changed this turn.
     views_dirty: Vec<RoomId>,
+    /// The DTLS certificate every connection of the shard presents
+    /// (`connection::dtls_certificate`); `None` if it could not be made.
+    certificate: Option<RTCCertificate>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -192,6 +202,14 @@ impl Shard {
             room_keys: HashMap::new(),
             relay: Outgoing::none(index),
             views_dirty: Vec::new(),
+            certificate: connection::dtls_certificate()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        shard = index,
+                        "no DTLS certificate for the shard, one per connection then: {e}"
+                    )
+                })
+                .ok(),
         }
     }
 
@@ -230,6 +248,7 @@ impl Shard {
             if !self.rooms.is_empty() {
                 deadline = Some(deadline.map_or(self.speakers_due, |at| at.min(self.speakers_due)));
             }
+            let mut backlog = false;
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
             ));
@@ -237,7 +256,7 @@ impl Shard {
                 biased;
                 ready = self.peers.udp().socket().readable() => {
                     match ready {
-                        Ok(()) => self.receive_datagrams(),
+                        Ok(()) => backlog = self.receive_datagrams(),
                         Err(e) => tracing::debug!(shard = self.index, "media socket readiness: {e}"),
                     }
                 }
@@ -271,8 +290,14 @@ impl Shard {
                 _ = sleep => {}
             }
             // A saturated socket wins the biased select every turn; commands (joins,
-            // offers, leaves) still get a bounded share of each turn.
-            for _ in 0..COMMAND_BATCH {
+            // offers, leaves) still get a bounded share of each turn: one while datagrams
+            // are waiting (the socket filled the last batch), else up to COMMAND_BATCH
+            // within COMMAND_TIME.
+            let started = Instant::now();
+            for _ in 0..if backlog { 1 } else { COMMAND_BATCH } {
+                if started.elapsed() >= COMMAND_TIME {
+                    break;
+                }
                 let Ok(command) = commands.try_recv() else { break };
                 if self.on_command(command) {
                     return;
@@ -470,12 +495,15 @@ impl Shard {
     }
 
     /// Up to [`RECV_ROUNDS`] batches from the media socket, each datagram routed and its
-    /// connection drained as it comes.
-    fn receive_datagrams(&mut self) {
+    /// connection drained as it comes. Returns whether the socket may hold more (the last
+    /// batch was full).
+    fn receive_datagrams(&mut self) -> bool {
         let now = Instant::now();
+        let mut more = false;
         for _ in 0..RECV_ROUNDS {
+            more = false;
             match self.peers.udp_mut().receive() {
-                Ok(true) => {}
+                Ok(true) => more = self.peers.udp().received_full(),
                 Ok(false) => break,
                 // ICMP errors surface here on some platforms: one peer's problem, not the shard's.
                 Err(e) => {
@@ -487,6 +515,7 @@ impl Shard {
                 self.on_datagram(now, from, data);
             }
         }
+        more
     }
 
     /// ICE-TCP: a link handed over, a frame from one, or one closing.
@@ -905,6 +934,7 @@ impl Shard {
             stats,
             layer_rtx.clone(),
             keys.clone(),
+            self.certificate.as_ref(),
         )
         .map_err(|e| err(ErrorCode::Internal, format!("could not create a peer connection: {e}")))?;
         let meeting_id = hosted.room.meeting_id().to_owned();

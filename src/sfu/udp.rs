@@ -421,6 +421,12 @@ impl UdpIo {
         }
     }
 
+    /// Whether the last [`receive`](Self::receive) filled every buffer: the socket may hold
+    /// more (a backlog), where a shorter batch means it was drained.
+    pub fn received_full(&self) -> bool {
+        self.recv_filled == RECV_MSGS
+    }
+
     /// The next datagram of the last [`receive`](Self::receive), copied into a buffer of
     /// its own for `rtc` (from a reused pool).
     pub fn next_datagram(&mut self) -> Option<(SocketAddr, BytesMut)> {
