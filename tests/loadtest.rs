@@ -152,9 +152,10 @@ async fn run_creates_meetings_joins_everyone_and_reads_the_gateway() {
 /// steady phase four more participants join within 1 s, in two meetings of their own. They
 /// all get in with their media, the storm's meetings are created and ended with the run's,
 /// and the report gives the call's latency before, during and after the storm apart from
-/// the run's own figures.
+/// the run's own figures. Then a leave storm (`--storm-leave-after`): 1 s after they all
+/// settled they leave at once, cleanly, and the call's latency from then is reported apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_storm_joins_in_meetings_of_its_own_and_splits_the_calls_latency() {
+async fn a_join_storm_joins_in_meetings_of_its_own_leaves_at_once_and_splits_the_calls_latency() {
     let srv = TestServer::start().await;
     let report = bounded_run(options(
         &srv,
@@ -164,8 +165,9 @@ async fn a_join_storm_joins_in_meetings_of_its_own_and_splits_the_calls_latency(
                 participants: 4,
                 within: Duration::from_secs(1),
                 after: Duration::from_secs(1),
+                leave_after: Some(Duration::from_secs(1)),
             }),
-            ..shape(2, 6)
+            ..shape(2, 8)
         },
         Thresholds::default(),
     ))
@@ -188,25 +190,34 @@ async fn a_join_storm_joins_in_meetings_of_its_own_and_splits_the_calls_latency(
         "every storm participant settled: {storm:?}"
     );
     assert_eq!(storm.join_to_media_ms.expect("storm media").count, 4);
+    assert!(
+        storm.left_after_secs.is_some_and(|s| s >= 1.0),
+        "they left 1 s after settling: {storm:?}"
+    );
     for (window, p) in [
         ("before", storm.latency_before_ms),
         ("during", storm.latency_during_ms),
         ("after", storm.latency_after_ms),
+        ("while leaving", storm.latency_leaving_ms),
     ] {
         assert!(
             p.is_some_and(|p| p.count > 0),
             "the call's latency {window} the storm: {storm:?}"
         );
     }
-    let total: u64 = [storm.latency_before_ms, storm.latency_during_ms, storm.latency_after_ms]
-        .iter()
-        .map(|p| p.map_or(0, |p| p.count))
-        .sum();
-    assert_eq!(
-        total,
-        report.latency_ms.expect("the call's latency").count,
-        "the three windows split the steady phase's packets"
+    let windows = [
+        storm.latency_before_ms,
+        storm.latency_during_ms,
+        storm.latency_after_ms,
+        storm.latency_leaving_ms,
+    ];
+    let total: u64 = windows.iter().map(|p| p.map_or(0, |p| p.count)).sum();
+    // The leaving's window is 5 s or what is left of the run; after it, nothing is counted.
+    assert!(
+        total <= report.latency_ms.expect("the call's latency").count,
+        "the windows are apart: {storm:?}"
     );
+    assert!(storm.leaving_p99_rise_ms.is_some(), "{storm:?}");
     assert!(storm.p99_rise_ms.is_some());
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["storm"]["joined"], 4);

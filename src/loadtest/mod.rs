@@ -241,6 +241,12 @@ pub struct LoadtestArgs {
     /// is measured over these).
     #[arg(long, default_value_t = 15, value_name = "SECS")]
     pub storm_after: u64,
+    /// Join storm, then a leave storm: this many seconds after every storm participant
+    /// settled, they all leave at once (as when a large meeting ends). The report adds the
+    /// run's own calls' one-way latency over the 5 s from the leaving and its p99 rise over
+    /// the latency before the storm. --duration must leave room for it.
+    #[arg(long, value_name = "SECS", requires = "storm")]
+    pub storm_leave_after: Option<u64>,
     /// Churn soak instead of a steady load: for --duration seconds participants join,
     /// publish, chat and leave, drop without leaving, or wait in the lobby to be admitted
     /// or denied, while the gateway's memory, descriptors, threads, UDP sockets and
@@ -310,6 +316,7 @@ impl LoadtestArgs {
                 participants,
                 within: Duration::from_secs(self.storm_within),
                 after: Duration::from_secs(self.storm_after),
+                leave_after: self.storm_leave_after.map(Duration::from_secs),
             }),
             idle: self.idle,
         };
@@ -454,6 +461,8 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     let meetings = create_meetings(&rest, &shape).await?;
     let run_start = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The storm's participants stop on their own signal (a leave storm), or with everyone.
+    let (storm_stop_tx, storm_stop_rx) = watch::channel(false);
     // An idle run's publishers go quiet when the steady phase starts.
     let (quiet_tx, quiet_rx) = watch::channel(false);
     let scrapes = Arc::new(Mutex::new(Scrapes::default()));
@@ -523,7 +532,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             }
         }
         let elapsed = run_start.elapsed();
-        let start = |seat: &scenario::Seat| -> Running {
+        let start = |seat: &scenario::Seat, stop_rx: &watch::Receiver<bool>| -> Running {
             let others = shape.publishers - u32::from(seat.role == Role::Publisher);
             let probe = Arc::new(Probe::new(seat.role, (others * shape.tracks_per_publisher()) as usize));
             let meeting = meetings[seat.meeting as usize].clone();
@@ -548,7 +557,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             (probe, task)
         };
         for seat in plan.iter().take(timeline.due(elapsed)).skip(running.len()) {
-            running.push(start(seat));
+            running.push(start(seat, &stop_rx));
         }
         if all_settled_at.is_none() && running.len() == plan.len() && all_settled(&plan, &running, &shape) {
             all_settled_at = Some(elapsed);
@@ -589,7 +598,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             if let Some(storm_start) = storm.started_at {
                 let due = shape_storm.due(elapsed.saturating_sub(storm_start));
                 for seat in storm_plan.iter().take(due).skip(storm.running.len()) {
-                    storm.running.push(start(seat));
+                    storm.running.push(start(seat, &storm_stop_rx));
                 }
                 if storm.settled_at.is_none()
                     && storm.running.len() == storm_plan.len()
@@ -597,6 +606,21 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
                 {
                     storm.settled_at = Some(elapsed);
                     storm.until_settled = latency_of(&running);
+                }
+                // The leave storm: everyone of the storm leaves at once, and the calls'
+                // latency over the LEAVE_WINDOW from then is the leaving's.
+                if let (Some(settled), Some(leave_after)) = (storm.settled_at, shape_storm.leave_after) {
+                    if storm.left_at.is_none() && elapsed >= settled + leave_after {
+                        storm.left_at = Some(elapsed);
+                        storm.until_left = latency_of(&running);
+                        let _ = storm_stop_tx.send(true);
+                    }
+                    if let Some(left) = storm.left_at
+                        && storm.after_leaving.is_none()
+                        && elapsed >= left + LEAVE_WINDOW
+                    {
+                        storm.after_leaving = Some(latency_of(&running));
+                    }
                 }
             }
         }
@@ -648,6 +672,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         probe.note_connections();
     }
     let _ = stop_tx.send(true);
+    let _ = storm_stop_tx.send(true);
     // They all close at once; one deadline bounds the whole teardown.
     let deadline = tokio::time::Instant::now() + participant::CLOSE_TIMEOUT + Duration::from_secs(5);
     let participants = close_all(running, deadline).await;
@@ -668,13 +693,23 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
         for s in participants.iter().flat_map(|p| &p.streams) {
             all.merge(&s.latency);
         }
+        // A leave storm ends "after" where it begins, and its window where the run did if that
+        // came first.
+        let after_end = if storm.left_at.is_some() {
+            &storm.until_left
+        } else {
+            &all
+        };
         let (during, after) = match settled_in {
             Some(_) => (
                 storm.until_settled.since(&storm.before),
-                all.since(&storm.until_settled),
+                after_end.since(&storm.until_settled),
             ),
             None => (all.since(&storm.before), Default::default()),
         };
+        let leaving = storm
+            .left_at
+            .map(|_| storm.after_leaving.as_ref().unwrap_or(&all).since(&storm.until_left));
         report::StormData {
             participants: storm_participants,
             started_after,
@@ -682,6 +717,11 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             latency_before: storm.before.clone(),
             latency_during: during,
             latency_after: after,
+            left_after: storm
+                .left_at
+                .zip(storm.settled_at)
+                .map(|(left, settled)| left.saturating_sub(settled)),
+            latency_leaving: leaving,
         }
     });
     let data = report::RunData {
@@ -713,7 +753,15 @@ struct StormRun {
     running: Vec<Running>,
     before: gatehouse_sdk::synthetic::LatencyHistogram,
     until_settled: gatehouse_sdk::synthetic::LatencyHistogram,
+    /// A leave storm: when its participants were told to leave, the calls' latency until
+    /// then, and until LEAVE_WINDOW later.
+    left_at: Option<Duration>,
+    until_left: gatehouse_sdk::synthetic::LatencyHistogram,
+    after_leaving: Option<gatehouse_sdk::synthetic::LatencyHistogram>,
 }
+
+/// How long after a leave storm the run's calls' latency is the leaving's.
+const LEAVE_WINDOW: Duration = Duration::from_secs(5);
 
 /// The latency the participants' streams recorded so far (since the steady phase began).
 fn latency_of(running: &[Running]) -> gatehouse_sdk::synthetic::LatencyHistogram {
@@ -1052,6 +1100,7 @@ mod tests {
                 participants: 200,
                 within: Duration::from_secs(10),
                 after: Duration::from_secs(15),
+                leave_after: None,
             }),
             "200 within 10 s, 15 s into the steady phase by default"
         );
@@ -1078,6 +1127,10 @@ mod tests {
         assert!(e.contains("--duration must be more than"), "{e}");
         let e = parse(&["--token", "t", "--storm", "4", "--churn"]).unwrap_err();
         assert!(e.contains("--churn"), "{e}");
+        let o = parse(&["--token", "t", "--storm", "4", "--storm-leave-after", "5"]).unwrap();
+        assert_eq!(o.shape.storm.and_then(|s| s.leave_after), Some(Duration::from_secs(5)));
+        let e = parse(&["--token", "t", "--storm-leave-after", "5"]).unwrap_err();
+        assert!(e.contains("--storm"), "a leave storm needs a storm: {e}");
     }
 
     #[test]

@@ -314,8 +314,14 @@ pub struct StormData {
     /// The same during the storm: from its start until its participants settled (or the
     /// steady phase ended).
     pub latency_during: LatencyHistogram,
-    /// The same after it, to the steady phase's end.
+    /// The same after it, to the steady phase's end (or to a leave storm).
     pub latency_after: LatencyHistogram,
+    /// A leave storm (`--storm-leave-after`): when the storm's participants all left, after
+    /// they had settled; `None` if they did not before the run ended.
+    pub left_after: Option<Duration>,
+    /// The run's calls' one-way latency over the 5 s from the leaving (less if the run
+    /// ended first).
+    pub latency_leaving: Option<LatencyHistogram>,
 }
 
 /// A join storm's figures in the report.
@@ -346,6 +352,12 @@ pub struct StormFigures {
     pub latency_after_ms: Option<Percentiles>,
     /// How much the storm raised the run's calls' p99 latency: during minus before, ms.
     pub p99_rise_ms: Option<f64>,
+    /// A leave storm: seconds from every storm participant settled to their leaving.
+    pub left_after_secs: Option<f64>,
+    /// A leave storm: the run's calls' one-way latency over the 5 s from the leaving, ms.
+    pub latency_leaving_ms: Option<Percentiles>,
+    /// How much the leaving raised the calls' p99 latency: leaving minus before, ms.
+    pub leaving_p99_rise_ms: Option<f64>,
     /// Storm participants' errors, most frequent first.
     pub errors: Vec<ErrorCount>,
 }
@@ -355,6 +367,7 @@ impl StormFigures {
         let p = &data.participants;
         let before = histogram_percentiles(&data.latency_before);
         let during = histogram_percentiles(&data.latency_during);
+        let leaving = data.latency_leaving.as_ref().and_then(histogram_percentiles);
         StormFigures {
             planned,
             started: p.len(),
@@ -368,6 +381,9 @@ impl StormFigures {
             latency_during_ms: during,
             latency_after_ms: histogram_percentiles(&data.latency_after),
             p99_rise_ms: before.zip(during).map(|(b, d)| d.p99 - b.p99),
+            left_after_secs: data.left_after.map(|d| d.as_secs_f64()),
+            latency_leaving_ms: leaving,
+            leaving_p99_rise_ms: before.zip(leaving).map(|(b, l)| l.p99 - b.p99),
             errors: error_counts(p),
         }
     }
@@ -988,6 +1004,18 @@ impl Report {
                 st.p99_rise_ms
                     .map_or_else(na, |r| format!("{r:+.1} ms (during minus before)")),
             );
+            if let Some(left) = st.left_after_secs {
+                row(&mut out, "  leaving (5 s)", percentiles(st.latency_leaving_ms));
+                row(
+                    &mut out,
+                    "leave storm",
+                    format!(
+                        "all left at once {left:.1} s after settling; p99 rise {}",
+                        st.leaving_p99_rise_ms
+                            .map_or_else(na, |r| format!("{r:+.1} ms (leaving minus before)"))
+                    ),
+                );
+            }
             for e in &st.errors {
                 let _ = writeln!(out, "  {:>5} x {}", e.count, e.message);
             }
@@ -1157,6 +1185,7 @@ mod tests {
             participants: 4,
             within: Duration::from_secs(10),
             after: Duration::from_secs(10),
+            leave_after: None,
         });
         let mut late = participant(vec![stream(TrackKind::Audio, 10, 10, 1, 900)]);
         late.admitted_after = Some(Duration::from_millis(700));
@@ -1176,6 +1205,8 @@ mod tests {
             latency_before: latencies(100, 2),
             latency_during: during,
             latency_after: latencies(100, 3),
+            left_after: None,
+            latency_leaving: None,
         });
         let r = Report::from_run(&data);
         let st = r.storm.clone().expect("the storm's figures");
@@ -1198,6 +1229,24 @@ mod tests {
         assert_eq!(json["storm"]["joined"], 2);
         assert_eq!(json["shape"]["storm"]["participants"], 4);
         assert!(json["storm"]["p99_rise_ms"].as_f64().is_some());
+        assert!(!table.contains("leave storm") && json["storm"]["latency_leaving_ms"].is_null());
+        // A leave storm: its 5 s window and its rise over the latency before the storm.
+        let mut leaving = latencies(95, 2);
+        leaving.merge(&latencies(5, 25));
+        if let Some(st) = data.storm.as_mut() {
+            st.left_after = Some(Duration::from_secs(5));
+            st.latency_leaving = Some(leaving);
+        }
+        let r = Report::from_run(&data);
+        let st = r.storm.clone().expect("the storm's figures");
+        assert_eq!(st.left_after_secs, Some(5.0));
+        assert!((st.latency_leaving_ms.unwrap().p99 - 25.0).abs() < 1.0, "{st:?}");
+        assert!((st.leaving_p99_rise_ms.unwrap() - 23.0).abs() < 1.0, "{st:?}");
+        let table = r.to_table();
+        assert!(
+            table.contains("leaving (5 s)") && table.contains("all left at once 5.0 s after settling"),
+            "{table}"
+        );
         // Without a storm: nothing about one.
         let plain = Report::from_run(&run(Vec::new(), Thresholds::default()));
         assert!(plain.storm.is_none() && !plain.to_table().contains("Join storm"));

@@ -88,6 +88,10 @@ pub struct Storm {
     /// latency it is compared with).
     #[serde(serialize_with = "secs")]
     pub after: Duration,
+    /// The storm's participants all leave at once this long after every one of them settled
+    /// (`--storm-leave-after`: a large meeting ending), if given.
+    #[serde(serialize_with = "opt_secs")]
+    pub leave_after: Option<Duration>,
 }
 
 impl Storm {
@@ -139,6 +143,13 @@ pub struct Shape {
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 /// Why a shape was refused: a sentence for the operator.
@@ -248,6 +259,9 @@ impl Shape {
             }
             if storm.after.is_zero() {
                 return bad("--storm-after must be at least 1 s: the latency before the storm is its yardstick".into());
+            }
+            if storm.leave_after.is_some_and(|d| d.is_zero()) {
+                return bad("--storm-leave-after must be at least 1 s".into());
             }
             if storm.after + storm.within >= self.duration {
                 return bad(format!(
@@ -495,6 +509,7 @@ mod tests {
             participants,
             within: Duration::from_secs(within),
             after: Duration::from_secs(after),
+            leave_after: None,
         })
     }
 
@@ -547,6 +562,13 @@ mod tests {
             (storm(3, 10, 0), "--storm-after"),
             (storm(3, 10, 20), "--duration must be more than"),
             (storm(6_000, 10, 10), "at most 5000"),
+            (
+                storm(3, 10, 10).map(|s| Storm {
+                    leave_after: Some(Duration::ZERO),
+                    ..s
+                }),
+                "--storm-leave-after must be at least 1 s",
+            ),
         ];
         for (storm, why) in cases {
             let s = Shape {
