@@ -5,11 +5,13 @@
 # SHARDS (the gateway's --media-shards, default 1), GW_CPUS and LT_CPUS (taskset CPU lists of
 # the gateway and the load tester, default 0 and 1), SPLIT_AT (--media-split-at, when set),
 # PORT and MEDIA_PORT (the gateway's HTTPS and first media port, default 8443 and 7882: two
-# runs at once need their own, see ab.sh).
+# runs at once need their own, see ab.sh). LT_BIN: the load tester's binary, default BIN (a
+# before/after of the gateway with the newer load tester's options).
 set -u
 NAME=$1; shift; [ "$1" = "--" ] && shift
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${BIN:-$HERE/../../target/release/gatehouse}
+LT_BIN=${LT_BIN:-$BIN}
 OUT=${OUT:-/tmp/ghb}
 D=$OUT/data; R=$OUT/runs; mkdir -p $D $R
 SHARDS=${SHARDS:-1}; GW_CPUS=${GW_CPUS:-0}; LT_CPUS=${LT_CPUS:-1}; PORT=${PORT:-8443}; MEDIA_PORT=${MEDIA_PORT:-7882}
@@ -18,7 +20,7 @@ GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 taskset -c $GW_CPUS $BIN serve --data-di
 SP=$!
 for i in $(seq 50); do curl -sk https://127.0.0.1:$PORT/metrics >/dev/null 2>&1 && break; sleep 0.2; done
 IDLE_RSS=$(awk '/VmRSS/{print $2}' /proc/$SP/status)
-taskset -c $LT_CPUS /usr/bin/time -f "%U %S %e %M" -o $R/$NAME.time $BIN loadtest --data-dir $D --url https://localhost:$PORT --json "$@" > $R/$NAME.json 2> $R/$NAME.err &
+taskset -c $LT_CPUS /usr/bin/time -f "%U %S %e %M" -o $R/$NAME.time $LT_BIN loadtest --data-dir $D --url https://localhost:$PORT --json "$@" > $R/$NAME.json 2> $R/$NAME.err &
 LP=$!
 sleep 0.3
 CP=$(pgrep -P $LP | head -1); [ -z "$CP" ] && CP=$LP

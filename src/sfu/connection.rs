@@ -230,8 +230,8 @@ pub fn ice_credentials() -> (String, String) {
 /// The DTLS certificate a shard's connections present (ECDSA P-256, self-signed, as
 /// `rtc` would make for each connection). One per shard, made when the shard starts:
 /// `rtc` otherwise generates a key pair and signs a certificate for every connection it
-/// builds, which was most of a join's work on the shard (BENCHMARKS §3, "Joins and leaves
-/// off the forwarding turn"). A client checks the certificate against the fingerprint in
+/// builds, which was half of building one (125 against 59 us, median; BENCHMARKS §3,
+/// "Joins and leaves off the forwarding turn"). A client checks the certificate against the fingerprint in
 /// our SDP, which reaches it over the authenticated signaling socket: one certificate per
 /// server process or worker is what mediasoup and Janus do too.
 pub fn dtls_certificate() -> Result<RTCCertificate, rtc::shared::error::Error> {
