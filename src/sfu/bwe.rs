@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use super::probe::{self, Cluster};
+use super::stamp::{Clock, NEVER};
 
 /// Packets remembered for their feedback: at 1 000 packets a second, two seconds.
 pub const HISTORY: usize = 2048;
@@ -56,9 +57,11 @@ pub struct Ack {
     pub arrival: Option<Duration>,
 }
 
+/// 12 bytes (it was 24 with an `Option<Instant>`: 48 KB per subscriber connection).
 #[derive(Debug, Clone, Copy, Default)]
 struct Sent {
-    at: Option<Instant>,
+    /// When it was sent ([`Clock`] stamp), [`NEVER`] once reported or for an empty slot.
+    at: u32,
     seq: u16,
     size: u16,
     /// The probe cluster it was sent in (`probe::Cluster::id`; 0: none).
@@ -69,6 +72,7 @@ struct Sent {
 pub struct SendHistory {
     slots: Box<[Sent]>,
     next: u16,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for SendHistory {
@@ -82,6 +86,7 @@ impl Default for SendHistory {
         Self {
             slots: vec![Sent::default(); HISTORY].into_boxed_slice(),
             next: 0,
+            clock: Clock::default(),
         }
     }
 }
@@ -97,7 +102,7 @@ impl SendHistory {
         let seq = self.next;
         self.next = seq.wrapping_add(1);
         self.slots[seq as usize % HISTORY] = Sent {
-            at: Some(now),
+            at: self.clock.stamp(now),
             seq,
             size: size.min(u16::MAX as usize) as u16,
             cluster,
@@ -105,15 +110,16 @@ impl SendHistory {
         seq
     }
 
-    /// When the packet `seq` was sent, its size and its probe cluster, once: a second
-    /// report of it finds nothing.
-    pub fn take(&mut self, seq: u16) -> Option<(Instant, u16, u16)> {
+    /// When the packet `seq` was sent (read back from `now`, to the microsecond), its size
+    /// and its probe cluster, once: a second report of it finds nothing. A report names
+    /// packets sent in the last second or so, well within the clock's 71-minute wrap.
+    pub fn take(&mut self, seq: u16, now: Instant) -> Option<(Instant, u16, u16)> {
         let slot = &mut self.slots[seq as usize % HISTORY];
         if slot.seq != seq {
             return None;
         }
-        let at = slot.at.take()?;
-        Some((at, slot.size, slot.cluster))
+        let age = self.clock.age(std::mem::replace(&mut slot.at, NEVER), now)?;
+        Some((now.checked_sub(age).unwrap_or(now), slot.size, slot.cluster))
     }
 }
 
@@ -647,7 +653,7 @@ impl Bwe {
         scratch.clear();
         let mut lost = 0;
         for ack in acks {
-            let Some((sent, size, cluster)) = self.history.take(ack.seq) else {
+            let Some((sent, size, cluster)) = self.history.take(ack.seq, now) else {
                 continue;
             };
             if let Some(probe) = self.probe.as_mut().filter(|p| p.id == cluster && cluster != 0) {
@@ -930,18 +936,28 @@ mod tests {
     }
 
     #[test]
+    fn a_sent_entry_is_12_bytes() {
+        assert_eq!(std::mem::size_of::<Sent>(), 12);
+    }
+
+    #[test]
     fn history_numbers_consecutively_and_answers_each_number_once() {
         let t0 = Instant::now();
         let mut h = SendHistory::default();
         assert_eq!(h.stamp(1200, t0), 0);
         assert_eq!(h.stamp(100_000, t0 + Duration::from_millis(1)), 1);
-        assert_eq!(h.take(1), Some((t0 + Duration::from_millis(1), u16::MAX, 0)));
-        assert_eq!(h.take(1), None, "a second report of the same packet finds nothing");
-        assert_eq!(h.take(7), None, "never sent");
+        let later = t0 + Duration::from_millis(40);
+        assert_eq!(h.take(1, later), Some((t0 + Duration::from_millis(1), u16::MAX, 0)));
+        assert_eq!(
+            h.take(1, later),
+            None,
+            "a second report of the same packet finds nothing"
+        );
+        assert_eq!(h.take(7, later), None, "never sent");
         for _ in 0..HISTORY {
             h.stamp(10, t0);
         }
-        assert_eq!(h.take(0), None, "overwritten by a later number in its slot");
+        assert_eq!(h.take(0, later), None, "overwritten by a later number in its slot");
     }
 
     #[test]
@@ -953,8 +969,8 @@ mod tests {
         }
         assert_eq!(h.stamp(10, t0), 65_535);
         assert_eq!(h.stamp(20, t0), 0);
-        assert_eq!(h.take(0), Some((t0, 20, 0)));
-        assert_eq!(h.take(65_535), Some((t0, 10, 0)));
+        assert_eq!(h.take(0, t0), Some((t0, 20, 0)));
+        assert_eq!(h.take(65_535, t0 + Duration::from_millis(7)), Some((t0, 10, 0)));
     }
 
     #[test]

@@ -72,6 +72,7 @@ mod shard;
 pub mod speaker;
 pub mod srtp_gcm;
 pub mod srtp_keys;
+mod stamp;
 pub mod stats;
 mod tcp;
 pub mod temporal;

@@ -23,6 +23,7 @@ use rtc::rtp::Packet;
 use rtc::rtp::header::{Extension, Header};
 
 use super::forward::DownLeg;
+use super::stamp::{Clock, NEVER};
 use super::vp8::Offsets;
 
 /// Packets a track's cache holds (a power of two: slots are indexed by sequence
@@ -393,7 +394,10 @@ struct Sent {
     vp8_tl0: u8,
     resends: u8,
     /// When it was sent and last resent ([`Clock`] stamps; [`NEVER`] for an empty slot and
-    /// for a packet not resent).
+    /// for a packet not resent). Only ages up to `max_age` (a second) are asked: an entry
+    /// left unwritten for longer than the clock's wrap could read young again, but a NACK
+    /// names a packet sent in the last second, which its slot holds (512 slots), and the
+    /// packet cache keeps ages of its own.
     at: u32,
     resent: u32,
 }
@@ -404,43 +408,6 @@ impl Sent {
             picture_id: self.vp8_picture_id,
             tl0: self.vp8_tl0,
         }
-    }
-}
-
-/// A [`Clock`] stamp that names no moment.
-const NEVER: u32 = 0;
-
-/// A leg history's time: microseconds since its first packet, in 32 bits, wrapping every
-/// 71 minutes. Only ages up to `max_age` (a second) are ever asked, so a stamp is read
-/// relative to now, modulo the wrap; an entry left unwritten for longer than a wrap could
-/// read young again, but a NACK names a packet sent in the last second, which its slot
-/// holds (512 slots), and the packet cache keeps ages of its own.
-#[derive(Debug, Clone, Copy, Default)]
-struct Clock {
-    base: Option<Instant>,
-}
-
-impl Clock {
-    /// `now` as a stamp (never [`NEVER`]); the first call sets the origin.
-    fn stamp(&mut self, now: Instant) -> u32 {
-        let base = *self.base.get_or_insert(now);
-        match Self::at(base, now) {
-            // Once a wrap, a microsecond late rather than taken for an empty slot.
-            NEVER => 1,
-            stamp => stamp,
-        }
-    }
-
-    /// How long before `now` the stamp `at` was taken; `None` for [`NEVER`].
-    fn age(&self, at: u32, now: Instant) -> Option<Duration> {
-        let base = self.base.filter(|_| at != NEVER)?;
-        Some(Duration::from_micros(u64::from(Self::at(base, now).wrapping_sub(at))))
-    }
-
-    /// Microseconds since `base`, plus one (so that the origin is not [`NEVER`]), wrapping.
-    fn at(base: Instant, now: Instant) -> u32 {
-        // Truncation is the wrap.
-        (now.saturating_duration_since(base).as_micros() as u32).wrapping_add(1)
     }
 }
 
@@ -719,29 +686,6 @@ mod tests {
     #[test]
     fn a_sent_entry_is_24_bytes() {
         assert_eq!(std::mem::size_of::<Sent>(), 24);
-    }
-
-    /// A leg history's clock: stamps are never `NEVER`, `NEVER` has no age, and an age is
-    /// right across the 32-bit wrap (71 minutes after the first packet).
-    #[test]
-    fn the_leg_clock_reads_ages_across_its_wrap() {
-        let t0 = Instant::now();
-        let mut clock = Clock::default();
-        assert_eq!(clock.stamp(t0), 1, "the first stamp is the origin, and not NEVER");
-        assert_eq!(clock.age(NEVER, t0 + MS(5)), None);
-        let at = clock.stamp(t0 + MS(20));
-        assert_eq!(clock.age(at, t0 + MS(25)), Some(MS(5)));
-        let before_wrap = t0 + Duration::from_micros(u64::from(u32::MAX) - 1_000);
-        let at = clock.stamp(before_wrap);
-        assert_ne!(at, NEVER);
-        assert_eq!(clock.age(at, before_wrap + MS(4)), Some(MS(4)), "across the wrap");
-        let on_wrap = t0 + Duration::from_micros(u64::from(u32::MAX));
-        assert_eq!(clock.stamp(on_wrap), 1, "a stamp that wraps to zero is not NEVER");
-        assert_eq!(
-            clock.age(1, on_wrap + MS(3)),
-            Some(Duration::from_micros(2_999)),
-            "a microsecond late"
-        );
     }
 
     fn packet(seq: u16, payload: &[u8]) -> Packet {
