@@ -970,7 +970,8 @@ async function guestAndStaffDecoding(run, { staffQuery = '', guestQuery = '' } =
  * publish their fake camera and decode each other's video. Once both decode the script says
  * `media-flowing`; the test disrupts the guest's network and tells the script (stdin) when
  * it is back (`{"told": "restored", "at": ms}`). Facts: for each side, how long after that
- * its decoded frames rose again (`toGuest`, `toStaff`: `{ms, gapMs}`), the guest's views,
+ * its decoded frames rose again (`toGuest`, `toStaff`: `{ms, gapMs}`), each page's video
+ * streams then (`guestStreams`, `staffStreams`: see `videoStreams`), the guest's views,
  * both pages' timelines, and what staff heard (`staffSawLeft`, `staffTrackEvents`).
  */
 async function outageFrames(run) {
@@ -984,6 +985,10 @@ async function outageFrames(run) {
     framesBack(staff, restoredAt, within).catch(() => null),
   ]);
   Object.assign(run.facts, { toGuest, toStaff });
+  // Per video stream, as each page sees it now: whether a missing rise was the publisher
+  // not sending, the gateway not forwarding, or the receiver not decoding what arrived.
+  const [guestStreams, staffStreams] = await Promise.all([videoStreams(guest, restoredAt), videoStreams(staff, restoredAt)]);
+  Object.assign(run.facts, { guestStreams, staffStreams });
   const read = (page) => page.evaluate(() => ({ timeline: window.__frames.timeline, left: window.__frames.left, tracks: window.__frames.tracks }));
   const [g, st] = await Promise.all([read(guest), read(staff)]);
   run.facts.guestTimeline = g.timeline.map((l) => l.replace(/^(\d+)/, (t) => `${Number(t) - restoredAt}ms`));
@@ -996,6 +1001,43 @@ async function outageFrames(run) {
   await guest.waitForFunction(() => window.gatehouse.view === 'left');
   await visible(staff, 'leave-button').click();
   await visible(staff, 'dashboard-view').waitFor();
+}
+
+/**
+ * A page's video streams one by one: what it receives (inbound-rtp: packets, frames
+ * received and decoded, keyframes, its PLIs and NACKs, its last packet in ms from `since`)
+ * and what it sends (outbound-rtp per rid: active, packets, frames, keyframes, PLIs it was
+ * sent, what limits its quality).
+ */
+async function videoStreams(page, since) {
+  return page.evaluate(async (since) => {
+    const c = window.gatehouse.client;
+    const of = async (pc, type) => {
+      if (!pc) return [];
+      const out = [];
+      try {
+        (await pc.getStats()).forEach((s) => {
+          if (s.type !== type || s.kind !== 'video') return;
+          out.push(type === 'inbound-rtp'
+            ? {
+              ssrc: s.ssrc, packetsReceived: s.packetsReceived, packetsLost: s.packetsLost,
+              framesReceived: s.framesReceived, framesDecoded: s.framesDecoded, keyFramesDecoded: s.keyFramesDecoded,
+              framesDropped: s.framesDropped, pliCount: s.pliCount, nackCount: s.nackCount,
+              lastPacketMs: s.lastPacketReceivedTimestamp ? Math.round(s.lastPacketReceivedTimestamp - since) : null,
+            }
+            : {
+              rid: s.rid, active: s.active, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded,
+              keyFramesEncoded: s.keyFramesEncoded, pliCount: s.pliCount, nackCount: s.nackCount,
+              qualityLimitationReason: s.qualityLimitationReason, frameHeight: s.frameHeight,
+            });
+        });
+      } catch {
+        // closed meanwhile
+      }
+      return out;
+    };
+    return { inbound: await of(c.subscriber, 'inbound-rtp'), outbound: await of(c.publisher, 'outbound-rtp') };
+  }, since).catch((e) => ({ error: String(e) }));
 }
 
 /**
