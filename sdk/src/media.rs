@@ -1664,6 +1664,9 @@ impl RemoteTrack {
             RtpCodecKind::Audio => TrackKind::Audio,
             _ => TrackKind::Video,
         };
+        if mime_type.is_empty() {
+            debug!(ssrc, ?kind, "a remote track opened without a codec");
+        }
         RemoteTrack {
             participant_id: track.stream_id().await.to_string().into(),
             track_id: track.track_id().await.to_string().into(),
@@ -1694,7 +1697,9 @@ impl RemoteTrack {
         self.kind
     }
 
-    /// The negotiated codec's MIME type (`audio/opus`, `video/VP8`...).
+    /// The negotiated codec's MIME type (`audio/opus`, `video/VP8`...); empty when webrtc-rs
+    /// had no codec for the track's first SSRC as it opened (seen rarely, with
+    /// renegotiations under way; its packets still arrive).
     pub fn mime_type(&self) -> &str {
         &self.mime_type
     }

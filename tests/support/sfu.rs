@@ -446,13 +446,16 @@ async fn receive(
     while let Some(track) = tracks.recv().await {
         let track = Arc::new(track);
         let track_id = track.track_id().to_owned();
-        // Every codec the SDK publishes has one, but webrtc-rs fills a remote track's codec in
-        // from its receiver after opening it, and a track the SFU removes at once (a mirror of
-        // a publisher leaving as a participant enters) can lose its receiver in between: such
-        // a track is not taken (a live one left out shows as missing media), and the tracks
-        // after it still are.
+        // webrtc-rs fills a remote track's codec in from its receiver after opening it, and
+        // can miss it (a track the SFU removes at once, and rarely a live one): the SDK then
+        // judges the synthetic format by the track's kind, so a live track is still read (it
+        // once was not, and its packets filled webrtc-rs's queue unread: "got 0 packets").
         let Some(codec) = track.synthetic_codec() else {
-            tracing::debug!(track_id, "a remote track without a codec: ended as it opened?");
+            tracing::warn!(
+                track_id,
+                mime_type = track.mime_type(),
+                "a remote track of no synthetic format"
+            );
             continue;
         };
         let level_id = match track.kind() {

@@ -23,6 +23,8 @@
 
 use std::fmt;
 
+use gatehouse_signaling::protocol::TrackKind;
+
 mod sender;
 pub use sender::{SyntheticLayerSent, SyntheticSender, SyntheticSent};
 
@@ -87,6 +89,18 @@ impl SyntheticCodec {
             "video/vp8" | "video/h264" | "video/vp9" | "video/av1" => Some(SyntheticCodec::Vp8),
             _ => None,
         }
+    }
+
+    /// The format of a remote track with codec `mime` (empty: unknown) and `kind`: by its
+    /// codec, or by its kind when the codec is unknown (one format per kind).
+    pub fn of_track(mime: &str, kind: TrackKind) -> Option<SyntheticCodec> {
+        if !mime.is_empty() {
+            return Self::from_mime(mime);
+        }
+        Some(match kind {
+            TrackKind::Audio => SyntheticCodec::Opus,
+            TrackKind::Video => SyntheticCodec::Vp8,
+        })
     }
 
     /// Bytes before the synthetic header for a packet in the given position.
@@ -1351,6 +1365,29 @@ mod tests {
         }
         assert_eq!(SyntheticCodec::from_mime("audio/PCMU"), None);
         assert_eq!(SyntheticCodec::from_mime("video/H265"), None);
+    }
+
+    /// A remote track whose codec webrtc-rs did not know as it opened is judged by its kind;
+    /// a known codec still decides (an unknown one is no synthetic format whatever the kind).
+    #[test]
+    fn a_track_without_a_codec_is_judged_by_its_kind() {
+        assert_eq!(
+            SyntheticCodec::of_track("", TrackKind::Audio),
+            Some(SyntheticCodec::Opus)
+        );
+        assert_eq!(
+            SyntheticCodec::of_track("", TrackKind::Video),
+            Some(SyntheticCodec::Vp8)
+        );
+        assert_eq!(
+            SyntheticCodec::of_track("video/H264", TrackKind::Video),
+            Some(SyntheticCodec::Vp8)
+        );
+        assert_eq!(
+            SyntheticCodec::of_track("audio/opus", TrackKind::Audio),
+            Some(SyntheticCodec::Opus)
+        );
+        assert_eq!(SyntheticCodec::of_track("video/H265", TrackKind::Video), None);
     }
 
     #[test]

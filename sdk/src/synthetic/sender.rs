@@ -266,9 +266,11 @@ async fn run_synthetic(
 }
 
 impl RemoteTrack {
-    /// The synthetic payload format this track would carry, judged by its codec.
+    /// The synthetic payload format this track would carry, judged by its codec; by its kind
+    /// when webrtc-rs had no codec for it as it opened (an empty [`mime_type`](Self::mime_type)):
+    /// synthetic media has one format per kind, whatever the negotiated codec.
     pub fn synthetic_codec(&self) -> Option<SyntheticCodec> {
-        SyntheticCodec::from_mime(self.mime_type())
+        SyntheticCodec::of_track(self.mime_type(), self.kind())
     }
 
     /// Receives synthetic packets into fresh [`ReceiverStats`](crate::synthetic::ReceiverStats)
