@@ -1,0 +1,34 @@
+#!/bin/bash
+# Where the gateway's CPU goes in one load-tester shape: a fresh release gateway (CPU 0, one media
+# shard) runs as `perf record`'s child (cpu-clock sampling: this VM has no hardware counters, and
+# attaching to a running gateway sampled nothing on some boots), the load tester on CPU 1; samples
+# start DELAY_MS after the gateway (default 8000: past the joins of the shapes below) and the
+# media shard's samples are summed into kinds of work (kernel send/receive, wake-ups, SRTP, `rtc`'s
+# receive interceptors, ...) by profile.py. See docs/BENCHMARKS.md §3, "Where a small room's
+# packet goes".
+# usage: profile.sh NAME -- loadtest args...   e.g.
+#   profile.sh LA100 -- --engine lean --meetings 100 --publishers 2 --duration 15
+# Output in $OUT/NAME (OUT defaults to /tmp/ghb-profile): perf.data, symbols.txt (the shard's
+# symbols, self time), kinds.txt (the summary, also printed), lt.json (the load tester's report).
+# Needs `perf` (Debian linux-perf); run it under flock /tmp/heavy.lock.
+set -eu
+NAME=$1; shift; [ "${1:-}" = "--" ] && shift
+HERE=$(cd "$(dirname "$0")" && pwd)
+BIN=${BIN:-$HERE/../../target/release/gatehouse}
+OUT=${OUT:-/tmp/ghb-profile}/$NAME
+PORT=${PORT:-8443}; MEDIA_PORT=${MEDIA_PORT:-7882}
+command -v perf >/dev/null || { echo "profile.sh: needs perf (apt-get install linux-perf)" >&2; exit 2; }
+rm -rf "$OUT"; mkdir -p "$OUT"
+GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 taskset -c 0 perf record -q -e cpu-clock -F 1999 -D "${DELAY_MS:-8000}" \
+  -o "$OUT/perf.data" -- "$BIN" serve --data-dir "$OUT/data" --listen 127.0.0.1:$PORT \
+  --media-bind 127.0.0.1:$MEDIA_PORT --media-shards 1 > "$OUT/server.log" 2>&1 &
+PP=$!
+trap 'kill -INT $PP 2>/dev/null || true' EXIT
+for _ in $(seq 50); do curl -sk https://127.0.0.1:$PORT/metrics >/dev/null 2>&1 && break; sleep 0.2; done
+taskset -c 1 "$BIN" loadtest --data-dir "$OUT/data" --url https://localhost:$PORT --json "$@" > "$OUT/lt.json" 2> "$OUT/lt.err"
+# perf ends its child and writes its data on SIGINT.
+kill -INT $PP; wait $PP || true
+trap - EXIT
+perf report -i "$OUT/perf.data" --stdio --no-children --comm sfu-shard-0 --sort sym 2>/dev/null \
+  | grep -v '^#' | grep -v '^$' > "$OUT/symbols.txt"
+python3 "$HERE/profile.py" "$OUT/symbols.txt" "$OUT/lt.json" | tee "$OUT/kinds.txt"
