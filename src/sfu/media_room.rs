@@ -1739,6 +1739,11 @@ impl MediaRoom {
                 dropped += 1;
             }
         }
+        // The copy's payload and extensions share the opened packet's buffer (the shard's
+        // arena, `srtp_gcm::Opener::open_in`): let go of them with the packet, or the room
+        // would keep that whole buffer until its next packet.
+        self.scratch.payload = Default::default();
+        self.scratch.header.extensions.clear();
         for l in 0..n {
             if wanted & (1 << l) != 0
                 && let Some(layer) = track.layers.get_mut(l)

@@ -28,6 +28,8 @@
 //!   AES-GCM carrying the packet index on from the packet `rtc` delivered, `srtp_gcm`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
 use std::time::Instant;
 
 use rtc::interceptor::{AttributedPacket, Interceptor, Packet as Attributed, Registry, Slot, StreamInfo, TaggedPacket};
@@ -260,10 +262,11 @@ impl OwnInbound {
         }
     }
 
-    /// Opens an SRTP packet (authenticates, checks for replay, decrypts) and parses it.
-    pub fn open(&mut self, datagram: &[u8]) -> Result<Packet, Box<dyn std::error::Error>> {
+    /// Opens an SRTP packet (authenticates, checks for replay, decrypts) and parses it; the
+    /// GCM profiles decrypt into `arena` (see `srtp_gcm::Opener::open_in`).
+    pub fn open(&mut self, datagram: &[u8], arena: &mut BytesMut) -> Result<Packet, Box<dyn std::error::Error>> {
         match &mut self.open {
-            Open::Gcm(opener) => Ok(opener.open(datagram)?),
+            Open::Gcm(opener) => Ok(opener.open_in(datagram, arena)?),
             Open::Rtc { context, .. } => {
                 let plain = context.decrypt_rtp(datagram)?;
                 Ok(Packet::unmarshal(&mut plain.freeze())?)
@@ -311,10 +314,13 @@ mod tests {
                 let sent = packet(0xABCD, seq, b"opus frame");
                 let datagram = peer.encrypt_rtp(&sent.marshal().expect("marshal")).expect("encrypt");
                 assert_eq!(ssrc_of(&datagram), Some(0xABCD));
-                let opened = own.open(&datagram).expect("opened");
+                let opened = own.open(&datagram, &mut BytesMut::new()).expect("opened");
                 assert_eq!(opened.header.sequence_number, seq, "{profile:?}");
                 assert_eq!(&opened.payload[..], b"opus frame");
-                assert!(own.open(&datagram).is_err(), "{profile:?}: a replay is refused");
+                assert!(
+                    own.open(&datagram, &mut BytesMut::new()).is_err(),
+                    "{profile:?}: a replay is refused"
+                );
             }
             let mut forged = peer
                 .encrypt_rtp(&packet(0xABCD, 11, b"opus frame").marshal().expect("marshal"))
@@ -322,7 +328,10 @@ mod tests {
                 .to_vec();
             let last = forged.len() - 1;
             forged[last] ^= 1;
-            assert!(own.open(&forged).is_err(), "{profile:?}: a forgery is refused");
+            assert!(
+                own.open(&forged, &mut BytesMut::new()).is_err(),
+                "{profile:?}: a forgery is refused"
+            );
             // Our own local key does not open what the peer sent.
             let swapped = SrtpKeys {
                 profile,
@@ -334,7 +343,7 @@ mod tests {
                 .expect("encrypt");
             let mut wrong = OwnInbound::new(&swapped).expect("keys");
             wrong.take_over(0xABCD, 11);
-            assert!(wrong.open(&datagram).is_err());
+            assert!(wrong.open(&datagram, &mut BytesMut::new()).is_err());
         }
     }
 

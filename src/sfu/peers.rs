@@ -46,6 +46,11 @@ use super::timers::{Deadlines, Deferred, TIMER_TICK};
 /// browsers send every few seconds) for this long gets no media.
 const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The size of the buffer publishers' packets are opened in: about a turn's worth of packets
+/// (two receive batches of 32 datagrams) before it is taken again or replaced (`bytes` makes a
+/// replacement as large, up to 64 KiB).
+const ARENA: usize = 64 * 1024;
+
 /// A shard's part in ICE over TCP (see [`super::tcp`]).
 pub struct TcpSide {
     /// Our passive TCP candidate's address (the same for every shard).
@@ -75,6 +80,9 @@ pub struct Peers {
     /// interceptors as, and that connection (`open_own`, [`take_fast`](Self::take_fast)).
     fast: Vec<Packet>,
     fast_conn: ConnId,
+    /// Where publishers' packets are opened (`srtp_gcm::Opener::open_in`): one buffer, its
+    /// space taken again once the packets cut from it were forwarded and dropped.
+    arena: BytesMut,
     /// The RTCP the last datagram taken by the shard itself was, for the room, and its
     /// connection (`own_rtcp`).
     fast_rtcp: Option<(ConnId, super::own_rtcp::Compound)>,
@@ -155,6 +163,7 @@ impl Peers {
             deferred: Deferred::new(TIMER_TICK),
             fast: Vec::new(),
             fast_conn: 0,
+            arena: BytesMut::with_capacity(ARENA),
             fast_rtcp: None,
             dirty: Vec::new(),
             written: Vec::new(),
@@ -466,6 +475,7 @@ impl Peers {
             fast_conn,
             counters,
             shard,
+            arena,
             ..
         } = self;
         let Some(conn) = conns.get_mut(&id) else {
@@ -480,7 +490,7 @@ impl Peers {
         {
             return false;
         }
-        let packet = match inbound.open(data) {
+        let packet = match inbound.open(data, arena) {
             Ok(packet) => packet,
             Err(e) => {
                 Counters::add(&counters.dropped_packets, 1);
