@@ -28,10 +28,9 @@
 //!   AES-GCM carrying the packet index on from the packet `rtc` delivered, `srtp_gcm`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use bytes::BytesMut;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use rtc::interceptor::{AttributedPacket, Interceptor, Packet as Attributed, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtp::Packet;
 use rtc::sansio::Protocol;
