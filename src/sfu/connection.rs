@@ -44,11 +44,11 @@ use super::nack::{NackGenerator, NackParams};
 use super::own_inbound::{OwnInbound, ReceiveSide};
 use super::own_rtcp::OwnRtcp;
 use super::own_srtp::OwnSrtp;
-use super::quiet_reports::QuietReceiverReport;
+use super::receipts::Receipts;
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
 use super::srtp_keys::KeyCapture;
 use super::stats::StatsPair;
-use super::twcc_feedback::{self, QuietTwccReceiver};
+use super::twcc_feedback;
 
 /// Shard-local room handle.
 pub type RoomId = u64;
@@ -330,9 +330,9 @@ pub fn build(
 }
 
 /// `rtc`'s default interceptors (`register_default_interceptors`: NACK feedback,
-/// simulcast header extensions, TWCC feedback to publishers (quiet while nothing
-/// arrives, see `twcc_feedback`), sender and receiver reports (receiver reports quiet
-/// while nothing arrives too, see `quiet_reports`)) with our NACK
+/// simulcast header extensions, TWCC feedback to publishers, sender and receiver
+/// reports) with TWCC feedback and receiver reports of our own in place of `rtc`'s
+/// (one interceptor, quiet while nothing arrives, see `receipts`), our NACK
 /// generator in place of `rtc`'s (see `nack`), no NACK
 /// responder (subscribers' NACKs are answered by the media room from its
 /// retransmission cache, see `retransmit`; `rtc`'s could never answer them, as our
@@ -373,8 +373,7 @@ fn interceptors(
             let receive = ReceiveSide::new(
                 LayerRtxInterceptor::new(layer_rtx, stats.clone()),
                 NackGenerator::new(NackParams::default(), stats.clone()),
-                QuietTwccReceiver::new(),
-                QuietReceiverReport::new(),
+                Receipts::default(),
             );
             (receive.registry(Registry::new()), Some(receive))
         }

@@ -19,11 +19,11 @@
 //! payload after those two bytes). [`LayerRtxInterceptor`] runs it in the read chain
 //! at slot 6 500, after SRTP (RTP headers are not encrypted, but `rtc` hands the chain
 //! parsed, decrypted packets) and before our NACK generator (7 000), so the generator,
-//! the TWCC and receiver-report interceptors, `rtc`'s endpoint (which now knows the
+//! our TWCC feedback and receiver reports (`receipts`), `rtc`'s endpoint (which now knows the
 //! SSRC) and the media room all see a repaired packet of the layer. What it cannot
 //! repair (an unknown rrid, a payload type that is no RTX of ours, padding-only
 //! probes with no OSN) passes unchanged and `rtc` drops it as before, after the TWCC
-//! receiver has recorded its arrival (the publisher's estimate counts probes).
+//! feedback has recorded its arrival (the publisher's estimate counts probes).
 //! Upstream's fix would be `bind_by_rid` learning the rrid as the layer's RTX SSRC
 //! (the coding's `rtx`), after which its own de-encapsulation applies.
 

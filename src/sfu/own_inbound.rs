@@ -31,20 +31,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use rtc::interceptor::{AttributedPacket, Interceptor, Packet as Attributed, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Interceptor, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtp::Packet;
 use rtc::sansio::Protocol;
-use rtc::shared::TransportContext;
 use rtc::shared::error::Error;
 use rtc::shared::marshal::Unmarshal;
 use rtc::srtp::context::Context;
 
 use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor};
 use super::nack::NackGenerator;
-use super::quiet_reports::QuietReceiverReport;
+use super::receipts::Receipts;
 use super::srtp_gcm::{self, Opener};
 use super::srtp_keys::SrtpKeys;
-use super::twcc_feedback::QuietTwccReceiver;
 
 /// Streams a connection may have taken over (a publisher's camera with three simulcast
 /// layers and its microphone is four); more are left to `rtc`.
@@ -69,16 +67,6 @@ impl<I: Interceptor> Shared<I> {
 
     fn lock(&self) -> MutexGuard<'_, I> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// One packet through the interceptor as `rtc`'s chain passes it: what comes out
-    /// (`None` if the interceptor kept it), and the interceptor's deadline after it (one lock).
-    fn pass(&self, msg: TaggedPacket) -> (Option<TaggedPacket>, Option<Instant>) {
-        let mut interceptor = self.lock();
-        if let Err(e) = interceptor.handle_read(msg) {
-            tracing::trace!("own inbound: interceptor refused a packet: {e}");
-        }
-        (interceptor.poll_read(), interceptor.poll_timeout())
     }
 }
 
@@ -142,22 +130,15 @@ impl<I: Interceptor> Interceptor for Shared<I> {
 pub struct ReceiveSide {
     layer_rtx: Shared<LayerRtxInterceptor>,
     nack: Shared<NackGenerator>,
-    twcc: Shared<QuietTwccReceiver>,
-    reports: Shared<QuietReceiverReport>,
+    receipts: Shared<Receipts>,
 }
 
 impl ReceiveSide {
-    pub fn new(
-        layer_rtx: LayerRtxInterceptor,
-        nack: NackGenerator,
-        twcc: QuietTwccReceiver,
-        reports: QuietReceiverReport,
-    ) -> Self {
+    pub fn new(layer_rtx: LayerRtxInterceptor, nack: NackGenerator, receipts: Receipts) -> Self {
         Self {
             layer_rtx: Shared::new(layer_rtx),
             nack: Shared::new(nack),
-            twcc: Shared::new(twcc),
-            reports: Shared::new(reports),
+            receipts: Shared::new(receipts),
         }
     }
 
@@ -166,42 +147,25 @@ impl ReceiveSide {
         registry
             .with(Slot::from(LAYER_RTX_SLOT), self.layer_rtx.clone())
             .with(Slot::NackGenerator, self.nack.clone())
-            .with(Slot::TwccReceiver, self.twcc.clone())
-            .with(Slot::ReceiverReport, self.reports.clone())
+            .with(Slot::TwccReceiver, self.receipts.clone())
     }
 
-    /// Runs a packet the shard opened through the receive interceptors in the order of
-    /// `rtc`'s read walk (wire-most first: layer RTX, NACK generator, TWCC, receiver
-    /// reports); `out` gets what comes out. Returns their earliest deadline after it (a gap
-    /// may want a NACK at once, the first packet after a quiet spell wants feedback).
-    pub fn feed(
-        &self,
-        now: Instant,
-        transport: TransportContext,
-        mut packet: Packet,
-        out: &mut Vec<Packet>,
-    ) -> Option<Instant> {
+    /// Runs a packet the shard opened past the receive interceptors in the order of `rtc`'s
+    /// read walk (wire-most first: layer RTX, the NACK generator, the receipts), each looking
+    /// at it in place; `out` gets it. Returns their earliest deadline after it (a gap may want
+    /// a NACK at once, the first packet after a quiet spell wants feedback).
+    pub fn feed(&self, now: Instant, mut packet: Packet, out: &mut Vec<Packet>) -> Option<Instant> {
         self.layer_rtx.lock().observe(&mut packet);
         let mut nack = self.nack.lock();
         nack.observe(now, &packet);
         let nack_due = nack.poll_timeout();
         drop(nack);
-        let msg = TaggedPacket {
-            now,
-            transport,
-            message: AttributedPacket::new(Attributed::Rtp(packet)),
-        };
-        let (passed, twcc_due) = self.twcc.pass(msg);
-        let (passed, reports_due) = match passed {
-            Some(msg) => self.reports.pass(msg),
-            None => (None, self.reports.lock().poll_timeout()),
-        };
-        if let Some(TaggedPacket { message, .. }) = passed
-            && let Attributed::Rtp(packet) = message.packet
-        {
-            out.push(packet);
-        }
-        [nack_due, twcc_due, reports_due].into_iter().flatten().min()
+        let mut receipts = self.receipts.lock();
+        receipts.observe(now, &packet);
+        let receipts_due = receipts.next_due();
+        drop(receipts);
+        out.push(packet);
+        [nack_due, receipts_due].into_iter().flatten().min()
     }
 }
 
@@ -377,8 +341,7 @@ mod tests {
         let side = ReceiveSide::new(
             LayerRtxInterceptor::new(Default::default(), stats.clone()),
             NackGenerator::new(Default::default(), stats),
-            QuietTwccReceiver::new(),
-            QuietReceiverReport::new(),
+            Receipts::default(),
         );
         let registry = side.registry(Registry::new());
         (side, registry)
@@ -415,7 +378,7 @@ mod tests {
         let mut out = Vec::new();
         let mut due = None;
         for seq in 1..=3 {
-            due = side.feed(now, TransportContext::default(), with_twcc(seq), &mut out);
+            due = side.feed(now, with_twcc(seq), &mut out);
         }
         assert_eq!(
             out.iter().map(|p| p.header.sequence_number).collect::<Vec<_>>(),
@@ -428,9 +391,15 @@ mod tests {
         let later = now + std::time::Duration::from_secs(1);
         chain.handle_timeout(later).expect("timeout");
         let mut acked = Vec::new();
+        let mut reported = Vec::new();
         while let Some(msg) = chain.poll_write() {
-            if let Attributed::Rtcp(packets) = &msg.message.packet {
+            if let rtc::interceptor::Packet::Rtcp(packets) = &msg.message.packet {
                 for p in packets {
+                    reported.extend(
+                        crate::sfu::rtcp::reception_reports(p.as_ref())
+                            .iter()
+                            .map(|r| r.last_sequence_number),
+                    );
                     if let Some(feedback) = crate::sfu::rtcp::as_twcc(p.as_ref()) {
                         acked.extend(
                             crate::sfu::bwe::acks_of(feedback)
@@ -442,5 +411,6 @@ mod tests {
             }
         }
         assert_eq!(acked, [1, 2, 3]);
+        assert_eq!(reported, [3], "a receiver report up to the last packet fed");
     }
 }

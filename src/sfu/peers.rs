@@ -422,7 +422,7 @@ impl Peers {
         // A publisher's media on a stream taken over: opened by the shard and fed to the
         // connection's receive interceptors, past `rtc`'s read (`own_inbound`); what comes
         // out waits in `fast` for the shard to forward.
-        if self.open_own(id, now, path, &data) || self.open_own_rtcp(id, &data) {
+        if self.open_own(id, now, &data) || self.open_own_rtcp(id, &data) {
             return None;
         }
         // A client's check (rare: a few per connection, then one per consent interval)
@@ -462,12 +462,11 @@ impl Peers {
     /// [`take_in`](Self::take_in)'s own way for a publisher's media (`own_inbound`): an RTP
     /// datagram of a stream taken over, from any path routed to a connection that has
     /// nominated one (as `rtc` reads media from any address once it has selected a pair: an
-    /// address change's first packets come before its nomination), is opened here and run
-    /// through the connection's receive interceptors; what comes out is left in
+    /// address change's first packets come before its nomination), is opened here and shown
+    /// to the connection's receive interceptors; what comes out is left in
     /// [`fast`](Self::take_fast). Returns whether the datagram was taken (opened, or
     /// refused as `rtc` would refuse it: counted as dropped). Anything else is `rtc`'s.
-    fn open_own(&mut self, id: ConnId, now: Instant, path: Path, data: &[u8]) -> bool {
-        let transport = self.transport(path);
+    fn open_own(&mut self, id: ConnId, now: Instant, data: &[u8]) -> bool {
         let Self {
             conns,
             timers,
@@ -501,7 +500,7 @@ impl Peers {
         Counters::add(&counters.opened_packets, 1);
         fast.clear();
         *fast_conn = id;
-        if let Some(due) = chain.feed(now, transport, packet, fast) {
+        if let Some(due) = chain.feed(now, packet, fast) {
             timers.arm_by(id, due, now);
         }
         true
