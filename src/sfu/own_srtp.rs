@@ -55,8 +55,18 @@ impl OwnSrtp {
 
     /// `packet` as an SRTP datagram, ready for the socket.
     pub fn protect(&mut self, packet: &Packet) -> Result<BytesMut, Box<dyn std::error::Error>> {
+        self.protect_in(packet, &mut BytesMut::new())
+    }
+
+    /// As [`protect`](Self::protect); the GCM profiles seal into space cut from `arena`
+    /// (`srtp_gcm::Sealer::seal_in`).
+    pub fn protect_in(
+        &mut self,
+        packet: &Packet,
+        arena: &mut BytesMut,
+    ) -> Result<BytesMut, Box<dyn std::error::Error>> {
         match &mut self.seal {
-            Seal::Gcm(sealer) => Ok(sealer.seal(packet)?),
+            Seal::Gcm(sealer) => Ok(sealer.seal_in(packet, arena)?),
             Seal::Rtc { context, plain } => {
                 let size = packet.marshal_size();
                 if plain.len() < size {

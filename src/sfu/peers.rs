@@ -83,6 +83,9 @@ pub struct Peers {
     /// Where publishers' packets are opened (`srtp_gcm::Opener::open_in`): one buffer, its
     /// space taken again once the packets cut from it were forwarded and dropped.
     arena: BytesMut,
+    /// Where forwarded copies are sealed (`srtp_gcm::Sealer::seal_in`), the same way: its
+    /// space taken again once the datagrams cut from it were sent.
+    out_arena: BytesMut,
     /// The RTCP the last datagram taken by the shard itself was, for the room, and its
     /// connection (`own_rtcp`).
     fast_rtcp: Option<(ConnId, super::own_rtcp::Compound)>,
@@ -164,6 +167,7 @@ impl Peers {
             fast: Vec::new(),
             fast_conn: 0,
             arena: BytesMut::with_capacity(ARENA),
+            out_arena: BytesMut::with_capacity(ARENA),
             fast_rtcp: None,
             dirty: Vec::new(),
             written: Vec::new(),
@@ -1017,7 +1021,7 @@ impl Peers {
             Counters::add(&self.counters.dropped_packets, 1);
             return Some(false);
         };
-        let datagram = match own.protect(packet) {
+        let datagram = match own.protect_in(packet, &mut self.out_arena) {
             Ok(datagram) => datagram,
             Err(e) => {
                 tracing::trace!(shard = self.shard, conn = id, "own SRTP: {e}");

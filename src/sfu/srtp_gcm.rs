@@ -218,6 +218,15 @@ impl Sealer {
 
     /// `packet` as an SRTP datagram, marshalled and sealed in one buffer.
     pub fn seal(&mut self, packet: &Packet) -> Result<BytesMut, SrtpError> {
+        self.seal_in(packet, &mut BytesMut::new())
+    }
+
+    /// As [`seal`](Self::seal), into space cut from `arena` instead of a buffer of its own
+    /// (as [`Opener::open_in`] does): the datagram shares `arena`'s buffer, which `reserve`
+    /// takes again once every datagram cut from it has been sent and dropped (within the
+    /// turn), or replaces while one is still queued. So a shard seals forwarded copies
+    /// without allocating per copy.
+    pub fn seal_in(&mut self, packet: &Packet, arena: &mut BytesMut) -> Result<BytesMut, SrtpError> {
         let ssrc = packet.header.ssrc;
         let at = match self.streams.iter().position(|(s, _)| *s == ssrc) {
             Some(at) => at,
@@ -230,20 +239,25 @@ impl Sealer {
         let index = estimate(Some(highest), packet.header.sequence_number);
         let header_len = packet.header.marshal_size();
         let size = packet.marshal_size();
-        let mut buf = BytesMut::with_capacity(size + TAG_LEN);
-        buf.resize(size, 0);
-        let n = packet.marshal_to(&mut buf).map_err(|_| SrtpError::Malformed)?;
-        buf.truncate(n);
+        arena.clear();
+        arena.reserve(size + TAG_LEN);
+        arena.resize(size + TAG_LEN, 0);
+        let n = packet
+            .marshal_to(&mut arena[..size])
+            .map_err(|_| SrtpError::Malformed)?;
         let body_at = header_len.min(n);
-        let (aad, body) = buf.split_at_mut(body_at);
-        let mut tag = [0u8; TAG_LEN];
+        // The tag goes right after what was written.
+        let (sealed, rest) = arena.split_at_mut(n);
+        let (aad, body) = sealed.split_at_mut(body_at);
+        let tag: &mut [u8; TAG_LEN] = (&mut rest[..TAG_LEN]).try_into().map_err(|_| SrtpError::Malformed)?;
         self.session
             .cipher
-            .seal_in_place(&self.session.nonce(ssrc, index), aad, body, &mut tag)
+            .seal_in_place(&self.session.nonce(ssrc, index), aad, body, tag)
             .map_err(|_| SrtpError::Crypto)?;
-        buf.extend_from_slice(&tag);
+        let datagram = arena.split_to(n + TAG_LEN);
+        arena.clear();
         self.streams[at].1 = highest.max(index);
-        Ok(buf)
+        Ok(datagram)
     }
 }
 
@@ -569,5 +583,37 @@ mod tests {
             assert_eq!(unpadded(opened), sent, "seq {seq}");
         }
         assert_eq!(unpadded(kept), kept_sent, "a packet kept across the arena's refills");
+    }
+
+    #[test]
+    fn copies_sealed_into_an_arena_match_their_own_buffers_and_reuse_one() {
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let key = master(profile, 4);
+        let mut own = Sealer::new(profile, &key).expect("gcm");
+        let mut in_arena = Sealer::new(profile, &key).expect("gcm");
+        let mut arena = BytesMut::with_capacity(16 * 1024);
+        let sized = |seq: u16| packet(9, seq, 100 + usize::from(seq % 900));
+        let (mut lowest, mut highest) = (usize::MAX, 0);
+        for seq in 1..=1000u16 {
+            let datagram = in_arena.seal_in(&sized(seq), &mut arena).expect("sealed");
+            assert_eq!(datagram, own.seal(&sized(seq)).expect("sealed"), "seq {seq}");
+            let at = datagram.as_ptr() as usize;
+            (lowest, highest) = (lowest.min(at), highest.max(at + datagram.len()));
+        }
+        assert!(
+            highest - lowest <= 16 * 1024,
+            "1 000 datagrams in one 16 KiB buffer: {} bytes apart",
+            highest - lowest
+        );
+        // Datagrams still queued when the arena fills keep their bytes.
+        let kept: Vec<(u16, BytesMut)> = (1001..=1100u16)
+            .map(|seq| (seq, in_arena.seal_in(&sized(seq), &mut arena).expect("sealed")))
+            .collect();
+        let mut opener = Opener::new(profile, &key).expect("gcm");
+        opener.take(9, 1000);
+        for (seq, datagram) in kept {
+            let opened = opener.open(&datagram).expect("a kept datagram stays whole");
+            assert_eq!(unpadded(opened), sized(seq), "seq {seq}");
+        }
     }
 }
