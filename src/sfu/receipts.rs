@@ -1007,4 +1007,98 @@ mod tests {
         }
         assert!(r.next_due().is_some_and(|due| due > last), "nothing more due now");
     }
+
+    /// Against a model: random streams across the 16-bit wrap (loss, packets held back and
+    /// delivered late, some past the report that marked them missing, duplicates, quiet
+    /// spells of up to two seconds), the shard's turns in between. Each feedback report,
+    /// parsed back as a publisher would, says a packet arrived only if it did and at one of
+    /// its arrival times (within half a delta unit), never says missing what an earlier report
+    /// said arrived, and fits a datagram; every packet that arrived is acknowledged.
+    #[test]
+    fn feedback_agrees_with_a_model_of_what_arrived() {
+        use rand::{Rng, SeedableRng};
+        use std::collections::{HashMap, HashSet};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for round in 0..40 {
+            let t0 = Instant::now();
+            let mut r = bound();
+            let mut w = Written::default();
+            let mut arrivals: HashMap<u16, Vec<i64>> = HashMap::new();
+            let mut held: Vec<u16> = Vec::new();
+            let start: u16 = rng.random();
+            let mut now_us: i64 = 0;
+            let mut deliver = |r: &mut Receipts, seq: u16, at_us: i64| {
+                let at = t0 + Duration::from_micros(at_us as u64);
+                r.observe(at, &packet(VIDEO, seq, seq, 0, 1000));
+                arrivals.entry(seq).or_default().push(at_us);
+            };
+            for i in 0..2000u16 {
+                let seq = start.wrapping_add(i);
+                if i > 0 {
+                    now_us += rng.random_range(0..3_000);
+                    if rng.random_ratio(1, 300) {
+                        now_us += rng.random_range(100_000..2_000_000);
+                    }
+                }
+                run_until(&mut r, t0 + Duration::from_micros(now_us as u64), &mut w);
+                if i > 0 && rng.random_ratio(1, 20) {
+                    continue;
+                }
+                if i > 0 && rng.random_ratio(1, 15) {
+                    held.push(seq);
+                } else {
+                    deliver(&mut r, seq, now_us);
+                    if rng.random_ratio(1, 50) {
+                        deliver(&mut r, seq, now_us);
+                    }
+                }
+                if !held.is_empty() && rng.random_ratio(1, 4) {
+                    let late = held.swap_remove(rng.random_range(0..held.len()));
+                    deliver(&mut r, late, now_us);
+                }
+            }
+            for late in std::mem::take(&mut held) {
+                deliver(&mut r, late, now_us);
+            }
+            run_until(
+                &mut r,
+                t0 + Duration::from_micros(now_us as u64) + Duration::from_secs(5),
+                &mut w,
+            );
+            let mut said_received: HashSet<u16> = HashSet::new();
+            for f in &w.feedback {
+                assert!(f.marshal_size() < 1_200, "round {round}: {} octets", f.marshal_size());
+                for a in crate::sfu::bwe::acks_of(f) {
+                    match a.arrival {
+                        Some(at) => {
+                            let at = at.as_micros() as i64;
+                            let times = arrivals
+                                .get(&a.seq)
+                                .unwrap_or_else(|| panic!("round {round}: {} never arrived", a.seq));
+                            assert!(
+                                times.iter().any(|&t| (t - at).abs() <= DELTA_UNIT / 2),
+                                "round {round}: {} said to arrive at {at} us, arrived at {times:?}",
+                                a.seq
+                            );
+                            said_received.insert(a.seq);
+                        }
+                        None => assert!(
+                            !said_received.contains(&a.seq),
+                            "round {round}: {} said missing after it was said to arrive",
+                            a.seq
+                        ),
+                    }
+                }
+            }
+            let unacknowledged: Vec<u16> = arrivals
+                .keys()
+                .filter(|s| !said_received.contains(s))
+                .copied()
+                .collect();
+            assert!(
+                unacknowledged.is_empty(),
+                "round {round}: never acknowledged: {unacknowledged:?}"
+            );
+        }
+    }
 }
