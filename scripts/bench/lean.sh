@@ -24,6 +24,9 @@ SHAPES=(
   "LF8|--meetings 1 --publishers 1 --subscribers 8 --no-audio --video-kbps 35200 --video-fps 100 --duration 15 --ramp 10"
   # Many 1:1 calls with the default media (audio 50 + video ~57 packets/s per participant).
   "LA100|--meetings 100 --publishers 2 --duration 15 --ramp 40"
+  # The same at a third of the load, where a turn of the shard mostly holds one datagram
+  # (with the SDK engine, whose every participant sends from a socket of its own).
+  "LA30|--meetings 30 --publishers 2 --duration 15 --ramp 10"
   "LA200|--meetings 200 --publishers 2 --duration 15 --ramp 40"
   # 100 audio-only rooms: 50 packets/s of 100 bytes per participant.
   "LAU100|--meetings 100 --publishers 2 --no-video --audio-kbps 40 --duration 15 --ramp 40"

@@ -242,6 +242,12 @@ impl Shard {
         mut tcp: mpsc::Receiver<ShardTcp>,
         mut relayed: mpsc::Receiver<relay::Batch>,
     ) {
+        // One timer for the loop's life, moved only when the deadline moves: deadlines sit on
+        // the timer grid, so most turns leave it where it is (no timer-wheel work per turn).
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        // What the timer is set for (`None` inside: no deadline); `None`: to be set.
+        let mut armed: Option<Option<Instant>> = None;
         loop {
             // On the timer grid (`super::timers`): one wake-up serves every connection due in a tick.
             let mut deadline = self.peers.next_deadline();
@@ -249,19 +255,21 @@ impl Shard {
                 deadline = Some(deadline.map_or(self.speakers_due, |at| at.min(self.speakers_due)));
             }
             let mut backlog = false;
-            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(
-                deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-            ));
+            if armed != Some(deadline) {
+                let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+                armed = Some(deadline);
+            }
             tokio::select! {
                 biased;
-                ready = self.peers.udp().socket().readable() => {
+                ready = self.peers.udp().readable() => {
                     match ready {
                         Ok(()) => backlog = self.receive_datagrams(),
                         Err(e) => tracing::debug!(shard = self.index, "media socket readiness: {e}"),
                     }
                 }
                 // The socket buffer was full at the last flush: go on when it has room.
-                _ = self.peers.udp().socket().writable(), if self.peers.udp().blocked() => {}
+                _ = self.peers.udp().writable(), if self.peers.udp().blocked() => {}
                 Some(event) = tcp.recv() => {
                     self.on_tcp(Instant::now(), event);
                     for _ in 1..TCP_BATCH {
@@ -287,7 +295,10 @@ impl Shard {
                         None => break,
                     }
                 }
-                _ = sleep => {}
+                _ = &mut sleep => {
+                    // Fired: set again next turn, even for the same deadline.
+                    armed = None;
+                }
             }
             // A saturated socket wins the biased select every turn; commands (joins,
             // offers, leaves) still get a bounded share of each turn: one while datagrams

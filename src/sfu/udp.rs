@@ -18,6 +18,13 @@
 //! in which the socket is writable; a kernel or device that refuses GSO turns it off
 //! for this socket and the same messages go out unsegmented.
 //!
+//! **Readiness**: the runtime watches the socket for reading only. A UDP socket reports
+//! room to write after every datagram it sent, so a socket registered for both woke the
+//! shard's runtime once more after each turn's `sendmmsg` (an `epoll_wait` that found only
+//! `EPOLLOUT`) and queued the socket on the ready list for each datagram sent. Write
+//! readiness is watched only while a flush found the buffer full, through a second
+//! registration of the same socket (a duplicate descriptor) that lasts until it drains.
+//!
 //! **Local addresses** ([`UdpIo::with_local_addresses`], the lean load tester's client side):
 //! one socket bound to a wildcard address stands for many local addresses (all of
 //! 127.0.0.0/8 on loopback): each received datagram tells which one it came to
@@ -32,6 +39,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::BytesMut;
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 
 /// Receive buffers per `recvmmsg` (quinn-udp's batch size on Linux).
@@ -51,6 +59,13 @@ pub const MAX_QUEUED: usize = 4096;
 const MAX_GSO_BYTES: usize = 65_000;
 /// `sendmmsg` takes at most `UIO_MAXIOV` messages per call.
 const MAX_MSGS_PER_CALL: usize = 1024;
+
+/// Registers a socket with the current runtime for `interest` only.
+fn watch(socket: std::net::UdpSocket, interest: Interest) -> io::Result<AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: the `AsyncFd` owns the socket, so its descriptor stays open and the same
+    // for as long as the registration lives.
+    unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(io::Error::from)
+}
 
 /// One datagram waiting to be sent.
 struct Pending {
@@ -143,7 +158,10 @@ pub struct IoTotals {
 
 /// A shard's media socket with batched receive and send.
 pub struct UdpIo {
-    socket: UdpSocket,
+    /// Registered with the runtime for reading only (see the module documentation).
+    socket: AsyncFd<std::net::UdpSocket>,
+    /// Write readiness, registered only while [`blocked`](Self::blocked).
+    writer: Option<AsyncFd<std::net::UdpSocket>>,
     state: UdpSocketState,
     /// GSO segments per message (1: off, the kernel or device cannot).
     max_segments: usize,
@@ -187,6 +205,7 @@ impl UdpIo {
     }
 
     fn build(socket: UdpSocket, local_addresses: bool) -> io::Result<Self> {
+        let socket = watch(socket.into_std()?, Interest::READABLE)?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         #[cfg(target_os = "linux")]
         if !local_addresses {
@@ -200,6 +219,7 @@ impl UdpIo {
         };
         Ok(Self {
             socket,
+            writer: None,
             state,
             max_segments,
             queue: Vec::new(),
@@ -221,8 +241,44 @@ impl UdpIo {
         })
     }
 
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+    pub fn socket(&self) -> &std::net::UdpSocket {
+        self.socket.get_ref()
+    }
+
+    /// Waits until the socket may hold datagrams (the readiness stays set until a
+    /// [`receive`](Self::receive) finds the socket drained).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await.map(drop)
+    }
+
+    /// While [`blocked`](Self::blocked): waits until the socket buffer has room again.
+    /// Otherwise never ready.
+    pub async fn writable(&self) -> io::Result<()> {
+        match &self.writer {
+            Some(writer) => writer.writable().await.map(drop),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Blocked or not after a flush: write readiness is watched exactly while blocked.
+    fn set_blocked(&mut self, blocked: bool) {
+        self.blocked = blocked;
+        if !blocked {
+            self.writer = None;
+        } else if self.writer.is_none() {
+            // A fresh registration reports only what happens from now on (or room that
+            // appeared since the `EAGAIN`, which is then real).
+            match self
+                .socket
+                .get_ref()
+                .try_clone()
+                .and_then(|dup| watch(dup, Interest::WRITABLE))
+            {
+                Ok(writer) => self.writer = Some(writer),
+                // Flushes are tried every turn regardless, so this only delays them.
+                Err(e) => tracing::debug!("media socket: cannot watch for room to write: {e}"),
+            }
+        }
     }
 
     /// GSO segments per message in use (1 when the kernel cannot segment).
@@ -277,14 +333,14 @@ impl UdpIo {
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
         if self.queue.is_empty() {
-            self.blocked = false;
+            self.set_blocked(false);
             return flushed;
         }
         if self.discard {
             flushed.sent = self.queue.len();
             self.totals.datagrams_sent += flushed.sent as u64;
             self.queue.clear();
-            self.blocked = false;
+            self.set_blocked(false);
             return flushed;
         }
         loop {
@@ -306,7 +362,7 @@ impl UdpIo {
             let done_upto = outcome.done_messages;
             if done_upto == self.messages.len() {
                 self.queue.clear();
-                self.blocked = false;
+                self.set_blocked(false);
                 break;
             }
             let keep_from = self.messages[done_upto].first;
@@ -323,7 +379,7 @@ impl UdpIo {
                 tracing::info!("UDP GSO refused by the kernel or device: sending unsegmented");
                 continue;
             }
-            self.blocked = true;
+            self.set_blocked(true);
             flushed.blocked = true;
             break;
         }
@@ -334,8 +390,13 @@ impl UdpIo {
     #[cfg(target_os = "linux")]
     fn send_planned(&mut self) -> Outcome {
         let mut outcome = Outcome::default();
-        self.scratch
-            .send(&self.socket, &self.queue, &self.order, &self.messages, &mut outcome);
+        self.scratch.send(
+            self.socket.get_ref(),
+            &self.queue,
+            &self.order,
+            &self.messages,
+            &mut outcome,
+        );
         if outcome.would_block {
             self.clear_write_readiness();
         }
@@ -346,9 +407,9 @@ impl UdpIo {
     /// waits for the kernel's next report of room (sends are tried whatever the runtime
     /// believes, since it learns of writability only once its driver has run).
     fn clear_write_readiness(&self) {
-        let _ = self
-            .socket
-            .try_io(Interest::WRITABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        if let Some(writer) = &self.writer {
+            let _ = writer.try_io(Interest::WRITABLE, |_| Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        }
     }
 
     /// Without `sendmmsg`: one `quinn-udp` send per datagram (no GSO is planned).
@@ -364,7 +425,7 @@ impl UdpIo {
                 segment_size: None,
                 src_ip: p.from,
             };
-            let sent = self.state.try_send(UdpSockRef::from(&self.socket), &transmit);
+            let sent = self.state.try_send(UdpSockRef::from(self.socket.get_ref()), &transmit);
             outcome.calls += 1;
             match sent {
                 Ok(()) => outcome.sent_datagrams += 1,
@@ -396,7 +457,7 @@ impl UdpIo {
         };
         let meta = &mut self.recv_meta;
         let mut filled = 0;
-        let received = socket.try_io(Interest::READABLE, || {
+        let received = socket.try_io(Interest::READABLE, |socket| {
             filled = state.recv(UdpSockRef::from(socket), &mut bufs, meta)?;
             // Fewer than asked for: the socket is drained. Saying so clears the readiness
             // now, which saves the call that would only return EAGAIN; a datagram arriving
@@ -772,7 +833,7 @@ mod tests {
     async fn receive(io: &mut UdpIo, count: usize) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut got = Vec::new();
         while got.len() < count {
-            tokio::time::timeout(std::time::Duration::from_secs(5), io.socket().readable())
+            tokio::time::timeout(std::time::Duration::from_secs(5), io.readable())
                 .await
                 .expect("datagrams arrive")
                 .expect("readable");
@@ -881,7 +942,7 @@ mod tests {
         assert_eq!(server.flush().sent, 2);
         let mut destinations = Vec::new();
         while destinations.len() < 2 {
-            tokio::time::timeout(std::time::Duration::from_secs(5), client.socket().readable())
+            tokio::time::timeout(std::time::Duration::from_secs(5), client.readable())
                 .await
                 .expect("answers arrive")
                 .expect("readable");
@@ -900,6 +961,37 @@ mod tests {
     #[tokio::test]
     async fn a_turn_goes_out_in_one_call_without_gso() {
         a_turn_goes_out_in_one_call_and_arrives_whole_and_in_order(false).await;
+    }
+
+    #[tokio::test]
+    async fn write_readiness_is_watched_only_while_blocked() {
+        use std::time::Duration;
+        let (mut server, _) = io().await;
+        let (client, client_addr) = io().await;
+        let wait = Duration::from_millis(200);
+        // Not blocked: never writable, and sending does not make the socket "ready".
+        assert!(server.writer.is_none());
+        let (queued, _) = server.queue(client_addr, datagram(0, 1, 100));
+        assert!(queued);
+        assert_eq!(server.flush().sent, 1);
+        assert!(
+            tokio::time::timeout(wait, server.writable()).await.is_err(),
+            "pending while not blocked"
+        );
+        // Reading is not disturbed by the sends: the client sees exactly the datagram sent.
+        assert_eq!(receive(&mut { client }, 1).await.len(), 1);
+        // Blocked (as after an EAGAIN): the second registration reports the room there is.
+        server.set_blocked(true);
+        assert!(server.writer.is_some());
+        tokio::time::timeout(Duration::from_secs(5), server.writable())
+            .await
+            .expect("room is reported")
+            .expect("no error");
+        // A flush that drains the queue ends the watch.
+        let flushed = server.flush();
+        assert!(!flushed.blocked && !server.blocked());
+        assert!(server.writer.is_none(), "the registration is dropped once unblocked");
+        assert!(tokio::time::timeout(wait, server.writable()).await.is_err());
     }
 
     #[tokio::test]

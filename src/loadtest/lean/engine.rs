@@ -216,8 +216,8 @@ pub(crate) fn run(
             let woken = tokio::select! {
                 biased;
                 command = commands.recv() => command.map(Some),
-                ready = engine.udp.socket().readable() => ready.ok().map(|()| None),
-                _ = engine.udp.socket().writable(), if blocked => Some(None),
+                ready = engine.udp.readable() => ready.ok().map(|()| None),
+                _ = engine.udp.writable(), if blocked => Some(None),
                 () = sleep_until(if precise { wake.map(|at| at.checked_sub(PRECISE_WINDOW).unwrap_or(at)) } else { wake }) => Some(None),
             };
             match woken {
