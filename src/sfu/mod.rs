@@ -348,7 +348,11 @@ impl Sfu {
                     // Moved whole (not just the field set below), so it drops with the thread.
                     let mut lifeline = lifeline;
                     // I/O and timers only: no signal or process driver to look at on every park.
-                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .enable_time()
+                        .build()
+                    {
                         Ok(runtime) => runtime,
                         Err(e) => {
                             tracing::error!(shard = index, "cannot start the shard runtime: {e}");

@@ -53,7 +53,9 @@ impl OwnSrtp {
         })
     }
 
-    /// `packet` as an SRTP datagram, ready for the socket.
+    /// `packet` as an SRTP datagram, ready for the socket (tests; the shard seals into its
+    /// arena, [`protect_in`](Self::protect_in)).
+    #[cfg(test)]
     pub fn protect(&mut self, packet: &Packet) -> Result<BytesMut, Box<dyn std::error::Error>> {
         self.protect_in(packet, &mut BytesMut::new())
     }

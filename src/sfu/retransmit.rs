@@ -195,6 +195,7 @@ impl PacketCache {
     }
 
     /// The ring's size in bytes (0 before the first packet).
+    #[cfg(test)]
     pub fn ring_size(&self) -> usize {
         self.ring.len()
     }

@@ -216,7 +216,9 @@ impl Sealer {
         })
     }
 
-    /// `packet` as an SRTP datagram, marshalled and sealed in one buffer.
+    /// `packet` as an SRTP datagram, marshalled and sealed in one buffer (tests; the shard
+    /// seals into its arena, [`seal_in`](Self::seal_in)).
+    #[cfg(test)]
     pub fn seal(&mut self, packet: &Packet) -> Result<BytesMut, SrtpError> {
         self.seal_in(packet, &mut BytesMut::new())
     }
