@@ -5,7 +5,10 @@
 # start DELAY_MS after the gateway (default 8000: past the joins of the shapes below) and the
 # media shard's samples are summed into kinds of work (kernel send/receive, wake-ups, SRTP, `rtc`'s
 # receive interceptors, ...) by profile.py. See docs/BENCHMARKS.md §3, "Where a small room's
-# packet goes".
+# packet goes". Samples carry kernel call chains (-g), from which the last line says how much of
+# the shard's time was the load tester's receive path: on loopback the sender's system call runs
+# the receiver's softirq (`net_rx_action`), so a rig on one machine bills the gateway for it
+# (§3, "Independent senders").
 # usage: profile.sh NAME -- loadtest args...   e.g.
 #   profile.sh LA100 -- --engine lean --meetings 100 --publishers 2 --duration 15
 # Output in $OUT/NAME (OUT defaults to /tmp/ghb-profile): perf.data, symbols.txt (the shard's
@@ -19,7 +22,7 @@ OUT=${OUT:-/tmp/ghb-profile}/$NAME
 PORT=${PORT:-8443}; MEDIA_PORT=${MEDIA_PORT:-7882}
 command -v perf >/dev/null || { echo "profile.sh: needs perf (apt-get install linux-perf)" >&2; exit 2; }
 rm -rf "$OUT"; mkdir -p "$OUT"
-GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 taskset -c 0 perf record -q -e cpu-clock -F 1999 -D "${DELAY_MS:-8000}" \
+GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 taskset -c 0 perf record -q -g -e cpu-clock -F 1999 -D "${DELAY_MS:-8000}" \
   -o "$OUT/perf.data" -- "$BIN" serve --data-dir "$OUT/data" --listen 127.0.0.1:$PORT \
   --media-bind 127.0.0.1:$MEDIA_PORT --media-shards 1 > "$OUT/server.log" 2>&1 &
 PP=$!
@@ -29,6 +32,11 @@ taskset -c 1 "$BIN" loadtest --data-dir "$OUT/data" --url https://localhost:$POR
 # perf ends its child and writes its data on SIGINT.
 kill -INT $PP; wait $PP || true
 trap - EXIT
-perf report -i "$OUT/perf.data" --stdio --no-children --comm sfu-shard-0 --sort sym 2>/dev/null \
+perf report -i "$OUT/perf.data" --stdio --no-children --comm sfu-shard-0 --sort sym -g none 2>/dev/null \
   | grep -v '^#' | grep -v '^$' > "$OUT/symbols.txt"
 python3 "$HERE/profile.py" "$OUT/symbols.txt" "$OUT/lt.json" | tee "$OUT/kinds.txt"
+# Inclusive share of the softirq that delivers datagrams on loopback (to the load tester's sockets,
+# inside the gateway's sends; the gateway's own inbound softirq runs in the senders' calls).
+perf report -i "$OUT/perf.data" --stdio --children --percentage relative --comm sfu-shard-0 --sort sym -g none 2>/dev/null \
+  | awk '$NF == "net_rx_action" { share = $1 } END { sub("%", "", share); printf "of which the load tester'"'"'s receive path on loopback (net_rx_action, inclusive): %.1f%%\n", share }' \
+  | tee -a "$OUT/kinds.txt"
