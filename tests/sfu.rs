@@ -1698,3 +1698,97 @@ fn the_shards_whole_path_allocates_only_in_rtc() {
     // opening arena lost (+2 per datagram) still fails.
     assert!(per_packet[0] < 2.5 && per_copy < 0.5, "{per_packet:?}");
 }
+
+/// Sends `per_ms` datagrams of junk to `to` every millisecond from a thread of its own
+/// until `stop` is set: a busy shard's arrival rate (its datagrams are dropped as garbage,
+/// but they are read and counted like any other).
+fn blast(
+    to: std::net::SocketAddr,
+    per_ms: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket");
+        let mut sent = 0;
+        // Not STUN, DTLS or RTP: the first byte is outside every range RFC 7983 names.
+        let junk = [0xffu8; 100];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..per_ms {
+                if socket.send_to(&junk, to).is_ok() {
+                    sent += 1;
+                }
+            }
+            // Pacing, not synchronisation: about `per_ms` thousand datagrams a second.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    })
+}
+
+/// Receive coalescing (issue 13, `sfu::coalesce`): a shard reading more than a few thousand
+/// datagrams a second tries pausing after its turns (at least one period in eight pauses,
+/// whichever costs less), a call on it keeps its media flowing meanwhile, and a quiet shard,
+/// or one whose window is zero, never pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_shard_tries_pausing_and_a_quiet_one_never_pauses() {
+    init_logging();
+    for window in [Duration::from_micros(500), Duration::ZERO] {
+        let sfu = Sfu::start(SfuConfig {
+            coalesce: window,
+            ..SfuConfig::loopback()
+        })
+        .expect("sfu starts");
+        let (a, b) = pair(&sfu, "m_coalesce").await;
+        let a_cam = track_of(&b, "p_a", TrackSource::Camera);
+        // A call alone is quiet (about 220 datagrams a second in): no pause.
+        let quiet = sfu.stats();
+        let before = b.received(&a_cam.track_id).map_or(0, |r| r.packets);
+        assert!(
+            eventually(SECS(10), || b
+                .received(&a_cam.track_id)
+                .is_some_and(|r| r.packets > before + 60))
+            .await
+        );
+        assert_eq!(
+            sfu.stats().coalesce_pauses,
+            quiet.coalesce_pauses,
+            "a quiet shard never pauses"
+        );
+        // Busy: 8 000 datagrams a second more, for at least ten periods of 50 ms.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let blaster = blast(sfu.local_addr(), 8, stop.clone());
+        let busy = sfu.stats();
+        let before = b.received(&a_cam.track_id).map_or(0, |r| r.packets);
+        let paused = eventually(SECS(10), || {
+            let now = sfu.stats();
+            now.garbage_datagrams > busy.garbage_datagrams + 4_000
+                && (window.is_zero() || now.coalesce_pauses > busy.coalesce_pauses)
+        })
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = blaster.join().expect("the blaster");
+        let after = sfu.stats();
+        assert!(paused, "{window:?}: {sent} sent, {after:?}");
+        if window.is_zero() {
+            assert_eq!(
+                after.coalesce_pauses, busy.coalesce_pauses,
+                "a zero window never pauses"
+            );
+        } else {
+            // What the turns after the pauses read is counted with them.
+            assert!(after.coalesced_datagrams > busy.coalesced_datagrams, "{after:?}");
+        }
+        // The call went on: the camera's packets kept coming, in order, none corrupted.
+        assert!(
+            eventually(SECS(10), || b
+                .received(&a_cam.track_id)
+                .is_some_and(|r| r.packets > before + 30))
+            .await
+        );
+        let cam = b.received(&a_cam.track_id).expect("camera");
+        assert_eq!(cam.stream.corrupt, 0, "{cam:?}");
+        a.leave().await;
+        b.leave().await;
+        assert!(eventually(SECS(5), || sfu.live_connections() == 0).await);
+    }
+}

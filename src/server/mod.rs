@@ -359,6 +359,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         shards: config.media_shards(),
         drop_probability: config.media_drop_rate(),
         split_at: config.media_split_at(),
+        coalesce: config.media_coalesce(),
     })
     .context("starting the media plane")?;
     let media_addr = sfu.local_addr();

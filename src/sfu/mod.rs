@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 #[doc(hidden)]
 pub mod benching;
 pub mod bwe;
+pub mod coalesce;
 mod connection;
 pub mod demux;
 pub mod dynacast;
@@ -123,6 +124,8 @@ pub struct SfuConfig {
     /// Participants of one meeting a shard takes before the meeting spreads to other
     /// shards (`placement`; at least 1). Only matters with more than one shard.
     pub split_at: usize,
+    /// The longest a shard pauses after a turn to let datagrams gather (`coalesce`); zero: never.
+    pub coalesce: std::time::Duration,
 }
 
 /// [`SfuConfig::split_at`] by default: a meeting of up to this many participants stays on
@@ -139,6 +142,7 @@ impl SfuConfig {
             shards: 1,
             drop_probability: 0.0,
             split_at: DEFAULT_SPLIT_AT,
+            coalesce: coalesce::DEFAULT_WINDOW,
         }
     }
 }
@@ -338,8 +342,8 @@ impl Sfu {
                 live: live.clone(),
                 clean: false,
             };
-            let (shard_counters, shard_live, drop_probability) =
-                (counters.clone(), live.clone(), config.drop_probability);
+            let (shard_counters, shard_live, drop_probability, coalesce) =
+                (counters.clone(), live.clone(), config.drop_probability, config.coalesce);
             let relay_out = relay::Outgoing::new(index, relay_senders.clone());
             let relay_in = relay_receivers.next().expect("one receiver per shard");
             std::thread::Builder::new()
@@ -378,6 +382,7 @@ impl Sfu {
                         peers.dice.set_probability(drop_probability);
                         Shard::new(index, peers)
                             .with_relay(relay_out)
+                            .with_coalescing(coalesce)
                             .run(rx, tcp_rx, relay_in)
                             .await;
                     });

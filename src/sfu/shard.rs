@@ -166,6 +166,8 @@ pub struct Shard {
     /// The DTLS certificate every connection of the shard presents
     /// (`connection::dtls_certificate`); `None` if it could not be made.
     certificate: Option<RTCCertificate>,
+    /// When to let datagrams gather before reading them (`coalesce`).
+    coalescer: super::coalesce::Coalescer,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
@@ -210,12 +212,19 @@ impl Shard {
                     )
                 })
                 .ok(),
+            coalescer: super::coalesce::Coalescer::new(Duration::ZERO),
         }
     }
 
     /// The queues to the other shards (`relay`), for meetings split across shards.
     pub fn with_relay(mut self, relay: Outgoing) -> Self {
         self.relay = relay;
+        self
+    }
+
+    /// Receive coalescing with this window (`coalesce`; zero, the default: none).
+    pub fn with_coalescing(mut self, window: Duration) -> Self {
+        self.coalescer = super::coalesce::Coalescer::new(window);
         self
     }
 
@@ -248,13 +257,13 @@ impl Shard {
         tokio::pin!(sleep);
         // What the timer is set for (`None` inside: no deadline); `None`: to be set.
         let mut armed: Option<Option<Instant>> = None;
+        // The last turn ended in a pause (`coalesce`): this turn's datagrams are what it gathered.
+        let mut paused = false;
         loop {
             // On the timer grid (`super::timers`): one wake-up serves every connection due in a tick.
-            let mut deadline = self.peers.next_deadline();
-            if !self.rooms.is_empty() {
-                deadline = Some(deadline.map_or(self.speakers_due, |at| at.min(self.speakers_due)));
-            }
+            let deadline = self.next_deadline();
             let mut backlog = false;
+            let mut read = 0;
             if armed != Some(deadline) {
                 let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                 sleep.as_mut().reset(tokio::time::Instant::from_std(at));
@@ -264,7 +273,7 @@ impl Shard {
                 biased;
                 ready = self.peers.udp().readable() => {
                     match ready {
-                        Ok(()) => backlog = self.receive_datagrams(),
+                        Ok(()) => (read, backlog) = self.receive_datagrams(),
                         Err(e) => tracing::debug!(shard = self.index, "media socket readiness: {e}"),
                     }
                 }
@@ -315,8 +324,35 @@ impl Shard {
                 }
             }
             self.end_turn(Instant::now());
+            if std::mem::take(&mut paused) {
+                Counters::add(&self.peers.counters().coalesced_datagrams, read as u64);
+            }
+            // Under load, let the next turn's datagrams gather (`coalesce`). The shard's
+            // thread runs nothing else: sleeping it is pausing the shard.
+            if let Some(pause) = self.coalescer.turn(
+                Instant::now(),
+                read,
+                backlog,
+                self.next_deadline(),
+                super::coalesce::thread_sleeps,
+            ) {
+                Counters::add(&self.peers.counters().coalesce_pauses, 1);
+                paused = true;
+                std::thread::sleep(pause);
+            }
         }
         self.shutdown();
+    }
+
+    /// When the shard's next timer is due: on the timer grid (`super::timers`), one wake-up
+    /// serves every connection due in a tick.
+    fn next_deadline(&self) -> Option<Instant> {
+        let deadline = self.peers.next_deadline();
+        if self.rooms.is_empty() {
+            deadline
+        } else {
+            Some(deadline.map_or(self.speakers_due, |at| at.min(self.speakers_due)))
+        }
     }
 
     /// Timers, the end-of-turn drain, batched renegotiations, broken connections, and
@@ -508,9 +544,10 @@ impl Shard {
     /// Up to [`RECV_ROUNDS`] batches from the media socket, each datagram routed and its
     /// connection drained as it comes. Returns whether the socket may hold more (the last
     /// batch was full).
-    fn receive_datagrams(&mut self) -> bool {
+    fn receive_datagrams(&mut self) -> (usize, bool) {
         let now = Instant::now();
         let mut more = false;
+        let mut read = 0;
         for _ in 0..RECV_ROUNDS {
             more = false;
             match self.peers.udp_mut().receive() {
@@ -523,10 +560,11 @@ impl Shard {
                 }
             }
             while let Some((from, data)) = self.peers.udp_mut().next_datagram() {
+                read += 1;
                 self.on_datagram(now, from, data);
             }
         }
-        more
+        (read, more)
     }
 
     /// ICE-TCP: a link handed over, a frame from one, or one closing.

@@ -76,6 +76,10 @@ pub struct Counters {
     /// Publishers' packets opened by the shard itself and fed to the connection's receive
     /// interceptors, past `rtc`'s read pipeline (`own_inbound`). Shard counters only.
     pub opened_packets: AtomicU64,
+    /// Pauses a busy shard took to let datagrams gather (`coalesce`), and the datagrams the
+    /// turns after them read. Shard counters only.
+    pub coalesce_pauses: AtomicU64,
+    pub coalesced_datagrams: AtomicU64,
     /// Transport-wide congestion control feedback packets received from subscribers (what
     /// `bwe` estimates their downlinks from). Shard counters only.
     pub twcc_feedback_received: AtomicU64,
@@ -198,6 +202,8 @@ pub struct CountersSnapshot {
     pub relayed_packets: u64,
     pub relay_drops: u64,
     pub opened_packets: u64,
+    pub coalesce_pauses: u64,
+    pub coalesced_datagrams: u64,
     pub twcc_feedback_received: u64,
 }
 
@@ -248,6 +254,8 @@ impl Counters {
                 relayed_packets: acc.relayed_packets + s.relayed_packets,
                 relay_drops: acc.relay_drops + s.relay_drops,
                 opened_packets: acc.opened_packets + s.opened_packets,
+                coalesce_pauses: acc.coalesce_pauses + s.coalesce_pauses,
+                coalesced_datagrams: acc.coalesced_datagrams + s.coalesced_datagrams,
                 twcc_feedback_received: acc.twcc_feedback_received + s.twcc_feedback_received,
             }
         })
@@ -284,6 +292,8 @@ impl Counters {
             relayed_packets: get(&self.relayed_packets),
             relay_drops: get(&self.relay_drops),
             opened_packets: get(&self.opened_packets),
+            coalesce_pauses: get(&self.coalesce_pauses),
+            coalesced_datagrams: get(&self.coalesced_datagrams),
             twcc_feedback_received: get(&self.twcc_feedback_received),
         }
     }
