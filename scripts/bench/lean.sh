@@ -27,6 +27,7 @@ SHAPES=(
   # The same at a third of the load, where a turn of the shard mostly holds one datagram
   # (with the SDK engine, whose every participant sends from a socket of its own).
   "LA30|--meetings 30 --publishers 2 --duration 15 --ramp 10"
+  "LA60|--meetings 60 --publishers 2 --duration 15 --ramp 20"
   "LA200|--meetings 200 --publishers 2 --duration 15 --ramp 40"
   # 100 audio-only rooms: 50 packets/s of 100 bytes per participant.
   "LAU100|--meetings 100 --publishers 2 --no-video --audio-kbps 40 --duration 15 --ramp 40"
