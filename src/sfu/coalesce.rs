@@ -182,15 +182,16 @@ impl Coalescer {
     }
 
     /// A turn ended at `now` having read `read` datagrams (`full`: its last batch was full,
-    /// so more are waiting), with the shard's next timer due at `deadline`: how long to
-    /// pause before the next turn, if at all. `sleeps` reads the thread's sleeps so far
-    /// ([`thread_sleeps`]); it is called when a period ends.
+    /// so more are waiting): how long to pause before the next turn, if at all. `deadline`
+    /// tells when the shard's next timer is due, asked only when a pause is wanted; `sleeps`
+    /// reads the thread's sleeps so far ([`thread_sleeps`]), called when a period ends. So a
+    /// turn that does not pause costs a comparison or two.
     pub fn turn(
         &mut self,
         now: Instant,
         read: usize,
         full: bool,
-        deadline: Option<Instant>,
+        deadline: impl FnOnce() -> Option<Instant>,
         sleeps: impl FnOnce() -> u64,
     ) -> Option<Duration> {
         self.roll(now, sleeps);
@@ -198,7 +199,7 @@ impl Coalescer {
         if !self.pausing || read == 0 || full {
             return None;
         }
-        let until_deadline = deadline.map_or(self.window, |at| at.saturating_duration_since(now));
+        let until_deadline = deadline().map_or(self.window, |at| at.saturating_duration_since(now));
         let pause = self.window.min(until_deadline);
         (pause >= MIN_PAUSE).then_some(pause)
     }
@@ -240,7 +241,7 @@ mod tests {
             self.sleeps.set(self.sleeps.get() + per * read as u64);
             self.now += STEP;
             let sleeps = &self.sleeps;
-            self.c.turn(self.now, read, false, None, || sleeps.get() / 100)
+            self.c.turn(self.now, read, false, || None, || sleeps.get() / 100)
         }
 
         /// A period of turns reading `read` datagrams each: the pauses asked for.
@@ -296,7 +297,7 @@ mod tests {
         assert_eq!(pauses.iter().filter(|p| **p == 0).count(), 1, "{pauses:?}");
         let mut sim = pausing();
         let now = sim.now;
-        assert_eq!(sim.c.turn(now, 1, false, None, || 0), Some(W));
+        assert_eq!(sim.c.turn(now, 1, false, || None, || 0), Some(W));
     }
 
     #[test]
@@ -329,9 +330,9 @@ mod tests {
     fn no_pause_after_a_full_batch_or_a_turn_without_datagrams() {
         let mut sim = pausing();
         let (now, sleeps) = (sim.now, 0);
-        assert_eq!(sim.c.turn(now, 64, true, None, || sleeps), None);
-        assert_eq!(sim.c.turn(now, 0, false, None, || sleeps), None);
-        assert_eq!(sim.c.turn(now, 2, false, None, || sleeps), Some(W));
+        assert_eq!(sim.c.turn(now, 64, true, || None, || sleeps), None);
+        assert_eq!(sim.c.turn(now, 0, false, || None, || sleeps), None);
+        assert_eq!(sim.c.turn(now, 2, false, || None, || sleeps), Some(W));
     }
 
     #[test]
@@ -340,16 +341,38 @@ mod tests {
         let (now, sleeps) = (sim.now, 0);
         let soon = now + Duration::from_micros(200);
         assert_eq!(
-            sim.c.turn(now, 1, false, Some(soon), || sleeps),
+            sim.c.turn(now, 1, false, || Some(soon), || sleeps),
             Some(Duration::from_micros(200))
         );
         // Too short to be worth a sleep of its own, or already due.
         let too_soon = now + Duration::from_micros(20);
-        assert_eq!(sim.c.turn(now, 1, false, Some(too_soon), || sleeps), None);
-        assert_eq!(sim.c.turn(now, 1, false, Some(now), || sleeps), None);
+        assert_eq!(sim.c.turn(now, 1, false, || Some(too_soon), || sleeps), None);
+        assert_eq!(sim.c.turn(now, 1, false, || Some(now), || sleeps), None);
         // A deadline past the window does not lengthen it.
         let later = now + Duration::from_secs(1);
-        assert_eq!(sim.c.turn(now, 1, false, Some(later), || sleeps), Some(W));
+        assert_eq!(sim.c.turn(now, 1, false, || Some(later), || sleeps), Some(W));
+    }
+
+    #[test]
+    fn the_deadline_is_asked_for_only_when_a_pause_is_wanted() {
+        let asked = Cell::new(0);
+        let deadline = || {
+            asked.set(asked.get() + 1);
+            None
+        };
+        // Quiet: never.
+        let mut c = Coalescer::new(W);
+        let t0 = Instant::now();
+        for i in 0..10 * TURNS {
+            c.turn(t0 + STEP * i * 10, 1, false, deadline, || 0);
+        }
+        assert_eq!(asked.get(), 0);
+        // Pausing: once per pause.
+        let mut sim = pausing();
+        let now = sim.now;
+        assert_eq!(sim.c.turn(now, 1, false, deadline, || 0), Some(W));
+        assert_eq!(sim.c.turn(now, 0, false, deadline, || 0), None);
+        assert_eq!(asked.get(), 1);
     }
 
     #[test]
@@ -376,10 +399,16 @@ mod tests {
         let reads = Cell::new(0);
         let t0 = Instant::now();
         for i in 0..10 * TURNS {
-            c.turn(t0 + STEP * i, 1, false, None, || {
-                reads.set(reads.get() + 1);
-                0
-            });
+            c.turn(
+                t0 + STEP * i,
+                1,
+                false,
+                || None,
+                || {
+                    reads.set(reads.get() + 1);
+                    0
+                },
+            );
         }
         // The first turn, then once for each of the 9 periods that ended.
         assert_eq!(reads.get(), 10);

@@ -170,6 +170,16 @@ pub struct Shard {
     coalescer: super::coalesce::Coalescer,
 }
 
+/// [`Shard::next_deadline`], from the parts of the shard it reads.
+fn next_deadline(peers: &Peers, no_rooms: bool, speakers_due: Instant) -> Option<Instant> {
+    let deadline = peers.next_deadline();
+    if no_rooms {
+        deadline
+    } else {
+        Some(deadline.map_or(speakers_due, |at| at.min(speakers_due)))
+    }
+}
+
 fn err(code: ErrorCode, message: impl Into<String>) -> Error {
     Error::new(code, message)
 }
@@ -323,17 +333,21 @@ impl Shard {
                     return;
                 }
             }
-            self.end_turn(Instant::now());
+            let now = Instant::now();
+            self.end_turn(now);
             if std::mem::take(&mut paused) {
                 Counters::add(&self.peers.counters().coalesced_datagrams, read as u64);
             }
             // Under load, let the next turn's datagrams gather (`coalesce`). The shard's
-            // thread runs nothing else: sleeping it is pausing the shard.
+            // thread runs nothing else: sleeping it is pausing the shard. (The turn's start
+            // stands for its end: a pause may pass the next deadline by the turn's length,
+            // well inside the timer grid's tick.)
+            let (peers, rooms, speakers_due) = (&self.peers, &self.rooms, self.speakers_due);
             if let Some(pause) = self.coalescer.turn(
-                Instant::now(),
+                now,
                 read,
                 backlog,
-                self.next_deadline(),
+                || next_deadline(peers, rooms.is_empty(), speakers_due),
                 super::coalesce::thread_sleeps,
             ) {
                 Counters::add(&self.peers.counters().coalesce_pauses, 1);
@@ -347,12 +361,7 @@ impl Shard {
     /// When the shard's next timer is due: on the timer grid (`super::timers`), one wake-up
     /// serves every connection due in a tick.
     fn next_deadline(&self) -> Option<Instant> {
-        let deadline = self.peers.next_deadline();
-        if self.rooms.is_empty() {
-            deadline
-        } else {
-            Some(deadline.map_or(self.speakers_due, |at| at.min(self.speakers_due)))
-        }
+        next_deadline(&self.peers, self.rooms.is_empty(), self.speakers_due)
     }
 
     /// Timers, the end-of-turn drain, batched renegotiations, broken connections, and
