@@ -17,10 +17,10 @@ pub const DEFAULT_DATA_DIR: &str = "gatehouse-data";
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8443);
 const DEFAULT_MEDIA_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7882);
 
-/// Log output format.
 /// The longest `media_coalesce_us` accepted: 5 ms, a packet's longest wait in a pause.
 const MAX_MEDIA_COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {

@@ -551,8 +551,8 @@ impl Shard {
     }
 
     /// Up to [`RECV_ROUNDS`] batches from the media socket, each datagram routed and its
-    /// connection drained as it comes. Returns whether the socket may hold more (the last
-    /// batch was full).
+    /// connection drained as it comes. Returns the datagrams read, and whether the socket
+    /// may hold more (the last batch was full).
     fn receive_datagrams(&mut self) -> (usize, bool) {
         let now = Instant::now();
         let mut more = false;
