@@ -115,21 +115,20 @@ impl Coalescer {
         }
     }
 
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Datagrams per second over the last whole period.
+    #[cfg(test)]
     pub fn rate(&self) -> u64 {
         self.rate
     }
 
     /// Whether this period's eligible turns pause.
+    #[cfg(test)]
     pub fn pausing(&self) -> bool {
         self.pausing
     }
 
     /// Sleeps per thousand datagrams of pausing and of waiting periods, once measured.
+    #[cfg(test)]
     pub fn costs(&self) -> (Option<u64>, Option<u64>) {
         (self.cost_pausing.0, self.cost_waiting.0)
     }
