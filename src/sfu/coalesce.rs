@@ -7,7 +7,7 @@
 //! (`epoll_wait`, `recvmmsg`, `sendmmsg`) for them. A network card solves the same problem
 //! with interrupt moderation, and Linux's NAPI with `gro_flush_timeout`: wait a little
 //! after a burst so the next one is taken whole. This is that policy for a shard, as a pure
-//! state machine; the shard's loop pauses for what [`Coalescer::pause`] says after a turn.
+//! state machine; the shard's loop pauses for what [`Coalescer::turn`] says after a turn.
 //!
 //! - **Only under load.** The arrival rate is measured over periods of [`PERIOD`]; a pause
 //!   is considered only while the last period's rate would gather at least [`MIN_GATHER`]
