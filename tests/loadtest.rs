@@ -35,6 +35,7 @@ fn options(srv: &TestServer, auth: Auth, shape: Shape, thresholds: Thresholds) -
         engine: Engine::Sdk,
         client_threads: 1,
         precise_sends: false,
+        simulcast: true,
         url: srv.base.clone(),
         auth,
         tls: TlsOptions {
@@ -55,6 +56,7 @@ fn lean_options(gateway: &SpawnedGateway, shape: Shape, thresholds: Thresholds) 
         engine: Engine::Lean,
         client_threads: 1,
         precise_sends: false,
+        simulcast: false,
         url: gateway.url.clone(),
         auth: Auth::DataDir(gateway.data_dir.clone()),
         tls: TlsOptions {
@@ -286,6 +288,13 @@ async fn two_publishers_receive_each_other_without_loss() {
     );
     assert!(report.gateway.rss_peak_bytes.expect("RSS") > 0.0);
     assert_eq!(report.gateway.scrape_errors, 0, "every scrape carried the token");
+    // Simulcast cameras: the gateway opens every layer and forwards each subscriber one.
+    let (opened, forwarded) = opened_and_forwarded(&report);
+    assert!(report.client.simulcast);
+    assert!(
+        opened > forwarded * 1.3,
+        "three layers in, one out: {opened} / {forwarded}"
+    );
     let (status, body) = srv.call("GET", "/metrics", None, None).await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -298,6 +307,42 @@ async fn two_publishers_receive_each_other_without_loss() {
     assert_eq!(status, 200);
     assert_eq!(report.verdict, Verdict::Pass, "{:?}", report.breaches);
     assert_eq!(report.exit_code(), EXIT_OK);
+}
+
+/// The gateway's RTP packets opened and forwarded a second over the steady phase.
+fn opened_and_forwarded(report: &Report) -> (f64, f64) {
+    let rate = |name: &str| {
+        *report
+            .gateway
+            .sfu_rates
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} in {:?}", report.gateway.sfu_rates))
+    };
+    (
+        rate("gatehouse_sfu_opened_packets_total"),
+        rate("gatehouse_sfu_forwarded_packets_total"),
+    )
+}
+
+/// `--no-simulcast`: cameras published as one layer, so in a 1:1 call every packet the
+/// gateway opens is forwarded (the issue 13 shape: audio 50 and video about 60 packets/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_layer_cameras_have_every_packet_forwarded() {
+    let srv = TestServer::start().await;
+    let token = srv.staff_token("loadtester", StaffRole::Staff);
+    let mut options = options(&srv, Auth::Token(token), shape(2, 3), Thresholds::default());
+    options.simulcast = false;
+    let report = bounded_run(options).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.streams.received, 4, "2 publishers x 1 other x 2 tracks");
+    assert_eq!(report.packets.lost, 0, "{:?}", report.packets);
+    assert!(!report.client.simulcast);
+    let (opened, forwarded) = opened_and_forwarded(&report);
+    assert!(forwarded > 100.0, "{forwarded}");
+    assert!(
+        opened < forwarded * 1.1,
+        "one layer in, the same out: {opened} / {forwarded}"
+    );
 }
 
 /// (b) and (c): with the SFU dropping 10 % of forwarded packets, the reported

@@ -72,6 +72,9 @@ pub struct Options {
     pub client_threads: usize,
     /// Lean engine: each frame leaves at its own time, not on the runtime's millisecond tick.
     pub precise_sends: bool,
+    /// SDK engine: publish cameras as three simulcast layers (as browsers do); `false` sends
+    /// one layer, every packet of which a subscriber receives (the lean engine always does).
+    pub simulcast: bool,
     /// The gateway, `https://host:port`.
     pub url: String,
     /// Who we are.
@@ -173,6 +176,12 @@ pub struct LoadtestArgs {
     /// burst the gateway reads in one go. Costs the load tester a wake-up per frame.
     #[arg(long)]
     pub precise_sends: bool,
+    /// SDK engine: publish each camera as one layer instead of three simulcast layers. With
+    /// simulcast (as browsers publish a camera) a publisher sends about 60 % more video
+    /// packets than a subscriber receives (it gets one layer); with one layer every video
+    /// packet in is forwarded. The lean engine always publishes one layer.
+    #[arg(long)]
+    pub no_simulcast: bool,
     /// Meetings to create.
     #[arg(long, default_value_t = 1)]
     pub meetings: u32,
@@ -349,6 +358,7 @@ impl LoadtestArgs {
             engine,
             client_threads: self.client_threads,
             precise_sends: self.precise_sends,
+            simulcast: engine == Engine::Sdk && !self.no_simulcast,
             url: self.url,
             auth,
             tls,
@@ -482,6 +492,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
     connect.reconnect = ReconnectPolicy::never();
     connect.media = MediaOptions {
         udp_addrs: vec![local_udp_addr(&options.url).to_owned()],
+        simulcast: options.simulcast,
         ..MediaOptions::default()
     };
     let setup = Arc::new(Setup {
@@ -640,6 +651,7 @@ pub async fn run_until(options: Options, cancel: impl Future<Output = ()>) -> an
             Engine::Lean => "lean",
         }
         .to_owned(),
+        simulcast: options.simulcast,
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         ..report::ClientFigures::default()
     };
@@ -1054,6 +1066,12 @@ mod tests {
         assert!(!o.progress, "no progress line with --json");
         assert_eq!(o.tls.ca_pem, None);
         assert_eq!(o.thresholds, Thresholds::default());
+        assert!(o.simulcast, "the SDK engine's cameras are simulcast, as browsers' are");
+        assert!(!parse(&["--no-simulcast"]).unwrap().simulcast);
+        assert!(
+            !parse(&["--lean"]).unwrap().simulcast,
+            "the lean engine sends one layer"
+        );
     }
 
     #[test]

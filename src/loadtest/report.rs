@@ -159,6 +159,9 @@ pub struct ClientFigures {
     /// The engine that drove the media: `sdk` (async `webrtc` peers) or `lean` (`rtc` on one
     /// socket per thread).
     pub engine: String,
+    /// Whether its publishers sent cameras as three simulcast layers (the SDK engine without
+    /// `--no-simulcast`) or as one.
+    pub simulcast: bool,
     /// Cores the load tester may run on (its CPU affinity).
     pub cores: usize,
     /// The load tester's process CPU over the steady phase, percent of one core.
@@ -915,7 +918,13 @@ impl Report {
                 .map_or_else(na, |us| format!("{us:.2} us (whole process, steady phase)")),
         );
         let c = &self.client;
-        let _ = writeln!(out, "\nLoad tester ({} engine, {} core(s))", c.engine, c.cores);
+        let _ = writeln!(
+            out,
+            "\nLoad tester ({} engine, {} camera, {} core(s))",
+            c.engine,
+            if c.simulcast { "simulcast" } else { "one-layer" },
+            c.cores
+        );
         row(
             &mut out,
             "CPU (steady phase)",
@@ -1152,6 +1161,7 @@ mod tests {
             },
             client: ClientFigures {
                 engine: "lean".into(),
+                simulcast: false,
                 cores: 1,
                 cpu_percent: Some(40.0),
                 busiest_thread_percent: Some(35.0),
@@ -1537,6 +1547,7 @@ mod tests {
     fn the_limit_is_the_side_that_saturated() {
         let client = |cpu: f64, busiest: Option<f64>, drops: u64, cores: usize| ClientFigures {
             engine: "lean".into(),
+            simulcast: false,
             cores,
             cpu_percent: Some(cpu),
             busiest_thread_percent: busiest,
@@ -1610,7 +1621,10 @@ mod tests {
         assert_eq!(r.limit, Limit::Neither, "{}", r.limit_reason);
         let table = r.to_table();
         assert!(table.contains("CPU per forwarded pkt  5.00 us"), "{table}");
-        assert!(table.contains("Load tester (lean engine, 1 core(s))"), "{table}");
+        assert!(
+            table.contains("Load tester (lean engine, one-layer camera, 1 core(s))"),
+            "{table}"
+        );
         assert!(table.contains("busiest engine thread 35.0 %"), "{table}");
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(json["limit"], "neither");
