@@ -73,6 +73,9 @@ struct Client {
     /// numbers NACKs asked it for (a publisher's; opened with its keys as its reports are).
     acked: Vec<u16>,
     nacked: Vec<u16>,
+    /// The TWCC feedback (`"twcc"`) and receiver reports (`"rr"`) it received, and the SSRC
+    /// each came from.
+    receipts_from: Vec<(&'static str, u32)>,
 }
 
 impl Client {
@@ -94,6 +97,7 @@ impl Client {
             reports: Vec::new(),
             acked: Vec::new(),
             nacked: Vec::new(),
+            receipts_from: Vec::new(),
         })
     }
 
@@ -116,7 +120,11 @@ impl Client {
                 .filter_map(|p| p.as_any().downcast_ref::<SenderReport>().cloned());
             self.reports.extend(reports);
             for p in &packets {
+                if let Some(rr) = p.as_any().downcast_ref::<rtc::rtcp::receiver_report::ReceiverReport>() {
+                    self.receipts_from.push(("rr", rr.ssrc));
+                }
                 if let Some(feedback) = super::rtcp::as_twcc(p.as_ref()) {
+                    self.receipts_from.push(("twcc", feedback.sender_ssrc));
                     let acks = super::bwe::acks_of(feedback);
                     self.acked.extend(acks.filter(|a| a.arrival.is_some()).map(|a| a.seq));
                 }
@@ -569,7 +577,16 @@ mod tests {
             let expected = if own { 30 } else { 0 };
             assert_eq!(h.opened() - opened, expected, "own inbound {own}: opened by the shard");
             // The TWCC feedback, from the shard's timer, acknowledges every one of them:
-            // the receive interceptors saw them all.
+            // the receive interceptors saw them all. With the shard's own inbound, the shard
+            // seals and sends it too (`own_rtcp::RtcpSealer`), from an SSRC of its own, and
+            // the client's `rtc` and its keys open it as they open what `rtc` sends.
+            let senders = h.shard.own_receipt_senders();
+            assert_eq!(
+                senders.len(),
+                usize::from(own),
+                "own inbound {own}: receipts sent by the shard"
+            );
+            let heard = h.publisher.receipts_from.len();
             let later = Instant::now() + Duration::from_millis(250);
             h.end_turn_at(later);
             h.maintain().expect("upkeep");
@@ -578,6 +595,19 @@ mod tests {
                     h.publisher.acked.contains(&seq),
                     "own inbound {own}: {seq} acknowledged"
                 );
+            }
+            // A receiver report comes with the feedback a second on.
+            h.end_turn_at(later + Duration::from_millis(1100));
+            h.maintain().expect("upkeep");
+            let new = &h.publisher.receipts_from[heard..];
+            for kind in ["twcc", "rr"] {
+                assert!(
+                    new.iter().any(|&(k, _)| k == kind),
+                    "own inbound {own}: {kind} in {new:?}"
+                );
+            }
+            if own {
+                assert!(new.iter().all(|&(_, s)| s == senders[0]), "{new:?} from {senders:?}");
             }
             assert_eq!(h.dropped(), 0, "own inbound {own}");
         }

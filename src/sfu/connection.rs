@@ -42,7 +42,7 @@ use super::layer_rtx::{LayerRtxInterceptor, SharedSettings};
 use super::media_room::{Codec, ConnId, Negotiated, SimulcastLayer, Stream};
 use super::nack::{NackGenerator, NackParams};
 use super::own_inbound::{OwnInbound, ReceiveSide};
-use super::own_rtcp::OwnRtcp;
+use super::own_rtcp::{OwnRtcp, RtcpSealer};
 use super::own_srtp::OwnSrtp;
 use super::receipts::Receipts;
 use super::rtcp::{RTCP_TAP_SLOT, RtcpTap};
@@ -160,6 +160,16 @@ pub struct Conn {
     pub rtcp_stats: Option<StatsPair>,
     /// Its own reading of RTCP, once its keys are known (`own_rtcp`).
     pub own_rtcp: Option<Box<OwnRtcp>>,
+    /// A publisher connection's receipts sealed and sent by the shard, from when its own
+    /// receiving side starts (`own_rtcp::RtcpSealer`, `Receipts::send_own`): its timer then
+    /// serves them and `rtc`'s deadline apart.
+    pub receipts_out: Option<Box<RtcpSealer>>,
+    /// `rtc`'s own next deadline as its `poll_timeout` said at the last re-arm, `None` when
+    /// unknown (`rtc` was touched since, or a NACK fell due): with [`receipts_out`], a timer
+    /// that finds it not due sends the receipts without a drive of `rtc`.
+    ///
+    /// [`receipts_out`]: Self::receipts_out
+    pub rtc_due: Option<Option<Instant>>,
 }
 
 /// How many early checks a connection keeps (a client sends one per candidate pair
@@ -209,6 +219,8 @@ impl Conn {
             inbound: None,
             rtcp_stats: None,
             own_rtcp: None,
+            receipts_out: None,
+            rtc_due: None,
         }
     }
 }

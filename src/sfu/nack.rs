@@ -244,6 +244,11 @@ impl NackGenerator {
         }
     }
 
+    /// The SSRC its NACKs and PLIs are sent from.
+    pub fn sender_ssrc(&self) -> u32 {
+        self.sender_ssrc
+    }
+
     /// Writes the NACKs (and keyframe requests) due on every stream.
     fn generate(&mut self, now: Instant) {
         for s in &mut self.streams {

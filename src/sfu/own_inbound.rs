@@ -152,9 +152,9 @@ impl ReceiveSide {
 
     /// Runs a packet the shard opened past the receive interceptors in the order of `rtc`'s
     /// read walk (wire-most first: layer RTX, the NACK generator, the receipts), each looking
-    /// at it in place; `out` gets it. Returns their earliest deadline after it (a gap may want
-    /// a NACK at once, the first packet after a quiet spell wants feedback).
-    pub fn feed(&self, now: Instant, mut packet: Packet, out: &mut Vec<Packet>) -> Option<Instant> {
+    /// at it in place; `out` gets it. Returns their deadlines after it (a gap may want a NACK
+    /// at once, the first packet after a quiet spell wants feedback).
+    pub fn feed(&self, now: Instant, mut packet: Packet, out: &mut Vec<Packet>) -> Due {
         self.layer_rtx.lock().observe(&mut packet);
         let mut nack = self.nack.lock();
         nack.observe(now, &packet);
@@ -165,7 +165,48 @@ impl ReceiveSide {
         let receipts_due = receipts.next_due();
         drop(receipts);
         out.push(packet);
-        [nack_due, receipts_due].into_iter().flatten().min()
+        Due {
+            nack: nack_due,
+            receipts: receipts_due,
+        }
+    }
+
+    /// From now on the shard sends the receipts itself (`Receipts::send_own`), from an SSRC
+    /// the NACK generator does not send from either.
+    pub fn send_receipts_own(&self) -> u32 {
+        let avoid = self.nack.lock().sender_ssrc();
+        self.receipts.lock().send_own(&[avoid])
+    }
+
+    /// The receipts due at `now`, as compound packets (for the shard to send, once it does).
+    pub fn receipts_due(&self, now: Instant) -> Vec<Vec<Box<dyn rtc::rtcp::Packet>>> {
+        self.receipts.lock().due(now)
+    }
+
+    /// When the next receipt is due.
+    pub fn receipts_next_due(&self) -> Option<Instant> {
+        self.receipts.lock().next_due()
+    }
+
+    /// The SSRC the receipts are sent from.
+    pub fn receipts_sender_ssrc(&self) -> u32 {
+        self.receipts.lock().sender_ssrc()
+    }
+}
+
+/// The receive interceptors' deadlines after a packet ([`ReceiveSide::feed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The NACK generator's: `rtc`'s chain fires it.
+    pub nack: Option<Instant>,
+    /// The receipts': `rtc`'s chain fires it, or the shard once it sends them itself.
+    pub receipts: Option<Instant>,
+}
+
+impl Due {
+    /// The earlier of the two.
+    pub fn earliest(&self) -> Option<Instant> {
+        [self.nack, self.receipts].into_iter().flatten().min()
     }
 }
 
@@ -378,7 +419,7 @@ mod tests {
         let mut out = Vec::new();
         let mut due = None;
         for seq in 1..=3 {
-            due = side.feed(now, with_twcc(seq), &mut out);
+            due = side.feed(now, with_twcc(seq), &mut out).earliest();
         }
         assert_eq!(
             out.iter().map(|p| p.header.sequence_number).collect::<Vec<_>>(),

@@ -11,6 +11,12 @@
 //! connection's keys are known (`srtp_keys`) the shard opens its SRTCP with a context of its own
 //! (`rtc-srtp`'s, from the remote key, with `rtc`'s replay window), counts what the tap counts
 //! (`rtcp::tap`) and hands the packets to the room, as `rtc`'s delivery would have.
+//!
+//! The other way, a publisher connection's receipts (TWCC feedback and receiver reports,
+//! `receipts`, ten a second) are encrypted by the shard with [`RtcpSealer`], an SRTCP
+//! context of its own from the local key, and sent without a drive of `rtc` (which swept its
+//! whole pipeline five times or so for each). They come from an SSRC nothing else on the
+//! connection sends from (`Receipts::send_own`), so no SRTCP index is counted by two contexts.
 
 use rtc::rtcp;
 use rtc::srtp::context::Context;
@@ -45,6 +51,28 @@ impl OwnRtcp {
         let plain = self.context.decrypt_rtcp(datagram)?;
         let packets = rtcp::packet::unmarshal(&mut plain.freeze())?;
         Ok(tap(&self.stats, &packets).then_some(packets))
+    }
+}
+
+/// A publisher connection's receipts, encrypted by the shard itself (see the module
+/// documentation).
+pub struct RtcpSealer {
+    context: Context,
+}
+
+impl RtcpSealer {
+    /// The sending side of a connection with these keys (`None` if the built-in provider
+    /// refuses them, which it does not for any profile `rtc` negotiates).
+    pub fn new(keys: &SrtpKeys) -> Option<Self> {
+        Some(Self {
+            context: keys.local_context().ok()?,
+        })
+    }
+
+    /// A compound RTCP packet as an SRTCP datagram, ready for the socket.
+    pub fn seal(&mut self, packets: &[Box<dyn rtcp::Packet>]) -> Result<bytes::BytesMut, Box<dyn std::error::Error>> {
+        let plain = rtcp::packet::marshal(packets)?;
+        Ok(self.context.encrypt_rtcp(&plain)?)
     }
 }
 
@@ -115,6 +143,43 @@ mod tests {
             })];
             let datagram = client.encrypt_rtcp(&compound(&empty)).expect("protect");
             assert!(own.open(&datagram).expect("opened").is_none(), "{profile:?}");
+        }
+    }
+
+    /// The client opens the receipts the shard seals, in turn with the RTCP `rtc` sends from
+    /// another SSRC with its own context of the same key: each SSRC's index is counted apart,
+    /// and a replay of either is refused.
+    #[test]
+    fn receipts_sealed_by_the_shard_are_opened_by_the_client_beside_rtcs_own() {
+        for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
+            let keys = keys(profile);
+            let mut sealer = RtcpSealer::new(&keys).expect("keys");
+            let mut rtcs = keys.local_context().expect("rtc's context");
+            // The client's side: what we send is opened with its remote key, our local one.
+            let mut client = SrtpKeys {
+                profile,
+                local: keys.remote.clone(),
+                remote: keys.local.clone(),
+            }
+            .remote_context()
+            .expect("client");
+            let report = |ssrc: u32| -> Vec<Box<dyn rtcp::Packet>> {
+                vec![Box::new(ReceiverReport {
+                    ssrc,
+                    ..Default::default()
+                })]
+            };
+            for round in 0..3 {
+                let ours = sealer.seal(&report(0xabc)).expect("sealed");
+                let theirs = rtcs.encrypt_rtcp(&compound(&report(0xdef))).expect("rtc's");
+                for (datagram, ssrc) in [(&ours, 0xabc), (&theirs, 0xdef)] {
+                    let plain = client.decrypt_rtcp(datagram).expect("opened");
+                    let packets = rtcp::packet::unmarshal(&mut plain.freeze()).expect("parses");
+                    let rr = packets[0].as_any().downcast_ref::<ReceiverReport>().expect("a report");
+                    assert_eq!(rr.ssrc, ssrc, "{profile:?} round {round}");
+                }
+                assert!(client.decrypt_rtcp(&ours).is_err(), "{profile:?}: a replay is refused");
+            }
         }
     }
 }

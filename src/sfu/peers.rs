@@ -243,6 +243,8 @@ impl Peers {
         f: impl FnOnce(&mut RTCPeerConnection) -> T,
     ) -> Option<T> {
         let conn = self.conns.get_mut(&id).filter(|c| !c.broken)?;
+        // Whatever `f` does may move `rtc`'s deadline: unknown until the next re-arm.
+        conn.rtc_due = None;
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut conn.pc))) {
             Ok(value) => Some(value),
             Err(_) => {
@@ -504,7 +506,12 @@ impl Peers {
         Counters::add(&counters.opened_packets, 1);
         fast.clear();
         *fast_conn = id;
-        if let Some(due) = chain.feed(now, packet, fast) {
+        let due = chain.feed(now, packet, fast);
+        if due.nack.is_some() {
+            // The NACK generator's deadline is `rtc`'s to fire.
+            conn.rtc_due = None;
+        }
+        if let Some(due) = due.earliest() {
             timers.arm_by(id, due, now);
         }
         true
@@ -602,6 +609,13 @@ impl Peers {
                 conn.keys = None;
                 conn.hosted = None;
                 return;
+            }
+            // Its receipts from now on sealed and sent by the shard too (`own_rtcp`).
+            if let Some(hosted) = conn.hosted.as_ref() {
+                conn.receipts_out = super::own_rtcp::RtcpSealer::new(&keys).map(Box::new);
+                if conn.receipts_out.is_some() {
+                    hosted.send_receipts_own();
+                }
             }
         }
         if let Some(inbound) = conn.inbound.as_mut() {
@@ -1064,6 +1078,49 @@ impl Peers {
         }
     }
 
+    /// The SSRCs of the receipts the shard sends itself, one per connection that does.
+    #[cfg(test)]
+    pub(super) fn own_receipt_senders(&self) -> Vec<u32> {
+        self.conns
+            .values()
+            .filter(|c| c.receipts_out.is_some())
+            .filter_map(|c| c.hosted.as_ref().map(|h| h.receipts_sender_ssrc()))
+            .collect()
+    }
+
+    /// A publisher connection's receipts due at `now`, sealed and sent by the shard (see
+    /// `own_rtcp`), if it sends them itself.
+    fn send_receipts(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let (Some(hosted), Some(sealer)) = (conn.hosted.as_ref(), conn.receipts_out.as_mut()) else {
+            return;
+        };
+        let due = hosted.receipts_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let to = conn.nominated.or(conn.out_path);
+        let mut sealed = Vec::with_capacity(due.len());
+        for compound in &due {
+            match sealer.seal(compound) {
+                Ok(datagram) => sealed.push(datagram),
+                Err(e) => {
+                    tracing::trace!(shard = self.shard, conn = id, "own receipts: {e}");
+                    Counters::add(&self.counters.dropped_packets, 1);
+                }
+            }
+        }
+        let Some(to) = to else {
+            Counters::add(&self.counters.dropped_packets, sealed.len() as u64);
+            return;
+        };
+        for datagram in sealed {
+            self.send_bytes(id, to, datagram);
+        }
+    }
+
     /// Sends one datagram (or frame) of the shard's own to a connection's path: dropped and
     /// counted when the socket buffer or the link is full, as `rtc`'s are.
     fn send_on(&mut self, id: ConnId, to: Path, datagram: Vec<u8>) {
@@ -1092,22 +1149,33 @@ impl Peers {
 
     /// Arms the connection's next deadline on the timer grid.
     fn rearm(&mut self, id: ConnId, now: Instant) {
-        let Some(mut next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
+        let Some(next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
             return;
         };
-        // A quiet connection's deadlines on its coarse grid (issue 13, the idle cost).
-        if self
-            .conns
-            .get(&id)
-            .is_some_and(|c| super::timers::is_quiet(c.connected, c.last_media, now))
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.rearmed_at = Some(now);
+            conn.rtc_due = Some(next);
+        }
+        self.arm_next(id, next, now);
+    }
+
+    /// Arms the connection's timer for `rtc`'s deadline `next` and, when the shard sends its
+    /// receipts itself, theirs.
+    fn arm_next(&mut self, id: ConnId, mut next: Option<Instant>, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if conn.receipts_out.is_some()
+            && let Some(receipts) = conn.hosted.as_ref().and_then(|h| h.receipts_next_due())
         {
+            next = Some(next.map_or(receipts, |at| at.min(receipts)));
+        }
+        // A quiet connection's deadlines on its coarse grid (issue 13, the idle cost).
+        if super::timers::is_quiet(conn.connected, conn.last_media, now) {
             next =
                 next.map(|at| super::timers::quiet_slot(at, now, self.timers.epoch(), super::timers::quiet_phase(id)));
         }
         self.timers.arm(id, next, now);
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.rearmed_at = Some(now);
-        }
     }
 
     /// When the earliest armed deadline is due (a grid instant, or an instant already
@@ -1134,6 +1202,20 @@ impl Peers {
     /// Runs a due connection's `handle_timeout`. Returns whether it is to be driven
     /// (`false` for a connection gone or broken since).
     pub fn fire(&mut self, id: ConnId, now: Instant) -> bool {
+        if let Some(conn) = self.conns.get(&id)
+            && conn.receipts_out.is_some()
+            && !conn.broken
+        {
+            let rtc_due = conn.rtc_due;
+            self.send_receipts(id, now);
+            if let Some(next) = rtc_due
+                && next.is_none_or(|at| at > now)
+            {
+                // Only the receipts were due: `rtc` is not swept.
+                self.arm_next(id, next, now);
+                return false;
+            }
+        }
         match self.guard(id, "handle_timeout", |pc| pc.handle_timeout(now)) {
             Some(Ok(())) => true,
             Some(Err(e)) => {

@@ -28,6 +28,12 @@
 //!   last fired: after the last packets one more report of each kind covers them, then none,
 //!   so an idle publisher (a muted microphone and camera) costs no wake-ups. The first packet
 //!   after a quiet spell finds its deadline passed and is acknowledged at once.
+//! - **Sent by the shard** once the connection's keys are known ([`Receipts::send_own`]):
+//!   from then on `rtc`'s chain gets nothing from it on a timeout and no deadline; the shard
+//!   asks [`Receipts::due`] on the connection's timer itself and encrypts the reports with an
+//!   SRTCP context of its own (`own_rtcp::RtcpSealer`), without a drive of `rtc`. They are
+//!   sent from a new SSRC then, one `rtc` never sent from: each SSRC's SRTCP index is then
+//!   counted by one context only, so no AES-GCM nonce is used twice.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -84,6 +90,9 @@ pub struct Receipts {
     /// A packet of a reported stream arrived since the last receiver report.
     report_heard: bool,
     report_next: Option<Instant>,
+    /// The shard sends what is due itself ([`send_own`](Self::send_own)): `rtc`'s chain gets
+    /// no reports and no deadline.
+    own: bool,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
@@ -104,6 +113,7 @@ impl Receipts {
             streams: Vec::new(),
             report_heard: false,
             report_next: None,
+            own: false,
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
         }
@@ -141,6 +151,23 @@ impl Receipts {
         if let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == sr.ssrc) {
             stream.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
         }
+    }
+
+    /// From now on the shard sends the reports ([`due`](Self::due) on its own timer) and
+    /// `rtc`'s chain none, from a new SSRC: neither the one `rtc` may have sent reports from
+    /// nor one in `avoid` (the connection's other RTCP senders), nor 0. Returns it.
+    pub fn send_own(&mut self, avoid: &[u32]) -> u32 {
+        self.own = true;
+        let old = self.sender_ssrc;
+        self.sender_ssrc = std::iter::repeat_with(rand::random::<u32>)
+            .find(|&ssrc| ssrc != 0 && ssrc != old && !avoid.contains(&ssrc))
+            .expect("a random u32 outside a handful");
+        self.sender_ssrc
+    }
+
+    /// The SSRC the reports are sent from.
+    pub fn sender_ssrc(&self) -> u32 {
+        self.sender_ssrc
     }
 
     /// When the next report is due: none while nothing arrived since the last of each kind.
@@ -551,6 +578,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Receipts {
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+        if self.own {
+            return Ok(());
+        }
         for compound in self.due(now) {
             self.write_queue.push_back(TaggedPacket {
                 now,
@@ -562,6 +592,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Receipts {
     }
 
     fn poll_timeout(&mut self) -> Option<Self::Time> {
+        if self.own {
+            return None;
+        }
         self.next_due()
     }
 }
@@ -672,7 +705,7 @@ mod tests {
                     } else if let Some(rr) = p.as_any().downcast_ref::<ReceiverReport>() {
                         w.reports
                             .push(ReceiverReport::unmarshal(&mut &wire[..]).expect("parses"));
-                        assert_eq!(rr.ssrc, 0xfeed);
+                        assert_eq!(rr.ssrc, r.sender_ssrc());
                     }
                 }
             }
@@ -1102,5 +1135,42 @@ mod tests {
                 "round {round}: never acknowledged: {unacknowledged:?}"
             );
         }
+    }
+
+    /// Sent by the shard: `rtc`'s chain gets neither reports nor a deadline, while the shard
+    /// gets both, from a new SSRC (not the old one, not 0, not one to avoid).
+    #[test]
+    fn sent_by_the_shard_the_chain_gets_nothing_and_the_reports_a_new_ssrc() {
+        let t0 = Instant::now();
+        let mut r = bound();
+        r.observe(t0, &packet(AUDIO, 1, 1, 960, 100));
+        assert!(
+            Protocol::poll_timeout(&mut r).is_some(),
+            "rtc's chain drives it at first"
+        );
+        let ssrc = r.send_own(&[0xbeef]);
+        assert!(![0, 0xfeed, 0xbeef].contains(&ssrc), "{ssrc:#x}");
+        assert_eq!(r.sender_ssrc(), ssrc);
+        r.observe(t0 + Duration::from_millis(20), &packet(AUDIO, 2, 2, 1920, 100));
+        let late = t0 + REPORT_INTERVAL * 2;
+        assert_eq!(Protocol::poll_timeout(&mut r), None, "no deadline for rtc's chain");
+        Protocol::handle_timeout(&mut r, late).unwrap();
+        assert!(Protocol::poll_write(&mut r).is_none(), "nothing written through rtc");
+        assert!(r.next_due().is_some_and(|due| due <= late), "the shard's deadline");
+        let mut w = Written::default();
+        run_until(&mut r, late, &mut w);
+        assert_eq!(w.reports.len(), 1, "one receiver report");
+        assert_eq!(w.reports[0].ssrc, ssrc);
+        assert!(!w.feedback.is_empty(), "feedback");
+        assert!(w.feedback.iter().all(|f| f.sender_ssrc == ssrc));
+        assert_eq!(
+            w.feedback
+                .iter()
+                .flat_map(super::super::bwe::acks_of)
+                .filter(|a| a.arrival.is_some())
+                .count(),
+            2,
+            "both packets acknowledged"
+        );
     }
 }

@@ -248,6 +248,13 @@ impl Shard {
         &mut self.peers.levers
     }
 
+    /// Test hook: the SSRCs the shard sends its publisher connections' receipts from
+    /// (`own_rtcp::RtcpSealer`), one per connection that sends them that way.
+    #[cfg(test)]
+    pub(super) fn own_receipt_senders(&self) -> Vec<u32> {
+        self.peers.own_receipt_senders()
+    }
+
     /// Bench hook: see `Peers::set_settle_tick`.
     pub(super) fn set_settle_tick(&mut self, tick: Duration) {
         self.peers.set_settle_tick(tick);
