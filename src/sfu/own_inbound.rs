@@ -11,8 +11,10 @@
 //!
 //! - A publisher connection's receive interceptors sit in `rtc`'s chain at their slots as
 //!   before, each behind a handle shared with the shard ([`Shared`], [`ReceiveSide`]):
-//!   packets `rtc` reads pass through them as before, and their RTCP (feedback, reports,
-//!   NACKs) still leaves through `rtc`, which encrypts it. The shard feeds the same
+//!   packets `rtc` reads pass through them as before, and their NACKs still leave through
+//!   `rtc`, which encrypts them; the feedback and reports do too until the shard sends them
+//!   itself (once it opens the connection's first stream, `Receipts::send_own` and
+//!   `own_rtcp::RtcpSealer`). The shard feeds the same
 //!   interceptors directly, in the chain's order, without the chain's queues where the
 //!   interceptor is ours (layer RTX repair and the NACK generator look at the packet in
 //!   place).

@@ -1199,8 +1199,9 @@ impl Peers {
         self.timers.take_due(now, due);
     }
 
-    /// Runs a due connection's `handle_timeout`. Returns whether it is to be driven
-    /// (`false` for a connection gone or broken since).
+    /// Runs a due connection's `handle_timeout`, after sending the receipts due if the shard
+    /// sends them itself. Returns whether it is to be driven (`false` for a connection gone or
+    /// broken since, or one whose `rtc` was known not to be due: only its receipts were).
     pub fn fire(&mut self, id: ConnId, now: Instant) -> bool {
         if let Some(conn) = self.conns.get(&id)
             && conn.receipts_out.is_some()

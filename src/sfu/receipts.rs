@@ -11,7 +11,8 @@
 //! ([`Receipts::observe`], no move and no queue); packets `rtc` reads itself (a stream's
 //! first packets, repaired retransmissions) pass through it in `rtc`'s chain as before, as do
 //! the publisher's sender reports, whose times the receiver reports answer (LSR/DLSR). What it
-//! writes leaves through `rtc`'s chain, which encrypts it.
+//! writes leaves through `rtc`'s chain, which encrypts it, until the shard sends it itself
+//! (below).
 //!
 //! - **TWCC feedback** (draft-holmer-rmcat-transport-wide-cc-extensions-01): the arrival time
 //!   of each packet carrying the transport-wide sequence number, reported at the pace of
