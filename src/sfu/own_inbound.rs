@@ -10,7 +10,7 @@
 //! the track it belongs to.
 //!
 //! - A publisher connection's receive interceptors sit in `rtc`'s chain at their slots as
-//!   before, each behind a handle shared with the shard ([`Shared`], [`ReceiveSide`]):
+//!   before, all three behind one handle shared with the shard ([`ReceiveSide`]):
 //!   packets `rtc` reads pass through them as before, and their NACKs still leave through
 //!   `rtc`, which encrypts them; the feedback and reports do too until the shard sends them
 //!   itself (once it opens the connection's first stream, `Receipts::send_own` and
@@ -29,6 +29,7 @@
 //!   context at a time, the shard's from its first packet after the takeover on (for
 //!   AES-GCM carrying the packet index on from the packet `rtc` delivered, `srtp_gcm`).
 
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -48,31 +49,71 @@ use super::srtp_keys::SrtpKeys;
 
 /// Streams a connection may have taken over (a publisher's camera with three simulcast
 /// layers and its microphone is four); more are left to `rtc`.
-pub const MAX_STREAMS: usize = 16;
+pub const MAX_STREAMS: usize = srtp_gcm::MAX_OPENED_STREAMS;
 
-/// An interceptor shared between `rtc` (which holds this handle in its chain) and the shard
-/// (which feeds it the packets it opened itself, [`ReceiveSide::feed`]). `rtc`'s `Interceptor`
-/// must be `Send + Sync`, hence the mutex; only the shard's thread ever takes it, so it is
-/// never contended.
-pub struct Shared<I>(Arc<Mutex<I>>);
+/// A publisher connection's three receive interceptors, behind one lock: `rtc`'s chain holds
+/// a [`Part`] of them at each one's slot, the shard the whole ([`ReceiveSide`]). `rtc`'s
+/// `Interceptor` must be `Send + Sync`, hence the mutex; only the shard's thread ever takes
+/// it, so it is never contended, and one lock per packet the shard opens (not one each) is
+/// what it costs.
+struct Trio {
+    layer_rtx: LayerRtxInterceptor,
+    nack: NackGenerator,
+    receipts: Receipts,
+}
 
-impl<I> Clone for Shared<I> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
+type SharedTrio = Arc<Mutex<Trio>>;
+
+fn lock(trio: &SharedTrio) -> MutexGuard<'_, Trio> {
+    trio.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which of the [`Trio`] a [`Part`] is.
+trait Pick: 'static {
+    type I: Interceptor;
+    fn pick(trio: &mut Trio) -> &mut Self::I;
+}
+
+struct PickLayerRtx;
+struct PickNack;
+struct PickReceipts;
+
+impl Pick for PickLayerRtx {
+    type I = LayerRtxInterceptor;
+    fn pick(trio: &mut Trio) -> &mut LayerRtxInterceptor {
+        &mut trio.layer_rtx
     }
 }
 
-impl<I: Interceptor> Shared<I> {
-    pub fn new(interceptor: I) -> Self {
-        Self(Arc::new(Mutex::new(interceptor)))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, I> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+impl Pick for PickNack {
+    type I = NackGenerator;
+    fn pick(trio: &mut Trio) -> &mut NackGenerator {
+        &mut trio.nack
     }
 }
 
-impl<I: Interceptor> Protocol<TaggedPacket, TaggedPacket, ()> for Shared<I> {
+impl Pick for PickReceipts {
+    type I = Receipts;
+    fn pick(trio: &mut Trio) -> &mut Receipts {
+        &mut trio.receipts
+    }
+}
+
+/// One of a connection's receive interceptors as `rtc`'s chain holds it: the shared
+/// [`Trio`], of which it runs the one `P` picks.
+struct Part<P>(SharedTrio, PhantomData<fn() -> P>);
+
+impl<P: Pick> Part<P> {
+    fn new(trio: &SharedTrio) -> Self {
+        Self(trio.clone(), PhantomData)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut P::I) -> T) -> T {
+        f(P::pick(&mut lock(&self.0)))
+    }
+}
+
+impl<P: Pick> Protocol<TaggedPacket, TaggedPacket, ()> for Part<P> {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -80,119 +121,111 @@ impl<I: Interceptor> Protocol<TaggedPacket, TaggedPacket, ()> for Shared<I> {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.lock().handle_read(msg)
+        self.with(|i| i.handle_read(msg))
     }
 
     fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.lock().poll_read()
+        self.with(|i| i.poll_read())
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.lock().handle_write(msg)
+        self.with(|i| i.handle_write(msg))
     }
 
     fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.lock().poll_write()
+        self.with(|i| i.poll_write())
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
-        self.lock().handle_timeout(now)
+        self.with(|i| i.handle_timeout(now))
     }
 
     fn poll_timeout(&mut self) -> Option<Self::Time> {
-        self.lock().poll_timeout()
+        self.with(|i| i.poll_timeout())
     }
 
     fn close(&mut self) -> Result<(), Self::Error> {
-        self.lock().close()
+        self.with(|i| i.close())
     }
 }
 
-impl<I: Interceptor> Interceptor for Shared<I> {
+impl<P: Pick> Interceptor for Part<P> {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
-        self.lock().bind_local_stream(info);
+        self.with(|i| i.bind_local_stream(info));
     }
 
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
-        self.lock().unbind_local_stream(info);
+        self.with(|i| i.unbind_local_stream(info));
     }
 
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
-        self.lock().bind_remote_stream(info);
+        self.with(|i| i.bind_remote_stream(info));
     }
 
     fn unbind_remote_stream(&mut self, info: &StreamInfo) {
-        self.lock().unbind_remote_stream(info);
+        self.with(|i| i.unbind_remote_stream(info));
     }
 }
 
-/// A publisher connection's receive interceptors, each shared between `rtc`'s chain (at the
+/// A publisher connection's receive interceptors, shared between `rtc`'s chain (each at the
 /// slot it always had, [`registry`](Self::registry)) and the shard ([`feed`](Self::feed)).
 #[derive(Clone)]
-pub struct ReceiveSide {
-    layer_rtx: Shared<LayerRtxInterceptor>,
-    nack: Shared<NackGenerator>,
-    receipts: Shared<Receipts>,
-}
+pub struct ReceiveSide(SharedTrio);
 
 impl ReceiveSide {
     pub fn new(layer_rtx: LayerRtxInterceptor, nack: NackGenerator, receipts: Receipts) -> Self {
-        Self {
-            layer_rtx: Shared::new(layer_rtx),
-            nack: Shared::new(nack),
-            receipts: Shared::new(receipts),
-        }
+        Self(Arc::new(Mutex::new(Trio {
+            layer_rtx,
+            nack,
+            receipts,
+        })))
     }
 
     /// `registry` with the receive interceptors at their slots.
     pub fn registry(&self, registry: Registry) -> Registry {
         registry
-            .with(Slot::from(LAYER_RTX_SLOT), self.layer_rtx.clone())
-            .with(Slot::NackGenerator, self.nack.clone())
-            .with(Slot::TwccReceiver, self.receipts.clone())
+            .with(Slot::from(LAYER_RTX_SLOT), Part::<PickLayerRtx>::new(&self.0))
+            .with(Slot::NackGenerator, Part::<PickNack>::new(&self.0))
+            .with(Slot::TwccReceiver, Part::<PickReceipts>::new(&self.0))
     }
 
     /// Runs a packet the shard opened past the receive interceptors in the order of `rtc`'s
     /// read walk (wire-most first: layer RTX, the NACK generator, the receipts), each looking
-    /// at it in place; `out` gets it. Returns their deadlines after it (a gap may want a NACK
-    /// at once, the first packet after a quiet spell wants feedback).
+    /// at it in place, under one lock; `out` gets it. Returns their deadlines after it (a gap
+    /// may want a NACK at once, the first packet after a quiet spell wants feedback).
     pub fn feed(&self, now: Instant, mut packet: Packet, out: &mut Vec<Packet>) -> Due {
-        self.layer_rtx.lock().observe(&mut packet);
-        let mut nack = self.nack.lock();
-        nack.observe(now, &packet);
-        let nack_due = nack.poll_timeout();
-        drop(nack);
-        let mut receipts = self.receipts.lock();
-        receipts.observe(now, &packet);
-        let receipts_due = receipts.next_due();
-        drop(receipts);
+        let mut trio = lock(&self.0);
+        trio.layer_rtx.observe(&mut packet);
+        trio.nack.observe(now, &packet);
+        let nack = trio.nack.poll_timeout();
+        trio.receipts.observe(now, &packet);
+        let receipts = trio.receipts.next_due();
+        drop(trio);
         out.push(packet);
-        Due {
-            nack: nack_due,
-            receipts: receipts_due,
-        }
+        Due { nack, receipts }
     }
 
     /// From now on the shard sends the receipts itself (`Receipts::send_own`), from an SSRC
     /// the NACK generator does not send from either.
     pub fn send_receipts_own(&self) -> u32 {
-        let avoid = self.nack.lock().sender_ssrc();
-        self.receipts.lock().send_own(&[avoid])
+        let mut trio = lock(&self.0);
+        let avoid = trio.nack.sender_ssrc();
+        trio.receipts.send_own(&[avoid])
     }
 
     /// The receipts due at `now`, as compound packets (for the shard to send, once it does).
     pub fn receipts_due(&self, now: Instant) -> Vec<Vec<Box<dyn rtc::rtcp::Packet>>> {
-        self.receipts.lock().due(now)
+        lock(&self.0).receipts.due(now)
     }
 
     /// When the next receipt is due.
     pub fn receipts_next_due(&self) -> Option<Instant> {
-        self.receipts.lock().next_due()
+        lock(&self.0).receipts.next_due()
     }
 
     /// The SSRC the receipts are sent from.
     pub fn receipts_sender_ssrc(&self) -> u32 {
-        self.receipts.lock().sender_ssrc()
+        lock(&self.0).receipts.sender_ssrc()
     }
 }
 
@@ -219,7 +252,10 @@ pub struct OwnInbound {
 }
 
 /// What decrypts: the GCM profiles in place (`srtp_gcm`, which also keeps the streams), the
-/// others with `rtc-srtp`.
+/// others with `rtc-srtp`. The GCM opener keeps its streams inline on purpose (no pointer to
+/// follow per datagram), and a connection's `OwnInbound` is boxed, so the variants' sizes
+/// differing costs each connection a few hundred bytes once.
+#[allow(clippy::large_enum_variant)]
 enum Open {
     Gcm(Opener),
     Rtc { context: Context, streams: Vec<u32> },

@@ -263,11 +263,17 @@ impl Sealer {
     }
 }
 
+/// Streams an [`Opener`] takes at most (`own_inbound::MAX_STREAMS` takes no more).
+pub const MAX_OPENED_STREAMS: usize = 16;
+
 /// A connection's receiving side for the GCM profiles: the streams taken over, each with
-/// what it has had opened.
+/// what it has had opened. They are kept in place, not behind a pointer of their own: every
+/// datagram looks its stream up here, and in rooms of many small calls each connection's
+/// state is cold by the time its next packet comes.
 pub struct Opener {
     session: Session,
-    streams: Vec<(u32, Seen)>,
+    streams: [(u32, Seen); MAX_OPENED_STREAMS],
+    taken: usize,
 }
 
 impl Opener {
@@ -275,33 +281,36 @@ impl Opener {
     pub fn new(profile: ProtectionProfile, remote: &MasterKey) -> Option<Self> {
         Some(Self {
             session: Session::new(profile, remote)?,
-            streams: Vec::new(),
+            streams: [(0, Seen { highest: 0, mask: 0 }); MAX_OPENED_STREAMS],
+            taken: 0,
         })
     }
 
     /// Whether [`take`](Self::take) took this stream.
     pub fn has(&self, ssrc: u32) -> bool {
-        self.streams.iter().any(|(s, _)| *s == ssrc)
+        self.streams[..self.taken].iter().any(|(s, _)| *s == ssrc)
     }
 
     /// How many streams are taken.
     pub fn taken(&self) -> usize {
-        self.streams.len()
+        self.taken
     }
 
     /// Takes stream `ssrc`, whose packet `seq` was the last opened elsewhere (by `rtc`,
     /// which estimates indexes from the stream's first packet with rollover counter 0, as
     /// this does): its later packets are estimated from there on. A stream taken already
-    /// keeps what it has seen.
+    /// keeps what it has seen; beyond [`MAX_OPENED_STREAMS`] none is taken (its packets stay
+    /// `rtc`'s to open).
     pub fn take(&mut self, ssrc: u32, seq: u16) {
-        if !self.has(ssrc) {
-            self.streams.push((
+        if !self.has(ssrc) && self.taken < MAX_OPENED_STREAMS {
+            self.streams[self.taken] = (
                 ssrc,
                 Seen {
                     highest: u64::from(seq),
                     mask: 1,
                 },
-            ));
+            );
+            self.taken += 1;
         }
     }
 
@@ -324,8 +333,7 @@ impl Opener {
             .ok_or(SrtpError::TooShort)?;
         let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
         let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
-        let seen = self
-            .streams
+        let seen = self.streams[..self.taken]
             .iter_mut()
             .find(|(s, _)| *s == ssrc)
             .map(|(_, seen)| seen)
@@ -544,6 +552,34 @@ mod tests {
         let mut short = master(gcm, 1);
         short.salt.pop();
         assert!(handles(gcm) && Opener::new(gcm, &short).is_none());
+    }
+
+    /// An opener takes at most [`MAX_OPENED_STREAMS`] streams; one more is not taken and its
+    /// packets are refused as unknown (they stay `rtc`'s), while the taken ones still open.
+    #[test]
+    fn an_opener_takes_a_bounded_number_of_streams() {
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let key = master(profile, 4);
+        let mut sealer = Sealer::new(profile, &key).expect("gcm");
+        let mut opener = Opener::new(profile, &key).expect("gcm");
+        let extra = MAX_OPENED_STREAMS as u32 + 1;
+        for ssrc in 1..=extra {
+            opener.take(ssrc, 0);
+            opener.take(ssrc, 0);
+        }
+        assert_eq!(
+            opener.taken(),
+            MAX_OPENED_STREAMS,
+            "none taken twice, none past the bound"
+        );
+        assert!(opener.has(MAX_OPENED_STREAMS as u32) && !opener.has(extra));
+        for ssrc in [1, MAX_OPENED_STREAMS as u32] {
+            let sent = packet(ssrc, 1, 100);
+            let opened = opener.open(&sealer.seal(&sent).expect("sealed")).expect("opened");
+            assert_eq!(unpadded(opened), sent);
+        }
+        let beyond = sealer.seal(&packet(extra, 1, 100)).expect("sealed");
+        assert!(matches!(opener.open(&beyond), Err(SrtpError::UnknownStream)));
     }
 
     /// Packets opened into one arena share its buffer, which is taken again once the packets
