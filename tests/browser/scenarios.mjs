@@ -2078,10 +2078,15 @@ async function downlinkCap(run) {
   const { guest, staff, guestId } = await guestAndStaffDecoding(run, { staffQuery: q, guestQuery: q });
   run.step('the guest gets staff\'s best layer');
   const sent = async () => (await outboundLayers(staff)).map((l) => l.frameWidth).filter((w) => w > 0);
+  // Decoded, and told (`video_layer`): the gateway tells a layer only once the leg has
+  // settled on it, not while it tries the next one up, so a guest may decode the top layer
+  // a moment before its page learns it (the test asserts what the page was told before the cap).
+  const toldAboveLowest = () => guest.evaluate(() =>
+    [...(window.gatehouse?.client?.videoLayers?.values() ?? [])].some((v) => v.layer > 0));
   await until(20000, async () => {
     const w = (await inboundCamera(guest)).frameWidth;
     const s = await sent();
-    return s.length > 0 && w >= Math.max(...s) && (q !== '' || s.length >= 2);
+    return s.length > 0 && w >= Math.max(...s) && (q !== '' || (s.length >= 2 && (await toldAboveLowest())));
   }).catch(() => {});
   run.facts.topWidth = (await inboundCamera(guest)).frameWidth;
   run.facts.staffLayersAtTop = await outboundLayers(staff);
