@@ -21,6 +21,7 @@
 //! Behind the `synthetic` feature: load testers and tests want it, staff applications
 //! that send real media do not.
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use gatehouse_signaling::protocol::TrackKind;
@@ -784,6 +785,9 @@ impl KeyframeAssembly {
 /// How many sequence numbers back duplicates are still recognised.
 const SEEN_WINDOW: u32 = 4096;
 
+/// How many replaced runs a repair can still fill ([`ReceiverStats::on_packet`]).
+const CLOSED_RUNS: usize = 8;
+
 /// One run of a layer's packets: the sequence numbers from its lowest to its highest,
 /// and which of the latest [`SEEN_WINDOW`] arrived.
 #[derive(Debug, Clone)]
@@ -868,10 +872,14 @@ pub struct ReceiverStats {
     layer: u8,
     /// How often that changed (a forwarding SFU switched layers).
     layer_switches: u64,
-    /// The packets the sender sent in runs that a later run of their layer replaced.
+    /// The packets the sender sent in runs that a later run of their layer replaced and that
+    /// fell out of `closed`.
     earlier_expected: u64,
     /// Per simulcast layer, its latest run.
     runs: Vec<Option<SeqRun>>,
+    /// The last [`CLOSED_RUNS`] runs a later run of their layer replaced (with the layer),
+    /// oldest first: a repair that comes after the next run began still fills its hole.
+    closed: VecDeque<(u8, SeqRun)>,
     unique: u64,
     duplicates: u64,
     reordered: u64,
@@ -912,6 +920,7 @@ impl ReceiverStats {
             layer_switches: 0,
             earlier_expected: 0,
             runs: vec![None; usize::from(MAX_LAYERS)],
+            closed: VecDeque::new(),
             unique: 0,
             duplicates: 0,
             reordered: 0,
@@ -951,18 +960,35 @@ impl ReceiverStats {
     /// repair sent before the switch, which fills its hole). Loss, duplicates and order are
     /// counted within each run, and `expected` adds up the runs: neither the old layer's
     /// packets the SFU stopped forwarding nor the new layer's it had not forwarded yet
-    /// count as lost.
+    /// count as lost. A packet older than its layer's latest run that falls inside one of
+    /// the layer's last [`CLOSED_RUNS`] runs fills that run's hole: a repair can come after
+    /// the next run began (a lost packet at the end of a layer's run is repaired after the
+    /// switch, looks like a switch back, and the next packet of the layer being received
+    /// then starts a run of its own while that run's losses are still being repaired).
     pub fn on_packet(&mut self, arrival_us: u64, packet: &SyntheticPacket, payload_len: usize) {
         let seq = packet.seq;
         let layer = packet.layer.min(MAX_LAYERS - 1);
         let run = &mut self.runs[usize::from(layer)];
+        let earlier = match run {
+            Some(r) if seq >= r.lowest => None,
+            _ => self
+                .closed
+                .iter()
+                .rposition(|(l, r)| *l == layer && (r.lowest..=r.highest).contains(&seq)),
+        };
         let straggler = run.as_ref().is_some_and(|r| seq <= r.highest);
-        let placed = match run {
-            Some(r) if layer == self.layer || straggler => r.place(seq),
-            _ => {
+        let placed = match (earlier, run) {
+            (Some(i), _) => self.closed[i].1.place(seq),
+            (None, Some(r)) if layer == self.layer || straggler => r.place(seq),
+            (None, run) => {
                 // A new run: the first packet, or the SFU switched to this layer.
                 if let Some(old) = run.replace(SeqRun::new(seq)) {
-                    self.earlier_expected += old.expected();
+                    self.closed.push_back((layer, old));
+                    if self.closed.len() > CLOSED_RUNS
+                        && let Some((_, oldest)) = self.closed.pop_front()
+                    {
+                        self.earlier_expected += oldest.expected();
+                    }
                 }
                 if self.first_arrival_us.is_some() && layer != self.layer {
                     self.layer_switches += 1;
@@ -1041,7 +1067,9 @@ impl ReceiverStats {
 
     /// A snapshot of everything counted so far.
     pub fn summary(&self) -> StreamSummary {
-        let expected = self.earlier_expected + self.runs.iter().flatten().map(SeqRun::expected).sum::<u64>();
+        let expected = self.earlier_expected
+            + self.closed.iter().map(|(_, r)| r.expected()).sum::<u64>()
+            + self.runs.iter().flatten().map(SeqRun::expected).sum::<u64>();
         let current = self.runs[usize::from(self.layer)].as_ref();
         let duration_us = self
             .first_arrival_us
@@ -1256,6 +1284,38 @@ mod tests {
             (stats.layer(), stats.layer_switches()),
             (0, 2),
             "the repair was no switch"
+        );
+    }
+
+    /// The flake of `tests/sfu.rs`'s `packets_lost_toward_a_subscriber_are_resent_from_the_cache`
+    /// under load ("2 lost" with every payload repaired), replayed.
+    #[test]
+    fn a_repair_after_the_next_run_of_its_layer_began_still_fills_its_hole() {
+        let mut stats = ReceiverStats::new(SyntheticCodec::Vp8, T0);
+        let mut feed = |layer: u8, seqs: &[u32]| {
+            for &seq in seqs {
+                let p = build_layer_payload(SyntheticCodec::Vp8, layer, seq, seq, T0, false, true, true, 200);
+                stats.on_payload(T0 + 1_000, &p).unwrap();
+            }
+        };
+        // Layer 0 up to 109, its 110 lost; the SFU switches to layer 1: 500, 502 (501 lost).
+        // 110's repair comes now, past the end of layer 0's run: as far as the receiver can
+        // tell, a switch back to layer 0, so layer 1's 503 starts a run of its own. 501's
+        // repair comes after that: it fills the hole in the run before.
+        feed(0, &[105, 106, 107, 108, 109]);
+        feed(1, &[500, 502]);
+        feed(0, &[110]);
+        feed(1, &[503, 501, 504]);
+        // A second copy of the repair is a duplicate there.
+        feed(1, &[501]);
+        let summary = stats.summary();
+        assert_eq!(summary.received, 11);
+        assert_eq!(summary.expected, 5 + 3 + 1 + 2);
+        assert_eq!(summary.lost, 0, "every payload arrived: {summary:?}");
+        assert_eq!((summary.reordered, summary.duplicates), (1, 1));
+        assert_eq!(
+            (stats.layer(), summary.first_seq, summary.last_seq),
+            (1, Some(503), Some(504))
         );
     }
 
