@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-import json, sys
+import json, os, sys
 # Prints a one-line JSON summary of a run made by run.sh (docs/BENCHMARKS.md). usage: summ.py RUNS_DIR NAME
 name = sys.argv[2]
 R = sys.argv[1] + "/"
@@ -55,6 +55,8 @@ streams = j.get("streams") or {}
 out.update(client_cpu=client.get("cpu_percent"), client_busiest=client.get("busiest_thread_percent"),
            streams=f'{streams.get("received")}/{streams.get("expected")}', limit=j.get("limit"),
            limit_reason=j.get("limit_reason"))
+# Which rig (run.sh's RIG): loopback, or namespaces joined by a veth pair.
+out.update(rig=os.environ.get("RIG", "lo"))
 idle = j.get("idle")
 if idle:
     out.update(idle_connected=idle["connected"], idle_participants=idle["participants"],
