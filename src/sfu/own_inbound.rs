@@ -43,6 +43,7 @@ use rtc::srtp::context::Context;
 
 use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor};
 use super::nack::NackGenerator;
+use super::own_rtcp::Compound;
 use super::receipts::Receipts;
 use super::srtp_gcm::{self, Opener};
 use super::srtp_keys::SrtpKeys;
@@ -214,7 +215,7 @@ impl ReceiveSide {
     }
 
     /// The receipts due at `now`, as compound packets (for the shard to send, once it does).
-    pub fn receipts_due(&self, now: Instant) -> Vec<Vec<Box<dyn rtc::rtcp::Packet>>> {
+    pub fn receipts_due(&self, now: Instant) -> Vec<Compound> {
         lock(&self.0).receipts.due(now)
     }
 

@@ -52,6 +52,7 @@ use rtc::shared::TransportContext;
 use rtc::shared::error::Error;
 use rtc::shared::marshal::MarshalSize;
 
+use super::own_rtcp::Compound;
 use super::twcc_feedback::{FEEDBACK_MIN, FeedbackPace};
 
 /// The receiver reports' interval (RFC 3550's minimum of 5 s shortened, as every browser and
@@ -179,8 +180,8 @@ impl Receipts {
 
     /// The reports due at `now`, as RTCP compound packets (the receiver report, when due,
     /// first, with the first feedback report).
-    pub fn due(&mut self, now: Instant) -> Vec<Vec<Box<dyn rtc::rtcp::Packet>>> {
-        let mut out: Vec<Vec<Box<dyn rtc::rtcp::Packet>>> = Vec::new();
+    pub fn due(&mut self, now: Instant) -> Vec<Compound> {
+        let mut out: Vec<Compound> = Vec::new();
         if self.report_heard && self.report_next.is_some_and(|due| now >= due) {
             self.report_heard = false;
             self.report_next = Some(now + REPORT_INTERVAL);
