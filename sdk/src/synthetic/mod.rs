@@ -1258,15 +1258,18 @@ mod tests {
         assert_eq!((resumed.layer, resumed.seq), (2, first[2].payloads.len() as u32));
     }
 
+    /// Feeds `stats` the VP8 packets `seqs` of simulcast `layer`, all arriving at once.
+    fn feed_layer(stats: &mut ReceiverStats, layer: u8, seqs: &[u32]) {
+        for &seq in seqs {
+            let p = build_layer_payload(SyntheticCodec::Vp8, layer, seq, seq, T0, false, true, true, 200);
+            stats.on_payload(T0 + 1_000, &p).unwrap();
+        }
+    }
+
     #[test]
     fn a_layer_switch_starts_a_run_and_loses_nothing() {
         let mut stats = ReceiverStats::new(SyntheticCodec::Vp8, T0);
-        let mut feed = |layer: u8, seqs: &[u32]| {
-            for &seq in seqs {
-                let p = build_layer_payload(SyntheticCodec::Vp8, layer, seq, seq, T0, false, true, true, 200);
-                stats.on_payload(T0 + 1_000, &p).unwrap();
-            }
-        };
+        let mut feed = |layer: u8, seqs: &[u32]| feed_layer(&mut stats, layer, seqs);
         // Layer 0 from 100 to 106 (103 and 105 lost), then layer 2 from 40, then back to 0 at
         // 300. 103 comes late, after the switch: a repair, which fills layer 0's run.
         feed(0, &[100, 101, 102, 104, 106]);
@@ -1292,12 +1295,7 @@ mod tests {
     #[test]
     fn a_repair_after_the_next_run_of_its_layer_began_still_fills_its_hole() {
         let mut stats = ReceiverStats::new(SyntheticCodec::Vp8, T0);
-        let mut feed = |layer: u8, seqs: &[u32]| {
-            for &seq in seqs {
-                let p = build_layer_payload(SyntheticCodec::Vp8, layer, seq, seq, T0, false, true, true, 200);
-                stats.on_payload(T0 + 1_000, &p).unwrap();
-            }
-        };
+        let mut feed = |layer: u8, seqs: &[u32]| feed_layer(&mut stats, layer, seqs);
         // Layer 0 up to 109, its 110 lost; the SFU switches to layer 1: 500, 502 (501 lost).
         // 110's repair comes now, past the end of layer 0's run: as far as the receiver can
         // tell, a switch back to layer 0, so layer 1's 503 starts a run of its own. 501's
