@@ -369,7 +369,8 @@ async fn clients(calls: u32, relay: SocketAddr, seconds: Duration, media: Media)
     Ok(())
 }
 
-/// Says hello until the relay has paired the call.
+/// Says hello until the relay has paired the call (every 100 ms: the relay may not be
+/// listening yet, and it answers only once both sides are there).
 async fn welcome(socket: &UdpSocket, call: u32, side: u8) -> std::io::Result<()> {
     let mut hello = vec![HELLO];
     hello.extend_from_slice(&call.to_be_bytes());
@@ -379,6 +380,10 @@ async fn welcome(socket: &UdpSocket, call: u32, side: u8) -> std::io::Result<()>
         socket.send(&hello).await?;
         match tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut answer)).await {
             Ok(Ok(1)) if answer[0] == WELCOME => return Ok(()),
+            // Not listening yet (the relay starts at the same time): say hello again.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Ok(Err(e)) => return Err(e),
             _ => {}
         }

@@ -19,6 +19,8 @@ OUT=$(mktemp -d)
 taskset -c 0 "$BIN" relay --calls "$CALLS" --listen 127.0.0.1:$PORT --coalesce-us "$COALESCE" > "$OUT/relay.json" 2> "$OUT/relay.err" &
 RP=$!
 trap 'kill $RP 2>/dev/null || true; rm -rf "$OUT"' EXIT
-taskset -c 1 "$BIN" clients --calls "$CALLS" --relay 127.0.0.1:$PORT --seconds 21 > "$OUT/clients.json" 2> "$OUT/clients.err"
-wait $RP
+RC=0
+taskset -c 1 "$BIN" clients --calls "$CALLS" --relay 127.0.0.1:$PORT --seconds 21 > "$OUT/clients.json" 2> "$OUT/clients.err" || RC=$?
+wait $RP || RC=$?
+[ $RC = 0 ] || { echo "floor.sh: failed (exit $RC)" >&2; cat "$OUT/relay.err" "$OUT/clients.err" >&2; exit $RC; }
 cat "$OUT/relay.json" "$OUT/clients.json"
