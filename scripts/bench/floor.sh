@@ -7,6 +7,11 @@
 # usage: floor.sh CALLS [COALESCE_US]     e.g. floor.sh 30; floor.sh 30 0 (coalescing off)
 # Run it under flock /tmp/heavy.lock beside other benchmarks. BIN: a built udp_floor (default:
 # cargo build --release --example udp_floor first).
+# BESIDE=<gatehouse binary>: the gateway's run of the same calls goes at the same time (run.sh
+# A<CALLS>, SDK engine, --no-simulcast, its summary in ${OUT:-/tmp/ghb}/runs), started a ramp
+# before the relay so that the two steady windows overlap and share the machine's moment (only
+# such pairs compare: this VM's figures drift by a third within minutes); a last line then gives
+# the gateway's us/fwd, the floor's, their difference (the gateway's own work) and their ratio.
 set -eu
 CALLS=${1:?usage: floor.sh CALLS [COALESCE_US]}; COALESCE=${2:-500}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -15,12 +20,32 @@ if [ -z "${BIN:-}" ]; then
   BIN=$HERE/../../target/release/examples/udp_floor
 fi
 PORT=${PORT:-7990}
-OUT=$(mktemp -d)
-taskset -c 0 "$BIN" relay --calls "$CALLS" --listen 127.0.0.1:$PORT --coalesce-us "$COALESCE" > "$OUT/relay.json" 2> "$OUT/relay.err" &
+GW_OUT=${OUT:-/tmp/ghb}
+if [ -n "${BESIDE:-}" ]; then
+  RAMP=$(( CALLS > 30 ? 20 : 10 ))
+  BIN=$BESIDE "$HERE/run.sh" A$CALLS -- --meetings "$CALLS" --publishers 2 --duration 15 --ramp $RAMP --no-simulcast > /dev/null 2>&1 &
+  GP=$!
+  sleep $(( RAMP - 1 ))
+fi
+TMPD=$(mktemp -d)
+taskset -c 0 "$BIN" relay --calls "$CALLS" --listen 127.0.0.1:$PORT --coalesce-us "$COALESCE" > "$TMPD/relay.json" 2> "$TMPD/relay.err" &
 RP=$!
-trap 'kill $RP 2>/dev/null || true; rm -rf "$OUT"' EXIT
+# (The gateway's run.sh, if any, ends by itself after its duration: waited for, not killed.)
+trap 'kill $RP 2>/dev/null || true; [ -z "${GP:-}" ] || wait $GP; rm -rf "$TMPD"' EXIT
 RC=0
-taskset -c 1 "$BIN" clients --calls "$CALLS" --relay 127.0.0.1:$PORT --seconds 21 > "$OUT/clients.json" 2> "$OUT/clients.err" || RC=$?
+taskset -c 1 "$BIN" clients --calls "$CALLS" --relay 127.0.0.1:$PORT --seconds 21 > "$TMPD/clients.json" 2> "$TMPD/clients.err" || RC=$?
 wait $RP || RC=$?
-[ $RC = 0 ] || { echo "floor.sh: failed (exit $RC)" >&2; cat "$OUT/relay.err" "$OUT/clients.err" >&2; exit $RC; }
-cat "$OUT/relay.json" "$OUT/clients.json"
+[ $RC = 0 ] || { echo "floor.sh: failed (exit $RC)" >&2; cat "$TMPD/relay.err" "$TMPD/clients.err" >&2; exit $RC; }
+cat "$TMPD/relay.json" "$TMPD/clients.json"
+if [ -n "${BESIDE:-}" ]; then
+  wait $GP || true; GP=
+  SUMMARY=$GW_OUT/runs/summary.jsonl
+  tail -1 "$SUMMARY"
+  python3 - "$TMPD/relay.json" "$SUMMARY" <<'PY'
+import json, sys
+floor = json.load(open(sys.argv[1]))["us_per_fwd"]
+gw = json.loads(open(sys.argv[2]).read().splitlines()[-1])["us_per_fwd"]
+print(json.dumps({"gateway_us_per_fwd": round(gw, 2), "floor_us_per_fwd": round(floor, 2),
+                  "gateway_minus_floor_us": round(gw - floor, 2), "ratio": round(gw / floor, 2)}))
+PY
+fi
