@@ -33,7 +33,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 use gatehouse::sfu::coalesce::{Coalescer, DEFAULT_WINDOW, thread_sleeps};
+use gatehouse::sfu::srtp_gcm::{Opener, Sealer};
+use gatehouse::sfu::srtp_keys::MasterKey;
 use gatehouse::sfu::udp::UdpIo;
+use rtc::rtp::Packet;
+use rtc::rtp::header::Header;
+use rtc::srtp::protection_profile::ProtectionProfile;
 use tokio::net::UdpSocket;
 
 /// A client's hello: this byte, the call (u32, big-endian), the side (0 or 1).
@@ -76,6 +81,11 @@ enum Side {
         /// Seconds measured.
         #[arg(long, default_value_t = 15)]
         seconds: u64,
+        /// Open each datagram (SRTP, AES-128-GCM, the sender's key) and seal it again for
+        /// the receiver, with the gateway's own sealer and opener: the floor with the crypto a
+        /// forwarded packet cannot do without. The clients need --srtp too.
+        #[arg(long)]
+        srtp: bool,
     },
     /// The clients: two participants per call, each sending audio and video to the relay and
     /// timing what comes back from the other side.
@@ -100,6 +110,9 @@ enum Side {
         /// Video frames a second.
         #[arg(long, default_value_t = 30)]
         video_fps: u32,
+        /// Send SRTP and open what comes back (for a relay run with --srtp).
+        #[arg(long)]
+        srtp: bool,
     },
 }
 
@@ -111,6 +124,7 @@ fn main() -> std::io::Result<()> {
             coalesce_us,
             warmup,
             seconds,
+            srtp,
         } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let window = Duration::from_micros(coalesce_us);
@@ -120,6 +134,7 @@ fn main() -> std::io::Result<()> {
                 window,
                 Duration::from_secs(warmup),
                 Duration::from_secs(seconds),
+                srtp,
             ))
         }
         Side::Clients {
@@ -130,12 +145,14 @@ fn main() -> std::io::Result<()> {
             audio_bytes,
             video_kbps,
             video_fps,
+            srtp,
         } => {
             let media = Media {
                 audio_every: Duration::from_secs(1) / audio_pps.max(1),
                 audio_bytes,
                 video_every: Duration::from_secs(1) / video_fps.max(1),
                 video_frame: (video_kbps as usize * 1000 / 8) / video_fps.max(1) as usize,
+                srtp,
             };
             tokio::runtime::Runtime::new()?.block_on(clients(calls, relay, Duration::from_secs(seconds), media))
         }
@@ -179,10 +196,14 @@ async fn relay(
     window: Duration,
     warmup: Duration,
     seconds: Duration,
+    srtp: bool,
 ) -> std::io::Result<()> {
     let mut io = UdpIo::new(UdpSocket::bind(listen).await?)?;
+    // Opened and sealed packets are cut from here, as the shard does (no allocation each).
+    let mut arena = BytesMut::new();
+    let mut refused = 0u64;
     let mut coalescer = Coalescer::new(window);
-    let mut other: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+    let mut routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut sides: HashMap<u32, [Option<SocketAddr>; 2]> = HashMap::new();
     let (mut received, mut forwarded, mut dropped, mut pauses, mut turns) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut paired_at: Option<Instant> = None;
@@ -223,13 +244,16 @@ async fn relay(
             while let Some((from, data)) = io.next_datagram() {
                 read += 1;
                 received += 1;
-                if let Some(to) = other.get(&from) {
+                if let Some(route) = routes.get_mut(&from) {
+                    let out = match &mut route.crypto {
+                        None => Some(data),
+                        Some((opener, sealer)) => reseal(opener, sealer, &data, &mut arena),
+                    };
                     // Dropped only past a full socket buffer and a full queue: counted.
-                    let (queued, _) = io.queue(*to, data);
-                    if queued {
-                        forwarded += 1;
-                    } else {
-                        dropped += 1;
+                    match out.map(|out| io.queue(route.to, out).0) {
+                        Some(true) => forwarded += 1,
+                        Some(false) => dropped += 1,
+                        None => refused += 1,
                     }
                 } else if data.len() == 6 && data[0] == HELLO {
                     let call = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
@@ -239,11 +263,12 @@ async fn relay(
                     // Both sides are welcomed once the call has both: no media is sent
                     // before it can be forwarded.
                     if let [Some(a), Some(b)] = *pair {
-                        other.insert(a, b);
-                        other.insert(b, a);
+                        let (ia, ib) = (index_of(call, 0), index_of(call, 1));
+                        routes.insert(a, Route::new(b, srtp.then_some((ia, ib))));
+                        routes.insert(b, Route::new(a, srtp.then_some((ib, ia))));
                         let _ = io.queue(a, BytesMut::from(&[WELCOME][..]));
                         let _ = io.queue(b, BytesMut::from(&[WELCOME][..]));
-                        if other.len() == 2 * calls as usize {
+                        if routes.len() == 2 * calls as usize {
                             paired_at = Some(Instant::now());
                             eprintln!("udp_floor relay: all {calls} calls paired");
                         }
@@ -269,7 +294,7 @@ async fn relay(
         match (paired_at, start) {
             (Some(at), None) if now >= at + warmup => start = Some(mark()),
             (_, Some(s)) if !reported && now >= s.at + seconds => {
-                report(calls, window, s, mark(), dropped);
+                report(calls, window, srtp, s, mark(), dropped, refused);
                 reported = true;
                 quiet
                     .as_mut()
@@ -284,7 +309,73 @@ async fn relay(
     }
 }
 
-fn report(calls: u32, window: Duration, s: Mark, e: Mark, dropped: u64) {
+/// Where a sender's datagrams go, and with --srtp the opener of its key and the sealer of
+/// the receiver's.
+struct Route {
+    to: SocketAddr,
+    crypto: Option<(Opener, Sealer)>,
+}
+
+impl Route {
+    /// `keys`: the sender's and the receiver's participant indexes, with --srtp.
+    fn new(to: SocketAddr, keys: Option<(u64, u64)>) -> Self {
+        let crypto = keys.map(|(from, to)| {
+            let opener = Opener::new(PROFILE, &master_key(from, Direction::Up)).expect("a GCM key");
+            let sealer = Sealer::new(PROFILE, &master_key(to, Direction::Down)).expect("a GCM key");
+            (opener, sealer)
+        });
+        Self { to, crypto }
+    }
+}
+
+/// Opens a datagram and seals the packet again for the other side, as the shard does a
+/// forwarded packet (its streams taken from their first packet on); `None` if it does not open.
+fn reseal(opener: &mut Opener, sealer: &mut Sealer, datagram: &[u8], arena: &mut BytesMut) -> Option<BytesMut> {
+    let (seq, ssrc) = rtp_ids(datagram)?;
+    if !opener.has(ssrc) {
+        opener.take(ssrc, seq.wrapping_sub(1));
+    }
+    let packet = opener.open_in(datagram, arena).ok()?;
+    sealer.seal_in(&packet, arena).ok()
+}
+
+/// An RTP datagram's sequence number and SSRC.
+fn rtp_ids(datagram: &[u8]) -> Option<(u16, u32)> {
+    let b = datagram.get(..12)?;
+    Some((
+        u16::from_be_bytes([b[2], b[3]]),
+        u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+    ))
+}
+
+/// The SRTP profile of --srtp: the one browsers and `rtc` prefer.
+const PROFILE: ProtectionProfile = ProtectionProfile::AeadAes128Gcm;
+
+/// Which way a key protects: a participant's sending, or what is sent to it.
+#[derive(Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// A participant's key one way: made up, but its own (both processes derive the same).
+fn master_key(index: u64, direction: Direction) -> MasterKey {
+    let seed = index
+        .wrapping_mul(2)
+        .wrapping_add(matches!(direction, Direction::Down) as u64);
+    let byte = |i: u64| (seed.wrapping_mul(0x9e37_79b9).wrapping_add(i * 41) >> 3) as u8;
+    MasterKey {
+        key: (0..16).map(byte).collect(),
+        salt: (16..28).map(byte).collect(),
+    }
+}
+
+/// A participant's index: two per call.
+fn index_of(call: u32, side: u8) -> u64 {
+    u64::from(call) * 2 + u64::from(side)
+}
+
+fn report(calls: u32, window: Duration, srtp: bool, s: Mark, e: Mark, dropped: u64, refused: u64) {
     let secs = (e.at - s.at).as_secs_f64();
     let fwd = (e.forwarded - s.forwarded) as f64;
     let cpu = (e.cpu - s.cpu).as_secs_f64();
@@ -292,6 +383,7 @@ fn report(calls: u32, window: Duration, s: Mark, e: Mark, dropped: u64) {
         "side": "relay",
         "calls": calls,
         "coalesce_us": window.as_micros() as u64,
+        "srtp": srtp,
         "seconds": secs,
         "received_per_s": (e.received - s.received) as f64 / secs,
         "fwd_per_s": fwd / secs,
@@ -301,6 +393,7 @@ fn report(calls: u32, window: Duration, s: Mark, e: Mark, dropped: u64) {
         "pauses_per_s": (e.pauses - s.pauses) as f64 / secs,
         "turns_per_s": (e.turns - s.turns) as f64 / secs,
         "dropped": dropped,
+        "srtp_refused": refused,
     });
     println!("{line}");
 }
@@ -312,6 +405,7 @@ struct Media {
     audio_bytes: usize,
     video_every: Duration,
     video_frame: usize,
+    srtp: bool,
 }
 
 /// Video payloads are cut at this size, as the load tester's.
@@ -332,7 +426,7 @@ async fn clients(calls: u32, relay: SocketAddr, seconds: Duration, media: Media)
         for side in 0..2u8 {
             let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
             socket.connect(relay).await?;
-            let index = u64::from(call) * 2 + u64::from(side);
+            let index = index_of(call, side);
             let (totals, latencies) = (totals.clone(), latencies.clone());
             tasks.push(tokio::spawn(async move {
                 welcome(&socket, call, side).await?;
@@ -402,8 +496,19 @@ async fn participant(
 ) -> std::io::Result<()> {
     let end = Instant::now() + seconds;
     let phase = |every: Duration, salt: u64| every.mul_f64(((index * 7919 + salt * 104_729) % 1000) as f64 / 1000.0);
+    // With --srtp each stream seals with the participant's key, under an SSRC of its own.
+    let sealer = |stream: u32| {
+        let ssrc = (index as u32) << 1 | stream;
+        media.srtp.then(|| {
+            (
+                Sealer::new(PROFILE, &master_key(index, Direction::Up)).expect("a GCM key"),
+                ssrc,
+            )
+        })
+    };
     let mut streams = vec![tokio::spawn(send(
         socket.clone(),
+        sealer(0),
         media.audio_every,
         phase(media.audio_every, 1),
         vec![media.audio_bytes],
@@ -417,6 +522,7 @@ async fn participant(
         }
         streams.push(tokio::spawn(send(
             socket.clone(),
+            sealer(1),
             media.video_every,
             phase(media.video_every, 2),
             packets,
@@ -424,16 +530,21 @@ async fn participant(
             totals.clone(),
         )));
     }
-    receive(socket, end, totals, latencies).await?;
+    let opener = media
+        .srtp
+        .then(|| Opener::new(PROFILE, &master_key(index, Direction::Down)).expect("a GCM key"));
+    receive(socket, opener, end, totals, latencies).await?;
     for stream in streams {
         stream.await.map_err(std::io::Error::other)??;
     }
     Ok(())
 }
 
-/// One stream: `packets` (payload sizes) every `every`, from `phase` on, until `end`.
+/// One stream: `packets` (payload sizes) every `every`, from `phase` on, until `end`; with a
+/// sealer, as SRTP packets of its SSRC.
 async fn send(
     socket: Arc<UdpSocket>,
+    mut sealer: Option<(Sealer, u32)>,
     every: Duration,
     phase: Duration,
     packets: Vec<usize>,
@@ -443,20 +554,47 @@ async fn send(
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
     let mut buf = vec![0u8; FRAMING + packets.iter().copied().max().unwrap_or(0)];
     buf[0] = MEDIA;
+    let mut seq = 0u16;
     while Instant::now() < end {
         interval.tick().await;
         for &size in &packets {
-            buf[4..12].copy_from_slice(&monotonic_ns().to_be_bytes());
-            socket.send(&buf[..FRAMING + size]).await?;
+            let now = monotonic_ns();
+            match &mut sealer {
+                None => {
+                    buf[4..12].copy_from_slice(&now.to_be_bytes());
+                    socket.send(&buf[..FRAMING + size]).await?;
+                }
+                Some((sealer, ssrc)) => {
+                    let mut payload = vec![0u8; size.max(8)];
+                    payload[..8].copy_from_slice(&now.to_be_bytes());
+                    seq = seq.wrapping_add(1);
+                    let packet = Packet {
+                        header: Header {
+                            version: 2,
+                            payload_type: 96,
+                            sequence_number: seq,
+                            timestamp: (now / 11_111) as u32,
+                            ssrc: *ssrc,
+                            ..Default::default()
+                        },
+                        payload: payload.into(),
+                    };
+                    let datagram = sealer
+                        .seal_in(&packet, &mut BytesMut::new())
+                        .map_err(|e| std::io::Error::other(format!("seal: {e}")))?;
+                    socket.send(&datagram).await?;
+                }
+            }
             totals.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(())
 }
 
-/// What the other side sent: counted, and timed one way.
+/// What the other side sent: counted, and timed one way (opened first, with an opener).
 async fn receive(
     socket: Arc<UdpSocket>,
+    mut opener: Option<Opener>,
     end: Instant,
     totals: Arc<Received>,
     latencies: Arc<std::sync::Mutex<Vec<u32>>>,
@@ -466,9 +604,19 @@ async fn receive(
     // Past the senders' end by what is still in flight.
     let until = tokio::time::Instant::from_std(end + Duration::from_millis(200));
     while let Ok(received) = tokio::time::timeout_at(until, socket.recv(&mut buf)).await {
-        let n = received?;
-        if n >= 12 && buf[0] == MEDIA {
-            let sent = u64::from_be_bytes(buf[4..12].try_into().expect("8 bytes"));
+        let datagram = &buf[..received?];
+        let sent = match &mut opener {
+            None => datagram.get(4..12).filter(|_| datagram[0] == MEDIA).map(|b| b.to_vec()),
+            Some(opener) => rtp_ids(datagram).and_then(|(seq, ssrc)| {
+                if !opener.has(ssrc) {
+                    opener.take(ssrc, seq.wrapping_sub(1));
+                }
+                let packet = opener.open(datagram).ok()?;
+                packet.payload.get(..8).map(|b| b.to_vec())
+            }),
+        };
+        if let Some(sent) = sent {
+            let sent = u64::from_be_bytes(sent.try_into().expect("8 bytes"));
             mine.push((monotonic_ns().saturating_sub(sent) / 1000) as u32);
             totals.packets.fetch_add(1, Ordering::Relaxed);
         }

@@ -7,6 +7,8 @@
 # usage: floor.sh CALLS [COALESCE_US]     e.g. floor.sh 30; floor.sh 30 0 (coalescing off)
 # Run it under flock /tmp/heavy.lock beside other benchmarks. BIN: a built udp_floor (default:
 # cargo build --release --example udp_floor first).
+# SRTP=1: the relay opens each datagram and seals it again (AES-128-GCM, the gateway's own sealer
+# and opener), the floor with the crypto no forwarded packet can do without.
 # BESIDE=<gatehouse binary>: the gateway's run of the same calls goes at the same time (run.sh
 # A<CALLS>, SDK engine, --no-simulcast, its summary in ${OUT:-/tmp/ghb}/runs), started a ramp
 # before the relay so that the two steady windows overlap and share the machine's moment (only
@@ -28,12 +30,12 @@ if [ -n "${BESIDE:-}" ]; then
   sleep $(( RAMP - 1 ))
 fi
 TMPD=$(mktemp -d)
-taskset -c 0 "$BIN" relay --calls "$CALLS" --listen 127.0.0.1:$PORT --coalesce-us "$COALESCE" > "$TMPD/relay.json" 2> "$TMPD/relay.err" &
+taskset -c 0 "$BIN" relay --calls "$CALLS" --listen 127.0.0.1:$PORT --coalesce-us "$COALESCE" ${SRTP:+--srtp} > "$TMPD/relay.json" 2> "$TMPD/relay.err" &
 RP=$!
 # (The gateway's run.sh, if any, ends by itself after its duration: waited for, not killed.)
 trap 'kill $RP 2>/dev/null || true; [ -z "${GP:-}" ] || wait $GP; rm -rf "$TMPD"' EXIT
 RC=0
-taskset -c 1 "$BIN" clients --calls "$CALLS" --relay 127.0.0.1:$PORT --seconds 21 > "$TMPD/clients.json" 2> "$TMPD/clients.err" || RC=$?
+taskset -c 1 "$BIN" clients --calls "$CALLS" --relay 127.0.0.1:$PORT --seconds 21 ${SRTP:+--srtp} > "$TMPD/clients.json" 2> "$TMPD/clients.err" || RC=$?
 wait $RP || RC=$?
 [ $RC = 0 ] || { echo "floor.sh: failed (exit $RC)" >&2; cat "$TMPD/relay.err" "$TMPD/clients.err" >&2; exit $RC; }
 cat "$TMPD/relay.json" "$TMPD/clients.json"
