@@ -5,7 +5,9 @@
 //! unchanged to the other side of its call. What the relay costs a forwarded packet is what
 //! the kernel's UDP work, the wake-ups and the I/O shell cost at that packet rate and with
 //! those senders; the gateway cannot spend less on the same traffic (docs/BENCHMARKS.md §3,
-//! "The floor").
+//! "The floor"). With `--srtp` (on both sides) the relay also opens each datagram and seals
+//! it again with the gateway's own AES-GCM opener and sealer: the floor with the crypto that
+//! no forwarded packet can do without.
 //!
 //! Two processes, as the gateway and `gatehouse loadtest` run (`scripts/bench/floor.sh`
 //! pins them to one core each):
@@ -244,21 +246,16 @@ async fn relay(
             while let Some((from, data)) = io.next_datagram() {
                 read += 1;
                 received += 1;
-                if let Some(route) = routes.get_mut(&from) {
-                    let out = match &mut route.crypto {
-                        None => Some(data),
-                        Some((opener, sealer)) => reseal(opener, sealer, &data, &mut arena),
-                    };
-                    // Dropped only past a full socket buffer and a full queue: counted.
-                    match out.map(|out| io.queue(route.to, out).0) {
-                        Some(true) => forwarded += 1,
-                        Some(false) => dropped += 1,
-                        None => refused += 1,
-                    }
-                } else if data.len() == 6 && data[0] == HELLO {
+                if data.len() == 6 && data[0] == HELLO {
                     let call = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
                     let side = usize::from(data[5] & 1);
                     let pair = sides.entry(call).or_default();
+                    if routes.contains_key(&from) {
+                        // A hello sent again before the welcome arrived: welcomed again,
+                        // the call's routes (and their SRTP state) left as they are.
+                        let _ = io.queue(from, BytesMut::from(&[WELCOME][..]));
+                        continue;
+                    }
                     pair[side] = Some(from);
                     // Both sides are welcomed once the call has both: no media is sent
                     // before it can be forwarded.
@@ -272,6 +269,17 @@ async fn relay(
                             paired_at = Some(Instant::now());
                             eprintln!("udp_floor relay: all {calls} calls paired");
                         }
+                    }
+                } else if let Some(route) = routes.get_mut(&from) {
+                    let out = match &mut route.crypto {
+                        None => Some(data),
+                        Some((opener, sealer)) => reseal(opener, sealer, &data, &mut arena),
+                    };
+                    // Dropped only past a full socket buffer and a full queue: counted.
+                    match out.map(|out| io.queue(route.to, out).0) {
+                        Some(true) => forwarded += 1,
+                        Some(false) => dropped += 1,
+                        None => refused += 1,
                     }
                 }
             }
