@@ -13,6 +13,9 @@
 #   profile.sh LA100 -- --engine lean --meetings 100 --publishers 2 --duration 15
 # Output in $OUT/NAME (OUT defaults to /tmp/ghb-profile): perf.data, symbols.txt (the shard's
 # symbols, self time), kinds.txt (the summary, also printed), lt.json (the load tester's report).
+# CALLGRAPH=dwarf: user-space call chains too (`--call-graph dwarf` at 299 Hz: the release build
+# has no frame pointers), for inclusive shares of the shard's own functions (`perf report
+# --children -i $OUT/NAME/perf.data --comm sfu-shard-0`); fewer samples, each far larger.
 # Needs `perf` (Debian linux-perf); run it under flock /tmp/heavy.lock. RIG=veth: the gateway and
 # the load tester each in a network namespace of its own (rig.sh; the last line then reads about
 # zero).
@@ -25,8 +28,13 @@ PORT=${PORT:-8443}; MEDIA_PORT=${MEDIA_PORT:-7882}
 command -v perf >/dev/null || { echo "profile.sh: needs perf (apt-get install linux-perf)" >&2; exit 2; }
 rm -rf "$OUT"; mkdir -p "$OUT"
 GW_CPUS=0 LT_CPUS=1
+case ${CALLGRAPH:-fp} in
+  fp) CHAINS=(-g -F 1999) ;;
+  dwarf) CHAINS=(--call-graph dwarf,32768 -F 299) ;;
+  *) echo "CALLGRAPH is fp or dwarf, not $CALLGRAPH" >&2; exit 2 ;;
+esac
 . "$HERE/rig.sh"
-GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 "${IN_GW[@]}" taskset -c $GW_CPUS perf record -q -g -e cpu-clock -F 1999 -D "${DELAY_MS:-8000}" \
+GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 "${IN_GW[@]}" taskset -c $GW_CPUS perf record -q "${CHAINS[@]}" -e cpu-clock -D "${DELAY_MS:-8000}" \
   -o "$OUT/perf.data" -- "$BIN" serve --data-dir "$OUT/data" --listen $HOST:$PORT \
   --media-bind $HOST:$MEDIA_PORT --media-shards 1 > "$OUT/server.log" 2>&1 &
 PP=$!
