@@ -7,12 +7,12 @@
 # for the exit, the entry and the caches the host's other work left behind. A media shard at
 # moderate load sleeps about a thousand times a second (the coalescing pause, then epoll_wait),
 # so on such a guest that cost is a large share of a forwarded packet (docs/BENCHMARKS.md §3,
-# "A vCPU that halts"). `guest_halt_poll_ns` makes the idle loop poll that long first; with
-# `guest_halt_poll_allow_shrink` off it always does. The driver's poll limit per CPU only grows
-# towards NS after idle periods shorter than NS, so NS must exceed the shard's usual idle period
-# (about a millisecond at moderate load: 2000000 does; 200000 may leave the limit where an earlier
-# setting grew it, or at nothing). The polling is idle time inside the guest
-# (no process is charged for it), but the host sees a busy vCPU.
+# "A vCPU that halts"). `guest_halt_poll_ns` is how long the idle loop may poll before it halts:
+# the driver's poll limit per CPU grows towards it after idle periods shorter than it and, unless
+# `guest_halt_poll_allow_shrink` is off (this script turns it off), shrinks after longer ones. So
+# NS must exceed the shard's usual idle period (about a millisecond at moderate load: 2000000
+# does; 200000 may leave the limit where an earlier setting grew it, or at nothing). The polling
+# is idle time inside the guest (no process is charged for it), but the host sees a busy vCPU.
 #
 # usage: haltpoll.sh NS -- command args...   e.g.
 #   haltpoll.sh 2000000 -- scripts/bench/run.sh A30 -- --meetings 30 --publishers 2 --no-simulcast
