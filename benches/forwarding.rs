@@ -29,6 +29,13 @@
 //! publisher's encryption before and the clients' upkeep after each batch of 64 packets
 //! (reading what reached them, consent checks) are not. Per forwarded packet, as above.
 //!
+//! And `path_cold/shard` (fan-out 1 and 8): `path/shard` with the caches made cold before
+//! each packet (4 MiB written between two packets, not timed; `EVICT_MB` sets another size),
+//! as a call's state is when its next packet comes among many calls: what a packet costs by
+//! the cache lines it touches. Its times vary with the host; the lines themselves are
+//! counted exactly by callgrind's cache simulation (docs/BENCHMARKS.md §3, "Cache lines per
+//! packet").
+//!
 //! The gateway process as a whole is measured with the load tester; docs/BENCHMARKS.md has
 //! the figures and the commands.
 
@@ -356,5 +363,77 @@ fn whole_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forwarding, whole_path);
+/// What `path_cold` writes between two timed packets: twice the machine's per-core L2 (2 MiB
+/// on the EPYC this is measured on), so that the shard's state comes from L3. `EVICT_MB`
+/// sets another size (64: past this machine's 32 MiB L3, so from memory, at a far noisier
+/// figure that depends on what else the host runs).
+const EVICT_BYTES: usize = 4 << 20;
+
+/// The whole path as `path/shard`, with the caches made cold before each packet: the shard's
+/// state for a call is no longer in L1 or L2 when the call's next packet comes, as at 30 calls
+/// in the load tester, where some sixty other packets and the kernel's socket buffers for them
+/// pass in between (docs/BENCHMARKS.md §3, "A vCPU that halts"). What it costs beyond
+/// `path/shard` is the number of distinct cache lines a packet touches, times a miss.
+fn cold_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("path_cold");
+    // Each timed packet costs an untimed write of EVICT_BYTES: keep criterion's counts small.
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(200));
+    group.measurement_time(Duration::from_millis(500));
+    let evict_bytes = std::env::var("EVICT_MB")
+        .ok()
+        .and_then(|m| m.parse::<usize>().ok())
+        .filter(|&m| m > 0)
+        .map_or(EVICT_BYTES, |m| m << 20);
+    let mut evict = vec![0u8; evict_bytes];
+    // Small pages, as the kernel's and other processes' memory mostly is: the writes evict
+    // address translations as well as lines.
+    #[cfg(target_os = "linux")]
+    {
+        let start = (evict.as_mut_ptr() as usize).next_multiple_of(4096);
+        // SAFETY: advice on pages inside the vector's allocation; it does not change its contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, evict_bytes - 4096, libc::MADV_NOHUGEPAGE) };
+    }
+    let mut round = 0u8;
+    for n in [1usize, 8] {
+        group.throughput(Throughput::Elements(n as u64));
+        let mut h = FanOut::new(n).expect("the bench meeting comes up");
+        h.set_send(false);
+        let (forwarded, dropped) = (h.forwarded(), h.dropped());
+        let mut fed = 0u64;
+        let mut batch = Vec::with_capacity(PATH_BATCH);
+        group.bench_function(BenchmarkId::new("shard", n), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let k = left.min(PATH_BATCH as u64) as usize;
+                    batch.clear();
+                    h.datagrams(k, &mut batch);
+                    fed += batch.len() as u64;
+                    for datagram in batch.drain(..) {
+                        // A write to every line: the lines the shard's state was in go back
+                        // to L3 or to memory.
+                        round = round.wrapping_add(1);
+                        for line in evict.chunks_mut(64) {
+                            line[0] = round;
+                        }
+                        black_box(&evict);
+                        let start = Instant::now();
+                        h.timed_forward(datagram);
+                        timed += start.elapsed();
+                    }
+                    h.maintain().expect("the clients stay up");
+                    left -= k as u64;
+                }
+                timed
+            })
+        });
+        assert_eq!(h.forwarded() - forwarded, fed * n as u64, "every leg got every packet");
+        assert_eq!(h.dropped(), dropped, "nothing dropped");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forwarding, whole_path, cold_path);
 criterion_main!(benches);
