@@ -39,7 +39,7 @@ use gatehouse::sfu::srtp_gcm::{Opener, Sealer};
 use gatehouse::sfu::srtp_keys::MasterKey;
 use gatehouse::sfu::udp::UdpIo;
 use rtc::rtp::Packet;
-use rtc::rtp::header::Header;
+use rtc::rtp::header::{Extension, Header};
 use rtc::srtp::protection_profile::ProtectionProfile;
 use tokio::net::UdpSocket;
 
@@ -203,6 +203,8 @@ async fn relay(
     let mut io = UdpIo::new(UdpSocket::bind(listen).await?)?;
     // Opened and sealed packets are cut from here, as the shard does (no allocation each).
     let mut arena = BytesMut::new();
+    // The last packet's list of header extensions, for the next (as the shard recycles them).
+    let mut spare = Vec::new();
     let mut refused = 0u64;
     let mut coalescer = Coalescer::new(window);
     let mut routes: HashMap<SocketAddr, Route> = HashMap::new();
@@ -273,7 +275,7 @@ async fn relay(
                 } else if let Some(route) = routes.get_mut(&from) {
                     let out = match &mut route.crypto {
                         None => Some(data),
-                        Some((opener, sealer)) => reseal(opener, sealer, &data, &mut arena),
+                        Some((opener, sealer)) => reseal(opener, sealer, &data, &mut arena, &mut spare),
                     };
                     // Dropped only past a full socket buffer and a full queue: counted.
                     match out.map(|out| io.queue(route.to, out).0) {
@@ -337,14 +339,24 @@ impl Route {
 }
 
 /// Opens a datagram and seals the packet again for the other side, as the shard does a
-/// forwarded packet (its streams taken from their first packet on); `None` if it does not open.
-fn reseal(opener: &mut Opener, sealer: &mut Sealer, datagram: &[u8], arena: &mut BytesMut) -> Option<BytesMut> {
+/// forwarded packet (its streams taken from their first packet on, its lists of header
+/// extensions reused); `None` if it does not open.
+fn reseal(
+    opener: &mut Opener,
+    sealer: &mut Sealer,
+    datagram: &[u8],
+    arena: &mut BytesMut,
+    spare: &mut Vec<Extension>,
+) -> Option<BytesMut> {
     let (seq, ssrc) = rtp_ids(datagram)?;
     if !opener.has(ssrc) {
         opener.take(ssrc, seq.wrapping_sub(1));
     }
-    let packet = opener.open_in(datagram, arena).ok()?;
-    sealer.seal_in(&packet, arena).ok()
+    let packet = opener.open_in(datagram, arena, std::mem::take(spare)).ok()?;
+    let sealed = sealer.seal_in(&packet, arena).ok();
+    *spare = packet.header.extensions;
+    spare.clear();
+    sealed
 }
 
 /// An RTP datagram's sequence number and SSRC.

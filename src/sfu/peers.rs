@@ -22,6 +22,7 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::rtp::Packet;
+use rtc::rtp::header::Extension;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -50,6 +51,10 @@ const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// (two receive batches of 32 datagrams) before it is taken again or replaced (`bytes` makes a
 /// replacement as large, up to 64 KiB).
 const ARENA: usize = 64 * 1024;
+
+/// Lists of header extensions kept for reuse ([`Peers::recycle`]): a datagram opens into
+/// one packet, or a few with a layer's retransmissions repaired.
+const SPARE_EXTENSIONS: usize = 8;
 
 /// A shard's part in ICE over TCP (see [`super::tcp`]).
 pub struct TcpSide {
@@ -80,6 +85,9 @@ pub struct Peers {
     /// interceptors as, and that connection (`open_own`, [`take_fast`](Self::take_fast)).
     fast: Vec<Packet>,
     fast_conn: ConnId,
+    /// Forwarded packets' lists of header extensions, emptied, for the next packets opened
+    /// (`open_own`, [`recycle`](Self::recycle)): opening allocates none.
+    spare_extensions: Vec<Vec<Extension>>,
     /// Where publishers' packets are opened (`srtp_gcm::Opener::open_in`): one buffer, its
     /// space taken again once the packets cut from it were forwarded and dropped.
     arena: BytesMut,
@@ -166,6 +174,7 @@ impl Peers {
             deferred: Deferred::new(TIMER_TICK),
             fast: Vec::new(),
             fast_conn: 0,
+            spare_extensions: Vec::new(),
             arena: BytesMut::with_capacity(ARENA),
             out_arena: BytesMut::with_capacity(ARENA),
             fast_rtcp: None,
@@ -481,6 +490,7 @@ impl Peers {
             counters,
             shard,
             arena,
+            spare_extensions,
             ..
         } = self;
         let Some(conn) = conns.get_mut(&id) else {
@@ -495,7 +505,8 @@ impl Peers {
         {
             return false;
         }
-        let packet = match inbound.open(data, arena) {
+        let spare = spare_extensions.pop().unwrap_or_default();
+        let packet = match inbound.open(data, arena, spare) {
             Ok(packet) => packet,
             Err(e) => {
                 Counters::add(&counters.dropped_packets, 1);
@@ -575,6 +586,16 @@ impl Peers {
             return None;
         }
         Some((self.fast_conn, std::mem::take(&mut self.fast)))
+    }
+
+    /// Takes a forwarded packet's list of header extensions back for the next packet
+    /// opened (`open_own`); its extensions, slices of the arena, are let go of.
+    pub fn recycle(&mut self, packet: Packet) {
+        let mut list = packet.header.extensions;
+        if list.capacity() > 0 && self.spare_extensions.len() < SPARE_EXTENSIONS {
+            list.clear();
+            self.spare_extensions.push(list);
+        }
     }
 
     /// Gives back the buffer [`take_fast`](Self::take_fast) lent (kept for the next packet).

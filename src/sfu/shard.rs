@@ -716,12 +716,13 @@ impl Shard {
 
     /// A publisher's RTP packet to its room's legs, and once to each other shard holding
     /// the meeting.
-    fn forward_rtp(&mut self, id: ConnId, packet: rtc::rtp::Packet, now: Instant) {
+    /// Returns the packet unless it was relayed to another shard (its lists may be reused).
+    fn forward_rtp(&mut self, id: ConnId, packet: rtc::rtp::Packet, now: Instant) -> Option<rtc::rtp::Packet> {
         let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
-            return;
+            return Some(packet);
         };
         let Some(hosted) = self.rooms.get_mut(&room_id) else {
-            return;
+            return Some(packet);
         };
         hosted
             .room
@@ -745,10 +746,15 @@ impl Shard {
                     packet,
                 },
             );
+            if !self.effects.is_empty() {
+                self.apply(room_id, now);
+            }
+            return None;
         }
         if !self.effects.is_empty() {
             self.apply(room_id, now);
         }
+        Some(packet)
     }
 
     /// Forwards what the last datagram the shard opened itself came out as (`own_inbound`),
@@ -761,7 +767,9 @@ impl Shard {
             return;
         };
         for packet in packets.drain(..) {
-            self.forward_rtp(id, packet, now);
+            if let Some(packet) = self.forward_rtp(id, packet, now) {
+                self.peers.recycle(packet);
+            }
         }
         self.peers.return_fast(packets);
     }

@@ -25,7 +25,8 @@
 use bytes::BytesMut;
 use rtc::crypto::{AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, RTCCrypto};
 use rtc::rtp::Packet;
-use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
+use rtc::rtp::header::Extension;
+use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 use super::srtp_keys::{MasterKey, REPLAY_WINDOW};
@@ -317,14 +318,21 @@ impl Opener {
     /// Opens an SRTP packet of a stream taken (authenticates, refuses a replay, decrypts)
     /// and parses it.
     pub fn open(&mut self, datagram: &[u8]) -> Result<Packet, SrtpError> {
-        self.open_in(datagram, &mut BytesMut::new())
+        self.open_in(datagram, &mut BytesMut::new(), Vec::new())
     }
 
     /// As [`open`](Self::open), decrypting into space cut from `arena` instead of a buffer of
     /// its own: the packet's bytes share `arena`'s buffer, which `reserve` takes again once
     /// every packet cut from it is dropped (a forwarded packet is dropped within its turn), or
-    /// replaces while one is kept. So a shard opens packets without allocating per packet.
-    pub fn open_in(&mut self, datagram: &[u8], arena: &mut BytesMut) -> Result<Packet, SrtpError> {
+    /// replaces while one is kept. And parsing into `spare`, a list of header extensions
+    /// (cleared, its capacity kept: [`super::rtp_parse`]). So a shard that hands each
+    /// forwarded packet's list back opens packets without allocating per packet.
+    pub fn open_in(
+        &mut self,
+        datagram: &[u8],
+        arena: &mut BytesMut,
+        spare: Vec<Extension>,
+    ) -> Result<Packet, SrtpError> {
         let header_len = header_len(datagram).ok_or(SrtpError::NotRtp)?;
         let tag_at = datagram
             .len()
@@ -351,7 +359,10 @@ impl Opener {
             .open_in_place(&self.session.nonce(ssrc, index), aad, body, &datagram[tag_at..])
             .map_err(|_| SrtpError::Unauthentic)?;
         seen.accept(index);
-        Packet::unmarshal(&mut buf.freeze()).map_err(|_| SrtpError::Malformed)
+        let mut packet = Packet::default();
+        packet.header.extensions = spare;
+        super::rtp_parse::parse_into(buf.freeze(), &mut packet).map_err(|_| SrtpError::Malformed)?;
+        Ok(packet)
     }
 }
 
@@ -373,6 +384,7 @@ fn header_len(datagram: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::shared::marshal::Unmarshal;
     use rtc::srtp::context::Context;
     use rtc::srtp::option::srtp_replay_protection;
 
@@ -598,7 +610,7 @@ mod tests {
         for seq in 1..=1000u16 {
             let sent = packet(5, seq, 1000);
             let opened = opener
-                .open_in(&sealer.seal(&sent).expect("sealed"), &mut arena)
+                .open_in(&sealer.seal(&sent).expect("sealed"), &mut arena, Vec::new())
                 .expect("opened");
             let at = opened.payload.as_ptr() as usize;
             (lowest, highest) = (lowest.min(at), highest.max(at + opened.payload.len()));
@@ -611,12 +623,12 @@ mod tests {
         );
         let kept_sent = packet(5, 1001, 1000);
         let kept = opener
-            .open_in(&sealer.seal(&kept_sent).expect("sealed"), &mut arena)
+            .open_in(&sealer.seal(&kept_sent).expect("sealed"), &mut arena, Vec::new())
             .expect("opened");
         for seq in 1002..=1100u16 {
             let sent = packet(5, seq, 1000);
             let opened = opener
-                .open_in(&sealer.seal(&sent).expect("sealed"), &mut arena)
+                .open_in(&sealer.seal(&sent).expect("sealed"), &mut arena, Vec::new())
                 .expect("opened");
             assert_eq!(unpadded(opened), sent, "seq {seq}");
         }
