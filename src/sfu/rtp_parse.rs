@@ -93,14 +93,7 @@ pub fn parse_into(raw: Bytes, packet: &mut Packet) -> Result<(), Malformed> {
                     if id == RESERVED_ID {
                         break;
                     }
-                    if size > len - at {
-                        return Err(Malformed);
-                    }
-                    h.extensions.push(Extension {
-                        id,
-                        payload: raw.slice(at..at + size),
-                    });
-                    at += size;
+                    at = element(&raw, at, id, size, &mut h.extensions)?;
                 }
             }
             EXTENSION_PROFILE_TWO_BYTE => {
@@ -115,15 +108,7 @@ pub fn parse_into(raw: Bytes, packet: &mut Packet) -> Result<(), Malformed> {
                         return Err(Malformed);
                     }
                     let size = usize::from(raw[at]);
-                    at += 1;
-                    if size > len - at {
-                        return Err(Malformed);
-                    }
-                    h.extensions.push(Extension {
-                        id,
-                        payload: raw.slice(at..at + size),
-                    });
-                    at += size;
+                    at = element(&raw, at + 1, id, size, &mut h.extensions)?;
                 }
             }
             // RFC 3550's own form: the whole block as one extension with id 0.
@@ -145,6 +130,19 @@ pub fn parse_into(raw: Bytes, packet: &mut Packet) -> Result<(), Malformed> {
     };
     packet.payload = raw.slice(at..at + keep);
     Ok(())
+}
+
+/// One extension element's data, `size` bytes at `at` (which may run past the extension block,
+/// as in `rtc`, but not past the packet), onto `list`; where the next element starts.
+fn element(raw: &Bytes, at: usize, id: u8, size: usize, list: &mut Vec<Extension>) -> Result<usize, Malformed> {
+    if size > raw.len() - at {
+        return Err(Malformed);
+    }
+    list.push(Extension {
+        id,
+        payload: raw.slice(at..at + size),
+    });
+    Ok(at + size)
 }
 
 #[cfg(test)]
