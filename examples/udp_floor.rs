@@ -275,7 +275,7 @@ async fn relay(
                 } else if let Some(route) = routes.get_mut(&from) {
                     let out = match &mut route.crypto {
                         None => Some(data),
-                        Some((opener, sealer)) => reseal(opener, sealer, &data, &mut arena, &mut spare),
+                        Some((opener, sealer)) => reseal(opener, sealer, data, &mut arena, &mut spare),
                     };
                     // Dropped only past a full socket buffer and a full queue: counted.
                     match out.map(|out| io.queue(route.to, out).0) {
@@ -338,21 +338,21 @@ impl Route {
     }
 }
 
-/// Opens a datagram and seals the packet again for the other side, as the shard does a
-/// forwarded packet (its streams taken from their first packet on, its lists of header
-/// extensions reused); `None` if it does not open.
+/// Opens a datagram in place and seals the packet again for the other side (into `arena`), as
+/// the shard does a forwarded packet (its streams taken from their first packet on, its lists
+/// of header extensions reused); `None` if it does not open.
 fn reseal(
     opener: &mut Opener,
     sealer: &mut Sealer,
-    datagram: &[u8],
+    datagram: BytesMut,
     arena: &mut BytesMut,
     spare: &mut Vec<Extension>,
 ) -> Option<BytesMut> {
-    let (seq, ssrc) = rtp_ids(datagram)?;
+    let (seq, ssrc) = rtp_ids(&datagram)?;
     if !opener.has(ssrc) {
         opener.take(ssrc, seq.wrapping_sub(1));
     }
-    let packet = opener.open_in(datagram, arena, std::mem::take(spare)).ok()?;
+    let packet = opener.open_owned(datagram, std::mem::take(spare)).ok()?;
     let sealed = sealer.seal_in(&packet, arena).ok();
     *spare = packet.header.extensions;
     spare.clear();

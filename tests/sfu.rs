@@ -1651,8 +1651,8 @@ fn forwarding_allocates_nothing_per_packet_after_warm_up() {
 
 /// Issue 13: what the shard's whole path allocates, with real `rtc` connections (the
 /// bench's meeting, `gatehouse::sfu::benching::FanOut`): per inbound datagram at fan-out 1
-/// and 4, and so per forwarded copy. Nothing: a datagram is opened into the shard's arena
-/// (`srtp_gcm::Opener::open_in`) and parsed into a list of extensions a forwarded packet
+/// and 4, and so per forwarded copy. Nothing: a datagram is opened where it lies
+/// (`srtp_gcm::Opener::open_owned`) and parsed into a list of extensions a forwarded packet
 /// handed back (`rtp_parse`, `Peers::recycle`); a copy is sealed into the shard's other
 /// arena (`srtp_gcm::Sealer::seal_in`); our own parts allocate nothing (the test above).
 /// Bounded so that a regression of the old kind shows (1 per datagram, `rtc`'s parser,

@@ -1740,8 +1740,8 @@ impl MediaRoom {
             }
         }
         // The copy's payload and extensions share the opened packet's buffer (the shard's
-        // arena, `srtp_gcm::Opener::open_in`): let go of them with the packet, or the room
-        // would keep that whole buffer until its next packet.
+        // receive pool, `srtp_gcm::Opener::open_owned`): let go of them with the packet, or the
+        // room would keep that whole buffer until its next packet.
         self.scratch.payload = Default::default();
         self.scratch.header.extensions.clear();
         for l in 0..n {

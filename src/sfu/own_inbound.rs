@@ -307,18 +307,13 @@ impl OwnInbound {
     }
 
     /// Opens an SRTP packet (authenticates, checks for replay, decrypts) and parses it; the
-    /// GCM profiles decrypt into `arena` and parse into `spare`, a list of extensions to
-    /// reuse (see `srtp_gcm::Opener::open_in`).
-    pub fn open(
-        &mut self,
-        datagram: &[u8],
-        arena: &mut BytesMut,
-        spare: Vec<Extension>,
-    ) -> Result<Packet, Box<dyn std::error::Error>> {
+    /// GCM profiles decrypt it in place and parse into `spare`, a list of extensions to reuse
+    /// (see `srtp_gcm::Opener::open_owned`).
+    pub fn open(&mut self, datagram: BytesMut, spare: Vec<Extension>) -> Result<Packet, Box<dyn std::error::Error>> {
         match &mut self.open {
-            Open::Gcm(opener) => Ok(opener.open_in(datagram, arena, spare)?),
+            Open::Gcm(opener) => Ok(opener.open_owned(datagram, spare)?),
             Open::Rtc { context, .. } => {
-                let plain = context.decrypt_rtp(datagram)?;
+                let plain = context.decrypt_rtp(&datagram)?;
                 Ok(Packet::unmarshal(&mut plain.freeze())?)
             }
         }
@@ -364,11 +359,11 @@ mod tests {
                 let sent = packet(0xABCD, seq, b"opus frame");
                 let datagram = peer.encrypt_rtp(&sent.marshal().expect("marshal")).expect("encrypt");
                 assert_eq!(ssrc_of(&datagram), Some(0xABCD));
-                let opened = own.open(&datagram, &mut BytesMut::new(), Vec::new()).expect("opened");
+                let opened = own.open(BytesMut::from(&datagram[..]), Vec::new()).expect("opened");
                 assert_eq!(opened.header.sequence_number, seq, "{profile:?}");
                 assert_eq!(&opened.payload[..], b"opus frame");
                 assert!(
-                    own.open(&datagram, &mut BytesMut::new(), Vec::new()).is_err(),
+                    own.open(BytesMut::from(&datagram[..]), Vec::new()).is_err(),
                     "{profile:?}: a replay is refused"
                 );
             }
@@ -379,7 +374,7 @@ mod tests {
             let last = forged.len() - 1;
             forged[last] ^= 1;
             assert!(
-                own.open(&forged, &mut BytesMut::new(), Vec::new()).is_err(),
+                own.open(BytesMut::from(&forged[..]), Vec::new()).is_err(),
                 "{profile:?}: a forgery is refused"
             );
             // Our own local key does not open what the peer sent.
@@ -393,7 +388,7 @@ mod tests {
                 .expect("encrypt");
             let mut wrong = OwnInbound::new(&swapped).expect("keys");
             wrong.take_over(0xABCD, 11);
-            assert!(wrong.open(&datagram, &mut BytesMut::new(), Vec::new()).is_err());
+            assert!(wrong.open(BytesMut::from(&datagram[..]), Vec::new()).is_err());
         }
     }
 

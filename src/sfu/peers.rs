@@ -47,9 +47,8 @@ use super::timers::{Deadlines, Deferred, TIMER_TICK};
 /// browsers send every few seconds) for this long gets no media.
 const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The size of the buffer publishers' packets are opened in: about a turn's worth of packets
-/// (two receive batches of 32 datagrams) before it is taken again or replaced (`bytes` makes a
-/// replacement as large, up to 64 KiB).
+/// The size of the buffer forwarded copies are sealed in: about a turn's worth of datagrams
+/// before it is taken again or replaced (`bytes` makes a replacement as large, up to 64 KiB).
 const ARENA: usize = 64 * 1024;
 
 /// Lists of header extensions kept for reuse ([`Peers::recycle`]): a datagram opens into
@@ -88,9 +87,6 @@ pub struct Peers {
     /// Forwarded packets' lists of header extensions, emptied, for the next packets opened
     /// (`open_own`, [`recycle`](Self::recycle)): opening allocates none.
     spare_extensions: Vec<Vec<Extension>>,
-    /// Where publishers' packets are opened (`srtp_gcm::Opener::open_in`): one buffer, its
-    /// space taken again once the packets cut from it were forwarded and dropped.
-    arena: BytesMut,
     /// Where forwarded copies are sealed (`srtp_gcm::Sealer::seal_in`), the same way: its
     /// space taken again once the datagrams cut from it were sent.
     out_arena: BytesMut,
@@ -175,7 +171,6 @@ impl Peers {
             fast: Vec::new(),
             fast_conn: 0,
             spare_extensions: Vec::new(),
-            arena: BytesMut::with_capacity(ARENA),
             out_arena: BytesMut::with_capacity(ARENA),
             fast_rtcp: None,
             dirty: Vec::new(),
@@ -408,7 +403,7 @@ impl Peers {
             self.junk(id, now, path, kind);
             return None;
         }
-        let (nominating, data) = self.promote_first_check(id, nominating, data);
+        let (nominating, mut data) = self.promote_first_check(id, nominating, data);
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.last_seen = now;
             if demux::is_rtp(&data) {
@@ -437,7 +432,7 @@ impl Peers {
         // A publisher's media on a stream taken over: opened by the shard and fed to the
         // connection's receive interceptors, past `rtc`'s read (`own_inbound`); what comes
         // out waits in `fast` for the shard to forward.
-        if self.open_own(id, now, &data) || self.open_own_rtcp(id, &data) {
+        if self.open_own(id, now, &mut data) || self.open_own_rtcp(id, &data) {
             return None;
         }
         // A client's check (rare: a few per connection, then one per consent interval)
@@ -479,9 +474,10 @@ impl Peers {
     /// nominated one (as `rtc` reads media from any address once it has selected a pair: an
     /// address change's first packets come before its nomination), is opened here and shown
     /// to the connection's receive interceptors; what comes out is left in
-    /// [`fast`](Self::take_fast). Returns whether the datagram was taken (opened, or
-    /// refused as `rtc` would refuse it: counted as dropped). Anything else is `rtc`'s.
-    fn open_own(&mut self, id: ConnId, now: Instant, data: &[u8]) -> bool {
+    /// [`fast`](Self::take_fast). Returns whether the datagram was taken (opened in place, or
+    /// refused as `rtc` would refuse it: counted as dropped; `data` is left empty then).
+    /// Anything else is `rtc`'s.
+    fn open_own(&mut self, id: ConnId, now: Instant, data: &mut BytesMut) -> bool {
         let Self {
             conns,
             timers,
@@ -489,7 +485,6 @@ impl Peers {
             fast_conn,
             counters,
             shard,
-            arena,
             spare_extensions,
             ..
         } = self;
@@ -506,7 +501,8 @@ impl Peers {
             return false;
         }
         let spare = spare_extensions.pop().unwrap_or_default();
-        let packet = match inbound.open(data, arena, spare) {
+        // Opened in place: the datagram is the shard's now, whatever comes of it.
+        let packet = match inbound.open(std::mem::take(data), spare) {
             Ok(packet) => packet,
             Err(e) => {
                 Counters::add(&counters.dropped_packets, 1);
@@ -589,7 +585,7 @@ impl Peers {
     }
 
     /// Takes a forwarded packet's list of header extensions back for the next packet
-    /// opened (`open_own`); its extensions, slices of the arena, are let go of.
+    /// opened (`open_own`); its extensions, slices of the receive pool, are let go of.
     pub fn recycle(&mut self, packet: Packet) {
         let mut list = packet.header.extensions;
         if list.capacity() > 0 && self.spare_extensions.len() < SPARE_EXTENSIONS {

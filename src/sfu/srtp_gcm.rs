@@ -321,19 +321,30 @@ impl Opener {
         self.open_in(datagram, &mut BytesMut::new(), Vec::new())
     }
 
-    /// As [`open`](Self::open), decrypting into space cut from `arena` instead of a buffer of
-    /// its own: the packet's bytes share `arena`'s buffer, which `reserve` takes again once
-    /// every packet cut from it is dropped (a forwarded packet is dropped within its turn), or
-    /// replaces while one is kept. And parsing into `spare`, a list of header extensions
-    /// (cleared, its capacity kept: [`super::rtp_parse`]). So a shard that hands each
-    /// forwarded packet's list back opens packets without allocating per packet.
+    /// As [`open`](Self::open), the datagram copied into space cut from `arena` and opened
+    /// there ([`open_owned`](Self::open_owned)): the packet's bytes share `arena`'s buffer,
+    /// which `reserve` takes again once every packet cut from it is dropped, or replaces while
+    /// one is kept.
     pub fn open_in(
         &mut self,
         datagram: &[u8],
         arena: &mut BytesMut,
         spare: Vec<Extension>,
     ) -> Result<Packet, SrtpError> {
-        let header_len = header_len(datagram).ok_or(SrtpError::NotRtp)?;
+        arena.reserve(datagram.len());
+        arena.extend_from_slice(datagram);
+        let owned = arena.split_to(datagram.len());
+        self.open_owned(owned, spare)
+    }
+
+    /// As [`open`](Self::open), in place: the datagram is decrypted where it lies (a shard's
+    /// datagrams are slices of its receive pool, `udp::UdpIo::next_datagram`, taken again once
+    /// every slice is dropped: a forwarded packet is dropped within its turn), and parsed into
+    /// `spare`, a list of header extensions (cleared, its capacity kept: [`super::rtp_parse`]).
+    /// So a shard that hands each forwarded packet's list back opens packets without copying
+    /// or allocating.
+    pub fn open_owned(&mut self, mut datagram: BytesMut, spare: Vec<Extension>) -> Result<Packet, SrtpError> {
+        let header_len = header_len(&datagram).ok_or(SrtpError::NotRtp)?;
         let tag_at = datagram
             .len()
             .checked_sub(TAG_LEN)
@@ -350,18 +361,18 @@ impl Opener {
         if !seen.fresh(index) {
             return Err(SrtpError::Replayed);
         }
-        arena.reserve(tag_at);
-        arena.extend_from_slice(&datagram[..tag_at]);
-        let mut buf = arena.split_to(tag_at);
-        let (aad, body) = buf.split_at_mut(header_len);
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&datagram[tag_at..]);
+        datagram.truncate(tag_at);
+        let (aad, body) = datagram.split_at_mut(header_len);
         self.session
             .cipher
-            .open_in_place(&self.session.nonce(ssrc, index), aad, body, &datagram[tag_at..])
+            .open_in_place(&self.session.nonce(ssrc, index), aad, body, &tag)
             .map_err(|_| SrtpError::Unauthentic)?;
         seen.accept(index);
         let mut packet = Packet::default();
         packet.header.extensions = spare;
-        super::rtp_parse::parse_into(buf.freeze(), &mut packet).map_err(|_| SrtpError::Malformed)?;
+        super::rtp_parse::parse_into(datagram.freeze(), &mut packet).map_err(|_| SrtpError::Malformed)?;
         Ok(packet)
     }
 }
@@ -633,6 +644,38 @@ mod tests {
             assert_eq!(unpadded(opened), sent, "seq {seq}");
         }
         assert_eq!(unpadded(kept), kept_sent, "a packet kept across the arena's refills");
+    }
+
+    /// A datagram opened in place: the packet's payload lies in the datagram's own buffer
+    /// (no copy), and what comes out is what went in; a replay and a forgery are refused
+    /// before anything is decrypted into the buffer.
+    #[test]
+    fn a_datagram_opened_in_place_is_its_own_packet() {
+        let profile = ProtectionProfile::AeadAes256Gcm;
+        let key = master(profile, 5);
+        let mut sealer = Sealer::new(profile, &key).expect("gcm");
+        let mut opener = Opener::new(profile, &key).expect("gcm");
+        opener.take(7, 0);
+        for seq in 1..=3u16 {
+            let sent = packet(7, seq, 1000);
+            let datagram = sealer.seal(&sent).expect("sealed");
+            let replay = datagram.clone();
+            let range = datagram.as_ptr() as usize..datagram.as_ptr() as usize + datagram.len();
+            let opened = opener.open_owned(datagram, Vec::new()).expect("opened");
+            assert!(range.contains(&(opened.payload.as_ptr() as usize)), "in place");
+            assert_eq!(unpadded(opened), sent);
+            assert!(matches!(
+                opener.open_owned(replay, Vec::new()),
+                Err(SrtpError::Replayed)
+            ));
+        }
+        let mut forged = sealer.seal(&packet(7, 4, 1000)).expect("sealed");
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            opener.open_owned(forged, Vec::new()),
+            Err(SrtpError::Unauthentic)
+        ));
     }
 
     #[test]
