@@ -37,8 +37,8 @@ impl std::fmt::Display for Malformed {
 impl std::error::Error for Malformed {}
 
 /// Parses `raw` into `packet` as `rtc::rtp::Packet::unmarshal` would, reusing `packet`'s
-/// CSRC and extension lists. On an error `packet` holds no reference to `raw`'s buffer but
-/// its fields are unspecified.
+/// CSRC and extension lists. On an error `packet`'s fields are unspecified (its extension
+/// list may hold slices of `raw`): a caller drops it or parses into it again.
 pub fn parse_into(raw: Bytes, packet: &mut Packet) -> Result<(), Malformed> {
     let h = &mut packet.header;
     h.csrc.clear();
