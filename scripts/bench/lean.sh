@@ -29,6 +29,8 @@ SHAPES=(
   "LA30|--meetings 30 --publishers 2 --duration 15 --ramp 10"
   "LA60|--meetings 60 --publishers 2 --duration 15 --ramp 20"
   "LA200|--meetings 200 --publishers 2 --duration 15 --ramp 40"
+  # Three 10-person all-video meetings (fan-out 9, about 30 000 forwarded/s with one layer).
+  "LM10|--meetings 3 --publishers 10 --duration 15 --ramp 10"
   # 100 audio-only rooms: 50 packets/s of 100 bytes per participant.
   "LAU100|--meetings 100 --publishers 2 --no-video --audio-kbps 40 --duration 15 --ramp 40"
   # Idle participants (--idle): 200 and 500 participants with a microphone and a camera, which
