@@ -15,9 +15,9 @@
 //! - **Only where it pays**, judged by what it is for: the shard thread's sleeps (its
 //!   voluntary context switches, in `epoll_wait` or in a pause) per datagram. Periods take
 //!   turns: one in [`SAMPLE_EVERY`] does the other thing (waits while pausing pays, pauses
-//!   while it does not), and the sleeps per datagram of pausing and of waiting periods are
-//!   averaged apart; the shard pauses where pausing periods sleep at least
-//!   [`MIN_SAVING_PERCENT`] less. Independent senders (browsers) gain so; clients that send
+//!   while it does not; the first busy periods try each once), and the sleeps per datagram
+//!   of pausing and of waiting periods are averaged apart; the shard pauses where pausing
+//!   periods sleep at least [`MIN_SAVING_PERCENT`] less. Independent senders (browsers) gain so; clients that send
 //!   a batch per tick do not (the shard takes their batch in turns that do not sleep, and a
 //!   pause between two batches is one more sleep). Counting datagrams per turn does not
 //!   tell these apart; counting sleeps does. (The thread's CPU time tells them apart too,
@@ -36,8 +36,12 @@ pub const PERIOD: Duration = Duration::from_millis(50);
 /// Datagrams a window must be expected to gather for pausing to be tried at all.
 pub const MIN_GATHER: u64 = 2;
 
-/// One period in this many does the other thing, so both keep being measured.
-pub const SAMPLE_EVERY: u32 = 8;
+/// One period in this many does the other thing, so both keep being measured. The other
+/// thing is the dearer one, so this is what the measuring costs: with independent senders
+/// a waiting period sleeps about once per datagram, a pausing one once per five to eight,
+/// and one period in eight spent waiting was a quarter of a busy shard's sleeps (1 650 a
+/// second at 30 calls; one in 32: 1 280, BENCHMARKS §3 "Receive coalescing").
+pub const SAMPLE_EVERY: u32 = 32;
 
 /// Pausing must save this share of the sleeps per datagram to be worth its latency.
 pub const MIN_SAVING_PERCENT: u64 = 20;
@@ -174,7 +178,10 @@ impl Coalescer {
             !self.window.is_zero() && (self.rate as u128) * self.window.as_micros() >= MIN_GATHER as u128 * 1_000_000;
         self.cycle = (self.cycle + 1) % SAMPLE_EVERY;
         self.measured = busy;
-        self.pausing = busy && (self.pausing_pays() != (self.cycle == 0));
+        // The first busy periods measure each kind once (waiting first), then the cheaper
+        // kind wins but for one period in SAMPLE_EVERY.
+        let untried = self.cost_waiting.0.is_some() && self.cost_pausing.0.is_none();
+        self.pausing = busy && (untried || self.pausing_pays() != (self.cycle == 0));
         self.count = 0;
         self.period_start = Some(now);
         self.sleeps_start = sleeps_now;
@@ -286,17 +293,32 @@ mod tests {
         let mut sim = Sim::new(W, (10, 15));
         let warm = sim.periods(2 * SAMPLE_EVERY as usize);
         assert!(count(&warm) >= 2, "pausing is tried: {warm:?}");
-        // Then every period pauses but one in eight, which measures waiting.
+        // Then every period pauses but one in SAMPLE_EVERY, which measures waiting.
         let settled = sim.periods(4 * SAMPLE_EVERY as usize);
         assert_eq!(count(&settled), 4 * (SAMPLE_EVERY as usize - 1), "{settled:?}");
         assert_eq!(sim.c.costs(), (Some(100), Some(150)), "sleeps per thousand datagrams");
         // A pausing period pauses after every turn that read something, for the window.
         let pauses: Vec<u32> = (0..SAMPLE_EVERY).map(|_| sim.period(1)).collect();
-        assert_eq!(pauses.iter().filter(|p| **p == TURNS).count(), 7, "{pauses:?}");
+        assert_eq!(
+            pauses.iter().filter(|p| **p == TURNS).count(),
+            SAMPLE_EVERY as usize - 1,
+            "{pauses:?}"
+        );
         assert_eq!(pauses.iter().filter(|p| **p == 0).count(), 1, "{pauses:?}");
         let mut sim = pausing();
         let now = sim.now;
         assert_eq!(sim.c.turn(now, 1, false, || None, || 0), Some(W));
+    }
+
+    #[test]
+    fn a_busy_shard_tries_each_kind_once_in_its_first_periods() {
+        // The first period has no rate yet; the second, busy, measures waiting; the third
+        // tries pausing; from the fourth the cheaper kind wins, not SAMPLE_EVERY periods on.
+        let mut sim = Sim::new(W, (10, 15));
+        assert_eq!(sim.periods(4), vec![false, false, true, true]);
+        assert_eq!(sim.c.costs(), (Some(100), Some(150)));
+        let mut sim = Sim::new(W, (15, 14));
+        assert_eq!(sim.periods(4), vec![false, false, true, false]);
     }
 
     #[test]
@@ -309,7 +331,7 @@ mod tests {
             assert_eq!(
                 count(&settled),
                 4,
-                "one period in eight samples pausing: {cost:?} {settled:?}"
+                "one period in SAMPLE_EVERY samples pausing: {cost:?} {settled:?}"
             );
         }
     }
