@@ -1757,8 +1757,8 @@ fn blast(
 
 /// Receive coalescing (issue 13, `sfu::coalesce`): a shard reading more than a few thousand
 /// datagrams a second tries pausing after its turns (its first busy periods try it, and one
-/// period in 32 pauses whichever way sleeps less), a call on it keeps its media flowing meanwhile, and a quiet shard,
-/// or one whose window is zero, never pauses.
+/// period in 32 pauses whichever way sleeps less), a call on it keeps its media flowing
+/// meanwhile, and a quiet shard, or one whose window is zero, never pauses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_shard_tries_pausing_and_a_quiet_one_never_pauses() {
     init_logging();

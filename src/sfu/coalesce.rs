@@ -17,12 +17,12 @@
 //!   turns: one in [`SAMPLE_EVERY`] does the other thing (waits while pausing pays, pauses
 //!   while it does not; the first busy periods try each once), and the sleeps per datagram
 //!   of pausing and of waiting periods are averaged apart; the shard pauses where pausing
-//!   periods sleep at least [`MIN_SAVING_PERCENT`] less. Independent senders (browsers) gain so; clients that send
-//!   a batch per tick do not (the shard takes their batch in turns that do not sleep, and a
-//!   pause between two batches is one more sleep). Counting datagrams per turn does not
-//!   tell these apart; counting sleeps does. (The thread's CPU time tells them apart too,
-//!   but a period's CPU per datagram varies with the timers that fell into it far more than
-//!   its sleeps do.)
+//!   periods sleep at least [`MIN_SAVING_PERCENT`] less. Independent senders (browsers)
+//!   gain so; clients that send a batch per tick do not (the shard takes their batch in
+//!   turns that do not sleep, and a pause between two batches is one more sleep).
+//!   Counting datagrams per turn does not tell these apart; counting sleeps does. (The
+//!   thread's CPU time tells them apart too, but a period's CPU per datagram varies with
+//!   the timers that fell into it far more than its sleeps do.)
 //! - **Bounded.** A pause is at most the window, and never runs past the shard's next
 //!   timer deadline. So a packet waits at most the window (half of it on average).
 //! - **Not after a full batch.** A turn that filled its receive batches leaves datagrams in
