@@ -44,6 +44,10 @@ const FRAME_BURST: u32 = 100;
 const FRAMES_PER_SEC: f64 = 50.0;
 /// Refused frames tolerated before a flooding connection is cut off.
 const MAX_REFUSED: u32 = 50;
+const CLOSE_POLICY: u16 = 1008;
+/// How long a socket the server closes keeps reading (and discarding) what the client
+/// still sends, until its close frame or its end ([`linger`]).
+const LINGER: Duration = Duration::from_secs(1);
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
@@ -126,7 +130,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
                                 break;
                             }
                             Next::Overflowed => {
-                                let close = CloseFrame { code: 1008, reason: Utf8Bytes::from_static("too slow: outbox full") };
+                                let close = CloseFrame { code: CLOSE_POLICY, reason: Utf8Bytes::from_static("too slow: outbox full") };
                                 let _ = sink.send(Message::Close(Some(close))).await;
                                 break;
                             }
@@ -184,6 +188,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
             let _ = outbox.send(ServerMessage::error(e.code, e.message));
             drop(outbox);
             let _ = writer.await;
+            linger(&mut stream).await;
             state.metrics.signaling_connections.dec();
             return;
         }
@@ -191,9 +196,9 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
 
     // Reading stops when the client goes, or when the writer has closed the socket
     // (after `left`): a client that never answers the close must not pin the connection.
-    let writer_done = tokio::select! {
-        () = read_frames(&state, conn, &target, &mut stream, &outbox, &close_with, silence) => false,
-        _ = &mut writer => true,
+    let (ended, writer_done) = tokio::select! {
+        ended = read_frames(&state, conn, &target, &mut stream, &outbox, &close_with, silence) => (ended, false),
+        _ = &mut writer => (Ended::ServerClosed, true),
     };
     match target {
         Target::Local(meeting_id) => {
@@ -210,8 +215,37 @@ async fn serve(socket: WebSocket, state: Arc<AppState>, conn: ConnId) {
     if !writer_done && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
         writer.abort();
     }
+    if ended == Ended::ServerClosed {
+        linger(&mut stream).await;
+    }
     state.metrics.signaling_connections.dec();
     tracing::info!("connection closed");
+}
+
+/// Why reading a joined connection's frames ended.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ended {
+    /// The client closed, dropped, or fell silent: nothing more will come from it.
+    ClientGone,
+    /// The server ends the connection (a flood, a frame too large, shutdown, the meeting
+    /// or relay gone) while the client may still be sending.
+    ServerClosed,
+}
+
+/// Reads and discards what a client still sends after the server's close, until its close
+/// frame, its end or [`LINGER`]. Dropping a TCP socket with unread bytes in its receive
+/// buffer resets the connection (RFC 1122 §4.2.2.13), and a reset can reach the client
+/// before it has read the frames the server sent last: the error that says why it was cut
+/// off. RFC 6455 §7.1.1 likewise has the server wait for the client's close.
+async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// What a connection's first frame asks for.
@@ -402,7 +436,7 @@ async fn read_frames(
     outbox: &super::live::Outbox,
     close_with: &tokio::sync::watch::Sender<Option<CloseFrame>>,
     silence: Duration,
-) {
+) -> Ended {
     let mut pace = TokenBucket::new(FRAME_BURST, FRAMES_PER_SEC, now_ms());
     let mut refused = 0u32;
     let mut shutdown = state.shutdown.clone();
@@ -416,15 +450,15 @@ async fn read_frames(
     tokio::pin!(relay_over);
     loop {
         let msg = tokio::select! {
-            () = &mut relay_over => return,
+            () = &mut relay_over => return Ended::ServerClosed,
             msg = tokio::time::timeout(silence, stream.next()) => match msg {
                 Ok(msg) => msg,
                 Err(_) => {
                     tracing::info!(silence_secs = silence.as_secs(), "signaling connection silent (no frame, no pong): taken as dropped");
-                    return;
+                    return Ended::ClientGone;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ended::ServerClosed,
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
@@ -441,20 +475,24 @@ async fn read_frames(
                 close_with.send_replace(Some(too_big()));
                 let e = frame_too_large();
                 let _ = outbox.send(ServerMessage::error(e.code, e.message));
-                return;
+                return Ended::ServerClosed;
             }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ended::ClientGone,
             Some(Ok(_)) => continue,
         };
         if !pace.try_take(now_ms()) {
             refused += 1;
             if refused > MAX_REFUSED {
                 tracing::warn!("frame flood; cutting the connection off");
+                close_with.send_replace(Some(CloseFrame {
+                    code: CLOSE_POLICY,
+                    reason: Utf8Bytes::from_static("too many frames"),
+                }));
                 let _ = outbox.send(ServerMessage::error(
                     ErrorCode::RateLimited,
                     "too many frames; disconnecting",
                 ));
-                return;
+                return Ended::ServerClosed;
             }
             let _ = outbox.send(ServerMessage::error(
                 ErrorCode::RateLimited,
@@ -467,12 +505,12 @@ async fn read_frames(
             Ok(msg) => match target {
                 Target::Local(meeting_id) => {
                     if !state.live.send_if_live(meeting_id, Command::Frame { conn, msg }).await {
-                        return;
+                        return Ended::ServerClosed;
                     }
                 }
                 Target::Relayed(frames) => {
                     if frames.send(text.as_str().to_owned()).await.is_err() {
-                        return;
+                        return Ended::ServerClosed;
                     }
                 }
             },

@@ -211,7 +211,10 @@ impl TestServer {
         )
         .await
         {
-            Ok((stream, _)) => Ok(Ws { stream }),
+            Ok((stream, _)) => Ok(Ws {
+                stream,
+                close_code: None,
+            }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let body = response.body().as_deref().unwrap_or_default();
                 Err((
@@ -274,6 +277,8 @@ pub async fn sdk_admitted(events: &mut gatehouse_sdk::Events) {
 
 pub struct Ws {
     stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    /// The code of the server's close frame, once one has been read.
+    pub close_code: Option<u16>,
 }
 
 impl Ws {
@@ -300,7 +305,11 @@ impl Ws {
                 Some(Ok(Message::Text(t))) => {
                     return Some(serde_json::from_str(&t).expect("server frames are protocol messages"));
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(Message::Close(frame))) => {
+                    self.close_code = frame.map(|f| f.code.into());
+                    return None;
+                }
+                None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
             }
         }
