@@ -1037,13 +1037,14 @@ async fn chromium_screen_share_to_a_capped_guest_keeps_its_resolution_and_drops_
         .iter()
         .filter(|(ms, c)| *ms < lifted && c.is_some_and(|c| c < 255))
         .count();
-    // Back to every frame, to stay: the start of the last run of uncapped samples.
+    // Back to every frame, to stay: the start of the last run of uncapped samples, counted
+    // from the lift. A run that began before it (the leg's try of its upper layers happened to
+    // fall just before the lift, and held) counts as back at once.
     let back_ms = caps
         .iter()
         .rposition(|(_, c)| *c != Some(255))
         .and_then(|i| caps.get(i + 1))
-        .filter(|(ms, _)| *ms >= lifted)
-        .map(|(ms, _)| ms - lifted);
+        .map(|(ms, _)| ms.saturating_sub(lifted));
     let (fps_after, _, _) = span(lifted as i64 + 10_000, lifted as i64 + 12_000);
     // The guest's screen tile says its video is reduced while capped.
     let labelled = rows

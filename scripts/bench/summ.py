@@ -17,14 +17,23 @@ steady = j.get("steady_secs") or 0
 # steady samples: the busiest window of steady_secs length by server CPU
 win = max(1, int(steady) - 2)
 best = None
+best_at = 0
 for i in range(0, max(1, len(rows) - win + 1)):
     w = rows[i:i + win]
     if not w: break
     sv = sum(r[1] for r in w) / len(w)
     if best is None or sv > best[0]:
+        best_at = i
         best = (sv, sum(r[2] for r in w) / len(w), sum(r[3] for r in w) / len(w), max(r[3] for r in w),
                 # every shard thread's mean, shard 0 first (sample.sh puts shards 1.. after the client)
                 [round(sum(r[c] for r in w) / len(w), 1) for c in [2] + list(range(4, len(w[0])))])
+# The shard's sleeps per second (sample.sh's OUT.sleeps) over the same window.
+try:
+    sl = [int(l.split()[1]) for l in open(R + name + ".samples.sleeps").read().splitlines()[1:]]
+    sl = sl[best_at:best_at + win]
+    shard_sleeps = round(sum(sl) / len(sl)) if sl else None
+except (OSError, IndexError, ValueError):
+    shard_sleeps = None
 parts = j["participants"]["joined"]
 cpu = g.get("cpu_percent"); fwd = g.get("forwarded_per_sec"); rss = g.get("rss_peak_bytes")
 # The gateway's counters at the end of the run (run.sh reads /metrics): totals, not rates.
@@ -42,7 +51,7 @@ out = dict(name=name, verdict=j["verdict"], joined=parts, planned=j["participant
     rss_per_part_kb=((rss / 1e3 - idle_rss) / parts) if rss and parts else None,
     cpu_per_part=(cpu / parts) if cpu and parts else None,
     sampled_server=best and best[0], sampled_shard=best and best[1], sampled_client=best and best[2], client_max=best and best[3],
-    sampled_shards=best and best[4], relayed=counters.get("relayed_packets"), relay_drops=counters.get("relay_drops"),
+    sampled_shards=best and best[4], shard_sleeps_per_s=shard_sleeps, relayed=counters.get("relayed_packets"), relay_drops=counters.get("relay_drops"),
     relayed_per_s=g.get("sfu_rates", {}).get("gatehouse_sfu_relayed_packets_total"),
     socket_drops_gw=g.get("socket_drops"), socket_drops_client=(j.get("client") or {}).get("socket_drops"),
     # over the run (the gateway's until the end of its teardown, the load tester's joins included)
