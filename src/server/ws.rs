@@ -38,13 +38,14 @@ const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 const READ_BUFFER: usize = 8 * 1024;
 /// Close codes (RFC 6455 §7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
+/// Policy violation: a frame flood, or a client too slow to read its outbox.
+const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 /// Per-connection frame pace: a burst, then a sustained rate.
 const FRAME_BURST: u32 = 100;
 const FRAMES_PER_SEC: f64 = 50.0;
 /// Refused frames tolerated before a flooding connection is cut off.
 const MAX_REFUSED: u32 = 50;
-const CLOSE_POLICY: u16 = 1008;
 /// How long a socket the server closes keeps reading (and discarding) what the client
 /// still sends, until its close frame or its end ([`linger`]).
 const LINGER: Duration = Duration::from_secs(1);
