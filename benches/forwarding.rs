@@ -16,6 +16,9 @@
 //!   context (the cheapest thing `write_rtp` could possibly do with the copy).
 //!
 //! And once per inbound packet: `inbound/srtp_decrypt+parse` (SRTP unprotect and RTP parse).
+//! And once per subscriber's RTCP datagram (TWCC feedback): `rtcp/rtc` (`rtc-srtp`, `rtc-rtcp`
+//! and `convert_twcc`, as the shard read it before session 34) and `rtcp/own` (what it does now:
+//! SRTCP opened in place, the compound read where it lies, `rtcp_view`).
 //!
 //! And the whole path, group `path` (fan-out 1 and 8): a shard with real `rtc` connections
 //! (`gatehouse::sfu::benching::FanOut`: a publisher and N subscribers, `rtc` clients driven
@@ -42,7 +45,11 @@
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gatehouse::sfu::benching::FanOut;
+use gatehouse::sfu::bwe::Ack;
 use gatehouse::sfu::media_room::{Admit, Codec, ConnId, Effect, LegSink, MediaRoom, Negotiated, Stream};
+use gatehouse::sfu::own_rtcp::OwnRtcp;
+use gatehouse::sfu::rtcp_view::{Report, Visit, visit_rtc};
+use gatehouse::sfu::srtp_keys::{MasterKey, SrtpKeys};
 use gatehouse::sfu::stats::StatsPair;
 use gatehouse_signaling::protocol::{ParticipantKind, PeerRole, PublishedTrack, TrackSource};
 use rtc::crypto::default_provider;
@@ -442,5 +449,122 @@ fn time_path(
     timed
 }
 
-criterion_group!(benches, forwarding, whole_path, cold_path);
+/// A subscriber's TWCC feedback as the SDK sends it ten times a second: 12 packets, two of
+/// them lost, in a two-bit status vector and a run, with their receive deltas.
+fn twcc_feedback(base: u16) -> Vec<u8> {
+    let mut p = vec![0x8f, 205, 0, 0];
+    p.extend_from_slice(&0x5eed_u32.to_be_bytes());
+    p.extend_from_slice(&0x000b_1de0_u32.to_be_bytes());
+    p.extend_from_slice(&base.to_be_bytes());
+    p.extend_from_slice(&12u16.to_be_bytes());
+    p.extend_from_slice(&[0, 1, 0x2c, base as u8]);
+    // small, small, large, lost, small, small, lost; then a run of 5 small.
+    p.extend_from_slice(&(0xc000u16 | 0b01_01_10_00_01_01_00).to_be_bytes());
+    p.extend_from_slice(&0x2005u16.to_be_bytes());
+    p.extend_from_slice(&[20, 4]);
+    p.extend_from_slice(&(-12i16).to_be_bytes());
+    p.extend_from_slice(&[40, 8, 30, 4, 4, 4, 12]);
+    while p.len() % 4 != 0 {
+        p.push(0);
+    }
+    let words = (p.len() / 4 - 1) as u16;
+    p[2..4].copy_from_slice(&words.to_be_bytes());
+    p
+}
+
+/// What the room is handed, consumed.
+#[derive(Default)]
+struct Feedback(u64);
+
+impl Visit for Feedback {
+    fn keyframe_request(&mut self, ssrcs: impl Iterator<Item = u32>) {
+        self.0 += ssrcs.map(u64::from).sum::<u64>();
+    }
+    fn twcc(&mut self, acks: impl Iterator<Item = Ack>) {
+        self.0 += acks.map(|a| a.arrival.map_or(1, |t| t.as_micros() as u64)).sum::<u64>();
+    }
+    fn remb(&mut self, bps: Option<u64>) {
+        self.0 += bps.unwrap_or(0);
+    }
+    fn reports(&mut self, blocks: impl Iterator<Item = Report>) {
+        self.0 += blocks.map(|b| u64::from(b.jitter)).sum::<u64>();
+    }
+    fn nack(&mut self, media_ssrc: u32, seqs: impl Iterator<Item = u16>) {
+        self.0 += u64::from(media_ssrc) + seqs.map(u64::from).sum::<u64>();
+    }
+}
+
+/// Once per subscriber's RTCP datagram (TWCC feedback, the most frequent): SRTCP opened and
+/// the compound read and handed on. `rtcp/rtc`: `rtc-srtp`'s context into a new buffer,
+/// `rtc-rtcp`'s parser and `convert_twcc` (before session 34); `rtcp/own`: what the shard does
+/// now (`own_rtcp::OwnRtcp`: `srtp_gcm::RtcpOpener` in place, `rtcp_view::View`).
+fn rtcp_feedback(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rtcp");
+    let key = |seed: u8| MasterKey {
+        key: vec![seed; 16],
+        salt: vec![seed ^ 0x5a; 12],
+    };
+    let keys = SrtpKeys {
+        profile: ProtectionProfile::AeadAes128Gcm,
+        local: key(1),
+        remote: key(2),
+    };
+    let stats = || StatsPair {
+        meeting: Arc::default(),
+        shard: Arc::default(),
+    };
+    // The client's side: it protects with its local key, our remote one.
+    let mut client = SrtpKeys {
+        profile: keys.profile,
+        local: keys.remote.clone(),
+        remote: keys.local.clone(),
+    }
+    .local_context()
+    .expect("client");
+    let datagrams: Vec<Bytes> = (0..4096u16)
+        .map(|i| {
+            client
+                .encrypt_rtcp(&twcc_feedback(i.wrapping_mul(12)))
+                .expect("SRTCP")
+                .freeze()
+        })
+        .collect();
+    let mut sink = Feedback::default();
+    let mut i = 0usize;
+    let mut theirs = keys.remote_context().expect("context");
+    let tap_stats = stats();
+    group.bench_function("rtc", |b| {
+        b.iter(|| {
+            // Replay protection would refuse a repeat: past the list, a fresh context.
+            if i == datagrams.len() {
+                i = 0;
+                theirs = keys.remote_context().expect("context");
+            }
+            let plain = theirs.decrypt_rtcp(&datagrams[i]).expect("SRTCP");
+            i += 1;
+            let packets = rtc::rtcp::packet::unmarshal(&mut plain.freeze()).expect("RTCP");
+            if gatehouse::sfu::rtcp::tap(&tap_stats, &packets) {
+                visit_rtc(&packets, &mut sink);
+            }
+        })
+    });
+    let mut own = OwnRtcp::new(&keys, stats()).expect("keys");
+    i = 0;
+    group.bench_function("own", |b| {
+        b.iter(|| {
+            if i == datagrams.len() {
+                i = 0;
+                own = OwnRtcp::new(&keys, stats()).expect("keys");
+            }
+            let opened = own.open(&datagrams[i]).expect("SRTCP").expect("for the room");
+            i += 1;
+            opened.feedback().visit(&mut sink);
+            own.give_back(opened);
+        })
+    });
+    black_box(sink.0);
+    group.finish();
+}
+
+criterion_group!(benches, forwarding, whole_path, cold_path, rtcp_feedback);
 criterion_main!(benches);

@@ -133,6 +133,33 @@ write("media_datagram", "client-rtcp-nack", b"\x05" + nack)
 # mode 7: a nominating check from a new address (127.0.0.2:40000), with a PRIORITY-like record.
 write("media_datagram", "nomination-moves", b"\x07" + bytes([127, 0, 0, 2, 0x9C, 0x40]) + b"\xc0\x57\x04\x00\x01\x00\x0a")
 
+# rtcp_view: decrypted compounds as subscribers send them.
+def rtcp(first, pt, body, padding=0):
+    """One RTCP packet: first byte's count (RC/FMT), type, body; padding as RFC 3550 pads."""
+    if padding:
+        body += b"\x00" * (padding - 1) + bytes([padding])
+    return struct.pack("!BBH", 0x80 | (0x20 if padding else 0) | first, pt, len(body) // 4) + body
+
+
+block = struct.pack("!IB3sIIII", 0x0B1DE0, 3, b"\x00\x00\x07", 0x1_0042, 90, 0xDEAD_BEEF, 6553)
+rr = rtcp(1, 201, struct.pack("!I", 1) + block)
+sdes = rtcp(1, 202, struct.pack("!I", 1) + b"\x01\x05guest\x00")
+# Chromium-like TWCC: base 100, 10 packets, a 2-bit vector (small, small, large, lost,
+# small, small, lost), a run of 3 small; deltas; padded to a word with the P bit.
+twcc_body = struct.pack("!IIHH", 1, 0x0B1DE0, 100, 10) + bytes([0, 0, 5, 7])
+twcc_body += struct.pack("!H", 0xC000 | 0b01_01_10_00_01_01_00 << 0) + struct.pack("!H", 0x2003)
+twcc_body += bytes([4, 8]) + struct.pack("!h", -12) + bytes([20, 4, 4, 4, 4])
+pad = -len(twcc_body) % 4
+twcc = rtcp(15, 205, twcc_body, padding=pad) if pad else rtcp(15, 205, twcc_body)
+remb = rtcp(15, 206, struct.pack("!II4sB3s", 1, 0, b"REMB", 1, bytes([0x0A, 0x3D, 0x09])) + struct.pack("!I", 0x0B1DE0))
+fir = rtcp(4, 206, struct.pack("!IIIB3x", 1, 0, 0x0B1DE0, 1))
+write("rtcp_view", "rr", rr)
+write("rtcp_view", "rr-sdes", rr + sdes)
+write("rtcp_view", "twcc-padded", twcc)
+write("rtcp_view", "nack-pli", nack + pli)
+write("rtcp_view", "remb-fir", remb + fir)
+write("rtcp_view", "sr", rtcp(1, 200, struct.pack("!IQIII", 1, 1 << 32, 90000, 10, 1000) + block))
+
 
 # relay_envelope: steps separated by 0xFF; first byte: 0-2 an envelope arriving on the
 # node's channel (its JSON follows), 3 the edge's client sends a frame (text follows),

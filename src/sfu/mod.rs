@@ -68,6 +68,7 @@ pub mod retransmit;
 #[doc(hidden)]
 pub mod rtc_client;
 pub mod rtcp;
+pub mod rtcp_view;
 pub mod rtp_parse;
 pub mod sender_reports;
 mod shard;

@@ -9,7 +9,9 @@
 //! of the shard's time in small rooms (BENCHMARKS §3). Nothing in a subscriber connection's
 //! chain but the tap reads RTCP (its sender-report interceptor only writes), so once the
 //! connection's keys are known (`srtp_keys`) the shard opens its SRTCP with a context of its own
-//! (`rtc-srtp`'s, from the remote key, with `rtc`'s replay window), counts what the tap counts
+//! (`rtc-srtp`'s, from the remote key, with `rtc`'s replay window; for the GCM profiles
+//! `srtp_gcm::RtcpOpener`, in place into a buffer the connection keeps), reads the compound where
+//! it lies (`rtcp_view`; `rtc-rtcp` where that declines), counts what the tap counts
 //! (`rtcp::tap`) and hands the packets to the room, as `rtc`'s delivery would have.
 //!
 //! The other way, a publisher connection's receipts (TWCC feedback and receiver reports,
@@ -18,10 +20,13 @@
 //! whole pipeline five times or so for each). They come from an SSRC nothing else on the
 //! connection sends from (`Receipts::send_own`), so no SRTCP index is counted by two contexts.
 
+use bytes::BytesMut;
 use rtc::rtcp;
 use rtc::srtp::context::Context;
 
 use super::rtcp::tap;
+use super::rtcp_view::{Feedback, Tally, View};
+use super::srtp_gcm::{self, RtcpOpener};
 use super::srtp_keys::SrtpKeys;
 use super::stats::StatsPair;
 
@@ -30,7 +35,13 @@ pub type Compound = Vec<Box<dyn rtcp::Packet>>;
 
 /// A subscriber connection's own reading of RTCP.
 pub struct OwnRtcp {
+    /// SRTCP opened by `rtc-srtp` (the AES-CM profiles)...
     context: Context,
+    /// ... or in place, into [`spare`](Self::spare) (the GCM profiles, `srtp_gcm`).
+    gcm: Option<RtcpOpener>,
+    /// The buffer the last compound was opened into, back from the room
+    /// ([`give_back`](Self::give_back)).
+    spare: BytesMut,
     stats: StatsPair,
 }
 
@@ -41,16 +52,73 @@ impl OwnRtcp {
     pub fn new(keys: &SrtpKeys, stats: StatsPair) -> Option<Self> {
         Some(Self {
             context: keys.remote_context().ok()?,
+            gcm: srtp_gcm::handles(keys.profile)
+                .then(|| RtcpOpener::new(keys.profile, &keys.remote))
+                .flatten(),
+            spare: BytesMut::new(),
             stats,
         })
     }
 
-    /// Opens an SRTCP datagram (authenticates, refuses a replay, decrypts) and parses its
-    /// compound packet: the packets, if the room wants them (see [`tap`]).
-    pub fn open(&mut self, datagram: &[u8]) -> Result<Option<Compound>, Box<dyn std::error::Error>> {
-        let plain = self.context.decrypt_rtcp(datagram)?;
+    /// Takes back the buffer of a compound the room has read, for the next one.
+    pub fn give_back(&mut self, opened: Opened) {
+        if let Opened::Plain(plain) = opened {
+            self.spare = plain;
+        }
+    }
+
+    /// Opens an SRTCP datagram (authenticates, refuses a replay, decrypts) and reads its
+    /// compound packet (in place, `rtcp_view`, or with `rtc-rtcp` where that declines),
+    /// counting what [`tap`] counts: what was opened, if the room wants it.
+    pub fn open(&mut self, datagram: &[u8]) -> Result<Option<Opened>, Box<dyn std::error::Error>> {
+        let plain = match self.gcm.as_mut() {
+            Some(gcm) => {
+                let mut plain = std::mem::take(&mut self.spare);
+                if let Err(e) = gcm.open_into(datagram, &mut plain) {
+                    self.spare = plain;
+                    return Err(e.into());
+                }
+                plain
+            }
+            None => self.context.decrypt_rtcp(datagram)?,
+        };
+        if let Some(view) = View::read(&plain) {
+            let mut tally = Tally::default();
+            view.visit(&mut tally);
+            if tally.nacks > 0 {
+                self.stats.add(|c| &c.nacks, tally.nacks);
+            }
+            if tally.keyframe_requests > 0 {
+                self.stats
+                    .add(|c| &c.keyframe_requests_received, tally.keyframe_requests);
+            }
+            if !tally.wanted() {
+                self.spare = plain;
+                return Ok(None);
+            }
+            return Ok(Some(Opened::Plain(plain)));
+        }
         let packets = rtcp::packet::unmarshal(&mut plain.freeze())?;
-        Ok(tap(&self.stats, &packets).then_some(packets))
+        Ok(tap(&self.stats, &packets).then_some(Opened::Parsed(packets)))
+    }
+}
+
+/// A compound RTCP packet [`OwnRtcp::open`] opened.
+pub enum Opened {
+    /// Decrypted, for [`View::read`] (which read it once).
+    Plain(BytesMut),
+    /// Parsed by `rtc-rtcp`, where [`View`] declined.
+    Parsed(Compound),
+}
+
+impl Opened {
+    /// What the room reads of it.
+    pub fn feedback(&self) -> Feedback<'_> {
+        match self {
+            // `open` read it: `read` reads it again.
+            Opened::Plain(plain) => View::read(plain).map_or(Feedback::Rtc(&[]), Feedback::Own),
+            Opened::Parsed(packets) => Feedback::Rtc(packets),
+        }
     }
 }
 
@@ -79,7 +147,9 @@ impl RtcpSealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sfu::rtcp_view::{Fact, Facts};
     use crate::sfu::srtp_keys::testing::{keys, peer_context};
+    use rtc::rtcp::goodbye::Goodbye;
     use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
     use rtc::rtcp::receiver_report::ReceiverReport;
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
@@ -124,12 +194,56 @@ mod tests {
             ];
             let datagram = client.encrypt_rtcp(&compound(&feedback)).expect("protect");
             let opened = own.open(&datagram).expect("opened").expect("for the room");
-            assert_eq!(opened.len(), 3, "{profile:?}");
-            assert!(crate::sfu::rtcp::as_nack(opened[1].as_ref()).is_some());
+            let Opened::Plain(buffer) = &opened else {
+                panic!("{profile:?}: not read in place");
+            };
+            let at = buffer.as_ptr();
+            let mut facts = Facts::default();
+            opened.feedback().visit(&mut facts);
+            own.give_back(opened);
+            // The next compound is opened into the same buffer (GCM: in place, `srtp_gcm`).
+            let again = client.encrypt_rtcp(&compound(&feedback)).expect("protect");
+            let opened = own.open(&again).expect("opened").expect("for the room");
+            let Opened::Plain(buffer) = &opened else {
+                panic!("{profile:?}: not read in place");
+            };
+            if matches!(profile, ProtectionProfile::AeadAes128Gcm) {
+                assert_eq!(buffer.as_ptr(), at, "the buffer is reused");
+            }
+            let mut facts_again = Facts::default();
+            opened.feedback().visit(&mut facts_again);
+            assert_eq!(facts_again, facts);
+            assert_eq!(
+                facts.0,
+                vec![
+                    Fact::Reports(vec![]),
+                    Fact::Nack(9, vec![100]),
+                    Fact::KeyframeRequest(vec![9])
+                ],
+                "{profile:?}"
+            );
             let counted = stats.shard.snapshot();
             assert_eq!(
                 (counted.nacks, counted.keyframe_requests_received),
-                (1, 1),
+                (2, 2),
+                "{profile:?}"
+            );
+            // With a BYE, which is not read in place, `rtc-rtcp` reads it, counted alike.
+            let mut with_bye = feedback.clone();
+            with_bye.push(Box::new(Goodbye {
+                sources: vec![7],
+                reason: bytes::Bytes::new(),
+            }));
+            let datagram_bye = client.encrypt_rtcp(&compound(&with_bye)).expect("protect");
+            let opened = own.open(&datagram_bye).expect("opened").expect("for the room");
+            assert!(matches!(opened, Opened::Parsed(_)), "{profile:?}: read by rtc-rtcp");
+            let mut facts_bye = Facts::default();
+            opened.feedback().visit(&mut facts_bye);
+            assert_eq!(facts_bye, facts, "{profile:?}");
+            let counted = stats.shard.snapshot();
+            assert_eq!(
+                (counted.nacks, counted.keyframe_requests_received),
+                (3, 3),
                 "{profile:?}"
             );
             assert!(own.open(&datagram).is_err(), "{profile:?}: a replay is refused");

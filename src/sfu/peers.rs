@@ -92,7 +92,7 @@ pub struct Peers {
     out_arena: BytesMut,
     /// The RTCP the last datagram taken by the shard itself was, for the room, and its
     /// connection (`own_rtcp`).
-    fast_rtcp: Option<(ConnId, super::own_rtcp::Compound)>,
+    fast_rtcp: Option<(ConnId, super::own_rtcp::Opened)>,
     /// Connections whose events must be drained before the turn ends.
     dirty: Vec<ConnId>,
     /// Connections written to this turn (forwarded packets): sent and re-armed when the
@@ -571,8 +571,16 @@ impl Peers {
 
     /// The RTCP the last datagram taken by the shard itself was, if the room wants it
     /// ([`open_own_rtcp`](Self::open_own_rtcp)), and its connection.
-    pub fn take_fast_rtcp(&mut self) -> Option<(ConnId, super::own_rtcp::Compound)> {
+    pub fn take_fast_rtcp(&mut self) -> Option<(ConnId, super::own_rtcp::Opened)> {
         self.fast_rtcp.take()
+    }
+
+    /// Hands what [`take_fast_rtcp`](Self::take_fast_rtcp) gave back to its connection, once
+    /// the room has read it: its buffer opens the next one.
+    pub fn give_back_rtcp(&mut self, id: ConnId, opened: super::own_rtcp::Opened) {
+        if let Some(own) = self.conns.get_mut(&id).and_then(|c| c.own_rtcp.as_mut()) {
+            own.give_back(opened);
+        }
     }
 
     /// The packets the last datagram taken by the shard itself came out of its connection's

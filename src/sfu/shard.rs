@@ -36,7 +36,7 @@ use super::ice_lite;
 use super::media_room::{ConnId, Effect, MediaRoom, Offer};
 use super::peers::Peers;
 use super::relay::{self, MeetingKey, Outgoing, Spread};
-use super::rtcp as tap;
+use super::rtcp_view::{Feedback, Report, Visit};
 use super::stats::{Counters, StatsPair};
 use super::tcp::ShardTcp;
 use super::{MediaParticipant, Outbox};
@@ -663,14 +663,14 @@ impl Shard {
                     .take_over(id, packet.header.ssrc, packet.header.sequence_number);
                 self.forward_rtp(id, packet, now);
             }
-            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(id, &packets, now),
+            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(id, Feedback::Rtc(&packets), now),
             _ => {}
         }
     }
 
     /// RTCP a connection received that the room wants (`rtcp::tap`), read by `rtc` or opened
-    /// by the shard (`own_rtcp`).
-    fn on_rtcp(&mut self, id: ConnId, packets: &[Box<dyn rtc::rtcp::Packet>], now: Instant) {
+    /// by the shard (`own_rtcp`, `rtcp_view`).
+    fn on_rtcp(&mut self, id: ConnId, feedback: Feedback<'_>, now: Instant) {
         let Some(room_id) = self.peers.get(id).map(|c| c.room) else {
             return;
         };
@@ -679,37 +679,23 @@ impl Shard {
         };
         // A subscriber heard again after an outage gets keyframes at once.
         hosted.room.subscriber_heard(id, now, &mut self.effects);
-        // The wall clock, as the sender reports' NTP times are (round-trip times).
-        let ntp_now = super::quality::ntp_compact(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
-        for packet in packets {
-            tap::keyframe_request_ssrcs(packet.as_ref(), |ssrc| {
-                hosted.room.keyframe_requested(id, ssrc, now, &mut self.effects);
-            });
-            if let Some(feedback) = tap::as_twcc(packet.as_ref()) {
-                Counters::add(&self.peers.counters().twcc_feedback_received, 1);
-                hosted.room.congestion_feedback(id, super::bwe::acks_of(feedback), now);
-                if hosted.room.probing() && !self.probing.contains(&room_id) {
-                    self.probing.push(room_id);
-                }
-            }
-            if let Some(bps) = tap::as_remb(packet.as_ref()) {
-                hosted.room.remb_received(id, bps, now);
-            }
-            for r in tap::reception_reports(packet.as_ref()) {
-                let rtt = super::quality::rtt_of(ntp_now, r.last_sender_report, r.delay);
-                hosted.room.reception_report(id, r.ssrc, r.fraction_lost, r.jitter, rtt);
-            }
-            if let Some(nack) = tap::as_nack(packet.as_ref()) {
-                let seqs = nack.nacks.iter().flat_map(|pair| *pair);
-                let sink = &mut self.peers.sink(now);
-                hosted
-                    .room
-                    .nack_received(id, nack.media_ssrc, seqs, now, sink, &mut self.effects);
-            }
+        let mut to_room = ToRoom {
+            id,
+            room: &mut hosted.room,
+            peers: &mut self.peers,
+            effects: &mut self.effects,
+            now,
+            // The wall clock, as the sender reports' NTP times are (round-trip times).
+            ntp_now: super::quality::ntp_compact(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+            twcc: false,
+        };
+        feedback.visit(&mut to_room);
+        if to_room.twcc && hosted.room.probing() && !self.probing.contains(&room_id) {
+            self.probing.push(room_id);
         }
         self.apply(room_id, now);
     }
@@ -760,8 +746,9 @@ impl Shard {
     /// Forwards what the last datagram the shard opened itself came out as (`own_inbound`),
     /// or hands the room the RTCP it was (`own_rtcp`).
     fn forward_fast(&mut self, now: Instant) {
-        if let Some((id, packets)) = self.peers.take_fast_rtcp() {
-            self.on_rtcp(id, &packets, now);
+        if let Some((id, opened)) = self.peers.take_fast_rtcp() {
+            self.on_rtcp(id, opened.feedback(), now);
+            self.peers.give_back_rtcp(id, opened);
         }
         let Some((id, mut packets)) = self.peers.take_fast() else {
             return;
@@ -1501,5 +1488,51 @@ impl Shard {
             );
         }
         Some(snapshot)
+    }
+}
+
+/// A compound RTCP packet's feedback handed to the room it came to (`Shard::on_rtcp`).
+struct ToRoom<'s> {
+    id: ConnId,
+    room: &'s mut MediaRoom,
+    peers: &'s mut Peers,
+    effects: &'s mut Vec<Effect>,
+    now: Instant,
+    ntp_now: u32,
+    /// Whether TWCC feedback came (the room may have started probing).
+    twcc: bool,
+}
+
+impl Visit for ToRoom<'_> {
+    fn keyframe_request(&mut self, ssrcs: impl Iterator<Item = u32>) {
+        for ssrc in ssrcs {
+            self.room.keyframe_requested(self.id, ssrc, self.now, self.effects);
+        }
+    }
+
+    fn twcc(&mut self, acks: impl Iterator<Item = super::bwe::Ack>) {
+        Counters::add(&self.peers.counters().twcc_feedback_received, 1);
+        self.room.congestion_feedback(self.id, acks, self.now);
+        self.twcc = true;
+    }
+
+    fn remb(&mut self, bps: Option<u64>) {
+        if let Some(bps) = bps {
+            self.room.remb_received(self.id, bps, self.now);
+        }
+    }
+
+    fn reports(&mut self, blocks: impl Iterator<Item = Report>) {
+        for r in blocks {
+            let rtt = super::quality::rtt_of(self.ntp_now, r.last_sender_report, r.delay);
+            self.room
+                .reception_report(self.id, r.ssrc, r.fraction_lost, r.jitter, rtt);
+        }
+    }
+
+    fn nack(&mut self, media_ssrc: u32, seqs: impl Iterator<Item = u16>) {
+        let sink = &mut self.peers.sink(self.now);
+        self.room
+            .nack_received(self.id, media_ssrc, seqs, self.now, sink, self.effects);
     }
 }

@@ -19,7 +19,8 @@
 //! - the packet is sealed in the buffer it is marshalled into (one allocation, no copy), and
 //!   opened in one copy of the datagram from which the packet is parsed once.
 //!
-//! The AES-CM profiles (HMAC-SHA1 tags) stay with `rtc-srtp`. Tests check both directions
+//! Subscribers' SRTCP is opened the same way ([`RtcpOpener`], RFC 7714 §9), into a buffer the
+//! caller keeps. The AES-CM profiles (HMAC-SHA1 tags) stay with `rtc-srtp`. Tests check both directions
 //! against `rtc-srtp`'s context for every GCM profile, across rollovers.
 
 use bytes::BytesMut;
@@ -38,6 +39,13 @@ const SALT_LEN: usize = 12;
 /// RFC 3711 §4.3.1's labels.
 const LABEL_ENCRYPTION: u8 = 0x00;
 const LABEL_SALT: u8 = 0x02;
+const LABEL_SRTCP_ENCRYPTION: u8 = 0x03;
+const LABEL_SRTCP_SALT: u8 = 0x05;
+/// SRTCP's trailer after the tag: the E flag and the 31-bit SRTCP index (RFC 7714 §9.1).
+const SRTCP_INDEX_LEN: usize = 4;
+const SRTCP_E_FLAG: u32 = 1 << 31;
+/// The RTCP header and sender SSRC, SRTCP's associated data before the index (RFC 7714 §9.2).
+const RTCP_HEADER: usize = 8;
 /// The window of [`Seen`]: `rtc`'s replay window, as a bit mask.
 const WINDOW: u64 = REPLAY_WINDOW as u64;
 const _: () = assert!(WINDOW <= 64);
@@ -49,6 +57,8 @@ const FIXED_HEADER: usize = 12;
 pub enum SrtpError {
     /// Not an RTP datagram, or its header runs past its end.
     NotRtp,
+    /// Not an RTCP datagram (its version is not 2).
+    NotRtcp,
     /// Shorter than its header and the tag.
     TooShort,
     /// Seen before, or older than the replay window.
@@ -67,6 +77,7 @@ impl std::fmt::Display for SrtpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             SrtpError::NotRtp => "not an RTP datagram",
+            SrtpError::NotRtcp => "not an RTCP datagram",
             SrtpError::TooShort => "shorter than its header and tag",
             SrtpError::Replayed => "replayed or too old",
             SrtpError::Unauthentic => "authentication failed",
@@ -95,6 +106,15 @@ struct Session {
 
 impl Session {
     fn new(profile: ProtectionProfile, master: &MasterKey) -> Option<Self> {
+        Self::with_labels(profile, master, LABEL_ENCRYPTION, LABEL_SALT)
+    }
+
+    /// SRTCP's session key and salt (RFC 3711 §4.3.2's labels 3 and 5).
+    fn rtcp(profile: ProtectionProfile, master: &MasterKey) -> Option<Self> {
+        Self::with_labels(profile, master, LABEL_SRTCP_ENCRYPTION, LABEL_SRTCP_SALT)
+    }
+
+    fn with_labels(profile: ProtectionProfile, master: &MasterKey, key_label: u8, salt_label: u8) -> Option<Self> {
         let (aead, block) = match profile {
             ProtectionProfile::AeadAes128Gcm => (AeadAlgorithm::Aes128Gcm, BlockCipherAlgorithm::Aes128),
             ProtectionProfile::AeadAes256Gcm => (AeadAlgorithm::Aes256Gcm, BlockCipherAlgorithm::Aes256),
@@ -105,8 +125,8 @@ impl Session {
         }
         let provider = rtc::crypto::default_provider().ok()?;
         let crypto = provider.crypto();
-        let key = prf(crypto, block, master, LABEL_ENCRYPTION, master.key.len())?;
-        let salt = prf(crypto, block, master, LABEL_SALT, SALT_LEN)?;
+        let key = prf(crypto, block, master, key_label, master.key.len())?;
+        let salt = prf(crypto, block, master, salt_label, SALT_LEN)?;
         let cipher = crypto.new_aead(aead, &key).ok()?;
         (cipher.tag_len() == TAG_LEN).then_some(())?;
         Some(Self {
@@ -399,6 +419,92 @@ impl Opener {
     }
 }
 
+/// The SRTCP streams (sender SSRCs) an [`RtcpOpener`] keeps a replay window for: a client
+/// sends its RTCP from one or two.
+pub const MAX_RTCP_STREAMS: usize = 16;
+
+/// A connection's receiving side of SRTCP for the GCM profiles (RFC 7714 §9), opened as
+/// `rtc-srtp` opens it, into a buffer the caller keeps: the nonce is the SRTCP session salt
+/// XOR (SSRC, SRTCP index), the associated data the header and sender SSRC and the index with
+/// the E flag set (`rtc-srtp` sets it whatever the wire says, and so decrypts every packet);
+/// what is opened must not be older than the replay window of its sender SSRC nor seen before
+/// in it.
+pub struct RtcpOpener {
+    session: Session,
+    streams: Vec<(u32, Seen)>,
+}
+
+impl RtcpOpener {
+    /// `None` for a profile other than GCM's, or keys of the wrong length.
+    pub fn new(profile: ProtectionProfile, remote: &MasterKey) -> Option<Self> {
+        Some(Self {
+            session: Session::rtcp(profile, remote)?,
+            streams: Vec::new(),
+        })
+    }
+
+    /// Opens an SRTCP datagram (authenticates, refuses a replay, decrypts) into `plain`
+    /// (cleared first; its capacity kept): the compound RTCP packet. A sender SSRC beyond
+    /// [`MAX_RTCP_STREAMS`] is refused.
+    pub fn open_into(&mut self, datagram: &[u8], plain: &mut BytesMut) -> Result<(), SrtpError> {
+        let len = datagram.len();
+        if len < RTCP_HEADER + TAG_LEN + SRTCP_INDEX_LEN {
+            return Err(SrtpError::TooShort);
+        }
+        if datagram[0] >> 6 != 2 {
+            return Err(SrtpError::NotRtcp);
+        }
+        let trailer = u32::from_be_bytes(
+            datagram[len - SRTCP_INDEX_LEN..]
+                .try_into()
+                .map_err(|_| SrtpError::TooShort)?,
+        );
+        let index = u64::from(trailer & !SRTCP_E_FLAG);
+        let ssrc = u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+        let at = self.streams.iter().position(|(s, _)| *s == ssrc);
+        if let Some(at) = at
+            && !self.streams[at].1.fresh(index)
+        {
+            return Err(SrtpError::Replayed);
+        }
+        if at.is_none() && self.streams.len() >= MAX_RTCP_STREAMS {
+            return Err(SrtpError::UnknownStream);
+        }
+        let tag_at = len - SRTCP_INDEX_LEN - TAG_LEN;
+        let mut aad = [0u8; RTCP_HEADER + SRTCP_INDEX_LEN];
+        aad[..RTCP_HEADER].copy_from_slice(&datagram[..RTCP_HEADER]);
+        aad[RTCP_HEADER..].copy_from_slice(&(trailer | SRTCP_E_FLAG).to_be_bytes());
+        let mut nonce = [0u8; SALT_LEN];
+        nonce[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        nonce[8..].copy_from_slice(&(index as u32).to_be_bytes());
+        for (v, s) in nonce.iter_mut().zip(self.session.salt) {
+            *v ^= s;
+        }
+        plain.clear();
+        plain.extend_from_slice(&datagram[..tag_at]);
+        self.session
+            .cipher
+            .open_in_place(
+                &nonce,
+                &aad,
+                &mut plain[RTCP_HEADER..],
+                &datagram[tag_at..tag_at + TAG_LEN],
+            )
+            .map_err(|_| SrtpError::Unauthentic)?;
+        match at {
+            Some(at) => self.streams[at].1.accept(index),
+            None => self.streams.push((
+                ssrc,
+                Seen {
+                    highest: index,
+                    mask: 1,
+                },
+            )),
+        }
+        Ok(())
+    }
+}
+
 /// The length of an RTP datagram's header on the wire (fixed part, CSRCs, extension), if it
 /// is RTP version 2 and the header fits.
 fn header_len(datagram: &[u8]) -> Option<usize> {
@@ -585,6 +691,92 @@ mod tests {
                 opener.open(&[0x90, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7, 0xBE, 0xDE, 0xFF, 0xFF]),
                 Err(SrtpError::NotRtp)
             );
+        }
+    }
+
+    /// SRTCP from three senders, delivered out of order, twice, late, forged, with the E flag
+    /// cleared and cut short: `RtcpOpener` decides each as `rtc-srtp`'s context with the
+    /// same replay window does, and opens the same bytes.
+    #[test]
+    fn srtcp_is_opened_and_refused_as_rtc_opens_and_refuses_it() {
+        use rtc::srtp::option::srtcp_replay_protection;
+        for profile in PROFILES {
+            let key = master(profile, 9);
+            let mut sender = rtc_context(profile, &key, false);
+            let provider = rtc::crypto::default_provider().expect("provider");
+            let option = Some(srtcp_replay_protection(REPLAY_WINDOW));
+            let mut theirs =
+                Context::new(&key.key, &key.salt, profile, None, option, provider.crypto()).expect("context");
+            let mut ours = RtcpOpener::new(profile, &key).expect("GCM");
+            let mut sent = Vec::new();
+            for i in 0..200u32 {
+                let ssrc = [7u32, 8, 9][i as usize % 3];
+                let mut rr = vec![0x81, 201, 0, 7];
+                rr.extend_from_slice(&ssrc.to_be_bytes());
+                rr.extend((0..24).map(|b| (b as u32 * i) as u8));
+                sent.push(sender.encrypt_rtcp(&rr).expect("sealed").to_vec());
+            }
+            // Out of order within the window, every one twice, some far too late, some damaged.
+            let mut order: Vec<Vec<u8>> = Vec::new();
+            for chunk in sent.chunks(12) {
+                order.extend(chunk.iter().rev().cloned());
+                order.extend(chunk.iter().step_by(5).cloned());
+            }
+            order.extend(sent[..6].iter().cloned());
+            let mut forged = sent[199].clone();
+            forged[12] ^= 0x40;
+            let mut e_cleared = sent[198].clone();
+            let at = e_cleared.len() - 4;
+            e_cleared[at] &= 0x7f;
+            let mut other_version = sent[197].clone();
+            other_version[0] &= 0x3f;
+            order.extend([
+                forged,
+                e_cleared,
+                other_version,
+                sent[196][..27].to_vec(),
+                sent[196].clone(),
+            ]);
+            let mut plain = BytesMut::new();
+            let (mut opened, mut refused) = (0, 0);
+            for datagram in &order {
+                let rtc = theirs.decrypt_rtcp(datagram);
+                let own = ours.open_into(datagram, &mut plain);
+                match (rtc, own) {
+                    (Ok(p), Ok(())) => {
+                        assert_eq!(&p[..], &plain[..], "{profile:?}");
+                        opened += 1;
+                    }
+                    (Err(_), Err(_)) => refused += 1,
+                    (rtc, own) => panic!("{profile:?}: rtc-srtp {rtc:?}, ours {own:?}"),
+                }
+            }
+            assert_eq!(opened, 200, "{profile:?}: each packet opened once");
+            assert!(refused > 50, "{profile:?}: {refused}");
+        }
+    }
+
+    #[test]
+    fn an_srtcp_opener_keeps_a_bounded_number_of_senders_and_reuses_its_buffer() {
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let key = master(profile, 3);
+        let mut sender = rtc_context(profile, &key, false);
+        let mut ours = RtcpOpener::new(profile, &key).expect("GCM");
+        let mut plain = BytesMut::with_capacity(256);
+        let at = plain.as_ptr();
+        for ssrc in 0..MAX_RTCP_STREAMS as u32 + 1 {
+            let mut pli = vec![0x81, 206, 0, 2];
+            pli.extend_from_slice(&ssrc.to_be_bytes());
+            pli.extend_from_slice(&1u32.to_be_bytes());
+            let datagram = sender.encrypt_rtcp(&pli).expect("sealed");
+            let opened = ours.open_into(&datagram, &mut plain);
+            if (ssrc as usize) < MAX_RTCP_STREAMS {
+                assert_eq!(opened, Ok(()));
+                assert_eq!(&plain[..], &pli[..]);
+                assert_eq!(plain.as_ptr(), at, "the buffer is reused");
+            } else {
+                assert_eq!(opened, Err(SrtpError::UnknownStream));
+            }
         }
     }
 
