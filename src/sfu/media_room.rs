@@ -2226,29 +2226,16 @@ impl MediaRoom {
         let Some(m) = self.members.iter().find(|m| m.subscriber == Some(conn)) else {
             return;
         };
-        let (id, joined_at) = (m.id.clone(), m.joined_at);
         let jitter_ms = f64::from(jitter) * 1000.0 / f64::from(clock_rate.max(1));
-        self.quality_of(&id, joined_at)
+        // The member's id borrowed, not cloned: a report a second per subscriber.
+        quality_in(&mut self.quality, &m.id, m.joined_at)
             .downlink
             .report(fraction_lost, jitter_ms, rtt);
     }
 
-    /// The quality state of participant `id` (made when missing; started again when the
-    /// participant came back on a new socket since).
+    /// The quality state of participant `id` (see [`quality_in`]).
     fn quality_of(&mut self, id: &ParticipantId, joined_at: Instant) -> &mut quality::Participant {
-        let i = match self.quality.iter().position(|(p, _)| p == id) {
-            Some(i) => i,
-            None => {
-                self.quality.push((id.clone(), quality::Participant::new(joined_at)));
-                self.quality.len() - 1
-            }
-        };
-        let q = &mut self.quality[i].1;
-        if q.joined_at != joined_at {
-            // A new page knows nothing of what the old one was told.
-            *q = quality::Participant::new(joined_at);
-        }
-        q
+        quality_in(&mut self.quality, id, joined_at)
     }
 
     /// Evaluates every participant's connection quality, when due
@@ -2759,6 +2746,28 @@ impl MediaRoom {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The quality state of participant `id` in `quality` (made when missing; started again when
+/// the participant came back on a new socket since).
+fn quality_in<'q>(
+    quality: &'q mut Vec<(ParticipantId, quality::Participant)>,
+    id: &ParticipantId,
+    joined_at: Instant,
+) -> &'q mut quality::Participant {
+    let i = match quality.iter().position(|(p, _)| p == id) {
+        Some(i) => i,
+        None => {
+            quality.push((id.clone(), quality::Participant::new(joined_at)));
+            quality.len() - 1
+        }
+    };
+    let q = &mut quality[i].1;
+    if q.joined_at != joined_at {
+        // A new page knows nothing of what the old one was told.
+        *q = quality::Participant::new(joined_at);
+    }
+    q
 }
 
 #[cfg(test)]

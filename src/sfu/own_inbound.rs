@@ -44,7 +44,6 @@ use rtc::srtp::context::Context;
 
 use super::layer_rtx::{LAYER_RTX_SLOT, LayerRtxInterceptor};
 use super::nack::NackGenerator;
-use super::own_rtcp::Compound;
 use super::receipts::Receipts;
 use super::srtp_gcm::{self, Opener};
 use super::srtp_keys::SrtpKeys;
@@ -215,9 +214,10 @@ impl ReceiveSide {
         trio.receipts.send_own(&[avoid])
     }
 
-    /// The receipts due at `now`, as compound packets (for the shard to send, once it does).
-    pub fn receipts_due(&self, now: Instant) -> Vec<Compound> {
-        lock(&self.0).receipts.due(now)
+    /// The receipts due at `now`, written as compound packets (for the shard to send, once it
+    /// does: `Receipts::due_into`).
+    pub fn receipts_due_into(&self, now: Instant, wire: &mut Vec<u8>, ends: &mut Vec<usize>) {
+        lock(&self.0).receipts.due_into(now, wire, ends);
     }
 
     /// When the next receipt is due.

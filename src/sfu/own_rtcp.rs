@@ -125,7 +125,10 @@ impl Opened {
 /// A publisher connection's receipts, encrypted by the shard itself (see the module
 /// documentation).
 pub struct RtcpSealer {
+    /// SRTCP sealed by `rtc-srtp` (the AES-CM profiles)...
     context: Context,
+    /// ... or in place (the GCM profiles, `srtp_gcm`), byte for byte as `rtc-srtp` would.
+    gcm: Option<srtp_gcm::RtcpSealer>,
 }
 
 impl RtcpSealer {
@@ -134,13 +137,25 @@ impl RtcpSealer {
     pub fn new(keys: &SrtpKeys) -> Option<Self> {
         Some(Self {
             context: keys.local_context().ok()?,
+            gcm: srtp_gcm::handles(keys.profile)
+                .then(|| srtp_gcm::RtcpSealer::new(keys.profile, &keys.local))
+                .flatten(),
         })
     }
 
     /// A compound RTCP packet as an SRTCP datagram, ready for the socket.
-    pub fn seal(&mut self, packets: &[Box<dyn rtcp::Packet>]) -> Result<bytes::BytesMut, Box<dyn std::error::Error>> {
+    pub fn seal(&mut self, packets: &[Box<dyn rtcp::Packet>]) -> Result<BytesMut, Box<dyn std::error::Error>> {
         let plain = rtcp::packet::marshal(packets)?;
-        Ok(self.context.encrypt_rtcp(&plain)?)
+        self.seal_in(&plain, &mut BytesMut::new())
+    }
+
+    /// A compound RTCP packet on the wire as an SRTCP datagram, sealed in space cut from
+    /// `arena` for the GCM profiles (`srtp_gcm::RtcpSealer::seal_in`).
+    pub fn seal_in(&mut self, plain: &[u8], arena: &mut BytesMut) -> Result<BytesMut, Box<dyn std::error::Error>> {
+        match self.gcm.as_mut() {
+            Some(gcm) => Ok(gcm.seal_in(plain, arena)?),
+            None => Ok(self.context.encrypt_rtcp(plain)?),
+        }
     }
 }
 

@@ -90,6 +90,11 @@ pub struct Peers {
     /// Where forwarded copies are sealed (`srtp_gcm::Sealer::seal_in`), the same way: its
     /// space taken again once the datagrams cut from it were sent.
     out_arena: BytesMut,
+    /// Publishers' receipts on the wire before they are sealed (`Receipts::due_into`): the
+    /// compounds one after the other, each one's end, and the sealed datagrams; kept.
+    receipt_wire: Vec<u8>,
+    receipt_ends: Vec<usize>,
+    receipt_sealed: Vec<BytesMut>,
     /// The RTCP the last datagram taken by the shard itself was, for the room, and its
     /// connection (`own_rtcp`).
     fast_rtcp: Option<(ConnId, super::own_rtcp::Opened)>,
@@ -172,6 +177,9 @@ impl Peers {
             fast_conn: 0,
             spare_extensions: Vec::new(),
             out_arena: BytesMut::with_capacity(ARENA),
+            receipt_wire: Vec::new(),
+            receipt_ends: Vec::new(),
+            receipt_sealed: Vec::new(),
             fast_rtcp: None,
             dirty: Vec::new(),
             written: Vec::new(),
@@ -1122,28 +1130,32 @@ impl Peers {
         let (Some(hosted), Some(sealer)) = (conn.hosted.as_ref(), conn.receipts_out.as_mut()) else {
             return;
         };
-        let due = hosted.receipts_due(now);
-        if due.is_empty() {
+        self.receipt_wire.clear();
+        self.receipt_ends.clear();
+        hosted.receipts_due_into(now, &mut self.receipt_wire, &mut self.receipt_ends);
+        if self.receipt_ends.is_empty() {
             return;
         }
-        let to = conn.nominated.or(conn.out_path);
-        let mut sealed = Vec::with_capacity(due.len());
-        for compound in &due {
-            match sealer.seal(compound) {
+        let Some(to) = conn.nominated.or(conn.out_path) else {
+            Counters::add(&self.counters.dropped_packets, self.receipt_ends.len() as u64);
+            return;
+        };
+        let mut sealed = std::mem::take(&mut self.receipt_sealed);
+        let mut start = 0;
+        for &end in &self.receipt_ends {
+            match sealer.seal_in(&self.receipt_wire[start..end], &mut self.out_arena) {
                 Ok(datagram) => sealed.push(datagram),
                 Err(e) => {
                     tracing::trace!(shard = self.shard, conn = id, "own receipts: {e}");
                     Counters::add(&self.counters.dropped_packets, 1);
                 }
             }
+            start = end;
         }
-        let Some(to) = to else {
-            Counters::add(&self.counters.dropped_packets, sealed.len() as u64);
-            return;
-        };
-        for datagram in sealed {
+        for datagram in sealed.drain(..) {
             self.send_bytes(id, to, datagram);
         }
+        self.receipt_sealed = sealed;
     }
 
     /// Sends one datagram (or frame) of the shard's own to a connection's path: dropped and

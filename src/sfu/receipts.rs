@@ -31,8 +31,10 @@
 //!   after a quiet spell finds its deadline passed and is acknowledged at once.
 //! - **Sent by the shard** once the connection's keys are known ([`Receipts::send_own`]):
 //!   from then on `rtc`'s chain gets nothing from it on a timeout and no deadline; the shard
-//!   asks [`Receipts::due`] on the connection's timer itself and encrypts the reports with an
-//!   SRTCP context of its own (`own_rtcp::RtcpSealer`), without a drive of `rtc`. They are
+//!   asks [`Receipts::due_into`] on the connection's timer itself, which writes the reports
+//!   straight to the wire (as `rtc-rtcp` would marshal them, into buffers the shard keeps), and
+//!   seals them with an SRTCP context of its own (`own_rtcp::RtcpSealer`), without a drive of
+//!   `rtc` and without an allocation per report. They are
 //!   sent from a new SSRC then, one `rtc` never sent from: each SSRC's SRTCP index is then
 //!   counted by one context only, so no AES-GCM nonce is used twice.
 
@@ -40,13 +42,15 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket};
+#[cfg(test)]
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
+#[cfg(test)]
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
-    PacketStatusChunk, RecvDelta, RunLengthChunk, StatusChunkTypeTcc, StatusVectorChunk, SymbolSizeTypeTcc,
-    SymbolTypeTcc, TransportLayerCc,
+    PacketStatusChunk, RunLengthChunk, StatusChunkTypeTcc, StatusVectorChunk, SymbolSizeTypeTcc, TransportLayerCc,
 };
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::{RecvDelta, SymbolTypeTcc};
 use rtc::sansio::Protocol;
 use rtc::shared::TransportContext;
 use rtc::shared::error::Error;
@@ -179,38 +183,78 @@ impl Receipts {
     }
 
     /// The reports due at `now`, as RTCP compound packets (the receiver report, when due,
-    /// first, with the first feedback report).
+    /// first, with the first feedback report): [`due_into`](Self::due_into) read back with
+    /// `rtc-rtcp`, for `rtc`'s chain (before the shard sends them itself) and tests.
     pub fn due(&mut self, now: Instant) -> Vec<Compound> {
-        let mut out: Vec<Compound> = Vec::new();
+        let (mut wire, mut ends) = (Vec::new(), Vec::new());
+        self.due_into(now, &mut wire, &mut ends);
+        let mut start = 0;
+        ends.iter()
+            .filter_map(|&end| {
+                let compound = rtc::rtcp::packet::unmarshal(&mut &wire[start..end]);
+                debug_assert!(compound.is_ok(), "our own receipts read back: {compound:?}");
+                start = end;
+                compound.ok()
+            })
+            .collect()
+    }
+
+    /// The reports due at `now`, written to `wire` as RTCP compound packets one after the
+    /// other, each one's end pushed to `ends` (the receiver report, when due, first, with the
+    /// first feedback report). Writes as `rtc-rtcp` marshals, byte for byte, and allocates
+    /// nothing once `wire`, `ends` and the feedback's scratch have grown to a turn's size.
+    pub fn due_into(&mut self, now: Instant, wire: &mut Vec<u8>, ends: &mut Vec<usize>) {
+        let mut report = false;
         if self.report_heard && self.report_next.is_some_and(|due| now >= due) {
             self.report_heard = false;
             self.report_next = Some(now + REPORT_INTERVAL);
-            let reports: Vec<ReceptionReport> = self
-                .streams
-                .iter_mut()
-                .filter(|s| s.heard)
-                .map(|s| s.report(now))
-                .take(31)
-                .collect();
-            if !reports.is_empty() {
-                out.push(vec![Box::new(ReceiverReport {
-                    ssrc: self.sender_ssrc,
-                    reports,
-                    ..Default::default()
-                })]);
+            let start = wire.len();
+            wire.extend_from_slice(&[0x80, RECEIVER_REPORT, 0, 0]);
+            wire.extend_from_slice(&self.sender_ssrc.to_be_bytes());
+            let mut count = 0u8;
+            for s in self.streams.iter_mut().filter(|s| s.heard).take(31) {
+                s.report(now).write(wire);
+                count += 1;
+            }
+            if count == 0 {
+                wire.truncate(start);
+            } else {
+                wire[start] |= count;
+                wire[start + 2..start + 4].copy_from_slice(&(1 + 6 * u16::from(count)).to_be_bytes());
+                report = true;
             }
         }
+        let before = ends.len();
         if self.twcc.due().is_some_and(|due| now >= due) {
-            let feedback = self.twcc.feedback(now, self.sender_ssrc);
-            let mut feedback = feedback.into_iter();
-            if let Some(report) = out.first_mut()
-                && let Some(first) = feedback.next()
-            {
-                report.push(Box::new(first));
-            }
-            out.extend(feedback.map(|f| vec![Box::new(f) as Box<dyn rtc::rtcp::Packet>]));
+            // Each feedback report ends a compound: the receiver report rides with the first.
+            self.twcc.feedback_into(now, self.sender_ssrc, wire, ends);
         }
-        out
+        if report && ends.len() == before {
+            ends.push(wire.len());
+        }
+    }
+}
+
+/// RTCP's packet types written here.
+const RECEIVER_REPORT: u8 = 201;
+const TRANSPORT_FEEDBACK: u8 = 205;
+/// The TWCC feedback's format in the transport feedback type.
+const FORMAT_TWCC: u8 = 15;
+
+/// A report block on the wire, as `rtc-rtcp` marshals it.
+trait WriteBlock {
+    fn write(&self, wire: &mut Vec<u8>);
+}
+
+impl WriteBlock for ReceptionReport {
+    fn write(&self, wire: &mut Vec<u8>) {
+        wire.extend_from_slice(&self.ssrc.to_be_bytes());
+        wire.push(self.fraction_lost);
+        wire.extend_from_slice(&self.total_lost.to_be_bytes()[1..]);
+        wire.extend_from_slice(&self.last_sequence_number.to_be_bytes());
+        wire.extend_from_slice(&self.jitter.to_be_bytes());
+        wire.extend_from_slice(&self.last_sender_report.to_be_bytes());
+        wire.extend_from_slice(&self.delay.to_be_bytes());
     }
 }
 
@@ -233,6 +277,15 @@ struct Twcc {
     /// Arrivals reached [`MAX_ARRIVALS`] at this time: the report is due.
     full: Option<Instant>,
     pace: FeedbackPace,
+    /// A report's statuses and deltas, kept from one report to the next.
+    scratch: Scratch,
+}
+
+/// [`Builder`]'s lists, reused.
+#[derive(Default)]
+struct Scratch {
+    statuses: Vec<SymbolTypeTcc>,
+    deltas: Vec<RecvDelta>,
 }
 
 impl Twcc {
@@ -263,8 +316,9 @@ impl Twcc {
         Some(self.pace.next().map_or(due, |next| due.max(next)))
     }
 
-    /// The feedback reports for the arrivals since the last (see the module documentation).
-    fn feedback(&mut self, now: Instant, sender_ssrc: u32) -> Vec<TransportLayerCc> {
+    /// The feedback reports for the arrivals since the last (see the module documentation),
+    /// written to `wire`, each one's end pushed to `ends`.
+    fn feedback_into(&mut self, now: Instant, sender_ssrc: u32, wire: &mut Vec<u8>, ends: &mut Vec<usize>) {
         self.heard = false;
         self.full = None;
         self.next = Some(now + FEEDBACK_MIN);
@@ -275,7 +329,6 @@ impl Twcc {
         arrivals.sort_unstable();
         arrivals.dedup_by_key(|&mut (seq, _)| seq);
         let reported_end = self.reported_end;
-        let mut out = Vec::new();
         let mut building: Option<Builder> = None;
         let mut last_seq = i64::MIN;
         for &(seq, at) in &arrivals {
@@ -288,13 +341,14 @@ impl Twcc {
             });
             if !fits {
                 if let Some(b) = building.take() {
-                    out.push(b.finish(sender_ssrc, self.media_ssrc, &mut self.count));
+                    self.scratch = b.finish_into(sender_ssrc, self.media_ssrc, &mut self.count, wire);
+                    ends.push(wire.len());
                 }
                 let base = match reported_end {
                     Some(end) if end < seq && seq - end <= MAX_LEAD => end,
                     _ => seq,
                 };
-                let mut b = Builder::new(base, at);
+                let mut b = Builder::reusing(base, at, std::mem::take(&mut self.scratch));
                 let added = b.add(seq, at);
                 debug_assert!(added, "a new report takes its first packet");
                 building = Some(b);
@@ -302,14 +356,14 @@ impl Twcc {
             last_seq = seq;
         }
         if let Some(b) = building {
-            out.push(b.finish(sender_ssrc, self.media_ssrc, &mut self.count));
+            self.scratch = b.finish_into(sender_ssrc, self.media_ssrc, &mut self.count, wire);
+            ends.push(wire.len());
         }
         if let Some(&(seq, _)) = arrivals.last() {
             self.reported_end = Some(self.reported_end.map_or(seq + 1, |end| end.max(seq + 1)));
         }
         arrivals.clear();
         self.arrivals = arrivals;
-        out
     }
 }
 
@@ -326,15 +380,23 @@ struct Builder {
 }
 
 impl Builder {
+    #[cfg(test)]
     fn new(base: i64, first_at: i64) -> Self {
+        Self::reusing(base, first_at, Scratch::default())
+    }
+
+    /// A report from `base` whose first packet arrived at `first_at`, in `scratch`'s lists.
+    fn reusing(base: i64, first_at: i64, mut scratch: Scratch) -> Self {
         let reference = first_at.div_euclid(64_000);
+        scratch.statuses.clear();
+        scratch.deltas.clear();
         Self {
             base,
             next: base,
             reference,
             last: reference * 64_000,
-            statuses: Vec::new(),
-            deltas: Vec::new(),
+            statuses: scratch.statuses,
+            deltas: scratch.deltas,
         }
     }
 
@@ -368,6 +430,44 @@ impl Builder {
         true
     }
 
+    /// The report written to `wire` as `rtc-rtcp` marshals a `TransportLayerCc` with
+    /// [`chunks`]' chunks (padded to a word, the padding's length in its last octet, the P bit
+    /// set); its lists handed back.
+    fn finish_into(self, sender_ssrc: u32, media_ssrc: u32, count: &mut u8, wire: &mut Vec<u8>) -> Scratch {
+        let fb_pkt_count = *count;
+        *count = count.wrapping_add(1);
+        let start = wire.len();
+        wire.extend_from_slice(&[0x80 | FORMAT_TWCC, TRANSPORT_FEEDBACK, 0, 0]);
+        wire.extend_from_slice(&sender_ssrc.to_be_bytes());
+        wire.extend_from_slice(&media_ssrc.to_be_bytes());
+        wire.extend_from_slice(&(self.base as u16).to_be_bytes());
+        wire.extend_from_slice(&(self.statuses.len() as u16).to_be_bytes());
+        let reference = (self.reference as u32) & 0x00ff_ffff;
+        wire.extend_from_slice(&(reference << 8 | u32::from(fb_pkt_count)).to_be_bytes());
+        write_chunks(&self.statuses, wire);
+        for d in &self.deltas {
+            let units = d.delta / DELTA_UNIT;
+            if d.type_tcc_packet == SymbolTypeTcc::PacketReceivedSmallDelta {
+                wire.push(units as u8);
+            } else {
+                wire.extend_from_slice(&(units as i16).to_be_bytes());
+            }
+        }
+        let padding = (4 - (wire.len() - start) % 4) % 4;
+        if padding > 0 {
+            wire.extend(std::iter::repeat_n(0, padding - 1));
+            wire.push(padding as u8);
+            wire[start] |= 0x20;
+        }
+        let words = ((wire.len() - start) / 4 - 1) as u16;
+        wire[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
+        Scratch {
+            statuses: self.statuses,
+            deltas: self.deltas,
+        }
+    }
+
+    #[cfg(test)]
     fn finish(self, sender_ssrc: u32, media_ssrc: u32, count: &mut u8) -> TransportLayerCc {
         let fb_pkt_count = *count;
         *count = count.wrapping_add(1);
@@ -384,9 +484,34 @@ impl Builder {
     }
 }
 
+/// [`chunks`] on the wire, as `rtc-rtcp` marshals them.
+fn write_chunks(statuses: &[SymbolTypeTcc], wire: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < statuses.len() {
+        let first = statuses[i];
+        let run = statuses[i..].iter().take(0x1fff).take_while(|&&s| s == first).count();
+        if run >= 14 {
+            wire.extend_from_slice(&((first as u16) << 13 | run as u16).to_be_bytes());
+            i += run;
+            continue;
+        }
+        let one_bit = statuses[i..]
+            .iter()
+            .take(14)
+            .all(|&s| s != SymbolTypeTcc::PacketReceivedLargeDelta);
+        let (width, bits, mut word) = if one_bit { (14, 1, 0x8000u16) } else { (7, 2, 0xc000u16) };
+        for (k, &symbol) in statuses[i..].iter().take(width).enumerate() {
+            word |= (symbol as u16 & ((1 << bits) - 1)) << (14 - bits * (k as u16 + 1));
+        }
+        wire.extend_from_slice(&word.to_be_bytes());
+        i += width.min(statuses.len() - i);
+    }
+}
+
 /// The statuses as packet status chunks: a run of 14 or more alike as a run-length chunk,
 /// else 14 one-bit symbols when none is a large delta, else 7 two-bit ones (the last chunk
 /// padded with "not received", which a reader ignores past the status count).
+#[cfg(test)]
 fn chunks(statuses: &[SymbolTypeTcc]) -> Vec<PacketStatusChunk> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -696,7 +821,16 @@ mod tests {
                 break;
             }
             w.fired += 1;
-            for compound in r.due(until) {
+            // Written as `rtc-rtcp` marshals what it reads of it, byte for byte.
+            let (mut wire, mut ends) = (Vec::new(), Vec::new());
+            r.due_into(until, &mut wire, &mut ends);
+            let mut start = 0;
+            for &end in &ends {
+                let bytes = &wire[start..end];
+                start = end;
+                let compound = rtc::rtcp::packet::unmarshal(&mut &bytes[..]).expect("rtc reads our receipts");
+                let again = rtc::rtcp::packet::marshal(&compound).expect("marshals");
+                assert_eq!(&again[..], bytes, "written as rtc-rtcp writes it");
                 w.compounds.push(compound.len());
                 for p in compound {
                     let wire = p.marshal().expect("marshals");
@@ -978,6 +1112,36 @@ mod tests {
             .collect();
         let c = chunks(&mixed);
         assert_eq!(c.len(), 3, "14 one-bit symbols a chunk: {c:?}");
+    }
+
+    #[test]
+    fn chunks_are_written_as_rtc_marshals_them() {
+        use SymbolTypeTcc::*;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..500 {
+            let len = round % 60 + 1;
+            let statuses: Vec<SymbolTypeTcc> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Runs as often as mixtures: the symbol changes one time in four.
+                    match (x % 16, round % 3) {
+                        (0..=11, _) => PacketReceivedSmallDelta,
+                        (12..=13, _) => PacketNotReceived,
+                        (_, 0) => PacketReceivedSmallDelta,
+                        _ => PacketReceivedLargeDelta,
+                    }
+                })
+                .collect();
+            let mut ours = Vec::new();
+            write_chunks(&statuses, &mut ours);
+            let mut theirs = Vec::new();
+            for chunk in chunks(&statuses) {
+                theirs.extend_from_slice(&chunk.marshal().expect("marshals"));
+            }
+            assert_eq!(ours, theirs, "{statuses:?}");
+        }
     }
 
     #[test]
