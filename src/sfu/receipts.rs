@@ -47,9 +47,7 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
 #[cfg(test)]
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
-    PacketStatusChunk, RunLengthChunk, StatusChunkTypeTcc, StatusVectorChunk, SymbolSizeTypeTcc, TransportLayerCc,
-};
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{RecvDelta, SymbolTypeTcc};
 use rtc::sansio::Protocol;
 use rtc::shared::TransportContext;
@@ -431,7 +429,7 @@ impl Builder {
     }
 
     /// The report written to `wire` as `rtc-rtcp` marshals a `TransportLayerCc` with
-    /// [`chunks`]' chunks (padded to a word, the padding's length in its last octet, the P bit
+    /// [`write_chunks`]' chunks (padded to a word, the padding's length in its last octet, the P bit
     /// set); its lists handed back.
     fn finish_into(self, sender_ssrc: u32, media_ssrc: u32, count: &mut u8, wire: &mut Vec<u8>) -> Scratch {
         let fb_pkt_count = *count;
@@ -466,25 +464,12 @@ impl Builder {
             deltas: self.deltas,
         }
     }
-
-    #[cfg(test)]
-    fn finish(self, sender_ssrc: u32, media_ssrc: u32, count: &mut u8) -> TransportLayerCc {
-        let fb_pkt_count = *count;
-        *count = count.wrapping_add(1);
-        TransportLayerCc {
-            sender_ssrc,
-            media_ssrc,
-            base_sequence_number: self.base as u16,
-            packet_status_count: self.statuses.len() as u16,
-            reference_time: (self.reference as u32) & 0x00ff_ffff,
-            fb_pkt_count,
-            packet_chunks: chunks(&self.statuses),
-            recv_deltas: self.deltas,
-        }
-    }
 }
 
-/// [`chunks`] on the wire, as `rtc-rtcp` marshals them.
+/// The statuses as packet status chunks on the wire, as `rtc-rtcp` marshals them: a run of 14
+/// or more alike as a run-length chunk, else 14 one-bit symbols when none is a large delta,
+/// else 7 two-bit ones (the last chunk padded with "not received", which a reader ignores past
+/// the status count).
 fn write_chunks(statuses: &[SymbolTypeTcc], wire: &mut Vec<u8>) {
     let mut i = 0;
     while i < statuses.len() {
@@ -506,47 +491,6 @@ fn write_chunks(statuses: &[SymbolTypeTcc], wire: &mut Vec<u8>) {
         wire.extend_from_slice(&word.to_be_bytes());
         i += width.min(statuses.len() - i);
     }
-}
-
-/// The statuses as packet status chunks: a run of 14 or more alike as a run-length chunk,
-/// else 14 one-bit symbols when none is a large delta, else 7 two-bit ones (the last chunk
-/// padded with "not received", which a reader ignores past the status count).
-#[cfg(test)]
-fn chunks(statuses: &[SymbolTypeTcc]) -> Vec<PacketStatusChunk> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < statuses.len() {
-        let first = statuses[i];
-        let run = statuses[i..].iter().take(0x1fff).take_while(|&&s| s == first).count();
-        if run >= 14 {
-            out.push(PacketStatusChunk::RunLengthChunk(RunLengthChunk {
-                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
-                packet_status_symbol: first,
-                run_length: run as u16,
-            }));
-            i += run;
-            continue;
-        }
-        let one_bit = statuses[i..]
-            .iter()
-            .take(14)
-            .all(|&s| s != SymbolTypeTcc::PacketReceivedLargeDelta);
-        let (size, width) = if one_bit {
-            (SymbolSizeTypeTcc::OneBit, 14)
-        } else {
-            (SymbolSizeTypeTcc::TwoBit, 7)
-        };
-        let mut symbol_list: Vec<SymbolTypeTcc> = statuses[i..].iter().take(width).copied().collect();
-        let taken = symbol_list.len();
-        symbol_list.resize(width, SymbolTypeTcc::PacketNotReceived);
-        out.push(PacketStatusChunk::StatusVectorChunk(StatusVectorChunk {
-            type_tcc: StatusChunkTypeTcc::StatusVectorChunk,
-            symbol_size: size,
-            symbol_list,
-        }));
-        i += taken;
-    }
-    out
 }
 
 /// One received stream's statistics for its report block (RFC 3550 appendix A.1, A.3, A.8).
@@ -760,6 +704,9 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use rtc::interceptor::RTPHeaderExtension;
+    use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
+        PacketStatusChunk, RunLengthChunk, StatusVectorChunk, SymbolSizeTypeTcc,
+    };
     use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
     use rtc::shared::marshal::{Marshal, Unmarshal};
 
@@ -1069,14 +1016,14 @@ mod tests {
         for (seq, at) in arrivals {
             assert!(b.add(seq, at));
         }
-        let cc = b.finish(1, 2, &mut 0);
-        assert!(
-            cc.packet_chunks.len() <= 3,
-            "the run of 40 in one chunk: {:?}",
-            cc.packet_chunks
-        );
-        let wire = cc.marshal().expect("marshals");
+        let mut wire = Vec::new();
+        b.finish_into(1, 2, &mut 0, &mut wire);
         let back = TransportLayerCc::unmarshal(&mut &wire[..]).expect("parses");
+        assert!(
+            back.packet_chunks.len() <= 3,
+            "the run of 40 in one chunk: {:?}",
+            back.packet_chunks
+        );
         let (received, missing) = acked(&[back]);
         assert_eq!(missing, (1_001..1_041).collect::<Vec<u16>>());
         let want: Vec<(u16, i64)> = arrivals.iter().map(|&(s, at)| (s as u16, at - 70_000)).collect();
@@ -1089,6 +1036,21 @@ mod tests {
         let mut b = Builder::new(seq, at);
         assert!(b.add(seq, at));
         b
+    }
+
+    /// `write_chunks`' chunks as `rtc-rtcp` reads them, word by word.
+    fn chunks(statuses: &[SymbolTypeTcc]) -> Vec<PacketStatusChunk> {
+        let mut wire = Vec::new();
+        write_chunks(statuses, &mut wire);
+        wire.chunks_exact(2)
+            .map(|mut word| {
+                if word[0] & 0x80 == 0 {
+                    PacketStatusChunk::RunLengthChunk(RunLengthChunk::unmarshal(&mut word).expect("a run"))
+                } else {
+                    PacketStatusChunk::StatusVectorChunk(StatusVectorChunk::unmarshal(&mut word).expect("a vector"))
+                }
+            })
+            .collect()
     }
 
     #[test]
