@@ -6,7 +6,8 @@
 //! those lookups were about 7 % of the shard's whole path per packet (issue 13, profile in
 //! docs/BENCHMARKS.md). SipHash's keyed randomness guards against keys an attacker chooses;
 //! these keys are counters of ours, so a multiplicative (Fibonacci) hash is enough. Keys that
-//! come from the network (addresses, ufrags) keep the standard hasher.
+//! come from the network keep a seeded hasher: ufrags the standard one, source addresses
+//! (looked up for every datagram, `demux::Router`) `foldhash`'s per-process seeded one.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -432,9 +432,11 @@ impl Peers {
             && conn.nominated == Some(path)
             && conn.pending_nomination.is_none()
             && demux::binding_request(&data).is_some()
-            && let Some(answer) = ice_lite::answer_check(&data, path.addr(), &conn.local_pwd)
+            && ice_lite::answer_check(&data, path.addr(), &conn.local_pwd, &mut self.out_arena)
         {
-            self.send_on(id, path, answer);
+            // Written where forwarded copies are sealed: no allocation of its own.
+            let answer = self.out_arena.split();
+            self.send_bytes(id, path, answer);
             return None;
         }
         // A publisher's media on a stream taken over: opened by the shard and fed to the
@@ -1159,12 +1161,8 @@ impl Peers {
     }
 
     /// Sends one datagram (or frame) of the shard's own to a connection's path: dropped and
-    /// counted when the socket buffer or the link is full, as `rtc`'s are.
-    fn send_on(&mut self, id: ConnId, to: Path, datagram: Vec<u8>) {
-        self.send_bytes(id, to, BytesMut::from(&datagram[..]));
-    }
-
-    /// [`send_on`](Self::send_on) of a buffer; whether it was queued or sent.
+    /// counted when the socket buffer or the link is full, as `rtc`'s are. Whether it was
+    /// queued or sent.
     fn send_bytes(&mut self, id: ConnId, to: Path, datagram: BytesMut) -> bool {
         let sent = match to {
             Path::Udp(addr) => {

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{self, Conn, RoomId};
 use super::ice_lite;
+use super::idmap::IdMap;
 use super::media_room::{ConnId, Effect, MediaRoom, Offer};
 use super::peers::Peers;
 use super::relay::{self, MeetingKey, Outgoing, Spread};
@@ -143,7 +144,8 @@ impl Hosted {
 pub struct Shard {
     index: usize,
     peers: Peers,
-    rooms: HashMap<RoomId, Hosted>,
+    /// By our own room ids: looked up for every forwarded packet, so not SipHash (`idmap`).
+    rooms: IdMap<RoomId, Hosted>,
     room_ids: HashMap<MeetingId, RoomId>,
     next_room: RoomId,
     /// Scratch: effects of the room input being handled, offers of this turn.
@@ -202,7 +204,7 @@ impl Shard {
         Self {
             index,
             peers,
-            rooms: HashMap::new(),
+            rooms: IdMap::default(),
             room_ids: HashMap::new(),
             next_room: 1,
             effects: Vec::new(),

@@ -201,6 +201,7 @@ impl MediaRoom {
         let info = mirrored.info.clone();
         tracing::debug!(meeting_id = %self.meeting_id, participant_id = %info.participant_id, track_id = %info.track_id, source, "mirrored track published");
         self.tracks.push(Track::first(info.clone(), stream, Some(source)));
+        self.reroute();
         self.signal_all(&ServerMessage::TrackPublished { track: info }, effects);
         let t = self.tracks.len() - 1;
         let members: Vec<_> = self.members.iter().map(|m| m.id.clone()).collect();
