@@ -19,7 +19,10 @@ D=$OUT/data; R=$OUT/runs; mkdir -p $D $R
 SHARDS=${SHARDS:-1}; GW_CPUS=${GW_CPUS:-0}; LT_CPUS=${LT_CPUS:-1}; PORT=${PORT:-8443}; MEDIA_PORT=${MEDIA_PORT:-7882}
 . "$HERE/rig.sh"
 # Every load-tester participant connects from one address: lift the per-address connection limit.
-GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 "${IN_GW[@]}" taskset -c $GW_CPUS $BIN serve --data-dir $D --listen $HOST:$PORT --media-bind $HOST:$MEDIA_PORT --media-shards $SHARDS ${SPLIT_AT:+--media-split-at $SPLIT_AT} > $R/$NAME.server.log 2>&1 &
+# In a session of its own (setsid: a background job of this script is no group leader, so it
+# does not fork), so that the end of the run stops everything it started, also when BIN is a
+# wrapper that forks the gateway (a profiler, heaptrack).
+GATEHOUSE_MAX_CONNECTIONS_PER_IP=100000 setsid "${IN_GW[@]}" taskset -c $GW_CPUS $BIN serve --data-dir $D --listen $HOST:$PORT --media-bind $HOST:$MEDIA_PORT --media-shards $SHARDS ${SPLIT_AT:+--media-split-at $SPLIT_AT} > $R/$NAME.server.log 2>&1 &
 SP=$!
 for i in $(seq 50); do "${IN_GW[@]}" curl -sk https://$HOST:$PORT/metrics >/dev/null 2>&1 && break; sleep 0.2; done
 IDLE_RSS=$(awk '/VmRSS/{print $2}' /proc/$SP/status)
@@ -35,5 +38,5 @@ sleep 1
 echo "idle_rss_kb $IDLE_RSS rc $RC" > $R/$NAME.meta
 grep -c 'WARN' $R/$NAME.server.log >> $R/$NAME.meta
 grep -c 'ERROR' $R/$NAME.server.log >> $R/$NAME.meta
-kill $SP; wait $SP 2>/dev/null
+kill -- -$SP; wait $SP 2>/dev/null
 python3 $HERE/summ.py $R $NAME
