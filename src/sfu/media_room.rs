@@ -2866,6 +2866,8 @@ mod tests {
     const B_SUB: ConnId = 22;
     const C_SUB: ConnId = 23;
     const A_SUB: ConnId = 21;
+    /// A's publisher connection after it came back on a new socket.
+    const A_PUB2: ConnId = 31;
 
     fn room() -> MediaRoom {
         MediaRoom::new(
@@ -3547,9 +3549,32 @@ mod tests {
             .collect()
     }
 
+    /// A, back on a new socket, on its new publisher connection `conn`: it declares the same
+    /// sources on other mids than [`call`]'s (microphone "0", camera "1").
+    fn declare_again_on(room: &mut MediaRoom, conn: ConnId, at: Instant, fx: &mut Vec<Effect>) {
+        room.set_connection(A, PeerRole::Publisher, Some(conn));
+        room.declare(
+            A,
+            vec![
+                announce("0", TrackSource::Microphone),
+                announce("1", TrackSource::Camera),
+            ],
+            at,
+            fx,
+        );
+    }
+
+    /// A's camera arriving on its new publisher connection `conn` (see [`declare_again_on`]).
+    fn camera_again_on(conn: ConnId) -> Stream {
+        Stream {
+            conn,
+            replaces: false,
+            ..stream("1", 5000, "video/VP8")
+        }
+    }
+
     #[test]
     fn a_publisher_back_on_a_new_socket_keeps_its_track_ids_and_nobody_sees_churn() {
-        const A_PUB2: ConnId = 31;
         let start = Instant::now();
         let (mut room, _) = call(false, start);
         let (camera, mic) = (
@@ -3584,25 +3609,13 @@ mod tests {
         // The new publisher connection declares the same sources on other mids: nothing
         // is unpublished, and nobody is told.
         fx.clear();
-        room.set_connection(A, PeerRole::Publisher, Some(A_PUB2));
-        room.declare(
-            A,
-            vec![
-                announce("0", TrackSource::Microphone),
-                announce("1", TrackSource::Camera),
-            ],
-            start,
-            &mut fx,
-        );
+        declare_again_on(&mut room, A_PUB2, start, &mut fx);
         assert!(track_signals(&fx).is_empty(), "{:?}", track_signals(&fx));
 
         // Its camera arrives on the new connection: the same track follows it. Only the
         // owner hears `track_published` (with the old id), and a keyframe is asked for.
         let later = start + Duration::from_secs(1);
-        let mut camera_again = stream("1", 5000, "video/VP8");
-        camera_again.conn = A_PUB2;
-        camera_again.replaces = false;
-        room.stream_opened(A, camera_again, later, &mut fx);
+        room.stream_opened(A, camera_again_on(A_PUB2), later, &mut fx);
         assert_eq!(
             track_signals(&fx),
             vec![(ParticipantId::from(A), "published", camera.clone())]
@@ -3686,26 +3699,13 @@ mod tests {
 
     #[test]
     fn a_parked_track_published_again_within_the_grace_stays() {
-        const A_PUB2: ConnId = 31;
         let start = Instant::now();
         let (mut room, _) = call(false, start);
         let camera = track_id(&room, TrackSource::Camera);
         let mut fx = Vec::new();
         room.add_participant(A, ParticipantKind::Staff, true, start, &mut fx);
-        room.set_connection(A, PeerRole::Publisher, Some(A_PUB2));
-        room.declare(
-            A,
-            vec![
-                announce("0", TrackSource::Microphone),
-                announce("1", TrackSource::Camera),
-            ],
-            start,
-            &mut fx,
-        );
-        let mut camera_again = stream("1", 5000, "video/VP8");
-        camera_again.conn = A_PUB2;
-        camera_again.replaces = false;
-        room.stream_opened(A, camera_again, start + Duration::from_secs(1), &mut fx);
+        declare_again_on(&mut room, A_PUB2, start, &mut fx);
+        room.stream_opened(A, camera_again_on(A_PUB2), start + Duration::from_secs(1), &mut fx);
         fx.clear();
         // The camera was adopted; the microphone, declared but not arriving, is still parked.
         room.expire_parked(start + PARK_GRACE, &mut fx);
@@ -4394,7 +4394,6 @@ mod tests {
 
     #[test]
     fn routes_lead_each_publisher_packet_to_its_layer_through_every_change() {
-        const A_PUB2: ConnId = 31;
         let now = Instant::now();
         let (mut room, _) = call_with(true, &layers(), now);
         let conns = [A_PUB, A_PUB2, A_SUB, B_SUB, 0];
@@ -4421,19 +4420,8 @@ mod tests {
         routes_agree(&room, &conns, &ssrcs);
 
         // Its camera again on the new connection: adopted, routed from there only.
-        room.set_connection(A, PeerRole::Publisher, Some(A_PUB2));
-        room.declare(
-            A,
-            vec![
-                announce("0", TrackSource::Camera),
-                announce("1", TrackSource::Microphone),
-            ],
-            now,
-            &mut fx,
-        );
-        let mut camera = stream("0", 5000, "video/VP8");
-        camera.conn = A_PUB2;
-        room.stream_opened(A, camera, now, &mut fx);
+        declare_again_on(&mut room, A_PUB2, now, &mut fx);
+        room.stream_opened(A, camera_again_on(A_PUB2), now, &mut fx);
         assert_eq!(
             (room.route(A_PUB2, 5000), room.route(A_PUB, 5000)),
             (Some((0, 0)), None)
