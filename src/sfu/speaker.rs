@@ -212,6 +212,8 @@ struct Entry {
     participant_id: ParticipantId,
     level: f32,
     listed: bool,
+    /// Whether the evaluation under way has had its level (those without are dropped).
+    seen: bool,
     /// When its level was last at or above the threshold.
     last_active: Option<Instant>,
     /// Since when it has been louder than the dominant speaker (by the margin).
@@ -267,9 +269,12 @@ impl Detector {
     ) -> Option<Vec<ActiveSpeaker>> {
         self.next_evaluation = Some(now + self.params.evaluate_every);
         let threshold = self.params.threshold();
-        let mut seen = Vec::with_capacity(self.entries.len());
+        // Marked in place, not collected: an evaluation (every 200 ms per room) allocates
+        // nothing unless a track is new to it.
+        for entry in &mut self.entries {
+            entry.seen = false;
+        }
         for (track_id, participant_id, level) in levels {
-            seen.push(track_id.clone());
             let entry = match self.entries.iter_mut().position(|e| &e.track_id == track_id) {
                 Some(i) => &mut self.entries[i],
                 None => {
@@ -278,6 +283,7 @@ impl Detector {
                         participant_id: participant_id.clone(),
                         level: 0.0,
                         listed: false,
+                        seen: false,
                         last_active: None,
                         louder_since: None,
                     });
@@ -285,6 +291,7 @@ impl Detector {
                 }
             };
             entry.level = level;
+            entry.seen = true;
             if level > 0.0 && level >= threshold {
                 entry.listed = true;
                 entry.last_active = Some(now);
@@ -299,7 +306,7 @@ impl Detector {
                 entry.louder_since = None;
             }
         }
-        self.entries.retain(|e| seen.contains(&e.track_id));
+        self.entries.retain(|e| e.seen);
         self.choose_dominant(now);
         self.announce(now)
     }
