@@ -26,8 +26,7 @@ use bytes::{BufMut, BytesMut};
 use rtc::crypto::RTCCryptoProvider;
 use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
-use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter};
-use rtc::stun::xoraddr::XorMappedAddress;
+use rtc::stun::message::{BINDING_REQUEST, Message, Setter};
 
 fn crypto() -> Option<&'static dyn RTCCryptoProvider> {
     static PROVIDER: OnceLock<Option<std::sync::Arc<dyn RTCCryptoProvider>>> = OnceLock::new();
@@ -48,34 +47,15 @@ pub fn is_check(datagram: &[u8]) -> bool {
 /// from: our advertised address), MESSAGE-INTEGRITY keyed with the client's ICE
 /// password, FINGERPRINT. `None` if `check` is not a Binding request.
 pub fn answer_own_check(check: &[u8], mapped: SocketAddr, client_pwd: &str) -> Option<Vec<u8>> {
-    let mut request = Message::new();
-    request.unmarshal_binary(check).ok()?;
-    if request.typ != BINDING_REQUEST {
-        return None;
-    }
-    let crypto = crypto()?.crypto();
-    let mut response = Message::new();
-    let setters: [Box<dyn Setter + '_>; 5] = [
-        Box::new(BINDING_SUCCESS),
-        Box::new(request.transaction_id),
-        Box::new(XorMappedAddress {
-            ip: mapped.ip(),
-            port: mapped.port(),
-        }),
-        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-            client_pwd.to_owned(),
-            crypto,
-        )),
-        Box::new(FINGERPRINT),
-    ];
-    response.build(&setters).ok()?;
-    Some(response.raw)
+    let mut out = BytesMut::new();
+    answer_check(check, mapped, client_pwd, &mut out).then(|| out.to_vec())
 }
 
 /// The Binding success to a client's consent check, made by the shard itself (`Peers`
 /// answers checks on a connection's nominated path without `rtc` once it is up), written
-/// into `out` (cleared first; it grows only if too small): byte for byte what
-/// [`answer_own_check`] builds with `rtc`'s STUN message, from our side.
+/// into `out` (cleared first; it grows only if too small): byte for byte what `rtc`'s STUN
+/// message builds (the tests compare), from our side ([`answer_own_check`] is the same
+/// answer with the client's password).
 /// XOR-MAPPED-ADDRESS `from` (where the check came from), MESSAGE-INTEGRITY keyed with
 /// *our* password `local_pwd` (the key the client signed its check with; the caller has
 /// verified it, as the shard's screen does for every check), FINGERPRINT.
@@ -220,8 +200,10 @@ pub fn ice_pwd(sdp: &str) -> Option<String> {
 mod tests {
     use super::*;
     use rtc::stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
+    use rtc::stun::message::BINDING_SUCCESS;
     use rtc::stun::message::{Getter, TransactionId};
     use rtc::stun::textattrs::Username;
+    use rtc::stun::xoraddr::XorMappedAddress;
 
     fn check(pwd: &str) -> Message {
         let crypto = crypto().expect("provider").crypto();
@@ -238,6 +220,32 @@ mod tests {
         ];
         m.build(&setters).expect("build");
         m
+    }
+
+    /// The same answer built with `rtc`'s STUN message: what [`answer_check`] must write.
+    fn rtc_answer(check: &[u8], mapped: SocketAddr, pwd: &str) -> Option<Vec<u8>> {
+        let mut request = Message::new();
+        request.unmarshal_binary(check).ok()?;
+        if request.typ != BINDING_REQUEST {
+            return None;
+        }
+        let crypto = crypto()?.crypto();
+        let mut response = Message::new();
+        let setters: [Box<dyn Setter + '_>; 5] = [
+            Box::new(BINDING_SUCCESS),
+            Box::new(request.transaction_id),
+            Box::new(XorMappedAddress {
+                ip: mapped.ip(),
+                port: mapped.port(),
+            }),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_owned(),
+                crypto,
+            )),
+            Box::new(FINGERPRINT),
+        ];
+        response.build(&setters).ok()?;
+        Some(response.raw)
     }
 
     #[test]
@@ -299,7 +307,7 @@ mod tests {
     }
 
     /// The answer written in place is, byte for byte, the one `rtc`'s STUN message builds
-    /// ([`answer_own_check`]): random transactions, IPv4 and IPv6 addresses and ports,
+    /// ([`rtc_answer`]): random transactions, IPv4 and IPv6 addresses and ports,
     /// passwords of every length (HMAC keys shorter and longer than a SHA-1 block), with a
     /// buffer reused from answer to answer.
     #[test]
@@ -319,7 +327,7 @@ mod tests {
             };
             let from = SocketAddr::new(ip, rng.random());
             assert!(answer_check(&request.raw, from, &pwd, &mut out));
-            let rtc = answer_own_check(&request.raw, from, &pwd).expect("rtc's answer");
+            let rtc = rtc_answer(&request.raw, from, &pwd).expect("rtc's answer");
             assert_eq!(&out[..], &rtc[..], "{from} {pwd:?}");
         }
     }
