@@ -437,6 +437,13 @@ impl SfuCollector {
                 ),
                 |s| s.twcc_feedback_received,
             ),
+            (
+                counter(
+                    "gatehouse_sfu_rtc_timeouts_total",
+                    "Runs of the WebRTC stack's timers by the media shards (each a sweep of a connection's whole pipeline)",
+                ),
+                |s| s.rtc_timeouts,
+            ),
         ];
         Self {
             sfu,

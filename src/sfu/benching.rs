@@ -613,6 +613,37 @@ mod tests {
         }
     }
 
+    /// A busy call's connections run `rtc`'s timers about once a second each, not at its ICE
+    /// agent's 200 ms (issue 13; `timers::connected_due`), while every packet is forwarded
+    /// and acknowledged: three seconds of the shard's clock, a turn every 10 ms with one of
+    /// the publisher's packets in each (sans-IO: the shard's clock runs ahead of the wall's).
+    #[test]
+    fn a_busy_calls_connections_run_rtcs_timers_about_once_a_second() {
+        let mut h = FanOut::with_own_paths(2, true, true).expect("the meeting comes up");
+        h.maintain().expect("upkeep");
+        let (forwarded, runs) = (h.forwarded(), h.counters.snapshot().rtc_timeouts);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for k in 0..300u32 {
+            let at = t0 + Duration::from_millis(10) * k;
+            out.clear();
+            h.datagrams(1, &mut out);
+            for d in out.drain(..) {
+                h.shard.on_datagram(at, h.publisher.addr, d);
+            }
+            h.shard.end_turn(at);
+        }
+        assert_eq!(h.forwarded() - forwarded, 600, "each packet to both subscribers");
+        let runs = h.counters.snapshot().rtc_timeouts - runs;
+        // Three connections over three seconds: a run each at most once a second after the
+        // first (each may have one due at the start). At the ICE agent's pace it was 45.
+        assert!(runs <= 3 * 4, "rtc's timers ran {runs} times");
+        // Still run, each at least once: its sender reports and the agent's bookkeeping are
+        // not dropped.
+        assert!(runs >= 3, "rtc's timers ran only {runs} times");
+        assert_eq!(h.dropped(), 0);
+    }
+
     #[test]
     fn copies_encrypted_by_the_shard_are_opened_and_reported() {
         for own in [false, true] {

@@ -139,6 +139,8 @@ pub struct Conn {
     pub written: usize,
     /// When its timer was last re-armed from `rtc`'s `poll_timeout` (`Peers::settle_media`).
     pub rearmed_at: Option<Instant>,
+    /// When its timer last ran `rtc`'s `handle_timeout` (`timers::connected_due`).
+    pub swept_at: Option<Instant>,
     /// When RTP was last read from it or written into it: a connection without any for a
     /// while is quiet, and its timer fires on a coarse grid (`timers::quiet_slot`).
     pub last_media: Option<Instant>,
@@ -164,9 +166,10 @@ pub struct Conn {
     /// receiving side starts (`own_rtcp::RtcpSealer`, `Receipts::send_own`): its timer then
     /// serves them and `rtc`'s deadline apart.
     pub receipts_out: Option<Box<RtcpSealer>>,
-    /// `rtc`'s own next deadline as its `poll_timeout` said at the last re-arm, `None` when
-    /// unknown (`rtc` was touched since, or a NACK fell due): with [`receipts_out`], a timer
-    /// that finds it not due sends the receipts without a drive of `rtc`.
+    /// `rtc`'s own next deadline as its `poll_timeout` said at the last re-arm, as the timer
+    /// serves it (`timers::connected_due`), `None` when unknown (`rtc` was touched since, or
+    /// a NACK fell due): with [`receipts_out`], a timer that finds it not due sends the
+    /// receipts without a drive of `rtc`.
     ///
     /// [`receipts_out`]: Self::receipts_out
     pub rtc_due: Option<Option<Instant>>,
@@ -211,6 +214,7 @@ impl Conn {
             layer_rtx: SharedSettings::default(),
             written: 0,
             rearmed_at: None,
+            swept_at: None,
             last_media: None,
             out_path: None,
             keys: None,

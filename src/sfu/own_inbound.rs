@@ -220,6 +220,11 @@ impl ReceiveSide {
         lock(&self.0).receipts.due_into(now, wire, ends);
     }
 
+    /// When the NACK generator asks to run next (`None`: nothing missing).
+    pub fn nack_next_due(&self) -> Option<Instant> {
+        lock(&self.0).nack.poll_timeout()
+    }
+
     /// When the next receipt is due.
     pub fn receipts_next_due(&self) -> Option<Instant> {
         lock(&self.0).receipts.next_due()

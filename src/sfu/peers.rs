@@ -1184,10 +1184,17 @@ impl Peers {
 
     /// Arms the connection's next deadline on the timer grid.
     fn rearm(&mut self, id: ConnId, now: Instant) {
-        let Some(next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
+        let Some(mut next) = self.guard(id, "poll_timeout", |pc| pc.poll_timeout()) else {
             return;
         };
         if let Some(conn) = self.conns.get_mut(&id) {
+            // Once up, `rtc` is run for the NACK generator on time, for the rest once a second.
+            if conn.connected
+                && let Some(at) = next
+            {
+                let nack = conn.hosted.as_ref().and_then(|h| h.nack_next_due());
+                next = Some(super::timers::connected_due(at, nack, conn.swept_at));
+            }
             conn.rearmed_at = Some(now);
             conn.rtc_due = Some(next);
         }
@@ -1252,7 +1259,14 @@ impl Peers {
                 return false;
             }
         }
-        match self.guard(id, "handle_timeout", |pc| pc.handle_timeout(now)) {
+        let run = self.guard(id, "handle_timeout", |pc| pc.handle_timeout(now));
+        if run.is_some() {
+            Counters::add(&self.counters.rtc_timeouts, 1);
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.swept_at = Some(now);
+            }
+        }
+        match run {
             Some(Ok(())) => true,
             Some(Err(e)) => {
                 tracing::debug!(shard = self.shard, conn = id, "handle_timeout: {e}");

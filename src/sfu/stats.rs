@@ -83,6 +83,9 @@ pub struct Counters {
     /// Transport-wide congestion control feedback packets received from subscribers (what
     /// `bwe` estimates their downlinks from). Shard counters only.
     pub twcc_feedback_received: AtomicU64,
+    /// Runs of the WebRTC stack's timers (`rtc`'s `handle_timeout`, each a sweep of its whole
+    /// pipeline), by the shard's timer. Shard counters only.
+    pub rtc_timeouts: AtomicU64,
     /// ICE connected to DTLS connected (keys ready), per peer connection.
     pub ice_to_dtls: LatencyHistogram,
     /// A participant entering the call to the first media packet written to it.
@@ -205,6 +208,7 @@ pub struct CountersSnapshot {
     pub coalesce_pauses: u64,
     pub coalesced_datagrams: u64,
     pub twcc_feedback_received: u64,
+    pub rtc_timeouts: u64,
 }
 
 impl Counters {
@@ -257,6 +261,7 @@ impl Counters {
                 coalesce_pauses: acc.coalesce_pauses + s.coalesce_pauses,
                 coalesced_datagrams: acc.coalesced_datagrams + s.coalesced_datagrams,
                 twcc_feedback_received: acc.twcc_feedback_received + s.twcc_feedback_received,
+                rtc_timeouts: acc.rtc_timeouts + s.rtc_timeouts,
             }
         })
     }
@@ -295,6 +300,7 @@ impl Counters {
             coalesce_pauses: get(&self.coalesce_pauses),
             coalesced_datagrams: get(&self.coalesced_datagrams),
             twcc_feedback_received: get(&self.twcc_feedback_received),
+            rtc_timeouts: get(&self.rtc_timeouts),
         }
     }
 }

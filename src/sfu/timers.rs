@@ -30,6 +30,38 @@ pub const QUIET_AFTER: Duration = Duration::from_secs(1);
 /// cost).
 pub const QUIET_TICK: Duration = Duration::from_secs(1);
 
+/// How often, at most, a connected connection's timer runs `rtc`'s `handle_timeout` for
+/// anything but the NACK generator (see [`connected_due`]).
+pub const CONNECTED_SWEEP: Duration = Duration::from_secs(1);
+
+/// When a connected connection's timer serves `rtc`'s deadline `at` (its `poll_timeout`: the
+/// earliest of all its handlers' and interceptors'), given `nack`, our NACK generator's
+/// deadline (a publisher's; `None` when nothing is missing or it is a subscriber), and
+/// `swept`, when the timer last ran `rtc`'s `handle_timeout`.
+///
+/// Once a connection is up, in our configuration, only the NACK generator needs its time:
+/// `rtc`'s ICE agent asks to run every 200 ms, but with ICE-lite and its disconnected and
+/// failed timeouts off (the shard judges consent) a run only marks the selected pair
+/// connected again; the sender-report interceptor runs once a second; DTLS retransmits
+/// only during its handshake, before the connection is up; there are no data channels, so
+/// no SCTP timers. The shard's own timers (receipts, our sender reports, speakers, quality)
+/// are not `rtc`'s. So `at` is served as it is when it is the NACK generator's, and
+/// otherwise no sooner than [`CONNECTED_SWEEP`] after the last run (already due or not: an
+/// overdue ICE run is as idle as a timely one), but never after the NACK generator's.
+/// Each run is a sweep of `rtc`'s whole pipeline and the drive after it five more (issue 13):
+/// a busy connection was swept about five times a second for nothing. A sender report
+/// due a second after the last run is served on time.
+pub fn connected_due(at: Instant, nack: Option<Instant>, swept: Option<Instant>) -> Instant {
+    if nack.is_some_and(|n| n <= at) {
+        return at;
+    }
+    let Some(swept) = swept else {
+        return at;
+    };
+    let relaxed = at.max(swept + CONNECTED_SWEEP);
+    nack.map_or(relaxed, |n| relaxed.min(n))
+}
+
 /// Whether a connection is quiet at `now`: up (`connected`: DTLS done, so no handshake
 /// retransmission is pending) and no RTP read from it or written into it since
 /// [`QUIET_AFTER`] (`last_media`: the last one, if any). RTCP does not count: a browser
@@ -286,6 +318,58 @@ mod tests {
             !is_quiet(true, Some(t0 + ms(10)), t0),
             "a clock read out of order is not quiet"
         );
+    }
+
+    /// Every case of [`connected_due`]: the NACK generator's deadline as it is (due or not),
+    /// any other at most once per sweep period after the last run (overdue ones too), never
+    /// after the NACK generator's, and as it is before the first run.
+    #[test]
+    fn a_connected_connection_runs_rtc_once_a_sweep_period_but_nacks_on_time() {
+        let t0 = Instant::now();
+        let swept = Some(t0);
+        // Before any run: as it is.
+        assert_eq!(connected_due(t0 + ms(200), None, None), t0 + ms(200));
+        assert_eq!(connected_due(t0, None, None), t0);
+        // The ICE agent's 200 ms, or one overdue: a sweep period after the last run.
+        assert_eq!(connected_due(t0 + ms(200), None, swept), t0 + CONNECTED_SWEEP);
+        assert_eq!(connected_due(t0 - ms(5), None, swept), t0 + CONNECTED_SWEEP);
+        // A sender report due a second after the run: on time; later ones as they are.
+        assert_eq!(connected_due(t0 + ms(1000), None, swept), t0 + ms(1000));
+        assert_eq!(connected_due(t0 + ms(1700), None, swept), t0 + ms(1700));
+        // The NACK generator's deadline is `rtc`'s earliest: as it is, due or not.
+        assert_eq!(connected_due(t0 + ms(20), Some(t0 + ms(20)), swept), t0 + ms(20));
+        assert_eq!(connected_due(t0 - ms(3), Some(t0 - ms(3)), swept), t0 - ms(3));
+        assert_eq!(connected_due(t0 + ms(20), Some(t0 + ms(20)), None), t0 + ms(20));
+        // Something else earlier than the NACK generator's: put off, but not past it.
+        assert_eq!(connected_due(t0 + ms(200), Some(t0 + ms(400)), swept), t0 + ms(400));
+        assert_eq!(
+            connected_due(t0 + ms(200), Some(t0 + ms(1400)), swept),
+            t0 + CONNECTED_SWEEP
+        );
+        // Random cases against the rule's definition.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for _ in 0..10_000 {
+            let at = t0 + ms(rng.random_range(0..3000));
+            let swept = rng.random_bool(0.8).then(|| t0 + ms(rng.random_range(0..2000)));
+            let nack = match rng.random_range(0..3) {
+                0 => None,
+                1 => Some(at),
+                _ => Some(at + ms(rng.random_range(1..3000))),
+            };
+            let due = connected_due(at, nack, swept);
+            assert!(due >= at, "never before rtc asks: {at:?} {nack:?} {swept:?}");
+            if let Some(n) = nack {
+                assert!(due <= n, "never after the NACK generator's");
+            }
+            match (nack == Some(at), swept) {
+                (true, _) | (false, None) => assert_eq!(due, at),
+                (false, Some(s)) => {
+                    assert!(due >= s + CONNECTED_SWEEP || Some(due) == nack, "at most once a period");
+                    assert!(due == at || due == s + CONNECTED_SWEEP || Some(due) == nack);
+                }
+            }
+        }
     }
 
     #[test]
