@@ -34,7 +34,7 @@ $HERE/sample.sh $SP $CP $R/$NAME.samples &
 wait $LP; RC=$?
 sleep 1
 # The gateway's forwarding and relay counters at the end (relayed: packets handed to another shard).
-"${IN_GW[@]}" curl -sk https://$HOST:$PORT/metrics | grep -E '^gatehouse_sfu_(forwarded_packets|dropped_packets|relayed_packets|relay_drops)_total' > $R/$NAME.metrics
+"${IN_GW[@]}" curl -sk https://$HOST:$PORT/metrics | grep -E '^gatehouse_sfu_(forwarded_packets|dropped_packets|relayed_packets|relay_drops|rtc_timeouts)_total' > $R/$NAME.metrics
 echo "idle_rss_kb $IDLE_RSS rc $RC" > $R/$NAME.meta
 grep -c 'WARN' $R/$NAME.server.log >> $R/$NAME.meta
 grep -c 'ERROR' $R/$NAME.server.log >> $R/$NAME.meta
