@@ -556,7 +556,10 @@ fn rtcp_feedback(c: &mut Criterion) {
                 i = 0;
                 own = OwnRtcp::new(&keys, stats()).expect("keys");
             }
-            let opened = own.open(&datagrams[i]).expect("SRTCP").expect("for the room");
+            let opened = own
+                .open(&datagrams[i], |_, _| {})
+                .expect("SRTCP")
+                .expect("for the room");
             i += 1;
             opened.feedback().visit(&mut sink);
             own.give_back(opened);

@@ -76,6 +76,8 @@ struct Client {
     /// The TWCC feedback (`"twcc"`) and receiver reports (`"rr"`) it received, and the SSRC
     /// each came from.
     receipts_from: Vec<(&'static str, u32)>,
+    /// The last-SR fields of the report blocks of those receiver reports: SSRC and LSR.
+    last_sender_reports: Vec<(u32, u32)>,
 }
 
 impl Client {
@@ -98,6 +100,7 @@ impl Client {
             acked: Vec::new(),
             nacked: Vec::new(),
             receipts_from: Vec::new(),
+            last_sender_reports: Vec::new(),
         })
     }
 
@@ -122,6 +125,8 @@ impl Client {
             for p in &packets {
                 if let Some(rr) = p.as_any().downcast_ref::<rtc::rtcp::receiver_report::ReceiverReport>() {
                     self.receipts_from.push(("rr", rr.ssrc));
+                    let blocks = rr.reports.iter().map(|b| (b.ssrc, b.last_sender_report));
+                    self.last_sender_reports.extend(blocks);
                 }
                 if let Some(feedback) = super::rtcp::as_twcc(p.as_ref()) {
                     self.receipts_from.push(("twcc", feedback.sender_ssrc));
@@ -642,6 +647,50 @@ mod tests {
         // not dropped.
         assert!(runs >= 3, "rtc's timers ran only {runs} times");
         assert_eq!(h.dropped(), 0);
+    }
+
+    /// A publisher's sender report, opened by the shard (`own_rtcp`), is answered in the
+    /// receiver report the shard sends it next: its NTP time's middle 32 bits as the block's
+    /// last-SR field.
+    #[test]
+    fn a_publishers_sender_report_is_answered_in_its_next_receiver_report() {
+        use rtc::shared::marshal::Marshal;
+        let mut h = FanOut::with_own_paths(1, true, true).expect("the meeting comes up");
+        h.maintain().expect("upkeep");
+        let mut out = Vec::new();
+        h.datagrams(10, &mut out);
+        let ssrc = u32::from_be_bytes(out[0][8..12].try_into().expect("an RTP header"));
+        for d in out {
+            h.forward(d);
+        }
+        h.maintain().expect("upkeep");
+        // Its client sends no RTCP from the stream's SSRC: a context of the test's own, from the
+        // client's key, numbers this one first.
+        let keys = h.publisher.keys.keys().expect("the publisher's keys");
+        let mut context = keys.local_context().expect("a context");
+        let report = SenderReport {
+            ssrc,
+            ntp_time: 0x0123_4567_89ab_cdef,
+            rtp_time: 90_000,
+            packet_count: 10,
+            octet_count: 10_000,
+            ..Default::default()
+        };
+        let plain = report.marshal().expect("marshal");
+        let datagram = context.encrypt_rtcp(&plain).expect("protect");
+        let now = Instant::now();
+        h.shard
+            .on_datagram(now, h.publisher.addr, BytesMut::from(&datagram[..]));
+        h.shard.end_turn(now);
+        assert_eq!(h.dropped(), 0, "opened");
+        // The next receiver report is due within a second.
+        h.end_turn_at(now + Duration::from_millis(1100));
+        h.maintain().expect("upkeep");
+        assert!(
+            h.publisher.last_sender_reports.contains(&(ssrc, 0x4567_89ab)),
+            "{:x?}",
+            h.publisher.last_sender_reports
+        );
     }
 
     #[test]

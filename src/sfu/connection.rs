@@ -157,8 +157,8 @@ pub struct Conn {
     /// Its own receiving side, from the first stream taken over once its keys are known
     /// (`own_inbound`).
     pub inbound: Option<Box<OwnInbound>>,
-    /// A subscriber connection's RTCP tap's counters, for the RTCP the shard opens itself
-    /// (`own_rtcp`; `None` for a publisher's connection, whose RTCP `rtc` reads).
+    /// The connection's RTCP tap's counters, for the RTCP the shard opens itself (`own_rtcp`;
+    /// `None` without keys of its own, when `rtc` reads it all).
     pub rtcp_stats: Option<StatsPair>,
     /// Its own reading of RTCP, once its keys are known (`own_rtcp`).
     pub own_rtcp: Option<Box<OwnRtcp>>,

@@ -220,6 +220,12 @@ impl ReceiveSide {
         lock(&self.0).receipts.due_into(now, wire, ends);
     }
 
+    /// A sender report of one of the publisher's streams, read by the shard (`own_rtcp`), for
+    /// the receipts' last-SR fields.
+    pub fn sender_report(&self, now: Instant, ssrc: u32, ntp_time: u64) {
+        lock(&self.0).receipts.sender_report(now, ssrc, ntp_time);
+    }
+
     /// When the NACK generator asks to run next (`None`: nothing missing).
     pub fn nack_next_due(&self) -> Option<Instant> {
         lock(&self.0).nack.poll_timeout()

@@ -1,5 +1,5 @@
-//! Subscribers' RTCP opened by the shard itself, past `rtc`'s read pipeline (issue 13; see
-//! docs/ARCHITECTURE.md "A forwarded packet's path").
+//! Subscribers' and publishers' RTCP opened by the shard itself, past `rtc`'s read pipeline
+//! (issue 13; see docs/ARCHITECTURE.md "A forwarded packet's path").
 //!
 //! A subscriber connection receives no media; what its client sends is RTCP about what it
 //! receives: receiver reports once a second, NACKs, keyframe requests, and (browsers, ten a
@@ -13,6 +13,13 @@
 //! `srtp_gcm::RtcpOpener`, in place into a buffer the connection keeps), reads the compound where
 //! it lies (`rtcp_view`; `rtc-rtcp` where that declines), counts what the tap counts
 //! (`rtcp::tap`) and hands the packets to the room, as `rtc`'s delivery would have.
+//!
+//! A publisher connection's client sends sender reports (each stream's, once a second or so)
+//! and source descriptions. In its chain only the receipts read them (a report's NTP time and
+//! arrival make the last-SR fields of the receiver reports the shard sends back), so its RTCP
+//! is opened here too, and each sender report handed to the receipts
+//! (`own_inbound::ReceiveSide::sender_report`): at 30 calls, 120 reads of `rtc`'s pipeline a
+//! second, each with a drive and `rtc-rtcp`'s boxes, were left.
 //!
 //! The other way, a publisher connection's receipts (TWCC feedback and receiver reports,
 //! `receipts`, ten a second) are encrypted by the shard with [`RtcpSealer`], an SRTCP
@@ -33,7 +40,7 @@ use super::stats::StatsPair;
 /// A compound RTCP packet, parsed.
 pub type Compound = Vec<Box<dyn rtcp::Packet>>;
 
-/// A subscriber connection's own reading of RTCP.
+/// A connection's own reading of RTCP.
 pub struct OwnRtcp {
     /// SRTCP opened by `rtc-srtp` (the AES-CM profiles)...
     context: Context,
@@ -69,8 +76,13 @@ impl OwnRtcp {
 
     /// Opens an SRTCP datagram (authenticates, refuses a replay, decrypts) and reads its
     /// compound packet (in place, `rtcp_view`, or with `rtc-rtcp` where that declines),
-    /// counting what [`tap`] counts: what was opened, if the room wants it.
-    pub fn open(&mut self, datagram: &[u8]) -> Result<Option<Opened>, Box<dyn std::error::Error>> {
+    /// counting what [`tap`] counts and telling `senders` each sender report's SSRC and NTP
+    /// time (a publisher's, for its receipts): what was opened, if the room wants it.
+    pub fn open(
+        &mut self,
+        datagram: &[u8],
+        mut senders: impl FnMut(u32, u64),
+    ) -> Result<Option<Opened>, Box<dyn std::error::Error>> {
         let plain = match self.gcm.as_mut() {
             Some(gcm) => {
                 let mut plain = std::mem::take(&mut self.spare);
@@ -83,6 +95,9 @@ impl OwnRtcp {
             None => self.context.decrypt_rtcp(datagram)?,
         };
         if let Some(view) = View::read(&plain) {
+            for (ssrc, ntp_time) in view.sender_reports() {
+                senders(ssrc, ntp_time);
+            }
             let mut tally = Tally::default();
             view.visit(&mut tally);
             if tally.nacks > 0 {
@@ -99,6 +114,9 @@ impl OwnRtcp {
             return Ok(Some(Opened::Plain(plain)));
         }
         let packets = rtcp::packet::unmarshal(&mut plain.freeze())?;
+        for (ssrc, ntp_time) in super::rtcp_view::rtc_sender_reports(&packets) {
+            senders(ssrc, ntp_time);
+        }
         Ok(tap(&self.stats, &packets).then_some(Opened::Parsed(packets)))
     }
 }
@@ -167,6 +185,8 @@ mod tests {
     use rtc::rtcp::goodbye::Goodbye;
     use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
     use rtc::rtcp::receiver_report::ReceiverReport;
+    use rtc::rtcp::sender_report::SenderReport;
+    use rtc::rtcp::source_description::{SdesType, SourceDescription, SourceDescriptionChunk, SourceDescriptionItem};
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
     use rtc::srtp::protection_profile::ProtectionProfile;
     use std::sync::Arc;
@@ -208,7 +228,7 @@ mod tests {
                 }),
             ];
             let datagram = client.encrypt_rtcp(&compound(&feedback)).expect("protect");
-            let opened = own.open(&datagram).expect("opened").expect("for the room");
+            let opened = own.open(&datagram, |_, _| {}).expect("opened").expect("for the room");
             let Opened::Plain(buffer) = &opened else {
                 panic!("{profile:?}: not read in place");
             };
@@ -218,7 +238,7 @@ mod tests {
             own.give_back(opened);
             // The next compound is opened into the same buffer (GCM: in place, `srtp_gcm`).
             let again = client.encrypt_rtcp(&compound(&feedback)).expect("protect");
-            let opened = own.open(&again).expect("opened").expect("for the room");
+            let opened = own.open(&again, |_, _| {}).expect("opened").expect("for the room");
             let Opened::Plain(buffer) = &opened else {
                 panic!("{profile:?}: not read in place");
             };
@@ -250,7 +270,10 @@ mod tests {
                 reason: bytes::Bytes::new(),
             }));
             let datagram_bye = client.encrypt_rtcp(&compound(&with_bye)).expect("protect");
-            let opened = own.open(&datagram_bye).expect("opened").expect("for the room");
+            let opened = own
+                .open(&datagram_bye, |_, _| {})
+                .expect("opened")
+                .expect("for the room");
             assert!(matches!(opened, Opened::Parsed(_)), "{profile:?}: read by rtc-rtcp");
             let mut facts_bye = Facts::default();
             opened.feedback().visit(&mut facts_bye);
@@ -261,17 +284,62 @@ mod tests {
                 (3, 3),
                 "{profile:?}"
             );
-            assert!(own.open(&datagram).is_err(), "{profile:?}: a replay is refused");
+            assert!(
+                own.open(&datagram, |_, _| {}).is_err(),
+                "{profile:?}: a replay is refused"
+            );
             let mut forged = client.encrypt_rtcp(&compound(&feedback)).expect("protect").to_vec();
             forged[10] ^= 1;
-            assert!(own.open(&forged).is_err(), "{profile:?}: a forgery is refused");
+            assert!(
+                own.open(&forged, |_, _| {}).is_err(),
+                "{profile:?}: a forgery is refused"
+            );
             // A report with nothing in it is opened and not handed on.
             let empty: Vec<Box<dyn rtcp::Packet>> = vec![Box::new(ReceiverReport {
                 ssrc: 7,
                 ..Default::default()
             })];
             let datagram = client.encrypt_rtcp(&compound(&empty)).expect("protect");
-            assert!(own.open(&datagram).expect("opened").is_none(), "{profile:?}");
+            assert!(own.open(&datagram, |_, _| {}).expect("opened").is_none(), "{profile:?}");
+            // A publisher's sender reports (with a description, read in place; with a BYE, by
+            // `rtc-rtcp`): each one's SSRC and NTP time told, in order.
+            let reports = |ssrc: u32, ntp_time: u64| -> Box<dyn rtcp::Packet> {
+                Box::new(SenderReport {
+                    ssrc,
+                    ntp_time,
+                    rtp_time: 90_000,
+                    packet_count: 10,
+                    octet_count: 10_000,
+                    ..Default::default()
+                })
+            };
+            let description: Box<dyn rtcp::Packet> = Box::new(SourceDescription {
+                chunks: vec![SourceDescriptionChunk {
+                    source: 11,
+                    items: vec![SourceDescriptionItem {
+                        sdes_type: SdesType::SdesCname,
+                        text: bytes::Bytes::from_static(b"publisher"),
+                    }],
+                }],
+            });
+            let bye: Box<dyn rtcp::Packet> = Box::new(Goodbye {
+                sources: vec![12],
+                reason: bytes::Bytes::new(),
+            });
+            for (last, in_place) in [(description, true), (bye, false)] {
+                let sent = vec![reports(11, 0x0123_4567_89ab_cdef), reports(12, 42), last];
+                let datagram = client.encrypt_rtcp(&compound(&sent)).expect("protect");
+                let mut told = Vec::new();
+                let opened = own.open(&datagram, |ssrc, ntp| told.push((ssrc, ntp))).expect("opened");
+                assert_eq!(
+                    told,
+                    vec![(11, 0x0123_4567_89ab_cdef), (12, 42)],
+                    "{profile:?} {in_place}"
+                );
+                if in_place {
+                    assert!(opened.is_none(), "{profile:?}: nothing in it for the room");
+                }
+            }
         }
     }
 

@@ -442,7 +442,7 @@ impl Peers {
         // A publisher's media on a stream taken over: opened by the shard and fed to the
         // connection's receive interceptors, past `rtc`'s read (`own_inbound`); what comes
         // out waits in `fast` for the shard to forward.
-        if self.open_own(id, now, &mut data) || self.open_own_rtcp(id, &data) {
+        if self.open_own(id, now, &mut data) || self.open_own_rtcp(id, now, &data) {
             return None;
         }
         // A client's check (rare: a few per connection, then one per consent interval)
@@ -534,12 +534,12 @@ impl Peers {
         true
     }
 
-    /// [`take_in`](Self::take_in)'s own way for a subscriber's RTCP (`own_rtcp`): an RTCP
-    /// datagram to a subscriber connection whose keys are known, from any path routed to it
-    /// once it has nominated one, is opened here; what the room wants is left in
-    /// [`take_fast_rtcp`](Self::take_fast_rtcp). Returns whether the datagram was taken
-    /// (opened, or refused as `rtc` would refuse it: counted as dropped).
-    fn open_own_rtcp(&mut self, id: ConnId, data: &[u8]) -> bool {
+    /// [`take_in`](Self::take_in)'s own way for RTCP (`own_rtcp`): an RTCP datagram to a
+    /// connection whose keys are known, from any path routed to it once it has nominated one,
+    /// is opened here; a publisher's sender reports go to its receipts, what the room wants is
+    /// left in [`take_fast_rtcp`](Self::take_fast_rtcp). Returns whether the datagram was
+    /// taken (opened, or refused as `rtc` would refuse it: counted as dropped).
+    fn open_own_rtcp(&mut self, id: ConnId, now: Instant, data: &[u8]) -> bool {
         let Some(conn) = self.conns.get_mut(&id) else {
             return false;
         };
@@ -568,7 +568,14 @@ impl Peers {
         let Some(own) = conn.own_rtcp.as_mut() else {
             return false;
         };
-        match own.open(data) {
+        // A publisher's sender reports go to its receipts (their last-SR fields).
+        let hosted = conn.hosted.as_ref();
+        let senders = |ssrc, ntp_time| {
+            if let Some(hosted) = hosted {
+                hosted.sender_report(now, ssrc, ntp_time);
+            }
+        };
+        match own.open(data, senders) {
             Ok(Some(packets)) => self.fast_rtcp = Some((id, packets)),
             Ok(None) => {}
             Err(e) => {

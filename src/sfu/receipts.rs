@@ -45,7 +45,6 @@ use rtc::interceptor::{AttributedPacket, Interceptor, Packet, StreamInfo, Tagged
 #[cfg(test)]
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
-use rtc::rtcp::sender_report::SenderReport;
 #[cfg(test)]
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{RecvDelta, SymbolTypeTcc};
@@ -150,10 +149,11 @@ impl Receipts {
         }
     }
 
-    /// A sender report of one of the publisher's streams arrived at `now`.
-    pub fn sender_report(&mut self, now: Instant, sr: &SenderReport) {
-        if let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == sr.ssrc) {
-            stream.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
+    /// A sender report of one of the publisher's streams (its SSRC and NTP timestamp)
+    /// arrived at `now`: read by `rtc` (`handle_read`) or by the shard (`own_rtcp`).
+    pub fn sender_report(&mut self, now: Instant, ssrc: u32, ntp_time: u64) {
+        if let Some(stream) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+            stream.last_sr = Some(((ntp_time >> 16) as u32, now));
         }
     }
 
@@ -623,10 +623,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Receipts {
         match &msg.message.packet {
             Packet::Rtp(packet) => self.observe(msg.now, packet),
             Packet::Rtcp(packets) => {
-                for packet in packets {
-                    if let Some(sr) = packet.as_any().downcast_ref::<SenderReport>() {
-                        self.sender_report(msg.now, sr);
-                    }
+                for (ssrc, ntp_time) in super::rtcp_view::rtc_sender_reports(packets) {
+                    self.sender_report(msg.now, ssrc, ntp_time);
                 }
             }
             _ => {}
@@ -1132,14 +1130,7 @@ mod tests {
             r.observe(at, &packet(AUDIO, i, i, u32::from(i) * 960, 100));
         }
         let sr_at = t0 + Duration::from_secs(10);
-        r.sender_report(
-            sr_at,
-            &SenderReport {
-                ssrc: AUDIO,
-                ntp_time: 0x0123_4567_89ab_cdef,
-                ..Default::default()
-            },
-        );
+        r.sender_report(sr_at, AUDIO, 0x0123_4567_89ab_cdef);
         let compounds = r.due(sr_at + Duration::from_millis(500));
         let rr = compounds[0][0]
             .as_any()

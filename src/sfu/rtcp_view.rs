@@ -216,6 +216,16 @@ impl<'a> View<'a> {
         frames(self.compound).filter_map(|p| p.and_then(kind))
     }
 
+    /// The sender reports' sender SSRCs and NTP timestamps, in the compound's order (what a
+    /// publisher connection's receipts answer with their last-SR fields, `receipts`).
+    pub fn sender_reports(&self) -> impl Iterator<Item = (u32, u64)> + 'a {
+        // Every packet was read once in `read`: a sender report is at least `SR_BLOCKS` long.
+        frames(self.compound)
+            .flatten()
+            .filter(|p| p[1] == SENDER_REPORT)
+            .map(|p| (be32(p, 4), u64::from(be32(p, 8)) << 32 | u64::from(be32(p, 12))))
+    }
+
     /// Hands `visit` what the room acts on, packet by packet.
     pub fn visit(&self, visit: &mut impl Visit) {
         for k in self.kinds() {
@@ -296,6 +306,15 @@ pub fn visit_rtc(packets: &[Box<dyn rtcp::Packet>], visit: &mut impl Visit) {
             }));
         }
     }
+}
+
+/// The sender reports' sender SSRCs and NTP timestamps in a compound `rtc-rtcp` parsed (as
+/// [`View::sender_reports`]).
+pub fn rtc_sender_reports(packets: &[Box<dyn rtcp::Packet>]) -> impl Iterator<Item = (u32, u64)> + '_ {
+    packets
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<rtcp::sender_report::SenderReport>())
+        .map(|sr| (sr.ssrc, sr.ntp_time))
 }
 
 /// A TWCC feedback packet (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1), read as
@@ -476,7 +495,8 @@ impl Visit for Facts {
 }
 
 /// The differential check of the fuzz target `rtcp_view`: if [`View`] reads `data`,
-/// `rtc-rtcp` parses it too, and both hand on the same facts. Returns whether `View` read it.
+/// `rtc-rtcp` parses it too, and both hand on the same facts and the same sender reports
+/// (SSRC and NTP time). Returns whether `View` read it.
 #[doc(hidden)]
 pub fn agrees_with_rtc(data: &[u8]) -> bool {
     let Some(view) = View::read(data) else {
@@ -484,15 +504,20 @@ pub fn agrees_with_rtc(data: &[u8]) -> bool {
     };
     let mut ours = Facts::default();
     view.visit(&mut ours);
-    let theirs = match rtcp::packet::unmarshal(&mut bytes::Bytes::copy_from_slice(data)) {
+    let (theirs, their_senders) = match rtcp::packet::unmarshal(&mut bytes::Bytes::copy_from_slice(data)) {
         Ok(packets) => {
             let mut theirs = Facts::default();
             visit_rtc(&packets, &mut theirs);
-            theirs
+            (theirs, rtc_sender_reports(&packets).collect::<Vec<_>>())
         }
         Err(e) => panic!("View read what rtc-rtcp refuses ({e}): {ours:?}"),
     };
     assert_eq!(ours, theirs, "View and rtc-rtcp read {data:02x?} differently");
+    let our_senders: Vec<_> = view.sender_reports().collect();
+    assert_eq!(
+        our_senders, their_senders,
+        "View and rtc-rtcp read {data:02x?}'s sender reports differently"
+    );
     true
 }
 

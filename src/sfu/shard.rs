@@ -985,7 +985,8 @@ impl Shard {
             PeerRole::Publisher => self.peers.levers.own_inbound,
         };
         let keys = own.then(super::srtp_keys::KeyCapture::new).and_then(Result::ok);
-        let rtcp_stats = (role == PeerRole::Subscriber && keys.is_some()).then(|| stats.clone());
+        // Either's RTCP is opened by the shard once its keys are known (`own_rtcp`).
+        let rtcp_stats = keys.is_some().then(|| stats.clone());
         let (pc, chain) = connection::build(
             now,
             role,
