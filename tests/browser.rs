@@ -71,6 +71,14 @@ async fn web_client_in_chromium() {
         );
     }
 
+    // The gateway's sender reports of the staff's video reach the guest's Chromium, which reads
+    // them: two at least, so the second report's SRTCP index follows the first's.
+    assert!(
+        f["guestVideoSenderReports"].as_u64().is_some_and(|n| n >= 2),
+        "{:#}",
+        f["guestVideoSenderReports"]
+    );
+
     // Screen share: a `screen` track decoded at the staff side, gone when stopped.
     let f = facts(&results, "screen-share");
     assert_eq!(f["staffSawScreenTile"], true);

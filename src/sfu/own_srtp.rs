@@ -6,15 +6,20 @@
 //! it, encrypted by an SRTP context of our own and queued for the socket, and the
 //! connection's [`SenderReports`] count it, since `rtc`'s sender-report interceptor never
 //! sees it. The GCM profiles are sealed in place (`srtp_gcm`), the others by `rtc-srtp`'s
-//! context. Everything else the connection sends (RTX, which is another SSRC, and every
-//! RTCP packet, which `rtc` numbers and encrypts with its own SRTCP index) still goes
-//! through `rtc`; no SSRC is ever encrypted by both, so no SRTP index is used twice.
+//! context. The sender reports of those streams are sealed by the shard too, with an SRTCP
+//! context of its own from the same key ([`OwnSrtp::seal_report`]): `rtc` sends no RTCP from
+//! their SSRCs (its sender-report interceptor never saw a packet of them), so no SRTCP index
+//! is counted by two contexts. Everything else the connection sends (RTX, which is another
+//! SSRC, and any other RTCP, which `rtc` numbers and encrypts with its own SRTCP index) still
+//! goes through `rtc`; no SSRC is ever encrypted by both, so no SRTP index is used twice.
 
 use bytes::BytesMut;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp::Packet;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::context::Context;
 
+use super::own_rtcp::RtcpSealer;
 use super::sender_reports::SenderReports;
 use super::srtp_gcm::{self, Sealer};
 use super::srtp_keys::SrtpKeys;
@@ -23,6 +28,8 @@ use super::srtp_keys::SrtpKeys;
 pub struct OwnSrtp {
     seal: Seal,
     pub reports: SenderReports,
+    /// Its sender reports' SRTCP (see the module documentation).
+    report_sealer: RtcpSealer,
 }
 
 /// What encrypts: the GCM profiles in place (`srtp_gcm`), the others with `rtc-srtp`.
@@ -50,7 +57,25 @@ impl OwnSrtp {
         Some(Self {
             seal,
             reports: SenderReports::default(),
+            report_sealer: RtcpSealer::new(keys)?,
         })
+    }
+
+    /// A sender report of one of its streams as an SRTCP datagram (a compound of that one
+    /// report, as `rtc`'s `write_rtcp` sent it), sealed in space cut from `arena` for the GCM
+    /// profiles.
+    pub fn seal_report(
+        &mut self,
+        report: &SenderReport,
+        arena: &mut BytesMut,
+    ) -> Result<BytesMut, Box<dyn std::error::Error>> {
+        // No report blocks, no profile extensions: 28 bytes, marshalled on the stack.
+        let mut plain = [0u8; 28];
+        if report.marshal_size() > plain.len() {
+            return Err("a sender report with report blocks".into());
+        }
+        let n = report.marshal_to(&mut plain)?;
+        self.report_sealer.seal_in(&plain[..n], arena)
     }
 
     /// `packet` as an SRTP datagram, ready for the socket (tests; the shard seals into its
@@ -123,6 +148,50 @@ mod tests {
                 assert_eq!(opened.header.sequence_number, seq, "{profile:?}");
                 assert_eq!(opened.payload, packet.payload, "{profile:?}");
             }
+        }
+    }
+
+    /// Its sender reports are SRTCP the peer's one context opens in turn, each the report
+    /// that was sealed (two streams, each's index counted on); one with report blocks,
+    /// which it never makes, is refused.
+    #[test]
+    fn its_sender_reports_the_peer_opens_in_turn() {
+        for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
+            let local = MasterKey {
+                key: vec![3; profile.key_len()],
+                salt: vec![5; profile.salt_len()],
+            };
+            let keys = SrtpKeys {
+                profile,
+                local: local.clone(),
+                remote: local.clone(),
+            };
+            let mut own = OwnSrtp::new(&keys).expect("keys taken");
+            let provider = rtc::crypto::default_provider().expect("provider");
+            let mut peer = Context::new(&local.key, &local.salt, profile, None, None, provider.crypto()).expect("peer");
+            let mut arena = BytesMut::new();
+            for round in 0..3u32 {
+                for ssrc in [0xA1, 0xB2] {
+                    let report = SenderReport {
+                        ssrc,
+                        ntp_time: 0x0123_4567_0000_0000 + u64::from(round),
+                        rtp_time: 90_000 * round,
+                        packet_count: 50 * round,
+                        octet_count: 50_000 * round,
+                        ..Default::default()
+                    };
+                    let datagram = own.seal_report(&report, &mut arena).expect("sealed");
+                    let plain = peer.decrypt_rtcp(&datagram).expect("the peer opens it");
+                    let opened = SenderReport::unmarshal(&mut &plain[..]).expect("a sender report");
+                    assert_eq!(opened, report, "{profile:?} round {round}");
+                }
+            }
+            let with_block = SenderReport {
+                ssrc: 0xA1,
+                reports: vec![Default::default()],
+                ..Default::default()
+            };
+            assert!(own.seal_report(&with_block, &mut arena).is_err(), "{profile:?}");
         }
     }
 }

@@ -1093,7 +1093,7 @@ impl Peers {
     }
 
     /// The sender reports due of the streams connections sent on their own sending side
-    /// (`sender_reports`), written through `rtc`, which numbers and encrypts RTCP.
+    /// (`sender_reports`), sealed and sent by the shard (`own_srtp::OwnSrtp::seal_report`).
     pub fn send_sender_reports(&mut self, now: Instant) {
         let due: Vec<ConnId> = self
             .conns
@@ -1110,13 +1110,29 @@ impl Peers {
             if let Some(own) = self.conns.get_mut(&id).and_then(|c| c.own.as_mut()) {
                 own.reports.reports(now, wall, &mut reports);
             }
+            // Sealed and sent by the shard (`own_srtp`), without a write, flush and drive of
+            // `rtc` (issue 13); for a sender the connection still has, as `write_rtcp` did.
             for (sender, report) in reports.drain(..) {
-                self.guard(id, "write_rtcp", |pc| {
-                    pc.rtp_sender(sender)
-                        .map(|mut s| s.write_rtcp(now, vec![Box::new(report)]))
-                });
+                if self.guard(id, "rtp_sender", |pc| pc.rtp_sender(sender).is_some()) != Some(true) {
+                    continue;
+                }
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    break;
+                };
+                let (Some(own), Some(to)) = (conn.own.as_mut(), conn.nominated.or(conn.out_path)) else {
+                    Counters::add(&self.counters.dropped_packets, 1);
+                    continue;
+                };
+                match own.seal_report(&report, &mut self.out_arena) {
+                    Ok(datagram) => {
+                        self.send_bytes(id, to, datagram);
+                    }
+                    Err(e) => {
+                        tracing::trace!(shard = self.shard, conn = id, "own sender report: {e}");
+                        Counters::add(&self.counters.dropped_packets, 1);
+                    }
+                }
             }
-            self.flush_later(id);
         }
     }
 

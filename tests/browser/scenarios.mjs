@@ -1280,6 +1280,22 @@ async function guestLobbyAdmitChat(run) {
   judgeMedia(run, 'staffMedia', staffMedia);
   run.facts.mediaNotice = await visible(guest, 'media-notice').textContent({ timeout: 1000 }).catch(() => null);
 
+  run.step('sender reports reach the guest');
+  // The gateway's sender reports of the staff's video (sealed by the gateway, about one a
+  // second): Chromium counts those it authenticated and read in `remote-outbound-rtp`.
+  let reports = 0;
+  await until(run.cfg.mediaTimeoutMs, async () => {
+    reports = await guest.evaluate(async () => {
+      let n = 0;
+      (await window.gatehouse.client.subscriber.getStats()).forEach((s) => {
+        if (s.type === 'remote-outbound-rtp' && s.kind === 'video') n += s.reportsSent || 0;
+      });
+      return n;
+    });
+    return reports >= 2;
+  }).catch(() => {});
+  run.facts.guestVideoSenderReports = reports;
+
   run.step('both leave');
   await run.shot(staff, 'call-staff.png');
   await run.shot(guest, 'call-guest.png');
