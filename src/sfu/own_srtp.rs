@@ -113,21 +113,27 @@ mod tests {
     use rtc::shared::marshal::Unmarshal;
     use rtc::srtp::protection_profile::ProtectionProfile;
 
+    /// A sending side with a key of `fill` bytes, and the peer's context that opens it.
+    fn own_and_peer(profile: ProtectionProfile, fill: u8) -> (OwnSrtp, Context) {
+        let local = MasterKey {
+            key: vec![fill; profile.key_len()],
+            salt: vec![fill + 2; profile.salt_len()],
+        };
+        let keys = SrtpKeys {
+            profile,
+            local: local.clone(),
+            remote: local.clone(),
+        };
+        let own = OwnSrtp::new(&keys).expect("keys taken");
+        let provider = rtc::crypto::default_provider().expect("provider");
+        let peer = Context::new(&local.key, &local.salt, profile, None, None, provider.crypto()).expect("peer");
+        (own, peer)
+    }
+
     #[test]
     fn what_it_protects_the_peer_opens_in_order_across_sizes() {
         for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
-            let local = MasterKey {
-                key: vec![7; profile.key_len()],
-                salt: vec![9; profile.salt_len()],
-            };
-            let keys = SrtpKeys {
-                profile,
-                local: local.clone(),
-                remote: local.clone(),
-            };
-            let mut own = OwnSrtp::new(&keys).expect("keys taken");
-            let provider = rtc::crypto::default_provider().expect("provider");
-            let mut peer = Context::new(&local.key, &local.salt, profile, None, None, provider.crypto()).expect("peer");
+            let (mut own, mut peer) = own_and_peer(profile, 7);
             // A large packet, then a small one: the buffer is reused, nothing of the large
             // one leaks into the small one.
             for (seq, len) in [(1u16, 1200usize), (2, 20), (3, 600)] {
@@ -157,18 +163,7 @@ mod tests {
     #[test]
     fn its_sender_reports_the_peer_opens_in_turn() {
         for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
-            let local = MasterKey {
-                key: vec![3; profile.key_len()],
-                salt: vec![5; profile.salt_len()],
-            };
-            let keys = SrtpKeys {
-                profile,
-                local: local.clone(),
-                remote: local.clone(),
-            };
-            let mut own = OwnSrtp::new(&keys).expect("keys taken");
-            let provider = rtc::crypto::default_provider().expect("provider");
-            let mut peer = Context::new(&local.key, &local.salt, profile, None, None, provider.crypto()).expect("peer");
+            let (mut own, mut peer) = own_and_peer(profile, 3);
             let mut arena = BytesMut::new();
             for round in 0..3u32 {
                 for ssrc in [0xA1, 0xB2] {
